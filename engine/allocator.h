@@ -1,0 +1,25 @@
+// Pooled, 64-byte aligned host memory with current / peak accounting.
+// Freed blocks are kept in per-size free lists and handed out again, so a training loop that allocates
+// the same activation sizes every step stops calling malloc after its first step.
+#pragma once
+#include <cstddef>
+
+namespace unet {
+
+struct MemoryStats {
+  size_t current_bytes = 0;  // bytes handed out and not yet returned
+  size_t peak_bytes = 0;     // maximum of current_bytes since the last reset_peak
+  size_t cached_bytes = 0;   // bytes held in the free lists
+};
+
+class HostAllocator {
+ public:
+  static HostAllocator& instance();
+  void* allocate(size_t bytes);
+  void deallocate(void* p, size_t bytes);
+  MemoryStats stats() const;
+  void reset_peak();
+  void release_cached();  // return every cached block to the system
+};
+
+}  // namespace unet

@@ -1,0 +1,41 @@
+// Module parameter registry.
+#include "engine/module.h"
+
+namespace unet {
+
+Tensor Module::register_parameter(const std::string& name, Tensor t) {
+  for (auto& [n, p] : params_) check_arg(n != name, "parameter '" + name + "' registered twice");
+  t.set_requires_grad(true);
+  t.set_name(name);
+  params_.emplace_back(name, t);
+  return t;
+}
+
+void Module::collect(const std::string& prefix, std::vector<std::pair<std::string, Tensor>>& out) const {
+  for (auto& [n, p] : params_) out.emplace_back(prefix + n, p);
+  for (auto& [n, m] : children_) m->collect(prefix + n + ".", out);
+}
+
+std::vector<std::pair<std::string, Tensor>> Module::named_parameters() const {
+  std::vector<std::pair<std::string, Tensor>> out;
+  collect("", out);
+  return out;
+}
+
+std::vector<Tensor> Module::parameters() const {
+  std::vector<Tensor> out;
+  for (auto& [n, p] : named_parameters()) out.push_back(p);
+  return out;
+}
+
+int64_t Module::parameter_count() const {
+  int64_t n = 0;
+  for (auto& [name, p] : named_parameters()) n += p.numel();
+  return n;
+}
+
+void Module::zero_grad() {
+  for (auto& [n, p] : named_parameters()) p.impl().grad.reset();
+}
+
+}  // namespace unet

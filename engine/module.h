@@ -1,0 +1,36 @@
+// Modules own named parameters and child modules; names join with dots as in PyTorch
+// ("downsamples.0.conv1.conv.weight"), which is what checkpoints use.
+#pragma once
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "engine/tensor.h"
+
+namespace unet {
+
+class Module {
+ public:
+  virtual ~Module() = default;
+  std::vector<std::pair<std::string, Tensor>> named_parameters() const;  // depth-first, registration order
+  std::vector<Tensor> parameters() const;
+  int64_t parameter_count() const;
+  void zero_grad();  // drops every parameter's gradient
+
+ protected:
+  // Marks t as a leaf requiring grad, names it, and returns it.
+  Tensor register_parameter(const std::string& name, Tensor t);
+  template <class M>
+  std::shared_ptr<M> register_module(const std::string& name, std::shared_ptr<M> m) {
+    children_.emplace_back(name, m);
+    return m;
+  }
+
+ private:
+  void collect(const std::string& prefix, std::vector<std::pair<std::string, Tensor>>& out) const;
+  std::vector<std::pair<std::string, Tensor>> params_;
+  std::vector<std::pair<std::string, std::shared_ptr<Module>>> children_;
+};
+
+}  // namespace unet

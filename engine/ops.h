@@ -1,0 +1,47 @@
+// Differentiable operations on tensors: the public op API of the engine.
+// Each op validates its arguments (throwing std::invalid_argument that names the shapes), dispatches to the
+// kernels of the tensor's device, and records one autograd node when an input requires grad.
+// Layout: activations channels-last [N, (D,) H, W, C]; the spatial rank is rank - 2 (1..3).
+// Implementations: engine/ops/<family>.cpp.
+#pragma once
+#include <vector>
+
+#include "engine/tensor.h"
+
+namespace unet::ops {
+
+// ---- elementwise (engine/ops/elementwise.cpp) ----
+Tensor add(const Tensor& a, const Tensor& b);  // same shape and dtype
+Tensor scale(const Tensor& a, float alpha);    // alpha * a
+Tensor sum(const Tensor& a);                   // all elements -> shape [1]
+
+// ---- convolution (engine/ops/conv.cpp) ----
+// x [N, spatial..., C], w [K, kernel..., C] (KTRSC / KRSC), bias [K] or undefined; stride and pad per spatial axis.
+// Output spatial size (in + 2 pad - k) / stride + 1 (floor); cross-correlation as in PyTorch.
+Tensor conv(const Tensor& x, const Tensor& w, const Tensor& bias, const std::vector<int>& stride,
+            const std::vector<int>& pad);
+// Transposed convolution with kernel == stride (non-overlapping windows), as nnU-Net's upsampling:
+// x [N, spatial..., C], w [K, kernel..., C] (K = output channels), bias [K] or undefined; out spatial = in * kernel.
+Tensor conv_transpose(const Tensor& x, const Tensor& w, const Tensor& bias);
+
+// ---- normalisation and activations (engine/ops/norm.cpp, engine/ops/activation.cpp) ----
+// Instance norm: per (sample, channel) over all spatial positions, biased variance, then gamma * xhat + beta.
+// gamma and beta [C] (either may be undefined: no affine part).
+Tensor instance_norm(const Tensor& x, const Tensor& gamma, const Tensor& beta, float eps = 1e-5f);
+Tensor leaky_relu(const Tensor& x, float negative_slope);
+Tensor relu(const Tensor& x);
+
+// ---- shape and type ops (engine/ops/shape.cpp) ----
+Tensor concat_channels(const std::vector<Tensor>& xs);                     // along the last (channel) axis
+Tensor upsample_nearest(const Tensor& x, const std::vector<int>& factor);  // integer factor per spatial axis
+Tensor cast(const Tensor& x, DType dtype);  // f32 <-> f16 <-> bf16, round to nearest even; gradient cast back
+Tensor argmax_channels(const Tensor& x);    // [N, spatial..., C] -> i32 [N, spatial...]; first maximum wins; no grad
+
+// ---- losses (engine/ops/loss.cpp) ----
+// nnU-Net DiceCE (SPEC section 2): p = softmax over channels of logits [N, spatial..., C] (f32);
+// labels i32 or u8, [N, spatial...] or [N, spatial..., 1], values in [0, C).
+// D = mean over foreground classes c >= 1 of 1 - (2 sum p y + 1e-5) / (sum p + sum y + 1e-5), sums over batch and space;
+// CE = mean over all voxels of -log p[label]. Returns D + CE as a [1] tensor; dice_out / ce_out receive the parts.
+Tensor dice_ce_loss(const Tensor& logits, const Tensor& labels, float* dice_out = nullptr, float* ce_out = nullptr);
+
+}  // namespace unet::ops

@@ -1,0 +1,93 @@
+// Test helpers (see test_util.h).
+#include "tests/test_util.h"
+
+#include <cmath>
+#include <sstream>
+
+namespace unet::test {
+
+double close_ratio(const std::vector<float>& a, const std::vector<float>& b, double rtol, double atol) {
+  double worst = 0.0;
+  for (size_t i = 0; i < a.size(); ++i) {
+    double err = std::abs(static_cast<double>(a[i]) - b[i]) / (atol + rtol * std::abs(static_cast<double>(b[i])));
+    if (!(err <= worst)) worst = err;  // NaN propagates as a failure
+  }
+  return worst;
+}
+
+void check_close(const std::vector<float>& actual, const std::vector<float>& expected, double rtol, double atol,
+                 const std::string& what) {
+  REQUIRE_MESSAGE(actual.size() == expected.size(), what << ": sizes " << actual.size() << " vs " << expected.size());
+  size_t worst_i = 0;
+  double worst = 0.0;
+  for (size_t i = 0; i < actual.size(); ++i) {
+    double err = std::abs(static_cast<double>(actual[i]) - expected[i]) /
+                 (atol + rtol * std::abs(static_cast<double>(expected[i])));
+    if (!(err <= worst)) {
+      worst = err;
+      worst_i = i;
+      if (std::isnan(err)) break;
+    }
+  }
+  CHECK_MESSAGE(worst <= 1.0, what << ": element " << worst_i << " is " << (actual.empty() ? 0.f : actual[worst_i])
+                                   << ", expected " << (expected.empty() ? 0.f : expected[worst_i]) << " (error ratio "
+                                   << worst << ", rtol " << rtol << ", atol " << atol << ")");
+}
+
+void check_close(const Tensor& actual, const Tensor& expected, double rtol, double atol, const std::string& what) {
+  REQUIRE_MESSAGE(actual.shape() == expected.shape(),
+                  what << ": shape " << shape_str(actual.shape()) << " vs " << shape_str(expected.shape()));
+  check_close(actual.to_vector(), expected.to_vector(), rtol, atol, what);
+}
+
+static double weighted_sum(const Tensor& out, const std::vector<float>& r) {
+  std::vector<float> v = out.to_vector();
+  double s = 0.0;
+  for (size_t i = 0; i < v.size(); ++i) s += static_cast<double>(v[i]) * r[i];
+  return s;
+}
+
+void check_gradients(const std::function<Tensor(const std::vector<Tensor>&)>& f, std::vector<Tensor> inputs, double h,
+                     double rtol, double atol, int max_checks, uint64_t seed) {
+  Rng rng(seed);
+  Tensor out = f(inputs);
+  Tensor r = randn(out.shape(), rng);
+  std::vector<float> rv = r.to_vector();
+  for (Tensor& t : inputs)
+    if (t.defined() && t.requires_grad()) t.impl().grad.reset();
+  autograd::backward(out, r);
+
+  for (size_t k = 0; k < inputs.size(); ++k) {
+    Tensor& x = inputs[k];
+    if (!x.defined() || !x.requires_grad()) continue;
+    REQUIRE_MESSAGE(x.grad().defined(), "input " << k << " received no gradient");
+    std::vector<float> analytic = x.grad().to_vector();
+    int64_t n = x.numel();
+    std::vector<int64_t> probe;
+    if (n <= max_checks) {
+      for (int64_t i = 0; i < n; ++i) probe.push_back(i);
+    } else {
+      probe = {0, n - 1};
+      while (static_cast<int>(probe.size()) < max_checks) probe.push_back(rng.below(n));
+    }
+    float* xp = x.data<float>();
+    std::vector<float> numeric, picked;
+    {
+      autograd::NoGradGuard no_grad;
+      for (int64_t i : probe) {
+        float saved = xp[i];
+        float hi = static_cast<float>(saved + h), lo = static_cast<float>(saved - h);  // the steps really taken
+        xp[i] = hi;
+        double plus = weighted_sum(f(inputs), rv);
+        xp[i] = lo;
+        double minus = weighted_sum(f(inputs), rv);
+        xp[i] = saved;
+        numeric.push_back(static_cast<float>((plus - minus) / (static_cast<double>(hi) - lo)));
+        picked.push_back(analytic[static_cast<size_t>(i)]);
+      }
+    }
+    check_close(picked, numeric, rtol, atol, "gradient of input " + std::to_string(k));
+  }
+}
+
+}  // namespace unet::test

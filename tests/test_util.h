@@ -1,0 +1,29 @@
+// Helpers shared by the tests: random tensors, closeness checks, and gradient checks by central differences.
+#pragma once
+#include <doctest/doctest.h>
+
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "engine/autograd.h"
+#include "engine/random.h"
+#include "engine/tensor.h"
+
+namespace unet::test {
+
+// Largest |a - b| / (atol + rtol * |b|) over all elements; <= 1 means close. Shapes must match.
+double close_ratio(const std::vector<float>& a, const std::vector<float>& b, double rtol, double atol);
+
+// CHECKs that `actual` matches `expected` elementwise within atol + rtol * |expected|, reporting the worst element.
+void check_close(const Tensor& actual, const Tensor& expected, double rtol, double atol, const std::string& what = "");
+void check_close(const std::vector<float>& actual, const std::vector<float>& expected, double rtol, double atol,
+                 const std::string& what = "");
+
+// Checks the gradient of L = sum(f(inputs) * r) (r a fixed random tensor) with respect to every input that
+// requires grad, against central differences (L(x + h e_i) - L(x - h e_i)) / 2h computed with double accumulation.
+// At most max_checks elements per input are probed (chosen at random, always including the first and last).
+void check_gradients(const std::function<Tensor(const std::vector<Tensor>&)>& f, std::vector<Tensor> inputs,
+                     double h, double rtol, double atol, int max_checks = 48, uint64_t seed = 1);
+
+}  // namespace unet::test
