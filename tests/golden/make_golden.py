@@ -1,0 +1,127 @@
+#!/usr/bin/env python3
+"""Golden values from PyTorch for the engine's ops (run with Debian's /usr/bin/python3, which has python3-torch).
+
+Writes tests/golden/ops_golden.json: for each case the inputs, the output, and the gradients of
+L = sum(output * r) for a random r, all converted to the engine's layouts (activations channels-last
+NDHWC / NHWC, conv weights KTRSC = PyTorch OIDHW with I moved last, transposed-conv weights from
+PyTorch IODHW to O D H W I). The committed JSON lets the C++ tests run without Python.
+Regenerate: /usr/bin/python3 tests/golden/make_golden.py
+"""
+import json
+import os
+
+import torch
+import torch.nn.functional as F
+
+torch.manual_seed(20261121)
+torch.set_default_dtype(torch.float32)
+
+
+def act(t):  # NC... -> N...C
+    return t.permute(0, *range(2, t.dim()), 1).contiguous()
+
+
+def conv_w(w):  # O I k... -> O k... I
+    return w.permute(0, *range(2, w.dim()), 1).contiguous()
+
+
+def convt_w(w):  # I O k... -> O k... I
+    return w.permute(1, *range(2, w.dim()), 0).contiguous()
+
+
+def flat(t):
+    return [float(v) for v in t.detach().reshape(-1).tolist()]
+
+
+def record(name, tensors, output, grads, meta):
+    case = {"name": name, **meta, "output": {"shape": list(output.shape), "data": flat(output)}}
+    case["inputs"] = {k: {"shape": list(v.shape), "data": flat(v)} for k, v in tensors.items()}
+    case["grads"] = {k: {"shape": list(v.shape), "data": flat(v)} for k, v in grads.items()}
+    return case
+
+
+def conv_case(name, n, c, k, spatial, kernel, stride, pad, bias=True):
+    dims = len(spatial)
+    x = torch.randn(n, c, *spatial, requires_grad=True)
+    w = (torch.randn(k, c, *kernel) * 0.3).requires_grad_()
+    b = torch.randn(k, requires_grad=True) if bias else None
+    conv = F.conv3d if dims == 3 else F.conv2d
+    y = conv(x, w, b, stride=stride, padding=pad)
+    r = torch.randn_like(y)
+    (y * r).sum().backward()
+    tensors = {"x": act(x), "w": conv_w(w), "r": act(r)}
+    grads = {"x": act(x.grad), "w": conv_w(w.grad)}
+    if bias:
+        tensors["bias"] = b
+        grads["bias"] = b.grad
+    return record(name, tensors, act(y), grads, {"stride": list(stride), "pad": list(pad)})
+
+
+def conv_transpose_case(name, n, c, k, spatial, kernel):
+    x = torch.randn(n, c, *spatial, requires_grad=True)
+    w = (torch.randn(c, k, *kernel) * 0.3).requires_grad_()
+    b = torch.randn(k, requires_grad=True)
+    y = F.conv_transpose3d(x, w, b, stride=kernel)
+    r = torch.randn_like(y)
+    (y * r).sum().backward()
+    return record(name, {"x": act(x), "w": convt_w(w), "bias": b, "r": act(r)}, act(y),
+                  {"x": act(x.grad), "w": convt_w(w.grad), "bias": b.grad}, {})
+
+
+def instance_norm_case(name, n, c, spatial):
+    x = (torch.randn(n, c, *spatial) * 3 + 1.5).requires_grad_()
+    g = (torch.rand(c) + 0.5).requires_grad_()
+    b = torch.randn(c, requires_grad=True)
+    y = F.instance_norm(x, weight=g, bias=b, eps=1e-5)
+    r = torch.randn_like(y)
+    (y * r).sum().backward()
+    return record(name, {"x": act(x), "gamma": g, "beta": b, "r": act(r)}, act(y),
+                  {"x": act(x.grad), "gamma": g.grad, "beta": b.grad}, {"eps": 1e-5})
+
+
+def leaky_relu_case(name, shape, slope):
+    x = torch.randn(*shape, requires_grad=True)
+    y = F.leaky_relu(x, slope)
+    r = torch.randn_like(y)
+    (y * r).sum().backward()
+    return record(name, {"x": act(x), "r": act(r)}, act(y), {"x": act(x.grad)}, {"slope": slope})
+
+
+def dice_ce_case(name, n, classes, spatial, absent_class=None):
+    """MONAI DiceCELoss(include_background=False, softmax=True, to_onehot_y=True, batch=True), as DLE nnU-Net uses."""
+    logits = (torch.randn(n, classes, *spatial) * 2).requires_grad_()
+    labels = torch.randint(0, classes, (n, *spatial))
+    if absent_class is not None:
+        labels[labels == absent_class] = 0
+    p = torch.softmax(logits, dim=1)
+    onehot = F.one_hot(labels, classes).permute(0, -1, *range(1, labels.dim())).float()
+    axes = [0] + list(range(2, logits.dim()))  # batch and space
+    inter = (p * onehot).sum(axes)[1:]
+    denom = p.sum(axes)[1:] + onehot.sum(axes)[1:]
+    dice = (1 - (2 * inter + 1e-5) / (denom + 1e-5)).mean()
+    ce = F.cross_entropy(logits, labels)
+    loss = dice + ce
+    loss.backward()
+    case = record(name, {"logits": act(logits)}, loss.reshape(1), {"logits": act(logits.grad)},
+                  {"dice": float(dice), "ce": float(ce)})
+    case["labels"] = {"shape": list(labels.shape), "data": [int(v) for v in labels.reshape(-1).tolist()]}
+    return case
+
+
+cases = [
+    conv_case("conv3d_stride1", 2, 3, 4, (6, 7, 5), (3, 3, 3), (1, 1, 1), (1, 1, 1)),
+    conv_case("conv3d_stride2", 2, 3, 5, (7, 6, 5), (3, 3, 3), (2, 2, 2), (1, 1, 1)),
+    conv_case("conv3d_kernel133", 1, 4, 3, (3, 8, 7), (1, 3, 3), (1, 2, 2), (0, 1, 1), bias=False),
+    conv_case("conv2d_stride2", 2, 3, 4, (9, 8), (3, 3), (2, 2), (1, 1)),
+    conv_transpose_case("conv_transpose3d", 2, 4, 3, (3, 4, 2), (2, 2, 2)),
+    conv_transpose_case("conv_transpose3d_122", 1, 3, 2, (2, 3, 3), (1, 2, 2)),
+    instance_norm_case("instance_norm3d", 2, 3, (5, 6, 4)),
+    leaky_relu_case("leaky_relu", (2, 3, 4, 5, 3), 0.01),
+    dice_ce_case("dice_ce3d", 2, 3, (5, 6, 4)),
+    dice_ce_case("dice_ce2d_absent_class", 2, 4, (7, 6), absent_class=2),
+]
+
+out = os.path.join(os.path.dirname(os.path.abspath(__file__)), "ops_golden.json")
+with open(out, "w") as f:
+    json.dump({"generator": "tests/golden/make_golden.py", "torch": torch.__version__, "cases": cases}, f)
+print(f"wrote {out}: {len(cases)} cases")
