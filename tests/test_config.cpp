@@ -1,0 +1,84 @@
+// INI configuration: typed keys with defaults, overrides, and errors that name the file, key and expectation.
+#include <doctest/doctest.h>
+
+#include <filesystem>
+#include <unistd.h>
+
+#include <fstream>
+
+#include "io/config.h"
+
+using namespace unet::io;
+
+namespace {
+Config make_config() {
+  return Config({{"train", "steps", KeyType::integer, "100", "number of optimizer steps"},
+                 {"train", "lr", KeyType::real, "8e-4", "learning rate"},
+                 {"train", "amp", KeyType::boolean, "false", "mixed precision"},
+                 {"train", "optimizer", KeyType::string, "adamw", "optimizer", {"adamw", "adam", "sgd"}},
+                 {"data", "patch_size", KeyType::int_list, "64, 64, 64", "patch size"},
+                 {"data", "spacing", KeyType::real_list, "1, 1, 1.5", "target spacing"}});
+}
+
+std::string write_ini(const std::string& text) {
+  auto path = std::filesystem::temp_directory_path() / ("unet_config_test_" + std::to_string(::getpid()) + ".ini");
+  std::ofstream(path) << text;
+  return path.string();
+}
+}  // namespace
+
+TEST_CASE("defaults apply to keys the file does not set") {
+  Config c = make_config();
+  c.load_file(write_ini("[train]\nsteps = 7\n"));
+  CHECK(c.get_int("train", "steps") == 7);
+  CHECK(c.get_real("train", "lr") == doctest::Approx(8e-4));
+  CHECK(c.get_bool("train", "amp") == false);
+  CHECK(c.get_int_list("data", "patch_size") == std::vector<long>{64, 64, 64});
+  CHECK(c.get_real_list("data", "spacing") == std::vector<double>{1, 1, 1.5});
+}
+
+TEST_CASE("--set overrides win over the file") {
+  Config c = make_config();
+  c.load_file(write_ini("[train]\nsteps = 7\noptimizer = sgd\n"));
+  c.apply_override("train.steps=9");
+  c.apply_override("data.patch_size = 32,48,16");
+  CHECK(c.get_int("train", "steps") == 9);
+  CHECK(c.get_string("train", "optimizer") == "sgd");
+  CHECK(c.get_int_list("data", "patch_size") == std::vector<long>{32, 48, 16});
+}
+
+TEST_CASE("an unknown key is an error that suggests the nearest valid key") {
+  Config c = make_config();
+  std::string path = write_ini("[train]\nstepz = 7\n");
+  CHECK_THROWS_WITH_AS(c.load_file(path), (path + ": unknown key 'train.stepz'; did you mean 'train.steps'?").c_str(),
+                       ConfigError);
+  CHECK_THROWS_WITH_AS(c.apply_override("data.patchsize=3"), doctest::Contains("did you mean 'data.patch_size'"),
+                       ConfigError);
+}
+
+TEST_CASE("a badly typed value names the key and the expected type") {
+  Config c = make_config();
+  CHECK_THROWS_WITH_AS(c.load_file(write_ini("[train]\nlr = fast\n")),
+                       doctest::Contains("train.lr = 'fast': expected a number"), ConfigError);
+  CHECK_THROWS_WITH_AS(c.apply_override("train.optimizer=lamb"),
+                       doctest::Contains("expected one of adamw, adam, sgd"), ConfigError);
+  CHECK_THROWS_WITH_AS(c.apply_override("data.patch_size=64,x,64"),
+                       doctest::Contains("a comma-separated list of integers"), ConfigError);
+  CHECK_THROWS_WITH_AS(c.apply_override("trainsteps"), doctest::Contains("expected section.key=value"), ConfigError);
+}
+
+TEST_CASE("a missing file and a malformed line are errors naming the file") {
+  Config c = make_config();
+  CHECK_THROWS_WITH_AS(c.load_file("/nonexistent/x.ini"), "/nonexistent/x.ini: cannot open config file", ConfigError);
+  std::string path = write_ini("[train]\nsteps = 3\nthis line has no equals sign\n");
+  CHECK_THROWS_WITH_AS(c.load_file(path), (path + ":3: not a valid INI line (expected 'key = value' or '[section]')").c_str(), ConfigError);
+}
+
+TEST_CASE("the effective configuration is written back as INI that parses to the same values") {
+  Config a = make_config();
+  a.apply_override("train.steps=11");
+  Config b = make_config();
+  b.load_file(write_ini(a.to_ini()));
+  CHECK(b.get_int("train", "steps") == 11);
+  CHECK(b.to_ini() == a.to_ini());
+}
