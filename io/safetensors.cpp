@@ -1,0 +1,168 @@
+// safetensors reader and writer.
+#include "io/safetensors.h"
+
+#include <unistd.h>
+
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <stdexcept>
+
+namespace unet::io {
+namespace {
+
+using json = nlohmann::json;
+
+const char* st_dtype(DType t) {
+  switch (t) {
+    case DType::f32: return "F32";
+    case DType::f16: return "F16";
+    case DType::bf16: return "BF16";
+    case DType::i32: return "I32";
+    case DType::u8: return "U8";
+  }
+  return "?";
+}
+
+bool parse_dtype(const std::string& s, DType& t) {
+  for (DType d : {DType::f32, DType::f16, DType::bf16, DType::i32, DType::u8})
+    if (s == st_dtype(d)) return t = d, true;
+  return false;
+}
+
+[[noreturn]] void fail(const std::string& path, const std::string& what) {
+  throw std::runtime_error(path + ": invalid safetensors file: " + what);
+}
+
+}  // namespace
+
+const Tensor& SafetensorsContent::get(const std::string& name) const {
+  for (auto& [n, t] : tensors)
+    if (n == name) return t;
+  throw std::runtime_error("checkpoint has no tensor '" + name + "'");
+}
+
+void write_file_atomically(const std::string& path, const std::string& bytes) {
+  namespace fs = std::filesystem;
+  fs::path target(path);
+  fs::path tmp = target.parent_path() / ("." + target.filename().string() + ".tmp" + std::to_string(::getpid()));
+  {
+    std::ofstream f(tmp, std::ios::binary | std::ios::trunc);
+    if (!f) throw std::runtime_error(path + ": cannot create " + tmp.string());
+    f.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+    f.flush();
+    if (!f) {
+      std::error_code ec;
+      fs::remove(tmp, ec);
+      throw std::runtime_error(path + ": write failed (disk full?)");
+    }
+  }
+  std::error_code ec;
+  fs::rename(tmp, target, ec);
+  if (ec) {
+    fs::remove(tmp, ec);
+    throw std::runtime_error(path + ": cannot rename temporary file into place: " + ec.message());
+  }
+}
+
+void write_safetensors(const std::string& path, const NamedTensors& tensors, const Metadata& metadata) {
+  json header = json::object();
+  if (!metadata.empty()) header["__metadata__"] = metadata;
+  size_t offset = 0;
+  for (auto& [name, t] : tensors) {
+    if (name == "__metadata__" || header.contains(name)) throw std::invalid_argument(path + ": duplicate or reserved tensor name '" + name + "'");
+    if (t.device() != Device::cpu) throw std::invalid_argument(path + ": tensor '" + name + "' is not on the cpu");
+    header[name] = {{"dtype", st_dtype(t.dtype())}, {"shape", t.shape()}, {"data_offsets", {offset, offset + t.nbytes()}}};
+    offset += t.nbytes();
+  }
+  std::string h = header.dump();
+  h.append((8 - h.size() % 8) % 8, ' ');  // keep the data 8-byte aligned, as the reference writer does
+  std::string bytes(8, '\0');
+  uint64_t n = h.size();
+  for (int i = 0; i < 8; ++i) bytes[i] = static_cast<char>((n >> (8 * i)) & 0xff);
+  bytes += h;
+  bytes.reserve(bytes.size() + offset);
+  for (auto& [name, t] : tensors) bytes.append(static_cast<const char*>(t.raw()), t.nbytes());
+  write_file_atomically(path, bytes);
+}
+
+SafetensorsContent read_safetensors(const std::string& path) {
+  std::ifstream f(path, std::ios::binary | std::ios::ate);
+  if (!f) throw std::runtime_error(path + ": cannot open checkpoint");
+  uint64_t file_size = static_cast<uint64_t>(f.tellg());
+  f.seekg(0);
+  if (file_size < 8) fail(path, "shorter than its 8-byte header length");
+  unsigned char len_bytes[8];
+  f.read(reinterpret_cast<char*>(len_bytes), 8);
+  uint64_t header_len = 0;
+  for (int i = 0; i < 8; ++i) header_len |= static_cast<uint64_t>(len_bytes[i]) << (8 * i);
+  if (header_len > file_size - 8 || header_len > (100u << 20))
+    fail(path, "header length " + std::to_string(header_len) + " exceeds the file size " + std::to_string(file_size));
+  std::string h(header_len, '\0');
+  f.read(h.data(), static_cast<std::streamsize>(header_len));
+  json header;
+  try {
+    header = json::parse(h);
+  } catch (const json::exception& e) {
+    fail(path, std::string("header is not valid JSON (") + e.what() + ")");
+  }
+  if (!header.is_object()) fail(path, "header is not a JSON object");
+  uint64_t data_size = file_size - 8 - header_len;
+
+  SafetensorsContent out;
+  struct Entry {
+    std::string name;
+    DType dtype;
+    Shape shape;
+    uint64_t begin, end;
+  };
+  std::vector<Entry> entries;
+  for (auto& [name, v] : header.items()) {
+    if (name == "__metadata__") {
+      if (!v.is_object()) fail(path, "__metadata__ is not an object");
+      for (auto& [k, s] : v.items()) {
+        if (!s.is_string()) fail(path, "metadata value '" + k + "' is not a string");
+        out.metadata[k] = s.get<std::string>();
+      }
+      continue;
+    }
+    Entry e{name, DType::f32, {}, 0, 0};
+    if (!v.is_object() || !v.contains("dtype") || !v.contains("shape") || !v.contains("data_offsets") ||
+        !v["dtype"].is_string() || !v["shape"].is_array() || !v["data_offsets"].is_array() || v["data_offsets"].size() != 2)
+      fail(path, "tensor '" + name + "' lacks dtype, shape or data_offsets");
+    if (!parse_dtype(v["dtype"].get<std::string>(), e.dtype))
+      fail(path, "tensor '" + name + "' has unsupported dtype " + v["dtype"].get<std::string>() +
+                     " (expected F32, F16, BF16, I32 or U8)");
+    uint64_t numel = 1;
+    for (auto& d : v["shape"]) {
+      if (!d.is_number_unsigned() || d.get<uint64_t>() > (1ull << 40)) fail(path, "tensor '" + name + "' has a bad shape");
+      e.shape.push_back(d.get<int64_t>());
+      numel *= d.get<uint64_t>();
+      if (numel > (1ull << 40)) fail(path, "tensor '" + name + "' is too large");
+    }
+    if (!v["data_offsets"][0].is_number_unsigned() || !v["data_offsets"][1].is_number_unsigned())
+      fail(path, "tensor '" + name + "' has bad data_offsets");
+    e.begin = v["data_offsets"][0].get<uint64_t>();
+    e.end = v["data_offsets"][1].get<uint64_t>();
+    if (e.end < e.begin || e.end - e.begin != numel * dtype_size(e.dtype))
+      fail(path, "tensor '" + name + "': data_offsets do not match dtype and shape");
+    if (e.end > data_size)
+      fail(path, "tensor '" + name + "' ends at byte " + std::to_string(e.end) + " but the data holds " +
+                     std::to_string(data_size) + " bytes (truncated file?)");
+    entries.push_back(e);
+  }
+  std::sort(entries.begin(), entries.end(), [](const Entry& a, const Entry& b) { return a.begin < b.begin; });
+  for (size_t i = 1; i < entries.size(); ++i)
+    if (entries[i].begin < entries[i - 1].end) fail(path, "tensors '" + entries[i - 1].name + "' and '" + entries[i].name + "' overlap");
+  for (const Entry& e : entries) {
+    Tensor t = Tensor::empty(e.shape, e.dtype);
+    f.seekg(static_cast<std::streamoff>(8 + header_len + e.begin));
+    f.read(static_cast<char*>(t.raw()), static_cast<std::streamsize>(e.end - e.begin));
+    if (!f) fail(path, "cannot read the data of tensor '" + e.name + "'");
+    out.tensors.emplace_back(e.name, t);
+  }
+  return out;
+}
+
+}  // namespace unet::io

@@ -1,0 +1,31 @@
+// safetensors files (the Hugging Face format PyTorch users load with safetensors.torch.load_file):
+// 8-byte little-endian header length, a JSON header {name: {dtype, shape, data_offsets}, "__metadata__": {..}},
+// then the raw little-endian tensor bytes. Written atomically (temporary file, then rename); every field is
+// validated on read before anything is allocated.
+#pragma once
+#include <map>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "engine/tensor.h"
+
+namespace unet::io {
+
+using NamedTensors = std::vector<std::pair<std::string, Tensor>>;
+using Metadata = std::map<std::string, std::string>;
+
+struct SafetensorsContent {
+  NamedTensors tensors;  // in file order of their data
+  Metadata metadata;
+  const Tensor& get(const std::string& name) const;  // throws naming the missing tensor
+};
+
+void write_safetensors(const std::string& path, const NamedTensors& tensors, const Metadata& metadata = {});
+SafetensorsContent read_safetensors(const std::string& path);
+
+// Writes `bytes` to path through a temporary file in the same directory and a rename, so a crash never leaves a
+// half-written file under the final name. Throws std::runtime_error naming the path.
+void write_file_atomically(const std::string& path, const std::string& bytes);
+
+}  // namespace unet::io
