@@ -1,0 +1,49 @@
+// NIfTI-1 and NIfTI-2 volumes (.nii, .nii.gz) through nifticlib. Voxel values become an f32 tensor in the engine's
+// channels-last order [Z, Y, X, C] (NIfTI stores x fastest, so a 3D volume needs no reordering; the 4th NIfTI
+// dimension holds the channels of multi-modal images). scl_slope / scl_inter are applied. The complete header
+// (dimensions, pixdim, qform and sform with their codes, units, description, extensions) is kept, so outputs
+// can be written on the same grid as their input.
+#pragma once
+#include <array>
+#include <memory>
+#include <string>
+
+#include "engine/tensor.h"
+
+namespace unet::io {
+
+struct NiftiHeader;  // nifticlib's header, data unloaded
+
+// The header fields an output must carry over from its input.
+struct NiftiGeometry {
+  int nifti_type = 0;  // 1 = NIfTI-1 single file, 4 = NIfTI-2 single file
+  std::array<int64_t, 8> dim{};
+  std::array<double, 8> pixdim{};
+  int qform_code = 0, sform_code = 0;
+  double quatern_b = 0, quatern_c = 0, quatern_d = 0, qoffset_x = 0, qoffset_y = 0, qoffset_z = 0, qfac = 0;
+  std::array<std::array<double, 4>, 4> qto_xyz{}, sto_xyz{};
+  int xyz_units = 0, time_units = 0;
+  std::string descrip;
+};
+
+struct NiftiVolume {
+  Tensor data;  // f32 [Z, Y, X, C]
+  std::shared_ptr<const NiftiHeader> header;
+  std::string path;
+  int datatype = 0;  // the file's DT_* code
+
+  // Voxel spacing in the engine's axis order (z, y, x), from pixdim[3], pixdim[2], pixdim[1].
+  std::array<double, 3> spacing() const;
+  NiftiGeometry geometry() const;
+};
+
+// Reads a NIfTI-1 or NIfTI-2 file (.nii or .nii.gz), 3D or 4D (channels). Throws std::runtime_error naming the file
+// and what is wrong (missing, not NIfTI, unsupported datatype, more than 4 dimensions, too large).
+NiftiVolume read_nifti(const std::string& path);
+
+// Writes data ([Z, Y, X] or [Z, Y, X, C]; u8, i32 or f32) with the header of `like`: same grid, pixdim, qform, sform,
+// units and NIfTI version; the datatype follows the tensor and scaling is reset. .nii.gz compresses. Written to a
+// temporary name and renamed into place, so a failure leaves no partial file.
+void write_nifti(const std::string& path, const Tensor& data, const NiftiVolume& like);
+
+}  // namespace unet::io
