@@ -1,0 +1,39 @@
+// Sliding-window inference (SPEC 5): windows of the patch size, step int(patch * (1 - overlap)), the last window
+// clamped to the border; volumes smaller than the patch are zero-padded (half before) and cropped back. Window logits
+// are blended with a Gaussian or constant importance map; test-time augmentation averages the logits of all flips.
+#pragma once
+#include <functional>
+#include <vector>
+
+#include "engine/tensor.h"
+
+namespace unet {
+
+enum class Blend { gaussian, constant };
+
+struct SlidingWindowOptions {
+  std::vector<int> patch;     // per spatial axis
+  double overlap = 0.5;       // DLE README default (its code: 0.25 with constant blending)
+  Blend blend = Blend::gaussian;
+  bool tta = false;           // identity + every non-empty subset of spatial flips
+  int batch_size = 1;         // windows per predict call
+  float sigma_scale = 0.125f;
+  float min_weight = 1e-3f;
+};
+
+// predict: [B, patch..., C_in] -> [B, patch..., C_out] logits (called without autograd recording).
+using PredictFn = std::function<Tensor(const Tensor&)>;
+
+// image [spatial..., C_in] (2 or 3 spatial axes) -> blended logits [spatial..., C_out], f32.
+Tensor sliding_window_predict(const Tensor& image, const PredictFn& predict, const SlidingWindowOptions& options);
+
+// Start positions along one axis (SPEC 5).
+std::vector<int64_t> window_starts(int64_t size, int64_t patch, double overlap);
+
+// The importance map of the options' patch as [patch...].
+Tensor importance_map(const SlidingWindowOptions& options);
+
+// Softmax over the last axis (probabilities from blended logits).
+Tensor softmax_channels(const Tensor& logits);
+
+}  // namespace unet
