@@ -1,0 +1,183 @@
+// CPU fused softmax + Dice + cross-entropy kernels (see kernels/loss.h for the maths).
+// Each voxel's channel vector is contiguous (channels-last), so a voxel is processed whole: max, exp, sum, then the
+// per-class accumulations. The channel count is a template parameter for the common small cases (2..8 classes), so
+// the per-voxel loops are fully unrolled and the exponentials stay in registers; other counts use a runtime loop.
+#include "kernels/loss.h"
+
+#include <algorithm>
+#include <cmath>
+#include <stdexcept>
+#include <string>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+#include "engine/parallel.h"
+
+namespace unet::kernels::cpu {
+namespace {
+
+// Voxels per partial sum. Fixed (not derived from the thread count) so the summation order, and so the result bits,
+// never change between machines.
+constexpr int64_t kChunk = 4096;
+
+// Softmax numerator of one voxel: e[c] = exp(z[c] - max z); returns sum e and writes max z to *zmax.
+template <int CC>
+inline float softmax_exp(const float* z, int C, float* e, float* zmax) {
+  const int n = CC > 0 ? CC : C;
+  float m = z[0];
+  for (int c = 1; c < n; ++c) m = std::max(m, z[c]);
+  float s = 0.f;
+  for (int c = 0; c < n; ++c) {
+    e[c] = std::exp(z[c] - m);
+    s += e[c];
+  }
+  *zmax = m;
+  return s;
+}
+
+template <int CC, class L>
+int64_t forward_impl(const float* logits, const L* labels, int64_t voxels, int C, double* intersect, double* prob_sum,
+                     double* label_sum, double* ce_sum, int64_t* bad_label) {
+  const int n = CC > 0 ? CC : C;
+  const int64_t chunks = (voxels + kChunk - 1) / kChunk;
+  const size_t stride = 3 * static_cast<size_t>(n) + 1;  // per chunk: intersect[n], prob[n], count[n], ce
+  std::vector<double> partial(static_cast<size_t>(chunks) * stride, 0.0);
+  std::vector<int64_t> bad_at(static_cast<size_t>(chunks), -1);
+
+  parallel_for(chunks, 1, [&](int64_t clo, int64_t chi) {
+    std::vector<float> e_buf(CC > 0 ? 0 : static_cast<size_t>(n));
+    float e_fixed[CC > 0 ? CC : 1];
+    float* e = CC > 0 ? e_fixed : e_buf.data();
+    for (int64_t ch = clo; ch < chi; ++ch) {
+      double* acc = partial.data() + static_cast<size_t>(ch) * stride;
+      double* I = acc;
+      double* P = acc + n;
+      double* Y = acc + 2 * n;
+      double ce = 0.0;
+      int64_t bad = -1;
+      const int64_t vend = std::min(voxels, (ch + 1) * kChunk);
+      for (int64_t v = ch * kChunk; v < vend; ++v) {
+        const int64_t y = static_cast<int64_t>(labels[v]);
+        if (y < 0 || y >= n) {
+          if (bad < 0) bad = v;
+          continue;
+        }
+        const float* z = logits + v * n;
+        float zmax;
+        const float s = softmax_exp<CC>(z, n, e, &zmax);
+        const float inv = 1.f / s;
+        for (int c = 0; c < n; ++c) P[c] += static_cast<double>(e[c] * inv);
+        I[y] += static_cast<double>(e[y] * inv);
+        Y[y] += 1.0;
+        // -log p_y = logsumexp(z) - z_y = log(s) + (max - z_y): never log of a rounded-to-zero probability.
+        ce += static_cast<double>(std::log(s)) + static_cast<double>(zmax - z[y]);
+      }
+      acc[3 * n] = ce;
+      bad_at[static_cast<size_t>(ch)] = bad;
+    }
+  });
+
+  for (int c = 0; c < n; ++c) intersect[c] = prob_sum[c] = label_sum[c] = 0.0;
+  *ce_sum = 0.0;
+  for (int64_t ch = 0; ch < chunks; ++ch) {
+    const double* acc = partial.data() + static_cast<size_t>(ch) * stride;
+    for (int c = 0; c < n; ++c) {
+      intersect[c] += acc[c];
+      prob_sum[c] += acc[n + c];
+      label_sum[c] += acc[2 * n + c];
+    }
+    *ce_sum += acc[3 * n];
+  }
+  for (int64_t ch = 0; ch < chunks; ++ch) {
+    int64_t v = bad_at[static_cast<size_t>(ch)];
+    if (v >= 0) {
+      *bad_label = static_cast<int64_t>(labels[v]);
+      return v;
+    }
+  }
+  return -1;
+}
+
+template <int CC, class L>
+void backward_impl(const float* logits, const L* labels, int64_t voxels, int C, const float* a, const float* b,
+                   float ce_scale, float* grad) {
+  const int n = CC > 0 ? CC : C;
+  parallel_for(voxels, 1024, [&](int64_t lo, int64_t hi) {
+    std::vector<float> e_buf(CC > 0 ? 0 : static_cast<size_t>(n));
+    float e_fixed[CC > 0 ? CC : 1];
+    float* e = CC > 0 ? e_fixed : e_buf.data();
+    for (int64_t v = lo; v < hi; ++v) {
+      const float* z = logits + v * n;
+      float* g = grad + v * n;
+      const int y = static_cast<int>(labels[v]);
+      float zmax;
+      const float inv = 1.f / softmax_exp<CC>(z, n, e, &zmax);
+      // sum_c p_c g_c with g_c = a_c - b_c [c == y]
+      float pg = 0.f;
+      for (int c = 0; c < n; ++c) {
+        e[c] *= inv;  // now p_c
+        pg += e[c] * a[c];
+      }
+      pg -= e[y] * b[y];
+      for (int c = 0; c < n; ++c) g[c] = e[c] * (a[c] - pg) + ce_scale * e[c];
+      g[y] -= e[y] * b[y] + ce_scale;
+    }
+  });
+}
+
+// Calls f(std::integral_constant<int, CC>) with CC = C for 2 <= C <= 8 (unrolled kernels), CC = 0 otherwise.
+template <int CC = 2, class F>
+auto with_channel_count(int C, F&& f) {
+  if constexpr (CC > 8) {
+    return f(std::integral_constant<int, 0>{});
+  } else {
+    if (C == CC) return f(std::integral_constant<int, CC>{});
+    return with_channel_count<CC + 1>(C, std::forward<F>(f));
+  }
+}
+
+template <class L>
+int64_t forward_dispatch(const float* logits, const L* labels, int64_t voxels, int C, double* I, double* P, double* Y,
+                         double* ce, int64_t* bad) {
+  return with_channel_count(
+      C, [&](auto cc) { return forward_impl<decltype(cc)::value>(logits, labels, voxels, C, I, P, Y, ce, bad); });
+}
+
+template <class L>
+void backward_dispatch(const float* logits, const L* labels, int64_t voxels, int C, const float* a, const float* b,
+                       float ce_scale, float* grad) {
+  with_channel_count(
+      C, [&](auto cc) { backward_impl<decltype(cc)::value>(logits, labels, voxels, C, a, b, ce_scale, grad); });
+}
+
+void check_label_dtype(DType t, const char* what) {
+  if (t != DType::i32 && t != DType::u8)
+    throw std::invalid_argument(std::string(what) + ": labels must be i32 or u8, got " + dtype_name(t));
+}
+
+}  // namespace
+
+int64_t softmax_dice_ce_forward(const float* logits, const void* labels, DType label_dtype, int64_t voxels,
+                                int channels, double* intersect, double* prob_sum, double* label_sum, double* ce_sum,
+                                int64_t* bad_label) {
+  check_label_dtype(label_dtype, "softmax_dice_ce_forward");
+  if (label_dtype == DType::i32)
+    return forward_dispatch(logits, static_cast<const int32_t*>(labels), voxels, channels, intersect, prob_sum,
+                            label_sum, ce_sum, bad_label);
+  return forward_dispatch(logits, static_cast<const uint8_t*>(labels), voxels, channels, intersect, prob_sum, label_sum,
+                          ce_sum, bad_label);
+}
+
+void softmax_dice_ce_backward(const float* logits, const void* labels, DType label_dtype, int64_t voxels, int channels,
+                              const float* coef_a, const float* coef_b, float ce_scale, float* grad_logits) {
+  check_label_dtype(label_dtype, "softmax_dice_ce_backward");
+  if (label_dtype == DType::i32)
+    backward_dispatch(logits, static_cast<const int32_t*>(labels), voxels, channels, coef_a, coef_b, ce_scale,
+                      grad_logits);
+  else
+    backward_dispatch(logits, static_cast<const uint8_t*>(labels), voxels, channels, coef_a, coef_b, ce_scale,
+                      grad_logits);
+}
+
+}  // namespace unet::kernels::cpu
