@@ -173,4 +173,34 @@ Tensor& Tensor::set_requires_grad(bool on) {
   return *this;
 }
 
+Tensor permute_copy(const Tensor& t, const std::vector<int>& perm) {
+  int r = t.rank();
+  check_arg(static_cast<int>(perm.size()) == r, "permute of " + t.describe() + ": permutation has the wrong length");
+  Shape out_shape(r);
+  std::vector<int64_t> in_strides(r, 1), src_stride(r);
+  for (int i = r - 2; i >= 0; --i) in_strides[i] = in_strides[i + 1] * t.shape()[i + 1];
+  std::vector<bool> seen(r, false);
+  for (int i = 0; i < r; ++i) {
+    check_arg(perm[i] >= 0 && perm[i] < r && !seen[perm[i]], "permute of " + t.describe() + ": not a permutation");
+    seen[perm[i]] = true;
+    out_shape[i] = t.shape()[perm[i]];
+    src_stride[i] = in_strides[perm[i]];
+  }
+  Tensor out = Tensor::empty(out_shape, t.dtype(), t.device());
+  size_t es = dtype_size(t.dtype());
+  const char* src = static_cast<const char*>(t.raw());
+  char* dst = static_cast<char*>(out.raw());
+  std::vector<int64_t> idx(r, 0);
+  for (int64_t n = 0; n < out.numel(); ++n) {
+    int64_t off = 0;
+    for (int i = 0; i < r; ++i) off += idx[i] * src_stride[i];
+    std::memcpy(dst + n * es, src + off * es, es);
+    for (int i = r - 1; i >= 0; --i) {
+      if (++idx[i] < out_shape[i]) break;
+      idx[i] = 0;
+    }
+  }
+  return out;
+}
+
 }  // namespace unet

@@ -121,6 +121,9 @@ class Tensor {
   std::shared_ptr<TensorImpl> impl_;
 };
 
+// A contiguous copy with axes reordered: result dim i = t dim perm[i]. No autograd (used for layout conversion).
+Tensor permute_copy(const Tensor& t, const std::vector<int>& perm);
+
 // Throws std::invalid_argument naming `what` unless cond holds. Used by ops to validate shapes and dtypes.
 void check_arg(bool cond, const std::string& what);
 

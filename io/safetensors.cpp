@@ -46,7 +46,10 @@ const Tensor& SafetensorsContent::get(const std::string& name) const {
 void write_file_atomically(const std::string& path, const std::string& bytes) {
   namespace fs = std::filesystem;
   fs::path target(path);
-  fs::path tmp = target.parent_path() / ("." + target.filename().string() + ".tmp" + std::to_string(::getpid()));
+  // (built with append: GCC 12 warns falsely about "literal" + std::string temporaries, its bug 105329)
+  std::string tmp_name = target.filename().string();
+  tmp_name.insert(0, 1, '.').append(".tmp").append(std::to_string(::getpid()));
+  fs::path tmp = target.parent_path() / tmp_name;
   {
     std::ofstream f(tmp, std::ios::binary | std::ios::trunc);
     if (!f) throw std::runtime_error(path + ": cannot create " + tmp.string());
