@@ -1,0 +1,70 @@
+// instance_norm: the differentiable instance normalisation used after every nnU-Net convolution.
+// Validates shapes, runs kernels/cpu/norm.cpp, and records one node that saves x and the per-(n, c) mean and
+// 1/std (small), so backward need not recompute the statistics.
+#include <algorithm>
+#include <cmath>
+
+#include "engine/autograd.h"
+#include "engine/ops.h"
+#include "kernels/norm.h"
+
+namespace unet::ops {
+
+Tensor instance_norm(const Tensor& x, const Tensor& gamma, const Tensor& beta, float eps) {
+  check_arg(x.defined(), "instance_norm: undefined input");
+  const std::string args = "instance_norm(x " + x.describe() + ", gamma " +
+                           (gamma.defined() ? gamma.describe() : std::string("none")) + ", beta " +
+                           (beta.defined() ? beta.describe() : std::string("none")) + "): ";
+  for (const Tensor* t : {&x, &gamma, &beta}) {
+    if (!t->defined()) continue;
+    check_arg(t->device() == Device::cpu, args + "all tensors must be on the cpu backend");
+    check_arg(t->dtype() == DType::f32, args + "all tensors must be f32 (cast first)");
+  }
+  check_arg(x.rank() >= 3 && x.rank() <= 5, args + "x must be [N, spatial..., C] with 1 to 3 spatial axes");
+  const int64_t C = x.dim(-1);
+  check_arg(!gamma.defined() || (gamma.rank() == 1 && gamma.dim(0) == C),
+            args + "gamma must be [C] = [" + std::to_string(C) + "]");
+  check_arg(!beta.defined() || (beta.rank() == 1 && beta.dim(0) == C),
+            args + "beta must be [C] = [" + std::to_string(C) + "]");
+  check_arg(std::isfinite(eps) && eps >= 0.f, args + "eps must be finite and >= 0, got " + std::to_string(eps));
+
+  kernels::cpu::NormShape sh;
+  sh.n = x.dim(0);
+  sh.c = C;
+  sh.s = x.numel() / std::max<int64_t>(1, sh.n * C);
+  check_arg(sh.s > 0 || x.numel() == 0, args + "empty spatial extent");
+  Tensor y = Tensor::empty(x.shape());
+  Tensor mean = Tensor::empty({sh.n, C}), rstd = Tensor::empty({sh.n, C});
+  if (x.numel() > 0)
+    kernels::cpu::instance_norm_forward(sh, x.data<float>(), gamma.defined() ? gamma.data<float>() : nullptr,
+                                        beta.defined() ? beta.data<float>() : nullptr, eps, y.data<float>(),
+                                        mean.data<float>(), rstd.data<float>());
+
+  if (autograd::should_record({x, gamma, beta})) {
+    const bool need_dx = x.requires_grad();
+    const bool need_dg = gamma.defined() && gamma.requires_grad();
+    const bool need_db = beta.defined() && beta.requires_grad();
+    // x is needed for dx and dgamma; dbeta alone needs only dy, but the kernel reads x for its sums anyway.
+    Tensor saved_x = x.detach(), saved_g = gamma.defined() ? gamma.detach() : Tensor();
+    Shape x_shape = x.shape();
+    autograd::record("instance_norm", {x, gamma, beta}, {y}, [=](const std::vector<Tensor>& grads) {
+      const Tensor& dy = grads[0];
+      Tensor dx = need_dx ? Tensor::empty(x_shape) : Tensor();
+      Tensor dg = need_dg ? Tensor::empty({C}) : Tensor();
+      Tensor db = need_db ? Tensor::empty({C}) : Tensor();
+      if (saved_x.numel() > 0) {
+        kernels::cpu::instance_norm_backward(sh, saved_x.data<float>(), dy.data<float>(), mean.data<float>(),
+                                             rstd.data<float>(), saved_g.defined() ? saved_g.data<float>() : nullptr,
+                                             need_dx ? dx.data<float>() : nullptr, need_dg ? dg.data<float>() : nullptr,
+                                             need_db ? db.data<float>() : nullptr);
+      } else {
+        if (need_dg) std::fill(dg.data<float>(), dg.data<float>() + C, 0.f);
+        if (need_db) std::fill(db.data<float>(), db.data<float>() + C, 0.f);
+      }
+      return std::vector<Tensor>{dx, dg, db};
+    });
+  }
+  return y;
+}
+
+}  // namespace unet::ops

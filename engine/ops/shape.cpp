@@ -1,0 +1,136 @@
+// Shape and type ops: concat_channels (decoder skip connections), upsample_nearest (deep supervision),
+// cast (mixed precision) and argmax_channels (predictions). Kernels in kernels/cpu/shape.cpp.
+#include "kernels/shape.h"
+#include "engine/autograd.h"
+#include "engine/ops.h"
+
+namespace unet::ops {
+
+static bool is_float_dtype(DType t) {
+  return t == DType::f32 || t == DType::f16 || t == DType::bf16;
+}
+
+Tensor concat_channels(const std::vector<Tensor>& xs) {
+  check_arg(!xs.empty(), "concat_channels: no inputs");
+  std::string args = "concat_channels(";
+  for (size_t i = 0; i < xs.size(); ++i) args += (i ? ", " : "") + xs[i].describe();
+  args += "): ";
+  const Tensor& x0 = xs[0];
+  check_arg(x0.defined(), args + "undefined input");
+  check_arg(x0.rank() >= 1, args + "inputs need a channel axis");
+  Shape lead(x0.shape().begin(), x0.shape().end() - 1);
+  std::vector<int64_t> widths;
+  std::vector<const void*> ptrs;
+  int64_t total = 0;
+  for (const Tensor& x : xs) {
+    check_arg(x.defined(), args + "undefined input");
+    check_arg(x.device() == Device::cpu, args + "all inputs must be on the cpu backend");
+    check_arg(x.dtype() == x0.dtype(), args + "all inputs must have one dtype");
+    check_arg(x.rank() == x0.rank() && Shape(x.shape().begin(), x.shape().end() - 1) == lead,
+              args + "all axes but the last (channels) must match");
+    widths.push_back(x.dim(-1));
+    ptrs.push_back(x.raw());
+    total += x.dim(-1);
+  }
+  Shape out_shape = lead;
+  out_shape.push_back(total);
+  Tensor y = Tensor::empty(out_shape, x0.dtype());
+  const int64_t rows = shape_numel(lead);
+  const auto elem = static_cast<int64_t>(dtype_size(x0.dtype()));
+  kernels::cpu::concat_channels(rows, static_cast<int>(xs.size()), ptrs.data(), widths.data(), elem, y.raw());
+
+  if (autograd::should_record(xs)) {
+    std::vector<Shape> shapes;
+    std::vector<bool> need;
+    for (const Tensor& x : xs) {
+      shapes.push_back(x.shape());
+      need.push_back(x.requires_grad());
+    }
+    DType dtype = x0.dtype();
+    autograd::record("concat_channels", xs, {y}, [=](const std::vector<Tensor>& g) {
+      std::vector<Tensor> dx(shapes.size());
+      std::vector<void*> outs(shapes.size(), nullptr);
+      for (size_t i = 0; i < shapes.size(); ++i)
+        if (need[i]) {
+          dx[i] = Tensor::empty(shapes[i], dtype);
+          outs[i] = dx[i].raw();
+        }
+      kernels::cpu::split_channels(rows, static_cast<int>(shapes.size()), g[0].raw(), widths.data(), elem, outs.data());
+      return dx;
+    });
+  }
+  return y;
+}
+
+Tensor upsample_nearest(const Tensor& x, const std::vector<int>& factor) {
+  check_arg(x.defined(), "upsample_nearest: undefined input");
+  std::string fs = "[";
+  for (size_t i = 0; i < factor.size(); ++i) fs += (i ? ", " : "") + std::to_string(factor[i]);
+  fs += "]";
+  const std::string args = "upsample_nearest(" + x.describe() + ", factor " + fs + "): ";
+  check_arg(x.device() == Device::cpu, args + "input must be on the cpu backend");
+  check_arg(x.rank() >= 3 && x.rank() <= 5, args + "x must be [N, spatial..., C] with 1 to 3 spatial axes");
+  const int sr = x.rank() - 2;
+  check_arg(static_cast<int>(factor.size()) == sr, args + "one factor per spatial axis (" + std::to_string(sr) + ")");
+  for (int f : factor) check_arg(f >= 1, args + "factors must be >= 1");
+
+  kernels::cpu::UpsampleShape s;
+  int64_t in[3] = {1, 1, 1}, f3[3] = {1, 1, 1};
+  for (int i = 0; i < sr; ++i) {
+    in[3 - sr + i] = x.dim(1 + i);
+    f3[3 - sr + i] = factor[static_cast<size_t>(i)];
+  }
+  s.n = x.dim(0);
+  s.d = in[0], s.h = in[1], s.w = in[2];
+  s.fd = f3[0], s.fh = f3[1], s.fw = f3[2];
+  s.c = x.dim(-1);
+  Shape out_shape = x.shape();
+  for (int i = 0; i < sr; ++i) out_shape[static_cast<size_t>(1 + i)] *= factor[static_cast<size_t>(i)];
+  Tensor y = Tensor::empty(out_shape, x.dtype());
+  kernels::cpu::upsample_nearest_forward(s, x.raw(), static_cast<int64_t>(dtype_size(x.dtype())), y.raw());
+
+  if (autograd::should_record({x})) {
+    check_arg(x.dtype() == DType::f32, args + "the gradient is implemented for f32 only (cast first)");
+    Shape x_shape = x.shape();
+    autograd::record("upsample_nearest", {x}, {y}, [=](const std::vector<Tensor>& g) {
+      Tensor dx = Tensor::empty(x_shape);
+      kernels::cpu::upsample_nearest_backward(s, g[0].data<float>(), dx.data<float>());
+      return std::vector<Tensor>{dx};
+    });
+  }
+  return y;
+}
+
+Tensor cast(const Tensor& x, DType dtype) {
+  check_arg(x.defined(), "cast: undefined input");
+  const std::string args = std::string("cast(") + x.describe() + " to " + dtype_name(dtype) + "): ";
+  check_arg(x.device() == Device::cpu, args + "input must be on the cpu backend");
+  check_arg(is_float_dtype(x.dtype()) && is_float_dtype(dtype), args + "only f32, f16 and bf16 are supported");
+  if (x.dtype() == dtype) return x;  // as torch.Tensor.to: the same tensor (and autograd history), no copy
+  Tensor y = Tensor::empty(x.shape(), dtype);
+  kernels::cpu::cast(x.dtype(), x.raw(), dtype, y.raw(), x.numel());
+  if (autograd::should_record({x})) {
+    const DType src = x.dtype();
+    autograd::record("cast", {x}, {y}, [src](const std::vector<Tensor>& g) {
+      Tensor dx = Tensor::empty(g[0].shape(), src);
+      kernels::cpu::cast(g[0].dtype(), g[0].raw(), src, dx.raw(), g[0].numel());
+      return std::vector<Tensor>{dx};
+    });
+  }
+  return y;
+}
+
+Tensor argmax_channels(const Tensor& x) {
+  check_arg(x.defined(), "argmax_channels: undefined input");
+  const std::string args = "argmax_channels(" + x.describe() + "): ";
+  check_arg(x.device() == Device::cpu, args + "input must be on the cpu backend");
+  check_arg(is_float_dtype(x.dtype()), args + "expected f32, f16 or bf16");
+  check_arg(x.rank() >= 2, args + "expected [N, spatial..., C]");
+  check_arg(x.dim(-1) >= 1, args + "no channels to choose from");
+  Shape out_shape(x.shape().begin(), x.shape().end() - 1);
+  Tensor y = Tensor::empty(out_shape, DType::i32);
+  kernels::cpu::argmax_channels(x.dtype(), x.raw(), y.numel(), x.dim(-1), y.data<int32_t>());
+  return y;  // integer output: never recorded
+}
+
+}  // namespace unet::ops

@@ -1,0 +1,182 @@
+// CPU instance normalisation (see kernels/norm.h).
+// Channels-last means a per-channel reduction is a sum of contiguous channel vectors, which vectorizes over c.
+// Reductions run over fixed spatial chunks (about 64 KiB of x each; the size depends only on the shape) with
+// double partials per (n, chunk, c), combined in chunk order: results are bitwise identical for any thread count.
+// The forward statistics read x from memory once: each chunk, still in cache, gets an exact two-pass mean and sum
+// of squared deviations, and the chunks are merged with Chan's pairwise formula, so a large mean never cancels
+// the variance.
+#include "kernels/norm.h"
+
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+#include "engine/parallel.h"
+
+namespace unet::kernels::cpu {
+namespace {
+
+// Spatial positions per reduction chunk: about 64 KiB of f32 channel rows, so a chunk stays in L2 between passes.
+int64_t chunk_rows(int64_t c) {
+  return std::max<int64_t>(256, 16384 / std::max<int64_t>(1, c));
+}
+
+// For every (n, chunk), calls fn(n, s_begin, s_end, partial) where partial is that item's zeroed double[c];
+// returns sums[n][c] = the chunk partials added in chunk order.
+template <class F>
+std::vector<double> chunked_channel_sums(const NormShape& sh, int parts, F&& fn) {
+  const int64_t rows = chunk_rows(sh.c);
+  const int64_t chunks = std::max<int64_t>(1, (sh.s + rows - 1) / rows);
+  const int64_t width = sh.c * parts;
+  std::vector<double> partial(static_cast<size_t>(sh.n * chunks * width), 0.0);
+  parallel_for(sh.n * chunks, 1, [&](int64_t lo, int64_t hi) {
+    for (int64_t item = lo; item < hi; ++item) {
+      const int64_t n = item / chunks, ch = item % chunks;
+      fn(n, ch * rows, std::min(sh.s, (ch + 1) * rows), partial.data() + item * width);
+    }
+  });
+  std::vector<double> sums(static_cast<size_t>(sh.n * width), 0.0);
+  for (int64_t n = 0; n < sh.n; ++n)
+    for (int64_t ch = 0; ch < chunks; ++ch) {
+      const double* p = partial.data() + (n * chunks + ch) * width;
+      double* out = sums.data() + n * width;
+      for (int64_t j = 0; j < width; ++j) out[j] += p[j];
+    }
+  return sums;
+}
+
+}  // namespace
+
+void instance_norm_forward(const NormShape& sh, const float* x, const float* gamma, const float* beta, float eps,
+                           float* y, float* mean, float* rstd) {
+  const int64_t C = sh.c, S = sh.s;
+  const int64_t rows = chunk_rows(C);
+  const int64_t chunks = std::max<int64_t>(1, (S + rows - 1) / rows);
+  // partial[(n, chunk)] = chunk mean [C] then chunk sum of squared deviations [C].
+  std::vector<double> partial(static_cast<size_t>(sh.n * chunks * 2 * C), 0.0);
+  parallel_for(sh.n * chunks, 1, [&](int64_t lo, int64_t hi) {
+    for (int64_t item = lo; item < hi; ++item) {
+      const int64_t n = item / chunks, ch = item % chunks;
+      const int64_t b = ch * rows, e = std::min(S, b + rows);
+      double* mu = partial.data() + item * 2 * C;
+      double* m2 = mu + C;
+      for (int64_t i = b; i < e; ++i) {
+        const float* row = x + (n * S + i) * C;
+        for (int64_t c = 0; c < C; ++c) mu[c] += row[c];
+      }
+      const double inv = e > b ? 1.0 / static_cast<double>(e - b) : 0.0;
+      for (int64_t c = 0; c < C; ++c) mu[c] *= inv;
+      for (int64_t i = b; i < e; ++i) {
+        const float* row = x + (n * S + i) * C;
+        for (int64_t c = 0; c < C; ++c) {
+          const double d = row[c] - mu[c];
+          m2[c] += d * d;
+        }
+      }
+    }
+  });
+  // Chan et al.: merging (count na, mean ma, M2a) with (nb, mb, M2b) gives mean ma + (mb - ma) nb / (na + nb) and
+  // M2a + M2b + (mb - ma)^2 na nb / (na + nb). Merged in chunk order.
+  std::vector<double> m(static_cast<size_t>(sh.n * C), 0.0), var(m.size(), 0.0);
+  for (int64_t n = 0; n < sh.n; ++n) {
+    double count = 0.0;
+    double* mo = m.data() + n * C;
+    double* vo = var.data() + n * C;
+    for (int64_t ch = 0; ch < chunks; ++ch) {
+      const double nb = static_cast<double>(std::min(S, (ch + 1) * rows) - ch * rows);
+      const double* mu = partial.data() + (n * chunks + ch) * 2 * C;
+      const double* m2 = mu + C;
+      const double total = count + nb;
+      for (int64_t c = 0; c < C; ++c) {
+        const double delta = mu[c] - mo[c];
+        mo[c] += delta * nb / total;
+        vo[c] += m2[c] + delta * delta * count * nb / total;
+      }
+      count = total;
+    }
+  }
+  // Per (n, c) scale a = rstd * gamma and shift beta. The apply pass computes (x - mean) * a + beta rather than
+  // x * a + (beta - mean * a): the folded form cancels catastrophically when |mean| >> std.
+  std::vector<float> a(static_cast<size_t>(sh.n * C)), b(static_cast<size_t>(sh.n * C));
+  for (int64_t n = 0; n < sh.n; ++n)
+    for (int64_t c = 0; c < C; ++c) {
+      const size_t j = static_cast<size_t>(n * C + c);
+      const double r = 1.0 / std::sqrt(var[j] / static_cast<double>(S) + static_cast<double>(eps));
+      mean[j] = static_cast<float>(m[j]);
+      rstd[j] = static_cast<float>(r);
+      const double g = gamma ? gamma[c] : 1.0;
+      a[j] = static_cast<float>(r * g);
+      b[j] = beta ? beta[c] : 0.f;
+    }
+  parallel_for(sh.n * S, 1024, [&](int64_t lo, int64_t hi) {
+    for (int64_t i = lo; i < hi; ++i) {
+      const int64_t n = i / S;
+      const float* row = x + i * C;
+      const float* mu = mean + n * C;
+      const float* an = a.data() + n * C;
+      const float* bn = b.data() + n * C;
+      float* out = y + i * C;
+      for (int64_t c = 0; c < C; ++c) out[c] = (row[c] - mu[c]) * an[c] + bn[c];
+    }
+  });
+}
+
+void instance_norm_backward(const NormShape& sh, const float* x, const float* dy, const float* mean, const float* rstd,
+                            const float* gamma, float* dx, float* dgamma, float* dbeta) {
+  const int64_t C = sh.c, S = sh.s;
+  // sums[n][0..C) = sum dy, sums[n][C..2C) = sum dy * (x - mean); times rstd gives sum dy * xhat.
+  std::vector<double> sums = chunked_channel_sums(sh, 2, [&](int64_t n, int64_t b, int64_t e, double* acc) {
+    const float* mu = mean + n * C;
+    double* s1 = acc;
+    double* s2 = acc + C;
+    for (int64_t i = b; i < e; ++i) {
+      const float* xr = x + (n * S + i) * C;
+      const float* gr = dy + (n * S + i) * C;
+      for (int64_t c = 0; c < C; ++c) {
+        s1[c] += gr[c];
+        s2[c] += static_cast<double>(gr[c]) * (xr[c] - mu[c]);
+      }
+    }
+  });
+  for (int64_t n = 0; n < sh.n; ++n)
+    for (int64_t c = 0; c < C; ++c) sums[static_cast<size_t>(n * 2 * C + C + c)] *= rstd[n * C + c];
+  if (dgamma || dbeta)
+    for (int64_t c = 0; c < C; ++c) {
+      double g = 0.0, bsum = 0.0;
+      for (int64_t n = 0; n < sh.n; ++n) {
+        bsum += sums[static_cast<size_t>(n * 2 * C + c)];
+        g += sums[static_cast<size_t>(n * 2 * C + C + c)];
+      }
+      if (dgamma) dgamma[c] = static_cast<float>(g);
+      if (dbeta) dbeta[c] = static_cast<float>(bsum);
+    }
+  if (!dx) return;
+  // dx = k1 * dy + k2 * (x - mean) + k3 per (n, c), with xhat = (x - mean) * rstd expanded:
+  // k1 = rstd * gamma, k2 = -k1 * rstd * s2 / S, k3 = -k1 * s1 / S. (x - mean) is kept unfolded, as in the forward.
+  std::vector<float> k1(static_cast<size_t>(sh.n * C)), k2(k1.size()), k3(k1.size());
+  for (int64_t n = 0; n < sh.n; ++n)
+    for (int64_t c = 0; c < C; ++c) {
+      const size_t j = static_cast<size_t>(n * C + c);
+      const double r = rstd[j], g = gamma ? gamma[c] : 1.0;
+      const double s1 = sums[static_cast<size_t>(n * 2 * C + c)], s2 = sums[static_cast<size_t>(n * 2 * C + C + c)];
+      const double a = r * g, b = -a * r * s2 / static_cast<double>(S);
+      k1[j] = static_cast<float>(a);
+      k2[j] = static_cast<float>(b);
+      k3[j] = static_cast<float>(-a * s1 / static_cast<double>(S));
+    }
+  parallel_for(sh.n * S, 1024, [&](int64_t lo, int64_t hi) {
+    for (int64_t i = lo; i < hi; ++i) {
+      const int64_t n = i / S;
+      const float* xr = x + i * C;
+      const float* gr = dy + i * C;
+      const float* a = k1.data() + n * C;
+      const float* b = k2.data() + n * C;
+      const float* d = k3.data() + n * C;
+      const float* mu = mean + n * C;
+      float* out = dx + i * C;
+      for (int64_t c = 0; c < C; ++c) out[c] = a[c] * gr[c] + b[c] * (xr[c] - mu[c]) + d[c];
+    }
+  });
+}
+
+}  // namespace unet::kernels::cpu
