@@ -1,0 +1,121 @@
+// ops::conv: 2D and 3D convolution on channels-last tensors, with its autograd node (dx, dw, dbias).
+// Validation happens here, once, so the kernels in kernels/cpu/conv.cpp can assume a well-formed problem.
+#include <string>
+
+#include "engine/autograd.h"
+#include "engine/ops.h"
+#include "kernels/conv.h"
+
+namespace unet::ops {
+namespace {
+
+std::string vec_str(const std::vector<int>& v) {
+  std::string s = "[";
+  for (size_t i = 0; i < v.size(); ++i) s += (i ? ", " : "") + std::to_string(v[i]);
+  return s + "]";
+}
+
+void check_cpu_f32(const Tensor& t, const char* what) {
+  check_arg(t.device() == Device::cpu, std::string("conv: ") + what + " " + t.describe() + " is not on the cpu backend");
+  check_arg(t.dtype() == DType::f32, std::string("conv: ") + what + " must be f32, got " + t.describe());
+}
+
+// Builds the kernel problem from validated shapes: 2D tensors [N, H, W, C] map to D = T = 1.
+kernels::ConvProblem make_problem(const Tensor& x, const Tensor& w, const std::vector<int>& stride,
+                                  const std::vector<int>& pad) {
+  const int spatial = x.rank() - 2;
+  const int off = 3 - spatial;  // index of the first given axis among (d, h, w)
+  int64_t in[3] = {1, 1, 1}, kernel[3] = {1, 1, 1};
+  int st[3] = {1, 1, 1}, pd[3] = {0, 0, 0};
+  for (int i = 0; i < spatial; ++i) {
+    in[off + i] = x.dim(1 + i);
+    kernel[off + i] = w.dim(1 + i);
+    st[off + i] = stride[static_cast<size_t>(i)];
+    pd[off + i] = pad[static_cast<size_t>(i)];
+  }
+  kernels::ConvProblem p;
+  p.N = x.dim(0);
+  p.D = in[0], p.H = in[1], p.W = in[2];
+  p.C = x.dim(-1);
+  p.K = w.dim(0);
+  p.T = static_cast<int>(kernel[0]), p.R = static_cast<int>(kernel[1]), p.S = static_cast<int>(kernel[2]);
+  p.stride_d = st[0], p.stride_h = st[1], p.stride_w = st[2];
+  p.pad_d = pd[0], p.pad_h = pd[1], p.pad_w = pd[2];
+  p.compute_output_size();
+  return p;
+}
+
+}  // namespace
+
+Tensor conv(const Tensor& x, const Tensor& w, const Tensor& bias, const std::vector<int>& stride,
+            const std::vector<int>& pad) {
+  check_arg(x.defined() && w.defined(), "conv: undefined input or weight");
+  check_cpu_f32(x, "input");
+  check_cpu_f32(w, "weight");
+  const std::string shapes = "input " + shape_str(x.shape()) + ", weight " + shape_str(w.shape());
+  check_arg(x.rank() == 4 || x.rank() == 5,
+            "conv: input must be [N, H, W, C] or [N, D, H, W, C] (rank 4 or 5), got " + shapes);
+  check_arg(w.rank() == x.rank(), "conv: weight rank must match the input rank (" + shapes + "; weight is [K, " +
+                                      (x.rank() == 5 ? "T, R, S" : "R, S") + ", C])");
+  check_arg(w.dim(-1) == x.dim(-1), "conv: channel mismatch, " + shapes + " (last axes must be equal)");
+  const size_t spatial = static_cast<size_t>(x.rank() - 2);
+  check_arg(stride.size() == spatial && pad.size() == spatial,
+            "conv: stride " + vec_str(stride) + " and pad " + vec_str(pad) + " need " + std::to_string(spatial) +
+                " values each for " + shapes);
+  for (int64_t d : x.shape()) check_arg(d >= 1, "conv: empty input, " + shapes);
+  for (int64_t d : w.shape()) check_arg(d >= 1, "conv: empty weight, " + shapes);
+  for (size_t i = 0; i < spatial; ++i) {
+    check_arg(stride[i] >= 1, "conv: stride " + vec_str(stride) + " must be >= 1");
+    check_arg(pad[i] >= 0, "conv: pad " + vec_str(pad) + " must be >= 0");
+  }
+  if (bias.defined()) {
+    check_cpu_f32(bias, "bias");
+    check_arg(bias.rank() == 1 && bias.dim(0) == w.dim(0),
+              "conv: bias " + shape_str(bias.shape()) + " must be [K] = [" + std::to_string(w.dim(0)) + "] for " +
+                  shapes);
+  }
+  const kernels::ConvProblem p = make_problem(x, w, stride, pad);
+  check_arg(p.Z >= 1 && p.P >= 1 && p.Q >= 1, "conv: output size < 1 for " + shapes + ", stride " + vec_str(stride) +
+                                                  ", pad " + vec_str(pad));
+
+  Shape out_shape = {p.N};
+  if (x.rank() == 5) out_shape.push_back(p.Z);
+  out_shape.insert(out_shape.end(), {p.P, p.Q, p.K});
+  Tensor y = Tensor::empty(out_shape);
+  kernels::cpu::conv_fprop(p, x.data<float>(), w.data<float>(), bias.defined() ? bias.data<float>() : nullptr,
+                           y.data<float>());
+
+  if (autograd::should_record({x, w, bias})) {
+    const bool need_dx = x.requires_grad(), need_dw = w.requires_grad();
+    const bool need_db = bias.defined() && bias.requires_grad();
+    // dx needs only w, dw needs only x: keep nothing else alive until backward.
+    Tensor saved_x = need_dw ? x.detach() : Tensor();
+    Tensor saved_w = need_dx ? w.detach() : Tensor();
+    Shape x_shape = x.shape(), w_shape = w.shape();
+    autograd::record("conv", {x, w, bias}, {y},
+                     [p, need_dx, need_dw, need_db, saved_x, saved_w, x_shape, w_shape](const std::vector<Tensor>& g) {
+                       std::vector<Tensor> grads(3);
+                       const Tensor& dy = g[0];
+                       if (!dy.defined()) return grads;
+                       if (need_dx) {
+                         grads[0] = Tensor::empty(x_shape);
+                         kernels::cpu::conv_dgrad(p, dy.data<float>(), saved_w.data<float>(), grads[0].data<float>());
+                       }
+                       if (need_dw || need_db) {
+                         Tensor db = need_db ? Tensor::empty({p.K}) : Tensor();
+                         if (need_dw) {
+                           grads[1] = Tensor::empty(w_shape);
+                           kernels::cpu::conv_wgrad(p, saved_x.data<float>(), dy.data<float>(), grads[1].data<float>(),
+                                                    need_db ? db.data<float>() : nullptr);
+                         } else {
+                           kernels::cpu::conv_bias_grad(p, dy.data<float>(), db.data<float>());
+                         }
+                         grads[2] = db;
+                       }
+                       return grads;
+                     });
+  }
+  return y;
+}
+
+}  // namespace unet::ops
