@@ -2,6 +2,7 @@
 #include "models/checkpoint.h"
 
 #include <cstring>
+#include <nlohmann/json.hpp>
 #include <stdexcept>
 
 namespace unet::models {
@@ -55,6 +56,62 @@ void load_weights(const io::SafetensorsContent& weights, Module& model, const st
                                to_pytorch_layout(name, p).describe());
     std::memcpy(p.raw(), t.raw(), p.nbytes());
   }
+}
+
+io::Metadata card_to_metadata(const ModelCard& c) {
+  nlohmann::json model = {{"type", "dynunet"},
+                          {"in_channels", c.net.in_channels},
+                          {"out_channels", c.net.out_channels},
+                          {"kernels", c.net.kernels},
+                          {"strides", c.net.strides},
+                          {"filters", c.net.filters},
+                          {"deep_supervision", c.net.deep_supervision},
+                          {"deep_supr_num", c.net.deep_supr_num},
+                          {"res_block", c.net.res_block},
+                          {"negative_slope", c.net.negative_slope}};
+  nlohmann::json plan = {{"patch", c.patch},           {"spacing", c.spacing},     {"normalization", c.normalization},
+                         {"ct_clip_low", c.ct_clip_low}, {"ct_clip_high", c.ct_clip_high}, {"ct_mean", c.ct_mean},
+                         {"ct_std", c.ct_std}};
+  nlohmann::json labels = nlohmann::json::object();
+  for (auto& [k, v] : c.labels) labels[std::to_string(k)] = v;
+  return {{"format", "unet-engine-weights/1"}, {"model", model.dump()}, {"plan", plan.dump()}, {"labels", labels.dump()}};
+}
+
+ModelCard card_from_metadata(const io::Metadata& m, const std::string& path) {
+  auto field = [&](const char* key) {
+    auto it = m.find(key);
+    if (it == m.end()) throw std::runtime_error(path + ": not a unet-engine checkpoint (metadata has no '" + key + "')");
+    try {
+      return nlohmann::json::parse(it->second);
+    } catch (const nlohmann::json::exception& e) {
+      throw std::runtime_error(path + ": metadata '" + key + "' is not valid JSON");
+    }
+  };
+  ModelCard c;
+  try {
+    nlohmann::json model = field("model"), plan = field("plan"), labels = field("labels");
+    if (model.at("type") != "dynunet") throw std::runtime_error(path + ": unknown model type " + model.at("type").dump());
+    c.net.in_channels = model.at("in_channels").get<int>();
+    c.net.out_channels = model.at("out_channels").get<int>();
+    c.net.kernels = model.at("kernels").get<std::vector<std::vector<int>>>();
+    c.net.strides = model.at("strides").get<std::vector<std::vector<int>>>();
+    c.net.filters = model.at("filters").get<std::vector<int>>();
+    c.net.deep_supervision = model.at("deep_supervision").get<bool>();
+    c.net.deep_supr_num = model.at("deep_supr_num").get<int>();
+    c.net.res_block = model.at("res_block").get<bool>();
+    c.net.negative_slope = model.at("negative_slope").get<float>();
+    c.patch = plan.at("patch").get<std::vector<int>>();
+    c.spacing = plan.at("spacing").get<std::vector<double>>();
+    c.normalization = plan.at("normalization").get<std::string>();
+    c.ct_clip_low = plan.at("ct_clip_low").get<std::vector<double>>();
+    c.ct_clip_high = plan.at("ct_clip_high").get<std::vector<double>>();
+    c.ct_mean = plan.at("ct_mean").get<std::vector<double>>();
+    c.ct_std = plan.at("ct_std").get<std::vector<double>>();
+    for (auto& [k, v] : labels.items()) c.labels[std::stoi(k)] = v.get<std::string>();
+  } catch (const nlohmann::json::exception& e) {
+    throw std::runtime_error(path + ": malformed checkpoint metadata (" + e.what() + ")");
+  }
+  return c;
 }
 
 }  // namespace unet::models

@@ -3,12 +3,29 @@
 // "*transp_conv*", to [C, K, kernel...]). The model config, preprocessing plan and class labels go in the metadata.
 // The training state (optimizer moments, step, loss scale, RNG) is a second safetensors file beside the weights.
 #pragma once
+#include <map>
 #include <string>
+#include <vector>
 
 #include "engine/module.h"
 #include "io/safetensors.h"
+#include "models/nnunet.h"
 
 namespace unet::models {
+
+// Everything needed to rebuild a trained model and preprocess its inputs, stored in the weights' metadata.
+struct ModelCard {
+  DynUNetConfig net;
+  std::vector<int> patch;        // training patch = inference window, per spatial axis
+  std::vector<double> spacing;   // target spacing the model was trained at (z, y, x)
+  std::string normalization = "zscore";  // "zscore" (per case, per channel) or "ct" (global clip + z-score)
+  std::vector<double> ct_clip_low, ct_clip_high, ct_mean, ct_std;  // per channel, for "ct"
+  std::map<int, std::string> labels;     // class index -> name
+};
+
+io::Metadata card_to_metadata(const ModelCard& card);
+// Throws std::runtime_error naming `path` and the key when the metadata is missing or malformed.
+ModelCard card_from_metadata(const io::Metadata& metadata, const std::string& path);
 
 // Engine layout <-> PyTorch layout for one named parameter (identity for non-convolution tensors).
 Tensor to_pytorch_layout(const std::string& name, const Tensor& t);

@@ -113,3 +113,30 @@ TEST_CASE("weights saved in PyTorch layout load back into an identical model") {
   DynUNet wrong(other);
   CHECK_THROWS_WITH_AS(load_weights(st, wrong, path), doctest::Contains("input_block.conv1.conv.weight"), std::runtime_error);
 }
+
+TEST_CASE("the model card survives the checkpoint metadata round trip") {
+  ModelCard card;
+  UNetPlan plan = plan_unet({32, 32, 16}, {1, 1, 2});
+  card.net = {2, 3, plan.kernels, plan.strides, plan.filters};
+  card.net.deep_supervision = true;
+  card.patch = {32, 32, 16};
+  card.spacing = {1, 1, 2};
+  card.normalization = "ct";
+  card.ct_clip_low = {-100, 0};
+  card.ct_clip_high = {300, 50};
+  card.ct_mean = {40, 7};
+  card.ct_std = {80, 3};
+  card.labels = {{0, "background"}, {1, "liver"}, {2, "tumour"}};
+  ModelCard back = card_from_metadata(card_to_metadata(card), "x");
+  CHECK(back.net.kernels == card.net.kernels);
+  CHECK(back.net.strides == card.net.strides);
+  CHECK(back.net.filters == card.net.filters);
+  CHECK(back.net.deep_supervision);
+  CHECK(back.patch == card.patch);
+  CHECK(back.ct_std == card.ct_std);
+  CHECK(back.labels == card.labels);
+  io::Metadata broken = card_to_metadata(card);
+  broken.erase("plan");
+  CHECK_THROWS_WITH_AS(card_from_metadata(broken, "model.safetensors"),
+                       "model.safetensors: not a unet-engine checkpoint (metadata has no 'plan')", std::runtime_error);
+}
