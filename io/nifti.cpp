@@ -4,6 +4,7 @@
 #include <nifti2_io.h>
 #include <unistd.h>
 
+#include <cmath>
 #include <cstring>
 #include <filesystem>
 #include <stdexcept>
@@ -215,6 +216,41 @@ void write_nifti(const std::string& path, const Tensor& data, const NiftiVolume&
     fs::remove(tmp, ec);
     fail(path, "cannot rename the temporary file into place: " + ec.message());
   }
+}
+
+NiftiVolume make_nifti_like(const Shape& shape, const std::array<double, 3>& spacing_zyx) {
+  check_arg(shape.size() == 3 || shape.size() == 4,
+            "make_nifti_like: expected a [Z, Y, X] or [Z, Y, X, C] shape, got " + shape_str(shape));
+  for (int64_t d : shape) check_arg(d >= 1 && d <= (1 << 20), "make_nifti_like: bad dimension in " + shape_str(shape));
+  for (double s : spacing_zyx)
+    check_arg(std::isfinite(s) && s > 0, "make_nifti_like: spacing must be positive, got " + std::to_string(s));
+  int64_t nc = shape.size() == 4 ? shape[3] : 1;
+  int64_t dims[8] = {nc > 1 ? 4 : 3, shape[2], shape[1], shape[0], nc, 1, 1, 1};
+  nifti_set_debug_level(0);
+  auto header = std::make_shared<NiftiHeader>();
+  header->nim = nifti_make_new_nim(dims, DT_FLOAT32, 0);  // data_fill 0: no voxel buffer
+  nifti_image* nim = header->nim;
+  if (!nim) throw std::runtime_error("make_nifti_like: nifticlib cannot create a header for " + shape_str(shape));
+  nim->nifti_type = NIFTI_FTYPE_NIFTI1_1;
+  double dx = spacing_zyx[2], dy = spacing_zyx[1], dz = spacing_zyx[0];
+  nim->dx = nim->pixdim[1] = dx;
+  nim->dy = nim->pixdim[2] = dy;
+  nim->dz = nim->pixdim[3] = dz;
+  nim->xyz_units = NIFTI_UNITS_MM;
+  nim->qform_code = NIFTI_XFORM_SCANNER_ANAT;
+  nim->quatern_b = nim->quatern_c = nim->quatern_d = 0.0;
+  nim->qoffset_x = nim->qoffset_y = nim->qoffset_z = 0.0;
+  nim->qfac = 1.0;
+  nim->qto_xyz = nifti_quatern_to_dmat44(0, 0, 0, 0, 0, 0, dx, dy, dz, 1.0);
+  nim->qto_ijk = nifti_dmat44_inverse(nim->qto_xyz);
+  nim->sform_code = NIFTI_XFORM_SCANNER_ANAT;
+  nim->sto_xyz = nim->qto_xyz;
+  nim->sto_ijk = nim->qto_ijk;
+  NiftiVolume vol;
+  vol.header = std::move(header);
+  vol.path = "<new header " + shape_str(shape) + ">";
+  vol.datatype = DT_FLOAT32;
+  return vol;
 }
 
 }  // namespace unet::io

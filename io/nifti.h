@@ -46,4 +46,9 @@ NiftiVolume read_nifti(const std::string& path);
 // temporary name and renamed into place, so a failure leaves no partial file.
 void write_nifti(const std::string& path, const Tensor& data, const NiftiVolume& like);
 
+// A fresh NIfTI-1 header (no voxel data: `data` stays undefined) for volumes of `shape` ([Z, Y, X] or [Z, Y, X, C])
+// with voxel spacing (z, y, x) in millimetres: qform and sform both scanner-anatomical (code 1) with the diagonal
+// transform diag(x, y, z) and origin 0, units mm. For writing volumes that have no input file (synthetic data).
+NiftiVolume make_nifti_like(const Shape& shape, const std::array<double, 3>& spacing_zyx);
+
 }  // namespace unet::io

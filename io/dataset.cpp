@@ -1,0 +1,482 @@
+// MSD dataset loading, nnU-Net normalisation, padding, fold split and patch sampling (see dataset.h).
+#include "io/dataset.h"
+
+#include <algorithm>
+#include <cctype>
+#include <cmath>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <numeric>
+#include <stdexcept>
+
+#include "engine/parallel.h"
+#include "io/nifti.h"
+
+namespace unet::io {
+namespace {
+
+namespace fs = std::filesystem;
+using json = nlohmann::json;
+
+std::string strip_nifti_extension(const std::string& name) {
+  for (const char* ext : {".nii.gz", ".nii"}) {
+    size_t n = std::strlen(ext);
+    if (name.size() > n && name.compare(name.size() - n, n, ext) == 0) return name.substr(0, name.size() - n);
+  }
+  return name;
+}
+
+// A JSON object {"0": "...", "1": "...", ...} with consecutive integer keys, as MSD's modality and labels.
+std::vector<std::string> read_indexed_names(const json& j, const std::string& key, const std::string& where) {
+  auto fail = [&](const std::string& what) { throw std::runtime_error(where + ": key '" + key + "': " + what); };
+  if (!j.contains(key)) fail("missing (expected an object like {\"0\": \"...\"})");
+  const json& o = j[key];
+  if (!o.is_object() || o.empty()) fail("expected a non-empty object like {\"0\": \"...\"}");
+  std::vector<std::string> names(o.size());
+  for (auto& [k, v] : o.items()) {
+    size_t idx = 0;
+    bool numeric = !k.empty() && k.size() < 6 && std::all_of(k.begin(), k.end(), ::isdigit);
+    if (numeric) idx = std::stoul(k);
+    if (!numeric || idx >= o.size() || k != std::to_string(idx))
+      fail("entry '" + k + "' is not a consecutive index (expected the keys \"0\".. \"" + std::to_string(o.size() - 1) +
+           "\")");
+    if (!v.is_string()) fail("entry '" + k + "' must be a string");
+    names[idx] = v.get<std::string>();  // JSON keys are unique, so "0".."n-1" are all present
+  }
+  return names;
+}
+
+std::string resolve(const std::string& dir, const std::string& rel) {
+  fs::path p(rel);
+  return (p.is_absolute() ? p : fs::path(dir) / p).lexically_normal().string();
+}
+
+bool is_ct(const std::string& modality) {
+  std::string m = modality;
+  for (char& ch : m) ch = static_cast<char>(std::toupper(static_cast<unsigned char>(ch)));
+  return m == "CT";
+}
+
+}  // namespace
+
+// ---- dataset.json ------------------------------------------------------------------------------------------------
+
+DatasetInfo read_msd_dataset(const std::string& dir) {
+  DatasetInfo info;
+  info.dir = dir;
+  info.json_path = (fs::path(dir) / "dataset.json").string();
+  const std::string& where = info.json_path;
+  if (!fs::is_directory(dir)) throw std::runtime_error(dir + ": dataset directory does not exist");
+  std::ifstream f(info.json_path);
+  if (!f) throw std::runtime_error(where + ": cannot open (expected the dataset.json of an MSD dataset)");
+  json j;
+  try {
+    j = json::parse(f);
+  } catch (const json::exception& e) {
+    throw std::runtime_error(where + ": not valid JSON: " + e.what());
+  }
+  if (!j.is_object()) throw std::runtime_error(where + ": expected a JSON object at the top level");
+  auto fail = [&](const std::string& key, const std::string& what) {
+    throw std::runtime_error(where + ": key '" + key + "': " + what);
+  };
+  auto optional_string = [&](const std::string& key) {
+    if (!j.contains(key)) return std::string();
+    if (!j[key].is_string()) fail(key, "expected a string");
+    return j[key].get<std::string>();
+  };
+  info.name = optional_string("name");
+  info.description = optional_string("description");
+  info.modalities = read_indexed_names(j, "modality", where);
+  info.labels = read_indexed_names(j, "labels", where);
+  if (info.labels.size() < 2) fail("labels", "needs at least two labels (background and one foreground class)");
+  if (info.labels.size() > 256) fail("labels", "more than 256 labels are not supported (labels are stored as u8)");
+
+  if (!j.contains("training")) fail("training", "missing (expected a list of {\"image\": ..., \"label\": ...})");
+  const json& tr = j["training"];
+  if (!tr.is_array() || tr.empty()) fail("training", "expected a non-empty list of {\"image\": ..., \"label\": ...}");
+  for (size_t i = 0; i < tr.size(); ++i) {
+    std::string key = "training[" + std::to_string(i) + "]";
+    if (!tr[i].is_object()) fail(key, "expected an object {\"image\": ..., \"label\": ...}");
+    DatasetCase c;
+    for (const char* field : {"image", "label"}) {  // the form of the entry first, then the files
+      std::string k = key + "." + field;
+      if (!tr[i].contains(field)) fail(k, "missing");
+      if (!tr[i][field].is_string()) fail(k, "expected a path string relative to the dataset directory");
+    }
+    for (const char* field : {"image", "label"}) {
+      std::string rel = tr[i][field].get<std::string>();
+      std::string path = resolve(dir, rel);
+      if (!fs::is_regular_file(path)) fail(key + "." + field, "file '" + rel + "' does not exist (" + path + ")");
+      (std::strcmp(field, "image") == 0 ? c.image_path : c.label_path) = path;
+    }
+    c.id = strip_nifti_extension(fs::path(c.image_path).filename().string());
+    info.training.push_back(std::move(c));
+  }
+  if (j.contains("test")) {
+    const json& te = j["test"];
+    if (!te.is_array()) fail("test", "expected a list of image paths");
+    for (size_t i = 0; i < te.size(); ++i) {
+      std::string key = "test[" + std::to_string(i) + "]";
+      if (!te[i].is_string()) fail(key, "expected a path string relative to the dataset directory");
+      std::string rel = te[i].get<std::string>(), path = resolve(dir, rel);
+      if (!fs::is_regular_file(path)) fail(key, "file '" + rel + "' does not exist (" + path + ")");
+      info.test.push_back(path);
+    }
+  }
+  for (auto [key, n] :
+       {std::pair<const char*, size_t>{"numTraining", info.training.size()}, {"numTest", info.test.size()}}) {
+    if (!j.contains(key)) continue;
+    if (!j[key].is_number_integer()) fail(key, "expected an integer");
+    if (j[key].get<int64_t>() != static_cast<int64_t>(n))
+      fail(key,
+           "says " + std::to_string(j[key].get<int64_t>()) + " but the list holds " + std::to_string(n) + " cases");
+  }
+  return info;
+}
+
+// ---- cases -------------------------------------------------------------------------------------------------------
+
+Case load_case(const DatasetInfo& info, size_t i) {
+  if (i >= info.training.size())
+    throw std::out_of_range(info.json_path + ": case " + std::to_string(i) + " requested, the dataset has " +
+                            std::to_string(info.training.size()));
+  const DatasetCase& dc = info.training[i];
+  NiftiVolume img = read_nifti(dc.image_path);
+  if (img.data.dim(3) != info.num_channels())
+    throw std::runtime_error(dc.image_path + ": has " + std::to_string(img.data.dim(3)) +
+                             " channels but 'modality' in " + info.json_path + " lists " +
+                             std::to_string(info.num_channels()));
+  NiftiVolume lab = read_nifti(dc.label_path);
+  const Shape& is = img.data.shape();
+  const Shape& ls = lab.data.shape();
+  if (ls[3] != 1) throw std::runtime_error(dc.label_path + ": a label map must have one channel, got " + shape_str(ls));
+  if (ls[0] != is[0] || ls[1] != is[1] || ls[2] != is[2])
+    throw std::runtime_error(dc.label_path + ": label grid " + shape_str({ls[0], ls[1], ls[2]}) +
+                             " does not match the image grid " + shape_str({is[0], is[1], is[2]}) + " of " +
+                             dc.image_path);
+  auto isp = img.spacing(), lsp = lab.spacing();
+  for (int a = 0; a < 3; ++a)
+    if (std::abs(isp[a] - lsp[a]) > 1e-3 * std::max(isp[a], lsp[a]))
+      throw std::runtime_error(dc.label_path + ": label spacing (" + std::to_string(lsp[0]) + ", " +
+                               std::to_string(lsp[1]) + ", " + std::to_string(lsp[2]) +
+                               ") does not match the image spacing (" + std::to_string(isp[0]) + ", " +
+                               std::to_string(isp[1]) + ", " + std::to_string(isp[2]) + ") of " + dc.image_path);
+  Case c;
+  c.id = dc.id;
+  c.spacing = isp;
+  c.image = img.data;
+  c.label = Tensor::empty({is[0], is[1], is[2]}, DType::u8);
+  const float* src = lab.data.data<float>();
+  uint8_t* dst = c.label.data<uint8_t>();
+  const int64_t n = c.label.numel();
+  const float classes = static_cast<float>(info.num_classes());
+  for (int64_t v = 0; v < n; ++v) {
+    float x = src[v];
+    if (!(x >= 0 && x < classes && x == std::floor(x)))
+      throw std::runtime_error(dc.label_path + ": voxel " + std::to_string(v) + " has label value " +
+                               std::to_string(x) + "; 'labels' in " + info.json_path + " allows the integers 0.." +
+                               std::to_string(info.num_classes() - 1));
+    dst[v] = static_cast<uint8_t>(x);
+  }
+  return c;
+}
+
+// ---- intensity normalisation -------------------------------------------------------------------------------------
+
+double percentile(std::vector<float>& values, double q) {
+  if (values.empty()) throw std::invalid_argument("percentile of an empty set");
+  double pos = std::clamp(q, 0.0, 100.0) / 100.0 * static_cast<double>(values.size() - 1);
+  size_t lo = static_cast<size_t>(std::floor(pos));
+  std::nth_element(values.begin(), values.begin() + static_cast<std::ptrdiff_t>(lo), values.end());
+  double a = values[lo];
+  if (lo + 1 >= values.size()) return a;
+  double b = *std::min_element(values.begin() + static_cast<std::ptrdiff_t>(lo) + 1, values.end());
+  return a + (b - a) * (pos - static_cast<double>(lo));
+}
+
+std::string NormalizationPlan::to_json() const {
+  json j = json::array();
+  for (const auto& c : channels) {
+    if (c.ct)
+      j.push_back({{"scheme", "ct"}, {"mean", c.mean}, {"std", c.std}, {"lower", c.lower}, {"upper", c.upper}});
+    else
+      j.push_back({{"scheme", "zscore"}});
+  }
+  return j.dump();
+}
+
+NormalizationPlan NormalizationPlan::from_json(const std::string& text) {
+  NormalizationPlan plan;
+  try {
+    json j = json::parse(text);
+    if (!j.is_array()) throw std::runtime_error("expected a list of channels");
+    for (const json& c : j) {
+      ChannelNormalization n;
+      std::string scheme = c.at("scheme").get<std::string>();
+      if (scheme == "ct") {
+        n.ct = true;
+        n.mean = c.at("mean").get<double>();
+        n.std = c.at("std").get<double>();
+        n.lower = c.at("lower").get<double>();
+        n.upper = c.at("upper").get<double>();
+      } else if (scheme != "zscore") {
+        throw std::runtime_error("unknown scheme '" + scheme + "' (expected ct or zscore)");
+      }
+      plan.channels.push_back(n);
+    }
+  } catch (const std::exception& e) {
+    throw std::runtime_error(std::string("normalisation plan: ") + e.what());
+  }
+  return plan;
+}
+
+NormalizationPlan plan_normalization(const DatasetInfo& info, const std::vector<Case>& training_cases,
+                                     int ct_sample_stride) {
+  check_arg(ct_sample_stride >= 1, "plan_normalization: ct_sample_stride must be >= 1");
+  NormalizationPlan plan;
+  const int C = info.num_channels();
+  for (int ch = 0; ch < C; ++ch) {
+    ChannelNormalization n;
+    n.ct = is_ct(info.modalities[static_cast<size_t>(ch)]);
+    if (n.ct) {
+      std::vector<float> voxels;
+      for (const Case& c : training_cases) {
+        check_arg(c.image.dim(3) == C,
+                  c.id + ": image has " + std::to_string(c.image.dim(3)) + " channels, expected " + std::to_string(C));
+        const float* img = c.image.data<float>();
+        const uint8_t* lab = c.label.data<uint8_t>();
+        int64_t k = 0;
+        for (int64_t v = 0, nv = c.label.numel(); v < nv; ++v)
+          if (lab[v] > 0 && (k++ % ct_sample_stride) == 0) voxels.push_back(img[v * C + ch]);
+      }
+      if (voxels.empty())
+        throw std::runtime_error(info.json_path + ": channel " + std::to_string(ch) +
+                                 " is CT, but the training labels have no foreground voxels to take statistics from");
+      double sum = 0, sq = 0;
+      for (float x : voxels) sum += x;
+      n.mean = sum / static_cast<double>(voxels.size());
+      for (float x : voxels) sq += (x - n.mean) * (x - n.mean);
+      n.std = std::sqrt(sq / static_cast<double>(voxels.size()));
+      n.lower = percentile(voxels, 0.5);
+      n.upper = percentile(voxels, 99.5);
+    }
+    plan.channels.push_back(n);
+  }
+  return plan;
+}
+
+void normalize_image(Tensor& image, const NormalizationPlan& plan) {
+  check_arg(image.rank() == 4 && image.dtype() == DType::f32,
+            "normalize_image: expected an f32 [Z, Y, X, C] image, got " + image.describe());
+  const int64_t C = image.dim(3), nv = image.numel() / C;
+  check_arg(static_cast<int64_t>(plan.channels.size()) == C, "normalize_image: the plan has " +
+                                                                 std::to_string(plan.channels.size()) +
+                                                                 " channels, the image " + image.describe());
+  float* x = image.data<float>();
+  std::vector<uint8_t>
+      mask;  // nnU-Net's non-zero mask: any channel non-zero; built only when a z-score channel needs it
+  int64_t mask_count = 0;
+  for (int64_t ch = 0; ch < C; ++ch) {
+    const ChannelNormalization& n = plan.channels[static_cast<size_t>(ch)];
+    if (n.ct) {
+      const double inv = 1.0 / std::max(n.std, 1e-8);
+      for (int64_t v = 0; v < nv; ++v) {
+        double y = std::clamp(static_cast<double>(x[v * C + ch]), n.lower, n.upper);
+        x[v * C + ch] = static_cast<float>((y - n.mean) * inv);
+      }
+      continue;
+    }
+    if (mask.empty()) {
+      mask.assign(static_cast<size_t>(nv), 0);
+      for (int64_t v = 0; v < nv; ++v) {
+        bool any = false;
+        for (int64_t c = 0; c < C; ++c) any = any || x[v * C + c] != 0.0f;
+        mask[static_cast<size_t>(v)] = any;
+        mask_count += any;
+      }
+      if (mask_count == 0) return;  // an all-zero image stays zero
+    }
+    double sum = 0, sq = 0;
+    for (int64_t v = 0; v < nv; ++v)
+      if (mask[static_cast<size_t>(v)]) sum += x[v * C + ch];
+    const double mean = sum / static_cast<double>(mask_count);
+    for (int64_t v = 0; v < nv; ++v)
+      if (mask[static_cast<size_t>(v)]) sq += (x[v * C + ch] - mean) * (x[v * C + ch] - mean);
+    const double inv = 1.0 / (std::sqrt(sq / static_cast<double>(mask_count)) + 1e-8);
+    for (int64_t v = 0; v < nv; ++v)
+      x[v * C + ch] = mask[static_cast<size_t>(v)] ? static_cast<float>((x[v * C + ch] - mean) * inv) : 0.0f;
+  }
+}
+
+// ---- padding -----------------------------------------------------------------------------------------------------
+
+void pad_case_to(Case& c, const std::array<int64_t, 3>& min_size) {
+  const Shape& s = c.image.shape();
+  const int64_t C = s[3];
+  std::array<int64_t, 3> out{}, before{};
+  bool needed = false;
+  for (int a = 0; a < 3; ++a) {
+    out[a] = std::max(s[a], min_size[a]);
+    before[a] = (out[a] - s[a]) / 2;
+    needed = needed || out[a] != s[a];
+  }
+  if (!needed) return;
+  Tensor img = Tensor::zeros({out[0], out[1], out[2], C});
+  Tensor lab = Tensor::zeros({out[0], out[1], out[2]}, DType::u8);
+  const float* si = c.image.data<float>();
+  const uint8_t* sl = c.label.data<uint8_t>();
+  float* di = img.data<float>();
+  uint8_t* dl = lab.data<uint8_t>();
+  for (int64_t z = 0; z < s[0]; ++z)
+    for (int64_t y = 0; y < s[1]; ++y) {
+      int64_t src = z * s[1] + y, dst = ((z + before[0]) * out[1] + y + before[1]) * out[2] + before[2];
+      std::memcpy(di + dst * C, si + src * s[2] * C, static_cast<size_t>(s[2] * C) * sizeof(float));
+      std::memcpy(dl + dst, sl + src * s[2], static_cast<size_t>(s[2]));
+    }
+  c.image = img;
+  c.label = lab;
+}
+
+// ---- cross-validation --------------------------------------------------------------------------------------------
+
+FoldSplit kfold_split(size_t n, int fold, int folds, uint64_t seed) {
+  check_arg(folds >= 2, "kfold_split: need at least 2 folds, got " + std::to_string(folds));
+  check_arg(fold >= 0 && fold < folds,
+            "kfold_split: fold " + std::to_string(fold) + " is outside 0.." + std::to_string(folds - 1));
+  check_arg(n >= static_cast<size_t>(folds),
+            "kfold_split: " + std::to_string(n) + " cases cannot be split into " + std::to_string(folds) + " folds");
+  std::vector<size_t> order(n);
+  std::iota(order.begin(), order.end(), size_t(0));
+  Rng rng(seed);
+  for (size_t i = n - 1; i > 0; --i)
+    std::swap(order[i], order[static_cast<size_t>(rng.below(static_cast<int64_t>(i + 1)))]);
+  size_t begin = n * static_cast<size_t>(fold) / static_cast<size_t>(folds);
+  size_t end = n * static_cast<size_t>(fold + 1) / static_cast<size_t>(folds);
+  FoldSplit split;
+  for (size_t i = 0; i < n; ++i) (i >= begin && i < end ? split.val : split.train).push_back(order[i]);
+  std::sort(split.train.begin(), split.train.end());
+  std::sort(split.val.begin(), split.val.end());
+  return split;
+}
+
+// ---- patch sampling ----------------------------------------------------------------------------------------------
+
+PatchSampler::PatchSampler(const std::vector<Case>& cases, std::vector<size_t> which, PatchSamplerOptions options)
+    : opt_(options), rng_(options.seed) {
+  check_arg(!cases.empty(), "PatchSampler: no cases");
+  for (int64_t p : opt_.patch) check_arg(p >= 1, "PatchSampler: patch size must be positive");
+  check_arg(opt_.batch >= 1, "PatchSampler: batch must be >= 1, got " + std::to_string(opt_.batch));
+  check_arg(opt_.foreground_prob >= 0 && opt_.foreground_prob <= 1, "PatchSampler: foreground_prob must be in [0, 1]");
+  check_arg(opt_.flip_prob >= 0 && opt_.flip_prob <= 1, "PatchSampler: flip_prob must be in [0, 1]");
+  check_arg(opt_.max_locations_per_class >= 1, "PatchSampler: max_locations_per_class must be >= 1");
+  if (which.empty()) {
+    which.resize(cases.size());
+    std::iota(which.begin(), which.end(), size_t(0));
+  }
+  for (size_t idx : which) {
+    check_arg(idx < cases.size(), "PatchSampler: case index " + std::to_string(idx) + " out of range");
+    const Case& c = cases[idx];
+    check_arg(c.image.rank() == 4 && c.image.dtype() == DType::f32, c.id + ": expected an f32 [Z, Y, X, C] image");
+    check_arg(c.label.rank() == 3 && c.label.dtype() == DType::u8, c.id + ": expected a u8 [Z, Y, X] label");
+    for (int a = 0; a < 3; ++a) check_arg(c.image.dim(a) == c.label.dim(a), c.id + ": image and label grids differ");
+    if (channels_ == 0) channels_ = static_cast<int>(c.image.dim(3));
+    check_arg(c.image.dim(3) == channels_, c.id + ": channel count differs from the other cases");
+
+    // Foreground locations per class, at most max_locations_per_class each, evenly spread over the voxel order:
+    // voxel ordinal o of a class with n voxels is kept when (o * k) mod n < k, which keeps exactly k of them.
+    CaseRef ref{&c, idx, {}};
+    const uint8_t* lab = c.label.data<uint8_t>();
+    const int64_t nv = c.label.numel();
+    std::array<int64_t, 256> count{};
+    for (int64_t v = 0; v < nv; ++v) ++count[lab[v]];
+    std::array<int64_t, 256> seen{};
+    std::array<int, 256> slot{};
+    for (int cls = 1; cls < 256; ++cls) {
+      slot[cls] = -1;
+      if (count[cls] == 0) continue;
+      slot[cls] = static_cast<int>(ref.fg.size());
+      ref.fg.emplace_back();
+      ref.fg.back().reserve(static_cast<size_t>(std::min<int64_t>(count[cls], opt_.max_locations_per_class)));
+    }
+    for (int64_t v = 0; v < nv; ++v) {
+      int cls = lab[v];
+      if (cls == 0) continue;
+      int64_t n = count[cls], k = std::min<int64_t>(n, opt_.max_locations_per_class);
+      if ((seen[cls]++ * k) % n < k) ref.fg[static_cast<size_t>(slot[cls])].push_back(v);
+    }
+    refs_.push_back(std::move(ref));
+  }
+}
+
+PatchBatch PatchSampler::next() {
+  const int64_t B = opt_.batch, C = channels_;
+  const int64_t P[3] = {opt_.patch[0], opt_.patch[1], opt_.patch[2]};
+  PatchBatch out;
+  out.image = Tensor::empty({B, P[0], P[1], P[2], C});
+  out.label = Tensor::empty({B, P[0], P[1], P[2]}, DType::i32);
+  std::vector<const Case*> picked;
+
+  // Draw every random decision first, in a fixed order, so a seed gives the same batch however the copy is split.
+  for (int64_t b = 0; b < B; ++b) {
+    const CaseRef& ref = refs_[static_cast<size_t>(rng_.below(static_cast<int64_t>(refs_.size())))];
+    const Shape& s = ref.c->label.shape();
+    bool foreground = rng_.uniform() < opt_.foreground_prob && !ref.fg.empty();
+    std::array<int64_t, 3> origin{};
+    std::array<int64_t, 3> voxel{};
+    if (foreground) {
+      const auto& locs = ref.fg[static_cast<size_t>(rng_.below(static_cast<int64_t>(ref.fg.size())))];
+      int64_t v = locs[static_cast<size_t>(rng_.below(static_cast<int64_t>(locs.size())))];
+      voxel = {v / (s[1] * s[2]), (v / s[2]) % s[1], v % s[2]};
+    }
+    for (int a = 0; a < 3; ++a) {
+      // Valid corners: the patch inside the volume, or (volume smaller than patch) the volume centred in the patch.
+      int64_t need = std::max<int64_t>(0, P[a] - s[a]);
+      int64_t lb = -(need / 2), ub = s[a] + need / 2 + need % 2 - P[a];
+      origin[a] = foreground ? std::clamp(voxel[a] - P[a] / 2, lb, ub) : lb + rng_.below(ub - lb + 1);
+    }
+    std::array<bool, 3> flip{};
+    for (int a = 0; a < 3; ++a) flip[a] = rng_.uniform() < opt_.flip_prob;
+    out.case_index.push_back(ref.index);
+    out.origin.push_back(origin);
+    out.flipped.push_back(flip);
+    picked.push_back(ref.c);
+  }
+
+  float* xi = out.image.data<float>();
+  int32_t* xl = out.label.data<int32_t>();
+  // One task per output row (b, z, y): copy X voxels, zeros outside the volume, reversed along flipped axes.
+  parallel_for(B * P[0] * P[1], 16, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      int64_t b = r / (P[0] * P[1]), pz = (r / P[1]) % P[0], py = r % P[1];
+      const Case& c = *picked[static_cast<size_t>(b)];
+      const auto& o = out.origin[static_cast<size_t>(b)];
+      const auto& f = out.flipped[static_cast<size_t>(b)];
+      const Shape& s = c.label.shape();
+      float* di = xi + r * P[2] * C;
+      int32_t* dl = xl + r * P[2];
+      int64_t sz = o[0] + (f[0] ? P[0] - 1 - pz : pz), sy = o[1] + (f[1] ? P[1] - 1 - py : py);
+      if (sz < 0 || sz >= s[0] || sy < 0 || sy >= s[1]) {
+        std::fill(di, di + P[2] * C, 0.0f);
+        std::fill(dl, dl + P[2], 0);
+        continue;
+      }
+      const float* si = c.image.data<float>() + (sz * s[1] + sy) * s[2] * C;
+      const uint8_t* sl = c.label.data<uint8_t>() + (sz * s[1] + sy) * s[2];
+      for (int64_t px = 0; px < P[2]; ++px) {
+        int64_t sx = o[2] + (f[2] ? P[2] - 1 - px : px);
+        if (sx < 0 || sx >= s[2]) {
+          std::fill(di + px * C, di + (px + 1) * C, 0.0f);
+          dl[px] = 0;
+        } else {
+          std::copy(si + sx * C, si + (sx + 1) * C, di + px * C);
+          dl[px] = sl[sx];
+        }
+      }
+    }
+  });
+  return out;
+}
+
+}  // namespace unet::io

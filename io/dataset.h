@@ -1,0 +1,141 @@
+// Medical Segmentation Decathlon datasets for training: dataset.json parsing and validation, case loading (image
+// [Z, Y, X, C] f32 + label [Z, Y, X] u8 on the same grid), nnU-Net intensity normalisation (CT and z-score, SPEC 4),
+// zero-padding to the patch size, the 5-fold split, and PatchSampler, which cuts random training patches with
+// foreground oversampling and flips into batch tensors. Volumes are held once; patches are copies.
+#pragma once
+#include <array>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "engine/random.h"
+#include "engine/tensor.h"
+
+namespace unet::io {
+
+// ---- dataset.json ------------------------------------------------------------------------------------------------
+
+struct DatasetCase {
+  std::string id;          // file stem of the image: "case_000"
+  std::string image_path;  // resolved: dataset dir + relative path
+  std::string label_path;
+};
+
+struct DatasetInfo {
+  std::string dir;        // the dataset directory
+  std::string json_path;  // dir/dataset.json
+  std::string name, description;
+  std::vector<std::string> modalities;  // per channel, from "modality" {"0": "CT", ...}
+  std::vector<std::string> labels;      // per label value, from "labels" {"0": "background", ...}
+  std::vector<DatasetCase> training;
+  std::vector<std::string> test;  // resolved image paths
+  int num_channels() const { return static_cast<int>(modalities.size()); }
+  int num_classes() const { return static_cast<int>(labels.size()); }
+};
+
+// Parses and validates dir/dataset.json (MSD keys: modality, labels, training required; name, description,
+// numTraining, numTest, test optional but checked when present). Paths are relative to dir ("./imagesTr/x.nii.gz").
+// Every listed file must exist. Throws std::runtime_error naming the json file, the key and what was expected.
+DatasetInfo read_msd_dataset(const std::string& dir);
+
+// ---- cases -------------------------------------------------------------------------------------------------------
+
+struct Case {
+  std::string id;
+  Tensor image;                   // f32 [Z, Y, X, C]
+  Tensor label;                   // u8 [Z, Y, X]
+  std::array<double, 3> spacing;  // mm (z, y, x)
+};
+
+// Loads training case i: the image must have num_channels() channels, the label one channel on the image's grid
+// (same dimensions and spacing), and integer values in [0, num_classes()). Errors name the files.
+Case load_case(const DatasetInfo& info, size_t i);
+
+// ---- intensity normalisation (nnU-Net, SPEC 4) ---------------------------------------------------------------------
+// Per channel, by modality: "CT" (case-insensitive) -> clip to the 0.5 / 99.5 percentiles of the foreground voxels
+// (label > 0) of the training set, then subtract their mean and divide by their std (statistics of the unclipped
+// voxels, as nnU-Net). Any other modality -> z-score per case over the non-zero mask (voxels where any channel is
+// non-zero; the whole volume when it has no zeros), voxels outside the mask set to 0.
+
+struct ChannelNormalization {
+  bool ct = false;
+  double mean = 0, std = 1, lower = 0, upper = 0;  // CT statistics (unused for z-score channels)
+};
+
+struct NormalizationPlan {
+  std::vector<ChannelNormalization> channels;
+  std::string to_json() const;  // for checkpoint metadata
+  static NormalizationPlan from_json(const std::string& text);
+};
+
+// CT statistics from every `ct_sample_stride`-th foreground voxel of each case (nnU-Net samples every 10th).
+NormalizationPlan plan_normalization(const DatasetInfo& info, const std::vector<Case>& training_cases,
+                                     int ct_sample_stride = 10);
+
+// Normalises image ([Z, Y, X, C] f32) in place: every Tensor sharing its storage (copies of a Case) sees the change.
+void normalize_image(Tensor& image, const NormalizationPlan& plan);
+
+// np.percentile's linear interpolation (q in [0, 100]) of `values` (reordered). Throws on an empty vector.
+double percentile(std::vector<float>& values, double q);
+
+// ---- padding -----------------------------------------------------------------------------------------------------
+
+// Zero-pads image and label (background) so that every spatial dimension is at least min_size, centred as nnU-Net
+// (the odd voxel goes after). No-op when already large enough.
+void pad_case_to(Case& c, const std::array<int64_t, 3>& min_size);
+
+// ---- cross-validation --------------------------------------------------------------------------------------------
+
+struct FoldSplit {
+  std::vector<size_t> train, val;  // case indices, ascending
+};
+
+// k-fold split: the indices 0..n-1 are shuffled by a Fisher-Yates shuffle driven by Rng(seed); fold k validates on
+// positions [n*k/folds, n*(k+1)/folds) of the shuffled order and trains on the rest. Every case is validated in
+// exactly one fold. (Same idea as DLE's sklearn KFold(shuffle=True, random_state=12345), not the same permutation.)
+FoldSplit kfold_split(size_t n, int fold, int folds = 5, uint64_t seed = 12345);
+
+// ---- patch sampling ----------------------------------------------------------------------------------------------
+
+struct PatchSamplerOptions {
+  std::array<int64_t, 3> patch{64, 64, 64};  // (z, y, x) voxels
+  int batch = 2;
+  double foreground_prob = 0.4;  // chance a patch is placed to contain a random foreground voxel
+  double flip_prob = 0.5;        // per spatial axis; 0 disables flips
+  uint64_t seed = 0;
+  int max_locations_per_class = 10000;  // foreground voxels remembered per class and case (as nnU-Net)
+};
+
+struct PatchBatch {
+  Tensor image;                                // f32 [B, Z, Y, X, C]
+  Tensor label;                                // i32 [B, Z, Y, X]
+  std::vector<size_t> case_index;              // index into the sampler's `cases`, per batch item
+  std::vector<std::array<int64_t, 3>> origin;  // patch corner in the volume (may be negative: zero padding)
+  std::vector<std::array<bool, 3>> flipped;    // flips applied per axis (z, y, x)
+};
+
+// Draws batches of random patches from a set of cases, deterministically for a seed. For each item: a case uniformly;
+// with probability foreground_prob (if the case has foreground) a foreground class uniformly among those present, a
+// voxel of it, and the patch centred on it (shifted to stay inside the volume, so the voxel is always inside);
+// otherwise a uniform position. Volumes smaller than the patch are zero-padded (image 0, label background), centred
+// as nnU-Net. Then each axis is flipped with probability flip_prob, image and label together.
+// The cases are referenced, not copied: they must outlive the sampler.
+class PatchSampler {
+ public:
+  // Samples from cases[i] for i in `which` (all cases when empty), e.g. the training indices of a fold.
+  PatchSampler(const std::vector<Case>& cases, std::vector<size_t> which, PatchSamplerOptions options);
+  PatchBatch next();
+
+ private:
+  struct CaseRef {
+    const Case* c;
+    size_t index;
+    std::vector<std::vector<int64_t>> fg;  // per present foreground class: flat voxel indices
+  };
+  std::vector<CaseRef> refs_;
+  PatchSamplerOptions opt_;
+  Rng rng_;
+  int channels_ = 0;
+};
+
+}  // namespace unet::io

@@ -1,0 +1,404 @@
+// Synthetic MSD-style dataset generator: shapes rasterised from signed distances in millimetres, composed in class
+// order, then bias field, texture and noise; written as NIfTI plus dataset.json through a staging directory.
+#include "io/synthetic.h"
+
+#include <unistd.h>
+
+#include <algorithm>
+#include <cmath>
+#include <filesystem>
+#include <mutex>
+#include <nlohmann/json.hpp>
+#include <vector>
+
+#include "engine/parallel.h"
+#include "engine/random.h"
+#include "io/nifti.h"
+#include "io/safetensors.h"
+
+namespace unet::io {
+namespace {
+
+namespace fs = std::filesystem;
+using Vec3 = std::array<double, 3>;  // (z, y, x) in mm
+using Mat3 = std::array<Vec3, 3>;    // rows
+
+// Independent stream for (seed, stream): splitmix-style mixing, so neighbouring seeds give unrelated streams.
+uint64_t mix_seed(uint64_t seed, uint64_t stream) {
+  uint64_t z = seed * 0x9e3779b97f4a7c15ull + (stream + 1) * 0xd1b54a32d192ed03ull;
+  z = (z ^ (z >> 31)) * 0xbf58476d1ce4e5b9ull;
+  z = (z ^ (z >> 29)) * 0x94d049bb133111ebull;
+  return z ^ (z >> 32);
+}
+
+Vec3 sub(const Vec3& a, const Vec3& b) {
+  return {a[0] - b[0], a[1] - b[1], a[2] - b[2]};
+}
+double dot(const Vec3& a, const Vec3& b) {
+  return a[0] * b[0] + a[1] * b[1] + a[2] * b[2];
+}
+double norm(const Vec3& a) {
+  return std::sqrt(dot(a, a));
+}
+Vec3 mul_t(const Mat3& r, const Vec3& v) {  // r^T v: world to shape frame
+  Vec3 out{};
+  for (int i = 0; i < 3; ++i) out[i] = r[0][i] * v[0] + r[1][i] * v[1] + r[2][i] * v[2];
+  return out;
+}
+
+// Uniformly random rotation (Shoemake's unit quaternion from three uniforms).
+Mat3 random_rotation(Rng& rng) {
+  double u1 = rng.uniform(), u2 = rng.uniform(), u3 = rng.uniform();
+  double a = std::sqrt(1 - u1), b = std::sqrt(u1);
+  double w = a * std::sin(2 * M_PI * u2), x = a * std::cos(2 * M_PI * u2);
+  double y = b * std::sin(2 * M_PI * u3), z = b * std::cos(2 * M_PI * u3);
+  return Mat3{Vec3{1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)},
+              Vec3{2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)},
+              Vec3{2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)}};
+}
+
+struct Shape3 {
+  int cls = 0;
+  SynthShape type = SynthShape::ellipsoid;
+  Vec3 centre{};
+  Mat3 rot{};
+  Vec3 half{};                 // ellipsoid radii / box half sizes, shape frame
+  std::vector<Vec3> polyline;  // tube centre line
+  double radius = 0;           // tube radius
+  std::vector<double> mean;    // intensity per channel
+  Vec3 lo{}, hi{};             // bounding box in mm, edge included
+
+  // Signed distance in mm (negative inside). The ellipsoid's is the usual first-order approximation, exact on
+  // the surface, which is all the label (d <= 0) and the one-voxel soft edge need.
+  double distance(const Vec3& p) const {
+    switch (type) {
+      case SynthShape::ellipsoid: {
+        Vec3 q = mul_t(rot, sub(p, centre));
+        double k = std::sqrt(std::pow(q[0] / half[0], 2) + std::pow(q[1] / half[1], 2) + std::pow(q[2] / half[2], 2));
+        return (k - 1) * std::min({half[0], half[1], half[2]});
+      }
+      case SynthShape::box: {
+        Vec3 q = mul_t(rot, sub(p, centre));
+        Vec3 e{std::abs(q[0]) - half[0], std::abs(q[1]) - half[1], std::abs(q[2]) - half[2]};
+        Vec3 out{std::max(e[0], 0.0), std::max(e[1], 0.0), std::max(e[2], 0.0)};
+        return norm(out) + std::min(std::max({e[0], e[1], e[2]}), 0.0);
+      }
+      case SynthShape::tube: {
+        double best = 1e30;
+        for (size_t i = 0; i + 1 < polyline.size(); ++i) {
+          Vec3 ab = sub(polyline[i + 1], polyline[i]), ap = sub(p, polyline[i]);
+          double t = std::clamp(dot(ap, ab) / std::max(dot(ab, ab), 1e-12), 0.0, 1.0);
+          Vec3 c{ap[0] - t * ab[0], ap[1] - t * ab[1], ap[2] - t * ab[2]};
+          best = std::min(best, dot(c, c));
+        }
+        return std::sqrt(best) - radius;
+      }
+    }
+    return 1e30;
+  }
+};
+
+struct Wave {  // one plane wave of the background texture
+  Vec3 k{};
+  double phase = 0, amplitude = 0;
+};
+struct Blob {  // one wide gaussian of a bias field
+  Vec3 centre{};
+  double sigma = 1, amplitude = 0;
+};
+
+Shape3 random_shape(int cls, const SynthOptions& o, const Vec3& extent, Rng& rng) {
+  double s = std::min({extent[0], extent[1], extent[2]});
+  Shape3 sh;
+  sh.cls = cls;
+  sh.type = synthetic_class_shape(cls);
+  for (int a = 0; a < 3; ++a) sh.centre[a] = rng.uniform(0.2, 0.8) * extent[a];
+  sh.rot = random_rotation(rng);
+  double reach = 0;
+  switch (sh.type) {
+    case SynthShape::ellipsoid:
+      for (auto& h : sh.half) h = rng.uniform(0.12, 0.24) * s;
+      reach = std::max({sh.half[0], sh.half[1], sh.half[2]});
+      break;
+    case SynthShape::box:
+      for (auto& h : sh.half) h = rng.uniform(0.09, 0.16) * s;
+      reach = norm(sh.half);
+      break;
+    case SynthShape::tube: {
+      // Quadratic Bezier through a random control point: a bent segment about 0.4-0.7 of the volume long.
+      sh.radius = rng.uniform(0.07, 0.10) * s;
+      Vec3 dir = sh.rot[0];
+      double half_len = rng.uniform(0.20, 0.35) * s;
+      Vec3 p0, p2, p1;
+      for (int a = 0; a < 3; ++a) {
+        p0[a] = sh.centre[a] - dir[a] * half_len;
+        p2[a] = sh.centre[a] + dir[a] * half_len;
+        p1[a] = sh.centre[a] + sh.rot[1][a] * rng.uniform(-0.6, 0.6) * half_len;
+      }
+      const int n = 24;
+      for (int i = 0; i <= n; ++i) {
+        double t = static_cast<double>(i) / n;
+        Vec3 q;
+        for (int a = 0; a < 3; ++a) q[a] = (1 - t) * (1 - t) * p0[a] + 2 * (1 - t) * t * p1[a] + t * t * p2[a];
+        sh.polyline.push_back(q);
+      }
+      for (int a = 0; a < 3; ++a) {
+        sh.lo[a] = std::min({p0[a], p1[a], p2[a]});
+        sh.hi[a] = std::max({p0[a], p1[a], p2[a]});
+      }
+      break;
+    }
+  }
+  double margin = sh.type == SynthShape::tube ? sh.radius : reach;
+  double edge = *std::min_element(o.spacing.begin(), o.spacing.end());
+  for (int a = 0; a < 3; ++a) {
+    if (sh.type != SynthShape::tube) sh.lo[a] = sh.hi[a] = sh.centre[a];
+    sh.lo[a] -= margin + edge;
+    sh.hi[a] += margin + edge;
+  }
+  double variation = rng.uniform(0.95, 1.05);  // shapes of one class differ a little in brightness
+  for (int ch = 0; ch < o.channels; ++ch) sh.mean.push_back(synthetic_class_mean(ch, cls, o.classes) * variation);
+  return sh;
+}
+
+std::vector<Blob> random_bias_field(const Vec3& extent, Rng& rng) {
+  double mean_extent = (extent[0] + extent[1] + extent[2]) / 3;
+  std::vector<Blob> blobs(3);
+  for (auto& b : blobs) {
+    for (int a = 0; a < 3; ++a) b.centre[a] = rng.uniform(-0.2, 1.2) * extent[a];
+    b.sigma = rng.uniform(0.4, 0.8) * mean_extent;
+    b.amplitude = rng.uniform(-0.15, 0.15);
+  }
+  return blobs;
+}
+
+}  // namespace
+
+void validate_synth_options(const SynthOptions& o) {
+  auto need = [](bool ok, const std::string& what) {
+    if (!ok) throw SynthOptionsError(what);
+  };
+  need(!o.output.empty(), "--output: a dataset directory is required");
+  need(o.train >= 0 && o.train <= 100000, "--train: expected 0..100000 cases, got " + std::to_string(o.train));
+  need(o.test >= 0 && o.test <= 100000, "--test: expected 0..100000 cases, got " + std::to_string(o.test));
+  need(o.train + o.test >= 1, "--train/--test: the dataset needs at least one case");
+  for (int64_t d : o.size)
+    need(d >= 8 && d <= 1024, "--size: every dimension must be 8..1024 voxels, got " + std::to_string(d));
+  for (double s : o.spacing)
+    need(std::isfinite(s) && s >= 0.01 && s <= 100,
+         "--spacing: every spacing must be 0.01..100 mm, got " + std::to_string(s));
+  need(o.channels >= 1 && o.channels <= 16, "--channels: expected 1..16, got " + std::to_string(o.channels));
+  need(o.classes >= 2 && o.classes <= 16,
+       "--classes: expected 2..16 (background included), got " + std::to_string(o.classes));
+}
+
+SynthShape synthetic_class_shape(int cls) {
+  static constexpr SynthShape cycle[3] = {SynthShape::ellipsoid, SynthShape::tube, SynthShape::box};
+  return cycle[(std::max(cls, 1) - 1) % 3];
+}
+
+std::string synthetic_class_name(int cls) {
+  if (cls == 0) return "background";
+  static const char* names[3] = {"ellipsoid", "tube", "box"};
+  std::string n = names[(cls - 1) % 3];
+  int round = (cls - 1) / 3;
+  return round == 0 ? n : n + "_" + std::to_string(round + 1);
+}
+
+double synthetic_class_mean(int ch, int cls, int classes) {
+  if (cls == 0) return 100.0;
+  int rank = ch % 2 == 0 ? cls : classes - cls;
+  return 100.0 + 150.0 * rank;
+}
+
+std::string synthetic_case_id(const SynthOptions& o, int index) {
+  int total = std::max(1, o.train + o.test), digits = 1;
+  for (int n = total - 1; n >= 10; n /= 10) ++digits;
+  std::string num = std::to_string(index);
+  return "case_" +
+         std::string(static_cast<size_t>(std::max(0, std::max(3, digits) - static_cast<int>(num.size()))), '0') + num;
+}
+
+SynthCase make_synthetic_case(const SynthOptions& o, int index) {
+  validate_synth_options(o);
+  const int64_t Z = o.size[0], Y = o.size[1], X = o.size[2];
+  const int C = o.channels;
+  const uint64_t case_seed = mix_seed(o.seed, static_cast<uint64_t>(index));
+  Rng rng(case_seed);
+  Vec3 extent{Z * o.spacing[0], Y * o.spacing[1], X * o.spacing[2]};
+
+  // Shapes, painted in increasing class order: where shapes overlap the higher class wins (a lesion drawn over
+  // an organ), and within a class the later shape's intensity shows.
+  std::vector<Shape3> shapes;
+  for (int cls = 1; cls < o.classes; ++cls) {
+    int count = 1 + static_cast<int>(rng.below(2));
+    for (int i = 0; i < count; ++i) shapes.push_back(random_shape(cls, o, extent, rng));
+  }
+  std::vector<std::vector<Blob>> bias(static_cast<size_t>(C));
+  for (auto& b : bias) b = random_bias_field(extent, rng);
+  std::vector<Wave> texture(4);
+  for (auto& w : texture) {
+    Mat3 r = random_rotation(rng);
+    double k = 2 * M_PI / rng.uniform(6.0, 16.0);
+    for (int a = 0; a < 3; ++a) w.k[a] = r[0][a] * k;
+    w.phase = rng.uniform(0, 2 * M_PI);
+    w.amplitude = rng.uniform(0.02, 0.05);
+  }
+
+  SynthCase out;
+  out.image = Tensor::empty({Z, Y, X, C});
+  out.label = Tensor::zeros({Z, Y, X}, DType::u8);
+  float* img = out.image.data<float>();
+  uint8_t* lab = out.label.data<uint8_t>();
+  const double edge = *std::min_element(o.spacing.begin(), o.spacing.end());  // soft edge one voxel wide
+
+  // Each z slice draws its noise from its own stream, so the result does not depend on the thread split.
+  parallel_for(Z, 1, [&](int64_t z0, int64_t z1) {
+    std::vector<double> tissue(static_cast<size_t>(C));
+    for (int64_t z = z0; z < z1; ++z) {
+      Rng noise(mix_seed(case_seed, 1000003u + static_cast<uint64_t>(z)));
+      for (int64_t y = 0; y < Y; ++y)
+        for (int64_t x = 0; x < X; ++x) {
+          Vec3 p{z * o.spacing[0], y * o.spacing[1], x * o.spacing[2]};
+          int64_t v = (z * Y + y) * X + x;
+          for (int ch = 0; ch < C; ++ch) tissue[static_cast<size_t>(ch)] = synthetic_class_mean(ch, 0, o.classes);
+          uint8_t label = 0;
+          for (const Shape3& sh : shapes) {
+            if (p[0] < sh.lo[0] || p[0] > sh.hi[0] || p[1] < sh.lo[1] || p[1] > sh.hi[1] || p[2] < sh.lo[2] ||
+                p[2] > sh.hi[2])
+              continue;
+            double d = sh.distance(p);
+            double a = std::clamp(0.5 - d / edge, 0.0, 1.0);
+            if (a <= 0) continue;
+            for (int ch = 0; ch < C; ++ch) {
+              double& t = tissue[static_cast<size_t>(ch)];
+              t = t * (1 - a) + sh.mean[static_cast<size_t>(ch)] * a;
+            }
+            if (d <= 0) label = static_cast<uint8_t>(sh.cls);
+          }
+          lab[v] = label;
+          double tex = 1;
+          for (const Wave& w : texture) tex += w.amplitude * std::sin(dot(w.k, p) + w.phase);
+          for (int ch = 0; ch < C; ++ch) {
+            double b = 1;
+            for (const Blob& g : bias[static_cast<size_t>(ch)]) {
+              Vec3 dp = sub(p, g.centre);
+              b += g.amplitude * std::exp(-dot(dp, dp) / (2 * g.sigma * g.sigma));
+            }
+            b = std::clamp(b, 0.6, 1.4);
+            double value = tissue[static_cast<size_t>(ch)] * tex * b + kSynthNoiseStd * noise.normal();
+            img[v * C + ch] = static_cast<float>(std::max(0.0, std::round(value)));  // scanner-like integers
+          }
+        }
+    }
+  });
+  return out;
+}
+
+void write_synthetic_dataset(const SynthOptions& o) {
+  validate_synth_options(o);
+  fs::path target = fs::absolute(fs::path(o.output)).lexically_normal();
+  if (target.filename().empty()) target = target.parent_path();  // "dir/" -> "dir"
+  bool replace = false;
+  std::error_code ec;
+  if (fs::exists(target, ec)) {
+    if (!fs::is_directory(target, ec))
+      throw SynthOptionsError("--output: " + o.output + " exists and is not a directory");
+    if (!fs::is_empty(target, ec)) {
+      if (!fs::exists(target / "dataset.json"))
+        throw SynthOptionsError("--output: " + o.output +
+                                " is a non-empty directory without a dataset.json; "
+                                "choose a new or empty directory");
+      if (!o.overwrite)
+        throw SynthOptionsError("--output: " + o.output + " already holds a dataset; pass --overwrite to replace it");
+      replace = true;
+    }
+  } else if (!fs::is_directory(target.parent_path(), ec)) {
+    throw SynthOptionsError("--output: the parent directory " + target.parent_path().string() + " does not exist");
+  }
+
+  const std::string pid = std::to_string(::getpid());
+  fs::path staging = target.parent_path() / ("." + target.filename().string() + ".tmp" + pid);
+  auto fail_cleanup = [&] { fs::remove_all(staging, ec); };
+  try {
+    fs::remove_all(staging, ec);
+    for (const char* sub : {"imagesTr", "labelsTr", "imagesTs", "labelsTs"}) fs::create_directories(staging / sub);
+    NiftiVolume image_header = make_nifti_like({o.size[0], o.size[1], o.size[2], o.channels}, o.spacing);
+    NiftiVolume label_header = make_nifti_like({o.size[0], o.size[1], o.size[2]}, o.spacing);
+
+    // Cases in parallel (each one's content is independent of the others and of the thread that makes it).
+    const int total = o.train + o.test;
+    std::mutex error_mutex;
+    std::string first_error;
+    parallel_for(total, 1, [&](int64_t i0, int64_t i1) {
+      for (int64_t i = i0; i < i1; ++i) {
+        try {
+          int idx = static_cast<int>(i);
+          bool train = idx < o.train;
+          std::string id = synthetic_case_id(o, idx);
+          SynthCase c = make_synthetic_case(o, idx);
+          write_nifti((staging / (train ? "imagesTr" : "imagesTs") / (id + ".nii.gz")).string(), c.image, image_header);
+          write_nifti((staging / (train ? "labelsTr" : "labelsTs") / (id + ".nii.gz")).string(), c.label, label_header);
+        } catch (const std::exception& e) {
+          std::lock_guard<std::mutex> lock(error_mutex);
+          if (first_error.empty()) first_error = e.what();
+          return;
+        }
+      }
+    });
+    if (!first_error.empty()) throw std::runtime_error(first_error);
+
+    nlohmann::ordered_json j;
+    j["name"] = "Synthetic";
+    j["description"] =
+        "Synthetic 3D shapes written by unet_synth (seed " + std::to_string(o.seed) +
+        "): each foreground class has its own shape type and intensity, with a bias field, texture and gaussian "
+        "noise. labelsTs holds the labels of the test cases (not part of the MSD layout), so Dice can be reported "
+        "on unseen images.";
+    j["reference"] = "unet_synth";
+    j["licence"] = "CC0";
+    j["release"] = "1.0";
+    j["tensorImageSize"] = o.channels > 1 ? "4D" : "3D";
+    nlohmann::ordered_json modality = nlohmann::ordered_json::object(), labels = nlohmann::ordered_json::object();
+    for (int ch = 0; ch < o.channels; ++ch)
+      modality[std::to_string(ch)] = ch == 0 ? "SYN" : "SYN" + std::to_string(ch + 1);
+    for (int c = 0; c < o.classes; ++c) labels[std::to_string(c)] = synthetic_class_name(c);
+    j["modality"] = modality;
+    j["labels"] = labels;
+    j["numTraining"] = o.train;
+    j["numTest"] = o.test;
+    j["training"] = nlohmann::ordered_json::array();
+    for (int i = 0; i < o.train; ++i) {
+      std::string id = synthetic_case_id(o, i);
+      j["training"].push_back({{"image", "./imagesTr/" + id + ".nii.gz"}, {"label", "./labelsTr/" + id + ".nii.gz"}});
+    }
+    j["test"] = nlohmann::ordered_json::array();
+    for (int i = o.train; i < o.train + o.test; ++i)
+      j["test"].push_back("./imagesTs/" + synthetic_case_id(o, i) + ".nii.gz");
+    j["synthetic"] = {{"seed", o.seed},         {"size", o.size},       {"spacing", o.spacing},
+                      {"channels", o.channels}, {"classes", o.classes}, {"noise_std", kSynthNoiseStd}};
+    write_file_atomically((staging / "dataset.json").string(), j.dump(2) + "\n");
+
+    // Swap the finished dataset into place. An existing one is moved aside first and deleted only afterwards.
+    fs::path old = target.parent_path() / ("." + target.filename().string() + ".old" + pid);
+    if (replace) {
+      fs::rename(target, old);
+    } else if (fs::exists(target)) {
+      fs::remove(target);  // the empty directory
+    }
+    fs::rename(staging, target, ec);
+    if (ec) {
+      if (replace) fs::rename(old, target, ec);
+      throw std::runtime_error(o.output + ": cannot move the finished dataset into place");
+    }
+    if (replace) fs::remove_all(old, ec);
+  } catch (const std::filesystem::filesystem_error& e) {
+    fail_cleanup();
+    throw std::runtime_error(o.output + ": " + e.what());
+  } catch (...) {
+    fail_cleanup();
+    throw;
+  }
+}
+
+}  // namespace unet::io

@@ -1,0 +1,67 @@
+// Synthetic 3D segmentation data in the Medical Segmentation Decathlon layout, for the quick start, the tests and
+// demos without downloading anything. Each case holds a random number of shapes in millimetre space (so anisotropic
+// spacing gives the same anatomy on a coarser grid); every foreground class has its own shape type and mean
+// intensity, so a network must use both shape and contrast. A smooth multiplicative bias field, a fine background
+// texture and gaussian noise make intensity thresholding imperfect, yet a small 3D UNet learns the task in minutes.
+// All randomness comes from Rng streams derived from (seed, case, slice): the bytes depend on the seed only, never
+// on the thread count.
+#pragma once
+#include <array>
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+
+#include "engine/tensor.h"
+
+namespace unet::io {
+
+// Bad options (a usage error: tools exit with status 2).
+struct SynthOptionsError : std::invalid_argument {
+  using std::invalid_argument::invalid_argument;
+};
+
+struct SynthOptions {
+  std::string output;                       // dataset directory (created; see write_synthetic_dataset)
+  int train = 24;                           // cases in imagesTr/labelsTr
+  int test = 6;                             // cases in imagesTs/labelsTs
+  std::array<int64_t, 3> size{48, 48, 48};  // voxels (z, y, x)
+  std::array<double, 3> spacing{1, 1, 1};   // mm (z, y, x)
+  int channels = 1;                         // image channels (4D NIfTI when > 1)
+  int classes = 3;                          // label values 0..classes-1, 0 = background
+  uint64_t seed = 0;
+  bool overwrite = false;  // replace an existing dataset (a directory holding dataset.json)
+};
+
+// Throws SynthOptionsError naming the option and the accepted range.
+void validate_synth_options(const SynthOptions& o);
+
+// Shape type of a foreground class: classes cycle through ellipsoid, tube (a thick curved segment) and box.
+enum class SynthShape { ellipsoid, tube, box };
+SynthShape synthetic_class_shape(int cls);
+std::string synthetic_class_name(int cls);  // "background", "ellipsoid", "tube", "box", "ellipsoid_2", ...
+
+// Design mean intensity of class `cls` (0 = background) in channel `ch` before bias field, texture and noise.
+// Background 100; foreground classes 150 apart (250, 400, ...), in reverse order in odd channels, so every
+// channel separates every class. Noise std is kSynthNoiseStd; the bias field stays within [0.6, 1.4].
+double synthetic_class_mean(int ch, int cls, int classes);
+constexpr double kSynthNoiseStd = 30.0;
+
+struct SynthCase {
+  Tensor image;  // f32 [Z, Y, X, C], integer-valued, >= 0
+  Tensor label;  // u8 [Z, Y, X]
+};
+
+// Case number `index` of the dataset for options o (train cases first, then test cases). Depends only on
+// (o.seed, index, size, spacing, channels, classes).
+SynthCase make_synthetic_case(const SynthOptions& o, int index);
+
+// File stem of case `index`: "case_000" (more digits when there are over 1000 cases).
+std::string synthetic_case_id(const SynthOptions& o, int index);
+
+// Writes o.output/{dataset.json, imagesTr, labelsTr, imagesTs, labelsTs}. Everything is built in a hidden sibling
+// directory and renamed into place at the end, so a failure never leaves a partial dataset. o.output must not exist,
+// be an empty directory, or (with o.overwrite) hold a previous dataset.json. Throws SynthOptionsError for bad
+// options or an occupied output, std::runtime_error for I/O failures.
+void write_synthetic_dataset(const SynthOptions& o);
+
+}  // namespace unet::io

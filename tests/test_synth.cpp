@@ -1,0 +1,280 @@
+// The synthetic dataset generator (io/synthetic.h) and the unet_synth tool: MSD layout, label and intensity design,
+// determinism, spacing in the NIfTI header, exit codes and no partial output.
+#include <doctest/doctest.h>
+#include <unistd.h>
+
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <iterator>
+#include <nlohmann/json.hpp>
+
+#include "io/nifti.h"
+#include "io/synthetic.h"
+
+using namespace unet;
+using namespace unet::io;
+namespace fs = std::filesystem;
+
+namespace {
+
+// A fresh directory under /tmp, removed with everything in it at the end of the test.
+struct TempDir {
+  fs::path path;
+  explicit TempDir(const std::string& name) {
+    path = fs::temp_directory_path() / ("unet_synth_test_" + std::to_string(::getpid()) + "_" + name);
+    fs::remove_all(path);
+    fs::create_directories(path);
+  }
+  ~TempDir() {
+    std::error_code ec;
+    fs::remove_all(path, ec);
+  }
+  std::string operator/(const std::string& s) const { return (path / s).string(); }
+};
+
+SynthOptions small_options(const std::string& output) {
+  SynthOptions o;
+  o.output = output;
+  o.train = 6;
+  o.test = 2;
+  o.size = {32, 32, 32};
+  return o;
+}
+
+std::string file_bytes(const std::string& path) {
+  std::ifstream f(path, std::ios::binary);
+  return std::string(std::istreambuf_iterator<char>(f), {});
+}
+
+nlohmann::json read_json(const std::string& path) {
+  return nlohmann::json::parse(std::ifstream(path));
+}
+
+// Runs the real unet_synth (built next to this test binary) and returns its exit status.
+int run_unet_synth(const std::string& args) {
+  fs::path exe = fs::read_symlink("/proc/self/exe").parent_path() / "unet_synth";
+  REQUIRE_MESSAGE(fs::exists(exe), "unet_synth is built next to unet_tests");
+  int status = std::system((exe.string() + " " + args + " >/dev/null 2>&1").c_str());
+  return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}
+
+}  // namespace
+
+TEST_CASE("unet_synth writes an MSD dataset.json that lists every image and label it wrote") {
+  TempDir tmp("layout");
+  REQUIRE(run_unet_synth("--output " + (tmp / "ds") + " --train 5 --test 2 --size 24,24,24 --seed 3") == 0);
+  nlohmann::json j = read_json(tmp / "ds/dataset.json");
+  for (const char* key : {"name", "description", "modality", "labels", "numTraining", "numTest", "training", "test"})
+    CHECK_MESSAGE(j.contains(key), key);
+  CHECK(j["modality"] == nlohmann::json{{"0", "SYN"}});
+  CHECK(j["labels"] == nlohmann::json{{"0", "background"}, {"1", "ellipsoid"}, {"2", "tube"}});
+  CHECK(j["numTraining"] == 5);
+  CHECK(j["numTest"] == 2);
+  REQUIRE(j["training"].size() == 5);
+  REQUIRE(j["test"].size() == 2);
+  CHECK(j["training"][0]["image"] == "./imagesTr/case_000.nii.gz");
+  CHECK(j["training"][0]["label"] == "./labelsTr/case_000.nii.gz");
+  CHECK(j["test"][0] == "./imagesTs/case_005.nii.gz");
+  for (auto& t : j["training"]) {
+    CHECK(fs::is_regular_file(tmp / ("ds/" + t["image"].get<std::string>())));
+    CHECK(fs::is_regular_file(tmp / ("ds/" + t["label"].get<std::string>())));
+  }
+  for (auto& t : j["test"]) {
+    std::string image = t.get<std::string>(), label = image;
+    label.replace(label.find("imagesTs"), 8, "labelsTs");
+    CHECK(fs::is_regular_file(tmp / ("ds/" + image)));
+    CHECK(fs::is_regular_file(tmp / ("ds/" + label)));  // test labels, for Dice on unseen cases
+  }
+  CHECK(j["description"].get<std::string>().find("labelsTs") != std::string::npos);
+  CHECK(std::distance(fs::directory_iterator(tmp.path), fs::directory_iterator()) == 1);  // no staging leftovers
+}
+
+TEST_CASE("synthetic labels are u8 class values and every class appears in most cases") {
+  SynthOptions o = small_options("");
+  o.output = "unused";
+  o.classes = 4;
+  std::vector<int> cases_with_class(4, 0);
+  const int n = 10;
+  for (int i = 0; i < n; ++i) {
+    SynthCase c = make_synthetic_case(o, i);
+    REQUIRE(c.label.dtype() == DType::u8);
+    CHECK(c.label.shape() == Shape{32, 32, 32});
+    CHECK(c.image.shape() == Shape{32, 32, 32, 1});
+    std::vector<bool> present(4, false);
+    const uint8_t* l = c.label.data<uint8_t>();
+    for (int64_t v = 0; v < c.label.numel(); ++v) {
+      REQUIRE(l[v] < 4);
+      present[l[v]] = true;
+    }
+    for (int k = 0; k < 4; ++k) cases_with_class[static_cast<size_t>(k)] += present[static_cast<size_t>(k)];
+  }
+  for (int k = 0; k < 4; ++k) CHECK_MESSAGE(cases_with_class[static_cast<size_t>(k)] >= 8, "class " << k);
+}
+
+TEST_CASE("synthetic image intensities differ per class as designed, in reverse order in odd channels") {
+  SynthOptions o = small_options("unused");
+  o.channels = 2;
+  o.classes = 4;
+  // Mean intensity per (channel, class) over the interior voxels (all 6 neighbours of the same class) of several
+  // cases; edge voxels blend with their neighbours by design (partial volume).
+  std::vector<double> sum(8, 0.0), count(8, 0.0);
+  for (int i = 0; i < 12; ++i) {
+    SynthCase c = make_synthetic_case(o, i);
+    const float* x = c.image.data<float>();
+    const uint8_t* l = c.label.data<uint8_t>();
+    const int64_t n = 32;
+    for (int64_t z = 1; z < n - 1; ++z)
+      for (int64_t y = 1; y < n - 1; ++y)
+        for (int64_t xx = 1; xx < n - 1; ++xx) {
+          int64_t v = (z * n + y) * n + xx;
+          bool interior = true;
+          for (int64_t d : {int64_t(1), n, n * n}) interior = interior && l[v + d] == l[v] && l[v - d] == l[v];
+          if (!interior) continue;
+          for (int ch = 0; ch < 2; ++ch) {
+            sum[static_cast<size_t>(ch * 4 + l[v])] += x[v * 2 + ch];
+            count[static_cast<size_t>(ch * 4 + l[v])] += 1;
+          }
+        }
+  }
+  std::vector<double> mean(8);
+  for (int ch = 0; ch < 2; ++ch)
+    for (int k = 0; k < 4; ++k) {
+      CAPTURE(ch);
+      CAPTURE(k);
+      size_t i = static_cast<size_t>(ch * 4 + k);
+      REQUIRE(count[i] > 100);
+      mean[i] = sum[i] / count[i];
+      double design = synthetic_class_mean(ch, k, 4);
+      // The bias field (within [0.6, 1.4], mean about 1) and texture move a class mean by a fraction of it.
+      CHECK(std::abs(mean[i] - design) < 0.2 * design);
+    }
+  for (int k = 1; k < 4; ++k) {
+    CHECK(mean[static_cast<size_t>(k)] > mean[static_cast<size_t>(k - 1)] + 100);  // channel 0: brighter with k
+    if (k > 1)
+      CHECK(mean[static_cast<size_t>(4 + k)] < mean[static_cast<size_t>(4 + k - 1)] - 100);  // channel 1: darker
+    CHECK(mean[static_cast<size_t>(4 + k)] > mean[4] + 100);  // background darkest in both
+  }
+  CHECK(synthetic_class_mean(0, 1, 4) < synthetic_class_mean(0, 2, 4));
+  CHECK(synthetic_class_mean(0, 2, 4) < synthetic_class_mean(0, 3, 4));
+  CHECK(synthetic_class_mean(1, 1, 4) > synthetic_class_mean(1, 2, 4));
+  CHECK(synthetic_class_mean(1, 2, 4) > synthetic_class_mean(1, 3, 4));
+  for (int ch = 0; ch < 2; ++ch)
+    for (int k = 1; k < 4; ++k) CHECK(synthetic_class_mean(ch, k, 4) - synthetic_class_mean(ch, 0, 4) >= 150.0);
+}
+
+TEST_CASE("the same seed writes byte-identical datasets") {
+  TempDir tmp("same_seed");
+  SynthOptions a = small_options(tmp / "a"), b = small_options(tmp / "b");
+  write_synthetic_dataset(a);
+  write_synthetic_dataset(b);
+  for (const char* f : {"dataset.json", "imagesTr/case_000.nii.gz", "labelsTr/case_005.nii.gz",
+                        "imagesTs/case_007.nii.gz", "labelsTs/case_006.nii.gz"}) {
+    CAPTURE(f);
+    std::string fa = file_bytes(tmp / (std::string("a/") + f)), fb = file_bytes(tmp / (std::string("b/") + f));
+    CHECK(!fa.empty());
+    CHECK(fa == fb);
+  }
+}
+
+TEST_CASE("different seeds give different images and labels") {
+  TempDir tmp("other_seed");
+  SynthOptions a = small_options(tmp / "a"), b = small_options(tmp / "b");
+  b.seed = 1;
+  write_synthetic_dataset(a);
+  write_synthetic_dataset(b);
+  CHECK(file_bytes(tmp / "a/imagesTr/case_000.nii.gz") != file_bytes(tmp / "b/imagesTr/case_000.nii.gz"));
+  CHECK(file_bytes(tmp / "a/labelsTr/case_000.nii.gz") != file_bytes(tmp / "b/labelsTr/case_000.nii.gz"));
+  // ... and the cases of one dataset differ from each other.
+  CHECK(file_bytes(tmp / "a/labelsTr/case_000.nii.gz") != file_bytes(tmp / "a/labelsTr/case_001.nii.gz"));
+}
+
+TEST_CASE("anisotropic spacing is written into pixdim and shapes keep their size in millimetres") {
+  TempDir tmp("aniso");
+  SynthOptions iso = small_options(tmp / "iso"), aniso = small_options(tmp / "aniso");
+  aniso.size = {16, 32, 32};  // same 32 mm extent with 2 mm slices
+  aniso.spacing = {2.0, 1.0, 1.0};
+  write_synthetic_dataset(iso);
+  write_synthetic_dataset(aniso);
+  NiftiVolume img = read_nifti(tmp / "aniso/imagesTr/case_000.nii.gz");
+  NiftiVolume lab = read_nifti(tmp / "aniso/labelsTr/case_000.nii.gz");
+  CHECK(img.data.shape() == Shape{16, 32, 32, 1});
+  for (const NiftiVolume* v : {&img, &lab}) {
+    CHECK(v->spacing()[0] == 2.0);
+    CHECK(v->spacing()[1] == 1.0);
+    CHECK(v->spacing()[2] == 1.0);
+    NiftiGeometry g = v->geometry();
+    CHECK(g.pixdim[3] == 2.0);
+    CHECK(g.qto_xyz[2][2] == 2.0);  // the z axis of the affine
+    CHECK(g.sto_xyz[2][2] == 2.0);
+  }
+  // The same seed places the same shapes in mm: the foreground volume in mm^3 agrees up to the coarser sampling.
+  for (int i = 0; i < 3; ++i) {
+    CAPTURE(i);
+    auto fg_mm3 = [&](const std::string& dir, double voxel_mm3) {
+      NiftiVolume l = read_nifti(tmp / (dir + "/labelsTr/" + synthetic_case_id(iso, i) + ".nii.gz"));
+      double n = 0;
+      for (float v : l.data.to_vector()) n += v > 0;
+      return n * voxel_mm3;
+    };
+    double a = fg_mm3("iso", 1.0), b = fg_mm3("aniso", 2.0);
+    CHECK(a > 0);
+    CHECK(std::abs(a - b) < 0.2 * a);
+  }
+}
+
+TEST_CASE("multi-channel synthetic images are written as 4D NIfTI with one modality per channel") {
+  TempDir tmp("channels");
+  SynthOptions o = small_options(tmp / "ds");
+  o.train = 1;
+  o.test = 0;
+  o.channels = 3;
+  write_synthetic_dataset(o);
+  NiftiVolume img = read_nifti(tmp / "ds/imagesTr/case_000.nii.gz");
+  CHECK(img.data.shape() == Shape{32, 32, 32, 3});
+  CHECK(img.geometry().dim[0] == 4);
+  nlohmann::json j = read_json(tmp / "ds/dataset.json");
+  CHECK(j["modality"].size() == 3);
+  CHECK(j["tensorImageSize"] == "4D");
+  CHECK(j["test"].empty());
+}
+
+TEST_CASE("unet_synth prints help with status 0 and rejects bad arguments with status 2") {
+  TempDir tmp("args");
+  CHECK(run_unet_synth("--help") == 0);
+  CHECK(run_unet_synth("") == 2);  // --output is required
+  CHECK(run_unet_synth("--output " + (tmp / "x") + " --train -1") == 2);
+  CHECK(run_unet_synth("--output " + (tmp / "x") + " --size 48,48") == 2);
+  CHECK(run_unet_synth("--output " + (tmp / "x") + " --size 4,48,48") == 2);
+  CHECK(run_unet_synth("--output " + (tmp / "x") + " --spacing 1,0,1") == 2);
+  CHECK(run_unet_synth("--output " + (tmp / "x") + " --classes 1") == 2);
+  CHECK(run_unet_synth("--output " + (tmp / "x") + " --bogus") == 2);
+  CHECK(run_unet_synth("--output " + (tmp / "no/such/parent/x")) == 2);
+  CHECK(!fs::exists(tmp / "x"));
+}
+
+TEST_CASE("unet_synth never overwrites a directory that is not a dataset, and replaces a dataset only when asked") {
+  TempDir tmp("overwrite");
+  fs::create_directories(tmp / "notes");
+  std::ofstream(tmp / "notes/keep.txt") << "mine";
+  CHECK(run_unet_synth("--output " + (tmp / "notes") + " --train 1 --test 0 --size 8 --overwrite") == 2);
+  CHECK(fs::exists(tmp / "notes/keep.txt"));
+  CHECK(!fs::exists(tmp / "notes/dataset.json"));
+
+  CHECK(run_unet_synth("--output " + (tmp / "ds") + " --train 2 --test 0 --size 8") == 0);
+  CHECK(run_unet_synth("--output " + (tmp / "ds") + " --train 1 --test 0 --size 8") == 2);
+  CHECK(read_json(tmp / "ds/dataset.json")["numTraining"] == 2);
+  CHECK(run_unet_synth("--output " + (tmp / "ds") + " --train 1 --test 0 --size 8 --overwrite") == 0);
+  CHECK(read_json(tmp / "ds/dataset.json")["numTraining"] == 1);
+  CHECK(!fs::exists(tmp / "ds/imagesTr/case_001.nii.gz"));  // the old dataset is gone, not merged
+  CHECK(std::distance(fs::directory_iterator(tmp.path), fs::directory_iterator()) == 2);  // notes, ds
+}
+
+TEST_CASE("a failed synthesis leaves neither a dataset nor staging files behind") {
+  TempDir tmp("failure");
+  // A file where the dataset's parent directory should be: the output cannot be created.
+  std::ofstream(tmp / "blocker") << "x";
+  SynthOptions o = small_options(tmp / "blocker/ds");
+  CHECK_THROWS(write_synthetic_dataset(o));
+  CHECK(std::distance(fs::directory_iterator(tmp.path), fs::directory_iterator()) == 1);
+}
