@@ -69,9 +69,9 @@ io::Metadata card_to_metadata(const ModelCard& c) {
                           {"deep_supr_num", c.net.deep_supr_num},
                           {"res_block", c.net.res_block},
                           {"negative_slope", c.net.negative_slope}};
-  nlohmann::json plan = {{"patch", c.patch},           {"spacing", c.spacing},     {"normalization", c.normalization},
-                         {"ct_clip_low", c.ct_clip_low}, {"ct_clip_high", c.ct_clip_high}, {"ct_mean", c.ct_mean},
-                         {"ct_std", c.ct_std}};
+  nlohmann::json plan = {{"patch", c.patch},
+                         {"spacing", c.spacing},
+                         {"normalization", nlohmann::json::parse(c.normalization.to_json())}};
   nlohmann::json labels = nlohmann::json::object();
   for (auto& [k, v] : c.labels) labels[std::to_string(k)] = v;
   return {{"format", "unet-engine-weights/1"}, {"model", model.dump()}, {"plan", plan.dump()}, {"labels", labels.dump()}};
@@ -102,11 +102,7 @@ ModelCard card_from_metadata(const io::Metadata& m, const std::string& path) {
     c.net.negative_slope = model.at("negative_slope").get<float>();
     c.patch = plan.at("patch").get<std::vector<int>>();
     c.spacing = plan.at("spacing").get<std::vector<double>>();
-    c.normalization = plan.at("normalization").get<std::string>();
-    c.ct_clip_low = plan.at("ct_clip_low").get<std::vector<double>>();
-    c.ct_clip_high = plan.at("ct_clip_high").get<std::vector<double>>();
-    c.ct_mean = plan.at("ct_mean").get<std::vector<double>>();
-    c.ct_std = plan.at("ct_std").get<std::vector<double>>();
+    c.normalization = io::NormalizationPlan::from_json(plan.at("normalization").dump());
     for (auto& [k, v] : labels.items()) c.labels[std::stoi(k)] = v.get<std::string>();
   } catch (const nlohmann::json::exception& e) {
     throw std::runtime_error(path + ": malformed checkpoint metadata (" + e.what() + ")");

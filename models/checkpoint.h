@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "engine/module.h"
+#include "io/dataset.h"
 #include "io/safetensors.h"
 #include "models/nnunet.h"
 
@@ -18,8 +19,7 @@ struct ModelCard {
   DynUNetConfig net;
   std::vector<int> patch;        // training patch = inference window, per spatial axis
   std::vector<double> spacing;   // target spacing the model was trained at (z, y, x)
-  std::string normalization = "zscore";  // "zscore" (per case, per channel) or "ct" (global clip + z-score)
-  std::vector<double> ct_clip_low, ct_clip_high, ct_mean, ct_std;  // per channel, for "ct"
+  io::NormalizationPlan normalization;   // per channel: z-score per case, or CT clip + global z-score
   std::map<int, std::string> labels;     // class index -> name
 };
 

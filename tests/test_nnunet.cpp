@@ -121,11 +121,7 @@ TEST_CASE("the model card survives the checkpoint metadata round trip") {
   card.net.deep_supervision = true;
   card.patch = {32, 32, 16};
   card.spacing = {1, 1, 2};
-  card.normalization = "ct";
-  card.ct_clip_low = {-100, 0};
-  card.ct_clip_high = {300, 50};
-  card.ct_mean = {40, 7};
-  card.ct_std = {80, 3};
+  card.normalization.channels = {{true, 40, 80, -100, 300}, {false, 0, 1, 0, 0}};
   card.labels = {{0, "background"}, {1, "liver"}, {2, "tumour"}};
   ModelCard back = card_from_metadata(card_to_metadata(card), "x");
   CHECK(back.net.kernels == card.net.kernels);
@@ -133,7 +129,11 @@ TEST_CASE("the model card survives the checkpoint metadata round trip") {
   CHECK(back.net.filters == card.net.filters);
   CHECK(back.net.deep_supervision);
   CHECK(back.patch == card.patch);
-  CHECK(back.ct_std == card.ct_std);
+  REQUIRE(back.normalization.channels.size() == 2);
+  CHECK(back.normalization.channels[0].ct);
+  CHECK(back.normalization.channels[0].std == 80);
+  CHECK(back.normalization.channels[0].upper == 300);
+  CHECK_FALSE(back.normalization.channels[1].ct);
   CHECK(back.labels == card.labels);
   io::Metadata broken = card_to_metadata(card);
   broken.erase("plan");

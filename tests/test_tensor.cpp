@@ -8,7 +8,7 @@
 
 using namespace unet;
 
-TEST_CASE("tensor copies share storage; clone does not") {
+TEST_CASE("tensor copies share storage, clones do not") {
   Tensor a = Tensor::from_vector({2, 2}, {1, 2, 3, 4});
   Tensor b = a;
   Tensor c = a.clone();

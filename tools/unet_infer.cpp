@@ -1,0 +1,131 @@
+// unet_infer: segments NIfTI volumes with a trained checkpoint by sliding-window inference (SPEC 5, 6).
+// usage: unet_infer --model CKPT --input FILE|DIR --output FILE|DIR [--overlap F] [--blend gaussian|constant] [--tta]
+//                   [--precision fp32] [--device auto|cpu] [--save-probabilities] [--batch N]
+// Each output label map (uint8) is written with its input's header; with --save-probabilities the per-class
+// softmax (float32, 4D) goes beside it as NAME_probabilities.nii.gz. Exit status 0 / 2 (usage) / 1 (runtime).
+#include <CLI/CLI.hpp>
+#include <chrono>
+#include <cstdio>
+#include <filesystem>
+
+#include "engine/parallel.h"
+#include "engine/ops.h"
+#include "engine/sliding_window.h"
+#include "io/dataset.h"
+#include "io/nifti.h"
+#include "models/checkpoint.h"
+#include "models/trainer.h"
+
+using namespace unet;
+namespace fs = std::filesystem;
+
+namespace {
+
+struct UsageError : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+bool is_nifti(const fs::path& p) {
+  std::string s = p.filename().string();
+  return (s.size() > 4 && s.ends_with(".nii")) || (s.size() > 7 && s.ends_with(".nii.gz"));
+}
+
+std::string stem_of(const fs::path& p) {
+  std::string s = p.filename().string();
+  return s.substr(0, s.size() - (s.ends_with(".nii.gz") ? 7 : 4));
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::string model_path, input, output, blend = "gaussian", precision = "fp32", device = "auto";
+  double overlap = 0.5;
+  bool tta = false, save_probabilities = false;
+  int batch = 1;
+  CLI::App app{"Segments NIfTI volumes (.nii, .nii.gz) with a unet_train checkpoint by sliding-window inference."};
+  app.add_option("--model", model_path, "weights file written by unet_train (model.safetensors)")->required();
+  app.add_option("--input", input, "a NIfTI file, or a directory of them")->required();
+  app.add_option("--output", output, "output file (for one input file) or directory")->required();
+  app.add_option("--overlap", overlap, "window overlap in [0, 1)")->capture_default_str();
+  app.add_option("--blend", blend, "window blending: gaussian or constant")->capture_default_str();
+  app.add_flag("--tta", tta, "test-time augmentation: average over all flips");
+  app.add_option("--precision", precision, "fp32 (fp16/bf16 come with the CUDA backend)")->capture_default_str();
+  app.add_option("--device", device, "auto, cpu or cuda")->capture_default_str();
+  app.add_flag("--save-probabilities", save_probabilities, "also write the per-class probabilities (float32)");
+  app.add_option("--batch", batch, "windows per forward pass")->capture_default_str();
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::CallForHelp& e) {
+    return app.exit(e);
+  } catch (const CLI::ParseError& e) {
+    std::fprintf(stderr, "unet_infer: %s\nRun with --help for usage.\n", e.what());
+    return 2;
+  }
+  try {
+    if (blend != "gaussian" && blend != "constant") throw UsageError("--blend '" + blend + "': expected gaussian or constant");
+    if (!(overlap >= 0 && overlap < 1)) throw UsageError("--overlap " + std::to_string(overlap) + ": expected a value in [0, 1)");
+    if (precision != "fp32") throw UsageError("--precision " + precision + ": the CPU backend computes in fp32 only");
+    if (device == "cuda") throw UsageError("--device cuda: this build has no CUDA backend yet; use cpu or auto");
+    if (device != "auto" && device != "cpu") throw UsageError("--device '" + device + "': expected auto, cpu or cuda");
+    if (batch < 1) throw UsageError("--batch: expected at least 1");
+    if (!fs::exists(input)) throw UsageError("--input " + input + ": no such file or directory");
+
+    std::vector<std::pair<fs::path, fs::path>> jobs;  // input -> output
+    if (fs::is_directory(input)) {
+      if (fs::exists(output) && !fs::is_directory(output))
+        throw UsageError("--output " + output + ": must be a directory when --input is one");
+      fs::create_directories(output);
+      std::vector<fs::path> files;
+      for (auto& e : fs::directory_iterator(input))
+        if (e.is_regular_file() && is_nifti(e.path())) files.push_back(e.path());
+      std::sort(files.begin(), files.end());
+      if (files.empty()) throw UsageError("--input " + input + ": no .nii or .nii.gz files in the directory");
+      for (auto& f : files) jobs.emplace_back(f, fs::path(output) / f.filename());
+    } else {
+      if (!is_nifti(input)) throw UsageError("--input " + input + ": expected a .nii or .nii.gz file");
+      fs::path out = fs::is_directory(output) ? fs::path(output) / fs::path(input).filename() : fs::path(output);
+      if (!is_nifti(out)) throw UsageError("--output " + output + ": expected a .nii or .nii.gz name or a directory");
+      jobs.emplace_back(input, out);
+    }
+
+    io::SafetensorsContent weights = models::read_weights(model_path);
+    models::ModelCard card = models::card_from_metadata(weights.metadata, model_path);
+    card.net.deep_supervision = false;  // heads are for training only
+    models::DynUNet net(card.net);
+    models::load_weights(weights, net, model_path);
+    SlidingWindowOptions sw;
+    sw.patch = card.patch;
+    sw.overlap = overlap;
+    sw.blend = blend == "constant" ? Blend::constant : Blend::gaussian;
+    sw.tta = tta;
+    sw.batch_size = batch;
+    std::printf("unet_infer: %zu volume(s) on the CPU backend (%d threads)%s\n", jobs.size(), num_threads(),
+                device == "auto" ? "; no CUDA backend in this build" : "");
+
+    for (auto& [in, out] : jobs) {
+      auto t0 = std::chrono::steady_clock::now();
+      io::NiftiVolume vol = io::read_nifti(in.string());
+      if (vol.data.dim(-1) != card.net.in_channels)
+        throw std::runtime_error(in.string() + ": has " + std::to_string(vol.data.dim(-1)) + " channel(s), the model expects " +
+                                 std::to_string(card.net.in_channels));
+      Tensor image = vol.data.clone();
+      io::normalize_image(image, card.normalization);
+      Tensor logits = models::predict_volume(net, image, sw);
+      Tensor labels = ops::argmax_channels(logits);
+      Tensor labels_u8 = Tensor::empty(labels.shape(), DType::u8);
+      for (int64_t i = 0; i < labels.numel(); ++i) labels_u8.data<uint8_t>()[i] = static_cast<uint8_t>(labels.data<int32_t>()[i]);
+      io::write_nifti(out.string(), labels_u8, vol);
+      if (save_probabilities)
+        io::write_nifti((out.parent_path() / (stem_of(out) + "_probabilities.nii.gz")).string(), softmax_channels(logits), vol);
+      std::printf("%s -> %s (%.1f s)\n", in.string().c_str(), out.string().c_str(),
+                  std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+    }
+    return 0;
+  } catch (const UsageError& e) {
+    std::fprintf(stderr, "unet_infer: %s\n", e.what());
+    return 2;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "unet_infer: error: %s\n", e.what());
+    return 1;
+  }
+}
