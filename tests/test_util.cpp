@@ -1,7 +1,12 @@
 // Test helpers (see test_util.h).
 #include "tests/test_util.h"
 
+#include <sys/wait.h>
+#include <unistd.h>
+
 #include <cmath>
+#include <cstdio>
+#include <filesystem>
 #include <sstream>
 
 namespace unet::test {
@@ -88,6 +93,30 @@ void check_gradients(const std::function<Tensor(const std::vector<Tensor>&)>& f,
     }
     check_close(picked, numeric, rtol, atol, "gradient of input " + std::to_string(k));
   }
+}
+
+int run_tool(const std::string& name, const std::string& args, std::string* output) {
+  namespace fs = std::filesystem;
+  fs::path exe = fs::read_symlink("/proc/self/exe").parent_path() / name;
+  REQUIRE_MESSAGE(fs::exists(exe), exe.string() << " is not built");
+  std::string cmd = exe.string() + " " + args + " 2>&1";
+  FILE* pipe = popen(cmd.c_str(), "r");
+  REQUIRE(pipe != nullptr);
+  std::string text;
+  char buf[4096];
+  size_t n;
+  while ((n = fread(buf, 1, sizeof buf, pipe)) > 0) text.append(buf, n);
+  int status = pclose(pipe);
+  if (output) *output = text;
+  return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}
+
+std::string fresh_temp_dir(const std::string& tag) {
+  namespace fs = std::filesystem;
+  fs::path d = fs::temp_directory_path() / ("unet_" + tag + "_" + std::to_string(::getpid()));
+  fs::remove_all(d);
+  fs::create_directories(d);
+  return d.string();
 }
 
 }  // namespace unet::test

@@ -26,4 +26,11 @@ void check_close(const std::vector<float>& actual, const std::vector<float>& exp
 void check_gradients(const std::function<Tensor(const std::vector<Tensor>&)>& f, std::vector<Tensor> inputs,
                      double h, double rtol, double atol, int max_checks = 48, uint64_t seed = 1);
 
+// Runs the program `name` built beside the test binary with `args` (a shell fragment); returns its exit status and
+// puts its standard output and error into *output when given.
+int run_tool(const std::string& name, const std::string& args, std::string* output = nullptr);
+
+// A fresh empty directory under the system temp directory, unique to this process and `tag`.
+std::string fresh_temp_dir(const std::string& tag);
+
 }  // namespace unet::test

@@ -1,0 +1,162 @@
+// The command-line tools end to end, as real processes on real files: unet_synth -> unet_train -> unet_infer ->
+// unet_eval, the training loop itself, header preservation of unet_infer, and exit statuses for bad input.
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+
+#include "io/dataset.h"
+#include "io/nifti.h"
+#include "io/synthetic.h"
+#include "models/checkpoint.h"
+#include "models/nnunet_plan.h"
+#include "models/trainer.h"
+#include "tests/test_util.h"
+
+using namespace unet;
+namespace fs = std::filesystem;
+
+namespace {
+std::string write_text(const std::string& path, const std::string& text) {
+  std::ofstream(path) << text;
+  return path;
+}
+
+// A small model card and weights with random values, for `channels` input channels.
+std::string write_random_model(const std::string& dir, int channels, const std::vector<int>& patch) {
+  models::ModelCard card;
+  models::UNetPlan plan = models::plan_unet(patch, {1, 1, 1}, 2);
+  card.net = {channels, 3, plan.kernels, plan.strides, {}};
+  for (size_t i = 0; i < plan.kernels.size(); ++i) card.net.filters.push_back(4 << i);
+  card.patch = patch;
+  card.spacing = {1, 1, 1};
+  card.normalization.channels.assign(static_cast<size_t>(channels), io::ChannelNormalization{});
+  card.labels = {{0, "background"}, {1, "a"}, {2, "b"}};
+  models::DynUNet net(card.net);
+  net.initialize(3);
+  std::string path = dir + "/model_" + std::to_string(channels) + ".safetensors";
+  models::save_weights(path, net, models::card_to_metadata(card));
+  return path;
+}
+}  // namespace
+
+TEST_CASE("a few training steps on one batch lower the loss") {
+  io::SynthOptions o;
+  o.output = "unused";  // only the in-memory case is made
+  o.size = {16, 16, 16};
+  io::SynthCase sc = io::make_synthetic_case(o, 0);
+  models::UNetPlan plan = models::plan_unet({16, 16, 16}, {1, 1, 1}, 2);
+  models::DynUNetConfig cfg{1, 3, plan.kernels, plan.strides, {8, 16, 16}};
+  models::DynUNet net(cfg);
+  net.initialize(0);
+  AdamW opt(net.parameters(), AdamOptions{1e-2, 0.9, 0.999, 1e-8, 0});
+  Tensor x = sc.image.clone().reshape({1, 16, 16, 16, 1});
+  float* px = x.data<float>();
+  for (int64_t i = 0; i < x.numel(); ++i) px[i] = (px[i] - 200.f) / 150.f;
+  Tensor y = Tensor::from_vector({1, 16, 16, 16}, sc.label.to_vector(), DType::i32);
+  double first = models::train_step(net, opt, x, y).loss, last = first;
+  for (int i = 0; i < 15; ++i) last = models::train_step(net, opt, x, y).loss;
+  CHECK(last < 0.7 * first);
+}
+
+TEST_CASE("unet_train writes a checkpoint, a JSON-lines log and its configuration; unet_infer and unet_eval use them") {
+  std::string dir = test::fresh_temp_dir("tools_pipeline");
+  REQUIRE(test::run_tool("unet_synth", "--output " + dir + "/data --train 5 --test 2 --size 16,16,16 --seed 4") == 0);
+  std::string ini = write_text(dir + "/train.ini", "[data]\ndataset = " + dir + "/data\npatch_size = 16,16,16\nbatch_size = 2\n"
+                               "[model]\nfilters = 4\ndepth = 2\n[train]\nsteps = 4\nlog_every = 2\n[output]\ndir = " + dir + "/run\n");
+  std::string out;
+  int rc = test::run_tool("unet_train", ini + " --set train.seed=1", &out);
+  REQUIRE_MESSAGE(rc == 0, out);
+  // Log: a line per 2 steps with the documented fields, then the validation of fold 0 (one of 5 cases).
+  std::ifstream log(dir + "/run/log.jsonl");
+  std::vector<nlohmann::json> lines;
+  for (std::string l; std::getline(log, l);) lines.push_back(nlohmann::json::parse(l));
+  REQUIRE(lines.size() == 3);
+  for (const char* k : {"step", "loss", "dice_loss", "ce", "lr", "samples_per_s", "peak_memory_mb"}) CHECK(lines[0].contains(k));
+  CHECK(lines[1]["step"] == 4);
+  CHECK(lines[2].contains("val_mean_dice"));
+  // Checkpoint: PyTorch names and layout, model card in the metadata, training state beside it.
+  io::SafetensorsContent w = models::read_weights(dir + "/run/model.safetensors");
+  CHECK(w.get("input_block.conv1.conv.weight").shape() == Shape{4, 1, 3, 3, 3});
+  models::ModelCard card = models::card_from_metadata(w.metadata, "model");
+  CHECK(card.patch == std::vector<int>{16, 16, 16});
+  CHECK(card.labels.size() == 3);
+  io::SafetensorsContent st = io::read_safetensors(dir + "/run/model.state.safetensors");
+  CHECK(st.metadata.at("step") == "4");
+  CHECK_FALSE(st.tensors.empty());
+  CHECK(fs::exists(dir + "/run/config.ini"));
+
+  rc = test::run_tool("unet_infer", "--model " + dir + "/run/model.safetensors --input " + dir + "/data/imagesTs --output " +
+                                        dir + "/pred --save-probabilities --tta", &out);
+  REQUIRE_MESSAGE(rc == 0, out);
+  for (auto& e : fs::directory_iterator(dir + "/data/imagesTs")) {
+    io::NiftiVolume in = io::read_nifti(e.path().string());
+    io::NiftiVolume pred = io::read_nifti(dir + "/pred/" + e.path().filename().string());
+    CHECK(pred.data.shape() == in.data.shape());
+    for (float v : pred.data.to_vector()) REQUIRE((v == 0 || v == 1 || v == 2));
+    std::string stem = e.path().filename().string();
+    stem = stem.substr(0, stem.size() - 7);
+    io::NiftiVolume prob = io::read_nifti(dir + "/pred/" + stem + "_probabilities.nii.gz");
+    CHECK(prob.data.dim(3) == 3);
+  }
+  rc = test::run_tool("unet_eval", "--pred " + dir + "/pred --label " + dir + "/data/labelsTs", &out);
+  REQUIRE_MESSAGE(rc == 0, out);
+  auto dice = nlohmann::json::parse(std::ifstream(dir + "/pred/dice.json"));
+  CHECK(dice["cases"].size() == 2);
+  CHECK(dice["mean_dice"].get<double>() >= 0.0);
+  CHECK(dice["mean_dice"].get<double>() <= 1.0);
+}
+
+TEST_CASE("unet_infer writes each label map with its input's header, for every nibabel fixture") {
+  std::string dir = test::fresh_temp_dir("tools_header");
+  std::string fixtures = std::string(UNET_TEST_DATA_DIR) + "/nifti/";
+  for (const char* name : {"sform_only.nii.gz", "qform_only.nii", "aniso_int16_scaled.nii.gz", "four_channels.nii.gz",
+                           "nifti2_uint8.nii"}) {
+    CAPTURE(name);
+    io::NiftiVolume in = io::read_nifti(fixtures + name);
+    std::string model = write_random_model(dir, static_cast<int>(in.data.dim(3)), {8, 8, 8});
+    std::string out_path = dir + "/out_" + name, out;
+    int rc = test::run_tool("unet_infer", "--model " + model + " --input " + fixtures + name + " --output " + out_path, &out);
+    REQUIRE_MESSAGE(rc == 0, out);
+    io::NiftiVolume pred = io::read_nifti(out_path);
+    io::NiftiGeometry a = pred.geometry(), b = in.geometry();
+    CHECK(a.nifti_type == b.nifti_type);
+    for (int i = 1; i <= 3; ++i) CHECK(a.dim[i] == b.dim[i]);
+    for (int i = 1; i <= 3; ++i) CHECK(a.pixdim[i] == b.pixdim[i]);
+    CHECK(a.qform_code == b.qform_code);
+    CHECK(a.sform_code == b.sform_code);
+    for (int i = 0; i < 4; ++i)
+      for (int j = 0; j < 4; ++j) CHECK(a.sto_xyz[i][j] == b.sto_xyz[i][j]);
+    CHECK(a.xyz_units == b.xyz_units);
+    CHECK(pred.datatype == 2);  // uint8 labels
+  }
+}
+
+TEST_CASE("configuration errors exit with status 2 and name the key") {
+  std::string dir = test::fresh_temp_dir("tools_config");
+  std::string out;
+  CHECK(test::run_tool("unet_train", write_text(dir + "/a.ini", "[train]\nstpes = 3\n"), &out) == 2);
+  CHECK(out.find("unknown key 'train.stpes'; did you mean 'train.steps'?") != std::string::npos);
+  CHECK(test::run_tool("unet_train", write_text(dir + "/b.ini", "[train]\nlr = fast\n"), &out) == 2);
+  CHECK(out.find("train.lr = 'fast': expected a number") != std::string::npos);
+  CHECK(test::run_tool("unet_train", write_text(dir + "/c.ini", "[train]\nsteps = 3\n"), &out) == 2);
+  CHECK(out.find("data.dataset: required") != std::string::npos);
+  CHECK(test::run_tool("unet_train", dir + "/missing.ini", &out) == 2);
+  CHECK(out.find("cannot open config file") != std::string::npos);
+  CHECK(test::run_tool("unet_train", write_text(dir + "/d.ini", "[data]\ndataset = " + dir + "/nowhere\n"), &out) == 1);
+  CHECK(out.find(dir + "/nowhere") != std::string::npos);
+}
+
+TEST_CASE("unet_infer rejects bad arguments with status 2 and unreadable models with status 1, writing nothing") {
+  std::string dir = test::fresh_temp_dir("tools_infer_errors");
+  std::string fixture = std::string(UNET_TEST_DATA_DIR) + "/nifti/qform_only.nii", out;
+  std::string model = write_random_model(dir, 1, {8, 8, 8});
+  CHECK(test::run_tool("unet_infer", "--model " + model + " --input " + fixture + " --output " + dir + "/x.nii --overlap 1.5", &out) == 2);
+  CHECK(out.find("--overlap") != std::string::npos);
+  CHECK(test::run_tool("unet_infer", "--model " + model + " --input " + dir + "/none.nii --output " + dir + "/x.nii", &out) == 2);
+  CHECK(test::run_tool("unet_infer", "--model " + dir + "/none.safetensors --input " + fixture + " --output " + dir + "/x.nii", &out) == 1);
+  CHECK(out.find("cannot open checkpoint") != std::string::npos);
+  std::string model3 = write_random_model(dir, 3, {8, 8, 8});
+  CHECK(test::run_tool("unet_infer", "--model " + model3 + " --input " + fixture + " --output " + dir + "/x.nii", &out) == 1);
+  CHECK(out.find("the model expects 3") != std::string::npos);
+  CHECK_FALSE(fs::exists(dir + "/x.nii"));
+}
