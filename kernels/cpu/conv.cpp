@@ -87,6 +87,9 @@ inline void store(float* p, vf v) { *reinterpret_cast<vf_unaligned*>(p) = v; }
 inline vf load_first(const float* p, int n) {
 #if defined(__AVX512F__)
   return reinterpret_cast<vf>(_mm512_maskz_loadu_ps(static_cast<__mmask16>((1u << n) - 1), p));
+#elif defined(__AVX2__)
+  __m256i mask = _mm256_cmpgt_epi32(_mm256_set1_epi32(n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+  return reinterpret_cast<vf>(_mm256_maskload_ps(p, mask));
 #else
   vf v = {};
   for (int i = 0; i < n; ++i) v[i] = p[i];
@@ -96,6 +99,9 @@ inline vf load_first(const float* p, int n) {
 inline void store_first(float* p, vf v, int n) {
 #if defined(__AVX512F__)
   _mm512_mask_storeu_ps(p, static_cast<__mmask16>((1u << n) - 1), reinterpret_cast<__m512>(v));
+#elif defined(__AVX2__)
+  __m256i mask = _mm256_cmpgt_epi32(_mm256_set1_epi32(n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+  _mm256_maskstore_ps(p, mask, reinterpret_cast<__m256>(v));
 #else
   for (int i = 0; i < n; ++i) p[i] = v[i];
 #endif
@@ -283,9 +289,10 @@ constexpr vi butterfly_hi(std::integer_sequence<int, J...>) {
 }
 
 template <int D>
-inline void transpose_stage(vf* rows) {
+__attribute__((always_inline)) inline void transpose_stage(vf* rows) {
   constexpr vi lo_mask = butterfly_lo<D>(std::make_integer_sequence<int, VL>{});
   constexpr vi hi_mask = butterfly_hi<D>(std::make_integer_sequence<int, VL>{});
+#pragma GCC unroll 16
   for (int i = 0; i < VL; ++i) {
     if (i & D) continue;
     vf a = rows[i], b = rows[i + D];
@@ -294,7 +301,7 @@ inline void transpose_stage(vf* rows) {
   }
 }
 
-inline void transpose_block(vf* rows) {
+__attribute__((always_inline)) inline void transpose_block(vf* rows) {
   transpose_stage<1>(rows);
   transpose_stage<2>(rows);
   if constexpr (VL >= 8) transpose_stage<4>(rows);
@@ -304,9 +311,41 @@ inline void transpose_block(vf* rows) {
 // Copies one row x [W, C] into xt [C][phase][Wq]: element (c, u) with u = phase + stride*i is padded position u
 // (input column u - pad, zero outside [0, W)). Blocks of VL positions x VL channels are transposed in registers, so
 // every store writes a whole vector.
+// Transposes the VL x nch block src[j * src_stride + c] into dst[c * dst_stride + j] (all VL positions valid).
+// Kept separate from the edge path so that the block stays in registers (every index is a compile-time constant).
+inline void transpose_full_block(const float* src, int64_t src_stride, int nch, float* dst, int64_t dst_stride) {
+  vf b[VL];
+  if (nch == VL) {
+#pragma GCC unroll 16
+    for (int j = 0; j < VL; ++j) b[j] = load(src + j * src_stride);
+  } else {  // thin inputs (first layer) and channel tails
+#pragma GCC unroll 16
+    for (int j = 0; j < VL; ++j) b[j] = load_first(src + j * src_stride, nch);
+  }
+  transpose_block(b);
+#pragma GCC unroll 16
+  for (int c = 0; c < VL; ++c)
+    if (c < nch) store(dst + c * dst_stride, b[c]);
+}
+
+// The same for a block at the row's edges: positions j >= npos are not stored, positions reading columns outside
+// [0, W) get zeros.
+void transpose_edge_block(const float* row, int64_t W, int64_t C, int64_t iw0, int stride, int npos, int nch,
+                          float* dst, int64_t dst_stride) {
+  vf b[VL];
+  for (int j = 0; j < VL; ++j) {
+    int64_t iw = iw0 + stride * j;
+    b[j] = (j >= npos || iw < 0 || iw >= W) ? vf{} : load_first(row + iw * C, nch);
+  }
+  transpose_block(b);
+  for (int c = 0; c < nch; ++c) store_first(dst + c * dst_stride, b[c], npos);
+}
+
+// Copies one row x [W, C] into xt [C][phase][Wq]: element (c, u) with u = phase + stride*i is padded position u
+// (input column u - pad, zero outside [0, W)). Blocks of VL positions x VL channels are transposed in registers, so
+// every store writes a whole vector.
 void transpose_row(const float* src, int64_t W, int64_t C, int pad, int stride, int64_t Wq, float* dst) {
   const int64_t c_stride = stride * Wq;
-  vf block[VL];
   for (int ph = 0; ph < stride; ++ph) {
     for (int64_t i0 = 0; i0 < Wq; i0 += VL) {
       const int npos = static_cast<int>(std::min<int64_t>(VL, Wq - i0));
@@ -315,33 +354,10 @@ void transpose_row(const float* src, int64_t W, int64_t C, int pad, int stride, 
       for (int64_t c0 = 0; c0 < C; c0 += VL) {
         const int nch = static_cast<int>(std::min<int64_t>(VL, C - c0));
         float* d = dst + c0 * c_stride + ph * Wq + i0;
-        if (interior) {  // the common case: no per-pixel checks
-          const float* sp = src + iw0 * C + c0;
-          if (nch == VL) {
-#pragma GCC unroll 16
-            for (int j = 0; j < VL; ++j) block[j] = load(sp + j * stride * C);
-          } else {  // thin inputs (first layer) and channel tails
-#pragma GCC unroll 16
-            for (int j = 0; j < VL; ++j) block[j] = load_first(sp + j * stride * C, nch);
-          }
-          transpose_block(block);
-          for (int c = 0; c < nch; ++c) store(d + c * c_stride, block[c]);
-          continue;
-        }
-        for (int j = 0; j < VL; ++j) {
-          int64_t iw = iw0 + stride * j;
-          if (j >= npos || iw < 0 || iw >= W)
-            block[j] = vf{};
-          else
-            block[j] = nch == VL ? load(src + iw * C + c0) : load_first(src + iw * C + c0, nch);
-        }
-        transpose_block(block);
-        for (int c = 0; c < nch; ++c) {
-          if (npos == VL)
-            store(d + c * c_stride, block[c]);
-          else
-            store_first(d + c * c_stride, block[c], npos);
-        }
+        if (interior)
+          transpose_full_block(src + iw0 * C + c0, stride * C, nch, d, c_stride);
+        else
+          transpose_edge_block(src + c0, W, C, iw0, stride, npos, nch, d, c_stride);
       }
     }
   }
