@@ -308,9 +308,6 @@ __attribute__((always_inline)) inline void transpose_block(vf* rows) {
   if constexpr (VL >= 16) transpose_stage<8>(rows);
 }
 
-// Copies one row x [W, C] into xt [C][phase][Wq]: element (c, u) with u = phase + stride*i is padded position u
-// (input column u - pad, zero outside [0, W)). Blocks of VL positions x VL channels are transposed in registers, so
-// every store writes a whole vector.
 // Transposes the VL x nch block src[j * src_stride + c] into dst[c * dst_stride + j] (all VL positions valid).
 // Kept separate from the edge path so that the block stays in registers (every index is a compile-time constant).
 inline void transpose_full_block(const float* src, int64_t src_stride, int nch, float* dst, int64_t dst_stride) {
@@ -339,6 +336,25 @@ void transpose_edge_block(const float* row, int64_t W, int64_t C, int64_t iw0, i
   }
   transpose_block(b);
   for (int c = 0; c < nch; ++c) store_first(dst + c * dst_stride, b[c], npos);
+}
+
+// dst[c * dst_stride + r] = src[r * src_stride + c] for r < rows, c < cols (rows, cols any size).
+void transpose_matrix(const float* src, int64_t rows, int64_t cols, int64_t src_stride, float* dst,
+                      int64_t dst_stride) {
+  for (int64_t r0 = 0; r0 < rows; r0 += VL) {
+    const int nr = static_cast<int>(std::min<int64_t>(VL, rows - r0));
+    for (int64_t c0 = 0; c0 < cols; c0 += VL) {
+      const int nc = static_cast<int>(std::min<int64_t>(VL, cols - c0));
+      if (nr == VL) {
+        transpose_full_block(src + r0 * src_stride + c0, src_stride, nc, dst + c0 * dst_stride + r0, dst_stride);
+      } else {
+        vf b[VL];
+        for (int j = 0; j < VL; ++j) b[j] = j < nr ? load_first(src + (r0 + j) * src_stride + c0, nc) : vf{};
+        transpose_block(b);
+        for (int c = 0; c < nc; ++c) store_first(dst + (c0 + c) * dst_stride + r0, b[c], nr);
+      }
+    }
+  }
 }
 
 // Copies one row x [W, C] into xt [C][phase][Wq]: element (c, u) with u = phase + stride*i is padded position u
@@ -436,15 +452,10 @@ void conv_fprop(const ConvProblem& p, const float* x, const float* w, const floa
     for (int64_t bt = lo; bt < hi; ++bt) {
       int64_t kb = bt / taps, tap = bt % taps;
       float* dst = wp + bt * C * KB;
-      for (int64_t lane = 0; lane < KB; ++lane) {
-        int64_t k = kb * KB + lane;
-        if (k < K) {
-          const float* src = w + (k * taps + tap) * C;
-          for (int64_t c = 0; c < C; ++c) dst[c * KB + lane] = src[c];
-        } else {
-          for (int64_t c = 0; c < C; ++c) dst[c * KB + lane] = 0.f;
-        }
-      }
+      int64_t kvalid = std::min<int64_t>(KB, K - kb * KB);
+      if (kvalid < KB)
+        for (int64_t c = 0; c < C; ++c) std::memset(dst + c * KB + kvalid, 0, size_t(KB - kvalid) * sizeof(float));
+      transpose_matrix(w + (kb * KB * taps + tap) * C, kvalid, C, taps * C, dst, KB);
     }
   });
 
@@ -536,8 +547,8 @@ void conv_dgrad(const ConvProblem& p, const float* dy, const float* w, float* dx
       float* dst = wp + bt * K * CB;
       int64_t cvalid = std::min<int64_t>(CB, C - cb * CB);
       for (int64_t k = 0; k < K; ++k) {
-        const float* src = w + (k * taps + tap) * C + cb * CB;
-        for (int64_t lane = 0; lane < CB; ++lane) dst[k * CB + lane] = lane < cvalid ? src[lane] : 0.f;
+        std::memcpy(dst + k * CB, w + (k * taps + tap) * C + cb * CB, size_t(cvalid) * sizeof(float));
+        std::memset(dst + k * CB + cvalid, 0, size_t(CB - cvalid) * sizeof(float));
       }
     }
   });
@@ -654,7 +665,12 @@ void conv_wgrad(const ConvProblem& p, const float* x, const float* dy, float* dw
   // Accumulators dwT [t][r][(s,c)][Kp]; tiles (t, r, kblock, block of (s,c) pairs), (s,c) fastest so that
   // consecutive tiles reuse the same dy columns and x rows from cache.
   const int64_t SC = p.S * C;
-  const int64_t nscb = (SC + kMaxPairs - 1) / kMaxPairs;
+  int64_t nscb = (SC + kMaxPairs - 1) / kMaxPairs;
+  // Few tiles (thin layers, 1x1 heads) would leave threads idle: split the pairs finer, down to blocks of ~4.
+  const int64_t min_tiles = 8 * int64_t(num_threads());
+  const int64_t other_tiles = int64_t(p.T) * p.R * nkb;
+  if (other_tiles * nscb < min_tiles)
+    nscb = std::clamp<int64_t>((min_tiles + other_tiles - 1) / other_tiles, nscb, std::max<int64_t>(nscb, SC / 4));
   Scratch dwt(static_cast<size_t>(taps * C * Kp));
   std::memset(dwt.get(), 0, static_cast<size_t>(taps * C * Kp) * sizeof(float));
   const int64_t tiles = int64_t(p.T) * p.R * nkb * nscb;
@@ -717,26 +733,12 @@ void conv_wgrad(const ConvProblem& p, const float* x, const float* dy, float* dw
     }
   });
 
-  // dw [K][tap*C] from dwT [tap*C][Kp], VL x VL blocks transposed in registers.
+  // dw [K][tap*C] from dwT [tap*C][Kp].
   const int64_t TC = taps * C;
   parallel_for(nkb * KV, 1, [&](int64_t lo, int64_t hi) {
-    vf block[VL];
     for (int64_t kv = lo; kv < hi; ++kv) {
-      const int64_t k0 = kv * VL;
-      const int nk = static_cast<int>(std::min<int64_t>(VL, K - k0));
-      if (nk <= 0) continue;
-      for (int64_t tc0 = 0; tc0 < TC; tc0 += VL) {
-        const int ntc = static_cast<int>(std::min<int64_t>(VL, TC - tc0));
-        for (int i = 0; i < VL; ++i) block[i] = i < ntc ? load(dwt.get() + (tc0 + i) * Kp + k0) : vf{};
-        transpose_block(block);
-        for (int k = 0; k < nk; ++k) {
-          float* d = dw + (k0 + k) * TC + tc0;
-          if (ntc == VL)
-            store(d, block[k]);
-          else
-            store_first(d, block[k], ntc);
-        }
-      }
+      const int64_t k0 = kv * VL, nk = std::min<int64_t>(VL, K - k0);
+      if (nk > 0) transpose_matrix(dwt.get() + k0, TC, nk, Kp, dw + k0 * TC, TC);
     }
   });
 
