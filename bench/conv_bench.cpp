@@ -59,16 +59,16 @@ struct BenchShape {
 };
 
 const std::vector<BenchShape> kLevels = {
-    {1, 32, 32, 64, 3, 1, 3}, {1, 64, 64, 32, 3, 1, 3}, {1, 128, 128, 16, 3, 1, 3},
+    {1, 32, 32, 64, 3, 1, 3},  {1, 64, 64, 32, 3, 1, 3},  {1, 128, 128, 16, 3, 1, 3},
     {1, 256, 256, 8, 3, 1, 3}, {1, 320, 320, 8, 3, 1, 3},
 };
 const std::vector<BenchShape> kExtra = {
-    {1, 4, 32, 64, 3, 1, 3},    // first layer, 4 input modalities
-    {1, 32, 64, 64, 3, 2, 3},   // downsampling conv
-    {1, 64, 128, 32, 3, 2, 3},  // downsampling conv
-    {1, 32, 3, 64, 1, 1, 3},    // output head
-    {16, 32, 32, 128, 3, 1, 2}, // 2D level 0 (batch 16)
-    {16, 64, 64, 64, 3, 1, 2},  // 2D level 1
+    {1, 4, 32, 64, 3, 1, 3},     // first layer, 4 input modalities
+    {1, 32, 64, 64, 3, 2, 3},    // downsampling conv
+    {1, 64, 128, 32, 3, 2, 3},   // downsampling conv
+    {1, 32, 3, 64, 1, 1, 3},     // output head
+    {16, 32, 32, 128, 3, 1, 2},  // 2D level 0 (batch 16)
+    {16, 64, 64, 64, 3, 1, 2},   // 2D level 1
 };
 
 // With --cpu-time, process CPU time divided by the thread count replaces wall time: on a machine shared with

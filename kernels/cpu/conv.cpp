@@ -3,21 +3,24 @@
 // fprop and dgrad share one micro-kernel, a "gather tile": NP output pixels of one output row times KV vectors of
 // output channels stay in registers while it sums, over a list of taps and the reduction channels, a broadcast input
 // value times a vector of packed weights. To make every broadcast a load at a compile-time offset (so the loop needs
-// only two moving pointers, whatever the channel count), the input is first copied into a transposed, zero-padded
-// layout, one row at a time: [channel][stride phase][pixel]. Pixel j of a tile then sits at offset j from the tap's
-// pointer for any stride, and the W-axis padding costs no branches. The D and H axes skip taps outside the input.
+// only two moving pointers, whatever the channel count), input rows are copied into a transposed, zero-padded layout
+// [channel][stride phase][pixel]: pixel j of a tile then sits at offset j from the tap's pointer for any stride, and
+// the W-axis padding costs no branches. Rows are transposed lazily, by whichever thread first needs them, with the
+// next rows prefetched, so the copy overlaps the arithmetic and is read back from cache (LazyRows). Kernels of width 1
+// without W padding skip the copy and read channels-last rows directly. The D and H axes skip taps outside the input.
 //  - fprop: output y row (n,z,p), reduction over taps (t,r,s) x C, vectors over K; weights packed [kblock][tap][c][KB].
 //  - dgrad: output dx row (n,d,h), split by W parity b (w = b + sw*j) so that the taps that reach it form a unit-stride
 //    gather over dy: q = j + (b + pw - s)/sw for the taps s with (b + pw - s) % sw == 0 (likewise for the D and H
 //    axes, tap by tap); reduction over those taps x K, vectors over C; weights packed [cblock][tap][k][CB].
 // wgrad is a reduction over output pixels: a register tile holds NC (tap s, channel c) pairs x KV vectors of k, and
-// sums dy[pixel][k-vector] * x[pixel][(s,c)] over the pixels of a chunk of rows. With x padded along W, the NC
-// broadcasts of one pixel are consecutive floats (index s*C + c), so again only two pointers move. Threads own
-// disjoint sets of tiles of dw and walk the rows in the same order, so every dw element is summed in one fixed order
-// by one thread: bitwise deterministic for any thread count, with no partial buffers or atomics.
+// sums dy[pixel][k-vector] * x[pixel][(s,c)] over the pixels of a chunk of rows. With x rows padded along W (again
+// lazily), the NC broadcasts of one pixel are consecutive floats (index s*C + c), so again only two pointers move.
+// Threads own disjoint sets of tiles of dw and walk the rows in the same order, so every dw element is summed in one
+// fixed order by one thread: bitwise deterministic for any thread count, with no partial buffers or atomics.
 //
 // Vector width follows the build: 16 floats with AVX-512 (32 registers: tiles of 14 pixels x 2 vectors), 8 with AVX2
 // (16 registers: 6 x 2). Both are written with GCC vector extensions; masked loads/stores only at channel tails.
+// Weights are repacked on every call (cheap next to the arithmetic except for the deepest, smallest layers).
 #include "kernels/conv.h"
 
 #include <immintrin.h>
@@ -29,9 +32,9 @@
 #include <functional>
 #include <memory>
 #include <optional>
-#include <utility>
 #include <sstream>
 #include <stdexcept>
+#include <utility>
 #include <vector>
 
 #include "engine/allocator.h"
@@ -80,8 +83,12 @@ constexpr int kMaxPairs = 6;
 typedef float vf __attribute__((vector_size(VL * sizeof(float))));
 typedef float vf_unaligned __attribute__((vector_size(VL * sizeof(float)), aligned(sizeof(float))));
 
-inline vf load(const float* p) { return *reinterpret_cast<const vf_unaligned*>(p); }
-inline void store(float* p, vf v) { *reinterpret_cast<vf_unaligned*>(p) = v; }
+inline vf load(const float* p) {
+  return *reinterpret_cast<const vf_unaligned*>(p);
+}
+inline void store(float* p, vf v) {
+  *reinterpret_cast<vf_unaligned*>(p) = v;
+}
 
 // The first n (< VL) lanes; the others read as 0 and are never touched in memory.
 inline vf load_first(const float* p, int n) {
@@ -200,8 +207,7 @@ void gather_tile(const Tap* taps, int ntaps, int64_t channels, int64_t channel_s
   for (int j = 0; j < NP; ++j) store_block<KV>(out + j * out_pixel_stride, acc[j], valid);
 }
 
-using GatherTileFn = void (*)(const Tap*, int, int64_t, int64_t, int64_t, int64_t, const float*, float*, int64_t,
-                              int);
+using GatherTileFn = void (*)(const Tap*, int, int64_t, int64_t, int64_t, int64_t, const float*, float*, int64_t, int);
 
 template <int KV, bool TRANSPOSED, int... NPs>
 constexpr std::array<GatherTileFn, sizeof...(NPs)> make_gather_table(std::integer_sequence<int, NPs...>) {
@@ -214,10 +220,14 @@ const std::array<GatherTileFn, kMaxPixels> kGatherTables[2][2] = {
      make_gather_table<2, true>(std::make_integer_sequence<int, kMaxPixels>{})},
 };
 
-inline GatherTileFn gather_fn(int kv, bool transposed, int np) { return kGatherTables[kv - 1][transposed][np - 1]; }
+inline GatherTileFn gather_fn(int kv, bool transposed, int np) {
+  return kGatherTables[kv - 1][transposed][np - 1];
+}
 
 // Vectors per register tile for `lanes` output channels: one when a single vector holds them all.
-inline int vectors_for(int64_t lanes) { return lanes <= VL ? 1 : 2; }
+inline int vectors_for(int64_t lanes) {
+  return lanes <= VL ? 1 : 2;
+}
 
 // ---------------------------------------------------------------------------------------------------------------
 // Wgrad tile: acc[i][lanes] += sum over segments and their pixels of x[pixel][i] * dy[pixel][lanes].
@@ -271,7 +281,9 @@ constexpr std::array<WgradTileFn, sizeof...(NCs)> make_wgrad_table(std::integer_
 const auto kWgradKV1 = make_wgrad_table<1>(std::make_integer_sequence<int, kMaxPairs>{});
 const auto kWgradKV2 = make_wgrad_table<2>(std::make_integer_sequence<int, kMaxPairs>{});
 
-inline WgradTileFn wgrad_fn(int kv, int nc) { return kv == 1 ? kWgradKV1[nc - 1] : kWgradKV2[nc - 1]; }
+inline WgradTileFn wgrad_fn(int kv, int nc) {
+  return kv == 1 ? kWgradKV1[nc - 1] : kWgradKV2[nc - 1];
+}
 
 // ---------------------------------------------------------------------------------------------------------------
 // Layout helpers.
@@ -388,8 +400,12 @@ class LazyRows {
  public:
   using MakeRow = std::function<void(const float* src_row, float* dst_row)>;
   LazyRows(const float* src, int64_t src_row_floats, int64_t rows, int64_t row_floats, MakeRow make)
-      : src_(src), src_row_floats_(src_row_floats), row_floats_(row_floats), make_(std::move(make)),
-        buffer_(static_cast<size_t>(rows * row_floats)), state_(new std::atomic<uint8_t>[static_cast<size_t>(rows)]) {
+      : src_(src),
+        src_row_floats_(src_row_floats),
+        row_floats_(row_floats),
+        make_(std::move(make)),
+        buffer_(static_cast<size_t>(rows * row_floats)),
+        state_(new std::atomic<uint8_t>[static_cast<size_t>(rows)]) {
     for (int64_t i = 0; i < rows; ++i) state_[i].store(kTodo, std::memory_order_relaxed);
   }
 
