@@ -16,7 +16,8 @@ std::string vec_str(const std::vector<int>& v) {
 }
 
 void check_cpu_f32(const Tensor& t, const char* what) {
-  check_arg(t.device() == Device::cpu, std::string("conv: ") + what + " " + t.describe() + " is not on the cpu backend");
+  check_arg(t.device() == Device::cpu,
+            std::string("conv: ") + what + " " + t.describe() + " is not on the cpu backend");
   check_arg(t.dtype() == DType::f32, std::string("conv: ") + what + " must be f32, got " + t.describe());
 }
 
@@ -59,9 +60,9 @@ Tensor conv(const Tensor& x, const Tensor& w, const Tensor& bias, const std::vec
                                       (x.rank() == 5 ? "T, R, S" : "R, S") + ", C])");
   check_arg(w.dim(-1) == x.dim(-1), "conv: channel mismatch, " + shapes + " (last axes must be equal)");
   const size_t spatial = static_cast<size_t>(x.rank() - 2);
-  check_arg(stride.size() == spatial && pad.size() == spatial,
-            "conv: stride " + vec_str(stride) + " and pad " + vec_str(pad) + " need " + std::to_string(spatial) +
-                " values each for " + shapes);
+  check_arg(stride.size() == spatial && pad.size() == spatial, "conv: stride " + vec_str(stride) + " and pad " +
+                                                                   vec_str(pad) + " need " + std::to_string(spatial) +
+                                                                   " values each for " + shapes);
   for (int64_t d : x.shape()) check_arg(d >= 1, "conv: empty input, " + shapes);
   for (int64_t d : w.shape()) check_arg(d >= 1, "conv: empty weight, " + shapes);
   for (size_t i = 0; i < spatial; ++i) {
@@ -70,13 +71,13 @@ Tensor conv(const Tensor& x, const Tensor& w, const Tensor& bias, const std::vec
   }
   if (bias.defined()) {
     check_cpu_f32(bias, "bias");
-    check_arg(bias.rank() == 1 && bias.dim(0) == w.dim(0),
-              "conv: bias " + shape_str(bias.shape()) + " must be [K] = [" + std::to_string(w.dim(0)) + "] for " +
-                  shapes);
+    check_arg(
+        bias.rank() == 1 && bias.dim(0) == w.dim(0),
+        "conv: bias " + shape_str(bias.shape()) + " must be [K] = [" + std::to_string(w.dim(0)) + "] for " + shapes);
   }
   const kernels::ConvProblem p = make_problem(x, w, stride, pad);
-  check_arg(p.Z >= 1 && p.P >= 1 && p.Q >= 1, "conv: output size < 1 for " + shapes + ", stride " + vec_str(stride) +
-                                                  ", pad " + vec_str(pad));
+  check_arg(p.Z >= 1 && p.P >= 1 && p.Q >= 1,
+            "conv: output size < 1 for " + shapes + ", stride " + vec_str(stride) + ", pad " + vec_str(pad));
 
   Shape out_shape = {p.N};
   if (x.rank() == 5) out_shape.push_back(p.Z);

@@ -3,32 +3,38 @@
 // fprop and dgrad share one micro-kernel, a "gather tile": NP output pixels of one output row times KV vectors of
 // output channels stay in registers while it sums, over a list of taps and the reduction channels, a broadcast input
 // value times a vector of packed weights. To make every broadcast a load at a compile-time offset (so the loop needs
-// only two moving pointers, whatever the channel count), the input is first copied into a transposed, zero-padded
-// layout, one row at a time: [channel][stride phase][pixel]. Pixel j of a tile then sits at offset j from the tap's
-// pointer for any stride, and the W-axis padding costs no branches. The D and H axes skip taps outside the input.
+// only two moving pointers, whatever the channel count), input rows are copied into a transposed, zero-padded layout
+// [channel][stride phase][pixel]: pixel j of a tile then sits at offset j from the tap's pointer for any stride, and
+// the W-axis padding costs no branches. Rows are transposed lazily, by whichever thread first needs them, with the
+// next rows prefetched, so the copy overlaps the arithmetic and is read back from cache (LazyRows). Kernels of width 1
+// without W padding skip the copy and read channels-last rows directly. The D and H axes skip taps outside the input.
 //  - fprop: output y row (n,z,p), reduction over taps (t,r,s) x C, vectors over K; weights packed [kblock][tap][c][KB].
 //  - dgrad: output dx row (n,d,h), split by W parity b (w = b + sw*j) so that the taps that reach it form a unit-stride
 //    gather over dy: q = j + (b + pw - s)/sw for the taps s with (b + pw - s) % sw == 0 (likewise for the D and H
 //    axes, tap by tap); reduction over those taps x K, vectors over C; weights packed [cblock][tap][k][CB].
 // wgrad is a reduction over output pixels: a register tile holds NC (tap s, channel c) pairs x KV vectors of k, and
-// sums dy[pixel][k-vector] * x[pixel][(s,c)] over the pixels of a chunk of rows. With x padded along W, the NC
-// broadcasts of one pixel are consecutive floats (index s*C + c), so again only two pointers move. Threads own
-// disjoint sets of tiles of dw and walk the rows in the same order, so every dw element is summed in one fixed order
-// by one thread: bitwise deterministic for any thread count, with no partial buffers or atomics.
+// sums dy[pixel][k-vector] * x[pixel][(s,c)] over the pixels of a chunk of rows. With x rows padded along W (again
+// lazily), the NC broadcasts of one pixel are consecutive floats (index s*C + c), so again only two pointers move.
+// Threads own disjoint sets of tiles of dw and walk the rows in the same order, so every dw element is summed in one
+// fixed order by one thread: bitwise deterministic for any thread count, with no partial buffers or atomics.
 //
 // Vector width follows the build: 16 floats with AVX-512 (32 registers: tiles of 14 pixels x 2 vectors), 8 with AVX2
 // (16 registers: 6 x 2). Both are written with GCC vector extensions; masked loads/stores only at channel tails.
+// Weights are repacked on every call (cheap next to the arithmetic except for the deepest, smallest layers).
 #include "kernels/conv.h"
 
 #include <immintrin.h>
 
 #include <algorithm>
 #include <array>
+#include <atomic>
 #include <cstring>
+#include <functional>
 #include <memory>
-#include <utility>
+#include <optional>
 #include <sstream>
 #include <stdexcept>
+#include <utility>
 #include <vector>
 
 #include "engine/allocator.h"
@@ -77,13 +83,20 @@ constexpr int kMaxPairs = 6;
 typedef float vf __attribute__((vector_size(VL * sizeof(float))));
 typedef float vf_unaligned __attribute__((vector_size(VL * sizeof(float)), aligned(sizeof(float))));
 
-inline vf load(const float* p) { return *reinterpret_cast<const vf_unaligned*>(p); }
-inline void store(float* p, vf v) { *reinterpret_cast<vf_unaligned*>(p) = v; }
+inline vf load(const float* p) {
+  return *reinterpret_cast<const vf_unaligned*>(p);
+}
+inline void store(float* p, vf v) {
+  *reinterpret_cast<vf_unaligned*>(p) = v;
+}
 
 // The first n (< VL) lanes; the others read as 0 and are never touched in memory.
 inline vf load_first(const float* p, int n) {
 #if defined(__AVX512F__)
   return reinterpret_cast<vf>(_mm512_maskz_loadu_ps(static_cast<__mmask16>((1u << n) - 1), p));
+#elif defined(__AVX2__)
+  __m256i mask = _mm256_cmpgt_epi32(_mm256_set1_epi32(n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+  return reinterpret_cast<vf>(_mm256_maskload_ps(p, mask));
 #else
   vf v = {};
   for (int i = 0; i < n; ++i) v[i] = p[i];
@@ -93,6 +106,9 @@ inline vf load_first(const float* p, int n) {
 inline void store_first(float* p, vf v, int n) {
 #if defined(__AVX512F__)
   _mm512_mask_storeu_ps(p, static_cast<__mmask16>((1u << n) - 1), reinterpret_cast<__m512>(v));
+#elif defined(__AVX2__)
+  __m256i mask = _mm256_cmpgt_epi32(_mm256_set1_epi32(n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+  _mm256_maskstore_ps(p, mask, reinterpret_cast<__m256>(v));
 #else
   for (int i = 0; i < n; ++i) p[i] = v[i];
 #endif
@@ -147,7 +163,7 @@ inline void for_each_balanced_tile(int64_t n, int max_tile, F&& fn) {
 // ---------------------------------------------------------------------------------------------------------------
 // Gather tile (fprop and dgrad).
 struct Tap {
-  const float* x;  // transposed input row: element (channel c, pixel j) at x[c * channel_stride + j]
+  const float* x;  // input row: element (channel c, pixel j) at x[c * channel_stride + j * pixel_stride]
   const float* w;  // packed weights for this tap: [reduction channel][KV * VL]
 };
 // A tap before its weight block is known: offset of its weights inside every block.
@@ -156,10 +172,13 @@ struct TapInRow {
   int64_t w_offset;
 };
 
-// out[j][lanes] = init[lanes] + sum over taps and reduction channels c of x[c][x_offset + j] * w[c][lanes].
-template <int NP, int KV>
-void gather_tile(const Tap* taps, int ntaps, int64_t channels, int64_t channel_stride, int64_t x_offset,
-                 const float* init, float* out, int64_t out_pixel_stride, int valid) {
+// out[j][lanes] = init[lanes] + sum over taps and reduction channels c of x[c][j] * w[c][lanes].
+// TRANSPOSED: x rows are [channel][pixel] (pixel_stride 1, so the NP broadcasts of a channel sit at constant offsets
+// from one pointer); otherwise x is channels-last as given (channel_stride 1, pixel_stride runtime), used where no
+// padding is needed along W and the transposition would cost more than the arithmetic it serves (1x1 kernels).
+template <int NP, int KV, bool TRANSPOSED>
+void gather_tile(const Tap* taps, int ntaps, int64_t channels, int64_t channel_stride, int64_t pixel_stride,
+                 int64_t x_offset, const float* init, float* out, int64_t out_pixel_stride, int valid) {
   constexpr int KB = KV * VL;
   vf acc[NP][KV];
   for (int v = 0; v < KV; ++v) {
@@ -176,7 +195,7 @@ void gather_tile(const Tap* taps, int ntaps, int64_t channels, int64_t channel_s
       for (int v = 0; v < KV; ++v) wv[v] = load(wp + v * VL);
 #pragma GCC unroll 16
       for (int j = 0; j < NP; ++j) {
-        float xj = xp[j];
+        float xj = TRANSPOSED ? xp[j] : xp[j * pixel_stride];
 #pragma GCC unroll 4
         for (int v = 0; v < KV; ++v) acc[j][v] += wv[v] * xj;
       }
@@ -188,19 +207,27 @@ void gather_tile(const Tap* taps, int ntaps, int64_t channels, int64_t channel_s
   for (int j = 0; j < NP; ++j) store_block<KV>(out + j * out_pixel_stride, acc[j], valid);
 }
 
-using GatherTileFn = void (*)(const Tap*, int, int64_t, int64_t, int64_t, const float*, float*, int64_t, int);
+using GatherTileFn = void (*)(const Tap*, int, int64_t, int64_t, int64_t, int64_t, const float*, float*, int64_t, int);
 
-template <int KV, int... NPs>
+template <int KV, bool TRANSPOSED, int... NPs>
 constexpr std::array<GatherTileFn, sizeof...(NPs)> make_gather_table(std::integer_sequence<int, NPs...>) {
-  return {&gather_tile<NPs + 1, KV>...};
+  return {&gather_tile<NPs + 1, KV, TRANSPOSED>...};
 }
-const auto kGatherKV1 = make_gather_table<1>(std::make_integer_sequence<int, kMaxPixels>{});
-const auto kGatherKV2 = make_gather_table<2>(std::make_integer_sequence<int, kMaxPixels>{});
+const std::array<GatherTileFn, kMaxPixels> kGatherTables[2][2] = {
+    {make_gather_table<1, false>(std::make_integer_sequence<int, kMaxPixels>{}),
+     make_gather_table<1, true>(std::make_integer_sequence<int, kMaxPixels>{})},
+    {make_gather_table<2, false>(std::make_integer_sequence<int, kMaxPixels>{}),
+     make_gather_table<2, true>(std::make_integer_sequence<int, kMaxPixels>{})},
+};
 
-inline GatherTileFn gather_fn(int kv, int np) { return kv == 1 ? kGatherKV1[np - 1] : kGatherKV2[np - 1]; }
+inline GatherTileFn gather_fn(int kv, bool transposed, int np) {
+  return kGatherTables[kv - 1][transposed][np - 1];
+}
 
 // Vectors per register tile for `lanes` output channels: one when a single vector holds them all.
-inline int vectors_for(int64_t lanes) { return lanes <= VL ? 1 : 2; }
+inline int vectors_for(int64_t lanes) {
+  return lanes <= VL ? 1 : 2;
+}
 
 // ---------------------------------------------------------------------------------------------------------------
 // Wgrad tile: acc[i][lanes] += sum over segments and their pixels of x[pixel][i] * dy[pixel][lanes].
@@ -254,34 +281,171 @@ constexpr std::array<WgradTileFn, sizeof...(NCs)> make_wgrad_table(std::integer_
 const auto kWgradKV1 = make_wgrad_table<1>(std::make_integer_sequence<int, kMaxPairs>{});
 const auto kWgradKV2 = make_wgrad_table<2>(std::make_integer_sequence<int, kMaxPairs>{});
 
-inline WgradTileFn wgrad_fn(int kv, int nc) { return kv == 1 ? kWgradKV1[nc - 1] : kWgradKV2[nc - 1]; }
+inline WgradTileFn wgrad_fn(int kv, int nc) {
+  return kv == 1 ? kWgradKV1[nc - 1] : kWgradKV2[nc - 1];
+}
 
 // ---------------------------------------------------------------------------------------------------------------
 // Layout helpers.
 
-// Copies rows [N*D*H] of x [.., W, C] into xt [row][C][phase][Wq]: element (c, u) with u = phase + stride*i the
-// padded position u (input column u - pad, zero outside [0, W)).
-void transpose_rows_phased(const float* x, int64_t rows, int64_t W, int64_t C, int pad, int stride, int64_t Wq,
-                           float* xt) {
-  const int64_t row_out = C * stride * Wq;
-  parallel_for(rows, 4, [&](int64_t lo, int64_t hi) {
-    for (int64_t row = lo; row < hi; ++row) {
-      const float* src = x + row * W * C;
-      float* dst = xt + row * row_out;
-      for (int ph = 0; ph < stride; ++ph) {
-        for (int64_t i = 0; i < Wq; ++i) {
-          int64_t iw = ph + stride * i - pad;
-          float* d = dst + ph * Wq + i;
-          if (iw < 0 || iw >= W) {
-            for (int64_t c = 0; c < C; ++c) d[c * stride * Wq] = 0.f;
-          } else {
-            const float* s = src + iw * C;
-            for (int64_t c = 0; c < C; ++c) d[c * stride * Wq] = s[c];
-          }
-        }
+// In-register transpose of a VL x VL block: rows[i][j] becomes rows[j][i]. log2(VL) butterfly stages; stage b swaps
+// bit b of the row index with bit b of the column index using two-source shuffles (vpermt2ps with AVX-512).
+typedef int vi __attribute__((vector_size(VL * sizeof(int))));
+template <int D, int... J>
+constexpr vi butterfly_lo(std::integer_sequence<int, J...>) {
+  return vi{((J & D) ? VL + (J - D) : J)...};
+}
+template <int D, int... J>
+constexpr vi butterfly_hi(std::integer_sequence<int, J...>) {
+  return vi{((J & D) ? VL + J : J + D)...};
+}
+
+template <int D>
+__attribute__((always_inline)) inline void transpose_stage(vf* rows) {
+  constexpr vi lo_mask = butterfly_lo<D>(std::make_integer_sequence<int, VL>{});
+  constexpr vi hi_mask = butterfly_hi<D>(std::make_integer_sequence<int, VL>{});
+#pragma GCC unroll 16
+  for (int i = 0; i < VL; ++i) {
+    if (i & D) continue;
+    vf a = rows[i], b = rows[i + D];
+    rows[i] = __builtin_shuffle(a, b, lo_mask);
+    rows[i + D] = __builtin_shuffle(a, b, hi_mask);
+  }
+}
+
+__attribute__((always_inline)) inline void transpose_block(vf* rows) {
+  transpose_stage<1>(rows);
+  transpose_stage<2>(rows);
+  if constexpr (VL >= 8) transpose_stage<4>(rows);
+  if constexpr (VL >= 16) transpose_stage<8>(rows);
+}
+
+// Transposes the VL x nch block src[j * src_stride + c] into dst[c * dst_stride + j] (all VL positions valid).
+// Kept separate from the edge path so that the block stays in registers (every index is a compile-time constant).
+inline void transpose_full_block(const float* src, int64_t src_stride, int nch, float* dst, int64_t dst_stride) {
+  vf b[VL];
+  if (nch == VL) {
+#pragma GCC unroll 16
+    for (int j = 0; j < VL; ++j) b[j] = load(src + j * src_stride);
+  } else {  // thin inputs (first layer) and channel tails
+#pragma GCC unroll 16
+    for (int j = 0; j < VL; ++j) b[j] = load_first(src + j * src_stride, nch);
+  }
+  transpose_block(b);
+#pragma GCC unroll 16
+  for (int c = 0; c < VL; ++c)
+    if (c < nch) store(dst + c * dst_stride, b[c]);
+}
+
+// The same for a block at the row's edges: positions j >= npos are not stored, positions reading columns outside
+// [0, W) get zeros.
+void transpose_edge_block(const float* row, int64_t W, int64_t C, int64_t iw0, int stride, int npos, int nch,
+                          float* dst, int64_t dst_stride) {
+  vf b[VL];
+  for (int j = 0; j < VL; ++j) {
+    int64_t iw = iw0 + stride * j;
+    b[j] = (j >= npos || iw < 0 || iw >= W) ? vf{} : load_first(row + iw * C, nch);
+  }
+  transpose_block(b);
+  for (int c = 0; c < nch; ++c) store_first(dst + c * dst_stride, b[c], npos);
+}
+
+// dst[c * dst_stride + r] = src[r * src_stride + c] for r < rows, c < cols (rows, cols any size).
+void transpose_matrix(const float* src, int64_t rows, int64_t cols, int64_t src_stride, float* dst,
+                      int64_t dst_stride) {
+  for (int64_t r0 = 0; r0 < rows; r0 += VL) {
+    const int nr = static_cast<int>(std::min<int64_t>(VL, rows - r0));
+    for (int64_t c0 = 0; c0 < cols; c0 += VL) {
+      const int nc = static_cast<int>(std::min<int64_t>(VL, cols - c0));
+      if (nr == VL) {
+        transpose_full_block(src + r0 * src_stride + c0, src_stride, nc, dst + c0 * dst_stride + r0, dst_stride);
+      } else {
+        vf b[VL];
+        for (int j = 0; j < VL; ++j) b[j] = j < nr ? load_first(src + (r0 + j) * src_stride + c0, nc) : vf{};
+        transpose_block(b);
+        for (int c = 0; c < nc; ++c) store_first(dst + (c0 + c) * dst_stride + r0, b[c], nr);
       }
     }
-  });
+  }
+}
+
+// Copies one row x [W, C] into xt [C][phase][Wq]: element (c, u) with u = phase + stride*i is padded position u
+// (input column u - pad, zero outside [0, W)). Blocks of VL positions x VL channels are transposed in registers, so
+// every store writes a whole vector.
+void transpose_row(const float* src, int64_t W, int64_t C, int pad, int stride, int64_t Wq, float* dst) {
+  const int64_t c_stride = stride * Wq;
+  for (int ph = 0; ph < stride; ++ph) {
+    for (int64_t i0 = 0; i0 < Wq; i0 += VL) {
+      const int npos = static_cast<int>(std::min<int64_t>(VL, Wq - i0));
+      const int64_t iw0 = ph + stride * i0 - pad;  // input column of position i0
+      const bool interior = npos == VL && iw0 >= 0 && iw0 + stride * (VL - 1) < W;
+      for (int64_t c0 = 0; c0 < C; c0 += VL) {
+        const int nch = static_cast<int>(std::min<int64_t>(VL, C - c0));
+        float* d = dst + c0 * c_stride + ph * Wq + i0;
+        if (interior)
+          transpose_full_block(src + iw0 * C + c0, stride * C, nch, d, c_stride);
+        else
+          transpose_edge_block(src + c0, W, C, iw0, stride, npos, nch, d, c_stride);
+      }
+    }
+  }
+}
+
+// Rows of a derived copy of a tensor (transposed for fprop and dgrad, W-padded for wgrad), each made the first time
+// any thread asks for it. Making rows lazily interleaves the memory-bound copying with the compute-bound tiles
+// (instead of a separate pass over the whole tensor) and uses each new row while it is still in cache; prefetching
+// the source rows of the next work item hides most of the memory latency. Every row gets the same values whichever
+// thread makes it, so results do not depend on timing.
+class LazyRows {
+ public:
+  using MakeRow = std::function<void(const float* src_row, float* dst_row)>;
+  LazyRows(const float* src, int64_t src_row_floats, int64_t rows, int64_t row_floats, MakeRow make)
+      : src_(src),
+        src_row_floats_(src_row_floats),
+        row_floats_(row_floats),
+        make_(std::move(make)),
+        buffer_(static_cast<size_t>(rows * row_floats)),
+        state_(new std::atomic<uint8_t>[static_cast<size_t>(rows)]) {
+    for (int64_t i = 0; i < rows; ++i) state_[i].store(kTodo, std::memory_order_relaxed);
+  }
+
+  // The row, made first if no thread has made it yet.
+  const float* row(int64_t id) {
+    float* dst = buffer_.get() + id * row_floats_;
+    std::atomic<uint8_t>& st = state_[id];
+    if (st.load(std::memory_order_acquire) == kDone) return dst;
+    uint8_t expected = kTodo;
+    if (st.compare_exchange_strong(expected, kBusy, std::memory_order_acq_rel)) {
+      make_(src_ + id * src_row_floats_, dst);
+      st.store(kDone, std::memory_order_release);
+    } else {
+      while (st.load(std::memory_order_acquire) != kDone) _mm_pause();  // another thread is making it
+    }
+    return dst;
+  }
+  // Where row(id) is or will be, without making it (callers that made it already).
+  const float* made_row(int64_t id) const { return buffer_.get() + id * row_floats_; }
+
+  // Starts bringing the source of a row not made yet toward L2, so that making it later does not stall.
+  void prefetch(int64_t id) const {
+    if (state_[id].load(std::memory_order_relaxed) != kTodo) return;
+    const char* p = reinterpret_cast<const char*>(src_ + id * src_row_floats_);
+    const int64_t bytes = src_row_floats_ * int64_t(sizeof(float));
+    for (int64_t off = 0; off < bytes; off += 64) __builtin_prefetch(p + off, 0, 2);
+  }
+
+ private:
+  static constexpr uint8_t kTodo = 0, kBusy = 1, kDone = 2;
+  const float* src_;
+  int64_t src_row_floats_, row_floats_;
+  MakeRow make_;
+  Scratch buffer_;
+  std::unique_ptr<std::atomic<uint8_t>[]> state_;
+};
+
+// Makes rows [W][C] into transpose_row's layout [C][phase][Wq].
+LazyRows::MakeRow transposing(int64_t W, int64_t C, int pad, int stride, int64_t Wq) {
+  return [=](const float* s, float* d) { transpose_row(s, W, C, pad, stride, Wq, d); };
 }
 
 }  // namespace
@@ -304,23 +468,34 @@ void conv_fprop(const ConvProblem& p, const float* x, const float* w, const floa
     for (int64_t bt = lo; bt < hi; ++bt) {
       int64_t kb = bt / taps, tap = bt % taps;
       float* dst = wp + bt * C * KB;
-      for (int64_t lane = 0; lane < KB; ++lane) {
-        int64_t k = kb * KB + lane;
-        if (k < K) {
-          const float* src = w + (k * taps + tap) * C;
-          for (int64_t c = 0; c < C; ++c) dst[c * KB + lane] = src[c];
-        } else {
-          for (int64_t c = 0; c < C; ++c) dst[c * KB + lane] = 0.f;
-        }
-      }
+      int64_t kvalid = std::min<int64_t>(KB, K - kb * KB);
+      if (kvalid < KB)
+        for (int64_t c = 0; c < C; ++c) std::memset(dst + c * KB + kvalid, 0, size_t(KB - kvalid) * sizeof(float));
+      transpose_matrix(w + (kb * KB * taps + tap) * C, kvalid, C, taps * C, dst, KB);
     }
   });
 
   // Input rows transposed to [C][phase][Wq]: tap s of output pixel j reads phase s % sw at index j + s / sw.
+  // Kernels of width 1 without W padding read x as it is (see gather_tile).
+  const bool transposed = !(p.S == 1 && p.pad_w == 0);
   const int64_t Wq = p.Q + (p.S - 1) / sw;
-  const int64_t row_floats = C * sw * Wq;
-  Scratch xt(static_cast<size_t>(p.N * p.D * p.H * row_floats));
-  transpose_rows_phased(x, p.N * p.D * p.H, p.W, C, p.pad_w, sw, Wq, xt.get());
+  std::optional<LazyRows> xrows;
+  if (transposed) xrows.emplace(x, p.W * C, p.N * p.D * p.H, C * sw * Wq, transposing(p.W, C, p.pad_w, sw, Wq));
+  const int64_t x_channel_stride = transposed ? sw * Wq : 1, x_pixel_stride = transposed ? 1 : sw * C;
+
+  // Calls fn(input row id, t, r) for the taps (t, r) of output row `row` that fall inside the input.
+  auto for_each_input_row = [&](int64_t row, auto&& fn) {
+    int64_t n = row / (p.Z * p.P), z = row / p.P % p.Z, pp = row % p.P;
+    for (int t = 0; t < p.T; ++t) {
+      int64_t iz = z * p.stride_d + t - p.pad_d;
+      if (iz < 0 || iz >= p.D) continue;
+      for (int r = 0; r < p.R; ++r) {
+        int64_t ih = pp * p.stride_h + r - p.pad_h;
+        if (ih < 0 || ih >= p.H) continue;
+        fn((n * p.D + iz) * p.H + ih, t, r);
+      }
+    }
+  };
 
   const int64_t out_rows = p.N * p.Z * p.P;
   // Rows per group: weights of one k block are reused across the group's rows while they sit in L2.
@@ -333,24 +508,25 @@ void conv_fprop(const ConvProblem& p, const float* x, const float* w, const floa
       int64_t g1 = std::min(hi, g0 + group);
       // Valid taps of each row (x pointers, weight offsets within a k block).
       for (int64_t row = g0; row < g1; ++row) {
-        int64_t n = row / (p.Z * p.P), z = row / p.P % p.Z, pp = row % p.P;
         int cnt = 0;
         TapInRow* list = &group_taps[static_cast<size_t>((row - g0) * taps)];
-        for (int t = 0; t < p.T; ++t) {
-          int64_t iz = z * p.stride_d + t - p.pad_d;
-          if (iz < 0 || iz >= p.D) continue;
-          for (int r = 0; r < p.R; ++r) {
-            int64_t ih = pp * p.stride_h + r - p.pad_h;
-            if (ih < 0 || ih >= p.H) continue;
-            const float* xrow = xt.get() + ((n * p.D + iz) * p.H + ih) * row_floats;
-            for (int s = 0; s < p.S; ++s) {
-              int64_t tap = (int64_t(t) * p.R + r) * p.S + s;
-              list[cnt++] = TapInRow{xrow + (s % sw) * Wq + s / sw, tap * C * KB};
-            }
+        for_each_input_row(row, [&](int64_t id, int t, int r) {
+          if (!transposed) {
+            list[cnt++] = TapInRow{x + id * p.W * C, (int64_t(t) * p.R + r) * C * KB};
+            return;
           }
-        }
+          const float* xrow = xrows->row(id);
+          for (int s = 0; s < p.S; ++s) {
+            int64_t tap = (int64_t(t) * p.R + r) * p.S + s;
+            list[cnt++] = TapInRow{xrow + (s % sw) * Wq + s / sw, tap * C * KB};
+          }
+        });
         count_per_row[static_cast<size_t>(row - g0)] = cnt;
       }
+      // The next group's new input rows start loading while this group computes.
+      if (transposed)
+        for (int64_t row = g1; row < std::min(hi, g1 + group); ++row)
+          for_each_input_row(row, [&](int64_t id, int, int) { xrows->prefetch(id); });
       for (int64_t kb = 0; kb < nkb; ++kb) {
         const float* wkb = wp + kb * taps * C * KB;
         int valid = static_cast<int>(std::min<int64_t>(KB, K - kb * KB));
@@ -360,8 +536,8 @@ void conv_fprop(const ConvProblem& p, const float* x, const float* w, const floa
           for (int i = 0; i < cnt; ++i) tap_list[static_cast<size_t>(i)] = Tap{list[i].x, wkb + list[i].w_offset};
           float* yrow = y + row * p.Q * K + kb * KB;
           for_each_balanced_tile(p.Q, kMaxPixels, [&](int64_t j0, int np) {
-            gather_fn(KV, np)(tap_list.data(), cnt, C, sw * Wq, j0, bpack.get() + kb * KB, yrow + j0 * K, K,
-                              valid);
+            gather_fn(KV, transposed, np)(tap_list.data(), cnt, C, x_channel_stride, x_pixel_stride,
+                                          j0 * x_pixel_stride, bpack.get() + kb * KB, yrow + j0 * K, K, valid);
           });
         }
       }
@@ -387,8 +563,8 @@ void conv_dgrad(const ConvProblem& p, const float* dy, const float* w, float* dx
       float* dst = wp + bt * K * CB;
       int64_t cvalid = std::min<int64_t>(CB, C - cb * CB);
       for (int64_t k = 0; k < K; ++k) {
-        const float* src = w + (k * taps + tap) * C + cb * CB;
-        for (int64_t lane = 0; lane < CB; ++lane) dst[k * CB + lane] = lane < cvalid ? src[lane] : 0.f;
+        std::memcpy(dst + k * CB, w + (k * taps + tap) * C + cb * CB, size_t(cvalid) * sizeof(float));
+        std::memset(dst + k * CB + cvalid, 0, size_t(CB - cvalid) * sizeof(float));
       }
     }
   });
@@ -406,43 +582,73 @@ void conv_dgrad(const ConvProblem& p, const float* dy, const float* w, float* dx
     }
   }
   const int64_t lead = -min_off, Qp = lead + max_end;
-  Scratch dyt(static_cast<size_t>(p.N * p.Z * p.P * K * Qp));
-  transpose_rows_phased(dy, p.N * p.Z * p.P, p.Q, K, static_cast<int>(lead), 1, Qp, dyt.get());
+  // Kernels of width 1 without W padding read dy as it is (see gather_tile): then q = j for the one parity class.
+  const bool transposed = !(p.S == 1 && p.pad_w == 0);
+  std::optional<LazyRows> dyrows;
+  if (transposed)
+    dyrows.emplace(dy, p.Q * K, p.N * p.Z * p.P, K * Qp, transposing(p.Q, K, static_cast<int>(lead), 1, Qp));
+  const int64_t dy_channel_stride = transposed ? Qp : 1, dy_pixel_stride = transposed ? 1 : K;
+
+  // Calls fn(dy row id, t, r) for the taps (t, r) through which dy row (z, p) reaches dx row (n, d, h).
+  auto for_each_dy_row = [&](int64_t row, auto&& fn) {
+    int64_t n = row / (p.D * p.H), d = row / p.H % p.D, h = row % p.H;
+    for (int t = 0; t < p.T; ++t) {
+      int64_t zn = d + p.pad_d - t;
+      if (zn < 0 || zn % sd != 0 || zn / sd >= p.Z) continue;
+      for (int r = 0; r < p.R; ++r) {
+        int64_t pn = h + p.pad_h - r;
+        if (pn < 0 || pn % sh != 0 || pn / sh >= p.P) continue;
+        fn((n * p.Z + zn / sd) * p.P + pn / sh, t, r);
+      }
+    }
+  };
 
   const int64_t rows = p.N * p.D * p.H;
+  // Rows per group: weights of one c block are reused across the group's rows while they sit in L2.
+  const int64_t group = ncb > 1 ? 8 : 1;
   parallel_for(rows, 1, [&](int64_t lo, int64_t hi) {
-    std::vector<TapInRow> rel(static_cast<size_t>(taps));
+    // Taps of each (row of the group, W parity class b): dy row pointer at column offset q = j + off.
+    std::vector<TapInRow> rel(static_cast<size_t>(group * sw * taps));
+    std::vector<int> count(static_cast<size_t>(group * sw));
     std::vector<Tap> list(static_cast<size_t>(taps));
-    for (int64_t row = lo; row < hi; ++row) {
-      int64_t n = row / (p.D * p.H), d = row / p.H % p.D, h = row % p.H;
-      for (int b = 0; b < sw && b < p.W; ++b) {
-        int64_t J = (p.W - b + sw - 1) / sw;
-        // Taps reaching this row and parity class: dy row (z, pp) and column offset q = j + off.
-        int cnt = 0;
-        for (int t = 0; t < p.T; ++t) {
-          int64_t zn = d + p.pad_d - t;
-          if (zn < 0 || zn % sd != 0 || zn / sd >= p.Z) continue;
-          for (int r = 0; r < p.R; ++r) {
-            int64_t pn = h + p.pad_h - r;
-            if (pn < 0 || pn % sh != 0 || pn / sh >= p.P) continue;
-            const float* dyrow = dyt.get() + ((n * p.Z + zn / sd) * p.P + pn / sh) * K * Qp + lead;
+    for (int64_t g0 = lo; g0 < hi; g0 += group) {
+      int64_t g1 = std::min(hi, g0 + group);
+      for (int64_t row = g0; row < g1; ++row) {
+        for (int b = 0; b < sw; ++b) {
+          size_t slot = static_cast<size_t>((row - g0) * sw + b);
+          TapInRow* out = &rel[slot * static_cast<size_t>(taps)];
+          int cnt = 0;
+          for_each_dy_row(row, [&](int64_t id, int t, int r) {
+            const float* dyrow = transposed ? dyrows->row(id) + lead : dy + id * p.Q * K;
             for (int s = 0; s < p.S; ++s) {
               int64_t num = b + p.pad_w - s;
               if (num % sw != 0) continue;
               int64_t tap = (int64_t(t) * p.R + r) * p.S + s;
-              rel[static_cast<size_t>(cnt++)] = TapInRow{dyrow + num / sw, tap * K * CB};
+              out[cnt++] = TapInRow{dyrow + (num / sw) * dy_pixel_stride, tap * K * CB};
             }
-          }
-        }
-        for (int64_t cb = 0; cb < ncb; ++cb) {
-          const float* wcb = wp + cb * taps * K * CB;
-          for (int i = 0; i < cnt; ++i)
-            list[static_cast<size_t>(i)] = Tap{rel[static_cast<size_t>(i)].x, wcb + rel[static_cast<size_t>(i)].w_offset};
-          int valid = static_cast<int>(std::min<int64_t>(CB, C - cb * CB));
-          float* dxrow = dx + row * p.W * C + b * C + cb * CB;
-          for_each_balanced_tile(J, kMaxPixels, [&](int64_t j0, int np) {
-            gather_fn(CV, np)(list.data(), cnt, K, Qp, j0, nullptr, dxrow + j0 * sw * C, sw * C, valid);
           });
+          count[slot] = cnt;
+        }
+      }
+      if (transposed)
+        for (int64_t row = g1; row < std::min(hi, g1 + group); ++row)
+          for_each_dy_row(row, [&](int64_t id, int, int) { dyrows->prefetch(id); });
+      for (int64_t cb = 0; cb < ncb; ++cb) {
+        const float* wcb = wp + cb * taps * K * CB;
+        int valid = static_cast<int>(std::min<int64_t>(CB, C - cb * CB));
+        for (int64_t row = g0; row < g1; ++row) {
+          for (int b = 0; b < sw && b < p.W; ++b) {
+            size_t slot = static_cast<size_t>((row - g0) * sw + b);
+            const TapInRow* in = &rel[slot * static_cast<size_t>(taps)];
+            int cnt = count[slot];
+            for (int i = 0; i < cnt; ++i) list[static_cast<size_t>(i)] = Tap{in[i].x, wcb + in[i].w_offset};
+            int64_t J = (p.W - b + sw - 1) / sw;
+            float* dxrow = dx + row * p.W * C + b * C + cb * CB;
+            for_each_balanced_tile(J, kMaxPixels, [&](int64_t j0, int np) {
+              gather_fn(CV, transposed, np)(list.data(), cnt, K, dy_channel_stride, dy_pixel_stride,
+                                            j0 * dy_pixel_stride, nullptr, dxrow + j0 * sw * C, sw * C, valid);
+            });
+          }
         }
       }
     }
@@ -460,30 +666,27 @@ void conv_wgrad(const ConvProblem& p, const float* x, const float* dy, float* dw
 
   // x padded along W so that every (s, c) pair of every output pixel reads inside the row: column u = iw + pad_w.
   const int64_t Wu = (p.Q - 1) * sw + p.S;
-  const float* xw = x;
-  std::unique_ptr<Scratch> xpad;
-  if (p.pad_w != 0 || Wu > p.W) {
-    xpad = std::make_unique<Scratch>(static_cast<size_t>(p.N * p.D * p.H * Wu * C));
-    float* dst = xpad->get();
-    parallel_for(p.N * p.D * p.H, 4, [&](int64_t lo, int64_t hi) {
-      for (int64_t row = lo; row < hi; ++row) {
-        for (int64_t u = 0; u < Wu; ++u) {
-          int64_t iw = u - p.pad_w;
-          float* d = dst + (row * Wu + u) * C;
-          if (iw < 0 || iw >= p.W)
-            std::memset(d, 0, static_cast<size_t>(C) * sizeof(float));
-          else
-            std::memcpy(d, x + (row * p.W + iw) * C, static_cast<size_t>(C) * sizeof(float));
-        }
-      }
+  const bool padded = p.pad_w != 0 || Wu > p.W;
+  const int64_t x_row = (padded ? Wu : p.W) * C;
+  std::optional<LazyRows> xrows;
+  if (padded) {
+    xrows.emplace(x, p.W * C, p.N * p.D * p.H, x_row, [&p, C, Wu](const float* src, float* dst) {
+      const int64_t lead = std::min<int64_t>(p.pad_w, Wu), body = std::clamp<int64_t>(Wu - lead, 0, p.W);
+      std::memset(dst, 0, static_cast<size_t>(lead * C) * sizeof(float));
+      std::memcpy(dst + lead * C, src, static_cast<size_t>(body * C) * sizeof(float));
+      std::memset(dst + (lead + body) * C, 0, static_cast<size_t>((Wu - lead - body) * C) * sizeof(float));
     });
-    xw = dst;
   }
-  const int64_t x_row = (xpad ? Wu : p.W) * C;
 
-  // Accumulators dwT [t][r][(s,c)][Kp]; tiles (t, r, kblock, block of (s,c) pairs).
+  // Accumulators dwT [t][r][(s,c)][Kp]; tiles (t, r, kblock, block of (s,c) pairs), (s,c) fastest so that
+  // consecutive tiles reuse the same dy columns and x rows from cache.
   const int64_t SC = p.S * C;
-  const int64_t nscb = (SC + kMaxPairs - 1) / kMaxPairs;
+  int64_t nscb = (SC + kMaxPairs - 1) / kMaxPairs;
+  // Few tiles (thin layers, 1x1 heads) would leave threads idle: split the pairs finer, down to blocks of ~4.
+  const int64_t min_tiles = 8 * int64_t(num_threads());
+  const int64_t other_tiles = int64_t(p.T) * p.R * nkb;
+  if (other_tiles * nscb < min_tiles)
+    nscb = std::clamp<int64_t>((min_tiles + other_tiles - 1) / other_tiles, nscb, std::max<int64_t>(nscb, SC / 4));
   Scratch dwt(static_cast<size_t>(taps * C * Kp));
   std::memset(dwt.get(), 0, static_cast<size_t>(taps * C * Kp) * sizeof(float));
   const int64_t tiles = int64_t(p.T) * p.R * nkb * nscb;
@@ -491,24 +694,52 @@ void conv_wgrad(const ConvProblem& p, const float* x, const float* dy, float* dw
   const int64_t out_rows = p.N * p.Z * p.P;
   // Rows per chunk: the chunk's dy and x rows should stay in L2 while every tile of the thread sweeps them.
   const int64_t row_bytes = p.Q * (K + sw * C) * int64_t(sizeof(float)) * 2;
-  const int64_t chunk = std::clamp<int64_t>((512 << 10) / std::max<int64_t>(row_bytes, 1), 1, out_rows);
+  const int64_t chunk = std::clamp<int64_t>((1 << 20) / std::max<int64_t>(row_bytes, 1), 1, out_rows);
 
+  // Per output row of a chunk: first input row index (n, iz0, ih0 before adding t and r) and dy row.
+  struct RowInfo {
+    int64_t n, iz0, ih0;
+    const float* dy;
+  };
   parallel_for(tiles, 1, [&](int64_t lo, int64_t hi) {
     std::vector<Segment> segs(static_cast<size_t>(chunk));
+    std::vector<RowInfo> info(static_cast<size_t>(chunk));
+    auto for_each_input_row = [&](int64_t r0, int64_t r1, auto&& fn) {
+      for (int64_t row = r0; row < r1; ++row) {
+        int64_t n = row / (p.Z * p.P), z = row / p.P % p.Z, pp = row % p.P;
+        for (int t = 0; t < p.T; ++t) {
+          int64_t iz = z * p.stride_d + t - p.pad_d;
+          if (iz < 0 || iz >= p.D) continue;
+          for (int r = 0; r < p.R; ++r) {
+            int64_t ih = pp * p.stride_h + r - p.pad_h;
+            if (ih >= 0 && ih < p.H) fn((n * p.D + iz) * p.H + ih);
+          }
+        }
+      }
+    };
     for (int64_t r0 = 0; r0 < out_rows; r0 += chunk) {
       int64_t r1 = std::min(out_rows, r0 + chunk);
+      for (int64_t row = r0; row < r1; ++row) {
+        int64_t n = row / (p.Z * p.P), z = row / p.P % p.Z, pp = row % p.P;
+        info[static_cast<size_t>(row - r0)] =
+            RowInfo{n, z * p.stride_d - p.pad_d, pp * p.stride_h - p.pad_h, dy + row * p.Q * K};
+      }
+      if (padded) {
+        for_each_input_row(r0, r1, [&](int64_t id) { xrows->row(id); });
+        for_each_input_row(r1, std::min(out_rows, r1 + chunk), [&](int64_t id) { xrows->prefetch(id); });
+      }
+      const float* xbase = padded ? xrows->made_row(0) : x;
       for (int64_t tile = lo; tile < hi; ++tile) {
         int64_t scb = tile % nscb, kb = tile / nscb % nkb, tr = tile / (nscb * nkb);
         int t = static_cast<int>(tr / p.R), r = static_cast<int>(tr % p.R);
-        // Balanced (s,c) blocks.
-        int64_t sc0 = SC * scb / nscb, sc1 = SC * (scb + 1) / nscb;
+        int64_t sc0 = SC * scb / nscb, sc1 = SC * (scb + 1) / nscb;  // balanced (s,c) blocks
         int nsegs = 0;
-        for (int64_t row = r0; row < r1; ++row) {
-          int64_t n = row / (p.Z * p.P), z = row / p.P % p.Z, pp = row % p.P;
-          int64_t iz = z * p.stride_d + t - p.pad_d, ih = pp * p.stride_h + r - p.pad_h;
+        for (int64_t i = 0; i < r1 - r0; ++i) {
+          const RowInfo& ri = info[static_cast<size_t>(i)];
+          int64_t iz = ri.iz0 + t, ih = ri.ih0 + r;
           if (iz < 0 || iz >= p.D || ih < 0 || ih >= p.H) continue;
           segs[static_cast<size_t>(nsegs++)] =
-              Segment{xw + ((n * p.D + iz) * p.H + ih) * x_row + sc0, dy + row * p.Q * K + kb * KB, p.Q};
+              Segment{xbase + ((ri.n * p.D + iz) * p.H + ih) * x_row + sc0, ri.dy + kb * KB, p.Q};
         }
         if (nsegs == 0) continue;
         int valid = static_cast<int>(std::min<int64_t>(KB, K - kb * KB));
@@ -518,10 +749,13 @@ void conv_wgrad(const ConvProblem& p, const float* x, const float* dy, float* dw
     }
   });
 
-  // dw [K][tap][C] from dwT [tap][C][Kp].
-  parallel_for(K, 1, [&](int64_t lo, int64_t hi) {
-    for (int64_t k = lo; k < hi; ++k)
-      for (int64_t tc = 0; tc < taps * C; ++tc) dw[k * taps * C + tc] = dwt.get()[tc * Kp + k];
+  // dw [K][tap*C] from dwT [tap*C][Kp].
+  const int64_t TC = taps * C;
+  parallel_for(nkb * KV, 1, [&](int64_t lo, int64_t hi) {
+    for (int64_t kv = lo; kv < hi; ++kv) {
+      const int64_t k0 = kv * VL, nk = std::min<int64_t>(VL, K - k0);
+      if (nk > 0) transpose_matrix(dwt.get() + k0, TC, nk, Kp, dw + k0 * TC, TC);
+    }
   });
 
   if (dbias) conv_bias_grad(p, dy, dbias);
