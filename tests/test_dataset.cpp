@@ -13,6 +13,7 @@
 #include "io/dataset.h"
 #include "io/nifti.h"
 #include "io/synthetic.h"
+#include "tests/test_util.h"
 
 using namespace unet;
 using namespace unet::io;
@@ -21,23 +22,10 @@ using json = nlohmann::json;
 
 namespace {
 
-struct TempDir {
-  fs::path path;
-  explicit TempDir(const std::string& name) {
-    path = fs::temp_directory_path() / ("unet_dataset_test_" + std::to_string(::getpid()) + "_" + name);
-    fs::remove_all(path);
-    fs::create_directories(path);
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path, ec);
-  }
-  std::string operator/(const std::string& s) const { return (path / s).string(); }
-};
 
 // One synthetic dataset shared by the tests that only read it (10 training cases of 24^3, 3 classes).
 const std::string& synthetic_dataset() {
-  static TempDir dir("shared");
+  static test::TempDir dir("shared");
   static std::string path = [] {
     SynthOptions o;
     o.output = dir / "ds";
@@ -139,77 +127,77 @@ TEST_CASE("load_case gives an f32 [Z, Y, X, C] image and the u8 label on the sam
 TEST_CASE("a dataset.json missing a required key is an error naming the file and the key") {
   for (const char* key : {"modality", "labels", "training"}) {
     CAPTURE(key);
-    TempDir tmp(std::string("missing_") + key);
+    test::TempDir tmp(std::string("missing_") + key);
     json j = minimal_json();
     j.erase(key);
     write_json(tmp / "dataset.json", j);
-    check_error_names([&] { read_msd_dataset(tmp.path.string()); },
+    check_error_names([&] { read_msd_dataset(tmp.path); },
                       {tmp / "dataset.json", std::string("'") + key + "'"});
   }
 }
 
 TEST_CASE("a dataset.json entry of the wrong form is an error naming the key") {
-  TempDir tmp("malformed");
+  test::TempDir tmp("malformed");
   json j = minimal_json();
   j["labels"] = {{"0", "background"}, {"2", "gap"}};
   write_json(tmp / "dataset.json", j);
-  check_error_names([&] { read_msd_dataset(tmp.path.string()); }, {tmp / "dataset.json", "'labels'", "'2'"});
+  check_error_names([&] { read_msd_dataset(tmp.path); }, {tmp / "dataset.json", "'labels'", "'2'"});
   j = minimal_json();
   j["training"][0].erase("label");
   write_json(tmp / "dataset.json", j);
-  check_error_names([&] { read_msd_dataset(tmp.path.string()); }, {"training[0].label", "missing"});
+  check_error_names([&] { read_msd_dataset(tmp.path); }, {"training[0].label", "missing"});
   std::ofstream(tmp / "dataset.json") << "{ not json";
-  check_error_names([&] { read_msd_dataset(tmp.path.string()); }, {tmp / "dataset.json", "JSON"});
+  check_error_names([&] { read_msd_dataset(tmp.path); }, {tmp / "dataset.json", "JSON"});
 }
 
 TEST_CASE("a dataset.json naming a missing file is an error naming the key and the path") {
-  TempDir tmp("missing_file");
+  test::TempDir tmp("missing_file");
   write_json(tmp / "dataset.json", minimal_json());
   write_volume(tmp / "imagesTr/a.nii.gz", Tensor::zeros({4, 4, 4}));
-  check_error_names([&] { read_msd_dataset(tmp.path.string()); },
+  check_error_names([&] { read_msd_dataset(tmp.path); },
                     {tmp / "dataset.json", "training[0].label", "./labelsTr/a.nii.gz", "does not exist"});
 }
 
 TEST_CASE("numTraining disagreeing with the training list is an error") {
-  TempDir tmp("count");
+  test::TempDir tmp("count");
   json j = minimal_json();
   j["numTraining"] = 3;
   write_json(tmp / "dataset.json", j);
   write_volume(tmp / "imagesTr/a.nii.gz", Tensor::zeros({4, 4, 4}));
   write_volume(tmp / "labelsTr/a.nii.gz", Tensor::zeros({4, 4, 4}, DType::u8));
-  check_error_names([&] { read_msd_dataset(tmp.path.string()); }, {"'numTraining'", "3", "1"});
+  check_error_names([&] { read_msd_dataset(tmp.path); }, {"'numTraining'", "3", "1"});
 }
 
 TEST_CASE("a label on a different grid than its image is an error naming both files") {
-  TempDir tmp("grid");
+  test::TempDir tmp("grid");
   write_json(tmp / "dataset.json", minimal_json());
   write_volume(tmp / "imagesTr/a.nii.gz", Tensor::zeros({4, 5, 6}));
   write_volume(tmp / "labelsTr/a.nii.gz", Tensor::zeros({4, 5, 7}, DType::u8));
-  DatasetInfo info = read_msd_dataset(tmp.path.string());
+  DatasetInfo info = read_msd_dataset(tmp.path);
   check_error_names([&] { load_case(info, 0); }, {tmp / "labelsTr/a.nii.gz", tmp / "imagesTr/a.nii.gz", "grid"});
   write_volume(tmp / "labelsTr/a.nii.gz", Tensor::zeros({4, 5, 6}, DType::u8), {2, 1, 1});
   check_error_names([&] { load_case(info, 0); }, {tmp / "labelsTr/a.nii.gz", "spacing"});
 }
 
 TEST_CASE("label values outside the labels of dataset.json are an error naming the file") {
-  TempDir tmp("values");
+  test::TempDir tmp("values");
   write_json(tmp / "dataset.json", minimal_json());
   write_volume(tmp / "imagesTr/a.nii.gz", Tensor::zeros({4, 4, 4}));
   Tensor lab = Tensor::zeros({4, 4, 4}, DType::u8);
   lab.data<uint8_t>()[17] = 2;  // only 0 and 1 are listed
   write_volume(tmp / "labelsTr/a.nii.gz", lab);
-  DatasetInfo info = read_msd_dataset(tmp.path.string());
+  DatasetInfo info = read_msd_dataset(tmp.path);
   check_error_names([&] { load_case(info, 0); }, {tmp / "labelsTr/a.nii.gz", "value 2", "0..1"});
 }
 
 TEST_CASE("an image with a different channel count than the modality list is an error") {
-  TempDir tmp("channels");
+  test::TempDir tmp("channels");
   json j = minimal_json();
   j["modality"] = {{"0", "T1"}, {"1", "T2"}};
   write_json(tmp / "dataset.json", j);
   write_volume(tmp / "imagesTr/a.nii.gz", Tensor::zeros({4, 4, 4, 1}));
   write_volume(tmp / "labelsTr/a.nii.gz", Tensor::zeros({4, 4, 4}, DType::u8));
-  DatasetInfo info = read_msd_dataset(tmp.path.string());
+  DatasetInfo info = read_msd_dataset(tmp.path);
   check_error_names([&] { load_case(info, 0); }, {tmp / "imagesTr/a.nii.gz", "1 channels", "modality", "2"});
 }
 
@@ -274,7 +262,7 @@ TEST_CASE("z-score normalisation of a volume without zeros uses every voxel") {
 }
 
 TEST_CASE("CT normalisation clips to the foreground 0.5/99.5 percentiles and uses the foreground mean and std") {
-  TempDir tmp("ct");
+  test::TempDir tmp("ct");
   // The synthetic dataset relabelled as CT.
   fs::copy(synthetic_dataset(), tmp / "ds", fs::copy_options::recursive);
   json j = json::parse(std::ifstream(tmp / "ds/dataset.json"));

@@ -11,6 +11,7 @@
 
 #include "io/nifti.h"
 #include "io/synthetic.h"
+#include "tests/test_util.h"
 
 using namespace unet;
 using namespace unet::io;
@@ -18,20 +19,6 @@ namespace fs = std::filesystem;
 
 namespace {
 
-// A fresh directory under /tmp, removed with everything in it at the end of the test.
-struct TempDir {
-  fs::path path;
-  explicit TempDir(const std::string& name) {
-    path = fs::temp_directory_path() / ("unet_synth_test_" + std::to_string(::getpid()) + "_" + name);
-    fs::remove_all(path);
-    fs::create_directories(path);
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path, ec);
-  }
-  std::string operator/(const std::string& s) const { return (path / s).string(); }
-};
 
 SynthOptions small_options(const std::string& output) {
   SynthOptions o;
@@ -51,19 +38,12 @@ nlohmann::json read_json(const std::string& path) {
   return nlohmann::json::parse(std::ifstream(path));
 }
 
-// Runs the real unet_synth (built next to this test binary) and returns its exit status.
-int run_unet_synth(const std::string& args) {
-  fs::path exe = fs::read_symlink("/proc/self/exe").parent_path() / "unet_synth";
-  REQUIRE_MESSAGE(fs::exists(exe), "unet_synth is built next to unet_tests");
-  int status = std::system((exe.string() + " " + args + " >/dev/null 2>&1").c_str());
-  return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-}
 
 }  // namespace
 
 TEST_CASE("unet_synth writes an MSD dataset.json that lists every image and label it wrote") {
-  TempDir tmp("layout");
-  REQUIRE(run_unet_synth("--output " + (tmp / "ds") + " --train 5 --test 2 --size 24,24,24 --seed 3") == 0);
+  test::TempDir tmp("layout");
+  REQUIRE(test::run_tool("unet_synth", "--output " + (tmp / "ds") + " --train 5 --test 2 --size 24,24,24 --seed 3") == 0);
   nlohmann::json j = read_json(tmp / "ds/dataset.json");
   for (const char* key : {"name", "description", "modality", "labels", "numTraining", "numTest", "training", "test"})
     CHECK_MESSAGE(j.contains(key), key);
@@ -164,7 +144,7 @@ TEST_CASE("synthetic image intensities differ per class as designed, in reverse 
 }
 
 TEST_CASE("the same seed writes byte-identical datasets") {
-  TempDir tmp("same_seed");
+  test::TempDir tmp("same_seed");
   SynthOptions a = small_options(tmp / "a"), b = small_options(tmp / "b");
   write_synthetic_dataset(a);
   write_synthetic_dataset(b);
@@ -178,7 +158,7 @@ TEST_CASE("the same seed writes byte-identical datasets") {
 }
 
 TEST_CASE("different seeds give different images and labels") {
-  TempDir tmp("other_seed");
+  test::TempDir tmp("other_seed");
   SynthOptions a = small_options(tmp / "a"), b = small_options(tmp / "b");
   b.seed = 1;
   write_synthetic_dataset(a);
@@ -190,7 +170,7 @@ TEST_CASE("different seeds give different images and labels") {
 }
 
 TEST_CASE("anisotropic spacing is written into pixdim and shapes keep their size in millimetres") {
-  TempDir tmp("aniso");
+  test::TempDir tmp("aniso");
   SynthOptions iso = small_options(tmp / "iso"), aniso = small_options(tmp / "aniso");
   aniso.size = {16, 32, 32};  // same 32 mm extent with 2 mm slices
   aniso.spacing = {2.0, 1.0, 1.0};
@@ -224,7 +204,7 @@ TEST_CASE("anisotropic spacing is written into pixdim and shapes keep their size
 }
 
 TEST_CASE("multi-channel synthetic images are written as 4D NIfTI with one modality per channel") {
-  TempDir tmp("channels");
+  test::TempDir tmp("channels");
   SynthOptions o = small_options(tmp / "ds");
   o.train = 1;
   o.test = 0;
@@ -240,38 +220,38 @@ TEST_CASE("multi-channel synthetic images are written as 4D NIfTI with one modal
 }
 
 TEST_CASE("unet_synth prints help with status 0 and rejects bad arguments with status 2") {
-  TempDir tmp("args");
-  CHECK(run_unet_synth("--help") == 0);
-  CHECK(run_unet_synth("") == 2);  // --output is required
-  CHECK(run_unet_synth("--output " + (tmp / "x") + " --train -1") == 2);
-  CHECK(run_unet_synth("--output " + (tmp / "x") + " --size 48,48") == 2);
-  CHECK(run_unet_synth("--output " + (tmp / "x") + " --size 4,48,48") == 2);
-  CHECK(run_unet_synth("--output " + (tmp / "x") + " --spacing 1,0,1") == 2);
-  CHECK(run_unet_synth("--output " + (tmp / "x") + " --classes 1") == 2);
-  CHECK(run_unet_synth("--output " + (tmp / "x") + " --bogus") == 2);
-  CHECK(run_unet_synth("--output " + (tmp / "no/such/parent/x")) == 2);
+  test::TempDir tmp("args");
+  CHECK(test::run_tool("unet_synth", "--help") == 0);
+  CHECK(test::run_tool("unet_synth", "") == 2);  // --output is required
+  CHECK(test::run_tool("unet_synth", "--output " + (tmp / "x") + " --train -1") == 2);
+  CHECK(test::run_tool("unet_synth", "--output " + (tmp / "x") + " --size 48,48") == 2);
+  CHECK(test::run_tool("unet_synth", "--output " + (tmp / "x") + " --size 4,48,48") == 2);
+  CHECK(test::run_tool("unet_synth", "--output " + (tmp / "x") + " --spacing 1,0,1") == 2);
+  CHECK(test::run_tool("unet_synth", "--output " + (tmp / "x") + " --classes 1") == 2);
+  CHECK(test::run_tool("unet_synth", "--output " + (tmp / "x") + " --bogus") == 2);
+  CHECK(test::run_tool("unet_synth", "--output " + (tmp / "no/such/parent/x")) == 2);
   CHECK(!fs::exists(tmp / "x"));
 }
 
 TEST_CASE("unet_synth never overwrites a directory that is not a dataset, and replaces a dataset only when asked") {
-  TempDir tmp("overwrite");
+  test::TempDir tmp("overwrite");
   fs::create_directories(tmp / "notes");
   std::ofstream(tmp / "notes/keep.txt") << "mine";
-  CHECK(run_unet_synth("--output " + (tmp / "notes") + " --train 1 --test 0 --size 8 --overwrite") == 2);
+  CHECK(test::run_tool("unet_synth", "--output " + (tmp / "notes") + " --train 1 --test 0 --size 8 --overwrite") == 2);
   CHECK(fs::exists(tmp / "notes/keep.txt"));
   CHECK(!fs::exists(tmp / "notes/dataset.json"));
 
-  CHECK(run_unet_synth("--output " + (tmp / "ds") + " --train 2 --test 0 --size 8") == 0);
-  CHECK(run_unet_synth("--output " + (tmp / "ds") + " --train 1 --test 0 --size 8") == 2);
+  CHECK(test::run_tool("unet_synth", "--output " + (tmp / "ds") + " --train 2 --test 0 --size 8") == 0);
+  CHECK(test::run_tool("unet_synth", "--output " + (tmp / "ds") + " --train 1 --test 0 --size 8") == 2);
   CHECK(read_json(tmp / "ds/dataset.json")["numTraining"] == 2);
-  CHECK(run_unet_synth("--output " + (tmp / "ds") + " --train 1 --test 0 --size 8 --overwrite") == 0);
+  CHECK(test::run_tool("unet_synth", "--output " + (tmp / "ds") + " --train 1 --test 0 --size 8 --overwrite") == 0);
   CHECK(read_json(tmp / "ds/dataset.json")["numTraining"] == 1);
   CHECK(!fs::exists(tmp / "ds/imagesTr/case_001.nii.gz"));  // the old dataset is gone, not merged
   CHECK(std::distance(fs::directory_iterator(tmp.path), fs::directory_iterator()) == 2);  // notes, ds
 }
 
 TEST_CASE("a failed synthesis leaves neither a dataset nor staging files behind") {
-  TempDir tmp("failure");
+  test::TempDir tmp("failure");
   // A file where the dataset's parent directory should be: the output cannot be created.
   std::ofstream(tmp / "blocker") << "x";
   SynthOptions o = small_options(tmp / "blocker/ds");

@@ -59,7 +59,8 @@ TEST_CASE("a few training steps on one batch lower the loss") {
 }
 
 TEST_CASE("unet_train writes a checkpoint, a JSON-lines log and its configuration; unet_infer and unet_eval use them") {
-  std::string dir = test::fresh_temp_dir("tools_pipeline");
+  test::TempDir tmp("tools_pipeline");
+  const std::string& dir = tmp.path;
   REQUIRE(test::run_tool("unet_synth", "--output " + dir + "/data --train 5 --test 2 --size 16,16,16 --seed 4") == 0);
   std::string ini = write_text(dir + "/train.ini", "[data]\ndataset = " + dir + "/data\npatch_size = 16,16,16\nbatch_size = 2\n"
                                "[model]\nfilters = 4\ndepth = 2\n[train]\nsteps = 4\nlog_every = 2\n[output]\ndir = " + dir + "/run\n");
@@ -107,7 +108,8 @@ TEST_CASE("unet_train writes a checkpoint, a JSON-lines log and its configuratio
 }
 
 TEST_CASE("unet_infer writes each label map with its input's header, for every nibabel fixture") {
-  std::string dir = test::fresh_temp_dir("tools_header");
+  test::TempDir tmp("tools_header");
+  const std::string& dir = tmp.path;
   std::string fixtures = std::string(UNET_TEST_DATA_DIR) + "/nifti/";
   for (const char* name : {"sform_only.nii.gz", "qform_only.nii", "aniso_int16_scaled.nii.gz", "four_channels.nii.gz",
                            "nifti2_uint8.nii"}) {
@@ -132,7 +134,8 @@ TEST_CASE("unet_infer writes each label map with its input's header, for every n
 }
 
 TEST_CASE("configuration errors exit with status 2 and name the key") {
-  std::string dir = test::fresh_temp_dir("tools_config");
+  test::TempDir tmp("tools_config");
+  const std::string& dir = tmp.path;
   std::string out;
   CHECK(test::run_tool("unet_train", write_text(dir + "/a.ini", "[train]\nstpes = 3\n"), &out) == 2);
   CHECK(out.find("unknown key 'train.stpes'; did you mean 'train.steps'?") != std::string::npos);
@@ -147,7 +150,8 @@ TEST_CASE("configuration errors exit with status 2 and name the key") {
 }
 
 TEST_CASE("unet_infer rejects bad arguments with status 2 and unreadable models with status 1, writing nothing") {
-  std::string dir = test::fresh_temp_dir("tools_infer_errors");
+  test::TempDir tmp("tools_infer_errors");
+  const std::string& dir = tmp.path;
   std::string fixture = std::string(UNET_TEST_DATA_DIR) + "/nifti/qform_only.nii", out;
   std::string model = write_random_model(dir, 1, {8, 8, 8});
   CHECK(test::run_tool("unet_infer", "--model " + model + " --input " + fixture + " --output " + dir + "/x.nii --overlap 1.5", &out) == 2);

@@ -111,12 +111,19 @@ int run_tool(const std::string& name, const std::string& args, std::string* outp
   return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
 }
 
-std::string fresh_temp_dir(const std::string& tag) {
+TempDir::TempDir(const std::string& tag) {
   namespace fs = std::filesystem;
-  fs::path d = fs::temp_directory_path() / ("unet_" + tag + "_" + std::to_string(::getpid()));
+  fs::path d = fs::temp_directory_path() / ("unet_test_" + std::to_string(::getpid()) + "_" + tag);
   fs::remove_all(d);
   fs::create_directories(d);
-  return d.string();
+  path = d.string();
 }
+
+TempDir::~TempDir() {
+  std::error_code ec;
+  std::filesystem::remove_all(path, ec);
+}
+
+std::string TempDir::operator/(const std::string& name) const { return path + "/" + name; }
 
 }  // namespace unet::test

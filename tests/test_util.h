@@ -30,7 +30,15 @@ void check_gradients(const std::function<Tensor(const std::vector<Tensor>&)>& f,
 // puts its standard output and error into *output when given.
 int run_tool(const std::string& name, const std::string& args, std::string* output = nullptr);
 
-// A fresh empty directory under the system temp directory, unique to this process and `tag`.
-std::string fresh_temp_dir(const std::string& tag);
+// A fresh empty directory under the system temp directory, unique to this process and `tag`, removed with
+// everything in it when the object goes away.
+struct TempDir {
+  explicit TempDir(const std::string& tag);
+  ~TempDir();
+  TempDir(const TempDir&) = delete;
+  TempDir& operator=(const TempDir&) = delete;
+  std::string operator/(const std::string& name) const;  // a path inside
+  std::string path;
+};
 
 }  // namespace unet::test
