@@ -5,6 +5,7 @@
 // softmax (float32, 4D) goes beside it as NAME_probabilities.nii.gz. Exit status 0 / 2 (usage) / 1 (runtime).
 #include <CLI/CLI.hpp>
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <filesystem>
 
@@ -108,6 +109,14 @@ int main(int argc, char** argv) {
       if (vol.data.dim(-1) != card.net.in_channels)
         throw std::runtime_error(in.string() + ": has " + std::to_string(vol.data.dim(-1)) + " channel(s), the model expects " +
                                  std::to_string(card.net.in_channels));
+      auto spacing = vol.spacing();
+      for (int a = 0; a < 3; ++a)
+        if (card.spacing.size() == 3 && std::abs(spacing[a] - card.spacing[a]) > 0.01 * card.spacing[a]) {
+          std::fprintf(stderr, "unet_infer: warning: %s has spacing %.3g,%.3g,%.3g mm (z,y,x), the model was trained at "
+                               "%.3g,%.3g,%.3g; resampling is not implemented yet, so results may be worse\n",
+                       in.string().c_str(), spacing[0], spacing[1], spacing[2], card.spacing[0], card.spacing[1], card.spacing[2]);
+          break;
+        }
       Tensor image = vol.data.clone();
       io::normalize_image(image, card.normalization);
       Tensor logits = models::predict_volume(net, image, sw);
