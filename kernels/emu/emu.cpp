@@ -1,0 +1,691 @@
+// The device emulator's runtime: options, the worker pool that runs blocks, and the per-block scheduler that runs the
+// block's threads on fibers (Boost.Context) with block barriers and per-warp rendezvous for warp collectives.
+//
+// How a block runs. A "runner" fiber calls the kernel body for one thread after another, in schedule order. When a
+// thread blocks (at __syncthreads or a warp collective) it switches back to the scheduler and keeps that fiber; the
+// scheduler starts a new runner for the threads not yet started. So a block that never blocks costs one fiber, and one
+// that does gets a fiber per thread only as its threads reach their first wait. Released threads resume in schedule
+// order. When nothing can run and threads are still alive, either every one of them waits at one __syncthreads (the
+// barrier releases), or they wait at different ones (divergent barrier), or the block is deadlocked.
+#include "kernels/emu/emu.h"
+
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <boost/context/fiber.hpp>
+#include <condition_variable>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <functional>
+#include <mutex>
+#include <optional>
+#include <thread>
+#include <vector>
+
+namespace unet::emu {
+
+KernelError::KernelError(const std::string& what, uint3 block_idx, uint3 thread_idx)
+    : std::runtime_error(what), block(block_idx), thread(thread_idx) {}
+
+namespace {
+
+using boost::context::fiber;
+using detail::WarpOp;
+
+std::string to_str(uint3 v) {
+  char buf[48];
+  std::snprintf(buf, sizeof buf, "(%u,%u,%u)", v.x, v.y, v.z);
+  return buf;
+}
+std::string hex(unsigned v) {
+  char buf[16];
+  std::snprintf(buf, sizeof buf, "0x%08x", v);
+  return buf;
+}
+std::string site_str(const std::source_location& s) {
+  const char* file = std::strrchr(s.file_name(), '/');
+  return std::string(file ? file + 1 : s.file_name()) + ":" + std::to_string(s.line());
+}
+bool same_site(const std::source_location& a, const std::source_location& b) {
+  return a.line() == b.line() && a.column() == b.column() && std::strcmp(a.file_name(), b.file_name()) == 0;
+}
+const char* op_name(WarpOp op) {
+  static const char* const names[] = {
+      "__shfl_sync",       "__shfl_up_sync",    "__shfl_down_sync",  "__shfl_xor_sync",
+      "__ballot_sync",     "__any_sync",        "__all_sync",        "__syncwarp",
+      "__reduce_add_sync", "__reduce_min_sync", "__reduce_max_sync", "__reduce_min_sync",
+      "__reduce_max_sync", "__reduce_and_sync", "__reduce_or_sync",  "__reduce_xor_sync"};
+  return names[static_cast<int>(op)];
+}
+int env_int(const char* name, int fallback) {
+  const char* v = std::getenv(name);
+  return v && *v ? std::atoi(v) : fallback;
+}
+
+// ---- options -------------------------------------------------------------------------------------------------------
+std::mutex options_mutex;
+std::optional<Schedule> current_schedule;  // read from the environment on first use, so a bad value throws at launch
+int worker_count = 0;                      // 0: not chosen yet
+
+// ---- fiber stacks --------------------------------------------------------------------------------------------------
+// Stacks are mmap'ed once per worker and reused for every block: a 1024-thread block needs up to 1024 of them. The
+// lowest page of each is a guard, so a kernel that overflows its stack faults instead of corrupting its neighbour.
+class StackPool {
+ public:
+  StackPool() {
+    page_ = static_cast<size_t>(sysconf(_SC_PAGESIZE));
+    const size_t kb = static_cast<size_t>(std::max(16, env_int("UNET_EMU_STACK_KB", 256)));
+    mapped_ = (kb * 1024 + page_ - 1) / page_ * page_ + page_;
+  }
+  ~StackPool() {
+    for (void* base : all_) munmap(base, mapped_);
+  }
+  StackPool(const StackPool&) = delete;
+  StackPool& operator=(const StackPool&) = delete;
+
+  boost::context::stack_context allocate() {
+    void* base;
+    if (!free_.empty()) {
+      base = free_.back();
+      free_.pop_back();
+    } else {
+      base = mmap(nullptr, mapped_, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_STACK, -1,
+                  0);
+      if (base == MAP_FAILED) throw std::bad_alloc();
+      mprotect(base, page_, PROT_NONE);
+      all_.push_back(base);
+    }
+    boost::context::stack_context sc;
+    sc.size = mapped_ - page_;
+    sc.sp = static_cast<char*>(base) + mapped_;  // stacks grow down from the top
+    return sc;
+  }
+  void deallocate(boost::context::stack_context& sc) { free_.push_back(static_cast<char*>(sc.sp) - mapped_); }
+
+ private:
+  size_t page_, mapped_;
+  std::vector<void*> free_, all_;
+};
+
+// The StackAllocator Boost.Context copies into each fiber: a handle to the worker's pool.
+struct PooledStack {
+  StackPool* pool;
+  boost::context::stack_context allocate() { return pool->allocate(); }
+  void deallocate(boost::context::stack_context& sc) { pool->deallocate(sc); }
+};
+
+// ---- per-block scheduling state ------------------------------------------------------------------------------------
+enum class State : uint8_t { unstarted, ready, running, at_barrier, at_warp, done };
+
+struct ThreadState {
+  State state = State::unstarted;
+  int pred = 0;               // __syncthreads_count's predicate
+  std::source_location site;  // where it waits
+  fiber cont;                 // its suspended fiber, while it waits or is ready to resume
+};
+
+// The collective a warp is assembling: open from the first lane's arrival until the last lane named in the mask comes.
+struct WarpRound {
+  bool open = false;
+  WarpOp op = WarpOp::syncwarp;
+  unsigned mask = 0, arrived = 0;
+  int first_lane = 0;
+  std::source_location site;
+  uint64_t in[32] = {}, out[32] = {};
+  int src[32] = {};
+};
+
+struct Worker;
+thread_local Worker* active_worker = nullptr;  // the worker whose block is running on this OS thread
+
+struct Worker {
+  StackPool stacks;
+  detail::BoundKernel kernel{};
+  Schedule schedule;
+  int n = 0;  // threads per block
+  std::vector<detail::Thread> threads;
+  std::vector<ThreadState> ts;
+  std::vector<WarpRound> warps;
+  std::vector<unsigned> exited;  // per warp: lanes that have returned
+  std::vector<int> order;        // start order of the block's threads
+  size_t next_unstarted = 0;
+  std::vector<int> ready;
+  size_t ready_head = 0;
+  int live = 0, running = -1;
+  int barrier_count = 0, barrier_live = 0;  // results of the last released __syncthreads_count
+  uint64_t rng = 0;
+  std::exception_ptr error;
+  fiber scheduler;  // where a blocking thread switches to
+  std::vector<unsigned char> smem;
+
+  void prepare(dim3 grid, dim3 block, size_t smem_bytes, detail::BoundKernel k, Schedule s) {
+    kernel = k;
+    schedule = s;
+    n = static_cast<int>(block.x * block.y * block.z);
+    threads.resize(n);
+    ts.clear();
+    ts.resize(n);
+    warps.assign((n + 31) / 32, WarpRound{});
+    exited.assign(warps.size(), 0);
+    for (int i = 0; i < n; ++i) {
+      detail::Thread& t = threads[i];
+      const unsigned u = static_cast<unsigned>(i);
+      t.thread_idx = uint3{u % block.x, u / block.x % block.y, u / (block.x * block.y)};
+      t.block_dim = block;
+      t.grid_dim = grid;
+      t.linear = i;
+      t.lane = i % 32;
+    }
+    smem.resize(smem_bytes);
+  }
+
+  unsigned warp_exists(int w) const {
+    const int lanes = std::min(32, n - 32 * w);
+    return lanes == 32 ? ~0u : (1u << lanes) - 1;
+  }
+
+  uint64_t next_random() {  // splitmix64: a fixed algorithm, so a seed means the same interleaving everywhere
+    uint64_t z = (rng += 0x9e3779b97f4a7c15ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+  }
+  // Puts the threads about to run (started, released or resumed together) into the schedule's order.
+  void arrange(std::vector<int>& ids) {
+    switch (schedule.kind) {
+      case Schedule::forward:
+        std::sort(ids.begin(), ids.end());
+        break;
+      case Schedule::reverse:
+        std::sort(ids.begin(), ids.end(), std::greater<>());
+        break;
+      case Schedule::random:
+        for (size_t i = ids.size(); i > 1; --i) std::swap(ids[i - 1], ids[next_random() % i]);
+        break;
+    }
+  }
+  void make_ready(std::vector<int>& ids) {
+    arrange(ids);
+    for (int t : ids) {
+      ts[t].state = State::ready;
+      ready.push_back(t);
+    }
+  }
+
+  KernelError error_at(int t, const std::string& what) const {
+    const detail::Thread& th = threads[t];
+    return KernelError(
+        "kernel error in block " + to_str(th.block_idx) + ", thread " + to_str(th.thread_idx) + ": " + what,
+        th.block_idx, th.thread_idx);
+  }
+
+  // ---- running threads (on fibers) ----
+  fiber run_threads(fiber&& from_scheduler) {
+    scheduler = std::move(from_scheduler);
+    while (!error && next_unstarted < order.size()) {
+      const int t = order[next_unstarted++];
+      running = t;
+      detail::current = &threads[t];
+      ts[t].state = State::running;
+      try {
+        kernel.invoke(kernel.args);
+      } catch (const boost::context::detail::forced_unwind&) {
+        throw;  // the block is being torn down: let Boost.Context unwind this fiber
+      } catch (const KernelError&) {
+        error = std::current_exception();
+        break;
+      } catch (const std::exception& e) {
+        error = std::make_exception_ptr(error_at(t, std::string("kernel code threw: ") + e.what()));
+        break;
+      } catch (...) {
+        error = std::make_exception_ptr(error_at(t, "kernel code threw a non-standard exception"));
+        break;
+      }
+      thread_exit(t);
+    }
+    return std::move(scheduler);
+  }
+
+  void thread_exit(int t) {
+    ts[t].state = State::done;
+    --live;
+    const int w = t / 32, lane = t % 32;
+    exited[w] |= 1u << lane;
+    const WarpRound& r = warps[w];
+    if (r.open && (r.mask >> lane & 1) && !(r.arrived >> lane & 1))
+      error = std::make_exception_ptr(error_at(t, "thread exited while lanes " + hex(r.arrived) +
+                                                      " of its warp wait for it at " + op_name(r.op) + " " +
+                                                      site_str(r.site) + " (mask " + hex(r.mask) + ")"));
+  }
+
+  // Called on a thread's fiber: wait until the scheduler resumes this thread.
+  void suspend(State s) {
+    ts[running].state = s;
+    scheduler = std::move(scheduler).resume();
+  }
+
+  // ---- the scheduler (on the worker's own stack) ----
+  void switch_to(fiber&& f) {
+    fiber back = std::move(f).resume();
+    if (back) ts[running].cont = std::move(back);  // the thread that blocked keeps its fiber
+  }
+
+  void run_block(uint64_t block_linear, dim3 grid) {
+    const uint3 b{static_cast<unsigned>(block_linear % grid.x), static_cast<unsigned>(block_linear / grid.x % grid.y),
+                  static_cast<unsigned>(block_linear / (uint64_t{grid.x} * grid.y))};
+    for (int i = 0; i < n; ++i) {
+      threads[i].block_idx = b;
+      ts[i].state = State::unstarted;
+    }
+    std::fill(warps.begin(), warps.end(), WarpRound{});
+    std::fill(exited.begin(), exited.end(), 0u);
+    rng = schedule.seed ^ (block_linear * 0xd1b54a32d192ed03ull);
+    order.resize(n);
+    for (int i = 0; i < n; ++i) order[i] = i;
+    arrange(order);
+    next_unstarted = 0;
+    ready.clear();
+    ready_head = 0;
+    live = n;
+    error = nullptr;
+    if (!smem.empty()) std::memset(smem.data(), 0xff, smem.size());  // NaN bytes: reads before writes show up
+
+    active_worker = this;
+    while (!error) {
+      if (ready_head < ready.size()) {
+        const int t = ready[ready_head++];
+        running = t;
+        detail::current = &threads[t];
+        ts[t].state = State::running;
+        switch_to(std::move(ts[t].cont));
+      } else if (next_unstarted < order.size()) {
+        switch_to(fiber(std::allocator_arg, PooledStack{&stacks},
+                        [this](fiber&& from) { return run_threads(std::move(from)); }));
+      } else if (live == 0) {
+        break;
+      } else {
+        ready.clear();
+        ready_head = 0;
+        release_barrier();
+      }
+    }
+    if (error) {
+      for (ThreadState& s : ts) s.cont = fiber();  // unwinds every suspended thread's stack
+    }
+    active_worker = nullptr;
+    detail::current = nullptr;
+    if (error) std::rethrow_exception(error);
+  }
+
+  // Nothing can run: release the barrier every live thread waits at, or report why that is impossible.
+  void release_barrier() {
+    for (int i = 0; i < n; ++i)
+      if (ts[i].state != State::done && ts[i].state != State::at_barrier) return deadlock();
+    int first = -1, count = 0, alive = 0;
+    for (int i = 0; i < n; ++i) {
+      if (ts[i].state == State::done) continue;
+      ++alive;
+      if (first < 0) {
+        first = i;
+      } else if (!same_site(ts[i].site, ts[first].site)) {
+        error = std::make_exception_ptr(
+            error_at(first, "divergent __syncthreads: thread " + to_str(threads[first].thread_idx) + " waits at " +
+                                site_str(ts[first].site) + " but thread " + to_str(threads[i].thread_idx) +
+                                " waits at " + site_str(ts[i].site)));
+        return;
+      }
+      count += ts[i].pred;
+    }
+    barrier_count = count;
+    barrier_live = alive;
+    std::vector<int> ids;
+    for (int i = 0; i < n; ++i)
+      if (ts[i].state == State::at_barrier) ids.push_back(i);
+    make_ready(ids);
+  }
+
+  std::string describe(int t) const {
+    switch (ts[t].state) {
+      case State::done:
+        return "exited";
+      case State::at_barrier:
+        return "waiting at __syncthreads " + site_str(ts[t].site);
+      case State::at_warp: {
+        const WarpRound& r = warps[t / 32];
+        return std::string("waiting at ") + op_name(r.op) + " " + site_str(ts[t].site) + " (mask " + hex(r.mask) +
+               ", arrived " + hex(r.arrived) + ")";
+      }
+      default:
+        return "runnable";  // cannot happen when deadlocked; kept for completeness
+    }
+  }
+
+  // Every thread's state, runs of consecutive threads in the same state on one line.
+  void deadlock() {
+    std::string msg = "deadlock: no thread can run and not all have exited;";
+    for (int i = 0; i < n;) {
+      const std::string d = describe(i);
+      int j = i + 1;
+      while (j < n && describe(j) == d) ++j;
+      msg += "\n  thread " + to_str(threads[i].thread_idx);
+      if (j - i > 1) msg += " to " + to_str(threads[j - 1].thread_idx);
+      msg += ": " + d;
+      i = j;
+    }
+    int first = 0;
+    while (ts[first].state == State::done) ++first;
+    error = std::make_exception_ptr(error_at(first, msg));
+  }
+
+  // ---- warp collectives (on the calling thread's fiber) ----
+  uint64_t warp_collective(WarpOp op, unsigned mask, uint64_t value, int src, const std::source_location& site) {
+    const int t = running, w = t / 32, lane = t % 32;
+    const std::string where = std::string(op_name(op)) + " at " + site_str(site);
+    if (!(mask >> lane & 1))
+      detail::fail(where + ": the calling lane " + std::to_string(lane) + " is not in its mask " + hex(mask));
+    // Lanes beyond the end of a partial last warp do not exist; they are dropped from the mask.
+    const unsigned m = mask & warp_exists(w);
+    WarpRound& r = warps[w];
+    if (!r.open) {
+      if (const unsigned gone = m & exited[w])
+        detail::fail(where + ": lanes " + hex(gone) + " named in the mask " + hex(mask) + " have already exited");
+      r.open = true;
+      r.op = op;
+      r.mask = m;
+      r.arrived = 0;
+      r.site = site;
+      r.first_lane = lane;
+    } else if (r.op != op || r.mask != m) {
+      detail::fail(where + " (mask " + hex(mask) + ") meets lane " + std::to_string(r.first_lane) + " at " +
+                   op_name(r.op) + " " + site_str(r.site) + " (mask " + hex(r.mask) + ")");
+    }
+    r.arrived |= 1u << lane;
+    r.in[lane] = value;
+    r.src[lane] = src;
+    ts[t].site = site;
+    if (r.arrived != r.mask) {
+      suspend(State::at_warp);
+      return r.out[lane];  // the round's last lane wrote it; no later round can finish without this lane
+    }
+    complete(r);
+    r.open = false;
+    std::vector<int> others;
+    for (int l = 0; l < 32; ++l)
+      if ((r.mask >> l & 1) && l != lane) others.push_back(w * 32 + l);
+    make_ready(others);
+    return r.out[lane];
+  }
+
+  static void complete(WarpRound& r) {
+    const unsigned m = r.mask;
+    auto each = [m](auto f) {
+      for (int l = 0; l < 32; ++l)
+        if (m >> l & 1) f(l);
+    };
+    uint32_t acc = 0;
+    switch (r.op) {
+      case WarpOp::shfl:
+      case WarpOp::shfl_up:
+      case WarpOp::shfl_down:
+      case WarpOp::shfl_xor:
+        each([&](int l) {
+          const int s = r.src[l];
+          r.out[l] = (s >= 0 && s < 32 && (m >> s & 1)) ? r.in[s] : r.in[l];
+        });
+        return;
+      case WarpOp::syncwarp:
+        return;
+      case WarpOp::ballot:
+      case WarpOp::any:
+      case WarpOp::all:
+        each([&](int l) { acc |= (r.in[l] != 0 ? 1u : 0u) << l; });
+        if (r.op == WarpOp::any) acc = acc != 0;
+        if (r.op == WarpOp::all) acc = acc == m;
+        break;
+      case WarpOp::reduce_add:
+        each([&](int l) { acc += static_cast<uint32_t>(r.in[l]); });
+        break;
+      case WarpOp::reduce_and:
+        acc = ~0u;
+        each([&](int l) { acc &= static_cast<uint32_t>(r.in[l]); });
+        break;
+      case WarpOp::reduce_or:
+        each([&](int l) { acc |= static_cast<uint32_t>(r.in[l]); });
+        break;
+      case WarpOp::reduce_xor:
+        each([&](int l) { acc ^= static_cast<uint32_t>(r.in[l]); });
+        break;
+      case WarpOp::reduce_min_u:
+      case WarpOp::reduce_max_u: {
+        acc = r.op == WarpOp::reduce_min_u ? ~0u : 0u;
+        each([&](int l) {
+          const uint32_t v = static_cast<uint32_t>(r.in[l]);
+          acc = r.op == WarpOp::reduce_min_u ? std::min(acc, v) : std::max(acc, v);
+        });
+        break;
+      }
+      case WarpOp::reduce_min_i:
+      case WarpOp::reduce_max_i: {
+        int32_t a = r.op == WarpOp::reduce_min_i ? INT32_MAX : INT32_MIN;
+        each([&](int l) {
+          const int32_t v = static_cast<int32_t>(static_cast<uint32_t>(r.in[l]));
+          a = r.op == WarpOp::reduce_min_i ? std::min(a, v) : std::max(a, v);
+        });
+        acc = static_cast<uint32_t>(a);
+        break;
+      }
+    }
+    each([&](int l) { r.out[l] = acc; });
+  }
+};
+
+Worker& this_worker() {
+  static thread_local Worker w;
+  return w;
+}
+
+// ---- worker pool ---------------------------------------------------------------------------------------------------
+// Persistent threads, so that a test launching thousands of small kernels does not create thousands of threads.
+class Pool {
+ public:
+  ~Pool() {
+    {
+      std::lock_guard lock(m_);
+      stop_ = true;
+    }
+    wake_.notify_all();
+    for (std::thread& t : threads_) t.join();
+  }
+  // Runs job on the calling thread and on helpers - 1 pool threads; returns when all have finished.
+  void run(int helpers, const std::function<void()>& job) {
+    std::unique_lock lock(m_);
+    while (static_cast<int>(threads_.size()) < helpers - 1) {
+      const int index = static_cast<int>(threads_.size());
+      threads_.emplace_back([this, index] { loop(index); });
+    }
+    job_ = &job;
+    wanted_ = helpers - 1;
+    pending_ = helpers - 1;
+    ++generation_;
+    lock.unlock();
+    wake_.notify_all();
+    job();
+    lock.lock();
+    done_.wait(lock, [this] { return pending_ == 0; });
+    job_ = nullptr;
+  }
+
+ private:
+  void loop(int index) {
+    uint64_t seen = 0;
+    std::unique_lock lock(m_);
+    for (;;) {
+      wake_.wait(lock, [&] { return stop_ || generation_ != seen; });
+      if (stop_) return;
+      seen = generation_;
+      if (index >= wanted_) continue;
+      const std::function<void()>* job = job_;
+      lock.unlock();
+      (*job)();
+      lock.lock();
+      if (--pending_ == 0) done_.notify_all();
+    }
+  }
+  std::mutex m_;
+  std::condition_variable wake_, done_;
+  std::vector<std::thread> threads_;
+  const std::function<void()>* job_ = nullptr;
+  int wanted_ = 0, pending_ = 0;
+  uint64_t generation_ = 0;
+  bool stop_ = false;
+};
+
+Pool& pool() {
+  static Pool p;
+  return p;
+}
+
+std::mutex launch_mutex;  // one kernel at a time, like a single device stream
+
+}  // namespace
+
+// ---- options -------------------------------------------------------------------------------------------------------
+Schedule Schedule::parse(const std::string& text) {
+  if (text == "forward") return {forward, 0};
+  if (text == "reverse") return {reverse, 0};
+  if (text == "random") return {random, 1};
+  if (text.rfind("random:", 0) == 0 && text.size() > 7) {
+    char* end = nullptr;
+    const unsigned long long seed = std::strtoull(text.c_str() + 7, &end, 10);
+    if (*end == '\0') return {random, seed};
+  }
+  throw std::invalid_argument("emulator schedule '" + text + "' is not forward, reverse, random or random:SEED");
+}
+
+Schedule Schedule::from_env() {
+  const char* v = std::getenv("UNET_EMU_SCHEDULE");
+  return v && *v ? parse(v) : Schedule{};
+}
+
+std::string Schedule::str() const {
+  switch (kind) {
+    case forward:
+      return "forward";
+    case reverse:
+      return "reverse";
+    case random:
+      return "random:" + std::to_string(seed);
+  }
+  return "?";
+}
+
+void set_schedule(Schedule s) {
+  std::lock_guard lock(options_mutex);
+  current_schedule = s;
+}
+
+Schedule schedule() {
+  std::lock_guard lock(options_mutex);
+  if (!current_schedule) current_schedule = Schedule::from_env();
+  return *current_schedule;
+}
+
+void set_workers(int n) {
+  if (n < 1) throw std::invalid_argument("emulator workers must be at least 1");
+  std::lock_guard lock(options_mutex);
+  worker_count = n;
+}
+
+int workers() {
+  std::lock_guard lock(options_mutex);
+  if (worker_count == 0)
+    worker_count =
+        std::max(1, env_int("UNET_EMU_WORKERS", std::min(8, static_cast<int>(std::thread::hardware_concurrency()))));
+  return worker_count;
+}
+
+// ---- kernel-facing entry points ------------------------------------------------------------------------------------
+namespace detail {
+
+void launch(dim3 grid, dim3 block, size_t smem_bytes, BoundKernel kernel) {
+  if (current) throw std::logic_error("a kernel launched a kernel: dynamic parallelism is not emulated");
+  const uint64_t threads = uint64_t{block.x} * block.y * block.z;
+  const uint64_t blocks = uint64_t{grid.x} * grid.y * grid.z;
+  // The limits of every GPU since sm_30 (and 227 KiB of shared memory per block, sm_90's largest opt-in).
+  if (threads == 0 || threads > 1024 || block.x > 1024 || block.y > 1024 || block.z > 64 || blocks == 0 ||
+      grid.x > 2147483647u || grid.y > 65535 || grid.z > 65535)
+    throw std::invalid_argument("invalid launch configuration: grid " + to_str(uint3{grid.x, grid.y, grid.z}) +
+                                ", block " + to_str(uint3{block.x, block.y, block.z}));
+  if (smem_bytes > 227 * 1024)
+    throw std::invalid_argument("launch asks for " + std::to_string(smem_bytes) +
+                                " bytes of dynamic shared memory; a block can have at most 227 KiB");
+
+  const Schedule sched = schedule();
+  const int helpers = static_cast<int>(std::min<uint64_t>(workers(), blocks));
+  std::lock_guard lock(launch_mutex);
+  std::atomic<uint64_t> next{0};
+  std::atomic<bool> failed{false};
+  std::mutex error_mutex;
+  std::exception_ptr error;
+  uint64_t error_block = UINT64_MAX;
+  pool().run(helpers, [&] {
+    Worker& w = this_worker();
+    try {
+      w.prepare(grid, block, smem_bytes, kernel, sched);
+    } catch (...) {
+      std::lock_guard elock(error_mutex);
+      if (!error) error = std::current_exception();
+      failed = true;
+      return;
+    }
+    while (!failed.load(std::memory_order_relaxed)) {
+      const uint64_t b = next.fetch_add(1, std::memory_order_relaxed);
+      if (b >= blocks) break;
+      try {
+        w.run_block(b, grid);
+      } catch (...) {
+        // Of the blocks that failed before the others noticed, report the first, as a sequential run would.
+        std::lock_guard elock(error_mutex);
+        if (b < error_block) {
+          error_block = b;
+          error = std::current_exception();
+        }
+        failed = true;
+      }
+    }
+  });
+  if (error) std::rethrow_exception(error);
+}
+
+int barrier(int pred, int* live, const std::source_location& site) {
+  Worker& w = *active_worker;
+  w.ts[w.running].pred = pred != 0;
+  w.ts[w.running].site = site;
+  w.suspend(State::at_barrier);
+  *live = w.barrier_live;
+  return w.barrier_count;
+}
+
+uint64_t warp_collective(WarpOp op, unsigned mask, uint64_t value, int src, const std::source_location& site) {
+  return active_worker->warp_collective(op, mask, value, src, site);
+}
+
+unsigned live_lanes() {
+  const Worker& w = *active_worker;
+  const int warp = w.running / 32;
+  return w.warp_exists(warp) & ~w.exited[warp];
+}
+
+void* dynamic_smem() {
+  return active_worker->smem.empty() ? nullptr : active_worker->smem.data();
+}
+
+void fail(const std::string& what) {
+  throw active_worker->error_at(active_worker->running, what);
+}
+
+}  // namespace detail
+}  // namespace unet::emu

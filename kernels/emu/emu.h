@@ -1,0 +1,156 @@
+// The device emulator's runtime interface: launching a kernel on the CPU, the schedule and worker options, the
+// error type, and the few entry points the kernel-facing layer (kernels/emu/cuda_emu.h) calls for barriers and warp
+// collectives. Kernel sources never include this directly: they include kernels/cuda/cuda_compat.cuh.
+//
+// Model (DESIGN section 4): the threads of one block are fibers on one OS thread, run in a plain loop until one of
+// them blocks (at __syncthreads or a warp collective); only then does that thread keep its fiber and a new one carries
+// on with the next thread. Blocks are spread over a small pool of worker threads; a fiber never changes OS thread, so
+// `static thread_local` (what __shared__ becomes) is exactly "one copy per block in flight".
+#pragma once
+
+// Only the host compiler sees this file. The CUDA execution-space keywords must be defined before any CUDA header:
+// CUDA 13's crt/host_defines.h keeps a prior definition of __host__, __device__, __global__, __shared__,
+// __constant__, __managed__ and __grid_constant__ (it tests `!defined(...)` when __CUDACC__ is not set).
+#ifdef __CUDACC__
+#error "kernels/emu is the host-compiler stand-in for the device; nvcc must not include it"
+#endif
+#if defined(__HOST_DEFINES_H__) && !defined(UNET_EMU_KEYWORDS)
+#error "include kernels/emu/emu.h (or kernels/cuda/cuda_compat.cuh) before any CUDA header"
+#endif
+#ifndef UNET_EMU_KEYWORDS
+#define UNET_EMU_KEYWORDS
+#define __host__
+#define __device__
+#define __global__
+#define __constant__
+#define __managed__
+#define __grid_constant__
+// One copy per OS thread = one copy per block in flight (a block's fibers all live on one worker thread).
+#define __shared__ static thread_local
+#endif
+
+#include <driver_types.h>  // cudaStream_t (a type only: nothing from the CUDA runtime is linked)
+#include <vector_types.h>  // dim3, uint3, float4, ...
+
+#include <cstddef>
+#include <cstdint>
+#include <source_location>
+#include <stdexcept>
+#include <string>
+#include <tuple>
+#include <type_traits>
+#include <utility>
+
+namespace unet::emu {
+
+// The order in which the threads of a block run between two synchronisation points. A race-free kernel gives
+// bitwise identical results under every schedule; a kernel that differs has a race (DESIGN: the emulator's stand-in
+// for a race checker).
+struct Schedule {
+  enum Kind { forward, reverse, random } kind = forward;
+  uint64_t seed = 0;  // random only: the same seed gives the same interleaving, whatever the worker count
+
+  // "forward", "reverse", "random" (seed 1) or "random:SEED"; throws std::invalid_argument otherwise.
+  static Schedule parse(const std::string& text);
+  // From the environment variable UNET_EMU_SCHEDULE; forward when unset.
+  static Schedule from_env();
+  std::string str() const;
+  bool operator==(const Schedule&) const = default;
+};
+
+// The schedule used by later launches. Initially Schedule::from_env().
+void set_schedule(Schedule s);
+Schedule schedule();
+
+// Worker threads that run blocks (the launching thread is one of them). Initially UNET_EMU_WORKERS, else the number of
+// hardware threads, at most 8. Results never depend on it: blocks share nothing but global memory and atomics.
+void set_workers(int n);
+int workers();
+
+// Everything that goes wrong inside a kernel (a divergent or deadlocked barrier, a warp collective used against its
+// rules, an exception thrown by kernel code) reaches the launching thread as a KernelError naming the block and
+// thread; the rest of the launch is abandoned.
+class KernelError : public std::runtime_error {
+ public:
+  KernelError(const std::string& what, uint3 block, uint3 thread);
+  uint3 block;
+  uint3 thread;
+};
+
+namespace detail {
+
+// The record behind the threadIdx / blockIdx / blockDim / gridDim macros: one per emulated thread of the block in
+// flight, `current` points at the one running now on this OS thread.
+struct Thread {
+  uint3 thread_idx;
+  uint3 block_idx;
+  dim3 block_dim;
+  dim3 grid_dim;
+  int linear;  // threadIdx.x + blockDim.x * (threadIdx.y + blockDim.y * threadIdx.z)
+  int lane;    // linear % 32
+};
+inline constinit thread_local Thread* current = nullptr;
+
+// A kernel with its arguments bound: invoke(args) runs one thread's body.
+struct BoundKernel {
+  void (*invoke)(const void* args);
+  const void* args;
+};
+void launch(dim3 grid, dim3 block, size_t smem_bytes, BoundKernel kernel);
+
+// Block barrier. Returns the number of live threads that passed a non-zero `pred` (for __syncthreads_count) and
+// sets *live to the number of live threads (for __syncthreads_and).
+int barrier(int pred, int* live, const std::source_location& site);
+
+// Warp collectives share one rendezvous: each lane deposits up to 8 bytes; when every lane named in the mask has
+// arrived, the last one computes every lane's result. Gather ops return the value of lane `src` (computed by the
+// caller from the shuffle's rules; own value when src is not a participant).
+enum class WarpOp : uint8_t {
+  shfl,
+  shfl_up,
+  shfl_down,
+  shfl_xor,
+  ballot,
+  any,
+  all,
+  syncwarp,
+  reduce_add,
+  reduce_min_i,
+  reduce_max_i,
+  reduce_min_u,
+  reduce_max_u,
+  reduce_and,
+  reduce_or,
+  reduce_xor,
+};
+uint64_t warp_collective(WarpOp op, unsigned mask, uint64_t value, int src, const std::source_location& site);
+
+// Lanes of the current thread's warp that exist and have not exited (what __activemask() reports here).
+unsigned live_lanes();
+
+// This worker's dynamic shared memory (the launch's smem_bytes, refilled with 0xFF bytes, a NaN, for every block).
+void* dynamic_smem();
+
+// Throws a KernelError for the current thread.
+[[noreturn]] void fail(const std::string& what);
+
+}  // namespace detail
+
+// Runs kernel<<<grid, block, smem_bytes>>>(args...) on the CPU and returns when every block is done (the emulator is
+// synchronous: streams are ignored). Arguments are converted to the kernel's parameter types once, as a CUDA launch
+// copies them, and every thread gets its own copy.
+template <class... P, class... A>
+void launch(void (*kernel)(P...), dim3 grid, dim3 block, size_t smem_bytes, A&&... args) {
+  static_assert(sizeof...(P) == sizeof...(A), "launch: wrong number of kernel arguments");
+  struct Bound {
+    void (*kernel)(P...);
+    std::tuple<std::decay_t<P>...> args;
+  } bound{kernel, std::tuple<std::decay_t<P>...>(std::forward<A>(args)...)};
+  auto invoke = [](const void* p) {
+    const Bound& b = *static_cast<const Bound*>(p);
+    std::apply(b.kernel, b.args);
+  };
+  detail::launch(grid, block, smem_bytes, detail::BoundKernel{+invoke, &bound});
+}
+
+}  // namespace unet::emu
