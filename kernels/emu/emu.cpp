@@ -50,7 +50,8 @@ std::string site_str(const std::source_location& s) {
   return std::string(file ? file + 1 : s.file_name()) + ":" + std::to_string(s.line());
 }
 bool same_site(const std::source_location& a, const std::source_location& b) {
-  return a.line() == b.line() && a.column() == b.column() && std::strcmp(a.file_name(), b.file_name()) == 0;
+  return a.line() == b.line() && a.column() == b.column() &&
+         (a.file_name() == b.file_name() || std::strcmp(a.file_name(), b.file_name()) == 0);
 }
 const char* op_name(WarpOp op) {
   static const char* const names[] = {
@@ -152,7 +153,7 @@ struct Worker {
   std::vector<unsigned> exited;  // per warp: lanes that have returned
   std::vector<int> order;        // start order of the block's threads
   size_t next_unstarted = 0;
-  std::vector<int> ready;
+  std::vector<int> ready, scratch;  // scratch: threads being released
   size_t ready_head = 0;
   int live = 0, running = -1;
   int barrier_count = 0, barrier_live = 0;  // results of the last released __syncthreads_count
@@ -195,12 +196,11 @@ struct Worker {
   }
   // Puts the threads about to run (started, released or resumed together) into the schedule's order.
   void arrange(std::vector<int>& ids) {
-    switch (schedule.kind) {
+    switch (schedule.kind) {  // ids come in ascending order
       case Schedule::forward:
-        std::sort(ids.begin(), ids.end());
         break;
       case Schedule::reverse:
-        std::sort(ids.begin(), ids.end(), std::greater<>());
+        std::reverse(ids.begin(), ids.end());
         break;
       case Schedule::random:
         for (size_t i = ids.size(); i > 1; --i) std::swap(ids[i - 1], ids[next_random() % i]);
@@ -341,10 +341,10 @@ struct Worker {
     }
     barrier_count = count;
     barrier_live = alive;
-    std::vector<int> ids;
+    scratch.clear();
     for (int i = 0; i < n; ++i)
-      if (ts[i].state == State::at_barrier) ids.push_back(i);
-    make_ready(ids);
+      if (ts[i].state == State::at_barrier) scratch.push_back(i);
+    make_ready(scratch);
   }
 
   std::string describe(int t) const {
@@ -383,15 +383,15 @@ struct Worker {
   // ---- warp collectives (on the calling thread's fiber) ----
   uint64_t warp_collective(WarpOp op, unsigned mask, uint64_t value, int src, const std::source_location& site) {
     const int t = running, w = t / 32, lane = t % 32;
-    const std::string where = std::string(op_name(op)) + " at " + site_str(site);
+    auto where = [&] { return std::string(op_name(op)) + " at " + site_str(site); };  // built for errors only
     if (!(mask >> lane & 1))
-      detail::fail(where + ": the calling lane " + std::to_string(lane) + " is not in its mask " + hex(mask));
+      detail::fail(where() + ": the calling lane " + std::to_string(lane) + " is not in its mask " + hex(mask));
     // Lanes beyond the end of a partial last warp do not exist; they are dropped from the mask.
     const unsigned m = mask & warp_exists(w);
     WarpRound& r = warps[w];
     if (!r.open) {
       if (const unsigned gone = m & exited[w])
-        detail::fail(where + ": lanes " + hex(gone) + " named in the mask " + hex(mask) + " have already exited");
+        detail::fail(where() + ": lanes " + hex(gone) + " named in the mask " + hex(mask) + " have already exited");
       r.open = true;
       r.op = op;
       r.mask = m;
@@ -399,7 +399,7 @@ struct Worker {
       r.site = site;
       r.first_lane = lane;
     } else if (r.op != op || r.mask != m) {
-      detail::fail(where + " (mask " + hex(mask) + ") meets lane " + std::to_string(r.first_lane) + " at " +
+      detail::fail(where() + " (mask " + hex(mask) + ") meets lane " + std::to_string(r.first_lane) + " at " +
                    op_name(r.op) + " " + site_str(r.site) + " (mask " + hex(r.mask) + ")");
     }
     r.arrived |= 1u << lane;
@@ -412,10 +412,10 @@ struct Worker {
     }
     complete(r);
     r.open = false;
-    std::vector<int> others;
+    scratch.clear();
     for (int l = 0; l < 32; ++l)
-      if ((r.mask >> l & 1) && l != lane) others.push_back(w * 32 + l);
-    make_ready(others);
+      if ((r.mask >> l & 1) && l != lane) scratch.push_back(w * 32 + l);
+    make_ready(scratch);
     return r.out[lane];
   }
 

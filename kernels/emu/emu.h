@@ -6,6 +6,9 @@
 // them blocks (at __syncthreads or a warp collective); only then does that thread keep its fiber and a new one carries
 // on with the next thread. Blocks are spread over a small pool of worker threads; a fiber never changes OS thread, so
 // `static thread_local` (what __shared__ becomes) is exactly "one copy per block in flight".
+//
+// Environment: UNET_EMU_SCHEDULE (forward | reverse | random[:SEED]), UNET_EMU_WORKERS (worker threads),
+// UNET_EMU_STACK_KB (stack per emulated thread, 256 by default; the lowest page is a guard).
 #pragma once
 
 // Only the host compiler sees this file. The CUDA execution-space keywords must be defined before any CUDA header:
