@@ -147,6 +147,32 @@ __global__ void warp_reduces(int* out) {
   }
 }
 
+// The two half-warps synchronise separately (disjoint masks), each reading what its own half wrote.
+__global__ void half_warp_syncs(int* out) {
+  __shared__ int s[32];
+  s[threadIdx.x] = 10 * threadIdx.x;
+  if (threadIdx.x < 16) {
+    __syncwarp(0x0000ffffu);
+    out[threadIdx.x] = s[15 - threadIdx.x];
+  } else {
+    __syncwarp(0xffff0000u);
+    out[threadIdx.x] = s[47 - threadIdx.x];
+  }
+}
+
+// A block of 40 threads: its second warp has 8 lanes. out[2 * warp] = ballot, out[2 * warp + 1] = sum of lanes'
+// threadIdx.x, both with a full mask; out[4 + warp] = __activemask() after lane 0 of each warp has returned.
+__global__ void partial_warp(unsigned* out) {
+  const unsigned warp = threadIdx.x / 32;
+  const unsigned ballot = __ballot_sync(kFull, 1), sum = __reduce_add_sync(kFull, threadIdx.x);
+  if (threadIdx.x % 32 == 0) out[2 * warp] = ballot, out[2 * warp + 1] = sum;
+  __syncthreads();
+  if (threadIdx.x % 32 == 0) return;
+  __syncthreads();
+  const unsigned active = __activemask();
+  if (threadIdx.x % 32 == 1) out[4 + warp] = active;
+}
+
 // ---- atomics ----
 // counters: [0] int sum of 1..n, [1..2] unsigned long long sum (as two words), float count in fsum, double sum.
 __global__ void atomic_sums(int n, int* isum, unsigned long long* usum, float* fcount, double* dsum) {

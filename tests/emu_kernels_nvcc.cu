@@ -20,4 +20,6 @@ void launch_every_test_kernel(int* i, float* f, double* d, unsigned* u, unsigned
   launch(emu_test::atomic_extremes, dim3(1), dim3(32), 0, nullptr, 1, i);
   launch(emu_test::half_and_bf16, dim3(1), dim3(4), 0, nullptr, f, f);
   launch(emu_test::neighbour_read, dim3(1), dim3(32), 0, nullptr, i, true);
+  launch(emu_test::half_warp_syncs, dim3(1), dim3(32), 0, nullptr, i);
+  launch(emu_test::partial_warp, dim3(1), dim3(40), 0, nullptr, u);
 }

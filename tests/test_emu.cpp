@@ -197,6 +197,26 @@ TEST_CASE("__reduce_add/min/max_sync reduce ints and unsigneds within each warp"
     CHECK(std::vector<int>(out.begin() + 6 * w, out.begin() + 6 * w + 6) == std::vector<int>{176, -10, 21, 656, 5, 36});
 }
 
+TEST_CASE("__syncwarp with disjoint masks lets each half of a warp synchronise on its own") {
+  for (const Schedule& s : kSchedules) {
+    EmuOptions options(s);
+    std::vector<int> out(32, -1);
+    launch(emu_test::half_warp_syncs, dim3(1), dim3(32), 0, nullptr, out.data());
+    for (int t = 0; t < 32; ++t) REQUIRE(out[t] == 10 * (t < 16 ? 15 - t : 47 - t));
+  }
+}
+
+TEST_CASE("lanes past the end of a partial warp are left out of full-mask collectives and __activemask") {
+  std::vector<unsigned> out(6, 0);
+  launch(emu_test::partial_warp, dim3(1), dim3(40), 0, nullptr, out.data());
+  CHECK(out[0] == 0xffffffffu);
+  CHECK(out[1] == 31 * 32 / 2);
+  CHECK(out[2] == 0xffu);
+  CHECK(out[3] == 32 * 8 + 7 * 8 / 2);
+  CHECK(out[4] == 0xfffffffeu);  // lane 0 has returned
+  CHECK(out[5] == 0xfeu);
+}
+
 TEST_CASE("a warp-only reduction under threadIdx.x < 32 needs only warp 0 to rendezvous") {
   const int blocks = 8, threads = 256;
   std::vector<float> in(blocks * threads), out(blocks, -1.0f);

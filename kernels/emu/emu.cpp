@@ -23,6 +23,7 @@
 #include <mutex>
 #include <optional>
 #include <thread>
+#include <utility>
 #include <vector>
 
 namespace unet::emu {
@@ -128,15 +129,31 @@ struct ThreadState {
   fiber cont;                 // its suspended fiber, while it waits or is ready to resume
 };
 
-// The collective a warp is assembling: open from the first lane's arrival until the last lane named in the mask comes.
+// A collective a warp is assembling: open from the first lane's arrival until the last lane named in the mask comes.
 struct WarpRound {
-  bool open = false;
   WarpOp op = WarpOp::syncwarp;
   unsigned mask = 0, arrived = 0;
   int first_lane = 0;
   std::source_location site;
+};
+
+// A warp's open collectives (disjoint masks: lanes 0-15 and 16-31 may each __syncwarp on their own half) and its
+// lanes' operands and results. A lane is in at most one round at a time, so one in/out slot per lane suffices.
+struct Warp {
+  WarpRound rounds[32];
+  int open = 0;
+  unsigned exited = 0;  // lanes that have returned
   uint64_t in[32] = {}, out[32] = {};
   int src[32] = {};
+
+  // The open round whose mask shares a lane with `mask`, or null.
+  const WarpRound* overlapping(unsigned mask) const {
+    for (int i = 0; i < open; ++i)
+      if (rounds[i].mask & mask) return &rounds[i];
+    return nullptr;
+  }
+  WarpRound* overlapping(unsigned mask) { return const_cast<WarpRound*>(std::as_const(*this).overlapping(mask)); }
+  void close(WarpRound* r) { *r = rounds[--open]; }
 };
 
 struct Worker;
@@ -149,9 +166,8 @@ struct Worker {
   int n = 0;  // threads per block
   std::vector<detail::Thread> threads;
   std::vector<ThreadState> ts;
-  std::vector<WarpRound> warps;
-  std::vector<unsigned> exited;  // per warp: lanes that have returned
-  std::vector<int> order;        // start order of the block's threads
+  std::vector<Warp> warps;
+  std::vector<int> order;  // start order of the block's threads
   size_t next_unstarted = 0;
   std::vector<int> ready, scratch;  // scratch: threads being released
   size_t ready_head = 0;
@@ -169,8 +185,7 @@ struct Worker {
     threads.resize(n);
     ts.clear();
     ts.resize(n);
-    warps.assign((n + 31) / 32, WarpRound{});
-    exited.assign(warps.size(), 0);
+    warps.resize((n + 31) / 32);
     for (int i = 0; i < n; ++i) {
       detail::Thread& t = threads[i];
       const unsigned u = static_cast<unsigned>(i);
@@ -253,12 +268,12 @@ struct Worker {
     ts[t].state = State::done;
     --live;
     const int w = t / 32, lane = t % 32;
-    exited[w] |= 1u << lane;
-    const WarpRound& r = warps[w];
-    if (r.open && (r.mask >> lane & 1) && !(r.arrived >> lane & 1))
-      error = std::make_exception_ptr(error_at(t, "thread exited while lanes " + hex(r.arrived) +
-                                                      " of its warp wait for it at " + op_name(r.op) + " " +
-                                                      site_str(r.site) + " (mask " + hex(r.mask) + ")"));
+    warps[w].exited |= 1u << lane;
+    const WarpRound* r = warps[w].overlapping(1u << lane);
+    if (r && !(r->arrived >> lane & 1))
+      error = std::make_exception_ptr(error_at(t, "thread exited while lanes " + hex(r->arrived) +
+                                                      " of its warp wait for it at " + op_name(r->op) + " " +
+                                                      site_str(r->site) + " (mask " + hex(r->mask) + ")"));
   }
 
   // Called on a thread's fiber: wait until the scheduler resumes this thread.
@@ -280,8 +295,7 @@ struct Worker {
       threads[i].block_idx = b;
       ts[i].state = State::unstarted;
     }
-    std::fill(warps.begin(), warps.end(), WarpRound{});
-    std::fill(exited.begin(), exited.end(), 0u);
+    for (Warp& w : warps) w.open = 0, w.exited = 0;
     rng = schedule.seed ^ (block_linear * 0xd1b54a32d192ed03ull);
     order.resize(n);
     for (int i = 0; i < n; ++i) order[i] = i;
@@ -354,9 +368,9 @@ struct Worker {
       case State::at_barrier:
         return "waiting at __syncthreads " + site_str(ts[t].site);
       case State::at_warp: {
-        const WarpRound& r = warps[t / 32];
-        return std::string("waiting at ") + op_name(r.op) + " " + site_str(ts[t].site) + " (mask " + hex(r.mask) +
-               ", arrived " + hex(r.arrived) + ")";
+        const WarpRound* r = warps[t / 32].overlapping(1u << (t % 32));
+        return std::string("waiting at ") + op_name(r->op) + " " + site_str(ts[t].site) + " (mask " + hex(r->mask) +
+               ", arrived " + hex(r->arrived) + ")";
       }
       default:
         return "runnable";  // cannot happen when deadlocked; kept for completeness
@@ -388,38 +402,35 @@ struct Worker {
       detail::fail(where() + ": the calling lane " + std::to_string(lane) + " is not in its mask " + hex(mask));
     // Lanes beyond the end of a partial last warp do not exist; they are dropped from the mask.
     const unsigned m = mask & warp_exists(w);
-    WarpRound& r = warps[w];
-    if (!r.open) {
-      if (const unsigned gone = m & exited[w])
+    Warp& W = warps[w];
+    WarpRound* r = W.overlapping(m);
+    if (!r) {
+      if (const unsigned gone = m & W.exited)
         detail::fail(where() + ": lanes " + hex(gone) + " named in the mask " + hex(mask) + " have already exited");
-      r.open = true;
-      r.op = op;
-      r.mask = m;
-      r.arrived = 0;
-      r.site = site;
-      r.first_lane = lane;
-    } else if (r.op != op || r.mask != m) {
-      detail::fail(where() + " (mask " + hex(mask) + ") meets lane " + std::to_string(r.first_lane) + " at " +
-                   op_name(r.op) + " " + site_str(r.site) + " (mask " + hex(r.mask) + ")");
+      r = &W.rounds[W.open++];
+      *r = WarpRound{op, m, 0, lane, site};
+    } else if (r->op != op || r->mask != m) {
+      detail::fail(where() + " (mask " + hex(mask) + ") meets lane " + std::to_string(r->first_lane) + " at " +
+                   op_name(r->op) + " " + site_str(r->site) + " (mask " + hex(r->mask) + ")");
     }
-    r.arrived |= 1u << lane;
-    r.in[lane] = value;
-    r.src[lane] = src;
+    r->arrived |= 1u << lane;
+    W.in[lane] = value;
+    W.src[lane] = src;
     ts[t].site = site;
-    if (r.arrived != r.mask) {
+    if (r->arrived != r->mask) {
       suspend(State::at_warp);
-      return r.out[lane];  // the round's last lane wrote it; no later round can finish without this lane
+      return W.out[lane];  // the round's last lane wrote it; no later round can finish without this lane
     }
-    complete(r);
-    r.open = false;
+    complete(W, *r);
     scratch.clear();
     for (int l = 0; l < 32; ++l)
-      if ((r.mask >> l & 1) && l != lane) scratch.push_back(w * 32 + l);
+      if ((r->mask >> l & 1) && l != lane) scratch.push_back(w * 32 + l);
+    W.close(r);
     make_ready(scratch);
-    return r.out[lane];
+    return W.out[lane];
   }
 
-  static void complete(WarpRound& r) {
+  static void complete(Warp& W, const WarpRound& r) {
     const unsigned m = r.mask;
     auto each = [m](auto f) {
       for (int l = 0; l < 32; ++l)
@@ -432,8 +443,8 @@ struct Worker {
       case WarpOp::shfl_down:
       case WarpOp::shfl_xor:
         each([&](int l) {
-          const int s = r.src[l];
-          r.out[l] = (s >= 0 && s < 32 && (m >> s & 1)) ? r.in[s] : r.in[l];
+          const int s = W.src[l];
+          W.out[l] = (s >= 0 && s < 32 && (m >> s & 1)) ? W.in[s] : W.in[l];
         });
         return;
       case WarpOp::syncwarp:
@@ -441,28 +452,28 @@ struct Worker {
       case WarpOp::ballot:
       case WarpOp::any:
       case WarpOp::all:
-        each([&](int l) { acc |= (r.in[l] != 0 ? 1u : 0u) << l; });
+        each([&](int l) { acc |= (W.in[l] != 0 ? 1u : 0u) << l; });
         if (r.op == WarpOp::any) acc = acc != 0;
         if (r.op == WarpOp::all) acc = acc == m;
         break;
       case WarpOp::reduce_add:
-        each([&](int l) { acc += static_cast<uint32_t>(r.in[l]); });
+        each([&](int l) { acc += static_cast<uint32_t>(W.in[l]); });
         break;
       case WarpOp::reduce_and:
         acc = ~0u;
-        each([&](int l) { acc &= static_cast<uint32_t>(r.in[l]); });
+        each([&](int l) { acc &= static_cast<uint32_t>(W.in[l]); });
         break;
       case WarpOp::reduce_or:
-        each([&](int l) { acc |= static_cast<uint32_t>(r.in[l]); });
+        each([&](int l) { acc |= static_cast<uint32_t>(W.in[l]); });
         break;
       case WarpOp::reduce_xor:
-        each([&](int l) { acc ^= static_cast<uint32_t>(r.in[l]); });
+        each([&](int l) { acc ^= static_cast<uint32_t>(W.in[l]); });
         break;
       case WarpOp::reduce_min_u:
       case WarpOp::reduce_max_u: {
         acc = r.op == WarpOp::reduce_min_u ? ~0u : 0u;
         each([&](int l) {
-          const uint32_t v = static_cast<uint32_t>(r.in[l]);
+          const uint32_t v = static_cast<uint32_t>(W.in[l]);
           acc = r.op == WarpOp::reduce_min_u ? std::min(acc, v) : std::max(acc, v);
         });
         break;
@@ -471,14 +482,14 @@ struct Worker {
       case WarpOp::reduce_max_i: {
         int32_t a = r.op == WarpOp::reduce_min_i ? INT32_MAX : INT32_MIN;
         each([&](int l) {
-          const int32_t v = static_cast<int32_t>(static_cast<uint32_t>(r.in[l]));
+          const int32_t v = static_cast<int32_t>(static_cast<uint32_t>(W.in[l]));
           a = r.op == WarpOp::reduce_min_i ? std::min(a, v) : std::max(a, v);
         });
         acc = static_cast<uint32_t>(a);
         break;
       }
     }
-    each([&](int l) { r.out[l] = acc; });
+    each([&](int l) { W.out[l] = acc; });
   }
 };
 
@@ -676,7 +687,7 @@ uint64_t warp_collective(WarpOp op, unsigned mask, uint64_t value, int src, cons
 unsigned live_lanes() {
   const Worker& w = *active_worker;
   const int warp = w.running / 32;
-  return w.warp_exists(warp) & ~w.exited[warp];
+  return w.warp_exists(warp) & ~w.warps[warp].exited;
 }
 
 void* dynamic_smem() {
