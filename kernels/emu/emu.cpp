@@ -309,6 +309,7 @@ struct Worker {
 
     active_worker = this;
     while (!error) {
+      if (ready_head == ready.size()) ready.clear(), ready_head = 0;  // keep the queue short across many releases
       if (ready_head < ready.size()) {
         const int t = ready[ready_head++];
         running = t;
@@ -321,8 +322,6 @@ struct Worker {
       } else if (live == 0) {
         break;
       } else {
-        ready.clear();
-        ready_head = 0;
         release_barrier();
       }
     }
