@@ -14,6 +14,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <bit>
 #include <boost/context/fiber.hpp>
 #include <condition_variable>
 #include <cstdio>
@@ -30,6 +31,15 @@ namespace unet::emu {
 
 KernelError::KernelError(const std::string& what, uint3 block_idx, uint3 thread_idx)
     : std::runtime_error(what), block(block_idx), thread(thread_idx) {}
+
+namespace detail {
+// What a lane deposits for WarpOp::all_gather (warp_all_gather).
+struct GatherArgs {
+  const void* mine;
+  void* all;
+  size_t bytes;
+};
+}  // namespace detail
 
 namespace {
 
@@ -59,7 +69,8 @@ const char* op_name(WarpOp op) {
       "__shfl_sync",       "__shfl_up_sync",    "__shfl_down_sync",  "__shfl_xor_sync",
       "__ballot_sync",     "__any_sync",        "__all_sync",        "__syncwarp",
       "__reduce_add_sync", "__reduce_min_sync", "__reduce_max_sync", "__reduce_min_sync",
-      "__reduce_max_sync", "__reduce_and_sync", "__reduce_or_sync",  "__reduce_xor_sync"};
+      "__reduce_max_sync", "__reduce_and_sync", "__reduce_or_sync",  "__reduce_xor_sync",
+      "warp all-gather (mma / ldmatrix)"};
   return names[static_cast<int>(op)];
 }
 int env_int(const char* name, int fallback) {
@@ -437,6 +448,20 @@ struct Worker {
     };
     uint32_t acc = 0;
     switch (r.op) {
+      case WarpOp::all_gather: {  // in[l] is lane l's GatherArgs*: copy every lane's offer into every lane's table
+        auto args = [&W](int l) { return reinterpret_cast<const detail::GatherArgs*>(W.in[l]); };
+        const size_t bytes = args(std::countr_zero(m))->bytes;
+        each([&](int l) {
+          if (args(l)->bytes != bytes)
+            detail::fail("warp all-gather: lane " + std::to_string(l) + " offers " + std::to_string(args(l)->bytes) +
+                         " bytes, lane " + std::to_string(std::countr_zero(m)) + " " + std::to_string(bytes));
+        });
+        each([&](int l) {
+          each([&](int s) { std::memcpy(static_cast<char*>(args(l)->all) + s * bytes, args(s)->mine, bytes); });
+        });
+        each([&](int l) { W.out[l] = 0; });
+        return;
+      }
       case WarpOp::shfl:
       case WarpOp::shfl_up:
       case WarpOp::shfl_down:
@@ -677,6 +702,13 @@ int barrier(int pred, int* live, const std::source_location& site) {
   w.suspend(State::at_barrier);
   *live = w.barrier_live;
   return w.barrier_count;
+}
+
+void warp_all_gather(unsigned mask, const void* mine, void* all, size_t bytes, const std::source_location& site) {
+  // The other lanes are suspended inside the collective until the last one has copied, so pointers to their stacks
+  // stay valid for the whole round.
+  const GatherArgs args{mine, all, bytes};
+  warp_collective(WarpOp::all_gather, mask, reinterpret_cast<uint64_t>(&args), 0, site);
 }
 
 uint64_t warp_collective(WarpOp op, unsigned mask, uint64_t value, int src, const std::source_location& site) {

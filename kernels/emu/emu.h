@@ -125,8 +125,16 @@ enum class WarpOp : uint8_t {
   reduce_and,
   reduce_or,
   reduce_xor,
+  all_gather,  // `value` is a GatherArgs* (see warp_all_gather); nothing is returned
 };
 uint64_t warp_collective(WarpOp op, unsigned mask, uint64_t value, int src, const std::source_location& site);
+
+// All-gather, the building block of the tensor-core leaf intrinsics (kernels/cuda/mma.cuh): every lane in the mask
+// offers `bytes` bytes at `mine` and receives, at all + s * bytes, the bytes lane s offered, for every lane s in the
+// mask (slots of other lanes are left as they are). The copies are made once every lane has arrived, so `mine` may
+// point into shared memory and is read at that moment, as one warp-wide instruction would read it. Every lane must
+// offer the same number of bytes.
+void warp_all_gather(unsigned mask, const void* mine, void* all, size_t bytes, const std::source_location& site);
 
 // Lanes of the current thread's warp that exist and have not exited (what __activemask() reports here).
 unsigned live_lanes();
