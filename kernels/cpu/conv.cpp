@@ -160,6 +160,30 @@ inline void for_each_balanced_tile(int64_t n, int max_tile, F&& fn) {
   }
 }
 
+// Calls fn(begin, end) on chunks of [0, n), each a multiple of `granule` items, that threads take in turn as they
+// finish (dynamic scheduling): on a machine shared with other work, a thread whose core is busy takes fewer chunks
+// instead of holding everyone up. Only for work whose results do not depend on which thread does it (fprop and dgrad:
+// every output element is computed whole by one tile); wgrad keeps a static split.
+template <class F>
+void parallel_chunks(int64_t n, int64_t granule, F&& fn) {
+  if (n <= 0) return;
+  const int threads_wanted = num_threads();
+  // About 8 chunks per thread: enough to even out, few enough to keep each chunk's rows together in cache.
+  int64_t chunk = std::max<int64_t>(granule, n / (int64_t(threads_wanted) * 8));
+  chunk = (chunk + granule - 1) / granule * granule;
+  const int64_t nchunks = (n + chunk - 1) / chunk;
+  const int threads = static_cast<int>(std::min<int64_t>(threads_wanted, nchunks));
+  if (threads <= 1 || omp_in_parallel()) {
+    fn(int64_t(0), n);
+    return;
+  }
+  std::atomic<int64_t> next{0};
+#pragma omp parallel num_threads(threads)
+  {
+    for (int64_t c = next.fetch_add(1); c < nchunks; c = next.fetch_add(1)) fn(c * chunk, std::min(n, (c + 1) * chunk));
+  }
+}
+
 // ---------------------------------------------------------------------------------------------------------------
 // Gather tile (fprop and dgrad).
 struct Tap {
@@ -500,7 +524,7 @@ void conv_fprop(const ConvProblem& p, const float* x, const float* w, const floa
   const int64_t out_rows = p.N * p.Z * p.P;
   // Rows per group: weights of one k block are reused across the group's rows while they sit in L2.
   const int64_t group = nkb > 1 ? 8 : 1;
-  parallel_for(out_rows, 1, [&](int64_t lo, int64_t hi) {
+  parallel_chunks(out_rows, group, [&](int64_t lo, int64_t hi) {
     std::vector<Tap> tap_list(static_cast<size_t>(taps));
     std::vector<int> count_per_row(static_cast<size_t>(group));
     std::vector<TapInRow> group_taps(static_cast<size_t>(group * taps));
@@ -606,7 +630,7 @@ void conv_dgrad(const ConvProblem& p, const float* dy, const float* w, float* dx
   const int64_t rows = p.N * p.D * p.H;
   // Rows per group: weights of one c block are reused across the group's rows while they sit in L2.
   const int64_t group = ncb > 1 ? 8 : 1;
-  parallel_for(rows, 1, [&](int64_t lo, int64_t hi) {
+  parallel_chunks(rows, group, [&](int64_t lo, int64_t hi) {
     // Taps of each (row of the group, W parity class b): dy row pointer at column offset q = j + off.
     std::vector<TapInRow> rel(static_cast<size_t>(group * sw * taps));
     std::vector<int> count(static_cast<size_t>(group * sw));
