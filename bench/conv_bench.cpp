@@ -1,6 +1,7 @@
 // Convolution micro-benchmark: fprop, dgrad and wgrad of our CPU kernels at the nnU-Net 3D level shapes
 // (batch 1, 3x3x3, stride 1, pad 1, C = K), reported as median ms and GFLOP/s, next to PyTorch's (oneDNN) figures for
-// the same shapes and passes measured in the same run by bench/torch_conv.py (when /usr/bin/python3 has torch).
+// the same shapes and passes measured in the same run by bench/torch_conv.py (when /usr/bin/python3 has torch), shape
+// by shape just before ours, so that both see about the same load on a shared machine.
 // --extra adds other layers of an nnU-Net (thin first layer, strided downsampling, 1x1 head, 2D) to the table.
 // Usage: conv_bench [--quick] [--threads N] [--no-torch] [--extra] [--cpu-time] [--min] [--shape I]
 //                   [--pass fprop|dgrad|wgrad]
@@ -136,6 +137,16 @@ nlohmann::json torch_figures(const std::string& script, const std::vector<BenchS
   }
 }
 
+// The 1-minute load average (other work on a shared machine skews timings), or -1 where unavailable.
+double load_average() {
+  double load = -1;
+  if (FILE* f = std::fopen("/proc/loadavg", "r")) {
+    if (std::fscanf(f, "%lf", &load) != 1) load = -1;
+    std::fclose(f);
+  }
+  return load;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -175,19 +186,27 @@ int main(int argc, char** argv) {
   std::vector<BenchShape> shapes = kLevels;
   if (extra) shapes.insert(shapes.end(), kExtra.begin(), kExtra.end());
 
-  nlohmann::json torch = nullptr;
-  if (with_torch) {
-    torch = torch_figures(torch_script(argv[0]), shapes, threads, warmup, reps);
-    if (torch.is_null()) std::printf("(PyTorch figures unavailable: bench/torch_conv.py or torch failed)\n");
-  }
+  const std::string script = with_torch ? torch_script(argv[0]) : "";
+  std::string torch_version;
 
-  std::printf("fp32, %d threads, median of %d reps; padding (kernel - stride + 1) / 2\n", threads, reps);
+  std::printf("fp32, %d threads, median of %d reps; padding (kernel - stride + 1) / 2; load average %.2f\n", threads,
+              reps, load_average());
   std::printf("%-4s %-24s %-6s %9s %9s %11s %11s %7s\n", "#", "shape", "pass", "ours ms", "GFLOP/s", "torch ms",
               "GFLOP/s", "ratio");
   Rng rng(1);
   for (size_t si = 0; si < shapes.size(); ++si) {
     if (only_shape >= 0 && static_cast<size_t>(only_shape) != si) continue;
     const BenchShape& s = shapes[si];
+    nlohmann::json torch = nullptr;
+    if (with_torch) {
+      torch = torch_figures(script, {s}, threads, warmup, reps);
+      if (torch.is_null()) {
+        std::printf("(PyTorch figures unavailable: bench/torch_conv.py or torch failed)\n");
+        with_torch = false;
+      } else {
+        torch_version = torch["torch"].get<std::string>();
+      }
+    }
     const kernels::ConvProblem p = s.problem();
     unet::Shape xs = {p.N, p.D, p.H, p.W, p.C}, ws = {p.K, p.T, p.R, p.S, p.C}, ys = {p.N, p.Z, p.P, p.Q, p.K};
     Tensor x = randn(xs, rng), w = randn(ws, rng, 0.05f), b = randn({p.K}, rng);
@@ -210,7 +229,7 @@ int main(int argc, char** argv) {
       const double ms = median_ms(ps.run, warmup, reps);
       const double gflops = p.flops() / (ms * 1e6);
       if (!torch.is_null()) {
-        double tms = torch["shapes"][si][ps.torch_key].get<double>();
+        double tms = torch["shapes"][0][ps.torch_key].get<double>();
         double tg = p.flops() / (tms * 1e6);
         std::printf("%-4zu %-24s %-6s %9.2f %9.1f %11.2f %11.1f %7.2f\n", si, s.label().c_str(), ps.name, ms, gflops,
                     tms, tg, gflops / tg);
@@ -221,8 +240,8 @@ int main(int argc, char** argv) {
       std::fflush(stdout);
     }
   }
-  if (!torch.is_null())
-    std::printf("ratio = our GFLOP/s / PyTorch GFLOP/s (PyTorch %s, same run)\n",
-                torch["torch"].get<std::string>().c_str());
+  std::printf("load average at the end %.2f\n", load_average());
+  if (!torch_version.empty())
+    std::printf("ratio = our GFLOP/s / PyTorch GFLOP/s (PyTorch %s, same run)\n", torch_version.c_str());
   return 0;
 }

@@ -34,6 +34,7 @@
 #include <optional>
 #include <sstream>
 #include <stdexcept>
+#include <thread>
 #include <utility>
 #include <vector>
 
@@ -157,6 +158,30 @@ inline void for_each_balanced_tile(int64_t n, int max_tile, F&& fn) {
     int64_t count = base + (i < extra ? 1 : 0);
     fn(begin, static_cast<int>(count));
     begin += count;
+  }
+}
+
+// Calls fn(begin, end) on chunks of [0, n), each a multiple of `granule` items, that threads take in turn as they
+// finish (dynamic scheduling): on a machine shared with other work, a thread whose core is busy takes fewer chunks
+// instead of holding everyone up. Only for work whose results do not depend on which thread does it (fprop and dgrad:
+// every output element is computed whole by one tile); wgrad keeps a static split.
+template <class F>
+void parallel_chunks(int64_t n, int64_t granule, F&& fn) {
+  if (n <= 0) return;
+  const int threads_wanted = num_threads();
+  // About 8 chunks per thread: enough to even out, few enough to keep each chunk's rows together in cache.
+  int64_t chunk = std::max<int64_t>(granule, n / (int64_t(threads_wanted) * 8));
+  chunk = (chunk + granule - 1) / granule * granule;
+  const int64_t nchunks = (n + chunk - 1) / chunk;
+  const int threads = static_cast<int>(std::min<int64_t>(threads_wanted, nchunks));
+  if (threads <= 1 || omp_in_parallel()) {
+    fn(int64_t(0), n);
+    return;
+  }
+  std::atomic<int64_t> next{0};
+#pragma omp parallel num_threads(threads)
+  {
+    for (int64_t c = next.fetch_add(1); c < nchunks; c = next.fetch_add(1)) fn(c * chunk, std::min(n, (c + 1) * chunk));
   }
 }
 
@@ -409,22 +434,34 @@ class LazyRows {
     for (int64_t i = 0; i < rows; ++i) state_[i].store(kTodo, std::memory_order_relaxed);
   }
 
-  // The row, made first if no thread has made it yet.
-  const float* row(int64_t id) {
-    float* dst = buffer_.get() + id * row_floats_;
-    std::atomic<uint8_t>& st = state_[id];
-    if (st.load(std::memory_order_acquire) == kDone) return dst;
-    uint8_t expected = kTodo;
-    if (st.compare_exchange_strong(expected, kBusy, std::memory_order_acq_rel)) {
-      make_(src_ + id * src_row_floats_, dst);
-      st.store(kDone, std::memory_order_release);
-    } else {
-      while (st.load(std::memory_order_acquire) != kDone) _mm_pause();  // another thread is making it
-    }
-    return dst;
+  // Makes every row of `ids` that no thread has started, then waits for those that other threads are making.
+  // Making first and waiting last lets threads that need the same rows share the work instead of queueing for it.
+  void make_all(const std::vector<int64_t>& ids) {
+    for (int64_t id : ids) try_make(id);
+    for (int64_t id : ids) wait_until_made(id);
   }
-  // Where row(id) is or will be, without making it (callers that made it already).
+  // Row `id`, once make_all has returned for a list holding it.
   const float* made_row(int64_t id) const { return buffer_.get() + id * row_floats_; }
+
+  void try_make(int64_t id) {
+    std::atomic<uint8_t>& st = state_[id];
+    if (st.load(std::memory_order_relaxed) != kTodo) return;
+    uint8_t expected = kTodo;
+    if (!st.compare_exchange_strong(expected, kBusy, std::memory_order_acquire)) return;
+    make_(src_ + id * src_row_floats_, buffer_.get() + id * row_floats_);
+    st.store(kDone, std::memory_order_release);
+  }
+
+  void wait_until_made(int64_t id) const {
+    // Spin briefly (a row takes microseconds), then yield: on a machine shared with other work the thread making
+    // the row may have lost its core.
+    for (int spins = 0; state_[id].load(std::memory_order_acquire) != kDone; ++spins) {
+      if (spins < 4096)
+        _mm_pause();
+      else
+        std::this_thread::yield();
+    }
+  }
 
   // Starts bringing the source of a row not made yet toward L2, so that making it later does not stall.
   void prefetch(int64_t id) const {
@@ -500,12 +537,19 @@ void conv_fprop(const ConvProblem& p, const float* x, const float* w, const floa
   const int64_t out_rows = p.N * p.Z * p.P;
   // Rows per group: weights of one k block are reused across the group's rows while they sit in L2.
   const int64_t group = nkb > 1 ? 8 : 1;
-  parallel_for(out_rows, 1, [&](int64_t lo, int64_t hi) {
+  parallel_chunks(out_rows, group, [&](int64_t lo, int64_t hi) {
     std::vector<Tap> tap_list(static_cast<size_t>(taps));
     std::vector<int> count_per_row(static_cast<size_t>(group));
     std::vector<TapInRow> group_taps(static_cast<size_t>(group * taps));
+    std::vector<int64_t> needed;
     for (int64_t g0 = lo; g0 < hi; g0 += group) {
       int64_t g1 = std::min(hi, g0 + group);
+      if (transposed) {
+        needed.clear();
+        for (int64_t row = g0; row < g1; ++row)
+          for_each_input_row(row, [&](int64_t id, int, int) { needed.push_back(id); });
+        xrows->make_all(needed);
+      }
       // Valid taps of each row (x pointers, weight offsets within a k block).
       for (int64_t row = g0; row < g1; ++row) {
         int cnt = 0;
@@ -515,7 +559,7 @@ void conv_fprop(const ConvProblem& p, const float* x, const float* w, const floa
             list[cnt++] = TapInRow{x + id * p.W * C, (int64_t(t) * p.R + r) * C * KB};
             return;
           }
-          const float* xrow = xrows->row(id);
+          const float* xrow = xrows->made_row(id);
           for (int s = 0; s < p.S; ++s) {
             int64_t tap = (int64_t(t) * p.R + r) * p.S + s;
             list[cnt++] = TapInRow{xrow + (s % sw) * Wq + s / sw, tap * C * KB};
@@ -606,20 +650,27 @@ void conv_dgrad(const ConvProblem& p, const float* dy, const float* w, float* dx
   const int64_t rows = p.N * p.D * p.H;
   // Rows per group: weights of one c block are reused across the group's rows while they sit in L2.
   const int64_t group = ncb > 1 ? 8 : 1;
-  parallel_for(rows, 1, [&](int64_t lo, int64_t hi) {
+  parallel_chunks(rows, group, [&](int64_t lo, int64_t hi) {
     // Taps of each (row of the group, W parity class b): dy row pointer at column offset q = j + off.
     std::vector<TapInRow> rel(static_cast<size_t>(group * sw * taps));
     std::vector<int> count(static_cast<size_t>(group * sw));
     std::vector<Tap> list(static_cast<size_t>(taps));
+    std::vector<int64_t> needed;
     for (int64_t g0 = lo; g0 < hi; g0 += group) {
       int64_t g1 = std::min(hi, g0 + group);
+      if (transposed) {
+        needed.clear();
+        for (int64_t row = g0; row < g1; ++row)
+          for_each_dy_row(row, [&](int64_t id, int, int) { needed.push_back(id); });
+        dyrows->make_all(needed);
+      }
       for (int64_t row = g0; row < g1; ++row) {
         for (int b = 0; b < sw; ++b) {
           size_t slot = static_cast<size_t>((row - g0) * sw + b);
           TapInRow* out = &rel[slot * static_cast<size_t>(taps)];
           int cnt = 0;
           for_each_dy_row(row, [&](int64_t id, int t, int r) {
-            const float* dyrow = transposed ? dyrows->row(id) + lead : dy + id * p.Q * K;
+            const float* dyrow = transposed ? dyrows->made_row(id) + lead : dy + id * p.Q * K;
             for (int s = 0; s < p.S; ++s) {
               int64_t num = b + p.pad_w - s;
               if (num % sw != 0) continue;
@@ -704,6 +755,7 @@ void conv_wgrad(const ConvProblem& p, const float* x, const float* dy, float* dw
   parallel_for(tiles, 1, [&](int64_t lo, int64_t hi) {
     std::vector<Segment> segs(static_cast<size_t>(chunk));
     std::vector<RowInfo> info(static_cast<size_t>(chunk));
+    std::vector<int64_t> needed;
     auto for_each_input_row = [&](int64_t r0, int64_t r1, auto&& fn) {
       for (int64_t row = r0; row < r1; ++row) {
         int64_t n = row / (p.Z * p.P), z = row / p.P % p.Z, pp = row % p.P;
@@ -725,7 +777,9 @@ void conv_wgrad(const ConvProblem& p, const float* x, const float* dy, float* dw
             RowInfo{n, z * p.stride_d - p.pad_d, pp * p.stride_h - p.pad_h, dy + row * p.Q * K};
       }
       if (padded) {
-        for_each_input_row(r0, r1, [&](int64_t id) { xrows->row(id); });
+        needed.clear();
+        for_each_input_row(r0, r1, [&](int64_t id) { needed.push_back(id); });
+        xrows->make_all(needed);
         for_each_input_row(r1, std::min(out_rows, r1 + chunk), [&](int64_t id) { xrows->prefetch(id); });
       }
       const float* xbase = padded ? xrows->made_row(0) : x;
