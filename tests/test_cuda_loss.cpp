@@ -5,6 +5,7 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <sstream>
 #include <string>
 #include <vector>
 
@@ -114,8 +115,10 @@ void check_sums(const LossCase& lc, const GpuSums& g, const std::vector<double>&
 }
 
 std::string describe(const LossCase& lc) {
-  return "B" + std::to_string(lc.batch) + " " + std::to_string(lc.spatial[0]) + "x" + std::to_string(lc.spatial[1]) +
-         "x" + std::to_string(lc.spatial[2]) + " C" + std::to_string(lc.channels) + " " + dtype_name(lc.label_dtype);
+  std::ostringstream os;
+  os << "B" << lc.batch << " " << lc.spatial[0] << "x" << lc.spatial[1] << "x" << lc.spatial[2] << " C" << lc.channels
+     << " " << dtype_name(lc.label_dtype);
+  return os.str();
 }
 
 }  // namespace
