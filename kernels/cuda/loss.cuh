@@ -1,0 +1,35 @@
+// CUDA fused softmax + Dice + cross-entropy kernels, the CUDA twin of kernels/loss.h (CPU): same argument meaning
+// (channels-last logits, one i32 or u8 label per voxel), pointers in device memory (host memory under the emulator),
+// plus a stream. Where the CPU entry point returns values, the CUDA one writes them into caller-provided device
+// buffers, which the caller copies back after the stream is synchronized (under the emulator the launch is
+// synchronous and device memory is host memory, so the caller reads them directly).
+#pragma once
+#include <cstddef>
+#include <cstdint>
+
+#include "engine/dtype.h"
+#include "kernels/cuda/stream.h"
+
+namespace unet::kernels::cuda {
+
+// Device scratch (bytes) that softmax_dice_ce_forward needs for `voxels` and `channels`: one row of partial sums per
+// block. The block count depends only on `voxels`, never on the device, so the result bits are the same everywhere.
+size_t softmax_dice_ce_workspace_bytes(int64_t voxels, int channels);
+
+// Forward sums for one DiceCE evaluation, deterministic: each block reduces its voxels in a fixed tree order into a
+// row of `workspace`, then a single-block kernel adds the rows in block order (no float atomics).
+// Writes sums[0 .. 3C]: intersect[C], prob_sum[C], label_sum[C], ce_sum (doubles, as kernels::cpu::
+// softmax_dice_ce_forward returns them), and bad[0] = index of the first voxel whose label is outside [0, C) or -1,
+// bad[1] = that label (unchanged when bad[0] is -1). Invalid voxels are left out of the sums, as on the CPU.
+// channels: 1..kMaxLossChannels.
+inline constexpr int kMaxLossChannels = 16;
+void softmax_dice_ce_forward(const float* logits, const void* labels, DType label_dtype, int64_t voxels, int channels,
+                             void* workspace, double* sums, int64_t* bad, cudaStream_t stream);
+
+// d loss / d logits in one pass (kernels::cpu::softmax_dice_ce_backward); coef_a, coef_b: `channels` floats in device
+// memory. Labels must be valid (checked by the forward).
+void softmax_dice_ce_backward(const float* logits, const void* labels, DType label_dtype, int64_t voxels, int channels,
+                              const float* coef_a, const float* coef_b, float ce_scale, float* grad_logits,
+                              cudaStream_t stream);
+
+}  // namespace unet::kernels::cuda
