@@ -7,6 +7,7 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <string>
 #include <vector>
 
 #include "kernels/activation.h"
@@ -35,7 +36,7 @@ auto under_every_schedule(F&& run) {
     auto again = run();
     REQUIRE(again.size() == first.size());
     REQUIRE_MESSAGE(std::memcmp(again.data(), first.data(), first.size() * sizeof(first[0])) == 0,
-                    "schedule " << kSchedules[k] << " changed the result");
+                    "schedule " << std::string(kSchedules[k]) << " changed the result");
   }
   emu::set_schedule(emu::Schedule::parse("forward"));
   return first;
