@@ -10,6 +10,7 @@
 
 #include <stdexcept>
 #include <string>
+#include <type_traits>
 
 namespace unet::kernels::cuda {
 namespace {
@@ -176,16 +177,23 @@ bool is_float_type(DType t) {
   return t == DType::f32 || t == DType::f16 || t == DType::bf16;
 }
 
+// Launches the Src -> Dst conversion; equal types never get here (they are copied), so they are not instantiated.
+template <class Src, class Dst>
+void cast_to(const void* src, void* dst, int64_t n, cudaStream_t stream) {
+  if constexpr (!std::is_same_v<Src, Dst>)
+    launch(cast_k<Src, Dst>, grid_for(n), dim3(kThreads), 0, stream, static_cast<const typename Src::T*>(src),
+           static_cast<typename Dst::T*>(dst), n);
+}
+
 template <class Src>
 void cast_from(const void* src, DType dst_dtype, void* dst, int64_t n, cudaStream_t stream) {
-  const auto* s = static_cast<const typename Src::T*>(src);
   switch (dst_dtype) {
     case DType::f32:
-      return launch(cast_k<Src, F32>, grid_for(n), dim3(kThreads), 0, stream, s, static_cast<float*>(dst), n);
+      return cast_to<Src, F32>(src, dst, n, stream);
     case DType::f16:
-      return launch(cast_k<Src, F16>, grid_for(n), dim3(kThreads), 0, stream, s, static_cast<uint16_t*>(dst), n);
+      return cast_to<Src, F16>(src, dst, n, stream);
     default:
-      return launch(cast_k<Src, BF16>, grid_for(n), dim3(kThreads), 0, stream, s, static_cast<uint16_t*>(dst), n);
+      return cast_to<Src, BF16>(src, dst, n, stream);
   }
 }
 
