@@ -1,0 +1,290 @@
+// CUDA instance normalisation (forward, backward, and fused with leaky ReLU), the CUDA twin of kernels/cpu/norm.cpp.
+// Layout channels-last [n, s, c]: a block takes 32 adjacent channels (one coalesced 128-byte row segment per warp)
+// and 8 spatial rows at a time. Statistics are deterministic without atomics, in three launches:
+//   1. partial: block (channel tile, spatial chunk of kChunkRows, n) sums its chunk in double per thread, then a
+//      fixed shared-memory tree over the 8 row-threads; one partial per (n, chunk, c);
+//   2. finalize: block (channel tile, n) sums the chunk partials (thread ty takes chunks ty, ty+8, ... in order, then
+//      the same tree) and turns the sums into per-(n, c) coefficients;
+//   3. apply: elementwise over x.
+// The chunk size depends only on the shape, so the summation order, and the bits, are the same on every run and
+// under every schedule. The forward sums are shifted by the first value of each (n, c) (x[n, 0, c]): with a common
+// shift the chunk partials are plain sums, and in double the variance does not cancel when |mean| >> std.
+// The kernel environment comes first: under the emulator it must precede every CUDA header.
+#include "kernels/cuda/cuda_compat.cuh"
+// clang-format off
+#include "kernels/cuda/norm.cuh"
+#include "kernels/cuda/launch.cuh"
+#include "kernels/cuda/scratch.cuh"
+// clang-format on
+
+#include <stdexcept>
+
+namespace unet::kernels::cuda {
+namespace {
+
+constexpr int kTileC = 32;            // channels per block (threadIdx.x)
+constexpr int kRowsY = 8;             // spatial rows per block step (threadIdx.y)
+constexpr int64_t kChunkRows = 1024;  // spatial rows per partial: 128 per thread, enough to hide the final combine
+constexpr int kApplyThreads = 256;
+
+// ---- kernels ----
+
+// red[k][0][tx] = sum over ty of red[k][ty][tx], by a fixed tree (4, 2, 1). Every thread of the block calls it.
+template <int K>
+__device__ void column_tree_sum(double (&red)[K][kRowsY][kTileC]) {
+  const int tx = threadIdx.x, ty = threadIdx.y;
+  for (int stride = kRowsY / 2; stride > 0; stride /= 2) {
+    __syncthreads();
+    if (ty < stride)
+      for (int k = 0; k < K; ++k) red[k][ty][tx] += red[k][ty + stride][tx];
+  }
+  __syncthreads();
+}
+
+// part[n, chunk, 0, c] = sum (x - x[n, 0, c]), part[n, chunk, 1, c] = sum (x - x[n, 0, c])^2 over the chunk.
+__global__ void instance_norm_forward_partial(const float* x, int64_t S, int64_t C, int64_t chunks, double* part) {
+  __shared__ double red[2][kRowsY][kTileC];
+  const int tx = threadIdx.x, ty = threadIdx.y;
+  const int64_t c = int64_t(blockIdx.x) * kTileC + tx, ch = blockIdx.y, n = blockIdx.z;
+  const int64_t b = ch * kChunkRows, e = b + kChunkRows < S ? b + kChunkRows : S;
+  double s1 = 0.0, s2 = 0.0;
+  if (c < C) {
+    const float* xs = x + n * S * C + c;
+    const double shift = xs[0];
+    for (int64_t i = b + ty; i < e; i += kRowsY) {
+      const double d = static_cast<double>(xs[i * C]) - shift;
+      s1 += d;
+      s2 += d * d;
+    }
+  }
+  red[0][ty][tx] = s1;
+  red[1][ty][tx] = s2;
+  column_tree_sum(red);
+  if (ty == 0 && c < C) {
+    part[((n * chunks + ch) * 2 + 0) * C + c] = red[0][0][tx];
+    part[((n * chunks + ch) * 2 + 1) * C + c] = red[1][0][tx];
+  }
+}
+
+// mean, rstd [n, c]; coef[0][n, c] = rstd * gamma (rounded once from double, as the CPU), coef[1][n, c] = beta.
+__global__ void instance_norm_forward_finalize(const float* x, const double* part, int64_t S, int64_t C, int64_t chunks,
+                                               const float* gamma, const float* beta, float eps, float* mean,
+                                               float* rstd, float* coef, int64_t NC) {
+  __shared__ double red[2][kRowsY][kTileC];
+  const int tx = threadIdx.x, ty = threadIdx.y;
+  const int64_t c = int64_t(blockIdx.x) * kTileC + tx, n = blockIdx.z;
+  double s1 = 0.0, s2 = 0.0;
+  if (c < C)
+    for (int64_t ch = ty; ch < chunks; ch += kRowsY) {
+      s1 += part[((n * chunks + ch) * 2 + 0) * C + c];
+      s2 += part[((n * chunks + ch) * 2 + 1) * C + c];
+    }
+  red[0][ty][tx] = s1;
+  red[1][ty][tx] = s2;
+  column_tree_sum(red);
+  if (ty == 0 && c < C) {
+    const double count = static_cast<double>(S);
+    const double t1 = red[0][0][tx], t2 = red[1][0][tx];
+    const double m = static_cast<double>(x[n * S * C + c]) + t1 / count;
+    double var = (t2 - t1 * t1 / count) / count;
+    var = var > 0.0 ? var : 0.0;
+    const double r = 1.0 / sqrt(var + static_cast<double>(eps));
+    const int64_t j = n * C + c;
+    mean[j] = static_cast<float>(m);
+    rstd[j] = static_cast<float>(r);
+    coef[j] = static_cast<float>(r * (gamma ? static_cast<double>(gamma[c]) : 1.0));
+    coef[NC + j] = beta ? beta[c] : 0.f;
+  }
+}
+
+// y = (x - mean) * a + b, then leaky ReLU when kLeaky. (x - mean) is kept unfolded, as on the CPU: the folded
+// x * a + (b - mean * a) cancels when |mean| >> std.
+template <bool kLeaky>
+__global__ void instance_norm_forward_apply(const float* x, const float* mean, const float* coef, int64_t S, int64_t C,
+                                            int64_t NC, float slope, float* y, int64_t total) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < total; i += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t j = (i / (S * C)) * C + i % C;
+    float v = (x[i] - mean[j]) * coef[j] + coef[NC + j];
+    if (kLeaky) v = v > 0.f ? v : v * slope;
+    y[i] = v;
+  }
+}
+
+// The gradient reaching the normalised value: dy, or through the leaky ReLU whose output is y.
+template <bool kLeaky>
+__device__ float upstream_grad(const float* y, const float* dy, int64_t i, float slope) {
+  const float g = dy[i];
+  if (!kLeaky) return g;
+  return y[i] > 0.f ? g : g * slope;
+}
+
+// part[n, chunk, 0, c] = sum g, part[n, chunk, 1, c] = sum g * (x - mean) over the chunk (g the upstream gradient).
+template <bool kLeaky>
+__global__ void instance_norm_backward_partial(const float* x, const float* y, const float* dy, const float* mean,
+                                               float slope, int64_t S, int64_t C, int64_t chunks, double* part) {
+  __shared__ double red[2][kRowsY][kTileC];
+  const int tx = threadIdx.x, ty = threadIdx.y;
+  const int64_t c = int64_t(blockIdx.x) * kTileC + tx, ch = blockIdx.y, n = blockIdx.z;
+  const int64_t b = ch * kChunkRows, e = b + kChunkRows < S ? b + kChunkRows : S;
+  double s1 = 0.0, s2 = 0.0;
+  if (c < C) {
+    const float mu = mean[n * C + c];
+    for (int64_t i = b + ty; i < e; i += kRowsY) {
+      const int64_t o = (n * S + i) * C + c;
+      const float g = upstream_grad<kLeaky>(y, dy, o, slope);
+      s1 += g;
+      s2 += static_cast<double>(g) * static_cast<double>(x[o] - mu);
+    }
+  }
+  red[0][ty][tx] = s1;
+  red[1][ty][tx] = s2;
+  column_tree_sum(red);
+  if (ty == 0 && c < C) {
+    part[((n * chunks + ch) * 2 + 0) * C + c] = red[0][0][tx];
+    part[((n * chunks + ch) * 2 + 1) * C + c] = red[1][0][tx];
+  }
+}
+
+// sums[n, 0, c] = s1 = sum g, sums[n, 1, c] = s2 = sum g * xhat (for dgamma / dbeta); and the dx coefficients
+// dx = k1 * g + k2 * (x - mean) + k3 with k1 = rstd * gamma, k2 = -k1 * rstd * s2 / S, k3 = -k1 * s1 / S.
+__global__ void instance_norm_backward_finalize(const double* part, const float* rstd, const float* gamma, int64_t S,
+                                                int64_t C, int64_t chunks, double* sums, float* coef, int64_t NC) {
+  __shared__ double red[2][kRowsY][kTileC];
+  const int tx = threadIdx.x, ty = threadIdx.y;
+  const int64_t c = int64_t(blockIdx.x) * kTileC + tx, n = blockIdx.z;
+  double s1 = 0.0, s2 = 0.0;
+  if (c < C)
+    for (int64_t ch = ty; ch < chunks; ch += kRowsY) {
+      s1 += part[((n * chunks + ch) * 2 + 0) * C + c];
+      s2 += part[((n * chunks + ch) * 2 + 1) * C + c];
+    }
+  red[0][ty][tx] = s1;
+  red[1][ty][tx] = s2;
+  column_tree_sum(red);
+  if (ty == 0 && c < C) {
+    const int64_t j = n * C + c;
+    const double r = rstd[j], t1 = red[0][0][tx], t2 = red[1][0][tx] * r;
+    sums[(n * 2 + 0) * C + c] = t1;
+    sums[(n * 2 + 1) * C + c] = t2;
+    const double a = r * (gamma ? static_cast<double>(gamma[c]) : 1.0), count = static_cast<double>(S);
+    coef[j] = static_cast<float>(a);
+    coef[NC + j] = static_cast<float>(-a * r * t2 / count);
+    coef[2 * NC + j] = static_cast<float>(-a * t1 / count);
+  }
+}
+
+// dgamma[c] = sum over n of s2, dbeta[c] = sum over n of s1, in n order (as the CPU).
+__global__ void instance_norm_param_grads(const double* sums, int64_t N, int64_t C, float* dgamma, float* dbeta) {
+  const int64_t c = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
+  if (c >= C) return;
+  double g = 0.0, bsum = 0.0;
+  for (int64_t n = 0; n < N; ++n) {
+    bsum += sums[(n * 2 + 0) * C + c];
+    g += sums[(n * 2 + 1) * C + c];
+  }
+  if (dgamma) dgamma[c] = static_cast<float>(g);
+  if (dbeta) dbeta[c] = static_cast<float>(bsum);
+}
+
+template <bool kLeaky>
+__global__ void instance_norm_backward_apply(const float* x, const float* y, const float* dy, const float* mean,
+                                             const float* coef, int64_t S, int64_t C, int64_t NC, float slope,
+                                             float* dx, int64_t total) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < total; i += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t j = (i / (S * C)) * C + i % C;
+    const float g = upstream_grad<kLeaky>(y, dy, i, slope);
+    dx[i] = coef[j] * g + coef[NC + j] * (x[i] - mean[j]) + coef[2 * NC + j];
+  }
+}
+
+dim3 grid_for(int64_t n) {
+  const int64_t blocks = (n + kApplyThreads - 1) / kApplyThreads;
+  return dim3(static_cast<unsigned>(blocks < 1 ? 1 : (blocks > 4096 ? 4096 : blocks)));
+}
+
+struct Plan {
+  int64_t N, S, C, NC, total, chunks;
+  dim3 partial_grid, finalize_grid, block;
+};
+
+Plan plan_for(const NormShape& sh) {
+  if (sh.n < 0 || sh.s < 1 || sh.c < 0) throw std::invalid_argument("cuda instance norm: needs s >= 1");
+  Plan p;
+  p.N = sh.n;
+  p.S = sh.s;
+  p.C = sh.c;
+  p.NC = sh.n * sh.c;
+  p.total = p.NC * sh.s;
+  p.chunks = (sh.s + kChunkRows - 1) / kChunkRows;
+  if (p.chunks > 65535 || sh.n > 65535) throw std::invalid_argument("cuda instance norm: shape too large for the grid");
+  const auto tiles = static_cast<unsigned>((sh.c + kTileC - 1) / kTileC);
+  p.partial_grid = dim3(tiles, static_cast<unsigned>(p.chunks), static_cast<unsigned>(sh.n));
+  p.finalize_grid = dim3(tiles, 1, static_cast<unsigned>(sh.n));
+  p.block = dim3(kTileC, kRowsY);
+  return p;
+}
+
+template <bool kLeaky>
+void forward_impl(const NormShape& sh, const float* x, const float* gamma, const float* beta, float eps, float slope,
+                  float* y, float* mean, float* rstd, cudaStream_t stream) {
+  const Plan p = plan_for(sh);
+  if (p.total == 0) return;
+  Scratch<double> part(static_cast<size_t>(p.N * p.chunks * 2 * p.C), stream);
+  Scratch<float> coef(static_cast<size_t>(2 * p.NC), stream);
+  launch(instance_norm_forward_partial, p.partial_grid, p.block, 0, stream, x, p.S, p.C, p.chunks, part.get());
+  launch(instance_norm_forward_finalize, p.finalize_grid, p.block, 0, stream, x, part.get(), p.S, p.C, p.chunks, gamma,
+         beta, eps, mean, rstd, coef.get(), p.NC);
+  launch(instance_norm_forward_apply<kLeaky>, grid_for(p.total), dim3(kApplyThreads), 0, stream, x, mean, coef.get(),
+         p.S, p.C, p.NC, slope, y, p.total);
+}
+
+template <bool kLeaky>
+void backward_impl(const NormShape& sh, const float* x, const float* y, const float* dy, const float* mean,
+                   const float* rstd, const float* gamma, float slope, float* dx, float* dgamma, float* dbeta,
+                   cudaStream_t stream) {
+  const Plan p = plan_for(sh);
+  if (p.C == 0) return;
+  if (!dx && !dgamma && !dbeta) return;
+  Scratch<double> part(static_cast<size_t>(p.N * p.chunks * 2 * p.C), stream);
+  Scratch<double> sums(static_cast<size_t>(p.N * 2 * p.C), stream);
+  Scratch<float> coef(static_cast<size_t>(3 * p.NC), stream);
+  if (p.N > 0) {
+    launch(instance_norm_backward_partial<kLeaky>, p.partial_grid, p.block, 0, stream, x, y, dy, mean, slope, p.S, p.C,
+           p.chunks, part.get());
+    launch(instance_norm_backward_finalize, p.finalize_grid, p.block, 0, stream, part.get(), rstd, gamma, p.S, p.C,
+           p.chunks, sums.get(), coef.get(), p.NC);
+  }
+  if (dgamma || dbeta)
+    launch(instance_norm_param_grads, dim3(static_cast<unsigned>((p.C + 255) / 256)), dim3(256), 0, stream,
+           static_cast<const double*>(sums.get()), p.N, p.C, dgamma, dbeta);
+  if (dx && p.total > 0)
+    launch(instance_norm_backward_apply<kLeaky>, grid_for(p.total), dim3(kApplyThreads), 0, stream, x, y, dy, mean,
+           static_cast<const float*>(coef.get()), p.S, p.C, p.NC, slope, dx, p.total);
+}
+
+}  // namespace
+
+// ---- launchers ----
+
+void instance_norm_forward(const NormShape& sh, const float* x, const float* gamma, const float* beta, float eps,
+                           float* y, float* mean, float* rstd, cudaStream_t stream) {
+  forward_impl<false>(sh, x, gamma, beta, eps, 0.f, y, mean, rstd, stream);
+}
+
+void instance_norm_backward(const NormShape& sh, const float* x, const float* dy, const float* mean, const float* rstd,
+                            const float* gamma, float* dx, float* dgamma, float* dbeta, cudaStream_t stream) {
+  backward_impl<false>(sh, x, nullptr, dy, mean, rstd, gamma, 0.f, dx, dgamma, dbeta, stream);
+}
+
+void instance_norm_leaky_relu_forward(const NormShape& sh, const float* x, const float* gamma, const float* beta,
+                                      float eps, float slope, float* y, float* mean, float* rstd, cudaStream_t stream) {
+  forward_impl<true>(sh, x, gamma, beta, eps, slope, y, mean, rstd, stream);
+}
+
+void instance_norm_leaky_relu_backward(const NormShape& sh, const float* x, const float* y, const float* dy,
+                                       const float* mean, const float* rstd, const float* gamma, float slope, float* dx,
+                                       float* dgamma, float* dbeta, cudaStream_t stream) {
+  backward_impl<true>(sh, x, y, dy, mean, rstd, gamma, slope, dx, dgamma, dbeta, stream);
+}
+
+}  // namespace unet::kernels::cuda

@@ -1,0 +1,34 @@
+// CUDA instance normalisation kernels: the entry points mirror kernels/norm.h (CPU) — channels-last x [n, s, c],
+// statistics per (n, c) over s, gamma / beta [c] or null — with pointers in device memory (host memory under the
+// emulator) and a stream. Reductions are deterministic (fixed-order trees, no atomics): the same inputs give the same
+// bits on every run; against the CPU they agree to about 1e-6 relative, since the summation order differs.
+#pragma once
+#include <cstdint>
+
+#include "kernels/cuda/stream.h"
+#include "kernels/norm.h"  // NormShape (plain C++, no CUDA)
+
+namespace unet::kernels::cuda {
+
+using NormShape = ::unet::kernels::cpu::NormShape;
+
+// y = (x - mean) * rstd * gamma + beta; mean and rstd [n, c] are written for the backward pass.
+void instance_norm_forward(const NormShape& sh, const float* x, const float* gamma, const float* beta, float eps,
+                           float* y, float* mean, float* rstd, cudaStream_t stream);
+
+// dx, dgamma, dbeta as kernels/norm.h; each may be null (not computed); gamma null means 1.
+void instance_norm_backward(const NormShape& sh, const float* x, const float* dy, const float* mean, const float* rstd,
+                            const float* gamma, float* dx, float* dgamma, float* dbeta, cudaStream_t stream);
+
+// The forward followed by leaky ReLU in one pass over x: y = leaky_relu(instance_norm(x), slope). Same results as
+// instance_norm_forward then leaky_relu_forward.
+void instance_norm_leaky_relu_forward(const NormShape& sh, const float* x, const float* gamma, const float* beta,
+                                      float eps, float slope, float* y, float* mean, float* rstd, cudaStream_t stream);
+
+// Its backward from the fused output y (slope >= 0, so y > 0 exactly where the normalised value is > 0): the same
+// results as leaky_relu_backward on the normalised value followed by instance_norm_backward.
+void instance_norm_leaky_relu_backward(const NormShape& sh, const float* x, const float* y, const float* dy,
+                                       const float* mean, const float* rstd, const float* gamma, float slope, float* dx,
+                                       float* dgamma, float* dbeta, cudaStream_t stream);
+
+}  // namespace unet::kernels::cuda
