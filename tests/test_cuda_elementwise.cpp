@@ -25,7 +25,7 @@ TEST_CASE("cuda add equals the CPU add bit for bit for f32, f16 and bf16, under 
         emu::set_schedule(emu::Schedule::parse(s));
         std::memset(gpu.raw(), 0xff, gpu.nbytes());
         kernels::cuda::add(dt, a.raw(), b.raw(), gpu.raw(), n, nullptr);
-        REQUIRE_MESSAGE(std::memcmp(cpu.raw(), gpu.raw(), cpu.nbytes()) == 0, dtype_name(dt) << " n " << n << " " << s);
+        REQUIRE_MESSAGE(std::memcmp(cpu.raw(), gpu.raw(), cpu.nbytes()) == 0, std::string(dtype_name(dt)) << " n " << n << " " << std::string(s));
       }
     }
   emu::set_schedule(emu::Schedule::parse("forward"));
