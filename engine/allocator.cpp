@@ -20,27 +20,29 @@ size_t size_class(size_t bytes) {
   return (bytes + step - 1) / step * step;
 }
 
-struct Pool {
+}  // namespace
+
+struct HostAllocator::Pool {
   std::mutex mutex;
   std::map<size_t, std::vector<void*>> free_lists;
   MemoryStats stats;
 };
 
-Pool& pool() {
-  static Pool* p = new Pool();  // never destroyed: tensors in static objects may be freed at exit
-  return *p;
-}
-
-}  // namespace
+HostAllocator::HostAllocator() : pool_(new Pool()) {}
 
 HostAllocator& HostAllocator::instance() {
-  static HostAllocator a;
-  return a;
+  static HostAllocator* a = new HostAllocator();
+  return *a;
+}
+
+HostAllocator& HostAllocator::emulated_device() {
+  static HostAllocator* a = new HostAllocator();
+  return *a;
 }
 
 void* HostAllocator::allocate(size_t bytes) {
   size_t cls = size_class(bytes);
-  Pool& p = pool();
+  Pool& p = *pool_;
   {
     std::lock_guard<std::mutex> lock(p.mutex);
     p.stats.current_bytes += cls;
@@ -65,7 +67,7 @@ void* HostAllocator::allocate(size_t bytes) {
 void HostAllocator::deallocate(void* ptr, size_t bytes) {
   if (!ptr) return;
   size_t cls = size_class(bytes);
-  Pool& p = pool();
+  Pool& p = *pool_;
   std::lock_guard<std::mutex> lock(p.mutex);
   p.stats.current_bytes -= cls;
   p.stats.cached_bytes += cls;
@@ -73,19 +75,19 @@ void HostAllocator::deallocate(void* ptr, size_t bytes) {
 }
 
 MemoryStats HostAllocator::stats() const {
-  Pool& p = pool();
+  Pool& p = *pool_;
   std::lock_guard<std::mutex> lock(p.mutex);
   return p.stats;
 }
 
 void HostAllocator::reset_peak() {
-  Pool& p = pool();
+  Pool& p = *pool_;
   std::lock_guard<std::mutex> lock(p.mutex);
   p.stats.peak_bytes = p.stats.current_bytes;
 }
 
 void HostAllocator::release_cached() {
-  Pool& p = pool();
+  Pool& p = *pool_;
   std::lock_guard<std::mutex> lock(p.mutex);
   for (auto& [cls, list] : p.free_lists)
     for (void* ptr : list) std::free(ptr);

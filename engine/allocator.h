@@ -14,12 +14,18 @@ struct MemoryStats {
 
 class HostAllocator {
  public:
-  static HostAllocator& instance();
+  static HostAllocator& instance();          // the CPU backend's memory
+  static HostAllocator& emulated_device();   // Device::cuda_emu's "device" memory: host memory, accounted separately
   void* allocate(size_t bytes);
   void deallocate(void* p, size_t bytes);
   MemoryStats stats() const;
   void reset_peak();
   void release_cached();  // return every cached block to the system
+
+ private:
+  HostAllocator();
+  struct Pool;
+  Pool* pool_;  // never destroyed: tensors in static objects may be freed at exit
 };
 
 }  // namespace unet

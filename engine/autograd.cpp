@@ -3,7 +3,7 @@
 
 #include <unordered_map>
 
-#include "kernels/elementwise.h"
+#include "engine/ops/dispatch.h"
 
 namespace unet::autograd {
 namespace {
@@ -61,13 +61,14 @@ void accumulate(std::shared_ptr<TensorImpl>& grad, const Tensor& g) {
   // Someone else (another leaf, a user copy) may hold this gradient: then never modify it in place.
   bool exclusive = grad.use_count() == 1 && acc.impl().storage.use_count() == 1;
   Tensor out = exclusive ? acc : Tensor::empty(acc.shape(), acc.dtype(), acc.device());
-  kernels::cpu::add(acc.dtype(), acc.raw(), g.raw(), out.raw(), acc.numel());
+  check_arg(acc.device() == g.device(), "gradient accumulation: " + acc.describe() + " += " + g.describe());
+  ops::detail::add_into(acc, g, out);
   grad = out.impl_ptr();
 }
 
 void backward(const Tensor& root, Tensor grad) {
   check_arg(root.requires_grad(), "backward: " + root.describe() + " does not require grad");
-  if (!grad.defined()) grad = Tensor::full(root.shape(), 1.0f, root.dtype());
+  if (!grad.defined()) grad = Tensor::full(root.shape(), 1.0f, root.dtype()).to(root.device());
   check_arg(grad.shape() == root.shape(), "backward: gradient " + grad.describe() + " for " + root.describe());
 
   std::vector<std::shared_ptr<Node>> tape;

@@ -34,6 +34,16 @@ int64_t Module::parameter_count() const {
   return n;
 }
 
+void Module::to(Device d) {
+  for (auto& [n, p] : named_parameters()) {
+    if (p.device() == d) continue;
+    Tensor moved = p.to(d);
+    p.impl().storage = moved.impl().storage;
+    p.impl().device = d;
+    p.impl().grad.reset();
+  }
+}
+
 void Module::zero_grad() {
   for (auto& [n, p] : named_parameters()) p.impl().grad.reset();
 }

@@ -17,6 +17,10 @@ class Module {
   std::vector<Tensor> parameters() const;
   int64_t parameter_count() const;
   void zero_grad();  // drops every parameter's gradient
+  // Moves every parameter to device d in place (as torch.nn.Module.to): the parameter tensors keep their identity,
+  // name and requires_grad, their storage is replaced by a copy on d, and gradients are dropped. Optimizers hold the
+  // same tensors, but create their state on the parameters' device: move the model before building the optimizer.
+  void to(Device d);
 
  protected:
   // Marks t as a leaf requiring grad, names it, and returns it.

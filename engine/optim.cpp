@@ -5,6 +5,9 @@
 #include <cstring>
 #include <set>
 
+#include "engine/device.h"
+#include "engine/ops/dispatch.h"
+#include "kernels/cuda/optim.cuh"
 #include "kernels/optim.h"
 
 namespace unet {
@@ -12,6 +15,26 @@ namespace unet {
 namespace {
 std::string param_label(const Tensor& p, size_t i) {
   return "parameter " + std::to_string(i) + (p.name().empty() ? "" : " '" + p.name() + "'") + " " + p.describe();
+}
+
+// Runs a fused CUDA step (kernels::cuda::adam_step or sgd_step, passed as `launch`) over `slices` on device d:
+// allocates the launcher's workspace and the nonfinite flag on the device, and returns true when it stepped.
+template <class Slice, class Launch>
+bool cuda_step(Device d, const std::vector<Slice>& slices, Launch&& launch) {
+#if UNET_HAVE_CUDA_KERNELS
+  std::vector<int64_t> sizes;
+  for (const Slice& s : slices) sizes.push_back(s.n);
+  Tensor work = Tensor::empty({static_cast<int64_t>(kernels::cuda::optim_workspace_bytes(sizes.data(), sizes.size()))},
+                              DType::u8, d);
+  Tensor flag = Tensor::zeros({1}, DType::i32, d);
+  launch(work.raw(), flag.data<int32_t>(), device::default_stream(d));
+  int nonfinite = 0;
+  device::copy(&nonfinite, Device::cpu, flag.raw(), d, sizeof nonfinite);
+  return nonfinite == 0;
+#else
+  (void)d, (void)slices, (void)launch;
+  ops::detail::no_cuda_kernels("optimizer step");
+#endif
 }
 }  // namespace
 
@@ -26,8 +49,10 @@ Optimizer::Optimizer(std::vector<Tensor> params, double lr, std::vector<std::str
   for (size_t i = 0; i < params_.size(); ++i) {
     const Tensor& p = params_[i];
     check_arg(p.defined(), "optimizer: parameter " + std::to_string(i) + " is undefined");
-    check_arg(p.device() == Device::cpu && p.dtype() == DType::f32,
-              "optimizer: " + param_label(p, i) + " must be f32 on the cpu backend");
+    check_arg(p.dtype() == DType::f32, "optimizer: " + param_label(p, i) + " must be f32");
+    check_arg(p.device() == params_[0].device(),
+              "optimizer: " + param_label(p, i) + " is not on the device of parameter 0 (" +
+                  device_name(params_[0].device()) + ")");
     check_arg(p.is_leaf() && p.requires_grad(), "optimizer: " + param_label(p, i) + " is not a leaf requiring grad");
     check_arg(seen.insert(p.impl_ptr().get()).second, "optimizer: " + param_label(p, i) + " is listed twice");
   }
@@ -44,7 +69,7 @@ bool Optimizer::step(float inv_scale) {
   for (size_t i = 0; i < params_.size(); ++i) {
     Tensor g = params_[i].grad();
     if (!g.defined()) continue;
-    check_arg(g.shape() == params_[i].shape() && g.dtype() == DType::f32 && g.device() == Device::cpu,
+    check_arg(g.shape() == params_[i].shape() && g.dtype() == DType::f32 && g.device() == params_[i].device(),
               "optimizer step: gradient " + g.describe() + " does not match " + param_label(params_[i], i));
     with_grad.push_back(i);
   }
@@ -61,7 +86,7 @@ void Optimizer::zero_grad() {
 Tensor& Optimizer::state_tensor(size_t kind, size_t i, bool* created) {
   Tensor& t = state_[kind][i];
   *created = !t.defined();
-  if (*created) t = Tensor::zeros(params_[i].shape());
+  if (*created) t = Tensor::zeros(params_[i].shape(), DType::f32, params_[i].device());
   return t;
 }
 
@@ -105,7 +130,7 @@ void Optimizer::set_state(const std::string& name, const Tensor& value) {
                                                        param_label(params_[i], i));
     bool created;
     Tensor& t = state_tensor(k, i, &created);
-    std::memcpy(t.raw(), value.raw(), value.nbytes());
+    device::copy(t.raw(), t.device(), value.raw(), value.device(), value.nbytes());
     return;
   }
   check_arg(false, std::string(this->name()) + " set_state: unknown state kind '" + kind + "'");
@@ -137,7 +162,12 @@ bool AdamBase::apply(const std::vector<size_t>& with_grad, float inv_scale) {
   }
   kernels::cpu::AdamArgs args{lr_,        options_.beta1, options_.beta2, options_.eps, options_.weight_decay,
                               decoupled_, inv_scale};
-  bool ok = kernels::cpu::adam_step(slices.data(), slices.size(), args);
+  const Device dev = params_.empty() ? Device::cpu : params_[0].device();
+  bool ok = dev == Device::cpu ? kernels::cpu::adam_step(slices.data(), slices.size(), args)
+                               : cuda_step(dev, slices, [&](void* work, int* nonfinite, cudaStream_t stream) {
+                                   UNET_CUDA_KERNEL("Adam step", kernels::cuda::adam_step(slices.data(), slices.size(),
+                                                                                         args, work, nonfinite, stream));
+                                 });
   if (!ok)
     for (auto [k, i] : created) state_[k][i] = Tensor();
   return ok;
@@ -166,7 +196,12 @@ bool SGD::apply(const std::vector<size_t>& with_grad, float inv_scale) {
     slices.push_back({params_[i].data<float>(), params_[i].grad().data<float>(), buf, params_[i].numel(), first});
   }
   kernels::cpu::SgdArgs args{lr_, options_.momentum, options_.weight_decay, options_.nesterov, inv_scale};
-  bool ok = kernels::cpu::sgd_step(slices.data(), slices.size(), args);
+  const Device dev = params_.empty() ? Device::cpu : params_[0].device();
+  bool ok = dev == Device::cpu ? kernels::cpu::sgd_step(slices.data(), slices.size(), args)
+                               : cuda_step(dev, slices, [&](void* work, int* nonfinite, cudaStream_t stream) {
+                                   UNET_CUDA_KERNEL("SGD step", kernels::cuda::sgd_step(slices.data(), slices.size(),
+                                                                                       args, work, nonfinite, stream));
+                                 });
   if (!ok)
     for (size_t i : created) state_[0][i] = Tensor();
   return ok;

@@ -6,6 +6,7 @@
 
 #include "engine/allocator.h"
 #include "engine/autograd.h"
+#include "engine/device.h"
 
 namespace unet {
 
@@ -47,12 +48,9 @@ void check_arg(bool cond, const std::string& what) {
   if (!cond) throw std::invalid_argument(what);
 }
 
-Storage::Storage(size_t nbytes, Device dev) : bytes(nbytes), device(dev) {
-  if (dev != Device::cpu) throw std::runtime_error(std::string("device ") + device_name(dev) + " is not available in this build");
-  data = HostAllocator::instance().allocate(nbytes);
-}
+Storage::Storage(size_t nbytes, Device dev) : bytes(nbytes), device(dev) { data = device::allocate(dev, nbytes); }
 
-Storage::~Storage() { HostAllocator::instance().deallocate(data, bytes); }
+Storage::~Storage() { device::free(device, data, bytes); }
 
 Tensor Tensor::empty(const Shape& shape, DType dtype, Device device) {
   for (int64_t d : shape) check_arg(d >= 0, "negative dimension in shape " + shape_str(shape));
@@ -66,7 +64,7 @@ Tensor Tensor::empty(const Shape& shape, DType dtype, Device device) {
 
 Tensor Tensor::zeros(const Shape& shape, DType dtype, Device device) {
   Tensor t = empty(shape, dtype, device);
-  std::memset(t.raw(), 0, t.nbytes());
+  device::memset(device, t.raw(), 0, t.nbytes());
   return t;
 }
 
@@ -119,7 +117,14 @@ std::string Tensor::describe() const {
 
 Tensor Tensor::clone() const {
   Tensor t = empty(shape(), dtype(), device());
-  std::memcpy(t.raw(), raw(), nbytes());
+  device::copy(t.raw(), device(), raw(), device(), nbytes());
+  return t;
+}
+
+Tensor Tensor::to(Device d) const {
+  if (d == device()) return *this;
+  Tensor t = empty(shape(), dtype(), d);
+  device::copy(t.raw(), d, raw(), device(), nbytes());
   return t;
 }
 
@@ -140,6 +145,7 @@ Tensor Tensor::reshape(const Shape& s) const {
 }
 
 std::vector<float> Tensor::to_vector() const {
+  if (device() != Device::cpu) return to(Device::cpu).to_vector();
   size_t n = static_cast<size_t>(numel());
   std::vector<float> v(n);
   switch (dtype()) {
@@ -186,6 +192,7 @@ Tensor permute_copy(const Tensor& t, const std::vector<int>& perm) {
     out_shape[i] = t.shape()[perm[i]];
     src_stride[i] = in_strides[perm[i]];
   }
+  check_arg(t.device() != Device::cuda, "permute_copy of " + t.describe() + ": host memory only (copy to the cpu first)");
   Tensor out = Tensor::empty(out_shape, t.dtype(), t.device());
   size_t es = dtype_size(t.dtype());
   const char* src = static_cast<const char*>(t.raw());

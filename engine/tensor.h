@@ -20,7 +20,8 @@ using Shape = std::vector<int64_t>;
 std::string shape_str(const Shape& s);
 int64_t shape_numel(const Shape& s);
 
-// Bytes on one device. Host bytes come from the pooled HostAllocator.
+// Bytes on one device, from engine/device: CPU bytes from the pooled HostAllocator, cuda-emu bytes from the
+// emulator's own pool (host memory), cuda bytes from the stream-ordered CUDA pool.
 struct Storage {
   Storage(size_t bytes, Device device);
   ~Storage();
@@ -92,9 +93,12 @@ class Tensor {
   }
 
   Tensor clone() const;                     // deep copy, no autograd history
+  // A copy on device d (this tensor itself when it is already there), no autograd history: move inputs and
+  // parameters (Module::to) before the forward pass.
+  Tensor to(Device d) const;
   Tensor detach() const;                    // same storage, no autograd history
   Tensor reshape(const Shape& shape) const; // same storage, no autograd history; numel must match
-  std::vector<float> to_vector() const;     // every dtype converted to float
+  std::vector<float> to_vector() const;     // every dtype converted to float (copied to the cpu first)
   float item() const;                       // the single element, as float
 
   // autograd

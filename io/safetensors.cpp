@@ -75,7 +75,6 @@ void write_safetensors(const std::string& path, const NamedTensors& tensors, con
   size_t offset = 0;
   for (auto& [name, t] : tensors) {
     if (name == "__metadata__" || header.contains(name)) throw std::invalid_argument(path + ": duplicate or reserved tensor name '" + name + "'");
-    if (t.device() != Device::cpu) throw std::invalid_argument(path + ": tensor '" + name + "' is not on the cpu");
     header[name] = {{"dtype", st_dtype(t.dtype())}, {"shape", t.shape()}, {"data_offsets", {offset, offset + t.nbytes()}}};
     offset += t.nbytes();
   }
@@ -86,7 +85,10 @@ void write_safetensors(const std::string& path, const NamedTensors& tensors, con
   for (int i = 0; i < 8; ++i) bytes[i] = static_cast<char>((n >> (8 * i)) & 0xff);
   bytes += h;
   bytes.reserve(bytes.size() + offset);
-  for (auto& [name, t] : tensors) bytes.append(static_cast<const char*>(t.raw()), t.nbytes());
+  for (auto& [name, t] : tensors) {
+    const Tensor host = t.to(Device::cpu);  // device tensors (a model or optimizer state on cuda-emu) are copied
+    bytes.append(static_cast<const char*>(host.raw()), host.nbytes());
+  }
   write_file_atomically(path, bytes);
 }
 

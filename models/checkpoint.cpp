@@ -5,6 +5,8 @@
 #include <nlohmann/json.hpp>
 #include <stdexcept>
 
+#include "engine/device.h"
+
 namespace unet::models {
 namespace {
 
@@ -54,7 +56,7 @@ void load_weights(const io::SafetensorsContent& weights, Module& model, const st
     if (t.shape() != p.shape() || t.dtype() != p.dtype())
       throw std::runtime_error(path + ": tensor '" + name + "' is " + found->describe() + " (PyTorch layout), the model expects " +
                                to_pytorch_layout(name, p).describe());
-    std::memcpy(p.raw(), t.raw(), p.nbytes());
+    device::copy(p.raw(), p.device(), t.raw(), t.device(), p.nbytes());  // the model may be on another device
   }
 }
 

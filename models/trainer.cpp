@@ -33,8 +33,12 @@ StepStats train_step(DynUNet& net, Optimizer& optimizer, const Tensor& x, const 
 }
 
 Tensor predict_volume(const DynUNet& net, const Tensor& image, const SlidingWindowOptions& options) {
+  // The network runs on its parameters' device (Module::to); windows go there and logits come back for blending.
+  const std::vector<Tensor> params = net.parameters();
+  const Device d = params.empty() ? Device::cpu : params[0].device();
   return sliding_window_predict(
-      image, [&](const Tensor& batch) { return net.forward(batch, /*training=*/false)[0]; }, options);
+      image,
+      [&](const Tensor& batch) { return net.forward(batch.to(d), /*training=*/false)[0].to(Device::cpu); }, options);
 }
 
 Tensor segment_volume(const DynUNet& net, const Tensor& image, const SlidingWindowOptions& options) {

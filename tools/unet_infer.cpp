@@ -1,6 +1,6 @@
 // unet_infer: segments NIfTI volumes with a trained checkpoint by sliding-window inference (SPEC 5, 6).
 // usage: unet_infer --model CKPT --input FILE|DIR --output FILE|DIR [--overlap F] [--blend gaussian|constant] [--tta]
-//                   [--precision fp32] [--device auto|cpu] [--save-probabilities] [--batch N]
+//                   [--precision fp32] [--device auto|cpu|cuda-emu] [--save-probabilities] [--batch N]
 // Each output label map (uint8) is written with its input's header; with --save-probabilities the per-class
 // softmax (float32, 4D) goes beside it as NAME_probabilities.nii.gz. Exit status 0 / 2 (usage) / 1 (runtime).
 #include <CLI/CLI.hpp>
@@ -8,7 +8,9 @@
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
+#include <iostream>
 
+#include "engine/device.h"
 #include "engine/parallel.h"
 #include "engine/ops.h"
 #include "engine/sliding_window.h"
@@ -51,7 +53,7 @@ int main(int argc, char** argv) {
   app.add_option("--blend", blend, "window blending: gaussian or constant")->capture_default_str();
   app.add_flag("--tta", tta, "test-time augmentation: average over all flips");
   app.add_option("--precision", precision, "fp32 (fp16/bf16 come with the CUDA backend)")->capture_default_str();
-  app.add_option("--device", device, "auto, cpu or cuda")->capture_default_str();
+  app.add_option("--device", device, "auto, cpu, cuda or cuda-emu (the CUDA kernels under the CPU emulator)")->capture_default_str();
   app.add_flag("--save-probabilities", save_probabilities, "also write the per-class probabilities (float32)");
   app.add_option("--batch", batch, "windows per forward pass")->capture_default_str();
   try {
@@ -66,8 +68,12 @@ int main(int argc, char** argv) {
     if (blend != "gaussian" && blend != "constant") throw UsageError("--blend '" + blend + "': expected gaussian or constant");
     if (!(overlap >= 0 && overlap < 1)) throw UsageError("--overlap " + std::to_string(overlap) + ": expected a value in [0, 1)");
     if (precision != "fp32") throw UsageError("--precision " + precision + ": the CPU backend computes in fp32 only");
-    if (device == "cuda") throw UsageError("--device cuda: this build has no CUDA backend yet; use cpu or auto");
-    if (device != "auto" && device != "cpu") throw UsageError("--device '" + device + "': expected auto, cpu or cuda");
+    Device dev = Device::cpu;
+    try {
+      dev = device::resolve_device(device, &std::cout);  // auto without a GPU: one line, then the CPU
+    } catch (const std::exception& e) {
+      throw UsageError("--device " + device + ": " + e.what());
+    }
     if (batch < 1) throw UsageError("--batch: expected at least 1");
     if (!fs::exists(input)) throw UsageError("--input " + input + ": no such file or directory");
 
@@ -94,14 +100,15 @@ int main(int argc, char** argv) {
     card.net.deep_supervision = false;  // heads are for training only
     models::DynUNet net(card.net);
     models::load_weights(weights, net, model_path);
+    net.to(dev);
     SlidingWindowOptions sw;
     sw.patch = card.patch;
     sw.overlap = overlap;
     sw.blend = blend == "constant" ? Blend::constant : Blend::gaussian;
     sw.tta = tta;
     sw.batch_size = batch;
-    std::printf("unet_infer: %zu volume(s) on the CPU backend (%d threads)%s\n", jobs.size(), num_threads(),
-                device == "auto" ? "; no CUDA backend in this build" : "");
+    std::printf("unet_infer: %zu volume(s) on the %s backend (%d host threads)\n", jobs.size(), device_name(dev),
+                num_threads());
 
     for (auto& [in, out] : jobs) {
       auto t0 = std::chrono::steady_clock::now();

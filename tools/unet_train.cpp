@@ -9,9 +9,11 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <iostream>
 #include <nlohmann/json.hpp>
 
 #include "engine/allocator.h"
+#include "engine/device.h"
 #include "engine/optim.h"
 #include "engine/parallel.h"
 #include "engine/schedule.h"
@@ -57,7 +59,7 @@ io::Config make_config() {
       {"validation", "blend", KeyType::string, "gaussian", "window blending", {"gaussian", "constant"}},
       {"output", "dir", KeyType::string, "runs/unet", "output directory"},
       {"runtime", "threads", KeyType::integer, "0", "CPU threads (0: all cores)"},
-      {"runtime", "device", KeyType::string, "auto", "compute device", {"auto", "cpu", "cuda"}},
+      {"runtime", "device", KeyType::string, "auto", "compute device", {"auto", "cpu", "cuda", "cuda-emu"}},
   });
 }
 
@@ -99,7 +101,12 @@ double mean(const std::vector<double>& v) {
 
 int run(const io::Config& c) {
   std::string device = c.get_string("runtime", "device");
-  if (device == "cuda") throw UsageError("runtime.device = cuda: this build has no CUDA backend yet; use cpu or auto");
+  Device dev = Device::cpu;
+  try {
+    dev = device::resolve_device(device, &std::cout);  // auto without a GPU: one line, then the CPU
+  } catch (const std::exception& e) {
+    throw UsageError(std::string("runtime.device = ") + device + ": " + e.what());
+  }
   if (c.get_int("runtime", "threads") > 0) omp_set_num_threads(static_cast<int>(c.get_int("runtime", "threads")));
   std::string dataset_dir = c.get_string("data", "dataset");
   if (dataset_dir.empty()) throw UsageError("data.dataset: required (the directory holding dataset.json)");
@@ -114,8 +121,7 @@ int run(const io::Config& c) {
   if (c.get_int("data", "batch_size") < 1) throw UsageError("data.batch_size: expected at least 1");
   if (c.get_int("model", "filters") < 1) throw UsageError("model.filters: expected at least 1");
   uint64_t seed = static_cast<uint64_t>(c.get_int("train", "seed"));
-  std::printf("unet_train: %s on the CPU backend (%d threads)%s\n", dataset_dir.c_str(), num_threads(),
-              device == "auto" ? "; no CUDA backend in this build" : "");
+  std::printf("unet_train: %s on the %s backend (%d host threads)\n", dataset_dir.c_str(), device_name(dev), num_threads());
 
   // Data: every case loaded once; normalisation planned on the training cases of the fold.
   io::DatasetInfo info = io::read_msd_dataset(dataset_dir);
@@ -164,6 +170,7 @@ int run(const io::Config& c) {
   for (size_t k = 0; k < info.labels.size(); ++k) card.labels[static_cast<int>(k)] = info.labels[k];
   models::DynUNet net(card.net);
   net.initialize(seed);
+  net.to(dev);  // before the optimizer, which creates its state on the parameters' device
   std::unique_ptr<Optimizer> opt = make_optimizer(c, net.parameters());
   LrSchedule schedule{c.get_string("train", "scheduler"), c.get_real("train", "lr"), steps, c.get_int("train", "warmup_steps")};
 
@@ -207,7 +214,7 @@ int run(const io::Config& c) {
   for (long step = 0; step < steps; ++step) {
     opt->set_lr(schedule.at(step));
     io::PatchBatch batch = sampler.next();
-    models::StepStats st = models::train_step(net, *opt, batch.image, batch.label);
+    models::StepStats st = models::train_step(net, *opt, batch.image.to(dev), batch.label.to(dev));
     if (!std::isfinite(st.loss)) throw std::runtime_error("training diverged at step " + std::to_string(step + 1) + " (loss is not finite)");
     loss_acc += st.loss;
     ++loss_n;

@@ -1,5 +1,8 @@
 // ops::conv: 2D and 3D convolution on channels-last tensors, with its autograd node (dx, dw, dbias).
 // Validation happens here, once, so the kernels in kernels/cpu/conv.cpp can assume a well-formed problem.
+// TEMPORARY: there is no CUDA convolution kernel yet. On Device::cuda_emu, whose memory is host memory, the CPU kernels
+// are BORROWED (they run on the emulated device's buffers directly); Device::cuda is refused. Replace with
+// kernels::cuda:: calls when kernels/cuda/conv.cu exists.
 #include <string>
 
 #include "engine/autograd.h"
@@ -16,8 +19,8 @@ std::string vec_str(const std::vector<int>& v) {
 }
 
 void check_cpu_f32(const Tensor& t, const char* what) {
-  check_arg(t.device() == Device::cpu,
-            std::string("conv: ") + what + " " + t.describe() + " is not on the cpu backend");
+  check_arg(t.device() != Device::cuda,  // cpu, or cuda-emu borrowing the CPU kernels (see the top of this file)
+            std::string("conv: ") + what + " " + t.describe() + ": no CUDA convolution kernel yet");
   check_arg(t.dtype() == DType::f32, std::string("conv: ") + what + " must be f32, got " + t.describe());
 }
 
@@ -69,6 +72,8 @@ Tensor conv(const Tensor& x, const Tensor& w, const Tensor& bias, const std::vec
     check_arg(stride[i] >= 1, "conv: stride " + vec_str(stride) + " must be >= 1");
     check_arg(pad[i] >= 0, "conv: pad " + vec_str(pad) + " must be >= 0");
   }
+  check_arg(w.device() == x.device() && (!bias.defined() || bias.device() == x.device()),
+            "conv: input, weight and bias must be on one device, " + shapes);
   if (bias.defined()) {
     check_cpu_f32(bias, "bias");
     check_arg(
@@ -82,7 +87,8 @@ Tensor conv(const Tensor& x, const Tensor& w, const Tensor& bias, const std::vec
   Shape out_shape = {p.N};
   if (x.rank() == 5) out_shape.push_back(p.Z);
   out_shape.insert(out_shape.end(), {p.P, p.Q, p.K});
-  Tensor y = Tensor::empty(out_shape);
+  const Device dev = x.device();
+  Tensor y = Tensor::empty(out_shape, DType::f32, dev);
   kernels::cpu::conv_fprop(p, x.data<float>(), w.data<float>(), bias.defined() ? bias.data<float>() : nullptr,
                            y.data<float>());
 
@@ -94,18 +100,18 @@ Tensor conv(const Tensor& x, const Tensor& w, const Tensor& bias, const std::vec
     Tensor saved_w = need_dx ? w.detach() : Tensor();
     Shape x_shape = x.shape(), w_shape = w.shape();
     autograd::record("conv", {x, w, bias}, {y},
-                     [p, need_dx, need_dw, need_db, saved_x, saved_w, x_shape, w_shape](const std::vector<Tensor>& g) {
+                     [p, need_dx, need_dw, need_db, saved_x, saved_w, x_shape, w_shape, dev](const std::vector<Tensor>& g) {
                        std::vector<Tensor> grads(3);
                        const Tensor& dy = g[0];
                        if (!dy.defined()) return grads;
                        if (need_dx) {
-                         grads[0] = Tensor::empty(x_shape);
+                         grads[0] = Tensor::empty(x_shape, DType::f32, dev);
                          kernels::cpu::conv_dgrad(p, dy.data<float>(), saved_w.data<float>(), grads[0].data<float>());
                        }
                        if (need_dw || need_db) {
-                         Tensor db = need_db ? Tensor::empty({p.K}) : Tensor();
+                         Tensor db = need_db ? Tensor::empty({p.K}, DType::f32, dev) : Tensor();
                          if (need_dw) {
-                           grads[1] = Tensor::empty(w_shape);
+                           grads[1] = Tensor::empty(w_shape, DType::f32, dev);
                            kernels::cpu::conv_wgrad(p, saved_x.data<float>(), dy.data<float>(), grads[1].data<float>(),
                                                     need_db ? db.data<float>() : nullptr);
                          } else {

@@ -1,6 +1,8 @@
 // conv_transpose: the differentiable transposed convolution with kernel == stride (nnU-Net's upsampling layer).
 // Validates shapes, runs kernels/cpu/conv_transpose.cpp, and records one node whose backward computes dx, dw and
 // dbias; it saves x only when w needs a gradient and w only when x does.
+// TEMPORARY: there is no CUDA transposed-convolution kernel yet. On Device::cuda_emu, whose memory is host memory, the
+// CPU kernels are BORROWED (they run on the emulated device's buffers directly); Device::cuda is refused.
 #include "kernels/conv_transpose.h"
 #include "engine/autograd.h"
 #include "engine/ops.h"
@@ -11,8 +13,10 @@ Tensor conv_transpose(const Tensor& x, const Tensor& w, const Tensor& bias) {
   check_arg(x.defined() && w.defined(), "conv_transpose: undefined input or weight");
   const std::string args = "conv_transpose(x " + x.describe() + ", w " + w.describe() + ", bias " +
                            (bias.defined() ? bias.describe() : std::string("none")) + "): ";
-  check_arg(x.device() == Device::cpu && w.device() == Device::cpu && (!bias.defined() || bias.device() == Device::cpu),
-            args + "all tensors must be on the cpu backend");
+  check_arg(w.device() == x.device() && (!bias.defined() || bias.device() == x.device()),
+            args + "all tensors must be on one device");
+  check_arg(x.device() != Device::cuda, args + "no CUDA transposed-convolution kernel yet");
+  const Device dev = x.device();
   check_arg(x.dtype() == DType::f32 && w.dtype() == DType::f32 && (!bias.defined() || bias.dtype() == DType::f32),
             args + "all tensors must be f32 (cast first)");
   check_arg(x.rank() >= 3 && x.rank() <= 5, args + "x must be [N, spatial..., C] with 1 to 3 spatial axes");
@@ -38,7 +42,7 @@ Tensor conv_transpose(const Tensor& x, const Tensor& w, const Tensor& bias) {
   for (int i = 0; i < sr; ++i) out_shape[1 + i] *= w.dim(1 + i);
   out_shape.back() = s.k;
 
-  Tensor y = Tensor::empty(out_shape);
+  Tensor y = Tensor::empty(out_shape, DType::f32, dev);
   kernels::cpu::conv_transpose_fprop(s, x.data<float>(), w.data<float>(), bias.defined() ? bias.data<float>() : nullptr,
                                      y.data<float>());
 
@@ -52,12 +56,12 @@ Tensor conv_transpose(const Tensor& x, const Tensor& w, const Tensor& bias) {
       const Tensor& dy = grads[0];
       Tensor dx, dw, db;
       if (need_dx) {
-        dx = Tensor::empty(x_shape);
+        dx = Tensor::empty(x_shape, DType::f32, dev);
         kernels::cpu::conv_transpose_dgrad(s, dy.data<float>(), saved_w.data<float>(), dx.data<float>());
       }
       if (need_dw || need_db) {
-        if (need_dw) dw = Tensor::empty(w_shape);
-        if (need_db) db = Tensor::empty({s.k});
+        if (need_dw) dw = Tensor::empty(w_shape, DType::f32, dev);
+        if (need_db) db = Tensor::empty({s.k}, DType::f32, dev);
         kernels::cpu::conv_transpose_wgrad(s, need_dw ? saved_x.data<float>() : nullptr, dy.data<float>(),
                                            need_dw ? dw.data<float>() : nullptr, need_db ? db.data<float>() : nullptr);
       }

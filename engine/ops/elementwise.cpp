@@ -1,41 +1,76 @@
-// Elementwise ops: add, scale, sum (used by residual blocks, loss weighting and tests).
+// Elementwise ops: add, scale, sum (used by residual blocks, loss weighting and tests), plus the shared dispatch
+// helpers of engine/ops/dispatch.h.
 #include "engine/autograd.h"
 #include "engine/ops.h"
+#include "engine/ops/dispatch.h"
+#include "kernels/cuda/elementwise.cuh"
 #include "kernels/elementwise.h"
 
 namespace unet::ops {
 
-static void check_cpu_f32(const Tensor& t, const char* op) {
+namespace detail {
+
+void check_device(const char* op, Device d, const std::vector<Tensor>& ts) {
+  for (const Tensor& t : ts)
+    if (t.defined() && t.device() != d) {
+      std::string all;
+      for (const Tensor& u : ts) all += (all.empty() ? "" : ", ") + u.describe();
+      throw std::invalid_argument(std::string(op) + ": all tensors must be on one device, got " + all);
+    }
+}
+
+void no_cuda_kernels(const char* op) {
+  throw std::runtime_error(std::string(op) + ": this build has no CUDA kernels (the CUDA toolkit was not found)");
+}
+
+void add_into(const Tensor& a, const Tensor& b, const Tensor& out) {
+  if (on_cuda(a))
+    UNET_CUDA_KERNEL("add", kernels::cuda::add(a.dtype(), a.raw(), b.raw(), out.raw(), a.numel(), stream(a)));
+  else
+    kernels::cpu::add(a.dtype(), a.raw(), b.raw(), out.raw(), a.numel());
+}
+
+}  // namespace detail
+
+static void check_f32(const Tensor& t, const char* op) {
   check_arg(t.defined(), std::string(op) + ": undefined input");
-  check_arg(t.device() == Device::cpu, std::string(op) + ": " + t.describe() + " is not on the cpu backend");
   check_arg(t.dtype() == DType::f32, std::string(op) + ": expected f32, got " + t.describe());
 }
 
 Tensor add(const Tensor& a, const Tensor& b) {
   check_arg(a.defined() && b.defined(), "add: undefined input");
   check_arg(a.shape() == b.shape() && a.dtype() == b.dtype(), "add: " + a.describe() + " + " + b.describe());
+  detail::check_device("add", a.device(), {a, b});
   Tensor out = Tensor::empty(a.shape(), a.dtype(), a.device());
-  kernels::cpu::add(a.dtype(), a.raw(), b.raw(), out.raw(), a.numel());
+  detail::add_into(a, b, out);
   if (autograd::should_record({a, b}))
     autograd::record("add", {a, b}, {out}, [](const std::vector<Tensor>& g) { return std::vector<Tensor>{g[0], g[0]}; });
   return out;
 }
 
+static Tensor scaled(const Tensor& a, float alpha) {
+  Tensor out = Tensor::empty(a.shape(), DType::f32, a.device());
+  if (detail::on_cuda(a))
+    UNET_CUDA_KERNEL("scale", kernels::cuda::scale(a.data<float>(), alpha, out.data<float>(), a.numel(),
+                                                   detail::stream(a)));
+  else
+    kernels::cpu::scale(a.data<float>(), alpha, out.data<float>(), a.numel());
+  return out;
+}
+
 Tensor scale(const Tensor& a, float alpha) {
-  check_cpu_f32(a, "scale");
-  Tensor out = Tensor::empty(a.shape());
-  kernels::cpu::scale(a.data<float>(), alpha, out.data<float>(), a.numel());
+  check_f32(a, "scale");
+  Tensor out = scaled(a, alpha);
   if (autograd::should_record({a}))
     autograd::record("scale", {a}, {out}, [alpha](const std::vector<Tensor>& g) {
-      Tensor d = Tensor::empty(g[0].shape());
-      kernels::cpu::scale(g[0].data<float>(), alpha, d.data<float>(), d.numel());
-      return std::vector<Tensor>{d};
+      return std::vector<Tensor>{scaled(g[0], alpha)};
     });
   return out;
 }
 
 Tensor sum(const Tensor& a) {
-  check_cpu_f32(a, "sum");
+  check_f32(a, "sum");
+  check_arg(a.device() == Device::cpu, "sum: " + a.describe() + " is not on the cpu backend (no CUDA kernel yet)");
   Tensor out = Tensor::full({1}, static_cast<float>(kernels::cpu::sum(a.data<float>(), a.numel())));
   if (autograd::should_record({a})) {
     Shape shape = a.shape();

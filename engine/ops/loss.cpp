@@ -15,18 +15,53 @@
 
 #include "engine/autograd.h"
 #include "engine/ops.h"
+#include "engine/ops/dispatch.h"
+#include "kernels/cuda/loss.cuh"
 #include "kernels/loss.h"
 
 namespace unet::ops {
 
 namespace {
 constexpr double kDiceSmooth = 1e-5;  // MONAI DiceLoss smooth_nr = smooth_dr = 1e-5 (DLE nnU-Net)
+
+// The forward sums on the logits' device; returns the first invalid voxel (or -1) as the CPU kernel does.
+int64_t forward_sums(const Tensor& logits, const Tensor& labels, int64_t V, int n, std::vector<double>& I,
+                     std::vector<double>& P, std::vector<double>& Y, double* ce_sum, int64_t* bad_label) {
+  if (!detail::on_cuda(logits))
+    return kernels::cpu::softmax_dice_ce_forward(logits.data<float>(), labels.raw(), labels.dtype(), V, n, I.data(),
+                                                 P.data(), Y.data(), ce_sum, bad_label);
+#if UNET_HAVE_CUDA_KERNELS
+  // Device buffers for the partial sums, the 3C + 1 results and the first bad voxel; both copied back (synchronous).
+  check_arg(n <= kernels::cuda::kMaxLossChannels, "dice_ce_loss: the CUDA kernels take at most " +
+                                                       std::to_string(kernels::cuda::kMaxLossChannels) +
+                                                       " classes, got " + logits.describe());
+  const Device dev = logits.device();
+  Tensor work = Tensor::empty({static_cast<int64_t>(kernels::cuda::softmax_dice_ce_workspace_bytes(V, n))}, DType::u8,
+                              dev);
+  Tensor sums = Tensor::empty({static_cast<int64_t>(3 * n + 1) * 2}, DType::i32, dev);  // 3C + 1 doubles
+  Tensor bad = Tensor::empty({4}, DType::i32, dev);                                      // 2 int64
+  kernels::cuda::softmax_dice_ce_forward(logits.data<float>(), labels.raw(), labels.dtype(), V, n, work.raw(),
+                                         static_cast<double*>(sums.raw()), static_cast<int64_t*>(bad.raw()),
+                                         detail::stream(logits));
+  std::vector<double> host(3 * static_cast<size_t>(n) + 1);
+  int64_t host_bad[2] = {-1, 0};
+  device::copy(host.data(), Device::cpu, sums.raw(), dev, host.size() * sizeof(double));
+  device::copy(host_bad, Device::cpu, bad.raw(), dev, sizeof host_bad);
+  for (int c = 0; c < n; ++c) I[c] = host[c], P[c] = host[n + c], Y[c] = host[2 * n + c];
+  *ce_sum = host[3 * static_cast<size_t>(n)];
+  *bad_label = host_bad[1];
+  return host_bad[0];
+#else
+  (void)labels, (void)V, (void)I, (void)P, (void)Y, (void)ce_sum, (void)bad_label;
+  detail::no_cuda_kernels("dice_ce_loss");
+#endif
 }
+
+}  // namespace
 
 Tensor dice_ce_loss(const Tensor& logits, const Tensor& labels, float* dice_out, float* ce_out) {
   check_arg(logits.defined() && labels.defined(), "dice_ce_loss: undefined input");
-  check_arg(logits.device() == Device::cpu && labels.device() == Device::cpu,
-            "dice_ce_loss: " + logits.describe() + ", " + labels.describe() + ": only the cpu backend is implemented");
+  detail::check_device("dice_ce_loss", logits.device(), {logits, labels});
   check_arg(logits.dtype() == DType::f32, "dice_ce_loss: logits must be f32, got " + logits.describe());
   check_arg(logits.rank() >= 3 && logits.rank() <= 5,
             "dice_ce_loss: logits must be [N, spatial..., C] with 1 to 3 spatial axes, got " + logits.describe());
@@ -46,8 +81,7 @@ Tensor dice_ce_loss(const Tensor& logits, const Tensor& labels, float* dice_out,
   std::vector<double> I(C), P(C), Y(C);
   double ce_sum = 0.0;
   int64_t bad_label = 0;
-  int64_t bad_at = kernels::cpu::softmax_dice_ce_forward(logits.data<float>(), labels.raw(), labels.dtype(), V, n,
-                                                         I.data(), P.data(), Y.data(), &ce_sum, &bad_label);
+  int64_t bad_at = forward_sums(logits, labels, V, n, I, P, Y, &ce_sum, &bad_label);
   check_arg(bad_at < 0, "dice_ce_loss: label value " + std::to_string(bad_at < 0 ? 0 : bad_label) + " at voxel " +
                             std::to_string(bad_at) + " of " + labels.describe() + " is outside [0, " +
                             std::to_string(C) + ")");
@@ -65,7 +99,7 @@ Tensor dice_ce_loss(const Tensor& logits, const Tensor& labels, float* dice_out,
   const double ce = ce_sum / static_cast<double>(V);
   if (dice_out) *dice_out = static_cast<float>(dice);
   if (ce_out) *ce_out = static_cast<float>(ce);
-  Tensor out = Tensor::full({1}, static_cast<float>(dice + ce));
+  Tensor out = Tensor::full({1}, static_cast<float>(dice + ce)).to(logits.device());
 
   if (autograd::should_record({logits})) {
     autograd::record("dice_ce_loss", {logits, labels}, {out},
@@ -76,10 +110,20 @@ Tensor dice_ce_loss(const Tensor& logits, const Tensor& labels, float* dice_out,
                          af[c] = static_cast<float>(go * a[c]);
                          bf[c] = static_cast<float>(go * b[c]);
                        }
-                       Tensor d = Tensor::empty(logits.shape());
-                       kernels::cpu::softmax_dice_ce_backward(
-                           logits.data<float>(), labels.raw(), labels.dtype(), V, n, af.data(), bf.data(),
-                           static_cast<float>(go / static_cast<double>(V)), d.data<float>());
+                       const Device dev = logits.device();
+                       const float ce_scale = static_cast<float>(go / static_cast<double>(V));
+                       Tensor d = Tensor::empty(logits.shape(), DType::f32, dev);
+                       if (detail::on_cuda(logits)) {
+                         // The coefficients as device memory (C floats each).
+                         Tensor ad = Tensor::from_vector({n}, af).to(dev), bd = Tensor::from_vector({n}, bf).to(dev);
+                         UNET_CUDA_KERNEL("dice_ce_loss", kernels::cuda::softmax_dice_ce_backward(
+                                                              logits.data<float>(), labels.raw(), labels.dtype(), V, n,
+                                                              ad.data<float>(), bd.data<float>(), ce_scale,
+                                                              d.data<float>(), detail::stream(logits)));
+                       } else {
+                         kernels::cpu::softmax_dice_ce_backward(logits.data<float>(), labels.raw(), labels.dtype(), V,
+                                                                n, af.data(), bf.data(), ce_scale, d.data<float>());
+                       }
                        return std::vector<Tensor>{d, Tensor()};  // labels get no gradient
                      });
   }

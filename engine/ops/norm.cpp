@@ -1,11 +1,13 @@
 // instance_norm: the differentiable instance normalisation used after every nnU-Net convolution.
-// Validates shapes, runs kernels/cpu/norm.cpp, and records one node that saves x and the per-(n, c) mean and
+// Validates shapes, runs kernels/cpu/norm.cpp or kernels/cuda/norm.cu by x's device, and records one node that saves x and the per-(n, c) mean and
 // 1/std (small), so backward need not recompute the statistics.
 #include <algorithm>
 #include <cmath>
 
 #include "engine/autograd.h"
 #include "engine/ops.h"
+#include "engine/ops/dispatch.h"
+#include "kernels/cuda/norm.cuh"
 #include "kernels/norm.h"
 
 namespace unet::ops {
@@ -17,9 +19,9 @@ Tensor instance_norm(const Tensor& x, const Tensor& gamma, const Tensor& beta, f
                            (beta.defined() ? beta.describe() : std::string("none")) + "): ";
   for (const Tensor* t : {&x, &gamma, &beta}) {
     if (!t->defined()) continue;
-    check_arg(t->device() == Device::cpu, args + "all tensors must be on the cpu backend");
     check_arg(t->dtype() == DType::f32, args + "all tensors must be f32 (cast first)");
   }
+  detail::check_device("instance_norm", x.device(), {x, gamma, beta});
   check_arg(x.rank() >= 3 && x.rank() <= 5, args + "x must be [N, spatial..., C] with 1 to 3 spatial axes");
   const int64_t C = x.dim(-1);
   check_arg(!gamma.defined() || (gamma.rank() == 1 && gamma.dim(0) == C),
@@ -33,12 +35,18 @@ Tensor instance_norm(const Tensor& x, const Tensor& gamma, const Tensor& beta, f
   sh.c = C;
   sh.s = x.numel() / std::max<int64_t>(1, sh.n * C);
   check_arg(sh.s > 0 || x.numel() == 0, args + "empty spatial extent");
-  Tensor y = Tensor::empty(x.shape());
-  Tensor mean = Tensor::empty({sh.n, C}), rstd = Tensor::empty({sh.n, C});
-  if (x.numel() > 0)
-    kernels::cpu::instance_norm_forward(sh, x.data<float>(), gamma.defined() ? gamma.data<float>() : nullptr,
-                                        beta.defined() ? beta.data<float>() : nullptr, eps, y.data<float>(),
-                                        mean.data<float>(), rstd.data<float>());
+  const Device dev = x.device();
+  Tensor y = Tensor::empty(x.shape(), DType::f32, dev);
+  Tensor mean = Tensor::empty({sh.n, C}, DType::f32, dev), rstd = Tensor::empty({sh.n, C}, DType::f32, dev);
+  const float* g_ptr = gamma.defined() ? gamma.data<float>() : nullptr;
+  const float* b_ptr = beta.defined() ? beta.data<float>() : nullptr;
+  if (x.numel() > 0 && detail::on_cuda(x))
+    UNET_CUDA_KERNEL("instance_norm",
+                     kernels::cuda::instance_norm_forward(sh, x.data<float>(), g_ptr, b_ptr, eps, y.data<float>(),
+                                                          mean.data<float>(), rstd.data<float>(), detail::stream(x)));
+  else if (x.numel() > 0)
+    kernels::cpu::instance_norm_forward(sh, x.data<float>(), g_ptr, b_ptr, eps, y.data<float>(), mean.data<float>(),
+                                        rstd.data<float>());
 
   if (autograd::should_record({x, gamma, beta})) {
     const bool need_dx = x.requires_grad();
@@ -49,18 +57,21 @@ Tensor instance_norm(const Tensor& x, const Tensor& gamma, const Tensor& beta, f
     Shape x_shape = x.shape();
     autograd::record("instance_norm", {x, gamma, beta}, {y}, [=](const std::vector<Tensor>& grads) {
       const Tensor& dy = grads[0];
-      Tensor dx = need_dx ? Tensor::empty(x_shape) : Tensor();
-      Tensor dg = need_dg ? Tensor::empty({C}) : Tensor();
-      Tensor db = need_db ? Tensor::empty({C}) : Tensor();
-      if (saved_x.numel() > 0) {
+      Tensor dx = need_dx ? Tensor::empty(x_shape, DType::f32, dev) : Tensor();
+      Tensor dg = need_dg ? Tensor::zeros({C}, DType::f32, dev) : Tensor();
+      Tensor db = need_db ? Tensor::zeros({C}, DType::f32, dev) : Tensor();
+      const float* g = saved_g.defined() ? saved_g.data<float>() : nullptr;
+      float* dx_p = need_dx ? dx.data<float>() : nullptr;
+      float* dg_p = need_dg ? dg.data<float>() : nullptr;
+      float* db_p = need_db ? db.data<float>() : nullptr;
+      if (saved_x.numel() > 0 && detail::on_cuda(saved_x))
+        UNET_CUDA_KERNEL("instance_norm",
+                         kernels::cuda::instance_norm_backward(sh, saved_x.data<float>(), dy.data<float>(),
+                                                               mean.data<float>(), rstd.data<float>(), g, dx_p, dg_p,
+                                                               db_p, detail::stream(dy)));
+      else if (saved_x.numel() > 0)
         kernels::cpu::instance_norm_backward(sh, saved_x.data<float>(), dy.data<float>(), mean.data<float>(),
-                                             rstd.data<float>(), saved_g.defined() ? saved_g.data<float>() : nullptr,
-                                             need_dx ? dx.data<float>() : nullptr, need_dg ? dg.data<float>() : nullptr,
-                                             need_db ? db.data<float>() : nullptr);
-      } else {
-        if (need_dg) std::fill(dg.data<float>(), dg.data<float>() + C, 0.f);
-        if (need_db) std::fill(db.data<float>(), db.data<float>() + C, 0.f);
-      }
+                                             rstd.data<float>(), g, dx_p, dg_p, db_p);
       return std::vector<Tensor>{dx, dg, db};
     });
   }

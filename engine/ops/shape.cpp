@@ -1,10 +1,16 @@
 // Shape and type ops: concat_channels (decoder skip connections), upsample_nearest (deep supervision),
-// cast (mixed precision) and argmax_channels (predictions). Kernels in kernels/cpu/shape.cpp.
+// cast (mixed precision) and argmax_channels (predictions). Kernels in kernels/cpu/shape.cpp and, by the tensor's
+// device, kernels/cuda/shape.cu.
 #include "kernels/shape.h"
 #include "engine/autograd.h"
 #include "engine/ops.h"
+#include "engine/ops/dispatch.h"
+#include "kernels/cuda/shape.cuh"
 
 namespace unet::ops {
+
+using detail::on_cuda;
+using detail::stream;
 
 static bool is_float_dtype(DType t) {
   return t == DType::f32 || t == DType::f16 || t == DType::bf16;
@@ -24,7 +30,7 @@ Tensor concat_channels(const std::vector<Tensor>& xs) {
   int64_t total = 0;
   for (const Tensor& x : xs) {
     check_arg(x.defined(), args + "undefined input");
-    check_arg(x.device() == Device::cpu, args + "all inputs must be on the cpu backend");
+    check_arg(x.device() == x0.device(), args + "all inputs must be on one device");
     check_arg(x.dtype() == x0.dtype(), args + "all inputs must have one dtype");
     check_arg(x.rank() == x0.rank() && Shape(x.shape().begin(), x.shape().end() - 1) == lead,
               args + "all axes but the last (channels) must match");
@@ -34,10 +40,15 @@ Tensor concat_channels(const std::vector<Tensor>& xs) {
   }
   Shape out_shape = lead;
   out_shape.push_back(total);
-  Tensor y = Tensor::empty(out_shape, x0.dtype());
+  Tensor y = Tensor::empty(out_shape, x0.dtype(), x0.device());
   const int64_t rows = shape_numel(lead);
   const auto elem = static_cast<int64_t>(dtype_size(x0.dtype()));
-  kernels::cpu::concat_channels(rows, static_cast<int>(xs.size()), ptrs.data(), widths.data(), elem, y.raw());
+  const int count = static_cast<int>(xs.size());
+  if (on_cuda(y))
+    UNET_CUDA_KERNEL("concat_channels",
+                     kernels::cuda::concat_channels(rows, count, ptrs.data(), widths.data(), elem, y.raw(), stream(y)));
+  else
+    kernels::cpu::concat_channels(rows, count, ptrs.data(), widths.data(), elem, y.raw());
 
   if (autograd::should_record(xs)) {
     std::vector<Shape> shapes;
@@ -52,10 +63,14 @@ Tensor concat_channels(const std::vector<Tensor>& xs) {
       std::vector<void*> outs(shapes.size(), nullptr);
       for (size_t i = 0; i < shapes.size(); ++i)
         if (need[i]) {
-          dx[i] = Tensor::empty(shapes[i], dtype);
+          dx[i] = Tensor::empty(shapes[i], dtype, g[0].device());
           outs[i] = dx[i].raw();
         }
-      kernels::cpu::split_channels(rows, static_cast<int>(shapes.size()), g[0].raw(), widths.data(), elem, outs.data());
+      if (on_cuda(g[0]))
+        UNET_CUDA_KERNEL("concat_channels", kernels::cuda::split_channels(rows, count, g[0].raw(), widths.data(), elem,
+                                                                          outs.data(), stream(g[0])));
+      else
+        kernels::cpu::split_channels(rows, count, g[0].raw(), widths.data(), elem, outs.data());
       return dx;
     });
   }
@@ -68,7 +83,6 @@ Tensor upsample_nearest(const Tensor& x, const std::vector<int>& factor) {
   for (size_t i = 0; i < factor.size(); ++i) fs += (i ? ", " : "") + std::to_string(factor[i]);
   fs += "]";
   const std::string args = "upsample_nearest(" + x.describe() + ", factor " + fs + "): ";
-  check_arg(x.device() == Device::cpu, args + "input must be on the cpu backend");
   check_arg(x.rank() >= 3 && x.rank() <= 5, args + "x must be [N, spatial..., C] with 1 to 3 spatial axes");
   const int sr = x.rank() - 2;
   check_arg(static_cast<int>(factor.size()) == sr, args + "one factor per spatial axis (" + std::to_string(sr) + ")");
@@ -86,36 +100,48 @@ Tensor upsample_nearest(const Tensor& x, const std::vector<int>& factor) {
   s.c = x.dim(-1);
   Shape out_shape = x.shape();
   for (int i = 0; i < sr; ++i) out_shape[static_cast<size_t>(1 + i)] *= factor[static_cast<size_t>(i)];
-  Tensor y = Tensor::empty(out_shape, x.dtype());
-  kernels::cpu::upsample_nearest_forward(s, x.raw(), static_cast<int64_t>(dtype_size(x.dtype())), y.raw());
+  Tensor y = Tensor::empty(out_shape, x.dtype(), x.device());
+  const auto elem = static_cast<int64_t>(dtype_size(x.dtype()));
+  if (on_cuda(x))
+    UNET_CUDA_KERNEL("upsample_nearest", kernels::cuda::upsample_nearest_forward(s, x.raw(), elem, y.raw(), stream(x)));
+  else
+    kernels::cpu::upsample_nearest_forward(s, x.raw(), elem, y.raw());
 
   if (autograd::should_record({x})) {
     check_arg(x.dtype() == DType::f32, args + "the gradient is implemented for f32 only (cast first)");
     Shape x_shape = x.shape();
     autograd::record("upsample_nearest", {x}, {y}, [=](const std::vector<Tensor>& g) {
-      Tensor dx = Tensor::empty(x_shape);
-      kernels::cpu::upsample_nearest_backward(s, g[0].data<float>(), dx.data<float>());
+      Tensor dx = Tensor::empty(x_shape, DType::f32, g[0].device());
+      if (on_cuda(g[0]))
+        UNET_CUDA_KERNEL("upsample_nearest", kernels::cuda::upsample_nearest_backward(s, g[0].data<float>(),
+                                                                                      dx.data<float>(), stream(dx)));
+      else
+        kernels::cpu::upsample_nearest_backward(s, g[0].data<float>(), dx.data<float>());
       return std::vector<Tensor>{dx};
     });
   }
   return y;
 }
 
+// A copy of x converted to dtype on x's device (dtypes differ).
+static Tensor cast_copy(const Tensor& x, DType dtype) {
+  Tensor y = Tensor::empty(x.shape(), dtype, x.device());
+  if (on_cuda(x))
+    UNET_CUDA_KERNEL("cast", kernels::cuda::cast(x.dtype(), x.raw(), dtype, y.raw(), x.numel(), stream(x)));
+  else
+    kernels::cpu::cast(x.dtype(), x.raw(), dtype, y.raw(), x.numel());
+  return y;
+}
+
 Tensor cast(const Tensor& x, DType dtype) {
   check_arg(x.defined(), "cast: undefined input");
   const std::string args = std::string("cast(") + x.describe() + " to " + dtype_name(dtype) + "): ";
-  check_arg(x.device() == Device::cpu, args + "input must be on the cpu backend");
   check_arg(is_float_dtype(x.dtype()) && is_float_dtype(dtype), args + "only f32, f16 and bf16 are supported");
   if (x.dtype() == dtype) return x;  // as torch.Tensor.to: the same tensor (and autograd history), no copy
-  Tensor y = Tensor::empty(x.shape(), dtype);
-  kernels::cpu::cast(x.dtype(), x.raw(), dtype, y.raw(), x.numel());
+  Tensor y = cast_copy(x, dtype);
   if (autograd::should_record({x})) {
     const DType src = x.dtype();
-    autograd::record("cast", {x}, {y}, [src](const std::vector<Tensor>& g) {
-      Tensor dx = Tensor::empty(g[0].shape(), src);
-      kernels::cpu::cast(g[0].dtype(), g[0].raw(), src, dx.raw(), g[0].numel());
-      return std::vector<Tensor>{dx};
-    });
+    autograd::record("cast", {x}, {y}, [src](const std::vector<Tensor>& g) { return std::vector<Tensor>{cast_copy(g[0], src)}; });
   }
   return y;
 }
@@ -123,13 +149,16 @@ Tensor cast(const Tensor& x, DType dtype) {
 Tensor argmax_channels(const Tensor& x) {
   check_arg(x.defined(), "argmax_channels: undefined input");
   const std::string args = "argmax_channels(" + x.describe() + "): ";
-  check_arg(x.device() == Device::cpu, args + "input must be on the cpu backend");
   check_arg(is_float_dtype(x.dtype()), args + "expected f32, f16 or bf16");
   check_arg(x.rank() >= 2, args + "expected [N, spatial..., C]");
   check_arg(x.dim(-1) >= 1, args + "no channels to choose from");
   Shape out_shape(x.shape().begin(), x.shape().end() - 1);
-  Tensor y = Tensor::empty(out_shape, DType::i32);
-  kernels::cpu::argmax_channels(x.dtype(), x.raw(), y.numel(), x.dim(-1), y.data<int32_t>());
+  Tensor y = Tensor::empty(out_shape, DType::i32, x.device());
+  if (on_cuda(x))
+    UNET_CUDA_KERNEL("argmax_channels", kernels::cuda::argmax_channels(x.dtype(), x.raw(), y.numel(), x.dim(-1),
+                                                                       y.data<int32_t>(), stream(x)));
+  else
+    kernels::cpu::argmax_channels(x.dtype(), x.raw(), y.numel(), x.dim(-1), y.data<int32_t>());
   return y;  // integer output: never recorded
 }
 

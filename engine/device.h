@@ -1,0 +1,74 @@
+// The host side of the CUDA backend (DESIGN section 3): device memory, copies, the default stream, synchronisation
+// and device selection, behind one small interface with two implementations:
+//   Device::cuda_emu  the device emulator: "device" memory is host memory from its own pooled HostAllocator (current
+//                     and peak bytes accounted apart from the CPU's), copies are memcpy, kernels run synchronously on
+//                     the CPU (kernels/emu), so the stream is a null handle and synchronize() has nothing to wait for;
+//   Device::cuda      a real GPU: stream-ordered cudaMallocAsync / cudaFreeAsync from the driver's pool on the default
+//                     stream, cudaMemcpyAsync + synchronisation. Compiled only when the build links the CUDA runtime
+//                     (UNET_WITH_CUDA_RUNTIME, not set up yet: no build links cudart, see README "Devices").
+// Device::cpu is accepted too (host memory, memcpy), so callers can copy between any two devices with one call.
+#pragma once
+#include <cstddef>
+#include <iosfwd>
+#include <stdexcept>
+#include <string>
+
+#include "engine/allocator.h"
+#include "engine/tensor.h"
+#include "kernels/cuda/stream.h"
+
+namespace unet::device {
+
+// Thrown by the error-check macros below; the message names the failed expression, the file and the line.
+struct DeviceError : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+[[noreturn]] void throw_error(const std::string& what, const char* file, int line);
+[[noreturn]] void throw_cuda_error(int code, const char* expr, const char* file, int line);
+
+// The error-check family. UNET_CUDA_CHECK(cudaMalloc(...)) throws DeviceError unless the call returns 0 (cudaSuccess),
+// with the error's number and, where the runtime is loaded, its name; UNET_DEVICE_CHECK(cond, message) for anything
+// else (a message is a std::string expression).
+#define UNET_CUDA_CHECK(expr)                                                                          \
+  do {                                                                                                 \
+    const int unet_cuda_err_ = static_cast<int>(expr);                                                 \
+    if (unet_cuda_err_ != 0) ::unet::device::throw_cuda_error(unet_cuda_err_, #expr, __FILE__, __LINE__); \
+  } while (0)
+#define UNET_DEVICE_CHECK(cond, message)                                                   \
+  do {                                                                                     \
+    if (!(cond)) ::unet::device::throw_error(std::string(message), __FILE__, __LINE__); \
+  } while (0)
+
+// Memory on `d`. Device memory is stream-ordered on the default stream: free() may return before the kernels that
+// use the block have run, and the block is reused only by work queued after them.
+void* allocate(Device d, size_t bytes);
+void free(Device d, void* p, size_t bytes);
+MemoryStats memory_stats(Device d);  // current / peak bytes handed out on d (cached bytes: the emulator's pool only)
+void reset_peak(Device d);
+
+// Copies `bytes` from src (on src_device) to dst (on dst_device); returns when the copy is done (synchronous).
+void copy(void* dst, Device dst_device, const void* src, Device src_device, size_t bytes);
+// Sets `bytes` bytes at p to `value`, in stream order.
+void memset(Device d, void* p, int value, size_t bytes);
+
+// The stream every op of this process queues its kernels on (null under the emulator: launches are synchronous).
+cudaStream_t default_stream(Device d);
+// Waits until everything queued on d has finished; device errors raised by earlier kernels surface here.
+void synchronize(Device d);
+
+// True when this build contains the CUDA kernels (compiled against the emulator; see README "Devices").
+bool emulator_built();
+// Number of CUDA devices the CUDA runtime reports (loaded with dlopen, so no build links it); 0 with *why set to the
+// reason when there is no runtime library or it returns an error (35: the driver is missing or too old).
+int cuda_device_count(std::string* why = nullptr);
+
+// "auto" | "cpu" | "cuda" | "cuda-emu" to a Device:
+//   auto      a CUDA device when the runtime reports one and this build can use it, otherwise the CPU, with one line
+//             on `log` saying why;
+//   cuda      a real GPU or a DeviceError that says why there is none (no device, or no CUDA runtime in this build);
+//   cuda-emu  the device emulator (DeviceError when the build has no emulator);
+//   anything else: std::invalid_argument.
+Device resolve_device(const std::string& name, std::ostream* log);
+
+}  // namespace unet::device

@@ -1,0 +1,36 @@
+// Backend dispatch for the ops in engine/ops/*.cpp (DESIGN section 3): a tensor on Device::cpu runs kernels::cpu::,
+// one on Device::cuda_emu (or, once a build links the CUDA runtime, Device::cuda) runs kernels::cuda:: on the
+// device's default stream. Every tensor an op reads must be on one device; its outputs are created there.
+#pragma once
+#include <string>
+#include <vector>
+
+#include "engine/device.h"
+#include "engine/tensor.h"
+
+#ifndef UNET_HAVE_CUDA_KERNELS
+#define UNET_HAVE_CUDA_KERNELS 0
+#endif
+
+namespace unet::ops::detail {
+
+inline bool on_cuda(const Tensor& t) { return t.device() != Device::cpu; }
+inline cudaStream_t stream(const Tensor& t) { return device::default_stream(t.device()); }
+
+// Throws std::invalid_argument (naming `op` and the tensors) unless every defined tensor is on `d`.
+void check_device(const char* op, Device d, const std::vector<Tensor>& ts);
+
+[[noreturn]] void no_cuda_kernels(const char* op);
+
+// out = a + b on their device (same shape and dtype; out may be a). Used by ops::add and gradient accumulation.
+void add_into(const Tensor& a, const Tensor& b, const Tensor& out);
+
+}  // namespace unet::ops::detail
+
+// UNET_CUDA_KERNEL(op, call): the kernels::cuda:: call, or, in a build without the CUDA kernels (no toolkit headers),
+// an error naming the op (the call text is then not compiled, so nothing refers to the missing kernels).
+#if UNET_HAVE_CUDA_KERNELS
+#define UNET_CUDA_KERNEL(op, ...) __VA_ARGS__
+#else
+#define UNET_CUDA_KERNEL(op, ...) ::unet::ops::detail::no_cuda_kernels(op)
+#endif

@@ -1,0 +1,335 @@
+// engine/device and the cuda-emu backend: device selection, tensors on the emulated device, every dispatched op against
+// the CPU op (forward and backward through autograd), and a few DynUNet training steps on both backends.
+// Tolerances, from the kernels' own contracts (tests/test_cuda_*.cpp): elementwise ops, activations, copies, casts,
+// argmax and the upsampling adjoint are bitwise equal to the CPU; instance norm and the DiceCE sums are reductions in
+// another order (1e-5 relative); the optimizer steps are the same f32 arithmetic per element (bitwise, checked at 1e-7).
+// Convolutions on cuda-emu borrow the CPU kernels (no CUDA kernel yet), so they are bitwise equal by construction.
+// Training: 3 steps of a 3-level 3D DynUNet; every difference comes from reduction order (norm, loss), amplified by the
+// steps, so losses agree to 1e-5 relative and the final weights to 1e-4 relative + 1e-6 absolute.
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <functional>
+#include <memory>
+#include <sstream>
+
+#include "engine/allocator.h"
+#include "engine/autograd.h"
+#include "engine/device.h"
+#include "engine/ops.h"
+#include "engine/optim.h"
+#include "io/nifti.h"
+#include "models/nnunet.h"
+#include "models/nnunet_plan.h"
+#include "models/trainer.h"
+#include "tests/test_util.h"
+
+using namespace unet;
+
+namespace {
+
+constexpr Device kEmu = Device::cuda_emu;
+
+Tensor randn(const Shape& shape, uint64_t seed, float stddev = 1.f) {
+  Rng rng(seed);
+  std::vector<float> v(static_cast<size_t>(shape_numel(shape)));
+  for (float& x : v) x = static_cast<float>(stddev * rng.normal());
+  return Tensor::from_vector(shape, v);
+}
+
+// 30 values that every dtype holds (small integers and halves are exact in f16 / bf16 / i32 / u8 up to truncation).
+std::vector<float> test_values() {
+  std::vector<float> v;
+  for (int i = 0; i < 30; ++i) v.push_back(static_cast<float>(i * 7 % 23) + (i % 2 ? 0.5f : 0.f));
+  return v;
+}
+
+Tensor labels_for(const Shape& shape, int classes, uint64_t seed) {
+  Rng rng(seed);
+  std::vector<float> v(static_cast<size_t>(shape_numel(shape)));
+  for (float& x : v) x = static_cast<float>(rng.below(classes));
+  return Tensor::from_vector(shape, v, DType::i32);
+}
+
+// Bitwise when rtol and atol are 0 (NaN never occurs here), else within atol + rtol |expected|.
+void compare(const std::vector<float>& actual, const std::vector<float>& expected, double rtol, double atol,
+             const std::string& what) {
+  if (rtol == 0 && atol == 0) {
+    CHECK_MESSAGE(actual == expected, what << " differs from the cpu");
+  } else {
+    test::check_close(actual, expected, rtol, atol, what);
+  }
+}
+
+// Runs f on CPU copies and on cuda-emu copies of `inputs` (every floating input requires grad), backward from the
+// output with a fixed random gradient, and checks outputs and input gradients within rtol / atol.
+void check_op(const std::function<Tensor(const std::vector<Tensor>&)>& f, const std::vector<Tensor>& inputs,
+              double rtol, double atol) {
+  auto run = [&](Device d, Tensor* out, std::vector<Tensor>* grads) {
+    std::vector<Tensor> xs;
+    for (const Tensor& x : inputs) {
+      Tensor t = x.clone().to(d);
+      if (x.dtype() == DType::f32) t.set_requires_grad(true);
+      xs.push_back(t);
+    }
+    *out = f(xs);
+    Tensor g = randn(out->shape(), 99);
+    if (out->dtype() != DType::f32) g = ops::cast(g, out->dtype());
+    autograd::backward(*out, g.to(d));
+    for (const Tensor& x : xs) grads->push_back(x.requires_grad() ? x.grad() : Tensor());
+  };
+  Tensor y_cpu, y_emu;
+  std::vector<Tensor> g_cpu, g_emu;
+  run(Device::cpu, &y_cpu, &g_cpu);
+  run(kEmu, &y_emu, &g_emu);
+  REQUIRE(y_emu.device() == kEmu);
+  compare(y_emu.to_vector(), y_cpu.to_vector(), rtol, atol, "output");
+  for (size_t i = 0; i < inputs.size(); ++i) {
+    if (!g_cpu[i].defined()) continue;
+    REQUIRE(g_emu[i].defined());
+    CHECK(g_emu[i].device() == kEmu);
+    compare(g_emu[i].to_vector(), g_cpu[i].to_vector(), rtol, atol, "gradient " + std::to_string(i));
+  }
+}
+
+}  // namespace
+
+TEST_CASE("device auto falls back to the cpu with one line when the CUDA runtime reports no device") {
+  std::string why;
+  if (device::cuda_device_count(&why) > 0) return;  // a machine with a GPU: nothing to fall back from
+  std::ostringstream log;
+  CHECK(device::resolve_device("auto", &log) == Device::cpu);
+  const std::string line = log.str();
+  CHECK(line.find("running on the CPU") != std::string::npos);
+  CHECK(line.find(why) != std::string::npos);
+  CHECK(std::count(line.begin(), line.end(), '\n') == 1);
+  MESSAGE("auto said: " << line);
+}
+
+TEST_CASE("device cuda without a usable GPU is a clear error") {
+  std::ostringstream log;
+  CHECK_THROWS_AS(device::resolve_device("cuda", &log), device::DeviceError);
+  CHECK(log.str().empty());
+}
+
+TEST_CASE("device cuda-emu selects the emulator, cpu the cpu, and other names are rejected") {
+  CHECK(device::resolve_device("cuda-emu", nullptr) == kEmu);
+  CHECK(device::resolve_device("cpu", nullptr) == Device::cpu);
+  CHECK_THROWS_AS(device::resolve_device("gpu", nullptr), std::invalid_argument);
+}
+
+TEST_CASE("the error-check macros throw with the expression, file and line") {
+  try {
+    UNET_CUDA_CHECK(35);
+    FAIL("no throw");
+  } catch (const device::DeviceError& e) {
+    const std::string m = e.what();
+    CHECK(m.find("CUDA error 35") != std::string::npos);
+    CHECK(m.find("test_cuda_emu_device.cpp:") != std::string::npos);
+  }
+  CHECK_THROWS_AS(UNET_DEVICE_CHECK(1 + 1 == 3, "arithmetic"), device::DeviceError);
+  CHECK_NOTHROW(UNET_DEVICE_CHECK(true, "fine"));
+}
+
+TEST_CASE("tensors round-trip cpu -> cuda-emu -> cpu bitwise in every dtype") {
+  for (DType dt : {DType::f32, DType::f16, DType::bf16, DType::i32, DType::u8}) {
+    Tensor a = Tensor::from_vector({2, 3, 5}, test_values(), dt);
+    Tensor d = a.to(kEmu);
+    CHECK(d.device() == kEmu);
+    CHECK(d.raw() != a.raw());
+    CHECK(d.to(kEmu).same(d));  // already there: the same tensor
+    Tensor back = d.clone().to(Device::cpu);
+    CHECK(back.device() == Device::cpu);
+    CHECK(std::memcmp(back.raw(), a.raw(), a.nbytes()) == 0);
+    CHECK(d.to_vector() == a.to_vector());  // to_vector copies to the cpu first
+  }
+  Tensor z = Tensor::zeros({7}, DType::f32, kEmu);
+  CHECK(z.to_vector() == std::vector<float>(7, 0.f));
+}
+
+TEST_CASE("cuda-emu memory is accounted apart from the cpu's") {
+  const MemoryStats emu0 = device::memory_stats(kEmu), cpu0 = device::memory_stats(Device::cpu);
+  {
+    Tensor t = Tensor::empty({1 << 16}, DType::f32, kEmu);
+    CHECK(device::memory_stats(kEmu).current_bytes >= emu0.current_bytes + (1u << 18));
+    CHECK(device::memory_stats(Device::cpu).current_bytes == cpu0.current_bytes);
+  }
+  CHECK(device::memory_stats(kEmu).current_bytes == emu0.current_bytes);
+  CHECK(device::default_stream(kEmu) == nullptr);
+  CHECK_NOTHROW(device::synchronize(kEmu));
+}
+
+TEST_CASE("an op refuses tensors on two devices") {
+  Tensor a = randn({4}, 1), b = randn({4}, 2).to(kEmu);
+  CHECK_THROWS_AS(ops::add(a, b), std::invalid_argument);
+}
+
+TEST_CASE("cuda-emu add and scale equal the cpu ops (bitwise)") {
+  check_op([](const std::vector<Tensor>& x) { return ops::scale(ops::add(x[0], x[1]), 0.75f); },
+           {randn({3, 5, 7}, 1), randn({3, 5, 7}, 2)}, 0, 0);
+}
+
+TEST_CASE("cuda-emu relu and leaky_relu equal the cpu ops (bitwise)") {
+  check_op([](const std::vector<Tensor>& x) { return ops::relu(x[0]); }, {randn({2, 4, 4, 3}, 3)}, 0, 0);
+  check_op([](const std::vector<Tensor>& x) { return ops::leaky_relu(x[0], 0.01f); }, {randn({2, 4, 4, 3}, 4)}, 0, 0);
+}
+
+TEST_CASE("cuda-emu instance_norm equals the cpu op within 1e-5") {
+  check_op([](const std::vector<Tensor>& x) { return ops::instance_norm(x[0], x[1], x[2]); },
+           {randn({2, 4, 5, 6, 3}, 5, 2.f), randn({3}, 6), randn({3}, 7)}, 1e-5, 1e-5);
+}
+
+TEST_CASE("cuda-emu concat_channels and upsample_nearest equal the cpu ops (bitwise)") {
+  check_op([](const std::vector<Tensor>& x) { return ops::concat_channels({x[0], x[1]}); },
+           {randn({2, 3, 4, 2}, 8), randn({2, 3, 4, 5}, 9)}, 0, 0);
+  check_op([](const std::vector<Tensor>& x) { return ops::upsample_nearest(x[0], {2, 1, 2}); },
+           {randn({1, 2, 3, 4, 3}, 10)}, 0, 0);
+}
+
+TEST_CASE("cuda-emu cast equals the cpu op (bitwise, both directions through the gradient)") {
+  check_op([](const std::vector<Tensor>& x) { return ops::cast(x[0], DType::bf16); }, {randn({4, 9}, 11)}, 0, 0);
+  check_op([](const std::vector<Tensor>& x) { return ops::cast(x[0], DType::f16); }, {randn({4, 9}, 12)}, 0, 0);
+}
+
+TEST_CASE("cuda-emu argmax_channels equals the cpu op") {
+  Tensor x = randn({2, 3, 4, 5}, 13);
+  Tensor a = ops::argmax_channels(x), b = ops::argmax_channels(x.to(kEmu));
+  CHECK(b.device() == kEmu);
+  CHECK(b.dtype() == DType::i32);
+  CHECK(b.to_vector() == a.to_vector());
+}
+
+TEST_CASE("cuda-emu dice_ce_loss equals the cpu op within 1e-5, forward parts and gradient") {
+  Tensor logits = randn({2, 4, 4, 3, 3}, 14, 2.f), labels = labels_for({2, 4, 4, 3}, 3, 15);
+  float d_cpu = 0, ce_cpu = 0, d_emu = 0, ce_emu = 0;
+  Tensor lc = logits.clone().set_requires_grad(true), le = logits.to(kEmu).set_requires_grad(true);
+  Tensor a = ops::dice_ce_loss(lc, labels, &d_cpu, &ce_cpu);
+  const float a_value = a.item();
+  autograd::backward(a);  // one tape per thread: each backward before the next forward
+  Tensor b = ops::dice_ce_loss(le, labels.to(kEmu), &d_emu, &ce_emu);
+  CHECK(b.device() == kEmu);
+  CHECK(d_emu == doctest::Approx(d_cpu).epsilon(1e-5));
+  CHECK(ce_emu == doctest::Approx(ce_cpu).epsilon(1e-5));
+  CHECK(b.item() == doctest::Approx(a_value).epsilon(1e-5));
+  autograd::backward(b);
+  test::check_close(le.grad().to_vector(), lc.grad().to_vector(), 1e-5, 1e-7, "d logits");
+  // A label outside [0, C) is reported as on the cpu.
+  Tensor bad = labels.clone();
+  bad.data<int32_t>()[5] = 3;
+  CHECK_THROWS_WITH_AS(ops::dice_ce_loss(logits.to(kEmu), bad.to(kEmu)), doctest::Contains("at voxel 5"),
+                       std::invalid_argument);
+}
+
+TEST_CASE("cuda-emu conv and conv_transpose (borrowed cpu kernels) equal the cpu ops") {
+  check_op([](const std::vector<Tensor>& x) { return ops::conv(x[0], x[1], x[2], {1, 2, 1}, {1, 1, 1}); },
+           {randn({1, 4, 5, 6, 2}, 16), randn({3, 3, 3, 3, 2}, 17), randn({3}, 18)}, 0, 0);
+  check_op([](const std::vector<Tensor>& x) { return ops::conv_transpose(x[0], x[1], x[2]); },
+           {randn({1, 2, 3, 2, 4}, 19), randn({3, 2, 2, 2, 4}, 20), randn({3}, 21)}, 0, 0);
+}
+
+TEST_CASE("cuda-emu Adam and SGD steps equal the cpu steps") {
+  for (int kind = 0; kind < 2; ++kind) {
+    std::vector<float> result[2];
+    for (int side = 0; side < 2; ++side) {
+      const Device d = side ? kEmu : Device::cpu;
+      Tensor p = randn({37}, 22).to(d), q = randn({5, 3}, 23).to(d);
+      p.set_requires_grad(true), q.set_requires_grad(true);
+      std::unique_ptr<Optimizer> opt;
+      if (kind == 0) opt = std::make_unique<Adam>(std::vector<Tensor>{p, q});
+      else opt = std::make_unique<SGD>(std::vector<Tensor>{p, q});
+      for (int step = 0; step < 3; ++step) {
+        p.set_grad(randn({37}, 30 + step).to(d));
+        q.set_grad(randn({5, 3}, 40 + step).to(d));
+        REQUIRE(opt->step());
+      }
+      p.set_grad(Tensor::full({37}, INFINITY).to(d));  // a nonfinite gradient skips the step on both backends
+      CHECK_FALSE(opt->step());
+      for (const Tensor& t : {p, q}) {
+        CHECK(t.device() == d);
+        auto v = t.to_vector();
+        result[side].insert(result[side].end(), v.begin(), v.end());
+      }
+      for (auto& [name, s] : opt->state()) CHECK(s.device() == (name.rfind("step.", 0) == 0 ? Device::cpu : d));
+    }
+    test::check_close(result[1], result[0], 1e-7, 0, kind ? "SGD" : "Adam");
+  }
+}
+
+TEST_CASE("three DynUNet training steps on cuda-emu match the same steps on the cpu") {
+  // 3 levels, 16^3 patch, filters 4 / 8 / 16, deep supervision, 3 classes, Adam.
+  models::DynUNetConfig c;
+  c.in_channels = 2;
+  c.out_channels = 3;
+  c.kernels = {{3, 3, 3}, {3, 3, 3}, {3, 3, 3}};
+  c.strides = {{1, 1, 1}, {2, 2, 2}, {2, 2, 2}};
+  c.filters = {4, 8, 16};
+  c.deep_supervision = true;
+  c.deep_supr_num = 1;
+  Tensor x = randn({2, 16, 16, 16, 2}, 50), y = labels_for({2, 16, 16, 16}, 3, 51);
+
+  struct Run {
+    std::vector<double> losses;
+    std::vector<std::vector<float>> weights;
+    double seconds = 0;
+  };
+  auto train = [&](Device d) {
+    Run r;
+    models::DynUNet net(c);
+    net.initialize(7);
+    net.to(d);
+    Adam opt(net.parameters(), AdamOptions{1e-2, 0.9, 0.999, 1e-8, 1e-4});
+    Tensor xd = x.to(d), yd = y.to(d);
+    const auto t0 = std::chrono::steady_clock::now();
+    for (int step = 0; step < 3; ++step) {
+      models::StepStats s = models::train_step(net, opt, xd, yd);
+      REQUIRE(s.stepped);
+      r.losses.push_back(s.loss);
+    }
+    r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    for (const Tensor& p : net.parameters()) {
+      CHECK(p.device() == d);
+      r.weights.push_back(p.to_vector());
+    }
+    return r;
+  };
+  const Run cpu = train(Device::cpu), emu = train(kEmu);
+  MESSAGE("3 training steps: cpu " << cpu.seconds << " s, cuda-emu " << emu.seconds << " s");
+  for (size_t i = 0; i < cpu.losses.size(); ++i) {
+    MESSAGE("step " << i << ": loss cpu " << cpu.losses[i] << ", cuda-emu " << emu.losses[i]);
+    CHECK(emu.losses[i] == doctest::Approx(cpu.losses[i]).epsilon(1e-5));
+  }
+  CHECK(cpu.losses.back() < cpu.losses.front());  // it does learn
+  REQUIRE(emu.weights.size() == cpu.weights.size());
+  for (size_t i = 0; i < cpu.weights.size(); ++i)
+    test::check_close(emu.weights[i], cpu.weights[i], 1e-4, 1e-6, "parameter " + std::to_string(i));
+}
+
+TEST_CASE("unet_train runtime.device = cuda-emu trains, and unet_infer --device cuda-emu segments as on the cpu") {
+  test::TempDir tmp("cuda_emu_tools");
+  const std::string& dir = tmp.path;
+  REQUIRE(test::run_tool("unet_synth", "--output " + dir + "/data --train 3 --test 1 --size 16,16,16 --seed 4") == 0);
+  std::ofstream(dir + "/train.ini") << "[data]\ndataset = " << dir << "/data\npatch_size = 16,16,16\nbatch_size = 1\n"
+                                    << "folds = 1\n[model]\nfilters = 4\ndepth = 2\n[train]\nsteps = 2\nval_every = 0\n"
+                                    << "[runtime]\ndevice = cuda-emu\n[output]\ndir = " << dir << "/run\n";
+  std::string out;
+  int rc = test::run_tool("unet_train", dir + "/train.ini", &out);
+  REQUIRE_MESSAGE(rc == 0, out);
+  CHECK(out.find("cuda-emu backend") != std::string::npos);
+  for (const char* d : {"cpu", "cuda-emu"}) {
+    rc = test::run_tool("unet_infer", "--model " + dir + "/run/model.safetensors --input " + dir + "/data/imagesTs --output " +
+                                          dir + "/pred-" + d + " --save-probabilities --device " + d, &out);
+    REQUIRE_MESSAGE(rc == 0, out);
+  }
+  for (auto& e : std::filesystem::directory_iterator(dir + "/pred-cpu")) {
+    io::NiftiVolume a = io::read_nifti(e.path().string());
+    io::NiftiVolume b = io::read_nifti(dir + "/pred-cuda-emu/" + e.path().filename().string());
+    test::check_close(b.data.to_vector(), a.data.to_vector(), 1e-4, 1e-5, e.path().filename().string());
+  }
+  rc = test::run_tool("unet_infer", "--model " + dir + "/run/model.safetensors --input " + dir + "/data/imagesTs --output " +
+                                        dir + "/pred-x --device cuda", &out);
+  CHECK(rc == 2);
+  CHECK(out.find("--device cuda") != std::string::npos);
+}
