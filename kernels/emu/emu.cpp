@@ -731,7 +731,8 @@ std::mutex launch_mutex;  // one kernel at a time, like a single device stream
 
 #ifdef UNET_CHECKED
 // When a sanitizer reports an error and is about to kill the process, name the emulated thread that caused it: the
-// report's stack only shows the kernel function, not which block and thread ran it.
+// report's stack only shows the kernel function, not which block and thread ran it. (ASan reports only: GCC links
+// UBSan as a separate runtime with its own death callbacks; its reports name the source line.)
 void on_sanitizer_death() {
   if (const detail::Thread* t = detail::current)
     std::fprintf(stderr, "unet emulator: the error above happened in kernel code, block %s thread %s\n",
