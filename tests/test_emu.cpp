@@ -12,6 +12,8 @@
 #include <string>
 #include <vector>
 
+#include "tests/test_util.h"  // before the kernels: cuda_emu.h's __noinline__ macro breaks later standard headers
+//
 #include "tests/emu_kernels.cuh"
 
 namespace {
@@ -412,3 +414,22 @@ TEST_CASE("the schedule is read from text and from UNET_EMU_SCHEDULE") {
   unsetenv("UNET_EMU_SCHEDULE");
   CHECK(Schedule::from_env() == Schedule{});
 }
+
+#ifdef UNET_CHECKED
+// The checked build's reason to exist: an out-of-bounds dynamic shared memory access, silent in the normal emulator
+// (and on a GPU, often), is a heap-buffer-overflow under AddressSanitizer, and the emulator's death callback names the
+// emulated thread. Run as a separate process (tests/checked/emu_smem_overflow.cpp) because ASan ends the process.
+TEST_CASE("checked build: AddressSanitizer reports a dynamic shared memory overflow") {
+  std::string out;
+  const int rc = unet::test::run_tool("emu_smem_overflow", "", &out);
+  INFO(out);
+  CHECK(rc != 0);
+  CHECK(out.find("ERROR: AddressSanitizer: heap-buffer-overflow") != std::string::npos);
+  // Right past the launch's 32 floats ("0 bytes to the right of" in GCC 12's ASan, "0 bytes after" in later ones).
+  CHECK(out.find("is located 0 bytes ") != std::string::npos);
+  CHECK(out.find(" 128-byte region") != std::string::npos);
+  CHECK(out.find("overflow_kernel") != std::string::npos);
+  CHECK(out.find("block (1,0,0) thread (5,0,0)") != std::string::npos);
+  CHECK(out.find("no error reported") == std::string::npos);
+}
+#endif

@@ -15,7 +15,13 @@
 #include <algorithm>
 #include <atomic>
 #include <bit>
+#ifdef UNET_CHECKED
+#include <sanitizer/asan_interface.h>
+#include <sanitizer/common_interface_defs.h>
+#include <ucontext.h>
+#else
 #include <boost/context/fiber.hpp>
+#endif
 #include <condition_variable>
 #include <cstdio>
 #include <cstdlib>
@@ -43,7 +49,6 @@ struct GatherArgs {
 
 namespace {
 
-using boost::context::fiber;
 using detail::WarpOp;
 
 std::string to_str(uint3 v) {
@@ -83,6 +88,15 @@ std::mutex options_mutex;
 std::optional<Schedule> current_schedule;  // read from the environment on first use, so a bad value throws at launch
 int worker_count = 0;                      // 0: not chosen yet
 
+#ifdef UNET_CHECKED
+struct stack_context {
+  size_t size = 0;
+  void* sp = nullptr;
+};
+#else
+using boost::context::stack_context;
+#endif
+
 // ---- fiber stacks --------------------------------------------------------------------------------------------------
 // Stacks are mmap'ed once per worker and reused for every block: a 1024-thread block needs up to 1024 of them. The
 // lowest page of each is a guard, so a kernel that overflows its stack faults instead of corrupting its neighbour.
@@ -99,7 +113,7 @@ class StackPool {
   StackPool(const StackPool&) = delete;
   StackPool& operator=(const StackPool&) = delete;
 
-  boost::context::stack_context allocate() {
+  stack_context allocate() {
     void* base;
     if (!free_.empty()) {
       base = free_.back();
@@ -111,12 +125,17 @@ class StackPool {
       mprotect(base, page_, PROT_NONE);
       all_.push_back(base);
     }
-    boost::context::stack_context sc;
+#ifdef UNET_CHECKED
+    // A reused stack still carries the shadow of the frames of the fiber that died on it (its last frame never
+    // returns); clear it so uninstrumented code running there is not reported.
+    ASAN_UNPOISON_MEMORY_REGION(static_cast<char*>(base) + page_, mapped_ - page_);
+#endif
+    stack_context sc;
     sc.size = mapped_ - page_;
     sc.sp = static_cast<char*>(base) + mapped_;  // stacks grow down from the top
     return sc;
   }
-  void deallocate(boost::context::stack_context& sc) { free_.push_back(static_cast<char*>(sc.sp) - mapped_); }
+  void deallocate(stack_context& sc) { free_.push_back(static_cast<char*>(sc.sp) - mapped_); }
 
  private:
   size_t page_, mapped_;
@@ -126,9 +145,128 @@ class StackPool {
 // The StackAllocator Boost.Context copies into each fiber: a handle to the worker's pool.
 struct PooledStack {
   StackPool* pool;
-  boost::context::stack_context allocate() { return pool->allocate(); }
-  void deallocate(boost::context::stack_context& sc) { pool->deallocate(sc); }
+  stack_context allocate() { return pool->allocate(); }
+  void deallocate(stack_context& sc) { pool->deallocate(sc); }
 };
+
+#ifdef UNET_CHECKED
+// ---- ucontext fibers (checked build) -------------------------------------------------------------------------------
+// ASan must be told about every stack switch (__sanitizer_start/finish_switch_fiber), and Debian's Boost.Context
+// switches with fcontext, which gives it no hook. So the checked build has this stand-in for the part of
+// boost::context::fiber the scheduler uses: a fiber is a handle to a suspended context; resume() switches to it and
+// returns the context that switched back (empty when the fiber's function returned); destroying a suspended fiber
+// unwinds its stack by throwing ForcedUnwind in it. Slower (swapcontext makes a sigprocmask syscall), fine for tests.
+struct ForcedUnwind {
+  struct Context* to;  // who destroyed the fiber, resumed once the unwinding is done
+};
+
+struct Context {
+  ucontext_t uc{};
+  void* fake_stack = nullptr;  // ASan's fake stack of this context while it is switched out
+  const void* bottom = nullptr;
+  size_t size = 0;  // stack bounds (for a thread's own stack, learnt from the first switch away)
+  stack_context stack{};  // fibers only: where the stack came from
+  PooledStack alloc{};
+  std::function<struct UcFiber(struct UcFiber&&)> fn;
+  bool started = false, finished = false, unwinding = false;
+};
+
+struct UcFiber {
+  UcFiber() = default;
+  explicit UcFiber(Context* c) : ctx_(c) {}
+  template <class F>
+  UcFiber(std::allocator_arg_t, PooledStack alloc, F&& f) {
+    auto* c = new Context;
+    c->alloc = alloc;
+    c->stack = alloc.allocate();
+    c->bottom = static_cast<char*>(c->stack.sp) - c->stack.size;
+    c->size = c->stack.size;
+    c->fn = std::forward<F>(f);
+    getcontext(&c->uc);
+    c->uc.uc_stack.ss_sp = const_cast<void*>(c->bottom);
+    c->uc.uc_stack.ss_size = c->size;
+    c->uc.uc_link = nullptr;  // entry() never returns: it switches away explicitly
+    makecontext(&c->uc, entry, 0);
+    ctx_ = c;
+  }
+  UcFiber(UcFiber&& o) noexcept : ctx_(std::exchange(o.ctx_, nullptr)) {}
+  UcFiber& operator=(UcFiber&& o) noexcept {
+    UcFiber old(std::exchange(ctx_, std::exchange(o.ctx_, nullptr)));  // destroyed (unwound) here, as Boost does
+    return *this;
+  }
+  ~UcFiber() {
+    if (!ctx_) return;
+    Context* c = std::exchange(ctx_, nullptr);
+    if (!c->started) {  // never ran: nothing on its stack to unwind
+      release(c);
+      return;
+    }
+    c->unwinding = true;
+    switch_to(c);  // comes back once its stack is unwound and it has finished
+  }
+  explicit operator bool() const { return ctx_ != nullptr; }
+  UcFiber resume() && { return switch_to(std::exchange(ctx_, nullptr)); }
+
+ private:
+  static inline thread_local Context thread_context;  // the OS thread's own stack (the scheduler's)
+  static inline thread_local Context* running = nullptr;
+  static inline thread_local Context* came_from = nullptr;  // set just before every switch
+
+  static Context* self() { return running ? running : &thread_context; }
+  static void release(Context* c) {
+    c->alloc.deallocate(c->stack);
+    delete c;
+  }
+  // Switches from the running context to `to`; returns, once something switches back, the context it came from.
+  static UcFiber switch_to(Context* to) {
+    Context* me = self();
+    came_from = me;
+    running = to;
+    to->started = true;
+    __sanitizer_start_switch_fiber(&me->fake_stack, to->bottom, to->size);
+    swapcontext(&me->uc, &to->uc);
+    return arrived(me);
+  }
+  static UcFiber arrived(Context* me) {
+    Context* from = came_from;
+    __sanitizer_finish_switch_fiber(me->fake_stack, &from->bottom, &from->size);
+    running = me;
+    if (from->finished) {  // its stack is no longer in use: give it back
+      release(from);
+      from = nullptr;
+    }
+    if (me->unwinding) throw ForcedUnwind{from};
+    return UcFiber(from);
+  }
+  [[noreturn]] static void entry() {
+    Context* me = running;
+    Context* next = nullptr;
+    try {
+      UcFiber from = arrived(me);
+      UcFiber back = me->fn(std::move(from));
+      next = std::exchange(back.ctx_, nullptr);  // switched to below, not destroyed
+    } catch (const ForcedUnwind& u) {
+      next = u.to;
+    } catch (...) {
+      std::terminate();  // as with Boost: an exception must not leave a fiber's function
+    }
+    if (!next) std::abort();  // the scheduler's fiber functions always return whom to resume
+    me->finished = true;
+    came_from = me;
+    running = next;
+    __sanitizer_start_switch_fiber(nullptr, next->bottom, next->size);  // nullptr: this fiber dies
+    setcontext(&next->uc);
+    std::abort();
+  }
+
+  Context* ctx_ = nullptr;
+};
+using fiber = UcFiber;
+using forced_unwind = ForcedUnwind;
+#else
+using boost::context::fiber;
+using boost::context::detail::forced_unwind;
+#endif
 
 // ---- per-block scheduling state ------------------------------------------------------------------------------------
 enum class State : uint8_t { unstarted, ready, running, at_barrier, at_warp, done };
@@ -206,7 +344,13 @@ struct Worker {
       t.linear = i;
       t.lane = i % 32;
     }
+#ifdef UNET_CHECKED
+    // A fresh heap block of exactly smem_bytes, so ASan's redzone starts at the first byte past the launch's size
+    // (a vector that only resizes keeps a larger capacity from an earlier launch).
+    smem = std::vector<unsigned char>(smem_bytes);
+#else
     smem.resize(smem_bytes);
+#endif
   }
 
   unsigned warp_exists(int w) const {
@@ -258,7 +402,7 @@ struct Worker {
       ts[t].state = State::running;
       try {
         kernel.invoke(kernel.args);
-      } catch (const boost::context::detail::forced_unwind&) {
+      } catch (const forced_unwind&) {
         throw;  // the block is being torn down: let Boost.Context unwind this fiber
       } catch (const KernelError&) {
         error = std::current_exception();
@@ -585,6 +729,18 @@ Pool& pool() {
 
 std::mutex launch_mutex;  // one kernel at a time, like a single device stream
 
+#ifdef UNET_CHECKED
+// When a sanitizer reports an error and is about to kill the process, name the emulated thread that caused it: the
+// report's stack only shows the kernel function, not which block and thread ran it. (ASan reports only: GCC links
+// UBSan as a separate runtime with its own death callbacks; its reports name the source line.)
+void on_sanitizer_death() {
+  if (const detail::Thread* t = detail::current)
+    std::fprintf(stderr, "unet emulator: the error above happened in kernel code, block %s thread %s\n",
+                 to_str(t->block_idx).c_str(), to_str(t->thread_idx).c_str());
+}
+[[maybe_unused]] const bool death_callback_set = (__sanitizer_set_death_callback(on_sanitizer_death), true);
+#endif
+
 }  // namespace
 
 // ---- options -------------------------------------------------------------------------------------------------------
@@ -659,7 +815,11 @@ void launch(dim3 grid, dim3 block, size_t smem_bytes, BoundKernel kernel) {
                                 " bytes of dynamic shared memory; a block can have at most 227 KiB");
 
   const Schedule sched = schedule();
+#ifdef UNET_CHECKED
+  const int helpers = 1;  // __shared__ is a plain static there: one block in flight at a time
+#else
   const int helpers = static_cast<int>(std::min<uint64_t>(workers(), blocks));
+#endif
   std::lock_guard lock(launch_mutex);
   std::atomic<uint64_t> next{0};
   std::atomic<bool> failed{false};

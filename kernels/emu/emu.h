@@ -9,6 +9,10 @@
 //
 // Environment: UNET_EMU_SCHEDULE (forward | reverse | random[:SEED]), UNET_EMU_WORKERS (worker threads),
 // UNET_EMU_STACK_KB (stack per emulated thread, 256 by default; the lowest page is a guard).
+//
+// Checked build (UNET_CHECKED, CMake -DUNET_CHECKED=ON: AddressSanitizer + UBSan): fibers switch through ucontext
+// announced to ASan, one worker, __shared__ is a plain static and dynamic shared memory is a heap block of exactly the
+// launch's size, so out-of-bounds shared-memory accesses are reported (tools/checked_test.sh).
 #pragma once
 
 // Only the host compiler sees this file. The CUDA execution-space keywords must be defined before any CUDA header:
@@ -28,8 +32,14 @@
 #define __constant__
 #define __managed__
 #define __grid_constant__
+#ifdef UNET_CHECKED
+// Checked build (AddressSanitizer): ASan does not instrument thread_local arrays, so shared memory is a plain static,
+// which is still one copy per block in flight because that build runs a single worker (see workers()).
+#define __shared__ static
+#else
 // One copy per OS thread = one copy per block in flight (a block's fibers all live on one worker thread).
 #define __shared__ static thread_local
+#endif
 #endif
 
 #include <driver_types.h>  // cudaStream_t (a type only: nothing from the CUDA runtime is linked)
@@ -67,6 +77,7 @@ Schedule schedule();
 
 // Worker threads that run blocks (the launching thread is one of them). Initially UNET_EMU_WORKERS, else the number of
 // hardware threads, at most 8. Results never depend on it: blocks share nothing but global memory and atomics.
+// The checked build records the setting but always runs one worker (its __shared__ is not per thread).
 void set_workers(int n);
 int workers();
 
