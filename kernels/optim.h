@@ -5,6 +5,7 @@
 // Otherwise one pass over each parameter reads the gradient and state and writes parameter and state.
 // The arithmetic follows torch.optim (1.13, single-tensor path) operation by operation, in f32.
 #pragma once
+#include <cmath>
 #include <cstddef>
 #include <cstdint>
 
@@ -28,6 +29,32 @@ struct AdamArgs {
   bool decoupled;   // true: AdamW (p *= 1 - lr wd before the update); false: Adam (g += wd p)
   float inv_scale;  // gradients are multiplied by this before use (loss-scale unscaling); 1 for none
 };
+
+// The per-parameter constants of one Adam/AdamW update, derived in double once per step exactly as torch.optim does
+// and rounded to float. The CPU and CUDA kernels both take them from here, so they cannot drift apart.
+struct AdamConsts {
+  float beta1, one_minus_beta1, beta2, one_minus_beta2, eps, inv_scale;
+  float decay;          // AdamW: 1 - lr wd
+  float wd;             // Adam: L2 coefficient
+  float neg_step_size;  // -lr / (1 - beta1^step)
+  float bc2_sqrt;       // sqrt(1 - beta2^step)
+  bool decoupled;
+};
+
+inline AdamConsts adam_consts(const AdamArgs& a, int64_t step_count) {
+  const double step = static_cast<double>(step_count);
+  return AdamConsts{static_cast<float>(a.beta1),
+                    static_cast<float>(1.0 - a.beta1),
+                    static_cast<float>(a.beta2),
+                    static_cast<float>(1.0 - a.beta2),
+                    static_cast<float>(a.eps),
+                    a.inv_scale,
+                    static_cast<float>(1.0 - a.lr * a.weight_decay),
+                    static_cast<float>(a.weight_decay),
+                    static_cast<float>(-(a.lr / (1.0 - std::pow(a.beta1, step)))),
+                    static_cast<float>(std::sqrt(1.0 - std::pow(a.beta2, step))),
+                    a.decoupled};
+}
 
 // Returns false (and writes nothing) when any gradient * inv_scale is inf or nan.
 bool adam_step(const AdamSlice* slices, size_t count, const AdamArgs& args);

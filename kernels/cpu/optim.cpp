@@ -111,15 +111,6 @@ bool pieces_finite(const std::vector<Piece>& pieces, const Slice* slices, float 
 
 // ---- Adam / AdamW ----
 // Per-slice constants in f32, derived in double as torch does in Python (bias corrections, step size).
-struct AdamConsts {
-  float beta1, one_minus_beta1, beta2, one_minus_beta2, eps, inv_scale;
-  float decay;          // AdamW: 1 - lr wd
-  float wd;             // Adam: L2 coefficient
-  float neg_step_size;  // -lr / (1 - beta1^step)
-  float bc2_sqrt;       // sqrt(1 - beta2^step)
-  bool decoupled;
-};
-
 template <class T>
 inline void adam_element(float* p, const float* g, float* m, float* v, const AdamConsts& k) {
   T gi = ld<T>(g) * k.inv_scale;
@@ -172,22 +163,7 @@ bool adam_step(const AdamSlice* slices, size_t count, const AdamArgs& a) {
   if (!pieces_finite(pieces, slices, a.inv_scale)) return false;
 
   std::vector<AdamConsts> consts(count);
-  for (size_t s = 0; s < count; ++s) {
-    const double step = static_cast<double>(slices[s].step);
-    const double lr = a.lr, b1 = a.beta1, b2 = a.beta2;
-    AdamConsts& k = consts[s];
-    k.beta1 = static_cast<float>(a.beta1);
-    k.one_minus_beta1 = static_cast<float>(1.0 - b1);
-    k.beta2 = static_cast<float>(a.beta2);
-    k.one_minus_beta2 = static_cast<float>(1.0 - b2);
-    k.eps = static_cast<float>(a.eps);
-    k.inv_scale = a.inv_scale;
-    k.decay = static_cast<float>(1.0 - lr * a.weight_decay);
-    k.wd = static_cast<float>(a.weight_decay);
-    k.neg_step_size = static_cast<float>(-(lr / (1.0 - std::pow(b1, step))));
-    k.bc2_sqrt = static_cast<float>(std::sqrt(1.0 - std::pow(b2, step)));
-    k.decoupled = a.decoupled;
-  }
+  for (size_t s = 0; s < count; ++s) consts[s] = adam_consts(a, slices[s].step);
 
   parallel_for(static_cast<int64_t>(pieces.size()), 1, [&](int64_t lo, int64_t hi) {
     for (int64_t q = lo; q < hi; ++q) {

@@ -37,12 +37,7 @@ struct AdamParam {
   const float* grad;
   float* exp_avg;
   float* exp_avg_sq;
-  float beta1, one_minus_beta1, beta2, one_minus_beta2, eps, inv_scale;
-  float decay;          // AdamW: 1 - lr wd
-  float wd;             // Adam: L2 coefficient
-  float neg_step_size;  // -lr / (1 - beta1^step)
-  float bc2_sqrt;       // sqrt(1 - beta2^step)
-  int decoupled;
+  cpu::AdamConsts c;  // shared with the CPU kernel (kernels/optim.h)
 };
 
 struct SgdParam {
@@ -81,16 +76,16 @@ __global__ void __launch_bounds__(kThreads)
 }
 
 __device__ __forceinline__ void adam_element(const AdamParam& k, int64_t i) {
-  float g = mul(k.grad[i], k.inv_scale);
+  float g = mul(k.grad[i], k.c.inv_scale);
   float p = k.param[i];
-  if (k.decoupled)
-    p = mul(p, k.decay);  // param.mul_(1 - lr * weight_decay)
+  if (k.c.decoupled)
+    p = mul(p, k.c.decay);  // param.mul_(1 - lr * weight_decay)
   else
-    g = add(g, mul(p, k.wd));                                                // grad.add(param, alpha=weight_decay)
-  const float m = add(mul(k.exp_avg[i], k.beta1), mul(g, k.one_minus_beta1));  // exp_avg.mul_(b1).add_(g, 1-b1)
-  const float v = add(mul(k.exp_avg_sq[i], k.beta2), mul(mul(g, k.one_minus_beta2), g));  // addcmul_(g, g, 1-b2)
-  const float den = add(__fsqrt_rn(v) / k.bc2_sqrt, k.eps);  // (exp_avg_sq.sqrt() / bc2_sqrt).add_(eps)
-  k.param[i] = add(p, mul(m, k.neg_step_size) / den);       // param.addcdiv_(exp_avg, denom, -step_size)
+    g = add(g, mul(p, k.c.wd));                                                // grad.add(param, alpha=weight_decay)
+  const float m = add(mul(k.exp_avg[i], k.c.beta1), mul(g, k.c.one_minus_beta1));  // exp_avg.mul_(b1).add_(g, 1-b1)
+  const float v = add(mul(k.exp_avg_sq[i], k.c.beta2), mul(mul(g, k.c.one_minus_beta2), g));  // addcmul_(g, g, 1-b2)
+  const float den = add(__fsqrt_rn(v) / k.c.bc2_sqrt, k.c.eps);  // (exp_avg_sq.sqrt() / bc2_sqrt).add_(eps)
+  k.param[i] = add(p, mul(m, k.c.neg_step_size) / den);       // param.addcdiv_(exp_avg, denom, -step_size)
   k.exp_avg[i] = m;
   k.exp_avg_sq[i] = v;
 }
@@ -180,24 +175,12 @@ void adam_step(const cpu::AdamSlice* slices, size_t count, const cpu::AdamArgs& 
                cudaStream_t stream) {
   std::vector<AdamParam> params(count);
   for (size_t s = 0; s < count; ++s) {  // as kernels/cpu/optim.cpp derives them
-    const double step = static_cast<double>(slices[s].step);
-    const double lr = a.lr, b1 = a.beta1, b2 = a.beta2;
     AdamParam& k = params[s];
     k.param = slices[s].param;
     k.grad = slices[s].grad;
     k.exp_avg = slices[s].exp_avg;
     k.exp_avg_sq = slices[s].exp_avg_sq;
-    k.beta1 = static_cast<float>(a.beta1);
-    k.one_minus_beta1 = static_cast<float>(1.0 - b1);
-    k.beta2 = static_cast<float>(a.beta2);
-    k.one_minus_beta2 = static_cast<float>(1.0 - b2);
-    k.eps = static_cast<float>(a.eps);
-    k.inv_scale = a.inv_scale;
-    k.decay = static_cast<float>(1.0 - lr * a.weight_decay);
-    k.wd = static_cast<float>(a.weight_decay);
-    k.neg_step_size = static_cast<float>(-(lr / (1.0 - std::pow(b1, step))));
-    k.bc2_sqrt = static_cast<float>(std::sqrt(1.0 - std::pow(b2, step)));
-    k.decoupled = a.decoupled ? 1 : 0;
+    k.c = cpu::adam_consts(a, slices[s].step);
   }
   run_step(slices, count, params, a.inv_scale, workspace, nonfinite, stream);
 }
