@@ -6,6 +6,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 build=${CHECKED_BUILD_DIR:-build-checked}
 start=$SECONDS
+# Cache hits across clones: paths relative to the checkout, and the working directory left out of -g hashes.
+export CCACHE_BASEDIR=${CCACHE_BASEDIR:-$PWD} CCACHE_NOHASHDIR=${CCACHE_NOHASHDIR:-1}
 cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DUNET_CHECKED=ON >/dev/null
 cmake --build "$build" -j "$(nproc)" --target unet_tests emu_smem_overflow
 # detect_stack_use_after_return=0: fake stacks do not follow fiber switches. detect_leaks=0: LeakSanitizer cannot see

@@ -18,5 +18,7 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 build=${BUILD_DIR:-build}
+# Paths relative to the checkout in ccache's hashes, so a fresh clone elsewhere reuses the cache.
+export CCACHE_BASEDIR=${CCACHE_BASEDIR:-$PWD}
 cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DUNET_MARCH="${UNET_MARCH:-native}" >/dev/null
 cmake --build "$build" -j "$(nproc)"
