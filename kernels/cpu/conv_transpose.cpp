@@ -31,19 +31,19 @@ int64_t round_up(int64_t v, int64_t m) {
   return (v + m - 1) / m * m;
 }
 
-// acc[r * ldc + j] += sum_l a[r][l] * b[l * ldb + j] for r < R, j < kNB.
-template <int R>
+// acc[r * ldc + j] += sum_l A(r, l) * b[l * ldb + j] for r < R, j < kNB. A comes in two layouts: by rows
+// (a[r][l]: fprop and dgrad, one pointer per output row) or by columns (cols[l][r]: wgrad, where cols[l] is the dy row
+// of pixel l, so dy is read in place, never transposed). ByColumns selects the second.
+template <int R, bool ByColumns>
 void micro_kernel(const float* const* a, int64_t L, const float* b, int64_t ldb, float* acc, int64_t ldc) {
   vf16 v[R][kNV];
   for (int r = 0; r < R; ++r)
     for (int j = 0; j < kNV; ++j) v[r][j] = *reinterpret_cast<const vf16*>(acc + r * ldc + 16 * j);
-  const float* ar[R];
-  for (int r = 0; r < R; ++r) ar[r] = a[r];
   for (int64_t l = 0; l < L; ++l) {
     vf16 bv[kNV];
     for (int j = 0; j < kNV; ++j) bv[j] = *reinterpret_cast<const vf16*>(b + l * ldb + 16 * j);
     for (int r = 0; r < R; ++r) {
-      float s = ar[r][l];
+      float s = ByColumns ? a[l][r] : a[r][l];
       for (int j = 0; j < kNV; ++j) v[r][j] += s * bv[j];
     }
   }
@@ -51,73 +51,16 @@ void micro_kernel(const float* const* a, int64_t L, const float* b, int64_t ldb,
     for (int j = 0; j < kNV; ++j) *reinterpret_cast<vf16*>(acc + r * ldc + 16 * j) = v[r][j];
 }
 
+template <bool ByColumns>
 void micro(int rows, const float* const* a, int64_t L, const float* b, int64_t ldb, float* acc, int64_t ldc) {
   switch (rows) {
-    case 1:
-      micro_kernel<1>(a, L, b, ldb, acc, ldc);
-      break;
-    case 2:
-      micro_kernel<2>(a, L, b, ldb, acc, ldc);
-      break;
-    case 3:
-      micro_kernel<3>(a, L, b, ldb, acc, ldc);
-      break;
-    case 4:
-      micro_kernel<4>(a, L, b, ldb, acc, ldc);
-      break;
-    case 5:
-      micro_kernel<5>(a, L, b, ldb, acc, ldc);
-      break;
-    case 6:
-      micro_kernel<6>(a, L, b, ldb, acc, ldc);
-      break;
-    default:
-      break;
-  }
-}
-
-// The same product with A given by columns: acc[r * ldc + j] += sum_l cols[l][r] * b[l * ldb + j]. wgrad uses it
-// with cols[l] = the dy row of pixel l, so dy is read in place, never transposed.
-template <int R>
-void micro_kernel_cols(const float* const* cols, int64_t L, const float* b, int64_t ldb, float* acc, int64_t ldc) {
-  vf16 v[R][kNV];
-  for (int r = 0; r < R; ++r)
-    for (int j = 0; j < kNV; ++j) v[r][j] = *reinterpret_cast<const vf16*>(acc + r * ldc + 16 * j);
-  for (int64_t l = 0; l < L; ++l) {
-    vf16 bv[kNV];
-    for (int j = 0; j < kNV; ++j) bv[j] = *reinterpret_cast<const vf16*>(b + l * ldb + 16 * j);
-    const float* col = cols[l];
-    for (int r = 0; r < R; ++r) {
-      float s = col[r];
-      for (int j = 0; j < kNV; ++j) v[r][j] += s * bv[j];
-    }
-  }
-  for (int r = 0; r < R; ++r)
-    for (int j = 0; j < kNV; ++j) *reinterpret_cast<vf16*>(acc + r * ldc + 16 * j) = v[r][j];
-}
-
-void micro_cols(int rows, const float* const* cols, int64_t L, const float* b, int64_t ldb, float* acc, int64_t ldc) {
-  switch (rows) {
-    case 1:
-      micro_kernel_cols<1>(cols, L, b, ldb, acc, ldc);
-      break;
-    case 2:
-      micro_kernel_cols<2>(cols, L, b, ldb, acc, ldc);
-      break;
-    case 3:
-      micro_kernel_cols<3>(cols, L, b, ldb, acc, ldc);
-      break;
-    case 4:
-      micro_kernel_cols<4>(cols, L, b, ldb, acc, ldc);
-      break;
-    case 5:
-      micro_kernel_cols<5>(cols, L, b, ldb, acc, ldc);
-      break;
-    case 6:
-      micro_kernel_cols<6>(cols, L, b, ldb, acc, ldc);
-      break;
-    default:
-      break;
+    case 1: micro_kernel<1, ByColumns>(a, L, b, ldb, acc, ldc); break;
+    case 2: micro_kernel<2, ByColumns>(a, L, b, ldb, acc, ldc); break;
+    case 3: micro_kernel<3, ByColumns>(a, L, b, ldb, acc, ldc); break;
+    case 4: micro_kernel<4, ByColumns>(a, L, b, ldb, acc, ldc); break;
+    case 5: micro_kernel<5, ByColumns>(a, L, b, ldb, acc, ldc); break;
+    case 6: micro_kernel<6, ByColumns>(a, L, b, ldb, acc, ldc); break;
+    default: break;
   }
 }
 
@@ -166,7 +109,7 @@ void conv_transpose_fprop(const ConvTransposeShape& s, const float* x, const flo
         const int64_t off = g.tap_offset[static_cast<size_t>(t)];
         for (int64_t k0 = 0; k0 < K; k0 += kNB) {
           for (int r = 0; r < rows; ++r) std::memcpy(acc + r * kNB, bp.data() + k0, sizeof(float) * kNB);
-          micro(rows, a, C, wf.data() + t * C * Kp + k0, Kp, acc, kNB);
+          micro<false>(rows, a, C, wf.data() + t * C * Kp + k0, Kp, acc, kNB);
           const int64_t kn = std::min(kNB, K - k0);
           for (int r = 0; r < rows; ++r) std::memcpy(y + (base[r] + off) * K + k0, acc + r * kNB, sizeof(float) * kn);
         }
@@ -197,7 +140,7 @@ void conv_transpose_dgrad(const ConvTransposeShape& s, const float* dy, const fl
         for (int64_t t = 0; t < T; ++t) {  // taps in a fixed order: the sum over (t, k) is deterministic
           const int64_t off = g.tap_offset[static_cast<size_t>(t)];
           for (int r = 0; r < rows; ++r) a[r] = dy + (base[r] + off) * K;
-          micro(rows, a, K, wd.data() + t * K * Cp + c0, Cp, acc, kNB);
+          micro<false>(rows, a, K, wd.data() + t * K * Cp + c0, Cp, acc, kNB);
         }
         const int64_t cn = std::min(kNB, C - c0);
         for (int r = 0; r < rows; ++r) std::memcpy(dx + (p0 + r) * C + c0, acc + r * kNB, sizeof(float) * cn);
@@ -244,7 +187,7 @@ void conv_transpose_wgrad(const ConvTransposeShape& s, const float* x, const flo
           if (k0 > 0)
             for (int64_t l = 0; l < L; ++l) cols[static_cast<size_t>(l)] += kRB;
           for (int64_t c0 = 0; c0 < Cp; c0 += kNB)
-            micro_cols(rows, cols.data(), L, bx + c0, ldb, acc + k0 * Cp + c0, Cp);
+            micro<true>(rows, cols.data(), L, bx + c0, ldb, acc + k0 * Cp + c0, Cp);
         }
       }
     }
