@@ -45,6 +45,25 @@ __device__ __forceinline__ long long warp_min(long long v) {
   return v;
 }
 
+// e[c] = exp(z[c] - max) for c < n, and the sum of e (max-subtracted softmax numerators); *max_out = max.
+// Forward and backward both call this, so the probabilities they see are the same bits.
+template <int M>
+__device__ __forceinline__ float softmax_numerators(const float* z, int n, float (&e)[M], float* max_out) {
+  float m = z[0];
+UNET_UNROLL
+  for (int c = 1; c < M; ++c)
+    if (c < n) m = fmaxf(m, z[c]);
+  float s = 0.f;
+UNET_UNROLL
+  for (int c = 0; c < M; ++c)
+    if (c < n) {
+      e[c] = expf(z[c] - m);
+      s += e[c];
+    }
+  *max_out = m;
+  return s;
+}
+
 // Each block writes partial[blockIdx.x * (3n + 1) + q] (intersect[n], prob[n], count[n], ce) and bad_at[blockIdx.x]
 // (first invalid voxel of the block's voxels, or `voxels` when none). Dynamic shared memory: kWarps * (3n + 1) doubles.
 template <int CC, class L>
@@ -65,17 +84,8 @@ UNET_UNROLL
     }
     const float* z = logits + v * n;
     float e[M] = {};
-    float m = z[0];
-UNET_UNROLL
-    for (int c = 1; c < M; ++c)
-      if (c < n) m = fmaxf(m, z[c]);
-    float s = 0.f;
-UNET_UNROLL
-    for (int c = 0; c < M; ++c)
-      if (c < n) {
-        e[c] = expf(z[c] - m);
-        s += e[c];
-      }
+    float m;
+    const float s = softmax_numerators(z, n, e, &m);
     const float inv = 1.f / s;
 UNET_UNROLL
     for (int c = 0; c < M; ++c)
@@ -164,17 +174,8 @@ __global__ void __launch_bounds__(kThreads)
     float* g = grad + v * n;
     const int y = static_cast<int>(labels[v]);
     float e[M] = {};
-    float m = z[0];
-UNET_UNROLL
-    for (int c = 1; c < M; ++c)
-      if (c < n) m = fmaxf(m, z[c]);
-    float s = 0.f;
-UNET_UNROLL
-    for (int c = 0; c < M; ++c)
-      if (c < n) {
-        e[c] = expf(z[c] - m);
-        s += e[c];
-      }
+    float m;
+    const float s = softmax_numerators(z, n, e, &m);
     const float inv = 1.f / s;
     float pg = 0.f, ey = 0.f;
 UNET_UNROLL

@@ -41,6 +41,22 @@ __device__ void column_tree_sum(double (&red)[K][kRowsY][kTileC]) {
   __syncthreads();
 }
 
+// The two per-(n, c) sums of the partial kernels' chunks, added in chunk order: red[k][0][threadIdx.x] holds sum k
+// afterwards. Shared by the forward and backward finalize kernels.
+__device__ void sum_chunk_partials(const double* part, int64_t n, int64_t chunks, int64_t C, int64_t c,
+                                   double (&red)[2][kRowsY][kTileC]) {
+  const int tx = threadIdx.x, ty = threadIdx.y;
+  double s1 = 0.0, s2 = 0.0;
+  if (c < C)
+    for (int64_t ch = ty; ch < chunks; ch += kRowsY) {
+      s1 += part[((n * chunks + ch) * 2 + 0) * C + c];
+      s2 += part[((n * chunks + ch) * 2 + 1) * C + c];
+    }
+  red[0][ty][tx] = s1;
+  red[1][ty][tx] = s2;
+  column_tree_sum(red);
+}
+
 // part[n, chunk, 0, c] = sum (x - x[n, 0, c]), part[n, chunk, 1, c] = sum (x - x[n, 0, c])^2 over the chunk.
 __global__ void instance_norm_forward_partial(const float* x, int64_t S, int64_t C, int64_t chunks, double* part) {
   __shared__ double red[2][kRowsY][kTileC];
@@ -73,15 +89,7 @@ __global__ void instance_norm_forward_finalize(const float* x, const double* par
   __shared__ double red[2][kRowsY][kTileC];
   const int tx = threadIdx.x, ty = threadIdx.y;
   const int64_t c = int64_t(blockIdx.x) * kTileC + tx, n = blockIdx.z;
-  double s1 = 0.0, s2 = 0.0;
-  if (c < C)
-    for (int64_t ch = ty; ch < chunks; ch += kRowsY) {
-      s1 += part[((n * chunks + ch) * 2 + 0) * C + c];
-      s2 += part[((n * chunks + ch) * 2 + 1) * C + c];
-    }
-  red[0][ty][tx] = s1;
-  red[1][ty][tx] = s2;
-  column_tree_sum(red);
+  sum_chunk_partials(part, n, chunks, C, c, red);
   if (ty == 0 && c < C) {
     const double count = static_cast<double>(S);
     const double t1 = red[0][0][tx], t2 = red[1][0][tx];
@@ -152,15 +160,7 @@ __global__ void instance_norm_backward_finalize(const double* part, const float*
   __shared__ double red[2][kRowsY][kTileC];
   const int tx = threadIdx.x, ty = threadIdx.y;
   const int64_t c = int64_t(blockIdx.x) * kTileC + tx, n = blockIdx.z;
-  double s1 = 0.0, s2 = 0.0;
-  if (c < C)
-    for (int64_t ch = ty; ch < chunks; ch += kRowsY) {
-      s1 += part[((n * chunks + ch) * 2 + 0) * C + c];
-      s2 += part[((n * chunks + ch) * 2 + 1) * C + c];
-    }
-  red[0][ty][tx] = s1;
-  red[1][ty][tx] = s2;
-  column_tree_sum(red);
+  sum_chunk_partials(part, n, chunks, C, c, red);
   if (ty == 0 && c < C) {
     const int64_t j = n * C + c;
     const double r = rstd[j], t1 = red[0][0][tx], t2 = red[1][0][tx] * r;
