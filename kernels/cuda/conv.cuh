@@ -1,0 +1,37 @@
+// CUDA convolution kernels (DESIGN section 5): 2D and 3D fprop, dgrad and wgrad as implicit GEMM on channels-last
+// tensors, x [N, D, H, W, C], w [K, T, R, S, C], y [N, Z, P, Q, K] (kernels/conv.h describes the problem; a 2D
+// convolution is the 3D one with D = Z = T = 1). Pointers are device memory (host memory under the emulator).
+//
+// Data types: `dt` is the type of the activations and weights (x, w, y, dy, dx):
+//   f32        SIMT path (fp32 FMA);
+//   f16, bf16  tensor cores (mma.sync m16n8k16, f32 accumulation), operands staged with cp.async + ldmatrix.
+// Bias, dw and dbias are always f32 (fp32 master weights, DESIGN section 6); for f16/bf16 the caller passes the
+// weights already cast to dt.
+//
+// GEMM views (CUTLASS's implicit GEMM, written by us):
+//   fprop  M = N*Z*P*Q, N = K, K = T*R*S*C
+//   dgrad  M = N*D*H*W, N = C, K = T*R*S*K
+//   wgrad  M = K,       N = T*R*S*C, K = N*Z*P*Q   (split-K over pixels, partials summed in a fixed order)
+// Every result is deterministic: no float atomics; the same inputs give the same bits on every run and schedule.
+#pragma once
+#include "engine/dtype.h"
+#include "kernels/conv.h"  // ConvProblem (plain C++, no CUDA)
+#include "kernels/cuda/stream.h"
+
+namespace unet::kernels::cuda {
+
+// y = conv(x, w) + bias. bias [K] f32 or null. When stats is not null it receives, per (sample, output channel), the
+// sum and the sum of squares of the stored y (after bias, after rounding to dt) as f32 pairs: stats[(n * K + k) * 2 + 0]
+// = sum, [.. + 1] = sum of squares; instance norm then needs no second pass over y.
+void conv_fprop(const ConvProblem& p, DType dt, const void* x, const void* w, const float* bias, void* y, float* stats,
+                cudaStream_t stream);
+
+// dx = gradient of the fprop sum with respect to x, given dy [N, Z, P, Q, K]; dx is overwritten (positions that no
+// output reads get 0).
+void conv_dgrad(const ConvProblem& p, DType dt, const void* dy, const void* w, void* dx, cudaStream_t stream);
+
+// dw [K, T, R, S, C] f32 and dbias [K] f32 (either may be null), overwritten.
+void conv_wgrad(const ConvProblem& p, DType dt, const void* x, const void* dy, float* dw, float* dbias,
+                cudaStream_t stream);
+
+}  // namespace unet::kernels::cuda
