@@ -3,14 +3,20 @@
 // (NAME.o): registers, spill stores/loads, stack, static shared memory, threads per block, and the theoretical
 // occupancy on A100 (sm_80) and H100 (sm_90) with its limiting resource. Exit status 1 when any function spills
 // (the kernels must not), 2 for a usage error or when there is nothing to report.
-// Usage: kernel_report [--dir DIR]    (default: the build's cuda_objects directory)
+// Usage: kernel_report [--dir DIR] [--dynamic-smem TEXT=BYTES ...]
+//   --dir           where NAME.ptxas.txt and NAME.o are (default: the build's cuda_objects directory)
+//   --dynamic-smem  dynamic shared memory is chosen at launch, so ptxas cannot report it: count BYTES more per block
+//                   for the kernels whose short name contains TEXT (repeatable)
 #include <algorithm>
+#include <cstdint>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "bench/lib/kernel_resources.h"
@@ -33,8 +39,7 @@ std::string read_file(const fs::path& p) {
 }
 
 int usage(const char* msg) {
-  std::fprintf(stderr, "kernel_report: %s\nusage: kernel_report [--dir DIR]   (DIR holds NAME.ptxas.txt and NAME.o)\n",
-               msg);
+  std::fprintf(stderr, "kernel_report: %s\nusage: kernel_report [--dir DIR] [--dynamic-smem TEXT=BYTES ...]\n", msg);
   return 2;
 }
 
@@ -42,11 +47,22 @@ int usage(const char* msg) {
 
 int main(int argc, char** argv) {
   fs::path dir = UNET_CUDA_OBJECTS_DIR;
+  std::vector<std::pair<std::string, int64_t>> dynamic_smem;  // (name part, bytes)
   for (int i = 1; i < argc; ++i) {
     if (!std::strcmp(argv[i], "--dir") && i + 1 < argc) {
       dir = argv[++i];
+    } else if (!std::strcmp(argv[i], "--dynamic-smem") && i + 1 < argc) {
+      const std::string v = argv[++i];
+      const size_t eq = v.find('=');
+      char* end = nullptr;
+      const long long bytes = eq == std::string::npos ? -1 : std::strtoll(v.c_str() + eq + 1, &end, 10);
+      if (eq == 0 || bytes < 0 || !end || *end)
+        return usage(
+            ("--dynamic-smem expects TEXT=BYTES (a kernel name part and a byte count), got '" + v + "'").c_str());
+      dynamic_smem.emplace_back(v.substr(0, eq), bytes);
     } else if (!std::strcmp(argv[i], "--help") || !std::strcmp(argv[i], "-h")) {
-      std::printf("usage: kernel_report [--dir DIR]   (default %s)\n", UNET_CUDA_OBJECTS_DIR);
+      std::printf("usage: kernel_report [--dir DIR] [--dynamic-smem TEXT=BYTES ...]   (default DIR %s)\n",
+                  UNET_CUDA_OBJECTS_DIR);
       return 0;
     } else {
       return usage((std::string("unknown argument '") + argv[i] + "'").c_str());
@@ -66,9 +82,9 @@ int main(int argc, char** argv) {
 
   std::printf("CUDA kernel resources from ptxas (-Xptxas -v) and the objects' launch bounds, in %s\n",
               dir.string().c_str());
-  std::printf(
-      "occupancy: theoretical, CUDA occupancy formulas, static shared memory only (dynamic shared memory is "
-      "chosen at launch)\n\n");
+  std::printf("occupancy: theoretical (CUDA occupancy formulas) from registers, threads and static shared memory%s\n\n",
+              dynamic_smem.empty() ? " (dynamic shared memory is chosen at launch: see --dynamic-smem)"
+                                   : " plus the --dynamic-smem bytes");
   std::printf("%-12s %-44s %-5s %4s %11s %5s %6s %7s %10s %-22s\n", "file", "kernel", "arch", "regs", "spill st/ld",
               "stack", "smem", "threads", "occupancy", "limited by");
   int kernels = 0, unbounded = 0;
@@ -81,7 +97,8 @@ int main(int argc, char** argv) {
       const auto bounds =
           fs::exists(object) ? parse_launch_bounds(read_file(object)) : std::map<std::pair<std::string, int>, int>{};
       for (const PtxasFunction& f : fns) {
-        std::string name = short_kernel_name(f.mangled);
+        const std::string full_name = short_kernel_name(f.mangled);
+        std::string name = full_name;
         if (name.size() > 44) name = name.substr(0, 41) + "...";
         char spill[32], arch[16];
         std::snprintf(spill, sizeof spill, "%lld/%lld", static_cast<long long>(f.spill_store_bytes),
@@ -101,7 +118,10 @@ int main(int argc, char** argv) {
         } else {
           threads = std::to_string(b->second);
           try {
-            const Occupancy o = theoretical_occupancy(gpu_limits(f.sm), b->second, f.registers, f.static_smem_bytes);
+            int64_t smem = f.static_smem_bytes;
+            for (const auto& [part, bytes] : dynamic_smem)
+              if (full_name.find(part) != std::string::npos) smem += bytes;
+            const Occupancy o = theoretical_occupancy(gpu_limits(f.sm), b->second, f.registers, smem);
             char occ[32];
             std::snprintf(occ, sizeof occ, "%d/%d %3.0f%%", o.active_warps, o.max_warps, 100 * o.fraction());
             occupancy = occ;

@@ -9,6 +9,7 @@
 #include <sstream>
 
 #include "bench/lib/kernel_resources.h"
+#include "tests/test_util.h"
 
 using namespace unet::bench;
 
@@ -166,4 +167,39 @@ TEST_CASE("occupancy: a block that cannot launch gives zero blocks and says why"
   CHECK(theoretical_occupancy(gpu_limits(80), 128, 32, 164 * 1024).blocks_per_sm == 0);  // above the 163 KiB opt-in
   CHECK(theoretical_occupancy(gpu_limits(90), 128, 32, 200 * 1024).blocks_per_sm == 1);  // H100 allows 227 KiB
   CHECK_THROWS_AS(gpu_limits(75), std::invalid_argument);
+}
+
+TEST_CASE("build/kernel_report prints one row per kernel and arch and exits 1 when a kernel spills") {
+  unet::test::TempDir tmp("kernel_report");
+  std::ofstream(tmp / "sample.ptxas.txt", std::ios::binary) << golden("kernel_report_sample.ptxas.txt");
+  std::ofstream(tmp / "sample.o", std::ios::binary) << golden("kernel_report_sample.o");
+  std::string out;
+  int rc = unet::test::run_tool("kernel_report", "--dir " + tmp.path, &out);
+  CHECK(rc == 1);
+  CHECK(out.find("SPILLS in 2 functions") != std::string::npos);
+  CHECK(out.find("sample: pressure (sm_80)") != std::string::npos);
+  // staged_copy: 10 registers, 1200 bytes of shared memory, 256 threads: 8 blocks = 64 warps.
+  CHECK(
+      out.find("staged_copy                                  sm_80   10         0/0     0   1200     256 64/64 100%") !=
+      std::string::npos);
+  CHECK(out.find("no __launch_bounds__") != std::string::npos);  // sample::scale<3>
+
+  // Without the spilling kernel (its lines, from "Compiling entry function" to "Compile time", left out): exit 0.
+  std::istringstream lines(golden("kernel_report_sample.ptxas.txt"));
+  std::string clean;
+  bool in_pressure = false;
+  for (std::string line; std::getline(lines, line);) {
+    if (line.find("Compiling entry function '_Z8pressurePKfPfi'") != std::string::npos) in_pressure = true;
+    if (!in_pressure) clean += line + "\n";
+    if (line.find("Compile time") != std::string::npos) in_pressure = false;
+  }
+  std::ofstream(tmp / "sample.ptxas.txt", std::ios::binary) << clean;
+  rc = unet::test::run_tool("kernel_report", "--dir " + tmp.path, &out);
+  CHECK_MESSAGE(rc == 0, out);
+  CHECK(out.find("no spills") != std::string::npos);
+  CHECK(out.find("4 kernel rows") != std::string::npos);
+
+  unet::test::TempDir empty("kernel_report_empty");
+  CHECK(unet::test::run_tool("kernel_report", "--dir " + empty.path, &out) == 2);
+  CHECK(out.find("no NAME.ptxas.txt") != std::string::npos);
 }
