@@ -4,6 +4,7 @@
 #include <doctest/doctest.h>
 
 #include <cmath>
+#include <cstdlib>
 #include <string>
 
 #include "bench/lib/selftest.h"
@@ -99,4 +100,18 @@ TEST_CASE("unet_selftest without a GPU, or with a bad argument, says why") {
   rc = test::run_tool("unet_selftest", "--device cuda-emu --quick --perturb no-such-op", &out);
   CHECK(rc == 2);
   CHECK(out.find("matches no check") != std::string::npos);
+}
+
+TEST_CASE("unet_selftest on cuda-emu gives the same table under the forward, reverse and random thread schedules") {
+  auto table = [](const char* schedule) {
+    setenv("UNET_EMU_SCHEDULE", schedule, 1);
+    std::string out;
+    const int rc = test::run_tool("unet_selftest", "--device cuda-emu --quick", &out);
+    unsetenv("UNET_EMU_SCHEDULE");
+    CHECK_MESSAGE(rc == 0, schedule << ": " << out);
+    return out.substr(0, out.rfind("\n("));  // without the elapsed-time line
+  };
+  const std::string forward = table("forward");
+  CHECK(table("reverse") == forward);
+  CHECK(table("random:7") == forward);
 }
