@@ -223,33 +223,50 @@ int run_conv_timing(FILE* out, const std::vector<ConvLayer>& layers, const ConvB
   try {
     CK(cudaGetDevice(&device));
     CK(cudaGetDeviceProperties(&prop, device));
-    cudnnHandle_t h;
-    DNN(cudnnCreate(&h));
+    struct Handle {  // destroyed on every exit
+      cudnnHandle_t h = nullptr;
+      ~Handle() {
+        if (h) cudnnDestroy(h);
+      }
+    } handle;
+    DNN(cudnnCreate(&handle.h));
+    // The roofline of this GPU's family for comparison (A100 figures for sm_8x, H100 for sm_9x; none otherwise).
+    const GpuPeak* peak = nullptr;
+    for (const GpuPeak& g : gpu_peaks())
+      if ((prop.major == 8 && std::string(g.gpu) == "A100") || (prop.major == 9 && std::string(g.gpu) == "H100"))
+        peak = &g;
     std::fprintf(out, "measured on %s (sm_%d%d), cuDNN %zu: median of %d runs after %d warm-up, TFLOP/s\n", prop.name,
                  prop.major, prop.minor, cudnnGetVersion(), options.quick ? 5 : options.reps,
                  options.quick ? 1 : options.warmup);
-    std::fprintf(out, "%-38s %5s %5s %9s %9s %9s %9s %6s\n", "layer", "pass", "dtype", "ours ms", "ours TF/s",
-                 "cuDNN ms", "cuDNN TF/s", "ratio");
+    std::fprintf(out, "%-38s %5s %5s %9s %9s %9s %10s %6s %9s\n", "layer", "pass", "dtype", "ours ms", "ours TF/s",
+                 "cuDNN ms", "cuDNN TF/s", "ratio", peak ? (std::string(peak->gpu) + " roof").c_str() : "roof");
     for (DType dt : {DType::f16, DType::bf16, DType::f32}) {
       if (options.quick && dt == DType::bf16) continue;
+      const Precision precision = dt == DType::f32 ? Precision::fp32 : Precision::f16;
       for (const ConvLayer& l : layers) {
         for (ConvPass pass : {ConvPass::fprop, ConvPass::dgrad, ConvPass::wgrad}) {
-          const Times t = time_pass(h, l.p, dt, pass, options);
+          const Times t = time_pass(handle.h, l.p, dt, pass, options);
           const double gflop = l.p.flops() / 1e9;
           auto tflops = [&](double ms) { return ms > 0 ? gflop / ms : 0.0; };  // GFLOP / ms = TFLOP/s
-          std::fprintf(out, "%-38s %5s %5s %9.3f %9.1f %9.3f %9.1f %6.2f%s%s\n", l.label().c_str(), pass_name(pass),
-                       dtype_name(dt), t.ours, tflops(t.ours), t.cudnn, tflops(t.cudnn),
-                       t.ours > 0 && t.cudnn > 0 ? t.cudnn / t.ours : 0.0, t.note.empty() ? "" : "  ", t.note.c_str());
+          const double roof = peak ? roofline(l.p.flops(), min_bytes(l.p, pass, precision),
+                                              peak_tflops(*peak, precision), peak->dram_gbs)
+                                         .tflops
+                                   : 0.0;
+          std::fprintf(out, "%-38s %5s %5s %9.3f %9.1f %9.3f %10.1f %6.2f %9.1f%s%s\n", l.label().c_str(),
+                       pass_name(pass), dtype_name(dt), t.ours, tflops(t.ours), t.cudnn, tflops(t.cudnn),
+                       t.ours > 0 && t.cudnn > 0 ? t.cudnn / t.ours : 0.0, roof, t.note.empty() ? "" : "  ",
+                       t.note.c_str());
           if (t.ours <= 0) ++failures;
         }
       }
     }
-    cudnnDestroy(h);
   } catch (const std::exception& e) {
     std::fprintf(out, "measured table failed: %s\n", e.what());
     return 1;
   }
-  std::fprintf(out, "ratio = cuDNN time / our time (above 1: ours is faster)\n");
+  std::fprintf(out,
+               "ratio = ours / cuDNN in TFLOP/s (cuDNN time / our time; above 1: ours is faster); roof = the "
+               "roofline TFLOP/s of this GPU family (f32 rows: the SIMT fp32 peak)\n");
   return failures ? 1 : 0;
 }
 
