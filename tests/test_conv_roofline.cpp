@@ -7,6 +7,7 @@
 #include <string>
 
 #include "bench/lib/conv_roofline.h"
+#include "tests/test_util.h"
 
 using namespace unet;
 using namespace unet::bench;
@@ -78,6 +79,7 @@ TEST_CASE("the benchmark prints the roofline tables of both plans and their trai
   REQUIRE(f);
   ConvBenchOptions o;
   o.quick = true;
+  o.time_gpu = false;  // a GPU build would time on the device (and fail on a machine without one)
   CHECK(run_conv_benchmark(f, o) == 0);
   std::rewind(f);
   std::string text;
@@ -90,7 +92,19 @@ TEST_CASE("the benchmark prints the roofline tables of both plans and their trai
   CHECK(text.find("training step") != std::string::npos);
   CHECK(text.find("A100 us") != std::string::npos);
   CHECK(text.find("H100 us") != std::string::npos);
-#ifndef UNET_WITH_CUDA_RUNTIME
-  CHECK(text.find("not in this build") != std::string::npos);
-#endif
+  CHECK(text.find("measured") == std::string::npos);
+}
+
+TEST_CASE("gpu_conv_bench prints the roofline, then the measured table or why there is none") {
+  std::string out;
+  const int rc = test::run_tool("gpu_conv_bench", "--quick", &out);
+  CHECK(out.find("3D nnU-Net (batch 2), f16/bf16 tensor cores") != std::string::npos);
+  const bool no_runtime = out.find("not in this build") != std::string::npos;  // CPU-only build
+  const bool no_gpu = out.find("measured table failed") != std::string::npos;  // GPU build, no usable GPU
+  const bool measured = out.find("measured on") != std::string::npos;          // a GPU
+  CHECK_MESSAGE(no_runtime + no_gpu + measured == 1, out);
+  if (no_gpu) CHECK(rc == 1);
+  if (no_runtime) CHECK(rc == 0);
+  CHECK(test::run_tool("gpu_conv_bench", "--reps 0", &out) == 2);
+  CHECK(out.find("--reps must be a positive integer") != std::string::npos);
 }
