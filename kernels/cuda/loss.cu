@@ -50,11 +50,11 @@ __device__ __forceinline__ long long warp_min(long long v) {
 template <int M>
 __device__ __forceinline__ float softmax_numerators(const float* z, int n, float (&e)[M], float* max_out) {
   float m = z[0];
-UNET_UNROLL
+  UNET_UNROLL
   for (int c = 1; c < M; ++c)
     if (c < n) m = fmaxf(m, z[c]);
   float s = 0.f;
-UNET_UNROLL
+  UNET_UNROLL
   for (int c = 0; c < M; ++c)
     if (c < n) {
       e[c] = expf(z[c] - m);
@@ -72,7 +72,7 @@ __global__ void __launch_bounds__(kThreads)
   const int n = CC > 0 ? CC : C;
   constexpr int M = CC > 0 ? CC : kMaxLossChannels;
   double I[M], P[M], Y[M];
-UNET_UNROLL
+  UNET_UNROLL
   for (int c = 0; c < M; ++c) I[c] = P[c] = Y[c] = 0.0;
   double ce = 0.0;
   long long bad = voxels;  // a thread's voxels come in increasing order: its first bad one is its smallest
@@ -87,7 +87,7 @@ UNET_UNROLL
     float m;
     const float s = softmax_numerators(z, n, e, &m);
     const float inv = 1.f / s;
-UNET_UNROLL
+    UNET_UNROLL
     for (int c = 0; c < M; ++c)
       if (c < n) {
         const double p = static_cast<double>(e[c] * inv);
@@ -105,7 +105,7 @@ UNET_UNROLL
   DYN_SMEM(double, red);  // [kWarps][q_count]
   __shared__ long long bad_red[kWarps];
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-UNET_UNROLL
+  UNET_UNROLL
   for (int c = 0; c < M; ++c)
     if (c < n) {
       const double i = warp_sum(I[c]), p = warp_sum(P[c]), y = warp_sum(Y[c]);
@@ -136,8 +136,9 @@ UNET_UNROLL
 
 // One block: thread q < 3n + 1 adds column q of the block rows in block order; thread 3n + 1 finds the first bad voxel.
 template <class L>
-__global__ void dce_final(const double* partial, const long long* bad_at, int blocks, int n, const L* labels,
-                          int64_t voxels, double* sums, int64_t* bad) {
+__global__ void __launch_bounds__(kFinalThreads)
+    dce_final(const double* partial, const long long* bad_at, int blocks, int n, const L* labels, int64_t voxels,
+              double* sums, int64_t* bad) {
   const int q_count = 3 * n + 1, q = threadIdx.x;
   if (q < q_count) {
     double acc = 0.0;
@@ -159,8 +160,8 @@ __global__ void dce_final(const double* partial, const long long* bad_at, int bl
 // operation order, so the emulated result matches the CPU's to the rounding of expf.
 template <int CC, class L>
 __global__ void __launch_bounds__(kThreads)
-    dce_backward(const float* logits, const L* labels, int64_t voxels, int C, const float* coef_a,
-                 const float* coef_b, float ce_scale, float* grad) {
+    dce_backward(const float* logits, const L* labels, int64_t voxels, int C, const float* coef_a, const float* coef_b,
+                 float ce_scale, float* grad) {
   const int n = CC > 0 ? CC : C;
   constexpr int M = CC > 0 ? CC : kMaxLossChannels;
   __shared__ float a[M], b[M];
@@ -178,7 +179,7 @@ __global__ void __launch_bounds__(kThreads)
     const float s = softmax_numerators(z, n, e, &m);
     const float inv = 1.f / s;
     float pg = 0.f, ey = 0.f;
-UNET_UNROLL
+    UNET_UNROLL
     for (int c = 0; c < M; ++c)
       if (c < n) {
         e[c] *= inv;
@@ -186,7 +187,7 @@ UNET_UNROLL
         if (c == y) ey = e[c];
       }
     pg -= ey * b[y];
-UNET_UNROLL
+    UNET_UNROLL
     for (int c = 0; c < M; ++c)
       if (c < n) {
         float gc = e[c] * (a[c] - pg) + ce_scale * e[c];
@@ -241,8 +242,8 @@ void backward_typed(const float* logits, const L* labels, int64_t voxels, int C,
   int64_t blocks = (voxels + kThreads - 1) / kThreads;
   blocks = blocks < 1 ? 1 : (blocks > 4096 ? 4096 : blocks);
   with_channel_count(C, [&](auto cc) {
-    launch(dce_backward<decltype(cc)::value, L>, dim3(static_cast<unsigned>(blocks)), dim3(kThreads), 0, stream,
-           logits, labels, voxels, C, a, b, ce_scale, grad);
+    launch(dce_backward<decltype(cc)::value, L>, dim3(static_cast<unsigned>(blocks)), dim3(kThreads), 0, stream, logits,
+           labels, voxels, C, a, b, ce_scale, grad);
   });
 }
 
@@ -269,11 +270,11 @@ void softmax_dice_ce_backward(const float* logits, const void* labels, DType lab
                               cudaStream_t stream) {
   check_args(label_dtype, channels, "cuda softmax_dice_ce_backward");
   if (label_dtype == DType::i32)
-    backward_typed(logits, static_cast<const int32_t*>(labels), voxels, channels, coef_a, coef_b, ce_scale,
-                   grad_logits, stream);
+    backward_typed(logits, static_cast<const int32_t*>(labels), voxels, channels, coef_a, coef_b, ce_scale, grad_logits,
+                   stream);
   else
-    backward_typed(logits, static_cast<const uint8_t*>(labels), voxels, channels, coef_a, coef_b, ce_scale,
-                   grad_logits, stream);
+    backward_typed(logits, static_cast<const uint8_t*>(labels), voxels, channels, coef_a, coef_b, ce_scale, grad_logits,
+                   stream);
 }
 
 }  // namespace unet::kernels::cuda
