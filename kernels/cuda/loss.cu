@@ -31,6 +31,19 @@ constexpr int kMaxBlocks = 1024;
 constexpr int kFinalThreads = 64;  // > 3 * kMaxLossChannels + 1 row entries, plus one thread for the bad label
 static_assert(3 * kMaxLossChannels + 1 < kFinalThreads);
 
+// Blocks of kThreads that __launch_bounds__ asks ptxas to fit on one SM, i.e. a register cap of 65536 / (kThreads *
+// blocks) per thread, for the channel counts where the uncapped allocation lands just above an occupancy step. Each
+// cap was checked to cost no spills on sm_80 and sm_90 (kernel_report, which fails on any spill). 0 = no cap: nvcc then
+// emits no .minnctapersm, the same code as the one-argument form (an explicit 1 lets ptxas spend more registers).
+// dce_partials, generic: I, P (double) and Y (count) for 16 slots need ~126 registers: the cap of 128 keeps 2 blocks.
+constexpr int partials_min_blocks(int cc) {
+  return cc == 0 ? 2 : 0;
+}
+// dce_backward, generic: 64 registers (4 blocks, 50%) instead of 80 for int labels; 8 classes: 40 instead of 48.
+constexpr int backward_min_blocks(int cc) {
+  return cc == 0 ? 4 : (cc == 8 ? 6 : 0);
+}
+
 // ---- kernels ----
 
 __device__ __forceinline__ double warp_sum(double v) {
@@ -67,13 +80,20 @@ __device__ __forceinline__ float softmax_numerators(const float* z, int n, float
 // Each block writes partial[blockIdx.x * (3n + 1) + q] (intersect[n], prob[n], count[n], ce) and bad_at[blockIdx.x]
 // (first invalid voxel of the block's voxels, or `voxels` when none). Dynamic shared memory: kWarps * (3n + 1) doubles.
 template <int CC, class L>
-__global__ void __launch_bounds__(kThreads)
+__global__ void __launch_bounds__(kThreads, partials_min_blocks(CC))
     dce_partials(const float* logits, const L* labels, int64_t voxels, int C, double* partial, long long* bad_at) {
   const int n = CC > 0 ? CC : C;
   constexpr int M = CC > 0 ? CC : kMaxLossChannels;
-  double I[M], P[M], Y[M];
+  // Y counts voxels, so it is a 32-bit integer (one register a class instead of two; a thread visits at most
+  // max(4, voxels / 2^18) voxels, far below 2^32): converted to double before the warp sum it is exactly the value a
+  // double accumulation of 1.0s gave, so the sums keep their bits.
+  double I[M], P[M];
+  unsigned Y[M];
   UNET_UNROLL
-  for (int c = 0; c < M; ++c) I[c] = P[c] = Y[c] = 0.0;
+  for (int c = 0; c < M; ++c) {
+    I[c] = P[c] = 0.0;
+    Y[c] = 0u;
+  }
   double ce = 0.0;
   long long bad = voxels;  // a thread's voxels come in increasing order: its first bad one is its smallest
   for (int64_t v = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; v < voxels; v += int64_t(gridDim.x) * blockDim.x) {
@@ -94,7 +114,7 @@ __global__ void __launch_bounds__(kThreads)
         P[c] += p;
         if (c == y) {  // selects in registers, no dynamically indexed local array
           I[c] += p;
-          Y[c] += 1.0;
+          ++Y[c];
         }
       }
     // -log p_y = log(s) + (max - z_y), as on the CPU
@@ -108,7 +128,7 @@ __global__ void __launch_bounds__(kThreads)
   UNET_UNROLL
   for (int c = 0; c < M; ++c)
     if (c < n) {
-      const double i = warp_sum(I[c]), p = warp_sum(P[c]), y = warp_sum(Y[c]);
+      const double i = warp_sum(I[c]), p = warp_sum(P[c]), y = warp_sum(static_cast<double>(Y[c]));
       if (lane == 0) {
         red[warp * q_count + c] = i;
         red[warp * q_count + n + c] = p;
@@ -159,7 +179,7 @@ __global__ void __launch_bounds__(kFinalThreads)
 // grad[v,k] = p_k (a_k - sum_c p_c g_c) + ce_scale p_k, then grad[v,y] -= p_y b_y + ce_scale: kernels::cpu's
 // operation order, so the emulated result matches the CPU's to the rounding of expf.
 template <int CC, class L>
-__global__ void __launch_bounds__(kThreads)
+__global__ void __launch_bounds__(kThreads, backward_min_blocks(CC))
     dce_backward(const float* logits, const L* labels, int64_t voxels, int C, const float* coef_a, const float* coef_b,
                  float ce_scale, float* grad) {
   const int n = CC > 0 ? CC : C;
