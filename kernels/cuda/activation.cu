@@ -10,36 +10,39 @@
 namespace unet::kernels::cuda {
 namespace {
 
+// Threads per block of every launch below; __launch_bounds__ uses the same constant, so ptxas budgets registers for
+// exactly the block size the launchers use.
+constexpr int kThreads = 256;
+
 // ---- kernels ----
 
 // Written as the CPU writes them: x <= 0 is false for NaN, so relu passes NaN through.
-__global__ void relu_forward_f32(const float* x, float* y, int64_t n) {
+__global__ void __launch_bounds__(kThreads) relu_forward_f32(const float* x, float* y, int64_t n) {
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
     const float v = x[i];
     y[i] = v <= 0.f ? 0.f : v;
   }
 }
 
-__global__ void relu_backward_f32(const float* y, const float* dy, float* dx, int64_t n) {
+__global__ void __launch_bounds__(kThreads) relu_backward_f32(const float* y, const float* dy, float* dx, int64_t n) {
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
     dx[i] = y[i] > 0.f ? dy[i] : 0.f;
 }
 
-__global__ void leaky_relu_forward_f32(const float* x, float slope, float* y, int64_t n) {
+__global__ void __launch_bounds__(kThreads) leaky_relu_forward_f32(const float* x, float slope, float* y, int64_t n) {
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
     const float v = x[i];
     y[i] = v > 0.f ? v : v * slope;
   }
 }
 
-__global__ void leaky_relu_backward_f32(const float* x, const float* dy, float slope, float* dx, int64_t n) {
+__global__ void __launch_bounds__(kThreads)
+    leaky_relu_backward_f32(const float* x, const float* dy, float slope, float* dx, int64_t n) {
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
     const float g = dy[i];
     dx[i] = x[i] > 0.f ? g : g * slope;
   }
 }
-
-constexpr int kThreads = 256;
 
 // Grid-stride loops: enough blocks to fill a GPU, capped so tiny tensors do not launch empty blocks.
 dim3 grid_for(int64_t n) {

@@ -13,9 +13,13 @@
 namespace unet::kernels::cuda {
 namespace {
 
+// Threads per block of every launch below; __launch_bounds__ uses the same constant, so ptxas budgets registers for
+// exactly the block size the launchers use.
+constexpr int kThreads = 256;
+
 // ---- kernels ----
 
-__global__ void add_f32(const float* a, const float* b, float* out, int64_t n) {
+__global__ void __launch_bounds__(kThreads) add_f32(const float* a, const float* b, float* out, int64_t n) {
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
     out[i] = a[i] + b[i];
 }
@@ -31,19 +35,19 @@ struct BF16 {
 };
 
 template <class H>
-__global__ void add_16(const uint16_t* a, const uint16_t* b, uint16_t* out, int64_t n) {
+__global__ void __launch_bounds__(kThreads) add_16(const uint16_t* a, const uint16_t* b, uint16_t* out, int64_t n) {
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
     out[i] = H::store(H::load(a[i]) + H::load(b[i]));
 }
 
-__global__ void scale_f32(const float* a, float alpha, float* out, int64_t n) {
+__global__ void __launch_bounds__(kThreads) scale_f32(const float* a, float alpha, float* out, int64_t n) {
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
     out[i] = alpha * a[i];
 }
 
 // Grid-stride loops: enough blocks to fill a GPU, capped so tiny tensors do not launch empty blocks.
-dim3 grid_for(int64_t n, int threads) {
-  int64_t blocks = (n + threads - 1) / threads;
+dim3 grid_for(int64_t n) {
+  const int64_t blocks = (n + kThreads - 1) / kThreads;
   return dim3(static_cast<unsigned>(blocks < 1 ? 1 : (blocks > 4096 ? 4096 : blocks)));
 }
 
@@ -52,18 +56,17 @@ dim3 grid_for(int64_t n, int threads) {
 // ---- launchers ----
 
 void add(DType dtype, const void* a, const void* b, void* out, int64_t n, cudaStream_t stream) {
-  constexpr int kThreads = 256;
   switch (dtype) {
     case DType::f32:
-      launch(add_f32, grid_for(n, kThreads), dim3(kThreads), 0, stream, static_cast<const float*>(a),
+      launch(add_f32, grid_for(n), dim3(kThreads), 0, stream, static_cast<const float*>(a),
              static_cast<const float*>(b), static_cast<float*>(out), n);
       return;
     case DType::f16:
-      launch(add_16<F16>, grid_for(n, kThreads), dim3(kThreads), 0, stream, static_cast<const uint16_t*>(a),
+      launch(add_16<F16>, grid_for(n), dim3(kThreads), 0, stream, static_cast<const uint16_t*>(a),
              static_cast<const uint16_t*>(b), static_cast<uint16_t*>(out), n);
       return;
     case DType::bf16:
-      launch(add_16<BF16>, grid_for(n, kThreads), dim3(kThreads), 0, stream, static_cast<const uint16_t*>(a),
+      launch(add_16<BF16>, grid_for(n), dim3(kThreads), 0, stream, static_cast<const uint16_t*>(a),
              static_cast<const uint16_t*>(b), static_cast<uint16_t*>(out), n);
       return;
     default:
@@ -72,8 +75,7 @@ void add(DType dtype, const void* a, const void* b, void* out, int64_t n, cudaSt
 }
 
 void scale(const float* a, float alpha, float* out, int64_t n, cudaStream_t stream) {
-  constexpr int kThreads = 256;
-  launch(scale_f32, grid_for(n, kThreads), dim3(kThreads), 0, stream, a, alpha, out, n);
+  launch(scale_f32, grid_for(n), dim3(kThreads), 0, stream, a, alpha, out, n);
 }
 
 }  // namespace unet::kernels::cuda

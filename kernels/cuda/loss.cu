@@ -31,6 +31,19 @@ constexpr int kMaxBlocks = 1024;
 constexpr int kFinalThreads = 64;  // > 3 * kMaxLossChannels + 1 row entries, plus one thread for the bad label
 static_assert(3 * kMaxLossChannels + 1 < kFinalThreads);
 
+// Blocks of kThreads that __launch_bounds__ asks ptxas to fit on one SM, i.e. a register cap of 65536 / (kThreads *
+// blocks) per thread, for the channel counts where the uncapped allocation lands just above an occupancy step. Each
+// cap was checked to cost no spills on sm_80 and sm_90 (kernel_report, which fails on any spill). 0 = no cap: nvcc then
+// emits no .minnctapersm, the same code as the one-argument form (an explicit 1 lets ptxas spend more registers).
+// dce_partials, generic: I, P (double) and Y (count) for 16 slots need ~126 registers: the cap of 128 keeps 2 blocks.
+constexpr int partials_min_blocks(int cc) {
+  return cc == 0 ? 2 : 0;
+}
+// dce_backward, generic: 64 registers (4 blocks, 50%) instead of 80 for int labels; 8 classes: 40 instead of 48.
+constexpr int backward_min_blocks(int cc) {
+  return cc == 0 ? 4 : (cc == 8 ? 6 : 0);
+}
+
 // ---- kernels ----
 
 __device__ __forceinline__ double warp_sum(double v) {
@@ -50,11 +63,11 @@ __device__ __forceinline__ long long warp_min(long long v) {
 template <int M>
 __device__ __forceinline__ float softmax_numerators(const float* z, int n, float (&e)[M], float* max_out) {
   float m = z[0];
-UNET_UNROLL
+  UNET_UNROLL
   for (int c = 1; c < M; ++c)
     if (c < n) m = fmaxf(m, z[c]);
   float s = 0.f;
-UNET_UNROLL
+  UNET_UNROLL
   for (int c = 0; c < M; ++c)
     if (c < n) {
       e[c] = expf(z[c] - m);
@@ -67,13 +80,20 @@ UNET_UNROLL
 // Each block writes partial[blockIdx.x * (3n + 1) + q] (intersect[n], prob[n], count[n], ce) and bad_at[blockIdx.x]
 // (first invalid voxel of the block's voxels, or `voxels` when none). Dynamic shared memory: kWarps * (3n + 1) doubles.
 template <int CC, class L>
-__global__ void __launch_bounds__(kThreads)
+__global__ void __launch_bounds__(kThreads, partials_min_blocks(CC))
     dce_partials(const float* logits, const L* labels, int64_t voxels, int C, double* partial, long long* bad_at) {
   const int n = CC > 0 ? CC : C;
   constexpr int M = CC > 0 ? CC : kMaxLossChannels;
-  double I[M], P[M], Y[M];
-UNET_UNROLL
-  for (int c = 0; c < M; ++c) I[c] = P[c] = Y[c] = 0.0;
+  // Y counts voxels, so it is a 32-bit integer (one register a class instead of two; a thread visits at most
+  // max(4, voxels / 2^18) voxels, far below 2^32): converted to double before the warp sum it is exactly the value a
+  // double accumulation of 1.0s gave, so the sums keep their bits.
+  double I[M], P[M];
+  unsigned Y[M];
+  UNET_UNROLL
+  for (int c = 0; c < M; ++c) {
+    I[c] = P[c] = 0.0;
+    Y[c] = 0u;
+  }
   double ce = 0.0;
   long long bad = voxels;  // a thread's voxels come in increasing order: its first bad one is its smallest
   for (int64_t v = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; v < voxels; v += int64_t(gridDim.x) * blockDim.x) {
@@ -87,14 +107,14 @@ UNET_UNROLL
     float m;
     const float s = softmax_numerators(z, n, e, &m);
     const float inv = 1.f / s;
-UNET_UNROLL
+    UNET_UNROLL
     for (int c = 0; c < M; ++c)
       if (c < n) {
         const double p = static_cast<double>(e[c] * inv);
         P[c] += p;
         if (c == y) {  // selects in registers, no dynamically indexed local array
           I[c] += p;
-          Y[c] += 1.0;
+          ++Y[c];
         }
       }
     // -log p_y = log(s) + (max - z_y), as on the CPU
@@ -105,10 +125,10 @@ UNET_UNROLL
   DYN_SMEM(double, red);  // [kWarps][q_count]
   __shared__ long long bad_red[kWarps];
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-UNET_UNROLL
+  UNET_UNROLL
   for (int c = 0; c < M; ++c)
     if (c < n) {
-      const double i = warp_sum(I[c]), p = warp_sum(P[c]), y = warp_sum(Y[c]);
+      const double i = warp_sum(I[c]), p = warp_sum(P[c]), y = warp_sum(static_cast<double>(Y[c]));
       if (lane == 0) {
         red[warp * q_count + c] = i;
         red[warp * q_count + n + c] = p;
@@ -136,8 +156,9 @@ UNET_UNROLL
 
 // One block: thread q < 3n + 1 adds column q of the block rows in block order; thread 3n + 1 finds the first bad voxel.
 template <class L>
-__global__ void dce_final(const double* partial, const long long* bad_at, int blocks, int n, const L* labels,
-                          int64_t voxels, double* sums, int64_t* bad) {
+__global__ void __launch_bounds__(kFinalThreads)
+    dce_final(const double* partial, const long long* bad_at, int blocks, int n, const L* labels, int64_t voxels,
+              double* sums, int64_t* bad) {
   const int q_count = 3 * n + 1, q = threadIdx.x;
   if (q < q_count) {
     double acc = 0.0;
@@ -158,9 +179,9 @@ __global__ void dce_final(const double* partial, const long long* bad_at, int bl
 // grad[v,k] = p_k (a_k - sum_c p_c g_c) + ce_scale p_k, then grad[v,y] -= p_y b_y + ce_scale: kernels::cpu's
 // operation order, so the emulated result matches the CPU's to the rounding of expf.
 template <int CC, class L>
-__global__ void __launch_bounds__(kThreads)
-    dce_backward(const float* logits, const L* labels, int64_t voxels, int C, const float* coef_a,
-                 const float* coef_b, float ce_scale, float* grad) {
+__global__ void __launch_bounds__(kThreads, backward_min_blocks(CC))
+    dce_backward(const float* logits, const L* labels, int64_t voxels, int C, const float* coef_a, const float* coef_b,
+                 float ce_scale, float* grad) {
   const int n = CC > 0 ? CC : C;
   constexpr int M = CC > 0 ? CC : kMaxLossChannels;
   __shared__ float a[M], b[M];
@@ -178,7 +199,7 @@ __global__ void __launch_bounds__(kThreads)
     const float s = softmax_numerators(z, n, e, &m);
     const float inv = 1.f / s;
     float pg = 0.f, ey = 0.f;
-UNET_UNROLL
+    UNET_UNROLL
     for (int c = 0; c < M; ++c)
       if (c < n) {
         e[c] *= inv;
@@ -186,7 +207,7 @@ UNET_UNROLL
         if (c == y) ey = e[c];
       }
     pg -= ey * b[y];
-UNET_UNROLL
+    UNET_UNROLL
     for (int c = 0; c < M; ++c)
       if (c < n) {
         float gc = e[c] * (a[c] - pg) + ce_scale * e[c];
@@ -241,8 +262,8 @@ void backward_typed(const float* logits, const L* labels, int64_t voxels, int C,
   int64_t blocks = (voxels + kThreads - 1) / kThreads;
   blocks = blocks < 1 ? 1 : (blocks > 4096 ? 4096 : blocks);
   with_channel_count(C, [&](auto cc) {
-    launch(dce_backward<decltype(cc)::value, L>, dim3(static_cast<unsigned>(blocks)), dim3(kThreads), 0, stream,
-           logits, labels, voxels, C, a, b, ce_scale, grad);
+    launch(dce_backward<decltype(cc)::value, L>, dim3(static_cast<unsigned>(blocks)), dim3(kThreads), 0, stream, logits,
+           labels, voxels, C, a, b, ce_scale, grad);
   });
 }
 
@@ -269,11 +290,11 @@ void softmax_dice_ce_backward(const float* logits, const void* labels, DType lab
                               cudaStream_t stream) {
   check_args(label_dtype, channels, "cuda softmax_dice_ce_backward");
   if (label_dtype == DType::i32)
-    backward_typed(logits, static_cast<const int32_t*>(labels), voxels, channels, coef_a, coef_b, ce_scale,
-                   grad_logits, stream);
+    backward_typed(logits, static_cast<const int32_t*>(labels), voxels, channels, coef_a, coef_b, ce_scale, grad_logits,
+                   stream);
   else
-    backward_typed(logits, static_cast<const uint8_t*>(labels), voxels, channels, coef_a, coef_b, ce_scale,
-                   grad_logits, stream);
+    backward_typed(logits, static_cast<const uint8_t*>(labels), voxels, channels, coef_a, coef_b, ce_scale, grad_logits,
+                   stream);
 }
 
 }  // namespace unet::kernels::cuda

@@ -25,7 +25,10 @@ namespace {
 constexpr int kTileC = 32;            // channels per block (threadIdx.x)
 constexpr int kRowsY = 8;             // spatial rows per block step (threadIdx.y)
 constexpr int64_t kChunkRows = 1024;  // spatial rows per partial: 128 per thread, enough to hide the final combine
-constexpr int kApplyThreads = 256;
+// Threads per block, each shared by the launches and the kernels' __launch_bounds__ so that they cannot drift apart:
+constexpr int kStatThreads = kTileC * kRowsY;  // partial and finalize kernels, block (kTileC, kRowsY)
+constexpr int kApplyThreads = 256;             // elementwise apply kernels
+constexpr int kParamThreads = 256;             // instance_norm_param_grads, one thread per channel
 
 // ---- kernels ----
 
@@ -58,7 +61,8 @@ __device__ void sum_chunk_partials(const double* part, int64_t n, int64_t chunks
 }
 
 // part[n, chunk, 0, c] = sum (x - x[n, 0, c]), part[n, chunk, 1, c] = sum (x - x[n, 0, c])^2 over the chunk.
-__global__ void instance_norm_forward_partial(const float* x, int64_t S, int64_t C, int64_t chunks, double* part) {
+__global__ void __launch_bounds__(kStatThreads)
+    instance_norm_forward_partial(const float* x, int64_t S, int64_t C, int64_t chunks, double* part) {
   __shared__ double red[2][kRowsY][kTileC];
   const int tx = threadIdx.x, ty = threadIdx.y;
   const int64_t c = int64_t(blockIdx.x) * kTileC + tx, ch = blockIdx.y, n = blockIdx.z;
@@ -83,9 +87,10 @@ __global__ void instance_norm_forward_partial(const float* x, int64_t S, int64_t
 }
 
 // mean, rstd [n, c]; coef[0][n, c] = rstd * gamma (rounded once from double, as the CPU), coef[1][n, c] = beta.
-__global__ void instance_norm_forward_finalize(const float* x, const double* part, int64_t S, int64_t C, int64_t chunks,
-                                               const float* gamma, const float* beta, float eps, float* mean,
-                                               float* rstd, float* coef, int64_t NC) {
+__global__ void __launch_bounds__(kStatThreads)
+    instance_norm_forward_finalize(const float* x, const double* part, int64_t S, int64_t C, int64_t chunks,
+                                   const float* gamma, const float* beta, float eps, float* mean, float* rstd,
+                                   float* coef, int64_t NC) {
   __shared__ double red[2][kRowsY][kTileC];
   const int tx = threadIdx.x, ty = threadIdx.y;
   const int64_t c = int64_t(blockIdx.x) * kTileC + tx, n = blockIdx.z;
@@ -108,8 +113,9 @@ __global__ void instance_norm_forward_finalize(const float* x, const double* par
 // y = (x - mean) * a + b, then leaky ReLU when kLeaky. (x - mean) is kept unfolded, as on the CPU: the folded
 // x * a + (b - mean * a) cancels when |mean| >> std.
 template <bool kLeaky>
-__global__ void instance_norm_forward_apply(const float* x, const float* mean, const float* coef, int64_t S, int64_t C,
-                                            int64_t NC, float slope, float* y, int64_t total) {
+__global__ void __launch_bounds__(kApplyThreads)
+    instance_norm_forward_apply(const float* x, const float* mean, const float* coef, int64_t S, int64_t C, int64_t NC,
+                                float slope, float* y, int64_t total) {
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < total; i += int64_t(gridDim.x) * blockDim.x) {
     const int64_t j = (i / (S * C)) * C + i % C;
     float v = (x[i] - mean[j]) * coef[j] + coef[NC + j];
@@ -128,8 +134,9 @@ __device__ float upstream_grad(const float* y, const float* dy, int64_t i, float
 
 // part[n, chunk, 0, c] = sum g, part[n, chunk, 1, c] = sum g * (x - mean) over the chunk (g the upstream gradient).
 template <bool kLeaky>
-__global__ void instance_norm_backward_partial(const float* x, const float* y, const float* dy, const float* mean,
-                                               float slope, int64_t S, int64_t C, int64_t chunks, double* part) {
+__global__ void __launch_bounds__(kStatThreads)
+    instance_norm_backward_partial(const float* x, const float* y, const float* dy, const float* mean, float slope,
+                                   int64_t S, int64_t C, int64_t chunks, double* part) {
   __shared__ double red[2][kRowsY][kTileC];
   const int tx = threadIdx.x, ty = threadIdx.y;
   const int64_t c = int64_t(blockIdx.x) * kTileC + tx, ch = blockIdx.y, n = blockIdx.z;
@@ -155,8 +162,9 @@ __global__ void instance_norm_backward_partial(const float* x, const float* y, c
 
 // sums[n, 0, c] = s1 = sum g, sums[n, 1, c] = s2 = sum g * xhat (for dgamma / dbeta); and the dx coefficients
 // dx = k1 * g + k2 * (x - mean) + k3 with k1 = rstd * gamma, k2 = -k1 * rstd * s2 / S, k3 = -k1 * s1 / S.
-__global__ void instance_norm_backward_finalize(const double* part, const float* rstd, const float* gamma, int64_t S,
-                                                int64_t C, int64_t chunks, double* sums, float* coef, int64_t NC) {
+__global__ void __launch_bounds__(kStatThreads)
+    instance_norm_backward_finalize(const double* part, const float* rstd, const float* gamma, int64_t S, int64_t C,
+                                    int64_t chunks, double* sums, float* coef, int64_t NC) {
   __shared__ double red[2][kRowsY][kTileC];
   const int tx = threadIdx.x, ty = threadIdx.y;
   const int64_t c = int64_t(blockIdx.x) * kTileC + tx, n = blockIdx.z;
@@ -174,7 +182,8 @@ __global__ void instance_norm_backward_finalize(const double* part, const float*
 }
 
 // dgamma[c] = sum over n of s2, dbeta[c] = sum over n of s1, in n order (as the CPU).
-__global__ void instance_norm_param_grads(const double* sums, int64_t N, int64_t C, float* dgamma, float* dbeta) {
+__global__ void __launch_bounds__(kParamThreads)
+    instance_norm_param_grads(const double* sums, int64_t N, int64_t C, float* dgamma, float* dbeta) {
   const int64_t c = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
   if (c >= C) return;
   double g = 0.0, bsum = 0.0;
@@ -187,9 +196,9 @@ __global__ void instance_norm_param_grads(const double* sums, int64_t N, int64_t
 }
 
 template <bool kLeaky>
-__global__ void instance_norm_backward_apply(const float* x, const float* y, const float* dy, const float* mean,
-                                             const float* coef, int64_t S, int64_t C, int64_t NC, float slope,
-                                             float* dx, int64_t total) {
+__global__ void __launch_bounds__(kApplyThreads)
+    instance_norm_backward_apply(const float* x, const float* y, const float* dy, const float* mean, const float* coef,
+                                 int64_t S, int64_t C, int64_t NC, float slope, float* dx, int64_t total) {
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < total; i += int64_t(gridDim.x) * blockDim.x) {
     const int64_t j = (i / (S * C)) * C + i % C;
     const float g = upstream_grad<kLeaky>(y, dy, i, slope);
@@ -255,8 +264,8 @@ void backward_impl(const NormShape& sh, const float* x, const float* y, const fl
            p.chunks, sums.get(), coef.get(), p.NC);
   }
   if (dgamma || dbeta)
-    launch(instance_norm_param_grads, dim3(static_cast<unsigned>((p.C + 255) / 256)), dim3(256), 0, stream,
-           static_cast<const double*>(sums.get()), p.N, p.C, dgamma, dbeta);
+    launch(instance_norm_param_grads, dim3(static_cast<unsigned>((p.C + kParamThreads - 1) / kParamThreads)),
+           dim3(kParamThreads), 0, stream, static_cast<const double*>(sums.get()), p.N, p.C, dgamma, dbeta);
   if (dx && p.total > 0)
     launch(instance_norm_backward_apply<kLeaky>, grid_for(p.total), dim3(kApplyThreads), 0, stream, x, y, dy, mean,
            static_cast<const float*>(coef.get()), p.S, p.C, p.NC, slope, dx, p.total);

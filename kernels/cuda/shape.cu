@@ -15,12 +15,17 @@
 namespace unet::kernels::cuda {
 namespace {
 
+// Threads per block of every launch below; __launch_bounds__ uses the same constant, so ptxas budgets registers for
+// exactly the block size the launchers use.
+constexpr int kThreads = 256;
+
 // ---- kernels ----
 
 // dst[r, dst_off + j] = src[r, src_off + j] for r < rows, j < width, in words of type T.
 template <class T>
-__global__ void copy_columns(const T* src, int64_t src_stride, int64_t src_off, T* dst, int64_t dst_stride,
-                             int64_t dst_off, int64_t rows, int64_t width) {
+__global__ void __launch_bounds__(kThreads)
+    copy_columns(const T* src, int64_t src_stride, int64_t src_off, T* dst, int64_t dst_stride, int64_t dst_off,
+                 int64_t rows, int64_t width) {
   const int64_t total = rows * width;
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < total; i += int64_t(gridDim.x) * blockDim.x) {
     const int64_t r = i / width, j = i - r * width;
@@ -30,7 +35,8 @@ __global__ void copy_columns(const T* src, int64_t src_stride, int64_t src_off, 
 
 // One thread per output word; cw = channel row length in words.
 template <class T>
-__global__ void upsample_nearest_forward_k(const T* x, T* y, UpsampleShape s, int64_t cw, int64_t total) {
+__global__ void __launch_bounds__(kThreads)
+    upsample_nearest_forward_k(const T* x, T* y, UpsampleShape s, int64_t cw, int64_t total) {
   const int64_t od = s.d * s.fd, oh = s.h * s.fh, ow = s.w * s.fw;
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < total; i += int64_t(gridDim.x) * blockDim.x) {
     const int64_t e = i % cw, pix = i / cw;
@@ -40,7 +46,8 @@ __global__ void upsample_nearest_forward_k(const T* x, T* y, UpsampleShape s, in
 }
 
 // One thread per input element; the block is summed in (a, b, e) order from 0.f, as on the CPU.
-__global__ void upsample_nearest_backward_k(const float* dy, float* dx, UpsampleShape s, int64_t total) {
+__global__ void __launch_bounds__(kThreads)
+    upsample_nearest_backward_k(const float* dy, float* dx, UpsampleShape s, int64_t total) {
   const int64_t oh = s.h * s.fh, ow = s.w * s.fw, C = s.c;
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < total; i += int64_t(gridDim.x) * blockDim.x) {
     const int64_t c = i % C, pix = i / C;
@@ -117,14 +124,15 @@ struct BF16 {
 };
 
 template <class Src, class Dst>
-__global__ void cast_k(const typename Src::T* src, typename Dst::T* dst, int64_t n) {
+__global__ void __launch_bounds__(kThreads) cast_k(const typename Src::T* src, typename Dst::T* dst, int64_t n) {
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
     dst[i] = Dst::store(Src::load(src[i]));
 }
 
 // One thread per row. NaN is tested as v != v (no isnan overload question between nvcc and the host compiler).
 template <class L>
-__global__ void argmax_channels_k(const typename L::T* x, int64_t rows, int64_t c, int32_t* out) {
+__global__ void __launch_bounds__(kThreads)
+    argmax_channels_k(const typename L::T* x, int64_t rows, int64_t c, int32_t* out) {
   for (int64_t r = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; r < rows; r += int64_t(gridDim.x) * blockDim.x) {
     const typename L::T* v = x + r * c;
     int32_t best = 0;
@@ -144,8 +152,6 @@ __global__ void argmax_channels_k(const typename L::T* x, int64_t rows, int64_t 
     out[r] = best;
   }
 }
-
-constexpr int kThreads = 256;
 
 dim3 grid_for(int64_t n) {
   const int64_t blocks = (n + kThreads - 1) / kThreads;
