@@ -16,12 +16,15 @@
 // clang-format off
 #include "kernels/cuda/conv_transpose.cuh"
 #include "kernels/cuda/launch.cuh"
+#include "kernels/cuda/mma.cuh"
 #include "kernels/cuda/scratch.cuh"
 // clang-format on
 
+#include <climits>
 #include <cstdint>
 #include <stdexcept>
 #include <string>
+#include <type_traits>
 
 namespace unet::kernels::cuda {
 namespace {
@@ -38,8 +41,15 @@ constexpr int kThreads = 256;                // 16 x 16 threads, 4 x 4 outputs e
 constexpr int kRegs = 4;
 constexpr int kLoads = kBM * kBK / kThreads;  // tile elements each thread stages per slice (A and B alike)
 static_assert(kBM == kBN && kBM == 16 * kRegs && kLoads * kThreads == kBM * kBK, "tile shape");
+constexpr int kTcThreads = 128;                   // tensor-core kernel: 4 warps of 32 x 32
+constexpr int kTcLoads = kBM * kBK / kTcThreads;  // staged elements per thread and operand
+constexpr int kTcPad = 8;                         // 16-bit elements of padding per staged row
+static_assert(kBK == 16 && (kBK + kTcPad) * 2 % 16 == 0, "tensor-core staging: one mma k-step, 16-byte rows");
+static_assert(kTcThreads == kBM + kBN, "tensor-core kernel: one thread per tile row and column computes its offset");
+constexpr int64_t kOutside = INT64_MIN;
 
-// ---- element types: f16 / bf16 stored as raw 16-bit patterns, widened to f32 on load, rounded to nearest on store --
+// ---- element types: f16 / bf16 stored as raw 16-bit patterns (the tensor cores read them as they are), rounded to
+// nearest on store
 struct F32 {
   using T = float;
   static __device__ float load(float v) { return v; }
@@ -47,12 +57,12 @@ struct F32 {
 };
 struct F16 {
   using T = uint16_t;
-  static __device__ float load(uint16_t v) { return __half2float(__ushort_as_half(v)); }
+  using Mma = __half;  // the tensor cores' operand type
   static __device__ uint16_t store(float f) { return __half_as_ushort(__float2half_rn(f)); }
 };
 struct BF16 {
   using T = uint16_t;
-  static __device__ float load(uint16_t v) { return __bfloat162float(__ushort_as_bfloat16(v)); }
+  using Mma = __nv_bfloat16;
   static __device__ uint16_t store(float f) { return __bfloat16_as_ushort(__float2bfloat16_rn(f)); }
 };
 
@@ -61,9 +71,13 @@ struct Geometry {
   int64_t w, hw, dhw;     // input extents as strides
   int64_t ow, ohw, odhw;  // output extents as strides
   int kt, kr, ks, taps, K, C;
+  // 32-bit divisions (the launchers require fewer than 2^31 input pixels): a 64-bit division is a subroutine call
+  // whose register saves spill.
   __device__ int64_t base(int64_t i) const {
-    const int64_t n = i / dhw, z = (i % dhw) / hw, p = (i % hw) / w, q = i % w;
-    return n * odhw + z * kt * ohw + p * kr * ow + q * ks;
+    const uint32_t u = static_cast<uint32_t>(i), uw = static_cast<uint32_t>(w), uhw = static_cast<uint32_t>(hw),
+                   udhw = static_cast<uint32_t>(dhw);
+    const uint32_t n = u / udhw, r = u - n * udhw, z = r / uhw, r2 = r - z * uhw, p = r2 / uw, q = r2 - p * uw;
+    return n * odhw + int64_t(z) * kt * ohw + int64_t(p) * kr * ow + int64_t(q) * ks;
   }
   __device__ int64_t tap_offset(int tap) const {
     const int t = tap / (kr * ks), r = (tap / ks) % kr, s = tap % ks;
@@ -90,12 +104,15 @@ Geometry geometry_of(const ConvTransposeShape& s) {
 
 // ---- the three passes as index maps ----
 // Each Op gives: M, N, L; kALFast / kBLFast (whether L is the contiguous axis of A / B, which decides how the block
-// stages the tile so that a warp reads consecutive addresses); arow(m) and a(row, l) for A; bcol(n) and b(l, col)
-// for B; store(split, m, n, v). arow / bcol are per-thread constants across the L loop, computed once.
+// stages the tile so that a warp reads consecutive addresses); arow(m) and a_raw(row, l) for A; bcol(n) and
+// b_raw(l, col) for B; store(split, m, n, v). arow / bcol are per-thread constants across the L loop, computed once.
+// a_raw / b_raw return the stored element (the tensor-core kernel stages raw 16-bit values); the SIMT kernel widens
+// them to f32.
 
 template <class E>
 struct FpropOp {
   using T = typename E::T;
+  using Elem = E;
   static constexpr bool kALFast = true, kBLFast = true;
   Geometry g;
   const T* x;
@@ -104,14 +121,14 @@ struct FpropOp {
   T* y;
   int64_t M, N, L;
   __device__ int64_t arow(int64_t i) const { return i * g.C; }
-  __device__ float a(int64_t row, int64_t c) const { return E::load(x[row + c]); }
+  __device__ T a_raw(int64_t row, int64_t c) const { return x[row + c]; }
   __device__ int64_t bcol(int64_t j) const {
-    const int tap = static_cast<int>(j / g.K), k = static_cast<int>(j % g.K);
+    const int jj = static_cast<int>(j), tap = jj / g.K, k = jj % g.K;
     return (int64_t(k) * g.taps + tap) * g.C;
   }
-  __device__ float b(int64_t c, int64_t col) const { return E::load(w[col + c]); }
+  __device__ T b_raw(int64_t c, int64_t col) const { return w[col + c]; }
   __device__ void store(int, int64_t i, int64_t j, float v) const {
-    const int tap = static_cast<int>(j / g.K), k = static_cast<int>(j % g.K);
+    const int jj = static_cast<int>(j), tap = jj / g.K, k = jj % g.K;
     if (bias) v += bias[k];
     y[(g.base(i) + g.tap_offset(tap)) * g.K + k] = E::store(v);
   }
@@ -120,6 +137,7 @@ struct FpropOp {
 template <class E>
 struct DgradOp {
   using T = typename E::T;
+  using Elem = E;
   static constexpr bool kALFast = true, kBLFast = false;
   Geometry g;
   const T* dy;
@@ -127,14 +145,14 @@ struct DgradOp {
   T* dx;
   int64_t M, N, L;
   __device__ int64_t arow(int64_t i) const { return g.base(i) * g.K; }
-  __device__ float a(int64_t row, int64_t l) const {
-    const int tap = static_cast<int>(l / g.K), k = static_cast<int>(l % g.K);
-    return E::load(dy[row + g.tap_offset(tap) * g.K + k]);
+  __device__ T a_raw(int64_t row, int64_t l) const {
+    const int ll = static_cast<int>(l), tap = ll / g.K, k = ll % g.K;
+    return dy[row + g.tap_offset(tap) * g.K + k];
   }
   __device__ int64_t bcol(int64_t c) const { return c; }
-  __device__ float b(int64_t l, int64_t col) const {
-    const int tap = static_cast<int>(l / g.K), k = static_cast<int>(l % g.K);
-    return E::load(w[(int64_t(k) * g.taps + tap) * g.C + col]);
+  __device__ T b_raw(int64_t l, int64_t col) const {
+    const int ll = static_cast<int>(l), tap = ll / g.K, k = ll % g.K;
+    return w[(int64_t(k) * g.taps + tap) * g.C + col];
   }
   __device__ void store(int, int64_t i, int64_t c, float v) const { dx[i * g.C + c] = E::store(v); }
 };
@@ -144,6 +162,7 @@ struct DgradOp {
 template <class E>
 struct WgradOp {
   using T = typename E::T;
+  using Elem = E;
   static constexpr bool kALFast = false, kBLFast = false;
   Geometry g;
   const T* dy;
@@ -152,12 +171,12 @@ struct WgradOp {
   int64_t ones;  // index of the column of ones (C, or 0 when dw is not wanted); -1: none
   int64_t M, N, L;
   __device__ int64_t arow(int64_t m) const {
-    const int tap = static_cast<int>(m / g.K), k = static_cast<int>(m % g.K);
+    const int mm = static_cast<int>(m), tap = mm / g.K, k = mm % g.K;
     return g.tap_offset(tap) * g.K + k;
   }
-  __device__ float a(int64_t row, int64_t i) const { return E::load(dy[row + g.base(i) * g.K]); }
+  __device__ T a_raw(int64_t row, int64_t i) const { return dy[row + g.base(i) * g.K]; }
   __device__ int64_t bcol(int64_t n) const { return n == ones ? -1 : n; }
-  __device__ float b(int64_t i, int64_t col) const { return col < 0 ? 1.f : E::load(x[i * g.C + col]); }
+  __device__ T b_raw(int64_t i, int64_t col) const { return col < 0 ? E::store(1.f) : x[i * g.C + col]; }
   __device__ void store(int split, int64_t m, int64_t n, float v) const { part[(split * M + m) * N + n] = v; }
 };
 
@@ -201,8 +220,8 @@ __global__ void __launch_bounds__(kThreads) conv_transpose_gemm(Op op, int64_t c
     UNET_UNROLL
     for (int r = 0; r < kLoads; ++r) {
       const int64_t la = l0 + a_ll[r], lb = l0 + b_ll[r];
-      As[a_ll[r]][a_mm[r]] = a_ok[r] && la < l_end ? op.a(a_row[r], la) : 0.f;
-      Bs[b_ll[r]][b_nn[r]] = b_ok[r] && lb < l_end ? op.b(lb, b_col[r]) : 0.f;
+      As[a_ll[r]][a_mm[r]] = a_ok[r] && la < l_end ? Op::Elem::load(op.a_raw(a_row[r], la)) : 0.f;
+      Bs[b_ll[r]][b_nn[r]] = b_ok[r] && lb < l_end ? Op::Elem::load(op.b_raw(lb, b_col[r])) : 0.f;
     }
     __syncthreads();
     UNET_UNROLL
@@ -228,6 +247,89 @@ __global__ void __launch_bounds__(kThreads) conv_transpose_gemm(Op op, int64_t c
     for (int j = 0; j < kRegs; ++j) {
       const int64_t n = n0 + tn + 16 * j;
       if (n < op.N) op.store(split, m, n, acc[i][j]);
+    }
+  }
+}
+
+// The same GEMM on the tensor cores for f16 / bf16 operands: a 64 x 64 tile per 128-thread block, each of the four
+// warps a 32 x 32 quarter (2 x 4 mma_m16n8k16 tiles, 32 f32 accumulators per thread), one 16-deep L slice at a time.
+// Both operands are staged as raw 16-bit values with L contiguous (As[m][l], Bs[n][l]: the mma's row-major A and
+// column-major B), rows padded to 48 bytes so that every ldmatrix row address stays 16-byte aligned and the eight rows
+// of one 8x8 matrix fall in different bank groups. The index maps are irregular (gathers), so the staging is
+// elementwise rather than cp.async. Each accumulator sums its slices in L order: deterministic.
+template <class Op>
+__global__ void __launch_bounds__(kTcThreads) conv_transpose_gemm_tc(Op op, int64_t chunk) {
+  using Mma = typename Op::Elem::Mma;
+  __shared__ __align__(16) uint16_t As[kBM][kBK + kTcPad];
+  __shared__ __align__(16) uint16_t Bs[kBN][kBK + kTcPad];
+  const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
+  const int wm = (warp / 2) * 32, wn = (warp % 2) * 32;  // the warp's quarter of the tile
+  const int64_t m0 = int64_t(blockIdx.x) * kBM, n0 = int64_t(blockIdx.y) * kBN;
+  const int split = static_cast<int>(blockIdx.z);
+  const int64_t l_begin = split * chunk, l_end = l_begin + chunk < op.L ? l_begin + chunk : op.L;
+
+  // arow / bcol of the tile's rows and columns, computed once per block (kept in registers, the 8 staged elements per
+  // thread would cost 16 64-bit registers); kOutside past the problem's edge.
+  __shared__ int64_t a_off[kBM], b_off[kBN];
+  if (tid < kBM)
+    a_off[tid] = m0 + tid < op.M ? op.arow(m0 + tid) : kOutside;
+  else
+    b_off[tid - kBM] = n0 + tid - kBM < op.N ? op.bcol(n0 + tid - kBM) : kOutside;
+  __syncthreads();
+
+  float acc[2][4][4];
+  UNET_UNROLL
+  for (int i = 0; i < 2; ++i) {
+    UNET_UNROLL
+    for (int j = 0; j < 4; ++j) {
+      UNET_UNROLL
+      for (int v = 0; v < 4; ++v) acc[i][j][v] = 0.f;
+    }
+  }
+  // ldmatrix row addresses: lane 8j + r gives row r of 8x8 matrix j. A (16 x 16 per m tile): matrices (rows 0-7, l
+  // 0-7), (rows 8-15, l 0-7), (rows 0-7, l 8-15), (rows 8-15, l 8-15) = the fragment registers a0..a3. B (two n8
+  // tiles): (n 0-7, l 0-7), (n 0-7, l 8-15), (n 8-15, l 0-7), (n 8-15, l 8-15) = b0, b1 of each tile.
+  const int mat = lane / 8, row = lane % 8;
+  const int a_r = (mat & 1) * 8 + row, a_c = (mat >> 1) * 8;
+  const int b_r = (mat >> 1) * 8 + row, b_c = (mat & 1) * 8;
+  for (int64_t l0 = l_begin; l0 < l_end; l0 += kBK) {
+    // Element e = tid + r * kTcThreads of each 64 x 16 tile, L the fast axis when L is contiguous in memory.
+    UNET_UNROLL
+    for (int r = 0; r < kTcLoads; ++r) {
+      const int e = tid + r * kTcThreads;
+      const int a_mm = Op::kALFast ? e / kBK : e % kBM, a_ll = Op::kALFast ? e % kBK : e / kBM;
+      const int b_nn = Op::kBLFast ? e / kBK : e % kBN, b_ll = Op::kBLFast ? e % kBK : e / kBN;
+      const int64_t ar = a_off[a_mm], bc = b_off[b_nn], la = l0 + a_ll, lb = l0 + b_ll;
+      As[a_mm][a_ll] = ar != kOutside && la < l_end ? op.a_raw(ar, la) : uint16_t(0);
+      Bs[b_nn][b_ll] = bc != kOutside && lb < l_end ? op.b_raw(lb, bc) : uint16_t(0);
+    }
+    __syncthreads();
+    uint32_t af[2][4], bf[2][4];
+    UNET_UNROLL
+    for (int i = 0; i < 2; ++i) ldmatrix_x4(af[i], &As[wm + 16 * i + a_r][a_c]);
+    UNET_UNROLL
+    for (int j = 0; j < 2; ++j) ldmatrix_x4(bf[j], &Bs[wn + 16 * j + b_r][b_c]);
+    UNET_UNROLL
+    for (int i = 0; i < 2; ++i) {
+      UNET_UNROLL
+      for (int j = 0; j < 4; ++j) {
+        const uint32_t b[2] = {bf[j / 2][2 * (j % 2)], bf[j / 2][2 * (j % 2) + 1]};
+        mma_m16n8k16<Mma>(acc[i][j], af[i], b, acc[i][j]);
+      }
+    }
+    __syncthreads();
+  }
+  // Accumulator v of tile (i, j) sits at row g + 8 (v >= 2), column 2t + (v & 1) of that 16 x 8 tile.
+  const int g = lane / 4, t = lane % 4;
+  UNET_UNROLL
+  for (int i = 0; i < 2; ++i) {
+    UNET_UNROLL
+    for (int j = 0; j < 4; ++j) {
+      UNET_UNROLL
+      for (int v = 0; v < 4; ++v) {
+        const int64_t m = m0 + wm + 16 * i + g + 8 * (v >> 1), n = n0 + wn + 8 * j + 2 * t + (v & 1);
+        if (m < op.M && n < op.N) op.store(split, m, n, acc[i][j][v]);
+      }
     }
   }
 }
@@ -270,9 +372,10 @@ void check_shape(const ConvTransposeShape& s, const char* pass) {
                                 " w " + std::to_string(s.w) + " c " + std::to_string(s.c) + " k " +
                                 std::to_string(s.k) + " kernel " + std::to_string(s.kt) + "x" + std::to_string(s.kr) +
                                 "x" + std::to_string(s.ks));
-  if (s.taps() * s.k > (int64_t(1) << 30) || s.c > (int64_t(1) << 30))
+  if (s.taps() * s.k > (int64_t(1) << 30) || s.c > (int64_t(1) << 30) || s.pixels() >= (int64_t(1) << 31))
     throw std::invalid_argument(where + "taps * k = " + std::to_string(s.taps() * s.k) +
-                                " and c = " + std::to_string(s.c) + " must be below 2^30");
+                                " and c = " + std::to_string(s.c) + " must be below 2^30 and the input pixels (" +
+                                std::to_string(s.pixels()) + ") below 2^31");
 }
 
 dim3 gemm_grid(int64_t M, int64_t N, int64_t splits, const char* pass) {
@@ -282,6 +385,16 @@ dim3 gemm_grid(int64_t M, int64_t N, int64_t splits, const char* pass) {
                                 std::to_string(gx) + " x " + std::to_string(gy) + " x " + std::to_string(splits) +
                                 " blocks)");
   return dim3(static_cast<unsigned>(gx), static_cast<unsigned>(gy), static_cast<unsigned>(splits));
+}
+
+// f32 runs the SIMT kernel, f16 / bf16 the tensor-core one.
+template <class Op>
+void run_gemm(const Op& op, int64_t splits, int64_t chunk, const char* pass, cudaStream_t stream) {
+  const dim3 grid = gemm_grid(op.M, op.N, splits, pass);
+  if constexpr (std::is_same_v<typename Op::Elem, F32>)
+    launch(conv_transpose_gemm<Op>, grid, dim3(kThreads), 0, stream, op, chunk);
+  else
+    launch(conv_transpose_gemm_tc<Op>, grid, dim3(kTcThreads), 0, stream, op, chunk);
 }
 
 template <class E>
@@ -296,7 +409,7 @@ void fprop_impl(const ConvTransposeShape& s, const void* x, const void* w, const
   op.y = static_cast<T*>(y);
   op.M = s.pixels(), op.N = s.taps() * s.k, op.L = s.c;
   if (op.M == 0) return;
-  launch(conv_transpose_gemm<FpropOp<E>>, gemm_grid(op.M, op.N, 1, "fprop"), dim3(kThreads), 0, stream, op, op.L);
+  run_gemm(op, 1, op.L, "fprop", stream);
 }
 
 template <class E>
@@ -309,7 +422,7 @@ void dgrad_impl(const ConvTransposeShape& s, const void* dy, const void* w, void
   op.dx = static_cast<T*>(dx);
   op.M = s.pixels(), op.N = s.c, op.L = s.taps() * s.k;
   if (op.M == 0) return;
-  launch(conv_transpose_gemm<DgradOp<E>>, gemm_grid(op.M, op.N, 1, "dgrad"), dim3(kThreads), 0, stream, op, op.L);
+  run_gemm(op, 1, op.L, "dgrad", stream);
 }
 
 // Pixels per wgrad chunk: a function of the pixel count only (never of the device), a multiple of the L slice, at
@@ -335,7 +448,7 @@ void wgrad_impl(const ConvTransposeShape& s, const void* x, const void* dy, floa
   op.part = part.get();
   op.ones = dbias ? (dw ? s.c : 0) : -1;
   op.M = M, op.N = N, op.L = L;
-  launch(conv_transpose_gemm<WgradOp<E>>, gemm_grid(M, N, splits, "wgrad"), dim3(kThreads), 0, stream, op, chunk);
+  run_gemm(op, splits, chunk, "wgrad", stream);
   const int64_t outputs = (dw ? M * s.c : 0) + (dbias ? s.k : 0);
   const int64_t blocks = (outputs + kThreads - 1) / kThreads;
   launch(conv_transpose_wgrad_finalize, dim3(static_cast<unsigned>(blocks < 4096 ? blocks : 4096)), dim3(kThreads), 0,
