@@ -112,13 +112,13 @@ CTShape ct(int64_t n, int64_t d, int64_t h, int64_t w, int64_t c, int64_t k, int
 }
 
 // 2D and 3D, kernel 2x2x2 and anisotropic 1x2x2, c and k in {1, 3, 8, 17}, batch 2; output-channel columns spanning
-// one to three 64-wide tiles; pixel counts giving one to four wgrad chunks (256 pixels each at these sizes).
+// one to three 64-wide tiles; pixel counts giving one to four wgrad chunks (64 pixels each at these sizes).
 const CTShape kCTCases[] = {
-    ct(2, 1, 5, 7, 3, 8, 1, 2, 2),    // 2D, 70 pixels
-    ct(2, 3, 4, 5, 17, 1, 2, 2, 2),   // 3D, c 17, k 1
-    ct(2, 3, 5, 3, 8, 17, 1, 2, 2),   // 3D anisotropic, N = 4 taps x 17 = 68: two column tiles
-    ct(2, 1, 19, 23, 1, 3, 1, 2, 2),  // 2D, 874 pixels: four wgrad chunks, 14 row tiles
-    ct(2, 4, 9, 9, 8, 17, 2, 2, 2),   // 3D, 648 pixels: three chunks; N = 136: three column tiles
+    ct(2, 1, 5, 7, 3, 8, 1, 2, 2),   // 2D, 70 pixels: two chunks
+    ct(2, 3, 4, 5, 17, 1, 2, 2, 2),  // 3D, c 17, k 1, 120 pixels: two row tiles
+    ct(2, 3, 5, 3, 8, 17, 1, 2, 2),  // 3D anisotropic, N = 4 taps x 17 = 68: two column tiles
+    ct(2, 1, 9, 11, 1, 3, 1, 2, 2),  // 2D, 198 pixels: four chunks, four row tiles
+    ct(2, 3, 5, 7, 8, 17, 2, 2, 2),  // 3D, 210 pixels: four chunks; N = 136: three column tiles
 };
 
 TEST_CASE("cuda conv_transpose fprop equals the cpu kernel in f32, f16 and bf16, with and without bias") {

@@ -426,10 +426,10 @@ void dgrad_impl(const ConvTransposeShape& s, const void* dy, const void* w, void
 }
 
 // Pixels per wgrad chunk: a function of the pixel count only (never of the device), a multiple of the L slice, at
-// least 256 pixels so a chunk amortises its partial, and at most 64 chunks.
+// least 64 pixels (a chunk's partial, M x N floats, is then at most 1/64 of its multiply-adds) and at most 64 chunks.
 int64_t wgrad_chunk(int64_t pixels) {
   int64_t chunk = (pixels + 63) / 64;
-  if (chunk < 256) chunk = 256;
+  if (chunk < 64) chunk = 64;
   return (chunk + kBK - 1) / kBK * kBK;
 }
 
