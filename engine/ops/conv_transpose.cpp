@@ -1,11 +1,11 @@
 // conv_transpose: the differentiable transposed convolution with kernel == stride (nnU-Net's upsampling layer).
-// Validates shapes, runs kernels/cpu/conv_transpose.cpp, and records one node whose backward computes dx, dw and
-// dbias; it saves x only when w needs a gradient and w only when x does.
-// TEMPORARY: there is no CUDA transposed-convolution kernel yet. On Device::cuda_emu, whose memory is host memory, the
-// CPU kernels are BORROWED (they run on the emulated device's buffers directly); Device::cuda is refused.
+// Validates shapes, runs kernels/cpu/conv_transpose.cpp or kernels/cuda/conv_transpose.cu by x's device, and records
+// one node whose backward computes dx, dw and dbias; it saves x only when w needs a gradient and w only when x does.
 #include "kernels/conv_transpose.h"
 #include "engine/autograd.h"
 #include "engine/ops.h"
+#include "engine/ops/dispatch.h"
+#include "kernels/cuda/conv_transpose.cuh"
 
 namespace unet::ops {
 
@@ -13,9 +13,7 @@ Tensor conv_transpose(const Tensor& x, const Tensor& w, const Tensor& bias) {
   check_arg(x.defined() && w.defined(), "conv_transpose: undefined input or weight");
   const std::string args = "conv_transpose(x " + x.describe() + ", w " + w.describe() + ", bias " +
                            (bias.defined() ? bias.describe() : std::string("none")) + "): ";
-  check_arg(w.device() == x.device() && (!bias.defined() || bias.device() == x.device()),
-            args + "all tensors must be on one device");
-  check_arg(x.device() != Device::cuda, args + "no CUDA transposed-convolution kernel yet");
+  detail::check_device("conv_transpose", x.device(), {x, w, bias});
   const Device dev = x.device();
   check_arg(x.dtype() == DType::f32 && w.dtype() == DType::f32 && (!bias.defined() || bias.dtype() == DType::f32),
             args + "all tensors must be f32 (cast first)");
@@ -43,8 +41,13 @@ Tensor conv_transpose(const Tensor& x, const Tensor& w, const Tensor& bias) {
   out_shape.back() = s.k;
 
   Tensor y = Tensor::empty(out_shape, DType::f32, dev);
-  kernels::cpu::conv_transpose_fprop(s, x.data<float>(), w.data<float>(), bias.defined() ? bias.data<float>() : nullptr,
-                                     y.data<float>());
+  const float* b_ptr = bias.defined() ? bias.data<float>() : nullptr;
+  if (y.numel() > 0 && detail::on_cuda(x))
+    UNET_CUDA_KERNEL("conv_transpose",
+                     kernels::cuda::conv_transpose_fprop(s, DType::f32, x.data<float>(), w.data<float>(), b_ptr,
+                                                         y.data<float>(), detail::stream(x)));
+  else if (y.numel() > 0)
+    kernels::cpu::conv_transpose_fprop(s, x.data<float>(), w.data<float>(), b_ptr, y.data<float>());
 
   if (autograd::should_record({x, w, bias})) {
     const bool need_dx = x.requires_grad(), need_dw = w.requires_grad();
@@ -57,13 +60,24 @@ Tensor conv_transpose(const Tensor& x, const Tensor& w, const Tensor& bias) {
       Tensor dx, dw, db;
       if (need_dx) {
         dx = Tensor::empty(x_shape, DType::f32, dev);
-        kernels::cpu::conv_transpose_dgrad(s, dy.data<float>(), saved_w.data<float>(), dx.data<float>());
+        if (dx.numel() > 0 && detail::on_cuda(dy))
+          UNET_CUDA_KERNEL("conv_transpose",
+                           kernels::cuda::conv_transpose_dgrad(s, DType::f32, dy.data<float>(), saved_w.data<float>(),
+                                                               dx.data<float>(), detail::stream(dy)));
+        else if (dx.numel() > 0)
+          kernels::cpu::conv_transpose_dgrad(s, dy.data<float>(), saved_w.data<float>(), dx.data<float>());
       }
       if (need_dw || need_db) {
         if (need_dw) dw = Tensor::empty(w_shape, DType::f32, dev);
         if (need_db) db = Tensor::empty({s.k}, DType::f32, dev);
-        kernels::cpu::conv_transpose_wgrad(s, need_dw ? saved_x.data<float>() : nullptr, dy.data<float>(),
-                                           need_dw ? dw.data<float>() : nullptr, need_db ? db.data<float>() : nullptr);
+        const float* x_ptr = need_dw ? saved_x.data<float>() : nullptr;
+        float* dw_ptr = need_dw ? dw.data<float>() : nullptr;
+        float* db_ptr = need_db ? db.data<float>() : nullptr;
+        if (detail::on_cuda(dy))
+          UNET_CUDA_KERNEL("conv_transpose", kernels::cuda::conv_transpose_wgrad(s, DType::f32, x_ptr, dy.data<float>(),
+                                                                                 dw_ptr, db_ptr, detail::stream(dy)));
+        else
+          kernels::cpu::conv_transpose_wgrad(s, x_ptr, dy.data<float>(), dw_ptr, db_ptr);
       }
       return std::vector<Tensor>{dx, dw, db};
     });
