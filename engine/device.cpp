@@ -1,9 +1,17 @@
-// engine/device: the emulated implementation (always built), the real CUDA one (only with UNET_WITH_CUDA_RUNTIME,
-// which no build sets yet), and device selection through a dlopen'ed CUDA runtime.
+// engine/device: the emulated implementation (default build), the real CUDA one (the GPU build, UNET_WITH_CUDA_RUNTIME,
+// CMake UNET_CUDA_RUNTIME=ON, which links the CUDA runtime), and device selection, which in the default build asks a
+// dlopen'ed CUDA runtime so that `auto` can say why it falls back to the CPU.
+//
+// The real path uses one non-blocking stream created once per process, not the legacy default stream: the legacy
+// stream synchronises implicitly with every other blocking stream (a library or a second loader thread queuing work
+// would serialise against us), cannot be captured into a CUDA graph, and hides ordering bugs that an explicit stream
+// makes visible. Every call here and every launcher (kernels/cuda/launch.cuh, scratch.cuh) queues on that stream, so
+// stream-ordered allocation (cudaMallocAsync / cudaFreeAsync) needs no device-wide synchronisation.
 #include "engine/device.h"
 
 #include <dlfcn.h>
 
+#include <cstdint>
 #include <cstring>
 #include <ostream>
 
@@ -12,6 +20,9 @@
 #endif
 #ifndef UNET_HAVE_CUDA_KERNELS
 #define UNET_HAVE_CUDA_KERNELS 0
+#endif
+#ifndef UNET_CUDA_MIN_ARCH
+#define UNET_CUDA_MIN_ARCH 0  // oldest compute capability (x10) the kernels are built for; 0: unknown, not checked
 #endif
 #if UNET_WITH_CUDA_RUNTIME
 #include <cuda_runtime.h>
@@ -27,17 +38,26 @@ void throw_error(const std::string& what, const char* file, int line) {
 
 namespace {
 
-// The CUDA runtime, opened on first use; null handles when it is not installed.
+// The CUDA runtime's device count and error texts: linked in the GPU build; otherwise opened on first use (null
+// entries when it is not installed), so the default build can report why there is no device without linking it.
 struct Runtime {
   void* lib = nullptr;
   int (*get_device_count)(int*) = nullptr;
   const char* (*get_error_name)(int) = nullptr;
+  const char* (*get_error_string)(int) = nullptr;
   Runtime() {
+#if UNET_WITH_CUDA_RUNTIME
+    get_device_count = [](int* n) { return static_cast<int>(cudaGetDeviceCount(n)); };
+    get_error_name = [](int e) { return cudaGetErrorName(static_cast<cudaError_t>(e)); };
+    get_error_string = [](int e) { return cudaGetErrorString(static_cast<cudaError_t>(e)); };
+#else
     for (const char* name : {"libcudart.so", "libcudart.so.13", "/usr/local/cuda/lib64/libcudart.so"})
       if ((lib = dlopen(name, RTLD_NOW | RTLD_LOCAL))) break;
     if (!lib) return;
     get_device_count = reinterpret_cast<int (*)(int*)>(dlsym(lib, "cudaGetDeviceCount"));
     get_error_name = reinterpret_cast<const char* (*)(int)>(dlsym(lib, "cudaGetErrorName"));
+    get_error_string = reinterpret_cast<const char* (*)(int)>(dlsym(lib, "cudaGetErrorString"));
+#endif
   }
 };
 
@@ -46,29 +66,49 @@ const Runtime& runtime() {
   return r;
 }
 
-constexpr bool kHaveCudaRuntime = UNET_WITH_CUDA_RUNTIME;
+// " cudaErrorX" for an error code, or nothing without a runtime.
+std::string error_name(int code) {
+  const char* name = runtime().get_error_name ? runtime().get_error_name(code) : nullptr;
+  return name ? std::string(" ") + name : std::string();
+}
 
 [[noreturn]] void no_cuda_runtime(const char* what) {
-  throw DeviceError(std::string(what) + ": device cuda is not available: this build does not link the CUDA runtime "
-                    "(use --device cuda-emu to run the CUDA kernels under the emulator)");
+  throw DeviceError(std::string(what) +
+                    ": device cuda is not available: this build does not link the CUDA runtime "
+                    "(build with tools/build_gpu.sh, CMake -DUNET_CUDA_RUNTIME=ON, or use --device cuda-emu to run "
+                    "the CUDA kernels under the emulator)");
 }
 
 void check_emulator(const char* what) {
-  if (!emulator_built())
-    throw DeviceError(std::string(what) + ": device cuda-emu is not available: this build has no device emulator "
-                      "(the CUDA toolkit's headers were not found)");
+  if (emulator_built()) return;
+  if (runtime_built())
+    throw DeviceError(std::string(what) +
+                      ": device cuda-emu is not available: this is the GPU build "
+                      "(UNET_CUDA_RUNTIME=ON), which runs the CUDA kernels on the GPU and has no device emulator");
+  throw DeviceError(std::string(what) +
+                    ": device cuda-emu is not available: this build has no device emulator "
+                    "(the CUDA toolkit's headers were not found)");
 }
 
 }  // namespace
 
-void throw_cuda_error(int code, const char* expr, const char* file, int line) {
-  const char* name = runtime().get_error_name ? runtime().get_error_name(code) : nullptr;
-  throw_error(std::string("CUDA error ") + std::to_string(code) + (name ? std::string(" ") + name : "") + " in " +
-                  expr,
-              file, line);
+std::string cuda_error_message(int code, const char* expr, const char* file, int line) {
+  std::string m = "CUDA error " + std::to_string(code) + error_name(code);
+  const char* text = runtime().get_error_string ? runtime().get_error_string(code) : nullptr;
+  if (text) m += std::string(" (") + text + ")";
+  return m + " in " + expr + " (" + file + ":" + std::to_string(line) + ")";
 }
 
-bool emulator_built() { return UNET_HAVE_CUDA_KERNELS; }
+void throw_cuda_error(int code, const char* expr, const char* file, int line) {
+  throw DeviceError(cuda_error_message(code, expr, file, line));
+}
+
+bool emulator_built() {
+  return UNET_HAVE_CUDA_KERNELS && !UNET_WITH_CUDA_RUNTIME;
+}
+bool runtime_built() {
+  return UNET_WITH_CUDA_RUNTIME;
+}
 
 int cuda_device_count(std::string* why) {
   const Runtime& rt = runtime();
@@ -79,15 +119,53 @@ int cuda_device_count(std::string* why) {
   int n = 0;
   const int err = rt.get_device_count(&n);
   if (err != 0) {
-    if (why) {
-      const char* name = rt.get_error_name ? rt.get_error_name(err) : nullptr;
-      *why = "cudaGetDeviceCount returned error " + std::to_string(err) + (name ? std::string(" ") + name : "");
-    }
+    if (why) *why = "cudaGetDeviceCount returned error " + std::to_string(err) + error_name(err);
     return 0;
   }
   if (n == 0 && why) *why = "the CUDA runtime reports no device";
   return n;
 }
+
+#if UNET_WITH_CUDA_RUNTIME
+
+// ---- real GPU: one stream per process, stream-ordered allocations from the device's default pool ----
+namespace {
+
+struct CudaState {
+  int device = 0;
+  cudaMemPool_t pool = nullptr;
+  cudaStream_t stream = nullptr;
+  std::mutex mutex;  // stats: tensors may be freed on other threads (the data loader)
+  MemoryStats stats;
+  CudaState() {
+    UNET_CUDA_CHECK(cudaGetDevice(&device));
+    UNET_CUDA_CHECK(cudaDeviceGetDefaultMemPool(&pool, device));
+    // Keep freed memory in the pool: by default it is returned to the driver at every synchronisation, which makes
+    // each training step pay for cudaMalloc again. The pool stays shared with the kernels' Scratch buffers.
+    uint64_t keep_all = UINT64_MAX;
+    UNET_CUDA_CHECK(cudaMemPoolSetAttribute(pool, cudaMemPoolAttrReleaseThreshold, &keep_all));
+    UNET_CUDA_CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+  }
+};
+
+CudaState& cuda_state() {
+  // Never destroyed: tensors in static objects may be freed at exit, after the runtime has begun to shut down.
+  static CudaState* s = new CudaState();
+  return *s;
+}
+
+// The device's name and compute capability ("NVIDIA H100 80GB HBM3, sm_90"), and whether the kernels can run on it.
+std::string describe_device(int dev, bool* usable) {
+  cudaDeviceProp prop{};
+  UNET_CUDA_CHECK(cudaGetDeviceProperties(&prop, dev));
+  const int cc = prop.major * 10 + prop.minor;
+  *usable = cc >= UNET_CUDA_MIN_ARCH;
+  return std::string(prop.name) + ", sm_" + std::to_string(cc);
+}
+
+}  // namespace
+
+#endif
 
 Device resolve_device(const std::string& name, std::ostream* log) {
   if (name == "cpu") return Device::cpu;
@@ -99,40 +177,48 @@ Device resolve_device(const std::string& name, std::ostream* log) {
     throw std::invalid_argument("unknown device '" + name + "' (expected auto, cpu, cuda or cuda-emu)");
   std::string why;
   const int count = cuda_device_count(&why);
-  if (count > 0 && kHaveCudaRuntime) return Device::cuda;
-  if (count > 0) why = std::to_string(count) + " CUDA device(s) found, but this build does not link the CUDA runtime";
+  if (count > 0 && runtime_built()) {
+#if UNET_WITH_CUDA_RUNTIME
+    int dev = 0;
+    UNET_CUDA_CHECK(cudaGetDevice(&dev));
+    bool usable = false;
+    const std::string what = "CUDA device " + std::to_string(dev) + " (" + describe_device(dev, &usable) + ")";
+    if (usable) {
+      if (log) *log << "unet: running on " << what << "\n";
+      return Device::cuda;
+    }
+    why = what + " is older than the oldest architecture this build's kernels target (sm_" +
+          std::to_string(UNET_CUDA_MIN_ARCH) + ", CMAKE_CUDA_ARCHITECTURES)";
+#endif
+  } else if (count > 0) {
+    why = std::to_string(count) +
+          " CUDA device(s) found, but this build does not link the CUDA runtime "
+          "(tools/build_gpu.sh builds one that does)";
+  }
   if (name == "cuda") throw DeviceError("--device cuda: no usable CUDA device: " + why);
   if (log) *log << "unet: no usable CUDA device (" << why << "); running on the CPU\n";
   return Device::cpu;
 }
 
-#if UNET_WITH_CUDA_RUNTIME
-
-// ---- real GPU: one stream per process, stream-ordered pool allocations ----
-namespace {
-struct CudaState {
-  cudaStream_t stream = nullptr;
-  std::mutex mutex;
-  MemoryStats stats;
-  CudaState() { UNET_CUDA_CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking)); }
-};
-CudaState& cuda_state() {
-  static CudaState* s = new CudaState();  // never destroyed: tensors in static objects may be freed at exit
-  return *s;
-}
-}  // namespace
-
-#endif
-
 void* allocate(Device d, size_t bytes) {
   switch (d) {
-    case Device::cpu: return HostAllocator::instance().allocate(bytes);
-    case Device::cuda_emu: check_emulator("allocate"); return HostAllocator::emulated_device().allocate(bytes);
+    case Device::cpu:
+      return HostAllocator::instance().allocate(bytes);
+    case Device::cuda_emu:
+      check_emulator("allocate");
+      return HostAllocator::emulated_device().allocate(bytes);
     case Device::cuda: {
 #if UNET_WITH_CUDA_RUNTIME
       CudaState& s = cuda_state();
       void* p = nullptr;
-      UNET_CUDA_CHECK(cudaMallocAsync(&p, bytes ? bytes : 1, s.stream));
+      const cudaError_t e = cudaMallocAsync(&p, bytes ? bytes : 1, s.stream);
+      if (e != cudaSuccess) {
+        (void)cudaGetLastError();  // not sticky: clear it, or the next launch would report it as its own
+        const MemoryStats now = memory_stats(Device::cuda);
+        throw DeviceError("allocate " + std::to_string(bytes) + " bytes on cuda (" + std::to_string(now.current_bytes) +
+                          " bytes in use, " + std::to_string(now.cached_bytes) +
+                          " cached): " + cuda_error_message(e, "cudaMallocAsync", __FILE__, __LINE__));
+      }
       std::lock_guard<std::mutex> lock(s.mutex);
       s.stats.current_bytes += bytes;
       if (s.stats.current_bytes > s.stats.peak_bytes) s.stats.peak_bytes = s.stats.current_bytes;
@@ -142,18 +228,24 @@ void* allocate(Device d, size_t bytes) {
 #endif
     }
   }
-  throw DeviceError("allocate: unknown device");
+  throw DeviceError("allocate: unknown device " + std::to_string(static_cast<int>(d)));
 }
 
 void free(Device d, void* p, size_t bytes) {
   if (!p) return;
   switch (d) {
-    case Device::cpu: HostAllocator::instance().deallocate(p, bytes); return;
-    case Device::cuda_emu: HostAllocator::emulated_device().deallocate(p, bytes); return;
+    case Device::cpu:
+      HostAllocator::instance().deallocate(p, bytes);
+      return;
+    case Device::cuda_emu:
+      HostAllocator::emulated_device().deallocate(p, bytes);
+      return;
     case Device::cuda: {
 #if UNET_WITH_CUDA_RUNTIME
       CudaState& s = cuda_state();
-      cudaFreeAsync(p, s.stream);  // no throw: called from destructors
+      // No throw: called from destructors. A failure that is not sticky (an invalid pointer, the runtime shutting
+      // down at exit) is cleared here, so the next launch does not report it as its own.
+      if (cudaFreeAsync(p, s.stream) != cudaSuccess) (void)cudaGetLastError();
       std::lock_guard<std::mutex> lock(s.mutex);
       s.stats.current_bytes -= bytes;
 #endif
@@ -164,12 +256,24 @@ void free(Device d, void* p, size_t bytes) {
 
 MemoryStats memory_stats(Device d) {
   switch (d) {
-    case Device::cpu: return HostAllocator::instance().stats();
-    case Device::cuda_emu: return HostAllocator::emulated_device().stats();
+    case Device::cpu:
+      return HostAllocator::instance().stats();
+    case Device::cuda_emu:
+      return HostAllocator::emulated_device().stats();
     case Device::cuda: {
 #if UNET_WITH_CUDA_RUNTIME
-      std::lock_guard<std::mutex> lock(cuda_state().mutex);
-      return cuda_state().stats;
+      CudaState& s = cuda_state();
+      MemoryStats out;
+      {
+        std::lock_guard<std::mutex> lock(s.mutex);
+        out = s.stats;
+      }
+      // Cached: what the pool holds beyond what is in use (tensors and the kernels' scratch buffers alike).
+      uint64_t reserved = 0, used = 0;
+      if (cudaMemPoolGetAttribute(s.pool, cudaMemPoolAttrReservedMemCurrent, &reserved) == cudaSuccess &&
+          cudaMemPoolGetAttribute(s.pool, cudaMemPoolAttrUsedMemCurrent, &used) == cudaSuccess && reserved > used)
+        out.cached_bytes = static_cast<size_t>(reserved - used);
+      return out;
 #else
       return {};
 #endif
@@ -180,8 +284,12 @@ MemoryStats memory_stats(Device d) {
 
 void reset_peak(Device d) {
   switch (d) {
-    case Device::cpu: HostAllocator::instance().reset_peak(); return;
-    case Device::cuda_emu: HostAllocator::emulated_device().reset_peak(); return;
+    case Device::cpu:
+      HostAllocator::instance().reset_peak();
+      return;
+    case Device::cuda_emu:
+      HostAllocator::emulated_device().reset_peak();
+      return;
     case Device::cuda: {
 #if UNET_WITH_CUDA_RUNTIME
       std::lock_guard<std::mutex> lock(cuda_state().mutex);
@@ -199,6 +307,7 @@ void copy(void* dst, Device dst_device, const void* src, Device src_device, size
     return;
   }
 #if UNET_WITH_CUDA_RUNTIME
+  // Queued after the kernels that produce src, then waited for: the caller may read dst (or free src) on return.
   const cudaMemcpyKind kind = src_device == Device::cuda
                                   ? (dst_device == Device::cuda ? cudaMemcpyDeviceToDevice : cudaMemcpyDeviceToHost)
                                   : cudaMemcpyHostToDevice;
@@ -236,6 +345,62 @@ void synchronize(Device d) {
 #else
   (void)d;
 #endif
+}
+
+// ---- EventTimer ----
+
+EventTimer::EventTimer(Device d) : device_(d) {
+  if (d != Device::cuda) return;
+#if UNET_WITH_CUDA_RUNTIME
+  cuda_state();  // the events belong to the device the stream is on
+  UNET_CUDA_CHECK(cudaEventCreate(&start_event_));
+  const cudaError_t e = cudaEventCreate(&stop_event_);
+  if (e != cudaSuccess) {
+    cudaEventDestroy(start_event_);
+    throw_cuda_error(e, "cudaEventCreate(&stop_event_)", __FILE__, __LINE__);
+  }
+#else
+  no_cuda_runtime("EventTimer");
+#endif
+}
+
+EventTimer::~EventTimer() {
+#if UNET_WITH_CUDA_RUNTIME
+  if (start_event_) cudaEventDestroy(start_event_);
+  if (stop_event_) cudaEventDestroy(stop_event_);
+#endif
+}
+
+void EventTimer::start() {
+#if UNET_WITH_CUDA_RUNTIME
+  if (device_ == Device::cuda) UNET_CUDA_CHECK(cudaEventRecord(start_event_, cuda_state().stream));
+#endif
+  start_time_ = std::chrono::steady_clock::now();
+  state_ = State::started;
+}
+
+void EventTimer::stop() {
+  UNET_DEVICE_CHECK(state_ == State::started, "EventTimer::stop() without a start() before it");
+#if UNET_WITH_CUDA_RUNTIME
+  if (device_ == Device::cuda) UNET_CUDA_CHECK(cudaEventRecord(stop_event_, cuda_state().stream));
+#endif
+  stop_time_ = std::chrono::steady_clock::now();
+  state_ = State::stopped;
+}
+
+double EventTimer::elapsed_ms() const {
+  UNET_DEVICE_CHECK(state_ == State::stopped,
+                    std::string("EventTimer::elapsed_ms() needs start() then stop(), ") +
+                        (state_ == State::idle ? "start() was not called" : "stop() was not called"));
+#if UNET_WITH_CUDA_RUNTIME
+  if (device_ == Device::cuda) {
+    UNET_CUDA_CHECK(cudaEventSynchronize(stop_event_));
+    float ms = 0.f;
+    UNET_CUDA_CHECK(cudaEventElapsedTime(&ms, start_event_, stop_event_));
+    return ms;
+  }
+#endif
+  return std::chrono::duration<double, std::milli>(stop_time_ - start_time_).count();
 }
 
 }  // namespace unet::device

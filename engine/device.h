@@ -3,11 +3,13 @@
 //   Device::cuda_emu  the device emulator: "device" memory is host memory from its own pooled HostAllocator (current
 //                     and peak bytes accounted apart from the CPU's), copies are memcpy, kernels run synchronously on
 //                     the CPU (kernels/emu), so the stream is a null handle and synchronize() has nothing to wait for;
-//   Device::cuda      a real GPU: stream-ordered cudaMallocAsync / cudaFreeAsync from the driver's pool on the default
-//                     stream, cudaMemcpyAsync + synchronisation. Compiled only when the build links the CUDA runtime
-//                     (UNET_WITH_CUDA_RUNTIME, not set up yet: no build links cudart, see README "Devices").
+//   Device::cuda      a real GPU: one process-wide stream, stream-ordered cudaMallocAsync / cudaFreeAsync from the
+//                     device's default memory pool (which keeps freed memory cached), cudaMemcpyAsync + stream
+//                     synchronisation. Only in the GPU build (CMake UNET_CUDA_RUNTIME=ON defines
+//                     UNET_WITH_CUDA_RUNTIME and links the CUDA runtime); elsewhere Device::cuda is a clear error.
 // Device::cpu is accepted too (host memory, memcpy), so callers can copy between any two devices with one call.
 #pragma once
+#include <chrono>
 #include <cstddef>
 #include <iosfwd>
 #include <stdexcept>
@@ -16,6 +18,8 @@
 #include "engine/allocator.h"
 #include "engine/tensor.h"
 #include "kernels/cuda/stream.h"
+
+struct CUevent_st;  // cudaEvent_t is a CUevent_st*, as in CUDA's driver_types.h (no CUDA header here: see stream.h)
 
 namespace unet::device {
 
@@ -26,17 +30,21 @@ struct DeviceError : std::runtime_error {
 
 [[noreturn]] void throw_error(const std::string& what, const char* file, int line);
 [[noreturn]] void throw_cuda_error(int code, const char* expr, const char* file, int line);
+// The text throw_cuda_error throws: "CUDA error 2 cudaErrorMemoryAllocation (out of memory) in EXPR (FILE:LINE)";
+// the name and description come from the CUDA runtime (linked in the GPU build, else opened with dlopen) and are left
+// out when there is none.
+std::string cuda_error_message(int code, const char* expr, const char* file, int line);
 
 // The error-check family. UNET_CUDA_CHECK(cudaMalloc(...)) throws DeviceError unless the call returns 0 (cudaSuccess),
 // with the error's number and, where the runtime is loaded, its name; UNET_DEVICE_CHECK(cond, message) for anything
 // else (a message is a std::string expression).
-#define UNET_CUDA_CHECK(expr)                                                                          \
-  do {                                                                                                 \
-    const int unet_cuda_err_ = static_cast<int>(expr);                                                 \
+#define UNET_CUDA_CHECK(expr)                                                                             \
+  do {                                                                                                    \
+    const int unet_cuda_err_ = static_cast<int>(expr);                                                    \
     if (unet_cuda_err_ != 0) ::unet::device::throw_cuda_error(unet_cuda_err_, #expr, __FILE__, __LINE__); \
   } while (0)
-#define UNET_DEVICE_CHECK(cond, message)                                                   \
-  do {                                                                                     \
+#define UNET_DEVICE_CHECK(cond, message)                                                \
+  do {                                                                                  \
     if (!(cond)) ::unet::device::throw_error(std::string(message), __FILE__, __LINE__); \
   } while (0)
 
@@ -57,15 +65,42 @@ cudaStream_t default_stream(Device d);
 // Waits until everything queued on d has finished; device errors raised by earlier kernels surface here.
 void synchronize(Device d);
 
-// True when this build contains the CUDA kernels (compiled against the emulator; see README "Devices").
+// Times work queued on a device, for benchmarks: on Device::cuda a pair of CUDA events recorded on the device's stream
+// (elapsed_ms waits for the stop event, so it measures GPU time without synchronising in between); on the cpu and
+// cuda-emu, whose work is done when the call returns, the host's steady clock. Owns its events: not copyable.
+//   EventTimer t(d); t.start(); ...queue work...; t.stop(); double ms = t.elapsed_ms();
+// start() may be called again to reuse the timer; elapsed_ms() without start() then stop() throws DeviceError.
+class EventTimer {
+ public:
+  explicit EventTimer(Device d);  // DeviceError for Device::cuda in a build without the CUDA runtime
+  ~EventTimer();
+  EventTimer(const EventTimer&) = delete;
+  EventTimer& operator=(const EventTimer&) = delete;
+  void start();
+  void stop();
+  double elapsed_ms() const;
+
+ private:
+  Device device_;
+  CUevent_st* start_event_ = nullptr;  // Device::cuda only
+  CUevent_st* stop_event_ = nullptr;
+  std::chrono::steady_clock::time_point start_time_, stop_time_;  // the other devices
+  enum class State { idle, started, stopped } state_ = State::idle;
+};
+
+// True when this build contains the device emulator and the CUDA kernels compiled against it (the default build with
+// the CUDA toolkit's headers; not the GPU build). See README "Devices".
 bool emulator_built();
-// Number of CUDA devices the CUDA runtime reports (loaded with dlopen, so no build links it); 0 with *why set to the
-// reason when there is no runtime library or it returns an error (35: the driver is missing or too old).
+// True when this build links the CUDA runtime (the GPU build, UNET_CUDA_RUNTIME=ON), so Device::cuda can work.
+bool runtime_built();
+// Number of CUDA devices the CUDA runtime reports (the linked one in the GPU build, else loaded with dlopen); 0 with
+// *why set to the reason when there is no runtime library or it returns an error (35: the driver is missing or too
+// old).
 int cuda_device_count(std::string* why = nullptr);
 
 // "auto" | "cpu" | "cuda" | "cuda-emu" to a Device:
-//   auto      a CUDA device when the runtime reports one and this build can use it, otherwise the CPU, with one line
-//             on `log` saying why;
+//   auto      a CUDA device when the runtime reports one and this build can use it (one line on `log` naming it),
+//             otherwise the CPU, with one line on `log` saying why;
 //   cuda      a real GPU or a DeviceError that says why there is none (no device, or no CUDA runtime in this build);
 //   cuda-emu  the device emulator (DeviceError when the build has no emulator);
 //   anything else: std::invalid_argument.

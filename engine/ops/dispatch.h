@@ -1,6 +1,7 @@
 // Backend dispatch for the ops in engine/ops/*.cpp (DESIGN section 3): a tensor on Device::cpu runs kernels::cpu::,
-// one on Device::cuda_emu (or, once a build links the CUDA runtime, Device::cuda) runs kernels::cuda:: on the
-// device's default stream. Every tensor an op reads must be on one device; its outputs are created there.
+// one on Device::cuda_emu (the default build's emulator) or Device::cuda (the GPU build, UNET_CUDA_RUNTIME=ON) runs
+// kernels::cuda:: on the device's default stream. Every tensor an op reads must be on one device; its outputs are
+// created there.
 #pragma once
 #include <string>
 #include <vector>

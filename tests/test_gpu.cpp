@@ -1,0 +1,236 @@
+// The GPU build's self-test of Device::cuda on a real GPU (built only with UNET_CUDA_RUNTIME=ON): device memory and its
+// accounting, copies in every direction, stream-ordered memset, the event timer, and every op with a CUDA kernel
+// against the CPU op, forward and backward. Without a GPU each case says so and passes, so CI (no GPU) builds and runs
+// the file; on a GPU machine `build-gpu/unet_tests --source-file='*test_gpu*'` is the check.
+// Tolerances: copies, add, relu, concat, upsampling and casts are exact on any hardware; reductions (instance norm,
+// the DiceCE sums) run in another order than on the CPU and nvcc contracts multiply-adds, so 1e-5 relative as under the
+// emulator, and 1e-6 for the optimizer steps (one fused multiply-add per moment instead of two roundings).
+#include <cmath>
+#include <cstring>
+#include <functional>
+#include <memory>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "engine/autograd.h"
+#include "engine/device.h"
+#include "engine/ops.h"
+#include "engine/optim.h"
+#include "tests/test_util.h"
+
+using namespace unet;
+
+namespace {
+
+constexpr Device kGpu = Device::cuda;
+
+// True when a GPU can be used; otherwise reports why once per case, which then passes without checking anything.
+bool have_gpu() {
+  std::string why;
+  if (device::cuda_device_count(&why) > 0) return true;
+  MESSAGE("no CUDA device (" << why << "): the GPU checks of this case did not run");
+  return false;
+}
+
+Tensor randn(const Shape& shape, uint64_t seed, float stddev = 1.f) {
+  Rng rng(seed);
+  return unet::randn(shape, rng, stddev);
+}
+
+void compare(const std::vector<float>& actual, const std::vector<float>& expected, double rtol, double atol,
+             const std::string& what) {
+  if (rtol == 0 && atol == 0)
+    CHECK_MESSAGE(actual == expected, what << " differs from the cpu");
+  else
+    test::check_close(actual, expected, rtol, atol, what);
+}
+
+// f on cpu copies and on cuda copies of `inputs` (floating inputs require grad), backward from a fixed random output
+// gradient; outputs and input gradients compared within rtol / atol (bitwise when both are 0).
+void check_op(const std::function<Tensor(const std::vector<Tensor>&)>& f, const std::vector<Tensor>& inputs,
+              double rtol, double atol) {
+  auto run = [&](Device d, Tensor* out, std::vector<Tensor>* grads) {
+    std::vector<Tensor> xs;
+    for (const Tensor& x : inputs) {
+      Tensor t = x.clone().to(d);
+      if (x.dtype() == DType::f32) t.set_requires_grad(true);
+      xs.push_back(t);
+    }
+    *out = f(xs);
+    Tensor g = randn(out->shape(), 99);
+    if (out->dtype() != DType::f32) g = ops::cast(g, out->dtype());
+    autograd::backward(*out, g.to(d));
+    for (const Tensor& x : xs) grads->push_back(x.requires_grad() ? x.grad() : Tensor());
+  };
+  Tensor y_cpu, y_gpu;
+  std::vector<Tensor> g_cpu, g_gpu;
+  run(Device::cpu, &y_cpu, &g_cpu);
+  run(kGpu, &y_gpu, &g_gpu);
+  REQUIRE(y_gpu.device() == kGpu);
+  compare(y_gpu.to_vector(), y_cpu.to_vector(), rtol, atol, "output");
+  for (size_t i = 0; i < inputs.size(); ++i) {
+    if (!g_cpu[i].defined()) continue;
+    REQUIRE(g_gpu[i].defined());
+    CHECK(g_gpu[i].device() == kGpu);
+    compare(g_gpu[i].to_vector(), g_cpu[i].to_vector(), rtol, atol, "gradient " + std::to_string(i));
+  }
+}
+
+}  // namespace
+
+TEST_CASE("gpu: device auto and cuda select the GPU") {
+  if (!have_gpu()) return;
+  std::ostringstream log;
+  CHECK(device::resolve_device("auto", &log) == kGpu);
+  CHECK(log.str().rfind("unet: running on CUDA device ", 0) == 0);
+  CHECK(device::resolve_device("cuda", nullptr) == kGpu);
+  CHECK(device::default_stream(kGpu) != nullptr);
+}
+
+TEST_CASE("gpu: tensors round-trip cpu -> cuda -> cuda -> cpu bitwise in every dtype") {
+  if (!have_gpu()) return;
+  std::vector<float> values(105);  // small non-negative halves and integers: every dtype holds them
+  for (size_t i = 0; i < values.size(); ++i) values[i] = static_cast<float>(i * 7 % 23) + (i % 2 ? 0.5f : 0.f);
+  for (DType dt : {DType::f32, DType::f16, DType::bf16, DType::i32, DType::u8}) {
+    Tensor a = Tensor::from_vector({3, 5, 7}, values, dt);
+    Tensor d = a.to(kGpu);
+    CHECK(d.device() == kGpu);
+    Tensor back = d.clone().to(Device::cpu);  // clone: a device-to-device copy
+    CHECK(std::memcmp(back.raw(), a.raw(), a.nbytes()) == 0);
+  }
+  CHECK(Tensor::zeros({1000}, DType::f32, kGpu).to_vector() == std::vector<float>(1000, 0.f));
+  Tensor ones = Tensor::full({5}, 1.f).to(kGpu);
+  device::memset(kGpu, ones.raw(), 0, 2 * sizeof(float));  // stream-ordered; the copy back waits for it
+  CHECK(ones.to_vector() == std::vector<float>{0, 0, 1, 1, 1});
+}
+
+TEST_CASE("gpu: memory is accounted apart from the cpu's, peaks reset, and freed memory stays cached") {
+  if (!have_gpu()) return;
+  device::synchronize(kGpu);
+  const MemoryStats before = device::memory_stats(kGpu);
+  device::reset_peak(kGpu);
+  const size_t bytes = size_t{1} << 24;
+  {
+    Tensor t = Tensor::empty({static_cast<int64_t>(bytes / 4)}, DType::f32, kGpu);
+    CHECK(device::memory_stats(kGpu).current_bytes == before.current_bytes + bytes);
+    CHECK(device::memory_stats(kGpu).peak_bytes == before.current_bytes + bytes);
+  }
+  device::synchronize(kGpu);
+  const MemoryStats after = device::memory_stats(kGpu);
+  CHECK(after.current_bytes == before.current_bytes);
+  CHECK(after.peak_bytes == before.current_bytes + bytes);
+  CHECK(after.cached_bytes >= bytes);  // the release threshold keeps it in the pool past the synchronisation
+  CHECK_THROWS_WITH_AS(Tensor::empty({int64_t{1} << 50}, DType::f32, kGpu), doctest::Contains("bytes on cuda"),
+                       device::DeviceError);
+}
+
+TEST_CASE("gpu: the event timer measures queued work") {
+  if (!have_gpu()) return;
+  Tensor a = randn({1 << 22}, 2).to(kGpu);
+  device::EventTimer t(kGpu);
+  t.start();
+  Tensor b = ops::add(a, a);
+  t.stop();
+  const double ms = t.elapsed_ms();
+  CHECK(ms > 0.0);
+  CHECK(ms < 1000.0);
+  MESSAGE("add of 4M floats: " << ms << " ms");
+}
+
+TEST_CASE("gpu: an op refuses tensors on two devices") {
+  if (!have_gpu()) return;
+  CHECK_THROWS_AS(ops::add(randn({4}, 1), randn({4}, 2).to(kGpu)), std::invalid_argument);
+}
+
+TEST_CASE("gpu: add, scale, relu and leaky_relu equal the cpu ops (bitwise)") {
+  if (!have_gpu()) return;
+  check_op([](const std::vector<Tensor>& x) { return ops::scale(ops::add(x[0], x[1]), 0.75f); },
+           {randn({3, 5, 7}, 1), randn({3, 5, 7}, 2)}, 0, 0);
+  check_op([](const std::vector<Tensor>& x) { return ops::relu(x[0]); }, {randn({2, 4, 4, 3}, 3)}, 0, 0);
+  check_op([](const std::vector<Tensor>& x) { return ops::leaky_relu(x[0], 0.01f); }, {randn({2, 4, 4, 3}, 4)}, 0, 0);
+}
+
+TEST_CASE("gpu: instance_norm equals the cpu op within 1e-5") {
+  if (!have_gpu()) return;
+  check_op([](const std::vector<Tensor>& x) { return ops::instance_norm(x[0], x[1], x[2]); },
+           {randn({2, 4, 5, 6, 3}, 5, 2.f), randn({3}, 6), randn({3}, 7)}, 1e-5, 1e-5);
+  check_op([](const std::vector<Tensor>& x) { return ops::instance_norm(x[0], x[1], x[2]); },
+           {randn({1, 16, 16, 16, 32}, 8, 3.f), randn({32}, 9), randn({32}, 10)}, 1e-5, 1e-5);
+}
+
+TEST_CASE("gpu: concat_channels, upsample_nearest and cast equal the cpu ops (bitwise)") {
+  if (!have_gpu()) return;
+  check_op(
+      [](const std::vector<Tensor>& x) {
+        return ops::concat_channels({x[0], x[1]});
+      },
+      {randn({2, 3, 4, 2}, 8), randn({2, 3, 4, 5}, 9)}, 0, 0);
+  check_op(
+      [](const std::vector<Tensor>& x) {
+        return ops::upsample_nearest(x[0], {2, 1, 2});
+      },
+      {randn({1, 2, 3, 4, 3}, 10)}, 0, 0);
+  check_op([](const std::vector<Tensor>& x) { return ops::cast(x[0], DType::bf16); }, {randn({4, 9}, 11)}, 0, 0);
+  check_op([](const std::vector<Tensor>& x) { return ops::cast(x[0], DType::f16); }, {randn({4, 9}, 12)}, 0, 0);
+}
+
+TEST_CASE("gpu: argmax_channels equals the cpu op") {
+  if (!have_gpu()) return;
+  Tensor x = randn({2, 3, 4, 5}, 13);
+  Tensor a = ops::argmax_channels(x), b = ops::argmax_channels(x.to(kGpu));
+  CHECK(b.device() == kGpu);
+  CHECK(b.to_vector() == a.to_vector());
+}
+
+TEST_CASE("gpu: dice_ce_loss equals the cpu op within 1e-5, forward parts and gradient") {
+  if (!have_gpu()) return;
+  Rng rng(15);
+  std::vector<float> lv(2 * 4 * 4 * 3);
+  for (float& v : lv) v = static_cast<float>(rng.below(3));
+  Tensor logits = randn({2, 4, 4, 3, 3}, 14, 2.f), labels = Tensor::from_vector({2, 4, 4, 3}, lv, DType::i32);
+  float d_cpu = 0, ce_cpu = 0, d_gpu = 0, ce_gpu = 0;
+  Tensor lc = logits.clone().set_requires_grad(true), lg = logits.to(kGpu).set_requires_grad(true);
+  Tensor a = ops::dice_ce_loss(lc, labels, &d_cpu, &ce_cpu);
+  const float a_value = a.item();
+  autograd::backward(a);
+  Tensor b = ops::dice_ce_loss(lg, labels.to(kGpu), &d_gpu, &ce_gpu);
+  CHECK(d_gpu == doctest::Approx(d_cpu).epsilon(1e-5));
+  CHECK(ce_gpu == doctest::Approx(ce_cpu).epsilon(1e-5));
+  CHECK(b.item() == doctest::Approx(a_value).epsilon(1e-5));
+  autograd::backward(b);
+  test::check_close(lg.grad().to_vector(), lc.grad().to_vector(), 1e-5, 1e-7, "d logits");
+  Tensor bad = labels.clone();
+  bad.data<int32_t>()[5] = 3;
+  CHECK_THROWS_WITH_AS(ops::dice_ce_loss(logits.to(kGpu), bad.to(kGpu)), doctest::Contains("at voxel 5"),
+                       std::invalid_argument);
+}
+
+TEST_CASE("gpu: Adam and SGD steps equal the cpu steps, and a nonfinite gradient skips the step") {
+  if (!have_gpu()) return;
+  for (int kind = 0; kind < 2; ++kind) {
+    std::vector<float> result[2];
+    for (int side = 0; side < 2; ++side) {
+      const Device d = side ? kGpu : Device::cpu;
+      Tensor p = randn({37}, 22).to(d), q = randn({5, 3}, 23).to(d);
+      p.set_requires_grad(true), q.set_requires_grad(true);
+      std::unique_ptr<Optimizer> opt;
+      if (kind == 0)
+        opt = std::make_unique<Adam>(std::vector<Tensor>{p, q});
+      else
+        opt = std::make_unique<SGD>(std::vector<Tensor>{p, q});
+      for (int step = 0; step < 3; ++step) {
+        p.set_grad(randn({37}, 30 + step).to(d));
+        q.set_grad(randn({5, 3}, 40 + step).to(d));
+        REQUIRE(opt->step());
+      }
+      p.set_grad(Tensor::full({37}, INFINITY).to(d));
+      CHECK_FALSE(opt->step());
+      for (const Tensor& t : {p, q}) {
+        auto v = t.to_vector();
+        result[side].insert(result[side].end(), v.begin(), v.end());
+      }
+    }
+    test::check_close(result[1], result[0], 1e-6, 1e-7, kind ? "SGD" : "Adam");
+  }
+}
