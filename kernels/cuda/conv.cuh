@@ -21,8 +21,8 @@
 namespace unet::kernels::cuda {
 
 // y = conv(x, w) + bias. bias [K] f32 or null. When stats is not null it receives, per (sample, output channel), the
-// sum and the sum of squares of the stored y (after bias, after rounding to dt) as f32 pairs: stats[(n * K + k) * 2 + 0]
-// = sum, [.. + 1] = sum of squares; instance norm then needs no second pass over y.
+// sum and the sum of squares of the stored y (after bias, after rounding to dt) as f32 pairs: stats[(n * K + k) * 2 +
+// 0] = sum, [.. + 1] = sum of squares; instance norm then needs no second pass over y.
 void conv_fprop(const ConvProblem& p, DType dt, const void* x, const void* w, const float* bias, void* y, float* stats,
                 cudaStream_t stream);
 
@@ -33,5 +33,13 @@ void conv_dgrad(const ConvProblem& p, DType dt, const void* dy, const void* w, v
 // dw [K, T, R, S, C] f32 and dbias [K] f32 (either may be null), overwritten.
 void conv_wgrad(const ConvProblem& p, DType dt, const void* x, const void* dy, float* dw, float* dbias,
                 cudaStream_t stream);
+
+// Test hooks (tests/test_cuda_conv.cpp): pin the tensor-core tile (128x128, 128x64, 128x32 or 64x64; 0, 0 = chosen
+// per problem) and wgrad's number of pixel splits (0 = chosen per problem) so every variant can be checked on small
+// shapes. Not thread-safe; production code never calls them.
+namespace testing {
+void force_conv_tile(int bm, int bn);
+void force_wgrad_splits(int splits);
+}  // namespace testing
 
 }  // namespace unet::kernels::cuda

@@ -1,0 +1,331 @@
+// CUDA convolution kernels (kernels/cuda/conv.cu) under the device emulator, against the CPU backend.
+// Inputs are rounded to the kernel's dtype first and the reference is the CPU convolution of those rounded values in
+// f32. Tolerances, per element, with B the same convolution of the absolute values (sum |a * b|):
+//   f32 results (f32 fprop/dgrad, every dw and dbias): |got - ref| <= 1e-5 * B + 1e-30 (summation order only);
+//   f16 / bf16 outputs (y, dx): |got - ref| <= u * |ref| + 1e-5 * B, u = 2^-10 (f16) or 2^-7 (bf16): one rounding
+//   to the storage type (half an ulp, u leaves room for the reference's own f32 error) plus accumulation order.
+// Statistics are checked against sums computed from the returned y: 1e-5 of sum |y| and of sum y^2.
+// Every launch runs under the forward, reverse and random:7 schedules, which must give bitwise identical results.
+#include <cmath>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "engine/dtype.h"
+#include "kernels/conv.h"
+#include "kernels/cuda/conv.cuh"
+#include "kernels/emu/emu.h"
+#include "tests/test_util.h"
+
+using namespace unet;
+using kernels::ConvProblem;
+
+namespace {
+
+const char* kSchedules[] = {"forward", "reverse", "random:7"};
+
+template <class F>
+auto under_every_schedule(F&& run) {
+  emu::set_schedule(emu::Schedule::parse(kSchedules[0]));
+  auto first = run();
+  for (size_t k = 1; k < std::size(kSchedules); ++k) {
+    emu::set_schedule(emu::Schedule::parse(kSchedules[k]));
+    auto again = run();
+    REQUIRE(again.size() == first.size());
+    REQUIRE_MESSAGE(std::memcmp(again.data(), first.data(), first.size() * sizeof(first[0])) == 0,
+                    "schedule " << std::string(kSchedules[k]) << " changed the result");
+  }
+  emu::set_schedule(emu::Schedule::parse("forward"));
+  return first;
+}
+
+const DType kDtypes[] = {DType::f32, DType::f16, DType::bf16};
+
+// Values in dt's storage (raw bytes) and their exact f32 values.
+struct Buf {
+  std::vector<unsigned char> bytes;
+  std::vector<float> f32;
+};
+Buf make_buf(int64_t n, DType dt, Rng& rng) {
+  Buf b;
+  b.f32.resize(size_t(n));
+  b.bytes.resize(size_t(n) * dtype_size(dt));
+  for (int64_t i = 0; i < n; ++i) {
+    const float v = static_cast<float>(rng.normal());
+    if (dt == DType::f32) {
+      b.f32[i] = v;
+      std::memcpy(&b.bytes[i * 4], &v, 4);
+    } else {
+      const uint16_t h = dt == DType::f16 ? float_to_f16(v) : float_to_bf16(v);
+      b.f32[i] = dt == DType::f16 ? f16_to_float(h) : bf16_to_float(h);
+      std::memcpy(&b.bytes[i * 2], &h, 2);
+    }
+  }
+  return b;
+}
+std::vector<float> to_f32(const std::vector<unsigned char>& bytes, DType dt) {
+  const size_t n = bytes.size() / dtype_size(dt);
+  std::vector<float> out(n);
+  for (size_t i = 0; i < n; ++i) {
+    if (dt == DType::f32) {
+      std::memcpy(&out[i], &bytes[i * 4], 4);
+    } else {
+      uint16_t h;
+      std::memcpy(&h, &bytes[i * 2], 2);
+      out[i] = dt == DType::f16 ? f16_to_float(h) : bf16_to_float(h);
+    }
+  }
+  return out;
+}
+std::vector<float> abs_of(std::vector<float> v) {
+  for (float& x : v) x = std::fabs(x);
+  return v;
+}
+
+double unit_roundoff(DType dt) {
+  return dt == DType::f16 ? 0x1p-10 : dt == DType::bf16 ? 0x1p-7 : 0.0;
+}
+
+// CHECKs |got - ref| <= u * |ref| + 1e-5 * bound for every element; reports the worst.
+void check_within(const std::vector<float>& got, const std::vector<float>& ref, const std::vector<float>& bound,
+                  double u, const std::string& what) {
+  REQUIRE(got.size() == ref.size());
+  double worst = 0.0;
+  size_t at = 0;
+  for (size_t i = 0; i < got.size(); ++i) {
+    const double tol = u * std::fabs(ref[i]) + 1e-5 * bound[i] + 1e-30;
+    const double r = std::fabs(double(got[i]) - double(ref[i])) / tol;
+    if (!(r <= worst)) {
+      worst = r;
+      at = i;
+    }
+  }
+  CHECK_MESSAGE(worst <= 1.0, what << ": element " << at << " got " << got[at] << " expected " << ref[at]
+                                   << " (error / tolerance " << worst << ")");
+}
+
+ConvProblem problem(int64_t n, int64_t d, int64_t h, int64_t w, int64_t c, int64_t k, int t, int r, int s, int stride,
+                    int pad_d, int pad_hw) {
+  ConvProblem p;
+  p.N = n;
+  p.D = d;
+  p.H = h;
+  p.W = w;
+  p.C = c;
+  p.K = k;
+  p.T = t;
+  p.R = r;
+  p.S = s;
+  p.stride_d = d > 1 ? stride : 1;
+  p.stride_h = p.stride_w = stride;
+  p.pad_d = pad_d;
+  p.pad_h = p.pad_w = pad_hw;
+  p.compute_output_size();
+  return p;
+}
+
+int64_t x_count(const ConvProblem& p) {
+  return p.N * p.D * p.H * p.W * p.C;
+}
+int64_t y_count(const ConvProblem& p) {
+  return p.N * p.Z * p.P * p.Q * p.K;
+}
+int64_t w_count(const ConvProblem& p) {
+  return p.K * p.taps() * p.C;
+}
+
+void check_fprop(const ConvProblem& p, DType dt, bool with_bias, bool with_stats, uint64_t seed) {
+  Rng rng(seed);
+  const Buf x = make_buf(x_count(p), dt, rng), w = make_buf(w_count(p), dt, rng);
+  std::vector<float> bias(size_t(p.K));
+  for (float& b : bias) b = static_cast<float>(rng.normal());
+  const std::string what = p.describe() + " " + dtype_name(dt) + (with_bias ? " bias" : "");
+  std::vector<float> ref(size_t(y_count(p))), bound(ref.size());
+  kernels::cpu::conv_fprop(p, x.f32.data(), w.f32.data(), with_bias ? bias.data() : nullptr, ref.data());
+  const std::vector<float> abs_bias = abs_of(bias);
+  kernels::cpu::conv_fprop(p, abs_of(x.f32).data(), abs_of(w.f32).data(), with_bias ? abs_bias.data() : nullptr,
+                           bound.data());
+  std::vector<float> stats;
+  const auto y = under_every_schedule([&] {
+    std::vector<unsigned char> out(ref.size() * dtype_size(dt), 0xAB);
+    stats.assign(size_t(p.N * p.K * 2), -1.f);
+    kernels::cuda::conv_fprop(p, dt, x.bytes.data(), w.bytes.data(), with_bias ? bias.data() : nullptr, out.data(),
+                              with_stats ? stats.data() : nullptr, nullptr);
+    if (with_stats)
+      out.insert(out.end(), reinterpret_cast<unsigned char*>(stats.data()),
+                 reinterpret_cast<unsigned char*>(stats.data() + stats.size()));
+    return out;
+  });
+  const std::vector<float> got =
+      to_f32(std::vector<unsigned char>(y.begin(), y.begin() + ref.size() * dtype_size(dt)), dt);
+  check_within(got, ref, bound, unit_roundoff(dt), "fprop " + what);
+  if (with_stats) {
+    const int64_t S = p.Z * p.P * p.Q;
+    for (int64_t n = 0; n < p.N; ++n)
+      for (int64_t k = 0; k < p.K; ++k) {
+        double s1 = 0, s2 = 0, a1 = 0;
+        for (int64_t i = 0; i < S; ++i) {
+          const double v = got[size_t((n * S + i) * p.K + k)];
+          s1 += v;
+          s2 += v * v;
+          a1 += std::fabs(v);
+        }
+        const float* st = reinterpret_cast<const float*>(y.data() + ref.size() * dtype_size(dt)) + (n * p.K + k) * 2;
+        CHECK_MESSAGE(std::fabs(st[0] - s1) <= 1e-5 * a1 + 1e-30, what << " sum n " << n << " k " << k);
+        CHECK_MESSAGE(std::fabs(st[1] - s2) <= 1e-5 * s2 + 1e-30, what << " sum of squares n " << n << " k " << k);
+      }
+  }
+}
+
+void check_dgrad(const ConvProblem& p, DType dt, uint64_t seed) {
+  Rng rng(seed);
+  const Buf dy = make_buf(y_count(p), dt, rng), w = make_buf(w_count(p), dt, rng);
+  std::vector<float> ref(size_t(x_count(p))), bound(ref.size());
+  kernels::cpu::conv_dgrad(p, dy.f32.data(), w.f32.data(), ref.data());
+  kernels::cpu::conv_dgrad(p, abs_of(dy.f32).data(), abs_of(w.f32).data(), bound.data());
+  const auto dx = under_every_schedule([&] {
+    std::vector<unsigned char> out(ref.size() * dtype_size(dt), 0xAB);
+    kernels::cuda::conv_dgrad(p, dt, dy.bytes.data(), w.bytes.data(), out.data(), nullptr);
+    return out;
+  });
+  check_within(to_f32(dx, dt), ref, bound, unit_roundoff(dt), "dgrad " + p.describe() + " " + dtype_name(dt));
+}
+
+// Returns dw followed by dbias (for comparing split counts).
+std::vector<float> check_wgrad(const ConvProblem& p, DType dt, uint64_t seed) {
+  Rng rng(seed);
+  const Buf x = make_buf(x_count(p), dt, rng), dy = make_buf(y_count(p), dt, rng);
+  std::vector<float> ref(size_t(w_count(p))), bound(ref.size()), ref_b(size_t(p.K)), bound_b(ref_b.size());
+  kernels::cpu::conv_wgrad(p, x.f32.data(), dy.f32.data(), ref.data(), ref_b.data());
+  kernels::cpu::conv_wgrad(p, abs_of(x.f32).data(), abs_of(dy.f32).data(), bound.data(), bound_b.data());
+  const auto got = under_every_schedule([&] {
+    std::vector<float> out(ref.size() + ref_b.size(), -1.f);
+    kernels::cuda::conv_wgrad(p, dt, x.bytes.data(), dy.bytes.data(), out.data(), out.data() + ref.size(), nullptr);
+    return out;
+  });
+  const std::string what = p.describe() + " " + dtype_name(dt);
+  check_within(std::vector<float>(got.begin(), got.begin() + ref.size()), ref, bound, 0.0, "wgrad dw " + what);
+  check_within(std::vector<float>(got.begin() + ref.size(), got.end()), ref_b, bound_b, 0.0, "wgrad dbias " + what);
+  return got;
+}
+
+struct Case {
+  const char* name;
+  ConvProblem p;
+};
+// 2D and 3D, odd sizes, channel counts on and off multiples of 8, anisotropic and 1x1x1 kernels, stride 2, batch 2.
+std::vector<Case> cases() {
+  return {
+      {"3D 3x3x3 C8 K16 batch 2", problem(2, 5, 7, 9, 8, 16, 3, 3, 3, 1, 1, 1)},
+      {"3D 3x3x3 C3 K5 (scalar loads)", problem(1, 5, 7, 9, 3, 5, 3, 3, 3, 1, 1, 1)},
+      {"2D 3x3 stride 2 C12 K17", problem(1, 1, 9, 11, 12, 17, 1, 3, 3, 2, 0, 1)},
+      {"3D 3x3x3 stride 2 C17 K32 batch 2", problem(2, 6, 7, 5, 17, 32, 3, 3, 3, 2, 1, 1)},
+      {"3D 1x1x1 C16 K12 batch 2", problem(2, 3, 4, 5, 16, 12, 1, 1, 1, 1, 0, 0)},
+      {"3D [1,3,3] C32 K8", problem(1, 3, 5, 7, 32, 8, 1, 3, 3, 1, 0, 1)},
+      {"3D 3x3x3 stride 2 C16 K32 batch 2", problem(2, 5, 7, 9, 16, 32, 3, 3, 3, 2, 1, 1)},
+      {"2D 3x3 C32 K64 batch 2", problem(2, 1, 11, 13, 32, 64, 1, 3, 3, 1, 0, 1)},
+  };
+}
+
+}  // namespace
+
+TEST_CASE("cuda conv fprop matches the CPU for every dtype, with and without bias") {
+  uint64_t seed = 100;
+  int parity = 0;  // bias on and off alternate over (case, dtype), so every dtype and both layouts see both
+  for (const Case& c : cases())
+    for (DType dt : kDtypes) {
+      CAPTURE(c.name);
+      check_fprop(c.p, dt, parity++ % 2 == 0, false, seed++);
+    }
+}
+
+TEST_CASE("cuda conv dgrad matches the CPU for every dtype, stride 2 included") {
+  uint64_t seed = 200;
+  for (const Case& c : cases())
+    for (DType dt : kDtypes) {
+      CAPTURE(c.name);
+      check_dgrad(c.p, dt, seed++);
+    }
+}
+
+TEST_CASE("cuda conv wgrad and bias gradient match the CPU for every dtype") {
+  uint64_t seed = 300;
+  for (const Case& c : cases())
+    for (DType dt : kDtypes) {
+      CAPTURE(c.name);
+      check_wgrad(c.p, dt, seed++);
+    }
+}
+
+TEST_CASE("cuda conv every tensor-core tile is correct for every pass") {
+  const int tiles[][2] = {{128, 128}, {128, 64}, {128, 32}, {64, 64}};
+  const ConvProblem p = problem(1, 1, 6, 9, 16, 24, 1, 3, 3, 1, 0, 1);  // 2D: K = 144, 5 chunks, more than stages
+  uint64_t seed = 400;
+  for (const auto& t : tiles) {
+    CAPTURE(t[0]);
+    CAPTURE(t[1]);
+    kernels::cuda::testing::force_conv_tile(t[0], t[1]);
+    for (DType dt : {DType::f16, DType::bf16}) {
+      check_fprop(p, dt, true, false, seed++);
+      check_dgrad(p, dt, seed++);
+      check_wgrad(p, dt, seed++);
+    }
+  }
+  kernels::cuda::testing::force_conv_tile(0, 0);
+}
+
+TEST_CASE("cuda conv pipeline with many more k-chunks than stages is correct") {
+  // K = 27 taps * 64 channels = 1728: 54 chunks of 32 through a 3- or 4-stage pipeline.
+  const ConvProblem p = problem(1, 3, 4, 5, 64, 40, 3, 3, 3, 1, 1, 1);
+  for (DType dt : kDtypes) {
+    check_fprop(p, dt, true, false, 500);
+    check_dgrad(p, dt, 501);
+  }
+}
+
+TEST_CASE("cuda conv wgrad with several splits equals one split within tolerance, bitwise stable per schedule") {
+  const ConvProblem p = problem(2, 3, 8, 9, 8, 16, 3, 3, 3, 1, 1, 1);  // 432 pixels
+  for (DType dt : kDtypes) {
+    kernels::cuda::testing::force_wgrad_splits(1);
+    const std::vector<float> one = check_wgrad(p, dt, 600);
+    kernels::cuda::testing::force_wgrad_splits(5);
+    const std::vector<float> five = check_wgrad(p, dt, 600);
+    kernels::cuda::testing::force_wgrad_splits(0);
+    std::vector<float> scale(one.size());
+    for (size_t i = 0; i < one.size(); ++i) scale[i] = std::fabs(one[i]) + 1.f;
+    check_within(five, one, scale, 0.0, std::string("splits 5 vs 1 ") + dtype_name(dt));
+    CHECK(std::memcmp(one.data(), five.data(), 4 * one.size()) != 0);  // the splits really summed differently
+  }
+}
+
+TEST_CASE("cuda conv fprop statistics equal sums of the stored output") {
+  uint64_t seed = 700;
+  // 5x7x9 = 315 pixels per sample: 128-row tiles span two samples; 3x3 = 9 pixels: a tile spans many.
+  const ConvProblem big = problem(2, 5, 7, 9, 8, 16, 3, 3, 3, 1, 1, 1);
+  const ConvProblem small = problem(3, 1, 3, 3, 5, 32, 1, 3, 3, 1, 0, 1);
+  // C = 3: scalar loads, 64-row tiles, 81 pixels per sample (fused, tiles span two samples).
+  const ConvProblem odd = problem(2, 1, 9, 9, 3, 8, 1, 3, 3, 1, 0, 1);
+  for (const ConvProblem& p : {big, small, odd})
+    for (DType dt : kDtypes) check_fprop(p, dt, true, true, seed++);
+  const int tiles[][2] = {{128, 128}, {128, 64}, {128, 32}, {64, 64}};
+  for (const auto& t : tiles) {
+    CAPTURE(t[0]);
+    kernels::cuda::testing::force_conv_tile(t[0], t[1]);
+    check_fprop(big, DType::bf16, false, true, seed++);
+  }
+  kernels::cuda::testing::force_conv_tile(0, 0);
+}
+
+TEST_CASE("cuda conv rejects bad problems with a clear message") {
+  ConvProblem p = problem(1, 1, 4, 4, 8, 8, 1, 3, 3, 1, 0, 1);
+  std::vector<float> buf(1024);
+  p.Q = 7;  // not what the input gives
+  CHECK_THROWS_AS(
+      kernels::cuda::conv_fprop(p, DType::f32, buf.data(), buf.data(), nullptr, buf.data(), nullptr, nullptr),
+      std::invalid_argument);
+  p.compute_output_size();
+  CHECK_THROWS_AS(kernels::cuda::conv_dgrad(p, DType::i32, buf.data(), buf.data(), buf.data(), nullptr),
+                  std::invalid_argument);
+  CHECK_THROWS_AS(kernels::cuda::conv_wgrad(p, DType::f32, nullptr, buf.data(), buf.data(), nullptr, nullptr),
+                  std::invalid_argument);
+}
