@@ -257,7 +257,7 @@ TEST_CASE("cuda conv wgrad and bias gradient match the CPU for every dtype") {
     }
 }
 
-TEST_CASE("cuda conv every tensor-core tile is correct for every pass") {
+TEST_CASE("cuda conv every tensor-core tile is correct for every pass that has it") {
   const int tiles[][2] = {{128, 128}, {128, 64}, {128, 32}, {64, 64}};
   const ConvProblem p = problem(1, 1, 6, 9, 16, 24, 1, 3, 3, 1, 0, 1);  // 2D: K = 144, 5 chunks, more than stages
   uint64_t seed = 400;
@@ -265,9 +265,10 @@ TEST_CASE("cuda conv every tensor-core tile is correct for every pass") {
     CAPTURE(t[0]);
     CAPTURE(t[1]);
     kernels::cuda::testing::force_conv_tile(t[0], t[1]);
+    const bool wgrad_only = t[0] == 128 && t[1] == 128;  // fprop and dgrad have no 128x128 tile (it would spill)
     for (DType dt : {DType::f16, DType::bf16}) {
-      check_fprop(p, dt, true, false, seed++);
-      check_dgrad(p, dt, seed++);
+      if (!wgrad_only) check_fprop(p, dt, true, false, seed++);
+      if (!wgrad_only) check_dgrad(p, dt, seed++);
       check_wgrad(p, dt, seed++);
     }
   }
@@ -307,7 +308,7 @@ TEST_CASE("cuda conv fprop statistics equal sums of the stored output") {
   const ConvProblem odd = problem(2, 1, 9, 9, 3, 8, 1, 3, 3, 1, 0, 1);
   for (const ConvProblem& p : {big, small, odd})
     for (DType dt : kDtypes) check_fprop(p, dt, true, true, seed++);
-  const int tiles[][2] = {{128, 128}, {128, 64}, {128, 32}, {64, 64}};
+  const int tiles[][2] = {{128, 64}, {128, 32}, {64, 64}};
   for (const auto& t : tiles) {
     CAPTURE(t[0]);
     kernels::cuda::testing::force_conv_tile(t[0], t[1]);

@@ -40,8 +40,10 @@ namespace {
 // Full unrolling under nvcc, so the fragment and accumulator arrays live in registers; nothing to gain on the CPU.
 #if UNET_EMULATED
 #define CONV_UNROLL
+#define CONV_NO_UNROLL
 #else
 #define CONV_UNROLL _Pragma("unroll")
+#define CONV_NO_UNROLL _Pragma("unroll 1")
 #endif
 
 constexpr int kThreads = 128;  // 4 warps per CTA
@@ -113,10 +115,10 @@ struct FpropB {
   const E* w;
   int64_t rows, ktotal;
   struct Row {
-    const E* base;
+    int n;  // < 0 past the end (an index, not a pointer: half the registers)
   };
-  __device__ Row row(int64_t n) const { return {n < rows ? w + n * ktotal : nullptr}; }
-  __device__ const E* ptr(const Row& r, int64_t k) const { return r.base ? r.base + k : nullptr; }
+  __device__ Row row(int64_t n) const { return {n < rows ? int(n) : -1}; }
+  __device__ const E* ptr(const Row& r, int64_t k) const { return r.n < 0 ? nullptr : w + r.n * ktotal + k; }
 };
 
 // dgrad A: dy viewed as [M = N*D*H*W][T*R*S*K]: element (x position, (tap, k)) is dy at the output position that
@@ -216,9 +218,9 @@ struct WgradB {
 // tensor-core path, samples of at least one tile of rows), the main loop also leaves per-CTA column sums of the stored
 // values in part[((tile_m * 2 + slot) * 2 + {sum, squares}) * ld + n], slot 0 for rows of the sample the tile starts
 // in, slot 1 for the next one (a tile of BM <= S rows spans at most two samples).
-template <class Ty>
+template <class Ty, bool kWithStats>
 struct StoreOut {
-  static constexpr bool kStats = true;
+  static constexpr bool kStats = kWithStats;  // compiled in for fprop only: the statistics cost registers
   typename Ty::E* out;
   const float* bias;
   int64_t ld;
@@ -403,33 +405,33 @@ __global__ void __launch_bounds__(kThreads)
   if constexpr (Epi::kStats) {
     if (epi.part) {                                       // uniform over the grid
       const int64_t boundary = (m0 / epi.S + 1) * epi.S;  // first row of the next sample
-      float sums[NI][2][2][2] = {};                       // [j][column e & 1][slot][sum, squares], rows in fixed order
-      CONV_UNROLL
-      for (int x = 0; x < MI * NI * 4; ++x) {
-        const int i = x / (NI * 4), j = x / 4 % NI, e = x % 4;
-        const int64_t m = m0 + wm * WTM + i * 16 + g + 8 * (e >> 1), n = n0 + wn * WTN + j * 8 + 2 * t + (e & 1);
-        if (m < M && n < N) {
-          const float v = epi.store(m, n, acc[i][j][e]);
-          float* s = sums[j][e & 1][m >= boundary];
-          s[0] += v;
-          s[1] += v * v;
-        }
-      }
-      // The 8 lanes of a column (same t) by a fixed butterfly: every lane ends with the same bits.
-      CONV_UNROLL
-      for (int x = 0; x < NI * 8; ++x) {
-        const int j = x / 8, q = x % 8;
-        float& v = sums[j][q >> 2][(q >> 1) & 1][q & 1];
-        for (int off = 4; off < 32; off *= 2) v += __shfl_xor_sync(0xffffffffu, v, off);
-      }
       __syncthreads();  // every warp is done with the pipeline's shared memory: reuse it for [WM][slot][2][BN]
       float* red = reinterpret_cast<float*>(smem);
       static_assert(WM * 4 * BN * 4 <= int(sizeof(smem)), "statistics scratch fits the pipeline buffer");
-      if (g == 0) {
+      // One 8-column block at a time keeps the live sums at 8 registers beside the accumulators.
+      CONV_UNROLL
+      for (int j = 0; j < NI; ++j) {
+        float sums[8] = {};  // [column e & 1][slot][sum, squares], this thread's rows in a fixed order
         CONV_UNROLL
-        for (int x = 0; x < NI * 8; ++x) {
-          const int j = x / 8, q = x % 8;
-          red[(wm * 4 + (q & 3)) * BN + wn * WTN + j * 8 + 2 * t + (q >> 2)] = sums[j][q >> 2][(q >> 1) & 1][q & 1];
+        for (int x = 0; x < MI * 4; ++x) {
+          const int i = x / 4, e = x % 4;
+          const int64_t m = m0 + wm * WTM + i * 16 + g + 8 * (e >> 1), n = n0 + wn * WTN + j * 8 + 2 * t + (e & 1);
+          if (m < M && n < N) {
+            const float v = epi.store(m, n, acc[i][j][e]);
+            const bool next = m >= boundary;  // selects, not a runtime index: the sums stay in registers
+            sums[(e & 1) * 4 + 0] += next ? 0.f : v;
+            sums[(e & 1) * 4 + 1] += next ? 0.f : v * v;
+            sums[(e & 1) * 4 + 2] += next ? v : 0.f;
+            sums[(e & 1) * 4 + 3] += next ? v * v : 0.f;
+          }
+        }
+        // The 8 lanes of a column (same t) by a fixed butterfly: every lane ends with the same bits.
+        CONV_UNROLL
+        for (int q = 0; q < 8; ++q)
+          for (int off = 4; off < 32; off *= 2) sums[q] += __shfl_xor_sync(0xffffffffu, sums[q], off);
+        if (g == 0) {
+          CONV_UNROLL
+          for (int q = 0; q < 8; ++q) red[(wm * 4 + (q & 3)) * BN + wn * WTN + j * 8 + 2 * t + (q >> 2)] = sums[q];
         }
       }
       __syncthreads();
@@ -467,11 +469,13 @@ __global__ void __launch_bounds__(kThreads)
   float acc[TM][TN] = {};
   for (int64_t k0 = kb; k0 < ke; k0 += BK) {
     // Consecutive threads take consecutive elements of the operand's contiguous dimension.
+    CONV_NO_UNROLL
     for (int e = tid; e < BM * BK; e += kThreads) {
       const int kk = ItA::kKContig ? e % BK : e / BM, mm = ItA::kKContig ? e / BK : e % BM;
       const float* src = k0 + kk < ke ? a.ptr(a.row(m0 + mm), k0 + kk) : nullptr;
       as[kk][mm] = src ? *src : 0.f;
     }
+    CONV_NO_UNROLL
     for (int e = tid; e < BN * BK; e += kThreads) {
       const int kk = ItB::kKContig ? e % BK : e / BN, nn = ItB::kKContig ? e / BK : e % BN;
       const float* src = k0 + kk < ke ? b.ptr(b.row(n0 + nn), k0 + kk) : nullptr;
@@ -648,11 +652,12 @@ struct Tile {
 };
 
 // Tensor-core tile for an M x N GEMM: thin N (32 or 64 output channels) gets tiles as narrow as N so no column
-// work is wasted; small grids fall back to 64 x 64 to give the SMs more CTAs.
-Tile pick_tile(int64_t M, int64_t N) {
+// work is wasted; small grids fall back to 64 x 64 to give the SMs more CTAs. 128 x 128 only for wgrad (`wide`):
+// with fprop's and dgrad's heavier operand iterators its 64 x 64 warp tiles would spill on sm_80.
+Tile pick_tile(int64_t M, int64_t N, bool wide) {
   if (testing::forced_tile_m) return {testing::forced_tile_m, testing::forced_tile_n};
   if (N <= 32) return {128, 32};
-  if (N <= 64) return M >= 128 * 64 ? Tile{128, 64} : Tile{64, 64};
+  if (N <= 64 || !wide) return M >= 128 * 64 ? Tile{128, 64} : Tile{64, 64};
   if (M <= 64) return {64, 64};
   const int64_t big = ((M + 127) / 128) * ((N + 127) / 128);
   return big >= 64 ? Tile{128, 128} : Tile{64, 64};
@@ -689,10 +694,12 @@ void run_gemm(const ItA& a, const ItB& b, const Epi& epi, int64_t M, int64_t N, 
       return;
     }
     const dim3 grid = gemm_grid(M, N, tile.bm, tile.bn, splits, who);
-    if (tile.bm == 128 && tile.bn == 128)
-      launch(conv_gemm_tc<Ty, ItA, ItB, Epi, 128, 128, 2, 2, true>, grid, block, 0, stream, a, b, epi, M, N, Kg,
-             k_per_split);
-    else if (tile.bm == 128 && tile.bn == 64)
+    constexpr bool kWide = std::is_same_v<Epi, StorePartial>;  // see pick_tile
+    if (kWide && tile.bm == 128 && tile.bn == 128) {
+      if constexpr (kWide)
+        launch(conv_gemm_tc<Ty, ItA, ItB, Epi, 128, 128, 2, 2, true>, grid, block, 0, stream, a, b, epi, M, N, Kg,
+               k_per_split);
+    } else if (tile.bm == 128 && tile.bn == 64)
       launch(conv_gemm_tc<Ty, ItA, ItB, Epi, 128, 64, 2, 3, true>, grid, block, 0, stream, a, b, epi, M, N, Kg,
              k_per_split);
     else if (tile.bm == 128 && tile.bn == 32)
@@ -703,7 +710,7 @@ void run_gemm(const ItA& a, const ItB& b, const Epi& epi, int64_t M, int64_t N, 
              k_per_split);
     else
       throw std::invalid_argument(std::string(who) + ": no tile " + std::to_string(tile.bm) + "x" +
-                                  std::to_string(tile.bn) + " (expected 128x128, 128x64, 128x32 or 64x64)");
+                                  std::to_string(tile.bn) + " (expected 128x64, 128x32, 64x64, or 128x128 for wgrad)");
   }
 }
 
@@ -728,13 +735,13 @@ void fprop_typed(const ConvProblem& p, const Geo& g, const void* x, const void* 
   const int64_t M = p.N * p.Z * p.P * p.Q, N = p.K, Kg = p.taps() * p.C;
   const FpropA<E> a{static_cast<const E*>(x), g, M};
   const FpropB<E> b{static_cast<const E*>(w), N, Kg};
-  StoreOut<Ty> epi{static_cast<E*>(y), bias, N};
+  StoreOut<Ty, true> epi{static_cast<E*>(y), bias, N};
   const bool vec = p.C % 8 == 0 && aligned16(x) && aligned16(w);
-  const Tile tile = pick_tile(M, N);
+  const Tile tile = pick_tile(M, N, false);
   const int64_t S = p.Z * p.P * p.Q, bm = vec ? tile.bm : 64;
   // Statistics in the epilogue on the tensor-core path when a tile spans at most two samples; otherwise (f32, or
   // samples smaller than a tile) a second pass over y.
-  const bool fused = stats && !std::is_same_v<Ty, F32> && S >= bm;
+  const bool fused = decltype(epi)::kStats && stats && !std::is_same_v<Ty, F32> && S >= bm;
   if (!fused) {
     run_gemm<Ty>(a, b, epi, M, N, Kg, 1, Kg, vec, tile, stream, "conv_fprop");
     if (stats) column_sums<Ty>(static_cast<const E*>(y), p.N, S, p.K, nullptr, stats, stream);
@@ -756,9 +763,10 @@ void dgrad_typed(const ConvProblem& p, const Geo& g, const void* dy, const void*
   const int64_t M = p.N * p.D * p.H * p.W, N = p.C, Kg = p.taps() * p.K;
   const DgradA<E> a{static_cast<const E*>(dy), g, M};
   const DgradB<E> b{static_cast<const E*>(w), g};
-  const StoreOut<Ty> epi{static_cast<E*>(dx), nullptr, N};
+  const StoreOut<Ty, false> epi{static_cast<E*>(dx), nullptr, N};
   const bool vec = p.C % 8 == 0 && p.K % 8 == 0 && aligned16(dy) && aligned16(w);
-  run_gemm<Ty>(a, b, epi, M, N, Kg, 1, Kg, vec, pick_tile(M, N), stream, "conv_dgrad");
+  static_assert(!decltype(epi)::kStats, "dgrad has no statistics epilogue");
+  run_gemm<Ty>(a, b, epi, M, N, Kg, 1, Kg, vec, pick_tile(M, N, false), stream, "conv_dgrad");
 }
 
 // Splits of wgrad's pixel dimension: enough CTAs to fill a large GPU twice over, each split at least 512 pixels.
@@ -784,7 +792,7 @@ void wgrad_typed(const ConvProblem& p, const Geo& g, const void* x, const void* 
     const WgradA<E> a{static_cast<const E*>(dy), g.K};
     const WgradB<E> b{static_cast<const E*>(x), g};
     const bool vec = p.C % 8 == 0 && p.K % 8 == 0 && aligned16(x) && aligned16(dy);
-    Tile tile = pick_tile(M, N);
+    Tile tile = pick_tile(M, N, true);
     if (std::is_same_v<Ty, F32>) tile = N <= 32 ? Tile{128, 32} : Tile{64, 64};
     if (!vec) tile = {64, 64};
     const int64_t tiles = ((M + tile.bm - 1) / tile.bm) * ((N + tile.bn - 1) / tile.bn);

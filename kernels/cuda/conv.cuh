@@ -34,9 +34,9 @@ void conv_dgrad(const ConvProblem& p, DType dt, const void* dy, const void* w, v
 void conv_wgrad(const ConvProblem& p, DType dt, const void* x, const void* dy, float* dw, float* dbias,
                 cudaStream_t stream);
 
-// Test hooks (tests/test_cuda_conv.cpp): pin the tensor-core tile (128x128, 128x64, 128x32 or 64x64; 0, 0 = chosen
-// per problem) and wgrad's number of pixel splits (0 = chosen per problem) so every variant can be checked on small
-// shapes. Not thread-safe; production code never calls them.
+// Test hooks (tests/test_cuda_conv.cpp): pin the tensor-core tile (128x64, 128x32, 64x64, or 128x128 for wgrad; 0, 0 =
+// chosen per problem) and wgrad's number of pixel splits (0 = chosen per problem) so every variant can be checked on
+// small shapes. Not thread-safe; production code never calls them.
 namespace testing {
 void force_conv_tile(int bm, int bn);
 void force_wgrad_splits(int splits);
