@@ -134,23 +134,60 @@ int64_t w_count(const ConvProblem& p) {
   return p.K * p.taps() * p.C;
 }
 
-void check_fprop(const ConvProblem& p, DType dt, bool with_bias, bool with_stats, uint64_t seed) {
+// The previous layer's instance norm + leaky ReLU for conv_fprop_norm_act: per-(n, c) coefficients.
+struct NormAct {
+  std::vector<float> mean, scale, shift;
+  float slope = 0.01f;
+};
+NormAct make_norm_act(const ConvProblem& p, Rng& rng) {
+  NormAct na;
+  for (int64_t i = 0; i < p.N * p.C; ++i) {
+    na.mean.push_back(static_cast<float>(0.5 * rng.normal()));
+    na.scale.push_back(static_cast<float>(0.5 + rng.uniform()));
+    na.shift.push_back(static_cast<float>(0.5 * rng.normal()));
+  }
+  return na;
+}
+// The transformed input as the kernel forms it (fma in f32, leaky ReLU, rounded to dt).
+std::vector<float> apply_norm_act(const ConvProblem& p, const NormAct& na, const std::vector<float>& x, DType dt) {
+  std::vector<float> out(x.size());
+  const int64_t per_sample = p.D * p.H * p.W * p.C;
+  for (size_t i = 0; i < x.size(); ++i) {
+    const int64_t j = int64_t(i) / per_sample * p.C + int64_t(i) % p.C;
+    float t = std::fma(x[i] - na.mean[j], na.scale[j], na.shift[j]);
+    t = t > 0.f ? t : t * na.slope;
+    out[i] = dt == DType::f16 ? f16_to_float(float_to_f16(t)) : dt == DType::bf16 ? bf16_to_float(float_to_bf16(t)) : t;
+  }
+  return out;
+}
+
+// norm_act != null: conv_fprop_norm_act with random coefficients instead of conv_fprop.
+void check_fprop(const ConvProblem& p, DType dt, bool with_bias, bool with_stats, uint64_t seed,
+                 bool norm_act = false) {
   Rng rng(seed);
   const Buf x = make_buf(x_count(p), dt, rng), w = make_buf(w_count(p), dt, rng);
   std::vector<float> bias(size_t(p.K));
   for (float& b : bias) b = static_cast<float>(rng.normal());
-  const std::string what = p.describe() + " " + dtype_name(dt) + (with_bias ? " bias" : "");
+  const NormAct na = make_norm_act(p, rng);
+  const std::vector<float> x_in = norm_act ? apply_norm_act(p, na, x.f32, dt) : x.f32;
+  const std::string what =
+      p.describe() + " " + dtype_name(dt) + (with_bias ? " bias" : "") + (norm_act ? " norm+act" : "");
   std::vector<float> ref(size_t(y_count(p))), bound(ref.size());
-  kernels::cpu::conv_fprop(p, x.f32.data(), w.f32.data(), with_bias ? bias.data() : nullptr, ref.data());
+  kernels::cpu::conv_fprop(p, x_in.data(), w.f32.data(), with_bias ? bias.data() : nullptr, ref.data());
   const std::vector<float> abs_bias = abs_of(bias);
-  kernels::cpu::conv_fprop(p, abs_of(x.f32).data(), abs_of(w.f32).data(), with_bias ? abs_bias.data() : nullptr,
+  kernels::cpu::conv_fprop(p, abs_of(x_in).data(), abs_of(w.f32).data(), with_bias ? abs_bias.data() : nullptr,
                            bound.data());
   std::vector<float> stats;
   const auto y = under_every_schedule([&] {
     std::vector<unsigned char> out(ref.size() * dtype_size(dt), 0xAB);
     stats.assign(size_t(p.N * p.K * 2), -1.f);
-    kernels::cuda::conv_fprop(p, dt, x.bytes.data(), w.bytes.data(), with_bias ? bias.data() : nullptr, out.data(),
-                              with_stats ? stats.data() : nullptr, nullptr);
+    if (norm_act)
+      kernels::cuda::conv_fprop_norm_act(p, dt, x.bytes.data(), na.mean.data(), na.scale.data(), na.shift.data(),
+                                         na.slope, w.bytes.data(), with_bias ? bias.data() : nullptr, out.data(),
+                                         with_stats ? stats.data() : nullptr, nullptr);
+    else
+      kernels::cuda::conv_fprop(p, dt, x.bytes.data(), w.bytes.data(), with_bias ? bias.data() : nullptr, out.data(),
+                                with_stats ? stats.data() : nullptr, nullptr);
     if (with_stats)
       out.insert(out.end(), reinterpret_cast<unsigned char*>(stats.data()),
                  reinterpret_cast<unsigned char*>(stats.data() + stats.size()));
@@ -216,44 +253,54 @@ struct Case {
 // 2D and 3D, odd sizes, channel counts on and off multiples of 8, anisotropic and 1x1x1 kernels, stride 2, batch 2.
 std::vector<Case> cases() {
   return {
-      {"3D 3x3x3 C8 K16 batch 2", problem(2, 5, 7, 9, 8, 16, 3, 3, 3, 1, 1, 1)},
-      {"3D 3x3x3 C3 K5 (scalar loads)", problem(1, 5, 7, 9, 3, 5, 3, 3, 3, 1, 1, 1)},
+      {"3D 3x3x3 C8 K16 batch 2", problem(2, 3, 5, 7, 8, 16, 3, 3, 3, 1, 1, 1)},
+      {"3D 5x7x9 3x3x3 C3 K5 (scalar loads)", problem(1, 5, 7, 9, 3, 5, 3, 3, 3, 1, 1, 1)},
       {"2D 3x3 stride 2 C12 K17", problem(1, 1, 9, 11, 12, 17, 1, 3, 3, 2, 0, 1)},
-      {"3D 3x3x3 stride 2 C17 K32 batch 2", problem(2, 6, 7, 5, 17, 32, 3, 3, 3, 2, 1, 1)},
+      {"3D 3x3x3 stride 2 C17 K32 batch 2", problem(2, 4, 5, 5, 17, 32, 3, 3, 3, 2, 1, 1)},
       {"3D 1x1x1 C16 K12 batch 2", problem(2, 3, 4, 5, 16, 12, 1, 1, 1, 1, 0, 0)},
       {"3D [1,3,3] C32 K8", problem(1, 3, 5, 7, 32, 8, 1, 3, 3, 1, 0, 1)},
-      {"3D 3x3x3 stride 2 C16 K32 batch 2", problem(2, 5, 7, 9, 16, 32, 3, 3, 3, 2, 1, 1)},
-      {"2D 3x3 C32 K64 batch 2", problem(2, 1, 11, 13, 32, 64, 1, 3, 3, 1, 0, 1)},
+      {"3D 3x3x3 stride 2 C16 K32 batch 2", problem(2, 3, 5, 7, 16, 32, 3, 3, 3, 2, 1, 1)},
+      {"2D 3x3 C32 K64 batch 2", problem(2, 1, 7, 9, 32, 64, 1, 3, 3, 1, 0, 1)},
   };
 }
 
 }  // namespace
 
+// Every case in f32 (SIMT) and in one 16-bit type, f16 and bf16 alternating over the cases: both 16-bit types meet
+// both load paths and strides (the tensor-core code is the same for the two; this halves the emulator time).
+std::vector<DType> dtypes_for(size_t case_index) {
+  return {DType::f32, case_index % 2 == 0 ? DType::f16 : DType::bf16};
+}
+
 TEST_CASE("cuda conv fprop matches the CPU for every dtype, with and without bias") {
   uint64_t seed = 100;
-  int parity = 0;  // bias on and off alternate over (case, dtype), so every dtype and both layouts see both
-  for (const Case& c : cases())
-    for (DType dt : kDtypes) {
-      CAPTURE(c.name);
-      check_fprop(c.p, dt, parity++ % 2 == 0, false, seed++);
+  const std::vector<Case> all = cases();
+  for (size_t i = 0; i < all.size(); ++i) {
+    const std::vector<DType> dts = dtypes_for(i);
+    for (size_t j = 0; j < dts.size(); ++j) {
+      CAPTURE(all[i].name);
+      check_fprop(all[i].p, dts[j], (i / 2 + j) % 2 == 0, false, seed++);  // every dtype with and without bias
     }
+  }
 }
 
 TEST_CASE("cuda conv dgrad matches the CPU for every dtype, stride 2 included") {
   uint64_t seed = 200;
-  for (const Case& c : cases())
-    for (DType dt : kDtypes) {
-      CAPTURE(c.name);
-      check_dgrad(c.p, dt, seed++);
+  const std::vector<Case> all = cases();
+  for (size_t i = 0; i < all.size(); ++i)
+    for (DType dt : dtypes_for(i)) {
+      CAPTURE(all[i].name);
+      check_dgrad(all[i].p, dt, seed++);
     }
 }
 
 TEST_CASE("cuda conv wgrad and bias gradient match the CPU for every dtype") {
   uint64_t seed = 300;
-  for (const Case& c : cases())
-    for (DType dt : kDtypes) {
-      CAPTURE(c.name);
-      check_wgrad(c.p, dt, seed++);
+  const std::vector<Case> all = cases();
+  for (size_t i = 0; i < all.size(); ++i)
+    for (DType dt : dtypes_for(i)) {
+      CAPTURE(all[i].name);
+      check_wgrad(all[i].p, dt, seed++);
     }
 }
 
@@ -266,26 +313,25 @@ TEST_CASE("cuda conv every tensor-core tile is correct for every pass that has i
     CAPTURE(t[1]);
     kernels::cuda::testing::force_conv_tile(t[0], t[1]);
     const bool wgrad_only = t[0] == 128 && t[1] == 128;  // fprop and dgrad have no 128x128 tile (it would spill)
-    for (DType dt : {DType::f16, DType::bf16}) {
-      if (!wgrad_only) check_fprop(p, dt, true, false, seed++);
-      if (!wgrad_only) check_dgrad(p, dt, seed++);
-      check_wgrad(p, dt, seed++);
-    }
+    const DType dt = seed % 2 == 0 ? DType::f16 : DType::bf16;
+    if (!wgrad_only) check_fprop(p, dt, true, false, seed++);
+    if (!wgrad_only) check_dgrad(p, dt, seed++);
+    check_wgrad(p, dt, seed++);
   }
   kernels::cuda::testing::force_conv_tile(0, 0);
 }
 
 TEST_CASE("cuda conv pipeline with many more k-chunks than stages is correct") {
-  // K = 27 taps * 64 channels = 1728: 54 chunks of 32 through a 3- or 4-stage pipeline.
-  const ConvProblem p = problem(1, 3, 4, 5, 64, 40, 3, 3, 3, 1, 1, 1);
-  for (DType dt : kDtypes) {
+  // K = 27 taps * 48 channels = 1296: 41 chunks of 32 through the tensor cores' 3- or 4-stage pipeline.
+  const ConvProblem p = problem(1, 2, 3, 4, 48, 40, 3, 3, 3, 1, 1, 1);
+  for (DType dt : {DType::f16, DType::bf16}) {
     check_fprop(p, dt, true, false, 500);
     check_dgrad(p, dt, 501);
   }
 }
 
 TEST_CASE("cuda conv wgrad with several splits equals one split within tolerance, bitwise stable per schedule") {
-  const ConvProblem p = problem(2, 3, 8, 9, 8, 16, 3, 3, 3, 1, 1, 1);  // 432 pixels
+  const ConvProblem p = problem(2, 3, 5, 9, 8, 16, 3, 3, 3, 1, 1, 1);  // 270 pixels: 5 splits of 64
   for (DType dt : kDtypes) {
     kernels::cuda::testing::force_wgrad_splits(1);
     const std::vector<float> one = check_wgrad(p, dt, 600);
@@ -301,8 +347,8 @@ TEST_CASE("cuda conv wgrad with several splits equals one split within tolerance
 
 TEST_CASE("cuda conv fprop statistics equal sums of the stored output") {
   uint64_t seed = 700;
-  // 5x7x9 = 315 pixels per sample: 128-row tiles span two samples; 3x3 = 9 pixels: a tile spans many.
-  const ConvProblem big = problem(2, 5, 7, 9, 8, 16, 3, 3, 3, 1, 1, 1);
+  // 3x5x9 = 135 pixels per sample: 128-row tiles span two samples; 3x3 = 9 pixels: a tile spans many.
+  const ConvProblem big = problem(2, 3, 5, 9, 8, 16, 3, 3, 3, 1, 1, 1);
   const ConvProblem small = problem(3, 1, 3, 3, 5, 32, 1, 3, 3, 1, 0, 1);
   // C = 3: scalar loads, 64-row tiles, 81 pixels per sample (fused, tiles span two samples).
   const ConvProblem odd = problem(2, 1, 9, 9, 3, 8, 1, 3, 3, 1, 0, 1);
@@ -313,6 +359,22 @@ TEST_CASE("cuda conv fprop statistics equal sums of the stored output") {
     CAPTURE(t[0]);
     kernels::cuda::testing::force_conv_tile(t[0], t[1]);
     check_fprop(big, DType::bf16, false, true, seed++);
+  }
+  kernels::cuda::testing::force_conv_tile(0, 0);
+}
+
+TEST_CASE("cuda conv fprop with the previous layer's norm + leaky ReLU on load equals conv of the transformed input") {
+  uint64_t seed = 800;
+  // C = 16: vector (register-staged) loads, 432-deep k; C = 5: element loads; both with padding, which must stay 0.
+  const ConvProblem vec = problem(2, 3, 5, 7, 16, 8, 3, 3, 3, 1, 1, 1);
+  const ConvProblem scalar = problem(2, 1, 7, 9, 5, 12, 1, 3, 3, 1, 0, 1);
+  for (const ConvProblem& p : {vec, scalar})
+    for (DType dt : kDtypes) check_fprop(p, dt, true, true, seed++, true);
+  const int tiles[][2] = {{128, 64}, {64, 64}};
+  for (const auto& t : tiles) {
+    CAPTURE(t[0]);
+    kernels::cuda::testing::force_conv_tile(t[0], t[1]);
+    check_fprop(vec, DType::f16, false, false, seed++, true);
   }
   kernels::cuda::testing::force_conv_tile(0, 0);
 }

@@ -121,6 +121,30 @@ struct FpropB {
   __device__ const E* ptr(const Row& r, int64_t k) const { return r.n < 0 ? nullptr : w + r.n * ktotal + k; }
 };
 
+// Whether an operand iterator transforms the values it loads (only FpropANormAct does; the others have no kTransform).
+template <class It>
+constexpr bool kTransforms = requires {
+  requires It::kTransform;
+};
+
+// fprop A of a convolution whose input is the previous layer's instance norm + leaky ReLU, applied while loading:
+// x' = leaky_relu(fma(x - mean[n, c], scale[n, c], shift[n, c])) rounded to the storage type, as if x' had been
+// materialised; padding and rows past the end stay zero because only loaded values are transformed.
+template <class Ty>
+struct FpropANormAct : FpropA<typename Ty::E> {
+  static constexpr bool kTransform = true;
+  const float *mean, *scale, *shift;
+  float slope;
+  using E = typename Ty::E;
+  using Row = typename FpropA<E>::Row;
+  __device__ E transform(const Row& r, int64_t k, E v) const {
+    const int64_t j = int64_t(r.n) * this->g.C + int(k) % this->g.C;
+    float t = fmaf(Ty::load(v) - mean[j], scale[j], shift[j]);
+    t = t > 0.f ? t : t * slope;
+    return Ty::store(t);
+  }
+};
+
 // dgrad A: dy viewed as [M = N*D*H*W][T*R*S*K]: element (x position, (tap, k)) is dy at the output position that
 // reads x through that tap, or zero when there is none (outside, or between outputs when the stride is 2).
 template <class E>
@@ -245,6 +269,15 @@ struct StorePartial {
 
 // ---- tensor-core main loop ----
 
+// Element q (0..7) of 8 16-bit values held in a uint4 (no type punning: the emulator's compiler enforces aliasing).
+__device__ __forceinline__ uint16_t half_at(const uint4& v, int q) {
+  const uint32_t w = q < 2 ? v.x : q < 4 ? v.y : q < 6 ? v.z : v.w;
+  return uint16_t(w >> (16 * (q & 1)));
+}
+__device__ __forceinline__ uint32_t pack2(uint16_t lo, uint16_t hi) {
+  return uint32_t(lo) | uint32_t(hi) << 16;
+}
+
 // Stages one operand's BX x kBK tile into shared memory. kVec: 16-byte cp.async chunks of 8 elements along the
 // contiguous dimension (zero chunks are plain stores); otherwise single elements, loaded and stored by hand.
 template <class It, int BX, bool kVec>
@@ -307,8 +340,13 @@ struct TileLoader {
         if constexpr (kK) {
           const int ml = tid / kBK + (kThreads / kBK) * i;
           const int64_t k = k0 + fixed;
-          src = k < k_end ? it.ptr(it.row(mn0 + ml), k) : nullptr;
+          const typename It::Row row = it.row(mn0 + ml);
+          src = k < k_end ? it.ptr(row, k) : nullptr;
           dst = sm + ml * kStride + fixed;
+          if constexpr (kTransforms<It>) {
+            *dst = src ? it.transform(row, k, *src) : E(0);
+            continue;
+          }
         } else {
           const int kl = tid / BX + (kThreads / BX) * i;
           src = k0 + kl < k_end ? it.ptr(rows[0], k0 + kl) : nullptr;
@@ -316,6 +354,37 @@ struct TileLoader {
         }
         *dst = src ? *src : E(0);
       }
+    }
+  }
+
+  // A transforming iterator cannot use cp.async (the values pass through registers): fetch() issues this thread's
+  // 16-byte global loads for a stage into registers, store() transforms them and writes the stage; the main loop
+  // puts its math between the two so the loads are in flight meanwhile. k-contiguous, vector loads only.
+  __device__ unsigned fetch(const It& it, int64_t k0, int64_t k_end, uint4 (&v)[kChunks]) const {
+    unsigned loaded = 0;
+    const int64_t k = k0 + fixed;
+    CONV_UNROLL
+    for (int i = 0; i < kChunks; ++i) {
+      const auto* src = k < k_end ? it.ptr(rows[i], k) : nullptr;
+      v[i] = src ? *reinterpret_cast<const uint4*>(src) : make_uint4(0u, 0u, 0u, 0u);
+      loaded |= src ? 1u << i : 0u;
+    }
+    return loaded;
+  }
+  template <class E>
+  __device__ void store(const It& it, E* sm, int64_t k0, const uint4 (&v)[kChunks], unsigned loaded) const {
+    const int tid = threadIdx.x;
+    const int64_t k = k0 + fixed;
+    CONV_UNROLL
+    for (int i = 0; i < kChunks; ++i) {
+      uint4 out = v[i];
+      if (loaded >> i & 1u) {
+        uint16_t e[8];
+        CONV_UNROLL
+        for (int q = 0; q < 8; ++q) e[q] = it.transform(rows[i], k + q, half_at(v[i], q));
+        out = make_uint4(pack2(e[0], e[1]), pack2(e[2], e[3]), pack2(e[4], e[5]), pack2(e[6], e[7]));
+      }
+      *reinterpret_cast<uint4*>(sm + (tid / 4 + 32 * i) * kStride + fixed) = out;
     }
   }
 };
@@ -341,11 +410,19 @@ __global__ void __launch_bounds__(kThreads)
   const int nk = ke > kb ? int((ke - kb + kBK - 1) / kBK) : 0;
   const LA load_a(a, m0);
   const LB load_b(b, n0);
+  constexpr bool kStagedA = kTransforms<ItA> && kVec;  // A through registers (see TileLoader::fetch)
+  uint4 staged[kStagedA ? LA::kChunks : 1];
+  unsigned staged_mask = 0;
 
   CONV_UNROLL
   for (int s = 0; s < kStages - 1; ++s) {
     if (s < nk) {
-      load_a(a, sa + s * LA::kElems, m0, kb + s * kBK, ke);
+      if constexpr (kStagedA) {
+        staged_mask = load_a.fetch(a, kb + s * kBK, ke, staged);
+        load_a.store(a, sa + s * LA::kElems, kb + s * kBK, staged, staged_mask);
+      } else {
+        load_a(a, sa + s * LA::kElems, m0, kb + s * kBK, ke);
+      }
       load_b(b, sb + s * LB::kElems, n0, kb + s * kBK, ke);
     }
     cp_async_commit();
@@ -361,7 +438,10 @@ __global__ void __launch_bounds__(kThreads)
     __syncthreads();  // stage kt landed for every thread; stage kt - 1 is free for the next load
     const int kn = kt + kStages - 1;
     if (kn < nk) {
-      load_a(a, sa + (kn % kStages) * LA::kElems, m0, kb + int64_t(kn) * kBK, ke);
+      if constexpr (kStagedA)
+        staged_mask = load_a.fetch(a, kb + int64_t(kn) * kBK, ke, staged);
+      else
+        load_a(a, sa + (kn % kStages) * LA::kElems, m0, kb + int64_t(kn) * kBK, ke);
       load_b(b, sb + (kn % kStages) * LB::kElems, n0, kb + int64_t(kn) * kBK, ke);
     }
     cp_async_commit();
@@ -398,6 +478,9 @@ __global__ void __launch_bounds__(kThreads)
         mma_m16n8k16<typename Ty::Mma>(acc[i][j], af[i], bf[j], acc[i][j]);
       }
     }
+    // Stage kn was last read in iteration kt - 1, which every thread finished before this iteration's barrier.
+    if constexpr (kStagedA)
+      if (kn < nk) load_a.store(a, sa + (kn % kStages) * LA::kElems, kb + int64_t(kn) * kBK, staged, staged_mask);
   }
   cp_async_wait<0>();
 
@@ -472,8 +555,12 @@ __global__ void __launch_bounds__(kThreads)
     CONV_NO_UNROLL
     for (int e = tid; e < BM * BK; e += kThreads) {
       const int kk = ItA::kKContig ? e % BK : e / BM, mm = ItA::kKContig ? e / BK : e % BM;
-      const float* src = k0 + kk < ke ? a.ptr(a.row(m0 + mm), k0 + kk) : nullptr;
-      as[kk][mm] = src ? *src : 0.f;
+      const typename ItA::Row row = a.row(m0 + mm);
+      const float* src = k0 + kk < ke ? a.ptr(row, k0 + kk) : nullptr;
+      if constexpr (kTransforms<ItA>)
+        as[kk][mm] = src ? a.transform(row, k0 + kk, *src) : 0.f;
+      else
+        as[kk][mm] = src ? *src : 0.f;
     }
     CONV_NO_UNROLL
     for (int e = tid; e < BN * BK; e += kThreads) {
@@ -728,12 +815,13 @@ void column_sums(const typename Ty::E* src, int64_t groups, int64_t rows, int64_
          stats);
 }
 
-template <class Ty>
-void fprop_typed(const ConvProblem& p, const Geo& g, const void* x, const void* w, const float* bias, void* y,
-                 float* stats, cudaStream_t stream) {
+// ItA: FpropA, or FpropANormAct for the normalising load (its FpropA part is a.x, a.g, a.rows).
+template <class Ty, class ItA>
+void fprop_typed(const ConvProblem& p, const ItA& a, const void* w, const float* bias, void* y, float* stats,
+                 cudaStream_t stream) {
   using E = typename Ty::E;
   const int64_t M = p.N * p.Z * p.P * p.Q, N = p.K, Kg = p.taps() * p.C;
-  const FpropA<E> a{static_cast<const E*>(x), g, M};
+  const void* x = a.x;
   const FpropB<E> b{static_cast<const E*>(w), N, Kg};
   StoreOut<Ty, true> epi{static_cast<E*>(y), bias, N};
   const bool vec = p.C % 8 == 0 && aligned16(x) && aligned16(w);
@@ -820,9 +908,50 @@ void conv_fprop(const ConvProblem& p, DType dt, const void* x, const void* w, co
   check_ptr(x, "conv_fprop", "x");
   check_ptr(w, "conv_fprop", "w");
   check_ptr(y, "conv_fprop", "y");
-  if (dt == DType::f32) fprop_typed<F32>(p, g, x, w, bias, y, stats, stream);
-  if (dt == DType::f16) fprop_typed<F16>(p, g, x, w, bias, y, stats, stream);
-  if (dt == DType::bf16) fprop_typed<BF16>(p, g, x, w, bias, y, stats, stream);
+  const int64_t M = p.N * p.Z * p.P * p.Q;
+  if (dt == DType::f32)
+    fprop_typed<F32>(p, FpropA<float>{static_cast<const float*>(x), g, M}, w, bias, y, stats, stream);
+  if (dt == DType::f16)
+    fprop_typed<F16>(p, FpropA<uint16_t>{static_cast<const uint16_t*>(x), g, M}, w, bias, y, stats, stream);
+  if (dt == DType::bf16)
+    fprop_typed<BF16>(p, FpropA<uint16_t>{static_cast<const uint16_t*>(x), g, M}, w, bias, y, stats, stream);
+}
+
+namespace {
+template <class Ty>
+FpropANormAct<Ty> norm_act_operand(const void* x, const Geo& g, int64_t M, const float* mean, const float* scale,
+                                   const float* shift, float slope) {
+  FpropANormAct<Ty> a;
+  a.x = static_cast<const typename Ty::E*>(x);
+  a.g = g;
+  a.rows = M;
+  a.mean = mean;
+  a.scale = scale;
+  a.shift = shift;
+  a.slope = slope;
+  return a;
+}
+}  // namespace
+
+void conv_fprop_norm_act(const ConvProblem& p, DType dt, const void* x, const float* mean, const float* scale,
+                         const float* shift, float slope, const void* w, const float* bias, void* y, float* stats,
+                         cudaStream_t stream) {
+  const char* who = "conv_fprop_norm_act";
+  const Geo g = make_geo(p, who);
+  check_dtype(dt, who);
+  check_ptr(x, who, "x");
+  check_ptr(w, who, "w");
+  check_ptr(y, who, "y");
+  check_ptr(mean, who, "mean");
+  check_ptr(scale, who, "scale");
+  check_ptr(shift, who, "shift");
+  const int64_t M = p.N * p.Z * p.P * p.Q;
+  if (dt == DType::f32)
+    fprop_typed<F32>(p, norm_act_operand<F32>(x, g, M, mean, scale, shift, slope), w, bias, y, stats, stream);
+  if (dt == DType::f16)
+    fprop_typed<F16>(p, norm_act_operand<F16>(x, g, M, mean, scale, shift, slope), w, bias, y, stats, stream);
+  if (dt == DType::bf16)
+    fprop_typed<BF16>(p, norm_act_operand<BF16>(x, g, M, mean, scale, shift, slope), w, bias, y, stats, stream);
 }
 
 void conv_dgrad(const ConvProblem& p, DType dt, const void* dy, const void* w, void* dx, cudaStream_t stream) {

@@ -26,6 +26,14 @@ namespace unet::kernels::cuda {
 void conv_fprop(const ConvProblem& p, DType dt, const void* x, const void* w, const float* bias, void* y, float* stats,
                 cudaStream_t stream);
 
+// conv_fprop whose input is the previous layer's instance norm + leaky ReLU, applied while x is loaded, so the
+// normalised activation is never written: x' = leaky_relu(fma(x - mean[n, c], scale[n, c], shift[n, c]), slope)
+// rounded to dt (as the materialised tensor would be), zero padding applied after the transform. mean, scale, shift
+// [N * C] f32 (instance norm: scale = rstd * gamma, shift = beta). Otherwise as conv_fprop.
+void conv_fprop_norm_act(const ConvProblem& p, DType dt, const void* x, const float* mean, const float* scale,
+                         const float* shift, float slope, const void* w, const float* bias, void* y, float* stats,
+                         cudaStream_t stream);
+
 // dx = gradient of the fprop sum with respect to x, given dy [N, Z, P, Q, K]; dx is overwritten (positions that no
 // output reads get 0).
 void conv_dgrad(const ConvProblem& p, DType dt, const void* dy, const void* w, void* dx, cudaStream_t stream);
