@@ -9,6 +9,10 @@
 // elements (any channel count is correct). f32 runs a SIMT loop (register-blocked FMA) over the same iterators.
 // Everything is deterministic: wgrad splits K (pixels) into a number of ranges fixed by the shape and sums the f32
 // partials in split order; the instance-norm statistics of fprop are per-CTA partials summed in tile order.
+// conv_fprop_norm_act swaps fprop's A iterator for one that applies the previous layer's instance norm + leaky ReLU
+// to every loaded value (through registers instead of cp.async, as the values must be transformed on the way).
+// Not done yet: CUTLASS-style strided dgrad (stride-2 dgrad predicates taps, so 7/8 of its 3D MMAs multiply zeros),
+// incremental (division-free) iterators, a fused-statistics epilogue for the f32 SIMT path.
 #include "kernels/cuda/cuda_compat.cuh"
 // clang-format off
 #include "kernels/cuda/conv.cuh"
@@ -121,18 +125,11 @@ struct FpropB {
   __device__ const E* ptr(const Row& r, int64_t k) const { return r.n < 0 ? nullptr : w + r.n * ktotal + k; }
 };
 
-// Whether an operand iterator transforms the values it loads (only FpropANormAct does; the others have no kTransform).
-template <class It>
-constexpr bool kTransforms = requires {
-  requires It::kTransform;
-};
-
 // fprop A of a convolution whose input is the previous layer's instance norm + leaky ReLU, applied while loading:
 // x' = leaky_relu(fma(x - mean[n, c], scale[n, c], shift[n, c])) rounded to the storage type, as if x' had been
 // materialised; padding and rows past the end stay zero because only loaded values are transformed.
 template <class Ty>
 struct FpropANormAct : FpropA<typename Ty::E> {
-  static constexpr bool kTransform = true;
   const float *mean, *scale, *shift;
   float slope;
   using E = typename Ty::E;
@@ -144,6 +141,14 @@ struct FpropANormAct : FpropA<typename Ty::E> {
     return Ty::store(t);
   }
 };
+
+// Whether an operand iterator transforms the values it loads (FpropANormAct only: it has a transform()).
+template <class It>
+struct Transforms : std::false_type {};
+template <class Ty>
+struct Transforms<FpropANormAct<Ty>> : std::true_type {};
+template <class It>
+constexpr bool kTransforms = Transforms<It>::value;
 
 // dgrad A: dy viewed as [M = N*D*H*W][T*R*S*K]: element (x position, (tap, k)) is dy at the output position that
 // reads x through that tap, or zero when there is none (outside, or between outputs when the stride is 2).
