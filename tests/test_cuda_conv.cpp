@@ -380,6 +380,36 @@ TEST_CASE("cuda conv fprop with the previous layer's norm + leaky ReLU on load e
   kernels::cuda::testing::force_conv_tile(0, 0);
 }
 
+TEST_CASE("cuda conv with unaligned pointers takes element loads and gives the same bits as the vector path") {
+  // C and K multiples of 8, but x (or dy) one element off a 16-byte boundary: no cp.async. Same k order, same MMAs,
+  // so the results are bitwise equal (wgrad pinned to one split: its split count follows the tile).
+  const ConvProblem p = problem(2, 3, 4, 5, 16, 8, 3, 3, 3, 1, 1, 1);
+  Rng rng(900);
+  for (DType dt : {DType::f16, DType::bf16}) {
+    const size_t es = dtype_size(dt);
+    const Buf x = make_buf(x_count(p), dt, rng), w = make_buf(w_count(p), dt, rng), dy = make_buf(y_count(p), dt, rng);
+    std::vector<unsigned char> x_off(x.bytes.size() + 16), dy_off(dy.bytes.size() + 16);
+    std::memcpy(x_off.data() + es, x.bytes.data(), x.bytes.size());
+    std::memcpy(dy_off.data() + es, dy.bytes.data(), dy.bytes.size());
+    auto run = [&](const unsigned char* xp, const unsigned char* dyp) {
+      std::vector<unsigned char> y(size_t(y_count(p)) * es), dx(size_t(x_count(p)) * es);
+      std::vector<float> dw(size_t(w_count(p)));
+      kernels::cuda::conv_fprop(p, dt, xp, w.bytes.data(), nullptr, y.data(), nullptr, nullptr);
+      kernels::cuda::conv_dgrad(p, dt, dyp, w.bytes.data(), dx.data(), nullptr);
+      kernels::cuda::testing::force_wgrad_splits(1);
+      kernels::cuda::conv_wgrad(p, dt, xp, dyp, dw.data(), nullptr, nullptr);
+      kernels::cuda::testing::force_wgrad_splits(0);
+      y.insert(y.end(), dx.begin(), dx.end());
+      y.insert(y.end(), reinterpret_cast<unsigned char*>(dw.data()),
+               reinterpret_cast<unsigned char*>(dw.data() + dw.size()));
+      return y;
+    };
+    const auto aligned = run(x.bytes.data(), dy.bytes.data());
+    const auto unaligned = run(x_off.data() + es, dy_off.data() + es);
+    CHECK_MESSAGE(aligned == unaligned, dtype_name(dt));
+  }
+}
+
 TEST_CASE("cuda conv rejects bad problems with a clear message") {
   ConvProblem p = problem(1, 1, 4, 4, 8, 8, 1, 3, 3, 1, 0, 1);
   std::vector<float> buf(1024);
@@ -392,4 +422,12 @@ TEST_CASE("cuda conv rejects bad problems with a clear message") {
                   std::invalid_argument);
   CHECK_THROWS_AS(kernels::cuda::conv_wgrad(p, DType::f32, nullptr, buf.data(), buf.data(), nullptr, nullptr),
                   std::invalid_argument);
+  CHECK_THROWS_AS(kernels::cuda::conv_fprop_norm_act(p, DType::f16, buf.data(), nullptr, buf.data(), buf.data(), 0.f,
+                                                     buf.data(), nullptr, buf.data(), nullptr, nullptr),
+                  std::invalid_argument);
+  // 2048^3 pixels: a GEMM extent past 2^31 is refused before anything is read.
+  const ConvProblem huge = problem(1, 2048, 2048, 2048, 8, 8, 1, 1, 1, 1, 0, 0);
+  CHECK_THROWS_AS(
+      kernels::cuda::conv_fprop(huge, DType::f16, buf.data(), buf.data(), nullptr, buf.data(), nullptr, nullptr),
+      std::invalid_argument);
 }
