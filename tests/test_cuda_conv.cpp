@@ -295,6 +295,16 @@ TEST_CASE("cuda conv dgrad matches the CPU for every dtype, stride 2 included") 
     }
 }
 
+TEST_CASE("cuda conv strided dgrad by phases: phases no tap reaches get zeros, unpadded even sizes") {
+  // 1x1x1 stride 2: only even positions are read, the other 7 phases have no taps. 3x3x3 stride 2 without padding on
+  // even sizes: the last position of each axis is read by no output.
+  const ConvProblem one = problem(2, 4, 5, 6, 8, 16, 1, 1, 1, 2, 0, 0);
+  const ConvProblem nopad = problem(1, 4, 6, 6, 16, 8, 3, 3, 3, 2, 0, 0);
+  uint64_t seed = 250;
+  for (const ConvProblem& p : {one, nopad})
+    for (DType dt : kDtypes) check_dgrad(p, dt, seed++);
+}
+
 TEST_CASE("cuda conv wgrad and bias gradient match the CPU for every dtype") {
   uint64_t seed = 300;
   const std::vector<Case> all = cases();

@@ -1,9 +1,10 @@
 // CUDA convolution, fprop / dgrad / wgrad as implicit GEMM (DESIGN section 5; entry points and GEMM views in conv.cuh).
 // One main loop serves all three passes. It is parameterised by two operand iterators that map (row of the GEMM's M or
-// N dimension, GEMM k index) to a global address or to "zero" (padding, out of range, a dgrad tap that lands between
-// stride-2 outputs), and by the layout each operand has along its contiguous dimension:
+// N dimension, GEMM k index) to a global address or to "zero" (padding, out of range), and by the layout each operand
+// has along its contiguous dimension:
 //   k-contiguous  (fprop A and B, dgrad A): staged as [rows][k], fragments by ldmatrix;
 //   mn-contiguous (dgrad B, wgrad A and B): staged as [k][rows], fragments by ldmatrix.trans.
+// Shared memory rows are padded by 16 bytes, so every ldmatrix phase reads 8 distinct bank quads (no conflicts).
 // f16 / bf16 run on the tensor cores (mma m16n8k16, f32 accumulation) behind a multi-stage cp.async pipeline when the
 // contiguous channel counts are multiples of 8 and the pointers 16-byte aligned; otherwise the same loop loads single
 // elements (any channel count is correct). f32 runs a SIMT loop (register-blocked FMA) over the same iterators.
@@ -11,8 +12,8 @@
 // partials in split order; the instance-norm statistics of fprop are per-CTA partials summed in tile order.
 // conv_fprop_norm_act swaps fprop's A iterator for one that applies the previous layer's instance norm + leaky ReLU
 // to every loaded value (through registers instead of cp.async, as the values must be transformed on the way).
-// Not done yet: CUTLASS-style strided dgrad (stride-2 dgrad predicates taps, so 7/8 of its 3D MMAs multiply zeros),
-// incremental (division-free) iterators, a fused-statistics epilogue for the f32 SIMT path.
+// Strided dgrad runs one GEMM per stride phase over only the taps that reach it (no MMAs on zeros).
+// Not done yet: incremental (division-free) iterators, a fused-statistics epilogue for the f32 SIMT path.
 #include "kernels/cuda/cuda_compat.cuh"
 // clang-format off
 #include "kernels/cuda/conv.cuh"
@@ -200,6 +201,67 @@ struct DgradB {
   }
 };
 
+// Strided dgrad, one phase at a time (stride > 1): the dx positions d = d0 + sd * i (likewise h, w) are reached only
+// by the taps t = t0 + sd * j with t0 = (d0 + pad) mod sd, so each phase is its own GEMM over just those taps instead
+// of predicating away the (sd*sh*sw - 1) / (sd*sh*sw) of the taps that would land between outputs.
+struct Phase {
+  int d0, h0, w0;  // the phase: first dx position along each axis
+  int Dp, Hp, Wp;  // dx positions of the phase along each axis
+  int t0, r0, s0;  // first tap that reaches them
+  int Tp, Rp, Sp;  // taps that reach them
+  int zb, pb, qb;  // output position read by tap t0 from position d0 (may be out of range; checked per element)
+};
+
+// dgrad A of one phase: dy viewed as [M = N*Dp*Hp*Wp][Tp*Rp*Sp*K].
+template <class E>
+struct DgradPhaseA {
+  static constexpr bool kKContig = true;
+  const E* dy;
+  Geo g;
+  Phase ph;
+  int64_t rows;
+  struct Row {
+    int n, z, p, q;  // output position read through the phase's first tap; n < 0 past the end
+  };
+  __device__ Row row(int64_t m64) const {
+    if (m64 >= rows) return {-1, 0, 0, 0};
+    int m = int(m64);
+    const int l = m % ph.Wp;
+    m /= ph.Wp;
+    const int j = m % ph.Hp;
+    m /= ph.Hp;
+    const int i = m % ph.Dp;
+    return {m / ph.Dp, ph.zb + i, ph.pb + j, ph.qb + l};
+  }
+  __device__ const E* ptr(const Row& r, int64_t k64) const {
+    if (r.n < 0) return nullptr;
+    const int k = int(k64), tap = k / g.K, ko = k - tap * g.K;
+    const int z = r.z - tap / (ph.Sp * ph.Rp), p = r.p - (tap / ph.Sp) % ph.Rp, q = r.q - tap % ph.Sp;
+    if (unsigned(z) >= unsigned(g.Z) || unsigned(p) >= unsigned(g.P) || unsigned(q) >= unsigned(g.Q)) return nullptr;
+    return dy + (((int64_t(r.n) * g.Z + z) * g.P + p) * g.Q + q) * g.K + ko;
+  }
+};
+
+// dgrad B of one phase: w viewed as [Tp*Rp*Sp*K][N = C].
+template <class E>
+struct DgradPhaseB {
+  static constexpr bool kKContig = false;
+  const E* w;
+  Geo g;
+  Phase ph;
+  struct Row {
+    int c;  // < 0 past the end
+  };
+  __device__ Row row(int64_t c) const { return {c < g.C ? int(c) : -1}; }
+  __device__ const E* ptr(const Row& r, int64_t k64) const {
+    if (r.c < 0) return nullptr;
+    const int k = int(k64), tap = k / g.K, ko = k - tap * g.K;
+    const int t = ph.t0 + g.sd * (tap / (ph.Sp * ph.Rp)), rr = ph.r0 + g.sh * ((tap / ph.Sp) % ph.Rp),
+              s = ph.s0 + g.sw * (tap % ph.Sp);
+    return w + (int64_t(ko) * g.T * g.R * g.S + (t * g.R + rr) * g.S + s) * g.C + r.c;
+  }
+};
+
 // wgrad A: dy viewed as [K = N*Z*P*Q pixels][M = K channels]: contiguous along the output channel.
 template <class E>
 struct WgradA {
@@ -262,6 +324,25 @@ struct StoreOut {
     return Ty::load(s);
   }
   __device__ void operator()(int64_t m, int64_t n, float v) const { store(m, n, v); }
+};
+
+// Strided dgrad: row m of a phase GEMM is dx position (n, d0 + sd * i, h0 + sh * j, w0 + sw * l).
+template <class Ty>
+struct StorePhase {
+  static constexpr bool kStats = false;
+  typename Ty::E* out;
+  Geo g;
+  Phase ph;
+  __device__ void operator()(int64_t m64, int64_t c, float v) const {
+    int m = int(m64);
+    const int l = m % ph.Wp;
+    m /= ph.Wp;
+    const int j = m % ph.Hp;
+    m /= ph.Hp;
+    const int i = m % ph.Dp, n = m / ph.Dp;
+    const int d = ph.d0 + g.sd * i, h = ph.h0 + g.sh * j, w = ph.w0 + g.sw * l;
+    out[(((int64_t(n) * g.D + d) * g.H + h) * g.W + w) * g.C + c] = Ty::store(v);
+  }
 };
 
 // wgrad: this split's f32 partial, part[split][m][n].
@@ -859,7 +940,34 @@ void dgrad_typed(const ConvProblem& p, const Geo& g, const void* dy, const void*
   const StoreOut<Ty, false> epi{static_cast<E*>(dx), nullptr, N};
   const bool vec = p.C % 8 == 0 && p.K % 8 == 0 && aligned16(dy) && aligned16(w);
   static_assert(!decltype(epi)::kStats, "dgrad has no statistics epilogue");
-  run_gemm<Ty>(a, b, epi, M, N, Kg, 1, Kg, vec, pick_tile(M, N, false), stream, "conv_dgrad");
+  if (g.sd == 1 && g.sh == 1 && g.sw == 1) {
+    run_gemm<Ty>(a, b, epi, M, N, Kg, 1, Kg, vec, pick_tile(M, N, false), stream, "conv_dgrad");
+    return;
+  }
+  // One GEMM per phase (sd * sh * sw of them); a phase no tap reaches runs with an empty k range and stores zeros.
+  struct Axis {
+    int first, count, tap0, taps, out0;
+  };
+  auto axis = [](int phase, int size, int stride, int pad, int taps) {
+    const int tap0 = (phase + pad) % stride;
+    return Axis{phase, phase < size ? (size - phase + stride - 1) / stride : 0, tap0,
+                tap0 < taps ? (taps - tap0 + stride - 1) / stride : 0, (phase + pad - tap0) / stride};
+  };
+  for (int pd = 0; pd < g.sd; ++pd)
+    for (int ph = 0; ph < g.sh; ++ph)
+      for (int pw = 0; pw < g.sw; ++pw) {
+        const Axis ad = axis(pd, g.D, g.sd, g.pd, g.T), ah = axis(ph, g.H, g.sh, g.ph, g.R),
+                   aw = axis(pw, g.W, g.sw, g.pw, g.S);
+        const Phase phase{ad.first, ah.first, aw.first, ad.count, ah.count, aw.count, ad.tap0, ah.tap0,
+                          aw.tap0,  ad.taps,  ah.taps,  aw.taps,  ad.out0,  ah.out0,  aw.out0};
+        const int64_t Mp = p.N * ad.count * ah.count * aw.count, Kp = int64_t(ad.taps) * ah.taps * aw.taps * p.K;
+        if (Mp == 0) continue;
+        const DgradPhaseA<E> pa{static_cast<const E*>(dy), g, phase, Mp};
+        const DgradPhaseB<E> pb{static_cast<const E*>(w), g, phase};
+        const StorePhase<Ty> pe{static_cast<E*>(dx), g, phase};
+        static_assert(!decltype(pe)::kStats, "dgrad has no statistics epilogue");
+        run_gemm<Ty>(pa, pb, pe, Mp, N, Kp, 1, Kp, vec, pick_tile(Mp, N, false), stream, "conv_dgrad");
+      }
 }
 
 // Splits of wgrad's pixel dimension: enough CTAs to fill a large GPU twice over, each split at least 512 pixels.
