@@ -151,8 +151,8 @@ struct Transforms<FpropANormAct<Ty>> : std::true_type {};
 template <class It>
 constexpr bool kTransforms = Transforms<It>::value;
 
-// dgrad A: dy viewed as [M = N*D*H*W][T*R*S*K]: element (x position, (tap, k)) is dy at the output position that
-// reads x through that tap, or zero when there is none (outside, or between outputs when the stride is 2).
+// dgrad A, stride 1 (strided dgrad goes by phases, below): dy viewed as [M = N*D*H*W][T*R*S*K]: element (x position,
+// (tap, k)) is dy at the output position that reads x through that tap, or zero when it is outside.
 template <class E>
 struct DgradA {
   static constexpr bool kKContig = true;
@@ -175,11 +175,8 @@ struct DgradA {
   __device__ const E* ptr(const Row& r, int64_t k64) const {
     if (r.n < 0) return nullptr;
     const int k = int(k64), tap = k / g.K, ko = k - tap * g.K;
-    const int s = tap % g.S, rr = (tap / g.S) % g.R, t = tap / (g.S * g.R);
-    const int zz = r.d - t, pp = r.h - rr, qq = r.w - s;
-    if (zz < 0 || pp < 0 || qq < 0 || zz % g.sd || pp % g.sh || qq % g.sw) return nullptr;
-    const int z = zz / g.sd, p = pp / g.sh, q = qq / g.sw;
-    if (z >= g.Z || p >= g.P || q >= g.Q) return nullptr;
+    const int z = r.d - tap / (g.S * g.R), p = r.h - (tap / g.S) % g.R, q = r.w - tap % g.S;
+    if (unsigned(z) >= unsigned(g.Z) || unsigned(p) >= unsigned(g.P) || unsigned(q) >= unsigned(g.Q)) return nullptr;
     return dy + (((int64_t(r.n) * g.Z + z) * g.P + p) * g.Q + q) * g.K + ko;
   }
 };
