@@ -21,10 +21,18 @@
 namespace unet::kernels::cuda {
 
 // y = conv(x, w) + bias. bias [K] f32 or null. When stats is not null it receives, per (sample, output channel), the
-// sum and the sum of squares of the stored y (after bias, after rounding to dt) as f32 pairs: stats[(n * K + k) * 2 + 0]
-// = sum, [.. + 1] = sum of squares; instance norm then needs no second pass over y.
+// sum and the sum of squares of the stored y (after bias, after rounding to dt) as f32 pairs: stats[(n * K + k) * 2 +
+// 0] = sum, [.. + 1] = sum of squares; instance norm then needs no second pass over y.
 void conv_fprop(const ConvProblem& p, DType dt, const void* x, const void* w, const float* bias, void* y, float* stats,
                 cudaStream_t stream);
+
+// conv_fprop whose input is the previous layer's instance norm + leaky ReLU, applied while x is loaded, so the
+// normalised activation is never written: x' = leaky_relu(fma(x - mean[n, c], scale[n, c], shift[n, c]), slope)
+// rounded to dt (as the materialised tensor would be), zero padding applied after the transform. mean, scale, shift
+// [N * C] f32 (instance norm: scale = rstd * gamma, shift = beta). Otherwise as conv_fprop.
+void conv_fprop_norm_act(const ConvProblem& p, DType dt, const void* x, const float* mean, const float* scale,
+                         const float* shift, float slope, const void* w, const float* bias, void* y, float* stats,
+                         cudaStream_t stream);
 
 // dx = gradient of the fprop sum with respect to x, given dy [N, Z, P, Q, K]; dx is overwritten (positions that no
 // output reads get 0).
@@ -33,5 +41,13 @@ void conv_dgrad(const ConvProblem& p, DType dt, const void* dy, const void* w, v
 // dw [K, T, R, S, C] f32 and dbias [K] f32 (either may be null), overwritten.
 void conv_wgrad(const ConvProblem& p, DType dt, const void* x, const void* dy, float* dw, float* dbias,
                 cudaStream_t stream);
+
+// Test hooks (tests/test_cuda_conv.cpp): pin the tensor-core tile (128x64, 128x32, 64x64, or 128x128 for wgrad; 0, 0 =
+// chosen per problem) and wgrad's number of pixel splits (0 = chosen per problem) so every variant can be checked on
+// small shapes. Not thread-safe; production code never calls them.
+namespace testing {
+void force_conv_tile(int bm, int bn);
+void force_wgrad_splits(int splits);
+}  // namespace testing
 
 }  // namespace unet::kernels::cuda

@@ -1,0 +1,1089 @@
+// CUDA convolution, fprop / dgrad / wgrad as implicit GEMM (DESIGN section 5; entry points and GEMM views in conv.cuh).
+// One main loop serves all three passes. It is parameterised by two operand iterators that map (row of the GEMM's M or
+// N dimension, GEMM k index) to a global address or to "zero" (padding, out of range), and by the layout each operand
+// has along its contiguous dimension:
+//   k-contiguous  (fprop A and B, dgrad A): staged as [rows][k], fragments by ldmatrix;
+//   mn-contiguous (dgrad B, wgrad A and B): staged as [k][rows], fragments by ldmatrix.trans.
+// Shared memory rows are padded by 16 bytes, so every ldmatrix phase reads 8 distinct bank quads (no conflicts).
+// f16 / bf16 run on the tensor cores (mma m16n8k16, f32 accumulation) behind a multi-stage cp.async pipeline when the
+// contiguous channel counts are multiples of 8 and the pointers 16-byte aligned; otherwise the same loop loads single
+// elements (any channel count is correct). f32 runs a SIMT loop (register-blocked FMA) over the same iterators.
+// Everything is deterministic: wgrad splits K (pixels) into a number of ranges fixed by the shape and sums the f32
+// partials in split order; the instance-norm statistics of fprop are per-CTA partials summed in tile order.
+// conv_fprop_norm_act swaps fprop's A iterator for one that applies the previous layer's instance norm + leaky ReLU
+// to every loaded value (through registers instead of cp.async, as the values must be transformed on the way).
+// Strided dgrad runs one GEMM per stride phase over only the taps that reach it (no MMAs on zeros).
+// Not done yet: incremental (division-free) iterators, a fused-statistics epilogue for the f32 SIMT path.
+#include "kernels/cuda/cuda_compat.cuh"
+// clang-format off
+#include "kernels/cuda/conv.cuh"
+#include "kernels/cuda/launch.cuh"
+#include "kernels/cuda/mma.cuh"
+#include "kernels/cuda/scratch.cuh"
+// clang-format on
+
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+#include <type_traits>
+
+namespace unet::kernels::cuda {
+
+namespace testing {
+int forced_tile_m = 0, forced_tile_n = 0, forced_wgrad_splits = 0;
+void force_conv_tile(int bm, int bn) {
+  forced_tile_m = bm;
+  forced_tile_n = bn;
+}
+void force_wgrad_splits(int splits) {
+  forced_wgrad_splits = splits;
+}
+}  // namespace testing
+
+namespace {
+
+// Full unrolling under nvcc, so the fragment and accumulator arrays live in registers; nothing to gain on the CPU.
+#if UNET_EMULATED
+#define CONV_UNROLL
+#define CONV_NO_UNROLL
+#else
+#define CONV_UNROLL _Pragma("unroll")
+#define CONV_NO_UNROLL _Pragma("unroll 1")
+#endif
+
+constexpr int kThreads = 128;  // 4 warps per CTA
+constexpr int kBK = 32;        // tensor-core k chunk per pipeline stage
+// 16-bit elements of padding per staged row: 16 bytes keep every ldmatrix row aligned and move consecutive rows by
+// 4 banks (row strides of 80, 144 and 272 bytes), so the 8 rows one ldmatrix phase reads hit 8 distinct bank quads.
+constexpr int kPad = 8;
+
+// Element types: 16-bit values travel as raw bits (uint16_t); Mma names the tensor-core input type.
+struct F16 {
+  using E = uint16_t;
+  using Mma = __half;
+  static __device__ float load(uint16_t v) { return __half2float(__ushort_as_half(v)); }
+  static __device__ uint16_t store(float f) { return __half_as_ushort(__float2half_rn(f)); }
+};
+struct BF16 {
+  using E = uint16_t;
+  using Mma = __nv_bfloat16;
+  static __device__ float load(uint16_t v) { return __bfloat162float(__ushort_as_bfloat16(v)); }
+  static __device__ uint16_t store(float f) { return __bfloat16_as_ushort(__float2bfloat16_rn(f)); }
+};
+struct F32 {
+  using E = float;
+  static __device__ float load(float v) { return v; }
+  static __device__ float store(float f) { return f; }
+};
+
+// The problem in 32-bit coordinates (sizes are checked against 2^31 by the launchers); linear offsets are 64-bit.
+struct Geo {
+  int N, D, H, W, C, K, T, R, S, sd, sh, sw, pd, ph, pw, Z, P, Q;
+};
+
+// ---- operand iterators: Row is what a thread can compute once per GEMM row, ptr() the per-k part ----
+
+// fprop A: x viewed as [M = N*Z*P*Q][T*R*S*C].
+template <class E>
+struct FpropA {
+  static constexpr bool kKContig = true;
+  const E* x;
+  Geo g;
+  int64_t rows;
+  struct Row {
+    int n, d, h, w;  // the input position of tap (0, 0, 0); n < 0 marks a row past the end
+  };
+  __device__ Row row(int64_t m64) const {
+    if (m64 >= rows) return {-1, 0, 0, 0};
+    int m = int(m64);  // GEMM extents are below 2^31 (checked by the launchers): 32-bit division is much cheaper
+    const int q = m % g.Q;
+    m /= g.Q;
+    const int p = m % g.P;
+    m /= g.P;
+    const int z = m % g.Z;
+    return {m / g.Z, z * g.sd - g.pd, p * g.sh - g.ph, q * g.sw - g.pw};
+  }
+  __device__ const E* ptr(const Row& r, int64_t k64) const {
+    if (r.n < 0) return nullptr;
+    const int k = int(k64), tap = k / g.C, c = k - tap * g.C;
+    const int s = tap % g.S, rr = (tap / g.S) % g.R, t = tap / (g.S * g.R);
+    const int d = r.d + t, h = r.h + rr, w = r.w + s;
+    if (unsigned(d) >= unsigned(g.D) || unsigned(h) >= unsigned(g.H) || unsigned(w) >= unsigned(g.W)) return nullptr;
+    return x + (((int64_t(r.n) * g.D + d) * g.H + h) * g.W + w) * g.C + c;
+  }
+};
+
+// fprop B: w viewed as [N = K][T*R*S*C] (k-contiguous rows of the weight tensor).
+template <class E>
+struct FpropB {
+  static constexpr bool kKContig = true;
+  const E* w;
+  int64_t rows, ktotal;
+  struct Row {
+    int n;  // < 0 past the end (an index, not a pointer: half the registers)
+  };
+  __device__ Row row(int64_t n) const { return {n < rows ? int(n) : -1}; }
+  __device__ const E* ptr(const Row& r, int64_t k) const { return r.n < 0 ? nullptr : w + r.n * ktotal + k; }
+};
+
+// fprop A of a convolution whose input is the previous layer's instance norm + leaky ReLU, applied while loading:
+// x' = leaky_relu(fma(x - mean[n, c], scale[n, c], shift[n, c])) rounded to the storage type, as if x' had been
+// materialised; padding and rows past the end stay zero because only loaded values are transformed.
+template <class Ty>
+struct FpropANormAct : FpropA<typename Ty::E> {
+  const float *mean, *scale, *shift;
+  float slope;
+  using E = typename Ty::E;
+  using Row = typename FpropA<E>::Row;
+  __device__ E transform(const Row& r, int64_t k, E v) const {
+    const int64_t j = int64_t(r.n) * this->g.C + int(k) % this->g.C;
+    float t = fmaf(Ty::load(v) - mean[j], scale[j], shift[j]);
+    t = t > 0.f ? t : t * slope;
+    return Ty::store(t);
+  }
+};
+
+// Whether an operand iterator transforms the values it loads (FpropANormAct only: it has a transform()).
+template <class It>
+struct Transforms : std::false_type {};
+template <class Ty>
+struct Transforms<FpropANormAct<Ty>> : std::true_type {};
+template <class It>
+constexpr bool kTransforms = Transforms<It>::value;
+
+// dgrad A, stride 1 (strided dgrad goes by phases, below): dy viewed as [M = N*D*H*W][T*R*S*K]: element (x position,
+// (tap, k)) is dy at the output position that reads x through that tap, or zero when it is outside.
+template <class E>
+struct DgradA {
+  static constexpr bool kKContig = true;
+  const E* dy;
+  Geo g;
+  int64_t rows;
+  struct Row {
+    int n, d, h, w;  // padded input position; n < 0 past the end
+  };
+  __device__ Row row(int64_t m64) const {
+    if (m64 >= rows) return {-1, 0, 0, 0};
+    int m = int(m64);
+    const int w = m % g.W;
+    m /= g.W;
+    const int h = m % g.H;
+    m /= g.H;
+    const int d = m % g.D;
+    return {m / g.D, d + g.pd, h + g.ph, w + g.pw};
+  }
+  __device__ const E* ptr(const Row& r, int64_t k64) const {
+    if (r.n < 0) return nullptr;
+    const int k = int(k64), tap = k / g.K, ko = k - tap * g.K;
+    const int z = r.d - tap / (g.S * g.R), p = r.h - (tap / g.S) % g.R, q = r.w - tap % g.S;
+    if (unsigned(z) >= unsigned(g.Z) || unsigned(p) >= unsigned(g.P) || unsigned(q) >= unsigned(g.Q)) return nullptr;
+    return dy + (((int64_t(r.n) * g.Z + z) * g.P + p) * g.Q + q) * g.K + ko;
+  }
+};
+
+// dgrad B: w viewed as [T*R*S*K][N = C] (element ((tap, k), c) = w[k, tap, c]): contiguous along c.
+template <class E>
+struct DgradB {
+  static constexpr bool kKContig = false;
+  const E* w;
+  Geo g;
+  struct Row {
+    int c;  // < 0 past the end
+  };
+  __device__ Row row(int64_t c) const { return {c < g.C ? int(c) : -1}; }
+  __device__ const E* ptr(const Row& r, int64_t k64) const {
+    if (r.c < 0) return nullptr;
+    const int k = int(k64), tap = k / g.K, ko = k - tap * g.K;
+    return w + (int64_t(ko) * g.T * g.R * g.S + tap) * g.C + r.c;
+  }
+};
+
+// Strided dgrad, one phase at a time (stride > 1): the dx positions d = d0 + sd * i (likewise h, w) are reached only
+// by the taps t = t0 + sd * j with t0 = (d0 + pad) mod sd, so each phase is its own GEMM over just those taps instead
+// of predicating away the (sd*sh*sw - 1) / (sd*sh*sw) of the taps that would land between outputs.
+struct Phase {
+  int d0, h0, w0;  // the phase: first dx position along each axis
+  int Dp, Hp, Wp;  // dx positions of the phase along each axis
+  int t0, r0, s0;  // first tap that reaches them
+  int Tp, Rp, Sp;  // taps that reach them
+  int zb, pb, qb;  // output position read by tap t0 from position d0 (may be out of range; checked per element)
+};
+
+// dgrad A of one phase: dy viewed as [M = N*Dp*Hp*Wp][Tp*Rp*Sp*K].
+template <class E>
+struct DgradPhaseA {
+  static constexpr bool kKContig = true;
+  const E* dy;
+  Geo g;
+  Phase ph;
+  int64_t rows;
+  struct Row {
+    int n, z, p, q;  // output position read through the phase's first tap; n < 0 past the end
+  };
+  __device__ Row row(int64_t m64) const {
+    if (m64 >= rows) return {-1, 0, 0, 0};
+    int m = int(m64);
+    const int l = m % ph.Wp;
+    m /= ph.Wp;
+    const int j = m % ph.Hp;
+    m /= ph.Hp;
+    const int i = m % ph.Dp;
+    return {m / ph.Dp, ph.zb + i, ph.pb + j, ph.qb + l};
+  }
+  __device__ const E* ptr(const Row& r, int64_t k64) const {
+    if (r.n < 0) return nullptr;
+    const int k = int(k64), tap = k / g.K, ko = k - tap * g.K;
+    const int z = r.z - tap / (ph.Sp * ph.Rp), p = r.p - (tap / ph.Sp) % ph.Rp, q = r.q - tap % ph.Sp;
+    if (unsigned(z) >= unsigned(g.Z) || unsigned(p) >= unsigned(g.P) || unsigned(q) >= unsigned(g.Q)) return nullptr;
+    return dy + (((int64_t(r.n) * g.Z + z) * g.P + p) * g.Q + q) * g.K + ko;
+  }
+};
+
+// dgrad B of one phase: w viewed as [Tp*Rp*Sp*K][N = C].
+template <class E>
+struct DgradPhaseB {
+  static constexpr bool kKContig = false;
+  const E* w;
+  Geo g;
+  Phase ph;
+  struct Row {
+    int c;  // < 0 past the end
+  };
+  __device__ Row row(int64_t c) const { return {c < g.C ? int(c) : -1}; }
+  __device__ const E* ptr(const Row& r, int64_t k64) const {
+    if (r.c < 0) return nullptr;
+    const int k = int(k64), tap = k / g.K, ko = k - tap * g.K;
+    const int t = ph.t0 + g.sd * (tap / (ph.Sp * ph.Rp)), rr = ph.r0 + g.sh * ((tap / ph.Sp) % ph.Rp),
+              s = ph.s0 + g.sw * (tap % ph.Sp);
+    return w + (int64_t(ko) * g.T * g.R * g.S + (t * g.R + rr) * g.S + s) * g.C + r.c;
+  }
+};
+
+// wgrad A: dy viewed as [K = N*Z*P*Q pixels][M = K channels]: contiguous along the output channel.
+template <class E>
+struct WgradA {
+  static constexpr bool kKContig = false;
+  const E* dy;
+  int K;
+  struct Row {
+    int k;  // < 0 past the end
+  };
+  __device__ Row row(int64_t k) const { return {k < K ? int(k) : -1}; }
+  __device__ const E* ptr(const Row& r, int64_t pixel) const { return r.k < 0 ? nullptr : dy + pixel * K + r.k; }
+};
+
+// wgrad B: x viewed as [K = N*Z*P*Q pixels][N = T*R*S*C]: element (pixel, (tap, c)) is the x value that tap reads.
+template <class E>
+struct WgradB {
+  static constexpr bool kKContig = false;
+  const E* x;
+  Geo g;
+  struct Row {
+    int t, r, s, c;  // c < 0 past the end
+  };
+  __device__ Row row(int64_t n) const {
+    if (n >= int64_t(g.T) * g.R * g.S * g.C) return {0, 0, 0, -1};
+    const int tap = int(n) / g.C, c = int(n) - tap * g.C;
+    return {tap / (g.S * g.R), (tap / g.S) % g.R, tap % g.S, c};
+  }
+  __device__ const E* ptr(const Row& r, int64_t pixel64) const {
+    if (r.c < 0) return nullptr;
+    int pixel = int(pixel64);
+    const int q = pixel % g.Q;
+    pixel /= g.Q;
+    const int p = pixel % g.P;
+    pixel /= g.P;
+    const int z = pixel % g.Z, n = pixel / g.Z;
+    const int d = z * g.sd - g.pd + r.t, h = p * g.sh - g.ph + r.r, w = q * g.sw - g.pw + r.s;
+    if (unsigned(d) >= unsigned(g.D) || unsigned(h) >= unsigned(g.H) || unsigned(w) >= unsigned(g.W)) return nullptr;
+    return x + (((int64_t(n) * g.D + d) * g.H + h) * g.W + w) * g.C + r.c;
+  }
+};
+
+// ---- epilogues: what happens to accumulator (m, n) ----
+
+// fprop and dgrad: out[m, n] = acc (+ bias[n]) rounded to the storage type. With `part` set (fprop with statistics,
+// tensor-core path, samples of at least one tile of rows), the main loop also leaves per-CTA column sums of the stored
+// values in part[((tile_m * 2 + slot) * 2 + {sum, squares}) * ld + n], slot 0 for rows of the sample the tile starts
+// in, slot 1 for the next one (a tile of BM <= S rows spans at most two samples).
+template <class Ty, bool kWithStats>
+struct StoreOut {
+  static constexpr bool kStats = kWithStats;  // compiled in for fprop only: the statistics cost registers
+  typename Ty::E* out;
+  const float* bias;
+  int64_t ld;
+  float* part = nullptr;
+  int64_t S = 0;  // rows (output pixels) per sample
+  // Stores and returns the value as stored.
+  __device__ float store(int64_t m, int64_t n, float v) const {
+    const auto s = Ty::store(bias ? v + bias[n] : v);
+    out[m * ld + n] = s;
+    return Ty::load(s);
+  }
+  __device__ void operator()(int64_t m, int64_t n, float v) const { store(m, n, v); }
+};
+
+// Strided dgrad: row m of a phase GEMM is dx position (n, d0 + sd * i, h0 + sh * j, w0 + sw * l).
+template <class Ty>
+struct StorePhase {
+  static constexpr bool kStats = false;
+  typename Ty::E* out;
+  Geo g;
+  Phase ph;
+  __device__ void operator()(int64_t m64, int64_t c, float v) const {
+    int m = int(m64);
+    const int l = m % ph.Wp;
+    m /= ph.Wp;
+    const int j = m % ph.Hp;
+    m /= ph.Hp;
+    const int i = m % ph.Dp, n = m / ph.Dp;
+    const int d = ph.d0 + g.sd * i, h = ph.h0 + g.sh * j, w = ph.w0 + g.sw * l;
+    out[(((int64_t(n) * g.D + d) * g.H + h) * g.W + w) * g.C + c] = Ty::store(v);
+  }
+};
+
+// wgrad: this split's f32 partial, part[split][m][n].
+struct StorePartial {
+  static constexpr bool kStats = false;
+  float* part;
+  int64_t ld, split_stride;
+  __device__ void operator()(int64_t m, int64_t n, float v) const { part[blockIdx.z * split_stride + m * ld + n] = v; }
+};
+
+// ---- tensor-core main loop ----
+
+// Element q (0..7) of 8 16-bit values held in a uint4 (no type punning: the emulator's compiler enforces aliasing).
+__device__ __forceinline__ uint16_t half_at(const uint4& v, int q) {
+  const uint32_t w = q < 2 ? v.x : q < 4 ? v.y : q < 6 ? v.z : v.w;
+  return uint16_t(w >> (16 * (q & 1)));
+}
+__device__ __forceinline__ uint32_t pack2(uint16_t lo, uint16_t hi) {
+  return uint32_t(lo) | uint32_t(hi) << 16;
+}
+
+// Stages one operand's BX x kBK tile into shared memory. kVec: 16-byte cp.async chunks of 8 elements along the
+// contiguous dimension (zero chunks are plain stores); otherwise single elements, loaded and stored by hand.
+template <class It, int BX, bool kVec>
+struct TileLoader {
+  static constexpr bool kK = It::kKContig;
+  static constexpr int kStride = kK ? kBK + kPad : BX + kPad;
+  static constexpr int kElems = (kK ? BX : kBK) * kStride;
+  static constexpr int kChunks = BX * kBK / 8 / kThreads;  // 16-byte chunks per thread
+  static constexpr int kRows = kVec && kK ? kChunks : 1;
+  static_assert(kChunks >= 1 && kThreads % (BX / 8) == 0, "tile too small for the loader");
+  using Row = typename It::Row;
+  Row rows[kRows];  // this thread's GEMM rows, decomposed once
+  int fixed;        // this thread's k offset (k-contiguous) or row offset (mn-contiguous) in the tile
+
+  __device__ TileLoader(const It& it, int64_t mn0) {
+    const int tid = threadIdx.x;
+    if constexpr (kVec && kK) {
+      fixed = 8 * (tid % 4);
+      CONV_UNROLL
+      for (int i = 0; i < kRows; ++i) rows[i] = it.row(mn0 + tid / 4 + 32 * i);
+    } else if constexpr (kVec) {
+      fixed = 8 * (tid % (BX / 8));
+      rows[0] = it.row(mn0 + fixed);
+    } else if constexpr (kK) {
+      fixed = tid % kBK;
+      rows[0] = it.row(mn0);  // unused: rows change per element
+    } else {
+      fixed = tid % BX;
+      rows[0] = it.row(mn0 + fixed);
+    }
+  }
+
+  template <class E>
+  __device__ void operator()(const It& it, E* sm, int64_t mn0, int64_t k0, int64_t k_end) const {
+    const int tid = threadIdx.x;
+    if constexpr (kVec) {
+      CONV_UNROLL
+      for (int i = 0; i < kChunks; ++i) {
+        const E* src;
+        E* dst;
+        if constexpr (kK) {
+          const int64_t k = k0 + fixed;
+          src = k < k_end ? it.ptr(rows[i], k) : nullptr;
+          dst = sm + (tid / 4 + 32 * i) * kStride + fixed;
+        } else {
+          const int kl = tid / (BX / 8) + (kThreads / (BX / 8)) * i;
+          src = k0 + kl < k_end ? it.ptr(rows[0], k0 + kl) : nullptr;
+          dst = sm + kl * kStride + fixed;
+        }
+        if (src)
+          cp_async(dst, src);
+        else
+          *reinterpret_cast<uint4*>(dst) = make_uint4(0u, 0u, 0u, 0u);
+      }
+    } else {
+      constexpr int kLoads = BX * kBK / kThreads;
+      for (int i = 0; i < kLoads; ++i) {
+        const E* src;
+        E* dst;
+        if constexpr (kK) {
+          const int ml = tid / kBK + (kThreads / kBK) * i;
+          const int64_t k = k0 + fixed;
+          const typename It::Row row = it.row(mn0 + ml);
+          src = k < k_end ? it.ptr(row, k) : nullptr;
+          dst = sm + ml * kStride + fixed;
+          if constexpr (kTransforms<It>) {
+            *dst = src ? it.transform(row, k, *src) : E(0);
+            continue;
+          }
+        } else {
+          const int kl = tid / BX + (kThreads / BX) * i;
+          src = k0 + kl < k_end ? it.ptr(rows[0], k0 + kl) : nullptr;
+          dst = sm + kl * kStride + fixed;
+        }
+        *dst = src ? *src : E(0);
+      }
+    }
+  }
+
+  // A transforming iterator cannot use cp.async (the values pass through registers): fetch() issues this thread's
+  // 16-byte global loads for a stage into registers, store() transforms them and writes the stage; the main loop
+  // puts its math between the two so the loads are in flight meanwhile. k-contiguous, vector loads only.
+  __device__ unsigned fetch(const It& it, int64_t k0, int64_t k_end, uint4 (&v)[kChunks]) const {
+    unsigned loaded = 0;
+    const int64_t k = k0 + fixed;
+    CONV_UNROLL
+    for (int i = 0; i < kChunks; ++i) {
+      const auto* src = k < k_end ? it.ptr(rows[i], k) : nullptr;
+      v[i] = src ? *reinterpret_cast<const uint4*>(src) : make_uint4(0u, 0u, 0u, 0u);
+      loaded |= src ? 1u << i : 0u;
+    }
+    return loaded;
+  }
+  template <class E>
+  __device__ void store(const It& it, E* sm, int64_t k0, const uint4 (&v)[kChunks], unsigned loaded) const {
+    const int tid = threadIdx.x;
+    const int64_t k = k0 + fixed;
+    CONV_UNROLL
+    for (int i = 0; i < kChunks; ++i) {
+      uint4 out = v[i];
+      if (loaded >> i & 1u) {
+        uint16_t e[8];
+        CONV_UNROLL
+        for (int q = 0; q < 8; ++q) e[q] = it.transform(rows[i], k + q, half_at(v[i], q));
+        out = make_uint4(pack2(e[0], e[1]), pack2(e[2], e[3]), pack2(e[4], e[5]), pack2(e[6], e[7]));
+      }
+      *reinterpret_cast<uint4*>(sm + (tid / 4 + 32 * i) * kStride + fixed) = out;
+    }
+  }
+};
+
+// C[M, N] (+)= A[M, K] * B[K, N] over this CTA's k range (blockIdx.z selects the split), BM x BN per CTA, warps in a
+// WM x (4 / WM) grid, kStages-deep pipeline.
+template <class Ty, class ItA, class ItB, class Epi, int BM, int BN, int WM, int kStages, bool kVec>
+__global__ void __launch_bounds__(kThreads)
+    conv_gemm_tc(ItA a, ItB b, Epi epi, int64_t M, int64_t N, int64_t Kg, int64_t k_per_split) {
+  using E = typename Ty::E;
+  using LA = TileLoader<ItA, BM, kVec>;
+  using LB = TileLoader<ItB, BN, kVec>;
+  constexpr int WN = 4 / WM, WTM = BM / WM, WTN = BN / WN, MI = WTM / 16, NI = WTN / 8;
+  static_assert(MI >= 1 && NI >= 2 && NI % 2 == 0, "warp tile");
+  static_assert(kStages * (LA::kElems + LB::kElems) * 2 <= 48 * 1024, "static shared memory is limited to 48 KiB");
+  __shared__ __align__(16) E smem[kStages * (LA::kElems + LB::kElems)];
+  E* const sa = smem;
+  E* const sb = smem + kStages * LA::kElems;
+
+  const int64_t m0 = int64_t(blockIdx.x) * BM, n0 = int64_t(blockIdx.y) * BN;
+  const int64_t kb = int64_t(blockIdx.z) * k_per_split;
+  const int64_t ke = kb + k_per_split < Kg ? kb + k_per_split : Kg;
+  const int nk = ke > kb ? int((ke - kb + kBK - 1) / kBK) : 0;
+  const LA load_a(a, m0);
+  const LB load_b(b, n0);
+  constexpr bool kStagedA = kTransforms<ItA> && kVec;  // A through registers (see TileLoader::fetch)
+  uint4 staged[kStagedA ? LA::kChunks : 1];
+  unsigned staged_mask = 0;
+
+  CONV_UNROLL
+  for (int s = 0; s < kStages - 1; ++s) {
+    if (s < nk) {
+      if constexpr (kStagedA) {
+        staged_mask = load_a.fetch(a, kb + s * kBK, ke, staged);
+        load_a.store(a, sa + s * LA::kElems, kb + s * kBK, staged, staged_mask);
+      } else {
+        load_a(a, sa + s * LA::kElems, m0, kb + s * kBK, ke);
+      }
+      load_b(b, sb + s * LB::kElems, n0, kb + s * kBK, ke);
+    }
+    cp_async_commit();
+  }
+
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  const int wm = warp / WN, wn = warp % WN;
+  const int lj = lane >> 3, lr = lane & 7;  // the ldmatrix matrix and row this lane addresses
+  float acc[MI][NI][4] = {};
+
+  for (int kt = 0; kt < nk; ++kt) {
+    cp_async_wait<kStages - 2>();
+    __syncthreads();  // stage kt landed for every thread; stage kt - 1 is free for the next load
+    const int kn = kt + kStages - 1;
+    if (kn < nk) {
+      if constexpr (kStagedA)
+        staged_mask = load_a.fetch(a, kb + int64_t(kn) * kBK, ke, staged);
+      else
+        load_a(a, sa + (kn % kStages) * LA::kElems, m0, kb + int64_t(kn) * kBK, ke);
+      load_b(b, sb + (kn % kStages) * LB::kElems, n0, kb + int64_t(kn) * kBK, ke);
+    }
+    cp_async_commit();
+    const E* const ta = sa + (kt % kStages) * LA::kElems;
+    const E* const tb = sb + (kt % kStages) * LB::kElems;
+    CONV_UNROLL
+    for (int kk = 0; kk < kBK; kk += 16) {
+      uint32_t af[MI][4], bf[NI][2];
+      CONV_UNROLL
+      for (int i = 0; i < MI; ++i) {
+        const int mb = wm * WTM + i * 16;
+        if constexpr (LA::kK)
+          ldmatrix_x4(af[i], ta + (mb + lr + 8 * (lj & 1)) * LA::kStride + kk + 8 * (lj >> 1));
+        else
+          ldmatrix_x4_trans(af[i], ta + (kk + lr + 8 * (lj >> 1)) * LA::kStride + mb + 8 * (lj & 1));
+      }
+      CONV_UNROLL
+      for (int j = 0; j < NI; j += 2) {
+        const int nb = wn * WTN + j * 8;
+        uint32_t r[4];
+        if constexpr (LB::kK)
+          ldmatrix_x4(r, tb + (nb + lr + 8 * (lj >> 1)) * LB::kStride + kk + 8 * (lj & 1));
+        else
+          ldmatrix_x4_trans(r, tb + (kk + lr + 8 * (lj & 1)) * LB::kStride + nb + 8 * (lj >> 1));
+        bf[j][0] = r[0];
+        bf[j][1] = r[1];
+        bf[j + 1][0] = r[2];
+        bf[j + 1][1] = r[3];
+      }
+      // Nested loops are flattened throughout: one pragma per loop nest (clang-format keeps it on its own line).
+      CONV_UNROLL
+      for (int x = 0; x < MI * NI; ++x) {
+        const int i = x / NI, j = x % NI;
+        mma_m16n8k16<typename Ty::Mma>(acc[i][j], af[i], bf[j], acc[i][j]);
+      }
+    }
+    // Stage kn was last read in iteration kt - 1, which every thread finished before this iteration's barrier.
+    if constexpr (kStagedA)
+      if (kn < nk) load_a.store(a, sa + (kn % kStages) * LA::kElems, kb + int64_t(kn) * kBK, staged, staged_mask);
+  }
+  cp_async_wait<0>();
+
+  const int g = lane >> 2, t = lane & 3;
+  if constexpr (Epi::kStats) {
+    if (epi.part) {                                       // uniform over the grid
+      const int64_t boundary = (m0 / epi.S + 1) * epi.S;  // first row of the next sample
+      __syncthreads();  // every warp is done with the pipeline's shared memory: reuse it for [WM][slot][2][BN]
+      float* red = reinterpret_cast<float*>(smem);
+      static_assert(WM * 4 * BN * 4 <= int(sizeof(smem)), "statistics scratch fits the pipeline buffer");
+      // One 8-column block at a time keeps the live sums at 8 registers beside the accumulators.
+      CONV_UNROLL
+      for (int j = 0; j < NI; ++j) {
+        float sums[8] = {};  // [column e & 1][slot][sum, squares], this thread's rows in a fixed order
+        CONV_UNROLL
+        for (int x = 0; x < MI * 4; ++x) {
+          const int i = x / 4, e = x % 4;
+          const int64_t m = m0 + wm * WTM + i * 16 + g + 8 * (e >> 1), n = n0 + wn * WTN + j * 8 + 2 * t + (e & 1);
+          if (m < M && n < N) {
+            const float v = epi.store(m, n, acc[i][j][e]);
+            const bool next = m >= boundary;  // selects, not a runtime index: the sums stay in registers
+            sums[(e & 1) * 4 + 0] += next ? 0.f : v;
+            sums[(e & 1) * 4 + 1] += next ? 0.f : v * v;
+            sums[(e & 1) * 4 + 2] += next ? v : 0.f;
+            sums[(e & 1) * 4 + 3] += next ? v * v : 0.f;
+          }
+        }
+        // The 8 lanes of a column (same t) by a fixed butterfly: every lane ends with the same bits.
+        CONV_UNROLL
+        for (int q = 0; q < 8; ++q)
+          for (int off = 4; off < 32; off *= 2) sums[q] += __shfl_xor_sync(0xffffffffu, sums[q], off);
+        if (g == 0) {
+          CONV_UNROLL
+          for (int q = 0; q < 8; ++q) red[(wm * 4 + (q & 3)) * BN + wn * WTN + j * 8 + 2 * t + (q >> 2)] = sums[q];
+        }
+      }
+      __syncthreads();
+      for (int idx = threadIdx.x; idx < 4 * BN; idx += kThreads) {
+        const int col = idx % BN, sq = idx / BN;  // sq = slot * 2 + (sum, squares)
+        float tot = 0.f;
+        for (int w = 0; w < WM; ++w) tot += red[(w * 4 + sq) * BN + col];
+        if (n0 + col < N) epi.part[(int64_t(blockIdx.x) * 4 + sq) * N + n0 + col] = tot;
+      }
+      return;
+    }
+  }
+  CONV_UNROLL
+  for (int x = 0; x < MI * NI * 4; ++x) {
+    const int i = x / (NI * 4), j = x / 4 % NI, e = x % 4;
+    const int64_t m = m0 + wm * WTM + i * 16 + g + 8 * (e >> 1), n = n0 + wn * WTN + j * 8 + 2 * t + (e & 1);
+    if (m < M && n < N) epi(m, n, acc[i][j][e]);
+  }
+}
+
+// ---- f32 SIMT main loop ----
+
+// The same GEMM with FMA: both operands staged as [k][rows], each thread owns a 4 x 8 block of C.
+template <class ItA, class ItB, class Epi, int BM, int BN>
+__global__ void __launch_bounds__(kThreads)
+    conv_gemm_simt(ItA a, ItB b, Epi epi, int64_t M, int64_t N, int64_t Kg, int64_t k_per_split) {
+  constexpr int BK = 16, TM = 4, TN = 8, TX = BN / TN;
+  static_assert((BM / TM) * (BN / TN) == kThreads, "one 4 x 8 block per thread");
+  __shared__ __align__(16) float as[BK][BM + 4];
+  __shared__ __align__(16) float bs[BK][BN + 4];
+  const int tid = threadIdx.x, tx = tid % TX, ty = tid / TX;
+  const int64_t m0 = int64_t(blockIdx.x) * BM, n0 = int64_t(blockIdx.y) * BN;
+  const int64_t kb = int64_t(blockIdx.z) * k_per_split;
+  const int64_t ke = kb + k_per_split < Kg ? kb + k_per_split : Kg;
+  float acc[TM][TN] = {};
+  for (int64_t k0 = kb; k0 < ke; k0 += BK) {
+    // Consecutive threads take consecutive elements of the operand's contiguous dimension.
+    CONV_NO_UNROLL
+    for (int e = tid; e < BM * BK; e += kThreads) {
+      const int kk = ItA::kKContig ? e % BK : e / BM, mm = ItA::kKContig ? e / BK : e % BM;
+      const typename ItA::Row row = a.row(m0 + mm);
+      const float* src = k0 + kk < ke ? a.ptr(row, k0 + kk) : nullptr;
+      if constexpr (kTransforms<ItA>)
+        as[kk][mm] = src ? a.transform(row, k0 + kk, *src) : 0.f;
+      else
+        as[kk][mm] = src ? *src : 0.f;
+    }
+    CONV_NO_UNROLL
+    for (int e = tid; e < BN * BK; e += kThreads) {
+      const int kk = ItB::kKContig ? e % BK : e / BN, nn = ItB::kKContig ? e / BK : e % BN;
+      const float* src = k0 + kk < ke ? b.ptr(b.row(n0 + nn), k0 + kk) : nullptr;
+      bs[kk][nn] = src ? *src : 0.f;
+    }
+    __syncthreads();
+    CONV_UNROLL
+    for (int kk = 0; kk < BK; ++kk) {
+      float av[TM], bv[TN];
+      CONV_UNROLL
+      for (int i = 0; i < TM; ++i) av[i] = as[kk][ty * TM + i];
+      CONV_UNROLL
+      for (int j = 0; j < TN; ++j) bv[j] = bs[kk][tx * TN + j];
+      CONV_UNROLL
+      for (int x = 0; x < TM * TN; ++x) acc[x / TN][x % TN] = fmaf(av[x / TN], bv[x % TN], acc[x / TN][x % TN]);
+    }
+    __syncthreads();
+  }
+  CONV_UNROLL
+  for (int x = 0; x < TM * TN; ++x) {
+    const int i = x / TN, j = x % TN;
+    const int64_t m = m0 + ty * TM + i, n = n0 + tx * TN + j;
+    if (m < M && n < N) epi(m, n, acc[i][j]);
+  }
+}
+
+// ---- reductions ----
+
+// Per-column sums over row chunks, the first level of dbias and of the (unfused) instance-norm statistics:
+// part[((grp * chunks + ch) * 2 + {0, 1}) * cols + c] = sum of v, v^2 over rows [ch * chunk_rows, ...) of group grp,
+// v = src[(grp * rows + row) * cols + c]. Block (32 columns, 8 row lanes); a fixed tree combines the row lanes.
+constexpr int kColTile = 32, kRowLanes = 8;
+constexpr int64_t kChunkRows = 2048;
+
+__device__ void row_lane_tree(double (&red)[2][kRowLanes][kColTile]) {
+  const int tx = threadIdx.x, ty = threadIdx.y;
+  for (int stride = kRowLanes / 2; stride > 0; stride /= 2) {
+    __syncthreads();
+    if (ty < stride)
+      for (int k = 0; k < 2; ++k) red[k][ty][tx] += red[k][ty + stride][tx];
+  }
+  __syncthreads();
+}
+
+template <class Ty>
+__global__ void __launch_bounds__(kColTile* kRowLanes)
+    column_sums_partial(const typename Ty::E* src, int64_t rows, int64_t cols, int64_t chunks, double* part) {
+  __shared__ double red[2][kRowLanes][kColTile];
+  const int tx = threadIdx.x, ty = threadIdx.y;
+  const int64_t c = int64_t(blockIdx.x) * kColTile + tx, ch = blockIdx.y, grp = blockIdx.z;
+  const int64_t b = ch * kChunkRows, e = b + kChunkRows < rows ? b + kChunkRows : rows;
+  double s1 = 0.0, s2 = 0.0;
+  if (c < cols)
+    for (int64_t r = b + ty; r < e; r += kRowLanes) {
+      const double v = Ty::load(src[(grp * rows + r) * cols + c]);
+      s1 += v;
+      s2 += v * v;
+    }
+  red[0][ty][tx] = s1;
+  red[1][ty][tx] = s2;
+  row_lane_tree(red);
+  if (ty == 0 && c < cols) {
+    part[((grp * chunks + ch) * 2 + 0) * cols + c] = red[0][0][tx];
+    part[((grp * chunks + ch) * 2 + 1) * cols + c] = red[1][0][tx];
+  }
+}
+
+// Sums the chunks in order. stats != null: stats[(grp * cols + c) * 2 + {0, 1}] = (sum, sum of squares); else
+// sums[c] = sum (group 0).
+__global__ void __launch_bounds__(kColTile* kRowLanes)
+    column_sums_finalize(const double* part, int64_t cols, int64_t chunks, float* sums, float* stats) {
+  __shared__ double red[2][kRowLanes][kColTile];
+  const int tx = threadIdx.x, ty = threadIdx.y;
+  const int64_t c = int64_t(blockIdx.x) * kColTile + tx, grp = blockIdx.z;
+  double s1 = 0.0, s2 = 0.0;
+  if (c < cols)
+    for (int64_t ch = ty; ch < chunks; ch += kRowLanes) {
+      s1 += part[((grp * chunks + ch) * 2 + 0) * cols + c];
+      s2 += part[((grp * chunks + ch) * 2 + 1) * cols + c];
+    }
+  red[0][ty][tx] = s1;
+  red[1][ty][tx] = s2;
+  row_lane_tree(red);
+  if (ty == 0 && c < cols) {
+    if (stats) {
+      stats[(grp * cols + c) * 2 + 0] = float(red[0][0][tx]);
+      stats[(grp * cols + c) * 2 + 1] = float(red[1][0][tx]);
+    } else {
+      sums[c] = float(red[0][0][tx]);
+    }
+  }
+}
+
+// stats[(n * K + k) * 2 + {0, 1}] from the fused epilogue's per-tile partials: the tiles that hold rows of sample n,
+// in tile order, each through the slot that sample has in it.
+__global__ void __launch_bounds__(256)
+    tile_stats_finalize(const float* part, int64_t samples, int64_t S, int64_t K, int bm, float* stats) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < samples * K;
+       i += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t n = i / K, k = i % K;
+    double s1 = 0.0, s2 = 0.0;
+    for (int64_t mt = n * S / bm; mt <= ((n + 1) * S - 1) / bm; ++mt) {
+      const int64_t slot = mt * bm / S == n ? 0 : 1;
+      s1 += part[(mt * 4 + slot * 2 + 0) * K + k];
+      s2 += part[(mt * 4 + slot * 2 + 1) * K + k];
+    }
+    stats[i * 2 + 0] = float(s1);
+    stats[i * 2 + 1] = float(s2);
+  }
+}
+
+// dw[i] = sum over splits, in split order, of part[split][i].
+__global__ void __launch_bounds__(256) sum_splits(const float* part, int64_t count, int splits, float* dw) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < count; i += int64_t(gridDim.x) * blockDim.x) {
+    float s = part[i];
+    for (int k = 1; k < splits; ++k) s += part[k * count + i];
+    dw[i] = s;
+  }
+}
+
+// ---- launchers ----
+
+Geo make_geo(const ConvProblem& p, const char* who) {
+  auto fits = [&](int64_t v, const char* name, int64_t lo) {
+    if (v < lo || v > (int64_t(1) << 30))
+      throw std::invalid_argument(std::string(who) + ": " + name + " = " + std::to_string(v) + " (expected " +
+                                  std::to_string(lo) + " to 2^30) for " + p.describe());
+    return int(v);
+  };
+  Geo g;
+  g.N = fits(p.N, "N", 1);
+  g.D = fits(p.D, "D", 1);
+  g.H = fits(p.H, "H", 1);
+  g.W = fits(p.W, "W", 1);
+  g.C = fits(p.C, "C", 1);
+  g.K = fits(p.K, "K", 1);
+  g.T = fits(p.T, "T", 1);
+  g.R = fits(p.R, "R", 1);
+  g.S = fits(p.S, "S", 1);
+  g.sd = fits(p.stride_d, "stride_d", 1);
+  g.sh = fits(p.stride_h, "stride_h", 1);
+  g.sw = fits(p.stride_w, "stride_w", 1);
+  g.pd = fits(p.pad_d, "pad_d", 0);
+  g.ph = fits(p.pad_h, "pad_h", 0);
+  g.pw = fits(p.pad_w, "pad_w", 0);
+  g.Z = fits(p.Z, "Z (output depth)", 1);
+  g.P = fits(p.P, "P (output height)", 1);
+  g.Q = fits(p.Q, "Q (output width)", 1);
+  const int64_t Z = (p.D + 2 * p.pad_d - p.T) / p.stride_d + 1, P = (p.H + 2 * p.pad_h - p.R) / p.stride_h + 1,
+                Q = (p.W + 2 * p.pad_w - p.S) / p.stride_w + 1;
+  if (Z != p.Z || P != p.P || Q != p.Q)
+    throw std::invalid_argument(std::string(who) + ": output size " + std::to_string(p.Z) + "x" + std::to_string(p.P) +
+                                "x" + std::to_string(p.Q) + " does not match the input (expected " + std::to_string(Z) +
+                                "x" + std::to_string(P) + "x" + std::to_string(Q) + "; call compute_output_size) for " +
+                                p.describe());
+  return g;
+}
+
+void check_dtype(DType dt, const char* who) {
+  if (dt != DType::f32 && dt != DType::f16 && dt != DType::bf16)
+    throw std::invalid_argument(std::string(who) + ": dtype " + dtype_name(dt) + " (expected f32, f16 or bf16)");
+}
+
+void check_ptr(const void* p, const char* who, const char* name) {
+  if (!p) throw std::invalid_argument(std::string(who) + ": " + name + " is null");
+}
+
+bool aligned16(const void* p) {
+  return reinterpret_cast<uintptr_t>(p) % 16 == 0;
+}
+
+struct Tile {
+  int bm, bn;
+};
+
+// Tensor-core tile for an M x N GEMM: thin N (32 or 64 output channels) gets tiles as narrow as N so no column
+// work is wasted; small grids fall back to 64 x 64 to give the SMs more CTAs. 128 x 128 only for wgrad (`wide`):
+// with fprop's and dgrad's heavier operand iterators its 64 x 64 warp tiles would spill on sm_80.
+Tile pick_tile(int64_t M, int64_t N, bool wide) {
+  if (testing::forced_tile_m) return {testing::forced_tile_m, testing::forced_tile_n};
+  if (N <= 32) return {128, 32};
+  if (N <= 64 || !wide) return M >= 128 * 64 ? Tile{128, 64} : Tile{64, 64};
+  if (M <= 64) return {64, 64};
+  const int64_t big = ((M + 127) / 128) * ((N + 127) / 128);
+  return big >= 64 ? Tile{128, 128} : Tile{64, 64};
+}
+
+dim3 gemm_grid(int64_t M, int64_t N, int bm, int bn, int splits, const char* who) {
+  if (M >= (int64_t(1) << 31) - 256 || N >= (int64_t(1) << 31) - 256)
+    throw std::invalid_argument(std::string(who) + ": GEMM " + std::to_string(M) + " x " + std::to_string(N) +
+                                " (expected each extent below 2^31: split the batch)");
+  const int64_t gx = (M + bm - 1) / bm, gy = (N + bn - 1) / bn;
+  if (gx > 0x7fffffff || gy > 65535 || splits > 65535)
+    throw std::invalid_argument(std::string(who) + ": GEMM " + std::to_string(M) + " x " + std::to_string(N) +
+                                " needs a grid larger than CUDA allows");
+  return dim3(unsigned(gx), unsigned(gy), unsigned(splits));
+}
+
+template <class Ty, class ItA, class ItB, class Epi>
+void run_gemm(const ItA& a, const ItB& b, const Epi& epi, int64_t M, int64_t N, int64_t Kg, int splits,
+              int64_t k_per_split, bool vec, Tile tile, cudaStream_t stream, const char* who) {
+  if (Kg >= (int64_t(1) << 31) - 256)
+    throw std::invalid_argument(std::string(who) + ": GEMM depth " + std::to_string(Kg) + " (expected below 2^31)");
+  const dim3 block(kThreads);
+  if constexpr (std::is_same_v<Ty, F32>) {
+    const int bm = N <= 32 ? 128 : 64, bn = N <= 32 ? 32 : 64;
+    const dim3 grid = gemm_grid(M, N, bm, bn, splits, who);
+    if (bn == 32)
+      launch(conv_gemm_simt<ItA, ItB, Epi, 128, 32>, grid, block, 0, stream, a, b, epi, M, N, Kg, k_per_split);
+    else
+      launch(conv_gemm_simt<ItA, ItB, Epi, 64, 64>, grid, block, 0, stream, a, b, epi, M, N, Kg, k_per_split);
+  } else {
+    if (!vec) {
+      launch(conv_gemm_tc<Ty, ItA, ItB, Epi, 64, 64, 2, 2, false>, gemm_grid(M, N, 64, 64, splits, who), block, 0,
+             stream, a, b, epi, M, N, Kg, k_per_split);
+      return;
+    }
+    const dim3 grid = gemm_grid(M, N, tile.bm, tile.bn, splits, who);
+    constexpr bool kWide = std::is_same_v<Epi, StorePartial>;  // see pick_tile
+    if (kWide && tile.bm == 128 && tile.bn == 128) {
+      if constexpr (kWide)
+        launch(conv_gemm_tc<Ty, ItA, ItB, Epi, 128, 128, 2, 2, true>, grid, block, 0, stream, a, b, epi, M, N, Kg,
+               k_per_split);
+    } else if (tile.bm == 128 && tile.bn == 64)
+      launch(conv_gemm_tc<Ty, ItA, ItB, Epi, 128, 64, 2, 3, true>, grid, block, 0, stream, a, b, epi, M, N, Kg,
+             k_per_split);
+    else if (tile.bm == 128 && tile.bn == 32)
+      launch(conv_gemm_tc<Ty, ItA, ItB, Epi, 128, 32, 4, 3, true>, grid, block, 0, stream, a, b, epi, M, N, Kg,
+             k_per_split);
+    else if (tile.bm == 64 && tile.bn == 64)
+      launch(conv_gemm_tc<Ty, ItA, ItB, Epi, 64, 64, 2, 4, true>, grid, block, 0, stream, a, b, epi, M, N, Kg,
+             k_per_split);
+    else
+      throw std::invalid_argument(std::string(who) + ": no tile " + std::to_string(tile.bm) + "x" +
+                                  std::to_string(tile.bn) + " (expected 128x64, 128x32, 64x64, or 128x128 for wgrad)");
+  }
+}
+
+// Per-column sums of a [groups][rows][cols] tensor: dbias (groups = 1, sums) or the per-(n, k) statistics (stats).
+template <class Ty>
+void column_sums(const typename Ty::E* src, int64_t groups, int64_t rows, int64_t cols, float* sums, float* stats,
+                 cudaStream_t stream) {
+  const int64_t chunks = (rows + kChunkRows - 1) / kChunkRows;
+  Scratch<double> part(size_t(groups * chunks * 2 * cols), stream);
+  const dim3 block(kColTile, kRowLanes);
+  const unsigned tiles = unsigned((cols + kColTile - 1) / kColTile);
+  launch(column_sums_partial<Ty>, dim3(tiles, unsigned(chunks), unsigned(groups)), block, 0, stream, src, rows, cols,
+         chunks, part.get());
+  launch(column_sums_finalize, dim3(tiles, 1, unsigned(groups)), block, 0, stream, part.get(), cols, chunks, sums,
+         stats);
+}
+
+// ItA: FpropA, or FpropANormAct for the normalising load (its FpropA part is a.x, a.g, a.rows).
+template <class Ty, class ItA>
+void fprop_typed(const ConvProblem& p, const ItA& a, const void* w, const float* bias, void* y, float* stats,
+                 cudaStream_t stream) {
+  using E = typename Ty::E;
+  const int64_t M = p.N * p.Z * p.P * p.Q, N = p.K, Kg = p.taps() * p.C;
+  const void* x = a.x;
+  const FpropB<E> b{static_cast<const E*>(w), N, Kg};
+  StoreOut<Ty, true> epi{static_cast<E*>(y), bias, N};
+  const bool vec = p.C % 8 == 0 && aligned16(x) && aligned16(w);
+  const Tile tile = pick_tile(M, N, false);
+  const int64_t S = p.Z * p.P * p.Q, bm = vec ? tile.bm : 64;
+  // Statistics in the epilogue on the tensor-core path when a tile spans at most two samples; otherwise (f32, or
+  // samples smaller than a tile) a second pass over y.
+  const bool fused = decltype(epi)::kStats && stats && !std::is_same_v<Ty, F32> && S >= bm;
+  if (!fused) {
+    run_gemm<Ty>(a, b, epi, M, N, Kg, 1, Kg, vec, tile, stream, "conv_fprop");
+    if (stats) column_sums<Ty>(static_cast<const E*>(y), p.N, S, p.K, nullptr, stats, stream);
+    return;
+  }
+  const int64_t tiles_m = (M + bm - 1) / bm;
+  Scratch<float> part(size_t(tiles_m * 4 * N), stream);
+  epi.part = part.get();
+  epi.S = S;
+  run_gemm<Ty>(a, b, epi, M, N, Kg, 1, Kg, vec, tile, stream, "conv_fprop");
+  const int64_t count = p.N * p.K;
+  launch(tile_stats_finalize, dim3(unsigned(count / 256 + 1 < 1024 ? count / 256 + 1 : 1024)), dim3(256), 0, stream,
+         static_cast<const float*>(part.get()), p.N, S, p.K, int(bm), stats);
+}
+
+template <class Ty>
+void dgrad_typed(const ConvProblem& p, const Geo& g, const void* dy, const void* w, void* dx, cudaStream_t stream) {
+  using E = typename Ty::E;
+  const int64_t M = p.N * p.D * p.H * p.W, N = p.C, Kg = p.taps() * p.K;
+  const DgradA<E> a{static_cast<const E*>(dy), g, M};
+  const DgradB<E> b{static_cast<const E*>(w), g};
+  const StoreOut<Ty, false> epi{static_cast<E*>(dx), nullptr, N};
+  const bool vec = p.C % 8 == 0 && p.K % 8 == 0 && aligned16(dy) && aligned16(w);
+  static_assert(!decltype(epi)::kStats, "dgrad has no statistics epilogue");
+  if (g.sd == 1 && g.sh == 1 && g.sw == 1) {
+    run_gemm<Ty>(a, b, epi, M, N, Kg, 1, Kg, vec, pick_tile(M, N, false), stream, "conv_dgrad");
+    return;
+  }
+  // One GEMM per phase (sd * sh * sw of them); a phase no tap reaches runs with an empty k range and stores zeros.
+  struct Axis {
+    int first, count, tap0, taps, out0;
+  };
+  auto axis = [](int phase, int size, int stride, int pad, int taps) {
+    const int tap0 = (phase + pad) % stride;
+    return Axis{phase, phase < size ? (size - phase + stride - 1) / stride : 0, tap0,
+                tap0 < taps ? (taps - tap0 + stride - 1) / stride : 0, (phase + pad - tap0) / stride};
+  };
+  for (int pd = 0; pd < g.sd; ++pd)
+    for (int ph = 0; ph < g.sh; ++ph)
+      for (int pw = 0; pw < g.sw; ++pw) {
+        const Axis ad = axis(pd, g.D, g.sd, g.pd, g.T), ah = axis(ph, g.H, g.sh, g.ph, g.R),
+                   aw = axis(pw, g.W, g.sw, g.pw, g.S);
+        const Phase phase{ad.first, ah.first, aw.first, ad.count, ah.count, aw.count, ad.tap0, ah.tap0,
+                          aw.tap0,  ad.taps,  ah.taps,  aw.taps,  ad.out0,  ah.out0,  aw.out0};
+        const int64_t Mp = p.N * ad.count * ah.count * aw.count, Kp = int64_t(ad.taps) * ah.taps * aw.taps * p.K;
+        if (Mp == 0) continue;
+        const DgradPhaseA<E> pa{static_cast<const E*>(dy), g, phase, Mp};
+        const DgradPhaseB<E> pb{static_cast<const E*>(w), g, phase};
+        const StorePhase<Ty> pe{static_cast<E*>(dx), g, phase};
+        static_assert(!decltype(pe)::kStats, "dgrad has no statistics epilogue");
+        run_gemm<Ty>(pa, pb, pe, Mp, N, Kp, 1, Kp, vec, pick_tile(Mp, N, false), stream, "conv_dgrad");
+      }
+}
+
+// Splits of wgrad's pixel dimension: enough CTAs to fill a large GPU twice over, each split at least 512 pixels.
+// Depends only on the shape (and the tile, itself a function of the shape), so the summation order is fixed.
+int wgrad_splits(int64_t tiles, int64_t pixels, int64_t* k_per_split) {
+  int64_t splits = testing::forced_wgrad_splits > 0 ? testing::forced_wgrad_splits : (264 + tiles - 1) / tiles;
+  const int64_t most = pixels / 512 > 1 ? pixels / 512 : 1;
+  if (testing::forced_wgrad_splits <= 0 && splits > most) splits = most;
+  if (splits > 4096) splits = 4096;
+  if (splits < 1) splits = 1;
+  int64_t per = (pixels + splits - 1) / splits;
+  per = (per + kBK - 1) / kBK * kBK;  // whole pipeline chunks, so no split but the last ends mid-chunk
+  *k_per_split = per;
+  return int((pixels + per - 1) / per);
+}
+
+template <class Ty>
+void wgrad_typed(const ConvProblem& p, const Geo& g, const void* x, const void* dy, float* dw, float* dbias,
+                 cudaStream_t stream) {
+  using E = typename Ty::E;
+  const int64_t M = p.K, N = p.taps() * p.C, Kg = p.N * p.Z * p.P * p.Q;
+  if (dw) {
+    const WgradA<E> a{static_cast<const E*>(dy), g.K};
+    const WgradB<E> b{static_cast<const E*>(x), g};
+    const bool vec = p.C % 8 == 0 && p.K % 8 == 0 && aligned16(x) && aligned16(dy);
+    Tile tile = pick_tile(M, N, true);
+    if (std::is_same_v<Ty, F32>) tile = N <= 32 ? Tile{128, 32} : Tile{64, 64};
+    if (!vec) tile = {64, 64};
+    const int64_t tiles = ((M + tile.bm - 1) / tile.bm) * ((N + tile.bn - 1) / tile.bn);
+    int64_t per = 0;
+    const int splits = wgrad_splits(tiles, Kg, &per);
+    if (splits == 1) {
+      run_gemm<Ty>(a, b, StorePartial{dw, N, 0}, M, N, Kg, 1, per, vec, tile, stream, "conv_wgrad");
+    } else {
+      Scratch<float> part(size_t(splits) * size_t(M * N), stream);
+      run_gemm<Ty>(a, b, StorePartial{part.get(), N, M * N}, M, N, Kg, splits, per, vec, tile, stream, "conv_wgrad");
+      const int64_t count = M * N;
+      const unsigned blocks = unsigned(count / 256 + 1 < 1024 ? count / 256 + 1 : 1024);
+      launch(sum_splits, dim3(blocks), dim3(256), 0, stream, static_cast<const float*>(part.get()), count, splits, dw);
+    }
+  }
+  if (dbias) column_sums<Ty>(static_cast<const E*>(dy), 1, Kg, p.K, dbias, nullptr, stream);
+}
+
+}  // namespace
+
+void conv_fprop(const ConvProblem& p, DType dt, const void* x, const void* w, const float* bias, void* y, float* stats,
+                cudaStream_t stream) {
+  const Geo g = make_geo(p, "conv_fprop");
+  check_dtype(dt, "conv_fprop");
+  check_ptr(x, "conv_fprop", "x");
+  check_ptr(w, "conv_fprop", "w");
+  check_ptr(y, "conv_fprop", "y");
+  const int64_t M = p.N * p.Z * p.P * p.Q;
+  if (dt == DType::f32)
+    fprop_typed<F32>(p, FpropA<float>{static_cast<const float*>(x), g, M}, w, bias, y, stats, stream);
+  if (dt == DType::f16)
+    fprop_typed<F16>(p, FpropA<uint16_t>{static_cast<const uint16_t*>(x), g, M}, w, bias, y, stats, stream);
+  if (dt == DType::bf16)
+    fprop_typed<BF16>(p, FpropA<uint16_t>{static_cast<const uint16_t*>(x), g, M}, w, bias, y, stats, stream);
+}
+
+namespace {
+template <class Ty>
+FpropANormAct<Ty> norm_act_operand(const void* x, const Geo& g, int64_t M, const float* mean, const float* scale,
+                                   const float* shift, float slope) {
+  FpropANormAct<Ty> a;
+  a.x = static_cast<const typename Ty::E*>(x);
+  a.g = g;
+  a.rows = M;
+  a.mean = mean;
+  a.scale = scale;
+  a.shift = shift;
+  a.slope = slope;
+  return a;
+}
+}  // namespace
+
+void conv_fprop_norm_act(const ConvProblem& p, DType dt, const void* x, const float* mean, const float* scale,
+                         const float* shift, float slope, const void* w, const float* bias, void* y, float* stats,
+                         cudaStream_t stream) {
+  const char* who = "conv_fprop_norm_act";
+  const Geo g = make_geo(p, who);
+  check_dtype(dt, who);
+  check_ptr(x, who, "x");
+  check_ptr(w, who, "w");
+  check_ptr(y, who, "y");
+  check_ptr(mean, who, "mean");
+  check_ptr(scale, who, "scale");
+  check_ptr(shift, who, "shift");
+  const int64_t M = p.N * p.Z * p.P * p.Q;
+  if (dt == DType::f32)
+    fprop_typed<F32>(p, norm_act_operand<F32>(x, g, M, mean, scale, shift, slope), w, bias, y, stats, stream);
+  if (dt == DType::f16)
+    fprop_typed<F16>(p, norm_act_operand<F16>(x, g, M, mean, scale, shift, slope), w, bias, y, stats, stream);
+  if (dt == DType::bf16)
+    fprop_typed<BF16>(p, norm_act_operand<BF16>(x, g, M, mean, scale, shift, slope), w, bias, y, stats, stream);
+}
+
+void conv_dgrad(const ConvProblem& p, DType dt, const void* dy, const void* w, void* dx, cudaStream_t stream) {
+  const Geo g = make_geo(p, "conv_dgrad");
+  check_dtype(dt, "conv_dgrad");
+  check_ptr(dy, "conv_dgrad", "dy");
+  check_ptr(w, "conv_dgrad", "w");
+  check_ptr(dx, "conv_dgrad", "dx");
+  if (dt == DType::f32) dgrad_typed<F32>(p, g, dy, w, dx, stream);
+  if (dt == DType::f16) dgrad_typed<F16>(p, g, dy, w, dx, stream);
+  if (dt == DType::bf16) dgrad_typed<BF16>(p, g, dy, w, dx, stream);
+}
+
+void conv_wgrad(const ConvProblem& p, DType dt, const void* x, const void* dy, float* dw, float* dbias,
+                cudaStream_t stream) {
+  const Geo g = make_geo(p, "conv_wgrad");
+  check_dtype(dt, "conv_wgrad");
+  check_ptr(x, "conv_wgrad", "x");
+  check_ptr(dy, "conv_wgrad", "dy");
+  if (dt == DType::f32) wgrad_typed<F32>(p, g, x, dy, dw, dbias, stream);
+  if (dt == DType::f16) wgrad_typed<F16>(p, g, x, dy, dw, dbias, stream);
+  if (dt == DType::bf16) wgrad_typed<BF16>(p, g, x, dy, dw, dbias, stream);
+}
+
+}  // namespace unet::kernels::cuda
