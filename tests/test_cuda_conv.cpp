@@ -255,7 +255,7 @@ struct Case {
 std::vector<Case> cases() {
   return {
       {"3D 3x3x3 C8 K16 batch 2", problem(2, 3, 5, 7, 8, 16, 3, 3, 3, 1, 1, 1)},
-      {"3D 5x7x9 3x3x3 C3 K5 (scalar loads)", problem(1, 5, 7, 9, 3, 5, 3, 3, 3, 1, 1, 1)},
+      {"3D 5x7x9 3x3x3 C5 K3 (scalar loads)", problem(1, 5, 7, 9, 5, 3, 3, 3, 3, 1, 1, 1)},
       {"2D 3x3 stride 2 C12 K17", problem(1, 1, 9, 11, 12, 17, 1, 3, 3, 2, 0, 1)},
       {"3D 3x3x3 stride 2 C17 K32 batch 2", problem(2, 4, 5, 5, 17, 32, 3, 3, 3, 2, 1, 1)},
       {"3D 1x1x1 C16 K12 batch 2", problem(2, 3, 4, 5, 16, 12, 1, 1, 1, 1, 0, 0)},
@@ -361,8 +361,9 @@ TEST_CASE("cuda conv fprop statistics equal sums of the stored output") {
   // 3x5x9 = 135 pixels per sample: 128-row tiles span two samples; 3x3 = 9 pixels: a tile spans many.
   const ConvProblem big = problem(2, 3, 5, 9, 8, 16, 3, 3, 3, 1, 1, 1);
   const ConvProblem small = problem(3, 1, 3, 3, 5, 32, 1, 3, 3, 1, 0, 1);
-  // C = 3: scalar loads, 64-row tiles, 81 pixels per sample (fused, tiles span two samples).
-  const ConvProblem odd = problem(2, 1, 9, 9, 3, 8, 1, 3, 3, 1, 0, 1);
+  // C = 6: scalar loads, 64-row tiles, 81 pixels per sample (fused, tiles span two samples). (C <= 4 would take the
+  // thin first-layer path, tested in test_cuda_conv_transpose.cpp.)
+  const ConvProblem odd = problem(2, 1, 9, 9, 6, 8, 1, 3, 3, 1, 0, 1);
   for (const ConvProblem& p : {big, small, odd})
     for (DType dt : kDtypes) check_fprop(p, dt, true, true, seed++);
   const int tiles[][2] = {{128, 64}, {128, 32}, {64, 64}};

@@ -3,9 +3,9 @@
 // Tolerances, from the kernels' own contracts (tests/test_cuda_*.cpp): elementwise ops, activations, copies, casts,
 // argmax and the upsampling adjoint are bitwise equal to the CPU; instance norm and the DiceCE sums are reductions in
 // another order (1e-5 relative); the optimizer steps are the same f32 arithmetic per element (bitwise, checked at 1e-7).
-// Convolutions on cuda-emu borrow the CPU kernels (no CUDA kernel yet), so they are bitwise equal by construction;
-// transposed convolution runs kernels/cuda/conv_transpose.cu, f32 sums in another order (1e-5 relative).
-// Training: 3 steps of a 3-level 3D DynUNet; every difference comes from reduction order (norm, loss), amplified by the
+// Convolution (kernels/cuda/conv.cu, and conv_thin.cu for 1-4 input channels) and transposed convolution
+// (kernels/cuda/conv_transpose.cu) sum in f32 in another order than the CPU (1e-5 relative).
+// Training: 3 steps of a 3-level 3D DynUNet; every difference comes from reduction order (conv, norm, loss), amplified by the
 // steps, so losses agree to 1e-5 relative and the final weights to 1e-4 relative + 1e-6 absolute.
 #include <algorithm>
 #include <chrono>
@@ -224,9 +224,36 @@ TEST_CASE("cuda-emu dice_ce_loss equals the cpu op within 1e-5, forward parts an
                        std::invalid_argument);
 }
 
-TEST_CASE("cuda-emu conv (borrowed cpu kernels) equals the cpu op") {
-  check_op([](const std::vector<Tensor>& x) { return ops::conv(x[0], x[1], x[2], {1, 2, 1}, {1, 1, 1}); },
-           {randn({1, 4, 5, 6, 2}, 16), randn({3, 3, 3, 3, 2}, 17), randn({3}, 18)}, 0, 0);
+TEST_CASE("cuda-emu conv equals the cpu op within 1e-5") {
+  SUBCASE("3D, 2 input channels (the thin first-layer path), stride [1, 2, 1]") {
+    check_op([](const std::vector<Tensor>& x) { return ops::conv(x[0], x[1], x[2], {1, 2, 1}, {1, 1, 1}); },
+             {randn({1, 4, 5, 6, 2}, 16), randn({3, 3, 3, 3, 2}, 17), randn({3}, 18)}, 1e-5, 1e-5);
+  }
+  SUBCASE("3D implicit GEMM, 6 input channels, batch 2, stride [2, 1, 1]") {
+    check_op([](const std::vector<Tensor>& x) { return ops::conv(x[0], x[1], x[2], {2, 1, 1}, {1, 1, 1}); },
+             {randn({2, 5, 4, 3, 6}, 60), randn({8, 3, 3, 3, 6}, 61), randn({8}, 62)}, 1e-5, 1e-5);
+  }
+  SUBCASE("2D implicit GEMM without bias, kernel 1x3") {
+    check_op([](const std::vector<Tensor>& x) { return ops::conv(x[0], x[1], Tensor(), {1, 1}, {0, 1}); },
+             {randn({1, 5, 7, 8}, 63), randn({5, 1, 3, 8}, 64)}, 1e-5, 1e-5);
+  }
+}
+
+TEST_CASE("cuda-emu conv with a frozen weight gives dx and dbias as on the cpu (x not saved)") {
+  std::vector<float> result[2];
+  for (int side = 0; side < 2; ++side) {
+    const Device d = side ? kEmu : Device::cpu;
+    Tensor x = randn({2, 3, 4, 5, 8}, 65).to(d), w = randn({4, 3, 3, 3, 8}, 66).to(d), b = randn({4}, 67).to(d);
+    x.set_requires_grad(true), b.set_requires_grad(true);
+    Tensor y = ops::conv(x, w, b, {1, 1, 1}, {1, 1, 1});
+    autograd::backward(y, randn(y.shape(), 68).to(d));
+    CHECK_FALSE(w.grad().defined());
+    for (const Tensor& t : {y, x.grad(), b.grad()}) {
+      auto v = t.to_vector();
+      result[side].insert(result[side].end(), v.begin(), v.end());
+    }
+  }
+  compare(result[1], result[0], 1e-5, 1e-5, "y, dx, dbias");
 }
 
 TEST_CASE("cuda-emu conv_transpose equals the cpu op within 1e-5") {

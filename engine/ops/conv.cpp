@@ -1,13 +1,13 @@
 // ops::conv: 2D and 3D convolution on channels-last tensors, with its autograd node (dx, dw, dbias).
-// Validation happens here, once, so the kernels in kernels/cpu/conv.cpp can assume a well-formed problem.
-// TEMPORARY: there is no CUDA convolution kernel yet. On Device::cuda_emu, whose memory is host memory, the CPU kernels
-// are BORROWED (they run on the emulated device's buffers directly); Device::cuda is refused. Replace with
-// kernels::cuda:: calls when kernels/cuda/conv.cu exists.
+// Validation happens here, once, so the kernels (kernels/cpu/conv.cpp, kernels/cuda/conv.cu, chosen by x's device)
+// can assume a well-formed problem.
 #include <string>
 
 #include "engine/autograd.h"
 #include "engine/ops.h"
+#include "engine/ops/dispatch.h"
 #include "kernels/conv.h"
+#include "kernels/cuda/conv.cuh"
 
 namespace unet::ops {
 namespace {
@@ -18,9 +18,7 @@ std::string vec_str(const std::vector<int>& v) {
   return s + "]";
 }
 
-void check_cpu_f32(const Tensor& t, const char* what) {
-  check_arg(t.device() != Device::cuda,  // cpu, or cuda-emu borrowing the CPU kernels (see the top of this file)
-            std::string("conv: ") + what + " " + t.describe() + ": no CUDA convolution kernel yet");
+void check_f32(const Tensor& t, const char* what) {
   check_arg(t.dtype() == DType::f32, std::string("conv: ") + what + " must be f32, got " + t.describe());
 }
 
@@ -54,8 +52,8 @@ kernels::ConvProblem make_problem(const Tensor& x, const Tensor& w, const std::v
 Tensor conv(const Tensor& x, const Tensor& w, const Tensor& bias, const std::vector<int>& stride,
             const std::vector<int>& pad) {
   check_arg(x.defined() && w.defined(), "conv: undefined input or weight");
-  check_cpu_f32(x, "input");
-  check_cpu_f32(w, "weight");
+  check_f32(x, "input");
+  check_f32(w, "weight");
   const std::string shapes = "input " + shape_str(x.shape()) + ", weight " + shape_str(w.shape());
   check_arg(x.rank() == 4 || x.rank() == 5,
             "conv: input must be [N, H, W, C] or [N, D, H, W, C] (rank 4 or 5), got " + shapes);
@@ -72,10 +70,9 @@ Tensor conv(const Tensor& x, const Tensor& w, const Tensor& bias, const std::vec
     check_arg(stride[i] >= 1, "conv: stride " + vec_str(stride) + " must be >= 1");
     check_arg(pad[i] >= 0, "conv: pad " + vec_str(pad) + " must be >= 0");
   }
-  check_arg(w.device() == x.device() && (!bias.defined() || bias.device() == x.device()),
-            "conv: input, weight and bias must be on one device, " + shapes);
+  detail::check_device("conv", x.device(), {x, w, bias});
   if (bias.defined()) {
-    check_cpu_f32(bias, "bias");
+    check_f32(bias, "bias");
     check_arg(
         bias.rank() == 1 && bias.dim(0) == w.dim(0),
         "conv: bias " + shape_str(bias.shape()) + " must be [K] = [" + std::to_string(w.dim(0)) + "] for " + shapes);
@@ -89,8 +86,12 @@ Tensor conv(const Tensor& x, const Tensor& w, const Tensor& bias, const std::vec
   out_shape.insert(out_shape.end(), {p.P, p.Q, p.K});
   const Device dev = x.device();
   Tensor y = Tensor::empty(out_shape, DType::f32, dev);
-  kernels::cpu::conv_fprop(p, x.data<float>(), w.data<float>(), bias.defined() ? bias.data<float>() : nullptr,
-                           y.data<float>());
+  const float* b_ptr = bias.defined() ? bias.data<float>() : nullptr;
+  if (detail::on_cuda(x))
+    UNET_CUDA_KERNEL("conv", kernels::cuda::conv_fprop(p, DType::f32, x.data<float>(), w.data<float>(), b_ptr,
+                                                        y.data<float>(), nullptr, detail::stream(x)));
+  else
+    kernels::cpu::conv_fprop(p, x.data<float>(), w.data<float>(), b_ptr, y.data<float>());
 
   if (autograd::should_record({x, w, bias})) {
     const bool need_dx = x.requires_grad(), need_dw = w.requires_grad();
@@ -106,17 +107,26 @@ Tensor conv(const Tensor& x, const Tensor& w, const Tensor& bias, const std::vec
                        if (!dy.defined()) return grads;
                        if (need_dx) {
                          grads[0] = Tensor::empty(x_shape, DType::f32, dev);
-                         kernels::cpu::conv_dgrad(p, dy.data<float>(), saved_w.data<float>(), grads[0].data<float>());
+                         if (detail::on_cuda(dy))
+                           UNET_CUDA_KERNEL("conv", kernels::cuda::conv_dgrad(p, DType::f32, dy.data<float>(),
+                                                                               saved_w.data<float>(),
+                                                                               grads[0].data<float>(), detail::stream(dy)));
+                         else
+                           kernels::cpu::conv_dgrad(p, dy.data<float>(), saved_w.data<float>(), grads[0].data<float>());
                        }
                        if (need_dw || need_db) {
                          Tensor db = need_db ? Tensor::empty({p.K}, DType::f32, dev) : Tensor();
-                         if (need_dw) {
-                           grads[1] = Tensor::empty(w_shape, DType::f32, dev);
-                           kernels::cpu::conv_wgrad(p, saved_x.data<float>(), dy.data<float>(), grads[1].data<float>(),
-                                                    need_db ? db.data<float>() : nullptr);
-                         } else {
-                           kernels::cpu::conv_bias_grad(p, dy.data<float>(), db.data<float>());
-                         }
+                         if (need_dw) grads[1] = Tensor::empty(w_shape, DType::f32, dev);
+                         float* dw_ptr = need_dw ? grads[1].data<float>() : nullptr;
+                         float* db_ptr = need_db ? db.data<float>() : nullptr;
+                         if (detail::on_cuda(dy))  // x is not read (nor saved) when dw is not wanted
+                           UNET_CUDA_KERNEL("conv", kernels::cuda::conv_wgrad(
+                                                        p, DType::f32, need_dw ? saved_x.data<float>() : nullptr,
+                                                        dy.data<float>(), dw_ptr, db_ptr, detail::stream(dy)));
+                         else if (need_dw)
+                           kernels::cpu::conv_wgrad(p, saved_x.data<float>(), dy.data<float>(), dw_ptr, db_ptr);
+                         else
+                           kernels::cpu::conv_bias_grad(p, dy.data<float>(), db_ptr);
                          grads[2] = db;
                        }
                        return grads;

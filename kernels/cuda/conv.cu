@@ -17,6 +17,7 @@
 #include "kernels/cuda/cuda_compat.cuh"
 // clang-format off
 #include "kernels/cuda/conv.cuh"
+#include "kernels/cuda/conv_thin.cuh"
 #include "kernels/cuda/launch.cuh"
 #include "kernels/cuda/mma.cuh"
 #include "kernels/cuda/scratch.cuh"
@@ -1018,6 +1019,7 @@ void conv_fprop(const ConvProblem& p, DType dt, const void* x, const void* w, co
   check_ptr(x, "conv_fprop", "x");
   check_ptr(w, "conv_fprop", "w");
   check_ptr(y, "conv_fprop", "y");
+  if (conv_thin_applies(p)) return conv_fprop_thin(p, dt, x, w, bias, y, stats, stream);  // 1-4 input channels
   const int64_t M = p.N * p.Z * p.P * p.Q;
   if (dt == DType::f32)
     fprop_typed<F32>(p, FpropA<float>{static_cast<const float*>(x), g, M}, w, bias, y, stats, stream);
@@ -1079,8 +1081,9 @@ void conv_wgrad(const ConvProblem& p, DType dt, const void* x, const void* dy, f
                 cudaStream_t stream) {
   const Geo g = make_geo(p, "conv_wgrad");
   check_dtype(dt, "conv_wgrad");
-  check_ptr(x, "conv_wgrad", "x");
+  if (dw) check_ptr(x, "conv_wgrad", "x");  // x is not read when only dbias is wanted
   check_ptr(dy, "conv_wgrad", "dy");
+  if (conv_thin_applies(p)) return conv_wgrad_thin(p, dt, x, dy, dw, dbias, stream);  // 1-4 input channels
   if (dt == DType::f32) wgrad_typed<F32>(p, g, x, dy, dw, dbias, stream);
   if (dt == DType::f16) wgrad_typed<F16>(p, g, x, dy, dw, dbias, stream);
   if (dt == DType::bf16) wgrad_typed<BF16>(p, g, x, dy, dw, dbias, stream);

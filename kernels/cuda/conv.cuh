@@ -5,6 +5,8 @@
 // Data types: `dt` is the type of the activations and weights (x, w, y, dy, dx):
 //   f32        SIMT path (fp32 FMA);
 //   f16, bf16  tensor cores (mma.sync m16n8k16, f32 accumulation), operands staged with cp.async + ldmatrix.
+// A thin first layer (1 to 4 input channels, filter extents <= 3) takes the direct convolution of conv_thin.cuh in
+// fprop and wgrad instead, where implicit GEMM would waste its reduction axis.
 // Bias, dw and dbias are always f32 (fp32 master weights, DESIGN section 6); for f16/bf16 the caller passes the
 // weights already cast to dt.
 //
@@ -38,7 +40,7 @@ void conv_fprop_norm_act(const ConvProblem& p, DType dt, const void* x, const fl
 // output reads get 0).
 void conv_dgrad(const ConvProblem& p, DType dt, const void* dy, const void* w, void* dx, cudaStream_t stream);
 
-// dw [K, T, R, S, C] f32 and dbias [K] f32 (either may be null), overwritten.
+// dw [K, T, R, S, C] f32 and dbias [K] f32 (either may be null), overwritten; x may be null when dw is.
 void conv_wgrad(const ConvProblem& p, DType dt, const void* x, const void* dy, float* dw, float* dbias,
                 cudaStream_t stream);
 
