@@ -45,6 +45,18 @@ int usage(const char* msg) {
 
 }  // namespace
 
+// The name in a 60-column cell: common type names abbreviated, and when still too long the middle left out, so both
+// the kernel's name and its last template arguments (tile shape, stages) stay readable.
+std::string display_name(std::string name) {
+  for (const auto& [from, to] : {std::pair<std::string, std::string>{"unsigned short", "u16"}, {"unsigned char", "u8"},
+                                 {"unsigned int", "u32"}, {"(bool)1", "true"}, {"(bool)0", "false"}, {", ", ","}}) {
+    for (size_t at = name.find(from); at != std::string::npos; at = name.find(from, at + to.size()))
+      name.replace(at, from.size(), to);
+  }
+  if (name.size() > 60) name = name.substr(0, 32) + "..." + name.substr(name.size() - 25);
+  return name;
+}
+
 int main(int argc, char** argv) {
   fs::path dir = UNET_CUDA_OBJECTS_DIR;
   std::vector<std::pair<std::string, int64_t>> dynamic_smem;  // (name part, bytes)
@@ -85,7 +97,7 @@ int main(int argc, char** argv) {
   std::printf("occupancy: theoretical (CUDA occupancy formulas) from registers, threads and static shared memory%s\n\n",
               dynamic_smem.empty() ? " (dynamic shared memory is chosen at launch: see --dynamic-smem)"
                                    : " plus the --dynamic-smem bytes");
-  std::printf("%-12s %-44s %-5s %4s %11s %5s %6s %7s %10s %-22s\n", "file", "kernel", "arch", "regs", "spill st/ld",
+  std::printf("%-12s %-60s %-5s %4s %11s %5s %6s %7s %10s %-22s\n", "file", "kernel", "arch", "regs", "spill st/ld",
               "stack", "smem", "threads", "occupancy", "limited by");
   int kernels = 0, unbounded = 0;
   std::vector<std::string> spills;
@@ -98,15 +110,14 @@ int main(int argc, char** argv) {
           fs::exists(object) ? parse_launch_bounds(read_file(object)) : std::map<std::pair<std::string, int>, int>{};
       for (const PtxasFunction& f : fns) {
         const std::string full_name = short_kernel_name(f.mangled);
-        std::string name = full_name;
-        if (name.size() > 44) name = name.substr(0, 41) + "...";
+        std::string name = display_name(full_name);
         char spill[32], arch[16];
         std::snprintf(spill, sizeof spill, "%lld/%lld", static_cast<long long>(f.spill_store_bytes),
                       static_cast<long long>(f.spill_load_bytes));
         std::snprintf(arch, sizeof arch, "sm_%d", f.sm);
         if (f.spills()) spills.push_back(file + ": " + short_kernel_name(f.mangled) + " (" + arch + ")");
         if (!f.is_entry) {
-          std::printf("%-12s %-44s %-5s %4s %11s %5lld %6s %7s %10s %-22s\n", file.c_str(), name.c_str(), arch, "-",
+          std::printf("%-12s %-60s %-5s %4s %11s %5lld %6s %7s %10s %-22s\n", file.c_str(), name.c_str(), arch, "-",
                       spill, static_cast<long long>(f.stack_bytes), "-", "-", "-", "(device function)");
           continue;
         }
@@ -130,7 +141,7 @@ int main(int argc, char** argv) {
             limiter = "no limits for this arch";
           }
         }
-        std::printf("%-12s %-44s %-5s %4d %11s %5lld %6lld %7s %10s %-22s\n", file.c_str(), name.c_str(), arch,
+        std::printf("%-12s %-60s %-5s %4d %11s %5lld %6lld %7s %10s %-22s\n", file.c_str(), name.c_str(), arch,
                     f.registers, spill, static_cast<long long>(f.stack_bytes),
                     static_cast<long long>(f.static_smem_bytes), threads.c_str(), occupancy.c_str(), limiter.c_str());
       }
