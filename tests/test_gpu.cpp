@@ -4,7 +4,8 @@
 // the file; on a GPU machine `build-gpu/unet_tests --source-file='*test_gpu*'` is the check.
 // Tolerances: copies, add, relu, concat, upsampling and casts are exact on any hardware; reductions (instance norm,
 // the DiceCE sums) run in another order than on the CPU and nvcc contracts multiply-adds, so 1e-5 relative as under the
-// emulator, and 1e-6 for the optimizer steps (one fused multiply-add per moment instead of two roundings).
+// emulator, 1e-6 for the optimizer steps (one fused multiply-add per moment instead of two roundings), and 1e-4 (1e-3
+// absolute) for the f32 convolutions (sums of hundreds of products in another order).
 #include <cmath>
 #include <cstring>
 #include <functional>
@@ -157,6 +158,32 @@ TEST_CASE("gpu: instance_norm equals the cpu op within 1e-5") {
            {randn({2, 4, 5, 6, 3}, 5, 2.f), randn({3}, 6), randn({3}, 7)}, 1e-5, 1e-5);
   check_op([](const std::vector<Tensor>& x) { return ops::instance_norm(x[0], x[1], x[2]); },
            {randn({1, 16, 16, 16, 32}, 8, 3.f), randn({32}, 9), randn({32}, 10)}, 1e-5, 1e-5);
+}
+
+TEST_CASE("gpu: conv and conv_transpose forward/backward equal the cpu ops") {
+  if (!have_gpu()) return;
+  // f32 through the ops (SIMT kernels; C <= 4 takes the thin first-layer kernel): sums of up to 864 products per
+  // output and of up to 1024 pixels per weight gradient in another order than the cpu's, so 1e-4 relative with an
+  // absolute floor of 1e-3 for gradients that sum over every output position (as the self-test).
+  auto conv = [](std::vector<int> stride, std::vector<int> pad) {
+    return [=](const std::vector<Tensor>& x) { return ops::conv(x[0], x[1], x[2], stride, pad); };
+  };
+  check_op(conv({1, 1, 1}, {1, 1, 1}), {randn({2, 5, 6, 7, 3}, 50), randn({4, 3, 3, 3, 3}, 51, 0.3f), randn({4}, 52)},
+           1e-4, 1e-3);
+  check_op(conv({1, 1, 1}, {1, 1, 1}), {randn({1, 6, 5, 6, 1}, 53), randn({8, 3, 3, 3, 1}, 54, 0.3f), randn({8}, 55)},
+           1e-4, 1e-3);
+  check_op(conv({1, 2, 2}, {0, 1, 1}), {randn({1, 4, 7, 6, 5}, 56), randn({3, 1, 3, 3, 5}, 57, 0.3f), randn({3}, 58)},
+           1e-4, 1e-3);
+  check_op(conv({2, 2}, {1, 1}), {randn({2, 9, 7, 8}, 59), randn({16, 3, 3, 8}, 60, 0.2f), randn({16}, 61)}, 1e-4,
+           1e-3);
+  check_op(conv({2, 2, 2}, {1, 1, 1}),
+           {randn({2, 6, 8, 8, 16}, 62), randn({32, 3, 3, 3, 16}, 63, 0.1f), randn({32}, 64)}, 1e-4, 1e-3);
+  check_op(conv({1, 1, 1}, {1, 1, 1}),
+           {randn({2, 8, 8, 8, 32}, 65), randn({32, 3, 3, 3, 32}, 66, 0.1f), randn({32}, 67)}, 1e-4, 1e-3);
+  auto tconv = [](const std::vector<Tensor>& x) { return ops::conv_transpose(x[0], x[1], x[2]); };
+  check_op(tconv, {randn({1, 3, 2, 3, 4}, 68), randn({3, 2, 2, 2, 4}, 69), randn({3}, 70)}, 1e-4, 1e-3);
+  check_op(tconv, {randn({2, 2, 3, 3, 6}, 71), randn({4, 1, 2, 2, 6}, 72), randn({4}, 73)}, 1e-4, 1e-3);
+  check_op(tconv, {randn({2, 4, 4, 4, 64}, 74), randn({32, 2, 2, 2, 64}, 75, 0.2f), randn({32}, 76)}, 1e-4, 1e-3);
 }
 
 TEST_CASE("gpu: concat_channels, upsample_nearest and cast equal the cpu ops (bitwise)") {

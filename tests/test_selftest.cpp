@@ -1,11 +1,13 @@
 // The GPU self-test: the comparison that decides PASS/FAIL, and the unet_selftest command on the emulated device
 // (how CI runs it): a clean run passes every check of every op family with exit status 0, a planted mismatch fails
-// exactly the perturbed check with exit status 1, and a missing GPU or a bad argument is a clear error.
+// exactly the perturbed checks with exit status 1 (every direct f16/bf16 convolution kernel row included), and a
+// missing GPU or a bad argument is a clear error.
 #include <doctest/doctest.h>
 
 #include <cmath>
 #include <cstdlib>
 #include <string>
+#include <vector>
 
 #include "bench/lib/selftest.h"
 #include "tests/test_util.h"
@@ -28,6 +30,18 @@ TEST_CASE("compare_results: within atol + rtol |expected| passes, just outside f
   CHECK_FALSE(compare_results({0, 0.002f}, {0, 0}, 1e-4, 1e-3).pass);
   // The relative error leaves out expected values within atol of zero.
   CHECK(compare_results({0.0005f}, {0}, 1e-4, 1e-3).max_rel == 0);
+}
+
+TEST_CASE("compare_results: a per-element bound adds btol * bound[i] to element i's tolerance") {
+  const std::vector<float> bound = {1000, 10};
+  // Element 0 may be off by 1e-5 * 1000 = 0.01 (+ 1e-3 * 2), element 1 by 1e-4 (+ 1e-3 * 2).
+  CHECK(compare_results({2.011f, 2.002f}, {2, 2}, 1e-3, 0, &bound, 1e-5).pass);
+  CHECK_FALSE(compare_results({2.013f, 2}, {2, 2}, 1e-3, 0, &bound, 1e-5).pass);
+  const bench::Comparison c = compare_results({2, 2.0023f}, {2, 2}, 1e-3, 0, &bound, 1e-5);
+  CHECK_FALSE(c.pass);
+  CHECK(c.worst == 1);
+  const std::vector<float> short_bound = {1};
+  CHECK_FALSE(compare_results({2, 2}, {2, 2}, 1e-3, 0, &short_bound, 1e-5).pass);
 }
 
 TEST_CASE("compare_results: NaN, unequal infinities and size mismatches fail; equal infinities pass") {
@@ -53,6 +67,23 @@ TEST_CASE("unet_selftest --device cuda-emu --quick passes every check of every o
                          "conv3d thin C=1",
                          "conv_transpose3d k2 fprop",
                          "conv_transpose3d k2 wgrad",
+                         "conv.cu f16 3d k3 C8 K16 fprop",
+                         "conv.cu f16 3d k3 C8 K16 fprop stats",
+                         "conv.cu f16 3d k3 C8 K16 dgrad",
+                         "conv.cu f16 3d k3 C8 K16 wgrad splits 2 dw",
+                         "conv.cu f16 3d k3 C8 K16 wgrad splits 2 dbias",
+                         "conv.cu bf16 3d k3 s2 C5 K8 fprop",
+                         "conv.cu bf16 3d k3 s2 C5 K8 dgrad",
+                         "conv.cu bf16 3d k3 s2 C5 K8 wgrad dw",
+                         "conv.cu f16 2d k3 C16 K8 norm+act fprop stats",
+                         "conv_thin.cu bf16 3d k3 C1 K8 fprop",
+                         "conv_thin.cu bf16 3d k3 C1 K8 wgrad dw",
+                         "conv_thin.cu f16 2d k3 C4 K16 fprop stats",
+                         "conv_thin.cu f16 2d k3 C4 K16 wgrad dbias",
+                         "conv_transpose.cu f16 k2 C8 K16 fprop",
+                         "conv_transpose.cu f16 k2 C8 K16 dgrad",
+                         "conv_transpose.cu bf16 k1x2x2 C5 K3 wgrad dw",
+                         "conv_transpose.cu bf16 k1x2x2 C5 K3 wgrad dbias",
                          "instance_norm forward",
                          "instance_norm+leaky_relu (fused) dx",
                          "relu backward",
@@ -86,6 +117,28 @@ TEST_CASE("a planted mismatch fails exactly the perturbed check and the exit sta
   rc = test::run_tool("unet_selftest", "--device cuda-emu --quick --perturb 'cast f32->bf16 forward'", &out);
   CHECK(rc == 1);
   CHECK(out.find("1 failed: FAIL") != std::string::npos);
+}
+
+TEST_CASE("a 1% change fails every direct f16/bf16 convolution kernel check, and nothing else") {
+  // Every row named after a kernel file (conv.cu, conv_thin.cu, conv_transpose.cu: the tensor-core and thin paths
+  // called directly) is perturbed; their tolerances (one f16/bf16 rounding plus 1e-5 of sum |a * b|) must all be
+  // tighter than the change, statistics rows included.
+  std::string out;
+  const int rc = test::run_tool("unet_selftest", "--device cuda-emu --quick --perturb '.cu '", &out);
+  CHECK(rc == 1);
+  int rows = 0, failed = 0;
+  for (size_t at = 0, end; (end = out.find('\n', at)) != std::string::npos; at = end + 1) {
+    const std::string line = out.substr(at, end - at);
+    if (line.find(".cu ") == std::string::npos) continue;
+    ++rows;
+    if (line.find("FAIL") != std::string::npos) ++failed;
+    CHECK_MESSAGE(line.find("FAIL") != std::string::npos, line);
+  }
+  CHECK(rows >= 28);
+  CHECK(failed == rows);
+  std::string summary = ", ";
+  summary.append(std::to_string(rows)).append(" failed: FAIL");
+  CHECK(out.find(summary) != std::string::npos);
 }
 
 TEST_CASE("unet_selftest without a GPU, or with a bad argument, says why") {

@@ -7,7 +7,9 @@
 //                  accumulation, nearest-upsampling gradient (a sum of a few terms in another order);
 //   1e-5           reductions in another order, and __expf against expf: instance norm, DiceCE, importance map;
 //   1e-4           convolutions in f32 (sums of tens to hundreds of products in another order); weight gradients,
-//                  sums over every output position, get an absolute floor of 1e-3.
+//                  sums over every output position, get an absolute floor of 1e-3;
+//   u |ref| + btol B  the f16 / bf16 convolution kernels called directly (kernel_conv_cases: B = sum |a * b| per
+//                  element, u the storage type's rounding; derivation at the cases).
 #include "bench/lib/selftest.h"
 
 #include <algorithm>
@@ -25,18 +27,24 @@
 #include "kernels/blend.h"
 
 #ifdef UNET_HAVE_CUDA_KERNELS
+#include "kernels/conv.h"
+#include "kernels/conv_transpose.h"
 #include "kernels/cuda/blend.cuh"
+#include "kernels/cuda/conv.cuh"
+#include "kernels/cuda/conv_thin.cuh"
+#include "kernels/cuda/conv_transpose.cuh"
 #include "kernels/cuda/norm.cuh"
 #endif
 
 namespace unet::bench {
 
 Comparison compare_results(const std::vector<float>& actual, const std::vector<float>& expected, double rtol,
-                           double atol) {
+                           double atol, const std::vector<float>* bound, double btol) {
   Comparison c;
-  if (actual.size() != expected.size()) {
+  if (actual.size() != expected.size() || (bound && bound->size() != expected.size())) {
     c.pass = false;
     c.note = "size " + std::to_string(actual.size()) + ", expected " + std::to_string(expected.size());
+    if (bound && bound->size() != expected.size()) c.note += ", bound " + std::to_string(bound->size());
     return c;
   }
   double worst_ratio = -1;
@@ -51,7 +59,7 @@ Comparison compare_results(const std::vector<float>& actual, const std::vector<f
       continue;
     }
     const double err = std::fabs(a - e);
-    const double allowed = atol + rtol * std::fabs(e);
+    const double allowed = atol + rtol * std::fabs(e) + (bound ? btol * std::fabs((*bound)[i]) : 0.0);
     c.max_abs = std::max(c.max_abs, err);
     if (std::fabs(e) > atol) c.max_rel = std::max(c.max_rel, err / std::fabs(e));
     const double ratio = allowed > 0 ? err / allowed : (err > 0 ? INFINITY : 0);
@@ -92,11 +100,12 @@ class Runner {
   std::vector<SelftestRow> rows;
 
   // Compares the values of one part and appends its row; the device values may be perturbed (--perturb).
+  // bound / btol: a per-element term of the tolerance (compare_results).
   void add(const std::string& op, const std::string& shape, std::vector<float> device, const std::vector<float>& cpu,
-           double rtol, double atol) {
+           double rtol, double atol, const std::vector<float>* bound = nullptr, double btol = 0) {
     if (!o_.perturb.empty() && op.find(o_.perturb) != std::string::npos && !device.empty())
       device[0] += 0.01f * (1.f + std::fabs(device[0]));
-    rows.push_back({op, shape, rtol, atol, compare_results(device, cpu, rtol, atol)});
+    rows.push_back({op, shape, rtol, atol, compare_results(device, cpu, rtol, atol, bound, btol), bound ? btol : 0});
   }
   void fail(const std::string& op, const std::string& shape, const std::string& why) {
     SelftestRow r{op, shape, 0, 0, {}};
@@ -173,6 +182,289 @@ void conv_cases(Runner& r) {
   r.op("conv_transpose3d k2", tconv, {randn({1, 3, 2, 3, 4}, 20), randn({3, 2, 2, 2, 4}, 21), randn({3}, 22)}, all);
   r.op("conv_transpose3d k1x2x2", tconv, {randn({2, 2, 3, 3, 6}, 23), randn({4, 1, 2, 2, 6}, 24), randn({4}, 25)}, all);
 }
+
+#ifdef UNET_HAVE_CUDA_KERNELS
+// The convolution kernels called directly in f16 and bf16 (tensor cores, cp.async + ldmatrix; the thin first layer and
+// the transposed convolution), which the f32 ops above never reach. Inputs are rounded to dt; the reference is the
+// CPU kernel in f32 on the rounded values. Tolerance per element (tests/test_cuda_conv.cpp), B = the same computation
+// on absolute values (sum |a * b|):
+//   y, dx (stored in dt):  u |ref| + btol B, u = 2^-10 (f16) or 2^-7 (bf16): one rounding to dt, with room for the
+//                          reference's own f32 error;
+//   dw, dbias (f32):       btol B (summation order only);
+//   statistics:            1e-5 of sum |y| and of sum y^2, against sums of the returned y.
+// btol = 1e-5 (test_cuda_conv's bound): f32 summation error is a few 2^-24 B per level of a blocked or pairwise sum and
+// grows like the square root of the depth for random data; even the tensor cores' truncating accumulation, one
+// truncation of at most 2^-23 B per k16 step, stays under 7e-6 B for the deepest reduction here (864). A fixed btol
+// keeps the rows sensitive: --perturb's 1% change fails every one of them.
+// Rows are named after the kernel file ("conv.cu f16 ..."), so --perturb .cu perturbs every one of them.
+namespace direct {
+
+using kernels::ConvProblem;
+
+double unit_roundoff(DType dt) {
+  return dt == DType::f16 ? 0x1p-10 : 0x1p-7;
+}
+constexpr double kBtol = 1e-5;
+float round_to(DType dt, float v) {
+  return dt == DType::f16 ? f16_to_float(float_to_f16(v)) : bf16_to_float(float_to_bf16(v));
+}
+std::vector<float> abs_of(std::vector<float> v) {
+  for (float& x : v) x = std::fabs(x);
+  return v;
+}
+
+// Random values rounded to dt: their exact f32 values, and a copy in dt on the device.
+struct Operand {
+  std::vector<float> v;
+  Tensor dev;
+};
+Operand operand(int64_t n, DType dt, uint64_t seed, Device d, float stddev = 1.f) {
+  const Tensor t = Tensor::from_vector({n}, randn({n}, seed, stddev).to_vector(), dt);
+  return {t.to_vector(), t.to(d)};
+}
+Tensor f32_on(const std::vector<float>& v, Device d) {
+  return Tensor::from_vector({static_cast<int64_t>(v.size())}, v).to(d);
+}
+
+ConvProblem problem(int64_t n, int64_t d, int64_t h, int64_t w, int64_t c, int64_t k, int t, int rs, int stride,
+                    int pad_d, int pad_hw) {
+  ConvProblem p;
+  p.N = n, p.D = d, p.H = h, p.W = w, p.C = c, p.K = k;
+  p.T = t, p.R = p.S = rs;
+  p.stride_d = d > 1 ? stride : 1;
+  p.stride_h = p.stride_w = stride;
+  p.pad_d = pad_d;
+  p.pad_h = p.pad_w = pad_hw;
+  p.compute_output_size();
+  return p;
+}
+int64_t x_count(const ConvProblem& p) {
+  return p.N * p.D * p.H * p.W * p.C;
+}
+int64_t y_count(const ConvProblem& p) {
+  return p.N * p.Z * p.P * p.Q * p.K;
+}
+int64_t w_count(const ConvProblem& p) {
+  return p.K * p.taps() * p.C;
+}
+std::string x_shape(const ConvProblem& p) {
+  return p.D > 1 || p.T > 1 ? shape_str({p.N, p.D, p.H, p.W, p.C}) : shape_str({p.N, p.H, p.W, p.C});
+}
+
+// Per-(n, k) sum and sum of squares of y [n, pixels, k] (the statistics the fprop epilogue returns), and their bounds.
+void add_stats(Runner& r, const std::string& name, const std::string& shape, const std::vector<float>& y,
+               const Tensor& stats, int64_t n, int64_t pixels, int64_t k) {
+  std::vector<float> expected(static_cast<size_t>(n * k * 2)), bound(expected.size());
+  for (int64_t s = 0; s < n; ++s)
+    for (int64_t c = 0; c < k; ++c) {
+      double s1 = 0, s2 = 0, a1 = 0;
+      for (int64_t i = 0; i < pixels; ++i) {
+        const double v = y[static_cast<size_t>((s * pixels + i) * k + c)];
+        s1 += v, s2 += v * v, a1 += std::fabs(v);
+      }
+      const size_t at = static_cast<size_t>((s * k + c) * 2);
+      expected[at] = static_cast<float>(s1), bound[at] = static_cast<float>(a1);
+      expected[at + 1] = static_cast<float>(s2), bound[at + 1] = static_cast<float>(s2);
+    }
+  r.add(name, shape, stats.to_vector(), expected, 0, 0, &bound, 1e-5);
+}
+
+// Restores the kernels' own choice of wgrad splits however the case ends.
+struct ForcedSplits {
+  explicit ForcedSplits(int splits) { kernels::cuda::testing::force_wgrad_splits(splits); }
+  ~ForcedSplits() { kernels::cuda::testing::force_wgrad_splits(0); }
+  ForcedSplits(const ForcedSplits&) = delete;
+  ForcedSplits& operator=(const ForcedSplits&) = delete;
+};
+
+enum class Path { gemm, norm_act, thin };
+
+// fprop (bias, statistics), then unless norm_act: dgrad (not for thin: the first layer takes no input gradient; its
+// dgrad is the GEMM one) and wgrad (dw, dbias; `splits` > 0 pins wgrad's pixel splits, 0 leaves them to the kernel).
+void conv(Runner& r, const std::string& label, const ConvProblem& p, DType dt, Path path, int splits, uint64_t seed) {
+  namespace kc = kernels::cuda;
+  const std::string name =
+      std::string(path == Path::thin ? "conv_thin.cu " : "conv.cu ") + dtype_name(dt) + " " + label + " ";
+  const std::string shape = x_shape(p);
+  const Device d = r.device();
+  const cudaStream_t s = device::default_stream(d);
+  const double u = unit_roundoff(dt);
+  try {
+    const Operand x = operand(x_count(p), dt, seed, d), w = operand(w_count(p), dt, seed + 1, d, 0.3f);
+    const Operand dy = operand(y_count(p), dt, seed + 2, d);
+    const std::vector<float> bias = randn({p.K}, seed + 3).to_vector();
+    const Tensor bias_d = f32_on(bias, d);
+    // fprop, with the previous layer's instance norm + leaky ReLU applied on load for Path::norm_act.
+    std::vector<float> x_in = x.v, mean, scale, shift;
+    const float slope = 0.01f;
+    if (path == Path::norm_act) {
+      Rng rng(seed + 4);
+      for (int64_t i = 0; i < p.N * p.C; ++i) {
+        mean.push_back(static_cast<float>(0.5 * rng.normal()));
+        scale.push_back(static_cast<float>(0.5 + rng.uniform()));
+        shift.push_back(static_cast<float>(0.5 * rng.normal()));
+      }
+      for (size_t i = 0; i < x_in.size(); ++i) {  // as the kernel forms it: fma in f32, leaky ReLU, rounded to dt
+        const size_t j = i / static_cast<size_t>(p.D * p.H * p.W * p.C) * p.C + i % p.C;
+        const float t = std::fma(x.v[i] - mean[j], scale[j], shift[j]);
+        x_in[i] = round_to(dt, t > 0.f ? t : t * slope);
+      }
+    }
+    std::vector<float> ref(static_cast<size_t>(y_count(p))), bound(ref.size());
+    kernels::cpu::conv_fprop(p, x_in.data(), w.v.data(), bias.data(), ref.data());
+    kernels::cpu::conv_fprop(p, abs_of(x_in).data(), abs_of(w.v).data(), abs_of(bias).data(), bound.data());
+    Tensor y = Tensor::empty({y_count(p)}, dt, d), stats = Tensor::empty({p.N * p.K * 2}, DType::f32, d);
+    // Device copies live until the synchronisation below: the launches are asynchronous on a GPU.
+    Tensor mean_d, scale_d, shift_d;
+    if (path == Path::norm_act) {
+      mean_d = f32_on(mean, d), scale_d = f32_on(scale, d), shift_d = f32_on(shift, d);
+      kc::conv_fprop_norm_act(p, dt, x.dev.raw(), mean_d.data<float>(), scale_d.data<float>(), shift_d.data<float>(),
+                              slope, w.dev.raw(), bias_d.data<float>(), y.raw(), stats.data<float>(), s);
+    } else if (path == Path::thin) {
+      kc::conv_fprop_thin(p, dt, x.dev.raw(), w.dev.raw(), bias_d.data<float>(), y.raw(), stats.data<float>(), s);
+    } else {
+      kc::conv_fprop(p, dt, x.dev.raw(), w.dev.raw(), bias_d.data<float>(), y.raw(), stats.data<float>(), s);
+    }
+    device::synchronize(d);
+    const std::vector<float> y_dev = y.to_vector();
+    r.add(name + "fprop", shape, y_dev, ref, u, 0, &bound, kBtol);
+    add_stats(r, name + "fprop stats", shape, y_dev, stats, p.N, p.Z * p.P * p.Q, p.K);
+    if (path == Path::norm_act) return;
+
+    if (path == Path::gemm) {
+      std::vector<float> dx_ref(static_cast<size_t>(x_count(p))), dx_bound(dx_ref.size());
+      kernels::cpu::conv_dgrad(p, dy.v.data(), w.v.data(), dx_ref.data());
+      kernels::cpu::conv_dgrad(p, abs_of(dy.v).data(), abs_of(w.v).data(), dx_bound.data());
+      Tensor dx = Tensor::empty({x_count(p)}, dt, d);
+      kc::conv_dgrad(p, dt, dy.dev.raw(), w.dev.raw(), dx.raw(), s);
+      device::synchronize(d);
+      r.add(name + "dgrad", shape, dx.to_vector(), dx_ref, u, 0, &dx_bound, kBtol);
+    }
+
+    std::vector<float> dw_ref(static_cast<size_t>(w_count(p))), dw_bound(dw_ref.size());
+    std::vector<float> db_ref(static_cast<size_t>(p.K)), db_bound(db_ref.size());
+    kernels::cpu::conv_wgrad(p, x.v.data(), dy.v.data(), dw_ref.data(), db_ref.data());
+    kernels::cpu::conv_wgrad(p, abs_of(x.v).data(), abs_of(dy.v).data(), dw_bound.data(), db_bound.data());
+    Tensor dw = Tensor::empty({w_count(p)}, DType::f32, d), db = Tensor::empty({p.K}, DType::f32, d);
+    {
+      const ForcedSplits forced(splits);
+      if (path == Path::thin)
+        kc::conv_wgrad_thin(p, dt, x.dev.raw(), dy.dev.raw(), dw.data<float>(), db.data<float>(), s);
+      else
+        kc::conv_wgrad(p, dt, x.dev.raw(), dy.dev.raw(), dw.data<float>(), db.data<float>(), s);
+      device::synchronize(d);
+    }
+    const std::string wname = name + (splits > 0 ? "wgrad splits " + std::to_string(splits) + " " : "wgrad ");
+    r.add(wname + "dw", shape, dw.to_vector(), dw_ref, 0, 0, &dw_bound, kBtol);
+    r.add(wname + "dbias", shape, db.to_vector(), db_ref, 0, 0, &db_bound, kBtol);
+  } catch (const std::exception& e) {
+    r.fail(name + "(all)", shape, e.what());
+  }
+}
+
+// Transposed convolution (kernel == stride): fprop with bias, dgrad, wgrad (dw, dbias).
+void conv_transpose(Runner& r, const std::string& label, const kernels::cuda::ConvTransposeShape& t, DType dt,
+                    uint64_t seed) {
+  namespace kc = kernels::cuda;
+  namespace cpu = kernels::cpu;
+  const std::string name = std::string("conv_transpose.cu ") + dtype_name(dt) + " " + label + " ";
+  const std::string shape = shape_str({t.n, t.d, t.h, t.w, t.c});
+  const Device d = r.device();
+  const cudaStream_t s = device::default_stream(d);
+  const double u = unit_roundoff(dt);
+  const int64_t nx = t.pixels() * t.c, ny = t.pixels() * t.taps() * t.k, nw = t.k * t.taps() * t.c;
+  try {
+    const Operand x = operand(nx, dt, seed, d), w = operand(nw, dt, seed + 1, d, 0.5f),
+                  dy = operand(ny, dt, seed + 2, d);
+    const std::vector<float> bias = randn({t.k}, seed + 3).to_vector();
+    std::vector<float> y_ref(static_cast<size_t>(ny)), y_bound(y_ref.size());
+    cpu::conv_transpose_fprop(t, x.v.data(), w.v.data(), bias.data(), y_ref.data());
+    cpu::conv_transpose_fprop(t, abs_of(x.v).data(), abs_of(w.v).data(), abs_of(bias).data(), y_bound.data());
+    std::vector<float> dx_ref(static_cast<size_t>(nx)), dx_bound(dx_ref.size());
+    cpu::conv_transpose_dgrad(t, dy.v.data(), w.v.data(), dx_ref.data());
+    cpu::conv_transpose_dgrad(t, abs_of(dy.v).data(), abs_of(w.v).data(), dx_bound.data());
+    std::vector<float> dw_ref(static_cast<size_t>(nw)), dw_bound(dw_ref.size());
+    std::vector<float> db_ref(static_cast<size_t>(t.k)), db_bound(db_ref.size());
+    cpu::conv_transpose_wgrad(t, x.v.data(), dy.v.data(), dw_ref.data(), db_ref.data());
+    cpu::conv_transpose_wgrad(t, abs_of(x.v).data(), abs_of(dy.v).data(), dw_bound.data(), db_bound.data());
+
+    Tensor y = Tensor::empty({ny}, dt, d), dx = Tensor::empty({nx}, dt, d);
+    Tensor dw = Tensor::empty({nw}, DType::f32, d), db = Tensor::empty({t.k}, DType::f32, d);
+    const Tensor bias_d = f32_on(bias, d);  // lives until the synchronisation: the launches are asynchronous
+    kc::conv_transpose_fprop(t, dt, x.dev.raw(), w.dev.raw(), bias_d.data<float>(), y.raw(), s);
+    kc::conv_transpose_dgrad(t, dt, dy.dev.raw(), w.dev.raw(), dx.raw(), s);
+    kc::conv_transpose_wgrad(t, dt, x.dev.raw(), dy.dev.raw(), dw.data<float>(), db.data<float>(), s);
+    device::synchronize(d);
+    r.add(name + "fprop", shape, y.to_vector(), y_ref, u, 0, &y_bound, kBtol);
+    r.add(name + "dgrad", shape, dx.to_vector(), dx_ref, u, 0, &dx_bound, kBtol);
+    r.add(name + "wgrad dw", shape, dw.to_vector(), dw_ref, 0, 0, &dw_bound, kBtol);
+    r.add(name + "wgrad dbias", shape, db.to_vector(), db_ref, 0, 0, &db_bound, kBtol);
+  } catch (const std::exception& e) {
+    r.fail(name + "(all)", shape, e.what());
+  }
+}
+
+kernels::cuda::ConvTransposeShape tshape(int64_t n, int64_t d, int64_t h, int64_t w, int64_t c, int64_t k, int kt,
+                                         int krs) {
+  kernels::cuda::ConvTransposeShape t;
+  t.n = n, t.d = d, t.h = h, t.w = w, t.c = c, t.k = k, t.kt = kt, t.kr = t.ks = krs;
+  return t;
+}
+
+}  // namespace direct
+
+// --quick (the CI run on the emulator) covers each kernel path once, f16 and bf16 alternating; the full run has
+// every case in both types and larger shapes (several tiles, a deep k pipeline, the kernels' own wgrad splits).
+void kernel_conv_cases(Runner& r) {
+  using direct::Path;
+  using direct::problem;
+  using direct::tshape;
+  using kernels::ConvProblem;
+  struct ConvCase {
+    const char* label;
+    ConvProblem p;
+    Path path;
+    int splits;
+  };
+  std::vector<ConvCase> convs = {
+      // C, K multiples of 8: cp.async; 60 pixels in wgrad splits of 32.
+      {"3d k3 C8 K16", problem(1, 3, 4, 5, 8, 16, 3, 3, 1, 1, 1), Path::gemm, 2},
+      // C = 5: element loads; stride 2: dgrad as one GEMM per stride phase.
+      {"3d k3 s2 C5 K8", problem(2, 3, 5, 5, 5, 8, 3, 3, 2, 1, 1), Path::gemm, 0},
+      {"2d k3 C16 K8 norm+act", problem(2, 1, 5, 6, 16, 8, 1, 3, 1, 0, 1), Path::norm_act, 0},
+      {"3d k3 C1 K8", problem(1, 4, 5, 6, 1, 8, 3, 3, 1, 1, 1), Path::thin, 0},
+      {"2d k3 C4 K16", problem(2, 1, 6, 7, 4, 16, 1, 3, 1, 0, 1), Path::thin, 0},
+  };
+  std::vector<std::pair<const char*, kernels::cuda::ConvTransposeShape>> tconvs = {
+      {"k2 C8 K16", tshape(1, 2, 3, 3, 8, 16, 2, 2)},
+      {"k1x2x2 C5 K3", tshape(2, 2, 3, 2, 5, 3, 1, 2)},
+  };
+  if (!r.quick()) {
+    convs.insert(convs.end(),
+                 {
+                     {"2d k3 s2 C17 K32", problem(2, 1, 9, 11, 17, 32, 1, 3, 2, 0, 1), Path::gemm, 3},
+                     {"3d k3 C32 K64", problem(2, 8, 8, 8, 32, 64, 3, 3, 1, 1, 1), Path::gemm, 0},
+                     {"3d k3 s2 C16 K32", problem(2, 6, 8, 8, 16, 32, 3, 3, 2, 1, 1), Path::gemm, 0},
+                     {"3d k3 C5 K12 norm+act", problem(2, 3, 5, 7, 5, 12, 3, 3, 1, 1, 1), Path::norm_act, 0},
+                     {"3d k3 C1 K32", problem(2, 16, 16, 16, 1, 32, 3, 3, 1, 1, 1), Path::thin, 0},
+                 });
+    tconvs.push_back({"k2 C64 K32", tshape(2, 4, 4, 4, 64, 32, 2, 2)});
+  }
+  uint64_t seed = 1000;
+  for (size_t i = 0; i < convs.size(); ++i)
+    for (DType dt : {DType::f16, DType::bf16})
+      if (!r.quick() || dt == (i % 2 == 0 ? DType::f16 : DType::bf16)) {
+        direct::conv(r, convs[i].label, convs[i].p, dt, convs[i].path, convs[i].splits, seed);
+        seed += 10;
+      }
+  for (size_t i = 0; i < tconvs.size(); ++i)
+    for (DType dt : {DType::f16, DType::bf16})
+      if (!r.quick() || dt == (i % 2 == 0 ? DType::f16 : DType::bf16)) {
+        direct::conv_transpose(r, tconvs[i].first, tconvs[i].second, dt, seed);
+        seed += 10;
+      }
+}
+#endif
 
 void norm_cases(Runner& r) {
   const std::vector<Part> parts = {
@@ -352,6 +644,9 @@ std::vector<SelftestRow> run_selftest(const SelftestOptions& options) {
     throw std::invalid_argument("the self-test compares a device with the cpu: --device cuda or cuda-emu");
   Runner r(options);
   conv_cases(r);
+#ifdef UNET_HAVE_CUDA_KERNELS
+  kernel_conv_cases(r);
+#endif
   norm_cases(r);
   elementwise_cases(r);
   loss_cases(r);
@@ -361,20 +656,28 @@ std::vector<SelftestRow> run_selftest(const SelftestOptions& options) {
 }
 
 int print_selftest_table(FILE* out, const std::vector<SelftestRow>& rows) {
-  std::fprintf(out, "%-40s %-18s %11s %11s %-22s %s\n", "op", "shape", "max abs err", "max rel err", "tolerance",
+  std::fprintf(out, "%-48s %-18s %11s %11s %-22s %s\n", "op", "shape", "max abs err", "max rel err", "tolerance",
                "result");
   int failed = 0;
   for (const SelftestRow& r : rows) {
     char tol[48];
-    if (r.rtol == 0 && r.atol == 0)
+    if (r.btol > 0 && r.rtol == 0)
+      std::snprintf(tol, sizeof tol, "%.0e B", r.btol);
+    else if (r.btol > 0)
+      std::snprintf(tol, sizeof tol, "rtol %.0e + %.0e B", r.rtol, r.btol);
+    else if (r.rtol == 0 && r.atol == 0)
       std::snprintf(tol, sizeof tol, "exact");
     else
       std::snprintf(tol, sizeof tol, "rtol %.0e atol %.0e", r.rtol, r.atol);
-    std::fprintf(out, "%-40s %-18s %11.3e %11.3e %-22s %s%s%s\n", r.op.c_str(), r.shape.c_str(), r.result.max_abs,
+    std::fprintf(out, "%-48s %-18s %11.3e %11.3e %-22s %s%s%s\n", r.op.c_str(), r.shape.c_str(), r.result.max_abs,
                  r.result.max_rel, tol, r.result.pass ? "PASS" : "FAIL", r.result.note.empty() ? "" : "  ",
                  r.result.note.c_str());
     if (!r.result.pass) ++failed;
   }
+  if (std::any_of(rows.begin(), rows.end(), [](const SelftestRow& r) { return r.btol > 0; }))
+    std::fprintf(out,
+                 "\nB: per element, the same computation on absolute values (sum |a * b| of a convolution; sum |y| and "
+                 "sum y^2 for statistics)\n");
   std::fprintf(out, "\n%zu checks, %d failed: %s\n", rows.size(), failed, failed ? "FAIL" : "PASS");
   return failed;
 }

@@ -22,14 +22,17 @@ struct Comparison {
   int64_t worst = -1;
   std::string note;  // why it failed when it is not a value (size mismatch, exception)
 };
+// With `bound` (one value per element, e.g. sum |a * b| of a convolution's products, "B"), element i is allowed
+// atol + rtol * |expected| + btol * bound[i] instead.
 Comparison compare_results(const std::vector<float>& actual, const std::vector<float>& expected, double rtol,
-                           double atol);
+                           double atol, const std::vector<float>* bound = nullptr, double btol = 0);
 
 struct SelftestRow {
   std::string op;     // "conv3d k3 s1 dgrad"
   std::string shape;  // the main input's shape
   double rtol = 0, atol = 0;
   Comparison result;
+  double btol = 0;  // > 0: the tolerance also has btol * B, a per-element bound (compare_results)
 };
 
 struct SelftestOptions {
