@@ -55,45 +55,11 @@ Tensor labels_for(const Shape& shape, int classes, uint64_t seed) {
   return Tensor::from_vector(shape, v, DType::i32);
 }
 
-// Bitwise when rtol and atol are 0 (NaN never occurs here), else within atol + rtol |expected|.
-void compare(const std::vector<float>& actual, const std::vector<float>& expected, double rtol, double atol,
-             const std::string& what) {
-  if (rtol == 0 && atol == 0) {
-    CHECK_MESSAGE(actual == expected, what << " differs from the cpu");
-  } else {
-    test::check_close(actual, expected, rtol, atol, what);
-  }
-}
 
-// Runs f on CPU copies and on cuda-emu copies of `inputs` (every floating input requires grad), backward from the
-// output with a fixed random gradient, and checks outputs and input gradients within rtol / atol.
+// f on the cpu and on kEmu (see test::check_op_against_cpu).
 void check_op(const std::function<Tensor(const std::vector<Tensor>&)>& f, const std::vector<Tensor>& inputs,
               double rtol, double atol) {
-  auto run = [&](Device d, Tensor* out, std::vector<Tensor>* grads) {
-    std::vector<Tensor> xs;
-    for (const Tensor& x : inputs) {
-      Tensor t = x.clone().to(d);
-      if (x.dtype() == DType::f32) t.set_requires_grad(true);
-      xs.push_back(t);
-    }
-    *out = f(xs);
-    Tensor g = randn(out->shape(), 99);
-    if (out->dtype() != DType::f32) g = ops::cast(g, out->dtype());
-    autograd::backward(*out, g.to(d));
-    for (const Tensor& x : xs) grads->push_back(x.requires_grad() ? x.grad() : Tensor());
-  };
-  Tensor y_cpu, y_emu;
-  std::vector<Tensor> g_cpu, g_emu;
-  run(Device::cpu, &y_cpu, &g_cpu);
-  run(kEmu, &y_emu, &g_emu);
-  REQUIRE(y_emu.device() == kEmu);
-  compare(y_emu.to_vector(), y_cpu.to_vector(), rtol, atol, "output");
-  for (size_t i = 0; i < inputs.size(); ++i) {
-    if (!g_cpu[i].defined()) continue;
-    REQUIRE(g_emu[i].defined());
-    CHECK(g_emu[i].device() == kEmu);
-    compare(g_emu[i].to_vector(), g_cpu[i].to_vector(), rtol, atol, "gradient " + std::to_string(i));
-  }
+  test::check_op_against_cpu(kEmu, f, inputs, rtol, atol);
 }
 
 }  // namespace
@@ -253,7 +219,7 @@ TEST_CASE("cuda-emu conv with a frozen weight gives dx and dbias as on the cpu (
       result[side].insert(result[side].end(), v.begin(), v.end());
     }
   }
-  compare(result[1], result[0], 1e-5, 1e-5, "y, dx, dbias");
+  test::check_equal_or_close(result[1], result[0], 1e-5, 1e-5, "y, dx, dbias");
 }
 
 TEST_CASE("cuda-emu conv_transpose equals the cpu op within 1e-5") {

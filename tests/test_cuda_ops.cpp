@@ -17,30 +17,13 @@
 #include "kernels/emu/emu.h"
 #include "kernels/norm.h"
 #include "kernels/shape.h"
+#include "tests/emu_test_util.h"
 #include "tests/test_util.h"
 
 using namespace unet;
+using test::under_every_schedule;
 
 namespace {
-
-const char* kSchedules[] = {"forward", "reverse", "random:7"};
-
-// Runs `run` (which returns a std::vector of results) under every schedule, requires bitwise identical results, and
-// returns them.
-template <class F>
-auto under_every_schedule(F&& run) {
-  emu::set_schedule(emu::Schedule::parse(kSchedules[0]));
-  auto first = run();
-  for (size_t k = 1; k < std::size(kSchedules); ++k) {
-    emu::set_schedule(emu::Schedule::parse(kSchedules[k]));
-    auto again = run();
-    REQUIRE(again.size() == first.size());
-    REQUIRE_MESSAGE(std::memcmp(again.data(), first.data(), first.size() * sizeof(first[0])) == 0,
-                    "schedule " << std::string(kSchedules[k]) << " changed the result");
-  }
-  emu::set_schedule(emu::Schedule::parse("forward"));
-  return first;
-}
 
 std::vector<float> normals(int64_t n, Rng& rng, double mean = 0.0, double stddev = 1.0) {
   std::vector<float> v(static_cast<size_t>(n));

@@ -39,43 +39,11 @@ Tensor randn(const Shape& shape, uint64_t seed, float stddev = 1.f) {
   return unet::randn(shape, rng, stddev);
 }
 
-void compare(const std::vector<float>& actual, const std::vector<float>& expected, double rtol, double atol,
-             const std::string& what) {
-  if (rtol == 0 && atol == 0)
-    CHECK_MESSAGE(actual == expected, what << " differs from the cpu");
-  else
-    test::check_close(actual, expected, rtol, atol, what);
-}
 
-// f on cpu copies and on cuda copies of `inputs` (floating inputs require grad), backward from a fixed random output
-// gradient; outputs and input gradients compared within rtol / atol (bitwise when both are 0).
+// f on the cpu and on kGpu (see test::check_op_against_cpu).
 void check_op(const std::function<Tensor(const std::vector<Tensor>&)>& f, const std::vector<Tensor>& inputs,
               double rtol, double atol) {
-  auto run = [&](Device d, Tensor* out, std::vector<Tensor>* grads) {
-    std::vector<Tensor> xs;
-    for (const Tensor& x : inputs) {
-      Tensor t = x.clone().to(d);
-      if (x.dtype() == DType::f32) t.set_requires_grad(true);
-      xs.push_back(t);
-    }
-    *out = f(xs);
-    Tensor g = randn(out->shape(), 99);
-    if (out->dtype() != DType::f32) g = ops::cast(g, out->dtype());
-    autograd::backward(*out, g.to(d));
-    for (const Tensor& x : xs) grads->push_back(x.requires_grad() ? x.grad() : Tensor());
-  };
-  Tensor y_cpu, y_gpu;
-  std::vector<Tensor> g_cpu, g_gpu;
-  run(Device::cpu, &y_cpu, &g_cpu);
-  run(kGpu, &y_gpu, &g_gpu);
-  REQUIRE(y_gpu.device() == kGpu);
-  compare(y_gpu.to_vector(), y_cpu.to_vector(), rtol, atol, "output");
-  for (size_t i = 0; i < inputs.size(); ++i) {
-    if (!g_cpu[i].defined()) continue;
-    REQUIRE(g_gpu[i].defined());
-    CHECK(g_gpu[i].device() == kGpu);
-    compare(g_gpu[i].to_vector(), g_cpu[i].to_vector(), rtol, atol, "gradient " + std::to_string(i));
-  }
+  test::check_op_against_cpu(kGpu, f, inputs, rtol, atol);
 }
 
 }  // namespace

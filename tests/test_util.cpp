@@ -9,6 +9,8 @@
 #include <filesystem>
 #include <sstream>
 
+#include "engine/ops.h"
+
 namespace unet::test {
 
 double close_ratio(const std::vector<float>& a, const std::vector<float>& b, double rtol, double atol) {
@@ -43,6 +45,44 @@ void check_close(const Tensor& actual, const Tensor& expected, double rtol, doub
   REQUIRE_MESSAGE(actual.shape() == expected.shape(),
                   what << ": shape " << shape_str(actual.shape()) << " vs " << shape_str(expected.shape()));
   check_close(actual.to_vector(), expected.to_vector(), rtol, atol, what);
+}
+
+void check_equal_or_close(const std::vector<float>& actual, const std::vector<float>& expected, double rtol, double atol,
+                          const std::string& what) {
+  if (rtol == 0 && atol == 0)
+    CHECK_MESSAGE(actual == expected, what << " differs from the cpu");
+  else
+    check_close(actual, expected, rtol, atol, what);
+}
+
+void check_op_against_cpu(Device device, const std::function<Tensor(const std::vector<Tensor>&)>& f,
+                          const std::vector<Tensor>& inputs, double rtol, double atol) {
+  auto run = [&](Device d, Tensor* out, std::vector<Tensor>* grads) {
+    std::vector<Tensor> xs;
+    for (const Tensor& x : inputs) {
+      Tensor t = x.clone().to(d);
+      if (x.dtype() == DType::f32) t.set_requires_grad(true);
+      xs.push_back(t);
+    }
+    *out = f(xs);
+    Rng rng(99);
+    Tensor g = randn(out->shape(), rng);
+    if (out->dtype() != DType::f32) g = ops::cast(g, out->dtype());
+    autograd::backward(*out, g.to(d));
+    for (const Tensor& x : xs) grads->push_back(x.requires_grad() ? x.grad() : Tensor());
+  };
+  Tensor y_cpu, y_dev;
+  std::vector<Tensor> g_cpu, g_dev;
+  run(Device::cpu, &y_cpu, &g_cpu);
+  run(device, &y_dev, &g_dev);
+  REQUIRE(y_dev.device() == device);
+  check_equal_or_close(y_dev.to_vector(), y_cpu.to_vector(), rtol, atol, "output");
+  for (size_t i = 0; i < inputs.size(); ++i) {
+    if (!g_cpu[i].defined()) continue;
+    REQUIRE(g_dev[i].defined());
+    CHECK(g_dev[i].device() == device);
+    check_equal_or_close(g_dev[i].to_vector(), g_cpu[i].to_vector(), rtol, atol, "gradient " + std::to_string(i));
+  }
 }
 
 static double weighted_sum(const Tensor& out, const std::vector<float>& r) {

@@ -20,6 +20,16 @@ void check_close(const Tensor& actual, const Tensor& expected, double rtol, doub
 void check_close(const std::vector<float>& actual, const std::vector<float>& expected, double rtol, double atol,
                  const std::string& what = "");
 
+// Like check_close, but bitwise equality when rtol and atol are both 0.
+void check_equal_or_close(const std::vector<float>& actual, const std::vector<float>& expected, double rtol, double atol,
+                          const std::string& what);
+
+// Runs f on CPU copies and on `device` copies of `inputs` (every f32 input requires grad), backward from the output
+// with a fixed random gradient, and checks the device's output and input gradients against the CPU's within rtol /
+// atol (bitwise when both are 0).
+void check_op_against_cpu(Device device, const std::function<Tensor(const std::vector<Tensor>&)>& f,
+                          const std::vector<Tensor>& inputs, double rtol, double atol);
+
 // Checks the gradient of L = sum(f(inputs) * r) (r a fixed random tensor) with respect to every input that
 // requires grad, against central differences (L(x + h e_i) - L(x - h e_i)) / 2h computed with double accumulation.
 // At most max_checks elements per input are probed (chosen at random, always including the first and last).
