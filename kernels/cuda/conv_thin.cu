@@ -12,6 +12,7 @@
 #include "kernels/cuda/cuda_compat.cuh"
 // clang-format off
 #include "kernels/cuda/conv_thin.cuh"
+#include "kernels/cuda/element.cuh"
 #include "kernels/cuda/launch.cuh"
 #include "kernels/cuda/scratch.cuh"
 // clang-format on
@@ -23,12 +24,6 @@
 namespace unet::kernels::cuda {
 namespace {
 
-// Full unrolling of the small fixed loops (so the per-thread arrays live in registers), spelled for either compiler.
-#if UNET_EMULATED
-#define UNET_UNROLL _Pragma("GCC unroll 16")
-#else
-#define UNET_UNROLL _Pragma("unroll")
-#endif
 
 constexpr int kThreads = 256;
 constexpr int kMaxC = 4, kMaxExtent = 3;
@@ -42,21 +37,9 @@ constexpr int kWCols = kMaxTC + 1;             // x patch columns + the ones col
 // wgrad outputs per thread
 constexpr int kWOut = (kKTile * kWCols + kThreads - 1) / kThreads;
 
-struct F32 {
-  using T = float;
-  static __device__ float load(float v) { return v; }
-  static __device__ float store(float f) { return f; }
-};
-struct F16 {
-  using T = uint16_t;
-  static __device__ float load(uint16_t v) { return __half2float(__ushort_as_half(v)); }
-  static __device__ uint16_t store(float f) { return __half_as_ushort(__float2half_rn(f)); }
-};
-struct BF16 {
-  using T = uint16_t;
-  static __device__ float load(uint16_t v) { return __bfloat162float(__ushort_as_bfloat16(v)); }
-  static __device__ uint16_t store(float f) { return __bfloat16_as_ushort(__float2bfloat16_rn(f)); }
-};
+using element::BF16;
+using element::F16;
+using element::F32;
 
 struct ThinGeometry {
   int64_t D, H, W, Z, P, Q;

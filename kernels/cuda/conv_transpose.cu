@@ -15,6 +15,7 @@
 #include "kernels/cuda/cuda_compat.cuh"
 // clang-format off
 #include "kernels/cuda/conv_transpose.cuh"
+#include "kernels/cuda/element.cuh"
 #include "kernels/cuda/launch.cuh"
 #include "kernels/cuda/mma.cuh"
 #include "kernels/cuda/scratch.cuh"
@@ -29,12 +30,6 @@
 namespace unet::kernels::cuda {
 namespace {
 
-// Full unrolling of the small fixed loops (so the per-thread arrays live in registers), spelled for either compiler.
-#if UNET_EMULATED
-#define UNET_UNROLL _Pragma("GCC unroll 16")
-#else
-#define UNET_UNROLL _Pragma("unroll")
-#endif
 
 constexpr int kBM = 64, kBN = 64, kBK = 16;  // block tile and L slice
 constexpr int kThreads = 256;                // 16 x 16 threads, 4 x 4 outputs each
@@ -48,23 +43,9 @@ static_assert(kBK == 16 && (kBK + kTcPad) * 2 % 16 == 0, "tensor-core staging: o
 static_assert(kTcThreads == kBM + kBN, "tensor-core kernel: one thread per tile row and column computes its offset");
 constexpr int64_t kOutside = INT64_MIN;
 
-// ---- element types: f16 / bf16 stored as raw 16-bit patterns (the tensor cores read them as they are), rounded to
-// nearest on store
-struct F32 {
-  using T = float;
-  static __device__ float load(float v) { return v; }
-  static __device__ float store(float f) { return f; }
-};
-struct F16 {
-  using T = uint16_t;
-  using Mma = __half;  // the tensor cores' operand type
-  static __device__ uint16_t store(float f) { return __half_as_ushort(__float2half_rn(f)); }
-};
-struct BF16 {
-  using T = uint16_t;
-  using Mma = __nv_bfloat16;
-  static __device__ uint16_t store(float f) { return __bfloat16_as_ushort(__float2bfloat16_rn(f)); }
-};
+using element::BF16;
+using element::F16;
+using element::F32;
 
 // Input pixel i (flat over n, d, h, w) reaches output row base(i) + tap_offset(tap) (rows of y counted in pixels).
 struct Geometry {

@@ -7,6 +7,7 @@
 #include "kernels/cuda/cuda_compat.cuh"
 // clang-format off
 #include "kernels/cuda/loss.cuh"
+#include "kernels/cuda/element.cuh"
 #include "kernels/cuda/launch.cuh"
 // clang-format on
 
@@ -18,12 +19,6 @@
 namespace unet::kernels::cuda {
 namespace {
 
-// Full unrolling of the per-channel loops (so the per-class arrays live in registers), spelled for either compiler.
-#if UNET_EMULATED
-#define UNET_UNROLL _Pragma("GCC unroll 16")
-#else
-#define UNET_UNROLL _Pragma("unroll")
-#endif
 
 constexpr int kThreads = 256;
 constexpr int kWarps = kThreads / 32;
