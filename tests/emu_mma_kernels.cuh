@@ -14,6 +14,8 @@ using unet::kernels::cuda::cp_async_wait;
 using unet::kernels::cuda::ldmatrix_x4;
 using unet::kernels::cuda::ldmatrix_x4_trans;
 using unet::kernels::cuda::mma_m16n8k16;
+using unet::kernels::cuda::mma_m16n8k8_tf32;
+using unet::kernels::cuda::to_tf32;
 
 // One warp: d (16x8, row-major) = a (16x16, row-major) * b (16x8, k-major: b[k * 8 + n]) + c (16x8, row-major).
 // A goes through ldmatrix_x4 (matrix j: rows 8(j & 1).., columns 8(j >> 1)..), B through ldmatrix_x4_trans (stored
@@ -33,6 +35,19 @@ __global__ void mma_16x8x16(const T* a, const T* b, const float* c, float* d) {
   float acc[4];
   for (int i = 0; i < 4; ++i) acc[i] = c[(g + 8 * (i >> 1)) * 8 + 2 * t + (i & 1)];
   mma_m16n8k16<T>(acc, af, bfrag, acc);
+  for (int i = 0; i < 4; ++i) d[(g + 8 * (i >> 1)) * 8 + 2 * t + (i & 1)] = acc[i];
+}
+
+// One warp: d (16x8, row-major) = tf32(a) (16x8, row-major) * tf32(b) (8x8, k-major) + c (16x8, row-major), every
+// fragment read straight from global memory through the .tf32 layout and converted by to_tf32.
+__global__ void mma_16x8x8_tf32(const float* a, const float* b, const float* c, float* d) {
+  const int lane = threadIdx.x, g = lane >> 2, t = lane & 3;
+  uint32_t af[4], bf[2];
+  for (int i = 0; i < 4; ++i) af[i] = to_tf32(a[(g + 8 * (i & 1)) * 8 + t + 4 * (i >> 1)]);
+  for (int i = 0; i < 2; ++i) bf[i] = to_tf32(b[(t + 4 * i) * 8 + g]);
+  float acc[4];
+  for (int i = 0; i < 4; ++i) acc[i] = c[(g + 8 * (i >> 1)) * 8 + 2 * t + (i & 1)];
+  mma_m16n8k8_tf32(acc, af, bf, acc);
   for (int i = 0; i < 4; ++i) d[(g + 8 * (i >> 1)) * 8 + 2 * t + (i & 1)] = acc[i];
 }
 

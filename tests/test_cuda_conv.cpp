@@ -4,11 +4,15 @@
 //   f32 results (f32 fprop/dgrad, every dw and dbias): |got - ref| <= 1e-5 * B + 1e-30 (summation order only);
 //   f16 / bf16 outputs (y, dx): |got - ref| <= u * |ref| + 1e-5 * B, u = 2^-10 (f16) or 2^-7 (bf16): one rounding
 //   to the storage type (half an ulp, u leaves room for the reference's own f32 error) plus accumulation order.
+// TF32 (set_conv_allow_tf32): the f32 inputs go to the kernel unrounded and the reference uses them rounded to tf32
+// (nearest, ties away: what cvt.rna does); a product of two tf32 values is exact in f32, so the bound is the f32 one,
+// 1e-5 * B (accumulation order; the store is f32). dbias sums dy itself (no tf32), so its reference is unrounded.
 // Statistics are checked against sums computed from the returned y: 1e-5 of sum |y| and of sum y^2.
 // Every launch runs under the forward, reverse and random:7 schedules, which must give bitwise identical results.
 // Test hooks force each tensor-core tile and the wgrad split count, so small shapes reach every variant.
 #include <cmath>
 #include <cstring>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -42,6 +46,28 @@ auto under_every_schedule(F&& run) {
 
 const DType kDtypes[] = {DType::f32, DType::f16, DType::bf16};
 
+// Set while a Tf32Scope lives: f32 convolutions run on the TF32 tensor cores and make_buf's f32 values (the reference's
+// inputs) are the tf32 roundings of the bytes the kernel gets.
+bool g_tf32 = false;
+struct Tf32Scope {
+  Tf32Scope() {
+    g_tf32 = true;
+    kernels::cuda::set_conv_allow_tf32(true);
+  }
+  ~Tf32Scope() {
+    g_tf32 = false;
+    kernels::cuda::set_conv_allow_tf32(false);
+  }
+};
+// v to 11 significant bits (tf32), to nearest with ties away from zero (std::round), written independently of the
+// kernel's bit operation.
+float tf32_round(float v) {
+  if (v == 0.f || !std::isfinite(v)) return v;
+  int e = 0;
+  const double m = std::frexp(double(v), &e);  // |m| in [0.5, 1)
+  return float(std::ldexp(std::round(std::ldexp(m, 11)), e - 11));
+}
+
 // Values in dt's storage (raw bytes) and their exact f32 values.
 struct Buf {
   std::vector<unsigned char> bytes;
@@ -54,7 +80,7 @@ Buf make_buf(int64_t n, DType dt, Rng& rng) {
   for (int64_t i = 0; i < n; ++i) {
     const float v = static_cast<float>(rng.normal());
     if (dt == DType::f32) {
-      b.f32[i] = v;
+      b.f32[i] = g_tf32 ? tf32_round(v) : v;
       std::memcpy(&b.bytes[i * 4], &v, 4);
     } else {
       const uint16_t h = dt == DType::f16 ? float_to_f16(v) : float_to_bf16(v);
@@ -170,7 +196,10 @@ void check_fprop(const ConvProblem& p, DType dt, bool with_bias, bool with_stats
   std::vector<float> bias(size_t(p.K));
   for (float& b : bias) b = static_cast<float>(rng.normal());
   const NormAct na = make_norm_act(p, rng);
-  const std::vector<float> x_in = norm_act ? apply_norm_act(p, na, x.f32, dt) : x.f32;
+  // Under TF32 the kernel transforms the unrounded x, then rounds the result to tf32 for the tensor cores.
+  std::vector<float> x_in = norm_act ? apply_norm_act(p, na, g_tf32 ? to_f32(x.bytes, dt) : x.f32, dt) : x.f32;
+  if (norm_act && g_tf32)
+    for (float& v : x_in) v = tf32_round(v);
   const std::string what =
       p.describe() + " " + dtype_name(dt) + (with_bias ? " bias" : "") + (norm_act ? " norm+act" : "");
   std::vector<float> ref(size_t(y_count(p))), bound(ref.size());
@@ -236,6 +265,12 @@ std::vector<float> check_wgrad(const ConvProblem& p, DType dt, uint64_t seed) {
   std::vector<float> ref(size_t(w_count(p))), bound(ref.size()), ref_b(size_t(p.K)), bound_b(ref_b.size());
   kernels::cpu::conv_wgrad(p, x.f32.data(), dy.f32.data(), ref.data(), ref_b.data());
   kernels::cpu::conv_wgrad(p, abs_of(x.f32).data(), abs_of(dy.f32).data(), bound.data(), bound_b.data());
+  if (g_tf32 && dt == DType::f32) {  // dbias from the unrounded dy
+    std::vector<float> unused(ref.size());
+    const std::vector<float> raw_x = to_f32(x.bytes, dt), raw_dy = to_f32(dy.bytes, dt);
+    kernels::cpu::conv_wgrad(p, raw_x.data(), raw_dy.data(), unused.data(), ref_b.data());
+    kernels::cpu::conv_wgrad(p, abs_of(raw_x).data(), abs_of(raw_dy).data(), unused.data(), bound_b.data());
+  }
   const auto got = under_every_schedule([&] {
     std::vector<float> out(ref.size() + ref_b.size(), -1.f);
     kernels::cuda::conv_wgrad(p, dt, x.bytes.data(), dy.bytes.data(), out.data(), out.data() + ref.size(), nullptr);
@@ -396,7 +431,9 @@ TEST_CASE("cuda conv with unaligned pointers takes element loads and gives the s
   // so the results are bitwise equal (wgrad pinned to one split: its split count follows the tile).
   const ConvProblem p = problem(2, 3, 4, 5, 16, 8, 3, 3, 3, 1, 1, 1);
   Rng rng(900);
-  for (DType dt : {DType::f16, DType::bf16}) {
+  for (DType dt : {DType::f16, DType::bf16, DType::f32}) {  // f32 on the TF32 tensor cores
+    std::optional<Tf32Scope> tf32;
+    if (dt == DType::f32) tf32.emplace();
     const size_t es = dtype_size(dt);
     const Buf x = make_buf(x_count(p), dt, rng), w = make_buf(w_count(p), dt, rng), dy = make_buf(y_count(p), dt, rng);
     std::vector<unsigned char> x_off(x.bytes.size() + 16), dy_off(dy.bytes.size() + 16);
@@ -419,6 +456,49 @@ TEST_CASE("cuda conv with unaligned pointers takes element loads and gives the s
     const auto unaligned = run(x_off.data() + es, dy_off.data() + es);
     CHECK_MESSAGE(aligned == unaligned, dtype_name(dt));
   }
+}
+
+TEST_CASE("cuda conv f32 on the TF32 tensor cores matches the CPU on tf32-rounded inputs (opt-in)") {
+  REQUIRE_FALSE(kernels::cuda::conv_allow_tf32());  // off by default: f32 stays fp32
+  // C, K multiples of 4: cp.async chunks of 4 floats (S = 135 pixels: fused statistics over two samples per tile);
+  // C = 5, K = 3 and C = 6, K = 10: element loads; stride 2 on both paths (dgrad by phases).
+  const ConvProblem vec = problem(2, 3, 5, 9, 8, 16, 3, 3, 3, 1, 1, 1);
+  const ConvProblem elem = problem(1, 3, 5, 7, 5, 3, 3, 3, 3, 1, 1, 1);
+  const ConvProblem vec_s2 = problem(1, 1, 9, 11, 12, 20, 1, 3, 3, 2, 0, 1);
+  const ConvProblem elem_s2 = problem(2, 3, 5, 5, 6, 10, 3, 3, 3, 2, 1, 1);
+  Rng rng(1000);
+  const Buf x = make_buf(x_count(vec), DType::f32, rng), w = make_buf(w_count(vec), DType::f32, rng);
+  auto fprop = [&] {
+    std::vector<float> y(size_t(y_count(vec)));
+    kernels::cuda::conv_fprop(vec, DType::f32, x.bytes.data(), w.bytes.data(), nullptr, y.data(), nullptr, nullptr);
+    return y;
+  };
+  const std::vector<float> fp32 = fprop();
+  Tf32Scope tf32;
+  CHECK(fprop() != fp32);  // the switch takes the tensor cores (rounded operands give other bits)
+  uint64_t seed = 1001;
+  for (const ConvProblem& p : {vec, elem, vec_s2, elem_s2}) {
+    CAPTURE(p.describe());
+    check_fprop(p, DType::f32, true, true, seed++);
+    check_dgrad(p, DType::f32, seed++);
+    check_wgrad(p, DType::f32, seed++);
+  }
+  check_fprop(vec, DType::f32, false, true, seed++, true);  // norm + act on load: register-staged vector loads
+  check_fprop(elem, DType::f32, true, false, seed++, true);
+  kernels::cuda::testing::force_wgrad_splits(3);
+  check_wgrad(vec, DType::f32, seed++);
+  kernels::cuda::testing::force_wgrad_splits(0);
+  const int tiles[][2] = {{128, 128}, {128, 64}, {128, 32}, {64, 64}};
+  const ConvProblem p = problem(1, 1, 6, 9, 16, 24, 1, 3, 3, 1, 0, 1);  // K = 144: 9 stages of 16
+  for (const auto& t : tiles) {
+    CAPTURE(t[0]);
+    CAPTURE(t[1]);
+    kernels::cuda::testing::force_conv_tile(t[0], t[1]);
+    if (t[1] != 128) check_fprop(p, DType::f32, true, false, seed++);
+    if (t[1] != 128) check_dgrad(p, DType::f32, seed++);
+    check_wgrad(p, DType::f32, seed++);
+  }
+  kernels::cuda::testing::force_conv_tile(0, 0);
 }
 
 TEST_CASE("cuda conv rejects bad problems with a clear message") {

@@ -3,8 +3,10 @@
 // identical bits under every schedule.
 #include <doctest/doctest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <limits>
 #include <random>
 #include <string>
 #include <vector>
@@ -95,8 +97,7 @@ void check_mma_16x8x16_exact() {
 template <class T>
 std::vector<float> run_gemm(const std::vector<T>& a, const std::vector<T>& b, int m, int n, int k) {
   std::vector<float> c(static_cast<size_t>(m) * n, NAN);
-  launch(emu_mma_test::gemm_tiles<T>, dim3(m * n / 512), dim3(128), 0, nullptr, a.data(), b.data(), c.data(), m, n,
-         k);
+  launch(emu_mma_test::gemm_tiles<T>, dim3(m * n / 512), dim3(128), 0, nullptr, a.data(), b.data(), c.data(), m, n, k);
   return c;
 }
 
@@ -144,8 +145,7 @@ TEST_CASE("ldmatrix_x4_trans gives lane L the elements (2(L%4), L/4) and (2(L%4)
       const int row = 8 * j + 2 * (lane & 3), col = lane >> 2;
       CAPTURE(lane);
       CAPTURE(j);
-      CHECK(out_trans[lane * 4 + j] ==
-            (tile[row * 8 + col] | static_cast<uint32_t>(tile[(row + 1) * 8 + col]) << 16));
+      CHECK(out_trans[lane * 4 + j] == (tile[row * 8 + col] | static_cast<uint32_t>(tile[(row + 1) * 8 + col]) << 16));
     }
 }
 
@@ -169,9 +169,9 @@ TEST_CASE("ldmatrix + mma_m16n8k16 (bf16) equals the host product of 16x16 by 16
 }
 
 TEST_CASE("mma_m16n8k16 rounds once: 1 + 2^-24 + 2^-24 gives 1 + 2^-23, not 1 (f16)") {
-  // A row 0 = (2^-12, 2^-12, 0...) times B column 0 = (2^-12, 2^-12, 0...) plus C = 1: the products are 2^-24 each. A k-order
-  // f32 sum from C would round 1 + 2^-24 to 1 twice; the exact sum 1 + 2^-23 is representable. (The ISA does not fix
-  // the tensor core's rounding; this pins the emulator's documented choice.)
+  // A row 0 = (2^-12, 2^-12, 0...) times B column 0 = (2^-12, 2^-12, 0...) plus C = 1: the products are 2^-24 each. A
+  // k-order f32 sum from C would round 1 + 2^-24 to 1 twice; the exact sum 1 + 2^-23 is representable. (The ISA does
+  // not fix the tensor core's rounding; this pins the emulator's documented choice.)
   std::vector<__half> a(16 * 16, to_t<__half>(0.0f)), b(16 * 8, to_t<__half>(0.0f));
   a[0] = a[1] = to_t<__half>(std::ldexp(1.0f, -12));
   b[0 * 8 + 0] = b[1 * 8 + 0] = to_t<__half>(std::ldexp(1.0f, -12));
@@ -188,6 +188,66 @@ TEST_CASE("a 64x64x64 GEMM from cp_async + ldmatrix + mma (f16) matches the host
 
 TEST_CASE("a 64x64x64 GEMM from cp_async + ldmatrix + mma (bf16) matches the host GEMM") {
   check_gemm<__nv_bfloat16>();
+}
+
+namespace {
+float tf32_value(float f) {
+  const uint32_t bits = unet::kernels::cuda::to_tf32(f);
+  float r;
+  std::memcpy(&r, &bits, sizeof r);
+  return r;
+}
+}  // namespace
+
+TEST_CASE("to_tf32 rounds to 10 mantissa bits, nearest with ties away from zero, and clears the 13 low bits") {
+  const float ulp = std::ldexp(1.0f, -10), half = std::ldexp(1.0f, -11), tiny = std::ldexp(1.0f, -23);
+  CHECK(tf32_value(1.0f + half) == 1.0f + ulp);  // tie: away from zero
+  CHECK(tf32_value(-(1.0f + half)) == -(1.0f + ulp));
+  CHECK(tf32_value(1.0f + ulp + half) == 1.0f + 2 * ulp);  // tie from an odd value: still away (not to even)
+  CHECK(tf32_value(1.0f + half - tiny) == 1.0f);
+  CHECK(tf32_value(1.0f + half + tiny) == 1.0f + ulp);
+  CHECK(tf32_value(2.0f - tiny) == 2.0f);                            // carry into the exponent
+  CHECK(std::isinf(tf32_value(std::numeric_limits<float>::max())));  // overflow rounds to infinity
+  CHECK(tf32_value(-std::numeric_limits<float>::infinity()) == -std::numeric_limits<float>::infinity());
+  CHECK(std::isnan(tf32_value(NAN)));
+  CHECK((unet::kernels::cuda::to_tf32(0.1f) & 0x1fffu) == 0u);
+}
+
+TEST_CASE("mma_m16n8k8_tf32 equals the product of the tf32-rounded 16x8 by 8x8 plus C, element by element") {
+  std::mt19937 rng(31);
+  std::uniform_real_distribution<float> d(-1.0f, 1.0f);
+  std::vector<float> a(16 * 8), b(8 * 8), c(16 * 8);
+  for (float& x : a) x = d(rng);
+  for (float& x : b) x = d(rng);
+  for (float& x : c) x = d(rng);
+  std::vector<float> ref;
+  for (const char* s : {"forward", "reverse", "random:7"}) {
+    ScheduleScope scope(Schedule::parse(s));
+    std::vector<float> got(16 * 8, NAN);
+    launch(emu_mma_test::mma_16x8x8_tf32, dim3(1), dim3(32), 0, nullptr, a.data(), b.data(), c.data(), got.data());
+    if (ref.empty()) ref = got;
+    CAPTURE(s);
+    CHECK(std::memcmp(got.data(), ref.data(), got.size() * sizeof(float)) == 0);
+  }
+  // The products of tf32 values are exact, so summing them in double in k order after C and rounding once is what the
+  // emulator documents; a GPU may differ in the last few ulp (its internal order is unspecified).
+  for (int i = 0; i < 16; ++i)
+    for (int j = 0; j < 8; ++j) {
+      double sum = c[i * 8 + j];
+      for (int k = 0; k < 8; ++k) sum += double(tf32_value(a[i * 8 + k])) * double(tf32_value(b[k * 8 + j]));
+      CAPTURE(i);
+      CAPTURE(j);
+      CHECK(ref[i * 8 + j] == static_cast<float>(sum));
+    }
+  double diff = 0;
+  for (int i = 0; i < 16; ++i)
+    for (int j = 0; j < 8; ++j) {
+      double exact = c[i * 8 + j];
+      for (int k = 0; k < 8; ++k) exact += double(a[i * 8 + k]) * double(b[k * 8 + j]);
+      diff = std::max(diff, std::fabs(exact - ref[i * 8 + j]));
+    }
+  CHECK(diff > 1e-5);  // tf32 inputs, not f32: the result is visibly less precise than the f32 product
+  CHECK(diff < 1e-2);
 }
 
 TEST_CASE("cp_async copies in two commit groups, after wait and a barrier, give the right shared memory") {

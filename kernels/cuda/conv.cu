@@ -13,6 +13,9 @@
 // conv_fprop_norm_act swaps fprop's A iterator for one that applies the previous layer's instance norm + leaky ReLU
 // to every loaded value (through registers instead of cp.async, as the values must be transformed on the way).
 // Strided dgrad runs one GEMM per stride phase over only the taps that reach it (no MMAs on zeros).
+// f32 with conv_allow_tf32() runs the tensor-core loop too (element trait TF32): f32 staged in shared memory (cp.async
+// chunks of 4 when the channel counts are multiples of 4), fragments read by plain shared loads and rounded by to_tf32
+// (cvt.rna), mma m16n8k8 .tf32 with f32 accumulation, half the k per stage (16) so the f32 stages fit the same smem.
 // Not done yet: incremental (division-free) iterators, a fused-statistics epilogue for the f32 SIMT path.
 #include "kernels/cuda/cuda_compat.cuh"
 // clang-format off
@@ -23,12 +26,23 @@
 #include "kernels/cuda/scratch.cuh"
 // clang-format on
 
+#include <atomic>
 #include <cstdint>
 #include <stdexcept>
 #include <string>
 #include <type_traits>
 
 namespace unet::kernels::cuda {
+
+namespace {
+std::atomic<bool> allow_tf32{false};
+}  // namespace
+void set_conv_allow_tf32(bool allow) {
+  allow_tf32.store(allow, std::memory_order_relaxed);
+}
+bool conv_allow_tf32() {
+  return allow_tf32.load(std::memory_order_relaxed);
+}
 
 namespace testing {
 int forced_tile_m = 0, forced_tile_n = 0, forced_wgrad_splits = 0;
@@ -47,16 +61,32 @@ namespace {
 #if UNET_EMULATED
 #define CONV_UNROLL
 #define CONV_NO_UNROLL
+#define CONV_UNROLL_N(n)
 #else
 #define CONV_UNROLL _Pragma("unroll")
 #define CONV_NO_UNROLL _Pragma("unroll 1")
+#define CONV_PRAGMA(x) _Pragma(#x)
+#define CONV_UNROLL_N(n) CONV_PRAGMA(unroll(n))  // n: an integral constant expression, template-dependent allowed
 #endif
 
 constexpr int kThreads = 128;  // 4 warps per CTA
-constexpr int kBK = 32;        // tensor-core k chunk per pipeline stage
-// 16-bit elements of padding per staged row: 16 bytes keep every ldmatrix row aligned and move consecutive rows by
-// 4 banks (row strides of 80, 144 and 272 bytes), so the 8 rows one ldmatrix phase reads hit 8 distinct bank quads.
-constexpr int kPad = 8;
+constexpr int kBK = 32;        // wgrad's split granule: a whole number of pipeline stages for every element size
+
+// Per element type E of the staged operands (16-bit or f32): a pipeline stage holds 64 bytes of every staged row
+// along k (32 16-bit or 16 f32 values), so the bytes per stage and the 16-byte chunks per thread are the same for both.
+template <class E>
+constexpr int kBKOf = 64 / int(sizeof(E));
+template <class E>
+constexpr int kVecOf = 16 / int(sizeof(E));  // elements per 16-byte cp.async chunk
+// Padding per staged row, in elements; always 16 bytes or more, so every row stays 16-byte aligned.
+//   16-bit: 16 bytes move consecutive rows by 4 banks (row strides of 80, 144 and 272 bytes), so the 8 rows one
+//           ldmatrix phase reads hit 8 distinct bank quads.
+//   f32:    fragments are read one word per lane, lane (g, t) at row g and k t (k-contiguous, row stride 20 words:
+//           banks 20g + t) or at k t and row g (mn-contiguous, stride BX + 8: banks 8t + g): 32 distinct banks.
+template <class E, bool kKContig>
+constexpr int kPadOf = sizeof(E) == 2 ? 8
+                       : kKContig     ? 4
+                                      : 8;
 
 // Element types: 16-bit values travel as raw bits (uint16_t); Mma names the tensor-core input type.
 struct F16 {
@@ -76,6 +106,15 @@ struct F32 {
   static __device__ float load(float v) { return v; }
   static __device__ float store(float f) { return f; }
 };
+// f32 storage on the tensor cores: operands rounded to tf32 (to_tf32) as fragments are read, mma m16n8k8 .tf32.
+// (A full struct, not derived from F32: nvcc's host stubs lose an empty derived class in an anonymous namespace.)
+struct TF32 {
+  using E = float;
+  static __device__ float load(float v) { return v; }
+  static __device__ float store(float f) { return f; }
+};
+template <class Ty>
+constexpr bool kIsTf32 = std::is_same_v<Ty, TF32>;
 
 // The problem in 32-bit coordinates (sizes are checked against 2^31 by the launchers); linear offsets are 64-bit.
 struct Geo {
@@ -362,16 +401,17 @@ __device__ __forceinline__ uint32_t pack2(uint16_t lo, uint16_t hi) {
   return uint32_t(lo) | uint32_t(hi) << 16;
 }
 
-// Stages one operand's BX x kBK tile into shared memory. kVec: 16-byte cp.async chunks of 8 elements along the
-// contiguous dimension (zero chunks are plain stores); otherwise single elements, loaded and stored by hand.
-template <class It, int BX, bool kVec>
+// Stages one operand's BX x BK tile of E values into shared memory. kVec: 16-byte cp.async chunks of V elements along
+// the contiguous dimension (zero chunks are plain stores); otherwise single elements, loaded and stored by hand.
+template <class It, class E, int BX, bool kVec>
 struct TileLoader {
   static constexpr bool kK = It::kKContig;
-  static constexpr int kStride = kK ? kBK + kPad : BX + kPad;
-  static constexpr int kElems = (kK ? BX : kBK) * kStride;
-  static constexpr int kChunks = BX * kBK / 8 / kThreads;  // 16-byte chunks per thread
+  static constexpr int BK = kBKOf<E>, V = kVecOf<E>;
+  static constexpr int kStride = kK ? BK + kPadOf<E, true> : BX + kPadOf<E, false>;
+  static constexpr int kElems = (kK ? BX : BK) * kStride;
+  static constexpr int kChunks = BX * BK / V / kThreads;  // 16-byte chunks per thread
   static constexpr int kRows = kVec && kK ? kChunks : 1;
-  static_assert(kChunks >= 1 && kThreads % (BX / 8) == 0, "tile too small for the loader");
+  static_assert(kChunks >= 1 && kThreads % (BX / V) == 0, "tile too small for the loader");
   using Row = typename It::Row;
   Row rows[kRows];  // this thread's GEMM rows, decomposed once
   int fixed;        // this thread's k offset (k-contiguous) or row offset (mn-contiguous) in the tile
@@ -379,14 +419,15 @@ struct TileLoader {
   __device__ TileLoader(const It& it, int64_t mn0) {
     const int tid = threadIdx.x;
     if constexpr (kVec && kK) {
-      fixed = 8 * (tid % 4);
+      constexpr int kRowChunks = BK / V;  // chunks per k-contiguous row of the tile (4)
+      fixed = V * (tid % kRowChunks);
       CONV_UNROLL
-      for (int i = 0; i < kRows; ++i) rows[i] = it.row(mn0 + tid / 4 + 32 * i);
+      for (int i = 0; i < kRows; ++i) rows[i] = it.row(mn0 + tid / kRowChunks + (kThreads / kRowChunks) * i);
     } else if constexpr (kVec) {
-      fixed = 8 * (tid % (BX / 8));
+      fixed = V * (tid % (BX / V));
       rows[0] = it.row(mn0 + fixed);
     } else if constexpr (kK) {
-      fixed = tid % kBK;
+      fixed = tid % BK;
       rows[0] = it.row(mn0);  // unused: rows change per element
     } else {
       fixed = tid % BX;
@@ -394,7 +435,6 @@ struct TileLoader {
     }
   }
 
-  template <class E>
   __device__ void operator()(const It& it, E* sm, int64_t mn0, int64_t k0, int64_t k_end) const {
     const int tid = threadIdx.x;
     if constexpr (kVec) {
@@ -403,11 +443,12 @@ struct TileLoader {
         const E* src;
         E* dst;
         if constexpr (kK) {
+          constexpr int kRowChunks = BK / V;
           const int64_t k = k0 + fixed;
           src = k < k_end ? it.ptr(rows[i], k) : nullptr;
-          dst = sm + (tid / 4 + 32 * i) * kStride + fixed;
+          dst = sm + (tid / kRowChunks + (kThreads / kRowChunks) * i) * kStride + fixed;
         } else {
-          const int kl = tid / (BX / 8) + (kThreads / (BX / 8)) * i;
+          const int kl = tid / (BX / V) + (kThreads / (BX / V)) * i;
           src = k0 + kl < k_end ? it.ptr(rows[0], k0 + kl) : nullptr;
           dst = sm + kl * kStride + fixed;
         }
@@ -417,19 +458,19 @@ struct TileLoader {
           *reinterpret_cast<uint4*>(dst) = make_uint4(0u, 0u, 0u, 0u);
       }
     } else {
-      constexpr int kLoads = BX * kBK / kThreads;
-      for (int i = 0; i < kLoads; ++i) {
+      constexpr int kLoads = BX * BK / kThreads;
+      auto load = [&](int i) {
         const E* src;
         E* dst;
         if constexpr (kK) {
-          const int ml = tid / kBK + (kThreads / kBK) * i;
+          const int ml = tid / BK + (kThreads / BK) * i;
           const int64_t k = k0 + fixed;
           const typename It::Row row = it.row(mn0 + ml);
           src = k < k_end ? it.ptr(row, k) : nullptr;
           dst = sm + ml * kStride + fixed;
           if constexpr (kTransforms<It>) {
             *dst = src ? it.transform(row, k, *src) : E(0);
-            continue;
+            return;
           }
         } else {
           const int kl = tid / BX + (kThreads / BX) * i;
@@ -437,6 +478,13 @@ struct TileLoader {
           dst = sm + kl * kStride + fixed;
         }
         *dst = src ? *src : E(0);
+      };
+      // f32 elements rolled: unrolled, ptxas spills the TF32 fprop 64x64 kernels on sm_80.
+      if constexpr (sizeof(E) == 4) {
+        CONV_NO_UNROLL
+        for (int i = 0; i < kLoads; ++i) load(i);
+      } else {
+        for (int i = 0; i < kLoads; ++i) load(i);  // left to the compiler: it keeps the 16-bit kernels spill-free
       }
     }
   }
@@ -455,35 +503,45 @@ struct TileLoader {
     }
     return loaded;
   }
-  template <class E>
   __device__ void store(const It& it, E* sm, int64_t k0, const uint4 (&v)[kChunks], unsigned loaded) const {
     const int tid = threadIdx.x;
     const int64_t k = k0 + fixed;
+    constexpr int kRowChunks = BK / V;
     CONV_UNROLL
     for (int i = 0; i < kChunks; ++i) {
       uint4 out = v[i];
       if (loaded >> i & 1u) {
-        uint16_t e[8];
-        CONV_UNROLL
-        for (int q = 0; q < 8; ++q) e[q] = it.transform(rows[i], k + q, half_at(v[i], q));
-        out = make_uint4(pack2(e[0], e[1]), pack2(e[2], e[3]), pack2(e[4], e[5]), pack2(e[6], e[7]));
+        if constexpr (sizeof(E) == 2) {
+          uint16_t e[8];
+          CONV_UNROLL
+          for (int q = 0; q < 8; ++q) e[q] = it.transform(rows[i], k + q, half_at(v[i], q));
+          out = make_uint4(pack2(e[0], e[1]), pack2(e[2], e[3]), pack2(e[4], e[5]), pack2(e[6], e[7]));
+        } else {
+          out = make_uint4(__float_as_uint(it.transform(rows[i], k + 0, __uint_as_float(v[i].x))),
+                           __float_as_uint(it.transform(rows[i], k + 1, __uint_as_float(v[i].y))),
+                           __float_as_uint(it.transform(rows[i], k + 2, __uint_as_float(v[i].z))),
+                           __float_as_uint(it.transform(rows[i], k + 3, __uint_as_float(v[i].w))));
+        }
       }
-      *reinterpret_cast<uint4*>(sm + (tid / 4 + 32 * i) * kStride + fixed) = out;
+      *reinterpret_cast<uint4*>(sm + (tid / kRowChunks + (kThreads / kRowChunks) * i) * kStride + fixed) = out;
     }
   }
 };
 
 // C[M, N] (+)= A[M, K] * B[K, N] over this CTA's k range (blockIdx.z selects the split), BM x BN per CTA, warps in a
-// WM x (4 / WM) grid, kStages-deep pipeline.
+// WM x (4 / WM) grid, kStages-deep pipeline. Ty F16 / BF16: mma m16n8k16 on ldmatrix fragments; Ty TF32: f32 staged
+// operands, fragments by plain shared loads (ldmatrix moves 16-bit elements) rounded by to_tf32, mma m16n8k8 .tf32.
 template <class Ty, class ItA, class ItB, class Epi, int BM, int BN, int WM, int kStages, bool kVec>
 __global__ void __launch_bounds__(kThreads)
     conv_gemm_tc(ItA a, ItB b, Epi epi, int64_t M, int64_t N, int64_t Kg, int64_t k_per_split) {
   using E = typename Ty::E;
-  using LA = TileLoader<ItA, BM, kVec>;
-  using LB = TileLoader<ItB, BN, kVec>;
+  using LA = TileLoader<ItA, E, BM, kVec>;
+  using LB = TileLoader<ItB, E, BN, kVec>;
+  constexpr int BK = kBKOf<E>, KS = kIsTf32<Ty> ? 8 : 16;  // k per stage, k per mma
   constexpr int WN = 4 / WM, WTM = BM / WM, WTN = BN / WN, MI = WTM / 16, NI = WTN / 8;
   static_assert(MI >= 1 && NI >= 2 && NI % 2 == 0, "warp tile");
-  static_assert(kStages * (LA::kElems + LB::kElems) * 2 <= 48 * 1024, "static shared memory is limited to 48 KiB");
+  static_assert(kStages * (LA::kElems + LB::kElems) * int(sizeof(E)) <= 48 * 1024,
+                "static shared memory is limited to 48 KiB");
   __shared__ __align__(16) E smem[kStages * (LA::kElems + LB::kElems)];
   E* const sa = smem;
   E* const sb = smem + kStages * LA::kElems;
@@ -491,23 +549,23 @@ __global__ void __launch_bounds__(kThreads)
   const int64_t m0 = int64_t(blockIdx.x) * BM, n0 = int64_t(blockIdx.y) * BN;
   const int64_t kb = int64_t(blockIdx.z) * k_per_split;
   const int64_t ke = kb + k_per_split < Kg ? kb + k_per_split : Kg;
-  const int nk = ke > kb ? int((ke - kb + kBK - 1) / kBK) : 0;
+  const int nk = ke > kb ? int((ke - kb + BK - 1) / BK) : 0;
   const LA load_a(a, m0);
   const LB load_b(b, n0);
   constexpr bool kStagedA = kTransforms<ItA> && kVec;  // A through registers (see TileLoader::fetch)
-  uint4 staged[kStagedA ? LA::kChunks : 1];
+  uint4 staged[kStagedA ? LA::kChunks : 1] = {};       // written by fetch before any store reads it (g++ cannot tell)
   unsigned staged_mask = 0;
 
   CONV_UNROLL
   for (int s = 0; s < kStages - 1; ++s) {
     if (s < nk) {
       if constexpr (kStagedA) {
-        staged_mask = load_a.fetch(a, kb + s * kBK, ke, staged);
-        load_a.store(a, sa + s * LA::kElems, kb + s * kBK, staged, staged_mask);
+        staged_mask = load_a.fetch(a, kb + s * BK, ke, staged);
+        load_a.store(a, sa + s * LA::kElems, kb + s * BK, staged, staged_mask);
       } else {
-        load_a(a, sa + s * LA::kElems, m0, kb + s * kBK, ke);
+        load_a(a, sa + s * LA::kElems, m0, kb + s * BK, ke);
       }
-      load_b(b, sb + s * LB::kElems, n0, kb + s * kBK, ke);
+      load_b(b, sb + s * LB::kElems, n0, kb + s * BK, ke);
     }
     cp_async_commit();
   }
@@ -515,6 +573,7 @@ __global__ void __launch_bounds__(kThreads)
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
   const int wm = warp / WN, wn = warp % WN;
   const int lj = lane >> 3, lr = lane & 7;  // the ldmatrix matrix and row this lane addresses
+  const int g = lane >> 2, t = lane & 3;    // the fragment layouts' group and thread in group
   float acc[MI][NI][4] = {};
 
   for (int kt = 0; kt < nk; ++kt) {
@@ -523,52 +582,73 @@ __global__ void __launch_bounds__(kThreads)
     const int kn = kt + kStages - 1;
     if (kn < nk) {
       if constexpr (kStagedA)
-        staged_mask = load_a.fetch(a, kb + int64_t(kn) * kBK, ke, staged);
+        staged_mask = load_a.fetch(a, kb + int64_t(kn) * BK, ke, staged);
       else
-        load_a(a, sa + (kn % kStages) * LA::kElems, m0, kb + int64_t(kn) * kBK, ke);
-      load_b(b, sb + (kn % kStages) * LB::kElems, n0, kb + int64_t(kn) * kBK, ke);
+        load_a(a, sa + (kn % kStages) * LA::kElems, m0, kb + int64_t(kn) * BK, ke);
+      load_b(b, sb + (kn % kStages) * LB::kElems, n0, kb + int64_t(kn) * BK, ke);
     }
     cp_async_commit();
     const E* const ta = sa + (kt % kStages) * LA::kElems;
     const E* const tb = sb + (kt % kStages) * LB::kElems;
-    CONV_UNROLL
-    for (int kk = 0; kk < kBK; kk += 16) {
+    // TF32 keeps its two k steps rolled: unrolled, ptxas hoists both steps' 16 scalar fragment loads and the fprop
+    // 128x64 tile spills on sm_80. (16-bit: both steps unrolled, as ldmatrix needs a quarter of the instructions.)
+    CONV_UNROLL_N(kIsTf32<Ty> ? 1 : BK / KS)
+    for (int kk = 0; kk < BK; kk += KS) {
       uint32_t af[MI][4], bf[NI][2];
-      CONV_UNROLL
-      for (int i = 0; i < MI; ++i) {
-        const int mb = wm * WTM + i * 16;
-        if constexpr (LA::kK)
-          ldmatrix_x4(af[i], ta + (mb + lr + 8 * (lj & 1)) * LA::kStride + kk + 8 * (lj >> 1));
-        else
-          ldmatrix_x4_trans(af[i], ta + (kk + lr + 8 * (lj >> 1)) * LA::kStride + mb + 8 * (lj & 1));
-      }
-      CONV_UNROLL
-      for (int j = 0; j < NI; j += 2) {
-        const int nb = wn * WTN + j * 8;
-        uint32_t r[4];
-        if constexpr (LB::kK)
-          ldmatrix_x4(r, tb + (nb + lr + 8 * (lj >> 1)) * LB::kStride + kk + 8 * (lj & 1));
-        else
-          ldmatrix_x4_trans(r, tb + (kk + lr + 8 * (lj & 1)) * LB::kStride + nb + 8 * (lj >> 1));
-        bf[j][0] = r[0];
-        bf[j][1] = r[1];
-        bf[j + 1][0] = r[2];
-        bf[j + 1][1] = r[3];
+      if constexpr (kIsTf32<Ty>) {
+        // a_r at (row g + 8 (r & 1), k t + 4 (r >> 1)), b_r at (k t + 4r, column g): see kernels/cuda/mma.cuh.
+        // This lane's element (g, t) of the warp's first fragments; the rest are at compile-time offsets from it.
+        const E* const pa = LA::kK ? ta + (wm * WTM + g) * LA::kStride + t : ta + t * LA::kStride + wm * WTM + g;
+        const E* const pb = LB::kK ? tb + (wn * WTN + g) * LB::kStride + t : tb + t * LB::kStride + wn * WTN + g;
+        CONV_UNROLL
+        for (int x = 0; x < MI * 4; ++x) {
+          const int i = x / 4, r = x % 4, row = i * 16 + 8 * (r & 1), k = kk + 4 * (r >> 1);
+          af[i][r] = to_tf32(pa[LA::kK ? row * LA::kStride + k : k * LA::kStride + row]);
+        }
+        CONV_UNROLL
+        for (int x = 0; x < NI * 2; ++x) {
+          const int j = x / 2, r = x % 2, col = j * 8, k = kk + 4 * r;
+          bf[j][r] = to_tf32(pb[LB::kK ? col * LB::kStride + k : k * LB::kStride + col]);
+        }
+      } else {
+        CONV_UNROLL
+        for (int i = 0; i < MI; ++i) {
+          const int mb = wm * WTM + i * 16;
+          if constexpr (LA::kK)
+            ldmatrix_x4(af[i], ta + (mb + lr + 8 * (lj & 1)) * LA::kStride + kk + 8 * (lj >> 1));
+          else
+            ldmatrix_x4_trans(af[i], ta + (kk + lr + 8 * (lj >> 1)) * LA::kStride + mb + 8 * (lj & 1));
+        }
+        CONV_UNROLL
+        for (int j = 0; j < NI; j += 2) {
+          const int nb = wn * WTN + j * 8;
+          uint32_t r[4];
+          if constexpr (LB::kK)
+            ldmatrix_x4(r, tb + (nb + lr + 8 * (lj >> 1)) * LB::kStride + kk + 8 * (lj & 1));
+          else
+            ldmatrix_x4_trans(r, tb + (kk + lr + 8 * (lj & 1)) * LB::kStride + nb + 8 * (lj >> 1));
+          bf[j][0] = r[0];
+          bf[j][1] = r[1];
+          bf[j + 1][0] = r[2];
+          bf[j + 1][1] = r[3];
+        }
       }
       // Nested loops are flattened throughout: one pragma per loop nest (clang-format keeps it on its own line).
       CONV_UNROLL
       for (int x = 0; x < MI * NI; ++x) {
         const int i = x / NI, j = x % NI;
-        mma_m16n8k16<typename Ty::Mma>(acc[i][j], af[i], bf[j], acc[i][j]);
+        if constexpr (kIsTf32<Ty>)
+          mma_m16n8k8_tf32(acc[i][j], af[i], bf[j], acc[i][j]);
+        else
+          mma_m16n8k16<typename Ty::Mma>(acc[i][j], af[i], bf[j], acc[i][j]);
       }
     }
     // Stage kn was last read in iteration kt - 1, which every thread finished before this iteration's barrier.
     if constexpr (kStagedA)
-      if (kn < nk) load_a.store(a, sa + (kn % kStages) * LA::kElems, kb + int64_t(kn) * kBK, staged, staged_mask);
+      if (kn < nk) load_a.store(a, sa + (kn % kStages) * LA::kElems, kb + int64_t(kn) * BK, staged, staged_mask);
   }
   cp_async_wait<0>();
 
-  const int g = lane >> 2, t = lane & 3;
   if constexpr (Epi::kStats) {
     if (epi.part) {                                       // uniform over the grid
       const int64_t boundary = (m0 / epi.S + 1) * epi.S;  // first row of the next sample
@@ -908,7 +988,7 @@ void fprop_typed(const ConvProblem& p, const ItA& a, const void* w, const float*
   const void* x = a.x;
   const FpropB<E> b{static_cast<const E*>(w), N, Kg};
   StoreOut<Ty, true> epi{static_cast<E*>(y), bias, N};
-  const bool vec = p.C % 8 == 0 && aligned16(x) && aligned16(w);
+  const bool vec = p.C % kVecOf<E> == 0 && aligned16(x) && aligned16(w);
   const Tile tile = pick_tile(M, N, false);
   const int64_t S = p.Z * p.P * p.Q, bm = vec ? tile.bm : 64;
   // Statistics in the epilogue on the tensor-core path when a tile spans at most two samples; otherwise (f32, or
@@ -916,7 +996,9 @@ void fprop_typed(const ConvProblem& p, const ItA& a, const void* w, const float*
   const bool fused = decltype(epi)::kStats && stats && !std::is_same_v<Ty, F32> && S >= bm;
   if (!fused) {
     run_gemm<Ty>(a, b, epi, M, N, Kg, 1, Kg, vec, tile, stream, "conv_fprop");
-    if (stats) column_sums<Ty>(static_cast<const E*>(y), p.N, S, p.K, nullptr, stats, stream);
+    if (stats)
+      column_sums<std::conditional_t<kIsTf32<Ty>, F32, Ty>>(static_cast<const E*>(y), p.N, S, p.K, nullptr, stats,
+                                                            stream);
     return;
   }
   const int64_t tiles_m = (M + bm - 1) / bm;
@@ -936,7 +1018,7 @@ void dgrad_typed(const ConvProblem& p, const Geo& g, const void* dy, const void*
   const DgradA<E> a{static_cast<const E*>(dy), g, M};
   const DgradB<E> b{static_cast<const E*>(w), g};
   const StoreOut<Ty, false> epi{static_cast<E*>(dx), nullptr, N};
-  const bool vec = p.C % 8 == 0 && p.K % 8 == 0 && aligned16(dy) && aligned16(w);
+  const bool vec = p.C % kVecOf<E> == 0 && p.K % kVecOf<E> == 0 && aligned16(dy) && aligned16(w);
   static_assert(!decltype(epi)::kStats, "dgrad has no statistics epilogue");
   if (g.sd == 1 && g.sh == 1 && g.sw == 1) {
     run_gemm<Ty>(a, b, epi, M, N, Kg, 1, Kg, vec, pick_tile(M, N, false), stream, "conv_dgrad");
@@ -990,7 +1072,7 @@ void wgrad_typed(const ConvProblem& p, const Geo& g, const void* x, const void* 
   if (dw) {
     const WgradA<E> a{static_cast<const E*>(dy), g.K};
     const WgradB<E> b{static_cast<const E*>(x), g};
-    const bool vec = p.C % 8 == 0 && p.K % 8 == 0 && aligned16(x) && aligned16(dy);
+    const bool vec = p.C % kVecOf<E> == 0 && p.K % kVecOf<E> == 0 && aligned16(x) && aligned16(dy);
     Tile tile = pick_tile(M, N, true);
     if (std::is_same_v<Ty, F32>) tile = N <= 32 ? Tile{128, 32} : Tile{64, 64};
     if (!vec) tile = {64, 64};
@@ -1007,7 +1089,8 @@ void wgrad_typed(const ConvProblem& p, const Geo& g, const void* x, const void* 
       launch(sum_splits, dim3(blocks), dim3(256), 0, stream, static_cast<const float*>(part.get()), count, splits, dw);
     }
   }
-  if (dbias) column_sums<Ty>(static_cast<const E*>(dy), 1, Kg, p.K, dbias, nullptr, stream);
+  using Sums = std::conditional_t<kIsTf32<Ty>, F32, Ty>;  // the same f32 values: no second set of kernels
+  if (dbias) column_sums<Sums>(static_cast<const E*>(dy), 1, Kg, p.K, dbias, nullptr, stream);
 }
 
 }  // namespace
@@ -1021,7 +1104,9 @@ void conv_fprop(const ConvProblem& p, DType dt, const void* x, const void* w, co
   check_ptr(y, "conv_fprop", "y");
   if (conv_thin_applies(p)) return conv_fprop_thin(p, dt, x, w, bias, y, stats, stream);  // 1-4 input channels
   const int64_t M = p.N * p.Z * p.P * p.Q;
-  if (dt == DType::f32)
+  if (dt == DType::f32 && conv_allow_tf32())
+    fprop_typed<TF32>(p, FpropA<float>{static_cast<const float*>(x), g, M}, w, bias, y, stats, stream);
+  else if (dt == DType::f32)
     fprop_typed<F32>(p, FpropA<float>{static_cast<const float*>(x), g, M}, w, bias, y, stats, stream);
   if (dt == DType::f16)
     fprop_typed<F16>(p, FpropA<uint16_t>{static_cast<const uint16_t*>(x), g, M}, w, bias, y, stats, stream);
@@ -1058,7 +1143,9 @@ void conv_fprop_norm_act(const ConvProblem& p, DType dt, const void* x, const fl
   check_ptr(scale, who, "scale");
   check_ptr(shift, who, "shift");
   const int64_t M = p.N * p.Z * p.P * p.Q;
-  if (dt == DType::f32)
+  if (dt == DType::f32 && conv_allow_tf32())
+    fprop_typed<TF32>(p, norm_act_operand<TF32>(x, g, M, mean, scale, shift, slope), w, bias, y, stats, stream);
+  else if (dt == DType::f32)
     fprop_typed<F32>(p, norm_act_operand<F32>(x, g, M, mean, scale, shift, slope), w, bias, y, stats, stream);
   if (dt == DType::f16)
     fprop_typed<F16>(p, norm_act_operand<F16>(x, g, M, mean, scale, shift, slope), w, bias, y, stats, stream);
@@ -1072,7 +1159,10 @@ void conv_dgrad(const ConvProblem& p, DType dt, const void* dy, const void* w, v
   check_ptr(dy, "conv_dgrad", "dy");
   check_ptr(w, "conv_dgrad", "w");
   check_ptr(dx, "conv_dgrad", "dx");
-  if (dt == DType::f32) dgrad_typed<F32>(p, g, dy, w, dx, stream);
+  if (dt == DType::f32 && conv_allow_tf32())
+    dgrad_typed<TF32>(p, g, dy, w, dx, stream);
+  else if (dt == DType::f32)
+    dgrad_typed<F32>(p, g, dy, w, dx, stream);
   if (dt == DType::f16) dgrad_typed<F16>(p, g, dy, w, dx, stream);
   if (dt == DType::bf16) dgrad_typed<BF16>(p, g, dy, w, dx, stream);
 }
@@ -1084,7 +1174,10 @@ void conv_wgrad(const ConvProblem& p, DType dt, const void* x, const void* dy, f
   if (dw) check_ptr(x, "conv_wgrad", "x");  // x is not read when only dbias is wanted
   check_ptr(dy, "conv_wgrad", "dy");
   if (conv_thin_applies(p)) return conv_wgrad_thin(p, dt, x, dy, dw, dbias, stream);  // 1-4 input channels
-  if (dt == DType::f32) wgrad_typed<F32>(p, g, x, dy, dw, dbias, stream);
+  if (dt == DType::f32 && conv_allow_tf32())
+    wgrad_typed<TF32>(p, g, x, dy, dw, dbias, stream);
+  else if (dt == DType::f32)
+    wgrad_typed<F32>(p, g, x, dy, dw, dbias, stream);
   if (dt == DType::f16) wgrad_typed<F16>(p, g, x, dy, dw, dbias, stream);
   if (dt == DType::bf16) wgrad_typed<BF16>(p, g, x, dy, dw, dbias, stream);
 }

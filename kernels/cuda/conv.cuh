@@ -5,6 +5,8 @@
 // Data types: `dt` is the type of the activations and weights (x, w, y, dy, dx):
 //   f32        SIMT path (fp32 FMA);
 //   f16, bf16  tensor cores (mma.sync m16n8k16, f32 accumulation), operands staged with cp.async + ldmatrix.
+//   f32 with set_conv_allow_tf32(true): tensor cores in TF32 (operands rounded to 10 mantissa bits, mma.sync m16n8k8
+//              .tf32, f32 accumulation); the thin first-layer path below stays fp32.
 // A thin first layer (1 to 4 input channels, filter extents <= 3) takes the direct convolution of conv_thin.cuh in
 // fprop and wgrad instead, where implicit GEMM would waste its reduction axis.
 // Bias, dw and dbias are always f32 (fp32 master weights, DESIGN section 6); for f16/bf16 the caller passes the
@@ -21,6 +23,13 @@
 #include "kernels/cuda/stream.h"
 
 namespace unet::kernels::cuda {
+
+// Whether f32 convolutions may run on the TF32 tensor cores (process-wide, read at each call; thread-safe), like
+// PyTorch's torch.backends.cudnn.allow_tf32. PyTorch's default is on; ours is off, so f32 results match the CPU backend
+// to fp32 accuracy unless a caller opts in. With it on, results are those of the inputs rounded to tf32 (relative
+// error about 2^-11 per operand) with f32 accumulation.
+void set_conv_allow_tf32(bool allow);
+bool conv_allow_tf32();
 
 // y = conv(x, w) + bias. bias [K] f32 or null. When stats is not null it receives, per (sample, output channel), the
 // sum and the sum of squares of the stored y (after bias, after rounding to dt) as f32 pairs: stats[(n * K + k) * 2 +
