@@ -18,6 +18,9 @@ Tensor sum(const Tensor& a);                   // all elements -> shape [1]
 // ---- convolution (engine/ops/conv.cpp) ----
 // x [N, spatial..., C], w [K, kernel..., C] (KTRSC / KRSC), bias [K] or undefined; stride and pad per spatial axis.
 // Output spatial size (in + 2 pad - k) / stride + 1 (floor); cross-correlation as in PyTorch.
+// Process-wide: f32 convolutions on CUDA devices run on TF32 tensor cores (inputs rounded to 10 mantissa bits, f32
+// accumulation; about 1e-3 relative from fp32) instead of fp32 SIMT. Off by default; no effect on the CPU.
+void set_conv_allow_tf32(bool allow);
 Tensor conv(const Tensor& x, const Tensor& w, const Tensor& bias, const std::vector<int>& stride,
             const std::vector<int>& pad);
 // Transposed convolution with kernel == stride (non-overlapping windows), as nnU-Net's upsampling:

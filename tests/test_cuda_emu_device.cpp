@@ -205,6 +205,17 @@ TEST_CASE("cuda-emu conv equals the cpu op within 1e-5") {
   }
 }
 
+TEST_CASE("set_conv_allow_tf32 switches cuda-emu f32 convolutions to TF32: close to fp32 but not equal; off restores fp32") {
+  Tensor x = randn({1, 4, 5, 6, 8}, 70).to(kEmu), w = randn({8, 3, 3, 3, 8}, 71).to(kEmu);
+  const std::vector<float> fp32 = ops::conv(x, w, Tensor(), {1, 1, 1}, {1, 1, 1}).to_vector();
+  ops::set_conv_allow_tf32(true);
+  const std::vector<float> tf32 = ops::conv(x, w, Tensor(), {1, 1, 1}, {1, 1, 1}).to_vector();
+  ops::set_conv_allow_tf32(false);
+  CHECK(tf32 != fp32);
+  test::check_close(tf32, fp32, 0, 5e-2, "tf32 vs fp32 (sums of 216 products of unit normals, 2^-11 per operand)");
+  CHECK(ops::conv(x, w, Tensor(), {1, 1, 1}, {1, 1, 1}).to_vector() == fp32);
+}
+
 TEST_CASE("cuda-emu conv with a frozen weight gives dx and dbias as on the cpu (x not saved)") {
   std::vector<float> result[2];
   for (int side = 0; side < 2; ++side) {
@@ -325,6 +336,20 @@ TEST_CASE("unet_train runtime.device = cuda-emu trains, and unet_infer --device 
     io::NiftiVolume b = io::read_nifti(dir + "/pred-cuda-emu/" + e.path().filename().string());
     test::check_close(b.data.to_vector(), a.data.to_vector(), 1e-4, 1e-5, e.path().filename().string());
   }
+  // --precision tf32 reaches the convolution kernels: probabilities close to fp32's, yet not the same bits.
+  rc = test::run_tool("unet_infer", "--model " + dir + "/run/model.safetensors --input " + dir + "/data/imagesTs --output " +
+                                        dir + "/pred-tf32 --save-probabilities --precision tf32 --device cuda-emu", &out);
+  REQUIRE_MESSAGE(rc == 0, out);
+  int probability_maps = 0;
+  for (auto& e : std::filesystem::directory_iterator(dir + "/pred-cuda-emu")) {
+    if (e.path().filename().string().find("_probabilities") == std::string::npos) continue;
+    ++probability_maps;
+    const std::vector<float> a = io::read_nifti(e.path().string()).data.to_vector();
+    const std::vector<float> b = io::read_nifti(dir + "/pred-tf32/" + e.path().filename().string()).data.to_vector();
+    CHECK(a != b);
+    test::check_close(b, a, 0, 1e-2, "tf32 probabilities");
+  }
+  CHECK(probability_maps == 1);
   rc = test::run_tool("unet_infer", "--model " + dir + "/run/model.safetensors --input " + dir + "/data/imagesTs --output " +
                                         dir + "/pred-x --device cuda", &out);
   CHECK(rc == 2);

@@ -1,6 +1,6 @@
 // unet_infer: segments NIfTI volumes with a trained checkpoint by sliding-window inference (SPEC 5, 6).
 // usage: unet_infer --model CKPT --input FILE|DIR --output FILE|DIR [--overlap F] [--blend gaussian|constant] [--tta]
-//                   [--precision fp32] [--device auto|cpu|cuda-emu] [--save-probabilities] [--batch N]
+//                   [--precision fp32|tf32] [--device auto|cpu|cuda|cuda-emu] [--save-probabilities] [--batch N]
 // Each output label map (uint8) is written with its input's header; with --save-probabilities the per-class
 // softmax (float32, 4D) goes beside it as NAME_probabilities.nii.gz. Exit status 0 / 2 (usage) / 1 (runtime).
 #include <CLI/CLI.hpp>
@@ -52,7 +52,10 @@ int main(int argc, char** argv) {
   app.add_option("--overlap", overlap, "window overlap in [0, 1)")->capture_default_str();
   app.add_option("--blend", blend, "window blending: gaussian or constant")->capture_default_str();
   app.add_flag("--tta", tta, "test-time augmentation: average over all flips");
-  app.add_option("--precision", precision, "fp32 (fp16/bf16 come with the CUDA backend)")->capture_default_str();
+  app.add_option("--precision", precision,
+                 "fp32, or tf32 (f32 convolutions on TF32 tensor cores on a CUDA device; fp16/bf16 inference is not "
+                 "implemented yet)")
+      ->capture_default_str();
   app.add_option("--device", device, "auto, cpu, cuda or cuda-emu (the CUDA kernels under the CPU emulator)")->capture_default_str();
   app.add_flag("--save-probabilities", save_probabilities, "also write the per-class probabilities (float32)");
   app.add_option("--batch", batch, "windows per forward pass")->capture_default_str();
@@ -67,13 +70,17 @@ int main(int argc, char** argv) {
   try {
     if (blend != "gaussian" && blend != "constant") throw UsageError("--blend '" + blend + "': expected gaussian or constant");
     if (!(overlap >= 0 && overlap < 1)) throw UsageError("--overlap " + std::to_string(overlap) + ": expected a value in [0, 1)");
-    if (precision != "fp32") throw UsageError("--precision " + precision + ": the CPU backend computes in fp32 only");
+    if (precision != "fp32" && precision != "tf32")
+      throw UsageError("--precision " + precision + ": expected fp32 or tf32 (fp16/bf16 inference is not implemented yet)");
     Device dev = Device::cpu;
     try {
       dev = device::resolve_device(device, &std::cout);  // auto without a GPU: one line, then the CPU
     } catch (const std::exception& e) {
       throw UsageError("--device " + device + ": " + e.what());
     }
+    if (precision == "tf32" && dev == Device::cpu)
+      std::printf("unet_infer: --precision tf32 has no effect on the cpu backend (fp32)\n");
+    ops::set_conv_allow_tf32(precision == "tf32");
     if (batch < 1) throw UsageError("--batch: expected at least 1");
     if (!fs::exists(input)) throw UsageError("--input " + input + ": no such file or directory");
 

@@ -14,6 +14,7 @@
 
 #include "engine/allocator.h"
 #include "engine/device.h"
+#include "engine/ops.h"
 #include "engine/optim.h"
 #include "engine/parallel.h"
 #include "engine/schedule.h"
@@ -60,6 +61,7 @@ io::Config make_config() {
       {"output", "dir", KeyType::string, "runs/unet", "output directory"},
       {"runtime", "threads", KeyType::integer, "0", "CPU threads (0: all cores)"},
       {"runtime", "device", KeyType::string, "auto", "compute device", {"auto", "cpu", "cuda", "cuda-emu"}},
+      {"runtime", "tf32", KeyType::boolean, "false", "f32 convolutions on TF32 tensor cores (CUDA devices only)"},
   });
 }
 
@@ -107,6 +109,7 @@ int run(const io::Config& c) {
   } catch (const std::exception& e) {
     throw UsageError(std::string("runtime.device = ") + device + ": " + e.what());
   }
+  ops::set_conv_allow_tf32(c.get_bool("runtime", "tf32"));
   if (c.get_int("runtime", "threads") > 0) omp_set_num_threads(static_cast<int>(c.get_int("runtime", "threads")));
   std::string dataset_dir = c.get_string("data", "dataset");
   if (dataset_dir.empty()) throw UsageError("data.dataset: required (the directory holding dataset.json)");

@@ -49,6 +49,14 @@ kernels::ConvProblem make_problem(const Tensor& x, const Tensor& w, const std::v
 
 }  // namespace
 
+void set_conv_allow_tf32(bool allow) {
+#if UNET_HAVE_CUDA_KERNELS
+  kernels::cuda::set_conv_allow_tf32(allow);
+#else
+  (void)allow;  // no CUDA kernels in this build: every convolution runs on the CPU in fp32
+#endif
+}
+
 Tensor conv(const Tensor& x, const Tensor& w, const Tensor& bias, const std::vector<int>& stride,
             const std::vector<int>& pad) {
   check_arg(x.defined() && w.defined(), "conv: undefined input or weight");
