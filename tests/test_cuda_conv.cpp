@@ -20,29 +20,14 @@
 #include "kernels/conv.h"
 #include "kernels/cuda/conv.cuh"
 #include "kernels/emu/emu.h"
+#include "tests/emu_test_util.h"
 #include "tests/test_util.h"
 
 using namespace unet;
+using test::under_every_schedule;
 using kernels::ConvProblem;
 
 namespace {
-
-const char* kSchedules[] = {"forward", "reverse", "random:7"};
-
-template <class F>
-auto under_every_schedule(F&& run) {
-  emu::set_schedule(emu::Schedule::parse(kSchedules[0]));
-  auto first = run();
-  for (size_t k = 1; k < std::size(kSchedules); ++k) {
-    emu::set_schedule(emu::Schedule::parse(kSchedules[k]));
-    auto again = run();
-    REQUIRE(again.size() == first.size());
-    REQUIRE_MESSAGE(std::memcmp(again.data(), first.data(), first.size() * sizeof(first[0])) == 0,
-                    "schedule " << std::string(kSchedules[k]) << " changed the result");
-  }
-  emu::set_schedule(emu::Schedule::parse("forward"));
-  return first;
-}
 
 const DType kDtypes[] = {DType::f32, DType::f16, DType::bf16};
 

@@ -21,6 +21,7 @@
 // clang-format off
 #include "kernels/cuda/conv.cuh"
 #include "kernels/cuda/conv_thin.cuh"
+#include "kernels/cuda/element.cuh"
 #include "kernels/cuda/launch.cuh"
 #include "kernels/cuda/mma.cuh"
 #include "kernels/cuda/scratch.cuh"
@@ -88,28 +89,15 @@ constexpr int kPadOf = sizeof(E) == 2 ? 8
                        : kKContig     ? 4
                                       : 8;
 
-// Element types: 16-bit values travel as raw bits (uint16_t); Mma names the tensor-core input type.
-struct F16 {
-  using E = uint16_t;
-  using Mma = __half;
-  static __device__ float load(uint16_t v) { return __half2float(__ushort_as_half(v)); }
-  static __device__ uint16_t store(float f) { return __half_as_ushort(__float2half_rn(f)); }
-};
-struct BF16 {
-  using E = uint16_t;
-  using Mma = __nv_bfloat16;
-  static __device__ float load(uint16_t v) { return __bfloat162float(__ushort_as_bfloat16(v)); }
-  static __device__ uint16_t store(float f) { return __bfloat16_as_ushort(__float2bfloat16_rn(f)); }
-};
-struct F32 {
-  using E = float;
-  static __device__ float load(float v) { return v; }
-  static __device__ float store(float f) { return f; }
-};
+// Element types (kernels/cuda/element.cuh): 16-bit values travel as raw bits (uint16_t); Mma names the tensor-core
+// input type.
+using element::BF16;
+using element::F16;
+using element::F32;
 // f32 storage on the tensor cores: operands rounded to tf32 (to_tf32) as fragments are read, mma m16n8k8 .tf32.
 // (A full struct, not derived from F32: nvcc's host stubs lose an empty derived class in an anonymous namespace.)
 struct TF32 {
-  using E = float;
+  using T = float;
   static __device__ float load(float v) { return v; }
   static __device__ float store(float f) { return f; }
 };
@@ -170,10 +158,10 @@ struct FpropB {
 // x' = leaky_relu(fma(x - mean[n, c], scale[n, c], shift[n, c])) rounded to the storage type, as if x' had been
 // materialised; padding and rows past the end stay zero because only loaded values are transformed.
 template <class Ty>
-struct FpropANormAct : FpropA<typename Ty::E> {
+struct FpropANormAct : FpropA<typename Ty::T> {
   const float *mean, *scale, *shift;
   float slope;
-  using E = typename Ty::E;
+  using E = typename Ty::T;
   using Row = typename FpropA<E>::Row;
   __device__ E transform(const Row& r, int64_t k, E v) const {
     const int64_t j = int64_t(r.n) * this->g.C + int(k) % this->g.C;
@@ -349,7 +337,7 @@ struct WgradB {
 template <class Ty, bool kWithStats>
 struct StoreOut {
   static constexpr bool kStats = kWithStats;  // compiled in for fprop only: the statistics cost registers
-  typename Ty::E* out;
+  typename Ty::T* out;
   const float* bias;
   int64_t ld;
   float* part = nullptr;
@@ -367,7 +355,7 @@ struct StoreOut {
 template <class Ty>
 struct StorePhase {
   static constexpr bool kStats = false;
-  typename Ty::E* out;
+  typename Ty::T* out;
   Geo g;
   Phase ph;
   __device__ void operator()(int64_t m64, int64_t c, float v) const {
@@ -534,7 +522,7 @@ struct TileLoader {
 template <class Ty, class ItA, class ItB, class Epi, int BM, int BN, int WM, int kStages, bool kVec>
 __global__ void __launch_bounds__(kThreads)
     conv_gemm_tc(ItA a, ItB b, Epi epi, int64_t M, int64_t N, int64_t Kg, int64_t k_per_split) {
-  using E = typename Ty::E;
+  using E = typename Ty::T;
   using LA = TileLoader<ItA, E, BM, kVec>;
   using LB = TileLoader<ItB, E, BN, kVec>;
   constexpr int BK = kBKOf<E>, KS = kIsTf32<Ty> ? 8 : 16;  // k per stage, k per mma
@@ -773,7 +761,7 @@ __device__ void row_lane_tree(double (&red)[2][kRowLanes][kColTile]) {
 
 template <class Ty>
 __global__ void __launch_bounds__(kColTile* kRowLanes)
-    column_sums_partial(const typename Ty::E* src, int64_t rows, int64_t cols, int64_t chunks, double* part) {
+    column_sums_partial(const typename Ty::T* src, int64_t rows, int64_t cols, int64_t chunks, double* part) {
   __shared__ double red[2][kRowLanes][kColTile];
   const int tx = threadIdx.x, ty = threadIdx.y;
   const int64_t c = int64_t(blockIdx.x) * kColTile + tx, ch = blockIdx.y, grp = blockIdx.z;
@@ -967,7 +955,7 @@ void run_gemm(const ItA& a, const ItB& b, const Epi& epi, int64_t M, int64_t N, 
 
 // Per-column sums of a [groups][rows][cols] tensor: dbias (groups = 1, sums) or the per-(n, k) statistics (stats).
 template <class Ty>
-void column_sums(const typename Ty::E* src, int64_t groups, int64_t rows, int64_t cols, float* sums, float* stats,
+void column_sums(const typename Ty::T* src, int64_t groups, int64_t rows, int64_t cols, float* sums, float* stats,
                  cudaStream_t stream) {
   const int64_t chunks = (rows + kChunkRows - 1) / kChunkRows;
   Scratch<double> part(size_t(groups * chunks * 2 * cols), stream);
@@ -983,7 +971,7 @@ void column_sums(const typename Ty::E* src, int64_t groups, int64_t rows, int64_
 template <class Ty, class ItA>
 void fprop_typed(const ConvProblem& p, const ItA& a, const void* w, const float* bias, void* y, float* stats,
                  cudaStream_t stream) {
-  using E = typename Ty::E;
+  using E = typename Ty::T;
   const int64_t M = p.N * p.Z * p.P * p.Q, N = p.K, Kg = p.taps() * p.C;
   const void* x = a.x;
   const FpropB<E> b{static_cast<const E*>(w), N, Kg};
@@ -1013,7 +1001,7 @@ void fprop_typed(const ConvProblem& p, const ItA& a, const void* w, const float*
 
 template <class Ty>
 void dgrad_typed(const ConvProblem& p, const Geo& g, const void* dy, const void* w, void* dx, cudaStream_t stream) {
-  using E = typename Ty::E;
+  using E = typename Ty::T;
   const int64_t M = p.N * p.D * p.H * p.W, N = p.C, Kg = p.taps() * p.K;
   const DgradA<E> a{static_cast<const E*>(dy), g, M};
   const DgradB<E> b{static_cast<const E*>(w), g};
@@ -1067,7 +1055,7 @@ int wgrad_splits(int64_t tiles, int64_t pixels, int64_t* k_per_split) {
 template <class Ty>
 void wgrad_typed(const ConvProblem& p, const Geo& g, const void* x, const void* dy, float* dw, float* dbias,
                  cudaStream_t stream) {
-  using E = typename Ty::E;
+  using E = typename Ty::T;
   const int64_t M = p.K, N = p.taps() * p.C, Kg = p.N * p.Z * p.P * p.Q;
   if (dw) {
     const WgradA<E> a{static_cast<const E*>(dy), g.K};
@@ -1119,7 +1107,7 @@ template <class Ty>
 FpropANormAct<Ty> norm_act_operand(const void* x, const Geo& g, int64_t M, const float* mean, const float* scale,
                                    const float* shift, float slope) {
   FpropANormAct<Ty> a;
-  a.x = static_cast<const typename Ty::E*>(x);
+  a.x = static_cast<const typename Ty::T*>(x);
   a.g = g;
   a.rows = M;
   a.mean = mean;
