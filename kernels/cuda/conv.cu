@@ -179,37 +179,8 @@ struct Transforms<FpropANormAct<Ty>> : std::true_type {};
 template <class It>
 constexpr bool kTransforms = Transforms<It>::value;
 
-// dgrad A, stride 1 (strided dgrad goes by phases, below): dy viewed as [M = N*D*H*W][T*R*S*K]: element (x position,
-// (tap, k)) is dy at the output position that reads x through that tap, or zero when it is outside.
-template <class E>
-struct DgradA {
-  static constexpr bool kKContig = true;
-  const E* dy;
-  Geo g;
-  int64_t rows;
-  struct Row {
-    int n, d, h, w;  // padded input position; n < 0 past the end
-  };
-  __device__ Row row(int64_t m64) const {
-    if (m64 >= rows) return {-1, 0, 0, 0};
-    int m = int(m64);
-    const int w = m % g.W;
-    m /= g.W;
-    const int h = m % g.H;
-    m /= g.H;
-    const int d = m % g.D;
-    return {m / g.D, d + g.pd, h + g.ph, w + g.pw};
-  }
-  __device__ const E* ptr(const Row& r, int64_t k64) const {
-    if (r.n < 0) return nullptr;
-    const int k = int(k64), tap = k / g.K, ko = k - tap * g.K;
-    const int z = r.d - tap / (g.S * g.R), p = r.h - (tap / g.S) % g.R, q = r.w - tap % g.S;
-    if (unsigned(z) >= unsigned(g.Z) || unsigned(p) >= unsigned(g.P) || unsigned(q) >= unsigned(g.Q)) return nullptr;
-    return dy + (((int64_t(r.n) * g.Z + z) * g.P + p) * g.Q + q) * g.K + ko;
-  }
-};
-
-// dgrad B: w viewed as [T*R*S*K][N = C] (element ((tap, k), c) = w[k, tap, c]): contiguous along c.
+// dgrad B, stride 1: w viewed as [T*R*S*K][N = C] (element ((tap, k), c) = w[k, tap, c]): contiguous along c. (The
+// whole-problem phase of DgradPhaseB, without recomposing the tap index.)
 template <class E>
 struct DgradB {
   static constexpr bool kKContig = false;
@@ -226,9 +197,10 @@ struct DgradB {
   }
 };
 
-// Strided dgrad, one phase at a time (stride > 1): the dx positions d = d0 + sd * i (likewise h, w) are reached only
-// by the taps t = t0 + sd * j with t0 = (d0 + pad) mod sd, so each phase is its own GEMM over just those taps instead
-// of predicating away the (sd*sh*sw - 1) / (sd*sh*sw) of the taps that would land between outputs.
+// Strided dgrad, one phase at a time: the dx positions d = d0 + sd * i (likewise h, w) are reached only by the taps
+// t = t0 + sd * j with t0 = (d0 + pad) mod sd, so each phase is its own GEMM over just those taps instead of
+// predicating away the (sd*sh*sw - 1) / (sd*sh*sw) of the taps that would land between outputs. With stride 1 there
+// is one phase, the whole problem (d0 = t0 = 0, every tap, zb = pad).
 struct Phase {
   int d0, h0, w0;  // the phase: first dx position along each axis
   int Dp, Hp, Wp;  // dx positions of the phase along each axis
@@ -237,9 +209,10 @@ struct Phase {
   int zb, pb, qb;  // output position read by tap t0 from position d0 (may be out of range; checked per element)
 };
 
-// dgrad A of one phase: dy viewed as [M = N*Dp*Hp*Wp][Tp*Rp*Sp*K].
+// dgrad A of one phase: dy viewed as [M = N*Dp*Hp*Wp][Tp*Rp*Sp*K]: element (x position, (tap, k)) is dy at the
+// output position that reads x through that tap, or zero when it is outside.
 template <class E>
-struct DgradPhaseA {
+struct DgradA {
   static constexpr bool kKContig = true;
   const E* dy;
   Geo g;
@@ -1003,16 +976,10 @@ template <class Ty>
 void dgrad_typed(const ConvProblem& p, const Geo& g, const void* dy, const void* w, void* dx, cudaStream_t stream) {
   using E = typename Ty::T;
   const int64_t M = p.N * p.D * p.H * p.W, N = p.C, Kg = p.taps() * p.K;
-  const DgradA<E> a{static_cast<const E*>(dy), g, M};
-  const DgradB<E> b{static_cast<const E*>(w), g};
   const StoreOut<Ty, false> epi{static_cast<E*>(dx), nullptr, N};
   const bool vec = p.C % kVecOf<E> == 0 && p.K % kVecOf<E> == 0 && aligned16(dy) && aligned16(w);
   static_assert(!decltype(epi)::kStats, "dgrad has no statistics epilogue");
-  if (g.sd == 1 && g.sh == 1 && g.sw == 1) {
-    run_gemm<Ty>(a, b, epi, M, N, Kg, 1, Kg, vec, pick_tile(M, N, false), stream, "conv_dgrad");
-    return;
-  }
-  // One GEMM per phase (sd * sh * sw of them); a phase no tap reaches runs with an empty k range and stores zeros.
+  // The phase (pd, ph, pw): its dx positions and the taps that reach them along each axis.
   struct Axis {
     int first, count, tap0, taps, out0;
   };
@@ -1021,16 +988,26 @@ void dgrad_typed(const ConvProblem& p, const Geo& g, const void* dy, const void*
     return Axis{phase, phase < size ? (size - phase + stride - 1) / stride : 0, tap0,
                 tap0 < taps ? (taps - tap0 + stride - 1) / stride : 0, (phase + pad - tap0) / stride};
   };
+  auto make_phase = [&](int pd, int ph, int pw) {
+    const Axis ad = axis(pd, g.D, g.sd, g.pd, g.T), ah = axis(ph, g.H, g.sh, g.ph, g.R),
+               aw = axis(pw, g.W, g.sw, g.pw, g.S);
+    return Phase{ad.first, ah.first, aw.first, ad.count, ah.count, aw.count, ad.tap0, ah.tap0,
+                 aw.tap0,  ad.taps,  ah.taps,  aw.taps,  ad.out0,  ah.out0,  aw.out0};
+  };
+  if (g.sd == 1 && g.sh == 1 && g.sw == 1) {  // one phase, the whole problem
+    const DgradA<E> a{static_cast<const E*>(dy), g, make_phase(0, 0, 0), M};
+    const DgradB<E> b{static_cast<const E*>(w), g};
+    run_gemm<Ty>(a, b, epi, M, N, Kg, 1, Kg, vec, pick_tile(M, N, false), stream, "conv_dgrad");
+    return;
+  }
+  // One GEMM per phase (sd * sh * sw of them); a phase no tap reaches runs with an empty k range and stores zeros.
   for (int pd = 0; pd < g.sd; ++pd)
     for (int ph = 0; ph < g.sh; ++ph)
       for (int pw = 0; pw < g.sw; ++pw) {
-        const Axis ad = axis(pd, g.D, g.sd, g.pd, g.T), ah = axis(ph, g.H, g.sh, g.ph, g.R),
-                   aw = axis(pw, g.W, g.sw, g.pw, g.S);
-        const Phase phase{ad.first, ah.first, aw.first, ad.count, ah.count, aw.count, ad.tap0, ah.tap0,
-                          aw.tap0,  ad.taps,  ah.taps,  aw.taps,  ad.out0,  ah.out0,  aw.out0};
-        const int64_t Mp = p.N * ad.count * ah.count * aw.count, Kp = int64_t(ad.taps) * ah.taps * aw.taps * p.K;
+        const Phase phase = make_phase(pd, ph, pw);
+        const int64_t Mp = p.N * phase.Dp * phase.Hp * phase.Wp, Kp = int64_t(phase.Tp) * phase.Rp * phase.Sp * p.K;
         if (Mp == 0) continue;
-        const DgradPhaseA<E> pa{static_cast<const E*>(dy), g, phase, Mp};
+        const DgradA<E> pa{static_cast<const E*>(dy), g, phase, Mp};
         const DgradPhaseB<E> pb{static_cast<const E*>(w), g, phase};
         const StorePhase<Ty> pe{static_cast<E*>(dx), g, phase};
         static_assert(!decltype(pe)::kStats, "dgrad has no statistics epilogue");
