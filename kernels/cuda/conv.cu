@@ -846,9 +846,16 @@ Geo make_geo(const ConvProblem& p, const char* who) {
   return g;
 }
 
-void check_dtype(DType dt, const char* who) {
-  if (dt != DType::f32 && dt != DType::f16 && dt != DType::bf16)
-    throw std::invalid_argument(std::string(who) + ": dtype " + dtype_name(dt) + " (expected f32, f16 or bf16)");
+// Calls f with the element trait conv runs for dt: F32, or TF32 when conv_allow_tf32(); F16; BF16 (any other dtype
+// is std::invalid_argument naming `who`).
+template <class F>
+void with_conv_type(DType dt, const char* who, F&& f) {
+  element::with_element_type(dt, who, [&](auto ty) {
+    if constexpr (std::is_same_v<decltype(ty), F32>) {
+      if (conv_allow_tf32()) return f(TF32{});
+    }
+    f(ty);
+  });
 }
 
 void check_ptr(const void* p, const char* who, const char* name) {
@@ -1063,20 +1070,15 @@ void wgrad_typed(const ConvProblem& p, const Geo& g, const void* x, const void* 
 void conv_fprop(const ConvProblem& p, DType dt, const void* x, const void* w, const float* bias, void* y, float* stats,
                 cudaStream_t stream) {
   const Geo g = make_geo(p, "conv_fprop");
-  check_dtype(dt, "conv_fprop");
   check_ptr(x, "conv_fprop", "x");
   check_ptr(w, "conv_fprop", "w");
   check_ptr(y, "conv_fprop", "y");
   if (conv_thin_applies(p)) return conv_fprop_thin(p, dt, x, w, bias, y, stats, stream);  // 1-4 input channels
   const int64_t M = p.N * p.Z * p.P * p.Q;
-  if (dt == DType::f32 && conv_allow_tf32())
-    fprop_typed<TF32>(p, FpropA<float>{static_cast<const float*>(x), g, M}, w, bias, y, stats, stream);
-  else if (dt == DType::f32)
-    fprop_typed<F32>(p, FpropA<float>{static_cast<const float*>(x), g, M}, w, bias, y, stats, stream);
-  if (dt == DType::f16)
-    fprop_typed<F16>(p, FpropA<uint16_t>{static_cast<const uint16_t*>(x), g, M}, w, bias, y, stats, stream);
-  if (dt == DType::bf16)
-    fprop_typed<BF16>(p, FpropA<uint16_t>{static_cast<const uint16_t*>(x), g, M}, w, bias, y, stats, stream);
+  with_conv_type(dt, "conv_fprop", [&](auto ty) {
+    using Ty = decltype(ty);
+    fprop_typed<Ty>(p, FpropA<typename Ty::T>{static_cast<const typename Ty::T*>(x), g, M}, w, bias, y, stats, stream);
+  });
 }
 
 namespace {
@@ -1100,7 +1102,6 @@ void conv_fprop_norm_act(const ConvProblem& p, DType dt, const void* x, const fl
                          cudaStream_t stream) {
   const char* who = "conv_fprop_norm_act";
   const Geo g = make_geo(p, who);
-  check_dtype(dt, who);
   check_ptr(x, who, "x");
   check_ptr(w, who, "w");
   check_ptr(y, who, "y");
@@ -1108,43 +1109,27 @@ void conv_fprop_norm_act(const ConvProblem& p, DType dt, const void* x, const fl
   check_ptr(scale, who, "scale");
   check_ptr(shift, who, "shift");
   const int64_t M = p.N * p.Z * p.P * p.Q;
-  if (dt == DType::f32 && conv_allow_tf32())
-    fprop_typed<TF32>(p, norm_act_operand<TF32>(x, g, M, mean, scale, shift, slope), w, bias, y, stats, stream);
-  else if (dt == DType::f32)
-    fprop_typed<F32>(p, norm_act_operand<F32>(x, g, M, mean, scale, shift, slope), w, bias, y, stats, stream);
-  if (dt == DType::f16)
-    fprop_typed<F16>(p, norm_act_operand<F16>(x, g, M, mean, scale, shift, slope), w, bias, y, stats, stream);
-  if (dt == DType::bf16)
-    fprop_typed<BF16>(p, norm_act_operand<BF16>(x, g, M, mean, scale, shift, slope), w, bias, y, stats, stream);
+  with_conv_type(dt, who, [&](auto ty) {
+    using Ty = decltype(ty);
+    fprop_typed<Ty>(p, norm_act_operand<Ty>(x, g, M, mean, scale, shift, slope), w, bias, y, stats, stream);
+  });
 }
 
 void conv_dgrad(const ConvProblem& p, DType dt, const void* dy, const void* w, void* dx, cudaStream_t stream) {
   const Geo g = make_geo(p, "conv_dgrad");
-  check_dtype(dt, "conv_dgrad");
   check_ptr(dy, "conv_dgrad", "dy");
   check_ptr(w, "conv_dgrad", "w");
   check_ptr(dx, "conv_dgrad", "dx");
-  if (dt == DType::f32 && conv_allow_tf32())
-    dgrad_typed<TF32>(p, g, dy, w, dx, stream);
-  else if (dt == DType::f32)
-    dgrad_typed<F32>(p, g, dy, w, dx, stream);
-  if (dt == DType::f16) dgrad_typed<F16>(p, g, dy, w, dx, stream);
-  if (dt == DType::bf16) dgrad_typed<BF16>(p, g, dy, w, dx, stream);
+  with_conv_type(dt, "conv_dgrad", [&](auto ty) { dgrad_typed<decltype(ty)>(p, g, dy, w, dx, stream); });
 }
 
 void conv_wgrad(const ConvProblem& p, DType dt, const void* x, const void* dy, float* dw, float* dbias,
                 cudaStream_t stream) {
   const Geo g = make_geo(p, "conv_wgrad");
-  check_dtype(dt, "conv_wgrad");
   if (dw) check_ptr(x, "conv_wgrad", "x");  // x is not read when only dbias is wanted
   check_ptr(dy, "conv_wgrad", "dy");
   if (conv_thin_applies(p)) return conv_wgrad_thin(p, dt, x, dy, dw, dbias, stream);  // 1-4 input channels
-  if (dt == DType::f32 && conv_allow_tf32())
-    wgrad_typed<TF32>(p, g, x, dy, dw, dbias, stream);
-  else if (dt == DType::f32)
-    wgrad_typed<F32>(p, g, x, dy, dw, dbias, stream);
-  if (dt == DType::f16) wgrad_typed<F16>(p, g, x, dy, dw, dbias, stream);
-  if (dt == DType::bf16) wgrad_typed<BF16>(p, g, x, dy, dw, dbias, stream);
+  with_conv_type(dt, "conv_wgrad", [&](auto ty) { wgrad_typed<decltype(ty)>(p, g, x, dy, dw, dbias, stream); });
 }
 
 }  // namespace unet::kernels::cuda

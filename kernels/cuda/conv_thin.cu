@@ -326,17 +326,7 @@ void dispatch(DType dt, int64_t C, const char* pass, F&& f) {
         return f.template operator()<E, 4>();
     }
   };
-  switch (dt) {
-    case DType::f32:
-      return by_c(F32{});
-    case DType::f16:
-      return by_c(F16{});
-    case DType::bf16:
-      return by_c(BF16{});
-    default:
-      throw std::invalid_argument(std::string("cuda ") + pass + ": dtype " + dtype_name(dt) +
-                                  " not supported, expected f32, f16 or bf16");
-  }
+  element::with_element_type(dt, std::string("cuda ") + pass, by_c);
 }
 
 }  // namespace

@@ -437,56 +437,28 @@ void wgrad_impl(const ConvTransposeShape& s, const void* x, const void* dy, floa
          static_cast<int>(s.c), op.ones, dw, dbias);
 }
 
-[[noreturn]] void bad_dtype(DType dt, const char* pass) {
-  throw std::invalid_argument(std::string("cuda conv_transpose_") + pass + ": dtype " + dtype_name(dt) +
-                              " not supported, expected f32, f16 or bf16");
-}
 
 }  // namespace
 
 void conv_transpose_fprop(const ConvTransposeShape& s, DType dt, const void* x, const void* w, const float* bias,
                           void* y, cudaStream_t stream) {
   check_shape(s, "fprop");
-  switch (dt) {
-    case DType::f32:
-      return fprop_impl<F32>(s, x, w, bias, y, stream);
-    case DType::f16:
-      return fprop_impl<F16>(s, x, w, bias, y, stream);
-    case DType::bf16:
-      return fprop_impl<BF16>(s, x, w, bias, y, stream);
-    default:
-      bad_dtype(dt, "fprop");
-  }
+  element::with_element_type(dt, "cuda conv_transpose_fprop",
+                             [&](auto ty) { fprop_impl<decltype(ty)>(s, x, w, bias, y, stream); });
 }
 
 void conv_transpose_dgrad(const ConvTransposeShape& s, DType dt, const void* dy, const void* w, void* dx,
                           cudaStream_t stream) {
   check_shape(s, "dgrad");
-  switch (dt) {
-    case DType::f32:
-      return dgrad_impl<F32>(s, dy, w, dx, stream);
-    case DType::f16:
-      return dgrad_impl<F16>(s, dy, w, dx, stream);
-    case DType::bf16:
-      return dgrad_impl<BF16>(s, dy, w, dx, stream);
-    default:
-      bad_dtype(dt, "dgrad");
-  }
+  element::with_element_type(dt, "cuda conv_transpose_dgrad",
+                             [&](auto ty) { dgrad_impl<decltype(ty)>(s, dy, w, dx, stream); });
 }
 
 void conv_transpose_wgrad(const ConvTransposeShape& s, DType dt, const void* x, const void* dy, float* dw, float* dbias,
                           cudaStream_t stream) {
   check_shape(s, "wgrad");
-  switch (dt) {
-    case DType::f32:
-      return wgrad_impl<F32>(s, x, dy, dw, dbias, stream);
-    case DType::f16:
-      return wgrad_impl<F16>(s, x, dy, dw, dbias, stream);
-    case DType::bf16:
-      return wgrad_impl<BF16>(s, x, dy, dw, dbias, stream);
-    default:
-      bad_dtype(dt, "wgrad");
-  }
+  element::with_element_type(dt, "cuda conv_transpose_wgrad",
+                             [&](auto ty) { wgrad_impl<decltype(ty)>(s, x, dy, dw, dbias, stream); });
 }
 
 }  // namespace unet::kernels::cuda
