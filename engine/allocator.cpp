@@ -28,14 +28,13 @@ struct HostAllocator::Pool {
   MemoryStats stats;
 };
 
-HostAllocator::HostAllocator() : pool_(new Pool()) {}
+HostAllocator::HostAllocator(Backing backing) : backing_(backing), pool_(new Pool()) {}
 
-HostAllocator& HostAllocator::instance() {
-  static HostAllocator* a = new HostAllocator();
-  return *a;
+HostAllocator::Backing HostAllocator::default_backing() {
+  return {[](size_t bytes) { return std::aligned_alloc(64, bytes); }, [](void* p, size_t) { std::free(p); }};
 }
 
-HostAllocator& HostAllocator::emulated_device() {
+HostAllocator& HostAllocator::instance() {
   static HostAllocator* a = new HostAllocator();
   return *a;
 }
@@ -55,7 +54,11 @@ void* HostAllocator::allocate(size_t bytes) {
       return ptr;
     }
   }
-  void* ptr = std::aligned_alloc(64, cls);
+  void* ptr = nullptr;
+  try {
+    ptr = backing_.allocate(cls);
+  } catch (const std::bad_alloc&) {
+  }
   if (!ptr) {
     std::lock_guard<std::mutex> lock(p.mutex);
     p.stats.current_bytes -= cls;
@@ -90,7 +93,7 @@ void HostAllocator::release_cached() {
   Pool& p = *pool_;
   std::lock_guard<std::mutex> lock(p.mutex);
   for (auto& [cls, list] : p.free_lists)
-    for (void* ptr : list) std::free(ptr);
+    for (void* ptr : list) backing_.free(ptr, cls);
   p.free_lists.clear();
   p.stats.cached_bytes = 0;
 }

@@ -14,8 +14,15 @@ struct MemoryStats {
 
 class HostAllocator {
  public:
-  static HostAllocator& instance();          // the CPU backend's memory
-  static HostAllocator& emulated_device();   // Device::cuda_emu's "device" memory: host memory, accounted separately
+  // Where blocks come from when the free lists have none of a size: 64-byte aligned heap memory by default;
+  // engine/device gives the emulated device's pool the emulator's guarded memory (kernels/emu/device_memory.h).
+  struct Backing {
+    void* (*allocate)(size_t bytes);
+    void (*free)(void* p, size_t bytes);
+  };
+  explicit HostAllocator(Backing backing = default_backing());
+  static Backing default_backing();
+  static HostAllocator& instance();  // the CPU backend's memory
   void* allocate(size_t bytes);
   void deallocate(void* p, size_t bytes);
   MemoryStats stats() const;
@@ -23,7 +30,7 @@ class HostAllocator {
   void release_cached();  // return every cached block to the system
 
  private:
-  HostAllocator();
+  Backing backing_;
   struct Pool;
   Pool* pool_;  // never destroyed: tensors in static objects may be freed at exit
 };

@@ -29,6 +29,10 @@
 
 #include <mutex>
 #endif
+#define UNET_EMULATOR_BUILT (UNET_HAVE_CUDA_KERNELS && !UNET_WITH_CUDA_RUNTIME)
+#if UNET_EMULATOR_BUILT
+#include "kernels/emu/device_memory.h"
+#endif
 
 namespace unet::device {
 
@@ -104,7 +108,7 @@ void throw_cuda_error(int code, const char* expr, const char* file, int line) {
 }
 
 bool emulator_built() {
-  return UNET_HAVE_CUDA_KERNELS && !UNET_WITH_CUDA_RUNTIME;
+  return UNET_EMULATOR_BUILT;
 }
 bool runtime_built() {
   return UNET_WITH_CUDA_RUNTIME;
@@ -125,6 +129,19 @@ int cuda_device_count(std::string* why) {
   if (n == 0 && why) *why = "the CUDA runtime reports no device";
   return n;
 }
+
+#if UNET_EMULATOR_BUILT
+namespace {
+
+// Device::cuda_emu's memory: pooled like the CPU's, accounted apart from it, and taken from the emulator's guarded
+// memory, which the host cannot read outside kernels, copies and memsets (kernels/emu/device_memory.h).
+HostAllocator& emulated_device_memory() {
+  static HostAllocator* a = new HostAllocator({emu::device_malloc, emu::device_free});
+  return *a;
+}
+
+}  // namespace
+#endif
 
 #if UNET_WITH_CUDA_RUNTIME
 
@@ -206,7 +223,11 @@ void* allocate(Device d, size_t bytes) {
       return HostAllocator::instance().allocate(bytes);
     case Device::cuda_emu:
       check_emulator("allocate");
-      return HostAllocator::emulated_device().allocate(bytes);
+#if UNET_EMULATOR_BUILT
+      return emulated_device_memory().allocate(bytes);
+#else
+      break;
+#endif
     case Device::cuda: {
 #if UNET_WITH_CUDA_RUNTIME
       CudaState& s = cuda_state();
@@ -238,7 +259,9 @@ void free(Device d, void* p, size_t bytes) {
       HostAllocator::instance().deallocate(p, bytes);
       return;
     case Device::cuda_emu:
-      HostAllocator::emulated_device().deallocate(p, bytes);
+#if UNET_EMULATOR_BUILT
+      emulated_device_memory().deallocate(p, bytes);
+#endif
       return;
     case Device::cuda: {
 #if UNET_WITH_CUDA_RUNTIME
@@ -259,7 +282,11 @@ MemoryStats memory_stats(Device d) {
     case Device::cpu:
       return HostAllocator::instance().stats();
     case Device::cuda_emu:
-      return HostAllocator::emulated_device().stats();
+#if UNET_EMULATOR_BUILT
+      return emulated_device_memory().stats();
+#else
+      return {};
+#endif
     case Device::cuda: {
 #if UNET_WITH_CUDA_RUNTIME
       CudaState& s = cuda_state();
@@ -288,7 +315,9 @@ void reset_peak(Device d) {
       HostAllocator::instance().reset_peak();
       return;
     case Device::cuda_emu:
-      HostAllocator::emulated_device().reset_peak();
+#if UNET_EMULATOR_BUILT
+      emulated_device_memory().reset_peak();
+#endif
       return;
     case Device::cuda: {
 #if UNET_WITH_CUDA_RUNTIME
@@ -302,10 +331,16 @@ void reset_peak(Device d) {
 
 void copy(void* dst, Device dst_device, const void* src, Device src_device, size_t bytes) {
   if (bytes == 0) return;
-  if (dst_device != Device::cuda && src_device != Device::cuda) {  // cpu and emulated memory are both host memory
+  if (dst_device == Device::cpu && src_device == Device::cpu) {
     std::memcpy(dst, src, bytes);
     return;
   }
+#if UNET_EMULATOR_BUILT
+  if (dst_device != Device::cuda && src_device != Device::cuda) {  // emulated device memory is guarded host memory
+    emu::device_memcpy(dst, src, bytes);
+    return;
+  }
+#endif
 #if UNET_WITH_CUDA_RUNTIME
   // Queued after the kernels that produce src, then waited for: the caller may read dst (or free src) on return.
   const cudaMemcpyKind kind = src_device == Device::cuda
@@ -320,10 +355,16 @@ void copy(void* dst, Device dst_device, const void* src, Device src_device, size
 
 void memset(Device d, void* p, int value, size_t bytes) {
   if (bytes == 0) return;
-  if (d != Device::cuda) {
+  if (d == Device::cpu) {
     std::memset(p, value, bytes);
     return;
   }
+#if UNET_EMULATOR_BUILT
+  if (d == Device::cuda_emu) {
+    emu::device_memset(p, value, bytes);
+    return;
+  }
+#endif
 #if UNET_WITH_CUDA_RUNTIME
   UNET_CUDA_CHECK(cudaMemsetAsync(p, value, bytes, cuda_state().stream));
 #else

@@ -192,7 +192,8 @@ Tensor permute_copy(const Tensor& t, const std::vector<int>& perm) {
     out_shape[i] = t.shape()[perm[i]];
     src_stride[i] = in_strides[perm[i]];
   }
-  check_arg(t.device() != Device::cuda, "permute_copy of " + t.describe() + ": host memory only (copy to the cpu first)");
+  // Device memory (a GPU's, or the emulator's, which is kept unreadable outside kernels and copies) cannot be read here.
+  check_arg(t.device() == Device::cpu, "permute_copy of " + t.describe() + ": host memory only (copy to the cpu first)");
   Tensor out = Tensor::empty(out_shape, t.dtype(), t.device());
   size_t es = dtype_size(t.dtype());
   const char* src = static_cast<const char*>(t.raw());

@@ -40,7 +40,8 @@ Tensor from_pytorch_layout(const std::string& name, const Tensor& t) {
 
 void save_weights(const std::string& path, const Module& model, const io::Metadata& metadata) {
   io::NamedTensors out;
-  for (auto& [name, p] : model.named_parameters()) out.emplace_back(name, to_pytorch_layout(name, p));
+  // Parameters may live on a GPU: the layout conversion reads host memory, so each goes to the cpu first.
+  for (auto& [name, p] : model.named_parameters()) out.emplace_back(name, to_pytorch_layout(name, p.to(Device::cpu)));
   io::write_safetensors(path, out, metadata);
 }
 

@@ -15,7 +15,12 @@
 #include <fstream>
 #include <functional>
 #include <memory>
+#include <nlohmann/json.hpp>
 #include <sstream>
+
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include "engine/allocator.h"
 #include "engine/autograd.h"
@@ -23,6 +28,7 @@
 #include "engine/ops.h"
 #include "engine/optim.h"
 #include "io/nifti.h"
+#include "io/safetensors.h"
 #include "models/nnunet.h"
 #include "models/nnunet_plan.h"
 #include "models/trainer.h"
@@ -315,17 +321,59 @@ TEST_CASE("three DynUNet training steps on cuda-emu match the same steps on the 
     test::check_close(emu.weights[i], cpu.weights[i], 1e-4, 1e-6, "parameter " + std::to_string(i));
 }
 
-TEST_CASE("unet_train runtime.device = cuda-emu trains, and unet_infer --device cuda-emu segments as on the cpu") {
+TEST_CASE("host code that reads cuda-emu memory outside a kernel or a copy crashes, as it would on a GPU") {
+  Tensor t = Tensor::from_vector({4}, {1, 2, 3, 4}).to(kEmu);
+  CHECK(t.to_vector() == std::vector<float>{1, 2, 3, 4});  // copies may read it
+  for (bool write : {false, true}) {
+    const pid_t child = fork();
+    REQUIRE(child >= 0);
+    if (child == 0) {  // the host touches device memory through the pointer: must not survive
+      volatile float* p = static_cast<volatile float*>(t.raw());
+      if (write) p[0] = 5.f;
+      else std::printf("%f\n", static_cast<double>(p[0]));
+      std::_Exit(0);
+    }
+    int status = 0;
+    REQUIRE(waitpid(child, &status, 0) == child);
+    CHECK_MESSAGE(WIFSIGNALED(status), (write ? "a write" : "a read") << " of cuda-emu memory from host code was allowed");
+    if (WIFSIGNALED(status)) CHECK(WTERMSIG(status) == SIGSEGV);
+  }
+  CHECK(t.to_vector() == std::vector<float>{1, 2, 3, 4});  // and kernels still see it
+  CHECK(ops::scale(t, 2.f).to_vector() == std::vector<float>{2, 4, 6, 8});
+}
+
+// The tools as a user runs them, on the emulated GPU: training saves a checkpoint (this failed on the first real GPU,
+// where the save read device memory from the host), the log holds the device's peak memory, unet_infer on cuda-emu
+// gives the cpu's probabilities, and unet_eval scores both alike.
+TEST_CASE("unet_train runtime.device = cuda-emu trains and saves, and unet_infer --device cuda-emu segments as on the cpu") {
   test::TempDir tmp("cuda_emu_tools");
   const std::string& dir = tmp.path;
   REQUIRE(test::run_tool("unet_synth", "--output " + dir + "/data --train 3 --test 1 --size 16,16,16 --seed 4") == 0);
   std::ofstream(dir + "/train.ini") << "[data]\ndataset = " << dir << "/data\npatch_size = 16,16,16\nbatch_size = 1\n"
-                                    << "folds = 1\n[model]\nfilters = 4\ndepth = 2\n[train]\nsteps = 2\nval_every = 0\n"
-                                    << "[runtime]\ndevice = cuda-emu\n[output]\ndir = " << dir << "/run\n";
+                                    << "folds = 3\n[model]\nfilters = 4\ndepth = 2\n[train]\nsteps = 2\nval_every = 1\n"
+                                    << "log_every = 1\n[runtime]\ndevice = cuda-emu\n[output]\ndir = " << dir << "/run\n";
   std::string out;
   int rc = test::run_tool("unet_train", dir + "/train.ini", &out);
   REQUIRE_MESSAGE(rc == 0, out);
   CHECK(out.find("cuda-emu backend") != std::string::npos);
+  // The same training on the cpu: the checkpoints agree to the reduction-order differences of two steps.
+  rc = test::run_tool("unet_train", dir + "/train.ini --set runtime.device=cpu --set output.dir=" + dir + "/run-cpu", &out);
+  REQUIRE_MESSAGE(rc == 0, out);
+  const io::SafetensorsContent emu_weights = io::read_safetensors(dir + "/run/model.safetensors");
+  const io::SafetensorsContent cpu_weights = io::read_safetensors(dir + "/run-cpu/model.safetensors");
+  REQUIRE(emu_weights.tensors.size() == cpu_weights.tensors.size());
+  for (const auto& [name, w] : cpu_weights.tensors)
+    test::check_close(emu_weights.get(name).to_vector(), w.to_vector(), 1e-3, 1e-5, name);
+  std::ifstream log(dir + "/run/log.jsonl");
+  int step_lines = 0;
+  for (std::string line; std::getline(log, line);) {
+    const nlohmann::json j = nlohmann::json::parse(line);
+    if (!j.contains("loss")) continue;
+    ++step_lines;
+    REQUIRE(j.contains("device_peak_memory_mb"));
+    CHECK(j["device_peak_memory_mb"].get<double>() > 0.0);  // parameters, moments and activations live there
+  }
+  CHECK(step_lines == 2);
   for (const char* d : {"cpu", "cuda-emu"}) {
     rc = test::run_tool("unet_infer", "--model " + dir + "/run/model.safetensors --input " + dir + "/data/imagesTs --output " +
                                           dir + "/pred-" + d + " --save-probabilities --device " + d, &out);
@@ -350,6 +398,14 @@ TEST_CASE("unet_train runtime.device = cuda-emu trains, and unet_infer --device 
     test::check_close(b, a, 0, 1e-2, "tf32 probabilities");
   }
   CHECK(probability_maps == 1);
+  std::string dice[2];
+  for (int i = 0; i < 2; ++i) {
+    const std::string pred = dir + (i ? "/pred-cuda-emu" : "/pred-cpu");
+    rc = test::run_tool("unet_eval", "--pred " + pred + " --label " + dir + "/data/labelsTs", &out);
+    REQUIRE_MESSAGE(rc == 0, out);
+    dice[i] = nlohmann::json::parse(std::ifstream(pred + "/dice.json")).dump();
+  }
+  CHECK(dice[0] == dice[1]);
   rc = test::run_tool("unet_infer", "--model " + dir + "/run/model.safetensors --input " + dir + "/data/imagesTs --output " +
                                         dir + "/pred-x --device cuda", &out);
   CHECK(rc == 2);

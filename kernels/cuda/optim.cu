@@ -124,7 +124,7 @@ __global__ void __launch_bounds__(kThreads)
 void copy_to_device(void* dst, const void* src, size_t bytes, cudaStream_t stream) {
 #if UNET_EMULATED
   (void)stream;
-  std::memcpy(dst, src, bytes);
+  emu::device_memcpy(dst, src, bytes);
 #else
   const cudaError_t e = cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, stream);
   if (e != cudaSuccess) throw std::runtime_error(std::string("optimizer table copy failed: ") + cudaGetErrorString(e));

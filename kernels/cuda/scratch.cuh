@@ -1,14 +1,14 @@
 // Temporary device memory for a launcher's intermediate results (reduction partials, per-channel coefficients),
 // released when the launcher returns. Under nvcc it is stream-ordered (cudaMallocAsync / cudaFreeAsync on the
 // launch's stream, served from the driver's pool, so no device-wide synchronisation); under the emulator, where
-// launches are synchronous, it is host memory.
+// launches are synchronous, it is the emulator's guarded device memory (kernels/emu/device_memory.h), which host
+// code cannot read, as on a GPU.
 #pragma once
 #include "kernels/cuda/cuda_compat.cuh"
 
 #include <cstddef>
 #include <stdexcept>
 #include <string>
-#include <vector>
 
 namespace unet::kernels::cuda {
 
@@ -22,13 +22,15 @@ class Scratch {
     if (e != cudaSuccess) throw std::runtime_error(std::string("scratch allocation failed: ") + cudaGetErrorString(e));
 #else
     (void)stream;
-    host_.resize(count ? count : 1);
-    ptr_ = host_.data();
+    bytes_ = (count ? count : 1) * sizeof(T);
+    ptr_ = static_cast<T*>(emu::device_malloc(bytes_));
 #endif
   }
   ~Scratch() {
 #ifdef __CUDACC__
     cudaFreeAsync(ptr_, stream_);
+#else
+    emu::device_free(ptr_, bytes_);
 #endif
   }
   Scratch(const Scratch&) = delete;
@@ -42,7 +44,7 @@ class Scratch {
 #ifdef __CUDACC__
   cudaStream_t stream_ = nullptr;
 #else
-  std::vector<T> host_;
+  size_t bytes_ = 0;
 #endif
 };
 

@@ -6,6 +6,7 @@
 // __FILE__/__LINE__: the effect is the same (errors name the call site) without a macro per intrinsic.
 #pragma once
 #include "kernels/emu/emu.h"  // first: defines __shared__ & co. before the CUDA headers below
+#include "kernels/emu/device_memory.h"  // device_malloc / device_memcpy: the emulated cudaMalloc and cudaMemcpy
 
 #include <cuda_bf16.h>  // __nv_bfloat16 and its intrinsics: CUDA 13's headers have host implementations
 #include <cuda_fp16.h>  // __half, __half2

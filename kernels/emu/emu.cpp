@@ -9,6 +9,8 @@
 // barrier releases), or they wait at different ones (divergent barrier), or the block is deadlocked.
 #include "kernels/emu/emu.h"
 
+#include "kernels/emu/device_memory.h"
+
 #include <sys/mman.h>
 #include <unistd.h>
 
@@ -821,6 +823,7 @@ void launch(dim3 grid, dim3 block, size_t smem_bytes, BoundKernel kernel) {
   const int helpers = static_cast<int>(std::min<uint64_t>(workers(), blocks));
 #endif
   std::lock_guard lock(launch_mutex);
+  const DeviceAccess access;  // device memory is readable by kernels only (device_memory.h)
   std::atomic<uint64_t> next{0};
   std::atomic<bool> failed{false};
   std::mutex error_mutex;
