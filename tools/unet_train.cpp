@@ -1,7 +1,7 @@
 // unet_train: trains an nnU-Net DynUNet on a Medical Segmentation Decathlon dataset from an INI configuration.
 // usage: unet_train CONFIG.ini [--set section.key=value ...]   (unet_train --help-config lists every key)
 // Writes to [output] dir: config.ini (the effective configuration), log.jsonl (one JSON object per logged step and
-// per validation), model.safetensors (weights loadable by PyTorch, with the model card in the metadata),
+// per validation; peak host memory, and the device's on cuda), model.safetensors (weights loadable by PyTorch, with the model card in the metadata),
 // model.state.safetensors (optimizer moments, step, seeds) and validation.json (the final validation Dice).
 // Exit status: 0 success, 2 usage or configuration error, 1 runtime failure (SPEC 6).
 #include <CLI/CLI.hpp>
@@ -214,6 +214,7 @@ int run(const io::Config& c) {
   double loss_acc = 0;
   int loss_n = 0;
   HostAllocator::instance().reset_peak();
+  device::reset_peak(dev);
   for (long step = 0; step < steps; ++step) {
     opt->set_lr(schedule.at(step));
     io::PatchBatch batch = sampler.next();
@@ -228,6 +229,8 @@ int run(const io::Config& c) {
       nlohmann::json line = {{"step", step + 1}, {"loss", loss_acc / loss_n}, {"dice_loss", st.dice_loss}, {"ce", st.ce},
                              {"lr", opt->lr()}, {"samples_per_s", sps},
                              {"peak_memory_mb", HostAllocator::instance().stats().peak_bytes / 1048576.0}};
+      // Tensors on a GPU (or the emulated one) are not in the host's figure: the device's peak beside it.
+      if (dev != Device::cpu) line["device_peak_memory_mb"] = device::memory_stats(dev).peak_bytes / 1048576.0;
       log << line.dump() << "\n" << std::flush;
       std::printf("step %6ld/%ld  loss %.4f  %.2f samples/s  %.0f s\n", step + 1, steps, loss_acc / loss_n, sps,
                   std::chrono::duration<double>(clock::now() - start).count());
