@@ -1,0 +1,169 @@
+#!/usr/bin/env bash
+# The GPU check: one command for whoever has an NVIDIA GPU. Builds the GPU variant (tools/build_gpu.sh, unless --bin
+# names binaries built elsewhere), then runs, each step with its own time limit:
+#   1. the quick start on cuda: unet_synth, unet_train (tools/quickstart.ini), unet_infer on cuda and on the cpu from
+#      the same checkpoint, unet_eval; passes when the mean Dice is >= 0.90 and both label maps are identical;
+#   2. tests/test_gpu.cpp (every CUDA op and convolution tile against the CPU) under compute-sanitizer memcheck;
+#   3. unet_selftest (every kernel against the CPU backend, no benchmark);
+#   4. the training benchmark: bench/model_bench on the 3D nnU-Net of SPEC 7 (128^3, batch 2, 4 channels, 6 levels)
+#      in fp32 and TF32;
+#   5. gpu_conv_bench: our convolutions against cuDNN at the nnU-Net shapes.
+# and writes one summary, markdown and JSON (GPU, driver, commit, every figure), to
+# bench/results/gpu-check-DATE-GPU.{md,json}; the logs of every step go to out/gpu-check/. About 6 minutes on an H200.
+# usage: tools/gpu_check.sh [--bin DIR] [--skip-bench]
+#   --bin DIR      use the binaries in DIR (unet_train, unet_tests, ...) instead of building; DIR/COMMIT, when present,
+#                  names the commit they were built from
+#   --skip-bench   steps 1-3 only
+# Exit status: 0 when every check passed (benchmarks report, they do not fail), 1 otherwise, 2 usage error.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+root=$PWD
+
+bin="" skip_bench=0
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --bin) bin=$(cd "${2:?--bin needs a directory}" && pwd) || exit 2; shift 2 ;;
+    --skip-bench) skip_bench=1; shift ;;
+    -h|--help) sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    *) echo "gpu_check: unknown argument '$1' (see --help)" >&2; exit 2 ;;
+  esac
+done
+
+if ! nvidia-smi -L 2>/dev/null | grep -q '^GPU'; then
+  echo "gpu_check: no NVIDIA GPU found (nvidia-smi -L lists none); nothing to check" >&2
+  exit 1
+fi
+if [ -z "$bin" ]; then
+  UNET_MARCH=${UNET_MARCH:-native} tools/build_gpu.sh || { echo "gpu_check: the GPU build failed" >&2; exit 1; }
+  bin=$root/${BUILD_DIR:-build-gpu}
+fi
+commit=$(cat "$bin/COMMIT" 2>/dev/null || git rev-parse --short HEAD 2>/dev/null || echo unknown)
+work=$root/out/gpu-check
+rm -rf "$work" && mkdir -p "$work"
+gpu=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -n 1)
+driver=$(nvidia-smi --query-gpu=driver_version --format=csv,noheader | head -n 1)
+cuda_version=$(nvidia-smi | sed -n 's/.*CUDA Version: *\([0-9.]*\).*/\1/p' | head -n 1)
+echo "gpu_check: $gpu, driver $driver (CUDA $cuda_version), binaries of $commit in $bin"
+
+# step NAME SECONDS CMD...: runs CMD with a time limit, its output in $work/NAME.log (and on the terminal);
+# records NAME's exit status and seconds.
+declare -A rc secs
+step() {
+  local name=$1 limit=$2
+  shift 2
+  echo "=== $name: $*"
+  local t0=$SECONDS
+  timeout --kill-after=10 "$limit" "$@" 2>&1 | tee "$work/$name.log"
+  rc[$name]=${PIPESTATUS[0]}
+  secs[$name]=$((SECONDS - t0))
+  echo "=== $name: exit ${rc[$name]} in ${secs[$name]} s"
+}
+# The first match of a sed expression in a step's log, or "" (figures the summary quotes).
+grab() { sed -n "$2" "$work/$1.log" 2>/dev/null | head -n 1; }
+
+# 1. The quick start on cuda, and the cpu's inference of the same checkpoint.
+qs=$work/quickstart
+step qs_synth 120 "$bin/unet_synth" --output "$qs/data" --train 24 --test 8 --size 48,48,48 --classes 3 --seed 0
+step qs_train 300 "$bin/unet_train" tools/quickstart.ini --set data.dataset="$qs/data" --set output.dir="$qs/run" \
+  --set runtime.device=cuda
+step qs_infer_cuda 120 "$bin/unet_infer" --model "$qs/run/model.safetensors" --input "$qs/data/imagesTs" \
+  --output "$qs/pred-cuda" --device cuda
+step qs_infer_cpu 300 "$bin/unet_infer" --model "$qs/run/model.safetensors" --input "$qs/data/imagesTs" \
+  --output "$qs/pred-cpu" --device cpu
+step qs_eval 120 "$bin/unet_eval" --pred "$qs/pred-cuda" --label "$qs/data/labelsTs"
+dice=$(grab qs_eval 's/^mean Dice over .*: \([0-9.]*\)$/\1/p')
+train_sps=$(grab qs_train 's/^step *1000\/1000 .* \([0-9.]*\) samples\/s.*/\1/p')
+same=0 total=0
+for f in "$qs"/pred-cuda/*.nii.gz; do
+  [ -e "$f" ] || continue
+  total=$((total + 1))
+  cmp -s <(gzip -dc "$f") <(gzip -dc "$qs/pred-cpu/$(basename "$f")" 2>/dev/null) && same=$((same + 1))
+done
+qs_ok=0
+if [ "${rc[qs_train]}" = 0 ] && [ "${rc[qs_infer_cuda]}" = 0 ] && [ "${rc[qs_eval]}" = 0 ] && [ -n "$dice" ] &&
+   awk -v d="$dice" 'BEGIN { exit !(d >= 0.90) }' && [ "$total" -gt 0 ] && [ "$same" = "$total" ]; then
+  qs_ok=1
+fi
+
+# 2. test_gpu under compute-sanitizer memcheck (error-exitcode: any access error fails the step).
+sanitizer=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)
+if [ -x "$sanitizer" ]; then
+  step test_gpu 300 "$sanitizer" --tool memcheck --error-exitcode 99 "$bin/unet_tests" --source-file='*test_gpu*'
+  sanitizer_summary=$(grab test_gpu 's/^========= ERROR SUMMARY: \(.*\)$/\1/p')
+else
+  step test_gpu 300 "$bin/unet_tests" --source-file='*test_gpu*'
+  sanitizer_summary="compute-sanitizer not found: run without it"
+fi
+test_gpu_cases=$(grab test_gpu 's/^\[doctest\] test cases: *\([0-9]*\) | *\([0-9]*\) passed | *\([0-9]*\) failed.*/\2 of \1 passed/p')
+test_gpu_asserts=$(grab test_gpu 's/^\[doctest\] assertions: *\([0-9]*\) | *\([0-9]*\) passed | *\([0-9]*\) failed.*/\2 of \1 passed/p')
+
+# 3. The self-test.
+step selftest 300 "$bin/unet_selftest" --device cuda --no-bench
+selftest_line=$(grab selftest 's/^\([0-9]* checks, [0-9]* failed\): .*/\1/p')
+
+# 4-5. Benchmarks.
+if [ "$skip_bench" = 0 ]; then
+  bench=(--patch 128,128,128 --batch 2 --filters 32 --classes 3 --channels 4 --depth 5 --device cuda)
+  step train_bench_fp32 240 "$bin/model_bench" "${bench[@]}" --steps 4 --tf32 0
+  step train_bench_tf32 240 "$bin/model_bench" "${bench[@]}" --steps 8 --tf32 1
+  step conv_bench 330 "$bin/gpu_conv_bench" --json "$work/conv_bench.json"
+fi
+train_fp32=$(grab train_bench_fp32 's/^train: .*, \([0-9.]*\) samples\/s.*/\1/p')
+train_tf32=$(grab train_bench_tf32 's/^train: .*, \([0-9.]*\) samples\/s.*/\1/p')
+train_mem_tf32=$(grab train_bench_tf32 's/^train: .*peak device tensor memory \([0-9]*\) MiB.*/\1/p')
+infer_tf32=$(grab train_bench_tf32 's/^infer: \([0-9.]*\) ms\/batch.*/\1/p')
+
+# ---- summary ----
+status() { [ "${rc[$1]:-skipped}" = 0 ] && echo pass || echo "fail (exit ${rc[$1]:-not run})"; }
+checks_ok=1
+[ "$qs_ok" = 1 ] || checks_ok=0
+[ "${rc[test_gpu]}" = 0 ] || checks_ok=0
+[ "${rc[selftest]}" = 0 ] || checks_ok=0
+mkdir -p bench/results
+date_tag=$(date -u +%Y-%m-%d)
+gpu_tag=$(echo "$gpu" | tr -cs 'A-Za-z0-9' '-' | sed 's/-$//')
+out=bench/results/gpu-check-$date_tag-$gpu_tag
+{
+  echo "# GPU check: $gpu ($date_tag)"
+  echo
+  echo "Driver $driver, CUDA $cuda_version, commit $commit. Produced by tools/gpu_check.sh; logs in out/gpu-check/."
+  echo
+  echo "| check | result | seconds |"
+  echo "| --- | --- | --- |"
+  echo "| quick start on cuda: train, infer, eval | $( [ "$qs_ok" = 1 ] && echo pass || echo fail ): mean Dice $dice (>= 0.90), cuda labels identical to the cpu's in $same of $total cases, training ${train_sps:-?} samples/s | $(( ${secs[qs_train]:-0} + ${secs[qs_infer_cuda]:-0} + ${secs[qs_eval]:-0} )) |"
+  echo "| test_gpu under compute-sanitizer memcheck | $(status test_gpu): cases ${test_gpu_cases:-?}, assertions ${test_gpu_asserts:-?}; sanitizer: ${sanitizer_summary:-?} | ${secs[test_gpu]:-} |"
+  echo "| unet_selftest (kernels vs the CPU backend) | $(status selftest): ${selftest_line:-?} | ${secs[selftest]:-} |"
+  if [ "$skip_bench" = 0 ]; then
+    echo "| training, 3D nnU-Net 128^3 batch 2, fp32 | ${train_fp32:-?} samples/s | ${secs[train_bench_fp32]:-} |"
+    echo "| training, same, TF32 | ${train_tf32:-?} samples/s, peak device tensor memory ${train_mem_tf32:-?} MiB; inference ${infer_tf32:-?} ms/batch | ${secs[train_bench_tf32]:-} |"
+    echo "| gpu_conv_bench (ours vs cuDNN) | $(status conv_bench); table below | ${secs[conv_bench]:-} |"
+  fi
+  if [ -s "$work/conv_bench.log" ]; then
+    echo
+    echo "## gpu_conv_bench"
+    echo '```'
+    cat "$work/conv_bench.log"
+    echo '```'
+  fi
+} > "$out.md"
+num() { [ -n "$1" ] && echo "$1" || echo null; }
+{
+  echo "{"
+  echo "  \"gpu\": \"$gpu\", \"driver\": \"$driver\", \"cuda\": \"$cuda_version\", \"commit\": \"$commit\", \"date\": \"$date_tag\","
+  echo "  \"checks_passed\": $( [ "$checks_ok" = 1 ] && echo true || echo false ),"
+  echo "  \"quickstart\": {\"passed\": $( [ "$qs_ok" = 1 ] && echo true || echo false ), \"mean_dice\": $(num "$dice"),"
+  echo "                 \"cuda_cpu_identical_cases\": $same, \"cases\": $total, \"train_samples_per_s\": $(num "$train_sps"),"
+  echo "                 \"train_exit\": ${rc[qs_train]:-null}, \"infer_exit\": ${rc[qs_infer_cuda]:-null}, \"eval_exit\": ${rc[qs_eval]:-null}},"
+  echo "  \"test_gpu\": {\"exit\": ${rc[test_gpu]:-null}, \"cases\": \"${test_gpu_cases:-}\", \"assertions\": \"${test_gpu_asserts:-}\","
+  echo "               \"sanitizer\": \"${sanitizer_summary:-}\", \"seconds\": ${secs[test_gpu]:-null}},"
+  echo "  \"selftest\": {\"exit\": ${rc[selftest]:-null}, \"result\": \"${selftest_line:-}\"},"
+  echo "  \"train_bench\": {\"fp32_samples_per_s\": $(num "$train_fp32"), \"tf32_samples_per_s\": $(num "$train_tf32"),"
+  echo "                  \"tf32_peak_device_tensor_mib\": $(num "$train_mem_tf32"), \"tf32_infer_ms_per_batch\": $(num "$infer_tf32")},"
+  echo "  \"conv_bench\": {\"exit\": ${rc[conv_bench]:-null}, \"seconds\": ${secs[conv_bench]:-null},"
+  echo "                 \"rows\": $( [ -s "$work/conv_bench.json" ] && cat "$work/conv_bench.json" || echo null )}"
+  echo "}"
+} > "$out.json"
+echo
+cat "$out.md" | sed -n '1,14p'
+echo "gpu_check: summary in $out.md and $out.json"
+[ "$checks_ok" = 1 ]
