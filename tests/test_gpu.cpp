@@ -6,6 +6,15 @@
 // the DiceCE sums) run in another order than on the CPU and nvcc contracts multiply-adds, so 1e-5 relative as under the
 // emulator, 1e-6 for the optimizer steps (one fused multiply-add per moment instead of two roundings), and 1e-4 (1e-3
 // absolute) for the f32 convolutions (sums of hundreds of products in another order).
+// The convolution kernels called directly (production tiles chosen by the kernels themselves, f16 / bf16 / TF32,
+// statistics epilogue, norm + leaky ReLU on load) and the training step + checkpoint are the device-generic checks of
+// tests/gpu_conv_cases.h and tests/gpu_train_cases.h, whose tolerances are stated there; tests/test_cuda_gpu_cases.cpp
+// runs the same checks on the emulator at tiny sizes, so CI exercises this file's logic without a GPU (the
+// production-size cases pass there too, in about 4 minutes: call them with Device::cuda_emu to re-check by hand).
+// Run time on an H200 (2026-12-04): 5 s, most of it the CPU references (16 host threads); 7 s under compute-sanitizer
+// memcheck. The one deliberate out-of-memory request (its own case, below) is reported by the sanitizer as 2 API errors
+// (cudaMallocAsync, then the cudaGetLastError that clears it); --test-case-exclude='*deliberate*' leaves it out, and
+// every other case gave "ERROR SUMMARY: 0 errors".
 #include <cmath>
 #include <cstring>
 #include <functional>
@@ -18,6 +27,9 @@
 #include "engine/device.h"
 #include "engine/ops.h"
 #include "engine/optim.h"
+#include "kernels/cuda/conv.cuh"
+#include "tests/gpu_conv_cases.h"
+#include "tests/gpu_train_cases.h"
 #include "tests/test_util.h"
 
 using namespace unet;
@@ -90,8 +102,21 @@ TEST_CASE("gpu: memory is accounted apart from the cpu's, peaks reset, and freed
   CHECK(after.current_bytes == before.current_bytes);
   CHECK(after.peak_bytes == before.current_bytes + bytes);
   CHECK(after.cached_bytes >= bytes);  // the release threshold keeps it in the pool past the synchronisation
+}
+
+TEST_CASE(
+    "gpu: a deliberate out-of-memory request (4 PiB) throws DeviceError naming the size, and the GPU stays usable") {
+  if (!have_gpu()) return;
+  // compute-sanitizer reports this request as 2 API errors ("out of memory" on cudaMallocAsync, and the same error
+  // returned by the cudaGetLastError that clears it in engine/device.cpp): expected, and the only ones test_gpu makes.
+  MESSAGE(
+      "deliberate out-of-memory request: compute-sanitizer reports 2 API errors (cudaMallocAsync, "
+      "cudaGetLastError) for it");
   CHECK_THROWS_WITH_AS(Tensor::empty({int64_t{1} << 50}, DType::f32, kGpu), doctest::Contains("bytes on cuda"),
                        device::DeviceError);
+  // The error was cleared: the next allocation and kernel do not report it as their own.
+  Tensor a = randn({1000}, 3).to(kGpu);
+  CHECK(ops::add(a, a).to_vector() == ops::add(randn({1000}, 3), randn({1000}, 3)).to_vector());
 }
 
 TEST_CASE("gpu: the event timer measures queued work") {
@@ -228,4 +253,60 @@ TEST_CASE("gpu: Adam and SGD steps equal the cpu steps, and a nonfinite gradient
     }
     test::check_close(result[1], result[0], 1e-6, 1e-7, kind ? "SGD" : "Adam");
   }
+}
+
+// ---- the convolution kernels called directly (kernels/cuda/conv.cuh) at the sizes where the kernels themselves
+// choose each production tile, and the training step + checkpoint (tests/gpu_conv_cases.h, gpu_train_cases.h; the
+// cases are there so that they can be run on the emulator too) ----
+
+namespace gc = test::gpu_cases;
+
+TEST_CASE(
+    "gpu: conv tile 128x64 (fprop and dgrad with 64 channels, >= 8192 rows) equals the cpu in f16, bf16, tf32, f32") {
+  if (!have_gpu()) return;
+  gc::conv_tile_128x64_case(kGpu);
+}
+
+TEST_CASE("gpu: conv tile 128x32 (32 channels) equals the cpu in f16, bf16, tf32, the strided down layer too") {
+  if (!have_gpu()) return;
+  gc::conv_tile_128x32_case(kGpu);
+}
+
+TEST_CASE("gpu: conv tile 64x64 (fewer than 8192 rows) equals the cpu in f16, bf16, tf32") {
+  if (!have_gpu()) return;
+  gc::conv_tile_64x64_case(kGpu);
+}
+
+TEST_CASE("gpu: conv wgrad tile 128x128 (128 x 8640 weight gradient) equals the cpu in f16, bf16, tf32") {
+  if (!have_gpu()) return;
+  gc::conv_wgrad_tile_128x128_case(kGpu);
+}
+
+TEST_CASE("gpu: conv fprop statistics (fused epilogue and second pass) and norm + leaky ReLU on load equal the cpu") {
+  if (!have_gpu()) return;
+  gc::conv_statistics_case(kGpu);
+}
+
+TEST_CASE("gpu: conv dbias over more than 65535 chunks of 2048 rows (N = 9 at 256^3) is the exact sum") {
+  if (!have_gpu()) return;
+  // 9 * 256^3 = 151M rows: 73728 row chunks, past CUDA's 65535 blocks along y (kernels/cuda/conv.cu loops over the
+  // chunks beyond). One output channel of a constant bf16 value (bytes 0x3F3F = 0.74609375 = 191/256): every partial
+  // sum is exact in double, so dbias is the exact sum rounded once to f32 (112656384, exact in f32 too).
+  const kernels::ConvProblem p = gc::problem(9, 256, 256, 256, 8, 1, 1, 1, 1, 0);
+  const int64_t rows = p.N * p.Z * p.P * p.Q;
+  REQUIRE(rows / 2048 > 65535);
+  Tensor dy = Tensor::empty({rows}, DType::bf16, kGpu);
+  device::memset(kGpu, dy.raw(), 0x3F, dy.nbytes());
+  Tensor db = gc::poisoned(1, DType::f32, kGpu);
+  kernels::cuda::conv_wgrad(p, DType::bf16, nullptr, dy.raw(), nullptr, db.data<float>(), device::default_stream(kGpu));
+  device::synchronize(kGpu);
+  CHECK(db.to_vector()[0] == static_cast<float>(static_cast<double>(rows) * 0.74609375));
+}
+
+TEST_CASE(
+    "gpu: two AdamW steps of a DynUNet on cuda equal the cpu's, and the cuda model's checkpoint holds its weights") {
+  if (!have_gpu()) return;
+  // filters 8 / 16 / 32, 32^3 patch, batch 2 (the first layer's 2 channels take the thin kernel). Before the checkpoint
+  // save copied parameters to the cpu, save_weights of a cuda model threw "permute_copy ... host memory only".
+  gc::check_training_and_checkpoint(kGpu, 8, 32, 2, 2);
 }

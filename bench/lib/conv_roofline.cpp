@@ -2,6 +2,8 @@
 #include "bench/lib/conv_roofline.h"
 
 #include <algorithm>
+#include <cstdio>
+#include <sstream>
 #include <stdexcept>
 
 namespace unet::bench {
@@ -86,6 +88,84 @@ const std::vector<GpuPeak>& gpu_peaks() {
   return peaks;
 }
 
+bool per_clock_rates(int cc_major, int cc_minor, PerClockRates* out) {
+  if (cc_major == 8 && cc_minor == 0) {
+    *out = {2048, 1024, 128};
+    return true;
+  }
+  if (cc_major == 9 && cc_minor == 0) {
+    *out = {4096, 2048, 256};
+    return true;
+  }
+  return false;
+}
+
+double dram_gbs_from(double mem_clock_mhz, int bus_width_bits) {
+  return 2.0 * mem_clock_mhz * 1e6 * (bus_width_bits / 8.0) / 1e9;
+}
+
+bool peak_from_device(const DeviceFigures& f, GpuPeak* out) {
+  PerClockRates r;
+  if (!per_clock_rates(f.cc_major, f.cc_minor, &r) || f.sms <= 0 || f.sm_clock_mhz <= 0 || f.mem_clock_mhz <= 0 ||
+      f.bus_width_bits <= 0)
+    return false;
+  const double per_rate = f.sms * f.sm_clock_mhz * 1e6 / 1e12;  // TFLOP/s per FLOP/clk/SM
+  *out = GpuPeak{f.name, r.f16_tensor * per_rate, r.tf32_tensor * per_rate, r.fp32 * per_rate,
+                 dram_gbs_from(f.mem_clock_mhz, f.bus_width_bits)};
+  return true;
+}
+
+const char* timed_dtype_name(TimedDType t) {
+  switch (t) {
+    case TimedDType::f16:
+      return "f16";
+    case TimedDType::bf16:
+      return "bf16";
+    case TimedDType::tf32:
+      return "tf32";
+    case TimedDType::f32:
+      return "f32";
+  }
+  return "?";
+}
+
+std::vector<TimedDType> parse_timed_dtypes(const std::string& list) {
+  const TimedDType all[] = {TimedDType::f16, TimedDType::bf16, TimedDType::tf32, TimedDType::f32};
+  if (list == "all") return std::vector<TimedDType>(std::begin(all), std::end(all));
+  std::vector<TimedDType> out;
+  std::stringstream in(list);
+  for (std::string item; std::getline(in, item, ',');) {
+    bool found = false;
+    for (TimedDType t : all)
+      if (item == timed_dtype_name(t)) {
+        if (std::find(out.begin(), out.end(), t) == out.end()) out.push_back(t);
+        found = true;
+      }
+    if (!found)
+      throw std::invalid_argument("unknown dtype '" + item + "' in '" + list +
+                                  "' (expected a comma-separated list of f16, bf16, tf32, f32, or all)");
+  }
+  if (out.empty()) throw std::invalid_argument("empty dtype list (expected e.g. f16,bf16,tf32, or all)");
+  return out;
+}
+
+std::string json_quote(const std::string& s) {
+  std::string out = "\"";
+  for (unsigned char c : s) {
+    if (c == '"' || c == '\\') {
+      out += '\\';
+      out += static_cast<char>(c);
+    } else if (c < 0x20) {
+      char buf[8];
+      std::snprintf(buf, sizeof buf, "\\u%04x", c);
+      out += buf;
+    } else {
+      out += static_cast<char>(c);
+    }
+  }
+  return out + "\"";
+}
+
 const char* precision_name(Precision p) {
   switch (p) {
     case Precision::f16:
@@ -143,7 +223,7 @@ void print_table(FILE* out, const std::vector<ConvLayer>& layers, Precision prec
   std::fprintf(out, "\n%s nnU-Net (batch %lld), %s: roofline prediction (M = memory bound)\n",
                layers.front().plan.c_str(), static_cast<long long>(layers.front().p.N), precision_name(precision));
   std::fprintf(out, "%-38s %5s %3s %8s %8s %7s", "layer", "pass", "n", "GFLOP", "min MB", "FLOP/B");
-  for (const GpuPeak& g : gpus) std::fprintf(out, " %9s %8s", (std::string(g.gpu) + " us").c_str(), "TFLOP/s");
+  for (const GpuPeak& g : gpus) std::fprintf(out, " %9s %8s", (g.gpu + " us").c_str(), "TFLOP/s");
   std::fprintf(out, "\n");
   std::vector<double> step_seconds(gpus.size(), 0.0);
   double step_flops = 0;
@@ -177,8 +257,8 @@ int run_conv_benchmark(FILE* out, const ConvBenchOptions& options) {
                "Convolution roofline at the nnU-Net level shapes: time = max(FLOPs / peak, min bytes / DRAM "
                "bandwidth), dense peaks:\n");
   for (const GpuPeak& g : gpu_peaks())
-    std::fprintf(out, "  %s SXM: f16/bf16 tensor %.1f, tf32 tensor %.1f, fp32 %.1f TFLOP/s, DRAM %.0f GB/s\n", g.gpu,
-                 g.f16_tensor_tflops, g.tf32_tensor_tflops, g.fp32_tflops, g.dram_gbs);
+    std::fprintf(out, "  %s SXM: f16/bf16 tensor %.1f, tf32 tensor %.1f, fp32 %.1f TFLOP/s, DRAM %.0f GB/s\n",
+                 g.gpu.c_str(), g.f16_tensor_tflops, g.tf32_tensor_tflops, g.fp32_tflops, g.dram_gbs);
   std::fprintf(out,
                "min bytes: each operand read once, the result written once (weight gradients in f32); kernel 3, "
                "padding 1; n = occurrences per forward pass\n");

@@ -36,11 +36,40 @@ const char* pass_name(ConvPass pass);
 //   H100 SXM5 80GB (NVIDIA H100 Tensor Core GPU data sheet): FP16/BF16 tensor 989.4 TFLOP/s, TF32 tensor 494.7,
 //     FP32 66.9, HBM3 3350 GB/s (the sheet's 1979 / 989 TFLOP/s are with sparsity).
 struct GpuPeak {
-  const char* gpu;
+  std::string gpu;
   double f16_tensor_tflops, tf32_tensor_tflops, fp32_tflops;
   double dram_gbs;
 };
 const std::vector<GpuPeak>& gpu_peaks();
+
+// What a GPU reports about itself (cudaDeviceGetAttribute: cudaDevAttrMultiProcessorCount, cudaDevAttrClockRate,
+// cudaDevAttrMemoryClockRate, cudaDevAttrGlobalMemoryBusWidth; CUDA 13 removed the clock fields of cudaDeviceProp).
+struct DeviceFigures {
+  std::string name;
+  int cc_major = 0, cc_minor = 0;
+  int sms = 0;
+  double sm_clock_mhz = 0, mem_clock_mhz = 0;  // the maximum (boost) clocks
+  int bus_width_bits = 0;
+};
+
+// Dense FLOP per clock per SM of an architecture (an FMA counts 2), from the data sheets' peaks divided by SMs x clock:
+//   sm_80 (A100: 108 SMs, 1410 MHz): f16/bf16 tensor 2048 (311.9 TFLOP/s), tf32 tensor 1024 (155.9), fp32 128 (19.5);
+//   sm_90 (H100 SXM: 132 SMs): f16/bf16 tensor 4096, tf32 2048 (at the 1830 MHz of the sheet's 989.4 / 494.7), fp32 256
+//         (66.9 at 1980 MHz; H200: the same SM).
+// False for other architectures (consumer sm_86 / sm_89 differ by product; not guessed).
+struct PerClockRates {
+  double f16_tensor, tf32_tensor, fp32;
+};
+bool per_clock_rates(int cc_major, int cc_minor, PerClockRates* out);
+
+// DRAM bandwidth in GB/s of a memory clock and bus: 2 transfers per clock (HBM and GDDR double data rate, as the
+// reported clock counts them) x bus width / 8 (H100 SXM: 2619 MHz, 5120 bits: 3352 GB/s).
+double dram_gbs_from(double mem_clock_mhz, int bus_width_bits);
+
+// The peaks of a device from its SM count and reported SM clock (the maximum boost clock, so tensor peaks come out up
+// to ~8% above a data sheet that quotes them at a lower clock) and its memory clock and bus. False, *out unchanged,
+// when per_clock_rates knows no figures for its architecture or a figure is missing.
+bool peak_from_device(const DeviceFigures& f, GpuPeak* out);
 
 // Arithmetic precisions of the table: f16/bf16 (2-byte activations and weights on tensor cores), tf32 (4-byte data on
 // tensor cores) and fp32 (4-byte data on the FMA units). Weight gradients are always f32.
@@ -59,10 +88,24 @@ struct RooflinePoint {
 };
 RooflinePoint roofline(double flops, double bytes, double peak_tflops, double dram_gbs);
 
+// Precisions of the measured table: f16, bf16 (tensor cores), tf32 (f32 data on the TF32 tensor cores: ours with
+// set_conv_allow_tf32, cuDNN with tensor-op math) and f32 (our SIMT path against cuDNN's FMA math).
+enum class TimedDType { f16, bf16, tf32, f32 };
+const char* timed_dtype_name(TimedDType t);
+// "f16,bf16,tf32" -> the list; "all" -> every one. Throws std::invalid_argument naming a bad entry.
+std::vector<TimedDType> parse_timed_dtypes(const std::string& list);
+
 struct ConvBenchOptions {
-  bool quick = false;    // fewer repetitions (timed part) and only the f16 roofline table
+  bool quick = false;    // fewer repetitions (timed part) and only the f16 roofline and measured tables
   bool time_gpu = true;  // time on the GPU when this build can (UNET_WITH_CUDA_RUNTIME)
-  int warmup = 3, reps = 20;
+  int warmup = 2, reps = 10;
+  // Per configuration (one layer, pass and dtype, each side): repetitions stop at `reps` or once this much GPU time
+  // is spent, whichever is first, but never below 3.
+  double budget_ms_per_config = 150;
+  // The whole measured table: rows not started by then are printed and written as skipped.
+  double budget_s = 270;
+  std::vector<TimedDType> dtypes = {TimedDType::f16, TimedDType::bf16, TimedDType::tf32, TimedDType::f32};
+  std::string json_path;  // when set, every measured row is also written there as JSON (see run_conv_timing)
 };
 
 // Prints the roofline tables (per plan and precision; totals per training step) and, when the build has the CUDA
@@ -70,7 +113,15 @@ struct ConvBenchOptions {
 int run_conv_benchmark(FILE* out, const ConvBenchOptions& options);
 
 // The measured part alone (bench/lib/conv_timing.cpp). Without UNET_WITH_CUDA_RUNTIME it prints why it cannot run
-// and returns 0.
+// and returns 0. With options.json_path it writes
+//   {"device": {...figures, peaks, "per_clock_known"} or null, "error": null or "why no table",
+//    "rows": [{"layer", "plan", "level", "role", "pass", "dtype", "gflop", "ours_ms", "cudnn_ms", "ratio",
+//              "ours_tflops", "cudnn_tflops", "roof_tflops", "skipped", "note"}, ...]}
+// with times in ms (null when that side failed or was skipped), ratio = cudnn_ms / ours_ms (above 1: ours faster),
+// roof_tflops the roofline of this device from its own figures (null when unknown).
 int run_conv_timing(FILE* out, const std::vector<ConvLayer>& layers, const ConvBenchOptions& options);
+
+// JSON string literal of s (quotes, backslashes and control characters escaped).
+std::string json_quote(const std::string& s);
 
 }  // namespace unet::bench

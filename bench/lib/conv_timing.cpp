@@ -1,10 +1,20 @@
 // The measured half of the convolution benchmark: our kernels (kernels/cuda/conv.cuh) and cuDNN 9 on the same
-// channels-last shapes, timed with CUDA events (warm-up, then the median of `reps` runs), printed as TFLOP/s and the
-// ratio ours / cuDNN. Only a build that links the CUDA runtime (UNET_WITH_CUDA_RUNTIME) and cuDNN has it; any other
-// build prints why the table is missing. cuDNN runs through its convolution API (cudnnConvolutionForward /
-// BackwardData / BackwardFilter with NHWC / NDHWC descriptors, the fastest algorithm found by cudnnFind*), with
-// tensor-op math for f16 and FMA math for f32 (our f32 path is SIMT, so TF32 would not be a like-for-like baseline).
+// channels-last shapes, timed with CUDA events (warm-up, then the median of up to `reps` runs within a GPU-time budget
+// per configuration), printed as TFLOP/s and the ratio ours / cuDNN, and optionally written as JSON. Only a build that
+// links the CUDA runtime (UNET_WITH_CUDA_RUNTIME) and cuDNN has it; any other build prints why the table is missing.
+// cuDNN runs through its convolution API (cudnnConvolutionForward / BackwardData / BackwardFilter with NHWC / NDHWC
+// descriptors, the fastest algorithm found by cudnnFind*), with tensor-op math for f16, bf16 and tf32 (f32 data on the
+// TF32 tensor cores, as PyTorch's allow_tf32) and FMA math for f32 (our f32 path is SIMT).
+// The roofline column is this device's own: SM count, clocks and bus width read from the device
+// (cudaDeviceGetAttribute) and the per-clock rates of its architecture (conv_roofline.h).
+// Timing hygiene: the default memory pool keeps freed memory (release threshold UINT64_MAX, as engine/device.cpp sets
+// it for the engine), so the kernels' stream-ordered scratch (wgrad split-K partials, statistics) is not unmapped and
+// mapped again inside the timed region; every configuration is warmed up first (the first launch of a kernel also
+// loads its module); inputs are filled once per layer and dtype on the device, outputs go to separate buffers.
+#include <chrono>
 #include <cstdio>
+#include <string>
+#include <vector>
 
 #include "bench/lib/conv_roofline.h"
 
@@ -14,9 +24,8 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <memory>
 #include <stdexcept>
-#include <string>
-#include <vector>
 
 #include "engine/dtype.h"
 #include "engine/random.h"
@@ -25,12 +34,81 @@
 
 namespace unet::bench {
 
+namespace {
+
+// One measured row: 0 ms where that side failed or was skipped; roof 0 when unknown.
+struct TimedRow {
+  const ConvLayer* layer = nullptr;
+  ConvPass pass = ConvPass::fprop;
+  TimedDType dtype = TimedDType::f16;
+  double ours_ms = 0, cudnn_ms = 0, roof_tflops = 0;
+  bool skipped = false;
+  std::string note;
+};
+
+std::string json_number(double v, bool present = true) {
+  if (!present) return "null";
+  char buf[64];
+  std::snprintf(buf, sizeof buf, "%.6g", v);
+  return buf;
+}
+
+// The JSON of run_conv_timing (see the header); false when the file cannot be written.
+bool write_json(const std::string& path, const DeviceFigures* figures, const GpuPeak* peak, const std::string& error,
+                const std::vector<TimedRow>& rows) {
+  FILE* f = std::fopen(path.c_str(), "w");
+  if (!f) return false;
+  std::fprintf(f, "{\n  \"device\": ");
+  if (figures) {
+    std::fprintf(f,
+                 "{\"name\": %s, \"sm\": \"%d%d\", \"sms\": %d, \"sm_clock_mhz\": %s, \"mem_clock_mhz\": %s, "
+                 "\"bus_width_bits\": %d, \"per_clock_known\": %s",
+                 json_quote(figures->name).c_str(), figures->cc_major, figures->cc_minor, figures->sms,
+                 json_number(figures->sm_clock_mhz).c_str(), json_number(figures->mem_clock_mhz).c_str(),
+                 figures->bus_width_bits, peak ? "true" : "false");
+    if (peak)
+      std::fprintf(f, ", \"f16_tensor_tflops\": %s, \"tf32_tensor_tflops\": %s, \"fp32_tflops\": %s, \"dram_gbs\": %s",
+                   json_number(peak->f16_tensor_tflops).c_str(), json_number(peak->tf32_tensor_tflops).c_str(),
+                   json_number(peak->fp32_tflops).c_str(), json_number(peak->dram_gbs).c_str());
+    std::fprintf(f, "}");
+  } else {
+    std::fprintf(f, "null");
+  }
+  std::fprintf(f, ",\n  \"error\": %s,\n  \"rows\": [", error.empty() ? "null" : json_quote(error).c_str());
+  for (size_t i = 0; i < rows.size(); ++i) {
+    const TimedRow& r = rows[i];
+    const ConvLayer& l = *r.layer;
+    const double gflop = l.p.flops() / 1e9;
+    const bool ours = r.ours_ms > 0, cudnn = r.cudnn_ms > 0;
+    std::fprintf(f,
+                 "%s\n    {\"layer\": %s, \"plan\": %s, \"level\": %d, \"role\": %s, \"pass\": \"%s\", "
+                 "\"dtype\": \"%s\", \"gflop\": %s, \"ours_ms\": %s, \"cudnn_ms\": %s, \"ratio\": %s, "
+                 "\"ours_tflops\": %s, \"cudnn_tflops\": %s, \"roof_tflops\": %s, \"skipped\": %s, \"note\": %s}",
+                 i ? "," : "", json_quote(l.label()).c_str(), json_quote(l.plan).c_str(), l.level,
+                 json_quote(l.role).c_str(), pass_name(r.pass), timed_dtype_name(r.dtype), json_number(gflop).c_str(),
+                 json_number(r.ours_ms, ours).c_str(), json_number(r.cudnn_ms, cudnn).c_str(),
+                 json_number(r.cudnn_ms / r.ours_ms, ours && cudnn).c_str(),
+                 json_number(gflop / r.ours_ms, ours).c_str(), json_number(gflop / r.cudnn_ms, cudnn).c_str(),
+                 json_number(r.roof_tflops, r.roof_tflops > 0).c_str(), r.skipped ? "true" : "false",
+                 r.note.empty() ? "null" : json_quote(r.note).c_str());
+  }
+  std::fprintf(f, "%s]\n}\n", rows.empty() ? "" : "\n  ");
+  return std::fclose(f) == 0;
+}
+
+}  // namespace
+
 #ifndef UNET_WITH_CUDA_RUNTIME
 
-int run_conv_timing(FILE* out, const std::vector<ConvLayer>&, const ConvBenchOptions&) {
-  std::fprintf(out,
-               "measured table (our kernels vs cuDNN): not in this build; it needs a GPU build "
-               "(cmake -DUNET_CUDA_RUNTIME=ON, which links the CUDA runtime and cuDNN)\n");
+int run_conv_timing(FILE* out, const std::vector<ConvLayer>&, const ConvBenchOptions& options) {
+  const char* why =
+      "measured table (our kernels vs cuDNN): not in this build; it needs a GPU build "
+      "(cmake -DUNET_CUDA_RUNTIME=ON, which links the CUDA runtime and cuDNN)";
+  std::fprintf(out, "%s\n", why);
+  if (!options.json_path.empty() && !write_json(options.json_path, nullptr, nullptr, why, {})) {
+    std::fprintf(out, "could not write %s\n", options.json_path.c_str());
+    return 1;
+  }
   return 0;
 }
 
@@ -58,40 +136,62 @@ struct Buffer {
   Buffer& operator=(const Buffer&) = delete;
 };
 
-// Fills a device buffer with uniform values in [-1, 1) stored as dt.
+DType storage_of(TimedDType t) {
+  return t == TimedDType::f16 ? DType::f16 : t == TimedDType::bf16 ? DType::bf16 : DType::f32;
+}
+
+// Fills a device buffer with uniform values in [-1, 1) stored as dt: a block of up to 2^20 random values made on the
+// host, then repeated on the device by doubling copies (host generation of every element took seconds per layer).
 void fill_random(void* dst, int64_t n, DType dt, uint64_t seed) {
+  if (n <= 0) return;
+  const size_t es = dtype_size(dt);
+  const int64_t block = std::min<int64_t>(n, int64_t(1) << 20);
   Rng rng(seed);
-  std::vector<uint32_t> host(static_cast<size_t>(n));
-  std::vector<uint16_t> host16(static_cast<size_t>(n));
-  for (int64_t i = 0; i < n; ++i) {
+  std::vector<uint32_t> host(static_cast<size_t>(block));
+  std::vector<uint16_t> host16(static_cast<size_t>(block));
+  for (int64_t i = 0; i < block; ++i) {
     const float v = static_cast<float>(rng.uniform() * 2 - 1);
     if (dt == DType::f32)
       host[i] = float_bits(v);
     else
       host16[i] = dt == DType::f16 ? float_to_f16(v) : float_to_bf16(v);
   }
-  if (dt == DType::f32)
-    CK(cudaMemcpy(dst, host.data(), n * 4, cudaMemcpyHostToDevice));
-  else
-    CK(cudaMemcpy(dst, host16.data(), n * 2, cudaMemcpyHostToDevice));
+  CK(cudaMemcpy(dst, dt == DType::f32 ? static_cast<const void*>(host.data()) : host16.data(), block * es,
+                cudaMemcpyHostToDevice));
+  char* d = static_cast<char*>(dst);
+  for (int64_t have = block; have < n; have *= 2)
+    CK(cudaMemcpy(d + have * es, d, std::min(have, n - have) * es, cudaMemcpyDeviceToDevice));
 }
 
-// Median milliseconds of fn over reps runs after warmup runs, each run between two events on the default stream.
+// Median milliseconds of fn after `warmup` runs: up to `reps` runs, stopping once `budget_ms` of GPU time is spent
+// (never below 3 runs), each between two events on the default stream.
 template <class F>
-double median_ms(F&& fn, int warmup, int reps) {
-  for (int i = 0; i < warmup; ++i) fn();
+double median_ms(F&& fn, int warmup, int reps, double budget_ms) {
   cudaEvent_t a, b;
   CK(cudaEventCreate(&a));
   CK(cudaEventCreate(&b));
-  std::vector<float> ms;
-  for (int i = 0; i < reps; ++i) {
+  auto timed = [&] {
     CK(cudaEventRecord(a, nullptr));
     fn();
     CK(cudaEventRecord(b, nullptr));
     CK(cudaEventSynchronize(b));
     float t = 0;
     CK(cudaEventElapsedTime(&t, a, b));
-    ms.push_back(t);
+    return double(t);
+  };
+  std::vector<double> ms;
+  try {
+    for (int i = 0; i < warmup; ++i) timed();
+    double spent = 0;
+    for (int i = 0; i < reps; ++i) {
+      ms.push_back(timed());
+      spent += ms.back();
+      if (ms.size() >= 3 && spent >= budget_ms) break;
+    }
+  } catch (...) {
+    cudaEventDestroy(a);
+    cudaEventDestroy(b);
+    throw;
   }
   cudaEventDestroy(a);
   cudaEventDestroy(b);
@@ -106,8 +206,8 @@ struct CudnnConv {
   cudnnFilterDescriptor_t w = nullptr;
   cudnnConvolutionDescriptor_t conv = nullptr;
   cudnnDataType_t type;
-  CudnnConv(const kernels::ConvProblem& p, DType dt) {
-    type = dt == DType::f16 ? CUDNN_DATA_HALF : dt == DType::bf16 ? CUDNN_DATA_BFLOAT16 : CUDNN_DATA_FLOAT;
+  CudnnConv(const kernels::ConvProblem& p, TimedDType t) {
+    type = t == TimedDType::f16 ? CUDNN_DATA_HALF : t == TimedDType::bf16 ? CUDNN_DATA_BFLOAT16 : CUDNN_DATA_FLOAT;
     const bool is3d = p.D > 1 || p.T > 1;
     const int nd = is3d ? 5 : 4;
     auto dims = [&](int64_t n, int64_t c, int64_t d, int64_t h, int64_t w) {
@@ -127,7 +227,8 @@ struct CudnnConv {
     std::vector<int> dilation(pad.size(), 1);
     DNN(cudnnSetConvolutionNdDescriptor(conv, nd - 2, pad.data(), stride.data(), dilation.data(),
                                         CUDNN_CROSS_CORRELATION, CUDNN_DATA_FLOAT));
-    DNN(cudnnSetConvolutionMathType(conv, dt == DType::f32 ? CUDNN_FMA_MATH : CUDNN_TENSOR_OP_MATH));
+    // f32: FMA only (like our SIMT path); tf32: tensor-op math, which lets cuDNN use TF32 for float data.
+    DNN(cudnnSetConvolutionMathType(conv, t == TimedDType::f32 ? CUDNN_FMA_MATH : CUDNN_TENSOR_OP_MATH));
   }
   ~CudnnConv() {
     cudnnDestroyTensorDescriptor(x);
@@ -139,34 +240,60 @@ struct CudnnConv {
   CudnnConv& operator=(const CudnnConv&) = delete;
 };
 
+// One layer's operands in one dtype, filled once: x, dy (= y's shape) and w are inputs; y_out, dx_out, dw32 (ours,
+// f32 master gradient) and dw_dt (cuDNN's, in the data type) are outputs, so no pass reads another's result.
+struct LayerBuffers {
+  Buffer x, y, w, y_out, dx_out, dw32, dw_dt;
+  LayerBuffers(const kernels::ConvProblem& p, DType dt)
+      : x(bytes(p.N * p.D * p.H * p.W * p.C, dt)),
+        y(bytes(p.N * p.Z * p.P * p.Q * p.K, dt)),
+        w(bytes(p.K * p.taps() * p.C, dt)),
+        y_out(bytes(p.N * p.Z * p.P * p.Q * p.K, dt)),
+        dx_out(bytes(p.N * p.D * p.H * p.W * p.C, dt)),
+        dw32(bytes(p.K * p.taps() * p.C, DType::f32)),
+        dw_dt(bytes(p.K * p.taps() * p.C, dt)) {
+    fill_random(x.p, p.N * p.D * p.H * p.W * p.C, dt, 1);
+    fill_random(y.p, p.N * p.Z * p.P * p.Q * p.K, dt, 2);
+    fill_random(w.p, p.K * p.taps() * p.C, dt, 3);
+  }
+  static size_t bytes(int64_t n, DType dt) { return static_cast<size_t>(n) * dtype_size(dt); }
+};
+
+// TF32 for our f32 kernels while it lives (tf32 rows), fp32 afterwards.
+struct Tf32For {
+  explicit Tf32For(bool on) { kernels::cuda::set_conv_allow_tf32(on); }
+  ~Tf32For() { kernels::cuda::set_conv_allow_tf32(false); }
+};
+
 struct Times {
   double ours = 0, cudnn = 0;  // ms; 0 when that side failed
   std::string note;
 };
 
-Times time_pass(cudnnHandle_t h, const kernels::ConvProblem& p, DType dt, ConvPass pass, const ConvBenchOptions& o) {
-  const size_t es = dtype_size(dt);
-  const int64_t nx = p.N * p.D * p.H * p.W * p.C, ny = p.N * p.Z * p.P * p.Q * p.K, nw = p.K * p.taps() * p.C;
-  Buffer x(nx * es), y(ny * es), w(nw * es), dw32(nw * 4), dwdt(nw * es);
-  fill_random(x.p, nx, dt, 1);
-  fill_random(y.p, ny, dt, 2);
-  fill_random(w.p, nw, dt, 3);
-  Times t;
-  const int warmup = o.quick ? 1 : o.warmup, reps = o.quick ? 5 : o.reps;
+Times time_pass(cudnnHandle_t h, const kernels::ConvProblem& p, TimedDType t, ConvPass pass, LayerBuffers& b,
+                const ConvBenchOptions& o) {
+  const DType dt = storage_of(t);
+  Times r;
+  const int warmup = std::max(1, o.quick ? 1 : o.warmup), reps = o.quick ? 5 : o.reps;
+  const double budget = o.quick ? 50 : o.budget_ms_per_config;
   try {
-    t.ours = median_ms(
+    const Tf32For tf32(t == TimedDType::tf32);
+    r.ours = median_ms(
         [&] {
-          if (pass == ConvPass::fprop) kernels::cuda::conv_fprop(p, dt, x.p, w.p, nullptr, y.p, nullptr, nullptr);
-          if (pass == ConvPass::dgrad) kernels::cuda::conv_dgrad(p, dt, y.p, w.p, x.p, nullptr);
+          if (pass == ConvPass::fprop)
+            kernels::cuda::conv_fprop(p, dt, b.x.p, b.w.p, nullptr, b.y_out.p, nullptr, nullptr);
+          if (pass == ConvPass::dgrad) kernels::cuda::conv_dgrad(p, dt, b.y.p, b.w.p, b.dx_out.p, nullptr);
           if (pass == ConvPass::wgrad)
-            kernels::cuda::conv_wgrad(p, dt, x.p, y.p, static_cast<float*>(dw32.p), nullptr, nullptr);
+            kernels::cuda::conv_wgrad(p, dt, b.x.p, b.y.p, static_cast<float*>(b.dw32.p), nullptr, nullptr);
         },
-        warmup, reps);
+        warmup, reps, budget);
   } catch (const std::exception& e) {
-    t.note = std::string("ours: ") + e.what();
+    r.ours = 0;
+    r.note = std::string("ours: ") + e.what();
+    (void)cudaGetLastError();  // a launch error is not sticky: do not let it fail cuDNN's side
   }
   try {
-    CudnnConv c(p, dt);
+    CudnnConv c(p, t);
     const float one = 1, zero = 0;
     int found = 0;
     size_t ws_bytes = 0;
@@ -176,24 +303,24 @@ Times time_pass(cudnnHandle_t h, const kernels::ConvProblem& p, DType dt, ConvPa
       if (!found || perf.status != CUDNN_STATUS_SUCCESS) throw std::runtime_error("no forward algorithm");
       ws_bytes = perf.memory;
       Buffer ws(ws_bytes);
-      t.cudnn = median_ms(
+      r.cudnn = median_ms(
           [&] {
-            DNN(cudnnConvolutionForward(h, &one, c.x, x.p, c.w, w.p, c.conv, perf.algo, ws.p, ws_bytes, &zero, c.y,
-                                        y.p));
+            DNN(cudnnConvolutionForward(h, &one, c.x, b.x.p, c.w, b.w.p, c.conv, perf.algo, ws.p, ws_bytes, &zero, c.y,
+                                        b.y_out.p));
           },
-          warmup, reps);
+          warmup, reps, budget);
     } else if (pass == ConvPass::dgrad) {
       cudnnConvolutionBwdDataAlgoPerf_t perf;
       DNN(cudnnFindConvolutionBackwardDataAlgorithm(h, c.w, c.y, c.conv, c.x, 1, &found, &perf));
       if (!found || perf.status != CUDNN_STATUS_SUCCESS) throw std::runtime_error("no backward-data algorithm");
       ws_bytes = perf.memory;
       Buffer ws(ws_bytes);
-      t.cudnn = median_ms(
+      r.cudnn = median_ms(
           [&] {
-            DNN(cudnnConvolutionBackwardData(h, &one, c.w, w.p, c.y, y.p, c.conv, perf.algo, ws.p, ws_bytes, &zero, c.x,
-                                             x.p));
+            DNN(cudnnConvolutionBackwardData(h, &one, c.w, b.w.p, c.y, b.y.p, c.conv, perf.algo, ws.p, ws_bytes, &zero,
+                                             c.x, b.dx_out.p));
           },
-          warmup, reps);
+          warmup, reps, budget);
     } else {
       // cuDNN wants dw in the data type of x and dy; ours writes f32 (master weights).
       cudnnConvolutionBwdFilterAlgoPerf_t perf;
@@ -201,28 +328,71 @@ Times time_pass(cudnnHandle_t h, const kernels::ConvProblem& p, DType dt, ConvPa
       if (!found || perf.status != CUDNN_STATUS_SUCCESS) throw std::runtime_error("no backward-filter algorithm");
       ws_bytes = perf.memory;
       Buffer ws(ws_bytes);
-      t.cudnn = median_ms(
+      r.cudnn = median_ms(
           [&] {
-            DNN(cudnnConvolutionBackwardFilter(h, &one, c.x, x.p, c.y, y.p, c.conv, perf.algo, ws.p, ws_bytes, &zero,
-                                               c.w, dwdt.p));
+            DNN(cudnnConvolutionBackwardFilter(h, &one, c.x, b.x.p, c.y, b.y.p, c.conv, perf.algo, ws.p, ws_bytes,
+                                               &zero, c.w, b.dw_dt.p));
           },
-          warmup, reps);
+          warmup, reps, budget);
     }
   } catch (const std::exception& e) {
-    t.note += (t.note.empty() ? "" : "; ") + std::string("cuDNN: ") + e.what();
+    r.cudnn = 0;
+    r.note += (r.note.empty() ? "" : "; ") + std::string("cuDNN: ") + e.what();
+    (void)cudaGetLastError();
   }
-  return t;
+  return r;
+}
+
+Precision roofline_precision(TimedDType t) {
+  return t == TimedDType::tf32 ? Precision::tf32 : t == TimedDType::f32 ? Precision::fp32 : Precision::f16;
+}
+
+// What the device says about itself (see DeviceFigures).
+DeviceFigures read_device_figures(int device) {
+  cudaDeviceProp prop;
+  CK(cudaGetDeviceProperties(&prop, device));
+  DeviceFigures f;
+  f.name = prop.name;
+  f.cc_major = prop.major;
+  f.cc_minor = prop.minor;
+  int v = 0;
+  CK(cudaDeviceGetAttribute(&v, cudaDevAttrMultiProcessorCount, device));
+  f.sms = v;
+  CK(cudaDeviceGetAttribute(&v, cudaDevAttrClockRate, device));  // kHz
+  f.sm_clock_mhz = v / 1000.0;
+  CK(cudaDeviceGetAttribute(&v, cudaDevAttrMemoryClockRate, device));  // kHz
+  f.mem_clock_mhz = v / 1000.0;
+  CK(cudaDeviceGetAttribute(&v, cudaDevAttrGlobalMemoryBusWidth, device));
+  f.bus_width_bits = v;
+  return f;
 }
 
 }  // namespace
 
 int run_conv_timing(FILE* out, const std::vector<ConvLayer>& layers, const ConvBenchOptions& options) {
-  int device = 0;
-  cudaDeviceProp prop;
+  std::vector<TimedRow> rows;
+  DeviceFigures figures;
+  bool have_figures = false, have_peak = false;
+  GpuPeak peak;
   int failures = 0;
+  auto json = [&](const std::string& error) {
+    if (options.json_path.empty()) return true;
+    if (write_json(options.json_path, have_figures ? &figures : nullptr, have_peak ? &peak : nullptr, error, rows))
+      return true;
+    std::fprintf(out, "could not write %s\n", options.json_path.c_str());
+    return false;
+  };
   try {
+    int device = 0;
     CK(cudaGetDevice(&device));
-    CK(cudaGetDeviceProperties(&prop, device));
+    figures = read_device_figures(device);
+    have_figures = true;
+    have_peak = peak_from_device(figures, &peak);
+    // Freed memory stays in the default pool, from which the kernels' scratch (cudaMallocAsync) comes.
+    cudaMemPool_t pool = nullptr;
+    CK(cudaDeviceGetDefaultMemPool(&pool, device));
+    uint64_t keep_all = UINT64_MAX;
+    CK(cudaMemPoolSetAttribute(pool, cudaMemPoolAttrReleaseThreshold, &keep_all));
     struct Handle {  // destroyed on every exit
       cudnnHandle_t h = nullptr;
       ~Handle() {
@@ -230,43 +400,91 @@ int run_conv_timing(FILE* out, const std::vector<ConvLayer>& layers, const ConvB
       }
     } handle;
     DNN(cudnnCreate(&handle.h));
-    // The roofline of this GPU's family for comparison (A100 figures for sm_8x, H100 for sm_9x; none otherwise).
-    const GpuPeak* peak = nullptr;
-    for (const GpuPeak& g : gpu_peaks())
-      if ((prop.major == 8 && std::string(g.gpu) == "A100") || (prop.major == 9 && std::string(g.gpu) == "H100"))
-        peak = &g;
-    std::fprintf(out, "measured on %s (sm_%d%d), cuDNN %zu: median of %d runs after %d warm-up, TFLOP/s\n", prop.name,
-                 prop.major, prop.minor, cudnnGetVersion(), options.quick ? 5 : options.reps,
-                 options.quick ? 1 : options.warmup);
+    const int warmup = std::max(1, options.quick ? 1 : options.warmup), reps = options.quick ? 5 : options.reps;
+    const double budget = options.quick ? 50 : options.budget_ms_per_config;
+    std::fprintf(out,
+                 "measured on %s (sm_%d%d), cuDNN %zu: median of up to %d runs (fewer once %.0f ms of GPU time is "
+                 "spent, at least 3) after %d warm-up, TFLOP/s\n",
+                 figures.name.c_str(), figures.cc_major, figures.cc_minor, cudnnGetVersion(), reps, budget, warmup);
+    std::fprintf(out,
+                 "read from the device (cudaDeviceGetAttribute): %d SMs, SM clock %.0f MHz, memory clock %.0f MHz, "
+                 "memory bus %d bits\n",
+                 figures.sms, figures.sm_clock_mhz, figures.mem_clock_mhz, figures.bus_width_bits);
+    if (have_peak)
+      std::fprintf(out,
+                   "this device's roofline from them and sm_%d%d's per-clock rates: f16/bf16 tensor %.1f, tf32 tensor "
+                   "%.1f, fp32 %.1f TFLOP/s (at that SM clock), DRAM %.0f GB/s\n",
+                   figures.cc_major, figures.cc_minor, peak.f16_tensor_tflops, peak.tf32_tensor_tflops,
+                   peak.fp32_tflops, peak.dram_gbs);
+    else
+      std::fprintf(out, "no per-clock rates known for sm_%d%d: the roof column is left empty\n", figures.cc_major,
+                   figures.cc_minor);
     std::fprintf(out, "%-38s %5s %5s %9s %9s %9s %10s %6s %9s\n", "layer", "pass", "dtype", "ours ms", "ours TF/s",
-                 "cuDNN ms", "cuDNN TF/s", "ratio", peak ? (std::string(peak->gpu) + " roof").c_str() : "roof");
-    for (DType dt : {DType::f16, DType::bf16, DType::f32}) {
-      if (options.quick && dt == DType::bf16) continue;
-      const Precision precision = dt == DType::f32 ? Precision::fp32 : Precision::f16;
+                 "cuDNN ms", "cuDNN TF/s", "ratio", "roof");
+    const auto t0 = std::chrono::steady_clock::now();
+    std::vector<TimedDType> dtypes = options.dtypes;
+    if (options.quick) dtypes = {TimedDType::f16};
+    int skipped = 0;
+    for (TimedDType t : dtypes) {
+      const DType dt = storage_of(t);
       for (const ConvLayer& l : layers) {
+        const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+        const bool over = elapsed > options.budget_s;
+        std::unique_ptr<LayerBuffers> buffers;
+        std::string setup_error;
+        if (!over) {
+          try {
+            buffers = std::make_unique<LayerBuffers>(l.p, dt);
+          } catch (const std::exception& e) {
+            setup_error = std::string("buffers: ") + e.what();
+            (void)cudaGetLastError();
+          }
+        }
         for (ConvPass pass : {ConvPass::fprop, ConvPass::dgrad, ConvPass::wgrad}) {
-          const Times t = time_pass(handle.h, l.p, dt, pass, options);
+          TimedRow row;
+          row.layer = &l;
+          row.pass = pass;
+          row.dtype = t;
+          if (have_peak)
+            row.roof_tflops = roofline(l.p.flops(), min_bytes(l.p, pass, roofline_precision(t)),
+                                       peak_tflops(peak, roofline_precision(t)), peak.dram_gbs)
+                                  .tflops;
+          if (over) {
+            row.skipped = true;
+            row.note = "skipped: the table's time budget (--budget) was spent";
+            ++skipped;
+          } else if (!buffers) {
+            row.note = setup_error;
+          } else {
+            const Times m = time_pass(handle.h, l.p, t, pass, *buffers, options);
+            row.ours_ms = m.ours;
+            row.cudnn_ms = m.cudnn;
+            row.note = m.note;
+          }
+          if (!row.skipped && row.ours_ms <= 0) ++failures;
           const double gflop = l.p.flops() / 1e9;
           auto tflops = [&](double ms) { return ms > 0 ? gflop / ms : 0.0; };  // GFLOP / ms = TFLOP/s
-          const double roof = peak ? roofline(l.p.flops(), min_bytes(l.p, pass, precision),
-                                              peak_tflops(*peak, precision), peak->dram_gbs)
-                                         .tflops
-                                   : 0.0;
           std::fprintf(out, "%-38s %5s %5s %9.3f %9.1f %9.3f %10.1f %6.2f %9.1f%s%s\n", l.label().c_str(),
-                       pass_name(pass), dtype_name(dt), t.ours, tflops(t.ours), t.cudnn, tflops(t.cudnn),
-                       t.ours > 0 && t.cudnn > 0 ? t.cudnn / t.ours : 0.0, roof, t.note.empty() ? "" : "  ",
-                       t.note.c_str());
-          if (t.ours <= 0) ++failures;
+                       pass_name(pass), timed_dtype_name(t), row.ours_ms, tflops(row.ours_ms), row.cudnn_ms,
+                       tflops(row.cudnn_ms), row.ours_ms > 0 && row.cudnn_ms > 0 ? row.cudnn_ms / row.ours_ms : 0.0,
+                       row.roof_tflops, row.note.empty() ? "" : "  ", row.note.c_str());
+          std::fflush(out);
+          rows.push_back(std::move(row));
         }
       }
     }
+    std::fprintf(
+        out,
+        "ratio = ours / cuDNN in TFLOP/s (cuDNN time / our time; above 1: ours is faster); roof = the roofline "
+        "TFLOP/s of this device (f32 rows: the SIMT fp32 peak); %.0f s\n",
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+    if (skipped) std::fprintf(out, "%d rows skipped: the time budget of %.0f s was spent\n", skipped, options.budget_s);
   } catch (const std::exception& e) {
     std::fprintf(out, "measured table failed: %s\n", e.what());
+    json(e.what());
     return 1;
   }
-  std::fprintf(out,
-               "ratio = ours / cuDNN in TFLOP/s (cuDNN time / our time; above 1: ours is faster); roof = the "
-               "roofline TFLOP/s of this GPU family (f32 rows: the SIMT fp32 peak)\n");
+  if (!json("")) return 1;
   return failures ? 1 : 0;
 }
 

@@ -47,6 +47,12 @@ bool conv_allow_tf32() {
 
 namespace testing {
 int forced_tile_m = 0, forced_tile_n = 0, forced_wgrad_splits = 0;
+// The most blocks column_sums launches along y (CUDA's limit for gridDim.y); more row chunks than that are looped
+// over inside the kernel. Lowered only by tests/test_cuda_conv_grid.cpp, to reach that loop at small sizes.
+int64_t column_sums_max_grid_y = 65535;
+void force_column_sums_max_grid_y(int64_t most) {
+  column_sums_max_grid_y = most > 0 ? most : 65535;
+}
 void force_conv_tile(int bm, int bn) {
   forced_tile_m = bm;
   forced_tile_n = bn;
@@ -737,21 +743,27 @@ __global__ void __launch_bounds__(kColTile* kRowLanes)
     column_sums_partial(const typename Ty::T* src, int64_t rows, int64_t cols, int64_t chunks, double* part) {
   __shared__ double red[2][kRowLanes][kColTile];
   const int tx = threadIdx.x, ty = threadIdx.y;
-  const int64_t c = int64_t(blockIdx.x) * kColTile + tx, ch = blockIdx.y, grp = blockIdx.z;
-  const int64_t b = ch * kChunkRows, e = b + kChunkRows < rows ? b + kChunkRows : rows;
-  double s1 = 0.0, s2 = 0.0;
-  if (c < cols)
-    for (int64_t r = b + ty; r < e; r += kRowLanes) {
-      const double v = Ty::load(src[(grp * rows + r) * cols + c]);
-      s1 += v;
-      s2 += v * v;
+  const int64_t c = int64_t(blockIdx.x) * kColTile + tx, grp = blockIdx.z;
+  // Chunks beyond gridDim.y (capped at CUDA's 65535) are taken in turn: each chunk's sum is the same computation
+  // whichever block does it, so the results do not depend on the grid.
+  for (int64_t ch = blockIdx.y; ch < chunks; ch += gridDim.y) {
+    const int64_t b = ch * kChunkRows, e = b + kChunkRows < rows ? b + kChunkRows : rows;
+    double s1 = 0.0, s2 = 0.0;
+    if (c < cols)
+      for (int64_t r = b + ty; r < e; r += kRowLanes) {
+        const double v = Ty::load(src[(grp * rows + r) * cols + c]);
+        s1 += v;
+        s2 += v * v;
+      }
+    red[0][ty][tx] = s1;
+    red[1][ty][tx] = s2;
+    // The next chunk may refill red without another barrier: each lane rewrites only its own row, and row 0's sums
+    // are read by the lanes that wrote them.
+    row_lane_tree(red);
+    if (ty == 0 && c < cols) {
+      part[((grp * chunks + ch) * 2 + 0) * cols + c] = red[0][0][tx];
+      part[((grp * chunks + ch) * 2 + 1) * cols + c] = red[1][0][tx];
     }
-  red[0][ty][tx] = s1;
-  red[1][ty][tx] = s2;
-  row_lane_tree(red);
-  if (ty == 0 && c < cols) {
-    part[((grp * chunks + ch) * 2 + 0) * cols + c] = red[0][0][tx];
-    part[((grp * chunks + ch) * 2 + 1) * cols + c] = red[1][0][tx];
   }
 }
 
@@ -941,7 +953,8 @@ void column_sums(const typename Ty::T* src, int64_t groups, int64_t rows, int64_
   Scratch<double> part(size_t(groups * chunks * 2 * cols), stream);
   const dim3 block(kColTile, kRowLanes);
   const unsigned tiles = unsigned((cols + kColTile - 1) / kColTile);
-  launch(column_sums_partial<Ty>, dim3(tiles, unsigned(chunks), unsigned(groups)), block, 0, stream, src, rows, cols,
+  const int64_t grid_y = chunks < testing::column_sums_max_grid_y ? chunks : testing::column_sums_max_grid_y;
+  launch(column_sums_partial<Ty>, dim3(tiles, unsigned(grid_y), unsigned(groups)), block, 0, stream, src, rows, cols,
          chunks, part.get());
   launch(column_sums_finalize, dim3(tiles, 1, unsigned(groups)), block, 0, stream, part.get(), cols, chunks, sums,
          stats);

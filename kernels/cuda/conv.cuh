@@ -59,6 +59,8 @@ void conv_wgrad(const ConvProblem& p, DType dt, const void* x, const void* dy, f
 namespace testing {
 void force_conv_tile(int bm, int bn);
 void force_wgrad_splits(int splits);
+// Caps column_sums' gridDim.y (default: CUDA's 65535) so tests reach its in-kernel chunk loop at small sizes; 0 resets.
+void force_column_sums_max_grid_y(int64_t most);
 }  // namespace testing
 
 }  // namespace unet::kernels::cuda

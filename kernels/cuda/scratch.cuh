@@ -19,7 +19,10 @@ class Scratch {
 #ifdef __CUDACC__
     stream_ = stream;
     const cudaError_t e = cudaMallocAsync(reinterpret_cast<void**>(&ptr_), (count ? count : 1) * sizeof(T), stream);
-    if (e != cudaSuccess) throw std::runtime_error(std::string("scratch allocation failed: ") + cudaGetErrorString(e));
+    if (e != cudaSuccess) {
+      (void)cudaGetLastError();  // not sticky: cleared, or the next launch check would report it as its own
+      throw std::runtime_error(std::string("scratch allocation failed: ") + cudaGetErrorString(e));
+    }
 #else
     (void)stream;
     bytes_ = (count ? count : 1) * sizeof(T);
