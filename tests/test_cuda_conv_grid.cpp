@@ -15,12 +15,6 @@
 #include "kernels/cuda/conv.cuh"
 #include "tests/test_util.h"
 
-namespace unet::kernels::cuda::testing {
-// Defined in kernels/cuda/conv.cu beside the other hooks (force_conv_tile, force_wgrad_splits): the most blocks
-// column_sums launches along y (0: CUDA's 65535).
-void force_column_sums_max_grid_y(int64_t most);
-}  // namespace unet::kernels::cuda::testing
-
 using namespace unet;
 using kernels::ConvProblem;
 
