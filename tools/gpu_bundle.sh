@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds the GPU variant here and packs it for a GPU machine that lacks our build dependencies (for example a rented
 # or shared one): the programs tools/gpu_check.sh runs, stripped, in out/gpu/bin (with COMMIT, the commit they come
-# from), and the shared libraries they need that are not part of the C/C++ runtime in out/gpu/lib.
+# from), and the shared libraries they need that are not part of the C/C++ runtime in out/gpu/lib; the same in
+# out/gpu-bundle.tar.xz (about a quarter of the size: each program carries every kernel's SASS).
 # usage: tools/gpu_bundle.sh        (environment: UNET_MARCH=x86-64-v3 CUDA_ARCHS=90 BUILD_DIR=build-gpu)
 # On the GPU machine, from a checkout of the same commit:
 #   LD_LIBRARY_PATH=$PWD/out/gpu/lib:$CUDNN_LIB tools/gpu_check.sh --bin out/gpu/bin
@@ -27,5 +28,6 @@ for p in "${programs[@]}"; do ldd "$build/$p"; done | awk '$2 == "=>" && $3 ~ /^
       *) cp -L "$lib" "$dest/lib/" ;;
     esac
   done
-du -sh "$dest"
+tar -C out -cJf out/gpu-bundle.tar.xz gpu
+du -sh "$dest" out/gpu-bundle.tar.xz
 ls "$dest/lib"
