@@ -11,12 +11,12 @@
 #include <string>
 #include <vector>
 
-#include "engine/allocator.h"
+#include "kernels/common/allocator.h"
 #include "engine/autograd.h"
 #include "engine/device.h"
 #include "engine/ops.h"
 #include "engine/optim.h"
-#include "engine/parallel.h"
+#include "kernels/common/parallel.h"
 #include "engine/random.h"
 #include "models/nnunet.h"
 #include "models/nnunet_plan.h"

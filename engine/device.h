@@ -15,7 +15,7 @@
 #include <stdexcept>
 #include <string>
 
-#include "engine/allocator.h"
+#include "kernels/common/allocator.h"
 #include "engine/tensor.h"
 #include "kernels/cuda/stream.h"
 

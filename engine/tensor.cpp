@@ -4,22 +4,11 @@
 #include <cstring>
 #include <sstream>
 
-#include "engine/allocator.h"
+#include "kernels/common/allocator.h"
 #include "engine/autograd.h"
 #include "engine/device.h"
 
 namespace unet {
-
-const char* dtype_name(DType t) {
-  switch (t) {
-    case DType::f32: return "f32";
-    case DType::f16: return "f16";
-    case DType::bf16: return "bf16";
-    case DType::i32: return "i32";
-    case DType::u8: return "u8";
-  }
-  return "?";
-}
 
 const char* device_name(Device d) {
   switch (d) {

@@ -9,7 +9,7 @@
 #include <string>
 #include <vector>
 
-#include "engine/dtype.h"
+#include "kernels/common/dtype.h"
 
 namespace unet {
 

@@ -11,7 +11,7 @@
 #include <numeric>
 #include <stdexcept>
 
-#include "engine/parallel.h"
+#include "kernels/common/parallel.h"
 #include "io/nifti.h"
 
 namespace unet::io {

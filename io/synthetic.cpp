@@ -11,7 +11,7 @@
 #include <nlohmann/json.hpp>
 #include <vector>
 
-#include "engine/parallel.h"
+#include "kernels/common/parallel.h"
 #include "engine/random.h"
 #include "io/nifti.h"
 #include "io/safetensors.h"

@@ -6,7 +6,7 @@
 #pragma once
 #include <cstdint>
 
-#include "engine/dtype.h"
+#include "kernels/common/dtype.h"
 
 namespace unet::kernels::cpu {
 

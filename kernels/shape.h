@@ -4,7 +4,7 @@
 #pragma once
 #include <cstdint>
 
-#include "engine/dtype.h"
+#include "kernels/common/dtype.h"
 
 namespace unet::kernels::cpu {
 
@@ -26,7 +26,7 @@ void upsample_nearest_forward(const UpsampleShape& s, const void* x, int64_t ele
 void upsample_nearest_backward(const UpsampleShape& s, const float* dy, float* dx);
 
 // n values from src_dtype to dst_dtype, each one of f32, f16, bf16 (f16 <-> bf16 goes through f32, which is exact
-// for the f16 or bf16 source, then rounds once). Uses the conversions of engine/dtype.h.
+// for the f16 or bf16 source, then rounds once). Uses the conversions of kernels/common/dtype.h.
 void cast(DType src_dtype, const void* src, DType dst_dtype, void* dst, int64_t n);
 
 // out[row] = the first index of the largest of x[row, 0..c) (f32, f16 or bf16). NaN counts as larger than any

@@ -27,7 +27,7 @@
 #include <vector>
 
 #include "engine/device.h"
-#include "engine/dtype.h"
+#include "kernels/common/dtype.h"
 #include "engine/random.h"
 #include "engine/tensor.h"
 #include "kernels/conv.h"

@@ -1,5 +1,5 @@
 // Autograd tape: gradient flow, accumulation on reuse, hooks, no-grad mode, memory release.
-#include "engine/allocator.h"
+#include "kernels/common/allocator.h"
 #include "engine/autograd.h"
 #include "engine/module.h"
 #include "engine/ops.h"

@@ -16,7 +16,7 @@
 #include <string>
 #include <vector>
 
-#include "engine/dtype.h"
+#include "kernels/common/dtype.h"
 #include "kernels/conv.h"
 #include "kernels/cuda/conv.cuh"
 #include "kernels/emu/emu.h"

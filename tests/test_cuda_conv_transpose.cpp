@@ -14,7 +14,7 @@
 #include <vector>
 
 #include "engine/autograd.h"
-#include "engine/dtype.h"
+#include "kernels/common/dtype.h"
 #include "engine/ops.h"
 #include "kernels/conv.h"
 #include "kernels/conv_transpose.h"

@@ -22,7 +22,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include "engine/allocator.h"
+#include "kernels/common/allocator.h"
 #include "engine/autograd.h"
 #include "engine/device.h"
 #include "engine/ops.h"

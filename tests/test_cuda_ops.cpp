@@ -383,7 +383,7 @@ std::vector<uint32_t> special_float_bits(Rng& rng, int64_t n) {
 }
 }  // namespace
 
-TEST_CASE("cuda casts between f32, f16 and bf16 equal engine/dtype.h bit for bit, NaN payloads and ties included") {
+TEST_CASE("cuda casts between f32, f16 and bf16 equal kernels/common/dtype.h bit for bit, NaN payloads and ties included") {
   Rng rng(43);
   const int64_t n = 20011;
   const std::vector<uint32_t> f32 = special_float_bits(rng, n);

@@ -1,5 +1,5 @@
 // Shape and type ops: concat_channels, upsample_nearest, cast and argmax_channels against references written
-// here, their gradients, the exactness of casts against engine/dtype.h, argmax ties and NaN, argument errors.
+// here, their gradients, the exactness of casts against kernels/common/dtype.h, argmax ties and NaN, argument errors.
 #include <cmath>
 #include <cstring>
 #include <limits>
@@ -188,7 +188,7 @@ TEST_CASE("upsample_nearest rejects a wrong number of factors and factors below 
   CHECK_THROWS_WITH_AS(ops::upsample_nearest(h, {2, 2}), doctest::Contains("f32 only"), std::invalid_argument);
 }
 
-TEST_CASE("cast to f16 and bf16 rounds exactly as engine/dtype.h, and back to f32 is exact") {
+TEST_CASE("cast to f16 and bf16 rounds exactly as kernels/common/dtype.h, and back to f32 is exact") {
   std::vector<float> v = conversion_probe_values();
   Tensor x = Tensor::from_vector({1, static_cast<int64_t>(v.size()), 1}, v);
   for (DType half : {DType::f16, DType::bf16}) {

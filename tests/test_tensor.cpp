@@ -2,7 +2,7 @@
 #include <cmath>
 #include <limits>
 
-#include "engine/allocator.h"
+#include "kernels/common/allocator.h"
 #include "engine/tensor.h"
 #include "tests/test_util.h"
 

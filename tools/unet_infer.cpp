@@ -11,7 +11,7 @@
 #include <iostream>
 
 #include "engine/device.h"
-#include "engine/parallel.h"
+#include "kernels/common/parallel.h"
 #include "engine/ops.h"
 #include "engine/sliding_window.h"
 #include "io/dataset.h"

@@ -12,11 +12,11 @@
 #include <iostream>
 #include <nlohmann/json.hpp>
 
-#include "engine/allocator.h"
+#include "kernels/common/allocator.h"
 #include "engine/device.h"
 #include "engine/ops.h"
 #include "engine/optim.h"
-#include "engine/parallel.h"
+#include "kernels/common/parallel.h"
 #include "engine/schedule.h"
 #include "io/config.h"
 #include "io/dataset.h"

@@ -27,7 +27,7 @@
 #include <memory>
 #include <stdexcept>
 
-#include "engine/dtype.h"
+#include "kernels/common/dtype.h"
 #include "engine/random.h"
 #include "kernels/cuda/conv.cuh"
 #endif

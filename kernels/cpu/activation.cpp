@@ -1,7 +1,7 @@
 // CPU activation kernels (see kernels/activation.h): branch-free selects the compiler vectorizes.
 #include "kernels/activation.h"
 
-#include "engine/parallel.h"
+#include "kernels/common/parallel.h"
 
 namespace unet::kernels::cpu {
 

@@ -3,7 +3,7 @@
 #include <cmath>
 #include <vector>
 
-#include "engine/parallel.h"
+#include "kernels/common/parallel.h"
 #include "kernels/blend.h"
 
 namespace unet::kernels::cpu {

@@ -4,7 +4,7 @@
 #include <stdexcept>
 #include <vector>
 
-#include "engine/parallel.h"
+#include "kernels/common/parallel.h"
 
 namespace unet::kernels::cpu {
 

@@ -12,7 +12,7 @@
 #include <utility>
 #include <vector>
 
-#include "engine/parallel.h"
+#include "kernels/common/parallel.h"
 
 namespace unet::kernels::cpu {
 namespace {

@@ -11,7 +11,7 @@
 #include <cmath>
 #include <vector>
 
-#include "engine/parallel.h"
+#include "kernels/common/parallel.h"
 
 namespace unet::kernels::cpu {
 namespace {

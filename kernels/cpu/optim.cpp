@@ -16,7 +16,7 @@
 #include <type_traits>
 #include <vector>
 
-#include "engine/parallel.h"
+#include "kernels/common/parallel.h"
 
 namespace unet::kernels::cpu {
 namespace {

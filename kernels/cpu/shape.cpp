@@ -8,7 +8,7 @@
 #include <string>
 #include <vector>
 
-#include "engine/parallel.h"
+#include "kernels/common/parallel.h"
 
 namespace unet::kernels::cpu {
 

@@ -18,7 +18,7 @@
 //   wgrad  M = K,       N = T*R*S*C, K = N*Z*P*Q   (split-K over pixels, partials summed in a fixed order)
 // Every result is deterministic: no float atomics; the same inputs give the same bits on every run and schedule.
 #pragma once
-#include "engine/dtype.h"
+#include "kernels/common/dtype.h"
 #include "kernels/conv.h"  // ConvProblem (plain C++, no CUDA)
 #include "kernels/cuda/stream.h"
 

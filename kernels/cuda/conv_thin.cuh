@@ -3,7 +3,7 @@
 // conv_wgrad in kernels/cuda/conv.cuh, which dispatch here when conv_thin_applies(p); dgrad is not needed (the first
 // layer's input takes no gradient) and stays with conv_dgrad.
 #pragma once
-#include "engine/dtype.h"
+#include "kernels/common/dtype.h"
 #include "kernels/conv.h"  // ConvProblem (plain C++, no CUDA)
 #include "kernels/cuda/stream.h"
 

@@ -4,7 +4,7 @@
 // bias, dw and dbias are f32 (fp32 master weights; the caller passes weights already cast to dt). Deterministic: no
 // float atomics, fixed-order reductions.
 #pragma once
-#include "engine/dtype.h"
+#include "kernels/common/dtype.h"
 #include "kernels/conv_transpose.h"  // ConvTransposeShape (plain C++, no CUDA)
 #include "kernels/cuda/stream.h"
 

@@ -9,7 +9,7 @@
 #include <stdexcept>
 #include <string>
 
-#include "engine/dtype.h"
+#include "kernels/common/dtype.h"
 
 #if UNET_EMULATED
 #define UNET_UNROLL _Pragma("GCC unroll 16")

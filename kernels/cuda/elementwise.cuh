@@ -3,7 +3,7 @@
 #pragma once
 #include <cstdint>
 
-#include "engine/dtype.h"
+#include "kernels/common/dtype.h"
 #include "kernels/cuda/stream.h"
 
 namespace unet::kernels::cuda {

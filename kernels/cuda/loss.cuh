@@ -7,7 +7,7 @@
 #include <cstddef>
 #include <cstdint>
 
-#include "engine/dtype.h"
+#include "kernels/common/dtype.h"
 #include "kernels/cuda/stream.h"
 
 namespace unet::kernels::cuda {

@@ -62,7 +62,7 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
-// The conversions of engine/dtype.h, bit for bit. CUDA's __float2half_rn / __float2bfloat16_rn round the same way
+// The conversions of kernels/common/dtype.h, bit for bit. CUDA's __float2half_rn / __float2bfloat16_rn round the same way
 // but return a canonical NaN, where the CPU keeps the payload (quietened); these keep the CPU's bits.
 __device__ uint16_t float_to_bf16_bits(float f) {
   uint32_t u = __float_as_uint(f);

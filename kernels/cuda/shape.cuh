@@ -5,7 +5,7 @@
 #pragma once
 #include <cstdint>
 
-#include "engine/dtype.h"
+#include "kernels/common/dtype.h"
 #include "kernels/cuda/stream.h"
 #include "kernels/shape.h"  // UpsampleShape (plain C++, no CUDA)
 
@@ -26,7 +26,7 @@ void upsample_nearest_forward(const UpsampleShape& s, const void* x, int64_t ele
 // dx[n, z, p, q, :] = sum over the fd*fh*fw block of dy, in (a, b, e) order as the CPU (f32).
 void upsample_nearest_backward(const UpsampleShape& s, const float* dy, float* dx, cudaStream_t stream);
 
-// n values between f32, f16 and bf16, rounding to nearest even exactly as engine/dtype.h (NaN payloads included).
+// n values between f32, f16 and bf16, rounding to nearest even exactly as kernels/common/dtype.h (NaN payloads included).
 void cast(DType src_dtype, const void* src, DType dst_dtype, void* dst, int64_t n, cudaStream_t stream);
 
 // out[row] = the first index of the largest of x[row, 0..c); NaN counts as larger than any number.

@@ -20,7 +20,16 @@ inline size_t dtype_size(DType t) {
   return 0;
 }
 
-const char* dtype_name(DType t);
+inline const char* dtype_name(DType t) {
+  switch (t) {
+    case DType::f32: return "f32";
+    case DType::f16: return "f16";
+    case DType::bf16: return "bf16";
+    case DType::i32: return "i32";
+    case DType::u8: return "u8";
+  }
+  return "?";
+}
 
 inline uint32_t float_bits(float f) {
   uint32_t u;

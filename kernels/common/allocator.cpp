@@ -1,6 +1,6 @@
 // Host allocator: size classes rounded up to 64 bytes (small) or to 1/8 of the power of two (large), so that
 // slightly different sizes share blocks without wasting more than 12.5%.
-#include "engine/allocator.h"
+#include "kernels/common/allocator.h"
 
 #include <cstdlib>
 #include <map>
