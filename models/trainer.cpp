@@ -1,8 +1,21 @@
-// Training step and validation helpers for the DynUNet.
+// Training step and validation helpers for the DynUNet, and the Trainer that runs a whole training.
 #include "models/trainer.h"
 
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+
 #include "engine/autograd.h"
+#include "engine/device.h"
 #include "engine/ops.h"
+#include "engine/schedule.h"
+#include "io/safetensors.h"
+#include "kernels/common/allocator.h"
+#include "kernels/common/parallel.h"
+#include "models/nnunet_plan.h"
 
 namespace unet::models {
 
@@ -43,6 +56,203 @@ Tensor predict_volume(const DynUNet& net, const Tensor& image, const SlidingWind
 
 Tensor segment_volume(const DynUNet& net, const Tensor& image, const SlidingWindowOptions& options) {
   return ops::argmax_channels(predict_volume(net, image, options));
+}
+
+}  // namespace unet::models
+
+// ---- Trainer ----
+
+namespace unet::models {
+namespace {
+
+std::unique_ptr<Optimizer> make_optimizer(const TrainerOptions& o, const std::vector<Tensor>& params) {
+  if (o.optimizer == "sgd") {
+    SgdOptions so;
+    so.lr = o.lr;
+    so.weight_decay = o.weight_decay;
+    so.momentum = o.momentum;
+    so.nesterov = o.nesterov;
+    return std::make_unique<SGD>(params, so);
+  }
+  AdamOptions ao;
+  ao.lr = o.lr;
+  ao.weight_decay = o.weight_decay;
+  if (o.optimizer == "adam") return std::make_unique<Adam>(params, ao);
+  if (o.optimizer == "adamw") return std::make_unique<AdamW>(params, ao);
+  throw TrainerOptionError("train.optimizer = " + o.optimizer + ": expected adamw, adam or sgd");
+}
+
+double mean(const std::vector<double>& v) {
+  double s = 0;
+  for (double x : v) s += x;
+  return v.empty() ? 0 : s / static_cast<double>(v.size());
+}
+
+// The median spacing of the training cases, per axis (nnU-Net's target spacing).
+std::vector<double> median_spacing(const std::vector<io::Case>& cases, const std::vector<size_t>& which) {
+  std::vector<double> spacing(3, 0.0);
+  for (int a = 0; a < 3; ++a) {
+    std::vector<double> v;
+    for (size_t i : which) v.push_back(cases[i].spacing[a]);
+    std::sort(v.begin(), v.end());
+    spacing[a] = v[v.size() / 2];
+  }
+  return spacing;
+}
+
+}  // namespace
+
+struct Trainer::State {
+  TrainerOptions o;
+  std::FILE* out;
+  io::DatasetInfo info;
+  io::FoldSplit split;
+  std::vector<io::Case> cases;
+  ModelCard card;
+  std::unique_ptr<DynUNet> net;
+  std::unique_ptr<Optimizer> opt;
+  SlidingWindowOptions sw;
+  std::filesystem::path dir;
+
+  std::vector<double> validate() const {
+    DiceCounts counts;
+    for (size_t i : split.val) counts.add(segment_volume(*net, cases[i].image, sw), cases[i].label, info.num_classes());
+    return counts.dice();
+  }
+
+  void save(int64_t step) const {
+    save_weights((dir / "model.safetensors").string(), *net, card_to_metadata(card));
+    io::write_safetensors((dir / "model.state.safetensors").string(), opt->state(),
+                          {{"step", std::to_string(step)}, {"seed", std::to_string(o.seed)}, {"optimizer", opt->name()},
+                           {"config", o.config_text}});
+  }
+};
+
+Trainer::Trainer(TrainerOptions options, std::FILE* out) : s_(std::make_unique<State>()) {
+  State& s = *s_;
+  s.o = std::move(options);
+  s.out = out;
+  const TrainerOptions& o = s.o;
+  std::fprintf(out, "unet_train: %s on the %s backend (%d host threads)\n", o.dataset.c_str(), device_name(o.device),
+               num_threads());
+
+  // Data: every case loaded once; normalisation planned on the training cases of the fold.
+  s.info = io::read_msd_dataset(o.dataset);
+  const size_t n = s.info.training.size();
+  if (n < 2 && o.folds > 1)
+    throw TrainerOptionError("data.folds: " + s.info.json_path + " lists " + std::to_string(n) + " case(s); set data.folds = 1");
+  if (o.folds == 1) {
+    for (size_t i = 0; i < n; ++i) s.split.train.push_back(i);
+  } else {
+    s.split = io::kfold_split(n, o.fold, o.folds);
+  }
+  for (size_t i = 0; i < n; ++i) s.cases.push_back(io::load_case(s.info, i));
+  std::vector<io::Case> train_cases;
+  for (size_t i : s.split.train) train_cases.push_back(s.cases[i]);
+  const io::NormalizationPlan norm = io::plan_normalization(s.info, train_cases);
+  train_cases.clear();
+  for (auto& k : s.cases) {
+    io::normalize_image(k.image, norm);
+    io::pad_case_to(k, o.sampling.patch);
+  }
+
+  // Model from the nnU-Net plan rule (median spacing of the training cases).
+  const std::vector<int> patch(o.sampling.patch.begin(), o.sampling.patch.end());
+  const std::vector<double> spacing = median_spacing(s.cases, s.split.train);
+  const UNetPlan plan = plan_unet(patch, spacing, o.depth);
+  ModelCard& card = s.card;
+  card.net = {s.info.num_channels(), s.info.num_classes(), plan.kernels, plan.strides, {}};
+  for (size_t i = 0; i < plan.kernels.size(); ++i)
+    card.net.filters.push_back(std::min(o.filters << i, o.max_filters));
+  card.net.deep_supervision = o.deep_supervision && plan.kernels.size() >= 4;
+  card.net.res_block = o.res_block;
+  card.patch = patch;
+  card.spacing = spacing;
+  card.normalization = norm;
+  for (size_t k = 0; k < s.info.labels.size(); ++k) card.labels[static_cast<int>(k)] = s.info.labels[k];
+  s.net = std::make_unique<DynUNet>(card.net);
+  s.net->initialize(o.seed);
+  s.net->to(o.device);  // before the optimizer, which creates its state on the parameters' device
+  s.opt = make_optimizer(o, s.net->parameters());
+
+  s.sw.patch = patch;
+  s.sw.overlap = o.overlap;
+  s.sw.blend = o.blend;
+  s.dir = o.output_dir;
+  std::fprintf(out, "unet_train: %zu training / %zu validation cases (fold %d of %d), patch %ldx%ldx%ld, %lld parameters, %zu levels\n",
+               s.split.train.size(), s.split.val.size(), o.fold, o.folds, static_cast<long>(patch[0]),
+               static_cast<long>(patch[1]), static_cast<long>(patch[2]), static_cast<long long>(s.net->parameter_count()),
+               plan.kernels.size());
+}
+
+Trainer::~Trainer() = default;
+
+const ModelCard& Trainer::card() const { return s_->card; }
+
+void Trainer::run() {
+  State& s = *s_;
+  const TrainerOptions& o = s.o;
+  namespace fs = std::filesystem;
+  fs::create_directories(s.dir);
+  io::write_file_atomically((s.dir / "config.ini").string(), o.config_text);
+  std::ofstream log(s.dir / "log.jsonl", std::ios::trunc);
+  if (!log) throw std::runtime_error((s.dir / "log.jsonl").string() + ": cannot write the training log");
+
+  LrSchedule schedule{o.scheduler, o.lr, o.steps, o.warmup_steps};
+  io::PatchSamplerOptions so = o.sampling;
+  so.seed = o.seed;
+  io::PatchSampler sampler(s.cases, s.split.train, so);
+
+  using clock = std::chrono::steady_clock;
+  auto start = clock::now(), last = start;
+  const int64_t log_every = std::max<int64_t>(1, o.log_every);
+  double loss_acc = 0;
+  int loss_n = 0;
+  HostAllocator::instance().reset_peak();
+  device::reset_peak(o.device);
+  for (int64_t step = 0; step < o.steps; ++step) {
+    s.opt->set_lr(schedule.at(step));
+    io::PatchBatch batch = sampler.next();
+    StepStats st = train_step(*s.net, *s.opt, batch.image.to(o.device), batch.label.to(o.device));
+    if (!std::isfinite(st.loss))
+      throw std::runtime_error("training diverged at step " + std::to_string(step + 1) + " (loss is not finite)");
+    loss_acc += st.loss;
+    ++loss_n;
+    if ((step + 1) % log_every == 0 || step + 1 == o.steps) {
+      const double dt = std::chrono::duration<double>(clock::now() - last).count();
+      last = clock::now();
+      const double sps = loss_n * so.batch / dt;
+      nlohmann::json line = {{"step", step + 1}, {"loss", loss_acc / loss_n}, {"dice_loss", st.dice_loss}, {"ce", st.ce},
+                             {"lr", s.opt->lr()}, {"samples_per_s", sps},
+                             {"peak_memory_mb", HostAllocator::instance().stats().peak_bytes / 1048576.0}};
+      // Tensors on a GPU (or the emulated one) are not in the host's figure: the device's peak beside it.
+      if (o.device != Device::cpu) line["device_peak_memory_mb"] = device::memory_stats(o.device).peak_bytes / 1048576.0;
+      log << line.dump() << "\n" << std::flush;
+      std::fprintf(s.out, "step %6ld/%ld  loss %.4f  %.2f samples/s  %.0f s\n", static_cast<long>(step + 1),
+                   static_cast<long>(o.steps), loss_acc / loss_n, sps,
+                   std::chrono::duration<double>(clock::now() - start).count());
+      std::fflush(s.out);
+      loss_acc = 0;
+      loss_n = 0;
+    }
+    if (o.val_every > 0 && (step + 1) % o.val_every == 0 && step + 1 < o.steps && !s.split.val.empty()) {
+      const std::vector<double> d = s.validate();
+      log << nlohmann::json{{"step", step + 1}, {"val_dice", d}, {"val_mean_dice", mean(d)}}.dump() << "\n" << std::flush;
+      std::fprintf(s.out, "validation at step %ld: mean Dice %.4f\n", static_cast<long>(step + 1), mean(d));
+      s.save(step + 1);
+    }
+  }
+  s.save(o.steps);
+  nlohmann::json result = {{"steps", o.steps}, {"train_seconds", std::chrono::duration<double>(clock::now() - start).count()}};
+  if (!s.split.val.empty()) {
+    const std::vector<double> d = s.validate();
+    result["val_dice"] = d;
+    result["val_mean_dice"] = mean(d);
+    log << nlohmann::json{{"step", o.steps}, {"val_dice", d}, {"val_mean_dice", mean(d)}}.dump() << "\n";
+    std::fprintf(s.out, "validation (fold %d, %zu cases): mean Dice %.4f\n", o.fold, s.split.val.size(), mean(d));
+  }
+  io::write_file_atomically((s.dir / "validation.json").string(), result.dump(2) + "\n");
+  std::fprintf(s.out, "unet_train: wrote %s\n", (s.dir / "model.safetensors").string().c_str());
 }
 
 }  // namespace unet::models
