@@ -1,6 +1,8 @@
 // NIfTI reading and writing on top of nifticlib (libnifti2, which reads and writes both NIfTI-1 and NIfTI-2).
 #include "io/nifti.h"
 
+#include "io/atomic_file.h"
+
 #include <nifti2_io.h>
 #include <unistd.h>
 
@@ -198,24 +200,16 @@ void write_nifti(const std::string& path, const Tensor& data, const NiftiVolume&
 
   namespace fs = std::filesystem;
   fs::path target(path);
-  fs::path tmp = target.parent_path() / (".tmp" + std::to_string(::getpid()) + "." + target.filename().string());
   if (!target.parent_path().empty() && !fs::is_directory(target.parent_path()))
     fail(path, "output directory " + target.parent_path().string() + " does not exist");
-  write_single_file(tmp.string(), nim.get(), nifti_type == NIFTI_FTYPE_NIFTI2_1, ends_with(path, ".gz"));
+  AtomicFile file(path);
+  write_single_file(file.temp_path(), nim.get(), nifti_type == NIFTI_FTYPE_NIFTI2_1, ends_with(path, ".gz"));
   // nifticlib reports write errors only on stderr: verify the file by reading its header back.
-  nifti_image* check = nifti_image_read(tmp.c_str(), 0);
+  nifti_image* check = nifti_image_read(file.temp_path().c_str(), 0);
   bool ok = check && check->nx == nx && check->ny == ny && check->nz == nz && check->datatype == datatype;
   if (check) nifti_image_free(check);
-  std::error_code ec;
-  if (!ok) {
-    fs::remove(tmp, ec);
-    fail(path, "writing the NIfTI file failed");
-  }
-  fs::rename(tmp, target, ec);
-  if (ec) {
-    fs::remove(tmp, ec);
-    fail(path, "cannot rename the temporary file into place: " + ec.message());
-  }
+  if (!ok) fail(path, "writing the NIfTI file failed");
+  file.commit();
 }
 
 NiftiVolume make_nifti_like(const Shape& shape, const std::array<double, 3>& spacing_zyx) {

@@ -43,32 +43,6 @@ const Tensor& SafetensorsContent::get(const std::string& name) const {
   throw std::runtime_error("checkpoint has no tensor '" + name + "'");
 }
 
-void write_file_atomically(const std::string& path, const std::string& bytes) {
-  namespace fs = std::filesystem;
-  fs::path target(path);
-  // (built with append: GCC 12 warns falsely about "literal" + std::string temporaries, its bug 105329)
-  std::string tmp_name = target.filename().string();
-  tmp_name.insert(0, 1, '.').append(".tmp").append(std::to_string(::getpid()));
-  fs::path tmp = target.parent_path() / tmp_name;
-  {
-    std::ofstream f(tmp, std::ios::binary | std::ios::trunc);
-    if (!f) throw std::runtime_error(path + ": cannot create " + tmp.string());
-    f.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
-    f.flush();
-    if (!f) {
-      std::error_code ec;
-      fs::remove(tmp, ec);
-      throw std::runtime_error(path + ": write failed (disk full?)");
-    }
-  }
-  std::error_code ec;
-  fs::rename(tmp, target, ec);
-  if (ec) {
-    fs::remove(tmp, ec);
-    throw std::runtime_error(path + ": cannot rename temporary file into place: " + ec.message());
-  }
-}
-
 void write_safetensors(const std::string& path, const NamedTensors& tensors, const Metadata& metadata) {
   json header = json::object();
   if (!metadata.empty()) header["__metadata__"] = metadata;

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "engine/tensor.h"
+#include "io/atomic_file.h"  // write_file_atomically, used with these files
 
 namespace unet::io {
 
@@ -23,9 +24,5 @@ struct SafetensorsContent {
 
 void write_safetensors(const std::string& path, const NamedTensors& tensors, const Metadata& metadata = {});
 SafetensorsContent read_safetensors(const std::string& path);
-
-// Writes `bytes` to path through a temporary file in the same directory and a rename, so a crash never leaves a
-// half-written file under the final name. Throws std::runtime_error naming the path.
-void write_file_atomically(const std::string& path, const std::string& bytes);
 
 }  // namespace unet::io

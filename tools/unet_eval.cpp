@@ -10,15 +10,14 @@
 #include "engine/metrics.h"
 #include "io/nifti.h"
 #include "io/safetensors.h"
+#include "tools/tool_main.h"
 
 using namespace unet;
 namespace fs = std::filesystem;
 
-namespace {
-struct UsageError : std::runtime_error {
-  using std::runtime_error::runtime_error;
-};
+using unet::tools::UsageError;
 
+namespace {
 Tensor as_labels(const io::NiftiVolume& v) {
   Tensor t = Tensor::empty({v.data.dim(0), v.data.dim(1), v.data.dim(2)}, DType::i32);
   const float* s = v.data.data<float>();
@@ -40,15 +39,8 @@ int main(int argc, char** argv) {
   app.add_option("--label", label_dir, "directory of reference label maps")->required();
   app.add_option("--classes", classes, "number of classes including background (default: largest label + 1)");
   app.add_option("--json", json_path, "write the results as JSON to this file (default: PRED/dice.json)");
-  try {
-    app.parse(argc, argv);
-  } catch (const CLI::CallForHelp& e) {
-    return app.exit(e);
-  } catch (const CLI::ParseError& e) {
-    std::fprintf(stderr, "unet_eval: %s\nRun with --help for usage.\n", e.what());
-    return 2;
-  }
-  try {
+  if (auto status = unet::tools::parse_command_line(app, argc, argv, "unet_eval")) return *status;
+  return unet::tools::run_tool("unet_eval", [&] {
     for (auto* d : {&pred_dir, &label_dir})
       if (!fs::is_directory(*d)) throw UsageError(*d + ": not a directory");
     std::vector<fs::path> preds;
@@ -101,11 +93,5 @@ int main(int argc, char** argv) {
     io::write_file_atomically(out, result.dump(2) + "\n");
     std::printf("mean Dice over %zu cases and %d foreground classes: %.4f\n", pairs.size(), classes - 1, overall);
     return 0;
-  } catch (const UsageError& e) {
-    std::fprintf(stderr, "unet_eval: %s\n", e.what());
-    return 2;
-  } catch (const std::exception& e) {
-    std::fprintf(stderr, "unet_eval: error: %s\n", e.what());
-    return 1;
-  }
+  });
 }

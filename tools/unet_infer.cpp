@@ -1,32 +1,27 @@
-// unet_infer: segments NIfTI volumes with a trained checkpoint by sliding-window inference (SPEC 5, 6).
+// unet_infer: segments NIfTI volumes with a trained checkpoint by sliding-window inference (SPEC 5, 6): the command
+// line, files and directories; the pipeline itself is models::Predictor (models/predictor.h).
 // usage: unet_infer --model CKPT --input FILE|DIR --output FILE|DIR [--overlap F] [--blend gaussian|constant] [--tta]
 //                   [--precision fp32|tf32] [--device auto|cpu|cuda|cuda-emu] [--save-probabilities] [--batch N]
 // Each output label map (uint8) is written with its input's header; with --save-probabilities the per-class
 // softmax (float32, 4D) goes beside it as NAME_probabilities.nii.gz. Exit status 0 / 2 (usage) / 1 (runtime).
-#include <CLI/CLI.hpp>
+#include <algorithm>
 #include <chrono>
-#include <cmath>
 #include <cstdio>
 #include <filesystem>
 #include <iostream>
 
 #include "engine/device.h"
-#include "kernels/common/parallel.h"
 #include "engine/ops.h"
-#include "engine/sliding_window.h"
-#include "io/dataset.h"
 #include "io/nifti.h"
-#include "models/checkpoint.h"
-#include "models/trainer.h"
+#include "kernels/common/parallel.h"
+#include "models/predictor.h"
+#include "tools/tool_main.h"
 
 using namespace unet;
+using tools::UsageError;
 namespace fs = std::filesystem;
 
 namespace {
-
-struct UsageError : std::runtime_error {
-  using std::runtime_error::runtime_error;
-};
 
 bool is_nifti(const fs::path& p) {
   std::string s = p.filename().string();
@@ -59,15 +54,8 @@ int main(int argc, char** argv) {
   app.add_option("--device", device, "auto, cpu, cuda or cuda-emu (the CUDA kernels under the CPU emulator)")->capture_default_str();
   app.add_flag("--save-probabilities", save_probabilities, "also write the per-class probabilities (float32)");
   app.add_option("--batch", batch, "windows per forward pass")->capture_default_str();
-  try {
-    app.parse(argc, argv);
-  } catch (const CLI::CallForHelp& e) {
-    return app.exit(e);
-  } catch (const CLI::ParseError& e) {
-    std::fprintf(stderr, "unet_infer: %s\nRun with --help for usage.\n", e.what());
-    return 2;
-  }
-  try {
+  if (auto status = tools::parse_command_line(app, argc, argv, "unet_infer")) return *status;
+  return tools::run_tool("unet_infer", [&] {
     if (blend != "gaussian" && blend != "constant") throw UsageError("--blend '" + blend + "': expected gaussian or constant");
     if (!(overlap >= 0 && overlap < 1)) throw UsageError("--overlap " + std::to_string(overlap) + ": expected a value in [0, 1)");
     if (precision != "fp32" && precision != "tf32")
@@ -102,53 +90,29 @@ int main(int argc, char** argv) {
       jobs.emplace_back(input, out);
     }
 
-    io::SafetensorsContent weights = models::read_weights(model_path);
-    models::ModelCard card = models::card_from_metadata(weights.metadata, model_path);
-    card.net.deep_supervision = false;  // heads are for training only
-    models::DynUNet net(card.net);
-    models::load_weights(weights, net, model_path);
-    net.to(dev);
-    SlidingWindowOptions sw;
-    sw.patch = card.patch;
-    sw.overlap = overlap;
-    sw.blend = blend == "constant" ? Blend::constant : Blend::gaussian;
-    sw.tta = tta;
-    sw.batch_size = batch;
+    models::PredictorOptions po;
+    po.overlap = overlap;
+    po.blend = blend == "constant" ? Blend::constant : Blend::gaussian;
+    po.tta = tta;
+    po.batch = batch;
+    po.device = dev;
+    const models::Predictor predictor(model_path, po);
     std::printf("unet_infer: %zu volume(s) on the %s backend (%d host threads)\n", jobs.size(), device_name(dev),
                 num_threads());
 
     for (auto& [in, out] : jobs) {
       auto t0 = std::chrono::steady_clock::now();
       io::NiftiVolume vol = io::read_nifti(in.string());
-      if (vol.data.dim(-1) != card.net.in_channels)
-        throw std::runtime_error(in.string() + ": has " + std::to_string(vol.data.dim(-1)) + " channel(s), the model expects " +
-                                 std::to_string(card.net.in_channels));
-      auto spacing = vol.spacing();
-      for (int a = 0; a < 3; ++a)
-        if (card.spacing.size() == 3 && std::abs(spacing[a] - card.spacing[a]) > 0.01 * card.spacing[a]) {
-          std::fprintf(stderr, "unet_infer: warning: %s has spacing %.3g,%.3g,%.3g mm (z,y,x), the model was trained at "
-                               "%.3g,%.3g,%.3g; resampling is not implemented yet, so results may be worse\n",
-                       in.string().c_str(), spacing[0], spacing[1], spacing[2], card.spacing[0], card.spacing[1], card.spacing[2]);
-          break;
-        }
-      Tensor image = vol.data.clone();
-      io::normalize_image(image, card.normalization);
-      Tensor logits = models::predict_volume(net, image, sw);
-      Tensor labels = ops::argmax_channels(logits);
-      Tensor labels_u8 = Tensor::empty(labels.shape(), DType::u8);
-      for (int64_t i = 0; i < labels.numel(); ++i) labels_u8.data<uint8_t>()[i] = static_cast<uint8_t>(labels.data<int32_t>()[i]);
-      io::write_nifti(out.string(), labels_u8, vol);
+      std::string warning;
+      const models::Segmentation seg = predictor.segment(vol, in.string(), &warning);
+      if (!warning.empty()) std::fprintf(stderr, "unet_infer: warning: %s\n", warning.c_str());
+      io::write_nifti(out.string(), seg.labels, vol);
       if (save_probabilities)
-        io::write_nifti((out.parent_path() / (stem_of(out) + "_probabilities.nii.gz")).string(), softmax_channels(logits), vol);
+        io::write_nifti((out.parent_path() / (stem_of(out) + "_probabilities.nii.gz")).string(),
+                        softmax_channels(seg.logits), vol);
       std::printf("%s -> %s (%.1f s)\n", in.string().c_str(), out.string().c_str(),
                   std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
     }
     return 0;
-  } catch (const UsageError& e) {
-    std::fprintf(stderr, "unet_infer: %s\n", e.what());
-    return 2;
-  } catch (const std::exception& e) {
-    std::fprintf(stderr, "unet_infer: error: %s\n", e.what());
-    return 1;
-  }
+  });
 }

@@ -11,6 +11,7 @@
 #include "bench/lib/conv_roofline.h"
 #include "bench/lib/selftest.h"
 #include "engine/device.h"
+#include "tools/tool_main.h"
 
 using namespace unet;
 
@@ -26,15 +27,8 @@ int main(int argc, char** argv) {
   app.add_flag("--no-bench", no_bench, "skip the benchmark after the checks on --device cuda");
   app.add_option("--perturb", perturb,
                  "testing the self-test: change one device value of every check whose op contains this text");
-  try {
-    app.parse(argc, argv);
-  } catch (const CLI::CallForHelp& e) {
-    return app.exit(e);
-  } catch (const CLI::ParseError& e) {
-    std::fprintf(stderr, "unet_selftest: %s\nRun with --help for usage.\n", e.what());
-    return 2;
-  }
-  try {
+  if (auto status = tools::parse_command_line(app, argc, argv, "unet_selftest")) return *status;
+  return tools::run_tool("unet_selftest", [&] {
     const Device d = device::resolve_device(device_name, nullptr);
     std::printf("unet_selftest: CUDA kernels on %s against the CPU backend%s\n\n", device_name.c_str(),
                 quick ? " (quick)" : "");
@@ -49,8 +43,7 @@ int main(int argc, char** argv) {
     if (!perturb.empty() && std::none_of(rows.begin(), rows.end(), [&](const bench::SelftestRow& r) {
           return r.op.find(perturb) != std::string::npos;
         })) {
-      std::fprintf(stderr, "unet_selftest: --perturb '%s' matches no check\n", perturb.c_str());
-      return 2;
+      throw tools::UsageError("--perturb '" + perturb + "' matches no check");
     }
     int bench_status = 0;
     if (d == Device::cuda && !no_bench) {
@@ -61,8 +54,5 @@ int main(int argc, char** argv) {
     }
     std::fflush(stdout);
     return failed || bench_status ? 1 : 0;
-  } catch (const std::exception& e) {
-    std::fprintf(stderr, "unet_selftest: %s\n", e.what());
-    return 1;
-  }
+  });
 }

@@ -6,6 +6,7 @@
 #include <sstream>
 
 #include "io/synthetic.h"
+#include "tools/tool_main.h"
 
 namespace {
 
@@ -49,15 +50,8 @@ int main(int argc, char** argv) {
   app.add_option("--classes", o.classes, "label classes including background")->capture_default_str();
   app.add_option("--seed", o.seed, "random seed")->capture_default_str();
   app.add_flag("--overwrite", o.overwrite, "replace an existing dataset in --output");
-  try {
-    app.parse(argc, argv);
-  } catch (const CLI::CallForHelp& e) {
-    return app.exit(e);
-  } catch (const CLI::ParseError& e) {
-    std::fprintf(stderr, "unet_synth: %s\nRun with --help for usage.\n", e.what());
-    return 2;
-  }
-  try {
+  if (auto status = unet::tools::parse_command_line(app, argc, argv, "unet_synth")) return *status;
+  return unet::tools::run_tool("unet_synth", [&] {
     o.size = parse_triple<int64_t>(size, "--size");
     o.spacing = parse_triple<double>(spacing, "--spacing");
     auto start = std::chrono::steady_clock::now();
@@ -66,11 +60,5 @@ int main(int argc, char** argv) {
     std::printf("unet_synth: wrote %d training and %d test cases to %s in %.1f s\n", o.train, o.test, o.output.c_str(),
                 seconds);
     return 0;
-  } catch (const unet::io::SynthOptionsError& e) {
-    std::fprintf(stderr, "unet_synth: %s\n", e.what());
-    return 2;
-  } catch (const std::exception& e) {
-    std::fprintf(stderr, "unet_synth: error: %s\n", e.what());
-    return 1;
-  }
+  });
 }

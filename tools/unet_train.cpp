@@ -13,10 +13,13 @@
 #include "io/config.h"
 #include "kernels/common/parallel.h"
 #include "models/trainer.h"
+#include "tools/tool_main.h"
 
 using namespace unet;
 using io::ConfigKey;
 using io::KeyType;
+
+using unet::tools::UsageError;
 
 namespace {
 
@@ -53,10 +56,6 @@ io::Config make_config() {
       {"runtime", "tf32", KeyType::boolean, "false", "f32 convolutions on TF32 tensor cores (CUDA devices only)"},
   });
 }
-
-struct UsageError : std::runtime_error {
-  using std::runtime_error::runtime_error;
-};
 
 // The configuration's values, checked, as the Trainer's options.
 models::TrainerOptions trainer_options(const io::Config& c) {
@@ -128,34 +127,15 @@ int main(int argc, char** argv) {
   app.add_option("config", path, "INI configuration file");
   app.add_option("--set", overrides, "override a key: section.key=value (repeatable)");
   app.add_flag("--help-config", help_config, "list every configuration key with its default");
-  try {
-    app.parse(argc, argv);
-  } catch (const CLI::CallForHelp& e) {
-    return app.exit(e);
-  } catch (const CLI::ParseError& e) {
-    std::fprintf(stderr, "unet_train: %s\nRun with --help for usage.\n", e.what());
-    return 2;
-  }
+  if (auto status = unet::tools::parse_command_line(app, argc, argv, "unet_train")) return *status;
   if (help_config) {
     std::printf("%s", config.help_text().c_str());
     return 0;
   }
-  try {
+  return unet::tools::run_tool("unet_train", [&] {
     if (path.empty()) throw UsageError("missing CONFIG.ini (run with --help)");
     config.load_file(path);
     for (auto& o : overrides) config.apply_override(o);
     return run(config);
-  } catch (const io::ConfigError& e) {
-    std::fprintf(stderr, "unet_train: %s\n", e.what());
-    return 2;
-  } catch (const UsageError& e) {
-    std::fprintf(stderr, "unet_train: %s\n", e.what());
-    return 2;
-  } catch (const models::TrainerOptionError& e) {
-    std::fprintf(stderr, "unet_train: %s\n", e.what());
-    return 2;
-  } catch (const std::exception& e) {
-    std::fprintf(stderr, "unet_train: error: %s\n", e.what());
-    return 1;
-  }
+  });
 }
