@@ -3,7 +3,7 @@
 
 #include <unordered_map>
 
-#include "engine/ops/dispatch.h"
+#include "engine/backend.h"
 
 namespace unet::autograd {
 namespace {
@@ -62,7 +62,7 @@ void accumulate(std::shared_ptr<TensorImpl>& grad, const Tensor& g) {
   bool exclusive = grad.use_count() == 1 && acc.impl().storage.use_count() == 1;
   Tensor out = exclusive ? acc : Tensor::empty(acc.shape(), acc.dtype(), acc.device());
   check_arg(acc.device() == g.device(), "gradient accumulation: " + acc.describe() + " += " + g.describe());
-  ops::detail::add_into(acc, g, out);
+  backend::add_into(acc, g, out);
   grad = out.impl_ptr();
 }
 

@@ -6,7 +6,7 @@
 #include <set>
 
 #include "engine/device.h"
-#include "engine/ops/dispatch.h"
+#include "engine/backend.h"
 #include "kernels/cuda/optim.cuh"
 #include "kernels/optim.h"
 
@@ -33,7 +33,7 @@ bool cuda_step(Device d, const std::vector<Slice>& slices, Launch&& launch) {
   return nonfinite == 0;
 #else
   (void)d, (void)slices, (void)launch;
-  ops::detail::no_cuda_kernels("optimizer step");
+  backend::no_cuda_kernels("optimizer step");
 #endif
 }
 }  // namespace

@@ -4,14 +4,14 @@
 
 #include "engine/autograd.h"
 #include "engine/ops.h"
-#include "engine/ops/dispatch.h"
+#include "engine/backend.h"
 #include "kernels/activation.h"
 #include "kernels/cuda/activation.cuh"
 
 namespace unet::ops {
 
-using detail::on_cuda;
-using detail::stream;
+using backend::on_cuda;
+using backend::stream;
 
 static void check_activation_input(const Tensor& x, const char* op) {
   check_arg(x.defined(), std::string(op) + ": undefined input");

@@ -5,7 +5,7 @@
 
 #include "engine/autograd.h"
 #include "engine/ops.h"
-#include "engine/ops/dispatch.h"
+#include "engine/backend.h"
 #include "kernels/conv.h"
 #include "kernels/cuda/conv.cuh"
 
@@ -78,7 +78,7 @@ Tensor conv(const Tensor& x, const Tensor& w, const Tensor& bias, const std::vec
     check_arg(stride[i] >= 1, "conv: stride " + vec_str(stride) + " must be >= 1");
     check_arg(pad[i] >= 0, "conv: pad " + vec_str(pad) + " must be >= 0");
   }
-  detail::check_device("conv", x.device(), {x, w, bias});
+  backend::check_device("conv", x.device(), {x, w, bias});
   if (bias.defined()) {
     check_f32(bias, "bias");
     check_arg(
@@ -95,9 +95,9 @@ Tensor conv(const Tensor& x, const Tensor& w, const Tensor& bias, const std::vec
   const Device dev = x.device();
   Tensor y = Tensor::empty(out_shape, DType::f32, dev);
   const float* b_ptr = bias.defined() ? bias.data<float>() : nullptr;
-  if (detail::on_cuda(x))
+  if (backend::on_cuda(x))
     UNET_CUDA_KERNEL("conv", kernels::cuda::conv_fprop(p, DType::f32, x.data<float>(), w.data<float>(), b_ptr,
-                                                        y.data<float>(), nullptr, detail::stream(x)));
+                                                        y.data<float>(), nullptr, backend::stream(x)));
   else
     kernels::cpu::conv_fprop(p, x.data<float>(), w.data<float>(), b_ptr, y.data<float>());
 
@@ -115,10 +115,10 @@ Tensor conv(const Tensor& x, const Tensor& w, const Tensor& bias, const std::vec
                        if (!dy.defined()) return grads;
                        if (need_dx) {
                          grads[0] = Tensor::empty(x_shape, DType::f32, dev);
-                         if (detail::on_cuda(dy))
+                         if (backend::on_cuda(dy))
                            UNET_CUDA_KERNEL("conv", kernels::cuda::conv_dgrad(p, DType::f32, dy.data<float>(),
                                                                                saved_w.data<float>(),
-                                                                               grads[0].data<float>(), detail::stream(dy)));
+                                                                               grads[0].data<float>(), backend::stream(dy)));
                          else
                            kernels::cpu::conv_dgrad(p, dy.data<float>(), saved_w.data<float>(), grads[0].data<float>());
                        }
@@ -127,10 +127,10 @@ Tensor conv(const Tensor& x, const Tensor& w, const Tensor& bias, const std::vec
                          if (need_dw) grads[1] = Tensor::empty(w_shape, DType::f32, dev);
                          float* dw_ptr = need_dw ? grads[1].data<float>() : nullptr;
                          float* db_ptr = need_db ? db.data<float>() : nullptr;
-                         if (detail::on_cuda(dy))  // x is not read (nor saved) when dw is not wanted
+                         if (backend::on_cuda(dy))  // x is not read (nor saved) when dw is not wanted
                            UNET_CUDA_KERNEL("conv", kernels::cuda::conv_wgrad(
                                                         p, DType::f32, need_dw ? saved_x.data<float>() : nullptr,
-                                                        dy.data<float>(), dw_ptr, db_ptr, detail::stream(dy)));
+                                                        dy.data<float>(), dw_ptr, db_ptr, backend::stream(dy)));
                          else if (need_dw)
                            kernels::cpu::conv_wgrad(p, saved_x.data<float>(), dy.data<float>(), dw_ptr, db_ptr);
                          else

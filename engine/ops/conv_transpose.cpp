@@ -4,7 +4,7 @@
 #include "kernels/conv_transpose.h"
 #include "engine/autograd.h"
 #include "engine/ops.h"
-#include "engine/ops/dispatch.h"
+#include "engine/backend.h"
 #include "kernels/cuda/conv_transpose.cuh"
 
 namespace unet::ops {
@@ -13,7 +13,7 @@ Tensor conv_transpose(const Tensor& x, const Tensor& w, const Tensor& bias) {
   check_arg(x.defined() && w.defined(), "conv_transpose: undefined input or weight");
   const std::string args = "conv_transpose(x " + x.describe() + ", w " + w.describe() + ", bias " +
                            (bias.defined() ? bias.describe() : std::string("none")) + "): ";
-  detail::check_device("conv_transpose", x.device(), {x, w, bias});
+  backend::check_device("conv_transpose", x.device(), {x, w, bias});
   const Device dev = x.device();
   check_arg(x.dtype() == DType::f32 && w.dtype() == DType::f32 && (!bias.defined() || bias.dtype() == DType::f32),
             args + "all tensors must be f32 (cast first)");
@@ -42,10 +42,10 @@ Tensor conv_transpose(const Tensor& x, const Tensor& w, const Tensor& bias) {
 
   Tensor y = Tensor::empty(out_shape, DType::f32, dev);
   const float* b_ptr = bias.defined() ? bias.data<float>() : nullptr;
-  if (y.numel() > 0 && detail::on_cuda(x))
+  if (y.numel() > 0 && backend::on_cuda(x))
     UNET_CUDA_KERNEL("conv_transpose",
                      kernels::cuda::conv_transpose_fprop(s, DType::f32, x.data<float>(), w.data<float>(), b_ptr,
-                                                         y.data<float>(), detail::stream(x)));
+                                                         y.data<float>(), backend::stream(x)));
   else if (y.numel() > 0)
     kernels::cpu::conv_transpose_fprop(s, x.data<float>(), w.data<float>(), b_ptr, y.data<float>());
 
@@ -60,10 +60,10 @@ Tensor conv_transpose(const Tensor& x, const Tensor& w, const Tensor& bias) {
       Tensor dx, dw, db;
       if (need_dx) {
         dx = Tensor::empty(x_shape, DType::f32, dev);
-        if (dx.numel() > 0 && detail::on_cuda(dy))
+        if (dx.numel() > 0 && backend::on_cuda(dy))
           UNET_CUDA_KERNEL("conv_transpose",
                            kernels::cuda::conv_transpose_dgrad(s, DType::f32, dy.data<float>(), saved_w.data<float>(),
-                                                               dx.data<float>(), detail::stream(dy)));
+                                                               dx.data<float>(), backend::stream(dy)));
         else if (dx.numel() > 0)
           kernels::cpu::conv_transpose_dgrad(s, dy.data<float>(), saved_w.data<float>(), dx.data<float>());
       }
@@ -73,9 +73,9 @@ Tensor conv_transpose(const Tensor& x, const Tensor& w, const Tensor& bias) {
         const float* x_ptr = need_dw ? saved_x.data<float>() : nullptr;
         float* dw_ptr = need_dw ? dw.data<float>() : nullptr;
         float* db_ptr = need_db ? db.data<float>() : nullptr;
-        if (detail::on_cuda(dy))
+        if (backend::on_cuda(dy))
           UNET_CUDA_KERNEL("conv_transpose", kernels::cuda::conv_transpose_wgrad(s, DType::f32, x_ptr, dy.data<float>(),
-                                                                                 dw_ptr, db_ptr, detail::stream(dy)));
+                                                                                 dw_ptr, db_ptr, backend::stream(dy)));
         else
           kernels::cpu::conv_transpose_wgrad(s, x_ptr, dy.data<float>(), dw_ptr, db_ptr);
       }

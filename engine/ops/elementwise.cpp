@@ -1,36 +1,11 @@
-// Elementwise ops: add, scale, sum (used by residual blocks, loss weighting and tests), plus the shared dispatch
-// helpers of engine/ops/dispatch.h.
+// Elementwise ops: add, scale, sum (used by residual blocks, loss weighting and tests).
 #include "engine/autograd.h"
 #include "engine/ops.h"
-#include "engine/ops/dispatch.h"
+#include "engine/backend.h"
 #include "kernels/cuda/elementwise.cuh"
 #include "kernels/elementwise.h"
 
 namespace unet::ops {
-
-namespace detail {
-
-void check_device(const char* op, Device d, const std::vector<Tensor>& ts) {
-  for (const Tensor& t : ts)
-    if (t.defined() && t.device() != d) {
-      std::string all;
-      for (const Tensor& u : ts) all += (all.empty() ? "" : ", ") + u.describe();
-      throw std::invalid_argument(std::string(op) + ": all tensors must be on one device, got " + all);
-    }
-}
-
-void no_cuda_kernels(const char* op) {
-  throw std::runtime_error(std::string(op) + ": this build has no CUDA kernels (the CUDA toolkit was not found)");
-}
-
-void add_into(const Tensor& a, const Tensor& b, const Tensor& out) {
-  if (on_cuda(a))
-    UNET_CUDA_KERNEL("add", kernels::cuda::add(a.dtype(), a.raw(), b.raw(), out.raw(), a.numel(), stream(a)));
-  else
-    kernels::cpu::add(a.dtype(), a.raw(), b.raw(), out.raw(), a.numel());
-}
-
-}  // namespace detail
 
 static void check_f32(const Tensor& t, const char* op) {
   check_arg(t.defined(), std::string(op) + ": undefined input");
@@ -40,9 +15,9 @@ static void check_f32(const Tensor& t, const char* op) {
 Tensor add(const Tensor& a, const Tensor& b) {
   check_arg(a.defined() && b.defined(), "add: undefined input");
   check_arg(a.shape() == b.shape() && a.dtype() == b.dtype(), "add: " + a.describe() + " + " + b.describe());
-  detail::check_device("add", a.device(), {a, b});
+  backend::check_device("add", a.device(), {a, b});
   Tensor out = Tensor::empty(a.shape(), a.dtype(), a.device());
-  detail::add_into(a, b, out);
+  backend::add_into(a, b, out);
   if (autograd::should_record({a, b}))
     autograd::record("add", {a, b}, {out}, [](const std::vector<Tensor>& g) { return std::vector<Tensor>{g[0], g[0]}; });
   return out;
@@ -50,9 +25,9 @@ Tensor add(const Tensor& a, const Tensor& b) {
 
 static Tensor scaled(const Tensor& a, float alpha) {
   Tensor out = Tensor::empty(a.shape(), DType::f32, a.device());
-  if (detail::on_cuda(a))
+  if (backend::on_cuda(a))
     UNET_CUDA_KERNEL("scale", kernels::cuda::scale(a.data<float>(), alpha, out.data<float>(), a.numel(),
-                                                   detail::stream(a)));
+                                                   backend::stream(a)));
   else
     kernels::cpu::scale(a.data<float>(), alpha, out.data<float>(), a.numel());
   return out;

@@ -15,7 +15,7 @@
 
 #include "engine/autograd.h"
 #include "engine/ops.h"
-#include "engine/ops/dispatch.h"
+#include "engine/backend.h"
 #include "kernels/cuda/loss.cuh"
 #include "kernels/loss.h"
 
@@ -27,7 +27,7 @@ constexpr double kDiceSmooth = 1e-5;  // MONAI DiceLoss smooth_nr = smooth_dr = 
 // The forward sums on the logits' device; returns the first invalid voxel (or -1) as the CPU kernel does.
 int64_t forward_sums(const Tensor& logits, const Tensor& labels, int64_t V, int n, std::vector<double>& I,
                      std::vector<double>& P, std::vector<double>& Y, double* ce_sum, int64_t* bad_label) {
-  if (!detail::on_cuda(logits))
+  if (!backend::on_cuda(logits))
     return kernels::cpu::softmax_dice_ce_forward(logits.data<float>(), labels.raw(), labels.dtype(), V, n, I.data(),
                                                  P.data(), Y.data(), ce_sum, bad_label);
 #if UNET_HAVE_CUDA_KERNELS
@@ -42,7 +42,7 @@ int64_t forward_sums(const Tensor& logits, const Tensor& labels, int64_t V, int 
   Tensor bad = Tensor::empty({4}, DType::i32, dev);                                      // 2 int64
   kernels::cuda::softmax_dice_ce_forward(logits.data<float>(), labels.raw(), labels.dtype(), V, n, work.raw(),
                                          static_cast<double*>(sums.raw()), static_cast<int64_t*>(bad.raw()),
-                                         detail::stream(logits));
+                                         backend::stream(logits));
   std::vector<double> host(3 * static_cast<size_t>(n) + 1);
   int64_t host_bad[2] = {-1, 0};
   device::copy(host.data(), Device::cpu, sums.raw(), dev, host.size() * sizeof(double));
@@ -53,7 +53,7 @@ int64_t forward_sums(const Tensor& logits, const Tensor& labels, int64_t V, int 
   return host_bad[0];
 #else
   (void)labels, (void)V, (void)I, (void)P, (void)Y, (void)ce_sum, (void)bad_label;
-  detail::no_cuda_kernels("dice_ce_loss");
+  backend::no_cuda_kernels("dice_ce_loss");
 #endif
 }
 
@@ -61,7 +61,7 @@ int64_t forward_sums(const Tensor& logits, const Tensor& labels, int64_t V, int 
 
 Tensor dice_ce_loss(const Tensor& logits, const Tensor& labels, float* dice_out, float* ce_out) {
   check_arg(logits.defined() && labels.defined(), "dice_ce_loss: undefined input");
-  detail::check_device("dice_ce_loss", logits.device(), {logits, labels});
+  backend::check_device("dice_ce_loss", logits.device(), {logits, labels});
   check_arg(logits.dtype() == DType::f32, "dice_ce_loss: logits must be f32, got " + logits.describe());
   check_arg(logits.rank() >= 3 && logits.rank() <= 5,
             "dice_ce_loss: logits must be [N, spatial..., C] with 1 to 3 spatial axes, got " + logits.describe());
@@ -113,13 +113,13 @@ Tensor dice_ce_loss(const Tensor& logits, const Tensor& labels, float* dice_out,
                        const Device dev = logits.device();
                        const float ce_scale = static_cast<float>(go / static_cast<double>(V));
                        Tensor d = Tensor::empty(logits.shape(), DType::f32, dev);
-                       if (detail::on_cuda(logits)) {
+                       if (backend::on_cuda(logits)) {
                          // The coefficients as device memory (C floats each).
                          Tensor ad = Tensor::from_vector({n}, af).to(dev), bd = Tensor::from_vector({n}, bf).to(dev);
                          UNET_CUDA_KERNEL("dice_ce_loss", kernels::cuda::softmax_dice_ce_backward(
                                                               logits.data<float>(), labels.raw(), labels.dtype(), V, n,
                                                               ad.data<float>(), bd.data<float>(), ce_scale,
-                                                              d.data<float>(), detail::stream(logits)));
+                                                              d.data<float>(), backend::stream(logits)));
                        } else {
                          kernels::cpu::softmax_dice_ce_backward(logits.data<float>(), labels.raw(), labels.dtype(), V,
                                                                 n, af.data(), bf.data(), ce_scale, d.data<float>());

@@ -6,7 +6,7 @@
 
 #include "engine/autograd.h"
 #include "engine/ops.h"
-#include "engine/ops/dispatch.h"
+#include "engine/backend.h"
 #include "kernels/cuda/norm.cuh"
 #include "kernels/norm.h"
 
@@ -21,7 +21,7 @@ Tensor instance_norm(const Tensor& x, const Tensor& gamma, const Tensor& beta, f
     if (!t->defined()) continue;
     check_arg(t->dtype() == DType::f32, args + "all tensors must be f32 (cast first)");
   }
-  detail::check_device("instance_norm", x.device(), {x, gamma, beta});
+  backend::check_device("instance_norm", x.device(), {x, gamma, beta});
   check_arg(x.rank() >= 3 && x.rank() <= 5, args + "x must be [N, spatial..., C] with 1 to 3 spatial axes");
   const int64_t C = x.dim(-1);
   check_arg(!gamma.defined() || (gamma.rank() == 1 && gamma.dim(0) == C),
@@ -40,10 +40,10 @@ Tensor instance_norm(const Tensor& x, const Tensor& gamma, const Tensor& beta, f
   Tensor mean = Tensor::empty({sh.n, C}, DType::f32, dev), rstd = Tensor::empty({sh.n, C}, DType::f32, dev);
   const float* g_ptr = gamma.defined() ? gamma.data<float>() : nullptr;
   const float* b_ptr = beta.defined() ? beta.data<float>() : nullptr;
-  if (x.numel() > 0 && detail::on_cuda(x))
+  if (x.numel() > 0 && backend::on_cuda(x))
     UNET_CUDA_KERNEL("instance_norm",
                      kernels::cuda::instance_norm_forward(sh, x.data<float>(), g_ptr, b_ptr, eps, y.data<float>(),
-                                                          mean.data<float>(), rstd.data<float>(), detail::stream(x)));
+                                                          mean.data<float>(), rstd.data<float>(), backend::stream(x)));
   else if (x.numel() > 0)
     kernels::cpu::instance_norm_forward(sh, x.data<float>(), g_ptr, b_ptr, eps, y.data<float>(), mean.data<float>(),
                                         rstd.data<float>());
@@ -64,11 +64,11 @@ Tensor instance_norm(const Tensor& x, const Tensor& gamma, const Tensor& beta, f
       float* dx_p = need_dx ? dx.data<float>() : nullptr;
       float* dg_p = need_dg ? dg.data<float>() : nullptr;
       float* db_p = need_db ? db.data<float>() : nullptr;
-      if (saved_x.numel() > 0 && detail::on_cuda(saved_x))
+      if (saved_x.numel() > 0 && backend::on_cuda(saved_x))
         UNET_CUDA_KERNEL("instance_norm",
                          kernels::cuda::instance_norm_backward(sh, saved_x.data<float>(), dy.data<float>(),
                                                                mean.data<float>(), rstd.data<float>(), g, dx_p, dg_p,
-                                                               db_p, detail::stream(dy)));
+                                                               db_p, backend::stream(dy)));
       else if (saved_x.numel() > 0)
         kernels::cpu::instance_norm_backward(sh, saved_x.data<float>(), dy.data<float>(), mean.data<float>(),
                                              rstd.data<float>(), g, dx_p, dg_p, db_p);

@@ -4,13 +4,13 @@
 #include "kernels/shape.h"
 #include "engine/autograd.h"
 #include "engine/ops.h"
-#include "engine/ops/dispatch.h"
+#include "engine/backend.h"
 #include "kernels/cuda/shape.cuh"
 
 namespace unet::ops {
 
-using detail::on_cuda;
-using detail::stream;
+using backend::on_cuda;
+using backend::stream;
 
 static bool is_float_dtype(DType t) {
   return t == DType::f32 || t == DType::f16 || t == DType::bf16;

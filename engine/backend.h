@@ -1,7 +1,8 @@
-// Backend dispatch for the ops in engine/ops/*.cpp (DESIGN section 3): a tensor on Device::cpu runs kernels::cpu::,
-// one on Device::cuda_emu (the default build's emulator) or Device::cuda (the GPU build, UNET_CUDA_RUNTIME=ON) runs
-// kernels::cuda:: on the device's default stream. Every tensor an op reads must be on one device; its outputs are
-// created there.
+// Which kernels run a tensor's computation, for engine code (the ops in engine/ops/*.cpp, gradient accumulation in
+// autograd, the optimizers): a tensor on Device::cpu runs kernels::cpu::, one on Device::cuda_emu (the default
+// build's emulator) or Device::cuda (the GPU build, UNET_CUDA_RUNTIME=ON) runs kernels::cuda:: on the device's
+// default stream. Every tensor an op reads must be on one device; its outputs are created there. Below the ops and
+// autograd, so that neither includes the other's internals.
 #pragma once
 #include <string>
 #include <vector>
@@ -13,7 +14,7 @@
 #define UNET_HAVE_CUDA_KERNELS 0
 #endif
 
-namespace unet::ops::detail {
+namespace unet::backend {
 
 inline bool on_cuda(const Tensor& t) { return t.device() != Device::cpu; }
 inline cudaStream_t stream(const Tensor& t) { return device::default_stream(t.device()); }
@@ -26,12 +27,12 @@ void check_device(const char* op, Device d, const std::vector<Tensor>& ts);
 // out = a + b on their device (same shape and dtype; out may be a). Used by ops::add and gradient accumulation.
 void add_into(const Tensor& a, const Tensor& b, const Tensor& out);
 
-}  // namespace unet::ops::detail
+}  // namespace unet::backend
 
 // UNET_CUDA_KERNEL(op, call): the kernels::cuda:: call, or, in a build without the CUDA kernels (no toolkit headers),
 // an error naming the op (the call text is then not compiled, so nothing refers to the missing kernels).
 #if UNET_HAVE_CUDA_KERNELS
 #define UNET_CUDA_KERNEL(op, ...) __VA_ARGS__
 #else
-#define UNET_CUDA_KERNEL(op, ...) ::unet::ops::detail::no_cuda_kernels(op)
+#define UNET_CUDA_KERNEL(op, ...) ::unet::backend::no_cuda_kernels(op)
 #endif
