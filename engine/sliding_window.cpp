@@ -1,16 +1,47 @@
-// Sliding-window predictor. Holds the accumulation buffers on the host; windows go through `predict` in batches.
+// Sliding-window predictor. The padded volume and the accumulation buffers live on options.device, where the blend
+// kernels run; windows go through `predict` in batches; the blended result is normalised and cropped on the host.
 #include "engine/sliding_window.h"
 
 #include <cmath>
 #include <cstring>
 
 #include "engine/autograd.h"
+#include "engine/backend.h"
 #include "kernels/blend.h"
+#include "kernels/cuda/blend.cuh"
 
 namespace unet {
 namespace {
 
 using kernels::cpu::Dims3;
+
+// The blend kernels on device d: kernels/blend.h on the cpu, kernels/cuda/blend.cuh on cuda and cuda-emu.
+void importance_map_on(Device d, const Dims3& patch, bool gaussian, float sigma_scale, float min_value, float* map) {
+  if (d == Device::cpu)
+    kernels::cpu::importance_map(patch, gaussian, sigma_scale, min_value, map);
+  else
+    UNET_CUDA_KERNEL("sliding window", kernels::cuda::importance_map(patch, gaussian, sigma_scale, min_value, map,
+                                                                     device::default_stream(d)));
+}
+
+void extract_window_on(Device d, const float* volume, const Dims3& size, int64_t c, const Dims3& start,
+                       const Dims3& patch, const std::array<bool, 3>& flip, float* window) {
+  if (d == Device::cpu)
+    kernels::cpu::extract_window(volume, size, c, start, patch, flip, window);
+  else
+    UNET_CUDA_KERNEL("sliding window", kernels::cuda::extract_window(volume, size, c, start, patch, flip, window,
+                                                                     device::default_stream(d)));
+}
+
+void accumulate_window_on(Device d, const float* pred, const float* weight, const Dims3& patch, int64_t c,
+                          const Dims3& start, const Dims3& size, const std::array<bool, 3>& flip, float scale,
+                          float* out, float* norm) {
+  if (d == Device::cpu)
+    kernels::cpu::accumulate_window(pred, weight, patch, c, start, size, flip, scale, out, norm);
+  else
+    UNET_CUDA_KERNEL("sliding window", kernels::cuda::accumulate_window(pred, weight, patch, c, start, size, flip,
+                                                                        scale, out, norm, device::default_stream(d)));
+}
 
 // 2D sizes and offsets as 3D ones: sizes get a leading 1, offsets a leading 0.
 Dims3 to3(const std::vector<int64_t>& v, int64_t fill = 1) {
@@ -61,6 +92,8 @@ Tensor sliding_window_predict(const Tensor& image, const PredictFn& predict, con
                                                           " axes for an image with " + std::to_string(dims));
   check_arg(o.overlap >= 0 && o.overlap < 1, "sliding window: overlap must be in [0, 1)");
   check_arg(image.dtype() == DType::f32, "sliding window: expected an f32 image, got " + image.describe());
+  check_arg(image.device() == Device::cpu, "sliding window: expected an image on the cpu, got " + image.describe());
+  const Device dev = o.device;
   autograd::NoGradGuard no_grad;
   int64_t cin = image.dim(-1);
 
@@ -98,13 +131,15 @@ Tensor sliding_window_predict(const Tensor& image, const PredictFn& predict, con
       flips.push_back(f);
     }
 
-  Tensor weight = importance_map(o);
+  vol = vol.to(dev);
+  Tensor weight = Tensor::empty(Shape(patch.end() - dims, patch.end()), DType::f32, dev);
+  importance_map_on(dev, patch, o.blend == Blend::gaussian, o.sigma_scale, o.min_weight, weight.data<float>());
   Shape window_shape{0};
   for (int p : o.patch) window_shape.push_back(p);
   window_shape.push_back(cin);
   int64_t window_voxels = patch[0] * patch[1] * patch[2];
 
-  Tensor out, norm = Tensor::zeros(Shape(padded.begin(), padded.end()));
+  Tensor out, norm = Tensor::zeros(Shape(padded.begin(), padded.end()), DType::f32, dev);
   int64_t cout = 0;
   float flip_scale = 1.0f / static_cast<float>(flips.size());
   // Work items: (window, flip); batches of them go through predict together.
@@ -113,15 +148,15 @@ Tensor sliding_window_predict(const Tensor& image, const PredictFn& predict, con
   for (int64_t first = 0; first < items; first += bs) {
     int64_t count = std::min(bs, items - first);
     window_shape[0] = count;
-    Tensor batch = Tensor::empty(window_shape);
+    Tensor batch = Tensor::empty(window_shape, DType::f32, dev);
     for (int64_t b = 0; b < count; ++b) {
       int64_t item = first + b;
       const Dims3& w = windows[item / flips.size()];
-      kernels::cpu::extract_window(vol.data<float>(), size, cin, w, patch, flips[item % flips.size()],
-                                   batch.data<float>() + b * window_voxels * cin);
+      extract_window_on(dev, vol.data<float>(), size, cin, w, patch, flips[item % flips.size()],
+                        batch.data<float>() + b * window_voxels * cin);
     }
     Tensor pred = predict(batch);
-    check_arg(pred.rank() == batch.rank() && pred.dim(0) == count && pred.dtype() == DType::f32,
+    check_arg(pred.rank() == batch.rank() && pred.dim(0) == count && pred.dtype() == DType::f32 && pred.device() == dev,
               "sliding window: the model returned " + pred.describe() + " for windows " + batch.describe());
     for (int a = 1; a <= dims; ++a)
       check_arg(pred.dim(a) == batch.dim(a), "sliding window: the model changed the window size to " + pred.describe());
@@ -129,17 +164,19 @@ Tensor sliding_window_predict(const Tensor& image, const PredictFn& predict, con
       cout = pred.dim(-1);
       Shape os(padded.begin(), padded.end());
       os.push_back(cout);
-      out = Tensor::zeros(os);
+      out = Tensor::zeros(os, DType::f32, dev);
     }
     for (int64_t b = 0; b < count; ++b) {
       int64_t item = first + b;
       const auto& flip = flips[item % flips.size()];
       bool first_flip = item % flips.size() == 0;  // each window's weight enters norm once
-      kernels::cpu::accumulate_window(pred.data<float>() + b * window_voxels * cout, weight.data<float>(), patch, cout,
-                                      windows[item / flips.size()], size, flip, flip_scale, out.data<float>(),
-                                      first_flip ? norm.data<float>() : nullptr);
+      accumulate_window_on(dev, pred.data<float>() + b * window_voxels * cout, weight.data<float>(), patch, cout,
+                           windows[item / flips.size()], size, flip, flip_scale, out.data<float>(),
+                           first_flip ? norm.data<float>() : nullptr);
     }
   }
+  out = out.to(Device::cpu);
+  norm = norm.to(Device::cpu);
 
   // Normalise, and crop the padding away.
   Dims3 o3 = to3(orig), b3 = to3(before, 0);

@@ -19,12 +19,16 @@ struct SlidingWindowOptions {
   int batch_size = 1;         // windows per predict call
   float sigma_scale = 0.125f;
   float min_weight = 1e-3f;
+  // Where windows are cut and their logits blended (kernels/blend.h on the cpu, kernels/cuda/blend.cu on a GPU): the
+  // whole padded volume and the accumulation buffers live there during the call.
+  Device device = Device::cpu;
 };
 
-// predict: [B, patch..., C_in] -> [B, patch..., C_out] logits (called without autograd recording).
+// predict: [B, patch..., C_in] -> [B, patch..., C_out] logits, both on options.device (called without autograd
+// recording).
 using PredictFn = std::function<Tensor(const Tensor&)>;
 
-// image [spatial..., C_in] (2 or 3 spatial axes) -> blended logits [spatial..., C_out], f32.
+// image [spatial..., C_in] (2 or 3 spatial axes, on the cpu) -> blended logits [spatial..., C_out], f32, on the cpu.
 Tensor sliding_window_predict(const Tensor& image, const PredictFn& predict, const SlidingWindowOptions& options);
 
 // Start positions along one axis (SPEC 5).

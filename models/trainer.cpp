@@ -46,12 +46,20 @@ StepStats train_step(DynUNet& net, Optimizer& optimizer, const Tensor& x, const 
 }
 
 Tensor predict_volume(const DynUNet& net, const Tensor& image, const SlidingWindowOptions& options) {
-  // The network runs on its parameters' device (Module::to); windows go there and logits come back for blending.
+  // The network runs on its parameters' device (Module::to). Windows are cut and blended there too (blend.cu on a
+  // GPU), unless the padded volume and the accumulation buffers would take more than kMaxDeviceBlendBytes: then the
+  // host blends, and only the windows and their logits cross.
+  constexpr double kMaxDeviceBlendBytes = 4.0 * (1 << 30);
   const std::vector<Tensor> params = net.parameters();
   const Device d = params.empty() ? Device::cpu : params[0].device();
+  double voxels = 1;
+  for (int a = 0; a + 1 < image.rank(); ++a)
+    voxels *= static_cast<double>(std::max<int64_t>(image.dim(a), options.patch[static_cast<size_t>(a)]));
+  const double bytes = voxels * 4.0 * static_cast<double>(image.dim(-1) + net.config().out_channels + 1);
+  SlidingWindowOptions o = options;
+  o.device = bytes <= kMaxDeviceBlendBytes ? d : Device::cpu;
   return sliding_window_predict(
-      image,
-      [&](const Tensor& batch) { return net.forward(batch.to(d), /*training=*/false)[0].to(Device::cpu); }, options);
+      image, [&](const Tensor& batch) { return net.forward(batch.to(d), /*training=*/false)[0].to(o.device); }, o);
 }
 
 Tensor segment_volume(const DynUNet& net, const Tensor& image, const SlidingWindowOptions& options) {

@@ -27,6 +27,7 @@
 #include "engine/device.h"
 #include "engine/ops.h"
 #include "engine/optim.h"
+#include "engine/sliding_window.h"
 #include "io/nifti.h"
 #include "io/safetensors.h"
 #include "models/nnunet.h"
@@ -410,4 +411,38 @@ TEST_CASE("unet_train runtime.device = cuda-emu trains and saves, and unet_infer
                                         dir + "/pred-x --device cuda", &out);
   CHECK(rc == 2);
   CHECK(out.find("--device cuda") != std::string::npos);
+}
+
+TEST_CASE("sliding-window blending on cuda-emu (blend.cu) equals the cpu's, with padding, flips, 2D and 3D") {
+  struct Case {
+    Shape image;
+    std::vector<int> patch;
+  };
+  for (const Case& c : {Case{{6, 13, 9, 2}, {8, 8, 8}}, Case{{11, 7, 3}, {8, 8}}})
+    for (bool tta : {false, true})
+      for (Blend blend : {Blend::gaussian, Blend::constant}) {
+        const Tensor image = randn(c.image, 21);
+        SlidingWindowOptions o;
+        o.patch = c.patch;
+        o.tta = tta;
+        o.blend = blend;
+        o.batch_size = 3;
+        // A "model" whose output differs per window position and flip: the input scaled, plus itself squared.
+        auto model = [](const Tensor& w) { return ops::add(ops::scale(w, 2.f), ops::relu(w)); };
+        const Tensor on_cpu = sliding_window_predict(image, model, o);
+        o.device = kEmu;
+        int calls = 0;
+        const Tensor on_emu = sliding_window_predict(
+            image,
+            [&](const Tensor& w) {
+              ++calls;
+              REQUIRE(w.device() == kEmu);  // the windows are cut on the device
+              return model(w);
+            },
+            o);
+        CHECK(calls > 0);
+        CHECK(on_emu.device() == Device::cpu);
+        CHECK(on_emu.shape() == on_cpu.shape());
+        test::check_close(on_emu.to_vector(), on_cpu.to_vector(), 1e-6, 1e-7, "blended logits");
+      }
 }
