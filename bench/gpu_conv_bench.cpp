@@ -1,4 +1,4 @@
-// GPU convolution micro-benchmark at the nnU-Net 3D and 2D level shapes (issue 5, item 4): the roofline prediction on
+// GPU convolution micro-benchmark at the nnU-Net 3D and 2D level shapes: the roofline prediction on
 // A100 and H100 (FLOPs, minimum bytes, arithmetic intensity, predicted time and TFLOP/s per pass and precision),
 // which needs no GPU, and on a GPU build (UNET_WITH_CUDA_RUNTIME) the measured time of our kernels and of cuDNN on the
 // same shapes with their ratio and this device's own roofline. The tables are bench/lib/conv_roofline.cpp and

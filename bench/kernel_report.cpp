@@ -1,4 +1,4 @@
-// Resource report of every CUDA kernel (issue 5, item 4): one row per (kernel, architecture) from the ptxas reports
+// Resource report of every CUDA kernel: one row per (kernel, architecture) from the ptxas reports
 // the build writes (build/cuda_objects/NAME.ptxas.txt) and the launch bounds in the objects beside them
 // (NAME.o): registers, spill stores/loads, stack, static shared memory, threads per block, and the theoretical
 // occupancy on A100 (sm_80) and H100 (sm_90) with its limiting resource. Exit status 1 when any function spills

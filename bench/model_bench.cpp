@@ -2,7 +2,8 @@
 // second of a DynUNet, after one warm-up step, with latency percentiles, on the CPU backend or a device.
 // usage: model_bench [--patch 64,64,64] [--batch 2] [--filters 32] [--classes 3] [--channels 1] [--steps 5]
 //                    [--device cpu|cuda|cuda-emu] [--tf32 0|1] [--depth 5]
-// The nnU-Net 3D reference (SPEC 7): --patch 128,128,128 --batch 2 --filters 32 --classes 3 --channels 4.
+// The nnU-Net 3D reference configuration (docs/reference.md, "Benchmarks"): --patch 128,128,128 --batch 2
+// --filters 32 --classes 3 --channels 4.
 #include <algorithm>
 #include <chrono>
 #include <cstdio>

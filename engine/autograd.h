@@ -1,4 +1,4 @@
-// Reverse-mode autograd on a tape (DESIGN section 2).
+// Reverse-mode autograd on a tape (docs/architecture.md, "Autograd").
 // Ops record one Node per differentiable call while grad mode is on and an input requires grad. backward(loss) walks
 // the tape in reverse (a valid topological order), accumulates gradients, frees each node's saved tensors right after
 // its backward runs, and fires a leaf's gradient-ready hooks as soon as no remaining node can add to its gradient.

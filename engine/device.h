@@ -1,5 +1,5 @@
-// The host side of the CUDA backend (DESIGN section 3): device memory, copies, the default stream, synchronisation
-// and device selection, behind one small interface with two implementations:
+// The host side of the CUDA backend (docs/architecture.md, "Devices and dispatch"): device memory, copies, the
+// default stream, synchronisation and device selection, behind one small interface with two implementations:
 //   Device::cuda_emu  the device emulator: "device" memory is host memory from its own pooled HostAllocator (current
 //                     and peak bytes accounted apart from the CPU's), copies are memcpy, kernels run synchronously on
 //                     the CPU (kernels/emu), so the stream is a null handle and synchronize() has nothing to wait for;

@@ -1,4 +1,4 @@
-// Segmentation metrics (SPEC 2): per-class Dice of label maps, as nnU-Net / DLE report it.
+// Segmentation metrics (docs/reference.md, "Dice metric"): per-class Dice of label maps, as nnU-Net / DLE report it.
 #pragma once
 #include <vector>
 

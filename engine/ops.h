@@ -41,7 +41,7 @@ Tensor cast(const Tensor& x, DType dtype);  // f32 <-> f16 <-> bf16, round to ne
 Tensor argmax_channels(const Tensor& x);    // [N, spatial..., C] -> i32 [N, spatial...]; first maximum wins; no grad
 
 // ---- losses (engine/ops/loss.cpp) ----
-// nnU-Net DiceCE (SPEC section 2): p = softmax over channels of logits [N, spatial..., C] (f32);
+// nnU-Net DiceCE (docs/reference.md, "DiceCE loss"): p = softmax over channels of logits [N, spatial..., C] (f32);
 // labels i32 or u8, [N, spatial...] or [N, spatial..., 1], values in [0, C).
 // D = mean over foreground classes c >= 1 of 1 - (2 sum p y + 1e-5) / (sum p + sum y + 1e-5), sums over batch and space;
 // CE = mean over all voxels of -log p[label]. Returns D + CE as a [1] tensor; dice_out / ce_out receive the parts.

@@ -1,4 +1,4 @@
-// Optimizers (SPEC section 3): AdamW (decoupled decay, the DLE nnU-Net default), Adam (L2 decay), SGD with
+// Optimizers: AdamW (decoupled decay, the DLE nnU-Net default), Adam (L2 decay), SGD with
 // (Nesterov) momentum (the MIC-DKFZ nnU-Net default). Each follows torch.optim (1.13) so that training curves and
 // checkpoints carry over; the update itself is one fused kernel call over all parameters (kernels/optim.h).
 // step(inv_scale) unscales gradients on the fly and skips the whole step when any gradient is inf/nan, which is what

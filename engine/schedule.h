@@ -1,4 +1,4 @@
-// Learning-rate schedules (SPEC 3): none, poly (1 - t/T)^0.9 (MIC-DKFZ), cosine with warm restarts (DLE: T_0 4096,
+// Learning-rate schedules: none, poly (1 - t/T)^0.9 (MIC-DKFZ), cosine with warm restarts (DLE: T_0 4096,
 // eta_min 8e-5), each optionally preceded by a linear warm-up from 0.
 #pragma once
 #include <cmath>

@@ -1,6 +1,7 @@
-// Sliding-window inference (SPEC 5): windows of the patch size, step int(patch * (1 - overlap)), the last window
-// clamped to the border; volumes smaller than the patch are zero-padded (half before) and cropped back. Window logits
-// are blended with a Gaussian or constant importance map; test-time augmentation averages the logits of all flips.
+// Sliding-window inference (docs/reference.md, "Sliding window"): windows of the patch size, step
+// int(patch * (1 - overlap)), the last window clamped to the border; volumes smaller than the patch are zero-padded
+// (half before) and cropped back. Window logits are blended with a Gaussian or constant importance map; test-time
+// augmentation averages the logits of all flips.
 #pragma once
 #include <functional>
 #include <vector>
@@ -31,7 +32,8 @@ using PredictFn = std::function<Tensor(const Tensor&)>;
 // image [spatial..., C_in] (2 or 3 spatial axes, on the cpu) -> blended logits [spatial..., C_out], f32, on the cpu.
 Tensor sliding_window_predict(const Tensor& image, const PredictFn& predict, const SlidingWindowOptions& options);
 
-// Start positions along one axis (SPEC 5).
+// Start positions along one axis: i * step with step = max(1, int(patch * (1 - overlap))), the last one clamped to
+// size - patch.
 std::vector<int64_t> window_starts(int64_t size, int64_t patch, double overlap);
 
 // The importance map of the options' patch as [patch...].

@@ -1,4 +1,4 @@
-// Tensor: shape + dtype + device + shared storage, plus the autograd fields of DESIGN section 2.
+// Tensor: shape + dtype + device + shared storage, plus the autograd fields (docs/architecture.md, "Autograd").
 // Tensors are always contiguous. Activations are channels-last: 3D NDHWC, 2D NHWC; convolution weights KTRSC / KRSC.
 // A Tensor is a cheap handle: copies share the same storage and autograd state (like torch.Tensor).
 #pragma once

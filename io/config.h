@@ -9,7 +9,7 @@
 
 namespace unet::io {
 
-// A usage or configuration error: tools exit with status 2 on it (SPEC 6).
+// A usage or configuration error: tools exit with status 2 on it (docs/reference.md, "Exit statuses").
 struct ConfigError : std::runtime_error {
   using std::runtime_error::runtime_error;
 };

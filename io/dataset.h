@@ -1,5 +1,5 @@
 // Medical Segmentation Decathlon datasets for training: dataset.json parsing and validation, case loading (image
-// [Z, Y, X, C] f32 + label [Z, Y, X] u8 on the same grid), nnU-Net intensity normalisation (CT and z-score, SPEC 4),
+// [Z, Y, X, C] f32 + label [Z, Y, X] u8 on the same grid), nnU-Net intensity normalisation (CT and z-score, below),
 // zero-padding to the patch size, the 5-fold split, and PatchSampler, which cuts random training patches with
 // foreground oversampling and flips into batch tensors. Volumes are held once; patches are copies.
 #pragma once
@@ -51,7 +51,7 @@ struct Case {
 // (same dimensions and spacing), and integer values in [0, num_classes()). Errors name the files.
 Case load_case(const DatasetInfo& info, size_t i);
 
-// ---- intensity normalisation (nnU-Net, SPEC 4) ---------------------------------------------------------------------
+// ---- intensity normalisation (nnU-Net) -----------------------------------------------------------------------------
 // Per channel, by modality: "CT" (case-insensitive) -> clip to the 0.5 / 99.5 percentiles of the foreground voxels
 // (label > 0) of the training set, then subtract their mean and divide by their std (statistics of the unclipped
 // voxels, as nnU-Net). Any other modality -> z-score per case over the non-zero mask (voxels where any channel is

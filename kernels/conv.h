@@ -1,6 +1,6 @@
 // Convolution kernels, 2D and 3D, forward (fprop) and backward (dgrad, wgrad): backend-neutral problem description and
 // entry points. CPU implementations in kernels/cpu/conv.cpp. No autograd here (engine/ops/conv.cpp wires it).
-// Layouts (DESIGN section 1): x [N, D, H, W, C], w [K, T, R, S, C], y [N, Z, P, Q, K], all f32 and contiguous.
+// Layouts (docs/numerics.md): x [N, D, H, W, C], w [K, T, R, S, C], y [N, Z, P, Q, K], all f32 and contiguous.
 // A 2D convolution is the 3D one with D = Z = T = 1, stride_d = 1, pad_d = 0.
 #pragma once
 #include <cstdint>

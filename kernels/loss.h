@@ -1,4 +1,5 @@
-// Loss kernels: fused softmax + Dice + cross-entropy (nnU-Net's DiceCE, SPEC section 2), forward and backward.
+// Loss kernels: fused softmax + Dice + cross-entropy (nnU-Net's DiceCE, docs/reference.md, "DiceCE loss"), forward
+// and backward.
 // Entry points take raw channels-last pointers: `voxels` rows of `channels` logits each, one label per row.
 // Fusing softmax into the loss means the probabilities are never stored: the forward reads the logits once and
 // leaves only per-class sums; the backward recomputes the softmax from the logits in the same pass that writes the

@@ -1,5 +1,5 @@
 // Optimizer kernels: fused Adam / AdamW and SGD (momentum, Nesterov) steps over many parameters in one call, with
-// gradient unscaling and an inf/nan check (DESIGN section 5: "the Adam step for all parameters in one launch").
+// gradient unscaling and an inf/nan check (one launch for all parameters rather than one per tensor).
 // Each call first checks every (gradient * inv_scale) for inf/nan; if one is found nothing is written and the call
 // returns false, so a mixed-precision step with an overflowed loss scale is skipped for all parameters alike.
 // Otherwise one pass over each parameter reads the gradient and state and writes parameter and state.

@@ -1,4 +1,4 @@
-// nnU-Net's dynamic UNet (MONAI DynUNet as used by NVIDIA's DLE nnU-Net, SPEC 1.1), 2D and 3D.
+// nnU-Net's dynamic UNet (MONAI DynUNet as used by NVIDIA's DLE nnU-Net; docs/reference.md, "DynUNet"), 2D and 3D.
 // Parameter names follow the PyTorch module names ("input_block.conv1.conv.weight", "upsamples.0.transp_conv.conv.bias",
 // ...) so checkpoints map one to one onto a PyTorch DynUNet's state_dict.
 #pragma once

@@ -1,5 +1,5 @@
-// The nnU-Net topology rule (DLE get_unet_params, SPEC 1.1): kernel sizes, strides and filters per level from the
-// patch size and the target spacing.
+// The nnU-Net topology rule (DLE get_unet_params; docs/reference.md, "nnU-Net plan rule"): kernel sizes, strides and
+// filters per level from the patch size and the target spacing.
 #pragma once
 #include <vector>
 

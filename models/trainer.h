@@ -22,7 +22,7 @@ struct StepStats {
   bool stepped = true;  // false when the optimizer skipped the step (inf/nan gradients)
 };
 
-// Deep supervision (SPEC 1.1): sum_i 0.5^i L_i / sum_i 0.5^i over the network's outputs (full resolution first).
+// Deep supervision: sum_i 0.5^i L_i / sum_i 0.5^i over the network's outputs (full resolution first).
 Tensor deep_supervision_loss(const std::vector<Tensor>& outputs, const Tensor& labels, StepStats* stats = nullptr);
 
 // Forward, loss, backward and optimizer step on one batch: x [B, spatial..., C_in] f32, labels [B, spatial...].

@@ -1,4 +1,4 @@
-// Schedule fuzzing for the emulated CUDA kernel tests (DESIGN section 4): a kernel run under the forward, reverse and
+// Schedule fuzzing for the emulated CUDA kernel tests (docs/emulator.md): a kernel run under the forward, reverse and
 // seeded random thread orders must give bitwise identical results, the emulator's stand-in for a race checker.
 #pragma once
 #include <doctest/doctest.h>

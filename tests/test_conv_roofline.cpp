@@ -1,5 +1,6 @@
-// bench/lib/conv_roofline: the nnU-Net level shapes (SPEC 1.1 plans), the minimum bytes of each pass, the roofline
-// arithmetic, and the printed table; the FLOPs are checked against SPEC 7's 965.6 GFLOP per 3D forward pass.
+// bench/lib/conv_roofline: the nnU-Net level shapes (the plans of models/nnunet_plan.h), the minimum bytes of each
+// pass, the roofline arithmetic, and the printed table; the FLOPs are checked against the reference 965.6 GFLOP per
+// 3D forward pass (docs/reference.md, "Benchmarks").
 #include <doctest/doctest.h>
 
 #include <cstdio>
@@ -27,7 +28,7 @@ TEST_CASE("the 3D plan has six levels of 128^3 down to 4^3 with filters 32 to 32
   CHECK(layers[1].count == 2);  // encoder and decoder C->C conv at level 0
 }
 
-TEST_CASE("the 3D plan's forward FLOPs per sample are SPEC's 965.6 GFLOP less the head and transposed convs") {
+TEST_CASE("the 3D plan's forward FLOPs per sample are the reference 965.6 GFLOP less the head and transposed convs") {
   double forward = 0;
   for (const ConvLayer& l : nnunet_3d_layers()) forward += l.count * l.p.flops() / double(l.p.N);
   // The left-out transposed convolutions and 1x1 head add about 1.7% on top.

@@ -1,5 +1,6 @@
-// DiceCE loss (ops::dice_ce_loss): forward against a naive double-precision reference written here from SPEC
-// section 2, gradient against finite differences, known values, errors, and bitwise determinism.
+// DiceCE loss (ops::dice_ce_loss): forward against a naive double-precision reference written here from the formula
+// of docs/reference.md, "DiceCE loss"; gradient against finite differences, known values, errors, and bitwise
+// determinism.
 #include <omp.h>
 
 #include <algorithm>
@@ -19,7 +20,8 @@ struct RefParts {
   double dice = 0, ce = 0;
 };
 
-// Straightforward DiceCE in double: softmax per voxel, per-class sums over batch and space, SPEC's formula.
+// Straightforward DiceCE in double: softmax per voxel, per-class sums over batch and space, the formula of
+// docs/reference.md, "DiceCE loss".
 RefParts reference_dice_ce(const std::vector<double>& z, const std::vector<int>& y, int C) {
   const size_t V = y.size();
   std::vector<double> I(C, 0.0), P(C, 0.0), Y(C, 0.0);

@@ -1,4 +1,4 @@
-// The Dice metric of SPEC 2 on hand-counted label maps.
+// The Dice metric (docs/reference.md, "Dice metric") on hand-counted label maps.
 #include "engine/metrics.h"
 #include "tests/test_util.h"
 

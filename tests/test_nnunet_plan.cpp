@@ -1,4 +1,4 @@
-// The nnU-Net plan rule on the three examples of SPEC 1.1.
+// The nnU-Net plan rule on the three examples of docs/reference.md, "nnU-Net plan rule".
 #include <doctest/doctest.h>
 
 #include <stdexcept>

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The checked build (DESIGN section 4): builds the emulator and CUDA-kernel tests with AddressSanitizer + UBSan into
+# The checked build (docs/emulator.md): builds the emulator and CUDA-kernel tests with AddressSanitizer + UBSan into
 # build-checked/ (CMake -DUNET_CHECKED=ON: only the targets those tests need) and runs them. Run after tools/setup.sh
 # (which installs the packages). usage: tools/checked_test.sh     (environment: CHECKED_BUILD_DIR=build-checked)
 set -euo pipefail

@@ -6,7 +6,7 @@
 #   2. tests/test_gpu.cpp (every CUDA op, the production convolution tiles, a training step and checkpoint on cuda,
 #      against the CPU), then again under compute-sanitizer memcheck;
 #   3. unet_selftest (every kernel against the CPU backend, no benchmark);
-#   4. the training benchmark: bench/model_bench on the 3D nnU-Net of SPEC 7 (128^3, batch 2, 4 channels, 6 levels)
+#   4. the training benchmark: bench/model_bench on the reference 3D nnU-Net (128^3, batch 2, 4 channels, 6 levels)
 #      in fp32 and TF32;
 #   5. gpu_conv_bench: our convolutions against cuDNN at the nnU-Net shapes.
 # and writes one summary, markdown and JSON (GPU, driver, commit, every figure), to

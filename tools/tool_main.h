@@ -1,4 +1,4 @@
-// The command-line tools' one front-end contract (SPEC 6): exit status 0 on success, 2 for a usage or configuration
+// The command-line tools' one front-end contract: exit status 0 on success, 2 for a usage or configuration
 // error, 1 for a runtime failure, each failure one line on stderr that starts with the tool's name.
 #pragma once
 #include <CLI/CLI.hpp>

@@ -1,4 +1,4 @@
-// unet_eval: Dice per class of predicted label maps against reference labels (SPEC 2 metric, SPEC 6 interface).
+// unet_eval: Dice per class of predicted label maps against reference labels (docs/reference.md, "Dice metric").
 // usage: unet_eval --pred DIR --label DIR [--classes K] [--json FILE]
 // Cases are matched by file name. Prints a table (per case and the mean over cases, x100) and writes JSON.
 // Exit status 0 / 2 (usage) / 1 (runtime).

@@ -1,5 +1,6 @@
-// unet_infer: segments NIfTI volumes with a trained checkpoint by sliding-window inference (SPEC 5, 6): the command
-// line, files and directories; the pipeline itself is models::Predictor (models/predictor.h).
+// unet_infer: segments NIfTI volumes with a trained checkpoint by sliding-window inference (docs/reference.md,
+// "Sliding window"): the command line, files and directories; the pipeline itself is models::Predictor
+// (models/predictor.h).
 // usage: unet_infer --model CKPT --input FILE|DIR --output FILE|DIR [--overlap F] [--blend gaussian|constant] [--tta]
 //                   [--precision fp32|tf32] [--device auto|cpu|cuda|cuda-emu] [--save-probabilities] [--batch N]
 // Each output label map (uint8) is written with its input's header; with --save-probabilities the per-class

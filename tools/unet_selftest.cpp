@@ -1,4 +1,4 @@
-// unet_selftest: the GPU self-test (DESIGN, point 4 of "The problem that shapes everything"; issue 5, item 5). Runs
+// unet_selftest: the GPU self-test (docs/architecture.md, "Verifying the CUDA backend"). Runs
 // every engine op that has a CUDA kernel on the device and on the CPU backend from the same inputs, prints a
 // pass/fail table (op, shape, max abs and rel error, tolerance) and, on a real GPU, the convolution benchmark
 // (roofline prediction and measured time against cuDNN). The cases and tolerances are bench/lib/selftest.cpp.

@@ -1,5 +1,5 @@
 // unet_synth: writes a synthetic Medical Segmentation Decathlon style dataset (io/synthetic.h) for the quick start.
-// Exit status 0 on success, 2 for bad arguments, 1 for runtime failures (SPEC 6).
+// Exit status 0 on success, 2 for bad arguments, 1 for runtime failures (docs/reference.md, "Exit statuses").
 #include <CLI/CLI.hpp>
 #include <chrono>
 #include <cstdio>

@@ -3,7 +3,7 @@
 // usage: unet_train CONFIG.ini [--set section.key=value ...]   (unet_train --help-config lists every key)
 // Writes to [output] dir what models::Trainer writes: config.ini, log.jsonl, model.safetensors (weights loadable by
 // PyTorch, with the model card), model.state.safetensors (optimizer state, step, seed) and validation.json.
-// Exit status: 0 success, 2 usage or configuration error, 1 runtime failure (SPEC 6).
+// Exit status: 0 success, 2 usage or configuration error, 1 runtime failure (docs/reference.md, "Exit statuses").
 #include <CLI/CLI.hpp>
 #include <cstdio>
 #include <iostream>

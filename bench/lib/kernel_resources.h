@@ -1,4 +1,4 @@
-// Per-kernel GPU resources without a GPU (DESIGN section 4, "what the emulator cannot tell"): the ptxas report that
+// Per-kernel GPU resources without a GPU (docs/emulator.md, "What it cannot tell"): the ptxas report that
 // the build writes for every kernels/cuda/*.cu (build/cuda_objects/NAME.ptxas.txt, nvcc -Xptxas -v for sm_80 and
 // sm_90), the threads per block that __launch_bounds__ put into the compiled object, and the theoretical occupancy
 // those resources allow on A100 (sm_80) and H100 (sm_90), computed with the CUDA occupancy formulas.

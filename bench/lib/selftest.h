@@ -1,4 +1,4 @@
-// GPU self-test (issue 5, item 5; DESIGN "The problem that shapes everything", point 4): every engine op that has a
+// GPU self-test (docs/architecture.md, "Verifying the CUDA backend"): every engine op that has a
 // CUDA kernel runs on a device (a real GPU, or the emulator) and on the CPU backend from the same inputs; outputs and
 // gradients are compared element by element against stated tolerances and reported as a pass/fail table.
 // tools/unet_selftest.cpp is the command; tests/test_selftest.cpp runs it on cuda-emu.

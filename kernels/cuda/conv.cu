@@ -1,4 +1,4 @@
-// CUDA convolution, fprop / dgrad / wgrad as implicit GEMM (DESIGN section 5; entry points and GEMM views in conv.cuh).
+// CUDA convolution, fprop / dgrad / wgrad as implicit GEMM (entry points and GEMM views in conv.cuh).
 // One main loop serves all three passes. It is parameterised by two operand iterators that map (row of the GEMM's M or
 // N dimension, GEMM k index) to a global address or to "zero" (padding, out of range), and by the layout each operand
 // has along its contiguous dimension:

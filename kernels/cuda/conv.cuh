@@ -1,4 +1,4 @@
-// CUDA convolution kernels (DESIGN section 5): 2D and 3D fprop, dgrad and wgrad as implicit GEMM on channels-last
+// CUDA convolution kernels: 2D and 3D fprop, dgrad and wgrad as implicit GEMM on channels-last
 // tensors, x [N, D, H, W, C], w [K, T, R, S, C], y [N, Z, P, Q, K] (kernels/conv.h describes the problem; a 2D
 // convolution is the 3D one with D = Z = T = 1). Pointers are device memory (host memory under the emulator).
 //
@@ -9,7 +9,7 @@
 //              .tf32, f32 accumulation); the thin first-layer path below stays fp32.
 // A thin first layer (1 to 4 input channels, filter extents <= 3) takes the direct convolution of conv_thin.cuh in
 // fprop and wgrad instead, where implicit GEMM would waste its reduction axis.
-// Bias, dw and dbias are always f32 (fp32 master weights, DESIGN section 6); for f16/bf16 the caller passes the
+// Bias, dw and dbias are always f32 (fp32 master weights); for f16/bf16 the caller passes the
 // weights already cast to dt.
 //
 // GEMM views (CUTLASS's implicit GEMM, written by us):

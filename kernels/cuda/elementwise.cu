@@ -1,5 +1,5 @@
 // CUDA elementwise kernels (add, scale), the CUDA twin of kernels/cpu/elementwise.cpp. The same text is compiled by
-// nvcc for GPUs and by the host compiler against the device emulator (DESIGN section 4), which is how CI runs it.
+// nvcc for GPUs and by the host compiler against the device emulator (docs/emulator.md), which is how CI runs it.
 // The kernel environment comes first: under the emulator it must precede every CUDA header.
 #include "kernels/cuda/cuda_compat.cuh"
 // clang-format off

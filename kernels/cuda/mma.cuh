@@ -1,4 +1,4 @@
-// Tensor-core and async-copy leaf intrinsics (DESIGN section 4), the only place kernels meet them: under nvcc each
+// Tensor-core and async-copy leaf intrinsics (docs/emulator.md), the only place kernels meet them: under nvcc each
 // wrapper is one inline PTX instruction (sm_80 and later); under the device emulator each is a warp collective that
 // implements the PTX ISA's fragment layouts exactly, so a kernel built from them is checked on the CPU.
 //

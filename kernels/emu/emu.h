@@ -2,7 +2,7 @@
 // error type, and the few entry points the kernel-facing layer (kernels/emu/cuda_emu.h) calls for barriers and warp
 // collectives. Kernel sources never include this directly: they include kernels/cuda/cuda_compat.cuh.
 //
-// Model (DESIGN section 4): the threads of one block are fibers on one OS thread, run in a plain loop until one of
+// Model (docs/emulator.md): the threads of one block are fibers on one OS thread, run in a plain loop until one of
 // them blocks (at __syncthreads or a warp collective); only then does that thread keep its fiber and a new one carries
 // on with the next thread. Blocks are spread over a small pool of worker threads; a fiber never changes OS thread, so
 // `static thread_local` (what __shared__ becomes) is exactly "one copy per block in flight".
@@ -57,8 +57,8 @@
 namespace unet::emu {
 
 // The order in which the threads of a block run between two synchronisation points. A race-free kernel gives
-// bitwise identical results under every schedule; a kernel that differs has a race (DESIGN: the emulator's stand-in
-// for a race checker).
+// bitwise identical results under every schedule; a kernel that differs has a race (schedule fuzzing, the emulator's
+// stand-in for a race checker: docs/emulator.md, "Schedule fuzzing").
 struct Schedule {
   enum Kind { forward, reverse, random } kind = forward;
   uint64_t seed = 0;  // random only: the same seed gives the same interleaving, whatever the worker count
