@@ -9,12 +9,12 @@
 #include <string>
 #include <vector>
 
-#include "bench/lib/selftest.h"
+#include "engine/selftest.h"
 #include "engine/device.h"
 #include "tests/test_util.h"
 
 using namespace unet;
-using bench::compare_results;
+using selftest::compare_results;
 
 namespace {
 // The cases that run the tool on cuda-emu need the emulated build; the GPU build has no emulator (they then say so and
@@ -28,7 +28,7 @@ bool have_emulator() {
 
 TEST_CASE("compare_results: equal values pass an exact check, any difference fails it") {
   CHECK(compare_results({1, 2, 3}, {1, 2, 3}, 0, 0).pass);
-  const bench::Comparison c = compare_results({1, 2, 3.0001f}, {1, 2, 3}, 0, 0);
+  const selftest::Comparison c = compare_results({1, 2, 3.0001f}, {1, 2, 3}, 0, 0);
   CHECK_FALSE(c.pass);
   CHECK(c.worst == 2);
   CHECK(c.max_abs == doctest::Approx(1e-4).epsilon(1e-2));
@@ -48,7 +48,7 @@ TEST_CASE("compare_results: a per-element bound adds btol * bound[i] to element 
   // Element 0 may be off by 1e-5 * 1000 = 0.01 (+ 1e-3 * 2), element 1 by 1e-4 (+ 1e-3 * 2).
   CHECK(compare_results({2.011f, 2.002f}, {2, 2}, 1e-3, 0, &bound, 1e-5).pass);
   CHECK_FALSE(compare_results({2.013f, 2}, {2, 2}, 1e-3, 0, &bound, 1e-5).pass);
-  const bench::Comparison c = compare_results({2, 2.0023f}, {2, 2}, 1e-3, 0, &bound, 1e-5);
+  const selftest::Comparison c = compare_results({2, 2.0023f}, {2, 2}, 1e-3, 0, &bound, 1e-5);
   CHECK_FALSE(c.pass);
   CHECK(c.worst == 1);
   const std::vector<float> short_bound = {1};
@@ -60,7 +60,7 @@ TEST_CASE("compare_results: NaN, unequal infinities and size mismatches fail; eq
   CHECK_FALSE(compare_results({1}, {NAN}, 1, 1).pass);
   CHECK_FALSE(compare_results({INFINITY}, {-INFINITY}, 1, 1).pass);
   CHECK(compare_results({INFINITY}, {INFINITY}, 0, 0).pass);
-  const bench::Comparison c = compare_results({1, 2}, {1, 2, 3}, 1, 1);
+  const selftest::Comparison c = compare_results({1, 2}, {1, 2, 3}, 1, 1);
   CHECK_FALSE(c.pass);
   CHECK(c.note.find("size 2, expected 3") != std::string::npos);
 }

@@ -5,7 +5,7 @@
 #      the same checkpoint, unet_eval; passes when the mean Dice is >= 0.90 and both label maps are identical;
 #   2. tests/test_gpu.cpp (every CUDA op, the production convolution tiles, a training step and checkpoint on cuda,
 #      against the CPU), then again under compute-sanitizer memcheck;
-#   3. unet_selftest (every kernel against the CPU backend, no benchmark);
+#   3. unet_selftest (every kernel against the CPU backend);
 #   4. the training benchmark: bench/model_bench on the reference 3D nnU-Net (128^3, batch 2, 4 channels, 6 levels)
 #      in fp32 and TF32;
 #   5. gpu_conv_bench: our convolutions against cuDNN at the nnU-Net shapes.
@@ -103,7 +103,7 @@ test_gpu_cases=$(grab test_gpu 's/^\[doctest\] test cases: *\([0-9]*\) | *\([0-9
 test_gpu_asserts=$(grab test_gpu 's/^\[doctest\] assertions: *\([0-9]*\) | *\([0-9]*\) passed | *\([0-9]*\) failed.*/\2 of \1 passed/p')
 
 # 3. The self-test.
-step selftest 300 "$bin/unet_selftest" --device cuda --no-bench
+step selftest 300 "$bin/unet_selftest" --device cuda
 selftest_line=$(grab selftest 's/^\([0-9]* checks, [0-9]* failed\): .*/\1/p')
 
 # 4-5. Benchmarks.

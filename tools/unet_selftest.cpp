@@ -1,30 +1,26 @@
 // unet_selftest: the GPU self-test (docs/architecture.md, "Verifying the CUDA backend"). Runs
 // every engine op that has a CUDA kernel on the device and on the CPU backend from the same inputs, prints a
-// pass/fail table (op, shape, max abs and rel error, tolerance) and, on a real GPU, the convolution benchmark
-// (roofline prediction and measured time against cuDNN). The cases and tolerances are bench/lib/selftest.cpp.
-// usage: unet_selftest [--device cuda|cuda-emu] [--quick] [--no-bench] [--perturb OP]
+// pass/fail table (op, shape, max abs and rel error, tolerance). The cases and tolerances are engine/selftest.cpp.
+// Speed is gpu_conv_bench's job (tools/gpu_check.sh runs both).
+// usage: unet_selftest [--device cuda|cuda-emu] [--quick] [--perturb OP]
 // Exit status 0 all checks pass, 1 a check failed or the device is unusable, 2 usage error.
 #include <CLI/CLI.hpp>
 #include <chrono>
 #include <cstdio>
 
-#include "bench/lib/conv_roofline.h"
-#include "bench/lib/selftest.h"
 #include "engine/device.h"
+#include "engine/selftest.h"
 #include "tools/tool_main.h"
 
 using namespace unet;
 
 int main(int argc, char** argv) {
   std::string device_name = "cuda", perturb;
-  bool quick = false, no_bench = false;
-  CLI::App app{
-      "Self-test of the CUDA kernels on a device against the CPU backend, then (on a GPU) the convolution "
-      "benchmark."};
+  bool quick = false;
+  CLI::App app{"Self-test of the CUDA kernels on a device against the CPU backend."};
   app.add_option("--device", device_name, "cuda (a real GPU, default) or cuda-emu (the device emulator)")
       ->check(CLI::IsMember({"cuda", "cuda-emu"}));
-  app.add_flag("--quick", quick, "fewer and smaller cases; the benchmark with fewer repetitions");
-  app.add_flag("--no-bench", no_bench, "skip the benchmark after the checks on --device cuda");
+  app.add_flag("--quick", quick, "fewer and smaller cases");
   app.add_option("--perturb", perturb,
                  "testing the self-test: change one device value of every check whose op contains this text");
   if (auto status = tools::parse_command_line(app, argc, argv, "unet_selftest")) return *status;
@@ -33,26 +29,19 @@ int main(int argc, char** argv) {
     std::printf("unet_selftest: CUDA kernels on %s against the CPU backend%s\n\n", device_name.c_str(),
                 quick ? " (quick)" : "");
     const auto t0 = std::chrono::steady_clock::now();
-    bench::SelftestOptions o;
+    selftest::SelftestOptions o;
     o.device = d;
     o.quick = quick;
     o.perturb = perturb;
-    const std::vector<bench::SelftestRow> rows = bench::run_selftest(o);
-    const int failed = bench::print_selftest_table(stdout, rows);
+    const std::vector<selftest::SelftestRow> rows = selftest::run_selftest(o);
+    const int failed = selftest::print_selftest_table(stdout, rows);
     std::printf("(%.1f s)\n", std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
-    if (!perturb.empty() && std::none_of(rows.begin(), rows.end(), [&](const bench::SelftestRow& r) {
+    if (!perturb.empty() && std::none_of(rows.begin(), rows.end(), [&](const selftest::SelftestRow& r) {
           return r.op.find(perturb) != std::string::npos;
         })) {
       throw tools::UsageError("--perturb '" + perturb + "' matches no check");
     }
-    int bench_status = 0;
-    if (d == Device::cuda && !no_bench) {
-      std::printf("\n");
-      bench::ConvBenchOptions b;
-      b.quick = quick;
-      bench_status = bench::run_conv_benchmark(stdout, b);
-    }
     std::fflush(stdout);
-    return failed || bench_status ? 1 : 0;
+    return failed ? 1 : 0;
   });
 }

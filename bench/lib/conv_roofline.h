@@ -2,7 +2,7 @@
 // (128^3 patch, batch 2, filters 32-64-128-256-320-320) and the 2D plan (DLE's 2D nnU-Net: 192x160 patch, batch 64,
 // filters 32-64-128-256-512-512), each pass's FLOPs and minimum bytes moved, and the roofline prediction on A100 and
 // H100. On a build with the CUDA runtime (UNET_WITH_CUDA_RUNTIME) run_conv_benchmark also times our kernels and cuDNN
-// on the same shapes (bench/lib/conv_timing.cpp). Used by bench/gpu_conv_bench.cpp and tools/unet_selftest.cpp.
+// on the same shapes (bench/lib/conv_timing.cpp). Used by bench/gpu_conv_bench.cpp.
 #pragma once
 #include <cstdio>
 #include <string>

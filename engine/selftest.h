@@ -10,7 +10,7 @@
 
 #include "engine/tensor.h"
 
-namespace unet::bench {
+namespace unet::selftest {
 
 // The comparison of one result: pass when the sizes match and every element satisfies
 // |actual - expected| <= atol + rtol * |expected| (NaN or infinity where the other side is finite fails; rtol = atol
@@ -49,4 +49,4 @@ std::vector<SelftestRow> run_selftest(const SelftestOptions& options);
 // of failed rows.
 int print_selftest_table(FILE* out, const std::vector<SelftestRow>& rows);
 
-}  // namespace unet::bench
+}  // namespace unet::selftest

@@ -10,7 +10,7 @@
 //                  sums over every output position, get an absolute floor of 1e-3;
 //   u |ref| + btol B  the f16 / bf16 convolution kernels called directly (kernel_conv_cases: B = sum |a * b| per
 //                  element, u the storage type's rounding; derivation at the cases).
-#include "bench/lib/selftest.h"
+#include "engine/selftest.h"
 
 #include <algorithm>
 #include <array>
@@ -36,7 +36,7 @@
 #include "kernels/cuda/norm.cuh"
 #endif
 
-namespace unet::bench {
+namespace unet::selftest {
 
 Comparison compare_results(const std::vector<float>& actual, const std::vector<float>& expected, double rtol,
                            double atol, const std::vector<float>* bound, double btol) {
@@ -682,4 +682,4 @@ int print_selftest_table(FILE* out, const std::vector<SelftestRow>& rows) {
   return failed;
 }
 
-}  // namespace unet::bench
+}  // namespace unet::selftest
