@@ -20,7 +20,7 @@
 #include <vector>
 
 #include "engine/random.h"
-#include "kernels/conv.h"
+#include "kernels/cpu/conv.h"
 
 using namespace unet;
 

@@ -4,7 +4,7 @@
 #include <stdexcept>
 
 #include "kernels/cuda/elementwise.cuh"
-#include "kernels/elementwise.h"
+#include "kernels/cpu/elementwise.h"
 
 namespace unet::backend {
 

@@ -8,7 +8,7 @@
 #include "engine/device.h"
 #include "engine/backend.h"
 #include "kernels/cuda/optim.cuh"
-#include "kernels/optim.h"
+#include "kernels/cpu/optim.h"
 
 namespace unet {
 

@@ -1,6 +1,6 @@
 // Optimizers: AdamW (decoupled decay, the DLE nnU-Net default), Adam (L2 decay), SGD with
 // (Nesterov) momentum (the MIC-DKFZ nnU-Net default). Each follows torch.optim (1.13) so that training curves and
-// checkpoints carry over; the update itself is one fused kernel call over all parameters (kernels/optim.h).
+// checkpoints carry over; the update itself is one fused kernel call over all parameters (kernels/cpu/optim.h, kernels/cuda/optim.cuh).
 // step(inv_scale) unscales gradients on the fly and skips the whole step when any gradient is inf/nan, which is what
 // dynamic loss scaling needs. State is created lazily on a parameter's first step, as in torch, and is exposed by
 // name ("exp_avg.<i>", "exp_avg_sq.<i>", "step.<i>", "momentum_buffer.<i>", i = parameter index) for checkpoints.

@@ -24,11 +24,12 @@
 #include "engine/ops.h"
 #include "engine/optim.h"
 #include "engine/random.h"
-#include "kernels/blend.h"
+#include "kernels/cpu/blend.h"
 
 #ifdef UNET_HAVE_CUDA_KERNELS
-#include "kernels/conv.h"
-#include "kernels/conv_transpose.h"
+#include "kernels/cpu/conv.h"
+#include "kernels/cpu/conv_transpose.h"
+#include "kernels/cpu/norm.h"
 #include "kernels/cuda/blend.cuh"
 #include "kernels/cuda/conv.cuh"
 #include "kernels/cuda/conv_thin.cuh"

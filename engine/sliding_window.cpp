@@ -7,7 +7,7 @@
 
 #include "engine/autograd.h"
 #include "engine/backend.h"
-#include "kernels/blend.h"
+#include "kernels/cpu/blend.h"
 #include "kernels/cuda/blend.cuh"
 
 namespace unet {
@@ -15,7 +15,7 @@ namespace {
 
 using kernels::cpu::Dims3;
 
-// The blend kernels on device d: kernels/blend.h on the cpu, kernels/cuda/blend.cuh on cuda and cuda-emu.
+// The blend kernels on device d: kernels/cpu/blend.h on the cpu, kernels/cuda/blend.cuh on cuda and cuda-emu.
 void importance_map_on(Device d, const Dims3& patch, bool gaussian, float sigma_scale, float min_value, float* map) {
   if (d == Device::cpu)
     kernels::cpu::importance_map(patch, gaussian, sigma_scale, min_value, map);

@@ -20,7 +20,7 @@ struct SlidingWindowOptions {
   int batch_size = 1;         // windows per predict call
   float sigma_scale = 0.125f;
   float min_weight = 1e-3f;
-  // Where windows are cut and their logits blended (kernels/blend.h on the cpu, kernels/cuda/blend.cu on a GPU): the
+  // Where windows are cut and their logits blended (kernels/cpu/blend.h on the cpu, kernels/cuda/blend.cu on a GPU): the
   // whole padded volume and the accumulation buffers live there during the call.
   Device device = Device::cpu;
 };

@@ -1,5 +1,5 @@
 // ConvProblem's methods (kernels/conv.h): output size and description, shared by every backend.
-#include "kernels/conv.h"
+#include "kernels/cpu/conv.h"
 
 #include <sstream>
 

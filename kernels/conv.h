@@ -1,5 +1,5 @@
-// Convolution kernels, 2D and 3D, forward (fprop) and backward (dgrad, wgrad): backend-neutral problem description and
-// entry points. CPU implementations in kernels/cpu/conv.cpp. No autograd here (engine/ops/conv.cpp wires it).
+// Convolution, 2D and 3D, forward (fprop) and backward (dgrad, wgrad): the backend-neutral problem description. Entry
+// points: kernels/cpu/conv.h (CPU) and kernels/cuda/conv.cuh (CUDA). No autograd here (engine/ops/conv.cpp wires it).
 // Layouts (docs/numerics.md): x [N, D, H, W, C], w [K, T, R, S, C], y [N, Z, P, Q, K], all f32 and contiguous.
 // A 2D convolution is the 3D one with D = Z = T = 1, stride_d = 1, pad_d = 0.
 #pragma once
@@ -27,22 +27,3 @@ struct ConvProblem {
 };
 
 }  // namespace unet::kernels
-
-namespace unet::kernels::cpu {
-
-// y[n,z,p,q,k] = bias[k] + sum_{t,r,s,c} x[n, z*sd+t-pd, p*sh+r-ph, q*sw+s-pw, c] * w[k,t,r,s,c]  (zero padding).
-// bias may be null (no bias). y is overwritten.
-void conv_fprop(const ConvProblem& p, const float* x, const float* w, const float* bias, float* y);
-
-// dx = gradient of the fprop sum with respect to x, given dy [N, Z, P, Q, K]. dx is overwritten (positions that no
-// output reads get 0).
-void conv_dgrad(const ConvProblem& p, const float* dy, const float* w, float* dx);
-
-// dw [K, T, R, S, C] = gradient with respect to w; dbias [K] = sum of dy over n and space (skipped when null).
-// Both are overwritten. Bitwise deterministic: every element is summed in one fixed order whatever the thread count.
-void conv_wgrad(const ConvProblem& p, const float* x, const float* dy, float* dw, float* dbias);
-
-// dbias [K] alone (for a frozen weight); the same fixed summation order as conv_wgrad.
-void conv_bias_grad(const ConvProblem& p, const float* dy, float* dbias);
-
-}  // namespace unet::kernels::cpu

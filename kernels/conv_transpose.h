@@ -1,12 +1,9 @@
-// Transposed convolution with kernel == stride (non-overlapping windows): nnU-Net's learned upsampling.
-// Backend-neutral entry points on raw channels-last f32 buffers; the CPU implementation is
-// kernels/cpu/conv_transpose.cpp. Because the windows do not overlap, every output pixel receives exactly one input
-// pixel through one filter tap: forward and dgrad are small GEMMs per tap (no im2col, no scatter-add), and wgrad is a
-// GEMM reducing over pixels.
+// Transposed convolution with kernel == stride: the shape shared by the CPU (kernels/cpu/conv_transpose.h) and CUDA
+// (kernels/cuda/conv_transpose.cuh) entry points.
 #pragma once
 #include <cstdint>
 
-namespace unet::kernels::cpu {
+namespace unet::kernels {
 
 // x [n, d, h, w, c] -> y [n, d*kt, h*kr, w*ks, k]; filter [k, kt, kr, ks, c] (KTRSC). 2D: d = kt = 1; 1D: also h = kr
 // = 1.
@@ -19,14 +16,4 @@ struct ConvTransposeShape {
   int64_t taps() const { return kt * kr * ks; }
 };
 
-// y[n, z*kt+t, p*kr+r, q*ks+s, k] = bias[k] + sum_c x[n, z, p, q, c] * w[k, t, r, s, c]. bias may be null.
-void conv_transpose_fprop(const ConvTransposeShape& s, const float* x, const float* w, const float* bias, float* y);
-// dx[n, z, p, q, c] = sum_{t,r,s,k} dy[n, z*kt+t, p*kr+r, q*ks+s, k] * w[k, t, r, s, c].
-void conv_transpose_dgrad(const ConvTransposeShape& s, const float* dy, const float* w, float* dx);
-// dw[k, t, r, s, c] = sum_pixels dy[.., k] * x[.., c]; dbias[k] = sum of dy over all output pixels.
-// Either dw or dbias may be null (x is not read when dw is null).
-// Pixels are split into chunks whose size depends only on the shape; chunk partials are summed in chunk order,
-// so the result is bitwise identical for any thread count.
-void conv_transpose_wgrad(const ConvTransposeShape& s, const float* x, const float* dy, float* dw, float* dbias);
-
-}  // namespace unet::kernels::cpu
+}  // namespace unet::kernels

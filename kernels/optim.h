@@ -1,15 +1,11 @@
-// Optimizer kernels: fused Adam / AdamW and SGD (momentum, Nesterov) steps over many parameters in one call, with
-// gradient unscaling and an inf/nan check (one launch for all parameters rather than one per tensor).
-// Each call first checks every (gradient * inv_scale) for inf/nan; if one is found nothing is written and the call
-// returns false, so a mixed-precision step with an overflowed loss scale is skipped for all parameters alike.
-// Otherwise one pass over each parameter reads the gradient and state and writes parameter and state.
-// The arithmetic follows torch.optim (1.13, single-tensor path) operation by operation, in f32.
+// Optimizer steps: the parameter slices, hyperparameters and per-step constants shared by the CPU
+// (kernels/cpu/optim.h) and CUDA (kernels/cuda/optim.cuh) kernels, so the two cannot drift apart.
 #pragma once
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
 
-namespace unet::kernels::cpu {
+namespace unet::kernels {
 
 // One parameter of an Adam/AdamW step. exp_avg / exp_avg_sq are updated in place; step is this parameter's step
 // number after the increment (1 on its first step), which sets its bias corrections.
@@ -41,24 +37,6 @@ struct AdamConsts {
   bool decoupled;
 };
 
-inline AdamConsts adam_consts(const AdamArgs& a, int64_t step_count) {
-  const double step = static_cast<double>(step_count);
-  return AdamConsts{static_cast<float>(a.beta1),
-                    static_cast<float>(1.0 - a.beta1),
-                    static_cast<float>(a.beta2),
-                    static_cast<float>(1.0 - a.beta2),
-                    static_cast<float>(a.eps),
-                    a.inv_scale,
-                    static_cast<float>(1.0 - a.lr * a.weight_decay),
-                    static_cast<float>(a.weight_decay),
-                    static_cast<float>(-(a.lr / (1.0 - std::pow(a.beta1, step)))),
-                    static_cast<float>(std::sqrt(1.0 - std::pow(a.beta2, step))),
-                    a.decoupled};
-}
-
-// Returns false (and writes nothing) when any gradient * inv_scale is inf or nan.
-bool adam_step(const AdamSlice* slices, size_t count, const AdamArgs& args);
-
 // One parameter of an SGD step. momentum_buffer may be null when momentum is 0. first: the buffer holds nothing yet
 // and is set to the (decayed) gradient, as torch.optim.SGD does on a parameter's first step.
 struct SgdSlice {
@@ -75,12 +53,19 @@ struct SgdArgs {
   float inv_scale;
 };
 
-// d = g + wd p; buf = first ? d : m buf + d; d = nesterov ? d + m buf : buf; p -= lr d  (momentum 0: p -= lr d).
-// Returns false (and writes nothing) when any gradient * inv_scale is inf or nan.
-bool sgd_step(const SgdSlice* slices, size_t count, const SgdArgs& args);
+inline AdamConsts adam_consts(const AdamArgs& a, int64_t step_count) {
+  const double step = static_cast<double>(step_count);
+  return AdamConsts{static_cast<float>(a.beta1),
+                    static_cast<float>(1.0 - a.beta1),
+                    static_cast<float>(a.beta2),
+                    static_cast<float>(1.0 - a.beta2),
+                    static_cast<float>(a.eps),
+                    a.inv_scale,
+                    static_cast<float>(1.0 - a.lr * a.weight_decay),
+                    static_cast<float>(a.weight_decay),
+                    static_cast<float>(-(a.lr / (1.0 - std::pow(a.beta1, step)))),
+                    static_cast<float>(std::sqrt(1.0 - std::pow(a.beta2, step))),
+                    a.decoupled};
+}
 
-// True when every grads[i][0 .. sizes[i]) * inv_scale is finite. For callers that must agree on skipping across
-// ranks before stepping (the distributed trainer all-reduces this flag).
-bool all_finite(const float* const* grads, const int64_t* sizes, size_t count, float inv_scale);
-
-}  // namespace unet::kernels::cpu
+}  // namespace unet::kernels

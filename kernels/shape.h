@@ -1,36 +1,14 @@
-// Shape and type kernels: channel concatenation and its split, nearest upsampling and its block-sum adjoint,
-// dtype casts, and argmax over channels (backend-neutral entry points; CPU implementation in kernels/cpu/shape.cpp).
-// Concat, split and upsample move bytes, so they serve every dtype.
+// Shape kernels' shared description: nearest upsampling's shape, for the CPU (kernels/cpu/shape.h) and CUDA
+// (kernels/cuda/shape.cuh) entry points.
 #pragma once
 #include <cstdint>
 
-#include "kernels/common/dtype.h"
-
-namespace unet::kernels::cpu {
-
-// out[row, offset_i + j] = xs[i][row, j] for rows rows; widths[i] elements of elem_size bytes each.
-void concat_channels(int64_t rows, int count, const void* const* xs, const int64_t* widths, int64_t elem_size,
-                     void* out);
-// The inverse: outs[i][row, j] = x[row, offset_i + j]; a null outs[i] is skipped.
-void split_channels(int64_t rows, int count, const void* x, const int64_t* widths, int64_t elem_size,
-                    void* const* outs);
+namespace unet::kernels {
 
 // x [n, d, h, w, c] -> y [n, d*fd, h*fh, w*fw, c]; 2D: d = fd = 1.
 struct UpsampleShape {
   int64_t n = 1, d = 1, h = 1, w = 1, c = 1;
   int64_t fd = 1, fh = 1, fw = 1;
 };
-// y[n, z*fd+a, p*fh+b, q*fw+e, :] = x[n, z, p, q, :], elements of elem_size bytes.
-void upsample_nearest_forward(const UpsampleShape& s, const void* x, int64_t elem_size, void* y);
-// dx[n, z, p, q, :] = sum over the fd*fh*fw block of dy (f32, summed in a fixed order).
-void upsample_nearest_backward(const UpsampleShape& s, const float* dy, float* dx);
 
-// n values from src_dtype to dst_dtype, each one of f32, f16, bf16 (f16 <-> bf16 goes through f32, which is exact
-// for the f16 or bf16 source, then rounds once). Uses the conversions of kernels/common/dtype.h.
-void cast(DType src_dtype, const void* src, DType dst_dtype, void* dst, int64_t n);
-
-// out[row] = the first index of the largest of x[row, 0..c) (f32, f16 or bf16). NaN counts as larger than any
-// number (as torch.argmax): a row holding NaN gives the index of its first NaN.
-void argmax_channels(DType dtype, const void* x, int64_t rows, int64_t c, int32_t* out);
-
-}  // namespace unet::kernels::cpu
+}  // namespace unet::kernels

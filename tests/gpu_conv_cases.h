@@ -30,7 +30,7 @@
 #include "kernels/common/dtype.h"
 #include "engine/random.h"
 #include "engine/tensor.h"
-#include "kernels/conv.h"
+#include "kernels/cpu/conv.h"
 #include "kernels/cuda/conv.cuh"
 #include "tests/test_util.h"
 

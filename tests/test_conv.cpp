@@ -13,7 +13,7 @@
 #include "engine/autograd.h"
 #include "engine/ops.h"
 #include "engine/random.h"
-#include "kernels/conv.h"
+#include "kernels/cpu/conv.h"
 #include "tests/test_util.h"
 
 using namespace unet;

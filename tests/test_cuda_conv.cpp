@@ -17,7 +17,7 @@
 #include <vector>
 
 #include "kernels/common/dtype.h"
-#include "kernels/conv.h"
+#include "kernels/cpu/conv.h"
 #include "kernels/cuda/conv.cuh"
 #include "kernels/emu/emu.h"
 #include "tests/emu_test_util.h"

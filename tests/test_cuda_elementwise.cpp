@@ -3,7 +3,7 @@
 #include <cstring>
 
 #include "kernels/cuda/elementwise.cuh"
-#include "kernels/elementwise.h"
+#include "kernels/cpu/elementwise.h"
 #include "kernels/emu/emu.h"
 #include "tests/test_util.h"
 

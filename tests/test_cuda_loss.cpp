@@ -9,13 +9,13 @@
 #include <string>
 #include <vector>
 
-#include "kernels/blend.h"
+#include "kernels/cpu/blend.h"
 #include "kernels/cuda/blend.cuh"
 #include "kernels/cuda/loss.cuh"
 #include "kernels/cuda/optim.cuh"
 #include "kernels/emu/emu.h"
-#include "kernels/loss.h"
-#include "kernels/optim.h"
+#include "kernels/cpu/loss.h"
+#include "kernels/cpu/optim.h"
 #include "tests/test_util.h"
 
 using namespace unet;

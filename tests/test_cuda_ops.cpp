@@ -10,13 +10,13 @@
 #include <string>
 #include <vector>
 
-#include "kernels/activation.h"
+#include "kernels/cpu/activation.h"
 #include "kernels/cuda/activation.cuh"
 #include "kernels/cuda/norm.cuh"
 #include "kernels/cuda/shape.cuh"
 #include "kernels/emu/emu.h"
-#include "kernels/norm.h"
-#include "kernels/shape.h"
+#include "kernels/cpu/norm.h"
+#include "kernels/cpu/shape.h"
 #include "tests/emu_test_util.h"
 #include "tests/test_util.h"
 

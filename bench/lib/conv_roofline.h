@@ -8,7 +8,7 @@
 #include <string>
 #include <vector>
 
-#include "kernels/conv.h"
+#include "kernels/cpu/conv.h"
 
 namespace unet::bench {
 

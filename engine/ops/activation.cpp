@@ -5,7 +5,7 @@
 #include "engine/autograd.h"
 #include "engine/ops.h"
 #include "engine/backend.h"
-#include "kernels/activation.h"
+#include "kernels/cpu/activation.h"
 #include "kernels/cuda/activation.cuh"
 
 namespace unet::ops {

@@ -6,7 +6,7 @@
 #include "engine/autograd.h"
 #include "engine/ops.h"
 #include "engine/backend.h"
-#include "kernels/conv.h"
+#include "kernels/cpu/conv.h"
 #include "kernels/cuda/conv.cuh"
 
 namespace unet::ops {

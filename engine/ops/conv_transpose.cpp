@@ -1,7 +1,7 @@
 // conv_transpose: the differentiable transposed convolution with kernel == stride (nnU-Net's upsampling layer).
 // Validates shapes, runs kernels/cpu/conv_transpose.cpp or kernels/cuda/conv_transpose.cu by x's device, and records
 // one node whose backward computes dx, dw and dbias; it saves x only when w needs a gradient and w only when x does.
-#include "kernels/conv_transpose.h"
+#include "kernels/cpu/conv_transpose.h"
 #include "engine/autograd.h"
 #include "engine/ops.h"
 #include "engine/backend.h"

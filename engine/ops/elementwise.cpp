@@ -3,7 +3,7 @@
 #include "engine/ops.h"
 #include "engine/backend.h"
 #include "kernels/cuda/elementwise.cuh"
-#include "kernels/elementwise.h"
+#include "kernels/cpu/elementwise.h"
 
 namespace unet::ops {
 

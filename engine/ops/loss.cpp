@@ -17,7 +17,7 @@
 #include "engine/ops.h"
 #include "engine/backend.h"
 #include "kernels/cuda/loss.cuh"
-#include "kernels/loss.h"
+#include "kernels/cpu/loss.h"
 
 namespace unet::ops {
 

@@ -8,7 +8,7 @@
 #include "engine/ops.h"
 #include "engine/backend.h"
 #include "kernels/cuda/norm.cuh"
-#include "kernels/norm.h"
+#include "kernels/cpu/norm.h"
 
 namespace unet::ops {
 

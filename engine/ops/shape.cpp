@@ -1,7 +1,7 @@
 // Shape and type ops: concat_channels (decoder skip connections), upsample_nearest (deep supervision),
 // cast (mixed precision) and argmax_channels (predictions). Kernels in kernels/cpu/shape.cpp and, by the tensor's
 // device, kernels/cuda/shape.cu.
-#include "kernels/shape.h"
+#include "kernels/cpu/shape.h"
 #include "engine/autograd.h"
 #include "engine/ops.h"
 #include "engine/backend.h"

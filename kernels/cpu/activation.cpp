@@ -1,5 +1,5 @@
 // CPU activation kernels (see kernels/activation.h): branch-free selects the compiler vectorizes.
-#include "kernels/activation.h"
+#include "kernels/cpu/activation.h"
 
 #include "kernels/common/parallel.h"
 

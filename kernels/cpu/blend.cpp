@@ -4,7 +4,7 @@
 #include <vector>
 
 #include "kernels/common/parallel.h"
-#include "kernels/blend.h"
+#include "kernels/cpu/blend.h"
 
 namespace unet::kernels::cpu {
 

@@ -21,7 +21,7 @@
 // Vector width follows the build: 16 floats with AVX-512 (32 registers: tiles of 14 pixels x 2 vectors), 8 with AVX2
 // (16 registers: 6 x 2). Both are written with GCC vector extensions; masked loads/stores only at channel tails.
 // Weights are repacked on every call (cheap next to the arithmetic except for the deepest, smallest layers).
-#include "kernels/conv.h"
+#include "kernels/cpu/conv.h"
 
 #include <immintrin.h>
 

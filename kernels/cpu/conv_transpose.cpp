@@ -6,7 +6,7 @@
 // or over fixed pixel chunks and taps (wgrad); each output element is produced by one thread in a fixed order, and
 // wgrad's chunk partials are summed in chunk order: bitwise deterministic for any thread count.
 // Measured (bench: 2 threads, AVX-512, quiet machine) at about 100-200 GFLOP/s per pass for 64-128 channels.
-#include "kernels/conv_transpose.h"
+#include "kernels/cpu/conv_transpose.h"
 
 #include <algorithm>
 #include <cstring>

@@ -1,5 +1,5 @@
 // CPU elementwise kernels.
-#include "kernels/elementwise.h"
+#include "kernels/cpu/elementwise.h"
 
 #include <stdexcept>
 #include <vector>

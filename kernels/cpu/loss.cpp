@@ -1,8 +1,8 @@
-// CPU fused softmax + Dice + cross-entropy kernels (see kernels/loss.h for the maths).
+// CPU fused softmax + Dice + cross-entropy kernels (see kernels/cpu/loss.h for the maths).
 // Each voxel's channel vector is contiguous (channels-last), so a voxel is processed whole: max, exp, sum, then the
 // per-class accumulations. The channel count is a template parameter for the common small cases (2..8 classes), so
 // the per-voxel loops are fully unrolled and the exponentials stay in registers; other counts use a runtime loop.
-#include "kernels/loss.h"
+#include "kernels/cpu/loss.h"
 
 #include <algorithm>
 #include <cmath>

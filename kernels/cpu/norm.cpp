@@ -5,7 +5,7 @@
 // The forward statistics read x from memory once: each chunk, still in cache, gets an exact two-pass mean and sum
 // of squared deviations, and the chunks are merged with Chan's pairwise formula, so a large mean never cancels
 // the variance.
-#include "kernels/norm.h"
+#include "kernels/cpu/norm.h"
 
 #include <algorithm>
 #include <cmath>

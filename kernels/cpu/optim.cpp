@@ -1,11 +1,11 @@
-// CPU fused optimizer kernels (see kernels/optim.h).
+// CPU fused optimizer kernels (see kernels/cpu/optim.h).
 // All parameters of one step are cut into fixed pieces of at most kPiece elements, and the pieces are spread over the
 // threads in one parallel region, so hundreds of small parameters (biases, norm weights) cost one fork, not hundreds.
 // The element update is written once as a template over a scalar float and a GNU vector of register width: GCC
 // will not vectorize std::sqrt in a plain loop without -fno-math-errno, so the vector path calls the SIMD square root.
 // Each check-then-update call reads the gradients twice (once for the inf/nan check, once for the update): a skipped
 // step must write nothing, and the check is cheap next to the update's 7 streams.
-#include "kernels/optim.h"
+#include "kernels/cpu/optim.h"
 
 #include <immintrin.h>
 

@@ -1,6 +1,6 @@
 // CPU shape and type kernels (see kernels/shape.h). Everything is parallel over channel rows (pixels); every
 // output element is written by one thread from a fixed sequence of inputs, so results are deterministic.
-#include "kernels/shape.h"
+#include "kernels/cpu/shape.h"
 
 #include <cmath>
 #include <cstring>

@@ -1,4 +1,4 @@
-// CUDA activation kernels: the entry points mirror kernels/activation.h (CPU), with pointers in device memory (host
+// CUDA activation kernels: the entry points mirror kernels/cpu/activation.h (CPU), with pointers in device memory (host
 // memory under the emulator) and a stream. Same semantics: NaN passes relu, the gradient masks test > 0.
 #pragma once
 #include <cstdint>

@@ -1,4 +1,4 @@
-// CUDA sliding-window kernels, the CUDA twin of kernels/blend.h (CPU): Gaussian importance map, window extraction and
+// CUDA sliding-window kernels, the CUDA twin of kernels/cpu/blend.h: Gaussian importance map, window extraction and
 // weighted accumulation, same arguments (channels-last volumes, up to 3 spatial axes, 2D with size 1 in front) with
 // pointers in device memory (host memory under the emulator) plus a stream. Shapes and flips are host values.
 #pragma once
@@ -10,7 +10,7 @@
 
 namespace unet::kernels::cuda {
 
-using cpu::Dims3;
+using kernels::Dims3;
 
 void importance_map(const Dims3& patch, bool gaussian, float sigma_scale, float min_value, float* map,
                     cudaStream_t stream);

@@ -1,5 +1,5 @@
 // CUDA transposed convolution with kernel == stride (nnU-Net's learned upsampling): the entry points mirror
-// kernels/conv_transpose.h (CPU) on channels-last buffers, x [n, d, h, w, c], w [k, kt, kr, ks, c],
+// kernels/cpu/conv_transpose.h (CPU) on channels-last buffers, x [n, d, h, w, c], w [k, kt, kr, ks, c],
 // y [n, d*kt, h*kr, w*ks, k]. `dt` is the type of x, w, y, dy and dx (f32, f16 or bf16; f32 accumulation throughout);
 // bias, dw and dbias are f32 (fp32 master weights; the caller passes weights already cast to dt). Deterministic: no
 // float atomics, fixed-order reductions.
@@ -10,7 +10,7 @@
 
 namespace unet::kernels::cuda {
 
-using ConvTransposeShape = ::unet::kernels::cpu::ConvTransposeShape;
+using kernels::ConvTransposeShape;
 
 // bias [k] f32 or null.
 void conv_transpose_fprop(const ConvTransposeShape& s, DType dt, const void* x, const void* w, const float* bias,

@@ -1,4 +1,4 @@
-// CUDA elementwise kernels: the entry points mirror kernels/elementwise.h (CPU), with pointers in device memory
+// CUDA elementwise kernels: the entry points mirror kernels/cpu/elementwise.h (CPU), with pointers in device memory
 // (host memory under the emulator) and a stream.
 #pragma once
 #include <cstdint>

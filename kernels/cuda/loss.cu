@@ -1,4 +1,4 @@
-// CUDA fused softmax + Dice + cross-entropy kernels, the CUDA twin of kernels/cpu/loss.cpp (maths in kernels/loss.h).
+// CUDA fused softmax + Dice + cross-entropy kernels, the CUDA twin of kernels/cpu/loss.cpp (maths in kernels/cpu/loss.h).
 // One thread owns one voxel at a time (channels-last: its C logits are contiguous); the channel count is a template
 // parameter for 2..8 classes, so the per-voxel loops unroll and the softmax stays in registers. Other counts (1, 9..16)
 // use a loop over kMaxLossChannels slots guarded by `c < n`, which also unrolls, at the price of more registers.

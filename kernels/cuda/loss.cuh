@@ -1,4 +1,4 @@
-// CUDA fused softmax + Dice + cross-entropy kernels, the CUDA twin of kernels/loss.h (CPU): same argument meaning
+// CUDA fused softmax + Dice + cross-entropy kernels, the CUDA twin of kernels/cpu/loss.h (CPU): same argument meaning
 // (channels-last logits, one i32 or u8 label per voxel), pointers in device memory (host memory under the emulator),
 // plus a stream. Where the CPU entry point returns values, the CUDA one writes them into caller-provided device
 // buffers, which the caller copies back after the stream is synchronized (under the emulator the launch is

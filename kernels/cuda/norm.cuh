@@ -1,4 +1,4 @@
-// CUDA instance normalisation kernels: the entry points mirror kernels/norm.h (CPU) — channels-last x [n, s, c],
+// CUDA instance normalisation kernels: the entry points mirror kernels/cpu/norm.h (CPU) — channels-last x [n, s, c],
 // statistics per (n, c) over s, gamma / beta [c] or null — with pointers in device memory (host memory under the
 // emulator) and a stream. Reductions are deterministic (fixed-order trees, no atomics): the same inputs give the same
 // bits on every run; against the CPU they agree to about 1e-6 relative, since the summation order differs.
@@ -10,13 +10,13 @@
 
 namespace unet::kernels::cuda {
 
-using NormShape = ::unet::kernels::cpu::NormShape;
+using kernels::NormShape;
 
 // y = (x - mean) * rstd * gamma + beta; mean and rstd [n, c] are written for the backward pass.
 void instance_norm_forward(const NormShape& sh, const float* x, const float* gamma, const float* beta, float eps,
                            float* y, float* mean, float* rstd, cudaStream_t stream);
 
-// dx, dgamma, dbeta as kernels/norm.h; each may be null (not computed); gamma null means 1.
+// dx, dgamma, dbeta as kernels/cpu/norm.h; each may be null (not computed); gamma null means 1.
 void instance_norm_backward(const NormShape& sh, const float* x, const float* dy, const float* mean, const float* rstd,
                             const float* gamma, float* dx, float* dgamma, float* dbeta, cudaStream_t stream);
 

@@ -1,4 +1,4 @@
-// CUDA fused optimizer kernels, the CUDA twin of kernels/cpu/optim.cpp (see kernels/optim.h and kernels/cuda/optim.cuh).
+// CUDA fused optimizer kernels, the CUDA twin of kernels/cpu/optim.cpp (see kernels/cpu/optim.h and kernels/cuda/optim.cuh).
 // All parameters of one step are cut into chunks of at most kChunk elements; one block handles one chunk (grid-stride
 // over chunks), so hundreds of small parameters cost two launches in all. Per-parameter constants (bias corrections,
 // step size) are derived on the host in double exactly as the CPU does and rounded to f32 once.
@@ -37,7 +37,7 @@ struct AdamParam {
   const float* grad;
   float* exp_avg;
   float* exp_avg_sq;
-  cpu::AdamConsts c;  // shared with the CPU kernel (kernels/optim.h)
+  AdamConsts c;  // shared with the CPU kernel (kernels/optim.h)
 };
 
 struct SgdParam {
@@ -171,7 +171,7 @@ size_t optim_workspace_bytes(const int64_t* sizes, size_t count) {
   return kFlagBytes + align16(chunks * sizeof(Chunk)) + count * param;
 }
 
-void adam_step(const cpu::AdamSlice* slices, size_t count, const cpu::AdamArgs& a, void* workspace, int* nonfinite,
+void adam_step(const AdamSlice* slices, size_t count, const AdamArgs& a, void* workspace, int* nonfinite,
                cudaStream_t stream) {
   std::vector<AdamParam> params(count);
   for (size_t s = 0; s < count; ++s) {  // as kernels/cpu/optim.cpp derives them
@@ -180,12 +180,12 @@ void adam_step(const cpu::AdamSlice* slices, size_t count, const cpu::AdamArgs& 
     k.grad = slices[s].grad;
     k.exp_avg = slices[s].exp_avg;
     k.exp_avg_sq = slices[s].exp_avg_sq;
-    k.c = cpu::adam_consts(a, slices[s].step);
+    k.c = adam_consts(a, slices[s].step);
   }
   run_step(slices, count, params, a.inv_scale, workspace, nonfinite, stream);
 }
 
-void sgd_step(const cpu::SgdSlice* slices, size_t count, const cpu::SgdArgs& a, void* workspace, int* nonfinite,
+void sgd_step(const SgdSlice* slices, size_t count, const SgdArgs& a, void* workspace, int* nonfinite,
               cudaStream_t stream) {
   std::vector<SgdParam> params(count);
   for (size_t s = 0; s < count; ++s) {

@@ -1,4 +1,4 @@
-// CUDA fused optimizer steps, the CUDA twin of kernels/optim.h (CPU): the same slices and hyperparameters
+// CUDA fused optimizer steps, the CUDA twin of kernels/cpu/optim.h (CPU): the same slices and hyperparameters
 // (kernels::cpu::AdamSlice / SgdSlice / AdamArgs / SgdArgs, whose pointers here point into device memory), all
 // parameters in one launch. Each step is two kernels on `stream`: a check of every gradient * inv_scale for inf/nan
 // that sets a flag, then the update, which writes nothing when the flag is set. So where the CPU returns false, the
@@ -19,9 +19,9 @@ namespace unet::kernels::cuda {
 // Device scratch for one step over parameters of these sizes (count entries).
 size_t optim_workspace_bytes(const int64_t* sizes, size_t count);
 
-void adam_step(const cpu::AdamSlice* slices, size_t count, const cpu::AdamArgs& args, void* workspace,
+void adam_step(const AdamSlice* slices, size_t count, const AdamArgs& args, void* workspace,
                int* nonfinite, cudaStream_t stream);
-void sgd_step(const cpu::SgdSlice* slices, size_t count, const cpu::SgdArgs& args, void* workspace, int* nonfinite,
+void sgd_step(const SgdSlice* slices, size_t count, const SgdArgs& args, void* workspace, int* nonfinite,
               cudaStream_t stream);
 
 }  // namespace unet::kernels::cuda

@@ -1,4 +1,4 @@
-// CUDA shape and type kernels: the entry points mirror kernels/shape.h (CPU) — channel concatenation and its split,
+// CUDA shape and type kernels: the entry points mirror kernels/cpu/shape.h (CPU) — channel concatenation and its split,
 // nearest upsampling and its block-sum adjoint, f32 / f16 / bf16 casts, argmax over channels — with tensor pointers in
 // device memory (host memory under the emulator) and a stream. Every output element is written by one thread from a
 // fixed sequence of inputs: results are bitwise those of the CPU.
@@ -11,7 +11,7 @@
 
 namespace unet::kernels::cuda {
 
-using UpsampleShape = ::unet::kernels::cpu::UpsampleShape;
+using kernels::UpsampleShape;
 
 // out[row, offset_i + j] = xs[i][row, j]. The arrays xs and widths are host memory (count entries); the tensors they
 // point at are device memory. One launch per input.

@@ -1,4 +1,4 @@
-// Elementwise kernels (backend-neutral entry points; CPU implementations in kernels/cpu/elementwise.cpp).
+// Elementwise kernels (CPU entry points; implementations in kernels/cpu/elementwise.cpp).
 #pragma once
 #include <cstdint>
 

@@ -1,4 +1,4 @@
-// Activation kernels (backend-neutral entry points; CPU implementation in kernels/cpu/activation.cpp).
+// Activation kernels (CPU entry points; implementation in kernels/cpu/activation.cpp).
 // Semantics follow PyTorch: relu passes NaN through; the gradient masks test x > 0 (so the gradient at 0 is
 // the negative-side one), and relu's backward reads its output, leaky_relu's its input, as PyTorch saves them.
 #pragma once

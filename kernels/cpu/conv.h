@@ -1,0 +1,23 @@
+// CPU convolution entry points (kernels/cpu/conv.cpp): fprop, dgrad, wgrad and the bias gradient of a ConvProblem
+// (kernels/conv.h) on raw channels-last f32 buffers.
+#pragma once
+#include "kernels/conv.h"
+
+namespace unet::kernels::cpu {
+
+// y[n,z,p,q,k] = bias[k] + sum_{t,r,s,c} x[n, z*sd+t-pd, p*sh+r-ph, q*sw+s-pw, c] * w[k,t,r,s,c]  (zero padding).
+// bias may be null (no bias). y is overwritten.
+void conv_fprop(const ConvProblem& p, const float* x, const float* w, const float* bias, float* y);
+
+// dx = gradient of the fprop sum with respect to x, given dy [N, Z, P, Q, K]. dx is overwritten (positions that no
+// output reads get 0).
+void conv_dgrad(const ConvProblem& p, const float* dy, const float* w, float* dx);
+
+// dw [K, T, R, S, C] = gradient with respect to w; dbias [K] = sum of dy over n and space (skipped when null).
+// Both are overwritten. Bitwise deterministic: every element is summed in one fixed order whatever the thread count.
+void conv_wgrad(const ConvProblem& p, const float* x, const float* dy, float* dw, float* dbias);
+
+// dbias [K] alone (for a frozen weight); the same fixed summation order as conv_wgrad.
+void conv_bias_grad(const ConvProblem& p, const float* dy, float* dbias);
+
+}  // namespace unet::kernels::cpu
