@@ -432,4 +432,17 @@ TEST_CASE("checked build: AddressSanitizer reports a dynamic shared memory overf
   CHECK(out.find("block (1,0,0) thread (5,0,0)") != std::string::npos);
   CHECK(out.find("no error reported") == std::string::npos);
 }
+
+// The same for global memory: a write one float past a buffer of the emulated device memory, inside the block's
+// 256-byte rounding, is reported (only the bytes asked for are addressable), naming the emulated thread.
+TEST_CASE("checked build: AddressSanitizer reports a write past a buffer of emulated device memory") {
+  std::string out;
+  const int rc = unet::test::run_tool("emu_global_overflow", "", &out);
+  INFO(out);
+  CHECK(rc != 0);
+  CHECK(out.find("ERROR: AddressSanitizer: use-after-poison") != std::string::npos);
+  CHECK(out.find("global_overflow_kernel") != std::string::npos);
+  CHECK(out.find("block (1,0,0) thread (3,0,0)") != std::string::npos);
+  CHECK(out.find("no error reported") == std::string::npos);
+}
 #endif

@@ -98,9 +98,10 @@ void* device_malloc(size_t bytes) {
     p = a.base + a.top;
     a.top += n + kGap;
     a.grow_open_range();
-    UNET_POISON(p + n, kGap);
   }
-  UNET_UNPOISON(p, n);
+  // Addressable for AddressSanitizer: exactly the bytes asked for; the rounding and the gap after it are poisoned.
+  UNET_POISON(p, n + kGap);
+  UNET_UNPOISON(p, bytes);
   return p;
 }
 

@@ -7,8 +7,8 @@
 // emu::launch and device_memcpy/device_memset hold a DeviceAccess for their duration. A host access outside them is a
 // segmentation fault (reported by AddressSanitizer in the checked build).
 //
-// Blocks are 256-byte aligned (as cudaMalloc's) and followed by a 256-byte gap, poisoned for AddressSanitizer, so a
-// kernel that runs past its buffer is still reported in the checked build. Freed blocks are kept for reuse by size;
+// Blocks are 256-byte aligned (as cudaMalloc's) and followed by a 256-byte gap; for AddressSanitizer only the bytes
+// asked for are addressable, so a kernel that runs past its buffer is still reported in the checked build. Freed blocks are kept for reuse by size;
 // the reservation is never returned. Plain C++: no CUDA header, so engine/ can include it.
 #pragma once
 #include <cstddef>
