@@ -167,3 +167,70 @@ TEST_CASE("unet_infer rejects bad arguments with status 2 and unreadable models 
   CHECK(out.find("the model expects 3") != std::string::npos);
   CHECK_FALSE(fs::exists(dir + "/x.nii"));
 }
+
+namespace {
+// A label map [4, 4, 4] with `ones` voxels of class 1 (from the first), the rest 0, and `stray` (if >= 0) written at
+// the last voxel.
+void write_labels(const std::string& path, int ones, int stray = -1) {
+  std::vector<float> v(64, 0.f);
+  for (int i = 0; i < ones; ++i) v[static_cast<size_t>(i)] = 1.f;
+  if (stray >= 0) v[63] = static_cast<float>(stray);
+  io::write_nifti(path, Tensor::from_vector({4, 4, 4}, v, DType::u8), io::make_nifti_like({4, 4, 4}, {1, 1, 1}));
+}
+}  // namespace
+
+TEST_CASE("unet_eval takes the classes from the dataset or the references, never from a stray predicted label") {
+  test::TempDir tmp("eval_classes");
+  const std::string& dir = tmp.path;
+  fs::create_directories(dir + "/ds/labelsTs");
+  fs::create_directories(dir + "/pred");
+  write_labels(dir + "/ds/labelsTs/a.nii.gz", 8);
+  write_labels(dir + "/pred/a.nii.gz", 4);  // Dice of class 1: 2*4 / (4 + 8) = 2/3
+  std::string out;
+  REQUIRE_MESSAGE(test::run_tool("unet_eval", "--pred " + dir + "/pred --label " + dir + "/ds/labelsTs", &out) == 0, out);
+  CHECK(nlohmann::json::parse(std::ifstream(dir + "/pred/dice.json"))["mean_dice"].get<double>() ==
+        doctest::Approx(2.0 / 3.0));
+  // A stray voxel labelled 7 used to add classes 2..7, which scored 1 or 0 and moved the mean; it is an error now,
+  // naming the file and the value, and no dice.json is written.
+  fs::remove(dir + "/pred/dice.json");
+  write_labels(dir + "/pred/a.nii.gz", 4, 7);
+  CHECK(test::run_tool("unet_eval", "--pred " + dir + "/pred --label " + dir + "/ds/labelsTs", &out) == 1);
+  CHECK(out.find("a.nii.gz: label value 7 outside the 2 classes") != std::string::npos);
+  CHECK_FALSE(fs::exists(dir + "/pred/dice.json"));
+  // With a dataset.json beside the labels, its labels set the class count (here 3: class 2 is absent from both, 1).
+  std::ofstream(dir + "/ds/dataset.json") << R"({"labels": {"0": "background", "1": "a", "2": "b"}})";
+  write_labels(dir + "/pred/a.nii.gz", 4);
+  REQUIRE_MESSAGE(test::run_tool("unet_eval", "--pred " + dir + "/pred --label " + dir + "/ds/labelsTs", &out) == 0, out);
+  auto j = nlohmann::json::parse(std::ifstream(dir + "/pred/dice.json"));
+  CHECK(j["classes"] == 3);
+  CHECK(j["mean_dice"].get<double>() == doctest::Approx((2.0 / 3.0 + 1.0) / 2));
+  write_labels(dir + "/pred/a.nii.gz", 4, 3);
+  CHECK(test::run_tool("unet_eval", "--pred " + dir + "/pred --label " + dir + "/ds/labelsTs", &out) == 1);
+  CHECK(out.find("outside the 3 classes of " + dir + "/ds/dataset.json") != std::string::npos);
+  // --classes is bounded, and --json cannot name a label map.
+  CHECK(test::run_tool("unet_eval", "--pred " + dir + "/pred --label " + dir + "/ds/labelsTs --classes 20000000", &out) == 2);
+  CHECK(out.find("--classes 20000000: expected 2..1000") != std::string::npos);
+  CHECK(test::run_tool("unet_eval", "--pred " + dir + "/pred --label " + dir + "/ds/labelsTs --json " + dir +
+                                        "/pred/a.nii.gz", &out) == 2);
+  CHECK(io::read_nifti(dir + "/pred/a.nii.gz").data.to_vector()[63] == 3.f);  // untouched
+}
+
+TEST_CASE("unet_eval fails on a reference without a prediction, or scores it 0 with --missing-as-zero") {
+  test::TempDir tmp("eval_missing");
+  const std::string& dir = tmp.path;
+  fs::create_directories(dir + "/labels");
+  fs::create_directories(dir + "/pred");
+  write_labels(dir + "/labels/a.nii.gz", 8);
+  write_labels(dir + "/labels/b.nii.gz", 8);
+  write_labels(dir + "/pred/a.nii.gz", 8);  // perfect
+  std::string out;
+  CHECK(test::run_tool("unet_eval", "--pred " + dir + "/pred --label " + dir + "/labels", &out) == 1);
+  CHECK(out.find("no prediction for 1 of 2 reference(s): b.nii.gz") != std::string::npos);
+  CHECK_FALSE(fs::exists(dir + "/pred/dice.json"));
+  REQUIRE_MESSAGE(test::run_tool("unet_eval", "--pred " + dir + "/pred --label " + dir + "/labels --missing-as-zero",
+                                 &out) == 0, out);
+  CHECK(out.find("warning: no prediction for b.nii.gz") != std::string::npos);
+  auto j = nlohmann::json::parse(std::ifstream(dir + "/pred/dice.json"));
+  CHECK(j["mean_dice"].get<double>() == doctest::Approx(0.5));  // (1 + 0) / 2, not 1 over the one case found
+  CHECK(j["missing_predictions"] == nlohmann::json::array({"b.nii.gz"}));
+}

@@ -1,10 +1,13 @@
 // unet_eval: Dice per class of predicted label maps against reference labels (docs/reference.md, "Dice metric").
-// usage: unet_eval --pred DIR --label DIR [--classes K] [--json FILE]
-// Cases are matched by file name. Prints a table (per case and the mean over cases, x100) and writes JSON.
+// usage: unet_eval --pred DIR --label DIR [--classes K] [--missing-as-zero] [--json FILE]
+// Cases are matched by file name; every reference must have a prediction. The class count comes from --classes, the
+// dataset.json beside the label directory, or the references, never from the predictions. Prints a table (per case
+// and the mean over cases, x100) and writes JSON.
 // Exit status 0 / 2 (usage) / 1 (runtime).
 #include <CLI/CLI.hpp>
 #include <cstdio>
 #include <filesystem>
+#include <fstream>
 #include <nlohmann/json.hpp>
 
 #include "engine/metrics.h"
@@ -29,57 +32,144 @@ Tensor as_labels(const io::NiftiVolume& v) {
   }
   return t;
 }
+// The label files of a directory (.nii / .nii.gz, not the _probabilities maps unet_infer writes beside them), sorted.
+std::vector<fs::path> label_files(const std::string& dir) {
+  std::vector<fs::path> files;
+  for (auto& e : fs::directory_iterator(dir)) {
+    const std::string n = e.path().filename().string();
+    if (e.is_regular_file() && (n.ends_with(".nii") || n.ends_with(".nii.gz")) && !n.starts_with(".") &&
+        n.find("_probabilities") == std::string::npos)
+      files.push_back(e.path());
+  }
+  std::sort(files.begin(), files.end());
+  return files;
+}
+
+// The number of classes the dataset declares ("labels" of the dataset.json beside the label directory, as in the
+// Medical Segmentation Decathlon layout DATASET/labelsTs), or 0 when there is none.
+int dataset_classes(const std::string& label_dir, std::string* source) {
+  const fs::path json = fs::path(label_dir).lexically_normal().parent_path() / "dataset.json";
+  if (!fs::is_regular_file(json)) return 0;
+  nlohmann::json j;
+  try {
+    j = nlohmann::json::parse(std::ifstream(json));
+  } catch (const nlohmann::json::exception& e) {
+    throw std::runtime_error(json.string() + ": not valid JSON (" + e.what() + ")");
+  }
+  if (!j.contains("labels") || !j["labels"].is_object() || j["labels"].size() < 2)
+    throw std::runtime_error(json.string() + ": expected \"labels\" with at least 2 classes");
+  *source = json.string();
+  return static_cast<int>(j["labels"].size());
+}
+
+int max_label(const Tensor& t) {
+  int m = 0;
+  const int32_t* p = t.data<int32_t>();
+  for (int64_t i = 0; i < t.numel(); ++i) m = std::max(m, p[i]);
+  return m;
+}
+
+constexpr int kMaxClasses = 1000;
+
 }  // namespace
 
 int main(int argc, char** argv) {
   std::string pred_dir, label_dir, json_path;
   int classes = 0;
+  bool missing_as_zero = false;
   CLI::App app{"Dice per class of predicted label maps against reference labels, matched by file name."};
   app.add_option("--pred", pred_dir, "directory of predicted label maps (.nii / .nii.gz)")->required();
-  app.add_option("--label", label_dir, "directory of reference label maps")->required();
-  app.add_option("--classes", classes, "number of classes including background (default: largest label + 1)");
+  app.add_option("--label", label_dir, "directory of reference label maps; every one needs a prediction")->required();
+  app.add_option("--classes", classes,
+                 "number of classes including background, 2.." + std::to_string(kMaxClasses) +
+                     " (default: the labels of LABEL/../dataset.json, else the largest reference label + 1)");
+  app.add_flag("--missing-as-zero", missing_as_zero,
+               "score a reference without a prediction as Dice 0 for every class (with a warning) instead of failing");
   app.add_option("--json", json_path, "write the results as JSON to this file (default: PRED/dice.json)");
   if (auto status = unet::tools::parse_command_line(app, argc, argv, "unet_eval")) return *status;
   return unet::tools::run_tool("unet_eval", [&] {
     for (auto* d : {&pred_dir, &label_dir})
       if (!fs::is_directory(*d)) throw UsageError(*d + ": not a directory");
-    std::vector<fs::path> preds;
-    for (auto& e : fs::directory_iterator(pred_dir)) {
-      std::string n = e.path().filename().string();
-      if (e.is_regular_file() && (n.ends_with(".nii") || n.ends_with(".nii.gz")) && n.find("_probabilities") == std::string::npos)
-        preds.push_back(e.path());
+    if (classes != 0 && (classes < 2 || classes > kMaxClasses))
+      throw UsageError("--classes " + std::to_string(classes) + ": expected 2.." + std::to_string(kMaxClasses));
+    if (json_path.ends_with(".nii") || json_path.ends_with(".nii.gz"))
+      throw UsageError("--json " + json_path + ": expected a .json file (this would overwrite a label map)");
+    const std::vector<fs::path> refs = label_files(label_dir);
+    if (refs.empty()) throw UsageError(label_dir + ": no .nii or .nii.gz label maps");
+    if (label_files(pred_dir).empty()) throw UsageError(pred_dir + ": no .nii or .nii.gz label maps");
+
+    // Every reference is scored: a missing prediction fails the evaluation, or scores 0 with --missing-as-zero.
+    struct Pair {
+      std::string name;
+      Tensor pred, ref;  // pred undefined: missing
+    };
+    std::vector<Pair> pairs;
+    std::vector<std::string> missing;
+    for (const fs::path& r : refs) {
+      const fs::path p = fs::path(pred_dir) / r.filename();
+      const io::NiftiVolume lv = io::read_nifti(r.string());
+      Pair pair{r.filename().string(), Tensor(), as_labels(lv)};
+      if (fs::exists(p)) {
+        const io::NiftiVolume pv = io::read_nifti(p.string());
+        if (pv.data.shape() != lv.data.shape())
+          throw std::runtime_error(p.string() + ": shape " + shape_str(pv.data.shape()) + " differs from the label's " +
+                                   shape_str(lv.data.shape()));
+        pair.pred = as_labels(pv);
+      } else {
+        missing.push_back(r.filename().string());
+      }
+      pairs.push_back(std::move(pair));
     }
-    std::sort(preds.begin(), preds.end());
-    if (preds.empty()) throw UsageError(pred_dir + ": no .nii or .nii.gz label maps");
-    std::vector<std::pair<std::string, std::pair<Tensor, Tensor>>> pairs;
-    int max_label = 0;
-    for (auto& p : preds) {
-      fs::path ref = fs::path(label_dir) / p.filename();
-      if (!fs::exists(ref)) throw std::runtime_error(ref.string() + ": no reference label for prediction " + p.string());
-      io::NiftiVolume pv = io::read_nifti(p.string()), lv = io::read_nifti(ref.string());
-      if (pv.data.shape() != lv.data.shape())
-        throw std::runtime_error(p.string() + ": shape " + shape_str(pv.data.shape()) + " differs from the label's " + shape_str(lv.data.shape()));
-      Tensor a = as_labels(pv), b = as_labels(lv);
-      for (Tensor* t : {&a, &b})
-        for (int64_t i = 0; i < t->numel(); ++i) max_label = std::max(max_label, t->data<int32_t>()[i]);
-      pairs.push_back({p.filename().string(), {a, b}});
+    if (!missing.empty()) {
+      std::string list;
+      for (const std::string& m : missing) list += (list.empty() ? "" : ", ") + m;
+      if (!missing_as_zero)
+        throw std::runtime_error(pred_dir + ": no prediction for " + std::to_string(missing.size()) + " of " +
+                                 std::to_string(refs.size()) + " reference(s): " + list +
+                                 " (--missing-as-zero scores them as Dice 0)");
+      std::fprintf(stderr, "unet_eval: warning: no prediction for %s: scored as Dice 0\n", list.c_str());
     }
-    if (classes == 0) classes = std::max(2, max_label + 1);
-    if (max_label >= classes) throw UsageError("--classes " + std::to_string(classes) + ": label value " + std::to_string(max_label) + " found");
+
+    // The class count comes from the user, the dataset or the references, never from the predictions: a stray
+    // predicted label must not add a class (which would score 1 for every case without it).
+    std::string source = "--classes";
+    if (classes == 0) classes = dataset_classes(label_dir, &source);
+    if (classes == 0) {
+      for (const Pair& pr : pairs) classes = std::max(classes, max_label(pr.ref) + 1);
+      classes = std::max(classes, 2);
+      source = "the largest reference label in " + label_dir;
+      if (classes > kMaxClasses)
+        throw std::runtime_error(label_dir + ": label value " + std::to_string(classes - 1) + " (at most " +
+                                 std::to_string(kMaxClasses - 1) + " expected; pass --classes)");
+    }
+    for (const Pair& pr : pairs)
+      for (const auto& [t, dir] : {std::pair{&pr.ref, &label_dir}, std::pair{&pr.pred, &pred_dir}}) {
+        if (!t->defined()) continue;
+        const int m = max_label(*t);
+        if (m >= classes)
+          throw std::runtime_error((fs::path(*dir) / pr.name).string() + ": label value " + std::to_string(m) +
+                                   " outside the " + std::to_string(classes) + " classes of " + source);
+      }
 
     nlohmann::json result = {{"classes", classes}, {"cases", nlohmann::json::array()}};
+    if (!missing.empty()) result["missing_predictions"] = missing;
     std::vector<double> sum(static_cast<size_t>(classes - 1), 0.0);
     std::printf("%-32s", "case");
     for (int c = 1; c < classes; ++c) std::printf("  class %-3d", c);
     std::printf("  mean\n");
-    for (auto& [name, pl] : pairs) {
-      DiceCounts d;
-      d.add(pl.first, pl.second, classes);
-      auto dice = d.dice();
-      std::printf("%-32s", name.c_str());
+    for (const Pair& pr : pairs) {
+      std::vector<double> dice(static_cast<size_t>(classes - 1), 0.0);
+      double mean = 0;
+      if (pr.pred.defined()) {
+        DiceCounts d;
+        d.add(pr.pred, pr.ref, classes);
+        dice = d.dice();
+        mean = d.mean_dice();
+      }
+      std::printf("%-32s", pr.name.c_str());
       for (size_t c = 0; c < dice.size(); ++c) std::printf("  %9.2f", 100 * dice[c]), sum[c] += dice[c];
-      std::printf("  %6.2f\n", 100 * d.mean_dice());
-      result["cases"].push_back({{"case", name}, {"dice", dice}, {"mean_dice", d.mean_dice()}});
+      std::printf("  %6.2f%s\n", 100 * mean, pr.pred.defined() ? "" : "  (no prediction)");
+      result["cases"].push_back({{"case", pr.name}, {"dice", dice}, {"mean_dice", mean}});
     }
     std::vector<double> mean_per_class;
     double overall = 0;
