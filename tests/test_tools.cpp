@@ -168,6 +168,31 @@ TEST_CASE("unet_infer rejects bad arguments with status 2 and unreadable models 
   CHECK_FALSE(fs::exists(dir + "/x.nii"));
 }
 
+TEST_CASE("unet_infer never writes over its input, and skips hidden files (half-written outputs) in a directory") {
+  test::TempDir tmp("tools_infer_inputs");
+  const std::string& dir = tmp.path;
+  const std::string model = write_random_model(dir, 1, {8, 8, 8});
+  fs::create_directories(dir + "/images");
+  const std::string image = dir + "/images/a.nii";
+  fs::copy_file(std::string(UNET_TEST_DATA_DIR) + "/nifti/qform_only.nii", image);
+  const auto bytes = [](const std::string& p) {
+    std::ifstream f(p, std::ios::binary);
+    return std::string(std::istreambuf_iterator<char>(f), {});
+  };
+  const std::string before = bytes(image);
+  std::string out;
+  CHECK(test::run_tool("unet_infer", "--model " + model + " --input " + image + " --output " + image, &out) == 2);
+  CHECK(out.find("would overwrite the input " + image) != std::string::npos);
+  CHECK(test::run_tool("unet_infer", "--model " + model + " --input " + dir + "/images --output " + dir + "/images", &out) == 2);
+  CHECK(bytes(image) == before);
+  // A leftover temporary of an interrupted write (io::AtomicFile's ".tmpPID.NAME") is not taken for an input.
+  std::ofstream(dir + "/images/.tmp123.b.nii.gz") << "half a file";
+  REQUIRE_MESSAGE(test::run_tool("unet_infer", "--model " + model + " --input " + dir + "/images --output " + dir + "/pred",
+                                 &out) == 0, out);
+  CHECK(fs::exists(dir + "/pred/a.nii"));
+  CHECK_FALSE(fs::exists(dir + "/pred/.tmp123.b.nii.gz"));
+}
+
 namespace {
 // A label map [4, 4, 4] with `ones` voxels of class 1 (from the first), the rest 0, and `stray` (if >= 0) written at
 // the last voxel.

@@ -29,6 +29,9 @@ bool is_nifti(const fs::path& p) {
   return (s.size() > 4 && s.ends_with(".nii")) || (s.size() > 7 && s.ends_with(".nii.gz"));
 }
 
+// Hidden files (".tmpPID.NAME" is how io::AtomicFile names a file being written) are never inputs.
+bool is_hidden(const fs::path& p) { return p.filename().string().starts_with("."); }
+
 std::string stem_of(const fs::path& p) {
   std::string s = p.filename().string();
   return s.substr(0, s.size() - (s.ends_with(".nii.gz") ? 7 : 4));
@@ -80,7 +83,7 @@ int main(int argc, char** argv) {
       fs::create_directories(output);
       std::vector<fs::path> files;
       for (auto& e : fs::directory_iterator(input))
-        if (e.is_regular_file() && is_nifti(e.path())) files.push_back(e.path());
+        if (e.is_regular_file() && is_nifti(e.path()) && !is_hidden(e.path())) files.push_back(e.path());
       std::sort(files.begin(), files.end());
       if (files.empty()) throw UsageError("--input " + input + ": no .nii or .nii.gz files in the directory");
       for (auto& f : files) jobs.emplace_back(f, fs::path(output) / f.filename());
@@ -89,6 +92,13 @@ int main(int argc, char** argv) {
       fs::path out = fs::is_directory(output) ? fs::path(output) / fs::path(input).filename() : fs::path(output);
       if (!is_nifti(out)) throw UsageError("--output " + output + ": expected a .nii or .nii.gz name or a directory");
       jobs.emplace_back(input, out);
+    }
+    // Never write over an input: the label map (or its probabilities) would replace the image it was computed from.
+    for (const auto& [in, out] : jobs) {
+      const fs::path probabilities = out.parent_path() / (stem_of(out) + "_probabilities.nii.gz");
+      for (const fs::path& o : {out, save_probabilities ? probabilities : out})
+        if (fs::exists(o) && fs::equivalent(o, in))
+          throw UsageError("--output " + output + ": would overwrite the input " + in.string());
     }
 
     models::PredictorOptions po;
