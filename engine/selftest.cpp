@@ -255,18 +255,8 @@ std::string x_shape(const ConvProblem& p) {
 // Per-(n, k) sum and sum of squares of y [n, pixels, k] (the statistics the fprop epilogue returns), and their bounds.
 void add_stats(Runner& r, const std::string& name, const std::string& shape, const std::vector<float>& y,
                const Tensor& stats, int64_t n, int64_t pixels, int64_t k) {
-  std::vector<float> expected(static_cast<size_t>(n * k * 2)), bound(expected.size());
-  for (int64_t s = 0; s < n; ++s)
-    for (int64_t c = 0; c < k; ++c) {
-      double s1 = 0, s2 = 0, a1 = 0;
-      for (int64_t i = 0; i < pixels; ++i) {
-        const double v = y[static_cast<size_t>((s * pixels + i) * k + c)];
-        s1 += v, s2 += v * v, a1 += std::fabs(v);
-      }
-      const size_t at = static_cast<size_t>((s * k + c) * 2);
-      expected[at] = static_cast<float>(s1), bound[at] = static_cast<float>(a1);
-      expected[at + 1] = static_cast<float>(s2), bound[at + 1] = static_cast<float>(s2);
-    }
+  const ConvStats ref = conv_stats_reference(y, n, pixels, k);
+  const std::vector<float> expected(ref.sums.begin(), ref.sums.end()), bound(ref.bounds.begin(), ref.bounds.end());
   r.add(name, shape, stats.to_vector(), expected, 0, 0, &bound, 1e-5);
 }
 
@@ -654,6 +644,22 @@ std::vector<SelftestRow> run_selftest(const SelftestOptions& options) {
   optimizer_cases(r);
   blend_cases(r);
   return std::move(r.rows);
+}
+
+ConvStats conv_stats_reference(const std::vector<float>& y, int64_t n, int64_t pixels, int64_t k) {
+  ConvStats r{std::vector<double>(static_cast<size_t>(n * k * 2)), std::vector<double>(static_cast<size_t>(n * k * 2))};
+  for (int64_t s = 0; s < n; ++s)
+    for (int64_t c = 0; c < k; ++c) {
+      double s1 = 0, s2 = 0, a1 = 0;
+      for (int64_t i = 0; i < pixels; ++i) {
+        const double v = y[static_cast<size_t>((s * pixels + i) * k + c)];
+        s1 += v, s2 += v * v, a1 += std::fabs(v);
+      }
+      const size_t at = static_cast<size_t>((s * k + c) * 2);
+      r.sums[at] = s1, r.bounds[at] = a1;
+      r.sums[at + 1] = s2, r.bounds[at + 1] = s2;
+    }
+  return r;
 }
 
 int print_selftest_table(FILE* out, const std::vector<SelftestRow>& rows) {

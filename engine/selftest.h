@@ -49,4 +49,11 @@ std::vector<SelftestRow> run_selftest(const SelftestOptions& options);
 // of failed rows.
 int print_selftest_table(FILE* out, const std::vector<SelftestRow>& rows);
 
+// The reference for the convolution's instance-norm statistics: per (n, k) of y [n, pixels, k], the sum and the sum
+// of squares (in double, at [(n k + k) 2] and +1), and the bounds a tolerance scales with: sum |y| and sum y^2.
+struct ConvStats {
+  std::vector<double> sums, bounds;
+};
+ConvStats conv_stats_reference(const std::vector<float>& y, int64_t n, int64_t pixels, int64_t k);
+
 }  // namespace unet::selftest

@@ -29,6 +29,7 @@
 #include "engine/device.h"
 #include "kernels/common/dtype.h"
 #include "engine/random.h"
+#include "engine/selftest.h"
 #include "engine/tensor.h"
 #include "kernels/cpu/conv.h"
 #include "kernels/cuda/conv.cuh"
@@ -222,15 +223,13 @@ inline void check_result(const std::string& what, const std::vector<float>& got,
 inline void check_stats(const std::string& what, const std::vector<float>& y, const std::vector<float>& stats,
                         int64_t n, int64_t pixels, int64_t k) {
   REQUIRE(stats.size() == static_cast<size_t>(n * k * 2));
+  const selftest::ConvStats ref = selftest::conv_stats_reference(y, n, pixels, k);
   int bad = 0;
   for (int64_t s = 0; s < n; ++s)
     for (int64_t c = 0; c < k; ++c) {
-      double s1 = 0, s2 = 0, a1 = 0;
-      for (int64_t i = 0; i < pixels; ++i) {
-        const double v = y[static_cast<size_t>((s * pixels + i) * k + c)];
-        s1 += v, s2 += v * v, a1 += std::fabs(v);
-      }
-      const float* st = &stats[static_cast<size_t>((s * k + c) * 2)];
+      const size_t at = static_cast<size_t>((s * k + c) * 2);
+      const double s1 = ref.sums[at], s2 = ref.sums[at + 1], a1 = ref.bounds[at];
+      const float* st = &stats[at];
       const bool ok = std::fabs(st[0] - s1) <= 1e-5 * a1 + 1e-30 && std::fabs(st[1] - s2) <= 1e-5 * s2 + 1e-30;
       if (!ok && bad++ < 3)
         CHECK_MESSAGE(ok, what << ": statistics of sample " << s << " channel " << c << " are (" << st[0] << ", "
