@@ -2,6 +2,7 @@
 // unet_eval, the training loop itself, header preservation of unet_infer, and exit statuses for bad input.
 #include <filesystem>
 #include <fstream>
+#include <thread>
 #include <nlohmann/json.hpp>
 
 #include "io/dataset.h"
@@ -150,6 +151,36 @@ TEST_CASE("configuration errors exit with status 2 and name the key") {
   CHECK(out.find("cannot open config file") != std::string::npos);
   CHECK(test::run_tool("unet_train", write_text(dir + "/d.ini", "[data]\ndataset = " + dir + "/nowhere\n"), &out) == 1);
   CHECK(out.find(dir + "/nowhere") != std::string::npos);
+}
+
+TEST_CASE("out-of-range configuration numbers exit with status 2 naming the key and the range, before any work") {
+  test::TempDir tmp("tools_config_ranges");
+  const std::string& dir = tmp.path;
+  const unsigned cores = std::max(1u, std::thread::hardware_concurrency());
+  // (setting, expected message fragment): values that used to wrap (4294967296 as an int is 0), be NaN, or run away.
+  const std::vector<std::pair<std::string, std::string>> cases = {
+      {"data.batch_size=4294967296", "data.batch_size = 4294967296: expected 1..1024"},
+      {"data.folds=0", "data.folds = 0: expected 1..100"},
+      {"data.fold=5", "data.fold = 5: expected 0..4"},
+      {"train.steps=0", "train.steps = 0: expected 1..1000000000"},
+      {"train.lr=nan", "train.lr = nan: expected a value in [0"},
+      {"train.lr=1e30", "train.lr = 1000000000000000019884624838656"},
+      {"train.lr=0", "train.lr = 0: expected a positive learning rate"},
+      {"train.momentum=1", "train.momentum = 1.000000: expected a value in [0.000000, 1.000000)"},
+      {"train.warmup_steps=2000", "train.warmup_steps = 2000: expected 0..1000"},
+      {"data.foreground_oversampling=1.5", "data.foreground_oversampling = 1.500000"},
+      {"validation.overlap=1", "validation.overlap = 1.000000"},
+      {"model.depth=0", "model.depth = 0: expected 1..10"},
+      {"runtime.threads=100000", "runtime.threads = 100000: expected 0.." + std::to_string(2 * cores)},
+  };
+  const std::string ini = write_text(dir + "/t.ini", "[data]\ndataset = " + dir + "/nowhere\n[output]\ndir = " + dir +
+                                                         "/run\n");
+  for (const auto& [setting, message] : cases) {
+    std::string out;
+    CHECK_MESSAGE(test::run_tool("unet_train", ini + " --set " + setting, &out) == 2, setting << ": " << out);
+    CHECK_MESSAGE(out.find(message) != std::string::npos, setting << ": " << out);
+  }
+  CHECK_FALSE(fs::exists(dir + "/run"));  // refused before anything was written
 }
 
 TEST_CASE("unet_infer rejects bad arguments with status 2 and unreadable models with status 1, writing nothing") {

@@ -7,6 +7,8 @@
 #include <CLI/CLI.hpp>
 #include <cstdio>
 #include <iostream>
+#include <limits>
+#include <thread>
 
 #include "engine/device.h"
 #include "engine/ops.h"
@@ -67,6 +69,21 @@ models::TrainerOptions trainer_options(const io::Config& c) {
     throw UsageError(std::string("runtime.device = ") + device + ": " + e.what());
   }
   std::cout << std::flush;
+  // Every number within its range (exit 2 naming the key): a value cast to int must not wrap (4294967296 would be 0).
+  const auto int_in = [&](const char* section, const char* key, long lo, long hi) {
+    const long v = c.get_int(section, key);
+    if (v < lo || v > hi)
+      throw UsageError(std::string(section) + "." + key + " = " + std::to_string(v) + ": expected " +
+                       std::to_string(lo) + ".." + std::to_string(hi));
+    return v;
+  };
+  const auto real_in = [&](const char* section, const char* key, double lo, double hi, bool hi_open = false) {
+    const double v = c.get_real(section, key);
+    if (!(v >= lo && (hi_open ? v < hi : v <= hi)))  // NaN fails too
+      throw UsageError(std::string(section) + "." + key + " = " + std::to_string(v) + ": expected a value in [" +
+                       std::to_string(lo) + ", " + std::to_string(hi) + (hi_open ? ")" : "]"));
+    return v;
+  };
   o.dataset = c.get_string("data", "dataset");
   if (o.dataset.empty()) throw UsageError("data.dataset: required (the directory holding dataset.json)");
   const auto patch = c.get_int_list("data", "patch_size");
@@ -74,33 +91,29 @@ models::TrainerOptions trainer_options(const io::Config& c) {
   for (long p : patch)
     if (p < 4 || p > 1024) throw UsageError("data.patch_size: sizes must be in [4, 1024]");
   o.sampling.patch = {patch[0], patch[1], patch[2]};
-  o.folds = static_cast<int>(c.get_int("data", "folds"));
-  o.fold = static_cast<int>(c.get_int("data", "fold"));
-  if (o.folds < 1 || o.fold < 0 || o.fold >= std::max(o.folds, 1))
-    throw UsageError("data.fold: expected 0.." + std::to_string(o.folds - 1));
-  o.steps = c.get_int("train", "steps");
-  if (o.steps < 1) throw UsageError("train.steps: expected at least 1");
-  o.sampling.batch = static_cast<int>(c.get_int("data", "batch_size"));
-  if (o.sampling.batch < 1) throw UsageError("data.batch_size: expected at least 1");
-  o.filters = static_cast<int>(c.get_int("model", "filters"));
-  if (o.filters < 1) throw UsageError("model.filters: expected at least 1");
-  o.max_filters = static_cast<int>(c.get_int("model", "max_filters"));
-  o.depth = static_cast<int>(c.get_int("model", "depth"));
-  o.sampling.foreground_prob = c.get_real("data", "foreground_oversampling");
-  o.sampling.flip_prob = c.get_real("data", "flip_probability");
+  o.folds = static_cast<int>(int_in("data", "folds", 1, 100));
+  o.fold = static_cast<int>(int_in("data", "fold", 0, o.folds - 1));
+  o.steps = int_in("train", "steps", 1, 1000000000);
+  o.sampling.batch = static_cast<int>(int_in("data", "batch_size", 1, 1024));
+  o.filters = static_cast<int>(int_in("model", "filters", 1, 1024));
+  o.max_filters = static_cast<int>(int_in("model", "max_filters", 1, 4096));
+  o.depth = static_cast<int>(int_in("model", "depth", 1, 10));
+  o.sampling.foreground_prob = real_in("data", "foreground_oversampling", 0, 1);
+  o.sampling.flip_prob = real_in("data", "flip_probability", 0, 1);
   o.deep_supervision = c.get_bool("model", "deep_supervision");
   o.res_block = c.get_bool("model", "res_block");
   o.optimizer = c.get_string("train", "optimizer");
-  o.lr = c.get_real("train", "lr");
-  o.weight_decay = c.get_real("train", "weight_decay");
-  o.momentum = c.get_real("train", "momentum");
+  o.lr = real_in("train", "lr", 0, 10);
+  if (o.lr == 0) throw UsageError("train.lr = 0: expected a positive learning rate");
+  o.weight_decay = real_in("train", "weight_decay", 0, 1);
+  o.momentum = real_in("train", "momentum", 0, 1, /*hi_open=*/true);
   o.nesterov = c.get_bool("train", "nesterov");
   o.scheduler = c.get_string("train", "scheduler");
-  o.warmup_steps = c.get_int("train", "warmup_steps");
-  o.seed = static_cast<uint64_t>(c.get_int("train", "seed"));
-  o.log_every = c.get_int("train", "log_every");
-  o.val_every = c.get_int("train", "val_every");
-  o.overlap = c.get_real("validation", "overlap");
+  o.warmup_steps = int_in("train", "warmup_steps", 0, o.steps);
+  o.seed = static_cast<uint64_t>(int_in("train", "seed", 0, std::numeric_limits<long>::max()));
+  o.log_every = int_in("train", "log_every", 1, 1000000000);
+  o.val_every = int_in("train", "val_every", 0, 1000000000);
+  o.overlap = real_in("validation", "overlap", 0, 1, /*hi_open=*/true);
   o.blend = c.get_string("validation", "blend") == "constant" ? Blend::constant : Blend::gaussian;
   o.output_dir = c.get_string("output", "dir");
   o.config_text = c.to_ini();
@@ -110,7 +123,14 @@ models::TrainerOptions trainer_options(const io::Config& c) {
 int run(const io::Config& c) {
   models::TrainerOptions options = trainer_options(c);
   ops::set_conv_allow_tf32(c.get_bool("runtime", "tf32"));
-  if (c.get_int("runtime", "threads") > 0) omp_set_num_threads(static_cast<int>(c.get_int("runtime", "threads")));
+  // More threads than cores only adds switching (1000 on 2 cores turned 0.08 s steps into minutes): at most twice the
+  // hardware threads; 0 uses them all.
+  const long cores = std::max(1u, std::thread::hardware_concurrency());
+  const long threads = c.get_int("runtime", "threads");
+  if (threads < 0 || threads > 2 * cores)
+    throw UsageError("runtime.threads = " + std::to_string(threads) + ": expected 0.." + std::to_string(2 * cores) +
+                     " (0: all " + std::to_string(cores) + " hardware threads)");
+  if (threads > 0) omp_set_num_threads(static_cast<int>(threads));
   models::Trainer trainer(std::move(options), stdout);
   trainer.run();
   return 0;
