@@ -6,6 +6,8 @@
 #include <cstdint>
 #include <string>
 
+#include "kernels/common/dtype.h"
+
 namespace unet::kernels {
 
 struct ConvProblem {
@@ -25,5 +27,21 @@ struct ConvProblem {
   double flops() const { return 2.0 * double(N) * double(Z * P * Q) * double(K) * double(taps()) * double(C); }
   std::string describe() const;  // for messages and benchmark tables
 };
+
+// The four ways the convolution kernels compute: f32 (SIMT), tf32 (f32 data on the TF32 tensor cores, opted in with
+// conv_allow_tf32), f16 and bf16 (tensor cores). Tests and benchmarks name and store each through these.
+enum class ConvPrecision { f32, tf32, f16, bf16 };
+inline DType conv_storage_dtype(ConvPrecision p) {  // the element type of x, w, y: f32 for f32 and tf32
+  return p == ConvPrecision::f16 ? DType::f16 : p == ConvPrecision::bf16 ? DType::bf16 : DType::f32;
+}
+inline const char* conv_precision_name(ConvPrecision p) {
+  switch (p) {
+    case ConvPrecision::f32: return "f32";
+    case ConvPrecision::tf32: return "tf32";
+    case ConvPrecision::f16: return "f16";
+    case ConvPrecision::bf16: return "bf16";
+  }
+  return "?";
+}
 
 }  // namespace unet::kernels

@@ -40,24 +40,8 @@ namespace unet::test::gpu_cases {
 using kernels::ConvProblem;
 
 // What a convolution runs in: its storage type and, for f32, whether on the TF32 tensor cores.
-enum class ConvPrecision { f32, tf32, f16, bf16 };
+using kernels::ConvPrecision;
 
-inline DType storage_type(ConvPrecision pr) {
-  return pr == ConvPrecision::f16 ? DType::f16 : pr == ConvPrecision::bf16 ? DType::bf16 : DType::f32;
-}
-inline const char* precision_name(ConvPrecision pr) {
-  switch (pr) {
-    case ConvPrecision::f32:
-      return "f32";
-    case ConvPrecision::tf32:
-      return "tf32";
-    case ConvPrecision::f16:
-      return "f16";
-    case ConvPrecision::bf16:
-      return "bf16";
-  }
-  return "?";
-}
 
 // v to 11 significant bits (tf32), nearest with ties away from zero, written independently of the kernels' bit trick.
 inline float tf32_round(float v) {
@@ -142,7 +126,7 @@ inline Operand operand(int64_t n, ConvPrecision pr, uint64_t seed, Device d, flo
   Rng rng(seed);
   std::vector<float> v(static_cast<size_t>(n));
   for (float& x : v) x = static_cast<float>(stddev * rng.normal());
-  const DType dt = storage_type(pr);
+  const DType dt = kernels::conv_storage_dtype(pr);
   Operand o;
   const Tensor host = Tensor::from_vector({n}, v, dt);
   o.exact = host.to_vector();
@@ -255,10 +239,10 @@ inline ConvOutputs run_conv(Device d, const std::string& label, const ConvProble
                             uint64_t seed, bool check = true, Tile tile = {}, int splits = 0) {
   namespace kc = kernels::cuda;
   namespace cpu = kernels::cpu;
-  const DType dt = storage_type(pr);
+  const DType dt = kernels::conv_storage_dtype(pr);
   const bool tf32 = pr == ConvPrecision::tf32;
   const KernelSettings settings(tf32, tile, splits);
-  const std::string what = label + " " + p.describe() + " " + precision_name(pr);
+  const std::string what = label + " " + p.describe() + " " + kernels::conv_precision_name(pr);
   CAPTURE(what);
   const int64_t nx = x_count(p), ny = y_count(p), nw = w_count(p), pixels = p.Z * p.P * p.Q;
   const Operand x = operand(nx, pr, seed, d), w = operand(nw, pr, seed + 1, d, 0.3f), dy = operand(ny, pr, seed + 2, d);
@@ -382,7 +366,7 @@ inline void check_fprop_tile_is_chosen(Device d, const std::string& label, const
                                        Tile other, uint64_t seed) {
   REQUIRE(chosen.bm != other.bm);
   for (ConvPrecision pr : {ConvPrecision::f16, ConvPrecision::tf32}) {
-    CAPTURE(precision_name(pr));
+    CAPTURE(kernels::conv_precision_name(pr));
     const ConvOutputs by_kernels = run_conv(d, label, p, pr, kFprop, seed, false);
     const ConvOutputs forced = run_conv(d, label, p, pr, kFprop, seed, false, chosen);
     const ConvOutputs forced_other = run_conv(d, label, p, pr, kFprop, seed, false, other);
@@ -448,7 +432,7 @@ inline void conv_wgrad_tile_128x128_case(Device d) {
   uint64_t seed = 2300;
   for (ConvPrecision pr : tensor_core_precisions()) run_conv(d, "wgrad 128x128", p, pr, kWgrad, seed += 10);
   for (ConvPrecision pr : {ConvPrecision::f16, ConvPrecision::tf32}) {
-    CAPTURE(precision_name(pr));
+    CAPTURE(kernels::conv_precision_name(pr));
     const ConvOutputs by_kernels = run_conv(d, "wgrad 128x128", p, pr, kWgrad, seed, false);
     const ConvOutputs forced = run_conv(d, "wgrad 128x128", p, pr, kWgrad, seed, false, {128, 128});
     const ConvOutputs other = run_conv(d, "wgrad 128x128", p, pr, kWgrad, seed, false, {64, 64});

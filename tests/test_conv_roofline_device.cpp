@@ -61,10 +61,10 @@ TEST_CASE("an H200's reported figures give its 4.8 TB/s, and unknown architectur
 
 TEST_CASE("gpu_conv_bench's dtype list: names, all, duplicates once, and a bad name is an error") {
   CHECK(parse_timed_dtypes("all").size() == 4);
-  const std::vector<TimedDType> two = parse_timed_dtypes("tf32,f16,tf32");
+  const std::vector<unet::kernels::ConvPrecision> two = parse_timed_dtypes("tf32,f16,tf32");
   REQUIRE(two.size() == 2);
-  CHECK(two[0] == TimedDType::tf32);
-  CHECK(two[1] == TimedDType::f16);
+  CHECK(two[0] == unet::kernels::ConvPrecision::tf32);
+  CHECK(two[1] == unet::kernels::ConvPrecision::f16);
   CHECK_THROWS_WITH_AS(parse_timed_dtypes("f16,fp8"), doctest::Contains("unknown dtype 'fp8'"), std::invalid_argument);
   CHECK_THROWS_AS(parse_timed_dtypes(""), std::invalid_argument);
   CHECK(ConvBenchOptions{}.dtypes.size() == 4);  // every table by default

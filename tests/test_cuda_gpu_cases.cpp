@@ -60,7 +60,7 @@ TEST_CASE("gpu cases on cuda-emu: the fused statistics' bits tell the tile the k
   for (const auto& c : cases)
     for (ConvPrecision pr : {ConvPrecision::f16, ConvPrecision::tf32}) {
       CAPTURE(c.chosen.bn);
-      CAPTURE(gc::precision_name(pr));
+      CAPTURE(kernels::conv_precision_name(pr));
       const gc::ConvOutputs chosen = gc::run_conv(kEmu, "tile", c.p, pr, gc::kFprop, seed, true);
       const gc::ConvOutputs forced = gc::run_conv(kEmu, "tile", c.p, pr, gc::kFprop, seed, false, c.chosen);
       const gc::ConvOutputs other = gc::run_conv(kEmu, "tile", c.p, pr, gc::kFprop, seed, false, c.other);

@@ -115,29 +115,15 @@ bool peak_from_device(const DeviceFigures& f, GpuPeak* out) {
   return true;
 }
 
-const char* timed_dtype_name(TimedDType t) {
-  switch (t) {
-    case TimedDType::f16:
-      return "f16";
-    case TimedDType::bf16:
-      return "bf16";
-    case TimedDType::tf32:
-      return "tf32";
-    case TimedDType::f32:
-      return "f32";
-  }
-  return "?";
-}
-
-std::vector<TimedDType> parse_timed_dtypes(const std::string& list) {
-  const TimedDType all[] = {TimedDType::f16, TimedDType::bf16, TimedDType::tf32, TimedDType::f32};
-  if (list == "all") return std::vector<TimedDType>(std::begin(all), std::end(all));
-  std::vector<TimedDType> out;
+std::vector<kernels::ConvPrecision> parse_timed_dtypes(const std::string& list) {
+  const kernels::ConvPrecision all[] = {kernels::ConvPrecision::f16, kernels::ConvPrecision::bf16, kernels::ConvPrecision::tf32, kernels::ConvPrecision::f32};
+  if (list == "all") return std::vector<kernels::ConvPrecision>(std::begin(all), std::end(all));
+  std::vector<kernels::ConvPrecision> out;
   std::stringstream in(list);
   for (std::string item; std::getline(in, item, ',');) {
     bool found = false;
-    for (TimedDType t : all)
-      if (item == timed_dtype_name(t)) {
+    for (kernels::ConvPrecision t : all)
+      if (item == kernels::conv_precision_name(t)) {
         if (std::find(out.begin(), out.end(), t) == out.end()) out.push_back(t);
         found = true;
       }

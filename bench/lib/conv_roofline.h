@@ -88,12 +88,10 @@ struct RooflinePoint {
 };
 RooflinePoint roofline(double flops, double bytes, double peak_tflops, double dram_gbs);
 
-// Precisions of the measured table: f16, bf16 (tensor cores), tf32 (f32 data on the TF32 tensor cores: ours with
-// set_conv_allow_tf32, cuDNN with tensor-op math) and f32 (our SIMT path against cuDNN's FMA math).
-enum class TimedDType { f16, bf16, tf32, f32 };
-const char* timed_dtype_name(TimedDType t);
-// "f16,bf16,tf32" -> the list; "all" -> every one. Throws std::invalid_argument naming a bad entry.
-std::vector<TimedDType> parse_timed_dtypes(const std::string& list);
+// Precisions of the measured table (kernels::ConvPrecision): f16, bf16 (tensor cores), tf32 (f32 data on the TF32
+// tensor cores: ours with set_conv_allow_tf32, cuDNN with tensor-op math) and f32 (our SIMT path against cuDNN's FMA
+// math). "f16,bf16,tf32" -> the list; "all" -> every one. Throws std::invalid_argument naming a bad entry.
+std::vector<kernels::ConvPrecision> parse_timed_dtypes(const std::string& list);
 
 struct ConvBenchOptions {
   bool quick = false;    // fewer repetitions (timed part) and only the f16 roofline and measured tables
@@ -104,7 +102,7 @@ struct ConvBenchOptions {
   double budget_ms_per_config = 150;
   // The whole measured table: rows not started by then are printed and written as skipped.
   double budget_s = 270;
-  std::vector<TimedDType> dtypes = {TimedDType::f16, TimedDType::bf16, TimedDType::tf32, TimedDType::f32};
+  std::vector<kernels::ConvPrecision> dtypes = {kernels::ConvPrecision::f16, kernels::ConvPrecision::bf16, kernels::ConvPrecision::tf32, kernels::ConvPrecision::f32};
   std::string json_path;  // when set, every measured row is also written there as JSON (see run_conv_timing)
 };
 

@@ -40,7 +40,7 @@ namespace {
 struct TimedRow {
   const ConvLayer* layer = nullptr;
   ConvPass pass = ConvPass::fprop;
-  TimedDType dtype = TimedDType::f16;
+  kernels::ConvPrecision dtype = kernels::ConvPrecision::f16;
   double ours_ms = 0, cudnn_ms = 0, roof_tflops = 0;
   bool skipped = false;
   std::string note;
@@ -85,7 +85,7 @@ bool write_json(const std::string& path, const DeviceFigures* figures, const Gpu
                  "\"dtype\": \"%s\", \"gflop\": %s, \"ours_ms\": %s, \"cudnn_ms\": %s, \"ratio\": %s, "
                  "\"ours_tflops\": %s, \"cudnn_tflops\": %s, \"roof_tflops\": %s, \"skipped\": %s, \"note\": %s}",
                  i ? "," : "", json_quote(l.label()).c_str(), json_quote(l.plan).c_str(), l.level,
-                 json_quote(l.role).c_str(), pass_name(r.pass), timed_dtype_name(r.dtype), json_number(gflop).c_str(),
+                 json_quote(l.role).c_str(), pass_name(r.pass), kernels::conv_precision_name(r.dtype), json_number(gflop).c_str(),
                  json_number(r.ours_ms, ours).c_str(), json_number(r.cudnn_ms, cudnn).c_str(),
                  json_number(r.cudnn_ms / r.ours_ms, ours && cudnn).c_str(),
                  json_number(gflop / r.ours_ms, ours).c_str(), json_number(gflop / r.cudnn_ms, cudnn).c_str(),
@@ -135,10 +135,6 @@ struct Buffer {
   Buffer(const Buffer&) = delete;
   Buffer& operator=(const Buffer&) = delete;
 };
-
-DType storage_of(TimedDType t) {
-  return t == TimedDType::f16 ? DType::f16 : t == TimedDType::bf16 ? DType::bf16 : DType::f32;
-}
 
 // Fills a device buffer with uniform values in [-1, 1) stored as dt: a block of up to 2^20 random values made on the
 // host, then repeated on the device by doubling copies (host generation of every element took seconds per layer).
@@ -206,8 +202,8 @@ struct CudnnConv {
   cudnnFilterDescriptor_t w = nullptr;
   cudnnConvolutionDescriptor_t conv = nullptr;
   cudnnDataType_t type;
-  CudnnConv(const kernels::ConvProblem& p, TimedDType t) {
-    type = t == TimedDType::f16 ? CUDNN_DATA_HALF : t == TimedDType::bf16 ? CUDNN_DATA_BFLOAT16 : CUDNN_DATA_FLOAT;
+  CudnnConv(const kernels::ConvProblem& p, kernels::ConvPrecision t) {
+    type = t == kernels::ConvPrecision::f16 ? CUDNN_DATA_HALF : t == kernels::ConvPrecision::bf16 ? CUDNN_DATA_BFLOAT16 : CUDNN_DATA_FLOAT;
     const bool is3d = p.D > 1 || p.T > 1;
     const int nd = is3d ? 5 : 4;
     auto dims = [&](int64_t n, int64_t c, int64_t d, int64_t h, int64_t w) {
@@ -228,7 +224,7 @@ struct CudnnConv {
     DNN(cudnnSetConvolutionNdDescriptor(conv, nd - 2, pad.data(), stride.data(), dilation.data(),
                                         CUDNN_CROSS_CORRELATION, CUDNN_DATA_FLOAT));
     // f32: FMA only (like our SIMT path); tf32: tensor-op math, which lets cuDNN use TF32 for float data.
-    DNN(cudnnSetConvolutionMathType(conv, t == TimedDType::f32 ? CUDNN_FMA_MATH : CUDNN_TENSOR_OP_MATH));
+    DNN(cudnnSetConvolutionMathType(conv, t == kernels::ConvPrecision::f32 ? CUDNN_FMA_MATH : CUDNN_TENSOR_OP_MATH));
   }
   ~CudnnConv() {
     cudnnDestroyTensorDescriptor(x);
@@ -270,14 +266,14 @@ struct Times {
   std::string note;
 };
 
-Times time_pass(cudnnHandle_t h, const kernels::ConvProblem& p, TimedDType t, ConvPass pass, LayerBuffers& b,
+Times time_pass(cudnnHandle_t h, const kernels::ConvProblem& p, kernels::ConvPrecision t, ConvPass pass, LayerBuffers& b,
                 const ConvBenchOptions& o) {
-  const DType dt = storage_of(t);
+  const DType dt = kernels::conv_storage_dtype(t);
   Times r;
   const int warmup = std::max(1, o.quick ? 1 : o.warmup), reps = o.quick ? 5 : o.reps;
   const double budget = o.quick ? 50 : o.budget_ms_per_config;
   try {
-    const Tf32For tf32(t == TimedDType::tf32);
+    const Tf32For tf32(t == kernels::ConvPrecision::tf32);
     r.ours = median_ms(
         [&] {
           if (pass == ConvPass::fprop)
@@ -343,8 +339,8 @@ Times time_pass(cudnnHandle_t h, const kernels::ConvProblem& p, TimedDType t, Co
   return r;
 }
 
-Precision roofline_precision(TimedDType t) {
-  return t == TimedDType::tf32 ? Precision::tf32 : t == TimedDType::f32 ? Precision::fp32 : Precision::f16;
+Precision roofline_precision(kernels::ConvPrecision t) {
+  return t == kernels::ConvPrecision::tf32 ? Precision::tf32 : t == kernels::ConvPrecision::f32 ? Precision::fp32 : Precision::f16;
 }
 
 // What the device says about itself (see DeviceFigures).
@@ -422,11 +418,11 @@ int run_conv_timing(FILE* out, const std::vector<ConvLayer>& layers, const ConvB
     std::fprintf(out, "%-38s %5s %5s %9s %9s %9s %10s %6s %9s\n", "layer", "pass", "dtype", "ours ms", "ours TF/s",
                  "cuDNN ms", "cuDNN TF/s", "ratio", "roof");
     const auto t0 = std::chrono::steady_clock::now();
-    std::vector<TimedDType> dtypes = options.dtypes;
-    if (options.quick) dtypes = {TimedDType::f16};
+    std::vector<kernels::ConvPrecision> dtypes = options.dtypes;
+    if (options.quick) dtypes = {kernels::ConvPrecision::f16};
     int skipped = 0;
-    for (TimedDType t : dtypes) {
-      const DType dt = storage_of(t);
+    for (kernels::ConvPrecision t : dtypes) {
+      const DType dt = kernels::conv_storage_dtype(t);
       for (const ConvLayer& l : layers) {
         const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
         const bool over = elapsed > options.budget_s;
@@ -465,7 +461,7 @@ int run_conv_timing(FILE* out, const std::vector<ConvLayer>& layers, const ConvB
           const double gflop = l.p.flops() / 1e9;
           auto tflops = [&](double ms) { return ms > 0 ? gflop / ms : 0.0; };  // GFLOP / ms = TFLOP/s
           std::fprintf(out, "%-38s %5s %5s %9.3f %9.1f %9.3f %10.1f %6.2f %9.1f%s%s\n", l.label().c_str(),
-                       pass_name(pass), timed_dtype_name(t), row.ours_ms, tflops(row.ours_ms), row.cudnn_ms,
+                       pass_name(pass), kernels::conv_precision_name(t), row.ours_ms, tflops(row.ours_ms), row.cudnn_ms,
                        tflops(row.cudnn_ms), row.ours_ms > 0 && row.cudnn_ms > 0 ? row.cudnn_ms / row.ours_ms : 0.0,
                        row.roof_tflops, row.note.empty() ? "" : "  ", row.note.c_str());
           std::fflush(out);
