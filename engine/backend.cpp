@@ -5,6 +5,8 @@
 
 #include "kernels/cuda/elementwise.cuh"
 #include "kernels/cpu/elementwise.h"
+#include "kernels/cpu/shape.h"
+#include "kernels/cuda/shape.cuh"
 
 namespace unet::backend {
 
@@ -26,6 +28,16 @@ void add_into(const Tensor& a, const Tensor& b, const Tensor& out) {
     UNET_CUDA_KERNEL("add", kernels::cuda::add(a.dtype(), a.raw(), b.raw(), out.raw(), a.numel(), stream(a)));
   else
     kernels::cpu::add(a.dtype(), a.raw(), b.raw(), out.raw(), a.numel());
+}
+
+Tensor converted(const Tensor& x, DType dt) {
+  if (x.dtype() == dt) return x;
+  Tensor y = Tensor::empty(x.shape(), dt, x.device());
+  if (on_cuda(x))
+    UNET_CUDA_KERNEL("cast", kernels::cuda::cast(x.dtype(), x.raw(), dt, y.raw(), x.numel(), stream(x)));
+  else
+    kernels::cpu::cast(x.dtype(), x.raw(), dt, y.raw(), x.numel());
+  return y;
 }
 
 }  // namespace unet::backend

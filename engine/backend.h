@@ -27,6 +27,13 @@ void check_device(const char* op, Device d, const std::vector<Tensor>& ts);
 // out = a + b on their device (same shape and dtype; out may be a). Used by ops::add and gradient accumulation.
 void add_into(const Tensor& a, const Tensor& b, const Tensor& out);
 
+// x converted to dt (f32, f16 or bf16; round to nearest even) on x's device, no autograd; x itself when it already is
+// dt. Used by ops::cast and by the ops that round their f32 weights to the activations' type (mixed precision).
+Tensor converted(const Tensor& x, DType dt);
+
+// Whether t holds floating-point values the ops compute on: f32, or f16 / bf16 under mixed precision.
+inline bool is_float(DType t) { return t == DType::f32 || t == DType::f16 || t == DType::bf16; }
+
 }  // namespace unet::backend
 
 // UNET_CUDA_KERNEL(op, call): the kernels::cuda:: call, or, in a build without the CUDA kernels (no toolkit headers),

@@ -483,9 +483,9 @@ void norm_cases(Runner& r) {
     Tensor dgamma = Tensor::empty({3}, DType::f32, d), dbeta = Tensor::empty({3}, DType::f32, d);
     Tensor dy = randn(in[0].shape(), 99).to(d);  // the gradient Runner::run uses
     const cudaStream_t s = device::default_stream(d);
-    kernels::cuda::instance_norm_leaky_relu_forward(sh, x.data<float>(), gamma.data<float>(), beta.data<float>(), eps,
+    kernels::cuda::instance_norm_leaky_relu_forward(sh, DType::f32, x.data<float>(), gamma.data<float>(), beta.data<float>(), eps,
                                                     slope, y.data<float>(), mean.data<float>(), rstd.data<float>(), s);
-    kernels::cuda::instance_norm_leaky_relu_backward(sh, x.data<float>(), y.data<float>(), dy.data<float>(),
+    kernels::cuda::instance_norm_leaky_relu_backward(sh, DType::f32, x.data<float>(), y.data<float>(), dy.data<float>(),
                                                      mean.data<float>(), rstd.data<float>(), gamma.data<float>(), slope,
                                                      dx.data<float>(), dgamma.data<float>(), dbeta.data<float>(), s);
     device::synchronize(d);

@@ -308,8 +308,12 @@ TEST_CASE("conv rejects bad arguments with messages that name the shapes") {
   m = message([&] { ops::conv(x, w, Tensor::zeros({3}), {1, 1, 1}, {1, 1, 1}); });
   CHECK(m.find("bias [3]") != std::string::npos);
 
-  m = message([&] { ops::conv(Tensor::zeros({1, 4, 4, 4, 3}, DType::bf16), w, Tensor(), {1, 1, 1}, {1, 1, 1}); });
-  CHECK(m.find("f32") != std::string::npos);
+  m = message([&] { ops::conv(Tensor::zeros({1, 4, 4, 4, 3}, DType::i32), w, Tensor(), {1, 1, 1}, {1, 1, 1}); });
+  CHECK(m.find("i32[1, 4, 4, 4, 3]") != std::string::npos);
+  // Mixed precision keeps f32 master weights: a bf16 weight is refused, whatever the input's type.
+  m = message([&] { ops::conv(Tensor::zeros({1, 4, 4, 4, 3}, DType::bf16), Tensor::zeros({2, 3, 3, 3, 3}, DType::bf16),
+                              Tensor(), {1, 1, 1}, {1, 1, 1}); });
+  CHECK(m.find("weight must be f32") != std::string::npos);
 
   m = message([&] { ops::conv(x, w, Tensor(), {0, 1, 1}, {1, 1, 1}); });
   CHECK(m.find("stride") != std::string::npos);

@@ -220,8 +220,11 @@ TEST_CASE("conv_transpose rejects inconsistent arguments with messages naming th
   CHECK_THROWS_WITH_AS(ops::conv_transpose(x, Tensor::zeros({2, 0, 2, 3}), Tensor()), doctest::Contains("empty axis"),
                        std::invalid_argument);
   CHECK_THROWS_WITH_AS(
-      ops::conv_transpose(Tensor::zeros({1, 4, 4, 3}, DType::f16), Tensor::zeros({2, 2, 2, 3}), Tensor()),
-      doctest::Contains("f16[1, 4, 4, 3]"), std::invalid_argument);
+      ops::conv_transpose(Tensor::zeros({1, 4, 4, 3}, DType::u8), Tensor::zeros({2, 2, 2, 3}), Tensor()),
+      doctest::Contains("u8[1, 4, 4, 3]"), std::invalid_argument);
+  CHECK_THROWS_WITH_AS(ops::conv_transpose(Tensor::zeros({1, 4, 4, 3}, DType::f16),
+                                           Tensor::zeros({2, 2, 2, 3}, DType::f16), Tensor()),
+                       doctest::Contains("w and bias must be f32"), std::invalid_argument);
   CHECK_THROWS_WITH_AS(ops::conv_transpose(Tensor::zeros({4, 3}), Tensor::zeros({2, 3}), Tensor()),
                        doctest::Contains("spatial"), std::invalid_argument);
 }

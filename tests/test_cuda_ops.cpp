@@ -68,16 +68,16 @@ TEST_CASE("cuda relu forward and backward equal the CPU bit for bit, NaN and sig
   for (int64_t n : {1, 257, 100003}) {
     const std::vector<float> x = activation_input(n, rng), dy = normals(n, rng);
     std::vector<float> y_cpu(x.size()), dx_cpu(x.size());
-    kernels::cpu::relu_forward(x.data(), y_cpu.data(), n);
-    kernels::cpu::relu_backward(y_cpu.data(), dy.data(), dx_cpu.data(), n);
+    kernels::cpu::relu_forward(DType::f32, x.data(), y_cpu.data(), n);
+    kernels::cpu::relu_backward(DType::f32, y_cpu.data(), dy.data(), dx_cpu.data(), n);
     const auto y = under_every_schedule([&] {
       std::vector<float> out(x.size(), -1.f);
-      kernels::cuda::relu_forward(x.data(), out.data(), n, nullptr);
+      kernels::cuda::relu_forward(DType::f32, x.data(), out.data(), n, nullptr);
       return out;
     });
     const auto dx = under_every_schedule([&] {
       std::vector<float> out(x.size(), -1.f);
-      kernels::cuda::relu_backward(y_cpu.data(), dy.data(), out.data(), n, nullptr);
+      kernels::cuda::relu_backward(DType::f32, y_cpu.data(), dy.data(), out.data(), n, nullptr);
       return out;
     });
     CHECK_MESSAGE(same_bits(y, y_cpu), "n " << n);
@@ -91,16 +91,16 @@ TEST_CASE("cuda leaky relu forward and backward equal the CPU bit for bit") {
   for (int64_t n : {1, 257, 100003}) {
     const std::vector<float> x = activation_input(n, rng), dy = normals(n, rng);
     std::vector<float> y_cpu(x.size()), dx_cpu(x.size());
-    kernels::cpu::leaky_relu_forward(x.data(), slope, y_cpu.data(), n);
-    kernels::cpu::leaky_relu_backward(x.data(), dy.data(), slope, dx_cpu.data(), n);
+    kernels::cpu::leaky_relu_forward(DType::f32, x.data(), slope, y_cpu.data(), n);
+    kernels::cpu::leaky_relu_backward(DType::f32, x.data(), dy.data(), slope, dx_cpu.data(), n);
     const auto y = under_every_schedule([&] {
       std::vector<float> out(x.size(), -1.f);
-      kernels::cuda::leaky_relu_forward(x.data(), slope, out.data(), n, nullptr);
+      kernels::cuda::leaky_relu_forward(DType::f32, x.data(), slope, out.data(), n, nullptr);
       return out;
     });
     const auto dx = under_every_schedule([&] {
       std::vector<float> out(x.size(), -1.f);
-      kernels::cuda::leaky_relu_backward(x.data(), dy.data(), slope, out.data(), n, nullptr);
+      kernels::cuda::leaky_relu_backward(DType::f32, x.data(), dy.data(), slope, out.data(), n, nullptr);
       return out;
     });
     CHECK_MESSAGE(same_bits(y, y_cpu), "n " << n);
@@ -111,8 +111,8 @@ TEST_CASE("cuda leaky relu forward and backward equal the CPU bit for bit") {
 TEST_CASE("cuda activations work in place") {
   Rng rng(23);
   std::vector<float> x = activation_input(3001, rng), expected(x.size());
-  kernels::cpu::leaky_relu_forward(x.data(), 0.2f, expected.data(), 3001);
-  kernels::cuda::leaky_relu_forward(x.data(), 0.2f, x.data(), 3001, nullptr);
+  kernels::cpu::leaky_relu_forward(DType::f32, x.data(), 0.2f, expected.data(), 3001);
+  kernels::cuda::leaky_relu_forward(DType::f32, x.data(), 0.2f, x.data(), 3001, nullptr);
   CHECK(same_bits(x, expected));
 }
 
@@ -129,10 +129,10 @@ TEST_CASE("cuda instance norm forward matches the CPU to 1e-5 relative, with and
       const float* g = affine ? gamma.data() : nullptr;
       const float* b = affine ? beta.data() : nullptr;
       std::vector<float> y_cpu(x.size()), mean_cpu(static_cast<size_t>(nc_)), rstd_cpu(mean_cpu.size());
-      kernels::cpu::instance_norm_forward(sh, x.data(), g, b, 1e-5f, y_cpu.data(), mean_cpu.data(), rstd_cpu.data());
+      kernels::cpu::instance_norm_forward(sh, DType::f32, x.data(), g, b, 1e-5f, y_cpu.data(), mean_cpu.data(), rstd_cpu.data());
       const auto out = under_every_schedule([&] {
         std::vector<float> all(static_cast<size_t>(total + 2 * nc_), -7.f);
-        kernels::cuda::instance_norm_forward(sh, x.data(), g, b, 1e-5f, all.data(), all.data() + total,
+        kernels::cuda::instance_norm_forward(sh, DType::f32, x.data(), g, b, 1e-5f, all.data(), all.data() + total,
                                              all.data() + total + nc_, nullptr);
         return all;
       });
@@ -150,8 +150,8 @@ TEST_CASE("cuda instance norm statistics do not cancel when the mean is large ag
   const kernels::cpu::NormShape sh{2, 3001, 7};
   const std::vector<float> x = normals(sh.n * sh.s * sh.c, rng, 1000.0, 0.01);
   std::vector<float> y_cpu(x.size()), m_cpu(14), r_cpu(14), y(x.size()), m(14), r(14);
-  kernels::cpu::instance_norm_forward(sh, x.data(), nullptr, nullptr, 1e-5f, y_cpu.data(), m_cpu.data(), r_cpu.data());
-  kernels::cuda::instance_norm_forward(sh, x.data(), nullptr, nullptr, 1e-5f, y.data(), m.data(), r.data(), nullptr);
+  kernels::cpu::instance_norm_forward(sh, DType::f32, x.data(), nullptr, nullptr, 1e-5f, y_cpu.data(), m_cpu.data(), r_cpu.data());
+  kernels::cuda::instance_norm_forward(sh, DType::f32, x.data(), nullptr, nullptr, 1e-5f, y.data(), m.data(), r.data(), nullptr);
   test::check_close(r, r_cpu, 1e-5, 0, "rstd");
   test::check_close(y, y_cpu, 1e-4, 1e-4, "y");  // x - mean keeps only ~15 bits of x at this ratio, on both sides
 }
@@ -166,13 +166,13 @@ TEST_CASE("cuda instance norm backward matches the CPU to 1e-5 relative for dx, 
                                gamma = normals(nc.c, rng, 1.0, 0.3);
       const float* g = affine ? gamma.data() : nullptr;
       std::vector<float> y(x.size()), mean(static_cast<size_t>(nc_)), rstd(mean.size());
-      kernels::cpu::instance_norm_forward(sh, x.data(), g, nullptr, 1e-5f, y.data(), mean.data(), rstd.data());
+      kernels::cpu::instance_norm_forward(sh, DType::f32, x.data(), g, nullptr, 1e-5f, y.data(), mean.data(), rstd.data());
       std::vector<float> dx_cpu(x.size()), dg_cpu(static_cast<size_t>(nc.c)), db_cpu(dg_cpu.size());
-      kernels::cpu::instance_norm_backward(sh, x.data(), dy.data(), mean.data(), rstd.data(), g, dx_cpu.data(),
+      kernels::cpu::instance_norm_backward(sh, DType::f32, x.data(), dy.data(), mean.data(), rstd.data(), g, dx_cpu.data(),
                                            dg_cpu.data(), db_cpu.data());
       const auto out = under_every_schedule([&] {
         std::vector<float> all(static_cast<size_t>(total + 2 * nc.c), -7.f);
-        kernels::cuda::instance_norm_backward(sh, x.data(), dy.data(), mean.data(), rstd.data(), g, all.data(),
+        kernels::cuda::instance_norm_backward(sh, DType::f32, x.data(), dy.data(), mean.data(), rstd.data(), g, all.data(),
                                               all.data() + total, all.data() + total + nc.c, nullptr);
         return all;
       });
@@ -191,13 +191,13 @@ TEST_CASE("cuda instance norm backward leaves outputs passed as null alone and c
   const int64_t total = sh.n * sh.s * sh.c;
   const std::vector<float> x = normals(total, rng), dy = normals(total, rng);
   std::vector<float> y(x.size()), mean(10), rstd(10);
-  kernels::cpu::instance_norm_forward(sh, x.data(), nullptr, nullptr, 1e-5f, y.data(), mean.data(), rstd.data());
+  kernels::cpu::instance_norm_forward(sh, DType::f32, x.data(), nullptr, nullptr, 1e-5f, y.data(), mean.data(), rstd.data());
   std::vector<float> dg_all(5), dg_only(5), dx(x.size()), dx_only(x.size());
-  kernels::cuda::instance_norm_backward(sh, x.data(), dy.data(), mean.data(), rstd.data(), nullptr, dx.data(),
+  kernels::cuda::instance_norm_backward(sh, DType::f32, x.data(), dy.data(), mean.data(), rstd.data(), nullptr, dx.data(),
                                         dg_all.data(), nullptr, nullptr);
-  kernels::cuda::instance_norm_backward(sh, x.data(), dy.data(), mean.data(), rstd.data(), nullptr, nullptr,
+  kernels::cuda::instance_norm_backward(sh, DType::f32, x.data(), dy.data(), mean.data(), rstd.data(), nullptr, nullptr,
                                         dg_only.data(), nullptr, nullptr);
-  kernels::cuda::instance_norm_backward(sh, x.data(), dy.data(), mean.data(), rstd.data(), nullptr, dx_only.data(),
+  kernels::cuda::instance_norm_backward(sh, DType::f32, x.data(), dy.data(), mean.data(), rstd.data(), nullptr, dx_only.data(),
                                         nullptr, nullptr, nullptr);
   CHECK(same_bits(dg_all, dg_only));
   CHECK(same_bits(dx, dx_only));
@@ -212,17 +212,17 @@ TEST_CASE("cuda fused instance norm + leaky relu forward equals the two kernels 
     const std::vector<float> x = normals(total, rng), gamma = normals(nc.c, rng, 1.0, 0.3), beta = normals(nc.c, rng);
     // Unfused on the CUDA side: bitwise equal, since the fused kernel applies the same float operations.
     std::vector<float> z(x.size()), y_two(x.size()), mean(static_cast<size_t>(nc_)), rstd(mean.size());
-    kernels::cuda::instance_norm_forward(sh, x.data(), gamma.data(), beta.data(), 1e-5f, z.data(), mean.data(),
+    kernels::cuda::instance_norm_forward(sh, DType::f32, x.data(), gamma.data(), beta.data(), 1e-5f, z.data(), mean.data(),
                                          rstd.data(), nullptr);
-    kernels::cuda::leaky_relu_forward(z.data(), slope, y_two.data(), total, nullptr);
+    kernels::cuda::leaky_relu_forward(DType::f32, z.data(), slope, y_two.data(), total, nullptr);
     // Against the CPU: the statistics' tolerance.
     std::vector<float> z_cpu(x.size()), y_cpu(x.size()), m_cpu(mean.size()), r_cpu(mean.size());
-    kernels::cpu::instance_norm_forward(sh, x.data(), gamma.data(), beta.data(), 1e-5f, z_cpu.data(), m_cpu.data(),
+    kernels::cpu::instance_norm_forward(sh, DType::f32, x.data(), gamma.data(), beta.data(), 1e-5f, z_cpu.data(), m_cpu.data(),
                                         r_cpu.data());
-    kernels::cpu::leaky_relu_forward(z_cpu.data(), slope, y_cpu.data(), total);
+    kernels::cpu::leaky_relu_forward(DType::f32, z_cpu.data(), slope, y_cpu.data(), total);
     const auto out = under_every_schedule([&] {
       std::vector<float> all(static_cast<size_t>(total + 2 * nc_), -7.f);
-      kernels::cuda::instance_norm_leaky_relu_forward(sh, x.data(), gamma.data(), beta.data(), 1e-5f, slope, all.data(),
+      kernels::cuda::instance_norm_leaky_relu_forward(sh, DType::f32, x.data(), gamma.data(), beta.data(), 1e-5f, slope, all.data(),
                                                       all.data() + total, all.data() + total + nc_, nullptr);
       return all;
     });
@@ -242,16 +242,16 @@ TEST_CASE("cuda fused instance norm + leaky relu backward matches the CPU's leak
     const std::vector<float> x = normals(total, rng), dy = normals(total, rng), gamma = normals(nc.c, rng, 1.0, 0.3),
                              beta = normals(nc.c, rng, 0.0, 0.5);
     std::vector<float> z(x.size()), y(x.size()), mean(static_cast<size_t>(nc_)), rstd(mean.size());
-    kernels::cpu::instance_norm_forward(sh, x.data(), gamma.data(), beta.data(), 1e-5f, z.data(), mean.data(),
+    kernels::cpu::instance_norm_forward(sh, DType::f32, x.data(), gamma.data(), beta.data(), 1e-5f, z.data(), mean.data(),
                                         rstd.data());
-    kernels::cpu::leaky_relu_forward(z.data(), slope, y.data(), total);
+    kernels::cpu::leaky_relu_forward(DType::f32, z.data(), slope, y.data(), total);
     std::vector<float> dz(x.size()), dx_cpu(x.size()), dg_cpu(static_cast<size_t>(nc.c)), db_cpu(dg_cpu.size());
-    kernels::cpu::leaky_relu_backward(z.data(), dy.data(), slope, dz.data(), total);
-    kernels::cpu::instance_norm_backward(sh, x.data(), dz.data(), mean.data(), rstd.data(), gamma.data(), dx_cpu.data(),
+    kernels::cpu::leaky_relu_backward(DType::f32, z.data(), dy.data(), slope, dz.data(), total);
+    kernels::cpu::instance_norm_backward(sh, DType::f32, x.data(), dz.data(), mean.data(), rstd.data(), gamma.data(), dx_cpu.data(),
                                          dg_cpu.data(), db_cpu.data());
     const auto out = under_every_schedule([&] {
       std::vector<float> all(static_cast<size_t>(total + 2 * nc.c), -7.f);
-      kernels::cuda::instance_norm_leaky_relu_backward(sh, x.data(), y.data(), dy.data(), mean.data(), rstd.data(),
+      kernels::cuda::instance_norm_leaky_relu_backward(sh, DType::f32, x.data(), y.data(), dy.data(), mean.data(), rstd.data(),
                                                        gamma.data(), slope, all.data(), all.data() + total,
                                                        all.data() + total + nc.c, nullptr);
       return all;
@@ -327,7 +327,7 @@ TEST_CASE("cuda nearest upsampling forward and backward equal the CPU bit for bi
     const std::vector<float> x = normals(in, rng), dy = normals(out_n, rng);
     std::vector<float> y_cpu(static_cast<size_t>(out_n)), dx_cpu(static_cast<size_t>(in));
     kernels::cpu::upsample_nearest_forward(s, x.data(), 4, y_cpu.data());
-    kernels::cpu::upsample_nearest_backward(s, dy.data(), dx_cpu.data());
+    kernels::cpu::upsample_nearest_backward(s, DType::f32, dy.data(), dx_cpu.data());
     const auto y = under_every_schedule([&] {
       std::vector<float> out(static_cast<size_t>(out_n), -7.f);
       kernels::cuda::upsample_nearest_forward(s, x.data(), 4, out.data(), nullptr);
@@ -335,7 +335,7 @@ TEST_CASE("cuda nearest upsampling forward and backward equal the CPU bit for bi
     });
     const auto dx = under_every_schedule([&] {
       std::vector<float> out(static_cast<size_t>(in), -7.f);
-      kernels::cuda::upsample_nearest_backward(s, dy.data(), out.data(), nullptr);
+      kernels::cuda::upsample_nearest_backward(s, DType::f32, dy.data(), out.data(), nullptr);
       return out;
     });
     CHECK_MESSAGE(same_bits(y, y_cpu), what);

@@ -221,8 +221,11 @@ TEST_CASE("instance_norm rejects bad arguments with messages naming them") {
                        doctest::Contains("beta must be [C] = [3]"), std::invalid_argument);
   CHECK_THROWS_WITH_AS(ops::instance_norm(x, Tensor(), Tensor(), -1.f), doctest::Contains("eps"),
                        std::invalid_argument);
-  CHECK_THROWS_WITH_AS(ops::instance_norm(Tensor::zeros({2, 4, 4, 3}, DType::bf16), Tensor(), Tensor(), 1e-5f),
-                       doctest::Contains("bf16[2, 4, 4, 3]"), std::invalid_argument);
+  CHECK_THROWS_WITH_AS(ops::instance_norm(Tensor::zeros({2, 4, 4, 3}, DType::i32), Tensor(), Tensor(), 1e-5f),
+                       doctest::Contains("i32[2, 4, 4, 3]"), std::invalid_argument);
+  CHECK_THROWS_WITH_AS(
+      ops::instance_norm(Tensor::zeros({2, 4, 4, 3}, DType::bf16), Tensor::zeros({3}, DType::bf16), Tensor(), 1e-5f),
+      doctest::Contains("gamma and beta must be f32"), std::invalid_argument);
   CHECK_THROWS_WITH_AS(ops::instance_norm(Tensor::zeros({4, 3}), Tensor(), Tensor(), 1e-5f),
                        doctest::Contains("spatial"), std::invalid_argument);
 }

@@ -85,6 +85,43 @@ void check_op_against_cpu(Device device, const std::function<Tensor(const std::v
   }
 }
 
+// x rounded to dt and back to f32 (no autograd).
+static Tensor round_trip(const Tensor& x, DType dt) {
+  autograd::NoGradGuard no_grad;
+  return ops::cast(ops::cast(x, dt), DType::f32);
+}
+
+void check_mixed_precision(Device device, DType dt, const std::function<Tensor(const std::vector<Tensor>&)>& f,
+                           const std::vector<Tensor>& inputs, const std::vector<Role>& roles, double rtol,
+                           double atol) {
+  REQUIRE(roles.size() == inputs.size());
+  std::vector<Tensor> low, ref;
+  for (size_t i = 0; i < inputs.size(); ++i) {
+    const Tensor& x = inputs[i];
+    low.push_back((roles[i] == Role::activation ? ops::cast(x, dt) : x.clone()).to(device).set_requires_grad(true));
+    ref.push_back((roles[i] == Role::f32 ? x.clone() : round_trip(x, dt)).set_requires_grad(true));
+  }
+  // One graph at a time: backward consumes the whole tape.
+  Tensor y_low = f(low);
+  REQUIRE(y_low.dtype() == dt);
+  REQUIRE(y_low.device() == device);
+  Rng rng(99);
+  const Tensor g = round_trip(randn(y_low.shape(), rng), dt);
+  autograd::backward(y_low, ops::cast(g, dt).to(device));
+  Tensor y_ref = f(ref);
+  autograd::backward(y_ref, g);
+  const std::string where = std::string(dtype_name(dt)) + " on " + device_name(device);
+  check_equal_or_close(y_low.to_vector(), round_trip(y_ref, dt).to_vector(), rtol, atol, "output, " + where);
+  for (size_t i = 0; i < inputs.size(); ++i) {
+    REQUIRE(low[i].grad().defined());
+    const bool activation = roles[i] == Role::activation;
+    CHECK(low[i].grad().dtype() == (activation ? dt : DType::f32));
+    const Tensor expected = activation ? round_trip(ref[i].grad(), dt) : ref[i].grad();
+    check_equal_or_close(low[i].grad().to_vector(), expected.to_vector(), rtol, atol,
+                         "gradient " + std::to_string(i) + ", " + where);
+  }
+}
+
 static double weighted_sum(const Tensor& out, const std::vector<float>& r) {
   std::vector<float> v = out.to_vector();
   double s = 0.0;
@@ -93,7 +130,9 @@ static double weighted_sum(const Tensor& out, const std::vector<float>& r) {
 }
 
 void check_gradients(const std::function<Tensor(const std::vector<Tensor>&)>& f, std::vector<Tensor> inputs, double h,
-                     double rtol, double atol, int max_checks, uint64_t seed) {
+                     double rtol, double atol, int max_checks, uint64_t seed,
+                     const std::function<Tensor(const std::vector<Tensor>&)>& reference) {
+  const auto& numeric_f = reference ? reference : f;
   Rng rng(seed);
   Tensor out = f(inputs);
   Tensor r = randn(out.shape(), rng);
@@ -123,9 +162,9 @@ void check_gradients(const std::function<Tensor(const std::vector<Tensor>&)>& f,
         float saved = xp[i];
         float hi = static_cast<float>(saved + h), lo = static_cast<float>(saved - h);  // the steps really taken
         xp[i] = hi;
-        double plus = weighted_sum(f(inputs), rv);
+        double plus = weighted_sum(numeric_f(inputs), rv);
         xp[i] = lo;
-        double minus = weighted_sum(f(inputs), rv);
+        double minus = weighted_sum(numeric_f(inputs), rv);
         xp[i] = saved;
         numeric.push_back(static_cast<float>((plus - minus) / (static_cast<double>(hi) - lo)));
         picked.push_back(analytic[static_cast<size_t>(i)]);

@@ -30,11 +30,30 @@ void check_equal_or_close(const std::vector<float>& actual, const std::vector<fl
 void check_op_against_cpu(Device device, const std::function<Tensor(const std::vector<Tensor>&)>& f,
                           const std::vector<Tensor>& inputs, double rtol, double atol);
 
+// How check_mixed_precision treats an input of f.
+enum class Role {
+  activation,  // cast to the low precision (a tensor flowing through the network); its gradient has that type
+  weight,      // stays f32 (a master weight that the op rounds itself); its gradient is f32
+  f32,         // stays f32 and is used unrounded (bias, gamma, beta)
+};
+
+// Mixed precision against f32: runs f on `device` with the activation inputs cast to dt (f16 or bf16) and backward
+// from a fixed random gradient of type dt; and f on the cpu in f32 with the activation and weight inputs rounded to dt
+// (and back), backward from the same gradient. The low-precision output and activation gradients must equal the f32
+// ones rounded to dt, and the weight and f32 gradients the f32 ones, within rtol / atol (bitwise when both are 0: an
+// op whose only rounding is that of its result, on the cpu).
+void check_mixed_precision(Device device, DType dt, const std::function<Tensor(const std::vector<Tensor>&)>& f,
+                           const std::vector<Tensor>& inputs, const std::vector<Role>& roles, double rtol,
+                           double atol);
+
 // Checks the gradient of L = sum(f(inputs) * r) (r a fixed random tensor) with respect to every input that
 // requires grad, against central differences (L(x + h e_i) - L(x - h e_i)) / 2h computed with double accumulation.
 // At most max_checks elements per input are probed (chosen at random, always including the first and last).
+// With `reference` given, the differences are taken of reference instead of f (the gradients of a mixed-precision f
+// against the f32 function it approximates).
 void check_gradients(const std::function<Tensor(const std::vector<Tensor>&)>& f, std::vector<Tensor> inputs,
-                     double h, double rtol, double atol, int max_checks = 48, uint64_t seed = 1);
+                     double h, double rtol, double atol, int max_checks = 48, uint64_t seed = 1,
+                     const std::function<Tensor(const std::vector<Tensor>&)>& reference = nullptr);
 
 // Runs the program `name` built beside the test binary with `args` (a shell fragment); returns its exit status and
 // puts its standard output and error into *output when given.

@@ -1,4 +1,5 @@
-// ops::conv: 2D and 3D convolution on channels-last tensors, with its autograd node (dx, dw, dbias).
+// ops::conv: 2D and 3D convolution on channels-last tensors, with its autograd node (dx, dw, dbias). The input may be
+// f32, f16 or bf16 (mixed precision: y and dx have its type); the weight and bias are f32 and so are their gradients.
 // Validation happens here, once, so the kernels (kernels/cpu/conv.cpp, kernels/cuda/conv.cu, chosen by x's device)
 // can assume a well-formed problem.
 #include <string>
@@ -60,7 +61,7 @@ void set_conv_allow_tf32(bool allow) {
 Tensor conv(const Tensor& x, const Tensor& w, const Tensor& bias, const std::vector<int>& stride,
             const std::vector<int>& pad) {
   check_arg(x.defined() && w.defined(), "conv: undefined input or weight");
-  check_f32(x, "input");
+  check_arg(backend::is_float(x.dtype()), "conv: input must be f32, f16 or bf16, got " + x.describe());
   check_f32(w, "weight");
   const std::string shapes = "input " + shape_str(x.shape()) + ", weight " + shape_str(w.shape());
   check_arg(x.rank() == 4 || x.rank() == 5,
@@ -93,48 +94,48 @@ Tensor conv(const Tensor& x, const Tensor& w, const Tensor& bias, const std::vec
   if (x.rank() == 5) out_shape.push_back(p.Z);
   out_shape.insert(out_shape.end(), {p.P, p.Q, p.K});
   const Device dev = x.device();
-  Tensor y = Tensor::empty(out_shape, DType::f32, dev);
+  // Mixed precision: the input's type is the compute type; the f32 weight is rounded to it (bias stays f32).
+  const DType dt = x.dtype();
+  const Tensor w_dt = backend::converted(w, dt);
+  Tensor y = Tensor::empty(out_shape, dt, dev);
   const float* b_ptr = bias.defined() ? bias.data<float>() : nullptr;
   if (backend::on_cuda(x))
-    UNET_CUDA_KERNEL("conv", kernels::cuda::conv_fprop(p, DType::f32, x.data<float>(), w.data<float>(), b_ptr,
-                                                        y.data<float>(), nullptr, backend::stream(x)));
+    UNET_CUDA_KERNEL("conv", kernels::cuda::conv_fprop(p, dt, x.raw(), w_dt.raw(), b_ptr, y.raw(), nullptr,
+                                                        backend::stream(x)));
   else
-    kernels::cpu::conv_fprop(p, x.data<float>(), w.data<float>(), b_ptr, y.data<float>());
+    kernels::cpu::conv_fprop(p, dt, x.raw(), w_dt.raw(), b_ptr, y.raw());
 
   if (autograd::should_record({x, w, bias})) {
     const bool need_dx = x.requires_grad(), need_dw = w.requires_grad();
     const bool need_db = bias.defined() && bias.requires_grad();
     // dx needs only w, dw needs only x: keep nothing else alive until backward.
     Tensor saved_x = need_dw ? x.detach() : Tensor();
-    Tensor saved_w = need_dx ? w.detach() : Tensor();
+    Tensor saved_w = need_dx ? w_dt.detach() : Tensor();
     Shape x_shape = x.shape(), w_shape = w.shape();
     autograd::record("conv", {x, w, bias}, {y},
-                     [p, need_dx, need_dw, need_db, saved_x, saved_w, x_shape, w_shape, dev](const std::vector<Tensor>& g) {
+                     [p, dt, need_dx, need_dw, need_db, saved_x, saved_w, x_shape, w_shape, dev](const std::vector<Tensor>& g) {
                        std::vector<Tensor> grads(3);
                        const Tensor& dy = g[0];
                        if (!dy.defined()) return grads;
                        if (need_dx) {
-                         grads[0] = Tensor::empty(x_shape, DType::f32, dev);
+                         grads[0] = Tensor::empty(x_shape, dt, dev);
                          if (backend::on_cuda(dy))
-                           UNET_CUDA_KERNEL("conv", kernels::cuda::conv_dgrad(p, DType::f32, dy.data<float>(),
-                                                                               saved_w.data<float>(),
-                                                                               grads[0].data<float>(), backend::stream(dy)));
+                           UNET_CUDA_KERNEL("conv", kernels::cuda::conv_dgrad(p, dt, dy.raw(), saved_w.raw(),
+                                                                               grads[0].raw(), backend::stream(dy)));
                          else
-                           kernels::cpu::conv_dgrad(p, dy.data<float>(), saved_w.data<float>(), grads[0].data<float>());
+                           kernels::cpu::conv_dgrad(p, dt, dy.raw(), saved_w.raw(), grads[0].raw());
                        }
-                       if (need_dw || need_db) {
+                       if (need_dw || need_db) {  // dw and dbias are f32 whatever dt (the master weights' type)
                          Tensor db = need_db ? Tensor::empty({p.K}, DType::f32, dev) : Tensor();
                          if (need_dw) grads[1] = Tensor::empty(w_shape, DType::f32, dev);
                          float* dw_ptr = need_dw ? grads[1].data<float>() : nullptr;
                          float* db_ptr = need_db ? db.data<float>() : nullptr;
-                         if (backend::on_cuda(dy))  // x is not read (nor saved) when dw is not wanted
-                           UNET_CUDA_KERNEL("conv", kernels::cuda::conv_wgrad(
-                                                        p, DType::f32, need_dw ? saved_x.data<float>() : nullptr,
-                                                        dy.data<float>(), dw_ptr, db_ptr, backend::stream(dy)));
-                         else if (need_dw)
-                           kernels::cpu::conv_wgrad(p, saved_x.data<float>(), dy.data<float>(), dw_ptr, db_ptr);
+                         const void* x_ptr = need_dw ? saved_x.raw() : nullptr;  // x is not read without dw
+                         if (backend::on_cuda(dy))
+                           UNET_CUDA_KERNEL("conv", kernels::cuda::conv_wgrad(p, dt, x_ptr, dy.raw(), dw_ptr, db_ptr,
+                                                                               backend::stream(dy)));
                          else
-                           kernels::cpu::conv_bias_grad(p, dy.data<float>(), db_ptr);
+                           kernels::cpu::conv_wgrad(p, dt, x_ptr, dy.raw(), dw_ptr, db_ptr);
                          grads[2] = db;
                        }
                        return grads;

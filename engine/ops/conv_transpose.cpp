@@ -1,6 +1,8 @@
 // conv_transpose: the differentiable transposed convolution with kernel == stride (nnU-Net's upsampling layer).
 // Validates shapes, runs kernels/cpu/conv_transpose.cpp or kernels/cuda/conv_transpose.cu by x's device, and records
 // one node whose backward computes dx, dw and dbias; it saves x only when w needs a gradient and w only when x does.
+// x may be f32, f16 or bf16 (y and dx have its type); w, bias and their gradients are f32 (the weight is rounded to x's
+// type for the kernels).
 #include "kernels/cpu/conv_transpose.h"
 #include "engine/autograd.h"
 #include "engine/ops.h"
@@ -15,8 +17,9 @@ Tensor conv_transpose(const Tensor& x, const Tensor& w, const Tensor& bias) {
                            (bias.defined() ? bias.describe() : std::string("none")) + "): ";
   backend::check_device("conv_transpose", x.device(), {x, w, bias});
   const Device dev = x.device();
-  check_arg(x.dtype() == DType::f32 && w.dtype() == DType::f32 && (!bias.defined() || bias.dtype() == DType::f32),
-            args + "all tensors must be f32 (cast first)");
+  check_arg(backend::is_float(x.dtype()), args + "x must be f32, f16 or bf16");
+  check_arg(w.dtype() == DType::f32 && (!bias.defined() || bias.dtype() == DType::f32),
+            args + "w and bias must be f32 (the master weights)");
   check_arg(x.rank() >= 3 && x.rank() <= 5, args + "x must be [N, spatial..., C] with 1 to 3 spatial axes");
   check_arg(w.rank() == x.rank(), args + "w must be [K, kernel..., C] with one kernel size per spatial axis of x");
   check_arg(w.dim(-1) == x.dim(-1), args + "the last axis of w must equal the channels of x");
@@ -40,44 +43,44 @@ Tensor conv_transpose(const Tensor& x, const Tensor& w, const Tensor& bias) {
   for (int i = 0; i < sr; ++i) out_shape[1 + i] *= w.dim(1 + i);
   out_shape.back() = s.k;
 
-  Tensor y = Tensor::empty(out_shape, DType::f32, dev);
+  const DType dt = x.dtype();
+  const Tensor w_dt = backend::converted(w, dt);
+  Tensor y = Tensor::empty(out_shape, dt, dev);
   const float* b_ptr = bias.defined() ? bias.data<float>() : nullptr;
   if (y.numel() > 0 && backend::on_cuda(x))
-    UNET_CUDA_KERNEL("conv_transpose",
-                     kernels::cuda::conv_transpose_fprop(s, DType::f32, x.data<float>(), w.data<float>(), b_ptr,
-                                                         y.data<float>(), backend::stream(x)));
+    UNET_CUDA_KERNEL("conv_transpose", kernels::cuda::conv_transpose_fprop(s, dt, x.raw(), w_dt.raw(), b_ptr, y.raw(),
+                                                                           backend::stream(x)));
   else if (y.numel() > 0)
-    kernels::cpu::conv_transpose_fprop(s, x.data<float>(), w.data<float>(), b_ptr, y.data<float>());
+    kernels::cpu::conv_transpose_fprop(s, dt, x.raw(), w_dt.raw(), b_ptr, y.raw());
 
   if (autograd::should_record({x, w, bias})) {
     const bool need_dx = x.requires_grad(), need_dw = w.requires_grad();
     const bool need_db = bias.defined() && bias.requires_grad();
     Tensor saved_x = need_dw ? x.detach() : Tensor();
-    Tensor saved_w = need_dx ? w.detach() : Tensor();
+    Tensor saved_w = need_dx ? w_dt.detach() : Tensor();
     Shape x_shape = x.shape(), w_shape = w.shape();
     autograd::record("conv_transpose", {x, w, bias}, {y}, [=](const std::vector<Tensor>& grads) {
       const Tensor& dy = grads[0];
       Tensor dx, dw, db;
       if (need_dx) {
-        dx = Tensor::empty(x_shape, DType::f32, dev);
+        dx = Tensor::empty(x_shape, dt, dev);
         if (dx.numel() > 0 && backend::on_cuda(dy))
-          UNET_CUDA_KERNEL("conv_transpose",
-                           kernels::cuda::conv_transpose_dgrad(s, DType::f32, dy.data<float>(), saved_w.data<float>(),
-                                                               dx.data<float>(), backend::stream(dy)));
+          UNET_CUDA_KERNEL("conv_transpose", kernels::cuda::conv_transpose_dgrad(s, dt, dy.raw(), saved_w.raw(),
+                                                                                 dx.raw(), backend::stream(dy)));
         else if (dx.numel() > 0)
-          kernels::cpu::conv_transpose_dgrad(s, dy.data<float>(), saved_w.data<float>(), dx.data<float>());
+          kernels::cpu::conv_transpose_dgrad(s, dt, dy.raw(), saved_w.raw(), dx.raw());
       }
       if (need_dw || need_db) {
         if (need_dw) dw = Tensor::empty(w_shape, DType::f32, dev);
         if (need_db) db = Tensor::empty({s.k}, DType::f32, dev);
-        const float* x_ptr = need_dw ? saved_x.data<float>() : nullptr;
+        const void* x_ptr = need_dw ? saved_x.raw() : nullptr;
         float* dw_ptr = need_dw ? dw.data<float>() : nullptr;
         float* db_ptr = need_db ? db.data<float>() : nullptr;
         if (backend::on_cuda(dy))
-          UNET_CUDA_KERNEL("conv_transpose", kernels::cuda::conv_transpose_wgrad(s, DType::f32, x_ptr, dy.data<float>(),
-                                                                                 dw_ptr, db_ptr, backend::stream(dy)));
+          UNET_CUDA_KERNEL("conv_transpose", kernels::cuda::conv_transpose_wgrad(s, dt, x_ptr, dy.raw(), dw_ptr, db_ptr,
+                                                                                 backend::stream(dy)));
         else
-          kernels::cpu::conv_transpose_wgrad(s, x_ptr, dy.data<float>(), dw_ptr, db_ptr);
+          kernels::cpu::conv_transpose_wgrad(s, dt, x_ptr, dy.raw(), dw_ptr, db_ptr);
       }
       return std::vector<Tensor>{dx, dw, db};
     });

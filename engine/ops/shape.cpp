@@ -12,10 +12,6 @@ namespace unet::ops {
 using backend::on_cuda;
 using backend::stream;
 
-static bool is_float_dtype(DType t) {
-  return t == DType::f32 || t == DType::f16 || t == DType::bf16;
-}
-
 Tensor concat_channels(const std::vector<Tensor>& xs) {
   check_arg(!xs.empty(), "concat_channels: no inputs");
   std::string args = "concat_channels(";
@@ -108,40 +104,31 @@ Tensor upsample_nearest(const Tensor& x, const std::vector<int>& factor) {
     kernels::cpu::upsample_nearest_forward(s, x.raw(), elem, y.raw());
 
   if (autograd::should_record({x})) {
-    check_arg(x.dtype() == DType::f32, args + "the gradient is implemented for f32 only (cast first)");
     Shape x_shape = x.shape();
+    const DType dt = x.dtype();
     autograd::record("upsample_nearest", {x}, {y}, [=](const std::vector<Tensor>& g) {
-      Tensor dx = Tensor::empty(x_shape, DType::f32, g[0].device());
+      Tensor dx = Tensor::empty(x_shape, dt, g[0].device());
       if (on_cuda(g[0]))
-        UNET_CUDA_KERNEL("upsample_nearest", kernels::cuda::upsample_nearest_backward(s, g[0].data<float>(),
-                                                                                      dx.data<float>(), stream(dx)));
+        UNET_CUDA_KERNEL("upsample_nearest",
+                         kernels::cuda::upsample_nearest_backward(s, dt, g[0].raw(), dx.raw(), stream(dx)));
       else
-        kernels::cpu::upsample_nearest_backward(s, g[0].data<float>(), dx.data<float>());
+        kernels::cpu::upsample_nearest_backward(s, dt, g[0].raw(), dx.raw());
       return std::vector<Tensor>{dx};
     });
   }
   return y;
 }
 
-// A copy of x converted to dtype on x's device (dtypes differ).
-static Tensor cast_copy(const Tensor& x, DType dtype) {
-  Tensor y = Tensor::empty(x.shape(), dtype, x.device());
-  if (on_cuda(x))
-    UNET_CUDA_KERNEL("cast", kernels::cuda::cast(x.dtype(), x.raw(), dtype, y.raw(), x.numel(), stream(x)));
-  else
-    kernels::cpu::cast(x.dtype(), x.raw(), dtype, y.raw(), x.numel());
-  return y;
-}
-
 Tensor cast(const Tensor& x, DType dtype) {
   check_arg(x.defined(), "cast: undefined input");
   const std::string args = std::string("cast(") + x.describe() + " to " + dtype_name(dtype) + "): ";
-  check_arg(is_float_dtype(x.dtype()) && is_float_dtype(dtype), args + "only f32, f16 and bf16 are supported");
+  check_arg(backend::is_float(x.dtype()) && backend::is_float(dtype), args + "only f32, f16 and bf16 are supported");
   if (x.dtype() == dtype) return x;  // as torch.Tensor.to: the same tensor (and autograd history), no copy
-  Tensor y = cast_copy(x, dtype);
+  Tensor y = backend::converted(x, dtype);
   if (autograd::should_record({x})) {
     const DType src = x.dtype();
-    autograd::record("cast", {x}, {y}, [src](const std::vector<Tensor>& g) { return std::vector<Tensor>{cast_copy(g[0], src)}; });
+    autograd::record("cast", {x}, {y},
+                     [src](const std::vector<Tensor>& g) { return std::vector<Tensor>{backend::converted(g[0], src)}; });
   }
   return y;
 }
@@ -149,7 +136,7 @@ Tensor cast(const Tensor& x, DType dtype) {
 Tensor argmax_channels(const Tensor& x) {
   check_arg(x.defined(), "argmax_channels: undefined input");
   const std::string args = "argmax_channels(" + x.describe() + "): ";
-  check_arg(is_float_dtype(x.dtype()), args + "expected f32, f16 or bf16");
+  check_arg(backend::is_float(x.dtype()), args + "expected f32, f16 or bf16");
   check_arg(x.rank() >= 2, args + "expected [N, spatial..., C]");
   check_arg(x.dim(-1) >= 1, args + "no channels to choose from");
   Shape out_shape(x.shape().begin(), x.shape().end() - 1);

@@ -1,33 +1,63 @@
-// CPU activation kernels (see kernels/activation.h): branch-free selects the compiler vectorizes.
+// CPU activation kernels (see kernels/cpu/activation.h): branch-free selects the compiler vectorizes, written once
+// over the element traits of kernels/cpu/element.h.
 #include "kernels/cpu/activation.h"
 
 #include "kernels/common/parallel.h"
+#include "kernels/cpu/element.h"
 
 namespace unet::kernels::cpu {
+namespace {
 
-static constexpr int64_t kGrain = 1 << 15;
+constexpr int64_t kGrain = 1 << 15;
 
-void relu_forward(const float* x, float* y, int64_t n) {
-  parallel_for(n, kGrain, [&](int64_t lo, int64_t hi) {
-    for (int64_t i = lo; i < hi; ++i) y[i] = x[i] <= 0.f ? 0.f : x[i];  // NaN <= 0 is false: NaN passes through
+// Calls op(in, out, lo, hi) over chunks of [0, n) with the buffers typed for dt.
+template <class Op>
+void elementwise(DType dt, const char* who, int64_t n, Op&& op) {
+  element::with_element_type(dt, who, [&](auto e) {
+    parallel_for(n, kGrain, [&](int64_t lo, int64_t hi) { op(e, lo, hi); });
   });
 }
 
-void relu_backward(const float* y, const float* dy, float* dx, int64_t n) {
-  parallel_for(n, kGrain, [&](int64_t lo, int64_t hi) {
-    for (int64_t i = lo; i < hi; ++i) dx[i] = y[i] > 0.f ? dy[i] : 0.f;
+}  // namespace
+
+void relu_forward(DType dt, const void* x, void* y, int64_t n) {
+  elementwise(dt, "relu", n, [&](auto e, int64_t lo, int64_t hi) {
+    using E = decltype(e);
+    const auto* in = static_cast<const typename E::T*>(x);
+    auto* out = static_cast<typename E::T*>(y);
+    for (int64_t i = lo; i < hi; ++i) out[i] = E::load(in[i]) <= 0.f ? E::store(0.f) : in[i];  // NaN passes
   });
 }
 
-void leaky_relu_forward(const float* x, float slope, float* y, int64_t n) {
-  parallel_for(n, kGrain, [&](int64_t lo, int64_t hi) {
-    for (int64_t i = lo; i < hi; ++i) y[i] = x[i] > 0.f ? x[i] : x[i] * slope;
+void relu_backward(DType dt, const void* y, const void* dy, void* dx, int64_t n) {
+  elementwise(dt, "relu", n, [&](auto e, int64_t lo, int64_t hi) {
+    using E = decltype(e);
+    const auto* yy = static_cast<const typename E::T*>(y);
+    const auto* g = static_cast<const typename E::T*>(dy);
+    auto* out = static_cast<typename E::T*>(dx);
+    for (int64_t i = lo; i < hi; ++i) out[i] = E::load(yy[i]) > 0.f ? g[i] : E::store(0.f);
   });
 }
 
-void leaky_relu_backward(const float* x, const float* dy, float slope, float* dx, int64_t n) {
-  parallel_for(n, kGrain, [&](int64_t lo, int64_t hi) {
-    for (int64_t i = lo; i < hi; ++i) dx[i] = x[i] > 0.f ? dy[i] : dy[i] * slope;
+void leaky_relu_forward(DType dt, const void* x, float slope, void* y, int64_t n) {
+  elementwise(dt, "leaky_relu", n, [&](auto e, int64_t lo, int64_t hi) {
+    using E = decltype(e);
+    const auto* in = static_cast<const typename E::T*>(x);
+    auto* out = static_cast<typename E::T*>(y);
+    for (int64_t i = lo; i < hi; ++i) {
+      const float v = E::load(in[i]);
+      out[i] = v > 0.f ? in[i] : E::store(v * slope);
+    }
+  });
+}
+
+void leaky_relu_backward(DType dt, const void* x, const void* dy, float slope, void* dx, int64_t n) {
+  elementwise(dt, "leaky_relu", n, [&](auto e, int64_t lo, int64_t hi) {
+    using E = decltype(e);
+    const auto* in = static_cast<const typename E::T*>(x);
+    const auto* g = static_cast<const typename E::T*>(dy);
+    auto* out = static_cast<typename E::T*>(dx);
+    for (int64_t i = lo; i < hi; ++i) out[i] = E::load(in[i]) > 0.f ? g[i] : E::store(E::load(g[i]) * slope);
   });
 }
 

@@ -20,4 +20,12 @@ void conv_wgrad(const ConvProblem& p, const float* x, const float* dy, float* dw
 // dbias [K] alone (for a frozen weight); the same fixed summation order as conv_wgrad.
 void conv_bias_grad(const ConvProblem& p, const float* dy, float* dbias);
 
+// The same passes on tensors of element type dt (f32, f16 or bf16), with the signatures of kernels/cuda/conv.cuh:
+// x, w, y, dy, dx are dt; bias, dw and dbias f32 (the caller passes w already rounded to dt). f16 / bf16 operands are
+// widened to f32, the kernels above run, and y or dx is rounded to dt once (kernels/cpu/conv_mixed.cpp). conv_wgrad
+// with a null dw computes dbias alone (x is then not read).
+void conv_fprop(const ConvProblem& p, DType dt, const void* x, const void* w, const float* bias, void* y);
+void conv_dgrad(const ConvProblem& p, DType dt, const void* dy, const void* w, void* dx);
+void conv_wgrad(const ConvProblem& p, DType dt, const void* x, const void* dy, float* dw, float* dbias);
+
 }  // namespace unet::kernels::cpu

@@ -6,6 +6,7 @@
 #pragma once
 #include <cstdint>
 
+#include "kernels/common/dtype.h"
 #include "kernels/conv_transpose.h"
 
 namespace unet::kernels::cpu {
@@ -21,5 +22,14 @@ void conv_transpose_dgrad(const ConvTransposeShape& s, const float* dy, const fl
 // Pixels are split into chunks whose size depends only on the shape; chunk partials are summed in chunk order,
 // so the result is bitwise identical for any thread count.
 void conv_transpose_wgrad(const ConvTransposeShape& s, const float* x, const float* dy, float* dw, float* dbias);
+
+// The same passes on tensors of element type dt (f32, f16 or bf16), with the signatures of
+// kernels/cuda/conv_transpose.cuh: bias, dw and dbias f32, the rest dt (widened to f32 and rounded back once, as in
+// kernels/cpu/conv_mixed.cpp).
+void conv_transpose_fprop(const ConvTransposeShape& s, DType dt, const void* x, const void* w, const float* bias,
+                          void* y);
+void conv_transpose_dgrad(const ConvTransposeShape& s, DType dt, const void* dy, const void* w, void* dx);
+void conv_transpose_wgrad(const ConvTransposeShape& s, DType dt, const void* x, const void* dy, float* dw,
+                          float* dbias);
 
 }  // namespace unet::kernels::cpu

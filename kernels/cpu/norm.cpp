@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "kernels/common/parallel.h"
+#include "kernels/cpu/element.h"
 
 namespace unet::kernels::cpu {
 namespace {
@@ -45,10 +46,9 @@ std::vector<double> chunked_channel_sums(const NormShape& sh, int parts, F&& fn)
   return sums;
 }
 
-}  // namespace
-
-void instance_norm_forward(const NormShape& sh, const float* x, const float* gamma, const float* beta, float eps,
-                           float* y, float* mean, float* rstd) {
+template <class E>
+void forward_impl(const NormShape& sh, const typename E::T* x, const float* gamma, const float* beta, float eps,
+                  typename E::T* y, float* mean, float* rstd) {
   const int64_t C = sh.c, S = sh.s;
   const int64_t rows = chunk_rows(C);
   const int64_t chunks = std::max<int64_t>(1, (S + rows - 1) / rows);
@@ -61,15 +61,15 @@ void instance_norm_forward(const NormShape& sh, const float* x, const float* gam
       double* mu = partial.data() + item * 2 * C;
       double* m2 = mu + C;
       for (int64_t i = b; i < e; ++i) {
-        const float* row = x + (n * S + i) * C;
-        for (int64_t c = 0; c < C; ++c) mu[c] += row[c];
+        const auto* row = x + (n * S + i) * C;
+        for (int64_t c = 0; c < C; ++c) mu[c] += E::load(row[c]);
       }
       const double inv = e > b ? 1.0 / static_cast<double>(e - b) : 0.0;
       for (int64_t c = 0; c < C; ++c) mu[c] *= inv;
       for (int64_t i = b; i < e; ++i) {
-        const float* row = x + (n * S + i) * C;
+        const auto* row = x + (n * S + i) * C;
         for (int64_t c = 0; c < C; ++c) {
-          const double d = row[c] - mu[c];
+          const double d = E::load(row[c]) - mu[c];
           m2[c] += d * d;
         }
       }
@@ -111,18 +111,19 @@ void instance_norm_forward(const NormShape& sh, const float* x, const float* gam
   parallel_for(sh.n * S, 1024, [&](int64_t lo, int64_t hi) {
     for (int64_t i = lo; i < hi; ++i) {
       const int64_t n = i / S;
-      const float* row = x + i * C;
+      const auto* row = x + i * C;
       const float* mu = mean + n * C;
       const float* an = a.data() + n * C;
       const float* bn = b.data() + n * C;
-      float* out = y + i * C;
-      for (int64_t c = 0; c < C; ++c) out[c] = (row[c] - mu[c]) * an[c] + bn[c];
+      auto* out = y + i * C;
+      for (int64_t c = 0; c < C; ++c) out[c] = E::store((E::load(row[c]) - mu[c]) * an[c] + bn[c]);
     }
   });
 }
 
-void instance_norm_backward(const NormShape& sh, const float* x, const float* dy, const float* mean, const float* rstd,
-                            const float* gamma, float* dx, float* dgamma, float* dbeta) {
+template <class E>
+void backward_impl(const NormShape& sh, const typename E::T* x, const typename E::T* dy, const float* mean,
+                   const float* rstd, const float* gamma, typename E::T* dx, float* dgamma, float* dbeta) {
   const int64_t C = sh.c, S = sh.s;
   // sums[n][0..C) = sum dy, sums[n][C..2C) = sum dy * (x - mean); times rstd gives sum dy * xhat.
   std::vector<double> sums = chunked_channel_sums(sh, 2, [&](int64_t n, int64_t b, int64_t e, double* acc) {
@@ -130,11 +131,12 @@ void instance_norm_backward(const NormShape& sh, const float* x, const float* dy
     double* s1 = acc;
     double* s2 = acc + C;
     for (int64_t i = b; i < e; ++i) {
-      const float* xr = x + (n * S + i) * C;
-      const float* gr = dy + (n * S + i) * C;
+      const auto* xr = x + (n * S + i) * C;
+      const auto* gr = dy + (n * S + i) * C;
       for (int64_t c = 0; c < C; ++c) {
-        s1[c] += gr[c];
-        s2[c] += static_cast<double>(gr[c]) * (xr[c] - mu[c]);
+        const float g = E::load(gr[c]);
+        s1[c] += g;
+        s2[c] += static_cast<double>(g) * (E::load(xr[c]) - mu[c]);
       }
     }
   });
@@ -167,15 +169,36 @@ void instance_norm_backward(const NormShape& sh, const float* x, const float* dy
   parallel_for(sh.n * S, 1024, [&](int64_t lo, int64_t hi) {
     for (int64_t i = lo; i < hi; ++i) {
       const int64_t n = i / S;
-      const float* xr = x + i * C;
-      const float* gr = dy + i * C;
+      const auto* xr = x + i * C;
+      const auto* gr = dy + i * C;
       const float* a = k1.data() + n * C;
       const float* b = k2.data() + n * C;
       const float* d = k3.data() + n * C;
       const float* mu = mean + n * C;
-      float* out = dx + i * C;
-      for (int64_t c = 0; c < C; ++c) out[c] = a[c] * gr[c] + b[c] * (xr[c] - mu[c]) + d[c];
+      auto* out = dx + i * C;
+      for (int64_t c = 0; c < C; ++c)
+        out[c] = E::store(a[c] * E::load(gr[c]) + b[c] * (E::load(xr[c]) - mu[c]) + d[c]);
     }
+  });
+}
+
+}  // namespace
+
+void instance_norm_forward(const NormShape& sh, DType dt, const void* x, const float* gamma, const float* beta,
+                           float eps, void* y, float* mean, float* rstd) {
+  element::with_element_type(dt, "instance_norm", [&](auto e) {
+    using E = decltype(e);
+    forward_impl<E>(sh, static_cast<const typename E::T*>(x), gamma, beta, eps, static_cast<typename E::T*>(y), mean,
+                    rstd);
+  });
+}
+
+void instance_norm_backward(const NormShape& sh, DType dt, const void* x, const void* dy, const float* mean,
+                            const float* rstd, const float* gamma, void* dx, float* dgamma, float* dbeta) {
+  element::with_element_type(dt, "instance_norm", [&](auto e) {
+    using E = decltype(e);
+    backward_impl<E>(sh, static_cast<const typename E::T*>(x), static_cast<const typename E::T*>(dy), mean, rstd,
+                     gamma, static_cast<typename E::T*>(dx), dgamma, dbeta);
   });
 }
 

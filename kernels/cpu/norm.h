@@ -1,7 +1,11 @@
 // Instance normalisation kernels (CPU entry points; implementation in kernels/cpu/norm.cpp).
 // Layout channels-last: x is [n, s, c] with s = the product of the spatial sizes; statistics per (n, c) over s.
+// dt is the element type of x, y, dy and dx (f32, f16 or bf16); statistics, gamma, beta and their gradients are f32,
+// and each output element is computed in f32 and rounded to dt once.
 #pragma once
 #include <cstdint>
+
+#include "kernels/common/dtype.h"
 
 #include "kernels/norm.h"
 
@@ -13,13 +17,13 @@ using kernels::NormShape;
 // across chunks by Chan's formula, so a large mean does not cancel the variance and x is read from memory once.
 // y = (x - mean) * rstd * gamma + beta, rstd = 1 / sqrt(var + eps).
 // gamma and beta are [c] or null (1 and 0). mean and rstd ([n, c]) are written for the backward pass.
-void instance_norm_forward(const NormShape& sh, const float* x, const float* gamma, const float* beta, float eps,
-                           float* y, float* mean, float* rstd);
+void instance_norm_forward(const NormShape& sh, DType dt, const void* x, const float* gamma, const float* beta,
+                           float eps, void* y, float* mean, float* rstd);
 
 // With xhat = (x - mean) * rstd, per (n, c) sums s1 = sum dy and s2 = sum dy * xhat (double):
 // dx = rstd * gamma * (dy - s1 / s - xhat * s2 / s), dgamma[c] = sum_n s2, dbeta[c] = sum_n s1.
 // dx, dgamma, dbeta may each be null (not computed); gamma null means 1.
-void instance_norm_backward(const NormShape& sh, const float* x, const float* dy, const float* mean, const float* rstd,
-                            const float* gamma, float* dx, float* dgamma, float* dbeta);
+void instance_norm_backward(const NormShape& sh, DType dt, const void* x, const void* dy, const float* mean,
+                            const float* rstd, const float* gamma, void* dx, float* dgamma, float* dbeta);
 
 }  // namespace unet::kernels::cpu

@@ -2,6 +2,7 @@
 // output element is written by one thread from a fixed sequence of inputs, so results are deterministic.
 #include "kernels/cpu/shape.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <stdexcept>
@@ -9,6 +10,7 @@
 #include <vector>
 
 #include "kernels/common/parallel.h"
+#include "kernels/cpu/element.h"
 
 namespace unet::kernels::cpu {
 
@@ -62,21 +64,28 @@ void upsample_nearest_forward(const UpsampleShape& s, const void* x, int64_t ele
   });
 }
 
-void upsample_nearest_backward(const UpsampleShape& s, const float* dy, float* dx) {
+void upsample_nearest_backward(const UpsampleShape& s, DType dt, const void* dy, void* dx) {
   const int64_t oh = s.h * s.fh, ow = s.w * s.fw, C = s.c;
-  // One work item per input pixel; the block is summed in (a, b, e) order.
-  parallel_for(s.n * s.d * s.h * s.w, 256, [&](int64_t lo, int64_t hi) {
-    for (int64_t i = lo; i < hi; ++i) {
-      const int64_t q = i % s.w, p = (i / s.w) % s.h, z = (i / (s.w * s.h)) % s.d, n = i / (s.w * s.h * s.d);
-      float* out = dx + i * C;
-      for (int64_t c = 0; c < C; ++c) out[c] = 0.f;
-      for (int64_t a = 0; a < s.fd; ++a)
-        for (int64_t b = 0; b < s.fh; ++b) {
-          const float* src = dy + (((n * s.d * s.fd + z * s.fd + a) * oh + p * s.fh + b) * ow + q * s.fw) * C;
-          for (int64_t e = 0; e < s.fw; ++e)
-            for (int64_t c = 0; c < C; ++c) out[c] += src[e * C + c];
-        }
-    }
+  element::with_element_type(dt, "upsample_nearest", [&](auto e) {
+    using E = decltype(e);
+    const auto* g = static_cast<const typename E::T*>(dy);
+    auto* out_all = static_cast<typename E::T*>(dx);
+    // One work item per input pixel; the block is summed in (a, b, e) order.
+    parallel_for(s.n * s.d * s.h * s.w, 256, [&](int64_t lo, int64_t hi) {
+      std::vector<float> acc(static_cast<size_t>(C));
+      for (int64_t i = lo; i < hi; ++i) {
+        const int64_t q = i % s.w, p = (i / s.w) % s.h, z = (i / (s.w * s.h)) % s.d, n = i / (s.w * s.h * s.d);
+        std::fill(acc.begin(), acc.end(), 0.f);
+        for (int64_t a = 0; a < s.fd; ++a)
+          for (int64_t b = 0; b < s.fh; ++b) {
+            const auto* src = g + (((n * s.d * s.fd + z * s.fd + a) * oh + p * s.fh + b) * ow + q * s.fw) * C;
+            for (int64_t f = 0; f < s.fw; ++f)
+              for (int64_t c = 0; c < C; ++c) acc[static_cast<size_t>(c)] += E::load(src[f * C + c]);
+          }
+        auto* out = out_all + i * C;
+        for (int64_t c = 0; c < C; ++c) out[c] = E::store(acc[static_cast<size_t>(c)]);
+      }
+    });
   });
 }
 

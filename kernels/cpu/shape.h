@@ -20,8 +20,9 @@ void split_channels(int64_t rows, int count, const void* x, const int64_t* width
 
 // y[n, z*fd+a, p*fh+b, q*fw+e, :] = x[n, z, p, q, :], elements of elem_size bytes.
 void upsample_nearest_forward(const UpsampleShape& s, const void* x, int64_t elem_size, void* y);
-// dx[n, z, p, q, :] = sum over the fd*fh*fw block of dy (f32, summed in a fixed order).
-void upsample_nearest_backward(const UpsampleShape& s, const float* dy, float* dx);
+// dx[n, z, p, q, :] = sum over the fd*fh*fw block of dy, dy and dx of type dt (f32, f16 or bf16), summed in f32 in a
+// fixed order and rounded to dt once.
+void upsample_nearest_backward(const UpsampleShape& s, DType dt, const void* dy, void* dx);
 
 // n values from src_dtype to dst_dtype, each one of f32, f16, bf16 (f16 <-> bf16 goes through f32, which is exact
 // for the f16 or bf16 source, then rounds once). Uses the conversions of kernels/common/dtype.h.

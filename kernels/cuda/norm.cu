@@ -13,6 +13,7 @@
 #include "kernels/cuda/cuda_compat.cuh"
 // clang-format off
 #include "kernels/cuda/norm.cuh"
+#include "kernels/cuda/element.cuh"
 #include "kernels/cuda/launch.cuh"
 #include "kernels/cuda/scratch.cuh"
 // clang-format on
@@ -61,18 +62,20 @@ __device__ void sum_chunk_partials(const double* part, int64_t n, int64_t chunks
 }
 
 // part[n, chunk, 0, c] = sum (x - x[n, 0, c]), part[n, chunk, 1, c] = sum (x - x[n, 0, c])^2 over the chunk.
+// E (element.cuh) is the element type of x, y, dy and dx in every kernel below; statistics are f32 / double.
+template <class E>
 __global__ void __launch_bounds__(kStatThreads)
-    instance_norm_forward_partial(const float* x, int64_t S, int64_t C, int64_t chunks, double* part) {
+    instance_norm_forward_partial(const typename E::T* x, int64_t S, int64_t C, int64_t chunks, double* part) {
   __shared__ double red[2][kRowsY][kTileC];
   const int tx = threadIdx.x, ty = threadIdx.y;
   const int64_t c = int64_t(blockIdx.x) * kTileC + tx, ch = blockIdx.y, n = blockIdx.z;
   const int64_t b = ch * kChunkRows, e = b + kChunkRows < S ? b + kChunkRows : S;
   double s1 = 0.0, s2 = 0.0;
   if (c < C) {
-    const float* xs = x + n * S * C + c;
-    const double shift = xs[0];
+    const typename E::T* xs = x + n * S * C + c;
+    const double shift = E::load(xs[0]);
     for (int64_t i = b + ty; i < e; i += kRowsY) {
-      const double d = static_cast<double>(xs[i * C]) - shift;
+      const double d = static_cast<double>(E::load(xs[i * C])) - shift;
       s1 += d;
       s2 += d * d;
     }
@@ -87,8 +90,9 @@ __global__ void __launch_bounds__(kStatThreads)
 }
 
 // mean, rstd [n, c]; coef[0][n, c] = rstd * gamma (rounded once from double, as the CPU), coef[1][n, c] = beta.
+template <class E>
 __global__ void __launch_bounds__(kStatThreads)
-    instance_norm_forward_finalize(const float* x, const double* part, int64_t S, int64_t C, int64_t chunks,
+    instance_norm_forward_finalize(const typename E::T* x, const double* part, int64_t S, int64_t C, int64_t chunks,
                                    const float* gamma, const float* beta, float eps, float* mean, float* rstd,
                                    float* coef, int64_t NC) {
   __shared__ double red[2][kRowsY][kTileC];
@@ -98,7 +102,7 @@ __global__ void __launch_bounds__(kStatThreads)
   if (ty == 0 && c < C) {
     const double count = static_cast<double>(S);
     const double t1 = red[0][0][tx], t2 = red[1][0][tx];
-    const double m = static_cast<double>(x[n * S * C + c]) + t1 / count;
+    const double m = static_cast<double>(E::load(x[n * S * C + c])) + t1 / count;
     double var = (t2 - t1 * t1 / count) / count;
     var = var > 0.0 ? var : 0.0;
     const double r = 1.0 / sqrt(var + static_cast<double>(eps));
@@ -112,31 +116,33 @@ __global__ void __launch_bounds__(kStatThreads)
 
 // y = (x - mean) * a + b, then leaky ReLU when kLeaky. (x - mean) is kept unfolded, as on the CPU: the folded
 // x * a + (b - mean * a) cancels when |mean| >> std.
-template <bool kLeaky>
+template <class E, bool kLeaky>
 __global__ void __launch_bounds__(kApplyThreads)
-    instance_norm_forward_apply(const float* x, const float* mean, const float* coef, int64_t S, int64_t C, int64_t NC,
-                                float slope, float* y, int64_t total) {
+    instance_norm_forward_apply(const typename E::T* x, const float* mean, const float* coef, int64_t S, int64_t C,
+                                int64_t NC, float slope, typename E::T* y, int64_t total) {
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < total; i += int64_t(gridDim.x) * blockDim.x) {
     const int64_t j = (i / (S * C)) * C + i % C;
-    float v = (x[i] - mean[j]) * coef[j] + coef[NC + j];
-    if (kLeaky) v = v > 0.f ? v : v * slope;
-    y[i] = v;
+    float v = (E::load(x[i]) - mean[j]) * coef[j] + coef[NC + j];
+    // Rounded to E before the leaky ReLU too, so the fused result is bitwise that of the two ops in sequence.
+    if (kLeaky) v = E::load(E::store(v)), v = v > 0.f ? v : v * slope;
+    y[i] = E::store(v);
   }
 }
 
 // The gradient reaching the normalised value: dy, or through the leaky ReLU whose output is y.
-template <bool kLeaky>
-__device__ float upstream_grad(const float* y, const float* dy, int64_t i, float slope) {
-  const float g = dy[i];
+// Through the leaky ReLU the gradient is rounded to E as leaky_relu_backward would store it.
+template <class E, bool kLeaky>
+__device__ float upstream_grad(const typename E::T* y, const typename E::T* dy, int64_t i, float slope) {
+  const float g = E::load(dy[i]);
   if (!kLeaky) return g;
-  return y[i] > 0.f ? g : g * slope;
+  return E::load(y[i]) > 0.f ? g : E::load(E::store(g * slope));
 }
 
 // part[n, chunk, 0, c] = sum g, part[n, chunk, 1, c] = sum g * (x - mean) over the chunk (g the upstream gradient).
-template <bool kLeaky>
+template <class E, bool kLeaky>
 __global__ void __launch_bounds__(kStatThreads)
-    instance_norm_backward_partial(const float* x, const float* y, const float* dy, const float* mean, float slope,
-                                   int64_t S, int64_t C, int64_t chunks, double* part) {
+    instance_norm_backward_partial(const typename E::T* x, const typename E::T* y, const typename E::T* dy,
+                                   const float* mean, float slope, int64_t S, int64_t C, int64_t chunks, double* part) {
   __shared__ double red[2][kRowsY][kTileC];
   const int tx = threadIdx.x, ty = threadIdx.y;
   const int64_t c = int64_t(blockIdx.x) * kTileC + tx, ch = blockIdx.y, n = blockIdx.z;
@@ -146,9 +152,9 @@ __global__ void __launch_bounds__(kStatThreads)
     const float mu = mean[n * C + c];
     for (int64_t i = b + ty; i < e; i += kRowsY) {
       const int64_t o = (n * S + i) * C + c;
-      const float g = upstream_grad<kLeaky>(y, dy, o, slope);
+      const float g = upstream_grad<E, kLeaky>(y, dy, o, slope);
       s1 += g;
-      s2 += static_cast<double>(g) * static_cast<double>(x[o] - mu);
+      s2 += static_cast<double>(g) * static_cast<double>(E::load(x[o]) - mu);
     }
   }
   red[0][ty][tx] = s1;
@@ -195,14 +201,15 @@ __global__ void __launch_bounds__(kParamThreads)
   if (dbeta) dbeta[c] = static_cast<float>(bsum);
 }
 
-template <bool kLeaky>
+template <class E, bool kLeaky>
 __global__ void __launch_bounds__(kApplyThreads)
-    instance_norm_backward_apply(const float* x, const float* y, const float* dy, const float* mean, const float* coef,
-                                 int64_t S, int64_t C, int64_t NC, float slope, float* dx, int64_t total) {
+    instance_norm_backward_apply(const typename E::T* x, const typename E::T* y, const typename E::T* dy,
+                                 const float* mean, const float* coef, int64_t S, int64_t C, int64_t NC, float slope,
+                                 typename E::T* dx, int64_t total) {
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < total; i += int64_t(gridDim.x) * blockDim.x) {
     const int64_t j = (i / (S * C)) * C + i % C;
-    const float g = upstream_grad<kLeaky>(y, dy, i, slope);
-    dx[i] = coef[j] * g + coef[NC + j] * (x[i] - mean[j]) + coef[2 * NC + j];
+    const float g = upstream_grad<E, kLeaky>(y, dy, i, slope);
+    dx[i] = E::store(coef[j] * g + coef[NC + j] * (E::load(x[i]) - mean[j]) + coef[2 * NC + j]);
   }
 }
 
@@ -233,24 +240,24 @@ Plan plan_for(const NormShape& sh) {
   return p;
 }
 
-template <bool kLeaky>
-void forward_impl(const NormShape& sh, const float* x, const float* gamma, const float* beta, float eps, float slope,
-                  float* y, float* mean, float* rstd, cudaStream_t stream) {
+template <class E, bool kLeaky>
+void forward_impl(const NormShape& sh, const typename E::T* x, const float* gamma, const float* beta, float eps,
+                  float slope, typename E::T* y, float* mean, float* rstd, cudaStream_t stream) {
   const Plan p = plan_for(sh);
   if (p.total == 0) return;
   Scratch<double> part(static_cast<size_t>(p.N * p.chunks * 2 * p.C), stream);
   Scratch<float> coef(static_cast<size_t>(2 * p.NC), stream);
-  launch(instance_norm_forward_partial, p.partial_grid, p.block, 0, stream, x, p.S, p.C, p.chunks, part.get());
-  launch(instance_norm_forward_finalize, p.finalize_grid, p.block, 0, stream, x, part.get(), p.S, p.C, p.chunks, gamma,
+  launch(instance_norm_forward_partial<E>, p.partial_grid, p.block, 0, stream, x, p.S, p.C, p.chunks, part.get());
+  launch(instance_norm_forward_finalize<E>, p.finalize_grid, p.block, 0, stream, x, part.get(), p.S, p.C, p.chunks, gamma,
          beta, eps, mean, rstd, coef.get(), p.NC);
-  launch(instance_norm_forward_apply<kLeaky>, grid_for(p.total), dim3(kApplyThreads), 0, stream, x, mean, coef.get(),
+  launch(instance_norm_forward_apply<E, kLeaky>, grid_for(p.total), dim3(kApplyThreads), 0, stream, x, mean, coef.get(),
          p.S, p.C, p.NC, slope, y, p.total);
 }
 
-template <bool kLeaky>
-void backward_impl(const NormShape& sh, const float* x, const float* y, const float* dy, const float* mean,
-                   const float* rstd, const float* gamma, float slope, float* dx, float* dgamma, float* dbeta,
-                   cudaStream_t stream) {
+template <class E, bool kLeaky>
+void backward_impl(const NormShape& sh, const typename E::T* x, const typename E::T* y, const typename E::T* dy,
+                   const float* mean, const float* rstd, const float* gamma, float slope, typename E::T* dx,
+                   float* dgamma, float* dbeta, cudaStream_t stream) {
   const Plan p = plan_for(sh);
   if (p.C == 0) return;
   if (!dx && !dgamma && !dbeta) return;
@@ -258,7 +265,7 @@ void backward_impl(const NormShape& sh, const float* x, const float* y, const fl
   Scratch<double> sums(static_cast<size_t>(p.N * 2 * p.C), stream);
   Scratch<float> coef(static_cast<size_t>(3 * p.NC), stream);
   if (p.N > 0) {
-    launch(instance_norm_backward_partial<kLeaky>, p.partial_grid, p.block, 0, stream, x, y, dy, mean, slope, p.S, p.C,
+    launch(instance_norm_backward_partial<E, kLeaky>, p.partial_grid, p.block, 0, stream, x, y, dy, mean, slope, p.S, p.C,
            p.chunks, part.get());
     launch(instance_norm_backward_finalize, p.finalize_grid, p.block, 0, stream, part.get(), rstd, gamma, p.S, p.C,
            p.chunks, sums.get(), coef.get(), p.NC);
@@ -267,7 +274,7 @@ void backward_impl(const NormShape& sh, const float* x, const float* y, const fl
     launch(instance_norm_param_grads, dim3(static_cast<unsigned>((p.C + kParamThreads - 1) / kParamThreads)),
            dim3(kParamThreads), 0, stream, static_cast<const double*>(sums.get()), p.N, p.C, dgamma, dbeta);
   if (dx && p.total > 0)
-    launch(instance_norm_backward_apply<kLeaky>, grid_for(p.total), dim3(kApplyThreads), 0, stream, x, y, dy, mean,
+    launch(instance_norm_backward_apply<E, kLeaky>, grid_for(p.total), dim3(kApplyThreads), 0, stream, x, y, dy, mean,
            static_cast<const float*>(coef.get()), p.S, p.C, p.NC, slope, dx, p.total);
 }
 
@@ -275,25 +282,45 @@ void backward_impl(const NormShape& sh, const float* x, const float* y, const fl
 
 // ---- launchers ----
 
-void instance_norm_forward(const NormShape& sh, const float* x, const float* gamma, const float* beta, float eps,
-                           float* y, float* mean, float* rstd, cudaStream_t stream) {
-  forward_impl<false>(sh, x, gamma, beta, eps, 0.f, y, mean, rstd, stream);
+void instance_norm_forward(const NormShape& sh, DType dt, const void* x, const float* gamma, const float* beta,
+                           float eps, void* y, float* mean, float* rstd, cudaStream_t stream) {
+  element::with_element_type(dt, "instance_norm", [&](auto e) {
+    using E = decltype(e);
+    using T = typename E::T;
+    forward_impl<E, false>(sh, static_cast<const T*>(x), gamma, beta, eps, 0.f, static_cast<T*>(y), mean, rstd, stream);
+  });
 }
 
-void instance_norm_backward(const NormShape& sh, const float* x, const float* dy, const float* mean, const float* rstd,
-                            const float* gamma, float* dx, float* dgamma, float* dbeta, cudaStream_t stream) {
-  backward_impl<false>(sh, x, nullptr, dy, mean, rstd, gamma, 0.f, dx, dgamma, dbeta, stream);
+void instance_norm_backward(const NormShape& sh, DType dt, const void* x, const void* dy, const float* mean,
+                            const float* rstd, const float* gamma, void* dx, float* dgamma, float* dbeta,
+                            cudaStream_t stream) {
+  element::with_element_type(dt, "instance_norm", [&](auto e) {
+    using E = decltype(e);
+    using T = typename E::T;
+    backward_impl<E, false>(sh, static_cast<const T*>(x), nullptr, static_cast<const T*>(dy), mean, rstd, gamma, 0.f,
+                            static_cast<T*>(dx), dgamma, dbeta, stream);
+  });
 }
 
-void instance_norm_leaky_relu_forward(const NormShape& sh, const float* x, const float* gamma, const float* beta,
-                                      float eps, float slope, float* y, float* mean, float* rstd, cudaStream_t stream) {
-  forward_impl<true>(sh, x, gamma, beta, eps, slope, y, mean, rstd, stream);
+void instance_norm_leaky_relu_forward(const NormShape& sh, DType dt, const void* x, const float* gamma,
+                                      const float* beta, float eps, float slope, void* y, float* mean, float* rstd,
+                                      cudaStream_t stream) {
+  element::with_element_type(dt, "instance_norm_leaky_relu", [&](auto e) {
+    using E = decltype(e);
+    using T = typename E::T;
+    forward_impl<E, true>(sh, static_cast<const T*>(x), gamma, beta, eps, slope, static_cast<T*>(y), mean, rstd, stream);
+  });
 }
 
-void instance_norm_leaky_relu_backward(const NormShape& sh, const float* x, const float* y, const float* dy,
-                                       const float* mean, const float* rstd, const float* gamma, float slope, float* dx,
+void instance_norm_leaky_relu_backward(const NormShape& sh, DType dt, const void* x, const void* y, const void* dy,
+                                       const float* mean, const float* rstd, const float* gamma, float slope, void* dx,
                                        float* dgamma, float* dbeta, cudaStream_t stream) {
-  backward_impl<true>(sh, x, y, dy, mean, rstd, gamma, slope, dx, dgamma, dbeta, stream);
+  element::with_element_type(dt, "instance_norm_leaky_relu", [&](auto e) {
+    using E = decltype(e);
+    using T = typename E::T;
+    backward_impl<E, true>(sh, static_cast<const T*>(x), static_cast<const T*>(y), static_cast<const T*>(dy), mean,
+                           rstd, gamma, slope, static_cast<T*>(dx), dgamma, dbeta, stream);
+  });
 }
 
 }  // namespace unet::kernels::cuda

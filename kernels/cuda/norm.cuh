@@ -5,6 +5,7 @@
 #pragma once
 #include <cstdint>
 
+#include "kernels/common/dtype.h"
 #include "kernels/cuda/stream.h"
 #include "kernels/norm.h"  // NormShape (plain C++, no CUDA)
 
@@ -12,23 +13,29 @@ namespace unet::kernels::cuda {
 
 using kernels::NormShape;
 
+// dt is the element type of x, y, dy and dx (f32, f16 or bf16); statistics, gamma, beta and their gradients are f32,
+// each output element is computed in f32 and rounded to dt once (as the CPU).
+
 // y = (x - mean) * rstd * gamma + beta; mean and rstd [n, c] are written for the backward pass.
-void instance_norm_forward(const NormShape& sh, const float* x, const float* gamma, const float* beta, float eps,
-                           float* y, float* mean, float* rstd, cudaStream_t stream);
+void instance_norm_forward(const NormShape& sh, DType dt, const void* x, const float* gamma, const float* beta,
+                           float eps, void* y, float* mean, float* rstd, cudaStream_t stream);
 
 // dx, dgamma, dbeta as kernels/cpu/norm.h; each may be null (not computed); gamma null means 1.
-void instance_norm_backward(const NormShape& sh, const float* x, const float* dy, const float* mean, const float* rstd,
-                            const float* gamma, float* dx, float* dgamma, float* dbeta, cudaStream_t stream);
+void instance_norm_backward(const NormShape& sh, DType dt, const void* x, const void* dy, const float* mean,
+                            const float* rstd, const float* gamma, void* dx, float* dgamma, float* dbeta,
+                            cudaStream_t stream);
 
 // The forward followed by leaky ReLU in one pass over x: y = leaky_relu(instance_norm(x), slope). Same results as
 // instance_norm_forward then leaky_relu_forward.
-void instance_norm_leaky_relu_forward(const NormShape& sh, const float* x, const float* gamma, const float* beta,
-                                      float eps, float slope, float* y, float* mean, float* rstd, cudaStream_t stream);
+void instance_norm_leaky_relu_forward(const NormShape& sh, DType dt, const void* x, const float* gamma,
+                                      const float* beta, float eps, float slope, void* y, float* mean, float* rstd,
+                                      cudaStream_t stream);
 
 // Its backward from the fused output y (slope >= 0, so y > 0 exactly where the normalised value is > 0): the same
-// results as leaky_relu_backward on the normalised value followed by instance_norm_backward.
-void instance_norm_leaky_relu_backward(const NormShape& sh, const float* x, const float* y, const float* dy,
-                                       const float* mean, const float* rstd, const float* gamma, float slope, float* dx,
+// results as leaky_relu_backward on the normalised value followed by instance_norm_backward (the leaky ReLU's
+// gradient rounded to dt in between, as that pair stores it).
+void instance_norm_leaky_relu_backward(const NormShape& sh, DType dt, const void* x, const void* y, const void* dy,
+                                       const float* mean, const float* rstd, const float* gamma, float slope, void* dx,
                                        float* dgamma, float* dbeta, cudaStream_t stream);
 
 }  // namespace unet::kernels::cuda

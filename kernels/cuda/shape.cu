@@ -5,6 +5,7 @@
 #include "kernels/cuda/cuda_compat.cuh"
 // clang-format off
 #include "kernels/cuda/shape.cuh"
+#include "kernels/cuda/element.cuh"
 #include "kernels/cuda/launch.cuh"
 // clang-format on
 
@@ -45,9 +46,11 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
-// One thread per input element; the block is summed in (a, b, e) order from 0.f, as on the CPU.
+// One thread per input element; the block is summed in f32 in (a, b, e) order from 0.f and rounded to E once, as on
+// the CPU.
+template <class E>
 __global__ void __launch_bounds__(kThreads)
-    upsample_nearest_backward_k(const float* dy, float* dx, UpsampleShape s, int64_t total) {
+    upsample_nearest_backward_k(const typename E::T* dy, typename E::T* dx, UpsampleShape s, int64_t total) {
   const int64_t oh = s.h * s.fh, ow = s.w * s.fw, C = s.c;
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < total; i += int64_t(gridDim.x) * blockDim.x) {
     const int64_t c = i % C, pix = i / C;
@@ -55,10 +58,10 @@ __global__ void __launch_bounds__(kThreads)
     float acc = 0.f;
     for (int64_t a = 0; a < s.fd; ++a)
       for (int64_t b = 0; b < s.fh; ++b) {
-        const float* src = dy + (((n * s.d * s.fd + z * s.fd + a) * oh + p * s.fh + b) * ow + q * s.fw) * C + c;
-        for (int64_t e = 0; e < s.fw; ++e) acc += src[e * C];
+        const typename E::T* src = dy + (((n * s.d * s.fd + z * s.fd + a) * oh + p * s.fh + b) * ow + q * s.fw) * C + c;
+        for (int64_t e = 0; e < s.fw; ++e) acc += E::load(src[e * C]);
       }
-    dx[i] = acc;
+    dx[i] = E::store(acc);
   }
 }
 
@@ -245,10 +248,15 @@ void upsample_nearest_forward(const UpsampleShape& s, const void* x, int64_t ele
   }
 }
 
-void upsample_nearest_backward(const UpsampleShape& s, const float* dy, float* dx, cudaStream_t stream) {
+void upsample_nearest_backward(const UpsampleShape& s, DType dt, const void* dy, void* dx, cudaStream_t stream) {
   const int64_t total = s.n * s.d * s.h * s.w * s.c;
   if (total == 0) return;
-  launch(upsample_nearest_backward_k, grid_for(total), dim3(kThreads), 0, stream, dy, dx, s, total);
+  element::with_element_type(dt, "upsample_nearest", [&](auto e) {
+    using E = decltype(e);
+    using T = typename E::T;
+    launch(upsample_nearest_backward_k<E>, grid_for(total), dim3(kThreads), 0, stream, static_cast<const T*>(dy),
+           static_cast<T*>(dx), s, total);
+  });
 }
 
 void cast(DType src_dtype, const void* src, DType dst_dtype, void* dst, int64_t n, cudaStream_t stream) {

@@ -23,8 +23,9 @@ void split_channels(int64_t rows, int count, const void* x, const int64_t* width
 
 // y[n, z*fd+a, p*fh+b, q*fw+e, :] = x[n, z, p, q, :], elements of elem_size bytes.
 void upsample_nearest_forward(const UpsampleShape& s, const void* x, int64_t elem_size, void* y, cudaStream_t stream);
-// dx[n, z, p, q, :] = sum over the fd*fh*fw block of dy, in (a, b, e) order as the CPU (f32).
-void upsample_nearest_backward(const UpsampleShape& s, const float* dy, float* dx, cudaStream_t stream);
+// dx[n, z, p, q, :] = sum over the fd*fh*fw block of dy, in (a, b, e) order as the CPU, in f32, rounded to dt (f32,
+// f16 or bf16, the type of dy and dx) once.
+void upsample_nearest_backward(const UpsampleShape& s, DType dt, const void* dy, void* dx, cudaStream_t stream);
 
 // n values between f32, f16 and bf16, rounding to nearest even exactly as kernels/common/dtype.h (NaN payloads included).
 void cast(DType src_dtype, const void* src, DType dst_dtype, void* dst, int64_t n, cudaStream_t stream);
