@@ -1,6 +1,7 @@
 // Checkpoint layout conversion and parameter matching.
 #include "models/checkpoint.h"
 
+#include <cmath>
 #include <cstring>
 #include <nlohmann/json.hpp>
 #include <stdexcept>
@@ -15,6 +16,27 @@ bool is_conv_weight(const std::string& name, const Tensor& t) {
 }
 
 bool is_transposed(const std::string& name) { return name.find("transp_conv") != std::string::npos; }
+
+// A NaN or infinite weight makes every output it reaches NaN: the predictions would be garbage with no error, so a
+// checkpoint holding one (a diverged run, a damaged file) is refused. `t` is a tensor read from the file (on the cpu).
+void check_finite(const std::string& path, const std::string& name, const Tensor& t) {
+  if (t.dtype() != DType::f32 && t.dtype() != DType::f16 && t.dtype() != DType::bf16) return;
+  std::vector<float> converted;
+  const float* x = nullptr;
+  if (t.dtype() == DType::f32) {
+    x = t.data<float>();
+  } else {
+    converted = t.to_vector();
+    x = converted.data();
+  }
+  int64_t bad = 0, first = -1;
+  for (int64_t i = 0, n = t.numel(); i < n; ++i)
+    if (!std::isfinite(x[i]) && bad++ == 0) first = i;
+  if (bad > 0)
+    throw std::runtime_error(path + ": tensor '" + name + "' has " + std::to_string(bad) +
+                             " NaN or infinite values (first at element " + std::to_string(first) +
+                             " in the file); expected finite weights (a diverged run or a damaged file?)");
+}
 
 }  // namespace
 
@@ -53,6 +75,7 @@ void load_weights(const io::SafetensorsContent& weights, Module& model, const st
     for (auto& [n, t] : weights.tensors)
       if (n == name) found = &t;
     if (!found) throw std::runtime_error(path + ": checkpoint has no tensor '" + name + "' that the model needs");
+    check_finite(path, name, *found);
     Tensor t = from_pytorch_layout(name, *found);
     if (t.shape() != p.shape() || t.dtype() != p.dtype())
       throw std::runtime_error(path + ": tensor '" + name + "' is " + found->describe() + " (PyTorch layout), the model expects " +

@@ -34,7 +34,8 @@ Tensor from_pytorch_layout(const std::string& name, const Tensor& t);
 void save_weights(const std::string& path, const Module& model, const io::Metadata& metadata);
 // Reads only the metadata and tensors of a weights file (to build the model before loading).
 io::SafetensorsContent read_weights(const std::string& path);
-// Copies the tensors of `weights` into the model's parameters; every parameter must be present with its shape.
+// Copies the tensors of `weights` into the model's parameters; every parameter must be present with its shape and
+// finite values (a NaN or infinite weight is an error naming the tensor).
 // Extra tensors (e.g. deep supervision heads when they are not used) are ignored, like strict=False in PyTorch.
 void load_weights(const io::SafetensorsContent& weights, Module& model, const std::string& path);
 

@@ -25,7 +25,7 @@ Predictor::Predictor(const std::string& checkpoint, const PredictorOptions& o)
     : Predictor(read_weights(checkpoint), checkpoint, o) {}
 
 Predictor::Predictor(const io::SafetensorsContent& weights, const std::string& checkpoint, const PredictorOptions& o)
-    : card_(inference_card(weights, checkpoint)), net_(card_.net) {
+    : card_(inference_card(weights, checkpoint)), net_(card_.net), precision_(o.precision) {
   load_weights(weights, net_, checkpoint);
   net_.to(o.device);
   window_.patch = card_.patch;
@@ -54,7 +54,7 @@ Segmentation Predictor::segment(const io::NiftiVolume& volume, const std::string
   Tensor image = volume.data.clone();
   io::normalize_image(image, card_.normalization);
   Segmentation out;
-  out.logits = predict_volume(net_, image, window_);
+  out.logits = predict_volume(net_, image, window_, precision_);
   const Tensor labels = ops::argmax_channels(out.logits);  // i32, on the cpu like the blended logits
   out.labels = Tensor::empty(labels.shape(), DType::u8);
   const int32_t* l = labels.data<int32_t>();

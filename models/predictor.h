@@ -4,6 +4,7 @@
 #pragma once
 #include <string>
 
+#include "engine/precision.h"
 #include "engine/sliding_window.h"
 #include "io/nifti.h"
 #include "models/checkpoint.h"
@@ -17,6 +18,7 @@ struct PredictorOptions {
   bool tta = false;   // average the logits over every flip of the spatial axes
   int batch = 1;      // windows per forward pass
   Device device = Device::cpu;
+  Precision precision = Precision::fp32;  // tf32: the caller sets ops::set_conv_allow_tf32
 };
 
 struct Segmentation {
@@ -38,6 +40,7 @@ class Predictor {
   ModelCard card_;
   DynUNet net_;
   SlidingWindowOptions window_;
+  Precision precision_;
 };
 
 }  // namespace unet::models

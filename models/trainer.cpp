@@ -5,6 +5,7 @@
 #include <chrono>
 #include <cmath>
 #include <filesystem>
+#include <map>
 #include <fstream>
 #include <nlohmann/json.hpp>
 
@@ -35,17 +36,28 @@ Tensor deep_supervision_loss(const std::vector<Tensor>& outputs, const Tensor& l
   return total;
 }
 
-StepStats train_step(DynUNet& net, Optimizer& optimizer, const Tensor& x, const Tensor& labels) {
+std::vector<Tensor> forward_in(const DynUNet& net, const Tensor& x, bool training, Precision precision) {
+  const DType dt = activation_dtype(precision);
+  std::vector<Tensor> out = net.forward(ops::cast(x, dt), training);
+  for (Tensor& o : out) o = ops::cast(o, DType::f32);  // softmax and the loss in f32
+  return out;
+}
+
+StepStats train_step(DynUNet& net, Optimizer& optimizer, const Tensor& x, const Tensor& labels, Precision precision,
+                     LossScaler* scaler) {
   StepStats stats;
   optimizer.zero_grad();
-  Tensor loss = deep_supervision_loss(net.forward(x, /*training=*/true), labels, &stats);
+  Tensor loss = deep_supervision_loss(forward_in(net, x, /*training=*/true, precision), labels, &stats);
   stats.loss = loss.item();
-  autograd::backward(loss);
-  stats.stepped = optimizer.step();
+  stats.loss_scale = scaler ? scaler->scale() : 1.0f;
+  autograd::backward(loss, Tensor::full(loss.shape(), static_cast<float>(stats.loss_scale)).to(loss.device()));
+  stats.stepped = optimizer.step(static_cast<float>(1.0 / stats.loss_scale));
+  if (scaler) scaler->update(stats.stepped);
   return stats;
 }
 
-Tensor predict_volume(const DynUNet& net, const Tensor& image, const SlidingWindowOptions& options) {
+Tensor predict_volume(const DynUNet& net, const Tensor& image, const SlidingWindowOptions& options,
+                      Precision precision) {
   // The network runs on its parameters' device (Module::to). Windows are cut and blended there too (blend.cu on a
   // GPU), unless the padded volume and the accumulation buffers would take more than kMaxDeviceBlendBytes: then the
   // host blends, and only the windows and their logits cross.
@@ -59,11 +71,14 @@ Tensor predict_volume(const DynUNet& net, const Tensor& image, const SlidingWind
   SlidingWindowOptions o = options;
   o.device = bytes <= kMaxDeviceBlendBytes ? d : Device::cpu;
   return sliding_window_predict(
-      image, [&](const Tensor& batch) { return net.forward(batch.to(d), /*training=*/false)[0].to(o.device); }, o);
+      image,
+      [&](const Tensor& batch) { return forward_in(net, batch.to(d), /*training=*/false, precision)[0].to(o.device); },
+      o);
 }
 
-Tensor segment_volume(const DynUNet& net, const Tensor& image, const SlidingWindowOptions& options) {
-  return ops::argmax_channels(predict_volume(net, image, options));
+Tensor segment_volume(const DynUNet& net, const Tensor& image, const SlidingWindowOptions& options,
+                      Precision precision) {
+  return ops::argmax_channels(predict_volume(net, image, options, precision));
 }
 
 }  // namespace unet::models
@@ -119,20 +134,23 @@ struct Trainer::State {
   ModelCard card;
   std::unique_ptr<DynUNet> net;
   std::unique_ptr<Optimizer> opt;
+  LossScaler scaler;
   SlidingWindowOptions sw;
   std::filesystem::path dir;
 
   std::vector<double> validate() const {
     DiceCounts counts;
-    for (size_t i : split.val) counts.add(segment_volume(*net, cases[i].image, sw), cases[i].label, info.num_classes());
+    for (size_t i : split.val)
+      counts.add(segment_volume(*net, cases[i].image, sw, o.precision), cases[i].label, info.num_classes());
     return counts.dice();
   }
 
   void save(int64_t step) const {
     save_weights((dir / "model.safetensors").string(), *net, card_to_metadata(card));
-    io::write_safetensors((dir / "model.state.safetensors").string(), opt->state(),
-                          {{"step", std::to_string(step)}, {"seed", std::to_string(o.seed)}, {"optimizer", opt->name()},
-                           {"config", o.config_text}});
+    std::map<std::string, std::string> metadata = scaler.to_metadata();
+    metadata.insert({{"step", std::to_string(step)}, {"seed", std::to_string(o.seed)}, {"optimizer", opt->name()},
+                     {"precision", precision_name(o.precision)}, {"config", o.config_text}});
+    io::write_safetensors((dir / "model.state.safetensors").string(), opt->state(), metadata);
   }
 };
 
@@ -141,8 +159,11 @@ Trainer::Trainer(TrainerOptions options, std::FILE* out) : s_(std::make_unique<S
   s.o = std::move(options);
   s.out = out;
   const TrainerOptions& o = s.o;
-  std::fprintf(out, "unet_train: %s on the %s backend (%d host threads)\n", o.dataset.c_str(), device_name(o.device),
-               num_threads());
+  std::fprintf(out, "unet_train: %s on the %s backend in %s (%d host threads)\n", o.dataset.c_str(),
+               device_name(o.device), precision_name(o.precision), num_threads());
+  if (o.precision == Precision::tf32 && o.device == Device::cpu)
+    std::fprintf(out, "unet_train: precision tf32 computes fp32 on the cpu backend (no TF32 arithmetic)\n");
+  s.scaler = LossScaler(o.loss_scaling);
 
   // Data: every case loaded once; normalisation planned on the training cases of the fold.
   s.info = io::read_msd_dataset(o.dataset);
@@ -216,12 +237,13 @@ void Trainer::run() {
   const int64_t log_every = std::max<int64_t>(1, o.log_every);
   double loss_acc = 0;
   int loss_n = 0;
+  ops::set_conv_allow_tf32(o.precision == Precision::tf32);
   HostAllocator::instance().reset_peak();
   device::reset_peak(o.device);
   for (int64_t step = 0; step < o.steps; ++step) {
     s.opt->set_lr(schedule.at(step));
     io::PatchBatch batch = sampler.next();
-    StepStats st = train_step(*s.net, *s.opt, batch.image.to(o.device), batch.label.to(o.device));
+    StepStats st = train_step(*s.net, *s.opt, batch.image.to(o.device), batch.label.to(o.device), o.precision, &s.scaler);
     if (!std::isfinite(st.loss))
       throw std::runtime_error("training diverged at step " + std::to_string(step + 1) + " (loss is not finite)");
     loss_acc += st.loss;
@@ -231,7 +253,9 @@ void Trainer::run() {
       last = clock::now();
       const double sps = loss_n * so.batch / dt;
       nlohmann::json line = {{"step", step + 1}, {"loss", loss_acc / loss_n}, {"dice_loss", st.dice_loss}, {"ce", st.ce},
-                             {"lr", s.opt->lr()}, {"samples_per_s", sps},
+                             {"lr", s.opt->lr()}, {"samples_per_s", sps}, {"loss_scale", s.scaler.scale()},
+                             {"loss_scale_growth_tracker", s.scaler.growth_tracker()},
+                             {"skipped_steps", s.scaler.skipped_steps()},
                              {"peak_memory_mb", HostAllocator::instance().stats().peak_bytes / 1048576.0}};
       // Tensors on a GPU (or the emulated one) are not in the host's figure: the device's peak beside it.
       if (o.device != Device::cpu) line["device_peak_memory_mb"] = device::memory_stats(o.device).peak_bytes / 1048576.0;

@@ -7,8 +7,10 @@
 #include <string>
 #include <vector>
 
+#include "engine/loss_scaler.h"
 #include "engine/metrics.h"
 #include "engine/optim.h"
+#include "engine/precision.h"
 #include "engine/sliding_window.h"
 #include "io/dataset.h"
 #include "models/checkpoint.h"
@@ -20,19 +22,31 @@ struct StepStats {
   double loss = 0;  // the deep-supervision weighted DiceCE that was minimised
   double dice_loss = 0, ce = 0;  // parts of the full-resolution loss
   bool stepped = true;  // false when the optimizer skipped the step (inf/nan gradients)
+  double loss_scale = 1;  // the scale the loss was multiplied by before backward
 };
 
 // Deep supervision: sum_i 0.5^i L_i / sum_i 0.5^i over the network's outputs (full resolution first).
 Tensor deep_supervision_loss(const std::vector<Tensor>& outputs, const Tensor& labels, StepStats* stats = nullptr);
 
-// Forward, loss, backward and optimizer step on one batch: x [B, spatial..., C_in] f32, labels [B, spatial...].
-StepStats train_step(DynUNet& net, Optimizer& optimizer, const Tensor& x, const Tensor& labels);
+// The network's outputs (f32 logits) for x [B, spatial..., C_in] f32, computed in `precision` (engine/precision.h):
+// fp16 / bf16 cast x to that type and the logits back to f32, as autocast does. tf32 is the process-wide
+// ops::set_conv_allow_tf32, which the caller sets.
+std::vector<Tensor> forward_in(const DynUNet& net, const Tensor& x, bool training, Precision precision);
 
-// Blended logits of a whole image [spatial..., C_in] by sliding window (no autograd).
-Tensor predict_volume(const DynUNet& net, const Tensor& image, const SlidingWindowOptions& options);
+// Forward in `precision`, loss (f32), backward of loss * scale, optimizer step with the gradients unscaled, on one
+// batch: x [B, spatial..., C_in] f32, labels [B, spatial...]. scaler (may be null: scale 1) gives the scale and is
+// updated with whether the step was taken (engine/loss_scaler.h).
+StepStats train_step(DynUNet& net, Optimizer& optimizer, const Tensor& x, const Tensor& labels,
+                     Precision precision = Precision::fp32, LossScaler* scaler = nullptr);
+
+// Blended logits (f32) of a whole image [spatial..., C_in] by sliding window (no autograd), the network run in
+// `precision`.
+Tensor predict_volume(const DynUNet& net, const Tensor& image, const SlidingWindowOptions& options,
+                      Precision precision = Precision::fp32);
 
 // Label map (i32 [spatial...]) = argmax of the blended logits.
-Tensor segment_volume(const DynUNet& net, const Tensor& image, const SlidingWindowOptions& options);
+Tensor segment_volume(const DynUNet& net, const Tensor& image, const SlidingWindowOptions& options,
+                      Precision precision = Precision::fp32);
 
 }  // namespace unet::models
 
@@ -64,13 +78,16 @@ struct TrainerOptions {
   Blend blend = Blend::gaussian;
   std::string output_dir = "runs/unet";
   Device device = Device::cpu;
+  Precision precision = Precision::fp32;  // tf32 turns on ops::set_conv_allow_tf32 for the run
+  LossScalerOptions loss_scaling;         // enabled for fp16 by unet_train's default (train.loss_scaling = auto)
   std::string config_text;  // the effective configuration, written to config.ini and into the training state
 };
 
 // Writes to options.output_dir: config.ini, log.jsonl (one JSON object per logged step: loss, its Dice and CE parts,
-// lr, samples/s, peak host memory and, off the cpu, the device's; one per validation: Dice per class),
-// model.safetensors (PyTorch-loadable weights with the model card), model.state.safetensors (optimizer state, step,
-// seed, configuration) and validation.json. Progress lines go to `out`.
+// lr, samples/s, loss scale, its growth tracker and the skipped steps so far, peak host memory and, off the cpu, the
+// device's; one per validation: Dice per class), model.safetensors (PyTorch-loadable f32 weights with the model card),
+// model.state.safetensors (optimizer state, step, seed, precision, loss-scaler state, configuration) and
+// validation.json. Progress lines go to `out`.
 class Trainer {
  public:
   // Loads and normalises every case, plans and initialises the network on options.device.

@@ -73,7 +73,10 @@ TEST_CASE("unet_train writes a checkpoint, a JSON-lines log and its configuratio
   std::vector<nlohmann::json> lines;
   for (std::string l; std::getline(log, l);) lines.push_back(nlohmann::json::parse(l));
   REQUIRE(lines.size() == 3);
-  for (const char* k : {"step", "loss", "dice_loss", "ce", "lr", "samples_per_s", "peak_memory_mb"}) CHECK(lines[0].contains(k));
+  for (const char* k : {"step", "loss", "dice_loss", "ce", "lr", "samples_per_s", "peak_memory_mb", "loss_scale",
+                        "loss_scale_growth_tracker", "skipped_steps"})
+    CHECK(lines[0].contains(k));
+  CHECK(lines[0]["loss_scale"] == 1.0);  // fp32 (auto on the cpu): unscaled
   CHECK(lines[1]["step"] == 4);
   CHECK(lines[2].contains("val_mean_dice"));
   // Checkpoint: PyTorch names and layout, model card in the metadata, training state beside it.
@@ -84,6 +87,9 @@ TEST_CASE("unet_train writes a checkpoint, a JSON-lines log and its configuratio
   CHECK(card.labels.size() == 3);
   io::SafetensorsContent st = io::read_safetensors(dir + "/run/model.state.safetensors");
   CHECK(st.metadata.at("step") == "4");
+  CHECK(st.metadata.at("precision") == "fp32");
+  CHECK(st.metadata.at("loss_scale") == "1");
+  CHECK(st.metadata.at("skipped_steps") == "0");
   CHECK_FALSE(st.tensors.empty());
   CHECK(fs::exists(dir + "/run/config.ini"));
 
@@ -172,6 +178,10 @@ TEST_CASE("out-of-range configuration numbers exit with status 2 naming the key 
       {"validation.overlap=1", "validation.overlap = 1.000000"},
       {"model.depth=0", "model.depth = 0: expected 1..10"},
       {"runtime.threads=100000", "runtime.threads = 100000: expected 0.." + std::to_string(2 * cores)},
+      {"train.precision=fp8", "train.precision = 'fp8': expected one of auto, fp32, tf32, fp16, bf16"},
+      {"train.loss_scaling=static", "train.loss_scaling = 'static'"},
+      {"train.loss_scale_init=0.5", "train.loss_scale_init = 0.500000: expected a value in [1.000000"},
+      {"train.loss_scale_growth_interval=0", "train.loss_scale_growth_interval = 0: expected 1..1000000000"},
   };
   const std::string ini = write_text(dir + "/t.ini", "[data]\ndataset = " + dir + "/nowhere\n[output]\ndir = " + dir +
                                                          "/run\n");
@@ -289,4 +299,31 @@ TEST_CASE("unet_eval fails on a reference without a prediction, or scores it 0 w
   auto j = nlohmann::json::parse(std::ifstream(dir + "/pred/dice.json"));
   CHECK(j["mean_dice"].get<double>() == doctest::Approx(0.5));  // (1 + 0) / 2, not 1 over the one case found
   CHECK(j["missing_predictions"] == nlohmann::json::array({"b.nii.gz"}));
+}
+
+TEST_CASE("unet_infer --precision fp16 and bf16 give the fp32 probabilities to 16-bit accuracy; a bad name exits 2") {
+  test::TempDir tmp("tools_infer_precision");
+  const std::string& dir = tmp.path;
+  const std::string fixture = std::string(UNET_TEST_DATA_DIR) + "/nifti/qform_only.nii";
+  const std::string model = write_random_model(dir, 1, {8, 8, 8});
+  std::string out;
+  std::vector<std::vector<float>> probs;
+  for (const char* p : {"fp32", "bf16", "fp16"}) {
+    const std::string pred = dir + "/" + p + ".nii.gz";
+    REQUIRE_MESSAGE(test::run_tool("unet_infer", "--model " + model + " --input " + fixture + " --output " + pred +
+                                                     " --save-probabilities --precision " + p,
+                                   &out) == 0,
+                    out);
+    CHECK(out.find(std::string("in ") + p) != std::string::npos);
+    probs.push_back(io::read_nifti(dir + "/" + p + "_probabilities.nii.gz").data.to_vector());
+  }
+  // Softmax of logits computed with 16-bit activations: bf16 (8 significant bits) to within a few hundredths, f16
+  // (11 bits) to within a few thousandths; identical inputs would make these 0, garbage would make them ~0.5.
+  test::check_close(probs[1], probs[0], 0, 0.03, "bf16 probabilities");
+  test::check_close(probs[2], probs[0], 0, 0.004, "fp16 probabilities");
+  CHECK(probs[1] != probs[0]);  // the 16-bit path really ran
+  CHECK(test::run_tool("unet_infer", "--model " + model + " --input " + fixture + " --output " + dir +
+                                         "/x.nii --precision fp8", &out) == 2);
+  CHECK(out.find("--precision: precision 'fp8': expected auto, fp32, tf32, fp16 or bf16") != std::string::npos);
+  CHECK_FALSE(fs::exists(dir + "/x.nii"));
 }

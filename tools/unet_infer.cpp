@@ -2,7 +2,8 @@
 // "Sliding window"): the command line, files and directories; the pipeline itself is models::Predictor
 // (models/predictor.h).
 // usage: unet_infer --model CKPT --input FILE|DIR --output FILE|DIR [--overlap F] [--blend gaussian|constant] [--tta]
-//                   [--precision fp32|tf32] [--device auto|cpu|cuda|cuda-emu] [--save-probabilities] [--batch N]
+//                   [--precision auto|fp32|tf32|fp16|bf16] [--device auto|cpu|cuda|cuda-emu] [--save-probabilities]
+//                   [--batch N]
 // Each output label map (uint8) is written with its input's header; with --save-probabilities the per-class
 // softmax (float32, 4D) goes beside it as NAME_probabilities.nii.gz. Exit status 0 / 2 (usage) / 1 (runtime).
 #include <algorithm>
@@ -13,6 +14,7 @@
 
 #include "engine/device.h"
 #include "engine/ops.h"
+#include "engine/precision.h"
 #include "io/nifti.h"
 #include "kernels/common/parallel.h"
 #include "models/predictor.h"
@@ -40,7 +42,7 @@ std::string stem_of(const fs::path& p) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  std::string model_path, input, output, blend = "gaussian", precision = "fp32", device = "auto";
+  std::string model_path, input, output, blend = "gaussian", precision = "auto", device = "auto";
   double overlap = 0.5;
   bool tta = false, save_probabilities = false;
   int batch = 1;
@@ -52,8 +54,8 @@ int main(int argc, char** argv) {
   app.add_option("--blend", blend, "window blending: gaussian or constant")->capture_default_str();
   app.add_flag("--tta", tta, "test-time augmentation: average over all flips");
   app.add_option("--precision", precision,
-                 "fp32, or tf32 (f32 convolutions on TF32 tensor cores on a CUDA device; fp16/bf16 inference is not "
-                 "implemented yet)")
+                 "auto (bf16 on a GPU, fp32 elsewhere), fp32, tf32 (f32 convolutions on TF32 tensor cores on a CUDA "
+                 "device), fp16 or bf16 (activations in 16 bits, f32 logits)")
       ->capture_default_str();
   app.add_option("--device", device, "auto, cpu, cuda or cuda-emu (the CUDA kernels under the CPU emulator)")->capture_default_str();
   app.add_flag("--save-probabilities", save_probabilities, "also write the per-class probabilities (float32)");
@@ -62,17 +64,21 @@ int main(int argc, char** argv) {
   return tools::run_tool("unet_infer", [&] {
     if (blend != "gaussian" && blend != "constant") throw UsageError("--blend '" + blend + "': expected gaussian or constant");
     if (!(overlap >= 0 && overlap < 1)) throw UsageError("--overlap " + std::to_string(overlap) + ": expected a value in [0, 1)");
-    if (precision != "fp32" && precision != "tf32")
-      throw UsageError("--precision " + precision + ": expected fp32 or tf32 (fp16/bf16 inference is not implemented yet)");
     Device dev = Device::cpu;
     try {
       dev = device::resolve_device(device, &std::cout);  // auto without a GPU: one line, then the CPU
     } catch (const std::exception& e) {
       throw UsageError("--device " + device + ": " + e.what());
     }
-    if (precision == "tf32" && dev == Device::cpu)
+    Precision prec = Precision::fp32;
+    try {
+      prec = resolve_precision(precision, dev);
+    } catch (const std::exception& e) {
+      throw UsageError(std::string("--precision: ") + e.what());
+    }
+    if (prec == Precision::tf32 && dev == Device::cpu)
       std::printf("unet_infer: --precision tf32 has no effect on the cpu backend (fp32)\n");
-    ops::set_conv_allow_tf32(precision == "tf32");
+    ops::set_conv_allow_tf32(prec == Precision::tf32);
     if (batch < 1) throw UsageError("--batch: expected at least 1");
     if (!fs::exists(input)) throw UsageError("--input " + input + ": no such file or directory");
 
@@ -107,9 +113,10 @@ int main(int argc, char** argv) {
     po.tta = tta;
     po.batch = batch;
     po.device = dev;
+    po.precision = prec;
     const models::Predictor predictor(model_path, po);
-    std::printf("unet_infer: %zu volume(s) on the %s backend (%d host threads)\n", jobs.size(), device_name(dev),
-                num_threads());
+    std::printf("unet_infer: %zu volume(s) on the %s backend in %s (%d host threads)\n", jobs.size(), device_name(dev),
+                precision_name(prec), num_threads());
 
     for (auto& [in, out] : jobs) {
       auto t0 = std::chrono::steady_clock::now();

@@ -11,7 +11,7 @@
 #include <thread>
 
 #include "engine/device.h"
-#include "engine/ops.h"
+#include "engine/precision.h"
 #include "io/config.h"
 #include "kernels/common/parallel.h"
 #include "models/trainer.h"
@@ -50,12 +50,19 @@ io::Config make_config() {
       {"train", "seed", KeyType::integer, "0", "seed for weights, sampling and augmentation"},
       {"train", "log_every", KeyType::integer, "10", "steps between log lines"},
       {"train", "val_every", KeyType::integer, "0", "steps between validations (0: only at the end)"},
+      {"train", "precision", KeyType::string, "auto",
+       "arithmetic: auto (bf16 on a GPU, fp32 elsewhere), fp32, tf32 (TF32 tensor cores), fp16 or bf16 (mixed)",
+       {"auto", "fp32", "tf32", "fp16", "bf16"}},
+      {"train", "loss_scaling", KeyType::string, "auto", "dynamic loss scaling: auto (on for fp16 only), dynamic, none",
+       {"auto", "dynamic", "none"}},
+      {"train", "loss_scale_init", KeyType::real, "65536", "initial loss scale of dynamic loss scaling"},
+      {"train", "loss_scale_growth_interval", KeyType::integer, "2000",
+       "steps without inf/nan gradients before the loss scale doubles"},
       {"validation", "overlap", KeyType::real, "0.5", "sliding-window overlap"},
       {"validation", "blend", KeyType::string, "gaussian", "window blending", {"gaussian", "constant"}},
       {"output", "dir", KeyType::string, "runs/unet", "output directory"},
       {"runtime", "threads", KeyType::integer, "0", "CPU threads (0: all cores)"},
       {"runtime", "device", KeyType::string, "auto", "compute device", {"auto", "cpu", "cuda", "cuda-emu"}},
-      {"runtime", "tf32", KeyType::boolean, "false", "f32 convolutions on TF32 tensor cores (CUDA devices only)"},
   });
 }
 
@@ -115,6 +122,11 @@ models::TrainerOptions trainer_options(const io::Config& c) {
   o.val_every = int_in("train", "val_every", 0, 1000000000);
   o.overlap = real_in("validation", "overlap", 0, 1, /*hi_open=*/true);
   o.blend = c.get_string("validation", "blend") == "constant" ? Blend::constant : Blend::gaussian;
+  o.precision = resolve_precision(c.get_string("train", "precision"), o.device);  // the schema checked the name
+  const std::string scaling = c.get_string("train", "loss_scaling");
+  o.loss_scaling.enabled = scaling == "dynamic" || (scaling == "auto" && o.precision == Precision::fp16);
+  o.loss_scaling.init_scale = real_in("train", "loss_scale_init", 1, 1e30);
+  o.loss_scaling.growth_interval = int_in("train", "loss_scale_growth_interval", 1, 1000000000);
   o.output_dir = c.get_string("output", "dir");
   o.config_text = c.to_ini();
   return o;
@@ -122,7 +134,6 @@ models::TrainerOptions trainer_options(const io::Config& c) {
 
 int run(const io::Config& c) {
   models::TrainerOptions options = trainer_options(c);
-  ops::set_conv_allow_tf32(c.get_bool("runtime", "tf32"));
   // More threads than cores only adds switching (1000 on 2 cores turned 0.08 s steps into minutes): at most twice the
   // hardware threads; 0 uses them all.
   const long cores = std::max(1u, std::thread::hardware_concurrency());
