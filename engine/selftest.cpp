@@ -529,6 +529,44 @@ void elementwise_cases(Runner& r) {
        {randn({2, 3, 4, 5}, 49)}, {{"forward", 0, 0, 0}});
 }
 
+// The network's ops with 16-bit activations (mixed precision, docs/numerics.md): each row casts its f32 input to f16 or
+// bf16, runs the op (f32 weights, rounded by the op) and casts back, on the device and on the cpu. Data movement and
+// single products are exact; the rest round a sum taken in another order, so one unit in the last place of the 16-bit
+// type (2^-10, 2^-7 relative) plus 1e-5. --quick alternates the two types.
+void mixed_precision_cases(Runner& r) {
+  int i = 0;
+  for (DType dt : {DType::f16, DType::bf16}) {
+    const double ulp = dt == DType::f16 ? 0x1p-10 : 0x1p-7;
+    const std::string t = std::string(" ") + dtype_name(dt);
+    const std::vector<Part> exact = {{"forward", 0, 0, 0}, {"backward", 1, 0, 0}};
+    const std::vector<Part> rounded = {{"forward", 0, ulp, 1e-5}, {"backward x", 1, ulp, 1e-5}};
+    auto low = [dt](Tensor x) { return ops::cast(x, dt); };
+    auto back = [](Tensor y) { return ops::cast(y, DType::f32); };
+    if (!r.quick() || i++ % 2 == 0) {
+      r.op("conv 3x3x3" + t,
+           [=](const std::vector<Tensor>& x) { return back(ops::conv(low(x[0]), x[1], x[2], {1, 1, 1}, {1, 1, 1})); },
+           {randn({2, 5, 4, 6, 8}, 70), randn({16, 3, 3, 3, 8}, 71, 0.2f), randn({16}, 72)},
+           {{"forward", 0, ulp, 1e-5}, {"backward x", 1, ulp, 1e-5}, {"backward w", 2, 1e-4, 1e-3},
+            {"backward bias", 3, 1e-4, 1e-3}});
+      r.op("conv_transpose 2x2x2" + t,
+           [=](const std::vector<Tensor>& x) { return back(ops::conv_transpose(low(x[0]), x[1], x[2])); },
+           {randn({2, 3, 2, 4, 16}, 73), randn({8, 2, 2, 2, 16}, 74, 0.3f), randn({8}, 75)},
+           {{"forward", 0, ulp, 1e-5}, {"backward x", 1, ulp, 1e-5}, {"backward w", 2, 1e-4, 1e-3},
+            {"backward bias", 3, 1e-4, 1e-3}});
+      r.op("instance_norm" + t,
+           [=](const std::vector<Tensor>& x) { return back(ops::instance_norm(low(x[0]), x[1], x[2])); },
+           {randn({2, 4, 5, 6, 3}, 76, 2.f), randn({3}, 77), randn({3}, 78)},
+           {{"forward", 0, ulp, 1e-5}, {"backward x", 1, ulp, 1e-5}, {"backward gamma", 2, 1e-5, 1e-5},
+            {"backward beta", 3, 1e-5, 1e-5}});
+      r.op("leaky_relu" + t, [=](const std::vector<Tensor>& x) { return back(ops::leaky_relu(low(x[0]), 0.01f)); },
+           {randn({2, 4, 4, 3}, 79)}, exact);
+      r.op("upsample_nearest x2" + t,
+           [=](const std::vector<Tensor>& x) { return back(ops::upsample_nearest(low(x[0]), {2, 1, 2})); },
+           {randn({1, 2, 3, 4, 3}, 80)}, exact);
+    }
+  }
+}
+
 void loss_cases(Runner& r) {
   const Tensor logits = randn({2, 4, 4, 3, 3}, 50, 2.f), y = labels({2, 4, 4, 3}, 3, 51);
   const std::string shape = shape_str(logits.shape());
@@ -640,6 +678,7 @@ std::vector<SelftestRow> run_selftest(const SelftestOptions& options) {
 #endif
   norm_cases(r);
   elementwise_cases(r);
+  mixed_precision_cases(r);
   loss_cases(r);
   optimizer_cases(r);
   blend_cases(r);

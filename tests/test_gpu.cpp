@@ -30,6 +30,7 @@
 #include "kernels/cuda/conv.cuh"
 #include "tests/gpu_conv_cases.h"
 #include "tests/gpu_train_cases.h"
+#include "tests/mixed_precision_cases.h"
 #include "tests/test_util.h"
 
 using namespace unet;
@@ -151,6 +152,13 @@ TEST_CASE("gpu: instance_norm equals the cpu op within 1e-5") {
            {randn({2, 4, 5, 6, 3}, 5, 2.f), randn({3}, 6), randn({3}, 7)}, 1e-5, 1e-5);
   check_op([](const std::vector<Tensor>& x) { return ops::instance_norm(x[0], x[1], x[2]); },
            {randn({1, 16, 16, 16, 32}, 8, 3.f), randn({32}, 9), randn({32}, 10)}, 1e-5, 1e-5);
+}
+
+TEST_CASE("gpu: every op in f16 and bf16 is the f32 op on rounded inputs, rounded once, to one ulp") {
+  if (!have_gpu()) return;
+  // As on cuda-emu (tests/test_cuda_mixed_precision.cpp): the GPU sums in another order (and nvcc contracts
+  // multiply-adds), so a result may round to the neighbouring 16-bit value.
+  test::check_every_op_mixed_precision(kGpu, 1.0, 1e-5);
 }
 
 TEST_CASE("gpu: conv and conv_transpose forward/backward equal the cpu ops") {

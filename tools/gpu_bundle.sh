@@ -14,7 +14,7 @@ build=${BUILD_DIR:-build-gpu}
 UNET_MARCH=${UNET_MARCH:-x86-64-v3} CUDA_ARCHS=${CUDA_ARCHS:-90} BUILD_DIR="$build" tools/build_gpu.sh
 dest=out/gpu
 rm -rf "$dest" && mkdir -p "$dest/bin" "$dest/lib"
-programs=(unet_train unet_infer unet_eval unet_synth unet_selftest unet_tests model_bench gpu_conv_bench)
+programs=(unet_train unet_infer unet_eval unet_synth unet_selftest unet_tests train_bench gpu_conv_bench)
 for p in "${programs[@]}"; do
   strip -o "$dest/bin/$p" "$build/$p"
 done
