@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <cctype>
 #include <cmath>
+#include <cstdio>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -172,12 +173,16 @@ Case load_case(const DatasetInfo& info, size_t i) {
   uint8_t* dst = c.label.data<uint8_t>();
   const int64_t n = c.label.numel();
   const float classes = static_cast<float>(info.num_classes());
+  // read_nifti has already refused NaN and infinite voxels; a float label map must also hold whole class indices.
   for (int64_t v = 0; v < n; ++v) {
     float x = src[v];
-    if (!(x >= 0 && x < classes && x == std::floor(x)))
-      throw std::runtime_error(dc.label_path + ": voxel " + std::to_string(v) + " has label value " +
-                               std::to_string(x) + "; 'labels' in " + info.json_path + " allows the integers 0.." +
+    if (!(x >= 0 && x < classes && x == std::floor(x))) {
+      char value[32];
+      std::snprintf(value, sizeof value, "%.9g", x);  // 1.5 as "1.5", 1e20 as "1e+20"
+      throw std::runtime_error(dc.label_path + ": voxel " + std::to_string(v) + " has label value " + value +
+                               "; 'labels' in " + info.json_path + " allows the integers 0.." +
                                std::to_string(info.num_classes() - 1));
+    }
     dst[v] = static_cast<uint8_t>(x);
   }
   return c;

@@ -7,8 +7,11 @@
 #include <unistd.h>
 
 #include <cmath>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
+#include <limits>
 #include <stdexcept>
 
 namespace unet::io {
@@ -28,14 +31,138 @@ bool ends_with(const std::string& s, const std::string& suffix) {
   return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
 }
 
+std::string num(double v) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%g", v);
+  return buf;
+}
+
+// nifticlib ignores a zero slope (the NIfTI rule: no scaling), and so does this.
+bool scaled(double slope, double inter) { return slope != 0.0 && !(slope == 1.0 && inter == 0.0); }
+
 template <class T>
 void convert(const void* src, float* dst, int64_t n, double slope, double inter) {
   const T* s = static_cast<const T*>(src);
-  if (slope != 0.0 && !(slope == 1.0 && inter == 0.0)) {
+  if (scaled(slope, inter)) {
     for (int64_t i = 0; i < n; ++i) dst[i] = static_cast<float>(static_cast<double>(s[i]) * slope + inter);
   } else {
     for (int64_t i = 0; i < n; ++i) dst[i] = static_cast<float>(s[i]);
   }
+}
+
+// Where voxel i of the file (NIfTI order: x fastest, channel slowest) sits, for messages.
+std::string voxel_position(int64_t i, int64_t nx, int64_t ny, int64_t nz) {
+  return "index " + std::to_string(i) + ": x " + std::to_string(i % nx) + ", y " + std::to_string(i / nx % ny) +
+         ", z " + std::to_string(i / (nx * ny) % nz) + ", channel " + std::to_string(i / (nx * ny * nz));
+}
+
+// A NaN or infinite voxel would poison every statistic and gradient it touches, and a finite value beyond the f32
+// range turns infinite on conversion: both are errors. Called only when the converted volume holds a non-finite
+// value; the source values (in double, before and after scaling) tell the two cases apart.
+template <class T>
+void reject_non_finite(const std::string& path, const void* src, int64_t n, double slope, double inter,
+                       const int64_t (&dims)[3]) {
+  const T* s = static_cast<const T*>(src);
+  const bool scale = scaled(slope, inter);
+  int64_t bad = 0, first_bad = -1, overflow = 0, first_overflow = -1;
+  for (int64_t i = 0; i < n; ++i) {
+    double v = static_cast<double>(s[i]);
+    if (!std::isfinite(v)) {
+      if (bad++ == 0) first_bad = i;
+      continue;
+    }
+    if (scale) v = v * slope + inter;
+    if (!std::isfinite(static_cast<float>(v)) && overflow++ == 0) first_overflow = i;
+  }
+  auto voxels = [](int64_t k) { return std::to_string(k) + (k == 1 ? " voxel is" : " voxels are"); };
+  if (bad > 0)
+    fail(path, voxels(bad) + " NaN or infinite (first at " + voxel_position(first_bad, dims[0], dims[1], dims[2]) +
+                   "); expected finite values");
+  if (overflow > 0) {
+    double v = static_cast<double>(s[first_overflow]);
+    std::string scaling = scale ? " after scl_slope " + num(slope) + " and scl_inter " + num(inter) : "";
+    fail(path, voxels(overflow) + " too large for f32" + scaling + " (first at " +
+                   voxel_position(first_overflow, dims[0], dims[1], dims[2]) + ": " +
+                   num(scale ? v * slope + inter : v) + "); expected magnitudes up to " +
+                   num(std::numeric_limits<float>::max()) + ", the largest f32");
+  }
+}
+
+// Reads the voxel bytes into nim->data (byte-swapped to this machine's order, not scaled). nifticlib's
+// nifti_image_load would do the same but also silently set NaN and infinite floats to 0 (in nifti_read_buffer),
+// hiding exactly the voxels that read_nifti must refuse; so the bytes are read here, from where it would read them.
+void load_voxels(const std::string& path, nifti_image* nim) {
+  const int64_t bytes = nifti_get_volsize(nim);
+  if (nim->iname == nullptr || nim->iname_offset < 0 || bytes <= 0)
+    fail(path, "cannot locate the voxel data (not a single-file NIfTI?)");
+  znzFile fp = znzopen(nim->iname, "rb", nifti_is_gzfile(nim->iname));
+  if (znz_isnull(fp)) fail(path, "cannot open the file to read its voxels");
+  nim->data = std::calloc(1, static_cast<size_t>(bytes));  // nifti_image_free releases it with free()
+  bool ok = nim->data != nullptr && znzseek(fp, static_cast<znz_off_t>(nim->iname_offset), SEEK_SET) >= 0 &&
+            znzread(nim->data, 1, static_cast<size_t>(bytes), fp) == static_cast<size_t>(bytes);
+  znzclose(fp);
+  if (!ok) fail(path, "cannot read the voxel data (truncated or corrupt file?)");
+  if (nim->swapsize > 1 && nim->byteorder != nifti_short_order())
+    nifti_swap_Nbytes(bytes / nim->swapsize, nim->swapsize, nim->data);
+}
+
+// Checks the fields of the file's own header that nifticlib trusts or silently repairs: an extent below 1 (nifticlib
+// only says the file is unreadable), a voxel count that overflows (its nvox would wrap), and a vox_offset inside the
+// header (it would quietly read the voxels from the end of the header instead). Returns the NIfTI version (1 or 2;
+// 0 for an ANALYZE header, which is not checked) or fails.
+int check_header_fields(const std::string& path) {
+  int version = 0;
+  void* raw = nifti_read_header(path.c_str(), &version, 0);
+  if (raw) free(raw);
+  if (!raw || version < 0) fail(path, "not a readable NIfTI-1 or NIfTI-2 file");
+  if (version == 0) return version;  // ANALYZE 7.5 (no NIfTI magic): left to nifticlib
+  // Read again through the version's own reader, which byte-swaps a big-endian header.
+  int swapped = 0;
+  int64_t dim[8] = {}, header_size = 0;
+  double raw_offset = 0;
+  bool one_file = false;
+  if (version == 2) {
+    nifti_2_header* h = nifti_read_n2_hdr(path.c_str(), &swapped, 0);
+    if (!h) fail(path, "not a readable NIfTI-2 file");
+    for (int i = 0; i < 8; ++i) dim[i] = h->dim[i];
+    raw_offset = static_cast<double>(h->vox_offset);
+    one_file = NIFTI_ONEFILE(*h);
+    header_size = 540;
+    free(h);
+  } else {
+    nifti_1_header* h = nifti_read_n1_hdr(path.c_str(), &swapped, 0);
+    if (!h) fail(path, "not a readable NIfTI-1 file");
+    for (int i = 0; i < 8; ++i) dim[i] = h->dim[i];
+    raw_offset = h->vox_offset;  // a float in NIfTI-1
+    one_file = NIFTI_ONEFILE(*h);
+    header_size = 348;
+    free(h);
+  }
+  if (dim[0] < 1 || dim[0] > 7)
+    fail(path, "header field dim[0] is " + std::to_string(dim[0]) + "; expected the number of dimensions, 1 to 7");
+  int64_t voxels = 1;
+  std::string extents;
+  for (int i = 1; i <= dim[0]; ++i) {
+    extents += (i > 1 ? " x " : "") + std::to_string(dim[i]);
+    if (dim[i] < 1)
+      fail(path, "header field dim[" + std::to_string(i) + "] is " + std::to_string(dim[i]) +
+                     "; every extent dim[1.." + std::to_string(dim[0]) + "] must be at least 1");
+  }
+  for (int i = 1; i <= dim[0]; ++i)
+    if (__builtin_mul_overflow(voxels, dim[i], &voxels))
+      fail(path, "header fields dim[1.." + std::to_string(dim[0]) + "] = " + extents +
+                     " multiply to more voxels than a 64-bit count holds");
+  if (one_file) {
+    // nifticlib moves an offset inside the header to its end; the voxels would then be read from the wrong bytes.
+    if (!(raw_offset >= static_cast<double>(header_size)))
+      fail(path, "header field vox_offset is " + num(raw_offset) + "; the voxel data of a single-file NIfTI-" +
+                     std::to_string(version) + " cannot start inside its " + std::to_string(header_size) +
+                     "-byte header");
+    // nifticlib converts a NIfTI-1 offset (a float) to int: a larger one would wrap around to the header's end.
+    if (version == 1 && raw_offset > static_cast<double>(std::numeric_limits<int32_t>::max()))
+      fail(path, "header field vox_offset is " + num(raw_offset) + "; a NIfTI-1 file addresses at most 2^31 bytes");
+  }
+  return version;
 }
 
 // One .nii / .nii.gz file: header, a 4-byte empty extension flag, voxels. nifticlib fills the header structs, but
@@ -100,13 +227,12 @@ NiftiVolume read_nifti(const std::string& path) {
   nifti_set_debug_level(0);  // nifticlib prints its own errors otherwise; ours name the file
   if (!std::filesystem::exists(path)) fail(path, "no such file");
   if (!ends_with(path, ".nii") && !ends_with(path, ".nii.gz")) fail(path, "not a NIfTI file name (expected .nii or .nii.gz)");
+  const int version = check_header_fields(path);
   auto header = std::make_shared<NiftiHeader>();
   header->nim = nifti_image_read(path.c_str(), 0);
   nifti_image* nim = header->nim;
   if (!nim) fail(path, "not a readable NIfTI-1 or NIfTI-2 file");
-  // nifticlib reports NIfTI-2 single files as type 1; ask the header itself, so outputs keep the version.
-  int version = 0;
-  if (void* raw_header = nifti_read_header(path.c_str(), &version, 0)) free(raw_header);
+  // nifticlib reports NIfTI-2 single files as type 1; the header's own version says, so outputs keep it.
   if (version == 2 && nim->nifti_type == NIFTI_FTYPE_NIFTI1_1) nim->nifti_type = NIFTI_FTYPE_NIFTI2_1;
   if (nim->ndim < 1 || nim->ndim > 4) fail(path, "has " + std::to_string(nim->ndim) + " dimensions; expected 3D or 4D (channels)");
   int64_t nx = nim->nx, ny = nim->ny > 0 ? nim->ny : 1, nz = nim->nz > 0 ? nim->nz : 1, nc = nim->nt > 0 ? nim->nt : 1;
@@ -120,7 +246,7 @@ NiftiVolume read_nifti(const std::string& path) {
       fail(path, std::string("has unsupported datatype ") + nifti_datatype_to_string(nim->datatype) +
                      " (expected uint8, int8, int16, uint16, int32, float32 or float64)");
   }
-  if (nifti_image_load(nim) != 0 || !nim->data) fail(path, "cannot read the voxel data (truncated or corrupt file?)");
+  load_voxels(path, nim);
 
   NiftiVolume vol;
   vol.path = path;
@@ -137,6 +263,20 @@ NiftiVolume read_nifti(const std::string& path) {
     case DT_INT32: convert<int32_t>(nim->data, f, n, slope, inter); break;
     case DT_FLOAT32: convert<float>(nim->data, f, n, slope, inter); break;
     case DT_FLOAT64: convert<double>(nim->data, f, n, slope, inter); break;
+  }
+  bool all_finite = true;
+  for (int64_t i = 0; i < n; ++i) all_finite &= std::isfinite(f[i]);
+  if (!all_finite) {
+    const int64_t dims[3] = {nx, ny, nz};
+    switch (nim->datatype) {  // only floats can be non-finite in the file, but any scaled type can overflow
+      case DT_UINT8: reject_non_finite<uint8_t>(path, nim->data, n, slope, inter, dims); break;
+      case DT_INT8: reject_non_finite<int8_t>(path, nim->data, n, slope, inter, dims); break;
+      case DT_INT16: reject_non_finite<int16_t>(path, nim->data, n, slope, inter, dims); break;
+      case DT_UINT16: reject_non_finite<uint16_t>(path, nim->data, n, slope, inter, dims); break;
+      case DT_INT32: reject_non_finite<int32_t>(path, nim->data, n, slope, inter, dims); break;
+      case DT_FLOAT32: reject_non_finite<float>(path, nim->data, n, slope, inter, dims); break;
+      case DT_FLOAT64: reject_non_finite<double>(path, nim->data, n, slope, inter, dims); break;
+    }
   }
   nifti_image_unload(nim);
   if (nc == 1) {

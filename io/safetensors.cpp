@@ -3,6 +3,7 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -113,27 +114,45 @@ SafetensorsContent read_safetensors(const std::string& path) {
     if (!parse_dtype(v["dtype"].get<std::string>(), e.dtype))
       fail(path, "tensor '" + name + "' has unsupported dtype " + v["dtype"].get<std::string>() +
                      " (expected F32, F16, BF16, I32 or U8)");
-    uint64_t numel = 1;
+    // The product of the extents is capped at 2^40 (4 TiB of f32) and checked before each multiplication, so a shape
+    // like [2^40, 2^40] cannot wrap around to a small count (or 0) that its data_offsets would then match. Zero
+    // extents count as 1 there: [0, 2^40, 2^40] is empty but its strides would still overflow.
+    constexpr uint64_t kMaxElements = 1ull << 40;
+    uint64_t extents = 1;
+    bool empty = false;
     for (auto& d : v["shape"]) {
-      if (!d.is_number_unsigned() || d.get<uint64_t>() > (1ull << 40)) fail(path, "tensor '" + name + "' has a bad shape");
-      e.shape.push_back(d.get<int64_t>());
-      numel *= d.get<uint64_t>();
-      if (numel > (1ull << 40)) fail(path, "tensor '" + name + "' is too large");
+      if (!d.is_number_unsigned())
+        fail(path, "tensor '" + name + "' has a bad shape " + v["shape"].dump() + " (expected non-negative integers)");
+      uint64_t n = d.get<uint64_t>();
+      if (n > 1 && extents > kMaxElements / n)
+        fail(path, "tensor '" + name + "' has shape " + v["shape"].dump() + ", more than 2^40 elements");
+      extents *= std::max<uint64_t>(n, 1);
+      empty = empty || n == 0;
+      e.shape.push_back(static_cast<int64_t>(n));
     }
+    const uint64_t numel = empty ? 0 : extents;
     if (!v["data_offsets"][0].is_number_unsigned() || !v["data_offsets"][1].is_number_unsigned())
-      fail(path, "tensor '" + name + "' has bad data_offsets");
+      fail(path, "tensor '" + name + "' has bad data_offsets " + v["data_offsets"].dump() +
+                     " (expected two byte offsets [begin, end])");
     e.begin = v["data_offsets"][0].get<uint64_t>();
     e.end = v["data_offsets"][1].get<uint64_t>();
     if (e.end < e.begin || e.end - e.begin != numel * dtype_size(e.dtype))
-      fail(path, "tensor '" + name + "': data_offsets do not match dtype and shape");
+      fail(path, "tensor '" + name + "': data_offsets do not match dtype and shape (" + v["data_offsets"].dump() +
+                     " for " + v["dtype"].get<std::string>() + " " + v["shape"].dump() + ", which needs " +
+                     std::to_string(numel * dtype_size(e.dtype)) + " bytes)");
     if (e.end > data_size)
       fail(path, "tensor '" + name + "' ends at byte " + std::to_string(e.end) + " but the data holds " +
                      std::to_string(data_size) + " bytes (truncated file?)");
     entries.push_back(e);
   }
-  std::sort(entries.begin(), entries.end(), [](const Entry& a, const Entry& b) { return a.begin < b.begin; });
+  // Sorted by (begin, end), an empty tensor at the offset where the next one starts comes first and overlaps nothing.
+  std::sort(entries.begin(), entries.end(),
+            [](const Entry& a, const Entry& b) { return a.begin != b.begin ? a.begin < b.begin : a.end < b.end; });
   for (size_t i = 1; i < entries.size(); ++i)
-    if (entries[i].begin < entries[i - 1].end) fail(path, "tensors '" + entries[i - 1].name + "' and '" + entries[i].name + "' overlap");
+    if (entries[i].begin < entries[i - 1].end)
+      fail(path, "tensors '" + entries[i - 1].name + "' (bytes " + std::to_string(entries[i - 1].begin) + " to " +
+                     std::to_string(entries[i - 1].end) + ") and '" + entries[i].name + "' (bytes " +
+                     std::to_string(entries[i].begin) + " to " + std::to_string(entries[i].end) + ") overlap");
   for (const Entry& e : entries) {
     Tensor t = Tensor::empty(e.shape, e.dtype);
     f.seekg(static_cast<std::streamoff>(8 + header_len + e.begin));

@@ -70,16 +70,23 @@ void save_weights(const std::string& path, const Module& model, const io::Metada
 io::SafetensorsContent read_weights(const std::string& path) { return io::read_safetensors(path); }
 
 void load_weights(const io::SafetensorsContent& weights, Module& model, const std::string& path) {
+  // Every tensor is checked before any is copied, so a bad checkpoint leaves the model as it was.
+  std::vector<Tensor> converted;
   for (auto& [name, p] : model.named_parameters()) {
     const Tensor* found = nullptr;
     for (auto& [n, t] : weights.tensors)
       if (n == name) found = &t;
     if (!found) throw std::runtime_error(path + ": checkpoint has no tensor '" + name + "' that the model needs");
-    check_finite(path, name, *found);
     Tensor t = from_pytorch_layout(name, *found);
     if (t.shape() != p.shape() || t.dtype() != p.dtype())
       throw std::runtime_error(path + ": tensor '" + name + "' is " + found->describe() + " (PyTorch layout), the model expects " +
                                to_pytorch_layout(name, p).describe());
+    check_finite(path, name, *found);
+    converted.push_back(t);
+  }
+  size_t i = 0;
+  for (auto& [name, p] : model.named_parameters()) {
+    const Tensor& t = converted[i++];
     device::copy(p.raw(), p.device(), t.raw(), t.device(), p.nbytes());  // the model may be on another device
   }
 }

@@ -7,6 +7,7 @@
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <limits>
 #include <nlohmann/json.hpp>
 #include <set>
 
@@ -188,6 +189,48 @@ TEST_CASE("label values outside the labels of dataset.json are an error naming t
   write_volume(tmp / "labelsTr/a.nii.gz", lab);
   DatasetInfo info = read_msd_dataset(tmp.path);
   check_error_names([&] { load_case(info, 0); }, {tmp / "labelsTr/a.nii.gz", "value 2", "0..1"});
+}
+
+TEST_CASE("a float label map with a fractional or NaN value is an error naming the file") {
+  test::TempDir tmp("float_labels");
+  write_json(tmp / "dataset.json", minimal_json());
+  write_volume(tmp / "imagesTr/a.nii.gz", Tensor::zeros({4, 4, 4}));
+  Tensor lab = Tensor::zeros({4, 4, 4});  // f32: label maps saved as floats are common
+  lab.data<float>()[9] = 1.0f;            // an integral float is a class index
+  write_volume(tmp / "labelsTr/a.nii.gz", lab);
+  DatasetInfo info = read_msd_dataset(tmp.path);
+  CHECK(load_case(info, 0).label.data<uint8_t>()[9] == 1);
+  lab.data<float>()[17] = 0.5f;
+  write_volume(tmp / "labelsTr/a.nii.gz", lab);
+  CHECK_THROWS_WITH_AS(load_case(info, 0),
+                       (tmp / "labelsTr/a.nii.gz" + ": voxel 17 has label value 0.5; 'labels' in " + info.json_path +
+                        " allows the integers 0..1")
+                           .c_str(),
+                       std::runtime_error);
+  lab.data<float>()[17] = std::nanf("");
+  write_volume(tmp / "labelsTr/a.nii.gz", lab);
+  CHECK_THROWS_WITH_AS(load_case(info, 0),
+                       (tmp / "labelsTr/a.nii.gz" +
+                        ": 1 voxel is NaN or infinite (first at index 17: x 1, y 0, z 1, channel 0); expected finite "
+                        "values")
+                           .c_str(),
+                       std::runtime_error);
+}
+
+TEST_CASE("a NaN or infinite image voxel is an error naming the image file") {
+  test::TempDir tmp("nan_image");
+  write_json(tmp / "dataset.json", minimal_json());
+  Tensor img = Tensor::zeros({4, 4, 4});
+  img.data<float>()[63] = std::numeric_limits<float>::infinity();
+  write_volume(tmp / "imagesTr/a.nii.gz", img);
+  write_volume(tmp / "labelsTr/a.nii.gz", Tensor::zeros({4, 4, 4}, DType::u8));
+  DatasetInfo info = read_msd_dataset(tmp.path);
+  CHECK_THROWS_WITH_AS(load_case(info, 0),
+                       (tmp / "imagesTr/a.nii.gz" +
+                        ": 1 voxel is NaN or infinite (first at index 63: x 3, y 3, z 3, channel 0); expected finite "
+                        "values")
+                           .c_str(),
+                       std::runtime_error);
 }
 
 TEST_CASE("an image with a different channel count than the modality list is an error") {

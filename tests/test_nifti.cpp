@@ -1,9 +1,14 @@
-// NIfTI I/O against nibabel: values (with scaling), geometry, 4D channels, NIfTI-2; outputs keep the input's header.
+// NIfTI I/O against nibabel: values (with scaling), geometry, 4D channels, NIfTI-2; outputs keep the input's header;
+// hostile inputs (non-finite or f32-overflowing voxels, damaged header fields) are errors naming the file and field.
 #include <doctest/doctest.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <cmath>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <limits>
 #include <nlohmann/json.hpp>
 
 #include "io/nifti.h"
@@ -120,4 +125,186 @@ TEST_CASE("a write that cannot happen leaves no file behind") {
   CHECK_FALSE(fs::exists(dir + "/wrong.nii"));
   CHECK_THROWS_WITH_AS(write_nifti(dir + "/no/such/dir/x.nii.gz", Tensor::zeros({4, 5, 6}, DType::u8), in),
                        doctest::Contains("does not exist"), std::runtime_error);
+}
+
+// ---- hostile inputs: non-finite voxels and damaged headers ---------------------------------------------------------
+
+namespace {
+// Byte offsets of header fields in the NIfTI-1 and NIfTI-2 standards (nifti1.h, nifti2.h).
+constexpr std::streamoff kN1Dim = 40, kN1Datatype = 70, kN1Bitpix = 72, kN1Pixdim = 76, kN1VoxOffset = 108,
+                         kN1SclSlope = 112, kN1SclInter = 116, kN1Magic = 344;
+constexpr std::streamoff kN2Dim = 16, kN2VoxOffset = 168;
+
+template <class T>
+void patch(const std::string& path, std::streamoff offset, T value) {
+  std::fstream f(path, std::ios::binary | std::ios::in | std::ios::out);
+  REQUIRE(f);
+  f.seekp(offset);
+  f.write(reinterpret_cast<const char*>(&value), sizeof value);
+  REQUIRE(f);
+}
+
+// Little-endian bytes of `value`, reversed when big_endian.
+template <class T>
+std::string bytes_of(T value, bool big_endian) {
+  std::string b(reinterpret_cast<const char*>(&value), sizeof value);
+  if (big_endian) std::reverse(b.begin(), b.end());
+  return b;
+}
+
+// A single-file NIfTI-1 [X, Y, Z] = [n, 1, 1] volume written byte by byte, for what write_nifti never writes: float64
+// or int16 voxels, scaling, big-endian byte order.
+template <class T>
+std::string write_raw_nifti1(const std::string& path, int16_t datatype, const std::vector<T>& voxels,
+                             float scl_slope = 0, float scl_inter = 0, bool big_endian = false) {
+  std::string bytes(352, '\0');
+  auto put = [&](std::streamoff offset, auto value) {
+    std::string b = bytes_of(value, big_endian);
+    std::copy(b.begin(), b.end(), bytes.begin() + offset);
+  };
+  put(0, int32_t{348});
+  const int16_t dim[8] = {3, static_cast<int16_t>(voxels.size()), 1, 1, 1, 1, 1, 1};
+  for (int i = 0; i < 8; ++i) put(kN1Dim + 2 * i, dim[i]);
+  put(kN1Datatype, datatype);
+  put(kN1Bitpix, static_cast<int16_t>(8 * sizeof(T)));
+  for (int i = 0; i < 4; ++i) put(kN1Pixdim + 4 * i, 1.0f);
+  put(kN1VoxOffset, 352.0f);
+  put(kN1SclSlope, scl_slope);
+  put(kN1SclInter, scl_inter);
+  std::memcpy(&bytes[kN1Magic], "n+1", 4);
+  for (T v : voxels) bytes += bytes_of(v, big_endian);
+  std::ofstream(path, std::ios::binary) << bytes;
+  return path;
+}
+
+// A valid uncompressed NIfTI-1 (or, like the fixture, NIfTI-2) file of [Z, Y, X] = [4, 5, 6] zeros to damage.
+std::string write_valid(const std::string& path, bool nifti2 = false) {
+  if (nifti2) {
+    NiftiVolume like = read_nifti(kDir + "nifti2_uint8.nii");
+    write_nifti(path, Tensor::zeros(Shape{like.data.dim(0), like.data.dim(1), like.data.dim(2)}), like);
+  } else {
+    write_nifti(path, Tensor::zeros({4, 5, 6}), make_nifti_like({4, 5, 6}, {1, 1, 1}));
+  }
+  REQUIRE_NOTHROW(read_nifti(path));
+  return path;
+}
+}  // namespace
+
+TEST_CASE("NaN or infinite voxels are an error naming the file, their count and the first one") {
+  std::string dir = temp_dir();
+  std::vector<float> v(2 * 3 * 4, 1.f);
+  v[5] = std::nanf("");                             // x 1, y 1, z 0
+  v[20] = -std::numeric_limits<float>::infinity();  // x 0, y 2, z 1
+  for (const char* name : {"/nan.nii", "/nan.nii.gz"}) {
+    std::string path = dir + name;
+    write_nifti(path, Tensor::from_vector({2, 3, 4}, v), make_nifti_like({2, 3, 4}, {1, 1, 1}));
+    CHECK_THROWS_WITH_AS(read_nifti(path),
+                         (path + ": 2 voxels are NaN or infinite (first at index 5: x 1, y 1, z 0, channel 0); "
+                                 "expected finite values")
+                             .c_str(),
+                         std::runtime_error);
+  }
+}
+
+TEST_CASE("float64 voxels beyond the f32 range are an error naming the value") {
+  std::string dir = temp_dir();
+  // In range: read as they are (this also shows the hand-written file is sound).
+  NiftiVolume ok = read_nifti(write_raw_nifti1<double>(dir + "/f64_ok.nii", 64, {1.5, -3e38, 0}));
+  CHECK(ok.data.to_vector() == std::vector<float>{1.5f, -3e38f, 0.f});
+  std::string path = write_raw_nifti1<double>(dir + "/f64_big.nii", 64, {1.5, 2, 1e39, -1e300});
+  CHECK_THROWS_WITH_AS(read_nifti(path),
+                       (path + ": 2 voxels are too large for f32 (first at index 2: x 2, y 0, z 0, channel 0: 1e+39); "
+                               "expected magnitudes up to 3.40282e+38, the largest f32")
+                           .c_str(),
+                       std::runtime_error);
+  path = write_raw_nifti1<double>(dir + "/f64_nan.nii", 64, {1.5, std::nan(""), 1e39});
+  CHECK_THROWS_WITH_AS(read_nifti(path), doctest::Contains("1 voxel is NaN or infinite (first at index 1:"),
+                       std::runtime_error);
+}
+
+TEST_CASE("int16 voxels that scl_slope scales beyond the f32 range are an error naming the scaling") {
+  std::string dir = temp_dir();
+  NiftiVolume ok = read_nifti(write_raw_nifti1<int16_t>(dir + "/i16_ok.nii", 4, {1, -1000, 7}, 2.f, 1.f));
+  CHECK(ok.data.to_vector() == std::vector<float>{3.f, -1999.f, 15.f});
+  std::string path = write_raw_nifti1<int16_t>(dir + "/i16_big.nii", 4, {1, 1000, -2, 32767}, 1e36f);
+  CHECK_THROWS_WITH_AS(read_nifti(path),
+                       (path + ": 2 voxels are too large for f32 after scl_slope 1e+36 and scl_inter 0 (first at "
+                               "index 1: x 1, y 0, z 0, channel 0: 1e+39); expected magnitudes up to 3.40282e+38, "
+                               "the largest f32")
+                           .c_str(),
+                       std::runtime_error);
+}
+
+TEST_CASE("a big-endian file reads with its values, and its NaN voxels are found after the byte swap") {
+  std::string dir = temp_dir();
+  NiftiVolume v = read_nifti(write_raw_nifti1<int16_t>(dir + "/be_i16.nii", 4, {1, -2, 300}, 2.f, 0.f, true));
+  CHECK(v.data.to_vector() == std::vector<float>{2.f, -4.f, 600.f});
+  v = read_nifti(write_raw_nifti1<double>(dir + "/be_f64.nii", 64, {0.25, -1e30}, 0.f, 0.f, true));
+  CHECK(v.data.to_vector() == std::vector<float>{0.25f, -1e30f});
+  std::string path = write_raw_nifti1<float>(dir + "/be_nan.nii", 16, {1.f, 2.f, std::nanf("")}, 0.f, 0.f, true);
+  CHECK_THROWS_WITH_AS(read_nifti(path), doctest::Contains("1 voxel is NaN or infinite (first at index 2:"),
+                       std::runtime_error);
+}
+
+TEST_CASE("an extent below 1 in dim[1..dim[0]] is an error naming the header field") {
+  std::string dir = temp_dir();
+  std::string path = write_valid(dir + "/negative_dim.nii");
+  patch<int16_t>(path, kN1Dim + 2 * 2, -5);
+  CHECK_THROWS_WITH_AS(read_nifti(path),
+                       (path + ": header field dim[2] is -5; every extent dim[1..3] must be at least 1").c_str(),
+                       std::runtime_error);
+  patch<int16_t>(path, kN1Dim + 2 * 2, 5);
+  patch<int16_t>(path, kN1Dim + 2 * 3, 0);
+  CHECK_THROWS_WITH_AS(read_nifti(path),
+                       (path + ": header field dim[3] is 0; every extent dim[1..3] must be at least 1").c_str(),
+                       std::runtime_error);
+  path = write_valid(dir + "/negative_dim2.nii", true);
+  patch<int64_t>(path, kN2Dim + 8 * 1, -6);
+  CHECK_THROWS_WITH_AS(read_nifti(path),
+                       (path + ": header field dim[1] is -6; every extent dim[1..3] must be at least 1").c_str(),
+                       std::runtime_error);
+}
+
+TEST_CASE("extents whose product overflows a 64-bit count are an error naming the header fields") {
+  std::string dir = temp_dir();
+  std::string path = write_valid(dir + "/overflow1.nii");
+  patch<int16_t>(path, kN1Dim, 7);  // NIfTI-1 extents are 16-bit, but seven of them overflow
+  for (int i = 1; i <= 7; ++i) patch<int16_t>(path, kN1Dim + 2 * i, 32767);
+  CHECK_THROWS_WITH_AS(read_nifti(path),
+                       (path + ": header fields dim[1..7] = 32767 x 32767 x 32767 x 32767 x 32767 x 32767 x 32767 "
+                               "multiply to more voxels than a 64-bit count holds")
+                           .c_str(),
+                       std::runtime_error);
+  path = write_valid(dir + "/overflow2.nii", true);
+  for (int i = 1; i <= 3; ++i) patch<int64_t>(path, kN2Dim + 8 * i, int64_t(1) << 22);
+  CHECK_THROWS_WITH_AS(read_nifti(path),
+                       (path + ": header fields dim[1..3] = 4194304 x 4194304 x 4194304 multiply to more voxels than "
+                               "a 64-bit count holds")
+                           .c_str(),
+                       std::runtime_error);
+}
+
+TEST_CASE("a vox_offset inside the header is an error naming the header field") {
+  std::string dir = temp_dir();
+  std::string path = write_valid(dir + "/offset1.nii");
+  patch<float>(path, kN1VoxOffset, 0.f);
+  CHECK_THROWS_WITH_AS(read_nifti(path),
+                       (path + ": header field vox_offset is 0; the voxel data of a single-file NIfTI-1 cannot start "
+                               "inside its 348-byte header")
+                           .c_str(),
+                       std::runtime_error);
+  patch<float>(path, kN1VoxOffset, 347.f);
+  CHECK_THROWS_WITH_AS(read_nifti(path), doctest::Contains("header field vox_offset is 347;"), std::runtime_error);
+  patch<float>(path, kN1VoxOffset, 1e10f);  // nifticlib would convert it to a negative int
+  CHECK_THROWS_WITH_AS(
+      read_nifti(path),
+      (path + ": header field vox_offset is 1e+10; a NIfTI-1 file addresses at most 2^31 bytes").c_str(),
+      std::runtime_error);
+  path = write_valid(dir + "/offset2.nii", true);
+  patch<int64_t>(path, kN2VoxOffset, 348);
+  CHECK_THROWS_WITH_AS(read_nifti(path),
+                       (path + ": header field vox_offset is 348; the voxel data of a single-file NIfTI-2 cannot "
+                               "start inside its 540-byte header")
+                           .c_str(),
+                       std::runtime_error);
 }

@@ -108,3 +108,80 @@ TEST_CASE("writing into a missing directory fails without leaving a file behind"
   CHECK_THROWS_AS(write_safetensors(dir + "/x.safetensors", {{"w", Tensor::full({2}, 1.f)}}), std::runtime_error);
   CHECK_FALSE(fs::exists(dir));
 }
+
+TEST_CASE("a shape whose element count overflows is rejected, however its data_offsets are set") {
+  std::string path = temp_path("overflow.safetensors");
+  // 2^40 x 2^40 elements wrap around to 0 in 64 bits: without the check, data_offsets [0, 0] would match.
+  write_bytes(path,
+              header_of(R"({"w": {"dtype": "F32", "shape": [1099511627776, 1099511627776], "data_offsets": [0, 0]}})"));
+  CHECK_THROWS_WITH_AS(read_safetensors(path),
+                       (path + ": invalid safetensors file: tensor 'w' has shape [1099511627776,1099511627776], more "
+                               "than 2^40 elements")
+                           .c_str(),
+                       std::runtime_error);
+  write_bytes(path,
+              header_of(R"({"w": {"dtype": "U8", "shape": [0, 4294967296, 4294967296], "data_offsets": [0, 0]}})"));
+  CHECK_THROWS_WITH_AS(read_safetensors(path), doctest::Contains("more than 2^40 elements"), std::runtime_error);
+  write_bytes(path, header_of(R"({"w": {"dtype": "U8", "shape": [2, -3], "data_offsets": [0, 0]}})"));
+  CHECK_THROWS_WITH_AS(read_safetensors(path),
+                       (path + ": invalid safetensors file: tensor 'w' has a bad shape [2,-3] (expected non-negative "
+                               "integers)")
+                           .c_str(),
+                       std::runtime_error);
+}
+
+TEST_CASE("data_offsets that disagree with dtype and shape are rejected with both sizes") {
+  std::string path = temp_path("mismatch.safetensors");
+  write_bytes(path,
+              header_of(R"({"w": {"dtype": "F16", "shape": [2, 3], "data_offsets": [0, 6]}})") + std::string(16, '\0'));
+  CHECK_THROWS_WITH_AS(read_safetensors(path),
+                       (path + ": invalid safetensors file: tensor 'w': data_offsets do not match dtype and shape "
+                               "([0,6] for F16 [2,3], which needs 12 bytes)")
+                           .c_str(),
+                       std::runtime_error);
+  write_bytes(path,
+              header_of(R"({"w": {"dtype": "U8", "shape": [0], "data_offsets": [8, 4]}})") + std::string(16, '\0'));
+  CHECK_THROWS_WITH_AS(read_safetensors(path), doctest::Contains("data_offsets do not match dtype and shape ([8,4]"),
+                       std::runtime_error);
+  write_bytes(path,
+              header_of(R"({"w": {"dtype": "U8", "shape": [2], "data_offsets": [0, -2]}})") + std::string(16, '\0'));
+  CHECK_THROWS_WITH_AS(read_safetensors(path), doctest::Contains("tensor 'w' has bad data_offsets [0,-2]"),
+                       std::runtime_error);
+}
+
+TEST_CASE("a tensor whose data_offsets lie beyond the file is rejected") {
+  std::string path = temp_path("beyond.safetensors");
+  write_bytes(path,
+              header_of(R"({"w": {"dtype": "U8", "shape": [4], "data_offsets": [100, 104]}})") + std::string(16, '\0'));
+  CHECK_THROWS_WITH_AS(read_safetensors(path),
+                       (path + ": invalid safetensors file: tensor 'w' ends at byte 104 but the data holds 16 bytes "
+                               "(truncated file?)")
+                           .c_str(),
+                       std::runtime_error);
+}
+
+TEST_CASE("overlapping tensors are rejected naming both and their byte ranges") {
+  std::string path = temp_path("overlap.safetensors");
+  write_bytes(path, header_of(R"({"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]},
+                                  "b": {"dtype": "U8", "shape": [4], "data_offsets": [8, 12]},
+                                  "c": {"dtype": "I32", "shape": [1], "data_offsets": [10, 14]}})") +
+                        std::string(16, '\0'));
+  CHECK_THROWS_WITH_AS(read_safetensors(path),
+                       (path + ": invalid safetensors file: tensors 'b' (bytes 8 to 12) and 'c' (bytes 10 to 14) "
+                               "overlap")
+                           .c_str(),
+                       std::runtime_error);
+}
+
+TEST_CASE("an empty tensor at the offset where another begins is not an overlap") {
+  std::string path = temp_path("empty_at_start.safetensors");
+  // Listed (and, by name, ordered) so that the empty tensor would sort after the full one if only begins were compared.
+  write_bytes(path, header_of(R"({"a": {"dtype": "U8", "shape": [4], "data_offsets": [0, 4]},
+                                  "b": {"dtype": "U8", "shape": [0], "data_offsets": [0, 0]},
+                                  "c": {"dtype": "U8", "shape": [0, 3], "data_offsets": [4, 4]}})") +
+                        std::string("\x01\x02\x03\x04", 4));
+  SafetensorsContent c = read_safetensors(path);
+  CHECK(c.get("a").to_vector() == std::vector<float>{1, 2, 3, 4});
+  CHECK(c.get("b").numel() == 0);
+  CHECK(c.get("c").shape() == Shape{0, 3});
+}
