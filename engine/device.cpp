@@ -11,6 +11,7 @@
 
 #include <dlfcn.h>
 
+#include <atomic>
 #include <cstdint>
 #include <cstring>
 #include <ostream>
@@ -329,12 +330,19 @@ void reset_peak(Device d) {
   }
 }
 
+namespace {
+std::atomic<uint64_t> g_host_waits{0};
+}  // namespace
+
+uint64_t host_waits() { return g_host_waits.load(); }
+
 void copy(void* dst, Device dst_device, const void* src, Device src_device, size_t bytes) {
   if (bytes == 0) return;
   if (dst_device == Device::cpu && src_device == Device::cpu) {
     std::memcpy(dst, src, bytes);
     return;
   }
+  if (dst_device == Device::cpu) ++g_host_waits;
 #if UNET_EMULATOR_BUILT
   if (dst_device != Device::cuda && src_device != Device::cuda) {  // emulated device memory is guarded host memory
     emu::device_memcpy(dst, src, bytes);
@@ -347,7 +355,9 @@ void copy(void* dst, Device dst_device, const void* src, Device src_device, size
                                   ? (dst_device == Device::cuda ? cudaMemcpyDeviceToDevice : cudaMemcpyDeviceToHost)
                                   : cudaMemcpyHostToDevice;
   UNET_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, kind, cuda_state().stream));
-  UNET_CUDA_CHECK(cudaStreamSynchronize(cuda_state().stream));
+  // Only the host reading dst must wait. A copy to the device is ordered before the work queued after it, and its
+  // pageable source has been staged when cudaMemcpyAsync returns (CUDA's API synchronization rules).
+  if (dst_device == Device::cpu) UNET_CUDA_CHECK(cudaStreamSynchronize(cuda_state().stream));
 #else
   no_cuda_runtime("copy");
 #endif
@@ -381,6 +391,7 @@ cudaStream_t default_stream(Device d) {
 }
 
 void synchronize(Device d) {
+  if (d != Device::cpu) ++g_host_waits;
 #if UNET_WITH_CUDA_RUNTIME
   if (d == Device::cuda) UNET_CUDA_CHECK(cudaStreamSynchronize(cuda_state().stream));
 #else

@@ -55,7 +55,10 @@ void free(Device d, void* p, size_t bytes);
 MemoryStats memory_stats(Device d);  // current / peak bytes handed out on d (cached bytes: the emulator's pool only)
 void reset_peak(Device d);
 
-// Copies `bytes` from src (on src_device) to dst (on dst_device); returns when the copy is done (synchronous).
+// Copies `bytes` from src (on src_device) to dst (on dst_device), in stream order after the work already queued. To
+// the host (or host to host) it returns when the copy is done: the host waits for the device. To a device it does not
+// wait: src may be freed or reused on return (CUDA stages pageable host memory before returning), and dst is read by
+// work queued later on the same stream.
 void copy(void* dst, Device dst_device, const void* src, Device src_device, size_t bytes);
 // Sets `bytes` bytes at p to `value`, in stream order.
 void memset(Device d, void* p, int value, size_t bytes);
@@ -64,6 +67,10 @@ void memset(Device d, void* p, int value, size_t bytes);
 cudaStream_t default_stream(Device d);
 // Waits until everything queued on d has finished; device errors raised by earlier kernels surface here.
 void synchronize(Device d);
+
+// How many times this process has waited for a device (copies to the host, synchronize on a device), on cuda and
+// cuda-emu alike: the count a training step keeps to one (tests and benchmarks read it; thread-safe).
+uint64_t host_waits();
 
 // Times work queued on a device, for benchmarks: on Device::cuda a pair of CUDA events recorded on the device's stream
 // (elapsed_ms waits for the stop event, so it measures GPU time without synchronising in between); on the cpu and

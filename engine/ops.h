@@ -44,7 +44,9 @@ Tensor argmax_channels(const Tensor& x);    // [N, spatial..., C] -> i32 [N, spa
 // nnU-Net DiceCE (docs/reference.md, "DiceCE loss"): p = softmax over channels of logits [N, spatial..., C] (f32);
 // labels i32 or u8, [N, spatial...] or [N, spatial..., 1], values in [0, C).
 // D = mean over foreground classes c >= 1 of 1 - (2 sum p y + 1e-5) / (sum p + sum y + 1e-5), sums over batch and space;
-// CE = mean over all voxels of -log p[label]. Returns D + CE as a [1] tensor; dice_out / ce_out receive the parts.
-Tensor dice_ce_loss(const Tensor& logits, const Tensor& labels, float* dice_out = nullptr, float* ce_out = nullptr);
+// CE = mean over all voxels of -log p[label]. Returns D + CE as a [1] tensor on the logits' device; *parts (when
+// given) receives [D, CE] there too, so nothing waits for a device. A label outside [0, C) is an error naming the voxel
+// on the cpu; on a CUDA device (where checking would mean waiting) it makes the loss and its parts NaN.
+Tensor dice_ce_loss(const Tensor& logits, const Tensor& labels, Tensor* parts = nullptr);
 
 }  // namespace unet::ops

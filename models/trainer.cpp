@@ -20,16 +20,14 @@
 
 namespace unet::models {
 
-Tensor deep_supervision_loss(const std::vector<Tensor>& outputs, const Tensor& labels, StepStats* stats) {
+Tensor deep_supervision_loss(const std::vector<Tensor>& outputs, const Tensor& labels, Tensor* parts) {
   check_arg(!outputs.empty(), "deep_supervision_loss: no outputs");
   Tensor total;
   double weight = 1.0, weight_sum = 0.0;
   for (size_t i = 0; i < outputs.size(); ++i, weight *= 0.5) weight_sum += weight;
   weight = 1.0;
   for (size_t i = 0; i < outputs.size(); ++i, weight *= 0.5) {
-    float dice = 0, ce = 0;
-    Tensor l = ops::dice_ce_loss(outputs[i], labels, &dice, &ce);
-    if (i == 0 && stats) stats->dice_loss = dice, stats->ce = ce;
+    Tensor l = ops::dice_ce_loss(outputs[i], labels, i == 0 ? parts : nullptr);
     Tensor weighted = ops::scale(l, static_cast<float>(weight / weight_sum));
     total = total.defined() ? ops::add(total, weighted) : weighted;
   }
@@ -47,11 +45,15 @@ StepStats train_step(DynUNet& net, Optimizer& optimizer, const Tensor& x, const 
                      LossScaler* scaler) {
   StepStats stats;
   optimizer.zero_grad();
-  Tensor loss = deep_supervision_loss(forward_in(net, x, /*training=*/true, precision), labels, &stats);
-  stats.loss = loss.item();
+  Tensor parts;
+  Tensor loss = deep_supervision_loss(forward_in(net, x, /*training=*/true, precision), labels, &parts);
+  {
+    autograd::NoGradGuard no_grad;
+    stats.losses = ops::concat_channels({loss.detach(), parts});
+  }
   stats.loss_scale = scaler ? scaler->scale() : 1.0f;
   autograd::backward(loss, Tensor::full(loss.shape(), static_cast<float>(stats.loss_scale)).to(loss.device()));
-  stats.stepped = optimizer.step(static_cast<float>(1.0 / stats.loss_scale));
+  stats.stepped = optimizer.step(static_cast<float>(1.0 / stats.loss_scale));  // the step's one wait for the device
   if (scaler) scaler->update(stats.stepped);
   return stats;
 }
@@ -235,7 +237,7 @@ void Trainer::run() {
   using clock = std::chrono::steady_clock;
   auto start = clock::now(), last = start;
   const int64_t log_every = std::max<int64_t>(1, o.log_every);
-  double loss_acc = 0;
+  Tensor loss_acc;  // the steps' [loss, Dice, CE] summed on the device since the last log line: read once per line
   int loss_n = 0;
   ops::set_conv_allow_tf32(o.precision == Precision::tf32);
   HostAllocator::instance().reset_peak();
@@ -243,16 +245,23 @@ void Trainer::run() {
   for (int64_t step = 0; step < o.steps; ++step) {
     s.opt->set_lr(schedule.at(step));
     io::PatchBatch batch = sampler.next();
-    StepStats st = train_step(*s.net, *s.opt, batch.image.to(o.device), batch.label.to(o.device), o.precision, &s.scaler);
-    if (!std::isfinite(st.loss))
-      throw std::runtime_error("training diverged at step " + std::to_string(step + 1) + " (loss is not finite)");
-    loss_acc += st.loss;
+    const StepStats st =
+        train_step(*s.net, *s.opt, batch.image.to(o.device), batch.label.to(o.device), o.precision, &s.scaler);
+    {
+      autograd::NoGradGuard no_grad;
+      loss_acc = loss_acc.defined() ? ops::add(loss_acc, st.losses) : st.losses;
+    }
     ++loss_n;
     if ((step + 1) % log_every == 0 || step + 1 == o.steps) {
+      std::vector<float> sums = loss_acc.to_vector();  // the wait for the device that logging costs
+      const double loss = sums[0] / loss_n, dice_loss = sums[1] / loss_n, ce = sums[2] / loss_n;
+      if (!std::isfinite(loss))
+        throw std::runtime_error("training diverged: the loss of steps " + std::to_string(step + 2 - loss_n) + " to " +
+                                 std::to_string(step + 1) + " is not finite");
       const double dt = std::chrono::duration<double>(clock::now() - last).count();
       last = clock::now();
       const double sps = loss_n * so.batch / dt;
-      nlohmann::json line = {{"step", step + 1}, {"loss", loss_acc / loss_n}, {"dice_loss", st.dice_loss}, {"ce", st.ce},
+      nlohmann::json line = {{"step", step + 1}, {"loss", loss}, {"dice_loss", dice_loss}, {"ce", ce},
                              {"lr", s.opt->lr()}, {"samples_per_s", sps}, {"loss_scale", s.scaler.scale()},
                              {"loss_scale_growth_tracker", s.scaler.growth_tracker()},
                              {"skipped_steps", s.scaler.skipped_steps()},
@@ -261,10 +270,9 @@ void Trainer::run() {
       if (o.device != Device::cpu) line["device_peak_memory_mb"] = device::memory_stats(o.device).peak_bytes / 1048576.0;
       log << line.dump() << "\n" << std::flush;
       std::fprintf(s.out, "step %6ld/%ld  loss %.4f  %.2f samples/s  %.0f s\n", static_cast<long>(step + 1),
-                   static_cast<long>(o.steps), loss_acc / loss_n, sps,
-                   std::chrono::duration<double>(clock::now() - start).count());
+                   static_cast<long>(o.steps), loss, sps, std::chrono::duration<double>(clock::now() - start).count());
       std::fflush(s.out);
-      loss_acc = 0;
+      loss_acc = Tensor();
       loss_n = 0;
     }
     if (o.val_every > 0 && (step + 1) % o.val_every == 0 && step + 1 < o.steps && !s.split.val.empty()) {

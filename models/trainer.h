@@ -19,14 +19,18 @@
 namespace unet::models {
 
 struct StepStats {
-  double loss = 0;  // the deep-supervision weighted DiceCE that was minimised
-  double dice_loss = 0, ce = 0;  // parts of the full-resolution loss
-  bool stepped = true;  // false when the optimizer skipped the step (inf/nan gradients)
+  // f32 [3] on the step's device: the deep-supervision weighted DiceCE that was minimised, then the Dice and CE parts
+  // of the full-resolution loss. Left there so that a step waits for the device only once (for `stepped`); reading
+  // it (loss(), values()) waits again.
+  Tensor losses;
+  bool stepped = true;    // false when the optimizer skipped the step (inf/nan gradients)
   double loss_scale = 1;  // the scale the loss was multiplied by before backward
+  double loss() const { return losses.to_vector()[0]; }
 };
 
-// Deep supervision: sum_i 0.5^i L_i / sum_i 0.5^i over the network's outputs (full resolution first).
-Tensor deep_supervision_loss(const std::vector<Tensor>& outputs, const Tensor& labels, StepStats* stats = nullptr);
+// Deep supervision: sum_i 0.5^i L_i / sum_i 0.5^i over the network's outputs (full resolution first). *parts (when
+// given) receives the full-resolution loss's [Dice, CE] on the outputs' device.
+Tensor deep_supervision_loss(const std::vector<Tensor>& outputs, const Tensor& labels, Tensor* parts = nullptr);
 
 // The network's outputs (f32 logits) for x [B, spatial..., C_in] f32, computed in `precision` (engine/precision.h):
 // fp16 / bf16 cast x to that type and the logits back to f32, as autocast does. tf32 is the process-wide
@@ -83,9 +87,9 @@ struct TrainerOptions {
   std::string config_text;  // the effective configuration, written to config.ini and into the training state
 };
 
-// Writes to options.output_dir: config.ini, log.jsonl (one JSON object per logged step: loss, its Dice and CE parts,
-// lr, samples/s, loss scale, its growth tracker and the skipped steps so far, peak host memory and, off the cpu, the
-// device's; one per validation: Dice per class), model.safetensors (PyTorch-loadable f32 weights with the model card),
+// Writes to options.output_dir: config.ini, log.jsonl (one JSON object per logged step: the means since the last line
+// of the loss and its full-resolution Dice and CE parts, lr, samples/s, loss scale, its growth tracker and the skipped
+// steps so far, peak host memory and, off the cpu, the device's; one per validation: Dice per class), model.safetensors (PyTorch-loadable f32 weights with the model card),
 // model.state.safetensors (optimizer state, step, seed, precision, loss-scaler state, configuration) and
 // validation.json. Progress lines go to `out`.
 class Trainer {

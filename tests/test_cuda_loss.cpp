@@ -187,13 +187,36 @@ TEST_CASE("cuda softmax_dice_ce_forward gives bitwise identical sums under every
 
 namespace {
 std::vector<float> gpu_backward(const LossCase& lc, const LossData& d, const std::vector<float>& a,
-                                const std::vector<float>& b, float ce_scale) {
+                                const std::vector<float>& b, float grad_out) {
   std::vector<float> g(static_cast<size_t>(lc.voxels() * lc.channels), std::nanf(""));
   kernels::cuda::softmax_dice_ce_backward(d.logits.data(), d.labels(lc.label_dtype), lc.label_dtype, lc.voxels(),
-                                          lc.channels, a.data(), b.data(), ce_scale, g.data(), nullptr);
+                                          lc.channels, a.data(), b.data(), &grad_out, g.data(), nullptr);
   return g;
 }
 }  // namespace
+
+TEST_CASE("cuda softmax_dice_ce_finish computes the cpu's loss, parts and coefficients bit for bit, NaN on a bad label") {
+  Rng rng(6);
+  for (const LossCase& lc : loss_cases()) {
+    LossData d = make_loss_data(lc, rng);
+    GpuSums g = gpu_forward(lc, d);
+    const int C = lc.channels;
+    std::vector<float> cpu(3 + 2 * C), gpu(3 + 2 * C);  // loss, dice, ce, a [C], b [C]
+    kernels::cpu::softmax_dice_ce_finish(g.sums.data(), false, C, lc.voxels(), 1e-5, &cpu[0], &cpu[1], &cpu[3],
+                                         &cpu[3 + C]);
+    kernels::cuda::softmax_dice_ce_finish(g.sums.data(), g.bad, C, lc.voxels(), 1e-5, &gpu[0], &gpu[1], &gpu[3],
+                                          &gpu[3 + C], nullptr);
+    CHECK_MESSAGE(cpu == gpu, describe(lc));  // the same double arithmetic, each result rounded once
+    CHECK(cpu[0] == doctest::Approx(cpu[1] + cpu[2]).epsilon(1e-6));
+    CHECK(cpu[3] == 0.f);  // background: not in the Dice mean
+    const int64_t bad[2] = {17, 9};
+    kernels::cuda::softmax_dice_ce_finish(g.sums.data(), bad, C, lc.voxels(), 1e-5, &gpu[0], &gpu[1], &gpu[3],
+                                          &gpu[3 + C], nullptr);
+    CHECK(std::isnan(gpu[0]));
+    CHECK(std::isnan(gpu[1]));
+    CHECK(std::isnan(gpu[2]));
+  }
+}
 
 TEST_CASE("cuda softmax_dice_ce_backward matches the CPU gradient on random 2D and 3D batches with 2 to 5 classes") {
   Rng rng(4);
@@ -201,15 +224,15 @@ TEST_CASE("cuda softmax_dice_ce_backward matches the CPU gradient on random 2D a
     LossData d = make_loss_data(lc, rng);
     std::vector<float> a = normals(lc.channels, rng, 0.01), b = normals(lc.channels, rng, 0.01);
     a[0] = b[0] = 0.f;  // background outside the dice mean, as nnU-Net's do_bg=False
-    const float ce_scale = 1.f / static_cast<float>(lc.voxels());
+    const float grad_out = 1.75f;  // the incoming gradient, folded into the coefficients by the kernels
     std::vector<float> cpu(static_cast<size_t>(lc.voxels() * lc.channels));
     kernels::cpu::softmax_dice_ce_backward(d.logits.data(), d.labels(lc.label_dtype), lc.label_dtype, lc.voxels(),
-                                           lc.channels, a.data(), b.data(), ce_scale, cpu.data());
+                                           lc.channels, a.data(), b.data(), &grad_out, cpu.data());
     // Same per-voxel operations in the same order; the emulator matches the CPU exactly unless the host compiler
     // contracts differently, and a GPU's expf may differ by 2 ulp: 1e-5 relative to the gradient's scale.
     float scale = 0.f;
     for (float v : cpu) scale = std::max(scale, std::abs(v));
-    test::check_close(gpu_backward(lc, d, a, b, ce_scale), cpu, 1e-5, 1e-5 * scale, describe(lc));
+    test::check_close(gpu_backward(lc, d, a, b, grad_out), cpu, 1e-5, 1e-5 * scale, describe(lc));
   }
 }
 

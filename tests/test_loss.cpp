@@ -90,7 +90,7 @@ TEST_CASE("dice_ce_loss forward matches a double-precision reference on random 2
     Tensor labels = random_labels(k.shape, k.absent_class ? C - 1 : C, k.label_dtype, k.trailing_one, rng);
     RefParts ref = reference_dice_ce(to_double(logits), label_values(labels), C);
     float dice = -1, ce = -1;
-    Tensor loss = ops::dice_ce_loss(logits, labels, &dice, &ce);
+    Tensor loss = test::dice_ce(logits, labels, &dice, &ce);
     REQUIRE(loss.shape() == Shape{1});
     REQUIRE(loss.dtype() == DType::f32);
     // The kernel computes each softmax in f32 (a few ulps per probability) and sums in double: 1e-6 relative
@@ -108,7 +108,7 @@ TEST_CASE("dice_ce_loss sums over more voxels than one kernel chunk and is the s
   Tensor labels = random_labels(shape, 3, DType::u8, false, rng);
   RefParts ref = reference_dice_ce(to_double(logits), label_values(labels), 3);
   float dice = 0, ce = 0;
-  float total = ops::dice_ce_loss(logits, labels, &dice, &ce).item();
+  float total = test::dice_ce(logits, labels, &dice, &ce).item();
   CHECK(dice == doctest::Approx(ref.dice).epsilon(1e-6));  // f32 softmax, double sums (as above)
   CHECK(ce == doctest::Approx(ref.ce).epsilon(1e-6));
 
@@ -116,7 +116,7 @@ TEST_CASE("dice_ce_loss sums over more voxels than one kernel chunk and is the s
   for (int t : {1, 2, 3}) {
     omp_set_num_threads(t);
     float d2 = 0, c2 = 0;
-    float total2 = ops::dice_ce_loss(logits, labels, &d2, &c2).item();
+    float total2 = test::dice_ce(logits, labels, &d2, &c2).item();
     CHECK(std::memcmp(&total, &total2, 4) == 0);
     CHECK(std::memcmp(&dice, &d2, 4) == 0);
     CHECK(std::memcmp(&ce, &c2, 4) == 0);
@@ -213,7 +213,7 @@ TEST_CASE("a perfect confident prediction gives dice part ~0 and cross-entropy ~
   for (size_t v = 0; v < y.size(); ++v) z[v * C + y[v]] = 40.f;  // p(label) = 1 - 3e-17
   Tensor logits = Tensor::from_vector(shape, z);
   float dice = -1, ce = -1;
-  float total = ops::dice_ce_loss(logits, labels, &dice, &ce).item();
+  float total = test::dice_ce(logits, labels, &dice, &ce).item();
   CHECK(std::abs(dice) < 1e-6);  // D_c = 1 - (2Y + s) / (2Y + s) up to e^-40 terms
   CHECK(std::abs(ce) < 1e-6);    // -log(1 - 3e-17)
   CHECK(std::abs(total) < 1e-6);
@@ -227,7 +227,7 @@ TEST_CASE("uniform logits give cross-entropy log C and the dice of p = 1/C") {
     std::vector<int> y = label_values(labels);
     Tensor logits = Tensor::full(shape, 0.75f);
     float dice = 0, ce = 0;
-    ops::dice_ce_loss(logits, labels, &dice, &ce);
+    test::dice_ce(logits, labels, &dice, &ce);
     CHECK(ce == doctest::Approx(std::log(static_cast<double>(C))).epsilon(1e-6));  // f32 log of the sum C
     // p = 1/C everywhere: I_c = Y_c / C, P_c = V / C.
     const double V = static_cast<double>(y.size());
@@ -247,7 +247,7 @@ TEST_CASE("the dice and cross-entropy parts sum to the returned loss") {
   Tensor logits = randn(shape, rng, 2.f);
   Tensor labels = random_labels(shape, 3, DType::u8, true, rng);
   float dice = 0, ce = 0;
-  float total = ops::dice_ce_loss(logits, labels, &dice, &ce).item();
+  float total = test::dice_ce(logits, labels, &dice, &ce).item();
   CHECK(dice > 0.1f);
   CHECK(ce > 0.1f);
   // Each of the three is the f32 rounding of a double, so they agree to a couple of f32 ulps.
@@ -263,7 +263,7 @@ TEST_CASE("a class absent from the labels and never predicted contributes ~0 to 
     z[v * C + (v % 2)] = 40.f;           // confidently right, class 2 never predicted
   }
   float dice = -1;
-  ops::dice_ce_loss(Tensor::from_vector(shape, z), Tensor::from_vector({2, 3, 3}, lab, DType::u8), &dice);
+  test::dice_ce(Tensor::from_vector(shape, z), Tensor::from_vector({2, 3, 3}, lab, DType::u8), &dice);
   CHECK(std::abs(dice) < 1e-6);  // smoothing: D_2 = 1 - 1e-5 / (P_2 + 1e-5), P_2 ~ 18 e^-40
 }
 
@@ -274,7 +274,7 @@ TEST_CASE("an absent class predicted with total probability equal to the smoothi
   std::vector<float> z(2 * V);
   for (int v = 0; v < V; ++v) z[2 * v + 1] = static_cast<float>(std::log(p1 / (1 - p1)));
   float dice = -1;
-  ops::dice_ce_loss(Tensor::from_vector({2, 5, 1, 2}, z), Tensor::zeros({2, 5, 1}, DType::u8), &dice);
+  test::dice_ce(Tensor::from_vector({2, 5, 1, 2}, z), Tensor::zeros({2, 5, 1}, DType::u8), &dice);
   CHECK(dice == doctest::Approx(0.5).epsilon(1e-5));  // f32 logit and softmax: p1 to ~1e-6 relative
 }
 

@@ -151,8 +151,8 @@ TEST_CASE("an fp16 run started with an overflowing loss scale skips, halves and 
       CHECK(opt.step_count() == 0);
       continue;
     }
-    if (first_loss < 0) first_loss = st.loss;
-    last_loss = st.loss;
+    if (first_loss < 0) first_loss = st.loss();
+    last_loss = st.loss();
   }
   CHECK(skipped >= 10);  // at least 2^40 -> 2^30: a logit gradient of 1e-4 overflows above 2^29
   CHECK(skipped == scaler.skipped_steps());
@@ -173,11 +173,11 @@ TEST_CASE("mixed-precision training steps follow the f32 ones closely, with f32 
     AdamW omix(mixed.parameters(), AdamOptions{1e-3, 0.9, 0.999, 1e-8, 0});
     LossScaler scaler(dynamic(65536, 2000));
     for (int i = 0; i < 5; ++i) {
-      const double lr = models::train_step(ref, oref, t.x, t.y).loss;
+      const double lr = models::train_step(ref, oref, t.x, t.y).loss();
       const models::StepStats st = models::train_step(mixed, omix, t.x, t.y, p, &scaler);
       REQUIRE(st.stepped);
       // The loss of a 16-bit forward pass is within a few 2^-8 (bf16's precision) of the f32 one.
-      CHECK(std::abs(st.loss - lr) <= 0.02 * lr);
+      CHECK(std::abs(st.loss() - lr) <= 0.02 * lr);
     }
     for (const Tensor& w : mixed.parameters()) CHECK(w.dtype() == DType::f32);
   }

@@ -54,8 +54,8 @@ TEST_CASE("a few training steps on one batch lower the loss") {
   float* px = x.data<float>();
   for (int64_t i = 0; i < x.numel(); ++i) px[i] = (px[i] - 200.f) / 150.f;
   Tensor y = Tensor::from_vector({1, 16, 16, 16}, sc.label.to_vector(), DType::i32);
-  double first = models::train_step(net, opt, x, y).loss, last = first;
-  for (int i = 0; i < 15; ++i) last = models::train_step(net, opt, x, y).loss;
+  double first = models::train_step(net, opt, x, y).loss(), last = first;
+  for (int i = 0; i < 15; ++i) last = models::train_step(net, opt, x, y).loss();
   CHECK(last < 0.7 * first);
 }
 

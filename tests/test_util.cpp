@@ -122,6 +122,15 @@ void check_mixed_precision(Device device, DType dt, const std::function<Tensor(c
   }
 }
 
+Tensor dice_ce(const Tensor& logits, const Tensor& labels, float* dice, float* ce) {
+  Tensor parts;
+  Tensor loss = ops::dice_ce_loss(logits, labels, &parts);
+  const std::vector<float> v = parts.to_vector();
+  if (dice) *dice = v[0];
+  if (ce) *ce = v[1];
+  return loss;
+}
+
 static double weighted_sum(const Tensor& out, const std::vector<float>& r) {
   std::vector<float> v = out.to_vector();
   double s = 0.0;

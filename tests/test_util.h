@@ -55,6 +55,9 @@ void check_gradients(const std::function<Tensor(const std::vector<Tensor>&)>& f,
                      double h, double rtol, double atol, int max_checks = 48, uint64_t seed = 1,
                      const std::function<Tensor(const std::vector<Tensor>&)>& reference = nullptr);
 
+// ops::dice_ce_loss with its Dice and CE parts read back into *dice and *ce (either may be null).
+Tensor dice_ce(const Tensor& logits, const Tensor& labels, float* dice, float* ce = nullptr);
+
 // Runs the program `name` built beside the test binary with `args` (a shell fragment); returns its exit status and
 // puts its standard output and error into *output when given.
 int run_tool(const std::string& name, const std::string& args, std::string* output = nullptr);

@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <stdexcept>
 #include <string>
 #include <type_traits>
@@ -169,15 +170,40 @@ int64_t softmax_dice_ce_forward(const float* logits, const void* labels, DType l
                           ce_sum, bad_label);
 }
 
+void softmax_dice_ce_finish(const double* sums, bool bad, int channels, int64_t voxels, double smooth, float* loss,
+                            float* parts, float* coef_a, float* coef_b) {
+  const int C = channels;
+  const double F = static_cast<double>(C - 1);
+  double dice = 0.0;
+  coef_a[0] = coef_b[0] = 0.f;
+  for (int c = 1; c < C; ++c) {
+    const double num = 2.0 * sums[c] + smooth, den = sums[C + c] + sums[2 * C + c] + smooth;
+    dice += 1.0 - num / den;
+    coef_a[c] = static_cast<float>(num / (F * den * den));
+    coef_b[c] = static_cast<float>(2.0 / (F * den));
+  }
+  dice /= F;
+  const double ce = sums[3 * C] / static_cast<double>(voxels);
+  const float nan = std::numeric_limits<float>::quiet_NaN();
+  parts[0] = bad ? nan : static_cast<float>(dice);
+  parts[1] = bad ? nan : static_cast<float>(ce);
+  loss[0] = bad ? nan : static_cast<float>(dice + ce);
+}
+
 void softmax_dice_ce_backward(const float* logits, const void* labels, DType label_dtype, int64_t voxels, int channels,
-                              const float* coef_a, const float* coef_b, float ce_scale, float* grad_logits) {
+                              const float* a, const float* b, const float* grad_out, float* grad_logits) {
   check_label_dtype(label_dtype, "softmax_dice_ce_backward");
+  // The incoming gradient folded into the coefficients, in f32 as the CUDA kernel does.
+  const float go = *grad_out;
+  std::vector<float> coef_a(static_cast<size_t>(channels)), coef_b(coef_a.size());
+  for (int c = 0; c < channels; ++c) coef_a[c] = go * a[c], coef_b[c] = go * b[c];
+  const float ce_scale = static_cast<float>(static_cast<double>(go) / static_cast<double>(voxels));
+  const float* ca = coef_a.data();
+  const float* cb = coef_b.data();
   if (label_dtype == DType::i32)
-    backward_dispatch(logits, static_cast<const int32_t*>(labels), voxels, channels, coef_a, coef_b, ce_scale,
-                      grad_logits);
+    backward_dispatch(logits, static_cast<const int32_t*>(labels), voxels, channels, ca, cb, ce_scale, grad_logits);
   else
-    backward_dispatch(logits, static_cast<const uint8_t*>(labels), voxels, channels, coef_a, coef_b, ce_scale,
-                      grad_logits);
+    backward_dispatch(logits, static_cast<const uint8_t*>(labels), voxels, channels, ca, cb, ce_scale, grad_logits);
 }
 
 }  // namespace unet::kernels::cpu

@@ -22,13 +22,22 @@ int64_t softmax_dice_ce_forward(const float* logits, const void* labels, DType l
                                 int channels, double* intersect, double* prob_sum, double* label_sum, double* ce_sum,
                                 int64_t* bad_label);
 
+// The loss from the forward sums, as the CUDA twin computes it on the device (so that no value has to come back to the
+// host): sums = [intersect (C), prob_sum (C), label_sum (C), ce_sum], bad = whether a label was out of range.
+// With F = C - 1 foreground classes, num_c = 2 I_c + smooth, den_c = P_c + Y_c + smooth (in double):
+//   parts[0] = dice = (1/F) sum_{c>=1} (1 - num_c / den_c), parts[1] = ce = ce_sum / voxels, loss[0] = dice + ce;
+//   coef_a[c] = num_c / (F den_c^2), coef_b[c] = 2 / (F den_c) for c >= 1, 0 for c = 0 (the gradient's coefficients
+//   before the incoming gradient is folded in). With bad, loss and parts are NaN.
+void softmax_dice_ce_finish(const double* sums, bool bad, int channels, int64_t voxels, double smooth, float* loss,
+                            float* parts, float* coef_a, float* coef_b);
+
 // Gradient of the loss with respect to the logits, in one pass:
 //   grad[v,k] = p_vk * (g_vk - sum_c p_vc g_vc) + ce_scale * (p_vk - [y_v == k]),   g_vc = coef_a[c] - coef_b[c] [y_v
 //   == c]
-// where g is d(dice part)/dp (through the softmax Jacobian) and the second term is the CE gradient.
-// coef_a, coef_b have `channels` entries (0 for classes outside the dice mean); the caller folds the incoming
-// gradient into coef_a, coef_b and ce_scale. Labels must be valid (checked by the forward).
+// where g is d(dice part)/dp (through the softmax Jacobian) and the second term is the CE gradient; with go =
+// *grad_out, the incoming gradient of the loss: coef_a = go * a[c], coef_b = go * b[c] (a, b from
+// softmax_dice_ce_finish, `channels` entries), ce_scale = go / voxels. Labels must be valid (checked by the forward).
 void softmax_dice_ce_backward(const float* logits, const void* labels, DType label_dtype, int64_t voxels, int channels,
-                              const float* coef_a, const float* coef_b, float ce_scale, float* grad_logits);
+                              const float* a, const float* b, const float* grad_out, float* grad_logits);
 
 }  // namespace unet::kernels::cpu

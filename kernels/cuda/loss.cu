@@ -171,18 +171,44 @@ __global__ void __launch_bounds__(kFinalThreads)
   }
 }
 
+// The loss, its parts and the gradient's coefficients from the sums, on the device (kernels::cpu::
+// softmax_dice_ce_finish, the same double arithmetic): one thread, a few dozen operations.
+__global__ void __launch_bounds__(1) dce_finish(const double* sums, const int64_t* bad, int C, int64_t voxels,
+                                                double smooth, float* loss, float* parts, float* coef_a,
+                                                float* coef_b) {
+  const double F = static_cast<double>(C - 1);
+  double dice = 0.0;
+  coef_a[0] = coef_b[0] = 0.f;
+  for (int c = 1; c < C; ++c) {
+    const double num = 2.0 * sums[c] + smooth, den = sums[C + c] + sums[2 * C + c] + smooth;
+    dice += 1.0 - num / den;
+    coef_a[c] = static_cast<float>(num / (F * den * den));
+    coef_b[c] = static_cast<float>(2.0 / (F * den));
+  }
+  dice /= F;
+  const double ce = sums[3 * C] / static_cast<double>(voxels);
+  const bool invalid = bad[0] >= 0;
+  const float nan = __int_as_float(0x7fc00000);
+  parts[0] = invalid ? nan : static_cast<float>(dice);
+  parts[1] = invalid ? nan : static_cast<float>(ce);
+  loss[0] = invalid ? nan : static_cast<float>(dice + ce);
+}
+
 // grad[v,k] = p_k (a_k - sum_c p_c g_c) + ce_scale p_k, then grad[v,y] -= p_y b_y + ce_scale: kernels::cpu's
-// operation order, so the emulated result matches the CPU's to the rounding of expf.
+// operation order, so the emulated result matches the CPU's to the rounding of expf. The incoming gradient go is read
+// from device memory and folded into the coefficients in f32, as on the CPU.
 template <int CC, class L>
 __global__ void __launch_bounds__(kThreads, backward_min_blocks(CC))
     dce_backward(const float* logits, const L* labels, int64_t voxels, int C, const float* coef_a, const float* coef_b,
-                 float ce_scale, float* grad) {
+                 const float* grad_out, float* grad) {
   const int n = CC > 0 ? CC : C;
   constexpr int M = CC > 0 ? CC : kMaxLossChannels;
   __shared__ float a[M], b[M];
+  const float go = *grad_out;
+  const float ce_scale = static_cast<float>(static_cast<double>(go) / static_cast<double>(voxels));
   if (static_cast<int>(threadIdx.x) < n) {
-    a[threadIdx.x] = coef_a[threadIdx.x];
-    b[threadIdx.x] = coef_b[threadIdx.x];
+    a[threadIdx.x] = go * coef_a[threadIdx.x];
+    b[threadIdx.x] = go * coef_b[threadIdx.x];
   }
   __syncthreads();
   for (int64_t v = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; v < voxels; v += int64_t(gridDim.x) * blockDim.x) {
@@ -253,12 +279,12 @@ void forward_typed(const float* logits, const L* labels, int64_t voxels, int C, 
 
 template <class L>
 void backward_typed(const float* logits, const L* labels, int64_t voxels, int C, const float* a, const float* b,
-                    float ce_scale, float* grad, cudaStream_t stream) {
+                    const float* grad_out, float* grad, cudaStream_t stream) {
   int64_t blocks = (voxels + kThreads - 1) / kThreads;
   blocks = blocks < 1 ? 1 : (blocks > 4096 ? 4096 : blocks);
   with_channel_count(C, [&](auto cc) {
     launch(dce_backward<decltype(cc)::value, L>, dim3(static_cast<unsigned>(blocks)), dim3(kThreads), 0, stream, logits,
-           labels, voxels, C, a, b, ce_scale, grad);
+           labels, voxels, C, a, b, grad_out, grad);
   });
 }
 
@@ -280,16 +306,20 @@ void softmax_dice_ce_forward(const float* logits, const void* labels, DType labe
     forward_typed(logits, static_cast<const uint8_t*>(labels), voxels, channels, workspace, sums, bad, stream);
 }
 
+void softmax_dice_ce_finish(const double* sums, const int64_t* bad, int channels, int64_t voxels, double smooth,
+                            float* loss, float* parts, float* coef_a, float* coef_b, cudaStream_t stream) {
+  check_args(DType::i32, channels, "cuda softmax_dice_ce_finish");
+  launch(dce_finish, dim3(1), dim3(1), 0, stream, sums, bad, channels, voxels, smooth, loss, parts, coef_a, coef_b);
+}
+
 void softmax_dice_ce_backward(const float* logits, const void* labels, DType label_dtype, int64_t voxels, int channels,
-                              const float* coef_a, const float* coef_b, float ce_scale, float* grad_logits,
+                              const float* a, const float* b, const float* grad_out, float* grad_logits,
                               cudaStream_t stream) {
   check_args(label_dtype, channels, "cuda softmax_dice_ce_backward");
   if (label_dtype == DType::i32)
-    backward_typed(logits, static_cast<const int32_t*>(labels), voxels, channels, coef_a, coef_b, ce_scale, grad_logits,
-                   stream);
+    backward_typed(logits, static_cast<const int32_t*>(labels), voxels, channels, a, b, grad_out, grad_logits, stream);
   else
-    backward_typed(logits, static_cast<const uint8_t*>(labels), voxels, channels, coef_a, coef_b, ce_scale, grad_logits,
-                   stream);
+    backward_typed(logits, static_cast<const uint8_t*>(labels), voxels, channels, a, b, grad_out, grad_logits, stream);
 }
 
 }  // namespace unet::kernels::cuda

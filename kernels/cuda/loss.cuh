@@ -1,8 +1,7 @@
 // CUDA fused softmax + Dice + cross-entropy kernels, the CUDA twin of kernels/cpu/loss.h (CPU): same argument meaning
 // (channels-last logits, one i32 or u8 label per voxel), pointers in device memory (host memory under the emulator),
 // plus a stream. Where the CPU entry point returns values, the CUDA one writes them into caller-provided device
-// buffers, which the caller copies back after the stream is synchronized (under the emulator the launch is
-// synchronous and device memory is host memory, so the caller reads them directly).
+// buffers, which softmax_dice_ce_finish turns into the loss on the device.
 #pragma once
 #include <cstddef>
 #include <cstdint>
@@ -26,10 +25,16 @@ inline constexpr int kMaxLossChannels = 16;
 void softmax_dice_ce_forward(const float* logits, const void* labels, DType label_dtype, int64_t voxels, int channels,
                              void* workspace, double* sums, int64_t* bad, cudaStream_t stream);
 
-// d loss / d logits in one pass (kernels::cpu::softmax_dice_ce_backward); coef_a, coef_b: `channels` floats in device
-// memory. Labels must be valid (checked by the forward).
+// The loss [1], its parts [2] (dice, ce) and the gradient's coefficients a, b [channels] from the forward's sums and
+// bad record, on the device (kernels::cpu::softmax_dice_ce_finish): nothing has to come back to the host. A bad label
+// makes the loss and its parts NaN.
+void softmax_dice_ce_finish(const double* sums, const int64_t* bad, int channels, int64_t voxels, double smooth,
+                            float* loss, float* parts, float* coef_a, float* coef_b, cudaStream_t stream);
+
+// d loss / d logits in one pass (kernels::cpu::softmax_dice_ce_backward); a, b: `channels` floats and grad_out (the
+// incoming gradient of the loss, one float) in device memory. Labels must be valid (checked by the forward).
 void softmax_dice_ce_backward(const float* logits, const void* labels, DType label_dtype, int64_t voxels, int channels,
-                              const float* coef_a, const float* coef_b, float ce_scale, float* grad_logits,
+                              const float* a, const float* b, const float* grad_out, float* grad_logits,
                               cudaStream_t stream);
 
 }  // namespace unet::kernels::cuda
