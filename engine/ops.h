@@ -31,6 +31,11 @@ Tensor conv_transpose(const Tensor& x, const Tensor& w, const Tensor& bias);
 // Instance norm: per (sample, channel) over all spatial positions, biased variance, then gamma * xhat + beta.
 // gamma and beta [C] (either may be undefined: no affine part).
 Tensor instance_norm(const Tensor& x, const Tensor& gamma, const Tensor& beta, float eps = 1e-5f);
+// leaky_relu(instance_norm(x, gamma, beta, eps), negative_slope) as one op (nnU-Net's norm + activation): the same
+// bits forward and backward, without storing the normalised value (one activation less saved per normalisation).
+// negative_slope must be >= 0.
+Tensor instance_norm_leaky_relu(const Tensor& x, const Tensor& gamma, const Tensor& beta, float eps,
+                                float negative_slope);
 Tensor leaky_relu(const Tensor& x, float negative_slope);
 Tensor relu(const Tensor& x);
 

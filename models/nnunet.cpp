@@ -48,7 +48,13 @@ InstanceNorm::InstanceNorm(int channels) {
   bias = register_parameter("bias", Tensor::zeros({channels}));
 }
 
-Tensor InstanceNorm::forward(const Tensor& x) const { return ops::instance_norm(x, weight, bias, 1e-5f); }
+constexpr float kNormEps = 1e-5f;  // MONAI's InstanceNorm3d default
+
+Tensor InstanceNorm::forward(const Tensor& x) const { return ops::instance_norm(x, weight, bias, kNormEps); }
+
+Tensor InstanceNorm::forward_leaky_relu(const Tensor& x, float slope) const {
+  return ops::instance_norm_leaky_relu(x, weight, bias, kNormEps, slope);
+}
 
 ConvBlock::ConvBlock(int in, int out, const std::vector<int>& kernel, const std::vector<int>& stride, bool residual,
                      float negative_slope)
@@ -65,9 +71,10 @@ ConvBlock::ConvBlock(int in, int out, const std::vector<int>& kernel, const std:
 }
 
 Tensor ConvBlock::forward(const Tensor& x) const {
-  Tensor h = ops::leaky_relu(norm1->forward(conv1->forward(x)), slope);
-  h = norm2->forward(conv2->forward(h));
-  if (residual_) h = ops::add(h, conv3 ? norm3->forward(conv3->forward(x)) : x);
+  // Norm and activation as one op where nothing comes between them (it stores one activation less).
+  Tensor h = norm1->forward_leaky_relu(conv1->forward(x), slope);
+  if (!residual_) return norm2->forward_leaky_relu(conv2->forward(h), slope);
+  h = ops::add(norm2->forward(conv2->forward(h)), conv3 ? norm3->forward(conv3->forward(x)) : x);
   return ops::leaky_relu(h, slope);
 }
 

@@ -39,6 +39,7 @@ class InstanceNorm : public Module {
  public:
   explicit InstanceNorm(int channels);
   Tensor forward(const Tensor& x) const;
+  Tensor forward_leaky_relu(const Tensor& x, float slope) const;  // leaky_relu(forward(x)), fused (ops.h)
   Tensor weight, bias;
 };
 

@@ -5,7 +5,11 @@
 #include <cmath>
 #include <cstring>
 
+#include "engine/autograd.h"
+#include "engine/device.h"
 #include "engine/ops.h"
+#include "engine/random.h"
+#include "kernels/common/allocator.h"
 #include "tests/test_util.h"
 
 using namespace unet;
@@ -228,4 +232,55 @@ TEST_CASE("instance_norm rejects bad arguments with messages naming them") {
       doctest::Contains("gamma and beta must be f32"), std::invalid_argument);
   CHECK_THROWS_WITH_AS(ops::instance_norm(Tensor::zeros({4, 3}), Tensor(), Tensor(), 1e-5f),
                        doctest::Contains("spatial"), std::invalid_argument);
+}
+
+namespace {
+// The op's output and the gradients of x, gamma and beta from a fixed random output gradient.
+std::vector<std::vector<float>> run_norm_act(bool fused, Device d, DType dt, const Tensor& x0, const Tensor& g0,
+                                             const Tensor& b0) {
+  Tensor x = ops::cast(x0, dt).clone().to(d).set_requires_grad(true);  // a fresh leaf per run
+  Tensor g = g0.clone().to(d).set_requires_grad(true), b = b0.clone().to(d).set_requires_grad(true);
+  Tensor y = fused ? ops::instance_norm_leaky_relu(x, g, b, 1e-5f, 0.01f)
+                   : ops::leaky_relu(ops::instance_norm(x, g, b, 1e-5f), 0.01f);
+  Rng rng(5);
+  autograd::backward(y, ops::cast(randn(y.shape(), rng), dt).to(d));
+  return {y.to_vector(), x.grad().to_vector(), g.grad().to_vector(), b.grad().to_vector()};
+}
+}  // namespace
+
+// (Its 16-bit result rounds twice, after the norm and after the activation, exactly as the two ops do; so it is held to
+// the pair here rather than to the single-rounding reference of tests/mixed_precision_cases.h.)
+TEST_CASE("instance_norm_leaky_relu is instance_norm then leaky_relu bit for bit, forward and backward") {
+  Rng rng(3);
+  const Tensor x = randn({2, 5, 6, 7, 9}, rng, 2.f), gamma = randn({9}, rng), beta = randn({9}, rng);
+  std::vector<Device> devices = {Device::cpu};
+  if (device::emulator_built()) devices.push_back(Device::cuda_emu);  // the fused CUDA kernels
+  for (Device d : devices)
+    for (DType dt : {DType::f32, DType::f16, DType::bf16}) {
+      CAPTURE(std::string(device_name(d)) + " " + dtype_name(dt));
+      const auto fused = run_norm_act(true, d, dt, x, gamma, beta), pair = run_norm_act(false, d, dt, x, gamma, beta);
+      for (size_t i = 0; i < fused.size(); ++i) CHECK_MESSAGE(fused[i] == pair[i], "result " << i);
+    }
+}
+
+TEST_CASE("instance_norm_leaky_relu keeps one activation less alive for backward than the two ops") {
+  // What each graph holds between forward and backward, beyond its inputs: the pair keeps the normalised value (the
+  // activation's input) and the output; the fused op only the output.
+  Rng rng(4);
+  Tensor x = randn({2, 16, 16, 16, 8}, rng).set_requires_grad(true);
+  auto held = [&](bool fused) {
+    const size_t before = HostAllocator::instance().stats().current_bytes;
+    Tensor y = fused ? ops::instance_norm_leaky_relu(x, Tensor(), Tensor(), 1e-5f, 0.01f)
+                     : ops::leaky_relu(ops::instance_norm(x, Tensor(), Tensor(), 1e-5f), 0.01f);
+    const size_t bytes = HostAllocator::instance().stats().current_bytes - before;
+    autograd::clear_tape();
+    return bytes;
+  };
+  const size_t pair = held(false), fused = held(true);
+  CHECK(pair - fused == x.nbytes());
+}
+
+TEST_CASE("instance_norm_leaky_relu rejects a negative slope, whose output sign could not tell the sides apart") {
+  CHECK_THROWS_WITH_AS(ops::instance_norm_leaky_relu(Tensor::zeros({1, 4, 4, 2}), Tensor(), Tensor(), 1e-5f, -0.5f),
+                       doctest::Contains("negative_slope must be finite and >= 0"), std::invalid_argument);
 }

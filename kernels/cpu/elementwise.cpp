@@ -5,33 +5,21 @@
 #include <vector>
 
 #include "kernels/common/parallel.h"
+#include "kernels/cpu/element.h"
 
 namespace unet::kernels::cpu {
 
 void add(DType dtype, const void* a, const void* b, void* out, int64_t n) {
-  if (dtype == DType::f32) {
-    const float* x = static_cast<const float*>(a);
-    const float* y = static_cast<const float*>(b);
-    float* z = static_cast<float*>(out);
-    parallel_for(n, 1 << 16, [&](int64_t lo, int64_t hi) {
-      for (int64_t i = lo; i < hi; ++i) z[i] = x[i] + y[i];
+  // The sum in f32, rounded once to the element type (kernels/cpu/element.h).
+  element::with_element_type(dtype, "add", [&](auto e) {
+    using E = decltype(e);
+    const auto* x = static_cast<const typename E::T*>(a);
+    const auto* y = static_cast<const typename E::T*>(b);
+    auto* z = static_cast<typename E::T*>(out);
+    parallel_for(n, 1 << 15, [&](int64_t lo, int64_t hi) {
+      for (int64_t i = lo; i < hi; ++i) z[i] = E::store(E::load(x[i]) + E::load(y[i]));
     });
-    return;
-  }
-  if (dtype == DType::f16 || dtype == DType::bf16) {
-    const uint16_t* x = static_cast<const uint16_t*>(a);
-    const uint16_t* y = static_cast<const uint16_t*>(b);
-    uint16_t* z = static_cast<uint16_t*>(out);
-    bool bf = dtype == DType::bf16;
-    parallel_for(n, 1 << 14, [&](int64_t lo, int64_t hi) {
-      for (int64_t i = lo; i < hi; ++i) {
-        float s = bf ? bf16_to_float(x[i]) + bf16_to_float(y[i]) : f16_to_float(x[i]) + f16_to_float(y[i]);
-        z[i] = bf ? float_to_bf16(s) : float_to_f16(s);
-      }
-    });
-    return;
-  }
-  throw std::invalid_argument(std::string("add: unsupported dtype ") + dtype_name(dtype));
+  });
 }
 
 void scale(const float* a, float alpha, float* out, int64_t n) {
