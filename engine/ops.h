@@ -36,6 +36,11 @@ Tensor instance_norm(const Tensor& x, const Tensor& gamma, const Tensor& beta, f
 // negative_slope must be >= 0.
 Tensor instance_norm_leaky_relu(const Tensor& x, const Tensor& gamma, const Tensor& beta, float eps,
                                 float negative_slope);
+// conv(instance_norm_leaky_relu(x, gamma, beta, eps, negative_slope), w, bias, stride, pad) as one op
+// (engine/ops/norm_act_conv.cpp): the same bits, but only x is kept for backward, which makes the normalised
+// activation again instead of storing it.
+Tensor norm_act_conv(const Tensor& x, const Tensor& gamma, const Tensor& beta, float eps, float negative_slope,
+                     const Tensor& w, const Tensor& bias, const std::vector<int>& stride, const std::vector<int>& pad);
 Tensor leaky_relu(const Tensor& x, float negative_slope);
 Tensor relu(const Tensor& x);
 

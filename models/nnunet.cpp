@@ -48,12 +48,10 @@ InstanceNorm::InstanceNorm(int channels) {
   bias = register_parameter("bias", Tensor::zeros({channels}));
 }
 
-constexpr float kNormEps = 1e-5f;  // MONAI's InstanceNorm3d default
-
-Tensor InstanceNorm::forward(const Tensor& x) const { return ops::instance_norm(x, weight, bias, kNormEps); }
+Tensor InstanceNorm::forward(const Tensor& x) const { return ops::instance_norm(x, weight, bias, kEps); }
 
 Tensor InstanceNorm::forward_leaky_relu(const Tensor& x, float slope) const {
-  return ops::instance_norm_leaky_relu(x, weight, bias, kNormEps, slope);
+  return ops::instance_norm_leaky_relu(x, weight, bias, kEps, slope);
 }
 
 ConvBlock::ConvBlock(int in, int out, const std::vector<int>& kernel, const std::vector<int>& stride, bool residual,
@@ -72,8 +70,14 @@ ConvBlock::ConvBlock(int in, int out, const std::vector<int>& kernel, const std:
 
 Tensor ConvBlock::forward(const Tensor& x) const {
   // Norm and activation as one op where nothing comes between them (it stores one activation less).
+  if (!residual_) {
+    // The normalised activation between the two convolutions is not kept for backward (ops::norm_act_conv).
+    const Tensor y1 = conv1->forward(x);
+    const Tensor y2 = ops::norm_act_conv(y1, norm1->weight, norm1->bias, InstanceNorm::kEps, slope, conv2->weight,
+                                         conv2->bias, conv2->stride, conv2->pad);
+    return norm2->forward_leaky_relu(y2, slope);
+  }
   Tensor h = norm1->forward_leaky_relu(conv1->forward(x), slope);
-  if (!residual_) return norm2->forward_leaky_relu(conv2->forward(h), slope);
   h = ops::add(norm2->forward(conv2->forward(h)), conv3 ? norm3->forward(conv3->forward(x)) : x);
   return ops::leaky_relu(h, slope);
 }

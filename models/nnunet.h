@@ -40,6 +40,7 @@ class InstanceNorm : public Module {
   explicit InstanceNorm(int channels);
   Tensor forward(const Tensor& x) const;
   Tensor forward_leaky_relu(const Tensor& x, float slope) const;  // leaky_relu(forward(x)), fused (ops.h)
+  static constexpr float kEps = 1e-5f;                            // MONAI's InstanceNorm3d default
   Tensor weight, bias;
 };
 

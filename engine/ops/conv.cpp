@@ -6,6 +6,7 @@
 
 #include "engine/autograd.h"
 #include "engine/ops.h"
+#include "engine/ops/internal.h"
 #include "engine/backend.h"
 #include "kernels/cpu/conv.h"
 #include "kernels/cuda/conv.cuh"
@@ -58,8 +59,12 @@ void set_conv_allow_tf32(bool allow) {
 #endif
 }
 
-Tensor conv(const Tensor& x, const Tensor& w, const Tensor& bias, const std::vector<int>& stride,
-            const std::vector<int>& pad) {
+}  // namespace unet::ops
+
+namespace unet::ops::internal {
+
+ConvForward conv_forward(const Tensor& x, const Tensor& w, const Tensor& bias, const std::vector<int>& stride,
+                         const std::vector<int>& pad) {
   check_arg(x.defined() && w.defined(), "conv: undefined input or weight");
   check_arg(backend::is_float(x.dtype()), "conv: input must be f32, f16 or bf16, got " + x.describe());
   check_f32(w, "weight");
@@ -86,62 +91,75 @@ Tensor conv(const Tensor& x, const Tensor& w, const Tensor& bias, const std::vec
         bias.rank() == 1 && bias.dim(0) == w.dim(0),
         "conv: bias " + shape_str(bias.shape()) + " must be [K] = [" + std::to_string(w.dim(0)) + "] for " + shapes);
   }
-  const kernels::ConvProblem p = make_problem(x, w, stride, pad);
+  ConvForward r;
+  const kernels::ConvProblem& p = r.problem = make_problem(x, w, stride, pad);
   check_arg(p.Z >= 1 && p.P >= 1 && p.Q >= 1,
             "conv: output size < 1 for " + shapes + ", stride " + vec_str(stride) + ", pad " + vec_str(pad));
 
   Shape out_shape = {p.N};
   if (x.rank() == 5) out_shape.push_back(p.Z);
   out_shape.insert(out_shape.end(), {p.P, p.Q, p.K});
-  const Device dev = x.device();
   // Mixed precision: the input's type is the compute type; the f32 weight is rounded to it (bias stays f32).
   const DType dt = x.dtype();
-  const Tensor w_dt = backend::converted(w, dt);
-  Tensor y = Tensor::empty(out_shape, dt, dev);
+  r.w_used = backend::converted(w, dt);
+  r.y = Tensor::empty(out_shape, dt, x.device());
   const float* b_ptr = bias.defined() ? bias.data<float>() : nullptr;
   if (backend::on_cuda(x))
-    UNET_CUDA_KERNEL("conv", kernels::cuda::conv_fprop(p, dt, x.raw(), w_dt.raw(), b_ptr, y.raw(), nullptr,
+    UNET_CUDA_KERNEL("conv", kernels::cuda::conv_fprop(p, dt, x.raw(), r.w_used.raw(), b_ptr, r.y.raw(), nullptr,
                                                         backend::stream(x)));
   else
-    kernels::cpu::conv_fprop(p, dt, x.raw(), w_dt.raw(), b_ptr, y.raw());
+    kernels::cpu::conv_fprop(p, dt, x.raw(), r.w_used.raw(), b_ptr, r.y.raw());
+  return r;
+}
 
+ConvGrads conv_backward(const kernels::ConvProblem& p, DType dt, const Tensor& dy, const Tensor& x, const Tensor& w_used,
+                        const Shape& x_shape, const Shape& w_shape, bool need_dx, bool need_dw, bool need_dbias) {
+  ConvGrads r;
+  const Device dev = dy.device();
+  if (need_dx) {
+    r.dx = Tensor::empty(x_shape, dt, dev);
+    if (backend::on_cuda(dy))
+      UNET_CUDA_KERNEL("conv", kernels::cuda::conv_dgrad(p, dt, dy.raw(), w_used.raw(), r.dx.raw(), backend::stream(dy)));
+    else
+      kernels::cpu::conv_dgrad(p, dt, dy.raw(), w_used.raw(), r.dx.raw());
+  }
+  if (need_dw || need_dbias) {  // dw and dbias are f32 whatever dt (the master weights' type)
+    if (need_dw) r.dw = Tensor::empty(w_shape, DType::f32, dev);
+    if (need_dbias) r.dbias = Tensor::empty({p.K}, DType::f32, dev);
+    float* dw_ptr = need_dw ? r.dw.data<float>() : nullptr;
+    float* db_ptr = need_dbias ? r.dbias.data<float>() : nullptr;
+    const void* x_ptr = need_dw ? x.raw() : nullptr;  // x is not read without dw
+    if (backend::on_cuda(dy))
+      UNET_CUDA_KERNEL("conv", kernels::cuda::conv_wgrad(p, dt, x_ptr, dy.raw(), dw_ptr, db_ptr, backend::stream(dy)));
+    else
+      kernels::cpu::conv_wgrad(p, dt, x_ptr, dy.raw(), dw_ptr, db_ptr);
+  }
+  return r;
+}
+
+}  // namespace unet::ops::internal
+
+namespace unet::ops {
+
+Tensor conv(const Tensor& x, const Tensor& w, const Tensor& bias, const std::vector<int>& stride,
+            const std::vector<int>& pad) {
+  internal::ConvForward f = internal::conv_forward(x, w, bias, stride, pad);
   if (autograd::should_record({x, w, bias})) {
     const bool need_dx = x.requires_grad(), need_dw = w.requires_grad();
     const bool need_db = bias.defined() && bias.requires_grad();
     // dx needs only w, dw needs only x: keep nothing else alive until backward.
     Tensor saved_x = need_dw ? x.detach() : Tensor();
-    Tensor saved_w = need_dx ? w_dt.detach() : Tensor();
-    Shape x_shape = x.shape(), w_shape = w.shape();
-    autograd::record("conv", {x, w, bias}, {y},
-                     [p, dt, need_dx, need_dw, need_db, saved_x, saved_w, x_shape, w_shape, dev](const std::vector<Tensor>& g) {
-                       std::vector<Tensor> grads(3);
-                       const Tensor& dy = g[0];
-                       if (!dy.defined()) return grads;
-                       if (need_dx) {
-                         grads[0] = Tensor::empty(x_shape, dt, dev);
-                         if (backend::on_cuda(dy))
-                           UNET_CUDA_KERNEL("conv", kernels::cuda::conv_dgrad(p, dt, dy.raw(), saved_w.raw(),
-                                                                               grads[0].raw(), backend::stream(dy)));
-                         else
-                           kernels::cpu::conv_dgrad(p, dt, dy.raw(), saved_w.raw(), grads[0].raw());
-                       }
-                       if (need_dw || need_db) {  // dw and dbias are f32 whatever dt (the master weights' type)
-                         Tensor db = need_db ? Tensor::empty({p.K}, DType::f32, dev) : Tensor();
-                         if (need_dw) grads[1] = Tensor::empty(w_shape, DType::f32, dev);
-                         float* dw_ptr = need_dw ? grads[1].data<float>() : nullptr;
-                         float* db_ptr = need_db ? db.data<float>() : nullptr;
-                         const void* x_ptr = need_dw ? saved_x.raw() : nullptr;  // x is not read without dw
-                         if (backend::on_cuda(dy))
-                           UNET_CUDA_KERNEL("conv", kernels::cuda::conv_wgrad(p, dt, x_ptr, dy.raw(), dw_ptr, db_ptr,
-                                                                               backend::stream(dy)));
-                         else
-                           kernels::cpu::conv_wgrad(p, dt, x_ptr, dy.raw(), dw_ptr, db_ptr);
-                         grads[2] = db;
-                       }
-                       return grads;
+    Tensor saved_w = need_dx ? f.w_used.detach() : Tensor();
+    autograd::record("conv", {x, w, bias}, {f.y},
+                     [=, p = f.problem, dt = x.dtype(), x_shape = x.shape(), w_shape = w.shape()](
+                         const std::vector<Tensor>& g) {
+                       if (!g[0].defined()) return std::vector<Tensor>(3);
+                       internal::ConvGrads r = internal::conv_backward(p, dt, g[0], saved_x, saved_w, x_shape, w_shape,
+                                                                       need_dx, need_dw, need_db);
+                       return std::vector<Tensor>{r.dx, r.dw, r.dbias};
                      });
   }
-  return y;
+  return f.y;
 }
 
 }  // namespace unet::ops

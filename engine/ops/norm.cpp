@@ -11,16 +11,16 @@
 
 #include "engine/autograd.h"
 #include "engine/ops.h"
+#include "engine/ops/internal.h"
 #include "engine/backend.h"
 #include "kernels/cuda/norm.cuh"
 #include "kernels/cpu/activation.h"
 #include "kernels/cpu/norm.h"
 
-namespace unet::ops {
-namespace {
+namespace unet::ops::internal {
 
-// Both ops; `slope` set: the fused leaky ReLU.
-Tensor norm(const Tensor& x, const Tensor& gamma, const Tensor& beta, float eps, std::optional<float> slope) {
+NormForward norm_forward(const Tensor& x, const Tensor& gamma, const Tensor& beta, float eps,
+                         std::optional<float> slope) {
   const char* op = slope ? "instance_norm_leaky_relu" : "instance_norm";
   check_arg(x.defined(), std::string(op) + ": undefined input");
   const std::string args = std::string(op) + "(x " + x.describe() + ", gamma " +
@@ -45,7 +45,8 @@ Tensor norm(const Tensor& x, const Tensor& gamma, const Tensor& beta, float eps,
     check_arg(std::isfinite(*slope) && *slope >= 0.f,
               args + "negative_slope must be finite and >= 0, got " + std::to_string(*slope));
 
-  kernels::cpu::NormShape sh;
+  NormForward r;
+  kernels::NormShape& sh = r.shape;
   sh.n = x.dim(0);
   sh.c = C;
   sh.s = x.numel() / std::max<int64_t>(1, sh.n * C);
@@ -53,25 +54,72 @@ Tensor norm(const Tensor& x, const Tensor& gamma, const Tensor& beta, float eps,
   const Device dev = x.device();
   const DType dt = x.dtype();
   const float s = slope.value_or(0.f);
-  Tensor y = Tensor::empty(x.shape(), dt, dev);
-  Tensor mean = Tensor::empty({sh.n, C}, DType::f32, dev), rstd = Tensor::empty({sh.n, C}, DType::f32, dev);
+  r.y = Tensor::empty(x.shape(), dt, dev);
+  r.mean = Tensor::empty({sh.n, C}, DType::f32, dev);
+  r.rstd = Tensor::empty({sh.n, C}, DType::f32, dev);
   const float* g_ptr = gamma.defined() ? gamma.data<float>() : nullptr;
   const float* b_ptr = beta.defined() ? beta.data<float>() : nullptr;
+  float* mean = r.mean.data<float>();
+  float* rstd = r.rstd.data<float>();
   if (x.numel() > 0 && backend::on_cuda(x)) {
     if (slope)
       UNET_CUDA_KERNEL(op, kernels::cuda::instance_norm_leaky_relu_forward(sh, dt, x.raw(), g_ptr, b_ptr, eps, s,
-                                                                            y.raw(), mean.data<float>(),
-                                                                            rstd.data<float>(), backend::stream(x)));
+                                                                            r.y.raw(), mean, rstd, backend::stream(x)));
     else
-      UNET_CUDA_KERNEL(op, kernels::cuda::instance_norm_forward(sh, dt, x.raw(), g_ptr, b_ptr, eps, y.raw(),
-                                                                 mean.data<float>(), rstd.data<float>(),
-                                                                 backend::stream(x)));
+      UNET_CUDA_KERNEL(op, kernels::cuda::instance_norm_forward(sh, dt, x.raw(), g_ptr, b_ptr, eps, r.y.raw(), mean,
+                                                                 rstd, backend::stream(x)));
   } else if (x.numel() > 0) {
-    kernels::cpu::instance_norm_forward(sh, dt, x.raw(), g_ptr, b_ptr, eps, y.raw(), mean.data<float>(),
-                                        rstd.data<float>());
-    if (slope) kernels::cpu::leaky_relu_forward(dt, y.raw(), s, y.raw(), y.numel());  // in place, in cache order
+    kernels::cpu::instance_norm_forward(sh, dt, x.raw(), g_ptr, b_ptr, eps, r.y.raw(), mean, rstd);
+    if (slope) kernels::cpu::leaky_relu_forward(dt, r.y.raw(), s, r.y.raw(), r.y.numel());  // in place
   }
+  return r;
+}
 
+NormGrads norm_backward(const kernels::NormShape& sh, const Tensor& x, const Tensor& y, const Tensor& dy,
+                        const Tensor& mean, const Tensor& rstd, const Tensor& gamma, std::optional<float> slope,
+                        bool need_dx, bool need_dgamma, bool need_dbeta) {
+  const char* op = slope ? "instance_norm_leaky_relu" : "instance_norm";
+  const Device dev = x.device();
+  const DType dt = x.dtype();
+  const float s = slope.value_or(0.f);
+  NormGrads r;
+  if (need_dx) r.dx = Tensor::empty(x.shape(), dt, dev);
+  if (need_dgamma) r.dgamma = Tensor::zeros({sh.c}, DType::f32, dev);
+  if (need_dbeta) r.dbeta = Tensor::zeros({sh.c}, DType::f32, dev);
+  if (x.numel() == 0) return r;
+  const float* g = gamma.defined() ? gamma.data<float>() : nullptr;
+  void* dx_p = need_dx ? r.dx.raw() : nullptr;
+  float* dg_p = need_dgamma ? r.dgamma.data<float>() : nullptr;
+  float* db_p = need_dbeta ? r.dbeta.data<float>() : nullptr;
+  if (backend::on_cuda(x)) {
+    if (slope)
+      UNET_CUDA_KERNEL(op, kernels::cuda::instance_norm_leaky_relu_backward(
+                               sh, dt, x.raw(), y.raw(), dy.raw(), mean.data<float>(), rstd.data<float>(), g, s, dx_p,
+                               dg_p, db_p, backend::stream(dy)));
+    else
+      UNET_CUDA_KERNEL(op, kernels::cuda::instance_norm_backward(sh, dt, x.raw(), dy.raw(), mean.data<float>(),
+                                                                  rstd.data<float>(), g, dx_p, dg_p, db_p,
+                                                                  backend::stream(dy)));
+    return r;
+  }
+  Tensor dz = dy;  // the gradient reaching the normalised value: through the activation when fused
+  if (slope) {
+    dz = Tensor::empty(x.shape(), dt, dev);
+    kernels::cpu::leaky_relu_backward(dt, y.raw(), dy.raw(), s, dz.raw(), dz.numel());
+  }
+  kernels::cpu::instance_norm_backward(sh, dt, x.raw(), dz.raw(), mean.data<float>(), rstd.data<float>(), g, dx_p,
+                                       dg_p, db_p);
+  return r;
+}
+
+}  // namespace unet::ops::internal
+
+namespace unet::ops {
+namespace {
+
+// Both ops; `slope` set: the fused leaky ReLU.
+Tensor norm(const Tensor& x, const Tensor& gamma, const Tensor& beta, float eps, std::optional<float> slope) {
+  internal::NormForward f = internal::norm_forward(x, gamma, beta, eps, slope);
   if (autograd::should_record({x, gamma, beta})) {
     const bool need_dx = x.requires_grad();
     const bool need_dg = gamma.defined() && gamma.requires_grad();
@@ -80,39 +128,15 @@ Tensor norm(const Tensor& x, const Tensor& gamma, const Tensor& beta, float eps,
     // op also keeps its output (detached: the node must not own its own output's autograd state), whose sign is the
     // activation's side.
     Tensor saved_x = x.detach(), saved_g = gamma.defined() ? gamma.detach() : Tensor();
-    Tensor saved_y = slope ? y.detach() : Tensor();
-    Shape x_shape = x.shape();
-    autograd::record(op, {x, gamma, beta}, {y}, [=](const std::vector<Tensor>& grads) {
-      const Tensor& dy = grads[0];
-      Tensor dx = need_dx ? Tensor::empty(x_shape, dt, dev) : Tensor();
-      Tensor dg = need_dg ? Tensor::zeros({C}, DType::f32, dev) : Tensor();
-      Tensor db = need_db ? Tensor::zeros({C}, DType::f32, dev) : Tensor();
-      const float* g = saved_g.defined() ? saved_g.data<float>() : nullptr;
-      void* dx_p = need_dx ? dx.raw() : nullptr;
-      float* dg_p = need_dg ? dg.data<float>() : nullptr;
-      float* db_p = need_db ? db.data<float>() : nullptr;
-      if (saved_x.numel() > 0 && backend::on_cuda(saved_x)) {
-        if (slope)
-          UNET_CUDA_KERNEL(op, kernels::cuda::instance_norm_leaky_relu_backward(
-                                   sh, dt, saved_x.raw(), saved_y.raw(), dy.raw(), mean.data<float>(),
-                                   rstd.data<float>(), g, s, dx_p, dg_p, db_p, backend::stream(dy)));
-        else
-          UNET_CUDA_KERNEL(op, kernels::cuda::instance_norm_backward(sh, dt, saved_x.raw(), dy.raw(),
-                                                                      mean.data<float>(), rstd.data<float>(), g, dx_p,
-                                                                      dg_p, db_p, backend::stream(dy)));
-      } else if (saved_x.numel() > 0) {
-        Tensor dz = dy;  // the gradient reaching the normalised value: through the activation when fused
-        if (slope) {
-          dz = Tensor::empty(x_shape, dt, dev);
-          kernels::cpu::leaky_relu_backward(dt, saved_y.raw(), dy.raw(), s, dz.raw(), dz.numel());
-        }
-        kernels::cpu::instance_norm_backward(sh, dt, saved_x.raw(), dz.raw(), mean.data<float>(), rstd.data<float>(),
-                                             g, dx_p, dg_p, db_p);
-      }
-      return std::vector<Tensor>{dx, dg, db};
-    });
+    Tensor saved_y = slope ? f.y.detach() : Tensor();
+    autograd::record(slope ? "instance_norm_leaky_relu" : "instance_norm", {x, gamma, beta}, {f.y},
+                     [=, sh = f.shape, mean = f.mean, rstd = f.rstd](const std::vector<Tensor>& grads) {
+                       internal::NormGrads g = internal::norm_backward(sh, saved_x, saved_y, grads[0], mean, rstd,
+                                                                       saved_g, slope, need_dx, need_dg, need_db);
+                       return std::vector<Tensor>{g.dx, g.dgamma, g.dbeta};
+                     });
   }
-  return y;
+  return f.y;
 }
 
 }  // namespace
