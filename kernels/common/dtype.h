@@ -52,8 +52,17 @@ inline uint16_t float_to_bf16(float f) {
 }
 inline float bf16_to_float(uint16_t h) { return bits_float(static_cast<uint32_t>(h) << 16); }
 
-// IEEE binary16, round to nearest even, with subnormals, overflow to infinity and NaN kept quiet.
-inline uint16_t float_to_f16(float f) {
+// The compiler's own IEEE binary16 type, where it has one (GCC 12 and Clang on x86-64; not in CUDA sources, which
+// nvcc's front end compiles): its conversions are the F16C instructions on x86-64-v3 and newer, and vectorise.
+#if defined(__FLT16_MAX__) && !defined(__CUDACC__)
+#define UNET_HAVE_FLOAT16 1
+#else
+#define UNET_HAVE_FLOAT16 0
+#endif
+
+// IEEE binary16, round to nearest even, with subnormals, overflow to infinity and NaN kept quiet, written out in
+// integer arithmetic (the reference for the compiler's conversion, and the conversion where there is none).
+inline uint16_t float_to_f16_portable(float f) {
   uint32_t u = float_bits(f);
   uint16_t sign = static_cast<uint16_t>((u >> 16) & 0x8000u);
   uint32_t a = u & 0x7fffffffu;
@@ -78,11 +87,12 @@ inline uint16_t float_to_f16(float f) {
   return sign | static_cast<uint16_t>(q);
 }
 
-inline float f16_to_float(uint16_t h) {
+inline float f16_to_float_portable(uint16_t h) {
   uint32_t sign = static_cast<uint32_t>(h & 0x8000u) << 16;
   uint32_t exp = (h >> 10) & 0x1fu;
   uint32_t mant = h & 0x3ffu;
-  if (exp == 0x1f) return bits_float(sign | 0x7f800000u | (mant << 13));
+  if (exp == 0x1f && mant == 0) return bits_float(sign | 0x7f800000u);          // infinity
+  if (exp == 0x1f) return bits_float(sign | 0x7fc00000u | (mant << 13));       // NaN: payload kept, quietened (as F16C)
   if (exp == 0) {
     if (mant == 0) return bits_float(sign);
     // subnormal: mant * 2^-24, exact in float
@@ -90,6 +100,29 @@ inline float f16_to_float(uint16_t h) {
     return sign ? -v : v;
   }
   return bits_float(sign | ((exp + 112u) << 23) | (mant << 13));
+}
+
+// The conversions the engine uses: the compiler's (the same bits for every input, NaN payloads included: tests/
+// test_tensor.cpp compares all 2^16 halves and the float roundings) where it has them, else the portable ones.
+inline uint16_t float_to_f16(float f) {
+#if UNET_HAVE_FLOAT16
+  const _Float16 h = static_cast<_Float16>(f);
+  uint16_t u;
+  std::memcpy(&u, &h, 2);
+  return u;
+#else
+  return float_to_f16_portable(f);
+#endif
+}
+
+inline float f16_to_float(uint16_t h) {
+#if UNET_HAVE_FLOAT16
+  _Float16 v;
+  std::memcpy(&v, &h, 2);
+  return static_cast<float>(v);
+#else
+  return f16_to_float_portable(h);
+#endif
 }
 
 }  // namespace unet

@@ -66,7 +66,8 @@ __global__ void __launch_bounds__(kThreads)
 }
 
 // The conversions of kernels/common/dtype.h, bit for bit. CUDA's __float2half_rn / __float2bfloat16_rn round the same way
-// but return a canonical NaN, where the CPU keeps the payload (quietened); these keep the CPU's bits.
+// but return a canonical NaN, where the CPU keeps the payload (quietened, in both directions for f16, as x86's F16C
+// instructions do); these keep the CPU's bits.
 __device__ uint16_t float_to_bf16_bits(float f) {
   uint32_t u = __float_as_uint(f);
   if ((u & 0x7fffffffu) > 0x7f800000u) return static_cast<uint16_t>((u >> 16) | 0x0040u);
@@ -101,7 +102,8 @@ __device__ uint16_t float_to_f16_bits(float f) {
 __device__ float f16_bits_to_float(uint16_t h) {
   const uint32_t sign = static_cast<uint32_t>(h & 0x8000u) << 16;
   const uint32_t exp = (h >> 10) & 0x1fu, mant = h & 0x3ffu;
-  if (exp == 0x1f) return __uint_as_float(sign | 0x7f800000u | (mant << 13));
+  if (exp == 0x1f && mant == 0) return __uint_as_float(sign | 0x7f800000u);     // infinity
+  if (exp == 0x1f) return __uint_as_float(sign | 0x7fc00000u | (mant << 13));  // NaN: payload kept, quietened
   if (exp == 0) {
     if (mant == 0) return __uint_as_float(sign);
     const float v = static_cast<float>(mant) * 5.9604644775390625e-8f;  // mant * 2^-24, exact
