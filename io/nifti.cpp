@@ -226,6 +226,8 @@ NiftiGeometry NiftiVolume::geometry() const {
 NiftiVolume read_nifti(const std::string& path) {
   nifti_set_debug_level(0);  // nifticlib prints its own errors otherwise; ours name the file
   if (!std::filesystem::exists(path)) fail(path, "no such file");
+  // nifticlib would open a FIFO and block until someone writes to it, or fail obscurely on a directory.
+  if (!std::filesystem::is_regular_file(path)) fail(path, "not a regular file (expected a .nii or .nii.gz file)");
   if (!ends_with(path, ".nii") && !ends_with(path, ".nii.gz")) fail(path, "not a NIfTI file name (expected .nii or .nii.gz)");
   const int version = check_header_fields(path);
   auto header = std::make_shared<NiftiHeader>();

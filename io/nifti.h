@@ -38,9 +38,10 @@ struct NiftiVolume {
 };
 
 // Reads a NIfTI-1 or NIfTI-2 file (.nii or .nii.gz), 3D or 4D (channels). Throws std::runtime_error naming the file
-// and what is wrong (missing, not NIfTI, unsupported datatype, more than 4 dimensions, too large), the header field at
-// fault (an extent below 1 in dim[1..dim[0]], extents whose product overflows, a vox_offset inside the header), or the
-// first bad voxel (NaN or infinite values, values that overflow f32 as stored or after scl_slope / scl_inter).
+// and what is wrong (missing, not a regular file, not NIfTI, unsupported datatype, more than 4 dimensions, too large),
+// the header field at fault (an extent below 1 in dim[1..dim[0]], extents whose product overflows, a vox_offset inside
+// the header), or the first bad voxel (NaN or infinite values, values that overflow f32 as stored or after
+// scl_slope / scl_inter).
 NiftiVolume read_nifti(const std::string& path);
 
 // Writes data ([Z, Y, X] or [Z, Y, X, C]; u8, i32 or f32) with the header of `like`: same grid, pixdim, qform, sform,

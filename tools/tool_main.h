@@ -1,11 +1,19 @@
 // The command-line tools' one front-end contract: exit status 0 on success, 2 for a usage or configuration
 // error, 1 for a runtime failure, each failure one line on stderr that starts with the tool's name.
 #pragma once
+#include <fcntl.h>
+#include <unistd.h>
+
 #include <CLI/CLI.hpp>
+#include <cerrno>
 #include <cstdio>
+#include <cstring>
 #include <exception>
+#include <filesystem>
+#include <new>
 #include <optional>
 #include <stdexcept>
+#include <string>
 
 #include "io/config.h"
 #include "io/synthetic.h"
@@ -25,6 +33,22 @@ inline std::optional<int> parse_command_line(CLI::App& app, int argc, char** arg
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp& e) {
     return app.exit(e);
+  } catch (const CLI::ConversionError& e) {
+    // CLI11 names the option and the value ("Could not convert: --batch = 99999999999") but not what was expected.
+    std::string message = e.what();
+    const std::string prefix = "Could not convert: ";
+    if (const size_t eq = message.find(" = "); message.starts_with(prefix) && eq != std::string::npos) {
+      if (const CLI::Option* opt = app.get_option_no_throw(message.substr(prefix.size(), eq - prefix.size()))) {
+        const std::string type = opt->get_type_name();
+        const char* expected = type == "INT"     ? "a whole number"
+                               : type == "UINT"  ? "a whole number >= 0"
+                               : type == "FLOAT" ? "a number"
+                                                 : "a value";
+        message = message.substr(prefix.size()) + ": expected " + expected + " (" + opt->get_description() + ")";
+      }
+    }
+    std::fprintf(stderr, "%s: %s\nRun with --help for usage.\n", tool, message.c_str());
+    return 2;
   } catch (const CLI::ParseError& e) {
     std::fprintf(stderr, "%s: %s\nRun with --help for usage.\n", tool, e.what());
     return 2;
@@ -32,9 +56,65 @@ inline std::optional<int> parse_command_line(CLI::App& app, int argc, char** arg
   return std::nullopt;
 }
 
+// What `path` is when it is not a regular file: tools open regular files only, since reading a FIFO (named pipe)
+// blocks until someone writes to it and a directory fails with an obscure message. "" when `path` is a regular file
+// (symbolic links followed) or does not exist (the caller says what a missing file means).
+inline std::string regular_file_problem(const std::string& path) {
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  const fs::file_status st = fs::status(path, ec);
+  if (ec || st.type() == fs::file_type::not_found || st.type() == fs::file_type::regular) return "";
+  const char* kind = st.type() == fs::file_type::directory ? "a directory"
+                     : st.type() == fs::file_type::fifo    ? "a FIFO (named pipe)"
+                     : st.type() == fs::file_type::socket  ? "a socket"
+                     : st.type() == fs::file_type::block || st.type() == fs::file_type::character ? "a device"
+                                                                                                  : "unknown kind";
+  return std::string("not a regular file (") + kind + ")";
+}
+
+// Why no file can be created in the existing directory `dir`, or "" when one can: found by creating (and removing at
+// once) a hidden ".tmpPID.probe", which also catches read-only file systems and permissions that access() would not.
+inline std::string directory_write_problem(const std::filesystem::path& dir) {
+  const std::filesystem::path probe = dir / (".tmp" + std::to_string(::getpid()) + ".probe");
+  const int fd = ::open(probe.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+  if (fd < 0) return "cannot create files in " + dir.string() + ": " + std::strerror(errno);
+  ::close(fd);
+  ::unlink(probe.c_str());
+  return "";
+}
+
+// Why the output file `file` cannot be written, or "": it is something other than a regular file, or its directory
+// does not exist, is not a directory or refuses new files. Tools check their outputs before the work, so a typo in an
+// output path costs a message rather than the work.
+inline std::string output_file_problem(const std::filesystem::path& file) {
+  namespace fs = std::filesystem;
+  if (std::string p = regular_file_problem(file.string()); !p.empty()) return p;
+  const fs::path dir = file.parent_path().empty() ? fs::path(".") : file.parent_path();
+  std::error_code ec;
+  const fs::file_status st = fs::status(dir, ec);
+  if (st.type() == fs::file_type::not_found) return "the directory " + dir.string() + " does not exist";
+  if (ec) return "cannot examine the directory " + dir.string() + ": " + ec.message();
+  if (st.type() != fs::file_type::directory) return dir.string() + " is not a directory";
+  return directory_write_problem(dir);
+}
+
+// Why the output directory `dir` cannot be used, or "": when it exists, it must be a directory that takes new files;
+// when it does not, its nearest existing ancestor must be (create_directories makes the rest).
+inline std::string output_directory_problem(const std::filesystem::path& dir) {
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  if (fs::exists(dir, ec))
+    return fs::is_directory(dir, ec) ? directory_write_problem(dir) : "exists and is not a directory";
+  fs::path p = fs::absolute(dir, ec).lexically_normal();
+  while (!fs::exists(p, ec) && p.has_relative_path()) p = p.parent_path();
+  if (!fs::is_directory(p, ec)) return "cannot be created: " + p.string() + " is not a directory";
+  if (std::string why = directory_write_problem(p); !why.empty()) return "cannot be created: " + why;
+  return "";
+}
+
 // Runs the tool's body and maps what it throws to the exit statuses above: the usage and configuration errors of
 // every layer (UsageError, io::ConfigError, io::SynthOptionsError, models::TrainerOptionError) to 2 as
-// "TOOL: message", anything else to 1 as "TOOL: error: message".
+// "TOOL: message", anything else to 1 as "TOOL: error: message" (std::bad_alloc as "out of memory").
 template <class Body>
 int run_tool(const char* tool, Body&& body) {
   try {
@@ -47,6 +127,10 @@ int run_tool(const char* tool, Body&& body) {
     std::fprintf(stderr, "%s: %s\n", tool, e.what());
   } catch (const models::TrainerOptionError& e) {
     std::fprintf(stderr, "%s: %s\n", tool, e.what());
+  } catch (const std::bad_alloc&) {  // its what() is "std::bad_alloc", which tells a user nothing
+    std::fprintf(stderr, "%s: error: out of memory (the data or the settings need more memory than is available)\n",
+                 tool);
+    return 1;
   } catch (const std::exception& e) {
     std::fprintf(stderr, "%s: error: %s\n", tool, e.what());
     return 1;

@@ -33,13 +33,17 @@ Tensor as_labels(const io::NiftiVolume& v) {
   return t;
 }
 // The label files of a directory (.nii / .nii.gz, not the _probabilities maps unet_infer writes beside them), sorted.
+// One that is not a regular file (a FIFO would block the read forever) is an error, not a case silently left out.
 std::vector<fs::path> label_files(const std::string& dir) {
   std::vector<fs::path> files;
   for (auto& e : fs::directory_iterator(dir)) {
     const std::string n = e.path().filename().string();
-    if (e.is_regular_file() && (n.ends_with(".nii") || n.ends_with(".nii.gz")) && !n.starts_with(".") &&
-        n.find("_probabilities") == std::string::npos)
+    if ((n.ends_with(".nii") || n.ends_with(".nii.gz")) && !n.starts_with(".") &&
+        n.find("_probabilities") == std::string::npos) {
+      if (std::string why = unet::tools::regular_file_problem(e.path().string()); !why.empty())
+        throw UsageError(e.path().string() + ": " + why + "; expected a NIfTI label map");
       files.push_back(e.path());
+    }
   }
   std::sort(files.begin(), files.end());
   return files;
@@ -94,6 +98,13 @@ int main(int argc, char** argv) {
       throw UsageError("--classes " + std::to_string(classes) + ": expected 2.." + std::to_string(kMaxClasses));
     if (json_path.ends_with(".nii") || json_path.ends_with(".nii.gz"))
       throw UsageError("--json " + json_path + ": expected a .json file (this would overwrite a label map)");
+    // The results' file is checked before the scoring, so a bad path costs a message rather than the work.
+    if (json_path.empty()) {
+      if (std::string why = unet::tools::output_file_problem(fs::path(pred_dir) / "dice.json"); !why.empty())
+        throw UsageError("--pred " + pred_dir + ": cannot write dice.json there: " + why + " (pass --json FILE)");
+    } else if (std::string why = unet::tools::output_file_problem(json_path); !why.empty()) {
+      throw UsageError("--json " + json_path + ": " + why);
+    }
     const std::vector<fs::path> refs = label_files(label_dir);
     if (refs.empty()) throw UsageError(label_dir + ": no .nii or .nii.gz label maps");
     if (label_files(pred_dir).empty()) throw UsageError(pred_dir + ": no .nii or .nii.gz label maps");
@@ -110,6 +121,8 @@ int main(int argc, char** argv) {
       const io::NiftiVolume lv = io::read_nifti(r.string());
       Pair pair{r.filename().string(), Tensor(), as_labels(lv)};
       if (fs::exists(p)) {
+        if (std::string why = unet::tools::regular_file_problem(p.string()); !why.empty())
+          throw UsageError(p.string() + ": " + why + "; expected a NIfTI label map");
         const io::NiftiVolume pv = io::read_nifti(p.string());
         if (pv.data.shape() != lv.data.shape())
           throw std::runtime_error(p.string() + ": shape " + shape_str(pv.data.shape()) + " differs from the label's " +

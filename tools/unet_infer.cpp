@@ -3,9 +3,11 @@
 // (models/predictor.h).
 // usage: unet_infer --model CKPT --input FILE|DIR --output FILE|DIR [--overlap F] [--blend gaussian|constant] [--tta]
 //                   [--precision auto|fp32|tf32|fp16|bf16] [--device auto|cpu|cuda|cuda-emu] [--save-probabilities]
-//                   [--batch N]
+//                   [--batch N] [--keep-going]
 // Each output label map (uint8) is written with its input's header; with --save-probabilities the per-class
-// softmax (float32, 4D) goes beside it as NAME_probabilities.nii.gz. Exit status 0 / 2 (usage) / 1 (runtime).
+// softmax (float32, 4D) goes beside it as NAME_probabilities.nii.gz. Exit status 0 / 2 (usage) / 1 (runtime; with
+// --keep-going, when any volume failed). Inputs and outputs are checked before the work, so a typo in a path costs a
+// message, not the work.
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -39,6 +41,26 @@ std::string stem_of(const fs::path& p) {
   return s.substr(0, s.size() - (s.ends_with(".nii.gz") ? 7 : 4));
 }
 
+// Windows (times the flips of --tta) above which a volume gets a warning: an --overlap near 1 means a step of one
+// voxel, and a run of hours that would otherwise start without a word.
+constexpr int64_t kManyWindows = 10000;
+
+// The number of windows sliding_window_predict cuts from a [Z, Y, X, C] volume (a smaller volume is padded to the
+// patch: one window along that axis).
+int64_t window_count(const Tensor& volume, const std::vector<int>& patch, double overlap) {
+  int64_t n = 1;
+  for (size_t a = 0; a < patch.size() && a < 3; ++a)
+    n *= static_cast<int64_t>(
+        window_starts(std::max<int64_t>(volume.dim(static_cast<int>(a)), patch[a]), patch[a], overlap).size());
+  return n;
+}
+
+// An error's message naming the input it came from (read_nifti's and the predictor's already do; a std::bad_alloc or
+// a write error may not).
+std::string naming(const fs::path& input, const std::string& what) {
+  return what.find(input.string()) != std::string::npos ? what : input.string() + ": " + what;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -46,6 +68,7 @@ int main(int argc, char** argv) {
   double overlap = 0.5;
   bool tta = false, save_probabilities = false;
   int batch = 1;
+  bool keep_going = false;
   CLI::App app{"Segments NIfTI volumes (.nii, .nii.gz) with a unet_train checkpoint by sliding-window inference."};
   app.add_option("--model", model_path, "weights file written by unet_train (model.safetensors)")->required();
   app.add_option("--input", input, "a NIfTI file, or a directory of them")->required();
@@ -59,7 +82,10 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   app.add_option("--device", device, "auto, cpu, cuda or cuda-emu (the CUDA kernels under the CPU emulator)")->capture_default_str();
   app.add_flag("--save-probabilities", save_probabilities, "also write the per-class probabilities (float32)");
-  app.add_option("--batch", batch, "windows per forward pass")->capture_default_str();
+  app.add_option("--batch", batch, "windows per forward pass, 1..1024")->capture_default_str();
+  app.add_flag("--keep-going", keep_going,
+               "skip a volume that fails (an error line names it), segment the others, list the failures at the end "
+               "and exit with status 1");
   if (auto status = tools::parse_command_line(app, argc, argv, "unet_infer")) return *status;
   return tools::run_tool("unet_infer", [&] {
     if (blend != "gaussian" && blend != "constant") throw UsageError("--blend '" + blend + "': expected gaussian or constant");
@@ -79,24 +105,35 @@ int main(int argc, char** argv) {
     if (prec == Precision::tf32 && dev == Device::cpu)
       std::printf("unet_infer: --precision tf32 has no effect on the cpu backend (fp32)\n");
     ops::set_conv_allow_tf32(prec == Precision::tf32);
-    if (batch < 1) throw UsageError("--batch: expected at least 1");
+    if (batch < 1 || batch > 1024) throw UsageError("--batch " + std::to_string(batch) + ": expected 1..1024");
     if (!fs::exists(input)) throw UsageError("--input " + input + ": no such file or directory");
+    // A FIFO would block the read forever, a directory fail obscurely: the checkpoint must be a regular file. (A
+    // missing one is the predictor's runtime error, as for an unreadable one.)
+    if (std::string why = tools::regular_file_problem(model_path); !why.empty())
+      throw UsageError("--model " + model_path + ": " + why + "; expected a model.safetensors file");
 
     std::vector<std::pair<fs::path, fs::path>> jobs;  // input -> output
     if (fs::is_directory(input)) {
       if (fs::exists(output) && !fs::is_directory(output))
         throw UsageError("--output " + output + ": must be a directory when --input is one");
-      fs::create_directories(output);
+      if (std::string why = tools::output_directory_problem(output); !why.empty())
+        throw UsageError("--output " + output + ": " + why);
+      // Every NIfTI name is a case, even one that is not a regular file: skipping it silently would drop a case
+      // from the results; it fails when its turn comes (and --keep-going skips it with an error line).
       std::vector<fs::path> files;
       for (auto& e : fs::directory_iterator(input))
-        if (e.is_regular_file() && is_nifti(e.path()) && !is_hidden(e.path())) files.push_back(e.path());
+        if (is_nifti(e.path()) && !is_hidden(e.path())) files.push_back(e.path());
       std::sort(files.begin(), files.end());
       if (files.empty()) throw UsageError("--input " + input + ": no .nii or .nii.gz files in the directory");
       for (auto& f : files) jobs.emplace_back(f, fs::path(output) / f.filename());
     } else {
+      if (std::string why = tools::regular_file_problem(input); !why.empty())
+        throw UsageError("--input " + input + ": " + why + "; expected a .nii or .nii.gz file or a directory of them");
       if (!is_nifti(input)) throw UsageError("--input " + input + ": expected a .nii or .nii.gz file");
       fs::path out = fs::is_directory(output) ? fs::path(output) / fs::path(input).filename() : fs::path(output);
       if (!is_nifti(out)) throw UsageError("--output " + output + ": expected a .nii or .nii.gz name or a directory");
+      if (std::string why = tools::output_file_problem(out); !why.empty())
+        throw UsageError("--output " + output + ": " + why);
       jobs.emplace_back(input, out);
     }
     // Never write over an input: the label map (or its probabilities) would replace the image it was computed from.
@@ -118,18 +155,57 @@ int main(int argc, char** argv) {
     std::printf("unet_infer: %zu volume(s) on the %s backend in %s (%d host threads)\n", jobs.size(), device_name(dev),
                 precision_name(prec), num_threads());
 
+    if (fs::is_directory(input)) fs::create_directories(output);  // checked above; made once the model loaded
+
+    std::vector<std::string> failed;
     for (auto& [in, out] : jobs) {
-      auto t0 = std::chrono::steady_clock::now();
-      io::NiftiVolume vol = io::read_nifti(in.string());
-      std::string warning;
-      const models::Segmentation seg = predictor.segment(vol, in.string(), &warning);
-      if (!warning.empty()) std::fprintf(stderr, "unet_infer: warning: %s\n", warning.c_str());
-      io::write_nifti(out.string(), seg.labels, vol);
-      if (save_probabilities)
-        io::write_nifti((out.parent_path() / (stem_of(out) + "_probabilities.nii.gz")).string(),
-                        softmax_channels(seg.logits), vol);
-      std::printf("%s -> %s (%.1f s)\n", in.string().c_str(), out.string().c_str(),
-                  std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+      try {
+        auto t0 = std::chrono::steady_clock::now();
+        if (std::string why = tools::regular_file_problem(in.string()); !why.empty())
+          throw std::runtime_error(in.string() + ": " + why);
+        io::NiftiVolume vol = io::read_nifti(in.string());
+        const std::vector<int>& patch = predictor.card().patch;
+        const int64_t windows = window_count(vol.data, patch, overlap);
+        const int64_t passes = windows * (tta ? int64_t(1) << std::min<size_t>(patch.size(), 3) : 1);
+        if (passes > kManyWindows) {
+          std::string step;
+          for (int p : patch)
+            step += (step.empty() ? "" : "x") + std::to_string(std::max(1, static_cast<int>(p * (1.0 - overlap))));
+          std::fprintf(stderr,
+                       "unet_infer: warning: %s: --overlap %g gives %lld windows (step %s voxels)%s; this may take "
+                       "hours (--overlap 0.5 gives %lld)\n",
+                       in.string().c_str(), overlap, static_cast<long long>(windows), step.c_str(),
+                       tta ? (", each run " + std::to_string(passes / windows) + " times by --tta").c_str() : "",
+                       static_cast<long long>(window_count(vol.data, patch, 0.5)));
+          std::fflush(stderr);
+        }
+        std::string warning;
+        const models::Segmentation seg = predictor.segment(vol, in.string(), &warning);
+        if (!warning.empty()) std::fprintf(stderr, "unet_infer: warning: %s\n", warning.c_str());
+        io::write_nifti(out.string(), seg.labels, vol);
+        if (save_probabilities)
+          io::write_nifti((out.parent_path() / (stem_of(out) + "_probabilities.nii.gz")).string(),
+                          softmax_channels(seg.logits), vol);
+        std::printf("%s -> %s (%.1f s)\n", in.string().c_str(), out.string().c_str(),
+                    std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+      } catch (const std::bad_alloc&) {
+        const std::string what = in.string() + ": out of memory (try a smaller --batch, or without --tta)";
+        if (!keep_going) throw std::runtime_error(what);
+        std::fprintf(stderr, "unet_infer: error: %s (skipped)\n", what.c_str());
+        failed.push_back(in.string());
+      } catch (const std::exception& e) {
+        if (!keep_going) throw std::runtime_error(naming(in, e.what()));
+        std::fprintf(stderr, "unet_infer: error: %s (skipped)\n", naming(in, e.what()).c_str());
+        failed.push_back(in.string());
+      }
+      std::fflush(stdout);
+    }
+    if (!failed.empty()) {
+      std::string list;
+      for (const std::string& f : failed) list += (list.empty() ? "" : ", ") + f;
+      std::fprintf(stderr, "unet_infer: error: %zu of %zu volume(s) failed: %s\n", failed.size(), jobs.size(),
+                   list.c_str());
+      return 1;
     }
     return 0;
   });

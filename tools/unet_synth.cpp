@@ -1,12 +1,20 @@
 // unet_synth: writes a synthetic Medical Segmentation Decathlon style dataset (io/synthetic.h) for the quick start.
 // Exit status 0 on success, 2 for bad arguments, 1 for runtime failures (docs/reference.md, "Exit statuses").
+#include <unistd.h>
+
 #include <CLI/CLI.hpp>
+#include <algorithm>
+#include <charconv>
 #include <chrono>
 #include <cstdio>
+#include <filesystem>
 #include <sstream>
 
 #include "io/synthetic.h"
+#include "kernels/common/parallel.h"
 #include "tools/tool_main.h"
+
+namespace fs = std::filesystem;
 
 namespace {
 
@@ -20,7 +28,8 @@ std::array<T, 3> parse_triple(const std::string& text, const std::string& option
     std::istringstream is(item);
     T v{};
     if (!(is >> v) || !(is >> std::ws).eof())
-      throw unet::io::SynthOptionsError(option + ": '" + text + "' is not a number or a comma-separated z,y,x triple");
+      throw unet::io::SynthOptionsError(option + ": '" + item + "' in '" + text +
+                                        "' is not a number (or is out of range); expected one number or z,y,x");
     values.push_back(v);
   }
   if (values.size() == 1) values.assign(3, values[0]);
@@ -29,11 +38,55 @@ std::array<T, 3> parse_triple(const std::string& text, const std::string& option
   return {values[0], values[1], values[2]};
 }
 
+double gib(double bytes) {
+  return bytes / (1024.0 * 1024 * 1024);
+}
+
+std::string gib_text(double bytes) {
+  char text[32];
+  std::snprintf(text, sizeof text, "%.1f GiB", gib(bytes));
+  return text;
+}
+
+// Sizes within the per-option ranges can still ask for more memory than the machine has (1024^3 voxels of 16
+// channels: about 130 GiB per case), which would end in std::bad_alloc or the kernel's OOM killer after a long wait.
+// Refused here with the numbers. So is a dataset over ten times the free disk space uncompressed (gzip shrinks the
+// noisy images about threefold: it cannot fit, and would fail only when the disk is full, hours later); one merely
+// larger than the free space gets a warning, as gzip may still make it fit.
+void check_resources(const unet::io::SynthOptions& o, const std::string& size, const fs::path& target) {
+  double voxels = 1;
+  for (int64_t d : o.size) voxels *= static_cast<double>(d);
+  // Per case in flight: the f32 image, its channel-reordered copy for writing (4D only) and the u8 label.
+  const double per_case = voxels * ((o.channels > 1 ? 8.0 : 4.0) * o.channels + 1);
+  const int at_once = std::max(1, std::min(unet::num_threads(), o.train + o.test));
+  const double memory = static_cast<double>(::sysconf(_SC_PHYS_PAGES)) * static_cast<double>(::sysconf(_SC_PAGE_SIZE));
+  if (memory > 0 && per_case * at_once > memory)
+    throw unet::io::SynthOptionsError("--size " + size + " with --channels " + std::to_string(o.channels) + ": about " +
+                                      gib_text(per_case) + " of memory per case (" + std::to_string(at_once) +
+                                      " made at once), more than this machine's " + gib_text(memory) +
+                                      "; choose a smaller size");
+  const double disk = (o.train + o.test) * voxels * (4.0 * o.channels + 1);
+  std::error_code ec;
+  const fs::space_info space = fs::space(target.parent_path(), ec);
+  if (ec || disk <= static_cast<double>(space.available)) return;
+  if (disk > 10 * static_cast<double>(space.available))
+    throw unet::io::SynthOptionsError("--train " + std::to_string(o.train) + " --test " + std::to_string(o.test) +
+                                      " of --size " + size + " with --channels " + std::to_string(o.channels) +
+                                      ": about " + gib_text(disk) + " uncompressed, over ten times the " +
+                                      gib_text(static_cast<double>(space.available)) + " free in " +
+                                      target.parent_path().string() + "; choose fewer or smaller cases");
+  std::fprintf(stderr,
+               "unet_synth: warning: %d cases of --size %s with --channels %d hold %.1f GiB uncompressed, more than "
+               "the %.1f GiB free in %s\n",
+               o.train + o.test, size.c_str(), o.channels, gib(disk), gib(static_cast<double>(space.available)),
+               target.parent_path().c_str());
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   unet::io::SynthOptions o;
-  std::string size = "48,48,48", spacing = "1,1,1";
+  std::string size = "48,48,48", spacing = "1,1,1", seed = "0";
   CLI::App app{
       "Writes a synthetic 3D segmentation dataset in the Medical Segmentation Decathlon layout:\n"
       "DIR/dataset.json, imagesTr/, labelsTr/, imagesTs/ and labelsTs/ (test labels, for Dice on unseen cases).\n"
@@ -41,19 +94,37 @@ int main(int argc, char** argv) {
   app.add_option("--output,-o", o.output,
                  "dataset directory to create (new, empty, or an old dataset with --overwrite)")
       ->required();
-  app.add_option("--train", o.train, "number of training cases")->capture_default_str();
-  app.add_option("--test", o.test, "number of test cases")->capture_default_str();
-  app.add_option("--size", size, "volume size in voxels, Z,Y,X (or one number)")->capture_default_str();
+  app.add_option("--train", o.train, "number of training cases, 0..100000")->capture_default_str();
+  app.add_option("--test", o.test, "number of test cases, 0..100000")->capture_default_str();
+  app.add_option("--size", size, "volume size in voxels, Z,Y,X (or one number), each 8..1024")->capture_default_str();
   app.add_option("--spacing", spacing, "voxel spacing in mm, z,y,x (or one number); shapes are defined in mm")
       ->capture_default_str();
-  app.add_option("--channels", o.channels, "image channels (4D NIfTI when more than 1)")->capture_default_str();
-  app.add_option("--classes", o.classes, "label classes including background")->capture_default_str();
-  app.add_option("--seed", o.seed, "random seed")->capture_default_str();
+  app.add_option("--channels", o.channels, "image channels, 1..16 (4D NIfTI when more than 1)")->capture_default_str();
+  app.add_option("--classes", o.classes, "label classes including background, 2..16")->capture_default_str();
+  app.add_option("--seed", seed, "random seed, 0..18446744073709551615")->capture_default_str();
   app.add_flag("--overwrite", o.overwrite, "replace an existing dataset in --output");
   if (auto status = unet::tools::parse_command_line(app, argc, argv, "unet_synth")) return *status;
   return unet::tools::run_tool("unet_synth", [&] {
     o.size = parse_triple<int64_t>(size, "--size");
     o.spacing = parse_triple<double>(spacing, "--spacing");
+    // Read here rather than by CLI11, which takes -1 for 2^64 - 1: the dataset would record a seed nobody typed.
+    const auto [end, parse_error] = std::from_chars(seed.data(), seed.data() + seed.size(), o.seed);
+    if (parse_error != std::errc() || end != seed.data() + seed.size())
+      throw unet::io::SynthOptionsError("--seed '" + seed + "': expected a whole number 0..18446744073709551615");
+    unet::io::validate_synth_options(o);  // the ranges first: the estimates below assume them
+    // The dataset is made in a hidden directory beside --output and renamed into place, so that directory must take
+    // new files: found now, not after the cases are made. (A missing one is write_synthetic_dataset's error.)
+    fs::path target = fs::absolute(o.output).lexically_normal();
+    if (target.filename().empty()) target = target.parent_path();  // "dir/" -> "dir"
+    std::error_code ec;
+    if (fs::is_directory(target.parent_path(), ec)) {
+      if (std::string why = unet::tools::directory_write_problem(target.parent_path()); !why.empty())
+        throw unet::io::SynthOptionsError("--output " + o.output + ": " + why);
+    } else if (fs::exists(target.parent_path(), ec)) {
+      throw unet::io::SynthOptionsError("--output " + o.output + ": " + target.parent_path().string() +
+                                        " is not a directory");
+    }
+    check_resources(o, size, target);
     auto start = std::chrono::steady_clock::now();
     unet::io::write_synthetic_dataset(o);
     double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();

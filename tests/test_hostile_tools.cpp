@@ -1,0 +1,323 @@
+// Hostile inputs through the real tools (issue 17): FIFOs and directories where files are expected, output paths that
+// cannot be written, garbage and oversized numbers, and corrupt cases in a batch. Per bad input: the exit status, a
+// message naming what is at fault, no output left behind (no file in the output directory, no hidden ".tmp*"
+// temporary anywhere) and the inputs unchanged, byte for byte.
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <thread>
+
+#include "engine/random.h"
+#include "io/nifti.h"
+#include "models/checkpoint.h"
+#include "models/nnunet_plan.h"
+#include "tests/test_util.h"
+
+using namespace unet;
+namespace fs = std::filesystem;
+
+namespace {
+
+std::string bytes_of(const std::string& path) {
+  std::ifstream f(path, std::ios::binary);
+  return std::string(std::istreambuf_iterator<char>(f), {});
+}
+
+// Every regular file under `root` with its bytes (FIFOs are not opened: reading one would block).
+std::map<std::string, std::string> snapshot(const std::string& root) {
+  std::map<std::string, std::string> files;
+  for (auto& e : fs::recursive_directory_iterator(root))
+    if (e.is_regular_file()) files[e.path().string()] = bytes_of(e.path().string());
+  return files;
+}
+
+// The hidden temporaries (io::AtomicFile's ".tmpPID.NAME", the tools' ".tmpPID.probe") anywhere under `root`.
+std::vector<std::string> temporaries(const std::string& root) {
+  std::vector<std::string> found;
+  for (auto& e : fs::recursive_directory_iterator(root))
+    if (e.path().filename().string().starts_with(".tmp")) found.push_back(e.path().string());
+  return found;
+}
+
+// A small model card and random weights for `channels` input channels and an 8^3 patch.
+std::string write_random_model(const std::string& path, int channels) {
+  models::ModelCard card;
+  const std::vector<int> patch = {8, 8, 8};
+  models::UNetPlan plan = models::plan_unet(patch, {1, 1, 1}, 2);
+  card.net = {channels, 3, plan.kernels, plan.strides, {}};
+  for (size_t i = 0; i < plan.kernels.size(); ++i) card.net.filters.push_back(4 << i);
+  card.patch = patch;
+  card.spacing = {1, 1, 1};
+  card.normalization.channels.assign(static_cast<size_t>(channels), io::ChannelNormalization{});
+  card.labels = {{0, "background"}, {1, "a"}, {2, "b"}};
+  models::DynUNet net(card.net);
+  net.initialize(3);
+  models::save_weights(path, net, models::card_to_metadata(card));
+  return path;
+}
+
+// A one-channel image of `size`^3 random intensities at 1 mm.
+void write_image(const std::string& path, int64_t size, uint64_t seed) {
+  Rng rng(seed);
+  std::vector<float> v(static_cast<size_t>(size * size * size));
+  for (float& x : v) x = static_cast<float>(rng.uniform(0, 100));
+  io::write_nifti(path, Tensor::from_vector({size, size, size}, v), io::make_nifti_like({size, size, size}, {1, 1, 1}));
+}
+
+// A label map [4, 4, 4] with 8 voxels of class 1.
+void write_labels(const std::string& path) {
+  std::vector<float> v(64, 0.f);
+  for (int i = 0; i < 8; ++i) v[static_cast<size_t>(i)] = 1.f;
+  io::write_nifti(path, Tensor::from_vector({4, 4, 4}, v, DType::u8), io::make_nifti_like({4, 4, 4}, {1, 1, 1}));
+}
+
+// A gzip file cut in half: its header reads, its voxels do not.
+void truncate_to_half(const std::string& path) {
+  const std::string bytes = bytes_of(path);
+  std::ofstream(path, std::ios::binary | std::ios::trunc) << bytes.substr(0, bytes.size() / 2);
+}
+
+// test::run_tool with the tool held to 60 s and to files of at most 1 GiB (ulimit -f counts 512-byte blocks in dash,
+// 1 KiB in bash): these cases give it inputs that a regression would read forever (a FIFO) or turn into terabytes
+// (the oversized dataset), and a failing test must neither hang the suite nor fill the disk. Such a regression is
+// one build away: the tools are targets of their own, so building only unet_tests can leave a stale one beside it.
+int run_guarded(const std::string& tool, const std::string& args, std::string* output) {
+  const fs::path exe = fs::read_symlink("/proc/self/exe").parent_path() / tool;
+  REQUIRE_MESSAGE(fs::exists(exe), exe.string() << " is not built");
+  const std::string cmd = "ulimit -f 2097152; exec timeout -k 5 60 " + exe.string() + " " + args + " 2>&1";
+  FILE* pipe = popen(cmd.c_str(), "r");
+  REQUIRE(pipe != nullptr);
+  output->clear();
+  char buf[4096];
+  for (size_t n; (n = fread(buf, 1, sizeof buf, pipe)) > 0;) output->append(buf, n);
+  const int status = pclose(pipe);
+  return WIFEXITED(status) ? WEXITSTATUS(status) : -1;  // timeout's 124 when the tool ran out of time
+}
+
+// The fixture every bad-input case runs against: in DIR, a model, images/{a,b}.nii.gz, labels/ and pred/ with a.nii.gz
+// each, a FIFO named like a NIfTI file, a FIFO named like a model, a directory named like a model, and a regular
+// file (file.txt) to put "directories" under. Outputs go to DIR/out, which must never appear.
+struct Fixture {
+  test::TempDir tmp{"hostile_tools"};
+  std::string dir = tmp.path, model = dir + "/model.safetensors", out = dir + "/out";
+  Fixture() {
+    write_random_model(model, 1);
+    fs::create_directories(dir + "/images");
+    write_image(dir + "/images/a.nii.gz", 8, 1);
+    write_image(dir + "/images/b.nii.gz", 8, 2);
+    for (const char* d : {"labels", "pred", "pred_fifo"}) fs::create_directories(dir + "/" + d);
+    write_labels(dir + "/labels/a.nii.gz");
+    write_labels(dir + "/pred/a.nii.gz");
+    fs::create_directories(dir + "/model_dir.safetensors");
+    std::ofstream(dir + "/file.txt") << "a regular file, not a directory\n";
+    for (const char* f : {"fifo.nii.gz", "fifo.safetensors", "pred_fifo/a.nii.gz"})
+      REQUIRE(::mkfifo((dir + "/" + f).c_str(), 0600) == 0);
+  }
+};
+
+struct BadCase {
+  std::string tool, args;
+  int status;
+  std::string message;  // a fragment of the output
+};
+
+// Runs each case and checks its exit status, its message, that DIR/out holds no file, that no temporary is left
+// anywhere and that every input file is unchanged.
+void check_cases(const Fixture& fx, const std::vector<BadCase>& cases) {
+  const std::map<std::string, std::string> before = snapshot(fx.dir);
+  for (const BadCase& c : cases) {
+    CAPTURE(c.tool);
+    CAPTURE(c.args);
+    std::string output;
+    const int status = run_guarded(c.tool, c.args, &output);
+    CHECK_MESSAGE(status == c.status, output);
+    CHECK_MESSAGE(output.find(c.message) != std::string::npos, "expected '" << c.message << "' in: " << output);
+    CHECK_MESSAGE(output.find("std::") == std::string::npos, output);  // no "std::bad_alloc", "stoi" and the like
+    CHECK_MESSAGE((!fs::exists(fx.out) || fs::is_empty(fx.out)), "files left in " << fx.out);
+    CHECK(temporaries(fx.dir).empty());
+    CHECK(snapshot(fx.dir) == before);
+    std::error_code ec;
+    fs::remove(fx.out, ec);  // an empty directory would hide the next case's leftovers from nothing
+  }
+}
+
+}  // namespace
+
+TEST_CASE("unet_infer refuses FIFOs, directories and unwritable outputs with status 2 before any work") {
+  Fixture fx;
+  const std::string& d = fx.dir;
+  const std::string model = " --model " + fx.model, image = " --input " + d + "/images/a.nii.gz";
+  const std::string file_out = " --output " + fx.out + "/a.nii.gz";  // out/ does not exist: see the cases
+  const std::vector<BadCase> cases = {
+      {"unet_infer", model + " --input " + d + "/fifo.nii.gz --output " + d + "/x.nii.gz", 2,
+       "--input " + d + "/fifo.nii.gz: not a regular file (a FIFO (named pipe))"},
+      {"unet_infer", " --model " + d + "/model_dir.safetensors" + image + file_out, 2,
+       "--model " + d + "/model_dir.safetensors: not a regular file (a directory)"},
+      {"unet_infer", " --model " + d + "/fifo.safetensors" + image + file_out, 2,
+       "--model " + d + "/fifo.safetensors: not a regular file (a FIFO (named pipe))"},
+      {"unet_infer", model + image + file_out, 2, "the directory " + fx.out + " does not exist"},
+      {"unet_infer", model + image + " --output " + d + "/file.txt/a.nii.gz", 2, d + "/file.txt is not a directory"},
+      {"unet_infer", model + " --input " + d + "/images --output " + d + "/file.txt/sub", 2,
+       "--output " + d + "/file.txt/sub: cannot be created: " + d + "/file.txt is not a directory"},
+      {"unet_infer", model + " --input " + d + "/images --output " + d + "/file.txt", 2,
+       "must be a directory when --input is one"},
+      {"unet_infer", model + " --input " + d + "/images --output " + fx.out + " --overlap nan", 2,
+       "--overlap nan: expected a value in [0, 1)"},
+      {"unet_infer", model + " --input " + d + "/images --output " + fx.out + " --overlap half", 2,
+       "--overlap = half: expected a number (window overlap in [0, 1))"},
+      {"unet_infer", model + " --input " + d + "/images --output " + fx.out + " --batch 0", 2,
+       "--batch 0: expected 1..1024"},
+      {"unet_infer", model + " --input " + d + "/images --output " + fx.out + " --batch 99999999999", 2,
+       "--batch = 99999999999: expected a whole number (windows per forward pass, 1..1024)"},
+      {"unet_infer", model + " --input " + d + "/images --output " + fx.out + " --batch 1000000", 2,
+       "--batch 1000000: expected 1..1024"},
+  };
+  check_cases(fx, cases);
+}
+
+TEST_CASE("unet_eval refuses FIFOs and unwritable result files with status 2 before scoring") {
+  Fixture fx;
+  const std::string& d = fx.dir;
+  const std::string dirs = " --pred " + d + "/pred --label " + d + "/labels";
+  const std::vector<BadCase> cases = {
+      {"unet_eval", " --pred " + d + "/pred_fifo --label " + d + "/labels --json " + fx.out + ".json", 2,
+       d + "/pred_fifo/a.nii.gz: not a regular file (a FIFO (named pipe))"},
+      {"unet_eval", " --pred " + d + "/fifo.nii.gz --label " + d + "/labels", 2, d + "/fifo.nii.gz: not a directory"},
+      {"unet_eval", dirs + " --json " + d + "/model_dir.safetensors", 2,
+       "--json " + d + "/model_dir.safetensors: not a regular file (a directory)"},
+      {"unet_eval", dirs + " --json " + d + "/fifo.safetensors", 2,
+       "--json " + d + "/fifo.safetensors: not a regular file (a FIFO (named pipe))"},
+      {"unet_eval", dirs + " --json " + fx.out + "/dice.json", 2, "the directory " + fx.out + " does not exist"},
+      {"unet_eval", dirs + " --json " + d + "/file.txt/dice.json", 2, d + "/file.txt is not a directory"},
+      {"unet_eval", dirs + " --classes many", 2, "--classes = many: expected a whole number (number of classes"},
+      {"unet_eval", dirs + " --classes -3", 2, "--classes -3: expected 2..1000"},
+  };
+  check_cases(fx, cases);
+  CHECK_FALSE(fs::exists(d + "/pred/dice.json"));
+}
+
+TEST_CASE("unet_synth refuses garbage, negative and oversized numbers with status 2, naming the option") {
+  Fixture fx;
+  const std::string out = " --output " + fx.out;
+  std::vector<BadCase> cases = {
+      {"unet_synth", out + " --size 48,x,48", 2, "--size: 'x' in '48,x,48' is not a number"},
+      {"unet_synth", out + " --size 99999999999999999999", 2, "is not a number (or is out of range)"},
+      {"unet_synth", out + " --size 48,48", 2, "--size: expected one value or three (z,y,x), got '48,48'"},
+      {"unet_synth", out + " --size 4096", 2, "--size: every dimension must be 8..1024 voxels, got 4096"},
+      {"unet_synth", out + " --size -16", 2, "--size: every dimension must be 8..1024 voxels, got -16"},
+      {"unet_synth", out + " --spacing nan", 2, "--spacing: 'nan' in 'nan' is not a number"},
+      {"unet_synth", out + " --train -5", 2, "--train: expected 0..100000 cases, got -5"},
+      {"unet_synth", out + " --test 4294967296", 2,
+       "--test = 4294967296: expected a whole number (number of test cases, 0..100000)"},
+      {"unet_synth", out + " --train lots", 2, "--train = lots: expected a whole number"},
+      {"unet_synth", out + " --seed -1", 2, "--seed '-1': expected a whole number 0..18446744073709551615"},
+      {"unet_synth", out + " --seed 18446744073709551616", 2, "--seed '18446744073709551616': expected a whole"},
+      {"unet_synth", out + " --channels 0", 2, "--channels: expected 1..16, got 0"},
+      {"unet_synth", " --output " + fx.dir + "/file.txt/ds", 2,
+       "--output " + fx.dir + "/file.txt/ds: " + fx.dir + "/file.txt is not a directory"},
+  };
+  // 1024^3 voxels of 16 channels: about 130 GiB for one case, which this machine must not have for the case to apply.
+  const double memory = static_cast<double>(::sysconf(_SC_PHYS_PAGES)) * static_cast<double>(::sysconf(_SC_PAGE_SIZE));
+  if (memory < 120.0 * (1 << 30))
+    cases.push_back({"unet_synth", out + " --size 1024 --channels 16 --train 1 --test 0", 2,
+                     "--size 1024 with --channels 16: about 129.0 GiB of memory per case (1 made at once), more than "
+                     "this machine's"});
+  else
+    MESSAGE("skipping the oversized-case case: this machine has over 120 GiB of memory");
+  // 200000 cases of 1024x1024x128 voxels: about 122 TiB uncompressed (each case 640 MiB in memory).
+  const double threads = std::max(1u, std::thread::hardware_concurrency());  // cases made at once
+  if (fs::space(fx.dir).available < (uint64_t(10) << 40) && memory > threads * (640 << 20))
+    cases.push_back({"unet_synth", out + " --size 1024,1024,128 --train 100000 --test 100000", 2,
+                     "--train 100000 --test 100000 of --size 1024,1024,128 with --channels 1: about 125000.0 GiB "
+                     "uncompressed, over ten times the "});
+  else
+    MESSAGE("skipping the oversized-dataset case: over 10 TiB free disk, or too little memory for its cases");
+  check_cases(fx, cases);
+}
+
+TEST_CASE("unet_infer --keep-going skips a corrupt volume, segments the others, lists it and exits 1") {
+  test::TempDir tmp("hostile_keep_going");
+  const std::string& dir = tmp.path;
+  const std::string model = write_random_model(dir + "/model.safetensors", 1);
+  fs::create_directories(dir + "/images");
+  for (const char* name : {"a", "b", "c"}) write_image(dir + "/images/" + name + ".nii.gz", 8, name[0]);
+  truncate_to_half(dir + "/images/b.nii.gz");
+  const std::map<std::string, std::string> before = snapshot(dir + "/images");
+  const std::string bad = dir + "/images/b.nii.gz";
+  std::string out;
+
+  // Without --keep-going the first bad case stops the batch (a was segmented before it, c is not).
+  CHECK(run_guarded("unet_infer", "--model " + model + " --input " + dir + "/images --output " + dir + "/stop", &out) ==
+        1);
+  CHECK_MESSAGE(out.find("unet_infer: error: " + bad + ": cannot read the voxel data") != std::string::npos, out);
+  CHECK(fs::exists(dir + "/stop/a.nii.gz"));
+  CHECK_FALSE(fs::exists(dir + "/stop/b.nii.gz"));
+  CHECK_FALSE(fs::exists(dir + "/stop/c.nii.gz"));
+
+  CHECK(run_guarded("unet_infer",
+                    "--model " + model + " --input " + dir + "/images --output " + dir +
+                        "/pred --keep-going --save-probabilities",
+                    &out) == 1);
+  CHECK_MESSAGE(out.find("unet_infer: error: " + bad + ": cannot read the voxel data") != std::string::npos, out);
+  CHECK_MESSAGE(out.find("(skipped)") != std::string::npos, out);
+  CHECK_MESSAGE(out.find("unet_infer: error: 1 of 3 volume(s) failed: " + bad) != std::string::npos, out);
+  for (const char* name : {"a", "c"}) {
+    CAPTURE(name);
+    CHECK(io::read_nifti(dir + "/pred/" + name + ".nii.gz").data.dim(0) == 8);
+    CHECK(fs::exists(dir + "/pred/" + name + "_probabilities.nii.gz"));
+  }
+  CHECK_FALSE(fs::exists(dir + "/pred/b.nii.gz"));
+  CHECK_FALSE(fs::exists(dir + "/pred/b_probabilities.nii.gz"));
+  CHECK(temporaries(dir).empty());
+  CHECK(snapshot(dir + "/images") == before);
+}
+
+TEST_CASE("unet_infer --keep-going also skips a FIFO named like a volume in the input directory") {
+  test::TempDir tmp("hostile_keep_going_fifo");
+  const std::string& dir = tmp.path;
+  const std::string model = write_random_model(dir + "/model.safetensors", 1);
+  fs::create_directories(dir + "/images");
+  write_image(dir + "/images/a.nii.gz", 8, 1);
+  const std::string fifo = dir + "/images/b.nii.gz";
+  REQUIRE(::mkfifo(fifo.c_str(), 0600) == 0);
+  std::string out;
+  CHECK(run_guarded("unet_infer",
+                    "--model " + model + " --input " + dir + "/images --output " + dir + "/pred --keep-going",
+                    &out) == 1);
+  CHECK_MESSAGE(out.find(fifo + ": not a regular file (a FIFO (named pipe)) (skipped)") != std::string::npos, out);
+  CHECK_MESSAGE(out.find("1 of 2 volume(s) failed: " + fifo) != std::string::npos, out);
+  CHECK(fs::exists(dir + "/pred/a.nii.gz"));
+  CHECK_FALSE(fs::exists(dir + "/pred/b.nii.gz"));
+}
+
+TEST_CASE("unet_infer warns on stderr, before the work, when --overlap implies over 10000 windows") {
+  test::TempDir tmp("hostile_windows");
+  const std::string& dir = tmp.path;
+  // A three-channel model against a one-channel image: the run fails at once on the channel count, after the
+  // warning and before any window runs, so the test does not have to sit through the windows it warns about.
+  const std::string model = write_random_model(dir + "/model.safetensors", 3);
+  const std::string image = dir + "/big.nii.gz";
+  write_image(image, 32, 7);
+  const std::string run = "--model " + model + " --input " + image + " --output " + dir + "/x.nii.gz";
+  std::string out;
+  // 32 voxels, patch 8: step 1 gives 25^3 windows; step 4 (overlap 0.5) gives 7^3.
+  CHECK(run_guarded("unet_infer", run + " --overlap 0.999", &out) == 1);
+  CHECK_MESSAGE(out.find("unet_infer: warning: " + image +
+                         ": --overlap 0.999 gives 15625 windows (step 1x1x1 voxels); this may take hours "
+                         "(--overlap 0.5 gives 343)") != std::string::npos,
+                out);
+  CHECK_MESSAGE(out.find("the model expects 3") != std::string::npos, out);
+  // Step 2: 13^3 = 2197 windows, each run 8 times by --tta: 17576 forward passes.
+  CHECK(run_guarded("unet_infer", run + " --overlap 0.75 --tta", &out) == 1);
+  CHECK_MESSAGE(
+      out.find("--overlap 0.75 gives 2197 windows (step 2x2x2 voxels), each run 8 times by --tta") != std::string::npos,
+      out);
+  CHECK(run_guarded("unet_infer", run + " --overlap 0.75", &out) == 1);
+  CHECK_MESSAGE(out.find("warning") == std::string::npos, out);  // 2197 windows: no warning
+  CHECK_FALSE(fs::exists(dir + "/x.nii.gz"));
+}
