@@ -16,6 +16,8 @@
 #include <cstring>
 #include <ostream>
 
+#include "engine/comm.h"
+
 #ifndef UNET_WITH_CUDA_RUNTIME
 #define UNET_WITH_CUDA_RUNTIME 0
 #endif
@@ -197,6 +199,9 @@ Device resolve_device(const std::string& name, std::ostream* log) {
   const int count = cuda_device_count(&why);
   if (count > 0 && runtime_built()) {
 #if UNET_WITH_CUDA_RUNTIME
+    // Under mpirun or srun, each rank on a machine takes the GPU of its local rank (wrapping around when there are
+    // more ranks than GPUs), as torchrun's LOCAL_RANK convention does.
+    if (count > 1) UNET_CUDA_CHECK(cudaSetDevice(launcher_local_rank() % count));
     int dev = 0;
     UNET_CUDA_CHECK(cudaGetDevice(&dev));
     bool usable = false;

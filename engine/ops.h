@@ -8,6 +8,10 @@
 
 #include "engine/tensor.h"
 
+namespace unet {
+class Comm;  // engine/comm.h
+}  // namespace unet
+
 namespace unet::ops {
 
 // ---- elementwise (engine/ops/elementwise.cpp) ----
@@ -57,6 +61,10 @@ Tensor argmax_channels(const Tensor& x);    // [N, spatial..., C] -> i32 [N, spa
 // CE = mean over all voxels of -log p[label]. Returns D + CE as a [1] tensor on the logits' device; *parts (when
 // given) receives [D, CE] there too, so nothing waits for a device. A label outside [0, C) is an error naming the voxel
 // on the cpu; on a CUDA device (where checking would mean waiting) it makes the loss and its parts NaN.
-Tensor dice_ce_loss(const Tensor& logits, const Tensor& labels, Tensor* parts = nullptr);
+// With a comm of several ranks (data parallel, engine/comm.h), logits and labels are this rank's share of the global
+// batch (the same shape on every rank): the sums are reduced over the ranks before D is formed and CE is the mean over
+// every rank's voxels, so every rank gets the global batch's loss, and backward gives this rank's share of its
+// gradient (summed over ranks by engine/data_parallel.h).
+Tensor dice_ce_loss(const Tensor& logits, const Tensor& labels, Tensor* parts = nullptr, Comm* comm = nullptr);
 
 }  // namespace unet::ops

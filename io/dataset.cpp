@@ -368,14 +368,29 @@ FoldSplit kfold_split(size_t n, int fold, int folds, uint64_t seed) {
 
 // ---- patch sampling ----------------------------------------------------------------------------------------------
 
+namespace {
+// The seed of sample g of step `step`'s global batch: splitmix64 steps over the three keys (Rng spreads it further).
+uint64_t sample_seed(uint64_t seed, int64_t step, int64_t g) {
+  auto mix = [](uint64_t z) {
+    z += 0x9e3779b97f4a7c15ull;
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+  };
+  return mix(mix(mix(seed) ^ static_cast<uint64_t>(step)) ^ static_cast<uint64_t>(g));
+}
+}  // namespace
+
 PatchSampler::PatchSampler(const std::vector<Case>& cases, std::vector<size_t> which, PatchSamplerOptions options)
-    : opt_(options), rng_(options.seed) {
+    : opt_(options) {
   check_arg(!cases.empty(), "PatchSampler: no cases");
   for (int64_t p : opt_.patch) check_arg(p >= 1, "PatchSampler: patch size must be positive");
   check_arg(opt_.batch >= 1, "PatchSampler: batch must be >= 1, got " + std::to_string(opt_.batch));
   check_arg(opt_.foreground_prob >= 0 && opt_.foreground_prob <= 1, "PatchSampler: foreground_prob must be in [0, 1]");
   check_arg(opt_.flip_prob >= 0 && opt_.flip_prob <= 1, "PatchSampler: flip_prob must be in [0, 1]");
   check_arg(opt_.max_locations_per_class >= 1, "PatchSampler: max_locations_per_class must be >= 1");
+  check_arg(opt_.ranks >= 1 && opt_.rank >= 0 && opt_.rank < opt_.ranks,
+            "PatchSampler: rank " + std::to_string(opt_.rank) + " of " + std::to_string(opt_.ranks));
   if (which.empty()) {
     which.resize(cases.size());
     std::iota(which.begin(), which.end(), size_t(0));
@@ -423,31 +438,34 @@ PatchBatch PatchSampler::next() {
   out.label = Tensor::empty({B, P[0], P[1], P[2]}, DType::i32);
   std::vector<const Case*> picked;
 
-  // Draw every random decision first, in a fixed order, so a seed gives the same batch however the copy is split.
+  // Draw every random decision first, each sample from its own stream, so a seed gives the same global batch however
+  // the copy is split and however many ranks share it.
   for (int64_t b = 0; b < B; ++b) {
-    const CaseRef& ref = refs_[static_cast<size_t>(rng_.below(static_cast<int64_t>(refs_.size())))];
+    Rng rng(sample_seed(opt_.seed, step_, opt_.rank * B + b));
+    const CaseRef& ref = refs_[static_cast<size_t>(rng.below(static_cast<int64_t>(refs_.size())))];
     const Shape& s = ref.c->label.shape();
-    bool foreground = rng_.uniform() < opt_.foreground_prob && !ref.fg.empty();
+    bool foreground = rng.uniform() < opt_.foreground_prob && !ref.fg.empty();
     std::array<int64_t, 3> origin{};
     std::array<int64_t, 3> voxel{};
     if (foreground) {
-      const auto& locs = ref.fg[static_cast<size_t>(rng_.below(static_cast<int64_t>(ref.fg.size())))];
-      int64_t v = locs[static_cast<size_t>(rng_.below(static_cast<int64_t>(locs.size())))];
+      const auto& locs = ref.fg[static_cast<size_t>(rng.below(static_cast<int64_t>(ref.fg.size())))];
+      int64_t v = locs[static_cast<size_t>(rng.below(static_cast<int64_t>(locs.size())))];
       voxel = {v / (s[1] * s[2]), (v / s[2]) % s[1], v % s[2]};
     }
     for (int a = 0; a < 3; ++a) {
       // Valid corners: the patch inside the volume, or (volume smaller than patch) the volume centred in the patch.
       int64_t need = std::max<int64_t>(0, P[a] - s[a]);
       int64_t lb = -(need / 2), ub = s[a] + need / 2 + need % 2 - P[a];
-      origin[a] = foreground ? std::clamp(voxel[a] - P[a] / 2, lb, ub) : lb + rng_.below(ub - lb + 1);
+      origin[a] = foreground ? std::clamp(voxel[a] - P[a] / 2, lb, ub) : lb + rng.below(ub - lb + 1);
     }
     std::array<bool, 3> flip{};
-    for (int a = 0; a < 3; ++a) flip[a] = rng_.uniform() < opt_.flip_prob;
+    for (int a = 0; a < 3; ++a) flip[a] = rng.uniform() < opt_.flip_prob;
     out.case_index.push_back(ref.index);
     out.origin.push_back(origin);
     out.flipped.push_back(flip);
     picked.push_back(ref.c);
   }
+  ++step_;
 
   float* xi = out.image.data<float>();
   int32_t* xl = out.label.data<int32_t>();

@@ -104,6 +104,9 @@ struct PatchSamplerOptions {
   double flip_prob = 0.5;        // per spatial axis; 0 disables flips
   uint64_t seed = 0;
   int max_locations_per_class = 10000;  // foreground voxels remembered per class and case (as nnU-Net)
+  // Data parallel: `batch` is per rank; the global batch of a step has batch * ranks samples and this sampler draws
+  // samples rank * batch .. (rank + 1) * batch - 1 of it.
+  int rank = 0, ranks = 1;
 };
 
 struct PatchBatch {
@@ -114,7 +117,9 @@ struct PatchBatch {
   std::vector<std::array<bool, 3>> flipped;    // flips applied per axis (z, y, x)
 };
 
-// Draws batches of random patches from a set of cases, deterministically for a seed. For each item: a case uniformly;
+// Draws batches of random patches from a set of cases, deterministically: sample g of the global batch of step s comes
+// from its own random stream, keyed by (seed, s, g), so the global batch is the same whatever the number of ranks or
+// threads. For each sample: a case uniformly;
 // with probability foreground_prob (if the case has foreground) a foreground class uniformly among those present, a
 // voxel of it, and the patch centred on it (shifted to stay inside the volume, so the voxel is always inside);
 // otherwise a uniform position. Volumes smaller than the patch are zero-padded (image 0, label background), centred
@@ -124,7 +129,9 @@ class PatchSampler {
  public:
   // Samples from cases[i] for i in `which` (all cases when empty), e.g. the training indices of a fold.
   PatchSampler(const std::vector<Case>& cases, std::vector<size_t> which, PatchSamplerOptions options);
-  PatchBatch next();
+  PatchBatch next();  // this rank's share of the next step's global batch
+  int64_t step() const { return step_; }  // the step next() draws
+  void set_step(int64_t step) { step_ = step; }
 
  private:
   struct CaseRef {
@@ -134,7 +141,7 @@ class PatchSampler {
   };
   std::vector<CaseRef> refs_;
   PatchSamplerOptions opt_;
-  Rng rng_;
+  int64_t step_ = 0;
   int channels_ = 0;
 };
 

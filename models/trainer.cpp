@@ -20,14 +20,14 @@
 
 namespace unet::models {
 
-Tensor deep_supervision_loss(const std::vector<Tensor>& outputs, const Tensor& labels, Tensor* parts) {
+Tensor deep_supervision_loss(const std::vector<Tensor>& outputs, const Tensor& labels, Tensor* parts, Comm* comm) {
   check_arg(!outputs.empty(), "deep_supervision_loss: no outputs");
   Tensor total;
   double weight = 1.0, weight_sum = 0.0;
   for (size_t i = 0; i < outputs.size(); ++i, weight *= 0.5) weight_sum += weight;
   weight = 1.0;
   for (size_t i = 0; i < outputs.size(); ++i, weight *= 0.5) {
-    Tensor l = ops::dice_ce_loss(outputs[i], labels, i == 0 ? parts : nullptr);
+    Tensor l = ops::dice_ce_loss(outputs[i], labels, i == 0 ? parts : nullptr, comm);
     Tensor weighted = ops::scale(l, static_cast<float>(weight / weight_sum));
     total = total.defined() ? ops::add(total, weighted) : weighted;
   }
@@ -42,17 +42,19 @@ std::vector<Tensor> forward_in(const DynUNet& net, const Tensor& x, bool trainin
 }
 
 StepStats train_step(DynUNet& net, Optimizer& optimizer, const Tensor& x, const Tensor& labels, Precision precision,
-                     LossScaler* scaler) {
+                     LossScaler* scaler, GradientReducer* reducer) {
   StepStats stats;
   optimizer.zero_grad();
   Tensor parts;
-  Tensor loss = deep_supervision_loss(forward_in(net, x, /*training=*/true, precision), labels, &parts);
+  Tensor loss = deep_supervision_loss(forward_in(net, x, /*training=*/true, precision), labels, &parts,
+                                      reducer ? &reducer->comm() : nullptr);
   {
     autograd::NoGradGuard no_grad;
     stats.losses = ops::concat_channels({loss.detach(), parts});
   }
   stats.loss_scale = scaler ? scaler->scale() : 1.0f;
   autograd::backward(loss, Tensor::full(loss.shape(), static_cast<float>(stats.loss_scale)).to(loss.device()));
+  if (reducer) reducer->finish();
   stats.stepped = optimizer.step(static_cast<float>(1.0 / stats.loss_scale));  // the step's one wait for the device
   if (scaler) scaler->update(stats.stepped);
   return stats;
@@ -139,15 +141,30 @@ struct Trainer::State {
   LossScaler scaler;
   SlidingWindowOptions sw;
   std::filesystem::path dir;
+  Comm* comm = nullptr;                      // null: one process
+  std::unique_ptr<GradientReducer> reducer;  // with more than one rank
+  int rank() const { return comm ? comm->rank() : 0; }
+  int ranks() const { return comm ? comm->size() : 1; }
+  bool lead() const { return rank() == 0; }  // writes files and progress lines
 
+  // Validation case k is segmented by rank k % ranks; the counts are summed over the ranks.
   std::vector<double> validate() const {
     DiceCounts counts;
-    for (size_t i : split.val)
-      counts.add(segment_volume(*net, cases[i].image, sw, o.precision), cases[i].label, info.num_classes());
+    const int classes = info.num_classes();
+    counts.tp.assign(static_cast<size_t>(classes - 1), 0);
+    counts.fp = counts.fn = counts.tp;
+    for (size_t k = static_cast<size_t>(rank()); k < split.val.size(); k += static_cast<size_t>(ranks())) {
+      const size_t i = split.val[k];
+      counts.add(segment_volume(*net, cases[i].image, sw, o.precision), cases[i].label, classes);
+    }
+    if (ranks() > 1)
+      for (std::vector<int64_t>* v : {&counts.tp, &counts.fp, &counts.fn})
+        comm->allreduce(v->data(), static_cast<int64_t>(v->size()), ScalarType::i64, ReduceOp::sum, Device::cpu);
     return counts.dice();
   }
 
   void save(int64_t step) const {
+    if (!lead()) return;
     save_weights((dir / "model.safetensors").string(), *net, card_to_metadata(card));
     std::map<std::string, std::string> metadata = scaler.to_metadata();
     metadata.insert({{"step", std::to_string(step)}, {"seed", std::to_string(o.seed)}, {"optimizer", opt->name()},
@@ -161,9 +178,16 @@ Trainer::Trainer(TrainerOptions options, std::FILE* out) : s_(std::make_unique<S
   s.o = std::move(options);
   s.out = out;
   const TrainerOptions& o = s.o;
-  std::fprintf(out, "unet_train: %s on the %s backend in %s (%d host threads)\n", o.dataset.c_str(),
-               device_name(o.device), precision_name(o.precision), num_threads());
-  if (o.precision == Precision::tf32 && o.device == Device::cpu)
+  s.comm = o.comm && o.comm->size() > 1 ? o.comm : nullptr;
+  if (!s.lead()) s.out = out = nullptr;  // progress lines from rank 0 only
+  if (out) {
+    std::fprintf(out, "unet_train: %s on the %s backend in %s (%d host threads%s)\n", o.dataset.c_str(),
+                 device_name(o.device), precision_name(o.precision), num_threads(), s.comm ? " per rank" : "");
+    if (s.comm)
+      std::fprintf(out, "unet_train: %d ranks (%s), batch %d per rank, global batch %d\n", s.ranks(),
+                   s.comm->backend(), o.sampling.batch, o.sampling.batch * s.ranks());
+  }
+  if (out && o.precision == Precision::tf32 && o.device == Device::cpu)
     std::fprintf(out, "unet_train: precision tf32 computes fp32 on the cpu backend (no TF32 arithmetic)\n");
   s.scaler = LossScaler(o.loss_scaling);
 
@@ -172,6 +196,9 @@ Trainer::Trainer(TrainerOptions options, std::FILE* out) : s_(std::make_unique<S
   const size_t n = s.info.training.size();
   if (n < 2 && o.folds > 1)
     throw TrainerOptionError("data.folds: " + s.info.json_path + " lists " + std::to_string(n) + " case(s); set data.folds = 1");
+  if (o.folds > 1 && n < static_cast<size_t>(o.folds))
+    throw TrainerOptionError("data.folds = " + std::to_string(o.folds) + ": " + s.info.json_path + " lists only " +
+                             std::to_string(n) + " cases; expected at least one case per fold (or data.folds = 1)");
   if (o.folds == 1) {
     for (size_t i = 0; i < n; ++i) s.split.train.push_back(i);
   } else {
@@ -205,12 +232,14 @@ Trainer::Trainer(TrainerOptions options, std::FILE* out) : s_(std::make_unique<S
   s.net->initialize(o.seed);
   s.net->to(o.device);  // before the optimizer, which creates its state on the parameters' device
   s.opt = make_optimizer(o, s.net->parameters());
+  if (s.comm) s.reducer = std::make_unique<GradientReducer>(s.net->parameters(), *s.comm);
 
   s.sw.patch = patch;
   s.sw.overlap = o.overlap;
   s.sw.blend = o.blend;
   s.dir = o.output_dir;
-  std::fprintf(out, "unet_train: %zu training / %zu validation cases (fold %d of %d), patch %ldx%ldx%ld, %lld parameters, %zu levels\n",
+  if (out)
+    std::fprintf(out, "unet_train: %zu training / %zu validation cases (fold %d of %d), patch %ldx%ldx%ld, %lld parameters, %zu levels\n",
                s.split.train.size(), s.split.val.size(), o.fold, o.folds, static_cast<long>(patch[0]),
                static_cast<long>(patch[1]), static_cast<long>(patch[2]), static_cast<long long>(s.net->parameter_count()),
                plan.kernels.size());
@@ -224,14 +253,19 @@ void Trainer::run() {
   State& s = *s_;
   const TrainerOptions& o = s.o;
   namespace fs = std::filesystem;
-  fs::create_directories(s.dir);
-  io::write_file_atomically((s.dir / "config.ini").string(), o.config_text);
-  std::ofstream log(s.dir / "log.jsonl", std::ios::trunc);
-  if (!log) throw std::runtime_error((s.dir / "log.jsonl").string() + ": cannot write the training log");
+  std::ofstream log;  // rank 0's; the other ranks' stays closed and takes no output
+  if (s.lead()) {
+    fs::create_directories(s.dir);
+    io::write_file_atomically((s.dir / "config.ini").string(), o.config_text);
+    log.open(s.dir / "log.jsonl", std::ios::trunc);
+    if (!log) throw std::runtime_error((s.dir / "log.jsonl").string() + ": cannot write the training log");
+  }
 
   LrSchedule schedule{o.scheduler, o.lr, o.steps, o.warmup_steps};
   io::PatchSamplerOptions so = o.sampling;
   so.seed = o.seed;
+  so.rank = s.rank();
+  so.ranks = s.ranks();
   io::PatchSampler sampler(s.cases, s.split.train, so);
 
   using clock = std::chrono::steady_clock;
@@ -246,7 +280,8 @@ void Trainer::run() {
     s.opt->set_lr(schedule.at(step));
     io::PatchBatch batch = sampler.next();
     const StepStats st =
-        train_step(*s.net, *s.opt, batch.image.to(o.device), batch.label.to(o.device), o.precision, &s.scaler);
+        train_step(*s.net, *s.opt, batch.image.to(o.device), batch.label.to(o.device), o.precision, &s.scaler,
+                   s.reducer.get());
     {
       autograd::NoGradGuard no_grad;
       loss_acc = loss_acc.defined() ? ops::add(loss_acc, st.losses) : st.losses;
@@ -260,7 +295,7 @@ void Trainer::run() {
                                  std::to_string(step + 1) + " is not finite");
       const double dt = std::chrono::duration<double>(clock::now() - last).count();
       last = clock::now();
-      const double sps = loss_n * so.batch / dt;
+      const double sps = loss_n * so.batch * s.ranks() / dt;  // the global batch's samples
       nlohmann::json line = {{"step", step + 1}, {"loss", loss}, {"dice_loss", dice_loss}, {"ce", ce},
                              {"lr", s.opt->lr()}, {"samples_per_s", sps}, {"loss_scale", s.scaler.scale()},
                              {"loss_scale_growth_tracker", s.scaler.growth_tracker()},
@@ -268,17 +303,27 @@ void Trainer::run() {
                              {"peak_memory_mb", HostAllocator::instance().stats().peak_bytes / 1048576.0}};
       // Tensors on a GPU (or the emulated one) are not in the host's figure: the device's peak beside it.
       if (o.device != Device::cpu) line["device_peak_memory_mb"] = device::memory_stats(o.device).peak_bytes / 1048576.0;
-      log << line.dump() << "\n" << std::flush;
-      std::fprintf(s.out, "step %6ld/%ld  loss %.4f  %.2f samples/s  %.0f s\n", static_cast<long>(step + 1),
-                   static_cast<long>(o.steps), loss, sps, std::chrono::duration<double>(clock::now() - start).count());
-      std::fflush(s.out);
+      if (s.reducer) {
+        const ReducerTimes t = s.reducer->last_times();  // of the last step: the communication and what was exposed
+        line["allreduce_ms"] = t.communication_s * 1e3;
+        line["allreduce_exposed_ms"] = t.exposed_s * 1e3;
+      }
+      if (s.lead()) {
+        log << line.dump() << "\n" << std::flush;
+        std::fprintf(s.out, "step %6ld/%ld  loss %.4f  %.2f samples/s  %.0f s\n", static_cast<long>(step + 1),
+                     static_cast<long>(o.steps), loss, sps, std::chrono::duration<double>(clock::now() - start).count());
+        std::fflush(s.out);
+      }
       loss_acc = Tensor();
       loss_n = 0;
     }
     if (o.val_every > 0 && (step + 1) % o.val_every == 0 && step + 1 < o.steps && !s.split.val.empty()) {
       const std::vector<double> d = s.validate();
-      log << nlohmann::json{{"step", step + 1}, {"val_dice", d}, {"val_mean_dice", mean(d)}}.dump() << "\n" << std::flush;
-      std::fprintf(s.out, "validation at step %ld: mean Dice %.4f\n", static_cast<long>(step + 1), mean(d));
+      if (s.lead()) {
+        log << nlohmann::json{{"step", step + 1}, {"val_dice", d}, {"val_mean_dice", mean(d)}}.dump() << "\n"
+            << std::flush;
+        std::fprintf(s.out, "validation at step %ld: mean Dice %.4f\n", static_cast<long>(step + 1), mean(d));
+      }
       s.save(step + 1);
     }
   }
@@ -288,9 +333,12 @@ void Trainer::run() {
     const std::vector<double> d = s.validate();
     result["val_dice"] = d;
     result["val_mean_dice"] = mean(d);
-    log << nlohmann::json{{"step", o.steps}, {"val_dice", d}, {"val_mean_dice", mean(d)}}.dump() << "\n";
-    std::fprintf(s.out, "validation (fold %d, %zu cases): mean Dice %.4f\n", o.fold, s.split.val.size(), mean(d));
+    if (s.lead()) {
+      log << nlohmann::json{{"step", o.steps}, {"val_dice", d}, {"val_mean_dice", mean(d)}}.dump() << "\n";
+      std::fprintf(s.out, "validation (fold %d, %zu cases): mean Dice %.4f\n", o.fold, s.split.val.size(), mean(d));
+    }
   }
+  if (!s.lead()) return;
   io::write_file_atomically((s.dir / "validation.json").string(), result.dump(2) + "\n");
   std::fprintf(s.out, "unet_train: wrote %s\n", (s.dir / "model.safetensors").string().c_str());
 }

@@ -7,6 +7,7 @@
 #include <string>
 #include <vector>
 
+#include "engine/data_parallel.h"
 #include "engine/loss_scaler.h"
 #include "engine/metrics.h"
 #include "engine/optim.h"
@@ -29,8 +30,10 @@ struct StepStats {
 };
 
 // Deep supervision: sum_i 0.5^i L_i / sum_i 0.5^i over the network's outputs (full resolution first). *parts (when
-// given) receives the full-resolution loss's [Dice, CE] on the outputs' device.
-Tensor deep_supervision_loss(const std::vector<Tensor>& outputs, const Tensor& labels, Tensor* parts = nullptr);
+// given) receives the full-resolution loss's [Dice, CE] on the outputs' device. With a comm of several ranks, each
+// L_i is the global batch's (ops::dice_ce_loss).
+Tensor deep_supervision_loss(const std::vector<Tensor>& outputs, const Tensor& labels, Tensor* parts = nullptr,
+                             Comm* comm = nullptr);
 
 // The network's outputs (f32 logits) for x [B, spatial..., C_in] f32, computed in `precision` (engine/precision.h):
 // fp16 / bf16 cast x to that type and the logits back to f32, as autocast does. tf32 is the process-wide
@@ -40,8 +43,12 @@ std::vector<Tensor> forward_in(const DynUNet& net, const Tensor& x, bool trainin
 // Forward in `precision`, loss (f32), backward of loss * scale, optimizer step with the gradients unscaled, on one
 // batch: x [B, spatial..., C_in] f32, labels [B, spatial...]. scaler (may be null: scale 1) gives the scale and is
 // updated with whether the step was taken (engine/loss_scaler.h).
+// Data parallel (a reducer over the net's parameters): x and labels are this rank's share of the global batch; the
+// loss is the global batch's (over reducer->comm()) and the gradients are summed over the ranks before the step, so
+// every rank takes the same step, or skips it (a non-finite gradient anywhere is one in every rank's sum).
 StepStats train_step(DynUNet& net, Optimizer& optimizer, const Tensor& x, const Tensor& labels,
-                     Precision precision = Precision::fp32, LossScaler* scaler = nullptr);
+                     Precision precision = Precision::fp32, LossScaler* scaler = nullptr,
+                     GradientReducer* reducer = nullptr);
 
 // Blended logits (f32) of a whole image [spatial..., C_in] by sliding window (no autograd), the network run in
 // `precision`.
@@ -85,6 +92,10 @@ struct TrainerOptions {
   Precision precision = Precision::fp32;  // tf32 turns on ops::set_conv_allow_tf32 for the run
   LossScalerOptions loss_scaling;         // enabled for fp16 by unet_train's default (train.loss_scaling = auto)
   std::string config_text;  // the effective configuration, written to config.ini and into the training state
+  // Data parallel (engine/comm.h): null or one rank trains alone. With several, sampling.batch is per rank, every rank
+  // loads the data and trains on its share of each global batch, validation cases are split over the ranks, and rank 0
+  // alone writes files and progress lines.
+  Comm* comm = nullptr;
 };
 
 // Writes to options.output_dir: config.ini, log.jsonl (one JSON object per logged step: the means since the last line

@@ -190,7 +190,7 @@ std::vector<float> gpu_backward(const LossCase& lc, const LossData& d, const std
                                 const std::vector<float>& b, float grad_out) {
   std::vector<float> g(static_cast<size_t>(lc.voxels() * lc.channels), std::nanf(""));
   kernels::cuda::softmax_dice_ce_backward(d.logits.data(), d.labels(lc.label_dtype), lc.label_dtype, lc.voxels(),
-                                          lc.channels, a.data(), b.data(), &grad_out, g.data(), nullptr);
+                                          lc.voxels(), lc.channels, a.data(), b.data(), &grad_out, g.data(), nullptr);
   return g;
 }
 }  // namespace
@@ -227,7 +227,7 @@ TEST_CASE("cuda softmax_dice_ce_backward matches the CPU gradient on random 2D a
     const float grad_out = 1.75f;  // the incoming gradient, folded into the coefficients by the kernels
     std::vector<float> cpu(static_cast<size_t>(lc.voxels() * lc.channels));
     kernels::cpu::softmax_dice_ce_backward(d.logits.data(), d.labels(lc.label_dtype), lc.label_dtype, lc.voxels(),
-                                           lc.channels, a.data(), b.data(), &grad_out, cpu.data());
+                                           lc.voxels(), lc.channels, a.data(), b.data(), &grad_out, cpu.data());
     // Same per-voxel operations in the same order; the emulator matches the CPU exactly unless the host compiler
     // contracts differently, and a GPU's expf may differ by 2 ulp: 1e-5 relative to the gradient's scale.
     float scale = 0.f;

@@ -15,6 +15,7 @@
 #include <stdexcept>
 #include <string>
 
+#include "engine/comm.h"
 #include "io/config.h"
 #include "io/synthetic.h"
 #include "models/trainer.h"
@@ -115,27 +116,36 @@ inline std::string output_directory_problem(const std::filesystem::path& dir) {
 // Runs the tool's body and maps what it throws to the exit statuses above: the usage and configuration errors of
 // every layer (UsageError, io::ConfigError, io::SynthOptionsError, models::TrainerOptionError) to 2 as
 // "TOOL: message", anything else to 1 as "TOOL: error: message" (std::bad_alloc as "out of memory").
+// In a run of several ranks (engine/comm.h) the message names the rank ("TOOL: rank 1 of 4: ...") and the rank ends
+// the whole run with its status (MPI_Abort): the others may be waiting for it in a collective and would never return.
 template <class Body>
 int run_tool(const char* tool, Body&& body) {
+  int status = 2;
+  std::string message;
   try {
     return body();
   } catch (const UsageError& e) {
-    std::fprintf(stderr, "%s: %s\n", tool, e.what());
+    message = e.what();
   } catch (const io::ConfigError& e) {
-    std::fprintf(stderr, "%s: %s\n", tool, e.what());
+    message = e.what();
   } catch (const io::SynthOptionsError& e) {
-    std::fprintf(stderr, "%s: %s\n", tool, e.what());
+    message = e.what();
   } catch (const models::TrainerOptionError& e) {
-    std::fprintf(stderr, "%s: %s\n", tool, e.what());
+    message = e.what();
   } catch (const std::bad_alloc&) {  // its what() is "std::bad_alloc", which tells a user nothing
-    std::fprintf(stderr, "%s: error: out of memory (the data or the settings need more memory than is available)\n",
-                 tool);
-    return 1;
+    status = 1;
+    message = "error: out of memory (the data or the settings need more memory than is available)";
   } catch (const std::exception& e) {
-    std::fprintf(stderr, "%s: error: %s\n", tool, e.what());
-    return 1;
+    status = 1;
+    message = std::string("error: ") + e.what();
   }
-  return 2;
+  if (world_is_distributed()) {
+    std::fprintf(stderr, "%s: rank %d of %d: %s\n", tool, world().rank(), world().size(), message.c_str());
+    std::fflush(stderr);
+    world().abort(status);
+  }
+  std::fprintf(stderr, "%s: %s\n", tool, message.c_str());
+  return status;
 }
 
 }  // namespace unet::tools

@@ -13,7 +13,9 @@
 #include <cstdio>
 #include <filesystem>
 #include <iostream>
+#include <thread>
 
+#include "engine/comm.h"
 #include "engine/device.h"
 #include "engine/ops.h"
 #include "engine/precision.h"
@@ -151,14 +153,32 @@ int main(int argc, char** argv) {
     po.batch = batch;
     po.device = dev;
     po.precision = prec;
+    // Under mpirun or srun (engine/comm.h) the volumes are split over the ranks: volume k goes to rank k % ranks, each
+    // rank with its share of this machine's cores. A volume's result does not depend on which rank made it.
+    Comm& comm = world();
+    if (comm.local_size() > 1)
+      omp_set_num_threads(std::max(1, static_cast<int>(std::max(1u, std::thread::hardware_concurrency())) /
+                                          comm.local_size()));
     const models::Predictor predictor(model_path, po);
-    std::printf("unet_infer: %zu volume(s) on the %s backend in %s (%d host threads)\n", jobs.size(), device_name(dev),
-                precision_name(prec), num_threads());
+    if (comm.rank() == 0) {
+      std::printf("unet_infer: %zu volume(s) on the %s backend in %s (%d host threads", jobs.size(), device_name(dev),
+                  precision_name(prec), num_threads());
+      if (comm.size() > 1) std::printf(" per rank, %d ranks", comm.size());
+      std::printf(")\n");
+      std::fflush(stdout);
+    }
 
-    if (fs::is_directory(input)) fs::create_directories(output);  // checked above; made once the model loaded
+    if (fs::is_directory(input)) {  // checked above; made once the model loaded (by every rank: one may be first)
+      std::error_code ec;
+      fs::create_directories(output, ec);
+      if (!fs::is_directory(output)) throw std::runtime_error("--output " + output + ": cannot create: " + ec.message());
+    }
 
     std::vector<std::string> failed;
-    for (auto& [in, out] : jobs) {
+    size_t mine = 0;  // this rank's volumes
+    for (size_t k = static_cast<size_t>(comm.rank()); k < jobs.size(); k += static_cast<size_t>(comm.size())) {
+      const auto& [in, out] = jobs[k];
+      ++mine;
       try {
         auto t0 = std::chrono::steady_clock::now();
         if (std::string why = tools::regular_file_problem(in.string()); !why.empty())
@@ -203,10 +223,10 @@ int main(int argc, char** argv) {
     if (!failed.empty()) {
       std::string list;
       for (const std::string& f : failed) list += (list.empty() ? "" : ", ") + f;
-      std::fprintf(stderr, "unet_infer: error: %zu of %zu volume(s) failed: %s\n", failed.size(), jobs.size(),
-                   list.c_str());
-      return 1;
+      std::fprintf(stderr, "unet_infer: error: %zu of %zu volume(s)%s failed: %s\n", failed.size(), mine,
+                   comm.size() > 1 ? (" of rank " + std::to_string(comm.rank())).c_str() : "", list.c_str());
     }
-    return 0;
+    // Every rank exits 1 when any volume failed anywhere (with --keep-going; otherwise the failing rank ended the run).
+    return comm.sum(static_cast<int64_t>(failed.size())) > 0 ? 1 : 0;
   });
 }

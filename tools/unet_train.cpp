@@ -10,6 +10,7 @@
 #include <limits>
 #include <thread>
 
+#include "engine/comm.h"
 #include "engine/device.h"
 #include "engine/precision.h"
 #include "io/config.h"
@@ -61,7 +62,7 @@ io::Config make_config() {
       {"validation", "overlap", KeyType::real, "0.5", "sliding-window overlap"},
       {"validation", "blend", KeyType::string, "gaussian", "window blending", {"gaussian", "constant"}},
       {"output", "dir", KeyType::string, "runs/unet", "output directory"},
-      {"runtime", "threads", KeyType::integer, "0", "CPU threads (0: all cores)"},
+      {"runtime", "threads", KeyType::integer, "0", "CPU threads per process (0: the cores shared among the ranks on this machine)"},
       {"runtime", "device", KeyType::string, "auto", "compute device", {"auto", "cpu", "cuda", "cuda-emu"}},
   });
 }
@@ -141,7 +142,13 @@ int run(const io::Config& c) {
   if (threads < 0 || threads > 2 * cores)
     throw UsageError("runtime.threads = " + std::to_string(threads) + ": expected 0.." + std::to_string(2 * cores) +
                      " (0: all " + std::to_string(cores) + " hardware threads)");
-  if (threads > 0) omp_set_num_threads(static_cast<int>(threads));
+  // Under mpirun or srun (engine/comm.h): one rank per process; 0 shares the cores among the ranks on this machine.
+  Comm& comm = world();
+  options.comm = &comm;
+  if (threads > 0)
+    omp_set_num_threads(static_cast<int>(threads));
+  else if (comm.local_size() > 1)
+    omp_set_num_threads(static_cast<int>(std::max(1L, cores / comm.local_size())));
   models::Trainer trainer(std::move(options), stdout);
   trainer.run();
   return 0;

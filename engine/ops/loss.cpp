@@ -15,8 +15,9 @@
 #include <vector>
 
 #include "engine/autograd.h"
-#include "engine/ops.h"
 #include "engine/backend.h"
+#include "engine/comm.h"
+#include "engine/ops.h"
 #include "kernels/cuda/loss.cuh"
 #include "kernels/cpu/loss.h"
 
@@ -26,7 +27,7 @@ namespace {
 constexpr double kDiceSmooth = 1e-5;  // MONAI DiceLoss smooth_nr = smooth_dr = 1e-5 (DLE nnU-Net)
 }  // namespace
 
-Tensor dice_ce_loss(const Tensor& logits, const Tensor& labels, Tensor* parts) {
+Tensor dice_ce_loss(const Tensor& logits, const Tensor& labels, Tensor* parts, Comm* comm) {
   check_arg(logits.defined() && labels.defined(), "dice_ce_loss: undefined input");
   backend::check_device("dice_ce_loss", logits.device(), {logits, labels});
   check_arg(logits.dtype() == DType::f32, "dice_ce_loss: logits must be f32, got " + logits.describe());
@@ -45,6 +46,10 @@ Tensor dice_ce_loss(const Tensor& logits, const Tensor& labels, Tensor* parts) {
   const int64_t V = shape_numel(spatial);
   const int n = static_cast<int>(C);
   const Device dev = logits.device();
+  // Data parallel: every rank holds V voxels of the global batch; the sums are reduced before the loss is formed, and
+  // CE is the mean over all ranks' voxels.
+  const bool reduce = comm && comm->size() > 1;
+  const int64_t V_mean = reduce ? V * comm->size() : V;
 
   // The sums, then the loss, its parts and the gradient's coefficients, all where the logits are: on a device nothing
   // comes back to the host (a training step waits for the device once, in the optimizer).
@@ -64,8 +69,12 @@ Tensor dice_ce_loss(const Tensor& logits, const Tensor& labels, Tensor* parts) {
     Tensor bad = Tensor::empty({4}, DType::i32, dev);                                      // 2 int64
     kernels::cuda::softmax_dice_ce_forward(logits.data<float>(), labels.raw(), labels.dtype(), V, n, work.raw(),
                                            static_cast<double*>(sums.raw()), static_cast<int64_t*>(bad.raw()), s);
+    if (reduce) {  // a bad label anywhere (bad[0] >= 0, else -1) makes every rank's loss NaN
+      comm->allreduce(sums.raw(), 3 * n + 1, ScalarType::f64, ReduceOp::sum, dev);
+      comm->allreduce(bad.raw(), 1, ScalarType::i64, ReduceOp::max, dev);
+    }
     kernels::cuda::softmax_dice_ce_finish(static_cast<const double*>(sums.raw()), static_cast<const int64_t*>(bad.raw()),
-                                          n, V, kDiceSmooth, out.data<float>(), dice_ce.data<float>(), a, b, s);
+                                          n, V_mean, kDiceSmooth, out.data<float>(), dice_ce.data<float>(), a, b, s);
 #else
     backend::no_cuda_kernels("dice_ce_loss");
 #endif
@@ -78,22 +87,23 @@ Tensor dice_ce_loss(const Tensor& logits, const Tensor& labels, Tensor* parts) {
     check_arg(bad_at < 0, "dice_ce_loss: label value " + std::to_string(bad_at < 0 ? 0 : bad_label) + " at voxel " +
                               std::to_string(bad_at) + " of " + labels.describe() + " is outside [0, " +
                               std::to_string(C) + ")");
-    kernels::cpu::softmax_dice_ce_finish(sums.data(), false, n, V, kDiceSmooth, out.data<float>(),
+    if (reduce) comm->allreduce(sums.data(), 3 * n + 1, ScalarType::f64, ReduceOp::sum, Device::cpu);
+    kernels::cpu::softmax_dice_ce_finish(sums.data(), false, n, V_mean, kDiceSmooth, out.data<float>(),
                                          dice_ce.data<float>(), a, b);
   }
   if (parts) *parts = dice_ce;
 
   if (autograd::should_record({logits})) {
-    autograd::record("dice_ce_loss", {logits, labels}, {out}, [logits, labels, coef, V, n](const std::vector<Tensor>& g) {
+    autograd::record("dice_ce_loss", {logits, labels}, {out}, [logits, labels, coef, V, V_mean, n](const std::vector<Tensor>& g) {
       const float* a = coef.data<float>();
       const float* b = a + n;
       Tensor d = Tensor::empty(logits.shape(), DType::f32, logits.device());
       if (backend::on_cuda(logits))
         UNET_CUDA_KERNEL("dice_ce_loss", kernels::cuda::softmax_dice_ce_backward(
-                                             logits.data<float>(), labels.raw(), labels.dtype(), V, n, a, b,
+                                             logits.data<float>(), labels.raw(), labels.dtype(), V, V_mean, n, a, b,
                                              g[0].data<float>(), d.data<float>(), backend::stream(logits)));
       else
-        kernels::cpu::softmax_dice_ce_backward(logits.data<float>(), labels.raw(), labels.dtype(), V, n, a, b,
+        kernels::cpu::softmax_dice_ce_backward(logits.data<float>(), labels.raw(), labels.dtype(), V, V_mean, n, a, b,
                                                g[0].data<float>(), d.data<float>());
       return std::vector<Tensor>{d, Tensor()};  // labels get no gradient
     });

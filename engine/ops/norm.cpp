@@ -78,7 +78,7 @@ NormForward norm_forward(const Tensor& x, const Tensor& gamma, const Tensor& bet
 NormGrads norm_backward(const kernels::NormShape& sh, const Tensor& x, const Tensor& y, const Tensor& dy,
                         const Tensor& mean, const Tensor& rstd, const Tensor& gamma, std::optional<float> slope,
                         bool need_dx, bool need_dgamma, bool need_dbeta) {
-  const char* op = slope ? "instance_norm_leaky_relu" : "instance_norm";
+  [[maybe_unused]] const char* op = slope ? "instance_norm_leaky_relu" : "instance_norm";
   const Device dev = x.device();
   const DType dt = x.dtype();
   const float s = slope.value_or(0.f);

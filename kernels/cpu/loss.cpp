@@ -190,14 +190,15 @@ void softmax_dice_ce_finish(const double* sums, bool bad, int channels, int64_t 
   loss[0] = bad ? nan : static_cast<float>(dice + ce);
 }
 
-void softmax_dice_ce_backward(const float* logits, const void* labels, DType label_dtype, int64_t voxels, int channels,
-                              const float* a, const float* b, const float* grad_out, float* grad_logits) {
+void softmax_dice_ce_backward(const float* logits, const void* labels, DType label_dtype, int64_t voxels,
+                              int64_t ce_voxels, int channels, const float* a, const float* b, const float* grad_out,
+                              float* grad_logits) {
   check_label_dtype(label_dtype, "softmax_dice_ce_backward");
   // The incoming gradient folded into the coefficients, in f32 as the CUDA kernel does.
   const float go = *grad_out;
   std::vector<float> coef_a(static_cast<size_t>(channels)), coef_b(coef_a.size());
   for (int c = 0; c < channels; ++c) coef_a[c] = go * a[c], coef_b[c] = go * b[c];
-  const float ce_scale = static_cast<float>(static_cast<double>(go) / static_cast<double>(voxels));
+  const float ce_scale = static_cast<float>(static_cast<double>(go) / static_cast<double>(ce_voxels));
   const float* ca = coef_a.data();
   const float* cb = coef_b.data();
   if (label_dtype == DType::i32)

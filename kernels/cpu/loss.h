@@ -36,8 +36,11 @@ void softmax_dice_ce_finish(const double* sums, bool bad, int channels, int64_t 
 //   == c]
 // where g is d(dice part)/dp (through the softmax Jacobian) and the second term is the CE gradient; with go =
 // *grad_out, the incoming gradient of the loss: coef_a = go * a[c], coef_b = go * b[c] (a, b from
-// softmax_dice_ce_finish, `channels` entries), ce_scale = go / voxels. Labels must be valid (checked by the forward).
-void softmax_dice_ce_backward(const float* logits, const void* labels, DType label_dtype, int64_t voxels, int channels,
-                              const float* a, const float* b, const float* grad_out, float* grad_logits);
+// softmax_dice_ce_finish, `channels` entries), ce_scale = go / ce_voxels: the voxel count CE is the mean over (voxels
+// here; the global batch's under data parallelism, where this batch is one rank's share). Labels must be valid
+// (checked by the forward).
+void softmax_dice_ce_backward(const float* logits, const void* labels, DType label_dtype, int64_t voxels,
+                              int64_t ce_voxels, int channels, const float* a, const float* b, const float* grad_out,
+                              float* grad_logits);
 
 }  // namespace unet::kernels::cpu

@@ -199,13 +199,13 @@ __global__ void __launch_bounds__(1) dce_finish(const double* sums, const int64_
 // from device memory and folded into the coefficients in f32, as on the CPU.
 template <int CC, class L>
 __global__ void __launch_bounds__(kThreads, backward_min_blocks(CC))
-    dce_backward(const float* logits, const L* labels, int64_t voxels, int C, const float* coef_a, const float* coef_b,
-                 const float* grad_out, float* grad) {
+    dce_backward(const float* logits, const L* labels, int64_t voxels, int64_t ce_voxels, int C, const float* coef_a,
+                 const float* coef_b, const float* grad_out, float* grad) {
   const int n = CC > 0 ? CC : C;
   constexpr int M = CC > 0 ? CC : kMaxLossChannels;
   __shared__ float a[M], b[M];
   const float go = *grad_out;
-  const float ce_scale = static_cast<float>(static_cast<double>(go) / static_cast<double>(voxels));
+  const float ce_scale = static_cast<float>(static_cast<double>(go) / static_cast<double>(ce_voxels));
   if (static_cast<int>(threadIdx.x) < n) {
     a[threadIdx.x] = go * coef_a[threadIdx.x];
     b[threadIdx.x] = go * coef_b[threadIdx.x];
@@ -278,13 +278,13 @@ void forward_typed(const float* logits, const L* labels, int64_t voxels, int C, 
 }
 
 template <class L>
-void backward_typed(const float* logits, const L* labels, int64_t voxels, int C, const float* a, const float* b,
-                    const float* grad_out, float* grad, cudaStream_t stream) {
+void backward_typed(const float* logits, const L* labels, int64_t voxels, int64_t ce_voxels, int C, const float* a,
+                    const float* b, const float* grad_out, float* grad, cudaStream_t stream) {
   int64_t blocks = (voxels + kThreads - 1) / kThreads;
   blocks = blocks < 1 ? 1 : (blocks > 4096 ? 4096 : blocks);
   with_channel_count(C, [&](auto cc) {
     launch(dce_backward<decltype(cc)::value, L>, dim3(static_cast<unsigned>(blocks)), dim3(kThreads), 0, stream, logits,
-           labels, voxels, C, a, b, grad_out, grad);
+           labels, voxels, ce_voxels, C, a, b, grad_out, grad);
   });
 }
 
@@ -312,14 +312,16 @@ void softmax_dice_ce_finish(const double* sums, const int64_t* bad, int channels
   launch(dce_finish, dim3(1), dim3(1), 0, stream, sums, bad, channels, voxels, smooth, loss, parts, coef_a, coef_b);
 }
 
-void softmax_dice_ce_backward(const float* logits, const void* labels, DType label_dtype, int64_t voxels, int channels,
-                              const float* a, const float* b, const float* grad_out, float* grad_logits,
-                              cudaStream_t stream) {
+void softmax_dice_ce_backward(const float* logits, const void* labels, DType label_dtype, int64_t voxels,
+                              int64_t ce_voxels, int channels, const float* a, const float* b, const float* grad_out,
+                              float* grad_logits, cudaStream_t stream) {
   check_args(label_dtype, channels, "cuda softmax_dice_ce_backward");
   if (label_dtype == DType::i32)
-    backward_typed(logits, static_cast<const int32_t*>(labels), voxels, channels, a, b, grad_out, grad_logits, stream);
+    backward_typed(logits, static_cast<const int32_t*>(labels), voxels, ce_voxels, channels, a, b, grad_out,
+                   grad_logits, stream);
   else
-    backward_typed(logits, static_cast<const uint8_t*>(labels), voxels, channels, a, b, grad_out, grad_logits, stream);
+    backward_typed(logits, static_cast<const uint8_t*>(labels), voxels, ce_voxels, channels, a, b, grad_out,
+                   grad_logits, stream);
 }
 
 }  // namespace unet::kernels::cuda

@@ -32,9 +32,10 @@ void softmax_dice_ce_finish(const double* sums, const int64_t* bad, int channels
                             float* loss, float* parts, float* coef_a, float* coef_b, cudaStream_t stream);
 
 // d loss / d logits in one pass (kernels::cpu::softmax_dice_ce_backward); a, b: `channels` floats and grad_out (the
-// incoming gradient of the loss, one float) in device memory. Labels must be valid (checked by the forward).
-void softmax_dice_ce_backward(const float* logits, const void* labels, DType label_dtype, int64_t voxels, int channels,
-                              const float* a, const float* b, const float* grad_out, float* grad_logits,
-                              cudaStream_t stream);
+// incoming gradient of the loss, one float) in device memory; ce_voxels as there. Labels must be valid (checked by
+// the forward).
+void softmax_dice_ce_backward(const float* logits, const void* labels, DType label_dtype, int64_t voxels,
+                              int64_t ce_voxels, int channels, const float* a, const float* b, const float* grad_out,
+                              float* grad_logits, cudaStream_t stream);
 
 }  // namespace unet::kernels::cuda

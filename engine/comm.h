@@ -1,0 +1,67 @@
+// The processes of a data-parallel run and what they exchange (docs/architecture.md, "Data-parallel training").
+// One process per rank, started by mpirun or srun; world() is this process's communicator: MPI when a launcher
+// started more than one process, otherwise a single-process one whose operations do nothing.
+//
+// Every reduction is deterministic: element k of the result is ((x_0 + x_1) + x_2) + ... in rank order, computed by
+// one rank and sent to the others, so every rank holds the same bits and a run repeats to the bit for the same number
+// of ranks. (MPI_Allreduce promises neither: its order depends on the algorithm the library picks for the size.)
+#pragma once
+#include <cstdint>
+#include <string>
+
+#include "engine/tensor.h"
+
+namespace unet {
+
+enum class ReduceOp { sum, max };
+enum class ScalarType { f32, f64, i64 };
+
+class Comm {
+ public:
+  virtual ~Comm() = default;
+  int rank() const { return rank_; }
+  int size() const { return size_; }
+  int local_rank() const { return local_rank_; }  // among the ranks on this machine
+  int local_size() const { return local_size_; }
+  virtual const char* backend() const = 0;  // "single" or "mpi"
+
+  // Reduces count values at `data` over all ranks, in place; data lives on `device` (device memory is staged through
+  // the host). Every rank must call with the same count, type and op, in the same order. Thread-safe: calls from
+  // different threads are serialised.
+  virtual void allreduce(void* data, int64_t count, ScalarType type, ReduceOp op, Device device) = 0;
+  // Rank `root`'s bytes at `data` (host memory) to every rank.
+  virtual void broadcast(void* data, int64_t bytes, int root) = 0;
+  virtual void barrier() = 0;
+  // Ends every rank of the run with `status` (MPI_Abort): the way out when one rank fails and the others may be
+  // waiting for it in a collective.
+  [[noreturn]] virtual void abort(int status) = 0;
+
+  // Conveniences over allreduce, on host values.
+  double sum(double v);
+  int64_t sum(int64_t v);
+  bool any(bool v);
+
+ protected:
+  int rank_ = 0, size_ = 1, local_rank_ = 0, local_size_ = 1;
+};
+
+// The process's communicator, made on first use: MPI (initialised here, finalised at exit) when the environment says
+// a launcher started this process as one of several (OMPI_COMM_WORLD_SIZE, PMI_SIZE, PMIX_SIZE or SLURM_NTASKS above
+// 1), a single-process one otherwise. A multi-process launch of a build without MPI is an error saying so.
+Comm& world();
+
+// True when world() has been made and spans more than one process (error handlers use it: they must not be the ones
+// to start MPI).
+bool world_is_distributed();
+
+// The number of processes the launcher environment announces (1 when there is none), without starting MPI.
+int launcher_size();
+
+// This process's rank among those the launcher started on this machine (OMPI_COMM_WORLD_LOCAL_RANK, SLURM_LOCALID,
+// MPI_LOCALRANKID; 0 when there is none), without starting MPI: the GPU a rank uses.
+int launcher_local_rank();
+
+// Whether this build has MPI (CMake found it).
+bool mpi_built();
+
+}  // namespace unet

@@ -1,0 +1,286 @@
+// Data-parallel training and inference as users run them: unet_train and unet_infer under `mpirun` with real MPI
+// processes (each case says so and passes when mpirun is absent). The collectives themselves are checked by
+// tests/mpi/comm_check.cpp; here: the global batch does not depend on the rank count, a failing rank ends the run,
+// Ctrl-C stops every rank, and inference split over ranks writes what one process writes.
+#include <sys/wait.h>
+
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+
+#include "engine/random.h"
+#include "io/dataset.h"
+#include "io/nifti.h"
+#include "models/checkpoint.h"
+#include "tests/test_util.h"
+
+using namespace unet;
+namespace fs = std::filesystem;
+
+namespace {
+
+// The output and exit status of a shell command (stderr merged).
+int shell(const std::string& command, std::string* output = nullptr) {
+  FILE* pipe = popen((command + " 2>&1").c_str(), "r");
+  REQUIRE(pipe != nullptr);
+  std::string text;
+  char buf[4096];
+  size_t n;
+  while ((n = fread(buf, 1, sizeof buf, pipe)) > 0) text.append(buf, n);
+  const int status = pclose(pipe);
+  if (output) *output = text;
+  return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}
+
+// "mpirun ..." with what OpenMPI needs here (root, more ranks than cores, one thread per rank), or "" without mpirun.
+std::string mpirun() {
+  std::string path;
+  if (shell("command -v mpirun", &path) != 0) return "";
+  return "OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMP_NUM_THREADS=1 mpirun --oversubscribe";
+}
+
+std::string tool(const std::string& name) {
+  return (fs::read_symlink("/proc/self/exe").parent_path() / name).string();
+}
+
+std::string write_text(const std::string& path, const std::string& text) {
+  std::ofstream(path) << text;
+  return path;
+}
+
+// The training configuration of these tests: 32^3 patches, 4 levels (so deep supervision: four losses a step, each
+// reduced over the ranks), 5 steps, a log line each.
+std::string train_config(const std::string& dir, const std::string& data) {
+  return write_text(dir + "/train.ini", "[data]\ndataset = " + data + "\npatch_size = 32,32,32\n"
+                                        "[model]\nfilters = 4\ndepth = 4\n[train]\nsteps = 5\nlog_every = 1\nseed = 3\n");
+}
+
+std::vector<double> logged_losses(const std::string& run) {
+  std::vector<double> losses;
+  std::ifstream log(run + "/log.jsonl");
+  for (std::string l; std::getline(log, l);) {
+    nlohmann::json j = nlohmann::json::parse(l);
+    if (j.contains("loss")) losses.push_back(j["loss"].get<double>());
+  }
+  return losses;
+}
+
+// How far apart two checkpoints are: the largest difference of a weight relative to the largest weight of the model,
+// the same relative to the largest weight of its own tensor, and whether every tensor is bitwise the same.
+struct WeightDifference {
+  double model_relative = 0, tensor_relative = 0;
+  bool bitwise = true;
+};
+
+WeightDifference compare_weights(const std::string& a, const std::string& b) {
+  const io::SafetensorsContent wa = models::read_weights(a), wb = models::read_weights(b);
+  REQUIRE(wa.tensors.size() == wb.tensors.size());
+  WeightDifference d;
+  double model_scale = 0, model_diff = 0;
+  for (const auto& [name, t] : wa.tensors) {
+    const std::vector<float> x = t.to_vector(), y = wb.get(name).to_vector();
+    REQUIRE(x.size() == y.size());
+    double scale = 0, diff = 0;
+    for (size_t k = 0; k < x.size(); ++k) {
+      scale = std::max(scale, std::abs(static_cast<double>(x[k])));
+      diff = std::max(diff, std::abs(static_cast<double>(x[k]) - y[k]));
+      d.bitwise = d.bitwise && std::memcmp(&x[k], &y[k], sizeof(float)) == 0;
+    }
+    d.tensor_relative = std::max(d.tensor_relative, diff / std::max(scale, 1e-30));
+    model_scale = std::max(model_scale, scale);
+    model_diff = std::max(model_diff, diff);
+  }
+  d.model_relative = model_diff / model_scale;
+  return d;
+}
+
+}  // namespace
+
+TEST_CASE("the patch sampler's ranks draw slices of one global batch, the same whatever the rank count") {
+  Rng rng(2);
+  std::vector<io::Case> cases;
+  for (int i = 0; i < 3; ++i) {
+    io::Case c;
+    c.id = "c" + std::to_string(i);
+    c.image = randn({10, 12, 9, 2}, rng);
+    std::vector<float> lab(10 * 12 * 9);
+    for (float& l : lab) l = static_cast<float>(rng.below(3));
+    c.label = Tensor::from_vector({10, 12, 9}, lab, DType::u8);
+    c.spacing = {1, 1, 1};
+    cases.push_back(c);
+  }
+  io::PatchSamplerOptions one;
+  one.patch = {8, 8, 8};
+  one.batch = 6;
+  one.seed = 9;
+  io::PatchSampler whole(cases, {}, one);
+  for (int ranks : {2, 3, 6}) {
+    std::vector<io::PatchSampler> parts;
+    for (int r = 0; r < ranks; ++r) {
+      io::PatchSamplerOptions o = one;
+      o.batch = 6 / ranks;
+      o.rank = r;
+      o.ranks = ranks;
+      parts.emplace_back(cases, std::vector<size_t>{}, o);
+    }
+    whole.set_step(0);
+    for (int step = 0; step < 3; ++step) {
+      const io::PatchBatch all = whole.next();
+      const std::vector<float> image = all.image.to_vector(), label = all.label.to_vector();
+      const size_t per_image = image.size() / 6, per_label = label.size() / 6;
+      for (int r = 0; r < ranks; ++r) {
+        const io::PatchBatch p = parts[static_cast<size_t>(r)].next();
+        const size_t first = static_cast<size_t>(r * (6 / ranks));
+        const std::vector<float> pi = p.image.to_vector(), pl = p.label.to_vector();
+        CHECK(std::equal(pi.begin(), pi.end(), image.begin() + static_cast<std::ptrdiff_t>(first * per_image)));
+        CHECK(std::equal(pl.begin(), pl.end(), label.begin() + static_cast<std::ptrdiff_t>(first * per_label)));
+        for (size_t b = 0; b < p.case_index.size(); ++b) {
+          CHECK(p.case_index[b] == all.case_index[first + b]);
+          CHECK(p.origin[b] == all.origin[first + b]);
+        }
+      }
+    }
+  }
+  // Different steps draw different batches.
+  whole.set_step(0);
+  CHECK(whole.next().origin != whole.next().origin);
+}
+
+TEST_CASE("unet_train under mpirun: 2 ranks x batch 1 and 3 ranks x batch 1 train as 1 process x batch 2 and 3") {
+  const std::string mpi = mpirun();
+  if (mpi.empty()) {
+    MESSAGE("mpirun is not installed: skipped (apt-get install openmpi-bin)");
+    return;
+  }
+  test::TempDir tmp("dp_equivalence");
+  REQUIRE(test::run_tool("unet_synth", "--output " + tmp.path + "/data --train 6 --test 2 --size 32 --seed 4") == 0);
+  const std::string ini = train_config(tmp.path, tmp.path + "/data");
+  for (int ranks : {2, 3}) {
+    const std::string serial = tmp.path + "/serial" + std::to_string(ranks);
+    const std::string parallel = tmp.path + "/mpi" + std::to_string(ranks);
+    std::string out;
+    REQUIRE_MESSAGE(test::run_tool("unet_train", ini + " --set data.batch_size=" + std::to_string(ranks) +
+                                                     " --set output.dir=" + serial, &out) == 0, out);
+    REQUIRE_MESSAGE(shell(mpi + " -np " + std::to_string(ranks) + " " + tool("unet_train") + " " + ini +
+                              " --set data.batch_size=1 --set output.dir=" + parallel, &out) == 0, out);
+    CHECK(out.find(std::to_string(ranks) + " ranks (mpi), batch 1 per rank, global batch " + std::to_string(ranks)) !=
+          std::string::npos);
+    // The losses (the global batch's, logged by rank 0) and the weights after 5 steps.
+    const std::vector<double> a = logged_losses(serial), b = logged_losses(parallel);
+    REQUIRE(a.size() == 5);
+    REQUIRE(b.size() == 5);
+    for (size_t k = 0; k < a.size(); ++k) CHECK(b[k] == doctest::Approx(a[k]).epsilon(1e-6));
+    // Not bitwise: one process sums the batch's weight gradients inside the kernels, the ranks in f32 after them. The
+    // differences are rounding, largest (relative to their tensor) in the norm biases, which start at zero and whose
+    // gradients are sums with heavy cancellation, and which Adam's first steps move by about lr whatever the
+    // gradient's size: up to 7e-4 of such a tensor's largest value after 5 steps with 3 ranks, 5e-6 of the model's.
+    const WeightDifference d = compare_weights(serial + "/model.safetensors", parallel + "/model.safetensors");
+    MESSAGE(ranks << " ranks: weights within " << d.model_relative << " of the model's largest ("
+                  << d.tensor_relative << " of their tensor's); bitwise: " << d.bitwise);
+    CHECK(d.model_relative <= 1e-5);
+    // Rank 0 alone wrote the run directory's files; validation (1 case) was split over the ranks and reduced.
+    CHECK(fs::exists(parallel + "/model.state.safetensors"));
+    CHECK(fs::exists(parallel + "/validation.json"));
+  }
+  // The same rank count twice: the same bits (the reductions have a fixed order).
+  std::string out;
+  REQUIRE(shell(mpi + " -np 2 " + tool("unet_train") + " " + ini + " --set data.batch_size=1 --set output.dir=" +
+                    tmp.path + "/again", &out) == 0);
+  CHECK(compare_weights(tmp.path + "/mpi2/model.safetensors", tmp.path + "/again/model.safetensors").bitwise);
+}
+
+TEST_CASE("a rank that fails ends every rank with a non-zero status and a message naming it; no checkpoint") {
+  const std::string mpi = mpirun();
+  if (mpi.empty()) {
+    MESSAGE("mpirun is not installed: skipped (apt-get install openmpi-bin)");
+    return;
+  }
+  test::TempDir tmp("dp_failure");
+  REQUIRE(test::run_tool("unet_synth", "--output " + tmp.path + "/data --train 6 --test 1 --size 32 --seed 4") == 0);
+  // Rank 1 reads a copy of the dataset whose third image is cut short; rank 0 reads the good one, starts training and
+  // waits for rank 1 in the first step's reduction, which never comes.
+  fs::copy(tmp.path + "/data", tmp.path + "/broken", fs::copy_options::recursive);
+  const std::string victim = tmp.path + "/broken/imagesTr/case_002.nii.gz";
+  REQUIRE(fs::exists(victim));
+  fs::resize_file(victim, fs::file_size(victim) / 2);
+  const std::string good = train_config(tmp.path, tmp.path + "/data");
+  fs::create_directories(tmp.path + "/b");
+  const std::string bad = train_config(tmp.path + "/b", tmp.path + "/broken");
+  const auto t0 = std::chrono::steady_clock::now();
+  std::string out;
+  const int rc = shell(mpi + " -np 1 " + tool("unet_train") + " " + good + " --set output.dir=" + tmp.path +
+                           "/run : -np 1 " + tool("unet_train") + " " + bad + " --set output.dir=" + tmp.path + "/run",
+                       &out);
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  CHECK(rc != 0);
+  CHECK(seconds < 60);
+  CHECK_MESSAGE(out.find("unet_train: rank 1 of 2: error: ") != std::string::npos, out);
+  CHECK_MESSAGE(out.find("case_002.nii.gz") != std::string::npos, out);
+  CHECK_FALSE(fs::exists(tmp.path + "/run/model.safetensors"));
+}
+
+TEST_CASE("Ctrl-C on mpirun stops every rank") {
+  const std::string mpi = mpirun();
+  if (mpi.empty()) {
+    MESSAGE("mpirun is not installed: skipped (apt-get install openmpi-bin)");
+    return;
+  }
+  test::TempDir tmp("dp_interrupt");
+  REQUIRE(test::run_tool("unet_synth", "--output " + tmp.path + "/data --train 6 --test 1 --size 32 --seed 4") == 0);
+  const std::string ini = train_config(tmp.path, tmp.path + "/data");
+  // SIGINT to mpirun after 3 s of a training that would take minutes; timeout -k kills it if it has not ended 30 s
+  // later (status 137 then).
+  std::string out;
+  const auto t0 = std::chrono::steady_clock::now();
+  const int rc = shell("timeout -s INT -k 30 3 " + mpi + " -np 2 " + tool("unet_train") + " " + ini +
+                           " --set train.steps=100000 --set data.batch_size=1 --set output.dir=" + tmp.path + "/run",
+                       &out);
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  CHECK(rc != 0);
+  CHECK(rc != 137);
+  CHECK(seconds < 30);
+  // No rank outlives mpirun.
+  std::string left;
+  shell("pgrep -f '[o]utput.dir=" + tmp.path + "/run' || true", &left);  // [o]: not pgrep's own shell
+  CHECK_MESSAGE(left.empty(), "processes left: " << left);
+}
+
+TEST_CASE("unet_infer under mpirun splits the volumes over the ranks and writes what one process writes") {
+  const std::string mpi = mpirun();
+  if (mpi.empty()) {
+    MESSAGE("mpirun is not installed: skipped (apt-get install openmpi-bin)");
+    return;
+  }
+  test::TempDir tmp("dp_infer");
+  REQUIRE(test::run_tool("unet_synth", "--output " + tmp.path + "/data --train 6 --test 5 --size 32 --seed 4") == 0);
+  const std::string ini = train_config(tmp.path, tmp.path + "/data");
+  REQUIRE(test::run_tool("unet_train", ini + " --set train.steps=2 --set output.dir=" + tmp.path + "/run") == 0);
+  const std::string args = " --model " + tmp.path + "/run/model.safetensors --input " + tmp.path + "/data/imagesTs";
+  std::string out;
+  REQUIRE_MESSAGE(test::run_tool("unet_infer", args + " --output " + tmp.path + "/one", &out) == 0, out);
+  REQUIRE_MESSAGE(shell(mpi + " -np 2 " + tool("unet_infer") + args + " --output " + tmp.path + "/two", &out) == 0, out);
+  CHECK(out.find("2 ranks") != std::string::npos);
+  int volumes = 0;
+  for (const auto& e : fs::directory_iterator(tmp.path + "/one")) {
+    const fs::path other = fs::path(tmp.path) / "two" / e.path().filename();
+    REQUIRE_MESSAGE(fs::exists(other), other);
+    CHECK(io::read_nifti(e.path().string()).data.to_vector() == io::read_nifti(other.string()).data.to_vector());
+    ++volumes;
+  }
+  CHECK(volumes == 5);
+  // A volume that fails on one rank (with --keep-going) makes every rank exit 1; the others are still written.
+  fs::copy(tmp.path + "/data/imagesTs", tmp.path + "/in");
+  fs::resize_file(tmp.path + "/in/case_007.nii.gz", 100);
+  const int rc = shell(mpi + " -np 2 " + tool("unet_infer") + " --model " + tmp.path + "/run/model.safetensors --input " +
+                           tmp.path + "/in --output " + tmp.path + "/three --keep-going",
+                       &out);
+  CHECK(rc == 1);
+  CHECK_MESSAGE(out.find("case_007.nii.gz") != std::string::npos, out);
+  int written = 0;
+  for (const auto& e : fs::directory_iterator(tmp.path + "/three")) written += e.path().filename().string()[0] != '.';
+  CHECK(written == 4);
+}
