@@ -1,4 +1,5 @@
-// world(): the single-process communicator, and the MPI one when the build has MPI (UNET_HAVE_MPI).
+// world(): the single-process communicator, and the MPI one when the build has MPI (UNET_HAVE_MPI), with NCCL for
+// GPU memory when the GPU build found it (UNET_HAVE_NCCL).
 #include "engine/comm.h"
 
 #include <algorithm>
@@ -15,6 +16,14 @@
 
 #if UNET_HAVE_MPI
 #include <mpi.h>
+#endif
+#ifndef UNET_HAVE_NCCL
+#define UNET_HAVE_NCCL 0
+#endif
+#if UNET_HAVE_NCCL
+#include <cuda_runtime.h>
+#include <dlfcn.h>
+#include <nccl.h>
 #endif
 
 namespace unet {
@@ -99,6 +108,89 @@ void check_mpi(int code, const char* what) {
   throw std::runtime_error(std::string("MPI ") + what + ": " + std::string(text, static_cast<size_t>(len)));
 }
 
+#if UNET_HAVE_NCCL
+// libnccl.so.2 is opened when the first reduction of GPU memory needs it, not linked: a GPU build then runs on one GPU
+// without NCCL installed, and a run of several says what is missing.
+struct NcclApi {
+  ncclResult_t (*get_unique_id)(ncclUniqueId*) = nullptr;
+  ncclResult_t (*comm_init_rank)(ncclComm_t*, int, ncclUniqueId, int) = nullptr;
+  ncclResult_t (*all_reduce)(const void*, void*, size_t, ncclDataType_t, ncclRedOp_t, ncclComm_t,
+                             cudaStream_t) = nullptr;
+  ncclResult_t (*comm_destroy)(ncclComm_t) = nullptr;
+  const char* (*error_string)(ncclResult_t) = nullptr;
+
+  static const NcclApi& get() {
+    static const NcclApi api = [] {
+      NcclApi a;
+      void* lib = dlopen("libnccl.so.2", RTLD_NOW | RTLD_LOCAL);
+      if (!lib)
+        throw std::runtime_error(std::string("NCCL: cannot load libnccl.so.2 (") + dlerror() +
+                                 "); GPU ranks reduce with NCCL: install it (Debian: libnccl2; or the lib folder "
+                                 "of the Python package nvidia.nccl) and put it on LD_LIBRARY_PATH");
+      auto sym = [lib](const char* name) {
+        void* f = dlsym(lib, name);
+        if (!f) throw std::runtime_error(std::string("NCCL: libnccl.so.2 has no ") + name);
+        return f;
+      };
+      a.get_unique_id = reinterpret_cast<decltype(a.get_unique_id)>(sym("ncclGetUniqueId"));
+      a.comm_init_rank = reinterpret_cast<decltype(a.comm_init_rank)>(sym("ncclCommInitRank"));
+      a.all_reduce = reinterpret_cast<decltype(a.all_reduce)>(sym("ncclAllReduce"));
+      a.comm_destroy = reinterpret_cast<decltype(a.comm_destroy)>(sym("ncclCommDestroy"));
+      a.error_string = reinterpret_cast<decltype(a.error_string)>(sym("ncclGetErrorString"));
+      return a;
+    }();
+    return api;
+  }
+};
+
+void check_nccl(ncclResult_t r, const char* what) {
+  if (r != ncclSuccess)
+    throw std::runtime_error(std::string("NCCL ") + what + ": " + NcclApi::get().error_string(r));
+}
+
+ncclDataType_t nccl_type(ScalarType t) {
+  return t == ScalarType::f32 ? ncclFloat32 : t == ScalarType::f64 ? ncclFloat64 : ncclInt64;
+}
+
+// NCCL between the ranks' GPUs (one per rank: the one resolve_device chose for the local rank), bootstrapped through
+// MPI: rank 0's unique id is broadcast, then every rank joins. Reductions run on a stream of their own; events order
+// them after the work already on the default stream (start) and, on wait(), the default stream after them.
+class Nccl {
+ public:
+  Nccl(int rank, int size, const ncclUniqueId& id) {
+    UNET_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
+    UNET_CUDA_CHECK(cudaEventCreateWithFlags(&queued_, cudaEventDisableTiming));
+    UNET_CUDA_CHECK(cudaEventCreateWithFlags(&reduced_, cudaEventDisableTiming));
+    check_nccl(NcclApi::get().comm_init_rank(&comm_, size, id, rank), "ncclCommInitRank");
+  }
+  ~Nccl() {
+    int dev = 0;
+    if (cudaGetDevice(&dev) != cudaSuccess) return;  // the CUDA runtime is already gone (exit): nothing to release
+    NcclApi::get().comm_destroy(comm_);
+    cudaEventDestroy(queued_);
+    cudaEventDestroy(reduced_);
+    cudaStreamDestroy(stream_);
+  }
+  void start(void* data, int64_t count, ScalarType type, ReduceOp op) {
+    const cudaStream_t compute = device::default_stream(Device::cuda);
+    UNET_CUDA_CHECK(cudaEventRecord(queued_, compute));
+    UNET_CUDA_CHECK(cudaStreamWaitEvent(stream_, queued_, 0));
+    check_nccl(NcclApi::get().all_reduce(data, data, static_cast<size_t>(count), nccl_type(type),
+                             op == ReduceOp::sum ? ncclSum : ncclMax, comm_, stream_),
+               "ncclAllReduce");
+  }
+  void wait() {
+    UNET_CUDA_CHECK(cudaEventRecord(reduced_, stream_));
+    UNET_CUDA_CHECK(cudaStreamWaitEvent(device::default_stream(Device::cuda), reduced_, 0));
+  }
+
+ private:
+  ncclComm_t comm_ = nullptr;
+  cudaStream_t stream_ = nullptr;
+  cudaEvent_t queued_ = nullptr, reduced_ = nullptr;
+};
+#endif  // UNET_HAVE_NCCL
+
 class MpiComm final : public Comm {
  public:
   MpiComm() {
@@ -119,14 +211,45 @@ class MpiComm final : public Comm {
                                ", below MPI_THREAD_SERIALIZED (gradients are reduced from a second thread)");
   }
   ~MpiComm() override {
+#if UNET_HAVE_NCCL
+    nccl_.reset();
+#endif
     int finalized = 0;
     MPI_Finalized(&finalized);
     if (!finalized) MPI_Finalize();
   }
   const char* backend() const override { return "mpi"; }
 
+  bool reduces_on_device(Device device) const override { return UNET_HAVE_NCCL && device == Device::cuda; }
+
+  void allreduce_async(void* data, int64_t count, ScalarType type, ReduceOp op, Device device) override {
+#if UNET_HAVE_NCCL
+    if (device == Device::cuda) {
+      if (count <= 0) return;
+      std::lock_guard<std::mutex> lock(mutex_);
+      nccl().start(data, count, type, op);
+      return;
+    }
+#endif
+    allreduce(data, count, type, op, device);
+  }
+
+  void wait_device(Device device) override {
+#if UNET_HAVE_NCCL
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (device == Device::cuda && nccl_) nccl_->wait();
+#else
+    (void)device;
+#endif
+  }
+
   void allreduce(void* data, int64_t count, ScalarType type, ReduceOp op, Device device) override {
     if (count <= 0) return;
+    if (reduces_on_device(device)) {
+      allreduce_async(data, count, type, op, device);
+      wait_device(device);
+      return;
+    }
     const size_t elem = scalar_bytes(type);
     std::lock_guard<std::mutex> lock(mutex_);
     if (device == Device::cpu) {
@@ -200,6 +323,19 @@ class MpiComm final : public Comm {
     check_mpi(MPI_Allgatherv(acc, mine, t, data, counts.data(), displs.data(), t, MPI_COMM_WORLD), "MPI_Allgatherv");
   }
 
+#if UNET_HAVE_NCCL
+  // Made at the first reduction of GPU memory (a collective call: every rank makes it at the same point).
+  Nccl& nccl() {
+    if (!nccl_) {
+      ncclUniqueId id{};
+      if (rank_ == 0) check_nccl(NcclApi::get().get_unique_id(&id), "ncclGetUniqueId");
+      check_mpi(MPI_Bcast(&id, sizeof id, MPI_BYTE, 0, MPI_COMM_WORLD), "MPI_Bcast (NCCL id)");
+      nccl_ = std::make_unique<Nccl>(rank_, size_, id);
+    }
+    return *nccl_;
+  }
+  std::unique_ptr<Nccl> nccl_;
+#endif
   std::mutex mutex_;
   std::vector<char> staging_, received_;
 };

@@ -5,6 +5,8 @@
 // Every reduction is deterministic: element k of the result is ((x_0 + x_1) + x_2) + ... in rank order, computed by
 // one rank and sent to the others, so every rank holds the same bits and a run repeats to the bit for the same number
 // of ranks. (MPI_Allreduce promises neither: its order depends on the algorithm the library picks for the size.)
+// GPU memory in a GPU build with NCCL is reduced by NCCL on the GPUs instead: every rank still gets the same bits, and
+// a run repeats for the same ranks on the same machines, but the order is NCCL's (its ring or tree), not rank order.
 #pragma once
 #include <cstdint>
 #include <string>
@@ -29,6 +31,17 @@ class Comm {
   // the host). Every rank must call with the same count, type and op, in the same order. Thread-safe: calls from
   // different threads are serialised.
   virtual void allreduce(void* data, int64_t count, ScalarType type, ReduceOp op, Device device) = 0;
+  // Whether reductions of `device` memory run on the device itself (NCCL, in a GPU build with NCCL, on Device::cuda):
+  // queued on a communication stream, never staged through the host. allreduce() then returns before the sum is
+  // done, but work queued afterwards on the device's stream sees it (stream order).
+  virtual bool reduces_on_device(Device) const { return false; }
+  // allreduce() without the stream order, for overlap: where reduces_on_device(device), the sum runs beside the work
+  // queued after it on the device's stream, and only work queued after wait_device(device) is guaranteed to see it.
+  // Elsewhere the same as allreduce().
+  virtual void allreduce_async(void* data, int64_t count, ScalarType type, ReduceOp op, Device device) {
+    allreduce(data, count, type, op, device);
+  }
+  virtual void wait_device(Device) {}
   // Rank `root`'s bytes at `data` (host memory) to every rank.
   virtual void broadcast(void* data, int64_t bytes, int root) = 0;
   virtual void barrier() = 0;

@@ -22,7 +22,7 @@ struct GradientReducer::State {
   struct Bucket {
     std::vector<size_t> params;  // indices into `params`
     int64_t count = 0;           // floats
-    std::vector<float> values;   // host staging: the gradients, then their sums
+    Tensor values;               // f32 [count] where the parameters are: the gradients, then their sums
     size_t ready = 0;            // gradients copied in this step
     bool queued = false, done = false;
   };
@@ -32,6 +32,8 @@ struct GradientReducer::State {
   std::vector<bool> has_grad;       // per parameter, this step
   std::vector<Bucket> buckets;
   Comm* comm = nullptr;
+  Device device = Device::cpu;  // of every parameter
+  bool on_device = false;       // the communicator reduces there itself (NCCL): no thread, no host staging
   bool armed = true;  // false once the reducer is gone (the hooks stay on the parameters)
 
   // The communication thread and its queue (bucket indices, in the order every rank queues them).
@@ -47,12 +49,20 @@ struct GradientReducer::State {
 
   void reduce(Bucket& b) {
     const auto t0 = clock_type::now();
-    comm->allreduce(b.values.data(), b.count, ScalarType::f32, ReduceOp::sum, Device::cpu);
+    comm->allreduce(b.values.raw(), b.count, ScalarType::f32, ReduceOp::sum, device);
     communication_s += since(t0);
   }
 
   void enqueue(size_t i) {
-    buckets[i].queued = true;
+    Bucket& b = buckets[i];
+    b.queued = true;
+    if (on_device) {  // queued on the communicator's stream behind the copies into the bucket; finish() waits
+      const auto t0 = clock_type::now();
+      comm->allreduce_async(b.values.raw(), b.count, ScalarType::f32, ReduceOp::sum, device);
+      communication_s += since(t0);
+      b.done = true;
+      return;
+    }
     if (!overlap) return;  // finish() reduces it
     {
       std::lock_guard<std::mutex> lock(mutex);
@@ -91,7 +101,7 @@ struct GradientReducer::State {
     check_arg(grad.dtype() == DType::f32 && grad.numel() == params[p].numel(),
               "GradientReducer: gradient " + grad.describe() + " for parameter " + params[p].describe());
     Bucket& b = buckets[bucket_of[p]];
-    device::copy(b.values.data() + offset_of[p], Device::cpu, grad.raw(), grad.device(),
+    device::copy(b.values.data<float>() + offset_of[p], device, grad.raw(), grad.device(),
                  static_cast<size_t>(grad.numel()) * sizeof(float));
     has_grad[p] = true;
     if (++b.ready == b.params.size()) enqueue(bucket_of[p]);
@@ -103,14 +113,18 @@ GradientReducer::GradientReducer(std::vector<Tensor> params, Comm& comm, int64_t
   State& s = *s_;
   s.params = std::move(params);
   s.comm = &comm;
-  s.overlap = overlap;
+  check_arg(!s.params.empty(), "GradientReducer: no parameters");
+  s.device = s.params.front().device();
+  s.on_device = comm.reduces_on_device(s.device);
+  s.overlap = overlap && !s.on_device;
   s.bucket_of.resize(s.params.size());
   s.offset_of.resize(s.params.size());
   s.has_grad.assign(s.params.size(), false);
   const int64_t bucket_floats = std::max<int64_t>(1, bucket_bytes / 4);
   for (size_t k = s.params.size(); k-- > 0;) {  // reverse order: the order backward finishes them
     const Tensor& p = s.params[k];
-    check_arg(p.dtype() == DType::f32, "GradientReducer: parameter " + p.describe() + " is not f32");
+    check_arg(p.dtype() == DType::f32 && p.device() == s.device,
+              "GradientReducer: parameter " + p.describe() + " is not f32 on " + device_name(s.device));
     if (s.buckets.empty() || s.buckets.back().count >= bucket_floats) s.buckets.emplace_back();
     State::Bucket& b = s.buckets.back();
     s.bucket_of[k] = s.buckets.size() - 1;
@@ -118,7 +132,7 @@ GradientReducer::GradientReducer(std::vector<Tensor> params, Comm& comm, int64_t
     b.params.push_back(k);
     b.count += p.numel();
   }
-  for (State::Bucket& b : s.buckets) b.values.assign(static_cast<size_t>(b.count), 0.0f);
+  for (State::Bucket& b : s.buckets) b.values = Tensor::zeros({b.count}, DType::f32, s.device);
   std::weak_ptr<State> weak = s_;
   for (size_t k = 0; k < s.params.size(); ++k)
     s.params[k].add_grad_ready_hook([weak, k](const Tensor& g) {
@@ -149,10 +163,13 @@ void GradientReducer::finish() {
     if (b.queued) continue;
     for (size_t p : b.params)
       if (!s.has_grad[p])
-        std::fill_n(b.values.data() + s.offset_of[p], static_cast<size_t>(s.params[p].numel()), 0.0f);
+        device::memset(s.device, b.values.data<float>() + s.offset_of[p], 0,
+                       static_cast<size_t>(s.params[p].numel()) * sizeof(float));
     s.enqueue(i);
   }
-  if (s.overlap) {
+  if (s.on_device) {
+    s.comm->wait_device(s.device);
+  } else if (s.overlap) {
     std::unique_lock<std::mutex> lock(s.mutex);
     s.cv.wait(lock, [&] {
       for (const State::Bucket& b : s.buckets)
@@ -172,7 +189,7 @@ void GradientReducer::finish() {
     if (!s.has_grad[k]) continue;
     Tensor g = s.params[k].grad();
     const State::Bucket& b = s.buckets[s.bucket_of[k]];
-    device::copy(g.raw(), g.device(), b.values.data() + s.offset_of[k], Device::cpu,
+    device::copy(g.raw(), g.device(), b.values.data<float>() + s.offset_of[k], s.device,
                  static_cast<size_t>(g.numel()) * sizeof(float));
   }
   for (State::Bucket& b : s.buckets) {

@@ -5,9 +5,10 @@
 // summed over ranks, in f32 whatever the training precision (the master gradients are f32).
 //
 // The parameters are grouped into buckets of about bucket_bytes, in reverse order (backward produces the last
-// layers' gradients first). A gradient-ready hook copies each gradient into its bucket as soon as autograd has
-// finished it; a full bucket is handed to a communication thread, which reduces it while backward goes on. finish()
-// waits for the rest and writes the sums back into the gradients.
+// layers' gradients first); a bucket lives where the parameters do. A gradient-ready hook copies each gradient into
+// its bucket as soon as autograd has finished it, and a full bucket is reduced while backward goes on: on GPUs with
+// NCCL, queued on the communicator's stream (Comm::allreduce_async); otherwise handed to a communication thread
+// (MPI, device memory staged through the host). finish() waits for the rest and writes the sums into the gradients.
 #pragma once
 #include <cstdint>
 #include <memory>
@@ -26,7 +27,7 @@ struct ReducerTimes {
 
 class GradientReducer {
  public:
-  // params: f32 leaves, identical in order and shape on every rank. overlap = false reduces every bucket in finish()
+  // params: f32 leaves on one device, identical in order and shape on every rank. overlap = false reduces every bucket in finish()
   // (no thread).
   GradientReducer(std::vector<Tensor> params, Comm& comm, int64_t bucket_bytes = int64_t(25) << 20,
                   bool overlap = true);

@@ -184,8 +184,9 @@ Trainer::Trainer(TrainerOptions options, std::FILE* out) : s_(std::make_unique<S
     std::fprintf(out, "unet_train: %s on the %s backend in %s (%d host threads%s)\n", o.dataset.c_str(),
                  device_name(o.device), precision_name(o.precision), num_threads(), s.comm ? " per rank" : "");
     if (s.comm)
-      std::fprintf(out, "unet_train: %d ranks (%s), batch %d per rank, global batch %d\n", s.ranks(),
-                   s.comm->backend(), o.sampling.batch, o.sampling.batch * s.ranks());
+      std::fprintf(out, "unet_train: %d ranks (%s%s), batch %d per rank, global batch %d\n", s.ranks(),
+                   s.comm->backend(), s.comm->reduces_on_device(o.device) ? ", gradients by NCCL" : "",
+                   o.sampling.batch, o.sampling.batch * s.ranks());
   }
   if (out && o.precision == Precision::tf32 && o.device == Device::cpu)
     std::fprintf(out, "unet_train: precision tf32 computes fp32 on the cpu backend (no TF32 arithmetic)\n");

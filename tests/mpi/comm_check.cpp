@@ -12,6 +12,7 @@
 #include "engine/autograd.h"
 #include "engine/comm.h"
 #include "engine/data_parallel.h"
+#include "engine/device.h"
 #include "engine/ops.h"
 #include "engine/random.h"
 
@@ -92,11 +93,11 @@ namespace {
 struct Model {
   std::vector<Tensor> params;
   Tensor unused;  // a parameter no loss reaches: it keeps no gradient
-  Model() {
+  explicit Model(Device d) {
     Rng rng(3);
     for (int64_t n : {5, 1000, 3000, 1, 17, 4096})
-      params.push_back(randn({n}, rng).set_requires_grad(true));
-    unused = randn({8}, rng).set_requires_grad(true);
+      params.push_back(randn({n}, rng).to(d).set_requires_grad(true));
+    unused = randn({8}, rng).to(d).set_requires_grad(true);
   }
   std::vector<Tensor> all() const {
     std::vector<Tensor> v = params;
@@ -105,20 +106,18 @@ struct Model {
   }
   void backward_as(int rank) {
     for (const Tensor& p : all()) Tensor(p).set_grad(Tensor());
-    Tensor loss;
-    for (size_t k = 0; k < params.size(); ++k) {
-      Tensor l = ops::scale(ops::sum(ops::leaky_relu(params[k], 0.25f)), 0.5f + static_cast<float>(rank * 7 + k) / 3);
-      loss = loss.defined() ? ops::add(loss, l) : l;
+    for (size_t k = 0; k < params.size(); ++k) {  // one backward per parameter (sum has no CUDA kernel)
+      const Tensor& p = params[k];
+      Tensor l = ops::scale(ops::leaky_relu(p, 0.25f), 0.5f + static_cast<float>(rank * 7 + k) / 3);
+      autograd::backward(l, Tensor::from_vector(p.shape(), std::vector<float>(static_cast<size_t>(p.numel()), 1.0f))
+                                .to(p.device()));
     }
-    autograd::backward(loss);
   }
 };
 
-}  // namespace
-
-TEST_CASE("GradientReducer sums every rank's gradients in rank order, overlapped with backward or not") {
+void check_reducer(Device d) {
   Comm& c = world();
-  Model m;
+  Model m(d);
   // The serial reference: every rank's gradients, added in rank order.
   std::vector<std::vector<float>> expected(m.params.size());
   for (int r = 0; r < c.size(); ++r) {
@@ -147,6 +146,17 @@ TEST_CASE("GradientReducer sums every rank's gradients in rank order, overlapped
       CHECK(reducer.last_times().bytes == (5 + 1000 + 3000 + 1 + 17 + 4096 + 8) * 4);
     }
   }
+}
+
+}  // namespace
+
+TEST_CASE("GradientReducer sums every rank's gradients in rank order, overlapped with backward or not") {
+  check_reducer(Device::cpu);
+}
+
+TEST_CASE("GradientReducer on device memory (the emulator): buckets on the device, staged through the host") {
+  if (!device::emulator_built()) return;  // the GPU build: no emulator
+  check_reducer(Device::cuda_emu);
 }
 
 TEST_CASE("dice_ce_loss with a comm: each rank's share gives the global batch's loss and its share of the gradient") {
