@@ -5,9 +5,10 @@
 #include <chrono>
 #include <cmath>
 #include <filesystem>
-#include <map>
 #include <fstream>
+#include <map>
 #include <nlohmann/json.hpp>
+#include <sstream>
 
 #include "engine/autograd.h"
 #include "engine/device.h"
@@ -127,6 +128,55 @@ std::vector<double> median_spacing(const std::vector<io::Case>& cases, const std
   return spacing;
 }
 
+// "section.key" -> value for the keys of an effective configuration (Config::to_ini) that must agree between a run
+// and its resumption: all but [runtime], output.dir, the step count (a run may be extended) and the intervals of
+// logging, validation and checkpoints.
+std::map<std::string, std::string> resume_keys(const std::string& ini) {
+  std::map<std::string, std::string> keys;
+  std::istringstream in(ini);
+  std::string section;
+  const auto trim = [](std::string t) {
+    const size_t b = t.find_first_not_of(" \t\r"), e = t.find_last_not_of(" \t\r");
+    return b == std::string::npos ? std::string() : t.substr(b, e - b + 1);
+  };
+  for (std::string line; std::getline(in, line);) {
+    line = trim(line);
+    if (line.empty()) continue;
+    if (line.front() == '[') {
+      section = line.substr(1, line.size() - 2);
+      continue;
+    }
+    const size_t eq = line.find('=');
+    if (eq == std::string::npos) continue;
+    const std::string key = section + "." + trim(line.substr(0, eq));
+    if (section == "runtime" || key == "output.dir" || key == "train.steps" || key == "train.log_every" ||
+        key == "train.val_every" || key == "train.save_every")
+      continue;
+    keys[key] = trim(line.substr(eq + 1));
+  }
+  return keys;
+}
+
+const std::string& metadata_entry(const io::Metadata& m, const std::string& key, const std::string& path) {
+  const auto it = m.find(key);
+  if (it == m.end()) throw std::runtime_error(path + ": not a training checkpoint (no '" + key + "' in its metadata)");
+  return it->second;
+}
+
+int64_t metadata_int(const io::Metadata& m, const std::string& key, const std::string& path) {
+  const std::string& text = metadata_entry(m, key, path);
+  size_t used = 0;
+  long long v = -1;
+  try {
+    v = std::stoll(text, &used);
+  } catch (const std::exception&) {
+    used = 0;
+  }
+  if (used != text.size() || v < 0)
+    throw std::runtime_error(path + ": metadata '" + key + "' = '" + text + "' is not a whole number >= 0");
+  return v;
+}
+
 }  // namespace
 
 struct Trainer::State {
@@ -163,13 +213,90 @@ struct Trainer::State {
     return counts.dice();
   }
 
+  // checkpoint.safetensors: everything resume() needs, in one file replaced atomically (the previous one stays whole
+  // until the new one is complete). Tensors go to the host first (they may live on a GPU).
+  void save_checkpoint(int64_t step) const {
+    if (!lead()) return;
+    io::NamedTensors tensors;
+    for (auto& [name, p] : net->named_parameters()) tensors.emplace_back("model." + name, p.to(Device::cpu));
+    for (auto& [name, t] : opt->state()) tensors.emplace_back("optimizer." + name, t.to(Device::cpu));
+    io::Metadata metadata = scaler.to_metadata();
+    metadata.insert({{"step", std::to_string(step)}, {"seed", std::to_string(o.seed)}, {"optimizer", opt->name()},
+                     {"optimizer_steps", std::to_string(opt->step_count())},
+                     {"precision", precision_name(o.precision)},
+                     {"global_batch", std::to_string(static_cast<int64_t>(o.sampling.batch) * ranks())},
+                     {"config", o.config_text}});
+    io::write_safetensors((dir / "checkpoint.safetensors").string(), tensors, metadata);
+  }
+
+  // The weights for inference and the checkpoint.
   void save(int64_t step) const {
     if (!lead()) return;
     save_weights((dir / "model.safetensors").string(), *net, card_to_metadata(card));
-    std::map<std::string, std::string> metadata = scaler.to_metadata();
-    metadata.insert({{"step", std::to_string(step)}, {"seed", std::to_string(o.seed)}, {"optimizer", opt->name()},
-                     {"precision", precision_name(o.precision)}, {"config", o.config_text}});
-    io::write_safetensors((dir / "model.state.safetensors").string(), opt->state(), metadata);
+    save_checkpoint(step);
+  }
+
+  // Restores the state save_checkpoint wrote (every rank reads the file) and returns its step. Every tensor and entry
+  // is checked before anything changes.
+  int64_t resume(const std::string& run_dir) {
+    const std::string path = (std::filesystem::path(run_dir) / "checkpoint.safetensors").string();
+    if (!std::filesystem::exists(path))
+      throw TrainerOptionError("--resume " + run_dir + ": no checkpoint.safetensors there (a run writes it every "
+                               "train.save_every steps; start without --resume)");
+    const io::SafetensorsContent ck = io::read_safetensors(path);
+    const int64_t step = metadata_int(ck.metadata, "step", path);
+    // The same training: configuration, precision, optimizer and global batch.
+    const auto mine = resume_keys(o.config_text), theirs = resume_keys(metadata_entry(ck.metadata, "config", path));
+    for (const auto* m : {&mine, &theirs})
+      for (const auto& [key, value] : *m) {
+        const auto a = mine.find(key), b = theirs.find(key);
+        const std::string here = a == mine.end() ? "(absent)" : a->second;
+        const std::string there = b == theirs.end() ? "(absent)" : b->second;
+        if (here != there)
+          throw TrainerOptionError(key + " = " + here + " here, but " + there + " in the run being resumed (" + path +
+                                   "): a resumed run must train as the original (only [runtime], output.dir, train.steps "
+                                   "and the log, validation and checkpoint intervals may change)");
+      }
+    if (metadata_entry(ck.metadata, "precision", path) != precision_name(o.precision))
+      throw TrainerOptionError("precision " + std::string(precision_name(o.precision)) + " here, but " +
+                               metadata_entry(ck.metadata, "precision", path) + " in " + path +
+                               " (train.precision = auto depends on the device: set it explicitly)");
+    const int64_t global_batch = static_cast<int64_t>(o.sampling.batch) * ranks();
+    if (metadata_int(ck.metadata, "global_batch", path) != global_batch)
+      throw TrainerOptionError("global batch " + std::to_string(global_batch) + " (" + std::to_string(ranks()) +
+                               " rank(s) x data.batch_size) here, but " + metadata_entry(ck.metadata, "global_batch", path) +
+                               " in " + path + ": resume with as many ranks as the original run");
+    if (step > o.steps)
+      throw TrainerOptionError(path + " is at step " + std::to_string(step) + ", beyond train.steps = " +
+                               std::to_string(o.steps));
+    // Weights: every parameter present with its shape, checked before any is copied.
+    std::vector<std::pair<Tensor, const Tensor*>> copies;
+    for (auto& [name, p] : net->named_parameters()) {
+      const Tensor& t = ck.get("model." + name);
+      if (t.shape() != p.shape() || t.dtype() != DType::f32)
+        throw std::runtime_error(path + ": model." + name + " is " + t.describe() + ", expected " + p.describe());
+      copies.emplace_back(p, &t);
+    }
+    LossScaler restored = scaler;
+    try {
+      restored.from_metadata(ck.metadata);
+    } catch (const std::invalid_argument& e) {
+      throw std::runtime_error(path + ": " + e.what());
+    }
+    const int64_t optimizer_steps = metadata_int(ck.metadata, "optimizer_steps", path);
+    for (auto& [p, t] : copies) device::copy(p.raw(), p.device(), t->raw(), Device::cpu, t->nbytes());
+    const std::string prefix = "optimizer.";
+    for (const auto& [name, t] : ck.tensors)
+      if (name.compare(0, prefix.size(), prefix) == 0) {
+        try {
+          opt->set_state(name.substr(prefix.size()), t);
+        } catch (const std::invalid_argument& e) {
+          throw std::runtime_error(path + ": " + e.what());
+        }
+      }
+    opt->set_step_count(optimizer_steps);
+    scaler = restored;
+    return step;
   }
 };
 
@@ -254,12 +381,29 @@ void Trainer::run() {
   State& s = *s_;
   const TrainerOptions& o = s.o;
   namespace fs = std::filesystem;
+  const int64_t first_step = o.resume_dir.empty() ? 0 : s.resume(o.resume_dir);
   std::ofstream log;  // rank 0's; the other ranks' stays closed and takes no output
   if (s.lead()) {
     fs::create_directories(s.dir);
     io::write_file_atomically((s.dir / "config.ini").string(), o.config_text);
-    log.open(s.dir / "log.jsonl", std::ios::trunc);
-    if (!log) throw std::runtime_error((s.dir / "log.jsonl").string() + ": cannot write the training log");
+    const fs::path log_path = s.dir / "log.jsonl";
+    if (first_step > 0) {
+      // The lines up to the checkpoint's step; those a killed run wrote after it (and a cut last line) go.
+      std::string kept;
+      std::ifstream old(log_path);
+      for (std::string line; std::getline(old, line);) {
+        const nlohmann::json j = nlohmann::json::parse(line, nullptr, /*allow_exceptions=*/false);
+        if (j.is_object() && j.contains("step") && j["step"].is_number_integer() && j["step"].get<int64_t>() <= first_step)
+          kept += line + "\n";
+      }
+      old.close();
+      io::write_file_atomically(log_path.string(), kept);
+      if (s.out)
+        std::fprintf(s.out, "unet_train: resuming %s at step %ld of %ld\n", o.resume_dir.c_str(),
+                     static_cast<long>(first_step), static_cast<long>(o.steps));
+    }
+    log.open(log_path, first_step > 0 ? std::ios::app : std::ios::trunc);
+    if (!log) throw std::runtime_error(log_path.string() + ": cannot write the training log");
   }
 
   LrSchedule schedule{o.scheduler, o.lr, o.steps, o.warmup_steps};
@@ -268,6 +412,7 @@ void Trainer::run() {
   so.rank = s.rank();
   so.ranks = s.ranks();
   io::PatchSampler sampler(s.cases, s.split.train, so);
+  sampler.set_step(first_step);  // each step's batch depends only on (seed, step): resuming draws what was next
 
   using clock = std::chrono::steady_clock;
   auto start = clock::now(), last = start;
@@ -277,7 +422,7 @@ void Trainer::run() {
   ops::set_conv_allow_tf32(o.precision == Precision::tf32);
   HostAllocator::instance().reset_peak();
   device::reset_peak(o.device);
-  for (int64_t step = 0; step < o.steps; ++step) {
+  for (int64_t step = first_step; step < o.steps; ++step) {
     s.opt->set_lr(schedule.at(step));
     io::PatchBatch batch = sampler.next();
     const StepStats st =
@@ -326,6 +471,8 @@ void Trainer::run() {
         std::fprintf(s.out, "validation at step %ld: mean Dice %.4f\n", static_cast<long>(step + 1), mean(d));
       }
       s.save(step + 1);
+    } else if (o.save_every > 0 && (step + 1) % o.save_every == 0 && step + 1 < o.steps) {
+      s.save_checkpoint(step + 1);
     }
   }
   s.save(o.steps);

@@ -85,6 +85,13 @@ struct TrainerOptions {
   int64_t warmup_steps = 0;
   uint64_t seed = 0;               // weights, sampling and augmentation
   int64_t log_every = 10, val_every = 0;  // val_every 0: validate at the end only
+  int64_t save_every = 1000;  // steps between checkpoints (also written at each validation and at the end); 0: never
+  // A run directory to continue (output_dir should be the same): its checkpoint.safetensors restores weights,
+  // optimizer state, step, loss scale and the sampler's position, so the run ends as if never interrupted. Its
+  // configuration must equal config_text except for the [runtime] section, output.dir, train.steps (more steps
+  // extend the run; the schedules then follow the new count), train.log_every, train.val_every and train.save_every
+  // (TrainerOptionError naming the first difference).
+  std::string resume_dir;
   double overlap = 0.5;
   Blend blend = Blend::gaussian;
   std::string output_dir = "runs/unet";
@@ -100,9 +107,11 @@ struct TrainerOptions {
 
 // Writes to options.output_dir: config.ini, log.jsonl (one JSON object per logged step: the means since the last line
 // of the loss and its full-resolution Dice and CE parts, lr, samples/s, loss scale, its growth tracker and the skipped
-// steps so far, peak host memory and, off the cpu, the device's; one per validation: Dice per class), model.safetensors (PyTorch-loadable f32 weights with the model card),
-// model.state.safetensors (optimizer state, step, seed, precision, loss-scaler state, configuration) and
-// validation.json. Progress lines go to `out`.
+// steps so far, peak host memory and, off the cpu, the device's; one per validation: Dice per class),
+// model.safetensors (PyTorch-loadable f32 weights with the model card), checkpoint.safetensors (what resuming needs:
+// the weights in the engine's layout, the optimizer state, and in the metadata the step, seed, precision, global
+// batch, loss-scaler state and configuration; replaced atomically, so a kill at any moment leaves the previous one
+// whole) and validation.json. Progress lines go to `out`.
 class Trainer {
  public:
   // Loads and normalises every case, plans and initialises the network on options.device.

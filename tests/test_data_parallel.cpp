@@ -20,36 +20,16 @@
 
 using namespace unet;
 namespace fs = std::filesystem;
+using test::shell;
+using test::write_text;
 
 namespace {
-
-// The output and exit status of a shell command (stderr merged).
-int shell(const std::string& command, std::string* output = nullptr) {
-  FILE* pipe = popen((command + " 2>&1").c_str(), "r");
-  REQUIRE(pipe != nullptr);
-  std::string text;
-  char buf[4096];
-  size_t n;
-  while ((n = fread(buf, 1, sizeof buf, pipe)) > 0) text.append(buf, n);
-  const int status = pclose(pipe);
-  if (output) *output = text;
-  return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-}
 
 // "mpirun ..." with what OpenMPI needs here (root, more ranks than cores, one thread per rank), or "" without mpirun.
 std::string mpirun() {
   std::string path;
   if (shell("command -v mpirun", &path) != 0) return "";
   return "OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMP_NUM_THREADS=1 mpirun --oversubscribe";
-}
-
-std::string tool(const std::string& name) {
-  return (fs::read_symlink("/proc/self/exe").parent_path() / name).string();
-}
-
-std::string write_text(const std::string& path, const std::string& text) {
-  std::ofstream(path) << text;
-  return path;
 }
 
 // The training configuration of these tests: 32^3 patches, 4 levels (so deep supervision: four losses a step, each
@@ -165,7 +145,7 @@ TEST_CASE("unet_train under mpirun: 2 ranks x batch 1 and 3 ranks x batch 1 trai
     std::string out;
     REQUIRE_MESSAGE(test::run_tool("unet_train", ini + " --set data.batch_size=" + std::to_string(ranks) +
                                                      " --set output.dir=" + serial, &out) == 0, out);
-    REQUIRE_MESSAGE(shell(mpi + " -np " + std::to_string(ranks) + " " + tool("unet_train") + " " + ini +
+    REQUIRE_MESSAGE(shell(mpi + " -np " + std::to_string(ranks) + " " + test::tool_path("unet_train") + " " + ini +
                               " --set data.batch_size=1 --set output.dir=" + parallel, &out) == 0, out);
     CHECK(out.find(std::to_string(ranks) + " ranks (mpi), batch 1 per rank, global batch " + std::to_string(ranks)) !=
           std::string::npos);
@@ -183,12 +163,12 @@ TEST_CASE("unet_train under mpirun: 2 ranks x batch 1 and 3 ranks x batch 1 trai
                   << d.tensor_relative << " of their tensor's); bitwise: " << d.bitwise);
     CHECK(d.model_relative <= 1e-5);
     // Rank 0 alone wrote the run directory's files; validation (1 case) was split over the ranks and reduced.
-    CHECK(fs::exists(parallel + "/model.state.safetensors"));
+    CHECK(fs::exists(parallel + "/checkpoint.safetensors"));
     CHECK(fs::exists(parallel + "/validation.json"));
   }
   // The same rank count twice: the same bits (the reductions have a fixed order).
   std::string out;
-  REQUIRE(shell(mpi + " -np 2 " + tool("unet_train") + " " + ini + " --set data.batch_size=1 --set output.dir=" +
+  REQUIRE(shell(mpi + " -np 2 " + test::tool_path("unet_train") + " " + ini + " --set data.batch_size=1 --set output.dir=" +
                     tmp.path + "/again", &out) == 0);
   CHECK(compare_weights(tmp.path + "/mpi2/model.safetensors", tmp.path + "/again/model.safetensors").bitwise);
 }
@@ -212,8 +192,8 @@ TEST_CASE("a rank that fails ends every rank with a non-zero status and a messag
   const std::string bad = train_config(tmp.path + "/b", tmp.path + "/broken");
   const auto t0 = std::chrono::steady_clock::now();
   std::string out;
-  const int rc = shell(mpi + " -np 1 " + tool("unet_train") + " " + good + " --set output.dir=" + tmp.path +
-                           "/run : -np 1 " + tool("unet_train") + " " + bad + " --set output.dir=" + tmp.path + "/run",
+  const int rc = shell(mpi + " -np 1 " + test::tool_path("unet_train") + " " + good + " --set output.dir=" + tmp.path +
+                           "/run : -np 1 " + test::tool_path("unet_train") + " " + bad + " --set output.dir=" + tmp.path + "/run",
                        &out);
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   CHECK(rc != 0);
@@ -236,7 +216,7 @@ TEST_CASE("Ctrl-C on mpirun stops every rank") {
   // later (status 137 then).
   std::string out;
   const auto t0 = std::chrono::steady_clock::now();
-  const int rc = shell("timeout -s INT -k 30 3 " + mpi + " -np 2 " + tool("unet_train") + " " + ini +
+  const int rc = shell("timeout -s INT -k 30 3 " + mpi + " -np 2 " + test::tool_path("unet_train") + " " + ini +
                            " --set train.steps=100000 --set data.batch_size=1 --set output.dir=" + tmp.path + "/run",
                        &out);
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
@@ -262,7 +242,7 @@ TEST_CASE("unet_infer under mpirun splits the volumes over the ranks and writes 
   const std::string args = " --model " + tmp.path + "/run/model.safetensors --input " + tmp.path + "/data/imagesTs";
   std::string out;
   REQUIRE_MESSAGE(test::run_tool("unet_infer", args + " --output " + tmp.path + "/one", &out) == 0, out);
-  REQUIRE_MESSAGE(shell(mpi + " -np 2 " + tool("unet_infer") + args + " --output " + tmp.path + "/two", &out) == 0, out);
+  REQUIRE_MESSAGE(shell(mpi + " -np 2 " + test::tool_path("unet_infer") + args + " --output " + tmp.path + "/two", &out) == 0, out);
   CHECK(out.find("2 ranks") != std::string::npos);
   int volumes = 0;
   for (const auto& e : fs::directory_iterator(tmp.path + "/one")) {
@@ -275,7 +255,7 @@ TEST_CASE("unet_infer under mpirun splits the volumes over the ranks and writes 
   // A volume that fails on one rank (with --keep-going) makes every rank exit 1; the others are still written.
   fs::copy(tmp.path + "/data/imagesTs", tmp.path + "/in");
   fs::resize_file(tmp.path + "/in/case_007.nii.gz", 100);
-  const int rc = shell(mpi + " -np 2 " + tool("unet_infer") + " --model " + tmp.path + "/run/model.safetensors --input " +
+  const int rc = shell(mpi + " -np 2 " + test::tool_path("unet_infer") + " --model " + tmp.path + "/run/model.safetensors --input " +
                            tmp.path + "/in --output " + tmp.path + "/three --keep-going",
                        &out);
   CHECK(rc == 1);

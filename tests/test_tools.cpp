@@ -17,10 +17,7 @@ using namespace unet;
 namespace fs = std::filesystem;
 
 namespace {
-std::string write_text(const std::string& path, const std::string& text) {
-  std::ofstream(path) << text;
-  return path;
-}
+using test::write_text;
 
 // A small model card and weights with random values, for `channels` input channels.
 std::string write_random_model(const std::string& dir, int channels, const std::vector<int>& patch) {
@@ -85,8 +82,11 @@ TEST_CASE("unet_train writes a checkpoint, a JSON-lines log and its configuratio
   models::ModelCard card = models::card_from_metadata(w.metadata, "model");
   CHECK(card.patch == std::vector<int>{16, 16, 16});
   CHECK(card.labels.size() == 3);
-  io::SafetensorsContent st = io::read_safetensors(dir + "/run/model.state.safetensors");
+  io::SafetensorsContent st = io::read_safetensors(dir + "/run/checkpoint.safetensors");
   CHECK(st.metadata.at("step") == "4");
+  CHECK(st.metadata.at("global_batch") == "2");
+  CHECK(st.get("model.input_block.conv1.conv.weight").shape() == Shape{4, 3, 3, 3, 1});  // the engine's layout
+  CHECK(st.get("optimizer.exp_avg.0").shape() == Shape{4, 3, 3, 3, 1});
   CHECK(st.metadata.at("precision") == "fp32");
   CHECK(st.metadata.at("loss_scale") == "1");
   CHECK(st.metadata.at("skipped_steps") == "0");

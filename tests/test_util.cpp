@@ -7,6 +7,7 @@
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
+#include <fstream>
 #include <sstream>
 
 #include "engine/ops.h"
@@ -183,20 +184,32 @@ void check_gradients(const std::function<Tensor(const std::vector<Tensor>&)>& f,
   }
 }
 
-int run_tool(const std::string& name, const std::string& args, std::string* output) {
-  namespace fs = std::filesystem;
-  fs::path exe = fs::read_symlink("/proc/self/exe").parent_path() / name;
-  REQUIRE_MESSAGE(fs::exists(exe), exe.string() << " is not built");
-  std::string cmd = exe.string() + " " + args + " 2>&1";
-  FILE* pipe = popen(cmd.c_str(), "r");
+int shell(const std::string& command, std::string* output) {
+  FILE* pipe = popen((command + " 2>&1").c_str(), "r");
   REQUIRE(pipe != nullptr);
   std::string text;
   char buf[4096];
   size_t n;
   while ((n = fread(buf, 1, sizeof buf, pipe)) > 0) text.append(buf, n);
-  int status = pclose(pipe);
+  const int status = pclose(pipe);
   if (output) *output = text;
   return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}
+
+std::string tool_path(const std::string& name) {
+  namespace fs = std::filesystem;
+  const fs::path exe = fs::read_symlink("/proc/self/exe").parent_path() / name;
+  REQUIRE_MESSAGE(fs::exists(exe), exe.string() << " is not built");
+  return exe.string();
+}
+
+int run_tool(const std::string& name, const std::string& args, std::string* output) {
+  return shell(tool_path(name) + " " + args, output);
+}
+
+std::string write_text(const std::string& path, const std::string& text) {
+  std::ofstream(path) << text;
+  return path;
 }
 
 TempDir::TempDir(const std::string& tag) {

@@ -58,9 +58,15 @@ void check_gradients(const std::function<Tensor(const std::vector<Tensor>&)>& f,
 // ops::dice_ce_loss with its Dice and CE parts read back into *dice and *ce (either may be null).
 Tensor dice_ce(const Tensor& logits, const Tensor& labels, float* dice, float* ce = nullptr);
 
-// Runs the program `name` built beside the test binary with `args` (a shell fragment); returns its exit status and
-// puts its standard output and error into *output when given.
+// Runs a shell command; returns its exit status (-1 when a signal ended it) and puts its standard output and error
+// into *output when given.
+int shell(const std::string& command, std::string* output = nullptr);
+// The path of the program `name` built beside the test binary (the test fails when it is not built).
+std::string tool_path(const std::string& name);
+// Runs the program `name` built beside the test binary with `args` (a shell fragment), as shell() does.
 int run_tool(const std::string& name, const std::string& args, std::string* output = nullptr);
+// Writes `text` to `path` and returns the path.
+std::string write_text(const std::string& path, const std::string& text);
 
 // A fresh empty directory under the system temp directory, unique to this process and `tag`, removed with
 // everything in it when the object goes away.

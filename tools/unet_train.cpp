@@ -1,8 +1,8 @@
 // unet_train: trains an nnU-Net DynUNet on a Medical Segmentation Decathlon dataset from an INI configuration: the
 // command line and the configuration schema; the training itself is models::Trainer (models/trainer.h).
-// usage: unet_train CONFIG.ini [--set section.key=value ...]   (unet_train --help-config lists every key)
+// usage: unet_train CONFIG.ini [--set section.key=value ...] [--resume DIR]   (--help-config lists every key)
 // Writes to [output] dir what models::Trainer writes: config.ini, log.jsonl, model.safetensors (weights loadable by
-// PyTorch, with the model card), model.state.safetensors (optimizer state, step, seed) and validation.json.
+// PyTorch, with the model card), checkpoint.safetensors (what --resume continues from) and validation.json.
 // Exit status: 0 success, 2 usage or configuration error, 1 runtime failure (docs/reference.md, "Exit statuses").
 #include <CLI/CLI.hpp>
 #include <cstdio>
@@ -51,6 +51,8 @@ io::Config make_config() {
       {"train", "seed", KeyType::integer, "0", "seed for weights, sampling and augmentation"},
       {"train", "log_every", KeyType::integer, "10", "steps between log lines"},
       {"train", "val_every", KeyType::integer, "0", "steps between validations (0: only at the end)"},
+      {"train", "save_every", KeyType::integer, "1000",
+       "steps between checkpoints for --resume (also at each validation and the end; 0: only there)"},
       {"train", "precision", KeyType::string, "auto",
        "arithmetic: auto (bf16 on a GPU, fp32 elsewhere), fp32, tf32 (TF32 tensor cores), fp16 or bf16 (mixed)",
        {"auto", "fp32", "tf32", "fp16", "bf16"}},
@@ -121,6 +123,7 @@ models::TrainerOptions trainer_options(const io::Config& c) {
   o.seed = static_cast<uint64_t>(int_in("train", "seed", 0, std::numeric_limits<long>::max()));
   o.log_every = int_in("train", "log_every", 1, 1000000000);
   o.val_every = int_in("train", "val_every", 0, 1000000000);
+  o.save_every = int_in("train", "save_every", 0, 1000000000);
   o.overlap = real_in("validation", "overlap", 0, 1, /*hi_open=*/true);
   o.blend = c.get_string("validation", "blend") == "constant" ? Blend::constant : Blend::gaussian;
   o.precision = resolve_precision(c.get_string("train", "precision"), o.device);  // the schema checked the name
@@ -133,8 +136,9 @@ models::TrainerOptions trainer_options(const io::Config& c) {
   return o;
 }
 
-int run(const io::Config& c) {
+int run(const io::Config& c, const std::string& resume) {
   models::TrainerOptions options = trainer_options(c);
+  options.resume_dir = resume;
   // More threads than cores only adds switching (1000 on 2 cores turned 0.08 s steps into minutes): at most twice the
   // hardware threads; 0 uses them all.
   const long cores = std::max(1u, std::thread::hardware_concurrency());
@@ -158,12 +162,15 @@ int run(const io::Config& c) {
 
 int main(int argc, char** argv) {
   io::Config config = make_config();
-  std::string path;
+  std::string path, resume;
   std::vector<std::string> overrides;
   bool help_config = false;
   CLI::App app{"Trains an nnU-Net DynUNet on a Medical Segmentation Decathlon dataset (see --help-config for the keys)."};
   app.add_option("config", path, "INI configuration file");
   app.add_option("--set", overrides, "override a key: section.key=value (repeatable)");
+  app.add_option("--resume", resume,
+                 "continue the run in this directory from its checkpoint.safetensors (writing there); CONFIG must be "
+                 "the run's own, except [runtime], output.dir and the log, validation and checkpoint intervals");
   app.add_flag("--help-config", help_config, "list every configuration key with its default");
   if (auto status = unet::tools::parse_command_line(app, argc, argv, "unet_train")) return *status;
   if (help_config) {
@@ -174,6 +181,7 @@ int main(int argc, char** argv) {
     if (path.empty()) throw UsageError("missing CONFIG.ini (run with --help)");
     config.load_file(path);
     for (auto& o : overrides) config.apply_override(o);
-    return run(config);
+    if (!resume.empty()) config.apply_override("output.dir=" + resume);
+    return run(config, resume);
   });
 }

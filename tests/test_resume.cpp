@@ -1,0 +1,112 @@
+// unet_train --resume: a run killed with SIGKILL at any moment and resumed from its checkpoint ends with bitwise the
+// weights, optimizer state and validation of a run never interrupted; and what resuming refuses.
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <string>
+
+#include "io/safetensors.h"
+#include "tests/test_util.h"
+
+using namespace unet;
+namespace fs = std::filesystem;
+using test::run_tool;
+using test::shell;
+using test::write_text;
+
+namespace {
+
+// 120 steps of a small 3-level network on 4 cases, two folds (validations at steps 40 and 80 and at the end), a
+// checkpoint every step so that kills often land while one is being written.
+std::string config(const test::TempDir& tmp) {
+  REQUIRE(run_tool("unet_synth", "--output " + tmp / "data" + " --train 4 --test 1 --size 20,20,20 --seed 4") == 0);
+  return write_text(tmp / "train.ini", "[data]\ndataset = " + tmp / "data" +
+                                           "\npatch_size = 16,16,16\nbatch_size = 2\nfolds = 2\n"
+                                           "[model]\nfilters = 4\ndepth = 3\n"
+                                           "[train]\nsteps = 120\nlog_every = 5\nval_every = 40\nsave_every = 1\n"
+                                           "seed = 7\nscheduler = poly\n[runtime]\nthreads = 1\n");
+}
+
+// Whether two safetensors files hold the same tensors, bit for bit.
+bool same_tensors(const std::string& a, const std::string& b, std::string* why) {
+  const io::SafetensorsContent x = io::read_safetensors(a), y = io::read_safetensors(b);
+  if (x.tensors.size() != y.tensors.size()) {
+    *why = "tensor counts differ";
+    return false;
+  }
+  for (const auto& [name, t] : x.tensors) {
+    const Tensor& u = y.get(name);
+    if (t.shape() != u.shape() || t.dtype() != u.dtype() || std::memcmp(t.raw(), u.raw(), t.nbytes()) != 0) {
+      *why = name + " differs";
+      return false;
+    }
+  }
+  return true;
+}
+
+int64_t checkpoint_step(const std::string& run) {
+  return std::stoll(io::read_safetensors(run + "/checkpoint.safetensors").metadata.at("step"));
+}
+
+}  // namespace
+
+TEST_CASE("unet_train killed with SIGKILL three times and resumed ends bitwise as a run never interrupted") {
+  test::TempDir tmp("resume");
+  const std::string ini = config(tmp), train = test::tool_path("unet_train");
+  std::string out;
+  REQUIRE_MESSAGE(run_tool("unet_train", ini + " --set output.dir=" + tmp / "whole", &out) == 0, out);
+
+  // Kills at different moments: soon after the first checkpoint appears, then after resuming, at delays that land
+  // inside steps, checkpoint writes and validations.
+  const std::string run = tmp / "killed";
+  int64_t last_step = -1;
+  for (const char* delay : {"0.05", "0.15", "0.3"}) {
+    const std::string start = last_step < 0 ? train + " " + ini + " --set output.dir=" + run
+                                            : train + " " + ini + " --resume " + run;
+    const std::string wait_first = last_step < 0 ? "while [ ! -f " + run + "/checkpoint.safetensors ]; do sleep 0.01; done; " : "";
+    const int rc = shell("(" + start + " > " + tmp / "log.txt" + " 2>&1 & p=$!; " + wait_first + "sleep " + delay +
+                         "; kill -9 $p; wait $p)");
+    CHECK(rc == 137);  // 128 + SIGKILL: killed, not finished
+    const int64_t step = checkpoint_step(run);
+    MESSAGE("killed after " << std::string(delay) << " s: checkpoint at step " << step);
+    CHECK(step >= std::max<int64_t>(last_step, 1));  // never goes back; the file is whole (it was read)
+    last_step = step;
+  }
+  REQUIRE_MESSAGE(run_tool("unet_train", ini + " --resume " + run, &out) == 0, out);
+  CHECK(out.find("resuming " + run + " at step") != std::string::npos);
+
+  std::string why;
+  CHECK_MESSAGE(same_tensors(tmp / "whole/model.safetensors", run + "/model.safetensors", &why), why);
+  CHECK_MESSAGE(same_tensors(tmp / "whole/checkpoint.safetensors", run + "/checkpoint.safetensors", &why), why);
+  const auto read_json = [](const std::string& path) { return nlohmann::json::parse(std::ifstream(path)); };
+  CHECK(read_json(tmp / "whole/validation.json")["val_dice"] == read_json(run + "/validation.json")["val_dice"]);
+  // The log: the same steps in the same order (the lines a killed run wrote after its checkpoint were dropped).
+  std::vector<int64_t> whole_steps, killed_steps;
+  for (auto [path, steps] : {std::pair{tmp / "whole/log.jsonl", &whole_steps}, std::pair{run + "/log.jsonl", &killed_steps}}) {
+    std::ifstream log(path);
+    for (std::string line; std::getline(log, line);) steps->push_back(nlohmann::json::parse(line)["step"].get<int64_t>());
+  }
+  CHECK(whole_steps == killed_steps);
+}
+
+TEST_CASE("unet_train --resume refuses a changed configuration, a missing checkpoint and a finished step count") {
+  test::TempDir tmp("resume_refuses");
+  const std::string ini = config(tmp);
+  std::string out;
+  // Nothing to resume from.
+  CHECK(run_tool("unet_train", ini + " --resume " + tmp / "nothing", &out) == 2);
+  CHECK(out.find("no checkpoint.safetensors") != std::string::npos);
+  REQUIRE(run_tool("unet_train", ini + " --set train.steps=4 --set output.dir=" + tmp / "run", &out) == 0);
+  const std::string before = io::read_safetensors(tmp / "run/checkpoint.safetensors").metadata.at("step");
+  // A key that changes the training: named, with both values, exit 2, nothing written.
+  CHECK(run_tool("unet_train", ini + " --set train.steps=4 --set train.lr=0.001 --resume " + tmp / "run", &out) == 2);
+  CHECK(out.find("train.lr = 0.001 here, but 8e-4") != std::string::npos);
+  // Intervals and the runtime section may change: resuming a finished run only validates and writes again.
+  CHECK(run_tool("unet_train", ini + " --set train.steps=4 --set train.log_every=1 --set runtime.threads=2 --resume " +
+                                   tmp / "run",
+                 &out) == 0);
+  CHECK(io::read_safetensors(tmp / "run/checkpoint.safetensors").metadata.at("step") == before);
+  // Fewer steps than the checkpoint has done.
+  CHECK(run_tool("unet_train", ini + " --set train.steps=2 --resume " + tmp / "run", &out) == 2);
+  CHECK(out.find("beyond train.steps = 2") != std::string::npos);
+}
