@@ -387,7 +387,7 @@ PatchSampler::PatchSampler(const std::vector<Case>& cases, std::vector<size_t> w
   for (int64_t p : opt_.patch) check_arg(p >= 1, "PatchSampler: patch size must be positive");
   check_arg(opt_.batch >= 1, "PatchSampler: batch must be >= 1, got " + std::to_string(opt_.batch));
   check_arg(opt_.foreground_prob >= 0 && opt_.foreground_prob <= 1, "PatchSampler: foreground_prob must be in [0, 1]");
-  check_arg(opt_.flip_prob >= 0 && opt_.flip_prob <= 1, "PatchSampler: flip_prob must be in [0, 1]");
+  opt_.augment.check();
   check_arg(opt_.max_locations_per_class >= 1, "PatchSampler: max_locations_per_class must be >= 1");
   check_arg(opt_.ranks >= 1 && opt_.rank >= 0 && opt_.rank < opt_.ranks,
             "PatchSampler: rank " + std::to_string(opt_.rank) + " of " + std::to_string(opt_.ranks));
@@ -430,76 +430,101 @@ PatchSampler::PatchSampler(const std::vector<Case>& cases, std::vector<size_t> w
   }
 }
 
-PatchBatch PatchSampler::next() {
-  const int64_t B = opt_.batch, C = channels_;
-  const int64_t P[3] = {opt_.patch[0], opt_.patch[1], opt_.patch[2]};
-  PatchBatch out;
-  out.image = Tensor::empty({B, P[0], P[1], P[2], C});
-  out.label = Tensor::empty({B, P[0], P[1], P[2]}, DType::i32);
-  std::vector<const Case*> picked;
+namespace {
 
-  // Draw every random decision first, each sample from its own stream, so a seed gives the same global batch however
-  // the copy is split and however many ranks share it.
-  for (int64_t b = 0; b < B; ++b) {
-    Rng rng(sample_seed(opt_.seed, step_, opt_.rank * B + b));
-    const CaseRef& ref = refs_[static_cast<size_t>(rng.below(static_cast<int64_t>(refs_.size())))];
-    const Shape& s = ref.c->label.shape();
-    bool foreground = rng.uniform() < opt_.foreground_prob && !ref.fg.empty();
-    std::array<int64_t, 3> origin{};
-    std::array<int64_t, 3> voxel{};
-    if (foreground) {
-      const auto& locs = ref.fg[static_cast<size_t>(rng.below(static_cast<int64_t>(ref.fg.size())))];
-      int64_t v = locs[static_cast<size_t>(rng.below(static_cast<int64_t>(locs.size())))];
-      voxel = {v / (s[1] * s[2]), (v / s[2]) % s[1], v % s[2]};
+// The region of `size` voxels at `origin` (may stick out of the volume: zeros and background there) of a case.
+Sample cut(const Case& c, const std::array<int64_t, 3>& origin, const std::array<int64_t, 3>& size) {
+  const int64_t C = c.image.dim(3);
+  Sample out(size, C);
+  const Shape& s = c.label.shape();
+  const float* image = c.image.data<float>();
+  const uint8_t* label = c.label.data<uint8_t>();
+  for (int64_t z = 0; z < size[0]; ++z) {
+    const int64_t sz = origin[0] + z;
+    if (sz < 0 || sz >= s[0]) continue;
+    for (int64_t y = 0; y < size[1]; ++y) {
+      const int64_t sy = origin[1] + y;
+      if (sy < 0 || sy >= s[1]) continue;
+      // The run of x inside the volume.
+      const int64_t x0 = std::max<int64_t>(0, -origin[2]), x1 = std::min<int64_t>(size[2], s[2] - origin[2]);
+      if (x0 >= x1) continue;
+      const int64_t src = (sz * s[1] + sy) * s[2] + origin[2], dst = (z * size[1] + y) * size[2];
+      std::copy(image + (src + x0) * C, image + (src + x1) * C, out.image.begin() + (dst + x0) * C);
+      std::copy(label + src + x0, label + src + x1, out.label.begin() + dst + x0);
     }
-    for (int a = 0; a < 3; ++a) {
-      // Valid corners: the patch inside the volume, or (volume smaller than patch) the volume centred in the patch.
-      int64_t need = std::max<int64_t>(0, P[a] - s[a]);
-      int64_t lb = -(need / 2), ub = s[a] + need / 2 + need % 2 - P[a];
-      origin[a] = foreground ? std::clamp(voxel[a] - P[a] / 2, lb, ub) : lb + rng.below(ub - lb + 1);
-    }
-    std::array<bool, 3> flip{};
-    for (int a = 0; a < 3; ++a) flip[a] = rng.uniform() < opt_.flip_prob;
-    out.case_index.push_back(ref.index);
-    out.origin.push_back(origin);
-    out.flipped.push_back(flip);
-    picked.push_back(ref.c);
   }
-  ++step_;
+  return out;
+}
 
-  float* xi = out.image.data<float>();
-  int32_t* xl = out.label.data<int32_t>();
-  // One task per output row (b, z, y): copy X voxels, zeros outside the volume, reversed along flipped axes.
-  parallel_for(B * P[0] * P[1], 16, [&](int64_t r0, int64_t r1) {
-    for (int64_t r = r0; r < r1; ++r) {
-      int64_t b = r / (P[0] * P[1]), pz = (r / P[1]) % P[0], py = r % P[1];
-      const Case& c = *picked[static_cast<size_t>(b)];
-      const auto& o = out.origin[static_cast<size_t>(b)];
-      const auto& f = out.flipped[static_cast<size_t>(b)];
-      const Shape& s = c.label.shape();
-      float* di = xi + r * P[2] * C;
-      int32_t* dl = xl + r * P[2];
-      int64_t sz = o[0] + (f[0] ? P[0] - 1 - pz : pz), sy = o[1] + (f[1] ? P[1] - 1 - py : py);
-      if (sz < 0 || sz >= s[0] || sy < 0 || sy >= s[1]) {
-        std::fill(di, di + P[2] * C, 0.0f);
-        std::fill(dl, dl + P[2], 0);
-        continue;
-      }
-      const float* si = c.image.data<float>() + (sz * s[1] + sy) * s[2] * C;
-      const uint8_t* sl = c.label.data<uint8_t>() + (sz * s[1] + sy) * s[2];
-      for (int64_t px = 0; px < P[2]; ++px) {
-        int64_t sx = o[2] + (f[2] ? P[2] - 1 - px : px);
-        if (sx < 0 || sx >= s[2]) {
-          std::fill(di + px * C, di + (px + 1) * C, 0.0f);
-          dl[px] = 0;
-        } else {
-          std::copy(si + sx * C, si + (sx + 1) * C, di + px * C);
-          dl[px] = sl[sx];
-        }
-      }
-    }
+}  // namespace
+
+PatchSampler::Drawn PatchSampler::sample(int64_t step, int64_t b) const {
+  const int64_t P[3] = {opt_.patch[0], opt_.patch[1], opt_.patch[2]};
+  Rng rng(sample_seed(opt_.seed, step, opt_.rank * opt_.batch + b));
+  const CaseRef& ref = refs_[static_cast<size_t>(rng.below(static_cast<int64_t>(refs_.size())))];
+  const Shape& s = ref.c->label.shape();
+  const bool foreground = rng.uniform() < opt_.foreground_prob && !ref.fg.empty();
+  std::array<int64_t, 3> origin{}, voxel{};
+  if (foreground) {
+    const auto& locs = ref.fg[static_cast<size_t>(rng.below(static_cast<int64_t>(ref.fg.size())))];
+    const int64_t v = locs[static_cast<size_t>(rng.below(static_cast<int64_t>(locs.size())))];
+    voxel = {v / (s[1] * s[2]), (v / s[2]) % s[1], v % s[2]};
+  }
+  for (int a = 0; a < 3; ++a) {
+    // Valid corners: the patch inside the volume, or (volume smaller than patch) the volume centred in the patch.
+    const int64_t need = std::max<int64_t>(0, P[a] - s[a]);
+    const int64_t lb = -(need / 2), ub = s[a] + need / 2 + need % 2 - P[a];
+    origin[static_cast<size_t>(a)] = foreground ? std::clamp(voxel[static_cast<size_t>(a)] - P[a] / 2, lb, ub)
+                                                : lb + rng.below(ub - lb + 1);
+  }
+  Drawn d{Sample(), ref.index, origin, draw_rotation(opt_.augment, rng), {}};
+  if (d.rotation == std::array<double, 3>{0, 0, 0}) {
+    d.sample = cut(*ref.c, origin, opt_.patch);
+  } else {
+    // A region centred on the patch, large enough for the rotated patch, rotated about the common centre.
+    const std::array<double, 9> R = rotation_matrix(d.rotation);
+    const std::array<int64_t, 3> extent = rotated_extent(R, opt_.patch);
+    std::array<int64_t, 3> region{};
+    for (int a = 0; a < 3; ++a)
+      region[static_cast<size_t>(a)] = origin[static_cast<size_t>(a)] - (extent[static_cast<size_t>(a)] - P[a]) / 2;
+    d.sample = rotate_crop(cut(*ref.c, region, extent), R, opt_.patch);
+  }
+  d.augment = augment(d.sample, opt_.augment, rng);
+  return d;
+}
+
+PatchBatch PatchSampler::empty_batch() const {
+  const int64_t B = opt_.batch;
+  PatchBatch out;
+  out.image = Tensor::empty({B, opt_.patch[0], opt_.patch[1], opt_.patch[2], channels_});
+  out.label = Tensor::empty({B, opt_.patch[0], opt_.patch[1], opt_.patch[2]}, DType::i32);
+  out.case_index.resize(static_cast<size_t>(B));
+  out.origin.resize(static_cast<size_t>(B));
+  out.rotation.resize(static_cast<size_t>(B));
+  out.augment.resize(static_cast<size_t>(B));
+  return out;
+}
+
+void PatchSampler::put(PatchBatch& batch, int64_t b, const Drawn& d) {
+  const size_t i = static_cast<size_t>(b);
+  std::copy(d.sample.image.begin(), d.sample.image.end(),
+            batch.image.data<float>() + b * static_cast<int64_t>(d.sample.image.size()));
+  std::copy(d.sample.label.begin(), d.sample.label.end(),
+            batch.label.data<int32_t>() + b * static_cast<int64_t>(d.sample.label.size()));
+  batch.case_index[i] = d.case_index;
+  batch.origin[i] = d.origin;
+  batch.rotation[i] = d.rotation;
+  batch.augment[i] = d.augment;
+}
+
+PatchBatch PatchSampler::batch(int64_t step) const {
+  PatchBatch out = empty_batch();
+  parallel_for(opt_.batch, 1, [&](int64_t b0, int64_t b1) {
+    for (int64_t b = b0; b < b1; ++b) put(out, b, sample(step, b));
   });
   return out;
 }
+
+PatchBatch PatchSampler::next() { return batch(step_++); }
 
 }  // namespace unet::io

@@ -10,6 +10,7 @@
 
 #include "engine/random.h"
 #include "engine/tensor.h"
+#include "io/augment.h"
 
 namespace unet::io {
 
@@ -101,7 +102,7 @@ struct PatchSamplerOptions {
   std::array<int64_t, 3> patch{64, 64, 64};  // (z, y, x) voxels
   int batch = 2;
   double foreground_prob = 0.4;  // chance a patch is placed to contain a random foreground voxel
-  double flip_prob = 0.5;        // per spatial axis; 0 disables flips
+  AugmentOptions augment;        // DLE's augmentation by default (io/augment.h); AugmentOptions::none() for none
   uint64_t seed = 0;
   int max_locations_per_class = 10000;  // foreground voxels remembered per class and case (as nnU-Net)
   // Data parallel: `batch` is per rank; the global batch of a step has batch * ranks samples and this sampler draws
@@ -114,24 +115,42 @@ struct PatchBatch {
   Tensor label;                                // i32 [B, Z, Y, X]
   std::vector<size_t> case_index;              // index into the sampler's `cases`, per batch item
   std::vector<std::array<int64_t, 3>> origin;  // patch corner in the volume (may be negative: zero padding)
-  std::vector<std::array<bool, 3>> flipped;    // flips applied per axis (z, y, x)
+  std::vector<std::array<double, 3>> rotation;  // angles (radians) about z, y, x; zero when not rotated
+  std::vector<AugmentRecord> augment;           // what augment() did, per batch item
 };
 
 // Draws batches of random patches from a set of cases, deterministically: sample g of the global batch of step s comes
-// from its own random stream, keyed by (seed, s, g), so the global batch is the same whatever the number of ranks or
-// threads. For each sample: a case uniformly;
-// with probability foreground_prob (if the case has foreground) a foreground class uniformly among those present, a
-// voxel of it, and the patch centred on it (shifted to stay inside the volume, so the voxel is always inside);
-// otherwise a uniform position. Volumes smaller than the patch are zero-padded (image 0, label background), centred
-// as nnU-Net. Then each axis is flipped with probability flip_prob, image and label together.
-// The cases are referenced, not copied: they must outlive the sampler.
+// from its own random stream, keyed by (seed, s, g), so the global batch is the same whatever the number of ranks,
+// threads or loader workers. For each sample: a case uniformly; with probability foreground_prob (if the case has
+// foreground) a foreground class uniformly among those present, a voxel of it, and the patch centred on it (shifted to
+// stay inside the volume, so the voxel is always inside); otherwise a uniform position. Volumes smaller than the patch
+// are zero-padded (image 0, label background), centred as nnU-Net. With rotation enabled, a larger region around the
+// patch is cut and rotated about the patch's centre (io/augment.h, rotate_crop). Then augment() (zoom, flips, noise,
+// blur, brightness, contrast, and gamma and low resolution when enabled).
+// The cases are referenced, not copied: they must outlive the sampler. sample() and batch() are const and
+// thread-safe.
 class PatchSampler {
  public:
   // Samples from cases[i] for i in `which` (all cases when empty), e.g. the training indices of a fold.
   PatchSampler(const std::vector<Case>& cases, std::vector<size_t> which, PatchSamplerOptions options);
-  PatchBatch next();  // this rank's share of the next step's global batch
+  PatchBatch next();  // this rank's share of the next step's global batch (samples in parallel over the threads)
   int64_t step() const { return step_; }  // the step next() draws
   void set_step(int64_t step) { step_ = step; }
+
+  // Item b (0 <= b < batch) of this rank's share of step `step`: its image, label and what was drawn.
+  struct Drawn {
+    Sample sample;
+    size_t case_index;
+    std::array<int64_t, 3> origin;
+    std::array<double, 3> rotation;
+    AugmentRecord augment;
+  };
+  Drawn sample(int64_t step, int64_t b) const;
+  PatchBatch batch(int64_t step) const;  // every item of `step`, assembled
+  // An empty batch of this sampler's shapes, and item b of it filled from a Drawn sample.
+  PatchBatch empty_batch() const;
+  static void put(PatchBatch& batch, int64_t b, const Drawn& d);
+  const PatchSamplerOptions& options() const { return opt_; }
 
  private:
   struct CaseRef {

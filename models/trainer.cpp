@@ -14,6 +14,7 @@
 #include "engine/device.h"
 #include "engine/ops.h"
 #include "engine/schedule.h"
+#include "io/loader.h"
 #include "io/safetensors.h"
 #include "kernels/common/allocator.h"
 #include "kernels/common/parallel.h"
@@ -129,8 +130,8 @@ std::vector<double> median_spacing(const std::vector<io::Case>& cases, const std
 }
 
 // "section.key" -> value for the keys of an effective configuration (Config::to_ini) that must agree between a run
-// and its resumption: all but [runtime], output.dir, the step count (a run may be extended) and the intervals of
-// logging, validation and checkpoints.
+// and its resumption: all but [runtime], output.dir, the step count (a run may be extended), the loader's workers and
+// prefetch (they do not change the batches) and the intervals of logging, validation and checkpoints.
 std::map<std::string, std::string> resume_keys(const std::string& ini) {
   std::map<std::string, std::string> keys;
   std::istringstream in(ini);
@@ -150,7 +151,7 @@ std::map<std::string, std::string> resume_keys(const std::string& ini) {
     if (eq == std::string::npos) continue;
     const std::string key = section + "." + trim(line.substr(0, eq));
     if (section == "runtime" || key == "output.dir" || key == "train.steps" || key == "train.log_every" ||
-        key == "train.val_every" || key == "train.save_every")
+        key == "train.val_every" || key == "train.save_every" || key == "data.workers" || key == "data.prefetch")
       continue;
     keys[key] = trim(line.substr(eq + 1));
   }
@@ -254,8 +255,9 @@ struct Trainer::State {
         const std::string there = b == theirs.end() ? "(absent)" : b->second;
         if (here != there)
           throw TrainerOptionError(key + " = " + here + " here, but " + there + " in the run being resumed (" + path +
-                                   "): a resumed run must train as the original (only [runtime], output.dir, train.steps "
-                                   "and the log, validation and checkpoint intervals may change)");
+                                   "): a resumed run must train as the original (only [runtime], output.dir, train.steps, "
+                                   "data.workers, data.prefetch and the log, validation and checkpoint intervals may "
+                                   "change)");
       }
     if (metadata_entry(ck.metadata, "precision", path) != precision_name(o.precision))
       throw TrainerOptionError("precision " + std::string(precision_name(o.precision)) + " here, but " +
@@ -412,7 +414,8 @@ void Trainer::run() {
   so.rank = s.rank();
   so.ranks = s.ranks();
   io::PatchSampler sampler(s.cases, s.split.train, so);
-  sampler.set_step(first_step);  // each step's batch depends only on (seed, step): resuming draws what was next
+  // Each step's batch depends only on (seed, step): resuming draws what was next, whatever the number of workers.
+  io::BatchLoader loader(sampler, first_step, o.loader_workers, o.prefetch);
 
   using clock = std::chrono::steady_clock;
   auto start = clock::now(), last = start;
@@ -424,7 +427,7 @@ void Trainer::run() {
   device::reset_peak(o.device);
   for (int64_t step = first_step; step < o.steps; ++step) {
     s.opt->set_lr(schedule.at(step));
-    io::PatchBatch batch = sampler.next();
+    io::PatchBatch batch = loader.next();
     const StepStats st =
         train_step(*s.net, *s.opt, batch.image.to(o.device), batch.label.to(o.device), o.precision, &s.scaler,
                    s.reducer.get());

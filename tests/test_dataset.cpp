@@ -480,6 +480,7 @@ TEST_CASE("foreground oversampling puts foreground in 0.4 + 0.6 p_uniform of the
   opt.patch = {16, 16, 16};
   opt.batch = 8;
   opt.seed = 42;
+  opt.augment = AugmentOptions::none();  // the zoom's centre crop could cut the blob off
   PatchSampler sampler(cases, {}, opt);
   int with_fg = 0, total = 0;
   for (int i = 0; i < 500; ++i) {
@@ -507,6 +508,7 @@ TEST_CASE("with foreground probability 1 every patch contains foreground") {
   opt.patch = {8, 8, 8};
   opt.batch = 4;
   opt.foreground_prob = 1.0;
+  opt.augment = AugmentOptions::none();
   PatchSampler sampler(cases, {}, opt);
   for (int i = 0; i < 50; ++i) {
     PatchBatch b = sampler.next();
@@ -536,6 +538,8 @@ TEST_CASE("flips reverse image and label together, and each axis flips about hal
   opt.batch = 4;
   opt.foreground_prob = 0;
   opt.seed = 5;
+  opt.augment = AugmentOptions::none();
+  opt.augment.flip_prob = 0.5;
   PatchSampler sampler(cases, {}, opt);
   std::array<int, 3> flips{};
   int n = 0;
@@ -552,7 +556,7 @@ TEST_CASE("flips reverse image and label together, and each axis flips about hal
                                   decode(x[at(0, 0, 1) * 2])[2] - c0[2]};
       for (int a = 0; a < 3; ++a) {
         REQUIRE((step[a] == 1 || step[a] == -1));
-        CHECK((step[a] == -1) == b.flipped[static_cast<size_t>(k)][static_cast<size_t>(a)]);
+        CHECK((step[a] == -1) == b.augment[static_cast<size_t>(k)].flip[static_cast<size_t>(a)]);
         flips[static_cast<size_t>(a)] += step[a] == -1;
       }
       for (int64_t z = 0; z < 6; ++z)
@@ -578,7 +582,7 @@ TEST_CASE("with flip probability 0 patches keep the volume's orientation") {
   PatchSamplerOptions opt;
   opt.patch = {4, 4, 4};
   opt.batch = 8;
-  opt.flip_prob = 0;
+  opt.augment = AugmentOptions::none();
   PatchSampler sampler(cases, {}, opt);
   PatchBatch b = sampler.next();
   const float* x = b.image.data<float>();
@@ -594,7 +598,7 @@ TEST_CASE("a volume smaller than the patch is zero-padded and centred in it") {
   PatchSamplerOptions opt;
   opt.patch = {8, 6, 8};  // z: 4 padding (2 + 2); y: 6 of 12 fit; x: 3 padding (1 + 2)
   opt.batch = 6;
-  opt.flip_prob = 0;
+  opt.augment = AugmentOptions::none();
   PatchSampler sampler(cases, {}, opt);
   for (int i = 0; i < 10; ++i) {
     PatchBatch b = sampler.next();

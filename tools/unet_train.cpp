@@ -35,6 +35,17 @@ io::Config make_config() {
       {"data", "batch_size", KeyType::integer, "2", "patches per step"},
       {"data", "foreground_oversampling", KeyType::real, "0.4", "probability that a patch contains foreground"},
       {"data", "flip_probability", KeyType::real, "0.5", "probability of mirroring each axis"},
+      {"data", "workers", KeyType::integer, "2", "threads preparing batches ahead of training (0: none, inline)"},
+      {"data", "prefetch", KeyType::integer, "2", "steps the workers may prepare ahead"},
+      {"augment", "zoom", KeyType::real, "0.15", "probability of DLE's zoom (centre crop of 0.7..1 of the patch, resized)"},
+      {"augment", "noise", KeyType::real, "0.15", "probability of Gaussian noise (standard deviation 0..0.33)"},
+      {"augment", "blur", KeyType::real, "0.15", "probability of Gaussian blur (sigma 0.5..1.5)"},
+      {"augment", "brightness", KeyType::real, "0.15", "probability of a brightness factor 0.7..1.3"},
+      {"augment", "contrast", KeyType::real, "0.15", "probability of a contrast factor 0.65..1.5 (clamped to the range)"},
+      {"augment", "rotation", KeyType::real, "0", "probability of nnU-Net's rotation, -30..30 degrees per axis (nnU-Net: 0.2)"},
+      {"augment", "gamma", KeyType::real, "0", "probability of nnU-Net's gamma 0.7..1.5, statistics kept (nnU-Net: 0.3)"},
+      {"augment", "low_resolution", KeyType::real, "0",
+       "probability of nnU-Net's low-resolution simulation, 0.5..1 (nnU-Net: 0.25)"},
       {"model", "filters", KeyType::integer, "32", "filters of the first level; doubled per level up to max_filters"},
       {"model", "max_filters", KeyType::integer, "320", "filter cap (nnU-Net: 320 in 3D)"},
       {"model", "depth", KeyType::integer, "5", "maximum number of downsamplings"},
@@ -109,7 +120,17 @@ models::TrainerOptions trainer_options(const io::Config& c) {
   o.max_filters = static_cast<int>(int_in("model", "max_filters", 1, 4096));
   o.depth = static_cast<int>(int_in("model", "depth", 1, 10));
   o.sampling.foreground_prob = real_in("data", "foreground_oversampling", 0, 1);
-  o.sampling.flip_prob = real_in("data", "flip_probability", 0, 1);
+  o.sampling.augment.flip_prob = real_in("data", "flip_probability", 0, 1);
+  o.sampling.augment.zoom_prob = real_in("augment", "zoom", 0, 1);
+  o.sampling.augment.noise_prob = real_in("augment", "noise", 0, 1);
+  o.sampling.augment.blur_prob = real_in("augment", "blur", 0, 1);
+  o.sampling.augment.brightness_prob = real_in("augment", "brightness", 0, 1);
+  o.sampling.augment.contrast_prob = real_in("augment", "contrast", 0, 1);
+  o.sampling.augment.rotation_prob = real_in("augment", "rotation", 0, 1);
+  o.sampling.augment.gamma_prob = real_in("augment", "gamma", 0, 1);
+  o.sampling.augment.low_resolution_prob = real_in("augment", "low_resolution", 0, 1);
+  o.loader_workers = static_cast<int>(int_in("data", "workers", 0, 256));
+  o.prefetch = static_cast<int>(int_in("data", "prefetch", 1, 64));
   o.deep_supervision = c.get_bool("model", "deep_supervision");
   o.res_block = c.get_bool("model", "res_block");
   o.optimizer = c.get_string("train", "optimizer");
