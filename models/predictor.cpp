@@ -7,6 +7,7 @@
 
 #include "engine/ops.h"
 #include "io/dataset.h"
+#include "io/resample.h"
 #include "models/trainer.h"
 
 namespace unet::models {
@@ -35,27 +36,48 @@ Predictor::Predictor(const io::SafetensorsContent& weights, const std::string& c
   window_.batch_size = o.batch;
 }
 
-Segmentation Predictor::segment(const io::NiftiVolume& volume, const std::string& source, std::string* warning) const {
+Segmentation Predictor::segment(const io::NiftiVolume& volume, const std::string& source) const {
   if (volume.data.dim(-1) != card_.net.in_channels)
     throw std::runtime_error(source + ": has " + std::to_string(volume.data.dim(-1)) + " channel(s), the model expects " +
                              std::to_string(card_.net.in_channels));
-  const auto spacing = volume.spacing();
-  for (int a = 0; a < 3; ++a)
-    if (warning && card_.spacing.size() == 3 && std::abs(spacing[a] - card_.spacing[a]) > 0.01 * card_.spacing[a]) {
-      char text[400];
-      std::snprintf(text, sizeof text,
-                    "%s has spacing %.3g,%.3g,%.3g mm (z,y,x), the model was trained at %.3g,%.3g,%.3g; resampling is "
-                    "not implemented yet, so results may be worse",
-                    source.c_str(), spacing[0], spacing[1], spacing[2], card_.spacing[0], card_.spacing[1],
-                    card_.spacing[2]);
-      *warning = text;
-      break;
-    }
-  Tensor image = volume.data.clone();
+  // As in training (models/trainer.h): crop to the non-zero box, resample to the training spacing, normalise.
+  const std::array<int64_t, 3> full{volume.data.dim(0), volume.data.dim(1), volume.data.dim(2)};
+  const io::Box box = io::nonzero_box(volume.data);
+  Tensor image = io::crop(volume.data, box);
+  const std::array<double, 3> spacing = volume.spacing();
+  std::array<double, 3> target = spacing;
+  if (card_.spacing.size() == 3) target = {card_.spacing[0], card_.spacing[1], card_.spacing[2]};
+  bool resample = false;
+  for (size_t a = 0; a < 3; ++a) resample = resample || std::abs(spacing[a] - target[a]) > 1e-3 * target[a];
+  const int separate = io::separate_axis(spacing, target);
+  if (resample) image = io::resize_image(image, io::resampled_size(box.size(), spacing, target), io::image_orders(separate));
   io::normalize_image(image, card_.normalization);
+
+  // Probabilities on the model's grid, back on the cropped grid (linear, nearest along a separate axis, as nnU-Net),
+  // then in the whole volume (background outside the box).
+  Tensor probabilities = softmax_channels(predict_volume(net_, image, window_, precision_));
+  if (resample) probabilities = io::resize_image(probabilities, box.size(), io::label_orders(separate));
+  if (box.size() != full) {
+    const int64_t C = probabilities.dim(3);
+    Tensor background = Tensor::zeros({1, 1, 1, C});
+    background.data<float>()[0] = 1;
+    Tensor whole = Tensor::empty({full[0], full[1], full[2], C});
+    float* w = whole.data<float>();
+    for (int64_t v = 0; v < full[0] * full[1] * full[2]; ++v) std::copy_n(background.data<float>(), C, w + v * C);
+    const Tensor inside = io::uncrop(probabilities, box, full);
+    const float* in = inside.data<float>();
+    for (int64_t z = box.begin[0]; z < box.end[0]; ++z)
+      for (int64_t y = box.begin[1]; y < box.end[1]; ++y) {
+        const int64_t row = ((z * full[1] + y) * full[2] + box.begin[2]) * C;
+        std::copy_n(in + row, box.size()[2] * C, w + row);
+      }
+    probabilities = whole;
+  }
   Segmentation out;
-  out.logits = predict_volume(net_, image, window_, precision_);
-  const Tensor labels = ops::argmax_channels(out.logits);  // i32, on the cpu like the blended logits
+  out.probabilities = probabilities;
+  out.grid = {image.dim(0), image.dim(1), image.dim(2)};
+  out.resampled = resample;
+  const Tensor labels = ops::argmax_channels(probabilities);  // i32, on the cpu
   out.labels = Tensor::empty(labels.shape(), DType::u8);
   const int32_t* l = labels.data<int32_t>();
   uint8_t* u = out.labels.data<uint8_t>();

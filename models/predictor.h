@@ -1,7 +1,9 @@
-// The inference pipeline: a unet_train checkpoint's network on a device, applied to whole volumes (the checkpoint's
-// normalisation, sliding-window prediction with blending and optional flips, argmax). tools/unet_infer.cpp is its
+// The inference pipeline: a unet_train checkpoint's network on a device, applied to whole volumes (cropping and
+// resampling as in training, the checkpoint's normalisation, sliding-window prediction with blending and optional
+// flips, the probabilities back on the input's grid, argmax). tools/unet_infer.cpp is its
 // command-line front end (files, directories, output names).
 #pragma once
+#include <array>
 #include <string>
 
 #include "engine/precision.h"
@@ -22,8 +24,10 @@ struct PredictorOptions {
 };
 
 struct Segmentation {
-  Tensor labels;  // u8 [Z, Y, X]: argmax of the blended logits
-  Tensor logits;  // f32 [Z, Y, X, classes]: the blended logits (softmax_channels gives the probabilities)
+  Tensor labels;         // u8 [Z, Y, X]: argmax of the probabilities, on the input's grid
+  Tensor probabilities;  // f32 [Z, Y, X, classes]: softmax of the blended logits, on the input's grid
+  std::array<int64_t, 3> grid{};  // the grid the network segmented: the non-zero box, resampled when `resampled`
+  bool resampled = false;
 };
 
 class Predictor {
@@ -31,9 +35,12 @@ class Predictor {
   // Reads the weights and the model card; throws std::runtime_error naming `checkpoint` when it cannot.
   Predictor(const std::string& checkpoint, const PredictorOptions& options);
   const ModelCard& card() const { return card_; }
-  // `volume` read from `source` (named in errors). Throws std::runtime_error when its channel count is not the
-  // model's; sets *warning (when not null) when its spacing differs from the training spacing by more than 1%.
-  Segmentation segment(const io::NiftiVolume& volume, const std::string& source, std::string* warning = nullptr) const;
+  // `volume` read from `source` (named in errors; std::runtime_error when its channel count is not the model's),
+  // as nnU-Net predicts: cropped to the box of its non-zero voxels, resampled to the model's training spacing (when
+  // it differs by more than 0.1%; io/resample.h), normalised, segmented by sliding window, the probabilities
+  // resampled back to the cropped grid (linear; nearest along an anisotropic axis), put back into the whole volume
+  // (background outside the box) and their argmax taken.
+  Segmentation segment(const io::NiftiVolume& volume, const std::string& source) const;
 
  private:
   Predictor(const io::SafetensorsContent& weights, const std::string& checkpoint, const PredictorOptions& options);

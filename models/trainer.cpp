@@ -15,6 +15,7 @@
 #include "engine/ops.h"
 #include "engine/schedule.h"
 #include "io/loader.h"
+#include "io/resample.h"
 #include "io/safetensors.h"
 #include "kernels/common/allocator.h"
 #include "kernels/common/parallel.h"
@@ -115,18 +116,6 @@ double mean(const std::vector<double>& v) {
   double s = 0;
   for (double x : v) s += x;
   return v.empty() ? 0 : s / static_cast<double>(v.size());
-}
-
-// The median spacing of the training cases, per axis (nnU-Net's target spacing).
-std::vector<double> median_spacing(const std::vector<io::Case>& cases, const std::vector<size_t>& which) {
-  std::vector<double> spacing(3, 0.0);
-  for (int a = 0; a < 3; ++a) {
-    std::vector<double> v;
-    for (size_t i : which) v.push_back(cases[i].spacing[a]);
-    std::sort(v.begin(), v.end());
-    spacing[a] = v[v.size() / 2];
-  }
-  return spacing;
 }
 
 // "section.key" -> value for the keys of an effective configuration (Config::to_ini) that must agree between a run
@@ -335,6 +324,37 @@ Trainer::Trainer(TrainerOptions options, std::FILE* out) : s_(std::make_unique<S
     s.split = io::kfold_split(n, o.fold, o.folds);
   }
   for (size_t i = 0; i < n; ++i) s.cases.push_back(io::load_case(s.info, i));
+  // nnU-Net's preprocessing (io/resample.h): each case cropped to the box of its non-zero voxels, then resampled to
+  // the target spacing planned from the training cases (images cubic, labels linear one class at a time; nearest
+  // along an anisotropic axis).
+  std::vector<std::array<double, 3>> spacings;
+  std::vector<std::array<int64_t, 3>> sizes;
+  for (io::Case& k : s.cases) {
+    const io::Box box = io::nonzero_box(k.image);
+    k.image = io::crop(k.image, box);
+    k.label = io::crop(k.label, box);
+  }
+  for (size_t i : s.split.train) {
+    spacings.push_back(s.cases[i].spacing);
+    sizes.push_back({s.cases[i].label.dim(0), s.cases[i].label.dim(1), s.cases[i].label.dim(2)});
+  }
+  const std::array<double, 3> target = io::target_spacing(spacings, sizes);
+  int resampled = 0;
+  for (io::Case& k : s.cases) {
+    bool differs = false;
+    for (size_t a = 0; a < 3; ++a) differs = differs || std::abs(k.spacing[a] - target[a]) > 1e-3 * target[a];
+    if (!differs) continue;
+    const std::array<int64_t, 3> size =
+        io::resampled_size({k.label.dim(0), k.label.dim(1), k.label.dim(2)}, k.spacing, target);
+    const int separate = io::separate_axis(k.spacing, target);
+    k.image = io::resize_image(k.image, size, io::image_orders(separate));
+    k.label = io::resize_label(k.label, size, io::label_orders(separate));
+    k.spacing = target;
+    ++resampled;
+  }
+  if (out)
+    std::fprintf(out, "unet_train: target spacing %.4g, %.4g, %.4g mm (z, y, x); %d of %zu cases resampled\n",
+                 target[0], target[1], target[2], resampled, n);
   std::vector<io::Case> train_cases;
   for (size_t i : s.split.train) train_cases.push_back(s.cases[i]);
   const io::NormalizationPlan norm = io::plan_normalization(s.info, train_cases);
@@ -344,9 +364,9 @@ Trainer::Trainer(TrainerOptions options, std::FILE* out) : s_(std::make_unique<S
     io::pad_case_to(k, o.sampling.patch);
   }
 
-  // Model from the nnU-Net plan rule (median spacing of the training cases).
+  // Model from the nnU-Net plan rule (the target spacing).
   const std::vector<int> patch(o.sampling.patch.begin(), o.sampling.patch.end());
-  const std::vector<double> spacing = median_spacing(s.cases, s.split.train);
+  const std::vector<double> spacing(target.begin(), target.end());
   const UNetPlan plan = plan_unet(patch, spacing, o.depth);
   ModelCard& card = s.card;
   card.net = {s.info.num_channels(), s.info.num_classes(), plan.kernels, plan.strides, {}};

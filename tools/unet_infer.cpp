@@ -199,14 +199,16 @@ int main(int argc, char** argv) {
                        static_cast<long long>(window_count(vol.data, patch, 0.5)));
           std::fflush(stderr);
         }
-        std::string warning;
-        const models::Segmentation seg = predictor.segment(vol, in.string(), &warning);
-        if (!warning.empty()) std::fprintf(stderr, "unet_infer: warning: %s\n", warning.c_str());
+        const models::Segmentation seg = predictor.segment(vol, in.string());
         io::write_nifti(out.string(), seg.labels, vol);
         if (save_probabilities)
-          io::write_nifti((out.parent_path() / (stem_of(out) + "_probabilities.nii.gz")).string(),
-                          softmax_channels(seg.logits), vol);
-        std::printf("%s -> %s (%.1f s)\n", in.string().c_str(), out.string().c_str(),
+          io::write_nifti((out.parent_path() / (stem_of(out) + "_probabilities.nii.gz")).string(), seg.probabilities,
+                          vol);
+        std::string grid = std::to_string(seg.grid[0]) + "x" + std::to_string(seg.grid[1]) + "x" +
+                           std::to_string(seg.grid[2]);
+        if (seg.resampled) grid = "resampled to " + grid + " at the model's spacing";
+        else grid = "segmented at " + grid;
+        std::printf("%s -> %s (%s, %.1f s)\n", in.string().c_str(), out.string().c_str(), grid.c_str(),
                     std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
       } catch (const std::bad_alloc&) {
         const std::string what = in.string() + ": out of memory (try a smaller --batch, or without --tta)";
