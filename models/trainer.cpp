@@ -20,6 +20,7 @@
 #include "kernels/common/allocator.h"
 #include "kernels/common/parallel.h"
 #include "models/nnunet_plan.h"
+#include "models/run_log.h"
 
 namespace unet::models {
 
@@ -147,6 +148,13 @@ std::map<std::string, std::string> resume_keys(const std::string& ini) {
   return keys;
 }
 
+// A double as text that reads back to the same bits.
+std::string exact(double v) {
+  char b[40];
+  std::snprintf(b, sizeof b, "%.17g", v);
+  return b;
+}
+
 const std::string& metadata_entry(const io::Metadata& m, const std::string& key, const std::string& path) {
   const auto it = m.find(key);
   if (it == m.end()) throw std::runtime_error(path + ": not a training checkpoint (no '" + key + "' in its metadata)");
@@ -181,6 +189,7 @@ struct Trainer::State {
   LossScaler scaler;
   SlidingWindowOptions sw;
   std::filesystem::path dir;
+  double best_dice = -1;                     // the best validation mean Dice so far (model_best.safetensors)
   Comm* comm = nullptr;                      // null: one process
   std::unique_ptr<GradientReducer> reducer;  // with more than one rank
   int rank() const { return comm ? comm->rank() : 0; }
@@ -215,6 +224,7 @@ struct Trainer::State {
                      {"optimizer_steps", std::to_string(opt->step_count())},
                      {"precision", precision_name(o.precision)},
                      {"global_batch", std::to_string(static_cast<int64_t>(o.sampling.batch) * ranks())},
+                     {"best_val_mean_dice", exact(best_dice)},
                      {"config", o.config_text}});
     io::write_safetensors((dir / "checkpoint.safetensors").string(), tensors, metadata);
   }
@@ -287,6 +297,12 @@ struct Trainer::State {
       }
     opt->set_step_count(optimizer_steps);
     scaler = restored;
+    if (const auto it = ck.metadata.find("best_val_mean_dice"); it != ck.metadata.end()) {
+      char* end = nullptr;
+      best_dice = std::strtod(it->second.c_str(), &end);
+      if (end == it->second.c_str() || *end != '\0')
+        throw std::runtime_error(path + ": metadata 'best_val_mean_dice' = '" + it->second + "' is not a number");
+    }
     return step;
   }
 };
@@ -404,29 +420,36 @@ void Trainer::run() {
   const TrainerOptions& o = s.o;
   namespace fs = std::filesystem;
   const int64_t first_step = o.resume_dir.empty() ? 0 : s.resume(o.resume_dir);
-  std::ofstream log;  // rank 0's; the other ranks' stays closed and takes no output
+  std::unique_ptr<RunLog> log;  // rank 0's
   if (s.lead()) {
     fs::create_directories(s.dir);
     io::write_file_atomically((s.dir / "config.ini").string(), o.config_text);
-    const fs::path log_path = s.dir / "log.jsonl";
-    if (first_step > 0) {
-      // The lines up to the checkpoint's step; those a killed run wrote after it (and a cut last line) go.
-      std::string kept;
-      std::ifstream old(log_path);
-      for (std::string line; std::getline(old, line);) {
-        const nlohmann::json j = nlohmann::json::parse(line, nullptr, /*allow_exceptions=*/false);
-        if (j.is_object() && j.contains("step") && j["step"].is_number_integer() && j["step"].get<int64_t>() <= first_step)
-          kept += line + "\n";
-      }
-      old.close();
-      io::write_file_atomically(log_path.string(), kept);
-      if (s.out)
-        std::fprintf(s.out, "unet_train: resuming %s at step %ld of %ld\n", o.resume_dir.c_str(),
-                     static_cast<long>(first_step), static_cast<long>(o.steps));
-    }
-    log.open(log_path, first_step > 0 ? std::ios::app : std::ios::trunc);
-    if (!log) throw std::runtime_error(log_path.string() + ": cannot write the training log");
+    log = std::make_unique<RunLog>(s.dir, first_step, "unet_train: " + o.dataset + " (fold " + std::to_string(o.fold) +
+                                                          " of " + std::to_string(o.folds) + ")");
+    if (first_step > 0 && s.out)
+      std::fprintf(s.out, "unet_train: resuming %s at step %ld of %ld\n", o.resume_dir.c_str(),
+                   static_cast<long>(first_step), static_cast<long>(o.steps));
   }
+  ProgressBar bar(s.out, first_step, o.steps, static_cast<int64_t>(o.sampling.batch) * s.ranks());
+  double last_loss = NAN;
+  auto last_report = std::chrono::steady_clock::now();
+  // A validation: logged, printed, the best model kept (rank 0 writes; every rank takes part in validate()).
+  const auto validation = [&](int64_t at) {
+    const std::vector<double> d = s.validate();
+    const double m = mean(d);
+    const bool best = m > s.best_dice;
+    if (best) s.best_dice = m;
+    if (s.lead()) {
+      log->add({{"step", at}, {"val_dice", d}, {"val_mean_dice", m}});
+      bar.clear();
+      std::fprintf(s.out, "validation at step %ld: mean Dice %.4f%s\n", static_cast<long>(at), m,
+                   best ? " (best so far: model_best.safetensors)" : "");
+      std::fflush(s.out);
+      if (best) save_weights((s.dir / "model_best.safetensors").string(), *s.net, card_to_metadata(s.card));
+      log->write_report();
+    }
+    return d;
+  };
 
   LrSchedule schedule{o.scheduler, o.lr, o.steps, o.warmup_steps};
   io::PatchSamplerOptions so = o.sampling;
@@ -477,39 +500,44 @@ void Trainer::run() {
         line["allreduce_ms"] = t.communication_s * 1e3;
         line["allreduce_exposed_ms"] = t.exposed_s * 1e3;
       }
+      last_loss = loss;
       if (s.lead()) {
-        log << line.dump() << "\n" << std::flush;
-        std::fprintf(s.out, "step %6ld/%ld  loss %.4f  %.2f samples/s  %.0f s\n", static_cast<long>(step + 1),
-                     static_cast<long>(o.steps), loss, sps, std::chrono::duration<double>(clock::now() - start).count());
-        std::fflush(s.out);
+        log->add(line);
+        if (!bar.active()) {  // on a terminal the bar shows it
+          std::fprintf(s.out, "step %6ld/%ld  loss %.4f  %.2f samples/s  %.0f s\n", static_cast<long>(step + 1),
+                       static_cast<long>(o.steps), loss, sps,
+                       std::chrono::duration<double>(clock::now() - start).count());
+          std::fflush(s.out);
+        }
+        if (clock::now() - last_report > std::chrono::seconds(30)) {
+          log->write_report();
+          last_report = clock::now();
+        }
       }
       loss_acc = Tensor();
       loss_n = 0;
     }
+    if (s.lead()) bar.update(step + 1, last_loss);
     if (o.val_every > 0 && (step + 1) % o.val_every == 0 && step + 1 < o.steps && !s.split.val.empty()) {
-      const std::vector<double> d = s.validate();
-      if (s.lead()) {
-        log << nlohmann::json{{"step", step + 1}, {"val_dice", d}, {"val_mean_dice", mean(d)}}.dump() << "\n"
-            << std::flush;
-        std::fprintf(s.out, "validation at step %ld: mean Dice %.4f\n", static_cast<long>(step + 1), mean(d));
-      }
+      validation(step + 1);
       s.save(step + 1);
     } else if (o.save_every > 0 && (step + 1) % o.save_every == 0 && step + 1 < o.steps) {
       s.save_checkpoint(step + 1);
     }
   }
-  s.save(o.steps);
+  if (s.lead()) bar.finish();
   nlohmann::json result = {{"steps", o.steps}, {"train_seconds", std::chrono::duration<double>(clock::now() - start).count()}};
   if (!s.split.val.empty()) {
-    const std::vector<double> d = s.validate();
+    const std::vector<double> d = validation(o.steps);
     result["val_dice"] = d;
     result["val_mean_dice"] = mean(d);
-    if (s.lead()) {
-      log << nlohmann::json{{"step", o.steps}, {"val_dice", d}, {"val_mean_dice", mean(d)}}.dump() << "\n";
+    result["best_val_mean_dice"] = s.best_dice;
+    if (s.lead())
       std::fprintf(s.out, "validation (fold %d, %zu cases): mean Dice %.4f\n", o.fold, s.split.val.size(), mean(d));
-    }
   }
+  s.save(o.steps);  // after the last validation, so that a resumed run knows the best Dice
   if (!s.lead()) return;
+  log->write_report();
   io::write_file_atomically((s.dir / "validation.json").string(), result.dump(2) + "\n");
   std::fprintf(s.out, "unet_train: wrote %s\n", (s.dir / "model.safetensors").string().c_str());
 }

@@ -78,6 +78,7 @@ TEST_CASE("unet_train killed with SIGKILL three times and resumed ends bitwise a
   std::string why;
   CHECK_MESSAGE(same_tensors(tmp / "whole/model.safetensors", run + "/model.safetensors", &why), why);
   CHECK_MESSAGE(same_tensors(tmp / "whole/checkpoint.safetensors", run + "/checkpoint.safetensors", &why), why);
+  CHECK_MESSAGE(same_tensors(tmp / "whole/model_best.safetensors", run + "/model_best.safetensors", &why), why);
   const auto read_json = [](const std::string& path) { return nlohmann::json::parse(std::ifstream(path)); };
   CHECK(read_json(tmp / "whole/validation.json")["val_dice"] == read_json(run + "/validation.json")["val_dice"]);
   // The log: the same steps in the same order (the lines a killed run wrote after its checkpoint were dropped).
