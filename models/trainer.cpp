@@ -15,7 +15,7 @@
 #include "engine/ops.h"
 #include "engine/schedule.h"
 #include "io/loader.h"
-#include "io/resample.h"
+#include "io/preprocess.h"
 #include "io/safetensors.h"
 #include "kernels/common/allocator.h"
 #include "kernels/common/parallel.h"
@@ -121,7 +121,8 @@ double mean(const std::vector<double>& v) {
 
 // "section.key" -> value for the keys of an effective configuration (Config::to_ini) that must agree between a run
 // and its resumption: all but [runtime], output.dir, the step count (a run may be extended), the loader's workers and
-// prefetch (they do not change the batches) and the intervals of logging, validation and checkpoints.
+// prefetch and the cache directory (they do not change the batches) and the intervals of logging, validation and
+// checkpoints.
 std::map<std::string, std::string> resume_keys(const std::string& ini) {
   std::map<std::string, std::string> keys;
   std::istringstream in(ini);
@@ -141,7 +142,8 @@ std::map<std::string, std::string> resume_keys(const std::string& ini) {
     if (eq == std::string::npos) continue;
     const std::string key = section + "." + trim(line.substr(0, eq));
     if (section == "runtime" || key == "output.dir" || key == "train.steps" || key == "train.log_every" ||
-        key == "train.val_every" || key == "train.save_every" || key == "data.workers" || key == "data.prefetch")
+        key == "train.val_every" || key == "train.save_every" || key == "data.workers" || key == "data.prefetch" ||
+        key == "data.cache")
       continue;
     keys[key] = trim(line.substr(eq + 1));
   }
@@ -255,8 +257,8 @@ struct Trainer::State {
         if (here != there)
           throw TrainerOptionError(key + " = " + here + " here, but " + there + " in the run being resumed (" + path +
                                    "): a resumed run must train as the original (only [runtime], output.dir, train.steps, "
-                                   "data.workers, data.prefetch and the log, validation and checkpoint intervals may "
-                                   "change)");
+                                   "data.workers, data.prefetch, data.cache and the log, validation and checkpoint "
+                                   "intervals may change)");
       }
     if (metadata_entry(ck.metadata, "precision", path) != precision_name(o.precision))
       throw TrainerOptionError("precision " + std::string(precision_name(o.precision)) + " here, but " +
@@ -339,38 +341,20 @@ Trainer::Trainer(TrainerOptions options, std::FILE* out) : s_(std::make_unique<S
   } else {
     s.split = io::kfold_split(n, o.fold, o.folds);
   }
-  for (size_t i = 0; i < n; ++i) s.cases.push_back(io::load_case(s.info, i));
-  // nnU-Net's preprocessing (io/resample.h): each case cropped to the box of its non-zero voxels, then resampled to
-  // the target spacing planned from the training cases (images cubic, labels linear one class at a time; nearest
-  // along an anisotropic axis).
-  std::vector<std::array<double, 3>> spacings;
-  std::vector<std::array<int64_t, 3>> sizes;
-  for (io::Case& k : s.cases) {
-    const io::Box box = io::nonzero_box(k.image);
-    k.image = io::crop(k.image, box);
-    k.label = io::crop(k.label, box);
-  }
-  for (size_t i : s.split.train) {
-    spacings.push_back(s.cases[i].spacing);
-    sizes.push_back({s.cases[i].label.dim(0), s.cases[i].label.dim(1), s.cases[i].label.dim(2)});
-  }
-  const std::array<double, 3> target = io::target_spacing(spacings, sizes);
-  int resampled = 0;
-  for (io::Case& k : s.cases) {
-    bool differs = false;
-    for (size_t a = 0; a < 3; ++a) differs = differs || std::abs(k.spacing[a] - target[a]) > 1e-3 * target[a];
-    if (!differs) continue;
-    const std::array<int64_t, 3> size =
-        io::resampled_size({k.label.dim(0), k.label.dim(1), k.label.dim(2)}, k.spacing, target);
-    const int separate = io::separate_axis(k.spacing, target);
-    k.image = io::resize_image(k.image, size, io::image_orders(separate));
-    k.label = io::resize_label(k.label, size, io::label_orders(separate));
-    k.spacing = target;
-    ++resampled;
-  }
+  // nnU-Net's preprocessing (io/preprocess.h): each case cropped to the box of its non-zero voxels and resampled to
+  // the target spacing planned from the training cases; kept in the cache directory for the next run.
+  io::PreprocessOptions po;
+  po.cache_dir = o.cache_dir;
+  po.write_cache = s.lead();
+  io::PreprocessedDataset pre = io::preprocess_dataset(s.info, s.split.train, po);
+  s.cases = std::move(pre.cases);
+  const std::array<double, 3> target = pre.target;
   if (out)
-    std::fprintf(out, "unet_train: target spacing %.4g, %.4g, %.4g mm (z, y, x); %d of %zu cases resampled\n",
-                 target[0], target[1], target[2], resampled, n);
+    std::fprintf(out, "unet_train: target spacing %.4g, %.4g, %.4g mm (z, y, x); %d of %zu cases resampled%s\n",
+                 target[0], target[1], target[2], pre.resampled, n,
+                 o.cache_dir.empty() ? ""
+                                     : (", " + std::to_string(pre.from_cache) + " read from the cache " + o.cache_dir)
+                                           .c_str());
   std::vector<io::Case> train_cases;
   for (size_t i : s.split.train) train_cases.push_back(s.cases[i]);
   const io::NormalizationPlan norm = io::plan_normalization(s.info, train_cases);

@@ -76,6 +76,7 @@ struct TrainerOptions {
   int fold = 0, folds = 5;  // folds = 1: train on every case, no validation
   io::PatchSamplerOptions sampling;  // patch, batch, foreground oversampling, augmentation (its seed is `seed`)
   int loader_workers = 2, prefetch = 2;  // io/loader.h: threads preparing batches, steps ahead (0 workers: inline)
+  std::string cache_dir;  // preprocessed cases kept here (io/preprocess.h); empty: none
   int filters = 32, max_filters = 320, depth = 5;
   bool deep_supervision = true, res_block = false;
   int64_t steps = 1000;
@@ -90,7 +91,7 @@ struct TrainerOptions {
   // A run directory to continue (output_dir should be the same): its checkpoint.safetensors restores weights,
   // optimizer state, step, loss scale and the sampler's position, so the run ends as if never interrupted. Its
   // configuration must equal config_text except for the [runtime] section, output.dir, train.steps (more steps
-  // extend the run; the schedules then follow the new count), data.workers, data.prefetch, train.log_every,
+  // extend the run; the schedules then follow the new count), data.workers, data.prefetch, data.cache, train.log_every,
   // train.val_every and train.save_every (TrainerOptionError naming the first difference).
   std::string resume_dir;
   double overlap = 0.5;

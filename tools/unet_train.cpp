@@ -5,6 +5,9 @@
 // PyTorch, with the model card), checkpoint.safetensors (what --resume continues from) and validation.json.
 // Exit status: 0 success, 2 usage or configuration error, 1 runtime failure (docs/reference.md, "Exit statuses").
 #include <CLI/CLI.hpp>
+#include <unistd.h>
+
+#include <filesystem>
 #include <cstdio>
 #include <iostream>
 #include <limits>
@@ -35,6 +38,9 @@ io::Config make_config() {
       {"data", "batch_size", KeyType::integer, "2", "patches per step"},
       {"data", "foreground_oversampling", KeyType::real, "0.4", "probability that a patch contains foreground"},
       {"data", "flip_probability", KeyType::real, "0.5", "probability of mirroring each axis"},
+      {"data", "cache", KeyType::string, "auto",
+       "directory keeping the preprocessed (cropped, resampled) cases for the next run: auto (DATASET/unet_preprocessed "
+       "when the dataset directory is writable), none, or a path"},
       {"data", "workers", KeyType::integer, "2", "threads preparing batches ahead of training (0: none, inline)"},
       {"data", "prefetch", KeyType::integer, "2", "steps the workers may prepare ahead"},
       {"augment", "zoom", KeyType::real, "0.15", "probability of DLE's zoom (centre crop of 0.7..1 of the patch, resized)"},
@@ -130,6 +136,13 @@ models::TrainerOptions trainer_options(const io::Config& c) {
   o.sampling.augment.gamma_prob = real_in("augment", "gamma", 0, 1);
   o.sampling.augment.low_resolution_prob = real_in("augment", "low_resolution", 0, 1);
   o.loader_workers = static_cast<int>(int_in("data", "workers", 0, 256));
+  const std::string cache = c.get_string("data", "cache");
+  if (cache == "auto") {
+    // Beside the data when we may write there (access(): the dataset of a shared, read-only store gets none).
+    if (access(o.dataset.c_str(), W_OK) == 0) o.cache_dir = (std::filesystem::path(o.dataset) / "unet_preprocessed").string();
+  } else if (cache != "none") {
+    o.cache_dir = cache;
+  }
   o.prefetch = static_cast<int>(int_in("data", "prefetch", 1, 64));
   o.deep_supervision = c.get_bool("model", "deep_supervision");
   o.res_block = c.get_bool("model", "res_block");

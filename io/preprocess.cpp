@@ -1,0 +1,169 @@
+// preprocess_dataset (io/preprocess.h): fingerprint, target spacing, then each case from the cache or made again.
+#include "io/preprocess.h"
+
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <optional>
+#include <stdexcept>
+
+#include "io/atomic_file.h"
+#include "io/resample.h"
+#include "io/safetensors.h"
+
+namespace unet::io {
+
+namespace fs = std::filesystem;
+
+namespace {
+
+constexpr const char* kFormat = "unet preprocessed case 1";
+
+// path:size:mtime of each source file: any change to a file (rewritten, touched, replaced) changes it.
+std::string source_stamp(const DatasetCase& c) {
+  std::string s;
+  for (const std::string& p : {c.image_path, c.label_path}) {
+    std::error_code ec;
+    const auto size = fs::file_size(p, ec);
+    const auto time = fs::last_write_time(p, ec).time_since_epoch().count();
+    s += p + ":" + std::to_string(ec ? 0 : size) + ":" + std::to_string(ec ? 0 : time) + ";";
+  }
+  return s;
+}
+
+std::string spacing_text(const std::array<double, 3>& s) {
+  char b[96];
+  std::snprintf(b, sizeof b, "%.17g,%.17g,%.17g", s[0], s[1], s[2]);
+  return b;
+}
+
+struct Geometry {
+  std::array<double, 3> spacing;
+  std::array<int64_t, 3> size;  // after cropping
+};
+
+// A case loaded and cropped to its non-zero box.
+Case load_cropped(const DatasetInfo& info, size_t i) {
+  Case c = load_case(info, i);
+  const Box box = nonzero_box(c.image);
+  c.image = crop(c.image, box);
+  c.label = crop(c.label, box);
+  return c;
+}
+
+// Resampled to `target` when its spacing differs by more than 0.1%; returns whether it was.
+bool resample_case(Case& c, const std::array<double, 3>& target) {
+  bool differs = false;
+  for (size_t a = 0; a < 3; ++a) differs = differs || std::abs(c.spacing[a] - target[a]) > 1e-3 * target[a];
+  if (!differs) return false;
+  const std::array<int64_t, 3> size =
+      resampled_size({c.label.dim(0), c.label.dim(1), c.label.dim(2)}, c.spacing, target);
+  const int separate = separate_axis(c.spacing, target);
+  c.image = resize_image(c.image, size, image_orders(separate));
+  c.label = resize_label(c.label, size, label_orders(separate));
+  c.spacing = target;
+  return true;
+}
+
+}  // namespace
+
+PreprocessedDataset preprocess_dataset(const DatasetInfo& info, const std::vector<size_t>& train,
+                                       const PreprocessOptions& o) {
+  const size_t n = info.training.size();
+  const bool cache = !o.cache_dir.empty();
+  const fs::path dir = o.cache_dir;
+  const std::string fingerprint_path = (dir / "fingerprint.json").string();
+  nlohmann::json fingerprint = {{"format", kFormat}, {"cases", nlohmann::json::object()}};
+  if (cache && fs::exists(fingerprint_path)) {
+    const nlohmann::json old = nlohmann::json::parse(std::ifstream(fingerprint_path), nullptr, false);
+    if (old.is_object() && old.value("format", "") == kFormat && old.contains("cases") && old["cases"].is_object())
+      fingerprint = old;  // anything else is rebuilt
+  }
+
+  // 1. Each case's spacing and cropped size: from the fingerprint when its files are unchanged, else by loading it
+  //    (kept in memory for step 3).
+  std::vector<std::string> stamps(n);
+  std::vector<Geometry> geometry(n);
+  std::vector<std::optional<Case>> loaded(n);
+  for (size_t i = 0; i < n; ++i) {
+    const DatasetCase& dc = info.training[i];
+    stamps[i] = source_stamp(dc);
+    const nlohmann::json* known = nullptr;
+    if (cache && fingerprint["cases"].contains(dc.id)) {
+      const nlohmann::json& k = fingerprint["cases"][dc.id];
+      if (k.value("stamp", "") == stamps[i] && k.contains("spacing") && k.contains("size")) known = &k;
+    }
+    if (known) {
+      geometry[i] = {(*known)["spacing"].get<std::array<double, 3>>(), (*known)["size"].get<std::array<int64_t, 3>>()};
+      continue;
+    }
+    loaded[i] = load_cropped(info, i);
+    const Case& c = *loaded[i];
+    geometry[i] = {c.spacing, {c.label.dim(0), c.label.dim(1), c.label.dim(2)}};
+    fingerprint["cases"][dc.id] = {{"stamp", stamps[i]}, {"spacing", geometry[i].spacing}, {"size", geometry[i].size}};
+  }
+
+  // 2. The plan.
+  PreprocessedDataset out;
+  std::vector<std::array<double, 3>> spacings;
+  std::vector<std::array<int64_t, 3>> sizes;
+  for (size_t i : train) {
+    spacings.push_back(geometry[i].spacing);
+    sizes.push_back(geometry[i].size);
+  }
+  out.target = target_spacing(spacings, sizes);
+  const std::string target = spacing_text(out.target);
+
+  // 3. Each case: its cache file when made from the same files for the same target, else preprocessed (and cached).
+  for (size_t i = 0; i < n; ++i) {
+    const DatasetCase& dc = info.training[i];
+    const std::string path = (dir / (dc.id + ".safetensors")).string();
+    if (cache && !loaded[i] && fs::exists(path)) {
+      const SafetensorsContent f = read_safetensors(path);
+      const auto entry = [&](const char* key) {
+        const auto it = f.metadata.find(key);
+        return it == f.metadata.end() ? std::string() : it->second;
+      };
+      if (entry("format") == kFormat && entry("stamp") == stamps[i] && entry("target") == target) {
+        Case c;
+        c.id = dc.id;
+        c.image = f.get("image");
+        c.label = f.get("label");
+        if (c.image.rank() != 4 || c.image.dtype() != DType::f32 || c.label.rank() != 3 ||
+            c.label.dtype() != DType::u8 || c.image.dim(3) != info.num_channels())
+          throw std::runtime_error(path + ": not a preprocessed case of " + info.json_path + " (image " +
+                                   c.image.describe() + ", label " + c.label.describe() +
+                                   "); delete the cache directory " + o.cache_dir);
+        for (int a = 0; a < 3; ++a)
+          if (c.image.dim(a) != c.label.dim(a))
+            throw std::runtime_error(path + ": image and label grids differ; delete the cache directory " +
+                                     o.cache_dir);
+        c.spacing = out.target;
+        out.resampled += entry("resampled") == "1";
+        ++out.from_cache;
+        out.cases.push_back(std::move(c));
+        continue;
+      }
+    }
+    Case c = loaded[i] ? std::move(*loaded[i]) : load_cropped(info, i);
+    loaded[i].reset();
+    const bool resampled = resample_case(c, out.target);
+    out.resampled += resampled;
+    if (cache && o.write_cache) {
+      fs::create_directories(dir);
+      write_safetensors(
+          path, {{"image", c.image}, {"label", c.label}},
+          {{"format", kFormat}, {"stamp", stamps[i]}, {"target", target}, {"resampled", resampled ? "1" : "0"}});
+    }
+    out.cases.push_back(std::move(c));
+  }
+  if (cache && o.write_cache) {
+    fs::create_directories(dir);
+    write_file_atomically(fingerprint_path, fingerprint.dump(1) + "\n");
+  }
+  return out;
+}
+
+}  // namespace unet::io

@@ -1,0 +1,35 @@
+// A dataset's cases preprocessed for training, as nnU-Net does (docs/reference.md, "Preprocessing"): each case
+// loaded, cropped to the box of its non-zero voxels and resampled to the target spacing planned from the training
+// cases (io/resample.h). Normalisation comes after, per fold (io/dataset.h).
+//
+// With a cache directory, the work is kept on disk and reused while neither the data nor the plan changes:
+// fingerprint.json records per case a stamp of its source files (path, size, modification time) with its spacing and
+// cropped size, so the target spacing is planned without reading unchanged images; CASE.safetensors holds the
+// preprocessed image and label with the stamp and the target spacing they were made for. A case whose stamp or
+// target differs is preprocessed again and its file replaced (atomically); a damaged file is an error naming it.
+#pragma once
+#include <array>
+#include <string>
+#include <vector>
+
+#include "io/dataset.h"
+
+namespace unet::io {
+
+struct PreprocessOptions {
+  std::string cache_dir;    // empty: no cache
+  bool write_cache = true;  // false: read a valid cache but write nothing (the ranks other than 0)
+};
+
+struct PreprocessedDataset {
+  std::vector<Case> cases;       // every case of info.training, in order, at `target` spacing
+  std::array<double, 3> target;  // planned from the cases in `train`
+  int resampled = 0;             // cases whose spacing differed from the target
+  int from_cache = 0;            // cases read from the cache
+};
+
+// The cases of info.training preprocessed; the target spacing is planned from the cases listed in `train`.
+PreprocessedDataset preprocess_dataset(const DatasetInfo& info, const std::vector<size_t>& train,
+                                       const PreprocessOptions& options);
+
+}  // namespace unet::io

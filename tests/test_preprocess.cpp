@@ -1,0 +1,93 @@
+// preprocess_dataset (io/preprocess.h): the cache gives back bitwise what preprocessing makes, is used only while the
+// source files and the plan are unchanged, and a damaged cache file is an error naming it.
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+
+#include "io/preprocess.h"
+#include "tests/test_util.h"
+
+using namespace unet;
+using namespace unet::io;
+namespace fs = std::filesystem;
+
+namespace {
+
+bool same_cases(const PreprocessedDataset& a, const PreprocessedDataset& b) {
+  if (a.cases.size() != b.cases.size()) return false;
+  for (size_t i = 0; i < a.cases.size(); ++i) {
+    const Case &x = a.cases[i], &y = b.cases[i];
+    if (x.id != y.id || x.spacing != y.spacing || x.image.shape() != y.image.shape() ||
+        x.image.to_vector() != y.image.to_vector() || x.label.to_vector() != y.label.to_vector())
+      return false;
+  }
+  return true;
+}
+
+// A dataset of 3 mm cases plus one 2 mm case (resampled to the 3 mm target).
+std::string mixed_dataset(const test::TempDir& tmp) {
+  REQUIRE(test::run_tool("unet_synth", "--output " + tmp / "data" +
+                                           " --train 3 --test 0 --size 8,20,20 --spacing 3,1,1 --seed 1") == 0);
+  REQUIRE(test::run_tool("unet_synth", "--output " + tmp / "other" +
+                                           " --train 1 --test 0 --size 12,20,20 --spacing 2,1,1 --seed 2") == 0);
+  fs::copy_file(tmp / "other/imagesTr/case_000.nii.gz", tmp / "data/imagesTr/case_100.nii.gz");
+  fs::copy_file(tmp / "other/labelsTr/case_000.nii.gz", tmp / "data/labelsTr/case_100.nii.gz");
+  nlohmann::json j = nlohmann::json::parse(std::ifstream(tmp / "data/dataset.json"));
+  j["training"].push_back({{"image", "./imagesTr/case_100.nii.gz"}, {"label", "./labelsTr/case_100.nii.gz"}});
+  j["numTraining"] = 4;
+  test::write_text(tmp / "data/dataset.json", j.dump(2));
+  return tmp / "data";
+}
+
+}  // namespace
+
+TEST_CASE("the preprocessing cache: bitwise the same cases, reused until a source file or the plan changes") {
+  test::TempDir tmp("preprocess");
+  const DatasetInfo info = read_msd_dataset(mixed_dataset(tmp));
+  const std::vector<size_t> all{0, 1, 2, 3};
+  const PreprocessedDataset none = preprocess_dataset(info, all, {});
+  CHECK(none.target == std::array<double, 3>{3, 1, 1});
+  CHECK(none.resampled == 1);
+  CHECK(none.cases[3].image.dim(0) == 8);  // 12 slices of 2 mm, 8 of 3 mm
+
+  PreprocessOptions o;
+  o.cache_dir = tmp / "cache";
+  const PreprocessedDataset first = preprocess_dataset(info, all, o);
+  CHECK(first.from_cache == 0);
+  CHECK(same_cases(first, none));
+  CHECK(fs::exists(tmp / "cache/fingerprint.json"));
+  CHECK(fs::exists(tmp / "cache/case_100.safetensors"));
+  const PreprocessedDataset second = preprocess_dataset(info, all, o);
+  CHECK(second.from_cache == 4);
+  CHECK(second.resampled == 1);
+  CHECK(same_cases(second, none));
+
+  // A source file touched: that case alone is made again.
+  fs::last_write_time(tmp / "data/labelsTr/case_001.nii.gz",
+                      fs::last_write_time(tmp / "data/labelsTr/case_001.nii.gz") + std::chrono::seconds(5));
+  const PreprocessedDataset touched = preprocess_dataset(info, all, o);
+  CHECK(touched.from_cache == 3);
+  CHECK(same_cases(touched, none));
+
+  // Another plan (the 2 mm case alone sets the target): every case made again.
+  const PreprocessedDataset replanned = preprocess_dataset(info, {3}, o);
+  CHECK(replanned.target == std::array<double, 3>{2, 1, 1});
+  CHECK(replanned.from_cache == 0);
+  CHECK(replanned.resampled == 3);
+
+  // A reader that must not write (ranks other than 0): reads what is valid, writes nothing.
+  o.write_cache = false;
+  fs::remove_all(tmp / "cache");
+  CHECK(preprocess_dataset(info, all, o).from_cache == 0);
+  CHECK_FALSE(fs::exists(tmp / "cache"));
+}
+
+TEST_CASE("a damaged cache file is an error naming it") {
+  test::TempDir tmp("preprocess_damaged");
+  const DatasetInfo info = read_msd_dataset(mixed_dataset(tmp));
+  PreprocessOptions o;
+  o.cache_dir = tmp / "cache";
+  preprocess_dataset(info, {0, 1, 2, 3}, o);
+  fs::resize_file(tmp / "cache/case_001.safetensors", 40);
+  CHECK_THROWS_WITH(preprocess_dataset(info, {0, 1, 2, 3}, o), doctest::Contains("case_001.safetensors"));
+}
