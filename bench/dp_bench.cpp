@@ -14,11 +14,11 @@
 #include <CLI/CLI.hpp>
 #include <algorithm>
 #include <chrono>
-#include <iostream>
-#include <thread>
 #include <cstdio>
+#include <iostream>
 #include <nlohmann/json.hpp>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "engine/comm.h"
@@ -74,7 +74,9 @@ int main(int argc, char** argv) {
   app.add_option("--depth", depth, "maximum downsamplings")->check(CLI::Range(1, 10))->capture_default_str();
   app.add_option("--steps", steps, "timed steps")->check(CLI::Range(1, 100000))->capture_default_str();
   app.add_option("--warmup", warmup, "untimed steps first")->check(CLI::Range(0, 1000))->capture_default_str();
-  app.add_option("--bucket-mb", bucket_mb, "gradient bucket size")->check(CLI::Range(0.001, 4096.0))->capture_default_str();
+  app.add_option("--bucket-mb", bucket_mb, "gradient bucket size")
+      ->check(CLI::Range(0.001, 4096.0))
+      ->capture_default_str();
   app.add_flag("--no-overlap", no_overlap, "reduce every bucket after backward instead of during it");
   app.add_option("--device", device_arg, "cpu, cuda, cuda-emu or auto")->capture_default_str();
   app.add_option("--json", json_path, "also write the results as JSON to this file (rank 0)");
@@ -125,25 +127,27 @@ int main(int argc, char** argv) {
     // The model: the nnU-Net 3D reference network on H200s.
     const models::DynUNetConfig ref = network({128, 128, 128}, 4, 3, 32, 320, 5);
     const double ref_bytes = static_cast<double>(models::DynUNet(ref).parameter_count()) * 4;
-    const double compute_s = 2 / 33.4;  // PyTorch AMP's step on one H200 (batch 2), the speed to reach
+    const double compute_s = 2 / 33.4;      // PyTorch AMP's step on one H200 (batch 2), the speed to reach
     const double backward_share = 2.0 / 3;  // of a step's compute: the window the reduction can hide behind
     const double buckets = std::max(1.0, ref_bytes / (bucket_mb * 1048576));
     const Link links[] = {{"8 GPUs, one node (NVLink 4: 450 GB/s, 80% reached)", 8, 0.8 * 450e9, 5e-6},
                           {"32 GPUs, 4 nodes (InfiniBand NDR 400 Gb/s per GPU, 80% reached)", 32, 0.8 * 50e9, 10e-6}};
 
     if (lead) {
-      std::printf("dp_bench: %d rank(s) (%s%s) on %s, %d thread(s) per rank, batch %d per rank, patch %dx%dx%d, "
-                  "%.1f MB of gradients in %d bucket(s), overlap %s\n",
-                  comm.size(), comm.backend(), comm.reduces_on_device(dev) ? ", NCCL" : "", device_name(dev),
-                  num_threads(), batch, patch[0], patch[1], patch[2], bytes / 1e6,
-                  reducer ? reducer->buckets() : 0, no_overlap ? "off" : "on");
+      std::printf(
+          "dp_bench: %d rank(s) (%s%s) on %s, %d thread(s) per rank, batch %d per rank, patch %dx%dx%d, "
+          "%.1f MB of gradients in %d bucket(s), overlap %s\n",
+          comm.size(), comm.backend(), comm.reduces_on_device(dev) ? ", NCCL" : "", device_name(dev), num_threads(),
+          batch, patch[0], patch[1], patch[2], bytes / 1e6, reducer ? reducer->buckets() : 0,
+          no_overlap ? "off" : "on");
       std::printf("| ranks | step ms | compute ms | exposed communication ms | reduction ms (thread) | samples/s |\n");
       std::printf("| --- | --- | --- | --- | --- | --- |\n");
       std::printf("| %d (measured) | %.1f | %.1f | %.1f | %.1f | %.2f |\n", comm.size(), step, step - exposed, exposed,
                   communication, batch * comm.size() / (step / 1e3));
-      std::printf("\nModel: nnU-Net 3D reference network, %.1f MB of f32 gradients a step, %.1f ms compute a step "
-                  "(PyTorch AMP on one H200), %.0f%% of it backward\n",
-                  ref_bytes / 1e6, compute_s * 1e3, backward_share * 100);
+      std::printf(
+          "\nModel: nnU-Net 3D reference network, %.1f MB of f32 gradients a step, %.1f ms compute a step "
+          "(PyTorch AMP on one H200), %.0f%% of it backward\n",
+          ref_bytes / 1e6, compute_s * 1e3, backward_share * 100);
       std::printf("| cluster | all-reduce ms | exposed ms | efficiency |\n| --- | --- | --- | --- |\n");
     }
     nlohmann::json modelled = nlohmann::json::array();
@@ -155,14 +159,25 @@ int main(int argc, char** argv) {
       const double exposed_model = t - hidden;
       const double efficiency = compute_s / (compute_s + exposed_model);
       if (lead) std::printf("| %s | %.1f | %.1f | %.0f%% |\n", l.name, t * 1e3, exposed_model * 1e3, efficiency * 100);
-      modelled.push_back({{"cluster", l.name}, {"allreduce_ms", t * 1e3}, {"exposed_ms", exposed_model * 1e3},
+      modelled.push_back({{"cluster", l.name},
+                          {"allreduce_ms", t * 1e3},
+                          {"exposed_ms", exposed_model * 1e3},
                           {"efficiency", efficiency}});
     }
     if (lead && !json_path.empty()) {
-      nlohmann::json j = {{"ranks", comm.size()}, {"device", device_name(dev)}, {"threads_per_rank", num_threads()}, {"batch_per_rank", batch},
-                          {"patch", patch}, {"gradient_bytes", bytes}, {"overlap", !no_overlap},
-                          {"step_ms", step}, {"compute_ms", step - exposed}, {"exposed_ms", exposed},
-                          {"reduction_ms", communication}, {"step_ms_samples", step_ms}, {"model", modelled}};
+      nlohmann::json j = {{"ranks", comm.size()},
+                          {"device", device_name(dev)},
+                          {"threads_per_rank", num_threads()},
+                          {"batch_per_rank", batch},
+                          {"patch", patch},
+                          {"gradient_bytes", bytes},
+                          {"overlap", !no_overlap},
+                          {"step_ms", step},
+                          {"compute_ms", step - exposed},
+                          {"exposed_ms", exposed},
+                          {"reduction_ms", communication},
+                          {"step_ms_samples", step_ms},
+                          {"model", modelled}};
       io::write_file_atomically(json_path, j.dump(2) + "\n");
     }
   } catch (const std::exception& e) {

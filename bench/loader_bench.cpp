@@ -31,7 +31,9 @@ int main(int argc, char** argv) {
   std::string augment = "dle", json_path;
   CLI::App app{"Training step time with the batch loader inline, ahead on workers, and without data (compute only)."};
   app.add_option("--patch", patch, "patch size (3 values)")->delimiter(',')->capture_default_str();
-  app.add_option("--size", size, "volume size of the synthetic cases (3 values)")->delimiter(',')->capture_default_str();
+  app.add_option("--size", size, "volume size of the synthetic cases (3 values)")
+      ->delimiter(',')
+      ->capture_default_str();
   app.add_option("--batch", batch, "samples per step")->check(CLI::Range(1, 1024))->capture_default_str();
   app.add_option("--filters", filters, "filters of the first level")->check(CLI::Range(1, 1024))->capture_default_str();
   app.add_option("--max-filters", max_filters, "filter cap")->check(CLI::Range(1, 4096))->capture_default_str();
@@ -39,7 +41,9 @@ int main(int argc, char** argv) {
   app.add_option("--cases", cases, "synthetic cases")->check(CLI::Range(1, 1000))->capture_default_str();
   app.add_option("--steps", steps, "timed steps per row")->check(CLI::Range(1, 100000))->capture_default_str();
   app.add_option("--warmup", warmup, "untimed steps first")->check(CLI::Range(0, 1000))->capture_default_str();
-  app.add_option("--workers", workers, "loader threads of the prefetch row")->check(CLI::Range(1, 256))->capture_default_str();
+  app.add_option("--workers", workers, "loader threads of the prefetch row")
+      ->check(CLI::Range(1, 256))
+      ->capture_default_str();
   app.add_option("--augment", augment, "none, dle (the defaults) or all (DLE's plus rotation, gamma, low resolution)")
       ->check(CLI::IsMember({"none", "dle", "all"}))
       ->capture_default_str();
@@ -65,7 +69,8 @@ int main(int argc, char** argv) {
     po.patch = {patch[0], patch[1], patch[2]};
     po.batch = batch;
     if (augment == "none") po.augment = io::AugmentOptions::none();
-    if (augment == "all") po.augment.rotation_prob = 0.2, po.augment.gamma_prob = 0.3, po.augment.low_resolution_prob = 0.25;
+    if (augment == "all")
+      po.augment.rotation_prob = 0.2, po.augment.gamma_prob = 0.3, po.augment.low_resolution_prob = 0.25;
     const io::PatchSampler sampler(data, {}, po);
 
     const models::UNetPlan plan = models::plan_unet(patch, {1, 1, 1}, depth);
@@ -103,18 +108,18 @@ int main(int argc, char** argv) {
     io::BatchLoader ahead(sampler, 0, workers, 2);
     const double ahead_ms = row([&](int64_t) { return ahead.next(); });
 
-    std::printf("loader_bench: patch %dx%dx%d, batch %d, %d cases of %lldx%lldx%lld, augmentation %s, %d OpenMP "
-                "threads; one sample prepared in %.1f ms on one thread\n",
-                patch[0], patch[1], patch[2], batch, cases, static_cast<long long>(size[0]),
-                static_cast<long long>(size[1]), static_cast<long long>(size[2]), augment.c_str(), num_threads(),
-                sample_ms);
+    std::printf(
+        "loader_bench: patch %dx%dx%d, batch %d, %d cases of %lldx%lldx%lld, augmentation %s, %d OpenMP "
+        "threads; one sample prepared in %.1f ms on one thread\n",
+        patch[0], patch[1], patch[2], batch, cases, static_cast<long long>(size[0]), static_cast<long long>(size[1]),
+        static_cast<long long>(size[2]), augment.c_str(), num_threads(), sample_ms);
     std::printf("| batches | step ms | vs compute only |\n| --- | --- | --- |\n");
     std::printf("| one batch reused (compute only) | %.1f | 1.000 |\n", compute);
     std::printf("| prepared inline (data.workers = 0) | %.1f | %.3f |\n", inline_ms, inline_ms / compute);
     std::printf("| prefetched by %d worker(s) | %.1f | %.3f |  (waited %.1f ms a step)\n", workers, ahead_ms,
                 ahead_ms / compute, ahead.waited_seconds() * 1e3 / (warmup + steps));
     if (!json_path.empty()) {
-      const nlohmann::json j = {{"patch", patch},          {"batch", batch},         {"augment", augment},
+      const nlohmann::json j = {{"patch", patch},           {"batch", batch},         {"augment", augment},
                                 {"threads", num_threads()}, {"sample_ms", sample_ms}, {"compute_ms", compute},
                                 {"inline_ms", inline_ms},   {"workers", workers},     {"prefetch_ms", ahead_ms}};
       io::write_file_atomically(json_path, j.dump(2) + "\n");

@@ -79,8 +79,8 @@ void check_prob(double p, const char* name) {
 void check_range(double lo, double hi, double min_lo, double max_hi, const char* name) {
   if (!(lo >= min_lo && lo <= hi && hi <= max_hi))
     throw std::invalid_argument(std::string("augmentation: ") + name + " range [" + std::to_string(lo) + ", " +
-                                std::to_string(hi) + "]: expected " + std::to_string(min_lo) + " <= low <= high <= " +
-                                std::to_string(max_hi));
+                                std::to_string(hi) + "]: expected " + std::to_string(min_lo) +
+                                " <= low <= high <= " + std::to_string(max_hi));
 }
 
 }  // namespace
@@ -143,7 +143,8 @@ std::vector<float> resize_axis_cubic(const std::vector<float>& in, const std::ar
       for (int64_t j = 0; j < inner; ++j) {
         double acc = 0;
         for (int k = 0; k < 4; ++k)
-          acc += w[static_cast<size_t>(k)] * in[static_cast<size_t>((o * n_in + tp[static_cast<size_t>(k)]) * inner + j)];
+          acc +=
+              w[static_cast<size_t>(k)] * in[static_cast<size_t>((o * n_in + tp[static_cast<size_t>(k)]) * inner + j)];
         dst[j] = static_cast<float>(acc);
       }
     }
@@ -172,10 +173,10 @@ void zoom(Sample& s, double scale) {
   for (int a = 0; a < 3; ++a) {
     const int64_t n = s.size[static_cast<size_t>(a)], c = crop[static_cast<size_t>(a)];
     for (int64_t i = 0; i < n; ++i)
-      from[static_cast<size_t>(a)].push_back(start[static_cast<size_t>(a)] +
-                                             std::min(c - 1, static_cast<int64_t>((static_cast<double>(i) + 0.5) *
-                                                                                  static_cast<double>(c) /
-                                                                                  static_cast<double>(n))));
+      from[static_cast<size_t>(a)].push_back(
+          start[static_cast<size_t>(a)] +
+          std::min(c - 1, static_cast<int64_t>((static_cast<double>(i) + 0.5) * static_cast<double>(c) /
+                                               static_cast<double>(n))));
   }
   std::vector<int32_t> label(s.label.size());
   for (int64_t z = 0; z < s.size[0]; ++z)
@@ -226,7 +227,8 @@ void gaussian_blur(Sample& s, double sigma) {
         for (int64_t j = 0; j < inner; ++j) {
           double acc = 0;
           for (int64_t k = -r; k <= r; ++k)
-            acc += w[static_cast<size_t>(k + r)] * s.image[static_cast<size_t>((o * n + reflect101(i + k, n)) * inner + j)];
+            acc += w[static_cast<size_t>(k + r)] *
+                   s.image[static_cast<size_t>((o * n + reflect101(i + k, n)) * inner + j)];
           out[static_cast<size_t>((o * n + i) * inner + j)] = static_cast<float>(acc);
         }
     s.image = std::move(out);
@@ -271,8 +273,8 @@ void simulate_low_resolution(Sample& s, double zoom_factor) {
   const int64_t Y = s.size[1], X = s.size[2], C = s.channels;
   auto nearest = [&](int a, int64_t i) {
     const int64_t n = s.size[static_cast<size_t>(a)], m = low[static_cast<size_t>(a)];
-    return std::min(n - 1, static_cast<int64_t>((static_cast<double>(i) + 0.5) * static_cast<double>(n) /
-                                                static_cast<double>(m)));
+    return std::min(
+        n - 1, static_cast<int64_t>((static_cast<double>(i) + 0.5) * static_cast<double>(n) / static_cast<double>(m)));
   };
   std::vector<float> small(static_cast<size_t>(low[0] * low[1] * low[2] * C));
   for (int64_t z = 0; z < low[0]; ++z)
@@ -331,7 +333,8 @@ std::array<double, 9> rotation_matrix(const std::array<double, 3>& angles) {
     std::array<double, 9> m{};
     for (int i = 0; i < 3; ++i)
       for (int j = 0; j < 3; ++j)
-        for (int k = 0; k < 3; ++k) m[static_cast<size_t>(i * 3 + j)] += a[static_cast<size_t>(i * 3 + k)] * b[static_cast<size_t>(k * 3 + j)];
+        for (int k = 0; k < 3; ++k)
+          m[static_cast<size_t>(i * 3 + j)] += a[static_cast<size_t>(i * 3 + k)] * b[static_cast<size_t>(k * 3 + j)];
     return m;
   };
   return mul(mul(Rz, Ry), Rx);
@@ -341,7 +344,8 @@ std::array<int64_t, 3> rotated_extent(const std::array<double, 9>& R, const std:
   std::array<int64_t, 3> e{};
   for (int a = 0; a < 3; ++a) {
     double span = 0;
-    for (int b = 0; b < 3; ++b) span += std::abs(R[static_cast<size_t>(a * 3 + b)]) * static_cast<double>(patch[static_cast<size_t>(b)] - 1);
+    for (int b = 0; b < 3; ++b)
+      span += std::abs(R[static_cast<size_t>(a * 3 + b)]) * static_cast<double>(patch[static_cast<size_t>(b)] - 1);
     // Two voxels of margin for the interpolation's neighbours.
     const int64_t p = patch[static_cast<size_t>(a)];
     int64_t n = std::max(p, static_cast<int64_t>(std::ceil(span)) + 3);
@@ -383,7 +387,8 @@ Sample rotate_crop(const Sample& src, const std::array<double, 9>& R, const std:
           const float* v = src.image.data() + ((iz * SY + iy) * SX + ix) * C;
           for (int64_t c = 0; c < C; ++c) acc[static_cast<size_t>(c)] += w * v[c];
         }
-        for (int64_t c = 0; c < C; ++c) dst.image[static_cast<size_t>(d * C + c)] = static_cast<float>(acc[static_cast<size_t>(c)]);
+        for (int64_t c = 0; c < C; ++c)
+          dst.image[static_cast<size_t>(d * C + c)] = static_cast<float>(acc[static_cast<size_t>(c)]);
       }
   return dst;
 }

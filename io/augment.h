@@ -46,8 +46,8 @@ struct Sample {
 
 // What augment() did to a sample (for logs and tests).
 struct AugmentRecord {
-  double zoom = 1;                 // scale of the centre crop (1: none)
-  std::array<bool, 3> flip{};      // per axis
+  double zoom = 1;             // scale of the centre crop (1: none)
+  std::array<bool, 3> flip{};  // per axis
   double noise_std = 0, blur_sigma = 0, brightness = 1, contrast = 1, gamma = 1, low_resolution = 1;
 };
 
@@ -65,7 +65,8 @@ void zoom(Sample& s, double scale);
 void flip(Sample& s, const std::array<bool, 3>& axes);
 // image += stddev * N(0, 1), one draw per value from rng, in memory order.
 void add_noise(Sample& s, double stddev, Rng& rng);
-// Separable Gaussian blur of every channel, radius ceil(3 sigma) taps, mirrored edges (reflect 101: ... 2 1 | 0 1 2 ...).
+// Separable Gaussian blur of every channel, radius ceil(3 sigma) taps, mirrored edges (reflect 101: ... 2 1 | 0 1 2
+// ...).
 void gaussian_blur(Sample& s, double sigma);
 void scale_brightness(Sample& s, double factor);
 // DLE's contrast: image * factor, clamped to the image's minimum and maximum before the change (over all channels).

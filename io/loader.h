@@ -42,9 +42,9 @@ class BatchLoader {
 
   const PatchSampler& sampler_;
   const int prefetch_;
-  int64_t step_;            // the consumer's next step
+  int64_t step_;                       // the consumer's next step
   int64_t task_step_, task_item_ = 0;  // the next task handed to a worker
-  std::deque<Slot> slots_;  // steps step_ .. step_ + slots_.size() - 1
+  std::deque<Slot> slots_;             // steps step_ .. step_ + slots_.size() - 1
   std::mutex mutex_;
   std::condition_variable work_cv_, done_cv_;
   bool stop_ = false;

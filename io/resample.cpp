@@ -31,8 +31,10 @@ void spline_coefficients(const double* s, int64_t n, std::vector<double>& c) {
   }
   c[0] = sum / (1 - zn * zn);
   for (int64_t k = 1; k < m; ++k) c[static_cast<size_t>(k)] += z * c[static_cast<size_t>(k - 1)];
-  c[static_cast<size_t>(m - 1)] = (z / (z * z - 1)) * (c[static_cast<size_t>(m - 1)] + z * c[static_cast<size_t>(m - 2)]);
-  for (int64_t k = m - 2; k >= 0; --k) c[static_cast<size_t>(k)] = z * (c[static_cast<size_t>(k + 1)] - c[static_cast<size_t>(k)]);
+  c[static_cast<size_t>(m - 1)] =
+      (z / (z * z - 1)) * (c[static_cast<size_t>(m - 1)] + z * c[static_cast<size_t>(m - 2)]);
+  for (int64_t k = m - 2; k >= 0; --k)
+    c[static_cast<size_t>(k)] = z * (c[static_cast<size_t>(k + 1)] - c[static_cast<size_t>(k)]);
 }
 
 // Resizes axis `axis` of a [Z, Y, X, C] array of `dims` to n_out values with interpolation `order`.
@@ -51,7 +53,8 @@ std::vector<double> resize_axis(const std::vector<double>& in, const std::array<
     std::vector<double> line(static_cast<size_t>(n_in)), coef;
     for (int64_t l = l0; l < l1; ++l) {
       const int64_t o = l / inner, j = l % inner;
-      for (int64_t k = 0; k < n_in; ++k) line[static_cast<size_t>(k)] = in[static_cast<size_t>((o * n_in + k) * inner + j)];
+      for (int64_t k = 0; k < n_in; ++k)
+        line[static_cast<size_t>(k)] = in[static_cast<size_t>((o * n_in + k) * inner + j)];
       if (order == 3) spline_coefficients(line.data(), n_in, coef);
       for (int64_t i = 0; i < n_out; ++i) {
         const double x = src[static_cast<size_t>(i)];
@@ -91,13 +94,15 @@ std::vector<double> resize_all(std::vector<double> v, std::array<int64_t, 4> dim
 }
 
 void check_orders(const Orders& orders) {
-  for (int o : orders) check_arg(o == 0 || o == 1 || o == 3, "resize: interpolation order " + std::to_string(o) + " (expected 0, 1 or 3)");
+  for (int o : orders)
+    check_arg(o == 0 || o == 1 || o == 3, "resize: interpolation order " + std::to_string(o) + " (expected 0, 1 or 3)");
 }
 
 }  // namespace
 
 Tensor resize_image(const Tensor& image, const std::array<int64_t, 3>& size, const Orders& orders) {
-  check_arg(image.rank() == 4 && image.dtype() == DType::f32, "resize_image: expected f32 [Z, Y, X, C], got " + image.describe());
+  check_arg(image.rank() == 4 && image.dtype() == DType::f32,
+            "resize_image: expected f32 [Z, Y, X, C], got " + image.describe());
   check_orders(orders);
   for (int64_t s : size) check_arg(s >= 1, "resize_image: sizes must be >= 1");
   const Tensor& in = image;
@@ -111,7 +116,8 @@ Tensor resize_image(const Tensor& image, const std::array<int64_t, 3>& size, con
 }
 
 Tensor resize_label(const Tensor& label, const std::array<int64_t, 3>& size, const Orders& orders) {
-  check_arg(label.rank() == 3 && label.dtype() == DType::u8, "resize_label: expected u8 [Z, Y, X], got " + label.describe());
+  check_arg(label.rank() == 3 && label.dtype() == DType::u8,
+            "resize_label: expected u8 [Z, Y, X], got " + label.describe());
   check_orders(orders);
   Orders o = orders;
   for (int& x : o) x = std::min(x, 1);
@@ -205,7 +211,8 @@ std::array<double, 3> target_spacing(const std::vector<std::array<double, 3>>& s
 }
 
 Box nonzero_box(const Tensor& image) {
-  check_arg(image.rank() == 4 && image.dtype() == DType::f32, "nonzero_box: expected f32 [Z, Y, X, C], got " + image.describe());
+  check_arg(image.rank() == 4 && image.dtype() == DType::f32,
+            "nonzero_box: expected f32 [Z, Y, X, C], got " + image.describe());
   const Tensor& in = image;
   const int64_t Z = in.dim(0), Y = in.dim(1), X = in.dim(2), C = in.dim(3);
   const float* p = in.data<float>();

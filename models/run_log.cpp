@@ -33,11 +33,16 @@ namespace {
 std::string escape(const std::string& s) {
   std::string o;
   for (char c : s) {
-    if (c == '<') o += "&lt;";
-    else if (c == '>') o += "&gt;";
-    else if (c == '&') o += "&amp;";
-    else if (c == '"') o += "&quot;";
-    else o += c;
+    if (c == '<')
+      o += "&lt;";
+    else if (c == '>')
+      o += "&gt;";
+    else if (c == '&')
+      o += "&amp;";
+    else if (c == '"')
+      o += "&quot;";
+    else
+      o += c;
   }
   return o;
 }
@@ -108,8 +113,7 @@ std::string report_html(const std::vector<nlohmann::json>& lines, const std::str
     << "</title>\n<style>body{font-family:sans-serif;margin:24px} text{font-size:12px;font-family:sans-serif}</style>"
        "</head><body>\n<h1>"
     << escape(title) << "</h1>\n<p>";
-  if (!loss.x.empty())
-    o << "step " << number(loss.x.back()) << ", loss " << number(loss.y.back());
+  if (!loss.x.empty()) o << "step " << number(loss.x.back()) << ", loss " << number(loss.y.back());
   if (!val.x.empty())
     o << "; validation mean Dice " << number(val.y.back()) << " (best "
       << number(*std::max_element(val.y.begin(), val.y.end())) << ")";
@@ -128,7 +132,8 @@ RunLog::RunLog(const std::filesystem::path& dir, int64_t first_step, const std::
     std::ifstream old(path);
     for (std::string line; std::getline(old, line);) {
       const nlohmann::json j = nlohmann::json::parse(line, nullptr, /*allow_exceptions=*/false);
-      if (j.is_object() && j.contains("step") && j["step"].is_number_integer() && j["step"].get<int64_t>() <= first_step) {
+      if (j.is_object() && j.contains("step") && j["step"].is_number_integer() &&
+          j["step"].get<int64_t>() <= first_step) {
         kept += line + "\n";
         lines_.push_back(j);
       }

@@ -52,7 +52,7 @@ class ProgressBar {
   ProgressBar(std::FILE* out, int64_t first_step, int64_t steps, int64_t samples_per_step);
   bool active() const { return active_; }
   void update(int64_t steps_done, double last_loss);  // after each step
-  void clear();  // erases the bar (before another line is printed); the next update draws it again
+  void clear();   // erases the bar (before another line is printed); the next update draws it again
   void finish();  // ends the bar's line
 
  private:

@@ -70,8 +70,9 @@ TEST_CASE("zoom: scale 1 changes nothing; the centre crop is resized back, label
   CHECK(s.label == before.label);
   // Scale 0.5 of 8 x 10 x 12: the crop is 4 x 5 x 6 starting at 2, 2, 3. Label voxel i takes crop voxel
   // floor((i + 0.5) / 2), i.e. i / 2; the image, a linear ramp in x, is the ramp at the mapped coordinate.
-  Sample ramp = make({8, 10, 12}, 1, [](int64_t, int64_t, int64_t x, int64_t) { return float(3 * x + 1); },
-                     [](int64_t z, int64_t y, int64_t x) { return int32_t((z * 100 + y * 10 + x) % 7); });
+  Sample ramp = make(
+      {8, 10, 12}, 1, [](int64_t, int64_t, int64_t x, int64_t) { return float(3 * x + 1); },
+      [](int64_t z, int64_t y, int64_t x) { return int32_t((z * 100 + y * 10 + x) % 7); });
   zoom(ramp, 0.5);
   for (int64_t z = 0; z < 8; ++z)
     for (int64_t y = 0; y < 10; ++y)
@@ -113,8 +114,9 @@ TEST_CASE("noise has the requested standard deviation and no bias; zero noise is
 
 TEST_CASE("gaussian blur: an interior impulse becomes the product of normalised Gaussian weights; constants stay") {
   const double sigma = 0.8;
-  Sample s = make({11, 11, 11}, 1, [](int64_t z, int64_t y, int64_t x, int64_t) { return float(z == 5 && y == 5 && x == 5); },
-                  [](int64_t, int64_t, int64_t) { return 0; });
+  Sample s = make(
+      {11, 11, 11}, 1, [](int64_t z, int64_t y, int64_t x, int64_t) { return float(z == 5 && y == 5 && x == 5); },
+      [](int64_t, int64_t, int64_t) { return 0; });
   gaussian_blur(s, sigma);
   const int r = static_cast<int>(std::ceil(3 * sigma));
   double total = 0;
@@ -125,15 +127,17 @@ TEST_CASE("gaussian blur: an interior impulse becomes the product of normalised 
       for (int64_t x = 0; x < 11; ++x)
         REQUIRE(at(s, z, y, x) == doctest::Approx(w(int(z) - 5) * w(int(y) - 5) * w(int(x) - 5)).epsilon(1e-5));
   // Mirrored edges: a constant stays constant up to the borders.
-  Sample c = make({4, 5, 6}, 2, [](int64_t, int64_t, int64_t, int64_t ch) { return float(ch + 1); },
-                  [](int64_t, int64_t, int64_t) { return 0; });
+  Sample c = make(
+      {4, 5, 6}, 2, [](int64_t, int64_t, int64_t, int64_t ch) { return float(ch + 1); },
+      [](int64_t, int64_t, int64_t) { return 0; });
   gaussian_blur(c, 1.5);
   for (size_t i = 0; i < c.image.size(); ++i) CHECK(c.image[i] == doctest::Approx(i % 2 + 1).epsilon(1e-6));
 }
 
 TEST_CASE("brightness multiplies; contrast multiplies and clamps to the sample's range") {
-  Sample s = make({1, 1, 4}, 1, [](int64_t, int64_t, int64_t x, int64_t) { return float(x) - 1; },  // -1 0 1 2
-                  [](int64_t, int64_t, int64_t) { return 0; });
+  Sample s = make(
+      {1, 1, 4}, 1, [](int64_t, int64_t, int64_t x, int64_t) { return float(x) - 1; },  // -1 0 1 2
+      [](int64_t, int64_t, int64_t) { return 0; });
   Sample b = s;
   scale_brightness(b, 1.25);
   CHECK(b.image == std::vector<float>{-1.25f, 0, 1.25f, 2.5f});
@@ -167,7 +171,9 @@ TEST_CASE("low resolution: zoom 1 is the identity; zoom 0.5 keeps constants and 
   simulate_low_resolution(s, 0.5);
   CHECK(s.image != before.image);
   CHECK(s.label == before.label);
-  Sample c = make({8, 6, 4}, 1, [](int64_t, int64_t, int64_t, int64_t) { return 4.0f; }, [](int64_t, int64_t, int64_t) { return 0; });
+  Sample c = make(
+      {8, 6, 4}, 1, [](int64_t, int64_t, int64_t, int64_t) { return 4.0f; },
+      [](int64_t, int64_t, int64_t) { return 0; });
   simulate_low_resolution(c, 0.5);
   for (float v : c.image) CHECK(v == doctest::Approx(4.0).epsilon(1e-6));
 }
@@ -194,7 +200,8 @@ TEST_CASE("rotation: zero angles cut the centred patch; 90 degrees about z turns
   const std::array<double, 9> R = rotation_matrix({0.4, -0.3, 0.5});
   const std::array<int64_t, 3> patch{6, 8, 10}, extent = rotated_extent(R, patch);
   for (int a = 0; a < 3; ++a) CHECK((extent[static_cast<size_t>(a)] - patch[static_cast<size_t>(a)]) % 2 == 0);
-  Sample ones = make(extent, 1, [](int64_t, int64_t, int64_t, int64_t) { return 1.0f; }, [](int64_t, int64_t, int64_t) { return 1; });
+  Sample ones = make(
+      extent, 1, [](int64_t, int64_t, int64_t, int64_t) { return 1.0f; }, [](int64_t, int64_t, int64_t) { return 1; });
   const Sample r = rotate_crop(ones, R, patch);
   for (float v : r.image) REQUIRE(v == doctest::Approx(1.0).epsilon(1e-6));
   for (int32_t l : r.label) REQUIRE(l == 1);

@@ -67,14 +67,17 @@ TEST_CASE("the loader gives the sampler's batches in step order for 0, 1 and 3 w
 
 TEST_CASE("unet_train: the same weights with data.workers = 0 and 3") {
   test::TempDir tmp("loader_train");
-  REQUIRE(test::run_tool("unet_synth", "--output " + tmp / "data" + " --train 3 --test 1 --size 16,16,16 --seed 2") == 0);
+  REQUIRE(test::run_tool("unet_synth", "--output " + tmp / "data" + " --train 3 --test 1 --size 16,16,16 --seed 2") ==
+          0);
   const std::string ini = test::write_text(
-      tmp / "train.ini", "[data]\ndataset = " + tmp / "data" + "\npatch_size = 16,16,16\nfolds = 1\n[model]\nfilters = 4\n"
-                         "depth = 2\n[train]\nsteps = 6\nseed = 5\n[augment]\nrotation = 0.5\nnoise = 0.5\n");
+      tmp / "train.ini", "[data]\ndataset = " + tmp / "data" +
+                             "\npatch_size = 16,16,16\nfolds = 1\n[model]\nfilters = 4\n"
+                             "depth = 2\n[train]\nsteps = 6\nseed = 5\n[augment]\nrotation = 0.5\nnoise = 0.5\n");
   std::string out;
   for (const char* workers : {"0", "3"})
-    REQUIRE_MESSAGE(test::run_tool("unet_train", ini + " --set data.workers=" + workers + " --set output.dir=" +
-                                                     tmp / (std::string("run") + workers),
+    REQUIRE_MESSAGE(test::run_tool("unet_train",
+                                   ini + " --set data.workers=" + workers +
+                                       " --set output.dir=" + tmp / (std::string("run") + workers),
                                    &out) == 0,
                     out);
   const SafetensorsContent a = read_safetensors(tmp / "run0/model.safetensors"),

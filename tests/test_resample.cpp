@@ -9,7 +9,8 @@
 using namespace unet;
 using namespace unet::io;
 
-TEST_CASE("resize_image and resize_label match scipy.ndimage: cubic spline, linear, nearest, anisotropic, one-hot labels") {
+TEST_CASE(
+    "resize_image and resize_label match scipy.ndimage: cubic spline, linear, nearest, anisotropic, one-hot labels") {
   std::ifstream f(std::string(UNET_TEST_DATA_DIR) + "/resample.json");
   REQUIRE_MESSAGE(f.good(), "cannot open " << UNET_TEST_DATA_DIR << "/resample.json");
   const nlohmann::json j = nlohmann::json::parse(f);
@@ -23,8 +24,8 @@ TEST_CASE("resize_image and resize_label match scipy.ndimage: cubic spline, line
     const std::vector<double> expected = c["output"];
     if (c["kind"] == "image") {
       const std::vector<double> in = c["input"];
-      const Tensor image = Tensor::from_vector(Shape(in_shape.begin(), in_shape.end()),
-                                               std::vector<float>(in.begin(), in.end()));
+      const Tensor image =
+          Tensor::from_vector(Shape(in_shape.begin(), in_shape.end()), std::vector<float>(in.begin(), in.end()));
       const Tensor out = resize_image(image, size, orders);
       REQUIRE(out.shape() == Shape{size[0], size[1], size[2], in_shape[3]});
       const std::vector<float> got = out.to_vector();
@@ -49,9 +50,9 @@ TEST_CASE("resampled sizes, the separate (low-resolution) axis and the orders nn
   CHECK(resampled_size({100, 200, 50}, {1, 0.5, 2}, {1, 1, 1}) == std::array<int64_t, 3>{100, 100, 100});
   CHECK(resampled_size({3, 3, 3}, {1, 1, 1}, {10, 10, 10}) == std::array<int64_t, 3>{1, 1, 1});
   CHECK(separate_axis({1, 1, 1}, {1, 1, 1}) == -1);
-  CHECK(separate_axis({3, 1, 1}, {1, 1, 1}) == 0);        // anisotropic source: its axis of largest spacing
-  CHECK(separate_axis({1, 1, 1}, {0.8, 0.8, 2.5}) == 2);  // then an anisotropic target: 2.5 / 0.8 = 3.125
-  CHECK(separate_axis({1, 1, 1}, {0.8, 0.8, 2.3}) == -1); // 2.875
+  CHECK(separate_axis({3, 1, 1}, {1, 1, 1}) == 0);         // anisotropic source: its axis of largest spacing
+  CHECK(separate_axis({1, 1, 1}, {0.8, 0.8, 2.5}) == 2);   // then an anisotropic target: 2.5 / 0.8 = 3.125
+  CHECK(separate_axis({1, 1, 1}, {0.8, 0.8, 2.3}) == -1);  // 2.875
   CHECK(separate_axis({2.9, 1, 1}, {1, 1, 1}) == -1);
   CHECK(image_orders(0) == Orders{0, 3, 3});
   CHECK(label_orders(-1) == Orders{1, 1, 1});
@@ -59,11 +60,13 @@ TEST_CASE("resampled sizes, the separate (low-resolution) axis and the orders nn
 
 TEST_CASE("target spacing: the median, and the 10th percentile along an anisotropic axis with few slices") {
   // Isotropic-ish: the median per axis (numpy's, the mean of the middle two for an even count).
-  CHECK(target_spacing({{1, 1, 1}, {1.5, 0.8, 0.8}, {2, 0.9, 0.9}, {1.2, 1, 1}}, {{90, 90, 90}, {90, 90, 90}, {90, 90, 90}, {90, 90, 90}}) ==
+  CHECK(target_spacing({{1, 1, 1}, {1.5, 0.8, 0.8}, {2, 0.9, 0.9}, {1.2, 1, 1}},
+                       {{90, 90, 90}, {90, 90, 90}, {90, 90, 90}, {90, 90, 90}}) ==
         std::array<double, 3>{1.35, 0.95, 0.95});
   // Anisotropic (5 mm slices, 0.8 mm in plane, 30 slices of 400): z's target is the 10th percentile of the z
   // spacings, np.percentile([2, 4, 5, 5, 5, 6], 10) = 3.0.
-  const std::vector<std::array<double, 3>> aniso{{5, 0.8, 0.8}, {5, 0.8, 0.8}, {2, 0.8, 0.8}, {6, 0.8, 0.8}, {4, 0.8, 0.8}, {5, 0.8, 0.8}};
+  const std::vector<std::array<double, 3>> aniso{{5, 0.8, 0.8}, {5, 0.8, 0.8}, {2, 0.8, 0.8},
+                                                 {6, 0.8, 0.8}, {4, 0.8, 0.8}, {5, 0.8, 0.8}};
   const std::vector<std::array<int64_t, 3>> sizes(6, std::array<int64_t, 3>{30, 400, 400});
   const std::array<double, 3> t = target_spacing(aniso, sizes);
   CHECK(t[0] == doctest::Approx(3.0));
@@ -72,8 +75,8 @@ TEST_CASE("target spacing: the median, and the 10th percentile along an anisotro
   CHECK(target_spacing(aniso, std::vector<std::array<int64_t, 3>>(6, {300, 400, 400}))[0] == 5);
   // A percentile below the in-plane spacing is raised to it (plus 1e-5).
   // np.percentile([0.5, 0.5, 5, 5, 5], 10) = 0.5, below the in-plane 1 mm.
-  const std::array<double, 3> raised =
-      target_spacing({{5, 1, 1}, {5, 1, 1}, {5, 1, 1}, {0.5, 1, 1}, {0.5, 1, 1}}, std::vector<std::array<int64_t, 3>>(5, {10, 400, 400}));
+  const std::array<double, 3> raised = target_spacing({{5, 1, 1}, {5, 1, 1}, {5, 1, 1}, {0.5, 1, 1}, {0.5, 1, 1}},
+                                                      std::vector<std::array<int64_t, 3>>(5, {10, 400, 400}));
   CHECK(raised[0] == doctest::Approx(1 + 1e-5).epsilon(1e-9));
 }
 

@@ -61,9 +61,10 @@ TEST_CASE("unet_train killed with SIGKILL three times and resumed ends bitwise a
   const std::string run = tmp / "killed";
   int64_t last_step = -1;
   for (const char* delay : {"0.05", "0.15", "0.3"}) {
-    const std::string start = last_step < 0 ? train + " " + ini + " --set output.dir=" + run
-                                            : train + " " + ini + " --resume " + run;
-    const std::string wait_first = last_step < 0 ? "while [ ! -f " + run + "/checkpoint.safetensors ]; do sleep 0.01; done; " : "";
+    const std::string start =
+        last_step < 0 ? train + " " + ini + " --set output.dir=" + run : train + " " + ini + " --resume " + run;
+    const std::string wait_first =
+        last_step < 0 ? "while [ ! -f " + run + "/checkpoint.safetensors ]; do sleep 0.01; done; " : "";
     const int rc = shell("(" + start + " > " + tmp / "log.txt" + " 2>&1 & p=$!; " + wait_first + "sleep " + delay +
                          "; kill -9 $p; wait $p)");
     CHECK(rc == 137);  // 128 + SIGKILL: killed, not finished
@@ -83,9 +84,11 @@ TEST_CASE("unet_train killed with SIGKILL three times and resumed ends bitwise a
   CHECK(read_json(tmp / "whole/validation.json")["val_dice"] == read_json(run + "/validation.json")["val_dice"]);
   // The log: the same steps in the same order (the lines a killed run wrote after its checkpoint were dropped).
   std::vector<int64_t> whole_steps, killed_steps;
-  for (auto [path, steps] : {std::pair{tmp / "whole/log.jsonl", &whole_steps}, std::pair{run + "/log.jsonl", &killed_steps}}) {
+  for (auto [path, steps] :
+       {std::pair{tmp / "whole/log.jsonl", &whole_steps}, std::pair{run + "/log.jsonl", &killed_steps}}) {
     std::ifstream log(path);
-    for (std::string line; std::getline(log, line);) steps->push_back(nlohmann::json::parse(line)["step"].get<int64_t>());
+    for (std::string line; std::getline(log, line);)
+      steps->push_back(nlohmann::json::parse(line)["step"].get<int64_t>());
   }
   CHECK(whole_steps == killed_steps);
 }
@@ -103,8 +106,8 @@ TEST_CASE("unet_train --resume refuses a changed configuration, a missing checkp
   CHECK(run_tool("unet_train", ini + " --set train.steps=4 --set train.lr=0.001 --resume " + tmp / "run", &out) == 2);
   CHECK(out.find("train.lr = 0.001 here, but 8e-4") != std::string::npos);
   // Intervals and the runtime section may change: resuming a finished run only validates and writes again.
-  CHECK(run_tool("unet_train", ini + " --set train.steps=4 --set train.log_every=1 --set runtime.threads=2 --resume " +
-                                   tmp / "run",
+  CHECK(run_tool("unet_train",
+                 ini + " --set train.steps=4 --set train.log_every=1 --set runtime.threads=2 --resume " + tmp / "run",
                  &out) == 0);
   CHECK(io::read_safetensors(tmp / "run/checkpoint.safetensors").metadata.at("step") == before);
   // Fewer steps than the checkpoint has done.

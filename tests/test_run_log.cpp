@@ -15,9 +15,9 @@ TEST_CASE("curve_points maps the value ranges onto the box, y downwards, and thi
   const Box2D box{10, 20, 110, 220};
   const auto p = curve_points({0, 50, 100}, {1, 0.5, 0}, box, 0, 100, 0, 1);
   REQUIRE(p.size() == 3);
-  CHECK(p[0] == std::pair<double, double>{10, 20});     // x min, y max: top left
+  CHECK(p[0] == std::pair<double, double>{10, 20});  // x min, y max: top left
   CHECK(p[1] == std::pair<double, double>{60, 120});
-  CHECK(p[2] == std::pair<double, double>{110, 220});   // x max, y min: bottom right
+  CHECK(p[2] == std::pair<double, double>{110, 220});  // x max, y min: bottom right
   std::vector<double> xs(10001), ys(10001);
   for (size_t i = 0; i < xs.size(); ++i) xs[i] = static_cast<double>(i), ys[i] = static_cast<double>(i % 7);
   const auto thin = curve_points(xs, ys, box, 0, 10000, 0, 6, 101);
@@ -30,7 +30,8 @@ TEST_CASE("curve_points maps the value ranges onto the box, y downwards, and thi
 
 TEST_CASE("the report page draws the loss, its parts and the validation Dice from the log's lines") {
   std::vector<nlohmann::json> lines;
-  for (int s = 10; s <= 50; s += 10) lines.push_back({{"step", s}, {"loss", 2.0 / s}, {"dice_loss", 1.0 / s}, {"ce", 1.0 / s}});
+  for (int s = 10; s <= 50; s += 10)
+    lines.push_back({{"step", s}, {"loss", 2.0 / s}, {"dice_loss", 1.0 / s}, {"ce", 1.0 / s}});
   std::string html = report_html(lines, "run <1>");
   CHECK(html.find("<title>run &lt;1&gt;</title>") != std::string::npos);
   CHECK(html.find("<polyline") != std::string::npos);
@@ -48,13 +49,17 @@ TEST_CASE("the report page draws the loss, its parts and the validation Dice fro
 
 TEST_CASE("unet_train writes training.html and model_best.safetensors, and draws a progress bar on a terminal") {
   test::TempDir tmp("run_log");
-  REQUIRE(test::run_tool("unet_synth", "--output " + tmp / "data" + " --train 4 --test 1 --size 16,16,16 --seed 3") == 0);
+  REQUIRE(test::run_tool("unet_synth", "--output " + tmp / "data" + " --train 4 --test 1 --size 16,16,16 --seed 3") ==
+          0);
   const std::string ini = test::write_text(
-      tmp / "train.ini", "[data]\ndataset = " + tmp / "data" + "\npatch_size = 16,16,16\nfolds = 2\n[model]\nfilters = 4\n"
-                         "depth = 2\n[train]\nsteps = 12\nlog_every = 2\nval_every = 4\n[output]\ndir = " + tmp / "run");
+      tmp / "train.ini", "[data]\ndataset = " + tmp / "data" +
+                             "\npatch_size = 16,16,16\nfolds = 2\n[model]\nfilters = 4\n"
+                             "depth = 2\n[train]\nsteps = 12\nlog_every = 2\nval_every = 4\n[output]\ndir = " +
+                             tmp / "run");
   std::string out;
   // script -q -e -c CMD /dev/null: CMD on a pseudo-terminal, its exit status returned.
-  REQUIRE_MESSAGE(test::shell("script -qec '" + test::tool_path("unet_train") + " " + ini + "' /dev/null", &out) == 0, out);
+  REQUIRE_MESSAGE(test::shell("script -qec '" + test::tool_path("unet_train") + " " + ini + "' /dev/null", &out) == 0,
+                  out);
   CHECK(out.find("\r[") != std::string::npos);
   CHECK(out.find("step 12/12 100%") != std::string::npos);
   CHECK(out.find("ETA 0:00:00") != std::string::npos);
