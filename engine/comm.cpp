@@ -76,7 +76,9 @@ class SingleComm final : public Comm {
 
 #if UNET_HAVE_MPI
 
-size_t scalar_bytes(ScalarType t) { return t == ScalarType::f32 ? 4 : 8; }
+size_t scalar_bytes(ScalarType t) {
+  return t == ScalarType::f32 ? 4 : 8;
+}
 
 MPI_Datatype mpi_type(ScalarType t) {
   return t == ScalarType::f32 ? MPI_FLOAT : t == ScalarType::f64 ? MPI_DOUBLE : MPI_INT64_T;
@@ -144,8 +146,7 @@ struct NcclApi {
 };
 
 void check_nccl(ncclResult_t r, const char* what) {
-  if (r != ncclSuccess)
-    throw std::runtime_error(std::string("NCCL ") + what + ": " + NcclApi::get().error_string(r));
+  if (r != ncclSuccess) throw std::runtime_error(std::string("NCCL ") + what + ": " + NcclApi::get().error_string(r));
 }
 
 ncclDataType_t nccl_type(ScalarType t) {
@@ -176,7 +177,7 @@ class Nccl {
     UNET_CUDA_CHECK(cudaEventRecord(queued_, compute));
     UNET_CUDA_CHECK(cudaStreamWaitEvent(stream_, queued_, 0));
     check_nccl(NcclApi::get().all_reduce(data, data, static_cast<size_t>(count), nccl_type(type),
-                             op == ReduceOp::sum ? ncclSum : ncclMax, comm_, stream_),
+                                         op == ReduceOp::sum ? ncclSum : ncclMax, comm_, stream_),
                "ncclAllReduce");
   }
   void wait() {
@@ -218,9 +219,13 @@ class MpiComm final : public Comm {
     MPI_Finalized(&finalized);
     if (!finalized) MPI_Finalize();
   }
-  const char* backend() const override { return "mpi"; }
+  const char* backend() const override {
+    return "mpi";
+  }
 
-  bool reduces_on_device(Device device) const override { return UNET_HAVE_NCCL && device == Device::cuda; }
+  bool reduces_on_device(Device device) const override {
+    return UNET_HAVE_NCCL && device == Device::cuda;
+  }
 
   void allreduce_async(void* data, int64_t count, ScalarType type, ReduceOp op, Device device) override {
 #if UNET_HAVE_NCCL
@@ -315,9 +320,15 @@ class MpiComm final : public Comm {
     for (int i = 1; i < N; ++i) {
       const char* x = received_.data() + static_cast<size_t>(i) * static_cast<size_t>(mine) * elem;
       switch (type) {
-        case ScalarType::f32: combine(reinterpret_cast<float*>(acc), reinterpret_cast<const float*>(x), mine, op); break;
-        case ScalarType::f64: combine(reinterpret_cast<double*>(acc), reinterpret_cast<const double*>(x), mine, op); break;
-        case ScalarType::i64: combine(reinterpret_cast<int64_t*>(acc), reinterpret_cast<const int64_t*>(x), mine, op); break;
+        case ScalarType::f32:
+          combine(reinterpret_cast<float*>(acc), reinterpret_cast<const float*>(x), mine, op);
+          break;
+        case ScalarType::f64:
+          combine(reinterpret_cast<double*>(acc), reinterpret_cast<const double*>(x), mine, op);
+          break;
+        case ScalarType::i64:
+          combine(reinterpret_cast<int64_t*>(acc), reinterpret_cast<const int64_t*>(x), mine, op);
+          break;
       }
     }
     check_mpi(MPI_Allgatherv(acc, mine, t, data, counts.data(), displs.data(), t, MPI_COMM_WORLD), "MPI_Allgatherv");
@@ -349,7 +360,9 @@ std::unique_ptr<Comm>& world_slot() {
 
 }  // namespace
 
-bool mpi_built() { return UNET_HAVE_MPI != 0; }
+bool mpi_built() {
+  return UNET_HAVE_MPI != 0;
+}
 
 Comm& world() {
   static std::once_flag once;
@@ -372,6 +385,8 @@ Comm& world() {
   return *world_slot();
 }
 
-bool world_is_distributed() { return world_slot() && world_slot()->size() > 1; }
+bool world_is_distributed() {
+  return world_slot() && world_slot()->size() > 1;
+}
 
 }  // namespace unet

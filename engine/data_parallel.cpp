@@ -15,7 +15,9 @@ namespace unet {
 
 namespace {
 using clock_type = std::chrono::steady_clock;
-double since(clock_type::time_point t) { return std::chrono::duration<double>(clock_type::now() - t).count(); }
+double since(clock_type::time_point t) {
+  return std::chrono::duration<double>(clock_type::now() - t).count();
+}
 }  // namespace
 
 struct GradientReducer::State {
@@ -27,14 +29,14 @@ struct GradientReducer::State {
     bool queued = false, done = false;
   };
   std::vector<Tensor> params;
-  std::vector<size_t> bucket_of;    // per parameter
-  std::vector<int64_t> offset_of;   // per parameter, in floats within its bucket
-  std::vector<bool> has_grad;       // per parameter, this step
+  std::vector<size_t> bucket_of;   // per parameter
+  std::vector<int64_t> offset_of;  // per parameter, in floats within its bucket
+  std::vector<bool> has_grad;      // per parameter, this step
   std::vector<Bucket> buckets;
   Comm* comm = nullptr;
   Device device = Device::cpu;  // of every parameter
   bool on_device = false;       // the communicator reduces there itself (NCCL): no thread, no host staging
-  bool armed = true;  // false once the reducer is gone (the hooks stay on the parameters)
+  bool armed = true;            // false once the reducer is gone (the hooks stay on the parameters)
 
   // The communication thread and its queue (bucket indices, in the order every rank queues them).
   bool overlap = true;
@@ -204,10 +206,16 @@ void GradientReducer::finish() {
   s.last = t;
 }
 
-Comm& GradientReducer::comm() const { return *s_->comm; }
+Comm& GradientReducer::comm() const {
+  return *s_->comm;
+}
 
-int GradientReducer::buckets() const { return static_cast<int>(s_->buckets.size()); }
+int GradientReducer::buckets() const {
+  return static_cast<int>(s_->buckets.size());
+}
 
-ReducerTimes GradientReducer::last_times() const { return s_->last; }
+ReducerTimes GradientReducer::last_times() const {
+  return s_->last;
+}
 
 }  // namespace unet

@@ -27,8 +27,8 @@ struct ReducerTimes {
 
 class GradientReducer {
  public:
-  // params: f32 leaves on one device, identical in order and shape on every rank. overlap = false reduces every bucket in finish()
-  // (no thread).
+  // params: f32 leaves on one device, identical in order and shape on every rank. overlap = false reduces every bucket
+  // in finish() (no thread).
   GradientReducer(std::vector<Tensor> params, Comm& comm, int64_t bucket_bytes = int64_t(25) << 20,
                   bool overlap = true);
   ~GradientReducer();

@@ -474,8 +474,8 @@ PatchSampler::Drawn PatchSampler::sample(int64_t step, int64_t b) const {
     // Valid corners: the patch inside the volume, or (volume smaller than patch) the volume centred in the patch.
     const int64_t need = std::max<int64_t>(0, P[a] - s[a]);
     const int64_t lb = -(need / 2), ub = s[a] + need / 2 + need % 2 - P[a];
-    origin[static_cast<size_t>(a)] = foreground ? std::clamp(voxel[static_cast<size_t>(a)] - P[a] / 2, lb, ub)
-                                                : lb + rng.below(ub - lb + 1);
+    origin[static_cast<size_t>(a)] =
+        foreground ? std::clamp(voxel[static_cast<size_t>(a)] - P[a] / 2, lb, ub) : lb + rng.below(ub - lb + 1);
   }
   Drawn d{Sample(), ref.index, origin, draw_rotation(opt_.augment, rng), {}};
   if (d.rotation == std::array<double, 3>{0, 0, 0}) {
@@ -525,6 +525,8 @@ PatchBatch PatchSampler::batch(int64_t step) const {
   return out;
 }
 
-PatchBatch PatchSampler::next() { return batch(step_++); }
+PatchBatch PatchSampler::next() {
+  return batch(step_++);
+}
 
 }  // namespace unet::io

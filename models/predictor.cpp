@@ -50,7 +50,8 @@ Segmentation Predictor::segment(const io::NiftiVolume& volume, const std::string
   bool resample = false;
   for (size_t a = 0; a < 3; ++a) resample = resample || std::abs(spacing[a] - target[a]) > 1e-3 * target[a];
   const int separate = io::separate_axis(spacing, target);
-  if (resample) image = io::resize_image(image, io::resampled_size(box.size(), spacing, target), io::image_orders(separate));
+  if (resample)
+    image = io::resize_image(image, io::resampled_size(box.size(), spacing, target), io::image_orders(separate));
   io::normalize_image(image, card_.normalization);
 
   // Probabilities on the model's grid, back on the cropped grid (linear, nearest along a separate axis, as nnU-Net),

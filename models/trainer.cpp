@@ -222,7 +222,9 @@ struct Trainer::State {
     for (auto& [name, p] : net->named_parameters()) tensors.emplace_back("model." + name, p.to(Device::cpu));
     for (auto& [name, t] : opt->state()) tensors.emplace_back("optimizer." + name, t.to(Device::cpu));
     io::Metadata metadata = scaler.to_metadata();
-    metadata.insert({{"step", std::to_string(step)}, {"seed", std::to_string(o.seed)}, {"optimizer", opt->name()},
+    metadata.insert({{"step", std::to_string(step)},
+                     {"seed", std::to_string(o.seed)},
+                     {"optimizer", opt->name()},
                      {"optimizer_steps", std::to_string(opt->step_count())},
                      {"precision", precision_name(o.precision)},
                      {"global_batch", std::to_string(static_cast<int64_t>(o.sampling.batch) * ranks())},
@@ -243,7 +245,8 @@ struct Trainer::State {
   int64_t resume(const std::string& run_dir) {
     const std::string path = (std::filesystem::path(run_dir) / "checkpoint.safetensors").string();
     if (!std::filesystem::exists(path))
-      throw TrainerOptionError("--resume " + run_dir + ": no checkpoint.safetensors there (a run writes it every "
+      throw TrainerOptionError("--resume " + run_dir +
+                               ": no checkpoint.safetensors there (a run writes it every "
                                "train.save_every steps; start without --resume)");
     const io::SafetensorsContent ck = io::read_safetensors(path);
     const int64_t step = metadata_int(ck.metadata, "step", path);
@@ -255,10 +258,11 @@ struct Trainer::State {
         const std::string here = a == mine.end() ? "(absent)" : a->second;
         const std::string there = b == theirs.end() ? "(absent)" : b->second;
         if (here != there)
-          throw TrainerOptionError(key + " = " + here + " here, but " + there + " in the run being resumed (" + path +
-                                   "): a resumed run must train as the original (only [runtime], output.dir, train.steps, "
-                                   "data.workers, data.prefetch, data.cache and the log, validation and checkpoint "
-                                   "intervals may change)");
+          throw TrainerOptionError(
+              key + " = " + here + " here, but " + there + " in the run being resumed (" + path +
+              "): a resumed run must train as the original (only [runtime], output.dir, train.steps, "
+              "data.workers, data.prefetch, data.cache and the log, validation and checkpoint "
+              "intervals may change)");
       }
     if (metadata_entry(ck.metadata, "precision", path) != precision_name(o.precision))
       throw TrainerOptionError("precision " + std::string(precision_name(o.precision)) + " here, but " +
@@ -267,11 +271,12 @@ struct Trainer::State {
     const int64_t global_batch = static_cast<int64_t>(o.sampling.batch) * ranks();
     if (metadata_int(ck.metadata, "global_batch", path) != global_batch)
       throw TrainerOptionError("global batch " + std::to_string(global_batch) + " (" + std::to_string(ranks()) +
-                               " rank(s) x data.batch_size) here, but " + metadata_entry(ck.metadata, "global_batch", path) +
-                               " in " + path + ": resume with as many ranks as the original run");
+                               " rank(s) x data.batch_size) here, but " +
+                               metadata_entry(ck.metadata, "global_batch", path) + " in " + path +
+                               ": resume with as many ranks as the original run");
     if (step > o.steps)
-      throw TrainerOptionError(path + " is at step " + std::to_string(step) + ", beyond train.steps = " +
-                               std::to_string(o.steps));
+      throw TrainerOptionError(path + " is at step " + std::to_string(step) +
+                               ", beyond train.steps = " + std::to_string(o.steps));
     // Weights: every parameter present with its shape, checked before any is copied.
     std::vector<std::pair<Tensor, const Tensor*>> copies;
     for (auto& [name, p] : net->named_parameters()) {
@@ -352,9 +357,9 @@ Trainer::Trainer(TrainerOptions options, std::FILE* out) : s_(std::make_unique<S
   if (out)
     std::fprintf(out, "unet_train: target spacing %.4g, %.4g, %.4g mm (z, y, x); %d of %zu cases resampled%s\n",
                  target[0], target[1], target[2], pre.resampled, n,
-                 o.cache_dir.empty() ? ""
-                                     : (", " + std::to_string(pre.from_cache) + " read from the cache " + o.cache_dir)
-                                           .c_str());
+                 o.cache_dir.empty()
+                     ? ""
+                     : (", " + std::to_string(pre.from_cache) + " read from the cache " + o.cache_dir).c_str());
   std::vector<io::Case> train_cases;
   for (size_t i : s.split.train) train_cases.push_back(s.cases[i]);
   const io::NormalizationPlan norm = io::plan_normalization(s.info, train_cases);
@@ -389,10 +394,12 @@ Trainer::Trainer(TrainerOptions options, std::FILE* out) : s_(std::make_unique<S
   s.sw.blend = o.blend;
   s.dir = o.output_dir;
   if (out)
-    std::fprintf(out, "unet_train: %zu training / %zu validation cases (fold %d of %d), patch %ldx%ldx%ld, %lld parameters, %zu levels\n",
-               s.split.train.size(), s.split.val.size(), o.fold, o.folds, static_cast<long>(patch[0]),
-               static_cast<long>(patch[1]), static_cast<long>(patch[2]), static_cast<long long>(s.net->parameter_count()),
-               plan.kernels.size());
+    std::fprintf(out,
+                 "unet_train: %zu training / %zu validation cases (fold %d of %d), patch %ldx%ldx%ld, %lld parameters, "
+                 "%zu levels\n",
+                 s.split.train.size(), s.split.val.size(), o.fold, o.folds, static_cast<long>(patch[0]),
+                 static_cast<long>(patch[1]), static_cast<long>(patch[2]),
+                 static_cast<long long>(s.net->parameter_count()), plan.kernels.size());
 }
 
 Trainer::~Trainer() = default;
@@ -408,8 +415,9 @@ void Trainer::run() {
   if (s.lead()) {
     fs::create_directories(s.dir);
     io::write_file_atomically((s.dir / "config.ini").string(), o.config_text);
-    log = std::make_unique<RunLog>(s.dir, first_step, "unet_train: " + o.dataset + " (fold " + std::to_string(o.fold) +
-                                                          " of " + std::to_string(o.folds) + ")");
+    log = std::make_unique<RunLog>(
+        s.dir, first_step,
+        "unet_train: " + o.dataset + " (fold " + std::to_string(o.fold) + " of " + std::to_string(o.folds) + ")");
     if (first_step > 0 && s.out)
       std::fprintf(s.out, "unet_train: resuming %s at step %ld of %ld\n", o.resume_dir.c_str(),
                    static_cast<long>(first_step), static_cast<long>(o.steps));
@@ -455,9 +463,8 @@ void Trainer::run() {
   for (int64_t step = first_step; step < o.steps; ++step) {
     s.opt->set_lr(schedule.at(step));
     io::PatchBatch batch = loader.next();
-    const StepStats st =
-        train_step(*s.net, *s.opt, batch.image.to(o.device), batch.label.to(o.device), o.precision, &s.scaler,
-                   s.reducer.get());
+    const StepStats st = train_step(*s.net, *s.opt, batch.image.to(o.device), batch.label.to(o.device), o.precision,
+                                    &s.scaler, s.reducer.get());
     {
       autograd::NoGradGuard no_grad;
       loss_acc = loss_acc.defined() ? ops::add(loss_acc, st.losses) : st.losses;

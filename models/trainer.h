@@ -74,9 +74,9 @@ struct TrainerOptionError : std::invalid_argument {
 struct TrainerOptions {
   std::string dataset;      // Medical Segmentation Decathlon directory (with dataset.json)
   int fold = 0, folds = 5;  // folds = 1: train on every case, no validation
-  io::PatchSamplerOptions sampling;  // patch, batch, foreground oversampling, augmentation (its seed is `seed`)
+  io::PatchSamplerOptions sampling;      // patch, batch, foreground oversampling, augmentation (its seed is `seed`)
   int loader_workers = 2, prefetch = 2;  // io/loader.h: threads preparing batches, steps ahead (0 workers: inline)
-  std::string cache_dir;  // preprocessed cases kept here (io/preprocess.h); empty: none
+  std::string cache_dir;                 // preprocessed cases kept here (io/preprocess.h); empty: none
   int filters = 32, max_filters = 320, depth = 5;
   bool deep_supervision = true, res_block = false;
   int64_t steps = 1000;

@@ -35,8 +35,10 @@ std::string mpirun() {
 // The training configuration of these tests: 32^3 patches, 4 levels (so deep supervision: four losses a step, each
 // reduced over the ranks), 5 steps, a log line each.
 std::string train_config(const std::string& dir, const std::string& data) {
-  return write_text(dir + "/train.ini", "[data]\ndataset = " + data + "\npatch_size = 32,32,32\n"
-                                        "[model]\nfilters = 4\ndepth = 4\n[train]\nsteps = 5\nlog_every = 1\nseed = 3\n");
+  return write_text(dir + "/train.ini",
+                    "[data]\ndataset = " + data +
+                        "\npatch_size = 32,32,32\n"
+                        "[model]\nfilters = 4\ndepth = 4\n[train]\nsteps = 5\nlog_every = 1\nseed = 3\n");
 }
 
 std::vector<double> logged_losses(const std::string& run) {
@@ -154,10 +156,15 @@ TEST_CASE("unet_train under mpirun: 2 ranks x batch 1 and 3 ranks x batch 1 trai
     const std::string opt = std::string(" --set train.optimizer=") + run.optimizer +
                             (std::string(run.optimizer) == "sgd" ? " --set train.lr=0.01" : "");
     std::string out;
-    REQUIRE_MESSAGE(test::run_tool("unet_train", ini + opt + " --set data.batch_size=" + std::to_string(ranks) +
-                                                     " --set output.dir=" + serial, &out) == 0, out);
+    REQUIRE_MESSAGE(
+        test::run_tool("unet_train",
+                       ini + opt + " --set data.batch_size=" + std::to_string(ranks) + " --set output.dir=" + serial,
+                       &out) == 0,
+        out);
     REQUIRE_MESSAGE(shell(mpi + " -np " + std::to_string(ranks) + " " + test::tool_path("unet_train") + " " + ini +
-                              opt + " --set data.batch_size=1 --set output.dir=" + parallel, &out) == 0, out);
+                              opt + " --set data.batch_size=1 --set output.dir=" + parallel,
+                          &out) == 0,
+                    out);
     CHECK(out.find(std::to_string(ranks) + " ranks (mpi), batch 1 per rank, global batch " + std::to_string(ranks)) !=
           std::string::npos);
     // The losses (the global batch's, logged by rank 0) and the weights after 5 steps.
@@ -176,8 +183,9 @@ TEST_CASE("unet_train under mpirun: 2 ranks x batch 1 and 3 ranks x batch 1 trai
   }
   // The same rank count twice: the same bits (the reductions have a fixed order).
   std::string out;
-  REQUIRE(shell(mpi + " -np 2 " + test::tool_path("unet_train") + " " + ini + " --set data.batch_size=1 --set output.dir=" +
-                    tmp.path + "/again", &out) == 0);
+  REQUIRE(shell(mpi + " -np 2 " + test::tool_path("unet_train") + " " + ini +
+                    " --set data.batch_size=1 --set output.dir=" + tmp.path + "/again",
+                &out) == 0);
   CHECK(compare_weights(tmp.path + "/mpi2adamw/model.safetensors", tmp.path + "/again/model.safetensors").bitwise);
 }
 
@@ -200,9 +208,10 @@ TEST_CASE("a rank that fails ends every rank with a non-zero status and a messag
   const std::string bad = train_config(tmp.path + "/b", tmp.path + "/broken");
   const auto t0 = std::chrono::steady_clock::now();
   std::string out;
-  const int rc = shell(mpi + " -np 1 " + test::tool_path("unet_train") + " " + good + " --set output.dir=" + tmp.path +
-                           "/run : -np 1 " + test::tool_path("unet_train") + " " + bad + " --set output.dir=" + tmp.path + "/run",
-                       &out);
+  const int rc =
+      shell(mpi + " -np 1 " + test::tool_path("unet_train") + " " + good + " --set output.dir=" + tmp.path +
+                "/run : -np 1 " + test::tool_path("unet_train") + " " + bad + " --set output.dir=" + tmp.path + "/run",
+            &out);
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   CHECK(rc != 0);
   CHECK(seconds < 60);
@@ -250,7 +259,8 @@ TEST_CASE("unet_infer under mpirun splits the volumes over the ranks and writes 
   const std::string args = " --model " + tmp.path + "/run/model.safetensors --input " + tmp.path + "/data/imagesTs";
   std::string out;
   REQUIRE_MESSAGE(test::run_tool("unet_infer", args + " --output " + tmp.path + "/one", &out) == 0, out);
-  REQUIRE_MESSAGE(shell(mpi + " -np 2 " + test::tool_path("unet_infer") + args + " --output " + tmp.path + "/two", &out) == 0, out);
+  REQUIRE_MESSAGE(
+      shell(mpi + " -np 2 " + test::tool_path("unet_infer") + args + " --output " + tmp.path + "/two", &out) == 0, out);
   CHECK(out.find("2 ranks") != std::string::npos);
   int volumes = 0;
   for (const auto& e : fs::directory_iterator(tmp.path + "/one")) {
@@ -263,9 +273,10 @@ TEST_CASE("unet_infer under mpirun splits the volumes over the ranks and writes 
   // A volume that fails on one rank (with --keep-going) makes every rank exit 1; the others are still written.
   fs::copy(tmp.path + "/data/imagesTs", tmp.path + "/in");
   fs::resize_file(tmp.path + "/in/case_007.nii.gz", 100);
-  const int rc = shell(mpi + " -np 2 " + test::tool_path("unet_infer") + " --model " + tmp.path + "/run/model.safetensors --input " +
-                           tmp.path + "/in --output " + tmp.path + "/three --keep-going",
-                       &out);
+  const int rc =
+      shell(mpi + " -np 2 " + test::tool_path("unet_infer") + " --model " + tmp.path +
+                "/run/model.safetensors --input " + tmp.path + "/in --output " + tmp.path + "/three --keep-going",
+            &out);
   CHECK(rc == 1);
   CHECK_MESSAGE(out.find("case_007.nii.gz") != std::string::npos, out);
   int written = 0;

@@ -157,8 +157,8 @@ int main(int argc, char** argv) {
     // rank with its share of this machine's cores. A volume's result does not depend on which rank made it.
     Comm& comm = world();
     if (comm.local_size() > 1)
-      omp_set_num_threads(std::max(1, static_cast<int>(std::max(1u, std::thread::hardware_concurrency())) /
-                                          comm.local_size()));
+      omp_set_num_threads(
+          std::max(1, static_cast<int>(std::max(1u, std::thread::hardware_concurrency())) / comm.local_size()));
     const models::Predictor predictor(model_path, po);
     if (comm.rank() == 0) {
       std::printf("unet_infer: %zu volume(s) on the %s backend in %s (%d host threads", jobs.size(), device_name(dev),
@@ -171,7 +171,8 @@ int main(int argc, char** argv) {
     if (fs::is_directory(input)) {  // checked above; made once the model loaded (by every rank: one may be first)
       std::error_code ec;
       fs::create_directories(output, ec);
-      if (!fs::is_directory(output)) throw std::runtime_error("--output " + output + ": cannot create: " + ec.message());
+      if (!fs::is_directory(output))
+        throw std::runtime_error("--output " + output + ": cannot create: " + ec.message());
     }
 
     std::vector<std::string> failed;
@@ -204,10 +205,12 @@ int main(int argc, char** argv) {
         if (save_probabilities)
           io::write_nifti((out.parent_path() / (stem_of(out) + "_probabilities.nii.gz")).string(), seg.probabilities,
                           vol);
-        std::string grid = std::to_string(seg.grid[0]) + "x" + std::to_string(seg.grid[1]) + "x" +
-                           std::to_string(seg.grid[2]);
-        if (seg.resampled) grid = "resampled to " + grid + " at the model's spacing";
-        else grid = "segmented at " + grid;
+        std::string grid =
+            std::to_string(seg.grid[0]) + "x" + std::to_string(seg.grid[1]) + "x" + std::to_string(seg.grid[2]);
+        if (seg.resampled)
+          grid = "resampled to " + grid + " at the model's spacing";
+        else
+          grid = "segmented at " + grid;
         std::printf("%s -> %s (%s, %.1f s)\n", in.string().c_str(), out.string().c_str(), grid.c_str(),
                     std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
       } catch (const std::bad_alloc&) {

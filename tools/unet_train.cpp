@@ -4,11 +4,11 @@
 // Writes to [output] dir what models::Trainer writes: config.ini, log.jsonl, model.safetensors (weights loadable by
 // PyTorch, with the model card), checkpoint.safetensors (what --resume continues from) and validation.json.
 // Exit status: 0 success, 2 usage or configuration error, 1 runtime failure (docs/reference.md, "Exit statuses").
-#include <CLI/CLI.hpp>
 #include <unistd.h>
+#include <CLI/CLI.hpp>
 
-#include <filesystem>
 #include <cstdio>
+#include <filesystem>
 #include <iostream>
 #include <limits>
 #include <thread>
@@ -31,7 +31,8 @@ namespace {
 
 io::Config make_config() {
   return io::Config({
-      {"data", "dataset", KeyType::string, "", "Medical Segmentation Decathlon directory (with dataset.json); required"},
+      {"data", "dataset", KeyType::string, "",
+       "Medical Segmentation Decathlon directory (with dataset.json); required"},
       {"data", "fold", KeyType::integer, "0", "cross-validation fold to hold out for validation (0..folds-1)"},
       {"data", "folds", KeyType::integer, "5", "number of cross-validation folds; 1 trains on every case"},
       {"data", "patch_size", KeyType::int_list, "64, 64, 64", "training patch and inference window, z, y, x"},
@@ -39,17 +40,22 @@ io::Config make_config() {
       {"data", "foreground_oversampling", KeyType::real, "0.4", "probability that a patch contains foreground"},
       {"data", "flip_probability", KeyType::real, "0.5", "probability of mirroring each axis"},
       {"data", "cache", KeyType::string, "auto",
-       "directory keeping the preprocessed (cropped, resampled) cases for the next run: auto (DATASET/unet_preprocessed "
+       "directory keeping the preprocessed (cropped, resampled) cases for the next run: auto "
+       "(DATASET/unet_preprocessed "
        "when the dataset directory is writable), none, or a path"},
       {"data", "workers", KeyType::integer, "2", "threads preparing batches ahead of training (0: none, inline)"},
       {"data", "prefetch", KeyType::integer, "2", "steps the workers may prepare ahead"},
-      {"augment", "zoom", KeyType::real, "0.15", "probability of DLE's zoom (centre crop of 0.7..1 of the patch, resized)"},
+      {"augment", "zoom", KeyType::real, "0.15",
+       "probability of DLE's zoom (centre crop of 0.7..1 of the patch, resized)"},
       {"augment", "noise", KeyType::real, "0.15", "probability of Gaussian noise (standard deviation 0..0.33)"},
       {"augment", "blur", KeyType::real, "0.15", "probability of Gaussian blur (sigma 0.5..1.5)"},
       {"augment", "brightness", KeyType::real, "0.15", "probability of a brightness factor 0.7..1.3"},
-      {"augment", "contrast", KeyType::real, "0.15", "probability of a contrast factor 0.65..1.5 (clamped to the range)"},
-      {"augment", "rotation", KeyType::real, "0", "probability of nnU-Net's rotation, -30..30 degrees per axis (nnU-Net: 0.2)"},
-      {"augment", "gamma", KeyType::real, "0", "probability of nnU-Net's gamma 0.7..1.5, statistics kept (nnU-Net: 0.3)"},
+      {"augment", "contrast", KeyType::real, "0.15",
+       "probability of a contrast factor 0.65..1.5 (clamped to the range)"},
+      {"augment", "rotation", KeyType::real, "0",
+       "probability of nnU-Net's rotation, -30..30 degrees per axis (nnU-Net: 0.2)"},
+      {"augment", "gamma", KeyType::real, "0",
+       "probability of nnU-Net's gamma 0.7..1.5, statistics kept (nnU-Net: 0.3)"},
       {"augment", "low_resolution", KeyType::real, "0",
        "probability of nnU-Net's low-resolution simulation, 0.5..1 (nnU-Net: 0.25)"},
       {"model", "filters", KeyType::integer, "32", "filters of the first level; doubled per level up to max_filters"},
@@ -70,10 +76,17 @@ io::Config make_config() {
       {"train", "val_every", KeyType::integer, "0", "steps between validations (0: only at the end)"},
       {"train", "save_every", KeyType::integer, "1000",
        "steps between checkpoints for --resume (also at each validation and the end; 0: only there)"},
-      {"train", "precision", KeyType::string, "auto",
+      {"train",
+       "precision",
+       KeyType::string,
+       "auto",
        "arithmetic: auto (bf16 on a GPU, fp32 elsewhere), fp32, tf32 (TF32 tensor cores), fp16 or bf16 (mixed)",
        {"auto", "fp32", "tf32", "fp16", "bf16"}},
-      {"train", "loss_scaling", KeyType::string, "auto", "dynamic loss scaling: auto (on for fp16 only), dynamic, none",
+      {"train",
+       "loss_scaling",
+       KeyType::string,
+       "auto",
+       "dynamic loss scaling: auto (on for fp16 only), dynamic, none",
        {"auto", "dynamic", "none"}},
       {"train", "loss_scale_init", KeyType::real, "65536", "initial loss scale of dynamic loss scaling"},
       {"train", "loss_scale_growth_interval", KeyType::integer, "2000",
@@ -81,7 +94,8 @@ io::Config make_config() {
       {"validation", "overlap", KeyType::real, "0.5", "sliding-window overlap"},
       {"validation", "blend", KeyType::string, "gaussian", "window blending", {"gaussian", "constant"}},
       {"output", "dir", KeyType::string, "runs/unet", "output directory"},
-      {"runtime", "threads", KeyType::integer, "0", "CPU threads per process (0: the cores shared among the ranks on this machine)"},
+      {"runtime", "threads", KeyType::integer, "0",
+       "CPU threads per process (0: the cores shared among the ranks on this machine)"},
       {"runtime", "device", KeyType::string, "auto", "compute device", {"auto", "cpu", "cuda", "cuda-emu"}},
   });
 }
@@ -139,7 +153,8 @@ models::TrainerOptions trainer_options(const io::Config& c) {
   const std::string cache = c.get_string("data", "cache");
   if (cache == "auto") {
     // Beside the data when we may write there (access(): the dataset of a shared, read-only store gets none).
-    if (access(o.dataset.c_str(), W_OK) == 0) o.cache_dir = (std::filesystem::path(o.dataset) / "unet_preprocessed").string();
+    if (access(o.dataset.c_str(), W_OK) == 0)
+      o.cache_dir = (std::filesystem::path(o.dataset) / "unet_preprocessed").string();
   } else if (cache != "none") {
     o.cache_dir = cache;
   }

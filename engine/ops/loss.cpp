@@ -18,8 +18,8 @@
 #include "engine/backend.h"
 #include "engine/comm.h"
 #include "engine/ops.h"
-#include "kernels/cuda/loss.cuh"
 #include "kernels/cpu/loss.h"
+#include "kernels/cuda/loss.cuh"
 
 namespace unet::ops {
 
@@ -73,8 +73,9 @@ Tensor dice_ce_loss(const Tensor& logits, const Tensor& labels, Tensor* parts, C
       comm->allreduce(sums.raw(), 3 * n + 1, ScalarType::f64, ReduceOp::sum, dev);
       comm->allreduce(bad.raw(), 1, ScalarType::i64, ReduceOp::max, dev);
     }
-    kernels::cuda::softmax_dice_ce_finish(static_cast<const double*>(sums.raw()), static_cast<const int64_t*>(bad.raw()),
-                                          n, V_mean, kDiceSmooth, out.data<float>(), dice_ce.data<float>(), a, b, s);
+    kernels::cuda::softmax_dice_ce_finish(static_cast<const double*>(sums.raw()),
+                                          static_cast<const int64_t*>(bad.raw()), n, V_mean, kDiceSmooth,
+                                          out.data<float>(), dice_ce.data<float>(), a, b, s);
 #else
     backend::no_cuda_kernels("dice_ce_loss");
 #endif
@@ -94,19 +95,20 @@ Tensor dice_ce_loss(const Tensor& logits, const Tensor& labels, Tensor* parts, C
   if (parts) *parts = dice_ce;
 
   if (autograd::should_record({logits})) {
-    autograd::record("dice_ce_loss", {logits, labels}, {out}, [logits, labels, coef, V, V_mean, n](const std::vector<Tensor>& g) {
-      const float* a = coef.data<float>();
-      const float* b = a + n;
-      Tensor d = Tensor::empty(logits.shape(), DType::f32, logits.device());
-      if (backend::on_cuda(logits))
-        UNET_CUDA_KERNEL("dice_ce_loss", kernels::cuda::softmax_dice_ce_backward(
-                                             logits.data<float>(), labels.raw(), labels.dtype(), V, V_mean, n, a, b,
-                                             g[0].data<float>(), d.data<float>(), backend::stream(logits)));
-      else
-        kernels::cpu::softmax_dice_ce_backward(logits.data<float>(), labels.raw(), labels.dtype(), V, V_mean, n, a, b,
-                                               g[0].data<float>(), d.data<float>());
-      return std::vector<Tensor>{d, Tensor()};  // labels get no gradient
-    });
+    autograd::record(
+        "dice_ce_loss", {logits, labels}, {out}, [logits, labels, coef, V, V_mean, n](const std::vector<Tensor>& g) {
+          const float* a = coef.data<float>();
+          const float* b = a + n;
+          Tensor d = Tensor::empty(logits.shape(), DType::f32, logits.device());
+          if (backend::on_cuda(logits))
+            UNET_CUDA_KERNEL("dice_ce_loss", kernels::cuda::softmax_dice_ce_backward(
+                                                 logits.data<float>(), labels.raw(), labels.dtype(), V, V_mean, n, a, b,
+                                                 g[0].data<float>(), d.data<float>(), backend::stream(logits)));
+          else
+            kernels::cpu::softmax_dice_ce_backward(logits.data<float>(), labels.raw(), labels.dtype(), V, V_mean, n, a,
+                                                   b, g[0].data<float>(), d.data<float>());
+          return std::vector<Tensor>{d, Tensor()};  // labels get no gradient
+        });
   }
   return out;
 }

@@ -27,7 +27,9 @@ std::vector<float> rank_values(int rank, int64_t n, uint64_t salt) {
   return v;
 }
 
-bool same_bits(const float* a, const float* b, size_t n) { return std::memcmp(a, b, n * sizeof(float)) == 0; }
+bool same_bits(const float* a, const float* b, size_t n) {
+  return std::memcmp(a, b, n * sizeof(float)) == 0;
+}
 
 }  // namespace
 
@@ -95,8 +97,7 @@ struct Model {
   Tensor unused;  // a parameter no loss reaches: it keeps no gradient
   explicit Model(Device d) {
     Rng rng(3);
-    for (int64_t n : {5, 1000, 3000, 1, 17, 4096})
-      params.push_back(randn({n}, rng).to(d).set_requires_grad(true));
+    for (int64_t n : {5, 1000, 3000, 1, 17, 4096}) params.push_back(randn({n}, rng).to(d).set_requires_grad(true));
     unused = randn({8}, rng).to(d).set_requires_grad(true);
   }
   std::vector<Tensor> all() const {
@@ -109,8 +110,8 @@ struct Model {
     for (size_t k = 0; k < params.size(); ++k) {  // one backward per parameter (sum has no CUDA kernel)
       const Tensor& p = params[k];
       Tensor l = ops::scale(ops::leaky_relu(p, 0.25f), 0.5f + static_cast<float>(rank * 7 + k) / 3);
-      autograd::backward(l, Tensor::from_vector(p.shape(), std::vector<float>(static_cast<size_t>(p.numel()), 1.0f))
-                                .to(p.device()));
+      autograd::backward(
+          l, Tensor::from_vector(p.shape(), std::vector<float>(static_cast<size_t>(p.numel()), 1.0f)).to(p.device()));
     }
   }
 };
