@@ -1,14 +1,63 @@
 // AtomicFile and write_file_atomically (io/atomic_file.h).
 #include "io/atomic_file.h"
 
+#include <signal.h>
 #include <unistd.h>
 
+#include <atomic>
+#include <csignal>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <stdexcept>
 #include <system_error>
 
 namespace unet::io {
+
+namespace {
+
+// The temporary files being written, for the signal handler: fixed slots of plain characters (no allocation, no
+// lock), each claimed with an atomic flag. A path that does not fit, or a 65th file at once, is not tracked (it is
+// still removed by its AtomicFile on any normal exit).
+struct TempSlot {
+  std::atomic<bool> used{false};
+  char path[4096];
+};
+TempSlot g_slots[64];
+
+int track(const std::string& path) {
+  if (path.size() >= sizeof TempSlot::path) return -1;
+  for (int i = 0; i < 64; ++i) {
+    bool expected = false;
+    if (g_slots[i].used.load() || !g_slots[i].used.compare_exchange_strong(expected, true)) continue;
+    std::memcpy(g_slots[i].path, path.c_str(), path.size() + 1);
+    std::atomic_signal_fence(std::memory_order_seq_cst);
+    return i;
+  }
+  return -1;
+}
+
+void untrack(int slot) {
+  if (slot >= 0) g_slots[slot].used.store(false);
+}
+
+extern "C" void remove_temporaries_and_reraise(int sig) {
+  for (TempSlot& s : g_slots)
+    if (s.used.load()) ::unlink(s.path);
+  std::signal(sig, SIG_DFL);
+  std::raise(sig);
+}
+
+}  // namespace
+
+void remove_temporary_files_on_signals() {
+  for (int sig : {SIGINT, SIGTERM, SIGHUP}) {
+    // A signal the process was started ignoring stays ignored (nohup's SIGHUP, SIGINT in a background job).
+    struct sigaction old {};
+    if (::sigaction(sig, nullptr, &old) == 0 && old.sa_handler == SIG_IGN) continue;
+    std::signal(sig, remove_temporaries_and_reraise);
+  }
+}
 
 AtomicFile::AtomicFile(const std::string& target) : target_(target) {
   const std::filesystem::path t(target);
@@ -17,12 +66,15 @@ AtomicFile::AtomicFile(const std::string& target) : target_(target) {
   std::string name(".tmp");
   name.append(std::to_string(::getpid())).append(".").append(t.filename().string());
   temp_ = (t.parent_path() / name).string();
+  slot_ = track(temp_);
 }
 
 AtomicFile::~AtomicFile() {
-  if (committed_) return;
-  std::error_code ec;
-  std::filesystem::remove(temp_, ec);
+  if (!committed_) {
+    std::error_code ec;
+    std::filesystem::remove(temp_, ec);
+  }
+  untrack(slot_);
 }
 
 void AtomicFile::commit() {
@@ -30,6 +82,8 @@ void AtomicFile::commit() {
   std::filesystem::rename(temp_, target_, ec);
   if (ec) throw std::runtime_error(target_ + ": cannot rename the temporary file into place: " + ec.message());
   committed_ = true;
+  untrack(slot_);
+  slot_ = -1;
 }
 
 void write_file_atomically(const std::string& path, const std::string& bytes) {

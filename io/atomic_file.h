@@ -1,6 +1,8 @@
 // Files that appear whole or not at all: written under a temporary name in the target's directory, then renamed over
 // the target (atomic on POSIX file systems), so a crash or an error never leaves a half-written file under the final
 // name. Every writer of the project's outputs (checkpoints, NIfTI, logs' companions, datasets) goes through this.
+// The temporary name is hidden (".tmpPID.NAME"), readers of directories skip hidden files, and a process ended by
+// SIGINT, SIGTERM or SIGHUP removes its temporary files first (remove_temporary_files_on_signals).
 #pragma once
 #include <string>
 
@@ -18,9 +20,16 @@ class AtomicFile {
  private:
   std::string target_, temp_;
   bool committed_ = false;
+  int slot_ = -1;  // in the table the signal handler reads
 };
 
 // Writes `bytes` to path through an AtomicFile. Throws std::runtime_error naming the path.
 void write_file_atomically(const std::string& path, const std::string& bytes);
+
+// Installs handlers for SIGINT, SIGTERM and SIGHUP that remove the temporary files of every AtomicFile not yet
+// committed or destroyed (with unlink, which a signal handler may call), then end the process as the signal would
+// have. The tools install them first thing, so Ctrl-C never leaves a .tmpPID.NAME behind. A signal ignored when the
+// process started (nohup's SIGHUP, SIGINT in a shell's background job) stays ignored.
+void remove_temporary_files_on_signals();
 
 }  // namespace unet::io

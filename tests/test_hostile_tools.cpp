@@ -321,3 +321,30 @@ TEST_CASE("unet_infer warns on stderr, before the work, when --overlap implies o
   CHECK_MESSAGE(out.find("warning") == std::string::npos, out);  // 2197 windows: no warning
   CHECK_FALSE(fs::exists(dir + "/x.nii.gz"));
 }
+
+TEST_CASE("SIGTERM or SIGHUP during a write leaves no temporary file: unet_infer stopped while writing") {
+  test::TempDir tmp("hostile_sigint");
+  const std::string dir = tmp.path;
+  const std::string model = write_random_model(dir + "/model.safetensors", 1);
+  write_image(dir + "/big.nii.gz", 112, 3);  // 112^3 x 3 classes of float probabilities: a second of gzip
+  for (const auto& [sig, status] : {std::pair<std::string, int>{"TERM", 143}, {"HUP", 129}}) {
+    CAPTURE(sig);
+    const std::string out = dir + "/out" + sig;
+    fs::create_directories(out);
+    // Start it, wait until a temporary file appears in the output directory, then the signal; the tool must end by
+    // it (128 + its number, from the shell) and leave no hidden file. (SIGINT takes the same path, but a shell's
+    // background job starts with it ignored, and then it stays ignored.)
+    std::string output;
+    const int rc = test::shell("(" + test::tool_path("unet_infer") + " --model " + model + " --input " + dir +
+                                   "/big.nii.gz --output " + out +
+                                   "/big.nii.gz --save-probabilities --overlap 0 --batch 64 > " + dir +
+                                   "/log.txt 2>&1 & p=$!; for i in $(seq 3000); do ls -A " + out +
+                                   " | grep -q '^\\.tmp' && break; kill -0 $p 2>/dev/null || break; sleep 0.01; "
+                                   "done; kill -" + sig + " $p; wait $p)",
+                               &output);
+    std::vector<std::string> left;
+    for (const auto& e : fs::directory_iterator(out)) left.push_back(e.path().filename().string());
+    CHECK(rc == status);
+    for (const std::string& name : left) CHECK_MESSAGE(name.rfind(".tmp", 0) != 0, "left behind: " << name);
+  }
+}

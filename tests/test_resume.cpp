@@ -110,6 +110,20 @@ TEST_CASE("unet_train --resume refuses a changed configuration, a missing checkp
                  ini + " --set train.steps=4 --set train.log_every=1 --set runtime.threads=2 --resume " + tmp / "run",
                  &out) == 0);
   CHECK(io::read_safetensors(tmp / "run/checkpoint.safetensors").metadata.at("step") == before);
+  // A fresh run into a directory holding a run is refused; --overwrite replaces the run's files and nothing else.
+  test::write_text(tmp / "run/notes.txt", "mine");
+  CHECK(run_tool("unet_train", ini + " --set train.steps=4 --set output.dir=" + tmp / "run", &out) == 2);
+  CHECK(out.find("holds a run (config.ini, log.jsonl") != std::string::npos);
+  CHECK(out.find("--resume " + tmp / "run" + " continues it, --overwrite replaces it") != std::string::npos);
+  CHECK(run_tool("unet_train", ini + " --set train.steps=2 --set folds=1 --set output.dir=" + tmp / "run --overwrite",
+                 &out) != 0);  // (a bad key: nothing is removed before the configuration is read)
+  CHECK(fs::exists(tmp / "run/model_best.safetensors"));
+  REQUIRE(run_tool("unet_train", ini + " --set train.steps=2 --set data.folds=1 --set output.dir=" + tmp / "run" +
+                                     " --overwrite",
+                   &out) == 0);
+  CHECK_FALSE(fs::exists(tmp / "run/model_best.safetensors"));  // no validation in this run: the old best is gone
+  CHECK(fs::exists(tmp / "run/notes.txt"));
+  REQUIRE(run_tool("unet_train", ini + " --set train.steps=4 --set output.dir=" + tmp / "run" + " --overwrite", &out) == 0);
   // Fewer steps than the checkpoint has done.
   CHECK(run_tool("unet_train", ini + " --set train.steps=2 --resume " + tmp / "run", &out) == 2);
   CHECK(out.find("beyond train.steps = 2") != std::string::npos);

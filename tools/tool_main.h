@@ -16,6 +16,7 @@
 #include <string>
 
 #include "engine/comm.h"
+#include "io/atomic_file.h"
 #include "io/config.h"
 #include "io/synthetic.h"
 #include "models/trainer.h"
@@ -120,6 +121,7 @@ inline std::string output_directory_problem(const std::filesystem::path& dir) {
 // the whole run with its status (MPI_Abort): the others may be waiting for it in a collective and would never return.
 template <class Body>
 int run_tool(const char* tool, Body&& body) {
+  io::remove_temporary_files_on_signals();  // Ctrl-C leaves no half-written file behind
   int status = 2;
   std::string message;
   try {

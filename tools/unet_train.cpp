@@ -1,6 +1,6 @@
 // unet_train: trains an nnU-Net DynUNet on a Medical Segmentation Decathlon dataset from an INI configuration: the
 // command line and the configuration schema; the training itself is models::Trainer (models/trainer.h).
-// usage: unet_train CONFIG.ini [--set section.key=value ...] [--resume DIR]   (--help-config lists every key)
+// usage: unet_train CONFIG.ini [--set section.key=value ...] [--resume DIR | --overwrite]   (--help-config: every key)
 // Writes to [output] dir what models::Trainer writes: config.ini, log.jsonl, model.safetensors (weights loadable by
 // PyTorch, with the model card), checkpoint.safetensors (what --resume continues from) and validation.json.
 // Exit status: 0 success, 2 usage or configuration error, 1 runtime failure (docs/reference.md, "Exit statuses").
@@ -185,9 +185,28 @@ models::TrainerOptions trainer_options(const io::Config& c) {
   return o;
 }
 
-int run(const io::Config& c, const std::string& resume) {
+// The files a run writes into output.dir: a directory holding any of them holds a run.
+const char* const kRunFiles[] = {"config.ini", "log.jsonl", "training.html", "model.safetensors", "model_best.safetensors",
+                                 "checkpoint.safetensors", "validation.json"};
+
+// A new run does not mix its files with an old run's: a directory holding a run is refused unless --overwrite (its run
+// files are removed first; nothing else in the directory is touched) or --resume.
+void claim_output_dir(const std::string& dir, bool overwrite) {
+  namespace fs = std::filesystem;
+  std::string found;
+  for (const char* name : kRunFiles)
+    if (fs::exists(fs::path(dir) / name)) found += (found.empty() ? "" : ", ") + std::string(name);
+  if (found.empty()) return;
+  if (!overwrite)
+    throw UsageError("output.dir = " + dir + " holds a run (" + found + "): --resume " + dir + " continues it, " +
+                     "--overwrite replaces it, or choose another output.dir");
+  for (const char* name : kRunFiles) fs::remove(fs::path(dir) / name);
+}
+
+int run(const io::Config& c, const std::string& resume, bool overwrite) {
   models::TrainerOptions options = trainer_options(c);
   options.resume_dir = resume;
+  if (resume.empty() && world().rank() == 0) claim_output_dir(options.output_dir, overwrite);
   // More threads than cores only adds switching (1000 on 2 cores turned 0.08 s steps into minutes): at most twice the
   // hardware threads; 0 uses them all.
   const long cores = std::max(1u, std::thread::hardware_concurrency());
@@ -213,13 +232,14 @@ int main(int argc, char** argv) {
   io::Config config = make_config();
   std::string path, resume;
   std::vector<std::string> overrides;
-  bool help_config = false;
+  bool help_config = false, overwrite = false;
   CLI::App app{"Trains an nnU-Net DynUNet on a Medical Segmentation Decathlon dataset (see --help-config for the keys)."};
   app.add_option("config", path, "INI configuration file");
   app.add_option("--set", overrides, "override a key: section.key=value (repeatable)");
   app.add_option("--resume", resume,
                  "continue the run in this directory from its checkpoint.safetensors (writing there); CONFIG must be "
                  "the run's own, except [runtime], output.dir and the log, validation and checkpoint intervals");
+  app.add_flag("--overwrite", overwrite, "replace the run in output.dir (its files only) instead of refusing it");
   app.add_flag("--help-config", help_config, "list every configuration key with its default");
   if (auto status = unet::tools::parse_command_line(app, argc, argv, "unet_train")) return *status;
   if (help_config) {
@@ -231,6 +251,6 @@ int main(int argc, char** argv) {
     config.load_file(path);
     for (auto& o : overrides) config.apply_override(o);
     if (!resume.empty()) config.apply_override("output.dir=" + resume);
-    return run(config, resume);
+    return run(config, resume, overwrite);
   });
 }
