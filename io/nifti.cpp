@@ -95,6 +95,23 @@ void load_voxels(const std::string& path, nifti_image* nim) {
   const int64_t bytes = nifti_get_volsize(nim);
   if (nim->iname == nullptr || nim->iname_offset < 0 || bytes <= 0)
     fail(path, "cannot locate the voxel data (not a single-file NIfTI?)");
+  // The header's dimensions must fit the file before anything is allocated for them (a 400-byte file declaring
+  // 15 GB of voxels is refused, not allocated): an uncompressed file holds them after vox_offset; a gzip file cannot
+  // hold more than deflate's largest ratio, 1032:1, allows.
+  std::error_code ec;
+  const auto file_bytes = static_cast<int64_t>(std::filesystem::file_size(nim->iname, ec));
+  if (!ec) {
+    const bool gz = nifti_is_gzfile(nim->iname);
+    const double room = gz ? 1032.0 * static_cast<double>(file_bytes)
+                           : static_cast<double>(file_bytes) - static_cast<double>(nim->iname_offset);
+    if (static_cast<double>(bytes) > room)
+      fail(path, "its header declares " + std::to_string(bytes) + " bytes of voxels (" + std::to_string(nim->nvox) +
+                     " voxels), more than the file " +
+                     (gz ? "of " + std::to_string(file_bytes) + " compressed bytes can hold"
+                         : "holds after vox_offset (" + std::to_string(std::max<int64_t>(0, file_bytes - nim->iname_offset)) +
+                               " bytes)") +
+                     " (truncated file or corrupt dimensions?)");
+  }
   znzFile fp = znzopen(nim->iname, "rb", nifti_is_gzfile(nim->iname));
   if (znz_isnull(fp)) fail(path, "cannot open the file to read its voxels");
   nim->data = std::calloc(1, static_cast<size_t>(bytes));  // nifti_image_free releases it with free()

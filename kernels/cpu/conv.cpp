@@ -303,16 +303,35 @@ constexpr vi butterfly_hi(std::integer_sequence<int, J...>) {
   return vi{((J & D) ? VL + J : J + D)...};
 }
 
+#if defined(__clang__)
+// clang (the fuzz build) has no __builtin_shuffle: the same two-source shuffles with constant indices.
+template <int D, int... J>
+__attribute__((always_inline)) inline vf shuffle_lo(vf a, vf b, std::integer_sequence<int, J...>) {
+  return __builtin_shufflevector(a, b, ((J & D) ? VL + (J - D) : J)...);
+}
+template <int D, int... J>
+__attribute__((always_inline)) inline vf shuffle_hi(vf a, vf b, std::integer_sequence<int, J...>) {
+  return __builtin_shufflevector(a, b, ((J & D) ? VL + J : J + D)...);
+}
+#endif
+
 template <int D>
 __attribute__((always_inline)) inline void transpose_stage(vf* rows) {
+#if !defined(__clang__)
   constexpr vi lo_mask = butterfly_lo<D>(std::make_integer_sequence<int, VL>{});
   constexpr vi hi_mask = butterfly_hi<D>(std::make_integer_sequence<int, VL>{});
+#endif
 #pragma GCC unroll 16
   for (int i = 0; i < VL; ++i) {
     if (i & D) continue;
     vf a = rows[i], b = rows[i + D];
+#if defined(__clang__)
+    rows[i] = shuffle_lo<D>(a, b, std::make_integer_sequence<int, VL>{});
+    rows[i + D] = shuffle_hi<D>(a, b, std::make_integer_sequence<int, VL>{});
+#else
     rows[i] = __builtin_shuffle(a, b, lo_mask);
     rows[i + D] = __builtin_shuffle(a, b, hi_mask);
+#endif
   }
 }
 
