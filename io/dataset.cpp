@@ -12,22 +12,14 @@
 #include <numeric>
 #include <stdexcept>
 
+#include "io/image.h"
 #include "kernels/common/parallel.h"
-#include "io/nifti.h"
 
 namespace unet::io {
 namespace {
 
 namespace fs = std::filesystem;
 using json = nlohmann::json;
-
-std::string strip_nifti_extension(const std::string& name) {
-  for (const char* ext : {".nii.gz", ".nii"}) {
-    size_t n = std::strlen(ext);
-    if (name.size() > n && name.compare(name.size() - n, n, ext) == 0) return name.substr(0, name.size() - n);
-  }
-  return name;
-}
 
 // A JSON object {"0": "...", "1": "...", ...} with consecutive integer keys, as MSD's modality and labels.
 std::vector<std::string> read_indexed_names(const json& j, const std::string& key, const std::string& where) {
@@ -112,7 +104,7 @@ DatasetInfo read_msd_dataset(const std::string& dir) {
       if (!fs::is_regular_file(path)) fail(key + "." + field, "file '" + rel + "' does not exist (" + path + ")");
       (std::strcmp(field, "image") == 0 ? c.image_path : c.label_path) = path;
     }
-    c.id = strip_nifti_extension(fs::path(c.image_path).filename().string());
+    c.id = image_stem(c.image_path);
     info.training.push_back(std::move(c));
   }
   if (j.contains("test")) {
@@ -144,12 +136,12 @@ Case load_case(const DatasetInfo& info, size_t i) {
     throw std::out_of_range(info.json_path + ": case " + std::to_string(i) + " requested, the dataset has " +
                             std::to_string(info.training.size()));
   const DatasetCase& dc = info.training[i];
-  NiftiVolume img = read_nifti(dc.image_path);
+  Image img = read_image(dc.image_path);
   if (img.data.dim(3) != info.num_channels())
     throw std::runtime_error(dc.image_path + ": has " + std::to_string(img.data.dim(3)) +
                              " channels but 'modality' in " + info.json_path + " lists " +
                              std::to_string(info.num_channels()));
-  NiftiVolume lab = read_nifti(dc.label_path);
+  Image lab = read_image(dc.label_path);
   const Shape& is = img.data.shape();
   const Shape& ls = lab.data.shape();
   if (ls[3] != 1) throw std::runtime_error(dc.label_path + ": a label map must have one channel, got " + shape_str(ls));
@@ -157,7 +149,7 @@ Case load_case(const DatasetInfo& info, size_t i) {
     throw std::runtime_error(dc.label_path + ": label grid " + shape_str({ls[0], ls[1], ls[2]}) +
                              " does not match the image grid " + shape_str({is[0], is[1], is[2]}) + " of " +
                              dc.image_path);
-  auto isp = img.spacing(), lsp = lab.spacing();
+  auto isp = img.spacing, lsp = lab.spacing;
   for (int a = 0; a < 3; ++a)
     if (std::abs(isp[a] - lsp[a]) > 1e-3 * std::max(isp[a], lsp[a]))
       throw std::runtime_error(dc.label_path + ": label spacing (" + std::to_string(lsp[0]) + ", " +
@@ -173,7 +165,7 @@ Case load_case(const DatasetInfo& info, size_t i) {
   uint8_t* dst = c.label.data<uint8_t>();
   const int64_t n = c.label.numel();
   const float classes = static_cast<float>(info.num_classes());
-  // read_nifti has already refused NaN and infinite voxels; a float label map must also hold whole class indices.
+  // the readers have already refused NaN and infinite voxels; a float label map must also hold whole class indices.
   for (int64_t v = 0; v < n; ++v) {
     float x = src[v];
     if (!(x >= 0 && x < classes && x == std::floor(x))) {

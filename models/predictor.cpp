@@ -36,7 +36,7 @@ Predictor::Predictor(const io::SafetensorsContent& weights, const std::string& c
   window_.batch_size = o.batch;
 }
 
-Segmentation Predictor::segment(const io::NiftiVolume& volume, const std::string& source) const {
+Segmentation Predictor::segment(const io::Image& volume, const std::string& source) const {
   if (volume.data.dim(-1) != card_.net.in_channels)
     throw std::runtime_error(source + ": has " + std::to_string(volume.data.dim(-1)) + " channel(s), the model expects " +
                              std::to_string(card_.net.in_channels));
@@ -44,7 +44,7 @@ Segmentation Predictor::segment(const io::NiftiVolume& volume, const std::string
   const std::array<int64_t, 3> full{volume.data.dim(0), volume.data.dim(1), volume.data.dim(2)};
   const io::Box box = io::nonzero_box(volume.data);
   Tensor image = io::crop(volume.data, box);
-  const std::array<double, 3> spacing = volume.spacing();
+  const std::array<double, 3> spacing = volume.spacing;
   std::array<double, 3> target = spacing;
   if (card_.spacing.size() == 3) target = {card_.spacing[0], card_.spacing[1], card_.spacing[2]};
   bool resample = false;

@@ -8,7 +8,7 @@
 
 #include "engine/precision.h"
 #include "engine/sliding_window.h"
-#include "io/nifti.h"
+#include "io/image.h"
 #include "models/checkpoint.h"
 #include "models/nnunet.h"
 
@@ -40,7 +40,7 @@ class Predictor {
   // it differs by more than 0.1%; io/resample.h), normalised, segmented by sliding window, the probabilities
   // resampled back to the cropped grid (linear; nearest along an anisotropic axis), put back into the whole volume
   // (background outside the box) and their argmax taken.
-  Segmentation segment(const io::NiftiVolume& volume, const std::string& source) const;
+  Segmentation segment(const io::Image& volume, const std::string& source) const;
 
  private:
   Predictor(const io::SafetensorsContent& weights, const std::string& checkpoint, const PredictorOptions& options);

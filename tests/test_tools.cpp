@@ -8,6 +8,7 @@
 #include "io/dataset.h"
 #include "io/nifti.h"
 #include "io/synthetic.h"
+#include "io/tiff.h"
 #include "models/checkpoint.h"
 #include "models/nnunet_plan.h"
 #include "models/trainer.h"
@@ -112,6 +113,47 @@ TEST_CASE("unet_train writes a checkpoint, a JSON-lines log and its configuratio
   CHECK(dice["cases"].size() == 2);
   CHECK(dice["mean_dice"].get<double>() >= 0.0);
   CHECK(dice["mean_dice"].get<double>() <= 1.0);
+}
+
+TEST_CASE("unet_infer segments TIFF stacks as it does the same volume in NIfTI, and unet_eval scores TIFF labels") {
+  test::TempDir tmp("tools_tiff");
+  const std::string& dir = tmp.path;
+  const std::string model = write_random_model(dir, 2, {8, 8, 8});
+  // A two-channel volume of 5 pages of 11 x 13 (smaller than the patch along z: padded), as NIfTI and as a Deflate
+  // TIFF with one sample per channel and a resolution in pixels per centimetre of 10 mm^-1, that is 1 mm.
+  Tensor image = Tensor::empty({5, 11, 13, 2});
+  for (int64_t i = 0; i < image.numel(); ++i) image.data<float>()[i] = float((i * 37) % 101) - 20.f;
+  fs::create_directories(dir + "/in");
+  io::write_nifti(dir + "/in/vol.nii.gz", image, io::make_nifti_like(image.shape(), {1, 1, 1}));
+  io::TiffWriteOptions o;
+  o.bits = 32;
+  o.is_float = true;
+  o.tags = {true, 10.f, 10.f, 3 /* RESUNIT_CENTIMETER */, ""};
+  io::write_tiff(dir + "/in/vol.tif", image, o);
+  std::string out;
+  REQUIRE_MESSAGE(
+      test::run_tool("unet_infer",
+                     "--model " + model + " --input " + dir + "/in --output " + dir + "/pred --save-probabilities",
+                     &out) == 0,
+      out);
+  const io::NiftiVolume nii = io::read_nifti(dir + "/pred/vol.nii.gz");
+  const io::TiffVolume tif = io::read_tiff(dir + "/pred/vol.tif");
+  CHECK(tif.data.shape() == Shape{5, 11, 13, 1});  // the input's pages and size
+  CHECK((tif.bits == 8 && tif.compression == io::TiffCompression::deflate && tif.tags.has_resolution));
+  CHECK(tif.data.to_vector() == nii.data.to_vector());
+  const io::TiffVolume prob = io::read_tiff(dir + "/pred/vol_probabilities.tif");
+  CHECK(prob.data.shape() == Shape{5, 11, 13, 3});
+  CHECK(prob.data.to_vector() == io::read_nifti(dir + "/pred/vol_probabilities.nii.gz").data.to_vector());
+  // unet_eval reads TIFF label maps: the TIFF prediction against itself scores 1 for every class present.
+  fs::create_directories(dir + "/ref");
+  fs::copy_file(dir + "/pred/vol.tif", dir + "/ref/vol.tif");
+  fs::create_directories(dir + "/tifpred");
+  fs::copy_file(dir + "/pred/vol.tif", dir + "/tifpred/vol.tif");
+  REQUIRE_MESSAGE(
+      test::run_tool("unet_eval", "--pred " + dir + "/tifpred --label " + dir + "/ref --classes 3", &out) == 0, out);
+  const auto dice = nlohmann::json::parse(std::ifstream(dir + "/tifpred/dice.json"));
+  REQUIRE(dice["cases"].size() == 1);
+  CHECK(dice["mean_dice"].get<double>() == 1.0);
 }
 
 TEST_CASE("unet_infer writes each label map with its input's header, for every nibabel fixture") {

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The libFuzzer harnesses (fuzz/*_fuzz.cpp: the NIfTI reader, safetensors, the INI configuration with a schema,
+# The libFuzzer harnesses (fuzz/*_fuzz.cpp: the NIfTI and TIFF readers, safetensors, the INI configuration with a schema,
 # dataset.json): built with clang into build-fuzz/ (CMake -DUNET_FUZZ=ON: everything under
 # -fsanitize=fuzzer-no-link,address,undefined, no CUDA), each run for RUNS executions from a copy of its seed corpus
 # fuzz/corpus/NAME (the committed seeds stay as they are). A finding (a crash, a sanitizer report, a leak, a timeout
@@ -22,7 +22,7 @@ start=$SECONDS
 export CCACHE_BASEDIR=${CCACHE_BASEDIR:-$PWD} CCACHE_NOHASHDIR=${CCACHE_NOHASHDIR:-1}
 cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCMAKE_CXX_COMPILER=clang++ -DUNET_FUZZ=ON \
   -DCMAKE_DISABLE_FIND_PACKAGE_CUDAToolkit=ON >/dev/null
-targets=(nifti safetensors config dataset)
+targets=(nifti tiff safetensors config dataset)
 cmake --build "$build" -j "$(nproc)" --target "${targets[@]/#/fuzz_}"
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT

@@ -9,7 +9,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 packages=(g++ cmake ninja-build ccache doctest-dev nlohmann-json3-dev libnifti2-dev zlib1g-dev libinih-dev libcli11-dev
-          libboost-context-dev libopenmpi-dev openmpi-bin)
+          libboost-context-dev libopenmpi-dev openmpi-bin libtiff-dev)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

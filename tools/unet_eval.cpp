@@ -11,7 +11,7 @@
 #include <nlohmann/json.hpp>
 
 #include "engine/metrics.h"
-#include "io/nifti.h"
+#include "io/image.h"
 #include "io/safetensors.h"
 #include "tools/tool_main.h"
 
@@ -21,7 +21,7 @@ namespace fs = std::filesystem;
 using unet::tools::UsageError;
 
 namespace {
-Tensor as_labels(const io::NiftiVolume& v) {
+Tensor as_labels(const io::Image& v) {
   Tensor t = Tensor::empty({v.data.dim(0), v.data.dim(1), v.data.dim(2)}, DType::i32);
   const float* s = v.data.data<float>();
   for (int64_t i = 0; i < t.numel(); ++i) {
@@ -32,16 +32,15 @@ Tensor as_labels(const io::NiftiVolume& v) {
   }
   return t;
 }
-// The label files of a directory (.nii / .nii.gz, not the _probabilities maps unet_infer writes beside them), sorted.
+// The label files of a directory (NIfTI or TIFF, not the _probabilities maps unet_infer writes beside them), sorted.
 // One that is not a regular file (a FIFO would block the read forever) is an error, not a case silently left out.
 std::vector<fs::path> label_files(const std::string& dir) {
   std::vector<fs::path> files;
   for (auto& e : fs::directory_iterator(dir)) {
     const std::string n = e.path().filename().string();
-    if ((n.ends_with(".nii") || n.ends_with(".nii.gz")) && !n.starts_with(".") &&
-        n.find("_probabilities") == std::string::npos) {
+    if (io::is_image_name(n) && !n.starts_with(".") && n.find("_probabilities") == std::string::npos) {
       if (std::string why = unet::tools::regular_file_problem(e.path().string()); !why.empty())
-        throw UsageError(e.path().string() + ": " + why + "; expected a NIfTI label map");
+        throw UsageError(e.path().string() + ": " + why + "; expected a NIfTI or TIFF label map");
       files.push_back(e.path());
     }
   }
@@ -82,7 +81,7 @@ int main(int argc, char** argv) {
   int classes = 0;
   bool missing_as_zero = false;
   CLI::App app{"Dice per class of predicted label maps against reference labels, matched by file name."};
-  app.add_option("--pred", pred_dir, "directory of predicted label maps (.nii / .nii.gz)")->required();
+  app.add_option("--pred", pred_dir, "directory of predicted label maps (.nii, .nii.gz, .tif, .tiff)")->required();
   app.add_option("--label", label_dir, "directory of reference label maps; every one needs a prediction")->required();
   app.add_option("--classes", classes,
                  "number of classes including background, 2.." + std::to_string(kMaxClasses) +
@@ -96,7 +95,7 @@ int main(int argc, char** argv) {
       if (!fs::is_directory(*d)) throw UsageError(*d + ": not a directory");
     if (classes != 0 && (classes < 2 || classes > kMaxClasses))
       throw UsageError("--classes " + std::to_string(classes) + ": expected 2.." + std::to_string(kMaxClasses));
-    if (json_path.ends_with(".nii") || json_path.ends_with(".nii.gz"))
+    if (io::is_image_name(json_path))
       throw UsageError("--json " + json_path + ": expected a .json file (this would overwrite a label map)");
     // The results' file is checked before the scoring, so a bad path costs a message rather than the work.
     if (json_path.empty()) {
@@ -106,8 +105,8 @@ int main(int argc, char** argv) {
       throw UsageError("--json " + json_path + ": " + why);
     }
     const std::vector<fs::path> refs = label_files(label_dir);
-    if (refs.empty()) throw UsageError(label_dir + ": no .nii or .nii.gz label maps");
-    if (label_files(pred_dir).empty()) throw UsageError(pred_dir + ": no .nii or .nii.gz label maps");
+    if (refs.empty()) throw UsageError(label_dir + ": no .nii, .nii.gz, .tif or .tiff label maps");
+    if (label_files(pred_dir).empty()) throw UsageError(pred_dir + ": no .nii, .nii.gz, .tif or .tiff label maps");
 
     // Every reference is scored: a missing prediction fails the evaluation, or scores 0 with --missing-as-zero.
     struct Pair {
@@ -118,12 +117,12 @@ int main(int argc, char** argv) {
     std::vector<std::string> missing;
     for (const fs::path& r : refs) {
       const fs::path p = fs::path(pred_dir) / r.filename();
-      const io::NiftiVolume lv = io::read_nifti(r.string());
+      const io::Image lv = io::read_image(r.string());
       Pair pair{r.filename().string(), Tensor(), as_labels(lv)};
       if (fs::exists(p)) {
         if (std::string why = unet::tools::regular_file_problem(p.string()); !why.empty())
-          throw UsageError(p.string() + ": " + why + "; expected a NIfTI label map");
-        const io::NiftiVolume pv = io::read_nifti(p.string());
+          throw UsageError(p.string() + ": " + why + "; expected a NIfTI or TIFF label map");
+        const io::Image pv = io::read_image(p.string());
         if (pv.data.shape() != lv.data.shape())
           throw std::runtime_error(p.string() + ": shape " + shape_str(pv.data.shape()) + " differs from the label's " +
                                    shape_str(lv.data.shape()));

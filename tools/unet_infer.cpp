@@ -1,11 +1,13 @@
-// unet_infer: segments NIfTI volumes with a trained checkpoint by sliding-window inference (docs/reference.md,
+// unet_infer: segments NIfTI and TIFF volumes with a trained checkpoint by sliding-window inference (docs/reference.md,
 // "Sliding window"): the command line, files and directories; the pipeline itself is models::Predictor
 // (models/predictor.h).
 // usage: unet_infer --model CKPT --input FILE|DIR --output FILE|DIR [--overlap F] [--blend gaussian|constant] [--tta]
 //                   [--precision auto|fp32|tf32|fp16|bf16] [--device auto|cpu|cuda|cuda-emu] [--save-probabilities]
 //                   [--batch N] [--keep-going]
-// Each output label map (uint8) is written with its input's header; with --save-probabilities the per-class
-// softmax (float32, 4D) goes beside it as NAME_probabilities.nii.gz. Exit status 0 / 2 (usage) / 1 (runtime; with
+// Each output label map is written in its name's format with its input's header (NIfTI: uint8; TIFF: the input's
+// compression and tags, 8-bit, 16-bit above 255 classes); with --save-probabilities the per-class softmax (float32,
+// 4D; in TIFF one sample per class) goes beside it as NAME_probabilities.nii.gz (or .tif for a TIFF output). Exit
+// status 0 / 2 (usage) / 1 (runtime; with
 // --keep-going, when any volume failed). Inputs and outputs are checked before the work, so a typo in a path costs a
 // message, not the work.
 #include <algorithm>
@@ -19,7 +21,7 @@
 #include "engine/device.h"
 #include "engine/ops.h"
 #include "engine/precision.h"
-#include "io/nifti.h"
+#include "io/image.h"
 #include "kernels/common/parallel.h"
 #include "models/predictor.h"
 #include "tools/tool_main.h"
@@ -30,17 +32,13 @@ namespace fs = std::filesystem;
 
 namespace {
 
-bool is_nifti(const fs::path& p) {
-  std::string s = p.filename().string();
-  return (s.size() > 4 && s.ends_with(".nii")) || (s.size() > 7 && s.ends_with(".nii.gz"));
-}
-
 // Hidden files (".tmpPID.NAME" is how io::AtomicFile names a file being written) are never inputs.
 bool is_hidden(const fs::path& p) { return p.filename().string().starts_with("."); }
 
-std::string stem_of(const fs::path& p) {
-  std::string s = p.filename().string();
-  return s.substr(0, s.size() - (s.ends_with(".nii.gz") ? 7 : 4));
+// Where --save-probabilities writes the probabilities of the label map `out`: beside it, in its format.
+fs::path probabilities_of(const fs::path& out) {
+  return out.parent_path() /
+         (io::image_stem(out.string()) + "_probabilities" + (io::is_tiff_name(out.string()) ? ".tif" : ".nii.gz"));
 }
 
 // Windows (times the flips of --tta) above which a volume gets a warning: an --overlap near 1 means a step of one
@@ -57,7 +55,7 @@ int64_t window_count(const Tensor& volume, const std::vector<int>& patch, double
   return n;
 }
 
-// An error's message naming the input it came from (read_nifti's and the predictor's already do; a std::bad_alloc or
+// An error's message naming the input it came from (the readers' and the predictor's already do; a std::bad_alloc or
 // a write error may not).
 std::string naming(const fs::path& input, const std::string& what) {
   return what.find(input.string()) != std::string::npos ? what : input.string() + ": " + what;
@@ -71,9 +69,11 @@ int main(int argc, char** argv) {
   bool tta = false, save_probabilities = false;
   int batch = 1;
   bool keep_going = false;
-  CLI::App app{"Segments NIfTI volumes (.nii, .nii.gz) with a unet_train checkpoint by sliding-window inference."};
+  CLI::App app{
+      "Segments NIfTI (.nii, .nii.gz) and TIFF (.tif, .tiff) volumes with a unet_train checkpoint by "
+      "sliding-window inference."};
   app.add_option("--model", model_path, "weights file written by unet_train (model.safetensors)")->required();
-  app.add_option("--input", input, "a NIfTI file, or a directory of them")->required();
+  app.add_option("--input", input, "a NIfTI or TIFF file, or a directory of them")->required();
   app.add_option("--output", output, "output file (for one input file) or directory")->required();
   app.add_option("--overlap", overlap, "window overlap in [0, 1)")->capture_default_str();
   app.add_option("--blend", blend, "window blending: gaussian or constant")->capture_default_str();
@@ -120,27 +120,33 @@ int main(int argc, char** argv) {
         throw UsageError("--output " + output + ": must be a directory when --input is one");
       if (std::string why = tools::output_directory_problem(output); !why.empty())
         throw UsageError("--output " + output + ": " + why);
-      // Every NIfTI name is a case, even one that is not a regular file: skipping it silently would drop a case
+      // Every image name is a case, even one that is not a regular file: skipping it silently would drop a case
       // from the results; it fails when its turn comes (and --keep-going skips it with an error line).
       std::vector<fs::path> files;
       for (auto& e : fs::directory_iterator(input))
-        if (is_nifti(e.path()) && !is_hidden(e.path())) files.push_back(e.path());
+        if (io::is_image_name(e.path().string()) && !is_hidden(e.path()) &&
+            !io::image_stem(e.path().string()).ends_with("_probabilities"))  // what --save-probabilities wrote
+          files.push_back(e.path());
       std::sort(files.begin(), files.end());
-      if (files.empty()) throw UsageError("--input " + input + ": no .nii or .nii.gz files in the directory");
+      if (files.empty())
+        throw UsageError("--input " + input + ": no .nii, .nii.gz, .tif or .tiff files in the directory");
       for (auto& f : files) jobs.emplace_back(f, fs::path(output) / f.filename());
     } else {
       if (std::string why = tools::regular_file_problem(input); !why.empty())
-        throw UsageError("--input " + input + ": " + why + "; expected a .nii or .nii.gz file or a directory of them");
-      if (!is_nifti(input)) throw UsageError("--input " + input + ": expected a .nii or .nii.gz file");
+        throw UsageError("--input " + input + ": " + why +
+                         "; expected a .nii, .nii.gz, .tif or .tiff file or a directory of them");
+      if (!io::is_image_name(input))
+        throw UsageError("--input " + input + ": expected a .nii, .nii.gz, .tif or .tiff file");
       fs::path out = fs::is_directory(output) ? fs::path(output) / fs::path(input).filename() : fs::path(output);
-      if (!is_nifti(out)) throw UsageError("--output " + output + ": expected a .nii or .nii.gz name or a directory");
+      if (!io::is_image_name(out.string()))
+        throw UsageError("--output " + output + ": expected a .nii, .nii.gz, .tif or .tiff name or a directory");
       if (std::string why = tools::output_file_problem(out); !why.empty())
         throw UsageError("--output " + output + ": " + why);
       jobs.emplace_back(input, out);
     }
     // Never write over an input: the label map (or its probabilities) would replace the image it was computed from.
     for (const auto& [in, out] : jobs) {
-      const fs::path probabilities = out.parent_path() / (stem_of(out) + "_probabilities.nii.gz");
+      const fs::path probabilities = probabilities_of(out);
       for (const fs::path& o : {out, save_probabilities ? probabilities : out})
         if (fs::exists(o) && fs::equivalent(o, in))
           throw UsageError("--output " + output + ": would overwrite the input " + in.string());
@@ -184,7 +190,7 @@ int main(int argc, char** argv) {
         auto t0 = std::chrono::steady_clock::now();
         if (std::string why = tools::regular_file_problem(in.string()); !why.empty())
           throw std::runtime_error(in.string() + ": " + why);
-        io::NiftiVolume vol = io::read_nifti(in.string());
+        const io::Image vol = io::read_image(in.string());
         const std::vector<int>& patch = predictor.card().patch;
         const int64_t windows = window_count(vol.data, patch, overlap);
         const int64_t passes = windows * (tta ? int64_t(1) << std::min<size_t>(patch.size(), 3) : 1);
@@ -201,10 +207,8 @@ int main(int argc, char** argv) {
           std::fflush(stderr);
         }
         const models::Segmentation seg = predictor.segment(vol, in.string());
-        io::write_nifti(out.string(), seg.labels, vol);
-        if (save_probabilities)
-          io::write_nifti((out.parent_path() / (stem_of(out) + "_probabilities.nii.gz")).string(), seg.probabilities,
-                          vol);
+        io::write_image_like(out.string(), seg.labels, vol);
+        if (save_probabilities) io::write_image_like(probabilities_of(out).string(), seg.probabilities, vol);
         std::string grid =
             std::to_string(seg.grid[0]) + "x" + std::to_string(seg.grid[1]) + "x" + std::to_string(seg.grid[2]);
         if (seg.resampled)

@@ -1,0 +1,55 @@
+#include "io/image.h"
+
+#include <filesystem>
+#include <stdexcept>
+
+namespace unet::io {
+
+namespace {
+bool is_nifti_name(const std::string& name) {
+  return (name.size() > 4 && name.ends_with(".nii")) || (name.size() > 7 && name.ends_with(".nii.gz"));
+}
+}  // namespace
+
+bool is_image_name(const std::string& path) {
+  return is_nifti_name(std::filesystem::path(path).filename().string()) || is_tiff_name(path);
+}
+
+std::string image_stem(const std::string& path) {
+  const std::string name = std::filesystem::path(path).filename().string();
+  if (name.ends_with(".nii.gz")) return name.substr(0, name.size() - 7);
+  return name.substr(0, name.rfind('.'));  // the whole name when it has no dot
+}
+
+Image read_image(const std::string& path) {
+  Image im;
+  im.path = path;
+  if (is_tiff_name(path)) {
+    im.tiff = read_tiff(path);
+    im.data = im.tiff->data;
+    im.spacing = im.tiff->spacing;
+    im.tiff->data = Tensor();  // held once, in im.data
+  } else {
+    im.nifti = read_nifti(path);  // refuses names that are neither
+    im.data = im.nifti->data;
+    im.spacing = im.nifti->spacing();
+    im.nifti->data = Tensor();
+  }
+  return im;
+}
+
+void write_image_like(const std::string& path, const Tensor& data, const Image& like) {
+  if (is_tiff_name(path)) {
+    TiffVolume t;
+    if (like.tiff)
+      t = *like.tiff;
+    else
+      t.compression = TiffCompression::deflate;
+    write_tiff(path, data, tiff_options_like(t, data));
+    return;
+  }
+  if (like.nifti) return write_nifti(path, data, *like.nifti);
+  write_nifti(path, data, make_nifti_like(data.shape(), like.spacing));
+}
+
+}  // namespace unet::io

@@ -1,0 +1,35 @@
+// The image files the tools read and write, whatever their format: NIfTI (.nii, .nii.gz; io/nifti.h) and TIFF
+// (.tif, .tiff; io/tiff.h), chosen by the file name. Voxels are f32 [Z, Y, X, C] either way.
+#pragma once
+#include <array>
+#include <optional>
+#include <string>
+
+#include "engine/tensor.h"
+#include "io/nifti.h"
+#include "io/tiff.h"
+
+namespace unet::io {
+
+struct Image {
+  Tensor data;                             // f32 [Z, Y, X, C]
+  std::array<double, 3> spacing{1, 1, 1};  // mm (z, y, x)
+  std::string path;
+  std::optional<NiftiVolume> nifti;  // the header of a NIfTI file (its data is `data`)
+  std::optional<TiffVolume> tiff;    // the sample type, compression and tags of a TIFF file (its data is `data`)
+};
+
+// Whether a file name is one of the formats above (.nii, .nii.gz, .tif, .tiff; TIFF in any case).
+bool is_image_name(const std::string& path);
+// The file name without its format's extension: "case_001" for ".../case_001.nii.gz".
+std::string image_stem(const std::string& path);
+
+// Reads a NIfTI or TIFF file (by its name). Errors as read_nifti and read_tiff: std::runtime_error naming the file.
+Image read_image(const std::string& path);
+
+// Writes data ([Z, Y, X] or [Z, Y, X, C]; u8, i32 or f32) in the format of path's name, like `like`: a NIfTI output
+// of a NIfTI input keeps its header; a TIFF output of a TIFF input its compression and tags (labels as 8-bit, 16-bit
+// above 255; f32 as floats); across formats the spacing carries over. Atomic, as the writers below.
+void write_image_like(const std::string& path, const Tensor& data, const Image& like);
+
+}  // namespace unet::io

@@ -1,0 +1,472 @@
+#include "io/tiff.h"
+
+#include <tiffio.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdarg>
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+#include <limits>
+#include <stdexcept>
+#include <vector>
+
+#include "io/atomic_file.h"
+
+namespace unet::io {
+namespace {
+
+[[noreturn]] void fail(const std::string& path, const std::string& what) {
+  throw std::runtime_error(path + ": " + what);
+}
+
+std::string lower(std::string s) {
+  for (char& c : s) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  return s;
+}
+
+// libtiff reports through handlers; ours keep the first error for the exception and drop warnings (unknown tags and
+// the like say nothing the user can act on).
+int keep_first_error(TIFF*, void* user, const char* module, const char* fmt, va_list ap) {
+  auto* first = static_cast<std::string*>(user);
+  if (first->empty()) {
+    char buf[512];
+    std::vsnprintf(buf, sizeof buf, fmt, ap);
+    *first = (module && *module ? std::string(module) + ": " : std::string()) + buf;
+  }
+  return 1;  // handled: libtiff prints nothing
+}
+int ignore_warning(TIFF*, void*, const char*, const char*, va_list) {
+  return 1;
+}
+
+// An open TIFF* with its first error message; closed on destruction.
+class TiffFile {
+ public:
+  TiffFile(const std::string& path, const char* mode) : path_(path) {
+    TIFFOpenOptions* o = TIFFOpenOptionsAlloc();
+    TIFFOpenOptionsSetErrorHandlerExtR(o, keep_first_error, &error_);
+    TIFFOpenOptionsSetWarningHandlerExtR(o, ignore_warning, nullptr);
+    TIFFOpenOptionsSetMaxSingleMemAlloc(o, tmsize_t(1) << 32);  // no strip or tile buffer above 4 GiB
+    tif_ = TIFFOpenExt(path.c_str(), mode, o);
+    TIFFOpenOptionsFree(o);
+    if (!tif_) fail(path, (mode[0] == 'r' ? "not a readable TIFF file" : "cannot create the file") + because());
+  }
+  ~TiffFile() { close(); }
+  TiffFile(const TiffFile&) = delete;
+  TiffFile& operator=(const TiffFile&) = delete;
+  TIFF* get() const { return tif_; }
+  void check(bool ok, const std::string& what) const {
+    if (!ok) fail(path_, what + because());
+  }
+  void close() {
+    if (tif_) TIFFClose(tif_);
+    tif_ = nullptr;
+  }
+  std::string because() const { return error_.empty() ? "" : " (libtiff: " + error_ + ")"; }
+
+ private:
+  std::string path_, error_;
+  TIFF* tif_ = nullptr;
+};
+
+// What a page holds, from its tags.
+struct Page {
+  uint32_t width = 0, height = 0;
+  uint16_t spp = 1, bits = 1, format = SAMPLEFORMAT_UINT, planar = PLANARCONFIG_CONTIG, compression = 1;
+  bool tiled = false;
+  uint32_t tile_w = 0, tile_h = 0, rows_per_strip = 0;
+
+  bool same_samples(const Page& o) const {
+    return width == o.width && height == o.height && spp == o.spp && bits == o.bits && format == o.format;
+  }
+  int64_t bytes() const { return int64_t(width) * height * spp * (bits / 8); }
+};
+
+std::string page_name(int64_t z) {
+  return "page " + std::to_string(z + 1);
+}
+
+Page read_page_tags(const TiffFile& t, int64_t z, const std::string& path) {
+  TIFF* tif = t.get();
+  Page p;
+  const std::string at = page_name(z);
+  if (!TIFFGetField(tif, TIFFTAG_IMAGEWIDTH, &p.width) || !TIFFGetField(tif, TIFFTAG_IMAGELENGTH, &p.height))
+    fail(path, at + " has no ImageWidth or ImageLength");
+  if (p.width < 1 || p.height < 1 || p.width > (1u << 20) || p.height > (1u << 20))
+    fail(path, at + " is " + std::to_string(p.width) + " x " + std::to_string(p.height) +
+                   " pixels; expected 1 to 2^20 in each direction");
+  TIFFGetFieldDefaulted(tif, TIFFTAG_SAMPLESPERPIXEL, &p.spp);
+  TIFFGetFieldDefaulted(tif, TIFFTAG_BITSPERSAMPLE, &p.bits);
+  TIFFGetFieldDefaulted(tif, TIFFTAG_SAMPLEFORMAT, &p.format);
+  TIFFGetFieldDefaulted(tif, TIFFTAG_PLANARCONFIG, &p.planar);
+  TIFFGetFieldDefaulted(tif, TIFFTAG_COMPRESSION, &p.compression);
+  if (p.spp < 1 || p.spp > 64)
+    fail(path, at + " has " + std::to_string(p.spp) + " samples per pixel; expected 1 to 64 (the channels)");
+  if (p.format == SAMPLEFORMAT_VOID) p.format = SAMPLEFORMAT_UINT;
+  const bool integer_ok =
+      (p.format == SAMPLEFORMAT_UINT || p.format == SAMPLEFORMAT_INT) && (p.bits == 8 || p.bits == 16 || p.bits == 32);
+  const bool float_ok = p.format == SAMPLEFORMAT_IEEEFP && (p.bits == 32 || p.bits == 64);
+  if (!integer_ok && !float_ok) {
+    const char* kind = p.format == SAMPLEFORMAT_UINT     ? "unsigned integer"
+                       : p.format == SAMPLEFORMAT_INT    ? "signed integer"
+                       : p.format == SAMPLEFORMAT_IEEEFP ? "floating-point"
+                                                         : "complex or unknown";
+    fail(path, at + " has " + std::to_string(p.bits) + "-bit " + kind +
+                   " samples; expected 8-, 16- or 32-bit integers or 32- or 64-bit floats");
+  }
+  uint16_t photometric = PHOTOMETRIC_MINISBLACK;
+  if (TIFFGetField(tif, TIFFTAG_PHOTOMETRIC, &photometric) && photometric != PHOTOMETRIC_MINISBLACK &&
+      photometric != PHOTOMETRIC_MINISWHITE && photometric != PHOTOMETRIC_RGB && photometric != PHOTOMETRIC_SEPARATED)
+    fail(path, at + " has photometric interpretation " + std::to_string(photometric) +
+                   (photometric == PHOTOMETRIC_PALETTE ? " (a palette image)" : "") +
+                   "; expected grey-level (0 or 1), RGB (2) or separated (5) samples");
+  if (p.planar != PLANARCONFIG_CONTIG && p.planar != PLANARCONFIG_SEPARATE)
+    fail(path, at + " has PlanarConfiguration " + std::to_string(p.planar) + "; expected 1 or 2");
+  p.tiled = TIFFIsTiled(tif);
+  if (p.tiled) {
+    if (!TIFFGetField(tif, TIFFTAG_TILEWIDTH, &p.tile_w) || !TIFFGetField(tif, TIFFTAG_TILELENGTH, &p.tile_h) ||
+        p.tile_w < 1 || p.tile_h < 1 || p.tile_w > (1u << 16) || p.tile_h > (1u << 16))
+      fail(path, at + " is tiled without a valid TileWidth and TileLength");
+  } else {
+    TIFFGetFieldDefaulted(tif, TIFFTAG_ROWSPERSTRIP, &p.rows_per_strip);
+    p.rows_per_strip = std::clamp<uint32_t>(p.rows_per_strip, 1, p.height);
+  }
+  return p;
+}
+
+// How many bytes each stored byte can become at most, by codec: what a file of a given size can hold, so that a
+// header cannot make the reader allocate more than the file could ever decode to. (LZW: strings of at most 4096 bytes
+// per 9-bit code; Deflate: 1032:1; PackBits: 128 bytes per 2.)
+int64_t max_expansion(uint16_t compression) {
+  switch (compression) {
+    case COMPRESSION_NONE:
+      return 1;
+    case COMPRESSION_PACKBITS:
+      return 64;
+    case COMPRESSION_ADOBE_DEFLATE:
+    case COMPRESSION_DEFLATE:
+      return 1032;
+    case COMPRESSION_LZW:
+      return 4096;
+    default:
+      return 16384;  // other codecs: a generous bound
+  }
+}
+
+template <class T>
+void put_samples(const uint8_t* src, int64_t pixels, int src_samples, float* dst, int dst_samples) {
+  for (int64_t i = 0; i < pixels; ++i)
+    for (int c = 0; c < src_samples; ++c) {
+      T v;
+      std::memcpy(&v, src + (i * src_samples + c) * int64_t(sizeof(T)), sizeof(T));
+      dst[i * dst_samples + c] = static_cast<float>(v);
+    }
+}
+
+// Converts `pixels` pixels of `src_samples` samples each (the page's sample type, native byte order) to f32, written
+// every dst_samples floats from dst.
+void put_row(const Page& p, const uint8_t* src, int64_t pixels, int src_samples, float* dst) {
+  const int n = p.spp;
+  if (p.format == SAMPLEFORMAT_IEEEFP) {
+    if (p.bits == 32) return put_samples<float>(src, pixels, src_samples, dst, n);
+    return put_samples<double>(src, pixels, src_samples, dst, n);
+  }
+  const bool s = p.format == SAMPLEFORMAT_INT;
+  switch (p.bits) {
+    case 8:
+      return s ? put_samples<int8_t>(src, pixels, src_samples, dst, n)
+               : put_samples<uint8_t>(src, pixels, src_samples, dst, n);
+    case 16:
+      return s ? put_samples<int16_t>(src, pixels, src_samples, dst, n)
+               : put_samples<uint16_t>(src, pixels, src_samples, dst, n);
+    default:
+      return s ? put_samples<int32_t>(src, pixels, src_samples, dst, n)
+               : put_samples<uint32_t>(src, pixels, src_samples, dst, n);
+  }
+}
+
+// Decodes the current page into out ([Y, X, spp] f32): strips or tiles, contiguous or planar.
+void read_page(const TiffFile& t, const Page& p, int64_t z, float* out) {
+  TIFF* tif = t.get();
+  const int64_t bps = p.bits / 8;
+  const int planes = p.planar == PLANARCONFIG_SEPARATE ? p.spp : 1;
+  const int samples = p.planar == PLANARCONFIG_SEPARATE ? 1 : p.spp;  // per pixel in one block
+  const int64_t block_w = p.tiled ? p.tile_w : p.width, block_h = p.tiled ? p.tile_h : p.rows_per_strip;
+  std::vector<uint8_t> buf(static_cast<size_t>(block_w * block_h * samples * bps));
+  for (int plane = 0; plane < planes; ++plane)
+    for (int64_t y0 = 0; y0 < p.height; y0 += block_h)
+      for (int64_t x0 = 0; x0 < p.width; x0 += block_w) {
+        const int64_t rows = std::min<int64_t>(block_h, p.height - y0), cols = std::min<int64_t>(block_w, p.width - x0);
+        tmsize_t got;
+        int64_t need;  // bytes the block must hold for the pixels inside the image
+        if (p.tiled) {
+          const uint32_t tile = TIFFComputeTile(tif, uint32_t(x0), uint32_t(y0), 0, uint16_t(plane));
+          got = TIFFReadEncodedTile(tif, tile, buf.data(), tmsize_t(buf.size()));
+          need = int64_t(buf.size());
+        } else {
+          const uint32_t strip = TIFFComputeStrip(tif, uint32_t(y0), uint16_t(plane));
+          got = TIFFReadEncodedStrip(tif, strip, buf.data(), tmsize_t(buf.size()));
+          need = rows * block_w * samples * bps;
+        }
+        t.check(got >= 0 && got >= need, page_name(z) + ": cannot decode the " + (p.tiled ? "tile" : "strip") +
+                                             " at row " + std::to_string(y0) + ", column " + std::to_string(x0));
+        for (int64_t r = 0; r < rows; ++r)
+          put_row(p, buf.data() + r * block_w * samples * bps, cols, samples,
+                  out + ((y0 + r) * p.width + x0) * p.spp + plane);
+      }
+}
+
+// ImageJ's unit names (ImageJ writes "micron"; tifffile and others "um" or "\u00B5m") in millimetres; 0 = unknown.
+double unit_in_mm(std::string unit) {
+  unit = lower(unit);
+  if (unit == "micron" || unit == "microns" || unit == "um" || unit == "\\u00b5m" || unit == "\xc2\xb5m") return 1e-3;
+  if (unit == "nm" || unit == "nanometer" || unit == "nanometre") return 1e-6;
+  if (unit == "mm" || unit == "millimeter" || unit == "millimetre") return 1;
+  if (unit == "cm" || unit == "centimeter" || unit == "centimetre") return 10;
+  if (unit == "m" || unit == "meter" || unit == "metre") return 1000;
+  if (unit == "inch" || unit == "in") return 25.4;
+  return 0;
+}
+
+// The value of "key=" on its own line of an ImageJ description, or "".
+std::string imagej_value(const std::string& desc, const std::string& key) {
+  size_t at = 0;
+  while (at < desc.size()) {
+    size_t end = desc.find('\n', at);
+    if (end == std::string::npos) end = desc.size();
+    if (desc.compare(at, key.size() + 1, key + "=") == 0)
+      return desc.substr(at + key.size() + 1, end - at - key.size() - 1);
+    at = end + 1;
+  }
+  return "";
+}
+
+std::array<double, 3> spacing_from_tags(const TiffTags& tags) {
+  std::array<double, 3> s{1, 1, 1};
+  const bool res_ok = tags.has_resolution && std::isfinite(tags.x_resolution) && std::isfinite(tags.y_resolution) &&
+                      tags.x_resolution > 0 && tags.y_resolution > 0;
+  double unit = 0;  // millimetres per resolution unit
+  double z_units = 0;
+  if (tags.description.starts_with("ImageJ=")) {
+    unit = unit_in_mm(imagej_value(tags.description, "unit"));
+    const std::string z = imagej_value(tags.description, "spacing");
+    char* end = nullptr;
+    z_units = z.empty() ? 0 : std::strtod(z.c_str(), &end);
+    if (!(std::isfinite(z_units) && z_units > 0)) z_units = 0;
+  } else if (tags.resolution_unit == RESUNIT_CENTIMETER) {
+    unit = 10;
+  }
+  if (unit <= 0 || !res_ok) return s;
+  s[2] = unit / tags.x_resolution;
+  s[1] = unit / tags.y_resolution;
+  s[0] = z_units > 0 ? unit * z_units : s[2];  // no z spacing given: isotropic
+  return s;
+}
+
+TiffCompression compression_of(uint16_t c) {
+  if (c == COMPRESSION_NONE) return TiffCompression::none;
+  if (c == COMPRESSION_LZW) return TiffCompression::lzw;
+  return TiffCompression::deflate;
+}
+
+uint16_t codec_of(TiffCompression c) {
+  switch (c) {
+    case TiffCompression::none:
+      return COMPRESSION_NONE;
+    case TiffCompression::lzw:
+      return COMPRESSION_LZW;
+    case TiffCompression::deflate:
+      return COMPRESSION_ADOBE_DEFLATE;
+  }
+  return COMPRESSION_NONE;
+}
+
+// The value at flat index i of a u8, i32 or f32 tensor, as a double.
+double value_at(const Tensor& t, int64_t i) {
+  switch (t.dtype()) {
+    case DType::u8:
+      return t.data<uint8_t>()[i];
+    case DType::i32:
+      return t.data<int32_t>()[i];
+    default:
+      return t.data<float>()[i];
+  }
+}
+
+}  // namespace
+
+bool is_tiff_name(const std::string& path) {
+  const std::string s = lower(std::filesystem::path(path).filename().string());
+  return (s.size() > 4 && s.ends_with(".tif")) || (s.size() > 5 && s.ends_with(".tiff"));
+}
+
+TiffVolume read_tiff(const std::string& path) {
+  if (!std::filesystem::exists(path)) fail(path, "no such file");
+  if (!std::filesystem::is_regular_file(path)) fail(path, "not a regular file (expected a .tif or .tiff file)");
+  if (!is_tiff_name(path)) fail(path, "not a TIFF file name (expected .tif or .tiff)");
+  const int64_t file_size = static_cast<int64_t>(std::filesystem::file_size(path));
+  TiffFile t(path, "rm");  // "m": read through the file, not a memory map (a file truncated later cannot fault)
+  TIFF* tif = t.get();
+
+  // First pass over the pages: each like the first, and no more voxels than the file can decode to.
+  std::vector<Page> pages;
+  int64_t compressed_at_least = 0;  // bytes the file must hold for the pages' decoded size
+  do {
+    if (pages.size() >= (1u << 20)) fail(path, "has more than 2^20 pages");
+    Page p = read_page_tags(t, static_cast<int64_t>(pages.size()), path);
+    if (!pages.empty() && !p.same_samples(pages[0]))
+      fail(path, page_name(static_cast<int64_t>(pages.size())) + " is " + std::to_string(p.width) + " x " +
+                     std::to_string(p.height) + " x " + std::to_string(p.spp) + " samples of " +
+                     std::to_string(p.bits) + " bits, page 1 " + std::to_string(pages[0].width) + " x " +
+                     std::to_string(pages[0].height) + " x " + std::to_string(pages[0].spp) + " of " +
+                     std::to_string(pages[0].bits) + "; a stack needs pages of one size and sample type");
+    compressed_at_least += p.bytes() / max_expansion(p.compression);
+    if (compressed_at_least > file_size)
+      fail(path, "declares " + std::to_string(pages.size() + 1) + " page(s) of " + std::to_string(p.width) + " x " +
+                     std::to_string(p.height) + " pixels, more than its " + std::to_string(file_size) +
+                     " bytes can hold");
+    pages.push_back(p);
+  } while (TIFFReadDirectory(tif));
+  const Page& first = pages[0];
+  const int64_t nz = static_cast<int64_t>(pages.size()), ny = first.height, nx = first.width, nc = first.spp;
+  if (nz * ny * nx * nc > (int64_t(1) << 32)) fail(path, "is too large (more than 2^32 samples)");
+
+  TiffVolume vol;
+  vol.path = path;
+  vol.bits = first.bits;
+  vol.is_float = first.format == SAMPLEFORMAT_IEEEFP;
+  vol.is_signed = first.format == SAMPLEFORMAT_INT;
+  vol.compression = compression_of(first.compression);
+  vol.data = Tensor::empty({nz, ny, nx, nc});
+  float* d = vol.data.data<float>();
+  t.check(TIFFSetDirectory(tif, 0), page_name(0) + ": cannot be read");
+  for (int64_t z = 0; z < nz; ++z) {
+    if (z > 0) t.check(TIFFReadDirectory(tif), page_name(z) + ": cannot be read");
+    if (z == 0) {
+      char* desc = nullptr;
+      if (TIFFGetField(tif, TIFFTAG_IMAGEDESCRIPTION, &desc) && desc) vol.tags.description = desc;
+      float xr = 0, yr = 0;
+      uint16_t unit = RESUNIT_INCH;
+      if (TIFFGetField(tif, TIFFTAG_XRESOLUTION, &xr) && TIFFGetField(tif, TIFFTAG_YRESOLUTION, &yr)) {
+        TIFFGetFieldDefaulted(tif, TIFFTAG_RESOLUTIONUNIT, &unit);
+        vol.tags = {true, xr, yr, unit, vol.tags.description};
+      }
+    }
+    float* page = d + z * ny * nx * nc;
+    read_page(t, pages[static_cast<size_t>(z)], z, page);
+    for (int64_t i = 0; i < ny * nx * nc; ++i)
+      if (!std::isfinite(page[i]))
+        fail(path, page_name(z) + ", row " + std::to_string(i / nc / nx) + ", column " + std::to_string(i / nc % nx) +
+                       (nc > 1 ? ", sample " + std::to_string(i % nc) : "") +
+                       ": NaN, infinite or beyond the f32 range; expected finite values");
+  }
+  // An ImageJ hyperstack with channels stores them as pages, channel fastest ("czt"): they become channels.
+  const std::string channels = imagej_value(vol.tags.description, "channels");
+  const int64_t ij_channels = vol.tags.description.starts_with("ImageJ=") && !channels.empty()
+                                  ? std::strtoll(channels.c_str(), nullptr, 10)
+                                  : 1;
+  if (ij_channels > 1 && ij_channels <= 64 && nc == 1 && nz % ij_channels == 0) {
+    Tensor interleaved = vol.data;
+    vol.data = Tensor::empty({nz / ij_channels, ny, nx, ij_channels});
+    const float* src = interleaved.data<float>();
+    float* dst = vol.data.data<float>();
+    for (int64_t z = 0; z < nz; ++z)
+      for (int64_t i = 0; i < ny * nx; ++i)
+        dst[((z / ij_channels) * ny * nx + i) * ij_channels + z % ij_channels] = src[z * ny * nx + i];
+  }
+  vol.spacing = spacing_from_tags(vol.tags);
+  return vol;
+}
+
+void write_tiff(const std::string& path, const Tensor& data, const TiffWriteOptions& o) {
+  if (!is_tiff_name(path)) fail(path, "output name must end in .tif or .tiff");
+  check_arg(data.rank() == 3 || data.rank() == 4,
+            path + ": expected [Z, Y, X] or [Z, Y, X, C] data, got " + data.describe());
+  check_arg(data.dtype() == DType::u8 || data.dtype() == DType::i32 || data.dtype() == DType::f32,
+            path + ": expected u8, i32 or f32 data, got " + data.describe());
+  check_arg((!o.is_float && (o.bits == 8 || o.bits == 16)) || (o.is_float && o.bits == 32),
+            path + ": expected 8- or 16-bit unsigned or 32-bit float samples, got " + std::to_string(o.bits) + " bits" +
+                (o.is_float ? " float" : ""));
+  const Tensor c = data.to(Device::cpu);
+  const int64_t nz = c.dim(0), ny = c.dim(1), nx = c.dim(2), nc = c.rank() == 4 ? c.dim(3) : 1;
+  check_arg(nz >= 1 && ny >= 1 && nx >= 1 && nc >= 1 && nc <= 64 && ny <= (1 << 20) && nx <= (1 << 20),
+            path + ": cannot write " + c.describe() + " as TIFF pages (1 to 2^20 rows and columns, 1 to 64 samples)");
+  const double top = o.is_float ? std::numeric_limits<float>::max() : o.bits == 8 ? 255.0 : 65535.0;
+  for (int64_t i = 0; i < c.numel(); ++i) {
+    const double v = value_at(c, i);
+    if (!std::isfinite(v) || v < (o.is_float ? -top : 0.0) || v > top || (!o.is_float && v != std::floor(v)))
+      fail(path, "value " + std::to_string(v) + " at index " + std::to_string(i) + " cannot be written as " +
+                     (o.is_float ? std::string("a 32-bit float") : std::to_string(o.bits) + "-bit unsigned"));
+  }
+  const int64_t bytes = c.numel() * (o.bits / 8);
+  AtomicFile file(path);
+  {
+    TiffFile t(file.temp_path(), bytes > (int64_t(7) << 29) ? "w8" : "w");  // BigTIFF beyond 3.5 GiB
+    TIFF* tif = t.get();
+    std::vector<uint8_t> row(static_cast<size_t>(nx * nc * (o.bits / 8)));
+    const std::vector<uint16_t> extra(static_cast<size_t>(nc - 1), EXTRASAMPLE_UNSPECIFIED);
+    for (int64_t z = 0; z < nz; ++z) {
+      if (nz > 1) {
+        TIFFSetField(tif, TIFFTAG_SUBFILETYPE, FILETYPE_PAGE);
+        if (nz <= 65535) TIFFSetField(tif, TIFFTAG_PAGENUMBER, uint16_t(z), uint16_t(nz));
+      }
+      TIFFSetField(tif, TIFFTAG_IMAGEWIDTH, uint32_t(nx));
+      TIFFSetField(tif, TIFFTAG_IMAGELENGTH, uint32_t(ny));
+      TIFFSetField(tif, TIFFTAG_BITSPERSAMPLE, uint16_t(o.bits));
+      TIFFSetField(tif, TIFFTAG_SAMPLESPERPIXEL, uint16_t(nc));
+      if (nc > 1) TIFFSetField(tif, TIFFTAG_EXTRASAMPLES, uint16_t(nc - 1), extra.data());
+      TIFFSetField(tif, TIFFTAG_SAMPLEFORMAT, o.is_float ? SAMPLEFORMAT_IEEEFP : SAMPLEFORMAT_UINT);
+      TIFFSetField(tif, TIFFTAG_PHOTOMETRIC, PHOTOMETRIC_MINISBLACK);
+      TIFFSetField(tif, TIFFTAG_PLANARCONFIG, PLANARCONFIG_CONTIG);
+      TIFFSetField(tif, TIFFTAG_COMPRESSION, codec_of(o.compression));
+      TIFFSetField(tif, TIFFTAG_ROWSPERSTRIP, TIFFDefaultStripSize(tif, 0));
+      if (o.tags.has_resolution) {
+        TIFFSetField(tif, TIFFTAG_XRESOLUTION, o.tags.x_resolution);
+        TIFFSetField(tif, TIFFTAG_YRESOLUTION, o.tags.y_resolution);
+        TIFFSetField(tif, TIFFTAG_RESOLUTIONUNIT, uint16_t(o.tags.resolution_unit));
+      }
+      if (z == 0 && !o.tags.description.empty())
+        TIFFSetField(tif, TIFFTAG_IMAGEDESCRIPTION, o.tags.description.c_str());
+      for (int64_t y = 0; y < ny; ++y) {
+        const int64_t base = (z * ny + y) * nx * nc;
+        for (int64_t i = 0; i < nx * nc; ++i) {
+          const double v = value_at(c, base + i);
+          if (o.is_float) {
+            const float f = static_cast<float>(v);
+            std::memcpy(row.data() + 4 * i, &f, 4);
+          } else if (o.bits == 16) {
+            const uint16_t u = static_cast<uint16_t>(v);
+            std::memcpy(row.data() + 2 * i, &u, 2);
+          } else {
+            row[static_cast<size_t>(i)] = static_cast<uint8_t>(v);
+          }
+        }
+        t.check(TIFFWriteScanline(tif, row.data(), uint32_t(y), 0) >= 0,
+                "cannot write " + page_name(z) + ", row " + std::to_string(y));
+      }
+      t.check(TIFFWriteDirectory(tif), "cannot write " + page_name(z));
+    }
+    t.check(TIFFFlush(tif), "cannot write the file");
+  }
+  file.commit();
+}
+
+TiffWriteOptions tiff_options_like(const TiffVolume& like, const Tensor& data) {
+  TiffWriteOptions o;
+  o.compression = like.compression;
+  o.tags = like.tags;
+  if (data.dtype() == DType::f32) {
+    o.bits = 32;
+    o.is_float = true;
+  } else {
+    const Tensor c = data.to(Device::cpu);
+    double top = 0;
+    for (int64_t i = 0; i < c.numel(); ++i) top = std::max(top, value_at(c, i));
+    o.bits = top > 255 ? 16 : 8;
+  }
+  return o;
+}
+
+}  // namespace unet::io

@@ -1,0 +1,210 @@
+// TIFF I/O against tifffile and libtiff's tiffcp (tests/golden/make_tiff_fixtures.py): values of every sample type,
+// compression, strips and tiles, planar and contiguous samples, ImageJ channels, spacing; malformed files refused with
+// a message naming the file and the fault; our own files written and read back exactly, and read by tifffile when
+// Debian's python3-tifffile is installed.
+#include <doctest/doctest.h>
+#include <unistd.h>
+
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+
+#include "io/tiff.h"
+
+using namespace unet;
+using namespace unet::io;
+namespace fs = std::filesystem;
+
+namespace {
+const std::string kDir = std::string(UNET_TEST_DATA_DIR) + "/tiff/";
+
+const nlohmann::json& expected() {
+  static nlohmann::json j = nlohmann::json::parse(std::ifstream(kDir + "expected.json"));
+  return j;
+}
+
+fs::path temp_dir() {
+  fs::path d = fs::temp_directory_path() / ("unet_tiff_" + std::to_string(::getpid()));
+  fs::create_directories(d);
+  return d;
+}
+
+std::string error_of(const std::function<void()>& f) {
+  try {
+    f();
+  } catch (const std::exception& e) {
+    return e.what();
+  }
+  return "";
+}
+
+// A [Z, Y, X, C] tensor of dtype dt with value(z, y, x, c) at each element.
+Tensor make(const Shape& shape, DType dt, double (*value)(int64_t)) {
+  Tensor t = Tensor::empty(shape, dt);
+  for (int64_t i = 0; i < t.numel(); ++i) {
+    const double v = value(i);
+    if (dt == DType::u8) t.data<uint8_t>()[i] = static_cast<uint8_t>(v);
+    if (dt == DType::i32) t.data<int32_t>()[i] = static_cast<int32_t>(v);
+    if (dt == DType::f32) t.data<float>()[i] = static_cast<float>(v);
+  }
+  return t;
+}
+}  // namespace
+
+TEST_CASE("TIFF fixtures read with tifffile's values and the expected spacing") {
+  int n = 0;
+  for (auto& [name, e] : expected()["good"].items()) {
+    CAPTURE(name);
+    const TiffVolume v = read_tiff(kDir + name);
+    REQUIRE(v.data.shape() == e["shape"].get<Shape>());
+    CHECK(v.data.to_vector() == e["values"].get<std::vector<float>>());  // every type here is exact in f32
+    const auto spacing = e["spacing"].get<std::vector<double>>();
+    for (int a = 0; a < 3; ++a) CHECK(v.spacing[a] == doctest::Approx(spacing[a]).epsilon(1e-6));
+    ++n;
+  }
+  CHECK(n == 15);
+  CHECK(read_tiff(kDir + "u8_lzw.tif").compression == TiffCompression::lzw);
+  CHECK(read_tiff(kDir + "u16_deflate.tif").compression == TiffCompression::deflate);
+  CHECK(read_tiff(kDir + "u8_stack.tif").compression == TiffCompression::none);
+  const TiffVolume s = read_tiff(kDir + "i16_stack.tif");
+  CHECK((s.bits == 16 && s.is_signed && !s.is_float));
+}
+
+TEST_CASE("malformed and unsupported TIFF files are errors naming the file and the fault") {
+  for (auto& [name, phrase] : expected()["bad"].items()) {
+    CAPTURE(name);
+    const std::string what = error_of([&] { read_tiff(kDir + name); });
+    CAPTURE(what);
+    CHECK(what.find(kDir + name) == 0);
+    CHECK(what.find(phrase.get<std::string>()) != std::string::npos);
+  }
+  const fs::path dir = temp_dir();
+  CHECK(error_of([&] { read_tiff((dir / "missing.tif").string()); }).find("no such file") != std::string::npos);
+  CHECK(error_of([&] { read_tiff(dir.string()); }).find("not a regular file") != std::string::npos);
+  fs::copy_file(kDir + "u8_stack.tif", dir / "stack.png", fs::copy_options::overwrite_existing);
+  CHECK(error_of([&] { read_tiff((dir / "stack.png").string()); }).find("expected .tif or .tiff") != std::string::npos);
+  // A header declaring a page far larger than the file can hold is refused before anything is allocated.
+  std::string bytes;
+  {
+    std::ifstream in(kDir + "u8_stack.tif", std::ios::binary);
+    bytes.assign(std::istreambuf_iterator<char>(in), {});
+  }
+  // Patch ImageWidth (tag 256, type SHORT or LONG) of the first directory to 60000 pixels.
+  const uint32_t ifd = static_cast<uint8_t>(bytes[4]) | static_cast<uint8_t>(bytes[5]) << 8 |
+                       static_cast<uint8_t>(bytes[6]) << 16 |
+                       static_cast<uint32_t>(static_cast<uint8_t>(bytes[7])) << 24;
+  const int entries = static_cast<uint8_t>(bytes[ifd]) | static_cast<uint8_t>(bytes[ifd + 1]) << 8;
+  bool patched = false;
+  for (int k = 0; k < entries; ++k) {
+    const size_t at = ifd + 2 + 12 * static_cast<size_t>(k);
+    if ((static_cast<uint8_t>(bytes[at]) | static_cast<uint8_t>(bytes[at + 1]) << 8) == 256) {
+      bytes[at + 8] = static_cast<char>(60000 & 0xff);
+      bytes[at + 9] = static_cast<char>(60000 >> 8);
+      patched = true;
+    }
+  }
+  REQUIRE(patched);
+  std::ofstream(dir / "huge.tif", std::ios::binary) << bytes;
+  const std::string what = error_of([&] { read_tiff((dir / "huge.tif").string()); });
+  CAPTURE(what);
+  CHECK(what.find("more than its") != std::string::npos);
+  fs::remove_all(dir);
+}
+
+TEST_CASE("TIFF written and read back: 8 and 16 bits, floats, channels, every compression, tags kept") {
+  const fs::path dir = temp_dir();
+  const Tensor labels = make({3, 17, 23}, DType::u8, [](int64_t i) { return double((i * 7) % 5); });
+  const Tensor big = make({2, 9, 31}, DType::i32, [](int64_t i) { return double((i * 2654435761u) % 65536); });
+  const Tensor probs = make({2, 5, 6, 3}, DType::f32, [](int64_t i) { return std::ldexp(double(i % 97) - 40, -5); });
+  for (TiffCompression c : {TiffCompression::none, TiffCompression::lzw, TiffCompression::deflate}) {
+    CAPTURE(static_cast<int>(c));
+    TiffWriteOptions o;
+    o.compression = c;
+    write_tiff((dir / "labels.tif").string(), labels, o);
+    TiffVolume v = read_tiff((dir / "labels.tif").string());
+    CHECK(v.compression == c);
+    CHECK(v.data.shape() == Shape{3, 17, 23, 1});
+    CHECK(v.data.to_vector() == labels.to_vector());
+    o.bits = 16;
+    write_tiff((dir / "big.tiff").string(), big, o);
+    v = read_tiff((dir / "big.tiff").string());
+    CHECK(v.bits == 16);
+    CHECK(v.data.to_vector() == big.to_vector());
+    o.bits = 32;
+    o.is_float = true;
+    write_tiff((dir / "probs.tif").string(), probs, o);
+    v = read_tiff((dir / "probs.tif").string());
+    CHECK(v.data.shape() == Shape{2, 5, 6, 3});
+    CHECK(v.data.to_vector() == probs.to_vector());
+  }
+  // Written like an input: same compression, resolution and description, so the same spacing.
+  const TiffVolume ij = read_tiff(kDir + "imagej_spacing.tif");
+  const Tensor seg = make({4, 5, 6}, DType::u8, [](int64_t i) { return double(i % 3); });
+  const TiffWriteOptions like = tiff_options_like(ij, seg);
+  CHECK((like.bits == 8 && !like.is_float));
+  write_tiff((dir / "seg.tif").string(), seg, like);
+  const TiffVolume back = read_tiff((dir / "seg.tif").string());
+  for (int a = 0; a < 3; ++a) CHECK(back.spacing[a] == doctest::Approx(ij.spacing[a]).epsilon(1e-6));
+  // More than 255 classes: 16-bit labels, not a wrap to class 1.
+  CHECK(tiff_options_like(ij, make({1, 2, 2}, DType::i32, [](int64_t i) { return 254.0 + double(i); })).bits == 16);
+  fs::remove_all(dir);
+}
+
+TEST_CASE("TIFF writing refuses values the samples cannot hold and leaves no file") {
+  const fs::path dir = temp_dir();
+  const std::string out = (dir / "x.tif").string();
+  TiffWriteOptions o;
+  const Tensor over = make({1, 2, 2}, DType::i32, [](int64_t i) { return i == 3 ? 256.0 : 1.0; });
+  std::string what = error_of([&] { write_tiff(out, over, o); });
+  CHECK(what.find("value 256") != std::string::npos);
+  CHECK(what.find("8-bit unsigned") != std::string::npos);
+  const Tensor half = make({1, 2, 2}, DType::f32, [](int64_t i) { return i == 1 ? 0.5 : 1.0; });
+  CHECK(error_of([&] { write_tiff(out, half, o); }).find("value 0.5") != std::string::npos);
+  const Tensor nan = make({1, 2, 2}, DType::f32, [](int64_t i) { return i == 2 ? std::nan("") : 1.0; });
+  o.bits = 32;
+  o.is_float = true;
+  CHECK(error_of([&] { write_tiff(out, nan, o); }).find("cannot be written") != std::string::npos);
+  CHECK(error_of([&] { write_tiff((dir / "x.nii").string(), half, o); }).find(".tif or .tiff") != std::string::npos);
+  CHECK(fs::is_empty(dir));
+  fs::remove_all(dir);
+}
+
+TEST_CASE("TIFF files we write read the same in tifffile") {
+  if (std::system("/usr/bin/python3 -c 'import tifffile' >/dev/null 2>&1") != 0) {
+    MESSAGE("skipped: /usr/bin/python3 has no tifffile (Debian python3-tifffile)");
+    return;
+  }
+  const fs::path dir = temp_dir();
+  const Tensor probs = make({3, 5, 6, 2}, DType::f32, [](int64_t i) { return std::ldexp(double(i % 89) - 30, -4); });
+  const Tensor labels = make({2, 7, 9}, DType::i32, [](int64_t i) { return double((i * 40503) % 65536); });
+  TiffWriteOptions f;
+  f.bits = 32;
+  f.is_float = true;
+  write_tiff((dir / "probs.tif").string(), probs, f);
+  TiffWriteOptions l;
+  l.bits = 16;
+  l.compression = TiffCompression::none;
+  write_tiff((dir / "labels.tif").string(), labels, l);
+  // tifffile's arrays as little-endian f32 in [z, y, x, c] order.
+  const std::string py =
+      "import sys, numpy as np, tifffile\n"
+      "for name in sys.argv[1:]:\n"
+      "    a = tifffile.imread(name).astype(np.float32)\n"
+      "    a.reshape(-1).astype('<f4').tofile(name + '.f32')\n";
+  std::ofstream(dir / "dump.py") << py;
+  const std::string cmd = "/usr/bin/python3 " + (dir / "dump.py").string() + " " + (dir / "probs.tif").string() + " " +
+                          (dir / "labels.tif").string();
+  REQUIRE(std::system(cmd.c_str()) == 0);
+  for (const auto& [name, t] : {std::pair{"probs.tif", probs}, std::pair{"labels.tif", labels}}) {
+    CAPTURE(name);
+    std::ifstream in(dir / (std::string(name) + ".f32"), std::ios::binary);
+    std::vector<float> got(static_cast<size_t>(t.numel()));
+    in.read(reinterpret_cast<char*>(got.data()), static_cast<std::streamsize>(got.size() * sizeof(float)));
+    CHECK(in.gcount() == static_cast<std::streamsize>(got.size() * sizeof(float)));
+    CHECK(got == t.to_vector());
+  }
+  fs::remove_all(dir);
+}
