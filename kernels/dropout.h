@@ -1,0 +1,35 @@
+// Inverted dropout whose mask is a function of (seed, element index) alone, so the forward pass and the backward pass
+// recompute it instead of storing it, and every backend drops the same elements: element i is kept when
+// dropout_keeps(seed, i, p) and then scaled by 1 / (1 - p), otherwise 0. The table of entry points the engine
+// dispatches through, one per backend (kernels::cpu::dropout_kernels in kernels/cpu/dropout.h,
+// kernels::cuda::dropout_kernels in kernels/cuda/dropout.cuh).
+#pragma once
+#include <cstdint>
+
+#include "kernels/common/dtype.h"
+#include "kernels/cuda/stream.h"
+
+#if defined(__CUDACC__)
+#define UNET_HOST_DEVICE __host__ __device__
+#else
+#define UNET_HOST_DEVICE
+#endif
+
+namespace unet::kernels {
+
+// splitmix64's finaliser of seed + (i + 1) * golden ratio; its top 24 bits as a uniform u in [0, 1); kept when u >= p.
+UNET_HOST_DEVICE inline bool dropout_keeps(uint64_t seed, uint64_t i, float p) {
+  uint64_t z = seed + (i + 1) * 0x9e3779b97f4a7c15ull;
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+  z ^= z >> 31;
+  return static_cast<float>(z >> 40) * (1.0f / 16777216.0f) >= p;
+}
+
+struct DropoutKernels {
+  // y[i] = dropout_keeps(seed, i, p) ? x[i] * scale : 0, computed in f32 and rounded to dt (f32, f16 or bf16) once.
+  // The forward pass (x -> y) and the backward pass (dy -> dx) are the same call with scale = 1 / (1 - p).
+  void (*apply)(DType dt, uint64_t seed, float p, float scale, const void* x, void* y, int64_t n, cudaStream_t stream);
+};
+
+}  // namespace unet::kernels
