@@ -1,6 +1,6 @@
-// The kernels UNet2D adds (max pooling, the crop / pad box copy, seeded dropout): the CPU kernels against naive
-// references written here, and the CUDA kernels under the device emulator against the CPU, bit for bit, under every
-// schedule, in f32, f16 and bf16 where the kernel computes.
+// The kernels UNet2D adds (max pooling, the crop / pad box copy, seeded dropout, bias addition): the CPU kernels
+// against naive references written here, and the CUDA kernels under the device emulator against the CPU, bit for bit,
+// under every schedule, in f32, f16 and bf16 where the kernel computes.
 #include <cmath>
 #include <cstring>
 #include <limits>
@@ -8,9 +8,11 @@
 
 #include "engine/random.h"
 #include "kernels/common/dtype.h"
+#include "kernels/cpu/bias.h"
 #include "kernels/cpu/crop.h"
 #include "kernels/cpu/dropout.h"
 #include "kernels/cpu/pool.h"
+#include "kernels/cuda/bias.cuh"
 #include "kernels/cuda/crop.cuh"
 #include "kernels/cuda/dropout.cuh"
 #include "kernels/cuda/pool.cuh"
@@ -197,4 +199,28 @@ TEST_CASE("dropout: the mask depends on (seed, index) only, keeps a 1 - p share,
   int64_t same = 0;
   for (uint64_t i = 0; i < 10000; ++i) same += kernels::dropout_keeps(1, i, 0.5f) == kernels::dropout_keeps(2, i, 0.5f);
   CHECK(std::abs(same - 5000) < 300);
+}
+
+TEST_CASE("bias addition: the CPU rounds y + bias once per element and CUDA equals it") {
+  const int64_t rows = 1037, channels = 5;
+  Rng rng(3);
+  std::vector<float> y(static_cast<size_t>(rows * channels)), bias(static_cast<size_t>(channels));
+  for (float& v : y) v = static_cast<float>(rng.normal());
+  for (float& v : bias) v = static_cast<float>(rng.normal());
+  for (DType dt : {DType::f32, DType::f16, DType::bf16}) {
+    CAPTURE(dtype_name(dt));
+    const std::vector<uint8_t> yb = encode(y, dt);
+    std::vector<uint8_t> cpu = yb;
+    kernels::cpu::bias_add(dt, rows, channels, bias.data(), cpu.data());
+    for (int64_t i = 0; i < rows * channels; ++i) {
+      const float want = decode(encode({decode(yb, dt, size_t(i)) + bias[size_t(i % channels)]}, dt), dt, 0);
+      REQUIRE(decode(cpu, dt, size_t(i)) == want);
+    }
+    const auto cuda = under_every_schedule([&] {
+      std::vector<uint8_t> out = yb;
+      kernels::cuda::bias_add(dt, rows, channels, bias.data(), out.data(), nullptr);
+      return out;
+    });
+    CHECK(cuda == cpu);
+  }
 }
