@@ -30,6 +30,12 @@ Tensor conv(const Tensor& x, const Tensor& w, const Tensor& bias, const std::vec
 // Transposed convolution with kernel == stride (non-overlapping windows), as nnU-Net's upsampling:
 // x [N, spatial..., C], w [K, kernel..., C] (K = output channels), bias [K] or undefined; out spatial = in * kernel.
 Tensor conv_transpose(const Tensor& x, const Tensor& w, const Tensor& bias);
+// Transposed convolution with any kernel, stride and padding, as PyTorch's ConvTranspose2d / 3d
+// (engine/ops/conv_transpose_general.cpp): x [N, spatial..., C_in], w [C_in, kernel..., C_out] (PyTorch's
+// [C_in, C_out, kernel...] with C_out moved last), bias [C_out] or undefined; out spatial =
+// (in - 1) * stride - 2 pad + kernel + output_pad, 0 <= output_pad < stride (empty: zeros).
+Tensor conv_transpose_general(const Tensor& x, const Tensor& w, const Tensor& bias, const std::vector<int>& stride,
+                              const std::vector<int>& pad, const std::vector<int>& output_pad = {});
 
 // ---- normalisation and activations (engine/ops/norm.cpp, engine/ops/activation.cpp) ----
 // Instance norm: per (sample, channel) over all spatial positions, biased variance, then gamma * xhat + beta.
@@ -53,12 +59,24 @@ Tensor concat_channels(const std::vector<Tensor>& xs);                     // al
 Tensor upsample_nearest(const Tensor& x, const std::vector<int>& factor);  // integer factor per spatial axis
 Tensor cast(const Tensor& x, DType dtype);  // f32 <-> f16 <-> bf16, round to nearest even; gradient cast back
 Tensor argmax_channels(const Tensor& x);    // [N, spatial..., C] -> i32 [N, spatial...]; first maximum wins; no grad
+// The box [start, start + size) of the spatial axes, zeros where it leaves x (start may be negative, the box larger
+// than x): UNet2D's centre crop and zero padding alike (engine/ops/crop.cpp). Any dtype.
+Tensor crop(const Tensor& x, const std::vector<int64_t>& start, const std::vector<int64_t>& size);
+
+// ---- pooling and dropout (engine/ops/pool.cpp, engine/ops/dropout.cpp) ----
+// Max pooling of x [N, H, W, C] or [N, D, H, W, C] with window == stride (PyTorch's MaxPool2d(k) / MaxPool3d(k)):
+// out size floor(in / window); ties go to the first element of the window, NaN propagates.
+Tensor max_pool(const Tensor& x, const std::vector<int>& window);
+// Inverted dropout: each element kept with probability 1 - p and scaled by 1 / (1 - p), else 0; 0 <= p < 1. The mask is
+// a function of (seed, element index) only: the same on every backend, recomputed by backward. Call it in training
+// only, with a seed per step and layer.
+Tensor dropout(const Tensor& x, float p, uint64_t seed);
 
 // ---- losses (engine/ops/loss.cpp) ----
 // nnU-Net DiceCE (docs/reference.md, "DiceCE loss"): p = softmax over channels of logits [N, spatial..., C] (f32);
 // labels i32 or u8, [N, spatial...] or [N, spatial..., 1], values in [0, C).
-// D = mean over foreground classes c >= 1 of 1 - (2 sum p y + 1e-5) / (sum p + sum y + 1e-5), sums over batch and space;
-// CE = mean over all voxels of -log p[label]. Returns D + CE as a [1] tensor on the logits' device; *parts (when
+// D = mean over foreground classes c >= 1 of 1 - (2 sum p y + 1e-5) / (sum p + sum y + 1e-5), sums over batch and
+// space; CE = mean over all voxels of -log p[label]. Returns D + CE as a [1] tensor on the logits' device; *parts (when
 // given) receives [D, CE] there too, so nothing waits for a device. A label outside [0, C) is an error naming the voxel
 // on the cpu; on a CUDA device (where checking would mean waiting) it makes the loss and its parts NaN.
 // With a comm of several ranks (data parallel, engine/comm.h), logits and labels are this rank's share of the global

@@ -1,6 +1,7 @@
 // Ops against golden values computed once by PyTorch (tests/golden/make_golden.py -> ops_golden.json):
 // outputs and the gradients of sum(output * r) for convolution (stride 1, stride 2, kernel [1,3,3], 2D),
-// transposed convolution, instance norm, leaky ReLU and the DiceCE loss.
+// transposed convolution (kernel == stride, and any kernel, stride and padding), max pooling, instance norm, leaky
+// ReLU and the DiceCE loss.
 #include <fstream>
 #include <nlohmann/json.hpp>
 
@@ -96,5 +97,31 @@ TEST_CASE("DiceCE loss value, parts and logit gradient match PyTorch (MONAI Dice
     CHECK(dice == doctest::Approx(c["dice"].get<double>()).epsilon(1e-5));
     CHECK(ce == doctest::Approx(c["ce"].get<double>()).epsilon(1e-5));
     check_against_golden(c, loss, {{"logits", logits}}, 1e-4, 1e-7);
+  }
+}
+
+TEST_CASE(
+    "conv_transpose_general matches PyTorch's ConvTranspose: UNet2D's TF 'same' (padding 0, first 2n kept), padded, "
+    "anisotropic") {
+  for (const char* name : {"conv_transpose2d_tf_same", "conv_transpose3d_k3s2p1op1", "conv_transpose2d_k4s3p1"}) {
+    CAPTURE(name);
+    const json& c = golden_case(name);
+    Tensor x = input(c, "x"), w = input(c, "w"), b = input(c, "bias");
+    Tensor y = ops::conv_transpose_general(x, w, b, c["stride"].get<std::vector<int>>(),
+                                           c["pad"].get<std::vector<int>>(), c["output_pad"].get<std::vector<int>>());
+    if (c.contains("keep")) {
+      const auto keep = c["keep"].get<std::vector<int64_t>>();
+      y = ops::crop(y, std::vector<int64_t>(keep.size(), 0), keep);
+    }
+    check_against_golden(c, y, {{"x", x}, {"w", w}, {"bias", b}});
+  }
+}
+
+TEST_CASE("max_pool matches PyTorch's MaxPool2d / MaxPool3d, ties included") {
+  for (const char* name : {"max_pool2d", "max_pool3d_122"}) {
+    CAPTURE(name);
+    const json& c = golden_case(name);
+    Tensor x = input(c, "x");
+    check_against_golden(c, ops::max_pool(x, c["window"].get<std::vector<int>>()), {{"x", x}}, 0, 1e-30);  // exact
   }
 }

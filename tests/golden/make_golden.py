@@ -108,6 +108,34 @@ def dice_ce_case(name, n, classes, spatial, absent_class=None):
     return case
 
 
+def conv_transpose_general_case(name, n, c, k, spatial, kernel, stride, pad, output_pad, keep=None):
+    """ConvTranspose with any kernel, stride and padding; keep = the first `keep` outputs per axis (TF's "same")."""
+    conv_t = F.conv_transpose3d if len(spatial) == 3 else F.conv_transpose2d
+    x = torch.randn(n, c, *spatial, requires_grad=True)
+    w = (torch.randn(c, k, *kernel) * 0.3).requires_grad_()
+    b = torch.randn(k, requires_grad=True)
+    y = conv_t(x, w, b, stride=stride, padding=pad, output_padding=output_pad)
+    if keep is not None:
+        y = y[(slice(None), slice(None)) + tuple(slice(0, m) for m in keep)]
+    r = torch.randn_like(y)
+    (y * r).sum().backward()
+    meta = {"stride": list(stride), "pad": list(pad), "output_pad": list(output_pad)}
+    if keep is not None:
+        meta["keep"] = list(keep)
+    return record(name, {"x": act(x), "w": conv_w(w), "bias": b, "r": act(r)}, act(y),
+                  {"x": act(x.grad), "w": conv_w(w.grad), "bias": b.grad}, meta)
+
+
+def max_pool_case(name, n, c, spatial, window):
+    x = torch.round(torch.randn(n, c, *spatial) * 4) / 4  # ties
+    x.requires_grad_()
+    pool = F.max_pool3d if len(spatial) == 3 else F.max_pool2d
+    y = pool(x, window)
+    r = torch.randn_like(y)
+    (y * r).sum().backward()
+    return record(name, {"x": act(x), "r": act(r)}, act(y), {"x": act(x.grad)}, {"window": list(window)})
+
+
 cases = [
     conv_case("conv3d_stride1", 2, 3, 4, (6, 7, 5), (3, 3, 3), (1, 1, 1), (1, 1, 1)),
     conv_case("conv3d_stride2", 2, 3, 5, (7, 6, 5), (3, 3, 3), (2, 2, 2), (1, 1, 1)),
@@ -119,6 +147,14 @@ cases = [
     leaky_relu_case("leaky_relu", (2, 3, 4, 5, 3), 0.01),
     dice_ce_case("dice_ce3d", 2, 3, (5, 6, 4)),
     dice_ce_case("dice_ce2d_absent_class", 2, 4, (7, 6), absent_class=2),
+    # UNet2D's up-convolution: kernel 3, stride 2, TF "same" = PyTorch padding 0 keeping the first 2n outputs.
+    conv_transpose_general_case("conv_transpose2d_tf_same", 2, 4, 3, (5, 6), (3, 3), (2, 2), (0, 0), (0, 0),
+                                keep=(10, 12)),
+    conv_transpose_general_case("conv_transpose3d_k3s2p1op1", 1, 3, 2, (3, 4, 2), (3, 3, 3), (2, 2, 2), (1, 1, 1),
+                                (1, 1, 1)),
+    conv_transpose_general_case("conv_transpose2d_k4s3p1", 2, 2, 3, (4, 3), (4, 2), (3, 1), (1, 0), (0, 0)),
+    max_pool_case("max_pool2d", 2, 3, (9, 11), (2, 2)),
+    max_pool_case("max_pool3d_122", 1, 2, (3, 6, 7), (1, 2, 2)),
 ]
 
 out = os.path.join(os.path.dirname(os.path.abspath(__file__)), "ops_golden.json")

@@ -1,0 +1,43 @@
+// ops::dropout: inverted dropout (kernels/dropout.h) whose mask is a function of (seed, element index), so backward
+// recomputes it and every backend drops the same elements for the same seed.
+#include <cmath>
+#include <string>
+
+#include "engine/autograd.h"
+#include "engine/backend.h"
+#include "engine/ops.h"
+#include "kernels/cpu/dropout.h"
+#include "kernels/cuda/dropout.cuh"
+
+namespace unet::ops {
+namespace {
+
+void run_dropout(DType dt, uint64_t seed, float p, float scale, const Tensor& x, const Tensor& y) {
+  if (backend::on_cuda(x))
+    UNET_CUDA_KERNEL("dropout",
+                     kernels::cuda::dropout_apply(dt, seed, p, scale, x.raw(), y.raw(), x.numel(), backend::stream(x)));
+  else
+    kernels::cpu::dropout_apply(dt, seed, p, scale, x.raw(), y.raw(), x.numel());
+}
+
+}  // namespace
+
+Tensor dropout(const Tensor& x, float p, uint64_t seed) {
+  check_arg(x.defined(), "dropout: undefined input");
+  check_arg(backend::is_float(x.dtype()), "dropout: expected f32, f16 or bf16, got " + x.describe());
+  check_arg(p >= 0.f && p < 1.f, "dropout: probability " + std::to_string(p) + " (expected 0 <= p < 1)");
+  const DType dt = x.dtype();
+  const float scale = 1.f / (1.f - p);
+  Tensor y = Tensor::empty(x.shape(), dt, x.device());
+  run_dropout(dt, seed, p, scale, x, y);
+  if (autograd::should_record({x})) {
+    autograd::record("dropout", {x}, {y}, [dt, seed, p, scale](const std::vector<Tensor>& g) {
+      Tensor dx = Tensor::empty(g[0].shape(), dt, g[0].device());
+      run_dropout(dt, seed, p, scale, g[0], dx);
+      return std::vector<Tensor>{dx};
+    });
+  }
+  return y;
+}
+
+}  // namespace unet::ops
