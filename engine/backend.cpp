@@ -1,14 +1,57 @@
-// The backend helpers of engine/backend.h.
+// The backend helpers of engine/backend.h, and the one place that names each backend's kernel tables.
 #include "engine/backend.h"
 
 #include <stdexcept>
 
-#include "kernels/cuda/elementwise.cuh"
+#include "kernels/cpu/activation.h"
+#include "kernels/cpu/blend.h"
+#include "kernels/cpu/conv.h"
+#include "kernels/cpu/conv_transpose.h"
 #include "kernels/cpu/elementwise.h"
+#include "kernels/cpu/loss.h"
+#include "kernels/cpu/norm.h"
+#include "kernels/cpu/optim.h"
 #include "kernels/cpu/shape.h"
+#include "kernels/cuda/activation.cuh"
+#include "kernels/cuda/blend.cuh"
+#include "kernels/cuda/conv.cuh"
+#include "kernels/cuda/conv_transpose.cuh"
+#include "kernels/cuda/elementwise.cuh"
+#include "kernels/cuda/loss.cuh"
+#include "kernels/cuda/norm.cuh"
+#include "kernels/cuda/optim.cuh"
 #include "kernels/cuda/shape.cuh"
 
+#ifndef UNET_HAVE_CUDA_KERNELS
+#define UNET_HAVE_CUDA_KERNELS 0
+#endif
+
 namespace unet::backend {
+namespace {
+
+const Kernels cpu_kernels{
+    kernels::cpu::activation_kernels,     kernels::cpu::blend_kernels,       kernels::cpu::conv_kernels,
+    kernels::cpu::conv_transpose_kernels, kernels::cpu::elementwise_kernels, kernels::cpu::loss_kernels,
+    kernels::cpu::norm_kernels,           kernels::cpu::optim_kernels,       kernels::cpu::shape_kernels};
+
+#if UNET_HAVE_CUDA_KERNELS  // kernels/cuda/*.cu built, by nvcc (GPU build) or against the emulator
+const Kernels cuda_kernels{
+    kernels::cuda::activation_kernels,     kernels::cuda::blend_kernels,       kernels::cuda::conv_kernels,
+    kernels::cuda::conv_transpose_kernels, kernels::cuda::elementwise_kernels, kernels::cuda::loss_kernels,
+    kernels::cuda::norm_kernels,           kernels::cuda::optim_kernels,       kernels::cuda::shape_kernels};
+#endif
+
+}  // namespace
+
+const Kernels& kernels_for(Device d) {
+  if (d == Device::cpu) return cpu_kernels;
+#if UNET_HAVE_CUDA_KERNELS
+  return cuda_kernels;
+#else
+  throw std::runtime_error(std::string(device_name(d)) +
+                           ": this build has no CUDA kernels (the CUDA toolkit was not found)");
+#endif
+}
 
 void check_device(const char* op, Device d, const std::vector<Tensor>& ts) {
   for (const Tensor& t : ts)
@@ -19,24 +62,14 @@ void check_device(const char* op, Device d, const std::vector<Tensor>& ts) {
     }
 }
 
-void no_cuda_kernels(const char* op) {
-  throw std::runtime_error(std::string(op) + ": this build has no CUDA kernels (the CUDA toolkit was not found)");
-}
-
 void add_into(const Tensor& a, const Tensor& b, const Tensor& out) {
-  if (on_cuda(a))
-    UNET_CUDA_KERNEL("add", kernels::cuda::add(a.dtype(), a.raw(), b.raw(), out.raw(), a.numel(), stream(a)));
-  else
-    kernels::cpu::add(a.dtype(), a.raw(), b.raw(), out.raw(), a.numel());
+  kernels_for(a).elementwise.add(a.dtype(), a.raw(), b.raw(), out.raw(), a.numel(), stream(a));
 }
 
 Tensor converted(const Tensor& x, DType dt) {
   if (x.dtype() == dt) return x;
   Tensor y = Tensor::empty(x.shape(), dt, x.device());
-  if (on_cuda(x))
-    UNET_CUDA_KERNEL("cast", kernels::cuda::cast(x.dtype(), x.raw(), dt, y.raw(), x.numel(), stream(x)));
-  else
-    kernels::cpu::cast(x.dtype(), x.raw(), dt, y.raw(), x.numel());
+  kernels_for(x).shape.cast(x.dtype(), x.raw(), dt, y.raw(), x.numel(), stream(x));
   return y;
 }
 

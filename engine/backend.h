@@ -1,8 +1,10 @@
 // Which kernels run a tensor's computation, for engine code (the ops in engine/ops/*.cpp, gradient accumulation in
-// autograd, the optimizers): a tensor on Device::cpu runs kernels::cpu::, one on Device::cuda_emu (the default
-// build's emulator) or Device::cuda (the GPU build, UNET_CUDA_RUNTIME=ON) runs kernels::cuda:: on the device's
-// default stream. Every tensor an op reads must be on one device; its outputs are created there. Below the ops and
-// autograd, so that neither includes the other's internals.
+// autograd, the optimizers, the sliding window): kernels_for(device) is the one dispatch point. It gives the backend's
+// kernel tables (kernels/<op>.h: one struct of entry points per op family, defined by each backend as
+// kernels::cpu::<op>_kernels and kernels::cuda::<op>_kernels): a tensor on Device::cpu runs kernels::cpu::, one on
+// Device::cuda_emu (the default build's emulator) or Device::cuda (the GPU build, UNET_CUDA_RUNTIME=ON) runs
+// kernels::cuda:: on the device's default stream, stream(t). Every tensor an op reads must be on one device; its
+// outputs are created there. Below the ops and autograd, so that neither includes the other's internals.
 #pragma once
 #include <string>
 #include <vector>
@@ -10,19 +12,43 @@
 #include "engine/device.h"
 #include "engine/tensor.h"
 
-#ifndef UNET_HAVE_CUDA_KERNELS
-#define UNET_HAVE_CUDA_KERNELS 0
-#endif
+namespace unet::kernels {
+struct ActivationKernels;
+struct BlendKernels;
+struct ConvKernels;
+struct ConvTransposeKernels;
+struct ElementwiseKernels;
+struct LossKernels;
+struct NormKernels;
+struct OptimKernels;
+struct ShapeKernels;
+}  // namespace unet::kernels
 
 namespace unet::backend {
 
-inline bool on_cuda(const Tensor& t) { return t.device() != Device::cpu; }
+// One backend's kernel tables; a caller includes kernels/<op>.h for the table it calls.
+struct Kernels {
+  const kernels::ActivationKernels& activation;
+  const kernels::BlendKernels& blend;
+  const kernels::ConvKernels& conv;
+  const kernels::ConvTransposeKernels& conv_transpose;
+  const kernels::ElementwiseKernels& elementwise;
+  const kernels::LossKernels& loss;
+  const kernels::NormKernels& norm;
+  const kernels::OptimKernels& optim;
+  const kernels::ShapeKernels& shape;
+};
+
+// The kernels of device d. Throws std::runtime_error for cuda / cuda-emu in a build without the CUDA kernels (no CUDA
+// toolkit headers).
+const Kernels& kernels_for(Device d);
+inline const Kernels& kernels_for(const Tensor& t) {
+  return kernels_for(t.device());
+}
 inline cudaStream_t stream(const Tensor& t) { return device::default_stream(t.device()); }
 
 // Throws std::invalid_argument (naming `op` and the tensors) unless every defined tensor is on `d`.
 void check_device(const char* op, Device d, const std::vector<Tensor>& ts);
-
-[[noreturn]] void no_cuda_kernels(const char* op);
 
 // out = a + b on their device (same shape and dtype; out may be a). Used by ops::add and gradient accumulation.
 void add_into(const Tensor& a, const Tensor& b, const Tensor& out);
@@ -35,11 +61,3 @@ Tensor converted(const Tensor& x, DType dt);
 inline bool is_float(DType t) { return t == DType::f32 || t == DType::f16 || t == DType::bf16; }
 
 }  // namespace unet::backend
-
-// UNET_CUDA_KERNEL(op, call): the kernels::cuda:: call, or, in a build without the CUDA kernels (no toolkit headers),
-// an error naming the op (the call text is then not compiled, so nothing refers to the missing kernels).
-#if UNET_HAVE_CUDA_KERNELS
-#define UNET_CUDA_KERNEL(op, ...) __VA_ARGS__
-#else
-#define UNET_CUDA_KERNEL(op, ...) ::unet::backend::no_cuda_kernels(op)
-#endif

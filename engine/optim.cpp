@@ -5,10 +5,9 @@
 #include <cstring>
 #include <set>
 
-#include "engine/device.h"
 #include "engine/backend.h"
-#include "kernels/cuda/optim.cuh"
-#include "kernels/cpu/optim.h"
+#include "engine/device.h"
+#include "kernels/optim.h"
 
 namespace unet {
 
@@ -17,24 +16,20 @@ std::string param_label(const Tensor& p, size_t i) {
   return "parameter " + std::to_string(i) + (p.name().empty() ? "" : " '" + p.name() + "'") + " " + p.describe();
 }
 
-// Runs a fused CUDA step (kernels::cuda::adam_step or sgd_step, passed as `launch`) over `slices` on device d:
-// allocates the launcher's workspace and the nonfinite flag on the device, and returns true when it stepped.
-template <class Slice, class Launch>
-bool cuda_step(Device d, const std::vector<Slice>& slices, Launch&& launch) {
-#if UNET_HAVE_CUDA_KERNELS
+// Runs a fused step (OptimKernels::adam_step or sgd_step of device d, passed as `step`) over `slices`: allocates the
+// step's workspace and nonfinite flag on d, and returns true when it stepped.
+template <class Slice, class Args>
+bool fused_step(Device d, void (*step)(const Slice*, size_t, const Args&, void*, int*, cudaStream_t),
+                const std::vector<Slice>& slices, const Args& args) {
   std::vector<int64_t> sizes;
   for (const Slice& s : slices) sizes.push_back(s.n);
-  Tensor work = Tensor::empty({static_cast<int64_t>(kernels::cuda::optim_workspace_bytes(sizes.data(), sizes.size()))},
-                              DType::u8, d);
+  const size_t work_bytes = backend::kernels_for(d).optim.optim_workspace_bytes(sizes.data(), sizes.size());
+  Tensor work = Tensor::empty({static_cast<int64_t>(work_bytes)}, DType::u8, d);
   Tensor flag = Tensor::zeros({1}, DType::i32, d);
-  launch(work.raw(), flag.data<int32_t>(), device::default_stream(d));
+  step(slices.data(), slices.size(), args, work.raw(), flag.data<int32_t>(), device::default_stream(d));
   int nonfinite = 0;
   device::copy(&nonfinite, Device::cpu, flag.raw(), d, sizeof nonfinite);
   return nonfinite == 0;
-#else
-  (void)d, (void)slices, (void)launch;
-  backend::no_cuda_kernels("optimizer step");
-#endif
 }
 }  // namespace
 
@@ -149,7 +144,7 @@ AdamBase::AdamBase(std::vector<Tensor> params, AdamOptions options, bool decoupl
 }
 
 bool AdamBase::apply(const std::vector<size_t>& with_grad, float inv_scale) {
-  std::vector<kernels::cpu::AdamSlice> slices;
+  std::vector<kernels::AdamSlice> slices;
   std::vector<std::pair<size_t, size_t>> created;  // (kind, param) made for this step, dropped again if it is skipped
   for (size_t i : with_grad) {
     bool c0, c1;
@@ -160,14 +155,10 @@ bool AdamBase::apply(const std::vector<size_t>& with_grad, float inv_scale) {
     slices.push_back({params_[i].data<float>(), params_[i].grad().data<float>(), m.data<float>(), v.data<float>(),
                       params_[i].numel(), param_steps_[i] + 1});
   }
-  kernels::cpu::AdamArgs args{lr_,        options_.beta1, options_.beta2, options_.eps, options_.weight_decay,
-                              decoupled_, inv_scale};
+  kernels::AdamArgs args{lr_,        options_.beta1, options_.beta2, options_.eps, options_.weight_decay,
+                         decoupled_, inv_scale};
   const Device dev = params_.empty() ? Device::cpu : params_[0].device();
-  bool ok = dev == Device::cpu ? kernels::cpu::adam_step(slices.data(), slices.size(), args)
-                               : cuda_step(dev, slices, [&](void* work, int* nonfinite, cudaStream_t stream) {
-                                   UNET_CUDA_KERNEL("Adam step", kernels::cuda::adam_step(slices.data(), slices.size(),
-                                                                                         args, work, nonfinite, stream));
-                                 });
+  bool ok = fused_step(dev, backend::kernels_for(dev).optim.adam_step, slices, args);
   if (!ok)
     for (auto [k, i] : created) state_[k][i] = Tensor();
   return ok;
@@ -183,7 +174,7 @@ SGD::SGD(std::vector<Tensor> params, SgdOptions options)
 
 bool SGD::apply(const std::vector<size_t>& with_grad, float inv_scale) {
   const bool momentum = options_.momentum != 0.0;
-  std::vector<kernels::cpu::SgdSlice> slices;
+  std::vector<kernels::SgdSlice> slices;
   std::vector<size_t> created;
   for (size_t i : with_grad) {
     float* buf = nullptr;
@@ -195,13 +186,9 @@ bool SGD::apply(const std::vector<size_t>& with_grad, float inv_scale) {
     }
     slices.push_back({params_[i].data<float>(), params_[i].grad().data<float>(), buf, params_[i].numel(), first});
   }
-  kernels::cpu::SgdArgs args{lr_, options_.momentum, options_.weight_decay, options_.nesterov, inv_scale};
+  kernels::SgdArgs args{lr_, options_.momentum, options_.weight_decay, options_.nesterov, inv_scale};
   const Device dev = params_.empty() ? Device::cpu : params_[0].device();
-  bool ok = dev == Device::cpu ? kernels::cpu::sgd_step(slices.data(), slices.size(), args)
-                               : cuda_step(dev, slices, [&](void* work, int* nonfinite, cudaStream_t stream) {
-                                   UNET_CUDA_KERNEL("SGD step", kernels::cuda::sgd_step(slices.data(), slices.size(),
-                                                                                       args, work, nonfinite, stream));
-                                 });
+  bool ok = fused_step(dev, backend::kernels_for(dev).optim.sgd_step, slices, args);
   if (!ok)
     for (size_t i : created) state_[0][i] = Tensor();
   return ok;

@@ -1,5 +1,6 @@
 // Sliding-window predictor. The padded volume and the accumulation buffers live on options.device, where the blend
-// kernels run; windows go through `predict` in batches; the blended result is normalised and cropped on the host.
+// kernels run (kernels/cpu/blend.cpp on the cpu, kernels/cuda/blend.cu on cuda and cuda-emu, through the backend's
+// table); windows go through `predict` in batches; the blended result is normalised and cropped on the host.
 #include "engine/sliding_window.h"
 
 #include <cmath>
@@ -7,41 +8,12 @@
 
 #include "engine/autograd.h"
 #include "engine/backend.h"
-#include "kernels/cpu/blend.h"
-#include "kernels/cuda/blend.cuh"
+#include "kernels/blend.h"
 
 namespace unet {
 namespace {
 
-using kernels::cpu::Dims3;
-
-// The blend kernels on device d: kernels/cpu/blend.h on the cpu, kernels/cuda/blend.cuh on cuda and cuda-emu.
-void importance_map_on(Device d, const Dims3& patch, bool gaussian, float sigma_scale, float min_value, float* map) {
-  if (d == Device::cpu)
-    kernels::cpu::importance_map(patch, gaussian, sigma_scale, min_value, map);
-  else
-    UNET_CUDA_KERNEL("sliding window", kernels::cuda::importance_map(patch, gaussian, sigma_scale, min_value, map,
-                                                                     device::default_stream(d)));
-}
-
-void extract_window_on(Device d, const float* volume, const Dims3& size, int64_t c, const Dims3& start,
-                       const Dims3& patch, const std::array<bool, 3>& flip, float* window) {
-  if (d == Device::cpu)
-    kernels::cpu::extract_window(volume, size, c, start, patch, flip, window);
-  else
-    UNET_CUDA_KERNEL("sliding window", kernels::cuda::extract_window(volume, size, c, start, patch, flip, window,
-                                                                     device::default_stream(d)));
-}
-
-void accumulate_window_on(Device d, const float* pred, const float* weight, const Dims3& patch, int64_t c,
-                          const Dims3& start, const Dims3& size, const std::array<bool, 3>& flip, float scale,
-                          float* out, float* norm) {
-  if (d == Device::cpu)
-    kernels::cpu::accumulate_window(pred, weight, patch, c, start, size, flip, scale, out, norm);
-  else
-    UNET_CUDA_KERNEL("sliding window", kernels::cuda::accumulate_window(pred, weight, patch, c, start, size, flip,
-                                                                        scale, out, norm, device::default_stream(d)));
-}
+using kernels::Dims3;
 
 // 2D sizes and offsets as 3D ones: sizes get a leading 1, offsets a leading 0.
 Dims3 to3(const std::vector<int64_t>& v, int64_t fill = 1) {
@@ -64,7 +36,8 @@ std::vector<int64_t> window_starts(int64_t size, int64_t patch, double overlap) 
 Tensor importance_map(const SlidingWindowOptions& o) {
   std::vector<int64_t> p(o.patch.begin(), o.patch.end());
   Tensor map = Tensor::empty(Shape(p.begin(), p.end()));
-  kernels::cpu::importance_map(to3(p), o.blend == Blend::gaussian, o.sigma_scale, o.min_weight, map.data<float>());
+  backend::kernels_for(map).blend.importance_map(to3(p), o.blend == Blend::gaussian, o.sigma_scale, o.min_weight,
+                                                 map.data<float>(), backend::stream(map));
   return map;
 }
 
@@ -94,6 +67,8 @@ Tensor sliding_window_predict(const Tensor& image, const PredictFn& predict, con
   check_arg(image.dtype() == DType::f32, "sliding window: expected an f32 image, got " + image.describe());
   check_arg(image.device() == Device::cpu, "sliding window: expected an image on the cpu, got " + image.describe());
   const Device dev = o.device;
+  const kernels::BlendKernels& k = backend::kernels_for(dev).blend;
+  const cudaStream_t stream = device::default_stream(dev);
   autograd::NoGradGuard no_grad;
   int64_t cin = image.dim(-1);
 
@@ -133,7 +108,7 @@ Tensor sliding_window_predict(const Tensor& image, const PredictFn& predict, con
 
   vol = vol.to(dev);
   Tensor weight = Tensor::empty(Shape(patch.end() - dims, patch.end()), DType::f32, dev);
-  importance_map_on(dev, patch, o.blend == Blend::gaussian, o.sigma_scale, o.min_weight, weight.data<float>());
+  k.importance_map(patch, o.blend == Blend::gaussian, o.sigma_scale, o.min_weight, weight.data<float>(), stream);
   Shape window_shape{0};
   for (int p : o.patch) window_shape.push_back(p);
   window_shape.push_back(cin);
@@ -152,8 +127,8 @@ Tensor sliding_window_predict(const Tensor& image, const PredictFn& predict, con
     for (int64_t b = 0; b < count; ++b) {
       int64_t item = first + b;
       const Dims3& w = windows[item / flips.size()];
-      extract_window_on(dev, vol.data<float>(), size, cin, w, patch, flips[item % flips.size()],
-                        batch.data<float>() + b * window_voxels * cin);
+      k.extract_window(vol.data<float>(), size, cin, w, patch, flips[item % flips.size()],
+                       batch.data<float>() + b * window_voxels * cin, stream);
     }
     Tensor pred = predict(batch);
     check_arg(pred.rank() == batch.rank() && pred.dim(0) == count && pred.dtype() == DType::f32 && pred.device() == dev,
@@ -170,9 +145,9 @@ Tensor sliding_window_predict(const Tensor& image, const PredictFn& predict, con
       int64_t item = first + b;
       const auto& flip = flips[item % flips.size()];
       bool first_flip = item % flips.size() == 0;  // each window's weight enters norm once
-      accumulate_window_on(dev, pred.data<float>() + b * window_voxels * cout, weight.data<float>(), patch, cout,
-                           windows[item / flips.size()], size, flip, flip_scale, out.data<float>(),
-                           first_flip ? norm.data<float>() : nullptr);
+      k.accumulate_window(pred.data<float>() + b * window_voxels * cout, weight.data<float>(), patch, cout,
+                          windows[item / flips.size()], size, flip, flip_scale, out.data<float>(),
+                          first_flip ? norm.data<float>() : nullptr, stream);
     }
   }
   out = out.to(Device::cpu);

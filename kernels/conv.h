@@ -1,5 +1,6 @@
-// Convolution, 2D and 3D, forward (fprop) and backward (dgrad, wgrad): the backend-neutral problem description. Entry
-// points: kernels/cpu/conv.h (CPU) and kernels/cuda/conv.cuh (CUDA). No autograd here (engine/ops/conv.cpp wires it).
+// Convolution, 2D and 3D, forward (fprop) and backward (dgrad, wgrad): the backend-neutral problem description and the
+// table of entry points the engine dispatches through. Entry points: kernels/cpu/conv.h (CPU) and kernels/cuda/conv.cuh
+// (CUDA), each with its table (conv_kernels). No autograd here (engine/ops/conv.cpp wires it).
 // Layouts (docs/numerics.md): x [N, D, H, W, C], w [K, T, R, S, C], y [N, Z, P, Q, K], all f32 and contiguous.
 // A 2D convolution is the 3D one with D = Z = T = 1, stride_d = 1, pad_d = 0.
 #pragma once
@@ -7,6 +8,7 @@
 #include <string>
 
 #include "kernels/common/dtype.h"
+#include "kernels/cuda/stream.h"
 
 namespace unet::kernels {
 
@@ -26,6 +28,15 @@ struct ConvProblem {
   // Multiply-adds times two of one pass (fprop, dgrad and wgrad all do the same amount of arithmetic).
   double flops() const { return 2.0 * double(N) * double(Z * P * Q) * double(K) * double(taps()) * double(C); }
   std::string describe() const;  // for messages and benchmark tables
+};
+
+// x, w, y and dx in dt (f32, f16 or bf16); bias, dw and dbias f32. The CPU ignores the stream.
+struct ConvKernels {
+  void (*conv_fprop)(const ConvProblem& p, DType dt, const void* x, const void* w, const float* bias, void* y,
+                     cudaStream_t stream);
+  void (*conv_dgrad)(const ConvProblem& p, DType dt, const void* dy, const void* w, void* dx, cudaStream_t stream);
+  void (*conv_wgrad)(const ConvProblem& p, DType dt, const void* x, const void* dy, float* dw, float* dbias,
+                     cudaStream_t stream);
 };
 
 // The four ways the convolution kernels compute: f32 (SIMT), tf32 (f32 data on the TF32 tensor cores, opted in with

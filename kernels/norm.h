@@ -1,7 +1,11 @@
 // Instance normalisation: the shape shared by the CPU (kernels/cpu/norm.h) and CUDA (kernels/cuda/norm.cuh) entry
-// points. Layout channels-last: x is [n, s, c] with s = the product of the spatial sizes; statistics per (n, c) over s.
+// points, and the table of them the engine dispatches through (one per backend, norm_kernels). Layout channels-last:
+// x is [n, s, c] with s = the product of the spatial sizes; statistics per (n, c) over s.
 #pragma once
 #include <cstdint>
+
+#include "kernels/common/dtype.h"
+#include "kernels/cuda/stream.h"
 
 namespace unet::kernels {
 
@@ -9,6 +13,24 @@ struct NormShape {
   int64_t n = 1;  // batch
   int64_t s = 1;  // spatial positions per sample
   int64_t c = 1;  // channels
+};
+
+// x, y, dy and dx in dt (f32, f16 or bf16); statistics, gamma, beta and their gradients f32; gamma and beta may be
+// null (1 and 0), as may any of dx, dgamma, dbeta not wanted. The _leaky_relu pair is the norm followed by leaky ReLU
+// (slope >= 0), whose backward reads the output y. The CPU ignores the stream and runs the norm's and the activation's
+// kernels one after the other (bitwise the two ops).
+struct NormKernels {
+  void (*instance_norm_forward)(const NormShape& sh, DType dt, const void* x, const float* gamma, const float* beta,
+                                float eps, void* y, float* mean, float* rstd, cudaStream_t stream);
+  void (*instance_norm_backward)(const NormShape& sh, DType dt, const void* x, const void* dy, const float* mean,
+                                 const float* rstd, const float* gamma, void* dx, float* dgamma, float* dbeta,
+                                 cudaStream_t stream);
+  void (*instance_norm_leaky_relu_forward)(const NormShape& sh, DType dt, const void* x, const float* gamma,
+                                           const float* beta, float eps, float slope, void* y, float* mean, float* rstd,
+                                           cudaStream_t stream);
+  void (*instance_norm_leaky_relu_backward)(const NormShape& sh, DType dt, const void* x, const void* y, const void* dy,
+                                            const float* mean, const float* rstd, const float* gamma, float slope,
+                                            void* dx, float* dgamma, float* dbeta, cudaStream_t stream);
 };
 
 }  // namespace unet::kernels

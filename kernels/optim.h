@@ -1,9 +1,12 @@
 // Optimizer steps: the parameter slices, hyperparameters and per-step constants shared by the CPU
-// (kernels/cpu/optim.h) and CUDA (kernels/cuda/optim.cuh) kernels, so the two cannot drift apart.
+// (kernels/cpu/optim.h) and CUDA (kernels/cuda/optim.cuh) kernels, so the two cannot drift apart, and the table of
+// entry points the engine dispatches through (one per backend, optim_kernels).
 #pragma once
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
+
+#include "kernels/cuda/stream.h"
 
 namespace unet::kernels {
 
@@ -51,6 +54,17 @@ struct SgdArgs {
   double lr, momentum, weight_decay;
   bool nesterov;
   float inv_scale;
+};
+
+// The table takes the CUDA entry points' form: a step writes *nonfinite = 1 (and nothing else) when a gradient *
+// inv_scale is inf or nan, else 0, in the backend's memory; workspace: optim_workspace_bytes(the slices' sizes) bytes
+// of the backend's memory (0 on the CPU, which ignores it and the stream).
+struct OptimKernels {
+  size_t (*optim_workspace_bytes)(const int64_t* sizes, size_t count);
+  void (*adam_step)(const AdamSlice* slices, size_t count, const AdamArgs& args, void* workspace, int* nonfinite,
+                    cudaStream_t stream);
+  void (*sgd_step)(const SgdSlice* slices, size_t count, const SgdArgs& args, void* workspace, int* nonfinite,
+                   cudaStream_t stream);
 };
 
 inline AdamConsts adam_consts(const AdamArgs& a, int64_t step_count) {

@@ -4,14 +4,13 @@
 #include <cmath>
 
 #include "engine/autograd.h"
-#include "engine/ops.h"
 #include "engine/backend.h"
-#include "kernels/cpu/activation.h"
-#include "kernels/cuda/activation.cuh"
+#include "engine/ops.h"
+#include "kernels/activation.h"
 
 namespace unet::ops {
 
-using backend::on_cuda;
+using backend::kernels_for;
 using backend::stream;
 
 static void check_activation_input(const Tensor& x, const char* op) {
@@ -23,19 +22,12 @@ Tensor relu(const Tensor& x) {
   check_activation_input(x, "relu");
   const DType dt = x.dtype();
   Tensor y = Tensor::empty(x.shape(), dt, x.device());
-  if (on_cuda(x))
-    UNET_CUDA_KERNEL("relu", kernels::cuda::relu_forward(dt, x.raw(), y.raw(), x.numel(), stream(x)));
-  else
-    kernels::cpu::relu_forward(dt, x.raw(), y.raw(), x.numel());
+  kernels_for(x).activation.relu_forward(dt, x.raw(), y.raw(), x.numel(), stream(x));
   if (autograd::should_record({x})) {
     Tensor saved_y = y.detach();  // detached: the node must not own its own output's autograd state (a cycle)
     autograd::record("relu", {x}, {y}, [saved_y, dt](const std::vector<Tensor>& g) {
       Tensor dx = Tensor::empty(saved_y.shape(), dt, saved_y.device());
-      if (on_cuda(saved_y))
-        UNET_CUDA_KERNEL("relu", kernels::cuda::relu_backward(dt, saved_y.raw(), g[0].raw(), dx.raw(), dx.numel(),
-                                                              stream(dx)));
-      else
-        kernels::cpu::relu_backward(dt, saved_y.raw(), g[0].raw(), dx.raw(), dx.numel());
+      kernels_for(dx).activation.relu_backward(dt, saved_y.raw(), g[0].raw(), dx.raw(), dx.numel(), stream(dx));
       return std::vector<Tensor>{dx};
     });
   }
@@ -48,20 +40,13 @@ Tensor leaky_relu(const Tensor& x, float negative_slope) {
             "leaky_relu: negative_slope must be finite, got " + std::to_string(negative_slope));
   const DType dt = x.dtype();
   Tensor y = Tensor::empty(x.shape(), dt, x.device());
-  if (on_cuda(x))
-    UNET_CUDA_KERNEL("leaky_relu",
-                     kernels::cuda::leaky_relu_forward(dt, x.raw(), negative_slope, y.raw(), x.numel(), stream(x)));
-  else
-    kernels::cpu::leaky_relu_forward(dt, x.raw(), negative_slope, y.raw(), x.numel());
+  kernels_for(x).activation.leaky_relu_forward(dt, x.raw(), negative_slope, y.raw(), x.numel(), stream(x));
   if (autograd::should_record({x})) {
     Tensor saved_x = x.detach();
     autograd::record("leaky_relu", {x}, {y}, [saved_x, negative_slope, dt](const std::vector<Tensor>& g) {
       Tensor dx = Tensor::empty(saved_x.shape(), dt, saved_x.device());
-      if (on_cuda(saved_x))
-        UNET_CUDA_KERNEL("leaky_relu", kernels::cuda::leaky_relu_backward(dt, saved_x.raw(), g[0].raw(), negative_slope,
-                                                                          dx.raw(), dx.numel(), stream(dx)));
-      else
-        kernels::cpu::leaky_relu_backward(dt, saved_x.raw(), g[0].raw(), negative_slope, dx.raw(), dx.numel());
+      kernels_for(dx).activation.leaky_relu_backward(dt, saved_x.raw(), g[0].raw(), negative_slope, dx.raw(),
+                                                     dx.numel(), stream(dx));
       return std::vector<Tensor>{dx};
     });
   }

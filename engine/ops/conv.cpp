@@ -5,10 +5,10 @@
 #include <string>
 
 #include "engine/autograd.h"
+#include "engine/backend.h"
 #include "engine/ops.h"
 #include "engine/ops/internal.h"
-#include "engine/backend.h"
-#include "kernels/cpu/conv.h"
+#include "kernels/conv.h"
 #include "kernels/cuda/conv.cuh"
 
 namespace unet::ops {
@@ -104,11 +104,7 @@ ConvForward conv_forward(const Tensor& x, const Tensor& w, const Tensor& bias, c
   r.w_used = backend::converted(w, dt);
   r.y = Tensor::empty(out_shape, dt, x.device());
   const float* b_ptr = bias.defined() ? bias.data<float>() : nullptr;
-  if (backend::on_cuda(x))
-    UNET_CUDA_KERNEL("conv", kernels::cuda::conv_fprop(p, dt, x.raw(), r.w_used.raw(), b_ptr, r.y.raw(), nullptr,
-                                                        backend::stream(x)));
-  else
-    kernels::cpu::conv_fprop(p, dt, x.raw(), r.w_used.raw(), b_ptr, r.y.raw());
+  backend::kernels_for(x).conv.conv_fprop(p, dt, x.raw(), r.w_used.raw(), b_ptr, r.y.raw(), backend::stream(x));
   return r;
 }
 
@@ -116,12 +112,10 @@ ConvGrads conv_backward(const kernels::ConvProblem& p, DType dt, const Tensor& d
                         const Shape& x_shape, const Shape& w_shape, bool need_dx, bool need_dw, bool need_dbias) {
   ConvGrads r;
   const Device dev = dy.device();
+  const kernels::ConvKernels& k = backend::kernels_for(dev).conv;
   if (need_dx) {
     r.dx = Tensor::empty(x_shape, dt, dev);
-    if (backend::on_cuda(dy))
-      UNET_CUDA_KERNEL("conv", kernels::cuda::conv_dgrad(p, dt, dy.raw(), w_used.raw(), r.dx.raw(), backend::stream(dy)));
-    else
-      kernels::cpu::conv_dgrad(p, dt, dy.raw(), w_used.raw(), r.dx.raw());
+    k.conv_dgrad(p, dt, dy.raw(), w_used.raw(), r.dx.raw(), backend::stream(dy));
   }
   if (need_dw || need_dbias) {  // dw and dbias are f32 whatever dt (the master weights' type)
     if (need_dw) r.dw = Tensor::empty(w_shape, DType::f32, dev);
@@ -129,10 +123,7 @@ ConvGrads conv_backward(const kernels::ConvProblem& p, DType dt, const Tensor& d
     float* dw_ptr = need_dw ? r.dw.data<float>() : nullptr;
     float* db_ptr = need_dbias ? r.dbias.data<float>() : nullptr;
     const void* x_ptr = need_dw ? x.raw() : nullptr;  // x is not read without dw
-    if (backend::on_cuda(dy))
-      UNET_CUDA_KERNEL("conv", kernels::cuda::conv_wgrad(p, dt, x_ptr, dy.raw(), dw_ptr, db_ptr, backend::stream(dy)));
-    else
-      kernels::cpu::conv_wgrad(p, dt, x_ptr, dy.raw(), dw_ptr, db_ptr);
+    k.conv_wgrad(p, dt, x_ptr, dy.raw(), dw_ptr, db_ptr, backend::stream(dy));
   }
   return r;
 }

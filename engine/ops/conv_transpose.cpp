@@ -3,11 +3,10 @@
 // one node whose backward computes dx, dw and dbias; it saves x only when w needs a gradient and w only when x does.
 // x may be f32, f16 or bf16 (y and dx have its type); w, bias and their gradients are f32 (the weight is rounded to x's
 // type for the kernels).
-#include "kernels/cpu/conv_transpose.h"
+#include "kernels/conv_transpose.h"
 #include "engine/autograd.h"
-#include "engine/ops.h"
 #include "engine/backend.h"
-#include "kernels/cuda/conv_transpose.cuh"
+#include "engine/ops.h"
 
 namespace unet::ops {
 
@@ -28,7 +27,7 @@ Tensor conv_transpose(const Tensor& x, const Tensor& w, const Tensor& bias) {
             args + "bias must be [K] with K = w.shape[0]");
 
   const int sr = x.rank() - 2;
-  kernels::cpu::ConvTransposeShape s;
+  kernels::ConvTransposeShape s;
   int64_t in[3] = {1, 1, 1}, ker[3] = {1, 1, 1};
   for (int i = 0; i < sr; ++i) {
     in[3 - sr + i] = x.dim(1 + i);
@@ -47,11 +46,9 @@ Tensor conv_transpose(const Tensor& x, const Tensor& w, const Tensor& bias) {
   const Tensor w_dt = backend::converted(w, dt);
   Tensor y = Tensor::empty(out_shape, dt, dev);
   const float* b_ptr = bias.defined() ? bias.data<float>() : nullptr;
-  if (y.numel() > 0 && backend::on_cuda(x))
-    UNET_CUDA_KERNEL("conv_transpose", kernels::cuda::conv_transpose_fprop(s, dt, x.raw(), w_dt.raw(), b_ptr, y.raw(),
-                                                                           backend::stream(x)));
-  else if (y.numel() > 0)
-    kernels::cpu::conv_transpose_fprop(s, dt, x.raw(), w_dt.raw(), b_ptr, y.raw());
+  if (y.numel() > 0)
+    backend::kernels_for(x).conv_transpose.conv_transpose_fprop(s, dt, x.raw(), w_dt.raw(), b_ptr, y.raw(),
+                                                                backend::stream(x));
 
   if (autograd::should_record({x, w, bias})) {
     const bool need_dx = x.requires_grad(), need_dw = w.requires_grad();
@@ -61,14 +58,11 @@ Tensor conv_transpose(const Tensor& x, const Tensor& w, const Tensor& bias) {
     Shape x_shape = x.shape(), w_shape = w.shape();
     autograd::record("conv_transpose", {x, w, bias}, {y}, [=](const std::vector<Tensor>& grads) {
       const Tensor& dy = grads[0];
+      const kernels::ConvTransposeKernels& k = backend::kernels_for(dy).conv_transpose;
       Tensor dx, dw, db;
       if (need_dx) {
         dx = Tensor::empty(x_shape, dt, dev);
-        if (dx.numel() > 0 && backend::on_cuda(dy))
-          UNET_CUDA_KERNEL("conv_transpose", kernels::cuda::conv_transpose_dgrad(s, dt, dy.raw(), saved_w.raw(),
-                                                                                 dx.raw(), backend::stream(dy)));
-        else if (dx.numel() > 0)
-          kernels::cpu::conv_transpose_dgrad(s, dt, dy.raw(), saved_w.raw(), dx.raw());
+        if (dx.numel() > 0) k.conv_transpose_dgrad(s, dt, dy.raw(), saved_w.raw(), dx.raw(), backend::stream(dy));
       }
       if (need_dw || need_db) {
         if (need_dw) dw = Tensor::empty(w_shape, DType::f32, dev);
@@ -76,11 +70,7 @@ Tensor conv_transpose(const Tensor& x, const Tensor& w, const Tensor& bias) {
         const void* x_ptr = need_dw ? saved_x.raw() : nullptr;
         float* dw_ptr = need_dw ? dw.data<float>() : nullptr;
         float* db_ptr = need_db ? db.data<float>() : nullptr;
-        if (backend::on_cuda(dy))
-          UNET_CUDA_KERNEL("conv_transpose", kernels::cuda::conv_transpose_wgrad(s, dt, x_ptr, dy.raw(), dw_ptr, db_ptr,
-                                                                                 backend::stream(dy)));
-        else
-          kernels::cpu::conv_transpose_wgrad(s, dt, x_ptr, dy.raw(), dw_ptr, db_ptr);
+        k.conv_transpose_wgrad(s, dt, x_ptr, dy.raw(), dw_ptr, db_ptr, backend::stream(dy));
       }
       return std::vector<Tensor>{dx, dw, db};
     });

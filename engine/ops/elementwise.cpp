@@ -1,9 +1,9 @@
 // Elementwise ops: add, scale, sum (used by residual blocks, loss weighting and tests).
-#include "engine/autograd.h"
-#include "engine/ops.h"
-#include "engine/backend.h"
-#include "kernels/cuda/elementwise.cuh"
 #include "kernels/cpu/elementwise.h"
+#include "engine/autograd.h"
+#include "engine/backend.h"
+#include "engine/ops.h"
+#include "kernels/elementwise.h"
 
 namespace unet::ops {
 
@@ -25,11 +25,7 @@ Tensor add(const Tensor& a, const Tensor& b) {
 
 static Tensor scaled(const Tensor& a, float alpha) {
   Tensor out = Tensor::empty(a.shape(), DType::f32, a.device());
-  if (backend::on_cuda(a))
-    UNET_CUDA_KERNEL("scale", kernels::cuda::scale(a.data<float>(), alpha, out.data<float>(), a.numel(),
-                                                   backend::stream(a)));
-  else
-    kernels::cpu::scale(a.data<float>(), alpha, out.data<float>(), a.numel());
+  backend::kernels_for(a).elementwise.scale(a.data<float>(), alpha, out.data<float>(), a.numel(), backend::stream(a));
   return out;
 }
 

@@ -18,8 +18,7 @@
 #include "engine/backend.h"
 #include "engine/comm.h"
 #include "engine/ops.h"
-#include "kernels/cpu/loss.h"
-#include "kernels/cuda/loss.cuh"
+#include "kernels/loss.h"
 
 namespace unet::ops {
 
@@ -57,41 +56,27 @@ Tensor dice_ce_loss(const Tensor& logits, const Tensor& labels, Tensor* parts, C
   Tensor coef = Tensor::empty({2 * C}, DType::f32, dev);  // a [C] then b [C]
   float* a = coef.data<float>();
   float* b = a + C;
-  if (backend::on_cuda(logits)) {
-#if UNET_HAVE_CUDA_KERNELS
-    check_arg(n <= kernels::cuda::kMaxLossChannels, "dice_ce_loss: the CUDA kernels take at most " +
-                                                         std::to_string(kernels::cuda::kMaxLossChannels) +
-                                                         " classes, got " + logits.describe());
-    const cudaStream_t s = backend::stream(logits);
-    Tensor work = Tensor::empty({static_cast<int64_t>(kernels::cuda::softmax_dice_ce_workspace_bytes(V, n))}, DType::u8,
-                                dev);
-    Tensor sums = Tensor::empty({static_cast<int64_t>(3 * n + 1) * 2}, DType::i32, dev);  // 3C + 1 doubles
-    Tensor bad = Tensor::empty({4}, DType::i32, dev);                                      // 2 int64
-    kernels::cuda::softmax_dice_ce_forward(logits.data<float>(), labels.raw(), labels.dtype(), V, n, work.raw(),
-                                           static_cast<double*>(sums.raw()), static_cast<int64_t*>(bad.raw()), s);
-    if (reduce) {  // a bad label anywhere (bad[0] >= 0, else -1) makes every rank's loss NaN
-      comm->allreduce(sums.raw(), 3 * n + 1, ScalarType::f64, ReduceOp::sum, dev);
-      comm->allreduce(bad.raw(), 1, ScalarType::i64, ReduceOp::max, dev);
-    }
-    kernels::cuda::softmax_dice_ce_finish(static_cast<const double*>(sums.raw()),
-                                          static_cast<const int64_t*>(bad.raw()), n, V_mean, kDiceSmooth,
-                                          out.data<float>(), dice_ce.data<float>(), a, b, s);
-#else
-    backend::no_cuda_kernels("dice_ce_loss");
-#endif
-  } else {
-    std::vector<double> sums(3 * static_cast<size_t>(C) + 1);
-    int64_t bad_label = 0;
-    const int64_t bad_at = kernels::cpu::softmax_dice_ce_forward(logits.data<float>(), labels.raw(), labels.dtype(), V,
-                                                                 n, sums.data(), sums.data() + C, sums.data() + 2 * C,
-                                                                 sums.data() + 3 * C, &bad_label);
-    check_arg(bad_at < 0, "dice_ce_loss: label value " + std::to_string(bad_at < 0 ? 0 : bad_label) + " at voxel " +
-                              std::to_string(bad_at) + " of " + labels.describe() + " is outside [0, " +
-                              std::to_string(C) + ")");
-    if (reduce) comm->allreduce(sums.data(), 3 * n + 1, ScalarType::f64, ReduceOp::sum, Device::cpu);
-    kernels::cpu::softmax_dice_ce_finish(sums.data(), false, n, V_mean, kDiceSmooth, out.data<float>(),
-                                         dice_ce.data<float>(), a, b);
+  const kernels::LossKernels& k = backend::kernels_for(dev).loss;
+  check_arg(n <= k.max_channels, "dice_ce_loss: the CUDA kernels take at most " + std::to_string(k.max_channels) +
+                                     " classes, got " + logits.describe());  // the CPU's take any number
+  const cudaStream_t s = backend::stream(logits);
+  Tensor work = Tensor::empty({static_cast<int64_t>(k.softmax_dice_ce_workspace_bytes(V, n))}, DType::u8, dev);
+  Tensor sums = Tensor::empty({static_cast<int64_t>(3 * n + 1) * 2}, DType::i32, dev);  // 3C + 1 doubles
+  Tensor bad = Tensor::empty({4}, DType::i32, dev);                                     // 2 int64
+  k.softmax_dice_ce_forward(logits.data<float>(), labels.raw(), labels.dtype(), V, n, work.raw(),
+                            static_cast<double*>(sums.raw()), static_cast<int64_t*>(bad.raw()), s);
+  if (dev == Device::cpu) {  // the bad label is on the host already: an error naming it (a device makes the loss NaN)
+    const int64_t* bad_at = static_cast<const int64_t*>(bad.raw());
+    check_arg(bad_at[0] < 0, "dice_ce_loss: label value " + std::to_string(bad_at[1]) + " at voxel " +
+                                 std::to_string(bad_at[0]) + " of " + labels.describe() + " is outside [0, " +
+                                 std::to_string(C) + ")");
   }
+  if (reduce) {  // a bad label anywhere (bad[0] >= 0, else -1) makes every rank's loss NaN
+    comm->allreduce(sums.raw(), 3 * n + 1, ScalarType::f64, ReduceOp::sum, dev);
+    comm->allreduce(bad.raw(), 1, ScalarType::i64, ReduceOp::max, dev);
+  }
+  k.softmax_dice_ce_finish(static_cast<const double*>(sums.raw()), static_cast<const int64_t*>(bad.raw()), n, V_mean,
+                           kDiceSmooth, out.data<float>(), dice_ce.data<float>(), a, b, s);
   if (parts) *parts = dice_ce;
 
   if (autograd::should_record({logits})) {
@@ -100,13 +85,9 @@ Tensor dice_ce_loss(const Tensor& logits, const Tensor& labels, Tensor* parts, C
           const float* a = coef.data<float>();
           const float* b = a + n;
           Tensor d = Tensor::empty(logits.shape(), DType::f32, logits.device());
-          if (backend::on_cuda(logits))
-            UNET_CUDA_KERNEL("dice_ce_loss", kernels::cuda::softmax_dice_ce_backward(
-                                                 logits.data<float>(), labels.raw(), labels.dtype(), V, V_mean, n, a, b,
-                                                 g[0].data<float>(), d.data<float>(), backend::stream(logits)));
-          else
-            kernels::cpu::softmax_dice_ce_backward(logits.data<float>(), labels.raw(), labels.dtype(), V, V_mean, n, a,
-                                                   b, g[0].data<float>(), d.data<float>());
+          backend::kernels_for(logits).loss.softmax_dice_ce_backward(logits.data<float>(), labels.raw(), labels.dtype(),
+                                                                     V, V_mean, n, a, b, g[0].data<float>(),
+                                                                     d.data<float>(), backend::stream(logits));
           return std::vector<Tensor>{d, Tensor()};  // labels get no gradient
         });
   }

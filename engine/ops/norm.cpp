@@ -10,12 +10,10 @@
 #include <optional>
 
 #include "engine/autograd.h"
+#include "engine/backend.h"
 #include "engine/ops.h"
 #include "engine/ops/internal.h"
-#include "engine/backend.h"
-#include "kernels/cuda/norm.cuh"
-#include "kernels/cpu/activation.h"
-#include "kernels/cpu/norm.h"
+#include "kernels/norm.h"
 
 namespace unet::ops::internal {
 
@@ -61,24 +59,19 @@ NormForward norm_forward(const Tensor& x, const Tensor& gamma, const Tensor& bet
   const float* b_ptr = beta.defined() ? beta.data<float>() : nullptr;
   float* mean = r.mean.data<float>();
   float* rstd = r.rstd.data<float>();
-  if (x.numel() > 0 && backend::on_cuda(x)) {
-    if (slope)
-      UNET_CUDA_KERNEL(op, kernels::cuda::instance_norm_leaky_relu_forward(sh, dt, x.raw(), g_ptr, b_ptr, eps, s,
-                                                                            r.y.raw(), mean, rstd, backend::stream(x)));
-    else
-      UNET_CUDA_KERNEL(op, kernels::cuda::instance_norm_forward(sh, dt, x.raw(), g_ptr, b_ptr, eps, r.y.raw(), mean,
-                                                                 rstd, backend::stream(x)));
-  } else if (x.numel() > 0) {
-    kernels::cpu::instance_norm_forward(sh, dt, x.raw(), g_ptr, b_ptr, eps, r.y.raw(), mean, rstd);
-    if (slope) kernels::cpu::leaky_relu_forward(dt, r.y.raw(), s, r.y.raw(), r.y.numel());  // in place
-  }
+  if (x.numel() == 0) return r;
+  const kernels::NormKernels& k = backend::kernels_for(x).norm;
+  if (slope)
+    k.instance_norm_leaky_relu_forward(sh, dt, x.raw(), g_ptr, b_ptr, eps, s, r.y.raw(), mean, rstd,
+                                       backend::stream(x));
+  else
+    k.instance_norm_forward(sh, dt, x.raw(), g_ptr, b_ptr, eps, r.y.raw(), mean, rstd, backend::stream(x));
   return r;
 }
 
 NormGrads norm_backward(const kernels::NormShape& sh, const Tensor& x, const Tensor& y, const Tensor& dy,
                         const Tensor& mean, const Tensor& rstd, const Tensor& gamma, std::optional<float> slope,
                         bool need_dx, bool need_dgamma, bool need_dbeta) {
-  [[maybe_unused]] const char* op = slope ? "instance_norm_leaky_relu" : "instance_norm";
   const Device dev = x.device();
   const DType dt = x.dtype();
   const float s = slope.value_or(0.f);
@@ -91,24 +84,13 @@ NormGrads norm_backward(const kernels::NormShape& sh, const Tensor& x, const Ten
   void* dx_p = need_dx ? r.dx.raw() : nullptr;
   float* dg_p = need_dgamma ? r.dgamma.data<float>() : nullptr;
   float* db_p = need_dbeta ? r.dbeta.data<float>() : nullptr;
-  if (backend::on_cuda(x)) {
-    if (slope)
-      UNET_CUDA_KERNEL(op, kernels::cuda::instance_norm_leaky_relu_backward(
-                               sh, dt, x.raw(), y.raw(), dy.raw(), mean.data<float>(), rstd.data<float>(), g, s, dx_p,
-                               dg_p, db_p, backend::stream(dy)));
-    else
-      UNET_CUDA_KERNEL(op, kernels::cuda::instance_norm_backward(sh, dt, x.raw(), dy.raw(), mean.data<float>(),
-                                                                  rstd.data<float>(), g, dx_p, dg_p, db_p,
-                                                                  backend::stream(dy)));
-    return r;
-  }
-  Tensor dz = dy;  // the gradient reaching the normalised value: through the activation when fused
-  if (slope) {
-    dz = Tensor::empty(x.shape(), dt, dev);
-    kernels::cpu::leaky_relu_backward(dt, y.raw(), dy.raw(), s, dz.raw(), dz.numel());
-  }
-  kernels::cpu::instance_norm_backward(sh, dt, x.raw(), dz.raw(), mean.data<float>(), rstd.data<float>(), g, dx_p,
-                                       dg_p, db_p);
+  const kernels::NormKernels& k = backend::kernels_for(x).norm;
+  if (slope)
+    k.instance_norm_leaky_relu_backward(sh, dt, x.raw(), y.raw(), dy.raw(), mean.data<float>(), rstd.data<float>(), g,
+                                        s, dx_p, dg_p, db_p, backend::stream(dy));
+  else
+    k.instance_norm_backward(sh, dt, x.raw(), dy.raw(), mean.data<float>(), rstd.data<float>(), g, dx_p, dg_p, db_p,
+                             backend::stream(dy));
   return r;
 }
 

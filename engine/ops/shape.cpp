@@ -1,15 +1,14 @@
 // Shape and type ops: concat_channels (decoder skip connections), upsample_nearest (deep supervision),
 // cast (mixed precision) and argmax_channels (predictions). Kernels in kernels/cpu/shape.cpp and, by the tensor's
 // device, kernels/cuda/shape.cu.
-#include "kernels/cpu/shape.h"
+#include "kernels/shape.h"
 #include "engine/autograd.h"
-#include "engine/ops.h"
 #include "engine/backend.h"
-#include "kernels/cuda/shape.cuh"
+#include "engine/ops.h"
 
 namespace unet::ops {
 
-using backend::on_cuda;
+using backend::kernels_for;
 using backend::stream;
 
 Tensor concat_channels(const std::vector<Tensor>& xs) {
@@ -40,11 +39,7 @@ Tensor concat_channels(const std::vector<Tensor>& xs) {
   const int64_t rows = shape_numel(lead);
   const auto elem = static_cast<int64_t>(dtype_size(x0.dtype()));
   const int count = static_cast<int>(xs.size());
-  if (on_cuda(y))
-    UNET_CUDA_KERNEL("concat_channels",
-                     kernels::cuda::concat_channels(rows, count, ptrs.data(), widths.data(), elem, y.raw(), stream(y)));
-  else
-    kernels::cpu::concat_channels(rows, count, ptrs.data(), widths.data(), elem, y.raw());
+  kernels_for(y).shape.concat_channels(rows, count, ptrs.data(), widths.data(), elem, y.raw(), stream(y));
 
   if (autograd::should_record(xs)) {
     std::vector<Shape> shapes;
@@ -62,11 +57,7 @@ Tensor concat_channels(const std::vector<Tensor>& xs) {
           dx[i] = Tensor::empty(shapes[i], dtype, g[0].device());
           outs[i] = dx[i].raw();
         }
-      if (on_cuda(g[0]))
-        UNET_CUDA_KERNEL("concat_channels", kernels::cuda::split_channels(rows, count, g[0].raw(), widths.data(), elem,
-                                                                          outs.data(), stream(g[0])));
-      else
-        kernels::cpu::split_channels(rows, count, g[0].raw(), widths.data(), elem, outs.data());
+      kernels_for(g[0]).shape.split_channels(rows, count, g[0].raw(), widths.data(), elem, outs.data(), stream(g[0]));
       return dx;
     });
   }
@@ -84,7 +75,7 @@ Tensor upsample_nearest(const Tensor& x, const std::vector<int>& factor) {
   check_arg(static_cast<int>(factor.size()) == sr, args + "one factor per spatial axis (" + std::to_string(sr) + ")");
   for (int f : factor) check_arg(f >= 1, args + "factors must be >= 1");
 
-  kernels::cpu::UpsampleShape s;
+  kernels::UpsampleShape s;
   int64_t in[3] = {1, 1, 1}, f3[3] = {1, 1, 1};
   for (int i = 0; i < sr; ++i) {
     in[3 - sr + i] = x.dim(1 + i);
@@ -98,21 +89,14 @@ Tensor upsample_nearest(const Tensor& x, const std::vector<int>& factor) {
   for (int i = 0; i < sr; ++i) out_shape[static_cast<size_t>(1 + i)] *= factor[static_cast<size_t>(i)];
   Tensor y = Tensor::empty(out_shape, x.dtype(), x.device());
   const auto elem = static_cast<int64_t>(dtype_size(x.dtype()));
-  if (on_cuda(x))
-    UNET_CUDA_KERNEL("upsample_nearest", kernels::cuda::upsample_nearest_forward(s, x.raw(), elem, y.raw(), stream(x)));
-  else
-    kernels::cpu::upsample_nearest_forward(s, x.raw(), elem, y.raw());
+  kernels_for(x).shape.upsample_nearest_forward(s, x.raw(), elem, y.raw(), stream(x));
 
   if (autograd::should_record({x})) {
     Shape x_shape = x.shape();
     const DType dt = x.dtype();
     autograd::record("upsample_nearest", {x}, {y}, [=](const std::vector<Tensor>& g) {
       Tensor dx = Tensor::empty(x_shape, dt, g[0].device());
-      if (on_cuda(g[0]))
-        UNET_CUDA_KERNEL("upsample_nearest",
-                         kernels::cuda::upsample_nearest_backward(s, dt, g[0].raw(), dx.raw(), stream(dx)));
-      else
-        kernels::cpu::upsample_nearest_backward(s, dt, g[0].raw(), dx.raw());
+      kernels_for(dx).shape.upsample_nearest_backward(s, dt, g[0].raw(), dx.raw(), stream(dx));
       return std::vector<Tensor>{dx};
     });
   }
@@ -141,11 +125,7 @@ Tensor argmax_channels(const Tensor& x) {
   check_arg(x.dim(-1) >= 1, args + "no channels to choose from");
   Shape out_shape(x.shape().begin(), x.shape().end() - 1);
   Tensor y = Tensor::empty(out_shape, DType::i32, x.device());
-  if (on_cuda(x))
-    UNET_CUDA_KERNEL("argmax_channels", kernels::cuda::argmax_channels(x.dtype(), x.raw(), y.numel(), x.dim(-1),
-                                                                       y.data<int32_t>(), stream(x)));
-  else
-    kernels::cpu::argmax_channels(x.dtype(), x.raw(), y.numel(), x.dim(-1), y.data<int32_t>());
+  kernels_for(x).shape.argmax_channels(x.dtype(), x.raw(), y.numel(), x.dim(-1), y.data<int32_t>(), stream(x));
   return y;  // integer output: never recorded
 }
 

@@ -61,4 +61,14 @@ void leaky_relu_backward(DType dt, const void* x, const void* dy, float slope, v
   });
 }
 
+const ActivationKernels activation_kernels{
+    .relu_forward = [](DType dt, const void* x, void* y, int64_t n, cudaStream_t) { relu_forward(dt, x, y, n); },
+    .relu_backward = [](DType dt, const void* y, const void* dy, void* dx, int64_t n,
+                        cudaStream_t) { relu_backward(dt, y, dy, dx, n); },
+    .leaky_relu_forward = [](DType dt, const void* x, float slope, void* y, int64_t n,
+                             cudaStream_t) { leaky_relu_forward(dt, x, slope, y, n); },
+    .leaky_relu_backward = [](DType dt, const void* x, const void* dy, float slope, void* dx, int64_t n,
+                              cudaStream_t) { leaky_relu_backward(dt, x, dy, slope, dx, n); },
+};
+
 }  // namespace unet::kernels::cpu

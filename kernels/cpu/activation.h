@@ -5,6 +5,7 @@
 #pragma once
 #include <cstdint>
 
+#include "kernels/activation.h"
 #include "kernels/common/dtype.h"
 
 namespace unet::kernels::cpu {
@@ -17,5 +18,8 @@ void relu_backward(DType dt, const void* y, const void* dy, void* dx, int64_t n)
 void leaky_relu_forward(DType dt, const void* x, float slope, void* y, int64_t n);
 // dx = x > 0 ? dy : slope * dy, from the input x. dx may alias dy.
 void leaky_relu_backward(DType dt, const void* x, const void* dy, float slope, void* dx, int64_t n);
+
+// The table of these entry points that the engine dispatches through (kernels/activation.h); the stream is ignored.
+extern const ActivationKernels activation_kernels;
 
 }  // namespace unet::kernels::cpu

@@ -65,4 +65,16 @@ void accumulate_window(const float* pred, const float* weight, const Dims3& patc
   });
 }
 
+const BlendKernels blend_kernels{
+    .importance_map = [](const Dims3& patch, bool gaussian, float sigma_scale, float min_value, float* map,
+                         cudaStream_t) { importance_map(patch, gaussian, sigma_scale, min_value, map); },
+    .extract_window = [](const float* volume, const Dims3& size, int64_t c, const Dims3& start, const Dims3& patch,
+                         const std::array<bool, 3>& flip, float* window,
+                         cudaStream_t) { extract_window(volume, size, c, start, patch, flip, window); },
+    .accumulate_window =
+        [](const float* pred, const float* weight, const Dims3& patch, int64_t c, const Dims3& start, const Dims3& size,
+           const std::array<bool, 3>& flip, float scale, float* out, float* norm,
+           cudaStream_t) { accumulate_window(pred, weight, patch, c, start, size, flip, scale, out, norm); },
+};
+
 }  // namespace unet::kernels::cpu

@@ -23,4 +23,7 @@ void extract_window(const float* volume, const Dims3& size, int64_t c, const Dim
 void accumulate_window(const float* pred, const float* weight, const Dims3& patch, int64_t c, const Dims3& start,
                        const Dims3& size, const std::array<bool, 3>& flip, float scale, float* out, float* norm);
 
+// The table of these entry points that the engine dispatches through (kernels/blend.h); the stream is ignored.
+extern const BlendKernels blend_kernels;
+
 }  // namespace unet::kernels::cpu

@@ -833,4 +833,13 @@ void conv_bias_grad(const ConvProblem& p, const float* dy, float* dbias) {
   }
 }
 
+const ConvKernels conv_kernels{
+    .conv_fprop = [](const ConvProblem& p, DType dt, const void* x, const void* w, const float* bias, void* y,
+                     cudaStream_t) { conv_fprop(p, dt, x, w, bias, y); },
+    .conv_dgrad = [](const ConvProblem& p, DType dt, const void* dy, const void* w, void* dx,
+                     cudaStream_t) { conv_dgrad(p, dt, dy, w, dx); },
+    .conv_wgrad = [](const ConvProblem& p, DType dt, const void* x, const void* dy, float* dw, float* dbias,
+                     cudaStream_t) { conv_wgrad(p, dt, x, dy, dw, dbias); },
+};
+
 }  // namespace unet::kernels::cpu

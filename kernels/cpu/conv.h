@@ -28,4 +28,7 @@ void conv_fprop(const ConvProblem& p, DType dt, const void* x, const void* w, co
 void conv_dgrad(const ConvProblem& p, DType dt, const void* dy, const void* w, void* dx);
 void conv_wgrad(const ConvProblem& p, DType dt, const void* x, const void* dy, float* dw, float* dbias);
 
+// The table of these entry points that the engine dispatches through (kernels/conv.h); the stream is ignored.
+extern const ConvKernels conv_kernels;
+
 }  // namespace unet::kernels::cpu

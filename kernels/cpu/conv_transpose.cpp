@@ -213,4 +213,13 @@ void conv_transpose_wgrad(const ConvTransposeShape& s, const float* x, const flo
   }
 }
 
+const ConvTransposeKernels conv_transpose_kernels{
+    .conv_transpose_fprop = [](const ConvTransposeShape& s, DType dt, const void* x, const void* w, const float* bias,
+                               void* y, cudaStream_t) { conv_transpose_fprop(s, dt, x, w, bias, y); },
+    .conv_transpose_dgrad = [](const ConvTransposeShape& s, DType dt, const void* dy, const void* w, void* dx,
+                               cudaStream_t) { conv_transpose_dgrad(s, dt, dy, w, dx); },
+    .conv_transpose_wgrad = [](const ConvTransposeShape& s, DType dt, const void* x, const void* dy, float* dw,
+                               float* dbias, cudaStream_t) { conv_transpose_wgrad(s, dt, x, dy, dw, dbias); },
+};
+
 }  // namespace unet::kernels::cpu

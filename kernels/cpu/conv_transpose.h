@@ -32,4 +32,7 @@ void conv_transpose_dgrad(const ConvTransposeShape& s, DType dt, const void* dy,
 void conv_transpose_wgrad(const ConvTransposeShape& s, DType dt, const void* x, const void* dy, float* dw,
                           float* dbias);
 
+// The table of these entry points that the engine dispatches through (kernels/conv_transpose.h); the stream is ignored.
+extern const ConvTransposeKernels conv_transpose_kernels;
+
 }  // namespace unet::kernels::cpu

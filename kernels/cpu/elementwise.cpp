@@ -45,4 +45,10 @@ double sum(const float* a, int64_t n) {
   return s;
 }
 
+const ElementwiseKernels elementwise_kernels{
+    .add = [](DType dtype, const void* a, const void* b, void* out, int64_t n,
+              cudaStream_t) { add(dtype, a, b, out, n); },
+    .scale = [](const float* a, float alpha, float* out, int64_t n, cudaStream_t) { scale(a, alpha, out, n); },
+};
+
 }  // namespace unet::kernels::cpu

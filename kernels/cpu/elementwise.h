@@ -3,6 +3,7 @@
 #include <cstdint>
 
 #include "kernels/common/dtype.h"
+#include "kernels/elementwise.h"
 
 namespace unet::kernels::cpu {
 
@@ -12,5 +13,8 @@ void add(DType dtype, const void* a, const void* b, void* out, int64_t n);
 void scale(const float* a, float alpha, float* out, int64_t n);
 // Sum of n f32 values, accumulated in double in a fixed order.
 double sum(const float* a, int64_t n);
+
+// The table of these entry points that the engine dispatches through (kernels/elementwise.h); the stream is ignored.
+extern const ElementwiseKernels elementwise_kernels;
 
 }  // namespace unet::kernels::cpu

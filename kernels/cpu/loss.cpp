@@ -207,4 +207,28 @@ void softmax_dice_ce_backward(const float* logits, const void* labels, DType lab
     backward_dispatch(logits, static_cast<const uint8_t*>(labels), voxels, channels, ca, cb, ce_scale, grad_logits);
 }
 
+// The sums into one buffer and the bad label into bad[0..1], as on a device; no channel limit and no workspace.
+const LossKernels loss_kernels{
+    .max_channels = std::numeric_limits<int>::max(),
+    .softmax_dice_ce_workspace_bytes = [](int64_t, int) -> size_t { return 0; },
+    .softmax_dice_ce_forward =
+        [](const float* logits, const void* labels, DType label_dtype, int64_t voxels, int channels, void*,
+           double* sums, int64_t* bad, cudaStream_t) {
+          bad[1] = 0;
+          bad[0] = softmax_dice_ce_forward(logits, labels, label_dtype, voxels, channels, sums, sums + channels,
+                                           sums + 2 * channels, sums + 3 * channels, &bad[1]);
+        },
+    .softmax_dice_ce_finish =
+        [](const double* sums, const int64_t* bad, int channels, int64_t voxels, double smooth, float* loss,
+           float* parts, float* coef_a, float* coef_b, cudaStream_t) {
+          softmax_dice_ce_finish(sums, bad[0] >= 0, channels, voxels, smooth, loss, parts, coef_a, coef_b);
+        },
+    .softmax_dice_ce_backward =
+        [](const float* logits, const void* labels, DType label_dtype, int64_t voxels, int64_t ce_voxels, int channels,
+           const float* a, const float* b, const float* grad_out, float* grad_logits, cudaStream_t) {
+          softmax_dice_ce_backward(logits, labels, label_dtype, voxels, ce_voxels, channels, a, b, grad_out,
+                                   grad_logits);
+        },
+};
+
 }  // namespace unet::kernels::cpu

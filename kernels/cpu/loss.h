@@ -8,6 +8,7 @@
 #include <cstdint>
 
 #include "kernels/common/dtype.h"
+#include "kernels/loss.h"
 
 namespace unet::kernels::cpu {
 
@@ -42,5 +43,9 @@ void softmax_dice_ce_finish(const double* sums, bool bad, int channels, int64_t 
 void softmax_dice_ce_backward(const float* logits, const void* labels, DType label_dtype, int64_t voxels,
                               int64_t ce_voxels, int channels, const float* a, const float* b, const float* grad_out,
                               float* grad_logits);
+
+// The table that the engine dispatches through (kernels/loss.h): these entry points adapted to its form (results in
+// the caller's buffers), the stream ignored.
+extern const LossKernels loss_kernels;
 
 }  // namespace unet::kernels::cpu

@@ -11,7 +11,9 @@
 #include <cmath>
 #include <vector>
 
+#include "kernels/common/allocator.h"
 #include "kernels/common/parallel.h"
+#include "kernels/cpu/activation.h"
 #include "kernels/cpu/element.h"
 
 namespace unet::kernels::cpu {
@@ -201,5 +203,43 @@ void instance_norm_backward(const NormShape& sh, DType dt, const void* x, const 
                      gamma, static_cast<typename E::T*>(dx), dgamma, dbeta);
   });
 }
+
+namespace {
+// Bytes from the CPU backend's memory pool for the length of a call.
+struct HostBuffer {
+  size_t bytes;
+  void* data;
+  explicit HostBuffer(size_t n) : bytes(n), data(HostAllocator::instance().allocate(n)) {}
+  ~HostBuffer() { HostAllocator::instance().deallocate(data, bytes); }
+  HostBuffer(const HostBuffer&) = delete;
+  HostBuffer& operator=(const HostBuffer&) = delete;
+};
+}  // namespace
+
+// No fused kernel here: the norm, then leaky ReLU in place (forward), and the activation's gradient into a buffer of
+// x's size before the norm's (backward).
+const NormKernels norm_kernels{
+    .instance_norm_forward = [](const NormShape& sh, DType dt, const void* x, const float* gamma, const float* beta,
+                                float eps, void* y, float* mean, float* rstd,
+                                cudaStream_t) { instance_norm_forward(sh, dt, x, gamma, beta, eps, y, mean, rstd); },
+    .instance_norm_backward =
+        [](const NormShape& sh, DType dt, const void* x, const void* dy, const float* mean, const float* rstd,
+           const float* gamma, void* dx, float* dgamma, float* dbeta,
+           cudaStream_t) { instance_norm_backward(sh, dt, x, dy, mean, rstd, gamma, dx, dgamma, dbeta); },
+    .instance_norm_leaky_relu_forward =
+        [](const NormShape& sh, DType dt, const void* x, const float* gamma, const float* beta, float eps, float slope,
+           void* y, float* mean, float* rstd, cudaStream_t) {
+          instance_norm_forward(sh, dt, x, gamma, beta, eps, y, mean, rstd);
+          leaky_relu_forward(dt, y, slope, y, sh.n * sh.s * sh.c);
+        },
+    .instance_norm_leaky_relu_backward =
+        [](const NormShape& sh, DType dt, const void* x, const void* y, const void* dy, const float* mean,
+           const float* rstd, const float* gamma, float slope, void* dx, float* dgamma, float* dbeta, cudaStream_t) {
+          const int64_t n = sh.n * sh.s * sh.c;
+          HostBuffer dz(static_cast<size_t>(n) * dtype_size(dt));  // the gradient reaching the normalised value
+          leaky_relu_backward(dt, y, dy, slope, dz.data, n);
+          instance_norm_backward(sh, dt, x, dz.data, mean, rstd, gamma, dx, dgamma, dbeta);
+        },
+};
 
 }  // namespace unet::kernels::cpu

@@ -26,4 +26,8 @@ void instance_norm_forward(const NormShape& sh, DType dt, const void* x, const f
 void instance_norm_backward(const NormShape& sh, DType dt, const void* x, const void* dy, const float* mean,
                             const float* rstd, const float* gamma, void* dx, float* dgamma, float* dbeta);
 
+// The table of these entry points that the engine dispatches through (kernels/norm.h); the stream is ignored, and the
+// fused pair runs the norm, then kernels/cpu/activation.h's leaky ReLU.
+extern const NormKernels norm_kernels;
+
 }  // namespace unet::kernels::cpu

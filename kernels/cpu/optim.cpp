@@ -207,4 +207,13 @@ bool sgd_step(const SgdSlice* slices, size_t count, const SgdArgs& a) {
   return true;
 }
 
+// The step's verdict goes into *nonfinite, as on a device; there is no workspace.
+const OptimKernels optim_kernels{
+    .optim_workspace_bytes = [](const int64_t*, size_t) -> size_t { return 0; },
+    .adam_step = [](const AdamSlice* slices, size_t count, const AdamArgs& args, void*, int* nonfinite,
+                    cudaStream_t) { *nonfinite = adam_step(slices, count, args) ? 0 : 1; },
+    .sgd_step = [](const SgdSlice* slices, size_t count, const SgdArgs& args, void*, int* nonfinite,
+                   cudaStream_t) { *nonfinite = sgd_step(slices, count, args) ? 0 : 1; },
+};
+
 }  // namespace unet::kernels::cpu

@@ -32,4 +32,8 @@ bool sgd_step(const SgdSlice* slices, size_t count, const SgdArgs& args);
 // ranks before stepping (the distributed trainer all-reduces this flag).
 bool all_finite(const float* const* grads, const int64_t* sizes, size_t count, float inv_scale);
 
+// The table that the engine dispatches through (kernels/optim.h): these entry points adapted to its form (results in
+// the caller's buffers), the stream ignored.
+extern const OptimKernels optim_kernels;
+
 }  // namespace unet::kernels::cpu

@@ -160,4 +160,19 @@ void argmax_channels(DType dtype, const void* x, int64_t rows, int64_t c, int32_
   });
 }
 
+const ShapeKernels shape_kernels{
+    .concat_channels = [](int64_t rows, int count, const void* const* xs, const int64_t* widths, int64_t elem_size,
+                          void* out, cudaStream_t) { concat_channels(rows, count, xs, widths, elem_size, out); },
+    .split_channels = [](int64_t rows, int count, const void* x, const int64_t* widths, int64_t elem_size,
+                         void* const* outs, cudaStream_t) { split_channels(rows, count, x, widths, elem_size, outs); },
+    .upsample_nearest_forward = [](const UpsampleShape& s, const void* x, int64_t elem_size, void* y,
+                                   cudaStream_t) { upsample_nearest_forward(s, x, elem_size, y); },
+    .upsample_nearest_backward = [](const UpsampleShape& s, DType dt, const void* dy, void* dx,
+                                    cudaStream_t) { upsample_nearest_backward(s, dt, dy, dx); },
+    .cast = [](DType src_dtype, const void* src, DType dst_dtype, void* dst, int64_t n,
+               cudaStream_t) { cast(src_dtype, src, dst_dtype, dst, n); },
+    .argmax_channels = [](DType dtype, const void* x, int64_t rows, int64_t c, int32_t* out,
+                          cudaStream_t) { argmax_channels(dtype, x, rows, c, out); },
+};
+
 }  // namespace unet::kernels::cpu

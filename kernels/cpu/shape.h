@@ -32,4 +32,7 @@ void cast(DType src_dtype, const void* src, DType dst_dtype, void* dst, int64_t 
 // number (as torch.argmax): a row holding NaN gives the index of its first NaN.
 void argmax_channels(DType dtype, const void* x, int64_t rows, int64_t c, int32_t* out);
 
+// The table of these entry points that the engine dispatches through (kernels/shape.h); the stream is ignored.
+extern const ShapeKernels shape_kernels;
+
 }  // namespace unet::kernels::cpu

@@ -96,4 +96,6 @@ void leaky_relu_backward(DType dt, const void* x, const void* dy, float slope, v
   });
 }
 
+const ActivationKernels activation_kernels{relu_forward, relu_backward, leaky_relu_forward, leaky_relu_backward};
+
 }  // namespace unet::kernels::cuda

@@ -4,6 +4,7 @@
 #pragma once
 #include <cstdint>
 
+#include "kernels/activation.h"
 #include "kernels/common/dtype.h"
 #include "kernels/cuda/stream.h"
 
@@ -14,5 +15,8 @@ void relu_backward(DType dt, const void* y, const void* dy, void* dx, int64_t n,
 void leaky_relu_forward(DType dt, const void* x, float slope, void* y, int64_t n, cudaStream_t stream);
 void leaky_relu_backward(DType dt, const void* x, const void* dy, float slope, void* dx, int64_t n,
                          cudaStream_t stream);
+
+// The table of these entry points that the engine dispatches through (kernels/activation.h).
+extern const ActivationKernels activation_kernels;
 
 }  // namespace unet::kernels::cuda

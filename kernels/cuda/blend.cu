@@ -109,4 +109,6 @@ void accumulate_window(const float* pred, const float* weight, const Dims3& patc
          d3(size), b3(flip), scale, out, norm);
 }
 
+const BlendKernels blend_kernels{importance_map, extract_window, accumulate_window};
+
 }  // namespace unet::kernels::cuda

@@ -25,4 +25,7 @@ void accumulate_window(const float* pred, const float* weight, const Dims3& patc
                        const Dims3& size, const std::array<bool, 3>& flip, float scale, float* out, float* norm,
                        cudaStream_t stream);
 
+// The table of these entry points that the engine dispatches through (kernels/blend.h).
+extern const BlendKernels blend_kernels;
+
 }  // namespace unet::kernels::cuda

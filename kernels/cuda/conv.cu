@@ -1145,4 +1145,11 @@ void conv_wgrad(const ConvProblem& p, DType dt, const void* x, const void* dy, f
   with_conv_type(dt, "conv_wgrad", [&](auto ty) { wgrad_typed<decltype(ty)>(p, g, x, dy, dw, dbias, stream); });
 }
 
+const ConvKernels conv_kernels{
+    .conv_fprop = [](const ConvProblem& p, DType dt, const void* x, const void* w, const float* bias, void* y,
+                     cudaStream_t stream) { conv_fprop(p, dt, x, w, bias, y, nullptr, stream); },
+    .conv_dgrad = conv_dgrad,
+    .conv_wgrad = conv_wgrad,
+};
+
 }  // namespace unet::kernels::cuda

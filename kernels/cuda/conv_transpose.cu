@@ -461,4 +461,6 @@ void conv_transpose_wgrad(const ConvTransposeShape& s, DType dt, const void* x, 
                              [&](auto ty) { wgrad_impl<decltype(ty)>(s, x, dy, dw, dbias, stream); });
 }
 
+const ConvTransposeKernels conv_transpose_kernels{conv_transpose_fprop, conv_transpose_dgrad, conv_transpose_wgrad};
+
 }  // namespace unet::kernels::cuda

@@ -21,4 +21,7 @@ void conv_transpose_dgrad(const ConvTransposeShape& s, DType dt, const void* dy,
 void conv_transpose_wgrad(const ConvTransposeShape& s, DType dt, const void* x, const void* dy, float* dw,
                           float* dbias, cudaStream_t stream);
 
+// The table of these entry points that the engine dispatches through (kernels/conv_transpose.h).
+extern const ConvTransposeKernels conv_transpose_kernels;
+
 }  // namespace unet::kernels::cuda

@@ -78,4 +78,6 @@ void scale(const float* a, float alpha, float* out, int64_t n, cudaStream_t stre
   launch(scale_f32, grid_for(n), dim3(kThreads), 0, stream, a, alpha, out, n);
 }
 
+const ElementwiseKernels elementwise_kernels{add, scale};
+
 }  // namespace unet::kernels::cuda

@@ -324,4 +324,7 @@ void softmax_dice_ce_backward(const float* logits, const void* labels, DType lab
                    grad_logits, stream);
 }
 
+const LossKernels loss_kernels{kMaxLossChannels, softmax_dice_ce_workspace_bytes, softmax_dice_ce_forward,
+                               softmax_dice_ce_finish, softmax_dice_ce_backward};
+
 }  // namespace unet::kernels::cuda

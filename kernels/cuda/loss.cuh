@@ -8,6 +8,7 @@
 
 #include "kernels/common/dtype.h"
 #include "kernels/cuda/stream.h"
+#include "kernels/loss.h"
 
 namespace unet::kernels::cuda {
 
@@ -37,5 +38,8 @@ void softmax_dice_ce_finish(const double* sums, const int64_t* bad, int channels
 void softmax_dice_ce_backward(const float* logits, const void* labels, DType label_dtype, int64_t voxels,
                               int64_t ce_voxels, int channels, const float* a, const float* b, const float* grad_out,
                               float* grad_logits, cudaStream_t stream);
+
+// The table of these entry points that the engine dispatches through (kernels/loss.h).
+extern const LossKernels loss_kernels;
 
 }  // namespace unet::kernels::cuda

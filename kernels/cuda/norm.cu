@@ -323,4 +323,7 @@ void instance_norm_leaky_relu_backward(const NormShape& sh, DType dt, const void
   });
 }
 
+const NormKernels norm_kernels{instance_norm_forward, instance_norm_backward, instance_norm_leaky_relu_forward,
+                               instance_norm_leaky_relu_backward};
+
 }  // namespace unet::kernels::cuda

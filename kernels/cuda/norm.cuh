@@ -38,4 +38,7 @@ void instance_norm_leaky_relu_backward(const NormShape& sh, DType dt, const void
                                        const float* mean, const float* rstd, const float* gamma, float slope, void* dx,
                                        float* dgamma, float* dbeta, cudaStream_t stream);
 
+// The table of these entry points that the engine dispatches through (kernels/norm.h).
+extern const NormKernels norm_kernels;
+
 }  // namespace unet::kernels::cuda

@@ -205,4 +205,6 @@ void sgd_step(const SgdSlice* slices, size_t count, const SgdArgs& a, void* work
   run_step(slices, count, params, a.inv_scale, workspace, nonfinite, stream);
 }
 
+const OptimKernels optim_kernels{optim_workspace_bytes, adam_step, sgd_step};
+
 }  // namespace unet::kernels::cuda

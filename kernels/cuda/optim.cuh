@@ -24,4 +24,7 @@ void adam_step(const AdamSlice* slices, size_t count, const AdamArgs& args, void
 void sgd_step(const SgdSlice* slices, size_t count, const SgdArgs& args, void* workspace, int* nonfinite,
               cudaStream_t stream);
 
+// The table of these entry points that the engine dispatches through (kernels/optim.h).
+extern const OptimKernels optim_kernels;
+
 }  // namespace unet::kernels::cuda

@@ -297,4 +297,7 @@ void argmax_channels(DType dtype, const void* x, int64_t rows, int64_t c, int32_
   }
 }
 
+const ShapeKernels shape_kernels{concat_channels,           split_channels, upsample_nearest_forward,
+                                 upsample_nearest_backward, cast,           argmax_channels};
+
 }  // namespace unet::kernels::cuda

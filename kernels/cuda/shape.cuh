@@ -33,4 +33,7 @@ void cast(DType src_dtype, const void* src, DType dst_dtype, void* dst, int64_t 
 // out[row] = the first index of the largest of x[row, 0..c); NaN counts as larger than any number.
 void argmax_channels(DType dtype, const void* x, int64_t rows, int64_t c, int32_t* out, cudaStream_t stream);
 
+// The table of these entry points that the engine dispatches through (kernels/shape.h).
+extern const ShapeKernels shape_kernels;
+
 }  // namespace unet::kernels::cuda
