@@ -4,22 +4,30 @@
 #include <stdexcept>
 
 #include "kernels/cpu/activation.h"
+#include "kernels/cpu/bias.h"
 #include "kernels/cpu/blend.h"
 #include "kernels/cpu/conv.h"
 #include "kernels/cpu/conv_transpose.h"
+#include "kernels/cpu/crop.h"
+#include "kernels/cpu/dropout.h"
 #include "kernels/cpu/elementwise.h"
 #include "kernels/cpu/loss.h"
 #include "kernels/cpu/norm.h"
 #include "kernels/cpu/optim.h"
+#include "kernels/cpu/pool.h"
 #include "kernels/cpu/shape.h"
 #include "kernels/cuda/activation.cuh"
+#include "kernels/cuda/bias.cuh"
 #include "kernels/cuda/blend.cuh"
 #include "kernels/cuda/conv.cuh"
 #include "kernels/cuda/conv_transpose.cuh"
+#include "kernels/cuda/crop.cuh"
+#include "kernels/cuda/dropout.cuh"
 #include "kernels/cuda/elementwise.cuh"
 #include "kernels/cuda/loss.cuh"
 #include "kernels/cuda/norm.cuh"
 #include "kernels/cuda/optim.cuh"
+#include "kernels/cuda/pool.cuh"
 #include "kernels/cuda/shape.cuh"
 
 #ifndef UNET_HAVE_CUDA_KERNELS
@@ -29,16 +37,22 @@
 namespace unet::backend {
 namespace {
 
-const Kernels cpu_kernels{
-    kernels::cpu::activation_kernels,     kernels::cpu::blend_kernels,       kernels::cpu::conv_kernels,
-    kernels::cpu::conv_transpose_kernels, kernels::cpu::elementwise_kernels, kernels::cpu::loss_kernels,
-    kernels::cpu::norm_kernels,           kernels::cpu::optim_kernels,       kernels::cpu::shape_kernels};
+const Kernels cpu_kernels{kernels::cpu::activation_kernels,  kernels::cpu::blend_kernels,
+                          kernels::cpu::conv_kernels,        kernels::cpu::conv_transpose_kernels,
+                          kernels::cpu::elementwise_kernels, kernels::cpu::loss_kernels,
+                          kernels::cpu::norm_kernels,        kernels::cpu::optim_kernels,
+                          kernels::cpu::shape_kernels,       kernels::cpu::bias_kernels,
+                          kernels::cpu::crop_kernels,        kernels::cpu::dropout_kernels,
+                          kernels::cpu::pool_kernels};
 
 #if UNET_HAVE_CUDA_KERNELS  // kernels/cuda/*.cu built, by nvcc (GPU build) or against the emulator
-const Kernels cuda_kernels{
-    kernels::cuda::activation_kernels,     kernels::cuda::blend_kernels,       kernels::cuda::conv_kernels,
-    kernels::cuda::conv_transpose_kernels, kernels::cuda::elementwise_kernels, kernels::cuda::loss_kernels,
-    kernels::cuda::norm_kernels,           kernels::cuda::optim_kernels,       kernels::cuda::shape_kernels};
+const Kernels cuda_kernels{kernels::cuda::activation_kernels,  kernels::cuda::blend_kernels,
+                           kernels::cuda::conv_kernels,        kernels::cuda::conv_transpose_kernels,
+                           kernels::cuda::elementwise_kernels, kernels::cuda::loss_kernels,
+                           kernels::cuda::norm_kernels,        kernels::cuda::optim_kernels,
+                           kernels::cuda::shape_kernels,       kernels::cuda::bias_kernels,
+                           kernels::cuda::crop_kernels,        kernels::cuda::dropout_kernels,
+                           kernels::cuda::pool_kernels};
 #endif
 
 }  // namespace

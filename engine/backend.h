@@ -14,13 +14,17 @@
 
 namespace unet::kernels {
 struct ActivationKernels;
+struct BiasKernels;
 struct BlendKernels;
 struct ConvKernels;
 struct ConvTransposeKernels;
+struct CropKernels;
+struct DropoutKernels;
 struct ElementwiseKernels;
 struct LossKernels;
 struct NormKernels;
 struct OptimKernels;
+struct PoolKernels;
 struct ShapeKernels;
 }  // namespace unet::kernels
 
@@ -37,6 +41,10 @@ struct Kernels {
   const kernels::NormKernels& norm;
   const kernels::OptimKernels& optim;
   const kernels::ShapeKernels& shape;
+  const kernels::BiasKernels& bias;
+  const kernels::CropKernels& crop;
+  const kernels::DropoutKernels& dropout;
+  const kernels::PoolKernels& pool;
 };
 
 // The kernels of device d. Throws std::runtime_error for cuda / cuda-emu in a build without the CUDA kernels (no CUDA

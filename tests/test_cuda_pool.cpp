@@ -6,6 +6,7 @@
 #include <limits>
 #include <vector>
 
+#include "engine/ops.h"
 #include "engine/random.h"
 #include "kernels/common/dtype.h"
 #include "kernels/cpu/bias.h"
@@ -223,4 +224,43 @@ TEST_CASE("bias addition: the CPU rounds y + bias once per element and CUDA equa
     });
     CHECK(cuda == cpu);
   }
+}
+
+TEST_CASE(
+    "the UNet2D ops on the cuda-emu device equal the CPU: forward and gradients, conv_transpose_general through "
+    "the convolution kernels") {
+  auto randn = [](const Shape& s, uint64_t seed, float scale = 1.f) {
+    Rng rng(seed);
+    std::vector<float> v(static_cast<size_t>(shape_numel(s)));
+    for (float& x : v) x = static_cast<float>(rng.normal()) * scale;
+    return Tensor::from_vector(s, v);
+  };
+  const Device emu = Device::cuda_emu;
+  test::check_op_against_cpu(
+      emu,
+      [](const std::vector<Tensor>& in) {
+        return ops::max_pool(in[0], {2, 2});
+      },
+      {randn({2, 9, 11, 3}, 1)}, 0, 0);
+  test::check_op_against_cpu(
+      emu,
+      [](const std::vector<Tensor>& in) {
+        return ops::crop(in[0], {3, -1}, {4, 9});
+      },
+      {randn({2, 9, 8, 3}, 2)}, 0, 0);
+  test::check_op_against_cpu(
+      emu, [](const std::vector<Tensor>& in) { return ops::dropout(in[0], 0.5f, 3); }, {randn({2, 6, 5, 4}, 3)}, 0, 0);
+  // The SIMT f32 convolution kernels sum in another order than the CPU's.
+  test::check_op_against_cpu(
+      emu,
+      [](const std::vector<Tensor>& in) {
+        return ops::conv_transpose_general(in[0], in[1], in[2], {2, 2}, {0, 0});
+      },
+      {randn({2, 6, 5, 8}, 4), randn({8, 3, 3, 4}, 5, 0.3f), randn({4}, 6)}, 1e-5, 1e-5);
+  test::check_op_against_cpu(
+      emu,
+      [](const std::vector<Tensor>& in) {
+        return ops::conv_transpose_general(in[0], in[1], in[2], {2, 2, 2}, {1, 1, 1}, {1, 1, 1});
+      },
+      {randn({1, 3, 4, 2, 4}, 7), randn({4, 3, 3, 3, 2}, 8, 0.3f), randn({2}, 9)}, 1e-5, 1e-5);
 }

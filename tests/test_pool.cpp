@@ -94,3 +94,20 @@ TEST_CASE("the UNet2D ops refuse bad arguments with messages naming them") {
   CHECK_THROWS_WITH_AS(ops::conv_transpose_general(x, randn({2, 3, 3, 4}, 18), Tensor(), {2, 2}, {0, 0}, {2, 0}),
                        doctest::Contains("output_pad"), std::invalid_argument);
 }
+
+TEST_CASE("the UNet2D ops in bf16 and f16 follow f32 within the storage's rounding") {
+  Tensor x = randn({2, 6, 5, 8}, 20), w = randn({8, 3, 3, 4}, 21, 0.3f), b = randn({4}, 22);
+  const std::vector<float> ref = ops::conv_transpose_general(x, w, b, {2, 2}, {0, 0}).to_vector();
+  for (DType dt : {DType::bf16, DType::f16}) {
+    CAPTURE(dtype_name(dt));
+    Tensor y = ops::conv_transpose_general(ops::cast(x.detach(), dt), w, b, {2, 2}, {0, 0});
+    CHECK(y.dtype() == dt);
+    // Inputs and weights rounded to 8 (bf16) or 11 (f16) bits, 8 * 9 / 4 products per output at most.
+    test::check_close(ops::cast(y, DType::f32).to_vector(), ref, dt == DType::bf16 ? 3e-2 : 4e-3, 3e-2,
+                      "conv_transpose");
+    // Max pooling and crop move values: exactly the rounded input's.
+    Tensor xr = ops::cast(x.detach(), dt);
+    CHECK(ops::cast(ops::max_pool(xr, {2, 2}), DType::f32).to_vector() ==
+          ops::max_pool(ops::cast(xr, DType::f32), {2, 2}).to_vector());
+  }
+}

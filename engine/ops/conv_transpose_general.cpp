@@ -9,8 +9,7 @@
 #include "engine/backend.h"
 #include "engine/ops.h"
 #include "engine/ops/internal.h"
-#include "kernels/cpu/bias.h"
-#include "kernels/cuda/bias.cuh"
+#include "kernels/bias.h"
 
 namespace unet::ops {
 namespace {
@@ -89,12 +88,7 @@ Tensor conv_transpose_general(const Tensor& x, const Tensor& w, const Tensor& bi
   const Tensor w_used = backend::converted(w, dt);
   Tensor y = internal::conv_backward(p, dt, x, Tensor(), w_used, y_shape, w.shape(), true, false, false).dx;
   if (bias.defined()) {
-    if (backend::on_cuda(y))
-      UNET_CUDA_KERNEL(
-          "conv_transpose_general",
-          kernels::cuda::bias_add(dt, y.numel() / c_out, c_out, bias.data<float>(), y.raw(), backend::stream(y)));
-    else
-      kernels::cpu::bias_add(dt, y.numel() / c_out, c_out, bias.data<float>(), y.raw());
+    backend::kernels_for(y).bias.add(dt, y.numel() / c_out, c_out, bias.data<float>(), y.raw(), backend::stream(y));
   }
   if (autograd::should_record({x, w, bias})) {
     const bool need_dx = x.requires_grad(), need_dw = w.requires_grad();

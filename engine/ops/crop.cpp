@@ -5,18 +5,14 @@
 #include "engine/autograd.h"
 #include "engine/backend.h"
 #include "engine/ops.h"
-#include "kernels/cpu/crop.h"
-#include "kernels/cuda/crop.cuh"
+#include "kernels/crop.h"
 
 namespace unet::ops {
 namespace {
 
 void run_crop(const kernels::CropShape& s, const Tensor& x, const Tensor& y) {
-  if (backend::on_cuda(x))
-    UNET_CUDA_KERNEL("crop", kernels::cuda::crop(s, x.raw(), static_cast<int64_t>(dtype_size(x.dtype())), y.raw(),
-                                                 backend::stream(x)));
-  else
-    kernels::cpu::crop(s, x.raw(), static_cast<int64_t>(dtype_size(x.dtype())), y.raw());
+  backend::kernels_for(x).crop.crop(s, x.raw(), static_cast<int64_t>(dtype_size(x.dtype())), y.raw(),
+                                    backend::stream(x));
 }
 
 }  // namespace

@@ -6,18 +6,13 @@
 #include "engine/autograd.h"
 #include "engine/backend.h"
 #include "engine/ops.h"
-#include "kernels/cpu/dropout.h"
-#include "kernels/cuda/dropout.cuh"
+#include "kernels/dropout.h"
 
 namespace unet::ops {
 namespace {
 
 void run_dropout(DType dt, uint64_t seed, float p, float scale, const Tensor& x, const Tensor& y) {
-  if (backend::on_cuda(x))
-    UNET_CUDA_KERNEL("dropout",
-                     kernels::cuda::dropout_apply(dt, seed, p, scale, x.raw(), y.raw(), x.numel(), backend::stream(x)));
-  else
-    kernels::cpu::dropout_apply(dt, seed, p, scale, x.raw(), y.raw(), x.numel());
+  backend::kernels_for(x).dropout.apply(dt, seed, p, scale, x.raw(), y.raw(), x.numel(), backend::stream(x));
 }
 
 }  // namespace

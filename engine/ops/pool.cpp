@@ -5,8 +5,7 @@
 #include "engine/autograd.h"
 #include "engine/backend.h"
 #include "engine/ops.h"
-#include "kernels/cpu/pool.h"
-#include "kernels/cuda/pool.cuh"
+#include "kernels/pool.h"
 
 namespace unet::ops {
 
@@ -35,19 +34,12 @@ Tensor max_pool(const Tensor& x, const std::vector<int>& window) {
   const DType dt = x.dtype();
   Tensor y = Tensor::empty(out_shape, dt, x.device());
   Tensor idx = Tensor::empty(out_shape, DType::i32, x.device());
-  if (backend::on_cuda(x))
-    UNET_CUDA_KERNEL("max_pool",
-                     kernels::cuda::max_pool_forward(s, dt, x.raw(), y.raw(), idx.data<int32_t>(), backend::stream(x)));
-  else
-    kernels::cpu::max_pool_forward(s, dt, x.raw(), y.raw(), idx.data<int32_t>());
+  backend::kernels_for(x).pool.max_pool_forward(s, dt, x.raw(), y.raw(), idx.data<int32_t>(), backend::stream(x));
   if (autograd::should_record({x})) {
     autograd::record("max_pool", {x}, {y}, [s, dt, idx, x_shape = x.shape()](const std::vector<Tensor>& g) {
       Tensor dx = Tensor::empty(x_shape, dt, g[0].device());
-      if (backend::on_cuda(dx))
-        UNET_CUDA_KERNEL("max_pool", kernels::cuda::max_pool_backward(s, dt, g[0].raw(), idx.data<int32_t>(), dx.raw(),
-                                                                      backend::stream(dx)));
-      else
-        kernels::cpu::max_pool_backward(s, dt, g[0].raw(), idx.data<int32_t>(), dx.raw());
+      backend::kernels_for(dx).pool.max_pool_backward(s, dt, g[0].raw(), idx.data<int32_t>(), dx.raw(),
+                                                      backend::stream(dx));
       return std::vector<Tensor>{dx};
     });
   }
