@@ -1,0 +1,91 @@
+// UNet2D against the same network in PyTorch with the same weights (tests/golden/make_unet2d_golden.py): logits and
+// the gradients of every parameter and of the input; the sizes of the paper (572 -> 388); checkpoint names and
+// layouts; Glorot initialisation; dropout in training only.
+#include <cmath>
+#include <nlohmann/json.hpp>
+
+#include "engine/autograd.h"
+#include "engine/ops.h"
+#include "io/safetensors.h"
+#include "models/checkpoint.h"
+#include "models/unet2d.h"
+#include "tests/test_util.h"
+
+using namespace unet;
+using namespace unet::models;
+
+namespace {
+const std::string kGolden = std::string(UNET_TEST_DATA_DIR) + "/unet2d.safetensors";
+
+UNet2DConfig golden_config(const io::SafetensorsContent& st) {
+  UNet2DConfig c;
+  c.in_channels = nlohmann::json::parse(st.metadata.at("in_channels")).get<int>();
+  c.out_channels = nlohmann::json::parse(st.metadata.at("out_channels")).get<int>();
+  c.filters = nlohmann::json::parse(st.metadata.at("filters")).get<std::vector<int>>();
+  return c;
+}
+}  // namespace
+
+TEST_CASE("UNet2D equals the PyTorch module: logits and every gradient, with its checkpoint names and layouts") {
+  const io::SafetensorsContent st = read_weights(kGolden);
+  UNet2D net(golden_config(st));
+  load_weights(st, net, kGolden);
+  Tensor x = st.get("__input__").clone();
+  x.set_requires_grad(true);
+  Tensor y = net.forward(x, /*training=*/false);
+  REQUIRE(y.shape() == st.get("__output__").shape());
+  test::check_close(y, st.get("__output__"), 1e-4, 1e-5, "logits");
+  autograd::backward(y, st.get("__r__"));
+  test::check_close(x.grad(), st.get("__grad_input__"), 1e-4, 1e-5, "gradient of the input");
+  int checked = 0;
+  for (const auto& [name, p] : net.named_parameters()) {
+    CAPTURE(name);
+    test::check_close(p.grad(), from_pytorch_layout(name, st.get("__grad__." + name)), 1e-4, 1e-5, name);
+    ++checked;
+  }
+  CHECK(checked == 4 * 2 * 2 + 2 * 2 + 4 * 3 * 2 + 2);  // down: 2 convs x (w, b); bottleneck; up: 3 each; head
+}
+
+TEST_CASE("UNet2D sizes: 572 gives 388 as in the paper; inputs that do not fit are refused with the next that does") {
+  CHECK(UNet2D::output_size(572) == 388);
+  CHECK(UNet2D::output_size(188) == 4);
+  CHECK(UNet2D::output_size(573) == 0);
+  CHECK(UNet2D::output_size(100) == 0);
+  CHECK(UNet2D::valid_input_size(500) == 508);
+  CHECK(UNet2D::output_size(508) == 324);
+  UNet2D net({1, 2, {2, 2, 2, 2, 2}, 0.5f});
+  net.initialize(1);
+  CHECK(net.forward(Tensor::zeros({1, 188, 188, 1}), false).shape() == Shape{1, 4, 4, 2});
+  CHECK_THROWS_WITH_AS(net.forward(Tensor::zeros({1, 190, 188, 1}), false), doctest::Contains("204 is the next"),
+                       std::invalid_argument);
+}
+
+TEST_CASE("UNet2D initialisation is Keras' glorot_uniform with zero biases; dropout acts in training only") {
+  UNet2D net({1, 2, {8, 16, 16, 32, 32}, 0.5f});
+  net.initialize(7);
+  for (const auto& [name, p] : net.named_parameters()) {
+    CAPTURE(name);
+    const std::vector<float> v = p.to_vector();
+    if (name.ends_with("bias")) {
+      for (float b : v) REQUIRE(b == 0.f);
+      continue;
+    }
+    // [out, k, k, in] or, for an up-convolution, [in, k, k, out]: fan_in + fan_out = k*k*(in + out) either way.
+    const double fans = double(p.dim(1)) * double(p.dim(2)) * double(p.dim(0) + p.dim(3));
+    const double limit = std::sqrt(6.0 / fans);
+    double sum_sq = 0;
+    for (float w : v) {
+      REQUIRE(std::abs(w) <= limit);
+      sum_sq += double(w) * w;
+    }
+    // U(-l, l) has variance l^2 / 3; the weights' mean square within 30% of it (at least 72 weights per tensor).
+    CHECK(sum_sq / double(v.size()) == doctest::Approx(limit * limit / 3).epsilon(0.3));
+  }
+  Tensor x = Tensor::full({1, 188, 188, 1}, 0.5f);
+  const std::vector<float> eval1 = net.forward(x, false).to_vector(), eval2 = net.forward(x, false, 99).to_vector();
+  CHECK(eval1 == eval2);
+  const std::vector<float> train1 = net.forward(x, true, 1).to_vector(), train2 = net.forward(x, true, 2).to_vector();
+  CHECK(train1 != eval1);
+  CHECK(train1 != train2);
+  CHECK(train1 == net.forward(x, true, 1).to_vector());
+}
