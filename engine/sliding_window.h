@@ -13,20 +13,24 @@ namespace unet {
 enum class Blend { gaussian, constant };
 
 struct SlidingWindowOptions {
-  std::vector<int> patch;     // per spatial axis
-  double overlap = 0.5;       // DLE README default (its code: 0.25 with constant blending)
+  std::vector<int> patch;  // per spatial axis
+  double overlap = 0.5;    // DLE README default (its code: 0.25 with constant blending)
   Blend blend = Blend::gaussian;
-  bool tta = false;           // identity + every non-empty subset of spatial flips
-  int batch_size = 1;         // windows per predict call
+  bool tta = false;    // identity + every non-empty subset of spatial flips
+  int batch_size = 1;  // windows per predict call
+  // Voxels of context per spatial axis that a window's input has beyond its output on each side, for networks of valid
+  // convolutions (UNet2D: 92, 572 in -> 388 out); empty: none. The windows' inputs are then patch + 2 context, cut from
+  // the volume zero-padded by the context (as DLE pads its images), and predict returns patch-sized logits.
+  std::vector<int> context;
   float sigma_scale = 0.125f;
   float min_weight = 1e-3f;
-  // Where windows are cut and their logits blended (kernels/cpu/blend.h on the cpu, kernels/cuda/blend.cu on a GPU): the
-  // whole padded volume and the accumulation buffers live there during the call.
+  // Where windows are cut and their logits blended (kernels/cpu/blend.h on the cpu, kernels/cuda/blend.cu on a GPU):
+  // the whole padded volume and the accumulation buffers live there during the call.
   Device device = Device::cpu;
 };
 
-// predict: [B, patch..., C_in] -> [B, patch..., C_out] logits, both on options.device (called without autograd
-// recording).
+// predict: [B, patch + 2 context..., C_in] -> [B, patch..., C_out] logits, both on options.device (called without
+// autograd recording).
 using PredictFn = std::function<Tensor(const Tensor&)>;
 
 // image [spatial..., C_in] (2 or 3 spatial axes, on the cpu) -> blended logits [spatial..., C_out], f32, on the cpu.

@@ -1,6 +1,7 @@
-// Sliding-window inference: window placement, the importance map formula, blending, padding and TTA.
+// Sliding-window inference: window placement, the importance map formula, blending, padding, TTA and context.
 #include <cmath>
 
+#include "engine/ops.h"
 #include "engine/sliding_window.h"
 #include "tests/test_util.h"
 
@@ -117,5 +118,33 @@ TEST_CASE("a model that changes the window size is an error") {
   SlidingWindowOptions o;
   o.patch = {4, 4};
   CHECK_THROWS_WITH_AS(sliding_window_predict(Tensor::zeros({8, 8, 1}), [](const Tensor&) { return Tensor::zeros({1, 2, 2, 1}); }, o),
-                       doctest::Contains("the model changed the window size"), std::invalid_argument);
+                       doctest::Contains("expected the patch size"), std::invalid_argument);
+}
+
+TEST_CASE("with context, windows of a valid convolution reproduce the zero-padded convolution of the whole image") {
+  // A 5x5 valid convolution needs 2 voxels of context: each window's input is patch + 4, its output the patch.
+  Rng rng(31);
+  auto randn = [&](const Shape& s) {
+    std::vector<float> v(static_cast<size_t>(shape_numel(s)));
+    for (float& x : v) x = static_cast<float>(rng.normal());
+    return Tensor::from_vector(s, v);
+  };
+  const Tensor image = randn({21, 30, 2}), w = randn({3, 5, 5, 2}), b = randn({3});
+  const Tensor whole = ops::conv(image.reshape({1, 21, 30, 2}), w, b, {1, 1}, {2, 2}).reshape({21, 30, 3});
+  for (Blend blend : {Blend::gaussian, Blend::constant}) {
+    SlidingWindowOptions o;
+    o.patch = {8, 12};
+    o.context = {2, 2};
+    o.blend = blend;
+    o.batch_size = 3;
+    const Tensor got = sliding_window_predict(
+        image, [&](const Tensor& x) { return ops::conv(x, w, b, {1, 1}, {0, 0}); }, o);
+    test::check_close(got, whole, 1e-5, 1e-5, "blended valid convolution");
+  }
+  SlidingWindowOptions o;
+  o.patch = {8, 12};
+  o.context = {2, 2};
+  CHECK_THROWS_WITH_AS(sliding_window_predict(
+                           image, [&](const Tensor& x) { return ops::conv(x, w, b, {1, 1}, {1, 1}); }, o),
+                       doctest::Contains("expected the patch size"), std::invalid_argument);
 }
