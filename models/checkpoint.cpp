@@ -92,16 +92,21 @@ void load_weights(const io::SafetensorsContent& weights, Module& model, const st
 }
 
 io::Metadata card_to_metadata(const ModelCard& c) {
-  nlohmann::json model = {{"type", "dynunet"},
-                          {"in_channels", c.net.in_channels},
-                          {"out_channels", c.net.out_channels},
-                          {"kernels", c.net.kernels},
-                          {"strides", c.net.strides},
-                          {"filters", c.net.filters},
-                          {"deep_supervision", c.net.deep_supervision},
-                          {"deep_supr_num", c.net.deep_supr_num},
-                          {"res_block", c.net.res_block},
-                          {"negative_slope", c.net.negative_slope}};
+  nlohmann::json model = c.model == "unet2d" ? nlohmann::json{{"type", "unet2d"},
+                                                              {"in_channels", c.unet2d.in_channels},
+                                                              {"out_channels", c.unet2d.out_channels},
+                                                              {"filters", c.unet2d.filters},
+                                                              {"dropout", c.unet2d.dropout}}
+                                             : nlohmann::json{{"type", "dynunet"},
+                                                              {"in_channels", c.net.in_channels},
+                                                              {"out_channels", c.net.out_channels},
+                                                              {"kernels", c.net.kernels},
+                                                              {"strides", c.net.strides},
+                                                              {"filters", c.net.filters},
+                                                              {"deep_supervision", c.net.deep_supervision},
+                                                              {"deep_supr_num", c.net.deep_supr_num},
+                                                              {"res_block", c.net.res_block},
+                                                              {"negative_slope", c.net.negative_slope}};
   nlohmann::json plan = {{"patch", c.patch},
                          {"spacing", c.spacing},
                          {"normalization", nlohmann::json::parse(c.normalization.to_json())}};
@@ -123,16 +128,26 @@ ModelCard card_from_metadata(const io::Metadata& m, const std::string& path) {
   ModelCard c;
   try {
     nlohmann::json model = field("model"), plan = field("plan"), labels = field("labels");
-    if (model.at("type") != "dynunet") throw std::runtime_error(path + ": unknown model type " + model.at("type").dump());
-    c.net.in_channels = model.at("in_channels").get<int>();
-    c.net.out_channels = model.at("out_channels").get<int>();
-    c.net.kernels = model.at("kernels").get<std::vector<std::vector<int>>>();
-    c.net.strides = model.at("strides").get<std::vector<std::vector<int>>>();
-    c.net.filters = model.at("filters").get<std::vector<int>>();
-    c.net.deep_supervision = model.at("deep_supervision").get<bool>();
-    c.net.deep_supr_num = model.at("deep_supr_num").get<int>();
-    c.net.res_block = model.at("res_block").get<bool>();
-    c.net.negative_slope = model.at("negative_slope").get<float>();
+    c.model = model.at("type").get<std::string>();
+    if (c.model == "unet2d") {
+      c.unet2d.in_channels = model.at("in_channels").get<int>();
+      c.unet2d.out_channels = model.at("out_channels").get<int>();
+      c.unet2d.filters = model.at("filters").get<std::vector<int>>();
+      c.unet2d.dropout = model.at("dropout").get<float>();
+    } else if (c.model == "dynunet") {
+      c.net.in_channels = model.at("in_channels").get<int>();
+      c.net.out_channels = model.at("out_channels").get<int>();
+      c.net.kernels = model.at("kernels").get<std::vector<std::vector<int>>>();
+      c.net.strides = model.at("strides").get<std::vector<std::vector<int>>>();
+      c.net.filters = model.at("filters").get<std::vector<int>>();
+      c.net.deep_supervision = model.at("deep_supervision").get<bool>();
+      c.net.deep_supr_num = model.at("deep_supr_num").get<int>();
+      c.net.res_block = model.at("res_block").get<bool>();
+      c.net.negative_slope = model.at("negative_slope").get<float>();
+    } else {
+      throw std::runtime_error(path + ": unknown model type " + model.at("type").dump() +
+                               " (expected dynunet or unet2d)");
+    }
     c.patch = plan.at("patch").get<std::vector<int>>();
     c.spacing = plan.at("spacing").get<std::vector<double>>();
     c.normalization = io::NormalizationPlan::from_json(plan.at("normalization").dump());

@@ -11,16 +11,21 @@
 #include "io/dataset.h"
 #include "io/safetensors.h"
 #include "models/nnunet.h"
+#include "models/unet2d.h"
 
 namespace unet::models {
 
 // Everything needed to rebuild a trained model and preprocess its inputs, stored in the weights' metadata.
 struct ModelCard {
+  std::string model = "dynunet";  // dynunet (net) or unet2d (unet2d)
   DynUNetConfig net;
+  UNet2DConfig unet2d;
   std::vector<int> patch;        // training patch = inference window, per spatial axis
   std::vector<double> spacing;   // target spacing the model was trained at (z, y, x)
   io::NormalizationPlan normalization;   // per channel: z-score per case, or CT clip + global z-score
   std::map<int, std::string> labels;     // class index -> name
+  int in_channels() const { return model == "unet2d" ? unet2d.in_channels : net.in_channels; }
+  int out_channels() const { return model == "unet2d" ? unet2d.out_channels : net.out_channels; }
 };
 
 io::Metadata card_to_metadata(const ModelCard& card);

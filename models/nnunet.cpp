@@ -146,7 +146,7 @@ void DynUNet::initialize(uint64_t seed) {
   for (auto& h : heads_) h->init_kaiming(rng, 0.01f);
 }
 
-std::vector<Tensor> DynUNet::forward(const Tensor& x, bool training) const {
+std::vector<Tensor> DynUNet::forward(const Tensor& x, bool training, uint64_t) const {
   check_arg(x.rank() == config_.spatial_dims() + 2 && x.dim(-1) == config_.in_channels,
             "DynUNet: expected input [N, spatial..., " + std::to_string(config_.in_channels) + "] with " +
                 std::to_string(config_.spatial_dims()) + " spatial axes, got " + x.describe());

@@ -7,6 +7,7 @@
 
 #include "engine/module.h"
 #include "engine/random.h"
+#include "models/network.h"
 
 namespace unet::models {
 
@@ -66,13 +67,15 @@ class UpBlock : public Module {
   std::shared_ptr<ConvBlock> conv_block;
 };
 
-class DynUNet : public Module {
+class DynUNet : public Network {
  public:
   explicit DynUNet(const DynUNetConfig& config);
   // Logits at full resolution first; with deep supervision and training = true, then the heads' logits upsampled
-  // (nearest) to full resolution, levels 1..deep_supr_num.
-  std::vector<Tensor> forward(const Tensor& x, bool training) const;
-  void initialize(uint64_t seed);  // kaiming normal (a = 0.01) for convolutions, zero biases; norms 1 / 0
+  // (nearest) to full resolution, levels 1..deep_supr_num. Nothing is random: the seed is not used.
+  std::vector<Tensor> forward(const Tensor& x, bool training, uint64_t seed = 0) const override;
+  void initialize(uint64_t seed) override;  // kaiming normal (a = 0.01) for convolutions, zero biases; norms 1 / 0
+  int spatial_dims() const override { return config_.spatial_dims(); }
+  int out_channels() const override { return config_.out_channels; }
   const DynUNetConfig& config() const { return config_; }
 
  private:

@@ -26,10 +26,15 @@ Predictor::Predictor(const std::string& checkpoint, const PredictorOptions& o)
     : Predictor(read_weights(checkpoint), checkpoint, o) {}
 
 Predictor::Predictor(const io::SafetensorsContent& weights, const std::string& checkpoint, const PredictorOptions& o)
-    : card_(inference_card(weights, checkpoint)), net_(card_.net), precision_(o.precision) {
-  load_weights(weights, net_, checkpoint);
-  net_.to(o.device);
-  window_.patch = card_.patch;
+    : card_(inference_card(weights, checkpoint)), precision_(o.precision) {
+  try {
+    net_ = make_network(card_);
+  } catch (const std::invalid_argument& e) {
+    throw std::runtime_error(checkpoint + ": " + e.what());
+  }
+  load_weights(weights, *net_, checkpoint);
+  net_->to(o.device);
+  window_ = window_options(*net_, card_.patch);
   window_.overlap = o.overlap;
   window_.blend = o.blend;
   window_.tta = o.tta;
@@ -37,9 +42,9 @@ Predictor::Predictor(const io::SafetensorsContent& weights, const std::string& c
 }
 
 Segmentation Predictor::segment(const io::Image& volume, const std::string& source) const {
-  if (volume.data.dim(-1) != card_.net.in_channels)
-    throw std::runtime_error(source + ": has " + std::to_string(volume.data.dim(-1)) + " channel(s), the model expects " +
-                             std::to_string(card_.net.in_channels));
+  if (volume.data.dim(-1) != card_.in_channels())
+    throw std::runtime_error(source + ": has " + std::to_string(volume.data.dim(-1)) +
+                             " channel(s), the model expects " + std::to_string(card_.in_channels()));
   // As in training (models/trainer.h): crop to the non-zero box, resample to the training spacing, normalise.
   const std::array<int64_t, 3> full{volume.data.dim(0), volume.data.dim(1), volume.data.dim(2)};
   const io::Box box = io::nonzero_box(volume.data);
@@ -56,7 +61,7 @@ Segmentation Predictor::segment(const io::Image& volume, const std::string& sour
 
   // Probabilities on the model's grid, back on the cropped grid (linear, nearest along a separate axis, as nnU-Net),
   // then in the whole volume (background outside the box).
-  Tensor probabilities = softmax_channels(predict_volume(net_, image, window_, precision_));
+  Tensor probabilities = softmax_channels(predict_volume(*net_, image, window_, precision_));
   if (resample) probabilities = io::resize_image(probabilities, box.size(), io::label_orders(separate));
   if (box.size() != full) {
     const int64_t C = probabilities.dim(3);

@@ -4,13 +4,14 @@
 // command-line front end (files, directories, output names).
 #pragma once
 #include <array>
+#include <memory>
 #include <string>
 
 #include "engine/precision.h"
 #include "engine/sliding_window.h"
 #include "io/image.h"
 #include "models/checkpoint.h"
-#include "models/nnunet.h"
+#include "models/network.h"
 
 namespace unet::models {
 
@@ -45,7 +46,7 @@ class Predictor {
  private:
   Predictor(const io::SafetensorsContent& weights, const std::string& checkpoint, const PredictorOptions& options);
   ModelCard card_;
-  DynUNet net_;
+  std::unique_ptr<Network> net_;
   SlidingWindowOptions window_;
   Precision precision_;
 };

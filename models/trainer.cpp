@@ -1,4 +1,4 @@
-// Training step and validation helpers for the DynUNet, and the Trainer that runs a whole training.
+// Training step and validation helpers for the networks (models/network.h), and the Trainer that runs a whole training.
 #include "models/trainer.h"
 
 #include <algorithm>
@@ -38,20 +38,45 @@ Tensor deep_supervision_loss(const std::vector<Tensor>& outputs, const Tensor& l
   return total;
 }
 
-std::vector<Tensor> forward_in(const DynUNet& net, const Tensor& x, bool training, Precision precision) {
+std::vector<Tensor> forward_in(const Network& net, const Tensor& x, bool training, Precision precision, uint64_t seed) {
   const DType dt = activation_dtype(precision);
-  std::vector<Tensor> out = net.forward(ops::cast(x, dt), training);
+  std::vector<Tensor> out = net.forward(ops::cast(network_input(net, x), dt), training, seed);
   for (Tensor& o : out) o = ops::cast(o, DType::f32);  // softmax and the loss in f32
   return out;
 }
 
-StepStats train_step(DynUNet& net, Optimizer& optimizer, const Tensor& x, const Tensor& labels, Precision precision,
-                     LossScaler* scaler, GradientReducer* reducer) {
+namespace {
+
+// labels [B, spatial...] cut to the centre of the logits' spatial size (a network of valid convolutions predicts
+// the centre of its input), as [B, logits' spatial...].
+Tensor labels_for(const Tensor& labels, const Tensor& logits) {
+  Shape spatial(logits.shape().begin() + 1, logits.shape().end() - 1);
+  Tensor l = labels;
+  if (l.rank() == static_cast<int>(spatial.size()) + 2 && spatial.size() == 2 && l.dim(1) == 1)  // slices
+    l = l.reshape({l.dim(0), l.dim(2), l.dim(3)});
+  if (Shape(l.shape().begin() + 1, l.shape().end()) == spatial) return l;
+  Shape with_channel = l.shape();
+  with_channel.push_back(1);
+  std::vector<int64_t> start, size;
+  for (size_t a = 0; a < spatial.size(); ++a) {
+    start.push_back((l.dim(int(a) + 1) - spatial[a]) / 2);
+    size.push_back(spatial[a]);
+  }
+  Shape out = {l.dim(0)};
+  out.insert(out.end(), spatial.begin(), spatial.end());
+  return ops::crop(l.reshape(with_channel), start, size).reshape(out);
+}
+
+}  // namespace
+
+StepStats train_step(Network& net, Optimizer& optimizer, const Tensor& x, const Tensor& labels, Precision precision,
+                     LossScaler* scaler, GradientReducer* reducer, uint64_t seed) {
   StepStats stats;
   optimizer.zero_grad();
   Tensor parts;
-  Tensor loss = deep_supervision_loss(forward_in(net, x, /*training=*/true, precision), labels, &parts,
-                                      reducer ? &reducer->comm() : nullptr);
+  const std::vector<Tensor> logits = forward_in(net, x, /*training=*/true, precision, seed);
+  Tensor loss =
+      deep_supervision_loss(logits, labels_for(labels, logits[0]), &parts, reducer ? &reducer->comm() : nullptr);
   {
     autograd::NoGradGuard no_grad;
     stats.losses = ops::concat_channels({loss.detach(), parts});
@@ -64,7 +89,14 @@ StepStats train_step(DynUNet& net, Optimizer& optimizer, const Tensor& x, const 
   return stats;
 }
 
-Tensor predict_volume(const DynUNet& net, const Tensor& image, const SlidingWindowOptions& options,
+SlidingWindowOptions window_options(const Network& net, const std::vector<int>& patch) {
+  SlidingWindowOptions o;
+  o.context = net.context(patch);
+  for (size_t a = 0; a < patch.size(); ++a) o.patch.push_back(patch[a] - 2 * o.context[a]);
+  return o;
+}
+
+Tensor predict_volume(const Network& net, const Tensor& image, const SlidingWindowOptions& options,
                       Precision precision) {
   // The network runs on its parameters' device (Module::to). Windows are cut and blended there too (blend.cu on a
   // GPU), unless the padded volume and the accumulation buffers would take more than kMaxDeviceBlendBytes: then the
@@ -75,16 +107,24 @@ Tensor predict_volume(const DynUNet& net, const Tensor& image, const SlidingWind
   double voxels = 1;
   for (int a = 0; a + 1 < image.rank(); ++a)
     voxels *= static_cast<double>(std::max<int64_t>(image.dim(a), options.patch[static_cast<size_t>(a)]));
-  const double bytes = voxels * 4.0 * static_cast<double>(image.dim(-1) + net.config().out_channels + 1);
+  const double bytes = voxels * 4.0 * static_cast<double>(image.dim(-1) + net.out_channels() + 1);
   SlidingWindowOptions o = options;
   o.device = bytes <= kMaxDeviceBlendBytes ? d : Device::cpu;
   return sliding_window_predict(
       image,
-      [&](const Tensor& batch) { return forward_in(net, batch.to(d), /*training=*/false, precision)[0].to(o.device); },
+      [&](const Tensor& batch) {
+        Tensor logits = forward_in(net, batch.to(d), /*training=*/false, precision)[0];
+        if (logits.rank() < batch.rank()) {  // a 2D network on slices [B, 1, H, W, C]: back to [B, 1, H', W', K]
+          Shape s = logits.shape();
+          s.insert(s.begin() + 1, 1);
+          logits = logits.reshape(s);
+        }
+        return logits.to(o.device);
+      },
       o);
 }
 
-Tensor segment_volume(const DynUNet& net, const Tensor& image, const SlidingWindowOptions& options,
+Tensor segment_volume(const Network& net, const Tensor& image, const SlidingWindowOptions& options,
                       Precision precision) {
   return ops::argmax_channels(predict_volume(net, image, options, precision));
 }
@@ -186,7 +226,7 @@ struct Trainer::State {
   io::FoldSplit split;
   std::vector<io::Case> cases;
   ModelCard card;
-  std::unique_ptr<DynUNet> net;
+  std::unique_ptr<Network> net;
   std::unique_ptr<Optimizer> opt;
   LossScaler scaler;
   SlidingWindowOptions sw;
@@ -369,37 +409,52 @@ Trainer::Trainer(TrainerOptions options, std::FILE* out) : s_(std::make_unique<S
     io::pad_case_to(k, o.sampling.patch);
   }
 
-  // Model from the nnU-Net plan rule (the target spacing).
+  // Model: DynUNet from the nnU-Net plan rule (the target spacing), or UNet2D on slices.
   const std::vector<int> patch(o.sampling.patch.begin(), o.sampling.patch.end());
   const std::vector<double> spacing(target.begin(), target.end());
   const UNetPlan plan = plan_unet(patch, spacing, o.depth);
   ModelCard& card = s.card;
-  card.net = {s.info.num_channels(), s.info.num_classes(), plan.kernels, plan.strides, {}};
-  for (size_t i = 0; i < plan.kernels.size(); ++i)
-    card.net.filters.push_back(std::min(o.filters << i, o.max_filters));
-  card.net.deep_supervision = o.deep_supervision && plan.kernels.size() >= 4;
-  card.net.res_block = o.res_block;
+  card.model = o.model;
+  if (o.model == "unet2d") {
+    card.unet2d = {s.info.num_channels(), s.info.num_classes(), {}, o.dropout};
+    for (int i = 0; i < 5; ++i) card.unet2d.filters.push_back(o.filters << i);
+  } else if (o.model == "dynunet") {
+    card.net = {s.info.num_channels(), s.info.num_classes(), plan.kernels, plan.strides, {}};
+    for (size_t i = 0; i < plan.kernels.size(); ++i)
+      card.net.filters.push_back(std::min(o.filters << i, o.max_filters));
+    card.net.deep_supervision = o.deep_supervision && plan.kernels.size() >= 4;
+    card.net.res_block = o.res_block;
+  } else {
+    throw TrainerOptionError("model.name = " + o.model + ": expected dynunet or unet2d");
+  }
   card.patch = patch;
   card.spacing = spacing;
   card.normalization = norm;
   for (size_t k = 0; k < s.info.labels.size(); ++k) card.labels[static_cast<int>(k)] = s.info.labels[k];
-  s.net = std::make_unique<DynUNet>(card.net);
+  try {
+    s.net = make_network(card);
+  } catch (const std::invalid_argument& e) {
+    throw TrainerOptionError(std::string("data.patch_size: ") + e.what());
+  }
   s.net->initialize(o.seed);
   s.net->to(o.device);  // before the optimizer, which creates its state on the parameters' device
   s.opt = make_optimizer(o, s.net->parameters());
   if (s.comm) s.reducer = std::make_unique<GradientReducer>(s.net->parameters(), *s.comm);
 
-  s.sw.patch = patch;
+  s.sw = window_options(*s.net, patch);
   s.sw.overlap = o.overlap;
   s.sw.blend = o.blend;
   s.dir = o.output_dir;
   if (out)
     std::fprintf(out,
                  "unet_train: %zu training / %zu validation cases (fold %d of %d), patch %ldx%ldx%ld, %lld parameters, "
-                 "%zu levels\n",
+                 "%s\n",
                  s.split.train.size(), s.split.val.size(), o.fold, o.folds, static_cast<long>(patch[0]),
                  static_cast<long>(patch[1]), static_cast<long>(patch[2]),
-                 static_cast<long long>(s.net->parameter_count()), plan.kernels.size());
+                 static_cast<long long>(s.net->parameter_count()),
+                 o.model == "unet2d"
+                     ? ("UNet2D, logits " + std::to_string(s.sw.patch[1]) + "x" + std::to_string(s.sw.patch[2])).c_str()
+                     : (std::to_string(plan.kernels.size()) + " levels").c_str());
 }
 
 Trainer::~Trainer() = default;
@@ -463,8 +518,10 @@ void Trainer::run() {
   for (int64_t step = first_step; step < o.steps; ++step) {
     s.opt->set_lr(schedule.at(step));
     io::PatchBatch batch = loader.next();
+    // The step's dropout draws from (seed, step), as its batch does: a resumed run repeats it.
+    const uint64_t step_seed = o.seed * 0x9e3779b97f4a7c15ull + static_cast<uint64_t>(step) + 1;
     const StepStats st = train_step(*s.net, *s.opt, batch.image.to(o.device), batch.label.to(o.device), o.precision,
-                                    &s.scaler, s.reducer.get());
+                                    &s.scaler, s.reducer.get(), step_seed);
     {
       autograd::NoGradGuard no_grad;
       loss_acc = loss_acc.defined() ? ops::add(loss_acc, st.losses) : st.losses;

@@ -15,6 +15,7 @@
 #include "engine/sliding_window.h"
 #include "io/dataset.h"
 #include "models/checkpoint.h"
+#include "models/network.h"
 #include "models/nnunet.h"
 
 namespace unet::models {
@@ -38,7 +39,9 @@ Tensor deep_supervision_loss(const std::vector<Tensor>& outputs, const Tensor& l
 // The network's outputs (f32 logits) for x [B, spatial..., C_in] f32, computed in `precision` (engine/precision.h):
 // fp16 / bf16 cast x to that type and the logits back to f32, as autocast does. tf32 is the process-wide
 // ops::set_conv_allow_tf32, which the caller sets.
-std::vector<Tensor> forward_in(const DynUNet& net, const Tensor& x, bool training, Precision precision);
+// x may be slices [B, 1, H, W, C] for a 2D network (network_input). `seed` draws the step's dropout.
+std::vector<Tensor> forward_in(const Network& net, const Tensor& x, bool training, Precision precision,
+                               uint64_t seed = 0);
 
 // Forward in `precision`, loss (f32), backward of loss * scale, optimizer step with the gradients unscaled, on one
 // batch: x [B, spatial..., C_in] f32, labels [B, spatial...]. scaler (may be null: scale 1) gives the scale and is
@@ -46,17 +49,23 @@ std::vector<Tensor> forward_in(const DynUNet& net, const Tensor& x, bool trainin
 // Data parallel (a reducer over the net's parameters): x and labels are this rank's share of the global batch; the
 // loss is the global batch's (over reducer->comm()) and the gradients are summed over the ranks before the step, so
 // every rank takes the same step, or skips it (a non-finite gradient anywhere is one in every rank's sum).
-StepStats train_step(DynUNet& net, Optimizer& optimizer, const Tensor& x, const Tensor& labels,
+// A network of valid convolutions (UNet2D) returns logits smaller than x: the loss takes the labels' centre. `seed`
+// draws the step's dropout.
+StepStats train_step(Network& net, Optimizer& optimizer, const Tensor& x, const Tensor& labels,
                      Precision precision = Precision::fp32, LossScaler* scaler = nullptr,
-                     GradientReducer* reducer = nullptr);
+                     GradientReducer* reducer = nullptr, uint64_t seed = 0);
+
+// The sliding window of a network trained on `patch` (its input size): windows of the network's output size, each
+// with the context its valid convolutions need (none for DynUNet).
+SlidingWindowOptions window_options(const Network& net, const std::vector<int>& patch);
 
 // Blended logits (f32) of a whole image [spatial..., C_in] by sliding window (no autograd), the network run in
-// `precision`.
-Tensor predict_volume(const DynUNet& net, const Tensor& image, const SlidingWindowOptions& options,
+// `precision`. options: from window_options (then overlap, blending, TTA).
+Tensor predict_volume(const Network& net, const Tensor& image, const SlidingWindowOptions& options,
                       Precision precision = Precision::fp32);
 
 // Label map (i32 [spatial...]) = argmax of the blended logits.
-Tensor segment_volume(const DynUNet& net, const Tensor& image, const SlidingWindowOptions& options,
+Tensor segment_volume(const Network& net, const Tensor& image, const SlidingWindowOptions& options,
                       Precision precision = Precision::fp32);
 
 }  // namespace unet::models
@@ -77,7 +86,9 @@ struct TrainerOptions {
   io::PatchSamplerOptions sampling;      // patch, batch, foreground oversampling, augmentation (its seed is `seed`)
   int loader_workers = 2, prefetch = 2;  // io/loader.h: threads preparing batches, steps ahead (0 workers: inline)
   std::string cache_dir;                 // preprocessed cases kept here (io/preprocess.h); empty: none
-  int filters = 32, max_filters = 320, depth = 5;
+  std::string model = "dynunet";         // dynunet (nnU-Net) | unet2d (Ronneberger / DLE UNet_Medical: patch (1, H, W))
+  int filters = 32, max_filters = 320, depth = 5;  // unet2d: filters, 2x, 4x, 8x, 16x (DLE: 64)
+  float dropout = 0.5f;                            // unet2d: after the bottleneck
   bool deep_supervision = true, res_block = false;
   int64_t steps = 1000;
   std::string optimizer = "adamw";  // adamw | adam | sgd

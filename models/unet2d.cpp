@@ -79,7 +79,7 @@ UNet2D::UNet2D(const UNet2DConfig& config) : config_(config), levels_(std::make_
   head_ = register_module("head", std::make_shared<ValidConv>(f[0], config.out_channels, 1, false, false));
 }
 
-Tensor UNet2D::forward(const Tensor& x, bool training, uint64_t dropout_seed) const {
+std::vector<Tensor> UNet2D::forward(const Tensor& x, bool training, uint64_t dropout_seed) const {
   if (x.rank() != 4 || x.dim(-1) != config_.in_channels || output_size(x.dim(1)) < 1 || output_size(x.dim(2)) < 1)
     throw std::invalid_argument("UNet2D: input " + x.describe() + " must be [N, H, W, " +
                                 std::to_string(config_.in_channels) + "] with H and W sizes the network fits (" +
@@ -101,7 +101,14 @@ Tensor UNet2D::forward(const Tensor& x, bool training, uint64_t dropout_seed) co
     Tensor centre = ops::crop(skip, {(skip.dim(1) - oh) / 2, (skip.dim(2) - ow) / 2}, {oh, ow});
     h = level.convs(ops::concat_channels({upsampled, centre}));
   }
-  return head_->forward(h);
+  return {head_->forward(h)};
+}
+
+std::vector<int> UNet2D::context(const std::vector<int>& patch) const {
+  std::vector<int> c(patch.size(), 0);  // a leading slice axis (1, H, W) has none
+  for (size_t a = patch.size() < 2 ? 0 : patch.size() - 2; a < patch.size(); ++a)
+    c[a] = static_cast<int>((patch[a] - output_size(patch[a])) / 2);
+  return c;
 }
 
 void UNet2D::initialize(uint64_t seed) {

@@ -11,6 +11,7 @@
 
 #include "engine/module.h"
 #include "engine/random.h"
+#include "models/network.h"
 
 namespace unet::models {
 
@@ -34,13 +35,17 @@ class ValidConv : public Module {
   bool up, relu;
 };
 
-class UNet2D : public Module {
+class UNet2D : public Network {
  public:
   explicit UNet2D(const UNet2DConfig& config);
-  // x [N, H, W, C] -> logits [N, H', W', classes] with H' = output_size(H). training = true applies the dropout, with
-  // a mask drawn from dropout_seed (a new one each step).
-  Tensor forward(const Tensor& x, bool training, uint64_t dropout_seed = 0) const;
-  void initialize(uint64_t seed);
+  // x [N, H, W, C] -> {logits [N, H', W', classes]} with H' = output_size(H). training = true applies the dropout,
+  // with a mask drawn from dropout_seed (a new one each step).
+  std::vector<Tensor> forward(const Tensor& x, bool training, uint64_t dropout_seed = 0) const override;
+  void initialize(uint64_t seed) override;
+  // (patch - output_size(patch)) / 2 along H and W; 0 along a leading slice axis (1, H, W)
+  std::vector<int> context(const std::vector<int>& patch) const override;
+  int spatial_dims() const override { return 2; }
+  int out_channels() const override { return config_.out_channels; }
   const UNet2DConfig& config() const { return config_; }
   // The output size for an input size (572 -> 388), or 0 when the input does not fit the network (a size whose
   // poolings leave a remainder or whose convolutions leave nothing).

@@ -58,7 +58,11 @@ io::Config make_config() {
        "probability of nnU-Net's gamma 0.7..1.5, statistics kept (nnU-Net: 0.3)"},
       {"augment", "low_resolution", KeyType::real, "0",
        "probability of nnU-Net's low-resolution simulation, 0.5..1 (nnU-Net: 0.25)"},
-      {"model", "filters", KeyType::integer, "32", "filters of the first level; doubled per level up to max_filters"},
+      {"model", "name", KeyType::string, "dynunet",
+       "dynunet (nnU-Net) or unet2d (Ronneberger / DLE UNet_Medical, on slices: patch_size H, W such as 572, 572)"},
+      {"model", "filters", KeyType::integer, "32",
+       "filters of the first level; doubled per level up to max_filters (unet2d: x2 per level, no cap; DLE: 64)"},
+      {"model", "dropout", KeyType::real, "0.5", "unet2d: dropout probability after the bottleneck in training"},
       {"model", "max_filters", KeyType::integer, "320", "filter cap (nnU-Net: 320 in 3D)"},
       {"model", "depth", KeyType::integer, "5", "maximum number of downsamplings"},
       {"model", "deep_supervision", KeyType::boolean, "true", "1x1 heads at 1/2 and 1/4 resolution during training"},
@@ -127,10 +131,20 @@ models::TrainerOptions trainer_options(const io::Config& c) {
   };
   o.dataset = c.get_string("data", "dataset");
   if (o.dataset.empty()) throw UsageError("data.dataset: required (the directory holding dataset.json)");
-  const auto patch = c.get_int_list("data", "patch_size");
-  if (patch.size() != 3) throw UsageError("data.patch_size: expected three sizes z, y, x");
-  for (long p : patch)
-    if (p < 4 || p > 1024) throw UsageError("data.patch_size: sizes must be in [4, 1024]");
+  o.model = c.get_string("model", "name");
+  if (o.model != "dynunet" && o.model != "unet2d")
+    throw UsageError("model.name = " + o.model + ": expected dynunet or unet2d");
+  const bool slices = o.model == "unet2d";  // a 2D network trains on patches (1, H, W)
+  auto patch = c.get_int_list("data", "patch_size");
+  if (slices && patch.size() == 2) patch.insert(patch.begin(), 1);
+  if (patch.size() != 3)
+    throw UsageError(slices ? "data.patch_size: expected H, W (or 1, H, W) for model.name = unet2d"
+                            : "data.patch_size: expected three sizes z, y, x");
+  if (slices && patch[0] != 1)
+    throw UsageError("data.patch_size: unet2d trains on slices, so the z size must be 1, got " +
+                     std::to_string(patch[0]));
+  for (size_t a = slices ? 1 : 0; a < 3; ++a)
+    if (patch[a] < 4 || patch[a] > 1024) throw UsageError("data.patch_size: sizes must be in [4, 1024]");
   o.sampling.patch = {patch[0], patch[1], patch[2]};
   o.folds = static_cast<int>(int_in("data", "folds", 1, 100));
   o.fold = static_cast<int>(int_in("data", "fold", 0, o.folds - 1));
@@ -161,6 +175,7 @@ models::TrainerOptions trainer_options(const io::Config& c) {
   o.prefetch = static_cast<int>(int_in("data", "prefetch", 1, 64));
   o.deep_supervision = c.get_bool("model", "deep_supervision");
   o.res_block = c.get_bool("model", "res_block");
+  o.dropout = static_cast<float>(real_in("model", "dropout", 0, 1, true));
   o.optimizer = c.get_string("train", "optimizer");
   o.lr = real_in("train", "lr", 0, 10);
   if (o.lr == 0) throw UsageError("train.lr = 0: expected a positive learning rate");

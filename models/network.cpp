@@ -1,0 +1,35 @@
+#include "models/network.h"
+
+#include <stdexcept>
+#include <string>
+
+#include "models/checkpoint.h"
+#include "models/nnunet.h"
+#include "models/unet2d.h"
+
+namespace unet::models {
+
+Tensor network_input(const Network& net, const Tensor& x) {
+  if (net.spatial_dims() == 2 && x.rank() == 5 && x.dim(1) == 1)
+    return x.reshape({x.dim(0), x.dim(2), x.dim(3), x.dim(4)});
+  return x;
+}
+
+std::unique_ptr<Network> make_network(const ModelCard& card) {
+  if (card.model == "unet2d") {
+    // A 2D network: patches [1, H, W] (slices) or [H, W], each of H and W a size the network fits.
+    const size_t n = card.patch.size();
+    if (n < 2 || (n == 3 && card.patch[0] != 1) || n > 3)
+      throw std::invalid_argument("unet2d: patch must be 2D (H, W) or slices (1, H, W)");
+    for (size_t a = n - 2; a < n; ++a)
+      if (UNet2D::output_size(card.patch[a]) < 1)
+        throw std::invalid_argument("unet2d: patch size " + std::to_string(card.patch[a]) +
+                                    " does not fit the network's valid convolutions and poolings; " +
+                                    std::to_string(UNet2D::valid_input_size(card.patch[a])) +
+                                    " is the next that does (572 gives 388)");
+    return std::make_unique<UNet2D>(card.unet2d);
+  }
+  return std::make_unique<DynUNet>(card.net);
+}
+
+}  // namespace unet::models

@@ -1,0 +1,36 @@
+// The networks that training and inference build from a model card (models/checkpoint.h, "model.name"): nnU-Net's
+// DynUNet (models/nnunet.h) and the UNet2D of Ronneberger (models/unet2d.h). The Trainer and the Predictor see only
+// this interface.
+#pragma once
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "engine/module.h"
+
+namespace unet::models {
+
+struct ModelCard;
+
+class Network : public Module {
+ public:
+  // Logits for x [B, spatial..., C_in]: full resolution first, then, in training, the deep-supervision heads'
+  // (upsampled to full resolution). `seed` draws what is random in training (dropout): a new one each step.
+  virtual std::vector<Tensor> forward(const Tensor& x, bool training, uint64_t seed) const = 0;
+  virtual void initialize(uint64_t seed) = 0;
+  virtual int spatial_dims() const = 0;  // 2 or 3
+  virtual int out_channels() const = 0;  // classes
+  // Voxels per side, for each spatial axis of `patch`, that the logits lack against the input (valid convolutions:
+  // UNet2D's 92 at 572); zeros for networks whose output has the input's size.
+  virtual std::vector<int> context(const std::vector<int>& patch) const { return std::vector<int>(patch.size(), 0); }
+};
+
+// x as the network takes it: slices [B, 1, H, W, C] of a volume become [B, H, W, C] for a 2D network (no autograd: x is
+// an input); anything else is x itself.
+Tensor network_input(const Network& net, const Tensor& x);
+
+// The network a card describes, with zero weights (initialize, or load a checkpoint). Throws std::invalid_argument
+// when the card's patch does not fit it (UNet2D: naming the next size that does).
+std::unique_ptr<Network> make_network(const ModelCard& card);
+
+}  // namespace unet::models
