@@ -1,4 +1,4 @@
-// libFuzzer harness: dataset.json of arbitrary bytes through io::read_msd_dataset (a directory holding it and one
+// libFuzzer harness: dataset.json of arbitrary bytes through io::read_dataset (a directory holding it and one
 // image and label file that a well-formed input can name).
 #include <unistd.h>
 
@@ -23,7 +23,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     std::fclose(f);
   }
   try {
-    unet::io::read_msd_dataset(dir);
+    unet::io::read_dataset(dir);
   } catch (const std::exception&) {
   }
   return 0;

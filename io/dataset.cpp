@@ -12,6 +12,7 @@
 #include <numeric>
 #include <stdexcept>
 
+#include "engine/ops.h"
 #include "io/image.h"
 #include "kernels/common/parallel.h"
 
@@ -56,14 +57,16 @@ bool is_ct(const std::string& modality) {
 
 // ---- dataset.json ------------------------------------------------------------------------------------------------
 
-DatasetInfo read_msd_dataset(const std::string& dir) {
-  DatasetInfo info;
+namespace {
+
+// dir/dataset.json, parsed: a JSON object, or std::runtime_error naming the file.
+json load_dataset_json(const std::string& dir, DatasetInfo& info) {
   info.dir = dir;
   info.json_path = (fs::path(dir) / "dataset.json").string();
   const std::string& where = info.json_path;
   if (!fs::is_directory(dir)) throw std::runtime_error(dir + ": dataset directory does not exist");
   std::ifstream f(info.json_path);
-  if (!f) throw std::runtime_error(where + ": cannot open (expected the dataset.json of an MSD dataset)");
+  if (!f) throw std::runtime_error(where + ": cannot open (expected the dataset.json of an MSD or nnU-Net v2 dataset)");
   json j;
   try {
     j = json::parse(f);
@@ -71,6 +74,90 @@ DatasetInfo read_msd_dataset(const std::string& dir) {
     throw std::runtime_error(where + ": not valid JSON: " + e.what());
   }
   if (!j.is_object()) throw std::runtime_error(where + ": expected a JSON object at the top level");
+  return j;
+}
+
+}  // namespace
+
+DatasetInfo read_dataset(const std::string& dir) {
+  DatasetInfo probe;
+  const json j = load_dataset_json(dir, probe);
+  return j.contains("channel_names") ? read_nnunet_v2_dataset(dir) : read_msd_dataset(dir);
+}
+
+DatasetInfo read_nnunet_v2_dataset(const std::string& dir) {
+  DatasetInfo info;
+  info.format = "nnunet_v2";
+  const json j = load_dataset_json(dir, info);
+  const std::string& where = info.json_path;
+  auto fail = [&](const std::string& key, const std::string& what) {
+    throw std::runtime_error(where + ": key '" + key + "': " + what);
+  };
+  info.modalities = read_indexed_names(j, "channel_names", where);
+  if (j.contains("name") && j["name"].is_string()) info.name = j["name"].get<std::string>();
+  if (j.contains("description") && j["description"].is_string()) info.description = j["description"].get<std::string>();
+  // labels: name -> consecutive integer values from 0 (background).
+  if (!j.contains("labels") || !j["labels"].is_object() || j["labels"].empty())
+    fail("labels", "expected an object like {\"background\": 0, \"organ\": 1}");
+  const json& labels = j["labels"];
+  if (labels.size() < 2) fail("labels", "needs at least two labels (background and one foreground class)");
+  if (labels.size() > 256) fail("labels", "more than 256 labels are not supported (labels are stored as u8)");
+  info.labels.assign(labels.size(), "");
+  for (auto& [name, v] : labels.items()) {
+    if (v.is_array())
+      fail("labels", "'" + name + "' is a region (a list of labels); region-based training is not supported");
+    if (!v.is_number_integer() || v.get<int64_t>() < 0 || v.get<int64_t>() >= static_cast<int64_t>(labels.size()))
+      fail("labels", "'" + name + "' = " + v.dump() + ": expected consecutive integers 0.." +
+                         std::to_string(labels.size() - 1));
+    std::string& slot = info.labels[static_cast<size_t>(v.get<int64_t>())];
+    if (!slot.empty()) fail("labels", "'" + name + "' and '" + slot + "' have the same value " + v.dump());
+    slot = name;
+  }
+  if (j.contains("regions_class_order")) fail("regions_class_order", "region-based training is not supported");
+  if (!j.contains("file_ending") || !j["file_ending"].is_string())
+    fail("file_ending", "expected a string such as \".nii.gz\" or \".tif\"");
+  const std::string ending = j["file_ending"].get<std::string>();
+  if (!is_image_name("case" + ending))
+    fail("file_ending", "'" + ending + "': expected .nii, .nii.gz, .tif or .tiff (the formats read here)");
+  if (!j.contains("numTraining") || !j["numTraining"].is_number_integer())
+    fail("numTraining", "expected the number of training cases");
+  // The cases: the label files, each with one image file per channel.
+  const fs::path labels_dir = fs::path(dir) / "labelsTr", images_dir = fs::path(dir) / "imagesTr";
+  if (!fs::is_directory(labels_dir)) throw std::runtime_error(labels_dir.string() + ": no such directory");
+  std::vector<std::string> ids;
+  for (const auto& e : fs::directory_iterator(labels_dir)) {
+    const std::string n = e.path().filename().string();
+    if (!n.starts_with(".") && n.size() > ending.size() && n.ends_with(ending))
+      ids.push_back(n.substr(0, n.size() - ending.size()));
+  }
+  std::sort(ids.begin(), ids.end());
+  for (const std::string& id : ids) {
+    DatasetCase c;
+    c.id = id;
+    c.label_path = (labels_dir / (id + ending)).string();
+    for (size_t ch = 0; ch < info.modalities.size(); ++ch) {
+      char suffix[16];
+      std::snprintf(suffix, sizeof suffix, "_%04zu", ch);
+      const fs::path image = images_dir / (id + suffix + ending);
+      if (!fs::is_regular_file(image))
+        throw std::runtime_error(image.string() + ": missing (channel " + std::to_string(ch) + " of case " + id +
+                                 ", whose label is " + c.label_path + ")");
+      c.image_paths.push_back(image.string());
+    }
+    info.training.push_back(std::move(c));
+  }
+  if (info.training.empty()) fail("numTraining", "no label files *" + ending + " in " + labels_dir.string());
+  if (j["numTraining"].get<int64_t>() != static_cast<int64_t>(info.training.size()))
+    fail("numTraining", "says " + std::to_string(j["numTraining"].get<int64_t>()) + " but " + labels_dir.string() +
+                            " holds " + std::to_string(info.training.size()) + " label files");
+  return info;
+}
+
+DatasetInfo read_msd_dataset(const std::string& dir) {
+  DatasetInfo info;
+  info.format = "msd";
+  const json j = load_dataset_json(dir, info);
+  const std::string& where = info.json_path;
   auto fail = [&](const std::string& key, const std::string& what) {
     throw std::runtime_error(where + ": key '" + key + "': " + what);
   };
@@ -102,9 +189,12 @@ DatasetInfo read_msd_dataset(const std::string& dir) {
       std::string rel = tr[i][field].get<std::string>();
       std::string path = resolve(dir, rel);
       if (!fs::is_regular_file(path)) fail(key + "." + field, "file '" + rel + "' does not exist (" + path + ")");
-      (std::strcmp(field, "image") == 0 ? c.image_path : c.label_path) = path;
+      if (std::strcmp(field, "image") == 0)
+        c.image_paths = {path};
+      else
+        c.label_path = path;
     }
-    c.id = image_stem(c.image_path);
+    c.id = image_stem(c.image_paths[0]);
     info.training.push_back(std::move(c));
   }
   if (j.contains("test")) {
@@ -136,11 +226,23 @@ Case load_case(const DatasetInfo& info, size_t i) {
     throw std::out_of_range(info.json_path + ": case " + std::to_string(i) + " requested, the dataset has " +
                             std::to_string(info.training.size()));
   const DatasetCase& dc = info.training[i];
-  Image img = read_image(dc.image_path);
+  Image img = read_image(dc.image_paths[0]);
+  const std::string& image_path = dc.image_paths[0];
+  if (dc.image_paths.size() > 1) {  // nnU-Net v2: one file per channel, on one grid, stacked as channels
+    std::vector<Tensor> channels{img.data};
+    for (size_t ch = 1; ch < dc.image_paths.size(); ++ch) {
+      const Image other = read_image(dc.image_paths[ch]);
+      if (other.data.shape() != img.data.shape())
+        throw std::runtime_error(dc.image_paths[ch] + ": grid " + shape_str(other.data.shape()) + " differs from " +
+                                 shape_str(img.data.shape()) + " of " + image_path + " (channel 0)");
+      channels.push_back(other.data);
+    }
+    img.data = ops::concat_channels(channels);
+  }
   if (img.data.dim(3) != info.num_channels())
-    throw std::runtime_error(dc.image_path + ": has " + std::to_string(img.data.dim(3)) +
-                             " channels but 'modality' in " + info.json_path + " lists " +
-                             std::to_string(info.num_channels()));
+    throw std::runtime_error(image_path + ": has " + std::to_string(img.data.dim(3)) + " channels but '" +
+                             (info.format == "nnunet_v2" ? "channel_names" : "modality") + "' in " + info.json_path +
+                             " lists " + std::to_string(info.num_channels()));
   Image lab = read_image(dc.label_path);
   const Shape& is = img.data.shape();
   const Shape& ls = lab.data.shape();
@@ -148,14 +250,14 @@ Case load_case(const DatasetInfo& info, size_t i) {
   if (ls[0] != is[0] || ls[1] != is[1] || ls[2] != is[2])
     throw std::runtime_error(dc.label_path + ": label grid " + shape_str({ls[0], ls[1], ls[2]}) +
                              " does not match the image grid " + shape_str({is[0], is[1], is[2]}) + " of " +
-                             dc.image_path);
+                             image_path);
   auto isp = img.spacing, lsp = lab.spacing;
   for (int a = 0; a < 3; ++a)
     if (std::abs(isp[a] - lsp[a]) > 1e-3 * std::max(isp[a], lsp[a]))
       throw std::runtime_error(dc.label_path + ": label spacing (" + std::to_string(lsp[0]) + ", " +
                                std::to_string(lsp[1]) + ", " + std::to_string(lsp[2]) +
                                ") does not match the image spacing (" + std::to_string(isp[0]) + ", " +
-                               std::to_string(isp[1]) + ", " + std::to_string(isp[2]) + ") of " + dc.image_path);
+                               std::to_string(isp[1]) + ", " + std::to_string(isp[2]) + ") of " + image_path);
   Case c;
   c.id = dc.id;
   c.spacing = isp;

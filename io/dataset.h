@@ -17,12 +17,13 @@ namespace unet::io {
 // ---- dataset.json ------------------------------------------------------------------------------------------------
 
 struct DatasetCase {
-  std::string id;          // file stem of the image: "case_000"
-  std::string image_path;  // resolved: dataset dir + relative path
+  std::string id;                        // "case_000": the image's file stem (MSD), the case identifier (nnU-Net v2)
+  std::vector<std::string> image_paths;  // resolved: one file of every channel (MSD), or one file per channel (v2)
   std::string label_path;
 };
 
 struct DatasetInfo {
+  std::string format;     // "msd" or "nnunet_v2"
   std::string dir;        // the dataset directory
   std::string json_path;  // dir/dataset.json
   std::string name, description;
@@ -34,10 +35,20 @@ struct DatasetInfo {
   int num_classes() const { return static_cast<int>(labels.size()); }
 };
 
-// Parses and validates dir/dataset.json (MSD keys: modality, labels, training required; name, description,
-// numTraining, numTest, test optional but checked when present). Paths are relative to dir ("./imagesTr/x.nii.gz").
-// Every listed file must exist. Throws std::runtime_error naming the json file, the key and what was expected.
+// Parses and validates dir/dataset.json in either layout, told apart by its keys: nnU-Net v2 ("channel_names") or the
+// Medical Segmentation Decathlon ("modality"). Throws std::runtime_error naming the json file, the key and what was
+// expected, or the missing file.
+DatasetInfo read_dataset(const std::string& dir);
+
+// MSD: keys modality, labels, training required; name, description, numTraining, numTest, test optional but checked
+// when present. Paths are relative to dir ("./imagesTr/x.nii.gz"). Every listed file must exist.
 DatasetInfo read_msd_dataset(const std::string& dir);
+
+// nnU-Net v2 raw data: keys channel_names ({"0": "CT", ...}), labels ({"background": 0, "liver": 1, ...}: consecutive
+// values from 0; region-based labels are not supported), numTraining and file_ending (".nii.gz", ".tif", ...)
+// required. The cases are the label files labelsTr/CASE{file_ending}; each has one image file per channel,
+// imagesTr/CASE_0000{file_ending}, CASE_0001..., which must all exist; numTraining must count them.
+DatasetInfo read_nnunet_v2_dataset(const std::string& dir);
 
 // ---- cases -------------------------------------------------------------------------------------------------------
 
@@ -48,8 +59,9 @@ struct Case {
   std::array<double, 3> spacing;  // mm (z, y, x)
 };
 
-// Loads training case i: the image must have num_channels() channels, the label one channel on the image's grid
-// (same dimensions and spacing), and integer values in [0, num_classes()). Errors name the files.
+// Loads training case i: the image must have num_channels() channels (channel files of nnU-Net v2: one each, on one
+// grid), the label one channel on the image's grid (same dimensions and spacing), and integer values in
+// [0, num_classes()). Errors name the files.
 Case load_case(const DatasetInfo& info, size_t i);
 
 // ---- intensity normalisation (nnU-Net) -----------------------------------------------------------------------------

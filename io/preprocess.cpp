@@ -24,7 +24,9 @@ constexpr const char* kFormat = "unet preprocessed case 1";
 // path:size:mtime of each source file: any change to a file (rewritten, touched, replaced) changes it.
 std::string source_stamp(const DatasetCase& c) {
   std::string s;
-  for (const std::string& p : {c.image_path, c.label_path}) {
+  std::vector<std::string> files = c.image_paths;
+  files.push_back(c.label_path);
+  for (const std::string& p : files) {
     std::error_code ec;
     const auto size = fs::file_size(p, ec);
     const auto time = fs::last_write_time(p, ec).time_since_epoch().count();

@@ -374,7 +374,7 @@ Trainer::Trainer(TrainerOptions options, std::FILE* out) : s_(std::make_unique<S
   s.scaler = LossScaler(o.loss_scaling);
 
   // Data: every case loaded once; normalisation planned on the training cases of the fold.
-  s.info = io::read_msd_dataset(o.dataset);
+  s.info = io::read_dataset(o.dataset);
   const size_t n = s.info.training.size();
   if (n < 2 && o.folds > 1)
     throw TrainerOptionError("data.folds: " + s.info.json_path + " lists " + std::to_string(n) + " case(s); set data.folds = 1");

@@ -23,7 +23,6 @@ using json = nlohmann::json;
 
 namespace {
 
-
 // One synthetic dataset shared by the tests that only read it (10 training cases of 24^3, 3 classes).
 const std::string& synthetic_dataset() {
   static test::TempDir dir("shared");
@@ -100,7 +99,8 @@ TEST_CASE("read_msd_dataset lists the training cases with paths resolved against
   CHECK(info.labels == std::vector<std::string>{"background", "ellipsoid", "tube"});
   REQUIRE(info.training.size() == 10);
   CHECK(info.training[3].id == "case_003");
-  CHECK(info.training[3].image_path == (fs::path(synthetic_dataset()) / "imagesTr/case_003.nii.gz").string());
+  CHECK(info.training[3].image_paths ==
+        std::vector<std::string>{(fs::path(synthetic_dataset()) / "imagesTr/case_003.nii.gz").string()});
   CHECK(info.training[3].label_path == (fs::path(synthetic_dataset()) / "labelsTr/case_003.nii.gz").string());
   REQUIRE(info.test.size() == 1);
   CHECK(fs::exists(info.test[0]));
@@ -132,8 +132,7 @@ TEST_CASE("a dataset.json missing a required key is an error naming the file and
     json j = minimal_json();
     j.erase(key);
     write_json(tmp / "dataset.json", j);
-    check_error_names([&] { read_msd_dataset(tmp.path); },
-                      {tmp / "dataset.json", std::string("'") + key + "'"});
+    check_error_names([&] { read_msd_dataset(tmp.path); }, {tmp / "dataset.json", std::string("'") + key + "'"});
   }
 }
 
@@ -644,4 +643,89 @@ TEST_CASE("the patch sampler gives the same batches for the same seed and differ
     any_difference = any_difference || ba.image.to_vector() != bc.image.to_vector();
   }
   CHECK(any_difference);
+}
+
+// nnU-Net v2 raw data made from an MSD dataset of two channels: one file per channel, labels named by value.
+namespace {
+std::string write_v2_from_msd(const test::TempDir& tmp, const DatasetInfo& msd, const std::string& ending) {
+  const fs::path root = tmp / "Dataset001_Synth";
+  fs::create_directories(root / "imagesTr");
+  fs::create_directories(root / "labelsTr");
+  for (const DatasetCase& c : msd.training) {
+    const NiftiVolume img = read_nifti(c.image_paths[0]), lab = read_nifti(c.label_path);
+    for (int64_t ch = 0; ch < img.data.dim(3); ++ch) {
+      Tensor one = Tensor::empty({img.data.dim(0), img.data.dim(1), img.data.dim(2), 1});
+      for (int64_t v = 0; v < one.numel(); ++v) one.data<float>()[v] = img.data.data<float>()[v * img.data.dim(3) + ch];
+      char suffix[8];
+      std::snprintf(suffix, sizeof suffix, "_%04d", static_cast<int>(ch));
+      write_nifti((root / "imagesTr" / (c.id + suffix + ending)).string(), one,
+                  make_nifti_like(one.shape(), img.spacing()));
+    }
+    write_nifti((root / "labelsTr" / (c.id + ending)).string(), lab.data, lab);
+  }
+  nlohmann::json j = {{"channel_names", {{"0", "MR"}, {"1", "T2"}}},
+                      {"labels", {{"background", 0}, {"tubes", 2}, {"ellipsoids", 1}}},
+                      {"numTraining", msd.training.size()},
+                      {"file_ending", ending},
+                      {"name", "Synth"}};
+  std::ofstream(root / "dataset.json") << j.dump(2);
+  return root.string();
+}
+}  // namespace
+
+TEST_CASE("nnU-Net v2 raw data: one file per channel, labels by value, read as the same cases as the MSD layout") {
+  test::TempDir tmp("v2");
+  SynthOptions o;
+  o.output = tmp / "msd";
+  o.train = 4;
+  o.test = 0;
+  o.size = {12, 14, 16};
+  o.channels = 2;
+  write_synthetic_dataset(o);
+  const DatasetInfo msd = read_dataset(o.output);
+  CHECK(msd.format == "msd");
+  const std::string dir = write_v2_from_msd(tmp, msd, ".nii.gz");
+  const DatasetInfo v2 = read_dataset(dir);
+  CHECK(v2.format == "nnunet_v2");
+  CHECK(v2.modalities == std::vector<std::string>{"MR", "T2"});
+  CHECK(v2.labels == std::vector<std::string>{"background", "ellipsoids", "tubes"});
+  REQUIRE(v2.training.size() == 4);
+  for (size_t i = 0; i < 4; ++i) {
+    CAPTURE(i);
+    CHECK(v2.training[i].id == msd.training[i].id);
+    CHECK(v2.training[i].image_paths.size() == 2);
+    const Case a = load_case(msd, i), b = load_case(v2, i);
+    CHECK(b.image.shape() == a.image.shape());
+    CHECK(b.image.to_vector() == a.image.to_vector());
+    CHECK(b.label.to_vector() == a.label.to_vector());
+  }
+  // What goes wrong is named.
+  const fs::path missing = fs::path(dir) / "imagesTr" / (msd.training[2].id + "_0001.nii.gz");
+  fs::rename(missing, tmp / "aside.nii.gz");
+  check_error_names([&] { read_dataset(dir); }, {missing.string(), "channel 1"});
+  fs::rename(tmp / "aside.nii.gz", missing);
+  const auto rewrite = [&](const std::string& key, const nlohmann::json& value) {
+    nlohmann::json j = nlohmann::json::parse(std::ifstream(fs::path(dir) / "dataset.json"));
+    j[key] = value;
+    std::ofstream(fs::path(dir) / "dataset.json") << j.dump();
+  };
+  rewrite("numTraining", 5);
+  check_error_names([&] { read_dataset(dir); }, {"numTraining", "says 5", "4 label files"});
+  rewrite("numTraining", 4);
+  rewrite("labels", {{"background", 0}, {"whole", {1, 2}}});
+  check_error_names([&] { read_dataset(dir); }, {"'whole' is a region", "not supported"});
+  rewrite("labels", {{"background", 0}, {"a", 2}});
+  check_error_names([&] { read_dataset(dir); }, {"'a' = 2", "consecutive integers 0..1"});
+  rewrite("labels", {{"background", 0}, {"ellipsoids", 1}, {"tubes", 2}});
+  rewrite("file_ending", ".mha");
+  check_error_names([&] { read_dataset(dir); }, {"file_ending", "'.mha'"});
+  rewrite("file_ending", ".nii.gz");
+  // unet_train takes the directory as it is.
+  const std::string ini = test::write_text(tmp / "t.ini", "[data]\ndataset = " + dir +
+                                                              "\npatch_size = 8,8,8\nfolds = 1\n[model]\n"
+                                                              "filters = 2\n[train]\nsteps = 2\n[output]\ndir = " +
+                                                              (tmp / "run") + "\n");
+  std::string out;
+  CHECK_MESSAGE(test::run_tool("unet_train", ini, &out) == 0, out);
+  CHECK(fs::exists(fs::path(tmp / "run") / "model.safetensors"));
 }
