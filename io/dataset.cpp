@@ -80,9 +80,37 @@ json load_dataset_json(const std::string& dir, DatasetInfo& info) {
 }  // namespace
 
 DatasetInfo read_dataset(const std::string& dir) {
+  if (!fs::exists(fs::path(dir) / "dataset.json") && fs::exists(fs::path(dir) / "train-volume.tif"))
+    return read_isbi_dataset(dir);
   DatasetInfo probe;
   const json j = load_dataset_json(dir, probe);
   return j.contains("channel_names") ? read_nnunet_v2_dataset(dir) : read_msd_dataset(dir);
+}
+
+DatasetInfo read_isbi_dataset(const std::string& dir) {
+  DatasetInfo info;
+  info.format = "isbi2012";
+  info.dir = dir;
+  info.json_path = dir;  // no dataset.json: messages name the directory
+  info.name = "ISBI 2012";
+  info.modalities = {"EM"};
+  info.labels = {"membrane", "cell"};
+  info.label_divisor = 255;
+  const std::string volume = (fs::path(dir) / "train-volume.tif").string(),
+                    labels = (fs::path(dir) / "train-labels.tif").string();
+  if (!fs::is_regular_file(labels)) throw std::runtime_error(labels + ": missing (ISBI 2012 needs it beside " + volume + ")");
+  const int64_t pages = read_image(volume).data.dim(0), label_pages = read_image(labels).data.dim(0);
+  if (pages != label_pages)
+    throw std::runtime_error(labels + ": " + std::to_string(label_pages) + " pages, but " + volume + " has " +
+                             std::to_string(pages));
+  for (int64_t p = 0; p < pages; ++p) {
+    char id[64];
+    std::snprintf(id, sizeof id, "train-volume_%02lld", static_cast<long long>(p));
+    info.training.push_back({id, {volume}, labels, p});
+  }
+  const fs::path test = fs::path(dir) / "test-volume.tif";
+  if (fs::is_regular_file(test)) info.test.push_back(test.string());
+  return info;
 }
 
 DatasetInfo read_nnunet_v2_dataset(const std::string& dir) {
@@ -244,6 +272,17 @@ Case load_case(const DatasetInfo& info, size_t i) {
                              (info.format == "nnunet_v2" ? "channel_names" : "modality") + "' in " + info.json_path +
                              " lists " + std::to_string(info.num_channels()));
   Image lab = read_image(dc.label_path);
+  if (dc.page >= 0) {  // one page of the stacks
+    for (Image* im : {&img, &lab}) {
+      if (dc.page >= im->data.dim(0))
+        throw std::runtime_error(im->path + ": has " + std::to_string(im->data.dim(0)) + " pages, case " + dc.id +
+                                 " is page " + std::to_string(dc.page));
+      const int64_t plane = im->data.numel() / im->data.dim(0);
+      Tensor one = Tensor::empty({1, im->data.dim(1), im->data.dim(2), im->data.dim(3)});
+      std::copy_n(im->data.data<float>() + dc.page * plane, plane, one.data<float>());
+      im->data = one;
+    }
+  }
   const Shape& is = img.data.shape();
   const Shape& ls = lab.data.shape();
   if (ls[3] != 1) throw std::runtime_error(dc.label_path + ": a label map must have one channel, got " + shape_str(ls));
@@ -268,14 +307,17 @@ Case load_case(const DatasetInfo& info, size_t i) {
   const int64_t n = c.label.numel();
   const float classes = static_cast<float>(info.num_classes());
   // the readers have already refused NaN and infinite voxels; a float label map must also hold whole class indices.
+  const float divisor = static_cast<float>(info.label_divisor);
   for (int64_t v = 0; v < n; ++v) {
-    float x = src[v];
+    float x = src[v] / divisor;
     if (!(x >= 0 && x < classes && x == std::floor(x))) {
       char value[32];
-      std::snprintf(value, sizeof value, "%.9g", x);  // 1.5 as "1.5", 1e20 as "1e+20"
-      throw std::runtime_error(dc.label_path + ": voxel " + std::to_string(v) + " has label value " + value +
-                               "; 'labels' in " + info.json_path + " allows the integers 0.." +
-                               std::to_string(info.num_classes() - 1));
+      std::snprintf(value, sizeof value, "%.9g", src[v]);  // 1.5 as "1.5", 1e20 as "1e+20"
+      throw std::runtime_error(
+          dc.label_path + ": voxel " + std::to_string(v) + " has label value " + value +
+          (info.format == "isbi2012" ? std::string("; ISBI 2012 labels are 0 (membrane) or 255 (cell)")
+                                     : "; 'labels' in " + info.json_path + " allows the integers 0.." +
+                                           std::to_string(info.num_classes() - 1)));
     }
     dst[v] = static_cast<uint8_t>(x);
   }

@@ -20,10 +20,12 @@ struct DatasetCase {
   std::string id;                        // "case_000": the image's file stem (MSD), the case identifier (nnU-Net v2)
   std::vector<std::string> image_paths;  // resolved: one file of every channel (MSD), or one file per channel (v2)
   std::string label_path;
+  int64_t page = -1;  // ISBI 2012: the case is this page (z slice) of the image and label stacks; -1: whole files
 };
 
 struct DatasetInfo {
-  std::string format;     // "msd" or "nnunet_v2"
+  std::string format;     // "msd", "nnunet_v2" or "isbi2012"
+  double label_divisor = 1;  // label file values / this = class (ISBI 2012 stores its two classes as 0 and 255)
   std::string dir;        // the dataset directory
   std::string json_path;  // dir/dataset.json
   std::string name, description;
@@ -35,10 +37,15 @@ struct DatasetInfo {
   int num_classes() const { return static_cast<int>(labels.size()); }
 };
 
-// Parses and validates dir/dataset.json in either layout, told apart by its keys: nnU-Net v2 ("channel_names") or the
-// Medical Segmentation Decathlon ("modality"). Throws std::runtime_error naming the json file, the key and what was
-// expected, or the missing file.
+// Reads a dataset directory in any of the layouts below: ISBI 2012 (train-volume.tif and train-labels.tif, no
+// dataset.json), or dir/dataset.json of nnU-Net v2 ("channel_names") or of the Medical Segmentation Decathlon
+// ("modality"). Throws std::runtime_error naming the json file, the key and what was expected, or the missing file.
 DatasetInfo read_dataset(const std::string& dir);
+
+// ISBI 2012 (EM segmentation of neuronal structures): train-volume.tif (8-bit pages), train-labels.tif (the same pages,
+// 0 = membrane, 255 = cell), optional test-volume.tif (listed in `test`). Each page is a case ("train-volume_00", ...),
+// so folds split the slices as DLE's UNet_Medical does; classes "membrane" (0) and "cell" (1).
+DatasetInfo read_isbi_dataset(const std::string& dir);
 
 // MSD: keys modality, labels, training required; name, description, numTraining, numTest, test optional but checked
 // when present. Paths are relative to dir ("./imagesTr/x.nii.gz"). Every listed file must exist.

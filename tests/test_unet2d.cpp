@@ -8,6 +8,7 @@
 
 #include "engine/autograd.h"
 #include "engine/ops.h"
+#include "io/dataset.h"
 #include "io/nifti.h"
 #include "io/safetensors.h"
 #include "io/tiff.h"
@@ -146,4 +147,51 @@ TEST_CASE("unet_train with model.name = unet2d learns synthetic slices; unet_inf
   CHECK(out.find("segmented at 8x280x280") != std::string::npos);  // not resampled: the spacing was read
   CHECK(io::read_tiff(dir + "/tif/seg.tif").data.to_vector() ==
         io::read_nifti(dir + "/pred/case_008.nii.gz").data.to_vector());
+}
+
+TEST_CASE("ISBI 2012 layout: train-volume.tif and train-labels.tif, one case per page, labels 0 / 255; unet2d trains") {
+  test::TempDir tmp("isbi");
+  const std::string& dir = tmp.path;
+  // 4 pages of 40 x 48: the image a ramp, the label 255 where the image is even.
+  Tensor image = Tensor::empty({4, 40, 48}, DType::u8), label = Tensor::empty({4, 40, 48}, DType::u8);
+  for (int64_t i = 0; i < image.numel(); ++i) {
+    image.data<uint8_t>()[i] = static_cast<uint8_t>(i * 7 % 251);
+    label.data<uint8_t>()[i] = image.data<uint8_t>()[i] % 2 == 0 ? 255 : 0;
+  }
+  io::TiffWriteOptions o;
+  io::write_tiff(dir + "/train-volume.tif", image, o);
+  io::write_tiff(dir + "/train-labels.tif", label, o);
+  io::write_tiff(dir + "/test-volume.tif", image, o);
+  const io::DatasetInfo info = io::read_dataset(dir);
+  CHECK(info.format == "isbi2012");
+  REQUIRE(info.training.size() == 4);
+  CHECK(info.training[2].id == "train-volume_02");
+  CHECK(info.labels == std::vector<std::string>{"membrane", "cell"});
+  CHECK(info.test.size() == 1);
+  const io::Case c = io::load_case(info, 2);
+  REQUIRE(c.image.shape() == Shape{1, 40, 48, 1});
+  const int64_t plane = 40 * 48;
+  for (int64_t v = 0; v < plane; ++v) {
+    REQUIRE(c.image.data<float>()[v] == float(image.data<uint8_t>()[2 * plane + v]));
+    REQUIRE(c.label.data<uint8_t>()[v] == (label.data<uint8_t>()[2 * plane + v] == 255 ? 1 : 0));
+  }
+  // unet_train takes the directory as it is (slices padded to the patch), two folds of two pages.
+  const std::string ini = test::write_text(dir + "/t.ini", "[data]\ndataset = " + dir +
+                                                               "\npatch_size = 188, 188\nfolds = 2\ncache = none\n"
+                                                               "[model]\nname = unet2d\nfilters = 2\n[train]\nsteps = "
+                                                               "2\n[output]\ndir = " +
+                                                               dir + "/run\n");
+  std::string out;
+  CHECK_MESSAGE(test::run_tool("unet_train", ini, &out) == 0, out);
+  CHECK(out.find("2 training / 2 validation cases") != std::string::npos);
+  // A label that is neither 0 nor 255 is named.
+  label.data<uint8_t>()[plane + 5] = 128;
+  io::write_tiff(dir + "/train-labels.tif", label, o);
+  try {
+    io::load_case(info, 1);
+    FAIL("no error");
+  } catch (const std::runtime_error& e) {
+    CHECK(std::string(e.what()).find("label value 128; ISBI 2012 labels are 0 (membrane) or 255 (cell)") !=
+          std::string::npos);
+  }
 }
