@@ -1,12 +1,13 @@
-// Training and inference throughput of a DynUNet per precision: samples/s, latency mean / p50 / p90 / p95 / p99 of
-// training steps (forward, deep-supervision DiceCE, backward, AdamW; loss scaling for fp16) and of inference forward
-// passes, peak host and device memory, after warm-up steps; a table on stdout and, with --json, the same as JSON (as
-// the seeds' benchmark scripts report: DLE's nnU-Net `--benchmark` prints throughput and latency percentiles).
+// Training and inference throughput of a DynUNet or a UNet2D per precision: samples/s, latency mean / p50 / p90 / p95 /
+// p99 of training steps (forward, deep-supervision DiceCE, backward, AdamW; loss scaling for fp16) and of inference
+// forward passes, peak host and device memory, after warm-up steps; a table on stdout and, with --json, the same as
+// JSON (as the seeds' benchmark scripts report: DLE's nnU-Net `--benchmark` prints throughput and latency percentiles).
 // usage: train_bench [--patch 64,64,64] [--batch 2] [--filters 32] [--max-filters 320] [--depth 5] [--classes 3]
 //                    [--channels 1] [--steps 5] [--warmup 1] [--device cpu|cuda|cuda-emu|auto]
-//                    [--precision fp32,bf16,...] [--deep-supervision 1] [--json FILE]
+//                    [--precision fp32,bf16,...] [--deep-supervision 1] [--model dynunet|unet2d] [--json FILE]
 // The nnU-Net 3D reference network (docs/reference.md, "Benchmarks"): --patch 128,128,128 --batch 2 --filters 32
-// --classes 3 --channels 4 --depth 5 (6 levels, 31.2M parameters).
+// --classes 3 --channels 4 --depth 5 (6 levels, 31.2M parameters). DLE's UNet2D: --model unet2d --patch 572,572
+// --filters 64 --classes 2 (34.5M parameters with its 3x3 up-convolutions; logits 388 x 388).
 #include <CLI/CLI.hpp>
 #include <algorithm>
 #include <chrono>
@@ -27,6 +28,8 @@
 #include "io/atomic_file.h"
 #include "kernels/common/allocator.h"
 #include "kernels/common/parallel.h"
+#include "models/checkpoint.h"
+#include "models/network.h"
 #include "models/nnunet.h"
 #include "models/nnunet_plan.h"
 #include "models/trainer.h"
@@ -51,8 +54,12 @@ Latency latency(std::vector<double> ms) {
 }
 
 nlohmann::json to_json(const Latency& l, int batch) {
-  return {{"samples_per_s", l.mean > 0 ? batch * 1000.0 / l.mean : 0.0}, {"mean_ms", l.mean}, {"p50_ms", l.p50},
-          {"p90_ms", l.p90}, {"p95_ms", l.p95}, {"p99_ms", l.p99}};
+  return {{"samples_per_s", l.mean > 0 ? batch * 1000.0 / l.mean : 0.0},
+          {"mean_ms", l.mean},
+          {"p50_ms", l.p50},
+          {"p90_ms", l.p90},
+          {"p95_ms", l.p95},
+          {"p99_ms", l.p99}};
 }
 
 }  // namespace
@@ -62,19 +69,27 @@ int main(int argc, char** argv) {
   int batch = 2, filters = 32, max_filters = 320, depth = 5, classes = 3, channels = 1, steps = 5, warmup = 1;
   bool deep_supervision = true;
   std::string device_arg = "cpu", precisions = "fp32", json_path;
-  CLI::App app{"DynUNet training and inference throughput, latency and peak memory per precision."};
-  app.add_option("--patch", patch, "patch size per spatial axis (2 or 3 values)")->delimiter(',')->capture_default_str();
+  std::string model = "dynunet";
+  CLI::App app{"DynUNet or UNet2D training and inference throughput, latency and peak memory per precision."};
+  app.add_option("--model", model, "dynunet, or unet2d (--patch H,W such as 572,572; filters x1, 2, 4, 8, 16)")
+      ->capture_default_str();
+  app.add_option("--patch", patch, "patch size per spatial axis (2 or 3 values)")
+      ->delimiter(',')
+      ->capture_default_str();
   app.add_option("--batch", batch, "samples per step")->check(CLI::Range(1, 1024))->capture_default_str();
   app.add_option("--filters", filters, "filters of the first level")->check(CLI::Range(1, 1024))->capture_default_str();
   app.add_option("--max-filters", max_filters, "filter cap")->check(CLI::Range(1, 4096))->capture_default_str();
   app.add_option("--depth", depth, "maximum downsamplings")->check(CLI::Range(1, 10))->capture_default_str();
   app.add_option("--classes", classes, "output classes")->check(CLI::Range(2, 1000))->capture_default_str();
   app.add_option("--channels", channels, "input channels")->check(CLI::Range(1, 64))->capture_default_str();
-  app.add_option("--steps", steps, "timed steps (and forward passes)")->check(CLI::Range(1, 100000))->capture_default_str();
+  app.add_option("--steps", steps, "timed steps (and forward passes)")
+      ->check(CLI::Range(1, 100000))
+      ->capture_default_str();
   app.add_option("--warmup", warmup, "untimed steps first")->check(CLI::Range(0, 1000))->capture_default_str();
   app.add_option("--device", device_arg, "cpu, cuda, cuda-emu or auto")->capture_default_str();
   app.add_option("--precision", precisions, "comma-separated list of fp32, tf32, fp16, bf16")->capture_default_str();
-  app.add_option("--deep-supervision", deep_supervision, "deep-supervision heads (as nnU-Net trains)")->capture_default_str();
+  app.add_option("--deep-supervision", deep_supervision, "deep-supervision heads (as nnU-Net trains)")
+      ->capture_default_str();
   app.add_option("--json", json_path, "also write the results as JSON to this file");
   CLI11_PARSE(app, argc, argv);
   if (patch.size() != 2 && patch.size() != 3) {
@@ -96,6 +111,22 @@ int main(int argc, char** argv) {
   models::DynUNetConfig cfg{channels, classes, plan.kernels, plan.strides, {}};
   for (size_t i = 0; i < plan.kernels.size(); ++i) cfg.filters.push_back(std::min(filters << i, max_filters));
   cfg.deep_supervision = deep_supervision && plan.kernels.size() >= 4;
+  models::ModelCard card;
+  card.model = model;
+  card.patch = patch;
+  card.net = cfg;
+  card.unet2d = {channels, classes, {}, 0.5f};
+  for (int i = 0; i < 5; ++i) card.unet2d.filters.push_back(filters << i);
+  if (model != "dynunet" && !(model == "unet2d" && patch.size() == 2)) {
+    std::fprintf(stderr, "train_bench: --model %s: expected dynunet, or unet2d with a 2D --patch\n", model.c_str());
+    return 2;
+  }
+  try {
+    models::make_network(card);
+  } catch (const std::invalid_argument& e) {
+    std::fprintf(stderr, "train_bench: %s\n", e.what());
+    return 2;
+  }
   Rng rng(1);
   Shape xs{batch}, ys{batch};
   for (int p : patch) xs.push_back(p), ys.push_back(p);
@@ -112,11 +143,11 @@ int main(int argc, char** argv) {
   int64_t parameters = 0;
   for (Precision prec : list) {
     // A fresh network and optimizer per precision, so each run starts from the same weights and memory state.
-    models::DynUNet net(cfg);
-    net.initialize(0);
-    net.to(dev);
-    parameters = net.parameter_count();
-    AdamW opt(net.parameters());
+    const std::unique_ptr<models::Network> net = models::make_network(card);
+    net->initialize(0);
+    net->to(dev);
+    parameters = net->parameter_count();
+    AdamW opt(net->parameters());
     LossScalerOptions so;
     so.enabled = prec == Precision::fp16;
     LossScaler scaler(so);
@@ -128,7 +159,7 @@ int main(int argc, char** argv) {
     int64_t skipped = 0;
     for (int s = 0; s < warmup + steps; ++s) {
       const auto t0 = clock::now();
-      const models::StepStats st = models::train_step(net, opt, x, y, prec, &scaler);
+      const models::StepStats st = models::train_step(*net, opt, x, y, prec, &scaler);
       device::synchronize(dev);  // the optimizer step is queued after the loss was read
       const double ms = std::chrono::duration<double, std::milli>(clock::now() - t0).count();
       if (s >= warmup) train_ms.push_back(ms);
@@ -141,7 +172,7 @@ int main(int argc, char** argv) {
     for (int s = 0; s < warmup + steps; ++s) {
       autograd::NoGradGuard no_grad;
       const auto t0 = clock::now();
-      models::forward_in(net, x, /*training=*/false, prec);
+      models::forward_in(*net, x, /*training=*/false, prec);
       device::synchronize(dev);
       const double ms = std::chrono::duration<double, std::milli>(clock::now() - t0).count();
       if (s >= warmup) infer_ms.push_back(ms);
@@ -165,13 +196,16 @@ int main(int argc, char** argv) {
   }
   ops::set_conv_allow_tf32(false);
 
-  std::printf("DynUNet %zuD, patch %s, batch %d, filters %d..%d, %zu levels%s, %lld parameters, on %s, %d host threads; "
-              "%d warm-up + %d timed steps\n",
-              patch.size(), shape.c_str(), batch, filters, max_filters, plan.kernels.size(),
-              cfg.deep_supervision ? ", deep supervision" : "", static_cast<long long>(parameters), device_name(dev),
-              num_threads(), warmup, steps);
-  std::printf("| precision | train samples/s | train ms mean / p50 / p90 / p95 / p99 | infer samples/s | "
-              "infer ms mean / p50 / p90 / p95 / p99 | peak host MiB train / infer | peak device MiB train / infer |\n");
+  std::printf(
+      "%s %zuD, patch %s, batch %d, filters %d..%d, %zu levels%s, %lld parameters, on %s, %d host threads; "
+      "%d warm-up + %d timed steps\n",
+      model == "unet2d" ? "UNet2D" : "DynUNet", patch.size(), shape.c_str(), batch, filters,
+      model == "unet2d" ? filters * 16 : max_filters, model == "unet2d" ? size_t(5) : plan.kernels.size(),
+      model == "dynunet" && cfg.deep_supervision ? ", deep supervision" : "", static_cast<long long>(parameters),
+      device_name(dev), num_threads(), warmup, steps);
+  std::printf(
+      "| precision | train samples/s | train ms mean / p50 / p90 / p95 / p99 | infer samples/s | "
+      "infer ms mean / p50 / p90 / p95 / p99 | peak host MiB train / infer | peak device MiB train / infer |\n");
   std::printf("| --- | --- | --- | --- | --- | --- | --- |\n");
   for (const auto& r : results) {
     const auto &t = r["train"], &i = r["infer"];
@@ -182,20 +216,28 @@ int main(int argc, char** argv) {
                     r["infer_peak_device_mib"].get<double>());
       device_mem = buf;
     }
-    std::printf("| %s | %.2f | %.1f / %.1f / %.1f / %.1f / %.1f | %.2f | %.1f / %.1f / %.1f / %.1f / %.1f | %.0f / %.0f | "
-                "%s |\n",
-                r["precision"].get<std::string>().c_str(), t["samples_per_s"].get<double>(), t["mean_ms"].get<double>(),
-                t["p50_ms"].get<double>(), t["p90_ms"].get<double>(), t["p95_ms"].get<double>(),
-                t["p99_ms"].get<double>(), i["samples_per_s"].get<double>(), i["mean_ms"].get<double>(),
-                i["p50_ms"].get<double>(), i["p90_ms"].get<double>(), i["p95_ms"].get<double>(),
-                i["p99_ms"].get<double>(), r["train_peak_host_mib"].get<double>(),
-                r["infer_peak_host_mib"].get<double>(), device_mem.c_str());
+    std::printf(
+        "| %s | %.2f | %.1f / %.1f / %.1f / %.1f / %.1f | %.2f | %.1f / %.1f / %.1f / %.1f / %.1f | %.0f / %.0f | "
+        "%s |\n",
+        r["precision"].get<std::string>().c_str(), t["samples_per_s"].get<double>(), t["mean_ms"].get<double>(),
+        t["p50_ms"].get<double>(), t["p90_ms"].get<double>(), t["p95_ms"].get<double>(), t["p99_ms"].get<double>(),
+        i["samples_per_s"].get<double>(), i["mean_ms"].get<double>(), i["p50_ms"].get<double>(),
+        i["p90_ms"].get<double>(), i["p95_ms"].get<double>(), i["p99_ms"].get<double>(),
+        r["train_peak_host_mib"].get<double>(), r["infer_peak_host_mib"].get<double>(), device_mem.c_str());
   }
   if (!json_path.empty()) {
-    nlohmann::json doc = {{"network", {{"spatial_dims", patch.size()}, {"patch", patch}, {"batch", batch},
-                                       {"filters", filters}, {"max_filters", max_filters}, {"levels", plan.kernels.size()},
-                                       {"deep_supervision", cfg.deep_supervision}, {"classes", classes},
-                                       {"channels", channels}, {"parameters", parameters}}},
+    nlohmann::json doc = {{"network",
+                           {{"model", model},
+                            {"spatial_dims", patch.size()},
+                            {"patch", patch},
+                            {"batch", batch},
+                            {"filters", filters},
+                            {"max_filters", max_filters},
+                            {"levels", plan.kernels.size()},
+                            {"deep_supervision", cfg.deep_supervision},
+                            {"classes", classes},
+                            {"channels", channels},
+                            {"parameters", parameters}}},
                           {"host_threads", num_threads()},
                           {"warmup_steps", warmup},
                           {"timed_steps", steps},
