@@ -115,7 +115,7 @@ DatasetInfo read_isbi_dataset(const std::string& dir) {
 
 DatasetInfo read_nnunet_v2_dataset(const std::string& dir) {
   DatasetInfo info;
-  info.format = "nnunet_v2";
+  info.format = "nnunetv2";
   const json j = load_dataset_json(dir, info);
   const std::string& where = info.json_path;
   auto fail = [&](const std::string& key, const std::string& what) {
@@ -269,7 +269,7 @@ Case load_case(const DatasetInfo& info, size_t i) {
   }
   if (img.data.dim(3) != info.num_channels())
     throw std::runtime_error(image_path + ": has " + std::to_string(img.data.dim(3)) + " channels but '" +
-                             (info.format == "nnunet_v2" ? "channel_names" : "modality") + "' in " + info.json_path +
+                             (info.format == "nnunetv2" ? "channel_names" : "modality") + "' in " + info.json_path +
                              " lists " + std::to_string(info.num_channels()));
   Image lab = read_image(dc.label_path);
   if (dc.page >= 0) {  // one page of the stacks

@@ -24,7 +24,7 @@ struct DatasetCase {
 };
 
 struct DatasetInfo {
-  std::string format;     // "msd", "nnunet_v2" or "isbi2012"
+  std::string format;     // "msd", "nnunetv2" or "isbi2012"
   double label_divisor = 1;  // label file values / this = class (ISBI 2012 stores its two classes as 0 and 255)
   std::string dir;        // the dataset directory
   std::string json_path;  // dir/dataset.json

@@ -11,10 +11,11 @@
 #include <nlohmann/json.hpp>
 #include <vector>
 
-#include "kernels/common/parallel.h"
 #include "engine/random.h"
 #include "io/nifti.h"
 #include "io/safetensors.h"
+#include "io/tiff.h"
+#include "kernels/common/parallel.h"
 
 namespace unet::io {
 namespace {
@@ -190,6 +191,10 @@ void validate_synth_options(const SynthOptions& o) {
   need(o.channels >= 1 && o.channels <= 16, "--channels: expected 1..16, got " + std::to_string(o.channels));
   need(o.classes >= 2 && o.classes <= 16,
        "--classes: expected 2..16 (background included), got " + std::to_string(o.classes));
+  need(o.format == "msd" || o.format == "nnunetv2" || o.format == "isbi",
+       "--format: expected msd, nnunetv2 or isbi, got '" + o.format + "'");
+  need(o.format != "isbi" || (o.classes == 2 && o.channels == 1),
+       "--format isbi: ISBI 2012 has one channel and two classes (--channels 1 --classes 2)");
 }
 
 SynthShape synthetic_class_shape(int cls) {
@@ -305,7 +310,7 @@ void write_synthetic_dataset(const SynthOptions& o) {
     if (!fs::is_directory(target, ec))
       throw SynthOptionsError("--output: " + o.output + " exists and is not a directory");
     if (!fs::is_empty(target, ec)) {
-      if (!fs::exists(target / "dataset.json"))
+      if (!fs::exists(target / "dataset.json") && !fs::exists(target / "train-volume.tif"))
         throw SynthOptionsError("--output: " + o.output +
                                 " is a non-empty directory without a dataset.json; "
                                 "choose a new or empty directory");
@@ -322,9 +327,19 @@ void write_synthetic_dataset(const SynthOptions& o) {
   auto fail_cleanup = [&] { fs::remove_all(staging, ec); };
   try {
     fs::remove_all(staging, ec);
-    for (const char* sub : {"imagesTr", "labelsTr", "imagesTs", "labelsTs"}) fs::create_directories(staging / sub);
+    fs::create_directories(staging);
+    if (o.format != "isbi")
+      for (const char* sub : {"imagesTr", "labelsTr", "imagesTs", "labelsTs"}) fs::create_directories(staging / sub);
     NiftiVolume image_header = make_nifti_like({o.size[0], o.size[1], o.size[2], o.channels}, o.spacing);
     NiftiVolume label_header = make_nifti_like({o.size[0], o.size[1], o.size[2]}, o.spacing);
+    NiftiVolume channel_header = make_nifti_like({o.size[0], o.size[1], o.size[2], 1}, o.spacing);
+    const int64_t plane = o.size[1] * o.size[2];
+    // ISBI: every case's middle slice, as 8-bit pages (intensities halved and clamped to 255) and 0 / 255 labels.
+    Tensor isbi_images, isbi_labels;
+    if (o.format == "isbi") {
+      isbi_images = Tensor::empty({o.train + o.test, o.size[1], o.size[2]}, DType::u8);
+      isbi_labels = Tensor::empty({o.train + o.test, o.size[1], o.size[2]}, DType::u8);
+    }
 
     // Cases in parallel (each one's content is independent of the others and of the thread that makes it).
     const int total = o.train + o.test;
@@ -337,8 +352,29 @@ void write_synthetic_dataset(const SynthOptions& o) {
           bool train = idx < o.train;
           std::string id = synthetic_case_id(o, idx);
           SynthCase c = make_synthetic_case(o, idx);
-          write_nifti((staging / (train ? "imagesTr" : "imagesTs") / (id + ".nii.gz")).string(), c.image, image_header);
-          write_nifti((staging / (train ? "labelsTr" : "labelsTs") / (id + ".nii.gz")).string(), c.label, label_header);
+          const fs::path images = staging / (train ? "imagesTr" : "imagesTs"),
+                         labels = staging / (train ? "labelsTr" : "labelsTs");
+          if (o.format == "msd") {
+            write_nifti((images / (id + ".nii.gz")).string(), c.image, image_header);
+          } else if (o.format == "nnunetv2") {
+            for (int ch = 0; ch < o.channels; ++ch) {
+              Tensor one = Tensor::empty({o.size[0], o.size[1], o.size[2], 1});
+              for (int64_t v = 0; v < one.numel(); ++v)
+                one.data<float>()[v] = c.image.data<float>()[v * o.channels + ch];
+              char suffix[16];
+              std::snprintf(suffix, sizeof suffix, "_%04d", ch);
+              write_nifti((images / (id + suffix + ".nii.gz")).string(), one, channel_header);
+            }
+          } else {  // isbi
+            const int64_t z = o.size[0] / 2;
+            for (int64_t v = 0; v < plane; ++v) {
+              const float x = c.image.data<float>()[z * plane + v] * 0.5f;
+              isbi_images.data<uint8_t>()[idx * plane + v] = static_cast<uint8_t>(std::clamp(x, 0.f, 255.f));
+              isbi_labels.data<uint8_t>()[idx * plane + v] = c.label.data<uint8_t>()[z * plane + v] > 0 ? 255 : 0;
+            }
+            continue;
+          }
+          write_nifti((labels / (id + ".nii.gz")).string(), c.label, label_header);
         } catch (const std::exception& e) {
           std::lock_guard<std::mutex> lock(error_mutex);
           if (first_error.empty()) first_error = e.what();
@@ -348,36 +384,66 @@ void write_synthetic_dataset(const SynthOptions& o) {
     });
     if (!first_error.empty()) throw std::runtime_error(first_error);
 
-    nlohmann::ordered_json j;
-    j["name"] = "Synthetic";
-    j["description"] =
-        "Synthetic 3D shapes written by unet_synth (seed " + std::to_string(o.seed) +
-        "): each foreground class has its own shape type and intensity, with a bias field, texture and gaussian "
-        "noise. labelsTs holds the labels of the test cases (not part of the MSD layout), so Dice can be reported "
-        "on unseen images.";
-    j["reference"] = "unet_synth";
-    j["licence"] = "CC0";
-    j["release"] = "1.0";
-    j["tensorImageSize"] = o.channels > 1 ? "4D" : "3D";
-    nlohmann::ordered_json modality = nlohmann::ordered_json::object(), labels = nlohmann::ordered_json::object();
-    for (int ch = 0; ch < o.channels; ++ch)
-      modality[std::to_string(ch)] = ch == 0 ? "SYN" : "SYN" + std::to_string(ch + 1);
-    for (int c = 0; c < o.classes; ++c) labels[std::to_string(c)] = synthetic_class_name(c);
-    j["modality"] = modality;
-    j["labels"] = labels;
-    j["numTraining"] = o.train;
-    j["numTest"] = o.test;
-    j["training"] = nlohmann::ordered_json::array();
-    for (int i = 0; i < o.train; ++i) {
-      std::string id = synthetic_case_id(o, i);
-      j["training"].push_back({{"image", "./imagesTr/" + id + ".nii.gz"}, {"label", "./labelsTr/" + id + ".nii.gz"}});
+    if (o.format == "isbi") {
+      TiffWriteOptions w;  // 8-bit, Deflate
+      const auto pages = [&](const Tensor& all, int first, int count) {
+        Tensor t = Tensor::empty({count, o.size[1], o.size[2]}, DType::u8);
+        std::copy_n(all.data<uint8_t>() + first * plane, count * plane, t.data<uint8_t>());
+        return t;
+      };
+      if (o.train > 0) {
+        write_tiff((staging / "train-volume.tif").string(), pages(isbi_images, 0, o.train), w);
+        write_tiff((staging / "train-labels.tif").string(), pages(isbi_labels, 0, o.train), w);
+      }
+      if (o.test > 0) {
+        write_tiff((staging / "test-volume.tif").string(), pages(isbi_images, o.train, o.test), w);
+        write_tiff((staging / "test-labels.tif").string(), pages(isbi_labels, o.train, o.test), w);
+      }
+    } else if (o.format == "nnunetv2") {
+      nlohmann::ordered_json j, channels = nlohmann::ordered_json::object(), labels = nlohmann::ordered_json::object();
+      for (int ch = 0; ch < o.channels; ++ch)
+        channels[std::to_string(ch)] = ch == 0 ? "SYN" : "SYN" + std::to_string(ch + 1);
+      for (int c = 0; c < o.classes; ++c) labels[synthetic_class_name(c)] = c;
+      j["name"] = "Synthetic";
+      j["description"] = "Synthetic 3D shapes written by unet_synth (seed " + std::to_string(o.seed) +
+                         ") in nnU-Net v2's raw layout; labelsTs holds the test cases' labels.";
+      j["channel_names"] = channels;
+      j["labels"] = labels;
+      j["numTraining"] = o.train;
+      j["file_ending"] = ".nii.gz";
+      write_file_atomically((staging / "dataset.json").string(), j.dump(2) + "\n");
+    } else {
+      nlohmann::ordered_json j;
+      j["name"] = "Synthetic";
+      j["description"] =
+          "Synthetic 3D shapes written by unet_synth (seed " + std::to_string(o.seed) +
+          "): each foreground class has its own shape type and intensity, with a bias field, texture and gaussian "
+          "noise. labelsTs holds the labels of the test cases (not part of the MSD layout), so Dice can be reported "
+          "on unseen images.";
+      j["reference"] = "unet_synth";
+      j["licence"] = "CC0";
+      j["release"] = "1.0";
+      j["tensorImageSize"] = o.channels > 1 ? "4D" : "3D";
+      nlohmann::ordered_json modality = nlohmann::ordered_json::object(), labels = nlohmann::ordered_json::object();
+      for (int ch = 0; ch < o.channels; ++ch)
+        modality[std::to_string(ch)] = ch == 0 ? "SYN" : "SYN" + std::to_string(ch + 1);
+      for (int c = 0; c < o.classes; ++c) labels[std::to_string(c)] = synthetic_class_name(c);
+      j["modality"] = modality;
+      j["labels"] = labels;
+      j["numTraining"] = o.train;
+      j["numTest"] = o.test;
+      j["training"] = nlohmann::ordered_json::array();
+      for (int i = 0; i < o.train; ++i) {
+        std::string id = synthetic_case_id(o, i);
+        j["training"].push_back({{"image", "./imagesTr/" + id + ".nii.gz"}, {"label", "./labelsTr/" + id + ".nii.gz"}});
+      }
+      j["test"] = nlohmann::ordered_json::array();
+      for (int i = o.train; i < o.train + o.test; ++i)
+        j["test"].push_back("./imagesTs/" + synthetic_case_id(o, i) + ".nii.gz");
+      j["synthetic"] = {{"seed", o.seed},         {"size", o.size},       {"spacing", o.spacing},
+                        {"channels", o.channels}, {"classes", o.classes}, {"noise_std", kSynthNoiseStd}};
+      write_file_atomically((staging / "dataset.json").string(), j.dump(2) + "\n");
     }
-    j["test"] = nlohmann::ordered_json::array();
-    for (int i = o.train; i < o.train + o.test; ++i)
-      j["test"].push_back("./imagesTs/" + synthetic_case_id(o, i) + ".nii.gz");
-    j["synthetic"] = {{"seed", o.seed},         {"size", o.size},       {"spacing", o.spacing},
-                      {"channels", o.channels}, {"classes", o.classes}, {"noise_std", kSynthNoiseStd}};
-    write_file_atomically((staging / "dataset.json").string(), j.dump(2) + "\n");
 
     // Swap the finished dataset into place. An existing one is moved aside first and deleted only afterwards.
     fs::path old = target.parent_path() / ("." + target.filename().string() + ".old" + pid);

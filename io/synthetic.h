@@ -29,7 +29,11 @@ struct SynthOptions {
   int channels = 1;                         // image channels (4D NIfTI when > 1)
   int classes = 3;                          // label values 0..classes-1, 0 = background
   uint64_t seed = 0;
-  bool overwrite = false;  // replace an existing dataset (a directory holding dataset.json)
+  bool overwrite = false;  // replace an existing dataset (a directory holding dataset.json or train-volume.tif)
+  // The layout (io/dataset.h): msd (one file per case), nnunetv2 (one file per channel, labels by name) or isbi
+  // (ISBI 2012: each case's middle z slice as a page of train-volume.tif / test-volume.tif, 8-bit; labels 0 / 255 in
+  // train-labels.tif / test-labels.tif; needs classes = 2 and channels = 1).
+  std::string format = "msd";
 };
 
 // Throws SynthOptionsError naming the option and the accepted range.
@@ -58,10 +62,10 @@ SynthCase make_synthetic_case(const SynthOptions& o, int index);
 // File stem of case `index`: "case_000" (more digits when there are over 1000 cases).
 std::string synthetic_case_id(const SynthOptions& o, int index);
 
-// Writes o.output/{dataset.json, imagesTr, labelsTr, imagesTs, labelsTs}. Everything is built in a hidden sibling
-// directory and renamed into place at the end, so a failure never leaves a partial dataset. o.output must not exist,
-// be an empty directory, or (with o.overwrite) hold a previous dataset.json. Throws SynthOptionsError for bad
-// options or an occupied output, std::runtime_error for I/O failures.
+// Writes o.output/{dataset.json, imagesTr, labelsTr, imagesTs, labelsTs} (the ISBI layout: its four TIFF files).
+// Everything is built in a hidden sibling directory and renamed into place at the end, so a failure never leaves a
+// partial dataset. o.output must not exist, be an empty directory, or (with o.overwrite) hold a previous dataset.json.
+// Throws SynthOptionsError for bad options or an occupied output, std::runtime_error for I/O failures.
 void write_synthetic_dataset(const SynthOptions& o);
 
 }  // namespace unet::io

@@ -686,7 +686,7 @@ TEST_CASE("nnU-Net v2 raw data: one file per channel, labels by value, read as t
   CHECK(msd.format == "msd");
   const std::string dir = write_v2_from_msd(tmp, msd, ".nii.gz");
   const DatasetInfo v2 = read_dataset(dir);
-  CHECK(v2.format == "nnunet_v2");
+  CHECK(v2.format == "nnunetv2");
   CHECK(v2.modalities == std::vector<std::string>{"MR", "T2"});
   CHECK(v2.labels == std::vector<std::string>{"background", "ellipsoids", "tubes"});
   REQUIRE(v2.training.size() == 4);

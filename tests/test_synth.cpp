@@ -9,8 +9,10 @@
 #include <iterator>
 #include <nlohmann/json.hpp>
 
+#include "io/dataset.h"
 #include "io/nifti.h"
 #include "io/synthetic.h"
+#include "io/tiff.h"
 #include "tests/test_util.h"
 
 using namespace unet;
@@ -18,7 +20,6 @@ using namespace unet::io;
 namespace fs = std::filesystem;
 
 namespace {
-
 
 SynthOptions small_options(const std::string& output) {
   SynthOptions o;
@@ -38,12 +39,12 @@ nlohmann::json read_json(const std::string& path) {
   return nlohmann::json::parse(std::ifstream(path));
 }
 
-
 }  // namespace
 
 TEST_CASE("unet_synth writes an MSD dataset.json that lists every image and label it wrote") {
   test::TempDir tmp("layout");
-  REQUIRE(test::run_tool("unet_synth", "--output " + (tmp / "ds") + " --train 5 --test 2 --size 24,24,24 --seed 3") == 0);
+  REQUIRE(test::run_tool("unet_synth", "--output " + (tmp / "ds") + " --train 5 --test 2 --size 24,24,24 --seed 3") ==
+          0);
   nlohmann::json j = read_json(tmp / "ds/dataset.json");
   for (const char* key : {"name", "description", "modality", "labels", "numTraining", "numTest", "training", "test"})
     CHECK_MESSAGE(j.contains(key), key);
@@ -257,4 +258,63 @@ TEST_CASE("a failed synthesis leaves neither a dataset nor staging files behind"
   SynthOptions o = small_options(tmp / "blocker/ds");
   CHECK_THROWS(write_synthetic_dataset(o));
   CHECK(std::distance(fs::directory_iterator(tmp.path), fs::directory_iterator()) == 1);
+}
+
+TEST_CASE("unet_synth --format nnunetv2 and isbi write the same cases in those layouts, which read_dataset reads") {
+  test::TempDir tmp("synth_formats");
+  SynthOptions o;
+  o.train = 3;
+  o.test = 1;
+  o.size = {8, 24, 28};
+  o.channels = 2;
+  o.classes = 3;
+  o.output = tmp / "msd";
+  write_synthetic_dataset(o);
+  o.format = "nnunetv2";
+  o.output = tmp / "v2";
+  write_synthetic_dataset(o);
+  const DatasetInfo msd = read_dataset(tmp / "msd"), v2 = read_dataset(tmp / "v2");
+  CHECK(v2.format == "nnunetv2");
+  CHECK(v2.labels == msd.labels);
+  REQUIRE(v2.training.size() == 3);
+  for (size_t i = 0; i < 3; ++i) {
+    CAPTURE(i);
+    const Case a = load_case(msd, i), b = load_case(v2, i);
+    CHECK(b.image.to_vector() == a.image.to_vector());
+    CHECK(b.label.to_vector() == a.label.to_vector());
+  }
+  CHECK(fs::exists(tmp / "v2/imagesTs/case_003_0001.nii.gz"));
+  CHECK(fs::exists(tmp / "v2/labelsTs/case_003.nii.gz"));
+
+  // ISBI: the middle slice of each case, halved and clamped to 8 bits; labels 0 / 255.
+  o.channels = 1;
+  o.classes = 2;
+  o.format = "isbi";
+  o.output = tmp / "isbi";
+  write_synthetic_dataset(o);
+  const DatasetInfo isbi = read_dataset(tmp / "isbi");
+  CHECK(isbi.format == "isbi2012");
+  REQUIRE(isbi.training.size() == 3);
+  const TiffVolume test_labels = read_tiff(tmp / "isbi/test-labels.tif");
+  CHECK(test_labels.data.shape() == Shape{1, 24, 28, 1});
+  for (int i = 0; i < 4; ++i) {
+    CAPTURE(i);
+    const SynthCase c = make_synthetic_case(o, i);
+    const int64_t plane = 24 * 28;
+    std::vector<float> image(static_cast<size_t>(plane)), label(static_cast<size_t>(plane));
+    for (int64_t v = 0; v < plane; ++v) {
+      image[size_t(v)] = std::min(255.f, std::max(0.f, std::floor(c.image.data<float>()[4 * plane + v] * 0.5f)));
+      label[size_t(v)] = c.label.data<uint8_t>()[4 * plane + v] > 0 ? 1.f : 0.f;
+    }
+    if (i < 3) {
+      const Case k = load_case(isbi, size_t(i));
+      CHECK(k.image.to_vector() == image);
+      CHECK(k.label.to_vector() == label);
+    } else {
+      const std::vector<float> t = test_labels.data.to_vector();
+      for (int64_t v = 0; v < plane; ++v) REQUIRE(t[size_t(v)] == label[size_t(v)] * 255.f);
+    }
+  }
+  o.classes = 3;
+  CHECK_THROWS_WITH_AS(write_synthetic_dataset(o), doctest::Contains("--classes 2"), SynthOptionsError);
 }

@@ -1,4 +1,5 @@
-// unet_synth: writes a synthetic Medical Segmentation Decathlon style dataset (io/synthetic.h) for the quick start.
+// unet_synth: writes a synthetic dataset (io/synthetic.h) in the MSD, nnU-Net v2 or ISBI 2012 layout for the quick
+// start and the tests.
 // Exit status 0 on success, 2 for bad arguments, 1 for runtime failures (docs/reference.md, "Exit statuses").
 #include <unistd.h>
 
@@ -103,6 +104,10 @@ int main(int argc, char** argv) {
   app.add_option("--classes", o.classes, "label classes including background, 2..16")->capture_default_str();
   app.add_option("--seed", seed, "random seed, 0..18446744073709551615")->capture_default_str();
   app.add_flag("--overwrite", o.overwrite, "replace an existing dataset in --output");
+  app.add_option("--format", o.format,
+                 "msd (Medical Segmentation Decathlon), nnunetv2 (nnU-Net v2 raw: one file per channel) or isbi "
+                 "(ISBI 2012: middle slices as 8-bit TIFF pages, labels 0 / 255; --channels 1 --classes 2)")
+      ->capture_default_str();
   if (auto status = unet::tools::parse_command_line(app, argc, argv, "unet_synth")) return *status;
   return unet::tools::run_tool("unet_synth", [&] {
     o.size = parse_triple<int64_t>(size, "--size");
