@@ -11,14 +11,20 @@
 #include "kernels/conv.h"
 #include "kernels/cuda/conv.cuh"
 
-namespace unet::ops {
-namespace {
+namespace unet::ops::internal {
 
 std::string vec_str(const std::vector<int>& v) {
   std::string s = "[";
   for (size_t i = 0; i < v.size(); ++i) s += (i ? ", " : "") + std::to_string(v[i]);
   return s + "]";
 }
+
+}  // namespace unet::ops::internal
+
+namespace unet::ops {
+namespace {
+
+using internal::vec_str;
 
 void check_f32(const Tensor& t, const char* what) {
   check_arg(t.dtype() == DType::f32, std::string("conv: ") + what + " must be f32, got " + t.describe());

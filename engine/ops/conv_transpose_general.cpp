@@ -14,11 +14,7 @@
 namespace unet::ops {
 namespace {
 
-std::string vec_str(const std::vector<int>& v) {
-  std::string s = "[";
-  for (size_t i = 0; i < v.size(); ++i) s += (i ? ", " : "") + std::to_string(v[i]);
-  return s + "]";
-}
+using internal::vec_str;
 
 // The sum of dy [rows, channels] over the rows (f32 [channels]) by the wgrad kernel's bias reduction: the gradient
 // of a 1x1 convolution's bias over a 1 x rows image.

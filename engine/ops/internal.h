@@ -3,6 +3,7 @@
 // running the kernels of the tensors' device, without recording autograd nodes. ops::norm_act_conv composes them.
 #pragma once
 #include <optional>
+#include <string>
 #include <vector>
 
 #include "engine/tensor.h"
@@ -10,6 +11,9 @@
 #include "kernels/norm.h"
 
 namespace unet::ops::internal {
+
+// "[1, 2, 3]": stride, padding and size lists in messages.
+std::string vec_str(const std::vector<int>& v);
 
 // Instance norm of x [N, spatial..., C] (f32, f16 or bf16), followed by leaky ReLU when `slope` is set (>= 0).
 struct NormForward {

@@ -51,10 +51,6 @@ __global__ void __launch_bounds__(kThreads)
 }
 
 // Grid-stride loops: enough blocks to fill a GPU, capped so tiny tensors do not launch empty blocks.
-dim3 grid_for(int64_t n) {
-  const int64_t blocks = (n + kThreads - 1) / kThreads;
-  return dim3(static_cast<unsigned>(blocks < 1 ? 1 : (blocks > 4096 ? 4096 : blocks)));
-}
 
 }  // namespace
 
@@ -64,7 +60,8 @@ void relu_forward(DType dt, const void* x, void* y, int64_t n, cudaStream_t stre
   element::with_element_type(dt, "relu", [&](auto e) {
     using E = decltype(e);
     using T = typename E::T;
-    launch(relu_forward_k<E>, grid_for(n), dim3(kThreads), 0, stream, static_cast<const T*>(x), static_cast<T*>(y), n);
+    launch(relu_forward_k<E>, grid_stride_blocks(n, kThreads), dim3(kThreads), 0, stream, static_cast<const T*>(x),
+           static_cast<T*>(y), n);
   });
 }
 
@@ -72,7 +69,7 @@ void relu_backward(DType dt, const void* y, const void* dy, void* dx, int64_t n,
   element::with_element_type(dt, "relu", [&](auto e) {
     using E = decltype(e);
     using T = typename E::T;
-    launch(relu_backward_k<E>, grid_for(n), dim3(kThreads), 0, stream, static_cast<const T*>(y),
+    launch(relu_backward_k<E>, grid_stride_blocks(n, kThreads), dim3(kThreads), 0, stream, static_cast<const T*>(y),
            static_cast<const T*>(dy), static_cast<T*>(dx), n);
   });
 }
@@ -81,8 +78,8 @@ void leaky_relu_forward(DType dt, const void* x, float slope, void* y, int64_t n
   element::with_element_type(dt, "leaky_relu", [&](auto e) {
     using E = decltype(e);
     using T = typename E::T;
-    launch(leaky_relu_forward_k<E>, grid_for(n), dim3(kThreads), 0, stream, static_cast<const T*>(x), slope,
-           static_cast<T*>(y), n);
+    launch(leaky_relu_forward_k<E>, grid_stride_blocks(n, kThreads), dim3(kThreads), 0, stream,
+           static_cast<const T*>(x), slope, static_cast<T*>(y), n);
   });
 }
 
@@ -91,8 +88,8 @@ void leaky_relu_backward(DType dt, const void* x, const void* dy, float slope, v
   element::with_element_type(dt, "leaky_relu", [&](auto e) {
     using E = decltype(e);
     using T = typename E::T;
-    launch(leaky_relu_backward_k<E>, grid_for(n), dim3(kThreads), 0, stream, static_cast<const T*>(x),
-           static_cast<const T*>(dy), slope, static_cast<T*>(dx), n);
+    launch(leaky_relu_backward_k<E>, grid_stride_blocks(n, kThreads), dim3(kThreads), 0, stream,
+           static_cast<const T*>(x), static_cast<const T*>(dy), slope, static_cast<T*>(dx), n);
   });
 }
 

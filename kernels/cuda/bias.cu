@@ -24,11 +24,10 @@ __global__ void __launch_bounds__(kThreads)
 void bias_add(DType dt, int64_t rows, int64_t channels, const float* bias, void* y, cudaStream_t stream) {
   const int64_t n = rows * channels;
   if (n == 0) return;
-  const int64_t blocks = (n + kThreads - 1) / kThreads;
-  const dim3 grid(static_cast<unsigned>(blocks > 4096 ? 4096 : blocks));
   element::with_element_type(dt, "bias_add", [&](auto e) {
     using E = decltype(e);
-    launch(bias_add_k<E>, grid, dim3(kThreads), 0, stream, static_cast<typename E::T*>(y), bias, channels, n);
+    launch(bias_add_k<E>, grid_stride_blocks(n, kThreads), dim3(kThreads), 0, stream, static_cast<typename E::T*>(y),
+           bias, channels, n);
   });
 }
 

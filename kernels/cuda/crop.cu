@@ -11,11 +11,6 @@ namespace {
 
 constexpr int kThreads = 256;
 
-dim3 grid_for(int64_t n) {
-  const int64_t blocks = (n + kThreads - 1) / kThreads;
-  return dim3(static_cast<unsigned>(blocks < 1 ? 1 : (blocks > 4096 ? 4096 : blocks)));
-}
-
 // cw = words per pixel.
 template <class T>
 __global__ void __launch_bounds__(kThreads) crop_k(const T* x, T* y, CropShape s, int64_t cw, int64_t total) {
@@ -36,8 +31,8 @@ void crop(const CropShape& s, const void* x, int64_t elem_size, void* y, cudaStr
   const auto go = [&](auto word, int64_t cw) {
     using T = decltype(word);
     if (pixels * cw == 0) return;
-    launch(crop_k<T>, grid_for(pixels * cw), dim3(kThreads), 0, stream, static_cast<const T*>(x), static_cast<T*>(y), s,
-           cw, pixels * cw);
+    launch(crop_k<T>, grid_stride_blocks(pixels * cw, kThreads), dim3(kThreads), 0, stream, static_cast<const T*>(x),
+           static_cast<T*>(y), s, cw, pixels * cw);
   };
   switch (elem_size) {
     case 4:

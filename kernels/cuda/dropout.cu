@@ -24,13 +24,11 @@ __global__ void __launch_bounds__(kThreads)
 void dropout_apply(DType dt, uint64_t seed, float p, float scale, const void* x, void* y, int64_t n,
                    cudaStream_t stream) {
   if (n == 0) return;
-  const int64_t blocks = (n + kThreads - 1) / kThreads;
-  const dim3 grid(static_cast<unsigned>(blocks > 4096 ? 4096 : blocks));
   element::with_element_type(dt, "dropout", [&](auto e) {
     using E = decltype(e);
     using T = typename E::T;
-    launch(dropout_k<E>, grid, dim3(kThreads), 0, stream, static_cast<const T*>(x), static_cast<T*>(y), seed, p, scale,
-           n);
+    launch(dropout_k<E>, grid_stride_blocks(n, kThreads), dim3(kThreads), 0, stream, static_cast<const T*>(x),
+           static_cast<T*>(y), seed, p, scale, n);
   });
 }
 

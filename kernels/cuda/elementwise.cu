@@ -46,10 +46,6 @@ __global__ void __launch_bounds__(kThreads) scale_f32(const float* a, float alph
 }
 
 // Grid-stride loops: enough blocks to fill a GPU, capped so tiny tensors do not launch empty blocks.
-dim3 grid_for(int64_t n) {
-  const int64_t blocks = (n + kThreads - 1) / kThreads;
-  return dim3(static_cast<unsigned>(blocks < 1 ? 1 : (blocks > 4096 ? 4096 : blocks)));
-}
 
 }  // namespace
 
@@ -58,15 +54,15 @@ dim3 grid_for(int64_t n) {
 void add(DType dtype, const void* a, const void* b, void* out, int64_t n, cudaStream_t stream) {
   switch (dtype) {
     case DType::f32:
-      launch(add_f32, grid_for(n), dim3(kThreads), 0, stream, static_cast<const float*>(a),
+      launch(add_f32, grid_stride_blocks(n, kThreads), dim3(kThreads), 0, stream, static_cast<const float*>(a),
              static_cast<const float*>(b), static_cast<float*>(out), n);
       return;
     case DType::f16:
-      launch(add_16<F16>, grid_for(n), dim3(kThreads), 0, stream, static_cast<const uint16_t*>(a),
+      launch(add_16<F16>, grid_stride_blocks(n, kThreads), dim3(kThreads), 0, stream, static_cast<const uint16_t*>(a),
              static_cast<const uint16_t*>(b), static_cast<uint16_t*>(out), n);
       return;
     case DType::bf16:
-      launch(add_16<BF16>, grid_for(n), dim3(kThreads), 0, stream, static_cast<const uint16_t*>(a),
+      launch(add_16<BF16>, grid_stride_blocks(n, kThreads), dim3(kThreads), 0, stream, static_cast<const uint16_t*>(a),
              static_cast<const uint16_t*>(b), static_cast<uint16_t*>(out), n);
       return;
     default:
@@ -75,7 +71,7 @@ void add(DType dtype, const void* a, const void* b, void* out, int64_t n, cudaSt
 }
 
 void scale(const float* a, float alpha, float* out, int64_t n, cudaStream_t stream) {
-  launch(scale_f32, grid_for(n), dim3(kThreads), 0, stream, a, alpha, out, n);
+  launch(scale_f32, grid_stride_blocks(n, kThreads), dim3(kThreads), 0, stream, a, alpha, out, n);
 }
 
 const ElementwiseKernels elementwise_kernels{add, scale};

@@ -11,6 +11,13 @@
 
 namespace unet::kernels::cuda {
 
+// The grid of a grid-stride loop over n items with `threads` per block: a block per `threads` items, at least 1 and at
+// most 4096 (beyond that each thread loops).
+inline dim3 grid_stride_blocks(int64_t n, int threads) {
+  const int64_t blocks = (n + threads - 1) / threads;
+  return dim3(static_cast<unsigned>(blocks < 1 ? 1 : (blocks > 4096 ? 4096 : blocks)));
+}
+
 template <class... P, class... A>
 void launch(void (*kernel)(P...), dim3 grid, dim3 block, size_t smem_bytes, cudaStream_t stream, A&&... args) {
 #ifdef __CUDACC__

@@ -213,11 +213,6 @@ __global__ void __launch_bounds__(kApplyThreads)
   }
 }
 
-dim3 grid_for(int64_t n) {
-  const int64_t blocks = (n + kApplyThreads - 1) / kApplyThreads;
-  return dim3(static_cast<unsigned>(blocks < 1 ? 1 : (blocks > 4096 ? 4096 : blocks)));
-}
-
 struct Plan {
   int64_t N, S, C, NC, total, chunks;
   dim3 partial_grid, finalize_grid, block;
@@ -250,8 +245,8 @@ void forward_impl(const NormShape& sh, const typename E::T* x, const float* gamm
   launch(instance_norm_forward_partial<E>, p.partial_grid, p.block, 0, stream, x, p.S, p.C, p.chunks, part.get());
   launch(instance_norm_forward_finalize<E>, p.finalize_grid, p.block, 0, stream, x, part.get(), p.S, p.C, p.chunks, gamma,
          beta, eps, mean, rstd, coef.get(), p.NC);
-  launch(instance_norm_forward_apply<E, kLeaky>, grid_for(p.total), dim3(kApplyThreads), 0, stream, x, mean, coef.get(),
-         p.S, p.C, p.NC, slope, y, p.total);
+  launch(instance_norm_forward_apply<E, kLeaky>, grid_stride_blocks(p.total, kApplyThreads), dim3(kApplyThreads), 0,
+         stream, x, mean, coef.get(), p.S, p.C, p.NC, slope, y, p.total);
 }
 
 template <class E, bool kLeaky>
@@ -274,8 +269,8 @@ void backward_impl(const NormShape& sh, const typename E::T* x, const typename E
     launch(instance_norm_param_grads, dim3(static_cast<unsigned>((p.C + kParamThreads - 1) / kParamThreads)),
            dim3(kParamThreads), 0, stream, static_cast<const double*>(sums.get()), p.N, p.C, dgamma, dbeta);
   if (dx && p.total > 0)
-    launch(instance_norm_backward_apply<E, kLeaky>, grid_for(p.total), dim3(kApplyThreads), 0, stream, x, y, dy, mean,
-           static_cast<const float*>(coef.get()), p.S, p.C, p.NC, slope, dx, p.total);
+    launch(instance_norm_backward_apply<E, kLeaky>, grid_stride_blocks(p.total, kApplyThreads), dim3(kApplyThreads), 0,
+           stream, x, y, dy, mean, static_cast<const float*>(coef.get()), p.S, p.C, p.NC, slope, dx, p.total);
 }
 
 }  // namespace

@@ -12,11 +12,6 @@ namespace {
 
 constexpr int kThreads = 256;
 
-dim3 grid_for(int64_t n) {
-  const int64_t blocks = (n + kThreads - 1) / kThreads;
-  return dim3(static_cast<unsigned>(blocks < 1 ? 1 : (blocks > 4096 ? 4096 : blocks)));
-}
-
 template <class E>
 __global__ void __launch_bounds__(kThreads)
     max_pool_forward_k(const typename E::T* x, typename E::T* y, int32_t* idx, PoolShape s, int64_t total) {
@@ -67,8 +62,8 @@ void max_pool_forward(const PoolShape& s, DType dt, const void* x, void* y, int3
   element::with_element_type(dt, "max_pool", [&](auto e) {
     using E = decltype(e);
     using T = typename E::T;
-    launch(max_pool_forward_k<E>, grid_for(total), dim3(kThreads), 0, stream, static_cast<const T*>(x),
-           static_cast<T*>(y), idx, s, total);
+    launch(max_pool_forward_k<E>, grid_stride_blocks(total, kThreads), dim3(kThreads), 0, stream,
+           static_cast<const T*>(x), static_cast<T*>(y), idx, s, total);
   });
 }
 
@@ -79,8 +74,8 @@ void max_pool_backward(const PoolShape& s, DType dt, const void* dy, const int32
   element::with_element_type(dt, "max_pool", [&](auto e) {
     using E = decltype(e);
     using T = typename E::T;
-    launch(max_pool_backward_k<E>, grid_for(total), dim3(kThreads), 0, stream, static_cast<const T*>(dy), idx,
-           static_cast<T*>(dx), s, total);
+    launch(max_pool_backward_k<E>, grid_stride_blocks(total, kThreads), dim3(kThreads), 0, stream,
+           static_cast<const T*>(dy), idx, static_cast<T*>(dx), s, total);
   });
 }
 

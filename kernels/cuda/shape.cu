@@ -158,19 +158,15 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
-dim3 grid_for(int64_t n) {
-  const int64_t blocks = (n + kThreads - 1) / kThreads;
-  return dim3(static_cast<unsigned>(blocks < 1 ? 1 : (blocks > 4096 ? 4096 : blocks)));
-}
-
 // Column copy in the widest word the element size allows (1, 2, 4 or 8 bytes; other sizes go bytewise).
 void copy_columns_bytes(const void* src, int64_t src_stride, int64_t src_off, void* dst, int64_t dst_stride,
                         int64_t dst_off, int64_t rows, int64_t width, int64_t elem_size, cudaStream_t stream) {
   if (rows * width == 0) return;
   const auto go = [&](auto word, int64_t k) {
     using T = decltype(word);
-    launch(copy_columns<T>, grid_for(rows * width * k), dim3(kThreads), 0, stream, static_cast<const T*>(src),
-           src_stride * k, src_off * k, static_cast<T*>(dst), dst_stride * k, dst_off * k, rows, width * k);
+    launch(copy_columns<T>, grid_stride_blocks(rows * width * k, kThreads), dim3(kThreads), 0, stream,
+           static_cast<const T*>(src), src_stride * k, src_off * k, static_cast<T*>(dst), dst_stride * k, dst_off * k,
+           rows, width * k);
   };
   switch (elem_size) {
     case 8:
@@ -192,8 +188,8 @@ bool is_float_type(DType t) {
 template <class Src, class Dst>
 void cast_to(const void* src, void* dst, int64_t n, cudaStream_t stream) {
   if constexpr (!std::is_same_v<Src, Dst>)
-    launch(cast_k<Src, Dst>, grid_for(n), dim3(kThreads), 0, stream, static_cast<const typename Src::T*>(src),
-           static_cast<typename Dst::T*>(dst), n);
+    launch(cast_k<Src, Dst>, grid_stride_blocks(n, kThreads), dim3(kThreads), 0, stream,
+           static_cast<const typename Src::T*>(src), static_cast<typename Dst::T*>(dst), n);
 }
 
 template <class Src>
@@ -235,8 +231,8 @@ void upsample_nearest_forward(const UpsampleShape& s, const void* x, int64_t ele
   const auto go = [&](auto word, int64_t cw) {
     using T = decltype(word);
     if (pixels * cw == 0) return;
-    launch(upsample_nearest_forward_k<T>, grid_for(pixels * cw), dim3(kThreads), 0, stream, static_cast<const T*>(x),
-           static_cast<T*>(y), s, cw, pixels * cw);
+    launch(upsample_nearest_forward_k<T>, grid_stride_blocks(pixels * cw, kThreads), dim3(kThreads), 0, stream,
+           static_cast<const T*>(x), static_cast<T*>(y), s, cw, pixels * cw);
   };
   switch (elem_size) {
     case 8:
@@ -256,8 +252,8 @@ void upsample_nearest_backward(const UpsampleShape& s, DType dt, const void* dy,
   element::with_element_type(dt, "upsample_nearest", [&](auto e) {
     using E = decltype(e);
     using T = typename E::T;
-    launch(upsample_nearest_backward_k<E>, grid_for(total), dim3(kThreads), 0, stream, static_cast<const T*>(dy),
-           static_cast<T*>(dx), s, total);
+    launch(upsample_nearest_backward_k<E>, grid_stride_blocks(total, kThreads), dim3(kThreads), 0, stream,
+           static_cast<const T*>(dy), static_cast<T*>(dx), s, total);
   });
 }
 
@@ -286,14 +282,14 @@ void argmax_channels(DType dtype, const void* x, int64_t rows, int64_t c, int32_
   if (rows <= 0) return;
   switch (dtype) {
     case DType::f32:
-      return launch(argmax_channels_k<F32>, grid_for(rows), dim3(kThreads), 0, stream, static_cast<const float*>(x),
-                    rows, c, out);
+      return launch(argmax_channels_k<F32>, grid_stride_blocks(rows, kThreads), dim3(kThreads), 0, stream,
+                    static_cast<const float*>(x), rows, c, out);
     case DType::f16:
-      return launch(argmax_channels_k<F16>, grid_for(rows), dim3(kThreads), 0, stream, static_cast<const uint16_t*>(x),
-                    rows, c, out);
+      return launch(argmax_channels_k<F16>, grid_stride_blocks(rows, kThreads), dim3(kThreads), 0, stream,
+                    static_cast<const uint16_t*>(x), rows, c, out);
     default:
-      return launch(argmax_channels_k<BF16>, grid_for(rows), dim3(kThreads), 0, stream, static_cast<const uint16_t*>(x),
-                    rows, c, out);
+      return launch(argmax_channels_k<BF16>, grid_stride_blocks(rows, kThreads), dim3(kThreads), 0, stream,
+                    static_cast<const uint16_t*>(x), rows, c, out);
   }
 }
 
