@@ -157,9 +157,12 @@ int main(int argc, char** argv) {
     device::reset_peak(dev);
     std::vector<double> train_ms, infer_ms;
     int64_t skipped = 0;
+    // The loss each network trains with: nnU-Net's DiceCE, DLE's CE + soft Dice for UNet2D.
+    const ops::DiceCeForm loss_form = model == "unet2d" ? ops::kDleDiceCe : ops::DiceCeForm{};
     for (int s = 0; s < warmup + steps; ++s) {
       const auto t0 = clock::now();
-      const models::StepStats st = models::train_step(*net, opt, x, y, prec, &scaler);
+      const models::StepStats st =
+          models::train_step(*net, opt, x, y, prec, &scaler, nullptr, static_cast<uint64_t>(s) + 1, loss_form);
       device::synchronize(dev);  // the optimizer step is queued after the loss was read
       const double ms = std::chrono::duration<double, std::milli>(clock::now() - t0).count();
       if (s >= warmup) train_ms.push_back(ms);

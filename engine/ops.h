@@ -83,6 +83,18 @@ Tensor dropout(const Tensor& x, float p, uint64_t seed);
 // batch (the same shape on every rank): the sums are reduced over the ranks before D is formed and CE is the mean over
 // every rank's voxels, so every rank gets the global batch's loss, and backward gives this rank's share of its
 // gradient (summed over ranks by engine/data_parallel.h).
-Tensor dice_ce_loss(const Tensor& logits, const Tensor& labels, Tensor* parts = nullptr, Comm* comm = nullptr);
+//
+// form picks the Dice (kernels/loss.h, DiceForm): the default is nnU-Net's above; kDleDiceCe is DLE UNet_Medical's
+// (SPEC 1.2): per sample and class, background included, 1 - (2 sum p y + 1e-6) / (sum p^2 + sum y^2 + 1e-6), the
+// mean over samples and classes; CE as above. With a comm, that mean is over every rank's samples.
+struct DiceCeForm {
+  bool per_sample = false;  // one Dice per sample, averaged, instead of one over the batch
+  bool squared = false;     // sum p^2 + sum y^2 in the denominator instead of sum p + sum y
+  bool background = false;  // class 0 in the Dice mean
+  double smooth = 1e-5;     // MONAI DiceLoss smooth_nr = smooth_dr = 1e-5 (DLE nnU-Net)
+};
+inline constexpr DiceCeForm kDleDiceCe{true, true, true, 1e-6};
+Tensor dice_ce_loss(const Tensor& logits, const Tensor& labels, Tensor* parts = nullptr, Comm* comm = nullptr,
+                    const DiceCeForm& form = {});
 
 }  // namespace unet::ops

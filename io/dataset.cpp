@@ -164,7 +164,7 @@ DatasetInfo read_nnunet_v2_dataset(const std::string& dir) {
     c.id = id;
     c.label_path = (labels_dir / (id + ending)).string();
     for (size_t ch = 0; ch < info.modalities.size(); ++ch) {
-      char suffix[16];
+      char suffix[32];
       std::snprintf(suffix, sizeof suffix, "_%04zu", ch);
       const fs::path image = images_dir / (id + suffix + ending);
       if (!fs::is_regular_file(image))

@@ -183,8 +183,11 @@ void validate_synth_options(const SynthOptions& o) {
   need(o.train >= 0 && o.train <= 100000, "--train: expected 0..100000 cases, got " + std::to_string(o.train));
   need(o.test >= 0 && o.test <= 100000, "--test: expected 0..100000 cases, got " + std::to_string(o.test));
   need(o.train + o.test >= 1, "--train/--test: the dataset needs at least one case");
-  for (int64_t d : o.size)
-    need(d >= 8 && d <= 1024, "--size: every dimension must be 8..1024 voxels, got " + std::to_string(d));
+  need(o.dim == 2 || o.dim == 3, "--dim: expected 2 or 3, got " + std::to_string(o.dim));
+  need(o.dim == 3 || o.size[0] == 1, "--dim 2: the z size must be 1, got " + std::to_string(o.size[0]));
+  for (size_t a = o.dim == 2 ? 1 : 0; a < 3; ++a)
+    need(o.size[a] >= 8 && o.size[a] <= 1024,
+         "--size: every dimension must be 8..1024 voxels, got " + std::to_string(o.size[a]));
   for (double s : o.spacing)
     need(std::isfinite(s) && s >= 0.01 && s <= 100,
          "--spacing: every spacing must be 0.01..100 mm, got " + std::to_string(s));
@@ -195,6 +198,7 @@ void validate_synth_options(const SynthOptions& o) {
        "--format: expected msd, nnunetv2 or isbi, got '" + o.format + "'");
   need(o.format != "isbi" || (o.classes == 2 && o.channels == 1),
        "--format isbi: ISBI 2012 has one channel and two classes (--channels 1 --classes 2)");
+  need(o.format != "isbi" || o.dim == 2, "--format isbi: ISBI 2012 pages are 2D (--dim 2)");
 }
 
 SynthShape synthetic_class_shape(int cls) {
@@ -231,6 +235,8 @@ SynthCase make_synthetic_case(const SynthOptions& o, int index) {
   const uint64_t case_seed = mix_seed(o.seed, static_cast<uint64_t>(index));
   Rng rng(case_seed);
   Vec3 extent{Z * o.spacing[0], Y * o.spacing[1], X * o.spacing[2]};
+  const bool slice = o.dim == 2;  // the plane z = depth / 2 of a volume as deep as the slice is wide
+  if (slice) extent[0] = std::min(extent[1], extent[2]);
 
   // Shapes, painted in increasing class order: where shapes overlap the higher class wins (a lesion drawn over
   // an organ), and within a class the later shape's intensity shows.
@@ -255,7 +261,8 @@ SynthCase make_synthetic_case(const SynthOptions& o, int index) {
   out.label = Tensor::zeros({Z, Y, X}, DType::u8);
   float* img = out.image.data<float>();
   uint8_t* lab = out.label.data<uint8_t>();
-  const double edge = *std::min_element(o.spacing.begin(), o.spacing.end());  // soft edge one voxel wide
+  const double edge = slice ? std::min(o.spacing[1], o.spacing[2])  // soft edge one voxel wide
+                            : *std::min_element(o.spacing.begin(), o.spacing.end());
 
   // Each z slice draws its noise from its own stream, so the result does not depend on the thread split.
   parallel_for(Z, 1, [&](int64_t z0, int64_t z1) {
@@ -264,7 +271,7 @@ SynthCase make_synthetic_case(const SynthOptions& o, int index) {
       Rng noise(mix_seed(case_seed, 1000003u + static_cast<uint64_t>(z)));
       for (int64_t y = 0; y < Y; ++y)
         for (int64_t x = 0; x < X; ++x) {
-          Vec3 p{z * o.spacing[0], y * o.spacing[1], x * o.spacing[2]};
+          Vec3 p{slice ? extent[0] / 2 : z * o.spacing[0], y * o.spacing[1], x * o.spacing[2]};
           int64_t v = (z * Y + y) * X + x;
           for (int ch = 0; ch < C; ++ch) tissue[static_cast<size_t>(ch)] = synthetic_class_mean(ch, 0, o.classes);
           uint8_t label = 0;
@@ -298,6 +305,82 @@ SynthCase make_synthetic_case(const SynthOptions& o, int index) {
     }
   });
   return out;
+}
+
+SynthPage make_synthetic_em_page(const SynthOptions& o, int index) {
+  const int64_t H = o.size[1], W = o.size[2];
+  Rng rng(mix_seed(o.seed, 0x1000000ull + static_cast<uint64_t>(index)));
+  // Cells: one seed per grid square of `cell` pixels, jittered within it, over the page and a margin of one square.
+  const double cell = rng.uniform(16, 22);          // mean cell diameter (pixels)
+  const double half_width = rng.uniform(1.0, 1.5);  // membrane half width (pixels)
+  const int64_t gy = static_cast<int64_t>(std::ceil(H / cell)) + 2, gx = static_cast<int64_t>(std::ceil(W / cell)) + 2;
+  struct Seed {
+    double y, x, level;  // position and the cell's brightness
+  };
+  std::vector<Seed> seeds(static_cast<size_t>(gy * gx));
+  for (int64_t i = 0; i < gy; ++i)
+    for (int64_t j = 0; j < gx; ++j)
+      seeds[static_cast<size_t>(i * gx + j)] = {(i - 1 + rng.uniform(0.1, 0.9)) * cell,
+                                                (j - 1 + rng.uniform(0.1, 0.9)) * cell, rng.uniform(150, 190)};
+  // Organelles: dark discs inside the cells (labelled cell), the distractors a threshold would call membrane.
+  struct Disc {
+    double y, x, r;
+  };
+  std::vector<Disc> discs(static_cast<size_t>(H * W / (cell * cell * 2)));
+  for (Disc& d : discs) d = {rng.uniform(0, H), rng.uniform(0, W), rng.uniform(1.5, 3.5)};
+  std::vector<Blob> bias = random_bias_field({1, double(H), double(W)}, rng);
+
+  SynthPage page{Tensor::empty({H, W}, DType::u8), Tensor::empty({H, W}, DType::u8)};
+  std::vector<float> clean(static_cast<size_t>(H * W));
+  for (int64_t y = 0; y < H; ++y)
+    for (int64_t x = 0; x < W; ++x) {
+      // Nearest and second-nearest seeds among the 5 x 5 grid squares around the pixel's own.
+      const int64_t ci = static_cast<int64_t>(y / cell) + 1, cj = static_cast<int64_t>(x / cell) + 1;
+      double d1 = 1e30, d2 = 1e30;
+      const Seed* nearest = nullptr;
+      for (int64_t i = std::max<int64_t>(0, ci - 2); i <= std::min(gy - 1, ci + 2); ++i)
+        for (int64_t j = std::max<int64_t>(0, cj - 2); j <= std::min(gx - 1, cj + 2); ++j) {
+          const Seed& sd = seeds[static_cast<size_t>(i * gx + j)];
+          const double d = std::hypot(y - sd.y, x - sd.x);
+          if (d < d1) {
+            d2 = d1;
+            d1 = d;
+            nearest = &sd;
+          } else if (d < d2) {
+            d2 = d;
+          }
+        }
+      // (d2 - d1) / 2 is about the distance to the boundary between the two cells.
+      const bool membrane = (d2 - d1) / 2 < half_width;
+      clean[static_cast<size_t>(y * W + x)] = static_cast<float>(membrane ? 55.0 : nearest->level);
+      page.label.data<uint8_t>()[y * W + x] = membrane ? 0 : 255;
+    }
+  for (const Disc& d : discs)
+    for (int64_t y = std::max<int64_t>(0, int64_t(d.y - d.r)); y <= std::min<int64_t>(H - 1, int64_t(d.y + d.r)); ++y)
+      for (int64_t x = std::max<int64_t>(0, int64_t(d.x - d.r)); x <= std::min<int64_t>(W - 1, int64_t(d.x + d.r)); ++x)
+        if (std::hypot(y - d.y, x - d.x) < d.r && page.label.data<uint8_t>()[y * W + x] == 255)
+          clean[static_cast<size_t>(y * W + x)] = 95.f;
+  // A 3 x 3 binomial blur (the microscope's point spread), the bias field, then noise.
+  for (int64_t y = 0; y < H; ++y)
+    for (int64_t x = 0; x < W; ++x) {
+      double acc = 0, wsum = 0;
+      for (int64_t dy = -1; dy <= 1; ++dy)
+        for (int64_t dx = -1; dx <= 1; ++dx) {
+          const int64_t yy = y + dy, xx = x + dx;
+          if (yy < 0 || yy >= H || xx < 0 || xx >= W) continue;
+          const double w = (dy == 0 ? 2 : 1) * (dx == 0 ? 2 : 1);
+          acc += w * clean[static_cast<size_t>(yy * W + xx)];
+          wsum += w;
+        }
+      double field = 1;
+      for (const Blob& b : bias) {
+        const double dy = y - b.centre[1], dx = x - b.centre[2];
+        field += b.amplitude * std::exp(-(dy * dy + dx * dx) / (2 * b.sigma * b.sigma));
+      }
+      const double v = acc / wsum * field + 18.0 * rng.normal();
+      page.image.data<uint8_t>()[y * W + x] = static_cast<uint8_t>(std::clamp(std::round(v), 0.0, 255.0));
+    }
+  return page;
 }
 
 void write_synthetic_dataset(const SynthOptions& o) {
@@ -334,7 +417,7 @@ void write_synthetic_dataset(const SynthOptions& o) {
     NiftiVolume label_header = make_nifti_like({o.size[0], o.size[1], o.size[2]}, o.spacing);
     NiftiVolume channel_header = make_nifti_like({o.size[0], o.size[1], o.size[2], 1}, o.spacing);
     const int64_t plane = o.size[1] * o.size[2];
-    // ISBI: every case's middle slice, as 8-bit pages (intensities halved and clamped to 255) and 0 / 255 labels.
+    // ISBI: one EM-like page a case (make_synthetic_em_page), 8-bit, labels 0 / 255.
     Tensor isbi_images, isbi_labels;
     if (o.format == "isbi") {
       isbi_images = Tensor::empty({o.train + o.test, o.size[1], o.size[2]}, DType::u8);
@@ -366,12 +449,9 @@ void write_synthetic_dataset(const SynthOptions& o) {
               write_nifti((images / (id + suffix + ".nii.gz")).string(), one, channel_header);
             }
           } else {  // isbi
-            const int64_t z = o.size[0] / 2;
-            for (int64_t v = 0; v < plane; ++v) {
-              const float x = c.image.data<float>()[z * plane + v] * 0.5f;
-              isbi_images.data<uint8_t>()[idx * plane + v] = static_cast<uint8_t>(std::clamp(x, 0.f, 255.f));
-              isbi_labels.data<uint8_t>()[idx * plane + v] = c.label.data<uint8_t>()[z * plane + v] > 0 ? 255 : 0;
-            }
+            const SynthPage p = make_synthetic_em_page(o, idx);
+            std::copy_n(p.image.data<uint8_t>(), plane, isbi_images.data<uint8_t>() + idx * plane);
+            std::copy_n(p.label.data<uint8_t>(), plane, isbi_labels.data<uint8_t>() + idx * plane);
             continue;
           }
           write_nifti((labels / (id + ".nii.gz")).string(), c.label, label_header);

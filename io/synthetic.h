@@ -24,6 +24,7 @@ struct SynthOptions {
   std::string output;                       // dataset directory (created; see write_synthetic_dataset)
   int train = 24;                           // cases in imagesTr/labelsTr
   int test = 6;                             // cases in imagesTs/labelsTs
+  int dim = 3;                              // 2: each case one slice, size[0] = 1 (the isbi format's only choice)
   std::array<int64_t, 3> size{48, 48, 48};  // voxels (z, y, x)
   std::array<double, 3> spacing{1, 1, 1};   // mm (z, y, x)
   int channels = 1;                         // image channels (4D NIfTI when > 1)
@@ -31,8 +32,9 @@ struct SynthOptions {
   uint64_t seed = 0;
   bool overwrite = false;  // replace an existing dataset (a directory holding dataset.json or train-volume.tif)
   // The layout (io/dataset.h): msd (one file per case), nnunetv2 (one file per channel, labels by name) or isbi
-  // (ISBI 2012: each case's middle z slice as a page of train-volume.tif / test-volume.tif, 8-bit; labels 0 / 255 in
-  // train-labels.tif / test-labels.tif; needs classes = 2 and channels = 1).
+  // (ISBI 2012: each case an EM-like page of size[1] x size[2] (make_synthetic_em_page; size[0] unused) in
+  // train-volume.tif / test-volume.tif, 8-bit; labels 0 (membrane) / 255 (cell) in train-labels.tif /
+  // test-labels.tif; needs classes = 2 and channels = 1).
   std::string format = "msd";
 };
 
@@ -56,8 +58,18 @@ struct SynthCase {
 };
 
 // Case number `index` of the dataset for options o (train cases first, then test cases). Depends only on
-// (o.seed, index, size, spacing, channels, classes).
+// (o.seed, index, dim, size, spacing, channels, classes). dim 2: the middle plane of a volume as deep as the slice is
+// wide, so the shapes have the sizes they have in 3D.
 SynthCase make_synthetic_case(const SynthOptions& o, int index);
+
+// An electron-microscopy-like page for the ISBI layout, after ISBI 2012's neuronal membranes: cells (a jittered
+// Voronoi tessellation, 16..22 pixels across, each its own brightness) separated by dark membranes 2..3 pixels wide,
+// dark organelle discs inside the cells as distractors, a 3 x 3 blur, a bias field and noise. image u8 [Y, X] and
+// label u8 [Y, X], 0 = membrane and 255 = cell as ISBI 2012. Depends only on (o.seed, index, size[1], size[2]).
+struct SynthPage {
+  Tensor image, label;
+};
+SynthPage make_synthetic_em_page(const SynthOptions& o, int index);
 
 // File stem of case `index`: "case_000" (more digits when there are over 1000 cases).
 std::string synthetic_case_id(const SynthOptions& o, int index);

@@ -109,7 +109,8 @@ io::Metadata card_to_metadata(const ModelCard& c) {
                                                               {"negative_slope", c.net.negative_slope}};
   nlohmann::json plan = {{"patch", c.patch},
                          {"spacing", c.spacing},
-                         {"normalization", nlohmann::json::parse(c.normalization.to_json())}};
+                         {"normalization", nlohmann::json::parse(c.normalization.to_json())},
+                         {"label_scale", c.label_scale}};
   nlohmann::json labels = nlohmann::json::object();
   for (auto& [k, v] : c.labels) labels[std::to_string(k)] = v;
   return {{"format", "unet-engine-weights/1"}, {"model", model.dump()}, {"plan", plan.dump()}, {"labels", labels.dump()}};
@@ -151,6 +152,12 @@ ModelCard card_from_metadata(const io::Metadata& m, const std::string& path) {
     c.patch = plan.at("patch").get<std::vector<int>>();
     c.spacing = plan.at("spacing").get<std::vector<double>>();
     c.normalization = io::NormalizationPlan::from_json(plan.at("normalization").dump());
+    c.label_scale = plan.value("label_scale", 1);  // absent before ISBI support: 1
+    const int largest = (static_cast<int>(model.at("out_channels").get<int>()) - 1) * c.label_scale;
+    if (c.label_scale < 1 || largest > 255)
+      throw std::runtime_error(path + ": plan label_scale " + std::to_string(c.label_scale) +
+                               " must be at least 1 and keep the largest class value within 255 (got " +
+                               std::to_string(largest) + ")");
     for (auto& [k, v] : labels.items()) c.labels[std::stoi(k)] = v.get<std::string>();
   } catch (const nlohmann::json::exception& e) {
     throw std::runtime_error(path + ": malformed checkpoint metadata (" + e.what() + ")");

@@ -24,6 +24,7 @@ struct ModelCard {
   std::vector<double> spacing;   // target spacing the model was trained at (z, y, x)
   io::NormalizationPlan normalization;   // per channel: z-score per case, or CT clip + global z-score
   std::map<int, std::string> labels;     // class index -> name
+  int label_scale = 1;  // class c is written as the value c * label_scale (ISBI 2012: 255, its labels are 0 / 255)
   int in_channels() const { return model == "unet2d" ? unet2d.in_channels : net.in_channels; }
   int out_channels() const { return model == "unet2d" ? unet2d.out_channels : net.out_channels; }
 };

@@ -87,7 +87,7 @@ Segmentation Predictor::segment(const io::Image& volume, const std::string& sour
   out.labels = Tensor::empty(labels.shape(), DType::u8);
   const int32_t* l = labels.data<int32_t>();
   uint8_t* u = out.labels.data<uint8_t>();
-  for (int64_t i = 0; i < labels.numel(); ++i) u[i] = static_cast<uint8_t>(l[i]);
+  for (int64_t i = 0; i < labels.numel(); ++i) u[i] = static_cast<uint8_t>(l[i] * card_.label_scale);
   return out;
 }
 

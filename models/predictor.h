@@ -25,7 +25,7 @@ struct PredictorOptions {
 };
 
 struct Segmentation {
-  Tensor labels;                  // u8 [Z, Y, X]: argmax of the probabilities, on the input's grid
+  Tensor labels;  // u8 [Z, Y, X]: argmax of the probabilities, times the card's label_scale, on the input's grid
   Tensor probabilities;           // f32 [Z, Y, X, classes]: softmax of the blended logits, on the input's grid
   std::array<int64_t, 3> grid{};  // the grid the network segmented: the non-zero box, resampled when `resampled`
   bool resampled = false;

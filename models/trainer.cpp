@@ -24,14 +24,15 @@
 
 namespace unet::models {
 
-Tensor deep_supervision_loss(const std::vector<Tensor>& outputs, const Tensor& labels, Tensor* parts, Comm* comm) {
+Tensor deep_supervision_loss(const std::vector<Tensor>& outputs, const Tensor& labels, Tensor* parts, Comm* comm,
+                             const ops::DiceCeForm& form) {
   check_arg(!outputs.empty(), "deep_supervision_loss: no outputs");
   Tensor total;
   double weight = 1.0, weight_sum = 0.0;
   for (size_t i = 0; i < outputs.size(); ++i, weight *= 0.5) weight_sum += weight;
   weight = 1.0;
   for (size_t i = 0; i < outputs.size(); ++i, weight *= 0.5) {
-    Tensor l = ops::dice_ce_loss(outputs[i], labels, i == 0 ? parts : nullptr, comm);
+    Tensor l = ops::dice_ce_loss(outputs[i], labels, i == 0 ? parts : nullptr, comm, form);
     Tensor weighted = ops::scale(l, static_cast<float>(weight / weight_sum));
     total = total.defined() ? ops::add(total, weighted) : weighted;
   }
@@ -70,13 +71,13 @@ Tensor labels_for(const Tensor& labels, const Tensor& logits) {
 }  // namespace
 
 StepStats train_step(Network& net, Optimizer& optimizer, const Tensor& x, const Tensor& labels, Precision precision,
-                     LossScaler* scaler, GradientReducer* reducer, uint64_t seed) {
+                     LossScaler* scaler, GradientReducer* reducer, uint64_t seed, const ops::DiceCeForm& loss_form) {
   StepStats stats;
   optimizer.zero_grad();
   Tensor parts;
   const std::vector<Tensor> logits = forward_in(net, x, /*training=*/true, precision, seed);
-  Tensor loss =
-      deep_supervision_loss(logits, labels_for(labels, logits[0]), &parts, reducer ? &reducer->comm() : nullptr);
+  Tensor loss = deep_supervision_loss(logits, labels_for(labels, logits[0]), &parts,
+                                      reducer ? &reducer->comm() : nullptr, loss_form);
   {
     autograd::NoGradGuard no_grad;
     stats.losses = ops::concat_channels({loss.detach(), parts});
@@ -431,6 +432,7 @@ Trainer::Trainer(TrainerOptions options, std::FILE* out) : s_(std::make_unique<S
   card.spacing = spacing;
   card.normalization = norm;
   for (size_t k = 0; k < s.info.labels.size(); ++k) card.labels[static_cast<int>(k)] = s.info.labels[k];
+  card.label_scale = static_cast<int>(s.info.label_divisor);  // labels written as the dataset stores them
   try {
     s.net = make_network(card);
   } catch (const std::invalid_argument& e) {
@@ -521,7 +523,7 @@ void Trainer::run() {
     // The step's dropout draws from (seed, step), as its batch does: a resumed run repeats it.
     const uint64_t step_seed = o.seed * 0x9e3779b97f4a7c15ull + static_cast<uint64_t>(step) + 1;
     const StepStats st = train_step(*s.net, *s.opt, batch.image.to(o.device), batch.label.to(o.device), o.precision,
-                                    &s.scaler, s.reducer.get(), step_seed);
+                                    &s.scaler, s.reducer.get(), step_seed, o.loss);
     {
       autograd::NoGradGuard no_grad;
       loss_acc = loss_acc.defined() ? ops::add(loss_acc, st.losses) : st.losses;

@@ -10,6 +10,7 @@
 #include "engine/data_parallel.h"
 #include "engine/loss_scaler.h"
 #include "engine/metrics.h"
+#include "engine/ops.h"
 #include "engine/optim.h"
 #include "engine/precision.h"
 #include "engine/sliding_window.h"
@@ -32,9 +33,9 @@ struct StepStats {
 
 // Deep supervision: sum_i 0.5^i L_i / sum_i 0.5^i over the network's outputs (full resolution first). *parts (when
 // given) receives the full-resolution loss's [Dice, CE] on the outputs' device. With a comm of several ranks, each
-// L_i is the global batch's (ops::dice_ce_loss).
+// L_i is the global batch's (ops::dice_ce_loss). form: nnU-Net's DiceCE or DLE's (ops::kDleDiceCe).
 Tensor deep_supervision_loss(const std::vector<Tensor>& outputs, const Tensor& labels, Tensor* parts = nullptr,
-                             Comm* comm = nullptr);
+                             Comm* comm = nullptr, const ops::DiceCeForm& form = {});
 
 // The network's outputs (f32 logits) for x [B, spatial..., C_in] f32, computed in `precision` (engine/precision.h):
 // fp16 / bf16 cast x to that type and the logits back to f32, as autocast does. tf32 is the process-wide
@@ -50,10 +51,10 @@ std::vector<Tensor> forward_in(const Network& net, const Tensor& x, bool trainin
 // loss is the global batch's (over reducer->comm()) and the gradients are summed over the ranks before the step, so
 // every rank takes the same step, or skips it (a non-finite gradient anywhere is one in every rank's sum).
 // A network of valid convolutions (UNet2D) returns logits smaller than x: the loss takes the labels' centre. `seed`
-// draws the step's dropout.
+// draws the step's dropout; loss_form picks the loss (deep_supervision_loss).
 StepStats train_step(Network& net, Optimizer& optimizer, const Tensor& x, const Tensor& labels,
                      Precision precision = Precision::fp32, LossScaler* scaler = nullptr,
-                     GradientReducer* reducer = nullptr, uint64_t seed = 0);
+                     GradientReducer* reducer = nullptr, uint64_t seed = 0, const ops::DiceCeForm& loss_form = {});
 
 // The sliding window of a network trained on `patch` (its input size): windows of the network's output size, each
 // with the context its valid convolutions need (none for DynUNet).
@@ -91,6 +92,7 @@ struct TrainerOptions {
   float dropout = 0.5f;                            // unet2d: after the bottleneck
   bool deep_supervision = true, res_block = false;
   int64_t steps = 1000;
+  ops::DiceCeForm loss;             // nnU-Net's DiceCE ({}) or DLE UNet_Medical's (ops::kDleDiceCe)
   std::string optimizer = "adamw";  // adamw | adam | sgd
   double lr = 8e-4, weight_decay = 1e-4, momentum = 0.99;
   bool nesterov = true;

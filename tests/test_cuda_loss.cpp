@@ -88,13 +88,13 @@ struct GpuSums {
   int64_t bad[2] = {-1, -1};
 };
 
-GpuSums gpu_forward(const LossCase& lc, const LossData& d) {
+GpuSums gpu_forward(const LossCase& lc, const LossData& d, bool squared = false) {
   std::vector<unsigned char> ws(kernels::cuda::softmax_dice_ce_workspace_bytes(lc.voxels(), lc.channels), 0xff);
   GpuSums g;
   g.sums.assign(3 * lc.channels + 1, std::nan(""));
   g.bad[0] = g.bad[1] = 12345;
   kernels::cuda::softmax_dice_ce_forward(d.logits.data(), d.labels(lc.label_dtype), lc.label_dtype, lc.voxels(),
-                                         lc.channels, ws.data(), g.sums.data(), g.bad, nullptr);
+                                         lc.channels, squared, ws.data(), g.sums.data(), g.bad, nullptr);
   return g;
 }
 
@@ -125,20 +125,21 @@ std::string describe(const LossCase& lc) {
 
 TEST_CASE("cuda softmax_dice_ce_forward sums match the CPU sums on random 2D and 3D batches with 2 to 5 classes") {
   Rng rng(1);
-  for (const LossCase& lc : loss_cases()) {
-    LossData d = make_loss_data(lc, rng);
-    const int C = lc.channels;
-    std::vector<double> I(C), P(C), Y(C);
-    double ce = 0;
-    int64_t bad_label = 0;
-    const int64_t cpu_bad = kernels::cpu::softmax_dice_ce_forward(d.logits.data(), d.labels(lc.label_dtype),
-                                                                   lc.label_dtype, lc.voxels(), C, I.data(), P.data(),
-                                                                   Y.data(), &ce, &bad_label);
-    REQUIRE(cpu_bad == -1);
-    GpuSums g = gpu_forward(lc, d);
-    CHECK(g.bad[0] == -1);
-    check_sums(lc, g, I, P, Y, ce, describe(lc));
-  }
+  for (const LossCase& lc : loss_cases())
+    for (bool squared : {false, true}) {  // sum p (nnU-Net) or sum p^2 (DLE UNet2D)
+      LossData d = make_loss_data(lc, rng);
+      const int C = lc.channels;
+      std::vector<double> I(C), P(C), Y(C);
+      double ce = 0;
+      int64_t bad_label = 0;
+      const int64_t cpu_bad =
+          kernels::cpu::softmax_dice_ce_forward(d.logits.data(), d.labels(lc.label_dtype), lc.label_dtype, lc.voxels(),
+                                                C, squared, I.data(), P.data(), Y.data(), &ce, &bad_label);
+      REQUIRE(cpu_bad == -1);
+      GpuSums g = gpu_forward(lc, d, squared);
+      CHECK(g.bad[0] == -1);
+      check_sums(lc, g, I, P, Y, ce, describe(lc) + (squared ? " squared" : ""));
+    }
 }
 
 TEST_CASE("cuda softmax_dice_ce_forward reports the first invalid label and leaves invalid voxels out of the sums") {
@@ -154,7 +155,7 @@ TEST_CASE("cuda softmax_dice_ce_forward reports the first invalid label and leav
     double ce = 0;
     int64_t bad_label = 0;
     const int64_t cpu_bad = kernels::cpu::softmax_dice_ce_forward(d.logits.data(), d.labels(t), t, lc.voxels(), 4,
-                                                                   I.data(), P.data(), Y.data(), &ce, &bad_label);
+                                                                  false, I.data(), P.data(), Y.data(), &ce, &bad_label);
     GpuSums g = gpu_forward(lc, d);
     CHECK(g.bad[0] == 1500);
     CHECK(g.bad[0] == cpu_bad);
@@ -187,10 +188,11 @@ TEST_CASE("cuda softmax_dice_ce_forward gives bitwise identical sums under every
 
 namespace {
 std::vector<float> gpu_backward(const LossCase& lc, const LossData& d, const std::vector<float>& a,
-                                const std::vector<float>& b, float grad_out) {
+                                const std::vector<float>& b, float grad_out, bool squared = false) {
   std::vector<float> g(static_cast<size_t>(lc.voxels() * lc.channels), std::nanf(""));
   kernels::cuda::softmax_dice_ce_backward(d.logits.data(), d.labels(lc.label_dtype), lc.label_dtype, lc.voxels(),
-                                          lc.voxels(), lc.channels, a.data(), b.data(), &grad_out, g.data(), nullptr);
+                                          lc.voxels(), lc.channels, squared, a.data(), b.data(), &grad_out, g.data(),
+                                          nullptr);
   return g;
 }
 }  // namespace
@@ -202,19 +204,59 @@ TEST_CASE("cuda softmax_dice_ce_finish computes the cpu's loss, parts and coeffi
     GpuSums g = gpu_forward(lc, d);
     const int C = lc.channels;
     std::vector<float> cpu(3 + 2 * C), gpu(3 + 2 * C);  // loss, dice, ce, a [C], b [C]
-    kernels::cpu::softmax_dice_ce_finish(g.sums.data(), false, C, lc.voxels(), 1e-5, &cpu[0], &cpu[1], &cpu[3],
+    const kernels::DiceForm form;
+    kernels::cpu::softmax_dice_ce_finish(g.sums.data(), g.bad, 1, 1, C, lc.voxels(), form, &cpu[0], &cpu[1], &cpu[3],
                                          &cpu[3 + C]);
-    kernels::cuda::softmax_dice_ce_finish(g.sums.data(), g.bad, C, lc.voxels(), 1e-5, &gpu[0], &gpu[1], &gpu[3],
+    kernels::cuda::softmax_dice_ce_finish(g.sums.data(), g.bad, 1, 1, C, lc.voxels(), form, &gpu[0], &gpu[1], &gpu[3],
                                           &gpu[3 + C], nullptr);
     CHECK_MESSAGE(cpu == gpu, describe(lc));  // the same double arithmetic, each result rounded once
     CHECK(cpu[0] == doctest::Approx(cpu[1] + cpu[2]).epsilon(1e-6));
     CHECK(cpu[3] == 0.f);  // background: not in the Dice mean
     const int64_t bad[2] = {17, 9};
-    kernels::cuda::softmax_dice_ce_finish(g.sums.data(), bad, C, lc.voxels(), 1e-5, &gpu[0], &gpu[1], &gpu[3],
+    kernels::cuda::softmax_dice_ce_finish(g.sums.data(), bad, 1, 1, C, lc.voxels(), form, &gpu[0], &gpu[1], &gpu[3],
                                           &gpu[3 + C], nullptr);
     CHECK(std::isnan(gpu[0]));
     CHECK(std::isnan(gpu[1]));
     CHECK(std::isnan(gpu[2]));
+  }
+}
+
+TEST_CASE("cuda softmax_dice_ce_finish of per-sample squared Dice (DLE) computes the cpu's results bit for bit") {
+  Rng rng(16);
+  for (const LossCase& lc : loss_cases()) {
+    LossData d = make_loss_data(lc, rng);
+    const int C = lc.channels, q = 3 * C + 1;
+    // Three groups' sums (the first three variants of this batch), with the Dice mean over 5 groups (two on other
+    // ranks) and a bad label in none, then in the last.
+    std::vector<double> sums;
+    std::vector<int64_t> bad;
+    for (int g = 0; g < 3; ++g) {
+      GpuSums s = gpu_forward(lc, make_loss_data(lc, rng), true);
+      sums.insert(sums.end(), s.sums.begin(), s.sums.end());
+      bad.insert(bad.end(), {s.bad[0], s.bad[1]});
+    }
+    REQUIRE(sums.size() == size_t(3 * q));
+    const kernels::DiceForm form{true, true, 1e-6};
+    std::vector<float> cpu(3 + 6 * C), gpu(3 + 6 * C);  // loss, dice, ce, a [3][C], b [3][C]
+    kernels::cpu::softmax_dice_ce_finish(sums.data(), bad.data(), 3, 5, C, 3 * lc.voxels(), form, &cpu[0], &cpu[1],
+                                         &cpu[3], &cpu[3 + 3 * C]);
+    kernels::cuda::softmax_dice_ce_finish(sums.data(), bad.data(), 3, 5, C, 3 * lc.voxels(), form, &gpu[0], &gpu[1],
+                                          &gpu[3], &gpu[3 + 3 * C], nullptr);
+    CHECK_MESSAGE(cpu == gpu, describe(lc));
+    // Independent: 3 of 5 groups' Dice terms (background included), each 1 - (2 I + s) / (Q + Y + s), over 5 C.
+    double dice = 0, ce = 0;
+    for (int g = 0; g < 3; ++g) {
+      for (int c = 0; c < C; ++c)
+        dice += 1 - (2 * sums[g * q + c] + 1e-6) / (sums[g * q + C + c] + sums[g * q + 2 * C + c] + 1e-6);
+      ce += sums[g * q + 3 * C];
+    }
+    CHECK(cpu[1] == doctest::Approx(dice / (5 * C)).epsilon(1e-6));
+    CHECK(cpu[2] == doctest::Approx(ce / (3 * lc.voxels())).epsilon(1e-6));
+    CHECK(cpu[3] != 0.f);  // background is in the Dice mean
+    bad[4] = 3;
+    kernels::cuda::softmax_dice_ce_finish(sums.data(), bad.data(), 3, 5, C, 3 * lc.voxels(), form, &gpu[0], &gpu[1],
+                                          &gpu[3], &gpu[3 + 3 * C], nullptr);
+    CHECK(std::isnan(gpu[0]));
   }
 }
 
@@ -225,14 +267,18 @@ TEST_CASE("cuda softmax_dice_ce_backward matches the CPU gradient on random 2D a
     std::vector<float> a = normals(lc.channels, rng, 0.01), b = normals(lc.channels, rng, 0.01);
     a[0] = b[0] = 0.f;  // background outside the dice mean, as nnU-Net's do_bg=False
     const float grad_out = 1.75f;  // the incoming gradient, folded into the coefficients by the kernels
-    std::vector<float> cpu(static_cast<size_t>(lc.voxels() * lc.channels));
-    kernels::cpu::softmax_dice_ce_backward(d.logits.data(), d.labels(lc.label_dtype), lc.label_dtype, lc.voxels(),
-                                           lc.voxels(), lc.channels, a.data(), b.data(), &grad_out, cpu.data());
-    // Same per-voxel operations in the same order; the emulator matches the CPU exactly unless the host compiler
-    // contracts differently, and a GPU's expf may differ by 2 ulp: 1e-5 relative to the gradient's scale.
-    float scale = 0.f;
-    for (float v : cpu) scale = std::max(scale, std::abs(v));
-    test::check_close(gpu_backward(lc, d, a, b, grad_out), cpu, 1e-5, 1e-5 * scale, describe(lc));
+    for (bool squared : {false, true}) {
+      std::vector<float> cpu(static_cast<size_t>(lc.voxels() * lc.channels));
+      kernels::cpu::softmax_dice_ce_backward(d.logits.data(), d.labels(lc.label_dtype), lc.label_dtype, lc.voxels(),
+                                             lc.voxels(), lc.channels, squared, a.data(), b.data(), &grad_out,
+                                             cpu.data());
+      // Same per-voxel operations in the same order; the emulator matches the CPU exactly unless the host compiler
+      // contracts differently, and a GPU's expf may differ by 2 ulp: 1e-5 relative to the gradient's scale.
+      float scale = 0.f;
+      for (float v : cpu) scale = std::max(scale, std::abs(v));
+      test::check_close(gpu_backward(lc, d, a, b, grad_out, squared), cpu, 1e-5, 1e-5 * scale,
+                        describe(lc) + (squared ? " squared" : ""));
+    }
   }
 }
 

@@ -47,6 +47,33 @@ RefParts reference_dice_ce(const std::vector<double>& z, const std::vector<int>&
   return r;
 }
 
+// DLE UNet_Medical's loss (SPEC 1.2) in double, straight from its formula: per sample b and class c (background
+// included) dice_bc = (2 sum p t + 1e-6) / (sum p^2 + sum t^2 + 1e-6) over that sample's pixels; the Dice part is the
+// mean of 1 - dice_bc, CE the mean over all pixels.
+RefParts reference_dle(const std::vector<double>& z, const std::vector<int>& y, int C, int batch) {
+  const size_t V = y.size(), per = V / batch;
+  RefParts r;
+  double ce = 0.0;
+  for (int b = 0; b < batch; ++b) {
+    std::vector<double> I(C, 0.0), Q(C, 0.0), T(C, 0.0);
+    for (size_t v = b * per; v < (b + 1) * per; ++v) {
+      double s = 0.0;
+      for (int c = 0; c < C; ++c) s += std::exp(z[v * C + c]);
+      for (int c = 0; c < C; ++c) {
+        const double p = std::exp(z[v * C + c]) / s, t = y[v] == c ? 1.0 : 0.0;
+        I[c] += p * t;
+        Q[c] += p * p;
+        T[c] += t * t;
+      }
+      ce += -std::log(std::exp(z[v * C + y[v]]) / s);
+    }
+    for (int c = 0; c < C; ++c) r.dice += 1.0 - (2.0 * I[c] + 1e-6) / (Q[c] + T[c] + 1e-6);
+  }
+  r.dice /= batch * C;
+  r.ce = ce / static_cast<double>(V);
+  return r;
+}
+
 std::vector<double> to_double(const Tensor& t) {
   std::vector<float> f = t.to_vector();
   return std::vector<double>(f.begin(), f.end());
@@ -184,6 +211,41 @@ TEST_CASE("dice_ce_loss gradient matches double-precision finite differences of 
     }
     // The kernel's gradient is f32 arithmetic on f32 softmax values: relative 1e-4 with an absolute floor far below
     // the typical element (~1 / voxels ~ 1e-3).
+    test::check_close(analytic, numeric, 1e-4, 1e-7, "d loss / d logits");
+  }
+}
+
+TEST_CASE("dice_ce_loss in DLE's form (kDleDiceCe) matches its double-precision reference, loss and gradient") {
+  Rng rng(21);
+  for (const Case& k : kCases) {
+    CAPTURE(shape_str(k.shape));
+    const int C = static_cast<int>(k.shape.back()), N = static_cast<int>(k.shape[0]);
+    Tensor logits = randn(k.shape, rng, 1.5f).set_requires_grad(true);
+    Tensor labels = random_labels(k.shape, k.absent_class ? C - 1 : C, k.label_dtype, k.trailing_one, rng);
+    std::vector<double> z = to_double(logits);
+    std::vector<int> y = label_values(labels);
+    const RefParts ref = reference_dle(z, y, C, N);
+    Tensor parts;
+    Tensor loss = ops::dice_ce_loss(logits, labels, &parts, nullptr, ops::kDleDiceCe);
+    const std::vector<float> p = parts.to_vector();
+    CHECK(p[0] == doctest::Approx(ref.dice).epsilon(1e-6));
+    CHECK(p[1] == doctest::Approx(ref.ce).epsilon(1e-6));
+    CHECK(loss.item() == doctest::Approx(ref.dice + ref.ce).epsilon(1e-6));
+    // Not nnU-Net's value: the form matters.
+    CHECK(std::abs(ops::dice_ce_loss(logits.detach(), labels).item() - loss.item()) > 1e-3);
+
+    autograd::backward(loss);
+    std::vector<float> analytic = logits.grad().to_vector(), numeric(z.size());
+    const double h = 1e-5;
+    for (size_t i = 0; i < z.size(); ++i) {
+      const double saved = z[i];
+      z[i] = saved + h;
+      const RefParts plus = reference_dle(z, y, C, N);
+      z[i] = saved - h;
+      const RefParts minus = reference_dle(z, y, C, N);
+      z[i] = saved;
+      numeric[i] = static_cast<float>(((plus.dice + plus.ce) - (minus.dice + minus.ce)) / (2 * h));
+    }
     test::check_close(analytic, numeric, 1e-4, 1e-7, "d loss / d logits");
   }
 }

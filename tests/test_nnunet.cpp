@@ -135,6 +135,24 @@ TEST_CASE("the model card survives the checkpoint metadata round trip") {
   CHECK(back.normalization.channels[0].upper == 300);
   CHECK_FALSE(back.normalization.channels[1].ct);
   CHECK(back.labels == card.labels);
+  CHECK(back.label_scale == 1);
+  // label_scale: written and read; absent (older checkpoints) means 1; one that overflows 8 bits is refused.
+  card.label_scale = 100;
+  io::Metadata scaled = card_to_metadata(card);
+  CHECK(card_from_metadata(scaled, "x").label_scale == 100);
+  {
+    nlohmann::json plan_json = nlohmann::json::parse(scaled.at("plan"));
+    plan_json.erase("label_scale");
+    scaled["plan"] = plan_json.dump();
+    CHECK(card_from_metadata(scaled, "x").label_scale == 1);
+    plan_json["label_scale"] = 200;  // class 2 would be 400
+    scaled["plan"] = plan_json.dump();
+    CHECK_THROWS_WITH_AS(card_from_metadata(scaled, "m.safetensors"),
+                         doctest::Contains("m.safetensors: plan label_scale 200 must be at least 1 and keep the "
+                                           "largest class value within 255 (got 400)"),
+                         std::runtime_error);
+  }
+  card.label_scale = 1;
   io::Metadata broken = card_to_metadata(card);
   broken.erase("plan");
   CHECK_THROWS_WITH_AS(card_from_metadata(broken, "model.safetensors"),

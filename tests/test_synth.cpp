@@ -286,35 +286,89 @@ TEST_CASE("unet_synth --format nnunetv2 and isbi write the same cases in those l
   CHECK(fs::exists(tmp / "v2/imagesTs/case_003_0001.nii.gz"));
   CHECK(fs::exists(tmp / "v2/labelsTs/case_003.nii.gz"));
 
-  // ISBI: the middle slice of each case, halved and clamped to 8 bits; labels 0 / 255.
+  // ISBI: one EM-like page a case (make_synthetic_em_page), 8-bit, labels 0 (membrane) / 255 (cell).
   o.channels = 1;
   o.classes = 2;
   o.format = "isbi";
+  o.dim = 2;
+  o.size = {1, 64, 72};
   o.output = tmp / "isbi";
   write_synthetic_dataset(o);
   const DatasetInfo isbi = read_dataset(tmp / "isbi");
   CHECK(isbi.format == "isbi2012");
   REQUIRE(isbi.training.size() == 3);
   const TiffVolume test_labels = read_tiff(tmp / "isbi/test-labels.tif");
-  CHECK(test_labels.data.shape() == Shape{1, 24, 28, 1});
+  CHECK(test_labels.data.shape() == Shape{1, 64, 72, 1});
   for (int i = 0; i < 4; ++i) {
     CAPTURE(i);
-    const SynthCase c = make_synthetic_case(o, i);
-    const int64_t plane = 24 * 28;
-    std::vector<float> image(static_cast<size_t>(plane)), label(static_cast<size_t>(plane));
-    for (int64_t v = 0; v < plane; ++v) {
-      image[size_t(v)] = std::min(255.f, std::max(0.f, std::floor(c.image.data<float>()[4 * plane + v] * 0.5f)));
-      label[size_t(v)] = c.label.data<uint8_t>()[4 * plane + v] > 0 ? 1.f : 0.f;
+    const SynthPage p = make_synthetic_em_page(o, i);
+    std::vector<float> image(p.image.numel()), label(p.label.numel());
+    int64_t cells = 0;
+    double cell_sum = 0, membrane_sum = 0;
+    for (int64_t v = 0; v < p.image.numel(); ++v) {
+      const uint8_t y = p.label.data<uint8_t>()[v], x = p.image.data<uint8_t>()[v];
+      REQUIRE((y == 0 || y == 255));
+      image[size_t(v)] = x;
+      label[size_t(v)] = y / 255;
+      cells += y == 255;
+      (y == 255 ? cell_sum : membrane_sum) += x;
     }
+    // Like ISBI 2012, mostly cell (about 70%), with membranes clearly darker on average.
+    const double cell_fraction = double(cells) / double(p.label.numel());
+    CHECK(cell_fraction > 0.55);
+    CHECK(cell_fraction < 0.85);
+    CHECK(cell_sum / cells > membrane_sum / double(p.label.numel() - cells) + 50);
     if (i < 3) {
       const Case k = load_case(isbi, size_t(i));
       CHECK(k.image.to_vector() == image);
       CHECK(k.label.to_vector() == label);
     } else {
       const std::vector<float> t = test_labels.data.to_vector();
-      for (int64_t v = 0; v < plane; ++v) REQUIRE(t[size_t(v)] == label[size_t(v)] * 255.f);
+      for (size_t v = 0; v < t.size(); ++v) REQUIRE(t[v] == label[v] * 255.f);
     }
   }
+  // Same seed, same page; another seed, another page.
+  CHECK(make_synthetic_em_page(o, 1).image.to_vector() == make_synthetic_em_page(o, 1).image.to_vector());
+  SynthOptions other = o;
+  other.seed = 9;
+  CHECK(make_synthetic_em_page(other, 1).label.to_vector() != make_synthetic_em_page(o, 1).label.to_vector());
+  o.dim = 3;
+  o.size = {8, 64, 72};
+  CHECK_THROWS_WITH_AS(write_synthetic_dataset(o), doctest::Contains("--dim 2"), SynthOptionsError);
+  o.dim = 2;
+  o.size = {1, 64, 72};
   o.classes = 3;
   CHECK_THROWS_WITH_AS(write_synthetic_dataset(o), doctest::Contains("--classes 2"), SynthOptionsError);
+}
+
+TEST_CASE("unet_synth --dim 2: 2D cases are the middle plane of the 3D shapes, read back as one-slice volumes") {
+  test::TempDir tmp("synth_dim2");
+  SynthOptions o;
+  o.train = 2;
+  o.test = 0;
+  o.dim = 2;
+  o.size = {1, 40, 48};
+  o.classes = 3;
+  o.output = tmp / "msd2";
+  write_synthetic_dataset(o);
+  const DatasetInfo info = read_dataset(tmp / "msd2");
+  for (size_t i = 0; i < 2; ++i) {
+    const Case k = load_case(info, i);
+    REQUIRE(k.image.shape() == Shape{1, 40, 48, 1});
+    // The plane cuts the shapes of a volume as deep as the slice is wide: they show at their 3D size, not as slivers.
+    SynthOptions deep = o;
+    deep.dim = 3;
+    deep.size = {40, 40, 48};
+    const SynthCase volume = make_synthetic_case(deep, int(i));
+    const SynthCase slice = make_synthetic_case(o, int(i));
+    CHECK(k.label.to_vector() == slice.label.to_vector());
+    const int64_t plane = 40 * 48;
+    int64_t same = 0;
+    for (int64_t v = 0; v < plane; ++v)
+      same += volume.label.data<uint8_t>()[20 * plane + v] == slice.label.data<uint8_t>()[v];
+    CHECK(same == plane);  // the same shapes: the 3D volume's slice z = 20 (20 mm, its middle) is the 2D case
+  }
+  o.size = {8, 40, 48};
+  CHECK_THROWS_WITH_AS(write_synthetic_dataset(o), doctest::Contains("--dim 2: the z size must be 1"),
+                       SynthOptionsError);
 }

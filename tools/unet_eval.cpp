@@ -1,5 +1,6 @@
 // unet_eval: Dice per class of predicted label maps against reference labels (docs/reference.md, "Dice metric").
-// usage: unet_eval --pred DIR --label DIR [--classes K] [--missing-as-zero] [--json FILE]
+// usage: unet_eval --pred DIR --label DIR [--classes K] [--label-scale S] [--missing-as-zero] [--json FILE]
+//        unet_eval --pred FILE --label FILE ...   (one pair, such as an ISBI 2012 stack: pages = z)
 // Cases are matched by file name; every reference must have a prediction. The class count comes from --classes, the
 // dataset.json beside the label directory, or the references, never from the predictions. Prints a table (per case
 // and the mean over cases, x100) and writes JSON.
@@ -21,14 +22,19 @@ namespace fs = std::filesystem;
 using unet::tools::UsageError;
 
 namespace {
-Tensor as_labels(const io::Image& v) {
+// The classes of a label map whose class c is stored as the value c * scale (scale 255: ISBI 2012's 0 / 255).
+Tensor as_labels(const io::Image& v, int scale) {
   Tensor t = Tensor::empty({v.data.dim(0), v.data.dim(1), v.data.dim(2)}, DType::i32);
   const float* s = v.data.data<float>();
   for (int64_t i = 0; i < t.numel(); ++i) {
     float x = s[i * v.data.dim(3)];
     if (x < 0 || x != static_cast<float>(static_cast<int32_t>(x)))
       throw std::runtime_error(v.path + ": value " + std::to_string(x) + " is not a label (expected non-negative integers)");
-    t.data<int32_t>()[i] = static_cast<int32_t>(x);
+    const int32_t value = static_cast<int32_t>(x);
+    if (value % scale != 0)
+      throw std::runtime_error(v.path + ": value " + std::to_string(value) + " is not a multiple of --label-scale " +
+                               std::to_string(scale));
+    t.data<int32_t>()[i] = value / scale;
   }
   return t;
 }
@@ -78,47 +84,63 @@ constexpr int kMaxClasses = 1000;
 
 int main(int argc, char** argv) {
   std::string pred_dir, label_dir, json_path;
-  int classes = 0;
+  int classes = 0, label_scale = 1;
   bool missing_as_zero = false;
   CLI::App app{"Dice per class of predicted label maps against reference labels, matched by file name."};
-  app.add_option("--pred", pred_dir, "directory of predicted label maps (.nii, .nii.gz, .tif, .tiff)")->required();
-  app.add_option("--label", label_dir, "directory of reference label maps; every one needs a prediction")->required();
+  app.add_option("--pred", pred_dir, "directory of predicted label maps (.nii, .nii.gz, .tif, .tiff), or one such file")
+      ->required();
+  app.add_option("--label", label_dir,
+                 "directory of reference label maps, every one needing a prediction of its name; or one file (then "
+                 "--pred is one file too)")
+      ->required();
   app.add_option("--classes", classes,
                  "number of classes including background, 2.." + std::to_string(kMaxClasses) +
                      " (default: the labels of LABEL/../dataset.json, else the largest reference label + 1)");
+  app.add_option("--label-scale", label_scale,
+                 "class c is stored as the value c * S in both (ISBI 2012 and unet_infer on it: 255), 1..255");
   app.add_flag("--missing-as-zero", missing_as_zero,
                "score a reference without a prediction as Dice 0 for every class (with a warning) instead of failing");
   app.add_option("--json", json_path, "write the results as JSON to this file (default: PRED/dice.json)");
   if (auto status = unet::tools::parse_command_line(app, argc, argv, "unet_eval")) return *status;
   return unet::tools::run_tool("unet_eval", [&] {
+    // Two directories, or two files (one pair).
+    const bool pair_of_files = fs::is_regular_file(label_dir);
     for (auto* d : {&pred_dir, &label_dir})
-      if (!fs::is_directory(*d)) throw UsageError(*d + ": not a directory");
+      if (pair_of_files ? !fs::is_regular_file(*d) : !fs::is_directory(*d))
+        throw UsageError(
+            *d + (pair_of_files ? ": not a file (--label is a file, so --pred must be one)" : ": not a directory"));
+    if (label_scale < 1 || label_scale > 255)
+      throw UsageError("--label-scale " + std::to_string(label_scale) + ": expected 1..255");
     if (classes != 0 && (classes < 2 || classes > kMaxClasses))
       throw UsageError("--classes " + std::to_string(classes) + ": expected 2.." + std::to_string(kMaxClasses));
     if (io::is_image_name(json_path))
       throw UsageError("--json " + json_path + ": expected a .json file (this would overwrite a label map)");
     // The results' file is checked before the scoring, so a bad path costs a message rather than the work.
+    // The results go beside the predictions: into PRED, or PRED's directory for a file.
+    const fs::path pred_home = pair_of_files ? fs::path(pred_dir).parent_path() : fs::path(pred_dir);
     if (json_path.empty()) {
-      if (std::string why = unet::tools::output_file_problem(fs::path(pred_dir) / "dice.json"); !why.empty())
+      if (std::string why = unet::tools::output_file_problem(pred_home / "dice.json"); !why.empty())
         throw UsageError("--pred " + pred_dir + ": cannot write dice.json there: " + why + " (pass --json FILE)");
     } else if (std::string why = unet::tools::output_file_problem(json_path); !why.empty()) {
       throw UsageError("--json " + json_path + ": " + why);
     }
-    const std::vector<fs::path> refs = label_files(label_dir);
+    const std::vector<fs::path> refs = pair_of_files ? std::vector<fs::path>{label_dir} : label_files(label_dir);
     if (refs.empty()) throw UsageError(label_dir + ": no .nii, .nii.gz, .tif or .tiff label maps");
-    if (label_files(pred_dir).empty()) throw UsageError(pred_dir + ": no .nii, .nii.gz, .tif or .tiff label maps");
+    if (!pair_of_files && label_files(pred_dir).empty())
+      throw UsageError(pred_dir + ": no .nii, .nii.gz, .tif or .tiff label maps");
 
     // Every reference is scored: a missing prediction fails the evaluation, or scores 0 with --missing-as-zero.
     struct Pair {
       std::string name;
+      fs::path pred_path, ref_path;
       Tensor pred, ref;  // pred undefined: missing
     };
     std::vector<Pair> pairs;
     std::vector<std::string> missing;
     for (const fs::path& r : refs) {
-      const fs::path p = fs::path(pred_dir) / r.filename();
+      const fs::path p = pair_of_files ? fs::path(pred_dir) : fs::path(pred_dir) / r.filename();
       const io::Image lv = io::read_image(r.string());
-      Pair pair{r.filename().string(), Tensor(), as_labels(lv)};
+      Pair pair{r.filename().string(), p, r, Tensor(), as_labels(lv, label_scale)};
       if (fs::exists(p)) {
         if (std::string why = unet::tools::regular_file_problem(p.string()); !why.empty())
           throw UsageError(p.string() + ": " + why + "; expected a NIfTI or TIFF label map");
@@ -126,7 +148,7 @@ int main(int argc, char** argv) {
         if (pv.data.shape() != lv.data.shape())
           throw std::runtime_error(p.string() + ": shape " + shape_str(pv.data.shape()) + " differs from the label's " +
                                    shape_str(lv.data.shape()));
-        pair.pred = as_labels(pv);
+        pair.pred = as_labels(pv, label_scale);
       } else {
         missing.push_back(r.filename().string());
       }
@@ -145,7 +167,8 @@ int main(int argc, char** argv) {
     // The class count comes from the user, the dataset or the references, never from the predictions: a stray
     // predicted label must not add a class (which would score 1 for every case without it).
     std::string source = "--classes";
-    if (classes == 0) classes = dataset_classes(label_dir, &source);
+    const std::string label_home = pair_of_files ? fs::path(label_dir).parent_path().string() : label_dir;
+    if (classes == 0) classes = dataset_classes(label_home, &source);
     if (classes == 0) {
       for (const Pair& pr : pairs) classes = std::max(classes, max_label(pr.ref) + 1);
       classes = std::max(classes, 2);
@@ -155,12 +178,13 @@ int main(int argc, char** argv) {
                                  std::to_string(kMaxClasses - 1) + " expected; pass --classes)");
     }
     for (const Pair& pr : pairs)
-      for (const auto& [t, dir] : {std::pair{&pr.ref, &label_dir}, std::pair{&pr.pred, &pred_dir}}) {
+      for (const auto& [t, path] : {std::pair{&pr.ref, &pr.ref_path}, std::pair{&pr.pred, &pr.pred_path}}) {
         if (!t->defined()) continue;
         const int m = max_label(*t);
         if (m >= classes)
-          throw std::runtime_error((fs::path(*dir) / pr.name).string() + ": label value " + std::to_string(m) +
-                                   " outside the " + std::to_string(classes) + " classes of " + source);
+          throw std::runtime_error(path->string() + ": label value " + std::to_string(m * label_scale) +
+                                   (label_scale == 1 ? "" : " (class " + std::to_string(m) + ")") + " outside the " +
+                                   std::to_string(classes) + " classes of " + source);
       }
 
     nlohmann::json result = {{"classes", classes}, {"cases", nlohmann::json::array()}};
@@ -191,7 +215,7 @@ int main(int argc, char** argv) {
     std::printf("  %6.2f\n", 100 * overall);
     result["mean_dice_per_class"] = mean_per_class;
     result["mean_dice"] = overall;
-    std::string out = json_path.empty() ? (fs::path(pred_dir) / "dice.json").string() : json_path;
+    std::string out = json_path.empty() ? (pred_home / "dice.json").string() : json_path;
     io::write_file_atomically(out, result.dump(2) + "\n");
     std::printf("mean Dice over %zu cases and %d foreground classes: %.4f\n", pairs.size(), classes - 1, overall);
     return 0;

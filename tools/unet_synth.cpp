@@ -19,9 +19,9 @@ namespace fs = std::filesystem;
 
 namespace {
 
-// "48,48,48" or "48" (the same for all three axes) -> (z, y, x).
+// "48,48,48" or "48" (the same for all three axes) -> (z, y, x); in 2D (dim 2) "48,48" or "48" -> (slice_z, y, x).
 template <class T>
-std::array<T, 3> parse_triple(const std::string& text, const std::string& option) {
+std::array<T, 3> parse_triple(const std::string& text, const std::string& option, int dim, T slice_z) {
   std::vector<T> values;
   std::stringstream ss(text);
   std::string item;
@@ -30,12 +30,15 @@ std::array<T, 3> parse_triple(const std::string& text, const std::string& option
     T v{};
     if (!(is >> v) || !(is >> std::ws).eof())
       throw unet::io::SynthOptionsError(option + ": '" + item + "' in '" + text +
-                                        "' is not a number (or is out of range); expected one number or z,y,x");
+                                        "' is not a number (or is out of range); expected one number or " +
+                                        (dim == 2 ? "y,x" : "z,y,x"));
     values.push_back(v);
   }
-  if (values.size() == 1) values.assign(3, values[0]);
-  if (values.size() != 3)
-    throw unet::io::SynthOptionsError(option + ": expected one value or three (z,y,x), got '" + text + "'");
+  if (values.size() == 1) values.assign(dim, values[0]);
+  if (values.size() != static_cast<size_t>(dim))
+    throw unet::io::SynthOptionsError(option + ": expected one value or " +
+                                      (dim == 2 ? "two (y,x) with --dim 2" : "three (z,y,x)") + ", got '" + text + "'");
+  if (dim == 2) return {slice_z, values[0], values[1]};
   return {values[0], values[1], values[2]};
 }
 
@@ -88,30 +91,46 @@ void check_resources(const unet::io::SynthOptions& o, const std::string& size, c
 int main(int argc, char** argv) {
   unet::io::SynthOptions o;
   std::string size = "48,48,48", spacing = "1,1,1", seed = "0";
+  int dim = 0;  // 0: 2 for --format isbi, else 3
   CLI::App app{
-      "Writes a synthetic 3D segmentation dataset in the Medical Segmentation Decathlon layout:\n"
-      "DIR/dataset.json, imagesTr/, labelsTr/, imagesTs/ and labelsTs/ (test labels, for Dice on unseen cases).\n"
-      "Class 1 ellipsoids, 2 tubes, 3 boxes (then repeating), each with its own intensity; same seed, same bytes."};
+      "Writes a synthetic 3D (or 2D) segmentation dataset in the Medical Segmentation Decathlon layout:\n"
+      "DIR/dataset.json, imagesTr/, labelsTr/, imagesTs/ and labelsTs/ (test labels, for Dice on unseen cases),\n"
+      "or nnU-Net v2's raw layout, or ISBI 2012's four TIFF stacks (--format).\n"
+      "Class 1 ellipsoids, 2 tubes, 3 boxes (then repeating), each with its own intensity; ISBI: EM-like cells and\n"
+      "membranes. Same seed, same bytes."};
   app.add_option("--output,-o", o.output,
                  "dataset directory to create (new, empty, or an old dataset with --overwrite)")
       ->required();
   app.add_option("--train", o.train, "number of training cases, 0..100000")->capture_default_str();
   app.add_option("--test", o.test, "number of test cases, 0..100000")->capture_default_str();
-  app.add_option("--size", size, "volume size in voxels, Z,Y,X (or one number), each 8..1024")->capture_default_str();
-  app.add_option("--spacing", spacing, "voxel spacing in mm, z,y,x (or one number); shapes are defined in mm")
+  app.add_option("--dim", dim,
+                 "3 (volumes) or 2 (slices: --size Y,X, the middle plane of 3D shapes; the default and only choice "
+                 "for --format isbi)");
+  app.add_option("--size", size, "volume size in voxels, Z,Y,X (Y,X with --dim 2; or one number), each 8..1024")
+      ->capture_default_str();
+  app.add_option("--spacing", spacing,
+                 "voxel spacing in mm, z,y,x (y,x with --dim 2; or one number); shapes are defined in mm")
       ->capture_default_str();
   app.add_option("--channels", o.channels, "image channels, 1..16 (4D NIfTI when more than 1)")->capture_default_str();
-  app.add_option("--classes", o.classes, "label classes including background, 2..16")->capture_default_str();
+  auto* classes =
+      app.add_option("--classes", o.classes, "label classes including background, 2..16 (isbi: 2, the default)")
+          ->capture_default_str();
   app.add_option("--seed", seed, "random seed, 0..18446744073709551615")->capture_default_str();
   app.add_flag("--overwrite", o.overwrite, "replace an existing dataset in --output");
   app.add_option("--format", o.format,
                  "msd (Medical Segmentation Decathlon), nnunetv2 (nnU-Net v2 raw: one file per channel) or isbi "
-                 "(ISBI 2012: middle slices as 8-bit TIFF pages, labels 0 / 255; --channels 1 --classes 2)")
+                 "(ISBI 2012: EM-like 8-bit TIFF pages of Y x X, labels 0 / 255; --channels 1 --classes 2)")
       ->capture_default_str();
   if (auto status = unet::tools::parse_command_line(app, argc, argv, "unet_synth")) return *status;
   return unet::tools::run_tool("unet_synth", [&] {
-    o.size = parse_triple<int64_t>(size, "--size");
-    o.spacing = parse_triple<double>(spacing, "--spacing");
+    o.dim = dim != 0 ? dim : (o.format == "isbi" ? 2 : 3);
+    if (o.format == "isbi" && classes->count() == 0) o.classes = 2;  // membrane and cell
+    if (o.dim != 2 && o.dim != 3)
+      throw unet::io::SynthOptionsError("--dim: expected 2 or 3, got " + std::to_string(dim));
+    if (o.dim == 2 && size == "48,48,48") size = "48,48";  // the 3D defaults, in 2D
+    if (o.dim == 2 && spacing == "1,1,1") spacing = "1";
+    o.size = parse_triple<int64_t>(size, "--size", o.dim, 1);
+    o.spacing = parse_triple<double>(spacing, "--spacing", o.dim, 1.0);
     // Read here rather than by CLI11, which takes -1 for 2^64 - 1: the dataset would record a seed nobody typed.
     const auto [end, parse_error] = std::from_chars(seed.data(), seed.data() + seed.size(), o.seed);
     if (parse_error != std::errc() || end != seed.data() + seed.size())

@@ -68,9 +68,18 @@ io::Config make_config() {
       {"model", "deep_supervision", KeyType::boolean, "true", "1x1 heads at 1/2 and 1/4 resolution during training"},
       {"model", "res_block", KeyType::boolean, "false", "residual blocks"},
       {"train", "steps", KeyType::integer, "1000", "optimizer steps"},
-      {"train", "optimizer", KeyType::string, "adamw", "optimizer", {"adamw", "adam", "sgd"}},
+      {"train",
+       "loss",
+       KeyType::string,
+       "auto",
+       "auto (dle for unet2d, else dice_ce), dice_ce (nnU-Net: batch Dice over foreground classes + CE) or dle (DLE "
+       "UNet_Medical: CE + 1 - per-sample soft Dice with squares, background included)",
+       {"auto", "dice_ce", "dle"}},
+      {"train", "optimizer", KeyType::string, "adamw", "optimizer (DLE UNet_Medical: adam)", {"adamw", "adam", "sgd"}},
       {"train", "lr", KeyType::real, "8e-4", "learning rate"},
-      {"train", "weight_decay", KeyType::real, "1e-4", "weight decay (decoupled for adamw, L2 otherwise)"},
+      {"train", "weight_decay", KeyType::real, "1e-4",
+       "weight decay (decoupled for adamw, L2 otherwise; DLE UNet_Medical: adam, 5e-4, its 5e-4 sum(v^2) / 2 in the "
+       "loss)"},
       {"train", "momentum", KeyType::real, "0.99", "SGD momentum"},
       {"train", "nesterov", KeyType::boolean, "true", "SGD Nesterov momentum"},
       {"train", "scheduler", KeyType::string, "none", "learning-rate schedule", {"none", "poly", "cosine"}},
@@ -176,6 +185,8 @@ models::TrainerOptions trainer_options(const io::Config& c) {
   o.deep_supervision = c.get_bool("model", "deep_supervision");
   o.res_block = c.get_bool("model", "res_block");
   o.dropout = static_cast<float>(real_in("model", "dropout", 0, 1, true));
+  const std::string loss = c.get_string("train", "loss");
+  if (loss == "dle" || (loss == "auto" && o.model == "unet2d")) o.loss = ops::kDleDiceCe;
   o.optimizer = c.get_string("train", "optimizer");
   o.lr = real_in("train", "lr", 0, 10);
   if (o.lr == 0) throw UsageError("train.lr = 0: expected a positive learning rate");

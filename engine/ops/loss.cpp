@@ -10,6 +10,9 @@
 //   a_c = num_c / (F den_c^2), b_c = 2 / (F den_c)
 // (a_0 = b_0 = 0: background is not in the dice mean). Through the softmax Jacobian dp_c/dz_k = p_c ([c==k] - p_k):
 //   dD/dz_vk = p_vk (g_vk - sum_c p_vc g_vc);   dCE/dz_vk = (p_vk - [y_v == k]) / V.
+// DLE's form (squared): den_c = Q_c + Y_c + s with Q_c = sum p_c^2, so dden_c/dp_vc = 2 p_vc and
+//   dD/dp_vc = a_c p_vc - b_c y_vc,   a_c = 2 num_c / (F den_c^2)
+// with F the number of Dice terms averaged (classes times samples), one (a, b) per sample (group).
 #include <cmath>
 #include <string>
 #include <vector>
@@ -22,11 +25,7 @@
 
 namespace unet::ops {
 
-namespace {
-constexpr double kDiceSmooth = 1e-5;  // MONAI DiceLoss smooth_nr = smooth_dr = 1e-5 (DLE nnU-Net)
-}  // namespace
-
-Tensor dice_ce_loss(const Tensor& logits, const Tensor& labels, Tensor* parts, Comm* comm) {
+Tensor dice_ce_loss(const Tensor& logits, const Tensor& labels, Tensor* parts, Comm* comm, const DiceCeForm& form) {
   check_arg(logits.defined() && labels.defined(), "dice_ce_loss: undefined input");
   backend::check_device("dice_ce_loss", logits.device(), {logits, labels});
   check_arg(logits.dtype() == DType::f32, "dice_ce_loss: logits must be f32, got " + logits.describe());
@@ -45,51 +44,74 @@ Tensor dice_ce_loss(const Tensor& logits, const Tensor& labels, Tensor* parts, C
   const int64_t V = shape_numel(spatial);
   const int n = static_cast<int>(C);
   const Device dev = logits.device();
-  // Data parallel: every rank holds V voxels of the global batch; the sums are reduced before the loss is formed, and
-  // CE is the mean over all ranks' voxels.
+  // Groups of voxels with a Dice each: the whole batch (nnU-Net) or each sample (DLE). Group g is voxels
+  // [g Vg, (g + 1) Vg), the labels' and logits' rows in order.
+  const int groups = form.per_sample ? static_cast<int>(logits.dim(0)) : 1;
+  const int64_t Vg = V / groups;
+  // Data parallel: every rank holds V voxels of the global batch; CE is the mean over all ranks' voxels. A batch Dice
+  // needs the sums of every rank before it is formed (they are reduced); per-sample Dice terms are each rank's own,
+  // so each rank forms its share of the global mean and the shares are summed.
   const bool reduce = comm && comm->size() > 1;
-  const int64_t V_mean = reduce ? V * comm->size() : V;
+  const int ranks = reduce ? comm->size() : 1;
+  const int64_t V_mean = V * ranks;
+  const int64_t dice_groups = form.per_sample ? int64_t(groups) * ranks : 1;
 
   // The sums, then the loss, its parts and the gradient's coefficients, all where the logits are: on a device nothing
   // comes back to the host (a training step waits for the device once, in the optimizer).
   Tensor out = Tensor::empty({1}, DType::f32, dev), dice_ce = Tensor::empty({2}, DType::f32, dev);
-  Tensor coef = Tensor::empty({2 * C}, DType::f32, dev);  // a [C] then b [C]
+  Tensor coef = Tensor::empty({2 * groups * C}, DType::f32, dev);  // a [groups][C] then b [groups][C]
   float* a = coef.data<float>();
-  float* b = a + C;
+  float* b = a + groups * C;
   const kernels::LossKernels& k = backend::kernels_for(dev).loss;
   check_arg(n <= k.max_channels, "dice_ce_loss: the CUDA kernels take at most " + std::to_string(k.max_channels) +
                                      " classes, got " + logits.describe());  // the CPU's take any number
   const cudaStream_t s = backend::stream(logits);
-  Tensor work = Tensor::empty({static_cast<int64_t>(k.softmax_dice_ce_workspace_bytes(V, n))}, DType::u8, dev);
-  Tensor sums = Tensor::empty({static_cast<int64_t>(3 * n + 1) * 2}, DType::i32, dev);  // 3C + 1 doubles
-  Tensor bad = Tensor::empty({4}, DType::i32, dev);                                     // 2 int64
-  k.softmax_dice_ce_forward(logits.data<float>(), labels.raw(), labels.dtype(), V, n, work.raw(),
-                            static_cast<double*>(sums.raw()), static_cast<int64_t*>(bad.raw()), s);
+  const int q = 3 * n + 1;  // doubles per group
+  Tensor work = Tensor::empty({static_cast<int64_t>(k.softmax_dice_ce_workspace_bytes(Vg, n))}, DType::u8, dev);
+  Tensor sums = Tensor::empty({int64_t(groups) * q * 2}, DType::i32, dev);  // [groups][3C + 1] doubles
+  Tensor bad = Tensor::empty({int64_t(groups) * 4}, DType::i32, dev);       // [groups][2] int64
+  double* sums_at = static_cast<double*>(sums.raw());
+  int64_t* bad_at = static_cast<int64_t*>(bad.raw());
+  const size_t label_bytes = labels.dtype() == DType::u8 ? 1 : 4;
+  for (int g = 0; g < groups; ++g)
+    k.softmax_dice_ce_forward(logits.data<float>() + g * Vg * n,
+                              static_cast<const char*>(labels.raw()) + g * Vg * label_bytes, labels.dtype(), Vg, n,
+                              form.squared, work.raw(), sums_at + g * q, bad_at + 2 * g, s);
   if (dev == Device::cpu) {  // the bad label is on the host already: an error naming it (a device makes the loss NaN)
-    const int64_t* bad_at = static_cast<const int64_t*>(bad.raw());
-    check_arg(bad_at[0] < 0, "dice_ce_loss: label value " + std::to_string(bad_at[1]) + " at voxel " +
-                                 std::to_string(bad_at[0]) + " of " + labels.describe() + " is outside [0, " +
-                                 std::to_string(C) + ")");
+    for (int g = 0; g < groups; ++g)
+      check_arg(bad_at[2 * g] < 0, "dice_ce_loss: label value " + std::to_string(bad_at[2 * g + 1]) + " at voxel " +
+                                       std::to_string(g * Vg + bad_at[2 * g]) + " of " + labels.describe() +
+                                       " is outside [0, " + std::to_string(C) + ")");
   }
   if (reduce) {  // a bad label anywhere (bad[0] >= 0, else -1) makes every rank's loss NaN
-    comm->allreduce(sums.raw(), 3 * n + 1, ScalarType::f64, ReduceOp::sum, dev);
-    comm->allreduce(bad.raw(), 1, ScalarType::i64, ReduceOp::max, dev);
+    if (!form.per_sample) comm->allreduce(sums.raw(), q, ScalarType::f64, ReduceOp::sum, dev);
+    comm->allreduce(bad.raw(), 2 * groups, ScalarType::i64, ReduceOp::max, dev);
   }
-  k.softmax_dice_ce_finish(static_cast<const double*>(sums.raw()), static_cast<const int64_t*>(bad.raw()), n, V_mean,
-                           kDiceSmooth, out.data<float>(), dice_ce.data<float>(), a, b, s);
+  const kernels::DiceForm dice_form{form.squared, form.background, form.smooth};
+  k.softmax_dice_ce_finish(sums_at, bad_at, groups, dice_groups, n, V_mean, dice_form, out.data<float>(),
+                           dice_ce.data<float>(), a, b, s);
+  if (reduce && form.per_sample) {  // each rank's share of the global loss and parts, summed
+    comm->allreduce(out.raw(), 1, ScalarType::f32, ReduceOp::sum, dev);
+    comm->allreduce(dice_ce.raw(), 2, ScalarType::f32, ReduceOp::sum, dev);
+  }
   if (parts) *parts = dice_ce;
 
   if (autograd::should_record({logits})) {
-    autograd::record(
-        "dice_ce_loss", {logits, labels}, {out}, [logits, labels, coef, V, V_mean, n](const std::vector<Tensor>& g) {
-          const float* a = coef.data<float>();
-          const float* b = a + n;
-          Tensor d = Tensor::empty(logits.shape(), DType::f32, logits.device());
-          backend::kernels_for(logits).loss.softmax_dice_ce_backward(logits.data<float>(), labels.raw(), labels.dtype(),
-                                                                     V, V_mean, n, a, b, g[0].data<float>(),
-                                                                     d.data<float>(), backend::stream(logits));
-          return std::vector<Tensor>{d, Tensor()};  // labels get no gradient
-        });
+    const bool squared = form.squared;
+    autograd::record("dice_ce_loss", {logits, labels}, {out},
+                     [logits, labels, coef, groups, Vg, V_mean, n, squared, label_bytes](const std::vector<Tensor>& g) {
+                       const float* a = coef.data<float>();
+                       const float* b = a + groups * n;
+                       Tensor d = Tensor::empty(logits.shape(), DType::f32, logits.device());
+                       const kernels::LossKernels& k = backend::kernels_for(logits).loss;
+                       for (int i = 0; i < groups; ++i)
+                         k.softmax_dice_ce_backward(logits.data<float>() + i * Vg * n,
+                                                    static_cast<const char*>(labels.raw()) + i * Vg * label_bytes,
+                                                    labels.dtype(), Vg, V_mean, n, squared, a + i * n, b + i * n,
+                                                    g[0].data<float>(), d.data<float>() + i * Vg * n,
+                                                    backend::stream(logits));
+                       return std::vector<Tensor>{d, Tensor()};  // labels get no gradient
+                     });
   }
   return out;
 }

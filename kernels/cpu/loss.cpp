@@ -38,8 +38,8 @@ inline float softmax_exp(const float* z, int C, float* e, float* zmax) {
 }
 
 template <int CC, class L>
-int64_t forward_impl(const float* logits, const L* labels, int64_t voxels, int C, double* intersect, double* prob_sum,
-                     double* label_sum, double* ce_sum, int64_t* bad_label) {
+int64_t forward_impl(const float* logits, const L* labels, int64_t voxels, int C, bool squared, double* intersect,
+                     double* prob_sum, double* label_sum, double* ce_sum, int64_t* bad_label) {
   const int n = CC > 0 ? CC : C;
   const int64_t chunks = (voxels + kChunk - 1) / kChunk;
   const size_t stride = 3 * static_cast<size_t>(n) + 1;  // per chunk: intersect[n], prob[n], count[n], ce
@@ -68,7 +68,10 @@ int64_t forward_impl(const float* logits, const L* labels, int64_t voxels, int C
         float zmax;
         const float s = softmax_exp<CC>(z, n, e, &zmax);
         const float inv = 1.f / s;
-        for (int c = 0; c < n; ++c) P[c] += static_cast<double>(e[c] * inv);
+        for (int c = 0; c < n; ++c) {
+          const double p = static_cast<double>(e[c] * inv);
+          P[c] += squared ? p * p : p;
+        }
         I[y] += static_cast<double>(e[y] * inv);
         Y[y] += 1.0;
         // -log p_y = logsumexp(z) - z_y = log(s) + (max - z_y): never log of a rounded-to-zero probability.
@@ -100,7 +103,8 @@ int64_t forward_impl(const float* logits, const L* labels, int64_t voxels, int C
   return -1;
 }
 
-template <int CC, class L>
+// SQ (DLE's squared Dice) is a template parameter so that nnU-Net's form compiles to the very code it had before.
+template <int CC, bool SQ, class L>
 void backward_impl(const float* logits, const L* labels, int64_t voxels, int C, const float* a, const float* b,
                    float ce_scale, float* grad) {
   const int n = CC > 0 ? CC : C;
@@ -114,14 +118,15 @@ void backward_impl(const float* logits, const L* labels, int64_t voxels, int C, 
       const int y = static_cast<int>(labels[v]);
       float zmax;
       const float inv = 1.f / softmax_exp<CC>(z, n, e, &zmax);
-      // sum_c p_c g_c with g_c = a_c - b_c [c == y]
+      // sum_c p_c g_c with g_c = a_c w_c - b_c [c == y], w_c = p_c when squared (d p^2 / dp = 2 p, the 2 is in a),
+      // else 1
       float pg = 0.f;
       for (int c = 0; c < n; ++c) {
         e[c] *= inv;  // now p_c
-        pg += e[c] * a[c];
+        pg += e[c] * (SQ ? a[c] * e[c] : a[c]);
       }
       pg -= e[y] * b[y];
-      for (int c = 0; c < n; ++c) g[c] = e[c] * (a[c] - pg) + ce_scale * e[c];
+      for (int c = 0; c < n; ++c) g[c] = e[c] * ((SQ ? a[c] * e[c] : a[c]) - pg) + ce_scale * e[c];
       g[y] -= e[y] * b[y] + ce_scale;
     }
   });
@@ -139,17 +144,22 @@ auto with_channel_count(int C, F&& f) {
 }
 
 template <class L>
-int64_t forward_dispatch(const float* logits, const L* labels, int64_t voxels, int C, double* I, double* P, double* Y,
-                         double* ce, int64_t* bad) {
-  return with_channel_count(
-      C, [&](auto cc) { return forward_impl<decltype(cc)::value>(logits, labels, voxels, C, I, P, Y, ce, bad); });
+int64_t forward_dispatch(const float* logits, const L* labels, int64_t voxels, int C, bool squared, double* I,
+                         double* P, double* Y, double* ce, int64_t* bad) {
+  return with_channel_count(C, [&](auto cc) {
+    return forward_impl<decltype(cc)::value>(logits, labels, voxels, C, squared, I, P, Y, ce, bad);
+  });
 }
 
 template <class L>
-void backward_dispatch(const float* logits, const L* labels, int64_t voxels, int C, const float* a, const float* b,
-                       float ce_scale, float* grad) {
-  with_channel_count(
-      C, [&](auto cc) { backward_impl<decltype(cc)::value>(logits, labels, voxels, C, a, b, ce_scale, grad); });
+void backward_dispatch(const float* logits, const L* labels, int64_t voxels, int C, bool squared, const float* a,
+                       const float* b, float ce_scale, float* grad) {
+  with_channel_count(C, [&](auto cc) {
+    if (squared)
+      backward_impl<decltype(cc)::value, true>(logits, labels, voxels, C, a, b, ce_scale, grad);
+    else
+      backward_impl<decltype(cc)::value, false>(logits, labels, voxels, C, a, b, ce_scale, grad);
+  });
 }
 
 void check_label_dtype(DType t, const char* what) {
@@ -160,39 +170,48 @@ void check_label_dtype(DType t, const char* what) {
 }  // namespace
 
 int64_t softmax_dice_ce_forward(const float* logits, const void* labels, DType label_dtype, int64_t voxels,
-                                int channels, double* intersect, double* prob_sum, double* label_sum, double* ce_sum,
-                                int64_t* bad_label) {
+                                int channels, bool squared, double* intersect, double* prob_sum, double* label_sum,
+                                double* ce_sum, int64_t* bad_label) {
   check_label_dtype(label_dtype, "softmax_dice_ce_forward");
   if (label_dtype == DType::i32)
-    return forward_dispatch(logits, static_cast<const int32_t*>(labels), voxels, channels, intersect, prob_sum,
+    return forward_dispatch(logits, static_cast<const int32_t*>(labels), voxels, channels, squared, intersect, prob_sum,
                             label_sum, ce_sum, bad_label);
-  return forward_dispatch(logits, static_cast<const uint8_t*>(labels), voxels, channels, intersect, prob_sum, label_sum,
-                          ce_sum, bad_label);
+  return forward_dispatch(logits, static_cast<const uint8_t*>(labels), voxels, channels, squared, intersect, prob_sum,
+                          label_sum, ce_sum, bad_label);
 }
 
-void softmax_dice_ce_finish(const double* sums, bool bad, int channels, int64_t voxels, double smooth, float* loss,
-                            float* parts, float* coef_a, float* coef_b) {
-  const int C = channels;
-  const double F = static_cast<double>(C - 1);
-  double dice = 0.0;
-  coef_a[0] = coef_b[0] = 0.f;
-  for (int c = 1; c < C; ++c) {
-    const double num = 2.0 * sums[c] + smooth, den = sums[C + c] + sums[2 * C + c] + smooth;
-    dice += 1.0 - num / den;
-    coef_a[c] = static_cast<float>(num / (F * den * den));
-    coef_b[c] = static_cast<float>(2.0 / (F * den));
+void softmax_dice_ce_finish(const double* sums, const int64_t* bad, int groups, int64_t dice_groups, int channels,
+                            int64_t voxels, DiceForm form, float* loss, float* parts, float* coef_a, float* coef_b) {
+  const int C = channels, c0 = form.background ? 0 : 1;
+  const double F = static_cast<double>(C - c0) * static_cast<double>(dice_groups);  // terms in the Dice mean
+  const double da = form.squared ? 2.0 : 1.0;                                       // d den / d p = 2 p or 1
+  double dice = 0.0, ce_sum = 0.0;
+  bool invalid = false;
+  for (int g = 0; g < groups; ++g) {
+    const double* s = sums + static_cast<size_t>(g) * (3 * C + 1);
+    float* a = coef_a + static_cast<size_t>(g) * C;
+    float* b = coef_b + static_cast<size_t>(g) * C;
+    a[0] = b[0] = 0.f;
+    for (int c = c0; c < C; ++c) {
+      const double num = 2.0 * s[c] + form.smooth, den = s[C + c] + s[2 * C + c] + form.smooth;
+      dice += 1.0 - num / den;
+      a[c] = static_cast<float>(da * num / (F * den * den));
+      b[c] = static_cast<float>(2.0 / (F * den));
+    }
+    ce_sum += s[3 * C];
+    invalid = invalid || bad[2 * g] >= 0;
   }
   dice /= F;
-  const double ce = sums[3 * C] / static_cast<double>(voxels);
+  const double ce = ce_sum / static_cast<double>(voxels);
   const float nan = std::numeric_limits<float>::quiet_NaN();
-  parts[0] = bad ? nan : static_cast<float>(dice);
-  parts[1] = bad ? nan : static_cast<float>(ce);
-  loss[0] = bad ? nan : static_cast<float>(dice + ce);
+  parts[0] = invalid ? nan : static_cast<float>(dice);
+  parts[1] = invalid ? nan : static_cast<float>(ce);
+  loss[0] = invalid ? nan : static_cast<float>(dice + ce);
 }
 
 void softmax_dice_ce_backward(const float* logits, const void* labels, DType label_dtype, int64_t voxels,
-                              int64_t ce_voxels, int channels, const float* a, const float* b, const float* grad_out,
-                              float* grad_logits) {
+                              int64_t ce_voxels, int channels, bool squared, const float* a, const float* b,
+                              const float* grad_out, float* grad_logits) {
   check_label_dtype(label_dtype, "softmax_dice_ce_backward");
   // The incoming gradient folded into the coefficients, in f32 as the CUDA kernel does.
   const float go = *grad_out;
@@ -202,9 +221,11 @@ void softmax_dice_ce_backward(const float* logits, const void* labels, DType lab
   const float* ca = coef_a.data();
   const float* cb = coef_b.data();
   if (label_dtype == DType::i32)
-    backward_dispatch(logits, static_cast<const int32_t*>(labels), voxels, channels, ca, cb, ce_scale, grad_logits);
+    backward_dispatch(logits, static_cast<const int32_t*>(labels), voxels, channels, squared, ca, cb, ce_scale,
+                      grad_logits);
   else
-    backward_dispatch(logits, static_cast<const uint8_t*>(labels), voxels, channels, ca, cb, ce_scale, grad_logits);
+    backward_dispatch(logits, static_cast<const uint8_t*>(labels), voxels, channels, squared, ca, cb, ce_scale,
+                      grad_logits);
 }
 
 // The sums into one buffer and the bad label into bad[0..1], as on a device; no channel limit and no workspace.
@@ -212,21 +233,21 @@ const LossKernels loss_kernels{
     .max_channels = std::numeric_limits<int>::max(),
     .softmax_dice_ce_workspace_bytes = [](int64_t, int) -> size_t { return 0; },
     .softmax_dice_ce_forward =
-        [](const float* logits, const void* labels, DType label_dtype, int64_t voxels, int channels, void*,
-           double* sums, int64_t* bad, cudaStream_t) {
+        [](const float* logits, const void* labels, DType label_dtype, int64_t voxels, int channels, bool squared,
+           void*, double* sums, int64_t* bad, cudaStream_t) {
           bad[1] = 0;
-          bad[0] = softmax_dice_ce_forward(logits, labels, label_dtype, voxels, channels, sums, sums + channels,
-                                           sums + 2 * channels, sums + 3 * channels, &bad[1]);
+          bad[0] = softmax_dice_ce_forward(logits, labels, label_dtype, voxels, channels, squared, sums,
+                                           sums + channels, sums + 2 * channels, sums + 3 * channels, &bad[1]);
         },
     .softmax_dice_ce_finish =
-        [](const double* sums, const int64_t* bad, int channels, int64_t voxels, double smooth, float* loss,
-           float* parts, float* coef_a, float* coef_b, cudaStream_t) {
-          softmax_dice_ce_finish(sums, bad[0] >= 0, channels, voxels, smooth, loss, parts, coef_a, coef_b);
+        [](const double* sums, const int64_t* bad, int groups, int64_t dice_groups, int channels, int64_t voxels,
+           DiceForm form, float* loss, float* parts, float* coef_a, float* coef_b, cudaStream_t) {
+          softmax_dice_ce_finish(sums, bad, groups, dice_groups, channels, voxels, form, loss, parts, coef_a, coef_b);
         },
     .softmax_dice_ce_backward =
         [](const float* logits, const void* labels, DType label_dtype, int64_t voxels, int64_t ce_voxels, int channels,
-           const float* a, const float* b, const float* grad_out, float* grad_logits, cudaStream_t) {
-          softmax_dice_ce_backward(logits, labels, label_dtype, voxels, ce_voxels, channels, a, b, grad_out,
+           bool squared, const float* a, const float* b, const float* grad_out, float* grad_logits, cudaStream_t) {
+          softmax_dice_ce_backward(logits, labels, label_dtype, voxels, ce_voxels, channels, squared, a, b, grad_out,
                                    grad_logits);
         },
 };

@@ -34,9 +34,10 @@ static_assert(3 * kMaxLossChannels + 1 < kFinalThreads);
 constexpr int partials_min_blocks(int cc) {
   return cc == 0 ? 2 : 0;
 }
-// dce_backward, generic: 64 registers (4 blocks, 50%) instead of 80 for int labels; 8 classes: 40 instead of 48.
-constexpr int backward_min_blocks(int cc) {
-  return cc == 0 ? 4 : (cc == 8 ? 6 : 0);
+// dce_backward, generic: 64 registers (4 blocks, 50%) instead of 80 for int labels; 8 classes: 40 instead of 48 (in
+// nnU-Net's form; DLE's squared form would spill under that cap, so it has none).
+constexpr int backward_min_blocks(int cc, bool squared) {
+  return cc == 0 ? 4 : (cc == 8 && !squared ? 6 : 0);
 }
 
 // ---- kernels ----
@@ -76,7 +77,8 @@ __device__ __forceinline__ float softmax_numerators(const float* z, int n, float
 // (first invalid voxel of the block's voxels, or `voxels` when none). Dynamic shared memory: kWarps * (3n + 1) doubles.
 template <int CC, class L>
 __global__ void __launch_bounds__(kThreads, partials_min_blocks(CC))
-    dce_partials(const float* logits, const L* labels, int64_t voxels, int C, double* partial, long long* bad_at) {
+    dce_partials(const float* logits, const L* labels, int64_t voxels, int C, bool squared, double* partial,
+                 long long* bad_at) {
   const int n = CC > 0 ? CC : C;
   constexpr int M = CC > 0 ? CC : kMaxLossChannels;
   // Y counts voxels, so it is a 32-bit integer (one register a class instead of two; a thread visits at most
@@ -106,7 +108,7 @@ __global__ void __launch_bounds__(kThreads, partials_min_blocks(CC))
     for (int c = 0; c < M; ++c)
       if (c < n) {
         const double p = static_cast<double>(e[c] * inv);
-        P[c] += p;
+        P[c] += squared ? p * p : p;
         if (c == y) {  // selects in registers, no dynamically indexed local array
           I[c] += p;
           ++Y[c];
@@ -171,23 +173,32 @@ __global__ void __launch_bounds__(kFinalThreads)
   }
 }
 
-// The loss, its parts and the gradient's coefficients from the sums, on the device (kernels::cpu::
-// softmax_dice_ce_finish, the same double arithmetic): one thread, a few dozen operations.
-__global__ void __launch_bounds__(1) dce_finish(const double* sums, const int64_t* bad, int C, int64_t voxels,
-                                                double smooth, float* loss, float* parts, float* coef_a,
-                                                float* coef_b) {
-  const double F = static_cast<double>(C - 1);
-  double dice = 0.0;
-  coef_a[0] = coef_b[0] = 0.f;
-  for (int c = 1; c < C; ++c) {
-    const double num = 2.0 * sums[c] + smooth, den = sums[C + c] + sums[2 * C + c] + smooth;
-    dice += 1.0 - num / den;
-    coef_a[c] = static_cast<float>(num / (F * den * den));
-    coef_b[c] = static_cast<float>(2.0 / (F * den));
+// The loss, its parts and the gradient's coefficients from the sums of `groups` groups, on the device (kernels::cpu::
+// softmax_dice_ce_finish, the same double arithmetic): one thread, a few dozen operations a group.
+__global__ void __launch_bounds__(1)
+    dce_finish(const double* sums, const int64_t* bad, int groups, int64_t dice_groups, int C, int64_t voxels,
+               DiceForm form, float* loss, float* parts, float* coef_a, float* coef_b) {
+  const int c0 = form.background ? 0 : 1;
+  const double F = static_cast<double>(C - c0) * static_cast<double>(dice_groups);
+  const double da = form.squared ? 2.0 : 1.0;
+  double dice = 0.0, ce_sum = 0.0;
+  bool invalid = false;
+  for (int g = 0; g < groups; ++g) {
+    const double* s = sums + int64_t(g) * (3 * C + 1);
+    float* a = coef_a + int64_t(g) * C;
+    float* b = coef_b + int64_t(g) * C;
+    a[0] = b[0] = 0.f;
+    for (int c = c0; c < C; ++c) {
+      const double num = 2.0 * s[c] + form.smooth, den = s[C + c] + s[2 * C + c] + form.smooth;
+      dice += 1.0 - num / den;
+      a[c] = static_cast<float>(da * num / (F * den * den));
+      b[c] = static_cast<float>(2.0 / (F * den));
+    }
+    ce_sum += s[3 * C];
+    invalid = invalid || bad[2 * g] >= 0;
   }
   dice /= F;
-  const double ce = sums[3 * C] / static_cast<double>(voxels);
-  const bool invalid = bad[0] >= 0;
+  const double ce = ce_sum / static_cast<double>(voxels);
   const float nan = __int_as_float(0x7fc00000);
   parts[0] = invalid ? nan : static_cast<float>(dice);
   parts[1] = invalid ? nan : static_cast<float>(ce);
@@ -197,8 +208,9 @@ __global__ void __launch_bounds__(1) dce_finish(const double* sums, const int64_
 // grad[v,k] = p_k (a_k - sum_c p_c g_c) + ce_scale p_k, then grad[v,y] -= p_y b_y + ce_scale: kernels::cpu's
 // operation order, so the emulated result matches the CPU's to the rounding of expf. The incoming gradient go is read
 // from device memory and folded into the coefficients in f32, as on the CPU.
-template <int CC, class L>
-__global__ void __launch_bounds__(kThreads, backward_min_blocks(CC))
+// SQ: DLE's squared Dice (g_c = a_c p_c - b_c [c == y]), a template parameter so that nnU-Net's form keeps its code.
+template <int CC, bool SQ, class L>
+__global__ void __launch_bounds__(kThreads, backward_min_blocks(CC, SQ))
     dce_backward(const float* logits, const L* labels, int64_t voxels, int64_t ce_voxels, int C, const float* coef_a,
                  const float* coef_b, const float* grad_out, float* grad) {
   const int n = CC > 0 ? CC : C;
@@ -224,14 +236,14 @@ __global__ void __launch_bounds__(kThreads, backward_min_blocks(CC))
     for (int c = 0; c < M; ++c)
       if (c < n) {
         e[c] *= inv;
-        pg += e[c] * a[c];
+        pg += e[c] * (SQ ? a[c] * e[c] : a[c]);
         if (c == y) ey = e[c];
       }
     pg -= ey * b[y];
     UNET_UNROLL
     for (int c = 0; c < M; ++c)
       if (c < n) {
-        float gc = e[c] * (a[c] - pg) + ce_scale * e[c];
+        float gc = e[c] * ((SQ ? a[c] * e[c] : a[c]) - pg) + ce_scale * e[c];
         if (c == y) gc -= ey * b[y] + ce_scale;
         g[c] = gc;
       }
@@ -264,27 +276,31 @@ void check_args(DType label_dtype, int channels, const char* what) {
 }
 
 template <class L>
-void forward_typed(const float* logits, const L* labels, int64_t voxels, int C, void* workspace, double* sums,
-                   int64_t* bad, cudaStream_t stream) {
+void forward_typed(const float* logits, const L* labels, int64_t voxels, int C, bool squared, void* workspace,
+                   double* sums, int64_t* bad, cudaStream_t stream) {
   const int blocks = partial_blocks(voxels);
   double* partial = static_cast<double*>(workspace);
   long long* bad_at = reinterpret_cast<long long*>(partial + int64_t(blocks) * (3 * C + 1));
   const size_t smem = sizeof(double) * kWarps * (3 * C + 1);
   with_channel_count(C, [&](auto cc) {
     launch(dce_partials<decltype(cc)::value, L>, dim3(blocks), dim3(kThreads), smem, stream, logits, labels, voxels, C,
-           partial, bad_at);
+           squared, partial, bad_at);
   });
   launch(dce_final<L>, dim3(1), dim3(kFinalThreads), 0, stream, partial, bad_at, blocks, C, labels, voxels, sums, bad);
 }
 
 template <class L>
-void backward_typed(const float* logits, const L* labels, int64_t voxels, int64_t ce_voxels, int C, const float* a,
-                    const float* b, const float* grad_out, float* grad, cudaStream_t stream) {
+void backward_typed(const float* logits, const L* labels, int64_t voxels, int64_t ce_voxels, int C, bool squared,
+                    const float* a, const float* b, const float* grad_out, float* grad, cudaStream_t stream) {
   int64_t blocks = (voxels + kThreads - 1) / kThreads;
   blocks = blocks < 1 ? 1 : (blocks > 4096 ? 4096 : blocks);
   with_channel_count(C, [&](auto cc) {
-    launch(dce_backward<decltype(cc)::value, L>, dim3(static_cast<unsigned>(blocks)), dim3(kThreads), 0, stream, logits,
-           labels, voxels, ce_voxels, C, a, b, grad_out, grad);
+    if (squared)
+      launch(dce_backward<decltype(cc)::value, true, L>, dim3(static_cast<unsigned>(blocks)), dim3(kThreads), 0, stream,
+             logits, labels, voxels, ce_voxels, C, a, b, grad_out, grad);
+    else
+      launch(dce_backward<decltype(cc)::value, false, L>, dim3(static_cast<unsigned>(blocks)), dim3(kThreads), 0,
+             stream, logits, labels, voxels, ce_voxels, C, a, b, grad_out, grad);
   });
 }
 
@@ -298,29 +314,31 @@ size_t softmax_dice_ce_workspace_bytes(int64_t voxels, int channels) {
 }
 
 void softmax_dice_ce_forward(const float* logits, const void* labels, DType label_dtype, int64_t voxels, int channels,
-                             void* workspace, double* sums, int64_t* bad, cudaStream_t stream) {
+                             bool squared, void* workspace, double* sums, int64_t* bad, cudaStream_t stream) {
   check_args(label_dtype, channels, "cuda softmax_dice_ce_forward");
   if (label_dtype == DType::i32)
-    forward_typed(logits, static_cast<const int32_t*>(labels), voxels, channels, workspace, sums, bad, stream);
+    forward_typed(logits, static_cast<const int32_t*>(labels), voxels, channels, squared, workspace, sums, bad, stream);
   else
-    forward_typed(logits, static_cast<const uint8_t*>(labels), voxels, channels, workspace, sums, bad, stream);
+    forward_typed(logits, static_cast<const uint8_t*>(labels), voxels, channels, squared, workspace, sums, bad, stream);
 }
 
-void softmax_dice_ce_finish(const double* sums, const int64_t* bad, int channels, int64_t voxels, double smooth,
-                            float* loss, float* parts, float* coef_a, float* coef_b, cudaStream_t stream) {
+void softmax_dice_ce_finish(const double* sums, const int64_t* bad, int groups, int64_t dice_groups, int channels,
+                            int64_t voxels, DiceForm form, float* loss, float* parts, float* coef_a, float* coef_b,
+                            cudaStream_t stream) {
   check_args(DType::i32, channels, "cuda softmax_dice_ce_finish");
-  launch(dce_finish, dim3(1), dim3(1), 0, stream, sums, bad, channels, voxels, smooth, loss, parts, coef_a, coef_b);
+  launch(dce_finish, dim3(1), dim3(1), 0, stream, sums, bad, groups, dice_groups, channels, voxels, form, loss, parts,
+         coef_a, coef_b);
 }
 
 void softmax_dice_ce_backward(const float* logits, const void* labels, DType label_dtype, int64_t voxels,
-                              int64_t ce_voxels, int channels, const float* a, const float* b, const float* grad_out,
-                              float* grad_logits, cudaStream_t stream) {
+                              int64_t ce_voxels, int channels, bool squared, const float* a, const float* b,
+                              const float* grad_out, float* grad_logits, cudaStream_t stream) {
   check_args(label_dtype, channels, "cuda softmax_dice_ce_backward");
   if (label_dtype == DType::i32)
-    backward_typed(logits, static_cast<const int32_t*>(labels), voxels, ce_voxels, channels, a, b, grad_out,
+    backward_typed(logits, static_cast<const int32_t*>(labels), voxels, ce_voxels, channels, squared, a, b, grad_out,
                    grad_logits, stream);
   else
-    backward_typed(logits, static_cast<const uint8_t*>(labels), voxels, ce_voxels, channels, a, b, grad_out,
+    backward_typed(logits, static_cast<const uint8_t*>(labels), voxels, ce_voxels, channels, squared, a, b, grad_out,
                    grad_logits, stream);
 }
 

@@ -24,20 +24,21 @@ size_t softmax_dice_ce_workspace_bytes(int64_t voxels, int channels);
 // channels: 1..kMaxLossChannels.
 inline constexpr int kMaxLossChannels = 16;
 void softmax_dice_ce_forward(const float* logits, const void* labels, DType label_dtype, int64_t voxels, int channels,
-                             void* workspace, double* sums, int64_t* bad, cudaStream_t stream);
+                             bool squared, void* workspace, double* sums, int64_t* bad, cudaStream_t stream);
 
-// The loss [1], its parts [2] (dice, ce) and the gradient's coefficients a, b [channels] from the forward's sums and
-// bad record, on the device (kernels::cpu::softmax_dice_ce_finish): nothing has to come back to the host. A bad label
-// makes the loss and its parts NaN.
-void softmax_dice_ce_finish(const double* sums, const int64_t* bad, int channels, int64_t voxels, double smooth,
-                            float* loss, float* parts, float* coef_a, float* coef_b, cudaStream_t stream);
+// The loss [1], its parts [2] (dice, ce) and the gradient's coefficients a, b [groups][channels] from `groups`
+// forwards' sums and bad records, on the device (kernels::cpu::softmax_dice_ce_finish, the meaning of every
+// argument): nothing has to come back to the host. A bad label makes the loss and its parts NaN.
+void softmax_dice_ce_finish(const double* sums, const int64_t* bad, int groups, int64_t dice_groups, int channels,
+                            int64_t voxels, DiceForm form, float* loss, float* parts, float* coef_a, float* coef_b,
+                            cudaStream_t stream);
 
 // d loss / d logits in one pass (kernels::cpu::softmax_dice_ce_backward); a, b: `channels` floats and grad_out (the
 // incoming gradient of the loss, one float) in device memory; ce_voxels as there. Labels must be valid (checked by
 // the forward).
 void softmax_dice_ce_backward(const float* logits, const void* labels, DType label_dtype, int64_t voxels,
-                              int64_t ce_voxels, int channels, const float* a, const float* b, const float* grad_out,
-                              float* grad_logits, cudaStream_t stream);
+                              int64_t ce_voxels, int channels, bool squared, const float* a, const float* b,
+                              const float* grad_out, float* grad_logits, cudaStream_t stream);
 
 // The table of these entry points that the engine dispatches through (kernels/loss.h).
 extern const LossKernels loss_kernels;

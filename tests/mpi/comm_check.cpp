@@ -160,7 +160,8 @@ TEST_CASE("GradientReducer on device memory (the emulator): buckets on the devic
   check_reducer(Device::cuda_emu);
 }
 
-TEST_CASE("dice_ce_loss with a comm: each rank's share gives the global batch's loss and its share of the gradient") {
+namespace {
+void check_loss_share(const ops::DiceCeForm& form) {
   Comm& c = world();
   const int64_t B = c.size(), C = 3;
   const Shape shape{B, 4, 5, 3, C};
@@ -173,7 +174,7 @@ TEST_CASE("dice_ce_loss with a comm: each rank's share gives the global batch's 
   // One process, the whole batch.
   Tensor full = logits.clone().set_requires_grad(true);
   Tensor parts_full;
-  Tensor loss_full = ops::dice_ce_loss(full, y, &parts_full);
+  Tensor loss_full = ops::dice_ce_loss(full, y, &parts_full, nullptr, form);
   autograd::backward(loss_full);
 
   // This rank's sample only, the statistics reduced over the ranks.
@@ -183,7 +184,7 @@ TEST_CASE("dice_ce_loss with a comm: each rank's share gives the global batch's 
   std::vector<float> my_labels(all_labels.begin() + c.rank() * per, all_labels.begin() + (c.rank() + 1) * per);
   Tensor part = Tensor::from_vector({1, 4, 5, 3, C}, mine).set_requires_grad(true);
   Tensor parts;
-  Tensor loss = ops::dice_ce_loss(part, Tensor::from_vector({1, 4, 5, 3}, my_labels, DType::i32), &parts, &c);
+  Tensor loss = ops::dice_ce_loss(part, Tensor::from_vector({1, 4, 5, 3}, my_labels, DType::i32), &parts, &c, form);
   autograd::backward(loss);
 
   CHECK(loss.to_vector()[0] == doctest::Approx(loss_full.to_vector()[0]).epsilon(1e-6));
@@ -197,6 +198,15 @@ TEST_CASE("dice_ce_loss with a comm: each rank's share gives the global batch's 
                                      g_full[static_cast<size_t>(c.rank() * per * C + k)]));
   }
   CHECK(worst <= 1e-6 * scale);
+}
+}  // namespace
+
+TEST_CASE("dice_ce_loss with a comm: each rank's share gives the global batch's loss and its share of the gradient") {
+  check_loss_share({});
+}
+
+TEST_CASE("dice_ce_loss in DLE's per-sample form with a comm: the global batch's loss, this rank's gradient share") {
+  check_loss_share(ops::kDleDiceCe);
 }
 
 int main(int argc, char** argv) {
