@@ -15,6 +15,7 @@
 #include "kernels/cpu/norm.h"
 #include "kernels/cpu/optim.h"
 #include "kernels/cpu/pool.h"
+#include "kernels/cpu/resize.h"
 #include "kernels/cpu/shape.h"
 #include "kernels/cuda/activation.cuh"
 #include "kernels/cuda/bias.cuh"
@@ -28,6 +29,7 @@
 #include "kernels/cuda/norm.cuh"
 #include "kernels/cuda/optim.cuh"
 #include "kernels/cuda/pool.cuh"
+#include "kernels/cuda/resize.cuh"
 #include "kernels/cuda/shape.cuh"
 
 #ifndef UNET_HAVE_CUDA_KERNELS
@@ -37,22 +39,20 @@
 namespace unet::backend {
 namespace {
 
-const Kernels cpu_kernels{kernels::cpu::activation_kernels,  kernels::cpu::blend_kernels,
-                          kernels::cpu::conv_kernels,        kernels::cpu::conv_transpose_kernels,
-                          kernels::cpu::elementwise_kernels, kernels::cpu::loss_kernels,
-                          kernels::cpu::norm_kernels,        kernels::cpu::optim_kernels,
-                          kernels::cpu::shape_kernels,       kernels::cpu::bias_kernels,
-                          kernels::cpu::crop_kernels,        kernels::cpu::dropout_kernels,
-                          kernels::cpu::pool_kernels};
+const Kernels cpu_kernels{
+    kernels::cpu::activation_kernels,     kernels::cpu::blend_kernels,       kernels::cpu::conv_kernels,
+    kernels::cpu::conv_transpose_kernels, kernels::cpu::elementwise_kernels, kernels::cpu::loss_kernels,
+    kernels::cpu::norm_kernels,           kernels::cpu::optim_kernels,       kernels::cpu::shape_kernels,
+    kernels::cpu::bias_kernels,           kernels::cpu::crop_kernels,        kernels::cpu::dropout_kernels,
+    kernels::cpu::pool_kernels,           kernels::cpu::resize_kernels};
 
 #if UNET_HAVE_CUDA_KERNELS  // kernels/cuda/*.cu built, by nvcc (GPU build) or against the emulator
-const Kernels cuda_kernels{kernels::cuda::activation_kernels,  kernels::cuda::blend_kernels,
-                           kernels::cuda::conv_kernels,        kernels::cuda::conv_transpose_kernels,
-                           kernels::cuda::elementwise_kernels, kernels::cuda::loss_kernels,
-                           kernels::cuda::norm_kernels,        kernels::cuda::optim_kernels,
-                           kernels::cuda::shape_kernels,       kernels::cuda::bias_kernels,
-                           kernels::cuda::crop_kernels,        kernels::cuda::dropout_kernels,
-                           kernels::cuda::pool_kernels};
+const Kernels cuda_kernels{
+    kernels::cuda::activation_kernels,     kernels::cuda::blend_kernels,       kernels::cuda::conv_kernels,
+    kernels::cuda::conv_transpose_kernels, kernels::cuda::elementwise_kernels, kernels::cuda::loss_kernels,
+    kernels::cuda::norm_kernels,           kernels::cuda::optim_kernels,       kernels::cuda::shape_kernels,
+    kernels::cuda::bias_kernels,           kernels::cuda::crop_kernels,        kernels::cuda::dropout_kernels,
+    kernels::cuda::pool_kernels,           kernels::cuda::resize_kernels};
 #endif
 
 }  // namespace

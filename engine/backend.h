@@ -25,6 +25,7 @@ struct LossKernels;
 struct NormKernels;
 struct OptimKernels;
 struct PoolKernels;
+struct ResizeKernels;
 struct ShapeKernels;
 }  // namespace unet::kernels
 
@@ -45,6 +46,7 @@ struct Kernels {
   const kernels::CropKernels& crop;
   const kernels::DropoutKernels& dropout;
   const kernels::PoolKernels& pool;
+  const kernels::ResizeKernels& resize;
 };
 
 // The kernels of device d. Throws std::runtime_error for cuda / cuda-emu in a build without the CUDA kernels (no CUDA

@@ -62,6 +62,10 @@ Tensor argmax_channels(const Tensor& x);    // [N, spatial..., C] -> i32 [N, spa
 // The box [start, start + size) of the spatial axes, zeros where it leaves x (start may be negative, the box larger
 // than x): UNet2D's centre crop and zero padding alike (engine/ops/crop.cpp). Any dtype.
 Tensor crop(const Tensor& x, const std::vector<int64_t>& start, const std::vector<int64_t>& size);
+// Bilinear resampling of x [N, H, W, C] to [N, size[0], size[1], C], as PyTorch's F.interpolate(x, size,
+// mode="bilinear", align_corners) (engine/ops/resize.cpp, kernels/resize.h); align_corners = false is also Keras'
+// UpSampling2D(interpolation="bilinear"), UNet 3+'s upsampling in DLE. f32, f16 or bf16, computed in f32.
+Tensor upsample_bilinear(const Tensor& x, const std::vector<int64_t>& size, bool align_corners);
 
 // ---- pooling and dropout (engine/ops/pool.cpp, engine/ops/dropout.cpp) ----
 // Max pooling of x [N, H, W, C] or [N, D, H, W, C] with window == stride (PyTorch's MaxPool2d(k) / MaxPool3d(k)):

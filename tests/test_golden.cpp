@@ -1,7 +1,7 @@
 // Ops against golden values computed once by PyTorch (tests/golden/make_golden.py -> ops_golden.json):
 // outputs and the gradients of sum(output * r) for convolution (stride 1, stride 2, kernel [1,3,3], 2D),
 // transposed convolution (kernel == stride, and any kernel, stride and padding), max pooling, instance norm, leaky
-// ReLU and the DiceCE loss.
+// ReLU, the DiceCE loss and bilinear upsampling.
 #include <fstream>
 #include <nlohmann/json.hpp>
 
@@ -123,5 +123,17 @@ TEST_CASE("max_pool matches PyTorch's MaxPool2d / MaxPool3d, ties included") {
     const json& c = golden_case(name);
     Tensor x = input(c, "x");
     check_against_golden(c, ops::max_pool(x, c["window"].get<std::vector<int>>()), {{"x", x}}, 0, 1e-30);  // exact
+  }
+}
+
+TEST_CASE("upsample_bilinear matches PyTorch's F.interpolate(mode='bilinear'), align_corners true and false") {
+  for (const char* name : {"bilinear_x2", "bilinear_x2_align_corners", "bilinear_x8", "bilinear_x16_align_corners",
+                           "bilinear_mixed", "bilinear_mixed_align_corners", "bilinear_to_one"}) {
+    CAPTURE(name);
+    const json& c = golden_case(name);
+    Tensor x = input(c, "x");
+    // The same f32 source positions and weights as PyTorch, combined in another order: a few ulps.
+    check_against_golden(c, ops::upsample_bilinear(x, c["size"].get<std::vector<int64_t>>(), c["align_corners"]),
+                         {{"x", x}}, 1e-5, 1e-6);
   }
 }

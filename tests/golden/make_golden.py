@@ -136,6 +136,15 @@ def max_pool_case(name, n, c, spatial, window):
     return record(name, {"x": act(x), "r": act(r)}, act(y), {"x": act(x.grad)}, {"window": list(window)})
 
 
+def bilinear_case(name, n, c, spatial, size, align_corners):
+    x = torch.randn(n, c, *spatial, requires_grad=True)
+    y = F.interpolate(x, size=size, mode="bilinear", align_corners=align_corners)
+    r = torch.randn_like(y)
+    (y * r).sum().backward()
+    return record(name, {"x": act(x), "r": act(r)}, act(y), {"x": act(x.grad)},
+                  {"size": list(size), "align_corners": align_corners})
+
+
 cases = [
     conv_case("conv3d_stride1", 2, 3, 4, (6, 7, 5), (3, 3, 3), (1, 1, 1), (1, 1, 1)),
     conv_case("conv3d_stride2", 2, 3, 5, (7, 6, 5), (3, 3, 3), (2, 2, 2), (1, 1, 1)),
@@ -155,6 +164,14 @@ cases = [
     conv_transpose_general_case("conv_transpose2d_k4s3p1", 2, 2, 3, (4, 3), (4, 2), (3, 1), (1, 0), (0, 0)),
     max_pool_case("max_pool2d", 2, 3, (9, 11), (2, 2)),
     max_pool_case("max_pool3d_122", 1, 2, (3, 6, 7), (1, 2, 2)),
+    # UNet 3+'s upsampling (factors 2 to 16), both corner conventions, and sizes that are not multiples.
+    bilinear_case("bilinear_x2", 2, 3, (5, 6), (10, 12), False),
+    bilinear_case("bilinear_x2_align_corners", 2, 3, (5, 6), (10, 12), True),
+    bilinear_case("bilinear_x8", 1, 2, (3, 2), (24, 16), False),
+    bilinear_case("bilinear_x16_align_corners", 1, 2, (2, 3), (32, 48), True),
+    bilinear_case("bilinear_mixed", 2, 2, (5, 7), (9, 4), False),
+    bilinear_case("bilinear_mixed_align_corners", 2, 2, (5, 7), (9, 4), True),
+    bilinear_case("bilinear_to_one", 1, 2, (4, 3), (1, 5), True),
 ]
 
 out = os.path.join(os.path.dirname(os.path.abspath(__file__)), "ops_golden.json")
