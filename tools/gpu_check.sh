@@ -9,9 +9,11 @@
 #   3. unet_selftest (every kernel against the CPU backend);
 #   4. the training benchmark: bench/train_bench on the reference 3D nnU-Net (128^3, batch 2, 4 channels, 6 levels,
 #      deep supervision) in fp32, TF32, bf16 and fp16: samples/s, latency percentiles, peak memory;
-#   5. gpu_conv_bench: our convolutions against cuDNN at the nnU-Net shapes.
+#   5. the same for DLE's UNet2D (572 x 572, batch 8, filters 64, its loss), as DLE UNet_Medical trains it;
+#   6. gpu_conv_bench: our convolutions against cuDNN at the nnU-Net shapes.
 # and writes one summary, markdown and JSON (GPU, driver, commit, every figure), to
-# bench/results/gpu-check-DATE-GPU.{md,json}; the logs of every step go to out/gpu-check/. About 6 minutes on an H200.
+# bench/results/gpu-check-DATE-GPU.{md,json}; the logs of every step go to out/gpu-check/. About 6 minutes on an H200
+# before step 5 was added (at most 4 more).
 # usage: tools/gpu_check.sh [--bin DIR] [--skip-bench]
 #   --bin DIR      use the binaries in DIR (unet_train, unet_tests, ...) instead of building; DIR/COMMIT, when present,
 #                  names the commit they were built from
@@ -26,7 +28,7 @@ while [ $# -gt 0 ]; do
   case "$1" in
     --bin) bin=$(cd "${2:?--bin needs a directory}" && pwd) || exit 2; shift 2 ;;
     --skip-bench) skip_bench=1; shift ;;
-    -h|--help) sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "gpu_check: unknown argument '$1' (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -112,6 +114,8 @@ if [ "$skip_bench" = 0 ]; then
   bench=(--patch 128,128,128 --batch 2 --filters 32 --classes 3 --channels 4 --depth 5 --device cuda)
   step train_bench 300 "$bin/train_bench" "${bench[@]}" --steps 6 --precision fp32,tf32,bf16,fp16 \
     --json "$work/train_bench.json"
+  step train_bench_unet2d 240 "$bin/train_bench" --model unet2d --patch 572,572 --batch 8 --filters 64 --classes 2 \
+    --device cuda --steps 4 --precision fp32,tf32,bf16,fp16 --json "$work/train_bench_unet2d.json"
   step conv_bench 330 "$bin/gpu_conv_bench" --json "$work/conv_bench.json"
 fi
 
@@ -139,6 +143,7 @@ out=bench/results/gpu-check-$date_tag-$gpu_tag
   echo "| unet_selftest (kernels vs the CPU backend) | $(status selftest): ${selftest_line:-?} | ${secs[selftest]:-} |"
   if [ "$skip_bench" = 0 ]; then
     echo "| train_bench, 3D nnU-Net 128^3 batch 2 (fp32, TF32, bf16, fp16) | $(status train_bench); table below | ${secs[train_bench]:-} |"
+    echo "| train_bench, DLE UNet2D 572^2 batch 8 filters 64 (fp32, TF32, bf16, fp16) | $(status train_bench_unet2d); table below | ${secs[train_bench_unet2d]:-} |"
     echo "| gpu_conv_bench (ours vs cuDNN) | $(status conv_bench); table below | ${secs[conv_bench]:-} |"
   fi
   if [ -s "$work/train_bench.log" ]; then
@@ -147,6 +152,12 @@ out=bench/results/gpu-check-$date_tag-$gpu_tag
     echo "bf16 samples/s, 5.75 GiB peak under AMP; ../shared/gpu-runs/):"
     echo
     grep '^|' "$work/train_bench.log"
+  fi
+  if [ -s "$work/train_bench_unet2d.log" ]; then
+    echo
+    echo "train_bench, DLE's UNet2D (no PyTorch figure for it yet):"
+    echo
+    grep '^|' "$work/train_bench_unet2d.log"
   fi
   if [ -s "$work/conv_bench.json" ]; then
     echo
@@ -185,6 +196,8 @@ num() { [ -n "$1" ] && echo "$1" || echo null; }
   echo "  \"selftest\": {\"exit\": ${rc[selftest]:-null}, \"result\": \"${selftest_line:-}\"},"
   echo "  \"train_bench\": {\"exit\": ${rc[train_bench]:-null}, \"seconds\": ${secs[train_bench]:-null},"
   echo "                  \"result\": $( [ -s "$work/train_bench.json" ] && cat "$work/train_bench.json" || echo null )},"
+  echo "  \"train_bench_unet2d\": {\"exit\": ${rc[train_bench_unet2d]:-null}, \"seconds\": ${secs[train_bench_unet2d]:-null},"
+  echo "                  \"result\": $( [ -s "$work/train_bench_unet2d.json" ] && cat "$work/train_bench_unet2d.json" || echo null )},"
   echo "  \"conv_bench\": {\"exit\": ${rc[conv_bench]:-null}, \"seconds\": ${secs[conv_bench]:-null},"
   echo "                 \"result\": $( [ -s "$work/conv_bench.json" ] && cat "$work/conv_bench.json" || echo null )}"
   echo "}"
