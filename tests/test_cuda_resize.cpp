@@ -13,6 +13,23 @@
 using namespace unet;
 using test::under_every_schedule;
 
+namespace {
+// n normal values stored as dt (f32 bits, or f16 / bf16 16-bit patterns).
+std::vector<uint8_t> random_buffer(int64_t n, DType dt, Rng& rng) {
+  std::vector<uint8_t> out(size_t(n) * dtype_size(dt));
+  for (int64_t i = 0; i < n; ++i) {
+    const float v = static_cast<float>(rng.normal());
+    if (dt == DType::f32) {
+      std::memcpy(out.data() + 4 * i, &v, 4);
+    } else {
+      const uint16_t h = dt == DType::f16 ? float_to_f16(v) : float_to_bf16(v);
+      std::memcpy(out.data() + 2 * i, &h, 2);
+    }
+  }
+  return out;
+}
+}  // namespace
+
 TEST_CASE("bilinear resampling: CUDA equals the CPU bit for bit, forward and backward, every dtype and schedule") {
   struct Case {
     kernels::ResizeShape s;
@@ -32,26 +49,7 @@ TEST_CASE("bilinear resampling: CUDA equals the CPU bit for bit, forward and bac
     const int64_t in_n = s.n * s.h * s.w * s.c, out_n = s.n * s.oh * s.ow * s.c;
     for (DType dt : {DType::f32, DType::f16, DType::bf16}) {
       CAPTURE(dtype_name(dt));
-      const size_t es = dtype_size(dt);
-      std::vector<uint8_t> x(size_t(in_n) * es), dy(size_t(out_n) * es);
-      for (int64_t i = 0; i < in_n; ++i) {
-        const float v = static_cast<float>(rng.normal());
-        if (dt == DType::f32)
-          std::memcpy(x.data() + 4 * i, &v, 4);
-        else {
-          const uint16_t h = dt == DType::f16 ? float_to_f16(v) : float_to_bf16(v);
-          std::memcpy(x.data() + 2 * i, &h, 2);
-        }
-      }
-      for (int64_t i = 0; i < out_n; ++i) {
-        const float v = static_cast<float>(rng.normal());
-        if (dt == DType::f32)
-          std::memcpy(dy.data() + 4 * i, &v, 4);
-        else {
-          const uint16_t h = dt == DType::f16 ? float_to_f16(v) : float_to_bf16(v);
-          std::memcpy(dy.data() + 2 * i, &h, 2);
-        }
-      }
+      const std::vector<uint8_t> x = random_buffer(in_n, dt, rng), dy = random_buffer(out_n, dt, rng);
       std::vector<uint8_t> y(dy.size(), 0xab), dx(x.size(), 0xab);
       kernels::cpu::bilinear_forward(s, dt, ih.data(), wh.data(), iw.data(), ww.data(), x.data(), y.data());
       kernels::cpu::bilinear_backward(s, dt, ih.data(), wh.data(), iw.data(), ww.data(), dy.data(), dx.data());
