@@ -72,7 +72,7 @@ Tensor dice_ce_loss(const Tensor& logits, const Tensor& labels, Tensor* parts, C
   Tensor bad = Tensor::empty({int64_t(groups) * 4}, DType::i32, dev);       // [groups][2] int64
   double* sums_at = static_cast<double*>(sums.raw());
   int64_t* bad_at = static_cast<int64_t*>(bad.raw());
-  const size_t label_bytes = labels.dtype() == DType::u8 ? 1 : 4;
+  const size_t label_bytes = dtype_size(labels.dtype());
   for (int g = 0; g < groups; ++g)
     k.softmax_dice_ce_forward(logits.data<float>() + g * Vg * n,
                               static_cast<const char*>(labels.raw()) + g * Vg * label_bytes, labels.dtype(), Vg, n,
