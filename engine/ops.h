@@ -51,6 +51,19 @@ Tensor instance_norm_leaky_relu(const Tensor& x, const Tensor& gamma, const Tens
 // activation again instead of storing it.
 Tensor norm_act_conv(const Tensor& x, const Tensor& gamma, const Tensor& beta, float eps, float negative_slope,
                      const Tensor& w, const Tensor& bias, const std::vector<int>& stride, const std::vector<int>& pad);
+// Batch normalisation of x [N, spatial..., C] per channel over batch and space (torch.nn.BatchNorm2d / 3d), then
+// ReLU when `relu` (one op). training: normalised by the batch's statistics (biased variance); running_mean and
+// running_var (f32 [C] buffers, no gradient) are updated in place with `momentum` and the unbiased variance;
+// differentiable in x, gamma, beta. Evaluation: normalised by the running statistics, without a gradient (an error
+// when autograd would record). gamma and beta f32 [C] or undefined; x f32, f16 or bf16.
+struct BatchNormOptions {
+  bool training = true;
+  float momentum = 0.1f;  // PyTorch's convention: new = (1 - momentum) * old + momentum * batch (Keras' is 1 - this)
+  float eps = 1e-5f;
+  bool relu = false;
+};
+Tensor batch_norm(const Tensor& x, const Tensor& gamma, const Tensor& beta, const Tensor& running_mean,
+                  const Tensor& running_var, const BatchNormOptions& options);
 Tensor leaky_relu(const Tensor& x, float negative_slope);
 Tensor relu(const Tensor& x);
 

@@ -1,6 +1,7 @@
-// Instance normalisation: the shape shared by the CPU (kernels/cpu/norm.h) and CUDA (kernels/cuda/norm.cuh) entry
-// points, and the table of them the engine dispatches through (one per backend, norm_kernels). Layout channels-last:
-// x is [n, s, c] with s = the product of the spatial sizes; statistics per (n, c) over s.
+// Instance and batch normalisation: the shape shared by the CPU (kernels/cpu/norm.h) and CUDA (kernels/cuda/norm.cuh)
+// entry points, and the table of them the engine dispatches through (one per backend, norm_kernels). Layout
+// channels-last: x is [n, s, c] with s = the product of the spatial sizes; statistics per (n, c) over s. Batch norm in
+// training is the instance norm of x seen as [1, n * s, c] (statistics per channel over batch and space).
 #pragma once
 #include <cstdint>
 
@@ -31,6 +32,16 @@ struct NormKernels {
   void (*instance_norm_leaky_relu_backward)(const NormShape& sh, DType dt, const void* x, const void* y, const void* dy,
                                             const float* mean, const float* rstd, const float* gamma, float slope,
                                             void* dx, float* dgamma, float* dbeta, cudaStream_t stream);
+  // Batch norm in evaluation, per channel c over all n * s rows: y = (x - running_mean) * gamma / sqrt(running_var +
+  // eps) + beta (the scale in double, rounded to f32 once; y rounded to dt once), then ReLU when `relu`.
+  void (*batch_norm_inference)(const NormShape& sh, DType dt, const void* x, const float* running_mean,
+                               const float* running_var, const float* gamma, const float* beta, float eps, bool relu,
+                               void* y, cudaStream_t stream);
+  // After a training forward over `count` values per channel (count >= 2) that wrote mean and rstd [c]:
+  // running_mean = (1 - momentum) * running_mean + momentum * mean and running_var likewise with the unbiased batch
+  // variance (1 / rstd^2 - eps) * count / (count - 1), as torch.nn.BatchNorm. Computed in double.
+  void (*batch_norm_update_running)(int64_t c, int64_t count, float eps, float momentum, const float* mean,
+                                    const float* rstd, float* running_mean, float* running_var, cudaStream_t stream);
 };
 
 }  // namespace unet::kernels

@@ -156,6 +156,28 @@ TEST_CASE("cuda-emu instance_norm equals the cpu op within 1e-5") {
            {randn({2, 4, 5, 6, 3}, 5, 2.f), randn({3}, 6), randn({3}, 7)}, 1e-5, 1e-5);
 }
 
+TEST_CASE("cuda-emu batch_norm in training (with ReLU, several 1024-row chunks) equals the cpu op within 1e-5") {
+  for (bool relu : {false, true}) {
+    CAPTURE(relu);
+    // The running statistics live on the op's device: each run makes its own there, and both must agree too.
+    std::vector<std::vector<float>> running;
+    check_op(
+        [&](const std::vector<Tensor>& x) {
+          Tensor rm = Tensor::zeros({5}).to(x[0].device()), rv = Tensor::full({5}, 1.f).to(x[0].device());
+          ops::BatchNormOptions o;
+          o.relu = relu;
+          Tensor y = ops::batch_norm(x[0], x[1], x[2], rm, rv, o);
+          running.push_back(rm.to_vector());
+          running.push_back(rv.to_vector());
+          return y;
+        },
+        {randn({3, 23, 31, 5}, 8, 2.f), randn({5}, 9), randn({5}, 10)}, 1e-5, 1e-5);
+    REQUIRE(running.size() == 4);
+    test::check_close(running[2], running[0], 1e-5, 1e-6, "running_mean");
+    test::check_close(running[3], running[1], 1e-5, 1e-6, "running_var");
+  }
+}
+
 TEST_CASE("cuda-emu concat_channels and upsample_nearest equal the cpu ops (bitwise)") {
   check_op([](const std::vector<Tensor>& x) { return ops::concat_channels({x[0], x[1]}); },
            {randn({2, 3, 4, 2}, 8), randn({2, 3, 4, 5}, 9)}, 0, 0);

@@ -1,4 +1,4 @@
-// CUDA activation, instance-norm and shape kernels, run under the device emulator against the CPU backend.
+// CUDA activation, instance-norm, batch-norm and shape kernels, run under the device emulator against the CPU backend.
 // Tolerances: elementwise ops, copies, casts, argmax and the upsampling adjoint (a fixed-order sum, the CPU's order)
 // are bitwise; instance-norm statistics and gradients are reductions summed in another order than the CPU's (double
 // partials over other chunks), so they agree to ~1e-5 relative. Every kernel is run under the forward, reverse and
@@ -262,6 +262,58 @@ TEST_CASE("cuda fused instance norm + leaky relu backward matches the CPU's leak
                       what + " dgamma");
     test::check_close(std::vector<float>(out.begin() + total + nc.c, out.end()), db_cpu, 1e-5, 1e-4, what + " dbeta");
   }
+}
+
+// ---- batch norm ----
+
+TEST_CASE("cuda batch norm evaluation equals the CPU bit for bit, f32 f16 bf16, with and without ReLU and affine") {
+  Rng rng(34);
+  const kernels::cpu::NormShape sh{1, 3 * 7 * 9, 37};  // rows of a [3, 7, 9, 37] batch; two channel tiles' worth
+  const int64_t total = sh.s * sh.c;
+  const std::vector<float> x = normals(total, rng, 0.5, 2.0), rm = normals(sh.c, rng),
+                           gamma = normals(sh.c, rng, 1.0, 0.3), beta = normals(sh.c, rng);
+  std::vector<float> rv = normals(sh.c, rng);
+  for (float& v : rv) v = v * v + 0.1f;
+  for (DType dt : {DType::f32, DType::f16, DType::bf16})
+    for (bool relu : {false, true})
+      for (bool affine : {true, false}) {
+        CAPTURE(dtype_name(dt));
+        CAPTURE(relu);
+        CAPTURE(affine);
+        std::vector<uint8_t> xd(x.size() * dtype_size(dt));
+        kernels::cpu::cast(DType::f32, x.data(), dt, xd.data(), total);
+        const float* g = affine ? gamma.data() : nullptr;
+        const float* b = affine ? beta.data() : nullptr;
+        std::vector<uint8_t> y_cpu(xd.size());
+        kernels::cpu::batch_norm_inference(sh, dt, xd.data(), rm.data(), rv.data(), g, b, 1e-3f, relu, y_cpu.data());
+        const auto y = under_every_schedule([&] {
+          std::vector<uint8_t> out(xd.size(), 0xAB);
+          kernels::cuda::batch_norm_inference(sh, dt, xd.data(), rm.data(), rv.data(), g, b, 1e-3f, relu, out.data(),
+                                              nullptr);
+          return out;
+        });
+        CHECK(same_bits(y, y_cpu));
+      }
+}
+
+TEST_CASE("cuda batch norm running statistics update equals the CPU bit for bit") {
+  Rng rng(35);
+  const int64_t C = 300;  // two blocks of channels
+  const std::vector<float> mean = normals(C, rng);
+  std::vector<float> rstd = normals(C, rng), rm0 = normals(C, rng), rv0 = normals(C, rng);
+  for (float& v : rstd) v = std::abs(v) + 0.2f;
+  for (float& v : rv0) v = v * v;
+  std::vector<float> rm_cpu = rm0, rv_cpu = rv0;
+  kernels::cpu::batch_norm_update_running(C, 77, 1e-5f, 0.1f, mean.data(), rstd.data(), rm_cpu.data(), rv_cpu.data());
+  const auto out = under_every_schedule([&] {
+    std::vector<float> both = rm0;
+    both.insert(both.end(), rv0.begin(), rv0.end());
+    kernels::cuda::batch_norm_update_running(C, 77, 1e-5f, 0.1f, mean.data(), rstd.data(), both.data(), both.data() + C,
+                                             nullptr);
+    return both;
+  });
+  CHECK(same_bits(std::vector<float>(out.begin(), out.begin() + C), rm_cpu));
+  CHECK(same_bits(std::vector<float>(out.begin() + C, out.end()), rv_cpu));
 }
 
 // ---- shape ----

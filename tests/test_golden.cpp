@@ -1,7 +1,7 @@
 // Ops against golden values computed once by PyTorch (tests/golden/make_golden.py -> ops_golden.json):
 // outputs and the gradients of sum(output * r) for convolution (stride 1, stride 2, kernel [1,3,3], 2D),
 // transposed convolution (kernel == stride, and any kernel, stride and padding), max pooling, instance norm, leaky
-// ReLU, the DiceCE loss and bilinear upsampling.
+// ReLU, the DiceCE loss, bilinear upsampling and batch norm (training, running statistics, evaluation).
 #include <fstream>
 #include <nlohmann/json.hpp>
 
@@ -135,5 +135,26 @@ TEST_CASE("upsample_bilinear matches PyTorch's F.interpolate(mode='bilinear'), a
     // The same f32 source positions and weights as PyTorch, combined in another order: a few ulps.
     check_against_golden(c, ops::upsample_bilinear(x, c["size"].get<std::vector<int64_t>>(), c["align_corners"]),
                          {{"x", x}}, 1e-5, 1e-6);
+  }
+}
+
+TEST_CASE("batch_norm matches PyTorch's F.batch_norm: training output, gradients, running statistics, evaluation") {
+  for (const char* name : {"batch_norm2d", "batch_norm2d_relu_keras", "batch_norm3d"}) {
+    CAPTURE(name);
+    const json& c = golden_case(name);
+    Tensor x = input(c, "x"), g = input(c, "gamma"), b = input(c, "beta");
+    Tensor rm = input(c, "running_mean", false), rv = input(c, "running_var", false);
+    ops::BatchNormOptions o;
+    o.momentum = c["momentum"].get<float>();
+    o.eps = c["eps"].get<float>();
+    o.relu = c["relu"].get<bool>();
+    check_against_golden(c, ops::batch_norm(x, g, b, rm, rv, o), {{"x", x}, {"gamma", g}, {"beta", b}});
+    // PyTorch keeps the variance's double-free f32 sums; ours go through rstd: a few ulps apart.
+    test::check_close(rm.to_vector(), c["running_mean_after"].get<std::vector<float>>(), 1e-5, 1e-6, "running_mean");
+    test::check_close(rv.to_vector(), c["running_var_after"].get<std::vector<float>>(), 1e-5, 1e-6, "running_var");
+    autograd::NoGradGuard no_grad;
+    o.training = false;
+    Tensor y_eval = ops::batch_norm(input(c, "x_eval", false), g, b, rm, rv, o);
+    test::check_close(y_eval.to_vector(), c["eval_output"].get<std::vector<float>>(), 1e-5, 1e-5, "evaluation output");
   }
 }

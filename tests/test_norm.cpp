@@ -1,4 +1,4 @@
-// instance_norm: forward and backward against double-precision references written here, the normalised
+// instance_norm and batch_norm: forward and backward against double-precision references written here, the normalised
 // statistics, robustness to a large mean, finite differences, determinism, and argument errors.
 #include <omp.h>
 
@@ -283,4 +283,80 @@ TEST_CASE("instance_norm_leaky_relu keeps one activation less alive for backward
 TEST_CASE("instance_norm_leaky_relu rejects a negative slope, whose output sign could not tell the sides apart") {
   CHECK_THROWS_WITH_AS(ops::instance_norm_leaky_relu(Tensor::zeros({1, 4, 4, 2}), Tensor(), Tensor(), 1e-5f, -0.5f),
                        doctest::Contains("negative_slope must be finite and >= 0"), std::invalid_argument);
+}
+
+// ---- batch_norm (its PyTorch goldens are in test_golden.cpp) ----
+
+TEST_CASE("batch_norm in training normalises each channel over batch and space, and is a one-sample instance norm") {
+  Rng rng(41);
+  const Shape shape{3, 5, 4, 6};
+  const Tensor x = randn(shape, rng, 2.f), gamma = rand_uniform({6}, rng, 0.5f, 1.5f), beta = randn({6}, rng);
+  Tensor rm = Tensor::zeros({6}), rv = Tensor::full({6}, 1.f);
+  const Tensor y = ops::batch_norm(x, gamma, beta, rm, rv, {});
+  const std::vector<float> ref =
+      naive_forward(x.to_vector(), gamma.to_vector(), beta.to_vector(), 1, 3 * 5 * 4, 6, 1e-5);
+  test::check_close(y.to_vector(), ref, 1e-5, 1e-5, "y");
+  // Running statistics: 0.9 * old + 0.1 * batch, with the unbiased variance.
+  const Stats st = naive_stats(x.to_vector(), 1, 60, 6, 0.0);
+  for (int c = 0; c < 6; ++c) {
+    const double var = 1.0 / (st.rstd[size_t(c)] * st.rstd[size_t(c)]);
+    CHECK(rm.to_vector()[size_t(c)] == doctest::Approx(0.1 * st.mean[size_t(c)]).epsilon(1e-5));
+    CHECK(rv.to_vector()[size_t(c)] == doctest::Approx(0.9 + 0.1 * var * 60.0 / 59.0).epsilon(1e-5));
+  }
+}
+
+TEST_CASE("batch_norm gradients agree with central finite differences, with and without the ReLU, 2D and 3D") {
+  Rng rng(42);
+  for (bool relu : {false, true})
+    for (const Shape& shape : {Shape{2, 3, 4, 3}, Shape{2, 2, 3, 2, 4}}) {
+      CAPTURE(shape_str(shape));
+      CAPTURE(relu);
+      const int64_t C = shape.back();
+      Tensor x = randn(shape, rng).set_requires_grad(true);
+      Tensor gamma = rand_uniform({C}, rng, 0.5f, 1.5f).set_requires_grad(true);
+      Tensor beta = randn({C}, rng).set_requires_grad(true);
+      // Each evaluation gets fresh running statistics (they are updated in place and play no part in the output).
+      // Tolerance as for instance_norm; the ReLU's kink is a measure-zero event for random data.
+      test::check_gradients(
+          [&](const std::vector<Tensor>& in) {
+            ops::BatchNormOptions o;
+            o.relu = relu;
+            return ops::batch_norm(in[0], in[1], in[2], Tensor::zeros({C}), Tensor::full({C}, 1.f), o);
+          },
+          {x, gamma, beta}, 1e-2, 1e-2, 2e-3);
+    }
+}
+
+TEST_CASE("batch_norm in evaluation applies the running statistics, and refuses to be differentiated") {
+  Rng rng(43);
+  const Tensor x = randn({2, 3, 3, 2}, rng), rm = Tensor::from_vector({2}, {0.5f, -1.f}),
+               rv = Tensor::from_vector({2}, {4.f, 0.25f}), gamma = Tensor::from_vector({2}, {2.f, 1.f}),
+               beta = Tensor::from_vector({2}, {0.f, 3.f});
+  ops::BatchNormOptions o;
+  o.training = false;
+  o.eps = 0.f;
+  const std::vector<float> xv = x.to_vector(), y = ops::batch_norm(x, gamma, beta, rm, rv, o).to_vector();
+  for (size_t i = 0; i < xv.size(); ++i) {
+    const float expect = i % 2 == 0 ? (xv[i] - 0.5f) * 2.f / 2.f : (xv[i] + 1.f) * 1.f / 0.5f + 3.f;
+    CHECK(y[i] == doctest::Approx(expect).epsilon(1e-6));
+  }
+  CHECK(rm.to_vector() == std::vector<float>{0.5f, -1.f});  // evaluation leaves the statistics alone
+  Tensor g = gamma.clone().set_requires_grad(true);
+  CHECK_THROWS_WITH_AS(ops::batch_norm(x, g, beta, rm, rv, o), doctest::Contains("NoGradGuard"), std::invalid_argument);
+}
+
+TEST_CASE("batch_norm rejects bad arguments with messages naming them") {
+  const Tensor x = Tensor::zeros({2, 4, 4, 3});
+  CHECK_THROWS_WITH_AS(ops::batch_norm(x, Tensor(), Tensor(), Tensor::zeros({4}), Tensor::zeros({3}), {}),
+                       doctest::Contains("running statistics must be f32 [C] = [3]"), std::invalid_argument);
+  CHECK_THROWS_WITH_AS(
+      ops::batch_norm(x, Tensor(), Tensor(), Tensor::zeros({3}).set_requires_grad(true), Tensor::zeros({3}), {}),
+      doctest::Contains("buffers"), std::invalid_argument);
+  ops::BatchNormOptions o;
+  o.momentum = 1.5f;
+  CHECK_THROWS_WITH_AS(ops::batch_norm(x, Tensor(), Tensor(), Tensor::zeros({3}), Tensor::zeros({3}), o),
+                       doctest::Contains("momentum must be in [0, 1]"), std::invalid_argument);
+  CHECK_THROWS_WITH_AS(
+      ops::batch_norm(Tensor::zeros({1, 1, 1, 3}), Tensor(), Tensor(), Tensor::zeros({3}), Tensor::zeros({3}), {}),
+      doctest::Contains("more than one value per channel"), std::invalid_argument);
 }

@@ -21,8 +21,10 @@ struct NormForward {
   Tensor mean, rstd;  // f32 [N, C]
   kernels::NormShape shape;
 };
+// over_batch: batch norm's statistics, per channel over batch and space (x seen as [1, N * spatial, C]; mean and
+// rstd [1, C]).
 NormForward norm_forward(const Tensor& x, const Tensor& gamma, const Tensor& beta, float eps,
-                         std::optional<float> slope);
+                         std::optional<float> slope, bool over_batch = false);
 
 // Its gradients from dy; y is the forward's output (read only when `slope` is set). Undefined where not needed.
 struct NormGrads {

@@ -1,10 +1,11 @@
 // instance_norm: the differentiable instance normalisation used after every nnU-Net convolution, and
-// instance_norm_leaky_relu, the same followed by leaky ReLU as one op. x may be f32, f16 or bf16 (y and dx have its
-// type); the statistics, gamma, beta and their gradients are f32 (mixed precision).
-// Validates shapes, runs kernels/cpu/norm.cpp or kernels/cuda/norm.cu by x's device, and records one node that saves x
-// (and, fused, the output y) and the per-(n, c) mean and 1/std (small), so backward need not recompute the statistics.
-// The fused op never stores the normalised value before the activation: a 3D nnU-Net's training saves one activation
-// less per normalisation.
+// instance_norm_leaky_relu, the same followed by leaky ReLU as one op; batch_norm (UNet 3+), whose training forward is
+// the instance norm of x seen as one sample, and whose evaluation applies the running statistics. x may be f32, f16 or
+// bf16 (y and dx have its type); the statistics, gamma, beta and their gradients are f32 (mixed precision). Validates
+// shapes, runs kernels/cpu/norm.cpp or kernels/cuda/norm.cu by x's device, and records one node that saves x (and,
+// fused, the output y) and the per-(n, c) mean and 1/std (small), so backward need not recompute the statistics. The
+// fused op never stores the normalised value before the activation: a 3D nnU-Net's training saves one activation less
+// per normalisation.
 #include <algorithm>
 #include <cmath>
 #include <optional>
@@ -18,8 +19,8 @@
 namespace unet::ops::internal {
 
 NormForward norm_forward(const Tensor& x, const Tensor& gamma, const Tensor& beta, float eps,
-                         std::optional<float> slope) {
-  const char* op = slope ? "instance_norm_leaky_relu" : "instance_norm";
+                         std::optional<float> slope, bool over_batch) {
+  const char* op = over_batch ? "batch_norm" : slope ? "instance_norm_leaky_relu" : "instance_norm";
   check_arg(x.defined(), std::string(op) + ": undefined input");
   const std::string args = std::string(op) + "(x " + x.describe() + ", gamma " +
                            (gamma.defined() ? gamma.describe() : std::string("none")) + ", beta " +
@@ -45,7 +46,7 @@ NormForward norm_forward(const Tensor& x, const Tensor& gamma, const Tensor& bet
 
   NormForward r;
   kernels::NormShape& sh = r.shape;
-  sh.n = x.dim(0);
+  sh.n = over_batch ? 1 : x.dim(0);
   sh.c = C;
   sh.s = x.numel() / std::max<int64_t>(1, sh.n * C);
   check_arg(sh.s > 0 || x.numel() == 0, args + "empty spatial extent");
@@ -99,9 +100,10 @@ NormGrads norm_backward(const kernels::NormShape& sh, const Tensor& x, const Ten
 namespace unet::ops {
 namespace {
 
-// Both ops; `slope` set: the fused leaky ReLU.
-Tensor norm(const Tensor& x, const Tensor& gamma, const Tensor& beta, float eps, std::optional<float> slope) {
-  internal::NormForward f = internal::norm_forward(x, gamma, beta, eps, slope);
+// Instance norm, and batch norm in training (over_batch); `slope` set: the fused leaky ReLU.
+internal::NormForward norm(const Tensor& x, const Tensor& gamma, const Tensor& beta, float eps,
+                           std::optional<float> slope, bool over_batch) {
+  internal::NormForward f = internal::norm_forward(x, gamma, beta, eps, slope, over_batch);
   if (autograd::should_record({x, gamma, beta})) {
     const bool need_dx = x.requires_grad();
     const bool need_dg = gamma.defined() && gamma.requires_grad();
@@ -111,25 +113,70 @@ Tensor norm(const Tensor& x, const Tensor& gamma, const Tensor& beta, float eps,
     // activation's side.
     Tensor saved_x = x.detach(), saved_g = gamma.defined() ? gamma.detach() : Tensor();
     Tensor saved_y = slope ? f.y.detach() : Tensor();
-    autograd::record(slope ? "instance_norm_leaky_relu" : "instance_norm", {x, gamma, beta}, {f.y},
+    const char* name = over_batch ? "batch_norm" : slope ? "instance_norm_leaky_relu" : "instance_norm";
+    autograd::record(name, {x, gamma, beta}, {f.y},
                      [=, sh = f.shape, mean = f.mean, rstd = f.rstd](const std::vector<Tensor>& grads) {
                        internal::NormGrads g = internal::norm_backward(sh, saved_x, saved_y, grads[0], mean, rstd,
                                                                        saved_g, slope, need_dx, need_dg, need_db);
                        return std::vector<Tensor>{g.dx, g.dgamma, g.dbeta};
                      });
   }
-  return f.y;
+  return f;
 }
 
 }  // namespace
 
 Tensor instance_norm(const Tensor& x, const Tensor& gamma, const Tensor& beta, float eps) {
-  return norm(x, gamma, beta, eps, std::nullopt);
+  return norm(x, gamma, beta, eps, std::nullopt, false).y;
 }
 
 Tensor instance_norm_leaky_relu(const Tensor& x, const Tensor& gamma, const Tensor& beta, float eps,
                                 float negative_slope) {
-  return norm(x, gamma, beta, eps, negative_slope);
+  return norm(x, gamma, beta, eps, negative_slope, false).y;
+}
+
+Tensor batch_norm(const Tensor& x, const Tensor& gamma, const Tensor& beta, const Tensor& running_mean,
+                  const Tensor& running_var, const BatchNormOptions& o) {
+  check_arg(x.defined() && running_mean.defined() && running_var.defined(), "batch_norm: undefined input");
+  const std::string args = "batch_norm(x " + x.describe() + ", running_mean " + running_mean.describe() +
+                           ", running_var " + running_var.describe() + "): ";
+  const int64_t C = x.rank() > 0 ? x.dim(-1) : 0;
+  for (const Tensor* t : {&running_mean, &running_var}) {
+    check_arg(t->dtype() == DType::f32 && t->rank() == 1 && t->dim(0) == C,
+              args + "running statistics must be f32 [C] = [" + std::to_string(C) + "]");
+    check_arg(!t->requires_grad(), args + "running statistics are buffers, not parameters (no gradient)");
+  }
+  backend::check_device("batch_norm", x.device(), {x, running_mean, running_var});
+  check_arg(std::isfinite(o.momentum) && o.momentum >= 0.f && o.momentum <= 1.f,
+            args + "momentum must be in [0, 1], got " + std::to_string(o.momentum));
+  const std::optional<float> slope = o.relu ? std::optional<float>(0.f) : std::nullopt;
+  if (o.training) {
+    const int64_t count = C > 0 ? x.numel() / C : 0;
+    check_arg(count >= 2, args + "training needs more than one value per channel (batch x spatial >= 2), as PyTorch");
+    internal::NormForward f = norm(x, gamma, beta, o.eps, slope, true);
+    backend::kernels_for(x).norm.batch_norm_update_running(C, count, o.eps, o.momentum, f.mean.data<float>(),
+                                                           f.rstd.data<float>(), running_mean.data<float>(),
+                                                           running_var.data<float>(), backend::stream(x));
+    return f.y;
+  }
+  check_arg(!autograd::should_record({x, gamma, beta}),
+            args + "evaluation mode (training = false) has no gradient here: run it under autograd::NoGradGuard");
+  // The shape and argument checks of the training path; its statistics are not used.
+  check_arg(backend::is_float(x.dtype()), args + "x must be f32, f16 or bf16");
+  check_arg(x.rank() >= 3 && x.rank() <= 5, args + "x must be [N, spatial..., C] with 1 to 3 spatial axes");
+  for (const Tensor* t : {&gamma, &beta})
+    check_arg(!t->defined() || (t->dtype() == DType::f32 && t->rank() == 1 && t->dim(0) == C),
+              args + "gamma and beta must be f32 [C] = [" + std::to_string(C) + "]");
+  backend::check_device("batch_norm", x.device(), {x, gamma, beta});
+  check_arg(std::isfinite(o.eps) && o.eps >= 0.f, args + "eps must be finite and >= 0, got " + std::to_string(o.eps));
+  Tensor y = Tensor::empty(x.shape(), x.dtype(), x.device());
+  if (x.numel() == 0) return y;
+  const kernels::NormShape sh{1, x.numel() / std::max<int64_t>(1, C), C};
+  backend::kernels_for(x).norm.batch_norm_inference(
+      sh, x.dtype(), x.raw(), running_mean.data<float>(), running_var.data<float>(),
+      gamma.defined() ? gamma.data<float>() : nullptr, beta.defined() ? beta.data<float>() : nullptr, o.eps, o.relu,
+      y.raw(), backend::stream(x));
+  return y;
 }
 
 }  // namespace unet::ops

@@ -1,4 +1,4 @@
-// CPU instance normalisation (see kernels/norm.h).
+// CPU instance and batch normalisation (see kernels/norm.h).
 // Channels-last means a per-channel reduction is a sum of contiguous channel vectors, which vectorizes over c.
 // Reductions run over fixed spatial chunks (about 64 KiB of x each; the size depends only on the shape) with
 // double partials per (n, chunk, c), combined in chunk order: results are bitwise identical for any thread count.
@@ -204,6 +204,40 @@ void instance_norm_backward(const NormShape& sh, DType dt, const void* x, const 
   });
 }
 
+void batch_norm_inference(const NormShape& sh, DType dt, const void* x, const float* running_mean,
+                          const float* running_var, const float* gamma, const float* beta, float eps, bool relu,
+                          void* y) {
+  const int64_t C = sh.c, rows = sh.n * sh.s;
+  std::vector<float> scale(static_cast<size_t>(C)), shift(static_cast<size_t>(C));
+  for (int64_t c = 0; c < C; ++c) {
+    scale[size_t(c)] = static_cast<float>((gamma ? double(gamma[c]) : 1.0) / std::sqrt(double(running_var[c]) + eps));
+    shift[size_t(c)] = beta ? beta[c] : 0.f;
+  }
+  element::with_element_type(dt, "batch_norm", [&](auto e) {
+    using E = decltype(e);
+    const auto* xs = static_cast<const typename E::T*>(x);
+    auto* ys = static_cast<typename E::T*>(y);
+    parallel_for(rows, 256, [&](int64_t lo, int64_t hi) {
+      for (int64_t r = lo; r < hi; ++r)
+        for (int64_t c = 0; c < C; ++c) {
+          const int64_t i = r * C + c;
+          const float v = (E::load(xs[i]) - running_mean[c]) * scale[size_t(c)] + shift[size_t(c)];
+          ys[i] = E::store(relu && !(v > 0.f) ? 0.f : v);
+        }
+    });
+  });
+}
+
+void batch_norm_update_running(int64_t c, int64_t count, float eps, float momentum, const float* mean,
+                               const float* rstd, float* running_mean, float* running_var) {
+  const double m = momentum, bessel = double(count) / double(count - 1);
+  for (int64_t j = 0; j < c; ++j) {
+    const double r = rstd[j], var = std::max(0.0, 1.0 / (r * r) - double(eps));
+    running_mean[j] = static_cast<float>((1.0 - m) * running_mean[j] + m * mean[j]);
+    running_var[j] = static_cast<float>((1.0 - m) * running_var[j] + m * var * bessel);
+  }
+}
+
 namespace {
 // Bytes from the CPU backend's memory pool for the length of a call.
 struct HostBuffer {
@@ -240,6 +274,14 @@ const NormKernels norm_kernels{
           leaky_relu_backward(dt, y, dy, slope, dz.data, n);
           instance_norm_backward(sh, dt, x, dz.data, mean, rstd, gamma, dx, dgamma, dbeta);
         },
+    .batch_norm_inference =
+        [](const NormShape& sh, DType dt, const void* x, const float* running_mean, const float* running_var,
+           const float* gamma, const float* beta, float eps, bool relu, void* y,
+           cudaStream_t) { batch_norm_inference(sh, dt, x, running_mean, running_var, gamma, beta, eps, relu, y); },
+    .batch_norm_update_running =
+        [](int64_t c, int64_t count, float eps, float momentum, const float* mean, const float* rstd,
+           float* running_mean, float* running_var,
+           cudaStream_t) { batch_norm_update_running(c, count, eps, momentum, mean, rstd, running_mean, running_var); },
 };
 
 }  // namespace unet::kernels::cpu

@@ -1,4 +1,4 @@
-// Instance normalisation kernels (CPU entry points; implementation in kernels/cpu/norm.cpp).
+// Instance and batch normalisation kernels (CPU entry points; implementation in kernels/cpu/norm.cpp).
 // Layout channels-last: x is [n, s, c] with s = the product of the spatial sizes; statistics per (n, c) over s.
 // dt is the element type of x, y, dy and dx (f32, f16 or bf16); statistics, gamma, beta and their gradients are f32,
 // and each output element is computed in f32 and rounded to dt once.
@@ -25,6 +25,13 @@ void instance_norm_forward(const NormShape& sh, DType dt, const void* x, const f
 // dx, dgamma, dbeta may each be null (not computed); gamma null means 1.
 void instance_norm_backward(const NormShape& sh, DType dt, const void* x, const void* dy, const float* mean,
                             const float* rstd, const float* gamma, void* dx, float* dgamma, float* dbeta);
+
+// Batch norm in evaluation and the running statistics' update after a training forward (kernels/norm.h).
+void batch_norm_inference(const NormShape& sh, DType dt, const void* x, const float* running_mean,
+                          const float* running_var, const float* gamma, const float* beta, float eps, bool relu,
+                          void* y);
+void batch_norm_update_running(int64_t c, int64_t count, float eps, float momentum, const float* mean,
+                               const float* rstd, float* running_mean, float* running_var);
 
 // The table of these entry points that the engine dispatches through (kernels/norm.h); the stream is ignored, and the
 // fused pair runs the norm, then kernels/cpu/activation.h's leaky ReLU.

@@ -1,4 +1,5 @@
-// CUDA instance normalisation (forward, backward, and fused with leaky ReLU), the CUDA twin of kernels/cpu/norm.cpp.
+// CUDA instance normalisation (forward, backward, and fused with leaky ReLU) and batch norm's evaluation and running
+// statistics, the CUDA twin of kernels/cpu/norm.cpp.
 // Layout channels-last [n, s, c]: a block takes 32 adjacent channels (one coalesced 128-byte row segment per warp)
 // and 8 spatial rows at a time. Statistics are deterministic without atomics, in three launches:
 //   1. partial: block (channel tile, spatial chunk of kChunkRows, n) sums its chunk in double per thread, then a
@@ -213,6 +214,36 @@ __global__ void __launch_bounds__(kApplyThreads)
   }
 }
 
+// Batch norm in evaluation: scale[c] = gamma / sqrt(running_var + eps) computed per element in double (as the CPU,
+// which rounds it to f32 once), then y = (x - running_mean) * scale + beta, ReLU when kRelu: the CPU's bits.
+template <class E, bool kRelu>
+__global__ void __launch_bounds__(kApplyThreads)
+    batch_norm_inference_apply(const typename E::T* x, const float* running_mean, const float* running_var,
+                               const float* gamma, const float* beta, float eps, int64_t C, typename E::T* y,
+                               int64_t total) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < total; i += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t c = i % C;
+    const float scale = static_cast<float>((gamma ? static_cast<double>(gamma[c]) : 1.0) /
+                                           sqrt(static_cast<double>(running_var[c]) + static_cast<double>(eps)));
+    // __fmul_rn / __fadd_rn: no FMA contraction, each operation rounded once as on the CPU (built without contraction).
+    const float v = __fadd_rn(__fmul_rn(E::load(x[i]) - running_mean[c], scale), beta ? beta[c] : 0.f);
+    y[i] = E::store(kRelu && !(v > 0.f) ? 0.f : v);
+  }
+}
+
+// One thread per channel, in double (as the CPU).
+__global__ void __launch_bounds__(kParamThreads)
+    batch_norm_running_update(int64_t C, double bessel, float eps, float momentum, const float* mean, const float* rstd,
+                              float* running_mean, float* running_var) {
+  const int64_t c = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
+  if (c >= C) return;
+  const double m = momentum, r = rstd[c];
+  double var = 1.0 / (r * r) - static_cast<double>(eps);
+  var = var > 0.0 ? var : 0.0;
+  running_mean[c] = static_cast<float>((1.0 - m) * running_mean[c] + m * mean[c]);
+  running_var[c] = static_cast<float>((1.0 - m) * running_var[c] + m * var * bessel);
+}
+
 struct Plan {
   int64_t N, S, C, NC, total, chunks;
   dim3 partial_grid, finalize_grid, block;
@@ -318,7 +349,33 @@ void instance_norm_leaky_relu_backward(const NormShape& sh, DType dt, const void
   });
 }
 
-const NormKernels norm_kernels{instance_norm_forward, instance_norm_backward, instance_norm_leaky_relu_forward,
-                               instance_norm_leaky_relu_backward};
+void batch_norm_inference(const NormShape& sh, DType dt, const void* x, const float* running_mean,
+                          const float* running_var, const float* gamma, const float* beta, float eps, bool relu,
+                          void* y, cudaStream_t stream) {
+  const int64_t total = sh.n * sh.s * sh.c;
+  if (total == 0) return;
+  element::with_element_type(dt, "batch_norm", [&](auto e) {
+    using E = decltype(e);
+    using T = typename E::T;
+    const auto kernel = relu ? batch_norm_inference_apply<E, true> : batch_norm_inference_apply<E, false>;
+    launch(kernel, grid_stride_blocks(total, kApplyThreads), dim3(kApplyThreads), 0, stream, static_cast<const T*>(x),
+           running_mean, running_var, gamma, beta, eps, sh.c, static_cast<T*>(y), total);
+  });
+}
+
+void batch_norm_update_running(int64_t c, int64_t count, float eps, float momentum, const float* mean,
+                               const float* rstd, float* running_mean, float* running_var, cudaStream_t stream) {
+  if (c == 0) return;
+  launch(batch_norm_running_update, dim3(static_cast<unsigned>((c + kParamThreads - 1) / kParamThreads)),
+         dim3(kParamThreads), 0, stream, c, double(count) / double(count - 1), eps, momentum, mean, rstd, running_mean,
+         running_var);
+}
+
+const NormKernels norm_kernels{instance_norm_forward,
+                               instance_norm_backward,
+                               instance_norm_leaky_relu_forward,
+                               instance_norm_leaky_relu_backward,
+                               batch_norm_inference,
+                               batch_norm_update_running};
 
 }  // namespace unet::kernels::cuda

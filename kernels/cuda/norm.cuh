@@ -38,6 +38,13 @@ void instance_norm_leaky_relu_backward(const NormShape& sh, DType dt, const void
                                        const float* mean, const float* rstd, const float* gamma, float slope, void* dx,
                                        float* dgamma, float* dbeta, cudaStream_t stream);
 
+// Batch norm in evaluation and the running statistics' update after a training forward, as kernels/cpu/norm.h.
+void batch_norm_inference(const NormShape& sh, DType dt, const void* x, const float* running_mean,
+                          const float* running_var, const float* gamma, const float* beta, float eps, bool relu,
+                          void* y, cudaStream_t stream);
+void batch_norm_update_running(int64_t c, int64_t count, float eps, float momentum, const float* mean,
+                               const float* rstd, float* running_mean, float* running_var, cudaStream_t stream);
+
 // The table of these entry points that the engine dispatches through (kernels/norm.h).
 extern const NormKernels norm_kernels;
 

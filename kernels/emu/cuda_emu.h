@@ -290,8 +290,11 @@ inline float __fsqrt_rn(float x) {
 inline float __fadd_rn(float x, float y) {
   return x + y;
 }
+// nvcc never contracts __fmul_rn into an FMA; the host compiler (GCC's default -ffp-contract=fast) would fuse an
+// inlined x * y with a following add. The volatile store rounds the product to f32 first, as on the GPU.
 inline float __fmul_rn(float x, float y) {
-  return x * y;
+  volatile float product = x * y;
+  return product;
 }
 inline float __fmaf_rn(float x, float y, float z) {
   return std::fma(x, y, z);

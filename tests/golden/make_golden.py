@@ -145,6 +145,32 @@ def bilinear_case(name, n, c, spatial, size, align_corners):
                   {"size": list(size), "align_corners": align_corners})
 
 
+def batch_norm_case(name, n, c, spatial, relu, momentum, eps):
+    """Training mode (batch statistics, running statistics updated from rm / rv), then evaluation with those."""
+    x = (torch.randn(n, c, *spatial) * 2 + 0.7).requires_grad_()
+    g = (torch.rand(c) + 0.5).requires_grad_()
+    b = torch.randn(c, requires_grad=True)
+    rm, rv = torch.randn(c), torch.rand(c) + 0.5
+    rm_new, rv_new = rm.clone(), rv.clone()
+    y = F.batch_norm(x, rm_new, rv_new, weight=g, bias=b, training=True, momentum=momentum, eps=eps)
+    if relu:
+        y = F.relu(y)
+    r = torch.randn_like(y)
+    (y * r).sum().backward()
+    x_eval = torch.randn(n, c, *spatial) * 2 + 0.7
+    with torch.no_grad():
+        y_eval = F.batch_norm(x_eval, rm_new, rv_new, weight=g, bias=b, training=False, eps=eps)
+        if relu:
+            y_eval = F.relu(y_eval)
+    case = record(name, {"x": act(x), "gamma": g, "beta": b, "running_mean": rm, "running_var": rv, "r": act(r),
+                         "x_eval": act(x_eval)}, act(y), {"x": act(x.grad), "gamma": g.grad, "beta": b.grad},
+                  {"relu": relu, "momentum": momentum, "eps": eps})
+    case["running_mean_after"] = flat(rm_new)
+    case["running_var_after"] = flat(rv_new)
+    case["eval_output"] = flat(act(y_eval))
+    return case
+
+
 cases = [
     conv_case("conv3d_stride1", 2, 3, 4, (6, 7, 5), (3, 3, 3), (1, 1, 1), (1, 1, 1)),
     conv_case("conv3d_stride2", 2, 3, 5, (7, 6, 5), (3, 3, 3), (2, 2, 2), (1, 1, 1)),
@@ -172,6 +198,10 @@ cases = [
     bilinear_case("bilinear_mixed", 2, 2, (5, 7), (9, 4), False),
     bilinear_case("bilinear_mixed_align_corners", 2, 2, (5, 7), (9, 4), True),
     bilinear_case("bilinear_to_one", 1, 2, (4, 3), (1, 5), True),
+    # UNet 3+'s conv block norm: PyTorch's defaults, and Keras' (momentum 0.99 = PyTorch 0.01, eps 1e-3) with ReLU.
+    batch_norm_case("batch_norm2d", 3, 4, (5, 6), False, 0.1, 1e-5),
+    batch_norm_case("batch_norm2d_relu_keras", 2, 3, (7, 5), True, 0.01, 1e-3),
+    batch_norm_case("batch_norm3d", 2, 3, (3, 4, 5), False, 0.1, 1e-5),
 ]
 
 out = os.path.join(os.path.dirname(os.path.abspath(__file__)), "ops_golden.json")
