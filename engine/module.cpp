@@ -1,4 +1,4 @@
-// Module parameter registry.
+// Module parameter and buffer registry.
 #include "engine/module.h"
 
 namespace unet {
@@ -11,14 +11,33 @@ Tensor Module::register_parameter(const std::string& name, Tensor t) {
   return t;
 }
 
-void Module::collect(const std::string& prefix, std::vector<std::pair<std::string, Tensor>>& out) const {
-  for (auto& [n, p] : params_) out.emplace_back(prefix + n, p);
-  for (auto& [n, m] : children_) m->collect(prefix + n + ".", out);
+Tensor Module::register_buffer(const std::string& name, Tensor t) {
+  for (auto& [n, b] : buffers_) check_arg(n != name, "buffer '" + name + "' registered twice");
+  t.set_name(name);
+  buffers_.emplace_back(name, t);
+  return t;
+}
+
+void Module::collect(const std::string& prefix, bool buffers, std::vector<std::pair<std::string, Tensor>>& out) const {
+  for (auto& [n, p] : buffers ? buffers_ : params_) out.emplace_back(prefix + n, p);
+  for (auto& [n, m] : children_) m->collect(prefix + n + ".", buffers, out);
 }
 
 std::vector<std::pair<std::string, Tensor>> Module::named_parameters() const {
   std::vector<std::pair<std::string, Tensor>> out;
-  collect("", out);
+  collect("", false, out);
+  return out;
+}
+
+std::vector<std::pair<std::string, Tensor>> Module::named_buffers() const {
+  std::vector<std::pair<std::string, Tensor>> out;
+  collect("", true, out);
+  return out;
+}
+
+std::vector<std::pair<std::string, Tensor>> Module::named_state() const {
+  std::vector<std::pair<std::string, Tensor>> out = named_parameters();
+  collect("", true, out);
   return out;
 }
 
@@ -35,7 +54,7 @@ int64_t Module::parameter_count() const {
 }
 
 void Module::to(Device d) {
-  for (auto& [n, p] : named_parameters()) {
+  for (auto& [n, p] : named_state()) {
     if (p.device() == d) continue;
     Tensor moved = p.to(d);
     p.impl().storage = moved.impl().storage;

@@ -63,7 +63,7 @@ Tensor from_pytorch_layout(const std::string& name, const Tensor& t) {
 void save_weights(const std::string& path, const Module& model, const io::Metadata& metadata) {
   io::NamedTensors out;
   // Parameters may live on a GPU: the layout conversion reads host memory, so each goes to the cpu first.
-  for (auto& [name, p] : model.named_parameters()) out.emplace_back(name, to_pytorch_layout(name, p.to(Device::cpu)));
+  for (auto& [name, p] : model.named_state()) out.emplace_back(name, to_pytorch_layout(name, p.to(Device::cpu)));
   io::write_safetensors(path, out, metadata);
 }
 
@@ -72,7 +72,7 @@ io::SafetensorsContent read_weights(const std::string& path) { return io::read_s
 void load_weights(const io::SafetensorsContent& weights, Module& model, const std::string& path) {
   // Every tensor is checked before any is copied, so a bad checkpoint leaves the model as it was.
   std::vector<Tensor> converted;
-  for (auto& [name, p] : model.named_parameters()) {
+  for (auto& [name, p] : model.named_state()) {
     const Tensor* found = nullptr;
     for (auto& [n, t] : weights.tensors)
       if (n == name) found = &t;
@@ -85,28 +85,35 @@ void load_weights(const io::SafetensorsContent& weights, Module& model, const st
     converted.push_back(t);
   }
   size_t i = 0;
-  for (auto& [name, p] : model.named_parameters()) {
+  for (auto& [name, p] : model.named_state()) {
     const Tensor& t = converted[i++];
     device::copy(p.raw(), p.device(), t.raw(), t.device(), p.nbytes());  // the model may be on another device
   }
 }
 
 io::Metadata card_to_metadata(const ModelCard& c) {
-  nlohmann::json model = c.model == "unet2d" ? nlohmann::json{{"type", "unet2d"},
-                                                              {"in_channels", c.unet2d.in_channels},
-                                                              {"out_channels", c.unet2d.out_channels},
-                                                              {"filters", c.unet2d.filters},
-                                                              {"dropout", c.unet2d.dropout}}
-                                             : nlohmann::json{{"type", "dynunet"},
-                                                              {"in_channels", c.net.in_channels},
-                                                              {"out_channels", c.net.out_channels},
-                                                              {"kernels", c.net.kernels},
-                                                              {"strides", c.net.strides},
-                                                              {"filters", c.net.filters},
-                                                              {"deep_supervision", c.net.deep_supervision},
-                                                              {"deep_supr_num", c.net.deep_supr_num},
-                                                              {"res_block", c.net.res_block},
-                                                              {"negative_slope", c.net.negative_slope}};
+  nlohmann::json model = c.model == "unet3plus" ? nlohmann::json{{"type", "unet3plus"},
+                                                                 {"in_channels", c.unet3plus.in_channels},
+                                                                 {"out_channels", c.unet3plus.out_channels},
+                                                                 {"filters", c.unet3plus.filters},
+                                                                 {"deep_supervision", c.unet3plus.deep_supervision},
+                                                                 {"bn_eps", c.unet3plus.bn_eps},
+                                                                 {"bn_momentum", c.unet3plus.bn_momentum}}
+                         : c.model == "unet2d"  ? nlohmann::json{{"type", "unet2d"},
+                                                                {"in_channels", c.unet2d.in_channels},
+                                                                {"out_channels", c.unet2d.out_channels},
+                                                                {"filters", c.unet2d.filters},
+                                                                {"dropout", c.unet2d.dropout}}
+                                                : nlohmann::json{{"type", "dynunet"},
+                                                                {"in_channels", c.net.in_channels},
+                                                                {"out_channels", c.net.out_channels},
+                                                                {"kernels", c.net.kernels},
+                                                                {"strides", c.net.strides},
+                                                                {"filters", c.net.filters},
+                                                                {"deep_supervision", c.net.deep_supervision},
+                                                                {"deep_supr_num", c.net.deep_supr_num},
+                                                                {"res_block", c.net.res_block},
+                                                                {"negative_slope", c.net.negative_slope}};
   nlohmann::json plan = {{"patch", c.patch},
                          {"spacing", c.spacing},
                          {"normalization", nlohmann::json::parse(c.normalization.to_json())},
@@ -135,6 +142,13 @@ ModelCard card_from_metadata(const io::Metadata& m, const std::string& path) {
       c.unet2d.out_channels = model.at("out_channels").get<int>();
       c.unet2d.filters = model.at("filters").get<std::vector<int>>();
       c.unet2d.dropout = model.at("dropout").get<float>();
+    } else if (c.model == "unet3plus") {
+      c.unet3plus.in_channels = model.at("in_channels").get<int>();
+      c.unet3plus.out_channels = model.at("out_channels").get<int>();
+      c.unet3plus.filters = model.at("filters").get<std::vector<int>>();
+      c.unet3plus.deep_supervision = model.at("deep_supervision").get<bool>();
+      c.unet3plus.bn_eps = model.at("bn_eps").get<float>();
+      c.unet3plus.bn_momentum = model.at("bn_momentum").get<float>();
     } else if (c.model == "dynunet") {
       c.net.in_channels = model.at("in_channels").get<int>();
       c.net.out_channels = model.at("out_channels").get<int>();
@@ -147,7 +161,7 @@ ModelCard card_from_metadata(const io::Metadata& m, const std::string& path) {
       c.net.negative_slope = model.at("negative_slope").get<float>();
     } else {
       throw std::runtime_error(path + ": unknown model type " + model.at("type").dump() +
-                               " (expected dynunet or unet2d)");
+                               " (expected dynunet, unet2d or unet3plus)");
     }
     c.patch = plan.at("patch").get<std::vector<int>>();
     c.spacing = plan.at("spacing").get<std::vector<double>>();

@@ -12,21 +12,27 @@
 #include "io/safetensors.h"
 #include "models/nnunet.h"
 #include "models/unet2d.h"
+#include "models/unet3plus.h"
 
 namespace unet::models {
 
 // Everything needed to rebuild a trained model and preprocess its inputs, stored in the weights' metadata.
 struct ModelCard {
-  std::string model = "dynunet";  // dynunet (net) or unet2d (unet2d)
+  std::string model = "dynunet";  // dynunet (net), unet2d (unet2d) or unet3plus (unet3plus)
   DynUNetConfig net;
   UNet2DConfig unet2d;
+  UNet3PlusConfig unet3plus;
   std::vector<int> patch;        // training patch = inference window, per spatial axis
   std::vector<double> spacing;   // target spacing the model was trained at (z, y, x)
   io::NormalizationPlan normalization;   // per channel: z-score per case, or CT clip + global z-score
   std::map<int, std::string> labels;     // class index -> name
   int label_scale = 1;  // class c is written as the value c * label_scale (ISBI 2012: 255, its labels are 0 / 255)
-  int in_channels() const { return model == "unet2d" ? unet2d.in_channels : net.in_channels; }
-  int out_channels() const { return model == "unet2d" ? unet2d.out_channels : net.out_channels; }
+  int in_channels() const {
+    return model == "unet2d" ? unet2d.in_channels : model == "unet3plus" ? unet3plus.in_channels : net.in_channels;
+  }
+  int out_channels() const {
+    return model == "unet2d" ? unet2d.out_channels : model == "unet3plus" ? unet3plus.out_channels : net.out_channels;
+  }
 };
 
 io::Metadata card_to_metadata(const ModelCard& card);
@@ -40,7 +46,7 @@ Tensor from_pytorch_layout(const std::string& name, const Tensor& t);
 void save_weights(const std::string& path, const Module& model, const io::Metadata& metadata);
 // Reads only the metadata and tensors of a weights file (to build the model before loading).
 io::SafetensorsContent read_weights(const std::string& path);
-// Copies the tensors of `weights` into the model's parameters; every parameter must be present with its shape and
+// Copies the tensors of `weights` into the model's parameters and buffers; each must be present with its shape and
 // finite values (a NaN or infinite weight is an error naming the tensor).
 // Extra tensors (e.g. deep supervision heads when they are not used) are ignored, like strict=False in PyTorch.
 void load_weights(const io::SafetensorsContent& weights, Module& model, const std::string& path);

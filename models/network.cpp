@@ -6,6 +6,7 @@
 #include "models/checkpoint.h"
 #include "models/nnunet.h"
 #include "models/unet2d.h"
+#include "models/unet3plus.h"
 
 namespace unet::models {
 
@@ -15,7 +16,26 @@ Tensor network_input(const Network& net, const Tensor& x) {
   return x;
 }
 
+std::vector<double> Network::output_weights(size_t outputs) const {
+  std::vector<double> w(outputs);
+  double weight = 1.0, sum = 0.0;
+  for (double& v : w) sum += (v = weight), weight *= 0.5;
+  for (double& v : w) v /= sum;
+  return w;
+}
+
 std::unique_ptr<Network> make_network(const ModelCard& card) {
+  if (card.model == "unet3plus") {
+    // A 2D network: patches [1, H, W] (slices) or [H, W], H and W multiples of 16.
+    const size_t n = card.patch.size();
+    if (n < 2 || (n == 3 && card.patch[0] != 1) || n > 3)
+      throw std::invalid_argument("unet3plus: patch must be 2D (H, W) or slices (1, H, W)");
+    for (size_t a = n - 2; a < n; ++a)
+      if (card.patch[a] < UNet3Plus::kDivisor || card.patch[a] % UNet3Plus::kDivisor != 0)
+        throw std::invalid_argument("unet3plus: patch size " + std::to_string(card.patch[a]) +
+                                    " must be a multiple of 16 (its four poolings; DLE trains at 320)");
+    return std::make_unique<UNet3Plus>(card.unet3plus);
+  }
   if (card.model == "unet2d") {
     // A 2D network: patches [1, H, W] (slices) or [H, W], each of H and W a size the network fits.
     const size_t n = card.patch.size();

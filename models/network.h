@@ -1,6 +1,6 @@
 // The networks that training and inference build from a model card (models/checkpoint.h, "model.name"): nnU-Net's
-// DynUNet (models/nnunet.h) and the UNet2D of Ronneberger (models/unet2d.h). The Trainer and the Predictor see only
-// this interface.
+// DynUNet (models/nnunet.h), the UNet2D of Ronneberger (models/unet2d.h) and UNet 3+ (models/unet3plus.h). The Trainer
+// and the Predictor see only this interface.
 #pragma once
 #include <cstdint>
 #include <memory>
@@ -23,6 +23,9 @@ class Network : public Module {
   // Voxels per side, for each spatial axis of `patch`, that the logits lack against the input (valid convolutions:
   // UNet2D's 92 at 572); zeros for networks whose output has the input's size.
   virtual std::vector<int> context(const std::vector<int>& patch) const { return std::vector<int>(patch.size(), 0); }
+  // The loss weight of each of `outputs` training outputs (forward's order). nnU-Net's: 1, 1/2, 1/4, ... normalised to
+  // sum 1 (the deep-supervision heads count less the coarser they are).
+  virtual std::vector<double> output_weights(size_t outputs) const;
 };
 
 // x as the network takes it: slices [B, 1, H, W, C] of a volume become [B, H, W, C] for a 2D network (no autograd: x is

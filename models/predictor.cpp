@@ -17,6 +17,7 @@ namespace {
 ModelCard inference_card(const io::SafetensorsContent& weights, const std::string& path) {
   ModelCard card = card_from_metadata(weights.metadata, path);
   card.net.deep_supervision = false;
+  card.unet3plus.deep_supervision = false;
   return card;
 }
 

@@ -24,16 +24,16 @@
 
 namespace unet::models {
 
-Tensor deep_supervision_loss(const std::vector<Tensor>& outputs, const Tensor& labels, Tensor* parts, Comm* comm,
+Tensor deep_supervision_loss(const std::vector<Tensor>& outputs, const Tensor& labels,
+                             const std::vector<double>& weights, Tensor* parts, Comm* comm,
                              const ops::DiceCeForm& form) {
   check_arg(!outputs.empty(), "deep_supervision_loss: no outputs");
+  check_arg(weights.size() == outputs.size(), "deep_supervision_loss: " + std::to_string(weights.size()) +
+                                                  " weights for " + std::to_string(outputs.size()) + " outputs");
   Tensor total;
-  double weight = 1.0, weight_sum = 0.0;
-  for (size_t i = 0; i < outputs.size(); ++i, weight *= 0.5) weight_sum += weight;
-  weight = 1.0;
-  for (size_t i = 0; i < outputs.size(); ++i, weight *= 0.5) {
+  for (size_t i = 0; i < outputs.size(); ++i) {
     Tensor l = ops::dice_ce_loss(outputs[i], labels, i == 0 ? parts : nullptr, comm, form);
-    Tensor weighted = ops::scale(l, static_cast<float>(weight / weight_sum));
+    Tensor weighted = weights[i] == 1.0 ? l : ops::scale(l, static_cast<float>(weights[i]));
     total = total.defined() ? ops::add(total, weighted) : weighted;
   }
   return total;
@@ -76,7 +76,7 @@ StepStats train_step(Network& net, Optimizer& optimizer, const Tensor& x, const 
   optimizer.zero_grad();
   Tensor parts;
   const std::vector<Tensor> logits = forward_in(net, x, /*training=*/true, precision, seed);
-  Tensor loss = deep_supervision_loss(logits, labels_for(labels, logits[0]), &parts,
+  Tensor loss = deep_supervision_loss(logits, labels_for(labels, logits[0]), net.output_weights(logits.size()), &parts,
                                       reducer ? &reducer->comm() : nullptr, loss_form);
   {
     autograd::NoGradGuard no_grad;
@@ -260,7 +260,7 @@ struct Trainer::State {
   void save_checkpoint(int64_t step) const {
     if (!lead()) return;
     io::NamedTensors tensors;
-    for (auto& [name, p] : net->named_parameters()) tensors.emplace_back("model." + name, p.to(Device::cpu));
+    for (auto& [name, p] : net->named_state()) tensors.emplace_back("model." + name, p.to(Device::cpu));
     for (auto& [name, t] : opt->state()) tensors.emplace_back("optimizer." + name, t.to(Device::cpu));
     io::Metadata metadata = scaler.to_metadata();
     metadata.insert({{"step", std::to_string(step)},
@@ -318,9 +318,9 @@ struct Trainer::State {
     if (step > o.steps)
       throw TrainerOptionError(path + " is at step " + std::to_string(step) +
                                ", beyond train.steps = " + std::to_string(o.steps));
-    // Weights: every parameter present with its shape, checked before any is copied.
+    // Weights: every parameter and buffer present with its shape, checked before any is copied.
     std::vector<std::pair<Tensor, const Tensor*>> copies;
-    for (auto& [name, p] : net->named_parameters()) {
+    for (auto& [name, p] : net->named_state()) {
       const Tensor& t = ck.get("model." + name);
       if (t.shape() != p.shape() || t.dtype() != DType::f32)
         throw std::runtime_error(path + ": model." + name + " is " + t.describe() + ", expected " + p.describe());
@@ -419,6 +419,12 @@ Trainer::Trainer(TrainerOptions options, std::FILE* out) : s_(std::make_unique<S
   if (o.model == "unet2d") {
     card.unet2d = {s.info.num_channels(), s.info.num_classes(), {}, o.dropout};
     for (int i = 0; i < 5; ++i) card.unet2d.filters.push_back(o.filters << i);
+  } else if (o.model == "unet3plus") {
+    card.unet3plus.in_channels = s.info.num_channels();
+    card.unet3plus.out_channels = s.info.num_classes();
+    card.unet3plus.filters.clear();
+    for (int i = 0; i < 5; ++i) card.unet3plus.filters.push_back(o.filters << i);
+    card.unet3plus.deep_supervision = o.deep_supervision;
   } else if (o.model == "dynunet") {
     card.net = {s.info.num_channels(), s.info.num_classes(), plan.kernels, plan.strides, {}};
     for (size_t i = 0; i < plan.kernels.size(); ++i)
@@ -426,7 +432,7 @@ Trainer::Trainer(TrainerOptions options, std::FILE* out) : s_(std::make_unique<S
     card.net.deep_supervision = o.deep_supervision && plan.kernels.size() >= 4;
     card.net.res_block = o.res_block;
   } else {
-    throw TrainerOptionError("model.name = " + o.model + ": expected dynunet or unet2d");
+    throw TrainerOptionError("model.name = " + o.model + ": expected dynunet, unet2d or unet3plus");
   }
   card.patch = patch;
   card.spacing = spacing;
@@ -456,7 +462,8 @@ Trainer::Trainer(TrainerOptions options, std::FILE* out) : s_(std::make_unique<S
                  static_cast<long long>(s.net->parameter_count()),
                  o.model == "unet2d"
                      ? ("UNet2D, logits " + std::to_string(s.sw.patch[1]) + "x" + std::to_string(s.sw.patch[2])).c_str()
-                     : (std::to_string(plan.kernels.size()) + " levels").c_str());
+                 : o.model == "unet3plus" ? "UNet 3+"
+                                          : (std::to_string(plan.kernels.size()) + " levels").c_str());
 }
 
 Trainer::~Trainer() = default;

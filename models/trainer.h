@@ -31,11 +31,13 @@ struct StepStats {
   double loss() const { return losses.to_vector()[0]; }
 };
 
-// Deep supervision: sum_i 0.5^i L_i / sum_i 0.5^i over the network's outputs (full resolution first). *parts (when
-// given) receives the full-resolution loss's [Dice, CE] on the outputs' device. With a comm of several ranks, each
-// L_i is the global batch's (ops::dice_ce_loss). form: nnU-Net's DiceCE or DLE's (ops::kDleDiceCe).
-Tensor deep_supervision_loss(const std::vector<Tensor>& outputs, const Tensor& labels, Tensor* parts = nullptr,
-                             Comm* comm = nullptr, const ops::DiceCeForm& form = {});
+// Deep supervision: sum_i weights[i] L_i over the network's outputs (full resolution first; the weights from
+// Network::output_weights, nnU-Net's 0.5^i / sum 0.5^i or UNet 3+'s 1). *parts (when given) receives the
+// full-resolution loss's [Dice, CE] on the outputs' device. With a comm of several ranks, each L_i is the global
+// batch's (ops::dice_ce_loss). form: nnU-Net's DiceCE or DLE's (ops::kDleDiceCe).
+Tensor deep_supervision_loss(const std::vector<Tensor>& outputs, const Tensor& labels,
+                             const std::vector<double>& weights, Tensor* parts = nullptr, Comm* comm = nullptr,
+                             const ops::DiceCeForm& form = {});
 
 // The network's outputs (f32 logits) for x [B, spatial..., C_in] f32, computed in `precision` (engine/precision.h):
 // fp16 / bf16 cast x to that type and the logits back to f32, as autocast does. tf32 is the process-wide

@@ -59,13 +59,16 @@ io::Config make_config() {
       {"augment", "low_resolution", KeyType::real, "0",
        "probability of nnU-Net's low-resolution simulation, 0.5..1 (nnU-Net: 0.25)"},
       {"model", "name", KeyType::string, "dynunet",
-       "dynunet (nnU-Net) or unet2d (Ronneberger / DLE UNet_Medical, on slices: patch_size H, W such as 572, 572)"},
+       "dynunet (nnU-Net), unet2d (Ronneberger / DLE UNet_Medical, on slices: patch_size H, W such as 572, 572) or "
+       "unet3plus (UNet 3+ / DLE UNet3P, on slices: H and W multiples of 16 such as 320, 320)"},
       {"model", "filters", KeyType::integer, "32",
-       "filters of the first level; doubled per level up to max_filters (unet2d: x2 per level, no cap; DLE: 64)"},
+       "filters of the first level; doubled per level up to max_filters (unet2d, unet3plus: x2 per level, no cap; "
+       "DLE: 64)"},
       {"model", "dropout", KeyType::real, "0.5", "unet2d: dropout probability after the bottleneck in training"},
       {"model", "max_filters", KeyType::integer, "320", "filter cap (nnU-Net: 320 in 3D)"},
       {"model", "depth", KeyType::integer, "5", "maximum number of downsamplings"},
-      {"model", "deep_supervision", KeyType::boolean, "true", "1x1 heads at 1/2 and 1/4 resolution during training"},
+      {"model", "deep_supervision", KeyType::boolean, "true",
+       "training heads: dynunet 1x1 at 1/2 and 1/4 resolution; unet3plus 3x3 on decoder levels 2..4 and the bottom"},
       {"model", "res_block", KeyType::boolean, "false", "residual blocks"},
       {"train", "steps", KeyType::integer, "1000", "optimizer steps"},
       {"train",
@@ -141,16 +144,16 @@ models::TrainerOptions trainer_options(const io::Config& c) {
   o.dataset = c.get_string("data", "dataset");
   if (o.dataset.empty()) throw UsageError("data.dataset: required (the directory holding dataset.json)");
   o.model = c.get_string("model", "name");
-  if (o.model != "dynunet" && o.model != "unet2d")
-    throw UsageError("model.name = " + o.model + ": expected dynunet or unet2d");
-  const bool slices = o.model == "unet2d";  // a 2D network trains on patches (1, H, W)
+  if (o.model != "dynunet" && o.model != "unet2d" && o.model != "unet3plus")
+    throw UsageError("model.name = " + o.model + ": expected dynunet, unet2d or unet3plus");
+  const bool slices = o.model != "dynunet";  // a 2D network trains on patches (1, H, W)
   auto patch = c.get_int_list("data", "patch_size");
   if (slices && patch.size() == 2) patch.insert(patch.begin(), 1);
   if (patch.size() != 3)
-    throw UsageError(slices ? "data.patch_size: expected H, W (or 1, H, W) for model.name = unet2d"
+    throw UsageError(slices ? "data.patch_size: expected H, W (or 1, H, W) for model.name = " + o.model
                             : "data.patch_size: expected three sizes z, y, x");
   if (slices && patch[0] != 1)
-    throw UsageError("data.patch_size: unet2d trains on slices, so the z size must be 1, got " +
+    throw UsageError("data.patch_size: " + o.model + " trains on slices, so the z size must be 1, got " +
                      std::to_string(patch[0]));
   for (size_t a = slices ? 1 : 0; a < 3; ++a)
     if (patch[a] < 4 || patch[a] > 1024) throw UsageError("data.patch_size: sizes must be in [4, 1024]");
