@@ -114,4 +114,18 @@ inline constexpr DiceCeForm kDleDiceCe{true, true, true, 1e-6};
 Tensor dice_ce_loss(const Tensor& logits, const Tensor& labels, Tensor* parts = nullptr, Comm* comm = nullptr,
                     const DiceCeForm& form = {});
 
+// UNet 3+'s hybrid loss (SPEC 1.3, DLE UNet3P's unet3p_hybrid_loss) on 2D logits [N, H, W, C] (H, W >= 11) and
+// labels [N, H, W] (i32 or u8): focal + (1 - SSIM) + IoU loss of the softmax against the one-hot labels, each term
+// weighted 1 (kernels/cpu/hybrid_loss.h has the formulas: focal alpha 4, gamma 2, eps 1e-9; tf.image.ssim's 11 x 11
+// Gaussian window; IoU over every pixel and class). Returns the loss [1] on the logits' device; *parts receives
+// [focal, 1 - SSIM, IoU loss]. With a comm of several ranks the sums are reduced first, so every rank gets the
+// global batch's loss and backward gives this rank's share of its gradient. A label outside [0, C) is an error
+// naming the pixel.
+struct HybridLossOptions {
+  double focal_alpha = 4;  // DLE's focal_loss
+  double focal_gamma = 2;
+};
+Tensor hybrid_loss(const Tensor& logits, const Tensor& labels, Tensor* parts = nullptr, Comm* comm = nullptr,
+                   const HybridLossOptions& options = {});
+
 }  // namespace unet::ops

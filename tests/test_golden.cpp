@@ -1,7 +1,8 @@
 // Ops against golden values computed once by PyTorch (tests/golden/make_golden.py -> ops_golden.json):
 // outputs and the gradients of sum(output * r) for convolution (stride 1, stride 2, kernel [1,3,3], 2D),
 // transposed convolution (kernel == stride, and any kernel, stride and padding), max pooling, instance norm, leaky
-// ReLU, the DiceCE loss, bilinear upsampling and batch norm (training, running statistics, evaluation).
+// ReLU, the DiceCE loss, bilinear upsampling, batch norm (training, running statistics, evaluation) and UNet 3+'s hybrid
+// loss.
 #include <fstream>
 #include <nlohmann/json.hpp>
 
@@ -156,5 +157,23 @@ TEST_CASE("batch_norm matches PyTorch's F.batch_norm: training output, gradients
     o.training = false;
     Tensor y_eval = ops::batch_norm(input(c, "x_eval", false), g, b, rm, rv, o);
     test::check_close(y_eval.to_vector(), c["eval_output"].get<std::vector<float>>(), 1e-5, 1e-5, "evaluation output");
+  }
+}
+
+TEST_CASE("hybrid_loss matches DLE UNet3P's focal + SSIM + IoU loss (tf.image.ssim) rebuilt in PyTorch") {
+  for (const char* name : {"hybrid_loss", "hybrid_loss_11x11"}) {
+    CAPTURE(name);
+    const json& c = golden_case(name);
+    Tensor logits = input(c, "logits");
+    const Tensor labels = Tensor::from_vector(c["labels"]["shape"].get<Shape>(),
+                                              c["labels"]["data"].get<std::vector<float>>(), DType::i32);
+    Tensor parts;
+    const Tensor loss = ops::hybrid_loss(logits, labels, &parts);
+    const std::vector<float> p = parts.to_vector();
+    CHECK(p[0] == doctest::Approx(c["focal"].get<double>()).epsilon(1e-5));
+    CHECK(p[1] == doctest::Approx(c["ssim"].get<double>()).epsilon(1e-5));
+    CHECK(p[2] == doctest::Approx(c["iou"].get<double>()).epsilon(1e-5));
+    // The gradient's smallest elements are sums of terms that cancel: an absolute floor of 1e-6 of its largest (1e-2).
+    check_against_golden(c, loss, {{"logits", logits}}, 1e-4, 1e-8);
   }
 }

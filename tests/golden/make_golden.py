@@ -171,6 +171,45 @@ def batch_norm_case(name, n, c, spatial, relu, momentum, eps):
     return case
 
 
+def tf_ssim(x, y):
+    """tf.image.ssim(x, y, max_val=1) on NCHW: 11 x 11 Gaussian (sigma 1.5), valid positions, mean over space and
+    channels -> [N]."""
+    c = x.shape[1]
+    coords = torch.arange(11, dtype=torch.float64) - 5
+    g1 = torch.exp(-coords ** 2 / (2 * 1.5 ** 2))
+    g2 = (g1[:, None] * g1[None, :])
+    g2 = (g2 / g2.sum()).float().expand(c, 1, 11, 11)
+    blur = lambda t: F.conv2d(t, g2, groups=c)  # noqa: E731
+    mx, my = blur(x), blur(y)
+    num0, den0 = mx * my * 2, mx ** 2 + my ** 2
+    lum = (num0 + 0.01 ** 2) / (den0 + 0.01 ** 2)
+    num1, den1 = blur(x * y) * 2, blur(x ** 2 + y ** 2)
+    cs = (num1 - num0 + 0.03 ** 2) / (den1 - den0 + 0.03 ** 2)
+    return (lum * cs).mean((2, 3)).mean(1)
+
+
+def hybrid_loss_case(name, n, classes, spatial, scale):
+    """DLE UNet3P's unet3p_hybrid_loss on the softmax of the logits: focal_loss (alpha 4, gamma 2, eps 1e-9, the max
+    over classes of the one-hot-masked terms, mean over pixels) + ssim_loss (mean over samples of 1 - tf.image.ssim) +
+    iou_loss (1 - sum t p / sum (t + p - t p))."""
+    logits = (torch.randn(n, classes, *spatial) * 2).requires_grad_()
+    labels = torch.randint(0, classes, (n, *spatial))
+    labels[:, 2:7, 3:9] = 1  # a block of one class, so the SSIM sees structure
+    p = torch.softmax(logits, dim=1)
+    t = F.one_hot(labels, classes).permute(0, 3, 1, 2).float()
+    q = p + 1e-9
+    focal = (4 * (t * (1 - q) ** 2) * (t * -torch.log(q))).max(1).values.mean()
+    ssim = (1 - tf_ssim(t, p)).mean()
+    iou = 1 - (t * p).sum() / (t + p - t * p).sum()
+    loss = focal + ssim + iou
+    (loss * scale).backward()
+    r = torch.tensor([scale])
+    case = record(name, {"logits": act(logits), "r": r}, loss.reshape(1), {"logits": act(logits.grad)},
+                  {"focal": float(focal), "ssim": float(ssim), "iou": float(iou)})
+    case["labels"] = {"shape": list(labels.shape), "data": [int(v) for v in labels.reshape(-1).tolist()]}
+    return case
+
+
 cases = [
     conv_case("conv3d_stride1", 2, 3, 4, (6, 7, 5), (3, 3, 3), (1, 1, 1), (1, 1, 1)),
     conv_case("conv3d_stride2", 2, 3, 5, (7, 6, 5), (3, 3, 3), (2, 2, 2), (1, 1, 1)),
@@ -202,6 +241,9 @@ cases = [
     batch_norm_case("batch_norm2d", 3, 4, (5, 6), False, 0.1, 1e-5),
     batch_norm_case("batch_norm2d_relu_keras", 2, 3, (7, 5), True, 0.01, 1e-3),
     batch_norm_case("batch_norm3d", 2, 3, (3, 4, 5), False, 0.1, 1e-5),
+    # UNet 3+'s hybrid loss: a non-square image with several SSIM positions, and the smallest (one position).
+    hybrid_loss_case("hybrid_loss", 2, 3, (16, 13), 0.7),
+    hybrid_loss_case("hybrid_loss_11x11", 1, 2, (11, 11), 1.0),
 ]
 
 out = os.path.join(os.path.dirname(os.path.abspath(__file__)), "ops_golden.json")

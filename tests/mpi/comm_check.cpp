@@ -209,6 +209,39 @@ TEST_CASE("dice_ce_loss in DLE's per-sample form with a comm: the global batch's
   check_loss_share(ops::kDleDiceCe);
 }
 
+TEST_CASE("hybrid_loss with a comm: each rank's sample gives the global batch's loss and its share of the gradient") {
+  Comm& c = world();
+  const int64_t B = c.size(), H = 12, W = 13, C = 3, per = H * W;
+  Rng rng(12);
+  Tensor logits = randn({B, H, W, C}, rng, 2.f);
+  std::vector<float> labels(static_cast<size_t>(B * per));
+  for (float& l : labels) l = static_cast<float>(rng.below(C));
+  Tensor full = logits.clone().set_requires_grad(true);
+  Tensor parts_full;
+  const Tensor loss_full =
+      ops::hybrid_loss(full, Tensor::from_vector({B, H, W}, labels, DType::i32), &parts_full, nullptr);
+  autograd::backward(loss_full);
+
+  const std::vector<float> all = logits.to_vector();
+  const std::vector<float> mine(all.begin() + c.rank() * per * C, all.begin() + (c.rank() + 1) * per * C);
+  const std::vector<float> my_labels(labels.begin() + c.rank() * per, labels.begin() + (c.rank() + 1) * per);
+  Tensor part = Tensor::from_vector({1, H, W, C}, mine).set_requires_grad(true);
+  Tensor parts;
+  const Tensor loss = ops::hybrid_loss(part, Tensor::from_vector({1, H, W}, my_labels, DType::i32), &parts, &c);
+  autograd::backward(loss);
+  CHECK(loss.to_vector()[0] == doctest::Approx(loss_full.to_vector()[0]).epsilon(1e-6));
+  for (int i = 0; i < 3; ++i)
+    CHECK(parts.to_vector()[size_t(i)] == doctest::Approx(parts_full.to_vector()[size_t(i)]).epsilon(1e-6));
+  const std::vector<float> g = part.grad().to_vector(), g_full = full.grad().to_vector();
+  double worst = 0, scale = 0;
+  for (int64_t k = 0; k < per * C; ++k) {
+    const double e = g_full[static_cast<size_t>(c.rank() * per * C + k)];
+    scale = std::max(scale, std::abs(e));
+    worst = std::max(worst, std::abs(double(g[static_cast<size_t>(k)]) - e));
+  }
+  CHECK(worst <= 1e-6 * scale);
+}
+
 int main(int argc, char** argv) {
   unet::world();  // MPI first: doctest's output then comes from initialised ranks
   doctest::Context context(argc, argv);

@@ -1,0 +1,232 @@
+// UNet 3+'s hybrid loss on the CPU (kernels/cpu/hybrid_loss.h). One sample at a time (the samples in parallel, each
+// writing its own partial sums, added in sample order): its softmax in double, the focal and IoU terms per pixel, then
+// per class the SSIM's five Gaussian-blurred maps (separable: a horizontal then a vertical pass over the valid
+// positions). The backward recomputes them, forms dSSIM/d(mu_p, G(p p), G(t p)) at each valid position and blurs
+// those back with the transposed window (a "full" correlation) onto the pixels.
+#include "kernels/cpu/hybrid_loss.h"
+
+#include <array>
+#include <cmath>
+#include <vector>
+
+namespace unet::kernels::cpu {
+namespace {
+
+constexpr double kFocalEps = 1e-9;
+constexpr double kC1 = 0.01 * 0.01, kC2 = 0.03 * 0.03;  // (k1 max_val)^2, (k2 max_val)^2 with max_val 1
+constexpr int kWin = kSsimWindow;
+
+// tf.image.ssim's window: exp(-x^2 / (2 sigma^2)) at x = -5..5, sigma 1.5, normalised (its 2D window is the outer
+// product of this one with itself).
+const std::array<double, kWin>& window() {
+  static const std::array<double, kWin> g = [] {
+    std::array<double, kWin> w{};
+    double sum = 0;
+    for (int i = 0; i < kWin; ++i) {
+      const double x = i - (kWin - 1) / 2.0;
+      w[size_t(i)] = std::exp(-x * x / (2 * 1.5 * 1.5));
+      sum += w[size_t(i)];
+    }
+    for (double& v : w) v /= sum;
+    return w;
+  }();
+  return g;
+}
+
+int64_t label_at(const void* labels, DType dt, int64_t i) {
+  return dt == DType::u8 ? static_cast<const uint8_t*>(labels)[i] : static_cast<const int32_t*>(labels)[i];
+}
+
+// Softmax of every pixel of one sample into p [pixels][c] (double, max-subtracted).
+void softmax(const float* z, int64_t pixels, int c, std::vector<double>& p) {
+  p.resize(size_t(pixels * c));
+  for (int64_t v = 0; v < pixels; ++v) {
+    const float* zv = z + v * c;
+    double* pv = p.data() + v * c;
+    double m = zv[0];
+    for (int k = 1; k < c; ++k) m = std::max(m, double(zv[k]));
+    double sum = 0;
+    for (int k = 0; k < c; ++k) sum += pv[k] = std::exp(double(zv[k]) - m);
+    for (int k = 0; k < c; ++k) pv[k] /= sum;
+  }
+}
+
+// The "valid" Gaussian blur of an h x w plane: (h - 10) x (w - 10) values.
+void blur(const double* x, int64_t h, int64_t w, std::vector<double>& tmp, std::vector<double>& out) {
+  const auto& g = window();
+  const int64_t w2 = w - (kWin - 1), h2 = h - (kWin - 1);
+  tmp.assign(size_t(h * w2), 0.0);
+  for (int64_t r = 0; r < h; ++r)
+    for (int64_t j = 0; j < w2; ++j) {
+      double s = 0;
+      for (int k = 0; k < kWin; ++k) s += g[size_t(k)] * x[r * w + j + k];
+      tmp[size_t(r * w2 + j)] = s;
+    }
+  out.assign(size_t(h2 * w2), 0.0);
+  for (int64_t i = 0; i < h2; ++i)
+    for (int64_t j = 0; j < w2; ++j) {
+      double s = 0;
+      for (int k = 0; k < kWin; ++k) s += g[size_t(k)] * tmp[size_t((i + k) * w2 + j)];
+      out[size_t(i * w2 + j)] = s;
+    }
+}
+
+// The transpose of blur(): spreads the (h - 10) x (w - 10) values d back onto the h x w plane.
+void blur_transposed(const std::vector<double>& d, int64_t h, int64_t w, std::vector<double>& tmp,
+                     std::vector<double>& out) {
+  const auto& g = window();
+  const int64_t w2 = w - (kWin - 1), h2 = h - (kWin - 1);
+  tmp.assign(size_t(h * w2), 0.0);
+  for (int64_t i = 0; i < h2; ++i)
+    for (int k = 0; k < kWin; ++k)
+      for (int64_t j = 0; j < w2; ++j) tmp[size_t((i + k) * w2 + j)] += g[size_t(k)] * d[size_t(i * w2 + j)];
+  out.assign(size_t(h * w), 0.0);
+  for (int64_t r = 0; r < h; ++r)
+    for (int64_t j = 0; j < w2; ++j)
+      for (int k = 0; k < kWin; ++k) out[size_t(r * w + j + k)] += g[size_t(k)] * tmp[size_t(r * w2 + j)];
+}
+
+// SSIM's statistics of one plane pair (t one-hot, p probabilities) at the valid positions.
+struct PlaneStats {
+  std::vector<double> mt, mp, tt, pp, tp, tmp, buf_t, buf_p;
+  void compute(int64_t h, int64_t w) {
+    const size_t n = size_t(h * w);
+    std::vector<double> prod(n);
+    blur(buf_t.data(), h, w, tmp, mt);
+    blur(buf_p.data(), h, w, tmp, mp);
+    for (size_t i = 0; i < n; ++i) prod[i] = buf_t[i] * buf_t[i];
+    blur(prod.data(), h, w, tmp, tt);
+    for (size_t i = 0; i < n; ++i) prod[i] = buf_p[i] * buf_p[i];
+    blur(prod.data(), h, w, tmp, pp);
+    for (size_t i = 0; i < n; ++i) prod[i] = buf_t[i] * buf_p[i];
+    blur(prod.data(), h, w, tmp, tp);
+  }
+};
+
+// One plane's (t_nc, p_nc) into the stats' buffers.
+void load_plane(const std::vector<double>& p, const void* labels, DType dt, int64_t base, int64_t pixels, int c, int k,
+                PlaneStats& st) {
+  st.buf_t.resize(size_t(pixels));
+  st.buf_p.resize(size_t(pixels));
+  for (int64_t v = 0; v < pixels; ++v) {
+    st.buf_t[size_t(v)] = label_at(labels, dt, base + v) == k ? 1.0 : 0.0;
+    st.buf_p[size_t(v)] = p[size_t(v * c + k)];
+  }
+}
+
+// The SSIM terms at one position: A1 = 2 mt mp + c1, B1 = mt^2 + mp^2 + c1, A2 = 2 (G(tp) - mt mp) + c2,
+// B2 = G(tt) - mt^2 + G(pp) - mp^2 + c2; SSIM = A1 A2 / (B1 B2).
+struct SsimTerms {
+  double a1, b1, a2, b2;
+  SsimTerms(const PlaneStats& s, size_t i)
+      : a1(2 * s.mt[i] * s.mp[i] + kC1),
+        b1(s.mt[i] * s.mt[i] + s.mp[i] * s.mp[i] + kC1),
+        a2(2 * (s.tp[i] - s.mt[i] * s.mp[i]) + kC2),
+        b2(s.tt[i] - s.mt[i] * s.mt[i] + s.pp[i] - s.mp[i] * s.mp[i] + kC2) {}
+  double value() const { return a1 * a2 / (b1 * b2); }
+};
+
+}  // namespace
+
+int64_t hybrid_loss_forward(const float* logits, const void* labels, DType label_dtype, HybridLossShape s, double alpha,
+                            double gamma, double* sums, int64_t* bad_label) {
+  const int64_t pixels = s.h * s.w;
+  const int c = s.c;
+  const int64_t valid = (s.h - (kWin - 1)) * (s.w - (kWin - 1));
+  for (int64_t i = 0; i < s.n * pixels; ++i) {
+    const int64_t y = label_at(labels, label_dtype, i);
+    if (y < 0 || y >= c) {
+      *bad_label = y;
+      return i;
+    }
+  }
+  std::vector<std::array<double, 4>> partial(size_t(s.n));
+#pragma omp parallel for schedule(static)
+  for (int64_t n = 0; n < s.n; ++n) {
+    std::vector<double> p;
+    softmax(logits + n * pixels * c, pixels, c, p);
+    double focal = 0, inter = 0, uni = 0;
+    for (int64_t v = 0; v < pixels; ++v) {
+      const int64_t y = label_at(labels, label_dtype, n * pixels + v);
+      for (int k = 0; k < c; ++k) {
+        const double pk = p[size_t(v * c + k)], t = k == y ? 1.0 : 0.0;
+        inter += t * pk;
+        uni += t + pk - t * pk;
+      }
+      const double q = p[size_t(v * c + y)] + kFocalEps;
+      focal += alpha * std::pow(1 - q, gamma) * -std::log(q);
+    }
+    double ssim = 0;
+    PlaneStats st;
+    for (int k = 0; k < c; ++k) {
+      load_plane(p, labels, label_dtype, n * pixels, pixels, c, k, st);
+      st.compute(s.h, s.w);
+      double plane = 0;
+      for (size_t i = 0; i < size_t(valid); ++i) plane += SsimTerms(st, i).value();
+      ssim += plane / double(valid);
+    }
+    partial[size_t(n)] = {focal, inter, uni, ssim};
+  }
+  for (int i = 0; i < 4; ++i) sums[i] = 0;
+  for (const auto& q : partial)
+    for (int i = 0; i < 4; ++i) sums[i] += q[size_t(i)];
+  return -1;
+}
+
+void hybrid_loss_backward(const float* logits, const void* labels, DType label_dtype, HybridLossShape s, double alpha,
+                          double gamma, const double* coef, float* grad_logits) {
+  const int64_t pixels = s.h * s.w;
+  const int c = s.c;
+  const int64_t valid = (s.h - (kWin - 1)) * (s.w - (kWin - 1));
+#pragma omp parallel for schedule(static)
+  for (int64_t n = 0; n < s.n; ++n) {
+    std::vector<double> p, gp(size_t(pixels * c));
+    softmax(logits + n * pixels * c, pixels, c, p);
+    // Focal and IoU: dI/dp = t, dU/dp = 1 - t; d focal/dq = alpha gamma (1 - q)^(gamma - 1) log q - alpha (1 - q)^gamma
+    // / q.
+    for (int64_t v = 0; v < pixels; ++v) {
+      const int64_t y = label_at(labels, label_dtype, n * pixels + v);
+      for (int k = 0; k < c; ++k) {
+        const double t = k == y ? 1.0 : 0.0;
+        gp[size_t(v * c + k)] = coef[1] * t + coef[2] * (1 - t);
+      }
+      const double q = p[size_t(v * c + y)] + kFocalEps;
+      const double dq = alpha * gamma * std::pow(1 - q, gamma - 1) * std::log(q) - alpha * std::pow(1 - q, gamma) / q;
+      gp[size_t(v * c + y)] += coef[0] * dq;
+    }
+    // SSIM: at each valid position, dS/dmp = (2 mt (A2 - A1) - S 2 mp (B2 - B1)) / (B1 B2), dS/dG(tp) = 2 A1 / (B1 B2),
+    // dS/dG(pp) = -S / B2; then d/dp = G' dmp + 2 p G' dpp + t G' dtp with G' the transposed blur.
+    PlaneStats st;
+    std::vector<double> d_mp(static_cast<size_t>(valid)), d_pp(static_cast<size_t>(valid)),
+        d_tp(static_cast<size_t>(valid)), g_mp, g_pp, g_tp, tmp;
+    const double w = coef[3] / double(valid);
+    for (int k = 0; k < c; ++k) {
+      load_plane(p, labels, label_dtype, n * pixels, pixels, c, k, st);
+      st.compute(s.h, s.w);
+      for (size_t i = 0; i < size_t(valid); ++i) {
+        const SsimTerms q(st, i);
+        const double den = q.b1 * q.b2, ssim = q.a1 * q.a2 / den;
+        d_mp[i] = w * (2 * st.mt[i] * (q.a2 - q.a1) - ssim * 2 * st.mp[i] * (q.b2 - q.b1)) / den;
+        d_tp[i] = w * 2 * q.a1 / den;
+        d_pp[i] = w * -ssim / q.b2;
+      }
+      blur_transposed(d_mp, s.h, s.w, tmp, g_mp);
+      blur_transposed(d_pp, s.h, s.w, tmp, g_pp);
+      blur_transposed(d_tp, s.h, s.w, tmp, g_tp);
+      for (int64_t v = 0; v < pixels; ++v)
+        gp[size_t(v * c + k)] +=
+            g_mp[size_t(v)] + 2 * st.buf_p[size_t(v)] * g_pp[size_t(v)] + st.buf_t[size_t(v)] * g_tp[size_t(v)];
+    }
+    // Through the softmax.
+    for (int64_t v = 0; v < pixels; ++v) {
+      const double* pv = p.data() + v * c;
+      const double* gv = gp.data() + v * c;
+      double dot = 0;
+      for (int k = 0; k < c; ++k) dot += pv[k] * gv[k];
+      float* out = grad_logits + (n * pixels + v) * c;
+      for (int k = 0; k < c; ++k) out[k] = static_cast<float>(pv[k] * (gv[k] - dot));
+    }
+  }
+}
+
+}  // namespace unet::kernels::cpu
