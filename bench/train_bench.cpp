@@ -1,13 +1,17 @@
-// Training and inference throughput of a DynUNet or a UNet2D per precision: samples/s, latency mean / p50 / p90 / p95 /
-// p99 of training steps (forward, deep-supervision DiceCE, backward, AdamW; loss scaling for fp16) and of inference
-// forward passes, peak host and device memory, after warm-up steps; a table on stdout and, with --json, the same as
-// JSON (as the seeds' benchmark scripts report: DLE's nnU-Net `--benchmark` prints throughput and latency percentiles).
-// usage: train_bench [--patch 64,64,64] [--batch 2] [--filters 32] [--max-filters 320] [--depth 5] [--classes 3]
+// Training and inference throughput of a DynUNet, a UNet2D or a UNet 3+ per precision: samples/s, latency mean / p50 /
+// p90 / p95 / p99 of training steps (forward, deep-supervision DiceCE, backward, AdamW; loss scaling for fp16) and of
+// inference forward passes, peak host and device memory, after warm-up steps; a table on stdout and, with --json, the
+// same as JSON (as the seeds' benchmark scripts report: DLE's nnU-Net `--benchmark` prints throughput and latency
+// percentiles). usage: train_bench [--patch 64,64,64] [--batch 2] [--filters 32] [--max-filters 320] [--depth 5]
+// [--classes 3]
 //                    [--channels 1] [--steps 5] [--warmup 1] [--device cpu|cuda|cuda-emu|auto]
-//                    [--precision fp32,bf16,...] [--deep-supervision 1] [--model dynunet|unet2d] [--json FILE]
+//                    [--precision fp32,bf16,...] [--deep-supervision 1] [--model dynunet|unet2d|unet3plus]
+//                    [--json FILE]
 // The nnU-Net 3D reference network (docs/reference.md, "Benchmarks"): --patch 128,128,128 --batch 2 --filters 32
 // --classes 3 --channels 4 --depth 5 (6 levels, 31.2M parameters). DLE's UNet2D: --model unet2d --patch 572,572
-// --filters 64 --classes 2 (34.5M parameters with its 3x3 up-convolutions; logits 388 x 388).
+// --filters 64 --classes 2 (34.5M parameters with its 3x3 up-convolutions; logits 388 x 388). DLE's UNet 3+:
+// --model unet3plus --patch 320,320 --filters 64 --channels 3 --classes 2 --batch 16 (--deep-supervision 0 for DLE's
+// plain variant).
 #include <CLI/CLI.hpp>
 #include <algorithm>
 #include <chrono>
@@ -70,8 +74,9 @@ int main(int argc, char** argv) {
   bool deep_supervision = true;
   std::string device_arg = "cpu", precisions = "fp32", json_path;
   std::string model = "dynunet";
-  CLI::App app{"DynUNet or UNet2D training and inference throughput, latency and peak memory per precision."};
-  app.add_option("--model", model, "dynunet, or unet2d (--patch H,W such as 572,572; filters x1, 2, 4, 8, 16)")
+  CLI::App app{"DynUNet, UNet2D or UNet 3+ training and inference throughput, latency and peak memory per precision."};
+  app.add_option("--model", model,
+                 "dynunet, or unet2d / unet3plus (--patch H,W such as 572,572 / 320,320; filters x1, 2, 4, 8, 16)")
       ->capture_default_str();
   app.add_option("--patch", patch, "patch size per spatial axis (2 or 3 values)")
       ->delimiter(',')
@@ -117,8 +122,14 @@ int main(int argc, char** argv) {
   card.net = cfg;
   card.unet2d = {channels, classes, {}, 0.5f};
   for (int i = 0; i < 5; ++i) card.unet2d.filters.push_back(filters << i);
-  if (model != "dynunet" && !(model == "unet2d" && patch.size() == 2)) {
-    std::fprintf(stderr, "train_bench: --model %s: expected dynunet, or unet2d with a 2D --patch\n", model.c_str());
+  card.unet3plus.in_channels = channels;
+  card.unet3plus.out_channels = classes;
+  card.unet3plus.filters = card.unet2d.filters;
+  card.unet3plus.deep_supervision = deep_supervision;
+  const bool slices = model == "unet2d" || model == "unet3plus";
+  if (model != "dynunet" && !(slices && patch.size() == 2)) {
+    std::fprintf(stderr, "train_bench: --model %s: expected dynunet, or unet2d / unet3plus with a 2D --patch\n",
+                 model.c_str());
     return 2;
   }
   try {
@@ -157,8 +168,10 @@ int main(int argc, char** argv) {
     device::reset_peak(dev);
     std::vector<double> train_ms, infer_ms;
     int64_t skipped = 0;
-    // The loss each network trains with: nnU-Net's DiceCE, DLE's CE + soft Dice for UNet2D.
-    const ops::DiceCeForm loss_form = model == "unet2d" ? ops::kDleDiceCe : ops::DiceCeForm{};
+    // The loss each network trains with: nnU-Net's DiceCE, DLE's CE + soft Dice for UNet2D, the hybrid for UNet 3+.
+    const models::LossSpec loss_form = model == "unet2d"      ? models::LossSpec(ops::kDleDiceCe)
+                                       : model == "unet3plus" ? models::LossSpec::hybrid_loss()
+                                                              : models::LossSpec();
     for (int s = 0; s < warmup + steps; ++s) {
       const auto t0 = clock::now();
       const models::StepStats st =
@@ -202,10 +215,14 @@ int main(int argc, char** argv) {
   std::printf(
       "%s %zuD, patch %s, batch %d, filters %d..%d, %zu levels%s, %lld parameters, on %s, %d host threads; "
       "%d warm-up + %d timed steps\n",
-      model == "unet2d" ? "UNet2D" : "DynUNet", patch.size(), shape.c_str(), batch, filters,
-      model == "unet2d" ? filters * 16 : max_filters, model == "unet2d" ? size_t(5) : plan.kernels.size(),
-      model == "dynunet" && cfg.deep_supervision ? ", deep supervision" : "", static_cast<long long>(parameters),
-      device_name(dev), num_threads(), warmup, steps);
+      model == "unet2d"      ? "UNet2D"
+      : model == "unet3plus" ? "UNet 3+"
+                             : "DynUNet",
+      patch.size(), shape.c_str(), batch, filters, slices ? filters * 16 : max_filters,
+      slices ? size_t(5) : plan.kernels.size(),
+      (model == "dynunet" && cfg.deep_supervision) || (model == "unet3plus" && deep_supervision) ? ", deep supervision"
+                                                                                                 : "",
+      static_cast<long long>(parameters), device_name(dev), num_threads(), warmup, steps);
   std::printf(
       "| precision | train samples/s | train ms mean / p50 / p90 / p95 / p99 | infer samples/s | "
       "infer ms mean / p50 / p90 / p95 / p99 | peak host MiB train / infer | peak device MiB train / infer |\n");
@@ -236,8 +253,10 @@ int main(int argc, char** argv) {
                             {"batch", batch},
                             {"filters", filters},
                             {"max_filters", max_filters},
-                            {"levels", plan.kernels.size()},
-                            {"deep_supervision", cfg.deep_supervision},
+                            {"levels", slices ? size_t(5) : plan.kernels.size()},
+                            {"deep_supervision", model == "unet3plus" ? deep_supervision
+                                                 : model == "dynunet" ? cfg.deep_supervision
+                                                                      : false},
                             {"classes", classes},
                             {"channels", channels},
                             {"parameters", parameters}}},

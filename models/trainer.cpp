@@ -25,14 +25,15 @@
 namespace unet::models {
 
 Tensor deep_supervision_loss(const std::vector<Tensor>& outputs, const Tensor& labels,
-                             const std::vector<double>& weights, Tensor* parts, Comm* comm,
-                             const ops::DiceCeForm& form) {
+                             const std::vector<double>& weights, Tensor* parts, Comm* comm, const LossSpec& loss) {
   check_arg(!outputs.empty(), "deep_supervision_loss: no outputs");
   check_arg(weights.size() == outputs.size(), "deep_supervision_loss: " + std::to_string(weights.size()) +
                                                   " weights for " + std::to_string(outputs.size()) + " outputs");
   Tensor total;
   for (size_t i = 0; i < outputs.size(); ++i) {
-    Tensor l = ops::dice_ce_loss(outputs[i], labels, i == 0 ? parts : nullptr, comm, form);
+    Tensor* p = i == 0 ? parts : nullptr;
+    Tensor l = loss.hybrid ? ops::hybrid_loss(outputs[i], labels, p, comm)
+                           : ops::dice_ce_loss(outputs[i], labels, p, comm, loss.dice_ce);
     Tensor weighted = weights[i] == 1.0 ? l : ops::scale(l, static_cast<float>(weights[i]));
     total = total.defined() ? ops::add(total, weighted) : weighted;
   }
@@ -71,13 +72,13 @@ Tensor labels_for(const Tensor& labels, const Tensor& logits) {
 }  // namespace
 
 StepStats train_step(Network& net, Optimizer& optimizer, const Tensor& x, const Tensor& labels, Precision precision,
-                     LossScaler* scaler, GradientReducer* reducer, uint64_t seed, const ops::DiceCeForm& loss_form) {
+                     LossScaler* scaler, GradientReducer* reducer, uint64_t seed, const LossSpec& loss_spec) {
   StepStats stats;
   optimizer.zero_grad();
   Tensor parts;
   const std::vector<Tensor> logits = forward_in(net, x, /*training=*/true, precision, seed);
   Tensor loss = deep_supervision_loss(logits, labels_for(labels, logits[0]), net.output_weights(logits.size()), &parts,
-                                      reducer ? &reducer->comm() : nullptr, loss_form);
+                                      reducer ? &reducer->comm() : nullptr, loss_spec);
   {
     autograd::NoGradGuard no_grad;
     stats.losses = ops::concat_channels({loss.detach(), parts});
@@ -378,7 +379,8 @@ Trainer::Trainer(TrainerOptions options, std::FILE* out) : s_(std::make_unique<S
   s.info = io::read_dataset(o.dataset);
   const size_t n = s.info.training.size();
   if (n < 2 && o.folds > 1)
-    throw TrainerOptionError("data.folds: " + s.info.json_path + " lists " + std::to_string(n) + " case(s); set data.folds = 1");
+    throw TrainerOptionError("data.folds: " + s.info.json_path + " lists " + std::to_string(n) +
+                             " case(s); set data.folds = 1");
   if (o.folds > 1 && n < static_cast<size_t>(o.folds))
     throw TrainerOptionError("data.folds = " + std::to_string(o.folds) + ": " + s.info.json_path + " lists only " +
                              std::to_string(n) + " cases; expected at least one case per fold (or data.folds = 1)");
@@ -468,7 +470,9 @@ Trainer::Trainer(TrainerOptions options, std::FILE* out) : s_(std::make_unique<S
 
 Trainer::~Trainer() = default;
 
-const ModelCard& Trainer::card() const { return s_->card; }
+const ModelCard& Trainer::card() const {
+  return s_->card;
+}
 
 void Trainer::run() {
   State& s = *s_;
@@ -538,20 +542,27 @@ void Trainer::run() {
     ++loss_n;
     if ((step + 1) % log_every == 0 || step + 1 == o.steps) {
       std::vector<float> sums = loss_acc.to_vector();  // the wait for the device that logging costs
-      const double loss = sums[0] / loss_n, dice_loss = sums[1] / loss_n, ce = sums[2] / loss_n;
+      const double loss = sums[0] / loss_n;
       if (!std::isfinite(loss))
         throw std::runtime_error("training diverged: the loss of steps " + std::to_string(step + 2 - loss_n) + " to " +
                                  std::to_string(step + 1) + " is not finite");
       const double dt = std::chrono::duration<double>(clock::now() - last).count();
       last = clock::now();
       const double sps = loss_n * so.batch * s.ranks() / dt;  // the global batch's samples
-      nlohmann::json line = {{"step", step + 1}, {"loss", loss}, {"dice_loss", dice_loss}, {"ce", ce},
-                             {"lr", s.opt->lr()}, {"samples_per_s", sps}, {"loss_scale", s.scaler.scale()},
-                             {"loss_scale_growth_tracker", s.scaler.growth_tracker()},
-                             {"skipped_steps", s.scaler.skipped_steps()},
-                             {"peak_memory_mb", HostAllocator::instance().stats().peak_bytes / 1048576.0}};
+      nlohmann::json line = {{"step", step + 1}, {"loss", loss}};
+      // The full-resolution loss's parts under their names (models/run_log.cpp plots dice_loss and ce).
+      const std::vector<const char*> names = o.loss.hybrid ? std::vector<const char*>{"focal", "ssim_loss", "iou_loss"}
+                                                           : std::vector<const char*>{"dice_loss", "ce"};
+      for (size_t i = 0; i < names.size(); ++i) line[names[i]] = sums[i + 1] / loss_n;
+      line.update(nlohmann::json{{"lr", s.opt->lr()},
+                                 {"samples_per_s", sps},
+                                 {"loss_scale", s.scaler.scale()},
+                                 {"loss_scale_growth_tracker", s.scaler.growth_tracker()},
+                                 {"skipped_steps", s.scaler.skipped_steps()},
+                                 {"peak_memory_mb", HostAllocator::instance().stats().peak_bytes / 1048576.0}});
       // Tensors on a GPU (or the emulated one) are not in the host's figure: the device's peak beside it.
-      if (o.device != Device::cpu) line["device_peak_memory_mb"] = device::memory_stats(o.device).peak_bytes / 1048576.0;
+      if (o.device != Device::cpu)
+        line["device_peak_memory_mb"] = device::memory_stats(o.device).peak_bytes / 1048576.0;
       if (s.reducer) {
         const ReducerTimes t = s.reducer->last_times();  // of the last step: the communication and what was exposed
         line["allreduce_ms"] = t.communication_s * 1e3;
@@ -583,7 +594,8 @@ void Trainer::run() {
     }
   }
   if (s.lead()) bar.finish();
-  nlohmann::json result = {{"steps", o.steps}, {"train_seconds", std::chrono::duration<double>(clock::now() - start).count()}};
+  nlohmann::json result = {{"steps", o.steps},
+                           {"train_seconds", std::chrono::duration<double>(clock::now() - start).count()}};
   if (!s.split.val.empty()) {
     const std::vector<double> d = validation(o.steps);
     result["val_dice"] = d;

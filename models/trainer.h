@@ -21,10 +21,24 @@
 
 namespace unet::models {
 
+// The training loss: nnU-Net's DiceCE (the default form), DLE UNet_Medical's (ops::kDleDiceCe), or UNet 3+'s
+// hybrid focal + SSIM + IoU loss (ops::hybrid_loss).
+struct LossSpec {
+  LossSpec(const ops::DiceCeForm& form = {}) : dice_ce(form) {}  // NOLINT: a DiceCE form is a loss
+  static LossSpec hybrid_loss() {
+    LossSpec s;
+    s.hybrid = true;
+    return s;
+  }
+  bool hybrid = false;
+  ops::DiceCeForm dice_ce;                         // when !hybrid
+  size_t parts() const { return hybrid ? 3 : 2; }  // [focal, 1 - SSIM, IoU loss] or [Dice, CE]
+};
+
 struct StepStats {
-  // f32 [3] on the step's device: the deep-supervision weighted DiceCE that was minimised, then the Dice and CE parts
-  // of the full-resolution loss. Left there so that a step waits for the device only once (for `stepped`); reading
-  // it (loss(), values()) waits again.
+  // f32 [1 + parts] on the step's device: the deep-supervision weighted loss that was minimised, then the parts of
+  // the full-resolution loss (LossSpec::parts). Left there so that a step waits for the device only once (for
+  // `stepped`); reading it (loss(), values()) waits again.
   Tensor losses;
   bool stepped = true;    // false when the optimizer skipped the step (inf/nan gradients)
   double loss_scale = 1;  // the scale the loss was multiplied by before backward
@@ -33,11 +47,11 @@ struct StepStats {
 
 // Deep supervision: sum_i weights[i] L_i over the network's outputs (full resolution first; the weights from
 // Network::output_weights, nnU-Net's 0.5^i / sum 0.5^i or UNet 3+'s 1). *parts (when given) receives the
-// full-resolution loss's [Dice, CE] on the outputs' device. With a comm of several ranks, each L_i is the global
-// batch's (ops::dice_ce_loss). form: nnU-Net's DiceCE or DLE's (ops::kDleDiceCe).
+// full-resolution loss's parts on the outputs' device. With a comm of several ranks, each L_i is the global
+// batch's (ops::dice_ce_loss, ops::hybrid_loss).
 Tensor deep_supervision_loss(const std::vector<Tensor>& outputs, const Tensor& labels,
                              const std::vector<double>& weights, Tensor* parts = nullptr, Comm* comm = nullptr,
-                             const ops::DiceCeForm& form = {});
+                             const LossSpec& loss = {});
 
 // The network's outputs (f32 logits) for x [B, spatial..., C_in] f32, computed in `precision` (engine/precision.h):
 // fp16 / bf16 cast x to that type and the logits back to f32, as autocast does. tf32 is the process-wide
@@ -53,10 +67,10 @@ std::vector<Tensor> forward_in(const Network& net, const Tensor& x, bool trainin
 // loss is the global batch's (over reducer->comm()) and the gradients are summed over the ranks before the step, so
 // every rank takes the same step, or skips it (a non-finite gradient anywhere is one in every rank's sum).
 // A network of valid convolutions (UNet2D) returns logits smaller than x: the loss takes the labels' centre. `seed`
-// draws the step's dropout; loss_form picks the loss (deep_supervision_loss).
+// draws the step's dropout; `loss` picks the loss (deep_supervision_loss).
 StepStats train_step(Network& net, Optimizer& optimizer, const Tensor& x, const Tensor& labels,
                      Precision precision = Precision::fp32, LossScaler* scaler = nullptr,
-                     GradientReducer* reducer = nullptr, uint64_t seed = 0, const ops::DiceCeForm& loss_form = {});
+                     GradientReducer* reducer = nullptr, uint64_t seed = 0, const LossSpec& loss = {});
 
 // The sliding window of a network trained on `patch` (its input size): windows of the network's output size, each
 // with the context its valid convolutions need (none for DynUNet).
@@ -84,8 +98,8 @@ struct TrainerOptionError : std::invalid_argument {
 };
 
 struct TrainerOptions {
-  std::string dataset;      // Medical Segmentation Decathlon directory (with dataset.json)
-  int fold = 0, folds = 5;  // folds = 1: train on every case, no validation
+  std::string dataset;                   // Medical Segmentation Decathlon directory (with dataset.json)
+  int fold = 0, folds = 5;               // folds = 1: train on every case, no validation
   io::PatchSamplerOptions sampling;      // patch, batch, foreground oversampling, augmentation (its seed is `seed`)
   int loader_workers = 2, prefetch = 2;  // io/loader.h: threads preparing batches, steps ahead (0 workers: inline)
   std::string cache_dir;                 // preprocessed cases kept here (io/preprocess.h); empty: none
@@ -94,13 +108,13 @@ struct TrainerOptions {
   float dropout = 0.5f;                            // unet2d: after the bottleneck
   bool deep_supervision = true, res_block = false;
   int64_t steps = 1000;
-  ops::DiceCeForm loss;             // nnU-Net's DiceCE ({}) or DLE UNet_Medical's (ops::kDleDiceCe)
+  LossSpec loss;                    // nnU-Net's DiceCE ({}), DLE UNet_Medical's (ops::kDleDiceCe), UNet 3+'s hybrid
   std::string optimizer = "adamw";  // adamw | adam | sgd
   double lr = 8e-4, weight_decay = 1e-4, momentum = 0.99;
   bool nesterov = true;
   std::string scheduler = "none";  // none | poly | cosine (engine/schedule.h)
   int64_t warmup_steps = 0;
-  uint64_t seed = 0;               // weights, sampling and augmentation
+  uint64_t seed = 0;                      // weights, sampling and augmentation
   int64_t log_every = 10, val_every = 0;  // val_every 0: validate at the end only
   int64_t save_every = 1000;  // steps between checkpoints (also written at each validation and at the end); 0: never
   // A run directory to continue (output_dir should be the same): its checkpoint.safetensors restores weights,

@@ -119,6 +119,14 @@ TEST_CASE("UNet 3+ checkpoints hold PyTorch's state_dict keys and layouts, runni
         net.forward(st.get("__input__"), false)[0].to_vector());
 }
 
+TEST_CASE("DLE's UNet 3+ (filters 64, 3 input slices, 2 classes) has 26,974,658 parameters, the paper's 26.97M") {
+  // The PyTorch module of make_unet3plus_golden.py built at these sizes counts 26974658, and 27010378 with deep
+  // supervision's four 3x3 heads (three on 320 channels, one on 1024); the golden's count is compared above.
+  CHECK(UNet3Plus({3, 2, {64, 128, 256, 512, 1024}, false, 1e-3f, 0.01f}).parameter_count() == 26974658);
+  CHECK(UNet3Plus({3, 2, {64, 128, 256, 512, 1024}, true, 1e-3f, 0.01f}).parameter_count() ==
+        26974658 + 2 * (320 * 9 + 1) * 3 + (1024 * 9 * 2 + 2));
+}
+
 TEST_CASE("UNet 3+ initialisation: he_normal truncated at 2 sigma, zero biases, batch norm 1 / 0 / 0 / 1") {
   UNet3Plus net({1, 2, {8, 16, 16, 32, 32}, true, 1e-3f, 0.01f});
   net.initialize(7);
@@ -211,11 +219,13 @@ TEST_CASE("unet_train with model.name = unet3plus and deep supervision learns sy
                                            "/data --train 6 --test 2 --dim 2 --size 64,64 --spacing 0.5 --classes 3 "
                                            "--seed 4") == 0);
   const std::string ini = test::write_text(
-      dir + "/t.ini", "[data]\ndataset = " + dir +
-                          "/data\npatch_size = 64, 64\nbatch_size = 2\ncache = none\n[model]\nname = unet3plus\n"
-                          "filters = 8\ndeep_supervision = true\n[train]\nsteps = 400\nlog_every = 100\nlr = 3e-3\n"
-                          "[output]\ndir = " +
-                          dir + "/run\n");
+      dir + "/t.ini",
+      "[data]\ndataset = " + dir +
+          "/data\npatch_size = 64, 64\nbatch_size = 2\ncache = none\n[model]\nname = unet3plus\n"
+          "filters = 8\ndeep_supervision = true\n[train]\nloss = dice_ce\nsteps = 400\nlog_every = 100\n"
+          "lr = 3e-3\n"
+          "[output]\ndir = " +
+          dir + "/run\n");
   std::string out;
   REQUIRE_MESSAGE(test::run_tool("unet_train", ini, &out) == 0, out);
   CHECK(out.find("UNet 3+") != std::string::npos);
@@ -239,13 +249,21 @@ TEST_CASE("unet_train with model.name = unet3plus and deep supervision learns sy
   REQUIRE_MESSAGE(test::run_tool("unet_eval", "--pred " + dir + "/pred --label " + dir + "/data/labelsTs", &out) == 0,
                   out);
   const auto dice = nlohmann::json::parse(std::ifstream(dir + "/pred/dice.json"));
-  // Measured: 0.9425 (400 steps, about 20 s on 2 cores).
+  // Measured: 0.9425 (400 steps, about 20 s on 2 cores; the hybrid loss, slower to converge, 0.74 in as many).
   CHECK(dice["mean_dice"].get<double>() > 0.85);
 
   // A patch that four poolings do not divide is refused, naming the key.
   CHECK(test::run_tool("unet_train", ini + " --set data.patch_size=60,64 --set output.dir=" + dir + "/run2", &out) ==
         2);
   CHECK(out.find("data.patch_size: unet3plus: patch size 60 must be a multiple of 16") != std::string::npos);
+  // The hybrid loss's SSIM is 2D: a 3D network with it is refused before any data is read.
+  CHECK(test::run_tool("unet_train",
+                       ini +
+                           " --set model.name=dynunet --set data.patch_size=8,64,64 --set "
+                           "train.loss=hybrid --set output.dir=" +
+                           dir + "/run3",
+                       &out) == 2);
+  CHECK(out.find("train.loss = hybrid: the SSIM is 2D") != std::string::npos);
 }
 
 TEST_CASE(
@@ -266,6 +284,15 @@ TEST_CASE(
   CHECK(rc == 137);
   REQUIRE_MESSAGE(test::run_tool("unet_train", ini + " --resume " + run, &out) == 0, out);
   CHECK(out.find("resuming " + run + " at step") != std::string::npos);
+  // train.loss = auto is the hybrid loss for unet3plus: the log names its parts.
+  std::ifstream log(run + "/log.jsonl");
+  std::string first;
+  REQUIRE(std::getline(log, first));
+  const auto line = nlohmann::json::parse(first);
+  CHECK(line.contains("focal"));
+  CHECK(line.contains("ssim_loss"));
+  CHECK(line.contains("iou_loss"));
+  CHECK(!line.contains("ce"));
   for (const char* file : {"model.safetensors", "checkpoint.safetensors"}) {
     CAPTURE(file);
     const io::SafetensorsContent a = io::read_safetensors(tmp / "whole/" + file),

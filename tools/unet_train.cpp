@@ -75,9 +75,10 @@ io::Config make_config() {
        "loss",
        KeyType::string,
        "auto",
-       "auto (dle for unet2d, else dice_ce), dice_ce (nnU-Net: batch Dice over foreground classes + CE) or dle (DLE "
-       "UNet_Medical: CE + 1 - per-sample soft Dice with squares, background included)",
-       {"auto", "dice_ce", "dle"}},
+       "auto (dle for unet2d, hybrid for unet3plus, else dice_ce), dice_ce (nnU-Net: batch Dice over foreground "
+       "classes + CE), dle (DLE UNet_Medical: CE + 1 - per-sample soft Dice with squares, background included) or "
+       "hybrid (UNet 3+ / DLE UNet3P: focal + 1 - SSIM + IoU loss; 2D only, patches of at least 11 x 11)",
+       {"auto", "dice_ce", "dle", "hybrid"}},
       {"train", "optimizer", KeyType::string, "adamw", "optimizer (DLE UNet_Medical: adam)", {"adamw", "adam", "sgd"}},
       {"train", "lr", KeyType::real, "8e-4", "learning rate"},
       {"train", "weight_decay", KeyType::real, "1e-4",
@@ -190,6 +191,14 @@ models::TrainerOptions trainer_options(const io::Config& c) {
   o.dropout = static_cast<float>(real_in("model", "dropout", 0, 1, true));
   const std::string loss = c.get_string("train", "loss");
   if (loss == "dle" || (loss == "auto" && o.model == "unet2d")) o.loss = ops::kDleDiceCe;
+  if (loss == "hybrid" || (loss == "auto" && o.model == "unet3plus")) {
+    if (!slices)
+      throw UsageError(
+          "train.loss = hybrid: the SSIM is 2D, so it takes a 2D network (model.name = unet2d or "
+          "unet3plus), not " +
+          o.model);
+    o.loss = models::LossSpec::hybrid_loss();
+  }
   o.optimizer = c.get_string("train", "optimizer");
   o.lr = real_in("train", "lr", 0, 10);
   if (o.lr == 0) throw UsageError("train.lr = 0: expected a positive learning rate");
@@ -215,8 +224,13 @@ models::TrainerOptions trainer_options(const io::Config& c) {
 }
 
 // The files a run writes into output.dir: a directory holding any of them holds a run.
-const char* const kRunFiles[] = {"config.ini", "log.jsonl", "training.html", "model.safetensors", "model_best.safetensors",
-                                 "checkpoint.safetensors", "validation.json"};
+const char* const kRunFiles[] = {"config.ini",
+                                 "log.jsonl",
+                                 "training.html",
+                                 "model.safetensors",
+                                 "model_best.safetensors",
+                                 "checkpoint.safetensors",
+                                 "validation.json"};
 
 // A new run does not mix its files with an old run's: a directory holding a run is refused unless --overwrite (its run
 // files are removed first; nothing else in the directory is touched) or --resume.
@@ -262,7 +276,8 @@ int main(int argc, char** argv) {
   std::string path, resume;
   std::vector<std::string> overrides;
   bool help_config = false, overwrite = false;
-  CLI::App app{"Trains an nnU-Net DynUNet on a Medical Segmentation Decathlon dataset (see --help-config for the keys)."};
+  CLI::App app{
+      "Trains an nnU-Net DynUNet on a Medical Segmentation Decathlon dataset (see --help-config for the keys)."};
   app.add_option("config", path, "INI configuration file");
   app.add_option("--set", overrides, "override a key: section.key=value (repeatable)");
   app.add_option("--resume", resume,
