@@ -11,6 +11,7 @@
 #include "kernels/cpu/crop.h"
 #include "kernels/cpu/dropout.h"
 #include "kernels/cpu/elementwise.h"
+#include "kernels/cpu/hybrid_loss.h"
 #include "kernels/cpu/loss.h"
 #include "kernels/cpu/norm.h"
 #include "kernels/cpu/optim.h"
@@ -25,6 +26,7 @@
 #include "kernels/cuda/crop.cuh"
 #include "kernels/cuda/dropout.cuh"
 #include "kernels/cuda/elementwise.cuh"
+#include "kernels/cuda/hybrid_loss.cuh"
 #include "kernels/cuda/loss.cuh"
 #include "kernels/cuda/norm.cuh"
 #include "kernels/cuda/optim.cuh"
@@ -44,7 +46,7 @@ const Kernels cpu_kernels{
     kernels::cpu::conv_transpose_kernels, kernels::cpu::elementwise_kernels, kernels::cpu::loss_kernels,
     kernels::cpu::norm_kernels,           kernels::cpu::optim_kernels,       kernels::cpu::shape_kernels,
     kernels::cpu::bias_kernels,           kernels::cpu::crop_kernels,        kernels::cpu::dropout_kernels,
-    kernels::cpu::pool_kernels,           kernels::cpu::resize_kernels};
+    kernels::cpu::pool_kernels,           kernels::cpu::resize_kernels,      kernels::cpu::hybrid_loss_kernels};
 
 #if UNET_HAVE_CUDA_KERNELS  // kernels/cuda/*.cu built, by nvcc (GPU build) or against the emulator
 const Kernels cuda_kernels{
@@ -52,7 +54,7 @@ const Kernels cuda_kernels{
     kernels::cuda::conv_transpose_kernels, kernels::cuda::elementwise_kernels, kernels::cuda::loss_kernels,
     kernels::cuda::norm_kernels,           kernels::cuda::optim_kernels,       kernels::cuda::shape_kernels,
     kernels::cuda::bias_kernels,           kernels::cuda::crop_kernels,        kernels::cuda::dropout_kernels,
-    kernels::cuda::pool_kernels,           kernels::cuda::resize_kernels};
+    kernels::cuda::pool_kernels,           kernels::cuda::resize_kernels,      kernels::cuda::hybrid_loss_kernels};
 #endif
 
 }  // namespace

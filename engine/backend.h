@@ -21,6 +21,7 @@ struct ConvTransposeKernels;
 struct CropKernels;
 struct DropoutKernels;
 struct ElementwiseKernels;
+struct HybridLossKernels;
 struct LossKernels;
 struct NormKernels;
 struct OptimKernels;
@@ -47,6 +48,7 @@ struct Kernels {
   const kernels::DropoutKernels& dropout;
   const kernels::PoolKernels& pool;
   const kernels::ResizeKernels& resize;
+  const kernels::HybridLossKernels& hybrid_loss;
 };
 
 // The kernels of device d. Throws std::runtime_error for cuda / cuda-emu in a build without the CUDA kernels (no CUDA
@@ -55,7 +57,9 @@ const Kernels& kernels_for(Device d);
 inline const Kernels& kernels_for(const Tensor& t) {
   return kernels_for(t.device());
 }
-inline cudaStream_t stream(const Tensor& t) { return device::default_stream(t.device()); }
+inline cudaStream_t stream(const Tensor& t) {
+  return device::default_stream(t.device());
+}
 
 // Throws std::invalid_argument (naming `op` and the tensors) unless every defined tensor is on `d`.
 void check_device(const char* op, Device d, const std::vector<Tensor>& ts);
@@ -68,6 +72,8 @@ void add_into(const Tensor& a, const Tensor& b, const Tensor& out);
 Tensor converted(const Tensor& x, DType dt);
 
 // Whether t holds floating-point values the ops compute on: f32, or f16 / bf16 under mixed precision.
-inline bool is_float(DType t) { return t == DType::f32 || t == DType::f16 || t == DType::bf16; }
+inline bool is_float(DType t) {
+  return t == DType::f32 || t == DType::f16 || t == DType::bf16;
+}
 
 }  // namespace unet::backend

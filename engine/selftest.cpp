@@ -586,6 +586,26 @@ void loss_cases(Runner& r) {
   } catch (const std::exception& e) {
     r.fail("dice_ce_loss", shape, e.what());
   }
+  // UNet 3+'s hybrid loss: 2D, images of at least the SSIM's 11 x 11 window.
+  const Tensor logits2 = randn({2, 16, 13, 3}, 52, 2.f), y2 = labels({2, 16, 13}, 3, 53);
+  const std::string shape2 = shape_str(logits2.shape());
+  try {
+    std::vector<float> parts[2], grads[2];
+    for (int side = 0; side < 2; ++side) {
+      const Device d = side ? r.device() : Device::cpu;
+      Tensor l = logits2.clone().to(d).set_requires_grad(true);
+      Tensor three;
+      Tensor loss = ops::hybrid_loss(l, y2.to(d), &three);
+      parts[side] = {loss.item()};
+      for (float v : three.to_vector()) parts[side].push_back(v);
+      autograd::backward(loss);
+      grads[side] = l.grad().to_vector();
+    }
+    r.add("hybrid_loss loss/focal/ssim/iou", shape2, parts[1], parts[0], 1e-6, 1e-7);
+    r.add("hybrid_loss gradient", shape2, grads[1], grads[0], 1e-6, 1e-9);
+  } catch (const std::exception& e) {
+    r.fail("hybrid_loss", shape2, e.what());
+  }
 }
 
 void optimizer_cases(Runner& r) {

@@ -178,7 +178,7 @@ TEST_CASE("UNet 3+ refuses inputs that are not multiples of 16 and bad configura
                        std::invalid_argument);
 }
 
-TEST_CASE("two UNet 3+ training steps on cuda-emu match the cpu's: losses, weights and running statistics") {
+TEST_CASE("two UNet 3+ training steps (hybrid loss) on cuda-emu match the cpu's: losses, weights, running statistics") {
   // SGD, not Adam: the convolution biases before batch norm have gradients that are rounding noise (see above), which
   // Adam would scale up to steps of lr whose sign is the noise's.
   UNet3PlusConfig c{2, 3, {4, 8, 8, 8, 8}, true, 1e-3f, 0.01f};
@@ -197,7 +197,7 @@ TEST_CASE("two UNet 3+ training steps on cuda-emu match the cpu's: losses, weigh
     SGD opt(net.parameters(), SgdOptions{1e-2, 0.9, 0, false});
     const Tensor xd = x.to(d), yd = y.to(d);
     for (int step = 0; step < 2; ++step) {
-      const StepStats s = train_step(net, opt, xd, yd);
+      const StepStats s = train_step(net, opt, xd, yd, Precision::fp32, nullptr, nullptr, 0, LossSpec::hybrid_loss());
       REQUIRE(s.stepped);
       r.losses.push_back(s.loss());
     }

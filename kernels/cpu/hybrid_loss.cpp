@@ -229,4 +229,38 @@ void hybrid_loss_backward(const float* logits, const void* labels, DType label_d
   }
 }
 
+namespace {
+
+size_t workspace_bytes(HybridLossShape) {
+  return 0;
+}
+
+void forward_entry(const float* logits, const void* labels, DType label_dtype, HybridLossShape s, double alpha,
+                   double gamma, void*, double* sums, int64_t* bad, cudaStream_t) {
+  bad[0] = hybrid_loss_forward(logits, labels, label_dtype, s, alpha, gamma, sums, &bad[1]);
+}
+
+void finish(const double* sums, double pixels, double planes, float* loss, float* parts, double* coef, cudaStream_t) {
+  const double focal = sums[0] / pixels, iou = 1 - sums[1] / sums[2], ssim = 1 - sums[3] / planes;
+  loss[0] = static_cast<float>(focal + ssim + iou);
+  parts[0] = static_cast<float>(focal);
+  parts[1] = static_cast<float>(ssim);
+  parts[2] = static_cast<float>(iou);
+  coef[0] = 1 / pixels;
+  coef[1] = -1 / sums[2];
+  coef[2] = sums[1] / (sums[2] * sums[2]);
+  coef[3] = -1 / planes;
+}
+
+void backward_entry(const float* logits, const void* labels, DType label_dtype, HybridLossShape s, double alpha,
+                    double gamma, const double* coef, const float* grad_out, void*, float* grad_logits, cudaStream_t) {
+  const double g = grad_out[0];
+  const double scaled[4] = {g * coef[0], g * coef[1], g * coef[2], g * coef[3]};
+  hybrid_loss_backward(logits, labels, label_dtype, s, alpha, gamma, scaled, grad_logits);
+}
+
+}  // namespace
+
+const HybridLossKernels hybrid_loss_kernels{1 << 20, workspace_bytes, forward_entry, finish, backward_entry};
+
 }  // namespace unet::kernels::cpu

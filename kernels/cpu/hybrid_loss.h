@@ -7,20 +7,14 @@
 // mu = G * x, sigma_xy = G * (x y) - mu_x mu_y, c1 = 0.01^2, c2 = 0.03^2, the mean over the (H - 10)(W - 10)
 // positions of (2 mu_t mu_p + c1)(2 sigma_tp + c2) / ((mu_t^2 + mu_p^2 + c1)(sigma_t^2 + sigma_p^2 + c2)).
 // Every sum is in double, in a fixed order (bitwise the same for any thread count). No autograd here
-// (engine/ops/hybrid_loss.cpp builds the op, reduces the sums over ranks and forms the loss).
+// (engine/ops/hybrid_loss.cpp builds the op and reduces the sums over ranks; the table's finish forms the loss).
 #pragma once
 #include <cstdint>
 
 #include "kernels/common/dtype.h"
+#include "kernels/hybrid_loss.h"
 
 namespace unet::kernels::cpu {
-
-struct HybridLossShape {
-  int64_t n, h, w;  // h, w >= 11 (the SSIM window)
-  int c;            // classes, >= 2
-};
-
-inline constexpr int kSsimWindow = 11;
 
 // sums[0] = sum of the focal terms, [1] = I, [2] = U, [3] = sum over (n, c) of SSIM(t_nc, p_nc).
 // Returns -1 when every label lies in [0, c); otherwise the index of the first pixel whose label does not, with that
@@ -34,5 +28,8 @@ int64_t hybrid_loss_forward(const float* logits, const void* labels, DType label
 //   dL/dz_k = p_k (dL/dp_k - sum_c p_c dL/dp_c).
 void hybrid_loss_backward(const float* logits, const void* labels, DType label_dtype, HybridLossShape s, double alpha,
                           double gamma, const double* coef, float* grad_logits);
+
+// The table (kernels/hybrid_loss.h): these entry points, and finish in double on the host.
+extern const HybridLossKernels hybrid_loss_kernels;
 
 }  // namespace unet::kernels::cpu
