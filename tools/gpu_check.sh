@@ -9,11 +9,12 @@
 #   3. unet_selftest (every kernel against the CPU backend);
 #   4. the training benchmark: bench/train_bench on the reference 3D nnU-Net (128^3, batch 2, 4 channels, 6 levels,
 #      deep supervision) in fp32, TF32, bf16 and fp16: samples/s, latency percentiles, peak memory;
-#   5. the same for DLE's UNet2D (572 x 572, batch 8, filters 64, its loss), as DLE UNet_Medical trains it;
+#   5. the same for DLE's UNet2D (572 x 572, batch 8, filters 64, its loss), as DLE UNet_Medical trains it, and for
+#      DLE's UNet 3+ (320 x 320, batch 16, filters 64, 3 slices in, its hybrid loss; fp32 and bf16 only, 2 steps);
 #   6. gpu_conv_bench: our convolutions against cuDNN at the nnU-Net shapes.
 # and writes one summary, markdown and JSON (GPU, driver, commit, every figure), to
 # bench/results/gpu-check-DATE-GPU.{md,json}; the logs of every step go to out/gpu-check/. About 6 minutes on an H200
-# before step 5 was added (at most 4 more).
+# before step 5 was added (at most 6 more).
 # usage: tools/gpu_check.sh [--bin DIR] [--skip-bench]
 #   --bin DIR      use the binaries in DIR (unet_train, unet_tests, ...) instead of building; DIR/COMMIT, when present,
 #                  names the commit they were built from
@@ -116,6 +117,9 @@ if [ "$skip_bench" = 0 ]; then
     --json "$work/train_bench.json"
   step train_bench_unet2d 240 "$bin/train_bench" --model unet2d --patch 572,572 --batch 8 --filters 64 --classes 2 \
     --device cuda --steps 4 --precision fp32,tf32,bf16,fp16 --json "$work/train_bench_unet2d.json"
+  step train_bench_unet3plus 120 "$bin/train_bench" --model unet3plus --patch 320,320 --batch 16 --filters 64 \
+    --channels 3 --classes 2 --deep-supervision 0 --device cuda --steps 2 --precision fp32,bf16 \
+    --json "$work/train_bench_unet3plus.json"
   step conv_bench 330 "$bin/gpu_conv_bench" --json "$work/conv_bench.json"
 fi
 
@@ -144,6 +148,7 @@ out=bench/results/gpu-check-$date_tag-$gpu_tag
   if [ "$skip_bench" = 0 ]; then
     echo "| train_bench, 3D nnU-Net 128^3 batch 2 (fp32, TF32, bf16, fp16) | $(status train_bench); table below | ${secs[train_bench]:-} |"
     echo "| train_bench, DLE UNet2D 572^2 batch 8 filters 64 (fp32, TF32, bf16, fp16) | $(status train_bench_unet2d); table below | ${secs[train_bench_unet2d]:-} |"
+    echo "| train_bench, DLE UNet 3+ 320^2 batch 16 filters 64 (fp32, bf16) | $(status train_bench_unet3plus); table below | ${secs[train_bench_unet3plus]:-} |"
     echo "| gpu_conv_bench (ours vs cuDNN) | $(status conv_bench); table below | ${secs[conv_bench]:-} |"
   fi
   if [ -s "$work/train_bench.log" ]; then
@@ -158,6 +163,13 @@ out=bench/results/gpu-check-$date_tag-$gpu_tag
     echo "train_bench, DLE's UNet2D (no PyTorch figure for it yet):"
     echo
     grep '^|' "$work/train_bench_unet2d.log"
+  fi
+  if [ -s "$work/train_bench_unet3plus.log" ]; then
+    echo
+    echo "train_bench, DLE's UNet 3+ (DLE's README, 1x A100 80G, batch 16: inference 70.93 img/s fp32, 87.02 AMP; training"
+    echo "25.97 img/s on 1 GPU, TF without XLA/AMP):"
+    echo
+    grep '^|' "$work/train_bench_unet3plus.log"
   fi
   if [ -s "$work/conv_bench.json" ]; then
     echo
@@ -198,6 +210,8 @@ num() { [ -n "$1" ] && echo "$1" || echo null; }
   echo "                  \"result\": $( [ -s "$work/train_bench.json" ] && cat "$work/train_bench.json" || echo null )},"
   echo "  \"train_bench_unet2d\": {\"exit\": ${rc[train_bench_unet2d]:-null}, \"seconds\": ${secs[train_bench_unet2d]:-null},"
   echo "                  \"result\": $( [ -s "$work/train_bench_unet2d.json" ] && cat "$work/train_bench_unet2d.json" || echo null )},"
+  echo "  \"train_bench_unet3plus\": {\"exit\": ${rc[train_bench_unet3plus]:-null}, \"seconds\": ${secs[train_bench_unet3plus]:-null},"
+  echo "                  \"result\": $( [ -s "$work/train_bench_unet3plus.json" ] && cat "$work/train_bench_unet3plus.json" || echo null )},"
   echo "  \"conv_bench\": {\"exit\": ${rc[conv_bench]:-null}, \"seconds\": ${secs[conv_bench]:-null},"
   echo "                 \"result\": $( [ -s "$work/conv_bench.json" ] && cat "$work/conv_bench.json" || echo null )}"
   echo "}"
