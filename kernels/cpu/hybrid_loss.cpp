@@ -33,6 +33,17 @@ const std::array<double, kWin>& window() {
   return g;
 }
 
+// base^gamma as the CUDA twin computes it: repeated products for integer gammas (DLE's 2; a base just below 0 is
+// possible, q = p + 1e-9 may pass 1), exp(gamma log base) otherwise.
+double power(double base, double gamma) {
+  if (gamma == std::floor(gamma) && gamma >= 0 && gamma <= 16) {
+    double r = 1;
+    for (int i = 0; i < static_cast<int>(gamma); ++i) r *= base;
+    return r;
+  }
+  return base > 0 ? std::exp(gamma * std::log(base)) : 0.0;
+}
+
 int64_t label_at(const void* labels, DType dt, int64_t i) {
   return dt == DType::u8 ? static_cast<const uint8_t*>(labels)[i] : static_cast<const int32_t*>(labels)[i];
 }
@@ -154,7 +165,7 @@ int64_t hybrid_loss_forward(const float* logits, const void* labels, DType label
         uni += t + pk - t * pk;
       }
       const double q = p[size_t(v * c + y)] + kFocalEps;
-      focal += alpha * std::pow(1 - q, gamma) * -std::log(q);
+      focal += alpha * power(1 - q, gamma) * -std::log(q);
     }
     double ssim = 0;
     PlaneStats st;
@@ -191,7 +202,7 @@ void hybrid_loss_backward(const float* logits, const void* labels, DType label_d
         gp[size_t(v * c + k)] = coef[1] * t + coef[2] * (1 - t);
       }
       const double q = p[size_t(v * c + y)] + kFocalEps;
-      const double dq = alpha * gamma * std::pow(1 - q, gamma - 1) * std::log(q) - alpha * std::pow(1 - q, gamma) / q;
+      const double dq = alpha * gamma * power(1 - q, gamma - 1) * std::log(q) - alpha * power(1 - q, gamma) / q;
       gp[size_t(v * c + y)] += coef[0] * dq;
     }
     // SSIM: at each valid position, dS/dmp = (2 mt (A2 - A1) - S 2 mp (B2 - B1)) / (B1 B2), dS/dG(tp) = 2 A1 / (B1 B2),

@@ -1,12 +1,11 @@
 // CUDA twin of kernels/cpu/hybrid_loss.cpp (maths in kernels/cpu/hybrid_loss.h). One thread per item, double
 // arithmetic throughout (the loss is a small part of a step; double keeps the SSIM's variances, differences of
 // nearly equal numbers, as exact as the CPU's):
-//   forward: hl_pixels (softmax of each pixel into P, its focal / I / U terms), hl_hblur (the five horizontal window
-//   sums of each plane row), hl_ssim (the vertical sums and the SSIM at each valid position), two fixed-tree
-//   reductions into sums[0..2] and sums[3];
-//   backward: hl_pixels and hl_hblur again, hl_dssim (dSSIM/d(mu_p, G(pp), G(tp)) at each valid position, scaled),
-//   hl_vblur_t (the vertical transposed window), hl_grad (the horizontal transposed window, the focal and IoU terms,
-//   the softmax Jacobian) per pixel.
+//   forward: hl_softmax (each pixel's softmax into P), hl_pixel_terms (its focal / I / U terms), hl_hblur (the five
+//   horizontal window sums of each plane row), hl_ssim (the vertical sums and the SSIM at each valid position), two
+//   fixed-tree reductions into sums[0..2] and sums[3]; backward: hl_softmax and hl_hblur again, hl_dssim (dSSIM/d(mu_p,
+//   G(pp), G(tp)) at each valid position, scaled), hl_vblur_t (the vertical transposed window), hl_grad (the horizontal
+//   transposed window, the focal and IoU terms, the softmax Jacobian) per pixel.
 // Workspace (doubles): P [pixels][c], rows [pixels][3], hbuf [n c][h][w - 10][5] (its first 3/5 reused for the
 // transposed vertical sums), pos [n c][valid][3], partial [kMaxBlocks][3].
 #include "kernels/cuda/cuda_compat.cuh"
@@ -58,11 +57,19 @@ Layout layout(void* workspace, HybridLossShape s) {
   return l;
 }
 
-// Softmax of each pixel into P; rows[v] = (focal term, sum t p, sum (t + p - t p)). A label outside [0, c) makes the
-// focal term NaN (the loss then is NaN: the device does not report it).
-template <class L>
-__global__ void __launch_bounds__(kThreads) hl_pixels(const float* logits, const L* labels, int64_t pixels, int c,
-                                                      double alpha, double gamma, double* P, double* rows) {
+// base^gamma: repeated products for the integer gammas (DLE's 2), which also take a base just below 0 (q = p + 1e-9
+// may pass 1); otherwise exp(gamma log base). Not pow(): its out-of-line slow path made the kernels spill.
+__device__ __forceinline__ double power(double base, double gamma) {
+  if (gamma == floor(gamma) && gamma >= 0 && gamma <= 16) {
+    double r = 1;
+    for (int i = 0; i < static_cast<int>(gamma); ++i) r *= base;
+    return r;
+  }
+  return base > 0 ? exp(gamma * log(base)) : 0.0;
+}
+
+// Softmax of each pixel into P (a kernel of its own: with the loss terms below in the same one, sm_90 spilled).
+__global__ void __launch_bounds__(kThreads) hl_softmax(const float* logits, int64_t pixels, int c, double* P) {
   for (int64_t v = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; v < pixels; v += int64_t(gridDim.x) * blockDim.x) {
     const float* z = logits + v * c;
     double* p = P + v * c;
@@ -70,18 +77,33 @@ __global__ void __launch_bounds__(kThreads) hl_pixels(const float* logits, const
     for (int k = 1; k < c; ++k) m = fmax(m, double(z[k]));
     double sum = 0;
     for (int k = 0; k < c; ++k) sum += p[k] = exp(double(z[k]) - m);
+    // Not p[k] / sum: a double division's out-of-line slow path beside exp() made this kernel spill on sm_90. The
+    // float reciprocal refined by two Newton steps is within an ulp of 1 / sum (sum in [1, c]).
+    double inv = static_cast<double>(1.0f / static_cast<float>(sum));
+    inv = inv * (2.0 - sum * inv);
+    inv = inv * (2.0 - sum * inv);
+    for (int k = 0; k < c; ++k) p[k] *= inv;
+  }
+}
+
+// rows[v] = (focal term, sum t p, sum (t + p - t p)) of each pixel. A label outside [0, c) makes the focal term NaN
+// (the loss then is NaN: the device does not report it).
+template <class L>
+__global__ void __launch_bounds__(kThreads)
+    hl_pixel_terms(const double* P, const L* labels, int64_t pixels, int c, double alpha, double gamma, double* rows) {
+  for (int64_t v = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; v < pixels; v += int64_t(gridDim.x) * blockDim.x) {
+    const double* p = P + v * c;
     const int64_t y = static_cast<int64_t>(labels[v]);
     double inter = 0, uni = 0;
     for (int k = 0; k < c; ++k) {
-      p[k] /= sum;
       const double t = k == y ? 1.0 : 0.0;
       inter += t * p[k];
       uni += t + p[k] - t * p[k];
     }
-    double focal = nan("");
+    double focal = __builtin_nan("");
     if (y >= 0 && y < c) {
       const double q = p[y] + kFocalEps;
-      focal = alpha * pow(1 - q, gamma) * -log(q);
+      focal = alpha * power(1 - q, gamma) * -log(q);
     }
     rows[v * 3] = focal;
     rows[v * 3 + 1] = inter;
@@ -189,7 +211,7 @@ __global__ void __launch_bounds__(kThreads)
       double g = go * (coef[1] * t + coef[2] * (1 - t));
       if (k == y) {
         const double q = p[k] + kFocalEps;
-        g += go * coef[0] * (alpha * gamma * pow(1 - q, gamma - 1) * log(q) - alpha * pow(1 - q, gamma) / q);
+        g += go * coef[0] * (alpha * gamma * power(1 - q, gamma - 1) * log(q) - alpha * power(1 - q, gamma) / q);
       }
       double um = 0, upp = 0, utp = 0;
       for (int q = 0; q < kWin; ++q) {
@@ -275,8 +297,9 @@ void forward_typed(const float* logits, const L* labels, HybridLossShape s, doub
   const Layout l = layout(workspace, s);
   const Window win = make_window();
   const int64_t pixels = s.n * s.h * s.w, w2 = s.w - (kWin - 1), h2 = s.h - (kWin - 1);
-  launch(hl_pixels<L>, grid_stride_blocks(pixels, kThreads), dim3(kThreads), 0, stream, logits, labels, pixels, s.c,
-         alpha, gamma, l.p, l.rows);
+  launch(hl_softmax, grid_stride_blocks(pixels, kThreads), dim3(kThreads), 0, stream, logits, pixels, s.c, l.p);
+  launch(hl_pixel_terms<L>, grid_stride_blocks(pixels, kThreads), dim3(kThreads), 0, stream,
+         static_cast<const double*>(l.p), labels, pixels, s.c, alpha, gamma, l.rows);
   launch(hl_hblur<L>, grid_stride_blocks(s.n * s.c * s.h * w2, kThreads), dim3(kThreads), 0, stream, labels,
          static_cast<const double*>(l.p), s, win, l.hbuf);
   launch(hl_ssim, grid_stride_blocks(s.n * s.c * h2 * w2, kThreads), dim3(kThreads), 0, stream,
@@ -291,8 +314,7 @@ void backward_typed(const float* logits, const L* labels, HybridLossShape s, dou
   const Layout l = layout(workspace, s);
   const Window win = make_window();
   const int64_t pixels = s.n * s.h * s.w, w2 = s.w - (kWin - 1), h2 = s.h - (kWin - 1);
-  launch(hl_pixels<L>, grid_stride_blocks(pixels, kThreads), dim3(kThreads), 0, stream, logits, labels, pixels, s.c,
-         alpha, gamma, l.p, l.rows);
+  launch(hl_softmax, grid_stride_blocks(pixels, kThreads), dim3(kThreads), 0, stream, logits, pixels, s.c, l.p);
   launch(hl_hblur<L>, grid_stride_blocks(s.n * s.c * s.h * w2, kThreads), dim3(kThreads), 0, stream, labels,
          static_cast<const double*>(l.p), s, win, l.hbuf);
   launch(hl_dssim, grid_stride_blocks(s.n * s.c * h2 * w2, kThreads), dim3(kThreads), 0, stream,
