@@ -61,6 +61,11 @@ struct BatchNormOptions {
   float momentum = 0.1f;  // PyTorch's convention: new = (1 - momentum) * old + momentum * batch (Keras' is 1 - this)
   float eps = 1e-5f;
   bool relu = false;
+  // Training with a comm of several ranks: SyncBatchNorm. The statistics are those of every rank's x together (each
+  // rank passes the same shape), reduced over the ranks, and so are the sums the backward needs; dgamma and dbeta
+  // are this rank's share (a GradientReducer sums them). The comm's collectives run inside forward and backward: a
+  // GradientReducer beside it must not overlap (overlap = false), so that every rank calls them in the same order.
+  Comm* comm = nullptr;
 };
 Tensor batch_norm(const Tensor& x, const Tensor& gamma, const Tensor& beta, const Tensor& running_mean,
                   const Tensor& running_var, const BatchNormOptions& options);

@@ -42,6 +42,24 @@ struct NormKernels {
   // variance (1 / rstd^2 - eps) * count / (count - 1), as torch.nn.BatchNorm. Computed in double.
   void (*batch_norm_update_running)(int64_t c, int64_t count, float eps, float momentum, const float* mean,
                                     const float* rstd, float* running_mean, float* running_var, cudaStream_t stream);
+
+  // Batch norm synchronised over ranks (SyncBatchNorm): the engine reduces `sums` over the ranks between the calls.
+  // Forward: sums[2c] = per channel sum x, then sum x^2, over this rank's n * s rows (double, a fixed order), then
+  // from the reduced sums over `count` values per channel: mean, the biased variance var (>= 0) and rstd =
+  // 1 / sqrt(var + eps), in double, rounded once; batch_norm_inference with (mean, var) then normalises.
+  void (*batch_norm_sums)(const NormShape& sh, DType dt, const void* x, double* sums, cudaStream_t stream);
+  void (*batch_norm_stats)(int64_t c, int64_t count, float eps, const double* sums, float* mean, float* var,
+                           float* rstd, cudaStream_t stream);
+  // Backward, with g = dy (with ReLU: dy where y > 0, else 0) and xhat = (x - mean) rstd: sums[2c] = per channel
+  // sum g, then sum g xhat over this rank's rows, also written (rounded to f32) to dbeta and dgamma, this rank's share
+  // of their gradient (either may be null); then with the reduced sums A, B over `count` values:
+  // dx = gamma rstd (g - A / count - xhat B / count) (gamma null: 1).
+  void (*batch_norm_backward_sums)(const NormShape& sh, DType dt, const void* x, const void* y, const void* dy,
+                                   const float* mean, const float* rstd, bool relu, double* sums, float* dgamma,
+                                   float* dbeta, cudaStream_t stream);
+  void (*batch_norm_backward_apply)(const NormShape& sh, DType dt, const void* x, const void* y, const void* dy,
+                                    const float* mean, const float* rstd, const float* gamma, const double* sums,
+                                    int64_t count, bool relu, void* dx, cudaStream_t stream);
 };
 
 }  // namespace unet::kernels

@@ -8,6 +8,10 @@
 
 #include "engine/module.h"
 
+namespace unet {
+class Comm;
+}
+
 namespace unet::models {
 
 struct ModelCard;
@@ -26,6 +30,9 @@ class Network : public Module {
   // The loss weight of each of `outputs` training outputs (forward's order). nnU-Net's: 1, 1/2, 1/4, ... normalised to
   // sum 1 (the deep-supervision heads count less the coarser they are).
   virtual std::vector<double> output_weights(size_t outputs) const;
+  // Networks with batch norm (UNet 3+) synchronise its statistics over `comm` in training from now on
+  // (SyncBatchNorm, ops::BatchNormOptions::comm; null: each rank its own), and say true; the others ignore it.
+  virtual bool set_batch_norm_comm(Comm* /*comm*/) { return false; }
 };
 
 // x as the network takes it: slices [B, 1, H, W, C] of a volume become [B, H, W, C] for a 2D network (no autograd: x is

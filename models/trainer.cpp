@@ -449,7 +449,10 @@ Trainer::Trainer(TrainerOptions options, std::FILE* out) : s_(std::make_unique<S
   s.net->initialize(o.seed);
   s.net->to(o.device);  // before the optimizer, which creates its state on the parameters' device
   s.opt = make_optimizer(o, s.net->parameters());
-  if (s.comm) s.reducer = std::make_unique<GradientReducer>(s.net->parameters(), *s.comm);
+  // SyncBatchNorm runs the comm's collectives inside forward and backward: the reducer then reduces its buckets after
+  // backward (no overlap), so that every rank calls them in the same order.
+  const bool sync_bn = s.comm && o.sync_batch_norm && s.net->set_batch_norm_comm(s.comm);
+  if (s.comm) s.reducer = std::make_unique<GradientReducer>(s.net->parameters(), *s.comm, int64_t(25) << 20, !sync_bn);
 
   s.sw = window_options(*s.net, patch);
   s.sw.overlap = o.overlap;

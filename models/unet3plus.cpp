@@ -47,12 +47,8 @@ struct BatchNorm : Module {
     running_mean = register_buffer("running_mean", Tensor::zeros({channels}));
     running_var = register_buffer("running_var", Tensor::full({channels}, 1.f));
   }
-  Tensor forward_relu(const Tensor& x, bool training, const UNet3PlusConfig& c) const {
-    ops::BatchNormOptions o;
-    o.training = training;
-    o.momentum = c.bn_momentum;
-    o.eps = c.bn_eps;
-    o.relu = true;
+  // o: training or not, Keras' eps and momentum, ReLU, the SyncBatchNorm comm (UNet3Plus::forward makes it).
+  Tensor forward_relu(const Tensor& x, const ops::BatchNormOptions& o) const {
     return ops::batch_norm(x, weight, bias, running_mean, running_var, o);
   }
   void reset() {  // on the host, as every initialize (Module::to moves the model afterwards)
@@ -67,8 +63,8 @@ struct ConvBlock : Module {
   ConvBlock(int in, int out)
       : conv(register_module("conv", std::make_shared<Conv>(in, out, 3))),
         bn(register_module("bn", std::make_shared<BatchNorm>(out))) {}
-  Tensor forward(const Tensor& x, bool training, const UNet3PlusConfig& c) const {
-    return bn->forward_relu(conv->forward(x), training, c);
+  Tensor forward(const Tensor& x, const ops::BatchNormOptions& o) const {
+    return bn->forward_relu(conv->forward(x), o);
   }
   std::shared_ptr<Conv> conv;
   std::shared_ptr<BatchNorm> bn;
@@ -81,8 +77,8 @@ struct EncoderLevel : Module {
         bn1(register_module("bn1", std::make_shared<BatchNorm>(out))),
         conv2(register_module("conv2", std::make_shared<Conv>(out, out, 3))),
         bn2(register_module("bn2", std::make_shared<BatchNorm>(out))) {}
-  Tensor forward(const Tensor& x, bool training, const UNet3PlusConfig& c) const {
-    return bn2->forward_relu(conv2->forward(bn1->forward_relu(conv1->forward(x), training, c)), training, c);
+  Tensor forward(const Tensor& x, const ops::BatchNormOptions& o) const {
+    return bn2->forward_relu(conv2->forward(bn1->forward_relu(conv1->forward(x), o)), o);
   }
   std::shared_ptr<Conv> conv1;
   std::shared_ptr<BatchNorm> bn1;
@@ -152,12 +148,17 @@ std::vector<Tensor> UNet3Plus::forward(const Tensor& x, bool training, uint64_t 
       x.dim(1) % kDivisor != 0 || x.dim(2) % kDivisor != 0)
     throw std::invalid_argument("UNet3Plus: input " + x.describe() + " must be [N, H, W, " +
                                 std::to_string(config_.in_channels) + "] with H and W multiples of 16 (320 in DLE)");
-  const UNet3PlusConfig& c = config_;
+  ops::BatchNormOptions c;
+  c.training = training;
+  c.momentum = config_.bn_momentum;
+  c.eps = config_.bn_eps;
+  c.relu = true;
+  c.comm = comm_;
   std::vector<Tensor> level(kLevels);  // encoder maps, then replaced by the decoder maps from level 3 down
   Tensor h = x;
   for (int i = 0; i < kLevels; ++i) {
     if (i > 0) h = ops::max_pool(h, {2, 2});
-    h = parts_->encoder[size_t(i)]->forward(h, training, c);
+    h = parts_->encoder[size_t(i)]->forward(h, c);
     level[size_t(i)] = h;
   }
   std::vector<Tensor> encoder = level;
@@ -175,9 +176,9 @@ std::vector<Tensor> UNet3Plus::forward(const Tensor& x, bool training, uint64_t 
       } else {
         src = ops::upsample_bilinear(level[size_t(j)], size, false);
       }
-      parts.push_back(dec.branch[size_t(j)]->forward(src, training, c));
+      parts.push_back(dec.branch[size_t(j)]->forward(src, c));
     }
-    level[size_t(d)] = dec.fuse->forward(ops::concat_channels(parts), training, c);
+    level[size_t(d)] = dec.fuse->forward(ops::concat_channels(parts), c);
   }
   std::vector<Tensor> out = {parts_->head->forward(level[0])};
   if (training)

@@ -43,11 +43,17 @@ class UNet3Plus : public Network {
   int out_channels() const override { return config_.out_channels; }
   // Every output counts fully (DLE's Keras model compiles one loss per output, weights 1).
   std::vector<double> output_weights(size_t outputs) const override { return std::vector<double>(outputs, 1.0); }
+  // SyncBatchNorm over comm in training (ops::BatchNormOptions::comm); null: each rank normalises its own share.
+  bool set_batch_norm_comm(Comm* comm) override {
+    comm_ = comm;
+    return true;
+  }
   const UNet3PlusConfig& config() const { return config_; }
   static constexpr int kDivisor = 16;  // four 2x2 poolings: H and W must be multiples of this
 
  private:
   UNet3PlusConfig config_;
+  Comm* comm_ = nullptr;
   struct Parts;  // the registered modules
   std::shared_ptr<Parts> parts_;
 };

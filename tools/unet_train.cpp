@@ -70,6 +70,9 @@ io::Config make_config() {
       {"model", "deep_supervision", KeyType::boolean, "true",
        "training heads: dynunet 1x1 at 1/2 and 1/4 resolution; unet3plus 3x3 on decoder levels 2..4 and the bottom"},
       {"model", "res_block", KeyType::boolean, "false", "residual blocks"},
+      {"model", "sync_batchnorm", KeyType::boolean, "true",
+       "unet3plus with several ranks: batch norm statistics over every rank's samples (SyncBatchNorm), so N ranks "
+       "train as one process with the global batch; false: each rank its own (DLE's and PyTorch DDP's default)"},
       {"train", "steps", KeyType::integer, "1000", "optimizer steps"},
       {"train",
        "loss",
@@ -188,6 +191,7 @@ models::TrainerOptions trainer_options(const io::Config& c) {
   o.prefetch = static_cast<int>(int_in("data", "prefetch", 1, 64));
   o.deep_supervision = c.get_bool("model", "deep_supervision");
   o.res_block = c.get_bool("model", "res_block");
+  o.sync_batch_norm = c.get_bool("model", "sync_batchnorm");
   o.dropout = static_cast<float>(real_in("model", "dropout", 0, 1, true));
   const std::string loss = c.get_string("train", "loss");
   if (loss == "dle" || (loss == "auto" && o.model == "unet2d")) o.loss = ops::kDleDiceCe;

@@ -12,6 +12,7 @@
 
 #include "engine/autograd.h"
 #include "engine/backend.h"
+#include "engine/comm.h"
 #include "engine/ops.h"
 #include "engine/ops/internal.h"
 #include "kernels/norm.h"
@@ -135,6 +136,68 @@ Tensor instance_norm_leaky_relu(const Tensor& x, const Tensor& gamma, const Tens
   return norm(x, gamma, beta, eps, negative_slope, false).y;
 }
 
+namespace {
+
+// SyncBatchNorm's training forward and its backward (BatchNormOptions::comm): the per-channel sums of x (and in
+// backward of g and g xhat) are reduced over the ranks between the kernels; the normalisation itself is the
+// evaluation kernel applied with the batch's mean and biased variance.
+Tensor sync_batch_norm(const Tensor& x, const Tensor& gamma, const Tensor& beta, const Tensor& running_mean,
+                       const Tensor& running_var, const BatchNormOptions& o, const std::string& args) {
+  check_arg(backend::is_float(x.dtype()), args + "x must be f32, f16 or bf16");
+  check_arg(x.rank() >= 3 && x.rank() <= 5, args + "x must be [N, spatial..., C] with 1 to 3 spatial axes");
+  const int64_t C = x.dim(-1), rows = x.numel() / C;
+  for (const Tensor* t : {&gamma, &beta})
+    check_arg(!t->defined() || (t->dtype() == DType::f32 && t->rank() == 1 && t->dim(0) == C),
+              args + "gamma and beta must be f32 [C] = [" + std::to_string(C) + "]");
+  backend::check_device("batch_norm", x.device(), {x, gamma, beta});
+  check_arg(std::isfinite(o.eps) && o.eps >= 0.f, args + "eps must be finite and >= 0, got " + std::to_string(o.eps));
+  Comm* comm = o.comm;
+  const Device dev = x.device();
+  const cudaStream_t stream = backend::stream(x);
+  const kernels::NormKernels& k = backend::kernels_for(dev).norm;
+  const kernels::NormShape sh{1, rows, C};
+  const int64_t count = rows * comm->size();
+  Tensor sums = Tensor::empty({4 * C}, DType::i32, dev);  // 2C doubles
+  k.batch_norm_sums(sh, x.dtype(), x.raw(), static_cast<double*>(sums.raw()), stream);
+  comm->allreduce(sums.raw(), 2 * C, ScalarType::f64, ReduceOp::sum, dev);
+  Tensor mean = Tensor::empty({C}, DType::f32, dev), var = Tensor::empty({C}, DType::f32, dev),
+         rstd = Tensor::empty({C}, DType::f32, dev);
+  k.batch_norm_stats(C, count, o.eps, static_cast<const double*>(sums.raw()), mean.data<float>(), var.data<float>(),
+                     rstd.data<float>(), stream);
+  Tensor y = Tensor::empty(x.shape(), x.dtype(), dev);
+  k.batch_norm_inference(sh, x.dtype(), x.raw(), mean.data<float>(), var.data<float>(),
+                         gamma.defined() ? gamma.data<float>() : nullptr, beta.defined() ? beta.data<float>() : nullptr,
+                         o.eps, o.relu, y.raw(), stream);
+  k.batch_norm_update_running(C, count, o.eps, o.momentum, mean.data<float>(), rstd.data<float>(),
+                              running_mean.data<float>(), running_var.data<float>(), stream);
+  if (autograd::should_record({x, gamma, beta})) {
+    const bool relu = o.relu;
+    autograd::record("batch_norm", {x, gamma, beta}, {y},
+                     [x, y, gamma, beta, mean, rstd, comm, count, relu, sh](const std::vector<Tensor>& g) {
+                       const Device d = x.device();
+                       const kernels::NormKernels& k = backend::kernels_for(d).norm;
+                       const cudaStream_t stream = backend::stream(x);
+                       Tensor dgamma = gamma.defined() ? Tensor::empty({sh.c}, DType::f32, d) : Tensor();
+                       Tensor dbeta = beta.defined() ? Tensor::empty({sh.c}, DType::f32, d) : Tensor();
+                       Tensor sums = Tensor::empty({4 * sh.c}, DType::i32, d);
+                       k.batch_norm_backward_sums(sh, x.dtype(), x.raw(), y.raw(), g[0].raw(), mean.data<float>(),
+                                                  rstd.data<float>(), relu, static_cast<double*>(sums.raw()),
+                                                  dgamma.defined() ? dgamma.data<float>() : nullptr,
+                                                  dbeta.defined() ? dbeta.data<float>() : nullptr, stream);
+                       comm->allreduce(sums.raw(), 2 * sh.c, ScalarType::f64, ReduceOp::sum, d);
+                       Tensor dx = Tensor::empty(x.shape(), x.dtype(), d);
+                       k.batch_norm_backward_apply(sh, x.dtype(), x.raw(), y.raw(), g[0].raw(), mean.data<float>(),
+                                                   rstd.data<float>(), gamma.defined() ? gamma.data<float>() : nullptr,
+                                                   static_cast<const double*>(sums.raw()), count, relu, dx.raw(),
+                                                   stream);
+                       return std::vector<Tensor>{dx, dgamma, dbeta};
+                     });
+  }
+  return y;
+}
+
+}  // namespace
+
 Tensor batch_norm(const Tensor& x, const Tensor& gamma, const Tensor& beta, const Tensor& running_mean,
                   const Tensor& running_var, const BatchNormOptions& o) {
   check_arg(x.defined() && running_mean.defined() && running_var.defined(), "batch_norm: undefined input");
@@ -153,6 +216,7 @@ Tensor batch_norm(const Tensor& x, const Tensor& gamma, const Tensor& beta, cons
   if (o.training) {
     const int64_t count = C > 0 ? x.numel() / C : 0;
     check_arg(count >= 2, args + "training needs more than one value per channel (batch x spatial >= 2), as PyTorch");
+    if (o.comm && o.comm->size() > 1) return sync_batch_norm(x, gamma, beta, running_mean, running_var, o, args);
     internal::NormForward f = norm(x, gamma, beta, o.eps, slope, true);
     backend::kernels_for(x).norm.batch_norm_update_running(C, count, o.eps, o.momentum, f.mean.data<float>(),
                                                            f.rstd.data<float>(), running_mean.data<float>(),

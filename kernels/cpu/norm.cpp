@@ -178,8 +178,7 @@ void backward_impl(const NormShape& sh, const typename E::T* x, const typename E
       const float* d = k3.data() + n * C;
       const float* mu = mean + n * C;
       auto* out = dx + i * C;
-      for (int64_t c = 0; c < C; ++c)
-        out[c] = E::store(a[c] * E::load(gr[c]) + b[c] * (E::load(xr[c]) - mu[c]) + d[c]);
+      for (int64_t c = 0; c < C; ++c) out[c] = E::store(a[c] * E::load(gr[c]) + b[c] * (E::load(xr[c]) - mu[c]) + d[c]);
     }
   });
 }
@@ -199,8 +198,8 @@ void instance_norm_backward(const NormShape& sh, DType dt, const void* x, const 
                             const float* rstd, const float* gamma, void* dx, float* dgamma, float* dbeta) {
   element::with_element_type(dt, "instance_norm", [&](auto e) {
     using E = decltype(e);
-    backward_impl<E>(sh, static_cast<const typename E::T*>(x), static_cast<const typename E::T*>(dy), mean, rstd,
-                     gamma, static_cast<typename E::T*>(dx), dgamma, dbeta);
+    backward_impl<E>(sh, static_cast<const typename E::T*>(x), static_cast<const typename E::T*>(dy), mean, rstd, gamma,
+                     static_cast<typename E::T*>(dx), dgamma, dbeta);
   });
 }
 
@@ -236,6 +235,99 @@ void batch_norm_update_running(int64_t c, int64_t count, float eps, float moment
     running_mean[j] = static_cast<float>((1.0 - m) * running_mean[j] + m * mean[j]);
     running_var[j] = static_cast<float>((1.0 - m) * running_var[j] + m * var * bessel);
   }
+}
+
+namespace {
+
+constexpr int64_t kSumRows = 1024;  // rows per chunk of the synchronised batch norm's sums
+
+// sums[2c] = per channel sum a, sum b over the rows, a and b given per (row, channel) by term(i, c, &a, &b), in chunks
+// of kSumRows rows whose partial sums are added in chunk order.
+template <class Term>
+void channel_sums(int64_t rows, int64_t C, double* sums, const Term& term) {
+  const int64_t chunks = std::max<int64_t>(1, (rows + kSumRows - 1) / kSumRows);
+  std::vector<double> partial(size_t(chunks * 2 * C), 0.0);
+  parallel_for(chunks, 1, [&](int64_t lo, int64_t hi) {
+    for (int64_t k = lo; k < hi; ++k) {
+      double* p = partial.data() + k * 2 * C;
+      for (int64_t r = k * kSumRows; r < std::min(rows, (k + 1) * kSumRows); ++r)
+        for (int64_t c = 0; c < C; ++c) {
+          double a, b;
+          term(r * C + c, c, &a, &b);
+          p[c] += a;
+          p[C + c] += b;
+        }
+    }
+  });
+  for (int64_t j = 0; j < 2 * C; ++j) sums[j] = 0.0;
+  for (int64_t k = 0; k < chunks; ++k)
+    for (int64_t j = 0; j < 2 * C; ++j) sums[j] += partial[size_t(k * 2 * C + j)];
+}
+
+}  // namespace
+
+void batch_norm_sums(const NormShape& sh, DType dt, const void* x, double* sums) {
+  element::with_element_type(dt, "batch_norm", [&](auto e) {
+    using E = decltype(e);
+    const auto* xs = static_cast<const typename E::T*>(x);
+    channel_sums(sh.n * sh.s, sh.c, sums, [&](int64_t i, int64_t, double* a, double* b) {
+      const double v = E::load(xs[i]);
+      *a = v;
+      *b = v * v;
+    });
+  });
+}
+
+void batch_norm_stats(int64_t c, int64_t count, float eps, const double* sums, float* mean, float* var, float* rstd) {
+  for (int64_t j = 0; j < c; ++j) {
+    const double m = sums[j] / double(count), v = std::max(0.0, sums[c + j] / double(count) - m * m);
+    mean[j] = static_cast<float>(m);
+    var[j] = static_cast<float>(v);
+    rstd[j] = static_cast<float>(1.0 / std::sqrt(v + double(eps)));
+  }
+}
+
+void batch_norm_backward_sums(const NormShape& sh, DType dt, const void* x, const void* y, const void* dy,
+                              const float* mean, const float* rstd, bool relu, double* sums, float* dgamma,
+                              float* dbeta) {
+  element::with_element_type(dt, "batch_norm", [&](auto e) {
+    using E = decltype(e);
+    const auto *xs = static_cast<const typename E::T*>(x), *ys = static_cast<const typename E::T*>(y),
+               *ds = static_cast<const typename E::T*>(dy);
+    channel_sums(sh.n * sh.s, sh.c, sums, [&](int64_t i, int64_t c, double* a, double* b) {
+      const double g = relu && !(E::load(ys[i]) > 0.f) ? 0.0 : double(E::load(ds[i]));
+      *a = g;
+      *b = g * ((double(E::load(xs[i])) - mean[c]) * rstd[c]);
+    });
+  });
+  for (int64_t c = 0; c < sh.c; ++c) {
+    if (dbeta) dbeta[c] = static_cast<float>(sums[c]);
+    if (dgamma) dgamma[c] = static_cast<float>(sums[sh.c + c]);
+  }
+}
+
+void batch_norm_backward_apply(const NormShape& sh, DType dt, const void* x, const void* y, const void* dy,
+                               const float* mean, const float* rstd, const float* gamma, const double* sums,
+                               int64_t count, bool relu, void* dx) {
+  const int64_t C = sh.c, rows = sh.n * sh.s;
+  const double inv_count = 1.0 / double(count);  // products, as the CUDA twin
+  element::with_element_type(dt, "batch_norm", [&](auto e) {
+    using E = decltype(e);
+    const auto *xs = static_cast<const typename E::T*>(x), *ys = static_cast<const typename E::T*>(y),
+               *ds = static_cast<const typename E::T*>(dy);
+    auto* out = static_cast<typename E::T*>(dx);
+    parallel_for(rows, 256, [&](int64_t lo, int64_t hi) {
+      for (int64_t r = lo; r < hi; ++r)
+        for (int64_t c = 0; c < C; ++c) {
+          const int64_t i = r * C + c;
+          const double g = relu && !(E::load(ys[i]) > 0.f) ? 0.0 : double(E::load(ds[i]));
+          const double xhat = (double(E::load(xs[i])) - mean[c]) * rstd[c];
+          const double v = (gamma ? double(gamma[c]) : 1.0) * rstd[c] *
+                           (g - sums[c] * inv_count - xhat * (sums[C + c] * inv_count));
+          out[i] = E::store(static_cast<float>(v));
+        }
+    });
+  });
 }
 
 namespace {
@@ -282,6 +374,18 @@ const NormKernels norm_kernels{
         [](int64_t c, int64_t count, float eps, float momentum, const float* mean, const float* rstd,
            float* running_mean, float* running_var,
            cudaStream_t) { batch_norm_update_running(c, count, eps, momentum, mean, rstd, running_mean, running_var); },
+    .batch_norm_sums = [](const NormShape& sh, DType dt, const void* x, double* sums,
+                          cudaStream_t) { batch_norm_sums(sh, dt, x, sums); },
+    .batch_norm_stats = [](int64_t c, int64_t count, float eps, const double* sums, float* mean, float* var,
+                           float* rstd, cudaStream_t) { batch_norm_stats(c, count, eps, sums, mean, var, rstd); },
+    .batch_norm_backward_sums =
+        [](const NormShape& sh, DType dt, const void* x, const void* y, const void* dy, const float* mean,
+           const float* rstd, bool relu, double* sums, float* dgamma, float* dbeta,
+           cudaStream_t) { batch_norm_backward_sums(sh, dt, x, y, dy, mean, rstd, relu, sums, dgamma, dbeta); },
+    .batch_norm_backward_apply =
+        [](const NormShape& sh, DType dt, const void* x, const void* y, const void* dy, const float* mean,
+           const float* rstd, const float* gamma, const double* sums, int64_t count, bool relu, void* dx,
+           cudaStream_t) { batch_norm_backward_apply(sh, dt, x, y, dy, mean, rstd, gamma, sums, count, relu, dx); },
 };
 
 }  // namespace unet::kernels::cpu

@@ -32,6 +32,16 @@ void batch_norm_inference(const NormShape& sh, DType dt, const void* x, const fl
                           void* y);
 void batch_norm_update_running(int64_t c, int64_t count, float eps, float momentum, const float* mean,
                                const float* rstd, float* running_mean, float* running_var);
+// Batch norm synchronised over ranks (kernels/norm.h): the rows in chunks of 1024, each chunk's double sums added in
+// chunk order (the same bits for any thread count).
+void batch_norm_sums(const NormShape& sh, DType dt, const void* x, double* sums);
+void batch_norm_stats(int64_t c, int64_t count, float eps, const double* sums, float* mean, float* var, float* rstd);
+void batch_norm_backward_sums(const NormShape& sh, DType dt, const void* x, const void* y, const void* dy,
+                              const float* mean, const float* rstd, bool relu, double* sums, float* dgamma,
+                              float* dbeta);
+void batch_norm_backward_apply(const NormShape& sh, DType dt, const void* x, const void* y, const void* dy,
+                               const float* mean, const float* rstd, const float* gamma, const double* sums,
+                               int64_t count, bool relu, void* dx);
 
 // The table of these entry points that the engine dispatches through (kernels/norm.h); the stream is ignored, and the
 // fused pair runs the norm, then kernels/cpu/activation.h's leaky ReLU.

@@ -244,6 +244,77 @@ __global__ void __launch_bounds__(kParamThreads)
   running_var[c] = static_cast<float>((1.0 - m) * running_var[c] + m * var * bessel);
 }
 
+// ---- batch norm synchronised over ranks ----
+// Per-channel sums in double, deterministic: block b takes rows [b kSyncRows, (b + 1) kSyncRows), its threads the
+// channels (c, c + blockDim, ...), each adding its rows in order into partial[b][2C]; then one thread per column adds
+// the blocks in order. The block count depends only on the row count.
+constexpr int64_t kSyncRows = 256;
+constexpr int kSyncThreads = 128;
+
+// term: 0 forward (x, x^2), 1 backward (g, g xhat).
+template <class E, int kTerm>
+__global__ void __launch_bounds__(kSyncThreads)
+    bn_sync_partials(const typename E::T* x, const typename E::T* y, const typename E::T* dy, const float* mean,
+                     const float* rstd, bool relu, int64_t rows, int64_t C, double* partial) {
+  const int64_t r0 = blockIdx.x * kSyncRows, r1 = r0 + kSyncRows < rows ? r0 + kSyncRows : rows;
+  for (int64_t c = threadIdx.x; c < C; c += blockDim.x) {
+    double a = 0.0, b = 0.0;
+    for (int64_t r = r0; r < r1; ++r) {
+      const int64_t i = r * C + c;
+      const double v = E::load(x[i]);
+      if (kTerm == 0) {
+        a += v;
+        b += v * v;
+      } else {
+        const double g = relu && !(E::load(y[i]) > 0.f) ? 0.0 : static_cast<double>(E::load(dy[i]));
+        a += g;
+        b += g * ((v - mean[c]) * rstd[c]);
+      }
+    }
+    partial[blockIdx.x * 2 * C + c] = a;
+    partial[blockIdx.x * 2 * C + C + c] = b;
+  }
+}
+
+__global__ void __launch_bounds__(kParamThreads)
+    bn_sync_final(const double* partial, int64_t blocks, int64_t C, double* sums, float* dgamma, float* dbeta) {
+  const int64_t j = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
+  if (j >= 2 * C) return;
+  double acc = 0.0;
+  for (int64_t b = 0; b < blocks; ++b) acc += partial[b * 2 * C + j];
+  sums[j] = acc;
+  if (j < C && dbeta) dbeta[j] = static_cast<float>(acc);
+  if (j >= C && dgamma) dgamma[j - C] = static_cast<float>(acc);
+}
+
+__global__ void __launch_bounds__(kParamThreads)
+    bn_sync_stats(int64_t C, int64_t count, float eps, const double* sums, float* mean, float* var, float* rstd) {
+  const int64_t c = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
+  if (c >= C) return;
+  const double m = sums[c] / double(count);
+  double v = sums[C + c] / double(count) - m * m;
+  v = v > 0.0 ? v : 0.0;
+  mean[c] = static_cast<float>(m);
+  var[c] = static_cast<float>(v);
+  rstd[c] = static_cast<float>(1.0 / sqrt(v + static_cast<double>(eps)));
+}
+
+template <class E>
+__global__ void __launch_bounds__(kApplyThreads)
+    bn_sync_backward_apply(const typename E::T* x, const typename E::T* y, const typename E::T* dy, const float* mean,
+                           const float* rstd, const float* gamma, const double* sums, double inv_count, bool relu,
+                           int64_t C, typename E::T* dx, int64_t total) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < total; i += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t c = i % C;
+    const double g = relu && !(E::load(y[i]) > 0.f) ? 0.0 : static_cast<double>(E::load(dy[i]));
+    const double xhat = (static_cast<double>(E::load(x[i])) - mean[c]) * rstd[c];
+    // Products by 1 / count, not divisions (whose out-of-line slow path made the kernel spill); the CPU does the same.
+    const double v = (gamma ? static_cast<double>(gamma[c]) : 1.0) * rstd[c] *
+                     (g - sums[c] * inv_count - xhat * (sums[C + c] * inv_count));
+    dx[i] = E::store(static_cast<float>(v));
+  }
+}
+
 struct Plan {
   int64_t N, S, C, NC, total, chunks;
   dim3 partial_grid, finalize_grid, block;
@@ -274,8 +345,8 @@ void forward_impl(const NormShape& sh, const typename E::T* x, const float* gamm
   Scratch<double> part(static_cast<size_t>(p.N * p.chunks * 2 * p.C), stream);
   Scratch<float> coef(static_cast<size_t>(2 * p.NC), stream);
   launch(instance_norm_forward_partial<E>, p.partial_grid, p.block, 0, stream, x, p.S, p.C, p.chunks, part.get());
-  launch(instance_norm_forward_finalize<E>, p.finalize_grid, p.block, 0, stream, x, part.get(), p.S, p.C, p.chunks, gamma,
-         beta, eps, mean, rstd, coef.get(), p.NC);
+  launch(instance_norm_forward_finalize<E>, p.finalize_grid, p.block, 0, stream, x, part.get(), p.S, p.C, p.chunks,
+         gamma, beta, eps, mean, rstd, coef.get(), p.NC);
   launch(instance_norm_forward_apply<E, kLeaky>, grid_stride_blocks(p.total, kApplyThreads), dim3(kApplyThreads), 0,
          stream, x, mean, coef.get(), p.S, p.C, p.NC, slope, y, p.total);
 }
@@ -291,8 +362,8 @@ void backward_impl(const NormShape& sh, const typename E::T* x, const typename E
   Scratch<double> sums(static_cast<size_t>(p.N * 2 * p.C), stream);
   Scratch<float> coef(static_cast<size_t>(3 * p.NC), stream);
   if (p.N > 0) {
-    launch(instance_norm_backward_partial<E, kLeaky>, p.partial_grid, p.block, 0, stream, x, y, dy, mean, slope, p.S, p.C,
-           p.chunks, part.get());
+    launch(instance_norm_backward_partial<E, kLeaky>, p.partial_grid, p.block, 0, stream, x, y, dy, mean, slope, p.S,
+           p.C, p.chunks, part.get());
     launch(instance_norm_backward_finalize, p.finalize_grid, p.block, 0, stream, part.get(), rstd, gamma, p.S, p.C,
            p.chunks, sums.get(), coef.get(), p.NC);
   }
@@ -334,7 +405,8 @@ void instance_norm_leaky_relu_forward(const NormShape& sh, DType dt, const void*
   element::with_element_type(dt, "instance_norm_leaky_relu", [&](auto e) {
     using E = decltype(e);
     using T = typename E::T;
-    forward_impl<E, true>(sh, static_cast<const T*>(x), gamma, beta, eps, slope, static_cast<T*>(y), mean, rstd, stream);
+    forward_impl<E, true>(sh, static_cast<const T*>(x), gamma, beta, eps, slope, static_cast<T*>(y), mean, rstd,
+                          stream);
   });
 }
 
@@ -371,11 +443,67 @@ void batch_norm_update_running(int64_t c, int64_t count, float eps, float moment
          running_var);
 }
 
+namespace {
+template <int kTerm>
+void sync_sums(const NormShape& sh, DType dt, const void* x, const void* y, const void* dy, const float* mean,
+               const float* rstd, bool relu, double* sums, float* dgamma, float* dbeta, cudaStream_t stream) {
+  const int64_t rows = sh.n * sh.s, C = sh.c;
+  if (C == 0) return;
+  const int64_t blocks = rows > 0 ? (rows + kSyncRows - 1) / kSyncRows : 1;
+  if (blocks > 2147483647) throw std::invalid_argument("cuda batch norm: too many rows");
+  Scratch<double> partial(static_cast<size_t>(blocks * 2 * C), stream);
+  element::with_element_type(dt, "batch_norm", [&](auto e) {
+    using E = decltype(e);
+    using T = typename E::T;
+    launch(bn_sync_partials<E, kTerm>, dim3(static_cast<unsigned>(blocks)), dim3(kSyncThreads), 0, stream,
+           static_cast<const T*>(x), static_cast<const T*>(y), static_cast<const T*>(dy), mean, rstd, relu, rows, C,
+           partial.get());
+  });
+  launch(bn_sync_final, dim3(static_cast<unsigned>((2 * C + kParamThreads - 1) / kParamThreads)), dim3(kParamThreads),
+         0, stream, static_cast<const double*>(partial.get()), blocks, C, sums, dgamma, dbeta);
+}
+}  // namespace
+
+void batch_norm_sums(const NormShape& sh, DType dt, const void* x, double* sums, cudaStream_t stream) {
+  sync_sums<0>(sh, dt, x, nullptr, nullptr, nullptr, nullptr, false, sums, nullptr, nullptr, stream);
+}
+
+void batch_norm_stats(int64_t c, int64_t count, float eps, const double* sums, float* mean, float* var, float* rstd,
+                      cudaStream_t stream) {
+  if (c == 0) return;
+  launch(bn_sync_stats, dim3(static_cast<unsigned>((c + kParamThreads - 1) / kParamThreads)), dim3(kParamThreads), 0,
+         stream, c, count, eps, sums, mean, var, rstd);
+}
+
+void batch_norm_backward_sums(const NormShape& sh, DType dt, const void* x, const void* y, const void* dy,
+                              const float* mean, const float* rstd, bool relu, double* sums, float* dgamma,
+                              float* dbeta, cudaStream_t stream) {
+  sync_sums<1>(sh, dt, x, y, dy, mean, rstd, relu, sums, dgamma, dbeta, stream);
+}
+
+void batch_norm_backward_apply(const NormShape& sh, DType dt, const void* x, const void* y, const void* dy,
+                               const float* mean, const float* rstd, const float* gamma, const double* sums,
+                               int64_t count, bool relu, void* dx, cudaStream_t stream) {
+  const int64_t total = sh.n * sh.s * sh.c;
+  if (total == 0) return;
+  element::with_element_type(dt, "batch_norm", [&](auto e) {
+    using E = decltype(e);
+    using T = typename E::T;
+    launch(bn_sync_backward_apply<E>, grid_stride_blocks(total, kApplyThreads), dim3(kApplyThreads), 0, stream,
+           static_cast<const T*>(x), static_cast<const T*>(y), static_cast<const T*>(dy), mean, rstd, gamma, sums,
+           1.0 / double(count), relu, sh.c, static_cast<T*>(dx), total);
+  });
+}
+
 const NormKernels norm_kernels{instance_norm_forward,
                                instance_norm_backward,
                                instance_norm_leaky_relu_forward,
                                instance_norm_leaky_relu_backward,
                                batch_norm_inference,
-                               batch_norm_update_running};
+                               batch_norm_update_running,
+                               batch_norm_sums,
+                               batch_norm_stats,
+                               batch_norm_backward_sums,
+                               batch_norm_backward_apply};
 
 }  // namespace unet::kernels::cuda

@@ -44,6 +44,17 @@ void batch_norm_inference(const NormShape& sh, DType dt, const void* x, const fl
                           void* y, cudaStream_t stream);
 void batch_norm_update_running(int64_t c, int64_t count, float eps, float momentum, const float* mean,
                                const float* rstd, float* running_mean, float* running_var, cudaStream_t stream);
+// Batch norm synchronised over ranks, as kernels/norm.h: block b sums rows [256 b, 256 (b + 1)), a thread per channel,
+// then one thread per (channel, sum) adds the blocks in order (the same bits on any GPU).
+void batch_norm_sums(const NormShape& sh, DType dt, const void* x, double* sums, cudaStream_t stream);
+void batch_norm_stats(int64_t c, int64_t count, float eps, const double* sums, float* mean, float* var, float* rstd,
+                      cudaStream_t stream);
+void batch_norm_backward_sums(const NormShape& sh, DType dt, const void* x, const void* y, const void* dy,
+                              const float* mean, const float* rstd, bool relu, double* sums, float* dgamma,
+                              float* dbeta, cudaStream_t stream);
+void batch_norm_backward_apply(const NormShape& sh, DType dt, const void* x, const void* y, const void* dy,
+                               const float* mean, const float* rstd, const float* gamma, const double* sums,
+                               int64_t count, bool relu, void* dx, cudaStream_t stream);
 
 // The table of these entry points that the engine dispatches through (kernels/norm.h).
 extern const NormKernels norm_kernels;

@@ -242,6 +242,70 @@ TEST_CASE("hybrid_loss with a comm: each rank's sample gives the global batch's 
   CHECK(worst <= 1e-6 * scale);
 }
 
+namespace {
+// Every element of a within rtol |b| + atol of b's.
+void check_near(const Tensor& a, const Tensor& b, double rtol, double atol, const char* what) {
+  const std::vector<float> x = a.to_vector(), y = b.to_vector();
+  REQUIRE(x.size() == y.size());
+  double worst = 0;
+  for (size_t i = 0; i < x.size(); ++i)
+    worst = std::max(worst, std::abs(double(x[i]) - y[i]) / (rtol * std::abs(double(y[i])) + atol));
+  CHECK_MESSAGE(worst <= 1.0, what << ": error " << worst << " times the tolerance");
+}
+
+// SyncBatchNorm over the ranks (each holding one sample of the global batch) against one process's batch norm of the
+// whole batch: output, running statistics, d x, and d gamma / d beta summed over the ranks.
+void check_sync_batch_norm(Device d, DType dt, bool relu) {
+  Comm& c = world();
+  const int64_t B = c.size(), H = 5, W = 6, C = 4, per = H * W * C;
+  Rng rng(31);
+  const Tensor x = randn({B, H, W, C}, rng, 2.f), r = randn({B, H, W, C}, rng);
+  const Tensor gamma0 = randn({C}, rng), beta0 = randn({C}, rng);
+  ops::BatchNormOptions o;
+  o.relu = relu;
+  o.momentum = 0.3f;
+  o.eps = 1e-3f;
+  auto run = [&](const Tensor& xs, const Tensor& rs, Comm* comm) {
+    Tensor xin = ops::cast(xs.to(d), dt).set_requires_grad(true);
+    Tensor g = gamma0.clone().to(d).set_requires_grad(true), b = beta0.clone().to(d).set_requires_grad(true);
+    Tensor rm = Tensor::zeros({C}).to(d), rv = Tensor::full({C}, 1.f).to(d);
+    ops::BatchNormOptions oo = o;
+    oo.comm = comm;
+    const Tensor y = ops::cast(ops::batch_norm(xin, g, b, rm, rv, oo), DType::f32);
+    autograd::backward(y, rs.to(d));
+    return std::vector<Tensor>{y, ops::cast(xin.grad(), DType::f32), g.grad(), b.grad(), rm, rv};
+  };
+  const std::vector<Tensor> full = run(x, r, nullptr);
+  auto mine = [&](const Tensor& t) {
+    const std::vector<float> v = t.to_vector();
+    return Tensor::from_vector({1, H, W, C},
+                               std::vector<float>(v.begin() + c.rank() * per, v.begin() + (c.rank() + 1) * per));
+  };
+  const std::vector<Tensor> part = run(mine(x), mine(r), &c);
+  // f32: the sums in double on both paths, rounded differently; f16 / bf16: a few units in their last place.
+  const double tol = dt == DType::f32 ? 1e-5 : dt == DType::f16 ? 4e-3 : 3e-2;
+  check_near(part[0], mine(full[0]), tol, tol, "y");
+  check_near(part[1], mine(full[1]), tol, tol, "dx");
+  for (int i = 2; i < 4; ++i) {  // this rank's share of d gamma / d beta, summed over the ranks
+    Tensor sum = part[size_t(i)].to(Device::cpu).clone();
+    c.allreduce(sum.raw(), C, ScalarType::f32, ReduceOp::sum, Device::cpu);
+    check_near(sum, full[size_t(i)], tol, tol, i == 2 ? "dgamma" : "dbeta");
+  }
+  check_near(part[4], full[4], 1e-5, 1e-6, "running_mean");
+  check_near(part[5], full[5], 1e-5, 1e-6, "running_var");
+}
+}  // namespace
+
+TEST_CASE("batch_norm with a comm (SyncBatchNorm): every rank's sample normalised as one batch, the gradient shared") {
+  for (bool relu : {false, true})
+    for (DType dt : {DType::f32, DType::bf16, DType::f16}) {
+      CAPTURE(relu);
+      CAPTURE(dtype_name(dt));
+      check_sync_batch_norm(Device::cpu, dt, relu);
+      if (device::emulator_built()) check_sync_batch_norm(Device::cuda_emu, dt, relu);
+    }
+}
+
 int main(int argc, char** argv) {
   unet::world();  // MPI first: doctest's output then comes from initialised ranks
   doctest::Context context(argc, argv);
