@@ -6,7 +6,8 @@
 // five are concatenated (5 x filters[0] channels) and fused by one conv block of as many channels. A 3x3 head with
 // bias gives the logits. With deep supervision, training adds 3x3 heads on decoder levels 1..3 and the bottom encoder
 // level, upsampled bilinearly to full resolution (each trained with the same loss, weight 1).
-// Batch norm as Keras' defaults (DLE's network is Keras): eps 1e-3, moving average 0.99 (PyTorch momentum 0.01).
+// Batch norm as Keras' defaults (DLE's network is Keras): eps 1e-3, moving average 0.99 (PyTorch momentum 0.01);
+// synchronised over the ranks once set_batch_norm_comm gives it a comm (the trainer does, model.sync_batchnorm).
 // Parameter names are those of this PyTorch module tree: encoder.{0..4}.conv{1,2}, encoder.{i}.bn{1,2},
 // decoder.{3..0}.branch.{0..4}.{conv,bn}, decoder.{d}.fuse.{conv,bn}, head, ds_heads.{0..3} (levels 1..4), so that
 // load_state_dict takes our checkpoints (the bn buffers running_mean / running_var included).
