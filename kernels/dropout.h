@@ -7,13 +7,8 @@
 #include <cstdint>
 
 #include "kernels/common/dtype.h"
+#include "kernels/common/host_device.h"
 #include "kernels/cuda/stream.h"
-
-#if defined(__CUDACC__)
-#define UNET_HOST_DEVICE __host__ __device__
-#else
-#define UNET_HOST_DEVICE
-#endif
 
 namespace unet::kernels {
 

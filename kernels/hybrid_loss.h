@@ -7,7 +7,11 @@
 #include <cstddef>
 #include <cstdint>
 
+#include <array>
+#include <cmath>
+
 #include "kernels/common/dtype.h"
+#include "kernels/common/host_device.h"
 #include "kernels/cuda/stream.h"
 
 namespace unet::kernels {
@@ -18,6 +22,69 @@ struct HybridLossShape {
 };
 
 inline constexpr int kSsimWindow = 11;  // tf.image.ssim's filter_size
+inline constexpr double kFocalEps = 1e-9;
+inline constexpr double kSsimC1 = 0.01 * 0.01, kSsimC2 = 0.03 * 0.03;  // (k1 max_val)^2, (k2 max_val)^2, max_val 1
+
+// tf.image.ssim's window: exp(-x^2 / (2 sigma^2)) at x = -5..5, sigma 1.5, normalised (its 2D window is the outer
+// product of this one with itself). Both backends take it from here (the CUDA launchers pass it by value).
+inline std::array<double, kSsimWindow> ssim_window() {
+  std::array<double, kSsimWindow> w{};
+  double sum = 0;
+  for (int i = 0; i < kSsimWindow; ++i) {
+    const double x = i - (kSsimWindow - 1) / 2.0;
+    w[size_t(i)] = std::exp(-x * x / (2 * 1.5 * 1.5));
+    sum += w[size_t(i)];
+  }
+  for (double& v : w) v /= sum;
+  return w;
+}
+
+// base^gamma: repeated products for the integer gammas (DLE's 2), which also take a base just below 0 (q = p + 1e-9
+// may pass 1); otherwise exp(gamma log base). Not pow(): its out-of-line slow path made the CUDA kernels spill.
+UNET_HOST_DEVICE inline double focal_power(double base, double gamma) {
+  if (gamma == floor(gamma) && gamma >= 0 && gamma <= 16) {
+    double r = 1;
+    for (int i = 0; i < static_cast<int>(gamma); ++i) r *= base;
+    return r;
+  }
+  return base > 0 ? exp(gamma * log(base)) : 0.0;
+}
+
+// The SSIM at one position from its window means mt = G t, mp = G p and G(t t), G(p p), G(t p):
+// A1 = 2 mt mp + c1, B1 = mt^2 + mp^2 + c1, A2 = 2 (G(tp) - mt mp) + c2, B2 = G(tt) - mt^2 + G(pp) - mp^2 + c2,
+// SSIM = A1 A2 / (B1 B2); and w times its derivatives with respect to mp, G(pp) and G(tp) (t is constant):
+// dS/dmp = (2 mt (A2 - A1) - S 2 mp (B2 - B1)) / (B1 B2), dS/dG(pp) = -S / B2, dS/dG(tp) = 2 A1 / (B1 B2).
+struct SsimTerms {
+  double mt, mp, a1, b1, a2, b2;
+  UNET_HOST_DEVICE SsimTerms(double mt_, double mp_, double tt, double pp, double tp)
+      : mt(mt_),
+        mp(mp_),
+        a1(2 * mt_ * mp_ + kSsimC1),
+        b1(mt_ * mt_ + mp_ * mp_ + kSsimC1),
+        a2(2 * (tp - mt_ * mp_) + kSsimC2),
+        b2(tt - mt_ * mt_ + pp - mp_ * mp_ + kSsimC2) {}
+  UNET_HOST_DEVICE double value() const { return a1 * a2 / (b1 * b2); }
+  UNET_HOST_DEVICE void gradient(double w, double* d_mp, double* d_pp, double* d_tp) const {
+    const double den = b1 * b2, ssim = a1 * a2 / den;
+    *d_mp = w * (2 * mt * (a2 - a1) - ssim * 2 * mp * (b2 - b1)) / den;
+    *d_pp = w * -ssim / b2;
+    *d_tp = w * 2 * a1 / den;
+  }
+};
+
+// The loss, its parts and the backward's coefficients from the sums over every rank (HybridLossKernels::finish).
+UNET_HOST_DEVICE inline void hybrid_loss_values(const double* sums, double pixels, double planes, float* loss,
+                                                float* parts, double* coef) {
+  const double focal = sums[0] / pixels, iou = 1 - sums[1] / sums[2], ssim = 1 - sums[3] / planes;
+  loss[0] = static_cast<float>(focal + ssim + iou);
+  parts[0] = static_cast<float>(focal);
+  parts[1] = static_cast<float>(ssim);
+  parts[2] = static_cast<float>(iou);
+  coef[0] = 1 / pixels;
+  coef[1] = -1 / sums[2];
+  coef[2] = sums[1] / (sums[2] * sums[2]);
+  coef[3] = -1 / planes;
+}
 
 struct HybridLossKernels {
   int max_channels;  // the most classes the kernels take

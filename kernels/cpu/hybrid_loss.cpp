@@ -12,36 +12,11 @@
 namespace unet::kernels::cpu {
 namespace {
 
-constexpr double kFocalEps = 1e-9;
-constexpr double kC1 = 0.01 * 0.01, kC2 = 0.03 * 0.03;  // (k1 max_val)^2, (k2 max_val)^2 with max_val 1
 constexpr int kWin = kSsimWindow;
 
-// tf.image.ssim's window: exp(-x^2 / (2 sigma^2)) at x = -5..5, sigma 1.5, normalised (its 2D window is the outer
-// product of this one with itself).
-const std::array<double, kWin>& window() {
-  static const std::array<double, kWin> g = [] {
-    std::array<double, kWin> w{};
-    double sum = 0;
-    for (int i = 0; i < kWin; ++i) {
-      const double x = i - (kWin - 1) / 2.0;
-      w[size_t(i)] = std::exp(-x * x / (2 * 1.5 * 1.5));
-      sum += w[size_t(i)];
-    }
-    for (double& v : w) v /= sum;
-    return w;
-  }();
+const std::array<double, kWin>& window() {  // kernels/hybrid_loss.h's, made once
+  static const std::array<double, kWin> g = ssim_window();
   return g;
-}
-
-// base^gamma as the CUDA twin computes it: repeated products for integer gammas (DLE's 2; a base just below 0 is
-// possible, q = p + 1e-9 may pass 1), exp(gamma log base) otherwise.
-double power(double base, double gamma) {
-  if (gamma == std::floor(gamma) && gamma >= 0 && gamma <= 16) {
-    double r = 1;
-    for (int i = 0; i < static_cast<int>(gamma); ++i) r *= base;
-    return r;
-  }
-  return base > 0 ? std::exp(gamma * std::log(base)) : 0.0;
 }
 
 int64_t label_at(const void* labels, DType dt, int64_t i) {
@@ -125,17 +100,10 @@ void load_plane(const std::vector<double>& p, const void* labels, DType dt, int6
   }
 }
 
-// The SSIM terms at one position: A1 = 2 mt mp + c1, B1 = mt^2 + mp^2 + c1, A2 = 2 (G(tp) - mt mp) + c2,
-// B2 = G(tt) - mt^2 + G(pp) - mp^2 + c2; SSIM = A1 A2 / (B1 B2).
-struct SsimTerms {
-  double a1, b1, a2, b2;
-  SsimTerms(const PlaneStats& s, size_t i)
-      : a1(2 * s.mt[i] * s.mp[i] + kC1),
-        b1(s.mt[i] * s.mt[i] + s.mp[i] * s.mp[i] + kC1),
-        a2(2 * (s.tp[i] - s.mt[i] * s.mp[i]) + kC2),
-        b2(s.tt[i] - s.mt[i] * s.mt[i] + s.pp[i] - s.mp[i] * s.mp[i] + kC2) {}
-  double value() const { return a1 * a2 / (b1 * b2); }
-};
+// kernels/hybrid_loss.h's SSIM terms at valid position i of a plane's statistics.
+SsimTerms terms_at(const PlaneStats& s, size_t i) {
+  return SsimTerms(s.mt[i], s.mp[i], s.tt[i], s.pp[i], s.tp[i]);
+}
 
 }  // namespace
 
@@ -165,7 +133,7 @@ int64_t hybrid_loss_forward(const float* logits, const void* labels, DType label
         uni += t + pk - t * pk;
       }
       const double q = p[size_t(v * c + y)] + kFocalEps;
-      focal += alpha * power(1 - q, gamma) * -std::log(q);
+      focal += alpha * focal_power(1 - q, gamma) * -std::log(q);
     }
     double ssim = 0;
     PlaneStats st;
@@ -173,7 +141,7 @@ int64_t hybrid_loss_forward(const float* logits, const void* labels, DType label
       load_plane(p, labels, label_dtype, n * pixels, pixels, c, k, st);
       st.compute(s.h, s.w);
       double plane = 0;
-      for (size_t i = 0; i < size_t(valid); ++i) plane += SsimTerms(st, i).value();
+      for (size_t i = 0; i < size_t(valid); ++i) plane += terms_at(st, i).value();
       ssim += plane / double(valid);
     }
     partial[size_t(n)] = {focal, inter, uni, ssim};
@@ -202,7 +170,8 @@ void hybrid_loss_backward(const float* logits, const void* labels, DType label_d
         gp[size_t(v * c + k)] = coef[1] * t + coef[2] * (1 - t);
       }
       const double q = p[size_t(v * c + y)] + kFocalEps;
-      const double dq = alpha * gamma * power(1 - q, gamma - 1) * std::log(q) - alpha * power(1 - q, gamma) / q;
+      const double dq =
+          alpha * gamma * focal_power(1 - q, gamma - 1) * std::log(q) - alpha * focal_power(1 - q, gamma) / q;
       gp[size_t(v * c + y)] += coef[0] * dq;
     }
     // SSIM: at each valid position, dS/dmp = (2 mt (A2 - A1) - S 2 mp (B2 - B1)) / (B1 B2), dS/dG(tp) = 2 A1 / (B1 B2),
@@ -215,11 +184,7 @@ void hybrid_loss_backward(const float* logits, const void* labels, DType label_d
       load_plane(p, labels, label_dtype, n * pixels, pixels, c, k, st);
       st.compute(s.h, s.w);
       for (size_t i = 0; i < size_t(valid); ++i) {
-        const SsimTerms q(st, i);
-        const double den = q.b1 * q.b2, ssim = q.a1 * q.a2 / den;
-        d_mp[i] = w * (2 * st.mt[i] * (q.a2 - q.a1) - ssim * 2 * st.mp[i] * (q.b2 - q.b1)) / den;
-        d_tp[i] = w * 2 * q.a1 / den;
-        d_pp[i] = w * -ssim / q.b2;
+        terms_at(st, i).gradient(w, &d_mp[i], &d_pp[i], &d_tp[i]);
       }
       blur_transposed(d_mp, s.h, s.w, tmp, g_mp);
       blur_transposed(d_pp, s.h, s.w, tmp, g_pp);
@@ -252,15 +217,7 @@ void forward_entry(const float* logits, const void* labels, DType label_dtype, H
 }
 
 void finish(const double* sums, double pixels, double planes, float* loss, float* parts, double* coef, cudaStream_t) {
-  const double focal = sums[0] / pixels, iou = 1 - sums[1] / sums[2], ssim = 1 - sums[3] / planes;
-  loss[0] = static_cast<float>(focal + ssim + iou);
-  parts[0] = static_cast<float>(focal);
-  parts[1] = static_cast<float>(ssim);
-  parts[2] = static_cast<float>(iou);
-  coef[0] = 1 / pixels;
-  coef[1] = -1 / sums[2];
-  coef[2] = sums[1] / (sums[2] * sums[2]);
-  coef[3] = -1 / planes;
+  hybrid_loss_values(sums, pixels, planes, loss, parts, coef);
 }
 
 void backward_entry(const float* logits, const void* labels, DType label_dtype, HybridLossShape s, double alpha,

@@ -24,21 +24,14 @@ namespace {
 constexpr int kThreads = 256;
 constexpr int kMaxBlocks = 1024;
 constexpr int kWin = kSsimWindow;
-constexpr double kFocalEps = 1e-9, kC1 = 1e-4, kC2 = 9e-4;
-
 struct Window {
   double g[kWin];  // tf.image.ssim's normalised 1D Gaussian, sigma 1.5 (computed on the host as the CPU does)
 };
 
 Window make_window() {
+  const auto g = ssim_window();
   Window w{};
-  double sum = 0;
-  for (int i = 0; i < kWin; ++i) {
-    const double x = i - (kWin - 1) / 2.0;
-    w.g[i] = std::exp(-x * x / (2 * 1.5 * 1.5));
-    sum += w.g[i];
-  }
-  for (double& v : w.g) v /= sum;
+  for (int i = 0; i < kWin; ++i) w.g[i] = g[size_t(i)];
   return w;
 }
 
@@ -55,17 +48,6 @@ Layout layout(void* workspace, HybridLossShape s) {
   l.pos = l.hbuf + planes * s.h * w2 * 5;
   l.partial = l.pos + planes * h2 * w2 * 3;
   return l;
-}
-
-// base^gamma: repeated products for the integer gammas (DLE's 2), which also take a base just below 0 (q = p + 1e-9
-// may pass 1); otherwise exp(gamma log base). Not pow(): its out-of-line slow path made the kernels spill.
-__device__ __forceinline__ double power(double base, double gamma) {
-  if (gamma == floor(gamma) && gamma >= 0 && gamma <= 16) {
-    double r = 1;
-    for (int i = 0; i < static_cast<int>(gamma); ++i) r *= base;
-    return r;
-  }
-  return base > 0 ? exp(gamma * log(base)) : 0.0;
 }
 
 // Softmax of each pixel into P (a kernel of its own: with the loss terms below in the same one, sm_90 spilled).
@@ -103,7 +85,7 @@ __global__ void __launch_bounds__(kThreads)
     double focal = __builtin_nan("");
     if (y >= 0 && y < c) {
       const double q = p[y] + kFocalEps;
-      focal = alpha * power(1 - q, gamma) * -log(q);
+      focal = alpha * focal_power(1 - q, gamma) * -log(q);
     }
     rows[v * 3] = focal;
     rows[v * 3 + 1] = inter;
@@ -150,10 +132,7 @@ __global__ void __launch_bounds__(kThreads) hl_ssim(const double* hbuf, HybridLo
     const int64_t j = it % w2, i = (it / w2) % h2, plane = it / (w2 * h2);
     double st[5];
     stats_at(hbuf, plane, i, j, s.h, w2, win, st);
-    const double mt = st[0], mp = st[1];
-    const double a1 = 2 * mt * mp + kC1, b1 = mt * mt + mp * mp + kC1, a2 = 2 * (st[4] - mt * mp) + kC2,
-                 b2 = st[2] - mt * mt + st[3] - mp * mp + kC2;
-    pos[it] = a1 * a2 / (b1 * b2) / double(h2 * w2);
+    pos[it] = SsimTerms(st[0], st[1], st[2], st[3], st[4]).value() / double(h2 * w2);
   }
 }
 
@@ -166,13 +145,7 @@ __global__ void __launch_bounds__(kThreads) hl_dssim(const double* hbuf, HybridL
     const int64_t j = it % w2, i = (it / w2) % h2, plane = it / (w2 * h2);
     double st[5];
     stats_at(hbuf, plane, i, j, s.h, w2, win, st);
-    const double mt = st[0], mp = st[1];
-    const double a1 = 2 * mt * mp + kC1, b1 = mt * mt + mp * mp + kC1, a2 = 2 * (st[4] - mt * mp) + kC2,
-                 b2 = st[2] - mt * mt + st[3] - mp * mp + kC2;
-    const double den = b1 * b2, ssim = a1 * a2 / den;
-    pos[it * 3] = w * (2 * mt * (a2 - a1) - ssim * 2 * mp * (b2 - b1)) / den;
-    pos[it * 3 + 1] = w * -ssim / b2;
-    pos[it * 3 + 2] = w * 2 * a1 / den;
+    SsimTerms(st[0], st[1], st[2], st[3], st[4]).gradient(w, &pos[it * 3], &pos[it * 3 + 1], &pos[it * 3 + 2]);
   }
 }
 
@@ -211,7 +184,8 @@ __global__ void __launch_bounds__(kThreads)
       double g = go * (coef[1] * t + coef[2] * (1 - t));
       if (k == y) {
         const double q = p[k] + kFocalEps;
-        g += go * coef[0] * (alpha * gamma * power(1 - q, gamma - 1) * log(q) - alpha * power(1 - q, gamma) / q);
+        g += go * coef[0] *
+             (alpha * gamma * focal_power(1 - q, gamma - 1) * log(q) - alpha * focal_power(1 - q, gamma) / q);
       }
       double um = 0, upp = 0, utp = 0;
       for (int q = 0; q < kWin; ++q) {
@@ -259,15 +233,7 @@ __global__ void __launch_bounds__(32) hl_reduce_final(const double* partial, int
 
 __global__ void __launch_bounds__(1)
     hl_finish(const double* sums, double pixels, double planes, float* loss, float* parts, double* coef) {
-  const double focal = sums[0] / pixels, iou = 1 - sums[1] / sums[2], ssim = 1 - sums[3] / planes;
-  loss[0] = static_cast<float>(focal + ssim + iou);
-  parts[0] = static_cast<float>(focal);
-  parts[1] = static_cast<float>(ssim);
-  parts[2] = static_cast<float>(iou);
-  coef[0] = 1 / pixels;
-  coef[1] = -1 / sums[2];
-  coef[2] = sums[1] / (sums[2] * sums[2]);
-  coef[3] = -1 / planes;
+  hybrid_loss_values(sums, pixels, planes, loss, parts, coef);
 }
 
 // The block count of a reduction depends only on the row count (never on the device): the same bits everywhere.
