@@ -138,19 +138,26 @@ Tensor instance_norm_leaky_relu(const Tensor& x, const Tensor& gamma, const Tens
 
 namespace {
 
+// The checks of x, gamma, beta and eps on the paths that do not go through norm(): evaluation and SyncBatchNorm.
+void check_batch_norm_args(const Tensor& x, const Tensor& gamma, const Tensor& beta, float eps,
+                           const std::string& args) {
+  check_arg(backend::is_float(x.dtype()), args + "x must be f32, f16 or bf16");
+  check_arg(x.rank() >= 3 && x.rank() <= 5, args + "x must be [N, spatial..., C] with 1 to 3 spatial axes");
+  const int64_t C = x.dim(-1);
+  for (const Tensor* t : {&gamma, &beta})
+    check_arg(!t->defined() || (t->dtype() == DType::f32 && t->rank() == 1 && t->dim(0) == C),
+              args + "gamma and beta must be f32 [C] = [" + std::to_string(C) + "]");
+  backend::check_device("batch_norm", x.device(), {x, gamma, beta});
+  check_arg(std::isfinite(eps) && eps >= 0.f, args + "eps must be finite and >= 0, got " + std::to_string(eps));
+}
+
 // SyncBatchNorm's training forward and its backward (BatchNormOptions::comm): the per-channel sums of x (and in
 // backward of g and g xhat) are reduced over the ranks between the kernels; the normalisation itself is the
 // evaluation kernel applied with the batch's mean and biased variance.
 Tensor sync_batch_norm(const Tensor& x, const Tensor& gamma, const Tensor& beta, const Tensor& running_mean,
                        const Tensor& running_var, const BatchNormOptions& o, const std::string& args) {
-  check_arg(backend::is_float(x.dtype()), args + "x must be f32, f16 or bf16");
-  check_arg(x.rank() >= 3 && x.rank() <= 5, args + "x must be [N, spatial..., C] with 1 to 3 spatial axes");
+  check_batch_norm_args(x, gamma, beta, o.eps, args);
   const int64_t C = x.dim(-1), rows = x.numel() / C;
-  for (const Tensor* t : {&gamma, &beta})
-    check_arg(!t->defined() || (t->dtype() == DType::f32 && t->rank() == 1 && t->dim(0) == C),
-              args + "gamma and beta must be f32 [C] = [" + std::to_string(C) + "]");
-  backend::check_device("batch_norm", x.device(), {x, gamma, beta});
-  check_arg(std::isfinite(o.eps) && o.eps >= 0.f, args + "eps must be finite and >= 0, got " + std::to_string(o.eps));
   Comm* comm = o.comm;
   const Device dev = x.device();
   const cudaStream_t stream = backend::stream(x);
@@ -225,14 +232,8 @@ Tensor batch_norm(const Tensor& x, const Tensor& gamma, const Tensor& beta, cons
   }
   check_arg(!autograd::should_record({x, gamma, beta}),
             args + "evaluation mode (training = false) has no gradient here: run it under autograd::NoGradGuard");
-  // The shape and argument checks of the training path; its statistics are not used.
-  check_arg(backend::is_float(x.dtype()), args + "x must be f32, f16 or bf16");
-  check_arg(x.rank() >= 3 && x.rank() <= 5, args + "x must be [N, spatial..., C] with 1 to 3 spatial axes");
-  for (const Tensor* t : {&gamma, &beta})
-    check_arg(!t->defined() || (t->dtype() == DType::f32 && t->rank() == 1 && t->dim(0) == C),
-              args + "gamma and beta must be f32 [C] = [" + std::to_string(C) + "]");
-  backend::check_device("batch_norm", x.device(), {x, gamma, beta});
-  check_arg(std::isfinite(o.eps) && o.eps >= 0.f, args + "eps must be finite and >= 0, got " + std::to_string(o.eps));
+  // The shape and argument checks of the training path (whose kernels make their own in norm()).
+  check_batch_norm_args(x, gamma, beta, o.eps, args);
   Tensor y = Tensor::empty(x.shape(), x.dtype(), x.device());
   if (x.numel() == 0) return y;
   const kernels::NormShape sh{1, x.numel() / std::max<int64_t>(1, C), C};
