@@ -3,6 +3,7 @@
 // table); windows go through `predict` in batches; the blended result is normalised and cropped on the host.
 #include "engine/sliding_window.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 
@@ -116,9 +117,9 @@ Tensor sliding_window_predict(const Tensor& image, const PredictFn& predict, con
 
   std::vector<std::array<bool, 3>> flips{{false, false, false}};
   if (o.tta)
-    for (int mask = 1; mask < (1 << dims); ++mask) {
+    for (int mask = 1, axes = o.tta_axes > 0 ? std::min(o.tta_axes, dims) : dims; mask < (1 << axes); ++mask) {
       std::array<bool, 3> f{false, false, false};
-      for (int a = 0; a < dims; ++a) f[3 - dims + a] = (mask >> a) & 1;
+      for (int a = 0; a < axes; ++a) f[3 - axes + a] = (mask >> a) & 1;
       flips.push_back(f);
     }
 

@@ -16,7 +16,10 @@ struct SlidingWindowOptions {
   std::vector<int> patch;  // per spatial axis
   double overlap = 0.5;    // DLE README default (its code: 0.25 with constant blending)
   Blend blend = Blend::gaussian;
-  bool tta = false;    // identity + every non-empty subset of spatial flips
+  bool tta = false;  // identity + every non-empty subset of spatial flips
+  // Flips for tta over the last tta_axes spatial axes only (0: all). A 2D network on a volume's slices: 2 (a flip in z
+  // would only repeat a one-slice window, or reverse the order of adjacent slices it takes as channels).
+  int tta_axes = 0;
   int batch_size = 1;  // windows per predict call
   // Voxels of context per spatial axis that a window's input has beyond its output on each side, for networks of valid
   // convolutions (UNet2D: 92, 572 in -> 388 out); empty: none. The windows' inputs are then patch + 2 context, cut from

@@ -151,10 +151,10 @@ std::vector<float> resize_axis_cubic(const std::vector<float>& in, const std::ar
   return out;
 }
 
-void zoom(Sample& s, double scale) {
+void zoom(Sample& s, double scale, bool in_plane) {
   const int64_t C = s.channels;
-  std::array<int64_t, 3> crop{}, start{};
-  for (int a = 0; a < 3; ++a) {
+  std::array<int64_t, 3> crop{s.size[0], 0, 0}, start{};
+  for (int a = in_plane ? 1 : 0; a < 3; ++a) {
     const int64_t n = s.size[static_cast<size_t>(a)];
     crop[static_cast<size_t>(a)] = std::clamp<int64_t>(std::lround(scale * static_cast<double>(n)), 1, n);
     start[static_cast<size_t>(a)] = (n - crop[static_cast<size_t>(a)]) / 2;
@@ -209,7 +209,7 @@ void add_noise(Sample& s, double stddev, Rng& rng) {
   for (float& x : s.image) x = static_cast<float>(x + stddev * rng.normal());
 }
 
-void gaussian_blur(Sample& s, double sigma) {
+void gaussian_blur(Sample& s, double sigma, bool in_plane) {
   if (sigma <= 0) return;
   const int64_t r = static_cast<int64_t>(std::ceil(3 * sigma));
   std::vector<double> w(static_cast<size_t>(2 * r + 1));
@@ -217,7 +217,7 @@ void gaussian_blur(Sample& s, double sigma) {
   for (int64_t k = -r; k <= r; ++k) total += w[static_cast<size_t>(k + r)] = std::exp(-0.5 * k * k / (sigma * sigma));
   for (double& x : w) x /= total;
   std::array<int64_t, 4> shape{s.size[0], s.size[1], s.size[2], s.channels};
-  for (int a = 0; a < 3; ++a) {
+  for (int a = in_plane ? 1 : 0; a < 3; ++a) {
     const int64_t n = shape[static_cast<size_t>(a)];
     int64_t outer, inner;
     split(shape, a, &outer, &inner);
@@ -263,9 +263,9 @@ void gamma_transform(Sample& s, double gamma) {
   }
 }
 
-void simulate_low_resolution(Sample& s, double zoom_factor) {
-  std::array<int64_t, 3> low{};
-  for (int a = 0; a < 3; ++a) {
+void simulate_low_resolution(Sample& s, double zoom_factor, bool in_plane) {
+  std::array<int64_t, 3> low{s.size[0], 0, 0};
+  for (int a = in_plane ? 1 : 0; a < 3; ++a) {
     const int64_t n = s.size[static_cast<size_t>(a)];
     low[static_cast<size_t>(a)] = std::clamp<int64_t>(std::lround(zoom_factor * static_cast<double>(n)), 1, n);
   }
@@ -302,14 +302,15 @@ AugmentRecord augment(Sample& s, const AugmentOptions& o, Rng& rng) {
   r.gamma = draw(o.gamma_prob, o.gamma_min, o.gamma_max, 1);
   r.low_resolution = draw(o.low_resolution_prob, o.low_resolution_min, 1, 1);
 
-  if (r.zoom != 1) zoom(s, r.zoom);
+  if (o.in_plane) r.flip[0] = false;
+  if (r.zoom != 1) zoom(s, r.zoom, o.in_plane);
   flip(s, r.flip);
   if (r.noise_std > 0) add_noise(s, r.noise_std, rng);
-  if (r.blur_sigma > 0) gaussian_blur(s, r.blur_sigma);
+  if (r.blur_sigma > 0) gaussian_blur(s, r.blur_sigma, o.in_plane);
   if (r.brightness != 1) scale_brightness(s, r.brightness);
   if (r.contrast != 1) scale_contrast(s, r.contrast);
   if (r.gamma != 1) gamma_transform(s, r.gamma);
-  if (r.low_resolution != 1) simulate_low_resolution(s, r.low_resolution);
+  if (r.low_resolution != 1) simulate_low_resolution(s, r.low_resolution, o.in_plane);
   return r;
 }
 
@@ -318,6 +319,7 @@ std::array<double, 3> draw_rotation(const AugmentOptions& o, Rng& rng) {
   std::array<double, 3> angles{};
   for (double& a : angles) a = rng.uniform(-o.rotation_max_degrees, o.rotation_max_degrees) * kPi / 180;
   if (!on) angles = {0, 0, 0};
+  if (o.in_plane) angles[1] = angles[2] = 0;
   return angles;
 }
 

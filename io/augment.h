@@ -29,6 +29,9 @@ struct AugmentOptions {
   double rotation_prob = 0, rotation_max_degrees = 30;
   double gamma_prob = 0, gamma_min = 0.7, gamma_max = 1.5;
   double low_resolution_prob = 0, low_resolution_min = 0.5;
+  // 2D networks (patches of slices): zoom, flips, blur, low resolution and rotation act in the y-x plane only, so
+  // adjacent slices taken as channels stay apart (the draws are the same, only their effect on z is dropped).
+  bool in_plane = false;
 
   static AugmentOptions none();  // every probability 0: the patch as cut
   void check() const;            // std::invalid_argument naming a probability or range out of bounds
@@ -61,13 +64,14 @@ std::vector<float> resize_axis_cubic(const std::vector<float>& in, const std::ar
 
 // DLE's zoom: the centred crop of round(scale * size) voxels per axis (at least 1), resized back to the full size:
 // the image by cubic convolution, the label by nearest neighbour (voxel i takes the crop's floor((i + 0.5) * c / n)).
-void zoom(Sample& s, double scale);
+// in_plane: z is kept whole.
+void zoom(Sample& s, double scale, bool in_plane = false);
 void flip(Sample& s, const std::array<bool, 3>& axes);
 // image += stddev * N(0, 1), one draw per value from rng, in memory order.
 void add_noise(Sample& s, double stddev, Rng& rng);
 // Separable Gaussian blur of every channel, radius ceil(3 sigma) taps, mirrored edges (reflect 101: ... 2 1 | 0 1 2
-// ...).
-void gaussian_blur(Sample& s, double sigma);
+// ...). in_plane: along y and x only.
+void gaussian_blur(Sample& s, double sigma, bool in_plane = false);
 void scale_brightness(Sample& s, double factor);
 // DLE's contrast: image * factor, clamped to the image's minimum and maximum before the change (over all channels).
 void scale_contrast(Sample& s, double factor);
@@ -75,15 +79,15 @@ void scale_contrast(Sample& s, double factor);
 // 1e-7) + min, then shifted and scaled back to the channel's mean and standard deviation.
 void gamma_transform(Sample& s, double gamma);
 // nnU-Net's low-resolution simulation: every channel downsampled to round(zoom * size) per axis (at least 1) by
-// nearest neighbour and resized back by cubic convolution.
-void simulate_low_resolution(Sample& s, double zoom);
+// nearest neighbour and resized back by cubic convolution. in_plane: z is kept whole.
+void simulate_low_resolution(Sample& s, double zoom, bool in_plane = false);
 
 // Draws every parameter from rng (the same number of draws whatever is applied, so each decision has a fixed place
 // in the stream) and applies the transforms in order. The flips are drawn here too.
 AugmentRecord augment(Sample& s, const AugmentOptions& o, Rng& rng);
 
 // The rotation part, drawn before the patch is cut (the sampler cuts a region large enough for the rotated patch):
-// angles in radians about the z, y and x axes, zero when not applied. Four draws.
+// angles in radians about the z, y and x axes, zero when not applied (in_plane: about z only). Four draws.
 std::array<double, 3> draw_rotation(const AugmentOptions& o, Rng& rng);
 
 // Rotation matrix R = Rz * Ry * Rx (row-major) for angles about the z, y, x axes, in (z, y, x) coordinates.

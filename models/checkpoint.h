@@ -22,14 +22,19 @@ struct ModelCard {
   DynUNetConfig net;
   UNet2DConfig unet2d;
   UNet3PlusConfig unet3plus;
-  std::vector<int> patch;        // training patch = inference window, per spatial axis
-  std::vector<double> spacing;   // target spacing the model was trained at (z, y, x)
-  io::NormalizationPlan normalization;   // per channel: z-score per case, or CT clip + global z-score
-  std::map<int, std::string> labels;     // class index -> name
+  std::vector<int> patch;               // training patch = inference window, per spatial axis
+  std::vector<double> spacing;          // target spacing the model was trained at (z, y, x)
+  io::NormalizationPlan normalization;  // per channel: z-score per case, or CT clip + global z-score
+  std::map<int, std::string> labels;    // class index -> name
   int label_scale = 1;  // class c is written as the value c * label_scale (ISBI 2012: 255, its labels are 0 / 255)
   int in_channels() const {
     return model == "unet2d" ? unet2d.in_channels : model == "unet3plus" ? unet3plus.in_channels : net.in_channels;
   }
+  // Adjacent slices a 2D network takes in as channels: Z of a patch [Z, H, W] (UNet 3+ on DLE's three CT slices),
+  // else 1.
+  int slices() const { return model == "unet3plus" && patch.size() == 3 ? patch[0] : 1; }
+  // Channels of the images the model segments: in_channels() counts each of slices() once.
+  int image_channels() const { return in_channels() / slices(); }
   int out_channels() const {
     return model == "unet2d" ? unet2d.out_channels : model == "unet3plus" ? unet3plus.out_channels : net.out_channels;
   }

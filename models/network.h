@@ -35,8 +35,8 @@ class Network : public Module {
   virtual bool set_batch_norm_comm(Comm* /*comm*/) { return false; }
 };
 
-// x as the network takes it: slices [B, 1, H, W, C] of a volume become [B, H, W, C] for a 2D network (no autograd: x is
-// an input); anything else is x itself.
+// x as the network takes it: slices [B, 1, H, W, C] of a volume become [B, H, W, C] for a 2D network, and Z adjacent
+// slices [B, Z, H, W, C] become [B, H, W, Z C] (slice z's channels at z C..); anything else is x itself.
 Tensor network_input(const Network& net, const Tensor& x);
 
 // The network a card describes, with zero weights (initialize, or load a checkpoint). Throws std::invalid_argument

@@ -43,9 +43,9 @@ Predictor::Predictor(const io::SafetensorsContent& weights, const std::string& c
 }
 
 Segmentation Predictor::segment(const io::Image& volume, const std::string& source) const {
-  if (volume.data.dim(-1) != card_.in_channels())
+  if (volume.data.dim(-1) != card_.image_channels())
     throw std::runtime_error(source + ": has " + std::to_string(volume.data.dim(-1)) +
-                             " channel(s), the model expects " + std::to_string(card_.in_channels()));
+                             " channel(s), the model expects " + std::to_string(card_.image_channels()));
   // As in training (models/trainer.h): crop to the non-zero box, resample to the training spacing, normalise.
   const std::array<int64_t, 3> full{volume.data.dim(0), volume.data.dim(1), volume.data.dim(2)};
   const io::Box box = io::nonzero_box(volume.data);

@@ -54,8 +54,11 @@ namespace {
 Tensor labels_for(const Tensor& labels, const Tensor& logits) {
   Shape spatial(logits.shape().begin() + 1, logits.shape().end() - 1);
   Tensor l = labels;
-  if (l.rank() == static_cast<int>(spatial.size()) + 2 && spatial.size() == 2 && l.dim(1) == 1)  // slices
-    l = l.reshape({l.dim(0), l.dim(2), l.dim(3)});
+  if (l.rank() == static_cast<int>(spatial.size()) + 2 && spatial.size() == 2) {  // slices: the centre one
+    const int64_t z = l.dim(1), h = l.dim(2), w = l.dim(3);
+    l = z == 1 ? l.reshape({l.dim(0), h, w})
+               : ops::crop(l.reshape({l.dim(0), z, h, w, 1}), {(z - 1) / 2, 0, 0}, {1, h, w}).reshape({l.dim(0), h, w});
+  }
   if (Shape(l.shape().begin() + 1, l.shape().end()) == spatial) return l;
   Shape with_channel = l.shape();
   with_channel.push_back(1);
@@ -94,6 +97,7 @@ StepStats train_step(Network& net, Optimizer& optimizer, const Tensor& x, const 
 SlidingWindowOptions window_options(const Network& net, const std::vector<int>& patch) {
   SlidingWindowOptions o;
   o.context = net.context(patch);
+  o.tta_axes = net.spatial_dims();
   for (size_t a = 0; a < patch.size(); ++a) o.patch.push_back(patch[a] - 2 * o.context[a]);
   return o;
 }
@@ -422,7 +426,7 @@ Trainer::Trainer(TrainerOptions options, std::FILE* out) : s_(std::make_unique<S
     card.unet2d = {s.info.num_channels(), s.info.num_classes(), {}, o.dropout};
     for (int i = 0; i < 5; ++i) card.unet2d.filters.push_back(o.filters << i);
   } else if (o.model == "unet3plus") {
-    card.unet3plus.in_channels = s.info.num_channels();
+    card.unet3plus.in_channels = s.info.num_channels() * patch[0];  // Z adjacent slices in (patch [Z, H, W])
     card.unet3plus.out_channels = s.info.num_classes();
     card.unet3plus.filters.clear();
     for (int i = 0; i < 5; ++i) card.unet3plus.filters.push_back(o.filters << i);
@@ -519,6 +523,7 @@ void Trainer::run() {
   so.seed = o.seed;
   so.rank = s.rank();
   so.ranks = s.ranks();
+  so.augment.in_plane = s.net->spatial_dims() == 2;  // slices: nothing moves across z
   io::PatchSampler sampler(s.cases, s.split.train, so);
   // Each step's batch depends only on (seed, step): resuming draws what was next, whatever the number of workers.
   io::BatchLoader loader(sampler, first_step, o.loader_workers, o.prefetch);

@@ -42,6 +42,13 @@ class UNet3Plus : public Network {
   void initialize(uint64_t seed) override;
   int spatial_dims() const override { return 2; }
   int out_channels() const override { return config_.out_channels; }
+  // A patch [Z, H, W] of Z adjacent slices (Z odd; in_channels counts every slice's channels) predicts its centre
+  // slice: (Z - 1) / 2 slices of context on each side in z.
+  std::vector<int> context(const std::vector<int>& patch) const override {
+    std::vector<int> c(patch.size(), 0);
+    if (patch.size() == 3) c[0] = (patch[0] - 1) / 2;
+    return c;
+  }
   // Every output counts fully (DLE's Keras model compiles one loss per output, weights 1).
   std::vector<double> output_weights(size_t outputs) const override { return std::vector<double>(outputs, 1.0); }
   // SyncBatchNorm over comm in training (ops::BatchNormOptions::comm); null: each rank normalises its own share.

@@ -2,6 +2,7 @@
 // what the interpolation must reproduce, nearest-neighbour labels, index maps of flips and rotations, expected
 // statistics of the random ones, and the draw probabilities.
 #include <cmath>
+#include <functional>
 #include <numeric>
 
 #include "io/augment.h"
@@ -251,4 +252,49 @@ TEST_CASE("augment: nothing at probability 0; every transform within its range a
   AugmentOptions bad;
   bad.blur_prob = 1.5;
   CHECK_THROWS_WITH_AS(bad.check(), doctest::Contains("blur probability"), std::invalid_argument);
+}
+
+TEST_CASE("in-plane augmentation (2D networks on adjacent slices) equals the transform of each slice alone") {
+  // A [3, 9, 10] patch of two channels: zoom, blur and low resolution with in_plane equal the same transform applied to
+  // each [1, 9, 10] slice; without in_plane they mix the slices, so the comparison can fail.
+  const Sample s = random_sample({3, 9, 10}, 2, 21);
+  auto slice = [](const Sample& v, int64_t z) {
+    Sample one({1, v.size[1], v.size[2]}, v.channels);
+    const int64_t n = v.size[1] * v.size[2];
+    std::copy_n(v.image.begin() + z * n * v.channels, n * v.channels, one.image.begin());
+    std::copy_n(v.label.begin() + z * n, n, one.label.begin());
+    return one;
+  };
+  auto check_slicewise = [&](const std::function<void(Sample&, bool)>& transform, const char* what) {
+    CAPTURE(what);
+    Sample planar = s, mixed = s;
+    transform(planar, true);
+    transform(mixed, false);
+    bool differs = false;
+    for (int64_t z = 0; z < 3; ++z) {
+      Sample expected = slice(s, z);
+      transform(expected, false);
+      const Sample got = slice(planar, z);
+      CHECK(got.image == expected.image);
+      CHECK(got.label == expected.label);
+      differs = differs || slice(mixed, z).image != expected.image;
+    }
+    CHECK(differs);
+  };
+  check_slicewise([](Sample& v, bool p) { zoom(v, 0.6, p); }, "zoom");
+  check_slicewise([](Sample& v, bool p) { gaussian_blur(v, 1.2, p); }, "blur");
+  check_slicewise([](Sample& v, bool p) { simulate_low_resolution(v, 0.5, p); }, "low resolution");
+
+  // augment() never flips z in plane, and rotations turn about z only.
+  AugmentOptions o;
+  o.in_plane = true;
+  o.flip_prob = o.rotation_prob = 1;
+  Rng rng(5);
+  Sample t = s;
+  const AugmentRecord r = augment(t, o, rng);
+  CHECK(r.flip == std::array<bool, 3>{false, true, true});
+  const std::array<double, 3> angles = draw_rotation(o, rng);
+  CHECK(angles[0] != 0);
+  CHECK(angles[1] == 0);
+  CHECK(angles[2] == 0);
 }

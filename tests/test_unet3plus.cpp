@@ -213,6 +213,53 @@ TEST_CASE("two UNet 3+ training steps (hybrid loss) on cuda-emu match the cpu's:
     test::check_close(emu.state[i], cpu.state[i], 1e-4, 1e-5, "state tensor " + std::to_string(i));
 }
 
+TEST_CASE("UNet 3+ on adjacent slices (patch 3, H, W): each slice is segmented from itself and its neighbours") {
+  // A volume [Z, H, W, 1]; slice z's input is the three slices z - 1, z, z + 1 as channels 0, 1, 2 (zeros beyond the
+  // volume), built here by hand, independent of network_input.
+  const int64_t Z = 5, H = 32, W = 32;
+  UNet3Plus net({3, 2, {4, 4, 8, 8, 8}, false, 1e-3f, 0.01f});
+  net.initialize(11);
+  std::vector<float> v(static_cast<size_t>(Z * H * W));
+  for (size_t i = 0; i < v.size(); ++i) v[i] = std::sin(0.37f * float(i)) + 0.1f * float(i % 7);
+  const Tensor image = Tensor::from_vector({Z, H, W, 1}, v);
+  auto stack = [&](int64_t z, bool flip_h, bool flip_w) {
+    std::vector<float> s(static_cast<size_t>(H * W * 3), 0.f);
+    for (int64_t c = 0; c < 3; ++c) {
+      const int64_t zz = z + c - 1;
+      if (zz < 0 || zz >= Z) continue;
+      for (int64_t y = 0; y < H; ++y)
+        for (int64_t x = 0; x < W; ++x)
+          s[size_t((y * W + x) * 3 + c)] =
+              v[size_t((zz * H + (flip_h ? H - 1 - y : y)) * W + (flip_w ? W - 1 - x : x))];
+    }
+    return Tensor::from_vector({1, H, W, 3}, s);
+  };
+  for (bool tta : {false, true}) {
+    CAPTURE(tta);
+    SlidingWindowOptions o = window_options(net, {3, int(H), int(W)});
+    CHECK(o.patch == std::vector<int>{1, int(H), int(W)});
+    CHECK(o.context == std::vector<int>{1, 0, 0});
+    o.tta = tta;
+    const std::vector<float> got = predict_volume(net, image, o).to_vector();
+    REQUIRE(got.size() == size_t(Z * H * W * 2));
+    std::vector<float> expected(got.size(), 0.f);
+    // TTA flips H and W only (4 passes): a flip in z would reverse the order of the slices the channels hold.
+    const int passes = tta ? 4 : 1;
+    autograd::NoGradGuard no_grad;
+    for (int64_t z = 0; z < Z; ++z)
+      for (int f = 0; f < passes; ++f) {
+        const bool fh = f & 1, fw = f & 2;
+        const std::vector<float> l = forward_in(net, stack(z, fh, fw), false, Precision::fp32)[0].to_vector();
+        for (int64_t y = 0; y < H; ++y)
+          for (int64_t x = 0; x < W; ++x)
+            for (int64_t k = 0; k < 2; ++k)
+              expected[size_t(((z * H + y) * W + x) * 2 + k)] +=
+                  l[size_t((((fh ? H - 1 - y : y) * W) + (fw ? W - 1 - x : x)) * 2 + k)] / float(passes);
+      }
+    test::check_close(got, expected, 1e-5, 1e-5, "blended logits");
+  }
+}
+
 TEST_CASE("unet_train with model.name = unet3plus and deep supervision learns synthetic slices; unet_infer segments") {
   test::TempDir tmp("unet3plus_train");
   const std::string& dir = tmp.path;
@@ -266,6 +313,43 @@ TEST_CASE("unet_train with model.name = unet3plus and deep supervision learns sy
                            dir + "/run3",
                        &out) == 2);
   CHECK(out.find("train.loss = hybrid: the SSIM is 2D") != std::string::npos);
+}
+
+TEST_CASE("unet_train on three adjacent slices (data.patch_size = 3, H, W, DLE's LiTS input); unet_infer segments") {
+  test::TempDir tmp("unet3plus_slices");
+  REQUIRE(test::run_tool("unet_synth", "--output " + tmp / "data" +
+                                           " --train 6 --test 2 --size 10,32,32 --spacing 1,0.5,0.5 --classes 2 "
+                                           "--seed 4") == 0);
+  const std::string ini = test::write_text(
+      tmp / "t.ini", "[data]\ndataset = " + tmp / "data" +
+                         "\npatch_size = 3, 32, 32\nbatch_size = 2\ncache = none\n[model]\nname = unet3plus\n"
+                         "filters = 8\n[train]\nloss = dice_ce\nsteps = 300\nlr = 3e-3\n[output]\ndir = " +
+                         tmp / "run" + "\n");
+  std::string out;
+  REQUIRE_MESSAGE(test::run_tool("unet_train", ini, &out) == 0, out);
+  const ModelCard card = card_from_metadata(read_weights(tmp / "run/model.safetensors").metadata, "model");
+  CHECK(card.patch == std::vector<int>{3, 32, 32});
+  CHECK(card.unet3plus.in_channels == 3);  // one image channel x three slices
+  CHECK(card.slices() == 3);
+  CHECK(card.image_channels() == 1);
+  // unet_infer takes the one-channel volumes and segments every slice (the first and last with zeros beyond).
+  REQUIRE_MESSAGE(test::run_tool("unet_infer",
+                                 "--model " + tmp / "run/model.safetensors" + " --input " + tmp / "data/imagesTs" +
+                                     " --output " + tmp / "pred",
+                                 &out) == 0,
+                  out);
+  REQUIRE_MESSAGE(
+      test::run_tool("unet_eval", "--pred " + tmp / "pred" + " --label " + tmp / "data/labelsTs", &out) == 0, out);
+  const auto dice = nlohmann::json::parse(std::ifstream(tmp / "pred/dice.json"));
+  // Measured: 0.7710 (300 steps, about 15 s on 2 cores).
+  CHECK(dice["mean_dice"].get<double>() > 0.6);
+  // An even slice count has no centre slice; unet2d takes single slices only.
+  CHECK(test::run_tool("unet_train", ini + " --set data.patch_size=2,32,32 --set output.dir=" + tmp / "r2", &out) == 2);
+  CHECK(out.find("odd count of adjacent slices up to 15 (DLE: 3), got 2") != std::string::npos);
+  CHECK(test::run_tool("unet_train",
+                       ini + " --set model.name=unet2d --set data.patch_size=3,44,44 --set output.dir=" + tmp / "r3",
+                       &out) == 2);
+  CHECK(out.find("unet2d trains on slices, so the z size must be 1, got 3") != std::string::npos);
 }
 
 TEST_CASE(

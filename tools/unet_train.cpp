@@ -60,7 +60,8 @@ io::Config make_config() {
        "probability of nnU-Net's low-resolution simulation, 0.5..1 (nnU-Net: 0.25)"},
       {"model", "name", KeyType::string, "dynunet",
        "dynunet (nnU-Net), unet2d (Ronneberger / DLE UNet_Medical, on slices: patch_size H, W such as 572, 572) or "
-       "unet3plus (UNet 3+ / DLE UNet3P, on slices: H and W multiples of 16 such as 320, 320)"},
+       "unet3plus (UNet 3+ / DLE UNet3P, on slices: H and W multiples of 16 such as 320, 320; Z, H, W with Z odd: Z "
+       "adjacent slices in as channels, the centre one segmented, DLE: 3, 320, 320)"},
       {"model", "filters", KeyType::integer, "32",
        "filters of the first level; doubled per level up to max_filters (unet2d, unet3plus: x2 per level, no cap; "
        "DLE: 64)"},
@@ -156,9 +157,10 @@ models::TrainerOptions trainer_options(const io::Config& c) {
   if (patch.size() != 3)
     throw UsageError(slices ? "data.patch_size: expected H, W (or 1, H, W) for model.name = " + o.model
                             : "data.patch_size: expected three sizes z, y, x");
-  if (slices && patch[0] != 1)
-    throw UsageError("data.patch_size: " + o.model + " trains on slices, so the z size must be 1, got " +
-                     std::to_string(patch[0]));
+  if (slices && patch[0] != 1 && !(o.model == "unet3plus" && patch[0] % 2 == 1 && patch[0] <= 15))
+    throw UsageError("data.patch_size: " + o.model + " trains on slices, so the z size must be 1" +
+                     (o.model == "unet3plus" ? " or an odd count of adjacent slices up to 15 (DLE: 3)" : "") +
+                     ", got " + std::to_string(patch[0]));
   for (size_t a = slices ? 1 : 0; a < 3; ++a)
     if (patch[a] < 4 || patch[a] > 1024) throw UsageError("data.patch_size: sizes must be in [4, 1024]");
   o.sampling.patch = {patch[0], patch[1], patch[2]};
