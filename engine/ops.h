@@ -129,6 +129,9 @@ Tensor dice_ce_loss(const Tensor& logits, const Tensor& labels, Tensor* parts = 
 struct HybridLossOptions {
   double focal_alpha = 4;  // DLE's focal_loss
   double focal_gamma = 2;
+  bool multiscale = false;  // MS-SSIM (the paper's, tf.image.ssim_multiscale) instead of SSIM (DLE's)
+  // The least H and W: the 11 x 11 window must fit (at MS-SSIM's coarsest scale, 1/16 of the image).
+  int64_t min_side() const { return multiscale ? 161 : 11; }
 };
 Tensor hybrid_loss(const Tensor& logits, const Tensor& labels, Tensor* parts = nullptr, Comm* comm = nullptr,
                    const HybridLossOptions& options = {});

@@ -17,11 +17,28 @@
 namespace unet::kernels {
 
 struct HybridLossShape {
-  int64_t n, h, w;  // channels-last logits [n, h, w, c]; h, w >= kSsimWindow
-  int c;            // classes, >= 2
+  int64_t n, h, w;          // channels-last logits [n, h, w, c]; h, w >= kSsimWindow (multiscale: at every scale)
+  int c;                    // classes, >= 2
+  bool multiscale = false;  // MS-SSIM (tf.image.ssim_multiscale) instead of SSIM
 };
 
 inline constexpr int kSsimWindow = 11;  // tf.image.ssim's filter_size
+
+// MS-SSIM (tf.image.ssim_multiscale with its defaults): five scales, each after the first the previous one padded to
+// even sizes by repeating its last row / column (TF's SYMMETRIC pad) and averaged over 2 x 2 blocks; per plane
+// MS-SSIM = prod_{i<4} relu(cs_i)^w_i * relu(ssim_4)^w_4, cs_i and ssim_4 the means over the valid positions.
+inline constexpr int kMsSsimScales = 5;
+// The power of scale i (TF's _MSSSIM_WEIGHTS); a function, as device code cannot read a host constant array.
+UNET_HOST_DEVICE inline double ms_ssim_weight(int i) {
+  return i == 0 ? 0.0448 : i == 1 ? 0.2856 : i == 2 ? 0.3001 : i == 3 ? 0.2363 : 0.1333;
+}
+// A side at scale `scale` (0: the image's).
+UNET_HOST_DEVICE inline int64_t ms_ssim_side(int64_t side, int scale) {
+  for (int i = 0; i < scale; ++i) side = (side + 1) / 2;
+  return side;
+}
+// The smallest side whose coarsest scale still holds the 11 x 11 window (161).
+inline constexpr int64_t kMsSsimMinSide = 161;
 inline constexpr double kFocalEps = 1e-9;
 inline constexpr double kSsimC1 = 0.01 * 0.01, kSsimC2 = 0.03 * 0.03;  // (k1 max_val)^2, (k2 max_val)^2, max_val 1
 
@@ -64,6 +81,15 @@ struct SsimTerms {
         a2(2 * (tp - mt_ * mp_) + kSsimC2),
         b2(tt - mt_ * mt_ + pp - mp_ * mp_ + kSsimC2) {}
   UNET_HOST_DEVICE double value() const { return a1 * a2 / (b1 * b2); }
+  // MS-SSIM's contrast-structure term cs = A2 / B2 and w times its derivatives (A2 and B2 alone depend on them):
+  // dcs/dmp = (2 mp cs - 2 mt) / B2, dcs/dG(pp) = -cs / B2, dcs/dG(tp) = 2 / B2.
+  UNET_HOST_DEVICE double cs() const { return a2 / b2; }
+  UNET_HOST_DEVICE void cs_gradient(double w, double* d_mp, double* d_pp, double* d_tp) const {
+    const double c = a2 / b2;
+    *d_mp = w * (2 * mp * c - 2 * mt) / b2;
+    *d_pp = w * -c / b2;
+    *d_tp = w * 2 / b2;
+  }
   UNET_HOST_DEVICE void gradient(double w, double* d_mp, double* d_pp, double* d_tp) const {
     const double den = b1 * b2, ssim = a1 * a2 / den;
     *d_mp = w * (2 * mt * (a2 - a1) - ssim * 2 * mp * (b2 - b1)) / den;
@@ -71,6 +97,15 @@ struct SsimTerms {
     *d_tp = w * 2 * a1 / den;
   }
 };
+
+// A plane's MS-SSIM from its per-scale means m[0..3] = cs_i, m[4] = ssim_4; and in dm[i] the derivative
+// d MS-SSIM / d m_i = MS-SSIM w_i / m_i (0 where relu cut m_i, or MS-SSIM is 0).
+UNET_HOST_DEVICE inline double ms_ssim_combine(const double* m, double* dm) {
+  double ms = 1;
+  for (int i = 0; i < kMsSsimScales; ++i) ms *= m[i] > 0 ? focal_power(m[i], ms_ssim_weight(i)) : 0.0;
+  for (int i = 0; i < kMsSsimScales; ++i) dm[i] = m[i] > 0 && ms > 0 ? ms * ms_ssim_weight(i) / m[i] : 0.0;
+  return ms;
+}
 
 // The loss, its parts and the backward's coefficients from the sums over every rank (HybridLossKernels::finish).
 UNET_HOST_DEVICE inline void hybrid_loss_values(const double* sums, double pixels, double planes, float* loss,

@@ -32,7 +32,7 @@ Tensor deep_supervision_loss(const std::vector<Tensor>& outputs, const Tensor& l
   Tensor total;
   for (size_t i = 0; i < outputs.size(); ++i) {
     Tensor* p = i == 0 ? parts : nullptr;
-    Tensor l = loss.hybrid ? ops::hybrid_loss(outputs[i], labels, p, comm)
+    Tensor l = loss.hybrid ? ops::hybrid_loss(outputs[i], labels, p, comm, loss.hybrid_options)
                            : ops::dice_ce_loss(outputs[i], labels, p, comm, loss.dice_ce);
     Tensor weighted = weights[i] == 1.0 ? l : ops::scale(l, static_cast<float>(weights[i]));
     total = total.defined() ? ops::add(total, weighted) : weighted;
@@ -459,6 +459,16 @@ Trainer::Trainer(TrainerOptions options, std::FILE* out) : s_(std::make_unique<S
   if (s.comm) s.reducer = std::make_unique<GradientReducer>(s.net->parameters(), *s.comm, int64_t(25) << 20, !sync_bn);
 
   s.sw = window_options(*s.net, patch);
+  if (o.loss.hybrid) {  // the SSIM's window (at MS-SSIM's coarsest scale) must fit the logits the loss sees
+    const int64_t least = o.loss.hybrid_options.min_side();
+    for (size_t a = s.sw.patch.size() - 2; a < s.sw.patch.size(); ++a)
+      if (s.sw.patch[a] < least)
+        throw TrainerOptionError(
+            "train.loss = " + std::string(o.loss.hybrid_options.multiscale ? "hybrid_ms" : "hybrid") +
+            ": the network's output is " + std::to_string(s.sw.patch[a]) + " pixels across, the " +
+            (o.loss.hybrid_options.multiscale ? "MS-SSIM" : "SSIM") + " needs at least " + std::to_string(least) +
+            " (data.patch_size)");
+  }
   s.sw.overlap = o.overlap;
   s.sw.blend = o.blend;
   s.dir = o.output_dir;

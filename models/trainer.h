@@ -22,16 +22,19 @@
 namespace unet::models {
 
 // The training loss: nnU-Net's DiceCE (the default form), DLE UNet_Medical's (ops::kDleDiceCe), or UNet 3+'s
-// hybrid focal + SSIM + IoU loss (ops::hybrid_loss).
+// hybrid focal + SSIM (or MS-SSIM) + IoU loss (ops::hybrid_loss).
 struct LossSpec {
   LossSpec(const ops::DiceCeForm& form = {}) : dice_ce(form) {}  // NOLINT: a DiceCE form is a loss
-  static LossSpec hybrid_loss() {
+  // multiscale: MS-SSIM (the paper's) instead of SSIM (DLE's).
+  static LossSpec hybrid_loss(bool multiscale = false) {
     LossSpec s;
     s.hybrid = true;
+    s.hybrid_options.multiscale = multiscale;
     return s;
   }
   bool hybrid = false;
   ops::DiceCeForm dice_ce;                         // when !hybrid
+  ops::HybridLossOptions hybrid_options;           // when hybrid
   size_t parts() const { return hybrid ? 3 : 2; }  // [focal, 1 - SSIM, IoU loss] or [Dice, CE]
 };
 

@@ -1,13 +1,14 @@
 // Ops against golden values computed once by PyTorch (tests/golden/make_golden.py -> ops_golden.json):
 // outputs and the gradients of sum(output * r) for convolution (stride 1, stride 2, kernel [1,3,3], 2D),
 // transposed convolution (kernel == stride, and any kernel, stride and padding), max pooling, instance norm, leaky
-// ReLU, the DiceCE loss, bilinear upsampling, batch norm (training, running statistics, evaluation) and UNet 3+'s hybrid
-// loss.
+// ReLU, the DiceCE loss, bilinear upsampling, batch norm (training, running statistics, evaluation) and UNet 3+'s
+// hybrid loss.
 #include <fstream>
 #include <nlohmann/json.hpp>
 
 #include "engine/autograd.h"
 #include "engine/ops.h"
+#include "io/safetensors.h"
 #include "tests/test_util.h"
 
 using namespace unet;
@@ -62,10 +63,18 @@ void conv_golden(const std::string& name) {
 
 }  // namespace
 
-TEST_CASE("conv3d with stride 1 matches PyTorch") { conv_golden("conv3d_stride1"); }
-TEST_CASE("conv3d with stride 2 matches PyTorch") { conv_golden("conv3d_stride2"); }
-TEST_CASE("conv3d with kernel [1,3,3] and stride [1,2,2] matches PyTorch") { conv_golden("conv3d_kernel133"); }
-TEST_CASE("conv2d with stride 2 matches PyTorch") { conv_golden("conv2d_stride2"); }
+TEST_CASE("conv3d with stride 1 matches PyTorch") {
+  conv_golden("conv3d_stride1");
+}
+TEST_CASE("conv3d with stride 2 matches PyTorch") {
+  conv_golden("conv3d_stride2");
+}
+TEST_CASE("conv3d with kernel [1,3,3] and stride [1,2,2] matches PyTorch") {
+  conv_golden("conv3d_kernel133");
+}
+TEST_CASE("conv2d with stride 2 matches PyTorch") {
+  conv_golden("conv2d_stride2");
+}
 
 TEST_CASE("conv_transpose3d with kernel = stride matches PyTorch") {
   for (const char* name : {"conv_transpose3d", "conv_transpose3d_122"}) {
@@ -84,15 +93,16 @@ TEST_CASE("instance_norm matches PyTorch") {
 TEST_CASE("leaky_relu matches PyTorch") {
   const json& c = golden_case("leaky_relu");
   Tensor x = input(c, "x");
-  check_against_golden(c, ops::leaky_relu(x, c["slope"].get<float>()), {{"x", x}}, 0, 1e-30);  // exact: both compute x * slope in f32
+  check_against_golden(c, ops::leaky_relu(x, c["slope"].get<float>()), {{"x", x}}, 0,
+                       1e-30);  // exact: both compute x * slope in f32
 }
 
 TEST_CASE("DiceCE loss value, parts and logit gradient match PyTorch (MONAI DiceCELoss formula)") {
   for (const char* name : {"dice_ce3d", "dice_ce2d_absent_class"}) {
     const json& c = golden_case(name);
     Tensor logits = input(c, "logits");
-    Tensor labels = Tensor::from_vector(c["labels"]["shape"].get<Shape>(), c["labels"]["data"].get<std::vector<float>>(),
-                                        DType::i32);
+    Tensor labels = Tensor::from_vector(c["labels"]["shape"].get<Shape>(),
+                                        c["labels"]["data"].get<std::vector<float>>(), DType::i32);
     float dice = 0, ce = 0;
     Tensor loss = test::dice_ce(logits, labels, &dice, &ce);
     CHECK(dice == doctest::Approx(c["dice"].get<double>()).epsilon(1e-5));
@@ -176,4 +186,24 @@ TEST_CASE("hybrid_loss matches DLE UNet3P's focal + SSIM + IoU loss (tf.image.ss
     // The gradient's smallest elements are sums of terms that cancel: an absolute floor of 1e-6 of its largest (1e-2).
     check_against_golden(c, loss, {{"logits", logits}}, 1e-4, 1e-8);
   }
+}
+
+TEST_CASE("hybrid_loss with MS-SSIM matches the paper's focal + MS-SSIM + IoU (tf.image.ssim_multiscale) in PyTorch") {
+  // tests/golden/make_ms_ssim_golden.py: 2 x 166 x 161, 2 classes (odd and even sides at the five scales), float64.
+  const io::SafetensorsContent g = io::read_safetensors(std::string(UNET_TEST_DATA_DIR) + "/ms_ssim.safetensors");
+  const auto meta = [&](const char* key) { return json::parse(g.metadata.at(key)).get<double>(); };
+  Tensor logits = g.get("logits").clone().set_requires_grad(true);
+  const Tensor labels = g.get("labels");
+  Tensor parts;
+  ops::HybridLossOptions o;
+  o.multiscale = true;
+  const Tensor loss = ops::hybrid_loss(logits, labels, &parts, nullptr, o);
+  const std::vector<float> p = parts.to_vector();
+  CHECK(p[0] == doctest::Approx(meta("focal")).epsilon(1e-5));
+  CHECK(p[1] == doctest::Approx(meta("ssim")).epsilon(1e-5));
+  CHECK(p[2] == doctest::Approx(meta("iou")).epsilon(1e-5));
+  CHECK(loss.to_vector()[0] == doctest::Approx(meta("loss")).epsilon(1e-5));
+  autograd::backward(loss, Tensor::full({1}, static_cast<float>(meta("r"))));
+  // Elements ~1e-6 (the loss is a mean over 53,452 pixels): 1e-4 relative, a floor of 1e-11.
+  test::check_close(logits.grad(), g.get("grad_logits"), 1e-4, 1e-11, "d loss / d logits");
 }

@@ -207,3 +207,50 @@ TEST_CASE("hybrid_loss on cuda-emu (kernels/cuda/hybrid_loss.cu): the cpu's loss
   bad.data<uint8_t>()[17] = 3;
   CHECK(std::isnan(ops::hybrid_loss(logits.detach().to(Device::cuda_emu), bad.to(Device::cuda_emu)).to_vector()[0]));
 }
+
+namespace {
+// MS-SSIM needs 161 x 161: labels with a disc of class 1 and logits that lean towards the labels (so cs > 0 at every
+// scale), or away from them (opposite: the prediction is the labels' negative, cs < 0 at the first scale).
+void ms_ssim_case(int n, int h, int w, bool opposite, Rng& rng, Tensor* logits, Tensor* labels) {
+  std::vector<float> y(size_t(n * h * w)), z(size_t(n * h * w * 2));
+  for (int64_t i = 0; i < int64_t(y.size()); ++i) {
+    const int64_t r = (i / w) % h, col = i % w, s = i / (h * w);
+    y[size_t(i)] = (r - 60 - 7 * s) * (r - 60 - 7 * s) + (col - 70) * (col - 70) < 40 * 40 ? 1.f : 0.f;
+    for (int k = 0; k < 2; ++k) {
+      const float lean = (y[size_t(i)] == float(k)) != opposite ? 2.f : 0.f;
+      z[size_t(i * 2 + k)] = lean + static_cast<float>(rng.normal());
+    }
+  }
+  *logits = Tensor::from_vector({n, h, w, 2}, z);
+  *labels = Tensor::from_vector({n, h, w}, y, DType::u8);
+}
+}  // namespace
+
+TEST_CASE("hybrid_loss with MS-SSIM: cuda-emu equals the cpu; relu at a negative cs; images under 161 x 161 refused") {
+  Rng rng(8);
+  ops::HybridLossOptions ms;
+  ms.multiscale = true;
+  Tensor logits, labels;
+  ms_ssim_case(2, 163, 166, false, rng, &logits, &labels);  // odd and even sides at every scale
+  logits.set_requires_grad(true);
+  Tensor parts;
+  const Tensor cpu_loss = ops::hybrid_loss(logits, labels, &parts, nullptr, ms);
+  autograd::backward(cpu_loss, Tensor::full({1}, 0.5f));
+  if (device::emulator_built()) {
+    Tensor on_device = logits.detach().to(Device::cuda_emu).set_requires_grad(true), device_parts;
+    const Tensor loss = ops::hybrid_loss(on_device, labels.to(Device::cuda_emu), &device_parts, nullptr, ms);
+    test::check_close(loss, cpu_loss, 1e-6, 0, "loss");
+    test::check_close(device_parts, parts, 1e-6, 0, "parts");
+    autograd::backward(loss, Tensor::full({1}, 0.5f).to(Device::cuda_emu));
+    test::check_close(on_device.grad(), logits.grad(), 1e-6, 1e-12, "gradient");
+  }
+  // The prediction opposite to the labels: cs < 0 at the first scale, so relu makes every plane's MS-SSIM 0 and the
+  // SSIM part exactly 1, with no gradient from it (tf.image.ssim_multiscale's value; TF's gradient there is NaN).
+  Tensor wrong, wrong_labels;
+  ms_ssim_case(1, 161, 161, true, rng, &wrong, &wrong_labels);
+  ops::hybrid_loss(wrong, wrong_labels, &parts, nullptr, ms);
+  CHECK(parts.to_vector()[1] == 1.f);
+  CHECK_THROWS_WITH_AS(
+      ops::hybrid_loss(randn({1, 161, 160, 2}, rng), Tensor::zeros({1, 161, 160}, DType::i32), nullptr, nullptr, ms),
+      doctest::Contains("at least 161 x 161"), std::invalid_argument);
+}

@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cmath>
 #include <fstream>
+#include <map>
 #include <nlohmann/json.hpp>
 #include <set>
 
@@ -350,6 +351,38 @@ TEST_CASE("unet_train on three adjacent slices (data.patch_size = 3, H, W, DLE's
                        ini + " --set model.name=unet2d --set data.patch_size=3,44,44 --set output.dir=" + tmp / "r3",
                        &out) == 2);
   CHECK(out.find("unet2d trains on slices, so the z size must be 1, got 3") != std::string::npos);
+}
+
+TEST_CASE(
+    "train.loss = hybrid_ms puts MS-SSIM in SSIM's place (same first-step focal and IoU); small outputs refused") {
+  test::TempDir tmp("unet3plus_ms_ssim");
+  REQUIRE(test::run_tool("unet_synth", "--output " + tmp / "data" +
+                                           " --train 4 --test 1 --dim 2 --size 176,176 --spacing 0.2 --seed 2") == 0);
+  const std::string ini = test::write_text(
+      tmp / "t.ini", "[data]\ndataset = " + tmp / "data" +
+                         "\npatch_size = 176, 176\nbatch_size = 1\ncache = none\nfolds = 1\n[model]\nname = "
+                         "unet3plus\nfilters = 2\ndeep_supervision = false\n[train]\nloss = hybrid_ms\nsteps = 1\n"
+                         "log_every = 1\n[runtime]\nthreads = 1\n");
+  std::string out;
+  std::map<std::string, nlohmann::json> first;
+  for (const char* loss : {"hybrid_ms", "hybrid"}) {
+    REQUIRE_MESSAGE(
+        test::run_tool("unet_train", ini + " --set train.loss=" + std::string(loss) + " --set output.dir=" + tmp / loss,
+                       &out) == 0,
+        out);
+    std::ifstream log(tmp / loss + "/log.jsonl");
+    std::string line;
+    REQUIRE(std::getline(log, line));
+    first[loss] = nlohmann::json::parse(line);
+  }
+  // The same weights and batch: focal and IoU agree, the structural term does not.
+  CHECK(first["hybrid_ms"]["focal"] == first["hybrid"]["focal"]);
+  CHECK(first["hybrid_ms"]["iou_loss"] == first["hybrid"]["iou_loss"]);
+  CHECK(first["hybrid_ms"]["ssim_loss"] != first["hybrid"]["ssim_loss"]);
+  CHECK(test::run_tool("unet_train", ini + " --set data.patch_size=160,160 --set output.dir=" + tmp / "small", &out) ==
+        2);
+  CHECK(out.find("train.loss = hybrid_ms: the network's output is 160 pixels across, the MS-SSIM needs at least 161") !=
+        std::string::npos);
 }
 
 TEST_CASE(

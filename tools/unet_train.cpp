@@ -81,8 +81,9 @@ io::Config make_config() {
        "auto",
        "auto (dle for unet2d, hybrid for unet3plus, else dice_ce), dice_ce (nnU-Net: batch Dice over foreground "
        "classes + CE), dle (DLE UNet_Medical: CE + 1 - per-sample soft Dice with squares, background included) or "
-       "hybrid (UNet 3+ / DLE UNet3P: focal + 1 - SSIM + IoU loss; 2D only, patches of at least 11 x 11)",
-       {"auto", "dice_ce", "dle", "hybrid"}},
+       "hybrid (UNet 3+ / DLE UNet3P: focal + 1 - SSIM + IoU loss; 2D only, outputs of at least 11 x 11) or "
+       "hybrid_ms (UNet 3+'s paper: MS-SSIM in place of SSIM, outputs of at least 161 x 161)",
+       {"auto", "dice_ce", "dle", "hybrid", "hybrid_ms"}},
       {"train", "optimizer", KeyType::string, "adamw", "optimizer (DLE UNet_Medical: adam)", {"adamw", "adam", "sgd"}},
       {"train", "lr", KeyType::real, "8e-4", "learning rate"},
       {"train", "weight_decay", KeyType::real, "1e-4",
@@ -197,13 +198,13 @@ models::TrainerOptions trainer_options(const io::Config& c) {
   o.dropout = static_cast<float>(real_in("model", "dropout", 0, 1, true));
   const std::string loss = c.get_string("train", "loss");
   if (loss == "dle" || (loss == "auto" && o.model == "unet2d")) o.loss = ops::kDleDiceCe;
-  if (loss == "hybrid" || (loss == "auto" && o.model == "unet3plus")) {
+  if (loss == "hybrid" || loss == "hybrid_ms" || (loss == "auto" && o.model == "unet3plus")) {
     if (!slices)
-      throw UsageError(
-          "train.loss = hybrid: the SSIM is 2D, so it takes a 2D network (model.name = unet2d or "
-          "unet3plus), not " +
-          o.model);
-    o.loss = models::LossSpec::hybrid_loss();
+      throw UsageError("train.loss = " + loss +
+                       ": the SSIM is 2D, so it takes a 2D network (model.name = unet2d or "
+                       "unet3plus), not " +
+                       o.model);
+    o.loss = models::LossSpec::hybrid_loss(loss == "hybrid_ms");
   }
   o.optimizer = c.get_string("train", "optimizer");
   o.lr = real_in("train", "lr", 0, 10);

@@ -1,6 +1,6 @@
-// hybrid_loss: UNet 3+'s focal + SSIM + IoU loss (kernels/cpu/hybrid_loss.h has the formulas) as one autograd node.
-// The forward kernels leave four sums (focal, I, U, SSIM) where the logits are; this op reduces them over the ranks,
-// and the table's finish forms the loss there,
+// hybrid_loss: UNet 3+'s focal + SSIM (or MS-SSIM) + IoU loss (kernels/cpu/hybrid_loss.h has the formulas) as one
+// autograd node. The forward kernels leave four sums (focal, I, U, SSIM) where the logits are; this op reduces them
+// over the ranks, and the table's finish forms the loss there,
 //   L = focal_sum / M + (1 - I / U) + (1 - ssim_sum / (N C))        (M pixels, N samples, C classes; global counts)
 // with the backward's coefficients dL/dfocal_sum = 1 / M, dL/dI = -1 / U, dL/dU = I / U^2, dL/dssim_sum = -1 / (N C).
 // Nothing comes back to the host on a device. The node saves the logits, labels and coefficients; its backward
@@ -26,8 +26,13 @@ Tensor hybrid_loss(const Tensor& logits, const Tensor& labels, Tensor* parts, Co
             "hybrid_loss: labels must be i32 or u8, got " + labels.describe());
   const int64_t N = logits.dim(0), H = logits.dim(1), W = logits.dim(2), C = logits.dim(3);
   check_arg(C >= 2, "hybrid_loss: need at least 2 classes (background + 1), got " + logits.describe());
-  check_arg(H >= kernels::kSsimWindow && W >= kernels::kSsimWindow,
+  static_assert(kernels::kSsimWindow == 11 && kernels::kMsSsimMinSide == 161, "HybridLossOptions::min_side");
+  check_arg(options.multiscale || (H >= kernels::kSsimWindow && W >= kernels::kSsimWindow),
             "hybrid_loss: the SSIM's 11 x 11 window needs images of at least 11 x 11, got " + logits.describe());
+  check_arg(!options.multiscale || (H >= kernels::kMsSsimMinSide && W >= kernels::kMsSsimMinSide),
+            "hybrid_loss: MS-SSIM's five scales (each half the last) need images of at least 161 x 161 for the 11 x 11 "
+            "window at the coarsest, got " +
+                logits.describe());
   check_arg(labels.shape() == Shape({N, H, W}) || labels.shape() == Shape({N, H, W, 1}),
             "hybrid_loss: labels " + labels.describe() + " do not match logits " + logits.describe());
   check_arg(options.focal_alpha > 0 && options.focal_gamma >= 0,
@@ -37,7 +42,7 @@ Tensor hybrid_loss(const Tensor& logits, const Tensor& labels, Tensor* parts, Co
   const kernels::HybridLossKernels& k = backend::kernels_for(dev).hybrid_loss;
   check_arg(C <= k.max_channels, "hybrid_loss: the CUDA kernels take at most " + std::to_string(k.max_channels) +
                                      " classes, got " + logits.describe());
-  const kernels::HybridLossShape shape{N, H, W, static_cast<int>(C)};
+  const kernels::HybridLossShape shape{N, H, W, static_cast<int>(C), options.multiscale};
   const cudaStream_t stream = backend::stream(logits);
 
   // The sums as 8 i32 slots (4 doubles), where the logits are, so that the communicator reduces them there.

@@ -5,6 +5,7 @@
 // those back with the transposed window (a "full" correlation) onto the pixels.
 #include "kernels/cpu/hybrid_loss.h"
 
+#include <algorithm>
 #include <array>
 #include <cmath>
 #include <vector>
@@ -105,6 +106,54 @@ SsimTerms terms_at(const PlaneStats& s, size_t i) {
   return SsimTerms(s.mt[i], s.mp[i], s.tt[i], s.pp[i], s.tp[i]);
 }
 
+// MS-SSIM's downscaling: x (h x w) padded to even sizes by repeating its last row / column, averaged over 2 x 2.
+void pool2(const std::vector<double>& x, int64_t h, int64_t w, std::vector<double>& out) {
+  const int64_t h2 = (h + 1) / 2, w2 = (w + 1) / 2;
+  out.assign(size_t(h2 * w2), 0.0);
+  for (int64_t i = 0; i < h2; ++i)
+    for (int64_t j = 0; j < w2; ++j) {
+      double sum = 0;
+      for (int a = 0; a < 2; ++a)
+        for (int b = 0; b < 2; ++b) sum += x[size_t(std::min(2 * i + a, h - 1) * w + std::min(2 * j + b, w - 1))];
+      out[size_t(i * w2 + j)] = sum / 4;
+    }
+}
+
+// The transpose of pool2: adds each of g's ((h + 1) / 2 x (w + 1) / 2) values / 4 to the pixels it averaged.
+void pool2_transposed_add(const std::vector<double>& g, int64_t h, int64_t w, std::vector<double>& out) {
+  const int64_t h2 = (h + 1) / 2, w2 = (w + 1) / 2;
+  for (int64_t i = 0; i < h2; ++i)
+    for (int64_t j = 0; j < w2; ++j)
+      for (int a = 0; a < 2; ++a)
+        for (int b = 0; b < 2; ++b)
+          out[size_t(std::min(2 * i + a, h - 1) * w + std::min(2 * j + b, w - 1))] += g[size_t(i * w2 + j)] / 4;
+}
+
+// A plane pair at MS-SSIM's five scales: level 0 holds the plane (load_plane), build() pools it down and computes
+// every level's statistics and its mean m[i] (cs at levels 0..3, SSIM at level 4).
+struct Pyramid {
+  std::array<PlaneStats, kMsSsimScales> level;
+  std::array<int64_t, kMsSsimScales> h{}, w{};
+  double m[kMsSsimScales] = {};
+  void build(int64_t h0, int64_t w0) {
+    for (int i = 0; i < kMsSsimScales; ++i) {
+      h[size_t(i)] = ms_ssim_side(h0, i);
+      w[size_t(i)] = ms_ssim_side(w0, i);
+      PlaneStats& st = level[size_t(i)];
+      if (i > 0) {
+        const PlaneStats& up = level[size_t(i - 1)];
+        pool2(up.buf_t, h[size_t(i - 1)], w[size_t(i - 1)], st.buf_t);
+        pool2(up.buf_p, h[size_t(i - 1)], w[size_t(i - 1)], st.buf_p);
+      }
+      st.compute(h[size_t(i)], w[size_t(i)]);
+      const size_t valid = st.mt.size();
+      double sum = 0;
+      for (size_t v = 0; v < valid; ++v) sum += i + 1 < kMsSsimScales ? terms_at(st, v).cs() : terms_at(st, v).value();
+      m[i] = sum / double(valid);
+    }
+  }
+};
+
 }  // namespace
 
 int64_t hybrid_loss_forward(const float* logits, const void* labels, DType label_dtype, HybridLossShape s, double alpha,
@@ -137,7 +186,15 @@ int64_t hybrid_loss_forward(const float* logits, const void* labels, DType label
     }
     double ssim = 0;
     PlaneStats st;
+    Pyramid pyramid;
     for (int k = 0; k < c; ++k) {
+      if (s.multiscale) {
+        load_plane(p, labels, label_dtype, n * pixels, pixels, c, k, pyramid.level[0]);
+        pyramid.build(s.h, s.w);
+        double dm[kMsSsimScales];
+        ssim += ms_ssim_combine(pyramid.m, dm);
+        continue;
+      }
       load_plane(p, labels, label_dtype, n * pixels, pixels, c, k, st);
       st.compute(s.h, s.w);
       double plane = 0;
@@ -180,7 +237,44 @@ void hybrid_loss_backward(const float* logits, const void* labels, DType label_d
     std::vector<double> d_mp(static_cast<size_t>(valid)), d_pp(static_cast<size_t>(valid)),
         d_tp(static_cast<size_t>(valid)), g_mp, g_pp, g_tp, tmp;
     const double w = coef[3] / double(valid);
+    Pyramid pyramid;
+    std::vector<double> g_level, g_finer;
     for (int k = 0; k < c; ++k) {
+      if (s.multiscale) {
+        // dL/dm_i = coef[3] dMS/dm_i; each level's gradient at its pixels, then pooled back up through the finer
+        // levels (transposed), onto the plane's pixels.
+        load_plane(p, labels, label_dtype, n * pixels, pixels, c, k, pyramid.level[0]);
+        pyramid.build(s.h, s.w);
+        double dm[kMsSsimScales];
+        ms_ssim_combine(pyramid.m, dm);
+        for (int i = kMsSsimScales - 1; i >= 0; --i) {
+          const PlaneStats& ls = pyramid.level[size_t(i)];
+          const int64_t h = pyramid.h[size_t(i)], wd = pyramid.w[size_t(i)], lv = int64_t(ls.mt.size());
+          const double wi = coef[3] * dm[i] / double(lv);
+          d_mp.resize(size_t(lv));
+          d_pp.resize(size_t(lv));
+          d_tp.resize(size_t(lv));
+          for (size_t v = 0; v < size_t(lv); ++v) {
+            if (i + 1 < kMsSsimScales)
+              terms_at(ls, v).cs_gradient(wi, &d_mp[v], &d_pp[v], &d_tp[v]);
+            else
+              terms_at(ls, v).gradient(wi, &d_mp[v], &d_pp[v], &d_tp[v]);
+          }
+          blur_transposed(d_mp, h, wd, tmp, g_mp);
+          blur_transposed(d_pp, h, wd, tmp, g_pp);
+          blur_transposed(d_tp, h, wd, tmp, g_tp);
+          g_finer.resize(size_t(h * wd));
+          for (size_t v = 0; v < size_t(h * wd); ++v)
+            g_finer[v] = g_mp[v] + 2 * ls.buf_p[v] * g_pp[v] + ls.buf_t[v] * g_tp[v];
+          if (i + 1 < kMsSsimScales) pool2_transposed_add(g_level, h, wd, g_finer);
+          g_level.swap(g_finer);
+        }
+        for (int64_t v = 0; v < pixels; ++v) gp[size_t(v * c + k)] += g_level[size_t(v)];
+        continue;
+      }
+      d_mp.resize(size_t(valid));
+      d_pp.resize(size_t(valid));
+      d_tp.resize(size_t(valid));
       load_plane(p, labels, label_dtype, n * pixels, pixels, c, k, st);
       st.compute(s.h, s.w);
       for (size_t i = 0; i < size_t(valid); ++i) {

@@ -6,6 +6,8 @@
 // SSIM as tf.image.ssim(max_val = 1): an 11 x 11 Gaussian window (sigma 1.5, normalised), "valid" positions only,
 // mu = G * x, sigma_xy = G * (x y) - mu_x mu_y, c1 = 0.01^2, c2 = 0.03^2, the mean over the (H - 10)(W - 10)
 // positions of (2 mu_t mu_p + c1)(2 sigma_tp + c2) / ((mu_t^2 + mu_p^2 + c1)(sigma_t^2 + sigma_p^2 + c2)).
+// With s.multiscale, MS-SSIM (tf.image.ssim_multiscale, kernels/hybrid_loss.h) takes SSIM's place: the planes pooled
+// 2 x 2 four times, cs = (2 sigma_tp + c2) / (sigma_t^2 + sigma_p^2 + c2) averaged at scales 0..3, SSIM at scale 4.
 // Every sum is in double, in a fixed order (bitwise the same for any thread count). No autograd here
 // (engine/ops/hybrid_loss.cpp builds the op and reduces the sums over ranks; the table's finish forms the loss).
 #pragma once
@@ -16,7 +18,7 @@
 
 namespace unet::kernels::cpu {
 
-// sums[0] = sum of the focal terms, [1] = I, [2] = U, [3] = sum over (n, c) of SSIM(t_nc, p_nc).
+// sums[0] = sum of the focal terms, [1] = I, [2] = U, [3] = sum over (n, c) of SSIM(t_nc, p_nc) (or MS-SSIM).
 // Returns -1 when every label lies in [0, c); otherwise the index of the first pixel whose label does not, with that
 // label in *bad_label (nothing else is then defined).
 int64_t hybrid_loss_forward(const float* logits, const void* labels, DType label_dtype, HybridLossShape s, double alpha,
