@@ -6,6 +6,7 @@
 #include "kernels/cpu/activation.h"
 #include "kernels/cpu/bias.h"
 #include "kernels/cpu/blend.h"
+#include "kernels/cpu/classification.h"
 #include "kernels/cpu/conv.h"
 #include "kernels/cpu/conv_transpose.h"
 #include "kernels/cpu/crop.h"
@@ -21,6 +22,7 @@
 #include "kernels/cuda/activation.cuh"
 #include "kernels/cuda/bias.cuh"
 #include "kernels/cuda/blend.cuh"
+#include "kernels/cuda/classification.cuh"
 #include "kernels/cuda/conv.cuh"
 #include "kernels/cuda/conv_transpose.cuh"
 #include "kernels/cuda/crop.cuh"
@@ -46,7 +48,8 @@ const Kernels cpu_kernels{
     kernels::cpu::conv_transpose_kernels, kernels::cpu::elementwise_kernels, kernels::cpu::loss_kernels,
     kernels::cpu::norm_kernels,           kernels::cpu::optim_kernels,       kernels::cpu::shape_kernels,
     kernels::cpu::bias_kernels,           kernels::cpu::crop_kernels,        kernels::cpu::dropout_kernels,
-    kernels::cpu::pool_kernels,           kernels::cpu::resize_kernels,      kernels::cpu::hybrid_loss_kernels};
+    kernels::cpu::pool_kernels,           kernels::cpu::resize_kernels,      kernels::cpu::hybrid_loss_kernels,
+    kernels::cpu::classification_kernels};
 
 #if UNET_HAVE_CUDA_KERNELS  // kernels/cuda/*.cu built, by nvcc (GPU build) or against the emulator
 const Kernels cuda_kernels{
@@ -54,7 +57,8 @@ const Kernels cuda_kernels{
     kernels::cuda::conv_transpose_kernels, kernels::cuda::elementwise_kernels, kernels::cuda::loss_kernels,
     kernels::cuda::norm_kernels,           kernels::cuda::optim_kernels,       kernels::cuda::shape_kernels,
     kernels::cuda::bias_kernels,           kernels::cuda::crop_kernels,        kernels::cuda::dropout_kernels,
-    kernels::cuda::pool_kernels,           kernels::cuda::resize_kernels,      kernels::cuda::hybrid_loss_kernels};
+    kernels::cuda::pool_kernels,           kernels::cuda::resize_kernels,      kernels::cuda::hybrid_loss_kernels,
+    kernels::cuda::classification_kernels};
 #endif
 
 }  // namespace

@@ -28,6 +28,7 @@ struct OptimKernels;
 struct PoolKernels;
 struct ResizeKernels;
 struct ShapeKernels;
+struct ClassificationKernels;
 }  // namespace unet::kernels
 
 namespace unet::backend {
@@ -49,6 +50,7 @@ struct Kernels {
   const kernels::PoolKernels& pool;
   const kernels::ResizeKernels& resize;
   const kernels::HybridLossKernels& hybrid_loss;
+  const kernels::ClassificationKernels& classification;
 };
 
 // The kernels of device d. Throws std::runtime_error for cuda / cuda-emu in a build without the CUDA kernels (no CUDA

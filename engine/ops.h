@@ -136,4 +136,13 @@ struct HybridLossOptions {
 Tensor hybrid_loss(const Tensor& logits, const Tensor& labels, Tensor* parts = nullptr, Comm* comm = nullptr,
                    const HybridLossOptions& options = {});
 
+// UNet 3+'s classification-guided module (engine/ops/classification.cpp, kernels/classification.h).
+// presence_mask: f32 logits [N, 2] (absent, present) -> f32 [N], 1 where "present" wins the argmax (ties: absent); no
+// gradient. scale_samples: x [N, ...] (f32, f16 or bf16) times mask[n] per sample, the gradient to x only.
+// presence_bce_loss: the mean over the global batch's 2N logits of BCE with logits against {absent, present}, present
+// when any of the sample's labels is > 0 (comm: the sum reduced over its ranks, so the loss is the global batch's).
+Tensor presence_mask(const Tensor& z);
+Tensor scale_samples(const Tensor& x, const Tensor& mask);
+Tensor presence_bce_loss(const Tensor& z, const Tensor& labels, Comm* comm = nullptr);
+
 }  // namespace unet::ops

@@ -15,7 +15,9 @@ bool is_conv_weight(const std::string& name, const Tensor& t) {
   return t.rank() >= 3 && name.size() >= 7 && name.compare(name.size() - 7, 7, ".weight") == 0;
 }
 
-bool is_transposed(const std::string& name) { return name.find("transp_conv") != std::string::npos; }
+bool is_transposed(const std::string& name) {
+  return name.find("transp_conv") != std::string::npos;
+}
 
 // A NaN or infinite weight makes every output it reaches NaN: the predictions would be garbage with no error, so a
 // checkpoint holding one (a diverged run, a damaged file) is refused. `t` is a tensor read from the file (on the cpu).
@@ -44,8 +46,10 @@ Tensor to_pytorch_layout(const std::string& name, const Tensor& t) {
   if (!is_conv_weight(name, t)) return t;
   int r = t.rank();
   std::vector<int> perm;
-  if (is_transposed(name)) perm.push_back(r - 1), perm.push_back(0);  // [K, k.., C] -> [C, K, k..]
-  else perm.push_back(0), perm.push_back(r - 1);                      // [K, k.., C] -> [K, C, k..]
+  if (is_transposed(name))
+    perm.push_back(r - 1), perm.push_back(0);  // [K, k.., C] -> [C, K, k..]
+  else
+    perm.push_back(0), perm.push_back(r - 1);  // [K, k.., C] -> [K, C, k..]
   for (int i = 1; i < r - 1; ++i) perm.push_back(i);
   return permute_copy(t, perm);
 }
@@ -67,7 +71,9 @@ void save_weights(const std::string& path, const Module& model, const io::Metada
   io::write_safetensors(path, out, metadata);
 }
 
-io::SafetensorsContent read_weights(const std::string& path) { return io::read_safetensors(path); }
+io::SafetensorsContent read_weights(const std::string& path) {
+  return io::read_safetensors(path);
+}
 
 void load_weights(const io::SafetensorsContent& weights, Module& model, const std::string& path) {
   // Every tensor is checked before any is copied, so a bad checkpoint leaves the model as it was.
@@ -79,8 +85,8 @@ void load_weights(const io::SafetensorsContent& weights, Module& model, const st
     if (!found) throw std::runtime_error(path + ": checkpoint has no tensor '" + name + "' that the model needs");
     Tensor t = from_pytorch_layout(name, *found);
     if (t.shape() != p.shape() || t.dtype() != p.dtype())
-      throw std::runtime_error(path + ": tensor '" + name + "' is " + found->describe() + " (PyTorch layout), the model expects " +
-                               to_pytorch_layout(name, p).describe());
+      throw std::runtime_error(path + ": tensor '" + name + "' is " + found->describe() +
+                               " (PyTorch layout), the model expects " + to_pytorch_layout(name, p).describe());
     check_finite(path, name, *found);
     converted.push_back(t);
   }
@@ -97,6 +103,7 @@ io::Metadata card_to_metadata(const ModelCard& c) {
                                                                  {"out_channels", c.unet3plus.out_channels},
                                                                  {"filters", c.unet3plus.filters},
                                                                  {"deep_supervision", c.unet3plus.deep_supervision},
+                                                                 {"cgm", c.unet3plus.cgm},
                                                                  {"bn_eps", c.unet3plus.bn_eps},
                                                                  {"bn_momentum", c.unet3plus.bn_momentum}}
                          : c.model == "unet2d"  ? nlohmann::json{{"type", "unet2d"},
@@ -120,13 +127,15 @@ io::Metadata card_to_metadata(const ModelCard& c) {
                          {"label_scale", c.label_scale}};
   nlohmann::json labels = nlohmann::json::object();
   for (auto& [k, v] : c.labels) labels[std::to_string(k)] = v;
-  return {{"format", "unet-engine-weights/1"}, {"model", model.dump()}, {"plan", plan.dump()}, {"labels", labels.dump()}};
+  return {
+      {"format", "unet-engine-weights/1"}, {"model", model.dump()}, {"plan", plan.dump()}, {"labels", labels.dump()}};
 }
 
 ModelCard card_from_metadata(const io::Metadata& m, const std::string& path) {
   auto field = [&](const char* key) {
     auto it = m.find(key);
-    if (it == m.end()) throw std::runtime_error(path + ": not a unet-engine checkpoint (metadata has no '" + key + "')");
+    if (it == m.end())
+      throw std::runtime_error(path + ": not a unet-engine checkpoint (metadata has no '" + key + "')");
     try {
       return nlohmann::json::parse(it->second);
     } catch (const nlohmann::json::exception& e) {
@@ -147,6 +156,7 @@ ModelCard card_from_metadata(const io::Metadata& m, const std::string& path) {
       c.unet3plus.out_channels = model.at("out_channels").get<int>();
       c.unet3plus.filters = model.at("filters").get<std::vector<int>>();
       c.unet3plus.deep_supervision = model.at("deep_supervision").get<bool>();
+      c.unet3plus.cgm = model.value("cgm", false);  // cards written before the module existed have none
       c.unet3plus.bn_eps = model.at("bn_eps").get<float>();
       c.unet3plus.bn_momentum = model.at("bn_momentum").get<float>();
     } else if (c.model == "dynunet") {

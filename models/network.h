@@ -33,6 +33,9 @@ class Network : public Module {
   // Networks with batch norm (UNet 3+) synchronise its statistics over `comm` in training from now on
   // (SyncBatchNorm, ops::BatchNormOptions::comm; null: each rank its own), and say true; the others ignore it.
   virtual bool set_batch_norm_comm(Comm* /*comm*/) { return false; }
+  // Whether forward in training returns, last, image-level classification logits [B, 2] (absent, present) that the
+  // loss trains with ops::presence_bce_loss (UNet 3+'s classification-guided module) after the segmentation outputs.
+  virtual bool classifies() const { return false; }
 };
 
 // x as the network takes it: slices [B, 1, H, W, C] of a volume become [B, H, W, C] for a 2D network, and Z adjacent

@@ -79,9 +79,16 @@ StepStats train_step(Network& net, Optimizer& optimizer, const Tensor& x, const 
   StepStats stats;
   optimizer.zero_grad();
   Tensor parts;
-  const std::vector<Tensor> logits = forward_in(net, x, /*training=*/true, precision, seed);
-  Tensor loss = deep_supervision_loss(logits, labels_for(labels, logits[0]), net.output_weights(logits.size()), &parts,
-                                      reducer ? &reducer->comm() : nullptr, loss_spec);
+  std::vector<Tensor> logits = forward_in(net, x, /*training=*/true, precision, seed);
+  Tensor classification;  // UNet 3+'s classification-guided module: its logits come last
+  if (net.classifies()) {
+    classification = logits.back();
+    logits.pop_back();
+  }
+  Comm* comm = reducer ? &reducer->comm() : nullptr;
+  const Tensor target = labels_for(labels, logits[0]);
+  Tensor loss = deep_supervision_loss(logits, target, net.output_weights(logits.size()), &parts, comm, loss_spec);
+  if (classification.defined()) loss = ops::add(loss, ops::presence_bce_loss(classification, target, comm));
   {
     autograd::NoGradGuard no_grad;
     stats.losses = ops::concat_channels({loss.detach(), parts});
@@ -431,6 +438,7 @@ Trainer::Trainer(TrainerOptions options, std::FILE* out) : s_(std::make_unique<S
     card.unet3plus.filters.clear();
     for (int i = 0; i < 5; ++i) card.unet3plus.filters.push_back(o.filters << i);
     card.unet3plus.deep_supervision = o.deep_supervision;
+    card.unet3plus.cgm = o.cgm;
   } else if (o.model == "dynunet") {
     card.net = {s.info.num_channels(), s.info.num_classes(), plan.kernels, plan.strides, {}};
     for (size_t i = 0; i < plan.kernels.size(); ++i)

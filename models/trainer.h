@@ -111,6 +111,7 @@ struct TrainerOptions {
   float dropout = 0.5f;                            // unet2d: after the bottleneck
   bool deep_supervision = true, res_block = false;
   bool sync_batch_norm = true;  // unet3plus with several ranks: batch statistics over every rank (SyncBatchNorm)
+  bool cgm = false;             // unet3plus: the classification-guided module (UNet3PlusConfig::cgm)
   int64_t steps = 1000;
   LossSpec loss;                    // nnU-Net's DiceCE ({}), DLE UNet_Medical's (ops::kDleDiceCe), UNet 3+'s hybrid
   std::string optimizer = "adamw";  // adamw | adam | sgd

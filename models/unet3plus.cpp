@@ -7,6 +7,7 @@
 #include <stdexcept>
 #include <string>
 
+#include "engine/autograd.h"
 #include "engine/ops.h"
 #include "engine/random.h"
 
@@ -33,6 +34,14 @@ struct Conv : Module {
       while (std::abs(v) > 2.0) v = rng.normal();
       w[i] = static_cast<float>(v * s);
     }
+    std::fill_n(bias.data<float>(), bias.numel(), 0.f);
+  }
+  // Keras' default glorot_uniform: U(-l, l), l = sqrt(6 / (fan_in + fan_out)); zero biases.
+  void init_glorot_uniform(Rng& rng) {
+    const double taps = double(kernel) * kernel;
+    const double l = std::sqrt(6.0 / (taps * double(weight.dim(-1)) + taps * double(weight.dim(0))));
+    float* w = weight.data<float>();
+    for (int64_t i = 0; i < weight.numel(); ++i) w[i] = static_cast<float>(rng.uniform(-l, l));
     std::fill_n(bias.data<float>(), bias.numel(), 0.f);
   }
   Tensor weight, bias;
@@ -109,6 +118,7 @@ struct UNet3Plus::Parts {
   std::vector<std::shared_ptr<DecoderLevel>> decoder;  // decoder[d] for d = 0..3 (registered as decoder.3 first)
   std::shared_ptr<Conv> head;
   std::vector<std::shared_ptr<Conv>> ds_heads;  // levels 1..4
+  std::shared_ptr<Conv> cgm;                    // the classification-guided module's 1x1 convolution
 };
 
 UNet3Plus::UNet3Plus(const UNet3PlusConfig& config) : config_(config), parts_(std::make_shared<Parts>()) {
@@ -141,9 +151,10 @@ UNet3Plus::UNet3Plus(const UNet3PlusConfig& config) : config_(config), parts_(st
     for (int k = 1; k < kLevels; ++k)
       parts_->ds_heads.push_back(register_module("ds_heads." + std::to_string(k - 1),
                                                  std::make_shared<Conv>(sources[size_t(k)], config.out_channels, 3)));
+  if (config.cgm) parts_->cgm = register_module("cgm", std::make_shared<Conv>(f[kLevels - 1], 2, 1));
 }
 
-std::vector<Tensor> UNet3Plus::forward(const Tensor& x, bool training, uint64_t /*seed*/) const {
+std::vector<Tensor> UNet3Plus::forward(const Tensor& x, bool training, uint64_t seed) const {
   if (x.rank() != 4 || x.dim(-1) != config_.in_channels || x.dim(1) < kDivisor || x.dim(2) < kDivisor ||
       x.dim(1) % kDivisor != 0 || x.dim(2) % kDivisor != 0)
     throw std::invalid_argument("UNet3Plus: input " + x.describe() + " must be [N, H, W, " +
@@ -184,6 +195,20 @@ std::vector<Tensor> UNet3Plus::forward(const Tensor& x, bool training, uint64_t 
   if (training)
     for (size_t k = 0; k < parts_->ds_heads.size(); ++k)
       out.push_back(ops::upsample_bilinear(parts_->ds_heads[k]->forward(level[k + 1]), {x.dim(1), x.dim(2)}, false));
+  if (parts_->cgm) {
+    // The classification-guided module: dropout 0.5 on the bottom encoder map, a 1x1 convolution to two logits
+    // (absent, present) per position, the global maximum; the argmax gates every segmentation output.
+    const Tensor& bottom = encoder[kLevels - 1];
+    const Tensor z = parts_->cgm->forward(training ? ops::dropout(bottom, 0.5f, seed) : bottom);
+    const Tensor cls = ops::cast(ops::max_pool(z, {int(z.dim(1)), int(z.dim(2))}).reshape({z.dim(0), 2}), DType::f32);
+    Tensor mask;
+    {
+      autograd::NoGradGuard no_grad;
+      mask = ops::presence_mask(cls.detach());
+    }
+    for (Tensor& o : out) o = ops::scale_samples(o, mask);
+    if (training) out.push_back(cls);
+  }
   return out;
 }
 
@@ -207,6 +232,7 @@ void UNet3Plus::initialize(uint64_t seed) {
   }
   conv(*parts_->head);
   for (const auto& h : parts_->ds_heads) conv(*h);
+  if (parts_->cgm) parts_->cgm->init_glorot_uniform(rng);
 }
 
 }  // namespace unet::models

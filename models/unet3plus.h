@@ -11,7 +11,11 @@
 // Parameter names are those of this PyTorch module tree: encoder.{0..4}.conv{1,2}, encoder.{i}.bn{1,2},
 // decoder.{3..0}.branch.{0..4}.{conv,bn}, decoder.{d}.fuse.{conv,bn}, head, ds_heads.{0..3} (levels 1..4), so that
 // load_state_dict takes our checkpoints (the bn buffers running_mean / running_var included).
-// Not here yet: the classification-guided module (DLE's third variant, which DLE itself cannot train).
+// With cgm, the classification-guided module (the paper's; DLE's third variant, which DLE cannot train): dropout 0.5
+// on the bottom encoder map, a 1x1 convolution to two logits (absent, present), the global maximum over the positions;
+// where "absent" wins the argmax every segmentation output of the sample is multiplied by 0 (background), else by 1.
+// Training then returns the two logits [N, 2] as a last output, for the presence loss (ops::presence_bce_loss). Named
+// cgm.{weight,bias} (PyTorch Conv2d(filters[4], 2, 1)), Keras' glorot_uniform initialisation.
 #pragma once
 #include <memory>
 #include <vector>
@@ -28,13 +32,15 @@ struct UNet3PlusConfig {
   bool deep_supervision = false;
   float bn_eps = 1e-3f;
   float bn_momentum = 0.01f;  // PyTorch's convention (Keras momentum 0.99)
+  bool cgm = false;           // the classification-guided module
 };
 
 class UNet3Plus : public Network {
  public:
   explicit UNet3Plus(const UNet3PlusConfig& config);
   // x [N, H, W, C] with H and W multiples of 16 -> {logits [N, H, W, classes]}, then in training with deep supervision
-  // the four supervision heads' logits (levels 1..4), upsampled to [N, H, W, classes]. training = true normalises by
+  // the four supervision heads' logits (levels 1..4), upsampled to [N, H, W, classes], and with cgm the classification
+  // logits [N, 2] (f32). `seed` draws the module's dropout. training = true normalises by
   // the batch's statistics and updates the running ones; false uses the running ones.
   std::vector<Tensor> forward(const Tensor& x, bool training, uint64_t seed = 0) const override;
   // Keras' he_normal for the convolutions (normal truncated at 2 sigma, sigma = sqrt(2 / fan_in) / 0.8796), zero
@@ -51,6 +57,7 @@ class UNet3Plus : public Network {
   }
   // Every output counts fully (DLE's Keras model compiles one loss per output, weights 1).
   std::vector<double> output_weights(size_t outputs) const override { return std::vector<double>(outputs, 1.0); }
+  bool classifies() const override { return config_.cgm; }
   // SyncBatchNorm over comm in training (ops::BatchNormOptions::comm); null: each rank normalises its own share.
   bool set_batch_norm_comm(Comm* comm) override {
     comm_ = comm;

@@ -70,6 +70,9 @@ io::Config make_config() {
       {"model", "depth", KeyType::integer, "5", "maximum number of downsamplings"},
       {"model", "deep_supervision", KeyType::boolean, "true",
        "training heads: dynunet 1x1 at 1/2 and 1/4 resolution; unet3plus 3x3 on decoder levels 2..4 and the bottom"},
+      {"model", "cgm", KeyType::boolean, "false",
+       "unet3plus: the classification-guided module (the paper's; DLE's unet3plus_deepsup_cgm): an organ-present head "
+       "on the bottom encoder map, trained with BCE, whose 'absent' makes the image background"},
       {"model", "res_block", KeyType::boolean, "false", "residual blocks"},
       {"model", "sync_batchnorm", KeyType::boolean, "true",
        "unet3plus with several ranks: batch norm statistics over every rank's samples (SyncBatchNorm), so N ranks "
@@ -195,6 +198,10 @@ models::TrainerOptions trainer_options(const io::Config& c) {
   o.deep_supervision = c.get_bool("model", "deep_supervision");
   o.res_block = c.get_bool("model", "res_block");
   o.sync_batch_norm = c.get_bool("model", "sync_batchnorm");
+  o.cgm = c.get_bool("model", "cgm");
+  if (o.cgm && o.model != "unet3plus")
+    throw UsageError("model.cgm = true: the classification-guided module is UNet 3+'s (model.name = unet3plus), not " +
+                     o.model);
   o.dropout = static_cast<float>(real_in("model", "dropout", 0, 1, true));
   const std::string loss = c.get_string("train", "loss");
   if (loss == "dle" || (loss == "auto" && o.model == "unet2d")) o.loss = ops::kDleDiceCe;

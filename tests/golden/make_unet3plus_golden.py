@@ -8,6 +8,7 @@ on, random weights and random running statistics. Writes tests/golden/unet3plus.
   PyTorch layout),
   and the running statistics after that step ("__after__.NAME");
 - "__eval_output__": the logits in evaluation mode (running statistics), after the training step.
+And tests/golden/unet3plus_cgm.safetensors, the classification-guided module (cgm_main).
 The C++ test (tests/test_unet3plus.cpp) loads it, runs its own network and compares.
 Regenerate: /usr/bin/python3 tests/golden/make_unet3plus_golden.py
 """
@@ -146,5 +147,51 @@ def main():
     print("wrote", out, "outputs", [list(o.shape) for o in outs], "parameters", config["parameters"])
 
 
+def cgm_main():
+    """tests/golden/unet3plus_cgm.safetensors: the classification-guided module in evaluation mode (no dropout) on a
+    net without deep supervision: the state, "__input__", "__cls__" (the two logits per sample: the global maximum of
+    the 1x1 convolution of the bottom encoder map) and "__eval_output__" (the logits times each sample's argmax). The
+    module's bias is shifted so that one sample is "absent" (zero logits) and the other "present"."""
+    torch.manual_seed(1206)
+    config = {"in_channels": 2, "out_channels": 3, "filters": [4, 8, 8, 16, 16], "input": [2, 2, 32, 32],
+              "deep_supervision": False, "cgm": True}
+    net = UNet3Plus(config["in_channels"], config["out_channels"], config["filters"], False)
+    net.cgm = nn.Conv2d(config["filters"][4], 2, 1)
+    with torch.no_grad():
+        for name, p in net.named_parameters():
+            if p.dim() > 1:  # He-scaled convolutions
+                p.copy_(torch.randn_like(p) * (2.0 / p[0].numel()) ** 0.5)
+            elif ".bn" in name and name.endswith("weight"):
+                p.copy_(1 + 0.2 * torch.randn_like(p))
+            else:
+                p.copy_(0.1 * torch.randn_like(p))
+        for name, b in net.named_buffers():
+            if name.endswith("running_mean"):
+                b.copy_(0.3 * torch.randn_like(b))
+            elif name.endswith("running_var"):
+                b.copy_(torch.rand_like(b) + 0.5)
+    net.eval()
+    x = torch.randn(*config["input"])
+    with torch.no_grad():
+        bottom = x
+        for i, level in enumerate(net.encoder):
+            bottom = level(F.max_pool2d(bottom, 2) if i > 0 else bottom)
+        cls = net.cgm(bottom).amax((2, 3))
+        d = cls[:, 1] - cls[:, 0]
+        net.cgm.bias[1] -= float(d.mean())  # one sample each side of the decision
+        cls = net.cgm(bottom).amax((2, 3))
+        present = (cls[:, 1] > cls[:, 0]).float()
+        assert present.sum() == 1 and (cls[:, 1] - cls[:, 0]).abs().min() > 0.01, cls  # a clear decision each
+        logits = net(x)[0] * present[:, None, None, None]
+    tensors = {k: v.detach().clone() for k, v in net.state_dict().items() if not k.endswith("num_batches_tracked")}
+    tensors["__input__"] = act(x)
+    tensors["__cls__"] = cls
+    tensors["__eval_output__"] = act(logits)
+    out = os.path.join(os.path.dirname(os.path.abspath(__file__)), "unet3plus_cgm.safetensors")
+    save(out, tensors, {k: json.dumps(v) for k, v in config.items()})
+    print("wrote", out, "classification", cls.tolist())
+
+
 if __name__ == "__main__":
     main()
+    cgm_main()
