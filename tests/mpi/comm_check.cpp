@@ -242,6 +242,27 @@ TEST_CASE("hybrid_loss with a comm: each rank's sample gives the global batch's 
   CHECK(worst <= 1e-6 * scale);
 }
 
+TEST_CASE("presence_bce_loss with a comm: each rank's sample gives the global batch's loss and its gradient share") {
+  Comm& c = world();
+  const int64_t B = c.size(), per = 20;
+  Rng rng(13);
+  const Tensor z = randn({B, 2}, rng, 2.f);
+  std::vector<float> labels(static_cast<size_t>(B * per), 0.f);
+  for (int64_t b = 0; b < B; b += 2) labels[size_t(b * per + 7)] = 1;  // every other sample holds the organ
+  Tensor full = z.clone().set_requires_grad(true);
+  const Tensor loss_full = ops::presence_bce_loss(full, Tensor::from_vector({B, per}, labels, DType::u8));
+  autograd::backward(loss_full);
+  const std::vector<float> all = z.to_vector(), g_full = full.grad().to_vector();
+  Tensor part = Tensor::from_vector({1, 2}, {all[size_t(c.rank() * 2)], all[size_t(c.rank() * 2 + 1)]});
+  part.set_requires_grad(true);
+  const std::vector<float> mine(labels.begin() + c.rank() * per, labels.begin() + (c.rank() + 1) * per);
+  const Tensor loss = ops::presence_bce_loss(part, Tensor::from_vector({1, per}, mine, DType::u8), &c);
+  autograd::backward(loss);
+  CHECK(loss.to_vector()[0] == doctest::Approx(loss_full.to_vector()[0]).epsilon(1e-6));
+  for (int k = 0; k < 2; ++k)
+    CHECK(part.grad().to_vector()[size_t(k)] == doctest::Approx(g_full[size_t(c.rank() * 2 + k)]).epsilon(1e-6));
+}
+
 namespace {
 // Every element of a within rtol |b| + atol of b's.
 void check_near(const Tensor& a, const Tensor& b, double rtol, double atol, const char* what) {
