@@ -32,6 +32,11 @@ struct AugmentOptions {
   // 2D networks (patches of slices): zoom, flips, blur, low resolution and rotation act in the y-x plane only, so
   // adjacent slices taken as channels stay apart (the draws are the same, only their effect on z is dropped).
   bool in_plane = false;
+  // DLE UNet_Medical's ISBI augmentation instead (io/dle.h, data.pipeline = dle_isbi): flips of y and x with flip_prob,
+  // its crop-and-resize with zoom_prob, its brightness delta with brightness_prob, the clip to [-1, 1]; `classes`
+  // for the labels' interpolation.
+  bool dle_isbi = false;
+  int classes = 2;
 
   static AugmentOptions none();  // every probability 0: the patch as cut
   void check() const;            // std::invalid_argument naming a probability or range out of bounds

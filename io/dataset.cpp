@@ -13,6 +13,7 @@
 #include <stdexcept>
 
 #include "engine/ops.h"
+#include "io/dle.h"
 #include "io/image.h"
 #include "kernels/common/parallel.h"
 
@@ -98,7 +99,8 @@ DatasetInfo read_isbi_dataset(const std::string& dir) {
   info.label_divisor = 255;
   const std::string volume = (fs::path(dir) / "train-volume.tif").string(),
                     labels = (fs::path(dir) / "train-labels.tif").string();
-  if (!fs::is_regular_file(labels)) throw std::runtime_error(labels + ": missing (ISBI 2012 needs it beside " + volume + ")");
+  if (!fs::is_regular_file(labels))
+    throw std::runtime_error(labels + ": missing (ISBI 2012 needs it beside " + volume + ")");
   const int64_t pages = read_image(volume).data.dim(0), label_pages = read_image(labels).data.dim(0);
   if (pages != label_pages)
     throw std::runtime_error(labels + ": " + std::to_string(label_pages) + " pages, but " + volume + " has " +
@@ -135,8 +137,8 @@ DatasetInfo read_nnunet_v2_dataset(const std::string& dir) {
     if (v.is_array())
       fail("labels", "'" + name + "' is a region (a list of labels); region-based training is not supported");
     if (!v.is_number_integer() || v.get<int64_t>() < 0 || v.get<int64_t>() >= static_cast<int64_t>(labels.size()))
-      fail("labels", "'" + name + "' = " + v.dump() + ": expected consecutive integers 0.." +
-                         std::to_string(labels.size() - 1));
+      fail("labels",
+           "'" + name + "' = " + v.dump() + ": expected consecutive integers 0.." + std::to_string(labels.size() - 1));
     std::string& slot = info.labels[static_cast<size_t>(v.get<int64_t>())];
     if (!slot.empty()) fail("labels", "'" + name + "' and '" + slot + "' have the same value " + v.dump());
     slot = name;
@@ -313,11 +315,11 @@ Case load_case(const DatasetInfo& info, size_t i) {
     if (!(x >= 0 && x < classes && x == std::floor(x))) {
       char value[32];
       std::snprintf(value, sizeof value, "%.9g", src[v]);  // 1.5 as "1.5", 1e20 as "1e+20"
-      throw std::runtime_error(
-          dc.label_path + ": voxel " + std::to_string(v) + " has label value " + value +
-          (info.format == "isbi2012" ? std::string("; ISBI 2012 labels are 0 (membrane) or 255 (cell)")
-                                     : "; 'labels' in " + info.json_path + " allows the integers 0.." +
-                                           std::to_string(info.num_classes() - 1)));
+      throw std::runtime_error(dc.label_path + ": voxel " + std::to_string(v) + " has label value " + value +
+                               (info.format == "isbi2012"
+                                    ? std::string("; ISBI 2012 labels are 0 (membrane) or 255 (cell)")
+                                    : "; 'labels' in " + info.json_path + " allows the integers 0.." +
+                                          std::to_string(info.num_classes() - 1)));
     }
     dst[v] = static_cast<uint8_t>(x);
   }
@@ -625,7 +627,9 @@ PatchSampler::Drawn PatchSampler::sample(int64_t step, int64_t b) const {
       region[static_cast<size_t>(a)] = origin[static_cast<size_t>(a)] - (extent[static_cast<size_t>(a)] - P[a]) / 2;
     d.sample = rotate_crop(cut(*ref.c, region, extent), R, opt_.patch);
   }
-  d.augment = augment(d.sample, opt_.augment, rng);
+  const AugmentOptions& a = opt_.augment;
+  d.augment = a.dle_isbi ? dle_isbi_augment(d.sample, a.flip_prob, a.zoom_prob, a.brightness_prob, a.classes, rng)
+                         : augment(d.sample, a, rng);
   return d;
 }
 

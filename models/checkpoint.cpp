@@ -124,7 +124,8 @@ io::Metadata card_to_metadata(const ModelCard& c) {
   nlohmann::json plan = {{"patch", c.patch},
                          {"spacing", c.spacing},
                          {"normalization", nlohmann::json::parse(c.normalization.to_json())},
-                         {"label_scale", c.label_scale}};
+                         {"label_scale", c.label_scale},
+                         {"pipeline", c.pipeline}};
   nlohmann::json labels = nlohmann::json::object();
   for (auto& [k, v] : c.labels) labels[std::to_string(k)] = v;
   return {
@@ -176,7 +177,10 @@ ModelCard card_from_metadata(const io::Metadata& m, const std::string& path) {
     c.patch = plan.at("patch").get<std::vector<int>>();
     c.spacing = plan.at("spacing").get<std::vector<double>>();
     c.normalization = io::NormalizationPlan::from_json(plan.at("normalization").dump());
-    c.label_scale = plan.value("label_scale", 1);  // absent before ISBI support: 1
+    c.label_scale = plan.value("label_scale", 1);                // absent before ISBI support: 1
+    c.pipeline = plan.value("pipeline", std::string("nnunet"));  // absent before dle_isbi: nnunet
+    if (c.pipeline != "nnunet" && c.pipeline != "dle_isbi")
+      throw std::runtime_error(path + ": plan pipeline '" + c.pipeline + "': expected nnunet or dle_isbi");
     const int largest = (static_cast<int>(model.at("out_channels").get<int>()) - 1) * c.label_scale;
     if (c.label_scale < 1 || largest > 255)
       throw std::runtime_error(path + ": plan label_scale " + std::to_string(c.label_scale) +

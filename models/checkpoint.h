@@ -27,6 +27,9 @@ struct ModelCard {
   io::NormalizationPlan normalization;  // per channel: z-score per case, or CT clip + global z-score
   std::map<int, std::string> labels;    // class index -> name
   int label_scale = 1;  // class c is written as the value c * label_scale (ISBI 2012: 255, its labels are 0 / 255)
+  // How images are prepared: nnunet (crop, resample to `spacing`, the normalisation plan, sliding window) or dle_isbi
+  // (DLE UNet_Medical's: x / 127.5 - 1, each slice resized to the network's output size and back; io/dle.h).
+  std::string pipeline = "nnunet";
   int in_channels() const {
     return model == "unet2d" ? unet2d.in_channels : model == "unet3plus" ? unet3plus.in_channels : net.in_channels;
   }

@@ -7,6 +7,7 @@
 
 #include "engine/ops.h"
 #include "io/dataset.h"
+#include "io/dle.h"
 #include "io/resample.h"
 #include "models/trainer.h"
 
@@ -46,6 +47,33 @@ Segmentation Predictor::segment(const io::Image& volume, const std::string& sour
   if (volume.data.dim(-1) != card_.image_channels())
     throw std::runtime_error(source + ": has " + std::to_string(volume.data.dim(-1)) +
                              " channel(s), the model expects " + std::to_string(card_.image_channels()));
+  const std::array<int64_t, 3> full{volume.data.dim(0), volume.data.dim(1), volume.data.dim(2)};
+  Segmentation out;
+  Tensor probabilities;
+  if (card_.pipeline == "dle_isbi") {
+    // DLE UNet_Medical's (io/dle.h): x / 127.5 - 1, each slice resized to the output size, one window with the
+    // context zero-padded, the probabilities resized back to the slice's size.
+    Tensor image = volume.data.clone();
+    io::dle_normalize(image);
+    const int64_t h = window_.patch[window_.patch.size() - 2], w = window_.patch.back();
+    image = io::resize_planes(image, h, w);
+    probabilities =
+        io::resize_planes(softmax_channels(predict_volume(*net_, image, window_, precision_)), full[1], full[2]);
+    out.grid = {full[0], h, w};
+    out.resampled = h != full[1] || w != full[2];
+  } else {
+    probabilities = nnunet_probabilities(volume, &out);
+  }
+  out.probabilities = probabilities;
+  const Tensor labels = ops::argmax_channels(probabilities);  // i32, on the cpu
+  out.labels = Tensor::empty(labels.shape(), DType::u8);
+  const int32_t* l = labels.data<int32_t>();
+  uint8_t* u = out.labels.data<uint8_t>();
+  for (int64_t i = 0; i < labels.numel(); ++i) u[i] = static_cast<uint8_t>(l[i] * card_.label_scale);
+  return out;
+}
+
+Tensor Predictor::nnunet_probabilities(const io::Image& volume, Segmentation* out) const {
   // As in training (models/trainer.h): crop to the non-zero box, resample to the training spacing, normalise.
   const std::array<int64_t, 3> full{volume.data.dim(0), volume.data.dim(1), volume.data.dim(2)};
   const io::Box box = io::nonzero_box(volume.data);
@@ -80,16 +108,9 @@ Segmentation Predictor::segment(const io::Image& volume, const std::string& sour
       }
     probabilities = whole;
   }
-  Segmentation out;
-  out.probabilities = probabilities;
-  out.grid = {image.dim(0), image.dim(1), image.dim(2)};
-  out.resampled = resample;
-  const Tensor labels = ops::argmax_channels(probabilities);  // i32, on the cpu
-  out.labels = Tensor::empty(labels.shape(), DType::u8);
-  const int32_t* l = labels.data<int32_t>();
-  uint8_t* u = out.labels.data<uint8_t>();
-  for (int64_t i = 0; i < labels.numel(); ++i) u[i] = static_cast<uint8_t>(l[i] * card_.label_scale);
-  return out;
+  out->grid = {image.dim(0), image.dim(1), image.dim(2)};
+  out->resampled = resample;
+  return probabilities;
 }
 
 }  // namespace unet::models

@@ -18,15 +18,15 @@ namespace unet::models {
 struct PredictorOptions {
   double overlap = 0.5;
   Blend blend = Blend::gaussian;
-  bool tta = false;   // average the logits over every flip of the spatial axes
-  int batch = 1;      // windows per forward pass
+  bool tta = false;  // average the logits over every flip of the spatial axes
+  int batch = 1;     // windows per forward pass
   Device device = Device::cpu;
   Precision precision = Precision::fp32;  // tf32: the caller sets ops::set_conv_allow_tf32
 };
 
 struct Segmentation {
-  Tensor labels;  // u8 [Z, Y, X]: argmax of the probabilities, times the card's label_scale, on the input's grid
-  Tensor probabilities;           // f32 [Z, Y, X, classes]: softmax of the blended logits, on the input's grid
+  Tensor labels;         // u8 [Z, Y, X]: argmax of the probabilities, times the card's label_scale, on the input's grid
+  Tensor probabilities;  // f32 [Z, Y, X, classes]: softmax of the blended logits, on the input's grid
   std::array<int64_t, 3> grid{};  // the grid the network segmented: the non-zero box, resampled when `resampled`
   bool resampled = false;
 };
@@ -40,11 +40,14 @@ class Predictor {
   // as nnU-Net predicts: cropped to the box of its non-zero voxels, resampled to the model's training spacing (when
   // it differs by more than 0.1%; io/resample.h), normalised, segmented by sliding window, the probabilities
   // resampled back to the cropped grid (linear; nearest along an anisotropic axis), put back into the whole volume
-  // (background outside the box) and their argmax taken.
+  // (background outside the box) and their argmax taken. A model of the dle_isbi pipeline (ModelCard::pipeline)
+  // instead resizes each slice to its output size as DLE UNet_Medical does (io/dle.h) and the probabilities back.
   Segmentation segment(const io::Image& volume, const std::string& source) const;
 
  private:
   Predictor(const io::SafetensorsContent& weights, const std::string& checkpoint, const PredictorOptions& options);
+  // nnU-Net's way (segment): the probabilities on the volume's grid; out->grid and out->resampled.
+  Tensor nnunet_probabilities(const io::Image& volume, Segmentation* out) const;
   ModelCard card_;
   std::unique_ptr<Network> net_;
   SlidingWindowOptions window_;

@@ -14,6 +14,7 @@
 #include "engine/device.h"
 #include "engine/ops.h"
 #include "engine/schedule.h"
+#include "io/dle.h"
 #include "io/loader.h"
 #include "io/preprocess.h"
 #include "io/safetensors.h"
@@ -400,27 +401,46 @@ Trainer::Trainer(TrainerOptions options, std::FILE* out) : s_(std::make_unique<S
   } else {
     s.split = io::kfold_split(n, o.fold, o.folds);
   }
-  // nnU-Net's preprocessing (io/preprocess.h): each case cropped to the box of its non-zero voxels and resampled to
-  // the target spacing planned from the training cases; kept in the cache directory for the next run.
-  io::PreprocessOptions po;
-  po.cache_dir = o.cache_dir;
-  po.write_cache = s.lead();
-  io::PreprocessedDataset pre = io::preprocess_dataset(s.info, s.split.train, po);
-  s.cases = std::move(pre.cases);
-  const std::array<double, 3> target = pre.target;
-  if (out)
-    std::fprintf(out, "unet_train: target spacing %.4g, %.4g, %.4g mm (z, y, x); %d of %zu cases resampled%s\n",
-                 target[0], target[1], target[2], pre.resampled, n,
-                 o.cache_dir.empty()
-                     ? ""
-                     : (", " + std::to_string(pre.from_cache) + " read from the cache " + o.cache_dir).c_str());
-  std::vector<io::Case> train_cases;
-  for (size_t i : s.split.train) train_cases.push_back(s.cases[i]);
-  const io::NormalizationPlan norm = io::plan_normalization(s.info, train_cases);
-  train_cases.clear();
-  for (auto& k : s.cases) {
-    io::normalize_image(k.image, norm);
-    io::pad_case_to(k, o.sampling.patch);
+  std::array<double, 3> target{};
+  io::NormalizationPlan norm;
+  if (o.pipeline == "dle_isbi") {
+    // DLE UNet_Medical's (io/dle.h): x / 127.5 - 1 and each slice resized to the network's output size; the sampler
+    // zero-pads it by the context to the input size, validation slides one window over it. No crop, no resampling.
+    const int64_t out_h = UNet2D::output_size(o.sampling.patch[1]), out_w = UNet2D::output_size(o.sampling.patch[2]);
+    if (o.model != "unet2d" || out_h != out_w || out_h < 1)
+      throw TrainerOptionError(
+          "data.pipeline = dle_isbi: DLE UNet_Medical's pipeline takes model.name = unet2d and a "
+          "square patch it fits (DLE: 572, 572)");
+    for (size_t i = 0; i < n; ++i) s.cases.push_back(io::load_case(s.info, i));
+    target = s.cases[0].spacing;
+    norm = io::plan_normalization(s.info, {s.cases[0]});  // kept in the card for its form; dle_isbi does not use it
+    for (auto& k : s.cases) io::dle_isbi_case(k, out_h, s.info.num_classes());
+    if (out)
+      std::fprintf(out, "unet_train: DLE's ISBI pipeline: %zu slices as x / 127.5 - 1, resized to %ldx%ld\n", n,
+                   static_cast<long>(out_h), static_cast<long>(out_w));
+  } else {
+    // nnU-Net's preprocessing (io/preprocess.h): each case cropped to the box of its non-zero voxels and resampled to
+    // the target spacing planned from the training cases; kept in the cache directory for the next run.
+    io::PreprocessOptions po;
+    po.cache_dir = o.cache_dir;
+    po.write_cache = s.lead();
+    io::PreprocessedDataset pre = io::preprocess_dataset(s.info, s.split.train, po);
+    s.cases = std::move(pre.cases);
+    target = pre.target;
+    if (out)
+      std::fprintf(out, "unet_train: target spacing %.4g, %.4g, %.4g mm (z, y, x); %d of %zu cases resampled%s\n",
+                   target[0], target[1], target[2], pre.resampled, n,
+                   o.cache_dir.empty()
+                       ? ""
+                       : (", " + std::to_string(pre.from_cache) + " read from the cache " + o.cache_dir).c_str());
+    std::vector<io::Case> train_cases;
+    for (size_t i : s.split.train) train_cases.push_back(s.cases[i]);
+    norm = io::plan_normalization(s.info, train_cases);
+    train_cases.clear();
+    for (auto& k : s.cases) {
+      io::normalize_image(k.image, norm);
+      io::pad_case_to(k, o.sampling.patch);
+    }
   }
 
   // Model: DynUNet from the nnU-Net plan rule (the target spacing), or UNet2D on slices.
@@ -453,6 +473,7 @@ Trainer::Trainer(TrainerOptions options, std::FILE* out) : s_(std::make_unique<S
   card.normalization = norm;
   for (size_t k = 0; k < s.info.labels.size(); ++k) card.labels[static_cast<int>(k)] = s.info.labels[k];
   card.label_scale = static_cast<int>(s.info.label_divisor);  // labels written as the dataset stores them
+  card.pipeline = o.pipeline;
   try {
     s.net = make_network(card);
   } catch (const std::invalid_argument& e) {
@@ -542,6 +563,8 @@ void Trainer::run() {
   so.rank = s.rank();
   so.ranks = s.ranks();
   so.augment.in_plane = s.net->spatial_dims() == 2;  // slices: nothing moves across z
+  so.augment.dle_isbi = o.pipeline == "dle_isbi";
+  so.augment.classes = s.info.num_classes();
   io::PatchSampler sampler(s.cases, s.split.train, so);
   // Each step's batch depends only on (seed, step): resuming draws what was next, whatever the number of workers.
   io::BatchLoader loader(sampler, first_step, o.loader_workers, o.prefetch);

@@ -110,8 +110,9 @@ struct TrainerOptions {
   int filters = 32, max_filters = 320, depth = 5;  // unet2d: filters, 2x, 4x, 8x, 16x (DLE: 64)
   float dropout = 0.5f;                            // unet2d: after the bottleneck
   bool deep_supervision = true, res_block = false;
-  bool sync_batch_norm = true;  // unet3plus with several ranks: batch statistics over every rank (SyncBatchNorm)
-  bool cgm = false;             // unet3plus: the classification-guided module (UNet3PlusConfig::cgm)
+  bool sync_batch_norm = true;      // unet3plus with several ranks: batch statistics over every rank (SyncBatchNorm)
+  bool cgm = false;                 // unet3plus: the classification-guided module (UNet3PlusConfig::cgm)
+  std::string pipeline = "nnunet";  // nnunet, or dle_isbi (unet2d: DLE UNet_Medical's ISBI pipeline, io/dle.h)
   int64_t steps = 1000;
   LossSpec loss;                    // nnU-Net's DiceCE ({}), DLE UNet_Medical's (ops::kDleDiceCe), UNet 3+'s hybrid
   std::string optimizer = "adamw";  // adamw | adam | sgd

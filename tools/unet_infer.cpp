@@ -33,7 +33,9 @@ namespace fs = std::filesystem;
 namespace {
 
 // Hidden files (".tmpPID.NAME" is how io::AtomicFile names a file being written) are never inputs.
-bool is_hidden(const fs::path& p) { return p.filename().string().starts_with("."); }
+bool is_hidden(const fs::path& p) {
+  return p.filename().string().starts_with(".");
+}
 
 // Where --save-probabilities writes the probabilities of the label map `out`: beside it, in its format.
 fs::path probabilities_of(const fs::path& out) {
@@ -82,7 +84,8 @@ int main(int argc, char** argv) {
                  "auto (bf16 on a GPU, fp32 elsewhere), fp32, tf32 (f32 convolutions on TF32 tensor cores on a CUDA "
                  "device), fp16 or bf16 (activations in 16 bits, f32 logits)")
       ->capture_default_str();
-  app.add_option("--device", device, "auto, cpu, cuda or cuda-emu (the CUDA kernels under the CPU emulator)")->capture_default_str();
+  app.add_option("--device", device, "auto, cpu, cuda or cuda-emu (the CUDA kernels under the CPU emulator)")
+      ->capture_default_str();
   app.add_flag("--save-probabilities", save_probabilities, "also write the per-class probabilities (float32)");
   app.add_option("--batch", batch, "windows per forward pass, 1..1024")->capture_default_str();
   app.add_flag("--keep-going", keep_going,
@@ -90,8 +93,10 @@ int main(int argc, char** argv) {
                "and exit with status 1");
   if (auto status = tools::parse_command_line(app, argc, argv, "unet_infer")) return *status;
   return tools::run_tool("unet_infer", [&] {
-    if (blend != "gaussian" && blend != "constant") throw UsageError("--blend '" + blend + "': expected gaussian or constant");
-    if (!(overlap >= 0 && overlap < 1)) throw UsageError("--overlap " + std::to_string(overlap) + ": expected a value in [0, 1)");
+    if (blend != "gaussian" && blend != "constant")
+      throw UsageError("--blend '" + blend + "': expected gaussian or constant");
+    if (!(overlap >= 0 && overlap < 1))
+      throw UsageError("--overlap " + std::to_string(overlap) + ": expected a value in [0, 1)");
     Device dev = Device::cpu;
     try {
       dev = device::resolve_device(device, &std::cout);  // auto without a GPU: one line, then the CPU
@@ -212,7 +217,8 @@ int main(int argc, char** argv) {
         std::string grid =
             std::to_string(seg.grid[0]) + "x" + std::to_string(seg.grid[1]) + "x" + std::to_string(seg.grid[2]);
         if (seg.resampled)
-          grid = "resampled to " + grid + " at the model's spacing";
+          grid = "resampled to " + grid +
+                 (predictor.card().pipeline == "dle_isbi" ? " (DLE's ISBI resize)" : " at the model's spacing");
         else
           grid = "segmented at " + grid;
         std::printf("%s -> %s (%s, %.1f s)\n", in.string().c_str(), out.string().c_str(), grid.c_str(),

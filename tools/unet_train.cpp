@@ -39,6 +39,14 @@ io::Config make_config() {
       {"data", "batch_size", KeyType::integer, "2", "patches per step"},
       {"data", "foreground_oversampling", KeyType::real, "0.4", "probability that a patch contains foreground"},
       {"data", "flip_probability", KeyType::real, "0.5", "probability of mirroring each axis"},
+      {"data",
+       "pipeline",
+       KeyType::string,
+       "nnunet",
+       "nnunet (crop, resample, normalisation plan, patches) or dle_isbi (unet2d: DLE UNet_Medical's ISBI 2012 "
+       "pipeline: x / 127.5 - 1, slices resized to the output size and zero-padded to the input; its augmentation: "
+       "flips, crop-and-resize with augment.zoom, brightness delta with augment.brightness; DLE --augment: both 1)",
+       {"nnunet", "dle_isbi"}},
       {"data", "cache", KeyType::string, "auto",
        "directory keeping the preprocessed (cropped, resampled) cases for the next run: auto "
        "(DATASET/unet_preprocessed "
@@ -177,6 +185,10 @@ models::TrainerOptions trainer_options(const io::Config& c) {
   o.depth = static_cast<int>(int_in("model", "depth", 1, 10));
   o.sampling.foreground_prob = real_in("data", "foreground_oversampling", 0, 1);
   o.sampling.augment.flip_prob = real_in("data", "flip_probability", 0, 1);
+  o.pipeline = c.get_string("data", "pipeline");
+  if (o.pipeline == "dle_isbi" && o.model != "unet2d")
+    throw UsageError("data.pipeline = dle_isbi: DLE UNet_Medical's pipeline is for model.name = unet2d, not " +
+                     o.model);
   o.sampling.augment.zoom_prob = real_in("augment", "zoom", 0, 1);
   o.sampling.augment.noise_prob = real_in("augment", "noise", 0, 1);
   o.sampling.augment.blur_prob = real_in("augment", "blur", 0, 1);
