@@ -7,6 +7,7 @@
 
 #include "engine/ops.h"
 #include "io/dataset.h"
+#include "io/image.h"
 #include "io/resample.h"
 #include "models/trainer.h"
 
@@ -59,10 +60,18 @@ Segmentation Predictor::segment(const io::Image& volume, const std::string& sour
   if (resample)
     image = io::resize_image(image, io::resampled_size(box.size(), spacing, target), io::image_orders(separate));
   io::normalize_image(image, card_.normalization);
+  if (std::string why = io::nonfinite_problem(image); !why.empty())
+    throw std::runtime_error(source + ": after " + (resample ? "resampling and " : "") +
+                             "normalisation with the model's plan, " + why +
+                             "; expected finite values (values near the f32 limit?)");
 
   // Probabilities on the model's grid, back on the cropped grid (linear, nearest along a separate axis, as nnU-Net),
   // then in the whole volume (background outside the box).
-  Tensor probabilities = softmax_channels(predict_volume(*net_, image, window_, precision_));
+  const Tensor logits = predict_volume(*net_, image, window_, precision_);
+  if (std::string why = io::nonfinite_problem(logits); !why.empty())
+    throw std::runtime_error(source + ": the network's output (logits) has " + why +
+                             "; expected finite values (a damaged model or extreme input values?)");
+  Tensor probabilities = softmax_channels(logits);
   if (resample) probabilities = io::resize_image(probabilities, box.size(), io::label_orders(separate));
   if (box.size() != full) {
     const int64_t C = probabilities.dim(3);

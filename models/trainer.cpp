@@ -14,6 +14,7 @@
 #include "engine/device.h"
 #include "engine/ops.h"
 #include "engine/schedule.h"
+#include "io/image.h"
 #include "io/loader.h"
 #include "io/preprocess.h"
 #include "io/safetensors.h"
@@ -411,8 +412,13 @@ Trainer::Trainer(TrainerOptions options, std::FILE* out) : s_(std::make_unique<S
   for (size_t i : s.split.train) train_cases.push_back(s.cases[i]);
   const io::NormalizationPlan norm = io::plan_normalization(s.info, train_cases);
   train_cases.clear();
-  for (auto& k : s.cases) {
+  for (size_t i = 0; i < s.cases.size(); ++i) {
+    io::Case& k = s.cases[i];
     io::normalize_image(k.image, norm);
+    if (std::string why = io::nonfinite_problem(k.image); !why.empty())
+      throw std::runtime_error(s.info.training[i].image_paths[0] + ": training case " + k.id +
+                               ": after cropping, resampling and normalisation, " + why +
+                               "; expected finite values (values near the f32 limit?)");
     io::pad_case_to(k, o.sampling.patch);
   }
 

@@ -6,6 +6,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <cmath>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -59,6 +60,14 @@ std::string write_random_model(const std::string& path, int channels) {
   net.initialize(3);
   models::save_weights(path, net, models::card_to_metadata(card));
   return path;
+}
+
+// A one-channel image [size]^3 of `values` repeated along z, at `spacing` mm.
+void write_volume(const std::string& path, int64_t size, const std::vector<float>& values,
+                  const std::array<double, 3>& spacing) {
+  std::vector<float> v(static_cast<size_t>(size * size * size));
+  for (size_t i = 0; i < v.size(); ++i) v[i] = values[i / static_cast<size_t>(size * size) % values.size()];
+  io::write_nifti(path, Tensor::from_vector({size, size, size}, v), io::make_nifti_like({size, size, size}, spacing));
 }
 
 // A one-channel image of `size`^3 random intensities at 1 mm.
@@ -347,4 +356,46 @@ TEST_CASE("SIGTERM or SIGHUP during a write leaves no temporary file: unet_infer
     CHECK(rc == status);
     for (const std::string& name : left) CHECK_MESSAGE(name.rfind(".tmp", 0) != 0, "left behind: " << name);
   }
+}
+
+TEST_CASE("unet_infer refuses values that turn NaN or infinite after resampling, naming the file, writing nothing") {
+  test::TempDir tmp("hostile_nonfinite");
+  const std::string& dir = tmp.path;
+  const std::string model = write_random_model(dir + "/model.safetensors", 1);
+  // +-3e38 at 2 mm: the cubic resampling to the model's 1 mm overshoots past the f32 limit (infinite, then NaN).
+  const std::string image = dir + "/big.nii.gz";
+  write_volume(image, 8, {3e38f, -3e38f}, {2, 2, 2});
+  std::string out;
+  CHECK(run_guarded("unet_infer",
+                    "--model " + model + " --input " + image + " --output " + dir + "/seg.nii.gz --save-probabilities",
+                    &out) == 1);
+  CHECK_MESSAGE(out.find("unet_infer: error: " + image + ": after resampling and normalisation") != std::string::npos,
+                out);
+  CHECK_MESSAGE(out.find("NaN or infinite") != std::string::npos, out);
+  CHECK_FALSE(fs::exists(dir + "/seg.nii.gz"));
+  CHECK_FALSE(fs::exists(dir + "/seg_probabilities.nii.gz"));
+}
+
+TEST_CASE("unet_train names the training case whose values turn NaN or infinite after resampling") {
+  test::TempDir tmp("hostile_nonfinite_train");
+  const std::string& dir = tmp.path;
+  REQUIRE(test::run_tool("unet_synth", "--output " + dir + "/data --train 3 --test 0 --size 8,8,8 --seed 2") == 0);
+  // case_002 at 2 mm (the others at 1 mm, the target): +-3e38 overshoots the f32 limit in the cubic resampling.
+  const std::string image = dir + "/data/imagesTr/case_002.nii.gz";
+  write_volume(image, 8, {3e38f, -3e38f}, {2, 2, 2});
+  std::vector<float> zeros(512, 0.f);
+  io::write_nifti(dir + "/data/labelsTr/case_002.nii.gz", Tensor::from_vector({8, 8, 8}, zeros, DType::u8),
+                  io::make_nifti_like({8, 8, 8}, {2, 2, 2}));
+  const std::string ini = test::write_text(dir + "/train.ini", "[data]\ndataset = " + dir +
+                                                                   "/data\nfolds = 1\npatch_size = 8,8,8\ncache = "
+                                                                   "none\nworkers = 0\n[model]\nfilters = 4\ndepth = "
+                                                                   "1\n[train]\nsteps = 2\n[output]\ndir = " +
+                                                                   dir + "/run\n");
+  std::string out;
+  CHECK(run_guarded("unet_train", ini, &out) == 1);
+  CHECK_MESSAGE(out.find("unet_train: error: " + image + ": training case case_002: after cropping, resampling") !=
+                    std::string::npos,
+                out);
+  CHECK_MESSAGE(out.find("NaN or infinite") != std::string::npos, out);
+  CHECK_FALSE(fs::exists(dir + "/run/model.safetensors"));
 }
