@@ -37,6 +37,7 @@ Image read_image(const std::string& path) {
     im.spacing = im.nifti->spacing();
     im.nifti->data = Tensor();
   }
+  check_spacing(im.spacing, path);
   return im;
 }
 

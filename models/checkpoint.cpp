@@ -7,6 +7,7 @@
 #include <stdexcept>
 
 #include "engine/device.h"
+#include "io/image.h"
 
 namespace unet::models {
 namespace {
@@ -165,7 +166,15 @@ ModelCard card_from_metadata(const io::Metadata& m, const std::string& path) {
     }
     c.patch = plan.at("patch").get<std::vector<int>>();
     c.spacing = plan.at("spacing").get<std::vector<double>>();
-    c.normalization = io::NormalizationPlan::from_json(plan.at("normalization").dump());
+    if (c.spacing.size() != 3)
+      throw std::runtime_error(path + ": plan spacing has " + std::to_string(c.spacing.size()) +
+                               " values; expected 3 (z, y, x, in mm)");
+    io::check_spacing({c.spacing[0], c.spacing[1], c.spacing[2]}, path + ": plan spacing");
+    try {
+      c.normalization = io::NormalizationPlan::from_json(plan.at("normalization").dump());
+    } catch (const std::runtime_error& e) {
+      throw std::runtime_error(path + ": plan.normalization: " + e.what());
+    }
     c.label_scale = plan.value("label_scale", 1);  // absent before ISBI support: 1
     const int largest = (static_cast<int>(model.at("out_channels").get<int>()) - 1) * c.label_scale;
     if (c.label_scale < 1 || largest > 255)

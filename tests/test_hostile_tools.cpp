@@ -10,6 +10,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <map>
 #include <thread>
 
@@ -45,8 +46,9 @@ std::vector<std::string> temporaries(const std::string& root) {
   return found;
 }
 
-// A small model card and random weights for `channels` input channels and an 8^3 patch.
-std::string write_random_model(const std::string& path, int channels) {
+// A small model card and random weights for `channels` input channels and an 8^3 patch (`edit` may change the card).
+std::string write_random_model(const std::string& path, int channels,
+                               const std::function<void(models::ModelCard&)>& edit = nullptr) {
   models::ModelCard card;
   const std::vector<int> patch = {8, 8, 8};
   models::UNetPlan plan = models::plan_unet(patch, {1, 1, 1}, 2);
@@ -58,6 +60,7 @@ std::string write_random_model(const std::string& path, int channels) {
   card.labels = {{0, "background"}, {1, "a"}, {2, "b"}};
   models::DynUNet net(card.net);
   net.initialize(3);
+  if (edit) edit(card);
   models::save_weights(path, net, models::card_to_metadata(card));
   return path;
 }
@@ -374,6 +377,37 @@ TEST_CASE("unet_infer refuses values that turn NaN or infinite after resampling,
   CHECK_MESSAGE(out.find("NaN or infinite") != std::string::npos, out);
   CHECK_FALSE(fs::exists(dir + "/seg.nii.gz"));
   CHECK_FALSE(fs::exists(dir + "/seg_probabilities.nii.gz"));
+}
+
+TEST_CASE("unet_infer refuses voxel spacings that overflow or collapse the resampled grid, and bad card spacings") {
+  test::TempDir tmp("hostile_spacing");
+  const std::string& dir = tmp.path;
+  const std::string model = write_random_model(dir + "/model.safetensors", 1);
+  const std::string huge = dir + "/huge.nii.gz", tiny = dir + "/tiny.nii.gz", ok = dir + "/ok.nii.gz";
+  write_volume(huge, 8, {1, 2, 3}, {1e30, 1e30, 1e30});
+  write_volume(tiny, 8, {1, 2, 3}, {1e-30, 1e-30, 1e-30});
+  write_image(ok, 8, 1);
+  std::string out;
+  CHECK(run_guarded("unet_infer", "--model " + model + " --input " + huge + " --output " + dir + "/a.nii.gz", &out) ==
+        1);
+  CHECK_MESSAGE(
+      out.find("unet_infer: error: " + huge + ": resampling 8 x 8 x 8 voxels from spacing 1e+30") != std::string::npos,
+      out);
+  CHECK(run_guarded("unet_infer", "--model " + model + " --input " + tiny + " --output " + dir + "/a.nii.gz", &out) ==
+        1);
+  CHECK_MESSAGE(out.find(tiny + ": resampling 8 x 8 x 8 voxels from spacing 1e-30") != std::string::npos, out);
+  for (const std::vector<double>& spacing :
+       std::vector<std::vector<double>>{{-1, -1, -1}, {0, 0, 0}, {1, 1}, {1e30, 1, 1}}) {
+    CAPTURE(spacing.size());
+    CAPTURE(spacing[0]);
+    const std::string bad =
+        write_random_model(dir + "/bad.safetensors", 1, [&](models::ModelCard& c) { c.spacing = spacing; });
+    CHECK(run_guarded("unet_infer", "--model " + bad + " --input " + ok + " --output " + dir + "/a.nii.gz", &out) == 1);
+    const bool named =
+        out.find(bad + ": plan spacing") != std::string::npos || out.find(ok + ": resampling") != std::string::npos;
+    CHECK_MESSAGE(named, out);
+  }
+  CHECK_FALSE(fs::exists(dir + "/a.nii.gz"));
 }
 
 TEST_CASE("unet_train names the training case whose values turn NaN or infinite after resampling") {
