@@ -433,3 +433,55 @@ TEST_CASE("unet_train names the training case whose values turn NaN or infinite 
   CHECK_MESSAGE(out.find("NaN or infinite") != std::string::npos, out);
   CHECK_FALSE(fs::exists(dir + "/run/model.safetensors"));
 }
+
+namespace {
+// A small training configuration: DATASET, output.dir DIR/run, two steps on 8^3 patches, no cache.
+std::string small_train_ini(const std::string& dir, const std::string& dataset, const std::string& extra = "") {
+  return test::write_text(dir + "/train.ini", "[data]\ndataset = " + dataset +
+                                                  "\nfolds = 1\npatch_size = 8,8,8\ncache = none\nworkers = "
+                                                  "0\n[model]\nfilters = 4\ndepth = 1\n[train]\nsteps = 2\n" +
+                                                  extra + "[output]\ndir = " + dir + "/run\n");
+}
+}  // namespace
+
+TEST_CASE("unet_train --overwrite keeps the old run when the new configuration or data turn out bad") {
+  test::TempDir tmp("hostile_overwrite");
+  const std::string& dir = tmp.path;
+  REQUIRE(test::run_tool("unet_synth", "--output " + dir + "/data --train 2 --test 0 --size 8,8,8 --seed 2") == 0);
+  fs::create_directories(dir + "/run");
+  for (const char* f : {"config.ini", "log.jsonl", "model.safetensors", "checkpoint.safetensors"})
+    test::write_text(dir + "/run/" + f, "the old run's\n");
+  const std::map<std::string, std::string> before = snapshot(dir + "/run");
+  std::string out;
+  // Bad data (no dataset), a bad key found after the run directory was looked at, an image that cannot be read.
+  CHECK(run_guarded("unet_train", small_train_ini(dir, dir + "/nonexistent") + " --overwrite", &out) == 1);
+  CHECK(snapshot(dir + "/run") == before);
+  CHECK(run_guarded("unet_train", small_train_ini(dir, dir + "/data") + " --overwrite --set runtime.threads=100",
+                    &out) == 2);
+  CHECK(snapshot(dir + "/run") == before);
+  truncate_to_half(dir + "/data/imagesTr/case_001.nii.gz");
+  CHECK(run_guarded("unet_train", small_train_ini(dir, dir + "/data") + " --overwrite", &out) == 1);
+  CHECK_MESSAGE(out.find(dir + "/data/imagesTr/case_001.nii.gz") != std::string::npos, out);
+  CHECK(snapshot(dir + "/run") == before);
+}
+
+TEST_CASE("unet_train refuses an unusable output.dir or data.cache with status 2 before loading the data") {
+  test::TempDir tmp("hostile_train_dirs");
+  const std::string& dir = tmp.path;
+  std::ofstream(dir + "/file.txt") << "a regular file\n";
+  // No dataset at all: the directories must be refused before the data is looked at.
+  const std::string ini = small_train_ini(dir, dir + "/nonexistent");
+  std::string out;
+  CHECK(run_guarded("unet_train", ini + " --set output.dir=" + dir + "/file.txt/run", &out) == 2);
+  CHECK_MESSAGE(out.find("unet_train: output.dir = " + dir + "/file.txt/run: cannot be created: " + dir +
+                         "/file.txt is not a directory") != std::string::npos,
+                out);
+  CHECK(run_guarded("unet_train", ini + " --set output.dir=" + dir + "/file.txt", &out) == 2);
+  CHECK_MESSAGE(out.find("output.dir = " + dir + "/file.txt: exists and is not a directory") != std::string::npos, out);
+  CHECK(run_guarded("unet_train", ini + " --set output.dir=", &out) == 2);
+  CHECK_MESSAGE(
+      out.find("unet_train: output.dir: required (the directory the run writes to), got ''") != std::string::npos, out);
+  CHECK(run_guarded("unet_train", ini + " --set data.cache=" + dir + "/file.txt/cache", &out) == 2);
+  CHECK_MESSAGE(out.find("unet_train: data.cache = " + dir + "/file.txt/cache: cannot be created") != std::string::npos,
+                out);
+}
