@@ -13,6 +13,9 @@
 #include <functional>
 #include <map>
 #include <thread>
+#include <tuple>
+
+#include <nlohmann/json.hpp>
 
 #include "engine/random.h"
 #include "io/nifti.h"
@@ -484,4 +487,58 @@ TEST_CASE("unet_train refuses an unusable output.dir or data.cache with status 2
   CHECK(run_guarded("unet_train", ini + " --set data.cache=" + dir + "/file.txt/cache", &out) == 2);
   CHECK_MESSAGE(out.find("unet_train: data.cache = " + dir + "/file.txt/cache: cannot be created") != std::string::npos,
                 out);
+}
+
+TEST_CASE("unet_infer checks every field of the model card at load, naming the checkpoint and the key") {
+  test::TempDir tmp("hostile_card");
+  const std::string& dir = tmp.path;
+  const std::string good = write_random_model(dir + "/good.safetensors", 1);
+  const std::string image = dir + "/a.nii.gz";
+  write_image(image, 8, 1);
+  const std::string bad = dir + "/bad.safetensors";
+  // The metadata entry `key` of good.safetensors with `field` replaced by `value` (JSON), as bad.safetensors.
+  const auto edited = [&](const std::string& key, const std::string& field, const std::string& value) {
+    io::SafetensorsContent c = io::read_safetensors(good);
+    nlohmann::json j = nlohmann::json::parse(c.metadata.at(key));
+    if (field.empty())
+      j = nlohmann::json::parse(value);
+    else
+      j[field] = nlohmann::json::parse(value);
+    c.metadata[key] = j.dump();
+    io::write_safetensors(bad, c.tensors, c.metadata);
+  };
+  const std::vector<std::tuple<std::string, std::string, std::string, std::string>> cases = {
+      {"labels", "", R"({"bg": "background", "1": "a", "2": "b"})", "labels key 'bg': expected a class index 0..2"},
+      {"labels", "", R"({"0": "background", "7": "a"})", "labels key '7': expected a class index 0..2"},
+      {"plan", "patch", "[0, 0, 0]", "plan.patch: [0, 0, 0]; expected sizes 1..1024"},
+      {"plan", "patch", "[15, 15, 15]", "plan.patch: [15, 15, 15]; expected multiples of [2, 2, 2]"},
+      {"plan", "normalization", "[]", "plan.normalization: 0 channel(s); the model takes 1 image channel(s)"},
+      {"plan", "normalization", R"([{"scheme": "minmax"}])", "plan.normalization: normalisation plan: unknown scheme"},
+      {"plan", "normalization", R"([{"scheme": "ct", "mean": 1e300, "std": 1, "lower": 0, "upper": 100}])",
+       "plan.normalization: ct mean"},
+      {"model", "filters", "[1000000000, 8]", "model.filters: [1000000000, 8]; expected counts 1..4096"},
+      {"model", "strides", "[[1, 1, 1], [3, 3, 3]]", "model.strides: level 1 [3, 3, 3]; expected 1 or 2"},
+  };
+  for (const auto& [key, field, value, message] : cases) {
+    CAPTURE(value);
+    edited(key, field, value);
+    std::string out;
+    CHECK(run_guarded("unet_infer", "--model " + bad + " --input " + image + " --output " + dir + "/seg.nii.gz",
+                      &out) == 1);
+    CHECK_MESSAGE(out.find("unet_infer: error: " + bad + ": " + message) != std::string::npos, out);
+    CHECK_FALSE(fs::exists(dir + "/seg.nii.gz"));
+  }
+  // UNet 3+'s batch-norm parameters.
+  for (const auto& [field, value] :
+       std::vector<std::pair<std::string, std::string>>{{"bn_eps", "-1.0"}, {"bn_momentum", "5.0"}}) {
+    CAPTURE(field);
+    edited("model", "",
+           R"({"type": "unet3plus", "in_channels": 1, "out_channels": 3, "filters": [4, 8, 16, 32, 64],
+               "deep_supervision": false, "bn_eps": 0.001, "bn_momentum": 0.01, ")" +
+               field + "\": " + value + "}");
+    std::string out;
+    CHECK(run_guarded("unet_infer", "--model " + bad + " --input " + image + " --output " + dir + "/seg.nii.gz",
+                      &out) == 1);
+    CHECK_MESSAGE(out.find(bad + ": model." + field + ": ") != std::string::npos, out);
+  }
 }
