@@ -339,6 +339,27 @@ struct Trainer::State {
       throw std::runtime_error(path + ": " + e.what());
     }
     const int64_t optimizer_steps = metadata_int(ck.metadata, "optimizer_steps", path);
+    // The same optimizer and seed as this configuration's, every tensor finite, and after a step every parameter's
+    // optimizer state present: a damaged checkpoint is refused (as unet_infer refuses damaged weights).
+    if (metadata_entry(ck.metadata, "optimizer", path) != opt->name())
+      throw std::runtime_error(path + ": metadata 'optimizer' = '" + metadata_entry(ck.metadata, "optimizer", path) +
+                               "', but train.optimizer makes " + opt->name() + " (a damaged checkpoint?)");
+    if (metadata_entry(ck.metadata, "seed", path) != std::to_string(o.seed))
+      throw std::runtime_error(path + ": metadata 'seed' = '" + metadata_entry(ck.metadata, "seed", path) +
+                               "', but train.seed is " + std::to_string(o.seed) + " (a damaged checkpoint?)");
+    for (const auto& [name, t] : ck.tensors) check_finite(path, name, t);
+    if (optimizer_steps > 0)
+      for (size_t i = 0; i < opt->params().size(); ++i)
+        for (const std::string& kind : opt->state_kinds()) {
+          const std::string name = "optimizer." + kind + "." + std::to_string(i);
+          bool found = false;
+          for (const auto& entry : ck.tensors) found = found || entry.first == name;
+          if (!found)
+            throw std::runtime_error(path + ": no tensor '" + name + "' (the " + opt->name() + " state of parameter " +
+                                     std::to_string(i) + ") after " + std::to_string(step) +
+                                     " steps; expected every parameter's (a damaged "
+                                     "checkpoint?)");
+        }
     for (auto& [p, t] : copies) device::copy(p.raw(), p.device(), t->raw(), Device::cpu, t->nbytes());
     const std::string prefix = "optimizer.";
     for (const auto& [name, t] : ck.tensors)

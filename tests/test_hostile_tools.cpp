@@ -489,6 +489,48 @@ TEST_CASE("unet_train refuses an unusable output.dir or data.cache with status 2
                 out);
 }
 
+TEST_CASE(
+    "unet_train --resume refuses a damaged checkpoint, naming it: NaN weights, missing optimizer state, "
+    "changed optimizer or seed") {
+  test::TempDir tmp("hostile_resume_damaged");
+  const std::string& dir = tmp.path;
+  REQUIRE(test::run_tool("unet_synth", "--output " + dir + "/data --train 2 --test 0 --size 8,8,8 --seed 2") == 0);
+  const std::string ini = small_train_ini(dir, dir + "/data");
+  std::string out;
+  REQUIRE_MESSAGE(run_guarded("unet_train", ini, &out) == 0, out);
+  const std::string ck = dir + "/run/checkpoint.safetensors";
+  const io::SafetensorsContent good = io::read_safetensors(ck);
+  const auto damaged = [&](const std::function<void(io::NamedTensors&, io::Metadata&)>& edit) {
+    io::NamedTensors tensors = good.tensors;
+    io::Metadata metadata = good.metadata;
+    edit(tensors, metadata);
+    io::write_safetensors(ck, tensors, metadata);
+    const int rc = run_guarded("unet_train", ini + " --resume " + dir + "/run --set train.steps=3", &out);
+    return rc;
+  };
+  CHECK(damaged([](io::NamedTensors& t, io::Metadata&) {
+          for (auto& [name, x] : t)
+            if (name.starts_with("model.") && x.dtype() == DType::f32) {
+              x = x.clone();
+              x.data<float>()[0] = NAN;
+              break;
+            }
+        }) == 1);
+  CHECK_MESSAGE(out.find("unet_train: error: " + ck + ": tensor 'model.") != std::string::npos, out);
+  CHECK_MESSAGE(out.find("NaN or infinite") != std::string::npos, out);
+  CHECK(damaged([](io::NamedTensors& t, io::Metadata&) {
+          std::erase_if(t, [](const auto& e) { return e.first.starts_with("optimizer."); });
+        }) == 1);
+  CHECK_MESSAGE(out.find(ck + ": no tensor 'optimizer.") != std::string::npos, out);
+  CHECK(damaged([](io::NamedTensors&, io::Metadata& m) { m["optimizer"] = "SGD"; }) == 1);
+  CHECK_MESSAGE(out.find(ck + ": metadata 'optimizer' = 'SGD'") != std::string::npos, out);
+  CHECK(damaged([](io::NamedTensors&, io::Metadata& m) { m["seed"] = "5"; }) == 1);
+  CHECK_MESSAGE(out.find(ck + ": metadata 'seed' = '5'") != std::string::npos, out);
+  // The checkpoint itself resumes.
+  io::write_safetensors(ck, good.tensors, good.metadata);
+  CHECK_MESSAGE(run_guarded("unet_train", ini + " --resume " + dir + "/run --set train.steps=3", &out) == 0, out);
+}
+
 TEST_CASE("unet_infer checks every field of the model card at load, naming the checkpoint and the key") {
   test::TempDir tmp("hostile_card");
   const std::string& dir = tmp.path;
