@@ -531,6 +531,25 @@ TEST_CASE(
   CHECK_MESSAGE(run_guarded("unet_train", ini + " --resume " + dir + "/run --set train.steps=3", &out) == 0, out);
 }
 
+TEST_CASE("unet_train checks cached cases' labels against the classes dataset.json lists now") {
+  test::TempDir tmp("hostile_cache_labels");
+  const std::string& dir = tmp.path;
+  REQUIRE(test::run_tool("unet_synth", "--output " + dir + "/data --train 2 --test 0 --size 16,16,16 --seed 2") == 0);
+  const std::string ini = small_train_ini(dir, dir + "/data");
+  std::string out;
+  REQUIRE_MESSAGE(run_guarded("unet_train", ini + " --set data.cache=" + dir + "/cache", &out) == 0, out);
+  // Class 2 dropped from dataset.json; the cache was made with it (the image and label files are unchanged).
+  const std::string json_path = dir + "/data/dataset.json";
+  nlohmann::json j = nlohmann::json::parse(bytes_of(json_path));
+  j["labels"].erase("2");
+  test::write_text(json_path, j.dump(1));
+  CHECK(run_guarded("unet_train", ini + " --set data.cache=" + dir + "/cache --set output.dir=" + dir + "/run2",
+                    &out) == 1);
+  CHECK_MESSAGE(out.find("unet_train: error: " + dir + "/data/labelsTr/case_00") != std::string::npos, out);
+  CHECK_MESSAGE(out.find("allows the integers 0..1") != std::string::npos, out);
+  CHECK_FALSE(fs::exists(dir + "/run2/model.safetensors"));
+}
+
 TEST_CASE("unet_infer checks every field of the model card at load, naming the checkpoint and the key") {
   test::TempDir tmp("hostile_card");
   const std::string& dir = tmp.path;
