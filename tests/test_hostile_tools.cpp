@@ -550,6 +550,22 @@ TEST_CASE("unet_train checks cached cases' labels against the classes dataset.js
   CHECK_FALSE(fs::exists(dir + "/run2/model.safetensors"));
 }
 
+TEST_CASE("unet_infer refuses, with status 2 before any work, inputs whose outputs would share a name") {
+  Fixture fx;
+  const std::string& d = fx.dir;
+  fs::create_directories(d + "/two");
+  write_image(d + "/two/a.nii", 8, 1);
+  write_image(d + "/two/a.nii.gz", 8, 2);
+  const std::vector<BadCase> cases = {
+      {"unet_infer", " --model " + fx.model + " --input " + d + "/two --output " + fx.out + " --save-probabilities", 2,
+       "--input " + d + "/two: " + d + "/two/a.nii and " + d + "/two/a.nii.gz would both be written as " + fx.out +
+           "/a.* (a.nii.gz, a_probabilities.nii.gz); rename one of them"},
+      {"unet_infer", " --model " + fx.model + " --input " + d + "/two --output " + fx.out, 2,
+       "would both be written as " + fx.out + "/a.*"},
+  };
+  check_cases(fx, cases);
+}
+
 TEST_CASE("unet_infer checks every field of the model card at load, naming the checkpoint and the key") {
   test::TempDir tmp("hostile_card");
   const std::string& dir = tmp.path;

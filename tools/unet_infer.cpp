@@ -15,6 +15,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <iostream>
+#include <map>
 #include <thread>
 
 #include "engine/comm.h"
@@ -143,6 +144,19 @@ int main(int argc, char** argv) {
       if (std::string why = tools::output_file_problem(out); !why.empty())
         throw UsageError("--output " + output + ": " + why);
       jobs.emplace_back(input, out);
+    }
+    // Two inputs of one name in two spellings of a format (a.nii and a.nii.gz, a.tif and a.tiff) would give one
+    // NAME_probabilities file, and label maps that differ only in their ending: refused before any work. (a.nii.gz
+    // and a.tif do not collide: a_probabilities.nii.gz and a_probabilities.tif.)
+    std::map<std::string, fs::path> stems;
+    for (const auto& [in, out] : jobs) {
+      const std::string stem = (out.parent_path() / io::image_stem(out.string())).string();
+      if (const auto [it, fresh] = stems.emplace(stem + (io::is_tiff_name(out.string()) ? " tiff" : " nifti"), in);
+          !fresh)
+        throw UsageError("--input " + input + ": " + it->second.string() + " and " + in.string() +
+                         " would both be written as " + stem + ".* (" + out.filename().string() +
+                         (save_probabilities ? ", " + probabilities_of(out).filename().string() : std::string()) +
+                         "); rename one of them");
     }
     // Never write over an input: the label map (or its probabilities) would replace the image it was computed from.
     for (const auto& [in, out] : jobs) {
