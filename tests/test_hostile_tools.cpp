@@ -19,6 +19,7 @@
 
 #include "engine/random.h"
 #include "io/nifti.h"
+#include "io/tiff.h"
 #include "models/checkpoint.h"
 #include "models/nnunet_plan.h"
 #include "tests/test_util.h"
@@ -564,6 +565,36 @@ TEST_CASE("unet_infer refuses, with status 2 before any work, inputs whose outpu
        "would both be written as " + fx.out + "/a.*"},
   };
   check_cases(fx, cases);
+}
+
+TEST_CASE("unet_infer writes TIFF outputs of an ImageJ hyperstack with a description of their own pages") {
+  test::TempDir tmp("hostile_imagej");
+  const std::string& dir = tmp.path;
+  const std::string model = write_random_model(dir + "/model.safetensors", 2);
+  // 16 pages, 2 channels of 8 slices ("czt": channel fastest), 0.5 mm apart.
+  std::vector<float> v(16 * 8 * 8);
+  Rng rng(5);
+  for (float& x : v) x = static_cast<float>(rng.uniform(0, 200));
+  io::TiffWriteOptions o;
+  o.tags = {true, 1, 1, 1, ""};  // 1 pixel per mm (the unit in the description)
+  o.tags.description =
+      "ImageJ=1.11a\nimages=16\nchannels=2\nslices=8\nhyperstack=true\nmode=grayscale\nunit=mm\n"
+      "spacing=0.5\n";
+  io::write_tiff(dir + "/in.tif", Tensor::from_vector({16, 8, 8}, v, DType::u8), o);
+  REQUIRE(io::read_tiff(dir + "/in.tif").data.shape() == Shape{8, 8, 8, 2});
+  std::string out;
+  REQUIRE_MESSAGE(
+      run_guarded("unet_infer",
+                  "--model " + model + " --input " + dir + "/in.tif --output " + dir + "/out.tif --save-probabilities",
+                  &out) == 0,
+      out);
+  const io::TiffVolume labels = io::read_tiff(dir + "/out.tif");
+  CHECK(labels.data.shape() == Shape{8, 8, 8, 1});
+  CHECK(labels.tags.description.find("channels=") == std::string::npos);
+  CHECK(labels.tags.description.find("images=8\n") != std::string::npos);
+  CHECK(labels.tags.description.find("spacing=0.5\n") != std::string::npos);
+  CHECK(labels.spacing[0] == doctest::Approx(0.5));
+  CHECK(io::read_tiff(dir + "/out_probabilities.tif").data.shape() == Shape{8, 8, 8, 3});
 }
 
 TEST_CASE("unet_infer checks every field of the model card at load, naming the checkpoint and the key") {
