@@ -597,6 +597,49 @@ TEST_CASE("unet_infer writes TIFF outputs of an ImageJ hyperstack with a descrip
   CHECK(io::read_tiff(dir + "/out_probabilities.tif").data.shape() == Shape{8, 8, 8, 3});
 }
 
+TEST_CASE(
+    "unet_eval: one-channel maps only, classes whatever the --label spelling, --json never over dataset.json, "
+    "only NAME_probabilities outputs skipped") {
+  test::TempDir tmp("hostile_eval");
+  const std::string& dir = tmp.path;
+  fs::create_directories(dir + "/ds/labelsTs");
+  fs::create_directories(dir + "/pred");
+  const std::string dataset_json = test::write_text(
+      dir + "/ds/dataset.json", R"({"labels": {"0": "background", "1": "a", "2": "b"}, "modality": {"0": "CT"}})");
+  write_labels(dir + "/ds/labelsTs/a.nii.gz");
+  write_labels(dir + "/pred/a.nii.gz");
+  std::string out;
+  // The classes of dataset.json (3), with or without a trailing slash.
+  for (const std::string& label : {dir + "/ds/labelsTs", dir + "/ds/labelsTs/", dir + "/ds/labelsTs/."}) {
+    CAPTURE(label);
+    CHECK(run_guarded("unet_eval", "--pred " + dir + "/pred --label " + label, &out) == 0);
+    CHECK_MESSAGE(out.find("mean Dice over 1 cases and 2 foreground classes") != std::string::npos, out);
+  }
+  // --json over the dataset.json read for the classes.
+  CHECK(run_guarded("unet_eval", "--pred " + dir + "/pred --label " + dir + "/ds/labelsTs/ --json " + dataset_json,
+                    &out) == 2);
+  CHECK_MESSAGE(out.find("--json " + dataset_json + ": is the dataset.json this evaluation reads") != std::string::npos,
+                out);
+  CHECK(bytes_of(dataset_json).starts_with("{\"labels\""));
+  // A reference whose name merely contains "_probabilities" is scored.
+  write_labels(dir + "/ds/labelsTs/x_probabilities_v2.nii.gz");
+  write_labels(dir + "/pred/x_probabilities_v2.nii.gz");
+  write_labels(dir + "/ds/labelsTs/y_probabilities.nii.gz");  // no y.* beside it: a reference too
+  write_labels(dir + "/pred/y_probabilities.nii.gz");
+  CHECK(run_guarded("unet_eval", "--pred " + dir + "/pred --label " + dir + "/ds/labelsTs", &out) == 0);
+  CHECK_MESSAGE(out.find("mean Dice over 3 cases") != std::string::npos, out);
+  fs::remove(dir + "/ds/labelsTs/x_probabilities_v2.nii.gz");
+  fs::remove(dir + "/ds/labelsTs/y_probabilities.nii.gz");
+  // Two-channel maps are refused, not scored on their first channel (which agree; the second ones do not).
+  std::vector<float> two(128, 0.f);
+  for (const std::string& f : {dir + "/pred/a.nii.gz", dir + "/ds/labelsTs/a.nii.gz"}) {
+    two[1] = f.find("pred") != std::string::npos ? 1.f : 0.f;
+    io::write_nifti(f, Tensor::from_vector({4, 4, 4, 2}, two, DType::u8), io::make_nifti_like({4, 4, 4, 2}, {1, 1, 1}));
+  }
+  CHECK(run_guarded("unet_eval", "--pred " + dir + "/pred --label " + dir + "/ds/labelsTs", &out) == 1);
+  CHECK_MESSAGE(out.find("/a.nii.gz: has 2 channels; expected a label map of one channel") != std::string::npos, out);
+}
+
 TEST_CASE("unet_infer checks every field of the model card at load, naming the checkpoint and the key") {
   test::TempDir tmp("hostile_card");
   const std::string& dir = tmp.path;
