@@ -640,6 +640,29 @@ TEST_CASE(
   CHECK_MESSAGE(out.find("/a.nii.gz: has 2 channels; expected a label map of one channel") != std::string::npos, out);
 }
 
+TEST_CASE("unet_infer refuses a NIfTI file with a valid scl_slope and a NaN or infinite scl_inter, naming the field") {
+  test::TempDir tmp("hostile_scl_inter");
+  const std::string& dir = tmp.path;
+  const std::string model = write_random_model(dir + "/model.safetensors", 1);
+  for (const float inter : {NAN, INFINITY}) {
+    CAPTURE(inter);
+    const std::string image = dir + "/in.nii";
+    write_image(image, 8, 1);
+    std::string bytes = bytes_of(image);
+    const float slope = 1;
+    bytes.replace(112, 4, reinterpret_cast<const char*>(&slope), 4);  // scl_slope, then scl_inter (NIfTI-1)
+    bytes.replace(116, 4, reinterpret_cast<const char*>(&inter), 4);
+    std::ofstream(image, std::ios::binary | std::ios::trunc) << bytes;
+    std::string out;
+    CHECK(run_guarded("unet_infer", "--model " + model + " --input " + image + " --output " + dir + "/seg.nii.gz",
+                      &out) == 1);
+    CHECK_MESSAGE(out.find(image + ": header field scl_inter is " + std::string(std::isnan(inter) ? "nan" : "inf") +
+                           " with scl_slope 1") != std::string::npos,
+                  out);
+    CHECK_FALSE(fs::exists(dir + "/seg.nii.gz"));
+  }
+}
+
 TEST_CASE("unet_infer checks every field of the model card at load, naming the checkpoint and the key") {
   test::TempDir tmp("hostile_card");
   const std::string& dir = tmp.path;
