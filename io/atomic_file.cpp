@@ -98,4 +98,17 @@ void write_file_atomically(const std::string& path, const std::string& bytes) {
   file.commit();
 }
 
+std::string regular_file_problem(const std::string& path) {
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  const fs::file_status st = fs::status(path, ec);
+  if (ec || st.type() == fs::file_type::not_found || st.type() == fs::file_type::regular) return "";
+  const char* kind = st.type() == fs::file_type::directory ? "a directory"
+                     : st.type() == fs::file_type::fifo    ? "a FIFO (named pipe)"
+                     : st.type() == fs::file_type::socket  ? "a socket"
+                     : st.type() == fs::file_type::block || st.type() == fs::file_type::character ? "a device"
+                                                                                                  : "unknown kind";
+  return std::string("not a regular file (") + kind + ")";
+}
+
 }  // namespace unet::io

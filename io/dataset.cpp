@@ -13,6 +13,7 @@
 #include <stdexcept>
 
 #include "engine/ops.h"
+#include "io/atomic_file.h"
 #include "io/image.h"
 #include "kernels/common/parallel.h"
 
@@ -65,6 +66,8 @@ json load_dataset_json(const std::string& dir, DatasetInfo& info) {
   info.json_path = (fs::path(dir) / "dataset.json").string();
   const std::string& where = info.json_path;
   if (!fs::is_directory(dir)) throw std::runtime_error(dir + ": dataset directory does not exist");
+  if (std::string why = regular_file_problem(where); !why.empty())
+    throw std::runtime_error(where + ": " + why + "; expected the dataset.json of an MSD or nnU-Net v2 dataset");
   std::ifstream f(info.json_path);
   if (!f) throw std::runtime_error(where + ": cannot open (expected the dataset.json of an MSD or nnU-Net v2 dataset)");
   json j;

@@ -663,6 +663,37 @@ TEST_CASE("unet_infer refuses a NIfTI file with a valid scl_slope and a NaN or i
   }
 }
 
+TEST_CASE("unet_train refuses a FIFO or a directory where it reads a file, naming it: not a regular file") {
+  test::TempDir tmp("hostile_train_fifo");
+  const std::string& dir = tmp.path;
+  REQUIRE(test::run_tool("unet_synth", "--output " + dir + "/data --train 2 --test 0 --size 8,8,8 --seed 2") == 0);
+  const std::string ini = small_train_ini(dir, dir + "/data");
+  REQUIRE(::mkfifo((dir + "/fifo.ini").c_str(), 0600) == 0);
+  fs::create_directories(dir + "/dir.ini");
+  std::string out;
+  CHECK(run_guarded("unet_train", dir + "/fifo.ini", &out) == 2);
+  CHECK_MESSAGE(
+      out.find("unet_train: " + dir + "/fifo.ini: not a regular file (a FIFO (named pipe))") != std::string::npos, out);
+  CHECK(run_guarded("unet_train", dir + "/dir.ini", &out) == 2);
+  CHECK_MESSAGE(out.find(dir + "/dir.ini: not a regular file (a directory)") != std::string::npos, out);
+  // dataset.json: a FIFO, then a directory.
+  fs::create_directories(dir + "/ds_fifo");
+  REQUIRE(::mkfifo((dir + "/ds_fifo/dataset.json").c_str(), 0600) == 0);
+  CHECK(run_guarded("unet_train", ini + " --set data.dataset=" + dir + "/ds_fifo", &out) == 1);
+  CHECK_MESSAGE(out.find(dir + "/ds_fifo/dataset.json: not a regular file (a FIFO (named pipe))") != std::string::npos,
+                out);
+  fs::create_directories(dir + "/ds_dir/dataset.json");
+  CHECK(run_guarded("unet_train", ini + " --set data.dataset=" + dir + "/ds_dir", &out) == 1);
+  CHECK_MESSAGE(out.find(dir + "/ds_dir/dataset.json: not a regular file (a directory)") != std::string::npos, out);
+  // The checkpoint of --resume.
+  fs::create_directories(dir + "/run");
+  REQUIRE(::mkfifo((dir + "/run/checkpoint.safetensors").c_str(), 0600) == 0);
+  CHECK(run_guarded("unet_train", ini + " --resume " + dir + "/run", &out) == 1);
+  CHECK_MESSAGE(
+      out.find(dir + "/run/checkpoint.safetensors: not a regular file (a FIFO (named pipe))") != std::string::npos,
+      out);
+}
+
 TEST_CASE("unet_infer checks every field of the model card at load, naming the checkpoint and the key") {
   test::TempDir tmp("hostile_card");
   const std::string& dir = tmp.path;
