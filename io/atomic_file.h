@@ -39,7 +39,8 @@ void write_file_atomically(const std::string& path, const std::string& bytes);
 // Installs handlers for SIGINT, SIGTERM and SIGHUP that remove the temporary files of every AtomicFile not yet
 // committed or destroyed (with unlink, which a signal handler may call), then end the process as the signal would
 // have. The tools install them first thing, so Ctrl-C never leaves a .tmpPID.NAME behind. A signal ignored when the
-// process started (nohup's SIGHUP, SIGINT in a shell's background job) stays ignored.
+// process started (nohup's SIGHUP, SIGINT in a shell's background job) stays ignored. SIGXFSZ (a write beyond
+// ulimit -f) is ignored, so that the write fails with EFBIG and the writer reports it and removes its temporary.
 void remove_temporary_files_on_signals();
 
 }  // namespace unet::io

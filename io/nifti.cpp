@@ -6,6 +6,7 @@
 #include <nifti2_io.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -213,12 +214,14 @@ void write_single_file(const std::string& path, nifti_image* nim, bool nifti2, b
   size_t bytes = static_cast<size_t>(nim->nvox) * static_cast<size_t>(nim->nbyper);
   znzFile fp = znzopen(path.c_str(), "wb", gz ? 1 : 0);
   if (znz_isnull(fp)) fail(path, "cannot create the output file");
+  errno = 0;
   bool ok = znzwrite(header.data(), 1, header.size(), fp) == header.size() && znzwrite(nim->data, 1, bytes, fp) == bytes;
   ok = (znzclose(fp) == 0) && ok;
   if (!ok) {
     std::error_code ec;
+    const std::string why = write_failure_reason();
     std::filesystem::remove(path, ec);
-    fail(path, "writing the NIfTI file failed (disk full?)");
+    fail(path, "writing the NIfTI file failed: " + why);
   }
 }
 

@@ -3,6 +3,7 @@
 #include <tiffio.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <cmath>
 #include <cstdarg>
 #include <cstdio>
@@ -58,7 +59,7 @@ class TiffFile {
   TiffFile& operator=(const TiffFile&) = delete;
   TIFF* get() const { return tif_; }
   void check(bool ok, const std::string& what) const {
-    if (!ok) fail(path_, what + because());
+    if (!ok) fail(path_, what + because() + (errno == EFBIG || errno == ENOSPC ? ": " + write_failure_reason() : ""));
   }
   void close() {
     if (tif_) TIFFClose(tif_);

@@ -663,6 +663,35 @@ TEST_CASE("unet_infer refuses a NIfTI file with a valid scl_slope and a NaN or i
   }
 }
 
+TEST_CASE("a write beyond ulimit -f fails with 'File too large' and status 1, leaving no temporary file") {
+  test::TempDir tmp("hostile_ulimit");
+  const std::string& dir = tmp.path;
+  const std::string model = write_random_model(dir + "/model.safetensors", 1);
+  write_image(dir + "/big.nii.gz", 32, 4);  // 32^3 x 3 classes of float probabilities: far over 16 KiB
+  fs::create_directories(dir + "/out");
+  std::string out;
+  // ulimit -f counts 512-byte blocks in dash, 1 KiB in bash: 32 of them, 16 or 32 KiB.
+  const int infer = test::shell("ulimit -f 32; " + test::tool_path("unet_infer") + " --model " + model + " --input " +
+                                    dir + "/big.nii.gz --output " + dir + "/out/big.nii.gz --save-probabilities",
+                                &out);
+  CHECK_MESSAGE(infer == 1, out);
+  CHECK_MESSAGE(out.find("File too large") != std::string::npos, out);
+  CHECK(temporaries(dir).empty());
+  CHECK_FALSE(fs::exists(dir + "/out/big_probabilities.nii.gz"));
+  // unet_eval cannot write its dice.json at all.
+  fs::create_directories(dir + "/labels");
+  fs::create_directories(dir + "/pred");
+  write_labels(dir + "/labels/a.nii.gz");
+  write_labels(dir + "/pred/a.nii.gz");
+  const int eval = test::shell("ulimit -f 0; " + test::tool_path("unet_eval") + " --pred " + dir + "/pred --label " +
+                                   dir + "/labels --json " + dir + "/out/dice.json",
+                               &out);
+  CHECK_MESSAGE(eval == 1, out);
+  CHECK_MESSAGE(out.find(dir + "/out/dice.json: write failed: File too large") != std::string::npos, out);
+  CHECK(temporaries(dir).empty());
+  CHECK_FALSE(fs::exists(dir + "/out/dice.json"));
+}
+
 TEST_CASE("unet_train refuses a FIFO or a directory where it reads a file, naming it: not a regular file") {
   test::TempDir tmp("hostile_train_fifo");
   const std::string& dir = tmp.path;
