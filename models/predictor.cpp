@@ -43,6 +43,24 @@ Predictor::Predictor(const io::SafetensorsContent& weights, const std::string& c
   window_.batch_size = o.batch;
 }
 
+namespace {
+// The model's spacing (the card's; the volume's own when the card has none) and whether `spacing` differs from it by
+// more than 0.1% on some axis.
+bool needs_resampling(const std::array<double, 3>& spacing, const ModelCard& card, std::array<double, 3>* target) {
+  *target = spacing;
+  if (card.spacing.size() == 3) *target = {card.spacing[0], card.spacing[1], card.spacing[2]};
+  bool resample = false;
+  for (size_t a = 0; a < 3; ++a) resample = resample || std::abs(spacing[a] - (*target)[a]) > 1e-3 * (*target)[a];
+  return resample;
+}
+}  // namespace
+
+std::array<int64_t, 3> Predictor::grid(const io::Image& volume) const {
+  const std::array<int64_t, 3> box = io::nonzero_box(volume.data).size();
+  std::array<double, 3> target{};
+  return needs_resampling(volume.spacing, card_, &target) ? io::resampled_size(box, volume.spacing, target) : box;
+}
+
 Segmentation Predictor::segment(const io::Image& volume, const std::string& source) const {
   if (volume.data.dim(-1) != card_.image_channels())
     throw std::runtime_error(source + ": has " + std::to_string(volume.data.dim(-1)) +
@@ -52,10 +70,8 @@ Segmentation Predictor::segment(const io::Image& volume, const std::string& sour
   const io::Box box = io::nonzero_box(volume.data);
   Tensor image = io::crop(volume.data, box);
   const std::array<double, 3> spacing = volume.spacing;
-  std::array<double, 3> target = spacing;
-  if (card_.spacing.size() == 3) target = {card_.spacing[0], card_.spacing[1], card_.spacing[2]};
-  bool resample = false;
-  for (size_t a = 0; a < 3; ++a) resample = resample || std::abs(spacing[a] - target[a]) > 1e-3 * target[a];
+  std::array<double, 3> target{};
+  const bool resample = needs_resampling(spacing, card_, &target);
   const int separate = io::separate_axis(spacing, target);
   if (resample)
     image = io::resize_image(image, io::resampled_size(box.size(), spacing, target), io::image_orders(separate));

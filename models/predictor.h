@@ -42,6 +42,9 @@ class Predictor {
   // resampled back to the cropped grid (linear; nearest along an anisotropic axis), put back into the whole volume
   // (background outside the box) and their argmax taken.
   Segmentation segment(const io::Image& volume, const std::string& source) const;
+  // The grid segment() runs the network on for `volume`: its non-zero box, resampled to the model's spacing when that
+  // differs (std::runtime_error when the spacing would overflow or collapse it; io/resample.h).
+  std::array<int64_t, 3> grid(const io::Image& volume) const;
 
  private:
   Predictor(const io::SafetensorsContent& weights, const std::string& checkpoint, const PredictorOptions& options);

@@ -723,6 +723,22 @@ TEST_CASE("unet_train refuses a FIFO or a directory where it reads a file, namin
       out);
 }
 
+TEST_CASE("unet_infer counts the windows of its many-windows warning on the grid it resamples to") {
+  test::TempDir tmp("hostile_windows_resampled");
+  const std::string& dir = tmp.path;
+  // A three-channel model against a one-channel image: the run fails on the channel count after the warning.
+  const std::string model = write_random_model(dir + "/model.safetensors", 3);
+  const std::string image = dir + "/coarse.nii.gz";
+  write_volume(image, 16, {1, 2, 3}, {4, 4, 4});  // 16^3 at 4 mm: 64^3 at the model's 1 mm
+  std::string out;
+  // Step 1 voxel: 57^3 windows on the resampled grid (9^3 = 729 on the file's own, no warning).
+  CHECK(run_guarded("unet_infer",
+                    "--model " + model + " --input " + image + " --output " + dir + "/x.nii.gz --overlap 0.9",
+                    &out) == 1);
+  CHECK_MESSAGE(out.find("unet_infer: warning: " + image + ": --overlap 0.9 gives 185193 windows") != std::string::npos,
+                out);
+}
+
 TEST_CASE("unet_infer checks every field of the model card at load, naming the checkpoint and the key") {
   test::TempDir tmp("hostile_card");
   const std::string& dir = tmp.path;
