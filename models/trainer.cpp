@@ -459,6 +459,23 @@ Trainer::Trainer(TrainerOptions options, std::FILE* out) : s_(std::make_unique<S
     for (int i = 0; i < 5; ++i) card.unet3plus.filters.push_back(o.filters << i);
     card.unet3plus.deep_supervision = o.deep_supervision;
   } else if (o.model == "dynunet") {
+    // The patch must halve evenly at every downsampling of the plan (else the skip connections do not line up).
+    std::vector<int> multiple(patch.size(), 1);
+    for (const std::vector<int>& stride : plan.strides)
+      for (size_t a = 0; a < patch.size(); ++a) multiple[a] *= stride[a];
+    std::string sizes, nearest, multiples;
+    bool divisible = true;
+    for (size_t a = 0; a < patch.size(); ++a) {
+      divisible = divisible && patch[a] % multiple[a] == 0;
+      const int m = multiple[a], near = std::max(m, (patch[a] + m / 2) / m * m);
+      for (auto [text, value] : {std::pair{&sizes, patch[a]}, std::pair{&nearest, near}, std::pair{&multiples, m}})
+        text->append(a ? ", " : "").append(std::to_string(value));  // append: GCC 12's false -Wrestrict on "" + s
+    }
+    if (!divisible)
+      throw TrainerOptionError(
+          "data.patch_size = " + sizes + ": the network planned for it (model.depth = " + std::to_string(o.depth) +
+          ") downsamples by " + multiples +
+          " (z, y, x), so each size must be a multiple of that; the nearest valid patch is " + nearest);
     card.net = {s.info.num_channels(), s.info.num_classes(), plan.kernels, plan.strides, {}};
     for (size_t i = 0; i < plan.kernels.size(); ++i)
       card.net.filters.push_back(std::min(o.filters << i, o.max_filters));

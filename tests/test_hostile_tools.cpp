@@ -792,3 +792,17 @@ TEST_CASE("unet_infer checks every field of the model card at load, naming the c
     CHECK_MESSAGE(out.find(bad + ": model." + field + ": ") != std::string::npos, out);
   }
 }
+
+TEST_CASE("unet_train refuses a dynunet patch that the planned strides do not divide, naming the nearest valid one") {
+  test::TempDir tmp("hostile_patch_strides");
+  const std::string& dir = tmp.path;
+  REQUIRE(test::run_tool("unet_synth", "--output " + dir + "/data --train 2 --test 0 --size 16,16,16 --seed 2") == 0);
+  const std::string ini = small_train_ini(dir, dir + "/data");
+  std::string out;
+  CHECK(run_guarded("unet_train", ini + " --set data.patch_size=18,18,18 --set model.depth=2", &out) == 2);
+  CHECK_MESSAGE(out.find("unet_train: data.patch_size = 18, 18, 18: the network planned for it (model.depth = 2) "
+                         "downsamples by 4, 4, 4 (z, y, x), so each size must be a multiple of that; the nearest "
+                         "valid patch is 20, 20, 20") != std::string::npos,
+                out);
+  CHECK_FALSE(fs::exists(dir + "/run/model.safetensors"));
+}
