@@ -490,6 +490,18 @@ TEST_CASE("unet_train refuses an unusable output.dir or data.cache with status 2
                 out);
 }
 
+TEST_CASE("unet_train refuses --resume with --overwrite, and an empty --resume, with status 2") {
+  test::TempDir tmp("hostile_resume_flags");
+  const std::string& dir = tmp.path;
+  const std::string ini = small_train_ini(dir, dir + "/nonexistent");
+  std::string out;
+  CHECK(run_guarded("unet_train", ini + " --resume " + dir + "/run --overwrite", &out) == 2);
+  CHECK_MESSAGE(out.find("unet_train: --resume and --overwrite") != std::string::npos, out);
+  CHECK(run_guarded("unet_train", ini + " --resume ''", &out) == 2);
+  CHECK_MESSAGE(
+      out.find("unet_train: --resume \"\": expected the directory of the run to continue") != std::string::npos, out);
+}
+
 TEST_CASE(
     "unet_train --resume refuses a damaged checkpoint, naming it: NaN weights, missing optimizer state, "
     "changed optimizer or seed") {
