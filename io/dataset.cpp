@@ -226,6 +226,11 @@ DatasetInfo read_msd_dataset(const std::string& dir) {
         c.label_path = path;
     }
     c.id = image_stem(c.image_paths[0]);
+    // A case listed twice could land in a training fold and its validation fold at once (and shares a cache file).
+    for (size_t k = 0; k < info.training.size(); ++k)
+      if (info.training[k].id == c.id)
+        fail(key + ".image", "case '" + c.id + "' is listed again (first as training[" + std::to_string(k) +
+                                 "]); expected each training case once");
     info.training.push_back(std::move(c));
   }
   if (j.contains("test")) {

@@ -818,3 +818,20 @@ TEST_CASE("unet_train refuses a dynunet patch that the planned strides do not di
                 out);
   CHECK_FALSE(fs::exists(dir + "/run/model.safetensors"));
 }
+
+TEST_CASE("unet_train refuses a training case listed twice in dataset.json, naming the entry") {
+  test::TempDir tmp("hostile_duplicate_case");
+  const std::string& dir = tmp.path;
+  REQUIRE(test::run_tool("unet_synth", "--output " + dir + "/data --train 3 --test 0 --size 8,8,8 --seed 2") == 0);
+  const std::string json_path = dir + "/data/dataset.json";
+  nlohmann::json j = nlohmann::json::parse(bytes_of(json_path));
+  j["training"].push_back(j["training"][1]);
+  j["numTraining"] = 4;
+  test::write_text(json_path, j.dump(1));
+  std::string out;
+  CHECK(run_guarded("unet_train", small_train_ini(dir, dir + "/data"), &out) == 1);
+  CHECK_MESSAGE(out.find(json_path + ": key 'training[3].image': case 'case_001' is listed again (first as "
+                                     "training[1]); expected each training case once") != std::string::npos,
+                out);
+  CHECK_FALSE(fs::exists(dir + "/run/model.safetensors"));
+}
