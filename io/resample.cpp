@@ -153,15 +153,15 @@ std::array<int64_t, 3> resampled_size(const std::array<int64_t, 3>& size, const 
   bool collapses = false;
   for (size_t a = 0; a < 3; ++a) {
     exact[a] = static_cast<double>(size[a]) * from[a] / to[a];
-    collapses = collapses || (size[a] > 1 && !(exact[a] >= 0.5));
+    collapses = collapses || !(exact[a] >= kMinResampledExtent);
     total *= std::max(1.0, exact[a]);
   }
   if (collapses || !(total <= kMaxResampledVoxels)) {
     char b[400];
     std::snprintf(b, sizeof b,
                   "resampling %lld x %lld x %lld voxels from spacing %g, %g, %g to %g, %g, %g mm (z, y, x) gives "
-                  "%.4g x %.4g x %.4g voxels; expected 1 to 2^31 voxels without collapsing an axis (wrong voxel "
-                  "spacing?)",
+                  "%.4g x %.4g x %.4g voxels; expected at most 2^31 voxels and no axis under 1%% of a voxel "
+                  "(wrong voxel spacing?)",
                   static_cast<long long>(size[0]), static_cast<long long>(size[1]), static_cast<long long>(size[2]),
                   from[0], from[1], from[2], to[0], to[1], to[2], exact[0], exact[1], exact[2]);
     throw std::runtime_error(b);
