@@ -835,3 +835,24 @@ TEST_CASE("unet_train refuses a training case listed twice in dataset.json, nami
                 out);
   CHECK_FALSE(fs::exists(dir + "/run/model.safetensors"));
 }
+
+TEST_CASE("unet_eval warns when the classes it infers from the references include classes absent from every map") {
+  test::TempDir tmp("hostile_eval_phantom");
+  const std::string& dir = tmp.path;
+  fs::create_directories(dir + "/labels");
+  fs::create_directories(dir + "/pred");
+  // ISBI-like 0 / 255 maps read without --label-scale: 255 classes, 254 of them in no map.
+  std::vector<float> v(64, 0.f);
+  for (int i = 0; i < 8; ++i) v[static_cast<size_t>(i)] = 255.f;
+  for (const char* d : {"labels", "pred"})
+    io::write_nifti(dir + "/" + d + "/a.nii.gz", Tensor::from_vector({4, 4, 4}, v, DType::u8),
+                    io::make_nifti_like({4, 4, 4}, {1, 1, 1}));
+  std::string out;
+  CHECK(run_guarded("unet_eval", "--pred " + dir + "/pred --label " + dir + "/labels", &out) == 0);
+  CHECK_MESSAGE(out.find("unet_eval: warning: 254 of the 255 foreground classes inferred from the largest reference "
+                         "label in " +
+                         dir + "/labels are in no reference and no prediction") != std::string::npos,
+                out);
+  CHECK(run_guarded("unet_eval", "--pred " + dir + "/pred --label " + dir + "/labels --label-scale 255", &out) == 0);
+  CHECK_MESSAGE(out.find("warning") == std::string::npos, out);
+}

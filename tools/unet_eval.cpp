@@ -6,6 +6,7 @@
 // and the mean over cases, x100) and writes JSON.
 // Exit status 0 / 2 (usage) / 1 (runtime).
 #include <CLI/CLI.hpp>
+#include <algorithm>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -204,6 +205,21 @@ int main(int argc, char** argv) {
       if (classes > kMaxClasses)
         throw std::runtime_error(label_dir + ": label value " + std::to_string(classes - 1) + " (at most " +
                                  std::to_string(kMaxClasses - 1) + " expected; pass --classes)");
+      // Classes between those present score Dice 1 in every case and lift the mean: 0 / 255 maps read without
+      // --label-scale give 254 of them.
+      std::vector<bool> present(static_cast<size_t>(classes), false);
+      for (const Pair& pr : pairs)
+        for (const Tensor* t : {&pr.ref, &pr.pred})
+          if (t->defined())
+            for (int64_t i = 0; i < t->numel(); ++i)
+              if (const int32_t v = t->data<int32_t>()[i]; v < classes) present[static_cast<size_t>(v)] = true;
+      const int absent = static_cast<int>(std::count(present.begin() + 1, present.end(), false));
+      if (absent > 0)
+        std::fprintf(stderr,
+                     "unet_eval: warning: %d of the %d foreground classes inferred from %s are in no reference and "
+                     "no prediction; each scores Dice 1 in every case (labels stored as multiples of a scale? pass "
+                     "--label-scale, or --classes)\n",
+                     absent, classes - 1, source.c_str());
     }
     for (const Pair& pr : pairs)
       for (const auto& [t, path] : {std::pair{&pr.ref, &pr.ref_path}, std::pair{&pr.pred, &pr.pred_path}}) {
