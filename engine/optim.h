@@ -39,6 +39,8 @@ class Optimizer {
   // Restores one entry by name (values copied; creates the entry if the parameter has none yet).
   // Throws std::invalid_argument for an unknown name or a shape that does not match.
   void set_state(const std::string& name, const Tensor& value);
+  // The names of the per-parameter state tensors ("exp_avg", ...): state() names them KIND.INDEX.
+  const std::vector<std::string>& state_kinds() const { return kinds_; }
 
  protected:
   // kinds: names of the per-parameter state tensors shaped like the parameter; with_param_steps: whether the

@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <cerrno>
 #include <csignal>
 #include <cstring>
 #include <filesystem>
@@ -51,6 +52,7 @@ extern "C" void remove_temporaries_and_reraise(int sig) {
 }  // namespace
 
 void remove_temporary_files_on_signals() {
+  std::signal(SIGXFSZ, SIG_IGN);
   for (int sig : {SIGINT, SIGTERM, SIGHUP}) {
     // A signal the process was started ignoring stays ignored (nohup's SIGHUP, SIGINT in a background job).
     struct sigaction old {};
@@ -86,16 +88,34 @@ void AtomicFile::commit() {
   slot_ = -1;
 }
 
+std::string write_failure_reason() {
+  return errno != 0 ? std::strerror(errno) : "disk full?";
+}
+
 void write_file_atomically(const std::string& path, const std::string& bytes) {
   AtomicFile file(path);
   {
     std::ofstream f(file.temp_path(), std::ios::binary | std::ios::trunc);
     if (!f) throw std::runtime_error(path + ": cannot create " + file.temp_path());
+    errno = 0;
     f.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
     f.flush();
-    if (!f) throw std::runtime_error(path + ": write failed (disk full?)");
+    if (!f) throw std::runtime_error(path + ": write failed: " + write_failure_reason());
   }
   file.commit();
+}
+
+std::string regular_file_problem(const std::string& path) {
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  const fs::file_status st = fs::status(path, ec);
+  if (ec || st.type() == fs::file_type::not_found || st.type() == fs::file_type::regular) return "";
+  const char* kind = st.type() == fs::file_type::directory ? "a directory"
+                     : st.type() == fs::file_type::fifo    ? "a FIFO (named pipe)"
+                     : st.type() == fs::file_type::socket  ? "a socket"
+                     : st.type() == fs::file_type::block || st.type() == fs::file_type::character ? "a device"
+                                                                                                  : "unknown kind";
+  return std::string("not a regular file (") + kind + ")";
 }
 
 }  // namespace unet::io

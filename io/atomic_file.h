@@ -23,13 +23,24 @@ class AtomicFile {
   int slot_ = -1;  // in the table the signal handler reads
 };
 
+// What `path` is when it is not a regular file: readers open regular files only, since reading a FIFO (named pipe)
+// blocks until someone writes to it and a directory fails with an obscure message. "" when `path` is a regular file
+// (symbolic links followed) or does not exist (the caller says what a missing file means); else "not a regular file
+// (a FIFO (named pipe))" and the like.
+std::string regular_file_problem(const std::string& path);
+
+// Why a write just failed, from errno: "File too large" (over ulimit -f), "No space left on device", ...; "disk
+// full?" when errno says nothing.
+std::string write_failure_reason();
+
 // Writes `bytes` to path through an AtomicFile. Throws std::runtime_error naming the path.
 void write_file_atomically(const std::string& path, const std::string& bytes);
 
 // Installs handlers for SIGINT, SIGTERM and SIGHUP that remove the temporary files of every AtomicFile not yet
 // committed or destroyed (with unlink, which a signal handler may call), then end the process as the signal would
 // have. The tools install them first thing, so Ctrl-C never leaves a .tmpPID.NAME behind. A signal ignored when the
-// process started (nohup's SIGHUP, SIGINT in a shell's background job) stays ignored.
+// process started (nohup's SIGHUP, SIGINT in a shell's background job) stays ignored. SIGXFSZ (a write beyond
+// ulimit -f) is ignored, so that the write fails with EFBIG and the writer reports it and removes its temporary.
 void remove_temporary_files_on_signals();
 
 }  // namespace unet::io

@@ -1,12 +1,15 @@
 // Schema-checked INI configuration (see config.h).
 #include "io/config.h"
 
-#include <ini.h>
-
 #include <algorithm>
 #include <cerrno>
 #include <cstdlib>
+#include <fstream>
+#include <iterator>
+#include <map>
 #include <sstream>
+
+#include "io/atomic_file.h"
 
 namespace unet::io {
 namespace {
@@ -94,23 +97,6 @@ std::string expected(const ConfigKey& k) {
   return type_name(k.type);
 }
 
-struct ParseState {
-  Config* config;
-  std::string path;
-  std::string error;
-};
-
-int ini_handler_fn(void* user, const char* section, const char* name, const char* value) {
-  auto* st = static_cast<ParseState*>(user);
-  try {
-    st->config->set(section, name, value, st->path);
-  } catch (const ConfigError& e) {
-    st->error = e.what();
-    return 0;
-  }
-  return 1;
-}
-
 }  // namespace
 
 size_t edit_distance(const std::string& a, const std::string& b) {
@@ -154,15 +140,52 @@ void Config::set(const std::string& section, const std::string& name, const std:
   values_[section + "." + name] = trim(value);
 }
 
+// The INI dialect of inih without its surprises, each an error naming the line: no line-length limit (inih split
+// lines over 199 characters, parsing the tail as a line of its own), no inline comments (" ;" cut a value short), no
+// continuation lines (an indented line extended the value above it), and each section and key once (a second one was
+// merged or overrode the first without a word). Full-line comments start with ';' or '#'.
 void Config::load_file(const std::string& path) {
-  FILE* f = std::fopen(path.c_str(), "r");
+  if (std::string why = regular_file_problem(path); !why.empty())
+    throw ConfigError(path + ": " + why + "; expected an INI configuration file");
+  std::ifstream f(path, std::ios::binary);
   if (!f) throw ConfigError(path + ": cannot open config file");
-  ParseState st{this, path, ""};
-  int rc = ini_parse_file(f, ini_handler_fn, &st);
-  std::fclose(f);
-  if (!st.error.empty()) throw ConfigError(st.error);
-  if (rc > 0) throw ConfigError(path + ":" + std::to_string(rc) + ": not a valid INI line (expected 'key = value' or '[section]')");
-  if (rc != 0) throw ConfigError(path + ": cannot parse config file");
+  std::string text((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+  if (f.bad()) throw ConfigError(path + ": cannot read config file");
+  if (text.starts_with("\xEF\xBB\xBF")) text.erase(0, 3);  // a UTF-8 byte order mark
+  std::string section;
+  std::map<std::string, int> sections, keys;  // -> the line that set it
+  std::istringstream in(text);
+  std::string line;
+  for (int n = 1; std::getline(in, line); ++n) {
+    const std::string where = path + ":" + std::to_string(n) + ": ";
+    const std::string t = trim(line);
+    if (t.empty() || t[0] == ';' || t[0] == '#') continue;
+    if (line[0] == ' ' || line[0] == '\t')
+      throw ConfigError(where + "indented line '" + t +
+                        "': continuation lines are not supported; expected 'key = value' or '[section]' at the start "
+                        "of the line");
+    if (t[0] == '[') {
+      if (t.back() != ']') throw ConfigError(where + "not a valid INI line (expected 'key = value' or '[section]')");
+      section = trim(t.substr(1, t.size() - 2));
+      if (const auto [it, fresh] = sections.emplace(section, n); !fresh)
+        throw ConfigError(where + "section [" + section + "] appears again (first at line " +
+                          std::to_string(it->second) + "); expected each section once");
+      continue;
+    }
+    const size_t eq = t.find_first_of("=:");
+    if (eq == std::string::npos || eq == 0)
+      throw ConfigError(where + "not a valid INI line (expected 'key = value' or '[section]')");
+    const std::string name = trim(t.substr(0, eq)), value = trim(t.substr(eq + 1));
+    for (size_t i = value.find(';'); i != std::string::npos; i = value.find(';', i + 1))
+      if (i > 0 && (value[i - 1] == ' ' || value[i - 1] == '\t'))
+        throw ConfigError(where + section + "." + name + " = '" + value +
+                          "': a ';' after a space is not a comment here (inline comments are not supported); put the "
+                          "comment on a line of its own");
+    if (const auto [it, fresh] = keys.emplace(section + "." + name, n); !fresh)
+      throw ConfigError(where + section + "." + name + " is set again (first at line " + std::to_string(it->second) +
+                        "); expected each key once");
+    set(section, name, value, path);
+  }
 }
 
 void Config::apply_override(const std::string& assignment) {

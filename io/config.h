@@ -29,7 +29,9 @@ class Config {
  public:
   explicit Config(std::vector<ConfigKey> schema);
 
-  void load_file(const std::string& path);                 // values from an INI file
+  // Values from an INI file: each section and key at most once, no indented (continuation) lines, no " ;" inside a
+  // value (inline comments), any line length; otherwise ConfigError naming the file and line.
+  void load_file(const std::string& path);
   void set(const std::string& section, const std::string& name, const std::string& value, const std::string& origin);
   void apply_override(const std::string& assignment);      // "section.key=value", from --set
 

@@ -13,6 +13,7 @@
 #include <stdexcept>
 
 #include "engine/ops.h"
+#include "io/atomic_file.h"
 #include "io/dle.h"
 #include "io/image.h"
 #include "kernels/common/parallel.h"
@@ -66,6 +67,8 @@ json load_dataset_json(const std::string& dir, DatasetInfo& info) {
   info.json_path = (fs::path(dir) / "dataset.json").string();
   const std::string& where = info.json_path;
   if (!fs::is_directory(dir)) throw std::runtime_error(dir + ": dataset directory does not exist");
+  if (std::string why = regular_file_problem(where); !why.empty())
+    throw std::runtime_error(where + ": " + why + "; expected the dataset.json of an MSD or nnU-Net v2 dataset");
   std::ifstream f(info.json_path);
   if (!f) throw std::runtime_error(where + ": cannot open (expected the dataset.json of an MSD or nnU-Net v2 dataset)");
   json j;
@@ -225,6 +228,11 @@ DatasetInfo read_msd_dataset(const std::string& dir) {
         c.label_path = path;
     }
     c.id = image_stem(c.image_paths[0]);
+    // A case listed twice could land in a training fold and its validation fold at once (and shares a cache file).
+    for (size_t k = 0; k < info.training.size(); ++k)
+      if (info.training[k].id == c.id)
+        fail(key + ".image", "case '" + c.id + "' is listed again (first as training[" + std::to_string(k) +
+                                 "]); expected each training case once");
     info.training.push_back(std::move(c));
   }
   if (j.contains("test")) {

@@ -1,5 +1,7 @@
 #include "io/image.h"
 
+#include <cmath>
+#include <cstdio>
 #include <filesystem>
 #include <stdexcept>
 
@@ -35,7 +37,30 @@ Image read_image(const std::string& path) {
     im.spacing = im.nifti->spacing();
     im.nifti->data = Tensor();
   }
+  check_spacing(im.spacing, path);
   return im;
+}
+
+std::string nonfinite_problem(const Tensor& data) {
+  const float* x = data.data<float>();
+  int64_t bad = 0, first = -1;
+  for (int64_t i = 0, n = data.numel(); i < n; ++i)
+    if (!std::isfinite(x[i]) && bad++ == 0) first = i;
+  if (bad == 0) return "";
+  const int64_t C = data.rank() == 4 ? data.dim(3) : 1, X = data.dim(2), Y = data.dim(1);
+  const int64_t c = first % C, v = first / C;
+  return std::to_string(bad) + (bad == 1 ? " value is" : " values are") + " NaN or infinite (first at x " +
+         std::to_string(v % X) + ", y " + std::to_string(v / X % Y) + ", z " + std::to_string(v / X / Y) +
+         ", channel " + std::to_string(c) + ")";
+}
+
+void check_spacing(const std::array<double, 3>& spacing, const std::string& what) {
+  for (double s : spacing)
+    if (!(std::isfinite(s) && s > 0)) {
+      char b[160];
+      std::snprintf(b, sizeof b, "%g, %g, %g", spacing[0], spacing[1], spacing[2]);
+      throw std::runtime_error(what + ": voxel spacing " + b + " mm (z, y, x); expected finite sizes > 0");
+    }
 }
 
 void write_image_like(const std::string& path, const Tensor& data, const Image& like) {

@@ -27,6 +27,14 @@ std::string image_stem(const std::string& path);
 // Reads a NIfTI or TIFF file (by its name). Errors as read_nifti and read_tiff: std::runtime_error naming the file.
 Image read_image(const std::string& path);
 
+// What is wrong with the voxels of an f32 [Z, Y, X, C] tensor, or "" when every value is finite: "N voxels are NaN
+// or infinite (first at x X, y Y, z Z, channel C)". Resampling or normalising huge values, or a damaged model, can
+// make them; argmax over NaN would silently write background.
+std::string nonfinite_problem(const Tensor& data);
+
+// Checks a voxel spacing (mm, z, y, x): each finite and > 0; otherwise std::runtime_error "WHAT: voxel spacing ...".
+void check_spacing(const std::array<double, 3>& spacing, const std::string& what);
+
 // Writes data ([Z, Y, X] or [Z, Y, X, C]; u8, i32 or f32) in the format of path's name, like `like`: a NIfTI output
 // of a NIfTI input keeps its header; a TIFF output of a TIFF input its compression and tags (labels as 8-bit, 16-bit
 // above 255; f32 as floats); across formats the spacing carries over. Atomic, as the writers below.

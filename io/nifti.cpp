@@ -6,6 +6,7 @@
 #include <nifti2_io.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -136,13 +137,14 @@ int check_header_fields(const std::string& path) {
   // Read again through the version's own reader, which byte-swaps a big-endian header.
   int swapped = 0;
   int64_t dim[8] = {}, header_size = 0;
-  double raw_offset = 0;
+  double raw_offset = 0, slope = 0, inter = 0;
   bool one_file = false;
   if (version == 2) {
     nifti_2_header* h = nifti_read_n2_hdr(path.c_str(), &swapped, 0);
     if (!h) fail(path, "not a readable NIfTI-2 file");
     for (int i = 0; i < 8; ++i) dim[i] = h->dim[i];
     raw_offset = static_cast<double>(h->vox_offset);
+    slope = h->scl_slope, inter = h->scl_inter;
     one_file = NIFTI_ONEFILE(*h);
     header_size = 540;
     free(h);
@@ -151,10 +153,16 @@ int check_header_fields(const std::string& path) {
     if (!h) fail(path, "not a readable NIfTI-1 file");
     for (int i = 0; i < 8; ++i) dim[i] = h->dim[i];
     raw_offset = h->vox_offset;  // a float in NIfTI-1
+    slope = h->scl_slope, inter = h->scl_inter;
     one_file = NIFTI_ONEFILE(*h);
     header_size = 348;
     free(h);
   }
+  // nifticlib reads a non-finite scl_inter as 0, and the values would silently lose their offset (nibabel refuses
+  // the file: "valid slope but invalid intercept"). A zero or non-finite slope means no scaling, as in both.
+  if (std::isfinite(slope) && slope != 0 && !std::isfinite(inter))
+    fail(path, "header field scl_inter is " + num(inter) + " with scl_slope " + num(slope) +
+                   "; expected a finite intercept when the slope scales the values");
   if (dim[0] < 1 || dim[0] > 7)
     fail(path, "header field dim[0] is " + std::to_string(dim[0]) + "; expected the number of dimensions, 1 to 7");
   int64_t voxels = 1;
@@ -206,12 +214,14 @@ void write_single_file(const std::string& path, nifti_image* nim, bool nifti2, b
   size_t bytes = static_cast<size_t>(nim->nvox) * static_cast<size_t>(nim->nbyper);
   znzFile fp = znzopen(path.c_str(), "wb", gz ? 1 : 0);
   if (znz_isnull(fp)) fail(path, "cannot create the output file");
+  errno = 0;
   bool ok = znzwrite(header.data(), 1, header.size(), fp) == header.size() && znzwrite(nim->data, 1, bytes, fp) == bytes;
   ok = (znzclose(fp) == 0) && ok;
   if (!ok) {
     std::error_code ec;
+    const std::string why = write_failure_reason();
     std::filesystem::remove(path, ec);
-    fail(path, "writing the NIfTI file failed (disk full?)");
+    fail(path, "writing the NIfTI file failed: " + why);
   }
 }
 

@@ -1,6 +1,7 @@
 // preprocess_dataset (io/preprocess.h): fingerprint, target spacing, then each case from the cache or made again.
 #include "io/preprocess.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
@@ -142,11 +143,18 @@ PreprocessedDataset preprocess_dataset(const DatasetInfo& info, const std::vecto
           if (c.image.dim(a) != c.label.dim(a))
             throw std::runtime_error(path + ": image and label grids differ; delete the cache directory " +
                                      o.cache_dir);
-        c.spacing = out.target;
-        out.resampled += entry("resampled") == "1";
-        ++out.from_cache;
-        out.cases.push_back(std::move(c));
-        continue;
+        // Made when dataset.json listed more classes: preprocessed again from its files, whose labels are checked
+        // against the classes listed now (an error naming the label file).
+        const uint8_t* l = c.label.data<uint8_t>();
+        const bool labels_valid =
+            std::all_of(l, l + c.label.numel(), [&](uint8_t v) { return v < info.num_classes(); });
+        if (labels_valid) {
+          c.spacing = out.target;
+          out.resampled += entry("resampled") == "1";
+          ++out.from_cache;
+          out.cases.push_back(std::move(c));
+          continue;
+        }
       }
     }
     Case c = loaded[i] ? std::move(*loaded[i]) : load_cropped(info, i);

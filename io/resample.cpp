@@ -3,7 +3,9 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <cstring>
+#include <stdexcept>
 
 #include "kernels/common/parallel.h"
 
@@ -146,8 +148,25 @@ Tensor resize_label(const Tensor& label, const std::array<int64_t, 3>& size, con
 std::array<int64_t, 3> resampled_size(const std::array<int64_t, 3>& size, const std::array<double, 3>& from,
                                       const std::array<double, 3>& to) {
   std::array<int64_t, 3> out{};
-  for (size_t a = 0; a < 3; ++a)
-    out[a] = std::max<int64_t>(1, std::llround(static_cast<double>(size[a]) * from[a] / to[a]));
+  std::array<double, 3> exact{};
+  double total = 1;
+  bool collapses = false;
+  for (size_t a = 0; a < 3; ++a) {
+    exact[a] = static_cast<double>(size[a]) * from[a] / to[a];
+    collapses = collapses || !(exact[a] >= kMinResampledExtent);
+    total *= std::max(1.0, exact[a]);
+  }
+  if (collapses || !(total <= kMaxResampledVoxels)) {
+    char b[400];
+    std::snprintf(b, sizeof b,
+                  "resampling %lld x %lld x %lld voxels from spacing %g, %g, %g to %g, %g, %g mm (z, y, x) gives "
+                  "%.4g x %.4g x %.4g voxels; expected at most 2^31 voxels and no axis under 1%% of a voxel "
+                  "(wrong voxel spacing?)",
+                  static_cast<long long>(size[0]), static_cast<long long>(size[1]), static_cast<long long>(size[2]),
+                  from[0], from[1], from[2], to[0], to[1], to[2], exact[0], exact[1], exact[2]);
+    throw std::runtime_error(b);
+  }
+  for (size_t a = 0; a < 3; ++a) out[a] = std::max<int64_t>(1, std::llround(exact[a]));
   return out;
 }
 

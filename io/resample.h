@@ -25,6 +25,11 @@ Tensor resize_image(const Tensor& image, const std::array<int64_t, 3>& size, con
 Tensor resize_label(const Tensor& label, const std::array<int64_t, 3>& size, const Orders& orders);
 
 // The size a grid of `size` voxels at spacing `from` has at spacing `to`: round(size * from / to), at least 1.
+// std::runtime_error (naming both spacings) when it overflows (more than kMaxResampledVoxels voxels, or not finite)
+// or collapses (an axis to under kMinResampledExtent of a voxel; a small axis at a coarser spacing may still become
+// one voxel): a wrong spacing, not a volume to segment.
+inline constexpr double kMaxResampledVoxels = 2147483648.0;  // 2^31
+inline constexpr double kMinResampledExtent = 0.01;
 std::array<int64_t, 3> resampled_size(const std::array<int64_t, 3>& size, const std::array<double, 3>& from,
                                       const std::array<double, 3>& to);
 

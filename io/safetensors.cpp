@@ -10,6 +10,8 @@
 #include <nlohmann/json.hpp>
 #include <stdexcept>
 
+#include "io/atomic_file.h"
+
 namespace unet::io {
 namespace {
 
@@ -68,6 +70,8 @@ void write_safetensors(const std::string& path, const NamedTensors& tensors, con
 }
 
 SafetensorsContent read_safetensors(const std::string& path) {
+  if (std::string why = regular_file_problem(path); !why.empty())
+    throw std::runtime_error(path + ": " + why + "; expected a safetensors file");
   std::ifstream f(path, std::ios::binary | std::ios::ate);
   if (!f) throw std::runtime_error(path + ": cannot open checkpoint");
   uint64_t file_size = static_cast<uint64_t>(f.tellg());

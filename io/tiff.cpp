@@ -3,6 +3,7 @@
 #include <tiffio.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <cmath>
 #include <cstdarg>
 #include <cstdio>
@@ -58,7 +59,7 @@ class TiffFile {
   TiffFile& operator=(const TiffFile&) = delete;
   TIFF* get() const { return tif_; }
   void check(bool ok, const std::string& what) const {
-    if (!ok) fail(path_, what + because());
+    if (!ok) fail(path_, what + because() + (errno == EFBIG || errno == ENOSPC ? ": " + write_failure_reason() : ""));
   }
   void close() {
     if (tif_) TIFFClose(tif_);
@@ -457,6 +458,17 @@ TiffWriteOptions tiff_options_like(const TiffVolume& like, const Tensor& data) {
   TiffWriteOptions o;
   o.compression = like.compression;
   o.tags = like.tags;
+  // An ImageJ description counts the input's pages, channels and frames, and may name its display mode: copied, it
+  // would make ImageJ (and read_tiff) take the output's pages for channels. Only the calibration (unit, z spacing)
+  // carries over, with the output's page count.
+  if (like.tags.description.starts_with("ImageJ=")) {
+    std::string d = "ImageJ=" + imagej_value(like.tags.description, "ImageJ") +
+                    "\nimages=" + std::to_string(data.dim(0)) + "\nslices=" + std::to_string(data.dim(0)) + "\n";
+    for (const char* key : {"unit", "spacing"})
+      if (const std::string v = imagej_value(like.tags.description, key); !v.empty())
+        d += std::string(key) + "=" + v + "\n";
+    o.tags.description = d;
+  }
   if (data.dtype() == DType::f32) {
     o.bits = 32;
     o.is_float = true;

@@ -1,12 +1,15 @@
 // Checkpoint layout conversion and parameter matching.
 #include "models/checkpoint.h"
 
+#include <charconv>
 #include <cmath>
+#include <cstdio>
 #include <cstring>
 #include <nlohmann/json.hpp>
 #include <stdexcept>
 
 #include "engine/device.h"
+#include "io/image.h"
 
 namespace unet::models {
 namespace {
@@ -19,8 +22,75 @@ bool is_transposed(const std::string& name) {
   return name.find("transp_conv") != std::string::npos;
 }
 
-// A NaN or infinite weight makes every output it reaches NaN: the predictions would be garbage with no error, so a
-// checkpoint holding one (a diverged run, a damaged file) is refused. `t` is a tensor read from the file (on the cpu).
+std::string list(const std::vector<int>& v) {
+  std::string s;
+  for (int x : v) s += (s.empty() ? "" : ", ") + std::to_string(x);
+  return "[" + s + "]";
+}
+
+// Every field of a card read from a checkpoint within what the networks and the predictor take, so that a damaged or
+// edited card is an error naming the checkpoint and the key, not a crash or an internal error naming an image.
+void check_card(const ModelCard& c, const std::string& path) {
+  const auto bad = [&](const std::string& key, const std::string& what) {
+    throw std::runtime_error(path + ": " + key + ": " + what);
+  };
+  const auto g = [](double v) {
+    char b[32];
+    std::snprintf(b, sizeof b, "%g", v);
+    return std::string(b);
+  };
+  const int in = c.in_channels(), out = c.out_channels();
+  if (in < 1 || in > 1024) bad("model.in_channels", std::to_string(in) + "; expected 1..1024");
+  if (out < 2 || out > 256) bad("model.out_channels", std::to_string(out) + "; expected 2..256 classes");
+  const std::vector<int>& filters = c.model == "unet2d"      ? c.unet2d.filters
+                                    : c.model == "unet3plus" ? c.unet3plus.filters
+                                                             : c.net.filters;
+  for (int f : filters)
+    if (f < 1 || f > 4096) bad("model.filters", list(filters) + "; expected counts 1..4096");
+  if (c.patch.size() != 2 && c.patch.size() != 3) bad("plan.patch", list(c.patch) + "; expected 2 or 3 sizes");
+  for (int p : c.patch)
+    if (p < 1 || p > 1024) bad("plan.patch", list(c.patch) + "; expected sizes 1..1024");
+  if (c.model == "dynunet") {
+    const DynUNetConfig& n = c.net;
+    if (n.kernels.size() != n.strides.size() || n.kernels.size() != n.filters.size())
+      bad("model.kernels", "kernels, strides and filters must have one entry per level");
+    std::vector<int> multiple(c.patch.size(), 1);
+    for (size_t l = 0; l < n.strides.size(); ++l) {
+      if (n.strides[l].size() != c.patch.size() || n.kernels[l].size() != c.patch.size())
+        bad("model.strides", "level " + std::to_string(l) + " has not one entry per axis of plan.patch");
+      for (size_t a = 0; a < c.patch.size(); ++a) {
+        if (n.strides[l][a] != 1 && n.strides[l][a] != 2)
+          bad("model.strides", "level " + std::to_string(l) + " " + list(n.strides[l]) + "; expected 1 or 2");
+        if (n.kernels[l][a] < 1 || n.kernels[l][a] > 7 || n.kernels[l][a] % 2 == 0)
+          bad("model.kernels", "level " + std::to_string(l) + " " + list(n.kernels[l]) + "; expected odd sizes 1..7");
+        multiple[a] *= n.strides[l][a];
+      }
+    }
+    for (size_t a = 0; a < c.patch.size(); ++a)
+      if (c.patch[a] % multiple[a] != 0)
+        bad("plan.patch", list(c.patch) + "; expected multiples of " + list(multiple) + " (the network's strides)");
+    if (!std::isfinite(n.negative_slope)) bad("model.negative_slope", "expected a finite number");
+  }
+  if (c.model == "unet3plus") {
+    if (!(std::isfinite(c.unet3plus.bn_eps) && c.unet3plus.bn_eps >= 0))
+      bad("model.bn_eps", g(c.unet3plus.bn_eps) + "; expected a finite number >= 0");
+    if (!(c.unet3plus.bn_momentum >= 0 && c.unet3plus.bn_momentum <= 1))
+      bad("model.bn_momentum", g(c.unet3plus.bn_momentum) + "; expected a number in [0, 1]");
+  }
+  if (c.model == "unet2d" && !(c.unet2d.dropout >= 0 && c.unet2d.dropout < 1))
+    bad("model.dropout", g(c.unet2d.dropout) + "; expected a number in [0, 1)");
+  if (static_cast<int>(c.normalization.channels.size()) != c.image_channels())
+    bad("plan.normalization", std::to_string(c.normalization.channels.size()) + " channel(s); the model takes " +
+                                  std::to_string(c.image_channels()) + " image channel(s)");
+  for (const io::ChannelNormalization& n : c.normalization.channels)
+    if (n.ct && !(std::isfinite(n.mean) && std::isfinite(n.std) && n.std > 0 && std::isfinite(n.lower) &&
+                  std::isfinite(n.upper) && n.lower <= n.upper && std::abs(n.mean) < 1e30 && n.std < 1e30))
+      bad("plan.normalization", "ct mean " + g(n.mean) + ", std " + g(n.std) + ", lower " + g(n.lower) + ", upper " +
+                                    g(n.upper) + "; expected finite values, std > 0 and lower <= upper");
+}
+
+}  // namespace
+
 void check_finite(const std::string& path, const std::string& name, const Tensor& t) {
   if (t.dtype() != DType::f32 && t.dtype() != DType::f16 && t.dtype() != DType::bf16) return;
   std::vector<float> converted;
@@ -39,8 +109,6 @@ void check_finite(const std::string& path, const std::string& name, const Tensor
                              " NaN or infinite values (first at element " + std::to_string(first) +
                              " in the file); expected finite weights (a diverged run or a damaged file?)");
 }
-
-}  // namespace
 
 Tensor to_pytorch_layout(const std::string& name, const Tensor& t) {
   if (!is_conv_weight(name, t)) return t;
@@ -176,7 +244,15 @@ ModelCard card_from_metadata(const io::Metadata& m, const std::string& path) {
     }
     c.patch = plan.at("patch").get<std::vector<int>>();
     c.spacing = plan.at("spacing").get<std::vector<double>>();
-    c.normalization = io::NormalizationPlan::from_json(plan.at("normalization").dump());
+    if (c.spacing.size() != 3)
+      throw std::runtime_error(path + ": plan spacing has " + std::to_string(c.spacing.size()) +
+                               " values; expected 3 (z, y, x, in mm)");
+    io::check_spacing({c.spacing[0], c.spacing[1], c.spacing[2]}, path + ": plan spacing");
+    try {
+      c.normalization = io::NormalizationPlan::from_json(plan.at("normalization").dump());
+    } catch (const std::runtime_error& e) {
+      throw std::runtime_error(path + ": plan.normalization: " + e.what());
+    }
     c.label_scale = plan.value("label_scale", 1);                // absent before ISBI support: 1
     c.pipeline = plan.value("pipeline", std::string("nnunet"));  // absent before dle_isbi: nnunet
     if (c.pipeline != "nnunet" && c.pipeline != "dle_isbi")
@@ -186,10 +262,19 @@ ModelCard card_from_metadata(const io::Metadata& m, const std::string& path) {
       throw std::runtime_error(path + ": plan label_scale " + std::to_string(c.label_scale) +
                                " must be at least 1 and keep the largest class value within 255 (got " +
                                std::to_string(largest) + ")");
-    for (auto& [k, v] : labels.items()) c.labels[std::stoi(k)] = v.get<std::string>();
+    const int classes = c.out_channels();
+    for (auto& [k, v] : labels.items()) {
+      int index = -1;
+      const auto [end, ec] = std::from_chars(k.data(), k.data() + k.size(), index);
+      if (ec != std::errc() || end != k.data() + k.size() || index < 0 || index >= classes)
+        throw std::runtime_error(path + ": labels key '" + k + "': expected a class index 0.." +
+                                 std::to_string(classes - 1) + " (model.out_channels " + std::to_string(classes) + ")");
+      c.labels[index] = v.get<std::string>();
+    }
   } catch (const nlohmann::json::exception& e) {
     throw std::runtime_error(path + ": malformed checkpoint metadata (" + e.what() + ")");
   }
+  check_card(c, path);
   return c;
 }
 

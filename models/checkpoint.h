@@ -51,6 +51,11 @@ ModelCard card_from_metadata(const io::Metadata& metadata, const std::string& pa
 Tensor to_pytorch_layout(const std::string& name, const Tensor& t);
 Tensor from_pytorch_layout(const std::string& name, const Tensor& t);
 
+// A NaN or infinite weight makes every output it reaches NaN: the predictions would be garbage with no error, so a
+// checkpoint holding one (a diverged run, a damaged file) is refused: std::runtime_error naming `path` and the tensor
+// `name`. `t` is a tensor read from the file (on the cpu); tensors of other than float types pass.
+void check_finite(const std::string& path, const std::string& name, const Tensor& t);
+
 void save_weights(const std::string& path, const Module& model, const io::Metadata& metadata);
 // Reads only the metadata and tensors of a weights file (to build the model before loading).
 io::SafetensorsContent read_weights(const std::string& path);

@@ -8,6 +8,7 @@
 #include "engine/ops.h"
 #include "io/dataset.h"
 #include "io/dle.h"
+#include "io/image.h"
 #include "io/resample.h"
 #include "models/trainer.h"
 
@@ -43,6 +44,32 @@ Predictor::Predictor(const io::SafetensorsContent& weights, const std::string& c
   window_.batch_size = o.batch;
 }
 
+namespace {
+// The model's spacing (the card's; the volume's own when the card has none) and whether `spacing` differs from it by
+// more than 0.1% on some axis.
+bool needs_resampling(const std::array<double, 3>& spacing, const ModelCard& card, std::array<double, 3>* target) {
+  *target = spacing;
+  if (card.spacing.size() == 3) *target = {card.spacing[0], card.spacing[1], card.spacing[2]};
+  bool resample = false;
+  for (size_t a = 0; a < 3; ++a) resample = resample || std::abs(spacing[a] - (*target)[a]) > 1e-3 * (*target)[a];
+  return resample;
+}
+
+void check_logits(const Tensor& logits, const std::string& source) {
+  if (std::string why = io::nonfinite_problem(logits); !why.empty())
+    throw std::runtime_error(source + ": the network's output (logits) has " + why +
+                             "; expected finite values (a damaged model or extreme input values?)");
+}
+}  // namespace
+
+std::array<int64_t, 3> Predictor::grid(const io::Image& volume) const {
+  if (card_.pipeline == "dle_isbi")  // every slice resized to the network's output size
+    return {volume.data.dim(0), window_.patch[window_.patch.size() - 2], window_.patch.back()};
+  const std::array<int64_t, 3> box = io::nonzero_box(volume.data).size();
+  std::array<double, 3> target{};
+  return needs_resampling(volume.spacing, card_, &target) ? io::resampled_size(box, volume.spacing, target) : box;
+}
+
 Segmentation Predictor::segment(const io::Image& volume, const std::string& source) const {
   if (volume.data.dim(-1) != card_.image_channels())
     throw std::runtime_error(source + ": has " + std::to_string(volume.data.dim(-1)) +
@@ -57,12 +84,13 @@ Segmentation Predictor::segment(const io::Image& volume, const std::string& sour
     io::dle_normalize(image);
     const int64_t h = window_.patch[window_.patch.size() - 2], w = window_.patch.back();
     image = io::resize_planes(image, h, w);
-    probabilities =
-        io::resize_planes(softmax_channels(predict_volume(*net_, image, window_, precision_)), full[1], full[2]);
+    const Tensor logits = predict_volume(*net_, image, window_, precision_);
+    check_logits(logits, source);
+    probabilities = io::resize_planes(softmax_channels(logits), full[1], full[2]);
     out.grid = {full[0], h, w};
     out.resampled = h != full[1] || w != full[2];
   } else {
-    probabilities = nnunet_probabilities(volume, &out);
+    probabilities = nnunet_probabilities(volume, source, &out);
   }
   out.probabilities = probabilities;
   const Tensor labels = ops::argmax_channels(probabilities);  // i32, on the cpu
@@ -73,24 +101,28 @@ Segmentation Predictor::segment(const io::Image& volume, const std::string& sour
   return out;
 }
 
-Tensor Predictor::nnunet_probabilities(const io::Image& volume, Segmentation* out) const {
+Tensor Predictor::nnunet_probabilities(const io::Image& volume, const std::string& source, Segmentation* out) const {
   // As in training (models/trainer.h): crop to the non-zero box, resample to the training spacing, normalise.
   const std::array<int64_t, 3> full{volume.data.dim(0), volume.data.dim(1), volume.data.dim(2)};
   const io::Box box = io::nonzero_box(volume.data);
   Tensor image = io::crop(volume.data, box);
   const std::array<double, 3> spacing = volume.spacing;
-  std::array<double, 3> target = spacing;
-  if (card_.spacing.size() == 3) target = {card_.spacing[0], card_.spacing[1], card_.spacing[2]};
-  bool resample = false;
-  for (size_t a = 0; a < 3; ++a) resample = resample || std::abs(spacing[a] - target[a]) > 1e-3 * target[a];
+  std::array<double, 3> target{};
+  const bool resample = needs_resampling(spacing, card_, &target);
   const int separate = io::separate_axis(spacing, target);
   if (resample)
     image = io::resize_image(image, io::resampled_size(box.size(), spacing, target), io::image_orders(separate));
   io::normalize_image(image, card_.normalization);
+  if (std::string why = io::nonfinite_problem(image); !why.empty())
+    throw std::runtime_error(source + ": after " + (resample ? "resampling and " : "") +
+                             "normalisation with the model's plan, " + why +
+                             "; expected finite values (values near the f32 limit?)");
 
   // Probabilities on the model's grid, back on the cropped grid (linear, nearest along a separate axis, as nnU-Net),
   // then in the whole volume (background outside the box).
-  Tensor probabilities = softmax_channels(predict_volume(*net_, image, window_, precision_));
+  const Tensor logits = predict_volume(*net_, image, window_, precision_);
+  check_logits(logits, source);
+  Tensor probabilities = softmax_channels(logits);
   if (resample) probabilities = io::resize_image(probabilities, box.size(), io::label_orders(separate));
   if (box.size() != full) {
     const int64_t C = probabilities.dim(3);

@@ -43,11 +43,14 @@ class Predictor {
   // (background outside the box) and their argmax taken. A model of the dle_isbi pipeline (ModelCard::pipeline)
   // instead resizes each slice to its output size as DLE UNet_Medical does (io/dle.h) and the probabilities back.
   Segmentation segment(const io::Image& volume, const std::string& source) const;
+  // The grid segment() runs the network on for `volume`: its non-zero box, resampled to the model's spacing when that
+  // differs (std::runtime_error when the spacing would overflow or collapse it; io/resample.h).
+  std::array<int64_t, 3> grid(const io::Image& volume) const;
 
  private:
   Predictor(const io::SafetensorsContent& weights, const std::string& checkpoint, const PredictorOptions& options);
   // nnU-Net's way (segment): the probabilities on the volume's grid; out->grid and out->resampled.
-  Tensor nnunet_probabilities(const io::Image& volume, Segmentation* out) const;
+  Tensor nnunet_probabilities(const io::Image& volume, const std::string& source, Segmentation* out) const;
   ModelCard card_;
   std::unique_ptr<Network> net_;
   SlidingWindowOptions window_;

@@ -15,6 +15,7 @@
 #include "engine/ops.h"
 #include "engine/schedule.h"
 #include "io/dle.h"
+#include "io/image.h"
 #include "io/loader.h"
 #include "io/preprocess.h"
 #include "io/safetensors.h"
@@ -346,6 +347,27 @@ struct Trainer::State {
       throw std::runtime_error(path + ": " + e.what());
     }
     const int64_t optimizer_steps = metadata_int(ck.metadata, "optimizer_steps", path);
+    // The same optimizer and seed as this configuration's, every tensor finite, and after a step every parameter's
+    // optimizer state present: a damaged checkpoint is refused (as unet_infer refuses damaged weights).
+    if (metadata_entry(ck.metadata, "optimizer", path) != opt->name())
+      throw std::runtime_error(path + ": metadata 'optimizer' = '" + metadata_entry(ck.metadata, "optimizer", path) +
+                               "', but train.optimizer makes " + opt->name() + " (a damaged checkpoint?)");
+    if (metadata_entry(ck.metadata, "seed", path) != std::to_string(o.seed))
+      throw std::runtime_error(path + ": metadata 'seed' = '" + metadata_entry(ck.metadata, "seed", path) +
+                               "', but train.seed is " + std::to_string(o.seed) + " (a damaged checkpoint?)");
+    for (const auto& [name, t] : ck.tensors) check_finite(path, name, t);
+    if (optimizer_steps > 0)
+      for (size_t i = 0; i < opt->params().size(); ++i)
+        for (const std::string& kind : opt->state_kinds()) {
+          const std::string name = "optimizer." + kind + "." + std::to_string(i);
+          bool found = false;
+          for (const auto& entry : ck.tensors) found = found || entry.first == name;
+          if (!found)
+            throw std::runtime_error(path + ": no tensor '" + name + "' (the " + opt->name() + " state of parameter " +
+                                     std::to_string(i) + ") after " + std::to_string(step) +
+                                     " steps; expected every parameter's (a damaged "
+                                     "checkpoint?)");
+        }
     for (auto& [p, t] : copies) device::copy(p.raw(), p.device(), t->raw(), Device::cpu, t->nbytes());
     const std::string prefix = "optimizer.";
     for (const auto& [name, t] : ck.tensors)
@@ -437,8 +459,13 @@ Trainer::Trainer(TrainerOptions options, std::FILE* out) : s_(std::make_unique<S
     for (size_t i : s.split.train) train_cases.push_back(s.cases[i]);
     norm = io::plan_normalization(s.info, train_cases);
     train_cases.clear();
-    for (auto& k : s.cases) {
+    for (size_t i = 0; i < s.cases.size(); ++i) {
+      io::Case& k = s.cases[i];
       io::normalize_image(k.image, norm);
+      if (std::string why = io::nonfinite_problem(k.image); !why.empty())
+        throw std::runtime_error(s.info.training[i].image_paths[0] + ": training case " + k.id +
+                                 ": after cropping, resampling and normalisation, " + why +
+                                 "; expected finite values (values near the f32 limit?)");
       io::pad_case_to(k, o.sampling.patch);
     }
   }
@@ -460,6 +487,23 @@ Trainer::Trainer(TrainerOptions options, std::FILE* out) : s_(std::make_unique<S
     card.unet3plus.deep_supervision = o.deep_supervision;
     card.unet3plus.cgm = o.cgm;
   } else if (o.model == "dynunet") {
+    // The patch must halve evenly at every downsampling of the plan (else the skip connections do not line up).
+    std::vector<int> multiple(patch.size(), 1);
+    for (const std::vector<int>& stride : plan.strides)
+      for (size_t a = 0; a < patch.size(); ++a) multiple[a] *= stride[a];
+    std::string sizes, nearest, multiples;
+    bool divisible = true;
+    for (size_t a = 0; a < patch.size(); ++a) {
+      divisible = divisible && patch[a] % multiple[a] == 0;
+      const int m = multiple[a], near = std::max(m, (patch[a] + m / 2) / m * m);
+      for (auto [text, value] : {std::pair{&sizes, patch[a]}, std::pair{&nearest, near}, std::pair{&multiples, m}})
+        text->append(a ? ", " : "").append(std::to_string(value));  // append: GCC 12's false -Wrestrict on "" + s
+    }
+    if (!divisible)
+      throw TrainerOptionError(
+          "data.patch_size = " + sizes + ": the network planned for it (model.depth = " + std::to_string(o.depth) +
+          ") downsamples by " + multiples +
+          " (z, y, x), so each size must be a multiple of that; the nearest valid patch is " + nearest);
     card.net = {s.info.num_channels(), s.info.num_classes(), plan.kernels, plan.strides, {}};
     for (size_t i = 0; i < plan.kernels.size(); ++i)
       card.net.filters.push_back(std::min(o.filters << i, o.max_filters));

@@ -82,3 +82,28 @@ TEST_CASE("the effective configuration is written back as INI that parses to the
   CHECK(b.get_int("train", "steps") == 11);
   CHECK(b.to_ini() == a.to_ini());
 }
+
+TEST_CASE(
+    "INI surprises are errors naming the line: duplicates, continuation lines, ' ;' in a value; long lines parse") {
+  Config c = make_config();
+  std::string path = write_ini("[train]\nsteps = 5\nsteps = 7\n");
+  CHECK_THROWS_WITH_AS(c.load_file(path),
+                       (path + ":3: train.steps is set again (first at line 2); expected each key once").c_str(),
+                       ConfigError);
+  path = write_ini("[train]\nsteps = 5\n[data]\n[train]\nlr = 1\n");
+  CHECK_THROWS_WITH_AS(
+      c.load_file(path),
+      (path + ":4: section [train] appears again (first at line 1); expected each section once").c_str(), ConfigError);
+  path = write_ini("[train]\nsteps = 5\n  7\n");
+  CHECK_THROWS_WITH_AS(c.load_file(path),
+                       doctest::Contains((path + ":3: indented line '7': continuation lines").c_str()), ConfigError);
+  path = write_ini("[train]\noptimizer = sgd ; adam is worse\n");
+  CHECK_THROWS_WITH_AS(
+      c.load_file(path),
+      doctest::Contains((path + ":2: train.optimizer = 'sgd ; adam is worse': a ';' after a space").c_str()),
+      ConfigError);
+  // A line of 300 characters is one line: its tail is not parsed as a line of its own.
+  Config d = make_config();
+  d.load_file(write_ini("[data]\npatch_size = " + std::string(280, ' ') + "8, 8, 8\n[train]\nsteps = 3\n"));
+  CHECK(d.get_int_list("data", "patch_size") == std::vector<long>{8, 8, 8});
+}

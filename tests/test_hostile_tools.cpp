@@ -6,14 +6,20 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <cmath>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <map>
 #include <thread>
+#include <tuple>
+
+#include <nlohmann/json.hpp>
 
 #include "engine/random.h"
 #include "io/nifti.h"
+#include "io/tiff.h"
 #include "models/checkpoint.h"
 #include "models/nnunet_plan.h"
 #include "tests/test_util.h"
@@ -44,8 +50,9 @@ std::vector<std::string> temporaries(const std::string& root) {
   return found;
 }
 
-// A small model card and random weights for `channels` input channels and an 8^3 patch.
-std::string write_random_model(const std::string& path, int channels) {
+// A small model card and random weights for `channels` input channels and an 8^3 patch (`edit` may change the card).
+std::string write_random_model(const std::string& path, int channels,
+                               const std::function<void(models::ModelCard&)>& edit = nullptr) {
   models::ModelCard card;
   const std::vector<int> patch = {8, 8, 8};
   models::UNetPlan plan = models::plan_unet(patch, {1, 1, 1}, 2);
@@ -57,8 +64,17 @@ std::string write_random_model(const std::string& path, int channels) {
   card.labels = {{0, "background"}, {1, "a"}, {2, "b"}};
   models::DynUNet net(card.net);
   net.initialize(3);
+  if (edit) edit(card);
   models::save_weights(path, net, models::card_to_metadata(card));
   return path;
+}
+
+// A one-channel image [size]^3 of `values` repeated along z, at `spacing` mm.
+void write_volume(const std::string& path, int64_t size, const std::vector<float>& values,
+                  const std::array<double, 3>& spacing) {
+  std::vector<float> v(static_cast<size_t>(size * size * size));
+  for (size_t i = 0; i < v.size(); ++i) v[i] = values[i / static_cast<size_t>(size * size) % values.size()];
+  io::write_nifti(path, Tensor::from_vector({size, size, size}, v), io::make_nifti_like({size, size, size}, spacing));
 }
 
 // A one-channel image of `size`^3 random intensities at 1 mm.
@@ -347,4 +363,496 @@ TEST_CASE("SIGTERM or SIGHUP during a write leaves no temporary file: unet_infer
     CHECK(rc == status);
     for (const std::string& name : left) CHECK_MESSAGE(name.rfind(".tmp", 0) != 0, "left behind: " << name);
   }
+}
+
+TEST_CASE("unet_infer refuses values that turn NaN or infinite after resampling, naming the file, writing nothing") {
+  test::TempDir tmp("hostile_nonfinite");
+  const std::string& dir = tmp.path;
+  const std::string model = write_random_model(dir + "/model.safetensors", 1);
+  // +-3e38 at 2 mm: the cubic resampling to the model's 1 mm overshoots past the f32 limit (infinite, then NaN).
+  const std::string image = dir + "/big.nii.gz";
+  write_volume(image, 8, {3e38f, -3e38f}, {2, 2, 2});
+  std::string out;
+  CHECK(run_guarded("unet_infer",
+                    "--model " + model + " --input " + image + " --output " + dir + "/seg.nii.gz --save-probabilities",
+                    &out) == 1);
+  CHECK_MESSAGE(out.find("unet_infer: error: " + image + ": after resampling and normalisation") != std::string::npos,
+                out);
+  CHECK_MESSAGE(out.find("NaN or infinite") != std::string::npos, out);
+  CHECK_FALSE(fs::exists(dir + "/seg.nii.gz"));
+  CHECK_FALSE(fs::exists(dir + "/seg_probabilities.nii.gz"));
+}
+
+TEST_CASE("unet_infer refuses voxel spacings that overflow or collapse the resampled grid, and bad card spacings") {
+  test::TempDir tmp("hostile_spacing");
+  const std::string& dir = tmp.path;
+  const std::string model = write_random_model(dir + "/model.safetensors", 1);
+  const std::string huge = dir + "/huge.nii.gz", tiny = dir + "/tiny.nii.gz", ok = dir + "/ok.nii.gz";
+  write_volume(huge, 8, {1, 2, 3}, {1e30, 1e30, 1e30});
+  write_volume(tiny, 8, {1, 2, 3}, {1e-30, 1e-30, 1e-30});
+  write_image(ok, 8, 1);
+  std::string out;
+  CHECK(run_guarded("unet_infer", "--model " + model + " --input " + huge + " --output " + dir + "/a.nii.gz", &out) ==
+        1);
+  CHECK_MESSAGE(
+      out.find("unet_infer: error: " + huge + ": resampling 8 x 8 x 8 voxels from spacing 1e+30") != std::string::npos,
+      out);
+  CHECK(run_guarded("unet_infer", "--model " + model + " --input " + tiny + " --output " + dir + "/a.nii.gz", &out) ==
+        1);
+  CHECK_MESSAGE(out.find(tiny + ": resampling 8 x 8 x 8 voxels from spacing 1e-30") != std::string::npos, out);
+  for (const std::vector<double>& spacing :
+       std::vector<std::vector<double>>{{-1, -1, -1}, {0, 0, 0}, {1, 1}, {1e30, 1, 1}}) {
+    CAPTURE(spacing.size());
+    CAPTURE(spacing[0]);
+    const std::string bad =
+        write_random_model(dir + "/bad.safetensors", 1, [&](models::ModelCard& c) { c.spacing = spacing; });
+    CHECK(run_guarded("unet_infer", "--model " + bad + " --input " + ok + " --output " + dir + "/a.nii.gz", &out) == 1);
+    const bool named =
+        out.find(bad + ": plan spacing") != std::string::npos || out.find(ok + ": resampling") != std::string::npos;
+    CHECK_MESSAGE(named, out);
+  }
+  CHECK_FALSE(fs::exists(dir + "/a.nii.gz"));
+}
+
+TEST_CASE("unet_train names the training case whose values turn NaN or infinite after resampling") {
+  test::TempDir tmp("hostile_nonfinite_train");
+  const std::string& dir = tmp.path;
+  REQUIRE(test::run_tool("unet_synth", "--output " + dir + "/data --train 3 --test 0 --size 8,8,8 --seed 2") == 0);
+  // case_002 at 2 mm (the others at 1 mm, the target): +-3e38 overshoots the f32 limit in the cubic resampling.
+  const std::string image = dir + "/data/imagesTr/case_002.nii.gz";
+  write_volume(image, 8, {3e38f, -3e38f}, {2, 2, 2});
+  std::vector<float> zeros(512, 0.f);
+  io::write_nifti(dir + "/data/labelsTr/case_002.nii.gz", Tensor::from_vector({8, 8, 8}, zeros, DType::u8),
+                  io::make_nifti_like({8, 8, 8}, {2, 2, 2}));
+  const std::string ini = test::write_text(dir + "/train.ini", "[data]\ndataset = " + dir +
+                                                                   "/data\nfolds = 1\npatch_size = 8,8,8\ncache = "
+                                                                   "none\nworkers = 0\n[model]\nfilters = 4\ndepth = "
+                                                                   "1\n[train]\nsteps = 2\n[output]\ndir = " +
+                                                                   dir + "/run\n");
+  std::string out;
+  CHECK(run_guarded("unet_train", ini, &out) == 1);
+  CHECK_MESSAGE(out.find("unet_train: error: " + image + ": training case case_002: after cropping, resampling") !=
+                    std::string::npos,
+                out);
+  CHECK_MESSAGE(out.find("NaN or infinite") != std::string::npos, out);
+  CHECK_FALSE(fs::exists(dir + "/run/model.safetensors"));
+}
+
+namespace {
+// A small training configuration: DATASET, output.dir DIR/run, two steps on 8^3 patches, no cache.
+std::string small_train_ini(const std::string& dir, const std::string& dataset, const std::string& extra = "") {
+  return test::write_text(dir + "/train.ini", "[data]\ndataset = " + dataset +
+                                                  "\nfolds = 1\npatch_size = 8,8,8\ncache = none\nworkers = "
+                                                  "0\n[model]\nfilters = 4\ndepth = 1\n[train]\nsteps = 2\n" +
+                                                  extra + "[output]\ndir = " + dir + "/run\n");
+}
+}  // namespace
+
+TEST_CASE("unet_train --overwrite keeps the old run when the new configuration or data turn out bad") {
+  test::TempDir tmp("hostile_overwrite");
+  const std::string& dir = tmp.path;
+  REQUIRE(test::run_tool("unet_synth", "--output " + dir + "/data --train 2 --test 0 --size 8,8,8 --seed 2") == 0);
+  fs::create_directories(dir + "/run");
+  for (const char* f : {"config.ini", "log.jsonl", "model.safetensors", "checkpoint.safetensors"})
+    test::write_text(dir + "/run/" + f, "the old run's\n");
+  const std::map<std::string, std::string> before = snapshot(dir + "/run");
+  std::string out;
+  // Bad data (no dataset), a bad key found after the run directory was looked at, an image that cannot be read.
+  CHECK(run_guarded("unet_train", small_train_ini(dir, dir + "/nonexistent") + " --overwrite", &out) == 1);
+  CHECK(snapshot(dir + "/run") == before);
+  CHECK(run_guarded("unet_train", small_train_ini(dir, dir + "/data") + " --overwrite --set runtime.threads=100",
+                    &out) == 2);
+  CHECK(snapshot(dir + "/run") == before);
+  truncate_to_half(dir + "/data/imagesTr/case_001.nii.gz");
+  CHECK(run_guarded("unet_train", small_train_ini(dir, dir + "/data") + " --overwrite", &out) == 1);
+  CHECK_MESSAGE(out.find(dir + "/data/imagesTr/case_001.nii.gz") != std::string::npos, out);
+  CHECK(snapshot(dir + "/run") == before);
+}
+
+TEST_CASE("unet_train refuses an unusable output.dir or data.cache with status 2 before loading the data") {
+  test::TempDir tmp("hostile_train_dirs");
+  const std::string& dir = tmp.path;
+  std::ofstream(dir + "/file.txt") << "a regular file\n";
+  // No dataset at all: the directories must be refused before the data is looked at.
+  const std::string ini = small_train_ini(dir, dir + "/nonexistent");
+  std::string out;
+  CHECK(run_guarded("unet_train", ini + " --set output.dir=" + dir + "/file.txt/run", &out) == 2);
+  CHECK_MESSAGE(out.find("unet_train: output.dir = " + dir + "/file.txt/run: cannot be created: " + dir +
+                         "/file.txt is not a directory") != std::string::npos,
+                out);
+  CHECK(run_guarded("unet_train", ini + " --set output.dir=" + dir + "/file.txt", &out) == 2);
+  CHECK_MESSAGE(out.find("output.dir = " + dir + "/file.txt: exists and is not a directory") != std::string::npos, out);
+  CHECK(run_guarded("unet_train", ini + " --set output.dir=", &out) == 2);
+  CHECK_MESSAGE(
+      out.find("unet_train: output.dir: required (the directory the run writes to), got ''") != std::string::npos, out);
+  CHECK(run_guarded("unet_train", ini + " --set data.cache=" + dir + "/file.txt/cache", &out) == 2);
+  CHECK_MESSAGE(out.find("unet_train: data.cache = " + dir + "/file.txt/cache: cannot be created") != std::string::npos,
+                out);
+}
+
+TEST_CASE("unet_train refuses --resume with --overwrite, and an empty --resume, with status 2") {
+  test::TempDir tmp("hostile_resume_flags");
+  const std::string& dir = tmp.path;
+  const std::string ini = small_train_ini(dir, dir + "/nonexistent");
+  std::string out;
+  CHECK(run_guarded("unet_train", ini + " --resume " + dir + "/run --overwrite", &out) == 2);
+  CHECK_MESSAGE(out.find("unet_train: --resume and --overwrite") != std::string::npos, out);
+  CHECK(run_guarded("unet_train", ini + " --resume ''", &out) == 2);
+  CHECK_MESSAGE(
+      out.find("unet_train: --resume \"\": expected the directory of the run to continue") != std::string::npos, out);
+}
+
+TEST_CASE(
+    "unet_train --resume refuses a damaged checkpoint, naming it: NaN weights, missing optimizer state, "
+    "changed optimizer or seed") {
+  test::TempDir tmp("hostile_resume_damaged");
+  const std::string& dir = tmp.path;
+  REQUIRE(test::run_tool("unet_synth", "--output " + dir + "/data --train 2 --test 0 --size 8,8,8 --seed 2") == 0);
+  const std::string ini = small_train_ini(dir, dir + "/data");
+  std::string out;
+  REQUIRE_MESSAGE(run_guarded("unet_train", ini, &out) == 0, out);
+  const std::string ck = dir + "/run/checkpoint.safetensors";
+  const io::SafetensorsContent good = io::read_safetensors(ck);
+  const auto damaged = [&](const std::function<void(io::NamedTensors&, io::Metadata&)>& edit) {
+    io::NamedTensors tensors = good.tensors;
+    io::Metadata metadata = good.metadata;
+    edit(tensors, metadata);
+    io::write_safetensors(ck, tensors, metadata);
+    const int rc = run_guarded("unet_train", ini + " --resume " + dir + "/run --set train.steps=3", &out);
+    return rc;
+  };
+  CHECK(damaged([](io::NamedTensors& t, io::Metadata&) {
+          for (auto& [name, x] : t)
+            if (name.starts_with("model.") && x.dtype() == DType::f32) {
+              x = x.clone();
+              x.data<float>()[0] = NAN;
+              break;
+            }
+        }) == 1);
+  CHECK_MESSAGE(out.find("unet_train: error: " + ck + ": tensor 'model.") != std::string::npos, out);
+  CHECK_MESSAGE(out.find("NaN or infinite") != std::string::npos, out);
+  CHECK(damaged([](io::NamedTensors& t, io::Metadata&) {
+          std::erase_if(t, [](const auto& e) { return e.first.starts_with("optimizer."); });
+        }) == 1);
+  CHECK_MESSAGE(out.find(ck + ": no tensor 'optimizer.") != std::string::npos, out);
+  CHECK(damaged([](io::NamedTensors&, io::Metadata& m) { m["optimizer"] = "SGD"; }) == 1);
+  CHECK_MESSAGE(out.find(ck + ": metadata 'optimizer' = 'SGD'") != std::string::npos, out);
+  CHECK(damaged([](io::NamedTensors&, io::Metadata& m) { m["seed"] = "5"; }) == 1);
+  CHECK_MESSAGE(out.find(ck + ": metadata 'seed' = '5'") != std::string::npos, out);
+  // The checkpoint itself resumes.
+  io::write_safetensors(ck, good.tensors, good.metadata);
+  CHECK_MESSAGE(run_guarded("unet_train", ini + " --resume " + dir + "/run --set train.steps=3", &out) == 0, out);
+}
+
+TEST_CASE("unet_train checks cached cases' labels against the classes dataset.json lists now") {
+  test::TempDir tmp("hostile_cache_labels");
+  const std::string& dir = tmp.path;
+  REQUIRE(test::run_tool("unet_synth", "--output " + dir + "/data --train 2 --test 0 --size 16,16,16 --seed 2") == 0);
+  const std::string ini = small_train_ini(dir, dir + "/data");
+  std::string out;
+  REQUIRE_MESSAGE(run_guarded("unet_train", ini + " --set data.cache=" + dir + "/cache", &out) == 0, out);
+  // Class 2 dropped from dataset.json; the cache was made with it (the image and label files are unchanged).
+  const std::string json_path = dir + "/data/dataset.json";
+  nlohmann::json j = nlohmann::json::parse(bytes_of(json_path));
+  j["labels"].erase("2");
+  test::write_text(json_path, j.dump(1));
+  CHECK(run_guarded("unet_train", ini + " --set data.cache=" + dir + "/cache --set output.dir=" + dir + "/run2",
+                    &out) == 1);
+  CHECK_MESSAGE(out.find("unet_train: error: " + dir + "/data/labelsTr/case_00") != std::string::npos, out);
+  CHECK_MESSAGE(out.find("allows the integers 0..1") != std::string::npos, out);
+  CHECK_FALSE(fs::exists(dir + "/run2/model.safetensors"));
+}
+
+TEST_CASE("unet_infer refuses, with status 2 before any work, inputs whose outputs would share a name") {
+  Fixture fx;
+  const std::string& d = fx.dir;
+  fs::create_directories(d + "/two");
+  write_image(d + "/two/a.nii", 8, 1);
+  write_image(d + "/two/a.nii.gz", 8, 2);
+  const std::vector<BadCase> cases = {
+      {"unet_infer", " --model " + fx.model + " --input " + d + "/two --output " + fx.out + " --save-probabilities", 2,
+       "--input " + d + "/two: " + d + "/two/a.nii and " + d + "/two/a.nii.gz would both be written as " + fx.out +
+           "/a.* (a.nii.gz, a_probabilities.nii.gz); rename one of them"},
+      {"unet_infer", " --model " + fx.model + " --input " + d + "/two --output " + fx.out, 2,
+       "would both be written as " + fx.out + "/a.*"},
+  };
+  check_cases(fx, cases);
+}
+
+TEST_CASE("unet_infer writes TIFF outputs of an ImageJ hyperstack with a description of their own pages") {
+  test::TempDir tmp("hostile_imagej");
+  const std::string& dir = tmp.path;
+  const std::string model = write_random_model(dir + "/model.safetensors", 2);
+  // 16 pages, 2 channels of 8 slices ("czt": channel fastest), 0.5 mm apart.
+  std::vector<float> v(16 * 8 * 8);
+  Rng rng(5);
+  for (float& x : v) x = static_cast<float>(rng.uniform(0, 200));
+  io::TiffWriteOptions o;
+  o.tags = {true, 1, 1, 1, ""};  // 1 pixel per mm (the unit in the description)
+  o.tags.description =
+      "ImageJ=1.11a\nimages=16\nchannels=2\nslices=8\nhyperstack=true\nmode=grayscale\nunit=mm\n"
+      "spacing=0.5\n";
+  io::write_tiff(dir + "/in.tif", Tensor::from_vector({16, 8, 8}, v, DType::u8), o);
+  REQUIRE(io::read_tiff(dir + "/in.tif").data.shape() == Shape{8, 8, 8, 2});
+  std::string out;
+  REQUIRE_MESSAGE(
+      run_guarded("unet_infer",
+                  "--model " + model + " --input " + dir + "/in.tif --output " + dir + "/out.tif --save-probabilities",
+                  &out) == 0,
+      out);
+  const io::TiffVolume labels = io::read_tiff(dir + "/out.tif");
+  CHECK(labels.data.shape() == Shape{8, 8, 8, 1});
+  CHECK(labels.tags.description.find("channels=") == std::string::npos);
+  CHECK(labels.tags.description.find("images=8\n") != std::string::npos);
+  CHECK(labels.tags.description.find("spacing=0.5\n") != std::string::npos);
+  CHECK(labels.spacing[0] == doctest::Approx(0.5));
+  CHECK(io::read_tiff(dir + "/out_probabilities.tif").data.shape() == Shape{8, 8, 8, 3});
+}
+
+TEST_CASE(
+    "unet_eval: one-channel maps only, classes whatever the --label spelling, --json never over dataset.json, "
+    "only NAME_probabilities outputs skipped") {
+  test::TempDir tmp("hostile_eval");
+  const std::string& dir = tmp.path;
+  fs::create_directories(dir + "/ds/labelsTs");
+  fs::create_directories(dir + "/pred");
+  const std::string dataset_json = test::write_text(
+      dir + "/ds/dataset.json", R"({"labels": {"0": "background", "1": "a", "2": "b"}, "modality": {"0": "CT"}})");
+  write_labels(dir + "/ds/labelsTs/a.nii.gz");
+  write_labels(dir + "/pred/a.nii.gz");
+  std::string out;
+  // The classes of dataset.json (3), with or without a trailing slash.
+  for (const std::string& label : {dir + "/ds/labelsTs", dir + "/ds/labelsTs/", dir + "/ds/labelsTs/."}) {
+    CAPTURE(label);
+    CHECK(run_guarded("unet_eval", "--pred " + dir + "/pred --label " + label, &out) == 0);
+    CHECK_MESSAGE(out.find("mean Dice over 1 cases and 2 foreground classes") != std::string::npos, out);
+  }
+  // --json over the dataset.json read for the classes.
+  CHECK(run_guarded("unet_eval", "--pred " + dir + "/pred --label " + dir + "/ds/labelsTs/ --json " + dataset_json,
+                    &out) == 2);
+  CHECK_MESSAGE(out.find("--json " + dataset_json + ": is the dataset.json this evaluation reads") != std::string::npos,
+                out);
+  CHECK(bytes_of(dataset_json).starts_with("{\"labels\""));
+  // A reference whose name merely contains "_probabilities" is scored.
+  write_labels(dir + "/ds/labelsTs/x_probabilities_v2.nii.gz");
+  write_labels(dir + "/pred/x_probabilities_v2.nii.gz");
+  write_labels(dir + "/ds/labelsTs/y_probabilities.nii.gz");  // no y.* beside it: a reference too
+  write_labels(dir + "/pred/y_probabilities.nii.gz");
+  CHECK(run_guarded("unet_eval", "--pred " + dir + "/pred --label " + dir + "/ds/labelsTs", &out) == 0);
+  CHECK_MESSAGE(out.find("mean Dice over 3 cases") != std::string::npos, out);
+  fs::remove(dir + "/ds/labelsTs/x_probabilities_v2.nii.gz");
+  fs::remove(dir + "/ds/labelsTs/y_probabilities.nii.gz");
+  // Two-channel maps are refused, not scored on their first channel (which agree; the second ones do not).
+  std::vector<float> two(128, 0.f);
+  for (const std::string& f : {dir + "/pred/a.nii.gz", dir + "/ds/labelsTs/a.nii.gz"}) {
+    two[1] = f.find("pred") != std::string::npos ? 1.f : 0.f;
+    io::write_nifti(f, Tensor::from_vector({4, 4, 4, 2}, two, DType::u8), io::make_nifti_like({4, 4, 4, 2}, {1, 1, 1}));
+  }
+  CHECK(run_guarded("unet_eval", "--pred " + dir + "/pred --label " + dir + "/ds/labelsTs", &out) == 1);
+  CHECK_MESSAGE(out.find("/a.nii.gz: has 2 channels; expected a label map of one channel") != std::string::npos, out);
+}
+
+TEST_CASE("unet_infer refuses a NIfTI file with a valid scl_slope and a NaN or infinite scl_inter, naming the field") {
+  test::TempDir tmp("hostile_scl_inter");
+  const std::string& dir = tmp.path;
+  const std::string model = write_random_model(dir + "/model.safetensors", 1);
+  for (const float inter : {NAN, INFINITY}) {
+    CAPTURE(inter);
+    const std::string image = dir + "/in.nii";
+    write_image(image, 8, 1);
+    std::string bytes = bytes_of(image);
+    const float slope = 1;
+    bytes.replace(112, 4, reinterpret_cast<const char*>(&slope), 4);  // scl_slope, then scl_inter (NIfTI-1)
+    bytes.replace(116, 4, reinterpret_cast<const char*>(&inter), 4);
+    std::ofstream(image, std::ios::binary | std::ios::trunc) << bytes;
+    std::string out;
+    CHECK(run_guarded("unet_infer", "--model " + model + " --input " + image + " --output " + dir + "/seg.nii.gz",
+                      &out) == 1);
+    CHECK_MESSAGE(out.find(image + ": header field scl_inter is " + std::string(std::isnan(inter) ? "nan" : "inf") +
+                           " with scl_slope 1") != std::string::npos,
+                  out);
+    CHECK_FALSE(fs::exists(dir + "/seg.nii.gz"));
+  }
+}
+
+TEST_CASE("a write beyond ulimit -f fails with 'File too large' and status 1, leaving no temporary file") {
+  test::TempDir tmp("hostile_ulimit");
+  const std::string& dir = tmp.path;
+  const std::string model = write_random_model(dir + "/model.safetensors", 1);
+  write_image(dir + "/big.nii.gz", 32, 4);  // 32^3 x 3 classes of float probabilities: far over 16 KiB
+  fs::create_directories(dir + "/out");
+  std::string out;
+  // ulimit -f counts 512-byte blocks in dash, 1 KiB in bash: 32 of them, 16 or 32 KiB.
+  const int infer = test::shell("ulimit -f 32; " + test::tool_path("unet_infer") + " --model " + model + " --input " +
+                                    dir + "/big.nii.gz --output " + dir + "/out/big.nii.gz --save-probabilities",
+                                &out);
+  CHECK_MESSAGE(infer == 1, out);
+  CHECK_MESSAGE(out.find("File too large") != std::string::npos, out);
+  CHECK(temporaries(dir).empty());
+  CHECK_FALSE(fs::exists(dir + "/out/big_probabilities.nii.gz"));
+  // unet_eval cannot write its dice.json at all.
+  fs::create_directories(dir + "/labels");
+  fs::create_directories(dir + "/pred");
+  write_labels(dir + "/labels/a.nii.gz");
+  write_labels(dir + "/pred/a.nii.gz");
+  const int eval = test::shell("ulimit -f 0; " + test::tool_path("unet_eval") + " --pred " + dir + "/pred --label " +
+                                   dir + "/labels --json " + dir + "/out/dice.json",
+                               &out);
+  CHECK_MESSAGE(eval == 1, out);
+  CHECK_MESSAGE(out.find(dir + "/out/dice.json: write failed: File too large") != std::string::npos, out);
+  CHECK(temporaries(dir).empty());
+  CHECK_FALSE(fs::exists(dir + "/out/dice.json"));
+}
+
+TEST_CASE("unet_train refuses a FIFO or a directory where it reads a file, naming it: not a regular file") {
+  test::TempDir tmp("hostile_train_fifo");
+  const std::string& dir = tmp.path;
+  REQUIRE(test::run_tool("unet_synth", "--output " + dir + "/data --train 2 --test 0 --size 8,8,8 --seed 2") == 0);
+  const std::string ini = small_train_ini(dir, dir + "/data");
+  REQUIRE(::mkfifo((dir + "/fifo.ini").c_str(), 0600) == 0);
+  fs::create_directories(dir + "/dir.ini");
+  std::string out;
+  CHECK(run_guarded("unet_train", dir + "/fifo.ini", &out) == 2);
+  CHECK_MESSAGE(
+      out.find("unet_train: " + dir + "/fifo.ini: not a regular file (a FIFO (named pipe))") != std::string::npos, out);
+  CHECK(run_guarded("unet_train", dir + "/dir.ini", &out) == 2);
+  CHECK_MESSAGE(out.find(dir + "/dir.ini: not a regular file (a directory)") != std::string::npos, out);
+  // dataset.json: a FIFO, then a directory.
+  fs::create_directories(dir + "/ds_fifo");
+  REQUIRE(::mkfifo((dir + "/ds_fifo/dataset.json").c_str(), 0600) == 0);
+  CHECK(run_guarded("unet_train", ini + " --set data.dataset=" + dir + "/ds_fifo", &out) == 1);
+  CHECK_MESSAGE(out.find(dir + "/ds_fifo/dataset.json: not a regular file (a FIFO (named pipe))") != std::string::npos,
+                out);
+  fs::create_directories(dir + "/ds_dir/dataset.json");
+  CHECK(run_guarded("unet_train", ini + " --set data.dataset=" + dir + "/ds_dir", &out) == 1);
+  CHECK_MESSAGE(out.find(dir + "/ds_dir/dataset.json: not a regular file (a directory)") != std::string::npos, out);
+  // The checkpoint of --resume.
+  fs::create_directories(dir + "/run");
+  REQUIRE(::mkfifo((dir + "/run/checkpoint.safetensors").c_str(), 0600) == 0);
+  CHECK(run_guarded("unet_train", ini + " --resume " + dir + "/run", &out) == 1);
+  CHECK_MESSAGE(
+      out.find(dir + "/run/checkpoint.safetensors: not a regular file (a FIFO (named pipe))") != std::string::npos,
+      out);
+}
+
+TEST_CASE("unet_infer counts the windows of its many-windows warning on the grid it resamples to") {
+  test::TempDir tmp("hostile_windows_resampled");
+  const std::string& dir = tmp.path;
+  // A three-channel model against a one-channel image: the run fails on the channel count after the warning.
+  const std::string model = write_random_model(dir + "/model.safetensors", 3);
+  const std::string image = dir + "/coarse.nii.gz";
+  write_volume(image, 16, {1, 2, 3}, {4, 4, 4});  // 16^3 at 4 mm: 64^3 at the model's 1 mm
+  std::string out;
+  // Step 1 voxel: 57^3 windows on the resampled grid (9^3 = 729 on the file's own, no warning).
+  CHECK(run_guarded("unet_infer",
+                    "--model " + model + " --input " + image + " --output " + dir + "/x.nii.gz --overlap 0.9",
+                    &out) == 1);
+  CHECK_MESSAGE(out.find("unet_infer: warning: " + image + ": --overlap 0.9 gives 185193 windows") != std::string::npos,
+                out);
+}
+
+TEST_CASE("unet_infer checks every field of the model card at load, naming the checkpoint and the key") {
+  test::TempDir tmp("hostile_card");
+  const std::string& dir = tmp.path;
+  const std::string good = write_random_model(dir + "/good.safetensors", 1);
+  const std::string image = dir + "/a.nii.gz";
+  write_image(image, 8, 1);
+  const std::string bad = dir + "/bad.safetensors";
+  // The metadata entry `key` of good.safetensors with `field` replaced by `value` (JSON), as bad.safetensors.
+  const auto edited = [&](const std::string& key, const std::string& field, const std::string& value) {
+    io::SafetensorsContent c = io::read_safetensors(good);
+    nlohmann::json j = nlohmann::json::parse(c.metadata.at(key));
+    if (field.empty())
+      j = nlohmann::json::parse(value);
+    else
+      j[field] = nlohmann::json::parse(value);
+    c.metadata[key] = j.dump();
+    io::write_safetensors(bad, c.tensors, c.metadata);
+  };
+  const std::vector<std::tuple<std::string, std::string, std::string, std::string>> cases = {
+      {"labels", "", R"({"bg": "background", "1": "a", "2": "b"})", "labels key 'bg': expected a class index 0..2"},
+      {"labels", "", R"({"0": "background", "7": "a"})", "labels key '7': expected a class index 0..2"},
+      {"plan", "patch", "[0, 0, 0]", "plan.patch: [0, 0, 0]; expected sizes 1..1024"},
+      {"plan", "patch", "[15, 15, 15]", "plan.patch: [15, 15, 15]; expected multiples of [2, 2, 2]"},
+      {"plan", "normalization", "[]", "plan.normalization: 0 channel(s); the model takes 1 image channel(s)"},
+      {"plan", "normalization", R"([{"scheme": "minmax"}])", "plan.normalization: normalisation plan: unknown scheme"},
+      {"plan", "normalization", R"([{"scheme": "ct", "mean": 1e300, "std": 1, "lower": 0, "upper": 100}])",
+       "plan.normalization: ct mean"},
+      {"model", "filters", "[1000000000, 8]", "model.filters: [1000000000, 8]; expected counts 1..4096"},
+      {"model", "strides", "[[1, 1, 1], [3, 3, 3]]", "model.strides: level 1 [3, 3, 3]; expected 1 or 2"},
+  };
+  for (const auto& [key, field, value, message] : cases) {
+    CAPTURE(value);
+    edited(key, field, value);
+    std::string out;
+    CHECK(run_guarded("unet_infer", "--model " + bad + " --input " + image + " --output " + dir + "/seg.nii.gz",
+                      &out) == 1);
+    CHECK_MESSAGE(out.find("unet_infer: error: " + bad + ": " + message) != std::string::npos, out);
+    CHECK_FALSE(fs::exists(dir + "/seg.nii.gz"));
+  }
+  // UNet 3+'s batch-norm parameters.
+  for (const auto& [field, value] :
+       std::vector<std::pair<std::string, std::string>>{{"bn_eps", "-1.0"}, {"bn_momentum", "5.0"}}) {
+    CAPTURE(field);
+    edited("model", "",
+           R"({"type": "unet3plus", "in_channels": 1, "out_channels": 3, "filters": [4, 8, 16, 32, 64],
+               "deep_supervision": false, "bn_eps": 0.001, "bn_momentum": 0.01, ")" +
+               field + "\": " + value + "}");
+    std::string out;
+    CHECK(run_guarded("unet_infer", "--model " + bad + " --input " + image + " --output " + dir + "/seg.nii.gz",
+                      &out) == 1);
+    CHECK_MESSAGE(out.find(bad + ": model." + field + ": ") != std::string::npos, out);
+  }
+}
+
+TEST_CASE("unet_train refuses a dynunet patch that the planned strides do not divide, naming the nearest valid one") {
+  test::TempDir tmp("hostile_patch_strides");
+  const std::string& dir = tmp.path;
+  REQUIRE(test::run_tool("unet_synth", "--output " + dir + "/data --train 2 --test 0 --size 16,16,16 --seed 2") == 0);
+  const std::string ini = small_train_ini(dir, dir + "/data");
+  std::string out;
+  CHECK(run_guarded("unet_train", ini + " --set data.patch_size=18,18,18 --set model.depth=2", &out) == 2);
+  CHECK_MESSAGE(out.find("unet_train: data.patch_size = 18, 18, 18: the network planned for it (model.depth = 2) "
+                         "downsamples by 4, 4, 4 (z, y, x), so each size must be a multiple of that; the nearest "
+                         "valid patch is 20, 20, 20") != std::string::npos,
+                out);
+  CHECK_FALSE(fs::exists(dir + "/run/model.safetensors"));
+}
+
+TEST_CASE("unet_train refuses a training case listed twice in dataset.json, naming the entry") {
+  test::TempDir tmp("hostile_duplicate_case");
+  const std::string& dir = tmp.path;
+  REQUIRE(test::run_tool("unet_synth", "--output " + dir + "/data --train 3 --test 0 --size 8,8,8 --seed 2") == 0);
+  const std::string json_path = dir + "/data/dataset.json";
+  nlohmann::json j = nlohmann::json::parse(bytes_of(json_path));
+  j["training"].push_back(j["training"][1]);
+  j["numTraining"] = 4;
+  test::write_text(json_path, j.dump(1));
+  std::string out;
+  CHECK(run_guarded("unet_train", small_train_ini(dir, dir + "/data"), &out) == 1);
+  CHECK_MESSAGE(out.find(json_path + ": key 'training[3].image': case 'case_001' is listed again (first as "
+                                     "training[1]); expected each training case once") != std::string::npos,
+                out);
+  CHECK_FALSE(fs::exists(dir + "/run/model.safetensors"));
+}
+
+TEST_CASE("unet_eval warns when the classes it infers from the references include classes absent from every map") {
+  test::TempDir tmp("hostile_eval_phantom");
+  const std::string& dir = tmp.path;
+  fs::create_directories(dir + "/labels");
+  fs::create_directories(dir + "/pred");
+  // ISBI-like 0 / 255 maps read without --label-scale: 255 classes, 254 of them in no map.
+  std::vector<float> v(64, 0.f);
+  for (int i = 0; i < 8; ++i) v[static_cast<size_t>(i)] = 255.f;
+  for (const char* d : {"labels", "pred"})
+    io::write_nifti(dir + "/" + d + "/a.nii.gz", Tensor::from_vector({4, 4, 4}, v, DType::u8),
+                    io::make_nifti_like({4, 4, 4}, {1, 1, 1}));
+  std::string out;
+  CHECK(run_guarded("unet_eval", "--pred " + dir + "/pred --label " + dir + "/labels", &out) == 0);
+  CHECK_MESSAGE(out.find("unet_eval: warning: 254 of the 255 foreground classes inferred from the largest reference "
+                         "label in " +
+                         dir + "/labels are in no reference and no prediction") != std::string::npos,
+                out);
+  CHECK(run_guarded("unet_eval", "--pred " + dir + "/pred --label " + dir + "/labels --label-scale 255", &out) == 0);
+  CHECK_MESSAGE(out.find("warning") == std::string::npos, out);
 }

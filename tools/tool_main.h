@@ -58,21 +58,7 @@ inline std::optional<int> parse_command_line(CLI::App& app, int argc, char** arg
   return std::nullopt;
 }
 
-// What `path` is when it is not a regular file: tools open regular files only, since reading a FIFO (named pipe)
-// blocks until someone writes to it and a directory fails with an obscure message. "" when `path` is a regular file
-// (symbolic links followed) or does not exist (the caller says what a missing file means).
-inline std::string regular_file_problem(const std::string& path) {
-  namespace fs = std::filesystem;
-  std::error_code ec;
-  const fs::file_status st = fs::status(path, ec);
-  if (ec || st.type() == fs::file_type::not_found || st.type() == fs::file_type::regular) return "";
-  const char* kind = st.type() == fs::file_type::directory ? "a directory"
-                     : st.type() == fs::file_type::fifo    ? "a FIFO (named pipe)"
-                     : st.type() == fs::file_type::socket  ? "a socket"
-                     : st.type() == fs::file_type::block || st.type() == fs::file_type::character ? "a device"
-                                                                                                  : "unknown kind";
-  return std::string("not a regular file (") + kind + ")";
-}
+using io::regular_file_problem;  // every reader's one probe (io/atomic_file.h)
 
 // Why no file can be created in the existing directory `dir`, or "" when one can: found by creating (and removing at
 // once) a hidden ".tmpPID.probe", which also catches read-only file systems and permissions that access() would not.

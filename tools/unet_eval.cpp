@@ -6,6 +6,7 @@
 // and the mean over cases, x100) and writes JSON.
 // Exit status 0 / 2 (usage) / 1 (runtime).
 #include <CLI/CLI.hpp>
+#include <algorithm>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -24,6 +25,9 @@ using unet::tools::UsageError;
 namespace {
 // The classes of a label map whose class c is stored as the value c * scale (scale 255: ISBI 2012's 0 / 255).
 Tensor as_labels(const io::Image& v, int scale) {
+  if (v.data.dim(3) != 1)
+    throw std::runtime_error(v.path + ": has " + std::to_string(v.data.dim(3)) +
+                             " channels; expected a label map of one channel (a probabilities map or an image?)");
   Tensor t = Tensor::empty({v.data.dim(0), v.data.dim(1), v.data.dim(2)}, DType::i32);
   const float* s = v.data.data<float>();
   for (int64_t i = 0; i < t.numel(); ++i) {
@@ -38,13 +42,25 @@ Tensor as_labels(const io::Image& v, int scale) {
   }
   return t;
 }
-// The label files of a directory (NIfTI or TIFF, not the _probabilities maps unet_infer writes beside them), sorted.
-// One that is not a regular file (a FIFO would block the read forever) is an error, not a case silently left out.
+// Whether `file` is the NAME_probabilities map unet_infer --save-probabilities wrote beside a label map NAME.
+bool is_probabilities_output(const fs::path& file) {
+  const std::string stem = io::image_stem(file.string()), suffix = "_probabilities";
+  if (!stem.ends_with(suffix) || stem.size() == suffix.size()) return false;
+  const std::string name = stem.substr(0, stem.size() - suffix.size());
+  std::error_code ec;
+  for (const char* ext : {".nii", ".nii.gz", ".tif", ".tiff"})
+    if (fs::exists(file.parent_path() / (name + ext), ec)) return true;
+  return false;
+}
+
+// The label files of a directory (NIfTI or TIFF, not the NAME_probabilities maps unet_infer writes beside a NAME),
+// sorted. One that is not a regular file (a FIFO would block the read forever) is an error, not a case silently left
+// out.
 std::vector<fs::path> label_files(const std::string& dir) {
   std::vector<fs::path> files;
   for (auto& e : fs::directory_iterator(dir)) {
     const std::string n = e.path().filename().string();
-    if (io::is_image_name(n) && !n.starts_with(".") && n.find("_probabilities") == std::string::npos) {
+    if (io::is_image_name(n) && !n.starts_with(".") && !is_probabilities_output(e.path())) {
       if (std::string why = unet::tools::regular_file_problem(e.path().string()); !why.empty())
         throw UsageError(e.path().string() + ": " + why + "; expected a NIfTI or TIFF label map");
       files.push_back(e.path());
@@ -54,10 +70,17 @@ std::vector<fs::path> label_files(const std::string& dir) {
   return files;
 }
 
-// The number of classes the dataset declares ("labels" of the dataset.json beside the label directory, as in the
-// Medical Segmentation Decathlon layout DATASET/labelsTs), or 0 when there is none.
+// The dataset.json beside the label directory (as in the Medical Segmentation Decathlon layout DATASET/labelsTs),
+// whatever the spelling of the directory ("labelsTs", "labelsTs/", ".").
+fs::path dataset_json_of(const std::string& label_dir) {
+  fs::path dir = fs::absolute(label_dir.empty() ? "." : label_dir).lexically_normal();
+  if (!dir.has_filename()) dir = dir.parent_path();  // "labelsTs/" -> "labelsTs"
+  return dir.parent_path() / "dataset.json";
+}
+
+// The number of classes the dataset declares ("labels" of dataset_json_of(label_dir)), or 0 when there is none.
 int dataset_classes(const std::string& label_dir, std::string* source) {
-  const fs::path json = fs::path(label_dir).lexically_normal().parent_path() / "dataset.json";
+  const fs::path json = dataset_json_of(label_dir);
   if (!fs::is_regular_file(json)) return 0;
   nlohmann::json j;
   try {
@@ -124,6 +147,13 @@ int main(int argc, char** argv) {
     } else if (std::string why = unet::tools::output_file_problem(json_path); !why.empty()) {
       throw UsageError("--json " + json_path + ": " + why);
     }
+    const std::string label_home = pair_of_files ? fs::path(label_dir).parent_path().string() : label_dir;
+    if (std::error_code ec; !json_path.empty() && fs::exists(json_path, ec) &&
+                            fs::exists(dataset_json_of(label_home), ec) &&
+                            fs::equivalent(json_path, dataset_json_of(label_home), ec))
+      throw UsageError("--json " + json_path +
+                       ": is the dataset.json this evaluation reads its classes from; expected "
+                       "another file");
     const std::vector<fs::path> refs = pair_of_files ? std::vector<fs::path>{label_dir} : label_files(label_dir);
     if (refs.empty()) throw UsageError(label_dir + ": no .nii, .nii.gz, .tif or .tiff label maps");
     if (!pair_of_files && label_files(pred_dir).empty())
@@ -167,7 +197,6 @@ int main(int argc, char** argv) {
     // The class count comes from the user, the dataset or the references, never from the predictions: a stray
     // predicted label must not add a class (which would score 1 for every case without it).
     std::string source = "--classes";
-    const std::string label_home = pair_of_files ? fs::path(label_dir).parent_path().string() : label_dir;
     if (classes == 0) classes = dataset_classes(label_home, &source);
     if (classes == 0) {
       for (const Pair& pr : pairs) classes = std::max(classes, max_label(pr.ref) + 1);
@@ -176,6 +205,21 @@ int main(int argc, char** argv) {
       if (classes > kMaxClasses)
         throw std::runtime_error(label_dir + ": label value " + std::to_string(classes - 1) + " (at most " +
                                  std::to_string(kMaxClasses - 1) + " expected; pass --classes)");
+      // Classes between those present score Dice 1 in every case and lift the mean: 0 / 255 maps read without
+      // --label-scale give 254 of them.
+      std::vector<bool> present(static_cast<size_t>(classes), false);
+      for (const Pair& pr : pairs)
+        for (const Tensor* t : {&pr.ref, &pr.pred})
+          if (t->defined())
+            for (int64_t i = 0; i < t->numel(); ++i)
+              if (const int32_t v = t->data<int32_t>()[i]; v < classes) present[static_cast<size_t>(v)] = true;
+      const int absent = static_cast<int>(std::count(present.begin() + 1, present.end(), false));
+      if (absent > 0)
+        std::fprintf(stderr,
+                     "unet_eval: warning: %d of the %d foreground classes inferred from %s are in no reference and "
+                     "no prediction; each scores Dice 1 in every case (labels stored as multiples of a scale? pass "
+                     "--label-scale, or --classes)\n",
+                     absent, classes - 1, source.c_str());
     }
     for (const Pair& pr : pairs)
       for (const auto& [t, path] : {std::pair{&pr.ref, &pr.ref_path}, std::pair{&pr.pred, &pr.pred_path}}) {

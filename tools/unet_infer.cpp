@@ -15,6 +15,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <iostream>
+#include <map>
 #include <thread>
 
 #include "engine/comm.h"
@@ -47,13 +48,13 @@ fs::path probabilities_of(const fs::path& out) {
 // voxel, and a run of hours that would otherwise start without a word.
 constexpr int64_t kManyWindows = 10000;
 
-// The number of windows sliding_window_predict cuts from a [Z, Y, X, C] volume (a smaller volume is padded to the
-// patch: one window along that axis).
-int64_t window_count(const Tensor& volume, const std::vector<int>& patch, double overlap) {
+// The number of windows sliding_window_predict cuts from a volume of `grid` voxels, the grid the network runs on
+// (models::Predictor::grid: cropped and resampled; a smaller volume is padded to the patch: one window along that
+// axis).
+int64_t window_count(const std::array<int64_t, 3>& grid, const std::vector<int>& patch, double overlap) {
   int64_t n = 1;
   for (size_t a = 0; a < patch.size() && a < 3; ++a)
-    n *= static_cast<int64_t>(
-        window_starts(std::max<int64_t>(volume.dim(static_cast<int>(a)), patch[a]), patch[a], overlap).size());
+    n *= static_cast<int64_t>(window_starts(std::max<int64_t>(grid[a], patch[a]), patch[a], overlap).size());
   return n;
 }
 
@@ -149,6 +150,19 @@ int main(int argc, char** argv) {
         throw UsageError("--output " + output + ": " + why);
       jobs.emplace_back(input, out);
     }
+    // Two inputs of one name in two spellings of a format (a.nii and a.nii.gz, a.tif and a.tiff) would give one
+    // NAME_probabilities file, and label maps that differ only in their ending: refused before any work. (a.nii.gz
+    // and a.tif do not collide: a_probabilities.nii.gz and a_probabilities.tif.)
+    std::map<std::string, fs::path> stems;
+    for (const auto& [in, out] : jobs) {
+      const std::string stem = (out.parent_path() / io::image_stem(out.string())).string();
+      if (const auto [it, fresh] = stems.emplace(stem + (io::is_tiff_name(out.string()) ? " tiff" : " nifti"), in);
+          !fresh)
+        throw UsageError("--input " + input + ": " + it->second.string() + " and " + in.string() +
+                         " would both be written as " + stem + ".* (" + out.filename().string() +
+                         (save_probabilities ? ", " + probabilities_of(out).filename().string() : std::string()) +
+                         "); rename one of them");
+    }
     // Never write over an input: the label map (or its probabilities) would replace the image it was computed from.
     for (const auto& [in, out] : jobs) {
       const fs::path probabilities = probabilities_of(out);
@@ -197,7 +211,8 @@ int main(int argc, char** argv) {
           throw std::runtime_error(in.string() + ": " + why);
         const io::Image vol = io::read_image(in.string());
         const std::vector<int>& patch = predictor.card().patch;
-        const int64_t windows = window_count(vol.data, patch, overlap);
+        const std::array<int64_t, 3> model_grid = predictor.grid(vol);
+        const int64_t windows = window_count(model_grid, patch, overlap);
         const int64_t passes = windows * (tta ? int64_t(1) << std::min<size_t>(patch.size(), 3) : 1);
         if (passes > kManyWindows) {
           std::string step;
@@ -208,7 +223,7 @@ int main(int argc, char** argv) {
                        "hours (--overlap 0.5 gives %lld)\n",
                        in.string().c_str(), overlap, static_cast<long long>(windows), step.c_str(),
                        tta ? (", each run " + std::to_string(passes / windows) + " times by --tta").c_str() : "",
-                       static_cast<long long>(window_count(vol.data, patch, 0.5)));
+                       static_cast<long long>(window_count(model_grid, patch, 0.5)));
           std::fflush(stderr);
         }
         const models::Segmentation seg = predictor.segment(vol, in.string());

@@ -258,24 +258,31 @@ const char* const kRunFiles[] = {"config.ini",
                                  "checkpoint.safetensors",
                                  "validation.json"};
 
-// A new run does not mix its files with an old run's: a directory holding a run is refused unless --overwrite (its run
-// files are removed first; nothing else in the directory is touched) or --resume.
-void claim_output_dir(const std::string& dir, bool overwrite) {
+// A new run does not mix its files with an old run's: a directory holding a run is refused unless --overwrite or
+// --resume. Returns whether it holds one.
+bool check_output_dir(const std::string& dir, bool overwrite) {
   namespace fs = std::filesystem;
   std::string found;
   for (const char* name : kRunFiles)
     if (fs::exists(fs::path(dir) / name)) found += (found.empty() ? "" : ", ") + std::string(name);
-  if (found.empty()) return;
+  if (found.empty()) return false;
   if (!overwrite)
     throw UsageError("output.dir = " + dir + " holds a run (" + found + "): --resume " + dir + " continues it, " +
                      "--overwrite replaces it, or choose another output.dir");
-  for (const char* name : kRunFiles) fs::remove(fs::path(dir) / name);
+  return true;
 }
 
 int run(const io::Config& c, const std::string& resume, bool overwrite) {
   models::TrainerOptions options = trainer_options(c);
   options.resume_dir = resume;
-  if (resume.empty() && world().rank() == 0) claim_output_dir(options.output_dir, overwrite);
+  // Where the run writes, checked before the data is loaded (exit 2 naming the key).
+  if (options.output_dir.empty()) throw UsageError("output.dir: required (the directory the run writes to), got ''");
+  if (std::string why = tools::output_directory_problem(options.output_dir); !why.empty())
+    throw UsageError("output.dir = " + options.output_dir + ": " + why);
+  if (!options.cache_dir.empty())
+    if (std::string why = tools::output_directory_problem(options.cache_dir); !why.empty())
+      throw UsageError("data.cache = " + options.cache_dir + ": " + why);
+  const bool replace = resume.empty() && world().rank() == 0 && check_output_dir(options.output_dir, overwrite);
   // More threads than cores only adds switching (1000 on 2 cores turned 0.08 s steps into minutes): at most twice the
   // hardware threads; 0 uses them all.
   const long cores = std::max(1u, std::thread::hardware_concurrency());
@@ -290,7 +297,11 @@ int run(const io::Config& c, const std::string& resume, bool overwrite) {
     omp_set_num_threads(static_cast<int>(threads));
   else if (comm.local_size() > 1)
     omp_set_num_threads(static_cast<int>(std::max(1L, cores / comm.local_size())));
-  models::Trainer trainer(std::move(options), stdout);
+  const std::string output_dir = options.output_dir;
+  models::Trainer trainer(std::move(options), stdout);  // the configuration checked and the data loaded
+  // --overwrite: the old run's files (nothing else in the directory) go only once the new run is known to start.
+  if (replace)
+    for (const char* name : kRunFiles) std::filesystem::remove(std::filesystem::path(output_dir) / name);
   trainer.run();
   return 0;
 }
@@ -318,6 +329,11 @@ int main(int argc, char** argv) {
   }
   return unet::tools::run_tool("unet_train", [&] {
     if (path.empty()) throw UsageError("missing CONFIG.ini (run with --help)");
+    if (app.count("--resume") > 0 && resume.empty())
+      throw UsageError("--resume \"\": expected the directory of the run to continue");
+    if (!resume.empty() && overwrite)
+      throw UsageError("--resume and --overwrite: --resume continues the run in " + resume +
+                       ", --overwrite replaces it; give one of them");
     config.load_file(path);
     for (auto& o : overrides) config.apply_override(o);
     if (!resume.empty()) config.apply_override("output.dir=" + resume);
