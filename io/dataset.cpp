@@ -264,19 +264,8 @@ Case load_case(const DatasetInfo& info, size_t i) {
     throw std::out_of_range(info.json_path + ": case " + std::to_string(i) + " requested, the dataset has " +
                             std::to_string(info.training.size()));
   const DatasetCase& dc = info.training[i];
-  Image img = read_image(dc.image_paths[0]);
+  Image img = read_channel_images(dc.image_paths);  // nnU-Net v2: one file per channel
   const std::string& image_path = dc.image_paths[0];
-  if (dc.image_paths.size() > 1) {  // nnU-Net v2: one file per channel, on one grid, stacked as channels
-    std::vector<Tensor> channels{img.data};
-    for (size_t ch = 1; ch < dc.image_paths.size(); ++ch) {
-      const Image other = read_image(dc.image_paths[ch]);
-      if (other.data.shape() != img.data.shape())
-        throw std::runtime_error(dc.image_paths[ch] + ": grid " + shape_str(other.data.shape()) + " differs from " +
-                                 shape_str(img.data.shape()) + " of " + image_path + " (channel 0)");
-      channels.push_back(other.data);
-    }
-    img.data = ops::concat_channels(channels);
-  }
   if (img.data.dim(3) != info.num_channels())
     throw std::runtime_error(image_path + ": has " + std::to_string(img.data.dim(3)) + " channels but '" +
                              (info.format == "nnunetv2" ? "channel_names" : "modality") + "' in " + info.json_path +

@@ -41,6 +41,40 @@ Image read_image(const std::string& path) {
   return im;
 }
 
+Image read_channel_images(const std::vector<std::string>& paths) {
+  if (paths.empty()) throw std::invalid_argument("read_channel_images: no files");
+  Image img = read_image(paths[0]);
+  if (paths.size() == 1) return img;
+  std::vector<Tensor> channels{img.data};
+  const auto grid = [](const Tensor& t) {
+    return std::to_string(t.dim(0)) + "x" + std::to_string(t.dim(1)) + "x" + std::to_string(t.dim(2));
+  };
+  for (size_t ch = 1; ch < paths.size(); ++ch) {
+    const Image other = read_image(paths[ch]);
+    if (other.data.rank() != 4 || other.data.dim(0) != img.data.dim(0) || other.data.dim(1) != img.data.dim(1) ||
+        other.data.dim(2) != img.data.dim(2))
+      throw std::runtime_error(paths[ch] + ": grid " + grid(other.data) + " differs from " + grid(img.data) + " of " +
+                               paths[0] + " (channel 0)");
+    channels.push_back(other.data);
+  }
+  // Stacked on the host: channels last, each file's channels in order.
+  int64_t C = 0;
+  for (const Tensor& t : channels) C += t.dim(3);
+  const int64_t voxels = img.data.dim(0) * img.data.dim(1) * img.data.dim(2);
+  Tensor data = Tensor::empty({img.data.dim(0), img.data.dim(1), img.data.dim(2), C});
+  float* out = data.data<float>();
+  int64_t first = 0;
+  for (const Tensor& t : channels) {
+    const int64_t c = t.dim(3);
+    const float* in = t.data<float>();
+    for (int64_t v = 0; v < voxels; ++v)
+      for (int64_t k = 0; k < c; ++k) out[v * C + first + k] = in[v * c + k];
+    first += c;
+  }
+  img.data = data;
+  return img;
+}
+
 std::string nonfinite_problem(const Tensor& data) {
   const float* x = data.data<float>();
   int64_t bad = 0, first = -1;

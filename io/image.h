@@ -4,6 +4,7 @@
 #include <array>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "engine/tensor.h"
 #include "io/nifti.h"
@@ -26,6 +27,9 @@ std::string image_stem(const std::string& path);
 
 // Reads a NIfTI or TIFF file (by its name). Errors as read_nifti and read_tiff: std::runtime_error naming the file.
 Image read_image(const std::string& path);
+// nnU-Net v2's one file per channel (CASE_0000, CASE_0001, ...): each read, on one grid, stacked as channels in the
+// given order; the header and path are the first file's. A grid that differs is an error naming both files.
+Image read_channel_images(const std::vector<std::string>& paths);
 
 // What is wrong with the voxels of an f32 [Z, Y, X, C] tensor, or "" when every value is finite: "N voxels are NaN
 // or infinite (first at x X, y Y, z Z, channel C)". Resampling or normalising huge values, or a damaged model, can

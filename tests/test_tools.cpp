@@ -2,8 +2,8 @@
 // unet_eval, the training loop itself, header preservation of unet_infer, and exit statuses for bad input.
 #include <filesystem>
 #include <fstream>
-#include <thread>
 #include <nlohmann/json.hpp>
+#include <thread>
 
 #include "io/dataset.h"
 #include "io/nifti.h"
@@ -61,8 +61,11 @@ TEST_CASE("unet_train writes a checkpoint, a JSON-lines log and its configuratio
   test::TempDir tmp("tools_pipeline");
   const std::string& dir = tmp.path;
   REQUIRE(test::run_tool("unet_synth", "--output " + dir + "/data --train 5 --test 2 --size 16,16,16 --seed 4") == 0);
-  std::string ini = write_text(dir + "/train.ini", "[data]\ndataset = " + dir + "/data\npatch_size = 16,16,16\nbatch_size = 2\n"
-                               "[model]\nfilters = 4\ndepth = 2\n[train]\nsteps = 4\nlog_every = 2\n[output]\ndir = " + dir + "/run\n");
+  std::string ini = write_text(
+      dir + "/train.ini", "[data]\ndataset = " + dir +
+                              "/data\npatch_size = 16,16,16\nbatch_size = 2\n"
+                              "[model]\nfilters = 4\ndepth = 2\n[train]\nsteps = 4\nlog_every = 2\n[output]\ndir = " +
+                              dir + "/run\n");
   std::string out;
   int rc = test::run_tool("unet_train", ini + " --set train.seed=1", &out);
   REQUIRE_MESSAGE(rc == 0, out);
@@ -94,8 +97,10 @@ TEST_CASE("unet_train writes a checkpoint, a JSON-lines log and its configuratio
   CHECK_FALSE(st.tensors.empty());
   CHECK(fs::exists(dir + "/run/config.ini"));
 
-  rc = test::run_tool("unet_infer", "--model " + dir + "/run/model.safetensors --input " + dir + "/data/imagesTs --output " +
-                                        dir + "/pred --save-probabilities --tta", &out);
+  rc = test::run_tool("unet_infer",
+                      "--model " + dir + "/run/model.safetensors --input " + dir + "/data/imagesTs --output " + dir +
+                          "/pred --save-probabilities --tta",
+                      &out);
   REQUIRE_MESSAGE(rc == 0, out);
   for (auto& e : fs::directory_iterator(dir + "/data/imagesTs")) {
     io::NiftiVolume in = io::read_nifti(e.path().string());
@@ -156,6 +161,50 @@ TEST_CASE("unet_infer segments TIFF stacks as it does the same volume in NIfTI, 
   CHECK(dice["mean_dice"].get<double>() == 1.0);
 }
 
+TEST_CASE("unet_infer on nnU-Net v2 test images: a case's channel files CASE_XXXX in order, written as CASE") {
+  test::TempDir tmp("tools_v2_channels");
+  const std::string& dir = tmp.path;
+  const std::string model = write_random_model(dir, 2, {8, 8, 8});
+  fs::create_directories(dir + "/stacked");
+  fs::create_directories(dir + "/v2");
+  for (int c = 7; c <= 8; ++c) {
+    // The same two-channel volume as one 4D file and as two channel files.
+    Tensor image = Tensor::empty({5, 11, 13, 2});
+    for (int64_t i = 0; i < image.numel(); ++i) image.data<float>()[i] = float((i * 37 + c) % 101) - 20.f;
+    const std::string name = "case_" + std::to_string(c);
+    io::write_nifti(dir + "/stacked/" + name + ".nii.gz", image, io::make_nifti_like(image.shape(), {1, 1, 1}));
+    for (int k = 0; k < 2; ++k) {
+      Tensor one = Tensor::empty({5, 11, 13, 1});
+      for (int64_t v = 0; v < one.numel(); ++v) one.data<float>()[v] = image.data<float>()[v * 2 + k];
+      io::write_nifti(dir + "/v2/" + name + "_000" + std::to_string(k) + ".nii.gz", one,
+                      io::make_nifti_like(one.shape(), {1, 1, 1}));
+    }
+  }
+  std::string out;
+  for (const char* in : {"stacked", "v2"})
+    REQUIRE_MESSAGE(
+        test::run_tool("unet_infer",
+                       "--model " + model + " --input " + dir + "/" + in + " --output " + dir + "/pred_" + in,
+                       &out) == 0,
+        out);
+  CHECK(out.find("channels from 2 files") != std::string::npos);
+  for (const char* name : {"case_7", "case_8"}) {
+    CAPTURE(name);
+    const std::string v2 = dir + "/pred_v2/" + name + ".nii.gz";
+    REQUIRE(fs::exists(v2));
+    CHECK(io::read_nifti(v2).data.to_vector() ==
+          io::read_nifti(dir + "/pred_stacked/" + name + ".nii.gz").data.to_vector());
+  }
+  CHECK(!fs::exists(dir + "/pred_v2/case_7_0000.nii.gz"));
+  // A case without its channel 0 is refused before any work, naming it.
+  fs::remove(dir + "/v2/case_8_0000.nii.gz");
+  CHECK(test::run_tool("unet_infer", "--model " + model + " --input " + dir + "/v2 --output " + dir + "/pred_bad",
+                       &out) == 2);
+  CHECK(out.find("case_8_0001.nii.gz is channel 1 of case case_8, whose channels 0..0 are not all there") !=
+        std::string::npos);
+  CHECK(!fs::exists(dir + "/pred_bad"));
+}
+
 TEST_CASE("unet_infer writes each label map with its input's header, for every nibabel fixture") {
   test::TempDir tmp("tools_header");
   const std::string& dir = tmp.path;
@@ -166,7 +215,8 @@ TEST_CASE("unet_infer writes each label map with its input's header, for every n
     io::NiftiVolume in = io::read_nifti(fixtures + name);
     std::string model = write_random_model(dir, static_cast<int>(in.data.dim(3)), {8, 8, 8});
     std::string out_path = dir + "/out_" + name, out;
-    int rc = test::run_tool("unet_infer", "--model " + model + " --input " + fixtures + name + " --output " + out_path, &out);
+    int rc = test::run_tool("unet_infer", "--model " + model + " --input " + fixtures + name + " --output " + out_path,
+                            &out);
     REQUIRE_MESSAGE(rc == 0, out);
     // The model was "trained" at 1 mm: anisotropic inputs are resampled to 1 mm and the labels back to their grid.
     io::NiftiVolume pred = io::read_nifti(out_path);
@@ -223,8 +273,8 @@ TEST_CASE("out-of-range configuration numbers exit with status 2 naming the key 
       {"train.loss_scale_init=0.5", "train.loss_scale_init = 0.500000: expected a value in [1.000000"},
       {"train.loss_scale_growth_interval=0", "train.loss_scale_growth_interval = 0: expected 1..1000000000"},
   };
-  const std::string ini = write_text(dir + "/t.ini", "[data]\ndataset = " + dir + "/nowhere\n[output]\ndir = " + dir +
-                                                         "/run\n");
+  const std::string ini =
+      write_text(dir + "/t.ini", "[data]\ndataset = " + dir + "/nowhere\n[output]\ndir = " + dir + "/run\n");
   for (const auto& [setting, message] : cases) {
     std::string out;
     CHECK_MESSAGE(test::run_tool("unet_train", ini + " --set " + setting, &out) == 2, setting << ": " << out);
@@ -238,13 +288,19 @@ TEST_CASE("unet_infer rejects bad arguments with status 2 and unreadable models 
   const std::string& dir = tmp.path;
   std::string fixture = std::string(UNET_TEST_DATA_DIR) + "/nifti/qform_only.nii", out;
   std::string model = write_random_model(dir, 1, {8, 8, 8});
-  CHECK(test::run_tool("unet_infer", "--model " + model + " --input " + fixture + " --output " + dir + "/x.nii --overlap 1.5", &out) == 2);
+  CHECK(test::run_tool("unet_infer",
+                       "--model " + model + " --input " + fixture + " --output " + dir + "/x.nii --overlap 1.5",
+                       &out) == 2);
   CHECK(out.find("--overlap") != std::string::npos);
-  CHECK(test::run_tool("unet_infer", "--model " + model + " --input " + dir + "/none.nii --output " + dir + "/x.nii", &out) == 2);
-  CHECK(test::run_tool("unet_infer", "--model " + dir + "/none.safetensors --input " + fixture + " --output " + dir + "/x.nii", &out) == 1);
+  CHECK(test::run_tool("unet_infer", "--model " + model + " --input " + dir + "/none.nii --output " + dir + "/x.nii",
+                       &out) == 2);
+  CHECK(test::run_tool("unet_infer",
+                       "--model " + dir + "/none.safetensors --input " + fixture + " --output " + dir + "/x.nii",
+                       &out) == 1);
   CHECK(out.find("cannot open checkpoint") != std::string::npos);
   std::string model3 = write_random_model(dir, 3, {8, 8, 8});
-  CHECK(test::run_tool("unet_infer", "--model " + model3 + " --input " + fixture + " --output " + dir + "/x.nii", &out) == 1);
+  CHECK(test::run_tool("unet_infer", "--model " + model3 + " --input " + fixture + " --output " + dir + "/x.nii",
+                       &out) == 1);
   CHECK(out.find("the model expects 3") != std::string::npos);
   CHECK_FALSE(fs::exists(dir + "/x.nii"));
 }
@@ -264,12 +320,15 @@ TEST_CASE("unet_infer never writes over its input, and skips hidden files (half-
   std::string out;
   CHECK(test::run_tool("unet_infer", "--model " + model + " --input " + image + " --output " + image, &out) == 2);
   CHECK(out.find("would overwrite the input " + image) != std::string::npos);
-  CHECK(test::run_tool("unet_infer", "--model " + model + " --input " + dir + "/images --output " + dir + "/images", &out) == 2);
+  CHECK(test::run_tool("unet_infer", "--model " + model + " --input " + dir + "/images --output " + dir + "/images",
+                       &out) == 2);
   CHECK(bytes(image) == before);
   // A leftover temporary of an interrupted write (io::AtomicFile's ".tmpPID.NAME") is not taken for an input.
   std::ofstream(dir + "/images/.tmp123.b.nii.gz") << "half a file";
-  REQUIRE_MESSAGE(test::run_tool("unet_infer", "--model " + model + " --input " + dir + "/images --output " + dir + "/pred",
-                                 &out) == 0, out);
+  REQUIRE_MESSAGE(
+      test::run_tool("unet_infer", "--model " + model + " --input " + dir + "/images --output " + dir + "/pred",
+                     &out) == 0,
+      out);
   CHECK(fs::exists(dir + "/pred/a.nii"));
   CHECK_FALSE(fs::exists(dir + "/pred/.tmp123.b.nii.gz"));
 }
@@ -293,7 +352,8 @@ TEST_CASE("unet_eval takes the classes from the dataset or the references, never
   write_labels(dir + "/ds/labelsTs/a.nii.gz", 8);
   write_labels(dir + "/pred/a.nii.gz", 4);  // Dice of class 1: 2*4 / (4 + 8) = 2/3
   std::string out;
-  REQUIRE_MESSAGE(test::run_tool("unet_eval", "--pred " + dir + "/pred --label " + dir + "/ds/labelsTs", &out) == 0, out);
+  REQUIRE_MESSAGE(test::run_tool("unet_eval", "--pred " + dir + "/pred --label " + dir + "/ds/labelsTs", &out) == 0,
+                  out);
   CHECK(nlohmann::json::parse(std::ifstream(dir + "/pred/dice.json"))["mean_dice"].get<double>() ==
         doctest::Approx(2.0 / 3.0));
   // A stray voxel labelled 7 used to add classes 2..7, which scored 1 or 0 and moved the mean; it is an error now,
@@ -306,7 +366,8 @@ TEST_CASE("unet_eval takes the classes from the dataset or the references, never
   // With a dataset.json beside the labels, its labels set the class count (here 3: class 2 is absent from both, 1).
   std::ofstream(dir + "/ds/dataset.json") << R"({"labels": {"0": "background", "1": "a", "2": "b"}})";
   write_labels(dir + "/pred/a.nii.gz", 4);
-  REQUIRE_MESSAGE(test::run_tool("unet_eval", "--pred " + dir + "/pred --label " + dir + "/ds/labelsTs", &out) == 0, out);
+  REQUIRE_MESSAGE(test::run_tool("unet_eval", "--pred " + dir + "/pred --label " + dir + "/ds/labelsTs", &out) == 0,
+                  out);
   auto j = nlohmann::json::parse(std::ifstream(dir + "/pred/dice.json"));
   CHECK(j["classes"] == 3);
   CHECK(j["mean_dice"].get<double>() == doctest::Approx((2.0 / 3.0 + 1.0) / 2));
@@ -314,10 +375,12 @@ TEST_CASE("unet_eval takes the classes from the dataset or the references, never
   CHECK(test::run_tool("unet_eval", "--pred " + dir + "/pred --label " + dir + "/ds/labelsTs", &out) == 1);
   CHECK(out.find("outside the 3 classes of " + dir + "/ds/dataset.json") != std::string::npos);
   // --classes is bounded, and --json cannot name a label map.
-  CHECK(test::run_tool("unet_eval", "--pred " + dir + "/pred --label " + dir + "/ds/labelsTs --classes 20000000", &out) == 2);
+  CHECK(test::run_tool("unet_eval", "--pred " + dir + "/pred --label " + dir + "/ds/labelsTs --classes 20000000",
+                       &out) == 2);
   CHECK(out.find("--classes 20000000: expected 2..1000") != std::string::npos);
-  CHECK(test::run_tool("unet_eval", "--pred " + dir + "/pred --label " + dir + "/ds/labelsTs --json " + dir +
-                                        "/pred/a.nii.gz", &out) == 2);
+  CHECK(test::run_tool("unet_eval",
+                       "--pred " + dir + "/pred --label " + dir + "/ds/labelsTs --json " + dir + "/pred/a.nii.gz",
+                       &out) == 2);
   CHECK(io::read_nifti(dir + "/pred/a.nii.gz").data.to_vector()[63] == 3.f);  // untouched
 }
 
@@ -333,8 +396,9 @@ TEST_CASE("unet_eval fails on a reference without a prediction, or scores it 0 w
   CHECK(test::run_tool("unet_eval", "--pred " + dir + "/pred --label " + dir + "/labels", &out) == 1);
   CHECK(out.find("no prediction for 1 of 2 reference(s): b.nii.gz") != std::string::npos);
   CHECK_FALSE(fs::exists(dir + "/pred/dice.json"));
-  REQUIRE_MESSAGE(test::run_tool("unet_eval", "--pred " + dir + "/pred --label " + dir + "/labels --missing-as-zero",
-                                 &out) == 0, out);
+  REQUIRE_MESSAGE(
+      test::run_tool("unet_eval", "--pred " + dir + "/pred --label " + dir + "/labels --missing-as-zero", &out) == 0,
+      out);
   CHECK(out.find("warning: no prediction for b.nii.gz") != std::string::npos);
   auto j = nlohmann::json::parse(std::ifstream(dir + "/pred/dice.json"));
   CHECK(j["mean_dice"].get<double>() == doctest::Approx(0.5));  // (1 + 0) / 2, not 1 over the one case found
@@ -350,8 +414,9 @@ TEST_CASE("unet_infer --precision fp16 and bf16 give the fp32 probabilities to 1
   std::vector<std::vector<float>> probs;
   for (const char* p : {"fp32", "bf16", "fp16"}) {
     const std::string pred = dir + "/" + p + ".nii.gz";
-    REQUIRE_MESSAGE(test::run_tool("unet_infer", "--model " + model + " --input " + fixture + " --output " + pred +
-                                                     " --save-probabilities --precision " + p,
+    REQUIRE_MESSAGE(test::run_tool("unet_infer",
+                                   "--model " + model + " --input " + fixture + " --output " + pred +
+                                       " --save-probabilities --precision " + p,
                                    &out) == 0,
                     out);
     CHECK(out.find(std::string("in ") + p) != std::string::npos);
@@ -362,8 +427,9 @@ TEST_CASE("unet_infer --precision fp16 and bf16 give the fp32 probabilities to 1
   test::check_close(probs[1], probs[0], 0, 0.03, "bf16 probabilities");
   test::check_close(probs[2], probs[0], 0, 0.004, "fp16 probabilities");
   CHECK(probs[1] != probs[0]);  // the 16-bit path really ran
-  CHECK(test::run_tool("unet_infer", "--model " + model + " --input " + fixture + " --output " + dir +
-                                         "/x.nii --precision fp8", &out) == 2);
+  CHECK(test::run_tool("unet_infer",
+                       "--model " + model + " --input " + fixture + " --output " + dir + "/x.nii --precision fp8",
+                       &out) == 2);
   CHECK(out.find("--precision: precision 'fp8': expected auto, fp32, tf32, fp16 or bf16") != std::string::npos);
   CHECK_FALSE(fs::exists(dir + "/x.nii"));
 }

@@ -11,6 +11,7 @@
 // --keep-going, when any volume failed). Inputs and outputs are checked before the work, so a typo in a path costs a
 // message, not the work.
 #include <algorithm>
+#include <cctype>
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
@@ -120,7 +121,7 @@ int main(int argc, char** argv) {
     if (std::string why = tools::regular_file_problem(model_path); !why.empty())
       throw UsageError("--model " + model_path + ": " + why + "; expected a model.safetensors file");
 
-    std::vector<std::pair<fs::path, fs::path>> jobs;  // input -> output
+    std::vector<std::pair<std::vector<fs::path>, fs::path>> jobs;  // input (one file per channel) -> output
     if (fs::is_directory(input)) {
       if (fs::exists(output) && !fs::is_directory(output))
         throw UsageError("--output " + output + ": must be a directory when --input is one");
@@ -136,7 +137,35 @@ int main(int argc, char** argv) {
       std::sort(files.begin(), files.end());
       if (files.empty())
         throw UsageError("--input " + input + ": no .nii, .nii.gz, .tif or .tiff files in the directory");
-      for (auto& f : files) jobs.emplace_back(f, fs::path(output) / f.filename());
+      // nnU-Net v2's layout (every name CASE_XXXX, one file per channel): a case of its channel files in order,
+      // written as CASE, as nnUNetv2_predict does. Otherwise every file is a case.
+      const auto channel_of = [](const fs::path& f) {
+        const std::string stem = io::image_stem(f.string());
+        const size_t n = stem.size();
+        if (n < 6 || stem[n - 5] != '_') return -1;
+        for (size_t i = n - 4; i < n; ++i)
+          if (!std::isdigit(static_cast<unsigned char>(stem[i]))) return -1;
+        return std::stoi(stem.substr(n - 4));
+      };
+      const bool v2 = std::all_of(files.begin(), files.end(), [&](const fs::path& f) { return channel_of(f) >= 0; });
+      for (auto& f : files) {
+        if (!v2) {
+          jobs.push_back({{f}, fs::path(output) / f.filename()});
+          continue;
+        }
+        const std::string stem = io::image_stem(f.string()), name = stem.substr(0, stem.size() - 5);
+        const int channel = channel_of(f);
+        if (channel == 0) {
+          jobs.push_back({{f}, fs::path(output) / (name + f.filename().string().substr(stem.size()))});
+        } else if (jobs.empty() || io::image_stem(jobs.back().first[0].string()) != name + "_0000" ||
+                   static_cast<int>(jobs.back().first.size()) != channel) {
+          throw UsageError("--input " + input + ": " + f.string() + " is channel " + std::to_string(channel) +
+                           " of case " + name + ", whose channels 0.." + std::to_string(channel - 1) +
+                           " are not all there (nnU-Net v2: CASE_0000, CASE_0001, ...)");
+        } else {
+          jobs.back().first.push_back(f);
+        }
+      }
     } else {
       if (std::string why = tools::regular_file_problem(input); !why.empty())
         throw UsageError("--input " + input + ": " + why +
@@ -148,13 +177,14 @@ int main(int argc, char** argv) {
         throw UsageError("--output " + output + ": expected a .nii, .nii.gz, .tif or .tiff name or a directory");
       if (std::string why = tools::output_file_problem(out); !why.empty())
         throw UsageError("--output " + output + ": " + why);
-      jobs.emplace_back(input, out);
+      jobs.push_back({{fs::path(input)}, out});
     }
     // Two inputs of one name in two spellings of a format (a.nii and a.nii.gz, a.tif and a.tiff) would give one
     // NAME_probabilities file, and label maps that differ only in their ending: refused before any work. (a.nii.gz
     // and a.tif do not collide: a_probabilities.nii.gz and a_probabilities.tif.)
     std::map<std::string, fs::path> stems;
-    for (const auto& [in, out] : jobs) {
+    for (const auto& [ins, out] : jobs) {
+      const fs::path& in = ins[0];
       const std::string stem = (out.parent_path() / io::image_stem(out.string())).string();
       if (const auto [it, fresh] = stems.emplace(stem + (io::is_tiff_name(out.string()) ? " tiff" : " nifti"), in);
           !fresh)
@@ -164,11 +194,12 @@ int main(int argc, char** argv) {
                          "); rename one of them");
     }
     // Never write over an input: the label map (or its probabilities) would replace the image it was computed from.
-    for (const auto& [in, out] : jobs) {
+    for (const auto& [ins, out] : jobs) {
       const fs::path probabilities = probabilities_of(out);
-      for (const fs::path& o : {out, save_probabilities ? probabilities : out})
-        if (fs::exists(o) && fs::equivalent(o, in))
-          throw UsageError("--output " + output + ": would overwrite the input " + in.string());
+      for (const fs::path& in : ins)
+        for (const fs::path& o : {out, save_probabilities ? probabilities : out})
+          if (fs::exists(o) && fs::equivalent(o, in))
+            throw UsageError("--output " + output + ": would overwrite the input " + in.string());
     }
 
     models::PredictorOptions po;
@@ -203,13 +234,18 @@ int main(int argc, char** argv) {
     std::vector<std::string> failed;
     size_t mine = 0;  // this rank's volumes
     for (size_t k = static_cast<size_t>(comm.rank()); k < jobs.size(); k += static_cast<size_t>(comm.size())) {
-      const auto& [in, out] = jobs[k];
+      const auto& [ins, out] = jobs[k];
+      const fs::path& in = ins[0];
       ++mine;
       try {
         auto t0 = std::chrono::steady_clock::now();
-        if (std::string why = tools::regular_file_problem(in.string()); !why.empty())
-          throw std::runtime_error(in.string() + ": " + why);
-        const io::Image vol = io::read_image(in.string());
+        std::vector<std::string> paths;
+        for (const fs::path& f : ins) {
+          if (std::string why = tools::regular_file_problem(f.string()); !why.empty())
+            throw std::runtime_error(f.string() + ": " + why);
+          paths.push_back(f.string());
+        }
+        const io::Image vol = io::read_channel_images(paths);
         const std::vector<int>& patch = predictor.card().patch;
         const std::array<int64_t, 3> model_grid = predictor.grid(vol);
         const int64_t windows = window_count(model_grid, patch, overlap);
@@ -236,6 +272,7 @@ int main(int argc, char** argv) {
                  (predictor.card().pipeline == "dle_isbi" ? " (DLE's ISBI resize)" : " at the model's spacing");
         else
           grid = "segmented at " + grid;
+        if (ins.size() > 1) grid += ", channels from " + std::to_string(ins.size()) + " files";
         std::printf("%s -> %s (%s, %.1f s)\n", in.string().c_str(), out.string().c_str(), grid.c_str(),
                     std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
       } catch (const std::bad_alloc&) {
