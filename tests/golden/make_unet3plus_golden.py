@@ -104,11 +104,8 @@ def act(t):
     return t.permute(0, 2, 3, 1).contiguous()
 
 
-def main():
-    torch.manual_seed(1205)
-    config = {"in_channels": 3, "out_channels": 3, "filters": [4, 8, 8, 16, 16], "input": [2, 3, 32, 48],
-              "deep_supervision": True}
-    net = UNet3Plus(config["in_channels"], config["out_channels"], config["filters"], config["deep_supervision"])
+def randomize(net):
+    """Random weights (He-scaled convolutions, batch norm gammas near 1, small biases) and running statistics."""
     with torch.no_grad():
         for name, p in net.named_parameters():
             if p.dim() > 1:  # He-scaled convolutions
@@ -122,6 +119,14 @@ def main():
                 b.copy_(0.3 * torch.randn_like(b))
             elif name.endswith("running_var"):
                 b.copy_(torch.rand_like(b) + 0.5)
+
+
+def main():
+    torch.manual_seed(1205)
+    config = {"in_channels": 3, "out_channels": 3, "filters": [4, 8, 8, 16, 16], "input": [2, 3, 32, 48],
+              "deep_supervision": True}
+    net = UNet3Plus(config["in_channels"], config["out_channels"], config["filters"], config["deep_supervision"])
+    randomize(net)
     tensors = {k: v.detach().clone() for k, v in net.state_dict().items() if not k.endswith("num_batches_tracked")}
     x = torch.randn(*config["input"], requires_grad=True)
     net.train()
@@ -157,19 +162,7 @@ def cgm_main():
               "deep_supervision": False, "cgm": True}
     net = UNet3Plus(config["in_channels"], config["out_channels"], config["filters"], False)
     net.cgm = nn.Conv2d(config["filters"][4], 2, 1)
-    with torch.no_grad():
-        for name, p in net.named_parameters():
-            if p.dim() > 1:  # He-scaled convolutions
-                p.copy_(torch.randn_like(p) * (2.0 / p[0].numel()) ** 0.5)
-            elif ".bn" in name and name.endswith("weight"):
-                p.copy_(1 + 0.2 * torch.randn_like(p))
-            else:
-                p.copy_(0.1 * torch.randn_like(p))
-        for name, b in net.named_buffers():
-            if name.endswith("running_mean"):
-                b.copy_(0.3 * torch.randn_like(b))
-            elif name.endswith("running_var"):
-                b.copy_(torch.rand_like(b) + 0.5)
+    randomize(net)
     net.eval()
     x = torch.randn(*config["input"])
     with torch.no_grad():
