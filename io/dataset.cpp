@@ -285,20 +285,12 @@ Case load_case(const DatasetInfo& info, size_t i) {
   const Shape& is = img.data.shape();
   const Shape& ls = lab.data.shape();
   if (ls[3] != 1) throw std::runtime_error(dc.label_path + ": a label map must have one channel, got " + shape_str(ls));
-  if (ls[0] != is[0] || ls[1] != is[1] || ls[2] != is[2])
-    throw std::runtime_error(dc.label_path + ": label grid " + shape_str({ls[0], ls[1], ls[2]}) +
-                             " does not match the image grid " + shape_str({is[0], is[1], is[2]}) + " of " +
-                             image_path);
-  auto isp = img.spacing, lsp = lab.spacing;
-  for (int a = 0; a < 3; ++a)
-    if (std::abs(isp[a] - lsp[a]) > 1e-3 * std::max(isp[a], lsp[a]))
-      throw std::runtime_error(dc.label_path + ": label spacing (" + std::to_string(lsp[0]) + ", " +
-                               std::to_string(lsp[1]) + ", " + std::to_string(lsp[2]) +
-                               ") does not match the image spacing (" + std::to_string(isp[0]) + ", " +
-                               std::to_string(isp[1]) + ", " + std::to_string(isp[2]) + ") of " + image_path);
+  if (std::string why = grid_mismatch(lab, img); !why.empty())
+    throw std::runtime_error(dc.label_path + ": label " + why +
+                             " (the image); a label map must lie on its image's grid");
   Case c;
   c.id = dc.id;
-  c.spacing = isp;
+  c.spacing = img.spacing;
   c.image = img.data;
   c.label = Tensor::empty({is[0], is[1], is[2]}, DType::u8);
   const float* src = lab.data.data<float>();

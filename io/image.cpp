@@ -46,15 +46,10 @@ Image read_channel_images(const std::vector<std::string>& paths) {
   Image img = read_image(paths[0]);
   if (paths.size() == 1) return img;
   std::vector<Tensor> channels{img.data};
-  const auto grid = [](const Tensor& t) {
-    return std::to_string(t.dim(0)) + "x" + std::to_string(t.dim(1)) + "x" + std::to_string(t.dim(2));
-  };
   for (size_t ch = 1; ch < paths.size(); ++ch) {
     const Image other = read_image(paths[ch]);
-    if (other.data.rank() != 4 || other.data.dim(0) != img.data.dim(0) || other.data.dim(1) != img.data.dim(1) ||
-        other.data.dim(2) != img.data.dim(2))
-      throw std::runtime_error(paths[ch] + ": grid " + grid(other.data) + " differs from " + grid(img.data) + " of " +
-                               paths[0] + " (channel 0)");
+    if (std::string why = grid_mismatch(other, img); !why.empty())
+      throw std::runtime_error(paths[ch] + ": " + why + " (channel 0); a case's channel files must share one grid");
     channels.push_back(other.data);
   }
   // Stacked on the host: channels last, each file's channels in order.
@@ -86,6 +81,59 @@ std::string nonfinite_problem(const Tensor& data) {
   return std::to_string(bad) + (bad == 1 ? " value is" : " values are") + " NaN or infinite (first at x " +
          std::to_string(v % X) + ", y " + std::to_string(v / X % Y) + ", z " + std::to_string(v / X / Y) +
          ", channel " + std::to_string(c) + ")";
+}
+
+namespace {
+bool close(double a, double b) {
+  return std::abs(a - b) <= 1e-4 + 1e-3 * std::abs(b);
+}
+
+std::string triple(double a, double b, double c) {
+  char buf[128];
+  std::snprintf(buf, sizeof buf, "(%g, %g, %g)", a, b, c);
+  return buf;
+}
+
+// The voxel-to-world transform a reader would use (the sform when its code is set, else the qform), or nullptr.
+const std::array<std::array<double, 4>, 4>* world_transform(const NiftiGeometry& g) {
+  if (g.sform_code > 0) return &g.sto_xyz;
+  if (g.qform_code > 0) return &g.qto_xyz;
+  return nullptr;
+}
+}  // namespace
+
+std::string grid_mismatch(const Image& a, const Image& b) {
+  const std::string of_b = " of " + b.path;
+  const Shape &sa = a.data.shape(), &sb = b.data.shape();
+  if (sa[0] != sb[0] || sa[1] != sb[1] || sa[2] != sb[2])
+    return "grid " + shape_str({sa[0], sa[1], sa[2]}) + " (z, y, x) differs from " + shape_str({sb[0], sb[1], sb[2]}) +
+           of_b;
+  const bool a_spaced = !a.tiff || a.tiff->calibrated, b_spaced = !b.tiff || b.tiff->calibrated;
+  if (a_spaced && b_spaced)
+    for (int i = 0; i < 3; ++i)
+      if (!close(a.spacing[i], b.spacing[i]))
+        return "voxel spacing " + triple(a.spacing[0], a.spacing[1], a.spacing[2]) + " mm (z, y, x) differs from " +
+               triple(b.spacing[0], b.spacing[1], b.spacing[2]) + of_b;
+  if (!a.nifti || !b.nifti) return "";
+  const NiftiGeometry ga = a.nifti->geometry(), gb = b.nifti->geometry();
+  const auto *ta = world_transform(ga), *tb = world_transform(gb);
+  if (!ta || !tb) return "";
+  const auto& A = *ta;
+  const auto& B = *tb;
+  for (int axis = 0; axis < 3; ++axis) {  // NIfTI's i, j, k: x, y, z
+    const double na = std::hypot(A[0][axis], A[1][axis], A[2][axis]),
+                 nb = std::hypot(B[0][axis], B[1][axis], B[2][axis]);
+    if (na == 0 || nb == 0) continue;  // a degenerate transform has no direction to compare
+    const double da[3] = {A[0][axis] / na, A[1][axis] / na, A[2][axis] / na};
+    const double db[3] = {B[0][axis] / nb, B[1][axis] / nb, B[2][axis] / nb};
+    if (!close(da[0], db[0]) || !close(da[1], db[1]) || !close(da[2], db[2]))
+      return std::string("direction of the ") + "xyz"[axis] + " axis " + triple(da[0], da[1], da[2]) +
+             " (world x, y, z) differs from " + triple(db[0], db[1], db[2]) + of_b;
+  }
+  if (!close(A[0][3], B[0][3]) || !close(A[1][3], B[1][3]) || !close(A[2][3], B[2][3]))
+    return "origin " + triple(A[0][3], A[1][3], A[2][3]) + " mm (world x, y, z) differs from " +
+           triple(B[0][3], B[1][3], B[2][3]) + of_b;
+  return "";
 }
 
 void check_spacing(const std::array<double, 3>& spacing, const std::string& what) {

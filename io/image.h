@@ -31,6 +31,15 @@ Image read_image(const std::string& path);
 // given order; the header and path are the first file's. A grid that differs is an error naming both files.
 Image read_channel_images(const std::vector<std::string>& paths);
 
+// What differs between the grids of two images that must coincide voxel for voxel (an image and its label, the
+// channel files of a case, a prediction and its reference), or "" when nothing does; `b` is named as the reference.
+// Compared: the extent (z, y, x); the spacing; and, when both are NIfTI files with a qform or sform, the direction
+// cosines and the origin of the voxel-to-world transform (the sform when its code is set, else the qform, as
+// nifticlib and ITK choose). Two numbers agree when |a - b| <= 1e-4 + 1e-3 |b| (mm, or cosines): headers written in
+// f32 by other tools pass, a shifted or flipped grid does not. A TIFF without a calibration (io/tiff.h) has no spacing
+// to compare, and TIFF has no origin or direction.
+std::string grid_mismatch(const Image& a, const Image& b);
+
 // What is wrong with the voxels of an f32 [Z, Y, X, C] tensor, or "" when every value is finite: "N voxels are NaN
 // or infinite (first at x X, y Y, z Z, channel C)". Resampling or normalising huge values, or a damaged model, can
 // make them; argmax over NaN would silently write background.

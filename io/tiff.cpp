@@ -244,7 +244,7 @@ std::string imagej_value(const std::string& desc, const std::string& key) {
   return "";
 }
 
-std::array<double, 3> spacing_from_tags(const TiffTags& tags) {
+std::array<double, 3> spacing_from_tags(const TiffTags& tags, bool* calibrated = nullptr) {
   std::array<double, 3> s{1, 1, 1};
   const bool res_ok = tags.has_resolution && std::isfinite(tags.x_resolution) && std::isfinite(tags.y_resolution) &&
                       tags.x_resolution > 0 && tags.y_resolution > 0;
@@ -260,6 +260,7 @@ std::array<double, 3> spacing_from_tags(const TiffTags& tags) {
     unit = 10;
   }
   if (unit <= 0 || !res_ok) return s;
+  if (calibrated) *calibrated = true;
   s[2] = unit / tags.x_resolution;
   s[1] = unit / tags.y_resolution;
   s[0] = z_units > 0 ? unit * z_units : s[2];  // no z spacing given: isotropic
@@ -377,7 +378,7 @@ TiffVolume read_tiff(const std::string& path) {
       for (int64_t i = 0; i < ny * nx; ++i)
         dst[((z / ij_channels) * ny * nx + i) * ij_channels + z % ij_channels] = src[z * ny * nx + i];
   }
-  vol.spacing = spacing_from_tags(vol.tags);
+  vol.spacing = spacing_from_tags(vol.tags, &vol.calibrated);
   return vol;
 }
 

@@ -31,6 +31,7 @@ struct TiffTags {
 struct TiffVolume {
   Tensor data;                             // f32 [Z, Y, X, C]
   std::array<double, 3> spacing{1, 1, 1};  // mm (z, y, x); see above
+  bool calibrated = false;                 // the spacing came from the file, not the 1 mm default
   std::string path;
   int bits = 8;                                         // per sample: 8, 16 or 32
   bool is_float = false;                                // 32-bit IEEE floats

@@ -177,6 +177,19 @@ TEST_CASE("a label on a different grid than its image is an error naming both fi
   check_error_names([&] { load_case(info, 0); }, {tmp / "labelsTr/a.nii.gz", tmp / "imagesTr/a.nii.gz", "grid"});
   write_volume(tmp / "labelsTr/a.nii.gz", Tensor::zeros({4, 5, 6}, DType::u8), {2, 1, 1});
   check_error_names([&] { load_case(info, 0); }, {tmp / "labelsTr/a.nii.gz", "spacing"});
+  // Same extent and spacing, but the label's origin is 4 mm off along z (sform's srow_z[3], byte 324 of the header).
+  write_volume(tmp / "shifted.nii", Tensor::zeros({4, 5, 6}, DType::u8));
+  {
+    std::fstream f(tmp / "shifted.nii", std::ios::binary | std::ios::in | std::ios::out);
+    const float z0 = 4;
+    f.seekp(324);
+    f.write(reinterpret_cast<const char*>(&z0), sizeof z0);
+  }
+  const io::NiftiVolume shifted = io::read_nifti(tmp / "shifted.nii");
+  io::write_nifti(tmp / "labelsTr/a.nii.gz", shifted.data, shifted);
+  check_error_names([&] { load_case(info, 0); },
+                    {tmp / "labelsTr/a.nii.gz", "origin (0, 0, 4) mm (world x, y, z) differs from (0, 0, 0) of",
+                     tmp / "imagesTr/a.nii.gz"});
 }
 
 TEST_CASE("label values outside the labels of dataset.json are an error naming the file") {

@@ -351,13 +351,14 @@ TEST_CASE("SIGTERM or SIGHUP during a write leaves no temporary file: unet_infer
     // it (128 + its number, from the shell) and leave no hidden file. (SIGINT takes the same path, but a shell's
     // background job starts with it ignored, and then it stays ignored.)
     std::string output;
-    const int rc = test::shell("(" + test::tool_path("unet_infer") + " --model " + model + " --input " + dir +
-                                   "/big.nii.gz --output " + out +
-                                   "/big.nii.gz --save-probabilities --overlap 0 --batch 64 > " + dir +
-                                   "/log.txt 2>&1 & p=$!; for i in $(seq 3000); do ls -A " + out +
-                                   " | grep -q '^\\.tmp' && break; kill -0 $p 2>/dev/null || break; sleep 0.01; "
-                                   "done; kill -" + sig + " $p; wait $p)",
-                               &output);
+    const int rc =
+        test::shell("(" + test::tool_path("unet_infer") + " --model " + model + " --input " + dir +
+                        "/big.nii.gz --output " + out + "/big.nii.gz --save-probabilities --overlap 0 --batch 64 > " +
+                        dir + "/log.txt 2>&1 & p=$!; for i in $(seq 3000); do ls -A " + out +
+                        " | grep -q '^\\.tmp' && break; kill -0 $p 2>/dev/null || break; sleep 0.01; "
+                        "done; kill -" +
+                        sig + " $p; wait $p)",
+                    &output);
     std::vector<std::string> left;
     for (const auto& e : fs::directory_iterator(out)) left.push_back(e.path().filename().string());
     CHECK(rc == status);
@@ -855,4 +856,34 @@ TEST_CASE("unet_eval warns when the classes it infers from the references includ
                 out);
   CHECK(run_guarded("unet_eval", "--pred " + dir + "/pred --label " + dir + "/labels --label-scale 255", &out) == 0);
   CHECK_MESSAGE(out.find("warning") == std::string::npos, out);
+}
+
+TEST_CASE(
+    "unet_eval refuses a prediction on another grid than its reference; --ignore-geometry scores it with a "
+    "warning") {
+  test::TempDir tmp("hostile_eval_grid");
+  const std::string& dir = tmp.path;
+  fs::create_directories(dir + "/labels");
+  fs::create_directories(dir + "/pred");
+  // The same voxels: voxel for voxel a perfect score, but the prediction's voxels are 3 mm, the reference's 1 mm.
+  std::vector<float> v(64, 0.f);
+  for (int i = 0; i < 8; ++i) v[static_cast<size_t>(i)] = 1.f;
+  const Tensor labels = Tensor::from_vector({4, 4, 4}, v, DType::u8);
+  io::write_nifti(dir + "/labels/a.nii.gz", labels, io::make_nifti_like({4, 4, 4}, {1, 1, 1}));
+  io::write_nifti(dir + "/pred/a.nii.gz", labels, io::make_nifti_like({4, 4, 4}, {3, 3, 3}));
+  std::string out;
+  CHECK(run_guarded("unet_eval", "--pred " + dir + "/pred --label " + dir + "/labels", &out) == 1);
+  CHECK_MESSAGE(out.find(dir + "/pred/a.nii.gz: voxel spacing (3, 3, 3) mm (z, y, x) differs from (1, 1, 1) of " + dir +
+                         "/labels/a.nii.gz (--ignore-geometry scores it regardless)") != std::string::npos,
+                out);
+  CHECK_FALSE(fs::exists(dir + "/pred/dice.json"));
+  CHECK(run_guarded("unet_eval", "--pred " + dir + "/pred --label " + dir + "/labels --ignore-geometry", &out) == 0);
+  CHECK_MESSAGE(
+      out.find("unet_eval: warning: " + dir + "/pred/a.nii.gz: voxel spacing (3, 3, 3) mm") != std::string::npos, out);
+  CHECK(fs::exists(dir + "/pred/dice.json"));
+  // Other extents stay an error whatever the flag.
+  io::write_nifti(dir + "/pred/a.nii.gz", Tensor::zeros({4, 4, 5}, DType::u8),
+                  io::make_nifti_like({4, 4, 5}, {1, 1, 1}));
+  CHECK(run_guarded("unet_eval", "--pred " + dir + "/pred --label " + dir + "/labels --ignore-geometry", &out) == 1);
+  CHECK_MESSAGE(out.find("grid [4, 4, 5] (z, y, x) differs from [4, 4, 4] of") != std::string::npos, out);
 }

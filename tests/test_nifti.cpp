@@ -11,7 +11,9 @@
 #include <limits>
 #include <nlohmann/json.hpp>
 
+#include "io/image.h"
 #include "io/nifti.h"
+#include "io/tiff.h"
 #include "tests/test_util.h"
 
 using namespace unet;
@@ -122,8 +124,8 @@ TEST_CASE("a write that cannot happen leaves no file behind") {
   NiftiVolume in = read_nifti(kDir + "qform_only.nii");
   std::string dir = temp_dir();
   Tensor wrong = Tensor::zeros({2, 2, 2}, DType::u8);
-  CHECK_THROWS_WITH_AS(write_nifti(dir + "/wrong.nii", wrong, in), doctest::Contains("does not match the reference grid"),
-                       std::invalid_argument);
+  CHECK_THROWS_WITH_AS(write_nifti(dir + "/wrong.nii", wrong, in),
+                       doctest::Contains("does not match the reference grid"), std::invalid_argument);
   CHECK_FALSE(fs::exists(dir + "/wrong.nii"));
   CHECK_THROWS_WITH_AS(write_nifti(dir + "/no/such/dir/x.nii.gz", Tensor::zeros({4, 5, 6}, DType::u8), in),
                        doctest::Contains("does not exist"), std::runtime_error);
@@ -136,6 +138,7 @@ namespace {
 constexpr std::streamoff kN1Dim = 40, kN1Datatype = 70, kN1Bitpix = 72, kN1Pixdim = 76, kN1VoxOffset = 108,
                          kN1SclSlope = 112, kN1SclInter = 116, kN1Magic = 344;
 constexpr std::streamoff kN2Dim = 16, kN2VoxOffset = 168;
+constexpr std::streamoff kN1SrowX = 280;  // srow_x, srow_y, srow_z: 4 floats each
 
 template <class T>
 void patch(const std::string& path, std::streamoff offset, T value) {
@@ -315,4 +318,55 @@ TEST_CASE("fuzz finding: a 349-byte NIfTI declaring 15 GB of voxels is refused b
   // Found by fuzz/nifti_fuzz.cpp: read_nifti allocated what the header declared (15222778200 bytes) before reading.
   const std::string path = std::string(UNET_TEST_DATA_DIR) + "/fuzz/nifti_oversized_dims.nii";
   CHECK_THROWS_WITH(io::read_nifti(path), doctest::Contains("more than the file holds after vox_offset"));
+}
+
+// ---- grids that must coincide ---------------------------------------------------------------------------------------
+
+TEST_CASE(
+    "grid_mismatch: extent, spacing, direction and origin must agree; f32 header noise and uncalibrated TIFF pass") {
+  const std::string dir = temp_dir();
+  // [Z, Y, X] = [4, 5, 6] at (z, y, x) = (3, 1, 2) mm: the sform is diag(2, 1, 3) with origin 0.
+  const auto write = [&](const std::string& name, Shape shape = {4, 5, 6}, std::array<double, 3> spacing = {3, 1, 2}) {
+    const std::string path = dir + "/" + name;
+    write_nifti(path, Tensor::zeros(shape), make_nifti_like(shape, spacing));
+    return path;
+  };
+  const Image ref = read_image(write("ref.nii"));
+  CHECK(grid_mismatch(read_image(write("same.nii")), ref) == "");
+
+  const std::string noisy = write("noisy.nii");  // what another tool's f32 arithmetic leaves: passes
+  patch<float>(noisy, kN1SrowX, 2.0f + 2e-6f);
+  patch<float>(noisy, kN1SrowX + 12, 3e-5f);
+  CHECK(grid_mismatch(read_image(noisy), ref) == "");
+
+  const std::string shifted = write("shifted.nii");  // a quarter of a voxel along x
+  patch<float>(shifted, kN1SrowX + 12, 0.5f);
+  CHECK(grid_mismatch(read_image(shifted), ref) ==
+        "origin (0.5, 0, 0) mm (world x, y, z) differs from (0, 0, 0) of " + dir + "/ref.nii");
+  const std::string flipped = write("flipped.nii");  // x runs right to left
+  patch<float>(flipped, kN1SrowX, -2.0f);
+  CHECK(grid_mismatch(read_image(flipped), ref) ==
+        "direction of the x axis (-1, 0, 0) (world x, y, z) differs from (1, 0, 0) of " + dir + "/ref.nii");
+  CHECK(grid_mismatch(read_image(write("coarse.nii", {4, 5, 6}, {3, 3, 2})), ref) ==
+        "voxel spacing (3, 3, 2) mm (z, y, x) differs from (3, 1, 2) of " + dir + "/ref.nii");
+  CHECK(grid_mismatch(read_image(write("small.nii", {4, 5, 5})), ref) ==
+        "grid [4, 5, 5] (z, y, x) differs from [4, 5, 6] of " + dir + "/ref.nii");
+
+  // TIFF: no origin or direction; a spacing only when calibrated.
+  const Tensor zeros = Tensor::zeros({4, 5, 6}, DType::u8);
+  write_tiff(dir + "/plain.tif", zeros, TiffWriteOptions{});
+  const Image plain = read_image(dir + "/plain.tif");
+  CHECK_FALSE(plain.tiff->calibrated);
+  CHECK(grid_mismatch(plain, ref) == "");
+  CHECK(grid_mismatch(ref, plain) == "");
+  TiffWriteOptions mm;
+  mm.tags.has_resolution = true;
+  mm.tags.x_resolution = mm.tags.y_resolution = 1;  // 1 pixel per mm
+  mm.tags.description = "ImageJ=1.54f\nimages=4\nslices=4\nunit=mm\nspacing=1\n";
+  write_tiff(dir + "/mm.tif", zeros, mm);
+  const Image calibrated = read_image(dir + "/mm.tif");
+  CHECK(calibrated.tiff->calibrated);
+  CHECK(grid_mismatch(calibrated, ref) ==
+        "voxel spacing (1, 1, 1) mm (z, y, x) differs from (3, 1, 2) of " + dir + "/ref.nii");
+  fs::remove_all(dir);
 }

@@ -1,9 +1,11 @@
 // unet_eval: Dice per class of predicted label maps against reference labels (docs/reference.md, "Dice metric").
-// usage: unet_eval --pred DIR --label DIR [--classes K] [--label-scale S] [--missing-as-zero] [--json FILE]
+// usage: unet_eval --pred DIR --label DIR [--classes K] [--label-scale S] [--missing-as-zero] [--ignore-geometry]
+//                  [--json FILE]
 //        unet_eval --pred FILE --label FILE ...   (one pair, such as an ISBI 2012 stack: pages = z)
 // Cases are matched by file name; every reference must have a prediction. The class count comes from --classes, the
 // dataset.json beside the label directory, or the references, never from the predictions. Prints a table (per case
-// and the mean over cases, x100) and writes JSON.
+// and the mean over cases, x100) and writes JSON. A prediction must lie on its reference's grid: extent, spacing, and
+// for NIfTI the direction and origin (io::grid_mismatch); --ignore-geometry makes all but the extent a warning.
 // Exit status 0 / 2 (usage) / 1 (runtime).
 #include <CLI/CLI.hpp>
 #include <algorithm>
@@ -33,7 +35,8 @@ Tensor as_labels(const io::Image& v, int scale) {
   for (int64_t i = 0; i < t.numel(); ++i) {
     float x = s[i * v.data.dim(3)];
     if (x < 0 || x != static_cast<float>(static_cast<int32_t>(x)))
-      throw std::runtime_error(v.path + ": value " + std::to_string(x) + " is not a label (expected non-negative integers)");
+      throw std::runtime_error(v.path + ": value " + std::to_string(x) +
+                               " is not a label (expected non-negative integers)");
     const int32_t value = static_cast<int32_t>(x);
     if (value % scale != 0)
       throw std::runtime_error(v.path + ": value " + std::to_string(value) + " is not a multiple of --label-scale " +
@@ -108,7 +111,7 @@ constexpr int kMaxClasses = 1000;
 int main(int argc, char** argv) {
   std::string pred_dir, label_dir, json_path;
   int classes = 0, label_scale = 1;
-  bool missing_as_zero = false;
+  bool missing_as_zero = false, ignore_geometry = false;
   CLI::App app{"Dice per class of predicted label maps against reference labels, matched by file name."};
   app.add_option("--pred", pred_dir, "directory of predicted label maps (.nii, .nii.gz, .tif, .tiff), or one such file")
       ->required();
@@ -123,6 +126,9 @@ int main(int argc, char** argv) {
                  "class c is stored as the value c * S in both (ISBI 2012 and unet_infer on it: 255), 1..255");
   app.add_flag("--missing-as-zero", missing_as_zero,
                "score a reference without a prediction as Dice 0 for every class (with a warning) instead of failing");
+  app.add_flag("--ignore-geometry", ignore_geometry,
+               "score a prediction whose spacing, direction or origin differs from its reference's (with a warning) "
+               "instead of failing; the extents must still agree");
   app.add_option("--json", json_path, "write the results as JSON to this file (default: PRED/dice.json)");
   if (auto status = unet::tools::parse_command_line(app, argc, argv, "unet_eval")) return *status;
   return unet::tools::run_tool("unet_eval", [&] {
@@ -175,9 +181,15 @@ int main(int argc, char** argv) {
         if (std::string why = unet::tools::regular_file_problem(p.string()); !why.empty())
           throw UsageError(p.string() + ": " + why + "; expected a NIfTI or TIFF label map");
         const io::Image pv = io::read_image(p.string());
-        if (pv.data.shape() != lv.data.shape())
-          throw std::runtime_error(p.string() + ": shape " + shape_str(pv.data.shape()) + " differs from the label's " +
-                                   shape_str(lv.data.shape()));
+        if (std::string why = io::grid_mismatch(pv, lv); !why.empty()) {
+          const Shape &ps = pv.data.shape(), &ls = lv.data.shape();
+          const bool same_extent = ps[0] == ls[0] && ps[1] == ls[1] && ps[2] == ls[2];
+          if (!(ignore_geometry && same_extent))
+            throw std::runtime_error(p.string() + ": " + why +
+                                     (same_extent ? " (--ignore-geometry scores it regardless)" : ""));
+          std::fprintf(stderr, "unet_eval: warning: %s: %s; scored voxel for voxel (--ignore-geometry)\n",
+                       p.string().c_str(), why.c_str());
+        }
         pair.pred = as_labels(pv, label_scale);
       } else {
         missing.push_back(r.filename().string());
