@@ -3,6 +3,9 @@
 #pragma once
 #include <cstdint>
 #include <cstring>
+#if defined(__F16C__) && !defined(__CUDACC__)
+#include <immintrin.h>
+#endif
 #include <string>
 
 namespace unet {
@@ -116,7 +119,11 @@ inline uint16_t float_to_f16(float f) {
 }
 
 inline float f16_to_float(uint16_t h) {
-#if UNET_HAVE_FLOAT16
+#if defined(__F16C__) && !defined(__CUDACC__)
+  // F16C's vcvtph2ps by intrinsic: through _Float16, GCC 12 turns a widening to double (a norm kernel's f64 sums)
+  // into one call of libgcc's software __extendhfdf2, which took a fifth of a CPU fp16 training step.
+  return _cvtsh_ss(h);
+#elif UNET_HAVE_FLOAT16
   _Float16 v;
   std::memcpy(&v, &h, 2);
   return static_cast<float>(v);

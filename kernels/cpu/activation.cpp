@@ -44,9 +44,10 @@ void leaky_relu_forward(DType dt, const void* x, float slope, void* y, int64_t n
     using E = decltype(e);
     const auto* in = static_cast<const typename E::T*>(x);
     auto* out = static_cast<typename E::T*>(y);
+    const float s = slope;  // a local copy: a store through `out` could otherwise alias it, and nothing vectorises
     for (int64_t i = lo; i < hi; ++i) {
       const float v = E::load(in[i]);
-      out[i] = v > 0.f ? in[i] : E::store(v * slope);
+      out[i] = E::store(v > 0.f ? v : v * s);  // exact for v > 0: store(load(x)) == x
     }
   });
 }
@@ -57,7 +58,11 @@ void leaky_relu_backward(DType dt, const void* x, const void* dy, float slope, v
     const auto* in = static_cast<const typename E::T*>(x);
     const auto* g = static_cast<const typename E::T*>(dy);
     auto* out = static_cast<typename E::T*>(dx);
-    for (int64_t i = lo; i < hi; ++i) out[i] = E::load(in[i]) > 0.f ? g[i] : E::store(E::load(g[i]) * slope);
+    const float s = slope;
+    for (int64_t i = lo; i < hi; ++i) {
+      const float gv = E::load(g[i]);
+      out[i] = E::store(E::load(in[i]) > 0.f ? gv : gv * s);
+    }
   });
 }
 
