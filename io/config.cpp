@@ -21,12 +21,18 @@ std::string trim(const std::string& s) {
 
 const char* type_name(KeyType t) {
   switch (t) {
-    case KeyType::integer: return "an integer";
-    case KeyType::real: return "a number";
-    case KeyType::boolean: return "true or false";
-    case KeyType::string: return "a string";
-    case KeyType::int_list: return "a comma-separated list of integers";
-    case KeyType::real_list: return "a comma-separated list of numbers";
+    case KeyType::integer:
+      return "an integer";
+    case KeyType::real:
+      return "a number";
+    case KeyType::boolean:
+      return "true or false";
+    case KeyType::string:
+      return "a string";
+    case KeyType::int_list:
+      return "a comma-separated list of integers";
+    case KeyType::real_list:
+      return "a comma-separated list of numbers";
   }
   return "?";
 }
@@ -71,9 +77,12 @@ bool valid(const ConfigKey& k, const std::string& v) {
   double d;
   bool b;
   switch (k.type) {
-    case KeyType::integer: return parse_long(v, l);
-    case KeyType::real: return parse_double(v, d);
-    case KeyType::boolean: return parse_bool(v, b);
+    case KeyType::integer:
+      return parse_long(v, l);
+    case KeyType::real:
+      return parse_double(v, d);
+    case KeyType::boolean:
+      return parse_bool(v, b);
     case KeyType::string:
       return k.choices.empty() || std::find(k.choices.begin(), k.choices.end(), trim(v)) != k.choices.end();
     case KeyType::int_list:
@@ -135,6 +144,18 @@ const ConfigKey& Config::find(const std::string& section, const std::string& nam
 void Config::set(const std::string& section, const std::string& name, const std::string& value,
                  const std::string& origin) {
   const ConfigKey& k = find(section, name, origin);
+  // What load_file refuses (with the line number), --set refuses too, so that the run's own config.ini loads again: a
+  // control character (a newline would add lines to it, a NUL end the number strtod reads) or a ';' after a space.
+  for (size_t i = 0; i < value.size(); ++i) {
+    const unsigned char c = static_cast<unsigned char>(value[i]);
+    if ((c < 0x20 && c != '\t') || c == 0x7f)
+      throw ConfigError(origin + ": " + section + "." + name + ": control character " + std::to_string(c) +
+                        " at position " + std::to_string(i) + " of the value; expected " + expected(k));
+    if (c == ';' && i > 0 && (value[i - 1] == ' ' || value[i - 1] == '\t'))
+      throw ConfigError(origin + ": " + section + "." + name + " = '" + trim(value) +
+                        "': a ';' after a space is not a comment here (inline comments are not supported); put the "
+                        "comment on a line of its own");
+  }
   if (!valid(k, value))
     throw ConfigError(origin + ": " + section + "." + name + " = '" + trim(value) + "': expected " + expected(k));
   values_[section + "." + name] = trim(value);
@@ -221,7 +242,9 @@ bool Config::get_bool(const std::string& s, const std::string& n) const {
   return v;
 }
 
-std::string Config::get_string(const std::string& s, const std::string& n) const { return raw(s, n); }
+std::string Config::get_string(const std::string& s, const std::string& n) const {
+  return raw(s, n);
+}
 
 std::vector<long> Config::get_int_list(const std::string& s, const std::string& n) const {
   std::vector<long> out;

@@ -19,11 +19,16 @@ using json = nlohmann::json;
 
 const char* st_dtype(DType t) {
   switch (t) {
-    case DType::f32: return "F32";
-    case DType::f16: return "F16";
-    case DType::bf16: return "BF16";
-    case DType::i32: return "I32";
-    case DType::u8: return "U8";
+    case DType::f32:
+      return "F32";
+    case DType::f16:
+      return "F16";
+    case DType::bf16:
+      return "BF16";
+    case DType::i32:
+      return "I32";
+    case DType::u8:
+      return "U8";
   }
   return "?";
 }
@@ -43,7 +48,7 @@ bool parse_dtype(const std::string& s, DType& t) {
 const Tensor& SafetensorsContent::get(const std::string& name) const {
   for (auto& [n, t] : tensors)
     if (n == name) return t;
-  throw std::runtime_error("checkpoint has no tensor '" + name + "'");
+  throw std::runtime_error(path + ": has no tensor '" + name + "'");
 }
 
 void write_safetensors(const std::string& path, const NamedTensors& tensors, const Metadata& metadata) {
@@ -51,8 +56,10 @@ void write_safetensors(const std::string& path, const NamedTensors& tensors, con
   if (!metadata.empty()) header["__metadata__"] = metadata;
   size_t offset = 0;
   for (auto& [name, t] : tensors) {
-    if (name == "__metadata__" || header.contains(name)) throw std::invalid_argument(path + ": duplicate or reserved tensor name '" + name + "'");
-    header[name] = {{"dtype", st_dtype(t.dtype())}, {"shape", t.shape()}, {"data_offsets", {offset, offset + t.nbytes()}}};
+    if (name == "__metadata__" || header.contains(name))
+      throw std::invalid_argument(path + ": duplicate or reserved tensor name '" + name + "'");
+    header[name] = {
+        {"dtype", st_dtype(t.dtype())}, {"shape", t.shape()}, {"data_offsets", {offset, offset + t.nbytes()}}};
     offset += t.nbytes();
   }
   std::string h = header.dump();
@@ -95,6 +102,7 @@ SafetensorsContent read_safetensors(const std::string& path) {
   uint64_t data_size = file_size - 8 - header_len;
 
   SafetensorsContent out;
+  out.path = path;
   struct Entry {
     std::string name;
     DType dtype;
@@ -113,7 +121,8 @@ SafetensorsContent read_safetensors(const std::string& path) {
     }
     Entry e{name, DType::f32, {}, 0, 0};
     if (!v.is_object() || !v.contains("dtype") || !v.contains("shape") || !v.contains("data_offsets") ||
-        !v["dtype"].is_string() || !v["shape"].is_array() || !v["data_offsets"].is_array() || v["data_offsets"].size() != 2)
+        !v["dtype"].is_string() || !v["shape"].is_array() || !v["data_offsets"].is_array() ||
+        v["data_offsets"].size() != 2)
       fail(path, "tensor '" + name + "' lacks dtype, shape or data_offsets");
     if (!parse_dtype(v["dtype"].get<std::string>(), e.dtype))
       fail(path, "tensor '" + name + "' has unsupported dtype " + v["dtype"].get<std::string>() +

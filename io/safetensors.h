@@ -19,7 +19,8 @@ using Metadata = std::map<std::string, std::string>;
 struct SafetensorsContent {
   NamedTensors tensors;  // in file order of their data
   Metadata metadata;
-  const Tensor& get(const std::string& name) const;  // throws naming the missing tensor
+  std::string path;                                  // the file read
+  const Tensor& get(const std::string& name) const;  // throws naming the file and the missing tensor
 };
 
 void write_safetensors(const std::string& path, const NamedTensors& tensors, const Metadata& metadata = {});

@@ -2,11 +2,13 @@
 #include "models/checkpoint.h"
 
 #include <charconv>
+#include <climits>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
 #include <nlohmann/json.hpp>
 #include <stdexcept>
+#include <tuple>
 
 #include "engine/device.h"
 #include "io/image.h"
@@ -200,79 +202,156 @@ io::Metadata card_to_metadata(const ModelCard& c) {
       {"format", "unet-engine-weights/1"}, {"model", model.dump()}, {"plan", plan.dump()}, {"labels", labels.dump()}};
 }
 
+namespace {
+// Reads of a card's JSON that name the checkpoint and the key at fault ("PATH: model.in_channels: expected an integer
+// in 1..1024, got 1.9"): nlohmann's get<int> would narrow 4294967297 or 1.9 to 1 without a word.
+class CardReader {
+ public:
+  using json = nlohmann::json;
+  explicit CardReader(const std::string& path) : path_(path) {}
+  [[noreturn]] void bad(const std::string& key, const std::string& what) const {
+    throw std::runtime_error(path_ + ": " + key + ": " + what);
+  }
+  // The value of `section`.`key`, or nullptr when absent.
+  const json* find(const json& obj, const std::string& section, const char* key) const {
+    if (!obj.is_object()) bad(section, "expected a JSON object, got " + shown(obj));
+    const auto it = obj.find(key);
+    return it == obj.end() ? nullptr : &*it;
+  }
+  const json& at(const json& obj, const std::string& section, const char* key) const {
+    if (const json* v = find(obj, section, key)) return *v;
+    bad(section + "." + key, "missing");
+  }
+  int integer(const json& v, const std::string& key, int64_t lo, int64_t hi) const {  // 0 <= hi <= INT_MAX
+    bool ok = false;
+    if (v.is_number_unsigned())
+      ok = v.get<uint64_t>() <= static_cast<uint64_t>(hi) && static_cast<int64_t>(v.get<uint64_t>()) >= lo;
+    else if (v.is_number_integer())
+      ok = v.get<int64_t>() >= lo && v.get<int64_t>() <= hi;
+    if (!ok) bad(key, "expected an integer in " + std::to_string(lo) + ".." + std::to_string(hi) + ", got " + shown(v));
+    return static_cast<int>(v.get<int64_t>());
+  }
+  std::vector<int> integers(const json& v, const std::string& key, int64_t lo, int64_t hi) const {
+    if (!v.is_array()) bad(key, "expected a list of integers, got " + shown(v));
+    std::vector<int> out;
+    for (const json& x : v) out.push_back(integer(x, key, lo, hi));
+    return out;
+  }
+  double number(const json& v, const std::string& key) const {
+    if (!v.is_number()) bad(key, "expected a number, got " + shown(v));
+    return v.get<double>();
+  }
+  bool boolean(const json& v, const std::string& key) const {
+    if (!v.is_boolean()) bad(key, "expected true or false, got " + shown(v));
+    return v.get<bool>();
+  }
+  std::string string(const json& v, const std::string& key) const {
+    if (!v.is_string()) bad(key, "expected a string, got " + shown(v));
+    return v.get<std::string>();
+  }
+
+ private:
+  static std::string shown(const json& v) {  // a value as JSON, cut short: a damaged card may hold megabytes
+    const std::string s = v.dump();
+    return s.size() <= 40 ? s : s.substr(0, 37) + "...";
+  }
+  const std::string& path_;
+};
+}  // namespace
+
 ModelCard card_from_metadata(const io::Metadata& m, const std::string& path) {
+  using json = nlohmann::json;
   auto field = [&](const char* key) {
     auto it = m.find(key);
     if (it == m.end())
       throw std::runtime_error(path + ": not a unet-engine checkpoint (metadata has no '" + key + "')");
     try {
-      return nlohmann::json::parse(it->second);
-    } catch (const nlohmann::json::exception& e) {
+      return json::parse(it->second);
+    } catch (const json::exception& e) {
       throw std::runtime_error(path + ": metadata '" + key + "' is not valid JSON");
     }
   };
+  const CardReader r(path);
+  const json model = field("model"), plan = field("plan"), labels = field("labels");
+  const auto get = [&](const json& obj, const char* section, const char* key) -> const json& {
+    return r.at(obj, section, key);
+  };
+  const auto key = [](const char* section, const char* k) { return std::string(section) + "." + k; };
+  // Integers are bounded here, before anything is sized by them; check_card bounds the rest.
+  const auto int_of = [&](const char* k, int64_t lo, int64_t hi) {
+    return r.integer(get(model, "model", k), key("model", k), lo, hi);
+  };
+  // Lists are read as any int here; check_card bounds them with the reason.
+  const auto ints_of = [&](const char* k) { return r.integers(get(model, "model", k), key("model", k), 0, INT_MAX); };
   ModelCard c;
+  c.model = r.string(get(model, "model", "type"), "model.type");
+  const int in_channels = int_of("in_channels", 1, 1024), out_channels = int_of("out_channels", 2, 256);
+  if (c.model == "unet2d") {
+    c.unet2d.in_channels = in_channels;
+    c.unet2d.out_channels = out_channels;
+    c.unet2d.filters = ints_of("filters");
+    c.unet2d.dropout = static_cast<float>(r.number(get(model, "model", "dropout"), "model.dropout"));
+  } else if (c.model == "unet3plus") {
+    c.unet3plus.in_channels = in_channels;
+    c.unet3plus.out_channels = out_channels;
+    c.unet3plus.filters = ints_of("filters");
+    c.unet3plus.deep_supervision = r.boolean(get(model, "model", "deep_supervision"), "model.deep_supervision");
+    // cards written before the module existed have none
+    if (const json* cgm = r.find(model, "model", "cgm")) c.unet3plus.cgm = r.boolean(*cgm, "model.cgm");
+    c.unet3plus.bn_eps = static_cast<float>(r.number(get(model, "model", "bn_eps"), "model.bn_eps"));
+    c.unet3plus.bn_momentum = static_cast<float>(r.number(get(model, "model", "bn_momentum"), "model.bn_momentum"));
+  } else if (c.model == "dynunet") {
+    c.net.in_channels = in_channels;
+    c.net.out_channels = out_channels;
+    const json& kernels = get(model, "model", "kernels");
+    const json& strides = get(model, "model", "strides");
+    for (const auto& [list, out, k] : {std::tuple{&kernels, &c.net.kernels, "model.kernels"},
+                                       std::tuple{&strides, &c.net.strides, "model.strides"}}) {
+      if (!list->is_array()) r.bad(k, "expected a list of lists of integers");
+      for (const json& level : *list) out->push_back(r.integers(level, k, 0, INT_MAX));
+    }
+    c.net.filters = ints_of("filters");
+    c.net.deep_supervision = r.boolean(get(model, "model", "deep_supervision"), "model.deep_supervision");
+    c.net.deep_supr_num = int_of("deep_supr_num", 0, 64);
+    c.net.res_block = r.boolean(get(model, "model", "res_block"), "model.res_block");
+    c.net.negative_slope = static_cast<float>(r.number(get(model, "model", "negative_slope"), "model.negative_slope"));
+  } else {
+    r.bad("model.type", "'" + c.model + "'; expected dynunet, unet2d or unet3plus");
+  }
+  c.patch = r.integers(get(plan, "plan", "patch"), "plan.patch", 0, INT_MAX);
+  const json& spacing = get(plan, "plan", "spacing");
+  if (!spacing.is_array() || spacing.size() != 3) r.bad("plan.spacing", "expected 3 sizes (z, y, x, in mm)");
+  for (const json& v : spacing) c.spacing.push_back(r.number(v, "plan.spacing"));
+  for (double v : c.spacing)  // from 1 nm (electron microscopy) to 10 m
+    if (!(v >= 1e-6 && v <= 1e4)) {
+      char b[128];
+      std::snprintf(b, sizeof b, "[%g, %g, %g] mm; expected sizes from 1e-06 to 10000 mm", c.spacing[0], c.spacing[1],
+                    c.spacing[2]);
+      r.bad("plan.spacing", b);
+    }
   try {
-    nlohmann::json model = field("model"), plan = field("plan"), labels = field("labels");
-    c.model = model.at("type").get<std::string>();
-    if (c.model == "unet2d") {
-      c.unet2d.in_channels = model.at("in_channels").get<int>();
-      c.unet2d.out_channels = model.at("out_channels").get<int>();
-      c.unet2d.filters = model.at("filters").get<std::vector<int>>();
-      c.unet2d.dropout = model.at("dropout").get<float>();
-    } else if (c.model == "unet3plus") {
-      c.unet3plus.in_channels = model.at("in_channels").get<int>();
-      c.unet3plus.out_channels = model.at("out_channels").get<int>();
-      c.unet3plus.filters = model.at("filters").get<std::vector<int>>();
-      c.unet3plus.deep_supervision = model.at("deep_supervision").get<bool>();
-      c.unet3plus.cgm = model.value("cgm", false);  // cards written before the module existed have none
-      c.unet3plus.bn_eps = model.at("bn_eps").get<float>();
-      c.unet3plus.bn_momentum = model.at("bn_momentum").get<float>();
-    } else if (c.model == "dynunet") {
-      c.net.in_channels = model.at("in_channels").get<int>();
-      c.net.out_channels = model.at("out_channels").get<int>();
-      c.net.kernels = model.at("kernels").get<std::vector<std::vector<int>>>();
-      c.net.strides = model.at("strides").get<std::vector<std::vector<int>>>();
-      c.net.filters = model.at("filters").get<std::vector<int>>();
-      c.net.deep_supervision = model.at("deep_supervision").get<bool>();
-      c.net.deep_supr_num = model.at("deep_supr_num").get<int>();
-      c.net.res_block = model.at("res_block").get<bool>();
-      c.net.negative_slope = model.at("negative_slope").get<float>();
-    } else {
-      throw std::runtime_error(path + ": unknown model type " + model.at("type").dump() +
-                               " (expected dynunet, unet2d or unet3plus)");
-    }
-    c.patch = plan.at("patch").get<std::vector<int>>();
-    c.spacing = plan.at("spacing").get<std::vector<double>>();
-    if (c.spacing.size() != 3)
-      throw std::runtime_error(path + ": plan spacing has " + std::to_string(c.spacing.size()) +
-                               " values; expected 3 (z, y, x, in mm)");
-    io::check_spacing({c.spacing[0], c.spacing[1], c.spacing[2]}, path + ": plan spacing");
-    try {
-      c.normalization = io::NormalizationPlan::from_json(plan.at("normalization").dump());
-    } catch (const std::runtime_error& e) {
-      throw std::runtime_error(path + ": plan.normalization: " + e.what());
-    }
-    c.label_scale = plan.value("label_scale", 1);                // absent before ISBI support: 1
-    c.pipeline = plan.value("pipeline", std::string("nnunet"));  // absent before dle_isbi: nnunet
-    if (c.pipeline != "nnunet" && c.pipeline != "dle_isbi")
-      throw std::runtime_error(path + ": plan pipeline '" + c.pipeline + "': expected nnunet or dle_isbi");
-    const int largest = (static_cast<int>(model.at("out_channels").get<int>()) - 1) * c.label_scale;
-    if (c.label_scale < 1 || largest > 255)
-      throw std::runtime_error(path + ": plan label_scale " + std::to_string(c.label_scale) +
-                               " must be at least 1 and keep the largest class value within 255 (got " +
-                               std::to_string(largest) + ")");
-    const int classes = c.out_channels();
-    for (auto& [k, v] : labels.items()) {
-      int index = -1;
-      const auto [end, ec] = std::from_chars(k.data(), k.data() + k.size(), index);
-      if (ec != std::errc() || end != k.data() + k.size() || index < 0 || index >= classes)
-        throw std::runtime_error(path + ": labels key '" + k + "': expected a class index 0.." +
-                                 std::to_string(classes - 1) + " (model.out_channels " + std::to_string(classes) + ")");
-      c.labels[index] = v.get<std::string>();
-    }
-  } catch (const nlohmann::json::exception& e) {
-    throw std::runtime_error(path + ": malformed checkpoint metadata (" + e.what() + ")");
+    c.normalization = io::NormalizationPlan::from_json(get(plan, "plan", "normalization").dump());
+  } catch (const std::exception& e) {
+    r.bad("plan.normalization", e.what());
+  }
+  // Absent before ISBI support: 1. The largest class value, in 64 bits: 2^30 x 2 would wrap an int.
+  if (const json* scale = r.find(plan, "plan", "label_scale"))
+    c.label_scale = r.integer(*scale, "plan.label_scale", 1, 255);
+  if (int64_t(out_channels - 1) * c.label_scale > 255)
+    r.bad("plan.label_scale", std::to_string(c.label_scale) + " x the largest class " +
+                                  std::to_string(out_channels - 1) + " exceeds 255, the largest value of a label map");
+  c.pipeline = "nnunet";  // absent before dle_isbi
+  if (const json* pipeline = r.find(plan, "plan", "pipeline")) c.pipeline = r.string(*pipeline, "plan.pipeline");
+  if (c.pipeline != "nnunet" && c.pipeline != "dle_isbi")
+    r.bad("plan.pipeline", "'" + c.pipeline + "'; expected nnunet or dle_isbi");
+  if (!labels.is_object()) r.bad("labels", "expected a JSON object of class index: name");
+  for (auto& [k, v] : labels.items()) {
+    int index = -1;
+    const auto [end, ec] = std::from_chars(k.data(), k.data() + k.size(), index);
+    if (ec != std::errc() || end != k.data() + k.size() || index < 0 || index >= out_channels)
+      r.bad("labels key '" + k + "'", "expected a class index 0.." + std::to_string(out_channels - 1) +
+                                          " (model.out_channels " + std::to_string(out_channels) + ")");
+    c.labels[index] = r.string(v, "labels['" + k + "']");
   }
   check_card(c, path);
   return c;

@@ -1,8 +1,8 @@
 // INI configuration: typed keys with defaults, overrides, and errors that name the file, key and expectation.
 #include <doctest/doctest.h>
 
-#include <filesystem>
 #include <unistd.h>
+#include <filesystem>
 
 #include <fstream>
 
@@ -60,8 +60,8 @@ TEST_CASE("a badly typed value names the key and the expected type") {
   Config c = make_config();
   CHECK_THROWS_WITH_AS(c.load_file(write_ini("[train]\nlr = fast\n")),
                        doctest::Contains("train.lr = 'fast': expected a number"), ConfigError);
-  CHECK_THROWS_WITH_AS(c.apply_override("train.optimizer=lamb"),
-                       doctest::Contains("expected one of adamw, adam, sgd"), ConfigError);
+  CHECK_THROWS_WITH_AS(c.apply_override("train.optimizer=lamb"), doctest::Contains("expected one of adamw, adam, sgd"),
+                       ConfigError);
   CHECK_THROWS_WITH_AS(c.apply_override("data.patch_size=64,x,64"),
                        doctest::Contains("a comma-separated list of integers"), ConfigError);
   CHECK_THROWS_WITH_AS(c.apply_override("trainsteps"), doctest::Contains("expected section.key=value"), ConfigError);
@@ -71,7 +71,9 @@ TEST_CASE("a missing file and a malformed line are errors naming the file") {
   Config c = make_config();
   CHECK_THROWS_WITH_AS(c.load_file("/nonexistent/x.ini"), "/nonexistent/x.ini: cannot open config file", ConfigError);
   std::string path = write_ini("[train]\nsteps = 3\nthis line has no equals sign\n");
-  CHECK_THROWS_WITH_AS(c.load_file(path), (path + ":3: not a valid INI line (expected 'key = value' or '[section]')").c_str(), ConfigError);
+  CHECK_THROWS_WITH_AS(c.load_file(path),
+                       (path + ":3: not a valid INI line (expected 'key = value' or '[section]')").c_str(),
+                       ConfigError);
 }
 
 TEST_CASE("the effective configuration is written back as INI that parses to the same values") {
@@ -102,6 +104,19 @@ TEST_CASE(
       c.load_file(path),
       doctest::Contains((path + ":2: train.optimizer = 'sgd ; adam is worse': a ';' after a space").c_str()),
       ConfigError);
+  // A NUL byte ends the number strtod sees: lr = 3e-3<NUL>junk would train with lr 3e-3.
+  path = write_ini(std::string("[train]\nlr = 3e-3\0junk\n", 23));
+  CHECK_THROWS_WITH_AS(c.load_file(path),
+                       (path + ": train.lr: control character 0 at position 4 of the value; "
+                               "expected a number")
+                           .c_str(),
+                       ConfigError);
+  // --set refuses what the file reader does: a newline would add lines (a [data] section) to the run's config.ini.
+  Config e = make_config();
+  CHECK_THROWS_WITH_AS(e.apply_override("train.optimizer=sgd\n[data]\nbatch_size = 7"),
+                       doctest::Contains("--set: train.optimizer: control character 10 at position 3"), ConfigError);
+  CHECK_THROWS_WITH_AS(e.apply_override("train.optimizer=sgd ;x"),
+                       doctest::Contains("--set: train.optimizer = 'sgd ;x': a ';' after a space"), ConfigError);
   // A line of 300 characters is one line: its tail is not parsed as a line of its own.
   Config d = make_config();
   d.load_file(write_ini("[data]\npatch_size = " + std::string(280, ' ') + "8, 8, 8\n[train]\nsteps = 3\n"));

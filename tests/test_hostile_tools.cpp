@@ -12,6 +12,7 @@
 #include <fstream>
 #include <functional>
 #include <map>
+#include <set>
 #include <thread>
 #include <tuple>
 
@@ -409,7 +410,7 @@ TEST_CASE("unet_infer refuses voxel spacings that overflow or collapse the resam
         write_random_model(dir + "/bad.safetensors", 1, [&](models::ModelCard& c) { c.spacing = spacing; });
     CHECK(run_guarded("unet_infer", "--model " + bad + " --input " + ok + " --output " + dir + "/a.nii.gz", &out) == 1);
     const bool named =
-        out.find(bad + ": plan spacing") != std::string::npos || out.find(ok + ": resampling") != std::string::npos;
+        out.find(bad + ": plan.spacing") != std::string::npos || out.find(ok + ": resampling") != std::string::npos;
     CHECK_MESSAGE(named, out);
   }
   CHECK_FALSE(fs::exists(dir + "/a.nii.gz"));
@@ -573,10 +574,23 @@ TEST_CASE("unet_infer refuses, with status 2 before any work, inputs whose outpu
   const std::vector<BadCase> cases = {
       {"unet_infer", " --model " + fx.model + " --input " + d + "/two --output " + fx.out + " --save-probabilities", 2,
        "--input " + d + "/two: " + d + "/two/a.nii and " + d + "/two/a.nii.gz would both be written as " + fx.out +
-           "/a.* (a.nii.gz, a_probabilities.nii.gz); rename one of them"},
+           "/a.* (a.nii.gz); rename one of them"},
       {"unet_infer", " --model " + fx.model + " --input " + d + "/two --output " + fx.out, 2,
        "would both be written as " + fx.out + "/a.*"},
+      // nnU-Net v2 cases y and y_probabilities: y's probabilities and y_probabilities' label map share a name.
+      {"unet_infer", " --model " + fx.model + " --input " + d + "/v2 --output " + fx.out + " --save-probabilities", 2,
+       "--input " + d + "/v2: " + d + "/v2/y_0000.nii.gz and " + d + "/v2/y_probabilities_0000.nii.gz would both be " +
+           "written as " + fx.out + "/y_probabilities.* (y_probabilities.nii.gz); rename one of them"},
+      // Case x_0000 (file x_0000_0000) written into its own directory would replace case x's image x_0000.
+      {"unet_infer", " --model " + fx.model + " --input " + d + "/v2x --output " + d + "/v2x", 2,
+       "--output " + d + "/v2x: would overwrite the input " + d + "/v2x/x_0000.nii.gz"},
   };
+  fs::create_directories(d + "/v2");
+  write_image(d + "/v2/y_0000.nii.gz", 8, 1);
+  write_image(d + "/v2/y_probabilities_0000.nii.gz", 8, 2);
+  fs::create_directories(d + "/v2x");
+  write_image(d + "/v2x/x_0000.nii.gz", 8, 1);
+  write_image(d + "/v2x/x_0000_0000.nii.gz", 8, 2);
   check_cases(fx, cases);
 }
 
@@ -730,7 +744,7 @@ TEST_CASE("unet_train refuses a FIFO or a directory where it reads a file, namin
   // The checkpoint of --resume.
   fs::create_directories(dir + "/run");
   REQUIRE(::mkfifo((dir + "/run/checkpoint.safetensors").c_str(), 0600) == 0);
-  CHECK(run_guarded("unet_train", ini + " --resume " + dir + "/run", &out) == 1);
+  CHECK(run_guarded("unet_train", ini + " --resume " + dir + "/run", &out) == 2);
   CHECK_MESSAGE(
       out.find(dir + "/run/checkpoint.safetensors: not a regular file (a FIFO (named pipe))") != std::string::npos,
       out);
@@ -781,6 +795,17 @@ TEST_CASE("unet_infer checks every field of the model card at load, naming the c
        "plan.normalization: ct mean"},
       {"model", "filters", "[1000000000, 8]", "model.filters: [1000000000, 8]; expected counts 1..4096"},
       {"model", "strides", "[[1, 1, 1], [3, 3, 3]]", "model.strides: level 1 [3, 3, 3]; expected 1 or 2"},
+      // Integers are not narrowed: 2^32 + 1 and 1.9 would both read as 1.
+      {"model", "in_channels", "4294967297", "model.in_channels: expected an integer in 1..1024, got 4294967297"},
+      {"model", "in_channels", "1.9", "model.in_channels: expected an integer in 1..1024, got 1.9"},
+      {"model", "out_channels", "1000", "model.out_channels: expected an integer in 2..256, got 1000"},
+      {"model", "type", "7", "model.type: expected a string, got 7"},
+      {"model", "negative_slope", "\"nan\"", "model.negative_slope: expected a number, got \"nan\""},
+      {"labels", "1", "5", "labels['1']: expected a string, got 5"},
+      // (3 - 1) x 2^30 wraps a 32-bit int to a value that passed the check; every voxel was written as 0.
+      {"plan", "label_scale", "1073741824", "plan.label_scale: expected an integer in 1..255, got 1073741824"},
+      {"plan", "label_scale", "200", "plan.label_scale: 200 x the largest class 2 exceeds 255"},
+      {"plan", "spacing", "[1e308, 1, 1]", "plan.spacing: [1e+308"},
   };
   for (const auto& [key, field, value, message] : cases) {
     CAPTURE(value);
@@ -886,4 +911,75 @@ TEST_CASE(
                   io::make_nifti_like({4, 4, 5}, {1, 1, 1}));
   CHECK(run_guarded("unet_eval", "--pred " + dir + "/pred --label " + dir + "/labels --ignore-geometry", &out) == 1);
   CHECK_MESSAGE(out.find("grid [4, 4, 5] (z, y, x) differs from [4, 4, 4] of") != std::string::npos, out);
+}
+
+TEST_CASE("unet_infer skips NAME_probabilities.* only beside a NAME.*: a lone one is a case") {
+  test::TempDir tmp("hostile_probabilities_name");
+  const std::string& dir = tmp.path;
+  const std::string model = write_random_model(dir + "/model.safetensors", 1);
+  fs::create_directories(dir + "/in");
+  write_image(dir + "/in/a.nii.gz", 8, 1);
+  write_image(dir + "/in/a_probabilities.nii.gz", 8, 2);  // what --save-probabilities wrote for a: not a case
+  write_image(dir + "/in/b_probabilities.nii.gz", 8, 3);  // no b.*: a case of its own
+  std::string out;
+  REQUIRE_MESSAGE(
+      run_guarded("unet_infer", "--model " + model + " --input " + dir + "/in --output " + dir + "/out", &out) == 0,
+      out);
+  std::set<std::string> written;
+  for (const auto& e : fs::directory_iterator(dir + "/out")) written.insert(e.path().filename().string());
+  CHECK(written == std::set<std::string>{"a.nii.gz", "b_probabilities.nii.gz"});
+}
+
+TEST_CASE("unet_train refuses, before training, a run file of output.dir that is not a regular file") {
+  test::TempDir tmp("hostile_run_files");
+  const std::string& dir = tmp.path;
+  REQUIRE(test::run_tool("unet_synth", "--output " + dir + "/data --train 2 --test 0 --size 16,16,16 --seed 2") == 0);
+  const std::string ini = small_train_ini(dir, dir + "/data");
+  std::string out;
+  REQUIRE_MESSAGE(run_guarded("unet_train", ini + " --set output.dir=" + dir + "/run", &out) == 0, out);
+  const std::string checkpoint = bytes_of(dir + "/run/checkpoint.safetensors");
+  // model.safetensors a directory: a resumed run would train every step, then fail to save them.
+  fs::remove(dir + "/run/model.safetensors");
+  fs::create_directories(dir + "/run/model.safetensors");
+  CHECK(run_guarded("unet_train", ini + " --set train.steps=50 --resume " + dir + "/run", &out) == 2);
+  CHECK_MESSAGE(out.find("output.dir = " + dir + "/run: " + dir +
+                         "/run/model.safetensors: not a regular file (a directory); expected the file the run writes "
+                         "there") != std::string::npos,
+                out);
+  CHECK_MESSAGE(out.find("step ") == std::string::npos, out);  // no step was trained
+  CHECK(bytes_of(dir + "/run/checkpoint.safetensors") == checkpoint);
+  // A path component longer than NAME_MAX is found before the data is read (exit 2), not when creating it.
+  CHECK(run_guarded("unet_train", ini + " --set output.dir=" + dir + "/" + std::string(300, 'a'), &out) == 2);
+  CHECK_MESSAGE(out.find("a name of 300 characters in the path; at most 255 are allowed") != std::string::npos, out);
+  // A symbolic link loop as --input of unet_infer: a usage error naming it, not a raw filesystem error.
+  fs::create_symlink(dir + "/b.nii.gz", dir + "/a.nii.gz");
+  fs::create_symlink(dir + "/a.nii.gz", dir + "/b.nii.gz");
+  CHECK(run_guarded(
+            "unet_infer",
+            "--model " + dir + "/run/checkpoint.safetensors --input " + dir + "/a.nii.gz --output " + dir + "/o.nii.gz",
+            &out) == 2);
+  CHECK_MESSAGE(out.find("--input " + dir + "/a.nii.gz: Too many levels of symbolic links") != std::string::npos, out);
+}
+
+TEST_CASE("unet_eval names the reference file whose label value is beyond any class count") {
+  test::TempDir tmp("hostile_eval_label_value");
+  const std::string& dir = tmp.path;
+  fs::create_directories(dir + "/labels");
+  fs::create_directories(dir + "/pred");
+  std::vector<float> v(64, 0.f);
+  io::write_nifti(dir + "/labels/a.nii.gz", Tensor::from_vector({4, 4, 4}, v, DType::u8),
+                  io::make_nifti_like({4, 4, 4}, {1, 1, 1}));
+  io::write_nifti(dir + "/pred/a.nii.gz", Tensor::from_vector({4, 4, 4}, v, DType::u8),
+                  io::make_nifti_like({4, 4, 4}, {1, 1, 1}));
+  io::write_nifti(dir + "/pred/c.nii.gz", Tensor::from_vector({4, 4, 4}, v, DType::u8),
+                  io::make_nifti_like({4, 4, 4}, {1, 1, 1}));
+  v[3] = 1e9f;
+  io::write_nifti(dir + "/labels/c.nii.gz", Tensor::from_vector({4, 4, 4}, v),
+                  io::make_nifti_like({4, 4, 4}, {1, 1, 1}));
+  std::string out;
+  CHECK(run_guarded("unet_eval", "--pred " + dir + "/pred --label " + dir + "/labels", &out) == 1);
+  CHECK_MESSAGE(out.find("unet_eval: error: " + dir +
+                         "/labels/c.nii.gz: label value 1000000000 (at most 999 expected; "
+                         "pass --classes)") != std::string::npos,
+                out);
 }

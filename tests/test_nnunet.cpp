@@ -47,7 +47,8 @@ void check_against_pytorch(const std::string& name) {
   // f32 everywhere, with instance norms renormalising after each conv: 1e-4 relative covers summation order.
   test::check_close(out[0], st.get("__output__"), 1e-4, 1e-4, name + " output");
   for (size_t i = 1; i < out.size(); ++i)
-    test::check_close(out[i], st.get("__ds" + std::to_string(i) + "__"), 1e-4, 1e-4, name + " deep supervision " + std::to_string(i));
+    test::check_close(out[i], st.get("__ds" + std::to_string(i) + "__"), 1e-4, 1e-4,
+                      name + " deep supervision " + std::to_string(i));
 }
 }  // namespace
 
@@ -69,10 +70,10 @@ TEST_CASE("parameter names follow MONAI DynUNet") {
   std::vector<std::string> names;
   for (auto& [n, p] : net.named_parameters()) names.push_back(n);
   for (const char* expected : {"input_block.conv1.conv.weight", "input_block.norm1.weight", "input_block.norm2.bias",
-                               "input_block.conv3.conv.weight", "downsamples.0.conv1.conv.weight", "bottleneck.norm2.weight",
-                               "upsamples.0.transp_conv.conv.weight", "upsamples.0.transp_conv.conv.bias",
-                               "upsamples.0.conv_block.conv1.conv.weight", "output_block.conv.conv.bias",
-                               "deep_supervision_heads.1.conv.conv.weight"})
+                               "input_block.conv3.conv.weight", "downsamples.0.conv1.conv.weight",
+                               "bottleneck.norm2.weight", "upsamples.0.transp_conv.conv.weight",
+                               "upsamples.0.transp_conv.conv.bias", "upsamples.0.conv_block.conv1.conv.weight",
+                               "output_block.conv.conv.bias", "deep_supervision_heads.1.conv.conv.weight"})
     CHECK_MESSAGE(std::find(names.begin(), names.end(), expected) != names.end(), expected);
   // PyTorch layouts: conv [O, I, k...], transposed conv [I, O, k...].
   auto& first = net.named_parameters()[0].second;
@@ -93,8 +94,12 @@ TEST_CASE("initialisation is kaiming normal with a = 0.01 and zero biases, and a
   CHECK(s2 / w.size() == doctest::Approx(expected_var).epsilon(0.15));  // 864 samples: sd of the estimate ~5%
 }
 
-TEST_CASE("a 3D DynUNet with deep supervision matches PyTorch with the same weights") { check_against_pytorch("dynunet3d_ds"); }
-TEST_CASE("a 2D residual DynUNet with two heads matches PyTorch with the same weights") { check_against_pytorch("dynunet2d_res"); }
+TEST_CASE("a 3D DynUNet with deep supervision matches PyTorch with the same weights") {
+  check_against_pytorch("dynunet3d_ds");
+}
+TEST_CASE("a 2D residual DynUNet with two heads matches PyTorch with the same weights") {
+  check_against_pytorch("dynunet2d_res");
+}
 
 TEST_CASE("weights saved in PyTorch layout load back into an identical model") {
   UNetPlan plan = plan_unet({16, 16}, {1, 1});
@@ -111,7 +116,8 @@ TEST_CASE("weights saved in PyTorch layout load back into an identical model") {
   DynUNetConfig other = c;
   other.filters[0] = 16;
   DynUNet wrong(other);
-  CHECK_THROWS_WITH_AS(load_weights(st, wrong, path), doctest::Contains("input_block.conv1.conv.weight"), std::runtime_error);
+  CHECK_THROWS_WITH_AS(load_weights(st, wrong, path), doctest::Contains("input_block.conv1.conv.weight"),
+                       std::runtime_error);
 }
 
 TEST_CASE("the model card survives the checkpoint metadata round trip") {
@@ -148,8 +154,8 @@ TEST_CASE("the model card survives the checkpoint metadata round trip") {
     plan_json["label_scale"] = 200;  // class 2 would be 400
     scaled["plan"] = plan_json.dump();
     CHECK_THROWS_WITH_AS(card_from_metadata(scaled, "m.safetensors"),
-                         doctest::Contains("m.safetensors: plan label_scale 200 must be at least 1 and keep the "
-                                           "largest class value within 255 (got 400)"),
+                         doctest::Contains("m.safetensors: plan.label_scale: 200 x the largest class 2 exceeds "
+                                           "255, the largest value of a label map"),
                          std::runtime_error);
   }
   card.label_scale = 1;

@@ -90,9 +90,13 @@ inline std::string output_file_problem(const std::filesystem::path& file) {
 // when it does not, its nearest existing ancestor must be (create_directories makes the rest).
 inline std::string output_directory_problem(const std::filesystem::path& dir) {
   namespace fs = std::filesystem;
+  for (const fs::path& part : dir)  // Linux's NAME_MAX; found here rather than by create_directories after the work
+    if (part.string().size() > 255)
+      return "a name of " + std::to_string(part.string().size()) + " characters in the path; at most 255 are allowed";
   std::error_code ec;
   if (fs::exists(dir, ec))
     return fs::is_directory(dir, ec) ? directory_write_problem(dir) : "exists and is not a directory";
+  if (ec) return "cannot be examined: " + ec.message();  // a symbolic link loop, a path too long, no permission
   fs::path p = fs::absolute(dir, ec).lexically_normal();
   while (!fs::exists(p, ec) && p.has_relative_path()) p = p.parent_path();
   if (!fs::is_directory(p, ec)) return "cannot be created: " + p.string() + " is not a directory";
@@ -120,6 +124,10 @@ int run_tool(const char* tool, Body&& body) {
     message = e.what();
   } catch (const models::TrainerOptionError& e) {
     message = e.what();
+  } catch (const std::filesystem::filesystem_error& e) {  // its what() is "filesystem error: ...: REASON [PATH]"
+    status = 1;
+    message = "error: " + e.path1().string() + ": " + e.code().message() +
+              (e.path2().empty() ? std::string() : " (with " + e.path2().string() + ")");
   } catch (const std::bad_alloc&) {  // its what() is "std::bad_alloc", which tells a user nothing
     status = 1;
     message = "error: out of memory (the data or the settings need more memory than is available)";

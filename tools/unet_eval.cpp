@@ -211,12 +211,15 @@ int main(int argc, char** argv) {
     std::string source = "--classes";
     if (classes == 0) classes = dataset_classes(label_home, &source);
     if (classes == 0) {
-      for (const Pair& pr : pairs) classes = std::max(classes, max_label(pr.ref) + 1);
+      for (const Pair& pr : pairs) {
+        const int m = max_label(pr.ref);
+        if (m >= kMaxClasses)  // the file that holds it, not the directory
+          throw std::runtime_error(pr.ref_path.string() + ": label value " + std::to_string(m) + " (at most " +
+                                   std::to_string(kMaxClasses - 1) + " expected; pass --classes)");
+        classes = std::max(classes, m + 1);
+      }
       classes = std::max(classes, 2);
       source = "the largest reference label in " + label_dir;
-      if (classes > kMaxClasses)
-        throw std::runtime_error(label_dir + ": label value " + std::to_string(classes - 1) + " (at most " +
-                                 std::to_string(kMaxClasses - 1) + " expected; pass --classes)");
       // Classes between those present score Dice 1 in every case and lift the mean: 0 / 255 maps read without
       // --label-scale give 254 of them.
       std::vector<bool> present(static_cast<size_t>(classes), false);

@@ -10,6 +10,8 @@
 // status 0 / 2 (usage) / 1 (runtime; with
 // --keep-going, when any volume failed). Inputs and outputs are checked before the work, so a typo in a path costs a
 // message, not the work.
+#include <sys/stat.h>
+
 #include <algorithm>
 #include <cctype>
 #include <chrono>
@@ -17,6 +19,7 @@
 #include <filesystem>
 #include <iostream>
 #include <map>
+#include <set>
 #include <thread>
 
 #include "engine/comm.h"
@@ -115,7 +118,8 @@ int main(int argc, char** argv) {
       std::printf("unet_infer: --precision tf32 has no effect on the cpu backend (fp32)\n");
     ops::set_conv_allow_tf32(prec == Precision::tf32);
     if (batch < 1 || batch > 1024) throw UsageError("--batch " + std::to_string(batch) + ": expected 1..1024");
-    if (!fs::exists(input)) throw UsageError("--input " + input + ": no such file or directory");
+    if (std::error_code ec; !fs::exists(input, ec))
+      throw UsageError("--input " + input + ": " + (ec ? ec.message() : "no such file or directory"));
     // A FIFO would block the read forever, a directory fail obscurely: the checkpoint must be a regular file. (A
     // missing one is the predictor's runtime error, as for an unreadable one.)
     if (std::string why = tools::regular_file_problem(model_path); !why.empty())
@@ -131,9 +135,15 @@ int main(int argc, char** argv) {
       // from the results; it fails when its turn comes (and --keep-going skips it with an error line).
       std::vector<fs::path> files;
       for (auto& e : fs::directory_iterator(input))
-        if (io::is_image_name(e.path().string()) && !is_hidden(e.path()) &&
-            !io::image_stem(e.path().string()).ends_with("_probabilities"))  // what --save-probabilities wrote
-          files.push_back(e.path());
+        if (io::is_image_name(e.path().string()) && !is_hidden(e.path())) files.push_back(e.path());
+      // What --save-probabilities wrote beside a label map, NAME_probabilities.* next to a NAME.*, is not a case; a
+      // NAME_probabilities.* alone is one (as unet_eval reads them).
+      std::set<std::string> stems;
+      for (const fs::path& f : files) stems.insert(io::image_stem(f.string()));
+      std::erase_if(files, [&](const fs::path& f) {
+        const std::string stem = io::image_stem(f.string());
+        return stem.ends_with("_probabilities") && stems.count(stem.substr(0, stem.size() - 14));
+      });
       std::sort(files.begin(), files.end());
       if (files.empty())
         throw UsageError("--input " + input + ": no .nii, .nii.gz, .tif or .tiff files in the directory");
@@ -179,28 +189,32 @@ int main(int argc, char** argv) {
         throw UsageError("--output " + output + ": " + why);
       jobs.push_back({{fs::path(input)}, out});
     }
-    // Two inputs of one name in two spellings of a format (a.nii and a.nii.gz, a.tif and a.tiff) would give one
-    // NAME_probabilities file, and label maps that differ only in their ending: refused before any work. (a.nii.gz
-    // and a.tif do not collide: a_probabilities.nii.gz and a_probabilities.tif.)
-    std::map<std::string, fs::path> stems;
-    for (const auto& [ins, out] : jobs) {
-      const fs::path& in = ins[0];
-      const std::string stem = (out.parent_path() / io::image_stem(out.string())).string();
-      if (const auto [it, fresh] = stems.emplace(stem + (io::is_tiff_name(out.string()) ? " tiff" : " nifti"), in);
-          !fresh)
-        throw UsageError("--input " + input + ": " + it->second.string() + " and " + in.string() +
-                         " would both be written as " + stem + ".* (" + out.filename().string() +
-                         (save_probabilities ? ", " + probabilities_of(out).filename().string() : std::string()) +
-                         "); rename one of them");
-    }
-    // Never write over an input: the label map (or its probabilities) would replace the image it was computed from.
-    for (const auto& [ins, out] : jobs) {
-      const fs::path probabilities = probabilities_of(out);
-      for (const fs::path& in : ins)
-        for (const fs::path& o : {out, save_probabilities ? probabilities : out})
-          if (fs::exists(o) && fs::equivalent(o, in))
-            throw UsageError("--output " + output + ": would overwrite the input " + in.string());
-    }
+    // Every file the run writes, label maps and probabilities alike, must have a name of its own: two spellings of
+    // a format (a.nii and a.nii.gz, a.tif and a.tiff) give one name, and so do a case `y`'s probabilities and a
+    // case named `y_probabilities`. Refused before any work. (a.nii.gz and a.tif do not collide.)
+    std::map<std::string, fs::path> written;  // output directory / stem and format -> the input writing it
+    for (const auto& [ins, out] : jobs)
+      for (const fs::path& o : {out, probabilities_of(out)}) {
+        if (o != out && !save_probabilities) continue;
+        const std::string stem = (o.parent_path() / io::image_stem(o.string())).string();
+        const auto [it, fresh] = written.emplace(stem + (io::is_tiff_name(o.string()) ? " tiff" : " nifti"), ins[0]);
+        if (!fresh)
+          throw UsageError("--input " + input + ": " + it->second.string() + " and " + ins[0].string() +
+                           " would both be written as " + stem + ".* (" + o.filename().string() +
+                           "); rename one of them");
+      }
+    // Never write over an input, this case's or another's: the label map (or its probabilities) would replace an
+    // image before or after it is read. Files are compared by device and inode, so links and other spellings count.
+    std::set<std::pair<dev_t, ino_t>> inputs;
+    for (const auto& job : jobs)
+      for (const fs::path& in : job.first)
+        if (struct stat st; ::stat(in.c_str(), &st) == 0) inputs.insert({st.st_dev, st.st_ino});
+    for (const auto& [ins, out] : jobs)
+      for (const fs::path& o : {out, probabilities_of(out)}) {
+        if (o != out && !save_probabilities) continue;
+        if (struct stat st; ::stat(o.c_str(), &st) == 0 && inputs.count({st.st_dev, st.st_ino}))
+          throw UsageError("--output " + output + ": would overwrite the input " + o.string());
+      }
 
     models::PredictorOptions po;
     po.overlap = overlap;

@@ -282,6 +282,15 @@ int run(const io::Config& c, const std::string& resume, bool overwrite) {
   if (!options.cache_dir.empty())
     if (std::string why = tools::output_directory_problem(options.cache_dir); !why.empty())
       throw UsageError("data.cache = " + options.cache_dir + ": " + why);
+  // A run file that is a directory (or a FIFO) would fail only when written, after the training: a resumed run's
+  // steps would be lost.
+  for (const char* name : kRunFiles) {
+    const std::string file = (std::filesystem::path(options.output_dir) / name).string();
+    if (std::error_code ec; std::filesystem::exists(file, ec))
+      if (std::string why = tools::regular_file_problem(file); !why.empty())
+        throw UsageError("output.dir = " + options.output_dir + ": " + file + ": " + why +
+                         "; expected the file the run writes there");
+  }
   const bool replace = resume.empty() && world().rank() == 0 && check_output_dir(options.output_dir, overwrite);
   // More threads than cores only adds switching (1000 on 2 cores turned 0.08 s steps into minutes): at most twice the
   // hardware threads; 0 uses them all.
