@@ -17,6 +17,7 @@
 #include <ostream>
 
 #include "engine/comm.h"
+#include "engine/fenced_pool.h"
 
 #ifndef UNET_WITH_CUDA_RUNTIME
 #define UNET_WITH_CUDA_RUNTIME 0
@@ -335,6 +336,74 @@ void reset_peak(Device d) {
   }
 }
 
+#if UNET_WITH_CUDA_RUNTIME
+namespace {
+// Pinned blocks fenced by CUDA events on the process's stream (engine/fenced_pool.h). The loader's worker threads
+// allocate, and the current device is per thread: each call first selects this process's device (or a rank on GPU 3
+// would open a context on GPU 0 from its workers); portable memory, as any context may copy from it.
+void* pinned_alloc(size_t bytes) {
+  UNET_CUDA_CHECK(cudaSetDevice(cuda_state().device));
+  void* p = nullptr;
+  const cudaError_t e = cudaHostAlloc(&p, bytes ? bytes : 1, cudaHostAllocPortable);
+  if (e != cudaSuccess) {
+    (void)cudaGetLastError();
+    throw DeviceError("allocate " + std::to_string(bytes) +
+                      " bytes of pinned host memory: " + cuda_error_message(e, "cudaHostAlloc", __FILE__, __LINE__));
+  }
+  return p;
+}
+
+void* pinned_new_fence() {
+  cudaEvent_t e = nullptr;
+  if (cudaSetDevice(cuda_state().device) != cudaSuccess ||
+      cudaEventCreateWithFlags(&e, cudaEventDisableTiming) != cudaSuccess)
+    (void)cudaGetLastError();
+  return e;
+}
+
+bool pinned_record(void* fence) {
+  if (cudaEventRecord(static_cast<cudaEvent_t>(fence), cuda_state().stream) == cudaSuccess) return true;
+  (void)cudaGetLastError();
+  return false;
+}
+
+bool pinned_done(void* fence) {
+  const cudaError_t e = cudaEventQuery(static_cast<cudaEvent_t>(fence));
+  if (e != cudaSuccess && e != cudaErrorNotReady) (void)cudaGetLastError();
+  return e == cudaSuccess;
+}
+
+FencedPool& pinned_pool() {  // never destroyed, as cuda_state()
+  static FencedPool* pool = new FencedPool({pinned_alloc, pinned_new_fence, pinned_record, pinned_done});
+  return *pool;
+}
+}  // namespace
+#endif
+
+void* allocate_pinned(size_t bytes) {
+#if UNET_WITH_CUDA_RUNTIME
+  return pinned_pool().allocate(bytes);
+#else
+  return HostAllocator::instance().allocate(bytes);
+#endif
+}
+
+void free_pinned(void* p, size_t bytes) {
+#if UNET_WITH_CUDA_RUNTIME
+  pinned_pool().deallocate(p, bytes);
+#else
+  HostAllocator::instance().deallocate(p, bytes);
+#endif
+}
+
+MemoryStats pinned_memory_stats() {
+#if UNET_WITH_CUDA_RUNTIME
+  return pinned_pool().stats();
+#else
+  return {};
+#endif
+}
+
 namespace {
 std::atomic<uint64_t> g_host_waits{0};
 }  // namespace
@@ -361,7 +430,8 @@ void copy(void* dst, Device dst_device, const void* src, Device src_device, size
                                   : cudaMemcpyHostToDevice;
   UNET_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, kind, cuda_state().stream));
   // Only the host reading dst must wait. A copy to the device is ordered before the work queued after it, and its
-  // pageable source has been staged when cudaMemcpyAsync returns (CUDA's API synchronization rules).
+  // pageable source has been staged when cudaMemcpyAsync returns (CUDA's API synchronization rules); a pinned source
+  // is read later, by DMA, and its block is not reused before that (free_pinned's fence).
   if (dst_device == Device::cpu) UNET_CUDA_CHECK(cudaStreamSynchronize(cuda_state().stream));
 #else
   no_cuda_runtime("copy");

@@ -55,10 +55,20 @@ void free(Device d, void* p, size_t bytes);
 MemoryStats memory_stats(Device d);  // current / peak bytes handed out on d (cached bytes: the emulator's pool only)
 void reset_peak(Device d);
 
+// Page-locked ("pinned") host memory for tensors the host fills and then copies to the device (the data loader's
+// batches, Tensor::empty_pinned): in the GPU build from cudaHostAlloc, so cudaMemcpyAsync reads it by DMA without
+// staging and without making the host wait. Its reuse is stream-ordered like device memory: a block freed right after
+// a copy queued from it is handed out again only once the device has passed the copy (engine/fenced_pool.h). The
+// first allocation creates the CUDA context: only ask for it when training on Device::cuda. Elsewhere it is ordinary
+// pooled host memory (HostAllocator::instance(), accounted there).
+void* allocate_pinned(size_t bytes);
+void free_pinned(void* p, size_t bytes);
+MemoryStats pinned_memory_stats();  // the GPU build's pinned pool (zeros elsewhere: counted in memory_stats(cpu))
+
 // Copies `bytes` from src (on src_device) to dst (on dst_device), in stream order after the work already queued. To
 // the host (or host to host) it returns when the copy is done: the host waits for the device. To a device it does not
-// wait: src may be freed or reused on return (CUDA stages pageable host memory before returning), and dst is read by
-// work queued later on the same stream.
+// wait: src may be freed or reused on return (CUDA stages pageable host memory before returning; a pinned source may
+// be freed, its reuse waits for the copy, but not written), and dst is read by work queued later on the same stream.
 void copy(void* dst, Device dst_device, const void* src, Device src_device, size_t bytes);
 // Sets `bytes` bytes at p to `value`, in stream order.
 void memset(Device d, void* p, int value, size_t bytes);

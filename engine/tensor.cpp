@@ -37,19 +37,34 @@ void check_arg(bool cond, const std::string& what) {
   if (!cond) throw std::invalid_argument(what);
 }
 
-Storage::Storage(size_t nbytes, Device dev) : bytes(nbytes), device(dev) { data = device::allocate(dev, nbytes); }
+Storage::Storage(size_t nbytes, Device dev, bool pin) : bytes(nbytes), device(dev), pinned(pin) {
+  check_arg(!pin || dev == Device::cpu, std::string("pinned storage is host memory, not ") + device_name(dev));
+  data = pinned ? device::allocate_pinned(nbytes) : device::allocate(dev, nbytes);
+}
 
-Storage::~Storage() { device::free(device, data, bytes); }
+Storage::~Storage() {
+  if (pinned)
+    device::free_pinned(data, bytes);
+  else
+    device::free(device, data, bytes);
+}
 
-Tensor Tensor::empty(const Shape& shape, DType dtype, Device device) {
+namespace {
+Tensor make_empty(const Shape& shape, DType dtype, Device device, bool pinned) {
   for (int64_t d : shape) check_arg(d >= 0, "negative dimension in shape " + shape_str(shape));
   auto impl = std::make_shared<TensorImpl>();
   impl->shape = shape;
   impl->dtype = dtype;
   impl->device = device;
-  impl->storage = std::make_shared<Storage>(static_cast<size_t>(shape_numel(shape)) * dtype_size(dtype), device);
+  impl->storage =
+      std::make_shared<Storage>(static_cast<size_t>(shape_numel(shape)) * dtype_size(dtype), device, pinned);
   return Tensor(std::move(impl));
 }
+}  // namespace
+
+Tensor Tensor::empty(const Shape& shape, DType dtype, Device device) { return make_empty(shape, dtype, device, false); }
+
+Tensor Tensor::empty_pinned(const Shape& shape, DType dtype) { return make_empty(shape, dtype, Device::cpu, true); }
 
 Tensor Tensor::zeros(const Shape& shape, DType dtype, Device device) {
   Tensor t = empty(shape, dtype, device);

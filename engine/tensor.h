@@ -23,13 +23,14 @@ int64_t shape_numel(const Shape& s);
 // Bytes on one device, from engine/device: CPU bytes from the pooled HostAllocator, cuda-emu bytes from the
 // emulator's own pool (host memory), cuda bytes from the stream-ordered CUDA pool.
 struct Storage {
-  Storage(size_t bytes, Device device);
+  Storage(size_t bytes, Device device, bool pinned = false);
   ~Storage();
   Storage(const Storage&) = delete;
   Storage& operator=(const Storage&) = delete;
   void* data = nullptr;
   size_t bytes = 0;
   Device device = Device::cpu;
+  bool pinned = false;  // cpu bytes from device::allocate_pinned
 };
 
 class Tensor;
@@ -71,6 +72,9 @@ class Tensor {
 
   static Tensor empty(const Shape& shape, DType dtype = DType::f32, Device device = Device::cpu);
   static Tensor zeros(const Shape& shape, DType dtype = DType::f32, Device device = Device::cpu);
+  // A cpu tensor in page-locked memory (device::allocate_pinned): uploads from it are asynchronous in the GPU build.
+  // Fill it, copy it to the device, drop it; do not write it again after queuing a copy from it.
+  static Tensor empty_pinned(const Shape& shape, DType dtype = DType::f32);
   static Tensor full(const Shape& shape, float value, DType dtype = DType::f32);
   // Values converted to dtype (f16/bf16 rounded to nearest even, i32/u8 truncated).
   static Tensor from_vector(const Shape& shape, const std::vector<float>& values, DType dtype = DType::f32);

@@ -625,8 +625,10 @@ PatchSampler::Drawn PatchSampler::sample(int64_t step, int64_t b) const {
 PatchBatch PatchSampler::empty_batch() const {
   const int64_t B = opt_.batch;
   PatchBatch out;
-  out.image = Tensor::empty({B, opt_.patch[0], opt_.patch[1], opt_.patch[2], channels_});
-  out.label = Tensor::empty({B, opt_.patch[0], opt_.patch[1], opt_.patch[2]}, DType::i32);
+  const Shape image{B, opt_.patch[0], opt_.patch[1], opt_.patch[2], channels_},
+      label{B, opt_.patch[0], opt_.patch[1], opt_.patch[2]};
+  out.image = opt_.pinned ? Tensor::empty_pinned(image) : Tensor::empty(image);
+  out.label = opt_.pinned ? Tensor::empty_pinned(label, DType::i32) : Tensor::empty(label, DType::i32);
   out.case_index.resize(static_cast<size_t>(B));
   out.origin.resize(static_cast<size_t>(B));
   out.rotation.resize(static_cast<size_t>(B));

@@ -127,6 +127,9 @@ struct PatchSamplerOptions {
   // Data parallel: `batch` is per rank; the global batch of a step has batch * ranks samples and this sampler draws
   // samples rank * batch .. (rank + 1) * batch - 1 of it.
   int rank = 0, ranks = 1;
+  // Batches in page-locked host memory (Tensor::empty_pinned), for training on a GPU: their uploads are then
+  // asynchronous. Off elsewhere (on a GPU build it would create a CUDA context); the batches are the same either way.
+  bool pinned = false;
 };
 
 struct PatchBatch {

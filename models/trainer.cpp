@@ -609,6 +609,7 @@ void Trainer::run() {
   so.augment.in_plane = s.net->spatial_dims() == 2;  // slices: nothing moves across z
   so.augment.dle_isbi = o.pipeline == "dle_isbi";
   so.augment.classes = s.info.num_classes();
+  so.pinned = o.device == Device::cuda;  // asynchronous uploads of the batches
   io::PatchSampler sampler(s.cases, s.split.train, so);
   // Each step's batch depends only on (seed, step): resuming draws what was next, whatever the number of workers.
   io::BatchLoader loader(sampler, first_step, o.loader_workers, o.prefetch);
@@ -647,12 +648,14 @@ void Trainer::run() {
       const std::vector<const char*> names = o.loss.hybrid ? std::vector<const char*>{"focal", "ssim_loss", "iou_loss"}
                                                            : std::vector<const char*>{"dice_loss", "ce"};
       for (size_t i = 0; i < names.size(); ++i) line[names[i]] = sums[i + 1] / loss_n;
+      // Host memory: the CPU pool's peak, plus the GPU build's pinned batches.
+      const size_t host_peak = HostAllocator::instance().stats().peak_bytes + device::pinned_memory_stats().peak_bytes;
       line.update(nlohmann::json{{"lr", s.opt->lr()},
                                  {"samples_per_s", sps},
                                  {"loss_scale", s.scaler.scale()},
                                  {"loss_scale_growth_tracker", s.scaler.growth_tracker()},
                                  {"skipped_steps", s.scaler.skipped_steps()},
-                                 {"peak_memory_mb", HostAllocator::instance().stats().peak_bytes / 1048576.0}});
+                                 {"peak_memory_mb", host_peak / 1048576.0}});
       // Tensors on a GPU (or the emulated one) are not in the host's figure: the device's peak beside it.
       if (o.device != Device::cpu)
         line["device_peak_memory_mb"] = device::memory_stats(o.device).peak_bytes / 1048576.0;

@@ -3,11 +3,14 @@
 // build has no CUDA runtime, and the EventTimer on the host clock. The GPU build compiles and runs these too (CI runs
 // them from build-gpu/), which exercises its linked-runtime path on a machine without a driver.
 #include <algorithm>
+#include <memory>
 #include <sstream>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include "engine/device.h"
+#include "engine/fenced_pool.h"
 #include "engine/tensor.h"
 #include "tests/test_util.h"
 
@@ -121,4 +124,79 @@ TEST_CASE("EventTimer used out of order is a DeviceError naming the missing call
   CHECK_THROWS_WITH_AS(t.stop(), doctest::Contains("stop() without a start()"), device::DeviceError);
   t.start();
   CHECK_THROWS_WITH_AS(t.elapsed_ms(), doctest::Contains("stop() was not called"), device::DeviceError);
+}
+
+TEST_CASE("FencedPool hands a freed block out again only once the device has passed its fence") {
+  // Fences completed by hand: each is the number of the step whose end it marks; the device has finished `passed`.
+  int64_t step = 0, passed = -1;
+  std::vector<std::unique_ptr<int64_t>> fences;
+  std::vector<std::unique_ptr<char[]>> blocks;
+  int records = 0;
+  FencedPool pool(FencedPool::Ops{[&](size_t bytes) {
+                                    blocks.push_back(std::make_unique<char[]>(bytes));
+                                    return static_cast<void*>(blocks.back().get());
+                                  },
+                                  [&]() -> void* {
+                                    fences.push_back(std::make_unique<int64_t>(-1));
+                                    return fences.back().get();
+                                  },
+                                  [&](void* f) {
+                                    *static_cast<int64_t*>(f) = step;
+                                    ++records;
+                                    return true;
+                                  },
+                                  [&](void* f) { return *static_cast<int64_t*>(f) <= passed; }});
+  void* a = pool.allocate(256);
+  pool.deallocate(a, 256);  // a copy from `a` is queued in step 0, not yet done
+  CHECK(records == 1);
+  void* b = pool.allocate(256);
+  CHECK(b != a);                   // not reused while the device may still read it
+  CHECK(pool.allocate(128) != a);  // nor handed out for another size
+  passed = 0;
+  CHECK(pool.allocate(256) == a);  // the device is past step 0
+  step = 1;
+  pool.deallocate(b, 256);
+  pool.deallocate(a, 256);  // the same fence object again, now marking step 1
+  CHECK(fences.size() == 2);
+  CHECK(blocks.size() == 3);
+  void* c = pool.allocate(256);
+  CHECK(blocks.size() == 4);  // both blocks wait for step 1
+  passed = 1;
+  void* d = pool.allocate(256);
+  void* e = pool.allocate(256);
+  CHECK(((d == a && e == b) || (d == b && e == a)));
+  CHECK(blocks.size() == 4);
+  const MemoryStats st = pool.stats();
+  CHECK(st.current_bytes == 3 * 256 + 128);
+  CHECK(st.peak_bytes == 3 * 256 + 128);
+  CHECK(st.cached_bytes == 0);
+  pool.deallocate(c, 256);
+  CHECK(pool.stats().cached_bytes == 256);
+}
+
+TEST_CASE("FencedPool drops a block whose fence cannot be recorded") {
+  std::vector<std::unique_ptr<char[]>> blocks;
+  int fence = 0;
+  FencedPool pool(FencedPool::Ops{[&](size_t bytes) {
+                                    blocks.push_back(std::make_unique<char[]>(bytes));
+                                    return static_cast<void*>(blocks.back().get());
+                                  },
+                                  [&]() -> void* { return &fence; }, [](void*) { return false; },
+                                  [](void*) { return true; }});
+  void* a = pool.allocate(64);
+  pool.deallocate(a, 64);
+  CHECK(pool.allocate(64) != a);
+  CHECK(pool.stats().cached_bytes == 0);
+}
+
+TEST_CASE("Tensor::empty_pinned is cpu memory that copies to and from the device") {
+  Tensor t = Tensor::empty_pinned({3, 5}, DType::i32);
+  CHECK(t.device() == Device::cpu);
+  CHECK(t.impl().storage->pinned);
+  for (int i = 0; i < 15; ++i) t.data<int32_t>()[i] = 7 * i - 3;
+  const std::vector<float> want = t.to_vector();
+  CHECK(want[14] == 95.f);
+  if (device::emulator_built()) CHECK(t.to(Device::cuda_emu).to(Device::cpu).to_vector() == want);
+  CHECK(t.clone().to_vector() == want);
+  CHECK_FALSE(t.clone().impl().storage->pinned);
 }

@@ -63,6 +63,17 @@ TEST_CASE("the loader gives the sampler's batches in step order for 0, 1 and 3 w
   BatchLoader late(sampler, 5, 2, 3);
   CHECK(same(late.next(), expected[5]));
   CHECK(same(late.next(), expected[6]));
+  // Batches in pinned memory (GPU training) hold the same values; the blocks go back to the pinned pool.
+  PatchSamplerOptions po = o;
+  po.pinned = true;
+  const PatchSampler pinned_sampler(cases, {}, po);
+  BatchLoader pinned(pinned_sampler, 0, 2, 2);
+  for (int64_t s = 0; s < 4; ++s) {
+    const PatchBatch b = pinned.next();
+    CHECK(b.image.impl().storage->pinned);
+    CHECK(b.label.impl().storage->pinned);
+    CHECK(same(b, expected[static_cast<size_t>(s)]));
+  }
 }
 
 TEST_CASE("unet_train: the same weights with data.workers = 0 and 3") {
