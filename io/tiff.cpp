@@ -1,6 +1,9 @@
 #include "io/tiff.h"
 
+#include <fcntl.h>
+#include <sys/stat.h>
 #include <tiffio.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
@@ -45,14 +48,23 @@ int ignore_warning(TIFF*, void*, const char*, const char*, va_list) {
 // An open TIFF* with its first error message; closed on destruction.
 class TiffFile {
  public:
-  TiffFile(const std::string& path, const char* mode) : path_(path) {
+  // `failure`: what a failed open means ("" for the default: not TIFF, or the errno of a write); `name`: the file
+  // messages name (a write opens a temporary file, named for the output it becomes).
+  TiffFile(const std::string& path, const char* mode, const std::string& failure = "", const std::string& name = "")
+      : path_(name.empty() ? path : name) {
     TIFFOpenOptions* o = TIFFOpenOptionsAlloc();
     TIFFOpenOptionsSetErrorHandlerExtR(o, keep_first_error, &error_);
     TIFFOpenOptionsSetWarningHandlerExtR(o, ignore_warning, nullptr);
     TIFFOpenOptionsSetMaxSingleMemAlloc(o, tmsize_t(1) << 32);  // no strip or tile buffer above 4 GiB
+    errno = 0;
     tif_ = TIFFOpenExt(path.c_str(), mode, o);
+    const int err = errno;
     TIFFOpenOptionsFree(o);
-    if (!tif_) fail(path, (mode[0] == 'r' ? "not a readable TIFF file" : "cannot create the file") + because());
+    if (!tif_)
+      fail(path_, (!failure.empty() ? failure
+                   : mode[0] == 'r' ? std::string("not a readable TIFF file")
+                                    : "cannot create TIFF" + (err ? ": " + std::string(std::strerror(err)) : "")) +
+                      because());
   }
   ~TiffFile() { close(); }
   TiffFile(const TiffFile&) = delete;
@@ -135,6 +147,25 @@ Page read_page_tags(const TiffFile& t, int64_t z, const std::string& path) {
     p.rows_per_strip = std::clamp<uint32_t>(p.rows_per_strip, 1, p.height);
   }
   return p;
+}
+
+// Where the current directory ends in the file: its entry count, entries and next-directory offset (classic TIFF:
+// 2 + 12 n + 4 bytes; BigTIFF: 8 + 20 n + 8), or INT64_MAX when its entry count cannot be read.
+int64_t directory_end(const TiffFile& t) {
+  TIFF* tif = t.get();
+  const bool big = TIFFIsBigTIFF(tif);
+  const auto at = static_cast<off_t>(TIFFCurrentDirOffset(tif));
+  uint64_t n = 0;
+  if (big) {
+    if (::pread(TIFFFileno(tif), &n, 8, at) != 8) return std::numeric_limits<int64_t>::max();
+    if (TIFFIsByteSwapped(tif)) n = __builtin_bswap64(n);
+  } else {
+    uint16_t n16 = 0;
+    if (::pread(TIFFFileno(tif), &n16, 2, at) != 2) return std::numeric_limits<int64_t>::max();
+    n = TIFFIsByteSwapped(tif) ? __builtin_bswap16(n16) : n16;
+  }
+  if (n > (1u << 16)) return std::numeric_limits<int64_t>::max();
+  return static_cast<int64_t>(at) + static_cast<int64_t>(big ? 8 + 20 * n + 8 : 2 + 12 * n + 4);
 }
 
 // How many bytes each stored byte can become at most, by codec: what a file of a given size can hold, so that a
@@ -305,17 +336,36 @@ bool is_tiff_name(const std::string& path) {
 }
 
 TiffVolume read_tiff(const std::string& path) {
-  if (!std::filesystem::exists(path)) fail(path, "no such file");
-  if (!std::filesystem::is_regular_file(path)) fail(path, "not a regular file (expected a .tif or .tiff file)");
-  if (!is_tiff_name(path)) fail(path, "not a TIFF file name (expected .tif or .tiff)");
-  const int64_t file_size = static_cast<int64_t>(std::filesystem::file_size(path));
-  TiffFile t(path, "rm");  // "m": read through the file, not a memory map (a file truncated later cannot fault)
+  // Opened here first for the reason it cannot be (libtiff says only "Cannot open"); O_NONBLOCK: a FIFO must not
+  // block the open, it is refused below.
+  unsigned char magic[4] = {};
+  int64_t file_size = 0;
+  {
+    const int fd = ::open(path.c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+    if (fd < 0) fail(path, std::string("cannot open TIFF: ") + std::strerror(errno));
+    struct stat st {};
+    const bool regular = ::fstat(fd, &st) == 0 && S_ISREG(st.st_mode);
+    const bool has_header = regular && ::pread(fd, magic, 4, 0) == 4;
+    ::close(fd);
+    if (!regular) fail(path, "not a regular file (expected a .tif or .tiff file)");
+    file_size = static_cast<int64_t>(st.st_size);
+    if (!is_tiff_name(path)) fail(path, "not a TIFF file name (expected .tif or .tiff)");
+    const bool tiff_header = has_header && (std::memcmp(magic, "II", 2) == 0 || std::memcmp(magic, "MM", 2) == 0);
+    if (!tiff_header) fail(path, "not a readable TIFF file (no TIFF header: expected \"II\" or \"MM\")");
+  }
+  // "m": read through the file, not a memory map (a file truncated later cannot fault). The header is TIFF, so
+  // a failure here is the first directory (page 1) that cannot be read.
+  TiffFile t(path, "rm", page_name(0) + ": cannot read its directory (truncated or corrupt file?)");
   TIFF* tif = t.get();
 
-  // First pass over the pages: each like the first, and no more voxels than the file can decode to.
+  // First pass over the pages: each like the first, and no more voxels than the file can decode to. The directories
+  // are a chain: one that cannot be read (cut off by a truncation, say) is an error, never the end of the stack.
   std::vector<Page> pages;
   int64_t compressed_at_least = 0;  // bytes the file must hold for the pages' decoded size
-  do {
+  for (bool more = true; more;) {
+    if (!pages.empty())
+      t.check(TIFFReadDirectory(tif), page_name(static_cast<int64_t>(pages.size())) +
+                                          ": cannot read its directory (truncated or corrupt file?)");
     if (pages.size() >= (1u << 20)) fail(path, "has more than 2^20 pages");
     Page p = read_page_tags(t, static_cast<int64_t>(pages.size()), path);
     if (!pages.empty() && !p.same_samples(pages[0]))
@@ -330,7 +380,13 @@ TiffVolume read_tiff(const std::string& path) {
                      std::to_string(p.height) + " pixels, more than its " + std::to_string(file_size) +
                      " bytes can hold");
     pages.push_back(p);
-  } while (TIFFReadDirectory(tif));
+    more = !TIFFLastDirectory(tif);
+    // libtiff takes a next-directory offset it cannot read for 0, the end of the chain: a file cut inside the last
+    // directory it read would silently lose the pages after it.
+    if (!more && directory_end(t) > file_size)
+      fail(path, page_name(static_cast<int64_t>(pages.size()) - 1) +
+                     ": its directory runs past the end of the file (truncated file?)");
+  }
   const Page& first = pages[0];
   const int64_t nz = static_cast<int64_t>(pages.size()), ny = first.height, nx = first.width, nc = first.spp;
   if (nz * ny * nx * nc > (int64_t(1) << 32)) fail(path, "is too large (more than 2^32 samples)");
@@ -405,7 +461,7 @@ void write_tiff(const std::string& path, const Tensor& data, const TiffWriteOpti
   const int64_t bytes = c.numel() * (o.bits / 8);
   AtomicFile file(path);
   {
-    TiffFile t(file.temp_path(), bytes > (int64_t(7) << 29) ? "w8" : "w");  // BigTIFF beyond 3.5 GiB
+    TiffFile t(file.temp_path(), bytes > (int64_t(7) << 29) ? "w8" : "w", "", path);  // BigTIFF beyond 3.5 GiB
     TIFF* tif = t.get();
     std::vector<uint8_t> row(static_cast<size_t>(nx * nc * (o.bits / 8)));
     const std::vector<uint16_t> extra(static_cast<size_t>(nc - 1), EXTRASAMPLE_UNSPECIFIED);

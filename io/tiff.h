@@ -43,9 +43,10 @@ struct TiffVolume {
 // Whether a file name ends in .tif or .tiff (any case).
 bool is_tiff_name(const std::string& path);
 
-// Reads every page of a TIFF file. Throws std::runtime_error naming the file and what is wrong (missing, not a
-// regular file, not TIFF, libtiff's own message, the page that differs from the first, an unsupported sample type or
-// photometric interpretation, a size the file cannot hold, the first NaN or infinite sample).
+// Reads every page of a TIFF file. Throws std::runtime_error naming the file and what is wrong (cannot be opened, with
+// the system's reason; not a regular file; not TIFF; the page whose directory or data cannot be read, as in a
+// truncated file, with libtiff's own message; the page that differs from the first; an unsupported sample type or
+// photometric interpretation; a size the file cannot hold; the first NaN or infinite sample).
 TiffVolume read_tiff(const std::string& path);
 
 struct TiffWriteOptions {
