@@ -97,11 +97,14 @@ struct Page {
   int64_t bytes() const { return int64_t(width) * height * spp * (bits / 8); }
 };
 
+int64_t max_expansion(uint16_t compression);
+constexpr int64_t kMaxTileBytes = int64_t(256) << 20;
+
 std::string page_name(int64_t z) {
   return "page " + std::to_string(z + 1);
 }
 
-Page read_page_tags(const TiffFile& t, int64_t z, const std::string& path) {
+Page read_page_tags(const TiffFile& t, int64_t z, const std::string& path, int64_t file_size) {
   TIFF* tif = t.get();
   Page p;
   const std::string at = page_name(z);
@@ -139,9 +142,21 @@ Page read_page_tags(const TiffFile& t, int64_t z, const std::string& path) {
     fail(path, at + " has PlanarConfiguration " + std::to_string(p.planar) + "; expected 1 or 2");
   p.tiled = TIFFIsTiled(tif);
   if (p.tiled) {
-    if (!TIFFGetField(tif, TIFFTAG_TILEWIDTH, &p.tile_w) || !TIFFGetField(tif, TIFFTAG_TILELENGTH, &p.tile_h) ||
-        p.tile_w < 1 || p.tile_h < 1 || p.tile_w > (1u << 16) || p.tile_h > (1u << 16))
-      fail(path, at + " is tiled without a valid TileWidth and TileLength");
+    if (!TIFFGetField(tif, TIFFTAG_TILEWIDTH, &p.tile_w) || !TIFFGetField(tif, TIFFTAG_TILELENGTH, &p.tile_h))
+      fail(path, at + " is tiled without TileWidth and TileLength");
+    // One tile is decoded at a time into a buffer of its size: bounded before it is allocated, by the TIFF rule
+    // (multiples of 16), a size, and what the file can decode to (each tile is stored whole).
+    const std::string tiles =
+        at + " has tiles of " + std::to_string(p.tile_w) + " x " + std::to_string(p.tile_h) + " pixels";
+    if (p.tile_w < 16 || p.tile_h < 16 || p.tile_w % 16 != 0 || p.tile_h % 16 != 0 || p.tile_w > (1u << 16) ||
+        p.tile_h > (1u << 16))
+      fail(path, tiles + "; expected TileWidth and TileLength multiples of 16 from 16 to 65536");
+    const int64_t tile_bytes =
+        int64_t(p.tile_w) * p.tile_h * (p.planar == PLANARCONFIG_SEPARATE ? 1 : p.spp) * (p.bits / 8);
+    if (tile_bytes > kMaxTileBytes || tile_bytes / max_expansion(p.compression) > file_size)
+      fail(path, tiles + " (" + std::to_string(tile_bytes) + " bytes each); expected tiles of at most " +
+                     std::to_string(kMaxTileBytes >> 20) + " MiB that the file's " + std::to_string(file_size) +
+                     " bytes can hold");
   } else {
     TIFFGetFieldDefaulted(tif, TIFFTAG_ROWSPERSTRIP, &p.rows_per_strip);
     p.rows_per_strip = std::clamp<uint32_t>(p.rows_per_strip, 1, p.height);
@@ -275,27 +290,82 @@ std::string imagej_value(const std::string& desc, const std::string& key) {
   return "";
 }
 
-std::array<double, 3> spacing_from_tags(const TiffTags& tags, bool* calibrated = nullptr) {
+// An ImageJ description's value as it appears, shortened for a message.
+std::string shown(const std::string& value) {
+  return "\"" + (value.size() > 40 ? value.substr(0, 40) + "..." : value) + "\"";
+}
+
+// The description and resolution tags of the current page.
+TiffTags read_calibration_tags(TIFF* tif) {
+  TiffTags tags;
+  char* desc = nullptr;
+  if (TIFFGetField(tif, TIFFTAG_IMAGEDESCRIPTION, &desc) && desc) tags.description = desc;
+  float xr = 0, yr = 0;
+  uint16_t unit = RESUNIT_INCH;
+  if (TIFFGetField(tif, TIFFTAG_XRESOLUTION, &xr) && TIFFGetField(tif, TIFFTAG_YRESOLUTION, &yr)) {
+    TIFFGetFieldDefaulted(tif, TIFFTAG_RESOLUTIONUNIT, &unit);
+    tags = {true, xr, yr, unit, tags.description};
+  }
+  return tags;
+}
+
+// The spacing the tags calibrate (see io/tiff.h), or 1 mm. A calibration that is there but unusable (an ImageJ
+// "spacing=" that is not a finite number > 0, a resolution of zero, NaN or infinity in a calibrated unit) is an error
+// naming it: a silent 1 mm would resample the volume wrongly.
+std::array<double, 3> spacing_from_tags(const std::string& path, const TiffTags& tags, bool* calibrated) {
   std::array<double, 3> s{1, 1, 1};
-  const bool res_ok = tags.has_resolution && std::isfinite(tags.x_resolution) && std::isfinite(tags.y_resolution) &&
-                      tags.x_resolution > 0 && tags.y_resolution > 0;
   double unit = 0;  // millimetres per resolution unit
   double z_units = 0;
   if (tags.description.starts_with("ImageJ=")) {
     unit = unit_in_mm(imagej_value(tags.description, "unit"));
     const std::string z = imagej_value(tags.description, "spacing");
-    char* end = nullptr;
-    z_units = z.empty() ? 0 : std::strtod(z.c_str(), &end);
-    if (!(std::isfinite(z_units) && z_units > 0)) z_units = 0;
+    if (!z.empty()) {
+      char* end = nullptr;
+      z_units = std::strtod(z.c_str(), &end);
+      while (end && (*end == ' ' || *end == '\r' || *end == '\t')) ++end;
+      if (end == z.c_str() || *end != '\0' || !(std::isfinite(z_units) && z_units > 0))
+        fail(path, "ImageJ description has spacing=" + shown(z) + "; expected a finite z voxel size > 0");
+    }
   } else if (tags.resolution_unit == RESUNIT_CENTIMETER) {
     unit = 10;
   }
-  if (unit <= 0 || !res_ok) return s;
-  if (calibrated) *calibrated = true;
+  if (unit <= 0 || !tags.has_resolution) return s;
+  for (const auto& [name, r] : {std::pair{"XResolution", tags.x_resolution}, {"YResolution", tags.y_resolution}})
+    if (!(std::isfinite(r) && r > 0)) {
+      char b[32];
+      std::snprintf(b, sizeof b, "%g", static_cast<double>(r));
+      fail(path, std::string(name) + " is " + b + " in a calibrated unit; expected a finite number of pixels per " +
+                     "unit > 0");
+    }
   s[2] = unit / tags.x_resolution;
   s[1] = unit / tags.y_resolution;
   s[0] = z_units > 0 ? unit * z_units : s[2];  // no z spacing given: isotropic
+  for (double v : s)
+    if (!(std::isfinite(v) && v > 0)) {
+      char b[200];
+      std::snprintf(b, sizeof b, "%g, %g, %g", s[0], s[1], s[2]);
+      fail(path, std::string("calibrated voxel spacing ") + b + " mm (z, y, x); expected finite sizes > 0");
+    }
+  if (calibrated) *calibrated = true;
   return s;
+}
+
+// The channel count of an ImageJ hyperstack ("channels=" in its description; 1 without it): an integer 1 to 64 that
+// divides the page count when the pages are single-sample, since the pages then become its channels.
+int64_t imagej_channels(const std::string& path, const TiffTags& tags, int64_t pages, int64_t samples) {
+  if (!tags.description.starts_with("ImageJ=")) return 1;
+  const std::string v = imagej_value(tags.description, "channels");
+  if (v.empty()) return 1;
+  char* end = nullptr;
+  errno = 0;
+  const long long c = std::strtoll(v.c_str(), &end, 10);
+  if (end == v.c_str() || *end != '\0' || errno == ERANGE || c < 1 || c > 64)
+    fail(path, "ImageJ description has channels=" + shown(v) + "; expected an integer 1 to 64");
+  if (samples > 1) return 1;  // samples per pixel are the channels; the description counts them (ImageJ's RGB)
+  if (pages % c != 0)
+    fail(path, "ImageJ description has channels=" + v + " but the file has " + std::to_string(pages) +
+                   " pages; expected a channel count that divides the page count");
+  return c;
 }
 
 TiffCompression compression_of(uint16_t c) {
@@ -361,13 +431,15 @@ TiffVolume read_tiff(const std::string& path) {
   // First pass over the pages: each like the first, and no more voxels than the file can decode to. The directories
   // are a chain: one that cannot be read (cut off by a truncation, say) is an error, never the end of the stack.
   std::vector<Page> pages;
+  TiffTags first_tags;              // page 1's resolution and description
   int64_t compressed_at_least = 0;  // bytes the file must hold for the pages' decoded size
   for (bool more = true; more;) {
     if (!pages.empty())
       t.check(TIFFReadDirectory(tif), page_name(static_cast<int64_t>(pages.size())) +
                                           ": cannot read its directory (truncated or corrupt file?)");
     if (pages.size() >= (1u << 20)) fail(path, "has more than 2^20 pages");
-    Page p = read_page_tags(t, static_cast<int64_t>(pages.size()), path);
+    Page p = read_page_tags(t, static_cast<int64_t>(pages.size()), path, file_size);
+    if (pages.empty()) first_tags = read_calibration_tags(tif);
     if (!pages.empty() && !p.same_samples(pages[0]))
       fail(path, page_name(static_cast<int64_t>(pages.size())) + " is " + std::to_string(p.width) + " x " +
                      std::to_string(p.height) + " x " + std::to_string(p.spp) + " samples of " +
@@ -397,21 +469,15 @@ TiffVolume read_tiff(const std::string& path) {
   vol.is_float = first.format == SAMPLEFORMAT_IEEEFP;
   vol.is_signed = first.format == SAMPLEFORMAT_INT;
   vol.compression = compression_of(first.compression);
+  vol.tags = first_tags;
+  // The calibration and the ImageJ channel count, checked before anything is allocated.
+  vol.spacing = spacing_from_tags(path, vol.tags, &vol.calibrated);
+  const int64_t ij_channels = imagej_channels(path, vol.tags, nz, nc);
   vol.data = Tensor::empty({nz, ny, nx, nc});
   float* d = vol.data.data<float>();
   t.check(TIFFSetDirectory(tif, 0), page_name(0) + ": cannot be read");
   for (int64_t z = 0; z < nz; ++z) {
     if (z > 0) t.check(TIFFReadDirectory(tif), page_name(z) + ": cannot be read");
-    if (z == 0) {
-      char* desc = nullptr;
-      if (TIFFGetField(tif, TIFFTAG_IMAGEDESCRIPTION, &desc) && desc) vol.tags.description = desc;
-      float xr = 0, yr = 0;
-      uint16_t unit = RESUNIT_INCH;
-      if (TIFFGetField(tif, TIFFTAG_XRESOLUTION, &xr) && TIFFGetField(tif, TIFFTAG_YRESOLUTION, &yr)) {
-        TIFFGetFieldDefaulted(tif, TIFFTAG_RESOLUTIONUNIT, &unit);
-        vol.tags = {true, xr, yr, unit, vol.tags.description};
-      }
-    }
     float* page = d + z * ny * nx * nc;
     read_page(t, pages[static_cast<size_t>(z)], z, page);
     for (int64_t i = 0; i < ny * nx * nc; ++i)
@@ -421,11 +487,7 @@ TiffVolume read_tiff(const std::string& path) {
                        ": NaN, infinite or beyond the f32 range; expected finite values");
   }
   // An ImageJ hyperstack with channels stores them as pages, channel fastest ("czt"): they become channels.
-  const std::string channels = imagej_value(vol.tags.description, "channels");
-  const int64_t ij_channels = vol.tags.description.starts_with("ImageJ=") && !channels.empty()
-                                  ? std::strtoll(channels.c_str(), nullptr, 10)
-                                  : 1;
-  if (ij_channels > 1 && ij_channels <= 64 && nc == 1 && nz % ij_channels == 0) {
+  if (ij_channels > 1) {
     Tensor interleaved = vol.data;
     vol.data = Tensor::empty({nz / ij_channels, ny, nx, ij_channels});
     const float* src = interleaved.data<float>();
@@ -434,7 +496,6 @@ TiffVolume read_tiff(const std::string& path) {
       for (int64_t i = 0; i < ny * nx; ++i)
         dst[((z / ij_channels) * ny * nx + i) * ij_channels + z % ij_channels] = src[z * ny * nx + i];
   }
-  vol.spacing = spacing_from_tags(vol.tags, &vol.calibrated);
   return vol;
 }
 
