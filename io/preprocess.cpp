@@ -204,7 +204,12 @@ PreprocessedDataset preprocess_dataset(const DatasetInfo& info, const std::vecto
     }
     Case c = loaded[i] ? std::move(*loaded[i]) : load_cropped(info, i);
     loaded[i].reset();
-    const bool resampled = resample_case(c, out.target);
+    bool resampled = false;
+    try {  // a spacing that overflows or collapses the grid is the image file's fault: named
+      resampled = resample_case(c, out.target);
+    } catch (const std::exception& e) {
+      throw std::runtime_error(dc.image_paths.at(0) + ": " + e.what());
+    }
     out.resampled += resampled;
     if (cache && o.write_cache) {
       fs::create_directories(dir);

@@ -4,6 +4,7 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 
+#include "io/nifti.h"
 #include "io/preprocess.h"
 #include "tests/test_util.h"
 
@@ -132,4 +133,24 @@ TEST_CASE("a damaged fingerprint entry makes its case stale with a warning namin
     REQUIRE(rebuilt.warnings.size() == 1);
     CHECK(rebuilt.warnings[0].find(path + ": not ") == 0);
   }
+}
+
+TEST_CASE("a case whose spacing cannot be resampled to the target is an error naming its image file") {
+  test::TempDir tmp("preprocess_resample_error");
+  const std::string data = mixed_dataset(tmp);
+  // case_100 (image and label on one grid) at 1e-30 mm: 12 slices of it are far less than a voxel at 3 mm.
+  for (const std::string sub : {"imagesTr", "labelsTr"}) {
+    const std::string path = data + "/" + sub + "/case_100.nii.gz";
+    const NiftiVolume v = read_nifti(path);
+    write_nifti(path, v.data, make_nifti_like(v.data.shape(), {1e-30, 1e-30, 1e-30}));
+  }
+  const DatasetInfo info = read_msd_dataset(data);
+  std::string what;
+  try {
+    preprocess_dataset(info, {0, 1, 2}, {});
+  } catch (const std::runtime_error& e) {
+    what = e.what();
+  }
+  CHECK_MESSAGE(what.find(data + "/imagesTr/case_100.nii.gz: resampling 12 x 20 x 20 voxels from spacing 1e-30") == 0,
+                what);
 }
