@@ -118,8 +118,11 @@ std::string grid_mismatch(const Image& a, const Image& b) {
   const NiftiGeometry ga = a.nifti->geometry(), gb = b.nifti->geometry();
   const auto *ta = world_transform(ga), *tb = world_transform(gb);
   if (!ta || !tb) return "";
-  const auto& A = *ta;
-  const auto& B = *tb;
+  // In millimetres, as the spacing: a label written in meters on its image's grid is on the same grid.
+  auto A = *ta, B = *tb;
+  for (int r = 0; r < 3; ++r)
+    for (int c = 0; c < 4; ++c)
+      A[r][c] *= nifti_space_unit_mm(ga.xyz_units), B[r][c] *= nifti_space_unit_mm(gb.xyz_units);
   for (int axis = 0; axis < 3; ++axis) {  // NIfTI's i, j, k: x, y, z
     const double na = std::hypot(A[0][axis], A[1][axis], A[2][axis]),
                  nb = std::hypot(B[0][axis], B[1][axis], B[2][axis]);

@@ -26,7 +26,9 @@ struct NiftiHeader {
 
 namespace {
 
-[[noreturn]] void fail(const std::string& path, const std::string& what) { throw std::runtime_error(path + ": " + what); }
+[[noreturn]] void fail(const std::string& path, const std::string& what) {
+  throw std::runtime_error(path + ": " + what);
+}
 
 bool ends_with(const std::string& s, const std::string& suffix) {
   return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
@@ -39,7 +41,9 @@ std::string num(double v) {
 }
 
 // nifticlib ignores a zero slope (the NIfTI rule: no scaling), and so does this.
-bool scaled(double slope, double inter) { return slope != 0.0 && !(slope == 1.0 && inter == 0.0); }
+bool scaled(double slope, double inter) {
+  return slope != 0.0 && !(slope == 1.0 && inter == 0.0);
+}
 
 template <class T>
 void convert(const void* src, float* dst, int64_t n, double slope, double inter) {
@@ -109,8 +113,8 @@ void load_voxels(const std::string& path, nifti_image* nim) {
       fail(path, "its header declares " + std::to_string(bytes) + " bytes of voxels (" + std::to_string(nim->nvox) +
                      " voxels), more than the file " +
                      (gz ? "of " + std::to_string(file_bytes) + " compressed bytes can hold"
-                         : "holds after vox_offset (" + std::to_string(std::max<int64_t>(0, file_bytes - nim->iname_offset)) +
-                               " bytes)") +
+                         : "holds after vox_offset (" +
+                               std::to_string(std::max<int64_t>(0, file_bytes - nim->iname_offset)) + " bytes)") +
                      " (truncated file or corrupt dimensions?)");
   }
   znzFile fp = znzopen(nim->iname, "rb", nifti_is_gzfile(nim->iname));
@@ -124,20 +128,98 @@ void load_voxels(const std::string& path, nifti_image* nim) {
     nifti_swap_Nbytes(bytes / nim->swapsize, nim->swapsize, nim->data);
 }
 
+// The bytes of a header field as C would write them ("n+1\0"), for messages about a damaged one.
+std::string escaped(const unsigned char* b, size_t n) {
+  std::string s;
+  for (size_t i = 0; i < n; ++i) {
+    char buf[8];
+    if (b[i] == 0)
+      s += "\\0";
+    else if (b[i] >= 0x20 && b[i] < 0x7f && b[i] != '"' && b[i] != '\\')
+      s += static_cast<char>(b[i]);
+    else
+      std::snprintf(buf, sizeof buf, "\\x%02x", b[i]), s += buf;
+  }
+  return s;
+}
+
+// The header's size and magic, before anything else in it is trusted: a 348-byte NIfTI-1 header ends in "n+1\0", a
+// 540-byte NIfTI-2 header holds "n+2\0\r\n\032\n" at byte 4. Without the magic, nifticlib reads any 348-byte header
+// as ANALYZE 7.5 and believes its dimensions, datatype and offset (a damaged or foreign file read as garbage voxels);
+// "ni1" / "ni2" is the header of a .hdr/.img pair, whose voxels are not in this file.
+void check_magic(const std::string& path) {
+  unsigned char h[552] = {};
+  znzFile fp = znzopen(path.c_str(), "rb", nifti_is_gzfile(path.c_str()));
+  if (znz_isnull(fp)) fail(path, std::string("cannot open the file: ") + std::strerror(errno));
+  const size_t got = znzread(h, 1, sizeof h, fp);
+  znzclose(fp);
+  if (got < 348)
+    fail(path, "not a readable NIfTI-1 or NIfTI-2 file: " + std::to_string(got) +
+                   " bytes, shorter than a NIfTI-1 header (348 bytes)");
+  int32_t size = 0;
+  std::memcpy(&size, h, 4);
+  const int32_t swapped = static_cast<int32_t>(__builtin_bswap32(static_cast<uint32_t>(size)));
+  const bool n1 = size == 348 || swapped == 348, n2 = size == 540 || swapped == 540;
+  if (!n1 && !n2)
+    fail(path, "not a readable NIfTI-1 or NIfTI-2 file: header field sizeof_hdr is " + std::to_string(size) +
+                   "; expected 348 (NIfTI-1) or 540 (NIfTI-2)");
+  if (n2 && got < 540)
+    fail(path, "not a readable NIfTI-2 file: " + std::to_string(got) + " bytes, shorter than its 540-byte header");
+  const unsigned char* magic = n1 ? h + 344 : h + 4;
+  const size_t magic_size = n1 ? 4 : 8;
+  const char* single = n1 ? "n+1\0" : "n+2\0\r\n\032\n";
+  if (std::memcmp(magic, single, magic_size) == 0) return;
+  const bool pair = std::memcmp(magic, n1 ? "ni1\0" : "ni2\0", 4) == 0;
+  fail(path, std::string("header magic is \"") + escaped(magic, magic_size) + "\"" +
+                 (pair ? " (the header of a .hdr/.img pair)" : "") + "; expected \"" +
+                 escaped(reinterpret_cast<const unsigned char*>(single), magic_size) + "\", a single-file NIfTI-" +
+                 (n1 ? "1" : "2") + " (.nii or .nii.gz)");
+}
+
+// nifticlib's name of a datatype code without its prefix, in lower case: "float32", "rgb24", "unknown".
+std::string datatype_name(int64_t datatype) {
+  std::string s = nifti_datatype_to_string(static_cast<int>(datatype));
+  for (const char* prefix : {"NIFTI_TYPE_", "DT_"})
+    if (s.starts_with(prefix)) s = s.substr(std::strlen(prefix));
+  for (char& c : s) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  return s;
+}
+
+// The bits per voxel of the datatypes read_nifti converts, or 0 for any other datatype code.
+int supported_bitpix(int64_t datatype) {
+  switch (datatype) {
+    case DT_UINT8:
+    case DT_INT8:
+      return 8;
+    case DT_INT16:
+    case DT_UINT16:
+      return 16;
+    case DT_INT32:
+    case DT_FLOAT32:
+      return 32;
+    case DT_FLOAT64:
+      return 64;
+    default:
+      return 0;
+  }
+}
+
 // Checks the fields of the file's own header that nifticlib trusts or silently repairs: an extent below 1 (nifticlib
 // only says the file is unreadable), a voxel count that overflows (its nvox would wrap), and a vox_offset inside the
-// header (it would quietly read the voxels from the end of the header instead). Returns the NIfTI version (1 or 2;
-// 0 for an ANALYZE header, which is not checked) or fails.
+// header (it would quietly read the voxels from the end of the header instead). Returns the NIfTI version (1 or 2)
+// or fails; check_magic has refused anything else.
 int check_header_fields(const std::string& path) {
   int version = 0;
   void* raw = nifti_read_header(path.c_str(), &version, 0);
   if (raw) free(raw);
   if (!raw || version < 0) fail(path, "not a readable NIfTI-1 or NIfTI-2 file");
-  if (version == 0) return version;  // ANALYZE 7.5 (no NIfTI magic): left to nifticlib
+  if (version != 1 && version != 2) fail(path, "not a readable NIfTI-1 or NIfTI-2 file");  // check_magic passed
   // Read again through the version's own reader, which byte-swaps a big-endian header.
   int swapped = 0;
   int64_t dim[8] = {}, header_size = 0;
   double raw_offset = 0, slope = 0, inter = 0;
+  int64_t datatype = 0, bitpix = 0;
+  double pixdim[8] = {};
   bool one_file = false;
   if (version == 2) {
     nifti_2_header* h = nifti_read_n2_hdr(path.c_str(), &swapped, 0);
@@ -145,6 +227,8 @@ int check_header_fields(const std::string& path) {
     for (int i = 0; i < 8; ++i) dim[i] = h->dim[i];
     raw_offset = static_cast<double>(h->vox_offset);
     slope = h->scl_slope, inter = h->scl_inter;
+    datatype = h->datatype, bitpix = h->bitpix;
+    for (int i = 0; i < 8; ++i) pixdim[i] = h->pixdim[i];
     one_file = NIFTI_ONEFILE(*h);
     header_size = 540;
     free(h);
@@ -154,10 +238,22 @@ int check_header_fields(const std::string& path) {
     for (int i = 0; i < 8; ++i) dim[i] = h->dim[i];
     raw_offset = h->vox_offset;  // a float in NIfTI-1
     slope = h->scl_slope, inter = h->scl_inter;
+    datatype = h->datatype, bitpix = h->bitpix;
+    for (int i = 0; i < 8; ++i) pixdim[i] = h->pixdim[i];
     one_file = NIFTI_ONEFILE(*h);
     header_size = 348;
     free(h);
   }
+  // nifticlib sizes the voxels by datatype alone; a bitpix that disagrees means a damaged header or a writer that
+  // meant another type, and either way the values would be read wrongly.
+  const int bits = supported_bitpix(datatype);
+  if (bits == 0)
+    fail(path,
+         "header field datatype is " + std::to_string(datatype) + " (" + datatype_name(datatype) +
+             "); expected uint8 (2), int8 (256), int16 (4), uint16 (512), int32 (8), float32 (16) or float64 (64)");
+  if (bitpix != bits)
+    fail(path, "header field bitpix is " + std::to_string(bitpix) + " with datatype " + std::to_string(datatype) +
+                   " (" + datatype_name(datatype) + "); expected " + std::to_string(bits));
   // nifticlib reads a non-finite scl_inter as 0, and the values would silently lose their offset (nibabel refuses
   // the file: "valid slope but invalid intercept"). A zero or non-finite slope means no scaling, as in both.
   if (std::isfinite(slope) && slope != 0 && !std::isfinite(inter))
@@ -170,13 +266,20 @@ int check_header_fields(const std::string& path) {
   for (int i = 1; i <= dim[0]; ++i) {
     extents += (i > 1 ? " x " : "") + std::to_string(dim[i]);
     if (dim[i] < 1)
-      fail(path, "header field dim[" + std::to_string(i) + "] is " + std::to_string(dim[i]) +
-                     "; every extent dim[1.." + std::to_string(dim[0]) + "] must be at least 1");
+      fail(path, "header field dim[" + std::to_string(i) + "] is " + std::to_string(dim[i]) + "; every extent dim[1.." +
+                     std::to_string(dim[0]) + "] must be at least 1");
   }
   for (int i = 1; i <= dim[0]; ++i)
     if (__builtin_mul_overflow(voxels, dim[i], &voxels))
       fail(path, "header fields dim[1.." + std::to_string(dim[0]) + "] = " + extents +
                      " multiply to more voxels than a 64-bit count holds");
+  // The voxel size along each axis the volume has: nifticlib keeps a NaN, zero or negative one, and spacing() would
+  // have to guess (nibabel silently sets zero to 1 and negative to its absolute value); the resampling and the grid
+  // comparisons need the real one.
+  for (int i = 1; i <= std::min<int64_t>(dim[0], 3); ++i)
+    if (!(std::isfinite(pixdim[i]) && pixdim[i] > 0))
+      fail(path, "header field pixdim[" + std::to_string(i) + "] (the voxel size along " + "xyz"[i - 1] + ") is " +
+                     num(pixdim[i]) + "; expected a finite size > 0");
   if (one_file) {
     // nifticlib moves an offset inside the header to its end; the voxels would then be read from the wrong bytes.
     if (!(raw_offset >= static_cast<double>(header_size)))
@@ -215,7 +318,8 @@ void write_single_file(const std::string& path, nifti_image* nim, bool nifti2, b
   znzFile fp = znzopen(path.c_str(), "wb", gz ? 1 : 0);
   if (znz_isnull(fp)) fail(path, "cannot create the output file");
   errno = 0;
-  bool ok = znzwrite(header.data(), 1, header.size(), fp) == header.size() && znzwrite(nim->data, 1, bytes, fp) == bytes;
+  bool ok =
+      znzwrite(header.data(), 1, header.size(), fp) == header.size() && znzwrite(nim->data, 1, bytes, fp) == bytes;
   ok = (znzclose(fp) == 0) && ok;
   if (!ok) {
     std::error_code ec;
@@ -227,10 +331,22 @@ void write_single_file(const std::string& path, nifti_image* nim, bool nifti2, b
 
 }  // namespace
 
+double nifti_space_unit_mm(int xyz_units) {
+  switch (XYZT_TO_SPACE(xyz_units)) {
+    case NIFTI_UNITS_METER:
+      return 1000.0;
+    case NIFTI_UNITS_MICRON:
+      return 1e-3;
+    default:
+      return 1.0;  // NIFTI_UNITS_MM, or unknown
+  }
+}
+
 std::array<double, 3> NiftiVolume::spacing() const {
+  // read_nifti has checked the axes the volume has; the others (a 2D image's z) are 1 mm.
   const nifti_image* n = header->nim;
-  return {n->pixdim[3] > 0 ? n->pixdim[3] : 1.0, n->pixdim[2] > 0 ? n->pixdim[2] : 1.0,
-          n->pixdim[1] > 0 ? n->pixdim[1] : 1.0};
+  const double unit = nifti_space_unit_mm(n->xyz_units);
+  return {n->ndim >= 3 ? n->pixdim[3] * unit : 1.0, n->ndim >= 2 ? n->pixdim[2] * unit : 1.0, n->pixdim[1] * unit};
 }
 
 NiftiGeometry NiftiVolume::geometry() const {
@@ -255,7 +371,9 @@ NiftiVolume read_nifti(const std::string& path) {
   if (!std::filesystem::exists(path)) fail(path, "no such file");
   // nifticlib would open a FIFO and block until someone writes to it, or fail obscurely on a directory.
   if (!std::filesystem::is_regular_file(path)) fail(path, "not a regular file (expected a .nii or .nii.gz file)");
-  if (!ends_with(path, ".nii") && !ends_with(path, ".nii.gz")) fail(path, "not a NIfTI file name (expected .nii or .nii.gz)");
+  if (!ends_with(path, ".nii") && !ends_with(path, ".nii.gz"))
+    fail(path, "not a NIfTI file name (expected .nii or .nii.gz)");
+  check_magic(path);
   const int version = check_header_fields(path);
   auto header = std::make_shared<NiftiHeader>();
   header->nim = nifti_image_read(path.c_str(), 0);
@@ -263,18 +381,15 @@ NiftiVolume read_nifti(const std::string& path) {
   if (!nim) fail(path, "not a readable NIfTI-1 or NIfTI-2 file");
   // nifticlib reports NIfTI-2 single files as type 1; the header's own version says, so outputs keep it.
   if (version == 2 && nim->nifti_type == NIFTI_FTYPE_NIFTI1_1) nim->nifti_type = NIFTI_FTYPE_NIFTI2_1;
-  if (nim->ndim < 1 || nim->ndim > 4) fail(path, "has " + std::to_string(nim->ndim) + " dimensions; expected 3D or 4D (channels)");
+  if (nim->ndim < 1 || nim->ndim > 4)
+    fail(path, "has " + std::to_string(nim->ndim) + " dimensions; expected 3D or 4D (channels)");
   int64_t nx = nim->nx, ny = nim->ny > 0 ? nim->ny : 1, nz = nim->nz > 0 ? nim->nz : 1, nc = nim->nt > 0 ? nim->nt : 1;
   if (nim->ndim < 4) nc = 1;
   for (int64_t d : {nx, ny, nz, nc})
     if (d < 1 || d > (1 << 20)) fail(path, "has a dimension of " + std::to_string(d) + " voxels");
   if (nx * ny * nz * nc > (int64_t(1) << 32)) fail(path, "is too large (more than 2^32 voxels)");
-  switch (nim->datatype) {
-    case DT_UINT8: case DT_INT8: case DT_INT16: case DT_UINT16: case DT_INT32: case DT_FLOAT32: case DT_FLOAT64: break;
-    default:
-      fail(path, std::string("has unsupported datatype ") + nifti_datatype_to_string(nim->datatype) +
-                     " (expected uint8, int8, int16, uint16, int32, float32 or float64)");
-  }
+  if (supported_bitpix(nim->datatype) == 0)  // checked in the header already; nifticlib must not have changed it
+    fail(path, "has unsupported datatype " + std::to_string(nim->datatype));
   load_voxels(path, nim);
 
   NiftiVolume vol;
@@ -285,26 +400,54 @@ NiftiVolume read_nifti(const std::string& path) {
   float* f = flat.data<float>();
   double slope = nim->scl_slope, inter = nim->scl_inter;
   switch (nim->datatype) {
-    case DT_UINT8: convert<uint8_t>(nim->data, f, n, slope, inter); break;
-    case DT_INT8: convert<int8_t>(nim->data, f, n, slope, inter); break;
-    case DT_INT16: convert<int16_t>(nim->data, f, n, slope, inter); break;
-    case DT_UINT16: convert<uint16_t>(nim->data, f, n, slope, inter); break;
-    case DT_INT32: convert<int32_t>(nim->data, f, n, slope, inter); break;
-    case DT_FLOAT32: convert<float>(nim->data, f, n, slope, inter); break;
-    case DT_FLOAT64: convert<double>(nim->data, f, n, slope, inter); break;
+    case DT_UINT8:
+      convert<uint8_t>(nim->data, f, n, slope, inter);
+      break;
+    case DT_INT8:
+      convert<int8_t>(nim->data, f, n, slope, inter);
+      break;
+    case DT_INT16:
+      convert<int16_t>(nim->data, f, n, slope, inter);
+      break;
+    case DT_UINT16:
+      convert<uint16_t>(nim->data, f, n, slope, inter);
+      break;
+    case DT_INT32:
+      convert<int32_t>(nim->data, f, n, slope, inter);
+      break;
+    case DT_FLOAT32:
+      convert<float>(nim->data, f, n, slope, inter);
+      break;
+    case DT_FLOAT64:
+      convert<double>(nim->data, f, n, slope, inter);
+      break;
   }
   bool all_finite = true;
   for (int64_t i = 0; i < n; ++i) all_finite &= std::isfinite(f[i]);
   if (!all_finite) {
     const int64_t dims[3] = {nx, ny, nz};
     switch (nim->datatype) {  // only floats can be non-finite in the file, but any scaled type can overflow
-      case DT_UINT8: reject_non_finite<uint8_t>(path, nim->data, n, slope, inter, dims); break;
-      case DT_INT8: reject_non_finite<int8_t>(path, nim->data, n, slope, inter, dims); break;
-      case DT_INT16: reject_non_finite<int16_t>(path, nim->data, n, slope, inter, dims); break;
-      case DT_UINT16: reject_non_finite<uint16_t>(path, nim->data, n, slope, inter, dims); break;
-      case DT_INT32: reject_non_finite<int32_t>(path, nim->data, n, slope, inter, dims); break;
-      case DT_FLOAT32: reject_non_finite<float>(path, nim->data, n, slope, inter, dims); break;
-      case DT_FLOAT64: reject_non_finite<double>(path, nim->data, n, slope, inter, dims); break;
+      case DT_UINT8:
+        reject_non_finite<uint8_t>(path, nim->data, n, slope, inter, dims);
+        break;
+      case DT_INT8:
+        reject_non_finite<int8_t>(path, nim->data, n, slope, inter, dims);
+        break;
+      case DT_INT16:
+        reject_non_finite<int16_t>(path, nim->data, n, slope, inter, dims);
+        break;
+      case DT_UINT16:
+        reject_non_finite<uint16_t>(path, nim->data, n, slope, inter, dims);
+        break;
+      case DT_INT32:
+        reject_non_finite<int32_t>(path, nim->data, n, slope, inter, dims);
+        break;
+      case DT_FLOAT32:
+        reject_non_finite<float>(path, nim->data, n, slope, inter, dims);
+        break;
+      case DT_FLOAT64:
+        reject_non_finite<double>(path, nim->data, n, slope, inter, dims);
+        break;
     }
   }
   nifti_image_unload(nim);
@@ -324,7 +467,8 @@ NiftiVolume read_nifti(const std::string& path) {
 void write_nifti(const std::string& path, const Tensor& data, const NiftiVolume& like) {
   nifti_set_debug_level(0);
   if (!ends_with(path, ".nii") && !ends_with(path, ".nii.gz")) fail(path, "output name must end in .nii or .nii.gz");
-  check_arg(data.rank() == 3 || data.rank() == 4, path + ": expected [Z, Y, X] or [Z, Y, X, C] data, got " + data.describe());
+  check_arg(data.rank() == 3 || data.rank() == 4,
+            path + ": expected [Z, Y, X] or [Z, Y, X, C] data, got " + data.describe());
   const nifti_image* src = like.header->nim;
   int64_t nz = data.dim(0), ny = data.dim(1), nx = data.dim(2), nc = data.rank() == 4 ? data.dim(3) : 1;
   int64_t snz = src->nz > 0 ? src->nz : 1, sny = src->ny > 0 ? src->ny : 1;
@@ -332,10 +476,17 @@ void write_nifti(const std::string& path, const Tensor& data, const NiftiVolume&
             path + ": data " + data.describe() + " does not match the reference grid of " + like.path);
   int datatype = 0;
   switch (data.dtype()) {
-    case DType::u8: datatype = DT_UINT8; break;
-    case DType::i32: datatype = DT_INT32; break;
-    case DType::f32: datatype = DT_FLOAT32; break;
-    default: check_arg(false, path + ": cannot write " + data.describe() + " (expected u8, i32 or f32)");
+    case DType::u8:
+      datatype = DT_UINT8;
+      break;
+    case DType::i32:
+      datatype = DT_INT32;
+      break;
+    case DType::f32:
+      datatype = DT_FLOAT32;
+      break;
+    default:
+      check_arg(false, path + ": cannot write " + data.describe() + " (expected u8, i32 or f32)");
   }
 
   std::unique_ptr<nifti_image, void (*)(nifti_image*)> nim(nifti_copy_nim_info(src), [](nifti_image* p) {

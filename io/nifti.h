@@ -32,14 +32,22 @@ struct NiftiVolume {
   std::string path;
   int datatype = 0;  // the file's DT_* code
 
-  // Voxel spacing in the engine's axis order (z, y, x), from pixdim[3], pixdim[2], pixdim[1].
+  // Voxel spacing in millimetres in the engine's axis order (z, y, x), from pixdim[3], pixdim[2], pixdim[1] in the
+  // header's spatial unit (nifti_space_unit_mm); 1 mm along an axis the volume does not have.
   std::array<double, 3> spacing() const;
   NiftiGeometry geometry() const;
 };
 
+// Millimetres per unit of the spatial part of a NIfTI xyzt_units code (NiftiGeometry::xyz_units): meters 1000,
+// micrometers 0.001, millimetres 1; an unknown or missing unit (0 or any other code) is taken as millimetres, as ITK
+// and nibabel take it. pixdim and the qform / sform (origin included) are in this unit.
+double nifti_space_unit_mm(int xyz_units);
+
 // Reads a NIfTI-1 or NIfTI-2 file (.nii or .nii.gz), 3D or 4D (channels). Throws std::runtime_error naming the file
-// and what is wrong (missing, not a regular file, not NIfTI, unsupported datatype, more than 4 dimensions, too large),
-// the header field at fault (an extent below 1 in dim[1..dim[0]], extents whose product overflows, a vox_offset inside
+// and what is wrong (missing, not a regular file, not NIfTI, more than 4 dimensions, too large), the header field at
+// fault (sizeof_hdr or the magic of a single-file NIfTI-1 or NIfTI-2, a datatype other than uint8, int8, int16,
+// uint16, int32, float32 or float64 or a bitpix that disagrees with it, an extent below 1 in dim[1..dim[0]], extents
+// whose product overflows, a voxel size pixdim[1..3] of a used axis that is not finite and > 0, a vox_offset inside
 // the header), or the first bad voxel (NaN or infinite values, values that overflow f32 as stored or after
 // scl_slope / scl_inter).
 NiftiVolume read_nifti(const std::string& path);

@@ -47,6 +47,45 @@ struct Geometry {
   std::array<int64_t, 3> size;  // after cropping
 };
 
+// The geometry fingerprint.json records for a case whose files are unchanged (same stamp), or nothing: no entry, a
+// stale one, or a damaged one (not an object, a missing key, a value of the wrong type or out of range), which is
+// said in `warning` and makes the case be preprocessed again, like a stale one.
+std::optional<Geometry> known_geometry(const nlohmann::json& cases, const std::string& id, const std::string& stamp,
+                                       std::string* warning) {
+  const auto it = cases.find(id);
+  if (it == cases.end()) return std::nullopt;
+  const nlohmann::json& k = *it;
+  std::string why;
+  if (!k.is_object())
+    why = "is not an object";
+  else if (!k.contains("stamp") || !k["stamp"].is_string())
+    why = "has no string \"stamp\"";
+  else if (k["stamp"].get<std::string>() != stamp)
+    return std::nullopt;  // stale: a source file changed
+  Geometry g{};
+  const auto three = [&](const char* key, bool integer) {
+    if (!why.empty()) return;
+    const nlohmann::json* v = k.contains(key) ? &k[key] : nullptr;
+    bool ok = v && v->is_array() && v->size() == 3;
+    for (size_t a = 0; ok && a < 3; ++a) {
+      const nlohmann::json& x = (*v)[a];
+      if (integer) {
+        ok = x.is_number_integer() && x.get<int64_t>() >= 1;
+        if (ok) g.size[a] = x.get<int64_t>();
+      } else {
+        ok = x.is_number() && std::isfinite(x.get<double>()) && x.get<double>() > 0;
+        if (ok) g.spacing[a] = x.get<double>();
+      }
+    }
+    if (!ok) why = std::string("has no \"") + key + "\" of three " + (integer ? "integers >= 1" : "finite numbers > 0");
+  };
+  three("spacing", false);
+  three("size", true);
+  if (why.empty()) return g;
+  *warning = "entry \"" + id + "\" " + why + "; the case is preprocessed again";
+  return std::nullopt;
+}
+
 // A case loaded and cropped to its non-zero box.
 Case load_cropped(const DatasetInfo& info, size_t i) {
   Case c = load_case(info, i);
@@ -79,10 +118,17 @@ PreprocessedDataset preprocess_dataset(const DatasetInfo& info, const std::vecto
   const fs::path dir = o.cache_dir;
   const std::string fingerprint_path = (dir / "fingerprint.json").string();
   nlohmann::json fingerprint = {{"format", kFormat}, {"cases", nlohmann::json::object()}};
+  PreprocessedDataset out;
   if (cache && fs::exists(fingerprint_path)) {
     const nlohmann::json old = nlohmann::json::parse(std::ifstream(fingerprint_path), nullptr, false);
-    if (old.is_object() && old.value("format", "") == kFormat && old.contains("cases") && old["cases"].is_object())
-      fingerprint = old;  // anything else is rebuilt
+    if (old.is_object() && old.contains("format") && old["format"] == kFormat && old.contains("cases") &&
+        old["cases"].is_object())
+      fingerprint = old;
+    else  // rebuilt: every case is stale
+      out.warnings.push_back(
+          fingerprint_path + ": " +
+          (old.is_discarded() ? "not valid JSON" : "not a fingerprint of format \"" + std::string(kFormat) + "\"") +
+          "; every case is preprocessed again");
   }
 
   // 1. Each case's spacing and cropped size: from the fingerprint when its files are unchanged, else by loading it
@@ -93,14 +139,14 @@ PreprocessedDataset preprocess_dataset(const DatasetInfo& info, const std::vecto
   for (size_t i = 0; i < n; ++i) {
     const DatasetCase& dc = info.training[i];
     stamps[i] = source_stamp(dc);
-    const nlohmann::json* known = nullptr;
-    if (cache && fingerprint["cases"].contains(dc.id)) {
-      const nlohmann::json& k = fingerprint["cases"][dc.id];
-      if (k.value("stamp", "") == stamps[i] && k.contains("spacing") && k.contains("size")) known = &k;
-    }
-    if (known) {
-      geometry[i] = {(*known)["spacing"].get<std::array<double, 3>>(), (*known)["size"].get<std::array<int64_t, 3>>()};
-      continue;
+    if (cache) {
+      std::string warning;
+      const std::optional<Geometry> known = known_geometry(fingerprint["cases"], dc.id, stamps[i], &warning);
+      if (!warning.empty()) out.warnings.push_back(fingerprint_path + ": " + warning);
+      if (known) {
+        geometry[i] = *known;
+        continue;
+      }
     }
     loaded[i] = load_cropped(info, i);
     const Case& c = *loaded[i];
@@ -109,7 +155,6 @@ PreprocessedDataset preprocess_dataset(const DatasetInfo& info, const std::vecto
   }
 
   // 2. The plan.
-  PreprocessedDataset out;
   std::vector<std::array<double, 3>> spacings;
   std::vector<std::array<int64_t, 3>> sizes;
   for (size_t i : train) {
@@ -159,7 +204,12 @@ PreprocessedDataset preprocess_dataset(const DatasetInfo& info, const std::vecto
     }
     Case c = loaded[i] ? std::move(*loaded[i]) : load_cropped(info, i);
     loaded[i].reset();
-    const bool resampled = resample_case(c, out.target);
+    bool resampled = false;
+    try {  // a spacing that overflows or collapses the grid is the image file's fault: named
+      resampled = resample_case(c, out.target);
+    } catch (const std::exception& e) {
+      throw std::runtime_error(dc.image_paths.at(0) + ": " + e.what());
+    }
     out.resampled += resampled;
     if (cache && o.write_cache) {
       fs::create_directories(dir);

@@ -6,7 +6,8 @@
 // fingerprint.json records per case a stamp of its source files (path, size, modification time) with its spacing and
 // cropped size, so the target spacing is planned without reading unchanged images; CASE.safetensors holds the
 // preprocessed image and label with the stamp and the target spacing they were made for. A case whose stamp or
-// target differs is preprocessed again and its file replaced (atomically); a damaged file is an error naming it.
+// target differs is preprocessed again and its file replaced (atomically); a damaged case file is an error naming it,
+// a damaged fingerprint entry a warning (PreprocessedDataset::warnings) that makes its case stale.
 #pragma once
 #include <array>
 #include <string>
@@ -22,10 +23,11 @@ struct PreprocessOptions {
 };
 
 struct PreprocessedDataset {
-  std::vector<Case> cases;       // every case of info.training, in order, at `target` spacing
-  std::array<double, 3> target;  // planned from the cases in `train`
-  int resampled = 0;             // cases whose spacing differed from the target
-  int from_cache = 0;            // cases read from the cache
+  std::vector<Case> cases;            // every case of info.training, in order, at `target` spacing
+  std::array<double, 3> target;       // planned from the cases in `train`
+  int resampled = 0;                  // cases whose spacing differed from the target
+  int from_cache = 0;                 // cases read from the cache
+  std::vector<std::string> warnings;  // "PATH: what": damaged fingerprint entries, whose cases were made again
 };
 
 // The cases of info.training preprocessed; the target spacing is planned from the cases listed in `train`.

@@ -1,6 +1,9 @@
 #include "io/tiff.h"
 
+#include <fcntl.h>
+#include <sys/stat.h>
 #include <tiffio.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
@@ -45,14 +48,23 @@ int ignore_warning(TIFF*, void*, const char*, const char*, va_list) {
 // An open TIFF* with its first error message; closed on destruction.
 class TiffFile {
  public:
-  TiffFile(const std::string& path, const char* mode) : path_(path) {
+  // `failure`: what a failed open means ("" for the default: not TIFF, or the errno of a write); `name`: the file
+  // messages name (a write opens a temporary file, named for the output it becomes).
+  TiffFile(const std::string& path, const char* mode, const std::string& failure = "", const std::string& name = "")
+      : path_(name.empty() ? path : name) {
     TIFFOpenOptions* o = TIFFOpenOptionsAlloc();
     TIFFOpenOptionsSetErrorHandlerExtR(o, keep_first_error, &error_);
     TIFFOpenOptionsSetWarningHandlerExtR(o, ignore_warning, nullptr);
     TIFFOpenOptionsSetMaxSingleMemAlloc(o, tmsize_t(1) << 32);  // no strip or tile buffer above 4 GiB
+    errno = 0;
     tif_ = TIFFOpenExt(path.c_str(), mode, o);
+    const int err = errno;
     TIFFOpenOptionsFree(o);
-    if (!tif_) fail(path, (mode[0] == 'r' ? "not a readable TIFF file" : "cannot create the file") + because());
+    if (!tif_)
+      fail(path_, (!failure.empty() ? failure
+                   : mode[0] == 'r' ? std::string("not a readable TIFF file")
+                                    : "cannot create TIFF" + (err ? ": " + std::string(std::strerror(err)) : "")) +
+                      because());
   }
   ~TiffFile() { close(); }
   TiffFile(const TiffFile&) = delete;
@@ -85,11 +97,14 @@ struct Page {
   int64_t bytes() const { return int64_t(width) * height * spp * (bits / 8); }
 };
 
+int64_t max_expansion(uint16_t compression);
+constexpr int64_t kMaxTileBytes = int64_t(256) << 20;
+
 std::string page_name(int64_t z) {
   return "page " + std::to_string(z + 1);
 }
 
-Page read_page_tags(const TiffFile& t, int64_t z, const std::string& path) {
+Page read_page_tags(const TiffFile& t, int64_t z, const std::string& path, int64_t file_size) {
   TIFF* tif = t.get();
   Page p;
   const std::string at = page_name(z);
@@ -127,14 +142,45 @@ Page read_page_tags(const TiffFile& t, int64_t z, const std::string& path) {
     fail(path, at + " has PlanarConfiguration " + std::to_string(p.planar) + "; expected 1 or 2");
   p.tiled = TIFFIsTiled(tif);
   if (p.tiled) {
-    if (!TIFFGetField(tif, TIFFTAG_TILEWIDTH, &p.tile_w) || !TIFFGetField(tif, TIFFTAG_TILELENGTH, &p.tile_h) ||
-        p.tile_w < 1 || p.tile_h < 1 || p.tile_w > (1u << 16) || p.tile_h > (1u << 16))
-      fail(path, at + " is tiled without a valid TileWidth and TileLength");
+    if (!TIFFGetField(tif, TIFFTAG_TILEWIDTH, &p.tile_w) || !TIFFGetField(tif, TIFFTAG_TILELENGTH, &p.tile_h))
+      fail(path, at + " is tiled without TileWidth and TileLength");
+    // One tile is decoded at a time into a buffer of its size: bounded before it is allocated, by the TIFF rule
+    // (multiples of 16), a size, and what the file can decode to (each tile is stored whole).
+    const std::string tiles =
+        at + " has tiles of " + std::to_string(p.tile_w) + " x " + std::to_string(p.tile_h) + " pixels";
+    if (p.tile_w < 16 || p.tile_h < 16 || p.tile_w % 16 != 0 || p.tile_h % 16 != 0 || p.tile_w > (1u << 16) ||
+        p.tile_h > (1u << 16))
+      fail(path, tiles + "; expected TileWidth and TileLength multiples of 16 from 16 to 65536");
+    const int64_t tile_bytes =
+        int64_t(p.tile_w) * p.tile_h * (p.planar == PLANARCONFIG_SEPARATE ? 1 : p.spp) * (p.bits / 8);
+    if (tile_bytes > kMaxTileBytes || tile_bytes / max_expansion(p.compression) > file_size)
+      fail(path, tiles + " (" + std::to_string(tile_bytes) + " bytes each); expected tiles of at most " +
+                     std::to_string(kMaxTileBytes >> 20) + " MiB that the file's " + std::to_string(file_size) +
+                     " bytes can hold");
   } else {
     TIFFGetFieldDefaulted(tif, TIFFTAG_ROWSPERSTRIP, &p.rows_per_strip);
     p.rows_per_strip = std::clamp<uint32_t>(p.rows_per_strip, 1, p.height);
   }
   return p;
+}
+
+// Where the current directory ends in the file: its entry count, entries and next-directory offset (classic TIFF:
+// 2 + 12 n + 4 bytes; BigTIFF: 8 + 20 n + 8), or INT64_MAX when its entry count cannot be read.
+int64_t directory_end(const TiffFile& t) {
+  TIFF* tif = t.get();
+  const bool big = TIFFIsBigTIFF(tif);
+  const auto at = static_cast<off_t>(TIFFCurrentDirOffset(tif));
+  uint64_t n = 0;
+  if (big) {
+    if (::pread(TIFFFileno(tif), &n, 8, at) != 8) return std::numeric_limits<int64_t>::max();
+    if (TIFFIsByteSwapped(tif)) n = __builtin_bswap64(n);
+  } else {
+    uint16_t n16 = 0;
+    if (::pread(TIFFFileno(tif), &n16, 2, at) != 2) return std::numeric_limits<int64_t>::max();
+    n = TIFFIsByteSwapped(tif) ? __builtin_bswap16(n16) : n16;
+  }
+  if (n > (1u << 16)) return std::numeric_limits<int64_t>::max();
+  return static_cast<int64_t>(at) + static_cast<int64_t>(big ? 8 + 20 * n + 8 : 2 + 12 * n + 4);
 }
 
 // How many bytes each stored byte can become at most, by codec: what a file of a given size can hold, so that a
@@ -244,27 +290,82 @@ std::string imagej_value(const std::string& desc, const std::string& key) {
   return "";
 }
 
-std::array<double, 3> spacing_from_tags(const TiffTags& tags, bool* calibrated = nullptr) {
+// An ImageJ description's value as it appears, shortened for a message.
+std::string shown(const std::string& value) {
+  return "\"" + (value.size() > 40 ? value.substr(0, 40) + "..." : value) + "\"";
+}
+
+// The description and resolution tags of the current page.
+TiffTags read_calibration_tags(TIFF* tif) {
+  TiffTags tags;
+  char* desc = nullptr;
+  if (TIFFGetField(tif, TIFFTAG_IMAGEDESCRIPTION, &desc) && desc) tags.description = desc;
+  float xr = 0, yr = 0;
+  uint16_t unit = RESUNIT_INCH;
+  if (TIFFGetField(tif, TIFFTAG_XRESOLUTION, &xr) && TIFFGetField(tif, TIFFTAG_YRESOLUTION, &yr)) {
+    TIFFGetFieldDefaulted(tif, TIFFTAG_RESOLUTIONUNIT, &unit);
+    tags = {true, xr, yr, unit, tags.description};
+  }
+  return tags;
+}
+
+// The spacing the tags calibrate (see io/tiff.h), or 1 mm. A calibration that is there but unusable (an ImageJ
+// "spacing=" that is not a finite number > 0, a resolution of zero, NaN or infinity in a calibrated unit) is an error
+// naming it: a silent 1 mm would resample the volume wrongly.
+std::array<double, 3> spacing_from_tags(const std::string& path, const TiffTags& tags, bool* calibrated) {
   std::array<double, 3> s{1, 1, 1};
-  const bool res_ok = tags.has_resolution && std::isfinite(tags.x_resolution) && std::isfinite(tags.y_resolution) &&
-                      tags.x_resolution > 0 && tags.y_resolution > 0;
   double unit = 0;  // millimetres per resolution unit
   double z_units = 0;
   if (tags.description.starts_with("ImageJ=")) {
     unit = unit_in_mm(imagej_value(tags.description, "unit"));
     const std::string z = imagej_value(tags.description, "spacing");
-    char* end = nullptr;
-    z_units = z.empty() ? 0 : std::strtod(z.c_str(), &end);
-    if (!(std::isfinite(z_units) && z_units > 0)) z_units = 0;
+    if (!z.empty()) {
+      char* end = nullptr;
+      z_units = std::strtod(z.c_str(), &end);
+      while (end && (*end == ' ' || *end == '\r' || *end == '\t')) ++end;
+      if (end == z.c_str() || *end != '\0' || !(std::isfinite(z_units) && z_units > 0))
+        fail(path, "ImageJ description has spacing=" + shown(z) + "; expected a finite z voxel size > 0");
+    }
   } else if (tags.resolution_unit == RESUNIT_CENTIMETER) {
     unit = 10;
   }
-  if (unit <= 0 || !res_ok) return s;
-  if (calibrated) *calibrated = true;
+  if (unit <= 0 || !tags.has_resolution) return s;
+  for (const auto& [name, r] : {std::pair{"XResolution", tags.x_resolution}, {"YResolution", tags.y_resolution}})
+    if (!(std::isfinite(r) && r > 0)) {
+      char b[32];
+      std::snprintf(b, sizeof b, "%g", static_cast<double>(r));
+      fail(path, std::string(name) + " is " + b + " in a calibrated unit; expected a finite number of pixels per " +
+                     "unit > 0");
+    }
   s[2] = unit / tags.x_resolution;
   s[1] = unit / tags.y_resolution;
   s[0] = z_units > 0 ? unit * z_units : s[2];  // no z spacing given: isotropic
+  for (double v : s)
+    if (!(std::isfinite(v) && v > 0)) {
+      char b[200];
+      std::snprintf(b, sizeof b, "%g, %g, %g", s[0], s[1], s[2]);
+      fail(path, std::string("calibrated voxel spacing ") + b + " mm (z, y, x); expected finite sizes > 0");
+    }
+  if (calibrated) *calibrated = true;
   return s;
+}
+
+// The channel count of an ImageJ hyperstack ("channels=" in its description; 1 without it): an integer 1 to 64 that
+// divides the page count when the pages are single-sample, since the pages then become its channels.
+int64_t imagej_channels(const std::string& path, const TiffTags& tags, int64_t pages, int64_t samples) {
+  if (!tags.description.starts_with("ImageJ=")) return 1;
+  const std::string v = imagej_value(tags.description, "channels");
+  if (v.empty()) return 1;
+  char* end = nullptr;
+  errno = 0;
+  const long long c = std::strtoll(v.c_str(), &end, 10);
+  if (end == v.c_str() || *end != '\0' || errno == ERANGE || c < 1 || c > 64)
+    fail(path, "ImageJ description has channels=" + shown(v) + "; expected an integer 1 to 64");
+  if (samples > 1) return 1;  // samples per pixel are the channels; the description counts them (ImageJ's RGB)
+  if (pages % c != 0)
+    fail(path, "ImageJ description has channels=" + v + " but the file has " + std::to_string(pages) +
+                   " pages; expected a channel count that divides the page count");
+  return c;
 }
 
 TiffCompression compression_of(uint16_t c) {
@@ -305,19 +406,40 @@ bool is_tiff_name(const std::string& path) {
 }
 
 TiffVolume read_tiff(const std::string& path) {
-  if (!std::filesystem::exists(path)) fail(path, "no such file");
-  if (!std::filesystem::is_regular_file(path)) fail(path, "not a regular file (expected a .tif or .tiff file)");
-  if (!is_tiff_name(path)) fail(path, "not a TIFF file name (expected .tif or .tiff)");
-  const int64_t file_size = static_cast<int64_t>(std::filesystem::file_size(path));
-  TiffFile t(path, "rm");  // "m": read through the file, not a memory map (a file truncated later cannot fault)
+  // Opened here first for the reason it cannot be (libtiff says only "Cannot open"); O_NONBLOCK: a FIFO must not
+  // block the open, it is refused below.
+  unsigned char magic[4] = {};
+  int64_t file_size = 0;
+  {
+    const int fd = ::open(path.c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+    if (fd < 0) fail(path, std::string("cannot open TIFF: ") + std::strerror(errno));
+    struct stat st {};
+    const bool regular = ::fstat(fd, &st) == 0 && S_ISREG(st.st_mode);
+    const bool has_header = regular && ::pread(fd, magic, 4, 0) == 4;
+    ::close(fd);
+    if (!regular) fail(path, "not a regular file (expected a .tif or .tiff file)");
+    file_size = static_cast<int64_t>(st.st_size);
+    if (!is_tiff_name(path)) fail(path, "not a TIFF file name (expected .tif or .tiff)");
+    const bool tiff_header = has_header && (std::memcmp(magic, "II", 2) == 0 || std::memcmp(magic, "MM", 2) == 0);
+    if (!tiff_header) fail(path, "not a readable TIFF file (no TIFF header: expected \"II\" or \"MM\")");
+  }
+  // "m": read through the file, not a memory map (a file truncated later cannot fault). The header is TIFF, so
+  // a failure here is the first directory (page 1) that cannot be read.
+  TiffFile t(path, "rm", page_name(0) + ": cannot read its directory (truncated or corrupt file?)");
   TIFF* tif = t.get();
 
-  // First pass over the pages: each like the first, and no more voxels than the file can decode to.
+  // First pass over the pages: each like the first, and no more voxels than the file can decode to. The directories
+  // are a chain: one that cannot be read (cut off by a truncation, say) is an error, never the end of the stack.
   std::vector<Page> pages;
+  TiffTags first_tags;              // page 1's resolution and description
   int64_t compressed_at_least = 0;  // bytes the file must hold for the pages' decoded size
-  do {
+  for (bool more = true; more;) {
+    if (!pages.empty())
+      t.check(TIFFReadDirectory(tif), page_name(static_cast<int64_t>(pages.size())) +
+                                          ": cannot read its directory (truncated or corrupt file?)");
     if (pages.size() >= (1u << 20)) fail(path, "has more than 2^20 pages");
-    Page p = read_page_tags(t, static_cast<int64_t>(pages.size()), path);
+    Page p = read_page_tags(t, static_cast<int64_t>(pages.size()), path, file_size);
+    if (pages.empty()) first_tags = read_calibration_tags(tif);
     if (!pages.empty() && !p.same_samples(pages[0]))
       fail(path, page_name(static_cast<int64_t>(pages.size())) + " is " + std::to_string(p.width) + " x " +
                      std::to_string(p.height) + " x " + std::to_string(p.spp) + " samples of " +
@@ -330,7 +452,13 @@ TiffVolume read_tiff(const std::string& path) {
                      std::to_string(p.height) + " pixels, more than its " + std::to_string(file_size) +
                      " bytes can hold");
     pages.push_back(p);
-  } while (TIFFReadDirectory(tif));
+    more = !TIFFLastDirectory(tif);
+    // libtiff takes a next-directory offset it cannot read for 0, the end of the chain: a file cut inside the last
+    // directory it read would silently lose the pages after it.
+    if (!more && directory_end(t) > file_size)
+      fail(path, page_name(static_cast<int64_t>(pages.size()) - 1) +
+                     ": its directory runs past the end of the file (truncated file?)");
+  }
   const Page& first = pages[0];
   const int64_t nz = static_cast<int64_t>(pages.size()), ny = first.height, nx = first.width, nc = first.spp;
   if (nz * ny * nx * nc > (int64_t(1) << 32)) fail(path, "is too large (more than 2^32 samples)");
@@ -341,21 +469,15 @@ TiffVolume read_tiff(const std::string& path) {
   vol.is_float = first.format == SAMPLEFORMAT_IEEEFP;
   vol.is_signed = first.format == SAMPLEFORMAT_INT;
   vol.compression = compression_of(first.compression);
+  vol.tags = first_tags;
+  // The calibration and the ImageJ channel count, checked before anything is allocated.
+  vol.spacing = spacing_from_tags(path, vol.tags, &vol.calibrated);
+  const int64_t ij_channels = imagej_channels(path, vol.tags, nz, nc);
   vol.data = Tensor::empty({nz, ny, nx, nc});
   float* d = vol.data.data<float>();
   t.check(TIFFSetDirectory(tif, 0), page_name(0) + ": cannot be read");
   for (int64_t z = 0; z < nz; ++z) {
     if (z > 0) t.check(TIFFReadDirectory(tif), page_name(z) + ": cannot be read");
-    if (z == 0) {
-      char* desc = nullptr;
-      if (TIFFGetField(tif, TIFFTAG_IMAGEDESCRIPTION, &desc) && desc) vol.tags.description = desc;
-      float xr = 0, yr = 0;
-      uint16_t unit = RESUNIT_INCH;
-      if (TIFFGetField(tif, TIFFTAG_XRESOLUTION, &xr) && TIFFGetField(tif, TIFFTAG_YRESOLUTION, &yr)) {
-        TIFFGetFieldDefaulted(tif, TIFFTAG_RESOLUTIONUNIT, &unit);
-        vol.tags = {true, xr, yr, unit, vol.tags.description};
-      }
-    }
     float* page = d + z * ny * nx * nc;
     read_page(t, pages[static_cast<size_t>(z)], z, page);
     for (int64_t i = 0; i < ny * nx * nc; ++i)
@@ -365,11 +487,7 @@ TiffVolume read_tiff(const std::string& path) {
                        ": NaN, infinite or beyond the f32 range; expected finite values");
   }
   // An ImageJ hyperstack with channels stores them as pages, channel fastest ("czt"): they become channels.
-  const std::string channels = imagej_value(vol.tags.description, "channels");
-  const int64_t ij_channels = vol.tags.description.starts_with("ImageJ=") && !channels.empty()
-                                  ? std::strtoll(channels.c_str(), nullptr, 10)
-                                  : 1;
-  if (ij_channels > 1 && ij_channels <= 64 && nc == 1 && nz % ij_channels == 0) {
+  if (ij_channels > 1) {
     Tensor interleaved = vol.data;
     vol.data = Tensor::empty({nz / ij_channels, ny, nx, ij_channels});
     const float* src = interleaved.data<float>();
@@ -378,7 +496,6 @@ TiffVolume read_tiff(const std::string& path) {
       for (int64_t i = 0; i < ny * nx; ++i)
         dst[((z / ij_channels) * ny * nx + i) * ij_channels + z % ij_channels] = src[z * ny * nx + i];
   }
-  vol.spacing = spacing_from_tags(vol.tags, &vol.calibrated);
   return vol;
 }
 
@@ -405,7 +522,7 @@ void write_tiff(const std::string& path, const Tensor& data, const TiffWriteOpti
   const int64_t bytes = c.numel() * (o.bits / 8);
   AtomicFile file(path);
   {
-    TiffFile t(file.temp_path(), bytes > (int64_t(7) << 29) ? "w8" : "w");  // BigTIFF beyond 3.5 GiB
+    TiffFile t(file.temp_path(), bytes > (int64_t(7) << 29) ? "w8" : "w", "", path);  // BigTIFF beyond 3.5 GiB
     TIFF* tif = t.get();
     std::vector<uint8_t> row(static_cast<size_t>(nx * nc * (o.bits / 8)));
     const std::vector<uint16_t> extra(static_cast<size_t>(nc - 1), EXTRASAMPLE_UNSPECIFIED);

@@ -6,7 +6,9 @@
 // floats, in strips or tiles, contiguous or planar, with any compression libtiff decodes (none, LZW, Deflate,
 // PackBits, ...). NaN or infinite samples are errors. Spacing: TIFF has no reliable physical spacing (image editors
 // write 72 dpi), so it is read only where a scientific writer put it: ImageJ's ImageDescription ("unit=", "spacing="
-// for z) with XResolution / YResolution, or XResolution / YResolution in centimetres; otherwise 1 mm.
+// for z) with XResolution / YResolution, or XResolution / YResolution in centimetres; otherwise 1 mm. A calibration
+// that is present but not a finite size > 0 is an error, as is an ImageJ "channels=" that is not an integer 1 to 64
+// dividing the page count, and tiles off the TIFF rule (multiples of 16 up to 65536) or over 256 MiB.
 // Write: u8, i32 or f32 tensors as 8- or 16-bit unsigned or 32-bit float pages, uncompressed, LZW or Deflate, through
 // a temporary file renamed into place (io/atomic_file.h). An output written "like" an input keeps its resolution tags
 // and ImageDescription, so its spacing reads back the same.
@@ -43,9 +45,10 @@ struct TiffVolume {
 // Whether a file name ends in .tif or .tiff (any case).
 bool is_tiff_name(const std::string& path);
 
-// Reads every page of a TIFF file. Throws std::runtime_error naming the file and what is wrong (missing, not a
-// regular file, not TIFF, libtiff's own message, the page that differs from the first, an unsupported sample type or
-// photometric interpretation, a size the file cannot hold, the first NaN or infinite sample).
+// Reads every page of a TIFF file. Throws std::runtime_error naming the file and what is wrong (cannot be opened, with
+// the system's reason; not a regular file; not TIFF; the page whose directory or data cannot be read, as in a
+// truncated file, with libtiff's own message; the page that differs from the first; an unsupported sample type or
+// photometric interpretation; a size the file cannot hold; the first NaN or infinite sample).
 TiffVolume read_tiff(const std::string& path);
 
 struct TiffWriteOptions {

@@ -447,6 +447,8 @@ Trainer::Trainer(TrainerOptions options, std::FILE* out) : s_(std::make_unique<S
     po.cache_dir = o.cache_dir;
     po.write_cache = s.lead();
     io::PreprocessedDataset pre = io::preprocess_dataset(s.info, s.split.train, po);
+    if (s.lead())
+      for (const std::string& w : pre.warnings) std::fprintf(stderr, "unet_train: warning: %s\n", w.c_str());
     s.cases = std::move(pre.cases);
     target = pre.target;
     if (out)

@@ -11,6 +11,7 @@
 #include <filesystem>
 #include <fstream>
 #include <functional>
+#include <limits>
 #include <map>
 #include <set>
 #include <thread>
@@ -216,6 +217,45 @@ TEST_CASE("unet_eval refuses FIFOs and unwritable result files with status 2 bef
   };
   check_cases(fx, cases);
   CHECK_FALSE(fs::exists(d + "/pred/dice.json"));
+}
+
+TEST_CASE("unet_infer refuses damaged image headers and files with status 1, naming the file and the fault") {
+  Fixture fx;
+  const std::string& d = fx.dir;
+  const auto damaged = [&](const std::string& name, std::streamoff offset, const std::string& bytes) {
+    write_image(d + "/" + name, 8, 3);
+    std::fstream f(d + "/" + name, std::ios::binary | std::ios::in | std::ios::out);
+    f.seekp(offset);
+    f.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+    return d + "/" + name;
+  };
+  const float nan = std::numeric_limits<float>::quiet_NaN();
+  const std::string no_magic = damaged("no_magic.nii", 344, std::string(4, '\0'));
+  const std::string nan_pixdim = damaged("nan_pixdim.nii", 80, std::string(reinterpret_cast<const char*>(&nan), 4));
+  const std::string bitpix = damaged("bitpix.nii", 72, std::string("\x08\x00", 2));  // float32 with bitpix 8
+  io::TiffWriteOptions o;
+  o.compression = io::TiffCompression::none;
+  o.tags.description = "ImageJ=1.54f\nimages=8\nchannels=3\nslices=8\n";
+  const Tensor pages = Tensor::zeros({8, 8, 8}, DType::u8);
+  io::write_tiff(d + "/channels.tif", pages, o);
+  o.tags.description.clear();
+  io::write_tiff(d + "/cut.tif", pages, o);
+  const std::string whole = bytes_of(d + "/cut.tif");
+  std::ofstream(d + "/cut.tif", std::ios::binary | std::ios::trunc) << whole.substr(0, whole.size() * 6 / 10);
+  const auto infer = [&](const std::string& input) {
+    return " --model " + fx.model + " --input " + input + " --output " + d + "/seg.nii.gz";
+  };
+  check_cases(
+      fx, {
+              {"unet_infer", infer(no_magic), 1, no_magic + ": header magic is \"\\0\\0\\0\\0\"; expected \"n+1\\0\""},
+              {"unet_infer", infer(nan_pixdim), 1,
+               nan_pixdim + ": header field pixdim[1] (the voxel size along x) is nan; expected a finite size"},
+              {"unet_infer", infer(bitpix), 1,
+               bitpix + ": header field bitpix is 8 with datatype 16 (float32); expected 32"},
+              {"unet_infer", infer(d + "/channels.tif"), 1,
+               d + "/channels.tif: ImageJ description has channels=3 but the file has 8 pages"},
+              {"unet_infer", infer(d + "/cut.tif"), 1, d + "/cut.tif: page "},
+          });
 }
 
 TEST_CASE("unet_synth refuses garbage, negative and oversized numbers with status 2, naming the option") {

@@ -138,7 +138,12 @@ namespace {
 constexpr std::streamoff kN1Dim = 40, kN1Datatype = 70, kN1Bitpix = 72, kN1Pixdim = 76, kN1VoxOffset = 108,
                          kN1SclSlope = 112, kN1SclInter = 116, kN1Magic = 344;
 constexpr std::streamoff kN2Dim = 16, kN2VoxOffset = 168;
-constexpr std::streamoff kN1SrowX = 280;  // srow_x, srow_y, srow_z: 4 floats each
+constexpr std::streamoff kN1SrowX = 280;      // srow_x, srow_y, srow_z: 4 floats each
+constexpr std::streamoff kN1XyztUnits = 123;  // one byte: space unit in bits 0-2, time unit in bits 3-5
+constexpr std::streamoff kN2Pixdim = 104;
+// xyzt_units codes (nifti1.h)
+constexpr char NIFTI_UNITS_UNKNOWN = 0, NIFTI_UNITS_METER = 1, NIFTI_UNITS_MM = 2, NIFTI_UNITS_MICRON = 3,
+               NIFTI_UNITS_SEC = 8;
 
 template <class T>
 void patch(const std::string& path, std::streamoff offset, T value) {
@@ -316,8 +321,134 @@ TEST_CASE("a vox_offset inside the header is an error naming the header field") 
 
 TEST_CASE("fuzz finding: a 349-byte NIfTI declaring 15 GB of voxels is refused before anything is allocated") {
   // Found by fuzz/nifti_fuzz.cpp: read_nifti allocated what the header declared (15222778200 bytes) before reading.
+  // Its magic is damaged too (nifticlib took it for ANALYZE 7.5), which is now found first; the size check behind it
+  // is covered by "unreadable inputs are errors naming the file".
   const std::string path = std::string(UNET_TEST_DATA_DIR) + "/fuzz/nifti_oversized_dims.nii";
-  CHECK_THROWS_WITH(io::read_nifti(path), doctest::Contains("more than the file holds after vox_offset"));
+  CHECK_THROWS_WITH(io::read_nifti(path),
+                    (path + ": header magic is \"\\0\\0\\0@\"; expected \"n+1\\0\", a single-file "
+                            "NIfTI-1 (.nii or .nii.gz)")
+                        .c_str());
+}
+
+TEST_CASE("a header without the NIfTI magic is an error naming the file and the magic found") {
+  // nifticlib reads a 348-byte header without the magic as ANALYZE 7.5 and trusts the rest of it.
+  std::string dir = temp_dir();
+  std::string path = write_valid(dir + "/magic1.nii");
+  patch<uint32_t>(path, kN1Magic, 0);
+  CHECK_THROWS_WITH_AS(read_nifti(path),
+                       (path + ": header magic is \"\\0\\0\\0\\0\"; expected \"n+1\\0\", a single-file NIfTI-1 (.nii "
+                               "or .nii.gz)")
+                           .c_str(),
+                       std::runtime_error);
+  std::fstream(path, std::ios::binary | std::ios::in | std::ios::out).seekp(kN1Magic).write("ni1", 4);
+  CHECK_THROWS_WITH_AS(read_nifti(path),
+                       doctest::Contains("header magic is \"ni1\\0\" (the header of a .hdr/.img pair); expected"),
+                       std::runtime_error);
+  std::fstream(path, std::ios::binary | std::ios::in | std::ios::out).seekp(kN1Magic).write("n\xff\n", 4);
+  CHECK_THROWS_WITH_AS(read_nifti(path), doctest::Contains("header magic is \"n\\xff\\x0a\\0\""), std::runtime_error);
+  path = write_valid(dir + "/magic2.nii", true);
+  std::fstream(path, std::ios::binary | std::ios::in | std::ios::out).seekp(4).write("n+2\0\r\r\032\n", 8);
+  CHECK_THROWS_WITH_AS(
+      read_nifti(path),
+      (path + ": header magic is \"n+2\\0\\x0d\\x0d\\x1a\\x0a\"; expected \"n+2\\0\\x0d\\x0a\\x1a\\x0a\", "
+              "a single-file NIfTI-2 (.nii or .nii.gz)")
+          .c_str(),
+      std::runtime_error);
+  // Neither header size: not NIfTI at all.
+  path = write_valid(dir + "/size.nii");
+  patch<int32_t>(path, 0, 347);
+  CHECK_THROWS_WITH_AS(read_nifti(path),
+                       (path + ": not a readable NIfTI-1 or NIfTI-2 file: header field sizeof_hdr is 347; expected 348 "
+                               "(NIfTI-1) or 540 (NIfTI-2)")
+                           .c_str(),
+                       std::runtime_error);
+}
+
+TEST_CASE("a datatype read_nifti does not convert, or a bitpix that disagrees with it, is an error naming both") {
+  std::string dir = temp_dir();
+  std::string path = write_valid(dir + "/datatype.nii");  // float32, bitpix 32
+  patch<int16_t>(path, kN1Datatype, 128);
+  patch<int16_t>(path, kN1Bitpix, 24);
+  CHECK_THROWS_WITH_AS(read_nifti(path),
+                       (path + ": header field datatype is 128 (rgb24); expected uint8 (2), int8 (256), int16 (4), "
+                               "uint16 (512), int32 (8), float32 (16) or float64 (64)")
+                           .c_str(),
+                       std::runtime_error);
+  patch<int16_t>(path, kN1Datatype, 1234);
+  CHECK_THROWS_WITH_AS(read_nifti(path), doctest::Contains("header field datatype is 1234 (unknown)"),
+                       std::runtime_error);
+  // A float32 header with 8-bit voxels (nifticlib goes by datatype alone and would read 4 voxels per float).
+  patch<int16_t>(path, kN1Datatype, 16);
+  patch<int16_t>(path, kN1Bitpix, 8);
+  CHECK_THROWS_WITH_AS(read_nifti(path),
+                       (path + ": header field bitpix is 8 with datatype 16 (float32); expected 32").c_str(),
+                       std::runtime_error);
+}
+
+TEST_CASE("a voxel size that is NaN, infinite, zero or negative on an axis the volume has is an error naming it") {
+  std::string dir = temp_dir();
+  std::string path = write_valid(dir + "/pixdim.nii");  // x, y, z = 6, 5, 4 voxels of 1 mm
+  for (float bad : {std::nanf(""), std::numeric_limits<float>::infinity(), 0.f, -1.5f}) {
+    CAPTURE(bad);
+    patch<float>(path, kN1Pixdim + 4 * 2, bad);
+    CHECK_THROWS_WITH_AS(read_nifti(path),
+                         (path + ": header field pixdim[2] (the voxel size along y) is " +
+                          (std::isnan(bad)   ? std::string("nan")
+                           : std::isinf(bad) ? "inf"
+                           : bad == 0        ? "0"
+                                             : "-1.5") +
+                          "; expected a finite size > 0")
+                             .c_str(),
+                         std::runtime_error);
+  }
+  patch<float>(path, kN1Pixdim + 4 * 2, 0.5f);
+  CHECK(read_nifti(path).spacing() == std::array<double, 3>{1, 0.5, 1});
+  // A 2D image has no z voxel size to check: 1 mm.
+  patch<int16_t>(path, kN1Dim, 2);
+  patch<float>(path, kN1Pixdim + 4 * 3, 0.f);
+  patch<int16_t>(path, kN1Dim + 2 * 3, 1);
+  CHECK(read_nifti(path).spacing() == std::array<double, 3>{1, 0.5, 1});
+  path = write_valid(dir + "/pixdim2.nii", true);
+  patch<double>(path, kN2Pixdim + 8 * 3, -2.0);
+  CHECK_THROWS_WITH_AS(read_nifti(path), doctest::Contains("header field pixdim[3] (the voxel size along z) is -2;"),
+                       std::runtime_error);
+}
+
+TEST_CASE("spacing and origin are read in millimetres whatever the header's unit, and grids compare in millimetres") {
+  CHECK(nifti_space_unit_mm(NIFTI_UNITS_METER) == 1000.0);
+  CHECK(nifti_space_unit_mm(NIFTI_UNITS_MM) == 1.0);
+  CHECK(nifti_space_unit_mm(NIFTI_UNITS_MICRON) == 1e-3);
+  CHECK(nifti_space_unit_mm(NIFTI_UNITS_MM | NIFTI_UNITS_SEC) == 1.0);
+  CHECK(nifti_space_unit_mm(NIFTI_UNITS_UNKNOWN) == 1.0);  // assumed millimetres
+  const std::string dir = temp_dir();
+  // One physical grid, (z, y, x) = (3, 1, 2) mm with its origin at x = 0.5 mm, written in three units.
+  const auto write = [&](const std::string& name, double unit_mm, char code) {
+    const std::string path = dir + "/" + name;
+    write_nifti(path, Tensor::zeros({4, 5, 6}), make_nifti_like({4, 5, 6}, {3 / unit_mm, 1 / unit_mm, 2 / unit_mm}));
+    patch<char>(path, kN1XyztUnits, code);
+    patch<float>(path, kN1SrowX + 12, static_cast<float>(0.5 / unit_mm));
+    return path;
+  };
+  const Image mm = read_image(write("mm.nii", 1, NIFTI_UNITS_MM));
+  const Image m = read_image(write("m.nii", 1000, NIFTI_UNITS_METER));
+  const Image um = read_image(write("um.nii", 1e-3, NIFTI_UNITS_MICRON));
+  const Image unknown = read_image(write("unknown.nii", 1, NIFTI_UNITS_UNKNOWN));
+  for (const Image* im : {&m, &um, &unknown}) {
+    CAPTURE(im->path);
+    for (int a = 0; a < 3; ++a) CHECK(im->spacing[a] == doctest::Approx(mm.spacing[a]).epsilon(1e-6));
+    CHECK(grid_mismatch(*im, mm) == "");
+    CHECK(grid_mismatch(mm, *im) == "");
+  }
+  // Millimetre values in a header that says meters: a grid 1000 times larger, not the same one.
+  const std::string wrong = write("wrong.nii", 1, NIFTI_UNITS_METER);
+  CHECK(grid_mismatch(read_image(wrong), mm) ==
+        "voxel spacing (3000, 1000, 2000) mm (z, y, x) differs from (3, 1, 2) of " + dir + "/mm.nii");
+  // An output written like the meters file keeps its unit (the header is copied), so it reads on the same grid.
+  write_nifti(dir + "/label.nii", Tensor::zeros({4, 5, 6}, DType::u8), *m.nifti);
+  const Image label = read_image(dir + "/label.nii");
+  CHECK(label.nifti->geometry().xyz_units == NIFTI_UNITS_METER);
+  CHECK(grid_mismatch(label, mm) == "");
+  fs::remove_all(dir);
 }
 
 // ---- grids that must coincide ---------------------------------------------------------------------------------------

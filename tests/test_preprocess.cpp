@@ -4,6 +4,7 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 
+#include "io/nifti.h"
 #include "io/preprocess.h"
 #include "tests/test_util.h"
 
@@ -90,4 +91,66 @@ TEST_CASE("a damaged cache file is an error naming it") {
   preprocess_dataset(info, {0, 1, 2, 3}, o);
   fs::resize_file(tmp / "cache/case_001.safetensors", 40);
   CHECK_THROWS_WITH(preprocess_dataset(info, {0, 1, 2, 3}, o), doctest::Contains("case_001.safetensors"));
+}
+
+TEST_CASE("a damaged fingerprint entry makes its case stale with a warning naming the file and the entry") {
+  test::TempDir tmp("preprocess_fingerprint");
+  const DatasetInfo info = read_msd_dataset(mixed_dataset(tmp));
+  PreprocessOptions o;
+  o.cache_dir = tmp / "cache";
+  const std::vector<size_t> all{0, 1, 2, 3};
+  const PreprocessedDataset first = preprocess_dataset(info, all, o);
+  const std::string path = tmp / "cache/fingerprint.json";
+  nlohmann::json j = nlohmann::json::parse(std::ifstream(path));
+  j["cases"]["case_000"] = "garbage";
+  j["cases"]["case_001"]["spacing"] = {"a", 1, 1};
+  j["cases"]["case_002"].erase("size");
+  j["cases"]["case_100"]["stamp"] = 7;
+  test::write_text(path, j.dump());
+  PreprocessedDataset again;
+  REQUIRE_NOTHROW(again = preprocess_dataset(info, all, o));
+  CHECK(again.from_cache == 0);
+  CHECK(same_cases(again, first));
+  REQUIRE(again.warnings.size() == 4);
+  CHECK(again.warnings[0] == path + ": entry \"case_000\" is not an object; the case is preprocessed again");
+  CHECK(again.warnings[1] ==
+        path + ": entry \"case_001\" has no \"spacing\" of three finite numbers > 0; the case is preprocessed again");
+  CHECK(again.warnings[2] ==
+        path + ": entry \"case_002\" has no \"size\" of three integers >= 1; the case is preprocessed again");
+  CHECK(again.warnings[3] == path + ": entry \"case_100\" has no string \"stamp\"; the case is preprocessed again");
+  // Rewritten whole: the next run reads every case from the cache, without a word.
+  const PreprocessedDataset repaired = preprocess_dataset(info, all, o);
+  CHECK(repaired.from_cache == 4);
+  CHECK(repaired.warnings.empty());
+
+  for (const std::string& damaged : {std::string("{\"format\": "), std::string("{\"format\": 3, \"cases\": {}}")}) {
+    CAPTURE(damaged);
+    test::write_text(path, damaged);
+    PreprocessedDataset rebuilt;
+    REQUIRE_NOTHROW(rebuilt = preprocess_dataset(info, all, o));
+    CHECK(rebuilt.from_cache == 0);
+    CHECK(same_cases(rebuilt, first));
+    REQUIRE(rebuilt.warnings.size() == 1);
+    CHECK(rebuilt.warnings[0].find(path + ": not ") == 0);
+  }
+}
+
+TEST_CASE("a case whose spacing cannot be resampled to the target is an error naming its image file") {
+  test::TempDir tmp("preprocess_resample_error");
+  const std::string data = mixed_dataset(tmp);
+  // case_100 (image and label on one grid) at 1e-30 mm: 12 slices of it are far less than a voxel at 3 mm.
+  for (const std::string sub : {"imagesTr", "labelsTr"}) {
+    const std::string path = data + "/" + sub + "/case_100.nii.gz";
+    const NiftiVolume v = read_nifti(path);
+    write_nifti(path, v.data, make_nifti_like(v.data.shape(), {1e-30, 1e-30, 1e-30}));
+  }
+  const DatasetInfo info = read_msd_dataset(data);
+  std::string what;
+  try {
+    preprocess_dataset(info, {0, 1, 2}, {});
+  } catch (const std::runtime_error& e) {
+    what = e.what();
+  }
+  CHECK_MESSAGE(what.find(data + "/imagesTr/case_100.nii.gz: resampling 12 x 20 x 20 voxels from spacing 1e-30") == 0,
+                what);
 }

@@ -95,9 +95,11 @@ with open(os.path.join(here, "u16_deflate.tif"), "rb") as fh:
     whole = fh.read()
 with tifffile.TiffFile(os.path.join(here, "u16_deflate.tif")) as tf:  # where page 3's compressed data begins
     start = tf.pages[2].dataoffsets[0]
-with open(os.path.join(here, "bad_truncated.tif"), "wb") as fh:  # pages 3 and 4: zeros instead of Deflate data
+# Pages 3 and 4: zeros instead of Deflate data, and page 4's directory (after page 3's data) zeros too, which the
+# reader finds first (it reads every directory before any data).
+with open(os.path.join(here, "bad_truncated.tif"), "wb") as fh:
     fh.write(whole[:start] + bytes(len(whole) - start))
-bad["bad_truncated.tif"] = "page 3: cannot decode the strip"
+bad["bad_truncated.tif"] = "page 4: cannot read its directory"
 with open(os.path.join(here, "bad_not_tiff.tif"), "wb") as fh:
     fh.write(b"P5\n4 4\n255\n" + bytes(16))
 bad["bad_not_tiff.tif"] = "not a readable TIFF file"
