@@ -285,8 +285,7 @@ void simulate_low_resolution(Sample& s, double zoom_factor, bool in_plane) {
   s.image = resize_cubic(std::move(small), {low[0], low[1], low[2], C}, s.size);
 }
 
-AugmentRecord augment(Sample& s, const AugmentOptions& o, Rng& rng) {
-  // Every parameter first, in a fixed order and number of draws; the noise values after them.
+AugmentRecord draw_augment(const AugmentOptions& o, Rng& rng) {
   AugmentRecord r;
   const auto draw = [&](double p, double lo, double hi, double off) {
     const bool on = rng.uniform() < p;
@@ -301,8 +300,13 @@ AugmentRecord augment(Sample& s, const AugmentOptions& o, Rng& rng) {
   r.contrast = draw(o.contrast_prob, o.contrast_min, o.contrast_max, 1);
   r.gamma = draw(o.gamma_prob, o.gamma_min, o.gamma_max, 1);
   r.low_resolution = draw(o.low_resolution_prob, o.low_resolution_min, 1, 1);
-
   if (o.in_plane) r.flip[0] = false;
+  return r;
+}
+
+AugmentRecord augment(Sample& s, const AugmentOptions& o, Rng& rng) {
+  // Every parameter first, in a fixed order and number of draws; the noise values after them.
+  const AugmentRecord r = draw_augment(o, rng);
   if (r.zoom != 1) zoom(s, r.zoom, o.in_plane);
   flip(s, r.flip);
   if (r.noise_std > 0) add_noise(s, r.noise_std, rng);
