@@ -79,7 +79,6 @@ int main(int argc, char** argv) {
         for (int64_t b = 0; b < B; ++b) {
           Rng g(100 + (r + 1) * B + b);
           rec.push_back(io::draw_augment(o, g));
-          rec.back().noise_seed = g.next();
         }
         Tensor im = image.clone().to(where), la = label.clone().to(where);
         device::synchronize(where);

@@ -618,9 +618,8 @@ PatchSampler::Drawn PatchSampler::sample(int64_t step, int64_t b) const {
   }
   const AugmentOptions& a = opt_.augment;
   if (a.on_device && !a.dle_isbi) {
-    // The parameters only (the same draws as augment()'s), and the noise's stream: io::augment_batch applies them.
+    // The parameters only (the same draws as augment()'s): io::augment_batch applies them.
     d.augment = draw_augment(a, rng);
-    d.augment.noise_seed = rng.next();
   } else {
     d.augment = a.dle_isbi ? dle_isbi_augment(d.sample, a.flip_prob, a.zoom_prob, a.brightness_prob, a.classes, rng)
                            : augment(d.sample, a, rng);
