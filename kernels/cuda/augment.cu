@@ -23,12 +23,23 @@ inline void split(const AugmentShape& s, int axis, int64_t* outer, int64_t* inne
   for (int a = axis + 1; a < 3; ++a) *inner *= d[a];
 }
 
+// Element e of [batch, outer, n, inner] as its (j, i, o, b): three divisions (fewer registers than five).
+__device__ __forceinline__ void unflatten(int64_t e, int64_t inner, int64_t n, int64_t outer, int64_t* j, int64_t* i,
+                                          int64_t* o, int64_t* b) {
+  const int64_t r = e / inner, q = r / n;
+  *j = e - r * inner;
+  *i = r - q * n;
+  *b = q / outer;
+  *o = q - *b * outer;
+}
+
 __global__ void __launch_bounds__(kThreads)
     resample_axis_k(AugmentShape s, int64_t outer, int64_t inner, int64_t n, int taps, const int32_t* index,
                     const double* weight, const uint8_t* active, const float* x, float* y) {
   const int64_t total = s.n * outer * n * inner;
   for (int64_t e = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; e < total; e += int64_t(gridDim.x) * blockDim.x) {
-    const int64_t j = e % inner, r = e / inner, i = r % n, b = r / n / outer, o = r / n % outer;
+    int64_t j, i, o, b;
+    unflatten(e, inner, n, outer, &j, &i, &o, &b);
     if (!active[b]) {
       y[e] = x[e];
       continue;
@@ -47,7 +58,8 @@ __global__ void __launch_bounds__(kThreads)
                         const uint8_t* active, const int32_t* x, int32_t* y) {
   const int64_t total = batch * outer * n * inner;
   for (int64_t e = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; e < total; e += int64_t(gridDim.x) * blockDim.x) {
-    const int64_t j = e % inner, r = e / inner, i = r % n, b = r / n / outer, o = r / n % outer;
+    int64_t j, i, o, b;
+    unflatten(e, inner, n, outer, &j, &i, &o, &b);
     y[e] = active[b] ? x[((b * outer + o) * n + index[b * n + i]) * inner + j] : x[e];
   }
 }
