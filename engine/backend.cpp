@@ -4,6 +4,7 @@
 #include <stdexcept>
 
 #include "kernels/cpu/activation.h"
+#include "kernels/cpu/augment.h"
 #include "kernels/cpu/bias.h"
 #include "kernels/cpu/blend.h"
 #include "kernels/cpu/classification.h"
@@ -20,6 +21,7 @@
 #include "kernels/cpu/resize.h"
 #include "kernels/cpu/shape.h"
 #include "kernels/cuda/activation.cuh"
+#include "kernels/cuda/augment.cuh"
 #include "kernels/cuda/bias.cuh"
 #include "kernels/cuda/blend.cuh"
 #include "kernels/cuda/classification.cuh"
@@ -49,7 +51,7 @@ const Kernels cpu_kernels{
     kernels::cpu::norm_kernels,           kernels::cpu::optim_kernels,       kernels::cpu::shape_kernels,
     kernels::cpu::bias_kernels,           kernels::cpu::crop_kernels,        kernels::cpu::dropout_kernels,
     kernels::cpu::pool_kernels,           kernels::cpu::resize_kernels,      kernels::cpu::hybrid_loss_kernels,
-    kernels::cpu::classification_kernels};
+    kernels::cpu::classification_kernels, kernels::cpu::augment_kernels};
 
 #if UNET_HAVE_CUDA_KERNELS  // kernels/cuda/*.cu built, by nvcc (GPU build) or against the emulator
 const Kernels cuda_kernels{
@@ -58,7 +60,7 @@ const Kernels cuda_kernels{
     kernels::cuda::norm_kernels,           kernels::cuda::optim_kernels,       kernels::cuda::shape_kernels,
     kernels::cuda::bias_kernels,           kernels::cuda::crop_kernels,        kernels::cuda::dropout_kernels,
     kernels::cuda::pool_kernels,           kernels::cuda::resize_kernels,      kernels::cuda::hybrid_loss_kernels,
-    kernels::cuda::classification_kernels};
+    kernels::cuda::classification_kernels, kernels::cuda::augment_kernels};
 #endif
 
 }  // namespace

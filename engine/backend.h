@@ -14,6 +14,7 @@
 
 namespace unet::kernels {
 struct ActivationKernels;
+struct AugmentKernels;
 struct BiasKernels;
 struct BlendKernels;
 struct ConvKernels;
@@ -51,6 +52,7 @@ struct Kernels {
   const kernels::ResizeKernels& resize;
   const kernels::HybridLossKernels& hybrid_loss;
   const kernels::ClassificationKernels& classification;
+  const kernels::AugmentKernels& augment;
 };
 
 // The kernels of device d. Throws std::runtime_error for cuda / cuda-emu in a build without the CUDA kernels (no CUDA

@@ -15,15 +15,18 @@
 #include <algorithm>
 #include <array>
 #include <cmath>
+#include <cstring>
 #include <functional>
 #include <memory>
 #include <stdexcept>
 
 #include "engine/autograd.h"
+#include "engine/backend.h"
 #include "engine/device.h"
 #include "engine/ops.h"
 #include "engine/optim.h"
 #include "engine/random.h"
+#include "kernels/augment.h"
 #include "kernels/cpu/blend.h"
 
 #ifdef UNET_HAVE_CUDA_KERNELS
@@ -483,8 +486,9 @@ void norm_cases(Runner& r) {
     Tensor dgamma = Tensor::empty({3}, DType::f32, d), dbeta = Tensor::empty({3}, DType::f32, d);
     Tensor dy = randn(in[0].shape(), 99).to(d);  // the gradient Runner::run uses
     const cudaStream_t s = device::default_stream(d);
-    kernels::cuda::instance_norm_leaky_relu_forward(sh, DType::f32, x.data<float>(), gamma.data<float>(), beta.data<float>(), eps,
-                                                    slope, y.data<float>(), mean.data<float>(), rstd.data<float>(), s);
+    kernels::cuda::instance_norm_leaky_relu_forward(sh, DType::f32, x.data<float>(), gamma.data<float>(),
+                                                    beta.data<float>(), eps, slope, y.data<float>(), mean.data<float>(),
+                                                    rstd.data<float>(), s);
     kernels::cuda::instance_norm_leaky_relu_backward(sh, DType::f32, x.data<float>(), y.data<float>(), dy.data<float>(),
                                                      mean.data<float>(), rstd.data<float>(), gamma.data<float>(), slope,
                                                      dx.data<float>(), dgamma.data<float>(), dbeta.data<float>(), s);
@@ -544,25 +548,37 @@ void mixed_precision_cases(Runner& r) {
     auto back = [](Tensor y) { return ops::cast(y, DType::f32); };
     if (!r.quick() || i++ % 2 == 0) {
       r.op("conv 3x3x3" + t,
-           [=](const std::vector<Tensor>& x) { return back(ops::conv(low(x[0]), x[1], x[2], {1, 1, 1}, {1, 1, 1})); },
+           [=](const std::vector<Tensor>& x) {
+             return back(ops::conv(low(x[0]), x[1], x[2], {1, 1, 1}, {1, 1, 1}));
+           },
            {randn({2, 5, 4, 6, 8}, 70), randn({16, 3, 3, 3, 8}, 71, 0.2f), randn({16}, 72)},
-           {{"forward", 0, ulp, 1e-5}, {"backward x", 1, ulp, 1e-5}, {"backward w", 2, 1e-4, 1e-3},
+           {{"forward", 0, ulp, 1e-5},
+            {"backward x", 1, ulp, 1e-5},
+            {"backward w", 2, 1e-4, 1e-3},
             {"backward bias", 3, 1e-4, 1e-3}});
       r.op("conv_transpose 2x2x2" + t,
            [=](const std::vector<Tensor>& x) { return back(ops::conv_transpose(low(x[0]), x[1], x[2])); },
            {randn({2, 3, 2, 4, 16}, 73), randn({8, 2, 2, 2, 16}, 74, 0.3f), randn({8}, 75)},
-           {{"forward", 0, ulp, 1e-5}, {"backward x", 1, ulp, 1e-5}, {"backward w", 2, 1e-4, 1e-3},
+           {{"forward", 0, ulp, 1e-5},
+            {"backward x", 1, ulp, 1e-5},
+            {"backward w", 2, 1e-4, 1e-3},
             {"backward bias", 3, 1e-4, 1e-3}});
       r.op("instance_norm" + t,
            [=](const std::vector<Tensor>& x) { return back(ops::instance_norm(low(x[0]), x[1], x[2])); },
            {randn({2, 4, 5, 6, 3}, 76, 2.f), randn({3}, 77), randn({3}, 78)},
-           {{"forward", 0, ulp, 1e-5}, {"backward x", 1, ulp, 1e-5}, {"backward gamma", 2, 1e-5, 1e-5},
+           {{"forward", 0, ulp, 1e-5},
+            {"backward x", 1, ulp, 1e-5},
+            {"backward gamma", 2, 1e-5, 1e-5},
             {"backward beta", 3, 1e-5, 1e-5}});
-      r.op("leaky_relu" + t, [=](const std::vector<Tensor>& x) { return back(ops::leaky_relu(low(x[0]), 0.01f)); },
-           {randn({2, 4, 4, 3}, 79)}, exact);
-      r.op("upsample_nearest x2" + t,
-           [=](const std::vector<Tensor>& x) { return back(ops::upsample_nearest(low(x[0]), {2, 1, 2})); },
-           {randn({1, 2, 3, 4, 3}, 80)}, exact);
+      r.op(
+          "leaky_relu" + t, [=](const std::vector<Tensor>& x) { return back(ops::leaky_relu(low(x[0]), 0.01f)); },
+          {randn({2, 4, 4, 3}, 79)}, exact);
+      r.op(
+          "upsample_nearest x2" + t,
+          [=](const std::vector<Tensor>& x) {
+            return back(ops::upsample_nearest(low(x[0]), {2, 1, 2}));
+          },
+          {randn({1, 2, 3, 4, 3}, 80)}, exact);
     }
   }
 }
@@ -686,6 +702,120 @@ void blend_cases(Runner& r) {
 #endif
 }
 
+// The batched augmentation kernels (kernels/augment.h) through the backends' tables: every spatial map (zoom with a
+// flip, blur, low resolution), the labels, and the point-wise chain, on three samples of which the middle one keeps
+// the identity. The tables are the same doubles on both sides and nothing is fused, so the resampling, labels,
+// brightness and contrast must match bit for bit; the noise and gamma go through the device's double log / cos / pow.
+void augment_cases(Runner& r) {
+  const Device d = r.device();
+  const kernels::AugmentShape s{3, 9, 14, 11, 2};
+  const std::string shape = "[3, 9, 14, 11, 2]";
+  const auto upload = [d](const auto& v) {
+    Tensor t = Tensor::empty({static_cast<int64_t>(v.size() * sizeof(v[0]))}, DType::u8);
+    std::memcpy(t.raw(), v.data(), v.size() * sizeof(v[0]));
+    return t.to(d);
+  };
+  try {
+    const kernels::AugmentKernels &cpu = backend::kernels_for(Device::cpu).augment,
+                                  &dev = backend::kernels_for(d).augment;
+    const cudaStream_t st = device::default_stream(d);
+    const Tensor x = randn({s.n * s.values()}, 120, 1.5f);
+    const std::vector<uint8_t> active{1, 0, 1};
+    const Tensor dactive = upload(active);
+    for (int axis = 0; axis < 3; ++axis) {
+      const int64_t n = s.dim(axis), len = std::max<int64_t>(1, n * 7 / 10);
+      const int taps = kernels::gaussian_taps(1.3);
+      const std::vector<std::pair<std::string, std::vector<kernels::AxisMap>>> cases = {
+          {"zoom+flip",
+           {kernels::flipped(kernels::cubic_axis_map(n, (n - len) / 2, len)), kernels::identity_axis_map(n, 4),
+            kernels::cubic_axis_map(n, (n - len) / 2, len)}},
+          {"blur",
+           {kernels::gaussian_axis_map(n, 1.3, taps), kernels::identity_axis_map(n, taps),
+            kernels::gaussian_axis_map(n, 0.6, taps)}},
+          {"low resolution",
+           {kernels::low_resolution_axis_map(n, n / 2), kernels::identity_axis_map(n, 4),
+            kernels::low_resolution_axis_map(n, (n + 2) / 3)}}};
+      for (const auto& [name, maps] : cases) {
+        std::vector<int32_t> index;
+        std::vector<double> weight;
+        for (const kernels::AxisMap& m : maps) {
+          index.insert(index.end(), m.index.begin(), m.index.end());
+          weight.insert(weight.end(), m.weight.begin(), m.weight.end());
+        }
+        std::vector<float> want(static_cast<size_t>(x.numel()));
+        cpu.resample_axis(s, axis, maps.front().taps, index.data(), weight.data(), active.data(), x.data<float>(),
+                          want.data(), nullptr);
+        const Tensor di = upload(index), dw = upload(weight), dx = x.to(d);
+        Tensor dy = Tensor::empty({x.numel()}, DType::f32, d);
+        dev.resample_axis(s, axis, maps.front().taps, static_cast<const int32_t*>(di.raw()),
+                          static_cast<const double*>(dw.raw()), static_cast<const uint8_t*>(dactive.raw()),
+                          dx.data<float>(), dy.data<float>(), st);
+        device::synchronize(d);
+        r.add("augment resample " + name + " axis " + std::to_string(axis), shape, dy.to_vector(), want, 0, 0);
+      }
+      // Labels: the zoom's nearest neighbours, flipped.
+      std::vector<int32_t> from;
+      for (int b = 0; b < 3; ++b) {
+        const std::vector<int32_t> f = kernels::nearest_axis_index(n, (n - len) / 2, len, b == 2);
+        from.insert(from.end(), f.begin(), f.end());
+      }
+      const Tensor lab = labels({s.n * s.voxels()}, 4, 121);
+      std::vector<int32_t> want(static_cast<size_t>(lab.numel()));
+      cpu.gather_label_axis(s, axis, from.data(), active.data(), lab.data<int32_t>(), want.data(), nullptr);
+      const Tensor dfrom = upload(from), dlab = lab.to(d);
+      Tensor dout = Tensor::empty({lab.numel()}, DType::i32, d);
+      dev.gather_label_axis(s, axis, static_cast<const int32_t*>(dfrom.raw()),
+                            static_cast<const uint8_t*>(dactive.raw()), dlab.data<int32_t>(), dout.data<int32_t>(), st);
+      device::synchronize(d);
+      r.add("augment labels zoom+flip axis " + std::to_string(axis), shape, dout.to_vector(),
+            std::vector<float>(want.begin(), want.end()), 0, 0);
+    }
+    // The point-wise chain: noise, brightness, contrast, then gamma with its statistics restored.
+    std::vector<kernels::AugmentSampleParams> p(3);
+    for (size_t b : {size_t(0), size_t(2)}) {
+      p[b].noise_seed = 77 + b;
+      p[b].noise_std = 0.2 + 0.1 * b;
+      p[b].brightness = 1.2;
+      p[b].contrast = 0.8;
+      p[b].gamma = 0.75 + 0.25 * b;
+    }
+    const size_t stats_n = static_cast<size_t>(s.n * s.c * 4);
+    const Tensor dp = upload(p);
+    const auto* pp = static_cast<const kernels::AugmentSampleParams*>(dp.raw());
+    std::vector<float> want = x.to_vector();
+    std::vector<double> before(stats_n), after(stats_n);
+    Tensor dx = x.to(d), dbefore = upload(before), dafter = upload(after);
+    auto* db = static_cast<double*>(dbefore.raw());
+    auto* da = static_cast<double*>(dafter.raw());
+    const auto* on = static_cast<const uint8_t*>(dactive.raw());
+    cpu.add_noise(s, p.data(), want.data(), nullptr);
+    dev.add_noise(s, pp, dx.data<float>(), st);
+    device::synchronize(d);
+    r.add("augment noise", shape, dx.to_vector(), want, 1e-6, 1e-6);
+    dx = Tensor::from_vector({x.numel()}, want).to(d);  // the next steps from the CPU's values: one step per row
+    cpu.brightness(s, p.data(), want.data(), nullptr);
+    cpu.channel_stats(s, active.data(), want.data(), before.data(), nullptr);
+    cpu.contrast(s, p.data(), before.data(), want.data(), nullptr);
+    dev.brightness(s, pp, dx.data<float>(), st);
+    dev.channel_stats(s, on, dx.data<float>(), db, st);
+    dev.contrast(s, pp, db, dx.data<float>(), st);
+    device::synchronize(d);
+    r.add("augment brightness+contrast", shape, dx.to_vector(), want, 0, 0);
+    cpu.channel_stats(s, active.data(), want.data(), before.data(), nullptr);
+    cpu.gamma(s, p.data(), before.data(), want.data(), nullptr);
+    cpu.channel_stats(s, active.data(), want.data(), after.data(), nullptr);
+    cpu.restore_stats(s, p.data(), before.data(), after.data(), want.data(), nullptr);
+    dev.channel_stats(s, on, dx.data<float>(), db, st);
+    dev.gamma(s, pp, db, dx.data<float>(), st);
+    dev.channel_stats(s, on, dx.data<float>(), da, st);
+    dev.restore_stats(s, pp, db, da, dx.data<float>(), st);
+    device::synchronize(d);
+    r.add("augment gamma (statistics restored)", shape, dx.to_vector(), want, 1e-5, 1e-6);
+  } catch (const std::exception& e) {
+    r.fail("augment", shape, e.what());
+  }
+}
+
 }  // namespace
 
 std::vector<SelftestRow> run_selftest(const SelftestOptions& options) {
@@ -702,6 +832,7 @@ std::vector<SelftestRow> run_selftest(const SelftestOptions& options) {
   loss_cases(r);
   optimizer_cases(r);
   blend_cases(r);
+  augment_cases(r);
   return std::move(r.rows);
 }
 

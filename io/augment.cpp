@@ -1,10 +1,13 @@
-// The augmentation transforms (io/augment.h): plain loops over one sample, run on the loader's worker threads.
+// The augmentation transforms (io/augment.h): plain loops over one sample, run on the loader's worker threads. Built
+// with -ffp-contract=off (CMakeLists.txt), as the batched kernels (kernels/augment.h) are, so that both round alike.
 #include "io/augment.h"
 
 #include <algorithm>
 #include <cmath>
 #include <stdexcept>
 #include <string>
+
+#include "kernels/augment.h"
 
 namespace unet::io {
 
@@ -205,8 +208,11 @@ void flip(Sample& s, const std::array<bool, 3>& axes) {
   s.label = std::move(label);
 }
 
-void add_noise(Sample& s, double stddev, Rng& rng) {
-  for (float& x : s.image) x = static_cast<float>(x + stddev * rng.normal());
+void add_noise(Sample& s, double stddev, uint64_t seed) {
+  kernels::AugmentSampleParams p;
+  p.noise_seed = seed;
+  p.noise_std = stddev;
+  for (size_t i = 0; i < s.image.size(); ++i) s.image[i] = kernels::augment_noise(s.image[i], p, i);
 }
 
 void gaussian_blur(Sample& s, double sigma, bool in_plane) {
@@ -285,8 +291,7 @@ void simulate_low_resolution(Sample& s, double zoom_factor, bool in_plane) {
   s.image = resize_cubic(std::move(small), {low[0], low[1], low[2], C}, s.size);
 }
 
-AugmentRecord augment(Sample& s, const AugmentOptions& o, Rng& rng) {
-  // Every parameter first, in a fixed order and number of draws; the noise values after them.
+AugmentRecord draw_augment(const AugmentOptions& o, Rng& rng) {
   AugmentRecord r;
   const auto draw = [&](double p, double lo, double hi, double off) {
     const bool on = rng.uniform() < p;
@@ -301,11 +306,17 @@ AugmentRecord augment(Sample& s, const AugmentOptions& o, Rng& rng) {
   r.contrast = draw(o.contrast_prob, o.contrast_min, o.contrast_max, 1);
   r.gamma = draw(o.gamma_prob, o.gamma_min, o.gamma_max, 1);
   r.low_resolution = draw(o.low_resolution_prob, o.low_resolution_min, 1, 1);
-
+  r.noise_seed = rng.next();
   if (o.in_plane) r.flip[0] = false;
+  return r;
+}
+
+AugmentRecord augment(Sample& s, const AugmentOptions& o, Rng& rng) {
+  // Every parameter first, in a fixed order and number of draws.
+  const AugmentRecord r = draw_augment(o, rng);
   if (r.zoom != 1) zoom(s, r.zoom, o.in_plane);
   flip(s, r.flip);
-  if (r.noise_std > 0) add_noise(s, r.noise_std, rng);
+  if (r.noise_std > 0) add_noise(s, r.noise_std, r.noise_seed);
   if (r.blur_sigma > 0) gaussian_blur(s, r.blur_sigma, o.in_plane);
   if (r.brightness != 1) scale_brightness(s, r.brightness);
   if (r.contrast != 1) scale_contrast(s, r.contrast);

@@ -37,6 +37,10 @@ struct AugmentOptions {
   // for the labels' interpolation.
   bool dle_isbi = false;
   int classes = 2;
+  // The sampler only draws the parameters (draw_augment) and leaves every transform but
+  // the rotation to augment_batch on the batch's device: the trainer sets it when it trains on a GPU, where the
+  // transforms run as kernels (kernels/augment.h) instead of on the loader's threads. Not with dle_isbi.
+  bool on_device = false;
 
   static AugmentOptions none();  // every probability 0: the patch as cut
   void check() const;            // std::invalid_argument naming a probability or range out of bounds
@@ -57,6 +61,7 @@ struct AugmentRecord {
   double zoom = 1;             // scale of the centre crop (1: none)
   std::array<bool, 3> flip{};  // per axis
   double noise_std = 0, blur_sigma = 0, brightness = 1, contrast = 1, gamma = 1, low_resolution = 1;
+  uint64_t noise_seed = 0;  // the noise's stream (add_noise), drawn whether or not noise is applied
 };
 
 // ---- the transforms ----
@@ -72,8 +77,9 @@ std::vector<float> resize_axis_cubic(const std::vector<float>& in, const std::ar
 // in_plane: z is kept whole.
 void zoom(Sample& s, double scale, bool in_plane = false);
 void flip(Sample& s, const std::array<bool, 3>& axes);
-// image += stddev * N(0, 1), one draw per value from rng, in memory order.
-void add_noise(Sample& s, double stddev, Rng& rng);
+// image += stddev * N(0, 1), value i (voxel * channels + channel) taking kernels::counter_normal(seed, i): the noise
+// of the device kernels (kernels/augment.h), so a sample gets the same noise on the loader's threads and on a GPU.
+void add_noise(Sample& s, double stddev, uint64_t seed);
 // Separable Gaussian blur of every channel, radius ceil(3 sigma) taps, mirrored edges (reflect 101: ... 2 1 | 0 1 2
 // ...). in_plane: along y and x only.
 void gaussian_blur(Sample& s, double sigma, bool in_plane = false);
@@ -90,6 +96,16 @@ void simulate_low_resolution(Sample& s, double zoom, bool in_plane = false);
 // Draws every parameter from rng (the same number of draws whatever is applied, so each decision has a fixed place
 // in the stream) and applies the transforms in order. The flips are drawn here too.
 AugmentRecord augment(Sample& s, const AugmentOptions& o, Rng& rng);
+// augment()'s draws alone (seventeen uniforms and the noise seed; the flip of z cleared in plane), nothing applied.
+AugmentRecord draw_augment(const AugmentOptions& o, Rng& rng);
+
+// augment()'s transforms for a whole batch where it lives (io/augment_batch.cpp): image f32 [B, Z, Y, X, C] and label
+// i32 [B, Z, Y, X] on one device, records[b] the parameters of item b (draw_augment's, with a noise seed). The
+// backend's kernels (kernels/augment.h) run zoom, flips, noise, blur, brightness, contrast, gamma and low resolution
+// in augment()'s order and with its formulas; only the statistics of contrast and gamma are summed in another order,
+// so the result is augment()'s to within rounding, and the same bits on every backend but a GPU's last-bit libm
+// differences (noise, gamma). The tensors are replaced by the augmented batch (image's storage may be written).
+void augment_batch(Tensor& image, Tensor& label, const std::vector<AugmentRecord>& records, bool in_plane);
 
 // The rotation part, drawn before the patch is cut (the sampler cuts a region large enough for the rotated patch):
 // angles in radians about the z, y and x axes, zero when not applied (in_plane: about z only). Four draws.

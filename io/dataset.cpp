@@ -617,8 +617,13 @@ PatchSampler::Drawn PatchSampler::sample(int64_t step, int64_t b) const {
     d.sample = rotate_crop(cut(*ref.c, region, extent), R, opt_.patch);
   }
   const AugmentOptions& a = opt_.augment;
-  d.augment = a.dle_isbi ? dle_isbi_augment(d.sample, a.flip_prob, a.zoom_prob, a.brightness_prob, a.classes, rng)
-                         : augment(d.sample, a, rng);
+  if (a.on_device && !a.dle_isbi) {
+    // The parameters only (the same draws as augment()'s): io::augment_batch applies them.
+    d.augment = draw_augment(a, rng);
+  } else {
+    d.augment = a.dle_isbi ? dle_isbi_augment(d.sample, a.flip_prob, a.zoom_prob, a.brightness_prob, a.classes, rng)
+                           : augment(d.sample, a, rng);
+  }
   return d;
 }
 

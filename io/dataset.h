@@ -24,10 +24,10 @@ struct DatasetCase {
 };
 
 struct DatasetInfo {
-  std::string format;     // "msd", "nnunetv2" or "isbi2012"
+  std::string format;        // "msd", "nnunetv2" or "isbi2012"
   double label_divisor = 1;  // label file values / this = class (ISBI 2012 stores its two classes as 0 and 255)
-  std::string dir;        // the dataset directory
-  std::string json_path;  // dir/dataset.json
+  std::string dir;           // the dataset directory
+  std::string json_path;     // dir/dataset.json
   std::string name, description;
   std::vector<std::string> modalities;  // per channel, from "modality" {"0": "CT", ...}
   std::vector<std::string> labels;      // per label value, from "labels" {"0": "background", ...}
@@ -133,12 +133,12 @@ struct PatchSamplerOptions {
 };
 
 struct PatchBatch {
-  Tensor image;                                // f32 [B, Z, Y, X, C]
-  Tensor label;                                // i32 [B, Z, Y, X]
-  std::vector<size_t> case_index;              // index into the sampler's `cases`, per batch item
-  std::vector<std::array<int64_t, 3>> origin;  // patch corner in the volume (may be negative: zero padding)
+  Tensor image;                                 // f32 [B, Z, Y, X, C]
+  Tensor label;                                 // i32 [B, Z, Y, X]
+  std::vector<size_t> case_index;               // index into the sampler's `cases`, per batch item
+  std::vector<std::array<int64_t, 3>> origin;   // patch corner in the volume (may be negative: zero padding)
   std::vector<std::array<double, 3>> rotation;  // angles (radians) about z, y, x; zero when not rotated
-  std::vector<AugmentRecord> augment;           // what augment() did, per batch item
+  std::vector<AugmentRecord> augment;           // what augment() did (on_device: drew), per batch item
 };
 
 // Draws batches of random patches from a set of cases, deterministically: sample g of the global batch of step s comes
@@ -148,7 +148,8 @@ struct PatchBatch {
 // stay inside the volume, so the voxel is always inside); otherwise a uniform position. Volumes smaller than the patch
 // are zero-padded (image 0, label background), centred as nnU-Net. With rotation enabled, a larger region around the
 // patch is cut and rotated about the patch's centre (io/augment.h, rotate_crop). Then augment() (zoom, flips, noise,
-// blur, brightness, contrast, and gamma and low resolution when enabled).
+// blur, brightness, contrast, and gamma and low resolution when enabled), or with augment.on_device only its draws,
+// which the batch's `augment` records carry to io::augment_batch.
 // The cases are referenced, not copied: they must outlive the sampler. sample() and batch() are const and
 // thread-safe.
 class PatchSampler {

@@ -6,19 +6,17 @@
 #pragma once
 #include <cstdint>
 
+#include "kernels/common/counter_random.h"
 #include "kernels/common/dtype.h"
 #include "kernels/common/host_device.h"
 #include "kernels/cuda/stream.h"
 
 namespace unet::kernels {
 
-// splitmix64's finaliser of seed + (i + 1) * golden ratio; its top 24 bits as a uniform u in [0, 1); kept when u >= p.
+// kernels::counter_hash(seed, i) (kernels/common/counter_random.h); its top 24 bits as a uniform u in [0, 1); kept
+// when u >= p.
 UNET_HOST_DEVICE inline bool dropout_keeps(uint64_t seed, uint64_t i, float p) {
-  uint64_t z = seed + (i + 1) * 0x9e3779b97f4a7c15ull;
-  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-  z ^= z >> 31;
-  return static_cast<float>(z >> 40) * (1.0f / 16777216.0f) >= p;
+  return static_cast<float>(counter_hash(seed, i) >> 40) * (1.0f / 16777216.0f) >= p;
 }
 
 struct DropoutKernels {

@@ -612,6 +612,9 @@ void Trainer::run() {
   so.augment.dle_isbi = o.pipeline == "dle_isbi";
   so.augment.classes = s.info.num_classes();
   so.pinned = o.device == Device::cuda;  // asynchronous uploads of the batches
+  // On a GPU the transforms run on the uploaded batch (io::augment_batch), not on the loader's threads; the rotation,
+  // which needs the region around the patch, stays with the sampler.
+  so.augment.on_device = o.device != Device::cpu && !so.augment.dle_isbi;
   io::PatchSampler sampler(s.cases, s.split.train, so);
   // Each step's batch depends only on (seed, step): resuming draws what was next, whatever the number of workers.
   io::BatchLoader loader(sampler, first_step, o.loader_workers, o.prefetch);
@@ -629,8 +632,10 @@ void Trainer::run() {
     io::PatchBatch batch = loader.next();
     // The step's dropout draws from (seed, step), as its batch does: a resumed run repeats it.
     const uint64_t step_seed = o.seed * 0x9e3779b97f4a7c15ull + static_cast<uint64_t>(step) + 1;
-    const StepStats st = train_step(*s.net, *s.opt, batch.image.to(o.device), batch.label.to(o.device), o.precision,
-                                    &s.scaler, s.reducer.get(), step_seed, o.loss);
+    Tensor image = batch.image.to(o.device), label = batch.label.to(o.device);
+    if (so.augment.on_device) io::augment_batch(image, label, batch.augment, so.augment.in_plane);
+    const StepStats st =
+        train_step(*s.net, *s.opt, image, label, o.precision, &s.scaler, s.reducer.get(), step_seed, o.loss);
     {
       autograd::NoGradGuard no_grad;
       loss_acc = loss_acc.defined() ? ops::add(loss_acc, st.losses) : st.losses;
