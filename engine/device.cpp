@@ -380,28 +380,38 @@ FencedPool& pinned_pool() {  // never destroyed, as cuda_state()
 }  // namespace
 #endif
 
+namespace {
+// Page-locked memory needs a CUDA device: the GPU build on a machine without one (or without a driver) hands out
+// ordinary host memory instead. Decided once, so every block is freed to the pool it came from.
+bool pinned_from_cuda() {
+#if UNET_WITH_CUDA_RUNTIME
+  static const bool yes = cuda_device_count() > 0;
+  return yes;
+#else
+  return false;
+#endif
+}
+}  // namespace
+
 void* allocate_pinned(size_t bytes) {
 #if UNET_WITH_CUDA_RUNTIME
-  return pinned_pool().allocate(bytes);
-#else
-  return HostAllocator::instance().allocate(bytes);
+  if (pinned_from_cuda()) return pinned_pool().allocate(bytes);
 #endif
+  return HostAllocator::instance().allocate(bytes);
 }
 
 void free_pinned(void* p, size_t bytes) {
 #if UNET_WITH_CUDA_RUNTIME
-  pinned_pool().deallocate(p, bytes);
-#else
-  HostAllocator::instance().deallocate(p, bytes);
+  if (pinned_from_cuda()) return pinned_pool().deallocate(p, bytes);
 #endif
+  HostAllocator::instance().deallocate(p, bytes);
 }
 
 MemoryStats pinned_memory_stats() {
 #if UNET_WITH_CUDA_RUNTIME
-  return pinned_pool().stats();
-#else
-  return {};
+  if (pinned_from_cuda()) return pinned_pool().stats();
 #endif
+  return {};
 }
 
 namespace {

@@ -31,15 +31,26 @@ void BatchLoader::work() {
       task_item_ = 0;
       ++task_step_;
     }
-    if (slots_.empty() || slots_.back().step < step) slots_.push_back(Slot{step, sampler_.empty_batch(), 0, nullptr});
+    if (slots_.empty() || slots_.back().step < step) {
+      Slot fresh{step, PatchBatch(), 0, nullptr};
+      try {
+        fresh.batch = sampler_.empty_batch();  // may fail (out of memory): the consumer gets the error, not terminate
+      } catch (...) {
+        fresh.error = std::current_exception();
+      }
+      slots_.push_back(std::move(fresh));
+    }
     // The slot stays put until its batch is complete (a deque keeps references to the elements it keeps).
     Slot& slot = slots_[static_cast<size_t>(step - slots_.front().step)];
+    const bool allocated = slot.batch.image.defined();  // set with the slot, under the lock
     lock.unlock();
     std::exception_ptr error;
-    try {
-      PatchSampler::put(slot.batch, item, sampler_.sample(step, item));  // each item its own part of the tensors
-    } catch (...) {
-      error = std::current_exception();
+    if (allocated) {
+      try {
+        PatchSampler::put(slot.batch, item, sampler_.sample(step, item));  // each item its own part of the tensors
+      } catch (...) {
+        error = std::current_exception();
+      }
     }
     lock.lock();
     if (error && !slot.error) slot.error = error;
