@@ -141,6 +141,29 @@ const ConfigKey& Config::find(const std::string& section, const std::string& nam
   throw ConfigError(origin + ": unknown key '" + wanted + "'" + (best.empty() ? "" : "; did you mean '" + best + "'?"));
 }
 
+namespace {
+// The index of the first byte of s that does not start or continue a well-formed UTF-8 sequence (RFC 3629: no
+// overlong forms, no surrogates, nothing above U+10FFFF), or npos.
+size_t invalid_utf8_at(const std::string& s) {
+  for (size_t i = 0; i < s.size();) {
+    const unsigned char c = static_cast<unsigned char>(s[i]);
+    if (c < 0x80) {
+      ++i;
+      continue;
+    }
+    const int n = c >= 0xc2 && c <= 0xdf ? 1 : c >= 0xe0 && c <= 0xef ? 2 : c >= 0xf0 && c <= 0xf4 ? 3 : -1;
+    if (n < 0 || i + static_cast<size_t>(n) >= s.size()) return i;  // not a lead byte, or cut short
+    const unsigned char c1 = static_cast<unsigned char>(s[i + 1]);
+    if ((c == 0xe0 && c1 < 0xa0) || (c == 0xed && c1 > 0x9f) || (c == 0xf0 && c1 < 0x90) || (c == 0xf4 && c1 > 0x8f))
+      return i;
+    for (int k = 1; k <= n; ++k)
+      if ((static_cast<unsigned char>(s[i + k]) & 0xc0) != 0x80) return i;
+    i += static_cast<size_t>(n) + 1;
+  }
+  return std::string::npos;
+}
+}  // namespace
+
 void Config::set(const std::string& section, const std::string& name, const std::string& value,
                  const std::string& origin) {
   const ConfigKey& k = find(section, name, origin);
@@ -155,6 +178,14 @@ void Config::set(const std::string& section, const std::string& name, const std:
       throw ConfigError(origin + ": " + section + "." + name + " = '" + trim(value) +
                         "': a ';' after a space is not a comment here (inline comments are not supported); put the "
                         "comment on a line of its own");
+  }
+  // Paths and names end up in JSON (the checkpoint's configuration, log.jsonl), which is UTF-8: a Latin-1 path would
+  // fail only when the first checkpoint is written, after the training.
+  if (const size_t at = invalid_utf8_at(value); at != std::string::npos) {
+    char byte[8];
+    std::snprintf(byte, sizeof byte, "0x%02X", static_cast<unsigned char>(value[at]));
+    throw ConfigError(origin + ": " + section + "." + name + ": byte " + byte + " at position " + std::to_string(at) +
+                      " of the value is not UTF-8; expected UTF-8 text (rename the file or directory)");
   }
   if (!valid(k, value))
     throw ConfigError(origin + ": " + section + "." + name + " = '" + trim(value) + "': expected " + expected(k));

@@ -281,11 +281,12 @@ int check_header_fields(const std::string& path) {
       fail(path, "header field pixdim[" + std::to_string(i) + "] (the voxel size along " + "xyz"[i - 1] + ") is " +
                      num(pixdim[i]) + "; expected a finite size > 0");
   if (one_file) {
-    // nifticlib moves an offset inside the header to its end; the voxels would then be read from the wrong bytes.
-    if (!(raw_offset >= static_cast<double>(header_size)))
+    // nifticlib moves an offset inside the header to its end, and reads one inside the 4-byte extension flag that
+    // follows it as given: either way the voxels would be read from the wrong bytes (nibabel refuses both).
+    if (!(raw_offset >= static_cast<double>(header_size + 4)))
       fail(path, "header field vox_offset is " + num(raw_offset) + "; the voxel data of a single-file NIfTI-" +
-                     std::to_string(version) + " cannot start inside its " + std::to_string(header_size) +
-                     "-byte header");
+                     std::to_string(version) + " starts after its " + std::to_string(header_size) +
+                     "-byte header and 4-byte extension flag (expected >= " + std::to_string(header_size + 4) + ")");
     // nifticlib converts a NIfTI-1 offset (a float) to int: a larger one would wrap around to the header's end.
     if (version == 1 && raw_offset > static_cast<double>(std::numeric_limits<int32_t>::max()))
       fail(path, "header field vox_offset is " + num(raw_offset) + "; a NIfTI-1 file addresses at most 2^31 bytes");

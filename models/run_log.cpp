@@ -146,7 +146,7 @@ RunLog::RunLog(const std::filesystem::path& dir, int64_t first_step, const std::
 }
 
 void RunLog::add(const nlohmann::json& line) {
-  file_ << line.dump() << "\n" << std::flush;
+  file_ << line.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) << "\n" << std::flush;
   lines_.push_back(line);
 }
 

@@ -710,7 +710,8 @@ void Trainer::run() {
   s.save(o.steps);  // after the last validation, so that a resumed run knows the best Dice
   if (!s.lead()) return;
   log->write_report();
-  io::write_file_atomically((s.dir / "validation.json").string(), result.dump(2) + "\n");
+  io::write_file_atomically((s.dir / "validation.json").string(),
+                            result.dump(2, ' ', false, nlohmann::json::error_handler_t::replace) + "\n");
   std::fprintf(s.out, "unet_train: wrote %s\n", (s.dir / "model.safetensors").string().c_str());
 }
 

@@ -2,6 +2,7 @@
 #include <doctest/doctest.h>
 
 #include <unistd.h>
+#include <cstdio>
 #include <filesystem>
 
 #include <fstream>
@@ -121,4 +122,31 @@ TEST_CASE(
   Config d = make_config();
   d.load_file(write_ini("[data]\npatch_size = " + std::string(280, ' ') + "8, 8, 8\n[train]\nsteps = 3\n"));
   CHECK(d.get_int_list("data", "patch_size") == std::vector<long>{8, 8, 8});
+}
+
+TEST_CASE("a value that is not UTF-8 is an error naming the key and the byte, before any work") {
+  // Paths go into the checkpoint's JSON: a Latin-1 output.dir used to fail when the first checkpoint was written.
+  Config c({{"output", "dir", KeyType::string, "runs/x", "run directory"}});
+  for (const std::string ok : {"runs/caf\xC3\xA9", "runs/\xCE\xBCm", "runs/\xE2\x82\xAC", "runs/\xF0\x9F\xA7\xA0"}) {
+    c.apply_override("output.dir=" + ok);
+    CHECK(c.get_string("output", "dir") == ok);
+  }
+  const std::vector<std::pair<std::string, int>> bad = {{"runs/caf\xE9", 8},           // Latin-1 e acute
+                                                        {"runs/\xC0\xAF", 5},          // overlong '/'
+                                                        {"runs/\xED\xA0\x80", 5},      // a UTF-16 surrogate
+                                                        {"runs/\xE2\x82", 5},          // cut short
+                                                        {"runs/\xF4\x90\x80\x80", 5},  // above U+10FFFF
+                                                        {"runs/\x80x", 5}};            // a continuation byte first
+  for (const auto& [value, at] : bad) {
+    CAPTURE(value);
+    char byte[8];
+    std::snprintf(byte, sizeof byte, "0x%02X", static_cast<unsigned char>(value[static_cast<size_t>(at)]));
+    CHECK_THROWS_WITH_AS(c.apply_override("output.dir=" + value),
+                         ("--set: output.dir: byte " + std::string(byte) + " at position " + std::to_string(at) +
+                          " of the value is not UTF-8; expected UTF-8 text (rename the file or directory)")
+                             .c_str(),
+                         ConfigError);
+  }
+  const std::string path = write_ini("[output]\ndir = d\xE9s\n");
+  CHECK_THROWS_WITH_AS(c.load_file(path), doctest::Contains("output.dir: byte 0xE9 at position 1"), ConfigError);
 }

@@ -1023,3 +1023,51 @@ TEST_CASE("unet_eval names the reference file whose label value is beyond any cl
                          "pass --classes)") != std::string::npos,
                 out);
 }
+
+TEST_CASE(
+    "unet_eval: dataset.json labels must be 0..n-1 once each, classes in no map are warned of whatever their source, "
+    "--pred equal to --label is refused") {
+  test::TempDir tmp("hostile_eval_labels");
+  const std::string& dir = tmp.path;
+  fs::create_directories(dir + "/ds/labelsTs");
+  fs::create_directories(dir + "/pred");
+  write_labels(dir + "/ds/labelsTs/a.nii.gz");  // classes 0 and 1
+  write_labels(dir + "/pred/a.nii.gz");
+  const std::string args = "--pred " + dir + "/pred --label " + dir + "/ds/labelsTs";
+  const std::string json = dir + "/ds/dataset.json";
+  std::string out;
+  // A gap (no 3, a 5): four classes, two of them in no map, each scored Dice 1 in every case without a word before.
+  test::write_text(json, R"({"labels": {"0": "background", "1": "a", "2": "b", "5": "c"}})");
+  CHECK(run_guarded("unet_eval", args, &out) == 1);
+  CHECK_MESSAGE(
+      out.find(json + ": labels: '5': \"c\": expected each of the consecutive integers 0..3 once") != std::string::npos,
+      out);
+  test::write_text(json, R"({"labels": {"background": 0, "a": 1, "b": 1}})");
+  CHECK(run_guarded("unet_eval", args, &out) == 1);
+  CHECK_MESSAGE(
+      out.find(json + ": labels: 'b': 1: expected each of the consecutive integers 0..2 once") != std::string::npos,
+      out);
+  test::write_text(json, R"({"labels": {"background": 0, "a": 1, "both": [1, 2]}})");
+  CHECK(run_guarded("unet_eval", args, &out) == 1);
+  CHECK_MESSAGE(out.find(json + ": labels: 'both' is a region") != std::string::npos, out);
+  // nnU-Net v2's form, valid, with a class in no map: scored, and said.
+  test::write_text(json, R"({"labels": {"background": 0, "a": 1, "b": 2}})");
+  CHECK(run_guarded("unet_eval", args, &out) == 0);
+  CHECK_MESSAGE(
+      out.find("unet_eval: warning: 1 of the 2 foreground classes of " + json +
+               " are in no reference and no prediction; each scores Dice 1 in every case\n") != std::string::npos,
+      out);
+  fs::remove(json);
+  CHECK(run_guarded("unet_eval", args + " --classes 5", &out) == 0);
+  CHECK_MESSAGE(out.find("unet_eval: warning: 3 of the 4 foreground classes of --classes are in no reference") !=
+                    std::string::npos,
+                out);
+  CHECK(run_guarded("unet_eval", args, &out) == 0);
+  CHECK_MESSAGE(out.find("warning") == std::string::npos, out);
+  // The same directory twice (also spelled differently) would score 1.0.
+  fs::remove(dir + "/pred/dice.json");
+  CHECK(run_guarded("unet_eval", "--pred " + dir + "/ds/labelsTs --label " + dir + "/ds/./labelsTs/", &out) == 2);
+  CHECK_MESSAGE(out.find("are the same directory; expected the predictions and their references") != std::string::npos,
+                out);
+  CHECK_FALSE(fs::exists(dir + "/ds/labelsTs/dice.json"));
+}

@@ -294,29 +294,36 @@ TEST_CASE("extents whose product overflows a 64-bit count are an error naming th
                        std::runtime_error);
 }
 
-TEST_CASE("a vox_offset inside the header is an error naming the header field") {
+TEST_CASE("a vox_offset inside the header or its extension flag is an error naming the header field") {
   std::string dir = temp_dir();
   std::string path = write_valid(dir + "/offset1.nii");
   patch<float>(path, kN1VoxOffset, 0.f);
   CHECK_THROWS_WITH_AS(read_nifti(path),
-                       (path + ": header field vox_offset is 0; the voxel data of a single-file NIfTI-1 cannot start "
-                               "inside its 348-byte header")
+                       (path + ": header field vox_offset is 0; the voxel data of a single-file NIfTI-1 starts after "
+                               "its 348-byte header and 4-byte extension flag (expected >= 352)")
                            .c_str(),
                        std::runtime_error);
-  patch<float>(path, kN1VoxOffset, 347.f);
-  CHECK_THROWS_WITH_AS(read_nifti(path), doctest::Contains("header field vox_offset is 347;"), std::runtime_error);
+  // 348..351: nifticlib reads from there, every voxel shifted into the extension flag's bytes (nibabel refuses).
+  for (float offset : {347.f, 348.f, 351.f}) {
+    patch<float>(path, kN1VoxOffset, offset);
+    const std::string want = "header field vox_offset is " + std::to_string(int(offset)) + ";";
+    CHECK_THROWS_WITH_AS(read_nifti(path), doctest::Contains(want.c_str()), std::runtime_error);
+  }
   patch<float>(path, kN1VoxOffset, 1e10f);  // nifticlib would convert it to a negative int
   CHECK_THROWS_WITH_AS(
       read_nifti(path),
       (path + ": header field vox_offset is 1e+10; a NIfTI-1 file addresses at most 2^31 bytes").c_str(),
       std::runtime_error);
   path = write_valid(dir + "/offset2.nii", true);
-  patch<int64_t>(path, kN2VoxOffset, 348);
-  CHECK_THROWS_WITH_AS(read_nifti(path),
-                       (path + ": header field vox_offset is 348; the voxel data of a single-file NIfTI-2 cannot "
-                               "start inside its 540-byte header")
-                           .c_str(),
-                       std::runtime_error);
+  for (int64_t offset : {348, 540, 543}) {
+    patch<int64_t>(path, kN2VoxOffset, offset);
+    CHECK_THROWS_WITH_AS(read_nifti(path),
+                         (path + ": header field vox_offset is " + std::to_string(offset) +
+                          "; the voxel data of a single-file NIfTI-2 starts after its 540-byte header and 4-byte "
+                          "extension flag (expected >= 544)")
+                             .c_str(),
+                         std::runtime_error);
+  }
 }
 
 TEST_CASE("fuzz finding: a 349-byte NIfTI declaring 15 GB of voxels is refused before anything is allocated") {

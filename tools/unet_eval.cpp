@@ -93,8 +93,29 @@ int dataset_classes(const std::string& label_dir, std::string* source) {
   }
   if (!j.contains("labels") || !j["labels"].is_object() || j["labels"].size() < 2)
     throw std::runtime_error(json.string() + ": expected \"labels\" with at least 2 classes");
+  // As training reads them (io/dataset.cpp): MSD's {"0": "background", ...} or nnU-Net v2's {"background": 0, ...},
+  // the values 0..n-1 each once. A gap would add a class in no map, scored Dice 1 in every case.
+  const nlohmann::json& labels = j["labels"];
+  const int64_t n = static_cast<int64_t>(labels.size());
+  std::vector<bool> seen(static_cast<size_t>(n), false);
+  for (const auto& [key, v] : labels.items()) {
+    if (v.is_array())
+      throw std::runtime_error(json.string() + ": labels: '" + key +
+                               "' is a region (a list of labels); expected one integer per class");
+    int64_t value = -1;
+    if (v.is_number_integer()) {
+      value = v.get<int64_t>();
+    } else if (v.is_string() && !key.empty() && key.find_first_not_of("0123456789") == std::string::npos &&
+               key.size() < 10) {
+      value = std::stoll(key);
+    }
+    if (value < 0 || value >= n || seen[static_cast<size_t>(value)])
+      throw std::runtime_error(json.string() + ": labels: '" + key + "': " + v.dump() +
+                               ": expected each of the consecutive integers 0.." + std::to_string(n - 1) + " once");
+    seen[static_cast<size_t>(value)] = true;
+  }
   *source = json.string();
-  return static_cast<int>(j["labels"].size());
+  return static_cast<int>(n);
 }
 
 int max_label(const Tensor& t) {
@@ -160,6 +181,9 @@ int main(int argc, char** argv) {
       throw UsageError("--json " + json_path +
                        ": is the dataset.json this evaluation reads its classes from; expected "
                        "another file");
+    if (std::error_code ec; fs::equivalent(pred_dir, label_dir, ec))
+      throw UsageError("--pred " + pred_dir + " and --label " + label_dir + " are the same " +
+                       (pair_of_files ? "file" : "directory") + "; expected the predictions and their references");
     const std::vector<fs::path> refs = pair_of_files ? std::vector<fs::path>{label_dir} : label_files(label_dir);
     if (refs.empty()) throw UsageError(label_dir + ": no .nii, .nii.gz, .tif or .tiff label maps");
     if (!pair_of_files && label_files(pred_dir).empty())
@@ -220,22 +244,24 @@ int main(int argc, char** argv) {
       }
       classes = std::max(classes, 2);
       source = "the largest reference label in " + label_dir;
-      // Classes between those present score Dice 1 in every case and lift the mean: 0 / 255 maps read without
-      // --label-scale give 254 of them.
-      std::vector<bool> present(static_cast<size_t>(classes), false);
-      for (const Pair& pr : pairs)
-        for (const Tensor* t : {&pr.ref, &pr.pred})
-          if (t->defined())
-            for (int64_t i = 0; i < t->numel(); ++i)
-              if (const int32_t v = t->data<int32_t>()[i]; v < classes) present[static_cast<size_t>(v)] = true;
-      const int absent = static_cast<int>(std::count(present.begin() + 1, present.end(), false));
-      if (absent > 0)
-        std::fprintf(stderr,
-                     "unet_eval: warning: %d of the %d foreground classes inferred from %s are in no reference and "
-                     "no prediction; each scores Dice 1 in every case (labels stored as multiples of a scale? pass "
-                     "--label-scale, or --classes)\n",
-                     absent, classes - 1, source.c_str());
     }
+    // Classes in no map score Dice 1 in every case and lift the mean: 0 / 255 maps read without --label-scale give
+    // 254 of them; so do a --classes or a dataset.json with more classes than the maps hold.
+    std::vector<bool> present(static_cast<size_t>(classes), false);
+    for (const Pair& pr : pairs)
+      for (const Tensor* t : {&pr.ref, &pr.pred})
+        if (t->defined())
+          for (int64_t i = 0; i < t->numel(); ++i)
+            if (const int32_t v = t->data<int32_t>()[i]; v < classes) present[static_cast<size_t>(v)] = true;
+    const int absent = static_cast<int>(std::count(present.begin() + 1, present.end(), false));
+    if (absent > 0)
+      std::fprintf(stderr,
+                   "unet_eval: warning: %d of the %d foreground classes %s %s are in no reference and no prediction; "
+                   "each scores Dice 1 in every case%s\n",
+                   absent, classes - 1, source.starts_with("the largest") ? "inferred from" : "of", source.c_str(),
+                   source.starts_with("the largest")
+                       ? " (labels stored as multiples of a scale? pass --label-scale, or --classes)"
+                       : "");
     for (const Pair& pr : pairs)
       for (const auto& [t, path] : {std::pair{&pr.ref, &pr.ref_path}, std::pair{&pr.pred, &pr.pred_path}}) {
         if (!t->defined()) continue;
@@ -275,7 +301,7 @@ int main(int argc, char** argv) {
     result["mean_dice_per_class"] = mean_per_class;
     result["mean_dice"] = overall;
     std::string out = json_path.empty() ? (pred_home / "dice.json").string() : json_path;
-    io::write_file_atomically(out, result.dump(2) + "\n");
+    io::write_file_atomically(out, result.dump(2, ' ', false, nlohmann::json::error_handler_t::replace) + "\n");
     std::printf("mean Dice over %zu cases and %d foreground classes: %.4f\n", pairs.size(), classes - 1, overall);
     return 0;
   });
