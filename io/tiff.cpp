@@ -268,7 +268,10 @@ void read_page(const TiffFile& t, const Page& p, int64_t z, float* out) {
 // ImageJ's unit names (ImageJ writes "micron"; tifffile and others "um" or "\u00B5m") in millimetres; 0 = unknown.
 double unit_in_mm(std::string unit) {
   unit = lower(unit);
-  if (unit == "micron" || unit == "microns" || unit == "um" || unit == "\\u00b5m" || unit == "\xc2\xb5m") return 1e-3;
+  // The micro sign (U+00B5) and the Greek mu (U+03BC), raw or as tifffile's escape.
+  if (unit == "micron" || unit == "microns" || unit == "um" || unit == "micrometer" || unit == "micrometre" ||
+      unit == "\\u00b5m" || unit == "\xc2\xb5m" || unit == "\\u03bcm" || unit == "\xce\xbcm")
+    return 1e-3;
   if (unit == "nm" || unit == "nanometer" || unit == "nanometre") return 1e-6;
   if (unit == "mm" || unit == "millimeter" || unit == "millimetre") return 1;
   if (unit == "cm" || unit == "centimeter" || unit == "centimetre") return 10;
@@ -317,7 +320,13 @@ std::array<double, 3> spacing_from_tags(const std::string& path, const TiffTags&
   double unit = 0;  // millimetres per resolution unit
   double z_units = 0;
   if (tags.description.starts_with("ImageJ=")) {
-    unit = unit_in_mm(imagej_value(tags.description, "unit"));
+    const std::string name = imagej_value(tags.description, "unit");
+    unit = unit_in_mm(name);
+    // ImageJ writes "pixel" (or nothing) for an uncalibrated image; any other unit we do not know would silently
+    // become 1 mm and resample the volume wrongly.
+    if (unit == 0 && tags.has_resolution && !name.empty() && lower(name) != "pixel" && lower(name) != "pixels")
+      fail(path, "ImageJ description has unit=" + shown(name) +
+                     "; expected nm, um (micron, \xc2\xb5m), mm, cm, m, inch or pixel");
     const std::string z = imagej_value(tags.description, "spacing");
     if (!z.empty()) {
       char* end = nullptr;
@@ -355,17 +364,38 @@ std::array<double, 3> spacing_from_tags(const std::string& path, const TiffTags&
 int64_t imagej_channels(const std::string& path, const TiffTags& tags, int64_t pages, int64_t samples) {
   if (!tags.description.starts_with("ImageJ=")) return 1;
   const std::string v = imagej_value(tags.description, "channels");
-  if (v.empty()) return 1;
-  char* end = nullptr;
-  errno = 0;
-  const long long c = std::strtoll(v.c_str(), &end, 10);
-  if (end == v.c_str() || *end != '\0' || errno == ERANGE || c < 1 || c > 64)
-    fail(path, "ImageJ description has channels=" + shown(v) + "; expected an integer 1 to 64");
-  if (samples > 1) return 1;  // samples per pixel are the channels; the description counts them (ImageJ's RGB)
-  if (pages % c != 0)
+  long long c = 1;
+  if (!v.empty()) {
+    char* end = nullptr;
+    errno = 0;
+    c = std::strtoll(v.c_str(), &end, 10);
+    if (end == v.c_str() || *end != '\0' || errno == ERANGE || c < 1 || c > 64)
+      fail(path, "ImageJ description has channels=" + shown(v) + "; expected an integer 1 to 64");
+  }
+  if (samples == 1 && pages % c != 0)
     fail(path, "ImageJ description has channels=" + v + " but the file has " + std::to_string(pages) +
                    " pages; expected a channel count that divides the page count");
-  return c;
+  // A hyperstack's pages are channels x slices x frames: a time series is not one volume, and a slices= that does not
+  // fit the pages means they are not what we would read them as.
+  const auto count = [&](const char* key) -> long long {
+    const std::string s = imagej_value(tags.description, key);
+    if (s.empty()) return 0;
+    char* e = nullptr;
+    errno = 0;
+    const long long n = std::strtoll(s.c_str(), &e, 10);
+    if (e == s.c_str() || *e != '\0' || errno == ERANGE || n < 1 || n > (1ll << 31))
+      fail(path, std::string("ImageJ description has ") + key + "=" + shown(s) + "; expected an integer >= 1");
+    return n;
+  };
+  if (const long long frames = count("frames"); frames > 1)
+    fail(path, "ImageJ description has frames=" + std::to_string(frames) +
+                   ": a time series; expected one volume (save each frame as its own file)");
+  const long long slices = count("slices"), per_slice = samples > 1 ? 1 : c;
+  if (slices > 0 && slices * per_slice != pages)
+    fail(path, "ImageJ description has slices=" + std::to_string(slices) +
+                   (per_slice > 1 ? " and channels=" + v : std::string()) + " (" + std::to_string(slices * per_slice) +
+                   " pages) but the file has " + std::to_string(pages) + " pages; expected them to agree");
+  return samples > 1 ? 1 : c;  // samples per pixel are the channels; the description counts them (ImageJ's RGB)
 }
 
 TiffCompression compression_of(uint16_t c) {

@@ -286,15 +286,32 @@ TEST_CASE("an ImageJ channels= that is not an integer 1 to 64 dividing the page 
   const fs::path dir = temp_dir();
   const std::string path = (dir / "ij.tif").string();
   const Tensor pages = make({6, 4, 5}, DType::u8, [](int64_t i) { return double(i % 7); });
-  const auto write = [&](const std::string& channels) {
+  const auto with_description = [](const std::string& d) {
     TiffWriteOptions o;
-    o.tags.description = "ImageJ=1.54f\nimages=6\nchannels=" + channels + "\nslices=2\nhyperstack=true\n";
-    write_tiff(path, pages, o);
+    o.tags.description = d;
+    return o;
+  };
+  const auto write = [&](const std::string& channels) {
+    write_tiff(path, pages,
+               with_description("ImageJ=1.54f\nimages=6\nchannels=" + channels + "\nslices=2\nhyperstack=true\n"));
   };
   write("3");
   CHECK(read_tiff(path).data.shape() == Shape{2, 4, 5, 3});
-  write("1");
+  write("1");  // 1 channel x 2 slices is 2 pages, not 6
+  CHECK(error_of([&] { read_tiff(path); }) ==
+        path + ": ImageJ description has slices=2 (2 pages) but the file has 6 pages; expected them to agree");
+  write_tiff(path, pages, with_description("ImageJ=1.54f\nimages=6\nchannels=1\nslices=6\n"));
   CHECK(read_tiff(path).data.shape() == Shape{6, 4, 5, 1});
+  // A time series: 3 slices x 2 frames used to be read as one 6-slice volume.
+  write_tiff(path, pages,
+             with_description("ImageJ=1.54f\nimages=6\nchannels=1\nslices=3\nframes=2\nhyperstack=true\n"));
+  CHECK(error_of([&] { read_tiff(path); }) ==
+        path +
+            ": ImageJ description has frames=2: a time series; expected one volume (save each frame as its own "
+            "file)");
+  write_tiff(path, pages, with_description("ImageJ=1.54f\nimages=6\nslices=six\n"));
+  CHECK(error_of([&] { read_tiff(path); }) ==
+        path + ": ImageJ description has slices=\"six\"; expected an integer >= 1");
   write("4");
   CHECK(error_of([&] { read_tiff(path); }) ==
         path +
@@ -334,6 +351,23 @@ TEST_CASE("a calibration that is present but not a finite size > 0 is an error, 
   write_tiff(path, zeros, o);
   CHECK(error_of([&] { read_tiff(path); }) ==
         path + ": XResolution is 0 in a calibrated unit; expected a finite number of pixels per unit > 0");
+  // The Greek mu as well as the micro sign; an unknown unit is an error, not a silent 1 mm.
+  o.tags.x_resolution = 2;
+  for (const char* micro : {"\xce\xbcm", "\xc2\xb5m", "micrometer"}) {
+    CAPTURE(micro);
+    o.tags.description = std::string("ImageJ=1.54f\nimages=3\nslices=3\nunit=") + micro + "\nspacing=0.25\n";
+    write_tiff(path, zeros, o);
+    CHECK(read_tiff(path).spacing[2] == doctest::Approx(5e-4));
+  }
+  o.tags.description = "ImageJ=1.54f\nimages=3\nslices=3\nunit=furlong\nspacing=0.25\n";
+  write_tiff(path, zeros, o);
+  CHECK(error_of([&] { read_tiff(path); }) ==
+        path +
+            ": ImageJ description has unit=\"furlong\"; expected nm, um (micron, \xc2\xb5m), mm, cm, m, inch or "
+            "pixel");
+  o.tags.description = "ImageJ=1.54f\nimages=3\nslices=3\nunit=pixel\n";
+  write_tiff(path, zeros, o);
+  CHECK_FALSE(read_tiff(path).calibrated);
   // Centimetre resolution without ImageJ: the same rule.
   o.tags.description.clear();
   o.tags.resolution_unit = 3;
