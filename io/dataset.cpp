@@ -139,6 +139,10 @@ DatasetInfo read_nnunet_v2_dataset(const std::string& dir) {
   for (auto& [name, v] : labels.items()) {
     if (v.is_array())
       fail("labels", "'" + name + "' is a region (a list of labels); region-based training is not supported");
+    // nnU-Net v2's ignore label marks voxels left out of the loss; trained as a class it would be learned instead.
+    if (name == "ignore")
+      fail("labels", "'ignore' is nnU-Net v2's ignore label, which is not supported (its voxels would be trained as a "
+                     "class); relabel them or drop the entry");
     if (!v.is_number_integer() || v.get<int64_t>() < 0 || v.get<int64_t>() >= static_cast<int64_t>(labels.size()))
       fail("labels",
            "'" + name + "' = " + v.dump() + ": expected consecutive integers 0.." + std::to_string(labels.size() - 1));

@@ -727,6 +727,8 @@ TEST_CASE("nnU-Net v2 raw data: one file per channel, labels by value, read as t
   rewrite("numTraining", 4);
   rewrite("labels", {{"background", 0}, {"whole", {1, 2}}});
   check_error_names([&] { read_dataset(dir); }, {"'whole' is a region", "not supported"});
+  rewrite("labels", {{"background", 0}, {"ellipsoids", 1}, {"tubes", 2}, {"ignore", 3}});
+  check_error_names([&] { read_dataset(dir); }, {"'ignore' is nnU-Net v2's ignore label", "not supported"});
   rewrite("labels", {{"background", 0}, {"a", 2}});
   check_error_names([&] { read_dataset(dir); }, {"'a' = 2", "consecutive integers 0..1"});
   rewrite("labels", {{"background", 0}, {"ellipsoids", 1}, {"tubes", 2}});
