@@ -71,7 +71,8 @@ void check_card(const ModelCard& c, const std::string& path) {
     for (size_t a = 0; a < c.patch.size(); ++a)
       if (c.patch[a] % multiple[a] != 0)
         bad("plan.patch", list(c.patch) + "; expected multiples of " + list(multiple) + " (the network's strides)");
-    if (!std::isfinite(n.negative_slope)) bad("model.negative_slope", "expected a finite number");
+    if (!(n.negative_slope >= 0 && n.negative_slope <= 1))
+      bad("model.negative_slope", g(n.negative_slope) + "; expected a number in [0, 1]");
   }
   if (c.model == "unet3plus") {
     if (!(std::isfinite(c.unet3plus.bn_eps) && c.unet3plus.bn_eps >= 0))
@@ -272,6 +273,8 @@ ModelCard card_from_metadata(const io::Metadata& m, const std::string& path) {
     }
   };
   const CardReader r(path);
+  if (auto it = m.find("format"); it != m.end() && it->second != "unet-engine-weights/1")
+    r.bad("format", "'" + it->second + "'; expected unet-engine-weights/1 (a newer version or another tool wrote it)");
   const json model = field("model"), plan = field("plan"), labels = field("labels");
   const auto get = [&](const json& obj, const char* section, const char* key) -> const json& {
     return r.at(obj, section, key);
@@ -344,7 +347,9 @@ ModelCard card_from_metadata(const io::Metadata& m, const std::string& path) {
   if (const json* pipeline = r.find(plan, "plan", "pipeline")) c.pipeline = r.string(*pipeline, "plan.pipeline");
   if (c.pipeline != "nnunet" && c.pipeline != "dle_isbi")
     r.bad("plan.pipeline", "'" + c.pipeline + "'; expected nnunet or dle_isbi");
-  if (!labels.is_object()) r.bad("labels", "expected a JSON object of class index: name");
+  if (!labels.is_object() || labels.size() != static_cast<size_t>(out_channels))
+    r.bad("labels", "expected a JSON object of class index: name with one entry per output (model.out_channels " +
+                        std::to_string(out_channels) + ")");
   for (auto& [k, v] : labels.items()) {
     int index = -1;
     const auto [end, ec] = std::from_chars(k.data(), k.data() + k.size(), index);

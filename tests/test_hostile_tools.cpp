@@ -826,7 +826,11 @@ TEST_CASE("unet_infer checks every field of the model card at load, naming the c
   };
   const std::vector<std::tuple<std::string, std::string, std::string, std::string>> cases = {
       {"labels", "", R"({"bg": "background", "1": "a", "2": "b"})", "labels key 'bg': expected a class index 0..2"},
-      {"labels", "", R"({"0": "background", "7": "a"})", "labels key '7': expected a class index 0..2"},
+      {"labels", "", R"({"0": "background", "1": "a", "7": "b"})", "labels key '7': expected a class index 0..2"},
+      // Two names for three outputs: label 2 was written anyway.
+      {"labels", "", R"({"0": "background", "1": "a"})",
+       "labels: expected a JSON object of class index: name with one entry per output (model.out_channels 3)"},
+      {"model", "negative_slope", "1e30", "model.negative_slope: 1e+30; expected a number in [0, 1]"},
       {"plan", "patch", "[0, 0, 0]", "plan.patch: [0, 0, 0]; expected sizes 1..1024"},
       {"plan", "patch", "[15, 15, 15]", "plan.patch: [15, 15, 15]; expected multiples of [2, 2, 2]"},
       {"plan", "normalization", "[]", "plan.normalization: 0 channel(s); the model takes 1 image channel(s)"},
@@ -854,6 +858,20 @@ TEST_CASE("unet_infer checks every field of the model card at load, naming the c
     CHECK(run_guarded("unet_infer", "--model " + bad + " --input " + image + " --output " + dir + "/seg.nii.gz",
                       &out) == 1);
     CHECK_MESSAGE(out.find("unet_infer: error: " + bad + ": " + message) != std::string::npos, out);
+    CHECK_FALSE(fs::exists(dir + "/seg.nii.gz"));
+  }
+  // A format this version does not write.
+  {
+    io::SafetensorsContent c = io::read_safetensors(good);
+    c.metadata["format"] = "other/9";
+    io::write_safetensors(bad, c.tensors, c.metadata);
+    std::string out;
+    CHECK(run_guarded("unet_infer", "--model " + bad + " --input " + image + " --output " + dir + "/seg.nii.gz",
+                      &out) == 1);
+    CHECK_MESSAGE(out.find("unet_infer: error: " + bad +
+                           ": format: 'other/9'; expected unet-engine-weights/1 (a newer version or another tool "
+                           "wrote it)") != std::string::npos,
+                  out);
     CHECK_FALSE(fs::exists(dir + "/seg.nii.gz"));
   }
   // UNet 3+'s batch-norm parameters.
