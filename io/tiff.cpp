@@ -616,6 +616,14 @@ TiffWriteOptions tiff_options_like(const TiffVolume& like, const Tensor& data) {
       if (const std::string v = imagej_value(like.tags.description, key); !v.empty())
         d += std::string(key) + "=" + v + "\n";
     o.tags.description = d;
+  } else if (like.tags.description.starts_with("{") && like.tags.description.find("\"shape\"") != std::string::npos) {
+    // tifffile's shaped series: the JSON gives the input array's shape, which a probabilities output (a sample per
+    // class) does not have. The output's own shape instead, a trailing single channel left out as tifffile does.
+    Shape shape = data.shape();
+    if (shape.size() == 4 && shape[3] == 1) shape.pop_back();
+    std::string d = "{\"shape\": [";
+    for (size_t i = 0; i < shape.size(); ++i) d += (i ? ", " : "") + std::to_string(shape[i]);
+    o.tags.description = d + "]}";
   }
   if (data.dtype() == DType::f32) {
     o.bits = 32;

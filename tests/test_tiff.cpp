@@ -171,6 +171,13 @@ TEST_CASE("TIFF written and read back: 8 and 16 bits, floats, channels, every co
   for (int a = 0; a < 3; ++a) CHECK(back.spacing[a] == doctest::Approx(ij.spacing[a]).epsilon(1e-6));
   // More than 255 classes: 16-bit labels, not a wrap to class 1.
   CHECK(tiff_options_like(ij, make({1, 2, 2}, DType::i32, [](int64_t i) { return 254.0 + double(i); })).bits == 16);
+  // tifffile's shaped description names the input's shape: an output gets its own (probabilities: a sample per
+  // class), which tifffile otherwise reports as corrupted metadata.
+  TiffVolume shaped = ij;
+  shaped.tags.description = "{\"shape\": [4, 5, 6]}";
+  CHECK(tiff_options_like(shaped, seg).tags.description == "{\"shape\": [4, 5, 6]}");
+  CHECK(tiff_options_like(shaped, Tensor::zeros({4, 5, 6, 3})).tags.description == "{\"shape\": [4, 5, 6, 3]}");
+  CHECK(tiff_options_like(shaped, Tensor::zeros({4, 5, 6, 1})).tags.description == "{\"shape\": [4, 5, 6]}");
   fs::remove_all(dir);
 }
 
