@@ -1082,6 +1082,8 @@ TEST_CASE(
                 out);
   CHECK(run_guarded("unet_eval", args, &out) == 0);
   CHECK_MESSAGE(out.find("warning") == std::string::npos, out);
+  CHECK(run_guarded("unet_eval", args + " --classes 0", &out) == 2);  // was taken as "not given"
+  CHECK_MESSAGE(out.find("--classes 0: expected 2..1000") != std::string::npos, out);
   // The same directory twice (also spelled differently) would score 1.0.
   fs::remove(dir + "/pred/dice.json");
   CHECK(run_guarded("unet_eval", "--pred " + dir + "/ds/labelsTs --label " + dir + "/ds/./labelsTs/", &out) == 2);

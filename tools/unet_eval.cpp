@@ -161,7 +161,7 @@ int main(int argc, char** argv) {
             *d + (pair_of_files ? ": not a file (--label is a file, so --pred must be one)" : ": not a directory"));
     if (label_scale < 1 || label_scale > 255)
       throw UsageError("--label-scale " + std::to_string(label_scale) + ": expected 1..255");
-    if (classes != 0 && (classes < 2 || classes > kMaxClasses))
+    if ((classes != 0 || app.count("--classes") > 0) && (classes < 2 || classes > kMaxClasses))
       throw UsageError("--classes " + std::to_string(classes) + ": expected 2.." + std::to_string(kMaxClasses));
     if (io::is_image_name(json_path))
       throw UsageError("--json " + json_path + ": expected a .json file (this would overwrite a label map)");
