@@ -15,22 +15,6 @@ namespace {
 
 constexpr double kPi = 3.14159265358979323846;
 
-// Keys' cubic convolution kernel, a = -0.5.
-double keys(double x) {
-  constexpr double a = -0.5;
-  x = std::abs(x);
-  if (x <= 1) return ((a + 2) * x - (a + 3)) * x * x + 1;
-  if (x < 2) return ((a * x - 5 * a) * x + 8 * a) * x - 4 * a;
-  return 0;
-}
-
-// Index j mirrored into [0, n) without repeating the edge (reflect 101).
-int64_t reflect101(int64_t j, int64_t n) {
-  if (n == 1) return 0;
-  while (j < 0 || j >= n) j = j < 0 ? -j : 2 * (n - 1) - j;
-  return j;
-}
-
 // [Z, Y, X, C] with dims[axis] replaced: the product of the dims before and after axis (C counted after).
 void split(const std::array<int64_t, 4>& shape, int axis, int64_t* outer, int64_t* inner) {
   *outer = 1;
@@ -134,7 +118,7 @@ std::vector<float> resize_axis_cubic(const std::vector<float>& in, const std::ar
     for (int k = 0; k < 4; ++k) {
       taps[static_cast<size_t>(i)][static_cast<size_t>(k)] =
           std::clamp<int64_t>(static_cast<int64_t>(f) - 1 + k, 0, n_in - 1);
-      weights[static_cast<size_t>(i)][static_cast<size_t>(k)] = keys(t + 1 - k);
+      weights[static_cast<size_t>(i)][static_cast<size_t>(k)] = kernels::keys_cubic(t + 1 - k);
     }
   }
   std::vector<float> out(static_cast<size_t>(outer * n_out * inner));
@@ -234,7 +218,7 @@ void gaussian_blur(Sample& s, double sigma, bool in_plane) {
           double acc = 0;
           for (int64_t k = -r; k <= r; ++k)
             acc += w[static_cast<size_t>(k + r)] *
-                   s.image[static_cast<size_t>((o * n + reflect101(i + k, n)) * inner + j)];
+                   s.image[static_cast<size_t>((o * n + kernels::reflect101(i + k, n)) * inner + j)];
           out[static_cast<size_t>((o * n + i) * inner + j)] = static_cast<float>(acc);
         }
     s.image = std::move(out);

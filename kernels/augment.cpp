@@ -11,21 +11,6 @@ namespace unet::kernels {
 
 namespace {
 
-// Keys' cubic convolution kernel, a = -0.5 (io/augment.cpp's).
-double keys(double x) {
-  constexpr double a = -0.5;
-  x = std::abs(x);
-  if (x <= 1) return ((a + 2) * x - (a + 3)) * x * x + 1;
-  if (x < 2) return ((a * x - 5 * a) * x + 8 * a) * x - 4 * a;
-  return 0;
-}
-
-int64_t reflect101(int64_t j, int64_t n) {
-  if (n == 1) return 0;
-  while (j < 0 || j >= n) j = j < 0 ? -j : 2 * (n - 1) - j;
-  return j;
-}
-
 void check_axis(int64_t n, const char* what) {
   if (n < 1 || n > (int64_t(1) << 30))
     throw std::invalid_argument(std::string(what) + ": axis of " + std::to_string(n) + " positions");
@@ -37,7 +22,7 @@ void cubic_row(int64_t i, int64_t n, int64_t len, int64_t tap[4], double w[4]) {
   const double f = std::floor(src), t = src - f;
   for (int k = 0; k < 4; ++k) {
     tap[k] = std::clamp<int64_t>(static_cast<int64_t>(f) - 1 + k, 0, len - 1);
-    w[k] = keys(t + 1 - k);
+    w[k] = keys_cubic(t + 1 - k);
   }
 }
 

@@ -26,6 +26,23 @@
 
 namespace unet::kernels {
 
+// Keys' cubic convolution kernel, a = -0.5: the weight of a tap at distance x (the zoom's and low resolution's
+// resampling here and in io/augment.cpp).
+inline double keys_cubic(double x) {
+  constexpr double a = -0.5;
+  x = std::abs(x);
+  if (x <= 1) return ((a + 2) * x - (a + 3)) * x * x + 1;
+  if (x < 2) return ((a * x - 5 * a) * x + 8 * a) * x - 4 * a;
+  return 0;
+}
+
+// Index j mirrored into [0, n) without repeating the edge (reflect 101: ... 2 1 | 0 1 2 ...), as the blur reads.
+inline int64_t reflect101(int64_t j, int64_t n) {
+  if (n == 1) return 0;
+  while (j < 0 || j >= n) j = j < 0 ? -j : 2 * (n - 1) - j;
+  return j;
+}
+
 // A batch: image f32 [n, z, y, x, c] (channels last), label i32 [n, z, y, x].
 struct AugmentShape {
   int64_t n = 1, z = 1, y = 1, x = 1, c = 1;
