@@ -41,11 +41,10 @@ AxisMap identity_axis_map(int64_t n, int taps) {
   return m;
 }
 
-AxisMap cubic_axis_map(int64_t n, int64_t start, int64_t len) {
-  check_axis(n, "cubic_axis_map");
-  if (len < 1 || start < 0 || start + len > n)
-    throw std::invalid_argument("cubic_axis_map: crop [" + std::to_string(start) + ", " + std::to_string(start + len) +
-                                ") outside an axis of " + std::to_string(n));
+// Four taps per output index i of an axis of n resized from `len` by cubic convolution (cubic_row), tap t of the
+// resized axis read at index_of(t).
+template <class IndexOf>
+AxisMap cubic_map(int64_t n, int64_t len, IndexOf&& index_of) {
   AxisMap m;
   m.taps = 4;
   m.index.resize(static_cast<size_t>(n * 4));
@@ -55,11 +54,19 @@ AxisMap cubic_axis_map(int64_t n, int64_t start, int64_t len) {
     double w[4];
     cubic_row(i, n, len, tap, w);
     for (int k = 0; k < 4; ++k) {
-      m.index[static_cast<size_t>(i * 4 + k)] = static_cast<int32_t>(start + tap[k]);
+      m.index[static_cast<size_t>(i * 4 + k)] = static_cast<int32_t>(index_of(tap[k]));
       m.weight[static_cast<size_t>(i * 4 + k)] = w[k];
     }
   }
   return m;
+}
+
+AxisMap cubic_axis_map(int64_t n, int64_t start, int64_t len) {
+  check_axis(n, "cubic_axis_map");
+  if (len < 1 || start < 0 || start + len > n)
+    throw std::invalid_argument("cubic_axis_map: crop [" + std::to_string(start) + ", " + std::to_string(start + len) +
+                                ") outside an axis of " + std::to_string(n));
+  return cubic_map(n, len, [&](int64_t t) { return start + t; });
 }
 
 AxisMap flipped(AxisMap m) {
@@ -100,22 +107,11 @@ AxisMap low_resolution_axis_map(int64_t n, int64_t low) {
   check_axis(n, "low_resolution_axis_map");
   if (low < 1 || low > n)
     throw std::invalid_argument("low_resolution_axis_map: " + std::to_string(low) + " of " + std::to_string(n));
-  AxisMap m;
-  m.taps = 4;
-  m.index.resize(static_cast<size_t>(n * 4));
-  m.weight.resize(static_cast<size_t>(n * 4));
-  for (int64_t i = 0; i < n; ++i) {
-    int64_t tap[4];
-    double w[4];
-    cubic_row(i, n, low, tap, w);
-    for (int k = 0; k < 4; ++k) {
-      const int64_t nearest = std::min(n - 1, static_cast<int64_t>((static_cast<double>(tap[k]) + 0.5) *
-                                                                   static_cast<double>(n) / static_cast<double>(low)));
-      m.index[static_cast<size_t>(i * 4 + k)] = static_cast<int32_t>(nearest);
-      m.weight[static_cast<size_t>(i * 4 + k)] = w[k];
-    }
-  }
-  return m;
+  // Tap t of the low-resolution axis is the nearest full-resolution index to its centre.
+  return cubic_map(n, low, [&](int64_t t) {
+    return std::min(n - 1, static_cast<int64_t>((static_cast<double>(t) + 0.5) * static_cast<double>(n) /
+                                                static_cast<double>(low)));
+  });
 }
 
 std::vector<int32_t> nearest_axis_index(int64_t n, int64_t start, int64_t len, bool flip) {
