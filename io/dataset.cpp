@@ -16,6 +16,7 @@
 #include "io/atomic_file.h"
 #include "io/dle.h"
 #include "io/image.h"
+#include "io/json.h"
 #include "kernels/common/parallel.h"
 
 namespace unet::io {
@@ -69,12 +70,11 @@ json load_dataset_json(const std::string& dir, DatasetInfo& info) {
   if (!fs::is_directory(dir)) throw std::runtime_error(dir + ": dataset directory does not exist");
   if (std::string why = regular_file_problem(where); !why.empty())
     throw std::runtime_error(where + ": " + why + "; expected the dataset.json of an MSD or nnU-Net v2 dataset");
-  std::ifstream f(info.json_path);
-  if (!f) throw std::runtime_error(where + ": cannot open (expected the dataset.json of an MSD or nnU-Net v2 dataset)");
+  const std::string text = read_text_file(where);
   json j;
   try {
-    j = json::parse(f);
-  } catch (const json::exception& e) {
+    j = parse_json(text);
+  } catch (const std::runtime_error& e) {
     throw std::runtime_error(where + ": not valid JSON: " + e.what());
   }
   if (!j.is_object()) throw std::runtime_error(where + ": expected a JSON object at the top level");
@@ -232,11 +232,20 @@ DatasetInfo read_msd_dataset(const std::string& dir) {
         c.label_path = path;
     }
     c.id = image_stem(c.image_paths[0]);
-    // A case listed twice could land in a training fold and its validation fold at once (and shares a cache file).
-    for (size_t k = 0; k < info.training.size(); ++k)
-      if (info.training[k].id == c.id)
+    // A case listed twice could land in a training fold and its validation fold at once (and shares a cache file);
+    // two files with one name in different folders would share the cache file, the fold entry and the prediction.
+    for (size_t k = 0; k < info.training.size(); ++k) {
+      const DatasetCase& other = info.training[k];
+      if (other.id != c.id) continue;
+      std::error_code ec;
+      if (fs::equivalent(other.image_paths[0], c.image_paths[0], ec))
         fail(key + ".image", "case '" + c.id + "' is listed again (first as training[" + std::to_string(k) +
                                  "]); expected each training case once");
+      fail(key + ".image", "'" + tr[i]["image"].get<std::string>() + "' has the case name '" + c.id + "' of training[" +
+                               std::to_string(k) + "] ('" + tr[k]["image"].get<std::string>() +
+                               "'), in another folder; expected unique file names (the case name, the file name "
+                               "without its extension, names the case's cache file, fold entry and prediction)");
+    }
     info.training.push_back(std::move(c));
   }
   if (j.contains("test")) {

@@ -93,6 +93,46 @@ void reject_non_finite(const std::string& path, const void* src, int64_t n, doub
   }
 }
 
+// Scaling so coarse that the stored values stop mattering (a huge scl_inter swamping them, a tiny scl_slope) would
+// hand training a constant image: when the smallest and largest stored values differ but become the same f32 value,
+// the file is refused. (Some precision is always lost in f32; only this total loss is an error.)
+template <class T>
+void reject_collapsed(const std::string& path, const void* src, int64_t n, double slope, double inter) {
+  const T* s = static_cast<const T*>(src);
+  if (n == 0) return;
+  double lo = static_cast<double>(s[0]), hi = lo;
+  for (int64_t i = 1; i < n; ++i) {
+    lo = std::min(lo, static_cast<double>(s[i]));
+    hi = std::max(hi, static_cast<double>(s[i]));
+  }
+  const float a = static_cast<float>(lo * slope + inter), b = static_cast<float>(hi * slope + inter);
+  if (lo != hi && a == b)
+    fail(path, "header fields scl_slope " + num(slope) + " and scl_inter " + num(inter) +
+                   " map every stored value (from " + num(lo) + " to " + num(hi) + ") to the same f32 value " + num(a) +
+                   "; expected a scaling that keeps the values apart");
+}
+
+// Calls f.template operator()<T>() with T the C++ type of a supported NIfTI datatype.
+template <class F>
+void with_voxel_type(int64_t datatype, F&& f) {
+  switch (datatype) {
+    case DT_UINT8:
+      return f.template operator()<uint8_t>();
+    case DT_INT8:
+      return f.template operator()<int8_t>();
+    case DT_INT16:
+      return f.template operator()<int16_t>();
+    case DT_UINT16:
+      return f.template operator()<uint16_t>();
+    case DT_INT32:
+      return f.template operator()<int32_t>();
+    case DT_FLOAT32:
+      return f.template operator()<float>();
+    case DT_FLOAT64:
+      return f.template operator()<double>();
+  }
+}
+
 // Reads the voxel bytes into nim->data (byte-swapped to this machine's order, not scaled). nifticlib's
 // nifti_image_load would do the same but also silently set NaN and infinite floats to 0 (in nifti_read_buffer),
 // hiding exactly the voxels that read_nifti must refuse; so the bytes are read here, from where it would read them.
@@ -399,58 +439,16 @@ NiftiVolume read_nifti(const std::string& path) {
   int64_t n = nx * ny * nz * nc;
   Tensor flat = Tensor::empty({nc, nz, ny, nx});  // NIfTI order: x fastest, channel slowest
   float* f = flat.data<float>();
-  double slope = nim->scl_slope, inter = nim->scl_inter;
-  switch (nim->datatype) {
-    case DT_UINT8:
-      convert<uint8_t>(nim->data, f, n, slope, inter);
-      break;
-    case DT_INT8:
-      convert<int8_t>(nim->data, f, n, slope, inter);
-      break;
-    case DT_INT16:
-      convert<int16_t>(nim->data, f, n, slope, inter);
-      break;
-    case DT_UINT16:
-      convert<uint16_t>(nim->data, f, n, slope, inter);
-      break;
-    case DT_INT32:
-      convert<int32_t>(nim->data, f, n, slope, inter);
-      break;
-    case DT_FLOAT32:
-      convert<float>(nim->data, f, n, slope, inter);
-      break;
-    case DT_FLOAT64:
-      convert<double>(nim->data, f, n, slope, inter);
-      break;
-  }
-  bool all_finite = true;
-  for (int64_t i = 0; i < n; ++i) all_finite &= std::isfinite(f[i]);
-  if (!all_finite) {
-    const int64_t dims[3] = {nx, ny, nz};
-    switch (nim->datatype) {  // only floats can be non-finite in the file, but any scaled type can overflow
-      case DT_UINT8:
-        reject_non_finite<uint8_t>(path, nim->data, n, slope, inter, dims);
-        break;
-      case DT_INT8:
-        reject_non_finite<int8_t>(path, nim->data, n, slope, inter, dims);
-        break;
-      case DT_INT16:
-        reject_non_finite<int16_t>(path, nim->data, n, slope, inter, dims);
-        break;
-      case DT_UINT16:
-        reject_non_finite<uint16_t>(path, nim->data, n, slope, inter, dims);
-        break;
-      case DT_INT32:
-        reject_non_finite<int32_t>(path, nim->data, n, slope, inter, dims);
-        break;
-      case DT_FLOAT32:
-        reject_non_finite<float>(path, nim->data, n, slope, inter, dims);
-        break;
-      case DT_FLOAT64:
-        reject_non_finite<double>(path, nim->data, n, slope, inter, dims);
-        break;
-    }
-  }
+  const double slope = nim->scl_slope, inter = nim->scl_inter;
+  const int64_t dims[3] = {nx, ny, nz};
+  with_voxel_type(nim->datatype, [&]<class T>() {
+    convert<T>(nim->data, f, n, slope, inter);
+    bool all_finite = true;
+    for (int64_t i = 0; i < n; ++i) all_finite &= std::isfinite(f[i]);
+    // Only floats can be non-finite in the file, but any scaled type can overflow.
+    if (!all_finite) reject_non_finite<T>(path, nim->data, n, slope, inter, dims);
+    if (scaled(slope, inter)) reject_collapsed<T>(path, nim->data, n, slope, inter);
+  });
   nifti_image_unload(nim);
   if (nc == 1) {
     vol.data = flat.reshape({nz, ny, nx, 1});

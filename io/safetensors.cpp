@@ -11,6 +11,7 @@
 #include <stdexcept>
 
 #include "io/atomic_file.h"
+#include "io/json.h"
 
 namespace unet::io {
 namespace {
@@ -94,8 +95,8 @@ SafetensorsContent read_safetensors(const std::string& path) {
   f.read(h.data(), static_cast<std::streamsize>(header_len));
   json header;
   try {
-    header = json::parse(h);
-  } catch (const json::exception& e) {
+    header = parse_json(h);
+  } catch (const std::runtime_error& e) {
     fail(path, std::string("header is not valid JSON (") + e.what() + ")");
   }
   if (!header.is_object()) fail(path, "header is not a JSON object");

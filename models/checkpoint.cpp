@@ -12,6 +12,7 @@
 
 #include "engine/device.h"
 #include "io/image.h"
+#include "io/json.h"
 
 namespace unet::models {
 namespace {
@@ -267,9 +268,9 @@ ModelCard card_from_metadata(const io::Metadata& m, const std::string& path) {
     if (it == m.end())
       throw std::runtime_error(path + ": not a unet-engine checkpoint (metadata has no '" + key + "')");
     try {
-      return json::parse(it->second);
-    } catch (const json::exception& e) {
-      throw std::runtime_error(path + ": metadata '" + key + "' is not valid JSON");
+      return io::parse_json(it->second);
+    } catch (const std::runtime_error& e) {
+      throw std::runtime_error(path + ": metadata '" + key + "' is not valid JSON (" + e.what() + ")");
     }
   };
   const CardReader r(path);

@@ -148,6 +148,11 @@ TEST_CASE("a dataset.json entry of the wrong form is an error naming the key") {
   check_error_names([&] { read_msd_dataset(tmp.path); }, {"training[0].label", "missing"});
   std::ofstream(tmp / "dataset.json") << "{ not json";
   check_error_names([&] { read_msd_dataset(tmp.path); }, {tmp / "dataset.json", "JSON"});
+  // Two "labels" keys: which one a reader keeps differs between readers, so neither is chosen.
+  std::string text = minimal_json().dump();
+  std::ofstream(tmp / "dataset.json") << "{\"labels\": {\"0\": \"background\"}, " << text.substr(1);
+  check_error_names([&] { read_msd_dataset(tmp.path); },
+                    {tmp / "dataset.json", "not valid JSON", "the key \"labels\" appears twice in one object"});
 }
 
 TEST_CASE("a dataset.json naming a missing file is an error naming the key and the path") {
@@ -156,6 +161,25 @@ TEST_CASE("a dataset.json naming a missing file is an error naming the key and t
   write_volume(tmp / "imagesTr/a.nii.gz", Tensor::zeros({4, 4, 4}));
   check_error_names([&] { read_msd_dataset(tmp.path); },
                     {tmp / "dataset.json", "training[0].label", "./labelsTr/a.nii.gz", "does not exist"});
+}
+
+TEST_CASE("two training cases with one file name are an error that tells a repeat from a name clash") {
+  test::TempDir tmp("same_name");
+  for (const char* f : {"imagesTr/a.nii.gz", "labelsTr/a.nii.gz", "other/a.nii.gz"})
+    write_volume(tmp / f, Tensor::zeros({4, 4, 4}));
+  json j = minimal_json();
+  j["numTraining"] = 2;
+  j["training"].push_back({{"image", "imagesTr/./a.nii.gz"}, {"label", "./labelsTr/a.nii.gz"}});
+  write_json(tmp / "dataset.json", j);
+  check_error_names([&] { read_msd_dataset(tmp.path); },
+                    {tmp / "dataset.json", "training[1].image", "case 'a' is listed again (first as training[0])"});
+  j["training"][1]["image"] = "other/a.nii.gz";
+  write_json(tmp / "dataset.json", j);
+  check_error_names(
+      [&] { read_msd_dataset(tmp.path); },
+      {tmp / "dataset.json", "training[1].image",
+       "'other/a.nii.gz' has the case name 'a' of training[0] ('./imagesTr/a.nii.gz'), in another folder; "
+       "expected unique file names"});
 }
 
 TEST_CASE("numTraining disagreeing with the training list is an error") {

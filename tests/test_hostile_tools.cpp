@@ -500,7 +500,7 @@ TEST_CASE("unet_train --overwrite keeps the old run when the new configuration o
   const std::map<std::string, std::string> before = snapshot(dir + "/run");
   std::string out;
   // Bad data (no dataset), a bad key found after the run directory was looked at, an image that cannot be read.
-  CHECK(run_guarded("unet_train", small_train_ini(dir, dir + "/nonexistent") + " --overwrite", &out) == 1);
+  CHECK(run_guarded("unet_train", small_train_ini(dir, dir + "/nonexistent") + " --overwrite", &out) == 2);
   CHECK(snapshot(dir + "/run") == before);
   CHECK(run_guarded("unet_train", small_train_ini(dir, dir + "/data") + " --overwrite --set runtime.threads=100",
                     &out) == 2);

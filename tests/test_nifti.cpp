@@ -245,6 +245,29 @@ TEST_CASE("int16 voxels that scl_slope scales beyond the f32 range are an error 
                        std::runtime_error);
 }
 
+TEST_CASE("a scaling that maps every stored value to one f32 value is an error naming both fields") {
+  std::string dir = temp_dir();
+  // A large intercept that still leaves the values apart reads as scaled (f32 keeps 1000 steps of 2^20 apart).
+  NiftiVolume ok = read_nifti(write_raw_nifti1<int16_t>(dir + "/i16_far.nii", 4, {0, 1000}, 1.f, 1e9f));
+  CHECK(ok.data.to_vector() == std::vector<float>{1e9f, 1e9f + 1024.f});
+  // 3e38 swamps float data up to 1000; a slope of 1e-30 keeps 0 and 1 apart, but the smallest slope (1e-45, the
+  // least f32) makes 0.25 less than half the least f32, so 0 too; a constant image is not refused (nothing to keep
+  // apart).
+  std::string path = write_raw_nifti1<float>(dir + "/swamped.nii", 16, {1.f, -1000.f, 1000.f}, 1.f, 3e38f);
+  CHECK_THROWS_WITH_AS(read_nifti(path),
+                       (path + ": header fields scl_slope 1 and scl_inter 3e+38 map every stored value (from -1000 to "
+                               "1000) to the same f32 value 3e+38; expected a scaling that keeps the values apart")
+                           .c_str(),
+                       std::runtime_error);
+  CHECK(read_nifti(write_raw_nifti1<uint8_t>(dir + "/tiny_ok.nii", 2, {0, 1}, 1e-30f)).data.to_vector() ==
+        std::vector<float>{0.f, static_cast<float>(1e-30f * 1.0)});
+  path = write_raw_nifti1<float>(dir + "/tiny.nii", 16, {0.f, 0.25f, 0.125f}, 1e-45f);
+  CHECK_THROWS_WITH_AS(read_nifti(path), doctest::Contains("to the same f32 value 0; expected a scaling"),
+                       std::runtime_error);
+  CHECK(read_nifti(write_raw_nifti1<uint8_t>(dir + "/flat.nii", 2, {7, 7}, 1.f, 3e38f)).data.to_vector() ==
+        std::vector<float>{3e38f, 3e38f});
+}
+
 TEST_CASE("a big-endian file reads with its values, and its NaN voxels are found after the byte swap") {
   std::string dir = temp_dir();
   NiftiVolume v = read_nifti(write_raw_nifti1<int16_t>(dir + "/be_i16.nii", 4, {1, -2, 300}, 2.f, 0.f, true));

@@ -108,6 +108,31 @@ TEST_CASE("malformed headers are rejected before anything is allocated") {
                        std::runtime_error);
 }
 
+TEST_CASE("a key that appears twice in one object of the header is rejected, naming it") {
+  std::string path = temp_path("dup.safetensors");
+  // Two entries for one tensor: nlohmann would keep the second, other readers the first.
+  write_bytes(path, header_of(R"({"w": {"dtype": "U8", "shape": [2], "data_offsets": [0, 2]},
+                                  "w": {"dtype": "U8", "shape": [2], "data_offsets": [2, 4]}})") +
+                        std::string(4, '\0'));
+  CHECK_THROWS_WITH_AS(
+      read_safetensors(path),
+      (path + ": invalid safetensors file: header is not valid JSON (the key \"w\" appears twice in one object)")
+          .c_str(),
+      std::runtime_error);
+  // Inside a tensor's entry and inside the metadata too; the same key in two different objects is fine.
+  write_bytes(path, header_of(R"({"w": {"dtype": "U8", "shape": [2], "shape": [1], "data_offsets": [0, 2]}})") +
+                        std::string(2, '\0'));
+  CHECK_THROWS_WITH_AS(read_safetensors(path), doctest::Contains("the key \"shape\" appears twice"),
+                       std::runtime_error);
+  write_bytes(path, header_of(R"({"__metadata__": {"format": "a", "format": "b"}})"));
+  CHECK_THROWS_WITH_AS(read_safetensors(path), doctest::Contains("the key \"format\" appears twice"),
+                       std::runtime_error);
+  write_bytes(path, header_of(R"({"__metadata__": {"shape": "x"}, "w": {"dtype": "U8", "shape": [2],
+                                  "data_offsets": [0, 2]}})") +
+                        std::string(2, '\7'));
+  CHECK(read_safetensors(path).get("w").to_vector() == std::vector<float>{7.f, 7.f});
+}
+
 TEST_CASE("writing into a missing directory fails without leaving a file behind") {
   std::string dir = temp_path("no_such_dir");
   CHECK_THROWS_AS(write_safetensors(dir + "/x.safetensors", {{"w", Tensor::full({2}, 1.f)}}), std::runtime_error);

@@ -245,8 +245,12 @@ TEST_CASE("configuration errors exit with status 2 and name the key") {
   CHECK(out.find("data.dataset: required") != std::string::npos);
   CHECK(test::run_tool("unet_train", dir + "/missing.ini", &out) == 2);
   CHECK(out.find("cannot open config file") != std::string::npos);
-  CHECK(test::run_tool("unet_train", write_text(dir + "/d.ini", "[data]\ndataset = " + dir + "/nowhere\n"), &out) == 1);
-  CHECK(out.find(dir + "/nowhere") != std::string::npos);
+  CHECK(test::run_tool("unet_train", write_text(dir + "/d.ini", "[data]\ndataset = " + dir + "/nowhere\n"), &out) == 2);
+  CHECK(out.find("data.dataset = " + dir +
+                 "/nowhere: no such directory; expected the directory holding "
+                 "dataset.json") != std::string::npos);
+  CHECK(test::run_tool("unet_train", write_text(dir + "/e.ini", "[data]\ndataset = " + dir + "/e.ini\n"), &out) == 2);
+  CHECK(out.find("data.dataset = " + dir + "/e.ini: not a directory") != std::string::npos);
 }
 
 TEST_CASE("out-of-range configuration numbers exit with status 2 naming the key and the range, before any work") {
@@ -267,6 +271,7 @@ TEST_CASE("out-of-range configuration numbers exit with status 2 naming the key 
       {"data.foreground_oversampling=1.5", "data.foreground_oversampling = 1.500000"},
       {"validation.overlap=1", "validation.overlap = 1.000000"},
       {"model.depth=0", "model.depth = 0: expected 1..10"},
+      {"model.max_filters=8", "model.max_filters = 8: below model.filters = 32; expected at least the first level's"},
       {"runtime.threads=100000", "runtime.threads = 100000: expected 0.." + std::to_string(2 * cores)},
       {"train.precision=fp8", "train.precision = 'fp8': expected one of auto, fp32, tf32, fp16, bf16"},
       {"train.loss_scaling=static", "train.loss_scaling = 'static'"},

@@ -16,6 +16,7 @@
 
 #include "engine/metrics.h"
 #include "io/image.h"
+#include "io/json.h"
 #include "io/safetensors.h"
 #include "tools/tool_main.h"
 
@@ -87,8 +88,8 @@ int dataset_classes(const std::string& label_dir, std::string* source) {
   if (!fs::is_regular_file(json)) return 0;
   nlohmann::json j;
   try {
-    j = nlohmann::json::parse(std::ifstream(json));
-  } catch (const nlohmann::json::exception& e) {
+    j = io::parse_json(io::read_text_file(json.string()));
+  } catch (const std::runtime_error& e) {
     throw std::runtime_error(json.string() + ": not valid JSON (" + e.what() + ")");
   }
   if (!j.contains("labels") || !j["labels"].is_object() || j["labels"].size() < 2)

@@ -74,7 +74,7 @@ io::Config make_config() {
        "filters of the first level; doubled per level up to max_filters (unet2d, unet3plus: x2 per level, no cap; "
        "DLE: 64)"},
       {"model", "dropout", KeyType::real, "0.5", "unet2d: dropout probability after the bottleneck in training"},
-      {"model", "max_filters", KeyType::integer, "320", "filter cap (nnU-Net: 320 in 3D)"},
+      {"model", "max_filters", KeyType::integer, "320", "dynunet: filter cap, at least filters (nnU-Net: 320 in 3D)"},
       {"model", "depth", KeyType::integer, "5", "maximum number of downsamplings"},
       {"model", "deep_supervision", KeyType::boolean, "true",
        "training heads: dynunet 1x1 at 1/2 and 1/4 resolution; unet3plus 3x3 on decoder levels 2..4 and the bottom"},
@@ -182,6 +182,9 @@ models::TrainerOptions trainer_options(const io::Config& c) {
   o.sampling.batch = static_cast<int>(int_in("data", "batch_size", 1, 1024));
   o.filters = static_cast<int>(int_in("model", "filters", 1, 1024));
   o.max_filters = static_cast<int>(int_in("model", "max_filters", 1, 4096));
+  if (o.model == "dynunet" && o.max_filters < o.filters)  // the cap would silently replace every level's filters
+    throw UsageError("model.max_filters = " + std::to_string(o.max_filters) + ": below model.filters = " +
+                     std::to_string(o.filters) + "; expected at least the first level's filters");
   o.depth = static_cast<int>(int_in("model", "depth", 1, 10));
   o.sampling.foreground_prob = real_in("data", "foreground_oversampling", 0, 1);
   o.sampling.augment.flip_prob = real_in("data", "flip_probability", 0, 1);
@@ -201,7 +204,7 @@ models::TrainerOptions trainer_options(const io::Config& c) {
   const std::string cache = c.get_string("data", "cache");
   if (cache == "auto") {
     // Beside the data when we may write there (access(): the dataset of a shared, read-only store gets none).
-    if (access(o.dataset.c_str(), W_OK) == 0)
+    if (std::filesystem::is_directory(o.dataset) && access(o.dataset.c_str(), W_OK) == 0)
       o.cache_dir = (std::filesystem::path(o.dataset) / "unet_preprocessed").string();
   } else if (cache != "none") {
     o.cache_dir = cache;
@@ -275,6 +278,13 @@ bool check_output_dir(const std::string& dir, bool overwrite) {
 int run(const io::Config& c, const std::string& resume, bool overwrite) {
   models::TrainerOptions options = trainer_options(c);
   options.resume_dir = resume;
+  // More threads than cores only adds switching (1000 on 2 cores turned 0.08 s steps into minutes): at most twice the
+  // hardware threads; 0 uses them all.
+  const long cores = std::max(1u, std::thread::hardware_concurrency());
+  const long threads = c.get_int("runtime", "threads");
+  if (threads < 0 || threads > 2 * cores)
+    throw UsageError("runtime.threads = " + std::to_string(threads) + ": expected 0.." + std::to_string(2 * cores) +
+                     " (0: all " + std::to_string(cores) + " hardware threads)");
   // Where the run writes, checked before the data is loaded (exit 2 naming the key).
   if (options.output_dir.empty()) throw UsageError("output.dir: required (the directory the run writes to), got ''");
   if (std::string why = tools::output_directory_problem(options.output_dir); !why.empty())
@@ -292,13 +302,11 @@ int run(const io::Config& c, const std::string& resume, bool overwrite) {
                          "; expected the file the run writes there");
   }
   const bool replace = resume.empty() && world().rank() == 0 && check_output_dir(options.output_dir, overwrite);
-  // More threads than cores only adds switching (1000 on 2 cores turned 0.08 s steps into minutes): at most twice the
-  // hardware threads; 0 uses them all.
-  const long cores = std::max(1u, std::thread::hardware_concurrency());
-  const long threads = c.get_int("runtime", "threads");
-  if (threads < 0 || threads > 2 * cores)
-    throw UsageError("runtime.threads = " + std::to_string(threads) + ": expected 0.." + std::to_string(2 * cores) +
-                     " (0: all " + std::to_string(cores) + " hardware threads)");
+  // After every setting and the output directories, so that they are checked even when the data is not there yet.
+  if (std::error_code ec; !std::filesystem::is_directory(options.dataset, ec))
+    throw UsageError("data.dataset = " + options.dataset + ": " +
+                     (std::filesystem::exists(options.dataset, ec) ? "not a directory" : "no such directory") +
+                     "; expected the directory holding dataset.json");
   // Under mpirun or srun (engine/comm.h): one rank per process; 0 shares the cores among the ranks on this machine.
   Comm& comm = world();
   options.comm = &comm;
