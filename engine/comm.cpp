@@ -45,13 +45,23 @@ bool Comm::any(bool v) {
 }
 
 int launcher_size() {
-  // OpenMPI's mpirun, PMIx (mpirun and srun --mpi=pmix), PMI (MPICH, srun --mpi=pmi2), Slurm itself.
-  for (const char* name : {"OMPI_COMM_WORLD_SIZE", "PMIX_SIZE", "PMI_SIZE", "SLURM_NTASKS"})
-    if (const char* v = std::getenv(name)) {
-      const long n = std::strtol(v, nullptr, 10);
-      if (n >= 1) return static_cast<int>(n);
-    }
-  return 1;
+  const auto count = [](const char* name) -> long {
+    const char* v = std::getenv(name);
+    return v ? std::strtol(v, nullptr, 10) : 0;
+  };
+  // OpenMPI's mpirun, PMIx, PMI (MPICH's launchers, srun --mpi=pmi2).
+  for (const char* name : {"OMPI_COMM_WORLD_SIZE", "PMIX_SIZE", "PMI_SIZE"})
+    if (const long n = count(name); n >= 1) return static_cast<int>(n);
+  // srun --mpi=pmix announces the size through Slurm alone. Only a step's tasks (SLURM_STEP_ID) are ranks: an
+  // allocation's shell and a batch script carry SLURM_NTASKS too, and a process started there directly is one process.
+  const long tasks = std::getenv("SLURM_STEP_ID") ? count("SLURM_STEP_NUM_TASKS") : 0;
+  if (tasks > 1 && !std::getenv("PMIX_RANK") && !std::getenv("PMI_RANK"))
+    throw std::runtime_error(
+        "started by srun as one of " + std::to_string(tasks) +
+        " tasks, but without a process-management interface for MPI to connect them (srun "
+        "--mpi=none, given or the cluster's default): launch with srun --mpi=pmix (srun --mpi=list "
+        "shows the interfaces the cluster has)");
+  return tasks >= 1 ? static_cast<int>(tasks) : 1;
 }
 
 int launcher_local_rank() {

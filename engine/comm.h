@@ -59,15 +59,17 @@ class Comm {
 };
 
 // The process's communicator, made on first use: MPI (initialised here, finalised at exit) when the environment says
-// a launcher started this process as one of several (OMPI_COMM_WORLD_SIZE, PMI_SIZE, PMIX_SIZE or SLURM_NTASKS above
-// 1), a single-process one otherwise. A multi-process launch of a build without MPI is an error saying so.
+// a launcher started this process as one of several (launcher_size() above 1), a single-process one otherwise. A
+// multi-process launch of a build without MPI is an error saying so.
 Comm& world();
 
 // True when world() has been made and spans more than one process (error handlers use it: they must not be the ones
 // to start MPI).
 bool world_is_distributed();
 
-// The number of processes the launcher environment announces (1 when there is none), without starting MPI.
+// The number of processes the launcher environment announces (1 when there is none), without starting MPI:
+// OMPI_COMM_WORLD_SIZE, PMIX_SIZE, PMI_SIZE, or in a task of an srun step (SLURM_STEP_ID) SLURM_STEP_NUM_TASKS.
+// Throws when srun started several tasks without PMIx or PMI (srun --mpi=none), which MPI could not connect.
 int launcher_size();
 
 // This process's rank among those the launcher started on this machine (OMPI_COMM_WORLD_LOCAL_RANK, SLURM_LOCALID,

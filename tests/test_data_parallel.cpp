@@ -1,7 +1,7 @@
-// Data-parallel training and inference as users run them: unet_train and unet_infer under `mpirun` with real MPI
-// processes (each case says so and passes when mpirun is absent). The collectives themselves are checked by
-// tests/mpi/comm_check.cpp; here: the global batch does not depend on the rank count, a failing rank ends the run,
-// Ctrl-C stops every rank, and inference split over ranks writes what one process writes.
+// Data-parallel training and inference as users run them: unet_train and unet_infer under `mpirun` and Slurm's `srun`
+// with real MPI processes (each case says so and passes when mpirun, or a Slurm cluster, is absent). The collectives
+// themselves are checked by tests/mpi/comm_check.cpp; here: the global batch does not depend on the rank count, a
+// failing rank ends the run, Ctrl-C stops every rank, and inference split over ranks writes what one process writes.
 #include <sys/wait.h>
 
 #include <chrono>
@@ -30,6 +30,14 @@ std::string mpirun() {
   std::string path;
   if (shell("command -v mpirun", &path) != 0) return "";
   return "OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMP_NUM_THREADS=1 mpirun --oversubscribe";
+}
+
+// "srun --mpi=pmix ..." when a Slurm cluster takes jobs here (tools/slurm_local.sh makes a one-node one), or "".
+std::string srun() {
+  std::string states;
+  if (shell("command -v srun > /dev/null && sinfo -h -o %t", &states) != 0) return "";
+  if (states.find("idle") == std::string::npos && states.find("mix") == std::string::npos) return "";
+  return "OMP_NUM_THREADS=1 srun --mpi=pmix --overcommit";
 }
 
 // The training configuration of these tests: 32^3 patches, 4 levels (so deep supervision: four losses a step, each
@@ -78,6 +86,19 @@ WeightDifference compare_weights(const std::string& a, const std::string& b) {
   }
   d.model_relative = model_diff / model_scale;
   return d;
+}
+
+// Two training configurations in `dir`: one on a good dataset, one on a copy whose third image is cut short. A rank
+// given the broken one fails while loading; a rank given the good one starts training and waits for it in the first
+// step's reduction, which never comes.
+std::pair<std::string, std::string> good_and_broken_configs(const std::string& dir) {
+  REQUIRE(test::run_tool("unet_synth", "--output " + dir + "/data --train 6 --test 1 --size 32 --seed 4") == 0);
+  fs::copy(dir + "/data", dir + "/broken", fs::copy_options::recursive);
+  const std::string victim = dir + "/broken/imagesTr/case_002.nii.gz";
+  REQUIRE(fs::exists(victim));
+  fs::resize_file(victim, fs::file_size(victim) / 2);
+  fs::create_directories(dir + "/b");
+  return {train_config(dir, dir + "/data"), train_config(dir + "/b", dir + "/broken")};
 }
 
 }  // namespace
@@ -241,16 +262,7 @@ TEST_CASE("a rank that fails ends every rank with a non-zero status and a messag
     return;
   }
   test::TempDir tmp("dp_failure");
-  REQUIRE(test::run_tool("unet_synth", "--output " + tmp.path + "/data --train 6 --test 1 --size 32 --seed 4") == 0);
-  // Rank 1 reads a copy of the dataset whose third image is cut short; rank 0 reads the good one, starts training and
-  // waits for rank 1 in the first step's reduction, which never comes.
-  fs::copy(tmp.path + "/data", tmp.path + "/broken", fs::copy_options::recursive);
-  const std::string victim = tmp.path + "/broken/imagesTr/case_002.nii.gz";
-  REQUIRE(fs::exists(victim));
-  fs::resize_file(victim, fs::file_size(victim) / 2);
-  const std::string good = train_config(tmp.path, tmp.path + "/data");
-  fs::create_directories(tmp.path + "/b");
-  const std::string bad = train_config(tmp.path + "/b", tmp.path + "/broken");
+  const auto [good, bad] = good_and_broken_configs(tmp.path);
   const auto t0 = std::chrono::steady_clock::now();
   std::string out;
   const int rc =
@@ -289,6 +301,61 @@ TEST_CASE("Ctrl-C on mpirun stops every rank") {
   std::string left;
   shell("pgrep -f '[o]utput.dir=" + tmp.path + "/run' || true", &left);  // [o]: not pgrep's own shell
   CHECK_MESSAGE(left.empty(), "processes left: " << left);
+}
+
+TEST_CASE("unet_train under srun --mpi=pmix trains bit for bit as under mpirun; a failing task ends the job") {
+  const std::string mpi = mpirun(), slurm = srun();
+  if (mpi.empty() || slurm.empty()) {
+    MESSAGE(
+        "no Slurm cluster takes jobs here (or no mpirun to compare with): skipped (tools/slurm_local.sh starts a "
+        "one-node one)");
+    return;
+  }
+  test::TempDir tmp("dp_srun");
+  const auto [good, bad] = good_and_broken_configs(tmp.path);
+  std::string out;
+  const std::string train = test::tool_path("unet_train") + " " + good + " --set data.batch_size=1 --set output.dir=";
+  REQUIRE_MESSAGE(shell(slurm + " -n 2 " + train + tmp.path + "/srun", &out) == 0, out);
+  CHECK_MESSAGE(out.find("2 ranks (mpi), batch 1 per rank, global batch 2") != std::string::npos, out);
+  REQUIRE_MESSAGE(shell(mpi + " -np 2 " + train + tmp.path + "/mpirun", &out) == 0, out);
+  CHECK(logged_losses(tmp.path + "/srun") == logged_losses(tmp.path + "/mpirun"));
+  CHECK(compare_weights(tmp.path + "/srun/model.safetensors", tmp.path + "/mpirun/model.safetensors").bitwise);
+  // Task 1 fails loading its data while task 0 waits in the first reduction: MPI_Abort ends the whole step.
+  const std::string run = " --set output.dir=" + tmp.path + "/failed";
+  const std::string which = "if [ \"$SLURM_PROCID\" = 1 ]; then exec " + test::tool_path("unet_train") + " " + bad +
+                            run + "; else exec " + test::tool_path("unet_train") + " " + good + run + "; fi";
+  const auto t0 = std::chrono::steady_clock::now();
+  const int rc = shell(slurm + " -n 2 bash -c '" + which + "'", &out);
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  CHECK(rc != 0);
+  CHECK(seconds < 60);
+  CHECK_MESSAGE(out.find("unet_train: rank 1 of 2: error: ") != std::string::npos, out);
+  CHECK_MESSAGE(out.find("case_002.nii.gz") != std::string::npos, out);
+  CHECK_FALSE(fs::exists(tmp.path + "/failed/model.safetensors"));
+}
+
+TEST_CASE("Slurm's variables: a batch script's process is one process; srun --mpi=none is an error saying what to do") {
+  test::TempDir tmp("dp_slurm_env");
+  REQUIRE(test::run_tool("unet_synth", "--output " + tmp.path + "/data --train 2 --test 1 --size 32 --seed 4") == 0);
+  const std::string ini =
+      train_config(tmp.path, tmp.path + "/data") + " --set train.steps=1 --set data.folds=1 --set output.dir=";
+  // What sbatch -n 2 gives its script (no step): SLURM_NTASKS, SLURM_PROCID and SLURM_LOCALID but no SLURM_STEP_ID.
+  std::string out;
+  CHECK_MESSAGE(shell("SLURM_NTASKS=2 SLURM_PROCID=0 SLURM_LOCALID=0 " + test::tool_path("unet_train") + " " + ini +
+                          tmp.path + "/batch",
+                      &out) == 0,
+                out);
+  CHECK(out.find("ranks (mpi)") == std::string::npos);
+  // What srun -n 2 --mpi=none gives each task: a step, two tasks, and neither PMIx nor PMI.
+  CHECK(shell("SLURM_STEP_ID=0 SLURM_STEP_NUM_TASKS=2 SLURM_NTASKS=2 SLURM_PROCID=0 " + test::tool_path("unet_train") +
+                  " " + ini + tmp.path + "/none",
+              &out) == 1);
+  CHECK_MESSAGE(
+      out.find("started by srun as one of 2 tasks, but without a process-management interface for MPI to "
+               "connect them (srun --mpi=none, given or the cluster's default): launch with srun --mpi=pmix") !=
+          std::string::npos,
+      out);
+  CHECK_FALSE(fs::exists(tmp.path + "/none"));
 }
 
 TEST_CASE("unet_infer under mpirun splits the volumes over the ranks and writes what one process writes") {
