@@ -63,13 +63,17 @@ bool parse_bool(const std::string& s, bool& out) {
   return false;
 }
 
+// The items between commas, trimmed; an empty item (",16", "16,,16", "16,") stays, for the caller to refuse. An empty
+// or blank string is the empty list.
 std::vector<std::string> split_list(const std::string& s) {
   std::vector<std::string> parts;
-  std::stringstream ss(s);
-  std::string item;
-  while (std::getline(ss, item, ',')) parts.push_back(trim(item));
-  if (parts.size() == 1 && parts[0].empty()) parts.clear();
-  return parts;
+  if (trim(s).empty()) return parts;
+  for (size_t start = 0;;) {
+    const size_t comma = s.find(',', start);
+    parts.push_back(trim(s.substr(start, comma == std::string::npos ? std::string::npos : comma - start)));
+    if (comma == std::string::npos) return parts;
+    start = comma + 1;
+  }
 }
 
 bool valid(const ConfigKey& k, const std::string& v) {

@@ -136,7 +136,9 @@ DatasetInfo read_nnunet_v2_dataset(const std::string& dir) {
   if (labels.size() < 2) fail("labels", "needs at least two labels (background and one foreground class)");
   if (labels.size() > 256) fail("labels", "more than 256 labels are not supported (labels are stored as u8)");
   info.labels.assign(labels.size(), "");
+  std::vector<bool> taken(labels.size(), false);
   for (auto& [name, v] : labels.items()) {
+    if (name.empty()) fail("labels", "a label with an empty name (value " + v.dump() + "); expected a class name");
     if (v.is_array())
       fail("labels", "'" + name + "' is a region (a list of labels); region-based training is not supported");
     // nnU-Net v2's ignore label marks voxels left out of the loss; trained as a class it would be learned instead.
@@ -146,9 +148,10 @@ DatasetInfo read_nnunet_v2_dataset(const std::string& dir) {
     if (!v.is_number_integer() || v.get<int64_t>() < 0 || v.get<int64_t>() >= static_cast<int64_t>(labels.size()))
       fail("labels",
            "'" + name + "' = " + v.dump() + ": expected consecutive integers 0.." + std::to_string(labels.size() - 1));
-    std::string& slot = info.labels[static_cast<size_t>(v.get<int64_t>())];
-    if (!slot.empty()) fail("labels", "'" + name + "' and '" + slot + "' have the same value " + v.dump());
-    slot = name;
+    const auto value = static_cast<size_t>(v.get<int64_t>());
+    if (taken[value]) fail("labels", "'" + name + "' and '" + info.labels[value] + "' have the same value " + v.dump());
+    taken[value] = true;
+    info.labels[value] = name;
   }
   if (j.contains("regions_class_order")) fail("regions_class_order", "region-based training is not supported");
   if (!j.contains("file_ending") || !j["file_ending"].is_string())

@@ -95,20 +95,27 @@ void check_card(const ModelCard& c, const std::string& path) {
 
 }  // namespace
 
-void check_finite(const std::string& path, const std::string& name, const Tensor& t) {
-  if (t.dtype() != DType::f32 && t.dtype() != DType::f16 && t.dtype() != DType::bf16) return;
+int64_t count_non_finite(const Tensor& t, int64_t* first) {
+  if (first) *first = -1;
+  if (t.dtype() != DType::f32 && t.dtype() != DType::f16 && t.dtype() != DType::bf16) return 0;
+  const Tensor host = t.to(Device::cpu);
   std::vector<float> converted;
   const float* x = nullptr;
-  if (t.dtype() == DType::f32) {
-    x = t.data<float>();
+  if (host.dtype() == DType::f32) {
+    x = host.data<float>();
   } else {
-    converted = t.to_vector();
+    converted = host.to_vector();
     x = converted.data();
   }
-  int64_t bad = 0, first = -1;
-  for (int64_t i = 0, n = t.numel(); i < n; ++i)
-    if (!std::isfinite(x[i]) && bad++ == 0) first = i;
-  if (bad > 0)
+  int64_t bad = 0;
+  for (int64_t i = 0, n = host.numel(); i < n; ++i)
+    if (!std::isfinite(x[i]) && bad++ == 0 && first) *first = i;
+  return bad;
+}
+
+void check_finite(const std::string& path, const std::string& name, const Tensor& t) {
+  int64_t first = -1;
+  if (const int64_t bad = count_non_finite(t, &first); bad > 0)
     throw std::runtime_error(path + ": tensor '" + name + "' has " + std::to_string(bad) +
                              " NaN or infinite values (first at element " + std::to_string(first) +
                              " in the file); expected finite weights (a diverged run or a damaged file?)");
@@ -354,7 +361,9 @@ ModelCard card_from_metadata(const io::Metadata& m, const std::string& path) {
   for (auto& [k, v] : labels.items()) {
     int index = -1;
     const auto [end, ec] = std::from_chars(k.data(), k.data() + k.size(), index);
-    if (ec != std::errc() || end != k.data() + k.size() || index < 0 || index >= out_channels)
+    // Written as the index itself: "00" or "+1" would name a class twice with one entry missing.
+    if (ec != std::errc() || end != k.data() + k.size() || index < 0 || index >= out_channels ||
+        k != std::to_string(index))
       r.bad("labels key '" + k + "'", "expected a class index 0.." + std::to_string(out_channels - 1) +
                                           " (model.out_channels " + std::to_string(out_channels) + ")");
     c.labels[index] = r.string(v, "labels['" + k + "']");

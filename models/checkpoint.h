@@ -55,6 +55,9 @@ Tensor from_pytorch_layout(const std::string& name, const Tensor& t);
 // checkpoint holding one (a diverged run, a damaged file) is refused: std::runtime_error naming `path` and the tensor
 // `name`. `t` is a tensor read from the file (on the cpu); tensors of other than float types pass.
 void check_finite(const std::string& path, const std::string& name, const Tensor& t);
+// How many values of a float tensor (any device) are NaN or infinite, and where the first is (-1: none); 0 for
+// other types.
+int64_t count_non_finite(const Tensor& t, int64_t* first = nullptr);
 
 void save_weights(const std::string& path, const Module& model, const io::Metadata& metadata);
 // Reads only the metadata and tensors of a weights file (to build the model before loading).

@@ -269,10 +269,28 @@ struct Trainer::State {
     return counts.dice();
   }
 
+  // The loss can stay finite while the weights or an optimizer moment overflow (a moment of 3e38 in a damaged
+  // checkpoint that passed as finite): such a state is not written as the run's result, and the files of the last
+  // good save stay.
+  void check_state_finite(int64_t step) const {
+    const auto check = [&](const std::string& what, const std::string& name, const Tensor& t) {
+      int64_t first = -1;
+      if (const int64_t bad = count_non_finite(t, &first); bad > 0)
+        throw std::runtime_error("training diverged: after step " + std::to_string(step) + " " + what + " '" + name +
+                                 "' holds " + std::to_string(bad) + " NaN or infinite values (first at element " +
+                                 std::to_string(first) +
+                                 "); nothing was written for this step (lower train.lr, or "
+                                 "resume from an earlier checkpoint)");
+    };
+    for (auto& [name, p] : net->named_state()) check("the weight", name, p);
+    for (auto& [name, t] : opt->state()) check("the optimizer state", name, t);
+  }
+
   // checkpoint.safetensors: everything resume() needs, in one file replaced atomically (the previous one stays whole
   // until the new one is complete). Tensors go to the host first (they may live on a GPU).
   void save_checkpoint(int64_t step) const {
     if (!lead()) return;
+    check_state_finite(step);
     io::NamedTensors tensors;
     for (auto& [name, p] : net->named_state()) tensors.emplace_back("model." + name, p.to(Device::cpu));
     for (auto& [name, t] : opt->state()) tensors.emplace_back("optimizer." + name, t.to(Device::cpu));
@@ -291,6 +309,7 @@ struct Trainer::State {
   // The weights for inference and the checkpoint.
   void save(int64_t step) const {
     if (!lead()) return;
+    check_state_finite(step);
     save_weights((dir / "model.safetensors").string(), *net, card_to_metadata(card));
     save_checkpoint(step);
   }
@@ -597,7 +616,10 @@ void Trainer::run() {
       std::fprintf(s.out, "validation at step %ld: mean Dice %.4f%s\n", static_cast<long>(at), m,
                    best ? " (best so far: model_best.safetensors)" : "");
       std::fflush(s.out);
-      if (best) save_weights((s.dir / "model_best.safetensors").string(), *s.net, card_to_metadata(s.card));
+      if (best) {
+        s.check_state_finite(at);
+        save_weights((s.dir / "model_best.safetensors").string(), *s.net, card_to_metadata(s.card));
+      }
       log->write_report();
     }
     return d;

@@ -65,6 +65,12 @@ TEST_CASE("a badly typed value names the key and the expected type") {
                        ConfigError);
   CHECK_THROWS_WITH_AS(c.apply_override("data.patch_size=64,x,64"),
                        doctest::Contains("a comma-separated list of integers"), ConfigError);
+  // An empty item anywhere, the last one included (it used to be dropped: "16,16,16," read as 16,16,16).
+  for (const char* v : {"16,16,16,", ",16,16", "16,,16", "16, ,16", ","})
+    CHECK_THROWS_WITH_AS(c.apply_override(std::string("data.patch_size=") + v),
+                         doctest::Contains("a comma-separated list of integers"), ConfigError);
+  c.apply_override("data.patch_size= 16 , 8,4 ");
+  CHECK(c.get_int_list("data", "patch_size") == std::vector<long>{16, 8, 4});
   CHECK_THROWS_WITH_AS(c.apply_override("trainsteps"), doctest::Contains("expected section.key=value"), ConfigError);
 }
 

@@ -755,6 +755,11 @@ TEST_CASE("nnU-Net v2 raw data: one file per channel, labels by value, read as t
   check_error_names([&] { read_dataset(dir); }, {"'ignore' is nnU-Net v2's ignore label", "not supported"});
   rewrite("labels", {{"background", 0}, {"a", 2}});
   check_error_names([&] { read_dataset(dir); }, {"'a' = 2", "consecutive integers 0..1"});
+  // A label with an empty name: refused, and it cannot hide a repeated value (it used to leave its slot "free").
+  rewrite("labels", {{"", 0}, {"background", 0}, {"a", 1}});
+  check_error_names([&] { read_dataset(dir); }, {"key 'labels'", "a label with an empty name (value 0)"});
+  rewrite("labels", {{"background", 0}, {"a", 1}, {"b", 1}});
+  check_error_names([&] { read_dataset(dir); }, {"'b' and 'a' have the same value 1"});
   rewrite("labels", {{"background", 0}, {"ellipsoids", 1}, {"tubes", 2}});
   rewrite("file_ending", ".mha");
   check_error_names([&] { read_dataset(dir); }, {"file_ending", "'.mha'"});

@@ -511,6 +511,28 @@ TEST_CASE("unet_train --overwrite keeps the old run when the new configuration o
   CHECK(snapshot(dir + "/run") == before);
 }
 
+TEST_CASE("a resumed run whose optimizer state overflows the weights stops with status 1 and keeps the last files") {
+  test::TempDir tmp("hostile_huge_state");
+  const std::string& dir = tmp.path;
+  REQUIRE(test::run_tool("unet_synth", "--output " + dir + "/data --train 2 --test 0 --size 8,8,8 --seed 2") == 0);
+  const std::string ini = small_train_ini(dir, dir + "/data");
+  std::string out;
+  REQUIRE_MESSAGE(test::run_tool("unet_train", ini, &out) == 0, out);
+  // Every optimizer moment 3e38: finite, so the checkpoint loads, but the next update overflows.
+  const std::string checkpoint = dir + "/run/checkpoint.safetensors";
+  io::SafetensorsContent c = io::read_safetensors(checkpoint);
+  for (auto& [name, t] : c.tensors)
+    if (name.starts_with("optimizer.") && t.dtype() == DType::f32) t = Tensor::full(t.shape(), 3e38f);
+  io::write_safetensors(checkpoint, c.tensors, c.metadata);
+  const std::map<std::string, std::string> before = snapshot(dir + "/run");
+  CHECK(run_guarded("unet_train", ini + " --resume " + dir + "/run --set train.steps=3", &out) == 1);
+  CHECK_MESSAGE(out.find("training diverged: after step 3 ") != std::string::npos, out);
+  CHECK_MESSAGE(out.find("NaN or infinite values") != std::string::npos, out);
+  // The model and the checkpoint stay those of step 2 (the log may hold step 3's line).
+  for (const char* f : {"/run/model.safetensors", "/run/checkpoint.safetensors"})
+    CHECK(bytes_of(dir + f) == before.at(dir + f));
+}
+
 TEST_CASE("unet_train refuses an unusable output.dir or data.cache with status 2 before loading the data") {
   test::TempDir tmp("hostile_train_dirs");
   const std::string& dir = tmp.path;
@@ -827,6 +849,8 @@ TEST_CASE("unet_infer checks every field of the model card at load, naming the c
   const std::vector<std::tuple<std::string, std::string, std::string, std::string>> cases = {
       {"labels", "", R"({"bg": "background", "1": "a", "2": "b"})", "labels key 'bg': expected a class index 0..2"},
       {"labels", "", R"({"0": "background", "1": "a", "7": "b"})", "labels key '7': expected a class index 0..2"},
+      // "00" read as 0 renamed class 0 and left class 2 without a name.
+      {"labels", "", R"({"0": "background", "00": "a", "1": "b"})", "labels key '00': expected a class index 0..2"},
       // Two names for three outputs: label 2 was written anyway.
       {"labels", "", R"({"0": "background", "1": "a"})",
        "labels: expected a JSON object of class index: name with one entry per output (model.out_channels 3)"},

@@ -271,6 +271,8 @@ TEST_CASE("out-of-range configuration numbers exit with status 2 naming the key 
       {"data.foreground_oversampling=1.5", "data.foreground_oversampling = 1.500000"},
       {"validation.overlap=1", "validation.overlap = 1.000000"},
       {"model.depth=0", "model.depth = 0: expected 1..10"},
+      // In range, but the first level alone would need hundreds of GiB (it used to pad every case to 1024^3 silently).
+      {"data.patch_size=1024,1024,1024", "data.patch_size = 1024, 1024, 1024 with data.batch_size = "},
       {"model.max_filters=8", "model.max_filters = 8: below model.filters = 32; expected at least the first level's"},
       {"runtime.threads=100000", "runtime.threads = 100000: expected 0.." + std::to_string(2 * cores)},
       {"train.precision=fp8", "train.precision = 'fp8': expected one of auto, fp32, tf32, fp16, bf16"},

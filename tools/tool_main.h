@@ -60,6 +60,23 @@ inline std::optional<int> parse_command_line(CLI::App& app, int argc, char** arg
 
 using io::regular_file_problem;  // every reader's one probe (io/atomic_file.h)
 
+// This machine's memory in bytes (0 when unknown), for refusing settings that cannot fit before any work.
+inline double physical_memory_bytes() {
+  const long pages = ::sysconf(_SC_PHYS_PAGES), page = ::sysconf(_SC_PAGE_SIZE);
+  return pages > 0 && page > 0 ? static_cast<double>(pages) * static_cast<double>(page) : 0.0;
+}
+
+inline double gib(double bytes) {
+  return bytes / (1024.0 * 1024 * 1024);
+}
+
+// "12.3 GiB"
+inline std::string gib_text(double bytes) {
+  char text[32];
+  std::snprintf(text, sizeof text, "%.1f GiB", gib(bytes));
+  return text;
+}
+
 // Why no file can be created in the existing directory `dir`, or "" when one can: found by creating (and removing at
 // once) a hidden ".tmpPID.probe", which also catches read-only file systems and permissions that access() would not.
 inline std::string directory_write_problem(const std::filesystem::path& dir) {

@@ -16,6 +16,8 @@
 #include "tools/tool_main.h"
 
 namespace fs = std::filesystem;
+using unet::tools::gib;
+using unet::tools::gib_text;
 
 namespace {
 
@@ -42,16 +44,6 @@ std::array<T, 3> parse_triple(const std::string& text, const std::string& option
   return {values[0], values[1], values[2]};
 }
 
-double gib(double bytes) {
-  return bytes / (1024.0 * 1024 * 1024);
-}
-
-std::string gib_text(double bytes) {
-  char text[32];
-  std::snprintf(text, sizeof text, "%.1f GiB", gib(bytes));
-  return text;
-}
-
 // Sizes within the per-option ranges can still ask for more memory than the machine has (1024^3 voxels of 16
 // channels: about 130 GiB per case), which would end in std::bad_alloc or the kernel's OOM killer after a long wait.
 // Refused here with the numbers. So is a dataset over ten times the free disk space uncompressed (gzip shrinks the
@@ -63,7 +55,7 @@ void check_resources(const unet::io::SynthOptions& o, const std::string& size, c
   // Per case in flight: the f32 image, its channel-reordered copy for writing (4D only) and the u8 label.
   const double per_case = voxels * ((o.channels > 1 ? 8.0 : 4.0) * o.channels + 1);
   const int at_once = std::max(1, std::min(unet::num_threads(), o.train + o.test));
-  const double memory = static_cast<double>(::sysconf(_SC_PHYS_PAGES)) * static_cast<double>(::sysconf(_SC_PAGE_SIZE));
+  const double memory = unet::tools::physical_memory_bytes();
   if (memory > 0 && per_case * at_once > memory)
     throw unet::io::SynthOptionsError("--size " + size + " with --channels " + std::to_string(o.channels) + ": about " +
                                       gib_text(per_case) + " of memory per case (" + std::to_string(at_once) +

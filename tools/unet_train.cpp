@@ -302,6 +302,25 @@ int run(const io::Config& c, const std::string& resume, bool overwrite) {
                          "; expected the file the run writes there");
   }
   const bool replace = resume.empty() && world().rank() == 0 && check_output_dir(options.output_dir, overwrite);
+  // A patch and batch whose first level alone outgrows the machine would only end in an allocation failure or the
+  // kernel's OOM killer after minutes of preparing data (1024^3 patches pad every case to 4 GiB first): refused with
+  // the estimate. A lower bound: the first convolution's output and its gradient for the batch, in the activations'
+  // precision; deeper levels, saved norm inputs and the cases themselves come on top. On a GPU the device's memory is
+  // what counts, and the allocator reports it.
+  if (options.device == Device::cpu) {
+    const auto& p = options.sampling.patch;
+    const double value_bytes = options.precision == Precision::fp16 || options.precision == Precision::bf16 ? 2.0 : 4.0;
+    const double first_level = 2.0 * options.sampling.batch * static_cast<double>(p[0]) * static_cast<double>(p[1]) *
+                               static_cast<double>(p[2]) * options.filters * value_bytes;
+    const double memory = tools::physical_memory_bytes();
+    if (memory > 0 && first_level > memory)
+      throw UsageError("data.patch_size = " + std::to_string(p[0]) + ", " + std::to_string(p[1]) + ", " +
+                       std::to_string(p[2]) + " with data.batch_size = " + std::to_string(options.sampling.batch) +
+                       " and model.filters = " + std::to_string(options.filters) +
+                       ": the first level's activations and their gradients alone take " +
+                       tools::gib_text(first_level) + ", more than this machine's " + tools::gib_text(memory) +
+                       "; expected a smaller patch, batch or filter count");
+  }
   // After every setting and the output directories, so that they are checked even when the data is not there yet.
   if (std::error_code ec; !std::filesystem::is_directory(options.dataset, ec))
     throw UsageError("data.dataset = " + options.dataset + ": " +
