@@ -120,27 +120,39 @@ inline void store_block(float* p, const vf* acc, int valid) {
 template <class E>
 constexpr bool is_f32 = std::is_same_v<E, element::F32>;
 
-// VL elements widened to f32. bf16 is the upper half of an f32: a zero extension and a shift.
+// VL 16-bit values, and VL bf16 values widened to f32: bf16 is the upper half of an f32, so a zero extension and a
+// shift.
+typedef uint16_t vh __attribute__((vector_size(VL * sizeof(uint16_t))));
+typedef uint16_t vh_unaligned __attribute__((vector_size(VL * sizeof(uint16_t)), aligned(sizeof(uint16_t))));
+inline vf widen_bf16(vh h) {
+  typedef uint32_t vu __attribute__((vector_size(VL * sizeof(uint32_t))));
+  return reinterpret_cast<vf>(__builtin_convertvector(h, vu) << 16);
+}
+
+// VL elements widened to f32.
 template <class E>
 inline vf load_widened(const typename E::T* p) {
   if constexpr (is_f32<E>) {
     return load(p);
   } else if constexpr (std::is_same_v<E, element::BF16>) {
-    typedef uint16_t vh __attribute__((vector_size(VL * sizeof(uint16_t)), aligned(sizeof(uint16_t))));
-    typedef uint32_t vu __attribute__((vector_size(VL * sizeof(uint32_t))));
-    return reinterpret_cast<vf>(__builtin_convertvector(*reinterpret_cast<const vh*>(p), vu) << 16);
+    return widen_bf16(*reinterpret_cast<const vh_unaligned*>(p));
   } else {
     vf v;
     for (int i = 0; i < VL; ++i) v[i] = E::load(p[i]);
     return v;
   }
 }
-// The first n (< VL) elements widened; the other lanes read as 0.
+// The first n (<= VL) elements widened; the other lanes read as 0 and are never touched in memory.
 template <class E>
 inline vf load_first_widened(const typename E::T* p, int n) {
   if constexpr (is_f32<E>) {
     return load_first(p, n);
   } else {
+    if (n == VL) return load_widened<E>(p);  // transpose_edge_block's whole channel blocks
+#if defined(__AVX512BW__) && defined(__AVX512VL__)
+    if constexpr (std::is_same_v<E, element::BF16> && VL == 16)
+      return widen_bf16(reinterpret_cast<vh>(_mm256_maskz_loadu_epi16(static_cast<__mmask16>((1u << n) - 1), p)));
+#endif
     vf v = {};
     for (int i = 0; i < n; ++i) v[i] = E::load(p[i]);
     return v;
