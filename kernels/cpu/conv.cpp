@@ -159,15 +159,6 @@ inline vf load_first_widened(const typename E::T* p, int n) {
   }
 }
 
-template <class E>
-void widen(const typename E::T* src, float* dst, int64_t n) {
-  for (int64_t i = 0; i < n; ++i) dst[i] = E::load(src[i]);
-}
-template <class E>
-void round_to(const float* src, typename E::T* dst, int64_t n) {
-  for (int64_t i = 0; i < n; ++i) dst[i] = E::store(src[i]);
-}
-
 // 64-byte aligned scratch from the pooled host allocator (so conv scratch shows in the engine's peak memory).
 class Scratch {
  public:
@@ -550,7 +541,7 @@ LazyRows::MakeRow transposing(int64_t W, int64_t C, int pad, int stride, int64_t
 // Makes f32 copies of rows of n elements of type E (for f16 / bf16 operands that are read in their own layout).
 template <class E>
 LazyRows::MakeRow widening(int64_t n) {
-  return [=](const void* s, float* d) { widen<E>(static_cast<const typename E::T*>(s), d, n); };
+  return [=](const void* s, float* d) { element::widen<E>(static_cast<const typename E::T*>(s), d, n); };
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -669,7 +660,7 @@ void fprop(const ConvProblem& p, const typename E::T* x, const typename E::T* w,
           });
         }
       }
-      if constexpr (!is_f32<E>) round_to<E>(ygroup.get(), y + g0 * p.Q * K, (g1 - g0) * p.Q * K);
+      if constexpr (!is_f32<E>) element::round_to<E>(ygroup.get(), y + g0 * p.Q * K, (g1 - g0) * p.Q * K);
     }
   });
 }
@@ -693,7 +684,7 @@ void dgrad(const ConvProblem& p, const typename E::T* dy, const typename E::T* w
       float* dst = wp + bt * K * CB;
       int64_t cvalid = std::min<int64_t>(CB, C - cb * CB);
       for (int64_t k = 0; k < K; ++k) {
-        widen<E>(w + (k * taps + tap) * C + cb * CB, dst + k * CB, cvalid);
+        element::widen<E>(w + (k * taps + tap) * C + cb * CB, dst + k * CB, cvalid);
         std::memset(dst + k * CB + cvalid, 0, size_t(CB - cvalid) * sizeof(float));
       }
     }
@@ -804,7 +795,7 @@ void dgrad(const ConvProblem& p, const typename E::T* dy, const typename E::T* w
           }
         }
       }
-      if constexpr (!is_f32<E>) round_to<E>(dxgroup.get(), dx + g0 * p.W * C, (g1 - g0) * p.W * C);
+      if constexpr (!is_f32<E>) element::round_to<E>(dxgroup.get(), dx + g0 * p.W * C, (g1 - g0) * p.W * C);
     }
   });
 }
@@ -852,7 +843,7 @@ void wgrad(const ConvProblem& p, const typename E::T* x, const typename E::T* dy
     xrows.emplace(x, x_row_bytes, x_rows, x_row, [&p, C, Wu](const void* src, float* dst) {
       const int64_t lead = std::min<int64_t>(p.pad_w, Wu), body = std::clamp<int64_t>(Wu - lead, 0, p.W);
       std::memset(dst, 0, static_cast<size_t>(lead * C) * sizeof(float));
-      widen<E>(static_cast<const typename E::T*>(src), dst + lead * C, body * C);
+      element::widen<E>(static_cast<const typename E::T*>(src), dst + lead * C, body * C);
       std::memset(dst + (lead + body) * C, 0, static_cast<size_t>((Wu - lead - body) * C) * sizeof(float));
     });
   } else if (!is_f32<E>) {
