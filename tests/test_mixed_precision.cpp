@@ -5,6 +5,9 @@
 // accuracy.
 #include <doctest/doctest.h>
 
+#include <functional>
+#include <string>
+
 #include "engine/ops.h"
 #include "engine/random.h"
 #include "tests/mixed_precision_cases.h"
@@ -22,6 +25,26 @@ Tensor rnd(const Shape& s, uint64_t seed, float stddev = 1.f) {
 
 TEST_CASE("every op in f16 and bf16 on the cpu is the f32 op on rounded inputs, rounded once, bit for bit") {
   test::check_every_op_mixed_precision(Device::cpu, 0, 0);
+}
+
+TEST_CASE("cpu convolutions in f16 and bf16 are bitwise on every path: 1x1 read in place, row groups, channel tails") {
+  // The cpu convolution widens 16-bit operands where it packs or transposes them, and rounds its output per group of
+  // rows (kernels/cpu/conv.cpp). Beyond the op table's cases: a 1x1 kernel without padding (x and dy read in their
+  // own layout, x not padded for wgrad), and 40 channels (two register blocks of 32 with a tail, so groups of 8 rows
+  // in fprop and dgrad), stride 2.
+  using Fn = std::function<Tensor(const std::vector<Tensor>&)>;
+  const Fn conv1x1 = [](const std::vector<Tensor>& t) { return ops::conv(t[0], t[1], t[2], {1, 1, 1}, {0, 0, 0}); };
+  const Fn conv3x3 = [](const std::vector<Tensor>& t) { return ops::conv(t[0], t[1], t[2], {1, 2, 1}, {1, 1, 1}); };
+  for (DType dt : {DType::f16, DType::bf16}) {
+    const std::string type = dtype_name(dt);
+    CAPTURE(type);
+    test::check_mixed_precision(Device::cpu, dt, conv1x1,
+                                {rnd({2, 3, 4, 5, 40}, 31), rnd({40, 1, 1, 1, 40}, 32, 0.2f), rnd({40}, 33)},
+                                {test::Role::activation, test::Role::weight, test::Role::f32}, 0, 0);
+    test::check_mixed_precision(Device::cpu, dt, conv3x3,
+                                {rnd({2, 3, 6, 5, 40}, 34), rnd({40, 3, 3, 3, 40}, 35, 0.1f), rnd({40}, 36)},
+                                {test::Role::activation, test::Role::weight, test::Role::f32}, 0, 0);
+  }
 }
 
 TEST_CASE("a conv-norm-up-concat network in bf16 and f16 has the gradients of f32 finite differences") {

@@ -21,6 +21,8 @@
 // Vector width follows the build: 16 floats with AVX-512 (32 registers: tiles of 14 pixels x 2 vectors), 8 with AVX2
 // (16 registers: 6 x 2). Both are written with GCC vector extensions; masked loads/stores only at channel tails.
 // Weights are repacked on every call (cheap next to the arithmetic except for the deepest, smallest layers).
+// f16 / bf16 tensors run the same kernels: their operands are widened to f32 as they are packed or transposed (or,
+// where f32 is read in place, copied to widened rows lazily), and outputs rounded once per group of rows.
 #include "kernels/cpu/conv.h"
 
 #include <immintrin.h>
@@ -35,11 +37,13 @@
 #include <sstream>
 #include <stdexcept>
 #include <thread>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
 #include "kernels/common/allocator.h"
 #include "kernels/common/parallel.h"
+#include "kernels/cpu/element.h"
 
 namespace unet::kernels::cpu {
 namespace {
@@ -107,6 +111,51 @@ inline void store_block(float* p, const vf* acc, int valid) {
     } else if (n > 0) {
       store_first(p + v * VL, acc[v], n);
     }
+  }
+}
+
+// Operands of element type E (kernels/cpu/element.h). f16 / bf16 operands are widened to f32 (exact) where they are
+// packed, transposed or copied anyway, and outputs rounded once as each group of rows is finished, so a 16-bit
+// convolution is the f32 one on the widened operands, bit for bit, with no extra pass over any tensor.
+template <class E>
+constexpr bool is_f32 = std::is_same_v<E, element::F32>;
+
+// VL 16-bit values, and VL bf16 values widened to f32: bf16 is the upper half of an f32, so a zero extension and a
+// shift.
+typedef uint16_t vh __attribute__((vector_size(VL * sizeof(uint16_t))));
+typedef uint16_t vh_unaligned __attribute__((vector_size(VL * sizeof(uint16_t)), aligned(sizeof(uint16_t))));
+inline vf widen_bf16(vh h) {
+  typedef uint32_t vu __attribute__((vector_size(VL * sizeof(uint32_t))));
+  return reinterpret_cast<vf>(__builtin_convertvector(h, vu) << 16);
+}
+
+// VL elements widened to f32.
+template <class E>
+inline vf load_widened(const typename E::T* p) {
+  if constexpr (is_f32<E>) {
+    return load(p);
+  } else if constexpr (std::is_same_v<E, element::BF16>) {
+    return widen_bf16(*reinterpret_cast<const vh_unaligned*>(p));
+  } else {
+    vf v;
+    for (int i = 0; i < VL; ++i) v[i] = E::load(p[i]);
+    return v;
+  }
+}
+// The first n (<= VL) elements widened; the other lanes read as 0 and are never touched in memory.
+template <class E>
+inline vf load_first_widened(const typename E::T* p, int n) {
+  if constexpr (is_f32<E>) {
+    return load_first(p, n);
+  } else {
+    if (n == VL) return load_widened<E>(p);  // transpose_edge_block's whole channel blocks
+#if defined(__AVX512BW__) && defined(__AVX512VL__)
+    if constexpr (std::is_same_v<E, element::BF16> && VL == 16)
+      return widen_bf16(reinterpret_cast<vh>(_mm256_maskz_loadu_epi16(static_cast<__mmask16>((1u << n) - 1), p)));
+#endif
+    vf v = {};
+    for (int i = 0; i < n; ++i) v[i] = E::load(p[i]);
+    return v;
   }
 }
 
@@ -344,14 +393,16 @@ __attribute__((always_inline)) inline void transpose_block(vf* rows) {
 
 // Transposes the VL x nch block src[j * src_stride + c] into dst[c * dst_stride + j] (all VL positions valid).
 // Kept separate from the edge path so that the block stays in registers (every index is a compile-time constant).
-inline void transpose_full_block(const float* src, int64_t src_stride, int nch, float* dst, int64_t dst_stride) {
+template <class E>
+inline void transpose_full_block(const typename E::T* src, int64_t src_stride, int nch, float* dst,
+                                 int64_t dst_stride) {
   vf b[VL];
   if (nch == VL) {
 #pragma GCC unroll 16
-    for (int j = 0; j < VL; ++j) b[j] = load(src + j * src_stride);
+    for (int j = 0; j < VL; ++j) b[j] = load_widened<E>(src + j * src_stride);
   } else {  // thin inputs (first layer) and channel tails
 #pragma GCC unroll 16
-    for (int j = 0; j < VL; ++j) b[j] = load_first(src + j * src_stride, nch);
+    for (int j = 0; j < VL; ++j) b[j] = load_first_widened<E>(src + j * src_stride, nch);
   }
   transpose_block(b);
 #pragma GCC unroll 16
@@ -361,29 +412,31 @@ inline void transpose_full_block(const float* src, int64_t src_stride, int nch, 
 
 // The same for a block at the row's edges: positions j >= npos are not stored, positions reading columns outside
 // [0, W) get zeros.
-void transpose_edge_block(const float* row, int64_t W, int64_t C, int64_t iw0, int stride, int npos, int nch,
+template <class E>
+void transpose_edge_block(const typename E::T* row, int64_t W, int64_t C, int64_t iw0, int stride, int npos, int nch,
                           float* dst, int64_t dst_stride) {
   vf b[VL];
   for (int j = 0; j < VL; ++j) {
     int64_t iw = iw0 + stride * j;
-    b[j] = (j >= npos || iw < 0 || iw >= W) ? vf{} : load_first(row + iw * C, nch);
+    b[j] = (j >= npos || iw < 0 || iw >= W) ? vf{} : load_first_widened<E>(row + iw * C, nch);
   }
   transpose_block(b);
   for (int c = 0; c < nch; ++c) store_first(dst + c * dst_stride, b[c], npos);
 }
 
 // dst[c * dst_stride + r] = src[r * src_stride + c] for r < rows, c < cols (rows, cols any size).
-void transpose_matrix(const float* src, int64_t rows, int64_t cols, int64_t src_stride, float* dst,
+template <class E = element::F32>
+void transpose_matrix(const typename E::T* src, int64_t rows, int64_t cols, int64_t src_stride, float* dst,
                       int64_t dst_stride) {
   for (int64_t r0 = 0; r0 < rows; r0 += VL) {
     const int nr = static_cast<int>(std::min<int64_t>(VL, rows - r0));
     for (int64_t c0 = 0; c0 < cols; c0 += VL) {
       const int nc = static_cast<int>(std::min<int64_t>(VL, cols - c0));
       if (nr == VL) {
-        transpose_full_block(src + r0 * src_stride + c0, src_stride, nc, dst + c0 * dst_stride + r0, dst_stride);
+        transpose_full_block<E>(src + r0 * src_stride + c0, src_stride, nc, dst + c0 * dst_stride + r0, dst_stride);
       } else {
         vf b[VL];
-        for (int j = 0; j < VL; ++j) b[j] = j < nr ? load_first(src + (r0 + j) * src_stride + c0, nc) : vf{};
+        for (int j = 0; j < VL; ++j) b[j] = j < nr ? load_first_widened<E>(src + (r0 + j) * src_stride + c0, nc) : vf{};
         transpose_block(b);
         for (int c = 0; c < nc; ++c) store_first(dst + (c0 + c) * dst_stride + r0, b[c], nr);
       }
@@ -394,7 +447,8 @@ void transpose_matrix(const float* src, int64_t rows, int64_t cols, int64_t src_
 // Copies one row x [W, C] into xt [C][phase][Wq]: element (c, u) with u = phase + stride*i is padded position u
 // (input column u - pad, zero outside [0, W)). Blocks of VL positions x VL channels are transposed in registers, so
 // every store writes a whole vector.
-void transpose_row(const float* src, int64_t W, int64_t C, int pad, int stride, int64_t Wq, float* dst) {
+template <class E>
+void transpose_row(const typename E::T* src, int64_t W, int64_t C, int pad, int stride, int64_t Wq, float* dst) {
   const int64_t c_stride = stride * Wq;
   for (int ph = 0; ph < stride; ++ph) {
     for (int64_t i0 = 0; i0 < Wq; i0 += VL) {
@@ -405,9 +459,9 @@ void transpose_row(const float* src, int64_t W, int64_t C, int pad, int stride, 
         const int nch = static_cast<int>(std::min<int64_t>(VL, C - c0));
         float* d = dst + c0 * c_stride + ph * Wq + i0;
         if (interior)
-          transpose_full_block(src + iw0 * C + c0, stride * C, nch, d, c_stride);
+          transpose_full_block<E>(src + iw0 * C + c0, stride * C, nch, d, c_stride);
         else
-          transpose_edge_block(src + c0, W, C, iw0, stride, npos, nch, d, c_stride);
+          transpose_edge_block<E>(src + c0, W, C, iw0, stride, npos, nch, d, c_stride);
       }
     }
   }
@@ -420,10 +474,10 @@ void transpose_row(const float* src, int64_t W, int64_t C, int pad, int stride, 
 // thread makes it, so results do not depend on timing.
 class LazyRows {
  public:
-  using MakeRow = std::function<void(const float* src_row, float* dst_row)>;
-  LazyRows(const float* src, int64_t src_row_floats, int64_t rows, int64_t row_floats, MakeRow make)
-      : src_(src),
-        src_row_floats_(src_row_floats),
+  using MakeRow = std::function<void(const void* src_row, float* dst_row)>;
+  LazyRows(const void* src, int64_t src_row_bytes, int64_t rows, int64_t row_floats, MakeRow make)
+      : src_(static_cast<const char*>(src)),
+        src_row_bytes_(src_row_bytes),
         row_floats_(row_floats),
         make_(std::move(make)),
         buffer_(static_cast<size_t>(rows * row_floats)),
@@ -445,7 +499,7 @@ class LazyRows {
     if (st.load(std::memory_order_relaxed) != kTodo) return;
     uint8_t expected = kTodo;
     if (!st.compare_exchange_strong(expected, kBusy, std::memory_order_acquire)) return;
-    make_(src_ + id * src_row_floats_, buffer_.get() + id * row_floats_);
+    make_(src_ + id * src_row_bytes_, buffer_.get() + id * row_floats_);
     st.store(kDone, std::memory_order_release);
   }
 
@@ -463,31 +517,38 @@ class LazyRows {
   // Starts bringing the source of a row not made yet toward L2, so that making it later does not stall.
   void prefetch(int64_t id) const {
     if (state_[id].load(std::memory_order_relaxed) != kTodo) return;
-    const char* p = reinterpret_cast<const char*>(src_ + id * src_row_floats_);
-    const int64_t bytes = src_row_floats_ * int64_t(sizeof(float));
-    for (int64_t off = 0; off < bytes; off += 64) __builtin_prefetch(p + off, 0, 2);
+    const char* p = src_ + id * src_row_bytes_;
+    for (int64_t off = 0; off < src_row_bytes_; off += 64) __builtin_prefetch(p + off, 0, 2);
   }
 
  private:
   static constexpr uint8_t kTodo = 0, kBusy = 1, kDone = 2;
-  const float* src_;
-  int64_t src_row_floats_, row_floats_;
+  const char* src_;
+  int64_t src_row_bytes_, row_floats_;
   MakeRow make_;
   Scratch buffer_;
   std::unique_ptr<std::atomic<uint8_t>[]> state_;
 };
 
-// Makes rows [W][C] into transpose_row's layout [C][phase][Wq].
+// Makes rows [W][C] of element type E into transpose_row's layout [C][phase][Wq].
+template <class E>
 LazyRows::MakeRow transposing(int64_t W, int64_t C, int pad, int stride, int64_t Wq) {
-  return [=](const float* s, float* d) { transpose_row(s, W, C, pad, stride, Wq, d); };
+  return [=](const void* s, float* d) {
+    transpose_row<E>(static_cast<const typename E::T*>(s), W, C, pad, stride, Wq, d);
+  };
 }
 
-}  // namespace
+// Makes f32 copies of rows of n elements of type E (for f16 / bf16 operands that are read in their own layout).
+template <class E>
+LazyRows::MakeRow widening(int64_t n) {
+  return [=](const void* s, float* d) { element::widen<E>(static_cast<const typename E::T*>(s), d, n); };
+}
 
 // ---------------------------------------------------------------------------------------------------------------
 // fprop
 
-void conv_fprop(const ConvProblem& p, const float* x, const float* w, const float* bias, float* y) {
+template <class E>
+void fprop(const ConvProblem& p, const typename E::T* x, const typename E::T* w, const float* bias, typename E::T* y) {
   const int64_t C = p.C, K = p.K, taps = p.taps();
   const int sw = p.stride_w;
   const int KV = vectors_for(K), KB = KV * VL;
@@ -505,16 +566,26 @@ void conv_fprop(const ConvProblem& p, const float* x, const float* w, const floa
       int64_t kvalid = std::min<int64_t>(KB, K - kb * KB);
       if (kvalid < KB)
         for (int64_t c = 0; c < C; ++c) std::memset(dst + c * KB + kvalid, 0, size_t(KB - kvalid) * sizeof(float));
-      transpose_matrix(w + (kb * KB * taps + tap) * C, kvalid, C, taps * C, dst, KB);
+      transpose_matrix<E>(w + (kb * KB * taps + tap) * C, kvalid, C, taps * C, dst, KB);
     }
   });
 
   // Input rows transposed to [C][phase][Wq]: tap s of output pixel j reads phase s % sw at index j + s / sw.
-  // Kernels of width 1 without W padding read x as it is (see gather_tile).
+  // Kernels of width 1 without W padding read x in its own layout (see gather_tile): f32 in place, f16 / bf16 from
+  // widened copies of the rows.
   const bool transposed = !(p.S == 1 && p.pad_w == 0);
   const int64_t Wq = p.Q + (p.S - 1) / sw;
   std::optional<LazyRows> xrows;
-  if (transposed) xrows.emplace(x, p.W * C, p.N * p.D * p.H, C * sw * Wq, transposing(p.W, C, p.pad_w, sw, Wq));
+  const int64_t x_rows = p.N * p.D * p.H, x_row_bytes = p.W * C * int64_t(sizeof(*x));
+  if (transposed)
+    xrows.emplace(x, x_row_bytes, x_rows, C * sw * Wq, transposing<E>(p.W, C, p.pad_w, sw, Wq));
+  else if (!is_f32<E>)
+    xrows.emplace(x, x_row_bytes, x_rows, p.W * C, widening<E>(p.W * C));
+  auto x_row = [&](int64_t id) -> const float* {
+    if constexpr (is_f32<E>)
+      if (!xrows) return x + id * p.W * C;
+    return xrows->made_row(id);
+  };
   const int64_t x_channel_stride = transposed ? sw * Wq : 1, x_pixel_stride = transposed ? 1 : sw * C;
 
   // Calls fn(input row id, t, r) for the taps (t, r) of output row `row` that fall inside the input.
@@ -539,9 +610,11 @@ void conv_fprop(const ConvProblem& p, const float* x, const float* w, const floa
     std::vector<int> count_per_row(static_cast<size_t>(group));
     std::vector<TapInRow> group_taps(static_cast<size_t>(group * taps));
     std::vector<int64_t> needed;
+    // f16 / bf16: the group's y rows in f32, rounded into y once they are complete.
+    Scratch ygroup(is_f32<E> ? 0 : static_cast<size_t>(group * p.Q * K));
     for (int64_t g0 = lo; g0 < hi; g0 += group) {
       int64_t g1 = std::min(hi, g0 + group);
-      if (transposed) {
+      if (xrows) {
         needed.clear();
         for (int64_t row = g0; row < g1; ++row)
           for_each_input_row(row, [&](int64_t id, int, int) { needed.push_back(id); });
@@ -552,11 +625,11 @@ void conv_fprop(const ConvProblem& p, const float* x, const float* w, const floa
         int cnt = 0;
         TapInRow* list = &group_taps[static_cast<size_t>((row - g0) * taps)];
         for_each_input_row(row, [&](int64_t id, int t, int r) {
+          const float* xrow = x_row(id);
           if (!transposed) {
-            list[cnt++] = TapInRow{x + id * p.W * C, (int64_t(t) * p.R + r) * C * KB};
+            list[cnt++] = TapInRow{xrow, (int64_t(t) * p.R + r) * C * KB};
             return;
           }
-          const float* xrow = xrows->made_row(id);
           for (int s = 0; s < p.S; ++s) {
             int64_t tap = (int64_t(t) * p.R + r) * p.S + s;
             list[cnt++] = TapInRow{xrow + (s % sw) * Wq + s / sw, tap * C * KB};
@@ -565,9 +638,14 @@ void conv_fprop(const ConvProblem& p, const float* x, const float* w, const floa
         count_per_row[static_cast<size_t>(row - g0)] = cnt;
       }
       // The next group's new input rows start loading while this group computes.
-      if (transposed)
+      if (xrows)
         for (int64_t row = g1; row < std::min(hi, g1 + group); ++row)
           for_each_input_row(row, [&](int64_t id, int, int) { xrows->prefetch(id); });
+      float* ybase;
+      if constexpr (is_f32<E>)
+        ybase = y + g0 * p.Q * K;
+      else
+        ybase = ygroup.get();
       for (int64_t kb = 0; kb < nkb; ++kb) {
         const float* wkb = wp + kb * taps * C * KB;
         int valid = static_cast<int>(std::min<int64_t>(KB, K - kb * KB));
@@ -575,13 +653,14 @@ void conv_fprop(const ConvProblem& p, const float* x, const float* w, const floa
           int cnt = count_per_row[static_cast<size_t>(row - g0)];
           const TapInRow* list = &group_taps[static_cast<size_t>((row - g0) * taps)];
           for (int i = 0; i < cnt; ++i) tap_list[static_cast<size_t>(i)] = Tap{list[i].x, wkb + list[i].w_offset};
-          float* yrow = y + row * p.Q * K + kb * KB;
+          float* yrow = ybase + (row - g0) * p.Q * K + kb * KB;
           for_each_balanced_tile(p.Q, kMaxPixels, [&](int64_t j0, int np) {
             gather_fn(KV, transposed, np)(tap_list.data(), cnt, C, x_channel_stride, x_pixel_stride,
                                           j0 * x_pixel_stride, bpack.get() + kb * KB, yrow + j0 * K, K, valid);
           });
         }
       }
+      if constexpr (!is_f32<E>) element::round_to<E>(ygroup.get(), y + g0 * p.Q * K, (g1 - g0) * p.Q * K);
     }
   });
 }
@@ -589,7 +668,8 @@ void conv_fprop(const ConvProblem& p, const float* x, const float* w, const floa
 // ---------------------------------------------------------------------------------------------------------------
 // dgrad
 
-void conv_dgrad(const ConvProblem& p, const float* dy, const float* w, float* dx) {
+template <class E>
+void dgrad(const ConvProblem& p, const typename E::T* dy, const typename E::T* w, typename E::T* dx) {
   const int64_t C = p.C, K = p.K, taps = p.taps();
   const int sd = p.stride_d, sh = p.stride_h, sw = p.stride_w;
   const int CV = vectors_for(C), CB = CV * VL;
@@ -604,7 +684,7 @@ void conv_dgrad(const ConvProblem& p, const float* dy, const float* w, float* dx
       float* dst = wp + bt * K * CB;
       int64_t cvalid = std::min<int64_t>(CB, C - cb * CB);
       for (int64_t k = 0; k < K; ++k) {
-        std::memcpy(dst + k * CB, w + (k * taps + tap) * C + cb * CB, size_t(cvalid) * sizeof(float));
+        element::widen<E>(w + (k * taps + tap) * C + cb * CB, dst + k * CB, cvalid);
         std::memset(dst + k * CB + cvalid, 0, size_t(CB - cvalid) * sizeof(float));
       }
     }
@@ -623,11 +703,20 @@ void conv_dgrad(const ConvProblem& p, const float* dy, const float* w, float* dx
     }
   }
   const int64_t lead = -min_off, Qp = lead + max_end;
-  // Kernels of width 1 without W padding read dy as it is (see gather_tile): then q = j for the one parity class.
+  // Kernels of width 1 without W padding read dy in its own layout (see gather_tile), f16 / bf16 from widened copies
+  // of the rows: then q = j for the one parity class.
   const bool transposed = !(p.S == 1 && p.pad_w == 0);
   std::optional<LazyRows> dyrows;
+  const int64_t dy_rows = p.N * p.Z * p.P, dy_row_bytes = p.Q * K * int64_t(sizeof(*dy));
   if (transposed)
-    dyrows.emplace(dy, p.Q * K, p.N * p.Z * p.P, K * Qp, transposing(p.Q, K, static_cast<int>(lead), 1, Qp));
+    dyrows.emplace(dy, dy_row_bytes, dy_rows, K * Qp, transposing<E>(p.Q, K, static_cast<int>(lead), 1, Qp));
+  else if (!is_f32<E>)
+    dyrows.emplace(dy, dy_row_bytes, dy_rows, p.Q * K, widening<E>(p.Q * K));
+  auto dy_row = [&](int64_t id) -> const float* {
+    if constexpr (is_f32<E>)
+      if (!dyrows) return dy + id * p.Q * K;
+    return dyrows->made_row(id) + (transposed ? lead : 0);
+  };
   const int64_t dy_channel_stride = transposed ? Qp : 1, dy_pixel_stride = transposed ? 1 : K;
 
   // Calls fn(dy row id, t, r) for the taps (t, r) through which dy row (z, p) reaches dx row (n, d, h).
@@ -653,9 +742,11 @@ void conv_dgrad(const ConvProblem& p, const float* dy, const float* w, float* dx
     std::vector<int> count(static_cast<size_t>(group * sw));
     std::vector<Tap> list(static_cast<size_t>(taps));
     std::vector<int64_t> needed;
+    // f16 / bf16: the group's dx rows in f32, rounded into dx once they are complete.
+    Scratch dxgroup(is_f32<E> ? 0 : static_cast<size_t>(group * p.W * C));
     for (int64_t g0 = lo; g0 < hi; g0 += group) {
       int64_t g1 = std::min(hi, g0 + group);
-      if (transposed) {
+      if (dyrows) {
         needed.clear();
         for (int64_t row = g0; row < g1; ++row)
           for_each_dy_row(row, [&](int64_t id, int, int) { needed.push_back(id); });
@@ -667,7 +758,7 @@ void conv_dgrad(const ConvProblem& p, const float* dy, const float* w, float* dx
           TapInRow* out = &rel[slot * static_cast<size_t>(taps)];
           int cnt = 0;
           for_each_dy_row(row, [&](int64_t id, int t, int r) {
-            const float* dyrow = transposed ? dyrows->made_row(id) + lead : dy + id * p.Q * K;
+            const float* dyrow = dy_row(id);
             for (int s = 0; s < p.S; ++s) {
               int64_t num = b + p.pad_w - s;
               if (num % sw != 0) continue;
@@ -678,9 +769,14 @@ void conv_dgrad(const ConvProblem& p, const float* dy, const float* w, float* dx
           count[slot] = cnt;
         }
       }
-      if (transposed)
+      if (dyrows)
         for (int64_t row = g1; row < std::min(hi, g1 + group); ++row)
           for_each_dy_row(row, [&](int64_t id, int, int) { dyrows->prefetch(id); });
+      float* dxbase;
+      if constexpr (is_f32<E>)
+        dxbase = dx + g0 * p.W * C;
+      else
+        dxbase = dxgroup.get();
       for (int64_t cb = 0; cb < ncb; ++cb) {
         const float* wcb = wp + cb * taps * K * CB;
         int valid = static_cast<int>(std::min<int64_t>(CB, C - cb * CB));
@@ -691,7 +787,7 @@ void conv_dgrad(const ConvProblem& p, const float* dy, const float* w, float* dx
             int cnt = count[slot];
             for (int i = 0; i < cnt; ++i) list[static_cast<size_t>(i)] = Tap{in[i].x, wcb + in[i].w_offset};
             int64_t J = (p.W - b + sw - 1) / sw;
-            float* dxrow = dx + row * p.W * C + b * C + cb * CB;
+            float* dxrow = dxbase + (row - g0) * p.W * C + b * C + cb * CB;
             for_each_balanced_tile(J, kMaxPixels, [&](int64_t j0, int np) {
               gather_fn(CV, transposed, np)(list.data(), cnt, K, dy_channel_stride, dy_pixel_stride,
                                             j0 * dy_pixel_stride, nullptr, dxrow + j0 * sw * C, sw * C, valid);
@@ -699,6 +795,7 @@ void conv_dgrad(const ConvProblem& p, const float* dy, const float* w, float* dx
           }
         }
       }
+      if constexpr (!is_f32<E>) element::round_to<E>(dxgroup.get(), dx + g0 * p.W * C, (g1 - g0) * p.W * C);
     }
   });
 }
@@ -706,7 +803,30 @@ void conv_dgrad(const ConvProblem& p, const float* dy, const float* w, float* dx
 // ---------------------------------------------------------------------------------------------------------------
 // wgrad
 
-void conv_wgrad(const ConvProblem& p, const float* x, const float* dy, float* dw, float* dbias) {
+template <class E>
+void bias_grad(const ConvProblem& p, const typename E::T* dy, float* dbias) {
+  const int64_t K = p.K;
+  // Fixed chunks of pixels (independent of the thread count), each summed in double, then combined in order.
+  const int64_t pixels = p.N * p.Z * p.P * p.Q;
+  constexpr int64_t kChunk = 4096;
+  const int64_t nchunks = (pixels + kChunk - 1) / kChunk;
+  std::vector<double> partial(static_cast<size_t>(nchunks * K), 0.0);
+  parallel_for(nchunks, 1, [&](int64_t lo, int64_t hi) {
+    for (int64_t ch = lo; ch < hi; ++ch) {
+      double* part = &partial[static_cast<size_t>(ch * K)];
+      for (int64_t px = ch * kChunk; px < std::min(pixels, (ch + 1) * kChunk); ++px)
+        for (int64_t k = 0; k < K; ++k) part[k] += E::load(dy[px * K + k]);
+    }
+  });
+  for (int64_t k = 0; k < K; ++k) {
+    double s = 0.0;
+    for (int64_t ch = 0; ch < nchunks; ++ch) s += partial[static_cast<size_t>(ch * K + k)];
+    dbias[k] = static_cast<float>(s);
+  }
+}
+
+template <class E>
+void wgrad(const ConvProblem& p, const typename E::T* x, const typename E::T* dy, float* dw, float* dbias) {
   const int64_t C = p.C, K = p.K, taps = p.taps();
   const int sw = p.stride_w;
   const int KV = vectors_for(K), KB = KV * VL;
@@ -716,15 +836,21 @@ void conv_wgrad(const ConvProblem& p, const float* x, const float* dy, float* dw
   const int64_t Wu = (p.Q - 1) * sw + p.S;
   const bool padded = p.pad_w != 0 || Wu > p.W;
   const int64_t x_row = (padded ? Wu : p.W) * C;
-  std::optional<LazyRows> xrows;
+  const int64_t x_rows = p.N * p.D * p.H, x_row_bytes = p.W * C * int64_t(sizeof(*x));
+  // f16 / bf16 x and dy are read from widened copies of their rows (x's padded, if it needs padding); f32 in place.
+  std::optional<LazyRows> xrows, dyrows;
   if (padded) {
-    xrows.emplace(x, p.W * C, p.N * p.D * p.H, x_row, [&p, C, Wu](const float* src, float* dst) {
+    xrows.emplace(x, x_row_bytes, x_rows, x_row, [&p, C, Wu](const void* src, float* dst) {
       const int64_t lead = std::min<int64_t>(p.pad_w, Wu), body = std::clamp<int64_t>(Wu - lead, 0, p.W);
       std::memset(dst, 0, static_cast<size_t>(lead * C) * sizeof(float));
-      std::memcpy(dst + lead * C, src, static_cast<size_t>(body * C) * sizeof(float));
+      element::widen<E>(static_cast<const typename E::T*>(src), dst + lead * C, body * C);
       std::memset(dst + (lead + body) * C, 0, static_cast<size_t>((Wu - lead - body) * C) * sizeof(float));
     });
+  } else if (!is_f32<E>) {
+    xrows.emplace(x, x_row_bytes, x_rows, x_row, widening<E>(x_row));
   }
+  const int64_t out_rows = p.N * p.Z * p.P;
+  if (!is_f32<E>) dyrows.emplace(dy, p.Q * K * int64_t(sizeof(*dy)), out_rows, p.Q * K, widening<E>(p.Q * K));
 
   // Accumulators dwT [t][r][(s,c)][Kp]; tiles (t, r, kblock, block of (s,c) pairs), (s,c) fastest so that
   // consecutive tiles reuse the same dy columns and x rows from cache.
@@ -739,7 +865,6 @@ void conv_wgrad(const ConvProblem& p, const float* x, const float* dy, float* dw
   std::memset(dwt.get(), 0, static_cast<size_t>(taps * C * Kp) * sizeof(float));
   const int64_t tiles = int64_t(p.T) * p.R * nkb * nscb;
 
-  const int64_t out_rows = p.N * p.Z * p.P;
   // Rows per chunk: the chunk's dy and x rows should stay in L2 while every tile of the thread sweeps them.
   const int64_t row_bytes = p.Q * (K + sw * C) * int64_t(sizeof(float)) * 2;
   const int64_t chunk = std::clamp<int64_t>((1 << 20) / std::max<int64_t>(row_bytes, 1), 1, out_rows);
@@ -767,19 +892,32 @@ void conv_wgrad(const ConvProblem& p, const float* x, const float* dy, float* dw
       }
     };
     for (int64_t r0 = 0; r0 < out_rows; r0 += chunk) {
-      int64_t r1 = std::min(out_rows, r0 + chunk);
-      for (int64_t row = r0; row < r1; ++row) {
-        int64_t n = row / (p.Z * p.P), z = row / p.P % p.Z, pp = row % p.P;
-        info[static_cast<size_t>(row - r0)] =
-            RowInfo{n, z * p.stride_d - p.pad_d, pp * p.stride_h - p.pad_h, dy + row * p.Q * K};
-      }
-      if (padded) {
+      int64_t r1 = std::min(out_rows, r0 + chunk), r2 = std::min(out_rows, r1 + chunk);
+      if (xrows) {
         needed.clear();
         for_each_input_row(r0, r1, [&](int64_t id) { needed.push_back(id); });
         xrows->make_all(needed);
-        for_each_input_row(r1, std::min(out_rows, r1 + chunk), [&](int64_t id) { xrows->prefetch(id); });
+        for_each_input_row(r1, r2, [&](int64_t id) { xrows->prefetch(id); });
       }
-      const float* xbase = padded ? xrows->made_row(0) : x;
+      if (dyrows) {
+        needed.clear();
+        for (int64_t row = r0; row < r1; ++row) needed.push_back(row);
+        dyrows->make_all(needed);
+        for (int64_t row = r1; row < r2; ++row) dyrows->prefetch(row);
+      }
+      const float *xbase, *dybase;
+      if constexpr (is_f32<E>) {
+        xbase = xrows ? xrows->made_row(0) : x;
+        dybase = dy;
+      } else {
+        xbase = xrows->made_row(0);
+        dybase = dyrows->made_row(0);
+      }
+      for (int64_t row = r0; row < r1; ++row) {
+        int64_t n = row / (p.Z * p.P), z = row / p.P % p.Z, pp = row % p.P;
+        info[static_cast<size_t>(row - r0)] =
+            RowInfo{n, z * p.stride_d - p.pad_d, pp * p.stride_h - p.pad_h, dybase + row * p.Q * K};
+      }
       for (int64_t tile = lo; tile < hi; ++tile) {
         int64_t scb = tile % nscb, kb = tile / nscb % nkb, tr = tile / (nscb * nkb);
         int t = static_cast<int>(tr / p.R), r = static_cast<int>(tr % p.R);
@@ -809,28 +947,47 @@ void conv_wgrad(const ConvProblem& p, const float* x, const float* dy, float* dw
     }
   });
 
-  if (dbias) conv_bias_grad(p, dy, dbias);
+  if (dbias) bias_grad<E>(p, dy, dbias);
 }
 
+}  // namespace
+
+// ---------------------------------------------------------------------------------------------------------------
+// Entry points: f32 buffers, and f32 / f16 / bf16 buffers by dtype.
+
+void conv_fprop(const ConvProblem& p, const float* x, const float* w, const float* bias, float* y) {
+  fprop<element::F32>(p, x, w, bias, y);
+}
+void conv_dgrad(const ConvProblem& p, const float* dy, const float* w, float* dx) {
+  dgrad<element::F32>(p, dy, w, dx);
+}
+void conv_wgrad(const ConvProblem& p, const float* x, const float* dy, float* dw, float* dbias) {
+  wgrad<element::F32>(p, x, dy, dw, dbias);
+}
 void conv_bias_grad(const ConvProblem& p, const float* dy, float* dbias) {
-  const int64_t K = p.K;
-  // Fixed chunks of pixels (independent of the thread count), each summed in double, then combined in order.
-  const int64_t pixels = p.N * p.Z * p.P * p.Q;
-  constexpr int64_t kChunk = 4096;
-  const int64_t nchunks = (pixels + kChunk - 1) / kChunk;
-  std::vector<double> partial(static_cast<size_t>(nchunks * K), 0.0);
-  parallel_for(nchunks, 1, [&](int64_t lo, int64_t hi) {
-    for (int64_t ch = lo; ch < hi; ++ch) {
-      double* part = &partial[static_cast<size_t>(ch * K)];
-      for (int64_t px = ch * kChunk; px < std::min(pixels, (ch + 1) * kChunk); ++px)
-        for (int64_t k = 0; k < K; ++k) part[k] += dy[px * K + k];
-    }
+  bias_grad<element::F32>(p, dy, dbias);
+}
+
+void conv_fprop(const ConvProblem& p, DType dt, const void* x, const void* w, const float* bias, void* y) {
+  element::with_element_type(dt, "conv_fprop", [&](auto e) {
+    using T = typename decltype(e)::T;
+    fprop<decltype(e)>(p, static_cast<const T*>(x), static_cast<const T*>(w), bias, static_cast<T*>(y));
   });
-  for (int64_t k = 0; k < K; ++k) {
-    double s = 0.0;
-    for (int64_t ch = 0; ch < nchunks; ++ch) s += partial[static_cast<size_t>(ch * K + k)];
-    dbias[k] = static_cast<float>(s);
-  }
+}
+void conv_dgrad(const ConvProblem& p, DType dt, const void* dy, const void* w, void* dx) {
+  element::with_element_type(dt, "conv_dgrad", [&](auto e) {
+    using T = typename decltype(e)::T;
+    dgrad<decltype(e)>(p, static_cast<const T*>(dy), static_cast<const T*>(w), static_cast<T*>(dx));
+  });
+}
+void conv_wgrad(const ConvProblem& p, DType dt, const void* x, const void* dy, float* dw, float* dbias) {
+  element::with_element_type(dt, "conv_wgrad", [&](auto e) {
+    using T = typename decltype(e)::T;
+    if (dw)
+      wgrad<decltype(e)>(p, static_cast<const T*>(x), static_cast<const T*>(dy), dw, dbias);
+    else
+      bias_grad<decltype(e)>(p, static_cast<const T*>(dy), dbias);
+  });
 }
 
 const ConvKernels conv_kernels{

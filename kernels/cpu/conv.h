@@ -22,8 +22,9 @@ void conv_bias_grad(const ConvProblem& p, const float* dy, float* dbias);
 
 // The same passes on tensors of element type dt (f32, f16 or bf16), with the signatures of kernels/cuda/conv.cuh:
 // x, w, y, dy, dx are dt; bias, dw and dbias f32 (the caller passes w already rounded to dt). f16 / bf16 operands are
-// widened to f32, the kernels above run, and y or dx is rounded to dt once (kernels/cpu/conv_mixed.cpp). conv_wgrad
-// with a null dw computes dbias alone (x is then not read).
+// widened to f32 (exact) as the kernels above pack them, the same f32 arithmetic runs, and y or dx is rounded to dt
+// once: bitwise the f32 kernels on the widened operands. conv_wgrad with a null dw computes dbias alone (x is then
+// not read).
 void conv_fprop(const ConvProblem& p, DType dt, const void* x, const void* w, const float* bias, void* y);
 void conv_dgrad(const ConvProblem& p, DType dt, const void* dy, const void* w, void* dx);
 void conv_wgrad(const ConvProblem& p, DType dt, const void* x, const void* dy, float* dw, float* dbias);

@@ -5,14 +5,18 @@
 // count is a multiple of NB and copied into padded rows otherwise. Work is split over pixel blocks (fprop, dgrad)
 // or over fixed pixel chunks and taps (wgrad); each output element is produced by one thread in a fixed order, and
 // wgrad's chunk partials are summed in chunk order: bitwise deterministic for any thread count.
+// f16 / bf16 tensors run the same passes: each operand is widened to f32 (exact) where it is packed or read as a small
+// tile (the rows of one block of pixels), and each output row rounded once from the f32 accumulators.
 // Measured (bench: 2 threads, AVX-512, quiet machine) at about 100-200 GFLOP/s per pass for 64-128 channels.
 #include "kernels/cpu/conv_transpose.h"
 
 #include <algorithm>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 #include "kernels/common/parallel.h"
+#include "kernels/cpu/element.h"
 
 namespace unet::kernels::cpu {
 namespace {
@@ -82,15 +86,18 @@ struct Geometry {
   std::vector<int64_t> tap_offset;
 };
 
-}  // namespace
+template <class E>
+constexpr bool is_f32 = std::is_same_v<E, element::F32>;
 
-void conv_transpose_fprop(const ConvTransposeShape& s, const float* x, const float* w, const float* bias, float* y) {
+template <class E>
+void fprop(const ConvTransposeShape& s, const typename E::T* x, const typename E::T* w, const float* bias,
+           typename E::T* y) {
   const int64_t T = s.taps(), C = s.c, K = s.k, M = s.pixels(), Kp = round_up(K, kNB);
   // wf[tap][c][Kp] = w[k][tap][c]: output channels contiguous, zero-padded to whole vectors.
   std::vector<float> wf(static_cast<size_t>(T * C * Kp), 0.f), bp(static_cast<size_t>(Kp), 0.f);
   for (int64_t k = 0; k < K; ++k)
     for (int64_t t = 0; t < T; ++t)
-      for (int64_t c = 0; c < C; ++c) wf[static_cast<size_t>((t * C + c) * Kp + k)] = w[(k * T + t) * C + c];
+      for (int64_t c = 0; c < C; ++c) wf[static_cast<size_t>((t * C + c) * Kp + k)] = E::load(w[(k * T + t) * C + c]);
   if (bias) std::copy(bias, bias + K, bp.begin());
   Geometry g(s);
   const int64_t blocks = (M + kRB - 1) / kRB;
@@ -98,11 +105,12 @@ void conv_transpose_fprop(const ConvTransposeShape& s, const float* x, const flo
     alignas(64) float acc[kRB * kNB];
     const float* a[kRB];
     int64_t base[kRB];
+    std::vector<float> xw(static_cast<size_t>(kRB * C));  // f16 / bf16: the block's x rows widened
     for (int64_t b = lo; b < hi; ++b) {
       const int64_t p0 = b * kRB;
       const int rows = static_cast<int>(std::min<int64_t>(kRB, M - p0));
       for (int r = 0; r < rows; ++r) {
-        a[r] = x + (p0 + r) * C;
+        a[r] = element::as_f32<E>(x + (p0 + r) * C, C, xw.data() + r * C);
         base[r] = g.base(p0 + r);
       }
       for (int64_t t = 0; t < T; ++t) {
@@ -111,26 +119,27 @@ void conv_transpose_fprop(const ConvTransposeShape& s, const float* x, const flo
           for (int r = 0; r < rows; ++r) std::memcpy(acc + r * kNB, bp.data() + k0, sizeof(float) * kNB);
           micro<false>(rows, a, C, wf.data() + t * C * Kp + k0, Kp, acc, kNB);
           const int64_t kn = std::min(kNB, K - k0);
-          for (int r = 0; r < rows; ++r) std::memcpy(y + (base[r] + off) * K + k0, acc + r * kNB, sizeof(float) * kn);
+          for (int r = 0; r < rows; ++r) element::round_to<E>(acc + r * kNB, y + (base[r] + off) * K + k0, kn);
         }
       }
     }
   });
 }
 
-void conv_transpose_dgrad(const ConvTransposeShape& s, const float* dy, const float* w, float* dx) {
+template <class E>
+void dgrad(const ConvTransposeShape& s, const typename E::T* dy, const typename E::T* w, typename E::T* dx) {
   const int64_t T = s.taps(), C = s.c, K = s.k, M = s.pixels(), Cp = round_up(C, kNB);
   // wd[tap][k][Cp] = w[k][tap][c]: input channels contiguous, zero-padded.
   std::vector<float> wd(static_cast<size_t>(T * K * Cp), 0.f);
   for (int64_t k = 0; k < K; ++k)
-    for (int64_t t = 0; t < T; ++t)
-      std::copy(w + (k * T + t) * C, w + (k * T + t + 1) * C, wd.begin() + (t * K + k) * Cp);
+    for (int64_t t = 0; t < T; ++t) element::widen<E>(w + (k * T + t) * C, wd.data() + (t * K + k) * Cp, C);
   Geometry g(s);
   const int64_t blocks = (M + kRB - 1) / kRB;
   parallel_for(blocks, 8, [&](int64_t lo, int64_t hi) {
     alignas(64) float acc[kRB * kNB];
     const float* a[kRB];
     int64_t base[kRB];
+    std::vector<float> dyw(static_cast<size_t>(kRB * K));  // f16 / bf16: the dy rows of a tap widened
     for (int64_t b = lo; b < hi; ++b) {
       const int64_t p0 = b * kRB;
       const int rows = static_cast<int>(std::min<int64_t>(kRB, M - p0));
@@ -139,17 +148,18 @@ void conv_transpose_dgrad(const ConvTransposeShape& s, const float* dy, const fl
         std::memset(acc, 0, sizeof(acc));
         for (int64_t t = 0; t < T; ++t) {  // taps in a fixed order: the sum over (t, k) is deterministic
           const int64_t off = g.tap_offset[static_cast<size_t>(t)];
-          for (int r = 0; r < rows; ++r) a[r] = dy + (base[r] + off) * K;
+          for (int r = 0; r < rows; ++r) a[r] = element::as_f32<E>(dy + (base[r] + off) * K, K, dyw.data() + r * K);
           micro<false>(rows, a, K, wd.data() + t * K * Cp + c0, Cp, acc, kNB);
         }
         const int64_t cn = std::min(kNB, C - c0);
-        for (int r = 0; r < rows; ++r) std::memcpy(dx + (p0 + r) * C + c0, acc + r * kNB, sizeof(float) * cn);
+        for (int r = 0; r < rows; ++r) element::round_to<E>(acc + r * kNB, dx + (p0 + r) * C + c0, cn);
       }
     }
   });
 }
 
-void conv_transpose_wgrad(const ConvTransposeShape& s, const float* x, const float* dy, float* dw, float* dbias) {
+template <class E>
+void wgrad(const ConvTransposeShape& s, const typename E::T* x, const typename E::T* dy, float* dw, float* dbias) {
   const int64_t T = s.taps(), C = s.c, K = s.k, M = s.pixels(), Cp = round_up(C, kNB);
   // Chunk size depends on M only (never on the thread count): at most 64 chunks, at least 1024 pixels each.
   const int64_t chunk = std::max<int64_t>(1024, (M + 63) / 64);
@@ -158,12 +168,13 @@ void conv_transpose_wgrad(const ConvTransposeShape& s, const float* x, const flo
   std::vector<float> part(dw ? static_cast<size_t>(chunks * T * K * Cp) : 0);
   std::vector<float> part_bias(static_cast<size_t>(chunks * T * K));
   Geometry g(s);
-  // With C a multiple of kNB the x rows serve as the B panel in place; otherwise each sub-block is copied into
-  // zero-padded rows first.
-  const bool pack_x = dw && C % kNB != 0;
+  // With C a multiple of kNB the x rows serve as the B panel in place; otherwise (and for f16 / bf16, widened) each
+  // sub-block is copied into zero-padded rows first. f16 / bf16 dy rows are widened as the sub-block is gathered.
+  const bool pack_x = dw && (C % kNB != 0 || !is_f32<E>);
   parallel_for(chunks * T, 1, [&](int64_t lo, int64_t hi) {
     std::vector<float> xs(pack_x ? static_cast<size_t>(kSub * Cp) : 0, 0.f);  // pad columns stay zero
     std::vector<const float*> cols(static_cast<size_t>(kSub));
+    std::vector<float> dyw(is_f32<E> ? 0 : static_cast<size_t>(kSub * K));
     for (int64_t item = lo; item < hi; ++item) {
       const int64_t ci = item / T, t = item % T, off = g.tap_offset[static_cast<size_t>(t)];
       float* acc = dw ? part.data() + item * K * Cp : nullptr;  // item = ci * T + t
@@ -174,13 +185,22 @@ void conv_transpose_wgrad(const ConvTransposeShape& s, const float* x, const flo
       for (int64_t p0 = begin; p0 < end; p0 += kSub) {
         const int64_t L = std::min(kSub, end - p0);
         for (int64_t l = 0; l < L; ++l) {
-          const float* gr = dy + (g.base(p0 + l) + off) * K;
+          const typename E::T* dy_row = dy + (g.base(p0 + l) + off) * K;
+          const float* gr;
+          if constexpr (is_f32<E>) {
+            gr = dy_row;
+          } else {
+            gr = dyw.data() + l * K;
+            element::widen<E>(dy_row, dyw.data() + l * K, K);
+          }
           cols[static_cast<size_t>(l)] = gr;
           for (int64_t k = 0; k < K; ++k) pb[k] += gr[k];
-          if (pack_x) std::memcpy(xs.data() + l * Cp, x + (p0 + l) * C, sizeof(float) * C);
+          if (pack_x) element::widen<E>(x + (p0 + l) * C, xs.data() + l * Cp, C);
         }
         if (!dw) continue;
-        const float* bx = pack_x ? xs.data() : x + p0 * C;
+        const float* bx = xs.data();
+        if constexpr (is_f32<E>)
+          if (!pack_x) bx = x + p0 * C;
         const int64_t ldb = pack_x ? Cp : C;
         for (int64_t k0 = 0; k0 < K; k0 += kRB) {
           const int rows = static_cast<int>(std::min<int64_t>(kRB, K - k0));
@@ -211,6 +231,39 @@ void conv_transpose_wgrad(const ConvTransposeShape& s, const float* x, const flo
       for (int64_t t = 0; t < T; ++t)
         for (int64_t k = 0; k < K; ++k) dbias[k] += part_bias[static_cast<size_t>((ci * T + t) * K + k)];
   }
+}
+
+}  // namespace
+
+void conv_transpose_fprop(const ConvTransposeShape& s, const float* x, const float* w, const float* bias, float* y) {
+  fprop<element::F32>(s, x, w, bias, y);
+}
+void conv_transpose_dgrad(const ConvTransposeShape& s, const float* dy, const float* w, float* dx) {
+  dgrad<element::F32>(s, dy, w, dx);
+}
+void conv_transpose_wgrad(const ConvTransposeShape& s, const float* x, const float* dy, float* dw, float* dbias) {
+  wgrad<element::F32>(s, x, dy, dw, dbias);
+}
+
+void conv_transpose_fprop(const ConvTransposeShape& s, DType dt, const void* x, const void* w, const float* bias,
+                          void* y) {
+  element::with_element_type(dt, "conv_transpose_fprop", [&](auto e) {
+    using T = typename decltype(e)::T;
+    fprop<decltype(e)>(s, static_cast<const T*>(x), static_cast<const T*>(w), bias, static_cast<T*>(y));
+  });
+}
+void conv_transpose_dgrad(const ConvTransposeShape& s, DType dt, const void* dy, const void* w, void* dx) {
+  element::with_element_type(dt, "conv_transpose_dgrad", [&](auto e) {
+    using T = typename decltype(e)::T;
+    dgrad<decltype(e)>(s, static_cast<const T*>(dy), static_cast<const T*>(w), static_cast<T*>(dx));
+  });
+}
+void conv_transpose_wgrad(const ConvTransposeShape& s, DType dt, const void* x, const void* dy, float* dw,
+                          float* dbias) {
+  element::with_element_type(dt, "conv_transpose_wgrad", [&](auto e) {
+    using T = typename decltype(e)::T;
+    wgrad<decltype(e)>(s, static_cast<const T*>(x), static_cast<const T*>(dy), dw, dbias);
+  });
 }
 
 const ConvTransposeKernels conv_transpose_kernels{

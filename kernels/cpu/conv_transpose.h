@@ -24,8 +24,8 @@ void conv_transpose_dgrad(const ConvTransposeShape& s, const float* dy, const fl
 void conv_transpose_wgrad(const ConvTransposeShape& s, const float* x, const float* dy, float* dw, float* dbias);
 
 // The same passes on tensors of element type dt (f32, f16 or bf16), with the signatures of
-// kernels/cuda/conv_transpose.cuh: bias, dw and dbias f32, the rest dt (widened to f32 and rounded back once, as in
-// kernels/cpu/conv_mixed.cpp).
+// kernels/cuda/conv_transpose.cuh: bias, dw and dbias f32, the rest dt (widened to f32 as the passes above pack or
+// read them, outputs rounded back once: bitwise the f32 passes on the widened operands).
 void conv_transpose_fprop(const ConvTransposeShape& s, DType dt, const void* x, const void* w, const float* bias,
                           void* y);
 void conv_transpose_dgrad(const ConvTransposeShape& s, DType dt, const void* dy, const void* w, void* dx);

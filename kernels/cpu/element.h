@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <stdexcept>
 #include <string>
+#include <type_traits>
 
 #include "kernels/common/dtype.h"
 
@@ -26,6 +27,29 @@ struct BF16 {
   static float load(uint16_t v) { return bf16_to_float(v); }
   static uint16_t store(float f) { return float_to_bf16(f); }
 };
+
+// dst[i] = E::load(src[i]) (exact) and dst[i] = E::store(src[i]) (rounded once) for i < n: where the kernels copy
+// their operands anyway (packing, padding, small tiles), 16-bit operands are widened in the copy.
+template <class E>
+void widen(const typename E::T* src, float* dst, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) dst[i] = E::load(src[i]);
+}
+template <class E>
+void round_to(const float* src, typename E::T* dst, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) dst[i] = E::store(src[i]);
+}
+
+// The n elements at src as f32: src itself for F32, otherwise widened into tmp[n].
+template <class E>
+const float* as_f32(const typename E::T* src, int64_t n, float* tmp) {
+  if constexpr (std::is_same_v<E, F32>) {
+    (void)n, (void)tmp;
+    return src;
+  } else {
+    widen<E>(src, tmp, n);
+    return tmp;
+  }
+}
 
 // Calls f(F32{}), f(F16{}) or f(BF16{}) for dt; any other dtype is std::invalid_argument
 // "<who>: dtype X not supported, expected f32, f16 or bf16".

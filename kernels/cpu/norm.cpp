@@ -9,6 +9,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <type_traits>
 #include <vector>
 
 #include "kernels/common/allocator.h"
@@ -22,6 +23,20 @@ namespace {
 // Spatial positions per reduction chunk: about 64 KiB of f32 channel rows, so a chunk stays in L2 between passes.
 int64_t chunk_rows(int64_t c) {
   return std::max<int64_t>(256, 16384 / std::max<int64_t>(1, c));
+}
+
+// Calls f(c) for c in [0, C). For f16 / bf16 in blocks of 16 channels with a constant trip count: for a loop over a
+// row's channels that loads or stores 16-bit values GCC picks 32 lanes, and leaves a row of 16 channels (a UNet's
+// first level, its largest tensors) to the scalar remainder loop, where bf16 ran at half f32's speed. Fixed blocks
+// of 16 are vectorised. The same operations in the same order: the same bits.
+template <class E, class F>
+inline void for_each_channel(int64_t C, F&& f) {
+  int64_t c = 0;
+  if constexpr (!std::is_same_v<E, element::F32>)
+    for (; c + 16 <= C; c += 16)
+#pragma GCC unroll 16
+      for (int j = 0; j < 16; ++j) f(c + j);
+  for (; c < C; ++c) f(c);
 }
 
 // For every (n, chunk), calls fn(n, s_begin, s_end, partial) where partial is that item's zeroed double[c];
@@ -64,16 +79,16 @@ void forward_impl(const NormShape& sh, const typename E::T* x, const float* gamm
       double* m2 = mu + C;
       for (int64_t i = b; i < e; ++i) {
         const auto* row = x + (n * S + i) * C;
-        for (int64_t c = 0; c < C; ++c) mu[c] += E::load(row[c]);
+        for_each_channel<E>(C, [&](int64_t c) { mu[c] += E::load(row[c]); });
       }
       const double inv = e > b ? 1.0 / static_cast<double>(e - b) : 0.0;
       for (int64_t c = 0; c < C; ++c) mu[c] *= inv;
       for (int64_t i = b; i < e; ++i) {
         const auto* row = x + (n * S + i) * C;
-        for (int64_t c = 0; c < C; ++c) {
+        for_each_channel<E>(C, [&](int64_t c) {
           const double d = E::load(row[c]) - mu[c];
           m2[c] += d * d;
-        }
+        });
       }
     }
   });
@@ -118,7 +133,7 @@ void forward_impl(const NormShape& sh, const typename E::T* x, const float* gamm
       const float* an = a.data() + n * C;
       const float* bn = b.data() + n * C;
       auto* out = y + i * C;
-      for (int64_t c = 0; c < C; ++c) out[c] = E::store((E::load(row[c]) - mu[c]) * an[c] + bn[c]);
+      for_each_channel<E>(C, [&](int64_t c) { out[c] = E::store((E::load(row[c]) - mu[c]) * an[c] + bn[c]); });
     }
   });
 }
@@ -135,11 +150,11 @@ void backward_impl(const NormShape& sh, const typename E::T* x, const typename E
     for (int64_t i = b; i < e; ++i) {
       const auto* xr = x + (n * S + i) * C;
       const auto* gr = dy + (n * S + i) * C;
-      for (int64_t c = 0; c < C; ++c) {
+      for_each_channel<E>(C, [&](int64_t c) {
         const float g = E::load(gr[c]);
         s1[c] += g;
         s2[c] += static_cast<double>(g) * (E::load(xr[c]) - mu[c]);
-      }
+      });
     }
   });
   for (int64_t n = 0; n < sh.n; ++n)
@@ -178,7 +193,8 @@ void backward_impl(const NormShape& sh, const typename E::T* x, const typename E
       const float* d = k3.data() + n * C;
       const float* mu = mean + n * C;
       auto* out = dx + i * C;
-      for (int64_t c = 0; c < C; ++c) out[c] = E::store(a[c] * E::load(gr[c]) + b[c] * (E::load(xr[c]) - mu[c]) + d[c]);
+      for_each_channel<E>(
+          C, [&](int64_t c) { out[c] = E::store(a[c] * E::load(gr[c]) + b[c] * (E::load(xr[c]) - mu[c]) + d[c]); });
     }
   });
 }
