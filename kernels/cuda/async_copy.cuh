@@ -179,9 +179,9 @@ __device__ __forceinline__ void fence_proxy_async_shared() {
 __device__ __forceinline__ void cp_async_bulk_global_to_shared(void* smem_dst, const void* gmem_src, unsigned bytes,
                                                                uint64_t* bar) {
 #if UNET_SM90_PTX
-  asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];\n" ::"r"(
-                   smem_address(smem_dst)),
-               "l"(gmem_src), "r"(bytes), "r"(smem_address(bar))
+  asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];\n"
+               :
+               : "r"(smem_address(smem_dst)), "l"(gmem_src), "r"(bytes), "r"(smem_address(bar))
                : "memory");
 #else
   __trap();
