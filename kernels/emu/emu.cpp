@@ -6,7 +6,13 @@
 // scheduler starts a new runner for the threads not yet started. So a block that never blocks costs one fiber, and one
 // that does gets a fiber per thread only as its threads reach their first wait. Released threads resume in schedule
 // order. When nothing can run and threads are still alive, either every one of them waits at one __syncthreads (the
-// barrier releases), or they wait at different ones (divergent barrier), or the block is deadlocked.
+// barrier releases), or they wait at different ones (divergent barrier), or an asynchronous copy in flight lands (it
+// may complete the mbarrier phase someone waits for), or the block is deadlocked.
+//
+// Asynchronous copies (cp.async.bulk) are held in flight and land at scheduling points, where the schedule says:
+// forward lands each at the first point after its issue ("early"), reverse as late as possible ("late": only when
+// nothing else can run, newest first), random makes each copy early or late by a coin flip. So a kernel that reads a
+// copy's destination without waiting on its mbarrier reads the 0xFF fill (NaN) or stale data under some schedule.
 #include "kernels/emu/emu.h"
 
 #include "kernels/emu/device_memory.h"
@@ -61,6 +67,11 @@ std::string to_str(uint3 v) {
 std::string hex(unsigned v) {
   char buf[16];
   std::snprintf(buf, sizeof buf, "0x%08x", v);
+  return buf;
+}
+std::string ptr_str(const void* p) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%p", p);
   return buf;
 }
 std::string site_str(const std::source_location& s) {
@@ -271,13 +282,37 @@ using boost::context::detail::forced_unwind;
 #endif
 
 // ---- per-block scheduling state ------------------------------------------------------------------------------------
-enum class State : uint8_t { unstarted, ready, running, at_barrier, at_warp, done };
+enum class State : uint8_t { unstarted, ready, running, at_barrier, at_warp, at_mbarrier, done };
 
 struct ThreadState {
   State state = State::unstarted;
   int pred = 0;               // __syncthreads_count's predicate
   std::source_location site;  // where it waits
-  fiber cont;                 // its suspended fiber, while it waits or is ready to resume
+  const void* mbar = nullptr;  // at_mbarrier: the mbarrier it waits on
+  unsigned parity = 0;         // ... and the parity of the phase it waits for
+  fiber cont;                  // its suspended fiber, while it waits or is ready to resume
+};
+
+// An mbarrier object's state (PTX ISA, "mbarrier"): the current phase, the arrivals it still waits for and the
+// transaction count (bytes expected minus bytes completed, which may go negative while copies run ahead of expect-tx).
+// The phase completes when both pending arrivals and tx-count are zero; the next one starts with `expected` arrivals.
+struct Mbarrier {
+  const void* addr;
+  uint32_t phase;  // phases completed since init; its low bit is the current phase's parity
+  int32_t expected, pending, tx;
+};
+// The PTX ISA's limits: arrival counts in [1, 2^20 - 1], tx-count in [-(2^20 - 1), 2^20 - 1].
+constexpr int32_t kMbarrierLimit = (1 << 20) - 1;
+
+// An asynchronous copy in flight: land() writes its destination, then complete-tx(bytes) on bar. An early copy lands
+// at the first scheduling point after its issue, a late one only when nothing else can run.
+struct AsyncCopy {
+  std::function<void()> land;
+  const void* bar;
+  uint32_t bytes;
+  int issuer;
+  std::source_location site;
+  bool late;
 };
 
 // A collective a warp is assembling: open from the first lane's arrival until the last lane named in the mask comes.
@@ -328,6 +363,8 @@ struct Worker {
   std::exception_ptr error;
   fiber scheduler;  // where a blocking thread switches to
   std::vector<unsigned char> smem;
+  std::vector<Mbarrier> mbarriers;   // the block's initialised mbarriers
+  std::vector<AsyncCopy> in_flight;  // its asynchronous copies not landed yet, in issue order
 
   void prepare(dim3 grid, dim3 block, size_t smem_bytes, detail::BoundKernel k, Schedule s) {
     kernel = k;
@@ -462,10 +499,14 @@ struct Worker {
     ready_head = 0;
     live = n;
     error = nullptr;
+    mbarriers.clear();
+    in_flight.clear();
     if (!smem.empty()) std::memset(smem.data(), 0xff, smem.size());  // NaN bytes: reads before writes show up
 
     active_worker = this;
     while (!error) {
+      land_at_scheduling_point();
+      if (error) break;
       if (ready_head == ready.size()) ready.clear(), ready_head = 0;  // keep the queue short across many releases
       if (ready_head < ready.size()) {
         const int t = ready[ready_head++];
@@ -477,9 +518,10 @@ struct Worker {
         switch_to(fiber(std::allocator_arg, PooledStack{&stacks},
                         [this](fiber&& from) { return run_threads(std::move(from)); }));
       } else if (live == 0) {
+        if (!in_flight.empty()) copies_outlive_block();
         break;
       } else {
-        release_barrier();
+        stuck();
       }
     }
     if (error) {
@@ -490,10 +532,19 @@ struct Worker {
     if (error) std::rethrow_exception(error);
   }
 
-  // Nothing can run: release the barrier every live thread waits at, or report why that is impossible.
+  // Nothing can run: release the barrier every live thread waits at, else land a (late) copy in flight (reverse: the
+  // newest, random: any), else report a deadlock.
+  void stuck() {
+    bool all_at_barrier = true;
+    for (int i = 0; i < n; ++i) all_at_barrier &= ts[i].state == State::done || ts[i].state == State::at_barrier;
+    if (all_at_barrier) return release_barrier();
+    if (in_flight.empty()) return deadlock();
+    const size_t k = in_flight.size();
+    land(schedule.kind == Schedule::reverse ? k - 1 : schedule.kind == Schedule::random ? next_random() % k : 0);
+  }
+
+  // Every live thread waits at a __syncthreads: release it, or report that they wait at different ones.
   void release_barrier() {
-    for (int i = 0; i < n; ++i)
-      if (ts[i].state != State::done && ts[i].state != State::at_barrier) return deadlock();
     int first = -1, count = 0, alive = 0;
     for (int i = 0; i < n; ++i) {
       if (ts[i].state == State::done) continue;
@@ -523,6 +574,14 @@ struct Worker {
         return "exited";
       case State::at_barrier:
         return "waiting at __syncthreads " + site_str(ts[t].site);
+      case State::at_mbarrier: {
+        std::string d = "waiting at mbarrier.try_wait.parity " + site_str(ts[t].site) + " for the phase of parity " +
+                        std::to_string(ts[t].parity) + " of the mbarrier at " + ptr_str(ts[t].mbar);
+        if (const Mbarrier* m = find_mbarrier(ts[t].mbar))
+          d += " (phase " + std::to_string(m->phase) + ": " + std::to_string(m->pending) + " of " +
+               std::to_string(m->expected) + " arrivals pending, tx-count " + std::to_string(m->tx) + ")";
+        return d;
+      }
       case State::at_warp: {
         const WarpRound* r = warps[t / 32].overlapping(1u << (t % 32));
         return std::string("waiting at ") + op_name(r->op) + " " + site_str(ts[t].site) + " (mask " + hex(r->mask) +
@@ -548,6 +607,95 @@ struct Worker {
     int first = 0;
     while (ts[first].state == State::done) ++first;
     error = std::make_exception_ptr(error_at(first, msg));
+  }
+
+  // ---- mbarriers and asynchronous copies ----
+  const Mbarrier* find_mbarrier(const void* bar) const {
+    for (const Mbarrier& m : mbarriers)
+      if (m.addr == bar) return &m;
+    return nullptr;
+  }
+  Mbarrier& mbarrier(const void* bar, const char* op) {
+    if (const Mbarrier* m = find_mbarrier(bar)) return const_cast<Mbarrier&>(*m);
+    detail::fail(std::string(op) + ": the mbarrier at " + ptr_str(bar) + " was not initialised by this block");
+  }
+
+  void mbarrier_init(const void* bar, unsigned count) {
+    if (reinterpret_cast<uintptr_t>(bar) % 8 != 0)
+      detail::fail("mbarrier.init: address " + ptr_str(bar) + " is not 8-byte aligned");
+    if (count < 1 || count > static_cast<unsigned>(kMbarrierLimit))
+      detail::fail("mbarrier.init: count " + std::to_string(count) + " is not in [1, 2^20 - 1]");
+    const Mbarrier fresh{bar, 0, static_cast<int32_t>(count), static_cast<int32_t>(count), 0};
+    if (const Mbarrier* m = find_mbarrier(bar))
+      const_cast<Mbarrier&>(*m) = fresh;
+    else
+      mbarriers.push_back(fresh);
+  }
+
+  // tx-count += tx, then `arrivals` arrive-on operations; completes the phase when both counts are zero.
+  void mbarrier_update(Mbarrier& m, int32_t arrivals, int64_t tx, const char* op) {
+    const int64_t count = m.tx + tx;
+    if (count > kMbarrierLimit || count < -kMbarrierLimit)
+      detail::fail(std::string(op) + ": the tx-count of the mbarrier at " + ptr_str(m.addr) + " would become " +
+                   std::to_string(count) + ", outside [-(2^20 - 1), 2^20 - 1]");
+    if (arrivals > m.pending)
+      detail::fail(std::string(op) + ": " + std::to_string(arrivals) + " arrival(s) on the mbarrier at " +
+                   ptr_str(m.addr) + " whose phase " + std::to_string(m.phase) + " waits for " +
+                   std::to_string(m.pending) + " (more arrivals than its count)");
+    m.tx = static_cast<int32_t>(count);
+    m.pending -= arrivals;
+    if (m.pending != 0 || m.tx != 0) return;
+    ++m.phase;
+    m.pending = m.expected;
+    scratch.clear();  // wake its waiters; each checks the parity again when it runs
+    for (int i = 0; i < n; ++i)
+      if (ts[i].state == State::at_mbarrier && ts[i].mbar == m.addr) scratch.push_back(i);
+    make_ready(scratch);
+  }
+
+  bool mbarrier_try_wait(const void* bar, unsigned parity, const std::source_location& site) {
+    for (;;) {
+      if ((mbarrier(bar, "mbarrier.try_wait.parity").phase & 1) != (parity & 1)) return true;
+      ts[running].mbar = bar;
+      ts[running].parity = parity & 1;
+      ts[running].site = site;
+      suspend(State::at_mbarrier);
+    }
+  }
+
+  // At every scheduling point: every early copy in flight lands.
+  void land_at_scheduling_point() {
+    for (size_t i = 0; i < in_flight.size() && !error;)
+      if (!in_flight[i].late)
+        land(i);
+      else
+        ++i;
+  }
+
+  // Runs on the scheduler's stack; errors are reported as the issuing thread's.
+  void land(size_t i) {
+    AsyncCopy copy = std::move(in_flight[i]);
+    in_flight.erase(in_flight.begin() + static_cast<std::ptrdiff_t>(i));
+    running = copy.issuer;
+    detail::current = &threads[copy.issuer];
+    try {
+      copy.land();
+      mbarrier_update(mbarrier(copy.bar, "asynchronous copy (complete-tx)"), 0, -int64_t{copy.bytes},
+                      "asynchronous copy (complete-tx)");
+    } catch (const KernelError&) {
+      error = std::current_exception();
+    } catch (const std::exception& e) {
+      error = std::make_exception_ptr(
+          error_at(copy.issuer, "asynchronous copy issued at " + site_str(copy.site) + " failed: " + e.what()));
+    }
+  }
+
+  void copies_outlive_block() {
+    const AsyncCopy& c = in_flight.front();
+    error = std::make_exception_ptr(
+        error_at(c.issuer, "every thread has exited with " + std::to_string(in_flight.size()) +
+                               " asynchronous copies still in flight (the first issued at " + site_str(c.site) +
+                               "): nothing waited for them on their mbarrier"));
   }
 
   // ---- warp collectives (on the calling thread's fiber) ----
@@ -882,6 +1030,37 @@ unsigned live_lanes() {
   const Worker& w = *active_worker;
   const int warp = w.running / 32;
   return w.warp_exists(warp) & ~w.warps[warp].exited;
+}
+
+void mbarrier_init(const void* bar, unsigned count, const std::source_location&) {
+  active_worker->mbarrier_init(bar, count);
+}
+
+uint64_t mbarrier_arrive(const void* bar, unsigned count, unsigned tx, const std::source_location&) {
+  Worker& w = *active_worker;
+  const char* op = count > 0 ? "mbarrier.arrive" : "mbarrier.expect_tx";
+  if (tx > static_cast<unsigned>(kMbarrierLimit))
+    fail(std::string(op) + ": txCount " + std::to_string(tx) + " is not in [0, 2^20 - 1]");
+  Mbarrier& m = w.mbarrier(bar, op);
+  const uint64_t state = m.phase;
+  w.mbarrier_update(m, static_cast<int32_t>(count), tx, op);  // count is 0 or 1 (async_copy.cuh)
+  return state;
+}
+
+bool mbarrier_test_wait_parity(const void* bar, unsigned parity, const std::source_location&) {
+  return (active_worker->mbarrier(bar, "mbarrier.test_wait.parity").phase & 1) != (parity & 1);
+}
+
+bool mbarrier_try_wait_parity(const void* bar, unsigned parity, const std::source_location& site) {
+  return active_worker->mbarrier_try_wait(bar, parity, site);
+}
+
+void async_copy(std::function<void()> land, const void* bar, unsigned bytes, const std::source_location& site) {
+  Worker& w = *active_worker;
+  w.mbarrier(bar, "asynchronous copy");  // its completion mechanism must exist when the copy is issued
+  const bool late =
+      w.schedule.kind == Schedule::reverse || (w.schedule.kind == Schedule::random && w.next_random() % 2);
+  w.in_flight.push_back(AsyncCopy{std::move(land), bar, bytes, w.running, site, late});
 }
 
 void* dynamic_smem() {

@@ -1,6 +1,7 @@
 // The device emulator's runtime interface: launching a kernel on the CPU, the schedule and worker options, the
-// error type, and the few entry points the kernel-facing layer (kernels/emu/cuda_emu.h) calls for barriers and warp
-// collectives. Kernel sources never include this directly: they include kernels/cuda/cuda_compat.cuh.
+// error type, and the few entry points the kernel-facing layer (kernels/emu/cuda_emu.h, kernels/cuda/mma.cuh,
+// kernels/cuda/async_copy.cuh) calls for barriers, warp collectives, mbarriers and asynchronous copies. Kernel sources
+// never include this directly: they include kernels/cuda/cuda_compat.cuh.
 //
 // Model (docs/emulator.md): the threads of one block are fibers on one OS thread, run in a plain loop until one of
 // them blocks (at __syncthreads or a warp collective); only then does that thread keep its fiber and a new one carries
@@ -47,6 +48,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <source_location>
 #include <stdexcept>
 #include <string>
@@ -155,6 +157,21 @@ void* dynamic_smem();
 
 // Throws a KernelError for the current thread.
 [[noreturn]] void fail(const std::string& what);
+
+// mbarrier objects and the asynchronous copies that complete on them (kernels/cuda/async_copy.cuh; docs/emulator.md,
+// "mbarrier and asynchronous copies"). A barrier's state is kept by the emulator, keyed by its shared-memory address
+// and forgotten at the end of the block (the object's 8 bytes are not used), so using a barrier the block has not
+// initialised is an error even where the memory still holds an earlier block's bytes.
+void mbarrier_init(const void* bar, unsigned count, const std::source_location& site);
+// expect-tx(tx) then, when count > 0, arrive-on(count); returns the phase the arrival belongs to (the opaque state).
+uint64_t mbarrier_arrive(const void* bar, unsigned count, unsigned tx, const std::source_location& site);
+// Whether the phase of parity `parity` has completed, i.e. the current phase's parity differs. test_wait only looks;
+// try_wait suspends the thread until it has (the emulator's time limit is unbounded), so it always returns true.
+bool mbarrier_test_wait_parity(const void* bar, unsigned parity, const std::source_location& site);
+bool mbarrier_try_wait_parity(const void* bar, unsigned parity, const std::source_location& site);
+// Issues an asynchronous copy: `land` performs its writes (and its reads of the source) at a later scheduling point
+// chosen by the schedule, after which complete-tx(bytes) is performed on `bar`.
+void async_copy(std::function<void()> land, const void* bar, unsigned bytes, const std::source_location& site);
 
 }  // namespace detail
 

@@ -1,0 +1,38 @@
+// Compile-only check (a ctest entry when nvcc is found): the Hopper asynchronous-copy wrappers
+// (kernels/cuda/async_copy.cuh, tensor_copy.cuh) and the kernels tests/test_emu_async.cpp and
+// tests/test_emu_tensor_copy.cpp run under the emulator are valid CUDA for sm_90a, their inline PTX accepted by ptxas.
+#include "tests/emu_async_kernels.cuh"
+#include "tests/emu_tensor_kernels.cuh"
+
+void launch_every_async_test_kernel(const float* in, float* out, uint32_t* log) {
+  using unet::kernels::cuda::launch;
+  using namespace emu_async_test;
+  launch(bulk_copy_then_wait, dim3(1), dim3(128), 0, nullptr, in, out);
+  launch(bulk_copy_before_expect_tx, dim3(1), dim3(128), 0, nullptr, in, out);
+  launch(bulk_copy_two_producers, dim3(1), dim3(128), 0, nullptr, in, out);
+  launch(bulk_copy_read_before_wait, dim3(1), dim3(128), kBytes, nullptr, in, out);
+  launch(bulk_copy_expects_too_much, dim3(1), dim3(128), 0, nullptr, in, out);
+  launch(bulk_copy_never_waited, dim3(1), dim3(128), 0, nullptr, in);
+  launch(mbarrier_phases, dim3(1), dim3(64), 0, nullptr, log);
+  launch(mbarrier_over_arrival, dim3(1), dim3(32), 0, nullptr);
+  launch(ring_pipeline, dim3(1), dim3(64), 0, nullptr, in, 9, out, false);
+}
+
+void launch_every_tensor_test_kernel(const unet::kernels::cuda::TensorMap& map, unsigned char* out) {
+  using unet::kernels::cuda::launch;
+  using namespace emu_tensor_test;
+  const Coords at{{0, 0, 0, 0, 0}};
+  launch(tensor_box<1>, dim3(1), dim3(32), 0, nullptr, map, at, 128u, out);
+  launch(tensor_box<2>, dim3(1), dim3(32), 0, nullptr, map, at, 128u, out);
+  launch(tensor_box<3>, dim3(1), dim3(32), 0, nullptr, map, at, 128u, out);
+  launch(tensor_box<4>, dim3(1), dim3(32), 0, nullptr, map, at, 128u, out);
+  launch(tensor_box<5>, dim3(1), dim3(32), 0, nullptr, map, at, 128u, out);
+}
+
+// The host side: the map through the driver entry point (not called here; this only has to compile and link-free).
+unet::kernels::cuda::TensorMap make_example_map(const float* global) {
+  const uint64_t dims[2] = {64, 64}, strides[1] = {256};
+  const uint32_t box[2] = {32, 8}, element_strides[2] = {1, 1};
+  return unet::kernels::cuda::make_tensor_map(CU_TENSOR_MAP_DATA_TYPE_FLOAT32, 2, global, dims, strides, box,
+                                              element_strides, CU_TENSOR_MAP_SWIZZLE_128B);
+}
