@@ -164,23 +164,79 @@ Page read_page_tags(const TiffFile& t, int64_t z, const std::string& path, int64
   return p;
 }
 
-// Where the current directory ends in the file: its entry count, entries and next-directory offset (classic TIFF:
-// 2 + 12 n + 4 bytes; BigTIFF: 8 + 20 n + 8), or INT64_MAX when its entry count cannot be read.
-int64_t directory_end(const TiffFile& t) {
+// The current directory as the file stores it, read here because libtiff hides what this reader must check: where it
+// ends (its entry count, entries and next-directory offset; classic TIFF: 2 + 12 n + 4 bytes, BigTIFF: 8 + 20 n + 8;
+// INT64_MAX when its entry count cannot be read), and how many values its offsets and byte counts entries hold.
+// libtiff sizes those arrays to the page's strip or tile count whatever the entry says, zero-filling what is missing
+// (all of it for an entry of count 0), and TIFFGetField gives the array without the entry's count: an offset of 0
+// then decodes the file's header and first directory as pixels. The file has already been read this far by libtiff,
+// so the entries are there; one pread of them is the simplest reliable count.
+struct RawDirectory {
+  int64_t end = std::numeric_limits<int64_t>::max();
+  uint64_t offsets = 0, byte_counts = 0;  // values of Strip/TileOffsets and Strip/TileByteCounts (0: no entry)
+};
+
+RawDirectory raw_directory(const TiffFile& t, bool tiled) {
   TIFF* tif = t.get();
-  const bool big = TIFFIsBigTIFF(tif);
+  RawDirectory d;
+  const bool big = TIFFIsBigTIFF(tif), swap = TIFFIsByteSwapped(tif);
+  const int fd = TIFFFileno(tif);
   const auto at = static_cast<off_t>(TIFFCurrentDirOffset(tif));
+  const size_t count_bytes = big ? 8 : 2, entry_bytes = big ? 20 : 12;
   uint64_t n = 0;
   if (big) {
-    if (::pread(TIFFFileno(tif), &n, 8, at) != 8) return std::numeric_limits<int64_t>::max();
-    if (TIFFIsByteSwapped(tif)) n = __builtin_bswap64(n);
+    if (::pread(fd, &n, 8, at) != 8) return d;
+    if (swap) n = __builtin_bswap64(n);
   } else {
     uint16_t n16 = 0;
-    if (::pread(TIFFFileno(tif), &n16, 2, at) != 2) return std::numeric_limits<int64_t>::max();
-    n = TIFFIsByteSwapped(tif) ? __builtin_bswap16(n16) : n16;
+    if (::pread(fd, &n16, 2, at) != 2) return d;
+    n = swap ? __builtin_bswap16(n16) : n16;
   }
-  if (n > (1u << 16)) return std::numeric_limits<int64_t>::max();
-  return static_cast<int64_t>(at) + static_cast<int64_t>(big ? 8 + 20 * n + 8 : 2 + 12 * n + 4);
+  if (n > (1u << 16)) return d;
+  d.end = static_cast<int64_t>(at) + static_cast<int64_t>(count_bytes + entry_bytes * n + (big ? 8 : 4));
+  std::vector<uint8_t> entries(entry_bytes * n);
+  if (::pread(fd, entries.data(), entries.size(), at + static_cast<off_t>(count_bytes)) !=
+      static_cast<ssize_t>(entries.size()))
+    return d;
+  const uint16_t offsets_tag = tiled ? TIFFTAG_TILEOFFSETS : TIFFTAG_STRIPOFFSETS;
+  const uint16_t byte_counts_tag = tiled ? TIFFTAG_TILEBYTECOUNTS : TIFFTAG_STRIPBYTECOUNTS;
+  for (size_t k = 0; k < n; ++k) {
+    const uint8_t* e = entries.data() + k * entry_bytes;
+    uint16_t tag = 0;
+    std::memcpy(&tag, e, 2);
+    uint64_t count = 0;
+    if (big) {
+      std::memcpy(&count, e + 4, 8);
+      if (swap) count = __builtin_bswap64(count);
+    } else {
+      uint32_t c32 = 0;
+      std::memcpy(&c32, e + 4, 4);
+      count = swap ? __builtin_bswap32(c32) : c32;
+    }
+    if (swap) tag = __builtin_bswap16(tag);
+    if (tag == offsets_tag) d.offsets = count;
+    if (tag == byte_counts_tag) d.byte_counts = count;
+  }
+  return d;
+}
+
+// Every strip or tile of the current page has its own offset and byte count, past the file's header: see
+// raw_directory for what libtiff does otherwise. (Data past the end of the file fails when it is decoded.)
+void check_striles(const TiffFile& t, const Page& p, const std::string& path, const std::string& at) {
+  TIFF* tif = t.get();
+  const uint32_t n = p.tiled ? TIFFNumberOfTiles(tif) : TIFFNumberOfStrips(tif);
+  const std::string kind = p.tiled ? "tile" : "strip", Kind = p.tiled ? "Tile" : "Strip";
+  const RawDirectory d = raw_directory(t, p.tiled);
+  for (const auto& [name, count] : {std::pair{"Offsets", d.offsets}, {"ByteCounts", d.byte_counts}})
+    if (count != n)
+      fail(path, at + ": " + Kind + name + " has " + std::to_string(count) + " value(s) for the page's " +
+                     std::to_string(n) + " " + kind + "s; expected one per " + kind);
+  const uint64_t header = TIFFIsBigTIFF(tif) ? 16 : 8;
+  for (uint32_t i = 0; i < n; ++i)
+    if (const uint64_t offset = TIFFGetStrileOffset(tif, i); offset < header)
+      fail(path, at + ": " + kind + " " + std::to_string(i + 1) + " of " + std::to_string(n) + " is at byte " +
+                     std::to_string(offset) + ", inside the file's " + std::to_string(header) +
+                     "-byte header; expected an offset past the header");
 }
 
 // How many bytes each stored byte can become at most, by codec: what a file of a given size can hold, so that a
@@ -453,9 +509,10 @@ TiffVolume read_tiff(const std::string& path) {
     const bool tiff_header = has_header && (std::memcmp(magic, "II", 2) == 0 || std::memcmp(magic, "MM", 2) == 0);
     if (!tiff_header) fail(path, "not a readable TIFF file (no TIFF header: expected \"II\" or \"MM\")");
   }
-  // "m": read through the file, not a memory map (a file truncated later cannot fault). The header is TIFF, so
-  // a failure here is the first directory (page 1) that cannot be read.
-  TiffFile t(path, "rm", page_name(0) + ": cannot read its directory (truncated or corrupt file?)");
+  // "m": read through the file, not a memory map (a file truncated later cannot fault); "c": no strip chopping (libtiff
+  // would split a single uncompressed strip into strips the file does not list, see check_striles). The header is
+  // TIFF, so a failure here is the first directory (page 1) that cannot be read.
+  TiffFile t(path, "rmc", page_name(0) + ": cannot read its directory (truncated or corrupt file?)");
   TIFF* tif = t.get();
 
   // First pass over the pages: each like the first, and no more voxels than the file can decode to. The directories
@@ -469,6 +526,7 @@ TiffVolume read_tiff(const std::string& path) {
                                           ": cannot read its directory (truncated or corrupt file?)");
     if (pages.size() >= (1u << 20)) fail(path, "has more than 2^20 pages");
     Page p = read_page_tags(t, static_cast<int64_t>(pages.size()), path, file_size);
+    check_striles(t, p, path, page_name(static_cast<int64_t>(pages.size())));
     if (pages.empty()) first_tags = read_calibration_tags(tif);
     if (!pages.empty() && !p.same_samples(pages[0]))
       fail(path, page_name(static_cast<int64_t>(pages.size())) + " is " + std::to_string(p.width) + " x " +
@@ -485,7 +543,7 @@ TiffVolume read_tiff(const std::string& path) {
     more = !TIFFLastDirectory(tif);
     // libtiff takes a next-directory offset it cannot read for 0, the end of the chain: a file cut inside the last
     // directory it read would silently lose the pages after it.
-    if (!more && directory_end(t) > file_size)
+    if (!more && raw_directory(t, p.tiled).end > file_size)
       fail(path, page_name(static_cast<int64_t>(pages.size()) - 1) +
                      ": its directory runs past the end of the file (truncated file?)");
   }

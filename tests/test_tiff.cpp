@@ -10,7 +10,9 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <nlohmann/json.hpp>
+#include <tuple>
 
 #include "io/tiff.h"
 
@@ -46,21 +48,36 @@ std::string read_bytes(const std::string& path) {
   return std::string(std::istreambuf_iterator<char>(in), {});
 }
 
-// Sets the inline value of a SHORT or LONG tag of the first directory of a little-endian classic TIFF; false when the
-// directory has no such tag.
-bool patch_tag(std::string& bytes, int tag, uint32_t value) {
+// The entry of `tag` in the first directory of a little-endian classic TIFF: its byte position, or 0 when there is
+// none.
+size_t find_entry(const std::string& bytes, int tag) {
   const auto u16 = [&](size_t at) {
     return static_cast<uint8_t>(bytes[at]) | static_cast<uint8_t>(bytes[at + 1]) << 8;
   };
   const uint32_t ifd = u16(4) | static_cast<uint32_t>(u16(6)) << 16;
-  for (int k = 0; k < u16(ifd); ++k) {
-    const size_t at = ifd + 2 + 12 * static_cast<size_t>(k);
-    if (u16(at) != tag) continue;
-    const int bytes_per_value = u16(at + 2) == 3 ? 2 : 4;  // SHORT or LONG
-    for (int b = 0; b < bytes_per_value; ++b) bytes[at + 8 + b] = static_cast<char>(value >> (8 * b));
-    return true;
-  }
-  return false;
+  for (int k = 0; k < u16(ifd); ++k)
+    if (const size_t at = ifd + 2 + 12 * static_cast<size_t>(k); u16(at) == tag) return at;
+  return 0;
+}
+
+// Writes `value` as `size` little-endian bytes at `at`.
+void put_le(std::string& bytes, size_t at, uint32_t value, int size) {
+  for (int b = 0; b < size; ++b) bytes[at + b] = static_cast<char>(value >> (8 * b));
+}
+
+// Sets the inline value of a SHORT or LONG tag of the first directory of a little-endian classic TIFF; false when the
+// directory has no such tag.
+bool patch_tag(std::string& bytes, int tag, uint32_t value) {
+  const size_t at = find_entry(bytes, tag);
+  if (at) put_le(bytes, at + 8, value, static_cast<uint8_t>(bytes[at + 2]) == 3 ? 2 : 4);  // SHORT or LONG
+  return at != 0;
+}
+
+// Sets the value count of a tag's entry (the first directory, as patch_tag); false when there is no such tag.
+bool patch_count(std::string& bytes, int tag, uint32_t count) {
+  const size_t at = find_entry(bytes, tag);
+  if (at) put_le(bytes, at + 4, count, 4);
+  return at != 0;
 }
 
 // A [Z, Y, X, C] tensor of dtype dt with value(z, y, x, c) at each element.
@@ -413,5 +430,47 @@ TEST_CASE("tile sizes off the TIFF rule, or tiles larger than the file can hold,
                                   ": page 1 has tiles of 65520 x 65520 pixels (8585740800 bytes each); expected "
                                   "tiles of at most 256 MiB that the file's " +
                                   std::to_string(good.size()) + " bytes can hold");
+  fs::remove_all(dir);
+}
+
+TEST_CASE("strip or tile offsets that are missing, too few or inside the header are errors naming the page") {
+  // libtiff zero-fills the offsets an entry lacks, and offset 0 decodes the file's header and directory as pixels.
+  const fs::path dir = temp_dir();
+  const std::string path = (dir / "offsets.tif").string();
+  const auto read_patched = [&](const std::string& fixture, const std::function<bool(std::string&)>& patch) {
+    std::string bytes = read_bytes(kDir + fixture);
+    REQUIRE(patch(bytes));
+    std::ofstream(path, std::ios::binary | std::ios::trunc) << bytes;
+    return error_of([&] { read_tiff(path); });
+  };
+  for (uint32_t offset : {0u, 4u}) {
+    CAPTURE(offset);
+    CHECK(read_patched("u8_stack.tif", [&](std::string& b) { return patch_tag(b, 273, offset); }) ==
+          path + ": page 1: strip 1 of 1 is at byte " + std::to_string(offset) +
+              ", inside the file's 8-byte header; expected an offset past the header");
+  }
+  // Two planes, one offset; no offsets at all.
+  CHECK(read_patched("u8_planar_2ch.tif", [](std::string& b) { return patch_count(b, 273, 1); }) ==
+        path + ": page 1: StripOffsets has 1 value(s) for the page's 2 strips; expected one per strip");
+  CHECK(read_patched("u8_stack.tif", [](std::string& b) { return patch_count(b, 273, 0); }) ==
+        path + ": page 1: StripOffsets has 0 value(s) for the page's 1 strips; expected one per strip");
+  CHECK(read_patched("u8_planar_2ch.tif", [](std::string& b) { return patch_count(b, 279, 1); }) ==
+        path + ": page 1: StripByteCounts has 1 value(s) for the page's 2 strips; expected one per strip");
+  // Tiles: 6 in the fixture.
+  CHECK(read_patched("u16_tiled.tif", [](std::string& b) { return patch_count(b, 324, 1); }) ==
+        path + ": page 1: TileOffsets has 1 value(s) for the page's 6 tiles; expected one per tile");
+  CHECK(read_patched("u16_tiled.tif", [](std::string& b) { return patch_count(b, 324, 0); }) ==
+        path + ": page 1: TileOffsets has 0 value(s) for the page's 6 tiles; expected one per tile");
+  // No StripOffsets entry (renumbered to an unknown tag), and strips past the end of the file: libtiff's own errors.
+  for (const auto& [tag, field, value] : {std::tuple{273, 0, 276u}, {273, 8, 100000u}}) {
+    CAPTURE(value);
+    const std::string what = read_patched("u8_stack.tif", [&](std::string& b) {
+      const size_t at = find_entry(b, tag);
+      if (at) put_le(b, at + field, value, field == 0 ? 2 : 4);
+      return at != 0;
+    });
+    CAPTURE(what);
+    CHECK(what.find(path + ": page 1") == 0);
+  }
   fs::remove_all(dir);
 }
