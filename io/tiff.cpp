@@ -90,6 +90,7 @@ struct Page {
   uint16_t spp = 1, bits = 1, format = SAMPLEFORMAT_UINT, planar = PLANARCONFIG_CONTIG, compression = 1;
   bool tiled = false;
   uint32_t tile_w = 0, tile_h = 0, rows_per_strip = 0;
+  int64_t directory = 0;  // its index in the file (page numbers in messages count every page)
 
   bool same_samples(const Page& o) const {
     return width == o.width && height == o.height && spp == o.spp && bits == o.bits && format == o.format;
@@ -516,37 +517,46 @@ TiffVolume read_tiff(const std::string& path) {
   TIFF* tif = t.get();
 
   // First pass over the pages: each like the first, and no more voxels than the file can decode to. The directories
-  // are a chain: one that cannot be read (cut off by a truncation, say) is an error, never the end of the stack.
-  std::vector<Page> pages;
-  TiffTags first_tags;              // page 1's resolution and description
+  // are a chain: one that cannot be read (cut off by a truncation, say) is an error, never the end of the stack. A page
+  // whose NewSubfileType marks it as a reduced-resolution copy (bit 0: a thumbnail, a pyramid level) or a transparency
+  // mask (bit 2) is not a slice of the volume: skipped, unread. Messages count every page of the file.
+  std::vector<Page> pages;          // the image pages
+  TiffTags first_tags;              // the first image page's resolution and description
   int64_t compressed_at_least = 0;  // bytes the file must hold for the pages' decoded size
-  for (bool more = true; more;) {
-    if (!pages.empty())
-      t.check(TIFFReadDirectory(tif), page_name(static_cast<int64_t>(pages.size())) +
-                                          ": cannot read its directory (truncated or corrupt file?)");
-    if (pages.size() >= (1u << 20)) fail(path, "has more than 2^20 pages");
-    Page p = read_page_tags(t, static_cast<int64_t>(pages.size()), path, file_size);
-    check_striles(t, p, path, page_name(static_cast<int64_t>(pages.size())));
-    if (pages.empty()) first_tags = read_calibration_tags(tif);
-    if (!pages.empty() && !p.same_samples(pages[0]))
-      fail(path, page_name(static_cast<int64_t>(pages.size())) + " is " + std::to_string(p.width) + " x " +
-                     std::to_string(p.height) + " x " + std::to_string(p.spp) + " samples of " +
-                     std::to_string(p.bits) + " bits, page 1 " + std::to_string(pages[0].width) + " x " +
-                     std::to_string(pages[0].height) + " x " + std::to_string(pages[0].spp) + " of " +
-                     std::to_string(pages[0].bits) + "; a stack needs pages of one size and sample type");
-    compressed_at_least += p.bytes() / max_expansion(p.compression);
-    if (compressed_at_least > file_size)
-      fail(path, "declares " + std::to_string(pages.size() + 1) + " page(s) of " + std::to_string(p.width) + " x " +
-                     std::to_string(p.height) + " pixels, more than its " + std::to_string(file_size) +
-                     " bytes can hold");
-    pages.push_back(p);
+  int64_t directories = 0;
+  for (bool more = true; more; ++directories) {
+    const std::string at = page_name(directories);
+    if (directories > 0)
+      t.check(TIFFReadDirectory(tif), at + ": cannot read its directory (truncated or corrupt file?)");
+    if (directories >= (1u << 20)) fail(path, "has more than 2^20 pages");
+    uint32_t subfile = 0;
+    if (!(TIFFGetField(tif, TIFFTAG_SUBFILETYPE, &subfile) && (subfile & (FILETYPE_REDUCEDIMAGE | FILETYPE_MASK)))) {
+      Page p = read_page_tags(t, directories, path, file_size);
+      p.directory = directories;
+      check_striles(t, p, path, at);
+      if (pages.empty()) first_tags = read_calibration_tags(tif);
+      if (!pages.empty() && !p.same_samples(pages[0]))
+        fail(path, at + " is " + std::to_string(p.width) + " x " + std::to_string(p.height) + " x " +
+                       std::to_string(p.spp) + " samples of " + std::to_string(p.bits) + " bits, " +
+                       page_name(pages[0].directory) + " " + std::to_string(pages[0].width) + " x " +
+                       std::to_string(pages[0].height) + " x " + std::to_string(pages[0].spp) + " of " +
+                       std::to_string(pages[0].bits) + "; a stack needs pages of one size and sample type");
+      compressed_at_least += p.bytes() / max_expansion(p.compression);
+      if (compressed_at_least > file_size)
+        fail(path, "declares " + std::to_string(pages.size() + 1) + " page(s) of " + std::to_string(p.width) + " x " +
+                       std::to_string(p.height) + " pixels, more than its " + std::to_string(file_size) +
+                       " bytes can hold");
+      pages.push_back(p);
+    }
     more = !TIFFLastDirectory(tif);
     // libtiff takes a next-directory offset it cannot read for 0, the end of the chain: a file cut inside the last
     // directory it read would silently lose the pages after it.
-    if (!more && raw_directory(t, p.tiled).end > file_size)
-      fail(path, page_name(static_cast<int64_t>(pages.size()) - 1) +
-                     ": its directory runs past the end of the file (truncated file?)");
+    if (!more && raw_directory(t, TIFFIsTiled(tif)).end > file_size)
+      fail(path, at + ": its directory runs past the end of the file (truncated file?)");
   }
+  if (pages.empty())
+    fail(path,
+         "has only reduced-resolution or mask pages (NewSubfileType bit 0 or 2); expected at least one image page");
   const Page& first = pages[0];
   const int64_t nz = static_cast<int64_t>(pages.size()), ny = first.height, nx = first.width, nc = first.spp;
   if (nz * ny * nx * nc > (int64_t(1) << 32)) fail(path, "is too large (more than 2^32 samples)");
@@ -564,13 +574,14 @@ TiffVolume read_tiff(const std::string& path) {
   vol.data = Tensor::empty({nz, ny, nx, nc});
   float* d = vol.data.data<float>();
   t.check(TIFFSetDirectory(tif, 0), page_name(0) + ": cannot be read");
-  for (int64_t z = 0; z < nz; ++z) {
-    if (z > 0) t.check(TIFFReadDirectory(tif), page_name(z) + ": cannot be read");
+  for (int64_t z = 0, dir = 0; z < nz; ++dir) {
+    if (dir > 0) t.check(TIFFReadDirectory(tif), page_name(dir) + ": cannot be read");
+    if (pages[static_cast<size_t>(z)].directory != dir) continue;  // skipped in the first pass
     float* page = d + z * ny * nx * nc;
-    read_page(t, pages[static_cast<size_t>(z)], z, page);
+    read_page(t, pages[static_cast<size_t>(z++)], dir, page);
     for (int64_t i = 0; i < ny * nx * nc; ++i)
       if (!std::isfinite(page[i]))
-        fail(path, page_name(z) + ", row " + std::to_string(i / nc / nx) + ", column " + std::to_string(i / nc % nx) +
+        fail(path, page_name(dir) + ", row " + std::to_string(i / nc / nx) + ", column " + std::to_string(i / nc % nx) +
                        (nc > 1 ? ", sample " + std::to_string(i % nc) : "") +
                        ": NaN, infinite or beyond the f32 range; expected finite values");
   }

@@ -2,7 +2,8 @@
 // microscopy tools (ImageJ, tifffile) and the ISBI 2012 challenge store them. Voxel values become an f32 tensor in the
 // engine's order [Z, Y, X, C] (C = samples per pixel), as for NIfTI (io/nifti.h).
 //
-// Read: every page must have the same size and sample type; 8-, 16- or 32-bit unsigned or signed integers, or 32-bit
+// Read: pages flagged by NewSubfileType as reduced-resolution copies or masks are skipped; every other page must have
+// the same size and sample type; 8-, 16- or 32-bit unsigned or signed integers, or 32-bit
 // floats, in strips or tiles, contiguous or planar, with any compression libtiff decodes (none, LZW, Deflate,
 // PackBits, ...). NaN or infinite samples are errors. Spacing: TIFF has no reliable physical spacing (image editors
 // write 72 dpi), so it is read only where a scientific writer put it: ImageJ's ImageDescription ("unit=", "spacing="

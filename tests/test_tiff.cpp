@@ -48,13 +48,15 @@ std::string read_bytes(const std::string& path) {
   return std::string(std::istreambuf_iterator<char>(in), {});
 }
 
-// The entry of `tag` in the first directory of a little-endian classic TIFF: its byte position, or 0 when there is
-// none.
-size_t find_entry(const std::string& bytes, int tag) {
+// The entry of `tag` in directory `page` (from 0) of a little-endian classic TIFF: its byte position, or 0 when there
+// is none.
+size_t find_entry(const std::string& bytes, int tag, int page = 0) {
   const auto u16 = [&](size_t at) {
     return static_cast<uint8_t>(bytes[at]) | static_cast<uint8_t>(bytes[at + 1]) << 8;
   };
-  const uint32_t ifd = u16(4) | static_cast<uint32_t>(u16(6)) << 16;
+  const auto u32 = [&](size_t at) { return u16(at) | static_cast<uint32_t>(u16(at + 2)) << 16; };
+  uint32_t ifd = u32(4);
+  for (int k = 0; k < page; ++k) ifd = u32(ifd + 2 + 12 * static_cast<size_t>(u16(ifd)));
   for (int k = 0; k < u16(ifd); ++k)
     if (const size_t at = ifd + 2 + 12 * static_cast<size_t>(k); u16(at) == tag) return at;
   return 0;
@@ -472,5 +474,36 @@ TEST_CASE("strip or tile offsets that are missing, too few or inside the header 
     CAPTURE(what);
     CHECK(what.find(path + ": page 1") == 0);
   }
+  fs::remove_all(dir);
+}
+
+TEST_CASE("reduced-resolution and mask pages (NewSubfileType bits 0 and 2) are skipped, not read as slices") {
+  const fs::path dir = temp_dir();
+  const std::string path = (dir / "subfiles.tif").string();
+  const Tensor stack = make({4, 3, 5}, DType::u8, [](int64_t i) { return double(i / 15 + 1); });  // page k holds k
+  write_tiff(path, stack, {});  // every page has NewSubfileType 2 (a page of a multi-page file)
+  const std::string written = read_bytes(path);
+  std::string bytes = written;
+  REQUIRE(patch_tag(bytes, 254, 2 | 1));  // page 1: reduced resolution
+  const size_t mask = find_entry(bytes, 254, 2);
+  REQUIRE(mask);
+  put_le(bytes, mask + 8, 4, 4);  // page 3: a transparency mask
+  std::ofstream(path, std::ios::binary | std::ios::trunc) << bytes;
+  const TiffVolume v = read_tiff(path);
+  CHECK(v.data.shape() == Shape{2, 3, 5, 1});
+  std::vector<float> pages_2_and_4(15, 2.0f);
+  pages_2_and_4.resize(30, 4.0f);
+  CHECK(v.data.to_vector() == pages_2_and_4);
+  // Page numbers in messages count every page: page 4 (the second image page) cut short is page 4.
+  std::ofstream(path, std::ios::binary | std::ios::trunc) << bytes.substr(0, bytes.size() - 30);
+  CHECK(error_of([&] { read_tiff(path); }).find(path + ": page 4") == 0);
+  // Only flagged pages: no volume.
+  bytes = written;
+  for (int page = 0; page < 4; ++page) put_le(bytes, find_entry(bytes, 254, page) + 8, 1, 4);
+  std::ofstream(path, std::ios::binary | std::ios::trunc) << bytes;
+  CHECK(error_of([&] { read_tiff(path); }) ==
+        path +
+            ": has only reduced-resolution or mask pages (NewSubfileType bit 0 or 2); expected at least one image "
+            "page");
   fs::remove_all(dir);
 }
