@@ -455,6 +455,137 @@ int64_t imagej_channels(const std::string& path, const TiffTags& tags, int64_t p
   return samples > 1 ? 1 : c;  // samples per pixel are the channels; the description counts them (ImageJ's RGB)
 }
 
+// An XML start tag: its name without a namespace prefix, and its attributes.
+struct XmlTag {
+  std::string name;
+  std::vector<std::pair<std::string, std::string>> attributes;
+  std::string operator[](const std::string& key) const {
+    for (const auto& [k, v] : attributes)
+      if (k == key) return v;
+    return "";
+  }
+};
+
+// The start tags of an XML text, in order; comments, processing instructions, declarations and CDATA are skipped and
+// entities are not decoded (what is read from OME-XML here is names and integers). Stops at the first malformed tag,
+// with *complete false.
+std::vector<XmlTag> xml_start_tags(const std::string& xml, bool* complete) {
+  std::vector<XmlTag> tags;
+  *complete = false;
+  const auto space = [](char c) { return c == ' ' || c == '\t' || c == '\n' || c == '\r'; };
+  size_t i = 0;
+  while ((i = xml.find('<', i)) != std::string::npos) {
+    const auto skip_to = [&](const char* end) {
+      const size_t e = xml.find(end, i);
+      i = e == std::string::npos ? xml.size() : e + std::strlen(end);
+      return e != std::string::npos;
+    };
+    if (xml.compare(i, 4, "<!--") == 0) {
+      if (!skip_to("-->")) return tags;
+    } else if (xml.compare(i, 9, "<![CDATA[") == 0) {
+      if (!skip_to("]]>")) return tags;
+    } else if (xml.compare(i, 2, "<?") == 0) {
+      if (!skip_to("?>")) return tags;
+    } else if (xml.compare(i, 2, "<!") == 0 || xml.compare(i, 2, "</") == 0) {
+      if (!skip_to(">")) return tags;
+    } else {
+      XmlTag tag;
+      size_t j = i + 1;
+      while (j < xml.size() && !space(xml[j]) && xml[j] != '/' && xml[j] != '>') ++j;
+      tag.name = xml.substr(i + 1, j - i - 1);
+      if (const size_t colon = tag.name.rfind(':'); colon != std::string::npos) tag.name.erase(0, colon + 1);
+      if (tag.name.empty()) return tags;
+      for (;;) {
+        while (j < xml.size() && space(xml[j])) ++j;
+        if (j >= xml.size()) return tags;
+        if (xml[j] == '>' || xml.compare(j, 2, "/>") == 0) break;
+        const size_t key = j;
+        while (j < xml.size() && !space(xml[j]) && xml[j] != '=' && xml[j] != '>') ++j;
+        std::string name = xml.substr(key, j - key);
+        while (j < xml.size() && space(xml[j])) ++j;
+        if (j >= xml.size() || xml[j] != '=') return tags;
+        ++j;
+        while (j < xml.size() && space(xml[j])) ++j;
+        if (j >= xml.size() || (xml[j] != '"' && xml[j] != '\'')) return tags;
+        const size_t end = xml.find(xml[j], j + 1);
+        if (end == std::string::npos) return tags;
+        tag.attributes.emplace_back(std::move(name), xml.substr(j + 1, end - j - 1));
+        j = end + 1;
+      }
+      tags.push_back(std::move(tag));
+      i = j;
+    }
+  }
+  *complete = true;
+  return tags;
+}
+
+// Whether a description is OME-XML: its first element is OME (any namespace prefix).
+bool is_ome(const std::string& description) {
+  const size_t first = description.find_first_not_of(" \t\r\n");
+  if (first == std::string::npos || description[first] != '<') return false;
+  bool complete = false;
+  const std::vector<XmlTag> tags = xml_start_tags(description, &complete);
+  return !tags.empty() && tags[0].name == "OME";
+}
+
+// How a stack's pages are its channels and slices: `channels` pages per slice (1: the pages are the slices), the
+// channel varying fastest (ImageJ's hyperstacks, OME's XYCZT) or the slice fastest (OME's XYZCT).
+struct PageLayout {
+  int64_t channels = 1;
+  bool channel_fastest = true;
+};
+
+// The layout an OME-XML description gives (Bio-Formats, tifffile, Fiji's OME export): its one Pixels element's SizeC,
+// SizeZ and SizeT, whose product must be the page count (SizeC the samples per pixel instead, for RGB pages), and its
+// DimensionOrder. A time series (SizeT > 1) and several images in one file are refused; TiffData's mapping of pages
+// to planes is not read, the pages being taken in DimensionOrder as its default says.
+PageLayout ome_layout(const std::string& path, const std::string& description, int64_t pages, int64_t samples) {
+  bool complete = false;
+  const std::vector<XmlTag> tags = xml_start_tags(description, &complete);
+  if (!complete) fail(path, "OME-XML description is not well-formed XML; expected OME-XML or no description");
+  std::vector<const XmlTag*> pixels;
+  for (const XmlTag& tag : tags)
+    if (tag.name == "Pixels") pixels.push_back(&tag);
+  if (pixels.size() != 1)
+    fail(path, "OME-XML description has " + std::to_string(pixels.size()) +
+                   " Pixels elements (images); expected one (save each image as its own file)");
+  const XmlTag& p = *pixels[0];
+  const auto size = [&](const char* key, long long max) {
+    const std::string v = p[key];
+    char* end = nullptr;
+    errno = 0;
+    const long long n = std::strtoll(v.c_str(), &end, 10);
+    if (v.empty() || end == v.c_str() || *end != '\0' || errno == ERANGE || n < 1 || n > max)
+      fail(path, std::string("OME-XML description has ") + key + "=" + shown(v) + "; expected an integer 1 to " +
+                     std::to_string(max));
+    return n;
+  };
+  const long long c = size("SizeC", 64), z = size("SizeZ", 1ll << 31), frames = size("SizeT", 1ll << 31);
+  if (frames > 1)
+    fail(path, "OME-XML description has SizeT=" + std::to_string(frames) +
+                   ": a time series; expected one volume (save each time point as its own file)");
+  const std::string order = p["DimensionOrder"];
+  if (order.size() != 5 || !order.starts_with("XY") || !std::is_permutation(order.begin() + 2, order.end(), "CZT"))
+    fail(path, "OME-XML description has DimensionOrder=" + shown(order) +
+                   "; expected XY then C, Z and T in any order (XYCZT, XYZCT, ...)");
+  if (samples > 1 && c != samples)
+    fail(path, "OME-XML description has SizeC=" + std::to_string(c) + " but the pages have " + std::to_string(samples) +
+                   " samples per pixel; expected them to agree");
+  const long long per_slice = samples > 1 ? 1 : c;  // samples per pixel are the channels (RGB)
+  if (per_slice * z != pages)
+    fail(path, "OME-XML description has SizeC=" + std::to_string(c) + " and SizeZ=" + std::to_string(z) + " (" +
+                   std::to_string(per_slice * z) + " pages) but the file has " + std::to_string(pages) +
+                   " pages; expected them to agree");
+  return {per_slice, order.find('C') < order.find('Z')};
+}
+
+// The page layout the description gives: ImageJ's channels= (channel fastest), OME-XML's sizes and order, or none.
+PageLayout page_layout(const std::string& path, const TiffTags& tags, int64_t pages, int64_t samples) {
+  if (is_ome(tags.description)) return ome_layout(path, tags.description, pages, samples);
+  return {imagej_channels(path, tags, pages, samples), true};
+}
+
 TiffCompression compression_of(uint16_t c) {
   if (c == COMPRESSION_NONE) return TiffCompression::none;
   if (c == COMPRESSION_LZW) return TiffCompression::lzw;
@@ -568,9 +699,9 @@ TiffVolume read_tiff(const std::string& path) {
   vol.is_signed = first.format == SAMPLEFORMAT_INT;
   vol.compression = compression_of(first.compression);
   vol.tags = first_tags;
-  // The calibration and the ImageJ channel count, checked before anything is allocated.
+  // The calibration and the channels stored as pages (ImageJ, OME), checked before anything is allocated.
   vol.spacing = spacing_from_tags(path, vol.tags, &vol.calibrated);
-  const int64_t ij_channels = imagej_channels(path, vol.tags, nz, nc);
+  const PageLayout layout = page_layout(path, vol.tags, nz, nc);
   vol.data = Tensor::empty({nz, ny, nx, nc});
   float* d = vol.data.data<float>();
   t.check(TIFFSetDirectory(tif, 0), page_name(0) + ": cannot be read");
@@ -585,15 +716,18 @@ TiffVolume read_tiff(const std::string& path) {
                        (nc > 1 ? ", sample " + std::to_string(i % nc) : "") +
                        ": NaN, infinite or beyond the f32 range; expected finite values");
   }
-  // An ImageJ hyperstack with channels stores them as pages, channel fastest ("czt"): they become channels.
-  if (ij_channels > 1) {
+  // Channels stored as pages (an ImageJ hyperstack, an OME-TIFF) become channels.
+  if (const int64_t channels = layout.channels; channels > 1) {
     Tensor interleaved = vol.data;
-    vol.data = Tensor::empty({nz / ij_channels, ny, nx, ij_channels});
+    const int64_t slices = nz / channels;
+    vol.data = Tensor::empty({slices, ny, nx, channels});
     const float* src = interleaved.data<float>();
     float* dst = vol.data.data<float>();
-    for (int64_t z = 0; z < nz; ++z)
-      for (int64_t i = 0; i < ny * nx; ++i)
-        dst[((z / ij_channels) * ny * nx + i) * ij_channels + z % ij_channels] = src[z * ny * nx + i];
+    for (int64_t k = 0; k < nz; ++k) {
+      const int64_t z = layout.channel_fastest ? k / channels : k % slices;
+      const int64_t c = layout.channel_fastest ? k % channels : k / slices;
+      for (int64_t i = 0; i < ny * nx; ++i) dst[(z * ny * nx + i) * channels + c] = src[k * ny * nx + i];
+    }
   }
   return vol;
 }
@@ -685,6 +819,9 @@ TiffWriteOptions tiff_options_like(const TiffVolume& like, const Tensor& data) {
       if (const std::string v = imagej_value(like.tags.description, key); !v.empty())
         d += std::string(key) + "=" + v + "\n";
     o.tags.description = d;
+  } else if (is_ome(like.tags.description)) {
+    // OME-XML describes the input's channels, slices and type (and may name the file): none of it fits a label map.
+    o.tags.description.clear();
   } else if (like.tags.description.starts_with("{") && like.tags.description.find("\"shape\"") != std::string::npos) {
     // tifffile's shaped series: the JSON gives the input array's shape, which a probabilities output (a sample per
     // class) does not have. The output's own shape instead, a trailing single channel left out as tifffile does.

@@ -507,3 +507,57 @@ TEST_CASE("reduced-resolution and mask pages (NewSubfileType bits 0 and 2) are s
             "page");
   fs::remove_all(dir);
 }
+
+TEST_CASE("OME-TIFF: SizeC, SizeZ, SizeT and DimensionOrder are read; an OME output gets no OME description") {
+  const fs::path dir = temp_dir();
+  const std::string path = (dir / "ome.tif").string();
+  const Tensor pages = make({6, 2, 3}, DType::u8, [](int64_t i) { return double(i / 6); });  // page k holds k
+  const auto write = [&](const std::string& pixels, const std::string& more = "") {
+    TiffWriteOptions o;
+    o.tags.description =
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?><!-- by a test -->"
+        "<OME xmlns=\"http://www.openmicroscopy.org/Schemas/OME/2016-06\"><Image ID=\"Image:0\">"
+        "<Pixels ID=\"Pixels:0\" Type=\"uint8\" SizeX=\"3\" SizeY=\"2\" " +
+        pixels + "><TiffData/></Pixels></Image>" + more + "</OME>";
+    write_tiff(path, pages, o);
+  };
+  // The channel of page k: k % 2 (XYCZT, channel fastest) or k / 3 (XYZCT).
+  for (const auto& [order, page_of] :
+       {std::pair<std::string, int64_t (*)(int64_t, int64_t)>{"XYCZT", [](int64_t z, int64_t c) { return z * 2 + c; }},
+        {"XYZCT", [](int64_t z, int64_t c) { return c * 3 + z; }}}) {
+    CAPTURE(order);
+    write("DimensionOrder=\"" + order + "\" SizeC=\"2\" SizeZ=\"3\" SizeT=\"1\"");
+    const TiffVolume v = read_tiff(path);
+    REQUIRE(v.data.shape() == Shape{3, 2, 3, 2});
+    for (int64_t z = 0; z < 3; ++z)
+      for (int64_t c = 0; c < 2; ++c) CHECK(v.data.data<float>()[(z * 6) * 2 + c] == float(page_of(z, c)));
+    // The label map's description would claim 2 channels x 3 slices of another type.
+    CHECK(tiff_options_like(v, Tensor::zeros({3, 2, 3}, DType::u8)).tags.description.empty());
+  }
+  write("DimensionOrder='XYZCT' SizeC='1' SizeZ='6' SizeT='1'");
+  CHECK(read_tiff(path).data.shape() == Shape{6, 2, 3, 1});
+  const auto error = [&](const std::string& pixels, const std::string& more = "") {
+    write(pixels, more);
+    return error_of([&] { read_tiff(path); });
+  };
+  CHECK(error("DimensionOrder=\"XYCZT\" SizeC=\"1\" SizeZ=\"3\" SizeT=\"2\"") ==
+        path +
+            ": OME-XML description has SizeT=2: a time series; expected one volume (save each time point as its "
+            "own file)");
+  CHECK(error("DimensionOrder=\"XYCZT\" SizeC=\"2\" SizeZ=\"2\" SizeT=\"1\"") ==
+        path +
+            ": OME-XML description has SizeC=2 and SizeZ=2 (4 pages) but the file has 6 pages; expected them to "
+            "agree");
+  CHECK(error("DimensionOrder=\"XYCZQ\" SizeC=\"2\" SizeZ=\"3\" SizeT=\"1\"") ==
+        path +
+            ": OME-XML description has DimensionOrder=\"XYCZQ\"; expected XY then C, Z and T in any order "
+            "(XYCZT, XYZCT, ...)");
+  CHECK(error("DimensionOrder=\"XYCZT\" SizeC=\"two\" SizeZ=\"3\" SizeT=\"1\"") ==
+        path + ": OME-XML description has SizeC=\"two\"; expected an integer 1 to 64");
+  CHECK(error("DimensionOrder=\"XYCZT\" SizeC=\"1\" SizeZ=\"6\" SizeT=\"1\"",
+              "<Image ID=\"Image:1\"><Pixels DimensionOrder=\"XYCZT\" SizeC=\"1\" SizeZ=\"6\" SizeT=\"1\"/></Image>") ==
+        path + ": OME-XML description has 2 Pixels elements (images); expected one (save each image as its own file)");
+  CHECK(error("DimensionOrder=\"XYCZT\" SizeC=\"1\" SizeZ=\"6\" SizeT=\"1").find("not well-formed") !=
+        std::string::npos);
+  fs::remove_all(dir);
+}
