@@ -226,11 +226,11 @@ RawDirectory raw_directory(const TiffFile& t, bool tiled) {
 void check_striles(const TiffFile& t, const Page& p, const std::string& path, const std::string& at) {
   TIFF* tif = t.get();
   const uint32_t n = p.tiled ? TIFFNumberOfTiles(tif) : TIFFNumberOfStrips(tif);
-  const std::string kind = p.tiled ? "tile" : "strip", Kind = p.tiled ? "Tile" : "Strip";
+  const std::string kind = p.tiled ? "tile" : "strip", tag = p.tiled ? "Tile" : "Strip";  // TileOffsets...
   const RawDirectory d = raw_directory(t, p.tiled);
   for (const auto& [name, count] : {std::pair{"Offsets", d.offsets}, {"ByteCounts", d.byte_counts}})
     if (count != n)
-      fail(path, at + ": " + Kind + name + " has " + std::to_string(count) + " value(s) for the page's " +
+      fail(path, at + ": " + tag + name + " has " + std::to_string(count) + " value(s) for the page's " +
                      std::to_string(n) + " " + kind + "s; expected one per " + kind);
   const uint64_t header = TIFFIsBigTIFF(tif) ? 16 : 8;
   for (uint32_t i = 0; i < n; ++i)
