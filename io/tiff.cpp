@@ -90,6 +90,7 @@ struct Page {
   uint16_t spp = 1, bits = 1, format = SAMPLEFORMAT_UINT, planar = PLANARCONFIG_CONTIG, compression = 1;
   bool tiled = false;
   uint32_t tile_w = 0, tile_h = 0, rows_per_strip = 0;
+  int64_t directory = 0;  // its index in the file (page numbers in messages count every page)
 
   bool same_samples(const Page& o) const {
     return width == o.width && height == o.height && spp == o.spp && bits == o.bits && format == o.format;
@@ -164,23 +165,79 @@ Page read_page_tags(const TiffFile& t, int64_t z, const std::string& path, int64
   return p;
 }
 
-// Where the current directory ends in the file: its entry count, entries and next-directory offset (classic TIFF:
-// 2 + 12 n + 4 bytes; BigTIFF: 8 + 20 n + 8), or INT64_MAX when its entry count cannot be read.
-int64_t directory_end(const TiffFile& t) {
+// The current directory as the file stores it, read here because libtiff hides what this reader must check: where it
+// ends (its entry count, entries and next-directory offset; classic TIFF: 2 + 12 n + 4 bytes, BigTIFF: 8 + 20 n + 8;
+// INT64_MAX when its entry count cannot be read), and how many values its offsets and byte counts entries hold.
+// libtiff sizes those arrays to the page's strip or tile count whatever the entry says, zero-filling what is missing
+// (all of it for an entry of count 0), and TIFFGetField gives the array without the entry's count: an offset of 0
+// then decodes the file's header and first directory as pixels. The file has already been read this far by libtiff,
+// so the entries are there; one pread of them is the simplest reliable count.
+struct RawDirectory {
+  int64_t end = std::numeric_limits<int64_t>::max();
+  uint64_t offsets = 0, byte_counts = 0;  // values of Strip/TileOffsets and Strip/TileByteCounts (0: no entry)
+};
+
+RawDirectory raw_directory(const TiffFile& t, bool tiled) {
   TIFF* tif = t.get();
-  const bool big = TIFFIsBigTIFF(tif);
+  RawDirectory d;
+  const bool big = TIFFIsBigTIFF(tif), swap = TIFFIsByteSwapped(tif);
+  const int fd = TIFFFileno(tif);
   const auto at = static_cast<off_t>(TIFFCurrentDirOffset(tif));
+  const size_t count_bytes = big ? 8 : 2, entry_bytes = big ? 20 : 12;
   uint64_t n = 0;
   if (big) {
-    if (::pread(TIFFFileno(tif), &n, 8, at) != 8) return std::numeric_limits<int64_t>::max();
-    if (TIFFIsByteSwapped(tif)) n = __builtin_bswap64(n);
+    if (::pread(fd, &n, 8, at) != 8) return d;
+    if (swap) n = __builtin_bswap64(n);
   } else {
     uint16_t n16 = 0;
-    if (::pread(TIFFFileno(tif), &n16, 2, at) != 2) return std::numeric_limits<int64_t>::max();
-    n = TIFFIsByteSwapped(tif) ? __builtin_bswap16(n16) : n16;
+    if (::pread(fd, &n16, 2, at) != 2) return d;
+    n = swap ? __builtin_bswap16(n16) : n16;
   }
-  if (n > (1u << 16)) return std::numeric_limits<int64_t>::max();
-  return static_cast<int64_t>(at) + static_cast<int64_t>(big ? 8 + 20 * n + 8 : 2 + 12 * n + 4);
+  if (n > (1u << 16)) return d;
+  d.end = static_cast<int64_t>(at) + static_cast<int64_t>(count_bytes + entry_bytes * n + (big ? 8 : 4));
+  std::vector<uint8_t> entries(entry_bytes * n);
+  if (::pread(fd, entries.data(), entries.size(), at + static_cast<off_t>(count_bytes)) !=
+      static_cast<ssize_t>(entries.size()))
+    return d;
+  const uint16_t offsets_tag = tiled ? TIFFTAG_TILEOFFSETS : TIFFTAG_STRIPOFFSETS;
+  const uint16_t byte_counts_tag = tiled ? TIFFTAG_TILEBYTECOUNTS : TIFFTAG_STRIPBYTECOUNTS;
+  for (size_t k = 0; k < n; ++k) {
+    const uint8_t* e = entries.data() + k * entry_bytes;
+    uint16_t tag = 0;
+    std::memcpy(&tag, e, 2);
+    uint64_t count = 0;
+    if (big) {
+      std::memcpy(&count, e + 4, 8);
+      if (swap) count = __builtin_bswap64(count);
+    } else {
+      uint32_t c32 = 0;
+      std::memcpy(&c32, e + 4, 4);
+      count = swap ? __builtin_bswap32(c32) : c32;
+    }
+    if (swap) tag = __builtin_bswap16(tag);
+    if (tag == offsets_tag) d.offsets = count;
+    if (tag == byte_counts_tag) d.byte_counts = count;
+  }
+  return d;
+}
+
+// Every strip or tile of the current page has its own offset and byte count, past the file's header: see
+// raw_directory for what libtiff does otherwise. (Data past the end of the file fails when it is decoded.)
+void check_striles(const TiffFile& t, const Page& p, const std::string& path, const std::string& at) {
+  TIFF* tif = t.get();
+  const uint32_t n = p.tiled ? TIFFNumberOfTiles(tif) : TIFFNumberOfStrips(tif);
+  const std::string kind = p.tiled ? "tile" : "strip", tag = p.tiled ? "Tile" : "Strip";  // TileOffsets...
+  const RawDirectory d = raw_directory(t, p.tiled);
+  for (const auto& [name, count] : {std::pair{"Offsets", d.offsets}, {"ByteCounts", d.byte_counts}})
+    if (count != n)
+      fail(path, at + ": " + tag + name + " has " + std::to_string(count) + " value(s) for the page's " +
+                     std::to_string(n) + " " + kind + "s; expected one per " + kind);
+  const uint64_t header = TIFFIsBigTIFF(tif) ? 16 : 8;
+  for (uint32_t i = 0; i < n; ++i)
+    if (const uint64_t offset = TIFFGetStrileOffset(tif, i); offset < header)
+      fail(path, at + ": " + kind + " " + std::to_string(i + 1) + " of " + std::to_string(n) + " is at byte " +
+                     std::to_string(offset) + ", inside the file's " + std::to_string(header) +
+                     "-byte header; expected an offset past the header");
 }
 
 // How many bytes each stored byte can become at most, by codec: what a file of a given size can hold, so that a
@@ -398,6 +455,137 @@ int64_t imagej_channels(const std::string& path, const TiffTags& tags, int64_t p
   return samples > 1 ? 1 : c;  // samples per pixel are the channels; the description counts them (ImageJ's RGB)
 }
 
+// An XML start tag: its name without a namespace prefix, and its attributes.
+struct XmlTag {
+  std::string name;
+  std::vector<std::pair<std::string, std::string>> attributes;
+  std::string operator[](const std::string& key) const {
+    for (const auto& [k, v] : attributes)
+      if (k == key) return v;
+    return "";
+  }
+};
+
+// The start tags of an XML text, in order; comments, processing instructions, declarations and CDATA are skipped and
+// entities are not decoded (what is read from OME-XML here is names and integers). Stops at the first malformed tag,
+// with *complete false.
+std::vector<XmlTag> xml_start_tags(const std::string& xml, bool* complete) {
+  std::vector<XmlTag> tags;
+  *complete = false;
+  const auto space = [](char c) { return c == ' ' || c == '\t' || c == '\n' || c == '\r'; };
+  size_t i = 0;
+  while ((i = xml.find('<', i)) != std::string::npos) {
+    const auto skip_to = [&](const char* end) {
+      const size_t e = xml.find(end, i);
+      i = e == std::string::npos ? xml.size() : e + std::strlen(end);
+      return e != std::string::npos;
+    };
+    if (xml.compare(i, 4, "<!--") == 0) {
+      if (!skip_to("-->")) return tags;
+    } else if (xml.compare(i, 9, "<![CDATA[") == 0) {
+      if (!skip_to("]]>")) return tags;
+    } else if (xml.compare(i, 2, "<?") == 0) {
+      if (!skip_to("?>")) return tags;
+    } else if (xml.compare(i, 2, "<!") == 0 || xml.compare(i, 2, "</") == 0) {
+      if (!skip_to(">")) return tags;
+    } else {
+      XmlTag tag;
+      size_t j = i + 1;
+      while (j < xml.size() && !space(xml[j]) && xml[j] != '/' && xml[j] != '>') ++j;
+      tag.name = xml.substr(i + 1, j - i - 1);
+      if (const size_t colon = tag.name.rfind(':'); colon != std::string::npos) tag.name.erase(0, colon + 1);
+      if (tag.name.empty()) return tags;
+      for (;;) {
+        while (j < xml.size() && space(xml[j])) ++j;
+        if (j >= xml.size()) return tags;
+        if (xml[j] == '>' || xml.compare(j, 2, "/>") == 0) break;
+        const size_t key = j;
+        while (j < xml.size() && !space(xml[j]) && xml[j] != '=' && xml[j] != '>') ++j;
+        std::string name = xml.substr(key, j - key);
+        while (j < xml.size() && space(xml[j])) ++j;
+        if (j >= xml.size() || xml[j] != '=') return tags;
+        ++j;
+        while (j < xml.size() && space(xml[j])) ++j;
+        if (j >= xml.size() || (xml[j] != '"' && xml[j] != '\'')) return tags;
+        const size_t end = xml.find(xml[j], j + 1);
+        if (end == std::string::npos) return tags;
+        tag.attributes.emplace_back(std::move(name), xml.substr(j + 1, end - j - 1));
+        j = end + 1;
+      }
+      tags.push_back(std::move(tag));
+      i = j;
+    }
+  }
+  *complete = true;
+  return tags;
+}
+
+// Whether a description is OME-XML: its first element is OME (any namespace prefix).
+bool is_ome(const std::string& description) {
+  const size_t first = description.find_first_not_of(" \t\r\n");
+  if (first == std::string::npos || description[first] != '<') return false;
+  bool complete = false;
+  const std::vector<XmlTag> tags = xml_start_tags(description, &complete);
+  return !tags.empty() && tags[0].name == "OME";
+}
+
+// How a stack's pages are its channels and slices: `channels` pages per slice (1: the pages are the slices), the
+// channel varying fastest (ImageJ's hyperstacks, OME's XYCZT) or the slice fastest (OME's XYZCT).
+struct PageLayout {
+  int64_t channels = 1;
+  bool channel_fastest = true;
+};
+
+// The layout an OME-XML description gives (Bio-Formats, tifffile, Fiji's OME export): its one Pixels element's SizeC,
+// SizeZ and SizeT, whose product must be the page count (SizeC the samples per pixel instead, for RGB pages), and its
+// DimensionOrder. A time series (SizeT > 1) and several images in one file are refused; TiffData's mapping of pages
+// to planes is not read, the pages being taken in DimensionOrder as its default says.
+PageLayout ome_layout(const std::string& path, const std::string& description, int64_t pages, int64_t samples) {
+  bool complete = false;
+  const std::vector<XmlTag> tags = xml_start_tags(description, &complete);
+  if (!complete) fail(path, "OME-XML description is not well-formed XML; expected OME-XML or no description");
+  std::vector<const XmlTag*> pixels;
+  for (const XmlTag& tag : tags)
+    if (tag.name == "Pixels") pixels.push_back(&tag);
+  if (pixels.size() != 1)
+    fail(path, "OME-XML description has " + std::to_string(pixels.size()) +
+                   " Pixels elements (images); expected one (save each image as its own file)");
+  const XmlTag& p = *pixels[0];
+  const auto size = [&](const char* key, long long max) {
+    const std::string v = p[key];
+    char* end = nullptr;
+    errno = 0;
+    const long long n = std::strtoll(v.c_str(), &end, 10);
+    if (v.empty() || end == v.c_str() || *end != '\0' || errno == ERANGE || n < 1 || n > max)
+      fail(path, std::string("OME-XML description has ") + key + "=" + shown(v) + "; expected an integer 1 to " +
+                     std::to_string(max));
+    return n;
+  };
+  const long long c = size("SizeC", 64), z = size("SizeZ", 1ll << 31), frames = size("SizeT", 1ll << 31);
+  if (frames > 1)
+    fail(path, "OME-XML description has SizeT=" + std::to_string(frames) +
+                   ": a time series; expected one volume (save each time point as its own file)");
+  const std::string order = p["DimensionOrder"];
+  if (order.size() != 5 || !order.starts_with("XY") || !std::is_permutation(order.begin() + 2, order.end(), "CZT"))
+    fail(path, "OME-XML description has DimensionOrder=" + shown(order) +
+                   "; expected XY then C, Z and T in any order (XYCZT, XYZCT, ...)");
+  if (samples > 1 && c != samples)
+    fail(path, "OME-XML description has SizeC=" + std::to_string(c) + " but the pages have " + std::to_string(samples) +
+                   " samples per pixel; expected them to agree");
+  const long long per_slice = samples > 1 ? 1 : c;  // samples per pixel are the channels (RGB)
+  if (per_slice * z != pages)
+    fail(path, "OME-XML description has SizeC=" + std::to_string(c) + " and SizeZ=" + std::to_string(z) + " (" +
+                   std::to_string(per_slice * z) + " pages) but the file has " + std::to_string(pages) +
+                   " pages; expected them to agree");
+  return {per_slice, order.find('C') < order.find('Z')};
+}
+
+// The page layout the description gives: ImageJ's channels= (channel fastest), OME-XML's sizes and order, or none.
+PageLayout page_layout(const std::string& path, const TiffTags& tags, int64_t pages, int64_t samples) {
+  if (is_ome(tags.description)) return ome_layout(path, tags.description, pages, samples);
+  return {imagej_channels(path, tags, pages, samples), true};
+}
+
 TiffCompression compression_of(uint16_t c) {
   if (c == COMPRESSION_NONE) return TiffCompression::none;
   if (c == COMPRESSION_LZW) return TiffCompression::lzw;
@@ -453,42 +641,53 @@ TiffVolume read_tiff(const std::string& path) {
     const bool tiff_header = has_header && (std::memcmp(magic, "II", 2) == 0 || std::memcmp(magic, "MM", 2) == 0);
     if (!tiff_header) fail(path, "not a readable TIFF file (no TIFF header: expected \"II\" or \"MM\")");
   }
-  // "m": read through the file, not a memory map (a file truncated later cannot fault). The header is TIFF, so
-  // a failure here is the first directory (page 1) that cannot be read.
-  TiffFile t(path, "rm", page_name(0) + ": cannot read its directory (truncated or corrupt file?)");
+  // "m": read through the file, not a memory map (a file truncated later cannot fault); "c": no strip chopping (libtiff
+  // would split a single uncompressed strip into strips the file does not list, see check_striles). The header is
+  // TIFF, so a failure here is the first directory (page 1) that cannot be read.
+  TiffFile t(path, "rmc", page_name(0) + ": cannot read its directory (truncated or corrupt file?)");
   TIFF* tif = t.get();
 
   // First pass over the pages: each like the first, and no more voxels than the file can decode to. The directories
-  // are a chain: one that cannot be read (cut off by a truncation, say) is an error, never the end of the stack.
-  std::vector<Page> pages;
-  TiffTags first_tags;              // page 1's resolution and description
+  // are a chain: one that cannot be read (cut off by a truncation, say) is an error, never the end of the stack. A page
+  // whose NewSubfileType marks it as a reduced-resolution copy (bit 0: a thumbnail, a pyramid level) or a transparency
+  // mask (bit 2) is not a slice of the volume: skipped, unread. Messages count every page of the file.
+  std::vector<Page> pages;          // the image pages
+  TiffTags first_tags;              // the first image page's resolution and description
   int64_t compressed_at_least = 0;  // bytes the file must hold for the pages' decoded size
-  for (bool more = true; more;) {
-    if (!pages.empty())
-      t.check(TIFFReadDirectory(tif), page_name(static_cast<int64_t>(pages.size())) +
-                                          ": cannot read its directory (truncated or corrupt file?)");
-    if (pages.size() >= (1u << 20)) fail(path, "has more than 2^20 pages");
-    Page p = read_page_tags(t, static_cast<int64_t>(pages.size()), path, file_size);
-    if (pages.empty()) first_tags = read_calibration_tags(tif);
-    if (!pages.empty() && !p.same_samples(pages[0]))
-      fail(path, page_name(static_cast<int64_t>(pages.size())) + " is " + std::to_string(p.width) + " x " +
-                     std::to_string(p.height) + " x " + std::to_string(p.spp) + " samples of " +
-                     std::to_string(p.bits) + " bits, page 1 " + std::to_string(pages[0].width) + " x " +
-                     std::to_string(pages[0].height) + " x " + std::to_string(pages[0].spp) + " of " +
-                     std::to_string(pages[0].bits) + "; a stack needs pages of one size and sample type");
-    compressed_at_least += p.bytes() / max_expansion(p.compression);
-    if (compressed_at_least > file_size)
-      fail(path, "declares " + std::to_string(pages.size() + 1) + " page(s) of " + std::to_string(p.width) + " x " +
-                     std::to_string(p.height) + " pixels, more than its " + std::to_string(file_size) +
-                     " bytes can hold");
-    pages.push_back(p);
+  int64_t directories = 0;
+  for (bool more = true; more; ++directories) {
+    const std::string at = page_name(directories);
+    if (directories > 0)
+      t.check(TIFFReadDirectory(tif), at + ": cannot read its directory (truncated or corrupt file?)");
+    if (directories >= (1u << 20)) fail(path, "has more than 2^20 pages");
+    uint32_t subfile = 0;
+    if (!(TIFFGetField(tif, TIFFTAG_SUBFILETYPE, &subfile) && (subfile & (FILETYPE_REDUCEDIMAGE | FILETYPE_MASK)))) {
+      Page p = read_page_tags(t, directories, path, file_size);
+      p.directory = directories;
+      check_striles(t, p, path, at);
+      if (pages.empty()) first_tags = read_calibration_tags(tif);
+      if (!pages.empty() && !p.same_samples(pages[0]))
+        fail(path, at + " is " + std::to_string(p.width) + " x " + std::to_string(p.height) + " x " +
+                       std::to_string(p.spp) + " samples of " + std::to_string(p.bits) + " bits, " +
+                       page_name(pages[0].directory) + " " + std::to_string(pages[0].width) + " x " +
+                       std::to_string(pages[0].height) + " x " + std::to_string(pages[0].spp) + " of " +
+                       std::to_string(pages[0].bits) + "; a stack needs pages of one size and sample type");
+      compressed_at_least += p.bytes() / max_expansion(p.compression);
+      if (compressed_at_least > file_size)
+        fail(path, "declares " + std::to_string(pages.size() + 1) + " page(s) of " + std::to_string(p.width) + " x " +
+                       std::to_string(p.height) + " pixels, more than its " + std::to_string(file_size) +
+                       " bytes can hold");
+      pages.push_back(p);
+    }
     more = !TIFFLastDirectory(tif);
     // libtiff takes a next-directory offset it cannot read for 0, the end of the chain: a file cut inside the last
     // directory it read would silently lose the pages after it.
-    if (!more && directory_end(t) > file_size)
-      fail(path, page_name(static_cast<int64_t>(pages.size()) - 1) +
-                     ": its directory runs past the end of the file (truncated file?)");
+    if (!more && raw_directory(t, TIFFIsTiled(tif)).end > file_size)
+      fail(path, at + ": its directory runs past the end of the file (truncated file?)");
   }
+  if (pages.empty())
+    fail(path,
+         "has only reduced-resolution or mask pages (NewSubfileType bit 0 or 2); expected at least one image page");
   const Page& first = pages[0];
   const int64_t nz = static_cast<int64_t>(pages.size()), ny = first.height, nx = first.width, nc = first.spp;
   if (nz * ny * nx * nc > (int64_t(1) << 32)) fail(path, "is too large (more than 2^32 samples)");
@@ -500,31 +699,35 @@ TiffVolume read_tiff(const std::string& path) {
   vol.is_signed = first.format == SAMPLEFORMAT_INT;
   vol.compression = compression_of(first.compression);
   vol.tags = first_tags;
-  // The calibration and the ImageJ channel count, checked before anything is allocated.
+  // The calibration and the channels stored as pages (ImageJ, OME), checked before anything is allocated.
   vol.spacing = spacing_from_tags(path, vol.tags, &vol.calibrated);
-  const int64_t ij_channels = imagej_channels(path, vol.tags, nz, nc);
+  const PageLayout layout = page_layout(path, vol.tags, nz, nc);
   vol.data = Tensor::empty({nz, ny, nx, nc});
   float* d = vol.data.data<float>();
   t.check(TIFFSetDirectory(tif, 0), page_name(0) + ": cannot be read");
-  for (int64_t z = 0; z < nz; ++z) {
-    if (z > 0) t.check(TIFFReadDirectory(tif), page_name(z) + ": cannot be read");
+  for (int64_t z = 0, dir = 0; z < nz; ++dir) {
+    if (dir > 0) t.check(TIFFReadDirectory(tif), page_name(dir) + ": cannot be read");
+    if (pages[static_cast<size_t>(z)].directory != dir) continue;  // skipped in the first pass
     float* page = d + z * ny * nx * nc;
-    read_page(t, pages[static_cast<size_t>(z)], z, page);
+    read_page(t, pages[static_cast<size_t>(z++)], dir, page);
     for (int64_t i = 0; i < ny * nx * nc; ++i)
       if (!std::isfinite(page[i]))
-        fail(path, page_name(z) + ", row " + std::to_string(i / nc / nx) + ", column " + std::to_string(i / nc % nx) +
+        fail(path, page_name(dir) + ", row " + std::to_string(i / nc / nx) + ", column " + std::to_string(i / nc % nx) +
                        (nc > 1 ? ", sample " + std::to_string(i % nc) : "") +
                        ": NaN, infinite or beyond the f32 range; expected finite values");
   }
-  // An ImageJ hyperstack with channels stores them as pages, channel fastest ("czt"): they become channels.
-  if (ij_channels > 1) {
+  // Channels stored as pages (an ImageJ hyperstack, an OME-TIFF) become channels.
+  if (const int64_t channels = layout.channels; channels > 1) {
     Tensor interleaved = vol.data;
-    vol.data = Tensor::empty({nz / ij_channels, ny, nx, ij_channels});
+    const int64_t slices = nz / channels;
+    vol.data = Tensor::empty({slices, ny, nx, channels});
     const float* src = interleaved.data<float>();
     float* dst = vol.data.data<float>();
-    for (int64_t z = 0; z < nz; ++z)
-      for (int64_t i = 0; i < ny * nx; ++i)
-        dst[((z / ij_channels) * ny * nx + i) * ij_channels + z % ij_channels] = src[z * ny * nx + i];
+    for (int64_t k = 0; k < nz; ++k) {
+      const int64_t z = layout.channel_fastest ? k / channels : k % slices;
+      const int64_t c = layout.channel_fastest ? k % channels : k / slices;
+      for (int64_t i = 0; i < ny * nx; ++i) dst[(z * ny * nx + i) * channels + c] = src[k * ny * nx + i];
+    }
   }
   return vol;
 }
@@ -616,6 +819,9 @@ TiffWriteOptions tiff_options_like(const TiffVolume& like, const Tensor& data) {
       if (const std::string v = imagej_value(like.tags.description, key); !v.empty())
         d += std::string(key) + "=" + v + "\n";
     o.tags.description = d;
+  } else if (is_ome(like.tags.description)) {
+    // OME-XML describes the input's channels, slices and type (and may name the file): none of it fits a label map.
+    o.tags.description.clear();
   } else if (like.tags.description.starts_with("{") && like.tags.description.find("\"shape\"") != std::string::npos) {
     // tifffile's shaped series: the JSON gives the input array's shape, which a probabilities output (a sample per
     // class) does not have. The output's own shape instead, a trailing single channel left out as tifffile does.

@@ -10,7 +10,9 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <nlohmann/json.hpp>
+#include <tuple>
 
 #include "io/tiff.h"
 
@@ -46,21 +48,38 @@ std::string read_bytes(const std::string& path) {
   return std::string(std::istreambuf_iterator<char>(in), {});
 }
 
-// Sets the inline value of a SHORT or LONG tag of the first directory of a little-endian classic TIFF; false when the
-// directory has no such tag.
-bool patch_tag(std::string& bytes, int tag, uint32_t value) {
+// The entry of `tag` in directory `page` (from 0) of a little-endian classic TIFF: its byte position, or 0 when there
+// is none.
+size_t find_entry(const std::string& bytes, int tag, int page = 0) {
   const auto u16 = [&](size_t at) {
     return static_cast<uint8_t>(bytes[at]) | static_cast<uint8_t>(bytes[at + 1]) << 8;
   };
-  const uint32_t ifd = u16(4) | static_cast<uint32_t>(u16(6)) << 16;
-  for (int k = 0; k < u16(ifd); ++k) {
-    const size_t at = ifd + 2 + 12 * static_cast<size_t>(k);
-    if (u16(at) != tag) continue;
-    const int bytes_per_value = u16(at + 2) == 3 ? 2 : 4;  // SHORT or LONG
-    for (int b = 0; b < bytes_per_value; ++b) bytes[at + 8 + b] = static_cast<char>(value >> (8 * b));
-    return true;
-  }
-  return false;
+  const auto u32 = [&](size_t at) { return u16(at) | static_cast<uint32_t>(u16(at + 2)) << 16; };
+  uint32_t ifd = u32(4);
+  for (int k = 0; k < page; ++k) ifd = u32(ifd + 2 + 12 * static_cast<size_t>(u16(ifd)));
+  for (int k = 0; k < u16(ifd); ++k)
+    if (const size_t at = ifd + 2 + 12 * static_cast<size_t>(k); u16(at) == tag) return at;
+  return 0;
+}
+
+// Writes `value` as `size` little-endian bytes at `at`.
+void put_le(std::string& bytes, size_t at, uint32_t value, int size) {
+  for (int b = 0; b < size; ++b) bytes[at + b] = static_cast<char>(value >> (8 * b));
+}
+
+// Sets the inline value of a SHORT or LONG tag of the first directory of a little-endian classic TIFF; false when the
+// directory has no such tag.
+bool patch_tag(std::string& bytes, int tag, uint32_t value) {
+  const size_t at = find_entry(bytes, tag);
+  if (at) put_le(bytes, at + 8, value, static_cast<uint8_t>(bytes[at + 2]) == 3 ? 2 : 4);  // SHORT or LONG
+  return at != 0;
+}
+
+// Sets the value count of a tag's entry (the first directory, as patch_tag); false when there is no such tag.
+bool patch_count(std::string& bytes, int tag, uint32_t count) {
+  const size_t at = find_entry(bytes, tag);
+  if (at) put_le(bytes, at + 4, count, 4);
+  return at != 0;
 }
 
 // A [Z, Y, X, C] tensor of dtype dt with value(z, y, x, c) at each element.
@@ -413,5 +432,132 @@ TEST_CASE("tile sizes off the TIFF rule, or tiles larger than the file can hold,
                                   ": page 1 has tiles of 65520 x 65520 pixels (8585740800 bytes each); expected "
                                   "tiles of at most 256 MiB that the file's " +
                                   std::to_string(good.size()) + " bytes can hold");
+  fs::remove_all(dir);
+}
+
+TEST_CASE("strip or tile offsets that are missing, too few or inside the header are errors naming the page") {
+  // libtiff zero-fills the offsets an entry lacks, and offset 0 decodes the file's header and directory as pixels.
+  const fs::path dir = temp_dir();
+  const std::string path = (dir / "offsets.tif").string();
+  const auto read_patched = [&](const std::string& fixture, const std::function<bool(std::string&)>& patch) {
+    std::string bytes = read_bytes(kDir + fixture);
+    REQUIRE(patch(bytes));
+    std::ofstream(path, std::ios::binary | std::ios::trunc) << bytes;
+    return error_of([&] { read_tiff(path); });
+  };
+  for (uint32_t offset : {0u, 4u}) {
+    CAPTURE(offset);
+    CHECK(read_patched("u8_stack.tif", [&](std::string& b) { return patch_tag(b, 273, offset); }) ==
+          path + ": page 1: strip 1 of 1 is at byte " + std::to_string(offset) +
+              ", inside the file's 8-byte header; expected an offset past the header");
+  }
+  // Two planes, one offset; no offsets at all.
+  CHECK(read_patched("u8_planar_2ch.tif", [](std::string& b) { return patch_count(b, 273, 1); }) ==
+        path + ": page 1: StripOffsets has 1 value(s) for the page's 2 strips; expected one per strip");
+  CHECK(read_patched("u8_stack.tif", [](std::string& b) { return patch_count(b, 273, 0); }) ==
+        path + ": page 1: StripOffsets has 0 value(s) for the page's 1 strips; expected one per strip");
+  CHECK(read_patched("u8_planar_2ch.tif", [](std::string& b) { return patch_count(b, 279, 1); }) ==
+        path + ": page 1: StripByteCounts has 1 value(s) for the page's 2 strips; expected one per strip");
+  // Tiles: 6 in the fixture.
+  CHECK(read_patched("u16_tiled.tif", [](std::string& b) { return patch_count(b, 324, 1); }) ==
+        path + ": page 1: TileOffsets has 1 value(s) for the page's 6 tiles; expected one per tile");
+  CHECK(read_patched("u16_tiled.tif", [](std::string& b) { return patch_count(b, 324, 0); }) ==
+        path + ": page 1: TileOffsets has 0 value(s) for the page's 6 tiles; expected one per tile");
+  // No StripOffsets entry (renumbered to an unknown tag), and strips past the end of the file: libtiff's own errors.
+  for (const auto& [tag, field, value] : {std::tuple{273, 0, 276u}, {273, 8, 100000u}}) {
+    CAPTURE(value);
+    const std::string what = read_patched("u8_stack.tif", [&](std::string& b) {
+      const size_t at = find_entry(b, tag);
+      if (at) put_le(b, at + field, value, field == 0 ? 2 : 4);
+      return at != 0;
+    });
+    CAPTURE(what);
+    CHECK(what.find(path + ": page 1") == 0);
+  }
+  fs::remove_all(dir);
+}
+
+TEST_CASE("reduced-resolution and mask pages (NewSubfileType bits 0 and 2) are skipped, not read as slices") {
+  const fs::path dir = temp_dir();
+  const std::string path = (dir / "subfiles.tif").string();
+  const Tensor stack = make({4, 3, 5}, DType::u8, [](int64_t i) { return double(i / 15 + 1); });  // page k holds k
+  write_tiff(path, stack, {});  // every page has NewSubfileType 2 (a page of a multi-page file)
+  const std::string written = read_bytes(path);
+  std::string bytes = written;
+  REQUIRE(patch_tag(bytes, 254, 2 | 1));  // page 1: reduced resolution
+  const size_t mask = find_entry(bytes, 254, 2);
+  REQUIRE(mask);
+  put_le(bytes, mask + 8, 4, 4);  // page 3: a transparency mask
+  std::ofstream(path, std::ios::binary | std::ios::trunc) << bytes;
+  const TiffVolume v = read_tiff(path);
+  CHECK(v.data.shape() == Shape{2, 3, 5, 1});
+  std::vector<float> pages_2_and_4(15, 2.0f);
+  pages_2_and_4.resize(30, 4.0f);
+  CHECK(v.data.to_vector() == pages_2_and_4);
+  // Page numbers in messages count every page: page 4 (the second image page) cut short is page 4.
+  std::ofstream(path, std::ios::binary | std::ios::trunc) << bytes.substr(0, bytes.size() - 30);
+  CHECK(error_of([&] { read_tiff(path); }).find(path + ": page 4") == 0);
+  // Only flagged pages: no volume.
+  bytes = written;
+  for (int page = 0; page < 4; ++page) put_le(bytes, find_entry(bytes, 254, page) + 8, 1, 4);
+  std::ofstream(path, std::ios::binary | std::ios::trunc) << bytes;
+  CHECK(error_of([&] { read_tiff(path); }) ==
+        path +
+            ": has only reduced-resolution or mask pages (NewSubfileType bit 0 or 2); expected at least one image "
+            "page");
+  fs::remove_all(dir);
+}
+
+TEST_CASE("OME-TIFF: SizeC, SizeZ, SizeT and DimensionOrder are read; an OME output gets no OME description") {
+  const fs::path dir = temp_dir();
+  const std::string path = (dir / "ome.tif").string();
+  const Tensor pages = make({6, 2, 3}, DType::u8, [](int64_t i) { return double(i / 6); });  // page k holds k
+  const auto write = [&](const std::string& pixels, const std::string& more = "") {
+    TiffWriteOptions o;
+    o.tags.description =
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?><!-- by a test -->"
+        "<OME xmlns=\"http://www.openmicroscopy.org/Schemas/OME/2016-06\"><Image ID=\"Image:0\">"
+        "<Pixels ID=\"Pixels:0\" Type=\"uint8\" SizeX=\"3\" SizeY=\"2\" " +
+        pixels + "><TiffData/></Pixels></Image>" + more + "</OME>";
+    write_tiff(path, pages, o);
+  };
+  // The channel of page k: k % 2 (XYCZT, channel fastest) or k / 3 (XYZCT).
+  for (const auto& [order, page_of] :
+       {std::pair<std::string, int64_t (*)(int64_t, int64_t)>{"XYCZT", [](int64_t z, int64_t c) { return z * 2 + c; }},
+        {"XYZCT", [](int64_t z, int64_t c) { return c * 3 + z; }}}) {
+    CAPTURE(order);
+    write("DimensionOrder=\"" + order + "\" SizeC=\"2\" SizeZ=\"3\" SizeT=\"1\"");
+    const TiffVolume v = read_tiff(path);
+    REQUIRE(v.data.shape() == Shape{3, 2, 3, 2});
+    for (int64_t z = 0; z < 3; ++z)
+      for (int64_t c = 0; c < 2; ++c) CHECK(v.data.data<float>()[(z * 6) * 2 + c] == float(page_of(z, c)));
+    // The label map's description would claim 2 channels x 3 slices of another type.
+    CHECK(tiff_options_like(v, Tensor::zeros({3, 2, 3}, DType::u8)).tags.description.empty());
+  }
+  write("DimensionOrder='XYZCT' SizeC='1' SizeZ='6' SizeT='1'");
+  CHECK(read_tiff(path).data.shape() == Shape{6, 2, 3, 1});
+  const auto error = [&](const std::string& pixels, const std::string& more = "") {
+    write(pixels, more);
+    return error_of([&] { read_tiff(path); });
+  };
+  CHECK(error("DimensionOrder=\"XYCZT\" SizeC=\"1\" SizeZ=\"3\" SizeT=\"2\"") ==
+        path +
+            ": OME-XML description has SizeT=2: a time series; expected one volume (save each time point as its "
+            "own file)");
+  CHECK(error("DimensionOrder=\"XYCZT\" SizeC=\"2\" SizeZ=\"2\" SizeT=\"1\"") ==
+        path +
+            ": OME-XML description has SizeC=2 and SizeZ=2 (4 pages) but the file has 6 pages; expected them to "
+            "agree");
+  CHECK(error("DimensionOrder=\"XYCZQ\" SizeC=\"2\" SizeZ=\"3\" SizeT=\"1\"") ==
+        path +
+            ": OME-XML description has DimensionOrder=\"XYCZQ\"; expected XY then C, Z and T in any order "
+            "(XYCZT, XYZCT, ...)");
+  CHECK(error("DimensionOrder=\"XYCZT\" SizeC=\"two\" SizeZ=\"3\" SizeT=\"1\"") ==
+        path + ": OME-XML description has SizeC=\"two\"; expected an integer 1 to 64");
+  CHECK(error("DimensionOrder=\"XYCZT\" SizeC=\"1\" SizeZ=\"6\" SizeT=\"1\"",
+              "<Image ID=\"Image:1\"><Pixels DimensionOrder=\"XYCZT\" SizeC=\"1\" SizeZ=\"6\" SizeT=\"1\"/></Image>") ==
+        path + ": OME-XML description has 2 Pixels elements (images); expected one (save each image as its own file)");
+  CHECK(error("DimensionOrder=\"XYCZT\" SizeC=\"1\" SizeZ=\"6\" SizeT=\"1").find("not well-formed") !=
+        std::string::npos);
   fs::remove_all(dir);
 }
