@@ -61,13 +61,16 @@ void remove_temporary_files_on_signals() {
   }
 }
 
-AtomicFile::AtomicFile(const std::string& target) : target_(target) {
+std::string temporary_path(const std::string& target) {
   const std::filesystem::path t(target);
   // ".tmpPID.NAME": hidden, unique to the process, and ending as the target does (nifticlib reads the format from the
   // ending). Built with append: GCC 12 warns falsely about "literal" + std::string temporaries (its bug 105329).
   std::string name(".tmp");
   name.append(std::to_string(::getpid())).append(".").append(t.filename().string());
-  temp_ = (t.parent_path() / name).string();
+  return (t.parent_path() / name).string();
+}
+
+AtomicFile::AtomicFile(const std::string& target) : target_(target), temp_(temporary_path(target)) {
   slot_ = track(temp_);
 }
 

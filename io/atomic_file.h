@@ -23,6 +23,10 @@ class AtomicFile {
   int slot_ = -1;  // in the table the signal handler reads
 };
 
+// The name AtomicFile writes `target` under: ".tmpPID.NAME" for a target named NAME, in the same directory. Longer
+// than NAME, so it is the name that must fit the file system's NAME_MAX.
+std::string temporary_path(const std::string& target);
+
 // What `path` is when it is not a regular file: readers open regular files only, since reading a FIFO (named pipe)
 // blocks until someone writes to it and a directory fails with an obscure message. "" when `path` is a regular file
 // (symbolic links followed) or does not exist (the caller says what a missing file means); else "not a regular file

@@ -7,19 +7,13 @@
 
 namespace unet::io {
 
-namespace {
-bool is_nifti_name(const std::string& name) {
-  return (name.size() > 4 && name.ends_with(".nii")) || (name.size() > 7 && name.ends_with(".nii.gz"));
-}
-}  // namespace
-
 bool is_image_name(const std::string& path) {
-  return is_nifti_name(std::filesystem::path(path).filename().string()) || is_tiff_name(path);
+  return !nifti_ending(path).empty() || is_tiff_name(path);
 }
 
 std::string image_stem(const std::string& path) {
   const std::string name = std::filesystem::path(path).filename().string();
-  if (name.ends_with(".nii.gz")) return name.substr(0, name.size() - 7);
+  if (nifti_ending(name) == ".nii.gz") return name.substr(0, name.size() - 7);
   return name.substr(0, name.rfind('.'));  // the whole name when it has no dot
 }
 

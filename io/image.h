@@ -20,7 +20,8 @@ struct Image {
   std::optional<TiffVolume> tiff;    // the sample type, compression and tags of a TIFF file (its data is `data`)
 };
 
-// Whether a file name is one of the formats above (.nii, .nii.gz, .tif, .tiff; TIFF in any case).
+// Whether a file name is one of the formats above (.nii, .nii.gz, .tif, .tiff; in any case, as every directory of
+// inputs is listed: "B.NII.GZ" is read as a NIfTI file).
 bool is_image_name(const std::string& path);
 // The file name without its format's extension: "case_001" for ".../case_001.nii.gz".
 std::string image_stem(const std::string& path);

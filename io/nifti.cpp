@@ -30,8 +30,22 @@ namespace {
   throw std::runtime_error(path + ": " + what);
 }
 
-bool ends_with(const std::string& s, const std::string& suffix) {
-  return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
+std::string lower(std::string s) {
+  for (char& c : s) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  return s;
+}
+
+// Checks that `path` ends in .nii or .nii.gz in lower or upper case (`otherwise` is the message when it has neither):
+// nifticlib finds a file by its ending in one case only (".Nii.gz" is "not valid" to it), and reads ".GZ" as gzip.
+void check_nifti_name(const std::string& path, const std::string& otherwise) {
+  const std::string ending = nifti_ending(path);
+  if (ending.empty()) fail(path, otherwise);
+  const std::string actual = path.substr(path.size() - ending.size());
+  std::string upper = ending;
+  for (char& c : upper) c = static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
+  if (actual != ending && actual != upper)
+    fail(path, "the ending " + actual + " mixes lower and upper case, which nifticlib cannot read; expected " + ending +
+                   " or " + upper);
 }
 
 std::string num(double v) {
@@ -221,8 +235,7 @@ std::string datatype_name(int64_t datatype) {
   std::string s = nifti_datatype_to_string(static_cast<int>(datatype));
   for (const char* prefix : {"NIFTI_TYPE_", "DT_"})
     if (s.starts_with(prefix)) s = s.substr(std::strlen(prefix));
-  for (char& c : s) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-  return s;
+  return lower(s);
 }
 
 // The bits per voxel of the datatypes read_nifti converts, or 0 for any other datatype code.
@@ -407,13 +420,19 @@ NiftiGeometry NiftiVolume::geometry() const {
   return g;
 }
 
+std::string nifti_ending(const std::string& path) {
+  const std::string name = lower(std::filesystem::path(path).filename().string());
+  for (const char* ending : {".nii.gz", ".nii"})
+    if (name.size() > std::strlen(ending) && name.ends_with(ending)) return ending;
+  return "";
+}
+
 NiftiVolume read_nifti(const std::string& path) {
   nifti_set_debug_level(0);  // nifticlib prints its own errors otherwise; ours name the file
   if (!std::filesystem::exists(path)) fail(path, "no such file");
   // nifticlib would open a FIFO and block until someone writes to it, or fail obscurely on a directory.
   if (!std::filesystem::is_regular_file(path)) fail(path, "not a regular file (expected a .nii or .nii.gz file)");
-  if (!ends_with(path, ".nii") && !ends_with(path, ".nii.gz"))
-    fail(path, "not a NIfTI file name (expected .nii or .nii.gz)");
+  check_nifti_name(path, "not a NIfTI file name (expected .nii or .nii.gz)");
   check_magic(path);
   const int version = check_header_fields(path);
   auto header = std::make_shared<NiftiHeader>();
@@ -465,7 +484,7 @@ NiftiVolume read_nifti(const std::string& path) {
 
 void write_nifti(const std::string& path, const Tensor& data, const NiftiVolume& like) {
   nifti_set_debug_level(0);
-  if (!ends_with(path, ".nii") && !ends_with(path, ".nii.gz")) fail(path, "output name must end in .nii or .nii.gz");
+  check_nifti_name(path, "output name must end in .nii or .nii.gz");
   check_arg(data.rank() == 3 || data.rank() == 4,
             path + ": expected [Z, Y, X] or [Z, Y, X, C] data, got " + data.describe());
   const nifti_image* src = like.header->nim;
@@ -522,7 +541,7 @@ void write_nifti(const std::string& path, const Tensor& data, const NiftiVolume&
   if (!target.parent_path().empty() && !fs::is_directory(target.parent_path()))
     fail(path, "output directory " + target.parent_path().string() + " does not exist");
   AtomicFile file(path);
-  write_single_file(file.temp_path(), nim.get(), nifti_type == NIFTI_FTYPE_NIFTI2_1, ends_with(path, ".gz"));
+  write_single_file(file.temp_path(), nim.get(), nifti_type == NIFTI_FTYPE_NIFTI2_1, nifti_ending(path) == ".nii.gz");
   // nifticlib reports write errors only on stderr: verify the file by reading its header back.
   nifti_image* check = nifti_image_read(file.temp_path().c_str(), 0);
   bool ok = check && check->nx == nx && check->ny == ny && check->nz == nz && check->datatype == datatype;

@@ -43,18 +43,23 @@ struct NiftiVolume {
 // and nibabel take it. pixdim and the qform / sform (origin included) are in this unit.
 double nifti_space_unit_mm(int xyz_units);
 
+// The NIfTI ending of a file name, ".nii" or ".nii.gz", matched in any case (".NII.GZ" gives ".nii.gz"), or "" when
+// the name has neither (or is only the ending).
+std::string nifti_ending(const std::string& path);
+
 // Reads a NIfTI-1 or NIfTI-2 file (.nii or .nii.gz), 3D or 4D (channels). Throws std::runtime_error naming the file
 // and what is wrong (missing, not a regular file, not NIfTI, more than 4 dimensions, too large), the header field at
 // fault (sizeof_hdr or the magic of a single-file NIfTI-1 or NIfTI-2, a datatype other than uint8, int8, int16,
 // uint16, int32, float32 or float64 or a bitpix that disagrees with it, an extent below 1 in dim[1..dim[0]], extents
 // whose product overflows, a voxel size pixdim[1..3] of a used axis that is not finite and > 0, a vox_offset inside
 // the header), or the first bad voxel (NaN or infinite values, values that overflow f32 as stored or after
-// scl_slope / scl_inter).
+// scl_slope / scl_inter). The ending may be upper case (.NII, .NII.GZ); one of mixed case (.Nii.gz), which nifticlib
+// cannot find, is refused by name.
 NiftiVolume read_nifti(const std::string& path);
 
 // Writes data ([Z, Y, X] or [Z, Y, X, C]; u8, i32 or f32) with the header of `like`: same grid, pixdim, qform, sform,
-// units and NIfTI version; the datatype follows the tensor and scaling is reset. .nii.gz compresses. Written to a
-// temporary name and renamed into place, so a failure leaves no partial file.
+// units and NIfTI version; the datatype follows the tensor and scaling is reset. .nii.gz (or .NII.GZ) compresses.
+// Written to a temporary name and renamed into place, so a failure leaves no partial file.
 void write_nifti(const std::string& path, const Tensor& data, const NiftiVolume& like);
 
 // A fresh NIfTI-1 header (no voxel data: `data` stays undefined) for volumes of `shape` ([Z, Y, X] or [Z, Y, X, C])

@@ -29,7 +29,7 @@ Predictor::Predictor(const std::string& checkpoint, const PredictorOptions& o)
     : Predictor(read_weights(checkpoint), checkpoint, o) {}
 
 Predictor::Predictor(const io::SafetensorsContent& weights, const std::string& checkpoint, const PredictorOptions& o)
-    : card_(inference_card(weights, checkpoint)), precision_(o.precision) {
+    : checkpoint_(checkpoint), card_(inference_card(weights, checkpoint)), precision_(o.precision) {
   try {
     net_ = make_network(card_);
   } catch (const std::invalid_argument& e) {
@@ -55,9 +55,10 @@ bool needs_resampling(const std::array<double, 3>& spacing, const ModelCard& car
   return resample;
 }
 
-void check_logits(const Tensor& logits, const std::string& source) {
+// The input and the checkpoint are both named: finite weights too large for f32 overflow the logits of any input.
+void check_logits(const Tensor& logits, const std::string& source, const std::string& checkpoint) {
   if (std::string why = io::nonfinite_problem(logits); !why.empty())
-    throw std::runtime_error(source + ": the network's output (logits) has " + why +
+    throw std::runtime_error(source + ": the network's output (logits) with the weights of " + checkpoint + ": " + why +
                              "; expected finite values (a damaged model or extreme input values?)");
 }
 }  // namespace
@@ -85,7 +86,7 @@ Segmentation Predictor::segment(const io::Image& volume, const std::string& sour
     const int64_t h = window_.patch[window_.patch.size() - 2], w = window_.patch.back();
     image = io::resize_planes(image, h, w);
     const Tensor logits = predict_volume(*net_, image, window_, precision_);
-    check_logits(logits, source);
+    check_logits(logits, source, checkpoint_);
     probabilities = io::resize_planes(softmax_channels(logits), full[1], full[2]);
     out.grid = {full[0], h, w};
     out.resampled = h != full[1] || w != full[2];
@@ -121,7 +122,7 @@ Tensor Predictor::nnunet_probabilities(const io::Image& volume, const std::strin
   // Probabilities on the model's grid, back on the cropped grid (linear, nearest along a separate axis, as nnU-Net),
   // then in the whole volume (background outside the box).
   const Tensor logits = predict_volume(*net_, image, window_, precision_);
-  check_logits(logits, source);
+  check_logits(logits, source, checkpoint_);
   Tensor probabilities = softmax_channels(logits);
   if (resample) probabilities = io::resize_image(probabilities, box.size(), io::label_orders(separate));
   if (box.size() != full) {

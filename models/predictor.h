@@ -51,6 +51,7 @@ class Predictor {
   Predictor(const io::SafetensorsContent& weights, const std::string& checkpoint, const PredictorOptions& options);
   // nnU-Net's way (segment): the probabilities on the volume's grid; out->grid and out->resampled.
   Tensor nnunet_probabilities(const io::Image& volume, const std::string& source, Segmentation* out) const;
+  std::string checkpoint_;  // its path, for messages
   ModelCard card_;
   std::unique_ptr<Network> net_;
   SlidingWindowOptions window_;

@@ -52,9 +52,11 @@ std::vector<std::string> temporaries(const std::string& root) {
   return found;
 }
 
-// A small model card and random weights for `channels` input channels and an 8^3 patch (`edit` may change the card).
+// A small model card and random weights for `channels` input channels and an 8^3 patch (`edit` may change the card,
+// `edit_net` the weights).
 std::string write_random_model(const std::string& path, int channels,
-                               const std::function<void(models::ModelCard&)>& edit = nullptr) {
+                               const std::function<void(models::ModelCard&)>& edit = nullptr,
+                               const std::function<void(models::DynUNet&)>& edit_net = nullptr) {
   models::ModelCard card;
   const std::vector<int> patch = {8, 8, 8};
   models::UNetPlan plan = models::plan_unet(patch, {1, 1, 1}, 2);
@@ -67,6 +69,7 @@ std::string write_random_model(const std::string& path, int channels,
   models::DynUNet net(card.net);
   net.initialize(3);
   if (edit) edit(card);
+  if (edit_net) edit_net(net);
   models::save_weights(path, net, models::card_to_metadata(card));
   return path;
 }
@@ -194,6 +197,18 @@ TEST_CASE("unet_infer refuses FIFOs, directories and unwritable outputs with sta
        "--batch = 99999999999: expected a whole number (windows per forward pass, 1..1024)"},
       {"unet_infer", model + " --input " + d + "/images --output " + fx.out + " --batch 1000000", 2,
        "--batch 1000000: expected 1..1024"},
+      // An empty value is refused for every option, not taken as "not given" (0.5) or as a checkpoint named "".
+      {"unet_infer", model + image + file_out + " --overlap ''", 2,
+       "--overlap '': expected a number (window overlap in [0, 1))"},
+      {"unet_infer", " --model ''" + image + file_out, 2, "--model '': expected a non-empty value (weights file"},
+      // A name over NAME_MAX (255), and one under it whose temporary ".tmpPID.NAME" is over it.
+      {"unet_infer", model + image + " --output " + d + "/" + std::string(300, 'n') + ".nii.gz", 2,
+       "a file name of 307 characters; at most "},
+      {"unet_infer", model + image + " --output " + d + "/" + std::string(243, 'n') + ".nii.gz", 2,
+       "a file name of 250 characters; at most "},
+      // A label map's name that fits, whose probabilities' name does not.
+      {"unet_infer", model + image + " --output " + d + "/" + std::string(235, 'n') + ".nii.gz --save-probabilities", 2,
+       std::string(235, 'n') + "_probabilities.nii.gz: a file name of 256 characters; at most "},
   };
   check_cases(fx, cases);
 }
@@ -214,6 +229,11 @@ TEST_CASE("unet_eval refuses FIFOs and unwritable result files with status 2 bef
       {"unet_eval", dirs + " --json " + d + "/file.txt/dice.json", 2, d + "/file.txt is not a directory"},
       {"unet_eval", dirs + " --classes many", 2, "--classes = many: expected a whole number (number of classes"},
       {"unet_eval", dirs + " --classes -3", 2, "--classes -3: expected 2..1000"},
+      {"unet_eval", " --pred " + d + "/pred/a.nii.gz --label " + d + "/fifo.nii.gz", 2,
+       "--label " + d + "/fifo.nii.gz: not a regular file (a FIFO (named pipe)); expected a label map or a directory"},
+      {"unet_eval", " --pred " + d + "/pred/a.nii.gz --label " + d + "/nosuch.nii.gz", 2,
+       "--label " + d + "/nosuch.nii.gz: no such file or directory"},
+      {"unet_eval", dirs + " --json ''", 2, "--json '': expected a non-empty value (write the results as JSON"},
   };
   check_cases(fx, cases);
   CHECK_FALSE(fs::exists(d + "/pred/dice.json"));
@@ -275,6 +295,9 @@ TEST_CASE("unet_synth refuses garbage, negative and oversized numbers with statu
       {"unet_synth", out + " --seed -1", 2, "--seed '-1': expected a whole number 0..18446744073709551615"},
       {"unet_synth", out + " --seed 18446744073709551616", 2, "--seed '18446744073709551616': expected a whole"},
       {"unet_synth", out + " --channels 0", 2, "--channels: expected 1..16, got 0"},
+      {"unet_synth", out + " --dim 0", 2, "--dim 0: expected 2 or 3"},
+      {"unet_synth", out + " --train ''", 2, "--train '': expected a whole number (number of training cases"},
+      {"unet_synth", out + " --size ''", 2, "--size '': expected a non-empty value (volume size in voxels"},
       {"unet_synth", " --output " + fx.dir + "/file.txt/ds", 2,
        "--output " + fx.dir + "/file.txt/ds: " + fx.dir + "/file.txt is not a directory"},
   };
@@ -562,8 +585,9 @@ TEST_CASE("unet_train refuses --resume with --overwrite, and an empty --resume, 
   CHECK(run_guarded("unet_train", ini + " --resume " + dir + "/run --overwrite", &out) == 2);
   CHECK_MESSAGE(out.find("unet_train: --resume and --overwrite") != std::string::npos, out);
   CHECK(run_guarded("unet_train", ini + " --resume ''", &out) == 2);
-  CHECK_MESSAGE(
-      out.find("unet_train: --resume \"\": expected the directory of the run to continue") != std::string::npos, out);
+  CHECK_MESSAGE(out.find("unet_train: --resume '': expected a non-empty value (continue the run in this directory") !=
+                    std::string::npos,
+                out);
 }
 
 TEST_CASE(
@@ -1114,4 +1138,57 @@ TEST_CASE(
   CHECK_MESSAGE(out.find("are the same directory; expected the predictions and their references") != std::string::npos,
                 out);
   CHECK_FALSE(fs::exists(dir + "/ds/labelsTs/dice.json"));
+}
+
+TEST_CASE("unet_infer and unet_eval read NIfTI files of upper-case endings in directories, as TIFF's") {
+  test::TempDir tmp("hostile_upper_case");
+  const std::string& dir = tmp.path;
+  const std::string model = write_random_model(dir + "/model.safetensors", 1);
+  fs::create_directories(dir + "/in");
+  write_image(dir + "/in/a.nii", 8, 1);
+  write_image(dir + "/in/B.NII.GZ", 8, 2);
+  CHECK(bytes_of(dir + "/in/B.NII.GZ").starts_with("\x1f\x8b"));  // gzip, as nifticlib reads ".GZ"
+  std::string out;
+  REQUIRE_MESSAGE(
+      run_guarded("unet_infer", "--model " + model + " --input " + dir + "/in --output " + dir + "/out", &out) == 0,
+      out);
+  std::set<std::string> written;
+  for (const auto& e : fs::directory_iterator(dir + "/out")) written.insert(e.path().filename().string());
+  CHECK(written == std::set<std::string>{"a.nii", "B.NII.GZ"});  // the inputs' names
+  CHECK(bytes_of(dir + "/out/B.NII.GZ").starts_with("\x1f\x8b"));
+  CHECK(io::read_nifti(dir + "/out/B.NII.GZ").data.dim(0) == 8);
+
+  // Every reference is scored, c2.NII included: its missing prediction is an error.
+  fs::create_directories(dir + "/labels");
+  fs::create_directories(dir + "/pred");
+  for (const char* name : {"labels/c1.nii", "labels/c2.NII", "pred/c1.nii"}) write_labels(dir + "/" + name);
+  CHECK(run_guarded("unet_eval", "--pred " + dir + "/pred --label " + dir + "/labels --json " + dir + "/d.json",
+                    &out) == 1);
+  CHECK_MESSAGE(out.find("no prediction for 1 of 2 reference(s): c2.NII") != std::string::npos, out);
+
+  // nifticlib reads an ending in one case only: a mixed one is an error naming the file, not a case skipped.
+  fs::create_directories(dir + "/mixed");
+  fs::copy_file(dir + "/in/a.nii", dir + "/mixed/m.Nii");
+  CHECK(run_guarded("unet_infer", "--model " + model + " --input " + dir + "/mixed --output " + dir + "/out2", &out) ==
+        1);
+  CHECK_MESSAGE(out.find(dir + "/mixed/m.Nii: the ending .Nii mixes lower and upper case, which nifticlib cannot "
+                               "read; expected .nii or .NII") != std::string::npos,
+                out);
+}
+
+TEST_CASE("unet_infer names the checkpoint as well as the image when finite weights overflow the logits") {
+  test::TempDir tmp("hostile_huge_weights");
+  const std::string& dir = tmp.path;
+  const std::string model = write_random_model(dir + "/model.safetensors", 1, nullptr, [](models::DynUNet& net) {
+    for (Tensor& p : net.parameters()) std::fill_n(p.data<float>(), p.numel(), 1e30f);
+  });
+  write_image(dir + "/a.nii.gz", 8, 1);
+  std::string out;
+  CHECK(run_guarded("unet_infer", "--model " + model + " --input " + dir + "/a.nii.gz --output " + dir + "/seg.nii.gz",
+                    &out) == 1);
+  CHECK_MESSAGE(out.find("unet_infer: error: " + dir + "/a.nii.gz: the network's output (logits) with the weights of " +
+                         model + ": ") != std::string::npos,
+                out);
+  CHECK_MESSAGE(out.find(" NaN or infinite (first at ") != std::string::npos, out);
+  CHECK_FALSE(fs::exists(dir + "/seg.nii.gz"));
 }

@@ -28,34 +28,42 @@ struct UsageError : std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
+// What an option's value must be, for messages: "a number (window overlap in [0, 1))", from its type and description.
+inline std::string expected_value(const CLI::Option& opt) {
+  const std::string type = opt.get_type_name();
+  const char* what = type == "INT"     ? "a whole number"
+                     : type == "UINT"  ? "a whole number >= 0"
+                     : type == "FLOAT" ? "a number"
+                                       : "a non-empty value";
+  return what + (" (" + opt.get_description() + ")");
+}
+
 // Parses the command line: nothing when the tool should go on; otherwise its exit status (0 after --help, 2 after a
-// parse error, reported as "TOOL: message" and a hint).
+// parse error, reported as "TOOL: message" and a hint). An option given an empty value (--overlap '') is a
+// parse error too, for every option of every tool: CLI11 would take it as "not given", or as 0 for a number.
 inline std::optional<int> parse_command_line(CLI::App& app, int argc, char** argv, const char* tool) {
+  std::string message;
   try {
     app.parse(argc, argv);
+    for (const CLI::Option* opt : app.get_options())
+      if (opt->get_expected_min() > 0)  // takes a value (flags do not)
+        for (const std::string& value : opt->results())
+          if (value.empty() && message.empty()) message = opt->get_name() + " '': expected " + expected_value(*opt);
+    if (message.empty()) return std::nullopt;
   } catch (const CLI::CallForHelp& e) {
     return app.exit(e);
   } catch (const CLI::ConversionError& e) {
     // CLI11 names the option and the value ("Could not convert: --batch = 99999999999") but not what was expected.
-    std::string message = e.what();
+    message = e.what();
     const std::string prefix = "Could not convert: ";
-    if (const size_t eq = message.find(" = "); message.starts_with(prefix) && eq != std::string::npos) {
-      if (const CLI::Option* opt = app.get_option_no_throw(message.substr(prefix.size(), eq - prefix.size()))) {
-        const std::string type = opt->get_type_name();
-        const char* expected = type == "INT"     ? "a whole number"
-                               : type == "UINT"  ? "a whole number >= 0"
-                               : type == "FLOAT" ? "a number"
-                                                 : "a value";
-        message = message.substr(prefix.size()) + ": expected " + expected + " (" + opt->get_description() + ")";
-      }
-    }
-    std::fprintf(stderr, "%s: %s\nRun with --help for usage.\n", tool, message.c_str());
-    return 2;
+    if (const size_t eq = message.find(" = "); message.starts_with(prefix) && eq != std::string::npos)
+      if (const CLI::Option* opt = app.get_option_no_throw(message.substr(prefix.size(), eq - prefix.size())))
+        message = message.substr(prefix.size()) + ": expected " + expected_value(*opt);
   } catch (const CLI::ParseError& e) {
-    std::fprintf(stderr, "%s: %s\nRun with --help for usage.\n", tool, e.what());
-    return 2;
+    message = e.what();
   }
-  return std::nullopt;
+  std::fprintf(stderr, "%s: %s\nRun with --help for usage.\n", tool, message.c_str());
+  return 2;
 }
 
 using io::regular_file_problem;  // every reader's one probe (io/atomic_file.h)
@@ -88,12 +96,28 @@ inline std::string directory_write_problem(const std::filesystem::path& dir) {
   return "";
 }
 
-// Why the output file `file` cannot be written, or "": it is something other than a regular file, or its directory
-// does not exist, is not a directory or refuses new files. Tools check their outputs before the work, so a typo in an
-// output path costs a message rather than the work.
+// Why the output file `file` cannot be written for its name's length, or "": it is written as ".tmpPID.NAME" first
+// (io::AtomicFile), and that longer name must fit NAME_MAX (its directory's, or Linux's 255 when the directory does
+// not exist yet); otherwise the write fails with "File name too long" after the work.
+inline std::string output_name_problem(const std::filesystem::path& file) {
+  const std::string temporary = std::filesystem::path(io::temporary_path(file.string())).filename().string();
+  const std::string dir = file.parent_path().empty() ? "." : file.parent_path().string();
+  const long name_max = ::pathconf(dir.c_str(), _PC_NAME_MAX);
+  const size_t limit = name_max > 0 ? static_cast<size_t>(name_max) : 255;
+  if (temporary.size() <= limit) return "";
+  const size_t extra = temporary.size() - file.filename().string().size();
+  return "a file name of " + std::to_string(file.filename().string().size()) + " characters; at most " +
+         std::to_string(limit > extra ? limit - extra : 0) + " are allowed (written as " + temporary.substr(0, extra) +
+         "NAME first, and names are limited to " + std::to_string(limit) + ")";
+}
+
+// Why the output file `file` cannot be written, or "": it is something other than a regular file, its name is too
+// long (output_name_problem), or its directory does not exist, is not a directory or refuses new files. Tools check
+// their outputs before the work, so a typo in an output path costs a message rather than the work.
 inline std::string output_file_problem(const std::filesystem::path& file) {
   namespace fs = std::filesystem;
   if (std::string p = regular_file_problem(file.string()); !p.empty()) return p;
+  if (std::string p = output_name_problem(file); !p.empty()) return p;
   const fs::path dir = file.parent_path().empty() ? fs::path(".") : file.parent_path();
   std::error_code ec;
   const fs::file_status st = fs::status(dir, ec);

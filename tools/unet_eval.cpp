@@ -154,12 +154,20 @@ int main(int argc, char** argv) {
   app.add_option("--json", json_path, "write the results as JSON to this file (default: PRED/dice.json)");
   if (auto status = unet::tools::parse_command_line(app, argc, argv, "unet_eval")) return *status;
   return unet::tools::run_tool("unet_eval", [&] {
-    // Two directories, or two files (one pair).
-    const bool pair_of_files = fs::is_regular_file(label_dir);
-    for (auto* d : {&pred_dir, &label_dir})
-      if (pair_of_files ? !fs::is_regular_file(*d) : !fs::is_directory(*d))
-        throw UsageError(
-            *d + (pair_of_files ? ": not a file (--label is a file, so --pred must be one)" : ": not a directory"));
+    // Two directories, or two files (one pair): --label says which, so it is checked first.
+    std::error_code label_error;
+    const fs::file_status label_status = fs::status(label_dir, label_error);
+    if (label_status.type() == fs::file_type::not_found)
+      throw UsageError("--label " + label_dir + ": no such file or directory");
+    if (label_error) throw UsageError("--label " + label_dir + ": cannot be examined: " + label_error.message());
+    if (!fs::is_regular_file(label_status) && !fs::is_directory(label_status))
+      throw UsageError("--label " + label_dir + ": " + unet::tools::regular_file_problem(label_dir) +
+                       "; expected a label map or a directory of them");
+    const bool pair_of_files = fs::is_regular_file(label_status);
+    if (pair_of_files ? !fs::is_regular_file(pred_dir) : !fs::is_directory(pred_dir))
+      throw UsageError("--pred " + pred_dir +
+                       (pair_of_files ? ": not a file (--label is a file, so --pred must be one)"
+                                      : ": not a directory (--label is one, so --pred must be one)"));
     if (label_scale < 1 || label_scale > 255)
       throw UsageError("--label-scale " + std::to_string(label_scale) + ": expected 1..255");
     if ((classes != 0 || app.count("--classes") > 0) && (classes < 2 || classes > kMaxClasses))

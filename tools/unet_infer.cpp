@@ -127,7 +127,7 @@ int main(int argc, char** argv) {
 
     std::vector<std::pair<std::vector<fs::path>, fs::path>> jobs;  // input (one file per channel) -> output
     if (fs::is_directory(input)) {
-      if (fs::exists(output) && !fs::is_directory(output))
+      if (std::error_code ec; fs::exists(output, ec) && !fs::is_directory(output, ec))
         throw UsageError("--output " + output + ": must be a directory when --input is one");
       if (std::string why = tools::output_directory_problem(output); !why.empty())
         throw UsageError("--output " + output + ": " + why);
@@ -182,20 +182,24 @@ int main(int argc, char** argv) {
                          "; expected a .nii, .nii.gz, .tif or .tiff file or a directory of them");
       if (!io::is_image_name(input))
         throw UsageError("--input " + input + ": expected a .nii, .nii.gz, .tif or .tiff file");
-      fs::path out = fs::is_directory(output) ? fs::path(output) / fs::path(input).filename() : fs::path(output);
+      std::error_code ec;  // a name too long to examine is output_file_problem's to report
+      fs::path out = fs::is_directory(output, ec) ? fs::path(output) / fs::path(input).filename() : fs::path(output);
       if (!io::is_image_name(out.string()))
         throw UsageError("--output " + output + ": expected a .nii, .nii.gz, .tif or .tiff name or a directory");
       if (std::string why = tools::output_file_problem(out); !why.empty())
         throw UsageError("--output " + output + ": " + why);
       jobs.push_back({{fs::path(input)}, out});
     }
-    // Every file the run writes, label maps and probabilities alike, must have a name of its own: two spellings of
-    // a format (a.nii and a.nii.gz, a.tif and a.tiff) give one name, and so do a case `y`'s probabilities and a
-    // case named `y_probabilities`. Refused before any work. (a.nii.gz and a.tif do not collide.)
+    // Every file the run writes, label maps and probabilities alike, must have a name short enough to write and a
+    // name of its own: two spellings of a format (a.nii and a.nii.gz, a.tif and a.tiff) give one name, and so do a
+    // case `y`'s probabilities and a case named `y_probabilities`. Refused before any work. (a.nii.gz and a.tif do
+    // not collide.)
     std::map<std::string, fs::path> written;  // output directory / stem and format -> the input writing it
     for (const auto& [ins, out] : jobs)
       for (const fs::path& o : {out, probabilities_of(out)}) {
         if (o != out && !save_probabilities) continue;
+        if (std::string why = tools::output_name_problem(o); !why.empty())
+          throw UsageError("--output " + output + ": " + o.string() + ": " + why);
         const std::string stem = (o.parent_path() / io::image_stem(o.string())).string();
         const auto [it, fresh] = written.emplace(stem + (io::is_tiff_name(o.string()) ? " tiff" : " nifti"), ins[0]);
         if (!fresh)

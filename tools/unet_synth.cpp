@@ -83,7 +83,7 @@ void check_resources(const unet::io::SynthOptions& o, const std::string& size, c
 int main(int argc, char** argv) {
   unet::io::SynthOptions o;
   std::string size = "48,48,48", spacing = "1,1,1", seed = "0";
-  int dim = 0;  // 0: 2 for --format isbi, else 3
+  int dim = 3;  // without --dim: 2 for --format isbi, else 3
   CLI::App app{
       "Writes a synthetic 3D (or 2D) segmentation dataset in the Medical Segmentation Decathlon layout:\n"
       "DIR/dataset.json, imagesTr/, labelsTr/, imagesTs/ and labelsTs/ (test labels, for Dice on unseen cases),\n"
@@ -95,9 +95,10 @@ int main(int argc, char** argv) {
       ->required();
   app.add_option("--train", o.train, "number of training cases, 0..100000")->capture_default_str();
   app.add_option("--test", o.test, "number of test cases, 0..100000")->capture_default_str();
-  app.add_option("--dim", dim,
-                 "3 (volumes) or 2 (slices: --size Y,X, the middle plane of 3D shapes; the default and only choice "
-                 "for --format isbi)");
+  auto* dim_option =
+      app.add_option("--dim", dim,
+                     "3 (volumes) or 2 (slices: --size Y,X, the middle plane of 3D shapes; the default and only choice "
+                     "for --format isbi)");
   app.add_option("--size", size, "volume size in voxels, Z,Y,X (Y,X with --dim 2; or one number), each 8..1024")
       ->capture_default_str();
   app.add_option("--spacing", spacing,
@@ -115,10 +116,9 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   if (auto status = unet::tools::parse_command_line(app, argc, argv, "unet_synth")) return *status;
   return unet::tools::run_tool("unet_synth", [&] {
-    o.dim = dim != 0 ? dim : (o.format == "isbi" ? 2 : 3);
+    if (dim != 2 && dim != 3) throw unet::io::SynthOptionsError("--dim " + std::to_string(dim) + ": expected 2 or 3");
+    o.dim = dim_option->count() > 0 ? dim : (o.format == "isbi" ? 2 : 3);
     if (o.format == "isbi" && classes->count() == 0) o.classes = 2;  // membrane and cell
-    if (o.dim != 2 && o.dim != 3)
-      throw unet::io::SynthOptionsError("--dim: expected 2 or 3, got " + std::to_string(dim));
     if (o.dim == 2 && size == "48,48,48") size = "48,48";  // the 3D defaults, in 2D
     if (o.dim == 2 && spacing == "1,1,1") spacing = "1";
     o.size = parse_triple<int64_t>(size, "--size", o.dim, 1);

@@ -365,8 +365,6 @@ int main(int argc, char** argv) {
   }
   return unet::tools::run_tool("unet_train", [&] {
     if (path.empty()) throw UsageError("missing CONFIG.ini (run with --help)");
-    if (app.count("--resume") > 0 && resume.empty())
-      throw UsageError("--resume \"\": expected the directory of the run to continue");
     if (!resume.empty() && overwrite)
       throw UsageError("--resume and --overwrite: --resume continues the run in " + resume +
                        ", --overwrite replaces it; give one of them");
