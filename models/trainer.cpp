@@ -291,6 +291,19 @@ struct Trainer::State {
   void save_checkpoint(int64_t step) const {
     if (!lead()) return;
     check_state_finite(step);
+    write_checkpoint(step);
+  }
+
+  // The weights for inference and the checkpoint.
+  void save(int64_t step) const {
+    if (!lead()) return;
+    check_state_finite(step);
+    save_weights((dir / "model.safetensors").string(), *net, card_to_metadata(card));
+    write_checkpoint(step);
+  }
+
+  // save_checkpoint's file, the state already checked.
+  void write_checkpoint(int64_t step) const {
     io::NamedTensors tensors;
     for (auto& [name, p] : net->named_state()) tensors.emplace_back("model." + name, p.to(Device::cpu));
     for (auto& [name, t] : opt->state()) tensors.emplace_back("optimizer." + name, t.to(Device::cpu));
@@ -304,14 +317,6 @@ struct Trainer::State {
                      {"best_val_mean_dice", exact(best_dice)},
                      {"config", o.config_text}});
     io::write_safetensors((dir / "checkpoint.safetensors").string(), tensors, metadata);
-  }
-
-  // The weights for inference and the checkpoint.
-  void save(int64_t step) const {
-    if (!lead()) return;
-    check_state_finite(step);
-    save_weights((dir / "model.safetensors").string(), *net, card_to_metadata(card));
-    save_checkpoint(step);
   }
 
   // Restores the state save_checkpoint wrote (every rank reads the file) and returns its step. Every tensor and entry
