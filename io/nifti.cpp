@@ -35,17 +35,10 @@ std::string lower(std::string s) {
   return s;
 }
 
-// Checks that `path` ends in .nii or .nii.gz in lower or upper case (`otherwise` is the message when it has neither):
-// nifticlib finds a file by its ending in one case only (".Nii.gz" is "not valid" to it), and reads ".GZ" as gzip.
+// Checks that `path` ends in .nii or .nii.gz in lower or upper case (`otherwise` is the message when it has neither).
 void check_nifti_name(const std::string& path, const std::string& otherwise) {
-  const std::string ending = nifti_ending(path);
-  if (ending.empty()) fail(path, otherwise);
-  const std::string actual = path.substr(path.size() - ending.size());
-  std::string upper = ending;
-  for (char& c : upper) c = static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
-  if (actual != ending && actual != upper)
-    fail(path, "the ending " + actual + " mixes lower and upper case, which nifticlib cannot read; expected " + ending +
-                   " or " + upper);
+  if (nifti_ending(path).empty()) fail(path, otherwise);
+  if (std::string why = nifti_case_problem(path); !why.empty()) fail(path, why);
 }
 
 std::string num(double v) {
@@ -425,6 +418,18 @@ std::string nifti_ending(const std::string& path) {
   for (const char* ending : {".nii.gz", ".nii"})
     if (name.size() > std::strlen(ending) && name.ends_with(ending)) return ending;
   return "";
+}
+
+// nifticlib finds a file by its ending in one case only (".Nii.gz" is "not valid" to it), and reads ".GZ" as gzip.
+std::string nifti_case_problem(const std::string& path) {
+  const std::string ending = nifti_ending(path);
+  if (ending.empty()) return "";
+  const std::string actual = path.substr(path.size() - ending.size());
+  std::string upper = ending;
+  for (char& c : upper) c = static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
+  if (actual == ending || actual == upper) return "";
+  return "the ending " + actual + " mixes lower and upper case, which nifticlib cannot read; expected " + ending +
+         " or " + upper;
 }
 
 NiftiVolume read_nifti(const std::string& path) {

@@ -47,6 +47,10 @@ double nifti_space_unit_mm(int xyz_units);
 // the name has neither (or is only the ending).
 std::string nifti_ending(const std::string& path);
 
+// Why a NIfTI name's ending cannot be read or written ("the ending .Nii.gz mixes lower and upper case ..."), or "":
+// nifticlib takes ".nii.gz" and ".NII.GZ" only. Tools check their output names with it before the work.
+std::string nifti_case_problem(const std::string& path);
+
 // Reads a NIfTI-1 or NIfTI-2 file (.nii or .nii.gz), 3D or 4D (channels). Throws std::runtime_error naming the file
 // and what is wrong (missing, not a regular file, not NIfTI, more than 4 dimensions, too large), the header field at
 // fault (sizeof_hdr or the magic of a single-file NIfTI-1 or NIfTI-2, a datatype other than uint8, int8, int16,

@@ -9,6 +9,8 @@
 #include <filesystem>
 #include <mutex>
 #include <nlohmann/json.hpp>
+#include <set>
+#include <string>
 #include <vector>
 
 #include "engine/random.h"
@@ -383,6 +385,28 @@ SynthPage make_synthetic_em_page(const SynthOptions& o, int index) {
   return page;
 }
 
+namespace {
+
+// The file that marks a directory as written by unet_synth: --overwrite replaces nothing else, since a real MSD or ISBI
+// dataset has the same layout and names.
+constexpr const char* kMarker = ".unet_synth";
+
+// Why the existing directory `dir` is not a dataset unet_synth wrote in full, or "" when it is: it lacks the marker,
+// or holds an entry unet_synth does not write (which --overwrite would delete).
+std::string not_ours(const fs::path& dir) {
+  if (!fs::exists(dir / kMarker))
+    return "holds a dataset that unet_synth did not write (no " + std::string(kMarker) + ")";
+  static const std::set<std::string> ours = {
+      kMarker,    "dataset.json",     "imagesTr",         "labelsTr",        "imagesTs",
+      "labelsTs", "train-volume.tif", "train-labels.tif", "test-volume.tif", "test-labels.tif"};
+  for (const fs::directory_entry& e : fs::directory_iterator(dir))
+    if (!ours.contains(e.path().filename().string()))
+      return "also holds " + e.path().filename().string() + ", which unet_synth did not write";
+  return "";
+}
+
+}  // namespace
+
 void write_synthetic_dataset(const SynthOptions& o) {
   validate_synth_options(o);
   fs::path target = fs::absolute(fs::path(o.output)).lexically_normal();
@@ -399,6 +423,10 @@ void write_synthetic_dataset(const SynthOptions& o) {
                                 "choose a new or empty directory");
       if (!o.overwrite)
         throw SynthOptionsError("--output: " + o.output + " already holds a dataset; pass --overwrite to replace it");
+      if (std::string why = not_ours(target); !why.empty())
+        throw SynthOptionsError("--output: " + o.output + " " + why +
+                                "; --overwrite replaces only a dataset unet_synth wrote, so remove it yourself or "
+                                "choose another directory");
       replace = true;
     }
   } else if (!fs::is_directory(target.parent_path(), ec)) {
@@ -524,6 +552,9 @@ void write_synthetic_dataset(const SynthOptions& o) {
                         {"channels", o.channels}, {"classes", o.classes}, {"noise_std", kSynthNoiseStd}};
       write_file_atomically((staging / "dataset.json").string(), j.dump(2) + "\n");
     }
+
+    write_file_atomically((staging / kMarker).string(),
+                          "This directory was written by unet_synth; unet_synth --overwrite may replace it.\n");
 
     // Swap the finished dataset into place. An existing one is moved aside first and deleted only afterwards.
     fs::path old = target.parent_path() / ("." + target.filename().string() + ".old" + pid);

@@ -30,7 +30,7 @@ struct SynthOptions {
   int channels = 1;                         // image channels (4D NIfTI when > 1)
   int classes = 3;                          // label values 0..classes-1, 0 = background
   uint64_t seed = 0;
-  bool overwrite = false;  // replace an existing dataset (a directory holding dataset.json or train-volume.tif)
+  bool overwrite = false;  // replace a dataset unet_synth wrote (write_synthetic_dataset)
   // The layout (io/dataset.h): msd (one file per case), nnunetv2 (one file per channel, labels by name) or isbi
   // (ISBI 2012: each case an EM-like page of size[1] x size[2] (make_synthetic_em_page; size[0] unused) in
   // train-volume.tif / test-volume.tif, 8-bit; labels 0 (membrane) / 255 (cell) in train-labels.tif /
@@ -76,7 +76,8 @@ std::string synthetic_case_id(const SynthOptions& o, int index);
 
 // Writes o.output/{dataset.json, imagesTr, labelsTr, imagesTs, labelsTs} (the ISBI layout: its four TIFF files).
 // Everything is built in a hidden sibling directory and renamed into place at the end, so a failure never leaves a
-// partial dataset. o.output must not exist, be an empty directory, or (with o.overwrite) hold a previous dataset.json.
+// partial dataset. o.output must not exist, be an empty directory, or (with o.overwrite) hold a dataset unet_synth
+// wrote: its marker file .unet_synth and nothing it does not write (a real MSD or ISBI dataset is never replaced).
 // Throws SynthOptionsError for bad options or an occupied output, std::runtime_error for I/O failures.
 void write_synthetic_dataset(const SynthOptions& o);
 

@@ -13,6 +13,7 @@
 #include <cstring>
 #include <filesystem>
 #include <limits>
+#include <optional>
 #include <stdexcept>
 #include <vector>
 
@@ -580,6 +581,50 @@ PageLayout ome_layout(const std::string& path, const std::string& description, i
   return {per_slice, order.find('C') < order.find('Z')};
 }
 
+// The voxel spacing of an OME-XML description: its Pixels element's PhysicalSizeX, Y and Z, each in its own unit
+// (PhysicalSizeXUnit, ...; micrometres when not given, as the OME schema says), z isotropic with x when only X and Y
+// are given. Nothing when the description gives no X or Y size, or gives them in pixels (uncalibrated). A size that is
+// not a finite number > 0, or a unit that is not a length, is an error naming the attribute.
+std::optional<std::array<double, 3>> ome_spacing(const std::string& path, const std::string& description) {
+  bool complete = false;
+  const std::vector<XmlTag> tags = xml_start_tags(description, &complete);
+  const auto pixels = std::find_if(tags.begin(), tags.end(), [](const XmlTag& t) { return t.name == "Pixels"; });
+  if (pixels == tags.end()) return std::nullopt;
+  // Millimetres for one axis's size, 0 when not given, -1 when given in pixels.
+  const auto size_mm = [&](const std::string& axis) {
+    const std::string key = "PhysicalSize" + axis, v = (*pixels)[key];
+    if (v.empty()) return 0.0;
+    std::string unit = (*pixels)[key + "Unit"];
+    if (unit == "pixel") return -1.0;
+    for (const char* micro : {"&#181;m", "&#xB5;m", "&#xb5;m"})  // entities are not decoded by xml_start_tags
+      if (unit == micro) unit = "\xc2\xb5m";
+    const double unit_mm = unit.empty() ? 1e-3 : unit == "\xc3\x85" ? 1e-7 : unit == "pm" ? 1e-9 : unit_in_mm(unit);
+    if (unit_mm <= 0)
+      fail(path, "OME-XML description has " + key + "Unit=" + shown(unit) +
+                     "; expected a length (nm, \xc2\xb5m, mm, cm, m, ...) or pixel");
+    char* end = nullptr;
+    const double n = std::strtod(v.c_str(), &end);
+    if (end == v.c_str() || *end != '\0' || !(std::isfinite(n) && n > 0) || !std::isfinite(n * unit_mm) ||
+        n * unit_mm <= 0)
+      fail(path, "OME-XML description has " + key + "=" + shown(v) + "; expected a finite voxel size > 0");
+    return n * unit_mm;
+  };
+  const double x = size_mm("X"), y = size_mm("Y"), z = size_mm("Z");
+  if (x <= 0 || y <= 0) return std::nullopt;
+  return std::array<double, 3>{z > 0 ? z : x, y, x};
+}
+
+// The spacing of a volume: OME-XML's physical sizes where the description gives them, otherwise the ImageJ or
+// resolution tags' (spacing_from_tags).
+std::array<double, 3> volume_spacing(const std::string& path, const TiffTags& tags, bool* calibrated) {
+  if (is_ome(tags.description))
+    if (const auto s = ome_spacing(path, tags.description)) {
+      *calibrated = true;
+      return *s;
+    }
+  return spacing_from_tags(path, tags, calibrated);
+}
+
 // The page layout the description gives: ImageJ's channels= (channel fastest), OME-XML's sizes and order, or none.
 PageLayout page_layout(const std::string& path, const TiffTags& tags, int64_t pages, int64_t samples) {
   if (is_ome(tags.description)) return ome_layout(path, tags.description, pages, samples);
@@ -700,7 +745,7 @@ TiffVolume read_tiff(const std::string& path) {
   vol.compression = compression_of(first.compression);
   vol.tags = first_tags;
   // The calibration and the channels stored as pages (ImageJ, OME), checked before anything is allocated.
-  vol.spacing = spacing_from_tags(path, vol.tags, &vol.calibrated);
+  vol.spacing = volume_spacing(path, vol.tags, &vol.calibrated);
   const PageLayout layout = page_layout(path, vol.tags, nz, nc);
   vol.data = Tensor::empty({nz, ny, nx, nc});
   float* d = vol.data.data<float>();
@@ -821,7 +866,18 @@ TiffWriteOptions tiff_options_like(const TiffVolume& like, const Tensor& data) {
     o.tags.description = d;
   } else if (is_ome(like.tags.description)) {
     // OME-XML describes the input's channels, slices and type (and may name the file): none of it fits a label map.
+    // Its calibration is kept the way ImageJ writes one (micrometres), which read_tiff reads back.
     o.tags.description.clear();
+    if (like.calibrated) {
+      char d[160];
+      std::snprintf(d, sizeof d, "ImageJ=1.11a\nimages=%lld\nslices=%lld\nunit=micron\nspacing=%.9g\n",
+                    static_cast<long long>(data.dim(0)), static_cast<long long>(data.dim(0)), like.spacing[0] * 1e3);
+      o.tags.description = d;
+      o.tags.has_resolution = true;
+      o.tags.x_resolution = static_cast<float>(1.0 / (like.spacing[2] * 1e3));  // pixels per micrometre
+      o.tags.y_resolution = static_cast<float>(1.0 / (like.spacing[1] * 1e3));
+      o.tags.resolution_unit = RESUNIT_NONE;
+    }
   } else if (like.tags.description.starts_with("{") && like.tags.description.find("\"shape\"") != std::string::npos) {
     // tifffile's shaped series: the JSON gives the input array's shape, which a probabilities output (a sample per
     // class) does not have. The output's own shape instead, a trailing single channel left out as tifffile does.

@@ -201,6 +201,13 @@ TEST_CASE("unet_infer refuses FIFOs, directories and unwritable outputs with sta
       {"unet_infer", model + image + file_out + " --overlap ''", 2,
        "--overlap '': expected a number (window overlap in [0, 1))"},
       {"unet_infer", " --model ''" + image + file_out, 2, "--model '': expected a non-empty value (weights file"},
+      // "--model=" with nothing after it: not the next option ("--input") taken as its value.
+      {"unet_infer", " --model=" + image + file_out, 2, "--model '': expected a non-empty value (weights file"},
+      {"unet_infer", model + image + file_out + " --overlap= --batch 2", 2,
+       "--overlap '': expected a number (window overlap in [0, 1))"},
+      // An ending nifticlib cannot write, refused before the work (it failed at the write, after it).
+      {"unet_infer", model + image + " --output " + d + "/seg.Nii.gz", 2,
+       "--output " + d + "/seg.Nii.gz: the ending .Nii.gz mixes lower and upper case"},
       // A name over NAME_MAX (255), and one under it whose temporary ".tmpPID.NAME" is over it.
       {"unet_infer", model + image + " --output " + d + "/" + std::string(300, 'n') + ".nii.gz", 2,
        "a file name of 307 characters; at most "},
@@ -234,6 +241,7 @@ TEST_CASE("unet_eval refuses FIFOs and unwritable result files with status 2 bef
       {"unet_eval", " --pred " + d + "/pred/a.nii.gz --label " + d + "/nosuch.nii.gz", 2,
        "--label " + d + "/nosuch.nii.gz: no such file or directory"},
       {"unet_eval", dirs + " --json ''", 2, "--json '': expected a non-empty value (write the results as JSON"},
+      {"unet_eval", " --pred= --label " + d + "/labels", 2, "--pred '': expected a non-empty value"},
   };
   check_cases(fx, cases);
   CHECK_FALSE(fs::exists(d + "/pred/dice.json"));

@@ -249,6 +249,23 @@ TEST_CASE("unet_synth never overwrites a directory that is not a dataset, and re
   CHECK(read_json(tmp / "ds/dataset.json")["numTraining"] == 1);
   CHECK(!fs::exists(tmp / "ds/imagesTr/case_001.nii.gz"));  // the old dataset is gone, not merged
   CHECK(std::distance(fs::directory_iterator(tmp.path), fs::directory_iterator()) == 2);  // notes, ds
+
+  // A dataset with the same layout that unet_synth did not write (a downloaded MSD task: no .unet_synth), and one of
+  // ours holding a file it did not write: --overwrite refuses both and leaves them as they were.
+  fs::create_directories(tmp / "msd/imagesTr");
+  std::ofstream(tmp / "msd/dataset.json") << "{}";
+  std::ofstream(tmp / "msd/imagesTr/spleen_2.nii.gz") << "x";
+  std::string out;
+  CHECK(test::run_tool("unet_synth", "--output " + (tmp / "msd") + " --train 1 --test 0 --size 8 --overwrite", &out) ==
+        2);
+  CHECK_MESSAGE(out.find("holds a dataset that unet_synth did not write (no .unet_synth)") != std::string::npos, out);
+  CHECK(fs::exists(tmp / "msd/imagesTr/spleen_2.nii.gz"));
+  std::ofstream(tmp / "ds/notes.txt") << "mine";
+  CHECK(test::run_tool("unet_synth", "--output " + (tmp / "ds") + " --train 1 --test 0 --size 8 --overwrite", &out) ==
+        2);
+  CHECK_MESSAGE(out.find("also holds notes.txt, which unet_synth did not write") != std::string::npos, out);
+  CHECK(fs::exists(tmp / "ds/notes.txt"));
+  CHECK(fs::exists(tmp / "ds/imagesTr/case_000.nii.gz"));
 }
 
 TEST_CASE("a failed synthesis leaves neither a dataset nor staging files behind") {

@@ -561,3 +561,47 @@ TEST_CASE("OME-TIFF: SizeC, SizeZ, SizeT and DimensionOrder are read; an OME out
         std::string::npos);
   fs::remove_all(dir);
 }
+
+TEST_CASE("OME-TIFF: PhysicalSizeX/Y/Z and their units give the spacing, and an output like it reads back the same") {
+  const fs::path dir = temp_dir();
+  const std::string path = (dir / "ome.tif").string(), out = (dir / "out.tif").string();
+  const Tensor pages = make({6, 2, 3}, DType::u8, [](int64_t i) { return double(i % 7); });
+  const auto write = [&](const std::string& sizes) {
+    TiffWriteOptions o;
+    o.tags.description =
+        "<OME xmlns=\"http://www.openmicroscopy.org/Schemas/OME/2016-06\"><Image ID=\"Image:0\">"
+        "<Pixels ID=\"Pixels:0\" Type=\"uint8\" SizeX=\"3\" SizeY=\"2\" DimensionOrder=\"XYZCT\" SizeC=\"1\" "
+        "SizeZ=\"6\" SizeT=\"1\" " +
+        sizes + "><TiffData/></Pixels></Image></OME>";
+    o.tags.has_resolution = true;  // 72 dpi from an image editor: OME's sizes win
+    o.tags.x_resolution = o.tags.y_resolution = 72;
+    o.tags.resolution_unit = 3;
+    write_tiff(path, pages, o);
+    return read_tiff(path);
+  };
+  // Micrometres by default; each axis in its own unit; z isotropic with x when not given.
+  TiffVolume v = write("PhysicalSizeX=\"0.25\" PhysicalSizeY=\"0.5\" PhysicalSizeZ=\"2\" PhysicalSizeZUnit=\"mm\"");
+  CHECK(v.calibrated);
+  CHECK(v.spacing[0] == doctest::Approx(2));
+  CHECK(v.spacing[1] == doctest::Approx(0.5e-3));
+  CHECK(v.spacing[2] == doctest::Approx(0.25e-3));
+  v = write("PhysicalSizeX=\"3\" PhysicalSizeXUnit=\"nm\" PhysicalSizeY=\"3\" PhysicalSizeYUnit=\"nm\"");
+  CHECK(v.spacing[0] == doctest::Approx(3e-6));
+  CHECK(v.spacing[1] == doctest::Approx(3e-6));
+  // The label map written like it carries the calibration (ImageJ's form), not OME's description of the input.
+  v = write("PhysicalSizeX=\"0.25\" PhysicalSizeY=\"0.5\" PhysicalSizeZ=\"2\" PhysicalSizeZUnit=\"mm\"");
+  const Tensor labels = Tensor::zeros({6, 2, 3}, DType::u8);
+  write_tiff(out, labels, tiff_options_like(v, labels));
+  const TiffVolume back = read_tiff(out);
+  CHECK(back.calibrated);
+  for (int a = 0; a < 3; ++a) CHECK(back.spacing[a] == doctest::Approx(v.spacing[a]).epsilon(1e-6));
+  // Without sizes (or in pixels) the 72 dpi tags in centimetres calibrate as before.
+  CHECK(write("PhysicalSizeX=\"1\" PhysicalSizeXUnit=\"pixel\" PhysicalSizeY=\"1\"").spacing[2] ==
+        doctest::Approx(10.0 / 72));
+  CHECK(error_of([&] { write("PhysicalSizeX=\"-1\" PhysicalSizeY=\"1\""); }) ==
+        path + ": OME-XML description has PhysicalSizeX=\"-1\"; expected a finite voxel size > 0");
+  CHECK(error_of([&] {
+          write("PhysicalSizeX=\"1\" PhysicalSizeXUnit=\"s\" PhysicalSizeY=\"1\"");
+        }).find("PhysicalSizeXUnit=\"s\"; expected a length") != std::string::npos);
+  fs::remove_all(dir);
+}

@@ -14,6 +14,7 @@
 #include <optional>
 #include <stdexcept>
 #include <string>
+#include <string_view>
 
 #include "engine/comm.h"
 #include "io/atomic_file.h"
@@ -43,8 +44,16 @@ inline std::string expected_value(const CLI::Option& opt) {
 // parse error too, for every option of every tool: CLI11 would take it as "not given", or as 0 for a number.
 inline std::optional<int> parse_command_line(CLI::App& app, int argc, char** argv, const char* tool) {
   std::string message;
+  // "--model=" with nothing after the '=': CLI11 would take the next argument ("--input") as the value.
+  for (int i = 1; i < argc && message.empty(); ++i) {
+    const std::string_view arg = argv[i];
+    if (arg == "--") break;
+    if (arg.starts_with("--") && arg.size() > 3 && arg.ends_with("=") && arg.find('=') == arg.size() - 1)
+      if (const CLI::Option* opt = app.get_option_no_throw(std::string(arg.substr(0, arg.size() - 1))))
+        if (opt->get_expected_min() > 0) message = opt->get_name() + " '': expected " + expected_value(*opt);
+  }
   try {
-    app.parse(argc, argv);
+    if (message.empty()) app.parse(argc, argv);
     for (const CLI::Option* opt : app.get_options())
       if (opt->get_expected_min() > 0)  // takes a value (flags do not)
         for (const std::string& value : opt->results())

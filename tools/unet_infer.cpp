@@ -186,6 +186,8 @@ int main(int argc, char** argv) {
       fs::path out = fs::is_directory(output, ec) ? fs::path(output) / fs::path(input).filename() : fs::path(output);
       if (!io::is_image_name(out.string()))
         throw UsageError("--output " + output + ": expected a .nii, .nii.gz, .tif or .tiff name or a directory");
+      if (std::string why = io::nifti_case_problem(out.string()); !why.empty())
+        throw UsageError("--output " + output + ": " + why);
       if (std::string why = tools::output_file_problem(out); !why.empty())
         throw UsageError("--output " + output + ": " + why);
       jobs.push_back({{fs::path(input)}, out});
