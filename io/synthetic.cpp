@@ -392,13 +392,15 @@ namespace {
 constexpr const char* kMarker = ".unet_synth";
 
 // Why the existing directory `dir` is not a dataset unet_synth wrote in full, or "" when it is: it lacks the marker,
-// or holds an entry unet_synth does not write (which --overwrite would delete).
+// or holds an entry unet_synth does not write (which --overwrite would delete) other than unet_train's preprocessed
+// cache of it (data.cache = auto), which would be stale.
 std::string not_ours(const fs::path& dir) {
   if (!fs::exists(dir / kMarker))
     return "holds a dataset that unet_synth did not write (no " + std::string(kMarker) + ")";
   static const std::set<std::string> ours = {
-      kMarker,    "dataset.json",     "imagesTr",         "labelsTr",        "imagesTs",
-      "labelsTs", "train-volume.tif", "train-labels.tif", "test-volume.tif", "test-labels.tif"};
+      kMarker,           "dataset.json",    "imagesTr",         "labelsTr",
+      "imagesTs",        "labelsTs",        "train-volume.tif", "train-labels.tif",
+      "test-volume.tif", "test-labels.tif", "unet_preprocessed"};
   for (const fs::directory_entry& e : fs::directory_iterator(dir))
     if (!ours.contains(e.path().filename().string()))
       return "also holds " + e.path().filename().string() + ", which unet_synth did not write";

@@ -245,7 +245,10 @@ TEST_CASE("unet_synth never overwrites a directory that is not a dataset, and re
   CHECK(test::run_tool("unet_synth", "--output " + (tmp / "ds") + " --train 2 --test 0 --size 8") == 0);
   CHECK(test::run_tool("unet_synth", "--output " + (tmp / "ds") + " --train 1 --test 0 --size 8") == 2);
   CHECK(read_json(tmp / "ds/dataset.json")["numTraining"] == 2);
+  fs::create_directories(tmp /
+                         "ds/unet_preprocessed");  // unet_train's cache of it (data.cache = auto): stale, replaced
   CHECK(test::run_tool("unet_synth", "--output " + (tmp / "ds") + " --train 1 --test 0 --size 8 --overwrite") == 0);
+  CHECK(!fs::exists(tmp / "ds/unet_preprocessed"));
   CHECK(read_json(tmp / "ds/dataset.json")["numTraining"] == 1);
   CHECK(!fs::exists(tmp / "ds/imagesTr/case_001.nii.gz"));  // the old dataset is gone, not merged
   CHECK(std::distance(fs::directory_iterator(tmp.path), fs::directory_iterator()) == 2);  // notes, ds
