@@ -2,6 +2,7 @@
 // (kernels/cuda/async_copy.cuh, tensor_copy.cuh) and the kernels tests/test_emu_async.cpp and
 // tests/test_emu_tensor_copy.cpp run under the emulator are valid CUDA for sm_90a, their inline PTX accepted by ptxas.
 #include "tests/emu_async_kernels.cuh"
+#include "tests/emu_conv_sm90_kernels.cuh"
 #include "tests/emu_tensor_kernels.cuh"
 
 void launch_every_async_test_kernel(const float* in, float* out, uint32_t* log) {
@@ -35,4 +36,17 @@ unet::kernels::cuda::TensorMap make_example_map(const float* global) {
   const uint32_t box[2] = {32, 8}, element_strides[2] = {1, 1};
   return unet::kernels::cuda::make_tensor_map(CU_TENSOR_MAP_DATA_TYPE_FLOAT32, 2, global, dims, strides, box,
                                               element_strides, CU_TENSOR_MAP_SWIZZLE_128B);
+}
+
+// The Hopper convolution's operand pipeline with its scalar test consumer (tests/test_emu_conv_sm90.cpp).
+void launch_conv_sm90_pipeline_kernels(const unet::kernels::cuda::TensorMap& x_map,
+                                       const unet::kernels::cuda::TensorMap& w_map,
+                                       const unet::kernels::cuda::sm90::ConvGeometry& g,
+                                       const unet::kernels::cuda::sm90::ConvTile& t, const float* bias, uint16_t* y) {
+  using unet::kernels::cuda::launch;
+  using namespace emu_conv_sm90_test;
+  launch(conv_fprop_scalar_consumer<unet::kernels::cuda::element::BF16>, dim3(1), dim3(256), smem_bytes(t), nullptr,
+         x_map, w_map, g, t, bias, y);
+  launch(conv_fprop_scalar_consumer<unet::kernels::cuda::element::F16>, dim3(1), dim3(256), smem_bytes(t), nullptr,
+         x_map, w_map, g, t, bias, y);
 }

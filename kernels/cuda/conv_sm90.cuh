@@ -1,0 +1,154 @@
+// The operand pipeline of the Hopper (sm_90a) convolution path (issue 16): an implicit GEMM whose operands the tensor
+// memory accelerator brings straight from the NDHWC activations and the [K][taps][C] weights, without im2col and
+// without integer division per element, into a ring of swizzled shared-memory stages that complete on mbarriers.
+//
+// The GEMM of fprop: M = output pixels, N = output channels K, reduction = taps x C. A block computes an M tile that
+// is a box of Zt x Pt x Qt output pixels of one sample (BM = Zt Pt Qt rows) by BN output channels. Its reduction runs
+// over k-steps (tap, channel chunk of BK): for tap (t, r, s) the input pixels the tile's outputs read form a box too,
+// starting at (z0 sd + t - pd, p0 sh + r - ph, q0 sw + s - pw) with element strides (sd, sh, sw); so one 5D tensor
+// copy of box {BK, Qt sw, Pt sh, Zt sd, 1} with element strides {1, sw, sh, sd, 1} brings the A tile (BM rows of BK
+// channels, row m = (zi Pt + pi) Qt + qi), zeros where the padding or the tensor's end is, and channels past C are
+// zeros too. One 3D copy of box {BK, 1, BN} of the weights (dims {C, taps, K}) brings the B tile: BN rows of BK
+// channels. Both are "K-major" (the reduction dimension contiguous), the layout wgmma reads for 16-bit operands
+// without transposition, and are swizzled with the span BK * 2 bytes (128B for BK = 64).
+//
+// Roles: one thread of the producer warpgroup issues the copies for every k-step, after waiting on the stage's
+// "empty" barrier; the consumers wait on its "full" barrier (the copies' bytes), read the stage, and arrive on
+// "empty" to give it back. Stage i of k-step j is j % Stages, on the (j / Stages)-th use of its barriers, whose parity
+// is (j / Stages) & 1. The consumers' arithmetic (wgmma, or the scalar reference of tests/emu_conv_sm90_kernels.cuh)
+// and the epilogue are the caller's.
+//
+// Requirements (conv_sm90_supported): f16 or bf16 storage; C a multiple of 8 (the tensor maps' byte strides are
+// multiples of 16); BK 16, 32 or 64 (32-, 64- or 128-byte swizzle); box sizes within the copy engine's 256 per dim.
+#pragma once
+#include <cstdint>
+#include <string>
+
+#include "kernels/conv.h"
+#include "kernels/cuda/tensor_copy.cuh"
+
+namespace unet::kernels::cuda::sm90 {
+
+// What a block computes and how its operands are staged.
+struct ConvTile {
+  int zt = 1, pt = 8, qt = 16;  // output pixels per block along Z, P, Q (BM = zt * pt * qt)
+  int bn = 64;                  // output channels per block
+  int bk = 64;                  // input channels per k-step (16, 32 or 64 16-bit values: one swizzle span)
+  __host__ __device__ int bm() const { return zt * pt * qt; }
+  __host__ __device__ int a_bytes() const { return bm() * bk * 2; }
+  __host__ __device__ int b_bytes() const { return bn * bk * 2; }
+};
+
+// The geometry a kernel needs (passed by value), beside the two tensor maps.
+struct ConvGeometry {
+  int N, Z, P, Q, K;
+  int T, R, S, sd, sh, sw, pd, ph, pw;
+  int c_chunks;                   // ceil(C / bk)
+  int tiles_z, tiles_p, tiles_q;  // M tiles per sample along each axis
+  __host__ __device__ int steps() const { return T * R * S * c_chunks; }
+};
+
+// Why the sm_90a path cannot run problem `p` in `dt` with tile `t`, or "" when it can.
+inline std::string conv_sm90_problem(const ConvProblem& p, DType dt, const ConvTile& t) {
+  if (dt != DType::f16 && dt != DType::bf16) return "needs f16 or bf16 storage";
+  if (p.C % 8 != 0) return "needs C a multiple of 8 (C = " + std::to_string(p.C) + ")";
+  if (t.bk != 16 && t.bk != 32 && t.bk != 64) return "needs BK 16, 32 or 64";
+  if (t.qt * p.stride_w > 256 || t.pt * p.stride_h > 256 || t.zt * p.stride_d > 256 || t.bn > 256)
+    return "a box exceeds 256 elements along a dim";
+  if (t.a_bytes() % 1024 != 0 || t.b_bytes() % 1024 != 0) return "stages must be whole 1024-byte swizzle atoms";
+  return "";
+}
+
+inline CUtensorMapSwizzle swizzle_for(int bk) {
+  return bk == 64 ? CU_TENSOR_MAP_SWIZZLE_128B : bk == 32 ? CU_TENSOR_MAP_SWIZZLE_64B : CU_TENSOR_MAP_SWIZZLE_32B;
+}
+
+// The A map: x as dims {C, W, H, D, N}; one box per (k-step, tile) as described above.
+inline TensorMap make_activation_map(const ConvProblem& p, DType dt, const void* x, const ConvTile& t) {
+  const uint64_t e = 2;
+  const uint64_t dims[5] = {uint64_t(p.C), uint64_t(p.W), uint64_t(p.H), uint64_t(p.D), uint64_t(p.N)};
+  const uint64_t strides[4] = {p.C * e, p.W * p.C * e, p.H * p.W * p.C * e, p.D * p.H * p.W * p.C * e};
+  const uint32_t box[5] = {uint32_t(t.bk), uint32_t(t.qt * p.stride_w), uint32_t(t.pt * p.stride_h),
+                           uint32_t(t.zt * p.stride_d), 1};
+  const uint32_t element_strides[5] = {1, uint32_t(p.stride_w), uint32_t(p.stride_h), uint32_t(p.stride_d), 1};
+  const CUtensorMapDataType type =
+      dt == DType::bf16 ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 : CU_TENSOR_MAP_DATA_TYPE_FLOAT16;
+  return make_tensor_map(type, 5, x, dims, strides, box, element_strides, swizzle_for(t.bk));
+}
+
+// The B map: w [K][taps][C] as dims {C, taps, K}; box {BK, 1, BN}.
+inline TensorMap make_weight_map(const ConvProblem& p, DType dt, const void* w, const ConvTile& t) {
+  const uint64_t e = 2, taps = uint64_t(p.taps());
+  const uint64_t dims[3] = {uint64_t(p.C), taps, uint64_t(p.K)};
+  const uint64_t strides[2] = {p.C * e, taps * p.C * e};
+  const uint32_t box[3] = {uint32_t(t.bk), 1, uint32_t(t.bn)}, element_strides[3] = {1, 1, 1};
+  const CUtensorMapDataType type =
+      dt == DType::bf16 ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 : CU_TENSOR_MAP_DATA_TYPE_FLOAT16;
+  return make_tensor_map(type, 3, w, dims, strides, box, element_strides, swizzle_for(t.bk));
+}
+
+inline ConvGeometry make_geometry(const ConvProblem& p, const ConvTile& t) {
+  auto up = [](int64_t a, int64_t b) { return int((a + b - 1) / b); };
+  return {int(p.N), int(p.Z), int(p.P),      int(p.Q),      int(p.K),      p.T,
+          p.R,      p.S,      p.stride_d,    p.stride_h,    p.stride_w,    p.pad_d,
+          p.pad_h,  p.pad_w,  up(p.C, t.bk), up(p.Z, t.zt), up(p.P, t.pt), up(p.Q, t.qt)};
+}
+
+// The M tile of block index `m_block` (blockIdx.x): its sample and first output pixel.
+struct TileOrigin {
+  int n, z0, p0, q0;
+};
+__device__ __forceinline__ TileOrigin tile_origin(const ConvGeometry& g, const ConvTile& t, int m_block) {
+  const int q_tile = m_block % g.tiles_q, rest = m_block / g.tiles_q;
+  const int p_tile = rest % g.tiles_p, rest2 = rest / g.tiles_p;
+  return {rest2 / g.tiles_z, (rest2 % g.tiles_z) * t.zt, p_tile * t.pt, q_tile * t.qt};
+}
+
+// The full and empty barriers of a ring of Stages stages.
+template <int Stages>
+struct StageBarriers {
+  uint64_t full[Stages], empty[Stages];
+};
+
+// Thread 0 of the block initialises the barriers: full expects the producer's one arrival (with the bytes), empty one
+// arrival per consumer thread. The caller then synchronises the block.
+template <int Stages>
+__device__ __forceinline__ void init_stage_barriers(StageBarriers<Stages>& b, unsigned consumers) {
+  if (threadIdx.x == 0) {
+    for (int s = 0; s < Stages; ++s) {
+      mbarrier_init(&b.full[s], 1);
+      mbarrier_init(&b.empty[s], consumers);
+    }
+    fence_mbarrier_init();
+  }
+}
+
+// The producer (one thread): for every k-step, waits until its stage is free, then issues the A and B copies that
+// complete on the stage's full barrier. a_stage(s) / b_stage(s) are the stages' shared-memory buffers (1024-aligned).
+template <int Stages, class AStage, class BStage>
+__device__ __forceinline__ void produce_fprop_operands(const TensorMap& x_map, const TensorMap& w_map,
+                                                       const ConvGeometry& g, const ConvTile& t, const TileOrigin& o,
+                                                       int k0, StageBarriers<Stages>& bars, AStage a_stage,
+                                                       BStage b_stage) {
+  const unsigned bytes = unsigned(t.a_bytes() + t.b_bytes());
+  int tap = 0, chunk = 0, tt = 0, r = 0, s = 0;  // (tap, chunk) of k-step j, stepped without division
+  for (int j = 0; j < g.steps(); ++j) {
+    const int stage = j % Stages;
+    mbarrier_wait_parity(&bars.empty[stage], ((j / Stages) & 1) ^ 1);  // the first use passes at once
+    mbarrier_arrive_expect_tx(&bars.full[stage], bytes);
+    const int32_t xc[5] = {chunk * t.bk, o.q0 * g.sw + s - g.pw, o.p0 * g.sh + r - g.ph, o.z0 * g.sd + tt - g.pd, o.n};
+    cp_async_bulk_tensor_global_to_shared<5>(a_stage(stage), x_map, xc, &bars.full[stage]);
+    const int32_t wc[3] = {chunk * t.bk, tap, k0};
+    cp_async_bulk_tensor_global_to_shared<3>(b_stage(stage), w_map, wc, &bars.full[stage]);
+    if (++chunk == g.c_chunks) {
+      chunk = 0;
+      ++tap;
+      if (++s == g.S) {
+        s = 0;
+        if (++r == g.R) r = 0, ++tt;
+      }
+    }
+  }
+}
+
+}  // namespace unet::kernels::cuda::sm90

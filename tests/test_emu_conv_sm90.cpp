@@ -1,0 +1,130 @@
+// The Hopper convolution's operand pipeline (kernels/cuda/conv_sm90.cuh) under the device emulator: tensor copies of
+// the activation and weight boxes of every k-step into swizzled stages, completed on mbarriers, read by a scalar
+// consumer (tests/emu_conv_sm90_kernels.cuh). Against a direct convolution on the host, bit for bit: the inputs are
+// small multiples of 1/8, so every f32 sum is exact in any order and the one rounding (to bf16 or f16) is the same.
+// Odd sizes (partial M and N tiles), padding, stride 2, channels that do not fill a k-step, every swizzle width.
+#include <doctest/doctest.h>
+
+#include <cstring>
+#include <vector>
+
+#include "kernels/cpu/element.h"
+#include "tests/emu_conv_sm90_kernels.cuh"
+#include "tests/emu_test_util.h"
+
+namespace {
+
+using unet::DType;
+using unet::kernels::ConvProblem;
+using unet::kernels::cuda::launch;
+namespace sm90 = unet::kernels::cuda::sm90;
+
+uint16_t to_bits(float v, DType dt) {
+  return dt == DType::bf16 ? unet::kernels::cpu::element::BF16::store(v) : unet::kernels::cpu::element::F16::store(v);
+}
+
+// Runs problem p with tile t in dt on values (i * 7 + salt) % 9 - 4, in eighths, and checks y against the host.
+void check_conv(ConvProblem p, const sm90::ConvTile& t, DType dt) {
+  p.compute_output_size();
+  REQUIRE(sm90::conv_sm90_problem(p, dt, t) == "");
+  REQUIRE(t.bm() == 128);
+  const int64_t taps = p.taps();
+  auto value = [](int64_t i, int salt) { return float((i * 7 + salt) % 9 - 4) / 8.0f; };
+  std::vector<float> x(size_t(p.N * p.D * p.H * p.W * p.C)), w(size_t(p.K * taps * p.C)), bias(size_t(p.K));
+  for (size_t i = 0; i < x.size(); ++i) x[i] = value(int64_t(i), 1);
+  for (size_t i = 0; i < w.size(); ++i) w[i] = value(int64_t(i) / 3, 2);  // runs of equal values: not symmetric
+  for (size_t i = 0; i < bias.size(); ++i) bias[i] = value(int64_t(i), 5);
+  // 16-byte aligned 16-bit copies (the tensor maps need it).
+  std::vector<uint16_t> x16(x.size() + 8), w16(w.size() + 8);
+  uint16_t* xa = x16.data() + (16 - reinterpret_cast<uintptr_t>(x16.data()) % 16) % 16 / 2;
+  uint16_t* wa = w16.data() + (16 - reinterpret_cast<uintptr_t>(w16.data()) % 16) % 16 / 2;
+  for (size_t i = 0; i < x.size(); ++i) xa[i] = to_bits(x[i], dt);
+  for (size_t i = 0; i < w.size(); ++i) wa[i] = to_bits(w[i], dt);
+
+  // The host: y[n][z][p][q][k] = bias[k] + sum over taps inside the input and channels.
+  const int64_t outputs = p.N * p.Z * p.P * p.Q * p.K;
+  std::vector<uint16_t> want(static_cast<size_t>(outputs));
+  for (int64_t n = 0; n < p.N; ++n)
+    for (int64_t z = 0; z < p.Z; ++z)
+      for (int64_t pp = 0; pp < p.P; ++pp)
+        for (int64_t q = 0; q < p.Q; ++q)
+          for (int64_t k = 0; k < p.K; ++k) {
+            double s = bias[size_t(k)];
+            for (int tt = 0; tt < p.T; ++tt)
+              for (int r = 0; r < p.R; ++r)
+                for (int ss = 0; ss < p.S; ++ss) {
+                  const int64_t d = z * p.stride_d + tt - p.pad_d, h = pp * p.stride_h + r - p.pad_h,
+                                wi = q * p.stride_w + ss - p.pad_w;
+                  if (d < 0 || d >= p.D || h < 0 || h >= p.H || wi < 0 || wi >= p.W) continue;
+                  const int64_t tap = (tt * p.R + r) * p.S + ss;
+                  for (int64_t c = 0; c < p.C; ++c)
+                    s += double(x[size_t((((n * p.D + d) * p.H + h) * p.W + wi) * p.C + c)]) *
+                         double(w[size_t((k * taps + tap) * p.C + c)]);
+                }
+            want[size_t((((n * p.Z + z) * p.P + pp) * p.Q + q) * p.K + k)] = to_bits(float(s), dt);
+          }
+
+  const sm90::ConvGeometry g = sm90::make_geometry(p, t);
+  const unet::kernels::cuda::TensorMap x_map = sm90::make_activation_map(p, dt, xa, t);
+  const unet::kernels::cuda::TensorMap w_map = sm90::make_weight_map(p, dt, wa, t);
+  const dim3 grid(unsigned(p.N * g.tiles_z * g.tiles_p * g.tiles_q), unsigned((p.K + t.bn - 1) / t.bn));
+  const std::vector<uint16_t> got = unet::test::under_every_schedule([&] {
+    std::vector<uint16_t> y(size_t(outputs), 0xFFFF);  // a NaN where nothing is written
+    if (dt == DType::bf16)
+      launch(emu_conv_sm90_test::conv_fprop_scalar_consumer<unet::kernels::cuda::element::BF16>, grid, dim3(256),
+             emu_conv_sm90_test::smem_bytes(t), nullptr, x_map, w_map, g, t, bias.data(), y.data());
+    else
+      launch(emu_conv_sm90_test::conv_fprop_scalar_consumer<unet::kernels::cuda::element::F16>, grid, dim3(256),
+             emu_conv_sm90_test::smem_bytes(t), nullptr, x_map, w_map, g, t, bias.data(), y.data());
+    return y;
+  });
+  int64_t wrong = 0, first = -1;
+  for (int64_t i = 0; i < outputs; ++i)
+    if (got[size_t(i)] != want[size_t(i)] && wrong++ == 0) first = i;
+  CHECK_MESSAGE(wrong == 0,
+                wrong << " of " << outputs << " outputs differ, the first at " << first << " (" << p.describe() << ")");
+}
+
+ConvProblem problem(int64_t n, int64_t d, int64_t h, int64_t w, int64_t c, int64_t k, int kernel, int stride, int pad) {
+  ConvProblem p;
+  p.N = n, p.D = d, p.H = h, p.W = w, p.C = c, p.K = k;
+  p.T = p.R = p.S = kernel;
+  p.stride_d = p.stride_h = p.stride_w = stride;
+  p.pad_d = p.pad_h = p.pad_w = pad;
+  return p;
+}
+
+}  // namespace
+
+TEST_CASE("sm90 conv pipeline: 3x3x3 convolutions with padding over partial tiles, bf16, BK 16, 32 and 64") {
+  // 128 outputs per block as 2 x 4 x 16; Z, P, Q of 3, 6, 9 leave every tile partial; K = 40 a partial N tile.
+  sm90::ConvTile t{.zt = 2, .pt = 4, .qt = 16, .bn = 64, .bk = 16};
+  check_conv(problem(1, 3, 6, 9, 16, 40, 3, 1, 1), t, DType::bf16);
+  t.bk = 32;  // 24 channels: the k-step's last 8 are the copy's zeros, in x and in w
+  check_conv(problem(2, 3, 5, 7, 24, 16, 3, 1, 1), t, DType::bf16);
+  t.bk = 64;  // 72 channels: two k-steps per tap, the second mostly zeros
+  check_conv(problem(1, 2, 4, 5, 72, 8, 3, 1, 1), t, DType::bf16);
+}
+
+TEST_CASE("sm90 conv pipeline: stride 2 (element strides of the activation box), 1x1x1 and f16") {
+  sm90::ConvTile t{.zt = 1, .pt = 8, .qt = 16, .bn = 32, .bk = 32};
+  check_conv(problem(1, 5, 9, 13, 32, 24, 3, 2, 1), t, DType::bf16);  // outputs 3 x 5 x 7
+  t.bk = 16;
+  check_conv(problem(1, 4, 6, 11, 16, 33, 1, 1, 0), t, DType::f16);
+  t = {.zt = 4, .pt = 4, .qt = 8, .bn = 16, .bk = 64};
+  check_conv(problem(1, 8, 8, 8, 64, 16, 2, 2, 0), t, DType::f16);  // the 2x2x2 stride-2 downsampling shape
+}
+
+TEST_CASE("sm90 conv pipeline: conv_sm90_problem names what the path cannot run") {
+  const sm90::ConvTile t;
+  ConvProblem p = problem(1, 4, 4, 4, 4, 8, 3, 1, 1);
+  p.compute_output_size();
+  CHECK(sm90::conv_sm90_problem(p, DType::bf16, t) == "needs C a multiple of 8 (C = 4)");
+  p.C = 16;
+  CHECK(sm90::conv_sm90_problem(p, DType::f32, t) == "needs f16 or bf16 storage");
+  CHECK(sm90::conv_sm90_problem(p, DType::bf16, t) == "");
+  sm90::ConvTile wide = t;
+  wide.qt = 200;
+  p.stride_w = 2;
+  CHECK(sm90::conv_sm90_problem(p, DType::bf16, wide) == "a box exceeds 256 elements along a dim");
+}
