@@ -1,9 +1,11 @@
-// Compile-only check (a ctest entry when nvcc is found): the Hopper asynchronous-copy wrappers
-// (kernels/cuda/async_copy.cuh, tensor_copy.cuh) and the kernels tests/test_emu_async.cpp and
-// tests/test_emu_tensor_copy.cpp run under the emulator are valid CUDA for sm_90a, their inline PTX accepted by ptxas.
+// Compile-only check (a ctest entry when nvcc is found): the Hopper asynchronous-copy and warpgroup MMA wrappers
+// (kernels/cuda/async_copy.cuh, tensor_copy.cuh, wgmma.cuh) and the kernels tests/test_emu_async.cpp,
+// tests/test_emu_tensor_copy.cpp and tests/test_emu_wgmma.cpp run under the emulator are valid CUDA for sm_90a, their
+// inline PTX accepted by ptxas (and, with -warn-spills and -Werror, no kernel spills registers).
 #include "tests/emu_async_kernels.cuh"
 #include "tests/emu_conv_sm90_kernels.cuh"
 #include "tests/emu_tensor_kernels.cuh"
+#include "tests/emu_wgmma_kernels.cuh"
 
 void launch_every_async_test_kernel(const float* in, float* out, uint32_t* log) {
   using unet::kernels::cuda::launch;
@@ -49,4 +51,26 @@ void launch_conv_sm90_pipeline_kernels(const unet::kernels::cuda::TensorMap& x_m
          x_map, w_map, g, t, bias, y);
   launch(conv_fprop_scalar_consumer<unet::kernels::cuda::element::F16>, dim3(1), dim3(256), smem_bytes(t), nullptr,
          x_map, w_map, g, t, bias, y);
+}
+
+// Every instantiation tests/test_emu_wgmma.cpp launches.
+void launch_every_wgmma_test_kernel(const unet::kernels::cuda::TensorMap& map, const emu_wgmma_test::GemmPlan& plan,
+                                    const void* a_bits, float* out) {
+  using unet::kernels::cuda::launch;
+  using namespace emu_wgmma_test;
+  launch(wgmma_gemm<__half, 64, 0, 0>, dim3(1), dim3(128), 0, nullptr, map, map, plan, a_bits, out);
+  launch(wgmma_gemm<__half, 64, 1, 0>, dim3(1), dim3(128), 0, nullptr, map, map, plan, a_bits, out);
+  launch(wgmma_gemm<__half, 64, 0, 1>, dim3(1), dim3(128), 0, nullptr, map, map, plan, a_bits, out);
+  launch(wgmma_gemm<__half, 64, 1, 1>, dim3(1), dim3(128), 0, nullptr, map, map, plan, a_bits, out);
+  launch(wgmma_gemm<__nv_bfloat16, 128, 0, 0>, dim3(1), dim3(128), 0, nullptr, map, map, plan, a_bits, out);
+  launch(wgmma_gemm<__nv_bfloat16, 128, 1, 0>, dim3(1), dim3(128), 0, nullptr, map, map, plan, a_bits, out);
+  launch(wgmma_gemm<__nv_bfloat16, 128, 0, 1>, dim3(1), dim3(128), 0, nullptr, map, map, plan, a_bits, out);
+  launch(wgmma_gemm<__nv_bfloat16, 128, 1, 1>, dim3(1), dim3(128), 0, nullptr, map, map, plan, a_bits, out);
+  launch(wgmma_gemm<__half, 256, 0, 0>, dim3(1), dim3(128), 0, nullptr, map, map, plan, a_bits, out);
+  launch(wgmma_gemm<__nv_bfloat16, 8, 1, 1>, dim3(1), dim3(128), 0, nullptr, map, map, plan, a_bits, out);
+  launch(wgmma_gemm<float, 64, 0, 0>, dim3(1), dim3(128), 0, nullptr, map, map, plan, a_bits, out);
+  launch(wgmma_gemm<__nv_bfloat16, 64, 0, 1, -1, 1>, dim3(1), dim3(128), 0, nullptr, map, map, plan, a_bits, out);
+  launch(wgmma_gemm<float, 64, 0, 0, -1, -1>, dim3(1), dim3(128), 0, nullptr, map, map, plan, a_bits, out);
+  launch(wgmma_pipeline, dim3(1), dim3(256), 0, nullptr, map, map, 4, false, out);
+  launch(wgmma_misuse, dim3(1), dim3(128), 4096, nullptr, Misuse::missing_wait);
 }

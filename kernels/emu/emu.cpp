@@ -282,7 +282,7 @@ using boost::context::detail::forced_unwind;
 #endif
 
 // ---- per-block scheduling state ------------------------------------------------------------------------------------
-enum class State : uint8_t { unstarted, ready, running, at_barrier, at_warp, at_mbarrier, done };
+enum class State : uint8_t { unstarted, ready, running, at_barrier, at_warp, at_warpgroup, at_mbarrier, done };
 
 struct ThreadState {
   State state = State::unstarted;
@@ -342,6 +342,30 @@ struct Warp {
   void close(WarpRound* r) { *r = rounds[--open]; }
 };
 
+// A warpgroup (4 consecutive warps): the collective it is assembling (open while 0 < arrived < 128) and its wgmma
+// operations (kernels/cuda/wgmma.cuh): issued but not committed, and committed groups not yet retired, oldest first.
+struct Warpgroup {
+  const char* op = nullptr;
+  std::source_location site;
+  int arrived = 0, exited = 0, first = 0;  // first: the thread that opened the collective
+  const void* mine[128] = {};
+  bool fenced = false;  // a wgmma.fence has been executed
+  std::vector<std::function<void()>> uncommitted;
+  std::vector<std::vector<std::function<void()>>> groups;
+
+  bool busy() const { return !uncommitted.empty() || !groups.empty(); }
+};
+
+// A window of host memory mapped into the emulated shared address space of wgmma's descriptors: emulated addresses
+// [address, address + size) are host addresses [host, host + size); only [valid_lo, valid_hi) of it may be read.
+struct SharedWindow {
+  uintptr_t host;
+  uint32_t address, size;
+  uintptr_t valid_lo, valid_hi;
+};
+constexpr uint32_t kSharedSpace = 1u << 18;    // what the descriptor's 14-bit start address (16-byte units) covers
+constexpr uint32_t kStaticWindow = 49 * 1024;  // a static __shared__ variable (<= 48 KiB) from any start in a line
+
 struct Worker;
 thread_local Worker* active_worker = nullptr;  // the worker whose block is running on this OS thread
 
@@ -365,6 +389,9 @@ struct Worker {
   std::vector<unsigned char> smem;
   std::vector<Mbarrier> mbarriers;   // the block's initialised mbarriers
   std::vector<AsyncCopy> in_flight;  // its asynchronous copies not landed yet, in issue order
+  std::vector<Warpgroup> warpgroups;
+  std::vector<SharedWindow> windows;  // the emulated shared address space (wgmma descriptors)
+  uint32_t windows_end = 0;           // its first unmapped address
 
   void prepare(dim3 grid, dim3 block, size_t smem_bytes, detail::BoundKernel k, Schedule s) {
     kernel = k;
@@ -374,6 +401,8 @@ struct Worker {
     ts.clear();
     ts.resize(n);
     warps.resize((n + 31) / 32);
+    warpgroups.clear();
+    warpgroups.resize((n + 127) / 128);
     for (int i = 0; i < n; ++i) {
       detail::Thread& t = threads[i];
       const unsigned u = static_cast<unsigned>(i);
@@ -468,6 +497,18 @@ struct Worker {
       error = std::make_exception_ptr(error_at(t, "thread exited while lanes " + hex(r->arrived) +
                                                       " of its warp wait for it at " + op_name(r->op) + " " +
                                                       site_str(r->site) + " (mask " + hex(r->mask) + ")"));
+    Warpgroup& g = warpgroups[t / 128];
+    ++g.exited;
+    if (error) return;
+    if (g.arrived > 0)
+      error = std::make_exception_ptr(error_at(t, "thread exited while " + std::to_string(g.arrived) +
+                                                      " threads of its warpgroup wait for it at " + g.op + " " +
+                                                      site_str(g.site)));
+    else if (g.busy())
+      error = std::make_exception_ptr(
+          error_at(t, "thread exited while its warpgroup has wgmma operations in flight (" +
+                          std::to_string(g.uncommitted.size()) + " not committed, " + std::to_string(g.groups.size()) +
+                          " committed groups not waited for): a wgmma.wait_group 0 is missing"));
   }
 
   // Called on a thread's fiber: wait until the scheduler resumes this thread.
@@ -501,7 +542,13 @@ struct Worker {
     error = nullptr;
     mbarriers.clear();
     in_flight.clear();
-    if (!smem.empty()) std::memset(smem.data(), 0xff, smem.size());  // NaN bytes: reads before writes show up
+    for (Warpgroup& g : warpgroups) g = Warpgroup{};
+    windows.clear();
+    windows_end = 0;
+    if (!smem.empty()) {
+      std::memset(smem.data(), 0xff, smem.size());  // NaN bytes: reads before writes show up
+      map_window(reinterpret_cast<uintptr_t>(smem.data()), smem.size());
+    }
 
     active_worker = this;
     while (!error) {
@@ -581,6 +628,11 @@ struct Worker {
           d += " (phase " + std::to_string(m->phase) + ": " + std::to_string(m->pending) + " of " +
                std::to_string(m->expected) + " arrivals pending, tx-count " + std::to_string(m->tx) + ")";
         return d;
+      }
+      case State::at_warpgroup: {
+        const Warpgroup& g = warpgroups[t / 128];
+        return std::string("waiting at ") + g.op + " " + site_str(ts[t].site) + " (" + std::to_string(g.arrived) +
+               " of the 128 threads of warpgroup " + std::to_string(t / 128) + " arrived)";
       }
       case State::at_warp: {
         const WarpRound* r = warps[t / 32].overlapping(1u << (t % 32));
@@ -696,6 +748,111 @@ struct Worker {
         error_at(c.issuer, "every thread has exited with " + std::to_string(in_flight.size()) +
                                " asynchronous copies still in flight (the first issued at " + site_str(c.site) +
                                "): nothing waited for them on their mbarrier"));
+  }
+
+  // ---- warpgroup collectives and wgmma (on the calling thread's fiber) ----
+  void warpgroup_collective(const char* op, const void* mine, const std::function<void(const void* const*)>& complete,
+                            const std::source_location& site) {
+    const int t = running, wg = t / 128;
+    if (128 * (wg + 1) > n)
+      detail::fail(std::string(op) + " at " + site_str(site) + ": warpgroup " + std::to_string(wg) + " has only " +
+                   std::to_string(n - 128 * wg) + " threads; a warpgroup is 4 full warps (128 threads)");
+    Warpgroup& g = warpgroups[wg];
+    if (g.exited > 0)
+      detail::fail(std::string(op) + " at " + site_str(site) + ": " + std::to_string(g.exited) +
+                   " threads of warpgroup " + std::to_string(wg) + " have already exited");
+    if (g.arrived == 0) {
+      g.op = op;
+      g.site = site;
+      g.first = t;
+    } else if (std::strcmp(g.op, op) != 0 || !same_site(g.site, site)) {
+      detail::fail(std::string(op) + " at " + site_str(site) + " meets thread " + to_str(threads[g.first].thread_idx) +
+                   " of its warpgroup at " + g.op + " " + site_str(g.site) +
+                   ": every thread of a warpgroup must execute the same .aligned instruction");
+    }
+    g.mine[t % 128] = mine;
+    ts[t].site = site;
+    if (++g.arrived < 128) {
+      suspend(State::at_warpgroup);
+      return;  // the last thread ran complete
+    }
+    complete(g.mine);
+    g.arrived = 0;
+    scratch.clear();
+    for (int i = 128 * wg; i < 128 * (wg + 1); ++i)
+      if (i != t) scratch.push_back(i);
+    make_ready(scratch);
+  }
+
+  Warpgroup& my_warpgroup() {
+    return warpgroups[running / 128];
+  }
+
+  void wgmma_issue(std::function<void()> op) {
+    Warpgroup& g = my_warpgroup();
+    if (!g.fenced)
+      detail::fail(
+          "wgmma.mma_async before the warpgroup's first wgmma.fence (the PTX ISA requires one before the "
+          "first wgmma.mma_async and between register accesses and the wgmma.mma_async that uses them)");
+    g.uncommitted.push_back(std::move(op));
+  }
+
+  void wgmma_commit() {
+    Warpgroup& g = my_warpgroup();
+    g.groups.push_back(std::move(g.uncommitted));
+    g.uncommitted.clear();
+  }
+
+  // Runs the operations of the oldest groups until at most `pending` remain; a group leaves the queue only after
+  // its operations ran.
+  void wgmma_wait(int pending) {
+    Warpgroup& g = my_warpgroup();
+    while (g.groups.size() > static_cast<size_t>(pending)) {
+      for (std::function<void()>& op : g.groups.front()) op();
+      g.groups.erase(g.groups.begin());
+    }
+  }
+
+  // ---- the emulated shared address space (wgmma descriptors) ----
+  // Maps [p, p + bytes) into a new window at the end of the space; for a static variable (bytes = 0) the window
+  // takes up to kStaticWindow, all of it readable.
+  const SharedWindow& map_window(uintptr_t p, size_t bytes) {
+    const uintptr_t host = p & ~uintptr_t{1023};
+    const uint32_t left = kSharedSpace - windows_end;
+    uint32_t size = std::min(kStaticWindow, left);
+    if (bytes > 0) size = static_cast<uint32_t>((p - host + bytes + 1023) & ~size_t{1023});
+    if (size < 1024 || size > left)
+      detail::fail(
+          "the emulated shared address space of wgmma descriptors (256 KiB) is full: no window left for "
+          "the shared memory at " +
+          ptr_str(reinterpret_cast<void*>(p)));
+    const uintptr_t valid_lo = bytes > 0 ? p : host, valid_hi = bytes > 0 ? p + bytes : host + size;
+    windows.push_back(SharedWindow{host, windows_end, size, valid_lo, valid_hi});
+    windows_end += size;
+    return windows.back();
+  }
+
+  uint32_t shared_window_address(const void* ptr) {
+    const uintptr_t p = reinterpret_cast<uintptr_t>(ptr);
+    for (const SharedWindow& w : windows)
+      if (p >= w.valid_lo && p < w.valid_hi) return w.address + static_cast<uint32_t>(p - w.host);
+    const SharedWindow& w = map_window(p, 0);
+    return w.address + static_cast<uint32_t>(p - w.host);
+  }
+
+  void* shared_window_pointer(uint32_t address, uint32_t bytes) {
+    for (const SharedWindow& w : windows) {
+      if (address < w.address || address >= w.address + w.size) continue;
+      const uintptr_t p = w.host + (address - w.address);
+      if (p < w.valid_lo || p + bytes > w.valid_hi)
+        detail::fail("shared address " + std::to_string(address) + " (" + std::to_string(bytes) +
+                     " bytes) lies outside the shared memory mapped there (a wgmma descriptor's start address or "
+                     "byte offsets reach past its buffer)");
+      return reinterpret_cast<void*>(p);
+    }
+    detail::fail("shared address " + std::to_string(address) +
+                 " is not mapped: a wgmma descriptor must come from make_wgmma_desc in this block (and stay within "
+                 "its buffer)");
   }
 
   // ---- warp collectives (on the calling thread's fiber) ----
@@ -1061,6 +1218,31 @@ void async_copy(std::function<void()> land, const void* bar, unsigned bytes, con
   const bool late =
       w.schedule.kind == Schedule::reverse || (w.schedule.kind == Schedule::random && w.next_random() % 2);
   w.in_flight.push_back(AsyncCopy{std::move(land), bar, bytes, w.running, site, late});
+}
+
+void warpgroup_collective(const char* op, const void* mine, const std::function<void(const void* const*)>& complete,
+                          const std::source_location& site) {
+  active_worker->warpgroup_collective(op, mine, complete, site);
+}
+void wgmma_fence() {
+  active_worker->my_warpgroup().fenced = true;
+}
+void wgmma_issue(std::function<void()> op) {
+  active_worker->wgmma_issue(std::move(op));
+}
+void wgmma_commit() {
+  active_worker->wgmma_commit();
+}
+void wgmma_wait(int pending) {
+  active_worker->wgmma_wait(pending);
+}
+
+uint32_t shared_window_address(const void* p) {
+  if (!active_worker) throw std::logic_error("a shared-memory address was asked for outside a kernel");
+  return active_worker->shared_window_address(p);
+}
+void* shared_window_pointer(uint32_t address, uint32_t bytes) {
+  return active_worker->shared_window_pointer(address, bytes);
 }
 
 void* dynamic_smem() {

@@ -173,6 +173,35 @@ bool mbarrier_try_wait_parity(const void* bar, unsigned parity, const std::sourc
 // chosen by the schedule, after which complete-tx(bytes) is performed on `bar`.
 void async_copy(std::function<void()> land, const void* bar, unsigned bytes, const std::source_location& site);
 
+// Warpgroup collectives (kernels/cuda/wgmma.cuh; docs/emulator.md, "Warpgroup MMA"). A warpgroup is 4 consecutive
+// warps, threads 128g .. 128g + 127 of the block; all 128 must exist and call the same operation `op` at the same
+// site. Each offers `mine`; the last to arrive calls complete(all), all[i] being what thread 128g + i offered, before
+// any of them continues (so pointers into the others' stacks stay valid during complete).
+void warpgroup_collective(const char* op, const void* mine, const std::function<void(const void* const* all)>& complete,
+                          const std::source_location& site);
+// The asynchronous half of wgmma, kept per warpgroup; each is called from a warpgroup collective's complete, so once
+// per warpgroup. wgmma_fence records a wgmma.fence. wgmma_issue queues an operation of wgmma.mma_async as not yet
+// committed (an error before the warpgroup's first wgmma.fence). wgmma_commit closes the uncommitted operations into a
+// group (an empty one if there are none). wgmma_wait runs the operations of the oldest groups, in issue order, until
+// at most `pending` groups remain: that is when an operation reads its shared-memory operands and writes its
+// accumulators. A thread that exits while its warpgroup has operations not yet run is an error.
+void wgmma_fence();
+void wgmma_issue(std::function<void()> op);
+void wgmma_commit();
+void wgmma_wait(int pending);
+
+// The emulated shared-memory address space that wgmma's matrix descriptors encode (14 bits of a 16-byte-aligned
+// address: 256 KiB). Shared memory lives at host addresses, so the emulator maps windows of it into that space:
+// the launch's dynamic shared memory at address 0, then a window per other region (a static __shared__ variable)
+// when a descriptor is first made for an address in it, as long as there is space (49 KiB each, enough for the
+// 48 KiB static limit from any start in a 1024-byte line). Windows start at 1024-byte boundaries in both spaces,
+// so an address and its host address agree in their low 10 bits, which is what the swizzles read. The windows are
+// forgotten at the end of the block.
+uint32_t shared_window_address(const void* p);
+// The host address of `bytes` bytes at emulated shared address `address`; an error unless they lie in one window
+// (for dynamic shared memory: within the launch's smem_bytes).
+void* shared_window_pointer(uint32_t address, uint32_t bytes);
+
 }  // namespace detail
 
 // Runs kernel<<<grid, block, smem_bytes>>>(args...) on the CPU and returns when every block is done (the emulator is
