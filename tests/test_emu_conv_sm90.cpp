@@ -23,8 +23,9 @@ uint16_t to_bits(float v, DType dt) {
   return dt == DType::bf16 ? unet::kernels::cpu::element::BF16::store(v) : unet::kernels::cpu::element::F16::store(v);
 }
 
-// Runs problem p with tile t in dt on values (i * 7 + salt) % 9 - 4, in eighths, and checks y against the host.
-void check_conv(ConvProblem p, const sm90::ConvTile& t, DType dt) {
+// Runs problem p with tile t in dt on values (i * 7 + salt) % 9 - 4, in eighths, and checks y against the host:
+// through the scalar test consumer, or (wgmma) through the sm_90a kernel itself, conv_fprop_sm90.
+void check_conv(ConvProblem p, const sm90::ConvTile& t, DType dt, bool wgmma = false) {
   p.compute_output_size();
   REQUIRE(sm90::conv_sm90_problem(p, dt, t) == "");
   REQUIRE(t.bm() == 128);
@@ -70,7 +71,9 @@ void check_conv(ConvProblem p, const sm90::ConvTile& t, DType dt) {
   const dim3 grid(unsigned(p.N * g.tiles_z * g.tiles_p * g.tiles_q), unsigned((p.K + t.bn - 1) / t.bn));
   const std::vector<uint16_t> got = unet::test::under_every_schedule([&] {
     std::vector<uint16_t> y(size_t(outputs), 0xFFFF);  // a NaN where nothing is written
-    if (dt == DType::bf16)
+    if (wgmma)
+      sm90::conv_fprop_sm90(p, dt, xa, wa, bias.data(), y.data(), t, nullptr);
+    else if (dt == DType::bf16)
       launch(emu_conv_sm90_test::conv_fprop_scalar_consumer<unet::kernels::cuda::element::BF16>, grid, dim3(256),
              emu_conv_sm90_test::smem_bytes(t), nullptr, x_map, w_map, g, t, bias.data(), y.data());
     else
@@ -127,4 +130,19 @@ TEST_CASE("sm90 conv pipeline: conv_sm90_problem names what the path cannot run"
   wide.qt = 200;
   p.stride_w = 2;
   CHECK(sm90::conv_sm90_problem(p, DType::bf16, wide) == "a box exceeds 256 elements along a dim");
+}
+
+TEST_CASE("sm90 conv fprop with wgmma: the same problems through the kernel's consumer warpgroups") {
+  // BN 64 and 128; BK 16, 32, 64 (the 32B, 64B and 128B swizzles read by the descriptors); partial tiles; stride 2.
+  sm90::ConvTile t{.zt = 2, .pt = 4, .qt = 16, .bn = 64, .bk = 16};
+  check_conv(problem(1, 3, 6, 9, 16, 40, 3, 1, 1), t, DType::bf16, true);
+  t.bk = 32;
+  check_conv(problem(2, 3, 5, 7, 24, 16, 3, 1, 1), t, DType::bf16, true);
+  t.bk = 64;
+  t.bn = 128;
+  check_conv(problem(1, 2, 4, 5, 72, 136, 3, 1, 1), t, DType::bf16, true);  // two N tiles, the second partial
+  t = {.zt = 1, .pt = 8, .qt = 16, .bn = 64, .bk = 32};
+  check_conv(problem(1, 5, 9, 13, 32, 24, 3, 2, 1), t, DType::f16, true);
+  t = {.zt = 4, .pt = 4, .qt = 8, .bn = 64, .bk = 64};
+  check_conv(problem(2, 8, 8, 8, 64, 64, 2, 2, 0), t, DType::bf16, true);
 }

@@ -151,4 +151,9 @@ __device__ __forceinline__ void produce_fprop_operands(const TensorMap& x_map, c
   }
 }
 
+// y = conv(x, w) + bias on the sm_90a path (kernels/cuda/conv_sm90.cu): tile t with 128 output pixels and BN 64 or
+// 128. Throws std::invalid_argument naming what conv_sm90_problem refuses. Under nvcc it needs an sm_90a device.
+void conv_fprop_sm90(const ConvProblem& p, DType dt, const void* x, const void* w, const float* bias, void* y,
+                     const ConvTile& t, cudaStream_t stream);
+
 }  // namespace unet::kernels::cuda::sm90

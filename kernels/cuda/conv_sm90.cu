@@ -1,0 +1,133 @@
+// The Hopper (sm_90a) convolution fprop (kernels/cuda/conv_sm90.cuh): warpgroup MMA on operands the tensor memory
+// accelerator stages. A block of three warpgroups computes a 128-pixel x BN-channel tile of y:
+//   - warpgroup 0, the producer, gives up registers (setmaxnreg.dec) and its thread 0 issues every k-step's two tensor
+//     copies into a ring of kStages stages (produce_fprop_operands);
+//   - warpgroups 1 and 2, the consumers, take rows 0..63 and 64..127 of the tile; per k-step each waits for the stage,
+//     issues BK / 16 wgmma m64nBNk16 (f32 accumulators in registers, A and B read from the swizzled stage through
+//     matrix descriptors) as one group, and keeps it in flight while the next k-step's group is issued
+//     (wgmma.wait_group 1): a stage goes back to the producer only once the group that reads it has retired.
+// The epilogue adds the bias and rounds to the storage type; output pixels beyond the tensor (partial tiles) and
+// channels beyond K are not stored. The sums run in one fixed order, so the result does not depend on the schedule.
+// Not yet dispatched by conv_fprop: conv_fprop_sm90 is called by its tests.
+// The kernel environment comes first: under the emulator it must precede every CUDA header.
+#include "kernels/cuda/cuda_compat.cuh"
+// clang-format off
+#include "kernels/cuda/conv_sm90.cuh"
+#include "kernels/cuda/element.cuh"
+#include "kernels/cuda/launch.cuh"
+#include "kernels/cuda/wgmma.cuh"
+// clang-format on
+
+#include <stdexcept>
+#include <string>
+
+namespace unet::kernels::cuda::sm90 {
+namespace {
+
+constexpr int kStages = 4, kThreads = 384, kConsumers = 256;
+
+// The descriptor swizzle for a stage row of bk 16-bit values (one swizzle span).
+__host__ __device__ constexpr WgmmaSwizzle descriptor_swizzle(int bk) {
+  return bk == 64 ? WgmmaSwizzle::b128 : bk == 32 ? WgmmaSwizzle::b64 : WgmmaSwizzle::b32;
+}
+
+// BN and BK are compile-time so that the MMAs of a k-step unroll into one chain (with a run-time trip count ptxas
+// serialises them, inserting a warpgroup.arrive before each).
+template <class E, int BN, int BK>
+__global__ void __launch_bounds__(kThreads, 1)
+    conv_fprop_sm90_kernel(const __grid_constant__ TensorMap x_map, const __grid_constant__ TensorMap w_map,
+                           ConvGeometry g, ConvTile t, const float* bias, typename E::T* y) {
+  __shared__ StageBarriers<kStages> bars;
+  DYN_SMEM(unsigned char, raw);
+  unsigned char* base = raw + (1024 - reinterpret_cast<uintptr_t>(raw) % 1024) % 1024;
+  const int stage_bytes = t.a_bytes() + t.b_bytes();
+  auto a_stage = [&](int s) { return base + s * stage_bytes; };
+  auto b_stage = [&](int s) { return base + s * stage_bytes + t.a_bytes(); };
+  init_stage_barriers(bars, kConsumers);
+  __syncthreads();
+  const TileOrigin o = tile_origin(g, t, int(blockIdx.x));
+  const int k0 = int(blockIdx.y) * BN;
+  if (threadIdx.x < 128) {
+    setmaxnreg_dec<40>();
+    if (threadIdx.x == 0) produce_fprop_operands<kStages>(x_map, w_map, g, t, o, k0, bars, a_stage, b_stage);
+    return;
+  }
+  setmaxnreg_inc<232>();
+  const int half = int(threadIdx.x) / 128 - 1;  // which 64 rows of the tile
+  constexpr int row_bytes = BK * 2, sbo = 8 * row_bytes;
+  constexpr WgmmaSwizzle swizzle = descriptor_swizzle(BK);
+  float d[BN / 2];
+  UNET_UNROLL
+  for (int v = 0; v < BN / 2; ++v) d[v] = 0.0f;
+  const int steps = g.steps();
+  for (int j = 0; j < steps; ++j) {
+    const int stage = j % kStages;
+    mbarrier_wait_parity(&bars.full[stage], (j / kStages) & 1);
+    wgmma_fence_operand(d);  // keeps the compiler from touching the accumulators while MMAs are in flight
+    wgmma_fence();
+    const unsigned char* a = a_stage(stage) + half * 64 * row_bytes;
+    const unsigned char* b = b_stage(stage);
+    UNET_UNROLL
+    for (int k = 0; k < BK / 16; ++k)  // 32 bytes of the reduction per MMA, inside the swizzled rows
+      wgmma_m64nNk16_ss<typename E::Mma, BN>(d, make_wgmma_desc(a + 32 * k, 16, sbo, swizzle),
+                                             make_wgmma_desc(b + 32 * k, 16, sbo, swizzle), true);
+    wgmma_commit_group();
+    wgmma_fence_operand(d);
+    wgmma_wait_group<1>();  // the previous k-step's group has retired: its stage may be refilled
+    if (j > 0) mbarrier_arrive(&bars.empty[(j - 1) % kStages]);
+  }
+  wgmma_wait_group<0>();
+  wgmma_fence_operand(d);
+
+  // d[4j + i] is row 16 w + g + 8 (i >> 1), column 8 j + 2 t + (i & 1) of this warpgroup's 64 x BN (wgmma.cuh).
+  const int r = int(threadIdx.x) % 128, warp = r / 32, lane = r % 32;
+  UNET_UNROLL
+  for (int v = 0; v < BN / 2; ++v) {
+    const int m = half * 64 + 16 * warp + lane / 4 + 8 * ((v % 4) >> 1);
+    const int k = k0 + 8 * (v / 4) + 2 * (lane % 4) + (v & 1);
+    const int qi = m % t.qt, pi = m / t.qt % t.pt, zi = m / (t.qt * t.pt);
+    const int z = o.z0 + zi, p = o.p0 + pi, q = o.q0 + qi;
+    if (z >= g.Z || p >= g.P || q >= g.Q || k >= g.K) continue;
+    y[(((int64_t(o.n) * g.Z + z) * g.P + p) * g.Q + q) * g.K + k] = E::store(d[v] + (bias ? bias[k] : 0.0f));
+  }
+}
+
+template <class E, int BN, int BK>
+void launch_fprop(const ConvProblem& p, DType dt, const void* x, const void* w, const float* bias, void* y,
+                  const ConvTile& t, cudaStream_t stream) {
+  const TensorMap x_map = make_activation_map(p, dt, x, t), w_map = make_weight_map(p, dt, w, t);
+  const ConvGeometry g = make_geometry(p, t);
+  const size_t smem = size_t(kStages) * size_t(t.a_bytes() + t.b_bytes()) + 1024;
+  auto kernel = conv_fprop_sm90_kernel<E, BN, BK>;
+#if !UNET_EMULATED
+  cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
+#endif
+  const dim3 grid(unsigned(p.N * g.tiles_z * g.tiles_p * g.tiles_q), unsigned((p.K + BN - 1) / BN));
+  launch(kernel, grid, dim3(kThreads), smem, stream, x_map, w_map, g, t, bias, static_cast<typename E::T*>(y));
+}
+
+}  // namespace
+
+void conv_fprop_sm90(const ConvProblem& p, DType dt, const void* x, const void* w, const float* bias, void* y,
+                     const ConvTile& t, cudaStream_t stream) {
+  if (const std::string why = conv_sm90_problem(p, dt, t); !why.empty())
+    throw std::invalid_argument("conv_fprop_sm90: " + why + " (" + p.describe() + ")");
+  if (t.bm() != 128) throw std::invalid_argument("conv_fprop_sm90: the tile must hold 128 output pixels");
+  if (t.bn != 64 && t.bn != 128) throw std::invalid_argument("conv_fprop_sm90: BN must be 64 or 128");
+  const auto run = [&](auto e) {
+    using E = decltype(e);
+    const auto with_bk = [&]<int BN>() {
+      if (t.bk == 16) return launch_fprop<E, BN, 16>(p, dt, x, w, bias, y, t, stream);
+      if (t.bk == 32) return launch_fprop<E, BN, 32>(p, dt, x, w, bias, y, t, stream);
+      return launch_fprop<E, BN, 64>(p, dt, x, w, bias, y, t, stream);
+    };
+    if (t.bn == 64) return with_bk.template operator()<64>();
+    return with_bk.template operator()<128>();
+  };
+  if (dt == DType::bf16)
+    run(element::BF16{});
+  else
+    run(element::F16{});
+}
+
+}  // namespace unet::kernels::cuda::sm90
