@@ -174,9 +174,21 @@ TEST_CASE("unet_infer refuses FIFOs, directories and unwritable outputs with sta
   const std::string& d = fx.dir;
   const std::string model = " --model " + fx.model, image = " --input " + d + "/images/a.nii.gz";
   const std::string file_out = " --output " + fx.out + "/a.nii.gz";  // out/ does not exist: see the cases
+  fs::copy_file(fx.model, d + "/m.nii.gz");  // models with an image's name, which an output must not replace
+  fs::copy_file(fx.model, d + "/p_probabilities.nii.gz");
+  fs::create_symlink(d + "/gone.safetensors", d + "/dangling.safetensors");
   const std::vector<BadCase> cases = {
       {"unet_infer", model + " --input " + d + "/fifo.nii.gz --output " + d + "/x.nii.gz", 2,
        "--input " + d + "/fifo.nii.gz: not a regular file (a FIFO (named pipe))"},
+      {"unet_infer", " --model " + d + "/m.nii.gz" + image + " --output " + d + "/m.nii.gz", 2,
+       "--output " + d + "/m.nii.gz: would overwrite the model " + d + "/m.nii.gz"},
+      {"unet_infer",
+       " --model " + d + "/p_probabilities.nii.gz" + image + " --output " + d + "/p.nii.gz --save-probabilities", 2,
+       "--output " + d + "/p.nii.gz: would overwrite the model " + d + "/p_probabilities.nii.gz"},
+      {"unet_infer", " --model " + d + "/nope.safetensors" + image + file_out, 2,
+       "--model " + d + "/nope.safetensors: no such file or directory; expected a model.safetensors file"},
+      {"unet_infer", " --model " + d + "/dangling.safetensors" + image + file_out, 2,
+       "--model " + d + "/dangling.safetensors: no such file or directory"},
       {"unet_infer", " --model " + d + "/model_dir.safetensors" + image + file_out, 2,
        "--model " + d + "/model_dir.safetensors: not a regular file (a directory)"},
       {"unet_infer", " --model " + d + "/fifo.safetensors" + image + file_out, 2,

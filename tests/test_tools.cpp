@@ -1,5 +1,7 @@
 // The command-line tools end to end, as real processes on real files: unet_synth -> unet_train -> unet_infer ->
 // unet_eval, the training loop itself, header preservation of unet_infer, and exit statuses for bad input.
+#include <sys/stat.h>
+
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -410,6 +412,53 @@ TEST_CASE("unet_eval fails on a reference without a prediction, or scores it 0 w
   auto j = nlohmann::json::parse(std::ifstream(dir + "/pred/dice.json"));
   CHECK(j["mean_dice"].get<double>() == doctest::Approx(0.5));  // (1 + 0) / 2, not 1 over the one case found
   CHECK(j["missing_predictions"] == nlohmann::json::array({"b.nii.gz"}));
+}
+
+TEST_CASE("unet_eval scores every reference whatever its name, reads dataset.json as training does, names bad values") {
+  test::TempDir tmp("eval_hostile");
+  const std::string& dir = tmp.path;
+  fs::create_directories(dir + "/ds/labelsTs");
+  fs::create_directories(dir + "/pred");
+  const std::string run = "--pred " + dir + "/pred --label " + dir + "/ds/labelsTs";
+  // A reference named like a probabilities map beside its label map is a reference like any other: both are scored
+  // (it used to be skipped, and the mean was that of x alone).
+  write_labels(dir + "/ds/labelsTs/x.nii.gz", 8);
+  write_labels(dir + "/ds/labelsTs/x_probabilities.nii.gz", 8);
+  write_labels(dir + "/pred/x.nii.gz", 8);
+  write_labels(dir + "/pred/x_probabilities.nii.gz", 4);
+  std::string out;
+  REQUIRE_MESSAGE(test::run_tool("unet_eval", run, &out) == 0, out);
+  auto j = nlohmann::json::parse(std::ifstream(dir + "/pred/dice.json"));
+  CHECK(j["cases"].size() == 2);
+  CHECK(j["mean_dice"].get<double>() == doctest::Approx((1.0 + 2.0 / 3.0) / 2));
+  fs::remove(dir + "/pred/dice.json");
+  // A dangling prediction is an error naming it, even with --missing-as-zero (not a missing case scored 0).
+  fs::remove(dir + "/pred/x_probabilities.nii.gz");
+  fs::create_symlink(dir + "/gone.nii.gz", dir + "/pred/x_probabilities.nii.gz");
+  CHECK(test::run_tool("unet_eval", run + " --missing-as-zero", &out) == 2);
+  CHECK_MESSAGE(out.find(dir + "/pred/x_probabilities.nii.gz: a dangling symbolic link") != std::string::npos, out);
+  fs::remove(dir + "/pred/x_probabilities.nii.gz");
+  fs::remove(dir + "/ds/labelsTs/x_probabilities.nii.gz");
+  // dataset.json: a FIFO is an error (it was ignored), "01" is refused as training refuses it, at most 1000 classes.
+  REQUIRE(::mkfifo((dir + "/ds/dataset.json").c_str(), 0600) == 0);
+  CHECK(test::run_tool("unet_eval", run, &out) == 2);
+  CHECK_MESSAGE(out.find(dir + "/ds/dataset.json: not a regular file (a FIFO (named pipe))") != std::string::npos, out);
+  fs::remove(dir + "/ds/dataset.json");
+  std::ofstream(dir + "/ds/dataset.json") << R"({"labels": {"0": "background", "01": "a"}})";
+  CHECK(test::run_tool("unet_eval", run, &out) == 1);
+  CHECK_MESSAGE(out.find("labels: '01'") != std::string::npos, out);
+  nlohmann::json many;
+  for (int c = 0; c < 1001; ++c) many["labels"][std::to_string(c)] = "c" + std::to_string(c);
+  std::ofstream(dir + "/ds/dataset.json") << many.dump();
+  CHECK(test::run_tool("unet_eval", run, &out) == 1);
+  CHECK_MESSAGE(out.find("labels: 1001 classes; at most 1000") != std::string::npos, out);
+  fs::remove(dir + "/ds/dataset.json");
+  // A value that is not a label is shown with all its digits (1.00000012, not 1.000000).
+  std::vector<float> v(64, 0.f);
+  v[5] = 1.0000001f;
+  io::write_nifti(dir + "/pred/x.nii.gz", Tensor::from_vector({4, 4, 4}, v), io::make_nifti_like({4, 4, 4}, {1, 1, 1}));
+  CHECK(test::run_tool("unet_eval", run, &out) == 1);
+  CHECK_MESSAGE(out.find("value 1.00000012 is not a label") != std::string::npos, out);
 }
 
 TEST_CASE("unet_infer --precision fp16 and bf16 give the fp32 probabilities to 16-bit accuracy; a bad name exits 2") {

@@ -26,6 +26,8 @@ namespace fs = std::filesystem;
 using unet::tools::UsageError;
 
 namespace {
+constexpr int kMaxClasses = 1000;
+
 // The classes of a label map whose class c is stored as the value c * scale (scale 255: ISBI 2012's 0 / 255).
 Tensor as_labels(const io::Image& v, int scale) {
   if (v.data.dim(3) != 1)
@@ -35,9 +37,11 @@ Tensor as_labels(const io::Image& v, int scale) {
   const float* s = v.data.data<float>();
   for (int64_t i = 0; i < t.numel(); ++i) {
     float x = s[i * v.data.dim(3)];
-    if (x < 0 || x != static_cast<float>(static_cast<int32_t>(x)))
-      throw std::runtime_error(v.path + ": value " + std::to_string(x) +
-                               " is not a label (expected non-negative integers)");
+    if (!(x >= 0 && x < 2147483648.0f) || x != static_cast<float>(static_cast<int32_t>(x))) {
+      char shown[32];  // every digit an f32 holds: 1.00000012, not 1.000000
+      std::snprintf(shown, sizeof shown, "%.9g", static_cast<double>(x));
+      throw std::runtime_error(v.path + ": value " + shown + " is not a label (expected integers 0 to 2^31 - 1)");
+    }
     const int32_t value = static_cast<int32_t>(x);
     if (value % scale != 0)
       throw std::runtime_error(v.path + ": value " + std::to_string(value) + " is not a multiple of --label-scale " +
@@ -57,14 +61,14 @@ bool is_probabilities_output(const fs::path& file) {
   return false;
 }
 
-// The label files of a directory (NIfTI or TIFF, not the NAME_probabilities maps unet_infer writes beside a NAME),
-// sorted. One that is not a regular file (a FIFO would block the read forever) is an error, not a case silently left
-// out.
-std::vector<fs::path> label_files(const std::string& dir) {
+// The label files of a directory (NIfTI or TIFF; among predictions, not the NAME_probabilities maps unet_infer
+// writes beside a NAME: every reference is scored, whatever its name), sorted. One that is not a regular file (a FIFO
+// would block the read forever) is an error, not a case silently left out.
+std::vector<fs::path> label_files(const std::string& dir, bool predictions) {
   std::vector<fs::path> files;
   for (auto& e : fs::directory_iterator(dir)) {
     const std::string n = e.path().filename().string();
-    if (io::is_image_name(n) && !n.starts_with(".") && !is_probabilities_output(e.path())) {
+    if (io::is_image_name(n) && !n.starts_with(".") && !(predictions && is_probabilities_output(e.path()))) {
       if (std::string why = unet::tools::regular_file_problem(e.path().string()); !why.empty())
         throw UsageError(e.path().string() + ": " + why + "; expected a NIfTI or TIFF label map");
       files.push_back(e.path());
@@ -85,7 +89,10 @@ fs::path dataset_json_of(const std::string& label_dir) {
 // The number of classes the dataset declares ("labels" of dataset_json_of(label_dir)), or 0 when there is none.
 int dataset_classes(const std::string& label_dir, std::string* source) {
   const fs::path json = dataset_json_of(label_dir);
-  if (!fs::is_regular_file(json)) return 0;
+  if (std::error_code ec; !fs::exists(fs::symlink_status(json, ec))) return 0;
+  if (std::string why = unet::tools::regular_file_problem(json.string()); !why.empty() || !fs::exists(json))
+    throw UsageError(json.string() + ": " + (why.empty() ? "a dangling symbolic link" : why) +
+                     "; expected the dataset's dataset.json (its labels give the classes)");
   nlohmann::json j;
   try {
     j = io::parse_json(io::read_text_file(json.string()));
@@ -98,6 +105,9 @@ int dataset_classes(const std::string& label_dir, std::string* source) {
   // the values 0..n-1 each once. A gap would add a class in no map, scored Dice 1 in every case.
   const nlohmann::json& labels = j["labels"];
   const int64_t n = static_cast<int64_t>(labels.size());
+  if (n > kMaxClasses)
+    throw std::runtime_error(json.string() + ": labels: " + std::to_string(n) + " classes; at most " +
+                             std::to_string(kMaxClasses) + " are supported");
   std::vector<bool> seen(static_cast<size_t>(n), false);
   for (const auto& [key, v] : labels.items()) {
     if (v.is_array())
@@ -107,7 +117,7 @@ int dataset_classes(const std::string& label_dir, std::string* source) {
     if (v.is_number_integer()) {
       value = v.get<int64_t>();
     } else if (v.is_string() && !key.empty() && key.find_first_not_of("0123456789") == std::string::npos &&
-               key.size() < 10) {
+               key.size() < 10 && std::to_string(std::stoll(key)) == key) {  // "01" is refused, as training does
       value = std::stoll(key);
     }
     if (value < 0 || value >= n || seen[static_cast<size_t>(value)])
@@ -125,8 +135,6 @@ int max_label(const Tensor& t) {
   for (int64_t i = 0; i < t.numel(); ++i) m = std::max(m, p[i]);
   return m;
 }
-
-constexpr int kMaxClasses = 1000;
 
 }  // namespace
 
@@ -193,9 +201,9 @@ int main(int argc, char** argv) {
     if (std::error_code ec; fs::equivalent(pred_dir, label_dir, ec))
       throw UsageError("--pred " + pred_dir + " and --label " + label_dir + " are the same " +
                        (pair_of_files ? "file" : "directory") + "; expected the predictions and their references");
-    const std::vector<fs::path> refs = pair_of_files ? std::vector<fs::path>{label_dir} : label_files(label_dir);
+    const std::vector<fs::path> refs = pair_of_files ? std::vector<fs::path>{label_dir} : label_files(label_dir, false);
     if (refs.empty()) throw UsageError(label_dir + ": no .nii, .nii.gz, .tif or .tiff label maps");
-    if (!pair_of_files && label_files(pred_dir).empty())
+    if (!pair_of_files && label_files(pred_dir, true).empty())
       throw UsageError(pred_dir + ": no .nii, .nii.gz, .tif or .tiff label maps");
 
     // Every reference is scored: a missing prediction fails the evaluation, or scores 0 with --missing-as-zero.
@@ -206,29 +214,33 @@ int main(int argc, char** argv) {
     };
     std::vector<Pair> pairs;
     std::vector<std::string> missing;
-    for (const fs::path& r : refs) {
-      const fs::path p = pair_of_files ? fs::path(pred_dir) : fs::path(pred_dir) / r.filename();
-      const io::Image lv = io::read_image(r.string());
-      Pair pair{r.filename().string(), p, r, Tensor(), as_labels(lv, label_scale)};
-      if (fs::exists(p)) {
-        if (std::string why = unet::tools::regular_file_problem(p.string()); !why.empty())
-          throw UsageError(p.string() + ": " + why + "; expected a NIfTI or TIFF label map");
-        const io::Image pv = io::read_image(p.string());
-        if (std::string why = io::grid_mismatch(pv, lv); !why.empty()) {
-          const Shape &ps = pv.data.shape(), &ls = lv.data.shape();
-          const bool same_extent = ps[0] == ls[0] && ps[1] == ls[1] && ps[2] == ls[2];
-          if (!(ignore_geometry && same_extent))
-            throw std::runtime_error(p.string() + ": " + why +
-                                     (same_extent ? " (--ignore-geometry scores it regardless)" : ""));
-          std::fprintf(stderr, "unet_eval: warning: %s: %s; scored voxel for voxel (--ignore-geometry)\n",
-                       p.string().c_str(), why.c_str());
+    for (const fs::path& r : refs) try {
+        const fs::path p = pair_of_files ? fs::path(pred_dir) : fs::path(pred_dir) / r.filename();
+        const io::Image lv = io::read_image(r.string());
+        Pair pair{r.filename().string(), p, r, Tensor(), as_labels(lv, label_scale)};
+        if (fs::exists(p)) {
+          if (std::string why = unet::tools::regular_file_problem(p.string()); !why.empty())
+            throw UsageError(p.string() + ": " + why + "; expected a NIfTI or TIFF label map");
+          const io::Image pv = io::read_image(p.string());
+          if (std::string why = io::grid_mismatch(pv, lv); !why.empty()) {
+            const Shape &ps = pv.data.shape(), &ls = lv.data.shape();
+            const bool same_extent = ps[0] == ls[0] && ps[1] == ls[1] && ps[2] == ls[2];
+            if (!(ignore_geometry && same_extent))
+              throw std::runtime_error(p.string() + ": " + why +
+                                       (same_extent ? " (--ignore-geometry scores it regardless)" : ""));
+            std::fprintf(stderr, "unet_eval: warning: %s: %s; scored voxel for voxel (--ignore-geometry)\n",
+                         p.string().c_str(), why.c_str());
+          }
+          pair.pred = as_labels(pv, label_scale);
+        } else if (std::error_code ec; fs::is_symlink(fs::symlink_status(p, ec))) {
+          throw UsageError(p.string() + ": a dangling symbolic link; expected a NIfTI or TIFF label map");
+        } else {
+          missing.push_back(r.filename().string());
         }
-        pair.pred = as_labels(pv, label_scale);
-      } else {
-        missing.push_back(r.filename().string());
+        pairs.push_back(std::move(pair));
+      } catch (const std::bad_alloc&) {
+        throw std::runtime_error(r.string() + ": out of memory reading it and its prediction");
       }
-      pairs.push_back(std::move(pair));
-    }
     if (!missing.empty()) {
       std::string list;
       for (const std::string& m : missing) list += (list.empty() ? "" : ", ") + m;

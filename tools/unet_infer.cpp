@@ -120,8 +120,11 @@ int main(int argc, char** argv) {
     if (batch < 1 || batch > 1024) throw UsageError("--batch " + std::to_string(batch) + ": expected 1..1024");
     if (std::error_code ec; !fs::exists(input, ec))
       throw UsageError("--input " + input + ": " + (ec ? ec.message() : "no such file or directory"));
-    // A FIFO would block the read forever, a directory fail obscurely: the checkpoint must be a regular file. (A
-    // missing one is the predictor's runtime error, as for an unreadable one.)
+    // A FIFO would block the read forever, a directory fail obscurely: the checkpoint must be a regular file that
+    // exists (a dangling link included).
+    if (std::error_code ec; !fs::exists(model_path, ec))
+      throw UsageError("--model " + model_path + ": " + (ec ? ec.message() : "no such file or directory") +
+                       "; expected a model.safetensors file");
     if (std::string why = tools::regular_file_problem(model_path); !why.empty())
       throw UsageError("--model " + model_path + ": " + why + "; expected a model.safetensors file");
 
@@ -209,17 +212,24 @@ int main(int argc, char** argv) {
                            " would both be written as " + stem + ".* (" + o.filename().string() +
                            "); rename one of them");
       }
-    // Never write over an input, this case's or another's: the label map (or its probabilities) would replace an
-    // image before or after it is read. Files are compared by device and inode, so links and other spellings count.
+    // Never write over an input, this case's or another's, or the model: the label map (or its probabilities) would
+    // replace an image before or after it is read. Files are compared by device and inode, so links and other
+    // spellings count.
     std::set<std::pair<dev_t, ino_t>> inputs;
     for (const auto& job : jobs)
       for (const fs::path& in : job.first)
         if (struct stat st; ::stat(in.c_str(), &st) == 0) inputs.insert({st.st_dev, st.st_ino});
+    std::pair<dev_t, ino_t> model_file{};
+    if (struct stat st; ::stat(model_path.c_str(), &st) == 0) model_file = {st.st_dev, st.st_ino};
     for (const auto& [ins, out] : jobs)
       for (const fs::path& o : {out, probabilities_of(out)}) {
         if (o != out && !save_probabilities) continue;
-        if (struct stat st; ::stat(o.c_str(), &st) == 0 && inputs.count({st.st_dev, st.st_ino}))
+        struct stat st;
+        if (::stat(o.c_str(), &st) != 0) continue;
+        if (inputs.count({st.st_dev, st.st_ino}))
           throw UsageError("--output " + output + ": would overwrite the input " + o.string());
+        if (std::pair{st.st_dev, st.st_ino} == model_file)
+          throw UsageError("--output " + output + ": would overwrite the model " + o.string());
       }
 
     models::PredictorOptions po;
