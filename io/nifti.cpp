@@ -262,7 +262,7 @@ int check_header_fields(const std::string& path) {
   if (version != 1 && version != 2) fail(path, "not a readable NIfTI-1 or NIfTI-2 file");  // check_magic passed
   // Read again through the version's own reader, which byte-swaps a big-endian header.
   int swapped = 0;
-  int64_t dim[8] = {}, header_size = 0;
+  int64_t dim[8] = {}, header_size = 0, sizeof_hdr = 0;
   double raw_offset = 0, slope = 0, inter = 0;
   int64_t datatype = 0, bitpix = 0;
   double pixdim[8] = {};
@@ -277,6 +277,7 @@ int check_header_fields(const std::string& path) {
     for (int i = 0; i < 8; ++i) pixdim[i] = h->pixdim[i];
     one_file = NIFTI_ONEFILE(*h);
     header_size = 540;
+    sizeof_hdr = h->sizeof_hdr;
     free(h);
   } else {
     nifti_1_header* h = nifti_read_n1_hdr(path.c_str(), &swapped, 0);
@@ -288,8 +289,14 @@ int check_header_fields(const std::string& path) {
     for (int i = 0; i < 8; ++i) pixdim[i] = h->pixdim[i];
     one_file = NIFTI_ONEFILE(*h);
     header_size = 348;
+    sizeof_hdr = h->sizeof_hdr;
     free(h);
   }
+  // nifticlib takes the byte order from dim[0]; a sizeof_hdr that only reads right in the other order is a header
+  // whose fields mix byte orders (or a damaged one), so which order holds for the rest is a guess.
+  if (sizeof_hdr != header_size)
+    fail(path, "header field sizeof_hdr is " + std::to_string(sizeof_hdr) + " in the byte order of dim[0]; expected " +
+                   std::to_string(header_size) + " (a header that mixes byte orders?)");
   // nifticlib sizes the voxels by datatype alone; a bitpix that disagrees means a damaged header or a writer that
   // meant another type, and either way the values would be read wrongly.
   const int bits = supported_bitpix(datatype);

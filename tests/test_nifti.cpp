@@ -392,6 +392,14 @@ TEST_CASE("a header without the NIfTI magic is an error naming the file and the 
                                "(NIfTI-1) or 540 (NIfTI-2)")
                            .c_str(),
                        std::runtime_error);
+  // 348 big-endian in a little-endian header (dim[0] decides the byte order): the fields mix orders.
+  path = write_valid(dir + "/swapped_size.nii");
+  std::fstream(path, std::ios::binary | std::ios::in | std::ios::out).seekp(0).write("\0\0\x01\x5c", 4);
+  CHECK_THROWS_WITH_AS(read_nifti(path),
+                       (path + ": header field sizeof_hdr is 1543569408 in the byte order of dim[0]; expected 348 (a "
+                               "header that mixes byte orders?)")
+                           .c_str(),
+                       std::runtime_error);
 }
 
 TEST_CASE("a datatype read_nifti does not convert, or a bitpix that disagrees with it, is an error naming both") {
