@@ -20,6 +20,7 @@
 #include "kernels/cuda/cuda_compat.cuh"
 // clang-format off
 #include "kernels/cuda/conv.cuh"
+#include "kernels/cuda/conv_sm90.cuh"
 #include "kernels/cuda/conv_thin.cuh"
 #include "kernels/cuda/element.cuh"
 #include "kernels/cuda/launch.cuh"
@@ -29,6 +30,7 @@
 
 #include <atomic>
 #include <cstdint>
+#include <cstdlib>
 #include <stdexcept>
 #include <string>
 #include <type_traits>
@@ -37,7 +39,42 @@ namespace unet::kernels::cuda {
 
 namespace {
 std::atomic<bool> allow_tf32{false};
+std::atomic<int> sm90_mode{-1};  // -1: not set yet (UNET_CONV_SM90 decides at first use)
 }  // namespace
+
+void set_conv_sm90(bool enable) {
+  sm90_mode.store(enable ? 1 : 0, std::memory_order_relaxed);
+}
+bool conv_sm90_enabled() {
+  int mode = sm90_mode.load(std::memory_order_relaxed);
+  if (mode < 0) {
+    const char* v = std::getenv("UNET_CONV_SM90");
+    mode = v && std::string(v) == "1" ? 1 : 0;
+    sm90_mode.store(mode, std::memory_order_relaxed);
+  }
+  return mode == 1;
+}
+
+namespace {
+// Whether conv_fprop takes the sm_90a path (conv.cuh): enabled, and the current device runs the build's sm_90a code
+// (UNET_HAVE_CONV_SM90: the GPU build compiled conv_sm90.cu for it). The emulator runs it always.
+bool sm90_device() {
+  if (!conv_sm90_enabled()) return false;
+#if UNET_EMULATED
+  return true;
+#elif defined(UNET_HAVE_CONV_SM90)
+  int device = 0, major = 0, minor = 0;
+  if (cudaGetDevice(&device) != cudaSuccess ||
+      cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) != cudaSuccess ||
+      cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device) != cudaSuccess)
+    return false;
+  return major == 9 && minor == 0;
+#else
+  return false;
+#endif
+}
+}  // namespace
+
 void set_conv_allow_tf32(bool allow) {
   allow_tf32.store(allow, std::memory_order_relaxed);
 }
@@ -1087,6 +1124,12 @@ void conv_fprop(const ConvProblem& p, DType dt, const void* x, const void* w, co
   check_ptr(w, "conv_fprop", "w");
   check_ptr(y, "conv_fprop", "y");
   if (conv_thin_applies(p)) return conv_fprop_thin(p, dt, x, w, bias, y, stats, stream);  // 1-4 input channels
+  if (!stats && sm90_device()) {
+    const sm90::ConvTile t = sm90::choose_tile(p);
+    if (sm90::conv_sm90_problem(p, dt, t).empty() && reinterpret_cast<uintptr_t>(x) % 16 == 0 &&
+        reinterpret_cast<uintptr_t>(w) % 16 == 0)
+      return sm90::conv_fprop_sm90(p, dt, x, w, bias, y, t, stream);
+  }
   const int64_t M = p.N * p.Z * p.P * p.Q;
   with_conv_type(dt, "conv_fprop", [&](auto ty) {
     using Ty = decltype(ty);

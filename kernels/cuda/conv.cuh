@@ -31,6 +31,13 @@ namespace unet::kernels::cuda {
 void set_conv_allow_tf32(bool allow);
 bool conv_allow_tf32();
 
+// The Hopper path for f16 / bf16 fprop (kernels/cuda/conv_sm90.cu: wgmma on operands the tensor memory accelerator
+// stages), used by conv_fprop when enabled, on an sm_90 device of a build with sm_90a code (or under the emulator), for
+// problems it takes (C a multiple of 8, 16-byte aligned x and w, no statistics); otherwise the mma.sync path. Off by
+// default until it has run on a GPU: set_conv_sm90(true), or UNET_CONV_SM90=1 in the environment (read at first use).
+void set_conv_sm90(bool enable);
+bool conv_sm90_enabled();
+
 // y = conv(x, w) + bias. bias [K] f32 or null. When stats is not null it receives, per (sample, output channel), the
 // sum and the sum of squares of the stored y (after bias, after rounding to dt) as f32 pairs: stats[(n * K + k) * 2 +
 // 0] = sum, [.. + 1] = sum of squares; instance norm then needs no second pass over y.

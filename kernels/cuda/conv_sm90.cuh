@@ -21,6 +21,7 @@
 // Requirements (conv_sm90_supported): f16 or bf16 storage; C a multiple of 8 (the tensor maps' byte strides are
 // multiples of 16); BK 16, 32 or 64 (32-, 64- or 128-byte swizzle); box sizes within the copy engine's 256 per dim.
 #pragma once
+#include <algorithm>
 #include <cstdint>
 #include <string>
 
@@ -52,11 +53,30 @@ struct ConvGeometry {
 inline std::string conv_sm90_problem(const ConvProblem& p, DType dt, const ConvTile& t) {
   if (dt != DType::f16 && dt != DType::bf16) return "needs f16 or bf16 storage";
   if (p.C % 8 != 0) return "needs C a multiple of 8 (C = " + std::to_string(p.C) + ")";
+  if (p.N * p.Z * p.P * p.Q >= (int64_t(1) << 31) || p.N * p.D * p.H * p.W * p.C >= (int64_t(1) << 40))
+    return "needs fewer than 2^31 output pixels";
   if (t.bk != 16 && t.bk != 32 && t.bk != 64) return "needs BK 16, 32 or 64";
   if (t.qt * p.stride_w > 256 || t.pt * p.stride_h > 256 || t.zt * p.stride_d > 256 || t.bn > 256)
     return "a box exceeds 256 elements along a dim";
   if (t.a_bytes() % 1024 != 0 || t.b_bytes() % 1024 != 0) return "stages must be whole 1024-byte swizzle atoms";
   return "";
+}
+
+// The tile conv_fprop uses: BK as wide as the channels allow (64, 32 or 16), BN 64 for up to 64 output channels and
+// 128 above, and 128 output pixels as wide along Q as the output is (up to 16), then along P, the rest along Z.
+inline ConvTile choose_tile(const ConvProblem& p) {
+  auto pow2_at_least = [](int64_t n) {
+    int v = 1;
+    while (v < n && v < 128) v *= 2;
+    return v;
+  };
+  ConvTile t;
+  t.bk = p.C >= 64 ? 64 : p.C >= 32 ? 32 : 16;
+  t.bn = p.K <= 64 ? 64 : 128;
+  t.qt = std::min(16, pow2_at_least(p.Q));
+  t.pt = std::min(128 / t.qt, pow2_at_least(p.P));
+  t.zt = 128 / (t.qt * t.pt);
+  return t;
 }
 
 inline CUtensorMapSwizzle swizzle_for(int bk) {
