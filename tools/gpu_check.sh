@@ -11,7 +11,8 @@
 #      deep supervision) in fp32, TF32, bf16 and fp16: samples/s, latency percentiles, peak memory;
 #   5. the same for DLE's UNet2D (572 x 572, batch 8, filters 64, its loss), as DLE UNet_Medical trains it, and for
 #      DLE's UNet 3+ (320 x 320, batch 16, filters 64, 3 slices in, its hybrid loss; fp32 and bf16 only, 2 steps);
-#   6. gpu_conv_bench: our convolutions against cuDNN at the nnU-Net shapes.
+#   6. gpu_conv_bench: our convolutions against cuDNN at the nnU-Net shapes;
+#   7. the sm_90a wgmma fprop (UNET_CONV_SM90=1): test_gpu through it, and gpu_conv_bench f16/bf16 again.
 # and writes one summary, markdown and JSON (GPU, driver, commit, every figure), to
 # bench/results/gpu-check-DATE-GPU.{md,json}; the logs of every step go to out/gpu-check/. About 6 minutes on an H200
 # before step 5 was added (at most 6 more).
@@ -121,6 +122,11 @@ if [ "$skip_bench" = 0 ]; then
     --channels 3 --classes 2 --deep-supervision 0 --device cuda --steps 2 --precision fp32,bf16 \
     --json "$work/train_bench_unet3plus.json"
   step conv_bench 330 "$bin/gpu_conv_bench" --json "$work/conv_bench.json"
+  # 7. The sm_90a wgmma fprop (opt-in until this step has passed on a GPU): test_gpu through it, then the f16/bf16
+  # convolutions timed again (fprop rows run on it; dgrad and wgrad are the same kernels as in step 6).
+  step test_gpu_sm90 300 env UNET_CONV_SM90=1 "$bin/unet_tests" --source-file='*test_gpu*'
+  step conv_bench_sm90 240 env UNET_CONV_SM90=1 "$bin/gpu_conv_bench" --dtypes f16,bf16 --budget 200 \
+    --json "$work/conv_bench_sm90.json"
 fi
 
 # ---- summary ----
@@ -150,6 +156,8 @@ out=bench/results/gpu-check-$date_tag-$gpu_tag
     echo "| train_bench, DLE UNet2D 572^2 batch 8 filters 64 (fp32, TF32, bf16, fp16) | $(status train_bench_unet2d); table below | ${secs[train_bench_unet2d]:-} |"
     echo "| train_bench, DLE UNet 3+ 320^2 batch 16 filters 64 (fp32, bf16) | $(status train_bench_unet3plus); table below | ${secs[train_bench_unet3plus]:-} |"
     echo "| gpu_conv_bench (ours vs cuDNN) | $(status conv_bench); table below | ${secs[conv_bench]:-} |"
+    echo "| test_gpu with the sm_90a fprop (UNET_CONV_SM90=1) | $(status test_gpu_sm90) | ${secs[test_gpu_sm90]:-} |"
+    echo "| gpu_conv_bench f16/bf16 with the sm_90a fprop | $(status conv_bench_sm90); log in out/gpu-check/conv_bench_sm90.log | ${secs[conv_bench_sm90]:-} |"
   fi
   if [ -s "$work/train_bench.log" ]; then
     echo
