@@ -254,6 +254,29 @@ int supported_bitpix(int64_t datatype) {
 // only says the file is unreadable), a voxel count that overflows (its nvox would wrap), and a vox_offset inside the
 // header (it would quietly read the voxels from the end of the header instead). Returns the NIfTI version (1 or 2)
 // or fails; check_magic has refused anything else.
+// Why the qform or sform a header declares (code > 0) cannot place the voxels, or "": a NaN or infinite quaternion,
+// offset or matrix element (nifticlib reads an infinite qoffset as 0, and a NaN sform would be copied to the output).
+template <class Header>
+std::string nonfinite_geometry(const Header& h) {
+  if (h.qform_code > 0)
+    for (const auto& [name, v] : {std::pair{"quatern_b", double(h.quatern_b)},
+                                  {"quatern_c", double(h.quatern_c)},
+                                  {"quatern_d", double(h.quatern_d)},
+                                  {"qoffset_x", double(h.qoffset_x)},
+                                  {"qoffset_y", double(h.qoffset_y)},
+                                  {"qoffset_z", double(h.qoffset_z)}})
+      if (!std::isfinite(v))
+        return std::string("header field ") + name + " is " + num(v) + " with qform_code " +
+               std::to_string(h.qform_code) + "; expected a finite number (or qform_code 0)";
+  if (h.sform_code > 0)
+    for (const auto& [name, row] : {std::pair{"srow_x", h.srow_x}, {"srow_y", h.srow_y}, {"srow_z", h.srow_z}})
+      for (int i = 0; i < 4; ++i)
+        if (!std::isfinite(double(row[i])))
+          return std::string("header field ") + name + "[" + std::to_string(i) + "] is " + num(double(row[i])) +
+                 " with sform_code " + std::to_string(h.sform_code) + "; expected a finite number (or sform_code 0)";
+  return "";
+}
+
 int check_header_fields(const std::string& path) {
   int version = 0;
   void* raw = nifti_read_header(path.c_str(), &version, 0);
@@ -263,6 +286,7 @@ int check_header_fields(const std::string& path) {
   // Read again through the version's own reader, which byte-swaps a big-endian header.
   int swapped = 0;
   int64_t dim[8] = {}, header_size = 0, sizeof_hdr = 0;
+  std::string geometry_problem;
   double raw_offset = 0, slope = 0, inter = 0;
   int64_t datatype = 0, bitpix = 0;
   double pixdim[8] = {};
@@ -278,6 +302,7 @@ int check_header_fields(const std::string& path) {
     one_file = NIFTI_ONEFILE(*h);
     header_size = 540;
     sizeof_hdr = h->sizeof_hdr;
+    geometry_problem = nonfinite_geometry(*h);
     free(h);
   } else {
     nifti_1_header* h = nifti_read_n1_hdr(path.c_str(), &swapped, 0);
@@ -290,10 +315,12 @@ int check_header_fields(const std::string& path) {
     one_file = NIFTI_ONEFILE(*h);
     header_size = 348;
     sizeof_hdr = h->sizeof_hdr;
+    geometry_problem = nonfinite_geometry(*h);
     free(h);
   }
   // nifticlib takes the byte order from dim[0]; a sizeof_hdr that only reads right in the other order is a header
   // whose fields mix byte orders (or a damaged one), so which order holds for the rest is a guess.
+  if (!geometry_problem.empty()) fail(path, geometry_problem);
   if (sizeof_hdr != header_size)
     fail(path, "header field sizeof_hdr is " + std::to_string(sizeof_hdr) + " in the byte order of dim[0]; expected " +
                    std::to_string(header_size) + " (a header that mixes byte orders?)");

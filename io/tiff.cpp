@@ -468,10 +468,13 @@ struct XmlTag {
 };
 
 // The start tags of an XML text, in order; comments, processing instructions, declarations and CDATA are skipped and
-// entities are not decoded (what is read from OME-XML here is names and integers). Stops at the first malformed tag,
-// with *complete false.
+// entities are not decoded (what is read from OME-XML here is names and integers). *complete is true when the text is
+// well-formed as far as this reads it: it stops with *complete false at the first malformed tag, an attribute given
+// twice or an end tag that does not end the innermost open element, and *complete is false when an element is left
+// open.
 std::vector<XmlTag> xml_start_tags(const std::string& xml, bool* complete) {
   std::vector<XmlTag> tags;
+  std::vector<std::string> open;  // the elements started and not yet ended, innermost last
   *complete = false;
   const auto space = [](char c) { return c == ' ' || c == '\t' || c == '\n' || c == '\r'; };
   size_t i = 0;
@@ -487,19 +490,31 @@ std::vector<XmlTag> xml_start_tags(const std::string& xml, bool* complete) {
       if (!skip_to("]]>")) return tags;
     } else if (xml.compare(i, 2, "<?") == 0) {
       if (!skip_to("?>")) return tags;
-    } else if (xml.compare(i, 2, "<!") == 0 || xml.compare(i, 2, "</") == 0) {
+    } else if (xml.compare(i, 2, "</") == 0) {  // an end tag: it must end the innermost open element
+      const size_t start = i + 2;
+      if (!skip_to(">")) return tags;
+      std::string name = xml.substr(start, i - 1 - start);
+      while (!name.empty() && space(name.back())) name.pop_back();
+      if (open.empty() || open.back() != name) return tags;
+      open.pop_back();
+    } else if (xml.compare(i, 2, "<!") == 0) {
       if (!skip_to(">")) return tags;
     } else {
       XmlTag tag;
       size_t j = i + 1;
       while (j < xml.size() && !space(xml[j]) && xml[j] != '/' && xml[j] != '>') ++j;
       tag.name = xml.substr(i + 1, j - i - 1);
+      const std::string qualified = tag.name;
       if (const size_t colon = tag.name.rfind(':'); colon != std::string::npos) tag.name.erase(0, colon + 1);
       if (tag.name.empty()) return tags;
       for (;;) {
         while (j < xml.size() && space(xml[j])) ++j;
         if (j >= xml.size()) return tags;
-        if (xml[j] == '>' || xml.compare(j, 2, "/>") == 0) break;
+        if (xml[j] == '>') {
+          open.push_back(qualified);
+          break;
+        }
+        if (xml.compare(j, 2, "/>") == 0) break;
         const size_t key = j;
         while (j < xml.size() && !space(xml[j]) && xml[j] != '=' && xml[j] != '>') ++j;
         std::string name = xml.substr(key, j - key);
@@ -510,6 +525,8 @@ std::vector<XmlTag> xml_start_tags(const std::string& xml, bool* complete) {
         if (j >= xml.size() || (xml[j] != '"' && xml[j] != '\'')) return tags;
         const size_t end = xml.find(xml[j], j + 1);
         if (end == std::string::npos) return tags;
+        for (const auto& [k, v] : tag.attributes)
+          if (k == name) return tags;  // an attribute given twice
         tag.attributes.emplace_back(std::move(name), xml.substr(j + 1, end - j - 1));
         j = end + 1;
       }
@@ -517,7 +534,7 @@ std::vector<XmlTag> xml_start_tags(const std::string& xml, bool* complete) {
       i = j;
     }
   }
-  *complete = true;
+  *complete = open.empty();
   return tags;
 }
 

@@ -318,6 +318,8 @@ TEST_CASE("unet_synth refuses garbage, negative and oversized numbers with statu
       {"unet_synth", out + " --dim 0", 2, "--dim 0: expected 2 or 3"},
       {"unet_synth", out + " --train ''", 2, "--train '': expected a whole number (number of training cases"},
       {"unet_synth", out + " --size ''", 2, "--size '': expected a non-empty value (volume size in voxels"},
+      {"unet_synth", out + " --size 16,16,16,", 2, "--size: '16,16,16,' ends with a comma (an empty item)"},
+      {"unet_synth", out + " --spacing 1,1,", 2, "--spacing: '1,1,' ends with a comma (an empty item)"},
       {"unet_synth", " --output " + fx.dir + "/file.txt/ds", 2,
        "--output " + fx.dir + "/file.txt/ds: " + fx.dir + "/file.txt is not a directory"},
   };

@@ -402,6 +402,27 @@ TEST_CASE("a header without the NIfTI magic is an error naming the file and the 
                        std::runtime_error);
 }
 
+TEST_CASE("a NaN or infinite qform or sform that its code declares is an error naming the field") {
+  std::string dir = temp_dir();
+  // NIfTI-1 offsets: qform_code 252, sform_code 254, qoffset_x 268, srow_y 296.
+  std::string path = write_valid(dir + "/qoffset.nii");
+  patch<int16_t>(path, 252, 1);
+  patch<float>(path, 268, std::numeric_limits<float>::infinity());
+  CHECK_THROWS_WITH_AS(read_nifti(path),
+                       (path + ": header field qoffset_x is inf with qform_code 1; expected a finite number (or "
+                               "qform_code 0)")
+                           .c_str(),
+                       std::runtime_error);
+  patch<int16_t>(path, 252, 0);  // not declared: ignored, as nifticlib ignores it
+  CHECK_NOTHROW(read_nifti(path));
+  path = write_valid(dir + "/sform.nii");
+  patch<int16_t>(path, 254, 2);
+  patch<float>(path, 296 + 4, std::numeric_limits<float>::quiet_NaN());
+  CHECK_THROWS_WITH_AS(read_nifti(path),
+                       doctest::Contains("header field srow_y[1] is nan with sform_code 2; expected a finite number"),
+                       std::runtime_error);
+}
+
 TEST_CASE("a datatype read_nifti does not convert, or a bitpix that disagrees with it, is an error naming both") {
   std::string dir = temp_dir();
   std::string path = write_valid(dir + "/datatype.nii");  // float32, bitpix 32

@@ -559,6 +559,13 @@ TEST_CASE("OME-TIFF: SizeC, SizeZ, SizeT and DimensionOrder are read; an OME out
         path + ": OME-XML description has 2 Pixels elements (images); expected one (save each image as its own file)");
   CHECK(error("DimensionOrder=\"XYCZT\" SizeC=\"1\" SizeZ=\"6\" SizeT=\"1").find("not well-formed") !=
         std::string::npos);
+  // An attribute given twice, an element left open, an end tag that ends another element: not well-formed either.
+  CHECK(error("DimensionOrder=\"XYCZT\" SizeC=\"1\" SizeC=\"2\" SizeZ=\"6\" SizeT=\"1\"").find("not well-formed") !=
+        std::string::npos);
+  CHECK(error("DimensionOrder=\"XYCZT\" SizeC=\"1\" SizeZ=\"6\" SizeT=\"1\"", "<Extra>").find("not well-formed") !=
+        std::string::npos);
+  CHECK(error("DimensionOrder=\"XYCZT\" SizeC=\"1\" SizeZ=\"6\" SizeT=\"1\"", "</Pixels>").find("not well-formed") !=
+        std::string::npos);
   fs::remove_all(dir);
 }
 

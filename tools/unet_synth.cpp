@@ -25,6 +25,10 @@ namespace {
 template <class T>
 std::array<T, 3> parse_triple(const std::string& text, const std::string& option, int dim, T slice_z) {
   std::vector<T> values;
+  if (text.ends_with(","))  // getline would not return the empty last item
+    throw unet::io::SynthOptionsError(option + ": '" + text +
+                                      "' ends with a comma (an empty item); expected one number or " +
+                                      (dim == 2 ? "y,x" : "z,y,x"));
   std::stringstream ss(text);
   std::string item;
   while (std::getline(ss, item, ',')) {
