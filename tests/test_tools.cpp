@@ -205,6 +205,20 @@ TEST_CASE("unet_infer on nnU-Net v2 test images: a case's channel files CASE_XXX
   CHECK(out.find("case_8_0001.nii.gz is channel 1 of case case_8, whose channels 0..0 are not all there") !=
         std::string::npos);
   CHECK(!fs::exists(dir + "/pred_bad"));
+  // Names that merely end in four digits, with no channel 0000 among them, are cases of their own (they were refused
+  // as incomplete nnU-Net v2 cases).
+  fs::create_directories(dir + "/one");
+  fs::create_directories(dir + "/years");
+  const std::string one = write_random_model(dir + "/one", 1, {8, 8, 8});
+  const Tensor single = Tensor::zeros({5, 11, 13, 1});
+  for (const char* name : {"ct_2019", "ct_2020"})
+    io::write_nifti(dir + "/years/" + name + ".nii.gz", single, io::make_nifti_like(single.shape(), {1, 1, 1}));
+  REQUIRE_MESSAGE(
+      test::run_tool("unet_infer", "--model " + one + " --input " + dir + "/years --output " + dir + "/pred_years",
+                     &out) == 0,
+      out);
+  CHECK(fs::exists(dir + "/pred_years/ct_2019.nii.gz"));
+  CHECK(fs::exists(dir + "/pred_years/ct_2020.nii.gz"));
 }
 
 TEST_CASE("unet_infer writes each label map with its input's header, for every nibabel fixture") {

@@ -150,8 +150,9 @@ int main(int argc, char** argv) {
       std::sort(files.begin(), files.end());
       if (files.empty())
         throw UsageError("--input " + input + ": no .nii, .nii.gz, .tif or .tiff files in the directory");
-      // nnU-Net v2's layout (every name CASE_XXXX, one file per channel): a case of its channel files in order,
-      // written as CASE, as nnUNetv2_predict does. Otherwise every file is a case.
+      // nnU-Net v2's layout (every name CASE_XXXX, one file per channel, channel 0000 among them): a case of its
+      // channel files in order, written as CASE, as nnUNetv2_predict does. Otherwise every file is a case (names that
+      // merely end in four digits, such as ct_2019 and ct_2020, or a lone scan_0001).
       const auto channel_of = [](const fs::path& f) {
         const std::string stem = io::image_stem(f.string());
         const size_t n = stem.size();
@@ -160,7 +161,8 @@ int main(int argc, char** argv) {
           if (!std::isdigit(static_cast<unsigned char>(stem[i]))) return -1;
         return std::stoi(stem.substr(n - 4));
       };
-      const bool v2 = std::all_of(files.begin(), files.end(), [&](const fs::path& f) { return channel_of(f) >= 0; });
+      const bool v2 = std::all_of(files.begin(), files.end(), [&](const fs::path& f) { return channel_of(f) >= 0; }) &&
+                      std::any_of(files.begin(), files.end(), [&](const fs::path& f) { return channel_of(f) == 0; });
       for (auto& f : files) {
         if (!v2) {
           jobs.push_back({{f}, fs::path(output) / f.filename()});
