@@ -360,15 +360,28 @@ NormalizationPlan NormalizationPlan::from_json(const std::string& text) {
   try {
     json j = json::parse(text);
     if (!j.is_array()) throw std::runtime_error("expected a list of channels");
-    for (const json& c : j) {
+    for (size_t i = 0; i < j.size(); ++i) {
+      const json& c = j[i];
+      const std::string where = "channel " + std::to_string(i);
+      // A named member of the channel's object, of the expected JSON type, with a message naming both.
+      const auto member = [&](const char* key, bool number) -> const json& {
+        if (!c.is_object() || !c.contains(key))
+          throw std::runtime_error(where + ": no \"" + key + "\"; expected " +
+                                   (number ? "a number" : "\"ct\" or \"zscore\""));
+        const json& v = c[key];
+        if (number ? !v.is_number() : !v.is_string())
+          throw std::runtime_error(where + ": \"" + key + "\" is " + v.dump() + "; expected " +
+                                   (number ? "a number" : "\"ct\" or \"zscore\""));
+        return v;
+      };
       ChannelNormalization n;
-      std::string scheme = c.at("scheme").get<std::string>();
+      std::string scheme = member("scheme", false).get<std::string>();
       if (scheme == "ct") {
         n.ct = true;
-        n.mean = c.at("mean").get<double>();
-        n.std = c.at("std").get<double>();
-        n.lower = c.at("lower").get<double>();
-        n.upper = c.at("upper").get<double>();
+        n.mean = member("mean", true).get<double>();
+        n.std = member("std", true).get<double>();
+        n.lower = member("lower", true).get<double>();
+        n.upper = member("upper", true).get<double>();
       } else if (scheme != "zscore") {
         throw std::runtime_error("unknown scheme '" + scheme + "' (expected ct or zscore)");
       }
