@@ -1176,6 +1176,8 @@ void conv_dgrad(const ConvProblem& p, DType dt, const void* dy, const void* w, v
   check_ptr(dy, "conv_dgrad", "dy");
   check_ptr(w, "conv_dgrad", "w");
   check_ptr(dx, "conv_dgrad", "dx");
+  if (sm90_device() && sm90::conv_dgrad_sm90_problem(p, dt).empty() && reinterpret_cast<uintptr_t>(dy) % 16 == 0)
+    return sm90::conv_dgrad_sm90(p, dt, dy, w, dx, stream);
   with_conv_type(dt, "conv_dgrad", [&](auto ty) { dgrad_typed<decltype(ty)>(p, g, dy, w, dx, stream); });
 }
 

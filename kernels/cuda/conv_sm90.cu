@@ -15,6 +15,7 @@
 #include "kernels/cuda/conv_sm90.cuh"
 #include "kernels/cuda/element.cuh"
 #include "kernels/cuda/launch.cuh"
+#include "kernels/cuda/scratch.cuh"
 #include "kernels/cuda/wgmma.cuh"
 // clang-format on
 
@@ -92,6 +93,15 @@ __global__ void __launch_bounds__(kThreads, 1)
   }
 }
 
+// wt [C][T][R][S][K] = w [K][T-1-t][R-1-r][S-1-s][C]: the weights of a stride-1 dgrad as those of an fprop (the taps
+// reversed, input and output channels swapped). One thread per element of wt.
+__global__ void __launch_bounds__(256) flip_transpose_weights(const uint16_t* w, uint16_t* wt, int K, int taps, int C) {
+  const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= int64_t(K) * taps * C) return;
+  const int k = int(i % K), tap = int(i / K % taps), c = int(i / K / taps);
+  wt[i] = w[(int64_t(k) * taps + (taps - 1 - tap)) * C + c];
+}
+
 template <class E, int BN, int BK>
 void launch_fprop(const ConvProblem& p, DType dt, const void* x, const void* w, const float* bias, void* y,
                   const ConvTile& t, cudaStream_t stream) {
@@ -128,6 +138,32 @@ void conv_fprop_sm90(const ConvProblem& p, DType dt, const void* x, const void* 
     run(element::BF16{});
   else
     run(element::F16{});
+}
+
+ConvProblem dgrad_as_fprop(const ConvProblem& p) {
+  ConvProblem q = p;
+  q.D = p.Z, q.H = p.P, q.W = p.Q, q.C = p.K, q.K = p.C;
+  q.pad_d = p.T - 1 - p.pad_d, q.pad_h = p.R - 1 - p.pad_h, q.pad_w = p.S - 1 - p.pad_w;
+  q.compute_output_size();
+  return q;
+}
+
+std::string conv_dgrad_sm90_problem(const ConvProblem& p, DType dt) {
+  if (p.stride_d != 1 || p.stride_h != 1 || p.stride_w != 1) return "needs stride 1";
+  if (p.pad_d >= p.T || p.pad_h >= p.R || p.pad_w >= p.S) return "needs padding below the kernel size";
+  const ConvProblem q = dgrad_as_fprop(p);
+  return conv_sm90_problem(q, dt, choose_tile(q));
+}
+
+void conv_dgrad_sm90(const ConvProblem& p, DType dt, const void* dy, const void* w, void* dx, cudaStream_t stream) {
+  if (const std::string why = conv_dgrad_sm90_problem(p, dt); !why.empty())
+    throw std::invalid_argument("conv_dgrad_sm90: " + why + " (" + p.describe() + ")");
+  const ConvProblem q = dgrad_as_fprop(p);
+  const int64_t n = p.K * p.taps() * p.C;
+  Scratch<uint16_t> wt(size_t(n), stream);
+  launch(flip_transpose_weights, dim3(unsigned((n + 255) / 256)), dim3(256), 0, stream, static_cast<const uint16_t*>(w),
+         wt.get(), int(p.K), int(p.taps()), int(p.C));
+  conv_fprop_sm90(q, dt, dy, wt.get(), nullptr, dx, choose_tile(q), stream);
 }
 
 }  // namespace unet::kernels::cuda::sm90

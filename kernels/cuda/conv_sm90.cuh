@@ -176,4 +176,9 @@ __device__ __forceinline__ void produce_fprop_operands(const TensorMap& x_map, c
 void conv_fprop_sm90(const ConvProblem& p, DType dt, const void* x, const void* w, const float* bias, void* y,
                      const ConvTile& t, cudaStream_t stream);
 
+// dx of a stride-1 convolution as the fprop of dy with the weights' taps reversed and channels swapped (a transposed
+// copy of w in scratch memory): the same wgmma kernel. conv_dgrad_sm90_problem says why a problem cannot take it ("").
+std::string conv_dgrad_sm90_problem(const ConvProblem& p, DType dt);
+void conv_dgrad_sm90(const ConvProblem& p, DType dt, const void* dy, const void* w, void* dx, cudaStream_t stream);
+
 }  // namespace unet::kernels::cuda::sm90
