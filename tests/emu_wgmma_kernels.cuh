@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <type_traits>
 
+#include "kernels/cuda/element.cuh"  // UNET_UNROLL
 #include "kernels/cuda/launch.cuh"
 #include "kernels/cuda/tensor_copy.cuh"
 #include "kernels/cuda/wgmma.cuh"
