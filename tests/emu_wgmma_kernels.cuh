@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <type_traits>
 
+#include "kernels/cuda/element.cuh"  // UNET_UNROLL
 #include "kernels/cuda/launch.cuh"
 #include "kernels/cuda/tensor_copy.cuh"
 #include "kernels/cuda/wgmma.cuh"
@@ -201,6 +202,8 @@ enum class Misuse : int {
   divergent_descriptor,     // each warp passes its own B descriptor
   descriptor_out_of_range,  // B's SBO reaches past the dynamic shared memory
   base_offset,              // a descriptor with a base offset, which the emulator does not model
+  divergent_instruction,    // warps 0-1 and 2-3 reach wgmma.fence at different instructions
+  deadlock,                 // warp 3 waits at a __syncthreads while warps 0-2 wait for it at wgmma.fence
 };
 
 // 64 x 8 x 16 f16 MMA on dynamic shared memory (4 KiB, launched with exactly that) filled with ones.
@@ -216,7 +219,12 @@ __global__ void wgmma_misuse(Misuse m) {
   if (m == Misuse::descriptor_out_of_range)  // its second core matrix along K starts at the end of the 4 KiB
     desc_b = make_wgmma_desc(smem + 3840, 256, 256, WgmmaSwizzle::none);
   if (m == Misuse::base_offset) desc_a |= uint64_t{1} << 49;
-  if (m != Misuse::missing_fence) wgmma_fence();
+  if (m == Misuse::divergent_instruction && threadIdx.x >= 64)
+    wgmma_fence();
+  else if (m == Misuse::deadlock && threadIdx.x >= 96)
+    __syncthreads();
+  else if (m != Misuse::missing_fence)
+    wgmma_fence();
   wgmma_m64nNk16_ss<__half, 8>(d, desc_a, desc_b, false);
   wgmma_commit_group();
   if (m != Misuse::missing_wait) wgmma_wait_group<0>();

@@ -372,4 +372,10 @@ TEST_CASE("misusing the warpgroup instructions is a KernelError") {
   SUBCASE("a base offset") {
     launch_misuse(Misuse::base_offset, 128, "base offset");
   }
+  SUBCASE("warps at different wgmma instructions") {
+    launch_misuse(Misuse::divergent_instruction, 128, "must execute the same .aligned instruction");
+  }
+  SUBCASE("a warp waiting elsewhere") {
+    launch_misuse(Misuse::deadlock, 128, "threads of warpgroup 0 arrived");
+  }
 }

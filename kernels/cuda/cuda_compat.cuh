@@ -2,9 +2,7 @@
 // intrinsics, under the host compiler the device emulator (kernels/emu), so the same kernel text runs on a GPU and,
 // in CI, on the CPU. The few things CUDA spells differently for the two are macros defined here:
 //   DYN_SMEM(T, name)   declares `T* name` pointing at the block's dynamic shared memory (the launch's smem_bytes);
-//   UNET_EMULATED       1 under the emulator, 0 under nvcc (for the rare leaf intrinsic that needs two versions);
-//   UNET_UNROLL         `#pragma unroll` for the next loop under nvcc (a loop over a register array must be unrolled
-//                       to stay in registers), nothing for the host compiler, which does not know that pragma.
+//   UNET_EMULATED       1 under the emulator, 0 under nvcc (for the rare leaf intrinsic that needs two versions).
 #pragma once
 
 #ifdef __CUDACC__
@@ -12,12 +10,10 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 #define UNET_EMULATED 0
-#define UNET_UNROLL _Pragma("unroll")
 #define DYN_SMEM(T, name)                                         \
   extern __shared__ __align__(16) unsigned char unet_dyn_smem_[]; \
   T* name = reinterpret_cast<T*>(unet_dyn_smem_)
 #else
 #include "kernels/emu/cuda_emu.h"
 #define UNET_EMULATED 1
-#define UNET_UNROLL
 #endif

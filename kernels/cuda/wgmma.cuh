@@ -478,13 +478,12 @@ inline uint32_t element_address(uint64_t desc, bool mn_major, int mn, int k, int
   const int per_chunk = 16 / bytes;
   uint32_t offset;
   if (!mn_major) {
-    const uint32_t r = mn % 8, j = mn / 8, kc = k / per_chunk;
-    offset = (mode == 0 ? 16 * r + kc * lbo : 16 * w * r + 16 * kc) + j * sbo + (k % per_chunk) * bytes;
+    const uint32_t r = mn % 8, j = mn / 8, kc = k / per_chunk, e = k % per_chunk;
+    offset = (mode == 0 ? 16 * r + sbo * j + lbo * kc : 16 * w * r + sbo * j + 16 * kc) + e * bytes;
   } else {
-    const uint32_t c = mn / per_chunk, r = k % 8, kk = k / 8;
-    offset = (mode == 0 ? c * sbo + kk * lbo : 16 * (c % w) + (c / w) * lbo + kk * sbo) + 16 * w * r +
-             (mn % per_chunk) * bytes;
-    if (mode == 0) offset -= 16 * w * r - 16 * r;  // w = 1: the 8 k-rows of a core matrix are 16 bytes apart
+    const uint32_t c = mn / per_chunk, r = k % 8, kk = k / 8, e = mn % per_chunk;
+    offset =
+        (mode == 0 ? sbo * c + 16 * r + lbo * kk : 16 * (c % w) + lbo * (c / w) + 16 * w * r + sbo * kk) + e * bytes;
   }
   const uint32_t a = start + offset;
   const uint32_t mask = mode == 0 ? 0 : w - 1;  // 7, 3 or 1 chunk-index bits

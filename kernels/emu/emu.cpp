@@ -13,6 +13,11 @@
 // forward lands each at the first point after its issue ("early"), reverse as late as possible ("late": only when
 // nothing else can run, newest first), random makes each copy early or late by a coin flip. So a kernel that reads a
 // copy's destination without waiting on its mbarrier reads the 0xFF fill (NaN) or stale data under some schedule.
+//
+// Warpgroup MMA (kernels/cuda/wgmma.cuh): each wgmma instruction is a rendezvous of the 128 threads of a warpgroup;
+// wgmma.mma_async queues its operation for the warpgroup, and wgmma.wait_group runs the queued operations of the
+// groups it retires, so an MMA reads shared memory and writes the accumulators only then. Descriptors name emulated
+// shared addresses, resolved through the block's windows (SharedWindow).
 #include "kernels/emu/emu.h"
 
 #include "kernels/emu/device_memory.h"

@@ -1,7 +1,8 @@
 // The device emulator's runtime interface: launching a kernel on the CPU, the schedule and worker options, the
 // error type, and the few entry points the kernel-facing layer (kernels/emu/cuda_emu.h, kernels/cuda/mma.cuh,
-// kernels/cuda/async_copy.cuh) calls for barriers, warp collectives, mbarriers and asynchronous copies. Kernel sources
-// never include this directly: they include kernels/cuda/cuda_compat.cuh.
+// kernels/cuda/async_copy.cuh, tensor_copy.cuh, wgmma.cuh) calls for barriers, warp and warpgroup collectives,
+// mbarriers, asynchronous copies and warpgroup MMA. Kernel sources never include this directly: they include
+// kernels/cuda/cuda_compat.cuh.
 //
 // Model (docs/emulator.md): the threads of one block are fibers on one OS thread, run in a plain loop until one of
 // them blocks (at __syncthreads or a warp collective); only then does that thread keep its fiber and a new one carries
