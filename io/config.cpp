@@ -10,6 +10,7 @@
 #include <sstream>
 
 #include "io/atomic_file.h"
+#include "io/json.h"
 
 namespace unet::io {
 namespace {
@@ -144,29 +145,6 @@ const ConfigKey& Config::find(const std::string& section, const std::string& nam
   }
   throw ConfigError(origin + ": unknown key '" + wanted + "'" + (best.empty() ? "" : "; did you mean '" + best + "'?"));
 }
-
-namespace {
-// The index of the first byte of s that does not start or continue a well-formed UTF-8 sequence (RFC 3629: no
-// overlong forms, no surrogates, nothing above U+10FFFF), or npos.
-size_t invalid_utf8_at(const std::string& s) {
-  for (size_t i = 0; i < s.size();) {
-    const unsigned char c = static_cast<unsigned char>(s[i]);
-    if (c < 0x80) {
-      ++i;
-      continue;
-    }
-    const int n = c >= 0xc2 && c <= 0xdf ? 1 : c >= 0xe0 && c <= 0xef ? 2 : c >= 0xf0 && c <= 0xf4 ? 3 : -1;
-    if (n < 0 || i + static_cast<size_t>(n) >= s.size()) return i;  // not a lead byte, or cut short
-    const unsigned char c1 = static_cast<unsigned char>(s[i + 1]);
-    if ((c == 0xe0 && c1 < 0xa0) || (c == 0xed && c1 > 0x9f) || (c == 0xf0 && c1 < 0x90) || (c == 0xf4 && c1 > 0x8f))
-      return i;
-    for (int k = 1; k <= n; ++k)
-      if ((static_cast<unsigned char>(s[i + k]) & 0xc0) != 0x80) return i;
-    i += static_cast<size_t>(n) + 1;
-  }
-  return std::string::npos;
-}
-}  // namespace
 
 void Config::set(const std::string& section, const std::string& name, const std::string& value,
                  const std::string& origin) {

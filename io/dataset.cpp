@@ -212,6 +212,10 @@ DatasetInfo read_msd_dataset(const std::string& dir) {
   info.labels = read_indexed_names(j, "labels", where);
   if (info.labels.size() < 2) fail("labels", "needs at least two labels (background and one foreground class)");
   if (info.labels.size() > 256) fail("labels", "more than 256 labels are not supported (labels are stored as u8)");
+  // As nnU-Net v2's: a class without a name would be written into the model card nameless.
+  for (size_t k = 0; k < info.labels.size(); ++k)
+    if (info.labels[k].empty())
+      fail("labels", "entry '" + std::to_string(k) + "' is an empty name; expected a class name");
 
   if (!j.contains("training")) fail("training", "missing (expected a list of {\"image\": ..., \"label\": ...})");
   const json& tr = j["training"];

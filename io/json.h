@@ -15,4 +15,9 @@ nlohmann::json parse_json(const std::string& text);
 // The whole of a file's contents, for parse_json; throws std::runtime_error naming the file if it cannot be read.
 std::string read_text_file(const std::string& path);
 
+// The index of the first byte of s that does not start or continue a well-formed UTF-8 sequence (RFC 3629: no
+// overlong forms, no surrogates, nothing above U+10FFFF), or npos. JSON text is UTF-8: nlohmann refuses to write
+// anything else (a Latin-1 file name), so such text is refused or escaped before it goes into JSON.
+size_t invalid_utf8_at(const std::string& s);
+
 }  // namespace unet::io

@@ -11,6 +11,7 @@
 #include <stdexcept>
 
 #include "io/atomic_file.h"
+#include "io/json.h"
 #include "io/resample.h"
 #include "io/safetensors.h"
 
@@ -20,7 +21,34 @@ namespace fs = std::filesystem;
 
 namespace {
 
-constexpr const char* kFormat = "unet preprocessed case 1";
+// 2: each entry of fingerprint.json carries a checksum, names are escaped to UTF-8, and the cases are
+// CASE.preprocessed.safetensors (caches of format 1 are made again, with one warning).
+constexpr const char* kFormat = "unet preprocessed case 2";
+
+// The cache file of case `id`. Its own ending, so that a cache sharing a directory with a run (data.cache =
+// output.dir, or another run's output.dir) never takes a run's file: a case named "checkpoint" or "model" would
+// otherwise be checkpoint.safetensors / model.safetensors, and the cache and the run would overwrite each other.
+fs::path case_file(const fs::path& dir, const std::string& id) {
+  return dir / (id + ".preprocessed.safetensors");
+}
+
+// `s` as UTF-8 text for JSON (fingerprint.json, the case files' metadata): bytes that are not UTF-8 (a Latin-1 file
+// name such as caf\xe9, which nlohmann refuses to write) become %XX, and '%' itself %25, so distinct names stay
+// distinct.
+std::string json_safe(const std::string& s) {
+  std::string out;
+  for (size_t i = 0; i < s.size();) {
+    const size_t bad = invalid_utf8_at(s.substr(i));
+    const size_t end = bad == std::string::npos ? s.size() : i + bad;
+    for (; i < end; ++i) out += s[i] == '%' ? std::string("%25") : std::string(1, s[i]);
+    if (i < s.size()) {
+      char b[4];
+      std::snprintf(b, sizeof b, "%%%02X", static_cast<unsigned>(static_cast<unsigned char>(s[i++])));
+      out += b;
+    }
+  }
+  return out;
+}
 
 // path:size:mtime of each source file: any change to a file (rewritten, touched, replaced) changes it.
 std::string source_stamp(const DatasetCase& c) {
@@ -33,7 +61,7 @@ std::string source_stamp(const DatasetCase& c) {
     const auto time = fs::last_write_time(p, ec).time_since_epoch().count();
     s += p + ":" + std::to_string(ec ? 0 : size) + ":" + std::to_string(ec ? 0 : time) + ";";
   }
-  return s;
+  return json_safe(s);
 }
 
 std::string spacing_text(const std::array<double, 3>& s) {
@@ -47,9 +75,26 @@ struct Geometry {
   std::array<int64_t, 3> size;  // after cropping
 };
 
+// The checksum of a fingerprint entry (FNV-1a, 64 bits, over its stamp, spacing and size as text): an entry edited by
+// hand or damaged on disk (a spacing changed to 3, 3, 3 with the stamp kept) no longer matches it, and its case is
+// preprocessed again instead of planning the target spacing from a value no file holds.
+std::string entry_check(const std::string& stamp, const Geometry& g) {
+  const std::string text = stamp + "|" + spacing_text(g.spacing) + "|" + std::to_string(g.size[0]) + "," +
+                           std::to_string(g.size[1]) + "," + std::to_string(g.size[2]);
+  uint64_t h = 1469598103934665603ull;
+  for (const char c : text) {
+    h ^= static_cast<unsigned char>(c);
+    h *= 1099511628211ull;
+  }
+  char b[17];
+  std::snprintf(b, sizeof b, "%016llx", static_cast<unsigned long long>(h));
+  return b;
+}
+
 // The geometry fingerprint.json records for a case whose files are unchanged (same stamp), or nothing: no entry, a
-// stale one, or a damaged one (not an object, a missing key, a value of the wrong type or out of range), which is
-// said in `warning` and makes the case be preprocessed again, like a stale one.
+// stale one, or a damaged one (not an object, a missing key, a value of the wrong type or out of range, values that
+// do not match the entry's "check"), which is said in `warning` and makes the case be preprocessed again, like a
+// stale one.
 std::optional<Geometry> known_geometry(const nlohmann::json& cases, const std::string& id, const std::string& stamp,
                                        std::string* warning) {
   const auto it = cases.find(id);
@@ -81,6 +126,10 @@ std::optional<Geometry> known_geometry(const nlohmann::json& cases, const std::s
   };
   three("spacing", false);
   three("size", true);
+  if (why.empty() && (!k.contains("check") || !k["check"].is_string()))
+    why = "has no string \"check\"";
+  else if (why.empty() && k["check"].get<std::string>() != entry_check(stamp, g))
+    why = "does not match its \"check\" (edited or damaged: its spacing or size is not what was measured)";
   if (why.empty()) return g;
   *warning = "entry \"" + id + "\" " + why + "; the case is preprocessed again";
   return std::nullopt;
@@ -133,15 +182,16 @@ PreprocessedDataset preprocess_dataset(const DatasetInfo& info, const std::vecto
 
   // 1. Each case's spacing and cropped size: from the fingerprint when its files are unchanged, else by loading it
   //    (kept in memory for step 3).
-  std::vector<std::string> stamps(n);
+  std::vector<std::string> stamps(n), ids(n);  // as UTF-8 (json_safe)
   std::vector<Geometry> geometry(n);
   std::vector<std::optional<Case>> loaded(n);
   for (size_t i = 0; i < n; ++i) {
     const DatasetCase& dc = info.training[i];
     stamps[i] = source_stamp(dc);
+    ids[i] = json_safe(dc.id);
     if (cache) {
       std::string warning;
-      const std::optional<Geometry> known = known_geometry(fingerprint["cases"], dc.id, stamps[i], &warning);
+      const std::optional<Geometry> known = known_geometry(fingerprint["cases"], ids[i], stamps[i], &warning);
       if (!warning.empty()) out.warnings.push_back(fingerprint_path + ": " + warning);
       if (known) {
         geometry[i] = *known;
@@ -151,7 +201,10 @@ PreprocessedDataset preprocess_dataset(const DatasetInfo& info, const std::vecto
     loaded[i] = load_cropped(info, i);
     const Case& c = *loaded[i];
     geometry[i] = {c.spacing, {c.label.dim(0), c.label.dim(1), c.label.dim(2)}};
-    fingerprint["cases"][dc.id] = {{"stamp", stamps[i]}, {"spacing", geometry[i].spacing}, {"size", geometry[i].size}};
+    fingerprint["cases"][ids[i]] = {{"stamp", stamps[i]},
+                                    {"spacing", geometry[i].spacing},
+                                    {"size", geometry[i].size},
+                                    {"check", entry_check(stamps[i], geometry[i])}};
   }
 
   // 2. The plan.
@@ -167,7 +220,7 @@ PreprocessedDataset preprocess_dataset(const DatasetInfo& info, const std::vecto
   // 3. Each case: its cache file when made from the same files for the same target, else preprocessed (and cached).
   for (size_t i = 0; i < n; ++i) {
     const DatasetCase& dc = info.training[i];
-    const std::string path = (dir / (dc.id + ".safetensors")).string();
+    const std::string path = case_file(dir, dc.id).string();
     if (cache && !loaded[i] && fs::exists(path)) {
       const SafetensorsContent f = read_safetensors(path);
       const auto entry = [&](const char* key) {

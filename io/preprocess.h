@@ -3,11 +3,13 @@
 // cases (io/resample.h). Normalisation comes after, per fold (io/dataset.h).
 //
 // With a cache directory, the work is kept on disk and reused while neither the data nor the plan changes:
-// fingerprint.json records per case a stamp of its source files (path, size, modification time) with its spacing and
-// cropped size, so the target spacing is planned without reading unchanged images; CASE.safetensors holds the
-// preprocessed image and label with the stamp and the target spacing they were made for. A case whose stamp or
+// fingerprint.json records per case a stamp of its source files (path, size, modification time) with its spacing,
+// cropped size and a checksum of the three, so the target spacing is planned without reading unchanged images;
+// CASE.preprocessed.safetensors holds the preprocessed image and label with the stamp and the target spacing they
+// were made for (an ending no run file has, so a cache may share a directory with a run). A case whose stamp or
 // target differs is preprocessed again and its file replaced (atomically); a damaged case file is an error naming it,
-// a damaged fingerprint entry a warning (PreprocessedDataset::warnings) that makes its case stale.
+// a damaged or edited fingerprint entry a warning (PreprocessedDataset::warnings) that makes its case stale. Names
+// and paths that are not UTF-8 are written to the JSON with those bytes as %XX.
 #pragma once
 #include <array>
 #include <string>

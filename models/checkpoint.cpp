@@ -1,6 +1,7 @@
 // Checkpoint layout conversion and parameter matching.
 #include "models/checkpoint.h"
 
+#include <algorithm>
 #include <charconv>
 #include <climits>
 #include <cmath>
@@ -69,6 +70,12 @@ void check_card(const ModelCard& c, const std::string& path) {
         multiple[a] *= n.strides[l][a];
       }
     }
+    // The input block keeps the input's resolution (nnU-Net's plan and MONAI's DynUNet as trained here): a stride of
+    // 2 there would make logits at half the window's size, found only by the sliding window, blaming the input.
+    if (!n.strides.empty() && std::any_of(n.strides[0].begin(), n.strides[0].end(), [](int s) { return s != 1; }))
+      bad("model.strides", "level 0 " + list(n.strides[0]) + "; expected " +
+                               list(std::vector<int>(n.strides[0].size(), 1)) +
+                               " (the first level keeps the input's resolution)");
     for (size_t a = 0; a < c.patch.size(); ++a)
       if (c.patch[a] % multiple[a] != 0)
         bad("plan.patch", list(c.patch) + "; expected multiples of " + list(multiple) + " (the network's strides)");
@@ -367,6 +374,7 @@ ModelCard card_from_metadata(const io::Metadata& m, const std::string& path) {
       r.bad("labels key '" + k + "'", "expected a class index 0.." + std::to_string(out_channels - 1) +
                                           " (model.out_channels " + std::to_string(out_channels) + ")");
     c.labels[index] = r.string(v, "labels['" + k + "']");
+    if (c.labels[index].empty()) r.bad("labels['" + k + "']", "an empty name; expected the class's name");
   }
   check_card(c, path);
   return c;

@@ -232,6 +232,43 @@ int64_t metadata_int(const io::Metadata& m, const std::string& key, const std::s
   return v;
 }
 
+// Whether every channel of an image [z, y, x, C] holds one value (to within the rounding of resampling): such an
+// image tells the network nothing, and a dataset of only such images (all zero, say) would train a model without a
+// word.
+bool constant_image(const Tensor& image) {
+  const int64_t channels = image.dim(-1), voxels = image.numel() / std::max<int64_t>(channels, 1);
+  const float* x = image.data<float>();
+  for (int64_t c = 0; c < channels; ++c) {
+    float lo = x[c], hi = x[c];
+    for (int64_t v = 0; v < voxels; ++v) {
+      lo = std::min(lo, x[v * channels + c]);
+      hi = std::max(hi, x[v * channels + c]);
+    }
+    if (!(hi - lo <= 1e-6f * std::max(std::abs(lo), std::abs(hi)))) return false;
+  }
+  return true;
+}
+
+// Training images that are constant: a warning naming them, or TrainerOptionError (exit 2) when every one is.
+void check_constant_images(const io::DatasetInfo& info, const std::vector<io::Case>& cases,
+                           const std::vector<size_t>& train, bool lead) {
+  std::vector<std::string> constant;
+  for (size_t i : train)
+    if (constant_image(cases[i].image)) constant.push_back(info.training[i].image_paths.at(0));
+  if (constant.empty()) return;
+  std::string names;
+  for (size_t k = 0; k < constant.size() && k < 5; ++k) names += (k ? ", " : "") + constant[k];
+  if (constant.size() > 5) names += " and " + std::to_string(constant.size() - 5) + " more";
+  if (constant.size() == train.size())
+    throw TrainerOptionError("data.dataset = " + info.dir + ": every training image is constant (one value per " +
+                             "channel: " + names + "); expected images whose intensities vary");
+  if (lead)
+    std::fprintf(stderr,
+                 "unet_train: warning: %zu of %zu training image(s) constant (one value per channel), "
+                 "nothing to learn from: %s\n",
+                 constant.size(), train.size(), names.c_str());
+}
+
 }  // namespace
 
 struct Trainer::State {
@@ -458,6 +495,7 @@ Trainer::Trainer(TrainerOptions options, std::FILE* out) : s_(std::make_unique<S
           "data.pipeline = dle_isbi: DLE UNet_Medical's pipeline takes model.name = unet2d and a "
           "square patch it fits (DLE: 572, 572)");
     for (size_t i = 0; i < n; ++i) s.cases.push_back(io::load_case(s.info, i));
+    check_constant_images(s.info, s.cases, s.split.train, s.lead());
     target = s.cases[0].spacing;
     norm = io::plan_normalization(s.info, {s.cases[0]});  // kept in the card for its form; dle_isbi does not use it
     for (auto& k : s.cases) io::dle_isbi_case(k, out_h, s.info.num_classes());
@@ -474,6 +512,7 @@ Trainer::Trainer(TrainerOptions options, std::FILE* out) : s_(std::make_unique<S
     if (s.lead())
       for (const std::string& w : pre.warnings) std::fprintf(stderr, "unet_train: warning: %s\n", w.c_str());
     s.cases = std::move(pre.cases);
+    check_constant_images(s.info, s.cases, s.split.train, s.lead());
     target = pre.target;
     if (out)
       std::fprintf(out, "unet_train: target spacing %.4g, %.4g, %.4g mm (z, y, x); %d of %zu cases resampled%s\n",

@@ -125,6 +125,15 @@ TEST_CASE("load_case gives an f32 [Z, Y, X, C] image and the u8 label on the sam
   CHECK(c.label.to_vector() == expected.label.to_vector());
 }
 
+TEST_CASE("an MSD label with an empty name is an error naming the file and the entry, as in nnU-Net v2's layout") {
+  test::TempDir tmp("msd_empty_label");
+  json j = minimal_json();
+  j["labels"]["1"] = "";
+  write_json(tmp / "dataset.json", j);
+  check_error_names([&] { read_msd_dataset(tmp.path); },
+                    {tmp / "dataset.json", "key 'labels': entry '1' is an empty name; expected a class name"});
+}
+
 TEST_CASE("a dataset.json missing a required key is an error naming the file and the key") {
   for (const char* key : {"modality", "labels", "training"}) {
     CAPTURE(key);

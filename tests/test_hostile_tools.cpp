@@ -920,6 +920,7 @@ TEST_CASE("unet_infer checks every field of the model card at load, naming the c
       {"model", "type", "7", "model.type: expected a string, got 7"},
       {"model", "negative_slope", "\"nan\"", "model.negative_slope: expected a number, got \"nan\""},
       {"labels", "1", "5", "labels['1']: expected a string, got 5"},
+      {"labels", "1", "\"\"", "labels['1']: an empty name; expected the class's name"},
       // (3 - 1) x 2^30 wraps a 32-bit int to a value that passed the check; every voxel was written as 0.
       {"plan", "label_scale", "1073741824", "plan.label_scale: expected an integer in 1..255, got 1073741824"},
       {"plan", "label_scale", "200", "plan.label_scale: 200 x the largest class 2 exceeds 255"},
@@ -932,6 +933,21 @@ TEST_CASE("unet_infer checks every field of the model card at load, naming the c
     CHECK(run_guarded("unet_infer", "--model " + bad + " --input " + image + " --output " + dir + "/seg.nii.gz",
                       &out) == 1);
     CHECK_MESSAGE(out.find("unet_infer: error: " + bad + ": " + message) != std::string::npos, out);
+    CHECK_FALSE(fs::exists(dir + "/seg.nii.gz"));
+  }
+  // A first level that downsamples: its logits would be half the window, blamed on the input by the sliding window.
+  {
+    const nlohmann::json model = nlohmann::json::parse(io::read_safetensors(good).metadata.at("model"));
+    nlohmann::json strides = model["strides"];
+    strides[0] = {2, 2, 2};
+    edited("model", "strides", strides.dump());
+    std::string out;
+    CHECK(run_guarded("unet_infer", "--model " + bad + " --input " + image + " --output " + dir + "/seg.nii.gz",
+                      &out) == 1);
+    CHECK_MESSAGE(out.find("unet_infer: error: " + bad +
+                           ": model.strides: level 0 [2, 2, 2]; expected [1, 1, 1] (the first level keeps the "
+                           "input's resolution)") != std::string::npos,
+                  out);
     CHECK_FALSE(fs::exists(dir + "/seg.nii.gz"));
   }
   // A format this version does not write.
@@ -1217,4 +1233,156 @@ TEST_CASE("unet_infer names the checkpoint as well as the image when finite weig
                 out);
   CHECK_MESSAGE(out.find(" NaN or infinite (first at ") != std::string::npos, out);
   CHECK_FALSE(fs::exists(dir + "/seg.nii.gz"));
+}
+
+TEST_CASE("unet_infer refuses, with status 2 before any volume, a model card whose plan.patch cannot fit in memory") {
+  test::TempDir tmp("hostile_card_patch_memory");
+  const std::string& dir = tmp.path;
+  // 256 filters on a 1024^3 window: the first level alone is 2 TiB (and 16 GiB of blending buffers), beyond any
+  // machine this runs on.
+  models::ModelCard card;
+  models::UNetPlan plan = models::plan_unet({8, 8, 8}, {1, 1, 1}, 1);
+  card.net = {1, 2, plan.kernels, plan.strides, {}};
+  for (size_t i = 0; i < plan.kernels.size(); ++i) card.net.filters.push_back(256 << i);
+  card.patch = {1024, 1024, 1024};
+  card.spacing = {1, 1, 1};
+  card.normalization.channels.assign(1, io::ChannelNormalization{});
+  card.labels = {{0, "background"}, {1, "a"}};
+  models::DynUNet net(card.net);
+  net.initialize(3);
+  const std::string model = dir + "/model.safetensors";
+  models::save_weights(model, net, models::card_to_metadata(card));
+  write_image(dir + "/a.nii.gz", 16, 1);
+  std::string out;
+  CHECK(run_guarded("unet_infer", "--model " + model + " --input " + dir + "/a.nii.gz --output " + dir + "/seg.nii.gz",
+                    &out) == 2);
+  CHECK_MESSAGE(out.find("unet_infer: --model " + model +
+                         ": plan.patch = [1024, 1024, 1024] (the window) with --batch 1: the first level's "
+                         "activations (256 filters) and the blending buffers alone take 2064.0 GiB, more than this "
+                         "machine's ") != std::string::npos,
+                out);
+  CHECK_MESSAGE(out.find("expected a model trained with a smaller patch") != std::string::npos, out);
+  CHECK_MESSAGE(out.find("--batch\n") == std::string::npos, out);  // no advice to lower a --batch of 1
+  CHECK_FALSE(fs::exists(dir + "/seg.nii.gz"));
+}
+
+TEST_CASE("unet_train refuses a UNet 3+ patch and batch that leave batch norm one value per channel, before any work") {
+  test::TempDir tmp("hostile_unet3plus_bottom");
+  const std::string& dir = tmp.path;
+  // No dataset: the setting alone is refused, before the data is looked at and before output.dir is written.
+  const std::string ini = small_train_ini(dir, dir + "/nonexistent");
+  std::string out;
+  CHECK(run_guarded("unet_train",
+                    ini + " --set model.name=unet3plus --set data.patch_size=16,16 --set data.batch_size=1",
+                    &out) == 2);
+  CHECK_MESSAGE(out.find("unet_train: data.patch_size = 16, 16 with data.batch_size = 1: UNet 3+'s bottom level (the "
+                         "patch / 16) is then 1 x 1") != std::string::npos,
+                out);
+  CHECK_MESSAGE(out.find("expected data.batch_size >= 2 or a patch of at least 32 in H or W") != std::string::npos,
+                out);
+  CHECK_FALSE(fs::exists(dir + "/run"));
+  // Batch 2 or a 32 x 16 patch is taken (then refused only for the missing dataset).
+  for (const std::string set : {" --set data.patch_size=16,16 --set data.batch_size=2",
+                                " --set data.patch_size=32,16 --set data.batch_size=1"}) {
+    CHECK(run_guarded("unet_train", ini + " --set model.name=unet3plus" + set, &out) == 2);
+    CHECK_MESSAGE(out.find("data.dataset = " + dir + "/nonexistent: no such directory") != std::string::npos, out);
+  }
+}
+
+TEST_CASE("data.cache = output.dir: a case named checkpoint or model never overwrites the run's files") {
+  test::TempDir tmp("hostile_cache_in_run");
+  const std::string& dir = tmp.path;
+  REQUIRE(test::run_tool("unet_synth", "--output " + dir + "/data --train 2 --test 0 --size 8,8,8 --seed 2") == 0);
+  std::string json = bytes_of(dir + "/data/dataset.json");
+  for (const auto& [from, to] : {std::pair{"case_000", "checkpoint"}, std::pair{"case_001", "model"}}) {
+    for (const std::string sub : {"/data/imagesTr/", "/data/labelsTr/"})
+      fs::rename(dir + sub + from + ".nii.gz", dir + sub + to + ".nii.gz");
+    for (size_t at; (at = json.find(from)) != std::string::npos;) json.replace(at, std::string(from).size(), to);
+  }
+  test::write_text(dir + "/data/dataset.json", json);
+  const std::string ini = small_train_ini(dir, dir + "/data");
+  std::string out;
+  REQUIRE_MESSAGE(run_guarded("unet_train", ini + " --set data.cache=" + dir + "/run", &out) == 0, out);
+  // The run's checkpoint and model are the run's (they load), and the cache's cases are files of their own.
+  const std::string run_model = dir + "/run/model.safetensors";
+  CHECK_NOTHROW(models::card_from_metadata(models::read_weights(run_model).metadata, run_model));
+  CHECK(fs::exists(dir + "/run/checkpoint.preprocessed.safetensors"));
+  CHECK(fs::exists(dir + "/run/model.preprocessed.safetensors"));
+  CHECK_MESSAGE(
+      run_guarded("unet_train", ini + " --set data.cache=" + dir + "/run --resume " + dir + "/run --set train.steps=3",
+                  &out) == 0,
+      out);
+  CHECK_MESSAGE(out.find("2 read from the cache") != std::string::npos, out);
+  // Another run's output.dir as the cache: its model is left alone.
+  const std::string model = bytes_of(dir + "/run/model.safetensors");
+  CHECK_MESSAGE(
+      run_guarded("unet_train", ini + " --set data.cache=" + dir + "/run --set output.dir=" + dir + "/run2", &out) == 0,
+      out);
+  CHECK(bytes_of(dir + "/run/model.safetensors") == model);
+}
+
+TEST_CASE("unet_train caches an nnU-Net v2 case whose file name is not UTF-8 (data.cache = auto)") {
+  test::TempDir tmp("hostile_latin1_case");
+  const std::string& dir = tmp.path;
+  REQUIRE(test::run_tool("unet_synth", "--output " + dir +
+                                           "/v2 --train 2 --test 0 --size 8,8,8 --seed 2 --format "
+                                           "nnunetv2") == 0);
+  fs::rename(dir + "/v2/labelsTr/case_000.nii.gz", dir + "/v2/labelsTr/caf\xe9.nii.gz");
+  fs::rename(dir + "/v2/imagesTr/case_000_0000.nii.gz", dir + "/v2/imagesTr/caf\xe9_0000.nii.gz");
+  const std::string ini = small_train_ini(dir, dir + "/v2");
+  std::string out;
+  CHECK_MESSAGE(run_guarded("unet_train", ini + " --set data.cache=auto", &out) == 0, out);
+  CHECK_MESSAGE(out.find("json.exception") == std::string::npos, out);
+  CHECK(fs::exists(dir + "/v2/unet_preprocessed/caf\xe9.preprocessed.safetensors"));
+  CHECK_MESSAGE(run_guarded("unet_train", ini + " --set data.cache=auto --set output.dir=" + dir + "/run2", &out) == 0,
+                out);
+  CHECK_MESSAGE(out.find("2 read from the cache") != std::string::npos, out);
+}
+
+TEST_CASE("unet_train does not trust an edited fingerprint.json: the spacing comes from the files, with a warning") {
+  test::TempDir tmp("hostile_fingerprint_edit");
+  const std::string& dir = tmp.path;
+  REQUIRE(test::run_tool("unet_synth", "--output " + dir + "/data --train 2 --test 0 --size 8,8,8 --seed 2") == 0);
+  const std::string ini = small_train_ini(dir, dir + "/data");
+  std::string out;
+  REQUIRE_MESSAGE(run_guarded("unet_train", ini + " --set data.cache=" + dir + "/cache", &out) == 0, out);
+  const std::string path = dir + "/cache/fingerprint.json";
+  nlohmann::json j = nlohmann::json::parse(bytes_of(path));
+  for (auto& [id, entry] : j["cases"].items()) entry["spacing"] = {3, 3, 3};
+  test::write_text(path, j.dump());
+  CHECK(run_guarded("unet_train", ini + " --set data.cache=" + dir + "/cache --set output.dir=" + dir + "/run2",
+                    &out) == 0);
+  CHECK_MESSAGE(out.find("unet_train: warning: " + path + ": entry \"case_000\" does not match its \"check\"") !=
+                    std::string::npos,
+                out);
+  CHECK_MESSAGE(out.find("target spacing 1, 1, 1 mm") != std::string::npos, out);
+}
+
+TEST_CASE("unet_train warns of constant training images, naming them, and refuses when every one is (status 2)") {
+  test::TempDir tmp("hostile_constant_images");
+  const std::string& dir = tmp.path;
+  REQUIRE(test::run_tool("unet_synth", "--output " + dir + "/data --train 3 --test 0 --size 8,8,8 --seed 2") == 0);
+  const std::string ini = small_train_ini(dir, dir + "/data");
+  const auto zero = [&](const std::string& id) {
+    const std::string image = dir + "/data/imagesTr/" + id + ".nii.gz";
+    const io::NiftiVolume v = io::read_nifti(image);  // rewritten on its own header: the label's grid
+    io::write_nifti(image, Tensor::zeros(v.data.shape()), v);
+    return image;
+  };
+  const std::string first = zero("case_000");
+  std::string out;
+  CHECK_MESSAGE(run_guarded("unet_train", ini, &out) == 0, out);
+  CHECK_MESSAGE(out.find("unet_train: warning: 1 of 3 training image(s) constant (one value per channel), nothing to "
+                         "learn from: " +
+                         first) != std::string::npos,
+                out);
+  zero("case_001");
+  zero("case_002");
+  CHECK(run_guarded("unet_train", ini + " --set output.dir=" + dir + "/run2", &out) == 2);
+  CHECK_MESSAGE(out.find("unet_train: data.dataset = " + dir +
+                         "/data: every training image is constant (one value "
+                         "per channel: " +
+                         first) != std::string::npos,
+                out);
+  CHECK_FALSE(fs::exists(dir + "/run2"));
 }

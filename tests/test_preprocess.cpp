@@ -1,5 +1,6 @@
 // preprocess_dataset (io/preprocess.h): the cache gives back bitwise what preprocessing makes, is used only while the
 // source files and the plan are unchanged, and a damaged cache file is an error naming it.
+#include <algorithm>
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -57,7 +58,7 @@ TEST_CASE("the preprocessing cache: bitwise the same cases, reused until a sourc
   CHECK(first.from_cache == 0);
   CHECK(same_cases(first, none));
   CHECK(fs::exists(tmp / "cache/fingerprint.json"));
-  CHECK(fs::exists(tmp / "cache/case_100.safetensors"));
+  CHECK(fs::exists(tmp / "cache/case_100.preprocessed.safetensors"));
   const PreprocessedDataset second = preprocess_dataset(info, all, o);
   CHECK(second.from_cache == 4);
   CHECK(second.resampled == 1);
@@ -89,8 +90,8 @@ TEST_CASE("a damaged cache file is an error naming it") {
   PreprocessOptions o;
   o.cache_dir = tmp / "cache";
   preprocess_dataset(info, {0, 1, 2, 3}, o);
-  fs::resize_file(tmp / "cache/case_001.safetensors", 40);
-  CHECK_THROWS_WITH(preprocess_dataset(info, {0, 1, 2, 3}, o), doctest::Contains("case_001.safetensors"));
+  fs::resize_file(tmp / "cache/case_001.preprocessed.safetensors", 40);
+  CHECK_THROWS_WITH(preprocess_dataset(info, {0, 1, 2, 3}, o), doctest::Contains("case_001.preprocessed.safetensors"));
 }
 
 TEST_CASE("a damaged fingerprint entry makes its case stale with a warning naming the file and the entry") {
@@ -153,4 +154,84 @@ TEST_CASE("a case whose spacing cannot be resampled to the target is an error na
   }
   CHECK_MESSAGE(what.find(data + "/imagesTr/case_100.nii.gz: resampling 12 x 20 x 20 voxels from spacing 1e-30") == 0,
                 what);
+}
+
+TEST_CASE("an edited fingerprint entry (a spacing changed, the stamp kept) is not trusted: its case is made again") {
+  test::TempDir tmp("preprocess_fingerprint_edited");
+  const DatasetInfo info = read_msd_dataset(mixed_dataset(tmp));
+  PreprocessOptions o;
+  o.cache_dir = tmp / "cache";
+  const std::vector<size_t> all{0, 1, 2, 3};
+  const PreprocessedDataset first = preprocess_dataset(info, all, o);
+  const std::string path = tmp / "cache/fingerprint.json";
+  for (const nlohmann::json spacing :
+       {nlohmann::json{3, 3, 3}, nlohmann::json{1e300, 1e300, 1e300}, nlohmann::json{1e-300, 1e-300, 1e-300}}) {
+    CAPTURE(spacing.dump());
+    nlohmann::json j = nlohmann::json::parse(std::ifstream(path));
+    for (auto& [id, entry] : j["cases"].items()) entry["spacing"] = spacing;
+    test::write_text(path, j.dump());
+    PreprocessedDataset again;
+    REQUIRE_NOTHROW(again = preprocess_dataset(info, all, o));
+    CHECK(again.target == first.target);  // planned from the files, not from the edited entries
+    CHECK(again.from_cache == 0);
+    CHECK(same_cases(again, first));
+    REQUIRE(again.warnings.size() == 4);
+    CHECK(again.warnings[0] == path +
+                                   ": entry \"case_000\" does not match its \"check\" (edited or damaged: its spacing "
+                                   "or size is not what was measured); the case is preprocessed again");
+  }
+}
+
+TEST_CASE(
+    "cache files cannot take a run's file names: a case named checkpoint is checkpoint.preprocessed.safetensors") {
+  test::TempDir tmp("preprocess_case_names");
+  const std::string data = mixed_dataset(tmp);
+  for (const std::string sub : {"imagesTr", "labelsTr"}) {
+    fs::rename(data + "/" + sub + "/case_000.nii.gz", data + "/" + sub + "/checkpoint.nii.gz");
+    fs::rename(data + "/" + sub + "/case_001.nii.gz", data + "/" + sub + "/model.nii.gz");
+  }
+  nlohmann::json j = nlohmann::json::parse(std::ifstream(data + "/dataset.json"));
+  j["training"][0] = {{"image", "./imagesTr/checkpoint.nii.gz"}, {"label", "./labelsTr/checkpoint.nii.gz"}};
+  j["training"][1] = {{"image", "./imagesTr/model.nii.gz"}, {"label", "./labelsTr/model.nii.gz"}};
+  test::write_text(data + "/dataset.json", j.dump(2));
+  const DatasetInfo info = read_msd_dataset(data);
+  PreprocessOptions o;
+  o.cache_dir = tmp / "run";  // the run's output.dir
+  fs::create_directories(o.cache_dir);
+  test::write_text(tmp / "run/checkpoint.safetensors", "the run's checkpoint");
+  test::write_text(tmp / "run/model.safetensors", "the run's model");
+  preprocess_dataset(info, {0, 1, 2, 3}, o);
+  CHECK(fs::exists(tmp / "run/checkpoint.preprocessed.safetensors"));
+  CHECK(fs::exists(tmp / "run/model.preprocessed.safetensors"));
+  std::ifstream checkpoint(tmp / "run/checkpoint.safetensors"), model(tmp / "run/model.safetensors");
+  CHECK(std::string(std::istreambuf_iterator<char>(checkpoint), {}) == "the run's checkpoint");
+  CHECK(std::string(std::istreambuf_iterator<char>(model), {}) == "the run's model");
+  CHECK(preprocess_dataset(info, {0, 1, 2, 3}, o).from_cache == 4);
+}
+
+TEST_CASE("a case file name that is not UTF-8 (Latin-1 caf\\xe9) is cached, escaped as %E9 in fingerprint.json") {
+  test::TempDir tmp("preprocess_latin1");
+  REQUIRE(test::run_tool("unet_synth", "--output " + tmp / "v2" +
+                                           " --train 3 --test 0 --size 8,8,8 --seed 1 --format nnunetv2") == 0);
+  const std::string latin1 = "caf\xe9", percent = "caf%E9";  // two names that the escaping must keep apart
+  for (const auto& [from, to] :
+       {std::pair{std::string("case_000"), latin1}, std::pair{std::string("case_001"), percent}}) {
+    fs::rename(tmp / ("v2/labelsTr/" + from + ".nii.gz"), tmp / ("v2/labelsTr/" + to + ".nii.gz"));
+    fs::rename(tmp / ("v2/imagesTr/" + from + "_0000.nii.gz"), tmp / ("v2/imagesTr/" + to + "_0000.nii.gz"));
+  }
+  const DatasetInfo info = read_dataset(tmp / "v2");
+  std::vector<std::string> ids;
+  for (const DatasetCase& c : info.training) ids.push_back(c.id);
+  REQUIRE(std::find(ids.begin(), ids.end(), latin1) != ids.end());
+  PreprocessOptions o;
+  o.cache_dir = tmp / "cache";
+  PreprocessedDataset first;
+  REQUIRE_NOTHROW(first = preprocess_dataset(info, {0, 1, 2}, o));
+  const nlohmann::json j = nlohmann::json::parse(std::ifstream(tmp / "cache/fingerprint.json"));
+  CHECK(j["cases"].contains("caf%E9"));
+  CHECK(j["cases"].contains("caf%25E9"));
+  CHECK(fs::exists(tmp / ("cache/" + latin1 + ".preprocessed.safetensors")));
+  const PreprocessedDataset second = preprocess_dataset(info, {0, 1, 2}, o);
+  CHECK(second.from_cache == 3);
+  CHECK(same_cases(second, first));
 }

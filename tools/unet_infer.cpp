@@ -248,6 +248,34 @@ int main(int argc, char** argv) {
       omp_set_num_threads(
           std::max(1, static_cast<int>(std::max(1u, std::thread::hardware_concurrency())) / comm.local_size()));
     const models::Predictor predictor(model_path, po);
+    // A card whose patch cannot fit (plan.patch = 1024^3: every volume padded to it) would only end in minutes of
+    // silence and an allocation failure: refused with the estimate, as unet_train refuses such a patch. A lower bound:
+    // the first level's two convolution outputs for --batch windows, in the activations' precision, and the f32
+    // buffers at least one window large that blending keeps (the padded input, the summed logits and weights); on a
+    // GPU the device's allocator reports what does not fit.
+    if (dev == Device::cpu) {
+      const models::ModelCard& card = predictor.card();
+      const std::vector<int>& filters = card.model == "unet2d"      ? card.unet2d.filters
+                                        : card.model == "unet3plus" ? card.unet3plus.filters
+                                                                    : card.net.filters;
+      const size_t spatial = card.model == "dynunet" ? card.patch.size() : std::min<size_t>(2, card.patch.size());
+      double voxels = 1;
+      for (size_t a = card.patch.size() - spatial; a < card.patch.size(); ++a) voxels *= card.patch[a];
+      const double value_bytes = prec == Precision::fp16 || prec == Precision::bf16 ? 2.0 : 4.0;
+      const double first_level = 2.0 * batch * voxels * (filters.empty() ? 1 : filters[0]) * value_bytes;
+      const double blending = 4.0 * voxels * (card.image_channels() + card.out_channels() + 1);
+      const double memory = tools::physical_memory_bytes();
+      if (memory > 0 && first_level + blending > memory) {
+        std::string patch;
+        for (int p : card.patch) patch += (patch.empty() ? "" : ", ") + std::to_string(p);
+        throw UsageError(
+            "--model " + model_path + ": plan.patch = [" + patch + "] (the window) with --batch " +
+            std::to_string(batch) + ": the first level's activations (" +
+            std::to_string(filters.empty() ? 1 : filters[0]) + " filters) and the blending buffers alone take " +
+            tools::gib_text(first_level + blending) + ", more than this machine's " + tools::gib_text(memory) +
+            "; expected a model trained with a smaller patch" + (batch > 1 ? " or a smaller --batch" : ""));
+      }
+    }
     if (comm.rank() == 0) {
       std::printf("unet_infer: %zu volume(s) on the %s backend in %s (%d host threads", jobs.size(), device_name(dev),
                   precision_name(prec), num_threads());
@@ -308,7 +336,10 @@ int main(int argc, char** argv) {
         std::printf("%s -> %s (%s, %.1f s)\n", in.string().c_str(), out.string().c_str(), grid.c_str(),
                     std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
       } catch (const std::bad_alloc&) {
-        const std::string what = in.string() + ": out of memory (try a smaller --batch, or without --tta)";
+        const std::string what = in.string() + ": out of memory (" +
+                                 (batch > 1 ? "try a smaller --batch"
+                                            : "the model's window (plan.patch) needs more memory than is available") +
+                                 (tta ? ", or without --tta)" : ")");
         if (!keep_going) throw std::runtime_error(what);
         std::fprintf(stderr, "unet_infer: error: %s (skipped)\n", what.c_str());
         failed.push_back(in.string());
