@@ -317,10 +317,11 @@ TEST_CASE("unet_infer rejects bad arguments with status 2 and unreadable models 
   CHECK(out.find("--overlap") != std::string::npos);
   CHECK(test::run_tool("unet_infer", "--model " + model + " --input " + dir + "/none.nii --output " + dir + "/x.nii",
                        &out) == 2);
+  // A missing model is a usage error like a missing input (exit 2, before any work); an unreadable one is exit 1.
   CHECK(test::run_tool("unet_infer",
                        "--model " + dir + "/none.safetensors --input " + fixture + " --output " + dir + "/x.nii",
-                       &out) == 1);
-  CHECK(out.find("cannot open checkpoint") != std::string::npos);
+                       &out) == 2);
+  CHECK(out.find("none.safetensors: no such file or directory") != std::string::npos);
   std::string model3 = write_random_model(dir, 3, {8, 8, 8});
   CHECK(test::run_tool("unet_infer", "--model " + model3 + " --input " + fixture + " --output " + dir + "/x.nii",
                        &out) == 1);
