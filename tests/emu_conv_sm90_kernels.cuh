@@ -42,16 +42,13 @@ __global__ void conv_fprop_scalar_consumer(const __grid_constant__ TensorMap x_m
   using namespace unet::kernels::cuda::sm90;
   __shared__ StageBarriers<kStages> bars;
   DYN_SMEM(unsigned char, raw);
-  unsigned char* base = raw + ((1024 - reinterpret_cast<uintptr_t>(raw) % 1024) % 1024);
-  const int stage_bytes = t.a_bytes() + t.b_bytes();
-  auto a_stage = [&](int s) { return base + s * stage_bytes; };
-  auto b_stage = [&](int s) { return base + s * stage_bytes + t.a_bytes(); };
+  const StageBuffers st(raw, t);
   init_stage_barriers(bars, kConsumers);
   __syncthreads();
   const TileOrigin o = tile_origin(g, t, int(blockIdx.x));
   const int k0 = int(blockIdx.y) * t.bn;
   if (threadIdx.x < 128) {
-    if (threadIdx.x == 0) produce_fprop_operands<kStages>(x_map, w_map, g, t, o, k0, bars, a_stage, b_stage);
+    if (threadIdx.x == 0) produce_fprop_operands<kStages>(x_map, w_map, g, t, o, k0, bars, st);
     return;
   }
   const int m = int(threadIdx.x) - 128;
@@ -60,8 +57,8 @@ __global__ void conv_fprop_scalar_consumer(const __grid_constant__ TensorMap x_m
   for (int j = 0; j < g.steps(); ++j) {
     const int stage = j % kStages;
     mbarrier_wait_parity(&bars.full[stage], (j / kStages) & 1);
-    const unsigned char* a = a_stage(stage);
-    const unsigned char* b = b_stage(stage);
+    const unsigned char* a = st.a(stage);
+    const unsigned char* b = st.b(stage);
     for (int n = 0; n < t.bn; ++n)
       for (int c = 0; c < t.bk; ++c) acc[n] += stage_value<E>(a, m, c, t.bk) * stage_value<E>(b, n, c, t.bk);
     mbarrier_arrive(&bars.empty[stage]);

@@ -40,17 +40,14 @@ __global__ void __launch_bounds__(kThreads, 1)
                            ConvGeometry g, ConvTile t, const float* bias, typename E::T* y) {
   __shared__ StageBarriers<kStages> bars;
   DYN_SMEM(unsigned char, raw);
-  unsigned char* base = raw + (1024 - reinterpret_cast<uintptr_t>(raw) % 1024) % 1024;
-  const int stage_bytes = t.a_bytes() + t.b_bytes();
-  auto a_stage = [&](int s) { return base + s * stage_bytes; };
-  auto b_stage = [&](int s) { return base + s * stage_bytes + t.a_bytes(); };
+  const StageBuffers st(raw, t);
   init_stage_barriers(bars, kConsumers);
   __syncthreads();
   const TileOrigin o = tile_origin(g, t, int(blockIdx.x));
   const int k0 = int(blockIdx.y) * BN;
   if (threadIdx.x < 128) {
     setmaxnreg_dec<40>();
-    if (threadIdx.x == 0) produce_fprop_operands<kStages>(x_map, w_map, g, t, o, k0, bars, a_stage, b_stage);
+    if (threadIdx.x == 0) produce_fprop_operands<kStages>(x_map, w_map, g, t, o, k0, bars, st);
     return;
   }
   setmaxnreg_inc<232>();
@@ -66,8 +63,8 @@ __global__ void __launch_bounds__(kThreads, 1)
     mbarrier_wait_parity(&bars.full[stage], (j / kStages) & 1);
     wgmma_fence_operand(d);  // keeps the compiler from touching the accumulators while MMAs are in flight
     wgmma_fence();
-    const unsigned char* a = a_stage(stage) + half * 64 * row_bytes;
-    const unsigned char* b = b_stage(stage);
+    const unsigned char* a = st.a(stage) + half * 64 * row_bytes;
+    const unsigned char* b = st.b(stage);
     UNET_UNROLL
     for (int k = 0; k < BK / 16; ++k)  // 32 bytes of the reduction per MMA, inside the swizzled rows
       wgmma_m64nNk16_ss<typename E::Mma, BN>(d, make_wgmma_desc(a + 32 * k, 16, sbo, swizzle),

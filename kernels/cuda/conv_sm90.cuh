@@ -124,6 +124,19 @@ __device__ __forceinline__ TileOrigin tile_origin(const ConvGeometry& g, const C
   return {rest2 / g.tiles_z, (rest2 % g.tiles_z) * t.zt, p_tile * t.pt, q_tile * t.qt};
 }
 
+// The ring's stages in the block's dynamic shared memory (`raw`, launched with the stages' bytes plus 1024): aligned to
+// 1024 bytes, where the swizzle pattern starts, each stage the A tile then the B tile.
+struct StageBuffers {
+  unsigned char* base;
+  int a_bytes, stage_bytes;
+  __device__ __forceinline__ StageBuffers(unsigned char* raw, const ConvTile& t)
+      : base(raw + (1024 - reinterpret_cast<uintptr_t>(raw) % 1024) % 1024),
+        a_bytes(t.a_bytes()),
+        stage_bytes(t.a_bytes() + t.b_bytes()) {}
+  __device__ __forceinline__ unsigned char* a(int s) const { return base + s * stage_bytes; }
+  __device__ __forceinline__ unsigned char* b(int s) const { return base + s * stage_bytes + a_bytes; }
+};
+
 // The full and empty barriers of a ring of Stages stages.
 template <int Stages>
 struct StageBarriers {
@@ -144,12 +157,11 @@ __device__ __forceinline__ void init_stage_barriers(StageBarriers<Stages>& b, un
 }
 
 // The producer (one thread): for every k-step, waits until its stage is free, then issues the A and B copies that
-// complete on the stage's full barrier. a_stage(s) / b_stage(s) are the stages' shared-memory buffers (1024-aligned).
-template <int Stages, class AStage, class BStage>
+// complete on the stage's full barrier, into the stages of `st`.
+template <int Stages>
 __device__ __forceinline__ void produce_fprop_operands(const TensorMap& x_map, const TensorMap& w_map,
                                                        const ConvGeometry& g, const ConvTile& t, const TileOrigin& o,
-                                                       int k0, StageBarriers<Stages>& bars, AStage a_stage,
-                                                       BStage b_stage) {
+                                                       int k0, StageBarriers<Stages>& bars, const StageBuffers& st) {
   const unsigned bytes = unsigned(t.a_bytes() + t.b_bytes());
   int tap = 0, chunk = 0, tt = 0, r = 0, s = 0;  // (tap, chunk) of k-step j, stepped without division
   for (int j = 0; j < g.steps(); ++j) {
@@ -157,9 +169,9 @@ __device__ __forceinline__ void produce_fprop_operands(const TensorMap& x_map, c
     mbarrier_wait_parity(&bars.empty[stage], ((j / Stages) & 1) ^ 1);  // the first use passes at once
     mbarrier_arrive_expect_tx(&bars.full[stage], bytes);
     const int32_t xc[5] = {chunk * t.bk, o.q0 * g.sw + s - g.pw, o.p0 * g.sh + r - g.ph, o.z0 * g.sd + tt - g.pd, o.n};
-    cp_async_bulk_tensor_global_to_shared<5>(a_stage(stage), x_map, xc, &bars.full[stage]);
+    cp_async_bulk_tensor_global_to_shared<5>(st.a(stage), x_map, xc, &bars.full[stage]);
     const int32_t wc[3] = {chunk * t.bk, tap, k0};
-    cp_async_bulk_tensor_global_to_shared<3>(b_stage(stage), w_map, wc, &bars.full[stage]);
+    cp_async_bulk_tensor_global_to_shared<3>(st.b(stage), w_map, wc, &bars.full[stage]);
     if (++chunk == g.c_chunks) {
       chunk = 0;
       ++tap;
