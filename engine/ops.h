@@ -27,6 +27,14 @@ Tensor sum(const Tensor& a);                   // all elements -> shape [1]
 void set_conv_allow_tf32(bool allow);
 Tensor conv(const Tensor& x, const Tensor& w, const Tensor& bias, const std::vector<int>& stride,
             const std::vector<int>& pad);
+// conv, with the statistics of y for the instance norm that follows: stats f32 [N, K, 2], per (sample, channel) the
+// sum and the sum of squares of y as stored, computed by the convolution's epilogue (kernels/conv.h; no pass of its
+// own over y on CUDA). Not differentiable: the norm that reads them differentiates through y.
+struct ConvStats {
+  Tensor y, stats;
+};
+ConvStats conv_stats(const Tensor& x, const Tensor& w, const Tensor& bias, const std::vector<int>& stride,
+                     const std::vector<int>& pad);
 // Transposed convolution with kernel == stride (non-overlapping windows), as nnU-Net's upsampling:
 // x [N, spatial..., C], w [K, kernel..., C] (K = output channels), bias [K] or undefined; out spatial = in * kernel.
 Tensor conv_transpose(const Tensor& x, const Tensor& w, const Tensor& bias);
@@ -46,11 +54,18 @@ Tensor instance_norm(const Tensor& x, const Tensor& gamma, const Tensor& beta, f
 // negative_slope must be >= 0.
 Tensor instance_norm_leaky_relu(const Tensor& x, const Tensor& gamma, const Tensor& beta, float eps,
                                 float negative_slope);
-// conv(instance_norm_leaky_relu(x, gamma, beta, eps, negative_slope), w, bias, stride, pad) as one op
-// (engine/ops/norm_act_conv.cpp): the same bits, but only x is kept for backward, which makes the normalised
-// activation again instead of storing it.
-Tensor norm_act_conv(const Tensor& x, const Tensor& gamma, const Tensor& beta, float eps, float negative_slope,
-                     const Tensor& w, const Tensor& bias, const std::vector<int>& stride, const std::vector<int>& pad);
+// The same from the statistics of x that conv_stats returned with it: one pass over x instead of two. The variance is
+// E[x^2] - mean^2 from f32 sums (in double from there), where the form above merges exact per-chunk two-pass
+// statistics: the two agree to about 1e-6 relative unless |mean| >> std.
+Tensor instance_norm_leaky_relu(const Tensor& x, const Tensor& gamma, const Tensor& beta, float eps,
+                                float negative_slope, const Tensor& stats);
+// conv(instance_norm_leaky_relu(x, gamma, beta, eps, negative_slope, x_stats), w, bias, stride, pad) as one op, with
+// the statistics of its output as conv_stats (engine/ops/norm_act_conv.cpp): the same bits, but the normalised
+// activation is never stored (CUDA applies it as the convolution loads x) and only x is kept for backward, which makes
+// the activation again.
+ConvStats norm_act_conv(const Tensor& x, const Tensor& x_stats, const Tensor& gamma, const Tensor& beta, float eps,
+                        float negative_slope, const Tensor& w, const Tensor& bias, const std::vector<int>& stride,
+                        const std::vector<int>& pad);
 // Batch normalisation of x [N, spatial..., C] per channel over batch and space (torch.nn.BatchNorm2d / 3d), then
 // ReLU when `relu` (one op). training: normalised by the batch's statistics (biased variance); running_mean and
 // running_var (f32 [C] buffers, no gradient) are updated in place with `momentum` and the unbiased variance;

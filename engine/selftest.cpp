@@ -182,6 +182,23 @@ void conv_cases(Runner& r) {
     r.op("conv2d k3 s1 C=32 K=32", conv({1, 1}, {1, 1}),
          {randn({4, 24, 20, 32}, 16), randn({32, 3, 3, 32}, 17, 0.1f), randn({32}, 18)}, all);
   }
+  // The DynUNet block as the network runs it: statistics from the convolution's epilogue, the norm + activation applied
+  // as the second convolution loads its input.
+  auto block = [](const std::vector<Tensor>& x) {
+    const ops::ConvStats a = ops::conv_stats(x[0], x[1], Tensor(), {1, 1, 1}, {1, 1, 1});
+    const ops::ConvStats b =
+        ops::norm_act_conv(a.y, a.stats, x[2], x[3], 1e-5f, 0.01f, x[4], Tensor(), {1, 1, 1}, {1, 1, 1});
+    return ops::instance_norm_leaky_relu(b.y, x[2], x[3], 1e-5f, 0.01f, b.stats);
+  };
+  r.op("conv block (conv_stats, norm_act_conv)", block,
+       {randn({2, 5, 6, 7, 8}, 26), randn({8, 3, 3, 3, 8}, 27, 0.2f), randn({8}, 28), randn({8}, 29),
+        randn({8, 3, 3, 3, 8}, 30, 0.2f)},
+       {{"forward", 0, 1e-4, 1e-4},
+        {"dx", 1, 1e-4, 1e-4},
+        {"dw1", 2, 1e-4, 1e-3},
+        {"dgamma", 3, 1e-4, 1e-3},
+        {"dbeta", 4, 1e-4, 1e-3},
+        {"dw2", 5, 1e-4, 1e-3}});
   auto tconv = [](const std::vector<Tensor>& x) { return ops::conv_transpose(x[0], x[1], x[2]); };
   r.op("conv_transpose3d k2", tconv, {randn({1, 3, 2, 3, 4}, 20), randn({3, 2, 2, 2, 4}, 21), randn({3}, 22)}, all);
   r.op("conv_transpose3d k1x2x2", tconv, {randn({2, 2, 3, 3, 6}, 23), randn({4, 1, 2, 2, 6}, 24), randn({4}, 25)}, all);

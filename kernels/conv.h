@@ -31,9 +31,18 @@ struct ConvProblem {
 };
 
 // x, w, y and dx in dt (f32, f16 or bf16); bias, dw and dbias f32. The CPU ignores the stream.
+// conv_fprop's `stats`, when not null, receives per (sample n, output channel k) the sum and the sum of squares of the
+// stored y (after bias and rounding to dt) as f32: stats[(n * K + k) * 2 + {0, 1}]; the instance norm that follows
+// then needs no pass of its own over y (NormKernels::instance_norm_stats). Computed in a fixed order: deterministic.
+// conv_fprop_norm_act convolves leaky_relu(fma(x - mean, scale, shift), slope) rounded to dt, per (n, c) coefficients
+// [N * C] f32 (the previous layer's instance norm + activation, NormKernels::instance_norm_apply's transform, bit for
+// bit), zero padding applied after it; on CUDA as the operand is loaded, so that activation is never stored.
 struct ConvKernels {
   void (*conv_fprop)(const ConvProblem& p, DType dt, const void* x, const void* w, const float* bias, void* y,
-                     cudaStream_t stream);
+                     float* stats, cudaStream_t stream);
+  void (*conv_fprop_norm_act)(const ConvProblem& p, DType dt, const void* x, const float* mean, const float* scale,
+                              const float* shift, float slope, const void* w, const float* bias, void* y, float* stats,
+                              cudaStream_t stream);
   void (*conv_dgrad)(const ConvProblem& p, DType dt, const void* dy, const void* w, void* dx, cudaStream_t stream);
   void (*conv_wgrad)(const ConvProblem& p, DType dt, const void* x, const void* dy, float* dw, float* dbias,
                      cudaStream_t stream);

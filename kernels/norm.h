@@ -32,6 +32,16 @@ struct NormKernels {
   void (*instance_norm_leaky_relu_backward)(const NormShape& sh, DType dt, const void* x, const void* y, const void* dy,
                                             const float* mean, const float* rstd, const float* gamma, float slope,
                                             void* dx, float* dgamma, float* dbeta, cudaStream_t stream);
+  // Instance norm from statistics a convolution computed as it stored x (kernels/conv.h, conv_fprop's `stats`):
+  // sums[(n * c + j) * 2 + {0, 1}] = the sum of x and of x^2 over the s positions of (n, j). In double, rounded once:
+  // mean = sum / s, var = max(sum of squares / s - mean^2, 0), rstd = 1 / sqrt(var + eps), and the apply pass's
+  // scale = rstd * gamma, shift = beta (gamma, beta null: 1, 0). mean, rstd, scale, shift [n, c].
+  void (*instance_norm_stats)(const NormShape& sh, const float* sums, const float* gamma, const float* beta, float eps,
+                              float* mean, float* rstd, float* scale, float* shift, cudaStream_t stream);
+  // y = leaky_relu(fma(x - mean, scale, shift), slope) per (n, c), rounded to dt once (slope 1: the norm alone): the
+  // transform conv_fprop_norm_act applies to its input as it loads it, so both give the same bits.
+  void (*instance_norm_apply)(const NormShape& sh, DType dt, const void* x, const float* mean, const float* scale,
+                              const float* shift, float slope, void* y, cudaStream_t stream);
   // Batch norm in evaluation, per channel c over all n * s rows: y = (x - running_mean) * gamma / sqrt(running_var +
   // eps) + beta (the scale in double, rounded to f32 once; y rounded to dt once), then ReLU when `relu`.
   void (*batch_norm_inference)(const NormShape& sh, DType dt, const void* x, const float* running_mean,

@@ -71,11 +71,12 @@ ConvBlock::ConvBlock(int in, int out, const std::vector<int>& kernel, const std:
 Tensor ConvBlock::forward(const Tensor& x) const {
   // Norm and activation as one op where nothing comes between them (it stores one activation less).
   if (!residual_) {
-    // The normalised activation between the two convolutions is not kept for backward (ops::norm_act_conv).
-    const Tensor y1 = conv1->forward(x);
-    const Tensor y2 = ops::norm_act_conv(y1, norm1->weight, norm1->bias, InstanceNorm::kEps, slope, conv2->weight,
-                                         conv2->bias, conv2->stride, conv2->pad);
-    return norm2->forward_leaky_relu(y2, slope);
+    // Each convolution also returns the statistics its norm needs, and the normalised activation between the two
+    // convolutions is neither stored nor kept for backward (ops::norm_act_conv).
+    const ops::ConvStats c1 = ops::conv_stats(x, conv1->weight, conv1->bias, conv1->stride, conv1->pad);
+    const ops::ConvStats c2 = ops::norm_act_conv(c1.y, c1.stats, norm1->weight, norm1->bias, InstanceNorm::kEps, slope,
+                                                 conv2->weight, conv2->bias, conv2->stride, conv2->pad);
+    return ops::instance_norm_leaky_relu(c2.y, norm2->weight, norm2->bias, InstanceNorm::kEps, slope, c2.stats);
   }
   Tensor h = norm1->forward_leaky_relu(conv1->forward(x), slope);
   h = ops::add(norm2->forward(conv2->forward(h)), conv3 ? norm3->forward(conv3->forward(x)) : x);

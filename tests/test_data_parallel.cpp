@@ -192,7 +192,9 @@ TEST_CASE("unet_train under mpirun: 2 ranks x batch 1 and 3 ranks x batch 1 trai
     const std::vector<double> a = logged_losses(serial), b = logged_losses(parallel);
     REQUIRE(a.size() == 5);
     REQUIRE(b.size() == 5);
-    for (size_t k = 0; k < a.size(); ++k) CHECK(b[k] == doctest::Approx(a[k]).epsilon(1e-6));
+    // Step 0 alike to float rounding; the later steps start from weights that differ in the last bits, a difference
+    // that grows with each step (2e-5 relative by step 4 with the norms' statistics taken from f32 sums).
+    for (size_t k = 0; k < a.size(); ++k) CHECK(b[k] == doctest::Approx(a[k]).epsilon(k == 0 ? 1e-6 : 1e-4));
     // Not bitwise: one process sums the batch's weight gradients inside the kernels, the ranks in f32 after them.
     const WeightDifference d = compare_weights(serial + "/model.safetensors", parallel + "/model.safetensors");
     MESSAGE(ranks << " ranks, " << std::string(run.optimizer) << ": weights within " << d.model_relative

@@ -70,7 +70,7 @@ void set_conv_allow_tf32(bool allow) {
 namespace unet::ops::internal {
 
 ConvForward conv_forward(const Tensor& x, const Tensor& w, const Tensor& bias, const std::vector<int>& stride,
-                         const std::vector<int>& pad) {
+                         const std::vector<int>& pad, bool want_stats, const NormCoefficients* act) {
   check_arg(x.defined() && w.defined(), "conv: undefined input or weight");
   check_arg(backend::is_float(x.dtype()), "conv: input must be f32, f16 or bf16, got " + x.describe());
   check_f32(w, "weight");
@@ -110,7 +110,14 @@ ConvForward conv_forward(const Tensor& x, const Tensor& w, const Tensor& bias, c
   r.w_used = backend::converted(w, dt);
   r.y = Tensor::empty(out_shape, dt, x.device());
   const float* b_ptr = bias.defined() ? bias.data<float>() : nullptr;
-  backend::kernels_for(x).conv.conv_fprop(p, dt, x.raw(), r.w_used.raw(), b_ptr, r.y.raw(), backend::stream(x));
+  if (want_stats) r.stats = Tensor::empty({p.N, p.K, 2}, DType::f32, x.device());
+  float* stats = want_stats ? r.stats.data<float>() : nullptr;
+  const kernels::ConvKernels& k = backend::kernels_for(x).conv;
+  if (act)
+    k.conv_fprop_norm_act(p, dt, x.raw(), act->mean.data<float>(), act->scale.data<float>(), act->shift.data<float>(),
+                          act->slope, r.w_used.raw(), b_ptr, r.y.raw(), stats, backend::stream(x));
+  else
+    k.conv_fprop(p, dt, x.raw(), r.w_used.raw(), b_ptr, r.y.raw(), stats, backend::stream(x));
   return r;
 }
 
@@ -138,9 +145,13 @@ ConvGrads conv_backward(const kernels::ConvProblem& p, DType dt, const Tensor& d
 
 namespace unet::ops {
 
-Tensor conv(const Tensor& x, const Tensor& w, const Tensor& bias, const std::vector<int>& stride,
-            const std::vector<int>& pad) {
-  internal::ConvForward f = internal::conv_forward(x, w, bias, stride, pad);
+namespace {
+
+// The convolution and its autograd node (y's statistics, when wanted, are not differentiable: the instance norm that
+// reads them differentiates through its own input).
+internal::ConvForward conv_recorded(const Tensor& x, const Tensor& w, const Tensor& bias,
+                                    const std::vector<int>& stride, const std::vector<int>& pad, bool want_stats) {
+  internal::ConvForward f = internal::conv_forward(x, w, bias, stride, pad, want_stats);
   if (autograd::should_record({x, w, bias})) {
     const bool need_dx = x.requires_grad(), need_dw = w.requires_grad();
     const bool need_db = bias.defined() && bias.requires_grad();
@@ -156,7 +167,20 @@ Tensor conv(const Tensor& x, const Tensor& w, const Tensor& bias, const std::vec
                        return std::vector<Tensor>{r.dx, r.dw, r.dbias};
                      });
   }
-  return f.y;
+  return f;
+}
+
+}  // namespace
+
+Tensor conv(const Tensor& x, const Tensor& w, const Tensor& bias, const std::vector<int>& stride,
+            const std::vector<int>& pad) {
+  return conv_recorded(x, w, bias, stride, pad, false).y;
+}
+
+ConvStats conv_stats(const Tensor& x, const Tensor& w, const Tensor& bias, const std::vector<int>& stride,
+                     const std::vector<int>& pad) {
+  internal::ConvForward f = conv_recorded(x, w, bias, stride, pad, true);
+  return {f.y, f.stats};
 }
 
 }  // namespace unet::ops

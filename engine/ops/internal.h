@@ -26,6 +26,18 @@ struct NormForward {
 NormForward norm_forward(const Tensor& x, const Tensor& gamma, const Tensor& beta, float eps,
                          std::optional<float> slope, bool over_batch = false);
 
+// The instance norm of x from a convolution's statistics of x (stats f32 [N, C, 2]: per (n, c) the sum and the sum
+// of squares, kernels/conv.h), validated as norm_forward: mean and rstd for the backward, and the per-(n, c) scale and
+// shift of the apply transform y = leaky_relu(fma(x - mean, scale, shift), slope) (kernels/norm.h).
+struct NormCoefficients {
+  Tensor mean, rstd, scale, shift;  // f32 [N, C]
+  kernels::NormShape shape;
+  float slope = 0.f;
+};
+NormCoefficients norm_coefficients(const Tensor& x, const Tensor& stats, const Tensor& gamma, const Tensor& beta,
+                                   float eps, float slope);
+Tensor norm_apply(const Tensor& x, const NormCoefficients& c);  // the transform, into a tensor of x's shape and type
+
 // Its gradients from dy; y is the forward's output (read only when `slope` is set). Undefined where not needed.
 struct NormGrads {
   Tensor dx, dgamma, dbeta;
@@ -37,12 +49,14 @@ NormGrads norm_backward(const kernels::NormShape& shape, const Tensor& x, const 
 // Convolution of x [N, spatial..., C] (f32, f16 or bf16) with the f32 weight w [K, kernel..., C] and bias [K] (or
 // undefined): validates, then y (x's type) with w rounded to x's type. w_used receives that rounded weight (what dgrad
 // reads).
+// With `want_stats`, stats receives y's statistics (f32 [N, K, 2], for norm_coefficients) from the kernels' epilogue.
+// With `act`, the convolution reads norm_apply(x, *act) instead of x, made as x is loaded (CUDA) and never stored.
 struct ConvForward {
-  Tensor y, w_used;
+  Tensor y, w_used, stats;
   kernels::ConvProblem problem;
 };
 ConvForward conv_forward(const Tensor& x, const Tensor& w, const Tensor& bias, const std::vector<int>& stride,
-                         const std::vector<int>& pad);
+                         const std::vector<int>& pad, bool want_stats = false, const NormCoefficients* act = nullptr);
 
 // Its gradients from dy: dx (x's type) from w_used, dw and dbias (f32) from x. x may be undefined when dw is not
 // needed, w_used when dx is not.

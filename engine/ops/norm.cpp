@@ -19,9 +19,11 @@
 
 namespace unet::ops::internal {
 
-NormForward norm_forward(const Tensor& x, const Tensor& gamma, const Tensor& beta, float eps,
-                         std::optional<float> slope, bool over_batch) {
-  const char* op = over_batch ? "batch_norm" : slope ? "instance_norm_leaky_relu" : "instance_norm";
+namespace {
+
+// Validates the arguments of a normalisation and returns its shape.
+kernels::NormShape check_norm(const char* op, const Tensor& x, const Tensor& gamma, const Tensor& beta, float eps,
+                              std::optional<float> slope, bool over_batch) {
   check_arg(x.defined(), std::string(op) + ": undefined input");
   const std::string args = std::string(op) + "(x " + x.describe() + ", gamma " +
                            (gamma.defined() ? gamma.describe() : std::string("none")) + ", beta " +
@@ -45,12 +47,22 @@ NormForward norm_forward(const Tensor& x, const Tensor& gamma, const Tensor& bet
     check_arg(std::isfinite(*slope) && *slope >= 0.f,
               args + "negative_slope must be finite and >= 0, got " + std::to_string(*slope));
 
-  NormForward r;
-  kernels::NormShape& sh = r.shape;
+  kernels::NormShape sh;
   sh.n = over_batch ? 1 : x.dim(0);
   sh.c = C;
   sh.s = x.numel() / std::max<int64_t>(1, sh.n * C);
   check_arg(sh.s > 0 || x.numel() == 0, args + "empty spatial extent");
+  return sh;
+}
+
+}  // namespace
+
+NormForward norm_forward(const Tensor& x, const Tensor& gamma, const Tensor& beta, float eps,
+                         std::optional<float> slope, bool over_batch) {
+  const char* op = over_batch ? "batch_norm" : slope ? "instance_norm_leaky_relu" : "instance_norm";
+  NormForward r;
+  const kernels::NormShape& sh = r.shape = check_norm(op, x, gamma, beta, eps, slope, over_batch);
+  const int64_t C = sh.c;
   const Device dev = x.device();
   const DType dt = x.dtype();
   const float s = slope.value_or(0.f);
@@ -69,6 +81,33 @@ NormForward norm_forward(const Tensor& x, const Tensor& gamma, const Tensor& bet
   else
     k.instance_norm_forward(sh, dt, x.raw(), g_ptr, b_ptr, eps, r.y.raw(), mean, rstd, backend::stream(x));
   return r;
+}
+
+NormCoefficients norm_coefficients(const Tensor& x, const Tensor& stats, const Tensor& gamma, const Tensor& beta,
+                                   float eps, float slope) {
+  NormCoefficients r;
+  const kernels::NormShape& sh = r.shape = check_norm("instance_norm_leaky_relu", x, gamma, beta, eps, slope, false);
+  check_arg(stats.defined() && stats.dtype() == DType::f32 && stats.shape() == Shape{sh.n, sh.c, 2},
+            "instance_norm_leaky_relu: the statistics of x " + x.describe() + " must be f32 [" + std::to_string(sh.n) +
+                ", " + std::to_string(sh.c) + ", 2] (a convolution's, ops::conv_stats), got " +
+                (stats.defined() ? stats.describe() : std::string("none")));
+  backend::check_device("instance_norm_leaky_relu", x.device(), {stats});
+  r.slope = slope;
+  const Device dev = x.device();
+  for (Tensor* t : {&r.mean, &r.rstd, &r.scale, &r.shift}) *t = Tensor::empty({sh.n, sh.c}, DType::f32, dev);
+  backend::kernels_for(x).norm.instance_norm_stats(
+      sh, stats.data<float>(), gamma.defined() ? gamma.data<float>() : nullptr,
+      beta.defined() ? beta.data<float>() : nullptr, eps, r.mean.data<float>(), r.rstd.data<float>(),
+      r.scale.data<float>(), r.shift.data<float>(), backend::stream(x));
+  return r;
+}
+
+Tensor norm_apply(const Tensor& x, const NormCoefficients& c) {
+  Tensor y = Tensor::empty(x.shape(), x.dtype(), x.device());
+  backend::kernels_for(x).norm.instance_norm_apply(c.shape, x.dtype(), x.raw(), c.mean.data<float>(),
+                                                   c.scale.data<float>(), c.shift.data<float>(), c.slope, y.raw(),
+                                                   backend::stream(x));
+  return y;
 }
 
 NormGrads norm_backward(const kernels::NormShape& sh, const Tensor& x, const Tensor& y, const Tensor& dy,
@@ -134,6 +173,27 @@ Tensor instance_norm(const Tensor& x, const Tensor& gamma, const Tensor& beta, f
 Tensor instance_norm_leaky_relu(const Tensor& x, const Tensor& gamma, const Tensor& beta, float eps,
                                 float negative_slope) {
   return norm(x, gamma, beta, eps, negative_slope, false).y;
+}
+
+Tensor instance_norm_leaky_relu(const Tensor& x, const Tensor& gamma, const Tensor& beta, float eps,
+                                float negative_slope, const Tensor& stats) {
+  const internal::NormCoefficients c = internal::norm_coefficients(x, stats, gamma, beta, eps, negative_slope);
+  Tensor y = internal::norm_apply(x, c);
+  if (autograd::should_record({x, gamma, beta})) {
+    const bool need_dx = x.requires_grad();
+    const bool need_dg = gamma.defined() && gamma.requires_grad();
+    const bool need_db = beta.defined() && beta.requires_grad();
+    // The backward of the two-argument form: x, the output (the activation's side) and the per-(n, c) statistics.
+    Tensor saved_x = x.detach(), saved_y = y.detach(), saved_g = gamma.defined() ? gamma.detach() : Tensor();
+    autograd::record("instance_norm_leaky_relu", {x, gamma, beta}, {y},
+                     [=, sh = c.shape, mean = c.mean, rstd = c.rstd](const std::vector<Tensor>& grads) {
+                       internal::NormGrads g =
+                           internal::norm_backward(sh, saved_x, saved_y, grads[0], mean, rstd, saved_g, negative_slope,
+                                                   need_dx, need_dg, need_db);
+                       return std::vector<Tensor>{g.dx, g.dgamma, g.dbeta};
+                     });
+  }
+  return y;
 }
 
 namespace {

@@ -44,6 +44,7 @@
 #include "kernels/common/allocator.h"
 #include "kernels/common/parallel.h"
 #include "kernels/cpu/element.h"
+#include "kernels/cpu/norm.h"
 
 namespace unet::kernels::cpu {
 namespace {
@@ -990,9 +991,33 @@ void conv_wgrad(const ConvProblem& p, DType dt, const void* x, const void* dy, f
   });
 }
 
+namespace {
+
+// conv_fprop, then the statistics of y (kernels/conv.h) in a pass of their own.
+void conv_fprop_stats(const ConvProblem& p, DType dt, const void* x, const void* w, const float* bias, void* y,
+                      float* stats) {
+  conv_fprop(p, dt, x, w, bias, y);
+  if (stats) instance_sums(NormShape{p.N, p.Z * p.P * p.Q, p.K}, dt, y, stats);
+}
+
+// The previous layer's norm + activation into a buffer of x's size (what CUDA applies as it loads x), then conv_fprop.
+void conv_fprop_norm_act(const ConvProblem& p, DType dt, const void* x, const float* mean, const float* scale,
+                         const float* shift, float slope, const void* w, const float* bias, void* y, float* stats) {
+  const int64_t positions = p.D * p.H * p.W;
+  Scratch act(static_cast<size_t>((p.N * positions * p.C * int64_t(dtype_size(dt)) + 3) / 4));
+  instance_norm_apply(NormShape{p.N, positions, p.C}, dt, x, mean, scale, shift, slope, act.get());
+  conv_fprop_stats(p, dt, act.get(), w, bias, y, stats);
+}
+
+}  // namespace
+
 const ConvKernels conv_kernels{
     .conv_fprop = [](const ConvProblem& p, DType dt, const void* x, const void* w, const float* bias, void* y,
-                     cudaStream_t) { conv_fprop(p, dt, x, w, bias, y); },
+                     float* stats, cudaStream_t) { conv_fprop_stats(p, dt, x, w, bias, y, stats); },
+    .conv_fprop_norm_act =
+        [](const ConvProblem& p, DType dt, const void* x, const float* mean, const float* scale, const float* shift,
+           float slope, const void* w, const float* bias, void* y, float* stats,
+           cudaStream_t) { conv_fprop_norm_act(p, dt, x, mean, scale, shift, slope, w, bias, y, stats); },
     .conv_dgrad = [](const ConvProblem& p, DType dt, const void* dy, const void* w, void* dx,
                      cudaStream_t) { conv_dgrad(p, dt, dy, w, dx); },
     .conv_wgrad = [](const ConvProblem& p, DType dt, const void* x, const void* dy, float* dw, float* dbias,

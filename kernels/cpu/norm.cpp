@@ -219,6 +219,61 @@ void instance_norm_backward(const NormShape& sh, DType dt, const void* x, const 
   });
 }
 
+void instance_sums(const NormShape& sh, DType dt, const void* x, float* sums) {
+  element::with_element_type(dt, "instance_sums", [&](auto e) {
+    using E = decltype(e);
+    const auto* xt = static_cast<const typename E::T*>(x);
+    const std::vector<double> total =
+        chunked_channel_sums(sh, 2, [&](int64_t n, int64_t b, int64_t end, double* partial) {
+          for (int64_t i = b; i < end; ++i) {
+            const auto* row = xt + (n * sh.s + i) * sh.c;
+            for_each_channel<E>(sh.c, [&](int64_t c) {
+              const double v = E::load(row[c]);
+              partial[2 * c] += v;
+              partial[2 * c + 1] += v * v;
+            });
+          }
+        });
+    for (size_t i = 0; i < total.size(); ++i) sums[i] = static_cast<float>(total[i]);
+  });
+}
+
+void instance_norm_stats(const NormShape& sh, const float* sums, const float* gamma, const float* beta, float eps,
+                         float* mean, float* rstd, float* scale, float* shift) {
+  const double inv = sh.s > 0 ? 1.0 / static_cast<double>(sh.s) : 0.0;
+  for (int64_t n = 0; n < sh.n; ++n)
+    for (int64_t c = 0; c < sh.c; ++c) {
+      const int64_t j = n * sh.c + c;
+      const double m = static_cast<double>(sums[2 * j]) * inv;
+      const double var = std::max(static_cast<double>(sums[2 * j + 1]) * inv - m * m, 0.0);
+      const double r = 1.0 / std::sqrt(var + static_cast<double>(eps));
+      mean[j] = static_cast<float>(m);
+      rstd[j] = static_cast<float>(r);
+      scale[j] = static_cast<float>(r * (gamma ? static_cast<double>(gamma[c]) : 1.0));
+      shift[j] = beta ? beta[c] : 0.f;
+    }
+}
+
+void instance_norm_apply(const NormShape& sh, DType dt, const void* x, const float* mean, const float* scale,
+                         const float* shift, float slope, void* y) {
+  element::with_element_type(dt, "instance_norm", [&](auto e) {
+    using E = decltype(e);
+    const auto* xt = static_cast<const typename E::T*>(x);
+    auto* yt = static_cast<typename E::T*>(y);
+    parallel_for(sh.n * sh.s, 1024, [&](int64_t lo, int64_t hi) {
+      for (int64_t i = lo; i < hi; ++i) {
+        const int64_t o = (i / sh.s) * sh.c;
+        const auto* row = xt + i * sh.c;
+        auto* out = yt + i * sh.c;
+        for_each_channel<E>(sh.c, [&](int64_t c) {
+          const float t = std::fma(E::load(row[c]) - mean[o + c], scale[o + c], shift[o + c]);
+          out[c] = E::store(t > 0.f ? t : t * slope);  // the transform of kernels/cuda/conv.cu's FpropANormAct
+        });
+      }
+    });
+  });
+}
+
 void batch_norm_inference(const NormShape& sh, DType dt, const void* x, const float* running_mean,
                           const float* running_var, const float* gamma, const float* beta, float eps, bool relu,
                           void* y) {
@@ -382,6 +437,13 @@ const NormKernels norm_kernels{
           leaky_relu_backward(dt, y, dy, slope, dz.data, n);
           instance_norm_backward(sh, dt, x, dz.data, mean, rstd, gamma, dx, dgamma, dbeta);
         },
+    .instance_norm_stats =
+        [](const NormShape& sh, const float* sums, const float* gamma, const float* beta, float eps, float* mean,
+           float* rstd, float* scale, float* shift,
+           cudaStream_t) { instance_norm_stats(sh, sums, gamma, beta, eps, mean, rstd, scale, shift); },
+    .instance_norm_apply = [](const NormShape& sh, DType dt, const void* x, const float* mean, const float* scale,
+                              const float* shift, float slope, void* y,
+                              cudaStream_t) { instance_norm_apply(sh, dt, x, mean, scale, shift, slope, y); },
     .batch_norm_inference =
         [](const NormShape& sh, DType dt, const void* x, const float* running_mean, const float* running_var,
            const float* gamma, const float* beta, float eps, bool relu, void* y,

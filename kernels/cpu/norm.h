@@ -26,6 +26,16 @@ void instance_norm_forward(const NormShape& sh, DType dt, const void* x, const f
 void instance_norm_backward(const NormShape& sh, DType dt, const void* x, const void* dy, const float* mean,
                             const float* rstd, const float* gamma, void* dx, float* dgamma, float* dbeta);
 
+// sums[(n * c + j) * 2 + {0, 1}] = the sum of x and of x^2 over the s positions of (n, j): double partials per
+// cache-sized chunk added in chunk order (the same bits for any thread count), rounded to f32 once. The CPU
+// convolution's statistics (kernels/conv.h).
+void instance_sums(const NormShape& sh, DType dt, const void* x, float* sums);
+// Instance norm from those sums and its apply pass (kernels/norm.h: instance_norm_stats, instance_norm_apply).
+void instance_norm_stats(const NormShape& sh, const float* sums, const float* gamma, const float* beta, float eps,
+                         float* mean, float* rstd, float* scale, float* shift);
+void instance_norm_apply(const NormShape& sh, DType dt, const void* x, const float* mean, const float* scale,
+                         const float* shift, float slope, void* y);
+
 // Batch norm in evaluation and the running statistics' update after a training forward (kernels/norm.h).
 void batch_norm_inference(const NormShape& sh, DType dt, const void* x, const float* running_mean,
                           const float* running_var, const float* gamma, const float* beta, float eps, bool relu,

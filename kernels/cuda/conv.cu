@@ -1191,8 +1191,8 @@ void conv_wgrad(const ConvProblem& p, DType dt, const void* x, const void* dy, f
 }
 
 const ConvKernels conv_kernels{
-    .conv_fprop = [](const ConvProblem& p, DType dt, const void* x, const void* w, const float* bias, void* y,
-                     cudaStream_t stream) { conv_fprop(p, dt, x, w, bias, y, nullptr, stream); },
+    .conv_fprop = conv_fprop,
+    .conv_fprop_norm_act = conv_fprop_norm_act,
     .conv_dgrad = conv_dgrad,
     .conv_wgrad = conv_wgrad,
 };

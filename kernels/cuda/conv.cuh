@@ -70,7 +70,7 @@ void force_wgrad_splits(int splits);
 void force_column_sums_max_grid_y(int64_t most);
 }  // namespace testing
 
-// The table of these entry points that the engine dispatches through (kernels/conv.h); conv_fprop without statistics.
+// The table of these entry points that the engine dispatches through (kernels/conv.h).
 extern const ConvKernels conv_kernels;
 
 }  // namespace unet::kernels::cuda

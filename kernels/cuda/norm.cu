@@ -299,6 +299,35 @@ __global__ void __launch_bounds__(kParamThreads)
   rstd[c] = static_cast<float>(1.0 / sqrt(v + static_cast<double>(eps)));
 }
 
+// Instance norm from a convolution's sums: one thread per (n, c), in double (the CPU's formulas, so the same bits).
+__global__ void __launch_bounds__(kParamThreads)
+    in_stats_from_sums(int64_t rows, int64_t C, double inv_s, const float* sums, const float* gamma, const float* beta,
+                       float eps, float* mean, float* rstd, float* scale, float* shift) {
+  const int64_t j = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
+  if (j >= rows) return;
+  const int64_t c = j % C;
+  const double m = static_cast<double>(sums[2 * j]) * inv_s;
+  double v = static_cast<double>(sums[2 * j + 1]) * inv_s - m * m;
+  v = v > 0.0 ? v : 0.0;
+  const double r = 1.0 / sqrt(v + static_cast<double>(eps));
+  mean[j] = static_cast<float>(m);
+  rstd[j] = static_cast<float>(r);
+  scale[j] = static_cast<float>(r * (gamma ? static_cast<double>(gamma[c]) : 1.0));
+  shift[j] = beta ? beta[c] : 0.f;
+}
+
+// y = leaky_relu(fma(x - mean, scale, shift), slope) per (n, c): conv.cu's FpropANormAct transform.
+template <class E>
+__global__ void __launch_bounds__(kApplyThreads)
+    in_apply(const typename E::T* x, const float* mean, const float* scale, const float* shift, float slope, int64_t S,
+             int64_t C, typename E::T* y, int64_t total) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < total; i += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t j = (i / (S * C)) * C + i % C;
+    const float t = fmaf(E::load(x[i]) - mean[j], scale[j], shift[j]);
+    y[i] = E::store(t > 0.f ? t : t * slope);
+  }
+}
+
 template <class E>
 __global__ void __launch_bounds__(kApplyThreads)
     bn_sync_backward_apply(const typename E::T* x, const typename E::T* y, const typename E::T* dy, const float* mean,
@@ -421,6 +450,27 @@ void instance_norm_leaky_relu_backward(const NormShape& sh, DType dt, const void
   });
 }
 
+void instance_norm_stats(const NormShape& sh, const float* sums, const float* gamma, const float* beta, float eps,
+                         float* mean, float* rstd, float* scale, float* shift, cudaStream_t stream) {
+  const int64_t rows = sh.n * sh.c;
+  if (rows == 0) return;
+  launch(in_stats_from_sums, dim3(static_cast<unsigned>((rows + kParamThreads - 1) / kParamThreads)),
+         dim3(kParamThreads), 0, stream, rows, sh.c, sh.s > 0 ? 1.0 / double(sh.s) : 0.0, sums, gamma, beta, eps, mean,
+         rstd, scale, shift);
+}
+
+void instance_norm_apply(const NormShape& sh, DType dt, const void* x, const float* mean, const float* scale,
+                         const float* shift, float slope, void* y, cudaStream_t stream) {
+  const int64_t total = sh.n * sh.s * sh.c;
+  if (total == 0) return;
+  element::with_element_type(dt, "instance_norm", [&](auto e) {
+    using E = decltype(e);
+    using T = typename E::T;
+    launch(in_apply<E>, grid_stride_blocks(total, kApplyThreads), dim3(kApplyThreads), 0, stream,
+           static_cast<const T*>(x), mean, scale, shift, slope, sh.s, sh.c, static_cast<T*>(y), total);
+  });
+}
+
 void batch_norm_inference(const NormShape& sh, DType dt, const void* x, const float* running_mean,
                           const float* running_var, const float* gamma, const float* beta, float eps, bool relu,
                           void* y, cudaStream_t stream) {
@@ -499,6 +549,8 @@ const NormKernels norm_kernels{instance_norm_forward,
                                instance_norm_backward,
                                instance_norm_leaky_relu_forward,
                                instance_norm_leaky_relu_backward,
+                               instance_norm_stats,
+                               instance_norm_apply,
                                batch_norm_inference,
                                batch_norm_update_running,
                                batch_norm_sums,

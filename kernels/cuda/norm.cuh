@@ -38,6 +38,12 @@ void instance_norm_leaky_relu_backward(const NormShape& sh, DType dt, const void
                                        const float* mean, const float* rstd, const float* gamma, float slope, void* dx,
                                        float* dgamma, float* dbeta, cudaStream_t stream);
 
+// Instance norm from a convolution's statistics (kernels/conv.h) and its apply pass, as kernels/norm.h: one thread per
+// (n, c) in double, then elementwise; the same bits as the CPU's for the same sums.
+void instance_norm_stats(const NormShape& sh, const float* sums, const float* gamma, const float* beta, float eps,
+                         float* mean, float* rstd, float* scale, float* shift, cudaStream_t stream);
+void instance_norm_apply(const NormShape& sh, DType dt, const void* x, const float* mean, const float* scale,
+                         const float* shift, float slope, void* y, cudaStream_t stream);
 // Batch norm in evaluation and the running statistics' update after a training forward, as kernels/cpu/norm.h.
 void batch_norm_inference(const NormShape& sh, DType dt, const void* x, const float* running_mean,
                           const float* running_var, const float* gamma, const float* beta, float eps, bool relu,
