@@ -5,6 +5,7 @@
 // Odd sizes (partial M and N tiles), padding, stride 2, channels that do not fill a k-step, every swizzle width.
 #include <doctest/doctest.h>
 
+#include <cmath>
 #include <cstring>
 #include <vector>
 
@@ -23,9 +24,13 @@ uint16_t to_bits(float v, DType dt) {
   return dt == DType::bf16 ? unet::kernels::cpu::element::BF16::store(v) : unet::kernels::cpu::element::F16::store(v);
 }
 
+enum class Consumer { scalar, wgmma, wgmma_stats };
+
 // Runs problem p with tile t in dt on values (i * 7 + salt) % 9 - 4, in eighths, and checks y against the host:
-// through the scalar test consumer, or (wgmma) through the sm_90a kernel itself, conv_fprop_sm90.
-void check_conv(ConvProblem p, const sm90::ConvTile& t, DType dt, bool wgmma = false) {
+// through the scalar test consumer, or through the sm_90a kernel itself, conv_fprop_sm90, with statistics or without.
+// The statistics (the kernel's f32 per-tile partials, finalized in double) against the sums of the stored y on the
+// host, within 1e-6 of the sum of magnitudes; y and the statistics bitwise the same under every schedule.
+void check_conv(ConvProblem p, const sm90::ConvTile& t, DType dt, Consumer consumer = Consumer::scalar) {
   p.compute_output_size();
   REQUIRE(sm90::conv_sm90_problem(p, dt, t) == "");
   REQUIRE(t.bm() == 128);
@@ -69,11 +74,18 @@ void check_conv(ConvProblem p, const sm90::ConvTile& t, DType dt, bool wgmma = f
   const unet::kernels::cuda::TensorMap x_map = sm90::make_activation_map(p, dt, xa, t);
   const unet::kernels::cuda::TensorMap w_map = sm90::make_weight_map(p, dt, wa, t);
   const dim3 grid(unsigned(p.N * g.tiles_z * g.tiles_p * g.tiles_q), unsigned((p.K + t.bn - 1) / t.bn));
+  const bool stats = consumer == Consumer::wgmma_stats;
+  const size_t stat_count = size_t(p.N * p.K * 2);
   const std::vector<uint16_t> got = unet::test::under_every_schedule([&] {
     std::vector<uint16_t> y(size_t(outputs), 0xFFFF);  // a NaN where nothing is written
-    if (wgmma)
-      sm90::conv_fprop_sm90(p, dt, xa, wa, bias.data(), y.data(), t, nullptr);
-    else if (dt == DType::bf16)
+    if (consumer != Consumer::scalar) {
+      std::vector<float> s(stat_count, -1.0f);
+      sm90::conv_fprop_sm90(p, dt, xa, wa, bias.data(), y.data(), stats ? s.data() : nullptr, t, nullptr);
+      if (stats) {  // appended as raw bits, so that the schedules are compared on them too
+        y.resize(size_t(outputs) + 2 * stat_count);
+        std::memcpy(y.data() + outputs, s.data(), stat_count * sizeof(float));
+      }
+    } else if (dt == DType::bf16)
       launch(emu_conv_sm90_test::conv_fprop_scalar_consumer<unet::kernels::cuda::element::BF16>, grid, dim3(256),
              emu_conv_sm90_test::smem_bytes(t), nullptr, x_map, w_map, g, t, bias.data(), y.data());
     else
@@ -86,6 +98,25 @@ void check_conv(ConvProblem p, const sm90::ConvTile& t, DType dt, bool wgmma = f
     if (got[size_t(i)] != want[size_t(i)] && wrong++ == 0) first = i;
   CHECK_MESSAGE(wrong == 0,
                 wrong << " of " << outputs << " outputs differ, the first at " << first << " (" << p.describe() << ")");
+  if (!stats) return;
+  std::vector<float> s(stat_count);
+  std::memcpy(s.data(), got.data() + outputs, stat_count * sizeof(float));
+  const int64_t pixels = p.Z * p.P * p.Q;
+  auto load = [dt](uint16_t v) {
+    return dt == DType::bf16 ? unet::kernels::cpu::element::BF16::load(v) : unet::kernels::cpu::element::F16::load(v);
+  };
+  for (int64_t n = 0; n < p.N; ++n)
+    for (int64_t k = 0; k < p.K; ++k) {
+      double sum = 0, squares = 0, magnitude = 0;
+      for (int64_t i = 0; i < pixels; ++i) {
+        const double v = load(got[size_t((n * pixels + i) * p.K + k)]);
+        sum += v, squares += v * v, magnitude += std::fabs(v);
+      }
+      const float* st = &s[size_t((n * p.K + k) * 2)];
+      CHECK_MESSAGE(std::fabs(st[0] - sum) <= 1e-6 * magnitude, "sum n " << n << " k " << k << " " << p.describe());
+      CHECK_MESSAGE(std::fabs(st[1] - squares) <= 1e-6 * squares,
+                    "sum of squares n " << n << " k " << k << " " << p.describe());
+    }
 }
 
 ConvProblem problem(int64_t n, int64_t d, int64_t h, int64_t w, int64_t c, int64_t k, int kernel, int stride, int pad) {
@@ -135,14 +166,26 @@ TEST_CASE("sm90 conv pipeline: conv_sm90_problem names what the path cannot run"
 TEST_CASE("sm90 conv fprop with wgmma: the same problems through the kernel's consumer warpgroups") {
   // BN 64 and 128; BK 16, 32, 64 (the 32B, 64B and 128B swizzles read by the descriptors); partial tiles; stride 2.
   sm90::ConvTile t{.zt = 2, .pt = 4, .qt = 16, .bn = 64, .bk = 16};
-  check_conv(problem(1, 3, 6, 9, 16, 40, 3, 1, 1), t, DType::bf16, true);
+  check_conv(problem(1, 3, 6, 9, 16, 40, 3, 1, 1), t, DType::bf16, Consumer::wgmma);
   t.bk = 32;
-  check_conv(problem(2, 3, 5, 7, 24, 16, 3, 1, 1), t, DType::bf16, true);
+  check_conv(problem(2, 3, 5, 7, 24, 16, 3, 1, 1), t, DType::bf16, Consumer::wgmma);
   t.bk = 64;
   t.bn = 128;
-  check_conv(problem(1, 2, 4, 5, 72, 136, 3, 1, 1), t, DType::bf16, true);  // two N tiles, the second partial
+  check_conv(problem(1, 2, 4, 5, 72, 136, 3, 1, 1), t, DType::bf16,
+             Consumer::wgmma);  // two N tiles, the second partial
   t = {.zt = 1, .pt = 8, .qt = 16, .bn = 64, .bk = 32};
-  check_conv(problem(1, 5, 9, 13, 32, 24, 3, 2, 1), t, DType::f16, true);
+  check_conv(problem(1, 5, 9, 13, 32, 24, 3, 2, 1), t, DType::f16, Consumer::wgmma);
   t = {.zt = 4, .pt = 4, .qt = 8, .bn = 64, .bk = 64};
-  check_conv(problem(2, 8, 8, 8, 64, 64, 2, 2, 0), t, DType::bf16, true);
+  check_conv(problem(2, 8, 8, 8, 64, 64, 2, 2, 0), t, DType::bf16, Consumer::wgmma);
+}
+
+TEST_CASE("sm90 conv fprop statistics: per-tile partials in the epilogue, finalized in tile order") {
+  // Tiles never span samples here (a tile is a box of one sample); batches of 2 and 3 with partial tiles in every
+  // direction: 2 x 4 x 16 boxes over 3 x 6 x 9 and 3 x 5 x 7 outputs; K = 40 and 136 leave partial N tiles.
+  sm90::ConvTile t{.zt = 2, .pt = 4, .qt = 16, .bn = 64, .bk = 16};
+  check_conv(problem(3, 3, 6, 9, 16, 40, 3, 1, 1), t, DType::bf16, Consumer::wgmma_stats);
+  t.bk = 32;
+  check_conv(problem(2, 3, 5, 7, 24, 16, 3, 1, 1), t, DType::f16, Consumer::wgmma_stats);
+  t = {.zt = 1, .pt = 8, .qt = 16, .bn = 128, .bk = 64};
+  check_conv(problem(2, 5, 9, 13, 64, 136, 3, 2, 1), t, DType::bf16, Consumer::wgmma_stats);  // stride 2, 2 N tiles
 }

@@ -33,8 +33,9 @@ bool conv_allow_tf32();
 
 // The Hopper path for f16 / bf16 fprop (kernels/cuda/conv_sm90.cu: wgmma on operands the tensor memory accelerator
 // stages), used by conv_fprop when enabled, on an sm_90 device of a build with sm_90a code (or under the emulator), for
-// problems it takes (C a multiple of 8, 16-byte aligned x and w, no statistics); otherwise the mma.sync path. Off by
-// default until it has run on a GPU: set_conv_sm90(true), or UNET_CONV_SM90=1 in the environment (read at first use).
+// problems it takes (C a multiple of 8, 16-byte aligned x and w; with or without statistics); otherwise the mma.sync
+// path. Off by default until it has run on a GPU: set_conv_sm90(true), or UNET_CONV_SM90=1 in the environment (read
+// at first use).
 void set_conv_sm90(bool enable);
 bool conv_sm90_enabled();
 

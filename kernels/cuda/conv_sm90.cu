@@ -7,11 +7,14 @@
 //     matrix descriptors) as one group, and keeps it in flight while the next k-step's group is issued
 //     (wgmma.wait_group 1): a stage goes back to the producer only once the group that reads it has retired.
 // The epilogue adds the bias and rounds to the storage type; output pixels beyond the tensor (partial tiles) and
-// channels beyond K are not stored. The sums run in one fixed order, so the result does not depend on the schedule.
-// Not yet dispatched by conv_fprop: conv_fprop_sm90 is called by its tests.
+// channels beyond K are not stored. With statistics it also leaves the tile's per-channel sum and sum of squares of
+// the stored values, in the layout of the mma.sync path's per-tile partials, for the same finalize
+// (kernels/cuda/conv_reduce.cuh): a tile is a box of one sample, so it never spans two and only slot 0 is used.
+// The sums run in one fixed order, so the result does not depend on the schedule.
 // The kernel environment comes first: under the emulator it must precede every CUDA header.
 #include "kernels/cuda/cuda_compat.cuh"
 // clang-format off
+#include "kernels/cuda/conv_reduce.cuh"
 #include "kernels/cuda/conv_sm90.cuh"
 #include "kernels/cuda/element.cuh"
 #include "kernels/cuda/launch.cuh"
@@ -19,6 +22,7 @@
 #include "kernels/cuda/wgmma.cuh"
 // clang-format on
 
+#include <optional>
 #include <stdexcept>
 #include <string>
 
@@ -33,15 +37,24 @@ __host__ __device__ constexpr WgmmaSwizzle descriptor_swizzle(int bk) {
 }
 
 // BN and BK are compile-time so that the MMAs of a k-step unroll into one chain (with a run-time trip count ptxas
-// serialises them, inserting a warpgroup.arrive before each).
+// serialises them, inserting a warpgroup.arrive before each). part: null, or the statistics partials of the tiles,
+// part[(m_block * 4 + {sum, squares}) * K + k] (tile_stats_finalize's slot 0).
 template <class E, int BN, int BK>
 __global__ void __launch_bounds__(kThreads, 1)
     conv_fprop_sm90_kernel(const __grid_constant__ TensorMap x_map, const __grid_constant__ TensorMap w_map,
-                           ConvGeometry g, ConvTile t, const float* bias, typename E::T* y) {
+                           ConvGeometry g, ConvTile t, const float* bias, typename E::T* y, float* part) {
   __shared__ StageBarriers<kStages> bars;
+  // The statistics: each consumer warp's column sums [warp][sum, squares][BN], and the barrier of the consumers alone
+  // that says all are written (the producer warpgroup has returned by then, so __syncthreads cannot serve).
+  __shared__ float warp_sums[kConsumers / 32][2][BN];
+  __shared__ uint64_t sums_written;
   DYN_SMEM(unsigned char, raw);
   const StageBuffers st(raw, t);
   init_stage_barriers(bars, kConsumers);
+  if (threadIdx.x == 0) {
+    mbarrier_init(&sums_written, kConsumers);
+    fence_mbarrier_init();
+  }
   __syncthreads();
   const TileOrigin o = tile_origin(g, t, int(blockIdx.x));
   const int k0 = int(blockIdx.y) * BN;
@@ -80,13 +93,40 @@ __global__ void __launch_bounds__(kThreads, 1)
   // d[4j + i] is row 16 w + g + 8 (i >> 1), column 8 j + 2 t + (i & 1) of this warpgroup's 64 x BN (wgmma.cuh).
   const int r = int(threadIdx.x) % 128, warp = r / 32, lane = r % 32;
   UNET_UNROLL
-  for (int v = 0; v < BN / 2; ++v) {
-    const int m = half * 64 + 16 * warp + lane / 4 + 8 * ((v % 4) >> 1);
-    const int k = k0 + 8 * (v / 4) + 2 * (lane % 4) + (v & 1);
-    const int qi = m % t.qt, pi = m / t.qt % t.pt, zi = m / (t.qt * t.pt);
-    const int z = o.z0 + zi, p = o.p0 + pi, q = o.q0 + qi;
-    if (z >= g.Z || p >= g.P || q >= g.Q || k >= g.K) continue;
-    y[(((int64_t(o.n) * g.Z + z) * g.P + p) * g.Q + q) * g.K + k] = E::store(d[v] + (bias ? bias[k] : 0.0f));
+  for (int j = 0; j < BN / 8; ++j) {
+    float sums[4] = {};  // [column (i & 1)][sum, squares] of the values this thread stores, rows in a fixed order
+    UNET_UNROLL
+    for (int i = 0; i < 4; ++i) {
+      const int m = half * 64 + 16 * warp + lane / 4 + 8 * (i >> 1);
+      const int k = k0 + 8 * j + 2 * (lane % 4) + (i & 1);
+      const int qi = m % t.qt, pi = m / t.qt % t.pt, zi = m / (t.qt * t.pt);
+      const int z = o.z0 + zi, p = o.p0 + pi, q = o.q0 + qi;
+      if (z >= g.Z || p >= g.P || q >= g.Q || k >= g.K) continue;
+      const typename E::T s = E::store(d[4 * j + i] + (bias ? bias[k] : 0.0f));
+      y[(((int64_t(o.n) * g.Z + z) * g.P + p) * g.Q + q) * g.K + k] = s;
+      const float v = E::load(s);
+      sums[(i & 1) * 2 + 0] += v;
+      sums[(i & 1) * 2 + 1] += v * v;
+    }
+    if (part) {  // uniform over the grid
+      // The 8 lanes of a column pair (same lane % 4) by a fixed butterfly: every lane ends with the same bits.
+      UNET_UNROLL
+      for (int x = 0; x < 4; ++x)
+        for (int off = 4; off < 32; off *= 2) sums[x] += __shfl_xor_sync(0xffffffffu, sums[x], off);
+      if (lane < 4)
+        for (int x = 0; x < 4; ++x) warp_sums[half * 4 + warp][x & 1][8 * j + 2 * lane + (x >> 1)] = sums[x];
+    }
+  }
+  if (!part) return;
+  // The tile's sums: the 8 warps' in warp order, one thread per (sum or squares, column).
+  mbarrier_arrive(&sums_written);
+  mbarrier_wait_parity(&sums_written, 0);
+  const int c = int(threadIdx.x) - 128;
+  for (int x = c; x < 2 * BN; x += kConsumers) {
+    const int col = x % BN, sq = x / BN;
+    float total = 0.0f;
+    for (int w = 0; w < kConsumers / 32; ++w) total += warp_sums[w][sq][col];
+    if (k0 + col < g.K) part[(int64_t(blockIdx.x) * 4 + sq) * g.K + k0 + col] = total;
   }
 }
 
@@ -101,7 +141,7 @@ __global__ void __launch_bounds__(256) flip_transpose_weights(const uint16_t* w,
 
 template <class E, int BN, int BK>
 void launch_fprop(const ConvProblem& p, DType dt, const void* x, const void* w, const float* bias, void* y,
-                  const ConvTile& t, cudaStream_t stream) {
+                  float* part, const ConvTile& t, cudaStream_t stream) {
   const TensorMap x_map = make_activation_map(p, dt, x, t), w_map = make_weight_map(p, dt, w, t);
   const ConvGeometry g = make_geometry(p, t);
   const size_t smem = size_t(kStages) * size_t(t.a_bytes() + t.b_bytes()) + 1024;
@@ -110,23 +150,30 @@ void launch_fprop(const ConvProblem& p, DType dt, const void* x, const void* w, 
   cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
 #endif
   const dim3 grid(unsigned(p.N * g.tiles_z * g.tiles_p * g.tiles_q), unsigned((p.K + BN - 1) / BN));
-  launch(kernel, grid, dim3(kThreads), smem, stream, x_map, w_map, g, t, bias, static_cast<typename E::T*>(y));
+  launch(kernel, grid, dim3(kThreads), smem, stream, x_map, w_map, g, t, bias, static_cast<typename E::T*>(y), part);
 }
 
 }  // namespace
 
 void conv_fprop_sm90(const ConvProblem& p, DType dt, const void* x, const void* w, const float* bias, void* y,
-                     const ConvTile& t, cudaStream_t stream) {
+                     float* stats, const ConvTile& t, cudaStream_t stream) {
   if (const std::string why = conv_sm90_problem(p, dt, t); !why.empty())
     throw std::invalid_argument("conv_fprop_sm90: " + why + " (" + p.describe() + ")");
   if (t.bm() != 128) throw std::invalid_argument("conv_fprop_sm90: the tile must hold 128 output pixels");
   if (t.bn != 64 && t.bn != 128) throw std::invalid_argument("conv_fprop_sm90: BN must be 64 or 128");
+  // Statistics: per-tile partials, then tile_stats_finalize with a sample's rows counted as its tiles' (128 each,
+  // rows past the tensor's end adding nothing), so that every tile lies in one sample.
+  const ConvGeometry g = make_geometry(p, t);
+  const int64_t tiles_per_sample = int64_t(g.tiles_z) * g.tiles_p * g.tiles_q;
+  std::optional<Scratch<float>> part_buffer;
+  if (stats) part_buffer.emplace(size_t(p.N * tiles_per_sample * 4 * p.K), stream);
+  float* const part = stats ? part_buffer->get() : nullptr;
   const auto run = [&](auto e) {
     using E = decltype(e);
     const auto with_bk = [&]<int BN>() {
-      if (t.bk == 16) return launch_fprop<E, BN, 16>(p, dt, x, w, bias, y, t, stream);
-      if (t.bk == 32) return launch_fprop<E, BN, 32>(p, dt, x, w, bias, y, t, stream);
-      return launch_fprop<E, BN, 64>(p, dt, x, w, bias, y, t, stream);
+      if (t.bk == 16) return launch_fprop<E, BN, 16>(p, dt, x, w, bias, y, part, t, stream);
+      if (t.bk == 32) return launch_fprop<E, BN, 32>(p, dt, x, w, bias, y, part, t, stream);
+      return launch_fprop<E, BN, 64>(p, dt, x, w, bias, y, part, t, stream);
     };
     if (t.bn == 64) return with_bk.template operator()<64>();
     return with_bk.template operator()<128>();
@@ -135,6 +182,7 @@ void conv_fprop_sm90(const ConvProblem& p, DType dt, const void* x, const void* 
     run(element::BF16{});
   else
     run(element::F16{});
+  if (stats) finalize_tile_stats(part, p.N, tiles_per_sample * t.bm(), p.K, t.bm(), stats, stream);
 }
 
 ConvProblem dgrad_as_fprop(const ConvProblem& p) {
@@ -160,7 +208,7 @@ void conv_dgrad_sm90(const ConvProblem& p, DType dt, const void* dy, const void*
   Scratch<uint16_t> wt(size_t(n), stream);
   launch(flip_transpose_weights, dim3(unsigned((n + 255) / 256)), dim3(256), 0, stream, static_cast<const uint16_t*>(w),
          wt.get(), int(p.K), int(p.taps()), int(p.C));
-  conv_fprop_sm90(q, dt, dy, wt.get(), nullptr, dx, choose_tile(q), stream);
+  conv_fprop_sm90(q, dt, dy, wt.get(), nullptr, dx, nullptr, choose_tile(q), stream);
 }
 
 }  // namespace unet::kernels::cuda::sm90

@@ -184,9 +184,11 @@ __device__ __forceinline__ void produce_fprop_operands(const TensorMap& x_map, c
 }
 
 // y = conv(x, w) + bias on the sm_90a path (kernels/cuda/conv_sm90.cu): tile t with 128 output pixels and BN 64 or
-// 128. Throws std::invalid_argument naming what conv_sm90_problem refuses. Under nvcc it needs an sm_90a device.
+// 128. stats: null, or as conv_fprop's (kernels/cuda/conv.cuh), the per-(sample, channel) sum and sum of squares of
+// the stored y. Throws std::invalid_argument naming what conv_sm90_problem refuses. Under nvcc it needs an sm_90a
+// device.
 void conv_fprop_sm90(const ConvProblem& p, DType dt, const void* x, const void* w, const float* bias, void* y,
-                     const ConvTile& t, cudaStream_t stream);
+                     float* stats, const ConvTile& t, cudaStream_t stream);
 
 // dx of a stride-1 convolution as the fprop of dy with the weights' taps reversed and channels swapped (a transposed
 // copy of w in scratch memory): the same wgmma kernel. conv_dgrad_sm90_problem says why a problem cannot take it ("").
