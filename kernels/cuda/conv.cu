@@ -1157,6 +1157,11 @@ void conv_wgrad(const ConvProblem& p, DType dt, const void* x, const void* dy, f
   if (dw) check_ptr(x, "conv_wgrad", "x");  // x is not read when only dbias is wanted
   check_ptr(dy, "conv_wgrad", "dy");
   if (conv_thin_applies(p)) return conv_wgrad_thin(p, dt, x, dy, dw, dbias, stream);  // 1-4 input channels
+  if (dw && sm90_device() && sm90::conv_wgrad_sm90_problem(p, dt).empty() && aligned16(x) && aligned16(dy)) {
+    sm90::conv_wgrad_sm90(p, dt, x, dy, dw, testing::forced_wgrad_splits, stream);
+    if (!dbias) return;
+    dw = nullptr;  // dbias: the column sums of dy below
+  }
   with_conv_type(dt, "conv_wgrad", [&](auto ty) { wgrad_typed<decltype(ty)>(p, g, x, dy, dw, dbias, stream); });
 }
 
