@@ -248,13 +248,14 @@ TEST_CASE("sm90 conv fprop statistics: per-tile partials in the epilogue, finali
 
 TEST_CASE("sm90 conv wgrad with wgmma on MN-major operands: partial tiles, padding, stride 2, 2D and 3D, split-K") {
   // 3D 3x3x3 padded, batch 2: 64-pixel boxes of 1 x 8 x 8 over 3 x 5 x 7 outputs (6 boxes, more than the 4 stages);
-  // C = 16 (BK 16), K = 40 (one partial 128-channel M tile, its second warpgroup all zeros). One split and three.
+  // C = 16 (BK 16), K = 40 (one partial M tile of BN 64: one consumer warpgroup). One split and three.
   const ConvProblem padded = problem(2, 3, 5, 7, 16, 40, 3, 1, 1);
   check_wgrad(padded, DType::bf16, 1);
   check_wgrad(padded, DType::bf16, 3);
   // Stride 2 (the element strides of the x box), C = 24 in a BK 32 chunk (8 zero channels), f16, two splits.
   check_wgrad(problem(1, 5, 9, 13, 24, 24, 3, 2, 1), DType::f16, 2);
-  // 2D 3x3: C = 72 (two BK 64 chunks, the second partial), K = 136 (two M tiles, the second partial), batch 2.
+  // 2D 3x3: C = 72 (two BK 64 chunks, the second partial), K = 136 (BN 128, two consumer warpgroups: two M tiles,
+  // the second partial, its second warpgroup all zeros), batch 2.
   ConvProblem flat = problem(2, 1, 9, 11, 72, 136, 3, 1, 1);
   flat.T = 1, flat.pad_d = 0;
   check_wgrad(flat, DType::bf16, 2);

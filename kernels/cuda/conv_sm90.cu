@@ -11,8 +11,8 @@
 // channels beyond K are not stored. With statistics it also leaves the tile's per-channel sum and sum of squares of
 // the stored values, in the layout of the mma.sync path's per-tile partials, for the same finalize
 // (kernels/cuda/conv_reduce.cuh): a tile is a box of one sample, so it never spans two and only slot 0 is used.
-// The wgrad kernel has the same roles over its own GEMM (conv_sm90.cuh): the consumers take output channels 0..63
-// and 64..127 of the block's dw tile, a k-step is a box of 64 output pixels, both operands MN-major; each split of
+// The wgrad kernel has the same roles over its own GEMM (conv_sm90.cuh): one or two consumer warpgroups, one per 64
+// output channels of the block's dw tile, a k-step is a box of 64 output pixels, both operands MN-major; each split of
 // the pixel boxes writes an f32 partial, summed in split order by sum_splits (conv_reduce.cuh).
 // The sums run in one fixed order, so the result does not depend on the schedule.
 // The kernel environment comes first: under the emulator it must precede every CUDA header.
@@ -135,31 +135,31 @@ __global__ void __launch_bounds__(kThreads, 1)
   }
 }
 
-// dw of output channels k0 .. k0 + 127 (blockIdx.y), tap and channel chunk blockIdx.x (tap * c_chunks + chunk), over
-// pixel boxes blockIdx.z * per_split .. + per_split - 1 (the split), into out + blockIdx.z * (the size of dw): dw
-// itself for one split, the split's partial otherwise. Warpgroup h (1, 2) of the consumers takes output channels
-// k0 + 64 (h - 1) .. + 63: per k-step 4 MMAs m64nBKk16 (16 pixels each) with both operands MN-major,
-// A its half of the stage's dy boxes (128-byte rows), B the stage's x box (rows of BK * 2 bytes). The accumulators
-// are BK / 2 floats, so the consumers need no extra registers (no setmaxnreg).
-template <class E, int BK>
-__global__ void __launch_bounds__(kThreads, 1)
+// dw of output channels k0 .. k0 + BN - 1 (blockIdx.y), tap and channel chunk blockIdx.x (tap * c_chunks + chunk),
+// over pixel boxes blockIdx.z * per_split .. + per_split - 1 (the split), into out + blockIdx.z * (the size of dw):
+// dw itself for one split, the split's partial otherwise. 128 + 2 BN threads: warpgroup h >= 1 takes output channels
+// k0 + 64 (h - 1) .. + 63: per k-step 4 MMAs m64nBKk16 (16 pixels each) with both operands MN-major, A its dy box of
+// the stage (128-byte rows), B the stage's x box (rows of BK * 2 bytes). The accumulators are BK / 2 floats, so the
+// consumers need no extra registers (no setmaxnreg).
+template <class E, int BN, int BK>
+__global__ void __launch_bounds__(128 + 2 * BN, 1)
     conv_wgrad_sm90_kernel(const __grid_constant__ TensorMap dy_map, const __grid_constant__ TensorMap x_map,
                            ConvGeometry g, ConvTile t, int C, int per_split, float* out) {
   __shared__ StageBarriers<kStages> bars;
   DYN_SMEM(unsigned char, raw);
   const StageBuffers st(raw, wgrad_a_bytes(t), wgrad_b_bytes(t));
-  init_stage_barriers(bars, kConsumers);
+  init_stage_barriers(bars, 2 * BN);
   __syncthreads();
-  const int tap = int(blockIdx.x) / g.c_chunks, c0 = int(blockIdx.x) % g.c_chunks * BK, k0 = int(blockIdx.y) * 128;
+  const int tap = int(blockIdx.x) / g.c_chunks, c0 = int(blockIdx.x) % g.c_chunks * BK, k0 = int(blockIdx.y) * BN;
   const int boxes = g.N * g.tiles_z * g.tiles_p * g.tiles_q;
   const int first = int(blockIdx.z) * per_split, last = first + per_split < boxes ? first + per_split : boxes;
   if (threadIdx.x < 128) {
     if (threadIdx.x == 0) produce_wgrad_operands<kStages>(dy_map, x_map, g, t, tap, c0, k0, first, last, bars, st);
     return;
   }
-  const int half = int(threadIdx.x) / 128 - 1;  // which 64 output channels
-  constexpr int a_row = 128, b_row = BK * 2;    // bytes per pixel row of the A and B tiles
-  constexpr int pixels = 64;                    // per k-step
+  const int group = int(threadIdx.x) / 128 - 1;  // which 64 output channels
+  constexpr int a_row = 128, b_row = BK * 2;     // bytes per pixel row of the A and B tiles
+  constexpr int pixels = 64;                     // per k-step
   float d[BK / 2];
   UNET_UNROLL
   for (int v = 0; v < BK / 2; ++v) d[v] = 0.0f;
@@ -168,7 +168,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     mbarrier_wait_parity(&bars.full[stage], (j / kStages) & 1);
     wgmma_fence_operand(d);
     wgmma_fence();
-    const unsigned char* a = st.a(stage) + half * pixels * a_row;
+    const unsigned char* a = st.a(stage) + group * pixels * a_row;
     const unsigned char* b = st.b(stage);
     // MN-major descriptors: a row per pixel, 8 rows (SBO) per swizzle atom; the channels fit one row, so LBO (the
     // next row segment of channels) is never used. 16 pixels per MMA: two atoms further on.
@@ -190,7 +190,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   float* const dst = out + int64_t(blockIdx.z) * g.K * taps * C;
   UNET_UNROLL
   for (int v = 0; v < BK / 2; ++v) {
-    const int k = k0 + half * 64 + 16 * warp + lane / 4 + 8 * ((v % 4) >> 1);
+    const int k = k0 + group * 64 + 16 * warp + lane / 4 + 8 * ((v % 4) >> 1);
     const int c = c0 + 8 * (v / 4) + 2 * (lane % 4) + (v & 1);
     if (k < g.K && c < C) dst[(int64_t(k) * taps + tap) * C + c] = d[v];
   }
@@ -206,8 +206,8 @@ __global__ void __launch_bounds__(256) flip_transpose_weights(const uint16_t* w,
 }
 
 template <class E, int BN, int BK>
-void launch_fprop(const ConvProblem& p, DType dt, const void* x, const void* w, const float* bias, void* y,
-                  float* part, const ConvTile& t, cudaStream_t stream) {
+void launch_fprop(const ConvProblem& p, DType dt, const void* x, const void* w, const float* bias, void* y, float* part,
+                  const ConvTile& t, cudaStream_t stream) {
   const TensorMap x_map = make_activation_map(p, dt, x, t), w_map = make_weight_map(p, dt, w, t);
   const ConvGeometry g = make_geometry(p, t);
   const size_t smem = size_t(kStages) * size_t(t.a_bytes() + t.b_bytes()) + 1024;
@@ -219,18 +219,18 @@ void launch_fprop(const ConvProblem& p, DType dt, const void* x, const void* w, 
   launch(kernel, grid, dim3(kThreads), smem, stream, x_map, w_map, g, t, bias, static_cast<typename E::T*>(y), part);
 }
 
-template <class E, int BK>
+template <class E, int BN, int BK>
 void launch_wgrad(const ConvProblem& p, DType dt, const void* x, const void* dy, float* out, const ConvTile& t,
                   int per_split, int splits, cudaStream_t stream) {
   const TensorMap dy_map = make_gradient_map(p, dt, dy, t), x_map = make_activation_map(p, dt, x, t);
   const ConvGeometry g = make_geometry(p, t);
   const size_t smem = size_t(kStages) * size_t(wgrad_a_bytes(t) + wgrad_b_bytes(t)) + 1024;
-  auto kernel = conv_wgrad_sm90_kernel<E, BK>;
+  auto kernel = conv_wgrad_sm90_kernel<E, BN, BK>;
 #if !UNET_EMULATED
   cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
 #endif
-  const dim3 grid(unsigned(p.taps() * g.c_chunks), unsigned((p.K + 127) / 128), unsigned(splits));
-  launch(kernel, grid, dim3(kThreads), smem, stream, dy_map, x_map, g, t, int(p.C), per_split, out);
+  const dim3 grid(unsigned(p.taps() * g.c_chunks), unsigned((p.K + BN - 1) / BN), unsigned(splits));
+  launch(kernel, grid, dim3(128 + 2 * BN), smem, stream, dy_map, x_map, g, t, int(p.C), per_split, out);
 }
 
 }  // namespace
@@ -305,7 +305,7 @@ void conv_wgrad_sm90(const ConvProblem& p, DType dt, const void* x, const void* 
   // Splits of the pixel boxes: by default enough blocks to fill a large GPU twice over (as the mma.sync path), each
   // split at least 8 boxes (512 pixels); a function of the shape only, so the summation order is fixed.
   const int64_t boxes = p.N * g.tiles_z * g.tiles_p * g.tiles_q;
-  const int64_t blocks = p.taps() * g.c_chunks * ((p.K + 127) / 128);
+  const int64_t blocks = p.taps() * g.c_chunks * ((p.K + t.bn - 1) / t.bn);
   int64_t want = splits > 0 ? splits : std::min((264 + blocks - 1) / blocks, std::max<int64_t>(1, boxes / 8));
   want = std::clamp<int64_t>(want, 1, std::min<int64_t>(boxes, 65535));
   const int64_t per = (boxes + want - 1) / want, count = p.K * p.taps() * p.C;
@@ -315,9 +315,13 @@ void conv_wgrad_sm90(const ConvProblem& p, DType dt, const void* x, const void* 
   float* const out = used > 1 ? part_buffer->get() : dw;
   const auto run = [&](auto e) {
     using E = decltype(e);
-    if (t.bk == 16) return launch_wgrad<E, 16>(p, dt, x, dy, out, t, int(per), used, stream);
-    if (t.bk == 32) return launch_wgrad<E, 32>(p, dt, x, dy, out, t, int(per), used, stream);
-    return launch_wgrad<E, 64>(p, dt, x, dy, out, t, int(per), used, stream);
+    const auto with_bk = [&]<int BN>() {
+      if (t.bk == 16) return launch_wgrad<E, BN, 16>(p, dt, x, dy, out, t, int(per), used, stream);
+      if (t.bk == 32) return launch_wgrad<E, BN, 32>(p, dt, x, dy, out, t, int(per), used, stream);
+      return launch_wgrad<E, BN, 64>(p, dt, x, dy, out, t, int(per), used, stream);
+    };
+    if (t.bn == 64) return with_bk.template operator()<64>();
+    return with_bk.template operator()<128>();
   };
   if (dt == DType::bf16)
     run(element::BF16{});

@@ -19,9 +19,10 @@
 // and the epilogue are the caller's.
 //
 // wgrad runs the same pipeline on another GEMM: M = output channels K, N = taps x C, reduction = output pixels. A
-// block computes dw for BN = 128 output channels by one tap and BK input channels, over a range of pixel boxes (its
-// split of the reduction); a k-step is one box of Zt x Pt x Qt = 64 output pixels of one sample. Its A tile is dy
-// over the box, two 5D copies of box {64, Qt, Pt, Zt, 1} (64 output channels each, channels past K zeros); its B
+// block computes dw for BN = 64 or 128 output channels (64 when K <= 64) by one tap and BK input channels, over a
+// range of pixel boxes (its split of the reduction); a k-step is one box of Zt x Pt x Qt = 64 output pixels of one
+// sample. Its A tile is dy over the box, BN / 64 5D copies of box {64, Qt, Pt, Zt, 1} (64 output channels each,
+// channels past K zeros), one per consumer warpgroup; its B
 // tile is the fprop's activation box for the block's tap and channel chunk. Both are "MN-major" (a row per pixel,
 // the channels contiguous, swizzled with the row's span), which wgmma reads transposed. Output pixels past the
 // tensor's end are zero rows of dy, so they add nothing (0 x finite x).
@@ -94,10 +95,11 @@ inline ConvTile choose_tile(const ConvProblem& p) {
   return t;
 }
 
-// wgrad's tile: k-steps of 64 output pixels, 128 output channels, BK input channels of one tap.
+// wgrad's tile: k-steps of 64 output pixels, BN 64 output channels for up to 64 (one consumer warpgroup) and 128
+// above (two), BK input channels of one tap.
 inline ConvTile choose_wgrad_tile(const ConvProblem& p) {
   ConvTile t = pixel_box_tile(p, 64);
-  t.bn = 128;
+  t.bn = p.K <= 64 ? 64 : 128;
   return t;
 }
 
@@ -130,7 +132,7 @@ inline TensorMap make_weight_map(const ConvProblem& p, DType dt, const void* w, 
 }
 
 // wgrad's A map: dy as dims {K, Q, P, Z, N}; box {64, Qt, Pt, Zt, 1} (a row of 64 output channels per pixel, 128B
-// swizzle), one per half of the block's 128 output channels.
+// swizzle), one per 64 of the block's BN output channels.
 inline TensorMap make_gradient_map(const ConvProblem& p, DType dt, const void* dy, const ConvTile& t) {
   const uint64_t e = 2;
   const uint64_t dims[5] = {uint64_t(p.K), uint64_t(p.Q), uint64_t(p.P), uint64_t(p.Z), uint64_t(p.N)};
@@ -219,7 +221,7 @@ __device__ __forceinline__ void produce_fprop_operands(const TensorMap& x_map, c
   }
 }
 
-// wgrad's stages: A the two dy boxes (64 pixels x 128 output channels), B the x box (64 pixels x BK channels).
+// wgrad's stages: A the dy boxes (64 pixels x BN output channels), B the x box (64 pixels x BK channels).
 __host__ __device__ inline int wgrad_a_bytes(const ConvTile& t) {
   return t.bm() * t.bn * 2;
 }
@@ -228,7 +230,7 @@ __host__ __device__ inline int wgrad_b_bytes(const ConvTile& t) {
 }
 
 // The wgrad producer (one thread): for pixel boxes first .. last - 1 (k-steps 0, 1, ..), waits until the stage is
-// free, then issues the two dy copies of output channels k0 .. k0 + 127 and the x copy of tap `tap`, channels c0 ..
+// free, then issues the dy copies of output channels k0 .. k0 + BN - 1 and the x copy of tap `tap`, channels c0 ..
 // c0 + BK - 1, completing on the stage's full barrier.
 template <int Stages>
 __device__ __forceinline__ void produce_wgrad_operands(const TensorMap& dy_map, const TensorMap& x_map,
@@ -242,7 +244,7 @@ __device__ __forceinline__ void produce_wgrad_operands(const TensorMap& dy_map, 
     mbarrier_wait_parity(&bars.empty[stage], ((j / Stages) & 1) ^ 1);  // the first use passes at once
     mbarrier_arrive_expect_tx(&bars.full[stage], unsigned(st.stage_bytes));
     const TileOrigin o = tile_origin(g, t, first + j);
-    for (int h = 0; h < 2; ++h) {
+    for (int h = 0; h < t.bn / 64; ++h) {
       const int32_t yc[5] = {k0 + 64 * h, o.q0, o.p0, o.z0, o.n};
       cp_async_bulk_tensor_global_to_shared<5>(st.a(stage) + h * half_bytes, dy_map, yc, &bars.full[stage]);
     }
