@@ -262,6 +262,9 @@ TEST_CASE("sm90 conv wgrad with wgmma on MN-major operands: partial tiles, paddi
   // 1x1x1 with C = K = 8; the 2x2x2 stride-2 downsampling shape, default splits.
   check_wgrad(problem(1, 3, 4, 5, 8, 8, 1, 1, 0), DType::f16, 0);
   check_wgrad(problem(2, 8, 8, 8, 32, 64, 2, 2, 0), DType::bf16, 0);
+  // Default splits above one: 32 boxes of 1 x 4 x 16 for 27 blocks make 4 splits of 8 boxes; equal to one split.
+  const ConvProblem deep = problem(1, 8, 16, 16, 16, 16, 3, 1, 1);
+  CHECK(check_wgrad(deep, DType::f16, 0) == check_wgrad(deep, DType::f16, 1));
 }
 
 TEST_CASE("sm90 conv wgrad: conv_wgrad_sm90_problem names what the path cannot run") {
