@@ -3,8 +3,11 @@
 // consumer (tests/emu_conv_sm90_kernels.cuh). Against a direct convolution on the host, bit for bit: the inputs are
 // small multiples of 1/8, so every f32 sum is exact in any order and the one rounding (to bf16 or f16) is the same.
 // Odd sizes (partial M and N tiles), padding, stride 2, channels that do not fill a k-step, every swizzle width.
+// Then the sm_90a kernels themselves: fprop (with its statistics epilogue) and wgrad (MN-major wgmma operands,
+// split-K).
 #include <doctest/doctest.h>
 
+#include <cmath>
 #include <cstring>
 #include <vector>
 
@@ -23,9 +26,13 @@ uint16_t to_bits(float v, DType dt) {
   return dt == DType::bf16 ? unet::kernels::cpu::element::BF16::store(v) : unet::kernels::cpu::element::F16::store(v);
 }
 
+enum class Consumer { scalar, wgmma, wgmma_stats };
+
 // Runs problem p with tile t in dt on values (i * 7 + salt) % 9 - 4, in eighths, and checks y against the host:
-// through the scalar test consumer, or (wgmma) through the sm_90a kernel itself, conv_fprop_sm90.
-void check_conv(ConvProblem p, const sm90::ConvTile& t, DType dt, bool wgmma = false) {
+// through the scalar test consumer, or through the sm_90a kernel itself, conv_fprop_sm90, with statistics or without.
+// The statistics (the kernel's f32 per-tile partials, finalized in double) against the sums of the stored y on the
+// host, within 1e-6 of the sum of magnitudes; y and the statistics bitwise the same under every schedule.
+void check_conv(ConvProblem p, const sm90::ConvTile& t, DType dt, Consumer consumer = Consumer::scalar) {
   p.compute_output_size();
   REQUIRE(sm90::conv_sm90_problem(p, dt, t) == "");
   REQUIRE(t.bm() == 128);
@@ -69,11 +76,18 @@ void check_conv(ConvProblem p, const sm90::ConvTile& t, DType dt, bool wgmma = f
   const unet::kernels::cuda::TensorMap x_map = sm90::make_activation_map(p, dt, xa, t);
   const unet::kernels::cuda::TensorMap w_map = sm90::make_weight_map(p, dt, wa, t);
   const dim3 grid(unsigned(p.N * g.tiles_z * g.tiles_p * g.tiles_q), unsigned((p.K + t.bn - 1) / t.bn));
+  const bool stats = consumer == Consumer::wgmma_stats;
+  const size_t stat_count = size_t(p.N * p.K * 2);
   const std::vector<uint16_t> got = unet::test::under_every_schedule([&] {
     std::vector<uint16_t> y(size_t(outputs), 0xFFFF);  // a NaN where nothing is written
-    if (wgmma)
-      sm90::conv_fprop_sm90(p, dt, xa, wa, bias.data(), y.data(), t, nullptr);
-    else if (dt == DType::bf16)
+    if (consumer != Consumer::scalar) {
+      std::vector<float> s(stat_count, -1.0f);
+      sm90::conv_fprop_sm90(p, dt, xa, wa, bias.data(), y.data(), stats ? s.data() : nullptr, t, nullptr);
+      if (stats) {  // appended as raw bits, so that the schedules are compared on them too
+        y.resize(size_t(outputs) + 2 * stat_count);
+        std::memcpy(y.data() + outputs, s.data(), stat_count * sizeof(float));
+      }
+    } else if (dt == DType::bf16)
       launch(emu_conv_sm90_test::conv_fprop_scalar_consumer<unet::kernels::cuda::element::BF16>, grid, dim3(256),
              emu_conv_sm90_test::smem_bytes(t), nullptr, x_map, w_map, g, t, bias.data(), y.data());
     else
@@ -86,6 +100,79 @@ void check_conv(ConvProblem p, const sm90::ConvTile& t, DType dt, bool wgmma = f
     if (got[size_t(i)] != want[size_t(i)] && wrong++ == 0) first = i;
   CHECK_MESSAGE(wrong == 0,
                 wrong << " of " << outputs << " outputs differ, the first at " << first << " (" << p.describe() << ")");
+  if (!stats) return;
+  std::vector<float> s(stat_count);
+  std::memcpy(s.data(), got.data() + outputs, stat_count * sizeof(float));
+  const int64_t pixels = p.Z * p.P * p.Q;
+  auto load = [dt](uint16_t v) {
+    return dt == DType::bf16 ? unet::kernels::cpu::element::BF16::load(v) : unet::kernels::cpu::element::F16::load(v);
+  };
+  for (int64_t n = 0; n < p.N; ++n)
+    for (int64_t k = 0; k < p.K; ++k) {
+      double sum = 0, squares = 0, magnitude = 0;
+      for (int64_t i = 0; i < pixels; ++i) {
+        const double v = load(got[size_t((n * pixels + i) * p.K + k)]);
+        sum += v, squares += v * v, magnitude += std::fabs(v);
+      }
+      const float* st = &s[size_t((n * p.K + k) * 2)];
+      CHECK_MESSAGE(std::fabs(st[0] - sum) <= 1e-6 * magnitude, "sum n " << n << " k " << k << " " << p.describe());
+      CHECK_MESSAGE(std::fabs(st[1] - squares) <= 1e-6 * squares,
+                    "sum of squares n " << n << " k " << k << " " << p.describe());
+    }
+}
+
+// conv_wgrad_sm90 with `splits` split-K ranges against the host's dw, on the values of check_conv (x) and
+// ((i * 5 + 3) % 9 - 4) / 8 (dy): every product is a multiple of 1/64 and every partial sum small, so f32 sums are
+// exact in any order and dw must match bit for bit (the random-input comparison with the CPU backend, within an f32
+// tolerance, is test_cuda_conv.cpp's under UNET_CONV_SM90=1). Bitwise the same under every schedule. Returns dw.
+std::vector<float> check_wgrad(ConvProblem p, DType dt, int splits) {
+  p.compute_output_size();
+  REQUIRE(sm90::conv_wgrad_sm90_problem(p, dt) == "");
+  const int64_t taps = p.taps();
+  auto value = [](int64_t i, int mul, int salt) { return float((i * mul + salt) % 9 - 4) / 8.0f; };
+  std::vector<float> x(size_t(p.N * p.D * p.H * p.W * p.C)), dy(size_t(p.N * p.Z * p.P * p.Q * p.K));
+  for (size_t i = 0; i < x.size(); ++i) x[i] = value(int64_t(i), 7, 1);
+  for (size_t i = 0; i < dy.size(); ++i) dy[i] = value(int64_t(i), 5, 3);
+  std::vector<uint16_t> x16(x.size() + 8), dy16(dy.size() + 8);
+  uint16_t* xa = x16.data() + (16 - reinterpret_cast<uintptr_t>(x16.data()) % 16) % 16 / 2;
+  uint16_t* dya = dy16.data() + (16 - reinterpret_cast<uintptr_t>(dy16.data()) % 16) % 16 / 2;
+  for (size_t i = 0; i < x.size(); ++i) xa[i] = to_bits(x[i], dt);
+  for (size_t i = 0; i < dy.size(); ++i) dya[i] = to_bits(dy[i], dt);
+
+  // The host: dw[k][tap][c] = sum over outputs (n, z, p, q) and the input each reads through the tap.
+  std::vector<float> want(size_t(p.K * taps * p.C));
+  for (int64_t k = 0; k < p.K; ++k)
+    for (int tt = 0; tt < p.T; ++tt)
+      for (int r = 0; r < p.R; ++r)
+        for (int ss = 0; ss < p.S; ++ss)
+          for (int64_t c = 0; c < p.C; ++c) {
+            double s = 0;
+            for (int64_t n = 0; n < p.N; ++n)
+              for (int64_t z = 0; z < p.Z; ++z)
+                for (int64_t pp = 0; pp < p.P; ++pp)
+                  for (int64_t q = 0; q < p.Q; ++q) {
+                    const int64_t d = z * p.stride_d + tt - p.pad_d, h = pp * p.stride_h + r - p.pad_h,
+                                  wi = q * p.stride_w + ss - p.pad_w;
+                    if (d < 0 || d >= p.D || h < 0 || h >= p.H || wi < 0 || wi >= p.W) continue;
+                    s += double(dy[size_t((((n * p.Z + z) * p.P + pp) * p.Q + q) * p.K + k)]) *
+                         double(x[size_t((((n * p.D + d) * p.H + h) * p.W + wi) * p.C + c)]);
+                  }
+            want[size_t((k * taps + (tt * p.R + r) * p.S + ss) * p.C + c)] = float(s);
+          }
+
+  const std::vector<float> got = unet::test::under_every_schedule([&] {
+    std::vector<float> dw(want.size(), NAN);
+    sm90::conv_wgrad_sm90(p, dt, xa, dya, dw.data(), splits, nullptr);
+    return dw;
+  });
+  int64_t wrong = 0, first = -1;
+  for (size_t i = 0; i < want.size(); ++i)
+    if (std::memcmp(&got[i], &want[i], sizeof(float)) != 0 && wrong++ == 0) first = int64_t(i);
+  CHECK_MESSAGE(wrong == 0, wrong << " of " << want.size() << " weights differ, the first at " << first << " (got "
+                                  << (first >= 0 ? got[size_t(first)] : 0.f) << ", want "
+                                  << (first >= 0 ? want[size_t(first)] : 0.f) << "; " << p.describe() << ", " << splits
+                                  << " splits)");
+  return got;
 }
 
 ConvProblem problem(int64_t n, int64_t d, int64_t h, int64_t w, int64_t c, int64_t k, int kernel, int stride, int pad) {
@@ -135,14 +222,58 @@ TEST_CASE("sm90 conv pipeline: conv_sm90_problem names what the path cannot run"
 TEST_CASE("sm90 conv fprop with wgmma: the same problems through the kernel's consumer warpgroups") {
   // BN 64 and 128; BK 16, 32, 64 (the 32B, 64B and 128B swizzles read by the descriptors); partial tiles; stride 2.
   sm90::ConvTile t{.zt = 2, .pt = 4, .qt = 16, .bn = 64, .bk = 16};
-  check_conv(problem(1, 3, 6, 9, 16, 40, 3, 1, 1), t, DType::bf16, true);
+  check_conv(problem(1, 3, 6, 9, 16, 40, 3, 1, 1), t, DType::bf16, Consumer::wgmma);
   t.bk = 32;
-  check_conv(problem(2, 3, 5, 7, 24, 16, 3, 1, 1), t, DType::bf16, true);
+  check_conv(problem(2, 3, 5, 7, 24, 16, 3, 1, 1), t, DType::bf16, Consumer::wgmma);
   t.bk = 64;
   t.bn = 128;
-  check_conv(problem(1, 2, 4, 5, 72, 136, 3, 1, 1), t, DType::bf16, true);  // two N tiles, the second partial
+  check_conv(problem(1, 2, 4, 5, 72, 136, 3, 1, 1), t, DType::bf16,
+             Consumer::wgmma);  // two N tiles, the second partial
   t = {.zt = 1, .pt = 8, .qt = 16, .bn = 64, .bk = 32};
-  check_conv(problem(1, 5, 9, 13, 32, 24, 3, 2, 1), t, DType::f16, true);
+  check_conv(problem(1, 5, 9, 13, 32, 24, 3, 2, 1), t, DType::f16, Consumer::wgmma);
   t = {.zt = 4, .pt = 4, .qt = 8, .bn = 64, .bk = 64};
-  check_conv(problem(2, 8, 8, 8, 64, 64, 2, 2, 0), t, DType::bf16, true);
+  check_conv(problem(2, 8, 8, 8, 64, 64, 2, 2, 0), t, DType::bf16, Consumer::wgmma);
+}
+
+TEST_CASE("sm90 conv fprop statistics: per-tile partials in the epilogue, finalized in tile order") {
+  // Tiles never span samples here (a tile is a box of one sample); batches of 2 and 3 with partial tiles in every
+  // direction: 2 x 4 x 16 boxes over 3 x 6 x 9 and 3 x 5 x 7 outputs; K = 40 and 136 leave partial N tiles.
+  sm90::ConvTile t{.zt = 2, .pt = 4, .qt = 16, .bn = 64, .bk = 16};
+  check_conv(problem(3, 3, 6, 9, 16, 40, 3, 1, 1), t, DType::bf16, Consumer::wgmma_stats);
+  t.bk = 32;
+  check_conv(problem(2, 3, 5, 7, 24, 16, 3, 1, 1), t, DType::f16, Consumer::wgmma_stats);
+  t = {.zt = 1, .pt = 8, .qt = 16, .bn = 128, .bk = 64};
+  check_conv(problem(2, 5, 9, 13, 64, 136, 3, 2, 1), t, DType::bf16, Consumer::wgmma_stats);  // stride 2, 2 N tiles
+}
+
+TEST_CASE("sm90 conv wgrad with wgmma on MN-major operands: partial tiles, padding, stride 2, 2D and 3D, split-K") {
+  // 3D 3x3x3 padded, batch 2: 64-pixel boxes of 1 x 8 x 8 over 3 x 5 x 7 outputs (6 boxes, more than the 4 stages);
+  // C = 16 (BK 16), K = 40 (one partial M tile of BN 64: one consumer warpgroup). One split and three.
+  const ConvProblem padded = problem(2, 3, 5, 7, 16, 40, 3, 1, 1);
+  check_wgrad(padded, DType::bf16, 1);
+  check_wgrad(padded, DType::bf16, 3);
+  // Stride 2 (the element strides of the x box), C = 24 in a BK 32 chunk (8 zero channels), f16, two splits.
+  check_wgrad(problem(1, 5, 9, 13, 24, 24, 3, 2, 1), DType::f16, 2);
+  // 2D 3x3: C = 72 (two BK 64 chunks, the second partial), K = 136 (BN 128, two consumer warpgroups: two M tiles,
+  // the second partial, its second warpgroup all zeros), batch 2.
+  ConvProblem flat = problem(2, 1, 9, 11, 72, 136, 3, 1, 1);
+  flat.T = 1, flat.pad_d = 0;
+  check_wgrad(flat, DType::bf16, 2);
+  // 1x1x1 with C = K = 8; the 2x2x2 stride-2 downsampling shape, default splits.
+  check_wgrad(problem(1, 3, 4, 5, 8, 8, 1, 1, 0), DType::f16, 0);
+  check_wgrad(problem(2, 8, 8, 8, 32, 64, 2, 2, 0), DType::bf16, 0);
+  // Default splits above one: 32 boxes of 1 x 4 x 16 for 27 blocks make 4 splits of 8 boxes; equal to one split.
+  const ConvProblem deep = problem(1, 8, 16, 16, 16, 16, 3, 1, 1);
+  CHECK(check_wgrad(deep, DType::f16, 0) == check_wgrad(deep, DType::f16, 1));
+}
+
+TEST_CASE("sm90 conv wgrad: conv_wgrad_sm90_problem names what the path cannot run") {
+  ConvProblem p = problem(1, 4, 4, 4, 16, 12, 3, 1, 1);
+  p.compute_output_size();
+  CHECK(sm90::conv_wgrad_sm90_problem(p, DType::bf16) == "needs K a multiple of 8 (K = 12)");
+  p.K = 16, p.C = 12;
+  CHECK(sm90::conv_wgrad_sm90_problem(p, DType::bf16) == "needs C a multiple of 8 (C = 12)");
+  p.C = 16;
+  CHECK(sm90::conv_wgrad_sm90_problem(p, DType::f32) == "needs f16 or bf16 storage");
+  CHECK(sm90::conv_wgrad_sm90_problem(p, DType::f16) == "");
 }

@@ -20,6 +20,7 @@
 #include "kernels/cuda/cuda_compat.cuh"
 // clang-format off
 #include "kernels/cuda/conv.cuh"
+#include "kernels/cuda/conv_reduce.cuh"
 #include "kernels/cuda/conv_sm90.cuh"
 #include "kernels/cuda/conv_thin.cuh"
 #include "kernels/cuda/element.cuh"
@@ -830,33 +831,6 @@ __global__ void __launch_bounds__(kColTile* kRowLanes)
   }
 }
 
-// stats[(n * K + k) * 2 + {0, 1}] from the fused epilogue's per-tile partials: the tiles that hold rows of sample n,
-// in tile order, each through the slot that sample has in it.
-__global__ void __launch_bounds__(256)
-    tile_stats_finalize(const float* part, int64_t samples, int64_t S, int64_t K, int bm, float* stats) {
-  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < samples * K;
-       i += int64_t(gridDim.x) * blockDim.x) {
-    const int64_t n = i / K, k = i % K;
-    double s1 = 0.0, s2 = 0.0;
-    for (int64_t mt = n * S / bm; mt <= ((n + 1) * S - 1) / bm; ++mt) {
-      const int64_t slot = mt * bm / S == n ? 0 : 1;
-      s1 += part[(mt * 4 + slot * 2 + 0) * K + k];
-      s2 += part[(mt * 4 + slot * 2 + 1) * K + k];
-    }
-    stats[i * 2 + 0] = float(s1);
-    stats[i * 2 + 1] = float(s2);
-  }
-}
-
-// dw[i] = sum over splits, in split order, of part[split][i].
-__global__ void __launch_bounds__(256) sum_splits(const float* part, int64_t count, int splits, float* dw) {
-  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < count; i += int64_t(gridDim.x) * blockDim.x) {
-    float s = part[i];
-    for (int k = 1; k < splits; ++k) s += part[k * count + i];
-    dw[i] = s;
-  }
-}
-
 // ---- launchers ----
 
 Geo make_geo(const ConvProblem& p, const char* who) {
@@ -1024,9 +998,7 @@ void fprop_typed(const ConvProblem& p, const ItA& a, const void* w, const float*
   epi.part = part.get();
   epi.S = S;
   run_gemm<Ty>(a, b, epi, M, N, Kg, 1, Kg, vec, tile, stream, "conv_fprop");
-  const int64_t count = p.N * p.K;
-  launch(tile_stats_finalize, dim3(unsigned(count / 256 + 1 < 1024 ? count / 256 + 1 : 1024)), dim3(256), 0, stream,
-         static_cast<const float*>(part.get()), p.N, S, p.K, int(bm), stats);
+  finalize_tile_stats(part.get(), p.N, S, p.K, int(bm), stats, stream);
 }
 
 template <class Ty>
@@ -1106,9 +1078,7 @@ void wgrad_typed(const ConvProblem& p, const Geo& g, const void* x, const void* 
     } else {
       Scratch<float> part(size_t(splits) * size_t(M * N), stream);
       run_gemm<Ty>(a, b, StorePartial{part.get(), N, M * N}, M, N, Kg, splits, per, vec, tile, stream, "conv_wgrad");
-      const int64_t count = M * N;
-      const unsigned blocks = unsigned(count / 256 + 1 < 1024 ? count / 256 + 1 : 1024);
-      launch(sum_splits, dim3(blocks), dim3(256), 0, stream, static_cast<const float*>(part.get()), count, splits, dw);
+      sum_split_partials(part.get(), M * N, splits, dw, stream);
     }
   }
   using Sums = std::conditional_t<kIsTf32<Ty>, F32, Ty>;  // the same f32 values: no second set of kernels
@@ -1124,11 +1094,11 @@ void conv_fprop(const ConvProblem& p, DType dt, const void* x, const void* w, co
   check_ptr(w, "conv_fprop", "w");
   check_ptr(y, "conv_fprop", "y");
   if (conv_thin_applies(p)) return conv_fprop_thin(p, dt, x, w, bias, y, stats, stream);  // 1-4 input channels
-  if (!stats && sm90_device()) {
+  if (sm90_device()) {
     const sm90::ConvTile t = sm90::choose_tile(p);
     if (sm90::conv_sm90_problem(p, dt, t).empty() && reinterpret_cast<uintptr_t>(x) % 16 == 0 &&
         reinterpret_cast<uintptr_t>(w) % 16 == 0)
-      return sm90::conv_fprop_sm90(p, dt, x, w, bias, y, t, stream);
+      return sm90::conv_fprop_sm90(p, dt, x, w, bias, y, stats, t, stream);
   }
   const int64_t M = p.N * p.Z * p.P * p.Q;
   with_conv_type(dt, "conv_fprop", [&](auto ty) {
@@ -1187,6 +1157,11 @@ void conv_wgrad(const ConvProblem& p, DType dt, const void* x, const void* dy, f
   if (dw) check_ptr(x, "conv_wgrad", "x");  // x is not read when only dbias is wanted
   check_ptr(dy, "conv_wgrad", "dy");
   if (conv_thin_applies(p)) return conv_wgrad_thin(p, dt, x, dy, dw, dbias, stream);  // 1-4 input channels
+  if (dw && sm90_device() && sm90::conv_wgrad_sm90_problem(p, dt).empty() && aligned16(x) && aligned16(dy)) {
+    sm90::conv_wgrad_sm90(p, dt, x, dy, dw, testing::forced_wgrad_splits, stream);
+    if (!dbias) return;
+    dw = nullptr;  // dbias: the column sums of dy below
+  }
   with_conv_type(dt, "conv_wgrad", [&](auto ty) { wgrad_typed<decltype(ty)>(p, g, x, dy, dw, dbias, stream); });
 }
 

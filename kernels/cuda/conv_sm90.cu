@@ -1,5 +1,6 @@
-// The Hopper (sm_90a) convolution fprop (kernels/cuda/conv_sm90.cuh): warpgroup MMA on operands the tensor memory
-// accelerator stages. A block of three warpgroups computes a 128-pixel x BN-channel tile of y:
+// The Hopper (sm_90a) convolution, fprop (and stride-1 dgrad as an fprop) and wgrad (kernels/cuda/conv_sm90.cuh):
+// warpgroup MMA on operands the tensor memory accelerator stages. A block of three warpgroups computes a 128-pixel x
+// BN-channel tile of y:
 //   - warpgroup 0, the producer, gives up registers (setmaxnreg.dec) and its thread 0 issues every k-step's two tensor
 //     copies into a ring of kStages stages (produce_fprop_operands);
 //   - warpgroups 1 and 2, the consumers, take rows 0..63 and 64..127 of the tile; per k-step each waits for the stage,
@@ -7,11 +8,17 @@
 //     matrix descriptors) as one group, and keeps it in flight while the next k-step's group is issued
 //     (wgmma.wait_group 1): a stage goes back to the producer only once the group that reads it has retired.
 // The epilogue adds the bias and rounds to the storage type; output pixels beyond the tensor (partial tiles) and
-// channels beyond K are not stored. The sums run in one fixed order, so the result does not depend on the schedule.
-// Not yet dispatched by conv_fprop: conv_fprop_sm90 is called by its tests.
+// channels beyond K are not stored. With statistics it also leaves the tile's per-channel sum and sum of squares of
+// the stored values, in the layout of the mma.sync path's per-tile partials, for the same finalize
+// (kernels/cuda/conv_reduce.cuh): a tile is a box of one sample, so it never spans two and only slot 0 is used.
+// The wgrad kernel has the same roles over its own GEMM (conv_sm90.cuh): one or two consumer warpgroups, one per 64
+// output channels of the block's dw tile, a k-step is a box of 64 output pixels, both operands MN-major; each split of
+// the pixel boxes writes an f32 partial, summed in split order by sum_splits (conv_reduce.cuh).
+// The sums run in one fixed order, so the result does not depend on the schedule.
 // The kernel environment comes first: under the emulator it must precede every CUDA header.
 #include "kernels/cuda/cuda_compat.cuh"
 // clang-format off
+#include "kernels/cuda/conv_reduce.cuh"
 #include "kernels/cuda/conv_sm90.cuh"
 #include "kernels/cuda/element.cuh"
 #include "kernels/cuda/launch.cuh"
@@ -19,6 +26,8 @@
 #include "kernels/cuda/wgmma.cuh"
 // clang-format on
 
+#include <algorithm>
+#include <optional>
 #include <stdexcept>
 #include <string>
 
@@ -33,15 +42,24 @@ __host__ __device__ constexpr WgmmaSwizzle descriptor_swizzle(int bk) {
 }
 
 // BN and BK are compile-time so that the MMAs of a k-step unroll into one chain (with a run-time trip count ptxas
-// serialises them, inserting a warpgroup.arrive before each).
+// serialises them, inserting a warpgroup.arrive before each). part: null, or the statistics partials of the tiles,
+// part[(m_block * 4 + {sum, squares}) * K + k] (tile_stats_finalize's slot 0).
 template <class E, int BN, int BK>
 __global__ void __launch_bounds__(kThreads, 1)
     conv_fprop_sm90_kernel(const __grid_constant__ TensorMap x_map, const __grid_constant__ TensorMap w_map,
-                           ConvGeometry g, ConvTile t, const float* bias, typename E::T* y) {
+                           ConvGeometry g, ConvTile t, const float* bias, typename E::T* y, float* part) {
   __shared__ StageBarriers<kStages> bars;
+  // The statistics: each consumer warp's column sums [warp][sum, squares][BN], and the barrier of the consumers alone
+  // that says all are written (the producer warpgroup has returned by then, so __syncthreads cannot serve).
+  __shared__ float warp_sums[kConsumers / 32][2][BN];
+  __shared__ uint64_t sums_written;
   DYN_SMEM(unsigned char, raw);
   const StageBuffers st(raw, t);
   init_stage_barriers(bars, kConsumers);
+  if (threadIdx.x == 0) {
+    mbarrier_init(&sums_written, kConsumers);
+    fence_mbarrier_init();
+  }
   __syncthreads();
   const TileOrigin o = tile_origin(g, t, int(blockIdx.x));
   const int k0 = int(blockIdx.y) * BN;
@@ -80,13 +98,101 @@ __global__ void __launch_bounds__(kThreads, 1)
   // d[4j + i] is row 16 w + g + 8 (i >> 1), column 8 j + 2 t + (i & 1) of this warpgroup's 64 x BN (wgmma.cuh).
   const int r = int(threadIdx.x) % 128, warp = r / 32, lane = r % 32;
   UNET_UNROLL
-  for (int v = 0; v < BN / 2; ++v) {
-    const int m = half * 64 + 16 * warp + lane / 4 + 8 * ((v % 4) >> 1);
-    const int k = k0 + 8 * (v / 4) + 2 * (lane % 4) + (v & 1);
-    const int qi = m % t.qt, pi = m / t.qt % t.pt, zi = m / (t.qt * t.pt);
-    const int z = o.z0 + zi, p = o.p0 + pi, q = o.q0 + qi;
-    if (z >= g.Z || p >= g.P || q >= g.Q || k >= g.K) continue;
-    y[(((int64_t(o.n) * g.Z + z) * g.P + p) * g.Q + q) * g.K + k] = E::store(d[v] + (bias ? bias[k] : 0.0f));
+  for (int j = 0; j < BN / 8; ++j) {
+    float sums[4] = {};  // [column (i & 1)][sum, squares] of the values this thread stores, rows in a fixed order
+    UNET_UNROLL
+    for (int i = 0; i < 4; ++i) {
+      const int m = half * 64 + 16 * warp + lane / 4 + 8 * (i >> 1);
+      const int k = k0 + 8 * j + 2 * (lane % 4) + (i & 1);
+      const int qi = m % t.qt, pi = m / t.qt % t.pt, zi = m / (t.qt * t.pt);
+      const int z = o.z0 + zi, p = o.p0 + pi, q = o.q0 + qi;
+      if (z >= g.Z || p >= g.P || q >= g.Q || k >= g.K) continue;
+      const typename E::T s = E::store(d[4 * j + i] + (bias ? bias[k] : 0.0f));
+      y[(((int64_t(o.n) * g.Z + z) * g.P + p) * g.Q + q) * g.K + k] = s;
+      const float v = E::load(s);
+      sums[(i & 1) * 2 + 0] += v;
+      sums[(i & 1) * 2 + 1] += v * v;
+    }
+    if (part) {  // uniform over the grid
+      // The 8 lanes of a column pair (same lane % 4) by a fixed butterfly: every lane ends with the same bits.
+      UNET_UNROLL
+      for (int x = 0; x < 4; ++x)
+        for (int off = 4; off < 32; off *= 2) sums[x] += __shfl_xor_sync(0xffffffffu, sums[x], off);
+      if (lane < 4)
+        for (int x = 0; x < 4; ++x) warp_sums[half * 4 + warp][x & 1][8 * j + 2 * lane + (x >> 1)] = sums[x];
+    }
+  }
+  if (!part) return;
+  // The tile's sums: the 8 warps' in warp order, one thread per (sum or squares, column).
+  mbarrier_arrive(&sums_written);
+  mbarrier_wait_parity(&sums_written, 0);
+  const int c = int(threadIdx.x) - 128;
+  for (int x = c; x < 2 * BN; x += kConsumers) {
+    const int col = x % BN, sq = x / BN;
+    float total = 0.0f;
+    for (int w = 0; w < kConsumers / 32; ++w) total += warp_sums[w][sq][col];
+    if (k0 + col < g.K) part[(int64_t(blockIdx.x) * 4 + sq) * g.K + k0 + col] = total;
+  }
+}
+
+// dw of output channels k0 .. k0 + BN - 1 (blockIdx.y), tap and channel chunk blockIdx.x (tap * c_chunks + chunk),
+// over pixel boxes blockIdx.z * per_split .. + per_split - 1 (the split), into out + blockIdx.z * (the size of dw):
+// dw itself for one split, the split's partial otherwise. 128 + 2 BN threads: warpgroup h >= 1 takes output channels
+// k0 + 64 (h - 1) .. + 63: per k-step 4 MMAs m64nBKk16 (16 pixels each) with both operands MN-major, A its dy box of
+// the stage (128-byte rows), B the stage's x box (rows of BK * 2 bytes). The accumulators are BK / 2 floats, so the
+// consumers need no extra registers (no setmaxnreg).
+template <class E, int BN, int BK>
+__global__ void __launch_bounds__(128 + 2 * BN, 1)
+    conv_wgrad_sm90_kernel(const __grid_constant__ TensorMap dy_map, const __grid_constant__ TensorMap x_map,
+                           ConvGeometry g, ConvTile t, int C, int per_split, float* out) {
+  __shared__ StageBarriers<kStages> bars;
+  DYN_SMEM(unsigned char, raw);
+  const StageBuffers st(raw, wgrad_a_bytes(t), wgrad_b_bytes(t));
+  init_stage_barriers(bars, 2 * BN);
+  __syncthreads();
+  const int tap = int(blockIdx.x) / g.c_chunks, c0 = int(blockIdx.x) % g.c_chunks * BK, k0 = int(blockIdx.y) * BN;
+  const int boxes = g.N * g.tiles_z * g.tiles_p * g.tiles_q;
+  const int first = int(blockIdx.z) * per_split, last = first + per_split < boxes ? first + per_split : boxes;
+  if (threadIdx.x < 128) {
+    if (threadIdx.x == 0) produce_wgrad_operands<kStages>(dy_map, x_map, g, t, tap, c0, k0, first, last, bars, st);
+    return;
+  }
+  const int group = int(threadIdx.x) / 128 - 1;  // which 64 output channels
+  constexpr int a_row = 128, b_row = BK * 2;     // bytes per pixel row of the A and B tiles
+  constexpr int pixels = 64;                     // per k-step
+  float d[BK / 2];
+  UNET_UNROLL
+  for (int v = 0; v < BK / 2; ++v) d[v] = 0.0f;
+  for (int j = 0; j < last - first; ++j) {
+    const int stage = j % kStages;
+    mbarrier_wait_parity(&bars.full[stage], (j / kStages) & 1);
+    wgmma_fence_operand(d);
+    wgmma_fence();
+    const unsigned char* a = st.a(stage) + group * pixels * a_row;
+    const unsigned char* b = st.b(stage);
+    // MN-major descriptors: a row per pixel, 8 rows (SBO) per swizzle atom; the channels fit one row, so LBO (the
+    // next row segment of channels) is never used. 16 pixels per MMA: two atoms further on.
+    UNET_UNROLL
+    for (int k = 0; k < pixels / 16; ++k)
+      wgmma_m64nNk16_ss<typename E::Mma, BK, 1, 1>(
+          d, make_wgmma_desc(a + 16 * a_row * k, 0, 8 * a_row, WgmmaSwizzle::b128),
+          make_wgmma_desc(b + 16 * b_row * k, 0, 8 * b_row, descriptor_swizzle(BK)), true);
+    wgmma_commit_group();
+    wgmma_fence_operand(d);
+    wgmma_wait_group<1>();  // the previous k-step's group has retired: its stage may be refilled
+    if (j > 0) mbarrier_arrive(&bars.empty[(j - 1) % kStages]);
+  }
+  wgmma_wait_group<0>();
+  wgmma_fence_operand(d);
+
+  // d[4j + i] is row (output channel) 16 w + g + 8 (i >> 1), column (input channel) 8 j + 2 t + (i & 1).
+  const int r = int(threadIdx.x) % 128, warp = r / 32, lane = r % 32, taps = g.T * g.R * g.S;
+  float* const dst = out + int64_t(blockIdx.z) * g.K * taps * C;
+  UNET_UNROLL
+  for (int v = 0; v < BK / 2; ++v) {
+    const int k = k0 + group * 64 + 16 * warp + lane / 4 + 8 * ((v % 4) >> 1);
+    const int c = c0 + 8 * (v / 4) + 2 * (lane % 4) + (v & 1);
+    if (k < g.K && c < C) dst[(int64_t(k) * taps + tap) * C + c] = d[v];
   }
 }
 
@@ -100,7 +206,7 @@ __global__ void __launch_bounds__(256) flip_transpose_weights(const uint16_t* w,
 }
 
 template <class E, int BN, int BK>
-void launch_fprop(const ConvProblem& p, DType dt, const void* x, const void* w, const float* bias, void* y,
+void launch_fprop(const ConvProblem& p, DType dt, const void* x, const void* w, const float* bias, void* y, float* part,
                   const ConvTile& t, cudaStream_t stream) {
   const TensorMap x_map = make_activation_map(p, dt, x, t), w_map = make_weight_map(p, dt, w, t);
   const ConvGeometry g = make_geometry(p, t);
@@ -110,23 +216,44 @@ void launch_fprop(const ConvProblem& p, DType dt, const void* x, const void* w, 
   cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
 #endif
   const dim3 grid(unsigned(p.N * g.tiles_z * g.tiles_p * g.tiles_q), unsigned((p.K + BN - 1) / BN));
-  launch(kernel, grid, dim3(kThreads), smem, stream, x_map, w_map, g, t, bias, static_cast<typename E::T*>(y));
+  launch(kernel, grid, dim3(kThreads), smem, stream, x_map, w_map, g, t, bias, static_cast<typename E::T*>(y), part);
+}
+
+template <class E, int BN, int BK>
+void launch_wgrad(const ConvProblem& p, DType dt, const void* x, const void* dy, float* out, const ConvTile& t,
+                  int per_split, int splits, cudaStream_t stream) {
+  const TensorMap dy_map = make_gradient_map(p, dt, dy, t), x_map = make_activation_map(p, dt, x, t);
+  const ConvGeometry g = make_geometry(p, t);
+  const size_t smem = size_t(kStages) * size_t(wgrad_a_bytes(t) + wgrad_b_bytes(t)) + 1024;
+  auto kernel = conv_wgrad_sm90_kernel<E, BN, BK>;
+#if !UNET_EMULATED
+  cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
+#endif
+  const dim3 grid(unsigned(p.taps() * g.c_chunks), unsigned((p.K + BN - 1) / BN), unsigned(splits));
+  launch(kernel, grid, dim3(128 + 2 * BN), smem, stream, dy_map, x_map, g, t, int(p.C), per_split, out);
 }
 
 }  // namespace
 
 void conv_fprop_sm90(const ConvProblem& p, DType dt, const void* x, const void* w, const float* bias, void* y,
-                     const ConvTile& t, cudaStream_t stream) {
+                     float* stats, const ConvTile& t, cudaStream_t stream) {
   if (const std::string why = conv_sm90_problem(p, dt, t); !why.empty())
     throw std::invalid_argument("conv_fprop_sm90: " + why + " (" + p.describe() + ")");
   if (t.bm() != 128) throw std::invalid_argument("conv_fprop_sm90: the tile must hold 128 output pixels");
   if (t.bn != 64 && t.bn != 128) throw std::invalid_argument("conv_fprop_sm90: BN must be 64 or 128");
+  // Statistics: per-tile partials, then tile_stats_finalize with a sample's rows counted as its tiles' (128 each,
+  // rows past the tensor's end adding nothing), so that every tile lies in one sample.
+  const ConvGeometry g = make_geometry(p, t);
+  const int64_t tiles_per_sample = int64_t(g.tiles_z) * g.tiles_p * g.tiles_q;
+  std::optional<Scratch<float>> part_buffer;
+  if (stats) part_buffer.emplace(size_t(p.N * tiles_per_sample * 4 * p.K), stream);
+  float* const part = stats ? part_buffer->get() : nullptr;
   const auto run = [&](auto e) {
     using E = decltype(e);
     const auto with_bk = [&]<int BN>() {
-      if (t.bk == 16) return launch_fprop<E, BN, 16>(p, dt, x, w, bias, y, t, stream);
-      if (t.bk == 32) return launch_fprop<E, BN, 32>(p, dt, x, w, bias, y, t, stream);
-      return launch_fprop<E, BN, 64>(p, dt, x, w, bias, y, t, stream);
+      if (t.bk == 16) return launch_fprop<E, BN, 16>(p, dt, x, w, bias, y, part, t, stream);
+      if (t.bk == 32) return launch_fprop<E, BN, 32>(p, dt, x, w, bias, y, part, t, stream);
+      return launch_fprop<E, BN, 64>(p, dt, x, w, bias, y, part, t, stream);
     };
     if (t.bn == 64) return with_bk.template operator()<64>();
     return with_bk.template operator()<128>();
@@ -135,6 +262,7 @@ void conv_fprop_sm90(const ConvProblem& p, DType dt, const void* x, const void* 
     run(element::BF16{});
   else
     run(element::F16{});
+  if (stats) finalize_tile_stats(part, p.N, tiles_per_sample * t.bm(), p.K, t.bm(), stats, stream);
 }
 
 ConvProblem dgrad_as_fprop(const ConvProblem& p) {
@@ -160,7 +288,46 @@ void conv_dgrad_sm90(const ConvProblem& p, DType dt, const void* dy, const void*
   Scratch<uint16_t> wt(size_t(n), stream);
   launch(flip_transpose_weights, dim3(unsigned((n + 255) / 256)), dim3(256), 0, stream, static_cast<const uint16_t*>(w),
          wt.get(), int(p.K), int(p.taps()), int(p.C));
-  conv_fprop_sm90(q, dt, dy, wt.get(), nullptr, dx, choose_tile(q), stream);
+  conv_fprop_sm90(q, dt, dy, wt.get(), nullptr, dx, nullptr, choose_tile(q), stream);
+}
+
+std::string conv_wgrad_sm90_problem(const ConvProblem& p, DType dt) {
+  if (p.K % 8 != 0) return "needs K a multiple of 8 (K = " + std::to_string(p.K) + ")";
+  return conv_sm90_problem(p, dt, choose_wgrad_tile(p));
+}
+
+void conv_wgrad_sm90(const ConvProblem& p, DType dt, const void* x, const void* dy, float* dw, int splits,
+                     cudaStream_t stream) {
+  if (const std::string why = conv_wgrad_sm90_problem(p, dt); !why.empty())
+    throw std::invalid_argument("conv_wgrad_sm90: " + why + " (" + p.describe() + ")");
+  const ConvTile t = choose_wgrad_tile(p);
+  const ConvGeometry g = make_geometry(p, t);
+  // Splits of the pixel boxes: by default enough blocks to fill a large GPU twice over (as the mma.sync path), each
+  // split at least 8 boxes (512 pixels); a function of the shape only, so the summation order is fixed.
+  const int64_t boxes = p.N * g.tiles_z * g.tiles_p * g.tiles_q;
+  const int64_t blocks = p.taps() * g.c_chunks * ((p.K + t.bn - 1) / t.bn);
+  int64_t want = splits > 0 ? splits : std::min((264 + blocks - 1) / blocks, std::max<int64_t>(1, boxes / 8));
+  want = std::clamp<int64_t>(want, 1, std::min<int64_t>(boxes, 65535));
+  const int64_t per = (boxes + want - 1) / want, count = p.K * p.taps() * p.C;
+  const int used = int((boxes + per - 1) / per);
+  std::optional<Scratch<float>> part_buffer;
+  if (used > 1) part_buffer.emplace(size_t(used) * size_t(count), stream);
+  float* const out = used > 1 ? part_buffer->get() : dw;
+  const auto run = [&](auto e) {
+    using E = decltype(e);
+    const auto with_bk = [&]<int BN>() {
+      if (t.bk == 16) return launch_wgrad<E, BN, 16>(p, dt, x, dy, out, t, int(per), used, stream);
+      if (t.bk == 32) return launch_wgrad<E, BN, 32>(p, dt, x, dy, out, t, int(per), used, stream);
+      return launch_wgrad<E, BN, 64>(p, dt, x, dy, out, t, int(per), used, stream);
+    };
+    if (t.bn == 64) return with_bk.template operator()<64>();
+    return with_bk.template operator()<128>();
+  };
+  if (dt == DType::bf16)
+    run(element::BF16{});
+  else
+    run(element::F16{});
+  if (used > 1) sum_split_partials(out, count, used, dw, stream);
 }
 
 }  // namespace unet::kernels::cuda::sm90

@@ -18,8 +18,18 @@
 // is (j / Stages) & 1. The consumers' arithmetic (wgmma, or the scalar reference of tests/emu_conv_sm90_kernels.cuh)
 // and the epilogue are the caller's.
 //
-// Requirements (conv_sm90_supported): f16 or bf16 storage; C a multiple of 8 (the tensor maps' byte strides are
-// multiples of 16); BK 16, 32 or 64 (32-, 64- or 128-byte swizzle); box sizes within the copy engine's 256 per dim.
+// wgrad runs the same pipeline on another GEMM: M = output channels K, N = taps x C, reduction = output pixels. A
+// block computes dw for BN = 64 or 128 output channels (64 when K <= 64) by one tap and BK input channels, over a
+// range of pixel boxes (its split of the reduction); a k-step is one box of Zt x Pt x Qt = 64 output pixels of one
+// sample. Its A tile is dy over the box, BN / 64 5D copies of box {64, Qt, Pt, Zt, 1} (64 output channels each,
+// channels past K zeros), one per consumer warpgroup; its B
+// tile is the fprop's activation box for the block's tap and channel chunk. Both are "MN-major" (a row per pixel,
+// the channels contiguous, swizzled with the row's span), which wgmma reads transposed. Output pixels past the
+// tensor's end are zero rows of dy, so they add nothing (0 x finite x).
+//
+// Requirements (conv_sm90_problem): f16 or bf16 storage; C a multiple of 8 (and K for wgrad: the tensor maps' byte
+// strides are multiples of 16); BK 16, 32 or 64 (32-, 64- or 128-byte swizzle); box sizes within the copy engine's
+// 256 per dim.
 #pragma once
 #include <algorithm>
 #include <cstdint>
@@ -62,20 +72,34 @@ inline std::string conv_sm90_problem(const ConvProblem& p, DType dt, const ConvT
   return "";
 }
 
-// The tile conv_fprop uses: BK as wide as the channels allow (64, 32 or 16), BN 64 for up to 64 output channels and
-// 128 above, and 128 output pixels as wide along Q as the output is (up to 16), then along P, the rest along Z.
-inline ConvTile choose_tile(const ConvProblem& p) {
-  auto pow2_at_least = [](int64_t n) {
+// A box of `pixels` (a power of 2) output pixels as wide along Q as the output is (up to 16), then along P, the rest
+// along Z; BK as wide as the channels allow (64, 32 or 16).
+inline ConvTile pixel_box_tile(const ConvProblem& p, int pixels) {
+  auto pow2_at_least = [pixels](int64_t n) {
     int v = 1;
-    while (v < n && v < 128) v *= 2;
+    while (v < n && v < pixels) v *= 2;
     return v;
   };
   ConvTile t;
   t.bk = p.C >= 64 ? 64 : p.C >= 32 ? 32 : 16;
-  t.bn = p.K <= 64 ? 64 : 128;
   t.qt = std::min(16, pow2_at_least(p.Q));
-  t.pt = std::min(128 / t.qt, pow2_at_least(p.P));
-  t.zt = 128 / (t.qt * t.pt);
+  t.pt = std::min(pixels / t.qt, pow2_at_least(p.P));
+  t.zt = pixels / (t.qt * t.pt);
+  return t;
+}
+
+// The tile conv_fprop uses: 128 output pixels, BN 64 for up to 64 output channels and 128 above.
+inline ConvTile choose_tile(const ConvProblem& p) {
+  ConvTile t = pixel_box_tile(p, 128);
+  t.bn = p.K <= 64 ? 64 : 128;
+  return t;
+}
+
+// wgrad's tile: k-steps of 64 output pixels, BN 64 output channels for up to 64 (one consumer warpgroup) and 128
+// above (two), BK input channels of one tap.
+inline ConvTile choose_wgrad_tile(const ConvProblem& p) {
+  ConvTile t = pixel_box_tile(p, 64);
+  t.bn = p.K <= 64 ? 64 : 128;
   return t;
 }
 
@@ -107,6 +131,18 @@ inline TensorMap make_weight_map(const ConvProblem& p, DType dt, const void* w, 
   return make_tensor_map(type, 3, w, dims, strides, box, element_strides, swizzle_for(t.bk));
 }
 
+// wgrad's A map: dy as dims {K, Q, P, Z, N}; box {64, Qt, Pt, Zt, 1} (a row of 64 output channels per pixel, 128B
+// swizzle), one per 64 of the block's BN output channels.
+inline TensorMap make_gradient_map(const ConvProblem& p, DType dt, const void* dy, const ConvTile& t) {
+  const uint64_t e = 2;
+  const uint64_t dims[5] = {uint64_t(p.K), uint64_t(p.Q), uint64_t(p.P), uint64_t(p.Z), uint64_t(p.N)};
+  const uint64_t strides[4] = {p.K * e, p.Q * p.K * e, p.P * p.Q * p.K * e, p.Z * p.P * p.Q * p.K * e};
+  const uint32_t box[5] = {64, uint32_t(t.qt), uint32_t(t.pt), uint32_t(t.zt), 1}, element_strides[5] = {1, 1, 1, 1, 1};
+  const CUtensorMapDataType type =
+      dt == DType::bf16 ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 : CU_TENSOR_MAP_DATA_TYPE_FLOAT16;
+  return make_tensor_map(type, 5, dy, dims, strides, box, element_strides, CU_TENSOR_MAP_SWIZZLE_128B);
+}
+
 inline ConvGeometry make_geometry(const ConvProblem& p, const ConvTile& t) {
   auto up = [](int64_t a, int64_t b) { return int((a + b - 1) / b); };
   return {int(p.N), int(p.Z), int(p.P),      int(p.Q),      int(p.K),      p.T,
@@ -129,10 +165,12 @@ __device__ __forceinline__ TileOrigin tile_origin(const ConvGeometry& g, const C
 struct StageBuffers {
   unsigned char* base;
   int a_bytes, stage_bytes;
-  __device__ __forceinline__ StageBuffers(unsigned char* raw, const ConvTile& t)
+  __device__ __forceinline__ StageBuffers(unsigned char* raw, int a_tile_bytes, int b_tile_bytes)
       : base(raw + (1024 - reinterpret_cast<uintptr_t>(raw) % 1024) % 1024),
-        a_bytes(t.a_bytes()),
-        stage_bytes(t.a_bytes() + t.b_bytes()) {}
+        a_bytes(a_tile_bytes),
+        stage_bytes(a_tile_bytes + b_tile_bytes) {}
+  __device__ __forceinline__ StageBuffers(unsigned char* raw, const ConvTile& t)
+      : StageBuffers(raw, t.a_bytes(), t.b_bytes()) {}
   __device__ __forceinline__ unsigned char* a(int s) const { return base + s * stage_bytes; }
   __device__ __forceinline__ unsigned char* b(int s) const { return base + s * stage_bytes + a_bytes; }
 };
@@ -183,14 +221,56 @@ __device__ __forceinline__ void produce_fprop_operands(const TensorMap& x_map, c
   }
 }
 
+// wgrad's stages: A the dy boxes (64 pixels x BN output channels), B the x box (64 pixels x BK channels).
+__host__ __device__ inline int wgrad_a_bytes(const ConvTile& t) {
+  return t.bm() * t.bn * 2;
+}
+__host__ __device__ inline int wgrad_b_bytes(const ConvTile& t) {
+  return t.bm() * t.bk * 2;
+}
+
+// The wgrad producer (one thread): for pixel boxes first .. last - 1 (k-steps 0, 1, ..), waits until the stage is
+// free, then issues the dy copies of output channels k0 .. k0 + BN - 1 and the x copy of tap `tap`, channels c0 ..
+// c0 + BK - 1, completing on the stage's full barrier.
+template <int Stages>
+__device__ __forceinline__ void produce_wgrad_operands(const TensorMap& dy_map, const TensorMap& x_map,
+                                                       const ConvGeometry& g, const ConvTile& t, int tap, int c0,
+                                                       int k0, int first, int last, StageBarriers<Stages>& bars,
+                                                       const StageBuffers& st) {
+  const int s = tap % g.S, r = tap / g.S % g.R, tt = tap / (g.S * g.R);
+  const int half_bytes = t.bm() * 64 * 2;
+  for (int j = 0; j < last - first; ++j) {
+    const int stage = j % Stages;
+    mbarrier_wait_parity(&bars.empty[stage], ((j / Stages) & 1) ^ 1);  // the first use passes at once
+    mbarrier_arrive_expect_tx(&bars.full[stage], unsigned(st.stage_bytes));
+    const TileOrigin o = tile_origin(g, t, first + j);
+    for (int h = 0; h < t.bn / 64; ++h) {
+      const int32_t yc[5] = {k0 + 64 * h, o.q0, o.p0, o.z0, o.n};
+      cp_async_bulk_tensor_global_to_shared<5>(st.a(stage) + h * half_bytes, dy_map, yc, &bars.full[stage]);
+    }
+    const int32_t xc[5] = {c0, o.q0 * g.sw + s - g.pw, o.p0 * g.sh + r - g.ph, o.z0 * g.sd + tt - g.pd, o.n};
+    cp_async_bulk_tensor_global_to_shared<5>(st.b(stage), x_map, xc, &bars.full[stage]);
+  }
+}
+
 // y = conv(x, w) + bias on the sm_90a path (kernels/cuda/conv_sm90.cu): tile t with 128 output pixels and BN 64 or
-// 128. Throws std::invalid_argument naming what conv_sm90_problem refuses. Under nvcc it needs an sm_90a device.
+// 128. stats: null, or as conv_fprop's (kernels/cuda/conv.cuh), the per-(sample, channel) sum and sum of squares of
+// the stored y. Throws std::invalid_argument naming what conv_sm90_problem refuses. Under nvcc it needs an sm_90a
+// device.
 void conv_fprop_sm90(const ConvProblem& p, DType dt, const void* x, const void* w, const float* bias, void* y,
-                     const ConvTile& t, cudaStream_t stream);
+                     float* stats, const ConvTile& t, cudaStream_t stream);
 
 // dx of a stride-1 convolution as the fprop of dy with the weights' taps reversed and channels swapped (a transposed
 // copy of w in scratch memory): the same wgmma kernel. conv_dgrad_sm90_problem says why a problem cannot take it ("").
 std::string conv_dgrad_sm90_problem(const ConvProblem& p, DType dt);
 void conv_dgrad_sm90(const ConvProblem& p, DType dt, const void* dy, const void* w, void* dx, cudaStream_t stream);
+
+// dw [K][T][R][S][C] f32 = the sum over output pixels of dy x im2col(x), overwritten, with choose_wgrad_tile(p). The
+// pixel boxes are split over `splits` ranges (0: chosen per problem), each block's f32 partial summed in split order
+// afterwards (kernels/cuda/conv_reduce.cuh): the bits depend on the problem and the split count only.
+// conv_wgrad_sm90_problem says why a problem cannot take it (""); x and dy must be 16-byte aligned.
+std::string conv_wgrad_sm90_problem(const ConvProblem& p, DType dt);
+void conv_wgrad_sm90(const ConvProblem& p, DType dt, const void* x, const void* dy, float* dw, int splits,
+                     cudaStream_t stream);
 
 }  // namespace unet::kernels::cuda::sm90
