@@ -12,7 +12,8 @@
 #   5. the same for DLE's UNet2D (572 x 572, batch 8, filters 64, its loss), as DLE UNet_Medical trains it, and for
 #      DLE's UNet 3+ (320 x 320, batch 16, filters 64, 3 slices in, its hybrid loss; fp32 and bf16 only, 2 steps);
 #   6. gpu_conv_bench: our convolutions against cuDNN at the nnU-Net shapes;
-#   7. the sm_90a wgmma fprop (UNET_CONV_SM90=1): test_gpu through it, and gpu_conv_bench f16/bf16 again.
+#   7. the sm_90a wgmma path (UNET_CONV_SM90=1): test_gpu through it, gpu_conv_bench f16/bf16 and the 3D nnU-Net
+#      train_bench in bf16 and fp16 again.
 # and writes one summary, markdown and JSON (GPU, driver, commit, every figure), to
 # bench/results/gpu-check-DATE-GPU.{md,json}; the logs of every step go to out/gpu-check/. About 6 minutes on an H200
 # before step 5 was added (at most 6 more).
@@ -122,11 +123,13 @@ if [ "$skip_bench" = 0 ]; then
     --channels 3 --classes 2 --deep-supervision 0 --device cuda --steps 2 --precision fp32,bf16 \
     --json "$work/train_bench_unet3plus.json"
   step conv_bench 330 "$bin/gpu_conv_bench" --json "$work/conv_bench.json"
-  # 7. The sm_90a wgmma fprop (opt-in until this step has passed on a GPU): test_gpu through it, then the f16/bf16
-  # convolutions timed again (fprop rows run on it; dgrad and wgrad are the same kernels as in step 6).
+  # 7. The sm_90a wgmma path (opt-in until this step has passed on a GPU): test_gpu through it, then the f16/bf16
+  # convolutions and the 3D nnU-Net's training step timed again.
   step test_gpu_sm90 300 env UNET_CONV_SM90=1 "$bin/unet_tests" --source-file='*test_gpu*'
   step conv_bench_sm90 240 env UNET_CONV_SM90=1 "$bin/gpu_conv_bench" --dtypes f16,bf16 --budget 200 \
     --json "$work/conv_bench_sm90.json"
+  step train_bench_sm90 200 env UNET_CONV_SM90=1 "$bin/train_bench" "${bench[@]}" --steps 6 --precision bf16,fp16 \
+    --json "$work/train_bench_sm90.json"
 fi
 
 # ---- summary ----
@@ -158,6 +161,7 @@ out=bench/results/gpu-check-$date_tag-$gpu_tag
     echo "| gpu_conv_bench (ours vs cuDNN) | $(status conv_bench); table below | ${secs[conv_bench]:-} |"
     echo "| test_gpu with the sm_90a fprop (UNET_CONV_SM90=1) | $(status test_gpu_sm90) | ${secs[test_gpu_sm90]:-} |"
     echo "| gpu_conv_bench f16/bf16 with the sm_90a fprop | $(status conv_bench_sm90); log in out/gpu-check/conv_bench_sm90.log | ${secs[conv_bench_sm90]:-} |"
+    echo "| train_bench, 3D nnU-Net (bf16, fp16) with the sm_90a path | $(status train_bench_sm90); table below | ${secs[train_bench_sm90]:-} |"
   fi
   if [ -s "$work/train_bench.log" ]; then
     echo
@@ -165,6 +169,12 @@ out=bench/results/gpu-check-$date_tag-$gpu_tag
     echo "bf16 samples/s, 5.75 GiB peak under AMP; ../shared/gpu-runs/):"
     echo
     grep '^|' "$work/train_bench.log"
+  fi
+  if [ -s "$work/train_bench_sm90.log" ]; then
+    echo
+    echo "train_bench, the same 3D nnU-Net with UNET_CONV_SM90=1 (the wgmma fprop, stride-1 dgrad and wgrad):"
+    echo
+    grep '^|' "$work/train_bench_sm90.log"
   fi
   if [ -s "$work/train_bench_unet2d.log" ]; then
     echo
@@ -221,7 +231,11 @@ num() { [ -n "$1" ] && echo "$1" || echo null; }
   echo "  \"train_bench_unet3plus\": {\"exit\": ${rc[train_bench_unet3plus]:-null}, \"seconds\": ${secs[train_bench_unet3plus]:-null},"
   echo "                  \"result\": $( [ -s "$work/train_bench_unet3plus.json" ] && cat "$work/train_bench_unet3plus.json" || echo null )},"
   echo "  \"conv_bench\": {\"exit\": ${rc[conv_bench]:-null}, \"seconds\": ${secs[conv_bench]:-null},"
-  echo "                 \"result\": $( [ -s "$work/conv_bench.json" ] && cat "$work/conv_bench.json" || echo null )}"
+  echo "                 \"result\": $( [ -s "$work/conv_bench.json" ] && cat "$work/conv_bench.json" || echo null )},"
+  echo "  \"conv_bench_sm90\": {\"exit\": ${rc[conv_bench_sm90]:-null}, \"seconds\": ${secs[conv_bench_sm90]:-null},"
+  echo "                 \"result\": $( [ -s "$work/conv_bench_sm90.json" ] && cat "$work/conv_bench_sm90.json" || echo null )},"
+  echo "  \"train_bench_sm90\": {\"exit\": ${rc[train_bench_sm90]:-null}, \"seconds\": ${secs[train_bench_sm90]:-null},"
+  echo "                  \"result\": $( [ -s "$work/train_bench_sm90.json" ] && cat "$work/train_bench_sm90.json" || echo null )}"
   echo "}"
 } > "$out.json"
 echo
