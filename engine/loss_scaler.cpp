@@ -56,7 +56,7 @@ void LossScaler::from_metadata(const std::map<std::string, std::string>& metadat
     } catch (const std::exception&) {
       used = 0;
     }
-    if (used != text.size() || !std::isfinite(v) || v < 0)
+    if (text.empty() || used != text.size() || !std::isfinite(v) || v < 0)
       throw std::invalid_argument(std::string("training state: '") + key + "' = '" + text +
                                   "' is not a finite number >= 0");
     return v;

@@ -56,4 +56,8 @@ class Config {
 // Edit distance, for "did you mean" suggestions.
 size_t edit_distance(const std::string& a, const std::string& b);
 
+// A real number for messages: the shortest text that reads back as v (10.0000001, -1e-09, 1e+31), where
+// std::to_string's six decimals would show 10.000000 or -0.000000.
+std::string real_text(double v);
+
 }  // namespace unet::io

@@ -153,6 +153,12 @@ DatasetInfo read_nnunet_v2_dataset(const std::string& dir) {
     taken[value] = true;
     info.labels[value] = name;
   }
+  // Value 0 is the background of the loss and of foreground sampling, as nnU-Net v2 requires of "background".
+  if (labels.contains("background") && labels["background"] != 0)
+    fail("labels", "'background' = " + labels["background"].dump() +
+                       ": expected 0 (value 0 is the background; here "
+                       "it is '" +
+                       info.labels[0] + "')");
   if (j.contains("regions_class_order")) fail("regions_class_order", "region-based training is not supported");
   if (!j.contains("file_ending") || !j["file_ending"].is_string())
     fail("file_ending", "expected a string such as \".nii.gz\" or \".tif\"");
@@ -231,6 +237,10 @@ DatasetInfo read_msd_dataset(const std::string& dir) {
     }
     for (const char* field : {"image", "label"}) {
       std::string rel = tr[i][field].get<std::string>();
+      // JSON allows \u0000, which the file system would cut the path at: another file, or an error naming none.
+      if (rel.find('\0') != std::string::npos)
+        fail(key + "." + field,
+             "'" + rel.substr(0, rel.find('\0')) + "\\u0000...' holds a NUL character; expected a path");
       std::string path = resolve(dir, rel);
       if (!fs::is_regular_file(path)) fail(key + "." + field, "file '" + rel + "' does not exist (" + path + ")");
       if (std::strcmp(field, "image") == 0)
@@ -261,7 +271,10 @@ DatasetInfo read_msd_dataset(const std::string& dir) {
     for (size_t i = 0; i < te.size(); ++i) {
       std::string key = "test[" + std::to_string(i) + "]";
       if (!te[i].is_string()) fail(key, "expected a path string relative to the dataset directory");
-      std::string rel = te[i].get<std::string>(), path = resolve(dir, rel);
+      std::string rel = te[i].get<std::string>();
+      if (rel.find('\0') != std::string::npos)
+        fail(key, "'" + rel.substr(0, rel.find('\0')) + "\\u0000...' holds a NUL character; expected a path");
+      std::string path = resolve(dir, rel);
       if (!fs::is_regular_file(path)) fail(key, "file '" + rel + "' does not exist (" + path + ")");
       info.test.push_back(path);
     }

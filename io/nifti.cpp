@@ -556,9 +556,13 @@ void write_nifti(const std::string& path, const Tensor& data, const NiftiVolume&
   nim->scl_slope = 0.0;  // values are stored as they are
   nim->scl_inter = 0.0;
   nim->cal_min = nim->cal_max = 0.0;
-  int64_t dims[8] = {nc > 1 ? 4 : 3, nx, ny, nz, nc, 1, 1, 1};
+  // As many dimensions as the reference declares (a 3D grid with one slice stays 3D; a 2D image stays 2D), 4 with
+  // channels; nifti_update_dims_from_array would drop trailing extents of 1, so dim[0] is set again after it.
+  const int64_t ndim = nc > 1 ? 4 : std::clamp<int64_t>(src->dim[0], 1, 3);
+  int64_t dims[8] = {ndim, nx, ny, nz, nc, 1, 1, 1};
   for (int i = 0; i < 8; ++i) nim->dim[i] = dims[i];
   nifti_update_dims_from_array(nim.get());
+  nim->dim[0] = nim->ndim = ndim;
   int nifti_type = nim->nifti_type == NIFTI_FTYPE_NIFTI2_1 ? NIFTI_FTYPE_NIFTI2_1 : NIFTI_FTYPE_NIFTI1_1;
   nim->nifti_type = nifti_type;
 

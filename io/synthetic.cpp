@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "engine/random.h"
+#include "io/config.h"
 #include "io/nifti.h"
 #include "io/safetensors.h"
 #include "io/tiff.h"
@@ -192,7 +193,7 @@ void validate_synth_options(const SynthOptions& o) {
          "--size: every dimension must be 8..1024 voxels, got " + std::to_string(o.size[a]));
   for (double s : o.spacing)
     need(std::isfinite(s) && s >= 0.01 && s <= 100,
-         "--spacing: every spacing must be 0.01..100 mm, got " + std::to_string(s));
+         "--spacing: every spacing must be 0.01..100 mm, got " + real_text(s));
   need(o.channels >= 1 && o.channels <= 16, "--channels: expected 1..16, got " + std::to_string(o.channels));
   need(o.classes >= 2 && o.classes <= 16,
        "--classes: expected 2..16 (background included), got " + std::to_string(o.classes));
@@ -431,6 +432,9 @@ void write_synthetic_dataset(const SynthOptions& o) {
                                 "choose another directory");
       replace = true;
     }
+  } else if (fs::is_symlink(fs::symlink_status(target, ec))) {  // the finished dataset could not be renamed onto it
+    throw SynthOptionsError("--output: " + o.output + " is a dangling symbolic link (to " +
+                            fs::read_symlink(target, ec).string() + ")");
   } else if (!fs::is_directory(target.parent_path(), ec)) {
     throw SynthOptionsError("--output: the parent directory " + target.parent_path().string() + " does not exist");
   }

@@ -362,6 +362,8 @@ ModelCard card_from_metadata(const io::Metadata& m, const std::string& path) {
   if (const json* pipeline = r.find(plan, "plan", "pipeline")) c.pipeline = r.string(*pipeline, "plan.pipeline");
   if (c.pipeline != "nnunet" && c.pipeline != "dle_isbi")
     r.bad("plan.pipeline", "'" + c.pipeline + "'; expected nnunet or dle_isbi");
+  if (c.pipeline == "dle_isbi" && c.model != "unet2d")  // as unet_train's data.pipeline
+    r.bad("plan.pipeline", "'dle_isbi' with model.type '" + c.model + "'; DLE's ISBI pipeline is for unet2d only");
   if (!labels.is_object() || labels.size() != static_cast<size_t>(out_channels))
     r.bad("labels", "expected a JSON object of class index: name with one entry per output (model.out_channels " +
                         std::to_string(out_channels) + ")");

@@ -444,8 +444,10 @@ struct Trainer::State {
     if (const auto it = ck.metadata.find("best_val_mean_dice"); it != ck.metadata.end()) {
       char* end = nullptr;
       best_dice = std::strtod(it->second.c_str(), &end);
-      if (end == it->second.c_str() || *end != '\0')
-        throw std::runtime_error(path + ": metadata 'best_val_mean_dice' = '" + it->second + "' is not a number");
+      // -1 before the first validation, then a Dice: NaN, inf or 1e20 would keep model_best.safetensors forever.
+      if (end == it->second.c_str() || *end != '\0' || !(best_dice == -1 || (best_dice >= 0 && best_dice <= 1)))
+        throw std::runtime_error(path + ": metadata 'best_val_mean_dice' = '" + it->second +
+                                 "'; expected -1 (no validation yet) or a mean Dice in [0, 1]");
     }
     return step;
   }

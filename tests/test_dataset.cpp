@@ -164,6 +164,18 @@ TEST_CASE("a dataset.json entry of the wrong form is an error naming the key") {
                     {tmp / "dataset.json", "not valid JSON", "the key \"labels\" appears twice in one object"});
 }
 
+TEST_CASE("a dataset.json path holding a NUL character is an error naming the key") {
+  test::TempDir tmp("nul_path");
+  write_volume(tmp / "imagesTr/a.nii.gz", Tensor::zeros({4, 4, 4}));
+  write_volume(tmp / "labelsTr/a.nii.gz", Tensor::zeros({4, 4, 4}));
+  json j = minimal_json();
+  // The file system would read "./imagesTr/a.nii.gz", a file that exists: the case used to load under a wrong name.
+  j["training"][0]["image"] = std::string("./imagesTr/a.nii.gz\0x", 21);
+  write_json(tmp / "dataset.json", j);
+  check_error_names([&] { read_msd_dataset(tmp.path); },
+                    {tmp / "dataset.json", "training[0].image", "holds a NUL character"});
+}
+
 TEST_CASE("a dataset.json naming a missing file is an error naming the key and the path") {
   test::TempDir tmp("missing_file");
   write_json(tmp / "dataset.json", minimal_json());
@@ -769,6 +781,9 @@ TEST_CASE("nnU-Net v2 raw data: one file per channel, labels by value, read as t
   check_error_names([&] { read_dataset(dir); }, {"key 'labels'", "a label with an empty name (value 0)"});
   rewrite("labels", {{"background", 0}, {"a", 1}, {"b", 1}});
   check_error_names([&] { read_dataset(dir); }, {"'b' and 'a' have the same value 1"});
+  // Value 0 would be trained as the background under another name, and "background" as a foreground class.
+  rewrite("labels", {{"background", 1}, {"a", 0}, {"b", 2}});
+  check_error_names([&] { read_dataset(dir); }, {"key 'labels'", "'background' = 1: expected 0", "here it is 'a'"});
   rewrite("labels", {{"background", 0}, {"ellipsoids", 1}, {"tubes", 2}});
   rewrite("file_ending", ".mha");
   check_error_names([&] { read_dataset(dir); }, {"file_ending", "'.mha'"});

@@ -308,6 +308,7 @@ TEST_CASE("unet_synth refuses garbage, negative and oversized numbers with statu
       {"unet_synth", out + " --size 4096", 2, "--size: every dimension must be 8..1024 voxels, got 4096"},
       {"unet_synth", out + " --size -16", 2, "--size: every dimension must be 8..1024 voxels, got -16"},
       {"unet_synth", out + " --spacing nan", 2, "--spacing: 'nan' in 'nan' is not a number"},
+      {"unet_synth", out + " --spacing 1e-7,1,1", 2, "--spacing: every spacing must be 0.01..100 mm, got 1e-07"},
       {"unet_synth", out + " --train -5", 2, "--train: expected 0..100000 cases, got -5"},
       {"unet_synth", out + " --test 4294967296", 2,
        "--test = 4294967296: expected a whole number (number of test cases, 0..100000)"},
@@ -649,6 +650,17 @@ TEST_CASE(
   CHECK_MESSAGE(out.find(ck + ": metadata 'optimizer' = 'SGD'") != std::string::npos, out);
   CHECK(damaged([](io::NamedTensors&, io::Metadata& m) { m["seed"] = "5"; }) == 1);
   CHECK_MESSAGE(out.find(ck + ": metadata 'seed' = '5'") != std::string::npos, out);
+  // A best Dice no validation can beat would keep model_best.safetensors from ever being written again.
+  for (const char* best : {"nan", "1e999", "99999999999999999999", "-0.5"}) {
+    CAPTURE(best);
+    CHECK(damaged([&](io::NamedTensors&, io::Metadata& m) { m["best_val_mean_dice"] = best; }) == 1);
+    CHECK_MESSAGE(out.find(ck + ": metadata 'best_val_mean_dice' = '" + std::string(best) +
+                           "'; expected -1 (no validation yet) or a mean Dice in [0, 1]") != std::string::npos,
+                  out);
+  }
+  CHECK(damaged([](io::NamedTensors&, io::Metadata& m) { m["skipped_steps"] = ""; }) == 1);
+  CHECK_MESSAGE(
+      out.find(ck + ": training state: 'skipped_steps' = '' is not a finite number >= 0") != std::string::npos, out);
   // The checkpoint itself resumes.
   io::write_safetensors(ck, good.tensors, good.metadata);
   CHECK_MESSAGE(run_guarded("unet_train", ini + " --resume " + dir + "/run --set train.steps=3", &out) == 0, out);
@@ -925,6 +937,9 @@ TEST_CASE("unet_infer checks every field of the model card at load, naming the c
       {"plan", "label_scale", "1073741824", "plan.label_scale: expected an integer in 1..255, got 1073741824"},
       {"plan", "label_scale", "200", "plan.label_scale: 200 x the largest class 2 exceeds 255"},
       {"plan", "spacing", "[1e308, 1, 1]", "plan.spacing: [1e+308"},
+      // A 3D DynUNet run through DLE's ISBI slice pipeline (x / 127.5 - 1, slices resized): exit 0, another result.
+      {"plan", "pipeline", "\"dle_isbi\"",
+       "plan.pipeline: 'dle_isbi' with model.type 'dynunet'; DLE's ISBI pipeline is for unet2d only"},
   };
   for (const auto& [key, field, value, message] : cases) {
     CAPTURE(value);
@@ -1385,4 +1400,42 @@ TEST_CASE("unet_train warns of constant training images, naming them, and refuse
                          first) != std::string::npos,
                 out);
   CHECK_FALSE(fs::exists(dir + "/run2"));
+}
+
+TEST_CASE("output directories that are dangling symbolic links and --pred on a link loop are refused with status 2") {
+  Fixture fx;
+  const std::string& d = fx.dir;
+  fs::create_symlink(d + "/gone/x", d + "/dangling");  // its target's directory does not exist either
+  test::TempDir loops("hostile_loops");  // outside DIR, whose snapshots would not get through a loop
+  fs::create_symlink(loops / "loop1", loops / "loop2");
+  fs::create_symlink(loops / "loop2", loops / "loop1");
+  const std::string ini = small_train_ini(d, d + "/nowhere");
+  const std::string link = "is a dangling symbolic link (to " + d + "/gone/x)";
+  check_cases(fx, {
+                      // All three used to do the work first, then fail with "File exists" and status 1.
+                      {"unet_infer", "--model " + fx.model + " --input " + d + "/images --output " + d + "/dangling",
+                       2, "--output " + d + "/dangling: " + link},
+                      {"unet_infer",
+                       "--model " + fx.model + " --input " + d + "/images --output " + d + "/dangling/sub", 2,
+                       "--output " + d + "/dangling/sub: " + d + "/dangling " + link},
+                      {"unet_train", ini + " --set output.dir=" + d + "/dangling", 2,
+                       "output.dir = " + d + "/dangling: " + link},
+                      {"unet_train", ini + " --set data.cache=" + d + "/dangling", 2,
+                       "data.cache = " + d + "/dangling: " + link},
+                      {"unet_synth", "--output " + d + "/dangling --train 1 --test 0 --size 8", 2,
+                       "--output: " + d + "/dangling " + link},
+                      {"unet_eval", "--pred " + loops / "loop1" + " --label " + d + "/labels", 2,
+                       "--pred " + loops / "loop1" + ": cannot be examined: Too many levels of symbolic links"},
+                  });
+}
+
+TEST_CASE("unet_train --resume names --resume for a directory name its config.ini cannot hold") {
+  test::TempDir tmp("hostile_resume_name");
+  const std::string ini = small_train_ini(tmp.path, tmp.path + "/nowhere");
+  std::string out;
+  CHECK(run_guarded("unet_train", ini + " --resume '" + tmp.path + "/my ;run'", &out) == 2);
+  CHECK_MESSAGE(out.find("unet_train: --resume " + tmp.path + "/my ;run: the directory's name cannot be kept in the "
+                         "run's config.ini as output.dir") != std::string::npos,
+                out);
+  CHECK_MESSAGE(out.find("--set") == std::string::npos, out);  // it used to blame --set, which was not given
 }

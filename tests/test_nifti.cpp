@@ -94,6 +94,25 @@ TEST_CASE("a label map written with an input's header keeps its grid, transforms
   }
 }
 
+TEST_CASE("a label map keeps the dimension count of an input with one slice (dim[0] 3 with nz 1) or of a 2D image") {
+  const std::string dir = temp_dir();
+  for (int16_t declared : {int16_t(3), int16_t(2)}) {
+    CAPTURE(declared);
+    // A 16 x 16 x 1 volume; dim[0] (bytes 40-41) set to what the input declares.
+    const std::string in_path = dir + "/one_slice.nii", out_path = dir + "/labels.nii.gz";
+    write_nifti(in_path, Tensor::zeros({1, 16, 16}), make_nifti_like({1, 16, 16}, {1, 1, 1}));
+    std::fstream(in_path, std::ios::binary | std::ios::in | std::ios::out)
+        .seekp(40)
+        .write(reinterpret_cast<const char*>(&declared), 2);
+    const NiftiVolume in = read_nifti(in_path);
+    REQUIRE(in.geometry().dim[0] == declared);
+    write_nifti(out_path, Tensor::zeros({1, 16, 16}, DType::u8), in);
+    const NiftiVolume back = read_nifti(out_path);
+    CHECK(back.geometry().dim[0] == declared);  // nifticlib's dimension update used to make both 2
+    CHECK(back.data.shape() == Shape{1, 16, 16, 1});
+  }
+}
+
 TEST_CASE("a 4D multi-channel volume written and read again keeps its channel order") {
   NiftiVolume in = read_nifti(kDir + "four_channels.nii.gz");
   std::string out = temp_dir() + "/probabilities.nii.gz";

@@ -148,7 +148,10 @@ inline std::string output_directory_problem(const std::filesystem::path& dir) {
     return fs::is_directory(dir, ec) ? directory_write_problem(dir) : "exists and is not a directory";
   if (ec) return "cannot be examined: " + ec.message();  // a symbolic link loop, a path too long, no permission
   fs::path p = fs::absolute(dir, ec).lexically_normal();
-  while (!fs::exists(p, ec) && p.has_relative_path()) p = p.parent_path();
+  for (; !fs::exists(p, ec) && p.has_relative_path(); p = p.parent_path())
+    if (fs::is_symlink(fs::symlink_status(p, ec)))  // create_directories would fail on it with "File exists"
+      return (p == fs::absolute(dir, ec).lexically_normal() ? std::string() : p.string() + " ") +
+             "is a dangling symbolic link (to " + fs::read_symlink(p, ec).string() + ")";
   if (!fs::is_directory(p, ec)) return "cannot be created: " + p.string() + " is not a directory";
   if (std::string why = directory_write_problem(p); !why.empty()) return "cannot be created: " + why;
   return "";

@@ -172,7 +172,11 @@ int main(int argc, char** argv) {
       throw UsageError("--label " + label_dir + ": " + unet::tools::regular_file_problem(label_dir) +
                        "; expected a label map or a directory of them");
     const bool pair_of_files = fs::is_regular_file(label_status);
-    if (pair_of_files ? !fs::is_regular_file(pred_dir) : !fs::is_directory(pred_dir))
+    std::error_code pred_error;
+    const fs::file_status pred_status = fs::status(pred_dir, pred_error);
+    if (pred_error && pred_status.type() != fs::file_type::not_found)
+      throw UsageError("--pred " + pred_dir + ": cannot be examined: " + pred_error.message());
+    if (pair_of_files ? !fs::is_regular_file(pred_status) : !fs::is_directory(pred_status))
       throw UsageError("--pred " + pred_dir +
                        (pair_of_files ? ": not a file (--label is a file, so --pred must be one)"
                                       : ": not a directory (--label is one, so --pred must be one)"));

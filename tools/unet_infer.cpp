@@ -101,7 +101,7 @@ int main(int argc, char** argv) {
     if (blend != "gaussian" && blend != "constant")
       throw UsageError("--blend '" + blend + "': expected gaussian or constant");
     if (!(overlap >= 0 && overlap < 1))
-      throw UsageError("--overlap " + std::to_string(overlap) + ": expected a value in [0, 1)");
+      throw UsageError("--overlap " + io::real_text(overlap) + ": expected a value in [0, 1)");
     Device dev = Device::cpu;
     try {
       dev = device::resolve_device(device, &std::cout);  // auto without a GPU: one line, then the CPU

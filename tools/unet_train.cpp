@@ -154,8 +154,8 @@ models::TrainerOptions trainer_options(const io::Config& c) {
   const auto real_in = [&](const char* section, const char* key, double lo, double hi, bool hi_open = false) {
     const double v = c.get_real(section, key);
     if (!(v >= lo && (hi_open ? v < hi : v <= hi)))  // NaN fails too
-      throw UsageError(std::string(section) + "." + key + " = " + std::to_string(v) + ": expected a value in [" +
-                       std::to_string(lo) + ", " + std::to_string(hi) + (hi_open ? ")" : "]"));
+      throw UsageError(std::string(section) + "." + key + " = " + io::real_text(v) + ": expected a value in [" +
+                       io::real_text(lo) + ", " + io::real_text(hi) + (hi_open ? ")" : "]"));
     return v;
   };
   o.dataset = c.get_string("data", "dataset");
@@ -380,7 +380,15 @@ int main(int argc, char** argv) {
                        ", --overwrite replaces it; give one of them");
     config.load_file(path);
     for (auto& o : overrides) config.apply_override(o);
-    if (!resume.empty()) config.apply_override("output.dir=" + resume);
+    if (!resume.empty()) {
+      try {
+        config.set("output", "dir", resume, "--resume");
+      } catch (const io::ConfigError&) {  // its text would be about INI values, which the user did not write
+        throw UsageError("--resume " + resume +
+                         ": the directory's name cannot be kept in the run's config.ini as output.dir; expected UTF-8 "
+                         "without control characters or a ';' after a space (rename the directory)");
+      }
+    }
     return run(config, resume, overwrite);
   });
 }
