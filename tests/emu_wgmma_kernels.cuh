@@ -193,6 +193,40 @@ __global__ void __launch_bounds__(256, 1)
   for (int v = 0; v < 32; ++v) out[d_row(r, v) * 64 + d_col(r, v)] = d[v];
 }
 
+// Ordinary stores into operands a copy brought, then wgmma reading them (the async proxy). One warpgroup: one bulk copy
+// each brings A (64 x 16 f16) and B (8 x 16), K-major without swizzle (core matrices: LBO 128, SBO 256) into 4 KiB of
+// dynamic shared memory; every thread doubles its share of A with ordinary stores, then fence.proxy.async and a
+// named barrier of the 128 threads make the stores visible to the wgmma that reads all of A; out = 2 A B^T (64 x 8).
+// `omit` drops the fence or the barrier, which the emulator reports as a KernelError.
+enum class ProxyStep : int { none, fence, barrier };
+__global__ void wgmma_after_stores(const __half* a, const __half* b, ProxyStep omit, float* out) {
+  DYN_SMEM(unsigned char, smem);
+  __shared__ __align__(8) uint64_t full;
+  if (threadIdx.x == 0) {
+    mbarrier_init(&full, 1);
+    fence_mbarrier_init();
+  }
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    mbarrier_arrive_expect_tx(&full, 4096);
+    cp_async_bulk_global_to_shared(smem, a, 2048, &full);
+    cp_async_bulk_global_to_shared(smem + 2048, b, 2048, &full);
+  }
+  mbarrier_wait_parity(&full, 0);
+  __half* const ah = reinterpret_cast<__half*>(smem);
+  for (int i = threadIdx.x; i < 64 * 16; i += 128) ah[i] = __float2half(2.0f * __half2float(ah[i]));
+  if (omit != ProxyStep::fence) fence_proxy_async_shared();
+  if (omit != ProxyStep::barrier) named_barrier_sync(1, 128);
+  float d[4] = {0, 0, 0, 0};
+  wgmma_fence();
+  wgmma_m64nNk16_ss<__half, 8>(d, make_wgmma_desc(smem, 128, 256, WgmmaSwizzle::none),
+                               make_wgmma_desc(smem + 2048, 128, 256, WgmmaSwizzle::none), false);
+  wgmma_commit_group();
+  wgmma_wait_group<0>();
+  wgmma_fence_operand(d);
+  for (int v = 0; v < 4; ++v) out[d_row(threadIdx.x, v) * 8 + d_col(threadIdx.x, v)] = d[v];
+}
+
 // Planted bugs and misuse, each reported by the emulator as a KernelError (see the test for the messages).
 enum class Misuse : int {
   partial_warpgroup,        // launched with 96 threads: no full warpgroup

@@ -3,8 +3,8 @@
 // consumer (tests/emu_conv_sm90_kernels.cuh). Against a direct convolution on the host, bit for bit: the inputs are
 // small multiples of 1/8, so every f32 sum is exact in any order and the one rounding (to bf16 or f16) is the same.
 // Odd sizes (partial M and N tiles), padding, stride 2, channels that do not fill a k-step, every swizzle width.
-// Then the sm_90a kernels themselves: fprop (with its statistics epilogue) and wgrad (MN-major wgmma operands,
-// split-K).
+// Then the sm_90a kernels themselves: fprop (with its statistics epilogue), fprop with conv_fprop_norm_act's
+// transform applied to each stage in shared memory, and wgrad (MN-major wgmma operands, split-K).
 #include <doctest/doctest.h>
 
 #include <cmath>
@@ -27,6 +27,34 @@ uint16_t to_bits(float v, DType dt) {
 }
 
 enum class Consumer { scalar, wgmma, wgmma_stats };
+
+float from_bits(uint16_t v, DType dt) {
+  return dt == DType::bf16 ? unet::kernels::cpu::element::BF16::load(v) : unet::kernels::cpu::element::F16::load(v);
+}
+
+// 16-bit values at a 16-byte aligned start inside `buffer` (the tensor maps need it), sized for n of them.
+uint16_t* aligned16(std::vector<uint16_t>& buffer, size_t n) {
+  buffer.assign(n + 8, 0);
+  return buffer.data() + (16 - reinterpret_cast<uintptr_t>(buffer.data()) % 16) % 16 / 2;
+}
+
+// The statistics of a run (stats[(n K + k) 2 + {0, 1}]) against the sums of its stored y on the host, within 1e-6 of
+// the sum of magnitudes.
+void check_stats(const ConvProblem& p, DType dt, const uint16_t* y, const float* stats) {
+  const int64_t pixels = p.Z * p.P * p.Q;
+  for (int64_t n = 0; n < p.N; ++n)
+    for (int64_t k = 0; k < p.K; ++k) {
+      double sum = 0, squares = 0, magnitude = 0;
+      for (int64_t i = 0; i < pixels; ++i) {
+        const double v = from_bits(y[size_t((n * pixels + i) * p.K + k)], dt);
+        sum += v, squares += v * v, magnitude += std::fabs(v);
+      }
+      const float* st = &stats[size_t((n * p.K + k) * 2)];
+      CHECK_MESSAGE(std::fabs(st[0] - sum) <= 1e-6 * magnitude, "sum n " << n << " k " << k << " " << p.describe());
+      CHECK_MESSAGE(std::fabs(st[1] - squares) <= 1e-6 * squares,
+                    "sum of squares n " << n << " k " << k << " " << p.describe());
+    }
+}
 
 // Runs problem p with tile t in dt on values (i * 7 + salt) % 9 - 4, in eighths, and checks y against the host:
 // through the scalar test consumer, or through the sm_90a kernel itself, conv_fprop_sm90, with statistics or without.
@@ -103,22 +131,61 @@ void check_conv(ConvProblem p, const sm90::ConvTile& t, DType dt, Consumer consu
   if (!stats) return;
   std::vector<float> s(stat_count);
   std::memcpy(s.data(), got.data() + outputs, stat_count * sizeof(float));
-  const int64_t pixels = p.Z * p.P * p.Q;
-  auto load = [dt](uint16_t v) {
-    return dt == DType::bf16 ? unet::kernels::cpu::element::BF16::load(v) : unet::kernels::cpu::element::F16::load(v);
-  };
-  for (int64_t n = 0; n < p.N; ++n)
-    for (int64_t k = 0; k < p.K; ++k) {
-      double sum = 0, squares = 0, magnitude = 0;
-      for (int64_t i = 0; i < pixels; ++i) {
-        const double v = load(got[size_t((n * pixels + i) * p.K + k)]);
-        sum += v, squares += v * v, magnitude += std::fabs(v);
-      }
-      const float* st = &s[size_t((n * p.K + k) * 2)];
-      CHECK_MESSAGE(std::fabs(st[0] - sum) <= 1e-6 * magnitude, "sum n " << n << " k " << k << " " << p.describe());
-      CHECK_MESSAGE(std::fabs(st[1] - squares) <= 1e-6 * squares,
-                    "sum of squares n " << n << " k " << k << " " << p.describe());
-    }
+  check_stats(p, dt, got.data(), s.data());
+}
+
+// conv_fprop_sm90 with the norm + act transform (conv_fprop_norm_act's) against the plain kernel on the transformed
+// input, formed on the host as the engine's norm would store it (the same fmaf, compare and rounding): y and the
+// statistics bit for bit, under every schedule, and the statistics against the sums of the stored y. Random-looking
+// inputs (not exact: the comparison is with the same kernel's MMAs), coefficients that differ per sample and
+// channel, transform(0) != 0 (so padding must be zeroed, not transformed), a slope that is not 0.
+void check_norm_act(ConvProblem p, const sm90::ConvTile& t, DType dt) {
+  p.compute_output_size();
+  REQUIRE(sm90::conv_sm90_problem(p, dt, t) == "");
+  const int64_t xs = p.N * p.D * p.H * p.W * p.C, ws = p.K * p.taps() * p.C;
+  auto value = [](int64_t i, int mul, int salt) { return float((i * mul + salt) % 1009 - 504) / 256.0f; };
+  std::vector<uint16_t> x_buf, xt_buf, w_buf;
+  uint16_t *x = aligned16(x_buf, size_t(xs)), *xt = aligned16(xt_buf, size_t(xs)), *w = aligned16(w_buf, size_t(ws));
+  for (int64_t i = 0; i < xs; ++i) x[i] = to_bits(value(i, 37, 11), dt);
+  for (int64_t i = 0; i < ws; ++i) w[i] = to_bits(value(i, 53, 7) / 16.0f, dt);
+  std::vector<float> bias(size_t(p.K));
+  for (size_t i = 0; i < bias.size(); ++i) bias[i] = value(int64_t(i), 11, 3);
+  std::vector<float> mean(size_t(p.N * p.C)), scale(mean.size()), shift(mean.size());
+  for (size_t i = 0; i < mean.size(); ++i) {
+    mean[i] = value(int64_t(i), 97, 5);
+    scale[i] = 0.5f + float(i % 7) / 5.0f;
+    shift[i] = value(int64_t(i), 61, 2) / 2.0f;
+  }
+  const float slope = 0.125f;
+  for (int64_t i = 0; i < xs; ++i) {
+    const size_t j = size_t(i / (p.D * p.H * p.W * p.C) * p.C + i % p.C);
+    float v = std::fma(from_bits(x[i], dt) - mean[j], scale[j], shift[j]);
+    v = v > 0.f ? v : v * slope;
+    xt[i] = to_bits(v, dt);
+  }
+  const size_t outputs = size_t(p.N * p.Z * p.P * p.Q * p.K), stat_count = size_t(p.N * p.K * 2);
+  const size_t run_size = outputs + 2 * stat_count;  // y, then the statistics as raw bits
+  const std::vector<uint16_t> got = unet::test::under_every_schedule([&] {
+    std::vector<uint16_t> out(2 * run_size, 0xFFFF);  // the plain kernel on xt, then the transforming one on x
+    std::vector<float> s(stat_count, -1.0f);
+    sm90::conv_fprop_sm90(p, dt, xt, w, bias.data(), out.data(), s.data(), t, nullptr);
+    std::memcpy(out.data() + outputs, s.data(), stat_count * sizeof(float));
+    s.assign(stat_count, -1.0f);
+    sm90::conv_fprop_sm90(p, dt, x, w, bias.data(), out.data() + run_size, s.data(), t, nullptr,
+                          {mean.data(), scale.data(), shift.data(), slope});
+    std::memcpy(out.data() + run_size + outputs, s.data(), stat_count * sizeof(float));
+    return out;
+  });
+  size_t wrong = 0, first = 0;
+  for (size_t i = 0; i < run_size; ++i)
+    if (got[i] != got[run_size + i] && wrong++ == 0) first = i;
+  CHECK_MESSAGE(wrong == 0, wrong << " of " << outputs << " outputs and " << 2 * stat_count
+                                  << " statistics halves differ from the plain kernel's on the transformed input, the "
+                                     "first at "
+                                  << first << " (" << p.describe() << ")");
+  std::vector<float> s(stat_count);
+  std::memcpy(s.data(), got.data() + run_size + outputs, stat_count * sizeof(float));
+  check_stats(p, dt, got.data() + run_size, s.data());
 }
 
 // conv_wgrad_sm90 with `splits` split-K ranges against the host's dw, on the values of check_conv (x) and
@@ -244,6 +311,26 @@ TEST_CASE("sm90 conv fprop statistics: per-tile partials in the epilogue, finali
   check_conv(problem(2, 3, 5, 7, 24, 16, 3, 1, 1), t, DType::f16, Consumer::wgmma_stats);
   t = {.zt = 1, .pt = 8, .qt = 16, .bn = 128, .bk = 64};
   check_conv(problem(2, 5, 9, 13, 64, 136, 3, 2, 1), t, DType::bf16, Consumer::wgmma_stats);  // stride 2, 2 N tiles
+}
+
+TEST_CASE("sm90 conv fprop with norm + leaky ReLU on load equals the plain kernel on the transformed input") {
+  // 3D 3x3x3 padded, batch 3, C = 16 (BK 16, 32B swizzle), K = 40 (a partial N tile), 2 x 4 x 16 boxes over 3 x 6 x 9
+  // outputs (partial M tiles); the padding ring at every tile's border.
+  sm90::ConvTile t{.zt = 2, .pt = 4, .qt = 16, .bn = 64, .bk = 16};
+  check_norm_act(problem(3, 3, 6, 9, 16, 40, 3, 1, 1), t, DType::bf16);
+  // C = 24 in a BK 32 chunk (64B swizzle): the chunk's last 8 channels lie past C and must stay zero; batch 2, f16.
+  t.bk = 32;
+  check_norm_act(problem(2, 3, 5, 7, 24, 16, 3, 1, 1), t, DType::f16);
+  // Stride 2 with padding, C = 72 (two BK 64 chunks, 128B swizzle, the second partial), K = 136 (BN 128, two N tiles).
+  t = {.zt = 1, .pt = 8, .qt = 16, .bn = 128, .bk = 64};
+  check_norm_act(problem(2, 5, 9, 13, 72, 136, 3, 2, 1), t, DType::bf16);
+  // 2D 3x3 padded, batch 3, C = 32 (BK 32), f16; 2D stride 2, C = 8 in a BK 16 chunk, bf16.
+  ConvProblem flat = problem(3, 1, 9, 11, 32, 64, 3, 1, 1);
+  flat.T = 1, flat.pad_d = 0;
+  check_norm_act(flat, {.zt = 1, .pt = 8, .qt = 16, .bn = 64, .bk = 32}, DType::f16);
+  ConvProblem flat_s2 = problem(2, 1, 13, 21, 8, 24, 3, 2, 1);
+  flat_s2.T = 1, flat_s2.pad_d = 0, flat_s2.stride_d = 1;
+  check_norm_act(flat_s2, {.zt = 1, .pt = 8, .qt = 16, .bn = 64, .bk = 16}, DType::bf16);
 }
 
 TEST_CASE("sm90 conv wgrad with wgmma on MN-major operands: partial tiles, padding, stride 2, 2D and 3D, split-K") {

@@ -2,7 +2,8 @@
 // memory with each swizzle, read through matrix descriptors in both major-nesses, against a host reference; A from
 // registers; tf32; k-steps in one group and in pipelined groups; the warp-specialized TMA + wgmma main loop; and the
 // mistakes the emulator catches (reading accumulators or overwriting operands before wgmma.wait_group, releasing a
-// pipeline stage too early, misuse of the warpgroup instructions).
+// pipeline stage too early, ordinary stores into an operand without fence.proxy.async and a barrier, misuse of the
+// warpgroup instructions).
 #include <doctest/doctest.h>
 
 #include <cmath>
@@ -334,6 +335,40 @@ TEST_CASE("releasing a pipeline stage before its wgmma group retires is caught b
   int wrong = 0;
   for (const char* schedule : unet::test::kSchedules) wrong += run_pipeline(a, b, k_tiles, true, schedule) != want;
   CHECK(wrong > 0);
+}
+
+TEST_CASE("ordinary stores into a copied operand reach wgmma after fence.proxy.async and a barrier, else an error") {
+  // A and B in the copy's (and the descriptors') layout: element (mn, k) at byte 16 (mn % 8) + 256 (mn / 8) +
+  // 128 (k / 8) + 2 (k % 8).
+  auto at = [](int mn, int k) { return (16 * (mn % 8) + 256 * (mn / 8) + 128 * (k / 8) + 2 * (k % 8)) / 2; };
+  std::vector<__half> a(1024), b(1024, __half(0.0f));
+  std::vector<float> want(64 * 8, 0.0f);
+  for (int m = 0; m < 64; ++m)
+    for (int k = 0; k < 16; ++k) a[size_t(at(m, k))] = __half(value(m, k, 31));
+  for (int n = 0; n < 8; ++n)
+    for (int k = 0; k < 16; ++k) b[size_t(at(n, k))] = __half(value(n, k, 32));
+  for (int m = 0; m < 64; ++m)
+    for (int n = 0; n < 8; ++n)
+      for (int k = 0; k < 16; ++k) want[size_t(m * 8 + n)] += 2.0f * value(m, k, 31) * value(n, k, 32);
+  for (const ProxyStep omit : {ProxyStep::none, ProxyStep::fence, ProxyStep::barrier})
+    for (const char* schedule : unet::test::kSchedules) {
+      CAPTURE(schedule);
+      CAPTURE(int(omit));
+      unet::emu::set_schedule(unet::emu::Schedule::parse(schedule));
+      std::vector<float> out(64 * 8, -1.0f);
+      std::string what;
+      try {
+        unet::kernels::cuda::launch(wgmma_after_stores, dim3(1), dim3(128), 4096, nullptr, a.data(), b.data(), omit,
+                                    out.data());
+      } catch (const KernelError& e) {
+        what = e.what();
+      }
+      if (omit == ProxyStep::none)
+        CHECK(out == want);
+      else
+        CHECK_MESSAGE(what.find("no fence.proxy.async taking effect") != std::string::npos, what);
+    }
+  unet::emu::set_schedule(unet::emu::Schedule::parse("forward"));
 }
 
 TEST_CASE("misusing the warpgroup instructions is a KernelError") {

@@ -22,7 +22,10 @@
 //   - fence.mbarrier_init.release.cluster: makes the initialisation visible to other threads and to the async proxy
 //     (the copy engine); followed by a __syncthreads before other threads use the barrier.
 //   - fence.proxy.async.shared::cta: orders this thread's ordinary shared-memory accesses with later async-proxy
-//     accesses (needed before a copy reads or overwrites shared memory the thread has touched).
+//     accesses (needed before a copy reads or overwrites shared memory the thread has touched, and before wgmma
+//     reads it); another thread's async operation is ordered after it through a barrier.
+//   - bar.sync id, count: named barrier `id` (0..15) completes when `count` threads (a multiple of 32) have arrived;
+//     lets a warpgroup synchronise without the rest of the block.
 //   - cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes: copies `bytes` (a multiple of 16, both
 //     addresses 16-byte aligned) from global to shared memory, then performs complete_tx(bytes) on the barrier.
 //
@@ -39,7 +42,12 @@
 //     is reported as a deadlock naming the barrier's pending arrivals and tx-count.
 //   - Errors: an address not 8-byte (barrier) or 16-byte (copy) aligned, a copy size not a multiple of 16, a barrier
 //     used before this block initialised it, more arrivals than a phase expects, a tx-count out of range.
-//   - The fences only stop the compiler: a missing fence.mbarrier_init or fence.proxy.async is not caught.
+//   - A missing fence.mbarrier_init is not caught. fence.proxy.async is modelled on the dynamic shared memory (emu.h,
+//     async_proxy_read): it takes effect when the fencing thread next arrives at a barrier (__syncthreads, bar.sync,
+//     mbarrier.arrive), and wgmma reading bytes that ordinary stores changed since the async proxy last saw them (a
+//     copy landing or an earlier wgmma read), with no fence taking effect in the block since, is an error. Any
+//     thread's fence counts, so one warpgroup's fence covers another's missing one; a fence whose barrier comes after
+//     a copy landing is seen only under schedules where the copy lands later (reverse, late copies).
 //   - The returned state is the number of the phase arrived on (phases completed since init).
 #pragma once
 #include <cstdint>
@@ -174,6 +182,12 @@ __device__ __forceinline__ void fence_proxy_async_shared() {
 #endif
 }
 
+// Barrier `id` (0..15) of `count` threads (a multiple of 32): waits until that many have arrived; the threads of a
+// warpgroup synchronise on one without the rest of the block (bar.sync id, count).
+__device__ __forceinline__ void named_barrier_sync(int id, int count) {
+  asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(count) : "memory");
+}
+
 // Starts copying `bytes` (a multiple of 16; both addresses 16-byte aligned) from global to shared memory; when done,
 // complete_tx(bytes) on `bar`.
 __device__ __forceinline__ void cp_async_bulk_global_to_shared(void* smem_dst, const void* gmem_src, unsigned bytes,
@@ -228,12 +242,16 @@ inline void mbarrier_wait_parity(uint64_t* bar, unsigned parity,
   while (!mbarrier_try_wait_parity(bar, parity, site)) {
   }
 }
-// Both build only a compiler barrier here (see the header comment).
+// Only a compiler barrier here (see the header comment).
 inline void fence_mbarrier_init() {
   __atomic_signal_fence(__ATOMIC_SEQ_CST);
 }
 inline void fence_proxy_async_shared() {
   __atomic_signal_fence(__ATOMIC_SEQ_CST);
+  ::unet::emu::detail::fence_proxy_async();
+}
+inline void named_barrier_sync(int id, int count, const std::source_location& site = std::source_location::current()) {
+  ::unet::emu::detail::named_barrier(id, count, site);
 }
 
 inline void cp_async_bulk_global_to_shared(void* smem_dst, const void* gmem_src, unsigned bytes, uint64_t* bar,
@@ -242,7 +260,12 @@ inline void cp_async_bulk_global_to_shared(void* smem_dst, const void* gmem_src,
   async_emu::check_aligned(gmem_src, 16, "cp.async.bulk source");
   if (bytes % 16 != 0)
     ::unet::emu::detail::fail("cp.async.bulk: size " + std::to_string(bytes) + " is not a multiple of 16");
-  ::unet::emu::detail::async_copy([=] { std::memcpy(smem_dst, gmem_src, bytes); }, bar, bytes, site);
+  ::unet::emu::detail::async_copy(
+      [=] {
+        std::memcpy(smem_dst, gmem_src, bytes);
+        ::unet::emu::detail::async_proxy_wrote(smem_dst, bytes);
+      },
+      bar, bytes, site);
 }
 
 #endif

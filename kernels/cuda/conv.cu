@@ -1134,6 +1134,13 @@ void conv_fprop_norm_act(const ConvProblem& p, DType dt, const void* x, const fl
   check_ptr(mean, who, "mean");
   check_ptr(scale, who, "scale");
   check_ptr(shift, who, "shift");
+  if (sm90_device()) {  // as conv_fprop, with 16-byte aligned coefficients too
+    const sm90::ConvTile t = sm90::choose_tile(p);
+    const auto aligned16 = [](const void* q) { return reinterpret_cast<uintptr_t>(q) % 16 == 0; };
+    if (sm90::conv_sm90_problem(p, dt, t).empty() && aligned16(x) && aligned16(w) && aligned16(mean) &&
+        aligned16(scale) && aligned16(shift))
+      return sm90::conv_fprop_sm90(p, dt, x, w, bias, y, stats, t, stream, {mean, scale, shift, slope});
+  }
   const int64_t M = p.N * p.Z * p.P * p.Q;
   with_conv_type(dt, who, [&](auto ty) {
     using Ty = decltype(ty);

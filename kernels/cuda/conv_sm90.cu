@@ -7,6 +7,10 @@
 //     issues BK / 16 wgmma m64nBNk16 (f32 accumulators in registers, A and B read from the swizzled stage through
 //     matrix descriptors) as one group, and keeps it in flight while the next k-step's group is issued
 //     (wgmma.wait_group 1): a stage goes back to the producer only once the group that reads it has retired.
+// With the norm + act transform (conv_fprop_norm_act's, a compile-time option: the plain kernels are unchanged), each
+// consumer warpgroup rewrites its 64 rows of the A stage in place after the full barrier (StageTransform), zeros where
+// the padding is, then fence.proxy.async (its ordinary stores become visible to wgmma, an async-proxy reader) and a
+// named barrier of its 128 threads (every row written before any thread issues the wgmma that reads them all).
 // The epilogue adds the bias and rounds to the storage type; output pixels beyond the tensor (partial tiles) and
 // channels beyond K are not stored. With statistics it also leaves the tile's per-channel sum and sum of squares of
 // the stored values, in the layout of the mma.sync path's per-tile partials, for the same finalize
@@ -41,18 +45,82 @@ __host__ __device__ constexpr WgmmaSwizzle descriptor_swizzle(int bk) {
   return bk == 64 ? WgmmaSwizzle::b128 : bk == 32 ? WgmmaSwizzle::b64 : WgmmaSwizzle::b32;
 }
 
+// conv_fprop_norm_act's transform of a consumer warpgroup's 64 rows of the A stage, in place. Thread r of the
+// warpgroup takes the 16-byte chunks r, r + 128, .. (BK / 16 of them) of the rows as they lie in shared memory; the
+// swizzle permutes chunks within a row only, so those are whole chunks of BK / 16 rows, and all hold the same 8
+// channels c_off .. c_off + 7 of the k-step's BK (the XOR value, row bits 0..2, is the same in each). Per tile, the
+// rows' input pixels at tap (0, 0, 0) (one division per row); per k-step, the 8 channels' coefficients of the tile's
+// sample (a tile is a box of one sample), which the producer copied into shared memory with the stage: a load from
+// global memory here, while the previous k-step's MMAs are in flight, makes ptxas serialise the MMAs (C7515).
+// Chunks whose input pixel lies in the padding at the k-step's tap, or whose channels lie past C, are written as
+// zeros: the copy's zeros, kept zero rather than transformed.
+template <class E, int BK>
+struct StageTransform {
+  static constexpr int chunks_per_row = BK / 8, rows = BK / 16;
+  int d0[rows], h0[rows], w0[rows];
+  int c_off;
+
+  __device__ __forceinline__ StageTransform(const ConvGeometry& g, const ConvTile& t, const TileOrigin& o, int half) {
+    const int r = int(threadIdx.x) % 128;
+    UNET_UNROLL
+    for (int i = 0; i < rows; ++i) {
+      const int m = half * 64 + (r + 128 * i) / chunks_per_row;
+      const int qi = m % t.qt, pi = m / t.qt % t.pt, zi = m / (t.qt * t.pt);
+      d0[i] = (o.z0 + zi) * g.sd - g.pd;
+      h0[i] = (o.p0 + pi) * g.sh - g.ph;
+      w0[i] = (o.q0 + qi) * g.sw - g.pw;
+    }
+    c_off = (r % chunks_per_row ^ (r >> 3 & (chunks_per_row - 1))) * 8;
+  }
+
+  // Rewrites the chunks of `a` (the warpgroup's rows of the stage) for tap (tt, rr, ss) and channels from c0, with
+  // the stage's coefficients coef[{mean, scale, shift}][BK].
+  __device__ __forceinline__ void apply(unsigned char* a, const float (&coef)[3][BK], const ConvGeometry& g, int c0,
+                                        int tt, int rr, int ss, float slope) const {
+    const int r = int(threadIdx.x) % 128;
+    const bool channels = c0 + c_off < g.C;
+    float mean[8], scale[8], shift[8];  // past C: stale values, never used
+    UNET_UNROLL
+    for (int e = 0; e < 8; ++e) {
+      mean[e] = coef[0][c_off + e];
+      scale[e] = coef[1][c_off + e];
+      shift[e] = coef[2][c_off + e];
+    }
+    UNET_UNROLL
+    for (int i = 0; i < rows; ++i) {
+      uint4* const p = reinterpret_cast<uint4*>(a + (r + 128 * i) * 16);
+      const bool inside = channels && unsigned(d0[i] + tt) < unsigned(g.D) && unsigned(h0[i] + rr) < unsigned(g.H) &&
+                          unsigned(w0[i] + ss) < unsigned(g.W);
+      uint32_t v[4] = {0, 0, 0, 0};
+      if (inside) {
+        const uint4 x4 = *p;
+        const uint32_t x[4] = {x4.x, x4.y, x4.z, x4.w};
+        UNET_UNROLL
+        for (int e = 0; e < 8; ++e) {  // element e in half e % 2 of word e / 2 (the lower-numbered in the low half)
+          float f = fmaf(E::load(uint16_t(x[e / 2] >> 16 * (e % 2))) - mean[e], scale[e], shift[e]);
+          f = f > 0.f ? f : f * slope;
+          v[e / 2] |= uint32_t(E::store(f)) << 16 * (e % 2);
+        }
+      }
+      *p = make_uint4(v[0], v[1], v[2], v[3]);
+    }
+  }
+};
+
 // BN and BK are compile-time so that the MMAs of a k-step unroll into one chain (with a run-time trip count ptxas
 // serialises them, inserting a warpgroup.arrive before each). part: null, or the statistics partials of the tiles,
-// part[(m_block * 4 + {sum, squares}) * K + k] (tile_stats_finalize's slot 0).
-template <class E, int BN, int BK>
+// part[(m_block * 4 + {sum, squares}) * K + k] (tile_stats_finalize's slot 0). NormActA: x is transformed by na.
+template <class E, int BN, int BK, bool NormActA>
 __global__ void __launch_bounds__(kThreads, 1)
     conv_fprop_sm90_kernel(const __grid_constant__ TensorMap x_map, const __grid_constant__ TensorMap w_map,
-                           ConvGeometry g, ConvTile t, const float* bias, typename E::T* y, float* part) {
+                           ConvGeometry g, ConvTile t, const float* bias, typename E::T* y, float* part, NormAct na) {
   __shared__ StageBarriers<kStages> bars;
   // The statistics: each consumer warp's column sums [warp][sum, squares][BN], and the barrier of the consumers alone
   // that says all are written (the producer warpgroup has returned by then, so __syncthreads cannot serve).
   __shared__ float warp_sums[kConsumers / 32][2][BN];
   __shared__ uint64_t sums_written;
+  // NormActA: each stage's mean, scale and shift of the k-step's BK channels (the producer's bulk copies).
+  __shared__ __align__(16) float coefs[NormActA ? kStages : 1][3][BK];
   DYN_SMEM(unsigned char, raw);
   const StageBuffers st(raw, t);
   init_stage_barriers(bars, kConsumers);
@@ -65,7 +133,8 @@ __global__ void __launch_bounds__(kThreads, 1)
   const int k0 = int(blockIdx.y) * BN;
   if (threadIdx.x < 128) {
     setmaxnreg_dec<40>();
-    if (threadIdx.x == 0) produce_fprop_operands<kStages>(x_map, w_map, g, t, o, k0, bars, st);
+    if (threadIdx.x == 0)
+      produce_fprop_operands<kStages>(x_map, w_map, g, t, o, k0, bars, st, NormActA ? &coefs[0][0][0] : nullptr, na);
     return;
   }
   setmaxnreg_inc<232>();
@@ -76,12 +145,31 @@ __global__ void __launch_bounds__(kThreads, 1)
   UNET_UNROLL
   for (int v = 0; v < BN / 2; ++v) d[v] = 0.0f;
   const int steps = g.steps();
+  [[maybe_unused]] StageTransform<E, BK> transform(g, t, o, half);
+  [[maybe_unused]] int chunk = 0, tt = 0, rr = 0, ss = 0;  // k-step j's channel chunk and tap, as the producer's
   for (int j = 0; j < steps; ++j) {
     const int stage = j % kStages;
+    unsigned char* const a = st.a(stage) + half * 64 * row_bytes;
     mbarrier_wait_parity(&bars.full[stage], (j / kStages) & 1);
+    if constexpr (NormActA) {
+      transform.apply(a, coefs[stage], g, chunk * BK, tt, rr, ss, na.slope);
+      fence_proxy_async_shared();  // the stores, before the wgmma (the async proxy) reads them
+      // Every row of the warpgroup's written before any of its threads issues the MMAs (constant ids: with a
+      // run-time id ptxas reserves all 16 barriers).
+      if (half == 0)
+        named_barrier_sync(1, 128);
+      else
+        named_barrier_sync(2, 128);
+      if (++chunk == g.c_chunks) {
+        chunk = 0;
+        if (++ss == g.S) {
+          ss = 0;
+          if (++rr == g.R) rr = 0, ++tt;
+        }
+      }
+    }
     wgmma_fence_operand(d);  // keeps the compiler from touching the accumulators while MMAs are in flight
     wgmma_fence();
-    const unsigned char* a = st.a(stage) + half * 64 * row_bytes;
     const unsigned char* b = st.b(stage);
     UNET_UNROLL
     for (int k = 0; k < BK / 16; ++k)  // 32 bytes of the reduction per MMA, inside the swizzled rows
@@ -205,18 +293,19 @@ __global__ void __launch_bounds__(256) flip_transpose_weights(const uint16_t* w,
   wt[i] = w[(int64_t(k) * taps + (taps - 1 - tap)) * C + c];
 }
 
-template <class E, int BN, int BK>
+template <class E, int BN, int BK, bool NormActA>
 void launch_fprop(const ConvProblem& p, DType dt, const void* x, const void* w, const float* bias, void* y, float* part,
-                  const ConvTile& t, cudaStream_t stream) {
+                  const ConvTile& t, const NormAct& na, cudaStream_t stream) {
   const TensorMap x_map = make_activation_map(p, dt, x, t), w_map = make_weight_map(p, dt, w, t);
   const ConvGeometry g = make_geometry(p, t);
   const size_t smem = size_t(kStages) * size_t(t.a_bytes() + t.b_bytes()) + 1024;
-  auto kernel = conv_fprop_sm90_kernel<E, BN, BK>;
+  auto kernel = conv_fprop_sm90_kernel<E, BN, BK, NormActA>;
 #if !UNET_EMULATED
   cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
 #endif
   const dim3 grid(unsigned(p.N * g.tiles_z * g.tiles_p * g.tiles_q), unsigned((p.K + BN - 1) / BN));
-  launch(kernel, grid, dim3(kThreads), smem, stream, x_map, w_map, g, t, bias, static_cast<typename E::T*>(y), part);
+  launch(kernel, grid, dim3(kThreads), smem, stream, x_map, w_map, g, t, bias, static_cast<typename E::T*>(y), part,
+         na);
 }
 
 template <class E, int BN, int BK>
@@ -236,11 +325,15 @@ void launch_wgrad(const ConvProblem& p, DType dt, const void* x, const void* dy,
 }  // namespace
 
 void conv_fprop_sm90(const ConvProblem& p, DType dt, const void* x, const void* w, const float* bias, void* y,
-                     float* stats, const ConvTile& t, cudaStream_t stream) {
+                     float* stats, const ConvTile& t, cudaStream_t stream, const NormAct& norm_act) {
   if (const std::string why = conv_sm90_problem(p, dt, t); !why.empty())
     throw std::invalid_argument("conv_fprop_sm90: " + why + " (" + p.describe() + ")");
   if (t.bm() != 128) throw std::invalid_argument("conv_fprop_sm90: the tile must hold 128 output pixels");
   if (t.bn != 64 && t.bn != 128) throw std::invalid_argument("conv_fprop_sm90: BN must be 64 or 128");
+  const auto aligned16 = [](const float* f) { return reinterpret_cast<uintptr_t>(f) % 16 == 0; };
+  if (norm_act.mean && !(norm_act.scale && norm_act.shift && aligned16(norm_act.mean) && aligned16(norm_act.scale) &&
+                         aligned16(norm_act.shift)))
+    throw std::invalid_argument("conv_fprop_sm90: the norm + act coefficients must be 16-byte aligned");
   // Statistics: per-tile partials, then tile_stats_finalize with a sample's rows counted as its tiles' (128 each,
   // rows past the tensor's end adding nothing), so that every tile lies in one sample.
   const ConvGeometry g = make_geometry(p, t);
@@ -250,13 +343,17 @@ void conv_fprop_sm90(const ConvProblem& p, DType dt, const void* x, const void* 
   float* const part = stats ? part_buffer->get() : nullptr;
   const auto run = [&](auto e) {
     using E = decltype(e);
-    const auto with_bk = [&]<int BN>() {
-      if (t.bk == 16) return launch_fprop<E, BN, 16>(p, dt, x, w, bias, y, part, t, stream);
-      if (t.bk == 32) return launch_fprop<E, BN, 32>(p, dt, x, w, bias, y, part, t, stream);
-      return launch_fprop<E, BN, 64>(p, dt, x, w, bias, y, part, t, stream);
+    const auto with_bk = [&]<int BN, bool NormActA>() {
+      if (t.bk == 16) return launch_fprop<E, BN, 16, NormActA>(p, dt, x, w, bias, y, part, t, norm_act, stream);
+      if (t.bk == 32) return launch_fprop<E, BN, 32, NormActA>(p, dt, x, w, bias, y, part, t, norm_act, stream);
+      return launch_fprop<E, BN, 64, NormActA>(p, dt, x, w, bias, y, part, t, norm_act, stream);
     };
-    if (t.bn == 64) return with_bk.template operator()<64>();
-    return with_bk.template operator()<128>();
+    const auto with_bn = [&]<bool NormActA>() {
+      if (t.bn == 64) return with_bk.template operator()<64, NormActA>();
+      return with_bk.template operator()<128, NormActA>();
+    };
+    if (norm_act.mean) return with_bn.template operator()<true>();
+    return with_bn.template operator()<false>();
   };
   if (dt == DType::bf16)
     run(element::BF16{});

@@ -56,7 +56,16 @@ struct ConvGeometry {
   int T, R, S, sd, sh, sw, pd, ph, pw;
   int c_chunks;                   // ceil(C / bk)
   int tiles_z, tiles_p, tiles_q;  // M tiles per sample along each axis
+  int D, H, W, C;                 // the input's size (the norm + act transform's padding test and coefficients)
   __host__ __device__ int steps() const { return T * R * S * c_chunks; }
+};
+
+// The previous layer's instance norm + leaky ReLU that conv_fprop_norm_act (kernels/cuda/conv.cuh) applies to x as
+// it is loaded: x' = leaky_relu(fmaf(x - mean[n, c], scale[n, c], shift[n, c]), slope) rounded to the storage type,
+// padding zeros after it. mean, scale, shift [N * C] f32, 16-byte aligned; mean null: no transform.
+struct NormAct {
+  const float *mean = nullptr, *scale = nullptr, *shift = nullptr;
+  float slope = 0.0f;
 };
 
 // Why the sm_90a path cannot run problem `p` in `dt` with tile `t`, or "" when it can.
@@ -147,7 +156,8 @@ inline ConvGeometry make_geometry(const ConvProblem& p, const ConvTile& t) {
   auto up = [](int64_t a, int64_t b) { return int((a + b - 1) / b); };
   return {int(p.N), int(p.Z), int(p.P),      int(p.Q),      int(p.K),      p.T,
           p.R,      p.S,      p.stride_d,    p.stride_h,    p.stride_w,    p.pad_d,
-          p.pad_h,  p.pad_w,  up(p.C, t.bk), up(p.Z, t.zt), up(p.P, t.pt), up(p.Q, t.qt)};
+          p.pad_h,  p.pad_w,  up(p.C, t.bk), up(p.Z, t.zt), up(p.P, t.pt), up(p.Q, t.qt),
+          int(p.D), int(p.H),   int(p.W),      int(p.C)};
 }
 
 // The M tile of block index `m_block` (blockIdx.x): its sample and first output pixel.
@@ -195,17 +205,28 @@ __device__ __forceinline__ void init_stage_barriers(StageBarriers<Stages>& b, un
 }
 
 // The producer (one thread): for every k-step, waits until its stage is free, then issues the A and B copies that
-// complete on the stage's full barrier, into the stages of `st`.
+// complete on the stage's full barrier, into the stages of `st`. With `coefs` (conv_fprop_norm_act's transform, na),
+// also the k-step's channels of the tile's sample of na.mean, na.scale and na.shift (the channels below C of its BK)
+// into coefs + (stage * 3 + {0, 1, 2}) * BK, three bulk copies on the same barrier.
 template <int Stages>
 __device__ __forceinline__ void produce_fprop_operands(const TensorMap& x_map, const TensorMap& w_map,
                                                        const ConvGeometry& g, const ConvTile& t, const TileOrigin& o,
-                                                       int k0, StageBarriers<Stages>& bars, const StageBuffers& st) {
-  const unsigned bytes = unsigned(t.a_bytes() + t.b_bytes());
+                                                       int k0, StageBarriers<Stages>& bars, const StageBuffers& st,
+                                                       float* coefs = nullptr, const NormAct& na = {}) {
   int tap = 0, chunk = 0, tt = 0, r = 0, s = 0;  // (tap, chunk) of k-step j, stepped without division
   for (int j = 0; j < g.steps(); ++j) {
     const int stage = j % Stages;
+    const int left = g.C - chunk * t.bk, channels = left < t.bk ? left : t.bk;  // a multiple of 8: 32-byte copies
+    const unsigned bytes = unsigned(t.a_bytes() + t.b_bytes()) + (coefs ? 3u * 4u * unsigned(channels) : 0u);
     mbarrier_wait_parity(&bars.empty[stage], ((j / Stages) & 1) ^ 1);  // the first use passes at once
     mbarrier_arrive_expect_tx(&bars.full[stage], bytes);
+    if (coefs) {
+      const int64_t from = int64_t(o.n) * g.C + chunk * t.bk;
+      const float* const src[3] = {na.mean, na.scale, na.shift};
+      for (int q = 0; q < 3; ++q)
+        cp_async_bulk_global_to_shared(coefs + (stage * 3 + q) * t.bk, src[q] + from, unsigned(channels) * 4u,
+                                       &bars.full[stage]);
+    }
     const int32_t xc[5] = {chunk * t.bk, o.q0 * g.sw + s - g.pw, o.p0 * g.sh + r - g.ph, o.z0 * g.sd + tt - g.pd, o.n};
     cp_async_bulk_tensor_global_to_shared<5>(st.a(stage), x_map, xc, &bars.full[stage]);
     const int32_t wc[3] = {chunk * t.bk, tap, k0};
@@ -253,12 +274,12 @@ __device__ __forceinline__ void produce_wgrad_operands(const TensorMap& dy_map, 
   }
 }
 
-// y = conv(x, w) + bias on the sm_90a path (kernels/cuda/conv_sm90.cu): tile t with 128 output pixels and BN 64 or
-// 128. stats: null, or as conv_fprop's (kernels/cuda/conv.cuh), the per-(sample, channel) sum and sum of squares of
-// the stored y. Throws std::invalid_argument naming what conv_sm90_problem refuses. Under nvcc it needs an sm_90a
-// device.
+// y = conv(x', w) + bias on the sm_90a path (kernels/cuda/conv_sm90.cu): tile t with 128 output pixels and BN 64 or
+// 128; x' = x, or x with norm_act's transform applied as each stage lands. stats: null, or as conv_fprop's
+// (kernels/cuda/conv.cuh), the per-(sample, channel) sum and sum of squares of the stored y. Throws
+// std::invalid_argument naming what conv_sm90_problem refuses. Under nvcc it needs an sm_90a device.
 void conv_fprop_sm90(const ConvProblem& p, DType dt, const void* x, const void* w, const float* bias, void* y,
-                     float* stats, const ConvTile& t, cudaStream_t stream);
+                     float* stats, const ConvTile& t, cudaStream_t stream, const NormAct& norm_act = {});
 
 // dx of a stride-1 convolution as the fprop of dy with the weights' taps reversed and channels swapped (a transposed
 // copy of w in scratch memory): the same wgmma kernel. conv_dgrad_sm90_problem says why a problem cannot take it ("").

@@ -244,6 +244,7 @@ void cp_async_bulk_tensor_global_to_shared(void* smem_dst, const TensorMap& map,
         std::memset(to, 0, eb);
       for (int d = 0; d < Rank && ++i[d] == n[d]; ++d) i[d] = 0;
     }
+    ::unet::emu::detail::async_proxy_wrote(reinterpret_cast<void*>(dst), bytes);
   };
   ::unet::emu::detail::async_copy(land, bar, static_cast<unsigned>(bytes), site);
 }

@@ -64,8 +64,9 @@
 //     result, which schedule fuzzing shows. A thread that exits with MMAs of its warpgroup not retired is an error.
 //   - Each D element is the (scaled) C plus the exact products summed in double in k order, rounded once to f32;
 //     tf32 operands drop their 13 low mantissa bits first. A GPU may differ by a few ulp (as for mma.sync).
-//   - The fences are no-ops beyond that check (fence.proxy.async before wgmma reads data written by ordinary
-//     stores is not checked either); setmaxnreg checks its count at compile time and rendezvouses.
+//   - The fences are no-ops beyond that check; setmaxnreg checks its count at compile time and rendezvouses.
+//   - At issue, the shared operands are an async-proxy read (kernels/cuda/async_copy.cuh): bytes that ordinary stores
+//     changed without a fence.proxy.async taking effect since are an error.
 //   - Under nvcc, nothing stops the compiler from moving reads of the accumulators across wgmma.wait_group (the
 //     asm has no register operands): call wgmma_fence_operand(d) after the wait (and before wgmma.fence), as CUTLASS
 //     does; in the emulator it is a no-op.
@@ -503,6 +504,16 @@ inline void read_operand(uint64_t desc, bool mn_major, int mn_size, Type t, floa
     }
 }
 
+// The async-proxy read of the operand, one 16-byte chunk at a time (each holds one element at its start).
+inline void check_visible(uint64_t desc, bool mn_major, int mn_size, Type t) {
+  const int bytes = element_bytes(t), k_size = 32 / bytes;
+  for (int mn = 0; mn < mn_size; ++mn)
+    for (int k = 0; k < k_size; ++k)
+      if (const uint32_t a = element_address(desc, mn_major, mn, k, bytes); a % 16 == 0)
+        ::unet::emu::detail::async_proxy_read(::unet::emu::detail::shared_window_pointer(a, 16), 16,
+                                              "wgmma.mma_async");
+}
+
 inline void check_descriptor(uint64_t desc, const char* which) {
   if ((desc >> 49 & 7) != 0)
     ::unet::emu::detail::fail(std::string("wgmma.mma_async: the descriptor of ") + which +
@@ -568,6 +579,8 @@ inline void mma_async(const Issue& mine, const std::source_location& site) {
         }
         if (!first.shape.a_in_registers) check_descriptor(first.desc_a, "A");
         check_descriptor(first.desc_b, "B");
+        if (!first.shape.a_in_registers) check_visible(first.desc_a, first.shape.trans_a != 0, 64, first.shape.type);
+        check_visible(first.desc_b, first.shape.trans_b != 0, first.shape.n, first.shape.type);
         ::unet::emu::detail::wgmma_issue([op] { run(op); });
       },
       site);

@@ -287,7 +287,17 @@ using boost::context::detail::forced_unwind;
 #endif
 
 // ---- per-block scheduling state ------------------------------------------------------------------------------------
-enum class State : uint8_t { unstarted, ready, running, at_barrier, at_warp, at_warpgroup, at_mbarrier, done };
+enum class State : uint8_t {
+  unstarted,
+  ready,
+  running,
+  at_barrier,
+  at_named_barrier,
+  at_warp,
+  at_warpgroup,
+  at_mbarrier,
+  done
+};
 
 struct ThreadState {
   State state = State::unstarted;
@@ -295,6 +305,8 @@ struct ThreadState {
   std::source_location site;  // where it waits
   const void* mbar = nullptr;  // at_mbarrier: the mbarrier it waits on
   unsigned parity = 0;         // ... and the parity of the phase it waits for
+  int named = 0;               // at_named_barrier: the barrier's id
+  bool proxy_fenced = false;   // a fence.proxy.async not yet published by a barrier arrival
   fiber cont;                  // its suspended fiber, while it waits or is ready to resume
 };
 
@@ -361,6 +373,13 @@ struct Warpgroup {
   bool busy() const { return !uncommitted.empty() || !groups.empty(); }
 };
 
+// A named barrier (bar.sync id, count): the count its arrivals name and how many have arrived in the current round.
+struct NamedBarrier {
+  int count = 0, arrived = 0;
+  std::source_location site;
+};
+constexpr int kNamedBarriers = 16;
+
 // A window of host memory mapped into the emulated shared address space of wgmma's descriptors: emulated addresses
 // [address, address + size) are host addresses [host, host + size); only [valid_lo, valid_hi) of it may be read.
 struct SharedWindow {
@@ -397,6 +416,14 @@ struct Worker {
   std::vector<Warpgroup> warpgroups;
   std::vector<SharedWindow> windows;  // the emulated shared address space (wgmma descriptors)
   uint32_t windows_end = 0;           // its first unmapped address
+  NamedBarrier named[kNamedBarriers];
+  // The async proxy's view of the dynamic shared memory, per 16-byte chunk (docs/emulator.md, "Proxies"): its bytes
+  // as the async proxy last saw them, whether it has seen them, and `published` then (the count of fence.proxy.async
+  // that have taken effect in the block).
+  std::vector<unsigned char> async_view;
+  std::vector<uint8_t> view_known;
+  std::vector<uint32_t> view_epoch;
+  uint32_t published = 0;
 
   void prepare(dim3 grid, dim3 block, size_t smem_bytes, detail::BoundKernel k, Schedule s) {
     kernel = k;
@@ -424,6 +451,9 @@ struct Worker {
 #else
     smem.resize(smem_bytes);
 #endif
+    async_view.resize(smem_bytes);
+    view_known.resize((smem_bytes + 15) / 16);
+    view_epoch.resize((smem_bytes + 15) / 16);
   }
 
   unsigned warp_exists(int w) const {
@@ -534,6 +564,7 @@ struct Worker {
     for (int i = 0; i < n; ++i) {
       threads[i].block_idx = b;
       ts[i].state = State::unstarted;
+      ts[i].proxy_fenced = false;
     }
     for (Warp& w : warps) w.open = 0, w.exited = 0;
     rng = schedule.seed ^ (block_linear * 0xd1b54a32d192ed03ull);
@@ -550,6 +581,9 @@ struct Worker {
     for (Warpgroup& g : warpgroups) g = Warpgroup{};
     windows.clear();
     windows_end = 0;
+    for (NamedBarrier& b : named) b = NamedBarrier{};
+    std::fill(view_known.begin(), view_known.end(), 0);
+    published = 0;
     if (!smem.empty()) {
       std::memset(smem.data(), 0xff, smem.size());  // NaN bytes: reads before writes show up
       map_window(reinterpret_cast<uintptr_t>(smem.data()), smem.size());
@@ -626,6 +660,11 @@ struct Worker {
         return "exited";
       case State::at_barrier:
         return "waiting at __syncthreads " + site_str(ts[t].site);
+      case State::at_named_barrier: {
+        const NamedBarrier& b = named[ts[t].named];
+        return "waiting at bar.sync " + std::to_string(ts[t].named) + " " + site_str(ts[t].site) + " (" +
+               std::to_string(b.arrived) + " of " + std::to_string(b.count) + " threads arrived)";
+      }
       case State::at_mbarrier: {
         std::string d = "waiting at mbarrier.try_wait.parity " + site_str(ts[t].site) + " for the phase of parity " +
                         std::to_string(ts[t].parity) + " of the mbarrier at " + ptr_str(ts[t].mbar);
@@ -664,6 +703,71 @@ struct Worker {
     int first = 0;
     while (ts[first].state == State::done) ++first;
     error = std::make_exception_ptr(error_at(first, msg));
+  }
+
+  // ---- named barriers and the async proxy's view ----
+  // A barrier arrival: this thread's pending fence.proxy.async takes effect.
+  void publish_fence() {
+    if (!ts[running].proxy_fenced) return;
+    ts[running].proxy_fenced = false;
+    ++published;
+  }
+
+  void named_barrier(int id, int count, const std::source_location& site) {
+    if (id < 0 || id >= kNamedBarriers)
+      detail::fail("bar.sync at " + site_str(site) + ": barrier id " + std::to_string(id) + " is not in 0..15");
+    if (count <= 0 || count % 32 != 0 || count > 32 * static_cast<int>(warps.size()))
+      detail::fail("bar.sync at " + site_str(site) + ": thread count " + std::to_string(count) +
+                   " is not a positive multiple of 32 within the block");
+    publish_fence();
+    NamedBarrier& b = named[id];
+    if (b.arrived == 0) {
+      b.count = count;
+      b.site = site;
+    } else if (b.count != count) {
+      detail::fail("bar.sync " + std::to_string(id) + " at " + site_str(site) + " names " + std::to_string(count) +
+                   " threads but earlier arrivals (at " + site_str(b.site) + ") named " + std::to_string(b.count));
+    }
+    if (++b.arrived < count) {
+      ts[running].named = id;
+      ts[running].site = site;
+      suspend(State::at_named_barrier);
+      return;
+    }
+    b.arrived = 0;
+    scratch.clear();
+    for (int i = 0; i < n; ++i)
+      if (ts[i].state == State::at_named_barrier && ts[i].named == id) scratch.push_back(i);
+    make_ready(scratch);
+  }
+
+  // The chunks of dynamic shared memory that [p, p + bytes) touches, or an empty range outside it.
+  std::pair<size_t, size_t> view_chunks(const void* p, size_t bytes) const {
+    const uintptr_t a = reinterpret_cast<uintptr_t>(p), base = reinterpret_cast<uintptr_t>(smem.data());
+    if (smem.empty() || a < base || a + bytes > base + smem.size()) return {0, 0};
+    return {(a - base) / 16, (a - base + bytes + 15) / 16};
+  }
+  void view_take(size_t c) {  // the async proxy sees chunk c as it is now
+    const size_t lo = 16 * c, len = std::min<size_t>(16, smem.size() - lo);
+    std::memcpy(async_view.data() + lo, smem.data() + lo, len);
+    view_known[c] = 1;
+    view_epoch[c] = published;
+  }
+  void async_proxy_wrote(const void* p, size_t bytes) {
+    const auto [lo, hi] = view_chunks(p, bytes);
+    for (size_t c = lo; c < hi; ++c) view_take(c);
+  }
+  void async_proxy_read(const void* p, size_t bytes, const char* op) {
+    const auto [lo, hi] = view_chunks(p, bytes);
+    for (size_t c = lo; c < hi; ++c) {
+      const size_t at = 16 * c, len = std::min<size_t>(16, smem.size() - at);
+      if (view_known[c] && std::memcmp(async_view.data() + at, smem.data() + at, len) != 0 &&
+          view_epoch[c] == published)
+        detail::fail(std::string(op) + " reads dynamic shared memory at offset " + std::to_string(at) +
+                     " that ordinary stores changed after the async proxy last saw it, with no fence.proxy.async "
+                     "taking effect since (a fence, then a barrier that orders it before this operation)");
+      if (!view_known[c] || view_epoch[c] != published) view_take(c);
+    }
   }
 
   // ---- mbarriers and asynchronous copies ----
@@ -1170,6 +1274,7 @@ void launch(dim3 grid, dim3 block, size_t smem_bytes, BoundKernel kernel) {
 
 int barrier(int pred, int* live, const std::source_location& site) {
   Worker& w = *active_worker;
+  w.publish_fence();
   w.ts[w.running].pred = pred != 0;
   w.ts[w.running].site = site;
   w.suspend(State::at_barrier);
@@ -1204,6 +1309,7 @@ uint64_t mbarrier_arrive(const void* bar, unsigned count, unsigned tx, const std
   if (tx > static_cast<unsigned>(kMbarrierLimit))
     fail(std::string(op) + ": txCount " + std::to_string(tx) + " is not in [0, 2^20 - 1]");
   Mbarrier& m = w.mbarrier(bar, op);
+  if (count > 0) w.publish_fence();
   const uint64_t state = m.phase;
   w.mbarrier_update(m, static_cast<int32_t>(count), tx, op);  // count is 0 or 1 (async_copy.cuh)
   return state;
@@ -1223,6 +1329,20 @@ void async_copy(std::function<void()> land, const void* bar, unsigned bytes, con
   const bool late =
       w.schedule.kind == Schedule::reverse || (w.schedule.kind == Schedule::random && w.next_random() % 2);
   w.in_flight.push_back(AsyncCopy{std::move(land), bar, bytes, w.running, site, late});
+}
+
+void named_barrier(int id, int count, const std::source_location& site) {
+  active_worker->named_barrier(id, count, site);
+}
+
+void fence_proxy_async() {
+  active_worker->ts[active_worker->running].proxy_fenced = true;
+}
+void async_proxy_wrote(const void* p, size_t bytes) {
+  active_worker->async_proxy_wrote(p, bytes);
+}
+void async_proxy_read(const void* p, size_t bytes, const char* op) {
+  active_worker->async_proxy_read(p, bytes, op);
 }
 
 void warpgroup_collective(const char* op, const void* mine, const std::function<void(const void* const*)>& complete,

@@ -174,6 +174,21 @@ bool mbarrier_try_wait_parity(const void* bar, unsigned parity, const std::sourc
 // chosen by the schedule, after which complete-tx(bytes) is performed on `bar`.
 void async_copy(std::function<void()> land, const void* bar, unsigned bytes, const std::source_location& site);
 
+// Named barriers (bar.sync id, count; kernels/cuda/async_copy.cuh): barrier `id` (0..15) releases when `count`
+// threads (a multiple of 32, every arrival naming the same count) have arrived at it; __syncthreads does not use them.
+void named_barrier(int id, int count, const std::source_location& site);
+
+// The async proxy's view of the dynamic shared memory (docs/emulator.md, "Proxies"): what the copy engine and wgmma
+// see of bytes that ordinary stores wrote. fence_proxy_async records this thread's fence.proxy.async; it takes effect
+// (every ordinary store before it becomes visible to the async proxy) when the thread next arrives at a barrier
+// (__syncthreads, bar.sync, mbarrier.arrive), the synchronisation that orders it before another thread's async
+// operation. async_proxy_wrote records bytes an asynchronous copy wrote; async_proxy_read is an async-proxy read
+// (wgmma's shared operands, at issue): an error naming `op` if ordinary stores changed those bytes since the async
+// proxy last saw them and no fence has taken effect since. Addresses outside the dynamic shared memory are ignored.
+void fence_proxy_async();
+void async_proxy_wrote(const void* p, size_t bytes);
+void async_proxy_read(const void* p, size_t bytes, const char* op);
+
 // Warpgroup collectives (kernels/cuda/wgmma.cuh; docs/emulator.md, "Warpgroup MMA"). A warpgroup is 4 consecutive
 // warps, threads 128g .. 128g + 127 of the block; all 128 must exist and call the same operation `op` at the same
 // site. Each offers `mine`; the last to arrive calls complete(all), all[i] being what thread 128g + i offered, before
