@@ -190,6 +190,13 @@ DatasetInfo read_nnunet_v2_dataset(const std::string& dir) {
                                  ", whose label is " + c.label_path + ")");
       c.image_paths.push_back(image.string());
     }
+    // A channel file beyond channel_names would be left out without a word (unet_infer refuses such a case).
+    char extra[32];
+    std::snprintf(extra, sizeof extra, "_%04zu", info.modalities.size());
+    if (const fs::path image = images_dir / (id + extra + ending); fs::exists(image))
+      fail("channel_names", "lists " + std::to_string(info.modalities.size()) + " channel(s), but " + image.string() +
+                                " is channel " + std::to_string(info.modalities.size()) + " of case " + id +
+                                "; expected one file per listed channel");
     info.training.push_back(std::move(c));
   }
   if (info.training.empty()) fail("numTraining", "no label files *" + ending + " in " + labels_dir.string());
@@ -248,6 +255,9 @@ DatasetInfo read_msd_dataset(const std::string& dir) {
       else
         c.label_path = path;
     }
+    if (std::error_code ec; fs::equivalent(c.image_paths[0], c.label_path, ec))
+      fail(key, "image and label are the same file ('" + tr[i]["image"].get<std::string>() +
+                    "'); expected an image and its label map");
     c.id = image_stem(c.image_paths[0]);
     // A case listed twice could land in a training fold and its validation fold at once (and shares a cache file);
     // two files with one name in different folders would share the cache file, the fold entry and the prediction.

@@ -405,6 +405,16 @@ std::string not_ours(const fs::path& dir) {
   for (const fs::directory_entry& e : fs::directory_iterator(dir))
     if (!ours.contains(e.path().filename().string()))
       return "also holds " + e.path().filename().string() + ", which unet_synth did not write";
+  // Inside the case folders, only the case files it writes (case_NNN[_CCCC].nii.gz).
+  for (const char* sub : {"imagesTr", "labelsTr", "imagesTs", "labelsTs"}) {
+    std::error_code ec;
+    if (!fs::is_directory(dir / sub, ec)) continue;
+    for (const fs::directory_entry& e : fs::directory_iterator(dir / sub)) {
+      const std::string name = e.path().filename().string();
+      if (!e.is_regular_file(ec) || !name.starts_with("case_") || !name.ends_with(".nii.gz"))
+        return "also holds " + (fs::path(sub) / name).string() + ", which unet_synth did not write";
+    }
+  }
   return "";
 }
 
@@ -577,7 +587,11 @@ void write_synthetic_dataset(const SynthOptions& o) {
     if (replace) fs::remove_all(old, ec);
   } catch (const std::filesystem::filesystem_error& e) {
     fail_cleanup();
-    throw std::runtime_error(o.output + ": " + e.what());
+    // "cannot remove: Directory not empty [PATH]" without the library's "filesystem error: " (another process
+    // writing into the directory, for one).
+    std::string what = e.what();
+    if (what.starts_with("filesystem error: ")) what.erase(0, 18);
+    throw std::runtime_error(o.output + ": " + what);
   } catch (...) {
     fail_cleanup();
     throw;

@@ -269,6 +269,32 @@ void check_constant_images(const io::DatasetInfo& info, const std::vector<io::Ca
                  constant.size(), train.size(), names.c_str());
 }
 
+// Classes of dataset.json that no training label holds: a warning naming them (all the foreground ones: the network
+// can only learn background).
+void check_label_classes(const io::DatasetInfo& info, const std::vector<io::Case>& cases,
+                         const std::vector<size_t>& train, bool lead) {
+  const size_t classes = info.labels.size();
+  std::vector<bool> seen(classes, false);
+  for (size_t i : train) {
+    const uint8_t* l = cases[i].label.data<uint8_t>();
+    for (int64_t v = 0; v < cases[i].label.numel(); ++v)
+      if (l[v] < classes) seen[l[v]] = true;
+  }
+  std::string absent;
+  size_t count = 0;
+  for (size_t k = 1; k < classes; ++k)
+    if (!seen[k]) absent += std::string(count++ ? ", " : "") + std::to_string(k) + " (" + info.labels[k] + ")";
+  if (!lead || count == 0) return;
+  if (count == classes - 1)
+    std::fprintf(stderr,
+                 "unet_train: warning: no training label holds a foreground class (%s): the network can only learn "
+                 "background\n",
+                 absent.c_str());
+  else
+    std::fprintf(stderr, "unet_train: warning: %zu of %zu foreground classes are in no training label: %s\n", count,
+                 classes - 1, absent.c_str());
+}
+
 }  // namespace
 
 struct Trainer::State {
@@ -498,6 +524,7 @@ Trainer::Trainer(TrainerOptions options, std::FILE* out) : s_(std::make_unique<S
           "square patch it fits (DLE: 572, 572)");
     for (size_t i = 0; i < n; ++i) s.cases.push_back(io::load_case(s.info, i));
     check_constant_images(s.info, s.cases, s.split.train, s.lead());
+    check_label_classes(s.info, s.cases, s.split.train, s.lead());
     target = s.cases[0].spacing;
     norm = io::plan_normalization(s.info, {s.cases[0]});  // kept in the card for its form; dle_isbi does not use it
     for (auto& k : s.cases) io::dle_isbi_case(k, out_h, s.info.num_classes());
@@ -515,6 +542,7 @@ Trainer::Trainer(TrainerOptions options, std::FILE* out) : s_(std::make_unique<S
       for (const std::string& w : pre.warnings) std::fprintf(stderr, "unet_train: warning: %s\n", w.c_str());
     s.cases = std::move(pre.cases);
     check_constant_images(s.info, s.cases, s.split.train, s.lead());
+    check_label_classes(s.info, s.cases, s.split.train, s.lead());
     target = pre.target;
     if (out)
       std::fprintf(out, "unet_train: target spacing %.4g, %.4g, %.4g mm (z, y, x); %d of %zu cases resampled%s\n",

@@ -176,6 +176,16 @@ TEST_CASE("a dataset.json path holding a NUL character is an error naming the ke
                     {tmp / "dataset.json", "training[0].image", "holds a NUL character"});
 }
 
+TEST_CASE("a dataset.json entry whose image is its own label file is an error naming the entry") {
+  test::TempDir tmp("image_is_label");
+  write_volume(tmp / "labelsTr/a.nii.gz", Tensor::zeros({4, 4, 4}));
+  json j = minimal_json();
+  j["training"][0]["image"] = "./labelsTr/a.nii.gz";
+  write_json(tmp / "dataset.json", j);
+  check_error_names([&] { read_msd_dataset(tmp.path); },
+                    {tmp / "dataset.json", "training[0]", "image and label are the same file"});
+}
+
 TEST_CASE("a dataset.json naming a missing file is an error naming the key and the path") {
   test::TempDir tmp("missing_file");
   write_json(tmp / "dataset.json", minimal_json());
@@ -770,6 +780,11 @@ TEST_CASE("nnU-Net v2 raw data: one file per channel, labels by value, read as t
   rewrite("numTraining", 5);
   check_error_names([&] { read_dataset(dir); }, {"numTraining", "says 5", "4 label files"});
   rewrite("numTraining", 4);
+  // One channel listed, two files per case: the second used to be left out without a word.
+  rewrite("channel_names", {{"0", "MR"}});
+  check_error_names([&] { read_dataset(dir); },
+                    {"key 'channel_names'", "lists 1 channel(s), but", "_0001.nii.gz is channel 1 of case"});
+  rewrite("channel_names", {{"0", "MR"}, {"1", "T2"}});
   rewrite("labels", {{"background", 0}, {"whole", {1, 2}}});
   check_error_names([&] { read_dataset(dir); }, {"'whole' is a region", "not supported"});
   rewrite("labels", {{"background", 0}, {"ellipsoids", 1}, {"tubes", 2}, {"ignore", 3}});

@@ -378,6 +378,17 @@ TEST_CASE("unet_infer --keep-going skips a corrupt volume, segments the others, 
   CHECK_FALSE(fs::exists(dir + "/pred/b_probabilities.nii.gz"));
   CHECK(temporaries(dir).empty());
   CHECK(snapshot(dir + "/images") == before);
+
+  // That output as an input: the probabilities beside a label map are not cases, and each one left out is named.
+  CHECK(run_guarded("unet_infer", "--model " + model + " --input " + dir + "/pred --output " + dir + "/again", &out) ==
+        0);
+  for (const char* name : {"a", "c"})
+    CHECK_MESSAGE(
+        out.find("unet_infer: skipping " + dir + "/pred/" + name + "_probabilities.nii.gz: the probabilities of " +
+                 dir + "/pred/" + name + "* (what --save-probabilities writes), not a case") != std::string::npos,
+        out);
+  CHECK_FALSE(fs::exists(dir + "/again/a_probabilities.nii.gz"));
+  CHECK(fs::exists(dir + "/again/a.nii.gz"));
 }
 
 TEST_CASE("unet_infer --keep-going also skips a FIFO named like a volume in the input directory") {
@@ -1173,6 +1184,12 @@ TEST_CASE(
   test::write_text(json, R"({"labels": {"background": 0, "a": 1, "both": [1, 2]}})");
   CHECK(run_guarded("unet_eval", args, &out) == 1);
   CHECK_MESSAGE(out.find(json + ": labels: 'both' is a region") != std::string::npos, out);
+  // nnU-Net v2's ignore label: scored as a class, its voxels counted as misses (a Dice of 0.33 for a perfect model).
+  test::write_text(json, R"({"labels": {"background": 0, "a": 1, "ignore": 2}})");
+  CHECK(run_guarded("unet_eval", args, &out) == 1);
+  CHECK_MESSAGE(
+      out.find(json + ": labels: 'ignore' is nnU-Net v2's ignore label, which is not supported") != std::string::npos,
+      out);
   // nnU-Net v2's form, valid, with a class in no map: scored, and said.
   test::write_text(json, R"({"labels": {"background": 0, "a": 1, "b": 2}})");
   CHECK(run_guarded("unet_eval", args, &out) == 0);
@@ -1438,4 +1455,33 @@ TEST_CASE("unet_train --resume names --resume for a directory name its config.in
                          "run's config.ini as output.dir") != std::string::npos,
                 out);
   CHECK_MESSAGE(out.find("--set") == std::string::npos, out);  // it used to blame --set, which was not given
+}
+
+TEST_CASE("unet_train warns when no training label holds foreground, or when a class is in none") {
+  test::TempDir tmp("hostile_no_foreground");
+  const std::string& dir = tmp.path;
+  REQUIRE(test::run_tool("unet_synth", "--output " + dir + "/data --train 2 --test 0 --size 8,8,8 --seed 2") == 0);
+  const std::string ini = small_train_ini(dir, dir + "/data");
+  // Class 2 ('tubes') taken out of every label: one class in none.
+  for (const char* id : {"case_000", "case_001"}) {
+    const std::string label = dir + "/data/labelsTr/" + id + ".nii.gz";
+    const io::NiftiVolume v = io::read_nifti(label);
+    std::vector<float> l = v.data.to_vector();
+    for (float& x : l) x = x == 2.f ? 1.f : x;
+    io::write_nifti(label,
+                    Tensor::from_vector(v.data.shape(), l).reshape({v.data.dim(0), v.data.dim(1), v.data.dim(2)}), v);
+  }
+  std::string out;
+  CHECK_MESSAGE(run_guarded("unet_train", ini, &out) == 0, out);
+  CHECK_MESSAGE(
+      out.find("unet_train: warning: 1 of 2 foreground classes are in no training label: 2 (") != std::string::npos,
+      out);
+  for (const char* id : {"case_000", "case_001"}) {
+    const std::string label = dir + "/data/labelsTr/" + id + ".nii.gz";
+    const io::NiftiVolume v = io::read_nifti(label);
+    io::write_nifti(label, Tensor::zeros({v.data.dim(0), v.data.dim(1), v.data.dim(2)}), v);
+  }
+  CHECK_MESSAGE(run_guarded("unet_train", ini + " --set output.dir=" + dir + "/run2", &out) == 0, out);
+  CHECK_MESSAGE(out.find("unet_train: warning: no training label holds a foreground class (1 (") != std::string::npos,
+                out);
 }

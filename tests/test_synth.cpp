@@ -269,6 +269,13 @@ TEST_CASE("unet_synth never overwrites a directory that is not a dataset, and re
   CHECK_MESSAGE(out.find("also holds notes.txt, which unet_synth did not write") != std::string::npos, out);
   CHECK(fs::exists(tmp / "ds/notes.txt"));
   CHECK(fs::exists(tmp / "ds/imagesTr/case_000.nii.gz"));
+  // The same inside a case folder (it used to be deleted with the dataset).
+  fs::remove(tmp / "ds/notes.txt");
+  std::ofstream(tmp / "ds/labelsTr/notes.txt") << "mine";
+  CHECK(test::run_tool("unet_synth", "--output " + (tmp / "ds") + " --train 1 --test 0 --size 8 --overwrite", &out) ==
+        2);
+  CHECK_MESSAGE(out.find("also holds labelsTr/notes.txt, which unet_synth did not write") != std::string::npos, out);
+  CHECK(fs::exists(tmp / "ds/labelsTr/notes.txt"));
 }
 
 TEST_CASE("a failed synthesis leaves neither a dataset nor staging files behind") {

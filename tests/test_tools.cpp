@@ -297,6 +297,7 @@ TEST_CASE("out-of-range configuration numbers exit with status 2 naming the key 
       {"train.loss_scaling=static", "train.loss_scaling = 'static'"},
       {"train.loss_scale_init=0.5", "train.loss_scale_init = 0.5: expected a value in [1, 1e+30]"},
       {"train.loss_scale_growth_interval=0", "train.loss_scale_growth_interval = 0: expected 1..1000000000"},
+      {"data.cache=", "data.cache: got ''; expected auto, none or a directory"},
   };
   const std::string ini =
       write_text(dir + "/t.ini", "[data]\ndataset = " + dir + "/nowhere\n[output]\ndir = " + dir + "/run\n");

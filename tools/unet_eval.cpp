@@ -113,6 +113,12 @@ int dataset_classes(const std::string& label_dir, std::string* source) {
     if (v.is_array())
       throw std::runtime_error(json.string() + ": labels: '" + key +
                                "' is a region (a list of labels); expected one integer per class");
+    // Its voxels are to be left out of the scores, which this evaluation does not do: as a class they would count
+    // as misses and false positives.
+    if (key == "ignore" && v.is_number_integer())
+      throw std::runtime_error(json.string() +
+                               ": labels: 'ignore' is nnU-Net v2's ignore label, which is not "
+                               "supported (its voxels would be scored as a class)");
     int64_t value = -1;
     if (v.is_number_integer()) {
       value = v.get<int64_t>();

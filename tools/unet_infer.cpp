@@ -145,7 +145,13 @@ int main(int argc, char** argv) {
       for (const fs::path& f : files) stems.insert(io::image_stem(f.string()));
       std::erase_if(files, [&](const fs::path& f) {
         const std::string stem = io::image_stem(f.string());
-        return stem.ends_with("_probabilities") && stems.count(stem.substr(0, stem.size() - 14));
+        const bool skip = stem.ends_with("_probabilities") && stems.count(stem.substr(0, stem.size() - 14));
+        if (skip)  // said, so that a case that happens to have such a name is not lost without a word
+          std::printf(
+              "unet_infer: skipping %s: the probabilities of %s* (what --save-probabilities writes), not a "
+              "case; rename it to segment it\n",
+              f.string().c_str(), (f.parent_path() / stem.substr(0, stem.size() - 14)).string().c_str());
+        return skip;
       });
       std::sort(files.begin(), files.end());
       if (files.empty())

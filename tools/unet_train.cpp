@@ -212,6 +212,8 @@ models::TrainerOptions trainer_options(const io::Config& c) {
   o.sampling.augment.low_resolution_prob = real_in("augment", "low_resolution", 0, 1);
   o.loader_workers = static_cast<int>(int_in("data", "workers", 0, 256));
   const std::string cache = c.get_string("data", "cache");
+  if (cache.empty())  // it used to mean none without a word
+    throw UsageError("data.cache: got ''; expected auto, none or a directory");
   if (cache == "auto") {
     // Beside the data when we may write there (access(): the dataset of a shared, read-only store gets none).
     if (std::filesystem::is_directory(o.dataset) && access(o.dataset.c_str(), W_OK) == 0)
