@@ -1,6 +1,8 @@
 // AtomicFile and write_file_atomically (io/atomic_file.h).
 #include "io/atomic_file.h"
 
+#include <dirent.h>
+#include <fcntl.h>
 #include <signal.h>
 #include <unistd.h>
 
@@ -42,9 +44,45 @@ void untrack(int slot) {
   if (slot >= 0) g_slots[slot].used.store(false);
 }
 
+TempSlot g_directory;  // the tracked temporary directory tree
+
+bool is_dot_or_dotdot(const char* n) {
+  return n[0] == '.' && (n[1] == '\0' || (n[1] == '.' && n[2] == '\0'));
+}
+
+// rm -r of `name` in the directory parent_fd, with system calls only (no allocation, no stdio: a signal handler may
+// run it): entries are read with getdents64 into a buffer on the stack, and read again from the start until a pass
+// finds nothing left, since removing entries while reading may skip some. Subdirectories up to `depth` levels.
+void remove_tree(int parent_fd, const char* name, int depth) {
+  const int fd = ::openat(parent_fd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+  if (fd < 0) {
+    ::unlinkat(parent_fd, name, 0);
+    return;
+  }
+  alignas(8) char buf[4096];
+  for (bool removed = true; removed;) {
+    removed = false;
+    ::lseek(fd, 0, SEEK_SET);
+    for (ssize_t n; (n = ::getdents64(fd, buf, sizeof buf)) > 0;)
+      for (ssize_t off = 0; off < n;) {
+        const auto* d = reinterpret_cast<const dirent64*>(buf + off);
+        off += d->d_reclen;
+        if (is_dot_or_dotdot(d->d_name)) continue;
+        if (d->d_type == DT_DIR && depth > 0)
+          remove_tree(fd, d->d_name, depth - 1);
+        else
+          ::unlinkat(fd, d->d_name, 0);
+        removed = true;
+      }
+  }
+  ::close(fd);
+  ::unlinkat(parent_fd, name, AT_REMOVEDIR);
+}
+
 extern "C" void remove_temporaries_and_reraise(int sig) {
   for (TempSlot& s : g_slots)
     if (s.used.load()) ::unlink(s.path);
+  if (g_directory.used.load()) remove_tree(AT_FDCWD, g_directory.path, 4);
   std::signal(sig, SIG_DFL);
   std::raise(sig);
 }
@@ -59,6 +97,18 @@ void remove_temporary_files_on_signals() {
     if (::sigaction(sig, nullptr, &old) == 0 && old.sa_handler == SIG_IGN) continue;
     std::signal(sig, remove_temporaries_and_reraise);
   }
+}
+
+void track_temporary_directory(const std::string& path) {
+  if (path.size() >= sizeof g_directory.path) return;  // not tracked: removed on errors, not on signals
+  g_directory.used.store(false);
+  std::memcpy(g_directory.path, path.c_str(), path.size() + 1);
+  std::atomic_signal_fence(std::memory_order_seq_cst);
+  g_directory.used.store(true);
+}
+
+void untrack_temporary_directory() {
+  g_directory.used.store(false);
 }
 
 std::string temporary_path(const std::string& target) {

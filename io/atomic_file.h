@@ -47,4 +47,10 @@ void write_file_atomically(const std::string& path, const std::string& bytes);
 // ulimit -f) is ignored, so that the write fails with EFBIG and the writer reports it and removes its temporary.
 void remove_temporary_files_on_signals();
 
+// A directory tree being built under a temporary name (unet_synth's staging directory, renamed into place when
+// complete): while tracked, those handlers remove it too, with system calls a handler may make. One at a time;
+// untrack it once it is renamed or removed.
+void track_temporary_directory(const std::string& path);
+void untrack_temporary_directory();
+
 }  // namespace unet::io

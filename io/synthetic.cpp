@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "engine/random.h"
+#include "io/atomic_file.h"
 #include "io/config.h"
 #include "io/nifti.h"
 #include "io/safetensors.h"
@@ -451,9 +452,13 @@ void write_synthetic_dataset(const SynthOptions& o) {
 
   const std::string pid = std::to_string(::getpid());
   fs::path staging = target.parent_path() / ("." + target.filename().string() + ".tmp" + pid);
-  auto fail_cleanup = [&] { fs::remove_all(staging, ec); };
+  auto fail_cleanup = [&] {
+    fs::remove_all(staging, ec);
+    untrack_temporary_directory();
+  };
   try {
     fs::remove_all(staging, ec);
+    track_temporary_directory(staging.string());  // Ctrl-C or a kill removes it too
     fs::create_directories(staging);
     if (o.format != "isbi")
       for (const char* sub : {"imagesTr", "labelsTr", "imagesTs", "labelsTs"}) fs::create_directories(staging / sub);
@@ -580,6 +585,7 @@ void write_synthetic_dataset(const SynthOptions& o) {
       fs::remove(target);  // the empty directory
     }
     fs::rename(staging, target, ec);
+    if (!ec) untrack_temporary_directory();
     if (ec) {
       if (replace) fs::rename(old, target, ec);
       throw std::runtime_error(o.output + ": cannot move the finished dataset into place");

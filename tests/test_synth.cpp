@@ -278,6 +278,28 @@ TEST_CASE("unet_synth never overwrites a directory that is not a dataset, and re
   CHECK(fs::exists(tmp / "ds/labelsTr/notes.txt"));
 }
 
+TEST_CASE("unet_synth ended by SIGTERM or SIGHUP leaves no staging directory behind") {
+  // (SIGINT takes the same handler; sh starts background jobs with it ignored, and an ignored signal stays ignored.)
+  for (std::string sig : {"TERM", "HUP"}) {
+    CAPTURE(sig);
+    test::TempDir tmp("synth_signal");
+    // The staging directory is .d.tmpPID beside d; the signal comes once it holds a case or two.
+    std::string out;
+    const std::string cmd = "cd " + tmp.path + " && " + test::tool_path("unet_synth") +
+                            " --output d --train 400 --test 0 --size 48 >/dev/null 2>&1 & pid=$!; "
+                            "for i in $(seq 200); do ls -A " +
+                            tmp.path +
+                            "/.d.tmp$pid/imagesTr 2>/dev/null | grep -q . "
+                            "&& break; sleep 0.05; done; kill -" +
+                            sig + " $pid; wait $pid; echo status $?";
+    test::shell(cmd, &out);
+    CHECK_MESSAGE(out.find("status 1") != std::string::npos, out);  // 128 + the signal: 143 or 129
+    std::vector<std::string> left;
+    for (const auto& e : fs::directory_iterator(tmp.path)) left.push_back(e.path().filename().string());
+    CHECK_MESSAGE(left.empty(), "left behind: " << (left.empty() ? "" : left[0]));
+  }
+}
+
 TEST_CASE("a failed synthesis leaves neither a dataset nor staging files behind") {
   test::TempDir tmp("failure");
   // A file where the dataset's parent directory should be: the output cannot be created.
