@@ -372,7 +372,7 @@ TEST_CASE("ordinary stores into a copied operand reach wgmma after fence.proxy.a
 }
 
 TEST_CASE("misusing the warpgroup instructions is a KernelError") {
-  auto launch_misuse = [](Misuse m, unsigned threads, const char* expected) {
+  auto launch_misuse = [](Misuse m, unsigned threads, const char* expected, const char* also_expected = nullptr) {
     for (const char* schedule : unet::test::kSchedules) {
       CAPTURE(schedule);
       unet::emu::set_schedule(unet::emu::Schedule::parse(schedule));
@@ -382,7 +382,9 @@ TEST_CASE("misusing the warpgroup instructions is a KernelError") {
       } catch (const KernelError& e) {
         what = e.what();
       }
-      CHECK_MESSAGE(what.find(expected) != std::string::npos, what);
+      const bool named =
+          what.find(expected) != std::string::npos || (also_expected && what.find(also_expected) != std::string::npos);
+      CHECK_MESSAGE(named, what);
     }
     unet::emu::set_schedule(unet::emu::Schedule::parse("forward"));
   };
@@ -402,7 +404,9 @@ TEST_CASE("misusing the warpgroup instructions is a KernelError") {
     launch_misuse(Misuse::divergent_descriptor, 128, "must be the same in every thread");
   }
   SUBCASE("an operand past the end of shared memory") {
-    launch_misuse(Misuse::descriptor_out_of_range, 128, "outside the shared memory");
+    // Past the buffer's window ("not mapped") when the dynamic shared memory happens to start on a 1024-byte line,
+    // inside its window but past the buffer otherwise: which one depends on where the host allocator put it.
+    launch_misuse(Misuse::descriptor_out_of_range, 128, "outside the shared memory", "is not mapped");
   }
   SUBCASE("a base offset") {
     launch_misuse(Misuse::base_offset, 128, "base offset");
