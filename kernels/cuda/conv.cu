@@ -1096,8 +1096,7 @@ void conv_fprop(const ConvProblem& p, DType dt, const void* x, const void* w, co
   if (conv_thin_applies(p)) return conv_fprop_thin(p, dt, x, w, bias, y, stats, stream);  // 1-4 input channels
   if (sm90_device()) {
     const sm90::ConvTile t = sm90::choose_tile(p);
-    if (sm90::conv_sm90_problem(p, dt, t).empty() && reinterpret_cast<uintptr_t>(x) % 16 == 0 &&
-        reinterpret_cast<uintptr_t>(w) % 16 == 0)
+    if (sm90::conv_sm90_problem(p, dt, t).empty() && aligned16(x) && aligned16(w))
       return sm90::conv_fprop_sm90(p, dt, x, w, bias, y, stats, t, stream);
   }
   const int64_t M = p.N * p.Z * p.P * p.Q;
@@ -1136,7 +1135,6 @@ void conv_fprop_norm_act(const ConvProblem& p, DType dt, const void* x, const fl
   check_ptr(shift, who, "shift");
   if (sm90_device()) {  // as conv_fprop, with 16-byte aligned coefficients too
     const sm90::ConvTile t = sm90::choose_tile(p);
-    const auto aligned16 = [](const void* q) { return reinterpret_cast<uintptr_t>(q) % 16 == 0; };
     if (sm90::conv_sm90_problem(p, dt, t).empty() && aligned16(x) && aligned16(w) && aligned16(mean) &&
         aligned16(scale) && aligned16(shift))
       return sm90::conv_fprop_sm90(p, dt, x, w, bias, y, stats, t, stream, {mean, scale, shift, slope});
@@ -1153,7 +1151,7 @@ void conv_dgrad(const ConvProblem& p, DType dt, const void* dy, const void* w, v
   check_ptr(dy, "conv_dgrad", "dy");
   check_ptr(w, "conv_dgrad", "w");
   check_ptr(dx, "conv_dgrad", "dx");
-  if (sm90_device() && sm90::conv_dgrad_sm90_problem(p, dt).empty() && reinterpret_cast<uintptr_t>(dy) % 16 == 0)
+  if (sm90_device() && sm90::conv_dgrad_sm90_problem(p, dt).empty() && aligned16(dy))
     return sm90::conv_dgrad_sm90(p, dt, dy, w, dx, stream);
   with_conv_type(dt, "conv_dgrad", [&](auto ty) { dgrad_typed<decltype(ty)>(p, g, dy, w, dx, stream); });
 }
