@@ -1,4 +1,5 @@
-// libFuzzer harness: io::read_safetensors on arbitrary bytes (written to a file: the reader takes a path).
+// libFuzzer harness: io::read_safetensors and read_safetensors_metadata on arbitrary bytes (written to a file: the
+// reader takes a path).
 #include <unistd.h>
 
 #include <cstdint>
@@ -13,6 +14,10 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   if (FILE* f = std::fopen(path.c_str(), "wb")) {
     std::fwrite(data, 1, size, f);
     std::fclose(f);
+  }
+  try {
+    unet::io::read_safetensors_metadata(path);
+  } catch (const std::exception&) {
   }
   try {
     unet::io::read_safetensors(path);

@@ -77,29 +77,63 @@ void write_safetensors(const std::string& path, const NamedTensors& tensors, con
   write_file_atomically(path, bytes);
 }
 
-SafetensorsContent read_safetensors(const std::string& path) {
+namespace {
+
+// The file opened, its size and its JSON header, checked to be an object within the file (and at most 100 MiB).
+struct Header {
+  std::ifstream file;
+  uint64_t file_size = 0, header_len = 0;
+  json header;
+};
+
+Header read_header(const std::string& path) {
   if (std::string why = regular_file_problem(path); !why.empty())
     throw std::runtime_error(path + ": " + why + "; expected a safetensors file");
-  std::ifstream f(path, std::ios::binary | std::ios::ate);
-  if (!f) throw std::runtime_error(path + ": cannot open checkpoint");
-  uint64_t file_size = static_cast<uint64_t>(f.tellg());
-  f.seekg(0);
-  if (file_size < 8) fail(path, "shorter than its 8-byte header length");
+  Header h;
+  h.file.open(path, std::ios::binary | std::ios::ate);
+  if (!h.file) throw std::runtime_error(path + ": cannot open checkpoint");
+  h.file_size = static_cast<uint64_t>(h.file.tellg());
+  h.file.seekg(0);
+  if (h.file_size < 8) fail(path, "shorter than its 8-byte header length");
   unsigned char len_bytes[8];
-  f.read(reinterpret_cast<char*>(len_bytes), 8);
-  uint64_t header_len = 0;
-  for (int i = 0; i < 8; ++i) header_len |= static_cast<uint64_t>(len_bytes[i]) << (8 * i);
-  if (header_len > file_size - 8 || header_len > (100u << 20))
-    fail(path, "header length " + std::to_string(header_len) + " exceeds the file size " + std::to_string(file_size));
-  std::string h(header_len, '\0');
-  f.read(h.data(), static_cast<std::streamsize>(header_len));
-  json header;
+  h.file.read(reinterpret_cast<char*>(len_bytes), 8);
+  for (int i = 0; i < 8; ++i) h.header_len |= static_cast<uint64_t>(len_bytes[i]) << (8 * i);
+  if (h.header_len > h.file_size - 8 || h.header_len > (100u << 20))
+    fail(path,
+         "header length " + std::to_string(h.header_len) + " exceeds the file size " + std::to_string(h.file_size));
+  std::string text(h.header_len, '\0');
+  h.file.read(text.data(), static_cast<std::streamsize>(h.header_len));
   try {
-    header = parse_json(h);
+    h.header = parse_json(text);
   } catch (const std::runtime_error& e) {
     fail(path, std::string("header is not valid JSON (") + e.what() + ")");
   }
-  if (!header.is_object()) fail(path, "header is not a JSON object");
+  if (!h.header.is_object()) fail(path, "header is not a JSON object");
+  return h;
+}
+
+Metadata parse_metadata(const std::string& path, const json& v) {
+  if (!v.is_object()) fail(path, "__metadata__ is not an object");
+  Metadata m;
+  for (auto& [k, s] : v.items()) {
+    if (!s.is_string()) fail(path, "metadata value '" + k + "' is not a string");
+    m[k] = s.get<std::string>();
+  }
+  return m;
+}
+
+}  // namespace
+
+Metadata read_safetensors_metadata(const std::string& path) {
+  Header h = read_header(path);
+  return h.header.contains("__metadata__") ? parse_metadata(path, h.header["__metadata__"]) : Metadata{};
+}
+
+SafetensorsContent read_safetensors(const std::string& path) {
+  Header h = read_header(path);
+  std::ifstream& f = h.file;
+  const json& header = h.header;
+  const uint64_t file_size = h.file_size, header_len = h.header_len;
   uint64_t data_size = file_size - 8 - header_len;
 
   SafetensorsContent out;
@@ -113,11 +147,7 @@ SafetensorsContent read_safetensors(const std::string& path) {
   std::vector<Entry> entries;
   for (auto& [name, v] : header.items()) {
     if (name == "__metadata__") {
-      if (!v.is_object()) fail(path, "__metadata__ is not an object");
-      for (auto& [k, s] : v.items()) {
-        if (!s.is_string()) fail(path, "metadata value '" + k + "' is not a string");
-        out.metadata[k] = s.get<std::string>();
-      }
+      out.metadata = parse_metadata(path, v);
       continue;
     }
     Entry e{name, DType::f32, {}, 0, 0};

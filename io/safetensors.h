@@ -25,5 +25,7 @@ struct SafetensorsContent {
 
 void write_safetensors(const std::string& path, const NamedTensors& tensors, const Metadata& metadata = {});
 SafetensorsContent read_safetensors(const std::string& path);
+// The header's __metadata__ only (what --resume checks before the data loads); the tensors are not read or checked.
+Metadata read_safetensors_metadata(const std::string& path);
 
 }  // namespace unet::io

@@ -382,20 +382,24 @@ struct Trainer::State {
     io::write_safetensors((dir / "checkpoint.safetensors").string(), tensors, metadata);
   }
 
-  // Restores the state save_checkpoint wrote (every rank reads the file) and returns its step. Every tensor and entry
-  // is checked before anything changes.
-  int64_t resume(const std::string& run_dir) {
+  // checkpoint.safetensors of --resume DIR, refused when absent.
+  std::string checkpoint_path(const std::string& run_dir) const {
     const std::string path = (std::filesystem::path(run_dir) / "checkpoint.safetensors").string();
     if (!std::filesystem::exists(path))
       throw TrainerOptionError("--resume " + run_dir +
                                ": no checkpoint.safetensors there (a run writes it every "
                                "train.save_every steps; start without --resume)");
-    const io::SafetensorsContent ck = io::read_safetensors(path);
-    const int64_t step = metadata_int(ck.metadata, "step", path);
-    // The same training: configuration, precision, optimizer and global batch.
-    const auto mine = resume_keys(o.config_text), theirs = resume_keys(metadata_entry(ck.metadata, "config", path));
-    for (const auto* m : {&mine, &theirs})
-      for (const auto& [key, value] : *m) {
+    return path;
+  }
+
+  // The checkpoint's metadata against this configuration: the same training (configuration, precision, global batch)
+  // and a step within train.steps. Returns the step. The trainer checks it before the data loads, so that a changed
+  // key costs no preprocessing, and again on the file resume() reads.
+  int64_t check_resume(const io::Metadata& m, const std::string& path) const {
+    const int64_t step = metadata_int(m, "step", path);
+    const auto mine = resume_keys(o.config_text), theirs = resume_keys(metadata_entry(m, "config", path));
+    for (const auto* keys : {&mine, &theirs})
+      for (const auto& [key, value] : *keys) {
         const auto a = mine.find(key), b = theirs.find(key);
         const std::string here = a == mine.end() ? "(absent)" : a->second;
         const std::string there = b == theirs.end() ? "(absent)" : b->second;
@@ -406,19 +410,27 @@ struct Trainer::State {
               "data.workers, data.prefetch, data.cache and the log, validation and checkpoint "
               "intervals may change)");
       }
-    if (metadata_entry(ck.metadata, "precision", path) != precision_name(o.precision))
+    if (metadata_entry(m, "precision", path) != precision_name(o.precision))
       throw TrainerOptionError("precision " + std::string(precision_name(o.precision)) + " here, but " +
-                               metadata_entry(ck.metadata, "precision", path) + " in " + path +
+                               metadata_entry(m, "precision", path) + " in " + path +
                                " (train.precision = auto depends on the device: set it explicitly)");
     const int64_t global_batch = static_cast<int64_t>(o.sampling.batch) * ranks();
-    if (metadata_int(ck.metadata, "global_batch", path) != global_batch)
+    if (metadata_int(m, "global_batch", path) != global_batch)
       throw TrainerOptionError("global batch " + std::to_string(global_batch) + " (" + std::to_string(ranks()) +
-                               " rank(s) x data.batch_size) here, but " +
-                               metadata_entry(ck.metadata, "global_batch", path) + " in " + path +
-                               ": resume with as many ranks as the original run");
+                               " rank(s) x data.batch_size) here, but " + metadata_entry(m, "global_batch", path) +
+                               " in " + path + ": resume with as many ranks as the original run");
     if (step > o.steps)
       throw TrainerOptionError(path + " is at step " + std::to_string(step) +
                                ", beyond train.steps = " + std::to_string(o.steps));
+    return step;
+  }
+
+  // Restores the state save_checkpoint wrote (every rank reads the file) and returns its step. Every tensor and entry
+  // is checked before anything changes.
+  int64_t resume(const std::string& run_dir) {
+    const std::string path = checkpoint_path(run_dir);
+    const io::SafetensorsContent ck = io::read_safetensors(path);
+    const int64_t step = check_resume(ck.metadata, path);
     // Weights: every parameter and buffer present with its shape, checked before any is copied.
     std::vector<std::pair<Tensor, const Tensor*>> copies;
     for (auto& [name, p] : net->named_state()) {
@@ -497,6 +509,12 @@ Trainer::Trainer(TrainerOptions options, std::FILE* out) : s_(std::make_unique<S
   if (out && o.precision == Precision::tf32 && o.device == Device::cpu)
     std::fprintf(out, "unet_train: precision tf32 computes fp32 on the cpu backend (no TF32 arithmetic)\n");
   s.scaler = LossScaler(o.loss_scaling);
+  // A --resume that cannot continue (another configuration, precision or batch, or a step past train.steps) is
+  // refused before the data is read and preprocessed.
+  if (!o.resume_dir.empty()) {
+    const std::string path = s.checkpoint_path(o.resume_dir);
+    s.check_resume(io::read_safetensors_metadata(path), path);
+  }
 
   // Data: every case loaded once; normalisation planned on the training cases of the fold.
   s.info = io::read_dataset(o.dataset);

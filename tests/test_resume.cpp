@@ -127,4 +127,15 @@ TEST_CASE("unet_train --resume refuses a changed configuration, a missing checkp
   // Fewer steps than the checkpoint has done.
   CHECK(run_tool("unet_train", ini + " --set train.steps=2 --resume " + tmp / "run", &out) == 2);
   CHECK(out.find("beyond train.steps = 2") != std::string::npos);
+  // Both are found before the data is read: with the training images gone, the same errors (the reader would name a
+  // missing image), and the cache the run would write is not made.
+  fs::remove_all(tmp / "data/imagesTr");
+  CHECK(run_tool("unet_train", ini + " --set train.steps=2 --resume " + tmp / "run", &out) == 2);
+  CHECK(out.find("beyond train.steps = 2") != std::string::npos);
+  CHECK(run_tool("unet_train",
+                 ini + " --set train.steps=4 --set model.filters=8 --set data.cache=" + tmp / "cache" + " --resume " +
+                     tmp / "run",
+                 &out) == 2);
+  CHECK(out.find("model.filters = 8 here, but 4") != std::string::npos);
+  CHECK_FALSE(fs::exists(tmp / "cache"));
 }

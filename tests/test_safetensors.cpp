@@ -55,6 +55,23 @@ TEST_CASE("tensors of every dtype and the metadata survive a write and read back
   uint64_t header_len = 0;
   for (int i = 0; i < 8; ++i) header_len |= static_cast<uint64_t>(static_cast<unsigned char>(bytes[i])) << (8 * i);
   CHECK(header_len % 8 == 0);  // header padded: data starts 8-byte aligned
+  CHECK(read_safetensors_metadata(path) == out.metadata);
+}
+
+TEST_CASE("read_safetensors_metadata reads the header's metadata only, and refuses a bad header as the reader does") {
+  std::string path = temp_path("meta.safetensors");
+  write_safetensors(path, {{"w", Tensor::full({64}, 1.f)}}, {{"step", "3"}});
+  std::string bytes = read_bytes(path);
+  write_bytes(path, bytes.substr(0, bytes.size() - 10));  // the data truncated, the header whole
+  CHECK(read_safetensors_metadata(path) == Metadata{{"step", "3"}});
+  write_bytes(path, header_of(R"({"__metadata__": {"step": 3}})"));
+  CHECK_THROWS_WITH_AS(read_safetensors_metadata(path), doctest::Contains("metadata value 'step' is not a string"),
+                       std::runtime_error);
+  write_bytes(path, header_of("{not json"));
+  CHECK_THROWS_WITH_AS(read_safetensors_metadata(path), doctest::Contains("header is not valid JSON"),
+                       std::runtime_error);
+  write_bytes(path, header_of("{}"));
+  CHECK(read_safetensors_metadata(path).empty());
 }
 
 TEST_CASE("a file written by an independent Python writer reads with the right values") {
