@@ -8,6 +8,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <nlohmann/json.hpp>
 #include <numeric>
 #include <stdexcept>
@@ -21,6 +22,14 @@
 
 namespace unet::io {
 namespace {
+
+// What is wrong with a listed file that is not a regular file: "file 'REL' does not exist (PATH)", or what it is
+// (a FIFO, a directory) when it exists.
+std::string missing_file(const std::string& rel, const std::string& path) {
+  if (std::string why = regular_file_problem(path); !why.empty())
+    return "file '" + rel + "' is " + why + " (" + path + "); expected a regular file";
+  return "file '" + rel + "' does not exist (" + path + ")";
+}
 
 namespace fs = std::filesystem;
 using json = nlohmann::json;
@@ -88,7 +97,8 @@ DatasetInfo read_dataset(const std::string& dir) {
     return read_isbi_dataset(dir);
   DatasetInfo probe;
   const json j = load_dataset_json(dir, probe);
-  return j.contains("channel_names") ? read_nnunet_v2_dataset(dir) : read_msd_dataset(dir);
+  // nnU-Net v2's keys (MSD has neither): a v2 file missing one of them is then told which.
+  return j.contains("channel_names") || j.contains("file_ending") ? read_nnunet_v2_dataset(dir) : read_msd_dataset(dir);
 }
 
 DatasetInfo read_isbi_dataset(const std::string& dir) {
@@ -177,6 +187,19 @@ DatasetInfo read_nnunet_v2_dataset(const std::string& dir) {
       ids.push_back(n.substr(0, n.size() - ending.size()));
   }
   std::sort(ids.begin(), ids.end());
+  // The image files named ID_NNNN + file_ending: case ID's channel NNNN.
+  std::map<std::string, std::map<size_t, std::string>> channel_files;
+  if (fs::is_directory(images_dir))
+    for (const auto& e : fs::directory_iterator(images_dir)) {
+      const std::string n = e.path().filename().string();
+      if (n.starts_with(".") || n.size() < ending.size() + 6 || !n.ends_with(ending)) continue;
+      const std::string stem = n.substr(0, n.size() - ending.size());
+      const std::string digits = stem.substr(stem.size() - 4);
+      if (stem[stem.size() - 5] != '_' ||
+          !std::all_of(digits.begin(), digits.end(), [](char d) { return d >= '0' && d <= '9'; }))
+        continue;
+      channel_files[stem.substr(0, stem.size() - 5)][std::stoul(digits)] = e.path().string();
+    }
   for (const std::string& id : ids) {
     DatasetCase c;
     c.id = id;
@@ -190,16 +213,22 @@ DatasetInfo read_nnunet_v2_dataset(const std::string& dir) {
                                  ", whose label is " + c.label_path + ")");
       c.image_paths.push_back(image.string());
     }
-    // A channel file beyond channel_names would be left out without a word (unet_infer refuses such a case).
-    char extra[32];
-    std::snprintf(extra, sizeof extra, "_%04zu", info.modalities.size());
-    if (const fs::path image = images_dir / (id + extra + ending); fs::exists(image))
-      fail("channel_names", "lists " + std::to_string(info.modalities.size()) + " channel(s), but " + image.string() +
-                                " is channel " + std::to_string(info.modalities.size()) + " of case " + id +
-                                "; expected one file per listed channel");
+    // A channel file beyond channel_names would be left out without a word (unet_infer refuses such a case): any
+    // ID_NNNN file with NNNN past the listed channels, not only the next one.
+    if (const auto it = channel_files.find(id); it != channel_files.end())
+      for (const auto& [ch, image] : it->second)
+        if (ch >= info.modalities.size())
+          fail("channel_names", "lists " + std::to_string(info.modalities.size()) + " channel(s), but " + image +
+                                    " is channel " + std::to_string(ch) + " of case " + id +
+                                    "; expected one file per listed channel");
     info.training.push_back(std::move(c));
   }
-  if (info.training.empty()) fail("numTraining", "no label files *" + ending + " in " + labels_dir.string());
+  if (info.training.empty()) {
+    size_t others = 0;
+    for (const auto& e : fs::directory_iterator(labels_dir)) others += !e.path().filename().string().starts_with(".");
+    fail("file_ending", "'" + ending + "': no label files *" + ending + " in " + labels_dir.string() +
+                            (others > 0 ? " (it holds " + std::to_string(others) + " other file(s))" : ""));
+  }
   if (j["numTraining"].get<int64_t>() != static_cast<int64_t>(info.training.size()))
     fail("numTraining", "says " + std::to_string(j["numTraining"].get<int64_t>()) + " but " + labels_dir.string() +
                             " holds " + std::to_string(info.training.size()) + " label files");
@@ -249,7 +278,7 @@ DatasetInfo read_msd_dataset(const std::string& dir) {
         fail(key + "." + field,
              "'" + rel.substr(0, rel.find('\0')) + "\\u0000...' holds a NUL character; expected a path");
       std::string path = resolve(dir, rel);
-      if (!fs::is_regular_file(path)) fail(key + "." + field, "file '" + rel + "' does not exist (" + path + ")");
+      if (!fs::is_regular_file(path)) fail(key + "." + field, missing_file(rel, path));
       if (std::strcmp(field, "image") == 0)
         c.image_paths = {path};
       else
@@ -285,7 +314,7 @@ DatasetInfo read_msd_dataset(const std::string& dir) {
       if (rel.find('\0') != std::string::npos)
         fail(key, "'" + rel.substr(0, rel.find('\0')) + "\\u0000...' holds a NUL character; expected a path");
       std::string path = resolve(dir, rel);
-      if (!fs::is_regular_file(path)) fail(key, "file '" + rel + "' does not exist (" + path + ")");
+      if (!fs::is_regular_file(path)) fail(key, missing_file(rel, path));
       info.test.push_back(path);
     }
   }

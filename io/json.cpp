@@ -29,7 +29,17 @@ nlohmann::json parse_json(const std::string& text) {
   try {
     j = json::parse(text, watch);
   } catch (const json::exception& e) {
-    throw std::runtime_error(e.what());
+    // The parser's text without its "[json.exception.parse_error.101] " prefix, which is the library's, not the user's.
+    std::string what = e.what();
+    if (what.rfind("[json.exception.", 0) == 0 && what.find("] ") != std::string::npos)
+      what = what.substr(what.find("] ") + 2);
+    // Python's json.dumps writes NaN, Infinity and -Infinity, which JSON does not have.
+    if (const auto* p = dynamic_cast<const json::parse_error*>(&e); p && p->byte > 0) {
+      const std::string around = text.substr(p->byte > 2 ? p->byte - 2 : 0, 10);
+      if (around.find("NaN") != std::string::npos || around.find("Infinity") != std::string::npos)
+        what += " (NaN and Infinity are not JSON numbers: expected a finite number)";
+    }
+    throw std::runtime_error(what);
   }
   if (!duplicate.empty())
     throw std::runtime_error("the key " + json(duplicate).dump(-1, ' ', false, json::error_handler_t::replace) +

@@ -696,14 +696,16 @@ void Trainer::run() {
   ProgressBar bar(s.out, first_step, o.steps, static_cast<int64_t>(o.sampling.batch) * s.ranks());
   double last_loss = NAN;
   auto last_report = std::chrono::steady_clock::now();
-  // A validation: logged, printed, the best model kept (rank 0 writes; every rank takes part in validate()).
+  // A validation: logged, printed, the best model kept (rank 0 writes; every rank takes part in validate()). Resuming
+  // a finished run validates again without logging it twice (its log already ends with that validation).
+  const bool finished = first_step == o.steps;
   const auto validation = [&](int64_t at) {
     const std::vector<double> d = s.validate();
     const double m = mean(d);
     const bool best = m > s.best_dice;
     if (best) s.best_dice = m;
     if (s.lead()) {
-      log->add({{"step", at}, {"val_dice", d}, {"val_mean_dice", m}});
+      if (!(finished && at == first_step)) log->add({{"step", at}, {"val_dice", d}, {"val_mean_dice", m}});
       bar.clear();
       std::fprintf(s.out, "validation at step %ld: mean Dice %.4f%s\n", static_cast<long>(at), m,
                    best ? " (best so far: model_best.safetensors)" : "");

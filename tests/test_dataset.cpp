@@ -1,5 +1,7 @@
 // MSD dataset loading (io/dataset.h): dataset.json validation, case loading, nnU-Net normalisation (z-score and CT),
 // padding, the 5-fold split and the patch sampler (shape, foreground oversampling, flips, padding, determinism).
+#include <sys/stat.h>
+
 #include <doctest/doctest.h>
 #include <unistd.h>
 
@@ -157,6 +159,23 @@ TEST_CASE("a dataset.json entry of the wrong form is an error naming the key") {
   check_error_names([&] { read_msd_dataset(tmp.path); }, {"training[0].label", "missing"});
   std::ofstream(tmp / "dataset.json") << "{ not json";
   check_error_names([&] { read_msd_dataset(tmp.path); }, {tmp / "dataset.json", "JSON"});
+  // The parser's position, without the library's "[json.exception.parse_error.101]"; NaN (Python's json.dumps writes
+  // it) is named as what JSON does not have.
+  const auto message = [&] {
+    try {
+      read_msd_dataset(tmp.path);
+    } catch (const std::exception& e) {
+      return std::string(e.what());
+    }
+    return std::string("no error");
+  };
+  CHECK_MESSAGE(message().find("not valid JSON: parse error at line 1, column 4: syntax error") != std::string::npos,
+                message());
+  CHECK(message().find("json.exception") == std::string::npos);
+  std::ofstream(tmp / "dataset.json") << "{\"numTraining\": NaN}";
+  CHECK(message().find("NaN and Infinity are not JSON numbers") != std::string::npos);
+  std::ofstream(tmp / "dataset.json") << "{\"numTraining\": -Infinity}";
+  CHECK(message().find("NaN and Infinity are not JSON numbers") != std::string::npos);
   // Two "labels" keys: which one a reader keeps differs between readers, so neither is chosen.
   std::string text = minimal_json().dump();
   std::ofstream(tmp / "dataset.json") << "{\"labels\": {\"0\": \"background\"}, " << text.substr(1);
@@ -192,6 +211,14 @@ TEST_CASE("a dataset.json naming a missing file is an error naming the key and t
   write_volume(tmp / "imagesTr/a.nii.gz", Tensor::zeros({4, 4, 4}));
   check_error_names([&] { read_msd_dataset(tmp.path); },
                     {tmp / "dataset.json", "training[0].label", "./labelsTr/a.nii.gz", "does not exist"});
+  // There, but a FIFO or a directory: said as what it is (it used to "not exist").
+  fs::create_directories(tmp / "labelsTr");
+  REQUIRE(::mkfifo((tmp / "labelsTr/a.nii.gz").c_str(), 0600) == 0);
+  check_error_names([&] { read_msd_dataset(tmp.path); },
+                    {"training[0].label", "./labelsTr/a.nii.gz", "is not a regular file (a FIFO (named pipe))"});
+  fs::remove(tmp / "labelsTr/a.nii.gz");
+  fs::create_directories(tmp / "labelsTr/a.nii.gz");
+  check_error_names([&] { read_msd_dataset(tmp.path); }, {"training[0].label", "not a regular file (a directory)"});
 }
 
 TEST_CASE("two training cases with one file name are an error that tells a repeat from a name clash") {
@@ -780,11 +807,30 @@ TEST_CASE("nnU-Net v2 raw data: one file per channel, labels by value, read as t
   rewrite("numTraining", 5);
   check_error_names([&] { read_dataset(dir); }, {"numTraining", "says 5", "4 label files"});
   rewrite("numTraining", 4);
+  // The key at fault is named: the file ending that matches no label (not numTraining), the missing channel_names
+  // of a file with file_ending (not MSD's modality).
+  rewrite("file_ending", ".nii");
+  check_error_names([&] { read_dataset(dir); }, {"key 'file_ending'", "'.nii': no label files *.nii", "4 other file"});
+  rewrite("file_ending", ".nii.gz");
+  {
+    nlohmann::json j = nlohmann::json::parse(std::ifstream(fs::path(dir) / "dataset.json"));
+    const nlohmann::json names = j["channel_names"];
+    j.erase("channel_names");
+    std::ofstream(fs::path(dir) / "dataset.json") << j.dump();
+    check_error_names([&] { read_dataset(dir); }, {"key 'channel_names'", "missing"});
+    rewrite("channel_names", names);
+  }
   // One channel listed, two files per case: the second used to be left out without a word.
   rewrite("channel_names", {{"0", "MR"}});
   check_error_names([&] { read_dataset(dir); },
                     {"key 'channel_names'", "lists 1 channel(s), but", "_0001.nii.gz is channel 1 of case"});
+  // Two listed, and a stray channel 7 of one case (not the next index): refused too, naming it.
   rewrite("channel_names", {{"0", "MR"}, {"1", "T2"}});
+  const fs::path stray = fs::path(dir) / "imagesTr" / (msd.training[1].id + "_0007.nii.gz");
+  fs::copy_file(fs::path(dir) / "imagesTr" / (msd.training[1].id + "_0000.nii.gz"), stray);
+  check_error_names([&] { read_dataset(dir); },
+                    {"key 'channel_names'", "lists 2 channel(s), but", stray.string() + " is channel 7 of case"});
+  fs::remove(stray);
   rewrite("labels", {{"background", 0}, {"whole", {1, 2}}});
   check_error_names([&] { read_dataset(dir); }, {"'whole' is a region", "not supported"});
   rewrite("labels", {{"background", 0}, {"ellipsoids", 1}, {"tubes", 2}, {"ignore", 3}});

@@ -1036,7 +1036,8 @@ TEST_CASE("unet_train refuses a training case listed twice in dataset.json, nami
   CHECK_FALSE(fs::exists(dir + "/run/model.safetensors"));
 }
 
-TEST_CASE("unet_eval warns when the classes it infers from the references include classes absent from every map") {
+TEST_CASE(
+    "unet_eval refuses 0 / 255 maps read as classes, and warns when its classes include some absent from every map") {
   test::TempDir tmp("hostile_eval_phantom");
   const std::string& dir = tmp.path;
   fs::create_directories(dir + "/labels");
@@ -1048,13 +1049,21 @@ TEST_CASE("unet_eval warns when the classes it infers from the references includ
     io::write_nifti(dir + "/" + d + "/a.nii.gz", Tensor::from_vector({4, 4, 4}, v, DType::u8),
                     io::make_nifti_like({4, 4, 4}, {1, 1, 1}));
   std::string out;
-  CHECK(run_guarded("unet_eval", "--pred " + dir + "/pred --label " + dir + "/labels", &out) == 0);
-  CHECK_MESSAGE(out.find("unet_eval: warning: 254 of the 255 foreground classes inferred from the largest reference "
-                         "label in " +
-                         dir + "/labels are in no reference and no prediction") != std::string::npos,
+  // Inferred: the mean would be 254 free Dice 1 and the real class's (0.9967 for a real Dice of 0.15): refused.
+  CHECK(run_guarded("unet_eval", "--pred " + dir + "/pred --label " + dir + "/labels", &out) == 2);
+  CHECK_MESSAGE(out.find("every label value in " + dir + "/labels and the predictions is a multiple of 255 (the " +
+                         "largest reference label is 255), so 254 of the 255 classes it implies are in no map") !=
+                    std::string::npos,
                 out);
+  CHECK_MESSAGE(out.find("expected --label-scale 255") != std::string::npos, out);
+  CHECK_FALSE(fs::exists(dir + "/pred/dice.json"));
   CHECK(run_guarded("unet_eval", "--pred " + dir + "/pred --label " + dir + "/labels --label-scale 255", &out) == 0);
   CHECK_MESSAGE(out.find("warning") == std::string::npos, out);
+  // Asked for: scored as 255 classes, with the warning.
+  CHECK(run_guarded("unet_eval", "--pred " + dir + "/pred --label " + dir + "/labels --classes 256", &out) == 0);
+  CHECK_MESSAGE(out.find("unet_eval: warning: 254 of the 255 foreground classes of --classes are in no reference") !=
+                    std::string::npos,
+                out);
 }
 
 TEST_CASE(

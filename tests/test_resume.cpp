@@ -5,6 +5,7 @@
 #include <nlohmann/json.hpp>
 #include <string>
 
+#include "io/json.h"
 #include "io/safetensors.h"
 #include "tests/test_util.h"
 
@@ -105,11 +106,16 @@ TEST_CASE("unet_train --resume refuses a changed configuration, a missing checkp
   // A key that changes the training: named, with both values, exit 2, nothing written.
   CHECK(run_tool("unet_train", ini + " --set train.steps=4 --set train.lr=0.001 --resume " + tmp / "run", &out) == 2);
   CHECK(out.find("train.lr = 0.001 here, but 8e-4") != std::string::npos);
-  // Intervals and the runtime section may change: resuming a finished run only validates and writes again.
-  CHECK(run_tool("unet_train",
-                 ini + " --set train.steps=4 --set train.log_every=1 --set runtime.threads=2 --resume " + tmp / "run",
-                 &out) == 0);
+  // Intervals and the runtime section may change: resuming a finished run only validates and writes again, and its
+  // log keeps one line for that validation (each resume used to add another).
+  const std::string log_before = io::read_text_file(tmp / "run/log.jsonl");
+  CHECK(log_before.find("val_dice") != std::string::npos);
+  for (int i = 0; i < 2; ++i)
+    CHECK(run_tool("unet_train",
+                   ini + " --set train.steps=4 --set train.log_every=1 --set runtime.threads=2 --resume " + tmp / "run",
+                   &out) == 0);
   CHECK(io::read_safetensors(tmp / "run/checkpoint.safetensors").metadata.at("step") == before);
+  CHECK(io::read_text_file(tmp / "run/log.jsonl") == log_before);
   // A fresh run into a directory holding a run is refused; --overwrite replaces the run's files and nothing else.
   test::write_text(tmp / "run/notes.txt", "mine");
   CHECK(run_tool("unet_train", ini + " --set train.steps=4 --set output.dir=" + tmp / "run", &out) == 2);
@@ -138,4 +144,30 @@ TEST_CASE("unet_train --resume refuses a changed configuration, a missing checkp
                  &out) == 2);
   CHECK(out.find("model.filters = 8 here, but 4") != std::string::npos);
   CHECK_FALSE(fs::exists(tmp / "cache"));
+}
+
+TEST_CASE("a second unet_train into a run directory in use is refused, fresh, --overwrite or --resume") {
+  test::TempDir tmp("resume_locked");
+  const std::string ini = config(tmp), run = tmp / "run", train = test::tool_path("unet_train");
+  std::string out;
+  // A run that goes on until killed, its checkpoint written at every step.
+  const std::string pid_file = tmp / "pid";
+  REQUIRE(test::shell("(" + train + " " + ini + " --set train.steps=1000000 --set output.dir=" + run + " > " +
+                      tmp / "log.txt" + " 2>&1 & echo $! > " + pid_file + "; while [ ! -f " + run +
+                      "/checkpoint.safetensors ]; do sleep 0.05; done)") == 0);
+  std::string pid = io::read_text_file(pid_file);
+  pid.erase(pid.find_last_not_of(" \n") + 1);
+  const std::string config_before = io::read_text_file(run + "/config.ini");
+  for (const std::string& how : {std::string(" --set output.dir=" + run), " --set output.dir=" + run + " --overwrite",
+                                 " --set train.steps=1000000 --resume " + run}) {
+    CAPTURE(how);
+    CHECK(run_tool("unet_train", ini + " --set train.steps=3" + how, &out) == 2);
+    CHECK_MESSAGE(
+        out.find("output.dir = " + run + ": another unet_train is writing a run there now") != std::string::npos, out);
+  }
+  CHECK(io::read_text_file(run + "/config.ini") == config_before);  // the running run's files are its own
+  CHECK(test::shell("kill -9 " + pid + "; while kill -0 " + pid + " 2>/dev/null; do sleep 0.05; done") == 0);
+  // Ended (even by SIGKILL): the directory is free again.
+  CHECK_MESSAGE(
+      run_tool("unet_train", ini + " --set train.steps=3 --set output.dir=" + run + " --overwrite", &out) == 0, out);
 }

@@ -168,6 +168,7 @@ TEST_CASE("unet_selftest without a GPU, or with a bad argument, says why") {
   rc = test::run_tool("unet_selftest", "--device cuda-emu --quick --perturb no-such-op", &out);
   CHECK(rc == 2);
   CHECK(out.find("matches no check") != std::string::npos);
+  CHECK(out.find("PASS") == std::string::npos);  // no table that says the self-test passed
 }
 
 TEST_CASE("unet_selftest on cuda-emu gives the same table under the forward, reverse and random thread schedules") {

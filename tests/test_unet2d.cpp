@@ -218,6 +218,8 @@ TEST_CASE("ISBI 2012 layout: train-volume.tif and train-labels.tif, one case per
   CHECK(out.find("value 255 is not a multiple of --label-scale 2") != std::string::npos);
   CHECK(test::run_tool("unet_eval", "--pred " + dir + " --label " + dir + "/test-labels.tif", &out) == 2);
   CHECK(out.find("not a file (--label is a file, so --pred must be one)") != std::string::npos);
+  CHECK(test::run_tool("unet_eval", "--pred " + dir + "/sge.tif --label " + dir + "/test-labels.tif", &out) == 2);
+  CHECK(out.find("/sge.tif: no such file (--label is a file, so --pred must be one)") != std::string::npos);
   // A label that is neither 0 nor 255 is named.
   label.data<uint8_t>()[plane + 5] = 128;
   io::write_tiff(dir + "/train-labels.tif", label, o);

@@ -13,6 +13,7 @@
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
+#include <numeric>
 
 #include "engine/metrics.h"
 #include "io/image.h"
@@ -182,6 +183,9 @@ int main(int argc, char** argv) {
     const fs::file_status pred_status = fs::status(pred_dir, pred_error);
     if (pred_error && pred_status.type() != fs::file_type::not_found)
       throw UsageError("--pred " + pred_dir + ": cannot be examined: " + pred_error.message());
+    if (pred_status.type() == fs::file_type::not_found)
+      throw UsageError("--pred " + pred_dir + ": no such " + (pair_of_files ? "file" : "directory") + " (--label is " +
+                       (pair_of_files ? "a file" : "a directory") + ", so --pred must be one)");
     if (pair_of_files ? !fs::is_regular_file(pred_status) : !fs::is_directory(pred_status))
       throw UsageError("--pred " + pred_dir +
                        (pair_of_files ? ": not a file (--label is a file, so --pred must be one)"
@@ -285,6 +289,18 @@ int main(int argc, char** argv) {
           for (int64_t i = 0; i < t->numel(); ++i)
             if (const int32_t v = t->data<int32_t>()[i]; v < classes) present[static_cast<size_t>(v)] = true;
     const int absent = static_cast<int>(std::count(present.begin() + 1, present.end(), false));
+    // Labels that are all multiples of one value above 1 (ISBI's 0 / 255) read as class indices: the classes between
+    // would each score Dice 1, and the mean would say little about the one real class. Refused unless told.
+    int scale = 0;
+    for (int v = 1; v < classes; ++v)
+      if (present[static_cast<size_t>(v)]) scale = std::gcd(scale, v);
+    if (absent > 0 && scale > 1 && source.starts_with("the largest"))
+      throw UsageError("every label value in " + label_dir + " and the predictions is a multiple of " +
+                       std::to_string(scale) + " (the largest reference label is " + std::to_string(classes - 1) +
+                       "), so " + std::to_string(absent) + " of the " + std::to_string(classes - 1) +
+                       " classes it implies are in no map and would each score Dice 1; expected --label-scale " +
+                       std::to_string(scale) + " (labels stored as multiples of a scale, as ISBI's 0 / 255), or " +
+                       "--classes to score the values as they are");
     if (absent > 0)
       std::fprintf(stderr,
                    "unet_eval: warning: %d of the %d foreground classes %s %s are in no reference and no prediction; "

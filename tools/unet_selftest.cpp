@@ -34,13 +34,15 @@ int main(int argc, char** argv) {
     o.quick = quick;
     o.perturb = perturb;
     const std::vector<selftest::SelftestRow> rows = selftest::run_selftest(o);
-    const int failed = selftest::print_selftest_table(stdout, rows);
-    std::printf("(%.1f s)\n", std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+    // The checks' names are known once they have run: a --perturb that matches none is refused before the table,
+    // which would otherwise say PASS for a self-test that perturbed nothing.
     if (!perturb.empty() && std::none_of(rows.begin(), rows.end(), [&](const selftest::SelftestRow& r) {
           return r.op.find(perturb) != std::string::npos;
-        })) {
-      throw tools::UsageError("--perturb '" + perturb + "' matches no check");
-    }
+        }))
+      throw tools::UsageError("--perturb '" + perturb + "' matches no check (the checks' names are the op column of " +
+                              "the table, e.g. 'conv.cu' or 'instance_norm')");
+    const int failed = selftest::print_selftest_table(stdout, rows);
+    std::printf("(%.1f s)\n", std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
     std::fflush(stdout);
     return failed ? 1 : 0;
   });

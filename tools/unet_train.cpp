@@ -4,6 +4,8 @@
 // Writes to [output] dir what models::Trainer writes: config.ini, log.jsonl, model.safetensors (weights loadable by
 // PyTorch, with the model card), checkpoint.safetensors (what --resume continues from) and validation.json.
 // Exit status: 0 success, 2 usage or configuration error, 1 runtime failure (docs/reference.md, "Exit statuses").
+#include <fcntl.h>
+#include <sys/file.h>
 #include <unistd.h>
 #include <CLI/CLI.hpp>
 
@@ -151,11 +153,12 @@ models::TrainerOptions trainer_options(const io::Config& c) {
                        std::to_string(lo) + ".." + std::to_string(hi));
     return v;
   };
-  const auto real_in = [&](const char* section, const char* key, double lo, double hi, bool hi_open = false) {
+  const auto real_in = [&](const char* section, const char* key, double lo, double hi, bool hi_open = false,
+                           bool lo_open = false) {
     const double v = c.get_real(section, key);
-    if (!(v >= lo && (hi_open ? v < hi : v <= hi)))  // NaN fails too
-      throw UsageError(std::string(section) + "." + key + " = " + io::real_text(v) + ": expected a value in [" +
-                       io::real_text(lo) + ", " + io::real_text(hi) + (hi_open ? ")" : "]"));
+    if (!((lo_open ? v > lo : v >= lo) && (hi_open ? v < hi : v <= hi)))  // NaN fails too
+      throw UsageError(std::string(section) + "." + key + " = " + io::real_text(v) + ": expected a value in " +
+                       (lo_open ? "(" : "[") + io::real_text(lo) + ", " + io::real_text(hi) + (hi_open ? ")" : "]"));
     return v;
   };
   o.dataset = c.get_string("data", "dataset");
@@ -241,8 +244,7 @@ models::TrainerOptions trainer_options(const io::Config& c) {
     o.loss = models::LossSpec::hybrid_loss(loss == "hybrid_ms");
   }
   o.optimizer = c.get_string("train", "optimizer");
-  o.lr = real_in("train", "lr", 0, 10);
-  if (o.lr == 0) throw UsageError("train.lr = 0: expected a positive learning rate");
+  o.lr = real_in("train", "lr", 0, 10, false, true);
   o.weight_decay = real_in("train", "weight_decay", 0, 1);
   o.momentum = real_in("train", "momentum", 0, 1, /*hi_open=*/true);
   o.nesterov = c.get_bool("train", "nesterov");
@@ -287,6 +289,30 @@ bool check_output_dir(const std::string& dir, bool overwrite) {
   return true;
 }
 
+// An exclusive flock(2) on the run directory, held until the process ends (the kernel releases it at any exit,
+// SIGKILL included): a second unet_train into the same output.dir, fresh, --overwrite or --resume, is refused
+// instead of mixing its files with the running one's. Returns false when another process holds it; true when this
+// process holds it, or when the directory is not there yet (called again once it is made).
+bool lock_run_directory(const std::string& dir) {
+  static int held = -1;
+  if (held >= 0) return true;
+  const int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (fd < 0) return true;
+  if (::flock(fd, LOCK_EX | LOCK_NB) != 0) {
+    ::close(fd);
+    return false;
+  }
+  held = fd;
+  return true;
+}
+
+void take_run_directory(const std::string& dir) {
+  if (!lock_run_directory(dir))
+    throw UsageError("output.dir = " + dir +
+                     ": another unet_train is writing a run there now; expected it to end first (or another "
+                     "output.dir)");
+}
+
 int run(const io::Config& c, const std::string& resume, bool overwrite) {
   models::TrainerOptions options = trainer_options(c);
   options.resume_dir = resume;
@@ -313,6 +339,7 @@ int run(const io::Config& c, const std::string& resume, bool overwrite) {
         throw UsageError("output.dir = " + options.output_dir + ": " + file + ": " + why +
                          "; expected the file the run writes there");
   }
+  if (world().rank() == 0) take_run_directory(options.output_dir);
   const bool replace = resume.empty() && world().rank() == 0 && check_output_dir(options.output_dir, overwrite);
   // A patch and batch whose first level alone outgrows the machine would only end in an allocation failure or the
   // kernel's OOM killer after minutes of preparing data (1024^3 patches pad every case to 4 GiB first): refused with
@@ -347,6 +374,10 @@ int run(const io::Config& c, const std::string& resume, bool overwrite) {
     omp_set_num_threads(static_cast<int>(std::max(1L, cores / comm.local_size())));
   const std::string output_dir = options.output_dir;
   models::Trainer trainer(std::move(options), stdout);  // the configuration checked and the data loaded
+  if (comm.rank() == 0) {  // a new directory: made and locked now, before anything is written into it
+    std::filesystem::create_directories(output_dir);
+    take_run_directory(output_dir);
+  }
   // --overwrite: the old run's files (nothing else in the directory) go only once the new run is known to start.
   if (replace)
     for (const char* name : kRunFiles) std::filesystem::remove(std::filesystem::path(output_dir) / name);
