@@ -449,6 +449,10 @@ TEST_CASE("sm90 conv dgrad: stride 2 by parity classes, odd sizes, every class w
   check_dgrad_ok(problem(1, 5, 6, 7, 32, 24, 2, 2, 0), DType::f16);
   // 1x1x1 stride 2: only the class (0, 0, 0) has a tap, the other 7 are zeros.
   check_dgrad_ok(problem(2, 5, 4, 7, 8, 16, 1, 2, 0), DType::bf16);
+  // Paddings past nnU-Net's that the path admits (below the kernel size): 3x3x3 padding 2, where the odd class's fprop
+  // has padding -1 (its copies start one row into dy), and 2x2x2 padding 1.
+  check_dgrad_ok(problem(1, 5, 6, 7, 8, 16, 3, 2, 2), DType::f16);
+  check_dgrad_ok(problem(1, 5, 6, 7, 16, 8, 2, 2, 1), DType::bf16);
   // Stride 1 (one class, the whole problem), C = 72 (BN 128 for the class's K, a partial tile).
   check_dgrad_ok(problem(1, 3, 5, 6, 72, 16, 3, 1, 1), DType::bf16);
 }
