@@ -456,8 +456,9 @@ void conv_dgrad_sm90_phase(const ConvProblem& p, DType dt, const void* dy, const
     throw std::invalid_argument("conv_dgrad_sm90_phase: " + why + " (" + q.describe() + ")");
   const int64_t n = p.K * q.taps() * p.C;
   Scratch<uint16_t> wt(size_t(n), stream);
-  const SubKernel sk{int(p.K),    int(p.C),    p.T,         p.R,         p.S,          phase.t0,    phase.r0,
-                     phase.s0,    q.T,         q.R,         q.S,         p.stride_d,   p.stride_h,  p.stride_w};
+  const SubKernel sk{.K = int(p.K), .C = int(p.C), .T = p.T, .R = p.R, .S = p.S,
+                     .t0 = phase.t0, .r0 = phase.r0, .s0 = phase.s0, .Tp = q.T, .Rp = q.R, .Sp = q.S,
+                     .sd = p.stride_d, .sh = p.stride_h, .sw = p.stride_w};
   launch(sub_kernel_weights, dim3(unsigned((n + 255) / 256)), dim3(256), 0, stream, static_cast<const uint16_t*>(w),
          wt.get(), sk);
   fprop(q, dt, dy, wt.get(), nullptr, out, nullptr, t, stream, {}, strides);

@@ -51,9 +51,9 @@ struct ConvTile {
   __host__ __device__ int b_bytes() const { return bn * bk * 2; }
 };
 
-// Where the fprop epilogue stores output pixel (n, z, p, q): at y + n * n_ + z * z_ + p * p_ + q * q_ (elements; the
-// K channels contiguous from there). dense_strides: the [N][Z][P][Q][K] tensor y; a strided dgrad's parity class
-// (conv_dgrad_sm90_phase) gives its positions in dx instead, so each class is written in place.
+// Where the fprop epilogue stores output pixel (n, z, p, q), in elements: at y + n * out.n + z * out.z + p * out.p +
+// q * out.q, its K channels contiguous from there. dense_strides: the [N][Z][P][Q][K] tensor y; a strided dgrad's
+// parity class (conv_dgrad_sm90_phase) gives its positions in dx instead, so each class is written in place.
 struct PixelStrides {
   int64_t n, z, p, q;
 };
