@@ -315,13 +315,17 @@ TEST_CASE("cuda conv dgrad matches the CPU for every dtype, stride 2 included") 
     }
 }
 
-TEST_CASE("cuda conv strided dgrad by phases: phases no tap reaches get zeros, unpadded even sizes") {
+TEST_CASE("cuda conv strided dgrad by phases: phases no tap reaches get zeros, unpadded even sizes, strides 1, 2, 2") {
   // 1x1x1 stride 2: only even positions are read, the other 7 phases have no taps. 3x3x3 stride 2 without padding on
-  // even sizes: the last position of each axis is read by no output.
+  // even sizes: the last position of each axis is read by no output. A 1x3x3 kernel with strides 1, 2, 2 (anisotropic
+  // nnU-Net plans) on odd sizes: 4 phases, each the whole depth.
   const ConvProblem one = problem(2, 4, 5, 6, 8, 16, 1, 1, 1, 2, 0, 0);
   const ConvProblem nopad = problem(1, 4, 6, 6, 16, 8, 3, 3, 3, 2, 0, 0);
+  ConvProblem aniso = problem(1, 3, 7, 9, 16, 24, 1, 3, 3, 2, 0, 1);
+  aniso.stride_d = 1;
+  aniso.compute_output_size();
   uint64_t seed = 250;
-  for (const ConvProblem& p : {one, nopad})
+  for (const ConvProblem& p : {one, nopad, aniso})
     for (DType dt : kDtypes) check_dgrad(p, dt, seed++);
 }
 

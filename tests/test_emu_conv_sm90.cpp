@@ -4,11 +4,13 @@
 // small multiples of 1/8, so every f32 sum is exact in any order and the one rounding (to bf16 or f16) is the same.
 // Odd sizes (partial M and N tiles), padding, stride 2, channels that do not fill a k-step, every swizzle width.
 // Then the sm_90a kernels themselves: fprop (with its statistics epilogue), fprop with conv_fprop_norm_act's
-// transform applied to each stage in shared memory, and wgrad (MN-major wgmma operands, split-K).
+// transform applied to each stage in shared memory, wgrad (MN-major wgmma operands, split-K), and dgrad (stride 1, and
+// strides of 2 by parity classes, each a stride-1 fprop writing its positions of dx in place).
 #include <doctest/doctest.h>
 
 #include <cmath>
 #include <cstring>
+#include <functional>
 #include <vector>
 
 #include "kernels/cpu/element.h"
@@ -242,6 +244,76 @@ std::vector<float> check_wgrad(ConvProblem p, DType dt, int splits) {
   return got;
 }
 
+// conv_dgrad_sm90 against the host's dx, on dy ((i * 5 + 3) % 9 - 4) / 8 and w ((i * 7 + 2) % 11 - 5) / 8: exact f32
+// sums, so dx must match bit for bit, under every schedule; dx starts as NaNs, so a position no class writes is
+// caught. (w's period 11 does not divide the stride of its output channels, taps x C, as 9 would for 3x3x3 kernels:
+// w varies with k, so the sub-kernels' channel swap is checked.)
+// `plant` may alter the parity classes first (then they run one by one through conv_dgrad_sm90_phase): a planted
+// fault must be caught. Returns the number of dx elements that differ.
+int64_t dgrad_mismatches(ConvProblem p, DType dt,
+                         const std::function<void(std::vector<sm90::DgradPhase>&)>& plant = nullptr) {
+  p.compute_output_size();
+  REQUIRE(sm90::conv_dgrad_sm90_problem(p, dt) == "");
+  const int64_t taps = p.taps();
+  auto value = [](int64_t i, int mul, int salt) { return float((i * mul + salt) % 9 - 4) / 8.0f; };
+  std::vector<float> dy(size_t(p.N * p.Z * p.P * p.Q * p.K)), w(size_t(p.K * taps * p.C));
+  for (size_t i = 0; i < dy.size(); ++i) dy[i] = value(int64_t(i), 5, 3);
+  for (size_t i = 0; i < w.size(); ++i) w[i] = float((int64_t(i) * 7 + 2) % 11 - 5) / 8.0f;
+  std::vector<uint16_t> dy_buf, w_buf;
+  uint16_t *dya = aligned16(dy_buf, dy.size()), *wa = aligned16(w_buf, w.size());
+  for (size_t i = 0; i < dy.size(); ++i) dya[i] = to_bits(dy[i], dt);
+  for (size_t i = 0; i < w.size(); ++i) wa[i] = to_bits(w[i], dt);
+
+  // The host: dx[n][d][h][w][c] = sum over the taps and output channels of the outputs that read x there.
+  const int64_t inputs = p.N * p.D * p.H * p.W * p.C;
+  std::vector<uint16_t> want(static_cast<size_t>(inputs));
+  for (int64_t n = 0; n < p.N; ++n)
+    for (int64_t d = 0; d < p.D; ++d)
+      for (int64_t h = 0; h < p.H; ++h)
+        for (int64_t wi = 0; wi < p.W; ++wi)
+          for (int64_t c = 0; c < p.C; ++c) {
+            double s = 0;
+            for (int tt = 0; tt < p.T; ++tt)
+              for (int r = 0; r < p.R; ++r)
+                for (int ss = 0; ss < p.S; ++ss) {
+                  const int64_t zs = d + p.pad_d - tt, ps = h + p.pad_h - r, qs = wi + p.pad_w - ss;
+                  if (zs < 0 || ps < 0 || qs < 0 || zs % p.stride_d || ps % p.stride_h || qs % p.stride_w) continue;
+                  const int64_t z = zs / p.stride_d, pp = ps / p.stride_h, q = qs / p.stride_w;
+                  if (z >= p.Z || pp >= p.P || q >= p.Q) continue;
+                  const int64_t tap = (tt * p.R + r) * p.S + ss;
+                  for (int64_t k = 0; k < p.K; ++k)
+                    s += double(dy[size_t((((n * p.Z + z) * p.P + pp) * p.Q + q) * p.K + k)]) *
+                         double(w[size_t((k * taps + tap) * p.C + c)]);
+                }
+            want[size_t((((n * p.D + d) * p.H + h) * p.W + wi) * p.C + c)] = to_bits(float(s), dt);
+          }
+
+  const std::vector<uint16_t> got = unet::test::under_every_schedule([&] {
+    std::vector<uint16_t> dx(size_t(inputs), 0xFFFF);  // a NaN where nothing is written
+    if (plant) {
+      std::vector<sm90::DgradPhase> phases = sm90::dgrad_phases(p);
+      plant(phases);
+      for (const sm90::DgradPhase& ph : phases) sm90::conv_dgrad_sm90_phase(p, dt, dya, wa, dx.data(), ph, nullptr);
+    } else {
+      sm90::conv_dgrad_sm90(p, dt, dya, wa, dx.data(), nullptr);
+    }
+    return dx;
+  });
+  int64_t wrong = 0, first = -1;
+  for (int64_t i = 0; i < inputs; ++i)
+    if (got[size_t(i)] != want[size_t(i)] && wrong++ == 0) first = i;
+  if (!plant)
+    CHECK_MESSAGE(wrong == 0, wrong << " of " << inputs << " dx elements differ, the first at " << first << " (got "
+                                    << (first >= 0 ? from_bits(got[size_t(first)], dt) : 0.f) << ", want "
+                                    << (first >= 0 ? from_bits(want[size_t(first)], dt) : 0.f) << "; " << p.describe()
+                                    << ")");
+  return wrong;
+}
+
+void check_dgrad_ok(const ConvProblem& p, DType dt) {
+  dgrad_mismatches(p, dt);
+}
+
 ConvProblem problem(int64_t n, int64_t d, int64_t h, int64_t w, int64_t c, int64_t k, int kernel, int stride, int pad) {
   ConvProblem p;
   p.N = n, p.D = d, p.H = h, p.W = w, p.C = c, p.K = k;
@@ -363,4 +435,76 @@ TEST_CASE("sm90 conv wgrad: conv_wgrad_sm90_problem names what the path cannot r
   p.C = 16;
   CHECK(sm90::conv_wgrad_sm90_problem(p, DType::f32) == "needs f16 or bf16 storage");
   CHECK(sm90::conv_wgrad_sm90_problem(p, DType::f16) == "");
+}
+
+TEST_CASE("sm90 conv dgrad: stride 2 by parity classes, odd sizes, every class written, bit for bit") {
+  // 3D 3x3x3 stride 2 padding 1 over 5 x 7 x 9 (outputs 3 x 4 x 5): along each axis the odd class is one position
+  // shorter than the even one. C = 24 (the classes' fprop has K = 24, a partial N tile), K = 40 (its reduction: a BK 32
+  // chunk and one of 8 channels, padded with zeros). The even class has 1 tap per axis, the odd one 2.
+  check_dgrad_ok(problem(1, 5, 7, 9, 24, 40, 3, 2, 1), DType::bf16);
+  // Batch 2, f16, even sizes (6 x 6 x 8): the odd class reaches past dy's end on the far side.
+  check_dgrad_ok(problem(2, 6, 6, 8, 16, 8, 3, 2, 1), DType::f16);
+  // 2x2x2 stride 2 without padding (the downsampling shape) on odd sizes 5 x 6 x 7: one tap per class, and the last
+  // position along D and W read by no output (zeros through the copy's out-of-bounds fill).
+  check_dgrad_ok(problem(1, 5, 6, 7, 32, 24, 2, 2, 0), DType::f16);
+  // 1x1x1 stride 2: only the class (0, 0, 0) has a tap, the other 7 are zeros.
+  check_dgrad_ok(problem(2, 5, 4, 7, 8, 16, 1, 2, 0), DType::bf16);
+  // Paddings past nnU-Net's that the path admits (below the kernel size): 3x3x3 padding 2, where the odd class's fprop
+  // has padding -1 (its copies start one row into dy), and 2x2x2 padding 1.
+  check_dgrad_ok(problem(1, 5, 6, 7, 8, 16, 3, 2, 2), DType::f16);
+  check_dgrad_ok(problem(1, 5, 6, 7, 16, 8, 2, 2, 1), DType::bf16);
+  // Stride 1 (one class, the whole problem), C = 72 (BN 128 for the class's K, a partial tile).
+  check_dgrad_ok(problem(1, 3, 5, 6, 72, 16, 3, 1, 1), DType::bf16);
+}
+
+TEST_CASE("sm90 conv dgrad: mixed strides (1, 2, 2) and 2D, as anisotropic nnU-Net plans have") {
+  // Kernel 1x3x3 (padding 0, 1, 1) and 3x3x3, strides 1 x 2 x 2: 2 x 2 classes, each of the whole depth.
+  ConvProblem flat_kernel = problem(1, 3, 7, 9, 16, 24, 3, 2, 1);
+  flat_kernel.T = 1, flat_kernel.pad_d = 0, flat_kernel.stride_d = 1;
+  check_dgrad_ok(flat_kernel, DType::f16);
+  ConvProblem deep_kernel = problem(2, 3, 6, 5, 8, 32, 3, 2, 1);
+  deep_kernel.stride_d = 1;
+  check_dgrad_ok(deep_kernel, DType::bf16);
+  // 2D 3x3 stride 2 over 9 x 11, C = 72 (BN 128, a partial tile), K = 80 (two BK 64 chunks, the second of 16): 4
+  // classes. (K not a multiple of 9: dy's values would repeat from pixel to pixel.)
+  ConvProblem flat = problem(1, 1, 9, 11, 72, 80, 3, 2, 1);
+  flat.T = 1, flat.pad_d = 0, flat.stride_d = 1;
+  check_dgrad_ok(flat, DType::bf16);
+}
+
+TEST_CASE("sm90 conv dgrad: a class written at the wrong parity, or not at all, is caught") {
+  // The check itself: with the classes' first positions swapped along H, dx differs; with the last class dropped, its
+  // positions keep the NaNs. (H even: both classes along H have 3 positions, so the swapped ones stay inside dx.)
+  ConvProblem p = problem(1, 3, 6, 7, 8, 16, 3, 2, 1);
+  p.stride_d = 1;
+  CHECK(dgrad_mismatches(p, DType::f16, [](std::vector<sm90::DgradPhase>&) {}) == 0);  // unaltered: agrees
+  CHECK(dgrad_mismatches(p, DType::f16, [](std::vector<sm90::DgradPhase>& phases) {
+          for (sm90::DgradPhase& ph : phases) ph.h0 = 1 - ph.h0;
+        }) > 0);
+  CHECK(dgrad_mismatches(p, DType::f16, [](std::vector<sm90::DgradPhase>& phases) { phases.pop_back(); }) > 0);
+}
+
+TEST_CASE("sm90 conv dgrad: dgrad_phases splits the taps and positions by parity") {
+  // 3 taps, stride 2, padding 1, 7 positions: the even class has 4 positions and the middle tap (padding 0: position
+  // 2i reads dy[i]); the odd class 3 positions and taps 0 and 2 (position 2i + 1 reads dy[i + 1] and dy[i]).
+  ConvProblem p = problem(1, 1, 1, 7, 8, 8, 1, 1, 0);
+  p.S = 3, p.pad_w = 1, p.stride_w = 2;
+  p.compute_output_size();
+  const std::vector<sm90::DgradPhase> phases = sm90::dgrad_phases(p);
+  REQUIRE(phases.size() == 2);
+  CHECK(phases[0].w0 == 0);
+  CHECK(phases[0].s0 == 1);
+  CHECK(phases[0].q.S == 1);
+  CHECK(phases[0].q.Q == 4);
+  CHECK(phases[0].q.pad_w == 0);
+  CHECK(phases[1].w0 == 1);
+  CHECK(phases[1].s0 == 0);
+  CHECK(phases[1].q.S == 2);
+  CHECK(phases[1].q.Q == 3);
+  CHECK(phases[1].q.pad_w == 0);
+  CHECK(phases[1].q.W == 4);  // dy's width
+  // Stride 3 is left to the mma.sync path.
+  p.stride_w = 3;
+  p.compute_output_size();
+  CHECK(sm90::conv_dgrad_sm90_problem(p, DType::f16) == "needs strides 1 or 2");
 }

@@ -172,7 +172,7 @@ out=bench/results/gpu-check-$date_tag-$gpu_tag
   fi
   if [ -s "$work/train_bench_sm90.log" ]; then
     echo
-    echo "train_bench, the same 3D nnU-Net with UNET_CONV_SM90=1 (the wgmma fprop, stride-1 dgrad and wgrad):"
+    echo "train_bench, the same 3D nnU-Net with UNET_CONV_SM90=1 (the wgmma fprop, dgrad with strides 1 and 2, and wgrad):"
     echo
     grep '^|' "$work/train_bench_sm90.log"
   fi

@@ -35,7 +35,8 @@ bool conv_allow_tf32();
 // stages), used when enabled, on an sm_90 device of a build with sm_90a code (or under the emulator), for problems it
 // takes: conv_fprop with or without statistics (C a multiple of 8, 16-byte aligned x and w), conv_fprop_norm_act
 // likewise (the transform applied to each stage in shared memory; mean, scale and shift 16-byte aligned too),
-// conv_dgrad of stride 1 (K a multiple of 8, padding below the kernel size, 16-byte aligned dy), conv_wgrad's dw (C
+// conv_dgrad with strides 1 or 2 per axis (K a multiple of 8, padding below the kernel size, 16-byte aligned dy; by
+// parity classes, each a stride-1 fprop), conv_wgrad's dw (C
 // and K multiples of 8, 16-byte aligned x and dy; dbias stays on the column sums); otherwise the mma.sync path. Off by default until it
 // has run on a GPU: set_conv_sm90(true), or UNET_CONV_SM90=1 in the environment (read at first use).
 void set_conv_sm90(bool enable);

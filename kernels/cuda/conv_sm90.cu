@@ -1,4 +1,5 @@
-// The Hopper (sm_90a) convolution, fprop (and stride-1 dgrad as an fprop) and wgrad (kernels/cuda/conv_sm90.cuh):
+// The Hopper (sm_90a) convolution, fprop (and dgrad as fprops, one per parity class of the strides: DgradPhase in
+// kernels/cuda/conv_sm90.cuh) and wgrad:
 // warpgroup MMA on operands the tensor memory accelerator stages. A block of three warpgroups computes a 128-pixel x
 // BN-channel tile of y:
 //   - warpgroup 0, the producer, gives up registers (setmaxnreg.dec) and its thread 0 issues every k-step's two tensor
@@ -11,10 +12,11 @@
 // consumer warpgroup rewrites its 64 rows of the A stage in place after the full barrier (StageTransform), zeros where
 // the padding is, then fence.proxy.async (its ordinary stores become visible to wgmma, an async-proxy reader) and a
 // named barrier of its 128 threads (every row written before any thread issues the wgmma that reads them all).
-// The epilogue adds the bias and rounds to the storage type; output pixels beyond the tensor (partial tiles) and
-// channels beyond K are not stored. With statistics it also leaves the tile's per-channel sum and sum of squares of
-// the stored values, in the layout of the mma.sync path's per-tile partials, for the same finalize
-// (kernels/cuda/conv_reduce.cuh): a tile is a box of one sample, so it never spans two and only slot 0 is used.
+// The epilogue adds the bias and rounds to the storage type and stores where ConvGeometry::out says (y, or a dgrad
+// parity class's positions in dx); output pixels beyond the tensor (partial tiles) and channels beyond K are not
+// stored. With statistics it also leaves the tile's per-channel sum and sum of squares of the stored values, in the
+// layout of the mma.sync path's per-tile partials, for the same finalize (kernels/cuda/conv_reduce.cuh): a tile is a
+// box of one sample, so it never spans two and only slot 0 is used.
 // The wgrad kernel has the same roles over its own GEMM (conv_sm90.cuh): one or two consumer warpgroups, one per 64
 // output channels of the block's dw tile, a k-step is a box of 64 output pixels, both operands MN-major; each split of
 // the pixel boxes writes an f32 partial, summed in split order by sum_splits (conv_reduce.cuh).
@@ -196,7 +198,7 @@ __global__ void __launch_bounds__(kThreads, 1)
       const int z = o.z0 + zi, p = o.p0 + pi, q = o.q0 + qi;
       if (z >= g.Z || p >= g.P || q >= g.Q || k >= g.K) continue;
       const typename E::T s = E::store(d[4 * j + i] + (bias ? bias[k] : 0.0f));
-      y[(((int64_t(o.n) * g.Z + z) * g.P + p) * g.Q + q) * g.K + k] = s;
+      y[o.n * g.out.n + z * g.out.z + p * g.out.p + q * g.out.q + k] = s;
       const float v = E::load(s);
       sums[(i & 1) * 2 + 0] += v;
       sums[(i & 1) * 2 + 1] += v * v;
@@ -284,20 +286,44 @@ __global__ void __launch_bounds__(128 + 2 * BN, 1)
   }
 }
 
-// wt [C][T][R][S][K] = w [K][T-1-t][R-1-r][S-1-s][C]: the weights of a stride-1 dgrad as those of an fprop (the taps
-// reversed, input and output channels swapped). One thread per element of wt.
-__global__ void __launch_bounds__(256) flip_transpose_weights(const uint16_t* w, uint16_t* wt, int K, int taps, int C) {
+// The taps of a dgrad parity class (DgradPhase) in w [K][T][R][S][C]: along each axis Tp of them, from t0 every
+// stride-th.
+struct SubKernel {
+  int K, C, T, R, S;
+  int t0, r0, s0, Tp, Rp, Sp, sd, sh, sw;
+};
+
+// wt [C][Tp][Rp][Sp][K] = w [K][t0 + sd (Tp-1-i)][r0 + sh (Rp-1-j)][s0 + sw (Sp-1-l)][C]: the weights of a dgrad parity
+// class as those of a stride-1 fprop (its taps reversed, input and output channels swapped). One thread per element
+// of wt. Stride 1: the whole kernel reversed.
+__global__ void __launch_bounds__(256) sub_kernel_weights(const uint16_t* w, uint16_t* wt, SubKernel sk) {
+  const int taps = sk.Tp * sk.Rp * sk.Sp;
   const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (i >= int64_t(K) * taps * C) return;
-  const int k = int(i % K), tap = int(i / K % taps), c = int(i / K / taps);
-  wt[i] = w[(int64_t(k) * taps + (taps - 1 - tap)) * C + c];
+  if (i >= int64_t(sk.K) * taps * sk.C) return;
+  const int k = int(i % sk.K), tap = int(i / sk.K % taps), c = int(i / sk.K / taps);
+  const int l = tap % sk.Sp, j = tap / sk.Sp % sk.Rp, it = tap / (sk.Sp * sk.Rp);
+  const int t = sk.t0 + sk.sd * (sk.Tp - 1 - it), r = sk.r0 + sk.sh * (sk.Rp - 1 - j),
+            s = sk.s0 + sk.sw * (sk.Sp - 1 - l);
+  wt[i] = w[(((int64_t(k) * sk.T + t) * sk.R + r) * sk.S + s) * sk.C + c];
+}
+
+// Zeros at the positions of a dgrad parity class that no tap reaches: N x Z x P x Q pixels of C channels, pixel
+// (n, z, p, q) at dx + the strides' offsets. One thread per element.
+__global__ void __launch_bounds__(256) zero_pixels(uint16_t* dx, int N, int Z, int P, int Q, int C, PixelStrides st) {
+  const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= int64_t(N) * Z * P * Q * C) return;
+  const int c = int(i % C);
+  int64_t m = i / C;
+  const int q = int(m % Q), p = int(m / Q % P), z = int(m / Q / P % Z), n = int(m / Q / P / Z);
+  dx[n * st.n + z * st.z + p * st.p + q * st.q + c] = 0;
 }
 
 template <class E, int BN, int BK, bool NormActA>
 void launch_fprop(const ConvProblem& p, DType dt, const void* x, const void* w, const float* bias, void* y, float* part,
-                  const ConvTile& t, const NormAct& na, cudaStream_t stream) {
+                  const ConvTile& t, const NormAct& na, const PixelStrides& out, cudaStream_t stream) {
   const TensorMap x_map = make_activation_map(p, dt, x, t), w_map = make_weight_map(p, dt, w, t);
-  const ConvGeometry g = make_geometry(p, t);
+  ConvGeometry g = make_geometry(p, t);
+  g.out = out;
   const size_t smem = size_t(kStages) * size_t(t.a_bytes() + t.b_bytes()) + 1024;
   auto kernel = conv_fprop_sm90_kernel<E, BN, BK, NormActA>;
 #if !UNET_EMULATED
@@ -322,10 +348,9 @@ void launch_wgrad(const ConvProblem& p, DType dt, const void* x, const void* dy,
   launch(kernel, grid, dim3(128 + 2 * BN), smem, stream, dy_map, x_map, g, t, int(p.C), per_split, out);
 }
 
-}  // namespace
-
-void conv_fprop_sm90(const ConvProblem& p, DType dt, const void* x, const void* w, const float* bias, void* y,
-                     float* stats, const ConvTile& t, cudaStream_t stream, const NormAct& norm_act) {
+// conv_fprop_sm90 storing y's pixels where `out` says (conv_dgrad_sm90_phase: a parity class's positions in dx).
+void fprop(const ConvProblem& p, DType dt, const void* x, const void* w, const float* bias, void* y, float* stats,
+           const ConvTile& t, cudaStream_t stream, const NormAct& norm_act, const PixelStrides& out) {
   if (const std::string why = conv_sm90_problem(p, dt, t); !why.empty())
     throw std::invalid_argument("conv_fprop_sm90: " + why + " (" + p.describe() + ")");
   if (t.bm() != 128) throw std::invalid_argument("conv_fprop_sm90: the tile must hold 128 output pixels");
@@ -344,9 +369,9 @@ void conv_fprop_sm90(const ConvProblem& p, DType dt, const void* x, const void* 
   const auto run = [&](auto e) {
     using E = decltype(e);
     const auto with_bk = [&]<int BN, bool NormActA>() {
-      if (t.bk == 16) return launch_fprop<E, BN, 16, NormActA>(p, dt, x, w, bias, y, part, t, norm_act, stream);
-      if (t.bk == 32) return launch_fprop<E, BN, 32, NormActA>(p, dt, x, w, bias, y, part, t, norm_act, stream);
-      return launch_fprop<E, BN, 64, NormActA>(p, dt, x, w, bias, y, part, t, norm_act, stream);
+      if (t.bk == 16) return launch_fprop<E, BN, 16, NormActA>(p, dt, x, w, bias, y, part, t, norm_act, out, stream);
+      if (t.bk == 32) return launch_fprop<E, BN, 32, NormActA>(p, dt, x, w, bias, y, part, t, norm_act, out, stream);
+      return launch_fprop<E, BN, 64, NormActA>(p, dt, x, w, bias, y, part, t, norm_act, out, stream);
     };
     const auto with_bn = [&]<bool NormActA>() {
       if (t.bn == 64) return with_bk.template operator()<64, NormActA>();
@@ -362,30 +387,81 @@ void conv_fprop_sm90(const ConvProblem& p, DType dt, const void* x, const void* 
   if (stats) finalize_tile_stats(part, p.N, tiles_per_sample * t.bm(), p.K, t.bm(), stats, stream);
 }
 
-ConvProblem dgrad_as_fprop(const ConvProblem& p) {
-  ConvProblem q = p;
-  q.D = p.Z, q.H = p.P, q.W = p.Q, q.C = p.K, q.K = p.C;
-  q.pad_d = p.T - 1 - p.pad_d, q.pad_h = p.R - 1 - p.pad_h, q.pad_w = p.S - 1 - p.pad_w;
-  q.compute_output_size();
-  return q;
+}  // namespace
+
+void conv_fprop_sm90(const ConvProblem& p, DType dt, const void* x, const void* w, const float* bias, void* y,
+                     float* stats, const ConvTile& t, cudaStream_t stream, const NormAct& norm_act) {
+  fprop(p, dt, x, w, bias, y, stats, t, stream, norm_act, dense_strides(p));
+}
+
+std::vector<DgradPhase> dgrad_phases(const ConvProblem& p) {
+  // Along one axis: the class's first tap and tap count, its positions, and the padding of its stride-1 fprop.
+  struct Axis {
+    int tap0, taps;
+    int64_t positions;
+    int pad;
+  };
+  const auto axis = [](int first, int64_t size, int stride, int pad, int kernel) {
+    const int tap0 = (first + pad) % stride, taps = tap0 < kernel ? (kernel - tap0 + stride - 1) / stride : 0;
+    const int64_t positions = first < size ? (size - first + stride - 1) / stride : 0;
+    return Axis{tap0, taps, positions, taps - 1 - (first + pad - tap0) / stride};
+  };
+  std::vector<DgradPhase> phases;
+  for (int d0 = 0; d0 < p.stride_d; ++d0)
+    for (int h0 = 0; h0 < p.stride_h; ++h0)
+      for (int w0 = 0; w0 < p.stride_w; ++w0) {
+        const Axis ad = axis(d0, p.D, p.stride_d, p.pad_d, p.T), ah = axis(h0, p.H, p.stride_h, p.pad_h, p.R),
+                   aw = axis(w0, p.W, p.stride_w, p.pad_w, p.S);
+        ConvProblem q;
+        q.N = p.N, q.D = p.Z, q.H = p.P, q.W = p.Q, q.C = p.K, q.K = p.C;
+        q.T = ad.taps, q.R = ah.taps, q.S = aw.taps;
+        q.pad_d = ad.pad, q.pad_h = ah.pad, q.pad_w = aw.pad;
+        q.Z = ad.positions, q.P = ah.positions, q.Q = aw.positions;
+        phases.push_back({d0, h0, w0, ad.tap0, ah.tap0, aw.tap0, q});
+      }
+  return phases;
 }
 
 std::string conv_dgrad_sm90_problem(const ConvProblem& p, DType dt) {
-  if (p.stride_d != 1 || p.stride_h != 1 || p.stride_w != 1) return "needs stride 1";
+  for (const int s : {p.stride_d, p.stride_h, p.stride_w})
+    if (s != 1 && s != 2) return "needs strides 1 or 2";
   if (p.pad_d >= p.T || p.pad_h >= p.R || p.pad_w >= p.S) return "needs padding below the kernel size";
-  const ConvProblem q = dgrad_as_fprop(p);
-  return conv_sm90_problem(q, dt, choose_tile(q));
+  for (const DgradPhase& ph : dgrad_phases(p))
+    if (ph.q.taps() > 0)
+      if (std::string why = conv_sm90_problem(ph.q, dt, choose_tile(ph.q)); !why.empty()) return why;
+  return "";
 }
 
 void conv_dgrad_sm90(const ConvProblem& p, DType dt, const void* dy, const void* w, void* dx, cudaStream_t stream) {
   if (const std::string why = conv_dgrad_sm90_problem(p, dt); !why.empty())
     throw std::invalid_argument("conv_dgrad_sm90: " + why + " (" + p.describe() + ")");
-  const ConvProblem q = dgrad_as_fprop(p);
-  const int64_t n = p.K * p.taps() * p.C;
+  for (const DgradPhase& ph : dgrad_phases(p)) conv_dgrad_sm90_phase(p, dt, dy, w, dx, ph, stream);
+}
+
+void conv_dgrad_sm90_phase(const ConvProblem& p, DType dt, const void* dy, const void* w, void* dx,
+                           const DgradPhase& phase, cudaStream_t stream) {
+  const ConvProblem& q = phase.q;
+  const int64_t elements = q.N * q.Z * q.P * q.Q * q.K;
+  if (elements == 0) return;  // no position of dx has this parity (an axis shorter than its stride)
+  uint16_t* const out = static_cast<uint16_t*>(dx) + ((phase.d0 * p.H + phase.h0) * p.W + phase.w0) * p.C;
+  const PixelStrides strides{p.D * p.H * p.W * p.C, p.stride_d * p.H * p.W * p.C, p.stride_h * p.W * p.C,
+                             p.stride_w * p.C};
+  if (q.taps() == 0) {
+    launch(zero_pixels, dim3(unsigned((elements + 255) / 256)), dim3(256), 0, stream, out, int(q.N), int(q.Z),
+           int(q.P), int(q.Q), int(q.K), strides);
+    return;
+  }
+  const ConvTile t = choose_tile(q);
+  if (const std::string why = conv_sm90_problem(q, dt, t); !why.empty())
+    throw std::invalid_argument("conv_dgrad_sm90_phase: " + why + " (" + q.describe() + ")");
+  const int64_t n = p.K * q.taps() * p.C;
   Scratch<uint16_t> wt(size_t(n), stream);
-  launch(flip_transpose_weights, dim3(unsigned((n + 255) / 256)), dim3(256), 0, stream, static_cast<const uint16_t*>(w),
-         wt.get(), int(p.K), int(p.taps()), int(p.C));
-  conv_fprop_sm90(q, dt, dy, wt.get(), nullptr, dx, nullptr, choose_tile(q), stream);
+  const SubKernel sk{.K = int(p.K), .C = int(p.C), .T = p.T, .R = p.R, .S = p.S,
+                     .t0 = phase.t0, .r0 = phase.r0, .s0 = phase.s0, .Tp = q.T, .Rp = q.R, .Sp = q.S,
+                     .sd = p.stride_d, .sh = p.stride_h, .sw = p.stride_w};
+  launch(sub_kernel_weights, dim3(unsigned((n + 255) / 256)), dim3(256), 0, stream, static_cast<const uint16_t*>(w),
+         wt.get(), sk);
+  fprop(q, dt, dy, wt.get(), nullptr, out, nullptr, t, stream, {}, strides);
 }
 
 std::string conv_wgrad_sm90_problem(const ConvProblem& p, DType dt) {

@@ -34,6 +34,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include "kernels/conv.h"
 #include "kernels/cuda/tensor_copy.cuh"
@@ -50,6 +51,16 @@ struct ConvTile {
   __host__ __device__ int b_bytes() const { return bn * bk * 2; }
 };
 
+// Where the fprop epilogue stores output pixel (n, z, p, q), in elements: at y + n * out.n + z * out.z + p * out.p +
+// q * out.q, its K channels contiguous from there. dense_strides: the [N][Z][P][Q][K] tensor y; a strided dgrad's
+// parity class (conv_dgrad_sm90_phase) gives its positions in dx instead, so each class is written in place.
+struct PixelStrides {
+  int64_t n, z, p, q;
+};
+inline PixelStrides dense_strides(const ConvProblem& p) {
+  return {p.Z * p.P * p.Q * p.K, p.P * p.Q * p.K, p.Q * p.K, p.K};
+}
+
 // The geometry a kernel needs (passed by value), beside the two tensor maps.
 struct ConvGeometry {
   int N, Z, P, Q, K;
@@ -57,6 +68,7 @@ struct ConvGeometry {
   int c_chunks;                   // ceil(C / bk)
   int tiles_z, tiles_p, tiles_q;  // M tiles per sample along each axis
   int D, H, W, C;                 // the input's size (the norm + act transform's padding test and coefficients)
+  PixelStrides out;               // where the epilogue stores (dense_strides unless the caller says otherwise)
   __host__ __device__ int steps() const { return T * R * S * c_chunks; }
 };
 
@@ -157,7 +169,7 @@ inline ConvGeometry make_geometry(const ConvProblem& p, const ConvTile& t) {
   return {int(p.N), int(p.Z), int(p.P),      int(p.Q),      int(p.K),      p.T,
           p.R,      p.S,      p.stride_d,    p.stride_h,    p.stride_w,    p.pad_d,
           p.pad_h,  p.pad_w,  up(p.C, t.bk), up(p.Z, t.zt), up(p.P, t.pt), up(p.Q, t.qt),
-          int(p.D), int(p.H),   int(p.W),      int(p.C)};
+          int(p.D), int(p.H),   int(p.W),      int(p.C),      dense_strides(p)};
 }
 
 // The M tile of block index `m_block` (blockIdx.x): its sample and first output pixel.
@@ -281,10 +293,30 @@ __device__ __forceinline__ void produce_wgrad_operands(const TensorMap& dy_map, 
 void conv_fprop_sm90(const ConvProblem& p, DType dt, const void* x, const void* w, const float* bias, void* y,
                      float* stats, const ConvTile& t, cudaStream_t stream, const NormAct& norm_act = {});
 
-// dx of a stride-1 convolution as the fprop of dy with the weights' taps reversed and channels swapped (a transposed
-// copy of w in scratch memory): the same wgmma kernel. conv_dgrad_sm90_problem says why a problem cannot take it ("").
+// dgrad by parity classes. Along an axis of stride s, kernel T and padding pd, dx[d] = sum over taps t with
+// d + pd - t = s z of dy[z] w[t]: position d = d0 + s i (parity d0 in 0 .. s - 1) is reached only by the taps
+// t = t0 + s j, t0 = (d0 + pd) mod s, j = 0 .. Tp - 1, from dy[z0 + i - j], z0 = (d0 + pd - t0) / s. Reversing j
+// (j' = Tp - 1 - j), that is a stride-1 correlation of dy with the sub-kernel of those taps reversed, padding
+// Tp - 1 - z0 (negative, or short of the far end: the tensor copy's out-of-bounds zeros serve as well), producing the
+// class's ceil((D - d0) / s) positions. So each of the sd x sh x sw classes is a stride-1 fprop of the sm_90a kernel
+// (dy in, dx's positions of the class out, written in place through PixelStrides), and a stride-1 dgrad is the one
+// class d0 = t0 = 0, Tp = T, padding T - 1 - pd. Every dx element is one class's sum, in that fprop's fixed order.
+struct DgradPhase {
+  int d0, h0, w0;  // the class: dx positions (d0 + sd i, h0 + sh j, w0 + sw l)
+  int t0, r0, s0;  // its first tap along each axis (then every stride-th)
+  ConvProblem q;   // the stride-1 fprop: N, D, H, W = dy's N, Z, P, Q; C = K; K = C; T, R, S = the class's taps along
+                   // each axis (a 0: no tap reaches it, its positions are zeros); Z, P, Q = its positions per axis
+};
+std::vector<DgradPhase> dgrad_phases(const ConvProblem& p);  // the sd x sh x sw classes, d0 slowest
+
+// dx of a convolution with strides 1 or 2 on the sm_90a kernel, one fprop per parity class of dgrad_phases (a class no
+// tap reaches gets zeros). conv_dgrad_sm90_problem says why a problem cannot take it (""). dy 16-byte aligned.
 std::string conv_dgrad_sm90_problem(const ConvProblem& p, DType dt);
 void conv_dgrad_sm90(const ConvProblem& p, DType dt, const void* dy, const void* w, void* dx, cudaStream_t stream);
+// One class's part of conv_dgrad_sm90: the sub-kernel (w's taps of the class, reversed, channels swapped) into scratch
+// memory, then the fprop of dy with it, storing to the class's positions of dx; or zeros there when no tap reaches it.
+void conv_dgrad_sm90_phase(const ConvProblem& p, DType dt, const void* dy, const void* w, void* dx,
+                           const DgradPhase& phase, cudaStream_t stream);
 
 // dw [K][T][R][S][C] f32 = the sum over output pixels of dy x im2col(x), overwritten, with choose_wgrad_tile(p). The
 // pixel boxes are split over `splits` ranges (0: chosen per problem), each block's f32 partial summed in split order
