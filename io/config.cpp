@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <charconv>
+#include <cmath>
 #include <cstdlib>
 #include <fstream>
 #include <iterator>
@@ -54,7 +55,9 @@ bool parse_double(const std::string& s, double& out) {
   char* end = nullptr;
   errno = 0;
   out = std::strtod(t.c_str(), &end);
-  return errno == 0 && end && *end == '\0';
+  // ERANGE on underflow (1e-310, 1e-400) still gives a number, subnormal or 0, as the command-line parser takes it;
+  // on overflow (1e400) it gives infinity, which no key accepts.
+  return (errno == 0 || (errno == ERANGE && std::abs(out) < 1)) && end && *end == '\0';
 }
 
 bool parse_bool(const std::string& s, bool& out) {

@@ -15,6 +15,7 @@
 
 #include "engine/ops.h"
 #include "io/atomic_file.h"
+#include "io/config.h"
 #include "io/dle.h"
 #include "io/image.h"
 #include "io/json.h"
@@ -449,6 +450,14 @@ NormalizationPlan NormalizationPlan::from_json(const std::string& text) {
   return plan;
 }
 
+std::string ChannelNormalization::ct_problem() const {
+  if (std::isfinite(mean) && std::isfinite(std) && std > 0 && std::isfinite(lower) && std::isfinite(upper) &&
+      lower <= upper && std::abs(mean) < 1e30 && std < 1e30)
+    return "";
+  return "ct mean " + real_text(mean) + ", std " + real_text(std) + ", lower " + real_text(lower) + ", upper " +
+         real_text(upper) + "; expected finite values, std > 0, lower <= upper and magnitudes below 1e30";
+}
+
 NormalizationPlan plan_normalization(const DatasetInfo& info, const std::vector<Case>& training_cases,
                                      int ct_sample_stride) {
   check_arg(ct_sample_stride >= 1, "plan_normalization: ct_sample_stride must be >= 1");
@@ -478,6 +487,13 @@ NormalizationPlan plan_normalization(const DatasetInfo& info, const std::vector<
       n.std = std::sqrt(sq / static_cast<double>(voxels.size()));
       n.lower = percentile(voxels, 0.5);
       n.upper = percentile(voxels, 99.5);
+      // One foreground value everywhere (std 0), or magnitudes no f32 normalisation survives: a model trained on
+      // them could not be used (unet_infer refuses such statistics), so the run stops here.
+      if (std::string why = n.ct_problem(); !why.empty())
+        throw std::runtime_error(info.json_path + ": channel " + std::to_string(ch) +
+                                 " is CT, and the training cases' foreground voxels give " + why +
+                                 " (the labelled voxels' intensities, over " + std::to_string(voxels.size()) +
+                                 " samples)");
     }
     plan.channels.push_back(n);
   }

@@ -80,6 +80,9 @@ Case load_case(const DatasetInfo& info, size_t i);
 struct ChannelNormalization {
   bool ct = false;
   double mean = 0, std = 1, lower = 0, upper = 0;  // CT statistics (unused for z-score channels)
+  // What makes CT statistics unusable, or "": each finite, std > 0, lower <= upper, |mean| and std below 1e30 (beyond,
+  // (x - mean) / std loses the image in f32). unet_train refuses to plan them, unet_infer to load them.
+  std::string ct_problem() const;
 };
 
 struct NormalizationPlan {

@@ -37,8 +37,9 @@ Image read_channel_images(const std::vector<std::string>& paths);
 // Compared: the extent (z, y, x); the spacing; and, when both are NIfTI files with a qform or sform, the direction
 // cosines and the origin of the voxel-to-world transform (the sform when its code is set, else the qform, as
 // nifticlib and ITK choose), all in millimetres whatever the files' units (nifti_space_unit_mm). Two numbers agree when
-// |a - b| <= 1e-4 + 1e-3 |b| (mm, or cosines): headers written in f32 by other tools pass, a shifted or flipped grid
-// does not. A TIFF without a calibration (io/tiff.h) has no spacing to compare, and TIFF has no origin or direction.
+// |a - b| <= 1e-4 + 1e-3 |b| (mm, or cosines), origins when |a - b| <= 1e-4 + 1e-5 |b| mm: headers written in f32
+// by other tools pass, a grid shifted by a slice (even at a CT table's -1200 mm) or flipped does not. A TIFF without a
+// calibration (io/tiff.h) has no spacing to compare, and TIFF has no origin or direction.
 std::string grid_mismatch(const Image& a, const Image& b);
 
 // What is wrong with the voxels of an f32 [Z, Y, X, C] tensor, or "" when every value is finite: "N voxels are NaN

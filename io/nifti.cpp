@@ -5,6 +5,7 @@
 
 #include <nifti2_io.h>
 #include <unistd.h>
+#include <zlib.h>
 
 #include <cerrno>
 #include <cmath>
@@ -164,12 +165,38 @@ void load_voxels(const std::string& path, nifti_image* nim) {
                                std::to_string(std::max<int64_t>(0, file_bytes - nim->iname_offset)) + " bytes)") +
                      " (truncated file or corrupt dimensions?)");
   }
-  znzFile fp = znzopen(nim->iname, "rb", nifti_is_gzfile(nim->iname));
-  if (znz_isnull(fp)) fail(path, "cannot open the file to read its voxels");
   nim->data = std::calloc(1, static_cast<size_t>(bytes));  // nifti_image_free releases it with free()
-  bool ok = nim->data != nullptr && znzseek(fp, static_cast<znz_off_t>(nim->iname_offset), SEEK_SET) >= 0 &&
-            znzread(nim->data, 1, static_cast<size_t>(bytes), fp) == static_cast<size_t>(bytes);
-  znzclose(fp);
+  if (nim->data == nullptr) fail(path, "out of memory for " + std::to_string(bytes) + " bytes of voxels");
+  bool ok = false;
+  if (nifti_is_gzfile(nim->iname)) {
+    // zlib directly: after the voxels the rest of the stream is read to its end, so that zlib checks the trailer's
+    // CRC-32 and length. A file cut short before them (an interrupted copy or download) is an error, not voxels read
+    // without their check.
+    gzFile gz = gzopen(nim->iname, "rb");
+    if (gz == nullptr) fail(path, "cannot open the file to read its voxels");
+    gzbuffer(gz, 1 << 17);
+    ok = gzseek(gz, static_cast<z_off_t>(nim->iname_offset), SEEK_SET) == static_cast<z_off_t>(nim->iname_offset);
+    for (int64_t done = 0; ok && done < bytes;) {
+      const int n = gzread(gz, static_cast<char*>(nim->data) + done,
+                           static_cast<unsigned>(std::min<int64_t>(bytes - done, 1 << 30)));
+      ok = n > 0;
+      done += n;
+    }
+    char rest[1 << 14];
+    int n = 0;
+    while (ok && (n = gzread(gz, rest, sizeof rest)) > 0) {
+    }
+    int error = Z_OK;
+    gzerror(gz, &error);
+    ok = ok && n == 0 && error == Z_OK;
+    gzclose_r(gz);
+  } else {
+    znzFile fp = znzopen(nim->iname, "rb", 0);
+    if (znz_isnull(fp)) fail(path, "cannot open the file to read its voxels");
+    ok = znzseek(fp, static_cast<znz_off_t>(nim->iname_offset), SEEK_SET) >= 0 &&
+         znzread(nim->data, 1, static_cast<size_t>(bytes), fp) == static_cast<size_t>(bytes);
+    znzclose(fp);
+  }
   if (!ok) fail(path, "cannot read the voxel data (truncated or corrupt file?)");
   if (nim->swapsize > 1 && nim->byteorder != nifti_short_order())
     nifti_swap_Nbytes(bytes / nim->swapsize, nim->swapsize, nim->data);

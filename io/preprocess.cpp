@@ -11,6 +11,7 @@
 #include <stdexcept>
 
 #include "io/atomic_file.h"
+#include "io/image.h"
 #include "io/json.h"
 #include "io/resample.h"
 #include "io/safetensors.h"
@@ -28,8 +29,18 @@ constexpr const char* kFormat = "unet preprocessed case 2";
 // The cache file of case `id`. Its own ending, so that a cache sharing a directory with a run (data.cache =
 // output.dir, or another run's output.dir) never takes a run's file: a case named "checkpoint" or "model" would
 // otherwise be checkpoint.safetensors / model.safetensors, and the cache and the run would overwrite each other.
+// A case's cache file: ID.preprocessed.safetensors, written first as .tmpPID.ID.preprocessed.safetensors. An ID too
+// long for that name within NAME_MAX (255 bytes) keeps its first 160 bytes and a hash of the whole.
 fs::path case_file(const fs::path& dir, const std::string& id) {
-  return dir / (id + ".preprocessed.safetensors");
+  std::string name = id;
+  if (name.size() > 200) {
+    uint64_t h = 1469598103934665603ull;  // FNV-1a
+    for (unsigned char ch : id) h = (h ^ ch) * 1099511628211ull;
+    char hex[17];
+    std::snprintf(hex, sizeof hex, "%016llx", static_cast<unsigned long long>(h));
+    name = id.substr(0, 160) + "-" + hex;
+  }
+  return dir / (name + ".preprocessed.safetensors");
 }
 
 // `s` as UTF-8 text for JSON (fingerprint.json, the case files' metadata): bytes that are not UTF-8 (a Latin-1 file
@@ -168,6 +179,10 @@ PreprocessedDataset preprocess_dataset(const DatasetInfo& info, const std::vecto
   const std::string fingerprint_path = (dir / "fingerprint.json").string();
   nlohmann::json fingerprint = {{"format", kFormat}, {"cases", nlohmann::json::object()}};
   PreprocessedDataset out;
+  // A FIFO there would block the read, a directory fail it, and either the write at the end (after the work).
+  if (std::string why = cache ? regular_file_problem(fingerprint_path) : ""; !why.empty())
+    throw std::runtime_error(fingerprint_path + ": " + why + "; expected the cache's fingerprint file (remove it, or " +
+                             "choose another data.cache)");
   if (cache && fs::exists(fingerprint_path)) {
     const nlohmann::json old = nlohmann::json::parse(std::ifstream(fingerprint_path), nullptr, false);
     if (old.is_object() && old.contains("format") && old["format"] == kFormat && old.contains("cases") &&
@@ -246,7 +261,13 @@ PreprocessedDataset preprocess_dataset(const DatasetInfo& info, const std::vecto
         const uint8_t* l = c.label.data<uint8_t>();
         const bool labels_valid =
             std::all_of(l, l + c.label.numel(), [&](uint8_t v) { return v < info.num_classes(); });
-        if (labels_valid) {
+        // A value that is not finite was never written by the preprocessing (its cases are checked): the file is
+        // damaged, and the case is preprocessed again from its files.
+        const bool finite = nonfinite_problem(c.image).empty();
+        if (!finite)
+          out.warnings.push_back(path + ": holds values that are not finite (a damaged cache file); case " + dc.id +
+                                 " is preprocessed again from its files");
+        if (labels_valid && finite) {
           c.spacing = out.target;
           out.resampled += entry("resampled") == "1";
           ++out.from_cache;

@@ -406,6 +406,14 @@ std::string not_ours(const fs::path& dir) {
   for (const fs::directory_entry& e : fs::directory_iterator(dir))
     if (!ours.contains(e.path().filename().string()))
       return "also holds " + e.path().filename().string() + ", which unet_synth did not write";
+  // In the cache, only what unet_train writes there (a run's output.dir or the user's files are not ours to delete).
+  if (std::error_code ec; fs::is_directory(dir / "unet_preprocessed", ec))
+    for (const fs::directory_entry& e : fs::directory_iterator(dir / "unet_preprocessed")) {
+      const std::string name = e.path().filename().string();
+      if (!e.is_regular_file(ec) || !(name == "fingerprint.json" || name.ends_with(".preprocessed.safetensors")))
+        return "also holds " + (fs::path("unet_preprocessed") / name).string() +
+               ", which is not unet_train's preprocessed cache";
+    }
   // Inside the case folders, only the case files it writes (case_NNN[_CCCC].nii.gz).
   for (const char* sub : {"imagesTr", "labelsTr", "imagesTs", "labelsTs"}) {
     std::error_code ec;

@@ -94,10 +94,7 @@ void check_card(const ModelCard& c, const std::string& path) {
     bad("plan.normalization", std::to_string(c.normalization.channels.size()) + " channel(s); the model takes " +
                                   std::to_string(c.image_channels()) + " image channel(s)");
   for (const io::ChannelNormalization& n : c.normalization.channels)
-    if (n.ct && !(std::isfinite(n.mean) && std::isfinite(n.std) && n.std > 0 && std::isfinite(n.lower) &&
-                  std::isfinite(n.upper) && n.lower <= n.upper && std::abs(n.mean) < 1e30 && n.std < 1e30))
-      bad("plan.normalization", "ct mean " + g(n.mean) + ", std " + g(n.std) + ", lower " + g(n.lower) + ", upper " +
-                                    g(n.upper) + "; expected finite values, std > 0 and lower <= upper");
+    if (std::string why = n.ct ? n.ct_problem() : ""; !why.empty()) bad("plan.normalization", why);
 }
 
 }  // namespace
@@ -277,6 +274,11 @@ class CardReader {
 
 ModelCard card_from_metadata(const io::Metadata& m, const std::string& path) {
   using json = nlohmann::json;
+  // unet_train's checkpoint.safetensors (weights, optimizer state, step, configuration; no card): the obvious
+  // mistake for the run's model.
+  if (!m.contains("model") && m.contains("optimizer_steps") && m.contains("config"))
+    throw std::runtime_error(path + ": a training checkpoint (unet_train writes it for --resume), not a model; " +
+                             "expected the run's model.safetensors or model_best.safetensors beside it");
   auto field = [&](const char* key) {
     auto it = m.find(key);
     if (it == m.end())

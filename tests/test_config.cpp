@@ -61,6 +61,12 @@ TEST_CASE("a badly typed value names the key and the expected type") {
   Config c = make_config();
   CHECK_THROWS_WITH_AS(c.load_file(write_ini("[train]\nlr = fast\n")),
                        doctest::Contains("train.lr = 'fast': expected a number"), ConfigError);
+  // Numbers below the smallest normal double are numbers (subnormal, or 0 for 1e-400); 1e400 is not one.
+  c.apply_override("train.lr=1e-310");
+  CHECK(c.get_real("train", "lr") == 1e-310);
+  c.apply_override("train.lr=1e-400");
+  CHECK(c.get_real("train", "lr") == 0);
+  CHECK_THROWS_WITH_AS(c.apply_override("train.lr=1e400"), doctest::Contains("expected a number"), ConfigError);
   CHECK_THROWS_WITH_AS(c.apply_override("train.optimizer=lamb"), doctest::Contains("expected one of adamw, adam, sgd"),
                        ConfigError);
   CHECK_THROWS_WITH_AS(c.apply_override("data.patch_size=64,x,64"),

@@ -447,6 +447,16 @@ TEST_CASE("CT normalisation clips to the foreground 0.5/99.5 percentiles and use
   // nnU-Net's default takes every 10th foreground voxel: statistics stay close.
   NormalizationPlan sampled = plan_normalization(info, cases);
   CHECK(sampled.channels[0].mean == doctest::Approx(mean).epsilon(0.02));
+  // Statistics a model could not be used with (unet_infer refuses them) stop the planning, named: one foreground
+  // value everywhere (std 0), or magnitudes past 1e30.
+  for (const float scale : {1e31f, 0.f}) {
+    for (Case& k : cases) {
+      float* x = k.image.data<float>();
+      for (int64_t v = 0; v < k.image.numel(); ++v) x[v] = scale == 0 ? 100.f : x[v] * scale;
+    }
+    check_error_names([&] { plan_normalization(info, cases, 1); },
+                      {"channel 0 is CT", scale == 0 ? ", std 0," : "magnitudes below 1e30"});
+  }
 }
 
 TEST_CASE("percentile interpolates linearly between order statistics like numpy") {

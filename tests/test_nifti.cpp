@@ -137,6 +137,26 @@ TEST_CASE("unreadable inputs are errors naming the file") {
                        doctest::Contains("its header declares 240 bytes of voxels (120 voxels), more than the file "
                                          "holds after vox_offset (200 bytes)"),
                        std::runtime_error);
+  // A .nii.gz cut short inside its gzip trailer (CRC-32, then length: an interrupted copy) or with a flipped data byte:
+  // every voxel may be there, but the check is not, or fails.
+  const NiftiVolume whole = read_nifti(kDir + "qform_only.nii");
+  write_nifti(dir + "/whole.nii.gz", whole.data, whole);
+  std::ifstream g(dir + "/whole.nii.gz", std::ios::binary);
+  const std::string gz((std::istreambuf_iterator<char>(g)), {});
+  CHECK(read_nifti(dir + "/whole.nii.gz").data.to_vector() == whole.data.to_vector());
+  for (size_t cut : {1, 4, 8}) {
+    CAPTURE(cut);
+    std::ofstream(dir + "/cut.nii.gz", std::ios::binary) << gz.substr(0, gz.size() - cut);
+    CHECK_THROWS_WITH_AS(read_nifti(dir + "/cut.nii.gz"),
+                         doctest::Contains("cannot read the voxel data (truncated or corrupt file?)"),
+                         std::runtime_error);
+  }
+  std::string crc = gz;
+  crc[crc.size() - 6] = static_cast<char>(crc[crc.size() - 6] ^ 0x40);  // the CRC-32 no longer matches
+  std::ofstream(dir + "/crc.nii.gz", std::ios::binary) << crc;
+  // (zlib finds it while inflating the header of so small a file: an error naming the file either way)
+  CHECK_THROWS_WITH_AS(read_nifti(dir + "/crc.nii.gz"), doctest::Contains((dir + "/crc.nii.gz: ").c_str()),
+                       std::runtime_error);
 }
 
 TEST_CASE("a write that cannot happen leaves no file behind") {
@@ -552,6 +572,16 @@ TEST_CASE(
   patch<float>(shifted, kN1SrowX + 12, 0.5f);
   CHECK(grid_mismatch(read_image(shifted), ref) ==
         "origin (0.5, 0, 0) mm (world x, y, z) differs from (0, 0, 0) of " + dir + "/ref.nii");
+  // A CT table's origin (z = -1200 mm): f32 noise passes, a shift by a third of a slice (1 mm) does not (a tolerance
+  // relative to the origin used to allow 1.2 mm there).
+  const std::string table = write("table.nii"), table_noisy = write("table_noisy.nii"), table_shifted = write("t1.nii");
+  patch<float>(table, kN1SrowX + 32 + 12, -1200.0f);
+  patch<float>(table_noisy, kN1SrowX + 32 + 12, -1200.0001f);
+  patch<float>(table_shifted, kN1SrowX + 32 + 12, -1199.0f);
+  CHECK(grid_mismatch(read_image(table_noisy), read_image(table)) == "");
+  CHECK(grid_mismatch(read_image(table_shifted), read_image(table)) ==
+        "origin (0, 0, -1199) mm (world x, y, z) differs from (0, 0, -1200) of " + table);
+
   const std::string flipped = write("flipped.nii");  // x runs right to left
   patch<float>(flipped, kN1SrowX, -2.0f);
   CHECK(grid_mismatch(read_image(flipped), ref) ==

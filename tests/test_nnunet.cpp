@@ -163,4 +163,10 @@ TEST_CASE("the model card survives the checkpoint metadata round trip") {
   broken.erase("plan");
   CHECK_THROWS_WITH_AS(card_from_metadata(broken, "model.safetensors"),
                        "model.safetensors: not a unet-engine checkpoint (metadata has no 'plan')", std::runtime_error);
+  // A run's checkpoint.safetensors (what unet_train writes for --resume) passed as the model: said as such.
+  const io::Metadata checkpoint{{"step", "4"}, {"optimizer_steps", "4"}, {"config", "[train]\nsteps = 4\n"}};
+  CHECK_THROWS_WITH_AS(card_from_metadata(checkpoint, "run/checkpoint.safetensors"),
+                       "run/checkpoint.safetensors: a training checkpoint (unet_train writes it for --resume), not a "
+                       "model; expected the run's model.safetensors or model_best.safetensors beside it",
+                       std::runtime_error);
 }

@@ -1,12 +1,16 @@
 // preprocess_dataset (io/preprocess.h): the cache gives back bitwise what preprocessing makes, is used only while the
 // source files and the plan are unchanged, and a damaged cache file is an error naming it.
+#include <sys/stat.h>
+
 #include <algorithm>
 #include <filesystem>
 #include <fstream>
+#include <limits>
 #include <nlohmann/json.hpp>
 
 #include "io/nifti.h"
 #include "io/preprocess.h"
+#include "io/safetensors.h"
 #include "tests/test_util.h"
 
 using namespace unet;
@@ -92,6 +96,69 @@ TEST_CASE("a damaged cache file is an error naming it") {
   preprocess_dataset(info, {0, 1, 2, 3}, o);
   fs::resize_file(tmp / "cache/case_001.preprocessed.safetensors", 40);
   CHECK_THROWS_WITH(preprocess_dataset(info, {0, 1, 2, 3}, o), doctest::Contains("case_001.preprocessed.safetensors"));
+}
+
+TEST_CASE("a cached case holding NaN is made again from its files, with a warning naming the cache file") {
+  test::TempDir tmp("preprocess_nan");
+  const DatasetInfo info = read_msd_dataset(mixed_dataset(tmp));
+  PreprocessOptions o;
+  o.cache_dir = tmp / "cache";
+  const PreprocessedDataset first = preprocess_dataset(info, {0, 1, 2, 3}, o);
+  // One f32 of the image made NaN in place (the stamp and the fingerprint still match).
+  const std::string path = tmp / "cache/case_001.preprocessed.safetensors";
+  const SafetensorsContent f = read_safetensors(path);
+  Tensor image = f.get("image").clone();
+  image.data<float>()[5] = std::numeric_limits<float>::quiet_NaN();
+  write_safetensors(path, {{"image", image}, {"label", f.get("label")}}, f.metadata);
+  const PreprocessedDataset again = preprocess_dataset(info, {0, 1, 2, 3}, o);
+  CHECK(again.from_cache == 3);
+  CHECK(same_cases(again, first));
+  REQUIRE(again.warnings.size() == 1);
+  CHECK(again.warnings[0] == path + ": holds values that are not finite (a damaged cache file); case case_001 is " +
+                                 "preprocessed again from its files");
+}
+
+TEST_CASE("a fingerprint.json that is a FIFO or a directory is an error naming it, before any case is read") {
+  test::TempDir tmp("preprocess_fifo");
+  const DatasetInfo info = read_msd_dataset(mixed_dataset(tmp));
+  PreprocessOptions o;
+  o.cache_dir = tmp / "cache";
+  fs::create_directories(tmp / "cache");
+  REQUIRE(::mkfifo((tmp / "cache/fingerprint.json").c_str(), 0600) == 0);  // reading it used to block forever
+  CHECK_THROWS_WITH(preprocess_dataset(info, {0, 1, 2, 3}, o),
+                    (tmp / "cache/fingerprint.json" + ": not a regular file (a FIFO (named pipe)); expected the " +
+                     "cache's fingerprint file (remove it, or choose another data.cache)")
+                        .c_str());
+  fs::remove(tmp / "cache/fingerprint.json");
+  fs::create_directories(tmp / "cache/fingerprint.json");
+  CHECK_THROWS_WITH(preprocess_dataset(info, {0, 1, 2, 3}, o), doctest::Contains("not a regular file (a directory)"));
+}
+
+TEST_CASE("a case name too long for its cache file name within 255 bytes is cached under a shortened, hashed name") {
+  test::TempDir tmp("preprocess_long");
+  const std::string data = mixed_dataset(tmp);
+  const std::string long_a(230, 'a'), long_b = std::string(229, 'a') + "b";  // the same first 160 bytes
+  nlohmann::json j = nlohmann::json::parse(std::ifstream(data + "/dataset.json"));
+  for (const auto& [i, name] : {std::pair{0, long_a}, std::pair{1, long_b}}) {
+    const std::string from = "case_00" + std::to_string(i);
+    fs::rename(data + "/imagesTr/" + from + ".nii.gz", data + "/imagesTr/" + name + ".nii.gz");
+    fs::rename(data + "/labelsTr/" + from + ".nii.gz", data + "/labelsTr/" + name + ".nii.gz");
+    j["training"][i] = {{"image", "./imagesTr/" + name + ".nii.gz"}, {"label", "./labelsTr/" + name + ".nii.gz"}};
+  }
+  test::write_text(data + "/dataset.json", j.dump(2));
+  const DatasetInfo info = read_msd_dataset(data);
+  PreprocessOptions o;
+  o.cache_dir = tmp / "cache";
+  const PreprocessedDataset first = preprocess_dataset(info, {0, 1, 2, 3}, o);  // used to fail creating the file
+  size_t files = 0;
+  for (const auto& e : fs::directory_iterator(tmp / "cache")) {
+    CHECK(e.path().filename().string().size() <= 255 - 20);  // room for the temporary name's .tmpPID. prefix
+    files += e.path().filename().string().ends_with(".preprocessed.safetensors");
+  }
+  CHECK(files == 4);  // two names alike in their first 160 bytes stay two files
+  const PreprocessedDataset second = preprocess_dataset(info, {0, 1, 2, 3}, o);
+  CHECK(second.from_cache == 4);
+  CHECK(same_cases(second, first));
 }
 
 TEST_CASE("a damaged fingerprint entry makes its case stale with a warning naming the file and the entry") {

@@ -276,6 +276,22 @@ TEST_CASE("unet_synth never overwrites a directory that is not a dataset, and re
         2);
   CHECK_MESSAGE(out.find("also holds labelsTr/notes.txt, which unet_synth did not write") != std::string::npos, out);
   CHECK(fs::exists(tmp / "ds/labelsTr/notes.txt"));
+  // unet_train's cache (data.cache = auto) is replaced with the dataset, but not a run or a file kept there.
+  fs::remove(tmp / "ds/labelsTr/notes.txt");
+  fs::create_directories(tmp / "ds/unet_preprocessed");
+  std::ofstream(tmp / "ds/unet_preprocessed/fingerprint.json") << "{}";
+  std::ofstream(tmp / "ds/unet_preprocessed/case_000.preprocessed.safetensors") << "x";
+  std::ofstream(tmp / "ds/unet_preprocessed/model.safetensors") << "a run's";
+  CHECK(test::run_tool("unet_synth", "--output " + (tmp / "ds") + " --train 1 --test 0 --size 8 --overwrite", &out) ==
+        2);
+  CHECK_MESSAGE(out.find("also holds unet_preprocessed/model.safetensors, which is not unet_train's preprocessed "
+                         "cache") != std::string::npos,
+                out);
+  CHECK(fs::exists(tmp / "ds/unet_preprocessed/model.safetensors"));
+  fs::remove(tmp / "ds/unet_preprocessed/model.safetensors");
+  CHECK(test::run_tool("unet_synth", "--output " + (tmp / "ds") + " --train 1 --test 0 --size 8 --overwrite", &out) ==
+        0);
+  CHECK_FALSE(fs::exists(tmp / "ds/unet_preprocessed"));
 }
 
 TEST_CASE("unet_synth ended by SIGTERM or SIGHUP leaves no staging directory behind") {
