@@ -209,9 +209,11 @@ DatasetInfo read_nnunet_v2_dataset(const std::string& dir) {
       char suffix[32];
       std::snprintf(suffix, sizeof suffix, "_%04zu", ch);
       const fs::path image = images_dir / (id + suffix + ending);
-      if (!fs::is_regular_file(image))
-        throw std::runtime_error(image.string() + ": missing (channel " + std::to_string(ch) + " of case " + id +
-                                 ", whose label is " + c.label_path + ")");
+      if (!fs::is_regular_file(image)) {
+        const std::string why = regular_file_problem(image.string());
+        throw std::runtime_error(image.string() + ": " + (why.empty() ? "missing" : why) + " (channel " +
+                                 std::to_string(ch) + " of case " + id + ", whose label is " + c.label_path + ")");
+      }
       c.image_paths.push_back(image.string());
     }
     // A channel file beyond channel_names would be left out without a word (unet_infer refuses such a case): any
