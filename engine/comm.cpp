@@ -7,6 +7,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <stdexcept>
@@ -42,6 +43,36 @@ bool Comm::any(bool v) {
   int64_t x = v ? 1 : 0;
   allreduce(&x, 1, ScalarType::i64, ReduceOp::max, Device::cpu);
   return x != 0;
+}
+
+std::optional<Comm::Difference> Comm::compare_with_rank0(
+    const std::vector<std::pair<std::string, std::string>>& items) {
+  if (size_ == 1) return std::nullopt;
+  // Sent as "name\0value\0" pairs: its length first, then the bytes.
+  std::string text;
+  for (const auto& [name, value] : items) text.append(name).append(1, '\0').append(value).append(1, '\0');
+  int64_t bytes = static_cast<int64_t>(text.size());
+  broadcast(&bytes, sizeof bytes, 0);
+  std::string theirs(static_cast<size_t>(bytes), '\0');
+  if (rank_ == 0) theirs = text;
+  broadcast(theirs.data(), bytes, 0);
+  if (rank_ == 0) return std::nullopt;
+  std::map<std::string, std::string> reference;
+  for (size_t at = 0; at < theirs.size();) {
+    const size_t name_end = theirs.find('\0', at), value_end = theirs.find('\0', name_end + 1);
+    reference[theirs.substr(at, name_end - at)] = theirs.substr(name_end + 1, value_end - name_end - 1);
+    at = value_end + 1;
+  }
+  std::map<std::string, std::string> mine;
+  for (const auto& [name, value] : items) {
+    const auto it = reference.find(name);
+    if (it == reference.end()) return Difference{name, value, "(none)"};
+    if (it->second != value) return Difference{name, value, it->second};
+    mine[name] = value;
+  }
+  for (const auto& [name, value] : reference)
+    if (!mine.count(name)) return Difference{name, "(none)", value};
+  return std::nullopt;
 }
 
 int launcher_size() {

@@ -9,7 +9,10 @@
 // a run repeats for the same ranks on the same machines, but the order is NCCL's (its ring or tree), not rank order.
 #pragma once
 #include <cstdint>
+#include <optional>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "engine/tensor.h"
 
@@ -53,6 +56,15 @@ class Comm {
   double sum(double v);
   int64_t sum(int64_t v);
   bool any(bool v);
+
+  // What every rank must hold alike (its configuration, its list of cases), compared with rank 0's: rank 0 sends its
+  // (name, value) pairs to every rank, and each rank returns the first name whose value differs from its own or
+  // that one of them lacks, with both values; nothing when they agree (always on rank 0). Collective: every rank calls
+  // it with its own list. A rank that differs is to stop the run (by an error, which aborts every rank).
+  struct Difference {
+    std::string name, here, on_rank0;  // a value absent on one side: "(none)"
+  };
+  std::optional<Difference> compare_with_rank0(const std::vector<std::pair<std::string, std::string>>& items);
 
  protected:
   int rank_ = 0, size_ = 1, local_rank_ = 0, local_size_ = 1;

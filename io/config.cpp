@@ -289,6 +289,45 @@ std::vector<double> Config::get_real_list(const std::string& s, const std::strin
   return out;
 }
 
+// A value's text in one spelling per type (the text itself when it does not parse).
+static std::string canonical_text(const ConfigKey& k, const std::string& text) {
+  switch (k.type) {
+    case KeyType::integer: {
+      long v = 0;
+      return parse_long(text, v) ? std::to_string(v) : text;
+    }
+    case KeyType::real: {
+      double v = 0;
+      return parse_double(text, v) ? real_text(v) : text;
+    }
+    case KeyType::boolean: {
+      bool v = false;
+      return parse_bool(text, v) ? (v ? "true" : "false") : text;
+    }
+    case KeyType::int_list:
+    case KeyType::real_list: {
+      std::string out;
+      for (const std::string& part : split_list(text)) {
+        double v = 0;
+        out += (out.empty() ? "" : ", ") + (parse_double(part, v) ? real_text(v) : part);
+      }
+      return out;
+    }
+    case KeyType::string:
+      break;
+  }
+  return text;
+}
+
+std::string Config::value_text(const std::string& section, const std::string& name) const {
+  return canonical_text(find(section, name, "value_text"), raw(section, name));
+}
+
+bool Config::is_default(const std::string& section, const std::string& name) const {
+  const ConfigKey& k = find(section, name, "is_default");
+  return canonical_text(k, raw(section, name)) == canonical_text(k, trim(k.default_value));
+}
+
 std::string Config::to_ini() const {
   std::ostringstream o;
   std::string section;

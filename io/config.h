@@ -42,6 +42,11 @@ class Config {
   std::vector<long> get_int_list(const std::string& section, const std::string& name) const;  // "1, 2, 3"
   std::vector<double> get_real_list(const std::string& section, const std::string& name) const;
 
+  // The value in one spelling whatever the text (8e-4 and 0.0008, yes and true, "1,2" and "1, 2" alike), and whether
+  // it equals the key's default so.
+  std::string value_text(const std::string& section, const std::string& name) const;
+  bool is_default(const std::string& section, const std::string& name) const;
+
   const std::vector<ConfigKey>& schema() const { return schema_; }
   std::string to_ini() const;    // the effective configuration, every key, as an INI text
   std::string help_text() const; // every key with its type, default and help

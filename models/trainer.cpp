@@ -14,6 +14,7 @@
 #include "engine/device.h"
 #include "engine/ops.h"
 #include "engine/schedule.h"
+#include "io/config.h"
 #include "io/dle.h"
 #include "io/image.h"
 #include "io/loader.h"
@@ -491,6 +492,39 @@ struct Trainer::State {
   }
 };
 
+// Every rank must train on the same cases: a different dataset.json, or other data behind the same path on another
+// machine, would train another model on each rank without a word, or end in a reduction of mismatched sizes. Each
+// prepared case (cropped, resampled, normalised) compared with rank 0's by its id, shapes, spacing and a digest of
+// every 61st value of its image and label: enough to tell data apart, and cheap on large datasets.
+namespace {
+void check_same_cases(Comm& comm, const std::vector<io::Case>& cases, const std::string& json_path) {
+  std::vector<std::pair<std::string, std::string>> items;
+  for (const io::Case& k : cases) {
+    uint64_t digest = 1469598103934665603ull;  // FNV-1a over the sampled values' bytes
+    const auto mix = [&digest](const unsigned char* bytes, size_t size, size_t value_bytes) {
+      for (size_t at = 0; at < size; at += 61 * value_bytes)
+        for (size_t b = 0; b < value_bytes; ++b) digest = (digest ^ bytes[at + b]) * 1099511628211ull;
+    };
+    mix(static_cast<const unsigned char*>(k.image.raw()), k.image.nbytes(), sizeof(float));
+    mix(static_cast<const unsigned char*>(k.label.raw()), k.label.nbytes(), 1);
+    char text[64];
+    std::snprintf(text, sizeof text, "%016llx", static_cast<unsigned long long>(digest));
+    const auto sizes = [](const Tensor& t) {
+      std::string out;
+      for (int64_t d : t.shape()) out += (out.empty() ? "" : "x") + std::to_string(d);
+      return out;
+    };
+    items.emplace_back("training case " + k.id, "image " + sizes(k.image) + ", label " + sizes(k.label) + ", spacing " +
+                                                    io::real_text(k.spacing[0]) + " x " + io::real_text(k.spacing[1]) +
+                                                    " x " + io::real_text(k.spacing[2]) + " mm, digest " + text);
+  }
+  if (const auto d = comm.compare_with_rank0(items))
+    throw TrainerOptionError(json_path + ": " + d->name + ": " + d->here + " on this rank, " + d->on_rank0 +
+                             " on rank 0; expected every rank to read the same dataset");
+  comm.barrier();  // a rank that differs ends the run (its error aborts every rank) while the others wait here
+}
+}  // namespace
+
 Trainer::Trainer(TrainerOptions options, std::FILE* out) : s_(std::make_unique<State>()) {
   State& s = *s_;
   s.o = std::move(options);
@@ -583,6 +617,8 @@ Trainer::Trainer(TrainerOptions options, std::FILE* out) : s_(std::make_unique<S
     }
   }
 
+  if (s.comm) check_same_cases(*s.comm, s.cases, s.info.json_path);
+
   // Model: DynUNet from the nnU-Net plan rule (the target spacing), or UNet2D on slices.
   const std::vector<int> patch(o.sampling.patch.begin(), o.sampling.patch.end());
   const std::vector<double> spacing(target.begin(), target.end());
@@ -600,6 +636,15 @@ Trainer::Trainer(TrainerOptions options, std::FILE* out) : s_(std::make_unique<S
     card.unet3plus.deep_supervision = o.deep_supervision;
     card.unet3plus.cgm = o.cgm;
   } else if (o.model == "dynunet") {
+    if (plan.strides.size() < 2)  // no downsampling at all: a network of one level, which DynUNet is not
+      throw TrainerOptionError(
+          "data.patch_size = " + std::to_string(patch[0]) + ", " + std::to_string(patch[1]) + ", " +
+          std::to_string(patch[2]) +
+          ": too small to downsample (nnU-Net's plan halves an axis while it keeps at least " +
+          "4 voxels and its spacing is within 2x of the finest; target spacing " + io::real_text(spacing[0]) + ", " +
+          io::real_text(spacing[1]) + ", " + io::real_text(spacing[2]) +
+          " mm), so the network would have a single level; expected a size of at least 8 along an axis of the finest "
+          "spacing");
     // The patch must halve evenly at every downsampling of the plan (else the skip connections do not line up).
     std::vector<int> multiple(patch.size(), 1);
     for (const std::vector<int>& stride : plan.strides)

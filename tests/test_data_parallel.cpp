@@ -88,17 +88,18 @@ WeightDifference compare_weights(const std::string& a, const std::string& b) {
   return d;
 }
 
-// Two training configurations in `dir`: one on a good dataset, one on a copy whose third image is cut short. A rank
-// given the broken one fails while loading; a rank given the good one starts training and waits for it in the first
-// step's reduction, which never comes.
-std::pair<std::string, std::string> good_and_broken_configs(const std::string& dir) {
-  REQUIRE(test::run_tool("unet_synth", "--output " + dir + "/data --train 6 --test 1 --size 32 --seed 4") == 0);
-  fs::copy(dir + "/data", dir + "/broken", fs::copy_options::recursive);
-  const std::string victim = dir + "/broken/imagesTr/case_002.nii.gz";
+// Two working directories A and B in `dir`, each with a dataset at data/ (one configuration reads "data", relative):
+// A's is good, B's a copy whose third image is cut short. A rank started in B fails while loading; a rank started in
+// A waits for it. Returns the configuration.
+std::string good_and_broken_datasets(const std::string& dir) {
+  fs::create_directories(dir + "/A");
+  REQUIRE(test::run_tool("unet_synth", "--output " + dir + "/A/data --train 6 --test 1 --size 32 --seed 4") == 0);
+  fs::create_directories(dir + "/B");
+  fs::copy(dir + "/A/data", dir + "/B/data", fs::copy_options::recursive);
+  const std::string victim = dir + "/B/data/imagesTr/case_002.nii.gz";
   REQUIRE(fs::exists(victim));
   fs::resize_file(victim, fs::file_size(victim) / 2);
-  fs::create_directories(dir + "/b");
-  return {train_config(dir, dir + "/data"), train_config(dir + "/b", dir + "/broken")};
+  return train_config(dir, "data");
 }
 
 }  // namespace
@@ -264,12 +265,12 @@ TEST_CASE("a rank that fails ends every rank with a non-zero status and a messag
     return;
   }
   test::TempDir tmp("dp_failure");
-  const auto [good, bad] = good_and_broken_configs(tmp.path);
+  const std::string ini = good_and_broken_datasets(tmp.path), train = test::tool_path("unet_train");
   const auto t0 = std::chrono::steady_clock::now();
   std::string out;
   const int rc =
-      shell(mpi + " -np 1 " + test::tool_path("unet_train") + " " + good + " --set output.dir=" + tmp.path +
-                "/run : -np 1 " + test::tool_path("unet_train") + " " + bad + " --set output.dir=" + tmp.path + "/run",
+      shell(mpi + " -np 1 -wdir " + tmp.path + "/A " + train + " " + ini + " --set output.dir=" + tmp.path +
+                "/run : -np 1 -wdir " + tmp.path + "/B " + train + " " + ini + " --set output.dir=" + tmp.path + "/run",
             &out);
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   CHECK(rc != 0);
@@ -277,6 +278,56 @@ TEST_CASE("a rank that fails ends every rank with a non-zero status and a messag
   CHECK_MESSAGE(out.find("unet_train: rank 1 of 2: error: ") != std::string::npos, out);
   CHECK_MESSAGE(out.find("case_002.nii.gz") != std::string::npos, out);
   CHECK_FALSE(fs::exists(tmp.path + "/run/model.safetensors"));
+}
+
+TEST_CASE(
+    "ranks given different configurations or different data stop at start-up with status 2 naming the key or "
+    "the case; nothing written") {
+  const std::string mpi = mpirun();
+  if (mpi.empty()) {
+    MESSAGE("mpirun is not installed: skipped (apt-get install openmpi-bin)");
+    return;
+  }
+  test::TempDir tmp("dp_mismatch");
+  const std::string& dir = tmp.path;
+  fs::create_directories(dir + "/A");
+  fs::create_directories(dir + "/B");
+  REQUIRE(test::run_tool("unet_synth", "--output " + dir + "/A/data --train 4 --test 0 --size 32 --seed 4") == 0);
+  REQUIRE(test::run_tool("unet_synth", "--output " + dir + "/B/data --train 4 --test 0 --size 32 --seed 5") == 0);
+  const std::string ini = train_config(dir, "data"), train = test::tool_path("unet_train");
+  const std::string run = " --set data.folds=1 --set train.steps=2 --set output.dir=" + dir + "/run";
+  // (rank 0's and rank 1's working directory and options, the expected message): these used to corrupt the heap in
+  // the first reduction (another batch size), or train a different model on each rank.
+  const std::vector<std::tuple<std::string, std::string, std::string>> cases = {
+      {"A", "A --set data.batch_size=1",
+       "unet_train: rank 1 of 2: data.batch_size = 1 on this rank, 2 on rank 0; expected every rank to read the same "
+       "configuration"},
+      {"A", "A --set train.lr=8e-4", ""},  // the default in another spelling: the same configuration
+      {"A --set runtime.threads=1", "A", ""},
+      {"A", "A --overwrite", "unet_train: rank 1 of 2: --overwrite = given on this rank, not given on rank 0"},
+      {"A", "B",
+       "unet_train: rank 1 of 2: data/dataset.json: training case case_000: image 32x32x32x1, label 32x32x32, "
+       "spacing 1 x 1 x 1 mm, digest "},
+  };
+  for (const auto& [rank0, rank1, message] : cases) {
+    CAPTURE(rank1);
+    fs::remove_all(dir + "/run");
+    const auto options = [&](const std::string& wdir_and_options) {
+      const size_t space = wdir_and_options.find(' ');
+      return "-wdir " + dir + "/" + wdir_and_options.substr(0, space) + " " + train + " " + ini + run +
+             (space == std::string::npos ? "" : wdir_and_options.substr(space));
+    };
+    std::string out;
+    const int rc = shell(mpi + " -np 1 " + options(rank0) + " : -np 1 " + options(rank1), &out);
+    if (message.empty()) {
+      CHECK_MESSAGE(rc == 0, out);
+      CHECK(fs::exists(dir + "/run/model.safetensors"));
+    } else {
+      CHECK(rc == 2);
+      CHECK_MESSAGE(out.find(message) != std::string::npos, out);
+      CHECK_FALSE(fs::exists(dir + "/run"));
+    }
+  }
 }
 
 TEST_CASE("Ctrl-C on mpirun stops every rank") {
@@ -314,18 +365,19 @@ TEST_CASE("unet_train under srun --mpi=pmix trains bit for bit as under mpirun; 
     return;
   }
   test::TempDir tmp("dp_srun");
-  const auto [good, bad] = good_and_broken_configs(tmp.path);
+  const std::string ini = good_and_broken_datasets(tmp.path);
   std::string out;
-  const std::string train = test::tool_path("unet_train") + " " + good + " --set data.batch_size=1 --set output.dir=";
-  REQUIRE_MESSAGE(shell(slurm + " -n 2 " + train + tmp.path + "/srun", &out) == 0, out);
+  // In A, whose data/ is good (the configuration reads the relative path "data").
+  const std::string train = "bash -c 'cd " + tmp.path + "/A && exec " + test::tool_path("unet_train") + " " + ini +
+                            " --set data.batch_size=1 --set output.dir=";
+  REQUIRE_MESSAGE(shell(slurm + " -n 2 " + train + tmp.path + "/srun'", &out) == 0, out);
   CHECK_MESSAGE(out.find("2 ranks (mpi), batch 1 per rank, global batch 2") != std::string::npos, out);
-  REQUIRE_MESSAGE(shell(mpi + " -np 2 " + train + tmp.path + "/mpirun", &out) == 0, out);
+  REQUIRE_MESSAGE(shell(mpi + " -np 2 " + train + tmp.path + "/mpirun'", &out) == 0, out);
   CHECK(logged_losses(tmp.path + "/srun") == logged_losses(tmp.path + "/mpirun"));
   CHECK(compare_weights(tmp.path + "/srun/model.safetensors", tmp.path + "/mpirun/model.safetensors").bitwise);
-  // Task 1 fails loading its data while task 0 waits in the first reduction: MPI_Abort ends the whole step.
-  const std::string run = " --set output.dir=" + tmp.path + "/failed";
-  const std::string which = "if [ \"$SLURM_PROCID\" = 1 ]; then exec " + test::tool_path("unet_train") + " " + bad +
-                            run + "; else exec " + test::tool_path("unet_train") + " " + good + run + "; fi";
+  // Task 1, in B, fails loading its data while task 0 waits for it: MPI_Abort ends the whole step.
+  const std::string which = "cd " + tmp.path + "/$([ \"$SLURM_PROCID\" = 1 ] && echo B || echo A) && exec " +
+                            test::tool_path("unet_train") + " " + ini + " --set output.dir=" + tmp.path + "/failed";
   const auto t0 = std::chrono::steady_clock::now();
   const int rc = shell(slurm + " -n 2 bash -c '" + which + "'", &out);
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
@@ -396,4 +448,28 @@ TEST_CASE("unet_infer under mpirun splits the volumes over the ranks and writes 
   int written = 0;
   for (const auto& e : fs::directory_iterator(tmp.path + "/three")) written += e.path().filename().string()[0] != '.';
   CHECK(written == 4);
+  // Ranks given other settings, or seeing other files in --input (a copy on each machine that differs), would split
+  // different lists without a word: refused with status 2 before any volume, naming the difference.
+  fs::create_directories(tmp.path + "/A/in");
+  fs::create_directories(tmp.path + "/B/in");
+  for (const auto& e : fs::directory_iterator(tmp.path + "/data/imagesTs")) {
+    fs::copy(e.path(), tmp.path + "/A/in/" + e.path().filename().string());
+    if (e.path().filename() != "case_008.nii.gz")
+      fs::copy(e.path(), tmp.path + "/B/in/" + e.path().filename().string());
+  }
+  const std::string infer =
+      test::tool_path("unet_infer") + " --model " + tmp.path + "/run/model.safetensors --input in";
+  const std::vector<std::pair<std::string, std::string>> cases = {
+      {"-wdir " + tmp.path + "/A " + infer + " --output out --overlap 0.25",
+       "unet_infer: rank 1 of 2: --overlap = 0.25 on this rank, 0.5 on rank 0"},
+      {"-wdir " + tmp.path + "/B " + infer + " --output out",
+       "unet_infer: rank 1 of 2: volume 3 = in/case_009.nii.gz -> out/case_009.nii.gz on this rank, in/case_008.nii.gz "
+       "-> out/case_008.nii.gz on rank 0"},
+  };
+  for (const auto& [rank1, message] : cases) {
+    CHECK(shell(mpi + " -np 1 -wdir " + tmp.path + "/A " + infer + " --output out : -np 1 " + rank1, &out) == 2);
+    CHECK_MESSAGE(out.find(message) != std::string::npos, out);
+    CHECK_FALSE(fs::exists(tmp.path + "/A/out"));
+    CHECK_FALSE(fs::exists(tmp.path + "/B/out"));
+  }
 }

@@ -1017,6 +1017,16 @@ TEST_CASE("unet_train refuses a dynunet patch that the planned strides do not di
                          "valid patch is 20, 20, 20") != std::string::npos,
                 out);
   CHECK_FALSE(fs::exists(dir + "/run/model.safetensors"));
+  // A patch no axis of which can be halved (4 or 7 voxels: halving would leave fewer than 4) plans a single level.
+  for (const char* patch : {"4,4,4", "7,7,7"}) {
+    CHECK(run_guarded("unet_train", ini + " --set data.patch_size=" + patch, &out) == 2);
+    CHECK_MESSAGE(out.find(": too small to downsample (nnU-Net's plan halves an axis while it keeps at least 4 voxels "
+                           "and its spacing is within 2x of the finest; target spacing 1, 1, 1 mm), so the network "
+                           "would have a single level; expected a size of at least 8") != std::string::npos,
+                  out);
+  }
+  CHECK(run_guarded("unet_train", ini + " --set data.patch_size=4,8,8 --set train.steps=1", &out) == 0);  // y, x halve
+  CHECK(fs::exists(dir + "/run/model.safetensors"));
 }
 
 TEST_CASE("unet_train refuses a training case listed twice in dataset.json, naming the entry") {
@@ -1325,7 +1335,7 @@ TEST_CASE("unet_train refuses a UNet 3+ patch and batch that leave batch norm on
   // Batch 2 or a 32 x 16 patch is taken (then refused only for the missing dataset).
   for (const std::string set : {" --set data.patch_size=16,16 --set data.batch_size=2",
                                 " --set data.patch_size=32,16 --set data.batch_size=1"}) {
-    CHECK(run_guarded("unet_train", ini + " --set model.name=unet3plus" + set, &out) == 2);
+    CHECK(run_guarded("unet_train", ini + " --set model.name=unet3plus --set model.depth=5" + set, &out) == 2);
     CHECK_MESSAGE(out.find("data.dataset = " + dir + "/nonexistent: no such directory") != std::string::npos, out);
   }
 }

@@ -309,6 +309,55 @@ TEST_CASE("out-of-range configuration numbers exit with status 2 naming the key 
   CHECK_FALSE(fs::exists(dir + "/run"));  // refused before anything was written
 }
 
+TEST_CASE(
+    "a key the chosen network, optimizer, pipeline or precision does not read is refused when set away from its "
+    "default; a value stating what happens anyway is accepted") {
+  test::TempDir tmp("tools_config_scope");
+  const std::string& dir = tmp.path;
+  // (settings, expected message fragment; empty: accepted, so the run goes on to the missing dataset).
+  const std::vector<std::pair<std::string, std::string>> cases = {
+      {"model.name=unet2d --set data.patch_size=64,64 --set model.depth=3",
+       "model.depth = 3: no effect in this run: model.name = unet2d has five levels (only dynunet plans its depth); "
+       "expected the key left out"},
+      {"model.name=unet3plus --set data.patch_size=64,64 --set model.max_filters=64",
+       "model.max_filters = 64: no effect in this run: model.name = unet3plus doubles its filters"},
+      {"model.name=unet3plus --set data.patch_size=64,64 --set model.res_block=true",
+       "model.res_block = true: no effect in this run: model.name = unet3plus has no residual blocks (dynunet's); "
+       "expected the key left out or false"},
+      {"model.dropout=0.2", "model.dropout = 0.2: no effect in this run: model.name = dynunet has no dropout"},
+      {"model.sync_batchnorm=false", ""},  // default true: unet2d and dynunet have no batch norm to synchronise
+      {"model.dropout=0", ""},
+      {"model.name=unet2d --set data.patch_size=64,64 --set model.deep_supervision=false", ""},
+      {"model.depth=5.0", "model.depth = '5.0': expected an integer"},  // the schema's check first
+      {"train.momentum=0.9", "train.momentum = 0.9: no effect in this run: train.optimizer = adamw has no momentum"},
+      {"train.optimizer=adam --set train.nesterov=false", ""},
+      {"train.optimizer=sgd --set train.momentum=0.9", ""},
+      {"train.optimizer=sgd --set train.momentum=0",
+       "train.nesterov = true with train.momentum = 0: Nesterov momentum needs a momentum; expected train.momentum in "
+       "(0, 1) or train.nesterov = false"},
+      {"train.optimizer=sgd --set train.momentum=0 --set train.nesterov=false", ""},
+      {"train.loss_scale_init=1024",
+       "train.loss_scale_init = 1024: no effect in this run: loss scaling is off (train.loss_scaling = auto with "
+       "train.precision fp32)"},
+      {"train.precision=fp16 --set train.loss_scale_init=1024", ""},
+      {"train.loss_scaling=dynamic --set train.loss_scale_growth_interval=100", ""},
+      {"model.name=unet2d --set data.patch_size=572,572 --set data.pipeline=dle_isbi --set augment.gamma=0.3",
+       "augment.gamma = 0.3: no effect in this run: data.pipeline = dle_isbi augments with flips, augment.zoom and "
+       "augment.brightness only"},
+      {"model.name=unet2d --set data.patch_size=572,572 --set data.pipeline=dle_isbi --set augment.noise=0", ""},
+      {"train.lr=8e-4 --set train.weight_decay=0.0001", ""},  // defaults in another spelling
+  };
+  const std::string ini =
+      write_text(dir + "/t.ini", "[data]\ndataset = " + dir + "/nowhere\n[output]\ndir = " + dir + "/run\n");
+  for (const auto& [setting, message] : cases) {
+    std::string out;
+    CHECK_MESSAGE(test::run_tool("unet_train", ini + " --set " + setting, &out) == 2, setting << ": " << out);
+    const std::string expected = message.empty() ? "data.dataset = " + dir + "/nowhere: no such directory" : message;
+    CHECK_MESSAGE(out.find(expected) != std::string::npos, setting << ": " << out);
+  }
+  CHECK_FALSE(fs::exists(dir + "/run"));
+}
+
 TEST_CASE("unet_infer rejects bad arguments with status 2 and unreadable models with status 1, writing nothing") {
   test::TempDir tmp("tools_infer_errors");
   const std::string& dir = tmp.path;

@@ -250,6 +250,30 @@ int main(int argc, char** argv) {
     // Under mpirun or srun (engine/comm.h) the volumes are split over the ranks: volume k goes to rank k % ranks, each
     // rank with its share of this machine's cores. A volume's result does not depend on which rank made it.
     Comm& comm = world();
+    // Ranks given other arguments, or finding other files in --input, would split different lists: volumes skipped,
+    // segmented twice or written with other settings, without a word. Compared with rank 0's before any work.
+    if (comm.size() > 1) {
+      const auto flag = [](bool on) { return on ? "given" : "not given"; };
+      std::vector<std::pair<std::string, std::string>> work = {{"--model", model_path},
+                                                               {"--overlap", io::real_text(overlap)},
+                                                               {"--blend", blend},
+                                                               {"--tta", flag(tta)},
+                                                               {"--precision", precision},
+                                                               {"--device", device},
+                                                               {"--batch", std::to_string(batch)},
+                                                               {"--save-probabilities", flag(save_probabilities)},
+                                                               {"--keep-going", flag(keep_going)}};
+      for (size_t k = 0; k < jobs.size(); ++k) {
+        std::string files;
+        for (const fs::path& f : jobs[k].first) files += (files.empty() ? "" : " + ") + f.string();
+        work.emplace_back("volume " + std::to_string(k + 1), files + " -> " + jobs[k].second.string());
+      }
+      if (const auto d = comm.compare_with_rank0(work))
+        throw UsageError(d->name + " = " + d->here + " on this rank, " + d->on_rank0 +
+                         " on rank 0; expected every rank to be given the same arguments and to find the same input "
+                         "files");
+      comm.barrier();  // a rank that differs ends the run (its error aborts every rank) while the others wait here
+    }
     if (comm.local_size() > 1)
       omp_set_num_threads(
           std::max(1, static_cast<int>(std::max(1u, std::thread::hardware_concurrency())) / comm.local_size()));

@@ -135,6 +135,48 @@ io::Config make_config() {
   });
 }
 
+// A key set away from its default that the chosen network, optimizer, pipeline or precision does not read would be
+// ignored without a word (model.depth = 3 trains UNet 3+'s five levels all the same): refused, naming it. A value
+// saying what happens anyway (model.dropout = 0 for dynunet) is accepted.
+void check_keys_take_effect(const io::Config& c, const models::TrainerOptions& o) {
+  const bool dynunet = o.model == "dynunet", unet2d = o.model == "unet2d";
+  const bool sgd = o.optimizer == "sgd", dle = o.pipeline == "dle_isbi";
+  struct Scope {
+    const char* section;
+    const char* name;
+    bool read;             // whether this run reads the key
+    const char* harmless;  // a value stating what the run does anyway (nullptr: none)
+    const std::string& why;
+  };
+  const std::string net = "model.name = " + o.model, opt = "train.optimizer = " + o.optimizer;
+  const std::string why[] = {net + " has five levels (only dynunet plans its depth)",
+                             net + " doubles its filters per level without a cap (only dynunet caps them)",
+                             net + " has no residual blocks (dynunet's)",
+                             net + " has no dropout (unet2d's, after the bottleneck)",
+                             opt + " has no momentum (sgd's; adam and adamw have their betas)",
+                             "loss scaling is off (train.loss_scaling = " + c.get_string("train", "loss_scaling") +
+                                 " with train.precision " + precision_name(o.precision) + ")",
+                             "data.pipeline = dle_isbi augments with flips, augment.zoom and augment.brightness only"};
+  std::vector<Scope> scopes = {
+      {"model", "depth", dynunet, nullptr, why[0]},
+      {"model", "max_filters", dynunet, nullptr, why[1]},
+      {"model", "res_block", dynunet, "false", why[2]},
+      {"model", "dropout", unet2d, "0", why[3]},
+      {"train", "momentum", sgd, nullptr, why[4]},
+      {"train", "loss_scale_init", o.loss_scaling.enabled, nullptr, why[5]},
+      {"train", "loss_scale_growth_interval", o.loss_scaling.enabled, nullptr, why[5]},
+  };
+  for (const char* name : {"noise", "blur", "contrast", "rotation", "gamma", "low_resolution"})
+    scopes.push_back({"augment", name, !dle, "0", why[6]});
+  for (const Scope& k : scopes) {
+    if (k.read || c.is_default(k.section, k.name)) continue;
+    const std::string value = c.value_text(k.section, k.name);
+    if (k.harmless && value == k.harmless) continue;
+    throw UsageError(std::string(k.section) + "." + k.name + " = " + value + ": no effect in this run: " + k.why +
+                     "; expected the key left out" + (k.harmless ? std::string(" or ") + k.harmless : std::string()));
+  }
+}
+
 // The configuration's values, checked, as the Trainer's options.
 models::TrainerOptions trainer_options(const io::Config& c) {
   models::TrainerOptions o;
@@ -261,8 +303,13 @@ models::TrainerOptions trainer_options(const io::Config& c) {
   o.loss_scaling.enabled = scaling == "dynamic" || (scaling == "auto" && o.precision == Precision::fp16);
   o.loss_scaling.init_scale = real_in("train", "loss_scale_init", 1, 1e30);
   o.loss_scaling.growth_interval = int_in("train", "loss_scale_growth_interval", 1, 1000000000);
+  if (o.optimizer == "sgd" && o.nesterov && o.momentum == 0)  // PyTorch's SGD refuses it too
+    throw UsageError(
+        "train.nesterov = true with train.momentum = 0: Nesterov momentum needs a momentum; expected "
+        "train.momentum in (0, 1) or train.nesterov = false");
   o.output_dir = c.get_string("output", "dir");
   o.config_text = c.to_ini();
+  check_keys_take_effect(c, o);
   return o;
 }
 
@@ -313,7 +360,26 @@ void take_run_directory(const std::string& dir) {
                      "output.dir)");
 }
 
+// Every rank of a run must read the same configuration and options: ranks given different ones (mpirun -np 1
+// unet_train a.ini : -np 1 unet_train b.ini, or another --set) would reduce buffers of different sizes, a corrupted
+// heap, or train inconsistently without a word. Compared with rank 0's before anything is checked or read; the
+// threads are each machine's own.
+void check_same_configuration(const io::Config& c, const std::string& resume, bool overwrite) {
+  Comm& comm = world();
+  if (comm.size() == 1) return;
+  std::vector<std::pair<std::string, std::string>> settings = {{"--resume", resume},
+                                                               {"--overwrite", overwrite ? "given" : "not given"}};
+  for (const ConfigKey& k : c.schema())
+    if (k.section != "runtime" || k.name != "threads")
+      settings.emplace_back(k.section + "." + k.name, c.value_text(k.section, k.name));
+  if (const auto d = comm.compare_with_rank0(settings))
+    throw UsageError(d->name + " = " + d->here + " on this rank, " + d->on_rank0 +
+                     " on rank 0; expected every rank to read the same configuration (one CONFIG, the same --set)");
+  comm.barrier();  // a rank that differs ends the run (its error aborts every rank) while the others wait here
+}
+
 int run(const io::Config& c, const std::string& resume, bool overwrite) {
+  check_same_configuration(c, resume, overwrite);
   models::TrainerOptions options = trainer_options(c);
   options.resume_dir = resume;
   // More threads than cores only adds switching (1000 on 2 cores turned 0.08 s steps into minutes): at most twice the
