@@ -346,6 +346,13 @@ TEST_CASE(
        "augment.brightness only"},
       {"model.name=unet2d --set data.patch_size=572,572 --set data.pipeline=dle_isbi --set augment.noise=0", ""},
       {"train.lr=8e-4 --set train.weight_decay=0.0001", ""},  // defaults in another spelling
+      {"data.folds=1 --set train.val_every=100",
+       "train.val_every = 100: no effect in this run: data.folds = 1 trains on every case and holds none out for "
+       "validation"},
+      {"data.folds=1 --set validation.blend=constant", "validation.blend = constant: no effect in this run"},
+      {"data.folds=2 --set validation.blend=constant --set train.val_every=100", ""},
+      {"data.workers=0 --set data.prefetch=4",
+       "data.prefetch = 4: no effect in this run: data.workers = 0 prepares each batch when it is needed"},
   };
   const std::string ini =
       write_text(dir + "/t.ini", "[data]\ndataset = " + dir + "/nowhere\n[output]\ndir = " + dir + "/run\n");

@@ -156,7 +156,9 @@ void check_keys_take_effect(const io::Config& c, const models::TrainerOptions& o
                              opt + " has no momentum (sgd's; adam and adamw have their betas)",
                              "loss scaling is off (train.loss_scaling = " + c.get_string("train", "loss_scaling") +
                                  " with train.precision " + precision_name(o.precision) + ")",
-                             "data.pipeline = dle_isbi augments with flips, augment.zoom and augment.brightness only"};
+                             "data.pipeline = dle_isbi augments with flips, augment.zoom and augment.brightness only",
+                             "data.folds = 1 trains on every case and holds none out for validation",
+                             "data.workers = 0 prepares each batch when it is needed"};
   std::vector<Scope> scopes = {
       {"model", "depth", dynunet, nullptr, why[0]},
       {"model", "max_filters", dynunet, nullptr, why[1]},
@@ -165,6 +167,10 @@ void check_keys_take_effect(const io::Config& c, const models::TrainerOptions& o
       {"train", "momentum", sgd, nullptr, why[4]},
       {"train", "loss_scale_init", o.loss_scaling.enabled, nullptr, why[5]},
       {"train", "loss_scale_growth_interval", o.loss_scaling.enabled, nullptr, why[5]},
+      {"train", "val_every", o.folds > 1, "0", why[7]},
+      {"validation", "overlap", o.folds > 1, nullptr, why[7]},
+      {"validation", "blend", o.folds > 1, nullptr, why[7]},
+      {"data", "prefetch", o.loader_workers > 0, nullptr, why[8]},
   };
   for (const char* name : {"noise", "blur", "contrast", "rotation", "gamma", "low_resolution"})
     scopes.push_back({"augment", name, !dle, "0", why[6]});
