@@ -1,11 +1,13 @@
 // The inference pipeline (models/predictor.h).
 #include "models/predictor.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <stdexcept>
 
 #include "engine/ops.h"
+#include "io/config.h"
 #include "io/dataset.h"
 #include "io/dle.h"
 #include "io/image.h"
@@ -61,6 +63,25 @@ void check_logits(const Tensor& logits, const std::string& source, const std::st
     throw std::runtime_error(source + ": the network's output (logits) with the weights of " + checkpoint + ": " + why +
                              "; expected finite values (a damaged model or extreme input values?)");
 }
+
+// An image without contrast gives the network nothing to segment: its label map would be the same whatever the model
+// learnt (an all-zero volume came out 20% foreground). Refused naming the file: one value everywhere (all zero, a
+// constant), or, once cropped and normalised, values within 1e-6 of each other (a single non-zero voxel, values near
+// 1e-40 that z-scoring maps to about 0).
+void check_contrast(const Tensor& image, const std::string& source, bool normalised) {
+  const float* x = image.data<float>();
+  const auto [lo, hi] = std::minmax_element(x, x + image.numel());
+  if (!normalised && *lo == *hi)
+    throw std::runtime_error(source + ": every voxel holds the value " + io::real_text(*lo) +
+                             " (an empty or constant image); expected an image with contrast to segment");
+  if (normalised && static_cast<double>(*hi) - static_cast<double>(*lo) <= 1e-6)
+    throw std::runtime_error(source + ": after cropping to its non-zero voxels (" + std::to_string(image.dim(0)) +
+                             " x " + std::to_string(image.dim(1)) + " x " + std::to_string(image.dim(2)) +
+                             ") and normalisation its values span " +
+                             io::real_text(static_cast<double>(*hi) - static_cast<double>(*lo)) +
+                             " (a single non-zero voxel, or values too small to tell apart); expected an image with "
+                             "contrast to segment");
+}
 }  // namespace
 
 std::array<int64_t, 3> Predictor::grid(const io::Image& volume) const {
@@ -75,6 +96,7 @@ Segmentation Predictor::segment(const io::Image& volume, const std::string& sour
   if (volume.data.dim(-1) != card_.image_channels())
     throw std::runtime_error(source + ": has " + std::to_string(volume.data.dim(-1)) +
                              " channel(s), the model expects " + std::to_string(card_.image_channels()));
+  check_contrast(volume.data, source, false);
   const std::array<int64_t, 3> full{volume.data.dim(0), volume.data.dim(1), volume.data.dim(2)};
   Segmentation out;
   Tensor probabilities;
@@ -118,6 +140,7 @@ Tensor Predictor::nnunet_probabilities(const io::Image& volume, const std::strin
     throw std::runtime_error(source + ": after " + (resample ? "resampling and " : "") +
                              "normalisation with the model's plan, " + why +
                              "; expected finite values (values near the f32 limit?)");
+  check_contrast(image, source, true);
 
   // Probabilities on the model's grid, back on the cropped grid (linear, nearest along a separate axis, as nnU-Net),
   // then in the whole volume (background outside the box).

@@ -178,7 +178,7 @@ double mean(const std::vector<double>& v) {
 // "section.key" -> value for the keys of an effective configuration (Config::to_ini) that must agree between a run
 // and its resumption: all but [runtime], output.dir, the step count (a run may be extended), the loader's workers and
 // prefetch and the cache directory (they do not change the batches) and the intervals of logging, validation and
-// checkpoints.
+// checkpoints. A line that is neither a section, a key = value line nor a comment throws std::runtime_error.
 std::map<std::string, std::string> resume_keys(const std::string& ini) {
   std::map<std::string, std::string> keys;
   std::istringstream in(ini);
@@ -194,8 +194,10 @@ std::map<std::string, std::string> resume_keys(const std::string& ini) {
       section = line.substr(1, line.size() - 2);
       continue;
     }
+    if (line.front() == ';' || line.front() == '#') continue;
     const size_t eq = line.find('=');
-    if (eq == std::string::npos) continue;
+    if (eq == std::string::npos || section.empty())
+      throw std::runtime_error("line '" + line.substr(0, 80) + "' is not a key = value line of a section");
     const std::string key = section + "." + trim(line.substr(0, eq));
     if (section == "runtime" || key == "output.dir" || key == "train.steps" || key == "train.log_every" ||
         key == "train.val_every" || key == "train.save_every" || key == "data.workers" || key == "data.prefetch" ||
@@ -398,7 +400,24 @@ struct Trainer::State {
   // key costs no preprocessing, and again on the file resume() reads.
   int64_t check_resume(const io::Metadata& m, const std::string& path) const {
     const int64_t step = metadata_int(m, "step", path);
-    const auto mine = resume_keys(o.config_text), theirs = resume_keys(metadata_entry(m, "config", path));
+    const std::map<std::string, std::string> mine = resume_keys(o.config_text);
+    const std::map<std::string, std::string> theirs = [&] {
+      try {
+        return resume_keys(metadata_entry(m, "config", path));
+      } catch (const std::runtime_error& e) {
+        throw std::runtime_error(path + ": metadata 'config' is not the configuration a run writes (" + e.what() +
+                                 "; a damaged checkpoint?)");
+      }
+    }();
+    if (theirs.empty())
+      throw std::runtime_error(path + ": metadata 'config' holds no configuration key (a damaged checkpoint?)");
+    // Each step either updated the weights or was skipped for inf/nan gradients: a step count that is not their sum
+    // (an edited or mixed-up file) would continue a run that matches no uninterrupted one.
+    const int64_t updated = metadata_int(m, "optimizer_steps", path), skipped = metadata_int(m, "skipped_steps", path);
+    if (updated < 0 || skipped < 0 || updated + skipped != step)
+      throw std::runtime_error(path + ": metadata 'step' = " + std::to_string(step) + ", but 'optimizer_steps' = " +
+                               std::to_string(updated) + " and 'skipped_steps' = " + std::to_string(skipped) +
+                               "; expected step = optimizer_steps + skipped_steps (a damaged checkpoint?)");
     for (const auto* keys : {&mine, &theirs})
       for (const auto& [key, value] : *keys) {
         const auto a = mine.find(key), b = theirs.find(key);
@@ -455,7 +474,16 @@ struct Trainer::State {
     if (metadata_entry(ck.metadata, "seed", path) != std::to_string(o.seed))
       throw std::runtime_error(path + ": metadata 'seed' = '" + metadata_entry(ck.metadata, "seed", path) +
                                "', but train.seed is " + std::to_string(o.seed) + " (a damaged checkpoint?)");
-    for (const auto& [name, t] : ck.tensors) check_finite(path, name, t);
+    for (const auto& [name, t] : ck.tensors) {
+      check_finite(path, name, t);
+      if (name.rfind("optimizer.exp_avg_sq.", 0) == 0) {  // Adam's second moments are running means of squares
+        const std::vector<float> v = t.to_vector();
+        if (std::any_of(v.begin(), v.end(), [](float x) { return x < 0; }))
+          throw std::runtime_error(path + ": " + name +
+                                   " holds negative values; expected Adam's second moments, means of squares, >= 0 "
+                                   "(a damaged checkpoint?)");
+      }
+    }
     if (optimizer_steps > 0)
       for (size_t i = 0; i < opt->params().size(); ++i)
         for (const std::string& kind : opt->state_kinds()) {

@@ -670,8 +670,33 @@ TEST_CASE(
                   out);
   }
   CHECK(damaged([](io::NamedTensors&, io::Metadata& m) { m["skipped_steps"] = ""; }) == 1);
-  CHECK_MESSAGE(
-      out.find(ck + ": training state: 'skipped_steps' = '' is not a finite number >= 0") != std::string::npos, out);
+  CHECK_MESSAGE(out.find(ck + ": metadata 'skipped_steps' = '' is not a whole number >= 0") != std::string::npos, out);
+  // A step count that is not the updated plus the skipped steps would continue from trained weights as from step 0.
+  CHECK(damaged([](io::NamedTensors&, io::Metadata& m) { m["step"] = "0"; }) == 1);
+  CHECK_MESSAGE(out.find(ck + ": metadata 'step' = 0, but 'optimizer_steps' = 2 and 'skipped_steps' = 0; expected "
+                              "step = optimizer_steps + skipped_steps (a damaged checkpoint?)") != std::string::npos,
+                out);
+  // Adam's second moments are means of squares: a negative one is damage, not a diverged training.
+  CHECK(damaged([](io::NamedTensors& t, io::Metadata&) {
+          for (auto& [name, x] : t)
+            if (name == "optimizer.exp_avg_sq.0") {
+              x = x.clone();
+              x.data<float>()[0] = -1;
+            }
+        }) == 1);
+  CHECK_MESSAGE(out.find(ck + ": optimizer.exp_avg_sq.0 holds negative values; expected Adam's second moments") !=
+                    std::string::npos,
+                out);
+  // A configuration that is not one: said so, not compared key by key as '(absent)'.
+  for (const char* config : {"steps = 3", "[train]\nsteps"}) {
+    CHECK(damaged([&](io::NamedTensors&, io::Metadata& m) { m["config"] = config; }) == 1);
+    CHECK_MESSAGE(
+        out.find(ck + ": metadata 'config' is not the configuration a run writes (line '") != std::string::npos, out);
+  }
+  for (const char* config : {"[[[garbage", "; nothing\n"}) {
+    CHECK(damaged([&](io::NamedTensors&, io::Metadata& m) { m["config"] = config; }) == 1);
+    CHECK_MESSAGE(out.find(ck + ": metadata 'config' holds no configuration key") != std::string::npos, out);
+  }
   // The checkpoint itself resumes.
   io::write_safetensors(ck, good.tensors, good.metadata);
   CHECK_MESSAGE(run_guarded("unet_train", ini + " --resume " + dir + "/run --set train.steps=3", &out) == 0, out);
@@ -694,6 +719,44 @@ TEST_CASE("unet_train checks cached cases' labels against the classes dataset.js
   CHECK_MESSAGE(out.find("unet_train: error: " + dir + "/data/labelsTr/case_00") != std::string::npos, out);
   CHECK_MESSAGE(out.find("allows the integers 0..1") != std::string::npos, out);
   CHECK_FALSE(fs::exists(dir + "/run2/model.safetensors"));
+}
+
+TEST_CASE(
+    "unet_infer refuses an image without contrast (all zero, constant, one non-zero voxel, values near 1e-40) "
+    "instead of segmenting nothing; --keep-going segments the others") {
+  Fixture fx;
+  const std::string in = fx.dir + "/blank";
+  fs::create_directories(in);
+  const auto write = [&](const std::string& name, const std::function<void(std::vector<float>&)>& fill) {
+    std::vector<float> v(8 * 8 * 8, 0.f);
+    fill(v);
+    io::write_nifti(in + "/" + name, Tensor::from_vector({8, 8, 8}, v), io::make_nifti_like({8, 8, 8}, {1, 1, 1}));
+  };
+  write("zeros.nii.gz", [](std::vector<float>&) {});
+  write("seven.nii.gz", [](std::vector<float>& v) { std::fill(v.begin(), v.end(), 7.f); });
+  write("one_voxel.nii.gz", [](std::vector<float>& v) { v[100] = 5.f; });
+  write("tiny.nii.gz", [](std::vector<float>& v) {
+    for (size_t i = 0; i < v.size(); ++i) v[i] = static_cast<float>(1 + i % 7) * 1e-40f;
+  });
+  const std::vector<std::pair<std::string, std::string>> cases = {
+      {"zeros", "every voxel holds the value 0 (an empty or constant image); expected an image with contrast"},
+      {"seven", "every voxel holds the value 7 (an empty or constant image)"},
+      {"one_voxel", "after cropping to its non-zero voxels (1 x 1 x 1) and normalisation its values span 0"},
+      {"tiny", "after cropping to its non-zero voxels (8 x 8 x 8) and normalisation its values span "},
+  };
+  std::string out;
+  for (const auto& [name, message] : cases) {
+    CHECK(run_guarded("unet_infer",
+                      "--model " + fx.model + " --input " + in + "/" + name + ".nii.gz --output " + fx.out + ".nii.gz",
+                      &out) == 1);
+    CHECK_MESSAGE(out.find(in + "/" + name + ".nii.gz: " + message) != std::string::npos, out);
+    CHECK_FALSE(fs::exists(fx.out + ".nii.gz"));
+  }
+  fs::copy(fx.dir + "/images/a.nii.gz", in + "/a.nii.gz");
+  CHECK(run_guarded("unet_infer", "--model " + fx.model + " --input " + in + " --output " + fx.out + " --keep-going",
+                    &out) == 1);
+  CHECK(fs::exists(fx.out + "/a.nii.gz"));
+  CHECK_FALSE(fs::exists(fx.out + "/zeros.nii.gz"));
 }
 
 TEST_CASE("unet_infer refuses, with status 2 before any work, inputs whose outputs would share a name") {
