@@ -156,10 +156,21 @@ Case load_cropped(const DatasetInfo& info, size_t i) {
 }
 
 // Resampled to `target` when its spacing differs by more than 0.1%; returns whether it was.
-bool resample_case(Case& c, const std::array<double, 3>& target) {
+// Whether a case at `spacing` is resampled to `target` (a spacing more than 0.1% off along an axis).
+bool needs_resampling(const std::array<double, 3>& spacing, const std::array<double, 3>& target) {
   bool differs = false;
-  for (size_t a = 0; a < 3; ++a) differs = differs || std::abs(c.spacing[a] - target[a]) > 1e-3 * target[a];
-  if (!differs) return false;
+  for (size_t a = 0; a < 3; ++a) differs = differs || std::abs(spacing[a] - target[a]) > 1e-3 * target[a];
+  return differs;
+}
+
+// The grid of a case cropped to `size` at `spacing` once preprocessed for `target`.
+std::array<int64_t, 3> preprocessed_grid(const std::array<int64_t, 3>& size, const std::array<double, 3>& spacing,
+                                         const std::array<double, 3>& target) {
+  return needs_resampling(spacing, target) ? resampled_size(size, spacing, target) : size;
+}
+
+bool resample_case(Case& c, const std::array<double, 3>& target) {
+  if (!needs_resampling(c.spacing, target)) return false;
   const std::array<int64_t, 3> size =
       resampled_size({c.label.dim(0), c.label.dim(1), c.label.dim(2)}, c.spacing, target);
   const int separate = separate_axis(c.spacing, target);
@@ -267,7 +278,20 @@ PreprocessedDataset preprocess_dataset(const DatasetInfo& info, const std::vecto
         if (!finite)
           out.warnings.push_back(path + ": holds values that are not finite (a damaged cache file); case " + dc.id +
                                  " is preprocessed again from its files");
-        if (labels_valid && finite) {
+        // Its grid must be the one the fingerprint's cropped size and spacing give for this target: another shape
+        // of the same byte count would be the case's voxels scrambled.
+        const std::array<int64_t, 3> grid{c.label.dim(0), c.label.dim(1), c.label.dim(2)};
+        const std::array<int64_t, 3> expected = preprocessed_grid(geometry[i].size, geometry[i].spacing, out.target);
+        const bool fits = grid == expected;
+        if (!fits)
+          out.warnings.push_back(path + ": holds a " + std::to_string(grid[0]) + " x " + std::to_string(grid[1]) +
+                                 " x " + std::to_string(grid[2]) +
+                                 " grid where the case's cropped size and spacing "
+                                 "give " +
+                                 std::to_string(expected[0]) + " x " + std::to_string(expected[1]) + " x " +
+                                 std::to_string(expected[2]) + " (a damaged cache file); case " + dc.id +
+                                 " is preprocessed again from its files");
+        if (labels_valid && finite && fits) {
           c.spacing = out.target;
           out.resampled += entry("resampled") == "1";
           ++out.from_cache;

@@ -694,6 +694,11 @@ Trainer::Trainer(TrainerOptions options, std::FILE* out) : s_(std::make_unique<S
     for (size_t i = 0; i < plan.kernels.size(); ++i)
       card.net.filters.push_back(std::min(o.filters << i, o.max_filters));
     card.net.deep_supervision = o.deep_supervision && plan.kernels.size() >= 4;
+    if (o.deep_supervision && !card.net.deep_supervision && out)  // said, not dropped silently
+      std::fprintf(out,
+                   "unet_train: model.deep_supervision: the planned network has %zu levels, and its heads at 1/2 and "
+                   "1/4 resolution need 4 (model.depth >= 3 and a patch that halves 3 times): trained without them\n",
+                   plan.kernels.size());
     card.net.res_block = o.res_block;
   } else {
     throw TrainerOptionError("model.name = " + o.model + ": expected dynunet, unet2d or unet3plus");
@@ -886,6 +891,18 @@ void Trainer::run() {
     }
   }
   if (s.lead()) bar.finish();
+  // Every step skipped for inf/nan gradients (fp16 with too large a loss scale, or gradients that overflow at any
+  // scale): the weights are the initial ones, which must not be written as a trained model.
+  if (s.opt->step_count() == 0)
+    throw std::runtime_error("no optimizer step was taken: all " + std::to_string(o.steps) +
+                             " steps were skipped for inf or nan gradients (loss scale now " +
+                             io::real_text(s.scaler.scale()) +
+                             "); expected a smaller train.loss_scale_init, train.precision = bf16 or fp32, or a "
+                             "smaller train.lr");
+  if (s.scaler.skipped_steps() > 0 && s.lead())
+    std::fprintf(s.out, "unet_train: %ld of %ld steps skipped for inf or nan gradients (loss scale now %s)\n",
+                 static_cast<long>(s.scaler.skipped_steps()), static_cast<long>(o.steps),
+                 io::real_text(s.scaler.scale()).c_str());
   nlohmann::json result = {{"steps", o.steps},
                            {"train_seconds", std::chrono::duration<double>(clock::now() - start).count()}};
   if (!s.split.val.empty()) {

@@ -1092,6 +1092,36 @@ TEST_CASE("unet_train refuses a dynunet patch that the planned strides do not di
   CHECK(fs::exists(dir + "/run/model.safetensors"));
 }
 
+TEST_CASE(
+    "unet_train whose every step is skipped for inf gradients fails without writing a model; deep supervision "
+    "the plan cannot have is said") {
+  test::TempDir tmp("hostile_all_skipped");
+  const std::string& dir = tmp.path;
+  REQUIRE(test::run_tool("unet_synth", "--output " + dir + "/data --train 2 --test 0 --size 16,16,16 --seed 2") == 0);
+  const std::string ini = small_train_ini(dir, dir + "/data");
+  std::string out;
+  // fp16 from a scale of 1e30: each skip halves it, still far above what f16 gradients hold after 3 steps.
+  CHECK(run_guarded("unet_train",
+                    ini + " --set train.steps=3 --set train.precision=fp16 --set train.loss_scale_init=1e30",
+                    &out) == 1);
+  CHECK_MESSAGE(out.find("unet_train: error: no optimizer step was taken: all 3 steps were skipped for inf or nan "
+                         "gradients (loss scale now 1.25") != std::string::npos,
+                out);
+  CHECK_FALSE(fs::exists(dir + "/run/model.safetensors"));
+  // From 1e8, four steps are skipped before the scale fits (1e8 / 16 = 6250000) and the run goes on: it says so.
+  REQUIRE(run_guarded("unet_train",
+                      ini + " --set train.steps=20 --set train.precision=fp16 --set train.loss_scale_init=1e8 "
+                            "--overwrite",
+                      &out) == 0);
+  CHECK_MESSAGE(out.find("unet_train: 4 of 20 steps skipped for inf or nan gradients (loss scale now 6250000)") !=
+                    std::string::npos,
+                out);
+  // depth = 1 plans two levels: deep supervision's heads at 1/2 and 1/4 need four, and the run says it trains without.
+  CHECK_MESSAGE(out.find("unet_train: model.deep_supervision: the planned network has 2 levels, and its heads at 1/2 "
+                         "and 1/4 resolution need 4") != std::string::npos,
+                out);
+}
+
 TEST_CASE("unet_train refuses a training case listed twice in dataset.json, naming the entry") {
   test::TempDir tmp("hostile_duplicate_case");
   const std::string& dir = tmp.path;

@@ -118,6 +118,33 @@ TEST_CASE("a cached case holding NaN is made again from its files, with a warnin
                                  "preprocessed again from its files");
 }
 
+TEST_CASE("a cached case whose grid is not the one its fingerprint gives (the same bytes reshaped) is made again") {
+  test::TempDir tmp("preprocess_reshaped");
+  const DatasetInfo info = read_msd_dataset(mixed_dataset(tmp));
+  PreprocessOptions o;
+  o.cache_dir = tmp / "cache";
+  const PreprocessedDataset first = preprocess_dataset(info, {0, 1, 2, 3}, o);
+  const std::string path = tmp / "cache/case_002.preprocessed.safetensors";
+  const SafetensorsContent f = read_safetensors(path);
+  const Tensor image = f.get("image"), label = f.get("label");
+  const Shape swapped = {label.dim(1), label.dim(0), label.dim(2)};  // z and y exchanged: a scrambled volume
+  REQUIRE(swapped[0] != swapped[1]);
+  write_safetensors(path,
+                    {{"image", image.clone().reshape({swapped[0], swapped[1], swapped[2], image.dim(3)})},
+                     {"label", label.clone().reshape(swapped)}},
+                    f.metadata);
+  const PreprocessedDataset again = preprocess_dataset(info, {0, 1, 2, 3}, o);
+  CHECK(again.from_cache == 3);
+  CHECK(same_cases(again, first));
+  REQUIRE(again.warnings.size() == 1);
+  const auto size = [](const Shape& s) {
+    return std::to_string(s[0]) + " x " + std::to_string(s[1]) + " x " + std::to_string(s[2]);
+  };
+  CHECK(again.warnings[0] == path + ": holds a " + size(swapped) + " grid where the case's cropped size and spacing " +
+                                 "give " + size(label.shape()) + " (a damaged cache file); case case_002 is " +
+                                 "preprocessed again from its files");
+}
+
 TEST_CASE("a fingerprint.json that is a FIFO or a directory is an error naming it, before any case is read") {
   test::TempDir tmp("preprocess_fifo");
   const DatasetInfo info = read_msd_dataset(mixed_dataset(tmp));
