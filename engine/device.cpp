@@ -219,7 +219,7 @@ Device resolve_device(const std::string& name, std::ostream* log) {
           " CUDA device(s) found, but this build does not link the CUDA runtime "
           "(tools/build_gpu.sh builds one that does)";
   }
-  if (name == "cuda") throw DeviceError("--device cuda: no usable CUDA device: " + why);
+  if (name == "cuda") throw DeviceError("no usable CUDA device: " + why);
   if (log) *log << "unet: no usable CUDA device (" << why << "); running on the CPU\n";
   return Device::cpu;
 }

@@ -55,9 +55,10 @@ bool parse_double(const std::string& s, double& out) {
   char* end = nullptr;
   errno = 0;
   out = std::strtod(t.c_str(), &end);
-  // ERANGE on underflow (1e-310, 1e-400) still gives a number, subnormal or 0, as the command-line parser takes it;
-  // on overflow (1e400) it gives infinity, which no key accepts.
-  return (errno == 0 || (errno == ERANGE && std::abs(out) < 1)) && end && *end == '\0';
+  // ERANGE on underflow to a subnormal (1e-310) still gives that number, as the command-line parser takes it; a
+  // number below every double (1e-400) gives 0, which the text does not say, and is refused; on overflow (1e400) it
+  // gives infinity, which no key accepts.
+  return (errno == 0 || (errno == ERANGE && std::abs(out) < 1 && out != 0)) && end && *end == '\0';
 }
 
 bool parse_bool(const std::string& s, bool& out) {
@@ -179,8 +180,16 @@ void Config::set(const std::string& section, const std::string& name, const std:
     throw ConfigError(origin + ": " + section + "." + name + ": byte " + byte + " at position " + std::to_string(at) +
                       " of the value is not UTF-8; expected UTF-8 text (rename the file or directory)");
   }
-  if (!valid(k, value))
-    throw ConfigError(origin + ": " + section + "." + name + " = '" + trim(value) + "': expected " + expected(k));
+  if (!valid(k, value)) {
+    // A number too small for a double (1e-400) would read as 0 and be reported as "0": said as typed.
+    double v = 1;
+    char* end = nullptr;
+    const std::string t = trim(value);
+    if (k.type == KeyType::real && !t.empty()) v = std::strtod(t.c_str(), &end);
+    const bool underflow = end && *end == '\0' && v == 0;  // an exact 0 is valid: this 0 is an underflow
+    throw ConfigError(origin + ": " + section + "." + name + " = '" + t + "': expected " + expected(k) +
+                      (underflow ? " (this one is below the smallest double, 4.9e-324: write 0 for zero)" : ""));
+  }
   values_[section + "." + name] = trim(value);
 }
 

@@ -61,10 +61,15 @@ TEST_CASE("a badly typed value names the key and the expected type") {
   Config c = make_config();
   CHECK_THROWS_WITH_AS(c.load_file(write_ini("[train]\nlr = fast\n")),
                        doctest::Contains("train.lr = 'fast': expected a number"), ConfigError);
-  // Numbers below the smallest normal double are numbers (subnormal, or 0 for 1e-400); 1e400 is not one.
+  // Numbers below the smallest normal double are numbers (subnormal); below every double (1e-400, which would read
+  // as 0 and be reported as "0") and above (1e400) they are not.
   c.apply_override("train.lr=1e-310");
   CHECK(c.get_real("train", "lr") == 1e-310);
-  c.apply_override("train.lr=1e-400");
+  CHECK_THROWS_WITH_AS(c.apply_override("train.lr=1e-400"),
+                       doctest::Contains("train.lr = '1e-400': expected a number (this one is below the smallest "
+                                         "double, 4.9e-324: write 0 for zero)"),
+                       ConfigError);
+  c.apply_override("train.lr=0e-400");  // an exact zero
   CHECK(c.get_real("train", "lr") == 0);
   CHECK_THROWS_WITH_AS(c.apply_override("train.lr=1e400"), doctest::Contains("expected a number"), ConfigError);
   CHECK_THROWS_WITH_AS(c.apply_override("train.optimizer=lamb"), doctest::Contains("expected one of adamw, adam, sgd"),

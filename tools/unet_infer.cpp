@@ -102,22 +102,25 @@ int main(int argc, char** argv) {
       throw UsageError("--blend '" + blend + "': expected gaussian or constant");
     if (!(overlap >= 0 && overlap < 1))
       throw UsageError("--overlap " + io::real_text(overlap) + ": expected a value in [0, 1)");
+    if (batch < 1 || batch > 1024) throw UsageError("--batch " + std::to_string(batch) + ": expected 1..1024");
     Device dev = Device::cpu;
     try {
       dev = device::resolve_device(device, &std::cout);  // auto without a GPU: one line, then the CPU
     } catch (const std::exception& e) {
       throw UsageError("--device " + device + ": " + e.what());
     }
+    std::cout << std::flush;  // that line before any error's
     Precision prec = Precision::fp32;
     try {
       prec = resolve_precision(precision, dev);
     } catch (const std::exception& e) {
       throw UsageError(std::string("--precision: ") + e.what());
     }
-    if (prec == Precision::tf32 && dev == Device::cpu)
-      std::printf("unet_infer: --precision tf32 has no effect on the cpu backend (fp32)\n");
+    if (prec == Precision::tf32 && dev == Device::cpu) {
+      std::printf("unet_infer: --precision tf32 has no effect on the cpu backend: fp32\n");
+      prec = Precision::fp32;  // what runs, and what the summary line says
+    }
     ops::set_conv_allow_tf32(prec == Precision::tf32);
-    if (batch < 1 || batch > 1024) throw UsageError("--batch " + std::to_string(batch) + ": expected 1..1024");
     if (std::error_code ec; !fs::exists(input, ec))
       throw UsageError("--input " + input + ": " + (ec ? ec.message() : "no such file or directory"));
     // A FIFO would block the read forever, a directory fail obscurely: the checkpoint must be a regular file that

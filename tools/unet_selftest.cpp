@@ -25,7 +25,12 @@ int main(int argc, char** argv) {
                  "testing the self-test: change one device value of every check whose op contains this text");
   if (auto status = tools::parse_command_line(app, argc, argv, "unet_selftest")) return *status;
   return tools::run_tool("unet_selftest", [&] {
-    const Device d = device::resolve_device(device_name, nullptr);
+    Device d = Device::cpu;
+    try {
+      d = device::resolve_device(device_name, nullptr);
+    } catch (const std::exception& e) {
+      throw tools::UsageError("--device " + device_name + ": " + e.what());
+    }
     std::printf("unet_selftest: CUDA kernels on %s against the CPU backend%s\n\n", device_name.c_str(),
                 quick ? " (quick)" : "");
     const auto t0 = std::chrono::steady_clock::now();
