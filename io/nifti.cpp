@@ -223,10 +223,18 @@ std::string escaped(const unsigned char* b, size_t n) {
 // "ni1" / "ni2" is the header of a .hdr/.img pair, whose voxels are not in this file.
 void check_magic(const std::string& path) {
   unsigned char h[552] = {};
-  znzFile fp = znzopen(path.c_str(), "rb", nifti_is_gzfile(path.c_str()));
-  if (znz_isnull(fp)) fail(path, std::string("cannot open the file: ") + std::strerror(errno));
-  const size_t got = znzread(h, 1, sizeof h, fp);
-  znzclose(fp);
+  // zlib reads both (an uncompressed file as it is) and says when the compressed data is damaged, which would
+  // otherwise read as a header of zeros.
+  gzFile fp = gzopen(path.c_str(), "rb");
+  if (fp == nullptr) fail(path, std::string("cannot open the file: ") + std::strerror(errno));
+  const int read = gzread(fp, h, sizeof h);
+  int error = Z_OK;
+  std::string zlib_message = gzerror(fp, &error);  // "PATH: what"
+  if (zlib_message.starts_with(path + ": ")) zlib_message.erase(0, path.size() + 2);
+  gzclose_r(fp);
+  if (read < 0 || (error != Z_OK && error != Z_BUF_ERROR))
+    fail(path, "corrupt gzip data in the header (zlib: " + zlib_message + ")");
+  const size_t got = static_cast<size_t>(read);
   if (got < 348)
     fail(path, "not a readable NIfTI-1 or NIfTI-2 file: " + std::to_string(got) +
                    " bytes, shorter than a NIfTI-1 header (348 bytes)");

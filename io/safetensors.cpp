@@ -197,6 +197,20 @@ SafetensorsContent read_safetensors(const std::string& path) {
       fail(path, "tensors '" + entries[i - 1].name + "' (bytes " + std::to_string(entries[i - 1].begin) + " to " +
                      std::to_string(entries[i - 1].end) + ") and '" + entries[i].name + "' (bytes " +
                      std::to_string(entries[i].begin) + " to " + std::to_string(entries[i].end) + ") overlap");
+  // As the format (and its reference reader) requires, the tensors fill the data section end to end: bytes that
+  // belong to none (junk appended to a model, a gap) are a damaged or foreign file, not ignored.
+  uint64_t covered = 0;
+  for (const Entry& e : entries) {
+    if (e.begin != covered)
+      fail(path, "bytes " + std::to_string(covered) + " to " + std::to_string(e.begin) +
+                     " of the data belong to no tensor (before '" + e.name +
+                     "'); expected the tensors to fill the data section");
+    covered = e.end;
+  }
+  if (covered != data_size)
+    fail(path, std::to_string(data_size - covered) + " bytes after the last tensor's data (bytes " +
+                   std::to_string(covered) + " to " + std::to_string(data_size) +
+                   " of the data belong to no tensor); expected the file to end with its tensors");
   for (const Entry& e : entries) {
     Tensor t = Tensor::empty(e.shape, e.dtype);
     f.seekg(static_cast<std::streamoff>(8 + header_len + e.begin));

@@ -157,6 +157,13 @@ TEST_CASE("unreadable inputs are errors naming the file") {
   // (zlib finds it while inflating the header of so small a file: an error naming the file either way)
   CHECK_THROWS_WITH_AS(read_nifti(dir + "/crc.nii.gz"), doctest::Contains((dir + "/crc.nii.gz: ").c_str()),
                        std::runtime_error);
+  // Damaged deflate data in the header is said as such (it read as a header of zeros: "sizeof_hdr is 0").
+  std::string damaged = gz;
+  for (size_t i = 12; i < 40; ++i) damaged[i] = static_cast<char>(0xff);
+  std::ofstream(dir + "/damaged.nii.gz", std::ios::binary) << damaged;
+  CHECK_THROWS_WITH_AS(read_nifti(dir + "/damaged.nii.gz"),
+                       doctest::Contains((dir + "/damaged.nii.gz: corrupt gzip data in the header (zlib: ").c_str()),
+                       std::runtime_error);
 }
 
 TEST_CASE("a write that cannot happen leaves no file behind") {

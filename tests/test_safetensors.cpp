@@ -232,3 +232,22 @@ TEST_CASE("an empty tensor at the offset where another begins is not an overlap"
   CHECK(c.get("b").numel() == 0);
   CHECK(c.get("c").shape() == Shape{0, 3});
 }
+
+TEST_CASE("data bytes that belong to no tensor (a gap, junk after the last tensor) are rejected, as the format says") {
+  std::string path = temp_path("junk.safetensors");
+  write_bytes(path, header_of(R"({"a": {"dtype": "U8", "shape": [4], "data_offsets": [0, 4]}})") +
+                        std::string("\x01\x02\x03\x04junk", 8));
+  CHECK_THROWS_WITH_AS(read_safetensors(path),
+                       (path + ": invalid safetensors file: 4 bytes after the last tensor's data (bytes 4 to 8 of the "
+                               "data belong to no tensor); expected the file to end with its tensors")
+                           .c_str(),
+                       std::runtime_error);
+  write_bytes(path, header_of(R"({"a": {"dtype": "U8", "shape": [4], "data_offsets": [0, 4]},
+                                  "b": {"dtype": "U8", "shape": [2], "data_offsets": [6, 8]}})") +
+                        std::string(8, '\0'));
+  CHECK_THROWS_WITH_AS(read_safetensors(path),
+                       (path + ": invalid safetensors file: bytes 4 to 6 of the data belong to no tensor (before 'b'); "
+                               "expected the tensors to fill the data section")
+                           .c_str(),
+                       std::runtime_error);
+}
