@@ -250,6 +250,19 @@ void Config::apply_override(const std::string& assignment) {
       "--set");
 }
 
+void Config::apply_overrides(const std::vector<std::string>& assignments) {
+  std::map<std::string, std::string> given;  // "section.key" -> value
+  for (const std::string& a : assignments) {
+    apply_override(a);
+    const size_t eq = a.find('='), dot = a.find('.');
+    const std::string key = trim(a.substr(0, dot)) + "." + trim(a.substr(dot + 1, eq - dot - 1));
+    const auto [it, first] = given.emplace(key, trim(a.substr(eq + 1)));
+    if (!first)  // as in a file, each key once: the second would win without a word
+      throw ConfigError("--set " + key + " given twice ('" + it->second + "', then '" + trim(a.substr(eq + 1)) +
+                        "'); expected each key once");
+  }
+}
+
 const std::string& Config::raw(const std::string& section, const std::string& name) const {
   auto it = values_.find(section + "." + name);
   if (it == values_.end()) throw std::logic_error("config: no key " + section + "." + name + " in the schema");

@@ -34,6 +34,8 @@ class Config {
   void load_file(const std::string& path);
   void set(const std::string& section, const std::string& name, const std::string& value, const std::string& origin);
   void apply_override(const std::string& assignment);      // "section.key=value", from --set
+  // Every --set of a command line, in order; a key given twice is a ConfigError (as in a file).
+  void apply_overrides(const std::vector<std::string>& assignments);
 
   long get_int(const std::string& section, const std::string& name) const;
   double get_real(const std::string& section, const std::string& name) const;

@@ -83,6 +83,13 @@ TEST_CASE("a badly typed value names the key and the expected type") {
   c.apply_override("data.patch_size= 16 , 8,4 ");
   CHECK(c.get_int_list("data", "patch_size") == std::vector<long>{16, 8, 4});
   CHECK_THROWS_WITH_AS(c.apply_override("trainsteps"), doctest::Contains("expected section.key=value"), ConfigError);
+  // A command line's --set list: each key once, as in a file (the second used to win without a word).
+  Config d = make_config();
+  CHECK_THROWS_WITH_AS(d.apply_overrides({"train.steps=4", "data.patch_size=8,8,8", " train . steps = 8"}),
+                       "--set train.steps given twice ('4', then '8'); expected each key once", ConfigError);
+  Config e = make_config();
+  e.apply_overrides({"train.steps=4", "data.patch_size=8,8,8"});
+  CHECK(e.get_int("train", "steps") == 4);
 }
 
 TEST_CASE("a missing file and a malformed line are errors naming the file") {

@@ -842,6 +842,26 @@ TEST_CASE(
   CHECK_MESSAGE(out.find("--json " + dataset_json + ": is the dataset.json this evaluation reads") != std::string::npos,
                 out);
   CHECK(bytes_of(dataset_json).starts_with("{\"labels\""));
+  // The same when no dataset.json is there yet (written there, it would break every later evaluation), however it is
+  // spelled.
+  fs::rename(dataset_json, dir + "/ds/saved.json");
+  CHECK(run_guarded(
+            "unet_eval",
+            "--pred " + dir + "/pred --label " + dir + "/ds/labelsTs --json " + dir + "/ds/labelsTs/../dataset.json",
+            &out) == 2);
+  CHECK_MESSAGE(out.find(": is the dataset.json this evaluation reads") != std::string::npos, out);
+  CHECK_FALSE(fs::exists(dataset_json));
+  // labels as a list, or with one class: said as such.
+  test::write_text(dataset_json, R"({"labels": ["background", "a", "b"]})");
+  CHECK(run_guarded("unet_eval", "--pred " + dir + "/pred --label " + dir + "/ds/labelsTs", &out) == 1);
+  CHECK_MESSAGE(
+      out.find(dataset_json + ": \"labels\" is a JSON array; expected an object of the classes") != std::string::npos,
+      out);
+  test::write_text(dataset_json, R"({"labels": {"0": "background"}})");
+  CHECK(run_guarded("unet_eval", "--pred " + dir + "/pred --label " + dir + "/ds/labelsTs", &out) == 1);
+  CHECK_MESSAGE(out.find(dataset_json + ": \"labels\" lists 1 class(es); expected at least 2") != std::string::npos,
+                out);
+  fs::rename(dir + "/ds/saved.json", dataset_json);
   // A reference whose name merely contains "_probabilities" is scored.
   write_labels(dir + "/ds/labelsTs/x_probabilities_v2.nii.gz");
   write_labels(dir + "/pred/x_probabilities_v2.nii.gz");

@@ -100,8 +100,14 @@ int dataset_classes(const std::string& label_dir, std::string* source) {
   } catch (const std::runtime_error& e) {
     throw std::runtime_error(json.string() + ": not valid JSON (" + e.what() + ")");
   }
-  if (!j.contains("labels") || !j["labels"].is_object() || j["labels"].size() < 2)
-    throw std::runtime_error(json.string() + ": expected \"labels\" with at least 2 classes");
+  if (!j.contains("labels") || !j["labels"].is_object())
+    throw std::runtime_error(
+        json.string() + ": " +
+        (j.contains("labels") ? "\"labels\" is a JSON " + std::string(j["labels"].type_name()) : "no \"labels\"") +
+        "; expected an object of the classes, such as {\"0\": \"background\", \"1\": \"tumour\"}");
+  if (j["labels"].size() < 2)
+    throw std::runtime_error(json.string() + ": \"labels\" lists " + std::to_string(j["labels"].size()) +
+                             " class(es); expected at least 2 (background and one more)");
   // As training reads them (io/dataset.cpp): MSD's {"0": "background", ...} or nnU-Net v2's {"background": 0, ...},
   // the values 0..n-1 each once. A gap would add a class in no map, scored Dice 1 in every case.
   const nlohmann::json& labels = j["labels"];
@@ -206,9 +212,10 @@ int main(int argc, char** argv) {
       throw UsageError("--json " + json_path + ": " + why);
     }
     const std::string label_home = pair_of_files ? fs::path(label_dir).parent_path().string() : label_dir;
-    if (std::error_code ec; !json_path.empty() && fs::exists(json_path, ec) &&
-                            fs::exists(dataset_json_of(label_home), ec) &&
-                            fs::equivalent(json_path, dataset_json_of(label_home), ec))
+    // Whether it exists yet or not: once written there, every later evaluation would read the results as classes.
+    if (std::error_code ec, ec2; !json_path.empty() && (fs::equivalent(json_path, dataset_json_of(label_home), ec) ||
+                                                        fs::weakly_canonical(json_path, ec) ==
+                                                            fs::weakly_canonical(dataset_json_of(label_home), ec2)))
       throw UsageError("--json " + json_path +
                        ": is the dataset.json this evaluation reads its classes from; expected "
                        "another file");

@@ -484,7 +484,7 @@ int main(int argc, char** argv) {
       throw UsageError("--resume and --overwrite: --resume continues the run in " + resume +
                        ", --overwrite replaces it; give one of them");
     config.load_file(path);
-    for (auto& o : overrides) config.apply_override(o);
+    config.apply_overrides(overrides);
     if (!resume.empty()) {
       try {
         config.set("output", "dir", resume, "--resume");
