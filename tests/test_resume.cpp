@@ -124,8 +124,9 @@ TEST_CASE("unet_train --resume refuses a changed configuration, a missing checkp
   CHECK(run_tool("unet_train", ini + " --set train.steps=2 --set folds=1 --set output.dir=" + tmp / "run --overwrite",
                  &out) != 0);  // (a bad key: nothing is removed before the configuration is read)
   CHECK(fs::exists(tmp / "run/model_best.safetensors"));
-  REQUIRE(run_tool("unet_train", ini + " --set train.steps=2 --set data.folds=1 --set output.dir=" + tmp / "run" +
-                                     " --overwrite",
+  REQUIRE(run_tool("unet_train",
+                   ini + " --set train.steps=2 --set data.folds=1 --set train.val_every=0 --set output.dir=" +
+                       tmp / "run" + " --overwrite",
                    &out) == 0);
   CHECK_FALSE(fs::exists(tmp / "run/model_best.safetensors"));  // no validation in this run: the old best is gone
   CHECK(fs::exists(tmp / "run/notes.txt"));
@@ -158,10 +159,11 @@ TEST_CASE("a second unet_train into a run directory in use is refused, fresh, --
   std::string pid = io::read_text_file(pid_file);
   pid.erase(pid.find_last_not_of(" \n") + 1);
   const std::string config_before = io::read_text_file(run + "/config.ini");
-  for (const std::string& how : {std::string(" --set output.dir=" + run), " --set output.dir=" + run + " --overwrite",
-                                 " --set train.steps=1000000 --resume " + run}) {
+  for (const std::string& how :
+       {" --set train.steps=3 --set output.dir=" + run, " --set train.steps=3 --set output.dir=" + run + " --overwrite",
+        " --set train.steps=1000000 --resume " + run}) {
     CAPTURE(how);
-    CHECK(run_tool("unet_train", ini + " --set train.steps=3" + how, &out) == 2);
+    CHECK(run_tool("unet_train", ini + how, &out) == 2);
     CHECK_MESSAGE(
         out.find("output.dir = " + run + ": another unet_train is writing a run there now") != std::string::npos, out);
   }

@@ -210,7 +210,8 @@ TEST_CASE("unet_infer on nnU-Net v2 test images: a case's channel files CASE_XXX
   fs::create_directories(dir + "/one");
   fs::create_directories(dir + "/years");
   const std::string one = write_random_model(dir + "/one", 1, {8, 8, 8});
-  const Tensor single = Tensor::zeros({5, 11, 13, 1});
+  Tensor single = Tensor::zeros({5, 11, 13, 1});
+  for (int64_t i = 0; i < single.numel(); ++i) single.data<float>()[i] = static_cast<float>(i % 17);
   for (const char* name : {"ct_2019", "ct_2020"})
     io::write_nifti(dir + "/years/" + name + ".nii.gz", single, io::make_nifti_like(single.shape(), {1, 1, 1}));
   REQUIRE_MESSAGE(

@@ -29,7 +29,7 @@ int main(int argc, char** argv) {
     try {
       d = device::resolve_device(device_name, nullptr);
     } catch (const std::exception& e) {
-      throw tools::UsageError("--device " + device_name + ": " + e.what());
+      throw std::runtime_error("--device " + device_name + ": " + e.what());  // exit 1: no such device here
     }
     std::printf("unet_selftest: CUDA kernels on %s against the CPU backend%s\n\n", device_name.c_str(),
                 quick ? " (quick)" : "");
