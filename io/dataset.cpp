@@ -232,9 +232,23 @@ DatasetInfo read_nnunet_v2_dataset(const std::string& dir) {
     fail("file_ending", "'" + ending + "': no label files *" + ending + " in " + labels_dir.string() +
                             (others > 0 ? " (it holds " + std::to_string(others) + " other file(s))" : ""));
   }
-  if (j["numTraining"].get<int64_t>() != static_cast<int64_t>(info.training.size()))
+  if (j["numTraining"].get<int64_t>() != static_cast<int64_t>(info.training.size())) {
+    // nnU-Net v2 matches file_ending exactly: a file that ends in it in another case is not a label file, and said so.
+    std::string other_case;
+    const auto lower = [](std::string t) {
+      for (char& ch : t) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
+      return t;
+    };
+    const std::string lower_ending = lower(ending);
+    for (const auto& e : fs::directory_iterator(labels_dir)) {
+      const std::string n = e.path().filename().string();
+      if (other_case.empty() && !n.ends_with(ending) && lower(n).ends_with(lower_ending))
+        other_case = " (" + n + " ends in file_ending '" + ending + "' in another case: endings are matched exactly, " +
+                     "as nnU-Net v2 does)";
+    }
     fail("numTraining", "says " + std::to_string(j["numTraining"].get<int64_t>()) + " but " + labels_dir.string() +
-                            " holds " + std::to_string(info.training.size()) + " label files");
+                            " holds " + std::to_string(info.training.size()) + " label files *" + ending + other_case);
+  }
   return info;
 }
 

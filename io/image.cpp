@@ -150,13 +150,13 @@ void check_spacing(const std::array<double, 3>& spacing, const std::string& what
 
 void write_image_like(const std::string& path, const Tensor& data, const Image& like) {
   if (is_tiff_name(path)) {
+    if (like.tiff) return write_tiff(path, data, tiff_options_like(*like.tiff, data));
+    // From NIfTI: its spacing as ImageJ's calibration (TIFF itself has no reliable one).
     TiffVolume t;
-    if (like.tiff)
-      t = *like.tiff;
-    else
-      t.compression = TiffCompression::deflate;
-    write_tiff(path, data, tiff_options_like(t, data));
-    return;
+    t.compression = TiffCompression::deflate;
+    TiffWriteOptions o = tiff_options_like(t, data);
+    set_imagej_calibration(o, like.spacing, data.dim(0));
+    return write_tiff(path, data, o);
   }
   if (like.nifti) return write_nifti(path, data, *like.nifti);
   write_nifti(path, data, make_nifti_like(data.shape(), like.spacing));

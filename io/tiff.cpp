@@ -867,6 +867,17 @@ void write_tiff(const std::string& path, const Tensor& data, const TiffWriteOpti
   file.commit();
 }
 
+void set_imagej_calibration(TiffWriteOptions& o, const std::array<double, 3>& spacing, int64_t pages) {
+  char d[160];
+  std::snprintf(d, sizeof d, "ImageJ=1.11a\nimages=%lld\nslices=%lld\nunit=micron\nspacing=%.9g\n",
+                static_cast<long long>(pages), static_cast<long long>(pages), spacing[0] * 1e3);
+  o.tags.description = d;
+  o.tags.has_resolution = true;
+  o.tags.x_resolution = static_cast<float>(1.0 / (spacing[2] * 1e3));  // pixels per micrometre
+  o.tags.y_resolution = static_cast<float>(1.0 / (spacing[1] * 1e3));
+  o.tags.resolution_unit = RESUNIT_NONE;
+}
+
 TiffWriteOptions tiff_options_like(const TiffVolume& like, const Tensor& data) {
   TiffWriteOptions o;
   o.compression = like.compression;
@@ -885,16 +896,7 @@ TiffWriteOptions tiff_options_like(const TiffVolume& like, const Tensor& data) {
     // OME-XML describes the input's channels, slices and type (and may name the file): none of it fits a label map.
     // Its calibration is kept the way ImageJ writes one (micrometres), which read_tiff reads back.
     o.tags.description.clear();
-    if (like.calibrated) {
-      char d[160];
-      std::snprintf(d, sizeof d, "ImageJ=1.11a\nimages=%lld\nslices=%lld\nunit=micron\nspacing=%.9g\n",
-                    static_cast<long long>(data.dim(0)), static_cast<long long>(data.dim(0)), like.spacing[0] * 1e3);
-      o.tags.description = d;
-      o.tags.has_resolution = true;
-      o.tags.x_resolution = static_cast<float>(1.0 / (like.spacing[2] * 1e3));  // pixels per micrometre
-      o.tags.y_resolution = static_cast<float>(1.0 / (like.spacing[1] * 1e3));
-      o.tags.resolution_unit = RESUNIT_NONE;
-    }
+    if (like.calibrated) set_imagej_calibration(o, like.spacing, data.dim(0));
   } else if (like.tags.description.starts_with("{") && like.tags.description.find("\"shape\"") != std::string::npos) {
     // tifffile's shaped series: the JSON gives the input array's shape, which a probabilities output (a sample per
     // class) does not have. The output's own shape instead, a trailing single channel left out as tifffile does.

@@ -71,4 +71,8 @@ void write_tiff(const std::string& path, const Tensor& data, const TiffWriteOpti
 // description; labels (u8 or i32) as 8-bit, or 16-bit when a value exceeds 255; f32 as 32-bit floats.
 TiffWriteOptions tiff_options_like(const TiffVolume& like, const Tensor& data);
 
+// ImageJ's calibration of `spacing` (mm, z y x) for `pages` pages, as ImageJ writes it (micrometres: the description's
+// unit and z spacing, XResolution / YResolution in pixels per micrometre), which read_tiff reads back.
+void set_imagej_calibration(TiffWriteOptions& o, const std::array<double, 3>& spacing, int64_t pages);
+
 }  // namespace unet::io

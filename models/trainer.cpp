@@ -314,6 +314,12 @@ struct Trainer::State {
   SlidingWindowOptions sw;
   std::filesystem::path dir;
   double best_dice = -1;                     // the best validation mean Dice so far (model_best.safetensors)
+  // Training time of the earlier sessions of a resumed run, and when this session's training began.
+  double earlier_seconds = 0;
+  std::chrono::steady_clock::time_point session_start = std::chrono::steady_clock::now();
+  double train_seconds() const {
+    return earlier_seconds + std::chrono::duration<double>(std::chrono::steady_clock::now() - session_start).count();
+  }
   Comm* comm = nullptr;                      // null: one process
   std::unique_ptr<GradientReducer> reducer;  // with more than one rank
   int rank() const { return comm ? comm->rank() : 0; }
@@ -382,6 +388,7 @@ struct Trainer::State {
                      {"precision", precision_name(o.precision)},
                      {"global_batch", std::to_string(static_cast<int64_t>(o.sampling.batch) * ranks())},
                      {"best_val_mean_dice", exact(best_dice)},
+                     {"train_seconds", exact(train_seconds())},
                      {"config", o.config_text}});
     io::write_safetensors((dir / "checkpoint.safetensors").string(), tensors, metadata);
   }
@@ -509,6 +516,14 @@ struct Trainer::State {
       }
     opt->set_step_count(optimizer_steps);
     scaler = restored;
+    // Absent from checkpoints written before it was recorded: their earlier time is then unknown (0).
+    if (const auto it = ck.metadata.find("train_seconds"); it != ck.metadata.end()) {
+      char* end = nullptr;
+      earlier_seconds = std::strtod(it->second.c_str(), &end);
+      if (end == it->second.c_str() || *end != '\0' || !(earlier_seconds >= 0 && earlier_seconds < 1e10))
+        throw std::runtime_error(path + ": metadata 'train_seconds' = '" + it->second +
+                                 "'; expected the seconds trained so far, >= 0");
+    }
     if (const auto it = ck.metadata.find("best_val_mean_dice"); it != ck.metadata.end()) {
       char* end = nullptr;
       best_dice = std::strtod(it->second.c_str(), &end);
@@ -835,6 +850,7 @@ void Trainer::run() {
 
   using clock = std::chrono::steady_clock;
   auto start = clock::now(), last = start;
+  s.session_start = start;
   const int64_t log_every = std::max<int64_t>(1, o.log_every);
   Tensor loss_acc;  // the steps' [loss, Dice, CE] summed on the device since the last log line: read once per line
   int loss_n = 0;
@@ -924,7 +940,7 @@ void Trainer::run() {
                  static_cast<long>(s.scaler.skipped_steps()), static_cast<long>(o.steps),
                  io::real_text(s.scaler.scale()).c_str());
   nlohmann::json result = {{"steps", o.steps},
-                           {"train_seconds", std::chrono::duration<double>(clock::now() - start).count()}};
+                           {"train_seconds", s.train_seconds()}};  // every session's, for a resumed run
   if (!s.split.val.empty()) {
     const std::vector<double> d = validation(o.steps);
     result["val_dice"] = d;

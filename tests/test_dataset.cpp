@@ -817,6 +817,15 @@ TEST_CASE("nnU-Net v2 raw data: one file per channel, labels by value, read as t
   rewrite("numTraining", 5);
   check_error_names([&] { read_dataset(dir); }, {"numTraining", "says 5", "4 label files"});
   rewrite("numTraining", 4);
+  // file_ending is matched exactly, as nnU-Net v2 does: a label file ending in it in another case is not one, and the
+  // count's error names it.
+  const fs::path label = fs::path(dir) / "labelsTr" / (msd.training[3].id + ".nii.gz");
+  const fs::path upper = fs::path(dir) / "labelsTr" / (msd.training[3].id + ".NII.GZ");
+  fs::rename(label, upper);
+  check_error_names([&] { read_dataset(dir); }, {"numTraining", "says 4",
+                                                 "3 label files *.nii.gz (" + upper.filename().string() +
+                                                     " ends in file_ending '.nii.gz' in another case"});
+  fs::rename(upper, label);
   // The key at fault is named: the file ending that matches no label (not numTraining), the missing channel_names
   // of a file with file_ending (not MSD's modality).
   rewrite("file_ending", ".nii");

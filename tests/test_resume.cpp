@@ -173,3 +173,17 @@ TEST_CASE("a second unet_train into a run directory in use is refused, fresh, --
   CHECK_MESSAGE(
       run_tool("unet_train", ini + " --set train.steps=3 --set output.dir=" + run + " --overwrite", &out) == 0, out);
 }
+
+TEST_CASE("a resumed run's train_seconds counts every session, not only the last") {
+  test::TempDir tmp("resume_seconds");
+  const std::string ini = config(tmp);
+  std::string out;
+  REQUIRE(run_tool("unet_train", ini + " --set train.steps=6 --set output.dir=" + tmp / "run", &out) == 0);
+  const double first = std::stod(io::read_safetensors(tmp / "run/checkpoint.safetensors").metadata.at("train_seconds"));
+  CHECK(first > 0);
+  // One more step: the last session alone is shorter than the first, which the whole run includes.
+  REQUIRE(run_tool("unet_train", ini + " --set train.steps=7 --resume " + tmp / "run", &out) == 0);
+  const nlohmann::json result = nlohmann::json::parse(io::read_text_file(tmp / "run/validation.json"));
+  CHECK(result["train_seconds"].get<double>() >= first);
+  CHECK(std::stod(io::read_safetensors(tmp / "run/checkpoint.safetensors").metadata.at("train_seconds")) >= first);
+}

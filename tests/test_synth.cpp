@@ -292,6 +292,18 @@ TEST_CASE("unet_synth never overwrites a directory that is not a dataset, and re
   CHECK(test::run_tool("unet_synth", "--output " + (tmp / "ds") + " --train 1 --test 0 --size 8 --overwrite", &out) ==
         0);
   CHECK_FALSE(fs::exists(tmp / "ds/unet_preprocessed"));
+  // Through a link: the dataset it points to is replaced, and the link stays a link (it became a directory).
+  fs::create_directory_symlink(tmp / "ds", tmp / "link");
+  CHECK(test::run_tool("unet_synth", "--output " + (tmp / "link") + " --train 3 --test 0 --size 8 --overwrite", &out) ==
+        0);
+  CHECK(fs::is_symlink(tmp / "link"));
+  CHECK(read_json(tmp / "ds/dataset.json")["numTraining"] == 3);
+  // Run from inside the dataset: refused (the shell would be left in a deleted directory), nothing changed.
+  CHECK(test::shell("cd " + (tmp / "ds/imagesTr") + " && " + test::tool_path("unet_synth") +
+                        " --output .. --train 1 --test 0 --size 8 --overwrite",
+                    &out) == 2);
+  CHECK_MESSAGE(out.find("is the current directory or holds it") != std::string::npos, out);
+  CHECK(read_json(tmp / "ds/dataset.json")["numTraining"] == 3);
 }
 
 TEST_CASE("unet_synth ended by SIGTERM or SIGHUP leaves no staging directory behind") {

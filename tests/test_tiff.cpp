@@ -14,6 +14,7 @@
 #include <nlohmann/json.hpp>
 #include <tuple>
 
+#include "io/image.h"
 #include "io/tiff.h"
 
 using namespace unet;
@@ -611,4 +612,18 @@ TEST_CASE("OME-TIFF: PhysicalSizeX/Y/Z and their units give the spacing, and an 
           write("PhysicalSizeX=\"1\" PhysicalSizeXUnit=\"s\" PhysicalSizeY=\"1\"");
         }).find("PhysicalSizeXUnit=\"s\"; expected a length") != std::string::npos);
   fs::remove_all(dir);
+}
+
+TEST_CASE("a label map of a NIfTI image written as TIFF carries the image's spacing (ImageJ's calibration)") {
+  const fs::path dir = temp_dir();
+  const std::string out = (dir / "from_nifti.tif").string();
+  Image like;
+  like.data = Tensor::zeros({4, 3, 5, 1});
+  like.spacing = {5, 0.5, 0.25};  // mm, as a NIfTI header gives it
+  const Tensor labels = make({4, 3, 5}, DType::u8, [](int64_t i) { return double(i % 3); });
+  write_image_like(out, labels, like);
+  const TiffVolume back = read_tiff(out);
+  CHECK(back.calibrated);  // it was written without any: read back as 1 mm
+  for (int a = 0; a < 3; ++a) CHECK(back.spacing[a] == doctest::Approx(like.spacing[a]).epsilon(1e-6));
+  CHECK(back.data.to_vector() == labels.to_vector());
 }

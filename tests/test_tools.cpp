@@ -205,6 +205,15 @@ TEST_CASE("unet_infer on nnU-Net v2 test images: a case's channel files CASE_XXX
   CHECK(out.find("case_8_0001.nii.gz is channel 1 of case case_8, whose channels 0..0 are not all there") !=
         std::string::npos);
   CHECK(!fs::exists(dir + "/pred_bad"));
+  // So is a case without its last channel (the model has two), naming the missing file: it failed only when its turn
+  // came, after the cases before it, naming channel 0.
+  fs::rename(dir + "/v2/case_8_0001.nii.gz", dir + "/v2/case_8_0000.nii.gz");
+  CHECK(test::run_tool("unet_infer", "--model " + model + " --input " + dir + "/v2 --output " + dir + "/pred_bad",
+                       &out) == 2);
+  CHECK_MESSAGE(out.find("case case_8 has 1 channel file(s), the model expects 2: " + dir +
+                         "/v2/case_8_0001.nii.gz is missing") != std::string::npos,
+                out);
+  CHECK(!fs::exists(dir + "/pred_bad"));
   // Names that merely end in four digits, with no channel 0000 among them, are cases of their own (they were refused
   // as incomplete nnU-Net v2 cases).
   fs::create_directories(dir + "/one");

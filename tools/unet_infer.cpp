@@ -132,6 +132,7 @@ int main(int argc, char** argv) {
       throw UsageError("--model " + model_path + ": " + why + "; expected a model.safetensors file");
 
     std::vector<std::pair<std::vector<fs::path>, fs::path>> jobs;  // input (one file per channel) -> output
+    bool channel_files = false;  // nnU-Net v2's layout: a case is its files CASE_0000, CASE_0001, ...
     if (fs::is_directory(input)) {
       if (std::error_code ec; fs::exists(output, ec) && !fs::is_directory(output, ec))
         throw UsageError("--output " + output + ": must be a directory when --input is one");
@@ -170,8 +171,9 @@ int main(int argc, char** argv) {
           if (!std::isdigit(static_cast<unsigned char>(stem[i]))) return -1;
         return std::stoi(stem.substr(n - 4));
       };
-      const bool v2 = std::all_of(files.begin(), files.end(), [&](const fs::path& f) { return channel_of(f) >= 0; }) &&
-                      std::any_of(files.begin(), files.end(), [&](const fs::path& f) { return channel_of(f) == 0; });
+      const bool v2 = channel_files =
+          std::all_of(files.begin(), files.end(), [&](const fs::path& f) { return channel_of(f) >= 0; }) &&
+          std::any_of(files.begin(), files.end(), [&](const fs::path& f) { return channel_of(f) == 0; });
       for (auto& f : files) {
         if (!v2) {
           jobs.push_back({{f}, fs::path(output) / f.filename()});
@@ -281,6 +283,21 @@ int main(int argc, char** argv) {
       omp_set_num_threads(
           std::max(1, static_cast<int>(std::max(1u, std::thread::hardware_concurrency())) / comm.local_size()));
     const models::Predictor predictor(model_path, po);
+    // A case missing its last channel files (CASE_0001 of a two-channel model) is found now, before any volume, and
+    // named by the first missing file.
+    if (channel_files)
+      for (const auto& [ins, out] : jobs)
+        if (static_cast<int64_t>(ins.size()) < predictor.card().image_channels()) {
+          const std::string first = ins[0].filename().string(), stem = io::image_stem(first);
+          char missing[16];
+          std::snprintf(missing, sizeof missing, "%04zu", ins.size());
+          throw UsageError(
+              "--input " + input + ": case " + stem.substr(0, stem.size() - 5) + " has " + std::to_string(ins.size()) +
+              " channel file(s), the model expects " + std::to_string(predictor.card().image_channels()) + ": " +
+              (ins[0].parent_path() / (stem.substr(0, stem.size() - 4) + missing + first.substr(stem.size())))
+                  .string() +
+              " is missing (nnU-Net v2: CASE_0000, CASE_0001, ...)");
+        }
     // A card whose patch cannot fit (plan.patch = 1024^3: every volume padded to it) would only end in minutes of
     // silence and an allocation failure: refused with the estimate, as unet_train refuses such a patch. A lower bound:
     // the first level's two convolution outputs for --batch windows, in the activations' precision, and the f32

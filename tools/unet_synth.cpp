@@ -137,6 +137,22 @@ int main(int argc, char** argv) {
     fs::path target = fs::absolute(o.output).lexically_normal();
     if (target.filename().empty()) target = target.parent_path();  // "dir/" -> "dir"
     std::error_code ec;
+    // A link to a dataset: the dataset it points to is the one replaced (renaming over the link would replace the
+    // link with a directory and leave the dataset as it was).
+    if (fs::is_symlink(target, ec) && fs::is_directory(target, ec)) {
+      target = fs::canonical(target, ec);
+      o.output = target.string();
+    }
+    // The dataset is replaced by renaming a new directory into place: a shell inside the old one would be left in a
+    // deleted directory, with the new dataset out of its sight.
+    if (const fs::path here = fs::current_path(ec); o.overwrite && fs::is_directory(target, ec) && !here.empty()) {
+      const fs::path real = fs::weakly_canonical(target, ec);
+      if (std::mismatch(real.begin(), real.end(), here.begin(), here.end()).first == real.end())
+        throw unet::io::SynthOptionsError("--output " + o.output + ": is the current directory or holds it (" +
+                                          here.string() +
+                                          "); --overwrite replaces the directory, which would leave this shell "
+                                          "in a deleted one; expected to run from outside it");
+    }
     if (fs::is_directory(target.parent_path(), ec)) {
       if (std::string why = unet::tools::directory_write_problem(target.parent_path()); !why.empty())
         throw unet::io::SynthOptionsError("--output " + o.output + ": " + why);
