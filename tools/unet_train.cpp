@@ -146,34 +146,29 @@ void check_keys_take_effect(const io::Config& c, const models::TrainerOptions& o
     const char* name;
     bool read;             // whether this run reads the key
     const char* harmless;  // a value stating what the run does anyway (nullptr: none)
-    const std::string& why;
+    std::string why;
   };
   const std::string net = "model.name = " + o.model, opt = "train.optimizer = " + o.optimizer;
-  const std::string why[] = {net + " has five levels (only dynunet plans its depth)",
-                             net + " doubles its filters per level without a cap (only dynunet caps them)",
-                             net + " has no residual blocks (dynunet's)",
-                             net + " has no dropout (unet2d's, after the bottleneck)",
-                             opt + " has no momentum (sgd's; adam and adamw have their betas)",
-                             "loss scaling is off (train.loss_scaling = " + c.get_string("train", "loss_scaling") +
-                                 " with train.precision " + precision_name(o.precision) + ")",
-                             "data.pipeline = dle_isbi augments with flips, augment.zoom and augment.brightness only",
-                             "data.folds = 1 trains on every case and holds none out for validation",
-                             "data.workers = 0 prepares each batch when it is needed"};
+  const std::string no_scaling = "loss scaling is off (train.loss_scaling = " + c.get_string("train", "loss_scaling") +
+                                 " with train.precision " + precision_name(o.precision) + ")";
+  const std::string no_validation = "data.folds = 1 trains on every case and holds none out for validation";
   std::vector<Scope> scopes = {
-      {"model", "depth", dynunet, nullptr, why[0]},
-      {"model", "max_filters", dynunet, nullptr, why[1]},
-      {"model", "res_block", dynunet, "false", why[2]},
-      {"model", "dropout", unet2d, "0", why[3]},
-      {"train", "momentum", sgd, nullptr, why[4]},
-      {"train", "loss_scale_init", o.loss_scaling.enabled, nullptr, why[5]},
-      {"train", "loss_scale_growth_interval", o.loss_scaling.enabled, nullptr, why[5]},
-      {"train", "val_every", o.folds > 1, "0", why[7]},
-      {"validation", "overlap", o.folds > 1, nullptr, why[7]},
-      {"validation", "blend", o.folds > 1, nullptr, why[7]},
-      {"data", "prefetch", o.loader_workers > 0, nullptr, why[8]},
+      {"model", "depth", dynunet, nullptr, net + " has five levels (only dynunet plans its depth)"},
+      {"model", "max_filters", dynunet, nullptr,
+       net + " doubles its filters per level without a cap (only dynunet caps them)"},
+      {"model", "res_block", dynunet, "false", net + " has no residual blocks (dynunet's)"},
+      {"model", "dropout", unet2d, "0", net + " has no dropout (unet2d's, after the bottleneck)"},
+      {"train", "momentum", sgd, nullptr, opt + " has no momentum (sgd's; adam and adamw have their betas)"},
+      {"train", "loss_scale_init", o.loss_scaling.enabled, nullptr, no_scaling},
+      {"train", "loss_scale_growth_interval", o.loss_scaling.enabled, nullptr, no_scaling},
+      {"train", "val_every", o.folds > 1, "0", no_validation},
+      {"validation", "overlap", o.folds > 1, nullptr, no_validation},
+      {"validation", "blend", o.folds > 1, nullptr, no_validation},
+      {"data", "prefetch", o.loader_workers > 0, nullptr, "data.workers = 0 prepares each batch when it is needed"},
   };
   for (const char* name : {"noise", "blur", "contrast", "rotation", "gamma", "low_resolution"})
-    scopes.push_back({"augment", name, !dle, "0", why[6]});
+    scopes.push_back({"augment", name, !dle, "0",
+                      "data.pipeline = dle_isbi augments with flips, augment.zoom and augment.brightness only"});
   for (const Scope& k : scopes) {
     if (k.read || c.is_default(k.section, k.name)) continue;
     const std::string value = c.value_text(k.section, k.name);
