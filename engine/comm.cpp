@@ -3,6 +3,7 @@
 #include "engine/comm.h"
 
 #include <algorithm>
+#include <cerrno>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -73,6 +74,39 @@ std::optional<Comm::Difference> Comm::compare_with_rank0(
   for (const auto& [name, value] : reference)
     if (!mine.count(name)) return Difference{name, "(none)", value};
   return std::nullopt;
+}
+
+uint64_t content_digest(const void* data, size_t size) {
+  const auto* bytes = static_cast<const unsigned char*>(data);
+  const auto mix = [](uint64_t z) {
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+  };
+  const int64_t words = static_cast<int64_t>(size / 8);
+  uint64_t sum = mix(size);
+#pragma omp parallel for reduction(+ : sum) schedule(static)
+  for (int64_t i = 0; i < words; ++i) {
+    uint64_t w;
+    std::memcpy(&w, bytes + 8 * i, 8);
+    sum += mix(w + static_cast<uint64_t>(i) * 0x9e3779b97f4a7c15ull);
+  }
+  uint64_t tail = 0;
+  if (size % 8) std::memcpy(&tail, bytes + 8 * words, size % 8);
+  return sum + mix(tail ^ 0x5bd1e995ull);
+}
+
+uint64_t file_digest(const std::string& path) {
+  std::FILE* f = std::fopen(path.c_str(), "rb");
+  if (f == nullptr) throw std::runtime_error(path + ": cannot open: " + std::strerror(errno));
+  std::vector<unsigned char> chunk(size_t(1) << 24);
+  uint64_t digest = 0;
+  for (size_t n; (n = std::fread(chunk.data(), 1, chunk.size(), f)) > 0;)
+    digest = digest * 1099511628211ull + content_digest(chunk.data(), n);  // chunks in order
+  const bool failed = std::ferror(f) != 0;
+  std::fclose(f);
+  if (failed) throw std::runtime_error(path + ": cannot read: " + std::strerror(errno));
+  return digest;
 }
 
 int launcher_size() {

@@ -91,4 +91,11 @@ int launcher_local_rank();
 // Whether this build has MPI (CMake found it).
 bool mpi_built();
 
+// A digest of `size` bytes that any changed or moved byte alters (with near certainty), for telling ranks' data apart:
+// the sum over 8-byte words of SplitMix64's finaliser of (word + position * golden ratio), summed by the threads in
+// any order (addition modulo 2^64 commutes), so gigabytes take a fraction of a second. `file_digest`: the same over a
+// file's bytes, read in chunks (throws std::runtime_error naming a file it cannot read).
+uint64_t content_digest(const void* data, size_t size);
+uint64_t file_digest(const std::string& path);
+
 }  // namespace unet

@@ -504,6 +504,22 @@ struct Trainer::State {
                                      " steps; expected every parameter's (a damaged "
                                      "checkpoint?)");
         }
+    // Adam's bias correction uses each parameter's own step count: every parameter takes a step at each update, so
+    // each count is the checkpoint's optimizer_steps (one removed, or edited to 3 of 30, resumed to other weights).
+    const std::vector<std::string>& kinds = opt->state_kinds();
+    if (optimizer_steps > 0 && std::find(kinds.begin(), kinds.end(), "exp_avg") != kinds.end())
+      for (size_t i = 0; i < opt->params().size(); ++i) {
+        const std::string name = "optimizer.step." + std::to_string(i);
+        const auto it =
+            std::find_if(ck.tensors.begin(), ck.tensors.end(), [&](const auto& entry) { return entry.first == name; });
+        const double count = it == ck.tensors.end() || it->second.numel() != 1 ? -1.0 : it->second.item();
+        if (count != static_cast<double>(optimizer_steps))
+          throw std::runtime_error(
+              path + ": " +
+              (count < 0 ? "no one-element tensor '" + name + "'" : "'" + name + "' = " + io::real_text(count)) +
+              "; expected parameter " + std::to_string(i) + "'s Adam step count, " + std::to_string(optimizer_steps) +
+              " as optimizer_steps (a damaged checkpoint?)");
+      }
     for (auto& [p, t] : copies) device::copy(p.raw(), p.device(), t->raw(), Device::cpu, t->nbytes());
     const std::string prefix = "optimizer.";
     for (const auto& [name, t] : ck.tensors)
@@ -542,34 +558,11 @@ struct Trainer::State {
 // every byte of its image and label.
 namespace {
 
-// A digest of `size` bytes that any changed or moved byte alters (with near certainty): the sum over 8-byte words of
-// SplitMix64's finaliser of (word + position * golden ratio), summed by the threads in any order (addition modulo
-// 2^64 commutes), so gigabytes take a fraction of a second.
-uint64_t digest_bytes(const void* data, size_t size) {
-  const auto* bytes = static_cast<const unsigned char*>(data);
-  const auto mix = [](uint64_t z) {
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    return z ^ (z >> 31);
-  };
-  const int64_t words = static_cast<int64_t>(size / 8);
-  uint64_t sum = mix(size);
-#pragma omp parallel for reduction(+ : sum) schedule(static)
-  for (int64_t i = 0; i < words; ++i) {
-    uint64_t w;
-    std::memcpy(&w, bytes + 8 * i, 8);
-    sum += mix(w + static_cast<uint64_t>(i) * 0x9e3779b97f4a7c15ull);
-  }
-  uint64_t tail = 0;
-  std::memcpy(&tail, bytes + 8 * words, size % 8);
-  return sum + mix(tail ^ 0x5bd1e995ull);
-}
-
 void check_same_cases(Comm& comm, const std::vector<io::Case>& cases, const std::string& json_path) {
   std::vector<std::pair<std::string, std::string>> items;
   for (const io::Case& k : cases) {
     const uint64_t digest =
-        digest_bytes(k.image.raw(), k.image.nbytes()) * 31 + digest_bytes(k.label.raw(), k.label.nbytes());
+        content_digest(k.image.raw(), k.image.nbytes()) * 31 + content_digest(k.label.raw(), k.label.nbytes());
     char text[64];
     std::snprintf(text, sizeof text, "%016llx", static_cast<unsigned long long>(digest));
     const auto sizes = [](const Tensor& t) {

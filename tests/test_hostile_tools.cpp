@@ -687,6 +687,20 @@ TEST_CASE(
   CHECK_MESSAGE(out.find(ck + ": optimizer.exp_avg_sq.0 holds negative values; expected Adam's second moments") !=
                     std::string::npos,
                 out);
+  // Adam's per-parameter step counts: each is optimizer_steps (one removed or edited resumed to other weights).
+  CHECK(damaged([](io::NamedTensors& t, io::Metadata&) {
+          std::erase_if(t, [](const auto& e) { return e.first == "optimizer.step.3"; });
+        }) == 1);
+  CHECK_MESSAGE(out.find(ck + ": no one-element tensor 'optimizer.step.3'; expected parameter 3's Adam step count, 2 "
+                              "as optimizer_steps") != std::string::npos,
+                out);
+  CHECK(damaged([](io::NamedTensors& t, io::Metadata&) {
+          for (auto& [name, x] : t)
+            if (name == "optimizer.step.0") x = Tensor::full({1}, 1.f);
+        }) == 1);
+  CHECK_MESSAGE(out.find(ck + ": 'optimizer.step.0' = 1; expected parameter 0's Adam step count, 2") !=
+                    std::string::npos,
+                out);
   // A configuration that is not one: said so, not compared key by key as '(absent)'.
   for (const char* config : {"steps = 3", "[train]\nsteps"}) {
     CHECK(damaged([&](io::NamedTensors&, io::Metadata& m) { m["config"] = config; }) == 1);
