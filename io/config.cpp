@@ -22,6 +22,14 @@ std::string trim(const std::string& s) {
   return b == std::string::npos ? std::string() : s.substr(b, e - b + 1);
 }
 
+// A value or key for a message: its first 120 bytes and its length when longer (a 1 MB value made a 1 MB message).
+std::string shown(const std::string& s) {
+  if (s.size() <= 160) return s;
+  size_t cut = 120;
+  while (cut > 0 && (static_cast<unsigned char>(s[cut]) & 0xC0) == 0x80) --cut;  // not inside a UTF-8 character
+  return s.substr(0, cut) + "... (" + std::to_string(s.size()) + " bytes)";
+}
+
 const char* type_name(KeyType t) {
   switch (t) {
     case KeyType::integer:
@@ -154,7 +162,8 @@ const ConfigKey& Config::find(const std::string& section, const std::string& nam
     size_t d = edit_distance(wanted, k.section + "." + k.name);
     if (d < best_d) best_d = d, best = k.section + "." + k.name;
   }
-  throw ConfigError(origin + ": unknown key '" + wanted + "'" + (best.empty() ? "" : "; did you mean '" + best + "'?"));
+  throw ConfigError(origin + ": unknown key '" + shown(wanted) + "'" +
+                    (best.empty() ? "" : "; did you mean '" + best + "'?"));
 }
 
 void Config::set(const std::string& section, const std::string& name, const std::string& value,
@@ -168,7 +177,7 @@ void Config::set(const std::string& section, const std::string& name, const std:
       throw ConfigError(origin + ": " + section + "." + name + ": control character " + std::to_string(c) +
                         " at position " + std::to_string(i) + " of the value; expected " + expected(k));
     if (c == ';' && i > 0 && (value[i - 1] == ' ' || value[i - 1] == '\t'))
-      throw ConfigError(origin + ": " + section + "." + name + " = '" + trim(value) +
+      throw ConfigError(origin + ": " + section + "." + name + " = '" + shown(trim(value)) +
                         "': a ';' after a space is not a comment here (inline comments are not supported); put the "
                         "comment on a line of its own");
   }
@@ -187,7 +196,7 @@ void Config::set(const std::string& section, const std::string& name, const std:
     const std::string t = trim(value);
     if (k.type == KeyType::real && !t.empty()) v = std::strtod(t.c_str(), &end);
     const bool underflow = end && *end == '\0' && v == 0;  // an exact 0 is valid: this 0 is an underflow
-    throw ConfigError(origin + ": " + section + "." + name + " = '" + t + "': expected " + expected(k) +
+    throw ConfigError(origin + ": " + section + "." + name + " = '" + shown(t) + "': expected " + expected(k) +
                       (underflow ? " (this one is below the smallest double, 4.9e-324: write 0 for zero)" : ""));
   }
   values_[section + "." + name] = trim(value);
@@ -231,7 +240,7 @@ void Config::load_file(const std::string& path) {
     const std::string name = trim(t.substr(0, eq)), value = trim(t.substr(eq + 1));
     for (size_t i = value.find(';'); i != std::string::npos; i = value.find(';', i + 1))
       if (i > 0 && (value[i - 1] == ' ' || value[i - 1] == '\t'))
-        throw ConfigError(where + section + "." + name + " = '" + value +
+        throw ConfigError(where + section + "." + name + " = '" + shown(value) +
                           "': a ';' after a space is not a comment here (inline comments are not supported); put the "
                           "comment on a line of its own");
     if (const auto [it, fresh] = keys.emplace(section + "." + name, n); !fresh)

@@ -70,6 +70,14 @@ TEST_CASE("a badly typed value names the key and the expected type") {
                                          "double, 4.9e-324: write 0 for zero)"),
                        ConfigError);
   c.apply_override("train.lr=0e-400");  // an exact zero
+  // A huge bad value is quoted by its beginning and its length, not whole (a 1 MB value made a 1 MB message).
+  try {
+    c.apply_override("train.lr=" + std::string(100000, '9') + "x");
+    FAIL("accepted");
+  } catch (const ConfigError& e) {
+    CHECK(std::string(e.what()).size() < 400);
+    CHECK(std::string(e.what()).find("... (100001 bytes)': expected a number") != std::string::npos);
+  }
   CHECK(c.get_real("train", "lr") == 0);
   CHECK_THROWS_WITH_AS(c.apply_override("train.lr=1e400"), doctest::Contains("expected a number"), ConfigError);
   CHECK_THROWS_WITH_AS(c.apply_override("train.optimizer=lamb"), doctest::Contains("expected one of adamw, adam, sgd"),

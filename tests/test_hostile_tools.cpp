@@ -203,6 +203,8 @@ TEST_CASE("unet_infer refuses FIFOs, directories and unwritable outputs with sta
        "--overlap nan: expected a value in [0, 1)"},
       {"unet_infer", model + " --input " + d + "/images --output " + fx.out + " --overlap half", 2,
        "--overlap = half: expected a number (window overlap in [0, 1))"},
+      {"unet_infer", model + " --input " + d + "/images --output " + fx.out + " --tta=garbage", 2,
+       "--tta = garbage: --tta is a flag and takes no value; expected --tta alone"},
       {"unet_infer", model + " --input " + d + "/images --output " + fx.out + " --batch 0", 2,
        "--batch 0: expected 1..1024"},
       {"unet_infer", model + " --input " + d + "/images --output " + fx.out + " --batch 99999999999", 2,
@@ -771,6 +773,19 @@ TEST_CASE(
                     &out) == 1);
   CHECK(fs::exists(fx.out + "/a.nii.gz"));
   CHECK_FALSE(fs::exists(fx.out + "/zeros.nii.gz"));
+}
+
+TEST_CASE("unet_infer whose probabilities cannot be written (a file size limit) leaves no label map to score") {
+  Fixture fx;
+  fs::create_directories(fx.out);
+  std::string out;
+  // A 2 KiB limit: the label map fits, the float probabilities do not (SIGXFSZ ignored, so the write fails instead).
+  CHECK(test::shell("bash -c \"trap '' XFSZ; ulimit -f 2; " + test::tool_path("unet_infer") + " --model " + fx.model +
+                        " --input " + fx.dir + "/images/a.nii.gz --output " + fx.out +
+                        "/a.nii.gz --save-probabilities\"",
+                    &out) == 1);
+  CHECK_MESSAGE(out.find("File too large") != std::string::npos, out);
+  CHECK_MESSAGE(fs::is_empty(fx.out), out);
 }
 
 TEST_CASE("unet_infer refuses, with status 2 before any work, inputs whose outputs would share a name") {

@@ -67,7 +67,10 @@ inline std::optional<int> parse_command_line(CLI::App& app, int argc, char** arg
     const std::string prefix = "Could not convert: ";
     if (const size_t eq = message.find(" = "); message.starts_with(prefix) && eq != std::string::npos)
       if (const CLI::Option* opt = app.get_option_no_throw(message.substr(prefix.size(), eq - prefix.size())))
-        message = message.substr(prefix.size()) + ": expected " + expected_value(*opt);
+        message = message.substr(prefix.size()) +
+                  (opt->get_expected_min() == 0 ? ": " + opt->get_name() + " is a flag and takes no value; expected " +
+                                                      opt->get_name() + " alone"
+                                                : ": expected " + expected_value(*opt));
   } catch (const CLI::ParseError& e) {
     message = e.what();
   }

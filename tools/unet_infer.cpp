@@ -381,8 +381,16 @@ int main(int argc, char** argv) {
           std::fflush(stderr);
         }
         const models::Segmentation seg = predictor.segment(vol, in.string());
-        io::write_image_like(out.string(), seg.labels, vol);
+        // Probabilities first and the label map last, so that a volume that fails (a full disk, a file size limit)
+        // leaves no label map behind for unet_eval to score; the probabilities it did write go with it.
         if (save_probabilities) io::write_image_like(probabilities_of(out).string(), seg.probabilities, vol);
+        try {
+          io::write_image_like(out.string(), seg.labels, vol);
+        } catch (...) {
+          std::error_code ec;
+          if (save_probabilities) fs::remove(probabilities_of(out), ec);
+          throw;
+        }
         std::string grid =
             std::to_string(seg.grid[0]) + "x" + std::to_string(seg.grid[1]) + "x" + std::to_string(seg.grid[2]);
         if (seg.resampled)

@@ -262,7 +262,7 @@ models::TrainerOptions trainer_options(const io::Config& c) {
     throw UsageError("data.cache: got ''; expected auto, none or a directory");
   if (cache == "auto") {
     // Beside the data when we may write there (access(): the dataset of a shared, read-only store gets none).
-    if (std::filesystem::is_directory(o.dataset) && access(o.dataset.c_str(), W_OK) == 0)
+    if (std::error_code ec; std::filesystem::is_directory(o.dataset, ec) && access(o.dataset.c_str(), W_OK) == 0)
       o.cache_dir = (std::filesystem::path(o.dataset) / "unet_preprocessed").string();
   } else if (cache != "none") {
     o.cache_dir = cache;
@@ -430,7 +430,9 @@ int run(const io::Config& c, const std::string& resume, bool overwrite) {
   // After every setting and the output directories, so that they are checked even when the data is not there yet.
   if (std::error_code ec; !std::filesystem::is_directory(options.dataset, ec))
     throw UsageError("data.dataset = " + options.dataset + ": " +
-                     (std::filesystem::exists(options.dataset, ec) ? "not a directory" : "no such directory") +
+                     (std::filesystem::exists(options.dataset, ec)       ? "not a directory"
+                      : ec && ec != std::errc::no_such_file_or_directory ? ec.message()  // such as a name too long
+                                                                         : "no such directory") +
                      "; expected the directory holding dataset.json");
   // Under mpirun or srun (engine/comm.h): one rank per process; 0 shares the cores among the ranks on this machine.
   Comm& comm = world();
