@@ -577,11 +577,11 @@ TEST_CASE("a resumed run whose optimizer state overflows the weights stops with 
   const std::string ini = small_train_ini(dir, dir + "/data");
   std::string out;
   REQUIRE_MESSAGE(test::run_tool("unet_train", ini, &out) == 0, out);
-  // Every optimizer moment 3e38: finite, so the checkpoint loads, but the next update overflows.
+  // Every first moment 3e38: finite, so the checkpoint loads, but the next update overflows.
   const std::string checkpoint = dir + "/run/checkpoint.safetensors";
   io::SafetensorsContent c = io::read_safetensors(checkpoint);
   for (auto& [name, t] : c.tensors)
-    if (name.starts_with("optimizer.") && t.dtype() == DType::f32) t = Tensor::full(t.shape(), 3e38f);
+    if (name.starts_with("optimizer.exp_avg.") && t.dtype() == DType::f32) t = Tensor::full(t.shape(), 3e38f);
   io::write_safetensors(checkpoint, c.tensors, c.metadata);
   const std::map<std::string, std::string> before = snapshot(dir + "/run");
   CHECK(run_guarded("unet_train", ini + " --resume " + dir + "/run --set train.steps=3", &out) == 1);
