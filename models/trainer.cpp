@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <cstdio>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -174,6 +175,31 @@ double mean(const std::vector<double>& v) {
   double s = 0;
   for (double x : v) s += x;
   return v.empty() ? 0 : s / static_cast<double>(v.size());
+}
+
+// Adam's moments from zero, m = sum (1-b1) b1^k g_k and v = sum (1-b2) b2^k g_k^2, obey |m| <= K sqrt(v) by
+// Cauchy-Schwarz, K = (1-b1) / sqrt((1-b2) (1 - b1^2/b2)) (7.27 for 0.9 / 0.999), and so bound every update by
+// about lr K. A checkpoint whose moments break this (finite but absurd values, 3e38 in both: weights of 1e16 after one
+// resumed step) is refused. The slack of eps (the optimizer's) covers rounding and second moments flushed to zero.
+void check_adam_moments(const io::SafetensorsContent& ck, const std::string& path, const AdamBase& adam) {
+  const AdamOptions& a = adam.options();
+  const double k = (1 - a.beta1) / std::sqrt((1 - a.beta2) * (1 - a.beta1 * a.beta1 / a.beta2)) * 1.0001;
+  const auto shown = [](double x) {
+    char text[32];
+    std::snprintf(text, sizeof text, "%.3g", x);
+    return std::string(text);
+  };
+  for (size_t i = 0; i < adam.params().size(); ++i) {
+    const std::vector<float> m = ck.get("optimizer.exp_avg." + std::to_string(i)).to_vector();
+    const std::vector<float> v = ck.get("optimizer.exp_avg_sq." + std::to_string(i)).to_vector();
+    if (m.size() != v.size()) continue;  // set_state names the shape that is wrong
+    for (size_t j = 0; j < m.size(); ++j)
+      if (std::abs(static_cast<double>(m[j])) > k * std::sqrt(static_cast<double>(v[j])) + a.eps)
+        throw std::runtime_error(
+            path + ": optimizer.exp_avg." + std::to_string(i) + "[" + std::to_string(j) + "] = " + shown(m[j]) +
+            " with optimizer.exp_avg_sq." + std::to_string(i) + "[" + std::to_string(j) + "] = " + shown(v[j]) +
+            ": Adam's moments cannot reach |exp_avg| > " + shown(k) + " sqrt(exp_avg_sq) (a damaged checkpoint?)");
+  }
 }
 
 // "section.key" -> value for the keys of an effective configuration (Config::to_ini) that must agree between a run
@@ -520,6 +546,8 @@ struct Trainer::State {
               "; expected parameter " + std::to_string(i) + "'s Adam step count, " + std::to_string(optimizer_steps) +
               " as optimizer_steps (a damaged checkpoint?)");
       }
+    if (const auto* adam = dynamic_cast<const AdamBase*>(opt.get()); adam != nullptr && optimizer_steps > 0)
+      check_adam_moments(ck, path, *adam);
     for (auto& [p, t] : copies) device::copy(p.raw(), p.device(), t->raw(), Device::cpu, t->nbytes());
     const std::string prefix = "optimizer.";
     for (const auto& [name, t] : ck.tensors)
