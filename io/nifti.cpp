@@ -14,7 +14,9 @@
 #include <cstring>
 #include <filesystem>
 #include <limits>
+#include <memory>
 #include <stdexcept>
+#include <vector>
 
 namespace unet::io {
 
@@ -141,6 +143,70 @@ void with_voxel_type(int64_t datatype, F&& f) {
   }
 }
 
+// Inflates a .nii.gz to its end: the `bytes` bytes after `offset` (the voxels) into `data`, the rest read and
+// dropped, so that zlib checks every gzip member's CRC-32 and length (a file cut short before them, an interrupted
+// copy, is an error, not voxels read without their check). A file may hold several members (legal gzip) and zero
+// padding after them; any other bytes after the last member are refused where zlib's gzread ignores them (Python's
+// gzip, and so nibabel, refuses them too). Returns "" or what is wrong.
+std::string inflate_voxels(const char* file, int64_t offset, int64_t bytes, void* data) {
+  std::unique_ptr<std::FILE, int (*)(std::FILE*)> f(std::fopen(file, "rb"), &std::fclose);
+  if (f == nullptr) return std::string("cannot open the file: ") + std::strerror(errno);
+  z_stream z{};
+  if (inflateInit2(&z, 16 + MAX_WBITS) != Z_OK) return "zlib cannot start";
+  std::unique_ptr<z_stream, int (*)(z_stream*)> end(&z, &inflateEnd);
+  std::vector<unsigned char> in(1 << 17), scratch(1 << 17);
+  int64_t produced = 0;  // bytes inflated so far, the header's included
+  bool in_member = true, at_eof = false;
+  while (true) {
+    if (z.avail_in < 2 && !at_eof) {  // keep the unread bytes in front, then fill the rest
+      if (z.avail_in > 0) std::memmove(in.data(), z.next_in, z.avail_in);
+      const size_t n = std::fread(in.data() + z.avail_in, 1, in.size() - z.avail_in, f.get());
+      if (std::ferror(f.get())) return std::string("read error: ") + std::strerror(errno);
+      at_eof = n == 0;
+      z.next_in = in.data();
+      z.avail_in += static_cast<uInt>(n);
+    }
+    if (!in_member) {
+      while (z.avail_in > 0 && *z.next_in == 0) ++z.next_in, --z.avail_in;  // zero padding
+      if (z.avail_in == 0 && at_eof) break;
+      if (z.avail_in < 2 && !at_eof) continue;
+      if (z.avail_in < 2 || z.next_in[0] != 0x1f || z.next_in[1] != 0x8b)
+        return "bytes after the end of its gzip data are not gzip (trailing garbage; expected the file to end there)";
+      inflateReset(&z);
+      in_member = true;
+    }
+    // Inflate straight into the voxels where the output falls in them, else into scratch (never across the start).
+    const int64_t room = produced < offset ? std::min<int64_t>(offset - produced, static_cast<int64_t>(scratch.size()))
+                         : produced < offset + bytes ? std::min<int64_t>(offset + bytes - produced, 1 << 30)
+                                                     : static_cast<int64_t>(scratch.size());
+    z.next_out = produced >= offset && produced < offset + bytes
+                     ? static_cast<unsigned char*>(data) + (produced - offset)
+                     : scratch.data();
+    z.avail_out = static_cast<uInt>(room);
+    const int rc = inflate(&z, Z_NO_FLUSH);
+    produced += room - static_cast<int64_t>(z.avail_out);
+    if (rc == Z_STREAM_END) {
+      in_member = false;
+    } else if (rc == Z_BUF_ERROR && at_eof) {
+      return "the gzip data ends before its end";
+    } else if (rc != Z_OK && rc != Z_BUF_ERROR) {
+      return std::string("corrupt gzip data (zlib: ") + (z.msg != nullptr ? z.msg : "error " + std::to_string(rc)) +
+             ")";
+    }
+  }
+  if (produced < offset + bytes)
+    return "its gzip data holds " + std::to_string(produced) + " bytes, fewer than vox_offset + the voxels (" +
+           std::to_string(offset + bytes) + ")";
+  return "";
+}
+
+// Whether the file starts as gzip does (zlib reads a .nii.gz that is not compressed as it is, and so do we).
+bool starts_as_gzip(const char* file) {
+  unsigned char magic[2] = {0, 0};
+  std::unique_ptr<std::FILE, int (*)(std::FILE*)> f(std::fopen(file, "rb"), &std::fclose);
+  return f != nullptr && std::fread(magic, 1, 2, f.get()) == 2 && magic[0] == 0x1f && magic[1] == 0x8b;
+}
+
 // Reads the voxel bytes into nim->data (byte-swapped to this machine's order, not scaled). nifticlib's
 // nifti_image_load would do the same but also silently set NaN and infinite floats to 0 (in nifti_read_buffer),
 // hiding exactly the voxels that read_nifti must refuse; so the bytes are read here, from where it would read them.
@@ -151,10 +217,10 @@ void load_voxels(const std::string& path, nifti_image* nim) {
   // The header's dimensions must fit the file before anything is allocated for them (a 400-byte file declaring
   // 15 GB of voxels is refused, not allocated): an uncompressed file holds them after vox_offset; a gzip file cannot
   // hold more than deflate's largest ratio, 1032:1, allows.
+  const bool gz = nifti_is_gzfile(nim->iname) && starts_as_gzip(nim->iname);
   std::error_code ec;
   const auto file_bytes = static_cast<int64_t>(std::filesystem::file_size(nim->iname, ec));
   if (!ec) {
-    const bool gz = nifti_is_gzfile(nim->iname);
     const double room = gz ? 1032.0 * static_cast<double>(file_bytes)
                            : static_cast<double>(file_bytes) - static_cast<double>(nim->iname_offset);
     if (static_cast<double>(bytes) > room)
@@ -168,28 +234,10 @@ void load_voxels(const std::string& path, nifti_image* nim) {
   nim->data = std::calloc(1, static_cast<size_t>(bytes));  // nifti_image_free releases it with free()
   if (nim->data == nullptr) fail(path, "out of memory for " + std::to_string(bytes) + " bytes of voxels");
   bool ok = false;
-  if (nifti_is_gzfile(nim->iname)) {
-    // zlib directly: after the voxels the rest of the stream is read to its end, so that zlib checks the trailer's
-    // CRC-32 and length. A file cut short before them (an interrupted copy or download) is an error, not voxels read
-    // without their check.
-    gzFile gz = gzopen(nim->iname, "rb");
-    if (gz == nullptr) fail(path, "cannot open the file to read its voxels");
-    gzbuffer(gz, 1 << 17);
-    ok = gzseek(gz, static_cast<z_off_t>(nim->iname_offset), SEEK_SET) == static_cast<z_off_t>(nim->iname_offset);
-    for (int64_t done = 0; ok && done < bytes;) {
-      const int n = gzread(gz, static_cast<char*>(nim->data) + done,
-                           static_cast<unsigned>(std::min<int64_t>(bytes - done, 1 << 30)));
-      ok = n > 0;
-      done += n;
-    }
-    char rest[1 << 14];
-    int n = 0;
-    while (ok && (n = gzread(gz, rest, sizeof rest)) > 0) {
-    }
-    int error = Z_OK;
-    gzerror(gz, &error);
-    ok = ok && n == 0 && error == Z_OK;
-    gzclose_r(gz);
+  if (gz) {
+    if (const std::string why = inflate_voxels(nim->iname, nim->iname_offset, bytes, nim->data); !why.empty())
+      fail(path, "cannot read the voxel data (truncated or corrupt file?): " + why);
+    ok = true;
   } else {
     znzFile fp = znzopen(nim->iname, "rb", 0);
     if (znz_isnull(fp)) fail(path, "cannot open the file to read its voxels");

@@ -2,6 +2,7 @@
 // hostile inputs (non-finite or f32-overflowing voxels, damaged header fields) are errors naming the file and field.
 #include <doctest/doctest.h>
 #include <unistd.h>
+#include <zlib.h>
 
 #include <algorithm>
 #include <cmath>
@@ -164,6 +165,32 @@ TEST_CASE("unreadable inputs are errors naming the file") {
   CHECK_THROWS_WITH_AS(read_nifti(dir + "/damaged.nii.gz"),
                        doctest::Contains((dir + "/damaged.nii.gz: corrupt gzip data in the header (zlib: ").c_str()),
                        std::runtime_error);
+  // Bytes after the gzip data that are not gzip are refused (zlib's gzread ignores them, nibabel refuses them);
+  // zero padding is accepted, as by Python's gzip.
+  std::ofstream(dir + "/garbage.nii.gz", std::ios::binary) << gz << "GARBAGE";
+  CHECK_THROWS_WITH_AS(read_nifti(dir + "/garbage.nii.gz"),
+                       (dir + "/garbage.nii.gz: cannot read the voxel data (truncated or corrupt file?): bytes after the "
+                              "end of its gzip data are not gzip (trailing garbage; expected the file to end there)")
+                           .c_str(),
+                       std::runtime_error);
+  std::ofstream(dir + "/padded.nii.gz", std::ios::binary) << gz << std::string(300, '\0');
+  CHECK(read_nifti(dir + "/padded.nii.gz").data.to_vector() == whole.data.to_vector());
+  // A file of two gzip members (legal gzip: `cat a.gz b.gz`) whose second starts inside the voxels.
+  write_nifti(dir + "/plain.nii", whole.data, whole);
+  std::ifstream p(dir + "/plain.nii", std::ios::binary);
+  const std::string plain((std::istreambuf_iterator<char>(p)), {});
+  REQUIRE(plain.size() > 400);
+  for (const char* mode : {"wb", "ab"}) {
+    gzFile out = gzopen((dir + "/members.nii.gz").c_str(), mode);
+    REQUIRE(out != nullptr);
+    const std::string part = mode[0] == 'w' ? plain.substr(0, 400) : plain.substr(400);
+    CHECK(gzwrite(out, part.data(), static_cast<unsigned>(part.size())) == static_cast<int>(part.size()));
+    gzclose(out);
+  }
+  CHECK(read_nifti(dir + "/members.nii.gz").data.to_vector() == whole.data.to_vector());
+  // An uncompressed file named .nii.gz is read as it is (as zlib, and nifticlib through it, read it).
+  std::filesystem::copy_file(dir + "/plain.nii", dir + "/plain_named_gz.nii.gz");
+  CHECK(read_nifti(dir + "/plain_named_gz.nii.gz").data.to_vector() == whole.data.to_vector());
 }
 
 TEST_CASE("a write that cannot happen leaves no file behind") {
