@@ -5,6 +5,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <fstream>
+#include <iterator>
 #include <sstream>
 #include <stdexcept>
 
@@ -128,17 +130,32 @@ RunLog::RunLog(const std::filesystem::path& dir, int64_t first_step, const std::
     : dir_(dir), title_(title) {
   const std::filesystem::path path = dir / "log.jsonl";
   if (first_step > 0) {
+    std::ifstream old(path, std::ios::binary);
+    const std::string text((std::istreambuf_iterator<char>(old)), {});
+    old.close();
     std::string kept;
-    std::ifstream old(path);
-    for (std::string line; std::getline(old, line);) {
+    size_t damaged = 0, first_damaged = 0, number = 0;
+    for (size_t at = 0; at < text.size();) {
+      const size_t end = text.find('\n', at);
+      const std::string line = text.substr(at, end == std::string::npos ? std::string::npos : end - at);
+      at = end == std::string::npos ? text.size() : end + 1;
+      ++number;
       const nlohmann::json j = nlohmann::json::parse(line, nullptr, /*allow_exceptions=*/false);
-      if (j.is_object() && j.contains("step") && j["step"].is_number_integer() &&
-          j["step"].get<int64_t>() <= first_step) {
-        kept += line + "\n";
-        lines_.push_back(j);
+      if (j.is_object() && j.contains("step") && j["step"].is_number_integer()) {
+        if (j["step"].get<int64_t>() <= first_step) {
+          kept += line + "\n";
+          lines_.push_back(j);
+        }
+      } else if (end != std::string::npos && !line.empty()) {  // a last line without its newline: cut by a kill
+        if (damaged++ == 0) first_damaged = number;
       }
     }
-    old.close();
+    if (damaged > 0) {
+      io::write_file_atomically(path.string() + ".damaged", text);
+      warning_ = path.string() + ": " + std::to_string(damaged) + " line(s) are not log lines (the first: line " +
+                 std::to_string(first_damaged) + "); the file is kept as " + path.string() +
+                 ".damaged and the log continues with the " + std::to_string(lines_.size()) + " readable line(s)";
+    }
     io::write_file_atomically(path.string(), kept);
   }
   file_.open(path, first_step > 0 ? std::ios::app : std::ios::trunc);

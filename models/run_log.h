@@ -30,8 +30,10 @@ std::string report_html(const std::vector<nlohmann::json>& lines, const std::str
 class RunLog {
  public:
   // Opens dir/log.jsonl: a fresh run truncates it; a run resumed at first_step > 0 keeps the lines up to that step
-  // (those a killed run wrote after its checkpoint, and a cut last line, go).
+  // (those a killed run wrote after its checkpoint, and a cut last line, go). Other lines that are not log lines
+  // (a damaged file) go too, the file as it was is kept as log.jsonl.damaged, and warning() says so.
   RunLog(const std::filesystem::path& dir, int64_t first_step, const std::string& title);
+  const std::string& warning() const { return warning_; }  // "" when the log was whole
   // Appends a line to log.jsonl (flushed) and, for the report, to memory.
   void add(const nlohmann::json& line);
   // Rewrites training.html (atomically) from every line so far.
@@ -43,6 +45,7 @@ class RunLog {
   std::string title_;
   std::ofstream file_;
   std::vector<nlohmann::json> lines_;
+  std::string warning_;
 };
 
 // A one-line progress bar redrawn in place on a terminal (at most 4 times a second): step, percentage, the last

@@ -340,6 +340,11 @@ struct Trainer::State {
   SlidingWindowOptions sw;
   std::filesystem::path dir;
   double best_dice = -1;                     // the best validation mean Dice so far (model_best.safetensors)
+  // The steps' [loss, Dice, CE] (or the hybrid loss's parts) summed on the device since the last log line, and how
+  // many steps: in the checkpoint, so that a resumed run's next line averages the same steps as the run never
+  // interrupted.
+  Tensor loss_since_log;
+  int64_t loss_since_log_steps = 0;
   // Training time of the earlier sessions of a resumed run, and when this session's training began.
   double earlier_seconds = 0;
   std::chrono::steady_clock::time_point session_start = std::chrono::steady_clock::now();
@@ -415,7 +420,9 @@ struct Trainer::State {
                      {"global_batch", std::to_string(static_cast<int64_t>(o.sampling.batch) * ranks())},
                      {"best_val_mean_dice", exact(best_dice)},
                      {"train_seconds", exact(train_seconds())},
-                     {"config", o.config_text}});
+                     {"config", o.config_text},
+                     {"loss_since_log_steps", std::to_string(loss_since_log_steps)}});
+    if (loss_since_log_steps > 0) tensors.emplace_back("train.loss_since_log", loss_since_log.to(Device::cpu));
     io::write_safetensors((dir / "checkpoint.safetensors").string(), tensors, metadata);
   }
 
@@ -560,6 +567,24 @@ struct Trainer::State {
       }
     opt->set_step_count(optimizer_steps);
     scaler = restored;
+    // Absent from checkpoints written before it was kept: the next log line then averages fewer steps.
+    loss_since_log = Tensor();
+    loss_since_log_steps = 0;
+    if (ck.metadata.count("loss_since_log_steps") != 0) {
+      loss_since_log_steps = metadata_int(ck.metadata, "loss_since_log_steps", path);
+      if (loss_since_log_steps > step)
+        throw std::runtime_error(path + ": metadata 'loss_since_log_steps' = " + std::to_string(loss_since_log_steps) +
+                                 ", more than the checkpoint's " + std::to_string(step) +
+                                 " steps (a damaged checkpoint?)");
+    }
+    if (loss_since_log_steps > 0) {
+      const Tensor& sums = ck.get("train.loss_since_log");
+      const auto parts = static_cast<int64_t>(1 + o.loss.parts());  // StepStats::losses: the loss and its parts
+      if (sums.dtype() != DType::f32 || sums.shape() != std::vector<int64_t>{parts})
+        throw std::runtime_error(path + ": train.loss_since_log is " + sums.describe() + ", expected f32 [" +
+                                 std::to_string(parts) + "] (the loss sums since the last log line)");
+      loss_since_log = sums.to(o.device);
+    }
     // Absent from checkpoints written before it was recorded: their earlier time is then unknown (0).
     if (const auto it = ck.metadata.find("train_seconds"); it != ck.metadata.end()) {
       char* end = nullptr;
@@ -823,6 +848,7 @@ void Trainer::run() {
     log = std::make_unique<RunLog>(
         s.dir, first_step,
         "unet_train: " + o.dataset + " (fold " + std::to_string(o.fold) + " of " + std::to_string(o.folds) + ")");
+    if (!log->warning().empty()) std::fprintf(stderr, "unet_train: warning: %s\n", log->warning().c_str());
     if (first_step > 0 && s.out)
       std::fprintf(s.out, "unet_train: resuming %s at step %ld of %ld\n", o.resume_dir.c_str(),
                    static_cast<long>(first_step), static_cast<long>(o.steps));
@@ -873,8 +899,9 @@ void Trainer::run() {
   auto start = clock::now(), last = start;
   s.session_start = start;
   const int64_t log_every = std::max<int64_t>(1, o.log_every);
-  Tensor loss_acc;  // the steps' [loss, Dice, CE] summed on the device since the last log line: read once per line
-  int loss_n = 0;
+  Tensor& loss_acc = s.loss_since_log;  // read from the device once per log line
+  int64_t& loss_n = s.loss_since_log_steps;
+  int64_t timed_n = 0;  // steps of this session since the last line (samples/s)
   ops::set_conv_allow_tf32(o.precision == Precision::tf32);
   HostAllocator::instance().reset_peak();
   device::reset_peak(o.device);
@@ -892,6 +919,7 @@ void Trainer::run() {
       loss_acc = loss_acc.defined() ? ops::add(loss_acc, st.losses) : st.losses;
     }
     ++loss_n;
+    ++timed_n;
     if ((step + 1) % log_every == 0 || step + 1 == o.steps) {
       std::vector<float> sums = loss_acc.to_vector();  // the wait for the device that logging costs
       const double loss = sums[0] / loss_n;
@@ -900,7 +928,7 @@ void Trainer::run() {
                                  std::to_string(step + 1) + " is not finite");
       const double dt = std::chrono::duration<double>(clock::now() - last).count();
       last = clock::now();
-      const double sps = loss_n * so.batch * s.ranks() / dt;  // the global batch's samples
+      const double sps = timed_n * so.batch * s.ranks() / dt;  // the global batch's samples
       nlohmann::json line = {{"step", step + 1}, {"loss", loss}};
       // The full-resolution loss's parts under their names (models/run_log.cpp plots dice_loss and ce).
       const std::vector<const char*> names = o.loss.hybrid ? std::vector<const char*>{"focal", "ssim_loss", "iou_loss"}
@@ -938,6 +966,7 @@ void Trainer::run() {
       }
       loss_acc = Tensor();
       loss_n = 0;
+      timed_n = 0;
     }
     if (s.lead()) bar.update(step + 1, last_loss);
     if (o.val_every > 0 && (step + 1) % o.val_every == 0 && step + 1 < o.steps && !s.split.val.empty()) {

@@ -83,15 +83,51 @@ TEST_CASE("unet_train killed with SIGKILL three times and resumed ends bitwise a
   CHECK_MESSAGE(same_tensors(tmp / "whole/model_best.safetensors", run + "/model_best.safetensors", &why), why);
   const auto read_json = [](const std::string& path) { return nlohmann::json::parse(std::ifstream(path)); };
   CHECK(read_json(tmp / "whole/validation.json")["val_dice"] == read_json(run + "/validation.json")["val_dice"]);
-  // The log: the same steps in the same order (the lines a killed run wrote after its checkpoint were dropped).
-  std::vector<int64_t> whole_steps, killed_steps;
-  for (auto [path, steps] :
-       {std::pair{tmp / "whole/log.jsonl", &whole_steps}, std::pair{run + "/log.jsonl", &killed_steps}}) {
+  // The log: the same steps in the same order (the lines a killed run wrote after its checkpoint were dropped), with
+  // the same losses and learning rates: a line after a checkpoint that is not on the log grid averages the steps
+  // before it too (their sums are in the checkpoint). Only the timings and memory differ.
+  std::vector<nlohmann::json> whole_lines, killed_lines;
+  for (auto [path, lines] :
+       {std::pair{tmp / "whole/log.jsonl", &whole_lines}, std::pair{run + "/log.jsonl", &killed_lines}}) {
     std::ifstream log(path);
-    for (std::string line; std::getline(log, line);)
-      steps->push_back(nlohmann::json::parse(line)["step"].get<int64_t>());
+    for (std::string line; std::getline(log, line);) {
+      nlohmann::json kept, j = nlohmann::json::parse(line);
+      for (const char* key : {"step", "loss", "dice_loss", "ce", "lr", "val_dice", "val_mean_dice"})
+        if (j.contains(key)) kept[key] = j[key];
+      lines->push_back(kept);
+    }
   }
-  CHECK(whole_steps == killed_steps);
+  CHECK(whole_lines.size() == killed_lines.size());
+  for (size_t i = 0; i < std::min(whole_lines.size(), killed_lines.size()); ++i)
+    CHECK_MESSAGE(whole_lines[i] == killed_lines[i],
+                  std::string(whole_lines[i].dump() + " | " + killed_lines[i].dump()));
+}
+
+TEST_CASE("unet_train --resume keeps a damaged log.jsonl aside, says so, and continues the readable lines") {
+  test::TempDir tmp("resume_damaged_log");
+  const std::string ini = config(tmp) + " --set train.log_every=1";
+  std::string out;
+  REQUIRE_MESSAGE(run_tool("unet_train", ini + " --set train.steps=3 --set output.dir=" + tmp / "run", &out) == 0, out);
+  const std::string whole = io::read_text_file(tmp / "run/log.jsonl");
+  const size_t second = whole.find('\n') + 1;  // the line of step 1 stays, then garbage, then the rest
+  const std::string damaged = whole.substr(0, second) + "garbage\n" + whole.substr(second);
+  test::write_text(tmp / "run/log.jsonl", damaged);
+  REQUIRE_MESSAGE(run_tool("unet_train", ini + " --set train.steps=4 --resume " + tmp / "run", &out) == 0, out);
+  CHECK_MESSAGE(
+      out.find("unet_train: warning: " + tmp / "run/log.jsonl: 1 line(s) are not log lines (the first: " +
+               "line 2); the file is kept as " + tmp / "run/log.jsonl.damaged" + " and the log continues with the " +
+               std::to_string(std::count(whole.begin(), whole.end(), '\n')) + " readable line(s)") != std::string::npos,
+      out);
+  CHECK(io::read_text_file(tmp / "run/log.jsonl.damaged") == damaged);
+  const std::string log = io::read_text_file(tmp / "run/log.jsonl");
+  CHECK(log.substr(0, whole.size()) == whole);  // steps 1 to 3, then step 4's line
+  CHECK(log.find("\"step\":4") != std::string::npos);
+  // A last line cut by a kill (no newline) is no damage: dropped without a word.
+  test::write_text(tmp / "run/log.jsonl", whole + "{\"step\":");
+  fs::remove(tmp / "run/log.jsonl.damaged");
+  REQUIRE_MESSAGE(run_tool("unet_train", ini + " --set train.steps=4 --resume " + tmp / "run", &out) == 0, out);
+  CHECK_MESSAGE(out.find("not log lines") == std::string::npos, out);
+  CHECK(!fs::exists(tmp / "run/log.jsonl.damaged"));
 }
 
 TEST_CASE("unet_train --resume refuses a changed configuration, a missing checkpoint and a finished step count") {
