@@ -238,14 +238,31 @@ TEST_CASE("unet_eval refuses FIFOs and unwritable result files with status 2 bef
   Fixture fx;
   const std::string& d = fx.dir;
   const std::string dirs = " --pred " + d + "/pred --label " + d + "/labels";
+  // Predictions that are the references themselves, through a symbolic or a hard link: Dice 1 if scored.
+  for (const char* links : {"pred_symlink", "pred_hardlink"}) fs::create_directories(d + "/" + links);
+  fs::create_symlink(d + "/labels/a.nii.gz", d + "/pred_symlink/a.nii.gz");
+  fs::create_hard_link(d + "/labels/a.nii.gz", d + "/pred_hardlink/a.nii.gz");
+  std::ofstream(d + "/notes.ini") << "[data]\n";
+  fs::create_directories(d + "/dir.json");
+  REQUIRE(::mkfifo((d + "/fifo.json").c_str(), 0600) == 0);
   const std::vector<BadCase> cases = {
       {"unet_eval", " --pred " + d + "/pred_fifo --label " + d + "/labels --json " + fx.out + ".json", 2,
        d + "/pred_fifo/a.nii.gz: not a regular file (a FIFO (named pipe))"},
+      {"unet_eval", " --pred " + d + "/pred_symlink --label " + d + "/labels --json " + fx.out + ".json", 2,
+       d + "/pred_symlink/a.nii.gz is the reference " + d +
+           "/labels/a.nii.gz itself (a link to it); expected a "
+           "prediction"},
+      {"unet_eval", " --pred " + d + "/pred_hardlink --label " + d + "/labels --json " + fx.out + ".json", 2,
+       d + "/pred_hardlink/a.nii.gz is the reference " + d + "/labels/a.nii.gz itself"},
+      {"unet_eval", dirs + " --json " + d + "/notes.ini", 2,
+       "--json " + d + "/notes.ini: expected a file name ending in .json"},
       {"unet_eval", " --pred " + d + "/fifo.nii.gz --label " + d + "/labels", 2, d + "/fifo.nii.gz: not a directory"},
       {"unet_eval", dirs + " --json " + d + "/model_dir.safetensors", 2,
-       "--json " + d + "/model_dir.safetensors: not a regular file (a directory)"},
-      {"unet_eval", dirs + " --json " + d + "/fifo.safetensors", 2,
-       "--json " + d + "/fifo.safetensors: not a regular file (a FIFO (named pipe))"},
+       "--json " + d + "/model_dir.safetensors: expected a file name ending in .json"},
+      {"unet_eval", dirs + " --json " + d + "/dir.json", 2,
+       "--json " + d + "/dir.json: not a regular file (a directory)"},
+      {"unet_eval", dirs + " --json " + d + "/fifo.json", 2,
+       "--json " + d + "/fifo.json: not a regular file (a FIFO (named pipe))"},
       {"unet_eval", dirs + " --json " + fx.out + "/dice.json", 2, "the directory " + fx.out + " does not exist"},
       {"unet_eval", dirs + " --json " + d + "/file.txt/dice.json", 2, d + "/file.txt is not a directory"},
       {"unet_eval", dirs + " --classes many", 2, "--classes = many: expected a whole number (number of classes"},

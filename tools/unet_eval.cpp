@@ -200,8 +200,13 @@ int main(int argc, char** argv) {
       throw UsageError("--label-scale " + std::to_string(label_scale) + ": expected 1..255");
     if ((classes != 0 || app.count("--classes") > 0) && (classes < 2 || classes > kMaxClasses))
       throw UsageError("--classes " + std::to_string(classes) + ": expected 2.." + std::to_string(kMaxClasses));
-    if (io::is_image_name(json_path))
-      throw UsageError("--json " + json_path + ": expected a .json file (this would overwrite a label map)");
+    // Only a .json name: a typo must not replace a model, a configuration or a label map with the results.
+    if (std::string ending = fs::path(json_path).extension().string(); !json_path.empty()) {
+      for (char& c : ending) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+      if (ending != ".json")
+        throw UsageError("--json " + json_path + ": expected a file name ending in .json" +
+                         (io::is_image_name(json_path) ? " (this would overwrite a label map)" : ""));
+    }
     // The results' file is checked before the scoring, so a bad path costs a message rather than the work.
     // The results go beside the predictions: into PRED, or PRED's directory for a file.
     const fs::path pred_home = pair_of_files ? fs::path(pred_dir).parent_path() : fs::path(pred_dir);
@@ -242,6 +247,10 @@ int main(int argc, char** argv) {
         if (fs::exists(p)) {
           if (std::string why = unet::tools::regular_file_problem(p.string()); !why.empty())
             throw UsageError(p.string() + ": " + why + "; expected a NIfTI or TIFF label map");
+          // A link to the reference would score Dice 1 (as --pred and --label naming one file are refused).
+          if (std::error_code ec; fs::equivalent(p, r, ec))
+            throw UsageError(p.string() + " is the reference " + r.string() +
+                             " itself (a link to it); expected a prediction");
           const io::Image pv = io::read_image(p.string());
           if (std::string why = io::grid_mismatch(pv, lv); !why.empty()) {
             const Shape &ps = pv.data.shape(), &ls = lv.data.shape();
