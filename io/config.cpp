@@ -196,8 +196,20 @@ void Config::set(const std::string& section, const std::string& name, const std:
     const std::string t = trim(value);
     if (k.type == KeyType::real && !t.empty()) v = std::strtod(t.c_str(), &end);
     const bool underflow = end && *end == '\0' && v == 0;  // an exact 0 is valid: this 0 is an underflow
+    // A whole number beyond 64 bits (2^64 - 1) is an integer: the range is what is wrong.
+    bool too_long = false;
+    if (k.type == KeyType::integer || k.type == KeyType::int_list)
+      for (const std::string& part : split_list(t)) {
+        long l;
+        const size_t sign = !part.empty() && (part[0] == '-' || part[0] == '+') ? 1 : 0;
+        const bool digits = part.size() > sign && part.find_first_not_of("0123456789", sign) == std::string::npos;
+        too_long = too_long || (digits && !parse_long(part, l));
+      }
     throw ConfigError(origin + ": " + section + "." + name + " = '" + shown(t) + "': expected " + expected(k) +
-                      (underflow ? " (this one is below the smallest double, 4.9e-324: write 0 for zero)" : ""));
+                      (underflow ? " (this one is below the smallest double, 4.9e-324: write 0 for zero)" : "") +
+                      (too_long ? " in -9223372036854775808..9223372036854775807 (64 bits; the key's own range may "
+                                  "be narrower)"
+                                : ""));
   }
   values_[section + "." + name] = trim(value);
 }

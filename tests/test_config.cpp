@@ -70,6 +70,21 @@ TEST_CASE("a badly typed value names the key and the expected type") {
                                          "double, 4.9e-324: write 0 for zero)"),
                        ConfigError);
   c.apply_override("train.lr=0e-400");  // an exact zero
+  // A whole number beyond 64 bits is an integer out of range, said so; a word is not an integer.
+  for (const char* big : {"train.steps=18446744073709551615", "train.steps=-99999999999999999999",
+                          "data.patch_size=32, 99999999999999999999, 32"})
+    CHECK_THROWS_WITH_AS(c.apply_override(big),
+                         doctest::Contains("in -9223372036854775808..9223372036854775807 (64 bits; the key's own "
+                                           "range may be narrower)"),
+                         ConfigError);
+  bool threw = false;
+  try {
+    c.apply_override("train.steps=12x");
+  } catch (const ConfigError& e) {
+    threw = true;
+    CHECK(std::string(e.what()).ends_with("train.steps = '12x': expected an integer"));
+  }
+  CHECK(threw);
   // A huge bad value is quoted by its beginning and its length, not whole (a 1 MB value made a 1 MB message).
   try {
     c.apply_override("train.lr=" + std::string(100000, '9') + "x");
