@@ -1453,6 +1453,17 @@ TEST_CASE("unet_infer names the checkpoint as well as the image when finite weig
                 out);
   CHECK_MESSAGE(out.find(" NaN or infinite (first at ") != std::string::npos, out);
   CHECK_FALSE(fs::exists(dir + "/seg.nii.gz"));
+  // Only the first convolution's weight times 1e19: finite, and the instance norm after it undoes any scale, but its
+  // f32 sums of squares overflow. That must not flatten the channels into a quiet label map (it made one, exit 0).
+  const std::string scaled = write_random_model(dir + "/scaled.safetensors", 1, nullptr, [](models::DynUNet& net) {
+    Tensor first = net.parameters().front();
+    for (int64_t i = 0; i < first.numel(); ++i) first.data<float>()[i] *= 1e19f;
+  });
+  CHECK(run_guarded("unet_infer", "--model " + scaled + " --input " + dir + "/a.nii.gz --output " + dir + "/seg.nii.gz",
+                    &out) == 1);
+  CHECK_MESSAGE(out.find("the network's output (logits) with the weights of " + scaled + ": ") != std::string::npos,
+                out);
+  CHECK_FALSE(fs::exists(dir + "/seg.nii.gz"));
 }
 
 TEST_CASE("unet_infer refuses, with status 2 before any volume, a model card whose plan.patch cannot fit in memory") {

@@ -185,6 +185,28 @@ TEST_CASE("norm_act_conv gradients agree with central finite differences") {
       ps, 1e-2, 2e-2, 2e-3, 24);
 }
 
+TEST_CASE("instance_norm_leaky_relu from statistics that overflowed f32 gives NaN, not a flattened channel") {
+  // Sums of squares past 3.4e38 (finite activations of 1e19: absurd weights) are inf in f32. An infinite variance
+  // would give rstd 0 and every output the shift, finite and wrong; NaN reaches the logits, which the tools check.
+  for (Device d : devices()) {
+    CAPTURE(device_name(d));
+    const Inputs in = make_inputs({1, 4, 4, 4, 2}, 2, 3, 8);
+    const Tensor x = ops::scale(in.x, 1e19f).to(d);
+    const Tensor stats = host_stats(x);  // channel 0's and 1's sums of squares: inf
+    const std::vector<float> s = stats.to_vector();
+    REQUIRE(std::isinf(s[1]));
+    REQUIRE(std::isinf(s[3]));
+    const std::vector<float> y =
+        ops::instance_norm_leaky_relu(x, in.gamma.to(d), in.beta.to(d), 1e-5f, 0.01f, stats).to_vector();
+    CHECK(std::all_of(y.begin(), y.end(), [](float v) { return std::isnan(v); }));
+    // The same x scaled down to 1e15 is finite and normalises as x itself does.
+    const Tensor small = ops::scale(in.x, 1e15f).to(d);
+    test::check_close(
+        ops::instance_norm_leaky_relu(small, in.gamma.to(d), in.beta.to(d), 1e-5f, 0.01f, host_stats(small)),
+        ops::instance_norm_leaky_relu(in.x.to(d), in.gamma.to(d), in.beta.to(d), 1e-5f, 0.01f), 1e-4, 1e-4, "y");
+  }
+}
+
 TEST_CASE("norm_act_conv and conv_stats on cuda-emu match the cpu") {
   if (!device::emulator_built()) return;
   for (int C : {4, 8}) {

@@ -244,9 +244,14 @@ void instance_norm_stats(const NormShape& sh, const float* sums, const float* ga
   for (int64_t n = 0; n < sh.n; ++n)
     for (int64_t c = 0; c < sh.c; ++c) {
       const int64_t j = n * sh.c + c;
-      const double m = static_cast<double>(sums[2 * j]) * inv;
-      const double var = std::max(static_cast<double>(sums[2 * j + 1]) * inv - m * m, 0.0);
-      const double r = 1.0 / std::sqrt(var + static_cast<double>(eps));
+      const double s1 = sums[2 * j], s2 = sums[2 * j + 1];
+      const double m = s1 * inv;
+      const double var = std::max(s2 * inv - m * m, 0.0);
+      // Sums that overflowed f32 (finite activations whose squares sum past 3.4e38: absurd weights) give NaN, not an
+      // infinite variance whose rstd of 0 would flatten the channel to its shift without a word: the NaN reaches the
+      // logits or the loss, which the tools check.
+      const double r =
+          std::isfinite(s1) && std::isfinite(s2) ? 1.0 / std::sqrt(var + static_cast<double>(eps)) : std::nan("");
       mean[j] = static_cast<float>(m);
       rstd[j] = static_cast<float>(r);
       scale[j] = static_cast<float>(r * (gamma ? static_cast<double>(gamma[c]) : 1.0));

@@ -306,10 +306,12 @@ __global__ void __launch_bounds__(kParamThreads)
   const int64_t j = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
   if (j >= rows) return;
   const int64_t c = j % C;
-  const double m = static_cast<double>(sums[2 * j]) * inv_s;
-  double v = static_cast<double>(sums[2 * j + 1]) * inv_s - m * m;
+  const double s1 = sums[2 * j], s2 = sums[2 * j + 1];
+  const double m = s1 * inv_s;
+  double v = s2 * inv_s - m * m;
   v = v > 0.0 ? v : 0.0;
-  const double r = 1.0 / sqrt(v + static_cast<double>(eps));
+  // A sum that overflowed f32 gives NaN, as the CPU's instance_norm_stats does (see there).
+  const double r = s1 - s1 == 0.0 && s2 - s2 == 0.0 ? 1.0 / sqrt(v + static_cast<double>(eps)) : __builtin_nan("");
   mean[j] = static_cast<float>(m);
   rstd[j] = static_cast<float>(r);
   scale[j] = static_cast<float>(r * (gamma ? static_cast<double>(gamma[c]) : 1.0));
