@@ -410,6 +410,52 @@ TEST_CASE("unet_infer --keep-going skips a corrupt volume, segments the others, 
   CHECK(fs::exists(dir + "/again/a.nii.gz"));
 }
 
+TEST_CASE("unet_infer refuses an output holding an earlier run's maps; --overwrite replaces them consistently") {
+  test::TempDir tmp("hostile_infer_earlier");
+  const std::string& dir = tmp.path;
+  const std::string model_a = write_random_model(dir + "/a.safetensors", 1);
+  const std::string model_b =
+      write_random_model(dir + "/b.safetensors", 1, nullptr, [](models::DynUNet& net) { net.initialize(7); });
+  fs::create_directories(dir + "/images");
+  for (const char* name : {"x", "y"}) write_image(dir + "/images/" + name + ".nii.gz", 8, name[0]);
+  const std::string pred = dir + "/pred", args = " --input " + dir + "/images --output " + pred;
+  std::string out;
+  REQUIRE_MESSAGE(run_guarded("unet_infer", "--model " + model_a + args + " --save-probabilities", &out) == 0, out);
+  const std::map<std::string, std::string> first = snapshot(pred);
+  // Model b into the same directory: refused before any work (it left a's probabilities beside b's maps).
+  CHECK(run_guarded("unet_infer", "--model " + model_b + args, &out) == 2);
+  CHECK_MESSAGE(out.find("unet_infer: --output " + pred + ": already holds 4 label map(s) or probabilities (" + pred +
+                         "/x.nii.gz, ...) of an earlier run; expected a new or empty output, or --overwrite") !=
+                    std::string::npos,
+                out);
+  CHECK(snapshot(pred) == first);
+  // One file: the same.
+  CHECK(run_guarded("unet_infer",
+                    "--model " + model_b + " --input " + dir + "/images/x.nii.gz --output " + pred + "/x.nii.gz",
+                    &out) == 2);
+  CHECK_MESSAGE(
+      out.find("already holds 2 label map(s) or probabilities (" + pred + "/x.nii.gz, ...)") != std::string::npos, out);
+  // --overwrite: b's maps replace a's, and a's probabilities go (b writes none).
+  CHECK(run_guarded("unet_infer", "--model " + model_b + args + " --overwrite", &out) == 0);
+  CHECK_MESSAGE(out.find("unet_infer: removed the earlier " + pred + "/x_probabilities.nii.gz") != std::string::npos,
+                out);
+  CHECK_FALSE(fs::exists(pred + "/x_probabilities.nii.gz"));
+  CHECK_FALSE(fs::exists(pred + "/y_probabilities.nii.gz"));
+  CHECK(bytes_of(pred + "/x.nii.gz") != first.at(pred + "/x.nii.gz"));
+  // A case that fails loses its earlier map (unet_eval would score it); the others are replaced.
+  truncate_to_half(dir + "/images/y.nii.gz");
+  CHECK(run_guarded("unet_infer", "--model " + model_a + args + " --overwrite --keep-going", &out) == 1);
+  CHECK_MESSAGE(out.find("unet_infer: removed the earlier " + pred + "/y.nii.gz") != std::string::npos, out);
+  CHECK_FALSE(fs::exists(pred + "/y.nii.gz"));
+  CHECK(bytes_of(pred + "/x.nii.gz") == first.at(pred + "/x.nii.gz"));  // a's map again
+  // An output name taken by a directory is refused before any work, --overwrite or not.
+  fs::create_directories(pred + "/y.nii.gz");
+  CHECK(run_guarded("unet_infer", "--model " + model_a + args + " --overwrite", &out) == 2);
+  CHECK_MESSAGE(
+      out.find(pred + "/y.nii.gz is not a regular file (a directory); expected a file to write") != std::string::npos,
+      out);
+}
+
 TEST_CASE("unet_infer --keep-going also skips a FIFO named like a volume in the input directory") {
   test::TempDir tmp("hostile_keep_going_fifo");
   const std::string& dir = tmp.path;

@@ -75,7 +75,7 @@ int main(int argc, char** argv) {
   double overlap = 0.5;
   bool tta = false, save_probabilities = false;
   int batch = 1;
-  bool keep_going = false;
+  bool keep_going = false, overwrite = false;
   CLI::App app{
       "Segments NIfTI (.nii, .nii.gz) and TIFF (.tif, .tiff) volumes with a unet_train checkpoint by "
       "sliding-window inference."};
@@ -96,6 +96,10 @@ int main(int argc, char** argv) {
   app.add_flag("--keep-going", keep_going,
                "skip a volume that fails (an error line names it), segment the others, list the failures at the end "
                "and exit with status 1");
+  app.add_flag("--overwrite", overwrite,
+               "write into an output that already holds label maps or probabilities: this run's replace theirs, "
+               "its cases' earlier probabilities go when it writes none, and a case that fails loses its earlier "
+               "output");
   if (auto status = tools::parse_command_line(app, argc, argv, "unet_infer")) return *status;
   return tools::run_tool("unet_infer", [&] {
     if (blend != "gaussian" && blend != "constant")
@@ -244,6 +248,36 @@ int main(int argc, char** argv) {
         if (std::pair{st.st_dev, st.st_ino} == model_file)
           throw UsageError("--output " + output + ": would overwrite the model " + o.string());
       }
+    // An output that already holds label maps or probabilities (an earlier run's) would mix them with this run's: a
+    // stale NAME_probabilities beside a new NAME, the earlier map of a case that now fails, another model's cases.
+    // Refused unless --overwrite; this run's names must be files it can replace either way.
+    std::set<fs::path> ours;
+    for (const auto& job : jobs) {
+      ours.insert(job.second);
+      ours.insert(probabilities_of(job.second));
+    }
+    std::vector<fs::path> earlier;
+    std::error_code list_error;
+    if (fs::is_directory(input) && fs::is_directory(output, list_error)) {
+      for (const auto& e : fs::directory_iterator(output, list_error))
+        if (io::is_image_name(e.path().string()) && !is_hidden(e.path())) earlier.push_back(e.path());
+    } else {
+      for (const fs::path& o : ours)
+        if (std::error_code ec; fs::exists(fs::symlink_status(o, ec))) earlier.push_back(o);
+    }
+    std::sort(earlier.begin(), earlier.end());
+    for (const fs::path& o : earlier)
+      if (ours.count(o) != 0)
+        if (std::string why = tools::regular_file_problem(o.string()); !why.empty())
+          throw UsageError("--output " + output + ": " + o.string() + " is " + why + "; expected a file to write");
+    if (!earlier.empty() && !overwrite)
+      throw UsageError("--output " + output + ": already holds " + std::to_string(earlier.size()) +
+                       " label map(s) or probabilities (" + earlier.front().string() +
+                       (earlier.size() > 1 ? ", ..." : "") +
+                       ") of an earlier run; expected a new or empty output, or --overwrite to replace this run's "
+                       "outputs there");
+    const size_t others = static_cast<size_t>(
+        std::count_if(earlier.begin(), earlier.end(), [&](const fs::path& o) { return ours.count(o) == 0; }));
 
     models::PredictorOptions po;
     po.overlap = overlap;
@@ -267,7 +301,8 @@ int main(int argc, char** argv) {
                                                                {"--device", device},
                                                                {"--batch", std::to_string(batch)},
                                                                {"--save-probabilities", flag(save_probabilities)},
-                                                               {"--keep-going", flag(keep_going)}};
+                                                               {"--keep-going", flag(keep_going)},
+                                                               {"--overwrite", flag(overwrite)}};
       // The files' contents too: the same relative path may name another model or image on each machine.
       const auto digest = [](const fs::path& f) {
         char text[24];
@@ -339,6 +374,12 @@ int main(int argc, char** argv) {
                   precision_name(prec), num_threads());
       if (comm.size() > 1) std::printf(" per rank, %d ranks", comm.size());
       std::printf(")\n");
+      if (others > 0)
+        std::printf("unet_infer: note: %zu image file(s) in %s are not this run's outputs and stay there (%s)\n",
+                    others, output.c_str(),
+                    std::find_if(earlier.begin(), earlier.end(), [&](const fs::path& o) { return ours.count(o) == 0; })
+                        ->string()
+                        .c_str());
       std::fflush(stdout);
     }
 
@@ -349,6 +390,12 @@ int main(int argc, char** argv) {
         throw std::runtime_error("--output " + output + ": cannot create: " + ec.message());
     }
 
+    // With --overwrite, a case that fails must not keep an earlier run's output for unet_eval to score.
+    const auto remove_earlier = [&](const fs::path& out) {
+      for (const fs::path& o : {out, probabilities_of(out)})
+        if (std::error_code ec; overwrite && fs::remove(o, ec))
+          std::fprintf(stderr, "unet_infer: removed the earlier %s\n", o.string().c_str());
+    };
     std::vector<std::string> failed;
     size_t mine = 0;  // this rank's volumes
     for (size_t k = static_cast<size_t>(comm.rank()); k < jobs.size(); k += static_cast<size_t>(comm.size())) {
@@ -391,6 +438,9 @@ int main(int argc, char** argv) {
           if (save_probabilities) fs::remove(probabilities_of(out), ec);
           throw;
         }
+        // An earlier run's probabilities beside the new label map would disagree with it.
+        if (std::error_code ec; !save_probabilities && overwrite && fs::remove(probabilities_of(out), ec))
+          std::printf("unet_infer: removed the earlier %s\n", probabilities_of(out).string().c_str());
         std::string grid =
             std::to_string(seg.grid[0]) + "x" + std::to_string(seg.grid[1]) + "x" + std::to_string(seg.grid[2]);
         if (seg.resampled)
@@ -406,10 +456,12 @@ int main(int argc, char** argv) {
                                  (batch > 1 ? "try a smaller --batch"
                                             : "the model's window (plan.patch) needs more memory than is available") +
                                  (tta ? ", or without --tta)" : ")");
+        remove_earlier(out);
         if (!keep_going) throw std::runtime_error(what);
         std::fprintf(stderr, "unet_infer: error: %s (skipped)\n", what.c_str());
         failed.push_back(in.string());
       } catch (const std::exception& e) {
+        remove_earlier(out);
         if (!keep_going) throw std::runtime_error(naming(in, e.what()));
         std::fprintf(stderr, "unet_infer: error: %s (skipped)\n", naming(in, e.what()).c_str());
         failed.push_back(in.string());
