@@ -459,8 +459,9 @@ int check_header_fields(const std::string& path) {
 
 // One .nii / .nii.gz file: header, a 4-byte empty extension flag, voxels. nifticlib fills the header structs, but
 // its own writer (3.0.1) cannot write single-file NIfTI-2 (it treats type 4 as a header/image pair), so the bytes are
-// written here through znzlib, which also does the gzip compression.
-void write_single_file(const std::string& path, nifti_image* nim, bool nifti2, bool gz) {
+// written here through znzlib, which also does the gzip compression. Written to `temp` (AtomicFile's); errors name
+// `path`, the file the user asked for.
+void write_single_file(const std::string& path, const std::string& temp, nifti_image* nim, bool nifti2, bool gz) {
   std::string header;
   if (nifti2) {
     nim->iname_offset = 544;
@@ -479,7 +480,7 @@ void write_single_file(const std::string& path, nifti_image* nim, bool nifti2, b
   }
   header.append(4, '\0');  // extension flag: no extensions follow
   size_t bytes = static_cast<size_t>(nim->nvox) * static_cast<size_t>(nim->nbyper);
-  znzFile fp = znzopen(path.c_str(), "wb", gz ? 1 : 0);
+  znzFile fp = znzopen(temp.c_str(), "wb", gz ? 1 : 0);
   if (znz_isnull(fp)) fail(path, "cannot create the output file");
   errno = 0;
   bool ok =
@@ -488,7 +489,7 @@ void write_single_file(const std::string& path, nifti_image* nim, bool nifti2, b
   if (!ok) {
     std::error_code ec;
     const std::string why = write_failure_reason();
-    std::filesystem::remove(path, ec);
+    std::filesystem::remove(temp, ec);
     fail(path, "writing the NIfTI file failed: " + why);
   }
 }
@@ -667,7 +668,8 @@ void write_nifti(const std::string& path, const Tensor& data, const NiftiVolume&
   if (!target.parent_path().empty() && !fs::is_directory(target.parent_path()))
     fail(path, "output directory " + target.parent_path().string() + " does not exist");
   AtomicFile file(path);
-  write_single_file(file.temp_path(), nim.get(), nifti_type == NIFTI_FTYPE_NIFTI2_1, nifti_ending(path) == ".nii.gz");
+  write_single_file(path, file.temp_path(), nim.get(), nifti_type == NIFTI_FTYPE_NIFTI2_1,
+                    nifti_ending(path) == ".nii.gz");
   // nifticlib reports write errors only on stderr: verify the file by reading its header back.
   nifti_image* check = nifti_image_read(file.temp_path().c_str(), 0);
   bool ok = check && check->nx == nx && check->ny == ny && check->nz == nz && check->datatype == datatype;

@@ -1019,6 +1019,11 @@ TEST_CASE("a write beyond ulimit -f fails with 'File too large' and status 1, le
                                 &out);
   CHECK_MESSAGE(infer == 1, out);
   CHECK_MESSAGE(out.find("File too large") != std::string::npos, out);
+  // The file named is the one asked for, not the hidden temporary it was being written under.
+  CHECK_MESSAGE(out.find(dir + "/out/big_probabilities.nii.gz: writing the NIfTI file failed: File too large") !=
+                    std::string::npos,
+                out);
+  CHECK_MESSAGE(out.find("/.tmp") == std::string::npos, out);
   CHECK(temporaries(dir).empty());
   CHECK_FALSE(fs::exists(dir + "/out/big_probabilities.nii.gz"));
   // unet_eval cannot write its dice.json at all.
