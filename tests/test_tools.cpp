@@ -496,6 +496,25 @@ TEST_CASE("unet_eval fails on a reference without a prediction, or scores it 0 w
   auto j = nlohmann::json::parse(std::ifstream(dir + "/pred/dice.json"));
   CHECK(j["mean_dice"].get<double>() == doctest::Approx(0.5));  // (1 + 0) / 2, not 1 over the one case found
   CHECK(j["missing_predictions"] == nlohmann::json::array({"b.nii.gz"}));
+  // A hidden reference is a reference (it was left out: the mean of the others, without a word); the temporary of
+  // an interrupted write is not, and is named as skipped.
+  fs::remove(dir + "/pred/dice.json");
+  write_labels(dir + "/pred/b.nii.gz", 8);
+  write_labels(dir + "/labels/.c.nii.gz", 8);
+  write_labels(dir + "/labels/.tmp123.d.nii.gz", 8);
+  CHECK(test::run_tool("unet_eval", "--pred " + dir + "/pred --label " + dir + "/labels", &out) == 1);
+  CHECK_MESSAGE(out.find("no prediction for 1 of 3 reference(s): .c.nii.gz") != std::string::npos, out);
+  CHECK_MESSAGE(
+      out.find("unet_eval: skipping .tmp123.d.nii.gz: the temporary file of an interrupted write") != std::string::npos,
+      out);
+  // Every prediction missing: with --missing-as-zero, every reference scores 0 (it was a usage error).
+  fs::create_directories(dir + "/none");
+  REQUIRE_MESSAGE(
+      test::run_tool("unet_eval", "--pred " + dir + "/none --label " + dir + "/labels --missing-as-zero", &out) == 0,
+      out);
+  j = nlohmann::json::parse(std::ifstream(dir + "/none/dice.json"));
+  CHECK(j["mean_dice"].get<double>() == 0.0);
+  CHECK(j["cases"].size() == 3);
 }
 
 TEST_CASE("unet_eval scores every reference whatever its name, reads dataset.json as training does, names bad values") {

@@ -69,7 +69,15 @@ std::vector<fs::path> label_files(const std::string& dir, bool predictions) {
   std::vector<fs::path> files;
   for (auto& e : fs::directory_iterator(dir)) {
     const std::string n = e.path().filename().string();
-    if (io::is_image_name(n) && !n.starts_with(".") && !(predictions && is_probabilities_output(e.path()))) {
+    // The temporary of an interrupted write (io::AtomicFile's ".tmpPID.NAME") is no label map. Another hidden
+    // reference is a reference like any other (left out, it would leave the mean over fewer cases without a word).
+    const bool temporary = n.starts_with(".tmp") && n.find('.', 4) != std::string::npos &&
+                           n.find_first_not_of("0123456789", 4) == n.find('.', 4) && n.find('.', 4) > 4;
+    if (io::is_image_name(n) && (temporary || (predictions && n.starts_with(".")))) {
+      if (!predictions) std::printf("unet_eval: skipping %s: the temporary file of an interrupted write\n", n.c_str());
+      continue;
+    }
+    if (io::is_image_name(n) && !(predictions && is_probabilities_output(e.path()))) {
       if (std::string why = unet::tools::regular_file_problem(e.path().string()); !why.empty())
         throw UsageError(e.path().string() + ": " + why + "; expected a NIfTI or TIFF label map");
       files.push_back(e.path());
@@ -229,7 +237,7 @@ int main(int argc, char** argv) {
                        (pair_of_files ? "file" : "directory") + "; expected the predictions and their references");
     const std::vector<fs::path> refs = pair_of_files ? std::vector<fs::path>{label_dir} : label_files(label_dir, false);
     if (refs.empty()) throw UsageError(label_dir + ": no .nii, .nii.gz, .tif or .tiff label maps");
-    if (!pair_of_files && label_files(pred_dir, true).empty())
+    if (!pair_of_files && !missing_as_zero && label_files(pred_dir, true).empty())
       throw UsageError(pred_dir + ": no .nii, .nii.gz, .tif or .tiff label maps");
 
     // Every reference is scored: a missing prediction fails the evaluation, or scores 0 with --missing-as-zero.
