@@ -182,8 +182,7 @@ bool resample_case(Case& c, const std::array<double, 3>& target) {
 
 }  // namespace
 
-PreprocessedDataset preprocess_dataset(const DatasetInfo& info, const std::vector<size_t>& train,
-                                       const PreprocessOptions& o) {
+PreprocessedDataset preprocess_dataset(const DatasetInfo& info, const PreprocessOptions& o) {
   const size_t n = info.training.size();
   const bool cache = !o.cache_dir.empty();
   const fs::path dir = o.cache_dir;
@@ -233,10 +232,10 @@ PreprocessedDataset preprocess_dataset(const DatasetInfo& info, const std::vecto
                                     {"check", entry_check(stamps[i], geometry[i])}};
   }
 
-  // 2. The plan.
+  // 2. The plan, from every case (nnU-Net's dataset fingerprint), not the fold's training cases.
   std::vector<std::array<double, 3>> spacings;
   std::vector<std::array<int64_t, 3>> sizes;
-  for (size_t i : train) {
+  for (size_t i = 0; i < n; ++i) {
     spacings.push_back(geometry[i].spacing);
     sizes.push_back(geometry[i].size);
   }

@@ -26,14 +26,14 @@ struct PreprocessOptions {
 
 struct PreprocessedDataset {
   std::vector<Case> cases;            // every case of info.training, in order, at `target` spacing
-  std::array<double, 3> target;       // planned from the cases in `train`
+  std::array<double, 3> target;       // planned from every training case, whatever the fold
   int resampled = 0;                  // cases whose spacing differed from the target
   int from_cache = 0;                 // cases read from the cache
   std::vector<std::string> warnings;  // "PATH: what": damaged fingerprint entries, whose cases were made again
 };
 
-// The cases of info.training preprocessed; the target spacing is planned from the cases listed in `train`.
-PreprocessedDataset preprocess_dataset(const DatasetInfo& info, const std::vector<size_t>& train,
-                                       const PreprocessOptions& options);
+// The cases of info.training preprocessed. The target spacing is planned from all of them, the dataset's fingerprint
+// as nnU-Net plans it: every fold of a cross-validation gets the same plan (and shares the cache).
+PreprocessedDataset preprocess_dataset(const DatasetInfo& info, const PreprocessOptions& options);
 
 }  // namespace unet::io

@@ -694,11 +694,12 @@ Trainer::Trainer(TrainerOptions options, std::FILE* out) : s_(std::make_unique<S
                    static_cast<long>(out_h), static_cast<long>(out_w));
   } else {
     // nnU-Net's preprocessing (io/preprocess.h): each case cropped to the box of its non-zero voxels and resampled to
-    // the target spacing planned from the training cases; kept in the cache directory for the next run.
+    // the target spacing planned from all training cases (every fold's the same); kept in the cache directory for the
+    // next run.
     io::PreprocessOptions po;
     po.cache_dir = o.cache_dir;
     po.write_cache = s.lead();
-    io::PreprocessedDataset pre = io::preprocess_dataset(s.info, s.split.train, po);
+    io::PreprocessedDataset pre = io::preprocess_dataset(s.info, po);
     if (s.lead())
       for (const std::string& w : pre.warnings) std::fprintf(stderr, "unet_train: warning: %s\n", w.c_str());
     s.cases = std::move(pre.cases);

@@ -50,20 +50,19 @@ std::string mixed_dataset(const test::TempDir& tmp) {
 TEST_CASE("the preprocessing cache: bitwise the same cases, reused until a source file or the plan changes") {
   test::TempDir tmp("preprocess");
   const DatasetInfo info = read_msd_dataset(mixed_dataset(tmp));
-  const std::vector<size_t> all{0, 1, 2, 3};
-  const PreprocessedDataset none = preprocess_dataset(info, all, {});
+  const PreprocessedDataset none = preprocess_dataset(info, {});
   CHECK(none.target == std::array<double, 3>{3, 1, 1});
   CHECK(none.resampled == 1);
   CHECK(none.cases[3].image.dim(0) == 8);  // 12 slices of 2 mm, 8 of 3 mm
 
   PreprocessOptions o;
   o.cache_dir = tmp / "cache";
-  const PreprocessedDataset first = preprocess_dataset(info, all, o);
+  const PreprocessedDataset first = preprocess_dataset(info, o);
   CHECK(first.from_cache == 0);
   CHECK(same_cases(first, none));
   CHECK(fs::exists(tmp / "cache/fingerprint.json"));
   CHECK(fs::exists(tmp / "cache/case_100.preprocessed.safetensors"));
-  const PreprocessedDataset second = preprocess_dataset(info, all, o);
+  const PreprocessedDataset second = preprocess_dataset(info, o);
   CHECK(second.from_cache == 4);
   CHECK(second.resampled == 1);
   CHECK(same_cases(second, none));
@@ -71,20 +70,22 @@ TEST_CASE("the preprocessing cache: bitwise the same cases, reused until a sourc
   // A source file touched: that case alone is made again.
   fs::last_write_time(tmp / "data/labelsTr/case_001.nii.gz",
                       fs::last_write_time(tmp / "data/labelsTr/case_001.nii.gz") + std::chrono::seconds(5));
-  const PreprocessedDataset touched = preprocess_dataset(info, all, o);
+  const PreprocessedDataset touched = preprocess_dataset(info, o);
   CHECK(touched.from_cache == 3);
   CHECK(same_cases(touched, none));
 
-  // Another plan (the 2 mm case alone sets the target): every case made again.
-  const PreprocessedDataset replanned = preprocess_dataset(info, {3}, o);
+  // Another plan (a dataset of the 2 mm case alone sets the target): that case made again.
+  DatasetInfo alone = info;
+  alone.training = {info.training[3]};
+  const PreprocessedDataset replanned = preprocess_dataset(alone, o);
   CHECK(replanned.target == std::array<double, 3>{2, 1, 1});
   CHECK(replanned.from_cache == 0);
-  CHECK(replanned.resampled == 3);
+  CHECK(replanned.resampled == 0);
 
   // A reader that must not write (ranks other than 0): reads what is valid, writes nothing.
   o.write_cache = false;
   fs::remove_all(tmp / "cache");
-  CHECK(preprocess_dataset(info, all, o).from_cache == 0);
+  CHECK(preprocess_dataset(info, o).from_cache == 0);
   CHECK_FALSE(fs::exists(tmp / "cache"));
 }
 
@@ -93,9 +94,9 @@ TEST_CASE("a damaged cache file is an error naming it") {
   const DatasetInfo info = read_msd_dataset(mixed_dataset(tmp));
   PreprocessOptions o;
   o.cache_dir = tmp / "cache";
-  preprocess_dataset(info, {0, 1, 2, 3}, o);
+  preprocess_dataset(info, o);
   fs::resize_file(tmp / "cache/case_001.preprocessed.safetensors", 40);
-  CHECK_THROWS_WITH(preprocess_dataset(info, {0, 1, 2, 3}, o), doctest::Contains("case_001.preprocessed.safetensors"));
+  CHECK_THROWS_WITH(preprocess_dataset(info, o), doctest::Contains("case_001.preprocessed.safetensors"));
 }
 
 TEST_CASE("a cached case holding NaN is made again from its files, with a warning naming the cache file") {
@@ -103,14 +104,14 @@ TEST_CASE("a cached case holding NaN is made again from its files, with a warnin
   const DatasetInfo info = read_msd_dataset(mixed_dataset(tmp));
   PreprocessOptions o;
   o.cache_dir = tmp / "cache";
-  const PreprocessedDataset first = preprocess_dataset(info, {0, 1, 2, 3}, o);
+  const PreprocessedDataset first = preprocess_dataset(info, o);
   // One f32 of the image made NaN in place (the stamp and the fingerprint still match).
   const std::string path = tmp / "cache/case_001.preprocessed.safetensors";
   const SafetensorsContent f = read_safetensors(path);
   Tensor image = f.get("image").clone();
   image.data<float>()[5] = std::numeric_limits<float>::quiet_NaN();
   write_safetensors(path, {{"image", image}, {"label", f.get("label")}}, f.metadata);
-  const PreprocessedDataset again = preprocess_dataset(info, {0, 1, 2, 3}, o);
+  const PreprocessedDataset again = preprocess_dataset(info, o);
   CHECK(again.from_cache == 3);
   CHECK(same_cases(again, first));
   REQUIRE(again.warnings.size() == 1);
@@ -123,7 +124,7 @@ TEST_CASE("a cached case whose grid is not the one its fingerprint gives (the sa
   const DatasetInfo info = read_msd_dataset(mixed_dataset(tmp));
   PreprocessOptions o;
   o.cache_dir = tmp / "cache";
-  const PreprocessedDataset first = preprocess_dataset(info, {0, 1, 2, 3}, o);
+  const PreprocessedDataset first = preprocess_dataset(info, o);
   const std::string path = tmp / "cache/case_002.preprocessed.safetensors";
   const SafetensorsContent f = read_safetensors(path);
   const Tensor image = f.get("image"), label = f.get("label");
@@ -133,7 +134,7 @@ TEST_CASE("a cached case whose grid is not the one its fingerprint gives (the sa
                     {{"image", image.clone().reshape({swapped[0], swapped[1], swapped[2], image.dim(3)})},
                      {"label", label.clone().reshape(swapped)}},
                     f.metadata);
-  const PreprocessedDataset again = preprocess_dataset(info, {0, 1, 2, 3}, o);
+  const PreprocessedDataset again = preprocess_dataset(info, o);
   CHECK(again.from_cache == 3);
   CHECK(same_cases(again, first));
   REQUIRE(again.warnings.size() == 1);
@@ -152,13 +153,13 @@ TEST_CASE("a fingerprint.json that is a FIFO or a directory is an error naming i
   o.cache_dir = tmp / "cache";
   fs::create_directories(tmp / "cache");
   REQUIRE(::mkfifo((tmp / "cache/fingerprint.json").c_str(), 0600) == 0);  // reading it used to block forever
-  CHECK_THROWS_WITH(preprocess_dataset(info, {0, 1, 2, 3}, o),
+  CHECK_THROWS_WITH(preprocess_dataset(info, o),
                     (tmp / "cache/fingerprint.json" + ": not a regular file (a FIFO (named pipe)); expected the " +
                      "cache's fingerprint file (remove it, or choose another data.cache)")
                         .c_str());
   fs::remove(tmp / "cache/fingerprint.json");
   fs::create_directories(tmp / "cache/fingerprint.json");
-  CHECK_THROWS_WITH(preprocess_dataset(info, {0, 1, 2, 3}, o), doctest::Contains("not a regular file (a directory)"));
+  CHECK_THROWS_WITH(preprocess_dataset(info, o), doctest::Contains("not a regular file (a directory)"));
 }
 
 TEST_CASE("a case name too long for its cache file name within 255 bytes is cached under a shortened, hashed name") {
@@ -176,14 +177,14 @@ TEST_CASE("a case name too long for its cache file name within 255 bytes is cach
   const DatasetInfo info = read_msd_dataset(data);
   PreprocessOptions o;
   o.cache_dir = tmp / "cache";
-  const PreprocessedDataset first = preprocess_dataset(info, {0, 1, 2, 3}, o);  // used to fail creating the file
+  const PreprocessedDataset first = preprocess_dataset(info, o);  // used to fail creating the file
   size_t files = 0;
   for (const auto& e : fs::directory_iterator(tmp / "cache")) {
     CHECK(e.path().filename().string().size() <= 255 - 20);  // room for the temporary name's .tmpPID. prefix
     files += e.path().filename().string().ends_with(".preprocessed.safetensors");
   }
   CHECK(files == 4);  // two names alike in their first 160 bytes stay two files
-  const PreprocessedDataset second = preprocess_dataset(info, {0, 1, 2, 3}, o);
+  const PreprocessedDataset second = preprocess_dataset(info, o);
   CHECK(second.from_cache == 4);
   CHECK(same_cases(second, first));
 }
@@ -193,8 +194,7 @@ TEST_CASE("a damaged fingerprint entry makes its case stale with a warning namin
   const DatasetInfo info = read_msd_dataset(mixed_dataset(tmp));
   PreprocessOptions o;
   o.cache_dir = tmp / "cache";
-  const std::vector<size_t> all{0, 1, 2, 3};
-  const PreprocessedDataset first = preprocess_dataset(info, all, o);
+  const PreprocessedDataset first = preprocess_dataset(info, o);
   const std::string path = tmp / "cache/fingerprint.json";
   nlohmann::json j = nlohmann::json::parse(std::ifstream(path));
   j["cases"]["case_000"] = "garbage";
@@ -203,7 +203,7 @@ TEST_CASE("a damaged fingerprint entry makes its case stale with a warning namin
   j["cases"]["case_100"]["stamp"] = 7;
   test::write_text(path, j.dump());
   PreprocessedDataset again;
-  REQUIRE_NOTHROW(again = preprocess_dataset(info, all, o));
+  REQUIRE_NOTHROW(again = preprocess_dataset(info, o));
   CHECK(again.from_cache == 0);
   CHECK(same_cases(again, first));
   REQUIRE(again.warnings.size() == 4);
@@ -214,7 +214,7 @@ TEST_CASE("a damaged fingerprint entry makes its case stale with a warning namin
         path + ": entry \"case_002\" has no \"size\" of three integers >= 1; the case is preprocessed again");
   CHECK(again.warnings[3] == path + ": entry \"case_100\" has no string \"stamp\"; the case is preprocessed again");
   // Rewritten whole: the next run reads every case from the cache, without a word.
-  const PreprocessedDataset repaired = preprocess_dataset(info, all, o);
+  const PreprocessedDataset repaired = preprocess_dataset(info, o);
   CHECK(repaired.from_cache == 4);
   CHECK(repaired.warnings.empty());
 
@@ -222,7 +222,7 @@ TEST_CASE("a damaged fingerprint entry makes its case stale with a warning namin
     CAPTURE(damaged);
     test::write_text(path, damaged);
     PreprocessedDataset rebuilt;
-    REQUIRE_NOTHROW(rebuilt = preprocess_dataset(info, all, o));
+    REQUIRE_NOTHROW(rebuilt = preprocess_dataset(info, o));
     CHECK(rebuilt.from_cache == 0);
     CHECK(same_cases(rebuilt, first));
     REQUIRE(rebuilt.warnings.size() == 1);
@@ -242,7 +242,7 @@ TEST_CASE("a case whose spacing cannot be resampled to the target is an error na
   const DatasetInfo info = read_msd_dataset(data);
   std::string what;
   try {
-    preprocess_dataset(info, {0, 1, 2}, {});
+    preprocess_dataset(info, {});
   } catch (const std::runtime_error& e) {
     what = e.what();
   }
@@ -255,8 +255,7 @@ TEST_CASE("an edited fingerprint entry (a spacing changed, the stamp kept) is no
   const DatasetInfo info = read_msd_dataset(mixed_dataset(tmp));
   PreprocessOptions o;
   o.cache_dir = tmp / "cache";
-  const std::vector<size_t> all{0, 1, 2, 3};
-  const PreprocessedDataset first = preprocess_dataset(info, all, o);
+  const PreprocessedDataset first = preprocess_dataset(info, o);
   const std::string path = tmp / "cache/fingerprint.json";
   for (const nlohmann::json spacing :
        {nlohmann::json{3, 3, 3}, nlohmann::json{1e300, 1e300, 1e300}, nlohmann::json{1e-300, 1e-300, 1e-300}}) {
@@ -265,7 +264,7 @@ TEST_CASE("an edited fingerprint entry (a spacing changed, the stamp kept) is no
     for (auto& [id, entry] : j["cases"].items()) entry["spacing"] = spacing;
     test::write_text(path, j.dump());
     PreprocessedDataset again;
-    REQUIRE_NOTHROW(again = preprocess_dataset(info, all, o));
+    REQUIRE_NOTHROW(again = preprocess_dataset(info, o));
     CHECK(again.target == first.target);  // planned from the files, not from the edited entries
     CHECK(again.from_cache == 0);
     CHECK(same_cases(again, first));
@@ -294,13 +293,13 @@ TEST_CASE(
   fs::create_directories(o.cache_dir);
   test::write_text(tmp / "run/checkpoint.safetensors", "the run's checkpoint");
   test::write_text(tmp / "run/model.safetensors", "the run's model");
-  preprocess_dataset(info, {0, 1, 2, 3}, o);
+  preprocess_dataset(info, o);
   CHECK(fs::exists(tmp / "run/checkpoint.preprocessed.safetensors"));
   CHECK(fs::exists(tmp / "run/model.preprocessed.safetensors"));
   std::ifstream checkpoint(tmp / "run/checkpoint.safetensors"), model(tmp / "run/model.safetensors");
   CHECK(std::string(std::istreambuf_iterator<char>(checkpoint), {}) == "the run's checkpoint");
   CHECK(std::string(std::istreambuf_iterator<char>(model), {}) == "the run's model");
-  CHECK(preprocess_dataset(info, {0, 1, 2, 3}, o).from_cache == 4);
+  CHECK(preprocess_dataset(info, o).from_cache == 4);
 }
 
 TEST_CASE("a case file name that is not UTF-8 (Latin-1 caf\\xe9) is cached, escaped as %E9 in fingerprint.json") {
@@ -320,12 +319,12 @@ TEST_CASE("a case file name that is not UTF-8 (Latin-1 caf\\xe9) is cached, esca
   PreprocessOptions o;
   o.cache_dir = tmp / "cache";
   PreprocessedDataset first;
-  REQUIRE_NOTHROW(first = preprocess_dataset(info, {0, 1, 2}, o));
+  REQUIRE_NOTHROW(first = preprocess_dataset(info, o));
   const nlohmann::json j = nlohmann::json::parse(std::ifstream(tmp / "cache/fingerprint.json"));
   CHECK(j["cases"].contains("caf%E9"));
   CHECK(j["cases"].contains("caf%25E9"));
   CHECK(fs::exists(tmp / ("cache/" + latin1 + ".preprocessed.safetensors")));
-  const PreprocessedDataset second = preprocess_dataset(info, {0, 1, 2}, o);
+  const PreprocessedDataset second = preprocess_dataset(info, o);
   CHECK(second.from_cache == 3);
   CHECK(same_cases(second, first));
 }
