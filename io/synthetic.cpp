@@ -6,13 +6,17 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <filesystem>
+#include <fstream>
+#include <map>
 #include <mutex>
 #include <nlohmann/json.hpp>
 #include <set>
 #include <string>
 #include <vector>
 
+#include "engine/comm.h"
 #include "engine/random.h"
 #include "io/atomic_file.h"
 #include "io/config.h"
@@ -390,39 +394,67 @@ SynthPage make_synthetic_em_page(const SynthOptions& o, int index) {
 namespace {
 
 // The file that marks a directory as written by unet_synth: --overwrite replaces nothing else, since a real MSD or ISBI
-// dataset has the same layout and names.
+// dataset has the same layout and names. After its first line it lists every file written, one per line:
+// "DIGEST SIZE PATH" (engine/comm.h's file_digest in hex, bytes, the path relative to the dataset).
 constexpr const char* kMarker = ".unet_synth";
+constexpr const char* kMarkerLine = "This directory was written by unet_synth; unet_synth --overwrite may replace it.";
 
-// Why the existing directory `dir` is not a dataset unet_synth wrote in full, or "" when it is: it lacks the marker,
-// or holds an entry unet_synth does not write (which --overwrite would delete) other than unet_train's preprocessed
-// cache of it (data.cache = auto), which would be stale.
+std::string file_entry(const fs::path& file) {
+  char digest[24];
+  std::snprintf(digest, sizeof digest, "%016llx", static_cast<unsigned long long>(file_digest(file.string())));
+  return std::string(digest) + " " + std::to_string(fs::file_size(file));
+}
+
+// The marker's text for the dataset in `dir`: the first line, then every regular file under it.
+std::string marker_text(const fs::path& dir) {
+  std::vector<std::string> lines;
+  for (const fs::directory_entry& e : fs::recursive_directory_iterator(dir))
+    if (e.is_regular_file()) lines.push_back(file_entry(e.path()) + " " + fs::relative(e.path(), dir).string());
+  std::sort(lines.begin(), lines.end());
+  std::string text = std::string(kMarkerLine) + "\n";
+  for (const std::string& line : lines) text += line + "\n";
+  return text;
+}
+
+// Why the existing directory `dir` is not a dataset unet_synth wrote, as it wrote it, or "" when it is: it lacks the
+// marker's list of files, or holds an entry that is not one of them with the same size and digest (a file the user
+// added or edited, which --overwrite would delete), other than unet_train's preprocessed cache of it (data.cache =
+// auto), which would be stale.
 std::string not_ours(const fs::path& dir) {
-  if (!fs::exists(dir / kMarker))
+  std::ifstream marker(dir / kMarker);
+  std::string line;
+  if (!marker || !std::getline(marker, line))
     return "holds a dataset that unet_synth did not write (no " + std::string(kMarker) + ")";
-  static const std::set<std::string> ours = {
-      kMarker,           "dataset.json",    "imagesTr",         "labelsTr",
-      "imagesTs",        "labelsTs",        "train-volume.tif", "train-labels.tif",
-      "test-volume.tif", "test-labels.tif", "unet_preprocessed"};
-  for (const fs::directory_entry& e : fs::directory_iterator(dir))
-    if (!ours.contains(e.path().filename().string()))
-      return "also holds " + e.path().filename().string() + ", which unet_synth did not write";
+  std::map<std::string, std::string> written;  // path -> "DIGEST SIZE"
+  while (std::getline(marker, line))
+    if (const size_t a = line.find(' '), b = line.find(' ', a + 1); b != std::string::npos)
+      written[line.substr(b + 1)] = line.substr(0, b);
+  if (written.empty())
+    return "holds a dataset whose " + std::string(kMarker) +
+           " lists no files (written by an older unet_synth, or damaged)";
   // In the cache, only what unet_train writes there (a run's output.dir or the user's files are not ours to delete).
-  if (std::error_code ec; fs::is_directory(dir / "unet_preprocessed", ec))
+  std::error_code ec;
+  if (fs::is_directory(dir / "unet_preprocessed", ec))
     for (const fs::directory_entry& e : fs::directory_iterator(dir / "unet_preprocessed")) {
       const std::string name = e.path().filename().string();
       if (!e.is_regular_file(ec) || !(name == "fingerprint.json" || name.ends_with(".preprocessed.safetensors")))
         return "also holds " + (fs::path("unet_preprocessed") / name).string() +
                ", which is not unet_train's preprocessed cache";
     }
-  // Inside the case folders, only the case files it writes (case_NNN[_CCCC].nii.gz).
-  for (const char* sub : {"imagesTr", "labelsTr", "imagesTs", "labelsTs"}) {
-    std::error_code ec;
-    if (!fs::is_directory(dir / sub, ec)) continue;
-    for (const fs::directory_entry& e : fs::directory_iterator(dir / sub)) {
-      const std::string name = e.path().filename().string();
-      if (!e.is_regular_file(ec) || !name.starts_with("case_") || !name.ends_with(".nii.gz"))
-        return "also holds " + (fs::path(sub) / name).string() + ", which unet_synth did not write";
+  static const std::set<std::string> folders = {"imagesTr", "labelsTr", "imagesTs", "labelsTs", "unet_preprocessed"};
+  for (auto it = fs::recursive_directory_iterator(dir); it != fs::recursive_directory_iterator(); ++it) {
+    const std::string rel = fs::relative(it->path(), dir).string();
+    if (rel == kMarker) continue;
+    if (it->is_symlink(ec)) return "also holds " + rel + ", a symbolic link unet_synth did not write";
+    if (it->is_directory(ec)) {
+      if (!folders.contains(rel)) return "also holds " + rel + ", which unet_synth did not write";
+      if (rel == "unet_preprocessed") it.disable_recursion_pending();  // checked above
+      continue;
     }
+    const auto entry = written.find(rel);
+    if (entry == written.end()) return "also holds " + rel + ", which unet_synth did not write";
+    if (!it->is_regular_file(ec) || entry->second != file_entry(it->path()))
+      return "holds " + rel + " changed since unet_synth wrote it";
   }
   return "";
 }
@@ -582,8 +614,7 @@ void write_synthetic_dataset(const SynthOptions& o) {
       write_file_atomically((staging / "dataset.json").string(), j.dump(2) + "\n");
     }
 
-    write_file_atomically((staging / kMarker).string(),
-                          "This directory was written by unet_synth; unet_synth --overwrite may replace it.\n");
+    write_file_atomically((staging / kMarker).string(), marker_text(staging));
 
     // Swap the finished dataset into place. An existing one is moved aside first and deleted only afterwards.
     fs::path old = target.parent_path() / ("." + target.filename().string() + ".old" + pid);

@@ -276,8 +276,26 @@ TEST_CASE("unet_synth never overwrites a directory that is not a dataset, and re
         2);
   CHECK_MESSAGE(out.find("also holds labelsTr/notes.txt, which unet_synth did not write") != std::string::npos, out);
   CHECK(fs::exists(tmp / "ds/labelsTr/notes.txt"));
-  // unet_train's cache (data.cache = auto) is replaced with the dataset, but not a run or a file kept there.
   fs::remove(tmp / "ds/labelsTr/notes.txt");
+  // A case the user added under unet_synth's names, and a label the user corrected: not what unet_synth wrote (the
+  // marker lists each file's size and digest), so neither is deleted.
+  fs::copy_file(tmp / "ds/imagesTr/case_000.nii.gz", tmp / "ds/imagesTr/case_777.nii.gz");
+  CHECK(test::run_tool("unet_synth", "--output " + (tmp / "ds") + " --train 1 --test 0 --size 8 --overwrite", &out) ==
+        2);
+  CHECK_MESSAGE(out.find("also holds imagesTr/case_777.nii.gz, which unet_synth did not write") != std::string::npos,
+                out);
+  CHECK(fs::exists(tmp / "ds/imagesTr/case_777.nii.gz"));
+  fs::remove(tmp / "ds/imagesTr/case_777.nii.gz");
+  std::ifstream saved(tmp / "ds/labelsTr/case_000.nii.gz", std::ios::binary);
+  const std::string label((std::istreambuf_iterator<char>(saved)), {});
+  saved.close();
+  fs::copy_file(tmp / "ds/imagesTr/case_000.nii.gz", tmp / "ds/labelsTr/case_000.nii.gz",
+                fs::copy_options::overwrite_existing);
+  CHECK(test::run_tool("unet_synth", "--output " + (tmp / "ds") + " --train 1 --test 0 --size 8 --overwrite", &out) ==
+        2);
+  CHECK_MESSAGE(out.find("holds labelsTr/case_000.nii.gz changed since unet_synth wrote it") != std::string::npos, out);
+  std::ofstream(tmp / "ds/labelsTr/case_000.nii.gz", std::ios::binary) << label;
+  // unet_train's cache (data.cache = auto) is replaced with the dataset, but not a run or a file kept there.
   fs::create_directories(tmp / "ds/unet_preprocessed");
   std::ofstream(tmp / "ds/unet_preprocessed/fingerprint.json") << "{}";
   std::ofstream(tmp / "ds/unet_preprocessed/case_000.preprocessed.safetensors") << "x";
