@@ -132,6 +132,19 @@ std::string real_text(double v) {
   return std::string(text, r.ptr);
 }
 
+bool same_value(const std::string& a, const std::string& b) {
+  if (trim(a) == trim(b)) return true;
+  bool x = false, y = false;
+  if (parse_bool(a, x) && parse_bool(b, y)) return x == y;
+  const std::vector<std::string> pa = split_list(a), pb = split_list(b);
+  if (pa.empty() || pa.size() != pb.size()) return false;
+  for (size_t i = 0; i < pa.size(); ++i) {
+    double u = 0, v = 0;
+    if (!parse_double(pa[i], u) || !parse_double(pb[i], v) || u != v) return false;
+  }
+  return true;
+}
+
 size_t edit_distance(const std::string& a, const std::string& b) {
   std::vector<size_t> prev(b.size() + 1), cur(b.size() + 1);
   for (size_t j = 0; j <= b.size(); ++j) prev[j] = j;

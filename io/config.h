@@ -60,6 +60,11 @@ class Config {
   std::map<std::string, std::string> values_;  // "section.name" -> text
 };
 
+// Whether two values of one key, as written, mean the same without knowing the key's type: the same text, the same
+// numbers (8e-4 and 0.0008, 00 and 0, lists item by item) or the same truth value (true and yes). For comparing a
+// configuration with one saved earlier (unet_train --resume).
+bool same_value(const std::string& a, const std::string& b);
+
 // Edit distance, for "did you mean" suggestions.
 size_t edit_distance(const std::string& a, const std::string& b);
 

@@ -464,7 +464,12 @@ struct Trainer::State {
         const auto a = mine.find(key), b = theirs.find(key);
         const std::string here = a == mine.end() ? "(absent)" : a->second;
         const std::string there = b == theirs.end() ? "(absent)" : b->second;
-        if (here != there)
+        // By value (8e-4 and 0.0008 agree), and the dataset by the directory it names ("ds/" and an absolute path).
+        std::error_code ec;
+        const bool same =
+            a != mine.end() && b != theirs.end() &&
+            (io::same_value(here, there) || (key == "data.dataset" && std::filesystem::equivalent(here, there, ec)));
+        if (!same)
           throw TrainerOptionError(
               key + " = " + here + " here, but " + there + " in the run being resumed (" + path +
               "): a resumed run must train as the original (only [runtime], output.dir, train.steps, "

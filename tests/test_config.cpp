@@ -57,6 +57,20 @@ TEST_CASE("an unknown key is an error that suggests the nearest valid key") {
                        ConfigError);
 }
 
+TEST_CASE("same_value compares values as written by what they mean") {
+  CHECK(same_value("8e-4", "0.0008"));
+  CHECK(same_value("00", "0"));
+  CHECK(same_value("0.150", "0.15"));
+  CHECK(same_value("32, 32,32", "32,32,32"));
+  CHECK(same_value("yes", "TRUE"));
+  CHECK(same_value(" adamw", "adamw"));
+  CHECK_FALSE(same_value("8e-4", "8e-5"));
+  CHECK_FALSE(same_value("32,32", "32,32,32"));
+  CHECK_FALSE(same_value("adam", "adamw"));
+  CHECK_FALSE(same_value("true", "false"));
+  CHECK_FALSE(same_value("", "0"));
+}
+
 TEST_CASE("a badly typed value names the key and the expected type") {
   Config c = make_config();
   CHECK_THROWS_WITH_AS(c.load_file(write_ini("[train]\nlr = fast\n")),

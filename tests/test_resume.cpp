@@ -142,6 +142,14 @@ TEST_CASE("unet_train --resume refuses a changed configuration, a missing checkp
   // A key that changes the training: named, with both values, exit 2, nothing written.
   CHECK(run_tool("unet_train", ini + " --set train.steps=4 --set train.lr=0.001 --resume " + tmp / "run", &out) == 2);
   CHECK(out.find("train.lr = 0.001 here, but 8e-4") != std::string::npos);
+  // The same values written otherwise are no change: 0.0008 for 8e-4, 07 for 7, the dataset's directory with a
+  // trailing slash (resuming the finished run only validates again).
+  CHECK_MESSAGE(run_tool("unet_train",
+                         ini + " --set train.steps=4 --set train.lr=0.0008 --set train.seed=07 " +
+                             "--set data.dataset=" + tmp / "data/ --resume " + tmp / "run",
+                         &out) == 0,
+                out);
+  CHECK(io::read_safetensors(tmp / "run/checkpoint.safetensors").metadata.at("step") == before);
   // Intervals and the runtime section may change: resuming a finished run only validates and writes again, and its
   // log keeps one line for that validation (each resume used to add another).
   const std::string log_before = io::read_text_file(tmp / "run/log.jsonl");
