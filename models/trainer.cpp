@@ -345,6 +345,9 @@ struct Trainer::State {
   // interrupted.
   Tensor loss_since_log;
   int64_t loss_since_log_steps = 0;
+  // "ID DIGEST" per line for every prepared case (case_summary's digest): in the checkpoint, so that --resume on
+  // changed data (a regenerated dataset under the same names) is refused rather than trained on two datasets.
+  std::string data_cases;
   // Training time of the earlier sessions of a resumed run, and when this session's training began.
   double earlier_seconds = 0;
   std::chrono::steady_clock::time_point session_start = std::chrono::steady_clock::now();
@@ -421,7 +424,8 @@ struct Trainer::State {
                      {"best_val_mean_dice", exact(best_dice)},
                      {"train_seconds", exact(train_seconds())},
                      {"config", o.config_text},
-                     {"loss_since_log_steps", std::to_string(loss_since_log_steps)}});
+                     {"loss_since_log_steps", std::to_string(loss_since_log_steps)},
+                     {"data_cases", data_cases}});
     if (loss_since_log_steps > 0) tensors.emplace_back("train.loss_since_log", loss_since_log.to(Device::cpu));
     io::write_safetensors((dir / "checkpoint.safetensors").string(), tensors, metadata);
   }
@@ -491,12 +495,43 @@ struct Trainer::State {
     return step;
   }
 
+  // The prepared cases against those the checkpoint was trained on (absent from checkpoints written before it was
+  // kept): the first case changed, added or removed is named.
+  void check_same_data(const io::Metadata& m, const std::string& path) const {
+    const auto it = m.find("data_cases");
+    if (it == m.end() || it->second == data_cases) return;
+    const auto parse = [](const std::string& text) {
+      std::map<std::string, std::string> cases;
+      std::istringstream in(text);
+      for (std::string line; std::getline(in, line);)  // "ID DIGEST": the id may hold spaces, the digest does not
+        if (const size_t at = line.rfind(' '); at != std::string::npos) cases[line.substr(0, at)] = line.substr(at + 1);
+      return cases;
+    };
+    const std::map<std::string, std::string> mine = parse(data_cases), theirs = parse(it->second);
+    std::string what = "the cases differ";
+    for (const auto& [id, digest] : mine)
+      if (!theirs.contains(id) || theirs.at(id) != digest) {
+        what = "case " + id + (theirs.contains(id) ? " changed" : " is new");
+        break;
+      }
+    if (what == "the cases differ")
+      for (const auto& [id, digest] : theirs)
+        if (!mine.contains(id)) {
+          what = "case " + id + " is gone";
+          break;
+        }
+    throw TrainerOptionError("--resume: " + o.dataset + ": " + what + " since the run in " + path +
+                             " was trained on it (its images, labels or spacing); a resumed run must train on the "
+                             "same data: start a new run, or restore the data");
+  }
+
   // Restores the state save_checkpoint wrote (every rank reads the file) and returns its step. Every tensor and entry
   // is checked before anything changes.
   int64_t resume(const std::string& run_dir) {
     const std::string path = checkpoint_path(run_dir);
     const io::SafetensorsContent ck = io::read_safetensors(path);
     const int64_t step = check_resume(ck.metadata, path);
+    check_same_data(ck.metadata, path);
     // Weights: every parameter and buffer present with its shape, checked before any is copied.
     std::vector<std::pair<Tensor, const Tensor*>> copies;
     for (auto& [name, p] : net->named_state()) {
@@ -610,28 +645,30 @@ struct Trainer::State {
   }
 };
 
+namespace {
+
+// A prepared case in a line: its shapes, spacing and a digest of every byte of its image and label.
+std::string case_summary(const io::Case& k) {
+  const uint64_t digest =
+      content_digest(k.image.raw(), k.image.nbytes()) * 31 + content_digest(k.label.raw(), k.label.nbytes());
+  char text[64];
+  std::snprintf(text, sizeof text, "%016llx", static_cast<unsigned long long>(digest));
+  const auto sizes = [](const Tensor& t) {
+    std::string out;
+    for (int64_t d : t.shape()) out += (out.empty() ? "" : "x") + std::to_string(d);
+    return out;
+  };
+  return "image " + sizes(k.image) + ", label " + sizes(k.label) + ", spacing " + io::real_text(k.spacing[0]) + " x " +
+         io::real_text(k.spacing[1]) + " x " + io::real_text(k.spacing[2]) + " mm, digest " + text;
+}
+
 // Every rank must train on the same cases: a different dataset.json, or other data behind the same path on another
 // machine, would train another model on each rank without a word, or end in a reduction of mismatched sizes. Each
 // prepared case (cropped, resampled, normalised) compared with rank 0's by its id, shapes, spacing and a digest of
 // every byte of its image and label.
-namespace {
-
 void check_same_cases(Comm& comm, const std::vector<io::Case>& cases, const std::string& json_path) {
   std::vector<std::pair<std::string, std::string>> items;
-  for (const io::Case& k : cases) {
-    const uint64_t digest =
-        content_digest(k.image.raw(), k.image.nbytes()) * 31 + content_digest(k.label.raw(), k.label.nbytes());
-    char text[64];
-    std::snprintf(text, sizeof text, "%016llx", static_cast<unsigned long long>(digest));
-    const auto sizes = [](const Tensor& t) {
-      std::string out;
-      for (int64_t d : t.shape()) out += (out.empty() ? "" : "x") + std::to_string(d);
-      return out;
-    };
-    items.emplace_back("training case " + k.id, "image " + sizes(k.image) + ", label " + sizes(k.label) + ", spacing " +
-                                                    io::real_text(k.spacing[0]) + " x " + io::real_text(k.spacing[1]) +
-                                                    " x " + io::real_text(k.spacing[2]) + " mm, digest " + text);
-  }
+  for (const io::Case& k : cases) items.emplace_back("training case " + k.id, case_summary(k));
   if (const auto d = comm.compare_with_rank0(items))
     throw TrainerOptionError(json_path + ": " + d->name + ": " + d->here + " on this rank, " + d->on_rank0 +
                              " on rank 0; expected every rank to read the same dataset");
@@ -717,10 +754,8 @@ Trainer::Trainer(TrainerOptions options, std::FILE* out) : s_(std::make_unique<S
                    o.cache_dir.empty()
                        ? ""
                        : (", " + std::to_string(pre.from_cache) + " read from the cache " + o.cache_dir).c_str());
-    std::vector<io::Case> train_cases;
-    for (size_t i : s.split.train) train_cases.push_back(s.cases[i]);
-    norm = io::plan_normalization(s.info, train_cases);
-    train_cases.clear();
+    // From every training case, as nnU-Net's fingerprint: every fold normalises alike (as it plans alike).
+    norm = io::plan_normalization(s.info, s.cases);
     for (size_t i = 0; i < s.cases.size(); ++i) {
       io::Case& k = s.cases[i];
       io::normalize_image(k.image, norm);
@@ -733,6 +768,13 @@ Trainer::Trainer(TrainerOptions options, std::FILE* out) : s_(std::make_unique<S
   }
 
   if (s.comm) check_same_cases(*s.comm, s.cases, s.info.json_path);
+  for (const io::Case& k : s.cases) {
+    char digest[24];
+    const std::string summary = case_summary(k);
+    std::snprintf(digest, sizeof digest, "%016llx",
+                  static_cast<unsigned long long>(content_digest(summary.data(), summary.size())));
+    s.data_cases += k.id + " " + digest + "\n";
+  }
 
   // Model: DynUNet from the nnU-Net plan rule (the target spacing), or UNet2D on slices.
   const std::vector<int> patch(o.sampling.patch.begin(), o.sampling.patch.end());

@@ -130,6 +130,26 @@ TEST_CASE("unet_train --resume keeps a damaged log.jsonl aside, says so, and con
   CHECK(!fs::exists(tmp / "run/log.jsonl.damaged"));
 }
 
+TEST_CASE("unet_train --resume refuses data that changed since the checkpoint, naming the case") {
+  test::TempDir tmp("resume_changed_data");
+  const std::string ini = config(tmp) + " --set output.dir=" + tmp / "run";
+  std::string out;
+  REQUIRE_MESSAGE(run_tool("unet_train", ini + " --set train.steps=4", &out) == 0, out);
+  // Another thread count prepares the same bytes: no change.
+  CHECK_MESSAGE(
+      run_tool("unet_train", ini + " --set train.steps=4 --set runtime.threads=2 --resume " + tmp / "run", &out) == 0,
+      out);
+  // The dataset made again with another seed under the same names: refused before any step, nothing written.
+  REQUIRE(run_tool("unet_synth",
+                   "--output " + tmp / "data" + " --train 4 --test 1 --size 20,20,20 --seed 5 --overwrite", &out) == 0);
+  const std::string checkpoint = io::read_text_file(tmp / "run/checkpoint.safetensors");
+  CHECK(run_tool("unet_train", ini + " --set train.steps=6 --resume " + tmp / "run", &out) == 2);
+  CHECK_MESSAGE(out.find("unet_train: --resume: " + tmp / "data" + ": case case_000 changed since the run in " +
+                         tmp / "run/checkpoint.safetensors" + " was trained on it") != std::string::npos,
+                out);
+  CHECK(io::read_text_file(tmp / "run/checkpoint.safetensors") == checkpoint);
+}
+
 TEST_CASE("unet_train --resume refuses a changed configuration, a missing checkpoint and a finished step count") {
   test::TempDir tmp("resume_refuses");
   const std::string ini = config(tmp);
