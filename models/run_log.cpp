@@ -131,28 +131,37 @@ RunLog::RunLog(const std::filesystem::path& dir, int64_t first_step, const std::
   const std::filesystem::path path = dir / "log.jsonl";
   if (first_step > 0) {
     std::ifstream old(path, std::ios::binary);
+    if (!old)
+      warning_ = path.string() + ": missing; the log continues from step " + std::to_string(first_step) +
+                 " without the lines before it";
     const std::string text((std::istreambuf_iterator<char>(old)), {});
     old.close();
     std::string kept;
     size_t damaged = 0, first_damaged = 0, number = 0;
+    int64_t last_train = 0, last_validation = 0;  // a kind's steps only increase: a repeated or older line is damage
     for (size_t at = 0; at < text.size();) {
       const size_t end = text.find('\n', at);
       const std::string line = text.substr(at, end == std::string::npos ? std::string::npos : end - at);
       at = end == std::string::npos ? text.size() : end + 1;
       ++number;
       const nlohmann::json j = nlohmann::json::parse(line, nullptr, /*allow_exceptions=*/false);
-      if (j.is_object() && j.contains("step") && j["step"].is_number_integer()) {
+      const bool readable = j.is_object() && j.contains("step") && j["step"].is_number_integer();
+      int64_t* last = readable && j.contains("val_dice") ? &last_validation : &last_train;
+      if (readable && j["step"].get<int64_t>() > *last) {
         if (j["step"].get<int64_t>() <= first_step) {
           kept += line + "\n";
           lines_.push_back(j);
+          *last = j["step"].get<int64_t>();
         }
-      } else if (end != std::string::npos && !line.empty()) {  // a last line without its newline: cut by a kill
+      } else if ((readable || end != std::string::npos) && !line.empty()) {
+        // (An unreadable last line without its newline was cut by a kill: no damage.)
         if (damaged++ == 0) first_damaged = number;
       }
     }
     if (damaged > 0) {
       io::write_file_atomically(path.string() + ".damaged", text);
-      warning_ = path.string() + ": " + std::to_string(damaged) + " line(s) are not log lines (the first: line " +
+      warning_ = path.string() + ": " + std::to_string(damaged) +
+                 " line(s) are not log lines or repeat an earlier step (the first: line " +
                  std::to_string(first_damaged) + "); the file is kept as " + path.string() +
                  ".damaged and the log continues with the " + std::to_string(lines_.size()) + " readable line(s)";
     }

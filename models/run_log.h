@@ -30,8 +30,9 @@ std::string report_html(const std::vector<nlohmann::json>& lines, const std::str
 class RunLog {
  public:
   // Opens dir/log.jsonl: a fresh run truncates it; a run resumed at first_step > 0 keeps the lines up to that step
-  // (those a killed run wrote after its checkpoint, and a cut last line, go). Other lines that are not log lines
-  // (a damaged file) go too, the file as it was is kept as log.jsonl.damaged, and warning() says so.
+  // (those a killed run wrote after its checkpoint, and a cut last line, go). Other lines that are not log lines, or
+  // repeat a step (of training or validation) already seen (a damaged file), go too, the file as it was is kept as
+  // log.jsonl.damaged, and warning() says so; it also says when log.jsonl is missing.
   RunLog(const std::filesystem::path& dir, int64_t first_step, const std::string& title);
   const std::string& warning() const { return warning_; }  // "" when the log was whole
   // Appends a line to log.jsonl (flushed) and, for the report, to memory.

@@ -114,7 +114,8 @@ TEST_CASE("unet_train --resume keeps a damaged log.jsonl aside, says so, and con
   test::write_text(tmp / "run/log.jsonl", damaged);
   REQUIRE_MESSAGE(run_tool("unet_train", ini + " --set train.steps=4 --resume " + tmp / "run", &out) == 0, out);
   CHECK_MESSAGE(
-      out.find("unet_train: warning: " + tmp / "run/log.jsonl: 1 line(s) are not log lines (the first: " +
+      out.find("unet_train: warning: " +
+               tmp / "run/log.jsonl: 1 line(s) are not log lines or repeat an earlier step (the first: " +
                "line 2); the file is kept as " + tmp / "run/log.jsonl.damaged" + " and the log continues with the " +
                std::to_string(std::count(whole.begin(), whole.end(), '\n')) + " readable line(s)") != std::string::npos,
       out);
@@ -128,6 +129,16 @@ TEST_CASE("unet_train --resume keeps a damaged log.jsonl aside, says so, and con
   REQUIRE_MESSAGE(run_tool("unet_train", ini + " --set train.steps=4 --resume " + tmp / "run", &out) == 0, out);
   CHECK_MESSAGE(out.find("not log lines") == std::string::npos, out);
   CHECK(!fs::exists(tmp / "run/log.jsonl.damaged"));
+  // A line repeated (an edit, two logs concatenated) is damage too: the log would not be the uninterrupted run's.
+  test::write_text(tmp / "run/log.jsonl", whole.substr(0, second) + whole);
+  REQUIRE_MESSAGE(run_tool("unet_train", ini + " --set train.steps=4 --resume " + tmp / "run", &out) == 0, out);
+  CHECK_MESSAGE(
+      out.find("1 line(s) are not log lines or repeat an earlier step (the first: line 2)") != std::string::npos, out);
+  CHECK(io::read_text_file(tmp / "run/log.jsonl").substr(0, whole.size()) == whole);
+  // No log at all: said.
+  fs::remove(tmp / "run/log.jsonl");
+  REQUIRE_MESSAGE(run_tool("unet_train", ini + " --set train.steps=4 --resume " + tmp / "run", &out) == 0, out);
+  CHECK_MESSAGE(out.find(tmp / "run/log.jsonl: missing; the log continues from step 4") != std::string::npos, out);
 }
 
 TEST_CASE("unet_train --resume refuses data that changed since the checkpoint, naming the case") {
