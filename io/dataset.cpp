@@ -468,10 +468,11 @@ NormalizationPlan NormalizationPlan::from_json(const std::string& text) {
 
 std::string ChannelNormalization::ct_problem() const {
   if (std::isfinite(mean) && std::isfinite(std) && std > 0 && std::isfinite(lower) && std::isfinite(upper) &&
-      lower <= upper && std::abs(mean) < 1e30 && std < 1e30)
+      lower < upper && std::abs(mean) < 1e30 && std < 1e30)
     return "";
+  // lower == upper clips every voxel to one value: no image would keep any contrast.
   return "ct mean " + real_text(mean) + ", std " + real_text(std) + ", lower " + real_text(lower) + ", upper " +
-         real_text(upper) + "; expected finite values, std > 0, lower <= upper and magnitudes below 1e30";
+         real_text(upper) + "; expected finite values, std > 0, lower < upper and magnitudes below 1e30";
 }
 
 NormalizationPlan plan_normalization(const DatasetInfo& info, const std::vector<Case>& training_cases,

@@ -409,7 +409,7 @@ std::string file_entry(const fs::path& file) {
 std::string marker_text(const fs::path& dir) {
   std::vector<std::string> lines;
   for (const fs::directory_entry& e : fs::recursive_directory_iterator(dir))
-    if (e.is_regular_file()) lines.push_back(file_entry(e.path()) + " " + fs::relative(e.path(), dir).string());
+    if (e.is_regular_file()) lines.push_back(file_entry(e.path()) + " " + e.path().lexically_relative(dir).string());
   std::sort(lines.begin(), lines.end());
   std::string text = std::string(kMarkerLine) + "\n";
   for (const std::string& line : lines) text += line + "\n";
@@ -443,7 +443,7 @@ std::string not_ours(const fs::path& dir) {
     }
   static const std::set<std::string> folders = {"imagesTr", "labelsTr", "imagesTs", "labelsTs", "unet_preprocessed"};
   for (auto it = fs::recursive_directory_iterator(dir); it != fs::recursive_directory_iterator(); ++it) {
-    const std::string rel = fs::relative(it->path(), dir).string();
+    const std::string rel = it->path().lexically_relative(dir).string();
     if (rel == kMarker) continue;
     if (it->is_symlink(ec)) return "also holds " + rel + ", a symbolic link unet_synth did not write";
     if (it->is_directory(ec)) {

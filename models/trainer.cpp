@@ -299,6 +299,61 @@ void check_constant_images(const io::DatasetInfo& info, const std::vector<io::Ca
                  constant.size(), train.size(), names.c_str());
 }
 
+// After normalisation, what the network sees: a case whose values span <= 1e-6 has no contrast (one foreground value
+// everywhere, which unet_infer refuses to segment), and a channel flat in every case carries nothing. Cases already
+// reported constant before normalisation are not named again; every case flat (or constant) ends the run.
+void check_normalised_contrast(const io::DatasetInfo& info, const std::vector<io::Case>& cases,
+                               const std::vector<size_t>& train, bool lead) {
+  std::vector<std::string> flat;
+  size_t constant = 0;
+  const int64_t channels = train.empty() ? 0 : cases[train[0]].image.dim(-1);
+  std::vector<bool> varies(static_cast<size_t>(channels), false);
+  for (size_t i : train) {
+    const Tensor& image = cases[i].image;
+    const float* x = image.data<float>();
+    const int64_t voxels = image.numel() / std::max<int64_t>(channels, 1);
+    double all_lo = x[0], all_hi = x[0];
+    for (int64_t c = 0; c < channels; ++c) {
+      double lo = x[c], hi = x[c];
+      for (int64_t v = 0; v < voxels; ++v) {
+        lo = std::min<double>(lo, x[v * channels + c]);
+        hi = std::max<double>(hi, x[v * channels + c]);
+      }
+      if (hi - lo > 1e-6) varies[static_cast<size_t>(c)] = true;
+      all_lo = std::min(all_lo, lo);
+      all_hi = std::max(all_hi, hi);
+    }
+    if (all_hi - all_lo <= 1e-6) {
+      if (constant_image(io::load_case(info, i).image))
+        ++constant;
+      else
+        flat.push_back(info.training[i].image_paths.at(0));
+    }
+  }
+  if (!flat.empty()) {
+    std::string names;
+    for (size_t k = 0; k < flat.size() && k < 5; ++k) names += (k ? ", " : "") + flat[k];
+    if (flat.size() > 5) names += " and " + std::to_string(flat.size() - 5) + " more";
+    if (flat.size() + constant == train.size())
+      throw TrainerOptionError("data.dataset = " + info.dir +
+                               ": no training image has contrast after cropping to its non-zero voxels and "
+                               "normalisation (one foreground value everywhere: " +
+                               names + "); expected images whose intensities vary (unet_infer refuses such images)");
+    if (lead)
+      std::fprintf(stderr,
+                   "unet_train: warning: %zu of %zu training image(s) without contrast after cropping and "
+                   "normalisation (one foreground value everywhere; unet_infer would refuse them): %s\n",
+                   flat.size(), train.size(), names.c_str());
+  }
+  if (lead && channels > 1)
+    for (int64_t c = 0; c < channels; ++c)
+      if (!varies[static_cast<size_t>(c)])
+        std::fprintf(stderr,
+                     "unet_train: warning: channel %ld holds one value in every training image after normalisation: "
+                     "the network cannot use it\n",
+                     static_cast<long>(c));
+}
+
 // Classes of dataset.json that no training label holds: a warning naming them (all the foreground ones: the network
 // can only learn background).
 void check_label_classes(const io::DatasetInfo& info, const std::vector<io::Case>& cases,
@@ -765,6 +820,7 @@ Trainer::Trainer(TrainerOptions options, std::FILE* out) : s_(std::make_unique<S
                                  "; expected finite values (values near the f32 limit?)");
       io::pad_case_to(k, o.sampling.patch);
     }
+    check_normalised_contrast(s.info, s.cases, s.split.train, s.lead());
   }
 
   if (s.comm) check_same_cases(*s.comm, s.cases, s.info.json_path);

@@ -1124,6 +1124,9 @@ TEST_CASE("unet_infer checks every field of the model card at load, naming the c
        "plan.normalization: normalisation plan: channel 0: \"mean\" is \"0\"; expected a number"},
       {"plan", "normalization", R"([{"scheme": "ct", "mean": 1e300, "std": 1, "lower": 0, "upper": 100}])",
        "plan.normalization: ct mean"},
+      // A clip window of width 0 leaves one value in every image: no input would keep any contrast.
+      {"plan", "normalization", R"([{"scheme": "ct", "mean": 100, "std": 3, "lower": 100, "upper": 100}])",
+       "plan.normalization: ct mean 100, std 3, lower 100, upper 100; expected finite values, std > 0, lower < upper"},
       {"model", "filters", "[1000000000, 8]", "model.filters: [1000000000, 8]; expected counts 1..4096"},
       {"model", "strides", "[[1, 1, 1], [3, 3, 3]]", "model.strides: level 1 [3, 3, 3]; expected 1 or 2"},
       // Integers are not narrowed: 2^32 + 1 and 1.9 would both read as 1.
@@ -1667,6 +1670,32 @@ TEST_CASE("unet_train warns of constant training images, naming them, and refuse
                          first) != std::string::npos,
                 out);
   CHECK_FALSE(fs::exists(dir + "/run2"));
+  // One value in every non-zero voxel (the background kept): z-scored over those voxels, nothing is left, as
+  // unet_infer says when it refuses such an image. One case: a warning; every case: refused.
+  REQUIRE(test::run_tool("unet_synth",
+                         "--output " + dir + "/flat --train 3 --test 0 --size 8,8,8 --seed 2 --overwrite") == 0);
+  const auto flatten = [&](const std::string& id) {
+    const std::string image = dir + "/flat/imagesTr/" + id + ".nii.gz";
+    io::NiftiVolume v = io::read_nifti(image);
+    Tensor x = v.data.clone();
+    for (int64_t i = 0; i < x.numel(); ++i) x.data<float>()[i] = i % 7 == 0 ? 0.f : 5.f;
+    io::write_nifti(image, x, v);
+    return image;
+  };
+  const std::string flat = flatten("case_000");
+  const std::string flat_ini = small_train_ini(dir, dir + "/flat") + " --set output.dir=" + dir + "/run3";
+  CHECK_MESSAGE(run_guarded("unet_train", flat_ini, &out) == 0, out);
+  CHECK_MESSAGE(out.find("unet_train: warning: 1 of 3 training image(s) without contrast after cropping and "
+                         "normalisation (one foreground value everywhere; unet_infer would refuse them): " +
+                         flat) != std::string::npos,
+                out);
+  flatten("case_001");
+  flatten("case_002");
+  CHECK(run_guarded("unet_train", flat_ini + " --overwrite", &out) == 2);
+  CHECK_MESSAGE(out.find("/flat: no training image has contrast after cropping to its non-zero voxels and "
+                         "normalisation (one foreground value everywhere: " +
+                         flat) != std::string::npos,
+                out);
 }
 
 TEST_CASE("output directories that are dangling symbolic links and --pred on a link loop are refused with status 2") {
