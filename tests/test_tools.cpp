@@ -475,6 +475,22 @@ TEST_CASE("unet_eval takes the classes from the dataset or the references, never
                        "--pred " + dir + "/pred --label " + dir + "/ds/labelsTs --json " + dir + "/pred/a.nii.gz",
                        &out) == 2);
   CHECK(io::read_nifti(dir + "/pred/a.nii.gz").data.to_vector()[63] == 3.f);  // untouched
+  // Classes inferred from a reference of 0 / 255 with one stray voxel of 1: 253 of the 255 classes in no map would
+  // each score Dice 1 (an empty prediction scored 0.99). Refused when the absent classes outnumber the scored ones.
+  fs::remove(dir + "/ds/dataset.json");
+  fs::remove(dir + "/pred/dice.json");
+  fs::create_directories(dir + "/ref255");
+  std::vector<float> v(64, 0.f);
+  for (int i = 0; i < 20; ++i) v[static_cast<size_t>(i)] = 255.f;
+  v[63] = 1.f;
+  io::write_nifti(dir + "/ref255/a.nii.gz", Tensor::from_vector({4, 4, 4}, v, DType::u8),
+                  io::make_nifti_like({4, 4, 4}, {1, 1, 1}));
+  write_labels(dir + "/pred/a.nii.gz", 0);
+  CHECK(test::run_tool("unet_eval", "--pred " + dir + "/pred --label " + dir + "/ref255", &out) == 2);
+  CHECK_MESSAGE(out.find("253 of the 255 foreground classes implied by the largest label in " + dir +
+                         "/ref255 (255) are in no reference and no prediction") != std::string::npos,
+                out);
+  CHECK_FALSE(fs::exists(dir + "/pred/dice.json"));
 }
 
 TEST_CASE("unet_eval fails on a reference without a prediction, or scores it 0 with --missing-as-zero") {

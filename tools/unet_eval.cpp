@@ -325,6 +325,15 @@ int main(int argc, char** argv) {
                        " classes it implies are in no map and would each score Dice 1; expected --label-scale " +
                        std::to_string(scale) + " (labels stored as multiples of a scale, as ISBI's 0 / 255), or " +
                        "--classes to score the values as they are");
+    // The same when the classes inferred from the largest label are mostly in no map, whatever the values (a stray
+    // voxel of 1 in a 0 / 255 map breaks the multiple): more free Dice 1 than classes scored. Refused unless told.
+    if (source.starts_with("the largest") && absent > classes - 1 - absent)
+      throw UsageError(std::to_string(absent) + " of the " + std::to_string(classes - 1) +
+                       " foreground classes implied by the largest label in " + label_dir + " (" +
+                       std::to_string(classes - 1) +
+                       ") are in no reference and no prediction and would each score Dice 1, more than the classes "
+                       "scored; expected --classes N (the classes the maps hold, to score them as they are) or "
+                       "--label-scale (labels stored as multiples of a scale, as ISBI's 0 / 255)");
     if (absent > 0)
       std::fprintf(stderr,
                    "unet_eval: warning: %d of the %d foreground classes %s %s are in no reference and no prediction; "
