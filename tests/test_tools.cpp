@@ -531,6 +531,11 @@ TEST_CASE("unet_eval fails on a reference without a prediction, or scores it 0 w
   j = nlohmann::json::parse(std::ifstream(dir + "/none/dice.json"));
   CHECK(j["mean_dice"].get<double>() == 0.0);
   CHECK(j["cases"].size() == 3);
+  // Endings match in any case: a prediction .c.NII.GZ is .c.nii.gz's (it was "no prediction").
+  write_labels(dir + "/pred/.c.NII.GZ", 8);
+  REQUIRE_MESSAGE(test::run_tool("unet_eval", "--pred " + dir + "/pred --label " + dir + "/labels", &out) == 0, out);
+  j = nlohmann::json::parse(std::ifstream(dir + "/pred/dice.json"));
+  CHECK(j["mean_dice"].get<double>() == 1.0);
 }
 
 TEST_CASE("unet_eval scores every reference whatever its name, reads dataset.json as training does, names bad values") {

@@ -9,9 +9,11 @@
 // Exit status 0 / 2 (usage) / 1 (runtime).
 #include <CLI/CLI.hpp>
 #include <algorithm>
+#include <cctype>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <nlohmann/json.hpp>
 #include <numeric>
 
@@ -248,8 +250,22 @@ int main(int argc, char** argv) {
     };
     std::vector<Pair> pairs;
     std::vector<std::string> missing;
+    // Predictions by name with the ending in lower case: endings match in any case (unet_infer writes CASE.NII.GZ
+    // for such an input, scored against CASE.nii.gz), the name itself exactly.
+    const auto key = [](const fs::path& f) {
+      const std::string name = f.filename().string(), stem = io::image_stem(name);
+      std::string ending = name.substr(stem.size());
+      for (char& c : ending) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+      return stem + ending;
+    };
+    std::map<std::string, fs::path> predictions;
+    if (!pair_of_files)
+      for (const fs::directory_entry& e : fs::directory_iterator(pred_dir))
+        if (io::is_image_name(e.path().string())) predictions.emplace(key(e.path()), e.path());
     for (const fs::path& r : refs) try {
-        const fs::path p = pair_of_files ? fs::path(pred_dir) : fs::path(pred_dir) / r.filename();
+        fs::path p = pair_of_files ? fs::path(pred_dir) : fs::path(pred_dir) / r.filename();
+        if (std::error_code ec; !pair_of_files && !fs::exists(fs::symlink_status(p, ec)))
+          if (const auto it = predictions.find(key(r)); it != predictions.end()) p = it->second;
         const io::Image lv = io::read_image(r.string());
         Pair pair{r.filename().string(), p, r, Tensor(), as_labels(lv, label_scale)};
         if (fs::exists(p)) {
