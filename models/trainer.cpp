@@ -968,8 +968,12 @@ void Trainer::run() {
   double last_loss = NAN;
   auto last_report = std::chrono::steady_clock::now();
   // A validation: logged, printed, the best model kept (rank 0 writes; every rank takes part in validate()). Resuming
-  // a finished run validates again without logging it twice (its log already ends with that validation).
-  const bool finished = first_step == o.steps;
+  // a finished run validates again without logging it twice (its log already ends with that validation; a run resumed
+  // at its last step from an earlier checkpoint, train.steps lowered to it, logs its validation as the run never
+  // interrupted does).
+  const bool finished = first_step == o.steps && s.lead() &&
+                        std::any_of(log->lines().begin(), log->lines().end(),
+                                    [&](const auto& l) { return l.contains("val_dice") && l["step"] == first_step; });
   const auto validation = [&](int64_t at) {
     const std::vector<double> d = s.validate();
     const double m = mean(d);
@@ -1016,6 +1020,60 @@ void Trainer::run() {
   ops::set_conv_allow_tf32(o.precision == Precision::tf32);
   HostAllocator::instance().reset_peak();
   device::reset_peak(o.device);
+  // The log line of the steps since the last one, ending at step `at`.
+  const auto log_line = [&](int64_t at) {
+    std::vector<float> sums = loss_acc.to_vector();  // the wait for the device that logging costs
+    const double loss = sums[0] / loss_n;
+    if (!std::isfinite(loss))
+      throw std::runtime_error("training diverged: the loss of steps " + std::to_string(at + 1 - loss_n) + " to " +
+                               std::to_string(at) + " is not finite");
+    const double dt = std::chrono::duration<double>(clock::now() - last).count();
+    last = clock::now();
+    const double sps = timed_n * so.batch * s.ranks() / dt;  // the global batch's samples
+    nlohmann::json line = {{"step", at}, {"loss", loss}};
+    // The full-resolution loss's parts under their names (models/run_log.cpp plots dice_loss and ce).
+    const std::vector<const char*> names = o.loss.hybrid ? std::vector<const char*>{"focal", "ssim_loss", "iou_loss"}
+                                                         : std::vector<const char*>{"dice_loss", "ce"};
+    for (size_t i = 0; i < names.size(); ++i) line[names[i]] = sums[i + 1] / loss_n;
+    // Host memory: the CPU pool's peak, plus the GPU build's pinned batches.
+    const size_t host_peak = HostAllocator::instance().stats().peak_bytes + device::pinned_memory_stats().peak_bytes;
+    line.update(nlohmann::json{{"lr", s.opt->lr()},
+                               {"samples_per_s", sps},
+                               {"loss_scale", s.scaler.scale()},
+                               {"loss_scale_growth_tracker", s.scaler.growth_tracker()},
+                               {"skipped_steps", s.scaler.skipped_steps()},
+                               {"peak_memory_mb", host_peak / 1048576.0}});
+    // Tensors on a GPU (or the emulated one) are not in the host's figure: the device's peak beside it.
+    if (o.device != Device::cpu) line["device_peak_memory_mb"] = device::memory_stats(o.device).peak_bytes / 1048576.0;
+    if (s.reducer) {
+      const ReducerTimes t = s.reducer->last_times();  // of the last step: the communication and what was exposed
+      line["allreduce_ms"] = t.communication_s * 1e3;
+      line["allreduce_exposed_ms"] = t.exposed_s * 1e3;
+    }
+    last_loss = loss;
+    if (s.lead()) {
+      log->add(line);
+      if (!bar.active()) {  // on a terminal the bar shows it
+        std::fprintf(s.out, "step %6ld/%ld  loss %.4f  %.2f samples/s  %.0f s\n", static_cast<long>(at),
+                     static_cast<long>(o.steps), loss, sps,
+                     std::chrono::duration<double>(clock::now() - start).count());
+        std::fflush(s.out);
+      }
+      if (clock::now() - last_report > std::chrono::seconds(30)) {
+        log->write_report();
+        last_report = clock::now();
+      }
+    }
+    loss_acc = Tensor();
+    loss_n = 0;
+    timed_n = 0;
+  };
+  // A run resumed at its last step from a checkpoint written before that step's log line (train.steps lowered to the
+  // checkpoint's step): the line the run never interrupted writes there.
+  if (first_step == o.steps && loss_n > 0) {
+    s.opt->set_lr(schedule.at(o.steps - 1));
+    log_line(o.steps);
+  }
   for (int64_t step = first_step; step < o.steps; ++step) {
     s.opt->set_lr(schedule.at(step));
     io::PatchBatch batch = loader.next();
@@ -1031,54 +1089,7 @@ void Trainer::run() {
     }
     ++loss_n;
     ++timed_n;
-    if ((step + 1) % log_every == 0 || step + 1 == o.steps) {
-      std::vector<float> sums = loss_acc.to_vector();  // the wait for the device that logging costs
-      const double loss = sums[0] / loss_n;
-      if (!std::isfinite(loss))
-        throw std::runtime_error("training diverged: the loss of steps " + std::to_string(step + 2 - loss_n) + " to " +
-                                 std::to_string(step + 1) + " is not finite");
-      const double dt = std::chrono::duration<double>(clock::now() - last).count();
-      last = clock::now();
-      const double sps = timed_n * so.batch * s.ranks() / dt;  // the global batch's samples
-      nlohmann::json line = {{"step", step + 1}, {"loss", loss}};
-      // The full-resolution loss's parts under their names (models/run_log.cpp plots dice_loss and ce).
-      const std::vector<const char*> names = o.loss.hybrid ? std::vector<const char*>{"focal", "ssim_loss", "iou_loss"}
-                                                           : std::vector<const char*>{"dice_loss", "ce"};
-      for (size_t i = 0; i < names.size(); ++i) line[names[i]] = sums[i + 1] / loss_n;
-      // Host memory: the CPU pool's peak, plus the GPU build's pinned batches.
-      const size_t host_peak = HostAllocator::instance().stats().peak_bytes + device::pinned_memory_stats().peak_bytes;
-      line.update(nlohmann::json{{"lr", s.opt->lr()},
-                                 {"samples_per_s", sps},
-                                 {"loss_scale", s.scaler.scale()},
-                                 {"loss_scale_growth_tracker", s.scaler.growth_tracker()},
-                                 {"skipped_steps", s.scaler.skipped_steps()},
-                                 {"peak_memory_mb", host_peak / 1048576.0}});
-      // Tensors on a GPU (or the emulated one) are not in the host's figure: the device's peak beside it.
-      if (o.device != Device::cpu)
-        line["device_peak_memory_mb"] = device::memory_stats(o.device).peak_bytes / 1048576.0;
-      if (s.reducer) {
-        const ReducerTimes t = s.reducer->last_times();  // of the last step: the communication and what was exposed
-        line["allreduce_ms"] = t.communication_s * 1e3;
-        line["allreduce_exposed_ms"] = t.exposed_s * 1e3;
-      }
-      last_loss = loss;
-      if (s.lead()) {
-        log->add(line);
-        if (!bar.active()) {  // on a terminal the bar shows it
-          std::fprintf(s.out, "step %6ld/%ld  loss %.4f  %.2f samples/s  %.0f s\n", static_cast<long>(step + 1),
-                       static_cast<long>(o.steps), loss, sps,
-                       std::chrono::duration<double>(clock::now() - start).count());
-          std::fflush(s.out);
-        }
-        if (clock::now() - last_report > std::chrono::seconds(30)) {
-          log->write_report();
-          last_report = clock::now();
-        }
-      }
-      loss_acc = Tensor();
-      loss_n = 0;
-      timed_n = 0;
-    }
+    if ((step + 1) % log_every == 0 || step + 1 == o.steps) log_line(step + 1);
     if (s.lead()) bar.update(step + 1, last_loss);
     if (o.val_every > 0 && (step + 1) % o.val_every == 0 && step + 1 < o.steps && !s.split.val.empty()) {
       validation(step + 1);

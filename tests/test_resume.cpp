@@ -141,6 +141,41 @@ TEST_CASE("unet_train --resume keeps a damaged log.jsonl aside, says so, and con
   CHECK_MESSAGE(out.find(tmp / "run/log.jsonl: missing; the log continues from step 4") != std::string::npos, out);
 }
 
+TEST_CASE("a run resumed with train.steps lowered to its checkpoint's step logs as the run of that many steps") {
+  test::TempDir tmp("resume_lowered");
+  // No schedule: the learning rate does not depend on train.steps, so the run of S steps is the reference.
+  const std::string ini = config(tmp) + " --set train.scheduler=none --set train.save_every=7";
+  const std::string train = test::tool_path("unet_train"), run = tmp / "killed";
+  REQUIRE(shell("(" + train + " " + ini + " --set output.dir=" + run + " > " + tmp / "log.txt" +
+                " 2>&1 & p=$!; while [ ! -f " + run + "/checkpoint.safetensors ]; do sleep 0.01; done; kill -9 $p; " +
+                "wait $p)") == 137);
+  const int64_t at = checkpoint_step(run);
+  MESSAGE("checkpoint at step " << at);
+  std::string out;
+  REQUIRE_MESSAGE(
+      run_tool("unet_train", ini + " --set train.steps=" + std::to_string(at) + " --resume " + run, &out) == 0, out);
+  REQUIRE_MESSAGE(
+      run_tool("unet_train", ini + " --set train.steps=" + std::to_string(at) + " --set output.dir=" + tmp / "whole",
+               &out) == 0,
+      out);
+  // The last step's line (the steps since the last line before the checkpoint) and the validation's: both there.
+  const auto lines = [](const std::string& path) {
+    std::vector<nlohmann::json> kept;
+    std::ifstream log(path);
+    for (std::string line; std::getline(log, line);) {
+      nlohmann::json k, j = nlohmann::json::parse(line);
+      for (const char* key : {"step", "loss", "dice_loss", "ce", "lr", "val_dice"})
+        if (j.contains(key)) k[key] = j[key];
+      kept.push_back(k);
+    }
+    return kept;
+  };
+  const std::vector<nlohmann::json> whole = lines(tmp / "whole/log.jsonl"), resumed = lines(run + "/log.jsonl");
+  CHECK(whole.size() == resumed.size());
+  for (size_t i = 0; i < std::min(whole.size(), resumed.size()); ++i)
+    CHECK_MESSAGE(whole[i] == resumed[i], std::string(whole[i].dump() + " | " + resumed[i].dump()));
+}
+
 TEST_CASE("unet_train --resume refuses data that changed since the checkpoint, naming the case") {
   test::TempDir tmp("resume_changed_data");
   const std::string ini = config(tmp) + " --set output.dir=" + tmp / "run";
