@@ -432,12 +432,29 @@ std::string not_ours(const fs::path& dir) {
   if (written.empty())
     return "holds a dataset whose " + std::string(kMarker) +
            " lists no files (written by an older unet_synth, or damaged)";
-  // In the cache, only what unet_train writes there (a run's output.dir or the user's files are not ours to delete).
+  // In the cache, only what unet_train writes there (a run's output.dir or the user's files are not ours to delete),
+  // by content as well as by name: its fingerprint and case files carry the cache's format.
+  const auto cache_file = [](const fs::path& file) {
+    const std::string name = file.filename().string(), format = "unet preprocessed case";
+    try {
+      if (name == "fingerprint.json") {
+        const nlohmann::json j = nlohmann::json::parse(std::ifstream(file), nullptr, false);
+        return j.is_object() && j.contains("format") && j["format"].is_string() &&
+               j["format"].get<std::string>().starts_with(format);
+      }
+      if (!name.ends_with(".preprocessed.safetensors")) return false;
+      const Metadata m = read_safetensors_metadata(file.string());
+      const auto it = m.find("format");
+      return it != m.end() && it->second.starts_with(format);
+    } catch (const std::exception&) {
+      return false;
+    }
+  };
   std::error_code ec;
   if (fs::is_directory(dir / "unet_preprocessed", ec))
     for (const fs::directory_entry& e : fs::directory_iterator(dir / "unet_preprocessed")) {
       const std::string name = e.path().filename().string();
-      if (!e.is_regular_file(ec) || !(name == "fingerprint.json" || name.ends_with(".preprocessed.safetensors")))
+      if (e.is_symlink(ec) || !e.is_regular_file(ec) || !cache_file(e.path()))
         return "also holds " + (fs::path("unet_preprocessed") / name).string() +
                ", which is not unet_train's preprocessed cache";
     }

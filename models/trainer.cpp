@@ -491,7 +491,8 @@ struct Trainer::State {
     if (!std::filesystem::exists(path))
       throw TrainerOptionError("--resume " + run_dir +
                                ": no checkpoint.safetensors there (a run writes it every "
-                               "train.save_every steps; start without --resume)");
+                               "train.save_every steps; start without --resume, with --overwrite if the directory "
+                               "holds a run that stopped before its first checkpoint)");
     return path;
   }
 

@@ -231,6 +231,16 @@ TEST_CASE("unet_train --resume refuses a changed configuration, a missing checkp
   CHECK(run_tool("unet_train", ini + " --set train.steps=4 --set output.dir=" + tmp / "run", &out) == 2);
   CHECK(out.find("holds a run (config.ini, log.jsonl") != std::string::npos);
   CHECK(out.find("--resume " + tmp / "run" + " continues it, --overwrite replaces it") != std::string::npos);
+  // A run killed before its first checkpoint: neither message sends the user to the other's refusal.
+  fs::create_directories(tmp / "half");
+  test::write_text(tmp / "half/config.ini", "[train]\n");
+  CHECK(run_tool("unet_train", ini + " --set train.steps=4 --set output.dir=" + tmp / "half", &out) == 2);
+  CHECK_MESSAGE(out.find("holds a run (config.ini): it has no checkpoint to resume from; --overwrite replaces it") !=
+                    std::string::npos,
+                out);
+  CHECK(run_tool("unet_train", ini + " --set train.steps=4 --resume " + tmp / "half", &out) == 2);
+  CHECK_MESSAGE(out.find("start without --resume, with --overwrite if the directory holds a run") != std::string::npos,
+                out);
   CHECK(run_tool("unet_train", ini + " --set train.steps=2 --set folds=1 --set output.dir=" + tmp / "run --overwrite",
                  &out) != 0);  // (a bad key: nothing is removed before the configuration is read)
   CHECK(fs::exists(tmp / "run/model_best.safetensors"));

@@ -11,6 +11,7 @@
 
 #include "io/dataset.h"
 #include "io/nifti.h"
+#include "io/safetensors.h"
 #include "io/synthetic.h"
 #include "io/tiff.h"
 #include "tests/test_util.h"
@@ -297,8 +298,17 @@ TEST_CASE("unet_synth never overwrites a directory that is not a dataset, and re
   std::ofstream(tmp / "ds/labelsTr/case_000.nii.gz", std::ios::binary) << label;
   // unet_train's cache (data.cache = auto) is replaced with the dataset, but not a run or a file kept there.
   fs::create_directories(tmp / "ds/unet_preprocessed");
-  std::ofstream(tmp / "ds/unet_preprocessed/fingerprint.json") << "{}";
-  std::ofstream(tmp / "ds/unet_preprocessed/case_000.preprocessed.safetensors") << "x";
+  std::ofstream(tmp / "ds/unet_preprocessed/fingerprint.json") << R"({"format": "unet preprocessed case 2"})";
+  io::write_safetensors(tmp / "ds/unet_preprocessed/case_000.preprocessed.safetensors",
+                        {{"image", Tensor::zeros({2, 2, 2, 1})}}, {{"format", "unet preprocessed case 2"}});
+  // A user's file named like a cache file is no cache file: refused by its content, not deleted.
+  std::ofstream(tmp / "ds/unet_preprocessed/mywork.preprocessed.safetensors") << "precious";
+  CHECK(test::run_tool("unet_synth", "--output " + (tmp / "ds") + " --train 1 --test 0 --size 8 --overwrite", &out) ==
+        2);
+  CHECK_MESSAGE(out.find("also holds unet_preprocessed/mywork.preprocessed.safetensors, which is not unet_train's "
+                         "preprocessed cache") != std::string::npos,
+                out);
+  fs::remove(tmp / "ds/unet_preprocessed/mywork.preprocessed.safetensors");
   std::ofstream(tmp / "ds/unet_preprocessed/model.safetensors") << "a run's";
   CHECK(test::run_tool("unet_synth", "--output " + (tmp / "ds") + " --train 1 --test 0 --size 8 --overwrite", &out) ==
         2);

@@ -331,8 +331,12 @@ bool check_output_dir(const std::string& dir, bool overwrite) {
   for (const char* name : kRunFiles)
     if (fs::exists(fs::path(dir) / name)) found += (found.empty() ? "" : ", ") + std::string(name);
   if (found.empty()) return false;
+  // --resume only where there is a checkpoint to resume from (a run killed before its first one has none).
   if (!overwrite)
-    throw UsageError("output.dir = " + dir + " holds a run (" + found + "): --resume " + dir + " continues it, " +
+    throw UsageError("output.dir = " + dir + " holds a run (" + found + "): " +
+                     (fs::exists(fs::path(dir) / "checkpoint.safetensors") ? "--resume " + dir + " continues it, "
+                                                                           : std::string("it has no checkpoint to "
+                                                                                         "resume from; ")) +
                      "--overwrite replaces it, or choose another output.dir");
   return true;
 }
