@@ -294,6 +294,10 @@ TEST_CASE("out-of-range configuration numbers exit with status 2 naming the key 
       {"train.lr=10.0000001", "train.lr = 10.0000001: expected a value in (0, 10]"},
       {"train.lr=-1e-9", "train.lr = -1e-09: expected a value in (0, 10]"},
       {"train.lr=0", "train.lr = 0: expected a value in (0, 10]"},
+      // 0 in the optimizer's f32, or too small to move any weight: the initial weights written as a model.
+      {"train.lr=1e-50", "train.lr = 1e-50: expected a value in [1e-10, 10] (a smaller rate moves no f32 weight)"},
+      {"train.optimizer=sgd --set train.momentum=0.99999999999",
+       "train.momentum = 0.99999999999: expected a value in [0, 1) that stays below 1 in f32"},
       {"train.momentum=1", "train.momentum = 1: expected a value in [0, 1)"},
       {"train.warmup_steps=2000", "train.warmup_steps = 2000: expected 0..1000"},
       {"data.foreground_oversampling=1.5", "data.foreground_oversampling = 1.5: expected a value in [0, 1]"},

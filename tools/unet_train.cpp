@@ -288,8 +288,16 @@ models::TrainerOptions trainer_options(const io::Config& c) {
   }
   o.optimizer = c.get_string("train", "optimizer");
   o.lr = real_in("train", "lr", 0, 10, false, true);
+  // The optimizer computes in f32: a rate of 1e-50 is 0 there, and below 1e-10 (the spacing of f32 numbers near a
+  // weight of 1e-3) a step moves no weight. Such a run would write its initial weights as a model.
+  if (o.lr < 1e-10)
+    throw UsageError("train.lr = " + io::real_text(o.lr) +
+                     ": expected a value in [1e-10, 10] (a smaller rate moves no f32 weight)");
   o.weight_decay = real_in("train", "weight_decay", 0, 1);
   o.momentum = real_in("train", "momentum", 0, 1, /*hi_open=*/true);
+  if (static_cast<float>(o.momentum) >= 1.0f)  // 0.99999999999 is 1 in the f32 the optimizer computes in
+    throw UsageError("train.momentum = " + io::real_text(o.momentum) +
+                     ": expected a value in [0, 1) that stays below 1 in f32 (at most 0.99999994)");
   o.nesterov = c.get_bool("train", "nesterov");
   o.scheduler = c.get_string("train", "scheduler");
   o.warmup_steps = int_in("train", "warmup_steps", 0, o.steps);
