@@ -1,6 +1,7 @@
 #include "io/json.h"
 
 #include <cerrno>
+#include <cstdio>
 #include <cstring>
 #include <fstream>
 #include <set>
@@ -73,6 +74,21 @@ size_t invalid_utf8_at(const std::string& s) {
     i += static_cast<size_t>(n) + 1;
   }
   return std::string::npos;
+}
+
+std::string json_safe(const std::string& s) {
+  std::string out;
+  for (size_t i = 0; i < s.size();) {
+    const size_t bad = invalid_utf8_at(s.substr(i));
+    const size_t end = bad == std::string::npos ? s.size() : i + bad;
+    for (; i < end; ++i) out += s[i] == '%' ? std::string("%25") : std::string(1, s[i]);
+    if (i < s.size()) {
+      char b[4];
+      std::snprintf(b, sizeof b, "%%%02X", static_cast<unsigned>(static_cast<unsigned char>(s[i++])));
+      out += b;
+    }
+  }
+  return out;
 }
 
 }  // namespace unet::io

@@ -20,4 +20,9 @@ std::string read_text_file(const std::string& path);
 // anything else (a Latin-1 file name), so such text is refused or escaped before it goes into JSON.
 size_t invalid_utf8_at(const std::string& s);
 
+// `s` as UTF-8 text for JSON (fingerprint.json, the cache files' and checkpoints' metadata): bytes that are not UTF-8
+// (a Latin-1 file name such as caf\xe9, which nlohmann refuses to write) become %XX, and '%' itself %25, so distinct
+// names stay distinct.
+std::string json_safe(const std::string& s);
+
 }  // namespace unet::io

@@ -43,24 +43,6 @@ fs::path case_file(const fs::path& dir, const std::string& id) {
   return dir / (name + ".preprocessed.safetensors");
 }
 
-// `s` as UTF-8 text for JSON (fingerprint.json, the case files' metadata): bytes that are not UTF-8 (a Latin-1 file
-// name such as caf\xe9, which nlohmann refuses to write) become %XX, and '%' itself %25, so distinct names stay
-// distinct.
-std::string json_safe(const std::string& s) {
-  std::string out;
-  for (size_t i = 0; i < s.size();) {
-    const size_t bad = invalid_utf8_at(s.substr(i));
-    const size_t end = bad == std::string::npos ? s.size() : i + bad;
-    for (; i < end; ++i) out += s[i] == '%' ? std::string("%25") : std::string(1, s[i]);
-    if (i < s.size()) {
-      char b[4];
-      std::snprintf(b, sizeof b, "%%%02X", static_cast<unsigned>(static_cast<unsigned char>(s[i++])));
-      out += b;
-    }
-  }
-  return out;
-}
-
 // path:size:mtime of each source file: any change to a file (rewritten, touched, replaced) changes it.
 std::string source_stamp(const DatasetCase& c) {
   std::string s;

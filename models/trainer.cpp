@@ -19,6 +19,7 @@
 #include "io/config.h"
 #include "io/dle.h"
 #include "io/image.h"
+#include "io/json.h"
 #include "io/loader.h"
 #include "io/preprocess.h"
 #include "io/safetensors.h"
@@ -830,14 +831,8 @@ Trainer::Trainer(TrainerOptions options, std::FILE* out) : s_(std::make_unique<S
     const std::string summary = case_summary(k);
     std::snprintf(digest, sizeof digest, "%016llx",
                   static_cast<unsigned long long>(content_digest(summary.data(), summary.size())));
-    // The id in ASCII (a case file name need not be UTF-8, and the checkpoint's header is JSON): other bytes as \xNN.
-    std::string id;
-    for (const unsigned char c : k.id) {
-      char escaped[8];
-      std::snprintf(escaped, sizeof escaped, "\\x%02X", c);
-      id += c >= 0x20 && c < 0x7f && c != '\\' ? std::string(1, static_cast<char>(c)) : std::string(escaped);
-    }
-    s.data_cases += id + " " + digest + "\n";
+    // (A case file name need not be UTF-8, and the checkpoint's header is JSON.)
+    s.data_cases += io::json_safe(k.id) + " " + digest + "\n";
   }
 
   // Model: DynUNet from the nnU-Net plan rule (the target spacing), or UNet2D on slices.
