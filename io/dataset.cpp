@@ -360,6 +360,7 @@ Case load_case(const DatasetInfo& info, size_t i) {
                              (info.format == "nnunetv2" ? "channel_names" : "modality") + "' in " + info.json_path +
                              " lists " + std::to_string(info.num_channels()));
   Image lab = read_image(dc.label_path);
+  check_exact_labels(lab);
   if (dc.page >= 0) {  // one page of the stacks
     for (Image* im : {&img, &lab}) {
       if (dc.page >= im->data.dim(0))

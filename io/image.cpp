@@ -139,6 +139,13 @@ std::string grid_mismatch(const Image& a, const Image& b) {
   return "";
 }
 
+void check_exact_labels(const Image& labels) {
+  if (labels.nifti && !labels.nifti->inexact.empty())
+    throw std::runtime_error(
+        labels.path + ": voxel " + labels.nifti->inexact +
+        ", which f32 (the engine's number type) cannot hold exactly; expected whole class indices");
+}
+
 void check_spacing(const std::array<double, 3>& spacing, const std::string& what) {
   for (double s : spacing)
     if (!(std::isfinite(s) && s > 0)) {

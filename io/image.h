@@ -47,6 +47,11 @@ std::string grid_mismatch(const Image& a, const Image& b);
 // make them; argmax over NaN would silently write background.
 std::string nonfinite_problem(const Tensor& data);
 
+// Checks that a label map's values reached f32 exactly (NiftiVolume::inexact; TIFF holds at most 32-bit floats):
+// otherwise std::runtime_error "PATH: voxel ... holds 1.000000000001, which f32 ...". A float64 1 + 1e-12 would
+// otherwise pass as class 1.
+void check_exact_labels(const Image& labels);
+
 // Checks a voxel spacing (mm, z, y, x): each finite and > 0; otherwise std::runtime_error "WHAT: voxel spacing ...".
 void check_spacing(const std::array<double, 3>& spacing, const std::string& what);
 

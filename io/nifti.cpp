@@ -8,6 +8,7 @@
 #include <zlib.h>
 
 #include <cerrno>
+#include <charconv>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -101,6 +102,24 @@ void reject_non_finite(const std::string& path, const void* src, int64_t n, doub
                    num(scale ? v * slope + inter : v) + "); expected magnitudes up to " +
                    num(std::numeric_limits<float>::max()) + ", the largest f32");
   }
+}
+
+// The first voxel whose value (after scaling, in double) differs from its f32 conversion, for NiftiVolume::inexact.
+template <class T>
+std::string first_inexact(const void* src, const float* converted, int64_t n, double slope, double inter,
+                          const int64_t (&dims)[3]) {
+  const T* s = static_cast<const T*>(src);
+  const bool scale = scaled(slope, inter);
+  for (int64_t i = 0; i < n; ++i) {
+    double v = static_cast<double>(s[i]);
+    if (scale) v = v * slope + inter;
+    if (static_cast<double>(converted[i]) != v) {
+      char value[40];  // the shortest text that reads back as v: 1.000000000001, not 1.0000000000010001
+      const auto end = std::to_chars(value, value + sizeof value, v).ptr;
+      return voxel_position(i, dims[0], dims[1], dims[2]) + " holds " + std::string(value, end);
+    }
+  }
+  return "";
 }
 
 // Scaling so coarse that the stored values stop mattering (a huge scl_inter swamping them, a tiny scl_slope) would
@@ -590,6 +609,7 @@ NiftiVolume read_nifti(const std::string& path) {
     // Only floats can be non-finite in the file, but any scaled type can overflow.
     if (!all_finite) reject_non_finite<T>(path, nim->data, n, slope, inter, dims);
     if (scaled(slope, inter)) reject_collapsed<T>(path, nim->data, n, slope, inter);
+    if (scaled(slope, inter) || sizeof(T) > 2) vol.inexact = first_inexact<T>(nim->data, f, n, slope, inter, dims);
   });
   nifti_image_unload(nim);
   if (nc == 1) {

@@ -31,6 +31,10 @@ struct NiftiVolume {
   std::shared_ptr<const NiftiHeader> header;
   std::string path;
   int datatype = 0;  // the file's DT_* code
+  // What f32 could not hold exactly: "" when every voxel converted exactly (always for integers of up to 16 bits
+  // unscaled, and for float32), else the first voxel that changed, as "index I: x X, y Y, z Z, channel C holds V".
+  // Images tolerate the rounding; a label map must not (1 + 1e-12 in a float64 label is not class 1).
+  std::string inexact;
 
   // Voxel spacing in millimetres in the engine's axis order (z, y, x), from pixdim[3], pixdim[2], pixdim[1] in the
   // header's spatial unit (nifti_space_unit_mm); 1 mm along an axis the volume does not have.

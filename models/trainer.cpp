@@ -401,6 +401,7 @@ struct Trainer::State {
   // interrupted.
   Tensor loss_since_log;
   int64_t loss_since_log_steps = 0;
+  bool loss_since_log_restored = false;  // resumed from a checkpoint that holds the sums (older ones do not)
   // "ID DIGEST" per line for every prepared case (case_summary's digest): in the checkpoint, so that --resume on
   // changed data (a regenerated dataset under the same names) is refused rather than trained on two datasets.
   std::string data_cases;
@@ -667,7 +668,8 @@ struct Trainer::State {
     // Absent from checkpoints written before it was kept: the next log line then averages fewer steps.
     loss_since_log = Tensor();
     loss_since_log_steps = 0;
-    if (ck.metadata.count("loss_since_log_steps") != 0) {
+    loss_since_log_restored = ck.metadata.count("loss_since_log_steps") != 0;
+    if (loss_since_log_restored) {
       loss_since_log_steps = metadata_int(ck.metadata, "loss_since_log_steps", path);
       if (loss_since_log_steps > step)
         throw std::runtime_error(path + ": metadata 'loss_since_log_steps' = " + std::to_string(loss_since_log_steps) +
@@ -951,11 +953,23 @@ void Trainer::run() {
   std::unique_ptr<RunLog> log;  // rank 0's
   if (s.lead()) {
     fs::create_directories(s.dir);
-    io::write_file_atomically((s.dir / "config.ini").string(), o.config_text);
     log = std::make_unique<RunLog>(
         s.dir, first_step,
         "unet_train: " + o.dataset + " (fold " + std::to_string(o.fold) + " of " + std::to_string(o.folds) + ")");
     if (!log->warning().empty()) std::fprintf(stderr, "unet_train: warning: %s\n", log->warning().c_str());
+    // A whole log tells how many steps the checkpoint's loss sums must hold: those since its last training line.
+    if (s.loss_since_log_restored && log->warning().empty()) {
+      int64_t last_line = 0;
+      for (const auto& l : log->lines())
+        if (!l.contains("val_dice")) last_line = std::max<int64_t>(last_line, l["step"].get<int64_t>());
+      if (s.loss_since_log_steps != first_step - last_line)
+        throw std::runtime_error((fs::path(o.resume_dir) / "checkpoint.safetensors").string() +
+                                 ": metadata 'loss_since_log_steps' = " + std::to_string(s.loss_since_log_steps) +
+                                 ", but log.jsonl's last training line is at step " + std::to_string(last_line) +
+                                 "; expected " + std::to_string(first_step - last_line) +
+                                 ", the steps since (a damaged checkpoint or log?)");
+    }
+    io::write_file_atomically((s.dir / "config.ini").string(), o.config_text);
     if (first_step > 0 && s.out)
       std::fprintf(s.out, "unet_train: resuming %s at step %ld of %ld\n", o.resume_dir.c_str(),
                    static_cast<long>(first_step), static_cast<long>(o.steps));

@@ -301,6 +301,11 @@ TEST_CASE("a float label map with a fractional or NaN value is an error naming t
                         " allows the integers 0..1")
                            .c_str(),
                        std::runtime_error);
+  // A value f32 cannot hold (int32 16777217 reads as 16777216) is named as the file holds it.
+  Tensor wide = Tensor::zeros({4, 4, 4}, DType::i32);
+  wide.data<int32_t>()[5] = 16777217;
+  write_volume(tmp / "labelsTr/a.nii.gz", wide);
+  check_error_names([&] { load_case(info, 0); }, {tmp / "labelsTr/a.nii.gz", "holds 16777217", "cannot hold exactly"});
   lab.data<float>()[17] = std::nanf("");
   write_volume(tmp / "labelsTr/a.nii.gz", lab);
   CHECK_THROWS_WITH_AS(load_case(info, 0),

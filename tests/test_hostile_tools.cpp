@@ -786,6 +786,14 @@ TEST_CASE(
     CHECK(damaged([&](io::NamedTensors&, io::Metadata& m) { m["config"] = config; }) == 1);
     CHECK_MESSAGE(out.find(ck + ": metadata 'config' holds no configuration key") != std::string::npos, out);
   }
+  // Loss sums of more steps than the log's last line leaves (step 2 of 2 was logged: none) would skew the next line.
+  CHECK(damaged([](io::NamedTensors& t, io::Metadata& m) {
+          m["loss_since_log_steps"] = "1";
+          t.emplace_back("train.loss_since_log", Tensor::full({3}, 0.5f));
+        }) == 1);
+  CHECK_MESSAGE(out.find(ck + ": metadata 'loss_since_log_steps' = 1, but log.jsonl's last training line is at step 2; "
+                              "expected 0, the steps since (a damaged checkpoint or log?)") != std::string::npos,
+                out);
   // The checkpoint itself resumes.
   io::write_safetensors(ck, good.tensors, good.metadata);
   CHECK_MESSAGE(run_guarded("unet_train", ini + " --resume " + dir + "/run --set train.steps=3", &out) == 0, out);

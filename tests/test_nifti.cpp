@@ -305,6 +305,29 @@ TEST_CASE("float64 voxels beyond the f32 range are an error naming the value") {
                        std::runtime_error);
 }
 
+TEST_CASE("what f32 cannot hold exactly is recorded, and refused in a label map; exact files record nothing") {
+  std::string dir = temp_dir();
+  // Exact: float64 whole numbers, int32 below 2^24, int16 with a slope of 2 (1.5 and 0.25 are exact too).
+  for (const std::string& p : {write_raw_nifti1<double>(dir + "/f64_exact.nii", 64, {0, 1, 2, 1.5}),
+                               write_raw_nifti1<int32_t>(dir + "/i32_exact.nii", 8, {0, 3, 16777216}),
+                               write_raw_nifti1<int16_t>(dir + "/i16_scaled.nii", 4, {0, 1, 3}, 2.f, 0.25f)}) {
+    CHECK_MESSAGE(read_nifti(p).inexact.empty(), p);
+    CHECK_NOTHROW(check_exact_labels(read_image(p)));
+  }
+  // 1 + 1e-12 becomes 1 in f32; 16777217 becomes 16777216: named, with its value, and refused as labels.
+  std::string path = write_raw_nifti1<double>(dir + "/f64_near.nii", 64, {0, 1, 1 + 1e-12, 1});
+  NiftiVolume near = read_nifti(path);
+  CHECK(near.data.to_vector() == std::vector<float>{0, 1, 1, 1});
+  CHECK(near.inexact == "index 2: x 2, y 0, z 0, channel 0 holds 1.000000000001");
+  CHECK_THROWS_WITH_AS(check_exact_labels(read_image(path)),
+                       (path + ": voxel index 2: x 2, y 0, z 0, channel 0 holds 1.000000000001, which f32 (the "
+                               "engine's number type) cannot hold exactly; expected whole class indices")
+                           .c_str(),
+                       std::runtime_error);
+  path = write_raw_nifti1<int32_t>(dir + "/i32_big.nii", 8, {0, 16777217});
+  CHECK(read_nifti(path).inexact == "index 1: x 1, y 0, z 0, channel 0 holds 16777217");
+}
+
 TEST_CASE("int16 voxels that scl_slope scales beyond the f32 range are an error naming the scaling") {
   std::string dir = temp_dir();
   NiftiVolume ok = read_nifti(write_raw_nifti1<int16_t>(dir + "/i16_ok.nii", 4, {1, -1000, 7}, 2.f, 1.f));

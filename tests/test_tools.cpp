@@ -587,6 +587,14 @@ TEST_CASE("unet_eval scores every reference whatever its name, reads dataset.jso
   io::write_nifti(dir + "/pred/x.nii.gz", Tensor::from_vector({4, 4, 4}, v), io::make_nifti_like({4, 4, 4}, {1, 1, 1}));
   CHECK(test::run_tool("unet_eval", run, &out) == 1);
   CHECK_MESSAGE(out.find("value 1.00000012 is not a label") != std::string::npos, out);
+  // A value f32 cannot hold is refused as the file holds it, not scored as its rounding (16777216).
+  Tensor wide = Tensor::zeros({4, 4, 4}, DType::i32);
+  wide.data<int32_t>()[5] = 16777217;
+  io::write_nifti(dir + "/pred/x.nii.gz", wide, io::make_nifti_like({4, 4, 4}, {1, 1, 1}));
+  CHECK(test::run_tool("unet_eval", run, &out) == 1);
+  CHECK_MESSAGE(
+      out.find(dir + "/pred/x.nii.gz: voxel index 5: x 1, y 1, z 0, channel 0 holds 16777217") != std::string::npos,
+      out);
 }
 
 TEST_CASE("unet_infer --precision fp16 and bf16 give the fp32 probabilities to 16-bit accuracy; a bad name exits 2") {

@@ -36,6 +36,7 @@ Tensor as_labels(const io::Image& v, int scale) {
   if (v.data.dim(3) != 1)
     throw std::runtime_error(v.path + ": has " + std::to_string(v.data.dim(3)) +
                              " channels; expected a label map of one channel (a probabilities map or an image?)");
+  io::check_exact_labels(v);
   Tensor t = Tensor::empty({v.data.dim(0), v.data.dim(1), v.data.dim(2)}, DType::i32);
   const float* s = v.data.data<float>();
   for (int64_t i = 0; i < t.numel(); ++i) {
