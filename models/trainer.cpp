@@ -957,16 +957,18 @@ void Trainer::run() {
         s.dir, first_step,
         "unet_train: " + o.dataset + " (fold " + std::to_string(o.fold) + " of " + std::to_string(o.folds) + ")");
     if (!log->warning().empty()) std::fprintf(stderr, "unet_train: warning: %s\n", log->warning().c_str());
-    // A whole log tells how many steps the checkpoint's loss sums must hold: those since its last training line.
+    // The checkpoint's loss sums cannot hold more steps than those since the log's last training line. (Fewer is
+    // possible: a crash of the machine can lose the log's last lines, written but not yet on disk, and keep the
+    // checkpoint.)
     if (s.loss_since_log_restored && log->warning().empty()) {
       int64_t last_line = 0;
       for (const auto& l : log->lines())
         if (!l.contains("val_dice")) last_line = std::max<int64_t>(last_line, l["step"].get<int64_t>());
-      if (s.loss_since_log_steps != first_step - last_line)
+      if (s.loss_since_log_steps > first_step - last_line)
         throw std::runtime_error((fs::path(o.resume_dir) / "checkpoint.safetensors").string() +
                                  ": metadata 'loss_since_log_steps' = " + std::to_string(s.loss_since_log_steps) +
                                  ", but log.jsonl's last training line is at step " + std::to_string(last_line) +
-                                 "; expected " + std::to_string(first_step - last_line) +
+                                 "; expected at most " + std::to_string(first_step - last_line) +
                                  ", the steps since (a damaged checkpoint or log?)");
     }
     io::write_file_atomically((s.dir / "config.ini").string(), o.config_text);
