@@ -2,6 +2,8 @@
 // cannot be written, garbage and oversized numbers, and corrupt cases in a batch. Per bad input: the exit status, a
 // message naming what is at fault, no output left behind (no file in the output directory, no hidden ".tmp*"
 // temporary anywhere) and the inputs unchanged, byte for byte.
+#include <fcntl.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -20,6 +22,7 @@
 #include <nlohmann/json.hpp>
 
 #include "engine/random.h"
+#include "io/json.h"
 #include "io/nifti.h"
 #include "io/tiff.h"
 #include "models/checkpoint.h"
@@ -454,6 +457,44 @@ TEST_CASE("unet_infer refuses an output holding an earlier run's maps; --overwri
   CHECK_MESSAGE(
       out.find(pred + "/y.nii.gz is not a regular file (a directory); expected a file to write") != std::string::npos,
       out);
+}
+
+TEST_CASE("unet_infer: two runs into one output directory at once; one writes, the other is refused (exit 2)") {
+  test::TempDir tmp("hostile_infer_concurrent");
+  const std::string& dir = tmp.path;
+  const std::string model_a = write_random_model(dir + "/a.safetensors", 1);
+  const std::string model_b =
+      write_random_model(dir + "/b.safetensors", 1, nullptr, [](models::DynUNet& net) { net.initialize(7); });
+  fs::create_directories(dir + "/images");
+  for (const char* name : {"x", "y", "z"}) write_image(dir + "/images/" + name + ".nii.gz", 16, name[0]);
+  const std::string pred = dir + "/pred", args = " --input " + dir + "/images --output " + pred;
+  // Another process holding the directory (as a running unet_infer does): refused before any work.
+  fs::create_directories(pred);
+  const int fd = ::open(pred.c_str(), O_RDONLY | O_DIRECTORY);
+  REQUIRE(::flock(fd, LOCK_EX) == 0);
+  std::string out;
+  CHECK(run_guarded("unet_infer", "--model " + model_a + args, &out) == 2);
+  CHECK_MESSAGE(out.find("unet_infer: --output " + pred +
+                         ": another unet_infer is writing there now; expected it to end first (or another --output)") !=
+                    std::string::npos,
+                out);
+  ::close(fd);
+  CHECK(fs::is_empty(pred));
+  fs::remove(pred);
+  // Two started together into a new directory: whichever comes second is refused, by the lock or, when the first
+  // has ended, by its maps; the output holds one model's maps, never a mix.
+  const std::string infer = test::tool_path("unet_infer");
+  REQUIRE(test::shell("(" + infer + " --model " + model_a + args + " > " + dir + "/a.txt 2>&1; echo $? > " + dir +
+                      "/a.rc) & (" + infer + " --model " + model_b + args + " > " + dir + "/b.txt 2>&1; echo $? > " +
+                      dir + "/b.rc) & wait") == 0);
+  const std::string rc_a = io::read_text_file(dir + "/a.rc"), rc_b = io::read_text_file(dir + "/b.rc");
+  CHECK_MESSAGE(((rc_a == "0\n" && rc_b == "2\n") || (rc_a == "2\n" && rc_b == "0\n")),
+                std::string(rc_a + rc_b + io::read_text_file(dir + "/a.txt") + io::read_text_file(dir + "/b.txt")));
+  const std::string winner = rc_a == "0\n" ? model_a : model_b;
+  REQUIRE(run_guarded("unet_infer", "--model " + winner + " --input " + dir + "/images --output " + dir + "/alone",
+                      &out) == 0);
+  for (const char* name : {"x", "y", "z"})
+    CHECK(bytes_of(pred + "/" + name + ".nii.gz") == bytes_of(dir + "/alone/" + name + ".nii.gz"));
 }
 
 TEST_CASE("unet_infer --keep-going also skips a FIFO named like a volume in the input directory") {

@@ -2,6 +2,7 @@
 // error, 1 for a runtime failure, each failure one line on stderr that starts with the tool's name.
 #pragma once
 #include <fcntl.h>
+#include <sys/file.h>
 #include <unistd.h>
 
 #include <CLI/CLI.hpp>
@@ -158,6 +159,23 @@ inline std::string output_directory_problem(const std::filesystem::path& dir) {
   if (!fs::is_directory(p, ec)) return "cannot be created: " + p.string() + " is not a directory";
   if (std::string why = directory_write_problem(p); !why.empty()) return "cannot be created: " + why;
   return "";
+}
+
+// An exclusive flock(2) on a directory, held until the process ends (the kernel releases it at any exit, SIGKILL
+// included): a second tool writing into the same directory is refused instead of mixing its files with this one's.
+// Returns false when another process holds it; true when this process holds it, or when the directory is not there
+// yet (called again once it is made). One directory per process.
+inline bool lock_directory(const std::string& dir) {
+  static int held = -1;
+  if (held >= 0) return true;
+  const int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (fd < 0) return true;
+  if (::flock(fd, LOCK_EX | LOCK_NB) != 0) {
+    ::close(fd);
+    return false;
+  }
+  held = fd;
+  return true;
 }
 
 // Runs the tool's body and maps what it throws to the exit statuses above: the usage and configuration errors of

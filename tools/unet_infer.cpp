@@ -256,26 +256,41 @@ int main(int argc, char** argv) {
       ours.insert(job.second);
       ours.insert(probabilities_of(job.second));
     }
-    std::vector<fs::path> earlier;
-    std::error_code list_error;
-    if (fs::is_directory(input) && fs::is_directory(output, list_error)) {
-      for (const auto& e : fs::directory_iterator(output, list_error))
-        if (io::is_image_name(e.path().string()) && !is_hidden(e.path())) earlier.push_back(e.path());
-    } else {
-      for (const fs::path& o : ours)
-        if (std::error_code ec; fs::exists(fs::symlink_status(o, ec))) earlier.push_back(o);
-    }
-    std::sort(earlier.begin(), earlier.end());
-    for (const fs::path& o : earlier)
-      if (ours.count(o) != 0)
-        if (std::string why = tools::regular_file_problem(o.string()); !why.empty())
-          throw UsageError("--output " + output + ": " + o.string() + " is " + why + "; expected a file to write");
-    if (!earlier.empty() && !overwrite)
-      throw UsageError("--output " + output + ": already holds " + std::to_string(earlier.size()) +
-                       " label map(s) or probabilities (" + earlier.front().string() +
-                       (earlier.size() > 1 ? ", ..." : "") +
-                       ") of an earlier run; expected a new or empty output, or --overwrite to replace this run's "
-                       "outputs there");
+    // Two runs into one output directory at once would both pass this check and then mix their maps: rank 0 holds
+    // the directory's lock (tools::lock_directory) from here to its end (from its making, when it is new, and the
+    // check is made again then).
+    const bool to_directory = fs::is_directory(input);
+    const bool was_there = to_directory && fs::is_directory(output);
+    const auto take_output = [&] {
+      if (to_directory && world().rank() == 0 && !tools::lock_directory(output))
+        throw UsageError("--output " + output +
+                         ": another unet_infer is writing there now; expected it to end first (or another --output)");
+    };
+    take_output();
+    const auto earlier_outputs = [&] {
+      std::vector<fs::path> earlier;
+      std::error_code list_error;
+      if (to_directory && fs::is_directory(output, list_error)) {
+        for (const auto& e : fs::directory_iterator(output, list_error))
+          if (io::is_image_name(e.path().string()) && !is_hidden(e.path())) earlier.push_back(e.path());
+      } else {
+        for (const fs::path& o : ours)
+          if (std::error_code ec; fs::exists(fs::symlink_status(o, ec))) earlier.push_back(o);
+      }
+      std::sort(earlier.begin(), earlier.end());
+      for (const fs::path& o : earlier)
+        if (ours.count(o) != 0)
+          if (std::string why = tools::regular_file_problem(o.string()); !why.empty())
+            throw UsageError("--output " + output + ": " + o.string() + " is " + why + "; expected a file to write");
+      if (!earlier.empty() && !overwrite)
+        throw UsageError("--output " + output + ": already holds " + std::to_string(earlier.size()) +
+                         " label map(s) or probabilities (" + earlier.front().string() +
+                         (earlier.size() > 1 ? ", ..." : "") +
+                         ") of an earlier run; expected a new or empty output, or --overwrite to replace this run's "
+                         "outputs there");
+      return earlier;
+    };
+    const std::vector<fs::path> earlier = earlier_outputs();
     const size_t others = static_cast<size_t>(
         std::count_if(earlier.begin(), earlier.end(), [&](const fs::path& o) { return ours.count(o) == 0; }));
 
@@ -383,11 +398,16 @@ int main(int argc, char** argv) {
       std::fflush(stdout);
     }
 
-    if (fs::is_directory(input)) {  // checked above; made once the model loaded (by every rank: one may be first)
+    if (to_directory) {  // checked above; made once the model loaded (by every rank: one may be first)
       std::error_code ec;
       fs::create_directories(output, ec);
       if (!fs::is_directory(output))
         throw std::runtime_error("--output " + output + ": cannot create: " + ec.message());
+      if (!was_there && comm.rank() == 0) {  // another run may have made it since
+        take_output();
+        earlier_outputs();
+      }
+      comm.barrier();  // no rank writes before rank 0 holds the directory
     }
 
     // With --overwrite, a case that fails must not keep an earlier run's output for unet_eval to score.

@@ -4,9 +4,6 @@
 // Writes to [output] dir what models::Trainer writes: config.ini, log.jsonl, model.safetensors (weights loadable by
 // PyTorch, with the model card), checkpoint.safetensors (what --resume continues from) and validation.json.
 // Exit status: 0 success, 2 usage or configuration error, 1 runtime failure (docs/reference.md, "Exit statuses").
-#include <fcntl.h>
-#include <sys/file.h>
-#include <unistd.h>
 #include <CLI/CLI.hpp>
 
 #include <cstdio>
@@ -349,25 +346,10 @@ bool check_output_dir(const std::string& dir, bool overwrite) {
   return true;
 }
 
-// An exclusive flock(2) on the run directory, held until the process ends (the kernel releases it at any exit,
-// SIGKILL included): a second unet_train into the same output.dir, fresh, --overwrite or --resume, is refused
-// instead of mixing its files with the running one's. Returns false when another process holds it; true when this
-// process holds it, or when the directory is not there yet (called again once it is made).
-bool lock_run_directory(const std::string& dir) {
-  static int held = -1;
-  if (held >= 0) return true;
-  const int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (fd < 0) return true;
-  if (::flock(fd, LOCK_EX | LOCK_NB) != 0) {
-    ::close(fd);
-    return false;
-  }
-  held = fd;
-  return true;
-}
-
+// The run directory's lock (tools::lock_directory): a second unet_train into the same output.dir, fresh, --overwrite
+// or --resume, is refused instead of mixing its files with the running one's.
 void take_run_directory(const std::string& dir) {
-  if (!lock_run_directory(dir))
+  if (!tools::lock_directory(dir))
     throw UsageError("output.dir = " + dir +
                      ": another unet_train is writing a run there now; expected it to end first (or another "
                      "output.dir)");
