@@ -179,21 +179,37 @@ const ConfigKey& Config::find(const std::string& section, const std::string& nam
                     (best.empty() ? "" : "; did you mean '" + best + "'?"));
 }
 
+namespace {
+// Where a value holds a ';' or '#' after a space or tab (what other INI readers take as the start of a comment), or
+// npos: "dir = runs/a # the first" would otherwise write into "runs/a # the first".
+size_t inline_comment_at(const std::string& value) {
+  for (size_t i = 1; i < value.size(); ++i)
+    if ((value[i] == ';' || value[i] == '#') && (value[i - 1] == ' ' || value[i - 1] == '\t')) return i;
+  return std::string::npos;
+}
+
+std::string inline_comment_problem(char c) {
+  return std::string("a '") + c +
+         "' after a space is not a comment here (inline comments are not supported); put the comment on a line of its "
+         "own";
+}
+}  // namespace
+
 void Config::set(const std::string& section, const std::string& name, const std::string& value,
                  const std::string& origin) {
   const ConfigKey& k = find(section, name, origin);
   // What load_file refuses (with the line number), --set refuses too, so that the run's own config.ini loads again: a
-  // control character (a newline would add lines to it, a NUL end the number strtod reads) or a ';' after a space.
+  // control character (a newline would add lines to it, a NUL end the number strtod reads) or a ';' or '#' after a
+  // space.
   for (size_t i = 0; i < value.size(); ++i) {
     const unsigned char c = static_cast<unsigned char>(value[i]);
     if ((c < 0x20 && c != '\t') || c == 0x7f)
       throw ConfigError(origin + ": " + section + "." + name + ": control character " + std::to_string(c) +
                         " at position " + std::to_string(i) + " of the value; expected " + expected(k));
-    if (c == ';' && i > 0 && (value[i - 1] == ' ' || value[i - 1] == '\t'))
-      throw ConfigError(origin + ": " + section + "." + name + " = '" + shown(trim(value)) +
-                        "': a ';' after a space is not a comment here (inline comments are not supported); put the "
-                        "comment on a line of its own");
   }
+  if (const size_t at = inline_comment_at(value); at != std::string::npos)
+    throw ConfigError(origin + ": " + section + "." + name + " = '" + shown(trim(value)) +
+                      "': " + inline_comment_problem(value[at]));
   // Paths and names end up in JSON (the checkpoint's configuration, log.jsonl), which is UTF-8: a Latin-1 path would
   // fail only when the first checkpoint is written, after the training.
   if (const size_t at = invalid_utf8_at(value); at != std::string::npos) {
@@ -228,9 +244,9 @@ void Config::set(const std::string& section, const std::string& name, const std:
 }
 
 // The INI dialect of inih without its surprises, each an error naming the line: no line-length limit (inih split
-// lines over 199 characters, parsing the tail as a line of its own), no inline comments (" ;" cut a value short), no
-// continuation lines (an indented line extended the value above it), and each section and key once (a second one was
-// merged or overrode the first without a word). Full-line comments start with ';' or '#'.
+// lines over 199 characters, parsing the tail as a line of its own), no inline comments (" ;" cut a value short; " ;"
+// and " #" are errors), no continuation lines (an indented line extended the value above it), and each section and key
+// once (a second one was merged or overrode the first without a word). Full-line comments start with ';' or '#'.
 void Config::load_file(const std::string& path) {
   if (std::string why = regular_file_problem(path); !why.empty())
     throw ConfigError(path + ": " + why + "; expected an INI configuration file");
@@ -263,11 +279,9 @@ void Config::load_file(const std::string& path) {
     if (eq == std::string::npos || eq == 0)
       throw ConfigError(where + "not a valid INI line (expected 'key = value' or '[section]')");
     const std::string name = trim(t.substr(0, eq)), value = trim(t.substr(eq + 1));
-    for (size_t i = value.find(';'); i != std::string::npos; i = value.find(';', i + 1))
-      if (i > 0 && (value[i - 1] == ' ' || value[i - 1] == '\t'))
-        throw ConfigError(where + section + "." + name + " = '" + shown(value) +
-                          "': a ';' after a space is not a comment here (inline comments are not supported); put the "
-                          "comment on a line of its own");
+    if (const size_t at = inline_comment_at(value); at != std::string::npos)
+      throw ConfigError(where + section + "." + name + " = '" + shown(value) +
+                        "': " + inline_comment_problem(value[at]));
     if (const auto [it, fresh] = keys.emplace(section + "." + name, n); !fresh)
       throw ConfigError(where + section + "." + name + " is set again (first at line " + std::to_string(it->second) +
                         "); expected each key once");

@@ -148,7 +148,8 @@ TEST_CASE("the effective configuration is written back as INI that parses to the
 }
 
 TEST_CASE(
-    "INI surprises are errors naming the line: duplicates, continuation lines, ' ;' in a value; long lines parse") {
+    "INI surprises are errors naming the line: duplicates, continuation lines, ' ;' or ' #' in a value; long lines "
+    "parse") {
   Config c = make_config();
   std::string path = write_ini("[train]\nsteps = 5\nsteps = 7\n");
   CHECK_THROWS_WITH_AS(c.load_file(path),
@@ -166,6 +167,19 @@ TEST_CASE(
       c.load_file(path),
       doctest::Contains((path + ":2: train.optimizer = 'sgd ; adam is worse': a ';' after a space").c_str()),
       ConfigError);
+  // '#' as well: a path would silently take the comment in ("runs/a # first try" is a directory of that name).
+  path = write_ini("[train]\noptimizer = sgd\t# adam is worse\n");
+  CHECK_THROWS_WITH_AS(c.load_file(path),
+                       (path + ":2: train.optimizer = 'sgd\t# adam is worse': a '#' after a space is not a comment "
+                               "here (inline comments are not supported); put the comment on a line of its own")
+                           .c_str(),
+                       ConfigError);
+  CHECK_THROWS_WITH_AS(make_config().apply_override("train.optimizer=sgd #x"),
+                       doctest::Contains("--set: train.optimizer = 'sgd #x': a '#' after a space"), ConfigError);
+  // Without a space before them, ';' and '#' are part of the value.
+  Config h({{"output", "dir", KeyType::string, "runs/x", "run directory"}});
+  h.load_file(write_ini("[output]\ndir = runs/#1;2\n"));
+  CHECK(h.get_string("output", "dir") == "runs/#1;2");
   // A NUL byte ends the number strtod sees: lr = 3e-3<NUL>junk would train with lr 3e-3.
   path = write_ini(std::string("[train]\nlr = 3e-3\0junk\n", 23));
   CHECK_THROWS_WITH_AS(c.load_file(path),
