@@ -210,6 +210,11 @@ void Config::set(const std::string& section, const std::string& name, const std:
   if (const size_t at = inline_comment_at(value); at != std::string::npos)
     throw ConfigError(origin + ": " + section + "." + name + " = '" + shown(trim(value)) +
                       "': " + inline_comment_problem(value[at]));
+  // Quotes are not removed (as in inih and Python's configparser): dir = "/data/run" would be a relative directory
+  // named '"', holding '/data/run"'.
+  if (const std::string t = trim(value); !t.empty() && (t[0] == '"' || t[0] == '\''))
+    throw ConfigError(origin + ": " + section + "." + name + " = '" + shown(t) +
+                      "': quotes are not removed here (the value would keep them); expected the value without quotes");
   // Paths and names end up in JSON (the checkpoint's configuration, log.jsonl), which is UTF-8: a Latin-1 path would
   // fail only when the first checkpoint is written, after the training.
   if (const size_t at = invalid_utf8_at(value); at != std::string::npos) {

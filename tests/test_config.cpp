@@ -176,6 +176,18 @@ TEST_CASE(
                        ConfigError);
   CHECK_THROWS_WITH_AS(make_config().apply_override("train.optimizer=sgd #x"),
                        doctest::Contains("--set: train.optimizer = 'sgd #x': a '#' after a space"), ConfigError);
+  // Quotes stay in a value: a quoted path would be a relative directory named '"'. Refused, in the file or by --set.
+  Config q({{"output", "dir", KeyType::string, "runs/x", "run directory"}});
+  path = write_ini("[output]\ndir = \"/data/run\"\n");
+  CHECK_THROWS_WITH_AS(q.load_file(path),
+                       (path + ": output.dir = '\"/data/run\"': quotes are not removed here (the value would keep "
+                               "them); expected the value without quotes")
+                           .c_str(),
+                       ConfigError);
+  CHECK_THROWS_WITH_AS(q.apply_override("output.dir='runs/a'"), doctest::Contains("--set: output.dir = ''runs/a''"),
+                       ConfigError);
+  q.apply_override("output.dir=runs/it's");
+  CHECK(q.get_string("output", "dir") == "runs/it's");
   // Without a space before them, ';' and '#' are part of the value.
   Config h({{"output", "dir", KeyType::string, "runs/x", "run directory"}});
   h.load_file(write_ini("[output]\ndir = runs/#1;2\n"));
