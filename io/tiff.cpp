@@ -140,6 +140,12 @@ Page read_page_tags(const TiffFile& t, int64_t z, const std::string& path, int64
     fail(path, at + " has photometric interpretation " + std::to_string(photometric) +
                    (photometric == PHOTOMETRIC_PALETTE ? " (a palette image)" : "") +
                    "; expected grey-level (0 or 1), RGB (2) or separated (5) samples");
+  // Rows and columns are read in stored order: a page stored flipped or rotated (Orientation other than 1, top-left)
+  // would pair with its label map, or be scored against its reference, pixel for pixel in the wrong place.
+  uint16_t orientation = ORIENTATION_TOPLEFT;
+  if (TIFFGetField(tif, TIFFTAG_ORIENTATION, &orientation) && orientation != ORIENTATION_TOPLEFT)
+    fail(path, at + " has Orientation " + std::to_string(orientation) +
+                   "; expected 1 (rows top to bottom, columns left to right: store the pixels in that order)");
   if (p.planar != PLANARCONFIG_CONTIG && p.planar != PLANARCONFIG_SEPARATE)
     fail(path, at + " has PlanarConfiguration " + std::to_string(p.planar) + "; expected 1 or 2");
   p.tiled = TIFFIsTiled(tif);

@@ -10,12 +10,12 @@
 // "spacing=" for z) with XResolution / YResolution, or XResolution / YResolution in centimetres; otherwise 1 mm. A
 // calibration that is present but not a finite size > 0 is an error, as is an OME-XML description whose SizeC x SizeZ
 // is not the page count (or SizeT > 1, or another order than XY + CZT), an ImageJ "channels=" that is not an integer 1
-// to 64 dividing the page count, tiles off the TIFF rule (multiples of 16 up to 65536) or over 256 MiB, and strip or
-// tile offsets or byte counts that are not one per strip or tile, or an offset inside the file header. Write: u8, i32
-// or f32 tensors as 8- or 16-bit unsigned or 32-bit float pages, uncompressed, LZW or Deflate, through a temporary file
-// renamed into place (io/atomic_file.h). An output written "like" an input keeps its resolution tags and
-// ImageDescription (rewritten for ImageJ and tifffile, replaced by ImageJ's calibration for OME), so its spacing reads
-// back the same.
+// to 64 dividing the page count, an Orientation other than 1 (top-left: pages are read in stored order), tiles off the
+// TIFF rule (multiples of 16 up to 65536) or over 256 MiB, and strip or tile offsets or byte counts that are not one
+// per strip or tile, or an offset inside the file header. Write: u8, i32 or f32 tensors as 8- or 16-bit unsigned or
+// 32-bit float pages, uncompressed, LZW or Deflate, through a temporary file renamed into place (io/atomic_file.h). An
+// output written "like" an input keeps its resolution tags and ImageDescription (rewritten for ImageJ and tifffile,
+// replaced by ImageJ's calibration for OME), so its spacing reads back the same.
 #pragma once
 #include <array>
 #include <string>

@@ -91,6 +91,10 @@ with tifffile.TiffWriter(os.path.join(here, "bad_mixed_sizes.tif")) as w:
 bad["bad_mixed_sizes.tif"] = "a stack needs pages of one size and sample type"
 tifffile.imwrite(os.path.join(here, "bad_f16.tif"), np.zeros((5, 6), np.float16))
 bad["bad_f16.tif"] = "16-bit floating-point samples"
+# Stored rotated by 180 degrees (Orientation 3, bottom-right): read in stored order it would pair with its label map,
+# or be scored against its reference, pixel for pixel in the wrong place.
+tifffile.imwrite(os.path.join(here, "bad_orientation.tif"), np.zeros((5, 6), np.uint8), extratags=[(274, 3, 1, 3, True)])
+bad["bad_orientation.tif"] = "has Orientation 3; expected 1"
 with open(os.path.join(here, "u16_deflate.tif"), "rb") as fh:
     whole = fh.read()
 with tifffile.TiffFile(os.path.join(here, "u16_deflate.tif")) as tf:  # where page 3's compressed data begins
