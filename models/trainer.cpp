@@ -10,6 +10,7 @@
 #include <fstream>
 #include <map>
 #include <nlohmann/json.hpp>
+#include <set>
 #include <sstream>
 
 #include "engine/autograd.h"
@@ -281,12 +282,17 @@ bool constant_image(const Tensor& image) {
 }
 
 // Training images that are constant: a warning naming them, or TrainerOptionError (exit 2) when every one is.
-void check_constant_images(const io::DatasetInfo& info, const std::vector<io::Case>& cases,
-                           const std::vector<size_t>& train, bool lead) {
+// Returns their case indices.
+std::set<size_t> check_constant_images(const io::DatasetInfo& info, const std::vector<io::Case>& cases,
+                                       const std::vector<size_t>& train, bool lead) {
   std::vector<std::string> constant;
+  std::set<size_t> indices;
   for (size_t i : train)
-    if (constant_image(cases[i].image)) constant.push_back(info.training[i].image_paths.at(0));
-  if (constant.empty()) return;
+    if (constant_image(cases[i].image)) {
+      constant.push_back(info.training[i].image_paths.at(0));
+      indices.insert(i);
+    }
+  if (constant.empty()) return indices;
   std::string names;
   for (size_t k = 0; k < constant.size() && k < 5; ++k) names += (k ? ", " : "") + constant[k];
   if (constant.size() > 5) names += " and " + std::to_string(constant.size() - 5) + " more";
@@ -298,15 +304,15 @@ void check_constant_images(const io::DatasetInfo& info, const std::vector<io::Ca
                  "unet_train: warning: %zu of %zu training image(s) constant (one value per channel), "
                  "nothing to learn from: %s\n",
                  constant.size(), train.size(), names.c_str());
+  return indices;
 }
 
 // After normalisation, what the network sees: a case whose values span <= 1e-6 has no contrast (one foreground value
 // everywhere, which unet_infer refuses to segment), and a channel flat in every case carries nothing. Cases already
-// reported constant before normalisation are not named again; every case flat (or constant) ends the run.
+// reported constant before normalisation (`constant`) are not named again; every case flat (or constant) ends the run.
 void check_normalised_contrast(const io::DatasetInfo& info, const std::vector<io::Case>& cases,
-                               const std::vector<size_t>& train, bool lead) {
+                               const std::vector<size_t>& train, const std::set<size_t>& constant, bool lead) {
   std::vector<std::string> flat;
-  size_t constant = 0;
   const int64_t channels = train.empty() ? 0 : cases[train[0]].image.dim(-1);
   std::vector<bool> varies(static_cast<size_t>(channels), false);
   for (size_t i : train) {
@@ -324,18 +330,13 @@ void check_normalised_contrast(const io::DatasetInfo& info, const std::vector<io
       all_lo = std::min(all_lo, lo);
       all_hi = std::max(all_hi, hi);
     }
-    if (all_hi - all_lo <= 1e-6) {
-      if (constant_image(io::load_case(info, i).image))
-        ++constant;
-      else
-        flat.push_back(info.training[i].image_paths.at(0));
-    }
+    if (all_hi - all_lo <= 1e-6 && constant.count(i) == 0) flat.push_back(info.training[i].image_paths.at(0));
   }
   if (!flat.empty()) {
     std::string names;
     for (size_t k = 0; k < flat.size() && k < 5; ++k) names += (k ? ", " : "") + flat[k];
     if (flat.size() > 5) names += " and " + std::to_string(flat.size() - 5) + " more";
-    if (flat.size() + constant == train.size())
+    if (flat.size() + constant.size() == train.size())
       throw TrainerOptionError("data.dataset = " + info.dir +
                                ": no training image has contrast after cropping to its non-zero voxels and "
                                "normalisation (one foreground value everywhere: " +
@@ -804,7 +805,7 @@ Trainer::Trainer(TrainerOptions options, std::FILE* out) : s_(std::make_unique<S
     if (s.lead())
       for (const std::string& w : pre.warnings) std::fprintf(stderr, "unet_train: warning: %s\n", w.c_str());
     s.cases = std::move(pre.cases);
-    check_constant_images(s.info, s.cases, s.split.train, s.lead());
+    const std::set<size_t> constant = check_constant_images(s.info, s.cases, s.split.train, s.lead());
     check_label_classes(s.info, s.cases, s.split.train, s.lead());
     target = pre.target;
     if (out)
@@ -824,7 +825,7 @@ Trainer::Trainer(TrainerOptions options, std::FILE* out) : s_(std::make_unique<S
                                  "; expected finite values (values near the f32 limit?)");
       io::pad_case_to(k, o.sampling.patch);
     }
-    check_normalised_contrast(s.info, s.cases, s.split.train, s.lead());
+    check_normalised_contrast(s.info, s.cases, s.split.train, constant, s.lead());
   }
 
   if (s.comm) check_same_cases(*s.comm, s.cases, s.info.json_path);
