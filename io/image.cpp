@@ -88,6 +88,12 @@ bool close_origin(double a, double b) {
   return std::abs(a - b) <= 1e-4 + 1e-5 * std::abs(b);
 }
 
+std::string number(double v) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%g", v);
+  return buf;
+}
+
 std::string triple(double a, double b, double c) {
   char buf[128];
   std::snprintf(buf, sizeof buf, "(%g, %g, %g)", a, b, c);
@@ -127,6 +133,10 @@ std::string grid_mismatch(const Image& a, const Image& b) {
     const double na = std::hypot(A[0][axis], A[1][axis], A[2][axis]),
                  nb = std::hypot(B[0][axis], B[1][axis], B[2][axis]);
     if (na == 0 || nb == 0) continue;  // a degenerate transform has no direction to compare
+    // The transform's own voxel size: an sform may scale an axis that pixdim (the spacing above) does not.
+    if (!close(na, nb))
+      return std::string("voxel size along the ") + "xyz"[axis] + " axis in the voxel-to-world transform " +
+             number(na) + " mm differs from " + number(nb) + of_b;
     const double da[3] = {A[0][axis] / na, A[1][axis] / na, A[2][axis] / na};
     const double db[3] = {B[0][axis] / nb, B[1][axis] / nb, B[2][axis] / nb};
     if (!close(da[0], db[0]) || !close(da[1], db[1]) || !close(da[2], db[2]))

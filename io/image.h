@@ -35,8 +35,9 @@ Image read_channel_images(const std::vector<std::string>& paths);
 // What differs between the grids of two images that must coincide voxel for voxel (an image and its label, the
 // channel files of a case, a prediction and its reference), or "" when nothing does; `b` is named as the reference.
 // Compared: the extent (z, y, x); the spacing; and, when both are NIfTI files with a qform or sform, the direction
-// cosines and the origin of the voxel-to-world transform (the sform when its code is set, else the qform, as
-// nifticlib and ITK choose), all in millimetres whatever the files' units (nifti_space_unit_mm). Two numbers agree when
+// cosines, the voxel sizes (the columns' lengths: an sform may scale what pixdim does not) and the origin of the
+// voxel-to-world transform (the sform when its code is set, else the qform, as nifticlib and ITK choose), all in
+// millimetres whatever the files' units (nifti_space_unit_mm). Two numbers agree when
 // |a - b| <= 1e-4 + 1e-3 |b| (mm, or cosines), origins when |a - b| <= 1e-4 + 1e-5 |b| mm: headers written in f32
 // by other tools pass, a grid shifted by a slice (even at a CT table's -1200 mm) or flipped does not. A TIFF without a
 // calibration (io/tiff.h) has no spacing to compare, and TIFF has no origin or direction.

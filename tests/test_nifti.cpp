@@ -643,6 +643,12 @@ TEST_CASE(
   patch<float>(flipped, kN1SrowX, -2.0f);
   CHECK(grid_mismatch(read_image(flipped), ref) ==
         "direction of the x axis (-1, 0, 0) (world x, y, z) differs from (1, 0, 0) of " + dir + "/ref.nii");
+  // A scale in the sform alone (pixdim, the spacing, unchanged), as tools that rewrite only the sform leave it.
+  const std::string stretched = write("stretched.nii");
+  patch<float>(stretched, kN1SrowX + 32 + 8, 6.0f);
+  CHECK(read_image(stretched).spacing == ref.spacing);
+  CHECK(grid_mismatch(read_image(stretched), ref) ==
+        "voxel size along the z axis in the voxel-to-world transform 6 mm differs from 3 of " + dir + "/ref.nii");
   CHECK(grid_mismatch(read_image(write("coarse.nii", {4, 5, 6}, {3, 3, 2})), ref) ==
         "voxel spacing (3, 3, 2) mm (z, y, x) differs from (3, 1, 2) of " + dir + "/ref.nii");
   CHECK(grid_mismatch(read_image(write("small.nii", {4, 5, 5})), ref) ==
