@@ -586,8 +586,31 @@ void pad_case_to(Case& c, const std::array<int64_t, 3>& min_size) {
       std::memcpy(di + dst * C, si + src * s[2] * C, static_cast<size_t>(s[2] * C) * sizeof(float));
       std::memcpy(dl + dst, sl + src * s[2], static_cast<size_t>(s[2]));
     }
-  c.image = img;
+  if (c.unpadded_extent[0] == 0) c.unpadded_extent = {s[0], s[1], s[2]};  // padded again: from the first extent
+  for (int a = 0; a < 3; ++a) c.pad_before[a] += before[a];
+  c.image = img;  // (s is c.image's shape: used up before this)
   c.label = lab;
+}
+
+Case unpadded(const Case& c) {
+  const std::array<int64_t, 3>& e = c.unpadded_extent;
+  if (e[0] == 0) return c;
+  const Shape& s = c.image.shape();
+  const int64_t C = s[3];
+  Case out = c;
+  out.image = Tensor::empty({e[0], e[1], e[2], C});
+  out.label = Tensor::empty({e[0], e[1], e[2]}, DType::u8);
+  out.pad_before = {};
+  out.unpadded_extent = {};
+  for (int64_t z = 0; z < e[0]; ++z)
+    for (int64_t y = 0; y < e[1]; ++y) {
+      const int64_t dst = z * e[1] + y,
+                    src = ((z + c.pad_before[0]) * s[1] + y + c.pad_before[1]) * s[2] + c.pad_before[2];
+      std::memcpy(out.image.data<float>() + dst * e[2] * C, c.image.data<float>() + src * C,
+                  static_cast<size_t>(e[2] * C) * sizeof(float));
+      std::memcpy(out.label.data<uint8_t>() + dst * e[2], c.label.data<uint8_t>() + src, static_cast<size_t>(e[2]));
+    }
+  return out;
 }
 
 // ---- cross-validation --------------------------------------------------------------------------------------------

@@ -64,6 +64,8 @@ struct Case {
   Tensor image;                   // f32 [Z, Y, X, C]
   Tensor label;                   // u8 [Z, Y, X]
   std::array<double, 3> spacing;  // mm (z, y, x)
+  // What pad_case_to added before the case along z, y, x, and the extent it had ({0, 0, 0}: never padded).
+  std::array<int64_t, 3> pad_before{}, unpadded_extent{};
 };
 
 // Loads training case i: the image must have num_channels() channels (channel files of nnU-Net v2: one each, on one
@@ -106,6 +108,10 @@ double percentile(std::vector<float>& values, double q);
 // Zero-pads image and label (background) so that every spatial dimension is at least min_size, centred as nnU-Net
 // (the odd voxel goes after). No-op when already large enough.
 void pad_case_to(Case& c, const std::array<int64_t, 3>& min_size);
+// The case as it was before pad_case_to (a copy; the case itself when never padded): validation segments what
+// unet_infer would be given, not the zeros the sampler needs around a case smaller than the patch (a 64x64 page padded
+// to a 188x188 UNet2D patch took 9 times the windows, and its zeros could count as false positives).
+Case unpadded(const Case& c);
 
 // ---- cross-validation --------------------------------------------------------------------------------------------
 

@@ -425,8 +425,8 @@ struct Trainer::State {
     counts.tp.assign(static_cast<size_t>(classes - 1), 0);
     counts.fp = counts.fn = counts.tp;
     for (size_t k = static_cast<size_t>(rank()); k < split.val.size(); k += static_cast<size_t>(ranks())) {
-      const size_t i = split.val[k];
-      counts.add(segment_volume(*net, cases[i].image, sw, o.precision), cases[i].label, classes);
+      const io::Case c = io::unpadded(cases[split.val[k]]);  // as unet_infer sees it, not the sampler's padding
+      counts.add(segment_volume(*net, c.image, sw, o.precision), c.label, classes);
     }
     if (ranks() > 1)
       for (std::vector<int64_t>* v : {&counts.tp, &counts.fp, &counts.fn})

@@ -508,6 +508,22 @@ TEST_CASE("pad_case_to zero-pads image and label centred to at least the request
   Shape before = c.image.shape();
   pad_case_to(c, {2, 2, 2});
   CHECK(c.image.shape() == before);
+  // unpadded gives back the case as it was, also after a second padding (what validation segments).
+  const Case original = make_case(
+      {3, 5, 8}, 2, [](int64_t z, int64_t y, int64_t x, int64_t ch) { return float(1 + z + y + x + ch); },
+      [](int64_t z, int64_t y, int64_t x) { return uint8_t((z + y + x) % 3); });
+  Case twice = original;
+  pad_case_to(twice, {6, 4, 8});
+  pad_case_to(twice, {7, 9, 11});
+  REQUIRE(twice.image.shape() == Shape{7, 9, 11, 2});
+  for (const Case* k : {static_cast<const Case*>(&twice), &original}) {
+    const Case back = unpadded(*k);
+    CHECK(back.image.shape() == original.image.shape());
+    CHECK(back.image.to_vector() == original.image.to_vector());
+    CHECK(back.label.shape() == original.label.shape());
+    CHECK(std::equal(back.label.data<uint8_t>(), back.label.data<uint8_t>() + back.label.numel(),
+                     original.label.data<uint8_t>()));
+  }
 }
 
 TEST_CASE("the 5-fold split validates every case exactly once and never trains on a validation case") {

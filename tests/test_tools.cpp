@@ -625,3 +625,34 @@ TEST_CASE("unet_infer --precision fp16 and bf16 give the fp32 probabilities to 1
   CHECK(out.find("--precision: precision 'fp8': expected auto, fp32, tf32, fp16 or bf16") != std::string::npos);
   CHECK_FALSE(fs::exists(dir + "/x.nii"));
 }
+
+TEST_CASE("validation segments a case smaller than the patch as unet_infer does: its Dice is unet_eval's of that map") {
+  // Both training cases the same volume, so that whichever validates, unet_infer on it gives the same map. The
+  // sampler pads each 16^3 case to the 32^3 patch; validation must score the case, not the padding (whose predicted
+  // foreground counted as false positives).
+  test::TempDir tmp("tools_validation_unpadded");
+  const std::string& dir = tmp.path;
+  REQUIRE(test::run_tool("unet_synth", "--output " + dir + "/ds --train 2 --test 0 --size 16,16,16 --seed 3") == 0);
+  for (const char* sub : {"/ds/imagesTr/", "/ds/labelsTr/"})
+    fs::copy_file(dir + sub + "case_000.nii.gz", dir + sub + "case_001.nii.gz", fs::copy_options::overwrite_existing);
+  const std::string ini = write_text(dir + "/train.ini", "[data]\ndataset = " + dir +
+                                                             "/ds\nfolds = 2\npatch_size = 32,32,32\ncache = none\n"
+                                                             "[model]\nfilters = 4\ndepth = 2\n[train]\nsteps = 6\n"
+                                                             "[output]\ndir = " +
+                                                             dir + "/run\n");
+  std::string out;
+  REQUIRE_MESSAGE(test::run_tool("unet_train", ini, &out) == 0, out);
+  const double val = nlohmann::json::parse(std::ifstream(dir + "/run/validation.json"))["val_mean_dice"];
+  fs::create_directories(dir + "/ref");
+  fs::create_directories(dir + "/pred");
+  fs::copy_file(dir + "/ds/labelsTr/case_000.nii.gz", dir + "/ref/case_000.nii.gz");
+  REQUIRE_MESSAGE(test::run_tool("unet_infer",
+                                 "--model " + dir + "/run/model.safetensors --input " + dir +
+                                     "/ds/imagesTr/case_000.nii.gz --output " + dir + "/pred/case_000.nii.gz",
+                                 &out) == 0,
+                  out);
+  REQUIRE_MESSAGE(test::run_tool("unet_eval", "--pred " + dir + "/pred --label " + dir + "/ref --classes 3", &out) == 0,
+                  out);
+  const double eval = nlohmann::json::parse(std::ifstream(dir + "/pred/dice.json"))["mean_dice"];
+  CHECK(val == doctest::Approx(eval).epsilon(1e-9));
+}
