@@ -275,6 +275,15 @@ void Config::load_file(const std::string& path) {
     if (t[0] == '[') {
       if (t.back() != ']') throw ConfigError(where + "not a valid INI line (expected 'key = value' or '[section]')");
       section = trim(t.substr(1, t.size() - 2));
+      // An unknown section, even an empty one, is a typo whose keys would be refused one by one (or none noticed).
+      std::vector<std::string> known;
+      for (const ConfigKey& k : schema_)
+        if (std::find(known.begin(), known.end(), k.section) == known.end()) known.push_back(k.section);
+      if (std::find(known.begin(), known.end(), section) == known.end()) {
+        std::string list;
+        for (const std::string& k : known) list += (list.empty() ? "[" : ", [") + k + "]";
+        throw ConfigError(where + "unknown section [" + shown(section) + "]; expected one of " + list);
+      }
       if (const auto [it, fresh] = sections.emplace(section, n); !fresh)
         throw ConfigError(where + "section [" + section + "] appears again (first at line " +
                           std::to_string(it->second) + "); expected each section once");
@@ -284,6 +293,13 @@ void Config::load_file(const std::string& path) {
     if (eq == std::string::npos || eq == 0)
       throw ConfigError(where + "not a valid INI line (expected 'key = value' or '[section]')");
     const std::string name = trim(t.substr(0, eq)), value = trim(t.substr(eq + 1));
+    if (section.empty()) {
+      std::string home;
+      for (const ConfigKey& k : schema_)
+        if (k.name == name) home = home.empty() ? "[" + k.section + "]" : home + " or [" + k.section + "]";
+      throw ConfigError(where + "'" + shown(name) + "' comes before any [section]; expected it under its section" +
+                        (home.empty() ? "" : " (" + home + ")"));
+    }
     if (const size_t at = inline_comment_at(value); at != std::string::npos)
       throw ConfigError(where + section + "." + name + " = '" + shown(value) +
                         "': " + inline_comment_problem(value[at]));

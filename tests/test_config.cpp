@@ -192,6 +192,14 @@ TEST_CASE(
   Config h({{"output", "dir", KeyType::string, "runs/x", "run directory"}});
   h.load_file(write_ini("[output]\ndir = runs/#1;2\n"));
   CHECK(h.get_string("output", "dir") == "runs/#1;2");
+  // A key before any section, and an unknown section (even an empty one), are named with what was expected.
+  path = write_ini("steps = 5\n[train]\n");
+  CHECK_THROWS_WITH_AS(
+      c.load_file(path),
+      (path + ":1: 'steps' comes before any [section]; expected it under its section ([train])").c_str(), ConfigError);
+  path = write_ini("[train]\nsteps = 5\n[bogus]\n");
+  CHECK_THROWS_WITH_AS(c.load_file(path),
+                       (path + ":3: unknown section [bogus]; expected one of [train], [data]").c_str(), ConfigError);
   // A NUL byte ends the number strtod sees: lr = 3e-3<NUL>junk would train with lr 3e-3.
   path = write_ini(std::string("[train]\nlr = 3e-3\0junk\n", 23));
   CHECK_THROWS_WITH_AS(c.load_file(path),
