@@ -495,6 +495,15 @@ TEST_CASE("unet_eval takes the classes from the dataset or the references, never
                          "/ref255 (255) are in no reference and no prediction") != std::string::npos,
                 out);
   CHECK_FALSE(fs::exists(dir + "/pred/dice.json"));
+  // References of background only: no class to infer (it was "the largest label (1)", a class no map holds).
+  fs::create_directories(dir + "/ref0");
+  write_labels(dir + "/ref0/a.nii.gz", 0);
+  CHECK(test::run_tool("unet_eval", "--pred " + dir + "/pred --label " + dir + "/ref0", &out) == 2);
+  CHECK_MESSAGE(out.find("every reference label map in " + dir +
+                         "/ref0 holds background (0) only, so the classes cannot be inferred; expected --classes N") !=
+                    std::string::npos,
+                out);
+  CHECK(test::run_tool("unet_eval", "--pred " + dir + "/pred --label " + dir + "/ref0 --classes 2", &out) == 0);
 }
 
 TEST_CASE("unet_eval fails on a reference without a prediction, or scores it 0 with --missing-as-zero") {

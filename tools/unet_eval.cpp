@@ -318,7 +318,13 @@ int main(int argc, char** argv) {
                                    std::to_string(kMaxClasses - 1) + " expected; pass --classes)");
         classes = std::max(classes, m + 1);
       }
-      classes = std::max(classes, 2);
+      // Only background: no class to score, and nothing to infer the classes from (a Dice 1 for an imagined class 1
+      // would say nothing).
+      if (classes <= 1)
+        throw UsageError("every reference label map in " + label_dir +
+                         " holds background (0) only, so the classes cannot be inferred; expected --classes N or a "
+                         "dataset.json beside " +
+                         label_dir + " listing the labels");
       source = "the largest reference label in " + label_dir;
     }
     // Classes in no map score Dice 1 in every case and lift the mean: 0 / 255 maps read without --label-scale give
