@@ -1,6 +1,7 @@
 // Synthetic 3D segmentation data in the Medical Segmentation Decathlon layout, for the quick start, the tests and
-// demos without downloading anything. Each case holds a random number of shapes in millimetre space (so anisotropic
-// spacing gives the same anatomy on a coarser grid); every foreground class has its own shape type and mean
+// demos without downloading anything. Each case holds a random number of shapes in millimetre space, placed and sized
+// relative to the field of view (size x spacing): anisotropic spacing gives the same anatomy on a coarser grid, and
+// one spacing for every axis the same voxels whatever its value; every foreground class has its own shape type and mean
 // intensity, so a network must use both shape and contrast. A smooth multiplicative bias field, a fine background
 // texture and gaussian noise make intensity thresholding imperfect, yet a small 3D UNet learns the task in minutes.
 // All randomness comes from Rng streams derived from (seed, case, slice): the bytes depend on the seed only, never

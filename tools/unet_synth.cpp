@@ -105,8 +105,10 @@ int main(int argc, char** argv) {
                      "for --format isbi)");
   app.add_option("--size", size, "volume size in voxels, Z,Y,X (Y,X with --dim 2; or one number), each 8..1024")
       ->capture_default_str();
-  app.add_option("--spacing", spacing,
-                 "voxel spacing in mm, z,y,x (y,x with --dim 2; or one number); shapes are defined in mm")
+  app.add_option(
+         "--spacing", spacing,
+         "voxel spacing in mm, z,y,x (y,x with --dim 2; or one number); shapes are drawn in mm within the field of "
+         "view (size x spacing): only anisotropy changes the voxels")
       ->capture_default_str();
   app.add_option("--channels", o.channels, "image channels, 1..16 (4D NIfTI when more than 1)")->capture_default_str();
   auto* classes =

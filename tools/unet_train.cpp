@@ -459,9 +459,11 @@ int main(int argc, char** argv) {
       "Trains an nnU-Net DynUNet on a Medical Segmentation Decathlon dataset (see --help-config for the keys)."};
   app.add_option("config", path, "INI configuration file");
   app.add_option("--set", overrides, "override a key: section.key=value (repeatable)");
-  app.add_option("--resume", resume,
-                 "continue the run in this directory from its checkpoint.safetensors (writing there); CONFIG must be "
-                 "the run's own, except [runtime], output.dir and the log, validation and checkpoint intervals");
+  app.add_option(
+      "--resume", resume,
+      "continue the run in this directory from its checkpoint.safetensors (writing there); CONFIG must be "
+      "the run's own, except [runtime], output.dir, train.steps, data.workers, data.prefetch, data.cache and the "
+      "log, validation and checkpoint intervals");
   app.add_flag("--overwrite", overwrite, "replace the run in output.dir (its files only) instead of refusing it");
   app.add_flag("--help-config", help_config, "list every configuration key with its default");
   if (auto status = unet::tools::parse_command_line(app, argc, argv, "unet_train")) return *status;
