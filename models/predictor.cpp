@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <set>
 #include <stdexcept>
 
 #include "engine/ops.h"
@@ -25,6 +26,20 @@ ModelCard inference_card(const io::SafetensorsContent& weights, const std::strin
   return card;
 }
 
+// Every tensor of the file must belong to the network its card describes, training-only heads included: another one
+// means the card describes another network (a residual DynUNet under a card that says plain blocks: its projections
+// would be dropped and another function run), as PyTorch's strict load_state_dict says of unexpected keys.
+void check_tensors_belong(const io::SafetensorsContent& weights, const std::string& path) {
+  std::set<std::string> names;
+  for (const auto& [name, p] : make_network(card_from_metadata(weights.metadata, path))->named_state())
+    names.insert(name);
+  for (const auto& [name, t] : weights.tensors)
+    if (names.count(name) == 0)
+      throw std::runtime_error(path + ": tensor '" + name +
+                               "' belongs to no layer of the network its model card describes (another network's "
+                               "weights, or a card that does not match them); expected only that network's tensors");
+}
+
 }  // namespace
 
 Predictor::Predictor(const std::string& checkpoint, const PredictorOptions& o)
@@ -38,6 +53,7 @@ Predictor::Predictor(const io::SafetensorsContent& weights, const std::string& c
     throw std::runtime_error(checkpoint + ": " + e.what());
   }
   load_weights(weights, *net_, checkpoint);
+  check_tensors_belong(weights, checkpoint);
   net_->to(o.device);
   window_ = window_options(*net_, card_.patch);
   window_.overlap = o.overlap;

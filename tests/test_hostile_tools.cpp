@@ -1246,6 +1246,38 @@ TEST_CASE("unet_infer checks every field of the model card at load, naming the c
                       &out) == 1);
     CHECK_MESSAGE(out.find(bad + ": model." + field + ": ") != std::string::npos, out);
   }
+  // Tensors of no layer of the card's network: a junk tensor, and a residual DynUNet's projections under a card that
+  // says plain blocks (they were dropped and another network run, exit 0).
+  const auto refused = [&](const std::string& tensor) {
+    std::string out;
+    CHECK(run_guarded("unet_infer", "--model " + bad + " --input " + image + " --output " + dir + "/seg.nii.gz",
+                      &out) == 1);
+    CHECK_MESSAGE(out.find("unet_infer: error: " + bad + ": tensor '" + tensor +
+                           "' belongs to no layer of the network its model card describes") != std::string::npos,
+                  out);
+    CHECK_FALSE(fs::exists(dir + "/seg.nii.gz"));
+  };
+  {
+    io::SafetensorsContent c = io::read_safetensors(good);
+    c.tensors.emplace_back("foo.weight", Tensor::zeros({2}));
+    io::write_safetensors(bad, c.tensors, c.metadata);
+    refused("foo.weight");
+  }
+  {
+    models::ModelCard card = models::card_from_metadata(io::read_safetensors(good).metadata, good);
+    card.net.res_block = true;
+    models::DynUNet residual(card.net);
+    residual.initialize(3);
+    card.net.res_block = false;
+    models::save_weights(bad, residual, models::card_to_metadata(card));
+    std::string first;
+    for (const auto& [name, p] : residual.named_state())
+      if (first.empty() && name.find("conv3") != std::string::npos) first = name;
+    REQUIRE_FALSE(first.empty());
+    refused(first);
+  }
+  // (The training-only deep-supervision heads of a card that has them are the network's: the tools tests infer
+  // with models trained with them.)
 }
 
 TEST_CASE("unet_train refuses a dynunet patch that the planned strides do not divide, naming the nearest valid one") {
