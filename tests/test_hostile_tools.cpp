@@ -718,6 +718,31 @@ TEST_CASE("unet_train refuses an unusable output.dir or data.cache with status 2
                 out);
 }
 
+TEST_CASE("unet_train refuses a configuration kept as output.dir's config.ini, fresh or --overwrite (it is no run)") {
+  test::TempDir tmp("hostile_config_in_run");
+  const std::string& dir = tmp.path;
+  REQUIRE(test::run_tool("unet_synth", "--output " + dir + "/data --train 2 --test 0 --size 8,8,8 --seed 2") == 0);
+  fs::create_directories(dir + "/proj");
+  const std::string ini = test::write_text(dir + "/proj/config.ini", "; my project\n[data]\ndataset = " + dir +
+                                                                         "/data\nfolds = 1\npatch_size = 8,8,8\n"
+                                                                         "[model]\nfilters = 4\ndepth = 1\n[train]\n"
+                                                                         "steps = 2\n[output]\ndir = " +
+                                                                         dir + "/proj\n");
+  const std::string before = io::read_text_file(ini);
+  std::string out;
+  for (const char* how : {"", " --overwrite", " --overwrite --set train.steps=7"}) {
+    CAPTURE(how);
+    CHECK(run_guarded("unet_train", ini + how, &out) == 2);
+    CHECK_MESSAGE(out.find("unet_train: " + ini +
+                           ": is output.dir's config.ini, which the run writes (its effective configuration); "
+                           "expected the configuration outside output.dir = " +
+                           dir + "/proj") != std::string::npos,
+                  out);
+    CHECK(io::read_text_file(ini) == before);
+    CHECK_FALSE(fs::exists(dir + "/proj/log.jsonl"));
+  }
+}
+
 TEST_CASE("unet_train refuses --resume with --overwrite, and an empty --resume, with status 2") {
   test::TempDir tmp("hostile_resume_flags");
   const std::string& dir = tmp.path;

@@ -487,6 +487,15 @@ int main(int argc, char** argv) {
                          "without control characters or a ';' after a space (rename the directory)");
       }
     }
+    // A configuration kept as output.dir/config.ini is not a run: the run would replace it by the effective
+    // configuration (its comments gone, a --set written into it), and --overwrite would remove it first.
+    if (std::error_code ec;
+        resume.empty() &&
+        std::filesystem::equivalent(path, std::filesystem::path(config.get_string("output", "dir")) / "config.ini", ec))
+      throw UsageError(path +
+                       ": is output.dir's config.ini, which the run writes (its effective configuration); "
+                       "expected the configuration outside output.dir = " +
+                       config.get_string("output", "dir") + " (or another output.dir)");
     return run(config, resume, overwrite);
   });
 }
