@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <stdexcept>
 #include <string>
 
@@ -89,13 +90,25 @@ Tensor resize_label_planes(const Tensor& labels, int64_t h, int64_t w, int class
   return Tensor::from_vector({labels.dim(0), h, w}, std::vector<float>(r.begin(), r.end()), labels.dtype());
 }
 
-void dle_normalize(Tensor& image) {
+void dle_normalize(Tensor& image, const std::string& source) {
   float* x = image.data<float>();
+  const Shape& s = image.shape();  // [Z, Y, X, C]
+  for (int64_t i = 0; i < image.numel(); ++i)
+    if (!(x[i] >= 0.f && x[i] <= 255.f)) {
+      const int64_t v = i / s[3];
+      char value[32];
+      std::snprintf(value, sizeof value, "%.9g", static_cast<double>(x[i]));
+      throw std::runtime_error(source + ": value " + value + " at page " + std::to_string(v / (s[1] * s[2]) + 1) +
+                               ", row " + std::to_string(v / s[2] % s[1]) + ", column " + std::to_string(v % s[2]) +
+                               "; DLE's ISBI pipeline (data.pipeline = dle_isbi) scales 8-bit images as x / 127.5 - "
+                               "1: expected values 0 to 255 (convert the stack to 8 bits, or use the nnU-Net "
+                               "pipeline)");
+    }
   for (int64_t i = 0; i < image.numel(); ++i) x[i] = x[i] / 127.5f - 1.f;
 }
 
-void dle_isbi_case(Case& c, int64_t out, int classes) {
-  dle_normalize(c.image);
+void dle_isbi_case(Case& c, int64_t out, int classes, const std::string& source) {
+  dle_normalize(c.image, source);
   c.image = resize_planes(c.image, out, out);
   c.label = resize_label_planes(c.label, out, out, classes);
 }

@@ -8,6 +8,7 @@
 #pragma once
 #include <array>
 #include <cstdint>
+#include <string>
 #include <vector>
 
 #include "engine/random.h"
@@ -31,10 +32,11 @@ Tensor resize_planes(const Tensor& image, int64_t h, int64_t w);
 // wins, ties to the higher class (two classes: foreground where its indicator >= 0.5, DLE's threshold).
 Tensor resize_label_planes(const Tensor& labels, int64_t h, int64_t w, int classes);
 
-// DLE's intensities: x / 127.5 - 1 (8-bit images to [-1, 1]).
-void dle_normalize(Tensor& image);
-// A case as DLE feeds it to the network: normalised, every slice resized to out x out.
-void dle_isbi_case(Case& c, int64_t out, int classes);
+// DLE's intensities: x / 127.5 - 1 (8-bit images to [-1, 1]). A value outside 0..255 (a 16-bit or float stack,
+// which this scaling would saturate) is std::runtime_error naming `source`, the value and where it is.
+void dle_normalize(Tensor& image, const std::string& source);
+// A case as DLE feeds it to the network: normalised, every slice resized to out x out (`source`: its image file).
+void dle_isbi_case(Case& c, int64_t out, int classes, const std::string& source);
 
 // DLE's augmentation of one padded sample, drawn from rng in a fixed order (the same number of draws whatever is
 // applied): flips of y and x with probability flip_prob each, the crop-and-resize with probability crop_prob,

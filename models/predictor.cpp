@@ -120,7 +120,7 @@ Segmentation Predictor::segment(const io::Image& volume, const std::string& sour
     // DLE UNet_Medical's (io/dle.h): x / 127.5 - 1, each slice resized to the output size, one window with the
     // context zero-padded, the probabilities resized back to the slice's size.
     Tensor image = volume.data.clone();
-    io::dle_normalize(image);
+    io::dle_normalize(image, source);
     const int64_t h = window_.patch[window_.patch.size() - 2], w = window_.patch.back();
     image = io::resize_planes(image, h, w);
     const Tensor logits = predict_volume(*net_, image, window_, precision_);

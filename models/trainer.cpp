@@ -790,7 +790,8 @@ Trainer::Trainer(TrainerOptions options, std::FILE* out) : s_(std::make_unique<S
     check_label_classes(s.info, s.cases, s.split.train, s.lead());
     target = s.cases[0].spacing;
     norm = io::plan_normalization(s.info, {s.cases[0]});  // kept in the card for its form; dle_isbi does not use it
-    for (auto& k : s.cases) io::dle_isbi_case(k, out_h, s.info.num_classes());
+    for (size_t i = 0; i < n; ++i)
+      io::dle_isbi_case(s.cases[i], out_h, s.info.num_classes(), s.info.training[i].image_paths.at(0));
     if (out)
       std::fprintf(out, "unet_train: DLE's ISBI pipeline: %zu slices as x / 127.5 - 1, resized to %ldx%ld\n", n,
                    static_cast<long>(out_h), static_cast<long>(out_w));

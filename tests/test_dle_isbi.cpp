@@ -33,8 +33,15 @@ TEST_CASE("dle resize: half-pixel bilinear, equal to ops::upsample_bilinear (PyT
   for (size_t i = 0; i < got.size(); ++i) REQUIRE(got[i] == (fg[i] >= 0.5f ? 1.f : 0.f));
   // DLE's intensities.
   Tensor x = Tensor::from_vector({1, 1, 3, 1}, {0.f, 127.5f, 255.f});
-  dle_normalize(x);
+  dle_normalize(x, "x.tif");
   CHECK(x.to_vector() == std::vector<float>{-1.f, 0.f, 1.f});
+  // A 16-bit page (255 * 257) would saturate: refused, named with the value and where it is.
+  Tensor wide = Tensor::from_vector({2, 2, 3, 1}, {0.f, 1.f, 2.f, 3.f, 4.f, 5.f, 6.f, 7.f, 8.f, 9.f, 65535.f, 11.f});
+  CHECK_THROWS_WITH_AS(dle_normalize(wide, "wide.tif"),
+                       "wide.tif: value 65535 at page 2, row 1, column 1; DLE's ISBI pipeline (data.pipeline = "
+                       "dle_isbi) scales 8-bit images as x / 127.5 - 1: expected values 0 to 255 (convert the stack "
+                       "to 8 bits, or use the nnU-Net pipeline)",
+                       std::runtime_error);
 }
 
 namespace {
