@@ -206,8 +206,9 @@ void check_adam_moments(const io::SafetensorsContent& ck, const std::string& pat
 
 // "section.key" -> value for the keys of an effective configuration (Config::to_ini) that must agree between a run
 // and its resumption: all but [runtime], output.dir, the step count (a run may be extended), the loader's workers and
-// prefetch and the cache directory (they do not change the batches) and the intervals of logging, validation and
-// checkpoints. A line that is neither a section, a key = value line nor a comment throws std::runtime_error.
+// prefetch and the cache directory (they do not change the batches), the intervals of logging, validation and
+// checkpoints, and train.precision (compared as resolved). A line that is neither a section, a key = value line nor a
+// comment throws std::runtime_error.
 std::map<std::string, std::string> resume_keys(const std::string& ini) {
   std::map<std::string, std::string> keys;
   std::istringstream in(ini);
@@ -228,9 +229,11 @@ std::map<std::string, std::string> resume_keys(const std::string& ini) {
     if (eq == std::string::npos || section.empty())
       throw std::runtime_error("line '" + line.substr(0, 80) + "' is not a key = value line of a section");
     const std::string key = section + "." + trim(line.substr(0, eq));
+    // train.precision is compared as resolved (the checkpoint's "precision"): auto on a GPU is bf16 there, and the
+    // same run resumed on the CPU sets bf16 explicitly.
     if (section == "runtime" || key == "output.dir" || key == "train.steps" || key == "train.log_every" ||
         key == "train.val_every" || key == "train.save_every" || key == "data.workers" || key == "data.prefetch" ||
-        key == "data.cache")
+        key == "data.cache" || key == "train.precision")
       continue;
     keys[key] = trim(line.substr(eq + 1));
   }
@@ -542,7 +545,8 @@ struct Trainer::State {
     if (metadata_entry(m, "precision", path) != precision_name(o.precision))
       throw TrainerOptionError("precision " + std::string(precision_name(o.precision)) + " here, but " +
                                metadata_entry(m, "precision", path) + " in " + path +
-                               " (train.precision = auto depends on the device: set it explicitly)");
+                               " (train.precision = auto depends on the device: set train.precision = " +
+                               metadata_entry(m, "precision", path) + ")");
     const int64_t global_batch = static_cast<int64_t>(o.sampling.batch) * ranks();
     if (metadata_int(m, "global_batch", path) != global_batch)
       throw TrainerOptionError("global batch " + std::to_string(global_batch) + " (" + std::to_string(ranks()) +

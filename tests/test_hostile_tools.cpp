@@ -861,6 +861,17 @@ TEST_CASE(
       out.find(ck + ": metadata 'loss_since_log_steps' = 1, but log.jsonl's last training line is at step 2; "
                     "expected at most 0, the steps since (a damaged checkpoint or log?)") != std::string::npos,
       out);
+  // A run made with train.precision = auto where it resolved to bf16 (a GPU): refused with the value to set, and
+  // resumed with it (the key is compared as resolved, not as written).
+  CHECK(damaged([](io::NamedTensors&, io::Metadata& m) { m["precision"] = "bf16"; }) == 2);
+  CHECK_MESSAGE(
+      out.find("precision fp32 here, but bf16 in " + ck +
+               " (train.precision = auto depends on the device: set train.precision = bf16)") != std::string::npos,
+      out);
+  CHECK_MESSAGE(
+      run_guarded("unet_train", ini + " --resume " + dir + "/run --set train.steps=3 --set train.precision=bf16",
+                  &out) == 0,
+      out);
   // The checkpoint itself resumes.
   io::write_safetensors(ck, good.tensors, good.metadata);
   CHECK_MESSAGE(run_guarded("unet_train", ini + " --resume " + dir + "/run --set train.steps=3", &out) == 0, out);
