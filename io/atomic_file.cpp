@@ -162,7 +162,8 @@ std::string regular_file_problem(const std::string& path) {
   namespace fs = std::filesystem;
   std::error_code ec;
   const fs::file_status st = fs::status(path, ec);
-  if (ec || st.type() == fs::file_type::not_found || st.type() == fs::file_type::regular) return "";
+  if (st.type() == fs::file_type::not_found || st.type() == fs::file_type::regular) return "";
+  if (ec) return "not a file that can be examined (" + ec.message() + ")";  // a loop of symbolic links, no permission
   const char* kind = st.type() == fs::file_type::directory ? "a directory"
                      : st.type() == fs::file_type::fifo    ? "a FIFO (named pipe)"
                      : st.type() == fs::file_type::socket  ? "a socket"

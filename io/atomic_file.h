@@ -30,7 +30,7 @@ std::string temporary_path(const std::string& target);
 // What `path` is when it is not a regular file: readers open regular files only, since reading a FIFO (named pipe)
 // blocks until someone writes to it and a directory fails with an obscure message. "" when `path` is a regular file
 // (symbolic links followed) or does not exist (the caller says what a missing file means); else "not a regular file
-// (a FIFO (named pipe))" and the like.
+// (a FIFO (named pipe))" and the like, or "not a file that can be examined (Too many levels of symbolic links)".
 std::string regular_file_problem(const std::string& path);
 
 // Why a write just failed, from errno: "File too large" (over ulimit -f), "No space left on device", ...; "disk

@@ -513,6 +513,16 @@ TEST_CASE("unet_infer --keep-going also skips a FIFO named like a volume in the 
   CHECK_MESSAGE(out.find("1 of 2 volume(s) failed: " + fifo) != std::string::npos, out);
   CHECK(fs::exists(dir + "/pred/a.nii.gz"));
   CHECK_FALSE(fs::exists(dir + "/pred/b.nii.gz"));
+  // A loop of symbolic links: named with the system's reason (it was std::filesystem's exception text).
+  fs::remove(fifo);
+  fs::create_symlink(dir + "/images/c.nii.gz", dir + "/images/c.nii.gz");
+  CHECK(run_guarded("unet_infer",
+                    "--model " + model + " --input " + dir + "/images --output " + dir + "/pred2 --keep-going",
+                    &out) == 1);
+  CHECK_MESSAGE(out.find(dir + "/images/c.nii.gz: not a file that can be examined (Too many levels of symbolic "
+                               "links) (skipped)") != std::string::npos,
+                out);
+  CHECK(fs::exists(dir + "/pred2/a.nii.gz"));
 }
 
 TEST_CASE("unet_infer warns on stderr, before the work, when --overlap implies over 10000 windows") {
