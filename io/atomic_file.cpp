@@ -163,7 +163,9 @@ std::string regular_file_problem(const std::string& path) {
   std::error_code ec;
   const fs::file_status st = fs::status(path, ec);
   if (st.type() == fs::file_type::not_found || st.type() == fs::file_type::regular) return "";
-  if (ec) return "not a file that can be examined (" + ec.message() + ")";  // a loop of symbolic links, no permission
+  // A loop of symbolic links, a directory without search permission; a name too long is the caller's to say (with
+  // the limit, as output names are checked).
+  if (ec) return ec == std::errc::filename_too_long ? "" : "not a file that can be examined (" + ec.message() + ")";
   const char* kind = st.type() == fs::file_type::directory ? "a directory"
                      : st.type() == fs::file_type::fifo    ? "a FIFO (named pipe)"
                      : st.type() == fs::file_type::socket  ? "a socket"

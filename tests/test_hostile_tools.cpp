@@ -197,6 +197,10 @@ TEST_CASE("unet_infer refuses FIFOs, directories and unwritable outputs with sta
       {"unet_infer", " --model " + d + "/fifo.safetensors" + image + file_out, 2,
        "--model " + d + "/fifo.safetensors: not a regular file (a FIFO (named pipe))"},
       {"unet_infer", model + image + file_out, 2, "the directory " + fx.out + " does not exist"},
+      {"unet_infer", model + image + " --output " + d + "/new/", 2,
+       "--output " + d +
+           "/new/: expected a .nii, .nii.gz, .tif or .tiff name or a directory that exists (one input "
+           "file is written into an existing directory only)"},
       {"unet_infer", model + image + " --output " + d + "/file.txt/a.nii.gz", 2, d + "/file.txt is not a directory"},
       {"unet_infer", model + " --input " + d + "/images --output " + d + "/file.txt/sub", 2,
        "--output " + d + "/file.txt/sub: cannot be created: " + d + "/file.txt is not a directory"},

@@ -205,7 +205,10 @@ int main(int argc, char** argv) {
       std::error_code ec;  // a name too long to examine is output_file_problem's to report
       fs::path out = fs::is_directory(output, ec) ? fs::path(output) / fs::path(input).filename() : fs::path(output);
       if (!io::is_image_name(out.string()))
-        throw UsageError("--output " + output + ": expected a .nii, .nii.gz, .tif or .tiff name or a directory");
+        throw UsageError("--output " + output + ": expected a .nii, .nii.gz, .tif or .tiff name or a directory" +
+                         (output.ends_with("/") ? std::string(" that exists (one input file is written into an "
+                                                              "existing directory only)")
+                                                : ""));
       if (std::string why = io::nifti_case_problem(out.string()); !why.empty())
         throw UsageError("--output " + output + ": " + why);
       if (std::string why = tools::output_file_problem(out); !why.empty())
