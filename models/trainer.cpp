@@ -421,20 +421,28 @@ struct Trainer::State {
   int ranks() const { return comm ? comm->size() : 1; }
   bool lead() const { return rank() == 0; }  // writes files and progress lines
 
-  // Validation case k is segmented by rank k % ranks; the counts are summed over the ranks.
+  // Validation case k is segmented by rank k % ranks. Each class's Dice is the mean over the cases of each case's
+  // Dice, as unet_eval scores (and nnU-Net's validation summary): each case's Dice comes back to every rank (its
+  // rank's value plus zeros, exact) and is summed in case order, so any rank count gives the same bits.
   std::vector<double> validate() const {
-    DiceCounts counts;
     const int classes = info.num_classes();
-    counts.tp.assign(static_cast<size_t>(classes - 1), 0);
-    counts.fp = counts.fn = counts.tp;
-    for (size_t k = static_cast<size_t>(rank()); k < split.val.size(); k += static_cast<size_t>(ranks())) {
+    const size_t k_classes = static_cast<size_t>(classes - 1), n = split.val.size();
+    std::vector<double> per_case(n * k_classes, 0.0);
+    for (size_t k = static_cast<size_t>(rank()); k < n; k += static_cast<size_t>(ranks())) {
       const io::Case c = io::unpadded(cases[split.val[k]]);  // as unet_infer sees it, not the sampler's padding
+      DiceCounts counts;
       counts.add(segment_volume(*net, c.image, sw, o.precision), c.label, classes);
+      const std::vector<double> d = counts.dice();
+      std::copy(d.begin(), d.end(), per_case.begin() + static_cast<std::ptrdiff_t>(k * k_classes));
     }
     if (ranks() > 1)
-      for (std::vector<int64_t>* v : {&counts.tp, &counts.fp, &counts.fn})
-        comm->allreduce(v->data(), static_cast<int64_t>(v->size()), ScalarType::i64, ReduceOp::sum, Device::cpu);
-    return counts.dice();
+      comm->allreduce(per_case.data(), static_cast<int64_t>(per_case.size()), ScalarType::f64, ReduceOp::sum,
+                      Device::cpu);
+    std::vector<double> sum(k_classes, 0.0), per_class(k_classes, 0.0);
+    for (size_t k = 0; k < n; ++k)
+      for (size_t c = 0; c < k_classes; ++c) sum[c] += per_case[k * k_classes + c];
+    for (size_t c = 0; c < k_classes && n > 0; ++c) per_class[c] = sum[c] / static_cast<double>(n);
+    return per_class;
   }
 
   // The loss can stay finite while the weights or an optimizer moment overflow (a moment of 3e38 in a damaged
@@ -584,7 +592,8 @@ struct Trainer::State {
           break;
         }
     throw TrainerOptionError("--resume: " + o.dataset + ": " + what + " since the run in " + path +
-                             " was trained on it (its images, labels or spacing); a resumed run must train on the "
+                             " was trained on it (its images, labels or spacing, or their preparation: dataset.json's "
+                             "modality or labels); a resumed run must train on the "
                              "same data: start a new run, or restore the data");
   }
 

@@ -635,15 +635,13 @@ TEST_CASE("unet_infer --precision fp16 and bf16 give the fp32 probabilities to 1
   CHECK_FALSE(fs::exists(dir + "/x.nii"));
 }
 
-TEST_CASE("validation segments a case smaller than the patch as unet_infer does: its Dice is unet_eval's of that map") {
-  // Both training cases the same volume, so that whichever validates, unet_infer on it gives the same map. The
-  // sampler pads each 16^3 case to the 32^3 patch; validation must score the case, not the padding (whose predicted
-  // foreground counted as false positives).
-  test::TempDir tmp("tools_validation_unpadded");
+TEST_CASE("validation scores as unet_eval scores unet_infer's maps: per-case Dice averaged, padding not scored") {
+  // Four 16^3 cases, two of them validated: the sampler pads each to the 32^3 patch, and validation must score the
+  // case, not the padding (whose predicted foreground counted as false positives); each class's Dice is the mean of
+  // the cases' Dice (it was pooled over the cases).
+  test::TempDir tmp("tools_validation_as_eval");
   const std::string& dir = tmp.path;
-  REQUIRE(test::run_tool("unet_synth", "--output " + dir + "/ds --train 2 --test 0 --size 16,16,16 --seed 3") == 0);
-  for (const char* sub : {"/ds/imagesTr/", "/ds/labelsTr/"})
-    fs::copy_file(dir + sub + "case_000.nii.gz", dir + sub + "case_001.nii.gz", fs::copy_options::overwrite_existing);
+  REQUIRE(test::run_tool("unet_synth", "--output " + dir + "/ds --train 4 --test 0 --size 16,16,16 --seed 3") == 0);
   const std::string ini = write_text(dir + "/train.ini", "[data]\ndataset = " + dir +
                                                              "/ds\nfolds = 2\npatch_size = 32,32,32\ncache = none\n"
                                                              "[model]\nfilters = 4\ndepth = 2\n[train]\nsteps = 6\n"
@@ -652,16 +650,22 @@ TEST_CASE("validation segments a case smaller than the patch as unet_infer does:
   std::string out;
   REQUIRE_MESSAGE(test::run_tool("unet_train", ini, &out) == 0, out);
   const double val = nlohmann::json::parse(std::ifstream(dir + "/run/validation.json"))["val_mean_dice"];
-  fs::create_directories(dir + "/ref");
-  fs::create_directories(dir + "/pred");
-  fs::copy_file(dir + "/ds/labelsTr/case_000.nii.gz", dir + "/ref/case_000.nii.gz");
-  REQUIRE_MESSAGE(test::run_tool("unet_infer",
-                                 "--model " + dir + "/run/model.safetensors --input " + dir +
-                                     "/ds/imagesTr/case_000.nii.gz --output " + dir + "/pred/case_000.nii.gz",
+  // The validation cases (the trainer's split of dataset.json's list), segmented and scored by the tools.
+  const io::DatasetInfo info = io::read_msd_dataset(dir + "/ds");
+  const io::FoldSplit split = io::kfold_split(info.training.size(), 0, 2);
+  REQUIRE(split.val.size() == 2);
+  for (const char* sub : {"/in", "/ref", "/pred"}) fs::create_directories(dir + sub);
+  for (size_t i : split.val) {
+    const fs::path image = info.training[i].image_paths.at(0), label = info.training[i].label_path;
+    fs::copy_file(image, dir + "/in/" + image.filename().string());
+    fs::copy_file(label, dir + "/ref/" + image.filename().string());
+  }
+  REQUIRE_MESSAGE(test::run_tool("unet_infer", "--model " + dir + "/run/model.safetensors --input " + dir +
+                                                   "/in --output " + dir + "/pred",
                                  &out) == 0,
                   out);
-  REQUIRE_MESSAGE(test::run_tool("unet_eval", "--pred " + dir + "/pred --label " + dir + "/ref --classes 3", &out) == 0,
-                  out);
+  REQUIRE_MESSAGE(
+      test::run_tool("unet_eval", "--pred " + dir + "/pred --label " + dir + "/ref --classes 3", &out) == 0, out);
   const double eval = nlohmann::json::parse(std::ifstream(dir + "/pred/dice.json"))["mean_dice"];
-  CHECK(val == doctest::Approx(eval).epsilon(1e-9));
+  CHECK(val == doctest::Approx(eval).epsilon(1e-12));
 }
