@@ -10,6 +10,7 @@
 #include <optional>
 #include <stdexcept>
 
+#include "engine/comm.h"
 #include "io/atomic_file.h"
 #include "io/image.h"
 #include "io/json.h"
@@ -21,10 +22,17 @@ namespace unet::io {
 namespace fs = std::filesystem;
 
 namespace {
+// The digest of a cache file's tensors, kept in its metadata: bytes changed inside them (a damaged disk, a partial
+// restore) are found, and the case preprocessed again from its files.
+std::string tensors_digest(const Tensor& image, const Tensor& label) {
+  return std::to_string(content_digest(image.raw(), image.nbytes())) + " " +
+         std::to_string(content_digest(label.raw(), label.nbytes()));
+}
 
 // 2: each entry of fingerprint.json carries a checksum, names are escaped to UTF-8, and the cases are
-// CASE.preprocessed.safetensors (caches of format 1 are made again, with one warning).
-constexpr const char* kFormat = "unet preprocessed case 2";
+// CASE.preprocessed.safetensors (caches of format 1 are made again, with one warning). 3: each case file holds the
+// digest of its tensors.
+constexpr const char* kFormat = "unet preprocessed case 3";
 
 // The cache file of case `id`. Its own ending, so that a cache sharing a directory with a run (data.cache =
 // output.dir, or another run's output.dir) never takes a run's file: a case named "checkpoint" or "model" would
@@ -264,6 +272,12 @@ PreprocessedDataset preprocess_dataset(const DatasetInfo& info, const Preprocess
         const std::array<int64_t, 3> grid{c.label.dim(0), c.label.dim(1), c.label.dim(2)};
         const std::array<int64_t, 3> expected = preprocessed_grid(geometry[i].size, geometry[i].spacing, out.target);
         const bool fits = grid == expected;
+        const bool whole = entry("digest") == tensors_digest(c.image, c.label);
+        if (!whole && finite && fits)  // (one warning per file)
+          out.warnings.push_back(path +
+                                 ": its tensors do not match the digest written with them (a damaged cache "
+                                 "file); case " +
+                                 dc.id + " is preprocessed again from its files");
         if (!fits)
           out.warnings.push_back(path + ": holds a " + std::to_string(grid[0]) + " x " + std::to_string(grid[1]) +
                                  " x " + std::to_string(grid[2]) +
@@ -272,7 +286,7 @@ PreprocessedDataset preprocess_dataset(const DatasetInfo& info, const Preprocess
                                  std::to_string(expected[0]) + " x " + std::to_string(expected[1]) + " x " +
                                  std::to_string(expected[2]) + " (a damaged cache file); case " + dc.id +
                                  " is preprocessed again from its files");
-        if (labels_valid && finite && fits) {
+        if (labels_valid && finite && fits && whole) {
           c.spacing = out.target;
           out.resampled += entry("resampled") == "1";
           ++out.from_cache;
@@ -292,9 +306,12 @@ PreprocessedDataset preprocess_dataset(const DatasetInfo& info, const Preprocess
     out.resampled += resampled;
     if (cache && o.write_cache) {
       fs::create_directories(dir);
-      write_safetensors(
-          path, {{"image", c.image}, {"label", c.label}},
-          {{"format", kFormat}, {"stamp", stamps[i]}, {"target", target}, {"resampled", resampled ? "1" : "0"}});
+      write_safetensors(path, {{"image", c.image}, {"label", c.label}},
+                        {{"format", kFormat},
+                         {"stamp", stamps[i]},
+                         {"target", target},
+                         {"resampled", resampled ? "1" : "0"},
+                         {"digest", tensors_digest(c.image, c.label)}});
     }
     out.cases.push_back(std::move(c));
   }

@@ -119,6 +119,24 @@ TEST_CASE("a cached case holding NaN is made again from its files, with a warnin
                                  "preprocessed again from its files");
 }
 
+TEST_CASE("a cached case whose tensors changed on disk (labels zeroed, all still valid) is made again") {
+  test::TempDir tmp("preprocess_digest");
+  const DatasetInfo info = read_msd_dataset(mixed_dataset(tmp));
+  PreprocessOptions o;
+  o.cache_dir = tmp / "cache";
+  const PreprocessedDataset first = preprocess_dataset(info, o);
+  const std::string path = tmp / "cache/case_001.preprocessed.safetensors";
+  const SafetensorsContent f = read_safetensors(path);
+  write_safetensors(path, {{"image", f.get("image")}, {"label", Tensor::zeros(f.get("label").shape(), DType::u8)}},
+                    f.metadata);
+  const PreprocessedDataset again = preprocess_dataset(info, o);
+  CHECK(again.from_cache == 3);
+  CHECK(same_cases(again, first));
+  REQUIRE(again.warnings.size() == 1);
+  CHECK(again.warnings[0] == path + ": its tensors do not match the digest written with them (a damaged cache " +
+                                 "file); case case_001 is preprocessed again from its files");
+}
+
 TEST_CASE("a cached case whose grid is not the one its fingerprint gives (the same bytes reshaped) is made again") {
   test::TempDir tmp("preprocess_reshaped");
   const DatasetInfo info = read_msd_dataset(mixed_dataset(tmp));
