@@ -591,6 +591,10 @@ struct Trainer::State {
           what = "case " + id + " is gone";
           break;
         }
+    if (mine == theirs)  // the same cases in another order: the folds hold other cases
+      throw TrainerOptionError("--resume: " + info.json_path + " lists the run's cases in another order than when " +
+                               path + " was trained on them, so the folds would hold other cases; expected the " +
+                               "original order (restore dataset.json's training list)");
     throw TrainerOptionError("--resume: " + o.dataset + ": " + what + " since the run in " + path +
                              " was trained on it (its images, labels or spacing, or their preparation: dataset.json's "
                              "modality or labels); a resumed run must train on the "

@@ -1,5 +1,6 @@
 // unet_train --resume: a run killed with SIGKILL at any moment and resumed from its checkpoint ends with bitwise the
 // weights, optimizer state and validation of a run never interrupted; and what resuming refuses.
+#include <algorithm>
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -185,6 +186,19 @@ TEST_CASE("unet_train --resume refuses data that changed since the checkpoint, n
   CHECK_MESSAGE(
       run_tool("unet_train", ini + " --set train.steps=4 --set runtime.threads=2 --resume " + tmp / "run", &out) == 0,
       out);
+  // The same cases listed in another order (the folds would hold other cases): said so.
+  {
+    const std::string json = io::read_text_file(tmp / "data/dataset.json");
+    nlohmann::json j = nlohmann::json::parse(json);
+    std::reverse(j["training"].begin(), j["training"].end());
+    std::ofstream(tmp / "data/dataset.json") << j.dump();
+    CHECK(run_tool("unet_train", ini + " --set train.steps=6 --resume " + tmp / "run", &out) == 2);
+    CHECK_MESSAGE(out.find("unet_train: --resume: " + tmp / "data/dataset.json" +
+                           " lists the run's cases in another order than when " + tmp / "run/checkpoint.safetensors" +
+                           " was trained on them") != std::string::npos,
+                  out);
+    std::ofstream(tmp / "data/dataset.json") << json;
+  }
   // The dataset made again with another seed under the same names: refused before any step, nothing written.
   REQUIRE(run_tool("unet_synth",
                    "--output " + tmp / "data" + " --train 4 --test 1 --size 20,20,20 --seed 5 --overwrite", &out) == 0);
