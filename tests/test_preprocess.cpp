@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <limits>
 #include <nlohmann/json.hpp>
 
@@ -99,69 +100,65 @@ TEST_CASE("a damaged cache file is an error naming it") {
   CHECK_THROWS_WITH(preprocess_dataset(info, o), doctest::Contains("case_001.preprocessed.safetensors"));
 }
 
-TEST_CASE("a cached case holding NaN is made again from its files, with a warning naming the cache file") {
-  test::TempDir tmp("preprocess_nan");
+namespace {
+// Caches mixed_dataset's cases, replaces case `id`'s cache file by `damage` of its image and label (its stamp and the
+// fingerprint still match), preprocesses again, checks that the case was made again from its files and the others
+// read from the cache, and returns the one warning; `path` is the cache file.
+std::string remade_warning(const std::string& id, const std::function<void(Tensor& image, Tensor& label)>& damage,
+                           std::string* path) {
+  test::TempDir tmp("preprocess_damaged");
   const DatasetInfo info = read_msd_dataset(mixed_dataset(tmp));
   PreprocessOptions o;
   o.cache_dir = tmp / "cache";
   const PreprocessedDataset first = preprocess_dataset(info, o);
-  // One f32 of the image made NaN in place (the stamp and the fingerprint still match).
-  const std::string path = tmp / "cache/case_001.preprocessed.safetensors";
-  const SafetensorsContent f = read_safetensors(path);
-  Tensor image = f.get("image").clone();
-  image.data<float>()[5] = std::numeric_limits<float>::quiet_NaN();
-  write_safetensors(path, {{"image", image}, {"label", f.get("label")}}, f.metadata);
+  *path = tmp / ("cache/" + id + ".preprocessed.safetensors");
+  const SafetensorsContent f = read_safetensors(*path);
+  Tensor image = f.get("image").clone(), label = f.get("label").clone();
+  damage(image, label);
+  write_safetensors(*path, {{"image", image}, {"label", label}}, f.metadata);
   const PreprocessedDataset again = preprocess_dataset(info, o);
   CHECK(again.from_cache == 3);
   CHECK(same_cases(again, first));
   REQUIRE(again.warnings.size() == 1);
-  CHECK(again.warnings[0] == path + ": holds values that are not finite (a damaged cache file); case case_001 is " +
-                                 "preprocessed again from its files");
+  return again.warnings[0];
+}
+}  // namespace
+
+TEST_CASE("a cached case holding NaN is made again from its files, with a warning naming the cache file") {
+  std::string path;  // one f32 of the image made NaN in place
+  const std::string warning = remade_warning(
+      "case_001", [](Tensor& image, Tensor&) { image.data<float>()[5] = std::numeric_limits<float>::quiet_NaN(); },
+      &path);
+  CHECK(warning == path + ": holds values that are not finite (a damaged cache file); case case_001 is " +
+                       "preprocessed again from its files");
 }
 
 TEST_CASE("a cached case whose tensors changed on disk (labels zeroed, all still valid) is made again") {
-  test::TempDir tmp("preprocess_digest");
-  const DatasetInfo info = read_msd_dataset(mixed_dataset(tmp));
-  PreprocessOptions o;
-  o.cache_dir = tmp / "cache";
-  const PreprocessedDataset first = preprocess_dataset(info, o);
-  const std::string path = tmp / "cache/case_001.preprocessed.safetensors";
-  const SafetensorsContent f = read_safetensors(path);
-  write_safetensors(path, {{"image", f.get("image")}, {"label", Tensor::zeros(f.get("label").shape(), DType::u8)}},
-                    f.metadata);
-  const PreprocessedDataset again = preprocess_dataset(info, o);
-  CHECK(again.from_cache == 3);
-  CHECK(same_cases(again, first));
-  REQUIRE(again.warnings.size() == 1);
-  CHECK(again.warnings[0] == path + ": its tensors do not match the digest written with them (a damaged cache " +
-                                 "file); case case_001 is preprocessed again from its files");
+  std::string path;
+  const std::string warning = remade_warning(
+      "case_001", [](Tensor&, Tensor& label) { label = Tensor::zeros(label.shape(), DType::u8); }, &path);
+  CHECK(warning == path + ": its tensors do not match the digest written with them (a damaged cache file); case " +
+                       "case_001 is preprocessed again from its files");
 }
 
 TEST_CASE("a cached case whose grid is not the one its fingerprint gives (the same bytes reshaped) is made again") {
-  test::TempDir tmp("preprocess_reshaped");
-  const DatasetInfo info = read_msd_dataset(mixed_dataset(tmp));
-  PreprocessOptions o;
-  o.cache_dir = tmp / "cache";
-  const PreprocessedDataset first = preprocess_dataset(info, o);
-  const std::string path = tmp / "cache/case_002.preprocessed.safetensors";
-  const SafetensorsContent f = read_safetensors(path);
-  const Tensor image = f.get("image"), label = f.get("label");
-  const Shape swapped = {label.dim(1), label.dim(0), label.dim(2)};  // z and y exchanged: a scrambled volume
-  REQUIRE(swapped[0] != swapped[1]);
-  write_safetensors(path,
-                    {{"image", image.clone().reshape({swapped[0], swapped[1], swapped[2], image.dim(3)})},
-                     {"label", label.clone().reshape(swapped)}},
-                    f.metadata);
-  const PreprocessedDataset again = preprocess_dataset(info, o);
-  CHECK(again.from_cache == 3);
-  CHECK(same_cases(again, first));
-  REQUIRE(again.warnings.size() == 1);
+  std::string path;
+  Shape original, swapped;
+  const std::string warning = remade_warning(
+      "case_002",
+      [&](Tensor& image, Tensor& label) {
+        original = label.shape();
+        swapped = {label.dim(1), label.dim(0), label.dim(2)};  // z and y exchanged: a scrambled volume
+        REQUIRE(swapped[0] != swapped[1]);
+        image = image.reshape({swapped[0], swapped[1], swapped[2], image.dim(3)});
+        label = label.reshape(swapped);
+      },
+      &path);
   const auto size = [](const Shape& s) {
     return std::to_string(s[0]) + " x " + std::to_string(s[1]) + " x " + std::to_string(s[2]);
   };
-  CHECK(again.warnings[0] == path + ": holds a " + size(swapped) + " grid where the case's cropped size and spacing " +
-                                 "give " + size(label.shape()) + " (a damaged cache file); case case_002 is " +
-                                 "preprocessed again from its files");
+  CHECK(warning == path + ": holds a " + size(swapped) + " grid where the case's cropped size and spacing give " +
+                       size(original) + " (a damaged cache file); case case_002 is preprocessed again from its files");
 }
 
 TEST_CASE("a fingerprint.json that is a FIFO or a directory is an error naming it, before any case is read") {
