@@ -17,6 +17,7 @@
 #include <limits>
 #include <memory>
 #include <stdexcept>
+#include <type_traits>
 #include <vector>
 
 namespace unet::io {
@@ -609,7 +610,9 @@ NiftiVolume read_nifti(const std::string& path) {
     // Only floats can be non-finite in the file, but any scaled type can overflow.
     if (!all_finite) reject_non_finite<T>(path, nim->data, n, slope, inter, dims);
     if (scaled(slope, inter)) reject_collapsed<T>(path, nim->data, n, slope, inter);
-    if (scaled(slope, inter) || sizeof(T) > 2) vol.inexact = first_inexact<T>(nim->data, f, n, slope, inter, dims);
+    // Unscaled, only int32 and float64 can lose digits (smaller integers and float32 convert exactly): one pass.
+    if (scaled(slope, inter) || (sizeof(T) > 2 && !std::is_same_v<T, float>))
+      vol.inexact = first_inexact<T>(nim->data, f, n, slope, inter, dims);
   });
   nifti_image_unload(nim);
   if (nc == 1) {
