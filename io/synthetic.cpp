@@ -19,6 +19,7 @@
 #include "engine/comm.h"
 #include "engine/random.h"
 #include "io/atomic_file.h"
+#include "io/augment.h"
 #include "io/config.h"
 #include "io/nifti.h"
 #include "io/safetensors.h"
@@ -207,6 +208,8 @@ void validate_synth_options(const SynthOptions& o) {
   need(o.format != "isbi" || (o.classes == 2 && o.channels == 1),
        "--format isbi: ISBI 2012 has one channel and two classes (--channels 1 --classes 2)");
   need(o.format != "isbi" || o.dim == 2, "--format isbi: ISBI 2012 pages are 2D (--dim 2)");
+  need(o.format != "isbi" || !o.scanner_variation,
+       "--scanner-variation: not for --format isbi (its EM pages have their own noise and blur)");
 }
 
 SynthShape synthetic_class_shape(int cls) {
@@ -234,6 +237,16 @@ std::string synthetic_case_id(const SynthOptions& o, int index) {
   std::string num = std::to_string(index);
   return "case_" +
          std::string(static_cast<size_t>(std::max(0, std::max(3, digits) - static_cast<int>(num.size()))), '0') + num;
+}
+
+SynthAcquisition synthetic_acquisition(const SynthOptions& o, int index) {
+  SynthAcquisition acq;
+  if (!o.scanner_variation) return acq;
+  Rng a(mix_seed(mix_seed(o.seed, static_cast<uint64_t>(index)), 0x5ca77e4ull));  // not the stream of the shapes
+  acq.noise_std = kSynthNoiseStd * std::exp(a.uniform(std::log(0.5), std::log(2.0)));
+  acq.blur = a.uniform(0.0, 1.5);
+  acq.gamma = std::exp(a.uniform(std::log(0.7), std::log(1.4)));
+  return acq;
 }
 
 SynthCase make_synthetic_case(const SynthOptions& o, int index) {
@@ -264,19 +277,20 @@ SynthCase make_synthetic_case(const SynthOptions& o, int index) {
     w.amplitude = rng.uniform(0.02, 0.05);
   }
 
+  const SynthAcquisition acq = synthetic_acquisition(o, index);
+
   SynthCase out;
   out.image = Tensor::empty({Z, Y, X, C});
   out.label = Tensor::zeros({Z, Y, X}, DType::u8);
   float* img = out.image.data<float>();
   uint8_t* lab = out.label.data<uint8_t>();
+  std::vector<double> clean(static_cast<size_t>(Z * Y * X * C));    // before blur, gamma and noise
   const double edge = slice ? std::min(o.spacing[1], o.spacing[2])  // soft edge one voxel wide
                             : *std::min_element(o.spacing.begin(), o.spacing.end());
 
-  // Each z slice draws its noise from its own stream, so the result does not depend on the thread split.
   parallel_for(Z, 1, [&](int64_t z0, int64_t z1) {
     std::vector<double> tissue(static_cast<size_t>(C));
-    for (int64_t z = z0; z < z1; ++z) {
-      Rng noise(mix_seed(case_seed, 1000003u + static_cast<uint64_t>(z)));
+    for (int64_t z = z0; z < z1; ++z)
       for (int64_t y = 0; y < Y; ++y)
         for (int64_t x = 0; x < X; ++x) {
           Vec3 p{slice ? extent[0] / 2 : z * o.spacing[0], y * o.spacing[1], x * o.spacing[2]};
@@ -306,10 +320,29 @@ SynthCase make_synthetic_case(const SynthOptions& o, int index) {
               b += g.amplitude * std::exp(-dot(dp, dp) / (2 * g.sigma * g.sigma));
             }
             b = std::clamp(b, 0.6, 1.4);
-            double value = tissue[static_cast<size_t>(ch)] * tex * b + kSynthNoiseStd * noise.normal();
-            img[v * C + ch] = static_cast<float>(std::max(0.0, std::round(value)));  // scanner-like integers
+            clean[static_cast<size_t>(v * C + ch)] = tissue[static_cast<size_t>(ch)] * tex * b;
           }
         }
+  });
+  if (acq.blur > 0) {  // the point spread function (in-plane only in 2D)
+    Sample s({Z, Y, X}, C);
+    std::copy(clean.begin(), clean.end(), s.image.begin());
+    gaussian_blur(s, acq.blur, slice);
+    std::copy(s.image.begin(), s.image.end(), clean.begin());
+  }
+  if (acq.gamma != 1)  // the protocol's contrast: a power law about the background's intensity
+    for (double& c : clean) {
+      const double bg = synthetic_class_mean(0, 0, o.classes);
+      c = bg * std::pow(std::max(c, 0.0) / bg, acq.gamma);
+    }
+  // Each z slice draws its noise from its own stream, so the result does not depend on the thread split.
+  parallel_for(Z, 1, [&](int64_t z0, int64_t z1) {
+    for (int64_t z = z0; z < z1; ++z) {
+      Rng noise(mix_seed(case_seed, 1000003u + static_cast<uint64_t>(z)));
+      for (int64_t v = z * Y * X * C; v < (z + 1) * Y * X * C; ++v) {
+        double value = clean[static_cast<size_t>(v)] + acq.noise_std * noise.normal();
+        img[v] = static_cast<float>(std::max(0.0, std::round(value)));  // scanner-like integers
+      }
     }
   });
   return out;
@@ -626,8 +659,13 @@ void write_synthetic_dataset(const SynthOptions& o) {
       j["test"] = nlohmann::ordered_json::array();
       for (int i = o.train; i < o.train + o.test; ++i)
         j["test"].push_back("./imagesTs/" + synthetic_case_id(o, i) + ".nii.gz");
-      j["synthetic"] = {{"seed", o.seed},         {"size", o.size},       {"spacing", o.spacing},
-                        {"channels", o.channels}, {"classes", o.classes}, {"noise_std", kSynthNoiseStd}};
+      j["synthetic"] = {{"seed", o.seed},
+                        {"size", o.size},
+                        {"spacing", o.spacing},
+                        {"channels", o.channels},
+                        {"classes", o.classes},
+                        {"noise_std", kSynthNoiseStd},
+                        {"scanner_variation", o.scanner_variation}};
       write_file_atomically((staging / "dataset.json").string(), j.dump(2) + "\n");
     }
 

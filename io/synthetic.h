@@ -32,6 +32,10 @@ struct SynthOptions {
   int classes = 3;                          // label values 0..classes-1, 0 = background
   uint64_t seed = 0;
   bool overwrite = false;  // replace a dataset unet_synth wrote (write_synthetic_dataset)
+  // Each case scanned differently, as in a multi-centre dataset: noise std kSynthNoiseStd x 0.5..2 (log-uniform), a
+  // gaussian point spread of sigma 0..1.5 voxels (uniform; in-plane in 2D) and a contrast power law about the
+  // background's intensity, gamma 0.7..1.4 (log-uniform). Off: noise kSynthNoiseStd, no blur, gamma 1 in every case.
+  bool scanner_variation = false;
   // The layout (io/dataset.h): msd (one file per case), nnunetv2 (one file per channel, labels by name) or isbi
   // (ISBI 2012: each case an EM-like page of size[1] x size[2] (make_synthetic_em_page; size[0] unused) in
   // train-volume.tif / test-volume.tif, 8-bit; labels 0 (membrane) / 255 (cell) in train-labels.tif /
@@ -53,14 +57,23 @@ std::string synthetic_class_name(int cls);  // "background", "ellipsoid", "tube"
 double synthetic_class_mean(int ch, int cls, int classes);
 constexpr double kSynthNoiseStd = 30.0;
 
+// How case `index` was scanned (SynthOptions::scanner_variation): noise std, the point spread's gaussian sigma in
+// voxels, and the contrast's power: intensity t becomes bg * (t / bg)^gamma, bg = synthetic_class_mean(0, 0, classes).
+struct SynthAcquisition {
+  double noise_std = kSynthNoiseStd;
+  double blur = 0;
+  double gamma = 1;
+};
+SynthAcquisition synthetic_acquisition(const SynthOptions& o, int index);
+
 struct SynthCase {
   Tensor image;  // f32 [Z, Y, X, C], integer-valued, >= 0
   Tensor label;  // u8 [Z, Y, X]
 };
 
 // Case number `index` of the dataset for options o (train cases first, then test cases). Depends only on
-// (o.seed, index, dim, size, spacing, channels, classes). dim 2: the middle plane of a volume as deep as the slice is
-// wide, so the shapes have the sizes they have in 3D.
+// (o.seed, index, dim, size, spacing, channels, classes, scanner_variation). dim 2: the middle plane of a volume as
+// deep as the slice is wide, so the shapes have the sizes they have in 3D.
 SynthCase make_synthetic_case(const SynthOptions& o, int index);
 
 // An electron-microscopy-like page for the ISBI layout, after ISBI 2012's neuronal membranes: cells (a jittered

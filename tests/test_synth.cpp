@@ -145,6 +145,119 @@ TEST_CASE("synthetic image intensities differ per class as designed, in reverse 
     for (int k = 1; k < 4; ++k) CHECK(synthetic_class_mean(ch, k, 4) - synthetic_class_mean(ch, 0, 4) >= 150.0);
 }
 
+namespace {
+
+// Per case: the noise std estimated from neighbour differences in deep background (every voxel within 3 of both is
+// background, so the blurred edges do not reach it: 2 sigma^2 = E[(a - b)^2]), the interior mean of each class, and the
+// sharpness of the edges: the mean squared step across class boundaries along x, less the noise's part, over the mean
+// squared difference of the two classes' interior means.
+struct ScanStats {
+  double noise = 0;
+  std::vector<double> class_mean;
+  double sharpness = 0;
+};
+ScanStats scan_stats(const SynthCase& c, int classes) {
+  const int64_t n = c.label.shape()[0];
+  const float* x = c.image.data<float>();
+  const uint8_t* l = c.label.data<uint8_t>();
+  auto idx = [n](int64_t z, int64_t y, int64_t xx) { return (z * n + y) * n + xx; };
+  auto all_background = [&](int64_t z, int64_t y, int64_t xx, int64_t r) {
+    for (int64_t dz = -r; dz <= r; ++dz)
+      for (int64_t dy = -r; dy <= r; ++dy)
+        for (int64_t dx = -r; dx <= r; ++dx)
+          if (l[idx(z + dz, y + dy, xx + dx)] != 0) return false;
+    return true;
+  };
+  ScanStats st;
+  std::vector<double> sum(static_cast<size_t>(classes), 0.0), count(static_cast<size_t>(classes), 0.0);
+  double d2 = 0, pairs = 0;
+  for (int64_t z = 3; z < n - 3; ++z)
+    for (int64_t y = 3; y < n - 3; ++y)
+      for (int64_t xx = 3; xx < n - 4; ++xx) {
+        const int64_t v = idx(z, y, xx);
+        const double step = static_cast<double>(x[v + 1]) - x[v];
+        if (all_background(z, y, xx, 3) && all_background(z, y, xx + 1, 3)) {
+          d2 += step * step;
+          pairs += 1;
+        }
+        bool interior = true;  // the class all around, 2 voxels deep (past most of the blur)
+        for (int64_t d = -2; d <= 2; ++d)
+          interior = interior && l[idx(z + d, y, xx)] == l[v] && l[idx(z, y + d, xx)] == l[v] && l[v + d] == l[v];
+        if (interior) {
+          sum[l[v]] += x[v];
+          count[l[v]] += 1;
+        }
+      }
+  REQUIRE(pairs > 500);
+  st.noise = std::sqrt(d2 / pairs / 2);
+  for (int k = 0; k < classes; ++k) st.class_mean.push_back(count[k] > 50 ? sum[k] / count[k] : -1);
+  double e2 = 0, c2 = 0, edges = 0;
+  for (int64_t v = 0; v + 1 < c.label.numel(); ++v) {
+    const double ma = st.class_mean[l[v]], mb = st.class_mean[l[v + 1]];
+    if ((v + 1) % n == 0 || l[v] == l[v + 1] || ma < 0 || mb < 0) continue;
+    const double step = static_cast<double>(x[v + 1]) - x[v];
+    e2 += step * step - 2 * st.noise * st.noise;
+    c2 += (ma - mb) * (ma - mb);
+    edges += 1;
+  }
+  REQUIRE(edges > 100);
+  st.sharpness = e2 / c2;
+  return st;
+}
+
+}  // namespace
+
+TEST_CASE("--scanner-variation scans each case differently (noise, blur, contrast) over the same anatomy") {
+  SynthOptions plain = small_options("unused"), varied = plain;
+  varied.scanner_variation = true;
+  const int cases = 8;
+  std::vector<double> blur, sharpness;
+  for (int i = 0; i < cases; ++i) {
+    CAPTURE(i);
+    const SynthAcquisition a = synthetic_acquisition(varied, i), none = synthetic_acquisition(plain, i);
+    CHECK(none.noise_std == kSynthNoiseStd);
+    CHECK(none.blur == 0);
+    CHECK(none.gamma == 1);
+    CHECK(a.noise_std >= 0.5 * kSynthNoiseStd);
+    CHECK(a.noise_std <= 2 * kSynthNoiseStd);
+    CHECK(a.blur >= 0);
+    CHECK(a.blur <= 1.5);
+    CHECK(a.gamma >= 0.7);
+    CHECK(a.gamma <= 1.4);
+    const SynthCase p = make_synthetic_case(plain, i), v = make_synthetic_case(varied, i);
+    REQUIRE(p.label.numel() == v.label.numel());
+    CHECK(std::equal(p.label.data<uint8_t>(), p.label.data<uint8_t>() + p.label.numel(), v.label.data<uint8_t>()));
+    const ScanStats sp = scan_stats(p, plain.classes), sv = scan_stats(v, varied.classes);
+    CHECK(sp.noise == doctest::Approx(kSynthNoiseStd).epsilon(0.1));
+    CHECK(sv.noise == doctest::Approx(a.noise_std).epsilon(0.1));
+    // Contrast: each class's interior mean as bg * (mean without / bg)^gamma (the bias field and texture are the same
+    // in both, and nearly commute with the power law over a class's interior).
+    const double bg = synthetic_class_mean(0, 0, plain.classes);
+    for (int k = 1; k < plain.classes; ++k) {
+      CAPTURE(k);
+      if (sp.class_mean[k] < 0 || sv.class_mean[k] < 0) continue;  // too few interior voxels in this case
+      CHECK(sv.class_mean[k] == doctest::Approx(bg * std::pow(sp.class_mean[k] / bg, a.gamma)).epsilon(0.08));
+    }
+    blur.push_back(a.blur);
+    sharpness.push_back(sv.sharpness);
+  }
+  // The sharpest and the most blurred case, by the drawn sigma, in that order by the measured edges.
+  const size_t sharp = static_cast<size_t>(std::min_element(blur.begin(), blur.end()) - blur.begin());
+  const size_t soft = static_cast<size_t>(std::max_element(blur.begin(), blur.end()) - blur.begin());
+  REQUIRE(blur[soft] - blur[sharp] > 0.8);
+  CHECK(sharpness[soft] < 0.6 * sharpness[sharp]);
+}
+
+TEST_CASE("--scanner-variation is refused for --format isbi") {
+  SynthOptions o = small_options("unused");
+  o.format = "isbi";
+  o.dim = 2;
+  o.size = {1, 32, 32};
+  o.classes = 2;
+  o.scanner_variation = true;
+  CHECK_THROWS_WITH_AS(validate_synth_options(o), doctest::Contains("--scanner-variation"), SynthOptionsError);
+}
+
 TEST_CASE("the same seed writes byte-identical datasets") {
   test::TempDir tmp("same_seed");
   SynthOptions a = small_options(tmp / "a"), b = small_options(tmp / "b");

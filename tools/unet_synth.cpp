@@ -56,8 +56,9 @@ std::array<T, 3> parse_triple(const std::string& text, const std::string& option
 void check_resources(const unet::io::SynthOptions& o, const std::string& size, const fs::path& target) {
   double voxels = 1;
   for (int64_t d : o.size) voxels *= static_cast<double>(d);
-  // Per case in flight: the f32 image, its channel-reordered copy for writing (4D only) and the u8 label.
-  const double per_case = voxels * ((o.channels > 1 ? 8.0 : 4.0) * o.channels + 1);
+  // Per case in flight: the f64 intensities before noise, the f32 image, its channel-reordered copy for writing (4D
+  // only) and the u8 label.
+  const double per_case = voxels * ((o.channels > 1 ? 16.0 : 12.0) * o.channels + 1);
   const int at_once = std::max(1, std::min(unet::num_threads(), o.train + o.test));
   const double memory = unet::tools::physical_memory_bytes();
   if (memory > 0 && per_case * at_once > memory)
@@ -115,6 +116,10 @@ int main(int argc, char** argv) {
       app.add_option("--classes", o.classes, "label classes including background, 2..16 (isbi: 2, the default)")
           ->capture_default_str();
   app.add_option("--seed", seed, "random seed, 0..18446744073709551615")->capture_default_str();
+  app.add_flag(
+      "--scanner-variation", o.scanner_variation,
+      "scan each case differently, as in a multi-centre dataset: its own noise level (x0.5..2), blur (gaussian "
+      "sigma 0..1.5 voxels) and contrast (gamma 0.7..1.4); not for --format isbi");
   app.add_flag("--overwrite", o.overwrite, "replace an existing dataset in --output");
   app.add_option("--format", o.format,
                  "msd (Medical Segmentation Decathlon), nnunetv2 (nnU-Net v2 raw: one file per channel) or isbi "
