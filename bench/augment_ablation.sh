@@ -6,6 +6,7 @@
 #   dle    the default: DLE's zoom, noise, blur, brightness and contrast at 0.15 each, plus flips
 #   all    dle plus nnU-Net's rotation 0.2, gamma 0.3 and low-resolution simulation 0.25
 # Usage: bench/augment_ablation.sh [--seeds "0 1 2"] [--steps 1000] [--sets "flips dle all"] [--out DIR]
+#          [--synth "UNET_SYNTH FLAGS"]   e.g. --synth --scanner-variation: each case scanned differently
 # Needs a build (tools/setup.sh); BUILD_DIR picks another one. About 3 minutes a run on 2 cores.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -14,17 +15,21 @@ seeds="0 1 2"
 steps=1000
 sets="flips dle all"
 out=out/augment-ablation
+synth=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --seeds) seeds=$2; shift 2 ;;
     --steps) steps=$2; shift 2 ;;
     --sets) sets=$2; shift 2 ;;
     --out) out=$2; shift 2 ;;
+    --synth) synth=$2; shift 2 ;;
     *) echo "augment_ablation.sh: unknown argument '$1'" >&2; exit 2 ;;
   esac
 done
 mkdir -p "$out"
-[ -d "$out/data" ] || "$build/unet_synth" --output "$out/data" --train 24 --test 8 --size 48,48,48 --classes 3 --seed 0
+# shellcheck disable=SC2086  # $synth is a list of flags
+[ -d "$out/data" ] || "$build/unet_synth" --output "$out/data" --train 24 --test 8 --size 48,48,48 --classes 3 --seed 0 \
+  $synth
 settings() {
   case "$1" in
     flips) echo "--set augment.zoom=0 --set augment.noise=0 --set augment.blur=0 --set augment.brightness=0 --set augment.contrast=0" ;;
