@@ -306,7 +306,7 @@ void Config::load_file(const std::string& path) {
     if (const auto [it, fresh] = keys.emplace(section + "." + name, n); !fresh)
       throw ConfigError(where + section + "." + name + " is set again (first at line " + std::to_string(it->second) +
                         "); expected each key once");
-    set(section, name, value, path);
+    set(section, name, value, path + ":" + std::to_string(n));  // its errors name the line too
   }
 }
 

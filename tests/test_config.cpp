@@ -51,7 +51,7 @@ TEST_CASE("--set overrides win over the file") {
 TEST_CASE("an unknown key is an error that suggests the nearest valid key") {
   Config c = make_config();
   std::string path = write_ini("[train]\nstepz = 7\n");
-  CHECK_THROWS_WITH_AS(c.load_file(path), (path + ": unknown key 'train.stepz'; did you mean 'train.steps'?").c_str(),
+  CHECK_THROWS_WITH_AS(c.load_file(path), (path + ":2: unknown key 'train.stepz'; did you mean 'train.steps'?").c_str(),
                        ConfigError);
   CHECK_THROWS_WITH_AS(c.apply_override("data.patchsize=3"), doctest::Contains("did you mean 'data.patch_size'"),
                        ConfigError);
@@ -74,7 +74,7 @@ TEST_CASE("same_value compares values as written by what they mean") {
 TEST_CASE("a badly typed value names the key and the expected type") {
   Config c = make_config();
   CHECK_THROWS_WITH_AS(c.load_file(write_ini("[train]\nlr = fast\n")),
-                       doctest::Contains("train.lr = 'fast': expected a number"), ConfigError);
+                       doctest::Contains(":2: train.lr = 'fast': expected a number"), ConfigError);
   // Numbers below the smallest normal double are numbers (subnormal); below every double (1e-400, which would read
   // as 0 and be reported as "0") and above (1e400) they are not.
   c.apply_override("train.lr=1e-310");
@@ -180,7 +180,7 @@ TEST_CASE(
   Config q({{"output", "dir", KeyType::string, "runs/x", "run directory"}});
   path = write_ini("[output]\ndir = \"/data/run\"\n");
   CHECK_THROWS_WITH_AS(q.load_file(path),
-                       (path + ": output.dir = '\"/data/run\"': quotes are not removed here (the value would keep "
+                       (path + ":2: output.dir = '\"/data/run\"': quotes are not removed here (the value would keep "
                                "them); expected the value without quotes")
                            .c_str(),
                        ConfigError);
@@ -203,7 +203,7 @@ TEST_CASE(
   // A NUL byte ends the number strtod sees: lr = 3e-3<NUL>junk would train with lr 3e-3.
   path = write_ini(std::string("[train]\nlr = 3e-3\0junk\n", 23));
   CHECK_THROWS_WITH_AS(c.load_file(path),
-                       (path + ": train.lr: control character 0 at position 4 of the value; "
+                       (path + ":2: train.lr: control character 0 at position 4 of the value; "
                                "expected a number")
                            .c_str(),
                        ConfigError);
@@ -243,5 +243,5 @@ TEST_CASE("a value that is not UTF-8 is an error naming the key and the byte, be
                          ConfigError);
   }
   const std::string path = write_ini("[output]\ndir = d\xE9s\n");
-  CHECK_THROWS_WITH_AS(c.load_file(path), doctest::Contains("output.dir: byte 0xE9 at position 1"), ConfigError);
+  CHECK_THROWS_WITH_AS(c.load_file(path), doctest::Contains(":2: output.dir: byte 0xE9 at position 1"), ConfigError);
 }
