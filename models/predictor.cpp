@@ -29,15 +29,23 @@ ModelCard inference_card(const io::SafetensorsContent& weights, const std::strin
 // Every tensor of the file must belong to the network its card describes, training-only heads included: another one
 // means the card describes another network (a residual DynUNet under a card that says plain blocks: its projections
 // would be dropped and another function run), as PyTorch's strict load_state_dict says of unexpected keys.
-void check_tensors_belong(const io::SafetensorsContent& weights, const std::string& path) {
+// `net` is the inference network: the full one (with its training-only heads) is built only when a tensor is not
+// in `net`.
+void check_tensors_belong(const io::SafetensorsContent& weights, const Module& net, const std::string& path) {
   std::set<std::string> names;
-  for (const auto& [name, p] : make_network(card_from_metadata(weights.metadata, path))->named_state())
-    names.insert(name);
-  for (const auto& [name, t] : weights.tensors)
+  for (const auto& [name, p] : net.named_state()) names.insert(name);
+  bool full = false;
+  for (const auto& [name, t] : weights.tensors) {
+    if (names.count(name) == 0 && !full) {
+      for (const auto& [n, p] : make_network(card_from_metadata(weights.metadata, path))->named_state())
+        names.insert(n);
+      full = true;
+    }
     if (names.count(name) == 0)
       throw std::runtime_error(path + ": tensor '" + name +
                                "' belongs to no layer of the network its model card describes (another network's "
                                "weights, or a card that does not match them); expected only that network's tensors");
+  }
 }
 
 }  // namespace
@@ -53,7 +61,7 @@ Predictor::Predictor(const io::SafetensorsContent& weights, const std::string& c
     throw std::runtime_error(checkpoint + ": " + e.what());
   }
   load_weights(weights, *net_, checkpoint);
-  check_tensors_belong(weights, checkpoint);
+  check_tensors_belong(weights, *net_, checkpoint);
   net_->to(o.device);
   window_ = window_options(*net_, card_.patch);
   window_.overlap = o.overlap;
