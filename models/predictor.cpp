@@ -90,21 +90,54 @@ void check_logits(const Tensor& logits, const std::string& source, const std::st
 
 // An image without contrast gives the network nothing to segment: its label map would be the same whatever the model
 // learnt (an all-zero volume came out 20% foreground). Refused naming the file: one value everywhere (all zero, a
-// constant), or, once cropped and normalised, values within 1e-6 of each other (a single non-zero voxel, values near
-// 1e-40 that z-scoring maps to about 0).
-void check_contrast(const Tensor& image, const std::string& source, bool normalised) {
+// constant).
+void check_contrast(const Tensor& image, const std::string& source) {
   const float* x = image.data<float>();
   const auto [lo, hi] = std::minmax_element(x, x + image.numel());
-  if (!normalised && *lo == *hi)
+  if (*lo == *hi)
     throw std::runtime_error(source + ": every voxel holds the value " + io::real_text(*lo) +
                              " (an empty or constant image); expected an image with contrast to segment");
-  if (normalised && static_cast<double>(*hi) - static_cast<double>(*lo) <= 1e-6)
-    throw std::runtime_error(source + ": after cropping to its non-zero voxels (" + std::to_string(image.dim(0)) +
-                             " x " + std::to_string(image.dim(1)) + " x " + std::to_string(image.dim(2)) +
-                             ") and normalisation its values span " +
-                             io::real_text(static_cast<double>(*hi) - static_cast<double>(*lo)) +
-                             " (a single non-zero voxel, or values too small to tell apart); expected an image with "
-                             "contrast to segment");
+}
+
+std::string size_text(const std::array<int64_t, 3>& s) {
+  return std::to_string(s[0]) + " x " + std::to_string(s[1]) + " x " + std::to_string(s[2]);
+}
+std::string spacing_text(const std::array<double, 3>& s) {  // 6 digits: a NIfTI's f32 0.1 is 0.10000000149
+  char b[96];
+  std::snprintf(b, sizeof b, "%.6g x %.6g x %.6g mm", s[0], s[1], s[2]);
+  return b;
+}
+double value_span(const Tensor& image) {
+  const float* x = image.data<float>();
+  const auto [lo, hi] = std::minmax_element(x, x + image.numel());
+  return static_cast<double>(*hi) - static_cast<double>(*lo);
+}
+
+// Once cropped, resampled and normalised, values within 1e-6 of each other (a single non-zero voxel, values near
+// 1e-40 that z-scoring maps to about 0, a field of view under one of the model's voxels, values all outside a CT
+// channel's clip window) are refused too, naming the step that led there. `raw_span`: the span before normalisation.
+void check_normalised_contrast(const Tensor& image, double raw_span, const std::string& source,
+                               const std::array<int64_t, 3>& box, const std::array<double, 3>& spacing,
+                               const std::array<double, 3>* target, const io::NormalizationPlan& plan) {
+  const double span = value_span(image);
+  if (span > 1e-6) return;
+  const std::array<int64_t, 3> grid{image.dim(0), image.dim(1), image.dim(2)};
+  std::string steps = "cropping to its non-zero voxels (" + size_text(box) + ")", why;
+  if (target) {
+    steps += ", resampling from " + spacing_text(spacing) + " to the model's " + spacing_text(*target) + " (" +
+             size_text(grid) + ")";
+    for (size_t a = 0; a < 3; ++a)
+      if (grid[a] == 1 && box[a] > 1)
+        why = "resampling left one voxel along an axis: the field of view is under about one of the model's voxels";
+  }
+  for (size_t c = 0; c < plan.channels.size() && why.empty() && raw_span > 1e-6; ++c)
+    if (plan.channels[c].ct)
+      why = "the model's CT normalisation clips channel " + std::to_string(c) + " to " +
+            io::real_text(plan.channels[c].lower) + ".." + io::real_text(plan.channels[c].upper) +
+            ": are the image's values outside that window?";
+  if (why.empty()) why = "a single non-zero voxel, or values too small to tell apart";
+  throw std::runtime_error(source + ": after " + steps + " and normalisation its values span " + io::real_text(span) +
+                           " (" + why + "); expected an image with contrast to segment");
 }
 }  // namespace
 
@@ -120,7 +153,7 @@ Segmentation Predictor::segment(const io::Image& volume, const std::string& sour
   if (volume.data.dim(-1) != card_.image_channels())
     throw std::runtime_error(source + ": has " + std::to_string(volume.data.dim(-1)) +
                              " channel(s), the model expects " + std::to_string(card_.image_channels()));
-  check_contrast(volume.data, source, false);
+  check_contrast(volume.data, source);
   const std::array<int64_t, 3> full{volume.data.dim(0), volume.data.dim(1), volume.data.dim(2)};
   Segmentation out;
   Tensor probabilities;
@@ -159,12 +192,14 @@ Tensor Predictor::nnunet_probabilities(const io::Image& volume, const std::strin
   const int separate = io::separate_axis(spacing, target);
   if (resample)
     image = io::resize_image(image, io::resampled_size(box.size(), spacing, target), io::image_orders(separate));
+  const double raw_span = value_span(image);
   io::normalize_image(image, card_.normalization);
   if (std::string why = io::nonfinite_problem(image); !why.empty())
     throw std::runtime_error(source + ": after " + (resample ? "resampling and " : "") +
                              "normalisation with the model's plan, " + why +
                              "; expected finite values (values near the f32 limit?)");
-  check_contrast(image, source, true);
+  check_normalised_contrast(image, raw_span, source, box.size(), spacing, resample ? &target : nullptr,
+                            card_.normalization);
 
   // Probabilities on the model's grid, back on the cropped grid (linear, nearest along a separate axis, as nnU-Net),
   // then in the whole volume (background outside the box).

@@ -916,10 +916,12 @@ TEST_CASE(
   Fixture fx;
   const std::string in = fx.dir + "/blank";
   fs::create_directories(in);
-  const auto write = [&](const std::string& name, const std::function<void(std::vector<float>&)>& fill) {
+  const auto write = [&](const std::string& name, const std::function<void(std::vector<float>&)>& fill,
+                         double spacing = 1) {
     std::vector<float> v(8 * 8 * 8, 0.f);
     fill(v);
-    io::write_nifti(in + "/" + name, Tensor::from_vector({8, 8, 8}, v), io::make_nifti_like({8, 8, 8}, {1, 1, 1}));
+    io::write_nifti(in + "/" + name, Tensor::from_vector({8, 8, 8}, v),
+                    io::make_nifti_like({8, 8, 8}, {spacing, spacing, spacing}));
   };
   write("zeros.nii.gz", [](std::vector<float>&) {});
   write("seven.nii.gz", [](std::vector<float>& v) { std::fill(v.begin(), v.end(), 7.f); });
@@ -927,11 +929,22 @@ TEST_CASE(
   write("tiny.nii.gz", [](std::vector<float>& v) {
     for (size_t i = 0; i < v.size(); ++i) v[i] = static_cast<float>(1 + i % 7) * 1e-40f;
   });
+  // Contrast in every voxel, but 0.8 mm across: resampled to the model's 1 mm, one voxel.
+  write(
+      "small_fov.nii.gz",
+      [](std::vector<float>& v) {
+        for (size_t i = 0; i < v.size(); ++i) v[i] = static_cast<float>(1 + i % 7);
+      },
+      0.1);
   const std::vector<std::pair<std::string, std::string>> cases = {
       {"zeros", "every voxel holds the value 0 (an empty or constant image); expected an image with contrast"},
       {"seven", "every voxel holds the value 7 (an empty or constant image)"},
       {"one_voxel", "after cropping to its non-zero voxels (1 x 1 x 1) and normalisation its values span 0"},
       {"tiny", "after cropping to its non-zero voxels (8 x 8 x 8) and normalisation its values span "},
+      {"small_fov",
+       "after cropping to its non-zero voxels (8 x 8 x 8), resampling from 0.1 x 0.1 x 0.1 mm to the model's 1 x 1 x 1 "
+       "mm (1 x 1 x 1) and normalisation its values span 0 (resampling left one voxel along an axis: the field of view "
+       "is under about one of the model's voxels); expected an image with contrast to segment"},
   };
   std::string out;
   for (const auto& [name, message] : cases) {
@@ -941,6 +954,20 @@ TEST_CASE(
     CHECK_MESSAGE(out.find(in + "/" + name + ".nii.gz: " + message) != std::string::npos, out);
     CHECK_FALSE(fs::exists(fx.out + ".nii.gz"));
   }
+  // A CT model's clip window 133..493 and an image whose values all lie above it.
+  const std::string ct = write_random_model(fx.dir + "/ct.safetensors", 1, [](models::ModelCard& card) {
+    card.normalization.channels[0] = {true, 300, 100, 133, 493};
+  });
+  write("bright.nii.gz", [](std::vector<float>& v) {
+    for (size_t i = 0; i < v.size(); ++i) v[i] = static_cast<float>(1000 + i % 7);
+  });
+  CHECK(run_guarded("unet_infer", "--model " + ct + " --input " + in + "/bright.nii.gz --output " + fx.out + ".nii.gz",
+                    &out) == 1);
+  CHECK_MESSAGE(out.find(in + "/bright.nii.gz: after cropping to its non-zero voxels (8 x 8 x 8) and normalisation its "
+                              "values span 0 (the model's CT normalisation clips channel 0 to 133..493: are the "
+                              "image's values outside that window?)") != std::string::npos,
+                out);
+  fs::remove(in + "/bright.nii.gz");
   fs::copy(fx.dir + "/images/a.nii.gz", in + "/a.nii.gz");
   CHECK(run_guarded("unet_infer", "--model " + fx.model + " --input " + in + " --output " + fx.out + " --keep-going",
                     &out) == 1);
