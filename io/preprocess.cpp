@@ -1,6 +1,8 @@
 // preprocess_dataset (io/preprocess.h): fingerprint, target spacing, then each case from the cache or made again.
 #include "io/preprocess.h"
 
+#include <sys/stat.h>
+
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
@@ -31,8 +33,8 @@ std::string tensors_digest(const Tensor& image, const Tensor& label) {
 
 // 2: each entry of fingerprint.json carries a checksum, names are escaped to UTF-8, and the cases are
 // CASE.preprocessed.safetensors (caches of format 1 are made again, with one warning). 3: each case file holds the
-// digest of its tensors.
-constexpr const char* kFormat = "unet preprocessed case 3";
+// digest of its tensors. 4: the stamps hold each file's status-change time and inode too.
+constexpr const char* kFormat = "unet preprocessed case 4";
 
 // The cache file of case `id`. Its own ending, so that a cache sharing a directory with a run (data.cache =
 // output.dir, or another run's output.dir) never takes a run's file: a case named "checkpoint" or "model" would
@@ -51,16 +53,22 @@ fs::path case_file(const fs::path& dir, const std::string& id) {
   return dir / (name + ".preprocessed.safetensors");
 }
 
-// path:size:mtime of each source file: any change to a file (rewritten, touched, replaced) changes it.
+// path:size:mtime:ctime:inode of each source file, as git's index stamps files: any change to a file changes it,
+// even a rewrite of the same size whose modification time was put back (touch -r, cp -p, rsync -t, tar x of another
+// version), since the status-change time (ctime) cannot be set and a copy is a new inode.
 std::string source_stamp(const DatasetCase& c) {
   std::string s;
   std::vector<std::string> files = c.image_paths;
   files.push_back(c.label_path);
   for (const std::string& p : files) {
-    std::error_code ec;
-    const auto size = fs::file_size(p, ec);
-    const auto time = fs::last_write_time(p, ec).time_since_epoch().count();
-    s += p + ":" + std::to_string(ec ? 0 : size) + ":" + std::to_string(ec ? 0 : time) + ";";
+    struct stat st {};
+    const bool ok = ::stat(p.c_str(), &st) == 0;
+    const auto ns = [](const timespec& t) { return std::to_string(t.tv_sec) + "." + std::to_string(t.tv_nsec); };
+    s +=
+        p + ":" +
+        (ok ? std::to_string(st.st_size) + ":" + ns(st.st_mtim) + ":" + ns(st.st_ctim) + ":" + std::to_string(st.st_ino)
+            : std::string("missing")) +
+        ";";
   }
   return json_safe(s);
 }

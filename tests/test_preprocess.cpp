@@ -75,6 +75,30 @@ TEST_CASE("the preprocessing cache: bitwise the same cases, reused until a sourc
   CHECK(touched.from_cache == 3);
   CHECK(same_cases(touched, none));
 
+  // A source file rewritten with other labels, of the same size, its modification time put back (touch -r, cp -p,
+  // rsync -t): that case made again, with the new labels. An uncompressed .nii keeps its size whatever it holds.
+  {
+    const fs::path gz = tmp / "data/labelsTr/case_002.nii.gz", raw = tmp / "data/labelsTr/case_002.nii";
+    NiftiVolume v = read_nifti(gz.string());
+    write_nifti(raw.string(), v.data, v);
+    nlohmann::json j = nlohmann::json::parse(std::ifstream(tmp / "data/dataset.json"));
+    for (auto& t : j["training"])
+      if (t["label"] == "./labelsTr/case_002.nii.gz") t["label"] = "./labelsTr/case_002.nii";
+    test::write_text(tmp / "data/dataset.json", j.dump(2));
+    const DatasetInfo raw_info = read_msd_dataset(tmp / "data");
+    REQUIRE(preprocess_dataset(raw_info, o).from_cache == 3);  // the label's path changed
+    const auto size = fs::file_size(raw);
+    const auto mtime = fs::last_write_time(raw);
+    Tensor zeros = Tensor::zeros(v.data.shape(), v.data.dtype());
+    write_nifti(raw.string(), zeros, v);
+    fs::last_write_time(raw, mtime);
+    REQUIRE(fs::file_size(raw) == size);
+    const PreprocessedDataset rewritten = preprocess_dataset(raw_info, o);
+    CHECK(rewritten.from_cache == 3);
+    const std::vector<float> labels = rewritten.cases[2].label.to_vector();
+    CHECK(std::all_of(labels.begin(), labels.end(), [](float l) { return l == 0; }));
+  }
+
   // Another plan (a dataset of the 2 mm case alone sets the target): that case made again.
   DatasetInfo alone = info;
   alone.training = {info.training[3]};
