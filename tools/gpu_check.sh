@@ -71,7 +71,8 @@ grab() { sed -n "$2" "$work/$1.log" 2>/dev/null | head -n 1; }
 # 1. The quick start on cuda, and the cpu's inference of the same checkpoint.
 qs=$work/quickstart
 mkdir -p "$qs"
-step qs_synth 120 "$bin/unet_synth" --output "$qs/data" --train 24 --test 8 --size 48,48,48 --classes 3 --seed 0
+step qs_synth 120 "$bin/unet_synth" --output "$qs/data" --train 24 --test 8 --size 48,48,48 --classes 3 --seed 0 \
+  --scanner-variation
 step qs_train 300 "$bin/unet_train" tools/quickstart.ini --set data.dataset="$qs/data" --set output.dir="$qs/run" \
   --set runtime.device=cuda
 step qs_infer_cuda 120 "$bin/unet_infer" --model "$qs/run/model.safetensors" --input "$qs/data/imagesTs" \

@@ -28,7 +28,9 @@ if [ "$model" = dynunet ]; then
   rm -rf "$work"
   mkdir -p "$work"
   start=$(date +%s)
-  "$build/unet_synth" --output "$work/data" --train 24 --test 8 --size 48,48,48 --classes 3 --seed 0
+  # Each case scanned differently (noise, blur, contrast), as in a multi-centre dataset.
+  "$build/unet_synth" --output "$work/data" --train 24 --test 8 --size 48,48,48 --classes 3 --seed 0 \
+    --scanner-variation
   "$build/unet_train" tools/quickstart.ini --set data.dataset="$work/data" --set output.dir="$work/run"
   "$build/unet_infer" --model "$work/run/model.safetensors" --input "$work/data/imagesTs" --output "$work/pred"
   "$build/unet_eval" --pred "$work/pred" --label "$work/data/labelsTs"
