@@ -354,7 +354,7 @@ TEST_CASE("unet_synth refuses garbage, negative and oversized numbers with statu
   const double memory = static_cast<double>(::sysconf(_SC_PHYS_PAGES)) * static_cast<double>(::sysconf(_SC_PAGE_SIZE));
   if (memory < 120.0 * (1 << 30))
     cases.push_back({"unet_synth", out + " --size 1024 --channels 16 --train 1 --test 0", 2,
-                     "--size 1024 with --channels 16: about 129.0 GiB of memory per case (1 made at once), more than "
+                     "--size 1024 with --channels 16: about 257.0 GiB of memory per case (1 made at once), more than "
                      "this machine's"});
   else
     MESSAGE("skipping the oversized-case case: this machine has over 120 GiB of memory");

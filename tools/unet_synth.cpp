@@ -49,7 +49,7 @@ std::array<T, 3> parse_triple(const std::string& text, const std::string& option
 }
 
 // Sizes within the per-option ranges can still ask for more memory than the machine has (1024^3 voxels of 16
-// channels: about 130 GiB per case), which would end in std::bad_alloc or the kernel's OOM killer after a long wait.
+// channels: about 260 GiB per case), which would end in std::bad_alloc or the kernel's OOM killer after a long wait.
 // Refused here with the numbers. So is a dataset over ten times the free disk space uncompressed (gzip shrinks the
 // noisy images about threefold: it cannot fit, and would fail only when the disk is full, hours later); one merely
 // larger than the free space gets a warning, as gzip may still make it fit.
