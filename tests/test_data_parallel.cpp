@@ -503,4 +503,18 @@ TEST_CASE("unet_infer under mpirun splits the volumes over the ranks and writes 
     if (fs::exists(tmp.path + d))
       segmented += static_cast<int>(std::distance(fs::directory_iterator(tmp.path + d), {}));
   CHECK(segmented == 5);
+  // Cases named a and a_probabilities (nnU-Net v2's input names: CASE_0000): a's label map is a.nii.gz, and
+  // a_probabilities.nii.gz is the other case's, not a's probabilities. --overwrite must not remove it as such (rank 0
+  // did, after rank 1 had written it: a is the larger volume, so rank 1 writes first).
+  fs::create_directories(tmp.path + "/pair");
+  REQUIRE(test::run_tool("unet_synth", "--output " + tmp.path + "/big --train 0 --test 1 --size 64 --seed 5") == 0);
+  fs::copy(tmp.path + "/big/imagesTs/case_000.nii.gz", tmp.path + "/pair/a_0000.nii.gz");
+  fs::copy(tmp.path + "/data/imagesTs/case_006.nii.gz", tmp.path + "/pair/a_probabilities_0000.nii.gz");
+  const std::string pair = test::tool_path("unet_infer") + " --model " + tmp.path + "/run/model.safetensors --input " +
+                           tmp.path + "/pair --output " + tmp.path + "/pair_out";
+  REQUIRE_MESSAGE(shell(pair, &out) == 0, out);
+  REQUIRE_MESSAGE(shell(mpi + " -np 2 " + pair + " --overwrite", &out) == 0, out);
+  CHECK_MESSAGE(out.find("removed the earlier") == std::string::npos, out);
+  CHECK(fs::exists(tmp.path + "/pair_out/a.nii.gz"));
+  CHECK(fs::exists(tmp.path + "/pair_out/a_probabilities.nii.gz"));
 }

@@ -413,10 +413,17 @@ int main(int argc, char** argv) {
       comm.barrier();  // no rank writes before rank 0 holds the directory
     }
 
-    // With --overwrite, a case that fails must not keep an earlier run's output for unet_eval to score.
+    // With --overwrite, a case that fails must not keep an earlier run's output for unet_eval to score, nor a case
+    // keep an earlier run's probabilities. NAME_probabilities may be this run's label map of a case of that name
+    // (written by another rank perhaps): never removed as probabilities.
+    std::set<fs::path> label_maps;
+    for (const auto& job : jobs) label_maps.insert(job.second);
+    const auto stale_probabilities = [&](const fs::path& out) {
+      return overwrite && !save_probabilities && label_maps.count(probabilities_of(out)) == 0;
+    };
     const auto remove_earlier = [&](const fs::path& out) {
       for (const fs::path& o : {out, probabilities_of(out)})
-        if (std::error_code ec; overwrite && fs::remove(o, ec))
+        if (std::error_code ec; overwrite && (o == out || label_maps.count(o) == 0) && fs::remove(o, ec))
           std::fprintf(stderr, "unet_infer: removed the earlier %s\n", o.string().c_str());
     };
     std::vector<std::string> failed;
@@ -462,7 +469,7 @@ int main(int argc, char** argv) {
           throw;
         }
         // An earlier run's probabilities beside the new label map would disagree with it.
-        if (std::error_code ec; !save_probabilities && overwrite && fs::remove(probabilities_of(out), ec))
+        if (std::error_code ec; stale_probabilities(out) && fs::remove(probabilities_of(out), ec))
           std::printf("unet_infer: removed the earlier %s\n", probabilities_of(out).string().c_str());
         std::string grid =
             std::to_string(seg.grid[0]) + "x" + std::to_string(seg.grid[1]) + "x" + std::to_string(seg.grid[2]);
