@@ -607,6 +607,17 @@ struct Trainer::State {
     const std::string path = checkpoint_path(run_dir);
     const io::SafetensorsContent ck = io::read_safetensors(path);
     const int64_t step = check_resume(ck.metadata, path);
+    // Every rank continues from rank 0's checkpoint: ranks started in other directories (a copy of the run on each
+    // machine) holding other ones would train replicas that differ, and then wait for each other forever.
+    if (ranks() > 1) {
+      char digest[24];
+      std::snprintf(digest, sizeof digest, "%016llx", static_cast<unsigned long long>(file_digest(path)));
+      if (const auto d = comm->compare_with_rank0({{"step", std::to_string(step)}, {"content digest", digest}}))
+        throw TrainerOptionError(path + ": " + d->name + " " + d->here + " on this rank, " + d->on_rank0 +
+                                 " on rank 0; expected every rank to resume the same checkpoint (give each machine a "
+                                 "copy of rank 0's run directory)");
+      comm->barrier();  // a rank that differs ends the run (its error aborts every rank) while the others wait here
+    }
     check_same_data(ck.metadata, path);
     // Weights: every parameter and buffer present with its shape, checked before any is copied.
     std::vector<std::pair<Tensor, const Tensor*>> copies;

@@ -328,6 +328,20 @@ TEST_CASE(
       CHECK_FALSE(fs::exists(dir + "/run"));
     }
   }
+  // --resume run in each rank's working directory, each holding another checkpoint of the run (steps 2 and 3): the
+  // ranks trained replicas that differed, then hung. Refused before any step.
+  const std::string here = " " + train + " " + ini + " --set data.folds=1 --set output.dir=run";
+  std::string out;
+  REQUIRE_MESSAGE(shell(mpi + " -np 2 -wdir " + dir + "/A" + here + " --set train.steps=2", &out) == 0, out);
+  fs::copy(dir + "/A", dir + "/A2", fs::copy_options::recursive);
+  REQUIRE_MESSAGE(shell(mpi + " -np 2 -wdir " + dir + "/A2" + here + " --set train.steps=3 --resume run", &out) == 0,
+                  out);
+  const std::string resume = here + " --set train.steps=4 --resume run";
+  CHECK(shell(mpi + " -np 1 -wdir " + dir + "/A" + resume + " : -np 1 -wdir " + dir + "/A2" + resume, &out) == 2);
+  CHECK_MESSAGE(out.find("unet_train: rank 1 of 2: run/checkpoint.safetensors: step 3 on this rank, 2 on rank 0; "
+                         "expected every rank to resume the same checkpoint") != std::string::npos,
+                out);
+  CHECK(io::read_safetensors(dir + "/A/run/checkpoint.safetensors").metadata.at("step") == "2");
 }
 
 TEST_CASE("Ctrl-C on mpirun stops every rank") {
