@@ -108,6 +108,18 @@ Tensor max_pool(const Tensor& x, const std::vector<int>& window);
 // a function of (seed, element index) only: the same on every backend, recomputed by backward. Call it in training
 // only, with a seed per step and layer.
 Tensor dropout(const Tensor& x, float p, uint64_t seed);
+// While one lives (on this thread), dropout numbers its input's elements from `first` samples (dim 0) on: a rank
+// holding samples [first, first + b) of the global batch drops what one process holding the whole batch drops there.
+class DropoutSampleOffset {
+ public:
+  explicit DropoutSampleOffset(int64_t first);
+  ~DropoutSampleOffset();
+  DropoutSampleOffset(const DropoutSampleOffset&) = delete;
+  DropoutSampleOffset& operator=(const DropoutSampleOffset&) = delete;
+
+ private:
+  int64_t previous_;
+};
 
 // ---- losses (engine/ops/loss.cpp) ----
 // nnU-Net DiceCE (docs/reference.md, "DiceCE loss"): p = softmax over channels of logits [N, spatial..., C] (f32);

@@ -20,9 +20,11 @@ UNET_HOST_DEVICE inline bool dropout_keeps(uint64_t seed, uint64_t i, float p) {
 }
 
 struct DropoutKernels {
-  // y[i] = dropout_keeps(seed, i, p) ? x[i] * scale : 0, computed in f32 and rounded to dt (f32, f16 or bf16) once.
-  // The forward pass (x -> y) and the backward pass (dy -> dx) are the same call with scale = 1 / (1 - p).
-  void (*apply)(DType dt, uint64_t seed, float p, float scale, const void* x, void* y, int64_t n, cudaStream_t stream);
+  // y[i] = dropout_keeps(seed, first + i, p) ? x[i] * scale : 0, computed in f32 and rounded to dt (f32, f16 or bf16)
+  // once. `first` numbers x within a larger tensor (a rank's slice of the global batch). The forward pass (x -> y) and
+  // the backward pass (dy -> dx) are the same call with scale = 1 / (1 - p).
+  void (*apply)(DType dt, uint64_t seed, uint64_t first, float p, float scale, const void* x, void* y, int64_t n,
+                cudaStream_t stream);
 };
 
 }  // namespace unet::kernels

@@ -86,13 +86,15 @@ StepStats train_step(Network& net, Optimizer& optimizer, const Tensor& x, const 
   StepStats stats;
   optimizer.zero_grad();
   Tensor parts;
+  Comm* comm = reducer ? &reducer->comm() : nullptr;
+  // Ranks hold consecutive slices of the global batch (io::PatchSampler): dropout's masks as in one process.
+  const ops::DropoutSampleOffset samples(comm ? comm->rank() * x.dim(0) : 0);
   std::vector<Tensor> logits = forward_in(net, x, /*training=*/true, precision, seed);
   Tensor classification;  // UNet 3+'s classification-guided module: its logits come last
   if (net.classifies()) {
     classification = logits.back();
     logits.pop_back();
   }
-  Comm* comm = reducer ? &reducer->comm() : nullptr;
   const Tensor target = labels_for(labels, logits[0]);
   Tensor loss = deep_supervision_loss(logits, target, net.output_weights(logits.size()), &parts, comm, loss_spec);
   if (classification.defined()) loss = ops::add(loss, ops::presence_bce_loss(classification, target, comm));

@@ -256,6 +256,21 @@ TEST_CASE("unet3plus under mpirun: 2 ranks x batch 1 with SyncBatchNorm train as
       CHECK(worst > 1e-3);
     }
   }
+  // With the classification-guided module: its dropout draws each sample's mask where one process would (rank 1 drew
+  // sample 0's, a loss 4e-3 off at the first step).
+  REQUIRE_MESSAGE(
+      test::run_tool("unet_train",
+                     ini + " --set data.batch_size=2 --set model.cgm=true --set output.dir=" + tmp.path + "/serial_cgm",
+                     &out) == 0,
+      out);
+  REQUIRE_MESSAGE(shell(mpi + " -np 2 " + test::tool_path("unet_train") + " " + ini +
+                            " --set data.batch_size=1 --set model.cgm=true --set output.dir=" + tmp.path + "/mpi_cgm",
+                        &out) == 0,
+                  out);
+  const std::vector<double> a = logged_losses(tmp.path + "/serial_cgm"), b = logged_losses(tmp.path + "/mpi_cgm");
+  REQUIRE(a.size() == 4);
+  REQUIRE(b.size() == 4);
+  for (size_t k = 0; k < a.size(); ++k) CHECK(std::abs(b[k] - a[k]) <= 1e-5 * std::abs(a[k]));
 }
 
 TEST_CASE("a rank that fails ends every rank with a non-zero status and a message naming it; no checkpoint") {

@@ -72,6 +72,35 @@ TEST_CASE("dropout keeps 1 - p of the elements, scaled by 1 / (1 - p), the same 
   CHECK(ops::dropout(x, 0.f, 1).to_vector() == x.to_vector());
 }
 
+TEST_CASE("dropout under DropoutSampleOffset: a slice of the batch drops, and back-propagates, as the whole batch") {
+  const Tensor x = randn({4, 6, 5, 3}, 21), dy = randn({4, 6, 5, 3}, 22);
+  const auto forward_backward = [](const Tensor& in, const Tensor& grad) {
+    Tensor leaf = in.clone();
+    leaf.set_requires_grad(true);
+    Tensor y = ops::dropout(leaf, 0.5f, 31);
+    autograd::backward(y, grad);
+    return std::pair{y.to_vector(), leaf.grad().to_vector()};
+  };
+  const auto [y_all, dx_all] = forward_backward(x, dy);
+  const size_t per = y_all.size() / 4;
+  const auto sample = [per](const Tensor& t, int64_t b) {  // t[b : b + 1]
+    const std::vector<float> v = t.to_vector();
+    const auto at = v.begin() + static_cast<std::ptrdiff_t>(static_cast<size_t>(b) * per);
+    return Tensor::from_vector({1, 6, 5, 3}, std::vector<float>(at, at + static_cast<std::ptrdiff_t>(per)));
+  };
+  for (int64_t first : {0, 1, 3}) {  // samples [first, first + 1) as a rank holding one of them
+    CAPTURE(first);
+    const ops::DropoutSampleOffset offset(first);
+    const auto [y, dx] = forward_backward(sample(x, first), sample(dy, first));
+    const auto at = static_cast<std::ptrdiff_t>(static_cast<size_t>(first) * per);
+    CHECK(std::equal(y.begin(), y.end(), y_all.begin() + at));
+    CHECK(std::equal(dx.begin(), dx.end(), dx_all.begin() + at));
+  }
+  // Without the offset, sample 1 alone draws sample 0's mask.
+  const std::vector<float> alone = ops::dropout(sample(x, 1), 0.5f, 31).to_vector();
+  CHECK_FALSE(std::equal(alone.begin(), alone.end(), y_all.begin() + static_cast<std::ptrdiff_t>(per)));
+}
+
 TEST_CASE("crop of UNet2D's centre crop and max_pool's floor on odd sizes give the documented shapes") {
   Tensor x = randn({1, 136, 136, 2}, 12);
   Tensor c = ops::crop(x, {(136 - 104) / 2, (136 - 104) / 2}, {104, 104});

@@ -11,11 +11,20 @@
 namespace unet::ops {
 namespace {
 
-void run_dropout(DType dt, uint64_t seed, float p, float scale, const Tensor& x, const Tensor& y) {
-  backend::kernels_for(x).dropout.apply(dt, seed, p, scale, x.raw(), y.raw(), x.numel(), backend::stream(x));
+thread_local int64_t first_sample = 0;  // DropoutSampleOffset's
+
+void run_dropout(DType dt, uint64_t seed, uint64_t first, float p, float scale, const Tensor& x, const Tensor& y) {
+  backend::kernels_for(x).dropout.apply(dt, seed, first, p, scale, x.raw(), y.raw(), x.numel(), backend::stream(x));
 }
 
 }  // namespace
+
+DropoutSampleOffset::DropoutSampleOffset(int64_t first) : previous_(first_sample) {
+  first_sample = first;
+}
+DropoutSampleOffset::~DropoutSampleOffset() {
+  first_sample = previous_;
+}
 
 Tensor dropout(const Tensor& x, float p, uint64_t seed) {
   check_arg(x.defined(), "dropout: undefined input");
@@ -24,11 +33,14 @@ Tensor dropout(const Tensor& x, float p, uint64_t seed) {
   const DType dt = x.dtype();
   const float scale = 1.f / (1.f - p);
   Tensor y = Tensor::empty(x.shape(), dt, x.device());
-  run_dropout(dt, seed, p, scale, x, y);
+  // Element i of this tensor is element (first_sample samples + i) of the global batch.
+  const uint64_t first =
+      x.rank() > 0 && x.dim(0) > 0 ? static_cast<uint64_t>(first_sample * (x.numel() / x.dim(0))) : 0;
+  run_dropout(dt, seed, first, p, scale, x, y);
   if (autograd::should_record({x})) {
-    autograd::record("dropout", {x}, {y}, [dt, seed, p, scale](const std::vector<Tensor>& g) {
+    autograd::record("dropout", {x}, {y}, [dt, seed, first, p, scale](const std::vector<Tensor>& g) {
       Tensor dx = Tensor::empty(g[0].shape(), dt, g[0].device());
-      run_dropout(dt, seed, p, scale, g[0], dx);
+      run_dropout(dt, seed, first, p, scale, g[0], dx);
       return std::vector<Tensor>{dx};
     });
   }

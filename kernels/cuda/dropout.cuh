@@ -7,7 +7,7 @@
 
 namespace unet::kernels::cuda {
 
-void dropout_apply(DType dt, uint64_t seed, float p, float scale, const void* x, void* y, int64_t n,
+void dropout_apply(DType dt, uint64_t seed, uint64_t first, float p, float scale, const void* x, void* y, int64_t n,
                    cudaStream_t stream);
 
 extern const DropoutKernels dropout_kernels;
