@@ -277,8 +277,8 @@ ModelCard card_from_metadata(const io::Metadata& m, const std::string& path) {
   // unet_train's checkpoint.safetensors (weights, optimizer state, step, configuration; no card): the obvious
   // mistake for the run's model.
   if (!m.contains("model") && m.contains("optimizer_steps") && m.contains("config"))
-    throw std::runtime_error(path + ": a training checkpoint (unet_train writes it for --resume), not a model; " +
-                             "expected the run's model.safetensors or model_best.safetensors beside it");
+    throw NotAModelError(path + ": a training checkpoint (unet_train writes it for --resume), not a model; " +
+                         "expected the run's model.safetensors or model_best.safetensors beside it");
   auto field = [&](const char* key) {
     auto it = m.find(key);
     if (it == m.end())

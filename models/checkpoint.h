@@ -4,6 +4,7 @@
 // The training state (optimizer moments, step, loss scale, RNG) is a second safetensors file beside the weights.
 #pragma once
 #include <map>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -44,7 +45,12 @@ struct ModelCard {
 };
 
 io::Metadata card_to_metadata(const ModelCard& card);
-// Throws std::runtime_error naming `path` and the key when the metadata is missing or malformed.
+// A training checkpoint (checkpoint.safetensors) where a model was expected: the caller's argument is at fault.
+struct NotAModelError : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+// Throws std::runtime_error naming `path` and the key when the metadata is missing or malformed, NotAModelError for
+// a training checkpoint.
 ModelCard card_from_metadata(const io::Metadata& metadata, const std::string& path);
 
 // Engine layout <-> PyTorch layout for one named parameter (identity for non-convolution tensors).

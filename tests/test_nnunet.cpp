@@ -168,5 +168,5 @@ TEST_CASE("the model card survives the checkpoint metadata round trip") {
   CHECK_THROWS_WITH_AS(card_from_metadata(checkpoint, "run/checkpoint.safetensors"),
                        "run/checkpoint.safetensors: a training checkpoint (unet_train writes it for --resume), not a "
                        "model; expected the run's model.safetensors or model_best.safetensors beside it",
-                       std::runtime_error);
+                       NotAModelError);
 }

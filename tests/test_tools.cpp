@@ -98,6 +98,14 @@ TEST_CASE("unet_train writes a checkpoint, a JSON-lines log and its configuratio
   CHECK(st.metadata.at("skipped_steps") == "0");
   CHECK_FALSE(st.tensors.empty());
   CHECK(fs::exists(dir + "/run/config.ini"));
+  // The checkpoint given as the model: a wrong argument (exit 2), found before any volume.
+  CHECK(test::run_tool("unet_infer",
+                       "--model " + dir + "/run/checkpoint.safetensors --input " + dir + "/data/imagesTs --output " +
+                           dir + "/wrong",
+                       &out) == 2);
+  CHECK_MESSAGE(out.find("--model: " + dir + "/run/checkpoint.safetensors: a training checkpoint") != std::string::npos,
+                out);
+  CHECK_FALSE(fs::exists(dir + "/wrong"));
 
   rc = test::run_tool("unet_infer",
                       "--model " + dir + "/run/model.safetensors --input " + dir + "/data/imagesTs --output " + dir +

@@ -343,7 +343,13 @@ int main(int argc, char** argv) {
     if (comm.local_size() > 1)
       omp_set_num_threads(
           std::max(1, static_cast<int>(std::max(1u, std::thread::hardware_concurrency())) / comm.local_size()));
-    const models::Predictor predictor(model_path, po);
+    const models::Predictor predictor = [&] {
+      try {
+        return models::Predictor(model_path, po);
+      } catch (const models::NotAModelError& e) {
+        throw UsageError(std::string("--model: ") + e.what());  // exit 2: the argument names the wrong file
+      }
+    }();
     // A case missing its last channel files (CASE_0001 of a two-channel model) is found now, before any volume, and
     // named by the first missing file.
     if (channel_files)
