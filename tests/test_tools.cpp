@@ -222,6 +222,16 @@ TEST_CASE("unet_infer on nnU-Net v2 test images: a case's channel files CASE_XXX
                          "/v2/case_8_0001.nii.gz is missing") != std::string::npos,
                 out);
   CHECK(!fs::exists(dir + "/pred_bad"));
+  // And a case with a channel file more than the model takes, naming that file: it failed at its turn, naming
+  // channel 0 (red-team corpus 17, L3).
+  fs::copy_file(dir + "/v2/case_7_0001.nii.gz", dir + "/v2/case_8_0001.nii.gz");
+  fs::copy_file(dir + "/v2/case_7_0001.nii.gz", dir + "/v2/case_8_0002.nii.gz");
+  CHECK(test::run_tool("unet_infer", "--model " + model + " --input " + dir + "/v2 --output " + dir + "/pred_bad",
+                       &out) == 2);
+  CHECK_MESSAGE(out.find(dir + "/v2/case_8_0002.nii.gz is a channel file beyond the model's 2 (nnU-Net v2: "
+                               "CASE_0000 .. CASE_0001)") != std::string::npos,
+                out);
+  CHECK(!fs::exists(dir + "/pred_bad"));
   // Names that merely end in four digits, with no channel 0000 among them, are cases of their own (they were refused
   // as incomplete nnU-Net v2 cases).
   fs::create_directories(dir + "/one");

@@ -351,20 +351,30 @@ int main(int argc, char** argv) {
       }
     }();
     // A case missing its last channel files (CASE_0001 of a two-channel model) is found now, before any volume, and
-    // named by the first missing file.
+    // named by the first missing file; a case with more channel files than the model takes, by the first extra one.
     if (channel_files)
-      for (const auto& [ins, out] : jobs)
-        if (static_cast<int64_t>(ins.size()) < predictor.card().image_channels()) {
+      for (const auto& [ins, out] : jobs) {
+        const int64_t expected = predictor.card().image_channels();
+        if (static_cast<int64_t>(ins.size()) > expected) {
+          char last[16];
+          std::snprintf(last, sizeof last, "%04lld", static_cast<long long>(expected - 1));
+          throw UsageError("--input " + input + ": " + ins[static_cast<size_t>(expected)].string() +
+                           " is a channel file beyond the model's " + std::to_string(expected) +
+                           " (nnU-Net v2: CASE_0000 .. CASE_" + last +
+                           "); expected as many channel files per case as the model was trained on");
+        }
+        if (static_cast<int64_t>(ins.size()) < expected) {
           const std::string first = ins[0].filename().string(), stem = io::image_stem(first);
           char missing[16];
           std::snprintf(missing, sizeof missing, "%04zu", ins.size());
           throw UsageError(
               "--input " + input + ": case " + stem.substr(0, stem.size() - 5) + " has " + std::to_string(ins.size()) +
-              " channel file(s), the model expects " + std::to_string(predictor.card().image_channels()) + ": " +
+              " channel file(s), the model expects " + std::to_string(expected) + ": " +
               (ins[0].parent_path() / (stem.substr(0, stem.size() - 4) + missing + first.substr(stem.size())))
                   .string() +
               " is missing (nnU-Net v2: CASE_0000, CASE_0001, ...)");
         }
+      }
     // A card whose patch cannot fit (plan.patch = 1024^3: every volume padded to it) would only end in minutes of
     // silence and an allocation failure: refused with the estimate, as unet_train refuses such a patch. A lower bound:
     // the first level's two convolution outputs for --batch windows, in the activations' precision, and the f32
