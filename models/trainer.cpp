@@ -472,12 +472,14 @@ struct Trainer::State {
     write_checkpoint(step);
   }
 
-  // The weights for inference and the checkpoint.
+  // The checkpoint and the weights for inference, in that order: the model is never ahead of what --resume continues
+  // from. A checkpoint that cannot be written (disk full) leaves both files of the last save; a model that cannot be
+  // written, a checkpoint one save ahead, whose resumed run writes the model again.
   void save(int64_t step) const {
     if (!lead()) return;
     check_state_finite(step);
-    save_weights((dir / "model.safetensors").string(), *net, card_to_metadata(card));
     write_checkpoint(step);
+    save_weights((dir / "model.safetensors").string(), *net, card_to_metadata(card));
   }
 
   // save_checkpoint's file, the state already checked.

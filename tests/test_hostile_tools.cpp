@@ -711,6 +711,30 @@ TEST_CASE("a resumed run whose finite weights overflow the loss stops with statu
     CHECK(bytes_of(dir + f) == before.at(dir + f));
 }
 
+TEST_CASE("a checkpoint that cannot be written (ulimit -f) leaves the model of the last save beside it") {
+  test::TempDir tmp("hostile_checkpoint_full");
+  const std::string& dir = tmp.path;
+  REQUIRE(test::run_tool("unet_synth", "--output " + dir + "/data --train 2 --test 0 --size 8,8,8 --seed 2") == 0);
+  const std::string ini = small_train_ini(dir, dir + "/data", "optimizer = adam\n");
+  std::string out;
+  REQUIRE_MESSAGE(test::run_tool("unet_train", ini, &out) == 0, out);
+  const std::map<std::string, std::string> before = snapshot(dir + "/run");
+  // A limit between the two files' sizes (the checkpoint holds Adam's two moments besides the weights): the model
+  // fits, the checkpoint does not. The model was written first and went one save ahead of the checkpoint.
+  const uintmax_t model = fs::file_size(dir + "/run/model.safetensors"),
+                  checkpoint = fs::file_size(dir + "/run/checkpoint.safetensors");
+  REQUIRE(checkpoint > model + 4096);
+  const uintmax_t kib = (model + checkpoint) / 2 / 1024;  // bash's ulimit -f counts KiB
+  CHECK(test::shell("bash -c \"trap '' XFSZ; ulimit -f " + std::to_string(kib) + "; " +
+                        test::tool_path("unet_train") + " " + ini + " --resume " + dir + "/run --set train.steps=4\"",
+                    &out) == 1);
+  CHECK_MESSAGE(out.find(dir + "/run/checkpoint.safetensors") != std::string::npos, out);
+  CHECK_MESSAGE(out.find("File too large") != std::string::npos, out);
+  for (const char* f : {"/run/model.safetensors", "/run/checkpoint.safetensors"})
+    CHECK_MESSAGE(bytes_of(dir + f) == before.at(dir + f), f);
+  CHECK(temporaries(dir).empty());
+}
+
 TEST_CASE("unet_train refuses an unusable output.dir or data.cache with status 2 before loading the data") {
   test::TempDir tmp("hostile_train_dirs");
   const std::string& dir = tmp.path;
