@@ -427,6 +427,7 @@ struct Trainer::State {
   // Dice, as unet_eval scores (and nnU-Net's validation summary): each case's Dice comes back to every rank (its
   // rank's value plus zeros, exact) and is summed in case order, so any rank count gives the same bits.
   std::vector<double> validate() const {
+    use_rank0_buffers();
     const int classes = info.num_classes();
     const size_t k_classes = static_cast<size_t>(classes - 1), n = split.val.size();
     std::vector<double> per_case(n * k_classes, 0.0);
@@ -445,6 +446,18 @@ struct Trainer::State {
       for (size_t c = 0; c < k_classes; ++c) sum[c] += per_case[k * k_classes + c];
     for (size_t c = 0; c < k_classes && n > 0; ++c) per_class[c] = sum[c] / static_cast<double>(n);
     return per_class;
+  }
+
+  // Batch norm's running statistics of rank 0, those the model file gets, on every rank: without SyncBatchNorm each
+  // rank updated its own from its samples, so the cases validated on the other ranks were scored with a network that
+  // is never written (as PyTorch DDP's broadcast_buffers gives every rank rank 0's buffers before a forward pass).
+  void use_rank0_buffers() const {
+    if (ranks() < 2) return;
+    for (const auto& [name, b] : net->named_buffers()) {
+      const Tensor host = b.to(Device::cpu);  // b itself on the cpu
+      comm->broadcast(host.raw(), static_cast<int64_t>(host.nbytes()), 0);
+      if (!host.same(b)) device::copy(b.raw(), b.device(), host.raw(), Device::cpu, host.nbytes());
+    }
   }
 
   // The loss can stay finite while the weights or an optimizer moment overflow (a moment of 3e38 in a damaged
