@@ -109,6 +109,12 @@ uint64_t file_digest(const std::string& path) {
   return digest;
 }
 
+bool started_by_launcher() {
+  for (const char* name : {"OMPI_COMM_WORLD_SIZE", "PMIX_RANK", "PMI_RANK", "PMI_SIZE", "SLURM_STEP_ID"})
+    if (std::getenv(name)) return true;
+  return false;
+}
+
 int launcher_size() {
   const auto count = [](const char* name) -> long {
     const char* v = std::getenv(name);

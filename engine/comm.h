@@ -84,6 +84,10 @@ bool world_is_distributed();
 // Throws when srun started several tasks without PMIx or PMI (srun --mpi=none), which MPI could not connect.
 int launcher_size();
 
+// Whether a launcher (mpirun, mpiexec, a task of an srun step) started this process, whatever the number of processes.
+// Its standard output is then the launcher's pseudo-terminal or pipe, not the user's terminal.
+bool started_by_launcher();
+
 // This process's rank among those the launcher started on this machine (OMPI_COMM_WORLD_LOCAL_RANK, SLURM_LOCALID,
 // MPI_LOCALRANKID; 0 when there is none), without starting MPI: the GPU a rank uses.
 int launcher_local_rank();

@@ -10,6 +10,7 @@
 #include <sstream>
 #include <stdexcept>
 
+#include "engine/comm.h"
 #include "io/atomic_file.h"
 
 namespace unet::models {
@@ -182,7 +183,8 @@ void RunLog::write_report() const {
 
 ProgressBar::ProgressBar(std::FILE* out, int64_t first_step, int64_t steps, int64_t samples_per_step)
     : out_(out),
-      active_(out && isatty(fileno(out))),
+      // Under mpirun a rank's standard output is a pseudo-terminal even when mpirun's goes to a file or a pipe.
+      active_(out && isatty(fileno(out)) && !started_by_launcher()),
       first_(first_step),
       steps_(steps),
       samples_per_step_(samples_per_step),

@@ -50,7 +50,8 @@ class RunLog {
 };
 
 // A one-line progress bar redrawn in place on a terminal (at most 4 times a second): step, percentage, the last
-// logged loss, samples per second and the time left. On anything else it draws nothing.
+// logged loss, samples per second and the time left. On anything else, and in a process a launcher started (mpirun,
+// srun), it draws nothing.
 class ProgressBar {
  public:
   ProgressBar(std::FILE* out, int64_t first_step, int64_t steps, int64_t samples_per_step);

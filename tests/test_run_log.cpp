@@ -74,6 +74,15 @@ TEST_CASE("unet_train writes training.html and model_best.safetensors, and draws
   REQUIRE(test::run_tool("unet_train", ini + " --set output.dir=" + tmp / "run2", &out) == 0);
   CHECK(out.find("\r[") == std::string::npos);
   CHECK(out.find("step      2/12") != std::string::npos);
+  // Through mpirun into a pipe: lines too. OpenMPI gives its ranks a pseudo-terminal whatever mpirun writes to, so
+  // the bar's escape codes went into the user's log file (red-team corpus 18, M1).
+  if (test::shell("command -v mpirun > /dev/null") == 0) {
+    REQUIRE(test::shell("OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 mpirun -np 1 " +
+                            test::tool_path("unet_train") + " " + ini + " --set output.dir=" + tmp / "run3" + " 2>&1",
+                        &out) == 0);
+    CHECK_MESSAGE(out.find("\r[") == std::string::npos, out);
+    CHECK_MESSAGE(out.find("step      2/12") != std::string::npos, out);
+  }
   // The best model is that of the validation with the highest mean Dice (the first of equals): the final weights
   // exactly when the last validation is strictly the best.
   std::ifstream log(tmp / "run2/log.jsonl");
