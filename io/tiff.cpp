@@ -905,12 +905,10 @@ TiffWriteOptions tiff_options_like(const TiffVolume& like, const Tensor& data) {
     if (like.calibrated) set_imagej_calibration(o, like.spacing, data.dim(0));
   } else if (like.tags.description.starts_with("{") && like.tags.description.find("\"shape\"") != std::string::npos) {
     // tifffile's shaped series: the JSON gives the input array's shape, which a probabilities output (a sample per
-    // class) does not have. The output's own shape instead, a trailing single channel left out as tifffile does.
-    Shape shape = data.shape();
-    if (shape.size() == 4 && shape[3] == 1) shape.pop_back();
-    std::string d = "{\"shape\": [";
-    for (size_t i = 0; i < shape.size(); ++i) d += (i ? ", " : "") + std::to_string(shape[i]);
-    o.tags.description = d + "]}";
+    // class) does not have, and tells tifffile to look for its own layout (the pages' data after the first directory):
+    // it takes a small stack of ours (each page's data before its directory) for one cut short and reads garbage.
+    // Without it, tifffile reads the pages as a stack of their own shape, which is the output's.
+    o.tags.description.clear();
   }
   if (data.dtype() == DType::f32) {
     o.bits = 32;

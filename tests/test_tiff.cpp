@@ -191,13 +191,12 @@ TEST_CASE("TIFF written and read back: 8 and 16 bits, floats, channels, every co
   for (int a = 0; a < 3; ++a) CHECK(back.spacing[a] == doctest::Approx(ij.spacing[a]).epsilon(1e-6));
   // More than 255 classes: 16-bit labels, not a wrap to class 1.
   CHECK(tiff_options_like(ij, make({1, 2, 2}, DType::i32, [](int64_t i) { return 254.0 + double(i); })).bits == 16);
-  // tifffile's shaped description names the input's shape: an output gets its own (probabilities: a sample per
-  // class), which tifffile otherwise reports as corrupted metadata.
+  // tifffile's shaped description names the input's shape and layout, not the output's: dropped (the test below reads
+  // such an output with tifffile).
   TiffVolume shaped = ij;
   shaped.tags.description = "{\"shape\": [4, 5, 6]}";
-  CHECK(tiff_options_like(shaped, seg).tags.description == "{\"shape\": [4, 5, 6]}");
-  CHECK(tiff_options_like(shaped, Tensor::zeros({4, 5, 6, 3})).tags.description == "{\"shape\": [4, 5, 6, 3]}");
-  CHECK(tiff_options_like(shaped, Tensor::zeros({4, 5, 6, 1})).tags.description == "{\"shape\": [4, 5, 6]}");
+  CHECK(tiff_options_like(shaped, seg).tags.description.empty());
+  CHECK(tiff_options_like(shaped, Tensor::zeros({4, 5, 6, 3})).tags.description.empty());
   fs::remove_all(dir);
 }
 
@@ -236,6 +235,12 @@ TEST_CASE("TIFF files we write read the same in tifffile") {
   l.bits = 16;
   l.compression = TiffCompression::none;
   write_tiff((dir / "labels.tif").string(), labels, l);
+  // A small stack written like an input of tifffile's (a shaped description): tifffile took its pages for one stack
+  // cut short and read page 2 from the directories' bytes (red-team corpus 18, M2).
+  const Tensor small = make({3, 3, 5}, DType::u8, [](int64_t i) { return double(i % 2); });
+  TiffVolume shaped;
+  shaped.tags.description = "{\"shape\": [3, 3, 5]}";
+  write_tiff((dir / "small.tif").string(), small, tiff_options_like(shaped, small));
   // tifffile's arrays as little-endian f32 in [z, y, x, c] order.
   const std::string py =
       "import sys, numpy as np, tifffile\n"
@@ -244,9 +249,10 @@ TEST_CASE("TIFF files we write read the same in tifffile") {
       "    a.reshape(-1).astype('<f4').tofile(name + '.f32')\n";
   std::ofstream(dir / "dump.py") << py;
   const std::string cmd = "/usr/bin/python3 " + (dir / "dump.py").string() + " " + (dir / "probs.tif").string() + " " +
-                          (dir / "labels.tif").string();
+                          (dir / "labels.tif").string() + " " + (dir / "small.tif").string();
   REQUIRE(std::system(cmd.c_str()) == 0);
-  for (const auto& [name, t] : {std::pair{"probs.tif", probs}, std::pair{"labels.tif", labels}}) {
+  for (const auto& [name, t] :
+       {std::pair{"probs.tif", probs}, std::pair{"labels.tif", labels}, std::pair{"small.tif", small}}) {
     CAPTURE(name);
     std::ifstream in(dir / (std::string(name) + ".f32"), std::ios::binary);
     std::vector<float> got(static_cast<size_t>(t.numel()));
