@@ -272,6 +272,30 @@ TEST_CASE("unet3plus under mpirun: 2 ranks x batch 1 with SyncBatchNorm train as
   REQUIRE(a.size() == 4);
   REQUIRE(b.size() == 4);
   for (size_t k = 0; k < a.size(); ++k) CHECK(std::abs(b[k] - a[k]) <= 1e-5 * std::abs(a[k]));
+  // A 16 x 16 patch: the bottom level is 1 x 1, one value per channel and sample. With SyncBatchNorm, 2 ranks x batch
+  // 1 normalise those of both samples as 1 process x batch 2 does (they were refused as one sample: red-team corpus
+  // 18, M3); without, each rank's one value cannot be normalised, refused with status 2 before any work. One step:
+  // batch norm over two values (each +-1 after normalising) turns rounding differences into loss differences of 1e-5
+  // at the second step and 3e-4 at the fourth (measured).
+  const std::string p16 = " --set data.patch_size=16,16 --set train.steps=1 --set output.dir=" + tmp.path;
+  REQUIRE_MESSAGE(test::run_tool("unet_train", ini + " --set data.batch_size=2" + p16 + "/serial16", &out) == 0, out);
+  REQUIRE_MESSAGE(
+      shell(mpi + " -np 2 " + test::tool_path("unet_train") + " " + ini + " --set data.batch_size=1" + p16 + "/mpi16",
+            &out) == 0,
+      out);
+  const std::vector<double> c = logged_losses(tmp.path + "/serial16"), e = logged_losses(tmp.path + "/mpi16");
+  REQUIRE(c.size() == 1);
+  REQUIRE(e.size() == 1);
+  CHECK(std::abs(e[0] - c[0]) <= 1e-5 * std::abs(c[0]));
+  const WeightDifference d16 =
+      compare_weights(tmp.path + "/serial16/model.safetensors", tmp.path + "/mpi16/model.safetensors");
+  MESSAGE("16 x 16, SyncBatchNorm: weights and running statistics within " << d16.model_relative);
+  CHECK(d16.model_relative <= 1e-5);
+  CHECK(shell(mpi + " -np 2 " + test::tool_path("unet_train") + " " + ini +
+                  " --set data.batch_size=1 --set model.sync_batchnorm=false" + p16 + "/mpi16_own",
+              &out) == 2);
+  CHECK_MESSAGE(out.find("or (with several ranks) model.sync_batchnorm = true") != std::string::npos, out);
+  CHECK_FALSE(fs::exists(tmp.path + "/mpi16_own"));
 }
 
 TEST_CASE(

@@ -223,16 +223,18 @@ models::TrainerOptions trainer_options(const io::Config& c) {
   o.fold = static_cast<int>(int_in("data", "fold", 0, o.folds - 1));
   o.steps = int_in("train", "steps", 1, 1000000000);
   o.sampling.batch = static_cast<int>(int_in("data", "batch_size", 1, 1024));
-  // UNet 3+'s bottom level is the patch / 16, and batch norm in training needs two values per channel there (per
-  // rank, even with SyncBatchNorm): a 16 x 16 patch with batch 1 would fail at step 1 inside the op. (Sizes that are
-  // not multiples of 16 are refused with the network.)
+  // UNet 3+'s bottom level is the patch / 16, and batch norm in training needs two values per channel there: per rank,
+  // or over every rank's share with SyncBatchNorm (2 ranks x batch 1 train as 1 process x batch 2). A 16 x 16 patch
+  // with one sample would fail at step 1 inside the op. (Sizes that are not multiples of 16 are refused with the
+  // network.)
+  const int64_t norm_ranks = c.get_bool("model", "sync_batchnorm") ? launcher_size() : 1;
   if (o.model == "unet3plus" && patch[1] % 16 == 0 && patch[2] % 16 == 0 &&
-      int64_t(o.sampling.batch) * (patch[1] / 16) * (patch[2] / 16) < 2)
+      int64_t(o.sampling.batch) * norm_ranks * (patch[1] / 16) * (patch[2] / 16) < 2)
     throw UsageError("data.patch_size = " + std::to_string(patch[1]) + ", " + std::to_string(patch[2]) +
                      " with data.batch_size = " + std::to_string(o.sampling.batch) +
                      ": UNet 3+'s bottom level (the patch / 16) is then 1 x 1 with one sample, one value per "
-                     "channel, which batch norm cannot normalise in training; expected data.batch_size >= 2 or a "
-                     "patch of at least 32 in H or W");
+                     "channel, which batch norm cannot normalise in training; expected data.batch_size >= 2, a "
+                     "patch of at least 32 in H or W, or (with several ranks) model.sync_batchnorm = true");
   o.filters = static_cast<int>(int_in("model", "filters", 1, 1024));
   o.max_filters = static_cast<int>(int_in("model", "max_filters", 1, 4096));
   if (o.model == "dynunet" && o.max_filters < o.filters)  // the cap would silently replace every level's filters

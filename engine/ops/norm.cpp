@@ -281,9 +281,13 @@ Tensor batch_norm(const Tensor& x, const Tensor& gamma, const Tensor& beta, cons
             args + "momentum must be in [0, 1], got " + std::to_string(o.momentum));
   const std::optional<float> slope = o.relu ? std::optional<float>(0.f) : std::nullopt;
   if (o.training) {
-    const int64_t count = C > 0 ? x.numel() / C : 0;
-    check_arg(count >= 2, args + "training needs more than one value per channel (batch x spatial >= 2), as PyTorch");
-    if (o.comm && o.comm->size() > 1) return sync_batch_norm(x, gamma, beta, running_mean, running_var, o, args);
+    // Over every rank's share with SyncBatchNorm (each rank holds as many rows), as PyTorch's SyncBatchNorm counts.
+    const int64_t count = C > 0 ? x.numel() / C : 0, ranks = o.comm ? o.comm->size() : 1;
+    check_arg(count * ranks >= 2,
+              args +
+                  "training needs more than one value per channel (batch x spatial >= 2, over the ranks with a "
+                  "comm), as PyTorch");
+    if (ranks > 1) return sync_batch_norm(x, gamma, beta, running_mean, running_var, o, args);
     internal::NormForward f = norm(x, gamma, beta, o.eps, slope, true);
     backend::kernels_for(x).norm.batch_norm_update_running(C, count, o.eps, o.momentum, f.mean.data<float>(),
                                                            f.rstd.data<float>(), running_mean.data<float>(),
