@@ -294,7 +294,8 @@ TEST_CASE("unet3plus under mpirun: 2 ranks x batch 1 with SyncBatchNorm train as
   CHECK(shell(mpi + " -np 2 " + test::tool_path("unet_train") + " " + ini +
                   " --set data.batch_size=1 --set model.sync_batchnorm=false" + p16 + "/mpi16_own",
               &out) == 2);
-  CHECK_MESSAGE(out.find("or (with several ranks) model.sync_batchnorm = true") != std::string::npos, out);
+  CHECK_MESSAGE(out.find("(or model.sync_batchnorm = true: batch norm over every rank's samples)") != std::string::npos,
+                out);
   CHECK_FALSE(fs::exists(tmp.path + "/mpi16_own"));
 }
 

@@ -227,14 +227,16 @@ models::TrainerOptions trainer_options(const io::Config& c) {
   // or over every rank's share with SyncBatchNorm (2 ranks x batch 1 train as 1 process x batch 2). A 16 x 16 patch
   // with one sample would fail at step 1 inside the op. (Sizes that are not multiples of 16 are refused with the
   // network.)
-  const int64_t norm_ranks = c.get_bool("model", "sync_batchnorm") ? launcher_size() : 1;
+  const bool sync_norm = c.get_bool("model", "sync_batchnorm");
+  const int64_t launched = launcher_size();
   if (o.model == "unet3plus" && patch[1] % 16 == 0 && patch[2] % 16 == 0 &&
-      int64_t(o.sampling.batch) * norm_ranks * (patch[1] / 16) * (patch[2] / 16) < 2)
+      int64_t(o.sampling.batch) * (sync_norm ? launched : 1) * (patch[1] / 16) * (patch[2] / 16) < 2)
     throw UsageError("data.patch_size = " + std::to_string(patch[1]) + ", " + std::to_string(patch[2]) +
                      " with data.batch_size = " + std::to_string(o.sampling.batch) +
                      ": UNet 3+'s bottom level (the patch / 16) is then 1 x 1 with one sample, one value per "
-                     "channel, which batch norm cannot normalise in training; expected data.batch_size >= 2, a "
-                     "patch of at least 32 in H or W, or (with several ranks) model.sync_batchnorm = true");
+                     "channel, which batch norm cannot normalise in training; expected data.batch_size >= 2 or a "
+                     "patch of at least 32 in H or W" +
+                     (launched > 1 ? " (or model.sync_batchnorm = true: batch norm over every rank's samples)" : ""));
   o.filters = static_cast<int>(int_in("model", "filters", 1, 1024));
   o.max_filters = static_cast<int>(int_in("model", "max_filters", 1, 4096));
   if (o.model == "dynunet" && o.max_filters < o.filters)  // the cap would silently replace every level's filters
