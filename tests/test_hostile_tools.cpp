@@ -1191,6 +1191,40 @@ TEST_CASE("a write beyond ulimit -f fails with 'File too large' and status 1, le
   CHECK_FALSE(fs::exists(dir + "/out/dice.json"));
 }
 
+TEST_CASE("every tool refuses an OMP_NUM_THREADS above twice the hardware threads with status 2, before any work") {
+  test::TempDir tmp("hostile_omp_threads");
+  const std::string& dir = tmp.path;
+  const long cores = std::max(1u, std::thread::hardware_concurrency());
+  const std::string expected = "(environment): expected 1.." + std::to_string(2 * cores) + " threads per process";
+  // 100000 crashed libgomp at the first parallel region (SIGSEGV, no message); 1000 made a 2-second run take minutes.
+  for (const std::string& n :
+       {std::string("100000"), std::to_string(2 * cores + 1), std::string("99999999999999999999")})
+    for (const auto& [tool, args] : std::vector<std::pair<std::string, std::string>>{
+             {"unet_synth", "--output " + dir + "/data --train 1 --test 0 --size 8,8,8"},
+             {"unet_train", small_train_ini(dir, dir + "/data")},
+             {"unet_infer", "--model " + dir + "/m.safetensors --input " + dir + "/a.nii.gz --output " + dir + "/o"},
+             {"unet_eval", "--pred " + dir + "/p --label " + dir + "/l"},
+             {"unet_selftest", "--quick"}}) {
+      CAPTURE(tool);
+      CAPTURE(n);
+      std::string out;
+      CHECK(test::shell("OMP_NUM_THREADS=" + n + " timeout 60 " + test::tool_path(tool) + " " + args + " 2>&1", &out) ==
+            2);
+      CHECK_MESSAGE(out.find(tool + ": OMP_NUM_THREADS = " + n + " " + expected) != std::string::npos, out);
+      CHECK_FALSE(fs::exists(dir + "/data"));
+      CHECK_FALSE(fs::exists(dir + "/run"));
+    }
+  // Twice the hardware threads, a list (nested levels) and values OpenMP itself ignores with a warning are taken.
+  for (const std::string& n : {std::to_string(2 * cores), std::to_string(cores) + ",1", std::string("abc")}) {
+    CAPTURE(n);
+    std::string out;
+    CHECK(test::shell("OMP_NUM_THREADS=" + n + " " + test::tool_path("unet_synth") + " --output " + dir +
+                          "/ok --train 1 --test 0 --size 8,8,8 2>&1",
+                      &out) == 0);
+    fs::remove_all(dir + "/ok");
+  }
+}
+
 TEST_CASE("unet_train refuses a FIFO or a directory where it reads a file, naming it: not a regular file") {
   test::TempDir tmp("hostile_train_fifo");
   const std::string& dir = tmp.path;

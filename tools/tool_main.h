@@ -6,8 +6,10 @@
 #include <unistd.h>
 
 #include <CLI/CLI.hpp>
+#include <algorithm>
 #include <cerrno>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <exception>
 #include <filesystem>
@@ -16,6 +18,7 @@
 #include <stdexcept>
 #include <string>
 #include <string_view>
+#include <thread>
 
 #include "engine/comm.h"
 #include "io/atomic_file.h"
@@ -178,6 +181,24 @@ inline bool lock_directory(const std::string& dir) {
   return true;
 }
 
+// OMP_NUM_THREADS (its first value: a list sets nested levels) held to the bound runtime.threads has, twice the
+// hardware threads: OpenMP takes it before anything the tools set, 100000 crashed libgomp at the first parallel region
+// and 1000 on 2 cores turned a 2-second run into minutes. Checked before any parallel region; values OpenMP itself
+// rejects (it warns and uses its default) are left to it.
+inline void check_omp_num_threads() {
+  const char* v = std::getenv("OMP_NUM_THREADS");
+  if (!v) return;
+  char* end = nullptr;
+  errno = 0;
+  const long n = std::strtol(v, &end, 10);
+  if (end == v || n <= 0) return;
+  const long cores = std::max(1u, std::thread::hardware_concurrency());
+  if (errno == ERANGE || n > 2 * cores)
+    throw UsageError("OMP_NUM_THREADS = " + std::string(v) + " (environment): expected 1.." +
+                     std::to_string(2 * cores) + " threads per process (twice this machine's " + std::to_string(cores) +
+                     " hardware threads), or unset to use them all");
+}
+
 // Runs the tool's body and maps what it throws to the exit statuses above: the usage and configuration errors of
 // every layer (UsageError, io::ConfigError, io::SynthOptionsError, models::TrainerOptionError) to 2 as
 // "TOOL: message", anything else to 1 as "TOOL: error: message" (std::bad_alloc as "out of memory").
@@ -189,6 +210,7 @@ int run_tool(const char* tool, Body&& body) {
   int status = 2;
   std::string message;
   try {
+    check_omp_num_threads();
     return body();
   } catch (const UsageError& e) {
     message = e.what();
