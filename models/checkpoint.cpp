@@ -208,7 +208,8 @@ io::Metadata card_to_metadata(const ModelCard& c) {
                          {"spacing", c.spacing},
                          {"normalization", nlohmann::json::parse(c.normalization.to_json())},
                          {"label_scale", c.label_scale},
-                         {"pipeline", c.pipeline}};
+                         {"pipeline", c.pipeline},
+                         {"slice_cases", c.slice_cases}};
   nlohmann::json labels = nlohmann::json::object();
   for (auto& [k, v] : c.labels) labels[std::to_string(k)] = v;
   return {
@@ -366,6 +367,7 @@ ModelCard card_from_metadata(const io::Metadata& m, const std::string& path) {
     r.bad("plan.pipeline", "'" + c.pipeline + "'; expected nnunet or dle_isbi");
   if (c.pipeline == "dle_isbi" && c.model != "unet2d")  // as unet_train's data.pipeline
     r.bad("plan.pipeline", "'dle_isbi' with model.type '" + c.model + "'; DLE's ISBI pipeline is for unet2d only");
+  if (const json* slices = r.find(plan, "plan", "slice_cases")) c.slice_cases = r.boolean(*slices, "plan.slice_cases");
   if (!labels.is_object() || labels.size() != static_cast<size_t>(out_channels))
     r.bad("labels", "expected a JSON object of class index: name with one entry per output (model.out_channels " +
                         std::to_string(out_channels) + ")");

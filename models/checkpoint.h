@@ -31,6 +31,10 @@ struct ModelCard {
   // How images are prepared: nnunet (crop, resample to `spacing`, the normalisation plan, sliding window) or dle_isbi
   // (DLE UNet_Medical's: x / 127.5 - 1, each slice resized to the network's output size and back; io/dle.h).
   std::string pipeline = "nnunet";
+  // Every training case was one slice (ISBI 2012's pages, a dataset of 2D images): a volume of several slices is a
+  // stack of such cases, each cropped, resampled and normalised by itself (Predictor::segment). False in cards
+  // written before it.
+  bool slice_cases = false;
   int in_channels() const {
     return model == "unet2d" ? unet2d.in_channels : model == "unet3plus" ? unet3plus.in_channels : net.in_channels;
   }

@@ -169,6 +169,8 @@ Segmentation Predictor::segment(const io::Image& volume, const std::string& sour
     probabilities = io::resize_planes(softmax_channels(logits), full[1], full[2]);
     out.grid = {full[0], h, w};
     out.resampled = h != full[1] || w != full[2];
+  } else if (card_.slice_cases && full[0] > 1) {
+    probabilities = slice_probabilities(volume, source, &out);
   } else {
     probabilities = nnunet_probabilities(volume, source, &out);
   }
@@ -179,6 +181,31 @@ Segmentation Predictor::segment(const io::Image& volume, const std::string& sour
   uint8_t* u = out.labels.data<uint8_t>();
   for (int64_t i = 0; i < labels.numel(); ++i) u[i] = static_cast<uint8_t>(l[i] * card_.label_scale);
   return out;
+}
+
+Tensor Predictor::slice_probabilities(const io::Image& volume, const std::string& source, Segmentation* out) const {
+  const int64_t Z = volume.data.dim(0), H = volume.data.dim(1), W = volume.data.dim(2), C = volume.data.dim(3);
+  const int64_t K = card_.out_channels();
+  Tensor probabilities = Tensor::zeros({Z, H, W, K});
+  float* p = probabilities.data<float>();
+  out->grid = {Z, 0, 0};
+  for (int64_t z = 0; z < Z; ++z) {
+    io::Image slice{Tensor::empty({1, H, W, C}), volume.spacing};
+    std::copy_n(volume.data.data<float>() + z * H * W * C, H * W * C, slice.data.data<float>());
+    // A slice with one value within its non-zero box (blank, or a single voxel) holds nothing to segment:
+    // background, where a volume of them is refused (check_contrast).
+    const Tensor inside = io::crop(slice.data, io::nonzero_box(slice.data));
+    if (value_span(inside) <= 1e-6) {
+      for (int64_t v = 0; v < H * W; ++v) p[(z * H * W + v) * K] = 1;
+      continue;
+    }
+    Segmentation part;
+    const Tensor one = nnunet_probabilities(slice, source + " (slice " + std::to_string(z) + ")", &part);
+    std::copy_n(one.data<float>(), H * W * K, p + z * H * W * K);
+    out->grid = {Z, std::max(out->grid[1], part.grid[1]), std::max(out->grid[2], part.grid[2])};
+    out->resampled = out->resampled || part.resampled;
+  }
+  return probabilities;
 }
 
 Tensor Predictor::nnunet_probabilities(const io::Image& volume, const std::string& source, Segmentation* out) const {

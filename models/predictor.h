@@ -41,7 +41,9 @@ class Predictor {
   // it differs by more than 0.1%; io/resample.h), normalised, segmented by sliding window, the probabilities
   // resampled back to the cropped grid (linear; nearest along an anisotropic axis), put back into the whole volume
   // (background outside the box) and their argmax taken. A model of the dle_isbi pipeline (ModelCard::pipeline)
-  // instead resizes each slice to its output size as DLE UNet_Medical does (io/dle.h) and the probabilities back.
+  // instead resizes each slice to its output size as DLE UNet_Medical does (io/dle.h) and the probabilities back. A
+  // model whose training cases were single slices (ModelCard::slice_cases: ISBI's pages) segments each slice of a
+  // volume as such a case, cropped and normalised by itself.
   Segmentation segment(const io::Image& volume, const std::string& source) const;
   // The grid segment() runs the network on for `volume`: its non-zero box, resampled to the model's spacing when that
   // differs (std::runtime_error when the spacing would overflow or collapse it; io/resample.h).
@@ -51,6 +53,9 @@ class Predictor {
   Predictor(const io::SafetensorsContent& weights, const std::string& checkpoint, const PredictorOptions& options);
   // nnU-Net's way (segment): the probabilities on the volume's grid; out->grid and out->resampled.
   Tensor nnunet_probabilities(const io::Image& volume, const std::string& source, Segmentation* out) const;
+  // nnunet_probabilities of each slice by itself, for a model whose training cases were slices
+  // (ModelCard::slice_cases): a slice's labels do not depend on the slices stored beside it.
+  Tensor slice_probabilities(const io::Image& volume, const std::string& source, Segmentation* out) const;
   std::string checkpoint_;  // its path, for messages
   ModelCard card_;
   std::unique_ptr<Network> net_;

@@ -946,6 +946,9 @@ Trainer::Trainer(TrainerOptions options, std::FILE* out) : s_(std::make_unique<S
   for (size_t k = 0; k < s.info.labels.size(); ++k) card.labels[static_cast<int>(k)] = s.info.labels[k];
   card.label_scale = static_cast<int>(s.info.label_divisor);  // labels written as the dataset stores them
   card.pipeline = o.pipeline;
+  card.slice_cases = std::all_of(s.cases.begin(), s.cases.end(), [](const io::Case& k) {
+    return (k.unpadded_extent[0] > 0 ? k.unpadded_extent[0] : k.image.dim(0)) == 1;
+  });
   try {
     s.net = make_network(card);
   } catch (const std::invalid_argument& e) {

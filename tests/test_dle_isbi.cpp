@@ -1,13 +1,17 @@
 // DLE UNet_Medical's ISBI 2012 pipeline (io/dle.h, data.pipeline = dle_isbi): the half-pixel bilinear resize against
 // ops::upsample_bilinear (itself equal to PyTorch's F.interpolate, tests/test_golden.cpp), the labels' threshold,
 // each augmentation against what it must do to known images, and training + inference through the tools.
+#include <algorithm>
 #include <cmath>
 #include <fstream>
+#include <functional>
+#include <map>
 #include <nlohmann/json.hpp>
 
 #include "engine/ops.h"
 #include "engine/random.h"
 #include "io/dle.h"
+#include "io/tiff.h"
 #include "models/checkpoint.h"
 #include "tests/test_util.h"
 
@@ -139,4 +143,57 @@ TEST_CASE(
                        &out) == 2);
   CHECK(out.find("data.pipeline = dle_isbi: DLE UNet_Medical's pipeline is for model.name = unet2d") !=
         std::string::npos);
+}
+
+TEST_CASE("a model trained on ISBI's pages (nnU-Net pipeline) segments each page of a stack as its own case") {
+  test::TempDir tmp("isbi_pages");
+  REQUIRE(test::run_tool("unet_synth", "--output " + tmp / "data" + " --format isbi --train 4 --test 2 --size 64,64") ==
+          0);
+  const std::string ini = test::write_text(tmp / "t.ini", "[data]\ndataset = " + tmp / "data" +
+                                                              "\nfolds = 2\npatch_size = 188, 188\nbatch_size = 1\n"
+                                                              "[model]\nname = unet2d\nfilters = 4\n[train]\n"
+                                                              "steps = 10\n[output]\ndir = " +
+                                                              tmp / "run" + "\n");
+  std::string out;
+  REQUIRE_MESSAGE(test::run_tool("unet_train", ini, &out) == 0, out);
+  const std::string model = tmp / "run/model.safetensors";
+  CHECK(models::card_from_metadata(models::read_weights(model).metadata, "model").slice_cases);
+  // Stacks of pages 1 and 3, of page 1 and a darker page 3, and the pages alone. Normalised over the stack, page 1's
+  // labels changed with the page beside it (1127 of 4096 pixels between the first two stacks).
+  const Tensor pages = read_tiff(tmp / "data/train-volume.tif").data;  // [4, 64, 64, 1]
+  const int64_t n = 64 * 64;
+  const auto write = [&](const std::string& name, const std::vector<std::function<float(int64_t)>>& page) {
+    Tensor t = Tensor::empty({static_cast<int64_t>(page.size()), 64, 64, 1});
+    for (size_t z = 0; z < page.size(); ++z)
+      for (int64_t v = 0; v < n; ++v) t.data<float>()[static_cast<int64_t>(z) * n + v] = page[z](v);
+    TiffWriteOptions o;
+    o.bits = 32;
+    o.is_float = true;
+    write_tiff(tmp / name, t, o);
+  };
+  const auto page = [&](int64_t z) { return [&, z](int64_t v) { return pages.data<float>()[z * n + v]; }; };
+  const auto darker = [&](int64_t v) { return std::floor(pages.data<float>()[3 * n + v] / 2) + 1; };
+  write("a.tif", {page(1), page(3)});
+  write("b.tif", {page(1), darker});
+  write("p1.tif", {page(1)});
+  write("p3.tif", {page(3)});
+  std::map<std::string, std::vector<float>> labels;
+  for (const char* name : {"a", "b", "p1", "p3"}) {
+    REQUIRE_MESSAGE(
+        test::run_tool("unet_infer",
+                       "--model " + model + " --input " + tmp / name + ".tif --output " + tmp / name + "_seg.tif",
+                       &out) == 0,
+        out);
+    labels[name] = read_tiff(tmp / name + "_seg.tif").data.to_vector();
+  }
+  const auto slice = [&](const std::string& name, int64_t z) {
+    return std::vector<float>(labels[name].begin() + z * n, labels[name].begin() + (z + 1) * n);
+  };
+  CHECK(slice("a", 0) == labels["p1"]);
+  CHECK(slice("b", 0) == labels["p1"]);
+  CHECK(slice("a", 1) == labels["p3"]);
+  // The single page is not all background or all foreground: the comparisons above can tell stacks apart.
+  const float lo = *std::min_element(labels["p1"].begin(), labels["p1"].end()),
+              hi = *std::max_element(labels["p1"].begin(), labels["p1"].end());
+  CHECK(lo < hi);
 }
