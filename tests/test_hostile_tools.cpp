@@ -1225,6 +1225,31 @@ TEST_CASE("every tool refuses an OMP_NUM_THREADS above twice the hardware thread
   }
 }
 
+TEST_CASE("a tool whose standard output cannot be written (> /dev/full) exits 1 saying so") {
+  if (!fs::exists("/dev/full")) return;
+  test::TempDir tmp("hostile_dev_full");
+  const std::string& dir = tmp.path;
+  // Standard error into a file (test::shell sends the command's where its standard output goes).
+  const auto run = [&](const std::string& tool, const std::string& args, const std::string& to) {
+    const int status =
+        test::shell("{ " + test::tool_path(tool) + " " + args + " > " + to + " 2> " + dir + "/stderr.txt; }");
+    return std::pair{status, io::read_text_file(dir + "/stderr.txt")};
+  };
+  // The summary of unet_synth, the results table of unet_eval: lost without a word, exit 0.
+  auto [status, err] = run("unet_synth", "--output " + dir + "/data --train 2 --test 1 --size 8,8,8", "/dev/full");
+  CHECK(status == 1);
+  CHECK_MESSAGE(err == "unet_synth: error: writing to standard output failed: No space left on device\n", err);
+  fs::copy(dir + "/data/labelsTs", dir + "/pred");
+  std::tie(status, err) = run("unet_eval", "--pred " + dir + "/pred --label " + dir + "/data/labelsTs", "/dev/full");
+  CHECK(status == 1);
+  CHECK_MESSAGE(err == "unet_eval: error: writing to standard output failed: No space left on device\n", err);
+  // The same command into a file: exit 0, the table there.
+  std::tie(status, err) =
+      run("unet_eval", "--pred " + dir + "/pred --label " + dir + "/data/labelsTs", dir + "/table.txt");
+  CHECK_MESSAGE(status == 0, err);
+  CHECK(io::read_text_file(dir + "/table.txt").find("mean") != std::string::npos);
+}
+
 TEST_CASE("unet_train refuses a FIFO or a directory where it reads a file, naming it: not a regular file") {
   test::TempDir tmp("hostile_train_fifo");
   const std::string& dir = tmp.path;

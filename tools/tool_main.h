@@ -211,7 +211,13 @@ int run_tool(const char* tool, Body&& body) {
   std::string message;
   try {
     check_omp_num_threads();
-    return body();
+    const int done = body();
+    // What the tool printed must have reached its destination (a full disk, > /dev/full), as coreutils check.
+    errno = 0;
+    if (std::fflush(stdout) != 0 || std::ferror(stdout))
+      throw std::runtime_error(std::string("writing to standard output failed") +
+                               (errno != 0 ? std::string(": ") + std::strerror(errno) : std::string()));
+    return done;
   } catch (const UsageError& e) {
     message = e.what();
   } catch (const io::ConfigError& e) {
