@@ -501,6 +501,42 @@ TEST_CASE("unet_infer: two runs into one output directory at once; one writes, t
     CHECK(bytes_of(pred + "/" + name + ".nii.gz") == bytes_of(dir + "/alone/" + name + ".nii.gz"));
 }
 
+TEST_CASE("unet_infer: two runs into one output file at once; the second is refused (exit 2), no mixed pair left") {
+  test::TempDir tmp("hostile_infer_concurrent_file");
+  const std::string& dir = tmp.path;
+  const std::string model = write_random_model(dir + "/m.safetensors", 1);
+  write_image(dir + "/a.nii.gz", 16, 1);
+  const std::string seg = dir + "/out/seg.nii.gz", lock = dir + "/out/.seg.nii.gz.lock";
+  const std::string args = "--model " + model + " --input " + dir + "/a.nii.gz --output " + seg;
+  fs::create_directories(dir + "/out");
+  // Another process holding the output file's lock (as a running unet_infer does): refused before any work. Both
+  // runs used to pass the check for earlier outputs and exit 0, one's label map left beside the other's
+  // probabilities (red-team corpus 19, D3).
+  const int fd = ::open(lock.c_str(), O_RDWR | O_CREAT, 0644);
+  REQUIRE(::flock(fd, LOCK_EX) == 0);
+  std::string out;
+  CHECK(run_guarded("unet_infer", args + " --save-probabilities", &out) == 2);
+  CHECK_MESSAGE(out.find("unet_infer: --output " + seg +
+                         ": another unet_infer is writing it now; expected it to end first (or another --output)") !=
+                    std::string::npos,
+                out);
+  CHECK_FALSE(fs::exists(seg));
+  ::close(fd);
+  // The lock file left behind (a killed run's) is taken over, and removed at the end.
+  REQUIRE_MESSAGE(run_guarded("unet_infer", args + " --save-probabilities", &out) == 0, out);
+  CHECK(fs::exists(seg));
+  CHECK(fs::exists(dir + "/out/seg_probabilities.nii.gz"));
+  CHECK_FALSE(fs::exists(lock));
+  // A refused run (the outputs are there) removes the lock it took.
+  CHECK(run_guarded("unet_infer", args, &out) == 2);
+  CHECK_FALSE(fs::exists(lock));
+  // A run into another file of the same directory is not held up.
+  const int other = ::open((dir + "/out/.other.nii.gz.lock").c_str(), O_RDWR | O_CREAT, 0644);
+  REQUIRE(::flock(other, LOCK_EX) == 0);
+  CHECK_MESSAGE(run_guarded("unet_infer", args + " --overwrite", &out) == 0, out);
+  ::close(other);
+}
+
 TEST_CASE("unet_infer --keep-going also skips a FIFO named like a volume in the input directory") {
   test::TempDir tmp("hostile_keep_going_fifo");
   const std::string& dir = tmp.path;

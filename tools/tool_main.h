@@ -3,6 +3,7 @@
 #pragma once
 #include <fcntl.h>
 #include <sys/file.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <CLI/CLI.hpp>
@@ -180,6 +181,50 @@ inline bool lock_directory(const std::string& dir) {
   held = fd;
   return true;
 }
+
+// An exclusive flock(2) on the hidden file .NAME.lock beside an output file, made for it and held until this object
+// goes, which removes it: a second tool writing the same file at the same time is refused (busy()) instead of leaving
+// one run's label map beside the other's probabilities. A process that opened the lock file before its removal finds,
+// once it holds the lock, that the name now points elsewhere and starts again. A killed run leaves the file (hidden:
+// no reader takes it) for the next run to take over. Where it cannot be made (a read-only directory) nothing is held
+// and the output's own write reports the problem.
+class OutputFileLock {
+ public:
+  explicit OutputFileLock(const std::filesystem::path& file)
+      : path_((file.parent_path() / ("." + file.filename().string() + ".lock")).string()) {
+    for (int attempt = 0; attempt < 100; ++attempt) {
+      const int fd = ::open(path_.c_str(), O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0644);
+      if (fd < 0) return;
+      if (::flock(fd, LOCK_EX | LOCK_NB) != 0) {
+        ::close(fd);
+        busy_ = true;
+        return;
+      }
+      struct stat held {
+      }, named{};
+      if (::fstat(fd, &held) == 0 && ::lstat(path_.c_str(), &named) == 0 && held.st_dev == named.st_dev &&
+          held.st_ino == named.st_ino) {
+        fd_ = fd;
+        return;
+      }
+      ::close(fd);  // removed or replaced by its holder after this process opened it
+    }
+    busy_ = true;
+  }
+  ~OutputFileLock() {
+    if (fd_ < 0) return;
+    ::unlink(path_.c_str());  // while still held: see above
+    ::close(fd_);
+  }
+  OutputFileLock(const OutputFileLock&) = delete;
+  OutputFileLock& operator=(const OutputFileLock&) = delete;
+  bool busy() const { return busy_; }
+
+ private:
+  std::string path_;
+  int fd_ = -1;
+  bool busy_ = false;
+};
 
 // OMP_NUM_THREADS (its first value: a list sets nested levels) held to the bound runtime.threads has, twice the
 // hardware threads: OpenMP takes it before anything the tools set, 100000 crashed libgomp at the first parallel region

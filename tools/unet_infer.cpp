@@ -261,13 +261,18 @@ int main(int argc, char** argv) {
     }
     // Two runs into one output directory at once would both pass this check and then mix their maps: rank 0 holds
     // the directory's lock (tools::lock_directory) from here to its end (from its making, when it is new, and the
-    // check is made again then).
+    // check is made again then). Into one output file, the file's (tools::OutputFileLock): a label map of one run
+    // was left beside the other's probabilities.
     const bool to_directory = fs::is_directory(input);
     const bool was_there = to_directory && fs::is_directory(output);
+    std::optional<tools::OutputFileLock> file_lock;
     const auto take_output = [&] {
-      if (to_directory && world().rank() == 0 && !tools::lock_directory(output))
-        throw UsageError("--output " + output +
-                         ": another unet_infer is writing there now; expected it to end first (or another --output)");
+      if (world().rank() != 0) return;
+      const bool busy = to_directory ? !tools::lock_directory(output)
+                                     : (file_lock ? file_lock->busy() : file_lock.emplace(fs::path(output)).busy());
+      if (busy)
+        throw UsageError("--output " + output + ": another unet_infer is writing " + (to_directory ? "there" : "it") +
+                         " now; expected it to end first (or another --output)");
     };
     take_output();
     const auto earlier_outputs = [&] {
