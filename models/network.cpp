@@ -29,6 +29,13 @@ std::vector<double> Network::output_weights(size_t outputs) const {
   return w;
 }
 
+void check_unet2d_patch_size(int64_t size) {
+  if (UNet2D::output_size(size) < 1)
+    throw std::invalid_argument(
+        "unet2d: patch size " + std::to_string(size) + " does not fit the network's valid convolutions and poolings; " +
+        std::to_string(UNet2D::valid_input_size(size)) + " is the next that does (572 gives 388)");
+}
+
 std::unique_ptr<Network> make_network(const ModelCard& card) {
   if (card.model == "unet3plus") {
     // A 2D network: patches [H, W], slices [1, H, W], or [Z, H, W] with Z odd: Z adjacent slices in as channels, the
@@ -51,12 +58,7 @@ std::unique_ptr<Network> make_network(const ModelCard& card) {
     const size_t n = card.patch.size();
     if (n < 2 || (n == 3 && card.patch[0] != 1) || n > 3)
       throw std::invalid_argument("unet2d: patch must be 2D (H, W) or slices (1, H, W)");
-    for (size_t a = n - 2; a < n; ++a)
-      if (UNet2D::output_size(card.patch[a]) < 1)
-        throw std::invalid_argument("unet2d: patch size " + std::to_string(card.patch[a]) +
-                                    " does not fit the network's valid convolutions and poolings; " +
-                                    std::to_string(UNet2D::valid_input_size(card.patch[a])) +
-                                    " is the next that does (572 gives 388)");
+    for (size_t a = n - 2; a < n; ++a) check_unet2d_patch_size(card.patch[a]);
     return std::make_unique<UNet2D>(card.unet2d);
   }
   return std::make_unique<DynUNet>(card.net);

@@ -45,5 +45,8 @@ Tensor network_input(const Network& net, const Tensor& x);
 // The network a card describes, with zero weights (initialize, or load a checkpoint). Throws std::invalid_argument
 // when the card's patch does not fit it (UNet2D: naming the next size that does).
 std::unique_ptr<Network> make_network(const ModelCard& card);
+// std::invalid_argument, with the next size that fits, when UNet2D's valid convolutions and poolings cannot take a
+// patch of `size` along an axis (make_network checks each).
+void check_unet2d_patch_size(int64_t size);
 
 }  // namespace unet::models

@@ -826,10 +826,19 @@ Trainer::Trainer(TrainerOptions options, std::FILE* out) : s_(std::make_unique<S
     // DLE UNet_Medical's (io/dle.h): x / 127.5 - 1 and each slice resized to the network's output size; the sampler
     // zero-pads it by the context to the input size, validation slides one window over it. No crop, no resampling.
     const int64_t out_h = UNet2D::output_size(o.sampling.patch[1]), out_w = UNet2D::output_size(o.sampling.patch[2]);
-    if (o.model != "unet2d" || out_h != out_w || out_h < 1)
-      throw TrainerOptionError(
-          "data.pipeline = dle_isbi: DLE UNet_Medical's pipeline takes model.name = unet2d and a "
-          "square patch it fits (DLE: 572, 572)");
+    if (o.model != "unet2d")
+      throw TrainerOptionError("data.pipeline = dle_isbi: DLE UNet_Medical's pipeline takes model.name = unet2d, not " +
+                               o.model);
+    try {  // as make_network says it, before the pipeline's own demand below
+      for (size_t a = 1; a < 3; ++a) check_unet2d_patch_size(o.sampling.patch[a]);
+    } catch (const std::invalid_argument& e) {
+      throw TrainerOptionError(std::string("data.patch_size: ") + e.what());
+    }
+    if (out_h != out_w)
+      throw TrainerOptionError("data.patch_size = " + std::to_string(o.sampling.patch[1]) + ", " +
+                               std::to_string(o.sampling.patch[2]) +
+                               ": data.pipeline = dle_isbi resizes each slice to a square output; expected a square "
+                               "patch (DLE: 572, 572)");
     for (size_t i = 0; i < n; ++i) s.cases.push_back(io::load_case(s.info, i));
     check_constant_images(s.info, s.cases, s.split.train, s.lead());
     check_label_classes(s.info, s.cases, s.split.train, s.lead());

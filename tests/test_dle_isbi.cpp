@@ -3,6 +3,7 @@
 // each augmentation against what it must do to known images, and training + inference through the tools.
 #include <algorithm>
 #include <cmath>
+#include <filesystem>
 #include <fstream>
 #include <functional>
 #include <map>
@@ -17,6 +18,7 @@
 
 using namespace unet;
 using namespace unet::io;
+namespace fs = std::filesystem;
 
 TEST_CASE("dle resize: half-pixel bilinear, equal to ops::upsample_bilinear (PyTorch's, TF2's) down and up") {
   Rng rng(1);
@@ -143,6 +145,17 @@ TEST_CASE(
                        &out) == 2);
   CHECK(out.find("data.pipeline = dle_isbi: DLE UNet_Medical's pipeline is for model.name = unet2d") !=
         std::string::npos);
+  // A patch UNet2D cannot take gets the next size that does, as with the nnU-Net pipeline (it was told the pipeline
+  // takes model.name = unet2d, which it was); a patch of two valid sizes, that it must be square.
+  CHECK(test::run_tool("unet_train", ini + " --set data.patch_size=100,100 --set output.dir=" + tmp / "r3", &out) == 2);
+  CHECK_MESSAGE(out.find("unet_train: data.patch_size: unet2d: patch size 100 does not fit the network's valid "
+                         "convolutions and poolings; 188 is the next that does") != std::string::npos,
+                out);
+  CHECK(test::run_tool("unet_train", ini + " --set data.patch_size=188,220 --set output.dir=" + tmp / "r3", &out) == 2);
+  CHECK_MESSAGE(out.find("unet_train: data.patch_size = 188, 220: data.pipeline = dle_isbi resizes each slice to a "
+                         "square output; expected a square patch") != std::string::npos,
+                out);
+  CHECK_FALSE(fs::exists(tmp / "r3"));
 }
 
 TEST_CASE("a model trained on ISBI's pages (nnU-Net pipeline) segments each page of a stack as its own case") {
