@@ -91,6 +91,7 @@ extern "C" void remove_temporaries_and_reraise(int sig) {
 
 void remove_temporary_files_on_signals() {
   std::signal(SIGXFSZ, SIG_IGN);
+  std::signal(SIGPIPE, SIG_IGN);
   for (int sig : {SIGINT, SIGTERM, SIGHUP}) {
     // A signal the process was started ignoring stays ignored (nohup's SIGHUP, SIGINT in a background job).
     struct sigaction old {};

@@ -45,6 +45,8 @@ void write_file_atomically(const std::string& path, const std::string& bytes);
 // have. The tools install them first thing, so Ctrl-C never leaves a .tmpPID.NAME behind. A signal ignored when the
 // process started (nohup's SIGHUP, SIGINT in a shell's background job) stays ignored. SIGXFSZ (a write beyond
 // ulimit -f) is ignored, so that the write fails with EFBIG and the writer reports it and removes its temporary.
+// SIGPIPE too: standard output into a pipe whose reader has gone (| head) fails with EPIPE instead of killing the
+// tool before its files are written, and the tools report it at their end (tools/tool_main.h).
 void remove_temporary_files_on_signals();
 
 // A directory tree being built under a temporary name (unet_synth's staging directory, renamed into place when

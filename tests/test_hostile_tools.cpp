@@ -516,10 +516,12 @@ TEST_CASE("unet_infer: two runs into one output file at once; the second is refu
   REQUIRE(::flock(fd, LOCK_EX) == 0);
   std::string out;
   CHECK(run_guarded("unet_infer", args + " --save-probabilities", &out) == 2);
-  CHECK_MESSAGE(out.find("unet_infer: --output " + seg +
-                         ": another unet_infer is writing it now; expected it to end first (or another --output)") !=
-                    std::string::npos,
-                out);
+  CHECK_MESSAGE(
+      out.find(
+          "unet_infer: --output " + seg +
+          ": another unet_infer is writing it or its directory now; expected it to end first (or another --output)") !=
+          std::string::npos,
+      out);
   CHECK_FALSE(fs::exists(seg));
   ::close(fd);
   // The lock file left behind (a killed run's) is taken over, and removed at the end.
@@ -535,6 +537,13 @@ TEST_CASE("unet_infer: two runs into one output file at once; the second is refu
   REQUIRE(::flock(other, LOCK_EX) == 0);
   CHECK_MESSAGE(run_guarded("unet_infer", args + " --overwrite", &out) == 0, out);
   ::close(other);
+  // One into a directory another run writes whole (its lock held): refused. It replaced that run's map of the same
+  // name (red-team corpus 19, D3's variant).
+  const int whole = ::open((dir + "/out").c_str(), O_RDONLY | O_DIRECTORY);
+  REQUIRE(::flock(whole, LOCK_EX) == 0);
+  CHECK(run_guarded("unet_infer", args + " --overwrite", &out) == 2);
+  CHECK_MESSAGE(out.find("another unet_infer is writing it or its directory now") != std::string::npos, out);
+  ::close(whole);
 }
 
 TEST_CASE("unet_infer --keep-going also skips a FIFO named like a volume in the input directory") {
@@ -1261,7 +1270,7 @@ TEST_CASE("every tool refuses an OMP_NUM_THREADS above twice the hardware thread
   }
 }
 
-TEST_CASE("a tool whose standard output cannot be written (> /dev/full) exits 1 saying so") {
+TEST_CASE("a tool whose standard output cannot be written (> /dev/full, | head) exits 1 saying so, its files written") {
   if (!fs::exists("/dev/full")) return;
   test::TempDir tmp("hostile_dev_full");
   const std::string& dir = tmp.path;
@@ -1284,6 +1293,15 @@ TEST_CASE("a tool whose standard output cannot be written (> /dev/full) exits 1 
       run("unet_eval", "--pred " + dir + "/pred --label " + dir + "/data/labelsTs", dir + "/table.txt");
   CHECK_MESSAGE(status == 0, err);
   CHECK(io::read_text_file(dir + "/table.txt").find("mean") != std::string::npos);
+  // Into a pipe whose reader has gone (| head): SIGPIPE killed the tool (status 141, no message) before its
+  // dice.json was written. Now the files are written and the failure said.
+  REQUIRE(test::shell("{ sleep 0.5; " + test::tool_path("unet_eval") + " --pred " + dir + "/pred --label " + dir +
+                      "/data/labelsTs --json " + dir + "/dice.json 2> " + dir + "/stderr.txt; echo $? > " + dir +
+                      "/rc.txt; } | true") == 0);
+  CHECK(io::read_text_file(dir + "/rc.txt") == "1\n");
+  CHECK(io::read_text_file(dir + "/stderr.txt") ==
+        "unet_eval: error: writing to standard output failed: Broken pipe\n");
+  CHECK(fs::exists(dir + "/dice.json"));
 }
 
 TEST_CASE("unet_train refuses a FIFO or a directory where it reads a file, naming it: not a regular file") {

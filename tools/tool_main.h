@@ -184,14 +184,21 @@ inline bool lock_directory(const std::string& dir) {
 
 // An exclusive flock(2) on the hidden file .NAME.lock beside an output file, made for it and held until this object
 // goes, which removes it: a second tool writing the same file at the same time is refused (busy()) instead of leaving
-// one run's label map beside the other's probabilities. A process that opened the lock file before its removal finds,
-// once it holds the lock, that the name now points elsewhere and starts again. A killed run leaves the file (hidden:
-// no reader takes it) for the next run to take over. Where it cannot be made (a read-only directory) nothing is held
-// and the output's own write reports the problem.
+// one run's label map beside the other's probabilities. A shared one on the file's directory too: a run writing the
+// whole directory (lock_directory) excludes it, runs into other files of the directory do not. A process that opened
+// the lock file before its removal finds, once it holds the lock, that the name now points elsewhere and starts again.
+// A killed run leaves the file (hidden: no reader takes it) for the next run to take over. Where it cannot be made (a
+// read-only directory) nothing is held and the output's own write reports the problem.
 class OutputFileLock {
  public:
   explicit OutputFileLock(const std::filesystem::path& file)
       : path_((file.parent_path() / ("." + file.filename().string() + ".lock")).string()) {
+    const std::filesystem::path parent = file.parent_path().empty() ? "." : file.parent_path();
+    dir_ = ::open(parent.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (dir_ >= 0 && ::flock(dir_, LOCK_SH | LOCK_NB) != 0) {
+      busy_ = true;
+      return;
+    }
     for (int attempt = 0; attempt < 100; ++attempt) {
       const int fd = ::open(path_.c_str(), O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0644);
       if (fd < 0) return;
@@ -212,9 +219,11 @@ class OutputFileLock {
     busy_ = true;
   }
   ~OutputFileLock() {
-    if (fd_ < 0) return;
-    ::unlink(path_.c_str());  // while still held: see above
-    ::close(fd_);
+    if (fd_ >= 0) {
+      ::unlink(path_.c_str());  // while still held: see above
+      ::close(fd_);
+    }
+    if (dir_ >= 0) ::close(dir_);
   }
   OutputFileLock(const OutputFileLock&) = delete;
   OutputFileLock& operator=(const OutputFileLock&) = delete;
@@ -222,7 +231,7 @@ class OutputFileLock {
 
  private:
   std::string path_;
-  int fd_ = -1;
+  int fd_ = -1, dir_ = -1;
   bool busy_ = false;
 };
 

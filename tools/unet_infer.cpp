@@ -271,7 +271,8 @@ int main(int argc, char** argv) {
       const bool busy = to_directory ? !tools::lock_directory(output)
                                      : (file_lock ? file_lock->busy() : file_lock.emplace(fs::path(output)).busy());
       if (busy)
-        throw UsageError("--output " + output + ": another unet_infer is writing " + (to_directory ? "there" : "it") +
+        throw UsageError("--output " + output + ": another unet_infer is writing " +
+                         (to_directory ? "there" : "it or its directory") +
                          " now; expected it to end first (or another --output)");
     };
     take_output();
