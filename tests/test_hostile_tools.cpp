@@ -1057,7 +1057,7 @@ TEST_CASE("unet_infer whose probabilities cannot be written (a file size limit) 
   CHECK_MESSAGE(fs::is_empty(fx.out), out);
 }
 
-TEST_CASE("unet_infer refuses, with status 2 before any work, inputs whose outputs would share a name") {
+TEST_CASE("unet_infer refuses, with status 2 before any work, inputs whose outputs would share a case name") {
   Fixture fx;
   const std::string& d = fx.dir;
   fs::create_directories(d + "/two");
@@ -1073,6 +1073,14 @@ TEST_CASE("unet_infer refuses, with status 2 before any work, inputs whose outpu
       {"unet_infer", " --model " + fx.model + " --input " + d + "/v2 --output " + fx.out + " --save-probabilities", 2,
        "--input " + d + "/v2: " + d + "/v2/y_0000.nii.gz and " + d + "/v2/y_probabilities_0000.nii.gz would both be " +
            "written as " + fx.out + "/y_probabilities.* (y_probabilities.nii.gz); rename one of them"},
+      // One case name in two formats: two label maps of case a, a.nii.gz and a.tif (they were written, exit 0); in
+      // nnU-Net v2's layout, channel 0 of case a twice (red-team corpus 20, M1).
+      {"unet_infer", " --model " + fx.model + " --input " + d + "/formats --output " + fx.out, 2,
+       "--input " + d + "/formats: " + d + "/formats/a.nii.gz and " + d + "/formats/a.tif would both be written as " +
+           fx.out + "/a.* (a.tif); rename one of them"},
+      {"unet_infer", " --model " + fx.model + " --input " + d + "/v2formats --output " + fx.out, 2,
+       "--input " + d + "/v2formats: " + d + "/v2formats/a_0000.nii.gz and " + d +
+           "/v2formats/a_0000.tif would both be written as " + fx.out + "/a.* (a.tif); rename one of them"},
       // Case x_0000 (file x_0000_0000) written into its own directory would replace case x's image x_0000.
       {"unet_infer", " --model " + fx.model + " --input " + d + "/v2x --output " + d + "/v2x", 2,
        "--output " + d + "/v2x: would overwrite the input " + d + "/v2x/x_0000.nii.gz"},
@@ -1083,6 +1091,14 @@ TEST_CASE("unet_infer refuses, with status 2 before any work, inputs whose outpu
   fs::create_directories(d + "/v2x");
   write_image(d + "/v2x/x_0000.nii.gz", 8, 1);
   write_image(d + "/v2x/x_0000_0000.nii.gz", 8, 2);
+  io::TiffWriteOptions as_float;
+  as_float.bits = 32;
+  as_float.is_float = true;
+  for (const std::string sub : {"/formats/a", "/v2formats/a_0000"}) {
+    fs::create_directories(fs::path(d + sub).parent_path());
+    write_image(d + sub + ".nii.gz", 8, 1);
+    io::write_tiff(d + sub + ".tif", io::read_nifti(d + sub + ".nii.gz").data.reshape({8, 8, 8, 1}), as_float);
+  }
   check_cases(fx, cases);
 }
 
