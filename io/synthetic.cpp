@@ -676,13 +676,21 @@ void write_synthetic_dataset(const SynthOptions& o) {
     if (replace) {
       fs::rename(target, old);
     } else if (fs::exists(target)) {
-      fs::remove(target);  // the empty directory
+      // The empty directory checked at the start; a file in it now came from another process meanwhile.
+      if (!fs::remove(target, ec) && ec)
+        throw std::runtime_error(o.output + ": cannot replace the empty directory (" + ec.message() +
+                                 "): another process wrote into it while the dataset was being made; nothing was "
+                                 "written");
     }
     fs::rename(staging, target, ec);
     if (!ec) untrack_temporary_directory();
     if (ec) {
+      const std::string why = ec.message();
       if (replace) fs::rename(old, target, ec);
-      throw std::runtime_error(o.output + ": cannot move the finished dataset into place");
+      throw std::runtime_error(o.output + ": cannot move the finished dataset into place (" + why +
+                               (fs::exists(target) && !replace
+                                    ? "): another process made it while the dataset was being made; nothing was written"
+                                    : ")"));
     }
     if (replace) fs::remove_all(old, ec);
   } catch (const std::filesystem::filesystem_error& e) {

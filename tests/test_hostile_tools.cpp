@@ -324,6 +324,33 @@ TEST_CASE("unet_infer refuses damaged image headers and files with status 1, nam
           });
 }
 
+TEST_CASE(
+    "unet_synth into an empty directory another process writes into meanwhile: status 1 saying so, nothing left") {
+  test::TempDir tmp("hostile_synth_race");
+  const std::string& dir = tmp.path;
+  fs::create_directories(dir + "/race");
+  // Once the staging directory is there (the dataset takes a few seconds), another process puts a file in the
+  // target. The message said only "cannot remove: Directory not empty" (red-team corpus 20, O2).
+  std::string out;
+  CHECK(test::shell("cd " + dir + " && { " + test::tool_path("unet_synth") +
+                        " --output race --train 8 --test 0 --size 96,96,96 > synth.txt 2>&1; echo $? > rc.txt; } & "
+                        "for i in $(seq 1000); do ls -d " +
+                        dir +
+                        "/.race.tmp* > /dev/null 2>&1 && break; sleep 0.01; "
+                        "done; echo mine > " +
+                        dir + "/race/notes.txt; wait",
+                    &out) == 0);
+  CHECK(io::read_text_file(dir + "/rc.txt") == "1\n");
+  const std::string said = io::read_text_file(dir + "/synth.txt");
+  CHECK_MESSAGE(
+      said.find("unet_synth: error: race: cannot replace the empty directory (Directory not empty): another "
+                "process wrote into it while the dataset was being made; nothing was written") != std::string::npos,
+      said);
+  CHECK(io::read_text_file(dir + "/race/notes.txt") == "mine\n");
+  CHECK(temporaries(dir).empty());
+  for (const auto& e : fs::directory_iterator(dir)) CHECK_FALSE(e.path().filename().string().starts_with(".race"));
+}
+
 TEST_CASE("unet_synth refuses garbage, negative and oversized numbers with status 2, naming the option") {
   Fixture fx;
   const std::string out = " --output " + fx.out;
