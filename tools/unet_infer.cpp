@@ -216,17 +216,19 @@ int main(int argc, char** argv) {
       jobs.push_back({{fs::path(input)}, out});
     }
     // Every file the run writes, label maps and probabilities alike, must have a name short enough to write and a
-    // case name of its own, whatever the format: a.nii and a.nii.gz, a.tif and a.nii.gz (two maps of one case `a`;
-    // in nnU-Net v2's layout a_0000.nii.gz and a_0000.tif, channel 0 of `a` twice), and a case `y`'s probabilities
-    // and a case named `y_probabilities`. Refused before any work.
-    std::map<std::string, fs::path> written;  // output directory / stem -> the input writing it
+    // name of its own: two spellings of a format (a.nii and a.nii.gz, a.tif and a.tiff) give one name, and so do a
+    // case `y`'s probabilities and a case named `y_probabilities`. Refused before any work. a.nii.gz and a.tif are
+    // two files of their own, except in nnU-Net v2's layout, where a_0000.nii.gz and a_0000.tif are channel 0 of case
+    // `a` twice.
+    std::map<std::string, fs::path> written;  // output directory / stem (and format) -> the input writing it
     for (const auto& [ins, out] : jobs)
       for (const fs::path& o : {out, probabilities_of(out)}) {
         if (o != out && !save_probabilities) continue;
         if (std::string why = tools::output_name_problem(o); !why.empty())
           throw UsageError("--output " + output + ": " + o.string() + ": " + why);
         const std::string stem = (o.parent_path() / io::image_stem(o.string())).string();
-        const auto [it, fresh] = written.emplace(stem, ins[0]);
+        const std::string format = channel_files ? "" : io::is_tiff_name(o.string()) ? " tiff" : " nifti";
+        const auto [it, fresh] = written.emplace(stem + format, ins[0]);
         if (!fresh)
           throw UsageError("--input " + input + ": " + it->second.string() + " and " + ins[0].string() +
                            " would both be written as " + stem + ".* (" + o.filename().string() +
