@@ -109,6 +109,12 @@ uint64_t file_digest(const std::string& path) {
   return digest;
 }
 
+std::string file_digest_text(const std::string& path) {
+  char text[24];
+  std::snprintf(text, sizeof text, "%016llx", static_cast<unsigned long long>(file_digest(path)));
+  return text;
+}
+
 bool started_by_launcher() {
   for (const char* name : {"OMPI_COMM_WORLD_SIZE", "PMIX_RANK", "PMI_RANK", "PMI_SIZE", "SLURM_STEP_ID"})
     if (std::getenv(name)) return true;

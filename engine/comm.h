@@ -101,5 +101,7 @@ bool mpi_built();
 // file's bytes, read in chunks (throws std::runtime_error naming a file it cannot read).
 uint64_t content_digest(const void* data, size_t size);
 uint64_t file_digest(const std::string& path);
+// file_digest as 16 hexadecimal digits, for messages and the lists that compare files.
+std::string file_digest_text(const std::string& path);
 
 }  // namespace unet

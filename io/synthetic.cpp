@@ -433,9 +433,7 @@ constexpr const char* kMarker = ".unet_synth";
 constexpr const char* kMarkerLine = "This directory was written by unet_synth; unet_synth --overwrite may replace it.";
 
 std::string file_entry(const fs::path& file) {
-  char digest[24];
-  std::snprintf(digest, sizeof digest, "%016llx", static_cast<unsigned long long>(file_digest(file.string())));
-  return std::string(digest) + " " + std::to_string(fs::file_size(file));
+  return file_digest_text(file.string()) + " " + std::to_string(fs::file_size(file));
 }
 
 // The marker's text for the dataset in `dir`: the first line, then every regular file under it.

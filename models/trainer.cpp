@@ -627,9 +627,8 @@ struct Trainer::State {
     // Every rank continues from rank 0's checkpoint: ranks started in other directories (a copy of the run on each
     // machine) holding other ones would train replicas that differ, and then wait for each other forever.
     if (ranks() > 1) {
-      char digest[24];
-      std::snprintf(digest, sizeof digest, "%016llx", static_cast<unsigned long long>(file_digest(path)));
-      if (const auto d = comm->compare_with_rank0({{"step", std::to_string(step)}, {"content digest", digest}}))
+      if (const auto d =
+              comm->compare_with_rank0({{"step", std::to_string(step)}, {"content digest", file_digest_text(path)}}))
         throw TrainerOptionError(path + ": " + d->name + " " + d->here + " on this rank, " + d->on_rank0 +
                                  " on rank 0; expected every rank to resume the same checkpoint (give each machine a "
                                  "copy of rank 0's run directory)");

@@ -330,16 +330,11 @@ int main(int argc, char** argv) {
                                                                {"--keep-going", flag(keep_going)},
                                                                {"--overwrite", flag(overwrite)}};
       // The files' contents too: the same relative path may name another model or image on each machine.
-      const auto digest = [](const fs::path& f) {
-        char text[24];
-        std::snprintf(text, sizeof text, "%016llx", static_cast<unsigned long long>(file_digest(f.string())));
-        return std::string(text);
-      };
-      work.emplace_back("--model's content", digest(model_path));
+      work.emplace_back("--model's content", file_digest_text(model_path));
       for (size_t k = 0; k < jobs.size(); ++k) {
         std::string files;
         for (const fs::path& f : jobs[k].first)
-          files += (files.empty() ? "" : " + ") + f.string() + " (" + digest(f) + ")";
+          files += (files.empty() ? "" : " + ") + f.string() + " (" + file_digest_text(f.string()) + ")";
         work.emplace_back("volume " + std::to_string(k + 1), files + " -> " + jobs[k].second.string());
       }
       if (const auto d = comm.compare_with_rank0(work))
